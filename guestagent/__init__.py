@@ -1,0 +1,1 @@
+"""The in-guest tether agent and guestinfo."""

@@ -1,0 +1,1 @@
+"""Sans-IO cores of the relay: no trio, no sockets, no clock."""

@@ -1,0 +1,1 @@
+"""vic-channel: shared operations layer (CLI, config, logging, metrics, sd_notify) and the lab."""

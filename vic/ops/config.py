@@ -1,0 +1,145 @@
+"""TOML configuration validated into frozen dataclasses.
+
+Every daemon describes its configuration as (nested) frozen dataclasses. ``load``
+reads a TOML file and builds the root dataclass, checking types field by field.
+Any problem raises ``ConfigError`` naming the dotted key, which the CLI turns into
+one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``key`` is the dotted path of the offending key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message
+
+
+def load(cls: type[T], path: str | Path) -> T:
+    """Read ``path`` as TOML and build ``cls`` from it."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("", f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("", f"{path}: invalid TOML: {e}") from None
+    return build(cls, data)
+
+
+def loads(cls: type[T], text: str) -> T:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("", f"invalid TOML: {e}") from None
+    return build(cls, data)
+
+
+def build(cls: type[T], data: Any, key: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, validating each field."""
+    if not isinstance(data, dict):
+        raise ConfigError(key, "expected a table")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    toml_names = {name.replace("_", "-"): name for name in fields}
+    kwargs: dict[str, Any] = {}
+    for raw_name, value in data.items():
+        name = raw_name if raw_name in fields else toml_names.get(raw_name)
+        sub = f"{key}.{raw_name}" if key else raw_name
+        if name is None:
+            raise ConfigError(sub, "unknown key")
+        kwargs[name] = _convert(hints[name], value, sub)
+    for name, f in fields.items():
+        if name in kwargs:
+            continue
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}.{name}" if key else name, "required key is missing")
+    try:
+        obj = cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(key, str(e)) from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ConfigError as e:
+            full = f"{key}.{e.key}" if key and e.key else (e.key or key)
+            raise ConfigError(full, e.message) from None
+    return obj
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        if value is None and len(non_none) < len(args):
+            return None
+        errors = []
+        for a in non_none:
+            try:
+                return _convert(a, value, key)
+            except ConfigError as e:
+                errors.append(e.message)
+        raise ConfigError(key, " or ".join(errors))
+    if origin is Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            raise ConfigError(key, f"must be one of {allowed}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(key, "expected an array")
+        inner = args[0] if args else Any
+        items = [_convert(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, "expected a table")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _convert(vt, v, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    if tp is Path:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a path string, got {value!r}")
+        return Path(value)
+    raise ConfigError(key, f"unsupported config type {tp!r}")
+
+
+def require(cond: bool, key: str, message: str) -> None:
+    """For ``validate()`` methods: raise ConfigError(key, message) unless cond."""
+    if not cond:
+        raise ConfigError(key, message)

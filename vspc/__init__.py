@@ -1,0 +1,1 @@
+"""The appliance side: Telnet and the VMware extension, the vSPC, the endpoint, consoles."""
