@@ -1,0 +1,57 @@
+"""Prometheus metrics of the appliance side (vSPC, endpoint, consoles).
+
+One ``VspcMetrics`` per daemon, on its own registry, so tests can run several.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+BEGIN_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
+)
+
+
+@dataclass(frozen=True)
+class VspcMetrics:
+    registry: CollectorRegistry
+    connected_vms: Gauge
+    esx_connections: Gauge
+    bytes_total: Counter  # labels: direction = vm_to_appliance | appliance_to_vm
+    vmotions_total: Counter  # labels: outcome = complete | abort | expired | notnow | peer_refused
+    begin_to_goahead_seconds: Histogram
+    console_clients: Gauge
+    slow_clients_dropped_total: Counter
+    relayed_streams_total: Counter  # labels: kind, result = accepted | rejected
+    protocol_errors_total: Counter  # labels: where
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> VspcMetrics:
+        r = registry if registry is not None else CollectorRegistry()
+        return cls(
+            registry=r,
+            connected_vms=Gauge("vspc_connected_vms", "VM serial ports with a live connection", registry=r),
+            esx_connections=Gauge("vspc_esx_connections", "open ESX Telnet connections", registry=r),
+            bytes_total=Counter(
+                "vspc_bytes", "console bytes carried", ["direction"], registry=r
+            ),
+            vmotions_total=Counter("vspc_vmotions", "vMotions by outcome", ["outcome"], registry=r),
+            begin_to_goahead_seconds=Histogram(
+                "vspc_vmotion_begin_to_goahead_seconds",
+                "time from VMOTION-BEGIN received to GOAHEAD sent",
+                buckets=BEGIN_LATENCY_BUCKETS,
+                registry=r,
+            ),
+            console_clients=Gauge("vspc_console_clients", "attached console clients", registry=r),
+            slow_clients_dropped_total=Counter(
+                "vspc_slow_clients_dropped", "console clients dropped for falling behind", registry=r
+            ),
+            relayed_streams_total=Counter(
+                "vspc_relayed_streams", "streams arriving through relays", ["kind", "result"], registry=r
+            ),
+            protocol_errors_total=Counter(
+                "vspc_protocol_errors", "connections closed for bad input", ["where"], registry=r
+            ),
+        )
