@@ -1,0 +1,28 @@
+"""Every bench script runs once in its tiny --smoke mode, so none of them rots."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = sorted(p for p in (ROOT / "bench").glob("*.py") if not p.name.startswith("_"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
+def test_bench_smoke(script: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, MPLBACKEND="Agg", VIC_BENCH_RESULTS=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, str(script), "--smoke"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, f"{script.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    results = list(tmp_path.glob("*.json"))
+    assert results, f"{script.name} wrote no JSON result into $VIC_BENCH_RESULTS"
+    for r in results:
+        json.loads(r.read_text())
