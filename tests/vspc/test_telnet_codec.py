@@ -218,6 +218,8 @@ def test_random_bytes_never_crash_and_stay_bounded(
 @given(st.binary(max_size=300))
 def test_data_bytes_preserved_exactly(payload: bytes) -> None:
     got = b"".join(
-        e.data for e in feed_chunks(split_at(codec.escape(payload), [3, 7, 11])) if isinstance(e, Data)
+        e.data
+        for e in feed_chunks(split_at(codec.escape(payload), [3, 7, 11]))
+        if isinstance(e, Data)
     )
     assert got == payload

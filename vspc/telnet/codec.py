@@ -262,9 +262,7 @@ class TelnetParser:
                         events.append(Data(b"".join(pieces)))
                         pieces = []
                     events.append(
-                        ProtocolError(
-                            f"IAC {b} inside subnegotiation of option {self._sb_opt}"
-                        )
+                        ProtocolError(f"IAC {b} inside subnegotiation of option {self._sb_opt}")
                     )
                     self._sb_buf = bytearray()
                     state = _IAC  # b is handled there, pos not advanced

@@ -1,0 +1,204 @@
+"""RFC 1143 option negotiation: examples and two negotiators talking to each other."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vspc.telnet.codec import (
+    AUTHENTICATION,
+    BINARY,
+    COM_PORT,
+    DO,
+    DONT,
+    SGA,
+    VMWARE_EXT,
+    WILL,
+    WONT,
+    Negotiate,
+    TelnetParser,
+    negotiate,
+)
+from vspc.telnet.options import WANTNO, OptionChange, OptionNegotiator
+
+
+def test_accept_and_refuse_by_policy() -> None:
+    n = OptionNegotiator(accept_local={BINARY}, accept_remote={BINARY, SGA})
+    assert n.receive(Negotiate(WILL, BINARY)) == (
+        negotiate(DO, BINARY),
+        [OptionChange("remote", BINARY, True)],
+    )
+    assert n.is_enabled_remote(BINARY)
+    assert n.receive(Negotiate(WILL, AUTHENTICATION)) == (negotiate(DONT, AUTHENTICATION), [])
+    assert n.receive(Negotiate(WILL, COM_PORT)) == (negotiate(DONT, COM_PORT), [])
+    assert n.receive(Negotiate(DO, SGA)) == (negotiate(WONT, SGA), [])
+    assert n.receive(Negotiate(DO, BINARY)) == (
+        negotiate(WILL, BINARY),
+        [OptionChange("local", BINARY, True)],
+    )
+    assert not n.is_enabled_remote(COM_PORT)
+
+
+def test_no_reacknowledging() -> None:
+    n = OptionNegotiator(accept_remote={BINARY})
+    n.receive(Negotiate(WILL, BINARY))
+    # a repeated WILL while enabled gets no answer
+    assert n.receive(Negotiate(WILL, BINARY)) == (b"", [])
+    # WONT for a disabled option: no answer
+    assert n.receive(Negotiate(WONT, SGA)) == (b"", [])
+    # DONT for an option we do not perform: no answer
+    assert n.receive(Negotiate(DONT, SGA)) == (b"", [])
+
+
+def test_our_request_acknowledged() -> None:
+    n = OptionNegotiator()
+    assert n.request_remote(VMWARE_EXT, True) == negotiate(DO, VMWARE_EXT)
+    assert n.request_remote(VMWARE_EXT, True) == b""  # no duplicate request
+    assert n.pending()
+    assert n.receive(Negotiate(WILL, VMWARE_EXT)) == (
+        b"",
+        [OptionChange("remote", VMWARE_EXT, True)],
+    )
+    assert not n.pending()
+    assert n.request_remote(VMWARE_EXT, False) == negotiate(DONT, VMWARE_EXT)
+    assert n.state_remote(VMWARE_EXT) == WANTNO
+    assert n.pop_changes() == [OptionChange("remote", VMWARE_EXT, False)]
+    assert n.receive(Negotiate(WONT, VMWARE_EXT)) == (b"", [])
+    assert not n.is_enabled_remote(VMWARE_EXT)
+
+
+def test_our_request_refused() -> None:
+    n = OptionNegotiator()
+    n.request_local(BINARY, True)
+    assert n.receive(Negotiate(DONT, BINARY)) == (b"", [])
+    assert not n.is_enabled_local(BINARY) and not n.pending()
+
+
+def test_queued_opposite_request() -> None:
+    n = OptionNegotiator()
+    assert n.request_local(BINARY, True) == negotiate(WILL, BINARY)
+    assert n.request_local(BINARY, False) == b""  # queued
+    # peer agrees: we immediately ask to turn it off again
+    assert n.receive(Negotiate(DO, BINARY)) == (negotiate(WONT, BINARY), [])
+    assert n.receive(Negotiate(DONT, BINARY)) == (b"", [])
+    assert not n.is_enabled_local(BINARY)
+
+
+def test_peer_disables() -> None:
+    n = OptionNegotiator(accept_local={SGA})
+    n.receive(Negotiate(DO, SGA))
+    assert n.receive(Negotiate(DONT, SGA)) == (
+        negotiate(WONT, SGA),
+        [OptionChange("local", SGA, False)],
+    )
+
+
+# --- two negotiators --------------------------------------------------------------
+
+OPTS = [BINARY, SGA, VMWARE_EXT]
+
+action = st.one_of(
+    st.tuples(
+        st.just("req"),
+        st.sampled_from("AB"),
+        st.sampled_from(["local", "remote"]),
+        st.sampled_from(OPTS),
+        st.booleans(),
+    ),
+    st.tuples(st.just("deliver"), st.sampled_from("AB")),
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(action, max_size=60),
+    st.sets(st.sampled_from(OPTS)),
+    st.sets(st.sampled_from(OPTS)),
+    st.sets(st.sampled_from(OPTS)),
+    st.sets(st.sampled_from(OPTS)),
+)
+def test_two_negotiators_converge_without_loops(
+    actions: list[tuple[object, ...]],
+    a_loc: set[int],
+    a_rem: set[int],
+    b_loc: set[int],
+    b_rem: set[int],
+) -> None:
+    peers = {
+        "A": OptionNegotiator(accept_local=a_loc, accept_remote=a_rem),
+        "B": OptionNegotiator(accept_local=b_loc, accept_remote=b_rem),
+    }
+    parsers = {"A": TelnetParser(), "B": TelnetParser()}
+    # queue[x] holds bytes sent BY x, waiting to be delivered to the other
+    queue: dict[str, deque[bytes]] = {"A": deque(), "B": deque()}
+    other = {"A": "B", "B": "A"}
+    sent = 0
+    requests = 0
+    # who requested what last, per (requester, side, option)
+    requesters: dict[tuple[str, int], set[str]] = {}
+    last: dict[tuple[str, str, int], bool] = {}
+
+    def deliver(frm: str) -> None:
+        nonlocal sent
+        if not queue[frm]:
+            return
+        to = other[frm]
+        for ev in parsers[to].feed(queue[frm].popleft()):
+            assert isinstance(ev, Negotiate)
+            reply, _ = peers[to].receive(ev)
+            if reply:
+                queue[to].append(reply)
+                sent += 1
+
+    for act in actions:
+        if act[0] == "req":
+            _, who, side, opt, enable = act
+            assert isinstance(who, str) and isinstance(opt, int) and isinstance(enable, bool)
+            n = peers[who]
+            out = n.request_local(opt, enable) if side == "local" else n.request_remote(opt, enable)
+            requests += 1
+            # the option "A local" is the same thing as "B remote"
+            key = (who if side == "local" else other[who], opt)
+            requesters.setdefault(key, set()).add(who)
+            last[(who, str(side), opt)] = enable
+            if out:
+                queue[who].append(out)
+                sent += 1
+        else:
+            deliver(str(act[1]))
+
+    # drain, bounded: no loops
+    steps = 0
+    while queue["A"] or queue["B"]:
+        deliver("A")
+        deliver("B")
+        steps += 1
+        assert steps < 1000, "negotiation loop"
+    assert sent <= 4 * requests + 2 * len(OPTS) * 2
+
+    for opt in OPTS:
+        assert peers["A"].is_enabled_local(opt) == peers["B"].is_enabled_remote(opt)
+        assert peers["A"].is_enabled_remote(opt) == peers["B"].is_enabled_local(opt)
+    assert not peers["A"].pending() and not peers["B"].pending()
+
+    # when only one party asked about a side of an option, and the other accepts,
+    # the outcome is exactly its last request
+    for (performer, opt), who_set in requesters.items():
+        if len(who_set) != 1:
+            continue
+        (who,) = who_set
+        side = "local" if who == performer else "remote"
+        want = last[(who, side, opt)]
+        acceptor = peers[other[who]]
+        accepts = opt in (acceptor.accept_remote if side == "local" else acceptor.accept_local)
+        enabled = (
+            peers[who].is_enabled_local(opt)
+            if side == "local"
+            else peers[who].is_enabled_remote(opt)
+        )
+        if accepts:
+            assert enabled == want
+        elif not want:
+            assert not enabled
