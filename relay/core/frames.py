@@ -1,0 +1,364 @@
+"""Peer-link frame codec (sans-IO).
+
+Every frame is a 10-byte header followed by a payload::
+
+    type u8 | flags u8 | stream_id u32 | length u32 | payload[length]
+
+all big-endian. ``length`` is bounded by the decoder's ``max_payload`` (the
+link's negotiated maximum, never more than ``MAX_PAYLOAD_LIMIT``), so a hostile
+peer cannot make us buffer more than one bounded frame. Anything malformed
+(unknown type, bad length for its type, stream id 0 where a stream is needed,
+oversize frame) raises ``LinkProtocolError``; the link that sent it is closed.
+
+Frame types:
+
+=========  ==  =========================================================
+HELLO       0  magic ``VICL``, version u8, max_payload u32  (stream 0)
+OPEN        1  session_id 16B, recv_offset u64, header bytes; flag RESUME
+DATA        2  offset u64, data
+WINDOW      3  increment u32 (credit for DATA bytes on that stream)
+ACK         4  offset u64 (bytes received end to end); flag FIN (EOF seen)
+EOF         5  final offset u64
+RESET       6  code u16, reason utf-8
+PING        7  8 opaque bytes (stream 0)
+PONG        8  the PING's 8 bytes (stream 0)
+GOAWAY      9  last_stream_id u32, code u16, reason utf-8 (stream 0)
+=========  ==  =========================================================
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+HEADER = struct.Struct("!BBII")
+HEADER_SIZE = HEADER.size
+MAGIC = b"VICL"
+VERSION = 1
+MAX_PAYLOAD_LIMIT = 1 << 20  # hard ceiling for any link
+DEFAULT_MAX_PAYLOAD = 256 * 1024 + 8  # a DATA frame carries up to 256 KiB
+MAX_OPEN_HEADER = 16 * 1024
+MAX_REASON = 1024
+MAX_STREAM_ID = (1 << 32) - 1
+MAX_OFFSET = (1 << 63) - 1
+MAX_WINDOW_INCREMENT = (1 << 31) - 1
+
+_U64 = struct.Struct("!Q")
+_U32 = struct.Struct("!I")
+_U16 = struct.Struct("!H")
+_HELLO = struct.Struct("!4sBI")
+_OPEN = struct.Struct("!16sQ")
+_GOAWAY = struct.Struct("!IH")
+_DATA_HDR = struct.Struct("!BBIIQ")
+
+
+class LinkProtocolError(Exception):
+    """The peer broke the link protocol; the link must be closed."""
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 0
+    OPEN = 1
+    DATA = 2
+    WINDOW = 3
+    ACK = 4
+    EOF = 5
+    RESET = 6
+    PING = 7
+    PONG = 8
+    GOAWAY = 9
+
+
+class ErrorCode(enum.IntEnum):
+    NO_ERROR = 0
+    PROTOCOL = 1
+    GAP = 2
+    UNKNOWN_SESSION = 3
+    REFUSED = 4
+    CANCEL = 5
+    TIMEOUT = 6
+    INTERNAL = 7
+    FLOW_CONTROL = 8
+    SUPERSEDED = 9
+
+
+FLAG_RESUME = 0x01  # OPEN: re-attach an existing session
+FLAG_FIN = 0x01  # ACK: the EOF at this offset was received too
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    version: int
+    max_payload: int
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    stream_id: int
+    session_id: bytes
+    recv_offset: int
+    header: bytes
+    resume: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    stream_id: int
+    offset: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    stream_id: int
+    increment: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    stream_id: int
+    offset: int
+    fin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Eof:
+    stream_id: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    stream_id: int
+    code: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    opaque: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    opaque: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GoAway:
+    last_stream_id: int
+    code: int
+    reason: str = ""
+
+
+_MAX_TYPE = max(FrameType)
+_DATA = int(FrameType.DATA)
+
+Frame = Hello | Open | Data | Window | Ack | Eof | Reset | Ping | Pong | GoAway
+
+
+def _hdr(ftype: FrameType, flags: int, stream_id: int, payload: bytes) -> bytes:
+    return HEADER.pack(ftype, flags, stream_id, len(payload)) + payload
+
+
+def _reason(reason: str) -> bytes:
+    raw = reason.encode("utf-8", "replace")[:MAX_REASON]
+    # Never cut a multi-byte character in half.
+    return raw.decode("utf-8", "ignore").encode("utf-8")
+
+
+def data_header(stream_id: int, offset: int, length: int) -> bytes:
+    """Header for a DATA frame whose ``length`` payload bytes the caller sends next."""
+    return _DATA_HDR.pack(FrameType.DATA, 0, stream_id, length + 8, offset)
+
+
+def encode(frame: Frame) -> bytes:
+    """Encode one frame; raises ValueError for values that cannot be represented."""
+    if isinstance(frame, Data):
+        _check_sid(frame.stream_id)
+        _check_off(frame.offset)
+        return data_header(frame.stream_id, frame.offset, len(frame.payload)) + frame.payload
+    if isinstance(frame, Hello):
+        return _hdr(FrameType.HELLO, 0, 0, _HELLO.pack(MAGIC, frame.version, frame.max_payload))
+    if isinstance(frame, Open):
+        _check_sid(frame.stream_id)
+        _check_off(frame.recv_offset)
+        if len(frame.session_id) != 16:
+            raise ValueError("session_id must be 16 bytes")
+        if len(frame.header) > MAX_OPEN_HEADER:
+            raise ValueError("origin header too long")
+        payload = _OPEN.pack(frame.session_id, frame.recv_offset) + frame.header
+        return _hdr(FrameType.OPEN, FLAG_RESUME if frame.resume else 0, frame.stream_id, payload)
+    if isinstance(frame, Window):
+        _check_sid(frame.stream_id)
+        if not 0 < frame.increment <= MAX_WINDOW_INCREMENT:
+            raise ValueError("window increment out of range")
+        return _hdr(FrameType.WINDOW, 0, frame.stream_id, _U32.pack(frame.increment))
+    if isinstance(frame, Ack):
+        _check_sid(frame.stream_id)
+        _check_off(frame.offset)
+        return _hdr(FrameType.ACK, FLAG_FIN if frame.fin else 0, frame.stream_id,
+                    _U64.pack(frame.offset))
+    if isinstance(frame, Eof):
+        _check_sid(frame.stream_id)
+        _check_off(frame.offset)
+        return _hdr(FrameType.EOF, 0, frame.stream_id, _U64.pack(frame.offset))
+    if isinstance(frame, Reset):
+        _check_sid(frame.stream_id)
+        return _hdr(FrameType.RESET, 0, frame.stream_id,
+                     _U16.pack(frame.code) + _reason(frame.reason))
+    if isinstance(frame, Ping):
+        if len(frame.opaque) != 8:
+            raise ValueError("ping payload must be 8 bytes")
+        return _hdr(FrameType.PING, 0, 0, frame.opaque)
+    if isinstance(frame, Pong):
+        if len(frame.opaque) != 8:
+            raise ValueError("pong payload must be 8 bytes")
+        return _hdr(FrameType.PONG, 0, 0, frame.opaque)
+    if isinstance(frame, GoAway):
+        if not 0 <= frame.last_stream_id <= MAX_STREAM_ID:
+            raise ValueError("last_stream_id out of range")
+        return _hdr(FrameType.GOAWAY, 0, 0,
+                     _GOAWAY.pack(frame.last_stream_id, frame.code) + _reason(frame.reason))
+    raise TypeError(f"not a frame: {frame!r}")
+
+
+def _check_sid(sid: int) -> None:
+    if not 0 < sid <= MAX_STREAM_ID:
+        raise ValueError("stream id must be 1..2**32-1")
+
+
+def _check_off(off: int) -> None:
+    if not 0 <= off <= MAX_OFFSET:
+        raise ValueError("offset out of range")
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LinkProtocolError("reason is not UTF-8") from None
+
+
+def decode_payload(ftype: int, flags: int, sid: int, payload: bytes) -> Frame:
+    """Build the frame for a complete header + payload; raise LinkProtocolError if bad."""
+    n = len(payload)
+    try:
+        t = FrameType(ftype)
+    except ValueError:
+        raise LinkProtocolError(f"unknown frame type {ftype}") from None
+    conn_level = t in (FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.GOAWAY)
+    if conn_level and sid != 0:
+        raise LinkProtocolError(f"{t.name} on stream {sid}, must be stream 0")
+    if not conn_level and sid == 0:
+        raise LinkProtocolError(f"{t.name} on stream 0")
+    if t is FrameType.DATA:
+        if n < 8:
+            raise LinkProtocolError("DATA frame too short")
+        off = _U64.unpack_from(payload)[0]
+        if off > MAX_OFFSET:
+            raise LinkProtocolError("DATA offset out of range")
+        return Data(sid, off, payload[8:])
+    if t is FrameType.HELLO:
+        if n != _HELLO.size:
+            raise LinkProtocolError("bad HELLO length")
+        magic, version, max_payload = _HELLO.unpack(payload)
+        if magic != MAGIC:
+            raise LinkProtocolError("bad HELLO magic (not a vic peer link)")
+        return Hello(version, max_payload)
+    if t is FrameType.OPEN:
+        if n < _OPEN.size or n > _OPEN.size + MAX_OPEN_HEADER:
+            raise LinkProtocolError("bad OPEN length")
+        session_id, recv_offset = _OPEN.unpack_from(payload)
+        if recv_offset > MAX_OFFSET:
+            raise LinkProtocolError("OPEN offset out of range")
+        return Open(sid, session_id, recv_offset, payload[_OPEN.size:], bool(flags & FLAG_RESUME))
+    if t is FrameType.WINDOW:
+        if n != 4:
+            raise LinkProtocolError("bad WINDOW length")
+        inc = _U32.unpack(payload)[0]
+        if not 0 < inc <= MAX_WINDOW_INCREMENT:
+            raise LinkProtocolError("WINDOW increment out of range")
+        return Window(sid, inc)
+    if t in (FrameType.ACK, FrameType.EOF):
+        if n != 8:
+            raise LinkProtocolError(f"bad {t.name} length")
+        off = _U64.unpack(payload)[0]
+        if off > MAX_OFFSET:
+            raise LinkProtocolError(f"{t.name} offset out of range")
+        if t is FrameType.ACK:
+            return Ack(sid, off, bool(flags & FLAG_FIN))
+        return Eof(sid, off)
+    if t is FrameType.RESET:
+        if n < 2 or n > 2 + MAX_REASON:
+            raise LinkProtocolError("bad RESET length")
+        return Reset(sid, _U16.unpack_from(payload)[0], _text(payload[2:]))
+    if t in (FrameType.PING, FrameType.PONG):
+        if n != 8:
+            raise LinkProtocolError(f"bad {t.name} length")
+        return Ping(payload) if t is FrameType.PING else Pong(payload)
+    # GOAWAY
+    if n < _GOAWAY.size or n > _GOAWAY.size + MAX_REASON:
+        raise LinkProtocolError("bad GOAWAY length")
+    last, code = _GOAWAY.unpack_from(payload)
+    return GoAway(last, code, _text(payload[_GOAWAY.size:]))
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed(bytes)`` returns the complete frames so far.
+
+    Buffers at most one frame (``HEADER_SIZE + max_payload`` bytes) plus the
+    unparsed tail of the last feed. After a ``LinkProtocolError`` the decoder is
+    dead and raises again on every feed.
+    """
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        if not 0 < max_payload <= MAX_PAYLOAD_LIMIT + 8:
+            raise ValueError("max_payload out of range")
+        self.max_payload = max_payload
+        self._buf = bytearray()
+        self._error: LinkProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        buf += data
+        frames: list[Frame] = []
+        pos = 0
+        end = len(buf)
+        try:
+            with memoryview(buf) as mv:
+                while end - pos >= HEADER_SIZE:
+                    ftype, flags, sid, length = HEADER.unpack_from(mv, pos)
+                    if length > self.max_payload:
+                        raise LinkProtocolError(
+                            f"frame of {length} bytes exceeds the limit of {self.max_payload}"
+                        )
+                    if ftype > _MAX_TYPE:
+                        raise LinkProtocolError(f"unknown frame type {ftype}")
+                    stop = pos + HEADER_SIZE + length
+                    if stop > end:
+                        break
+                    if ftype == _DATA and sid and length >= 8:
+                        off = _U64.unpack_from(mv, pos + HEADER_SIZE)[0]
+                        if off > MAX_OFFSET:
+                            raise LinkProtocolError("DATA offset out of range")
+                        frames.append(Data(sid, off, bytes(mv[pos + HEADER_SIZE + 8:stop])))
+                    else:
+                        frames.append(
+                            decode_payload(ftype, flags, sid, bytes(mv[pos + HEADER_SIZE:stop]))
+                        )
+                    pos = stop
+        except LinkProtocolError as e:
+            self._error = e
+            self._buf = bytearray()
+            raise
+        if pos:
+            del buf[:pos]
+        return frames

@@ -1,0 +1,101 @@
+"""Peer-link frame codec: round trips, arbitrary chunking, arbitrary garbage."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.core import frames as F
+from relay.core.frames import FrameDecoder, LinkProtocolError
+
+sids = st.integers(1, F.MAX_STREAM_ID)
+offs = st.integers(0, F.MAX_OFFSET)
+reasons = st.text(max_size=50)
+
+frame_st = st.one_of(
+    st.builds(F.Hello, st.integers(0, 255), st.integers(0, 2**32 - 1)),
+    st.builds(F.Open, sids, st.binary(min_size=16, max_size=16), offs, st.binary(max_size=300), st.booleans()),
+    st.builds(F.Data, sids, offs, st.binary(max_size=2000)),
+    st.builds(F.Window, sids, st.integers(1, F.MAX_WINDOW_INCREMENT)),
+    st.builds(F.Ack, sids, offs, st.booleans()),
+    st.builds(F.Eof, sids, offs),
+    st.builds(F.Reset, sids, st.integers(0, 65535), reasons),
+    st.builds(F.Ping, st.binary(min_size=8, max_size=8)),
+    st.builds(F.Pong, st.binary(min_size=8, max_size=8)),
+    st.builds(F.GoAway, st.integers(0, F.MAX_STREAM_ID), st.integers(0, 65535), reasons),
+)
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    out, prev = [], 0
+    for p in [*points, len(data)]:
+        out.append(data[prev:p])
+        prev = p
+    return out
+
+
+@given(st.lists(frame_st, max_size=20), st.lists(st.integers(0, 10**6), max_size=30))
+@settings(max_examples=300)
+def test_roundtrip_any_chunking(frames: list[F.Frame], cuts: list[int]) -> None:
+    wire = b"".join(F.encode(f) for f in frames)
+    dec = FrameDecoder()
+    got: list[F.Frame] = []
+    for piece in chunked(wire, cuts):
+        got += dec.feed(piece)
+    assert got == frames
+    assert dec.buffered == 0
+
+
+@given(st.binary(max_size=4000), st.lists(st.integers(0, 10**6), max_size=10))
+@settings(max_examples=500)
+def test_garbage_never_crashes_or_grows(data: bytes, cuts: list[int]) -> None:
+    dec = FrameDecoder(max_payload=1024)
+    try:
+        for piece in chunked(data, cuts):
+            dec.feed(piece)
+            assert dec.buffered <= F.HEADER_SIZE + 1024 + len(piece)
+    except LinkProtocolError:
+        with pytest.raises(LinkProtocolError):
+            dec.feed(b"")  # stays dead
+
+
+def test_oversize_frame_rejected_from_header_alone() -> None:
+    dec = FrameDecoder(max_payload=1000)
+    hdr = F.HEADER.pack(F.FrameType.DATA, 0, 1, 1001)
+    with pytest.raises(LinkProtocolError, match="exceeds"):
+        dec.feed(hdr)  # no need to wait for the payload
+
+
+@pytest.mark.parametrize("wire", [
+    F.HEADER.pack(42, 0, 1, 0),  # unknown type
+    F.HEADER.pack(F.FrameType.DATA, 0, 0, 8) + bytes(8),  # DATA on stream 0
+    F.HEADER.pack(F.FrameType.DATA, 0, 1, 3) + bytes(3),  # too short for an offset
+    F.HEADER.pack(F.FrameType.PING, 0, 5, 8) + bytes(8),  # PING on a stream
+    F.HEADER.pack(F.FrameType.WINDOW, 0, 1, 4) + bytes(4),  # zero increment
+    F.HEADER.pack(F.FrameType.HELLO, 0, 0, 9) + b"HTTP" + bytes(5),  # bad magic
+    F.HEADER.pack(F.FrameType.RESET, 0, 1, 3) + b"\x00\x01\xff",  # reason not UTF-8
+    F.HEADER.pack(F.FrameType.ACK, 0, 1, 8) + b"\xff" * 8,  # offset beyond 2**63
+    F.HEADER.pack(F.FrameType.OPEN, 0, 1, 10) + bytes(10),  # OPEN too short
+])
+def test_malformed(wire: bytes) -> None:
+    with pytest.raises(LinkProtocolError):
+        FrameDecoder().feed(wire)
+
+
+def test_encode_refuses_unrepresentable() -> None:
+    for bad in (F.Data(0, 0, b""), F.Window(1, 0), F.Open(1, b"short", 0, b""),
+                F.Ping(b"x"), F.Ack(1, -1), F.Open(1, bytes(16), 0, bytes(F.MAX_OPEN_HEADER + 1))):
+        with pytest.raises(ValueError):
+            F.encode(bad)
+
+
+def test_reason_truncated_on_character_boundary() -> None:
+    frame = F.Reset(1, 2, "é" * 1000)
+    (got,) = FrameDecoder().feed(F.encode(frame))
+    assert isinstance(got, F.Reset) and got.reason == "é" * (F.MAX_REASON // 2)
+
+
+def test_data_header_matches_encode() -> None:
+    assert F.data_header(7, 99, 3) + b"abc" == F.encode(F.Data(7, 99, b"abc"))
