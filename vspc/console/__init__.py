@@ -1,0 +1,19 @@
+"""The appliance's console service: logs, replay and attach for every VM serial port.
+
+Used alike by the vSPC (ESX Telnet) and the relay endpoint (raw streams).
+"""
+
+from vspc.console.config import ConsoleConfig, ConsoleTcpConfig
+from vspc.console.hub import Client, Console, ConsoleBusy, ConsoleInfo
+from vspc.console.service import ConsoleService, LookupFailed
+
+__all__ = [
+    "Client",
+    "Console",
+    "ConsoleBusy",
+    "ConsoleConfig",
+    "ConsoleInfo",
+    "ConsoleService",
+    "ConsoleTcpConfig",
+    "LookupFailed",
+]

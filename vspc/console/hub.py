@@ -1,0 +1,333 @@
+"""Per-port consoles: replay ring, log queue and fan-out to attached clients.
+
+``Console.from_vm`` never waits on a client: each client has a bounded queue, and
+a client whose queue would overflow is dropped with a one-line notice. It waits
+only when the port's log queue is full (disk backpressure; bytes are never
+dropped). Attaching takes the replay snapshot and registers the client in one
+step with no checkpoint in between, so replay and live data meet with no gap and
+no duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from itertools import count
+
+import trio
+
+from vspc.console.config import ConsoleConfig
+from vspc.console.eventlog import format_event
+from vspc.console.logfile import LogWriter, PortLog, file_stem
+from vspc.console.protocol import Mode
+from vspc.console.ring import Ring
+from vspc.core.identity import PortKey
+from vspc.metrics import VspcMetrics
+
+log = logging.getLogger("vspc.console")
+
+InputSink = Callable[[bytes], Awaitable[None]]
+
+SEND_CHUNK = 64 * 1024
+_client_ids = count(1)
+
+
+def notice(text: str) -> bytes:
+    """A one-line notice inside a client's byte stream."""
+    return f"\r\n[vic console: {text}]\r\n".encode()
+
+
+class ConsoleBusy(Exception):
+    """An attach refused by the port's mode rules or client limit."""
+
+
+class Hub:
+    """What all consoles of one service share: config, log writer, metrics."""
+
+    def __init__(self, config: ConsoleConfig, writer: LogWriter, metrics: VspcMetrics) -> None:
+        self.config = config
+        self.writer = writer
+        self.metrics = metrics
+
+
+class Client:
+    """One attached client: a bounded byte queue drained by its connection's sender."""
+
+    __slots__ = (
+        "_wake",
+        "closed",
+        "credit",
+        "dropped",
+        "id",
+        "mode",
+        "notified_epoch",
+        "peer",
+        "queue",
+        "scope",
+        "sent",
+    )
+
+    def __init__(self, mode: Mode, peer: str, initial: bytes) -> None:
+        self.id = next(_client_ids)
+        self.mode: Mode = mode
+        self.peer = peer
+        self.queue = bytearray(initial)
+        # the replay (and status line) may exceed the live limit once, at attach
+        self.credit = len(initial)
+        self.closed = False
+        self.dropped = False
+        self.notified_epoch = -1
+        self.sent = 0
+        self.scope: trio.CancelScope | None = None
+        self._wake = trio.Event()
+
+    @property
+    def writes(self) -> bool:
+        return self.mode != "ro"
+
+    def push(self, data: bytes | bytearray | memoryview, limit: int) -> bool:
+        """Queue bytes; False (and nothing queued) when the queue would overflow."""
+        if self.closed:
+            return True
+        if len(self.queue) + len(data) > limit + self.credit:
+            return False
+        self.queue += data
+        self._wake.set()
+        return True
+
+    def close(self, final: bytes = b"", deadline: float | None = None) -> None:
+        """No more data after ``final``; pending data is discarded if ``final`` is given."""
+        if self.closed:
+            return
+        self.closed = True
+        if final:
+            self.queue.clear()
+            self.queue += final
+            self.credit = 0
+        if deadline is not None and self.scope is not None:
+            self.scope.deadline = min(self.scope.deadline, deadline)
+        self._wake.set()
+
+    async def next_chunk(self) -> bytes:
+        """The next bytes to send; b"" once closed and drained."""
+        q = self.queue
+        while not q:
+            if self.closed:
+                return b""
+            self._wake = trio.Event()
+            await self._wake.wait()
+        n = min(len(q), SEND_CHUNK)
+        if n == len(q):
+            out = bytes(q)
+            q.clear()
+        else:
+            with memoryview(q) as mv:
+                out = bytes(mv[:n])
+            del q[:n]
+        self.credit = max(0, self.credit - n)
+        self.sent += n
+        return out
+
+
+@dataclass(frozen=True)
+class ConsoleInfo:
+    key: PortKey
+    display: str
+    connected: bool
+    bytes: int  # from the VM, since the service started
+    clients: int
+    bytes_to_vm: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "uuid": self.key.uuid,
+            "label": self.key.label,
+            "display": self.display,
+            "connected": self.connected,
+            "bytes": self.bytes,
+            "bytes_to_vm": self.bytes_to_vm,
+            "clients": self.clients,
+        }
+
+
+class Console:
+    """One VM serial port's console (keyed by PortKey; survives reconnects and vMotion)."""
+
+    __slots__ = (
+        "_clients",
+        "_hub",
+        "_input",
+        "_input_epoch",
+        "_lock",
+        "_log",
+        "_ring",
+        "bytes_to_vm",
+        "connected",
+        "display",
+        "key",
+    )
+
+    def __init__(self, hub: Hub, key: PortKey, display: str) -> None:
+        self._hub = hub
+        self.key = key
+        self.display = display
+        self.connected = False
+        self.bytes_to_vm = 0
+        self._ring = Ring(hub.config.ring_bytes)
+        self._log = PortLog(file_stem(key))
+        self._clients: list[Client] = []
+        self._input: InputSink | None = None
+        self._input_epoch = 0
+        self._lock: trio.Lock | None = None  # created when a writer has to wait
+
+    # --- the VM side -------------------------------------------------------------
+
+    @property
+    def bytes_from_vm(self) -> int:
+        return self._ring.total
+
+    async def from_vm(self, data: bytes) -> None:
+        """VM output: ring + log + fan-out. Waits only for room in the log queue.
+
+        Does not yield to the scheduler when there is room (the caller's own
+        receive is the checkpoint).
+        """
+        if not data:
+            return
+        writer = self._hub.writer
+        if writer.enabled and (
+            (self._lock is not None and self._lock.locked()) or writer.room(self._log) < len(data)
+        ):
+            await self._from_vm_slow(data)
+            return
+        self._deliver(data)
+
+    async def _from_vm_slow(self, data: bytes) -> None:
+        if self._lock is None:
+            self._lock = trio.Lock()
+        mv = memoryview(data)
+        async with self._lock:
+            writer = self._hub.writer
+            while mv:
+                room = writer.room(self._log) if writer.enabled else len(mv)
+                if room <= 0:
+                    await writer.wait_room()
+                    continue
+                self._deliver(mv[:room])
+                mv = mv[room:]
+
+    def _deliver(self, data: bytes | memoryview) -> None:
+        self._ring.append(data)
+        hub = self._hub
+        if hub.writer.enabled:
+            hub.writer.write(self._log, data)
+        if self._clients:
+            limit = hub.config.client_queue_bytes
+            for c in self._clients:
+                if not c.push(data, limit):
+                    self._drop_slow(c)
+
+    def set_connected(self, connected: bool) -> None:
+        self.connected = connected
+
+    def set_input(self, sink: InputSink | None) -> None:
+        """Where read-write clients' keystrokes go; None = the VM is not connected."""
+        self._input = sink
+        if sink is not None:
+            self._input_epoch += 1
+
+    def event(self, kind: str, **fields: object) -> None:
+        """One line in the port's sidecar event log."""
+        writer = self._hub.writer
+        if writer.enabled:
+            writer.event(self._log, format_event(kind, fields, time.time()))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s %s", self.key, kind, fields)
+
+    # --- clients -----------------------------------------------------------------
+
+    @property
+    def clients(self) -> tuple[Client, ...]:
+        return tuple(self._clients)
+
+    def attach(self, mode: Mode, replay: int, peer: str = "", *, preamble: bytes = b"") -> Client:
+        """Register a client; its queue starts with ``preamble`` then the replay.
+
+        Raises ConsoleBusy. Synchronous on purpose: no VM byte can slip between
+        the replay snapshot and the registration.
+        """
+        cfg = self._hub.config
+        if len(self._clients) >= cfg.max_clients:
+            raise ConsoleBusy(f"{len(self._clients)} clients attached (max-clients)")
+        if mode != "ro":
+            if any(c.mode == "exclusive" for c in self._clients):
+                raise ConsoleBusy("an exclusive writer is attached; attach read-only (ro)")
+            if mode == "exclusive" and any(c.writes for c in self._clients):
+                raise ConsoleBusy("writers are attached; exclusive mode refused")
+        data = self._ring.last(replay)
+        client = Client(mode, peer, preamble + data)
+        self._clients.append(client)
+        self._hub.metrics.console_clients.inc()
+        self.event("client_attach", client=client.id, peer=peer, mode=mode, replay=len(data))
+        return client
+
+    def replay_size(self, requested: int) -> int:
+        return min(requested, len(self._ring))
+
+    def detach(self, client: Client, reason: str = "closed") -> None:
+        try:
+            self._clients.remove(client)
+        except ValueError:
+            return
+        client.close()
+        self._hub.metrics.console_clients.dec()
+        self.event("client_detach", client=client.id, peer=client.peer, reason=reason, sent=client.sent)
+
+    def _drop_slow(self, client: Client) -> None:
+        cfg = self._hub.config
+        client.dropped = True
+        client.close(
+            notice(f"disconnected: client fell more than {cfg.client_queue_bytes} bytes behind"),
+            deadline=trio.current_time() + cfg.drop_notice_timeout,
+        )
+        self._hub.metrics.slow_clients_dropped_total.inc()
+        log.warning("console %s: dropped slow client %s (%s)", self.key, client.id, client.peer)
+        self.detach(client, reason="slow")
+
+    async def from_client(self, client: Client, data: bytes) -> None:
+        """Keystrokes from a client: to the VM if it may write and the VM is there."""
+        if not client.writes:
+            if client.notified_epoch != -2:
+                client.notified_epoch = -2
+                client.push(notice("read-only: input discarded"), self._hub.config.client_queue_bytes)
+            return
+        sink = self._input
+        if sink is None:
+            if client.notified_epoch != self._input_epoch:
+                client.notified_epoch = self._input_epoch
+                client.push(notice("VM not connected: input discarded"), self._hub.config.client_queue_bytes)
+            return
+        self.bytes_to_vm += len(data)
+        await sink(data)
+
+    # --- service -----------------------------------------------------------------
+
+    def info(self) -> ConsoleInfo:
+        return ConsoleInfo(
+            key=self.key,
+            display=self.display,
+            connected=self.connected,
+            bytes=self._ring.total,
+            clients=len(self._clients),
+            bytes_to_vm=self.bytes_to_vm,
+        )
+
+    def apply_config(self, config: ConsoleConfig) -> None:
+        if config.ring_bytes != self._ring.capacity:
+            self._ring.resize(config.ring_bytes)
+
+    @property
+    def log_queued(self) -> int:
+        return self._log.queued

@@ -1,0 +1,89 @@
+"""Replay ring: the last ``capacity`` bytes a VM wrote.
+
+Sans-IO. Memory grows with the data (a quiet VM costs next to nothing) up to
+``capacity``; once full it is a fixed circular buffer.
+"""
+
+from __future__ import annotations
+
+
+class Ring:
+    __slots__ = ("_buf", "_cap", "_full", "_head", "total")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 0:
+            raise ValueError("capacity must be >= 0")
+        self._cap = capacity
+        self._buf = bytearray()
+        self._full = False  # circular mode: len(_buf) == _cap, oldest byte at _head
+        self._head = 0
+        self.total = 0  # bytes ever appended
+
+    @property
+    def capacity(self) -> int:
+        return self._cap
+
+    def __len__(self) -> int:
+        return self._cap if self._full else len(self._buf)
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        n = len(data)
+        self.total += n
+        cap = self._cap
+        if n == 0 or cap == 0:
+            return
+        if n >= cap:
+            self._buf = bytearray(memoryview(data)[n - cap :])
+            self._full = True
+            self._head = 0
+            return
+        if not self._full:
+            room = cap - len(self._buf)
+            if n <= room:
+                self._buf += data
+                if n == room:
+                    self._full = True
+                    self._head = 0
+                return
+            # becomes full: keep the last cap bytes in a fresh exact-size buffer
+            keep = cap - n
+            self._buf = bytearray(self._buf[len(self._buf) - keep :]) + data
+            self._full = True
+            self._head = 0
+            return
+        # circular: overwrite the oldest n bytes
+        buf = self._buf
+        h = self._head
+        first = min(n, cap - h)
+        mv = memoryview(data)
+        buf[h : h + first] = mv[:first]
+        if first < n:
+            buf[: n - first] = mv[first:]
+        self._head = (h + n) % cap
+
+    def last(self, n: int) -> bytes:
+        """The last ``min(n, len(self))`` bytes, oldest first."""
+        size = len(self)
+        n = max(0, min(n, size))
+        if n == 0:
+            return b""
+        if not self._full:
+            return bytes(self._buf[size - n :])
+        buf = self._buf
+        start = (self._head - n) % self._cap
+        if start < self._head:
+            return bytes(buf[start : self._head])
+        return bytes(buf[start:]) + bytes(buf[: self._head])
+
+    def resize(self, capacity: int) -> None:
+        """Change the capacity, keeping the newest bytes that still fit."""
+        if capacity < 0:
+            raise ValueError("capacity must be >= 0")
+        keep = self.last(capacity)
+        total = self.total
+        self._cap = capacity
+        self._buf = bytearray()
+        self._full = False
+        self._head = 0
+        self.append(keep)
+        self.total = total

@@ -1,0 +1,339 @@
+"""The console service: registry of consoles, log writer, attach endpoints."""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import ssl
+from typing import Any
+
+import trio
+
+from vspc.console import protocol as proto
+from vspc.console.config import ConsoleConfig
+from vspc.console.endpoint import EndpointError, UnixListener, open_tcp, server_ssl_context
+from vspc.console.hub import Client, Console, ConsoleBusy, ConsoleInfo, Hub
+from vspc.console.logfile import LogSettings, LogWriter
+from vspc.core.identity import DEFAULT_LABEL, PortKey, canonical_uuid
+from vspc.metrics import VspcMetrics
+
+log = logging.getLogger("vspc.console")
+
+RECV_SIZE = 64 * 1024
+
+
+def log_settings(config: ConsoleConfig) -> LogSettings:
+    return LogSettings(
+        dir=config.log_dir,
+        max_bytes=config.log_max_bytes,
+        keep=config.log_keep,
+        queue_bytes=config.log_queue_bytes,
+        queue_total_bytes=config.log_queue_total_bytes,
+    )
+
+
+def _endpoint_config(c: ConsoleConfig) -> tuple[object, ...]:
+    return (c.socket, c.socket_mode, c.tcp)
+
+
+class LookupFailed(Exception):
+    """No console, or more than one, matches an attach target."""
+
+
+class ConsoleService:
+    """All consoles of the appliance, their logs, and the attach endpoint(s)."""
+
+    def __init__(self, config: ConsoleConfig, metrics: VspcMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.writer = LogWriter(log_settings(config))
+        self._hub = Hub(config, self.writer, metrics)
+        self._consoles: dict[PortKey, Console] = {}
+        self._nursery: trio.Nursery | None = None
+        self._listen_scope: trio.CancelScope | None = None
+        self._listen_done: trio.Event | None = None
+        self.tcp_addresses: list[tuple[str, int]] = []
+
+    # --- the API for the vSPC and the endpoint ----------------------------------
+
+    def open(self, key: PortKey, display: str) -> Console:
+        """The console of ``key`` (created on first use). A non-empty ``display`` updates it."""
+        c = self._consoles.get(key)
+        if c is None:
+            c = Console(self._hub, key, display or key.uuid)
+            self._consoles[key] = c
+        elif display and display != c.display:
+            c.display = display
+        return c
+
+    def get(self, key: PortKey) -> Console | None:
+        return self._consoles.get(key)
+
+    def list(self) -> list[ConsoleInfo]:
+        return [c.info() for c in sorted(self._consoles.values(), key=lambda c: c.key)]
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the endpoint(s) and the log writer until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self.writer.run)
+                await nursery.start(self._listen, self.config)
+                task_status.started()
+        finally:
+            self._nursery = None
+
+    async def reconfigure(self, config: ConsoleConfig) -> None:
+        """Apply a new config live: limits, ring size, retention, log dir, endpoints.
+
+        Attached clients and queued log data are kept.
+        """
+        old = self.config
+        self.config = config
+        self._hub.config = config
+        await self.writer.reconfigure(log_settings(config))
+        if old.ring_bytes != config.ring_bytes:
+            for c in self._consoles.values():
+                c.apply_config(config)
+        if _endpoint_config(old) != _endpoint_config(config) and self._nursery is not None:
+            await self._stop_listening()
+            try:
+                await self._nursery.start(self._listen, config)
+            except (EndpointError, OSError, ssl.SSLError) as e:
+                log.error("console endpoint: new settings failed (%s); keeping the old ones", e)
+                self.config = old
+                self._hub.config = config  # limits still apply
+                await self._nursery.start(self._listen, old)
+
+    # --- matching ------------------------------------------------------------------
+
+    def find(self, target: str, label: str | None = None) -> Console:
+        """The console matching ``target`` (uuid, display, or unique prefix) and label.
+
+        Without a label, ``vm:label`` is understood when ``target`` alone matches nothing.
+        """
+        found = self._match(target, label)
+        if not found and label is None and ":" in target:
+            vm, _, lab = target.rpartition(":")
+            if vm and lab:
+                found = self._match(vm, lab)
+        if not found:
+            raise LookupFailed(f"no console matches {target!r}" + (f" label {label!r}" if label else ""))
+        if len({c.key.uuid for c in found}) > 1:
+            names = ", ".join(sorted(f"{c.display} ({c.key.uuid})" for c in found)[:10])
+            raise LookupFailed(f"{target!r} is ambiguous: {names}")
+        if len(found) > 1:
+            default = [c for c in found if c.key.label == DEFAULT_LABEL]
+            if len(default) == 1:
+                return default[0]
+            labels = ", ".join(sorted(c.key.label for c in found))
+            raise LookupFailed(f"{target!r} has several ports, name one with :label ({labels})")
+        return found[0]
+
+    def _match(self, vm: str, label: str | None) -> builtins.list[Console]:
+        ports = [c for c in self._consoles.values() if label is None or c.key.label == label]
+        try:
+            cu: str | None = canonical_uuid(vm)
+        except ValueError:
+            cu = None
+        exact = [c for c in ports if (cu is not None and c.key.uuid == cu) or c.display == vm]
+        if exact:
+            return exact
+        return [
+            c
+            for c in ports
+            if (cu is not None and c.key.uuid.startswith(cu)) or c.display.startswith(vm)
+        ]
+
+    # --- endpoints -----------------------------------------------------------------
+
+    async def _stop_listening(self) -> None:
+        if self._listen_scope is not None:
+            self._listen_scope.cancel()
+        if self._listen_done is not None:
+            await self._listen_done.wait()
+
+    async def _listen(self, config: ConsoleConfig, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        done = trio.Event()
+        self._listen_done = done
+        unix: UnixListener | None = None
+        tcp_listeners: list[trio.SocketListener] = []
+        try:
+            with trio.CancelScope() as scope:
+                self._listen_scope = scope
+                ctx: ssl.SSLContext | None = None
+                if config.tcp is not None:
+                    ctx = server_ssl_context(config.tcp)
+                    tcp_listeners = await open_tcp(config.tcp)
+                if config.socket is not None:
+                    unix = UnixListener(config.socket, config.socket_mode)
+                    await unix.open()
+                self.tcp_addresses = [lst.socket.getsockname()[:2] for lst in tcp_listeners]
+                async with trio.open_nursery() as n:
+                    if unix is not None and unix.listener is not None:
+                        n.start_soon(self._accept_loop, unix.listener, None)
+                        log.info("console endpoint: unix %s (mode %o)", config.socket, config.socket_mode)
+                    for lst in tcp_listeners:
+                        n.start_soon(self._accept_loop, lst, ctx)
+                        log.info("console endpoint: tcp+mTLS %s", lst.socket.getsockname()[:2])
+                    task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                if unix is not None:
+                    await unix.aclose()
+                for lst in tcp_listeners:
+                    await lst.aclose()
+            self.tcp_addresses = []
+            done.set()
+
+    async def _accept_loop(self, listener: trio.SocketListener, ctx: ssl.SSLContext | None) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as e:  # EMFILE and friends: wait a little, do not spin
+                log.error("console endpoint: accept failed: %s", e)
+                await trio.sleep(0.1)
+                continue
+            assert self._nursery is not None
+            self._nursery.start_soon(self._handle, stream, ctx)
+
+    async def _handle(self, raw: trio.SocketStream, ctx: ssl.SSLContext | None) -> None:
+        stream: trio.abc.Stream = raw
+        peer = _peer_name(raw)
+        try:
+            with trio.move_on_after(self.config.request_timeout) as cs:
+                if ctx is not None:
+                    tls = trio.SSLStream(raw, ctx, server_side=True)
+                    stream = tls
+                    await tls.do_handshake()
+                    peer = _tls_peer(tls, peer)
+                line, rest = await _read_line(stream)
+            if cs.cancelled_caught:
+                log.info("console client %s: no request within %ss", peer, self.config.request_timeout)
+                return
+            try:
+                req = proto.decode_request(line)
+            except proto.ProtocolError as e:
+                await _send_error(stream, f"bad request: {e}")
+                return
+            if isinstance(req, proto.ListRequest):
+                body = proto.encode_line({"ok": True, "consoles": [i.to_json() for i in self.list()]})
+                await stream.send_all(body)
+                return
+            await self._attach(stream, req, rest, peer)
+        except proto.ProtocolError as e:
+            log.info("console client %s: %s", peer, e)
+            await _send_error(stream, str(e))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as e:
+            log.info("console client %s: connection lost: %s", peer, e)
+        except Exception:
+            log.exception("console client %s: unexpected error", peer)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _attach(self, stream: trio.abc.Stream, req: proto.AttachRequest, rest: bytes, peer: str) -> None:
+        try:
+            console = self.find(req.vm, req.label)
+        except LookupFailed as e:
+            await _send_error(stream, str(e))
+            return
+        n = console.replay_size(req.replay)
+        status = proto.encode_line(
+            {
+                "ok": True,
+                "uuid": console.key.uuid,
+                "label": console.key.label,
+                "display": console.display,
+                "mode": req.mode,
+                "replay": n,
+                "connected": console.connected,
+            }
+        )
+        try:
+            client = console.attach(req.mode, req.replay, peer, preamble=status)
+        except ConsoleBusy as e:
+            await _send_error(stream, str(e))
+            return
+        reason = "closed"
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._client_input, stream, console, client, rest, nursery.cancel_scope)
+                with trio.CancelScope() as scope:
+                    client.scope = scope
+                    if client.closed:  # dropped before we got here
+                        scope.deadline = trio.current_time() + self.config.drop_notice_timeout
+                    while True:
+                        chunk = await client.next_chunk()
+                        if not chunk:
+                            break
+                        await stream.send_all(chunk)
+                if client.dropped:
+                    reason = "slow"
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            reason = f"connection lost: {e}"
+        finally:
+            console.detach(client, reason=reason)
+
+    async def _client_input(
+        self,
+        stream: trio.abc.Stream,
+        console: Console,
+        client: Client,
+        first: bytes,
+        done: trio.CancelScope,
+    ) -> None:
+        try:
+            if first:
+                await console.from_client(client, first)
+            while True:
+                data = await stream.receive_some(RECV_SIZE)
+                if not data:
+                    break
+                await console.from_client(client, bytes(data))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+            pass
+        done.cancel()
+
+
+async def _read_line(stream: trio.abc.Stream) -> tuple[bytes, bytes]:
+    reader = proto.LineReader()
+    while True:
+        data = await stream.receive_some(RECV_SIZE)
+        if not data:
+            raise proto.ProtocolError("connection closed before a request line")
+        got = reader.feed(data)
+        if got is not None:
+            return got
+
+
+async def _send_error(stream: trio.abc.Stream, message: str) -> None:
+    with trio.move_on_after(2):
+        try:
+            await stream.send_all(proto.encode_line({"ok": False, "error": message}))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+            pass
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        name = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    if isinstance(name, tuple):
+        return f"{name[0]}:{name[1]}"
+    return "unix"
+
+
+def _tls_peer(tls: trio.SSLStream[Any], fallback: str) -> str:
+    try:
+        cert = tls.getpeercert()
+    except (ValueError, AttributeError):
+        return fallback
+    if not cert:
+        return fallback
+    for rdn in cert.get("subject", ()):
+        for k, v in rdn:
+            if k == "commonName":
+                return f"{fallback} cn={v}"
+    return fallback
