@@ -1,0 +1,44 @@
+"""``vic relay --config relay.toml [--check]``: the host-side relay daemon."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import trio
+
+from relay.config import load_config
+from relay.daemon import RelayDaemon
+from vic.ops import logs
+from vic.ops.daemon import watch_signals
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="relay TOML config file")
+    parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    parser.add_argument("--log-level", default=None, help="override the config's log-level")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)  # ConfigError -> exit 2, one line (vic.cli)
+    if args.check:
+        print(f"{args.config}: ok ({len(cfg.listeners())} listeners, {len(cfg.egress)} egresses)")
+        return 0
+    logs.setup(args.log_level or cfg.log_level)
+    daemon = RelayDaemon(cfg, config_path=args.config)
+    trio.run(_main, daemon)
+    return 0
+
+
+async def _main(daemon: RelayDaemon) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watch_signals, daemon.reload, daemon.terminate)
+        await nursery.start(daemon.run)
+        await daemon.stopped.wait()
+        nursery.cancel_scope.cancel()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from vic.cli import main
+
+    sys.exit(main(["relay", *sys.argv[1:]]))

@@ -1,0 +1,356 @@
+"""The relay daemon's configuration: TOML validated into frozen dataclasses.
+
+Layout of ``relay.toml`` (see ``EXAMPLE`` below for a complete file)::
+
+    host = "esx-a"                 # origin host written into every stream header
+    [egress.appliance]             # one or more named egresses
+    kind = "tcp"                   # tcp | unix | vsock | hvsock
+    [limits] / [timeouts] / [metrics]
+    [[tcp]] [[vspc]] [[pipe]] [[serial]] [[vsock]] [[hvsock]]   # ingress listeners
+
+Every listener has a ``name`` unique across all kinds; on SIGHUP a listener whose
+table is unchanged keeps running, a changed one is restarted, a removed one stops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+from vic.ops.config import ConfigError, load, loads, require
+
+MAX_PORT = 65535
+# VMADDR_CID_ANY; also the largest CID.
+VSOCK_CID_ANY = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS for a TCP egress: ``ca`` verifies the appliance; cert/key for mutual TLS."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str = ""
+
+    def validate(self) -> None:
+        require((self.cert is None) == (self.key is None), "key", "cert and key go together")
+
+
+@dataclass(frozen=True)
+class EgressConfig:
+    """Where forwarded streams go: the appliance endpoint (or a VM-hosted one)."""
+
+    kind: Literal["tcp", "unix", "vsock", "hvsock"]
+    host: str = ""
+    port: int = 0
+    path: Path | None = None
+    cid: int = 0
+    tls: TlsConfig | None = None
+
+    def validate(self) -> None:
+        if self.kind == "tcp":
+            require(bool(self.host), "host", "required for a tcp egress")
+            require(0 < self.port <= MAX_PORT, "port", "must be 1..65535")
+        elif self.kind in ("unix", "hvsock"):
+            require(self.path is not None, "path", f"required for a {self.kind} egress")
+        if self.kind == "vsock":
+            require(2 <= self.cid < VSOCK_CID_ANY, "cid", "must be a guest or host CID (>= 2)")
+            require(0 < self.port < VSOCK_CID_ANY, "port", "must be a vsock port number")
+        if self.kind == "hvsock":
+            require(0 < self.port < VSOCK_CID_ANY, "port", "must be a vsock port number")
+        require(self.tls is None or self.kind == "tcp", "tls", "only a tcp egress takes tls")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_streams: int = 10_000
+    max_streams_per_vm: int = 64
+    accept_rate: float = 500.0  # new streams per second (token bucket)
+    accept_burst: int = 1000
+
+    def validate(self) -> None:
+        require(self.max_streams > 0, "max-streams", "must be positive")
+        require(self.max_streams_per_vm > 0, "max-streams-per-vm", "must be positive")
+        require(self.accept_rate > 0, "accept-rate", "must be positive")
+        require(self.accept_burst > 0, "accept-burst", "must be positive")
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    """Seconds; 0 disables idle and stall."""
+
+    connect: float = 10.0  # egress connect + handshake
+    idle: float = 0.0  # no byte either way for this long closes the stream
+    stall: float = 60.0  # a write that makes no progress for this long closes the stream
+    drain: float = 30.0  # SIGTERM: live streams get this long to finish
+    retry_min: float = 0.2  # reconnect backoff for pipe/serial/tcp-client ingress
+    retry_max: float = 10.0
+
+    def validate(self) -> None:
+        for f in fields(self):
+            require(getattr(self, f.name) >= 0, f.name.replace("_", "-"), "must be >= 0")
+        require(self.connect > 0, "connect", "must be positive")
+        require(self.retry_min > 0, "retry-min", "must be positive")
+        require(self.retry_max >= self.retry_min, "retry-max", "must be >= retry-min")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+    def validate(self) -> None:
+        require(0 <= self.port <= MAX_PORT, "port", "must be 0..65535")
+
+
+def _port_ok(port: int) -> bool:
+    return 0 <= port <= MAX_PORT
+
+
+@dataclass(frozen=True)
+class TcpListener:
+    """Network serial port as raw TCP: ESX connects in (server) or the relay connects out."""
+
+    name: str
+    vm: str
+    port: int
+    host: str = "127.0.0.1"
+    mode: Literal["server", "client"] = "server"
+    label: str = "serial0"
+    egress: str = ""
+
+    def validate(self) -> None:
+        require(_port_ok(self.port), "port", "must be 0..65535")
+        require(self.mode == "server" or self.port > 0, "port", "client mode needs a port")
+
+
+@dataclass(frozen=True)
+class VspcListener:
+    """ESX connects here as if to the vSPC; its Telnet goes to the appliance untouched."""
+
+    name: str
+    port: int
+    host: str = "127.0.0.1"
+    label: str = "vspc"
+    egress: str = ""
+
+    def validate(self) -> None:
+        require(_port_ok(self.port), "port", "must be 0..65535")
+
+
+@dataclass(frozen=True)
+class PipeListener:
+    """Pipe-backed serial port: a Unix socket the relay listens on or connects to, or a
+    FIFO pair ``<path>.in`` (relay writes) / ``<path>.out`` (relay reads)."""
+
+    name: str
+    vm: str
+    path: Path
+    mode: Literal["listen", "connect", "fifo"] = "listen"
+    label: str = "serial0"
+    egress: str = ""
+
+
+@dataclass(frozen=True)
+class SerialListener:
+    """A tty (serial device or pty) configured through pyserial."""
+
+    name: str
+    vm: str
+    device: Path
+    baudrate: int = 115200
+    bytesize: Literal[5, 6, 7, 8] = 8
+    parity: Literal["N", "E", "O", "M", "S"] = "N"
+    stopbits: Literal[1, 2] = 1
+    xonxoff: bool = False
+    rtscts: bool = False
+    label: str = "serial0"
+    egress: str = ""
+
+    def validate(self) -> None:
+        require(self.baudrate > 0, "baudrate", "must be positive")
+
+
+@dataclass(frozen=True)
+class VsockListener:
+    """AF_VSOCK listener; the peer CID names the VM through ``cids``."""
+
+    name: str
+    port: int
+    cids: dict[str, str] = field(default_factory=dict)
+    allow_unknown: bool = False
+    bind_cid: int = VSOCK_CID_ANY
+    label: str = "vsock"
+    egress: str = ""
+
+    def validate(self) -> None:
+        require(0 < self.port < VSOCK_CID_ANY, "port", "must be a vsock port number")
+        for k in self.cids:
+            require(k.isdigit() and 3 <= int(k) < VSOCK_CID_ANY, f"cids.{k}", "not a guest CID")
+
+    def cid_map(self) -> dict[int, str]:
+        return {int(k): v for k, v in self.cids.items()}
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.port, tuple(sorted(self.cids.items()))))
+
+
+@dataclass(frozen=True)
+class HvsockListener:
+    """Hybrid vsock, guest-initiated: the VMM connects to ``<uds-path>_<port>``."""
+
+    name: str
+    vm: str
+    uds_path: Path
+    port: int
+    label: str = ""
+    egress: str = ""
+
+    def validate(self) -> None:
+        require(0 < self.port < VSOCK_CID_ANY, "port", "must be a vsock port number")
+
+    @property
+    def socket_path(self) -> Path:
+        return Path(f"{self.uds_path}_{self.port}")
+
+
+Listener = TcpListener | VspcListener | PipeListener | SerialListener | VsockListener | HvsockListener
+LISTENER_KINDS = ("tcp", "vspc", "pipe", "serial", "vsock", "hvsock")
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    egress: dict[str, EgressConfig]
+    host: str = ""  # "" = this machine's hostname
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tcp: tuple[TcpListener, ...] = ()
+    vspc: tuple[VspcListener, ...] = ()
+    pipe: tuple[PipeListener, ...] = ()
+    serial: tuple[SerialListener, ...] = ()
+    vsock: tuple[VsockListener, ...] = ()
+    hvsock: tuple[HvsockListener, ...] = ()
+
+    def validate(self) -> None:
+        require(len(self.egress) > 0, "egress", "at least one egress is required")
+        seen: dict[str, str] = {}
+        for kind in LISTENER_KINDS:
+            for i, lst in enumerate(getattr(self, kind)):
+                key = f"{kind}[{i}]"
+                require(bool(lst.name), f"{key}.name", "must not be empty")
+                if lst.name in seen:
+                    raise ConfigError(f"{key}.name", f"duplicate listener name (also {seen[lst.name]})")
+                seen[lst.name] = key
+                if lst.egress:
+                    require(lst.egress in self.egress, f"{key}.egress", f"no egress {lst.egress!r}")
+                else:
+                    require(
+                        len(self.egress) == 1 or "default" in self.egress,
+                        f"{key}.egress",
+                        "several egresses and none named 'default': name one",
+                    )
+
+    def listeners(self) -> dict[str, Listener]:
+        out: dict[str, Listener] = {}
+        for kind in LISTENER_KINDS:
+            for lst in getattr(self, kind):
+                out[lst.name] = lst
+        return out
+
+    def egress_for(self, lst: Listener) -> EgressConfig:
+        if lst.egress:
+            return self.egress[lst.egress]
+        if "default" in self.egress:
+            return self.egress["default"]
+        return next(iter(self.egress.values()))
+
+
+def load_config(path: str | Path) -> RelayConfig:
+    return load(RelayConfig, path)
+
+
+def loads_config(text: str) -> RelayConfig:
+    return loads(RelayConfig, text)
+
+
+EXAMPLE = """\
+host = "esx-a"
+log-level = "info"
+
+[egress.default]              # straight to the appliance endpoint
+kind = "tcp"                  # tcp | unix | vsock | hvsock
+host = "10.0.0.5"
+port = 7000
+tls = { ca = "/etc/vic/ca.pem", cert = "/etc/vic/relay.pem", key = "/etc/vic/relay.key" }
+
+[egress.fc-appliance]         # an appliance VM under Firecracker: CONNECT <port>
+kind = "hvsock"
+path = "/run/fc/appliance.vsock"
+port = 7000
+
+[limits]
+max-streams = 10000
+max-streams-per-vm = 64
+accept-rate = 500.0           # new streams per second, burst below
+accept-burst = 1000
+
+[timeouts]                    # seconds; idle/stall 0 = off
+connect = 10.0
+idle = 0.0
+stall = 60.0
+drain = 30.0
+retry-min = 0.2
+retry-max = 10.0
+
+[metrics]
+enabled = true
+host = "127.0.0.1"
+port = 9108
+
+[[vspc]]                      # ESX network serial port with vSPC URI telnet://relay:13370
+name = "vspc"
+port = 13370
+host = "0.0.0.0"
+
+[[tcp]]                       # network serial port, raw TCP, ESX connects in
+name = "vm1-com1"
+vm = "4213a2b0c9d84c6e9f8a1f2e3d4c5b6a"
+port = 14001
+
+[[tcp]]                       # ESX listens (server mode URI), the relay connects out
+name = "vm2-com1"
+vm = "vm2"
+mode = "client"
+host = "127.0.0.1"
+port = 14002
+
+[[pipe]]                      # named pipe; the VM end is the client, we listen
+name = "vm3-pipe"
+vm = "vm3"
+path = "/run/vic/vm3.com1"
+mode = "listen"               # listen | connect | fifo
+
+[[serial]]
+name = "vm4-tty"
+vm = "vm4"
+device = "/dev/ttyS1"
+baudrate = 115200
+
+[[vsock]]
+name = "guests"
+port = 2377
+cids = { "3" = "vm5", "4" = "vm6" }
+allow-unknown = false
+
+[[hvsock]]                    # Firecracker guest connects to port 52: <uds-path>_52
+name = "fc-vm7"
+vm = "vm7"
+uds-path = "/run/fc/vm7.vsock"
+port = 52
+egress = "fc-appliance"
+"""

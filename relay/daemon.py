@@ -1,0 +1,357 @@
+"""The relay service: listeners from the config, one pump per admitted stream.
+
+Task layout (outer to inner)::
+
+    service nursery    metrics HTTP, sd_notify watchdog
+      streams nursery  one task per live stream (survives reloads; drained on stop)
+        listeners      one task per listener, each in its own cancel scope
+
+* ``reload()`` (SIGHUP): listeners whose table is unchanged keep running, changed
+  ones are restarted, removed ones stop, new ones start; limits, timeouts and
+  egresses apply to new streams. No live stream is touched. A config error keeps
+  the running config.
+* ``terminate()`` (SIGTERM): stop accepting, give live streams ``timeouts.drain``
+  seconds to finish, then cut what is left.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry
+
+from relay.config import (
+    EgressConfig,
+    HvsockListener,
+    Listener,
+    PipeListener,
+    RelayConfig,
+    SerialListener,
+    TcpListener,
+    VsockListener,
+    VspcListener,
+    load_config,
+)
+from relay.core.header import HeaderError, OriginHeader
+from relay.core.hybrid import HybridError
+from relay.egress import open_egress
+from relay.ingress import Backoff, Origin
+from relay.ingress import hvsock as hvsock_ingress
+from relay.ingress import pipe as pipe_ingress
+from relay.ingress import serialdev as serial_ingress
+from relay.ingress import tcp as tcp_ingress
+from relay.ingress import vsock as vsock_ingress
+from relay.ingress import vspc as vspc_ingress
+from relay.limits import Limits, Ticket
+from relay.metrics import TO_VM, RelayMetrics
+from relay.pipepool import PipePool
+from relay.pump import IdleTimeout, PumpCounters, PumpTimeout, pump
+from vic.ops import sdnotify
+from vic.ops.config import ConfigError
+from vic.ops.metrics_http import serve_metrics
+
+log = logging.getLogger("relay")
+
+REFUSE_DRAINING = "draining"
+
+_SERVE: dict[type, Callable[..., Awaitable[None]]] = {
+    TcpListener: tcp_ingress.serve,
+    VspcListener: vspc_ingress.serve,
+    PipeListener: pipe_ingress.serve,
+    SerialListener: serial_ingress.serve,
+    VsockListener: vsock_ingress.serve,
+    HvsockListener: hvsock_ingress.serve,
+}
+
+# What dispatch() returns for an admitted stream nobody waits on.
+_ADMITTED = trio.Event()
+_ADMITTED.set()
+
+# Errors that mean "the egress (or its handshake) failed", not a bug.
+_EGRESS_ERRORS = (
+    OSError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    HybridError,
+    HeaderError,
+    ssl.SSLError,
+)
+
+
+@dataclass
+class _ListenerRun:
+    cfg: Listener
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    stopped: trio.Event = field(default_factory=trio.Event)
+    bound: Any = None
+    error: BaseException | None = None
+
+
+class RelayDaemon:
+    """The relay. Run with ``await nursery.start(daemon.run)``; ``run`` returns
+    after ``terminate()`` once every stream has finished or been cut."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        *,
+        config_path: str | Path | None = None,
+        registry: CollectorRegistry | None = None,
+        pipes: PipePool | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.metrics = RelayMetrics(registry)
+        self.host = config.host or socket.gethostname()
+        self.pipes = pipes if pipes is not None else PipePool()
+        self.metrics_port: int | None = None
+        self.accepting = False
+        self.limits: Limits | None = None
+        self._boot = secrets.token_hex(3)
+        self._seq = itertools.count(1)
+        self._running: dict[str, _ListenerRun] = {}
+        self._egress_by_route: dict[str, EgressConfig] = {}
+        self._streams: trio.Nursery | None = None
+        self._listeners: trio.Nursery | None = None
+        self._reload_lock = trio.Lock()
+        self._stopping = False
+        self.stopped = trio.Event()
+
+    # --- public ---------------------------------------------------------------
+
+    @property
+    def bound(self) -> dict[str, Any]:
+        """Listener name -> what it bound (address tuple or socket path)."""
+        return {name: run.bound for name, run in self._running.items()}
+
+    def active_streams(self) -> int:
+        return self.limits.active if self.limits is not None else 0
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        self.limits = Limits(cfg.limits, trio.current_time())
+        try:
+            async with trio.open_nursery() as svc:
+                if cfg.metrics.enabled:
+                    self.metrics_port = await svc.start(
+                        serve_metrics, self.metrics.registry, cfg.metrics.host, cfg.metrics.port
+                    )
+                interval = sdnotify.watchdog_interval()
+                if interval:
+                    svc.start_soon(self._watchdog, interval)
+                async with trio.open_nursery() as streams:
+                    self._streams = streams
+                    async with trio.open_nursery() as listeners:
+                        self._listeners = listeners
+                        listeners.start_soon(trio.sleep_forever)
+                        self.accepting = True
+                        errors = await self._apply(cfg)
+                        if errors:
+                            name, err = errors[0]
+                            raise ConfigError(name, f"cannot start listener: {err}")
+                        log.info("relay %s ready: %d listeners, metrics port %s", self.host,
+                                 len(self._running), self.metrics_port)
+                        task_status.started(self)
+                        sdnotify.ready()
+                log.info("relay drained")
+                svc.cancel_scope.cancel()
+        finally:
+            self.accepting = False
+            self.stopped.set()
+
+    async def reload(self, new: RelayConfig | None = None) -> bool:
+        """Apply a new config (read from ``config_path`` when not given)."""
+        async with self._reload_lock:
+            if self._stopping:
+                return False
+            sdnotify.reloading()
+            try:
+                if new is None:
+                    if self.config_path is None:
+                        raise ConfigError("", "no config file to reload from")
+                    new = load_config(self.config_path)
+            except ConfigError as e:
+                log.error("reload failed, keeping the running config: %s", e)
+                self.metrics.reloads.labels("error").inc()
+                sdnotify.ready()
+                return False
+            errors = await self._apply(new)
+            self.metrics.reloads.labels("partial" if errors else "ok").inc()
+            log.info("reloaded: %d listeners, %d live streams kept", len(self._running),
+                     self.active_streams())
+            sdnotify.ready()
+            return not errors
+
+    async def terminate(self) -> None:
+        """Stop accepting; drain live streams until ``timeouts.drain`` runs out."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.accepting = False
+        sdnotify.stopping()
+        drain = self.config.timeouts.drain
+        log.info("stopping: no new streams; draining %d live streams (deadline %.1fs)",
+                 self.active_streams(), drain)
+        if self._listeners is not None:
+            self._listeners.cancel_scope.cancel()
+        if self._streams is not None:
+            self._streams.cancel_scope.deadline = trio.current_time() + drain
+
+    # --- IngressSink ----------------------------------------------------------
+
+    def backoff(self) -> Backoff:
+        t = self.config.timeouts
+        return Backoff(t.retry_min, t.retry_max)
+
+    async def refuse(self, stream: trio.abc.Stream, origin: Origin, reason: str) -> None:
+        self.metrics.refused.labels(origin.route, reason).inc()
+        log.warning("route=%s kind=%s vm=%s peer=%s refused: %s", origin.route, origin.kind,
+                    origin.vm or "-", origin.peer, reason)
+        await trio.aclose_forcefully(stream)
+
+    async def dispatch(
+        self, stream: trio.abc.Stream, origin: Origin, track: bool = False
+    ) -> trio.Event | None:
+        """Admit and relay ``stream`` (in the streams nursery), or refuse it.
+        With ``track`` the returned Event is set when the stream is over."""
+        if not self.accepting or self._streams is None or self.limits is None:
+            await self.refuse(stream, origin, REFUSE_DRAINING)
+            return None
+        verdict = self.limits.admit(origin.vm, trio.current_time())
+        if not isinstance(verdict, Ticket):
+            await self.refuse(stream, origin, verdict)
+            return None
+        done = trio.Event() if track else None
+        self._streams.start_soon(self._relay, stream, origin, verdict, done)
+        return done if done is not None else _ADMITTED
+
+    # --- streams --------------------------------------------------------------
+
+    async def _relay(
+        self, stream: trio.abc.Stream, origin: Origin, ticket: Ticket, done: trio.Event | None
+    ) -> None:
+        assert self.limits is not None
+        sid = f"{self._boot}-{next(self._seq)}"
+        route = origin.route
+        cfg = self.config
+        t = cfg.timeouts
+        egress = self._egress_by_route.get(route) or next(iter(cfg.egress.values()))
+        vm = origin.vm or f"esx@{origin.peer.rsplit(':', 1)[0]}"
+        header = OriginHeader(self.host, vm, origin.kind, origin.label, sid)
+        counters: PumpCounters | None = None
+        try:
+            try:
+                with trio.fail_after(t.connect):
+                    conn = await open_egress(egress, header)
+            except _EGRESS_ERRORS as e:
+                self.metrics.failed.labels(route, "egress").inc()
+                log.warning("stream=%s route=%s vm=%s peer=%s: egress %s failed: %s", sid, route,
+                            vm, origin.peer, egress.kind, _reason(e))
+                await trio.aclose_forcefully(stream)
+                return
+            counters = PumpCounters()
+            self.metrics.stream_started(id(counters), route, counters)
+            log.info("stream=%s route=%s kind=%s vm=%s label=%s peer=%s: relaying via %s", sid,
+                     route, origin.kind, vm, origin.label, origin.peer, egress.kind)
+            try:
+                if conn.pending:
+                    await stream.send_all(conn.pending)
+                    self.metrics.add_bytes(route, TO_VM, len(conn.pending))
+                await pump(stream, conn.stream, counters=counters, idle_timeout=t.idle or None,
+                           stall_timeout=t.stall or None, pipes=self.pipes)
+            except PumpTimeout as e:
+                kind = "idle" if isinstance(e, IdleTimeout) else "stall"
+                self.metrics.failed.labels(route, kind).inc()
+                log.info("stream=%s route=%s vm=%s closed: %s", sid, route, vm, e)
+                return
+            except Exception as e:  # a bug or an unexpected error: this stream only
+                self.metrics.failed.labels(route, "error").inc()
+                log.error("stream=%s route=%s vm=%s failed: %s", sid, route, vm, _reason(e))
+                await trio.aclose_forcefully(stream)
+                await trio.aclose_forcefully(conn.stream)
+                return
+            log.info("stream=%s route=%s vm=%s closed (%s): %d bytes to appliance, %d to vm",
+                     sid, route, vm, counters.end_reason or "eof", counters.a_to_b,
+                     counters.b_to_a)
+        except trio.Cancelled:
+            if self._stopping:
+                log.warning("stream=%s route=%s vm=%s cut at the drain deadline", sid, route, vm)
+            raise
+        finally:
+            if counters is not None:
+                self.metrics.stream_ended(id(counters))
+            self.limits.release(ticket)
+            if done is not None:
+                done.set()
+
+    # --- listeners --------------------------------------------------------------
+
+    async def _apply(self, new: RelayConfig) -> list[tuple[str, BaseException]]:
+        """Converge the running listeners on ``new``; returns start failures."""
+        wanted = new.listeners()
+        for name, run in list(self._running.items()):
+            if wanted.get(name) != run.cfg:
+                log.info("listener %s: %s", name, "changed, restarting" if name in wanted else "removed")
+                run.scope.cancel()
+                await run.stopped.wait()
+                del self._running[name]
+        self.config = new
+        if self.limits is not None:
+            self.limits.reconfigure(new.limits)
+        self._egress_by_route = {name: new.egress_for(lst) for name, lst in wanted.items()}
+        errors: list[tuple[str, BaseException]] = []
+        for name, lst in wanted.items():
+            if name in self._running:
+                continue
+            run = _ListenerRun(lst)
+            assert self._listeners is not None
+            run.bound = await self._listeners.start(self._listener_task, run)
+            if run.error is not None:
+                log.error("listener %s could not start: %s", name, _reason(run.error))
+                errors.append((name, run.error))
+                continue
+            self.metrics.add_route(name)
+            self._running[name] = run
+        return errors
+
+    async def _listener_task(self, run: _ListenerRun, *, task_status: Any) -> None:
+        started = False
+
+        class _Status:
+            def started(self, value: Any = None) -> None:
+                nonlocal started
+                started = True
+                task_status.started(value)
+
+        try:
+            with run.scope:
+                await _SERVE[type(run.cfg)](run.cfg, self, task_status=_Status())
+        except Exception as e:
+            run.error = e
+            if started:
+                log.error("listener %s stopped: %s", run.cfg.name, _reason(e))
+                self._running.pop(run.cfg.name, None)
+            else:
+                task_status.started(None)
+        finally:
+            run.stopped.set()
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            sdnotify.watchdog()
+            await trio.sleep(interval)
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

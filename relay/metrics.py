@@ -1,0 +1,129 @@
+"""Prometheus metrics of the relay, one ``RelayMetrics`` per daemon on its own registry.
+
+Bytes per route and direction are live: a custom collector adds, at scrape time,
+the bytes of closed streams to the current ``PumpCounters`` of every live stream,
+so a long-lived console shows its traffic while it runs, at no per-byte cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+TO_APPLIANCE = "to_appliance"  # ingress (VM side) -> egress
+TO_VM = "to_vm"
+
+
+class LiveCounters(Protocol):
+    """What relay.pump.PumpCounters offers (a = ingress side, b = egress side)."""
+
+    a_to_b: int
+    b_to_a: int
+    spliced: bool
+
+
+class _Live:
+    __slots__ = ("counters", "route")
+
+    def __init__(self, route: str, counters: LiveCounters) -> None:
+        self.route = route
+        self.counters = counters
+
+
+class RelayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry if registry is not None else CollectorRegistry()
+        self.registry = r
+        self.opened = Counter(
+            "relay_streams_opened", "streams admitted and connected to their egress", ["route"], registry=r
+        )
+        self.failed = Counter(
+            "relay_streams_failed", "streams that ended in an error", ["route", "reason"], registry=r
+        )
+        self.refused = Counter(
+            "relay_streams_refused", "connections refused before relaying", ["route", "reason"], registry=r
+        )
+        self.closed_by_mode = Counter(
+            "relay_streams_closed", "finished streams by pump mode", ["mode"], registry=r
+        )
+        self.reloads = Counter("relay_reloads", "configuration reloads", ["result"], registry=r)
+        self._closed_bytes: dict[tuple[str, str], int] = {}
+        self._live: dict[int, _Live] = {}
+        self._routes: set[str] = set()
+        r.register(_LiveCollector(self))
+
+    def add_route(self, route: str) -> None:
+        """Make a route's series exist (at 0) from the start."""
+        self._routes.add(route)
+        self.opened.labels(route)
+
+    def stream_started(self, key: int, route: str, counters: LiveCounters) -> None:
+        self._live[key] = _Live(route, counters)
+        self.opened.labels(route).inc()
+
+    def add_bytes(self, route: str, direction: str, n: int) -> None:
+        k = (route, direction)
+        self._closed_bytes[k] = self._closed_bytes.get(k, 0) + n
+
+    def stream_ended(self, key: int) -> None:
+        live = self._live.pop(key, None)
+        if live is None:
+            return
+        c = live.counters
+        self.add_bytes(live.route, TO_APPLIANCE, c.a_to_b)
+        self.add_bytes(live.route, TO_VM, c.b_to_a)
+        self.closed_by_mode.labels("splice" if c.spliced else "copy").inc()
+
+    # --- read side (tests and the collector) ---------------------------------
+
+    def bytes_total(self, route: str, direction: str) -> int:
+        n = self._closed_bytes.get((route, direction), 0)
+        for live in self._live.values():
+            if live.route == route:
+                c = live.counters
+                n += c.a_to_b if direction == TO_APPLIANCE else c.b_to_a
+        return n
+
+    def active(self, route: str | None = None) -> int:
+        if route is None:
+            return len(self._live)
+        return sum(1 for live in self._live.values() if live.route == route)
+
+    def snapshot(self) -> tuple[dict[tuple[str, str], int], dict[str, int], dict[str, int]]:
+        by_dir = dict(self._closed_bytes)
+        active: dict[str, int] = dict.fromkeys(self._routes, 0)
+        modes = {"splice": 0, "copy": 0}
+        for live in self._live.values():
+            c = live.counters
+            for d, n in ((TO_APPLIANCE, c.a_to_b), (TO_VM, c.b_to_a)):
+                by_dir[(live.route, d)] = by_dir.get((live.route, d), 0) + n
+            active[live.route] = active.get(live.route, 0) + 1
+            modes["splice" if c.spliced else "copy"] += 1
+        return by_dir, active, modes
+
+
+class _LiveCollector(Collector):
+    def __init__(self, m: RelayMetrics) -> None:
+        self.m = m
+
+    def collect(self) -> Iterator[Metric]:
+        by_dir, active, modes = self.m.snapshot()
+        b = CounterMetricFamily(
+            "relay_bytes", "bytes relayed, live streams included", labels=["route", "direction"]
+        )
+        for route in sorted(self.m._routes | {r for r, _ in by_dir}):
+            for d in (TO_APPLIANCE, TO_VM):
+                b.add_metric([route, d], by_dir.get((route, d), 0))
+        yield b
+        a = GaugeMetricFamily("relay_streams_active", "streams being relayed now", labels=["route"])
+        for route, n in sorted(active.items()):
+            a.add_metric([route], n)
+        yield a
+        p = GaugeMetricFamily("relay_streams_active_by_mode", "live streams by pump mode", labels=["mode"])
+        for mode, n in modes.items():
+            p.add_metric([mode], n)
+        yield p

@@ -1,0 +1,130 @@
+"""Test helpers for the relay daemon tests: a stand-in appliance and config makers."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from relay.config import EgressConfig, LimitsConfig, MetricsConfig, RelayConfig, TimeoutsConfig
+from relay.core.header import HeaderDecoder, HeaderError, OriginHeader
+from relay.daemon import RelayDaemon
+
+log = logging.getLogger("test.appliance")
+
+
+@dataclass
+class Received:
+    header: OriginHeader
+    data: bytearray = field(default_factory=bytearray)
+    closed: trio.Event = field(default_factory=trio.Event)
+
+
+class Appliance:
+    """Reads the origin header with HeaderDecoder, then echoes (default) or just
+    records what follows. ``streams`` lists every accepted stream in order."""
+
+    def __init__(self, echo: bool = True) -> None:
+        self.echo = echo
+        self.streams: list[Received] = []
+        self.bad_headers: list[str] = []
+        self.arrived = trio.Condition()
+        self.port = 0
+        self.path: Path | None = None
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        dec = HeaderDecoder()
+        header = None
+        rest = b""
+        try:
+            while header is None:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                header, rest = dec.feed(data)
+        except HeaderError as e:
+            self.bad_headers.append(str(e))
+            await trio.aclose_forcefully(stream)
+            return
+        rec = Received(header)
+        self.streams.append(rec)
+        async with self.arrived:
+            self.arrived.notify_all()
+        try:
+            while True:
+                if rest:
+                    rec.data += rest
+                    if self.echo:
+                        await stream.send_all(rest)
+                rest = await stream.receive_some(65536)
+                if not rest:
+                    break
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            rec.closed.set()
+            await trio.aclose_forcefully(stream)
+
+    async def wait_streams(self, n: int) -> list[Received]:
+        async with self.arrived:
+            while len(self.streams) < n:
+                await self.arrived.wait()
+        return self.streams
+
+    async def serve_tcp(self, nursery: trio.Nursery) -> int:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, self.handle, 0, host="127.0.0.1"))
+        self.port = listeners[0].socket.getsockname()[1]
+        return self.port
+
+    async def serve_unix(self, nursery: trio.Nursery, path: Path) -> Path:
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        await sock.bind(str(path))
+        sock.listen(4096)
+        nursery.start_soon(trio.serve_listeners, self.handle, [trio.SocketListener(sock)])
+        self.path = path
+        return path
+
+
+def relay_config(egress: EgressConfig, **kw: Any) -> RelayConfig:
+    kw.setdefault("host", "esx-test")
+    kw.setdefault("metrics", MetricsConfig(enabled=False))
+    kw.setdefault("timeouts", TimeoutsConfig(connect=5.0, drain=5.0, retry_min=0.01, retry_max=0.05))
+    kw.setdefault("limits", LimitsConfig())
+    return RelayConfig(egress={"default": egress}, **kw)
+
+
+def tcp_egress(port: int) -> EgressConfig:
+    return EgressConfig(kind="tcp", host="127.0.0.1", port=port)
+
+
+async def start_relay(nursery: trio.Nursery, cfg: RelayConfig, **kw: Any) -> RelayDaemon:
+    daemon = RelayDaemon(cfg, **kw)
+    await nursery.start(daemon.run)
+    return daemon
+
+
+async def roundtrip(stream: trio.abc.Stream, payload: bytes) -> bytes:
+    """Send payload and read the same number of bytes back (through an echo)."""
+    out = bytearray()
+
+    async def reader() -> None:
+        while len(out) < len(payload):
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            out.extend(chunk)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(reader)
+        await stream.send_all(payload)
+    return bytes(out)
+
+
+def pattern(n: int, seed: int = 0) -> bytes:
+    """Deterministic bytes covering every value (0xFF, NUL, CR included)."""
+    base = bytes((i * 7 + seed) & 0xFF for i in range(256))
+    return (base * (n // 256 + 1))[:n]
