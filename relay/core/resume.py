@@ -1,0 +1,313 @@
+"""End-to-end resumable byte streams (sans-IO).
+
+A *session* is one end of a relayed stream. Each direction is a byte sequence
+numbered from offset 0. The sender keeps every byte the far end has not yet
+acknowledged in a bounded replay buffer; the receiver acknowledges the offset it
+has received. When the path between the two ends breaks and is replaced (a new
+link, or a new route), the ends exchange the offsets they have received and each
+resumes sending from the other's offset:
+
+* the opener sends ``OPEN(resume, recv_offset)`` on the new path, the acceptor
+  answers ``ACK(recv_offset)``; each calls ``resume(peer_recv_offset)``;
+* if a needed byte was already discarded from the replay buffer (possible only
+  with ``overflow="discard"``), ``resume`` raises ``GapError`` and the stream must
+  end with an explicit GAP reset: bytes are never silently lost;
+* a received DATA frame at an offset below ``recv_offset`` is trimmed (never
+  delivered twice); one above it is a protocol error (never skip bytes).
+
+Replay-buffer policy: with ``overflow="block"`` (default) ``write`` accepts only
+what fits (the writer must wait for acknowledgements: back-pressure reaches the
+source). With ``overflow="discard"`` every write is accepted and the oldest
+unacknowledged bytes are dropped beyond the limit, so a source that cannot be
+paused keeps running; if those bytes are then needed the stream ends with GAP.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Literal
+
+Overflow = Literal["block", "discard"]
+Chunk = bytes | memoryview
+
+
+class ResumeError(Exception):
+    """Base for session failures; the stream must be reset."""
+
+
+class GapError(ResumeError):
+    """Bytes the peer still needs were discarded from the replay buffer."""
+
+
+class ResumeProtocolError(ResumeError):
+    """The peer's offsets are inconsistent with ours."""
+
+
+class SessionClosedError(ResumeError):
+    """Write after EOF."""
+
+
+class ResumeSession:
+    def __init__(
+        self,
+        replay_limit: int = 16 * 1024 * 1024,
+        *,
+        overflow: Overflow = "block",
+        ack_every: int | None = None,
+    ) -> None:
+        if replay_limit <= 0:
+            raise ValueError("replay_limit must be positive")
+        if overflow not in ("block", "discard"):
+            raise ValueError("overflow must be 'block' or 'discard'")
+        self.replay_limit = replay_limit
+        self.overflow: Overflow = overflow
+        self.ack_every = ack_every if ack_every is not None else max(1, min(replay_limit // 4, 1 << 20))
+        # send direction: buffered bytes are [_base, _end); _sent then _unsent
+        self._sent: deque[Chunk] = deque()
+        self._unsent: deque[Chunk] = deque()
+        self._acked = 0  # highest offset the peer acknowledged
+        self._base = 0  # first offset still held (== _acked unless discarded)
+        self._cursor = 0  # next offset to transmit (== _base + len(_sent bytes))
+        self._end = 0  # bytes written by the application
+        self._max_sent = 0  # highest offset ever transmitted
+        self._attached = False
+        self._eof_written = False
+        self._eof_sent = False
+        self._eof_acked = False
+        self.discarded = 0  # bytes dropped by overflow="discard"
+        self._gap: int | None = None  # first offset discarded before it was sent
+        # receive direction
+        self.recv_offset = 0
+        self._ack_sent = 0
+        self._eof_received = False
+        self._fin_ack_sent = False
+
+    # ---------------------------------------------------------------- state
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    @property
+    def acked(self) -> int:
+        return self._acked
+
+    @property
+    def written(self) -> int:
+        return self._end
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held in the replay buffer."""
+        return self._end - self._base
+
+    @property
+    def eof_written(self) -> bool:
+        return self._eof_written
+
+    @property
+    def eof_acked(self) -> bool:
+        return self._eof_acked
+
+    @property
+    def eof_received(self) -> bool:
+        return self._eof_received
+
+    @property
+    def done(self) -> bool:
+        """Both directions finished and our EOF acknowledged."""
+        return self._eof_acked and self._eof_received
+
+    # ---------------------------------------------------------------- send side
+    def room(self) -> int:
+        """How many bytes ``write`` accepts now."""
+        if self._eof_written:
+            return 0
+        if self.overflow == "discard":
+            return self.replay_limit
+        return max(0, self.replay_limit - (self._end - self._base))
+
+    def write(self, data: Chunk) -> int:
+        """Queue application bytes; returns how many were taken."""
+        if self._eof_written:
+            raise SessionClosedError("write after EOF")
+        n = len(data)
+        if n == 0:
+            return 0
+        if self.overflow == "block":
+            n = min(n, self.replay_limit - (self._end - self._base))
+            if n <= 0:
+                return 0
+            if n < len(data):
+                data = memoryview(data)[:n]
+        self._unsent.append(data)
+        self._end += n
+        if self.overflow == "discard":
+            self._discard_over_limit()
+        return n
+
+    def _discard_over_limit(self) -> None:
+        excess = (self._end - self._base) - self.replay_limit
+        while excess > 0:
+            q = self._sent if self._sent else self._unsent
+            head = q[0]
+            if len(head) <= excess:
+                q.popleft()
+                k = len(head)
+            else:
+                q[0] = memoryview(head)[excess:]
+                k = excess
+            if q is self._unsent:
+                self._cursor += k
+                if self._gap is None:
+                    self._gap = self._base  # never sent: the peer will need them
+            self._base += k
+            self.discarded += k
+            excess -= k
+
+    def write_eof(self) -> None:
+        self._eof_written = True
+
+    def has_pending(self) -> bool:
+        """Something to transmit on the current attachment (data or EOF)."""
+        if not self._attached:
+            return False
+        return bool(self._unsent) or (self._eof_written and not self._eof_sent)
+
+    def next_chunk(self, max_bytes: int) -> tuple[int, Chunk] | None:
+        """The next (offset, bytes) to transmit, at most ``max_bytes``; None if nothing."""
+        if not self._attached or not self._unsent or max_bytes <= 0:
+            return None
+        if self._gap is not None:
+            raise GapError(f"bytes from offset {self._gap} were discarded before they were sent")
+        head = self._unsent[0]
+        if len(head) > max_bytes:
+            mv = memoryview(head)
+            chunk: Chunk = mv[:max_bytes]
+            self._unsent[0] = mv[max_bytes:]
+        else:
+            chunk = self._unsent.popleft()
+        off = self._cursor
+        self._sent.append(chunk)
+        self._cursor += len(chunk)
+        self._max_sent = max(self._max_sent, self._cursor)
+        return off, chunk
+
+    def take_eof(self) -> int | None:
+        """If the EOF is due on this attachment, mark it sent and return its offset."""
+        if self._gap is not None and self._attached:
+            raise GapError(f"bytes from offset {self._gap} were discarded before they were sent")
+        if (self._attached and self._eof_written and not self._eof_sent
+                and not self._unsent and self._cursor == self._end):
+            self._eof_sent = True
+            return self._end
+        return None
+
+    def on_ack(self, offset: int, fin: bool = False) -> int:
+        """The peer received everything below ``offset``; returns bytes freed."""
+        if offset > self._max_sent or (fin and (not self._eof_sent or offset != self._end)):
+            raise ResumeProtocolError(
+                f"peer acknowledged offset {offset}{' + EOF' if fin else ''} "
+                f"beyond what was sent ({self._max_sent})"
+            )
+        if fin:
+            self._eof_acked = True
+        if offset <= self._acked:
+            return 0
+        self._acked = offset
+        return self._trim_to(offset)
+
+    def _trim_to(self, offset: int) -> int:
+        freed = 0
+        while self._base < offset:
+            q = self._sent if self._sent else self._unsent
+            if not q:
+                break
+            head = q[0]
+            k = offset - self._base
+            if len(head) <= k:
+                q.popleft()
+                k = len(head)
+            else:
+                q[0] = memoryview(head)[k:]
+            if q is self._unsent:
+                self._cursor += k
+            self._base += k
+            freed += k
+        return freed
+
+    def detach(self) -> None:
+        """The path went away; nothing more can be sent until ``resume``."""
+        self._attached = False
+
+    def resume(self, peer_recv_offset: int, peer_fin: bool = False) -> None:
+        """Attach a new path: the peer has received ``peer_recv_offset`` bytes."""
+        if peer_recv_offset > self._max_sent or peer_recv_offset > self._end:
+            raise ResumeProtocolError(
+                f"peer claims offset {peer_recv_offset}, only {self._max_sent} were ever sent"
+            )
+        if peer_fin and not (self._eof_written and peer_recv_offset == self._end):
+            raise ResumeProtocolError("peer claims our EOF before we wrote it")
+        if peer_recv_offset < self._base:
+            raise GapError(
+                f"peer resumes at {peer_recv_offset} but the replay buffer starts at {self._base}"
+            )
+        if peer_recv_offset > self._acked:
+            self._acked = peer_recv_offset
+        # everything not acknowledged goes back to "unsent", then trim to the peer's offset
+        self._sent.extend(self._unsent)
+        self._unsent = self._sent
+        self._sent = deque()
+        self._cursor = self._base
+        self._trim_to(peer_recv_offset)
+        self._cursor = peer_recv_offset
+        self._gap = None
+        self._eof_sent = peer_fin
+        if peer_fin:
+            self._eof_acked = True
+        self._attached = True
+
+    def start(self) -> None:
+        """Attach the first path of a new session (nothing sent, nothing received)."""
+        self.resume(0)
+
+    # ---------------------------------------------------------------- receive side
+    def on_data(self, offset: int, payload: Chunk) -> Chunk:
+        """Bytes arrived at ``offset``; returns the new bytes to deliver (maybe empty)."""
+        n = len(payload)
+        if offset > self.recv_offset:
+            raise ResumeProtocolError(
+                f"data at offset {offset} but only {self.recv_offset} received: bytes skipped"
+            )
+        if self._eof_received and n:
+            raise ResumeProtocolError("data after EOF")
+        skip = self.recv_offset - offset
+        if skip >= n:
+            return b""
+        new = memoryview(payload)[skip:] if skip else payload
+        self.recv_offset += n - skip
+        return new
+
+    def on_eof(self, offset: int) -> bool:
+        """The peer's EOF at ``offset``; returns True the first time."""
+        if offset != self.recv_offset:
+            raise ResumeProtocolError(f"EOF at {offset} but {self.recv_offset} bytes received")
+        first = not self._eof_received
+        self._eof_received = True
+        return first
+
+    def ack_due(self, force: bool = False) -> tuple[int, bool] | None:
+        """(offset, fin) to acknowledge now, or None; marks it acknowledged."""
+        fin_due = self._eof_received and not self._fin_ack_sent
+        pending = self.recv_offset - self._ack_sent
+        if fin_due or pending >= self.ack_every or (force and pending > 0):
+            self._ack_sent = self.recv_offset
+            if self._eof_received:
+                self._fin_ack_sent = True
+            return self.recv_offset, self._eof_received
+        return None
+
+    def resume_point(self) -> tuple[int, bool]:
+        """What we report on a new path: (recv_offset, EOF received)."""
+        self._ack_sent = self.recv_offset
+        self._fin_ack_sent = self._eof_received
+        return self.recv_offset, self._eof_received

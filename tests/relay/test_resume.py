@@ -1,0 +1,211 @@
+"""The resume state machine: cut the path anywhere, bytes arrive exactly once, in order."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.core.resume import (
+    GapError,
+    ResumeProtocolError,
+    ResumeSession,
+    SessionClosedError,
+)
+
+
+class End:
+    def __init__(self, limit: int, overflow: str = "block") -> None:
+        self.s = ResumeSession(limit, overflow=overflow, ack_every=7)  # type: ignore[arg-type]
+        self.written = bytearray()  # everything the application wrote (accepted)
+        self.got = bytearray()  # everything delivered to the application
+        self.eof_got = False
+
+
+class Path:
+    """One attachment: two FIFO pipes carrying ('data', off, bytes) / ('ack', off, fin) / ('eof', off)."""
+
+    def __init__(self) -> None:
+        self.to_b: deque[tuple] = deque()
+        self.to_a: deque[tuple] = deque()
+
+
+def pump(src: End, q: deque, max_bytes: int) -> None:
+    nxt = src.s.next_chunk(max_bytes)
+    if nxt is not None:
+        q.append(("data", nxt[0], bytes(nxt[1])))
+        return
+    eof = src.s.take_eof()
+    if eof is not None:
+        q.append(("eof", eof))
+
+
+def deliver(dst: End, q: deque, back: deque) -> None:
+    if not q:
+        return
+    msg = q.popleft()
+    if msg[0] == "data":
+        dst.got += dst.s.on_data(msg[1], msg[2])
+    elif msg[0] == "eof":
+        dst.s.on_eof(msg[1])
+        dst.eof_got = True
+    else:
+        dst.s.on_ack(msg[1], msg[2])
+        return
+    ack = dst.s.ack_due(force=len(q) == 0)
+    if ack is not None:
+        back.append(("ack", *ack))
+
+
+def reconnect(a: End, b: End) -> Path:
+    """Opener a reports its offset in OPEN; acceptor b answers with its own."""
+    a.s.detach()
+    b.s.detach()
+    a_off, a_fin = a.s.resume_point()
+    b_off, b_fin = b.s.resume_point()
+    b.s.resume(a_off, a_fin)
+    a.s.resume(b_off, b_fin)
+    return Path()
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("write_a"), st.binary(min_size=1, max_size=50)),
+        st.tuples(st.just("write_b"), st.binary(min_size=1, max_size=50)),
+        st.tuples(st.just("send_a"), st.integers(1, 40)),
+        st.tuples(st.just("send_b"), st.integers(1, 40)),
+        st.tuples(st.just("recv_b"), st.just(0)),
+        st.tuples(st.just("recv_a"), st.just(0)),
+        st.tuples(st.just("cut"), st.just(0)),
+        st.tuples(st.just("eof_a"), st.just(0)),
+    ),
+    max_size=120,
+)
+
+
+def run(ops_list: list, limit: int, overflow: str) -> tuple[End, End, bool]:
+    a, b = End(limit, overflow), End(limit, overflow)
+    a.s.start()
+    b.s.start()
+    p = Path()
+    gap = False
+    try:
+        for op, arg in ops_list:
+            if op == "write_a" and not a.s.eof_written:
+                n = a.s.write(arg)
+                a.written += arg[:n]
+            elif op == "write_b":
+                n = b.s.write(arg)
+                b.written += arg[:n]
+            elif op == "send_a":
+                pump(a, p.to_b, arg)
+            elif op == "send_b":
+                pump(b, p.to_a, arg)
+            elif op == "recv_b":
+                deliver(b, p.to_b, p.to_a)
+            elif op == "recv_a":
+                deliver(a, p.to_a, p.to_b)
+            elif op == "cut":
+                p = reconnect(a, b)  # in-flight frames are lost
+            elif op == "eof_a":
+                a.s.write_eof()
+        # finally: a clean path, drain everything
+        p = reconnect(a, b)
+        for _ in range(10_000):
+            pump(a, p.to_b, 64)
+            pump(b, p.to_a, 64)
+            deliver(b, p.to_b, p.to_a)
+            deliver(a, p.to_a, p.to_b)
+            if not (p.to_a or p.to_b or a.s.has_pending() or b.s.has_pending()):
+                break
+    except GapError:
+        gap = True
+    return a, b, gap
+
+
+@given(ops, st.integers(8, 200))
+@settings(max_examples=400, deadline=None)
+def test_block_mode_never_loses_or_duplicates(ops_list: list, limit: int) -> None:
+    a, b, gap = run(ops_list, limit, "block")
+    assert not gap
+    assert bytes(b.got) == bytes(a.written)
+    assert bytes(a.got) == bytes(b.written)
+    assert a.s.buffered <= limit and b.s.buffered <= limit
+    if a.s.eof_written:
+        assert b.eof_got and a.s.eof_acked
+
+
+@given(ops, st.integers(8, 200))
+@settings(max_examples=400, deadline=None)
+def test_discard_mode_gap_is_explicit(ops_list: list, limit: int) -> None:
+    a, b, gap = run(ops_list, limit, "discard")
+    assert a.s.buffered <= limit and b.s.buffered <= limit
+    # whatever arrived is an exact prefix of what was written: never a hole, never a repeat
+    assert bytes(a.written).startswith(bytes(b.got))
+    assert bytes(b.written).startswith(bytes(a.got))
+    if not gap:
+        assert bytes(b.got) == bytes(a.written)
+        assert bytes(a.got) == bytes(b.written)
+    if a.s.discarded == 0 and b.s.discarded == 0:
+        assert not gap
+
+
+def test_gap_on_resume_after_overflow() -> None:
+    s = ResumeSession(10, overflow="discard")
+    s.start()
+    s.write(b"0123456789")
+    assert s.next_chunk(100) == (0, b"0123456789")
+    s.write(b"abcde")  # drops 5 sent-but-unacknowledged bytes
+    assert s.discarded == 5 and s.buffered == 10
+    s.detach()
+    with pytest.raises(GapError):
+        s.resume(3)
+    s2 = ResumeSession(10, overflow="discard")
+    s2.start()
+    s2.write(b"0123456789")
+    s2.next_chunk(100)
+    s2.write(b"abcde")
+    s2.detach()
+    s2.resume(7)  # the peer already has what was dropped: fine
+    out = b""
+    while (c := s2.next_chunk(100)) is not None:
+        out += bytes(c[1])
+    assert out == b"789abcde"
+
+
+def test_block_mode_backpressure() -> None:
+    s = ResumeSession(10)
+    s.start()
+    assert s.write(b"x" * 25) == 10
+    assert s.room() == 0 and s.write(b"y") == 0
+    off, chunk = s.next_chunk(4)  # type: ignore[misc]
+    assert (off, bytes(chunk)) == (0, b"xxxx")
+    assert s.on_ack(4) == 4
+    assert s.room() == 4
+
+
+def test_peer_inconsistency_detected() -> None:
+    s = ResumeSession(100)
+    s.start()
+    s.write(b"hello")
+    s.next_chunk(2)
+    with pytest.raises(ResumeProtocolError):
+        s.on_ack(3)  # only 2 sent
+    with pytest.raises(ResumeProtocolError):
+        s.resume(4)
+    r = ResumeSession(100)
+    with pytest.raises(ResumeProtocolError):
+        r.on_data(5, b"x")  # skipped bytes
+    assert r.on_data(0, b"abc") == b"abc"
+    assert bytes(r.on_data(1, b"bcde")) == b"de"  # overlap trimmed
+    assert r.on_data(0, b"ab") == b""  # duplicate dropped
+    with pytest.raises(ResumeProtocolError):
+        r.on_eof(3)
+    r.on_eof(5)
+    with pytest.raises(ResumeProtocolError):
+        r.on_data(5, b"z")
+    s.write_eof()
+    with pytest.raises(SessionClosedError):
+        s.write(b"more")
