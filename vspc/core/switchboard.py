@@ -1,0 +1,771 @@
+"""The switchboard: which ESX connection carries which VM serial port, across vMotion.
+
+Sans-IO and cross-port: the trio vSPC service feeds it what happened (a connection
+opened, identified itself, sent VMOTION-* commands or console bytes, closed; an
+attached console client typed something; time passed) and carries out the
+``Action``s each call returns, in order. Nothing here blocks, reads a clock or
+draws randomness: ``now`` (seconds, any monotonic origin) and the GOAHEAD secret
+come in as arguments. The per-port vMotion logic is the table in ``vspc.vmotion``.
+
+Connections are opaque hashable tokens (``Conn``); ports are ``PortKey``s.
+
+Calls (each returns ``list[Action]`` unless noted)::
+
+    sb = Switchboard(vmotion_timeout=30.0, max_concurrent_vmotions=64,
+                     to_vm_buffer_limit=256 * 1024)
+    sb.connection_opened(conn)            # PortEvent(connect)
+    sb.identified(conn, key, now)         # VM-VC-UUID (+ label) known: conn carries key
+    sb.begin(conn, seq, secret, now)      # VMOTION-BEGIN; secret = fresh random bytes
+    sb.peer(conn, cookie, now)            # VMOTION-PEER; cookie = seq + secret as received
+    sb.complete(conn, seq, now)           # VMOTION-COMPLETE
+    sb.abort(conn, now)                   # VMOTION-ABORT
+    sb.connection_closed(conn, now)       # the connection is gone (EOF, error, or our CloseConn)
+    sb.from_vm(conn, data)                # console bytes the VM wrote (Telnet-decoded)
+    sb.to_vm(key, data)                   # bytes for the VM; at most to_vm_room(key) of them
+    sb.tick(now)                          # call at next_deadline(); expires vMotions
+    sb.next_deadline() -> float | None
+    sb.to_vm_room(key) -> int ; sb.from_vm_room(conn) -> int
+    sb.carrier(key), sb.port_of(conn), sb.ports(), sb.pending_vmotions()
+
+Actions: ``SendData`` / ``SendGoahead`` / ``SendNotNow`` / ``SendPeerOk`` (write to an
+ESX connection), ``Deliver`` (console bytes to the port's console), ``CloseConn``
+(close that connection, then call ``connection_closed``), ``PortEvent`` (log it,
+write it to the console's event log when ``key`` is set, count it), ``RoomAvailable``
+(a full to-VM buffer drained: writers waiting on ``to_vm_room`` may go on),
+``ResumeReading`` (a connection whose held bytes were full may be read again),
+``Dropped`` (bytes of a connection that closed before it ever had an identity).
+
+Rules the adapter relies on:
+
+* A connection becomes a port's *carrier* when it identifies. If the port already
+  has a live carrier and no vMotion is pending, the newer connection takes over
+  (``PortEvent(takeover)``) and the old one is closed (``CloseConn``). While a vMotion
+  is pending, an identifying connection waits (it is usually the destination, which
+  may send its UUID before PEER); when the vMotion settles it is closed, or becomes
+  the carrier if the port then has none.
+* ``begin`` answers at once: ``SendGoahead`` or ``SendNotNow`` (a vMotion already
+  pending on that port, the concurrent limit reached, or the sender is not the
+  port's carrier / has no identity yet).
+* ``peer`` binds a connection to a port only through the exact cookie of a pending
+  vMotion; DO-PROXY and UUID play no part. Anything else is refused and logged.
+* ``complete`` switches the port to the destination. The source keeps draining:
+  bytes it still sends are delivered before any of the destination's, which are
+  held until the source closes (or is closed ``vmotion_timeout`` after COMPLETE).
+* VM->appliance: ``from_vm`` never refuses bytes (the adapter already read them).
+  Bytes that must wait (no identity yet, behind a draining source, a destination
+  before COMPLETE) are held per connection; ``from_vm_room(conn)`` is 0 when the
+  held bytes reach the limit: stop reading that connection until ``ResumeReading``.
+  The overshoot is at most one read.
+* Appliance->VM: ``to_vm`` sends straight to the carrier when no vMotion is pending;
+  from BEGIN until COMPLETE/ABORT/expiry, or while the port has no carrier, bytes
+  wait in a buffer of ``to_vm_buffer_limit`` bytes, flushed by the very call that
+  settles it. ``to_vm`` raises ``BufferFull`` if given more than ``to_vm_room(key)``;
+  when the room is 0 wait for ``RoomAvailable(key)``. Nothing is ever dropped.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from vspc.core.identity import PortKey
+from vspc.vmotion import Effect, Input, Pending, PortVMotion, State, Step
+
+Conn = Hashable
+
+
+class EventKind(enum.StrEnum):
+    CONNECT = "connect"
+    IDENTITY = "identity"
+    IDENTITY_CONFLICT = "identity_conflict"
+    TAKEOVER = "takeover"
+    VMOTION_BEGIN = "vmotion_begin"
+    VMOTION_NOTNOW = "vmotion_notnow"
+    VMOTION_PEER = "vmotion_peer"
+    PEER_REFUSED = "peer_refused"
+    VMOTION_COMPLETE = "vmotion_complete"
+    COMPLETE_REFUSED = "complete_refused"
+    VMOTION_ABORT = "vmotion_abort"
+    ABORT_IGNORED = "abort_ignored"
+    VMOTION_EXPIRE = "vmotion_expire"
+    SOURCE_CLOSED = "vmotion_source_closed"
+    DEST_CLOSED = "vmotion_dest_closed"
+    DRAIN_TIMEOUT = "drain_timeout"
+    DISCONNECT = "disconnect"
+
+
+# ---- actions
+
+
+@dataclass(frozen=True, slots=True)
+class SendData:
+    """Write console bytes to the VM over ``conn`` (Telnet-encode them)."""
+
+    conn: Conn
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendGoahead:
+    conn: Conn
+    seq: bytes
+    secret: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendNotNow:
+    conn: Conn
+    seq: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendPeerOk:
+    conn: Conn
+    seq: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Console bytes from the VM, for the port's console, in order."""
+
+    key: PortKey
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConn:
+    """Close ``conn``; call ``connection_closed(conn)`` once it is closed."""
+
+    conn: Conn
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PortEvent:
+    """Something to log / put in the console's event log (``key`` None: no port yet)."""
+
+    key: PortKey | None
+    kind: EventKind
+    detail: str
+    conn: Conn | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomAvailable:
+    """The to-VM buffer of ``key`` was full and has drained."""
+
+    key: PortKey
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeReading:
+    """Held bytes of ``conn`` were full and have been delivered: read it again."""
+
+    conn: Conn
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Bytes from a connection that closed before it had any identity (nowhere to go)."""
+
+    conn: Conn
+    data: bytes
+    reason: str
+
+
+Action: TypeAlias = (
+    SendData
+    | SendGoahead
+    | SendNotNow
+    | SendPeerOk
+    | Deliver
+    | CloseConn
+    | PortEvent
+    | RoomAvailable
+    | ResumeReading
+    | Dropped
+)
+
+
+class BufferFull(Exception):
+    """``to_vm`` was given more bytes than ``to_vm_room`` allowed."""
+
+    def __init__(self, key: PortKey, room: int, size: int) -> None:
+        super().__init__(f"{key}: {size} bytes offered, room for {room}")
+        self.key, self.room, self.size = key, room, size
+
+
+@dataclass(frozen=True, slots=True)
+class VMotionInfo:
+    key: PortKey
+    state: State
+    seq: bytes
+    source: Conn | None
+    dest: Conn | None
+    started: float
+    deadline: float
+
+
+# ---- internal records
+
+
+class _Role(enum.Enum):
+    UNBOUND = "unbound"  # no identity yet
+    CARRIER = "carrier"  # carries its port
+    DRAIN = "drain"  # a former carrier, still open: its bytes come first
+    WAITING = "waiting"  # bound to a port with a pending vMotion, not (yet) the carrier
+    OUTCAST = "outcast"  # a destination/candidate that lost; being closed
+
+
+@dataclass(slots=True, eq=False)
+class _ConnRec:
+    conn: Conn
+    key: PortKey | None = None
+    role: _Role = _Role.UNBOUND
+    held: bytearray = field(default_factory=bytearray)
+    paused: bool = False  # from_vm_room hit 0: owes a ResumeReading
+    closed: bool = False  # gone; kept only as a placeholder in a port's drain order
+    close_sent: bool = False
+    drain_deadline: float | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Port:
+    key: PortKey
+    vm: PortVMotion = field(default_factory=PortVMotion)
+    carrier: _ConnRec | None = None
+    drains: list[_ConnRec] = field(default_factory=list)  # oldest first; head delivers
+    waiting: list[_ConnRec] = field(default_factory=list)
+    outcasts: list[_ConnRec] = field(default_factory=list)
+    to_vm_buf: bytearray = field(default_factory=bytearray)
+    to_vm_full: bool = False  # owes a RoomAvailable
+
+    def head(self) -> _ConnRec | None:
+        """The connection whose bytes are delivered now (others of the port wait)."""
+        return self.drains[0] if self.drains else self.carrier
+
+    def empty(self) -> bool:
+        return (
+            self.carrier is None
+            and not self.drains
+            and not self.waiting
+            and not self.outcasts
+            and self.vm.state is State.IDLE
+            and not self.to_vm_buf
+        )
+
+
+_LOG_KIND: dict[Effect, EventKind] = {
+    Effect.LOG_BEGIN: EventKind.VMOTION_BEGIN,
+    Effect.LOG_NOTNOW: EventKind.VMOTION_NOTNOW,
+    Effect.LOG_PEER: EventKind.VMOTION_PEER,
+    Effect.LOG_PEER_REFUSED: EventKind.PEER_REFUSED,
+    Effect.LOG_COMPLETE: EventKind.VMOTION_COMPLETE,
+    Effect.LOG_COMPLETE_REFUSED: EventKind.COMPLETE_REFUSED,
+    Effect.LOG_ABORT: EventKind.VMOTION_ABORT,
+    Effect.LOG_ABORT_IGNORED: EventKind.ABORT_IGNORED,
+    Effect.LOG_EXPIRE: EventKind.VMOTION_EXPIRE,
+    Effect.LOG_SOURCE_CLOSED: EventKind.SOURCE_CLOSED,
+    Effect.LOG_DEST_CLOSED: EventKind.DEST_CLOSED,
+}
+
+
+def _detail(step: Step) -> str:
+    parts = [f"seq={step.seq.hex()}"] if step.seq else []
+    if step.note:
+        parts.append(step.note)
+    return "; ".join(parts)
+
+
+class Switchboard:
+    def __init__(
+        self,
+        *,
+        vmotion_timeout: float,
+        max_concurrent_vmotions: int,
+        to_vm_buffer_limit: int,
+        from_vm_hold_limit: int | None = None,
+    ) -> None:
+        if vmotion_timeout <= 0:
+            raise ValueError("vmotion_timeout must be > 0")
+        if max_concurrent_vmotions < 0:
+            raise ValueError("max_concurrent_vmotions must be >= 0")
+        if to_vm_buffer_limit <= 0:
+            raise ValueError("to_vm_buffer_limit must be > 0")
+        self.vmotion_timeout = vmotion_timeout
+        self.max_concurrent_vmotions = max_concurrent_vmotions
+        self.to_vm_buffer_limit = to_vm_buffer_limit
+        self.from_vm_hold_limit = (
+            to_vm_buffer_limit if from_vm_hold_limit is None else from_vm_hold_limit
+        )
+        self._conns: dict[Conn, _ConnRec] = {}
+        self._ports: dict[PortKey, _Port] = {}
+        self._pending: dict[PortKey, _Port] = {}  # ports whose vMotion is not IDLE
+        self._cookies: dict[bytes, PortKey] = {}  # seq + secret -> port
+        self._draining: dict[Conn, _ConnRec] = {}  # drains with a deadline, not yet closed
+
+    # ---- reconfiguration (SIGHUP): applies to what starts from now on
+
+    def reconfigure(
+        self,
+        *,
+        vmotion_timeout: float | None = None,
+        max_concurrent_vmotions: int | None = None,
+    ) -> None:
+        if vmotion_timeout is not None:
+            if vmotion_timeout <= 0:
+                raise ValueError("vmotion_timeout must be > 0")
+            self.vmotion_timeout = vmotion_timeout
+        if max_concurrent_vmotions is not None:
+            if max_concurrent_vmotions < 0:
+                raise ValueError("max_concurrent_vmotions must be >= 0")
+            self.max_concurrent_vmotions = max_concurrent_vmotions
+
+    # ---- introspection
+
+    def carrier(self, key: PortKey) -> Conn | None:
+        port = self._ports.get(key)
+        if port is None or port.carrier is None:
+            return None
+        return port.carrier.conn
+
+    def port_of(self, conn: Conn) -> PortKey | None:
+        rec = self._conns.get(conn)
+        return None if rec is None else rec.key
+
+    def ports(self) -> list[PortKey]:
+        return list(self._ports)
+
+    def connections(self) -> list[Conn]:
+        return list(self._conns)
+
+    def pending_vmotions(self) -> list[VMotionInfo]:
+        out = []
+        for key, port in self._pending.items():
+            p = port.vm.pending
+            assert p is not None
+            out.append(
+                VMotionInfo(key, port.vm.state, p.seq, p.source, p.dest, p.started, p.deadline)
+            )
+        return out
+
+    def to_vm_buffered(self, key: PortKey) -> int:
+        port = self._ports.get(key)
+        return 0 if port is None else len(port.to_vm_buf)
+
+    def from_vm_held(self, conn: Conn) -> int:
+        rec = self._conns.get(conn)
+        return 0 if rec is None else len(rec.held)
+
+    def to_vm_room(self, key: PortKey) -> int:
+        """How many bytes ``to_vm(key, ...)`` accepts now (0: wait for RoomAvailable)."""
+        port = self._ports.get(key)
+        if port is None or self._direct_to_vm(port):
+            return self.to_vm_buffer_limit
+        return max(0, self.to_vm_buffer_limit - len(port.to_vm_buf))
+
+    def from_vm_room(self, conn: Conn) -> int:
+        """How many more bytes to read from ``conn`` now (0: wait for ResumeReading)."""
+        rec = self._conns.get(conn)
+        if rec is None or self._direct_from_vm(rec):
+            return self.from_vm_hold_limit
+        return max(0, self.from_vm_hold_limit - len(rec.held))
+
+    def next_deadline(self) -> float | None:
+        best: float | None = None
+        for port in self._pending.values():
+            d = port.vm.deadline
+            if d is not None and (best is None or d < best):
+                best = d
+        for rec in self._draining.values():
+            d = rec.drain_deadline
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
+
+    # ---- connection lifecycle
+
+    def connection_opened(self, conn: Conn) -> list[Action]:
+        self._rec(conn)
+        return [PortEvent(None, EventKind.CONNECT, "", conn)]
+
+    def identified(self, conn: Conn, key: PortKey, now: float) -> list[Action]:
+        """``conn`` told us which port it carries (VM-VC-UUID and label)."""
+        rec = self._rec(conn)
+        if rec.key is not None:
+            if rec.key == key:
+                return []
+            return [
+                PortEvent(
+                    rec.key,
+                    EventKind.IDENTITY_CONFLICT,
+                    f"connection already bound to this port; ignored identity {key}",
+                    conn,
+                )
+            ]
+        out: list[Action] = []
+        port = self._port(key)
+        rec.key = key
+        if port.vm.state is not State.IDLE:
+            rec.role = _Role.WAITING
+            port.waiting.append(rec)
+            out.append(
+                PortEvent(key, EventKind.IDENTITY, "waiting: a vMotion is pending on this port", conn)
+            )
+        elif port.carrier is None:
+            self._make_carrier(port, rec)
+            out.append(PortEvent(key, EventKind.IDENTITY, "carrier", conn))
+        else:
+            old = port.carrier
+            port.carrier = None
+            self._make_drain(port, old, deadline=None)
+            self._close(old, "superseded by a newer connection for the same port", out)
+            self._make_carrier(port, rec)
+            out.append(PortEvent(key, EventKind.IDENTITY, "carrier", conn))
+            out.append(
+                PortEvent(key, EventKind.TAKEOVER, "newer connection took over the port", conn)
+            )
+        self._settle(port, out)
+        return out
+
+    def connection_closed(self, conn: Conn, now: float) -> list[Action]:
+        """``conn`` is closed (any cause). Unknown or repeated calls are ignored."""
+        rec = self._conns.pop(conn, None)
+        if rec is None:
+            return []
+        rec.closed = True
+        self._draining.pop(conn, None)
+        out: list[Action] = []
+        if rec.key is None:
+            if rec.held:
+                out.append(Dropped(conn, bytes(rec.held), "closed before any identity"))
+                rec.held.clear()
+            out.append(PortEvent(None, EventKind.DISCONNECT, "", conn))
+            return out
+        port = self._ports[rec.key]
+        out.append(PortEvent(port.key, EventKind.DISCONNECT, rec.role.value, conn))
+        step = port.vm.closed(conn)
+        if step is not None:
+            self._apply(port, step, out, now)
+        role = rec.role
+        if role is _Role.CARRIER:
+            port.carrier = None
+            if rec.held:  # waiting behind drains: keep its place in the order
+                port.drains.append(rec)
+        elif role is _Role.DRAIN:
+            if not rec.held:
+                port.drains.remove(rec)
+        elif role is _Role.WAITING:
+            port.waiting.remove(rec)
+            self._flush_held(port, rec, out)
+        elif role is _Role.OUTCAST:
+            port.outcasts.remove(rec)
+        self._settle(port, out)
+        return out
+
+    # ---- vMotion commands
+
+    def begin(self, conn: Conn, seq: bytes, secret: bytes, now: float) -> list[Action]:
+        """VMOTION-BEGIN(seq) from ``conn``; ``secret`` is fresh random bytes for GOAHEAD."""
+        if not secret:
+            raise ValueError("the GOAHEAD secret must not be empty")
+        rec = self._rec(conn)
+        if rec.key is None:
+            return [
+                SendNotNow(conn, seq),
+                PortEvent(
+                    None,
+                    EventKind.VMOTION_NOTNOW,
+                    f"seq={seq.hex()}; BEGIN from a connection without identity",
+                    conn,
+                ),
+            ]
+        port = self._ports[rec.key]
+        busy = (
+            len(self._pending) >= self.max_concurrent_vmotions or (seq + secret) in self._cookies
+        )
+        step = port.vm.begin(
+            conn,
+            seq,
+            secret,
+            now,
+            self.vmotion_timeout,
+            is_carrier=port.carrier is rec,
+            busy=busy,
+        )
+        out: list[Action] = []
+        self._apply(port, step, out, now)
+        self._settle(port, out)
+        return out
+
+    def peer(self, conn: Conn, cookie: bytes, now: float) -> list[Action]:
+        """VMOTION-PEER(cookie) from ``conn``: cookie must be a pending seq + secret exactly."""
+        rec = self._rec(conn)
+        key = self._cookies.get(cookie)
+        if key is None:
+            for port in self._pending.values():
+                p = port.vm.pending
+                if p is not None and cookie.startswith(p.seq):
+                    out: list[Action] = []
+                    self._apply(port, port.vm.peer(conn, cookie, eligible=False), out, now)
+                    return out
+            return [
+                PortEvent(
+                    None,
+                    EventKind.PEER_REFUSED,
+                    f"cookie={cookie.hex()}; no pending vMotion with this sequence",
+                    conn,
+                )
+            ]
+        port = self._ports[key]
+        eligible = not rec.close_sent and (
+            rec.key is None or (rec.key == key and rec.role is _Role.WAITING)
+        )
+        out = []
+        self._apply(port, port.vm.peer(conn, cookie, eligible=eligible), out, now)
+        self._settle(port, out)
+        return out
+
+    def complete(self, conn: Conn, seq: bytes, now: float) -> list[Action]:
+        """VMOTION-COMPLETE(seq) from ``conn``."""
+        rec = self._rec(conn)
+        if rec.key is None:
+            return [
+                PortEvent(
+                    None,
+                    EventKind.COMPLETE_REFUSED,
+                    f"seq={seq.hex()}; COMPLETE from a connection without identity",
+                    conn,
+                )
+            ]
+        port = self._ports[rec.key]
+        out: list[Action] = []
+        self._apply(port, port.vm.complete(conn, seq), out, now)
+        self._settle(port, out)
+        return out
+
+    def abort(self, conn: Conn, now: float) -> list[Action]:
+        """VMOTION-ABORT from ``conn``."""
+        rec = self._rec(conn)
+        if rec.key is None:
+            return [
+                PortEvent(
+                    None, EventKind.ABORT_IGNORED, "ABORT from a connection without identity", conn
+                )
+            ]
+        port = self._ports[rec.key]
+        out: list[Action] = []
+        self._apply(port, port.vm.abort(conn), out, now)
+        self._settle(port, out)
+        return out
+
+    def tick(self, now: float) -> list[Action]:
+        """Expire vMotions and drains whose deadline is ``<= now``."""
+        out: list[Action] = []
+        for port in list(self._pending.values()):
+            step = port.vm.expire(now)
+            if step is not None:
+                self._apply(port, step, out, now)
+                self._settle(port, out)
+        for rec in list(self._draining.values()):
+            if rec.drain_deadline is not None and rec.drain_deadline <= now:
+                del self._draining[rec.conn]
+                rec.drain_deadline = None
+                assert rec.key is not None
+                out.append(
+                    PortEvent(
+                        rec.key,
+                        EventKind.DRAIN_TIMEOUT,
+                        "source still open after vMotion complete; closing it",
+                        rec.conn,
+                    )
+                )
+                self._close(rec, "vMotion complete; source did not close", out)
+        return out
+
+    # ---- data
+
+    def from_vm(self, conn: Conn, data: bytes) -> list[Action]:
+        """Console bytes ``conn`` received from the VM (Telnet-decoded)."""
+        if not data:
+            return []
+        rec = self._rec(conn)
+        if self._direct_from_vm(rec):
+            assert rec.key is not None
+            return [Deliver(rec.key, bytes(data))]
+        rec.held += data
+        if len(rec.held) >= self.from_vm_hold_limit:
+            rec.paused = True
+        return []
+
+    def to_vm(self, key: PortKey, data: bytes) -> list[Action]:
+        """Bytes for the VM on port ``key``; at most ``to_vm_room(key)`` of them."""
+        if not data:
+            return []
+        port = self._ports.get(key)
+        if port is not None and self._direct_to_vm(port):
+            assert port.carrier is not None
+            return [SendData(port.carrier.conn, bytes(data))]
+        room = self.to_vm_room(key)
+        if len(data) > room:
+            raise BufferFull(key, room, len(data))
+        if port is None:
+            port = self._port(key)
+        port.to_vm_buf += data
+        if len(port.to_vm_buf) >= self.to_vm_buffer_limit:
+            port.to_vm_full = True
+        return []
+
+    # ---- internals
+
+    def _rec(self, conn: Conn) -> _ConnRec:
+        rec = self._conns.get(conn)
+        if rec is None:
+            rec = self._conns[conn] = _ConnRec(conn)
+        return rec
+
+    def _port(self, key: PortKey) -> _Port:
+        port = self._ports.get(key)
+        if port is None:
+            port = self._ports[key] = _Port(key)
+        return port
+
+    @staticmethod
+    def _direct_to_vm(port: _Port) -> bool:
+        return port.vm.state is State.IDLE and port.carrier is not None
+
+    def _direct_from_vm(self, rec: _ConnRec) -> bool:
+        if rec.role is _Role.OUTCAST:
+            return True
+        if rec.role in (_Role.CARRIER, _Role.DRAIN) and rec.key is not None:
+            return self._ports[rec.key].head() is rec
+        return False
+
+    def _make_carrier(self, port: _Port, rec: _ConnRec) -> None:
+        rec.role = _Role.CARRIER
+        port.carrier = rec
+
+    def _make_drain(self, port: _Port, rec: _ConnRec, deadline: float | None) -> None:
+        rec.role = _Role.DRAIN
+        rec.drain_deadline = deadline
+        port.drains.append(rec)
+        if deadline is not None and not rec.close_sent:
+            self._draining[rec.conn] = rec
+
+    def _make_outcast(self, port: _Port, rec: _ConnRec, reason: str, out: list[Action]) -> None:
+        rec.role = _Role.OUTCAST
+        port.outcasts.append(rec)
+        self._flush_held(port, rec, out)
+        self._close(rec, reason, out)
+
+    def _close(self, rec: _ConnRec, reason: str, out: list[Action]) -> None:
+        if not rec.close_sent and not rec.closed:
+            rec.close_sent = True
+            out.append(CloseConn(rec.conn, reason))
+        self._draining.pop(rec.conn, None)
+
+    def _flush_held(self, port: _Port, rec: _ConnRec, out: list[Action]) -> None:
+        if rec.held:
+            out.append(Deliver(port.key, bytes(rec.held)))
+            rec.held.clear()
+        if rec.paused:
+            rec.paused = False
+            if not rec.closed:
+                out.append(ResumeReading(rec.conn))
+
+    def _settle(self, port: _Port, out: list[Action]) -> None:
+        """Flush what may flow now; forget the port if nothing is left of it."""
+        if port.to_vm_buf and self._direct_to_vm(port):
+            assert port.carrier is not None
+            out.append(SendData(port.carrier.conn, bytes(port.to_vm_buf)))
+            port.to_vm_buf.clear()
+            if port.to_vm_full:
+                port.to_vm_full = False
+                out.append(RoomAvailable(port.key))
+        while port.drains:
+            head = port.drains[0]
+            self._flush_held(port, head, out)
+            if not head.closed:
+                break
+            port.drains.pop(0)
+        else:
+            if port.carrier is not None:
+                self._flush_held(port, port.carrier, out)
+        if port.empty():
+            del self._ports[port.key]
+
+    def _apply(self, port: _Port, step: Step, out: list[Action], now: float) -> None:
+        """Carry out the effects of one table transition."""
+        key = port.key
+        before, after = step.before, step.after
+        for eff in step.effects:
+            if eff is Effect.START:
+                assert after is not None
+                self._pending[key] = port
+                self._cookies[after.cookie] = key
+            elif eff is Effect.CLEAR:
+                assert before is not None
+                self._pending.pop(key, None)
+                self._cookies.pop(before.cookie, None)
+            elif eff is Effect.SET_DEST:
+                rec = self._conns[step.conn]
+                if rec.key is None:
+                    rec.key = key
+                    rec.role = _Role.WAITING
+                    port.waiting.append(rec)
+            elif eff in (Effect.DROP_DEST, Effect.DROP_SOURCE):
+                pass  # connection_closed handles the connection's own record
+            elif eff is Effect.SEND_GOAHEAD:
+                assert after is not None
+                out.append(SendGoahead(step.conn, after.seq, after.secret))
+            elif eff is Effect.SEND_NOTNOW:
+                out.append(SendNotNow(step.conn, step.seq))
+            elif eff is Effect.SEND_PEER_OK:
+                rec_p = step.record
+                assert rec_p is not None
+                out.append(SendPeerOk(step.conn, rec_p.seq))
+            elif eff is Effect.SWITCH_TO_DEST:
+                assert before is not None
+                self._switch(port, before, out, now)
+            elif eff is Effect.CLOSE_DEST:
+                assert before is not None and before.dest is not None
+                dest = self._conns.get(before.dest)
+                if dest is not None and dest.role is _Role.WAITING:
+                    port.waiting.remove(dest)
+                    why = "vMotion expired" if step.input is Input.EXPIRE else "vMotion aborted"
+                    self._make_outcast(port, dest, why, out)
+            else:
+                out.append(PortEvent(key, _LOG_KIND[eff], _detail(step), step.conn))
+        if step.state_before is not State.IDLE and step.state_after is State.IDLE:
+            self._resolve_waiting(port, out)
+
+    def _switch(self, port: _Port, before: Pending, out: list[Action], now: float) -> None:
+        assert before.dest is not None
+        dest = self._conns[before.dest]
+        src = port.carrier
+        if src is not None:
+            port.carrier = None
+            self._make_drain(port, src, deadline=now + self.vmotion_timeout)
+        port.waiting.remove(dest)
+        self._make_carrier(port, dest)
+
+    def _resolve_waiting(self, port: _Port, out: list[Action]) -> None:
+        """The vMotion settled: connections still waiting lose, unless the port has no carrier."""
+        if not port.waiting:
+            return
+        promote: _ConnRec | None = None
+        if port.carrier is None:
+            live = [w for w in port.waiting if not w.close_sent]
+            if live:
+                promote = live[-1]
+        waiting, port.waiting = port.waiting, []
+        for w in waiting:
+            if w is promote:
+                self._make_carrier(port, w)
+                out.append(
+                    PortEvent(port.key, EventKind.IDENTITY, "carrier (vMotion settled)", w.conn)
+                )
+            else:
+                self._make_outcast(port, w, "vMotion settled without this connection", out)
