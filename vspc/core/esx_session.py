@@ -35,7 +35,8 @@ Wire behaviour
   ESX lists VM-VC-UUID or GET-VM-VC-UUID, and GET-VM-NAME when it lists VM-NAME
   or GET-VM-NAME. Identity never depends on DO-PROXY: it comes from VM-VC-UUID.
 * DO-PROXY is answered WILL-PROXY when ``proxy_rule(direction, uri)`` is true
-  (default: always), else WONT-PROXY.
+  (default: always), else WONT-PROXY. The rule is called synchronously inside
+  ``receive_data``: keep it cheap and non-raising (an exception propagates).
 * A command code outside the table is answered UNKNOWN-SUBOPTION-RCVD-2(code).
   Commands only a proxy sends (GOAHEAD, GET-*, WILL-PROXY, ...) are answered
   the same way when ESX sends them; UNKNOWN-SUBOPTION-RCVD-1/-2 are never
