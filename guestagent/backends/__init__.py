@@ -1,0 +1,1 @@
+"""Guest-side guestinfo backends: vmware-rpctool, the file-backed store, the vCenter simulator."""

@@ -1,0 +1,373 @@
+"""The appliance's view of its containerVMs' guestinfo.
+
+Two sources behind one interface:
+
+* ``VSphereWatcher``: the vSphere API (pyVmomi). A private PropertyCollector per
+  watched VM, ``WaitForUpdatesEx`` on ``config.extraConfig`` and
+  ``runtime.powerState``; on any API/connection error it reconnects with backoff
+  and starts again from a full state.
+* ``FileStoreWatcher``: the file-backed store (one ``<vm>.json`` per VM in a
+  directory), woken by inotify.
+
+On top: ``wait_for_started`` (``<nil>``/empty is unset, power-off while waiting
+fails, any ``started`` other than ``true`` is the error shown to the user),
+``wait_for_exit``, ``wait_for_addresses``, and the appliance's controls
+(``configure_session``, ``go_ahead``, ``send_signal``).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from guestagent.backends.base import BackendError
+from guestagent.backends.filestore import POWERED_OFF, POWERED_ON, FileStore
+from guestagent.backends.vsphere import VSphereConn, VSphereTarget, pyvmomi_module
+from guestagent.core import guestinfo as gi
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class VMState:
+    """One VM's guestinfo (all extraConfig) and power state at one moment."""
+
+    values: Mapping[str, str] = field(default_factory=dict)
+    power: str = POWERED_ON
+    version: int = 0
+
+    def session(self, session_id: str) -> gi.SessionView:
+        return gi.view_session(session_id, self.values)
+
+    def networks(self) -> dict[str, list[gi.IPAddress]]:
+        return gi.view_networks(self.values)
+
+    def errors(self) -> dict[str, str]:
+        return gi.view_errors(self.values)
+
+
+class SessionStartFailed(Exception):
+    """The guest reported a launch error; ``str()`` is the text to show the user."""
+
+
+class VMPoweredOff(Exception):
+    """The VM powered off while the appliance was waiting on it."""
+
+
+class VMWatch(abc.ABC):
+    """A stream of states for one VM: the first ``next()`` is the current state."""
+
+    @abc.abstractmethod
+    async def next(self) -> VMState: ...
+
+    async def aclose(self) -> None:
+        return None
+
+    async def __aenter__(self) -> VMWatch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class GuestinfoWatcher(abc.ABC):
+    @abc.abstractmethod
+    def watch(self, vm: str) -> VMWatch: ...
+
+    @abc.abstractmethod
+    async def write(self, vm: str, updates: Mapping[str, str | None]) -> None:
+        """The appliance writes config keys (``""``/None removes)."""
+
+    async def state(self, vm: str) -> VMState:
+        async with self.watch(vm) as w:
+            return await w.next()
+
+    async def aclose(self) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------- file store
+
+
+class _FileWatch(VMWatch):
+    def __init__(self, store: FileStore) -> None:
+        self.store = store
+        self.version = -1
+
+    async def next(self) -> VMState:
+        st = await self.store.wait_newer(self.version)
+        self.version = st.version
+        return VMState(values=dict(st.values), power=st.power, version=st.version)
+
+
+class FileStoreWatcher(GuestinfoWatcher):
+    """VMs are ``<directory>/<vm>.json`` file stores."""
+
+    def __init__(self, directory: str | Path, **limits: int) -> None:
+        self.directory = Path(directory)
+        self.limits = limits
+
+    def store(self, vm: str) -> FileStore:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", vm) or vm.startswith("."):
+            raise ValueError(f"bad VM name {vm!r}")
+        return FileStore(self.directory / f"{vm}.json", **self.limits)
+
+    def watch(self, vm: str) -> VMWatch:
+        return _FileWatch(self.store(vm))
+
+    async def write(self, vm: str, updates: Mapping[str, str | None]) -> None:
+        self.store(vm).update(dict(updates))
+
+    async def set_power(self, vm: str, power: str) -> None:
+        self.store(vm).set_power(power)
+
+
+# --------------------------------------------------------------------------- vSphere
+
+_EC_ITEM = re.compile(r'^config\.extraConfig\["(.*)"\]$')
+
+
+class _VSphereWatch(VMWatch):
+    def __init__(
+        self,
+        target: VSphereTarget,
+        vm: str,
+        max_wait: int,
+        backoff: tuple[float, float],
+    ) -> None:
+        self.conn = VSphereConn(target)
+        self.vm_ident = vm
+        self.max_wait = max_wait
+        self.backoff = backoff
+        self.pc: Any = None
+        self.token = ""
+        self.values: dict[str, str] = {}
+        self.power = POWERED_ON
+        self.version = 0
+        self.reconnects = 0
+
+    # blocking, in the connection's thread
+    def _setup(self) -> None:
+        vmodl = pyvmomi_module("pyVmomi").vmodl
+        vim = pyvmomi_module("pyVmomi").vim
+        vm = self.conn.find_vm(self.vm_ident)
+        root_pc = self.conn.si.content.propertyCollector
+        self.pc = root_pc.CreatePropertyCollector()
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=vm, skip=False)],
+            propSet=[
+                vmodl.query.PropertyCollector.PropertySpec(
+                    type=vim.VirtualMachine,
+                    all=False,
+                    pathSet=["config.extraConfig", "runtime.powerState"],
+                )
+            ],
+        )
+        self.pc.CreateFilter(spec, partialUpdates=False)
+        self.token = ""
+        self.values = {}
+
+    def _wait(self) -> bool:
+        """One WaitForUpdatesEx round; True if anything changed."""
+        if self.pc is None:
+            self._setup()
+        vmodl = pyvmomi_module("pyVmomi").vmodl
+        opts = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=self.max_wait)
+        res = self.pc.WaitForUpdatesEx(self.token, opts)
+        if res is None:
+            return False
+        self.token = res.version
+        changed = False
+        for fs in res.filterSet or []:
+            for obj in fs.objectSet or []:
+                for ch in obj.changeSet or []:
+                    changed = True
+                    self._apply(ch.name, ch.op, ch.val)
+        return changed
+
+    def _apply(self, name: str, op: str, val: Any) -> None:
+        if name == "runtime.powerState":
+            self.power = str(val)
+        elif name == "config.extraConfig":
+            self.values = {o.key: str(o.value) for o in (val or [])}
+        else:
+            m = _EC_ITEM.match(name)
+            if m is None:
+                return
+            if op == "remove" or val is None:
+                self.values.pop(m.group(1), None)
+            else:
+                self.values[m.group(1)] = str(getattr(val, "value", val))
+
+    def _teardown(self) -> None:
+        if self.pc is not None:
+            with contextlib.suppress(Exception):
+                self.pc.DestroyPropertyCollector()
+            self.pc = None
+        self.conn.disconnect()
+
+    async def next(self) -> VMState:
+        delay = self.backoff[0]
+        while True:
+            first = self.pc is None
+            try:
+                changed = await self.conn.call(self._wait)
+            except Exception as e:
+                if isinstance(e, trio.Cancelled):  # pragma: no cover - not raised in threads
+                    raise
+                log.warning("guestinfo watch %s: %s; reconnecting", self.vm_ident, e)
+                await trio.to_thread.run_sync(self._teardown, abandon_on_cancel=True)
+                self.reconnects += 1
+                await trio.sleep(delay)
+                delay = min(delay * 2, self.backoff[1])
+                continue
+            delay = self.backoff[0]
+            if changed or first:
+                self.version += 1
+                return VMState(values=dict(self.values), power=self.power, version=self.version)
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await trio.to_thread.run_sync(self._teardown, abandon_on_cancel=True)
+
+
+class VSphereWatcher(GuestinfoWatcher):
+    """``url`` like ``http://user:pass@127.0.0.1:8989/sdk`` (vcsim) or https for vCenter."""
+
+    def __init__(
+        self, url: str, *, max_wait: int = 1, backoff: tuple[float, float] = (0.1, 5.0)
+    ) -> None:
+        self.target = VSphereTarget.from_url(url)
+        self.max_wait = max_wait
+        self.backoff = backoff
+        self._writer = VSphereConn(self.target)
+
+    def watch(self, vm: str) -> VMWatch:
+        return _VSphereWatch(self.target, vm, self.max_wait, self.backoff)
+
+    async def write(self, vm: str, updates: Mapping[str, str | None]) -> None:
+        def go() -> None:
+            self._writer.reconfigure(self._writer.find_vm(vm), updates)
+
+        try:
+            await self._writer.call(go)
+        except Exception as e:
+            self._writer.si = None
+            raise BackendError(f"vSphere write to {vm}: {e}") from e
+
+    async def set_power(self, vm: str, power: str) -> None:
+        pyvim_task = pyvmomi_module("pyVim.task")
+
+        def go() -> None:
+            obj = self._writer.find_vm(vm)
+            task = obj.PowerOffVM_Task() if power == POWERED_OFF else obj.PowerOnVM_Task()
+            pyvim_task.WaitForTask(task, si=self._writer.si)
+
+        await self._writer.call(go)
+
+    async def aclose(self) -> None:
+        await trio.to_thread.run_sync(self._writer.disconnect)
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+async def wait_for(
+    watcher: GuestinfoWatcher,
+    vm: str,
+    predicate: Callable[[VMState], T | None],
+    timeout: float,
+    *,
+    fail_on_power_off: bool = True,
+) -> T:
+    """Wait until ``predicate(state)`` returns non-None; raises trio.TooSlowError,
+    VMPoweredOff (when asked), or whatever the predicate raises."""
+    with trio.fail_after(timeout if timeout > 0 else math.inf):
+        async with watcher.watch(vm) as w:
+            while True:
+                st = await w.next()
+                got = predicate(st)
+                if got is not None:
+                    return got
+                if fail_on_power_off and st.power == POWERED_OFF:
+                    raise VMPoweredOff(f"{vm} powered off")
+
+
+async def wait_for_started(
+    watcher: GuestinfoWatcher, vm: str, session: str, timeout: float
+) -> None:
+    """Return once ``started`` is ``true``. Launch error -> SessionStartFailed(text);
+    power-off -> VMPoweredOff; timeout -> trio.TooSlowError."""
+
+    def pred(st: VMState) -> bool | None:
+        v = st.session(session)
+        if v.started is None:
+            return None
+        if v.started == gi.TRUE:
+            return True
+        raise SessionStartFailed(v.started)
+
+    await wait_for(watcher, vm, pred, timeout)
+
+
+async def wait_for_exit(
+    watcher: GuestinfoWatcher, vm: str, session: str, timeout: float
+) -> gi.ExitInfo:
+    def pred(st: VMState) -> gi.ExitInfo | None:
+        v = st.session(session)
+        if v.exit is not None:
+            return v.exit
+        if v.start_error is not None:
+            raise SessionStartFailed(v.start_error)
+        return None
+
+    return await wait_for(watcher, vm, pred, timeout)
+
+
+async def wait_for_addresses(
+    watcher: GuestinfoWatcher,
+    vm: str,
+    check: Callable[[dict[str, list[gi.IPAddress]]], bool],
+    timeout: float,
+) -> dict[str, list[gi.IPAddress]]:
+    def pred(st: VMState) -> dict[str, list[gi.IPAddress]] | None:
+        nets = st.networks()
+        return nets if check(nets) else None
+
+    return await wait_for(watcher, vm, pred, timeout, fail_on_power_off=False)
+
+
+async def configure_session(
+    watcher: GuestinfoWatcher, vm: str, cfg: gi.SessionConfig, container_id: str = ""
+) -> None:
+    await watcher.write(vm, gi.encode_sessions([cfg], container_id or cfg.id))
+
+
+async def go_ahead(watcher: GuestinfoWatcher, vm: str, session: str) -> None:
+    await watcher.write(vm, {gi.goahead_key(session): gi.TRUE})
+
+
+async def send_signal(
+    watcher: GuestinfoWatcher, vm: str, session: str, signame: str, timeout: float = 10.0
+) -> int:
+    """Ask the guest to signal the session's process; waits for the guest's ack."""
+    st = await watcher.state(vm)
+    prev = gi.decode_signal_request(st.values.get(gi.signal_key(session)))
+    seq = (prev[0] if prev else 0) + 1
+    await watcher.write(vm, {gi.signal_key(session): gi.encode_signal_request(seq, signame)})
+
+    def acked(s: VMState) -> int | None:
+        raw = gi.decode_str(s.values.get(gi.signal_ack_key(session)))
+        return seq if raw is not None and raw.isdigit() and int(raw) >= seq else None
+
+    return await wait_for(watcher, vm, acked, timeout, fail_on_power_off=False)
