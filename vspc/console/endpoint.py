@@ -11,19 +11,26 @@ from pathlib import Path
 
 import trio
 
+from vic.ops.config import ConfigError
 from vspc.console.config import ConsoleTcpConfig
 
 
-class EndpointError(Exception):
-    """A listener could not be opened."""
+class EndpointError(ConfigError):
+    """A listener could not be opened (a ConfigError naming the console key)."""
 
 
 def server_ssl_context(tcp: ConsoleTcpConfig) -> ssl.SSLContext:
     """Server certificate, and client certificates required, signed by ``client_ca``."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(tcp.cert), str(tcp.key))
-    ctx.load_verify_locations(cafile=str(tcp.client_ca))
+    try:
+        ctx.load_cert_chain(str(tcp.cert), str(tcp.key))
+    except (OSError, ssl.SSLError) as e:
+        raise EndpointError("console.tcp.cert", f"cannot load {tcp.cert} / {tcp.key}: {e}") from None
+    try:
+        ctx.load_verify_locations(cafile=str(tcp.client_ca))
+    except (OSError, ssl.SSLError) as e:
+        raise EndpointError("console.tcp.client-ca", f"cannot load {tcp.client_ca}: {e}") from None
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
@@ -59,9 +66,9 @@ class UnixListener:
             pass
         else:
             if not stat.S_ISSOCK(st.st_mode):
-                raise EndpointError(f"{path} exists and is not a socket")
+                raise EndpointError("console.socket", f"{path} exists and is not a socket")
             if await trio.to_thread.run_sync(_in_use, path):
-                raise EndpointError(f"{path} is in use by another process")
+                raise EndpointError("console.socket", f"{path} is in use by another process")
             path.unlink()
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.unlink(missing_ok=True)
@@ -76,8 +83,8 @@ class UnixListener:
             sock.close()
             tmp.unlink(missing_ok=True)
             if e.errno == errno.ENAMETOOLONG or "too long" in str(e):
-                raise EndpointError(f"socket path too long: {path}") from None
-            raise EndpointError(f"cannot listen on {path}: {e}") from None
+                raise EndpointError("console.socket", f"socket path too long: {path}") from None
+            raise EndpointError("console.socket", f"cannot listen on {path}: {e}") from None
         self.listener = trio.SocketListener(sock)
         return self.listener
 
@@ -96,4 +103,4 @@ async def open_tcp(tcp: ConsoleTcpConfig) -> list[trio.SocketListener]:
     try:
         return await trio.open_tcp_listeners(tcp.port, host=tcp.host)
     except OSError as e:
-        raise EndpointError(f"cannot listen on {tcp.host}:{tcp.port}: {e}") from None
+        raise EndpointError("console.tcp", f"cannot listen on {tcp.host}:{tcp.port}: {e}") from None

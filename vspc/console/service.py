@@ -73,13 +73,21 @@ class ConsoleService:
         return [c.info() for c in sorted(self._consoles.values(), key=lambda c: c.key)]
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve the endpoint(s) and the log writer until cancelled."""
+        """Serve the endpoint(s) and the log writer until cancelled.
+
+        Raises EndpointError (a ConfigError) when a listener cannot be opened.
+        """
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self.writer.run)
                 await nursery.start(self._listen, self.config)
                 task_status.started()
+        except BaseExceptionGroup as eg:
+            match, rest = eg.split(EndpointError)
+            if match is not None and rest is None:
+                raise _first_leaf(match) from None
+            raise
         finally:
             self._nursery = None
 
@@ -99,7 +107,7 @@ class ConsoleService:
             await self._stop_listening()
             try:
                 await self._nursery.start(self._listen, config)
-            except (EndpointError, OSError, ssl.SSLError) as e:
+            except (EndpointError, OSError, ssl.SSLError, BaseExceptionGroup) as e:
                 log.error("console endpoint: new settings failed (%s); keeping the old ones", e)
                 self.config = old
                 self._hub.config = config  # limits still apply
@@ -294,6 +302,13 @@ class ConsoleService:
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
             pass
         done.cancel()
+
+
+def _first_leaf(eg: BaseExceptionGroup[Any]) -> BaseException:
+    e: BaseException = eg
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    return e
 
 
 async def _read_line(stream: trio.abc.Stream) -> tuple[bytes, bytes]:

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vspc.console.ring import Ring
+
+
+@given(
+    cap=st.integers(0, 64),
+    chunks=st.lists(st.binary(max_size=100), max_size=30),
+    asks=st.lists(st.integers(0, 200), min_size=1, max_size=5),
+)
+def test_ring_keeps_exactly_the_last_bytes(cap: int, chunks: list[bytes], asks: list[int]) -> None:
+    ring = Ring(cap)
+    everything = b""
+    for c in chunks:
+        ring.append(c)
+        everything += c
+        assert len(ring) == min(cap, len(everything))
+        for n in asks:
+            want = everything[-min(n, cap) :] if min(n, cap) else b""
+            assert ring.last(n) == want
+    assert ring.total == len(everything)
+
+
+@given(
+    cap=st.integers(0, 50),
+    new_cap=st.integers(0, 50),
+    before=st.binary(max_size=120),
+    after=st.binary(max_size=120),
+)
+def test_ring_resize_keeps_newest(cap: int, new_cap: int, before: bytes, after: bytes) -> None:
+    ring = Ring(cap)
+    ring.append(before)
+    kept = before[-cap:] if cap else b""
+    ring.resize(new_cap)
+    kept = kept[-new_cap:] if new_cap else b""
+    assert ring.last(1000) == kept
+    ring.append(after)
+    both = kept + after
+    assert ring.last(1000) == (both[-new_cap:] if new_cap else b"")
+    assert ring.total == len(before) + len(after)
+
+
+def test_ring_memory_grows_with_data_only() -> None:
+    ring = Ring(1 << 20)
+    ring.append(b"x" * 10)
+    assert len(ring._buf) == 10  # a quiet VM does not cost a full ring
+    ring.append(b"y" * (2 << 20))
+    assert len(ring._buf) == 1 << 20
+    ring.append(b"z" * 5)
+    assert len(ring._buf) == 1 << 20
+    assert ring.last(6) == b"yzzzzz"

@@ -1,0 +1,250 @@
+"""``vic console``: list the appliance's consoles, attach to one (replay, then live).
+
+    vic console list [--json] [--socket PATH | --tcp HOST:PORT --cert C --key K --ca CA]
+    vic console attach <vm>[:<label>] [--mode rw|ro|exclusive] [--replay N] [--no-follow]
+
+``<vm>`` is a VC uuid (any spelling), the VM's display name, or a unique prefix of
+either. On a terminal, attach switches it to raw mode and Ctrl-] detaches; with
+plain stdin/stdout it just copies bytes (stdin EOF stops sending, output carries
+on until the service closes the session). ``--no-follow`` prints the replay and
+exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from vic.ops.config import ConfigError
+from vspc.console import protocol as proto
+from vspc.console.client import ConsoleClientError, Endpoint, attach, list_consoles
+from vspc.console.config import DEFAULT_SOCKET
+
+ENV_SOCKET = "VIC_CONSOLE_SOCKET"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("console endpoint")
+    g.add_argument(
+        "--socket",
+        type=Path,
+        default=None,
+        help=f"Unix socket of the console service (default ${ENV_SOCKET} or {DEFAULT_SOCKET})",
+    )
+    g.add_argument("--tcp", metavar="HOST:PORT", help="TCP endpoint with mutual TLS instead")
+    g.add_argument("--cert", type=Path, help="client certificate (PEM) for --tcp")
+    g.add_argument("--key", type=Path, help="client private key (PEM) for --tcp")
+    g.add_argument("--ca", type=Path, help="CA that signed the service's certificate, for --tcp")
+    g.add_argument("--server-name", help="name to check in the service's certificate (default HOST)")
+
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    sub.required = True
+    p_list = sub.add_parser("list", parents=[common], help="list consoles")
+    p_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p_att = sub.add_parser("attach", parents=[common], help="attach to a console")
+    p_att.add_argument("target", metavar="VM[:LABEL]", help="uuid, name or unique prefix, optional :label")
+    p_att.add_argument("--label", help="port label (instead of VM:LABEL)")
+    p_att.add_argument("--mode", choices=proto.MODES, default="rw", help="rw (default), ro or exclusive")
+    p_att.add_argument("--replay", type=int, default=0, metavar="N", help="first replay the last N bytes")
+    p_att.add_argument("--no-follow", action="store_true", help="print the replay, then exit")
+    p_att.add_argument("--escape", default="^]", help="detach key on a terminal (default ^]; 'none')")
+
+
+def endpoint_from_args(args: argparse.Namespace) -> Endpoint:
+    if args.tcp:
+        host, sep, port = str(args.tcp).rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError("--tcp", f"expected HOST:PORT, got {args.tcp!r}")
+        for name in ("cert", "key", "ca"):
+            if getattr(args, name) is None:
+                raise ConfigError(f"--{name}", "required with --tcp")
+        return Endpoint(
+            host=host.strip("[]"),
+            port=int(port),
+            cert=args.cert,
+            key=args.key,
+            ca=args.ca,
+            server_name=args.server_name,
+        )
+    sock = args.socket or Path(os.environ.get(ENV_SOCKET) or DEFAULT_SOCKET)
+    return Endpoint(socket=sock)
+
+
+def parse_escape(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    if len(text) == 2 and text[0] == "^":
+        code = ord(text[1].upper()) ^ 0x40
+        if 0 <= code < 0x20 or code == 0x7F:
+            return code
+    raise ConfigError("--escape", f"expected ^X or none, got {text!r}")
+
+
+def run(args: argparse.Namespace) -> int:
+    ep = endpoint_from_args(args)
+    if args.action == "list":
+        return trio.run(_list, ep, bool(args.json))
+    if args.replay < 0:
+        raise ConfigError("--replay", "must be >= 0")
+    escape = parse_escape(args.escape)
+    req = proto.AttachRequest(vm=args.target, label=args.label, mode=args.mode, replay=args.replay)
+    return run_attach(ep, req, follow=not args.no_follow, escape=escape)
+
+
+async def _list(ep: Endpoint, as_json: bool) -> int:
+    try:
+        consoles = await list_consoles(ep)
+    except ConsoleClientError as e:
+        print(f"vic console: {e}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(consoles, indent=2))
+        return 0
+    print(format_table(consoles))
+    return 0
+
+
+def format_table(consoles: list[dict[str, Any]]) -> str:
+    rows = [("UUID", "LABEL", "DISPLAY", "CONNECTED", "BYTES", "CLIENTS")]
+    for c in consoles:
+        rows.append(
+            (
+                str(c.get("uuid", "")),
+                str(c.get("label", "")),
+                str(c.get("display", "")),
+                "yes" if c.get("connected") else "no",
+                str(c.get("bytes", 0)),
+                str(c.get("clients", 0)),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+
+# --- attach ------------------------------------------------------------------------
+
+
+def run_attach(ep: Endpoint, req: proto.AttachRequest, *, follow: bool, escape: int | None) -> int:
+    in_fd, out_fd = sys.stdin.fileno(), sys.stdout.fileno()
+    tty = os.isatty(in_fd)
+    saved: Any = None
+    if tty and follow:
+        import termios
+        import tty as ttymod
+
+        saved = termios.tcgetattr(in_fd)
+        ttymod.setraw(in_fd)
+    try:
+        return trio.run(attach_session, ep, req, in_fd, out_fd, follow, escape if tty else None, tty)
+    finally:
+        if saved is not None:
+            import termios
+
+            termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    mv = memoryview(data)
+    while mv:
+        n = os.write(fd, mv)
+        mv = mv[n:]
+
+
+def _read_input(fd: int, stop: threading.Event) -> bytes | None:
+    """Blocking read of stdin that notices ``stop`` (polls so a detach leaves no reader behind)."""
+    while not stop.is_set():
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            return os.read(fd, 64 * 1024)
+    return None
+
+
+async def attach_session(
+    ep: Endpoint,
+    req: proto.AttachRequest,
+    in_fd: int,
+    out_fd: int,
+    follow: bool,
+    escape: int | None,
+    tty: bool,
+) -> int:
+    """Copy the console to ``out_fd`` and ``in_fd`` to the console; the exit status."""
+    try:
+        stream, status, first = await attach(ep, req)
+    except ConsoleClientError as e:
+        print(f"vic console: {e}", file=sys.stderr)
+        return 1
+    nl = "\r\n" if tty else "\n"
+    if tty:
+        key = f"^{chr(escape ^ 0x40)}" if escape is not None else "nothing"
+        sys.stderr.write(
+            f"[vic console: attached to {status.get('display')} ({status.get('uuid')}:{status.get('label')}),"
+            f" {status.get('mode')}; {key} detaches]{nl}"
+        )
+        sys.stderr.flush()
+    replay_left = int(status.get("replay", 0))
+    result = 0
+    stop = threading.Event()
+
+    async def output(cancel: trio.CancelScope) -> None:
+        nonlocal replay_left, result
+        data: bytes | bytearray = first
+        while True:
+            if data:
+                if not follow:
+                    data = data[:replay_left]
+                    replay_left -= len(data)
+                await trio.to_thread.run_sync(_write_all, out_fd, bytes(data))
+            if not follow and replay_left <= 0:
+                break
+            try:
+                data = await stream.receive_some(64 * 1024)
+            except trio.BrokenResourceError:
+                data = b""
+            if not data:
+                if follow:
+                    sys.stderr.write(f"{nl}[vic console: session closed by the console service]{nl}")
+                    result = 1
+                break
+        cancel.cancel()
+
+    async def input_(cancel: trio.CancelScope) -> None:
+        while True:
+            data = await trio.to_thread.run_sync(_read_input, in_fd, stop, abandon_on_cancel=True)
+            if data is None:
+                return
+            if not data:  # stdin EOF: stop sending, keep showing output
+                return
+            if escape is not None:
+                i = data.find(bytes([escape]))
+                if i >= 0:
+                    if i and req.mode != "ro":
+                        await stream.send_all(data[:i])
+                    sys.stderr.write(f"{nl}[vic console: detached]{nl}")
+                    cancel.cancel()
+                    return
+            if req.mode != "ro":
+                await stream.send_all(data)
+
+    try:
+        async with stream:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(output, nursery.cancel_scope)
+                if follow:
+                    nursery.start_soon(input_, nursery.cancel_scope)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+        sys.stderr.write(f"{nl}[vic console: connection lost: {e}]{nl}")
+        result = 1
+    finally:
+        stop.set()
+        sys.stderr.flush()
+    return result
