@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import termios
 from typing import Any
 
 import serial
@@ -33,9 +34,21 @@ def open_device(cfg: SerialListener) -> int:
     port.exclusive = True
     port.open()
     try:
-        return os.dup(port.fileno())
+        fd = os.dup(port.fileno())
     finally:
         port.close()
+    try:
+        # pyserial leaves VMIN=0/VTIME=0 (it times reads with select), where an
+        # empty non-blocking read returns b"" and looks like EOF. VMIN=1 makes it
+        # EAGAIN, so readiness-driven reads (and splice) behave.
+        attrs = termios.tcgetattr(fd)
+        attrs[6][termios.VMIN] = 1
+        attrs[6][termios.VTIME] = 0
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 async def serve(
