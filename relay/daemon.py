@@ -255,8 +255,10 @@ class RelayDaemon:
                     conn = await open_egress(egress, header)
             except _EGRESS_ERRORS as e:
                 self.metrics.failed.labels(route, "egress").inc()
+                why = (f"no connection or handshake within {t.connect}s"
+                       if isinstance(e, trio.TooSlowError) else _reason(e))
                 log.warning("stream=%s route=%s vm=%s peer=%s: egress %s failed: %s", sid, route,
-                            vm, origin.peer, egress.kind, _reason(e))
+                            vm, origin.peer, egress.kind, why)
                 await trio.aclose_forcefully(stream)
                 return
             counters = PumpCounters()

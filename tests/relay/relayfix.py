@@ -144,3 +144,81 @@ async def socat_client(args: list[str], payload: bytes, timeout: float = 20) -> 
         r = await trio.run_process(["socat", *args], stdin=payload, capture_stdout=True,
                                    capture_stderr=True)
     return bytes(r.stdout)
+
+
+class Muxer:
+    """Firecracker-compatible hybrid vsock muxer stand-in: listens on a Unix socket,
+    reads ``CONNECT <port>\\n``, replies ``OK <n>\\n`` (with ``greeting`` bytes from
+    the "guest" in the same write), then splices to a backend TCP port.
+    ``mode``: "ok" | "silent" (never replies) | "long" (over-long line) |
+    "garbage" (a malformed line) | "refuse" (closes without a reply)."""
+
+    def __init__(self, backend_port: int, greeting: bytes = b"", mode: str = "ok") -> None:
+        self.backend_port = backend_port
+        self.greeting = greeting
+        self.mode = mode
+        self.requests: list[int] = []
+        self.connections = 0
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        from relay.core.hybrid import ConnectRequestParser, ok_reply
+
+        self.connections += 1
+        parser = ConnectRequestParser()
+        port = None
+        rest = b""
+        try:
+            while port is None:
+                data = await stream.receive_some(1024)
+                if not data:
+                    return
+                port, rest = parser.feed(data)
+            self.requests.append(port)
+            if self.mode == "silent":
+                await trio.sleep_forever()
+            if self.mode == "refuse":
+                return
+            if self.mode == "long":
+                await stream.send_all(b"OK " + b"9" * 5000 + b"\n")
+                await trio.sleep_forever()
+            if self.mode == "garbage":
+                await stream.send_all(b"NOPE no such port\n")
+                await trio.sleep_forever()
+            await stream.send_all(ok_reply(1073741824 + port) + self.greeting)
+            backend = await trio.open_tcp_stream("127.0.0.1", self.backend_port)
+            if rest:
+                await backend.send_all(rest)
+
+            async def copy(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
+                try:
+                    while data := await src.receive_some(65536):
+                        await dst.send_all(data)
+                    await dst.send_eof()  # type: ignore[attr-defined]
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+            async with trio.open_nursery() as n:
+                n.start_soon(copy, stream, backend)
+                n.start_soon(copy, backend, stream)
+            await backend.aclose()
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def serve(self, nursery: trio.Nursery, path: Path) -> Path:
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        await sock.bind(str(path))
+        sock.listen(128)
+        nursery.start_soon(trio.serve_listeners, self.handle, [trio.SocketListener(sock)])
+        return path
+
+
+async def wait_closed(stream: trio.abc.Stream, timeout: float = 10) -> bytes:
+    """Read until the peer closes (EOF or reset); returns what was read."""
+    got = bytearray()
+    with trio.fail_after(timeout):
+        try:
+            while chunk := await stream.receive_some(65536):
+                got += chunk
+        except trio.BrokenResourceError:
+            pass
+    return bytes(got)

@@ -11,7 +11,14 @@ import pytest
 import trio
 
 from relay.config import PipeListener
-from tests.relay.relayfix import Appliance, pattern, relay_config, roundtrip, start_relay, tcp_egress
+from tests.relay.relayfix import (
+    Appliance,
+    pattern,
+    relay_config,
+    roundtrip,
+    start_relay,
+    tcp_egress,
+)
 
 
 async def test_listen_mode_vm_reconnects(tmp_path: Path) -> None:

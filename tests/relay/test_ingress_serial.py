@@ -11,7 +11,14 @@ import trio
 
 from relay.config import SerialListener
 from relay.ingress.serialdev import open_device
-from tests.relay.relayfix import Appliance, pattern, relay_config, roundtrip, start_relay, tcp_egress
+from tests.relay.relayfix import (
+    Appliance,
+    pattern,
+    relay_config,
+    roundtrip,
+    start_relay,
+    tcp_egress,
+)
 
 
 def test_pyserial_configures_the_tty() -> None:
