@@ -1,0 +1,253 @@
+"""Shared pieces of the vSPC benchmarks: processes, ports, stats, results.
+
+Not a benchmark itself (the leading underscore keeps tests/bench from running it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+VIC = ROOT / ".venv" / "bin" / "vic"
+
+
+def results_dir() -> Path:
+    d = Path(os.environ.get("VIC_BENCH_RESULTS", ROOT / "bench" / "results"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def vic_command() -> list[str]:
+    if VIC.exists():
+        return [str(VIC)]
+    return [sys.executable, "-m", "vic.cli"]
+
+
+# ---------------------------------------------------------------- ports, processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tcp_listening(port: int) -> bool:
+    """True once something LISTENs on ``port`` (reads /proc: does not consume an accept)."""
+    want = f":{port:04X}"
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[1].endswith(want) and parts[3] == "0A":
+                        return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def wait_for(
+    cond: Any, what: str, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None
+) -> None:
+    """Poll ``cond()`` (a benchmark harness, not a test: polling is fine here)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited ({proc.returncode}) while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def stop(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def socat_relay(target_port: int, buffer: int = 262144) -> Iterator[int]:
+    """``socat -b <buffer> TCP-LISTEN:p TCP:127.0.0.1:target`` for one connection."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "socat",
+            "-b",
+            str(buffer),
+            f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr",
+            f"TCP:127.0.0.1:{target_port}",
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: tcp_listening(port), "socat to listen", proc=proc)
+        yield port
+    finally:
+        stop(proc)
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# ---------------------------------------------------------------- the vSPC under test
+
+
+@dataclass
+class Vspc:
+    proc: subprocess.Popen[Any]
+    port: int
+    metrics_port: int
+    console_socket: Path
+    log_dir: Path
+    workdir: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def metrics_text(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as r:
+            return str(r.read().decode())
+
+    def metric(self, name: str) -> float | None:
+        """First sample named exactly ``name`` (labels ignored), or None."""
+        for line in self.metrics_text().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+
+def vspc_available() -> str | None:
+    """None if ``vic vspc`` can run here, else the reason."""
+    try:
+        import vspc.service  # noqa: F401
+    except Exception as e:  # the service may not have landed yet
+        return f"vspc service not importable: {e}"
+    return None
+
+
+@contextmanager
+def run_vspc(workdir: Path, *, log_level: str = "warning", extra: str = "") -> Iterator[Vspc]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port, mport = free_port(), free_port()
+    sock = workdir / "console.sock"
+    logs = workdir / "consoles"
+    cfg = workdir / "vspc.toml"
+    cfg.write_text(
+        f"""log-level = "{log_level}"
+[listen]
+host = "127.0.0.1"
+port = {port}
+[console]
+socket = "{sock}"
+log-dir = "{logs}"
+ring-bytes = 65536
+[vmotion]
+timeout = 30.0
+max-concurrent = 64
+[metrics]
+host = "127.0.0.1"
+port = {mport}
+{extra}
+"""
+    )
+    errlog = open(workdir / "vspc.stderr", "wb")
+    proc = subprocess.Popen(
+        [*vic_command(), "vspc", "--config", str(cfg)],
+        stdin=subprocess.DEVNULL,
+        stdout=errlog,
+        stderr=errlog,
+        cwd=ROOT,
+    )
+    try:
+        wait_for(lambda: tcp_listening(port) and sock.exists(), "vspc to listen", proc=proc)
+        yield Vspc(proc, port, mport, sock, logs, workdir)
+    finally:
+        stop(proc)
+        errlog.close()
+
+
+def tail(path: Path, n: int = 2000) -> str:
+    try:
+        return path.read_bytes()[-n:].decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+# ---------------------------------------------------------------- stats, results
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def percentile(xs: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    k = max(0, min(len(s) - 1, math.ceil(p / 100.0 * len(s)) - 1))
+    return float(s[k])
+
+
+def host_info() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load": os.getloadavg(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_json(name: str, data: dict[str, Any]) -> Path:
+    path = results_dir() / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def png_path(name: str) -> Path:
+    return results_dir() / f"{name}.png"
+
+
+def pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

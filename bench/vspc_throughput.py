@@ -1,0 +1,311 @@
+"""VM -> console throughput through the vSPC, against socat and a direct connection.
+
+One simulated ESX connection (vic.lab.esx_sim) writes N MiB of console output,
+Telnet-encoded as ESX does (0xFF doubled), and a reader receives it:
+
+* ``vspc``:   sim -> ``vic vspc`` (Telnet decode, log file, ring, fan-out) ->
+              an attached read-only console client on the Unix socket;
+* ``socat``:  the same wire bytes -> ``socat -b 262144`` -> a TCP reader;
+* ``direct``: the same wire bytes -> a TCP reader.
+
+Two payloads: console text (no 0xFF) and random binary (0xFF about every 256
+bytes). Each repetition runs the three paths in turn; the script prints the
+median MiB/s (console bytes per second) and the vspc/socat ratio (target >= 0.8
+on text), verifies every byte arrived intact and in order, and writes JSON + PNG
+to bench/results/ (or $VIC_BENCH_RESULTS).
+
+    .venv/bin/python bench/vspc_throughput.py [--mib 32] [--reps 5] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import _vspc_benchlib as bl
+import trio
+
+from vic.lab import telnet_wire as tw
+from vic.lab.esx_sim import EsxConnection, SimVM
+
+NAME = "vspc_throughput"
+CHUNK = 256 * 1024
+PATHS = ("direct", "socat", "vspc")
+
+_LINES = [
+    "[{t:12.6f}] systemd[1]: Started {svc}.service - {svc} daemon.",
+    "[{t:12.6f}] EXT4-fs (sda{n}): mounted filesystem with ordered data mode. Quota mode: none.",
+    "[{t:12.6f}] vmxnet3 0000:0b:00.0 ens192: intel(R) link up, 10000 Mbps, full duplex",
+    "{svc}[{n}]: GET /api/v1/containers/{n}/logs HTTP/1.1 200 {n} bytes in 0.{n:03d}s",
+    '[{t:12.6f}] audit: type=1400 audit({t:.3f}:{n}): apparmor="STATUS" operation="profile_load"',
+    "tether[{n}]: session {n:08x} started: /bin/sh -c 'echo hello; sleep {n}'",
+]
+_SVCS = ["sshd", "containerd", "vic-init", "tether", "chronyd", "journald", "dockerd"]
+
+
+def console_text(size: int, seed: int = 1) -> bytes:
+    rng = random.Random(seed)
+    out = bytearray()
+    t = 0.0
+    while len(out) < size:
+        t += rng.random() * 0.01
+        line = rng.choice(_LINES).format(t=t, n=rng.randrange(1, 99999), svc=rng.choice(_SVCS))
+        out += line.encode() + b"\r\n"
+    return bytes(out[:size])
+
+
+def binary(size: int, seed: int = 2) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+# ---------------------------------------------------------------- the paths
+
+
+async def _drain(stream: trio.abc.Stream, total: int, into: bytearray) -> None:
+    while len(into) < total:
+        chunk = await stream.receive_some(CHUNK)
+        if not chunk:
+            raise RuntimeError(f"EOF after {len(into)} of {total} bytes")
+        into += chunk
+
+
+async def _send_wire(stream: trio.abc.Stream, payload: bytes) -> None:
+    # Same work as the simulator's send_console: escape each chunk, send it.
+    for k in range(0, len(payload), CHUNK):
+        await stream.send_all(tw.escape(payload[k : k + CHUNK]))
+
+
+async def run_tcp(payload: bytes, via_socat: bool) -> float:
+    wire_len = len(tw.escape(payload))
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    sink_port = listeners[0].socket.getsockname()[1]
+    got = bytearray()
+    try:
+        if via_socat:
+            cm = bl.socat_relay(sink_port)
+            port = cm.__enter__()
+        else:
+            cm, port = None, sink_port
+        try:
+            sender = await trio.open_tcp_stream("127.0.0.1", port)
+            receiver = await listeners[0].accept()
+            t0 = time.perf_counter()
+            async with trio.open_nursery() as n:
+                n.start_soon(_drain, receiver, wire_len, got)
+                await _send_wire(sender, payload)
+            elapsed = time.perf_counter() - t0
+            await sender.aclose()
+            await receiver.aclose()
+        finally:
+            if cm is not None:
+                cm.__exit__(None, None, None)
+    finally:
+        await listeners[0].aclose()
+    if bytes(got) != tw.escape(payload):
+        raise RuntimeError("bytes differ after the relay")
+    return elapsed
+
+
+async def attach(
+    socket_path: Path, vm: SimVM, timeout: float = 10.0
+) -> tuple[trio.abc.Stream, bytes]:
+    """Attach read-only to a VM's console (raw attach protocol); retries until it exists."""
+    req = json.dumps({"op": "attach", "vm": vm.canonical_uuid, "mode": "ro", "replay": 0}) + "\n"
+    deadline = trio.current_time() + timeout
+    last = ""
+    while trio.current_time() < deadline:
+        stream = await trio.open_unix_socket(str(socket_path))
+        await stream.send_all(req.encode())
+        buf = bytearray()
+        while b"\n" not in buf:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            buf += chunk
+        line, _, rest = bytes(buf).partition(b"\n")
+        status = json.loads(line or b"{}")
+        if status.get("ok"):
+            return stream, rest
+        last = str(status.get("error"))
+        await stream.aclose()
+        await trio.sleep(0.05)
+    raise RuntimeError(f"attach failed: {last}")
+
+
+async def run_vspc(v: bl.Vspc, payload: bytes, seed: int) -> tuple[float, int]:
+    vm = SimVM.random(random.Random(seed), name=f"bench-{seed}")
+    async with trio.open_nursery() as n:
+        conn = await EsxConnection.open(n, "127.0.0.1", v.port, vm=vm)
+        stream, first = await attach(v.console_socket, vm)
+        got = bytearray(first)
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as inner:
+            inner.start_soon(_drain, stream, len(payload), got)
+            for k in range(0, len(payload), CHUNK):
+                await conn.send_console(payload[k : k + CHUNK])
+        elapsed = time.perf_counter() - t0
+        await stream.aclose()
+        await conn.aclose()
+    if bytes(got) != payload:
+        raise RuntimeError(f"console bytes differ ({len(got)} vs {len(payload)})")
+    # The byte-exact log file catches up (written in the background).
+    log_size = -1
+    logs = list(v.log_dir.glob(f"{vm.canonical_uuid}*.log")) if v.log_dir.exists() else []
+    with trio.move_on_after(10):
+        while True:
+            logs = list(v.log_dir.glob(f"{vm.canonical_uuid}*.log"))
+            log_size = sum(p.stat().st_size for p in logs)
+            if log_size >= len(payload):
+                break
+            await trio.sleep(0.05)
+    return elapsed, log_size
+
+
+# ---------------------------------------------------------------- main
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    size = int(args.mib * 1024 * 1024)
+    payloads = {"text": console_text(size), "binary": binary(size)}
+    reason = bl.vspc_available() if "vspc" in args.paths else "not selected (--paths)"
+    results: dict[str, Any] = {
+        k: {p: {"seconds": [], "mib_s": []} for p in PATHS} for k in payloads
+    }
+    notes: list[str] = []
+    workdir = Path(tempfile.mkdtemp(prefix="vspc-bench-"))
+    vspc_cm = bl.run_vspc(workdir) if reason is None else None
+    v = vspc_cm.__enter__() if vspc_cm is not None else None
+    if v is None:
+        notes.append(f"vspc path skipped: {reason}")
+    try:
+        seed = 100
+        for rep in range(args.reps):
+            for kind, payload in payloads.items():
+                for path in PATHS:
+                    if path not in args.paths:
+                        continue
+                    if path == "vspc":
+                        if v is None:
+                            continue
+                        seed += 1
+                        try:
+                            secs, log_size = await run_vspc(v, payload, seed)
+                        except Exception:
+                            print(bl.tail(workdir / "vspc.stderr"), file=sys.stderr)
+                            raise
+                        if log_size != len(payload):
+                            notes.append(
+                                f"rep {rep} {kind}: console log holds {log_size} of {len(payload)} bytes"
+                            )
+                    else:
+                        secs = await run_tcp(payload, via_socat=(path == "socat"))
+                    r = results[kind][path]
+                    r["seconds"].append(secs)
+                    r["mib_s"].append(size / secs / 2**20)
+                    print(
+                        f"rep {rep} {kind:6s} {path:6s} {size / secs / 2**20:9.1f} MiB/s",
+                        flush=True,
+                    )
+    finally:
+        if vspc_cm is not None:
+            vspc_cm.__exit__(None, None, None)
+    summary: dict[str, Any] = {}
+
+    def ratio(a: float, b: float) -> float | None:
+        return a / b if a == a and b == b else None  # NaN when a path did not run
+
+    for kind in payloads:
+        med = {p: bl.median(results[kind][p]["mib_s"]) for p in PATHS}
+        summary[kind] = {
+            "median_mib_s": med,
+            "vspc_vs_socat": ratio(med["vspc"], med["socat"]),
+            "vspc_vs_direct": ratio(med["vspc"], med["direct"]),
+            "socat_vs_direct": ratio(med["socat"], med["direct"]),
+        }
+    return {
+        "bench": NAME,
+        "mib": args.mib,
+        "reps": args.reps,
+        "smoke": args.smoke,
+        "paths": list(args.paths),
+        "chunk": CHUNK,
+        "target": {"text_vspc_vs_socat_min": 0.8},
+        "results": results,
+        "summary": summary,
+        "notes": notes,
+        "host": bl.host_info(),
+    }
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    plt = bl.pyplot()
+    kinds = list(data["summary"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.25
+    for i, p in enumerate(PATHS):
+        meds, lo, hi = [], [], []
+        for kind in kinds:
+            xs = data["results"][kind][p]["mib_s"]
+            m = bl.median(xs) if xs else 0.0
+            meds.append(m)
+            lo.append(m - min(xs) if xs else 0.0)
+            hi.append(max(xs) - m if xs else 0.0)
+        pos = [k + (i - 1) * width for k in range(len(kinds))]
+        ax.bar(pos, meds, width, yerr=[lo, hi], capsize=3, label=p)
+    for k, kind in enumerate(kinds):
+        r = data["summary"][kind]["vspc_vs_socat"]
+        if r is not None:
+            ax.annotate(
+                f"vspc/socat {r:.2f}x",
+                (k, 0),
+                xytext=(0, 4),
+                textcoords="offset points",
+                ha="center",
+                fontsize=8,
+            )
+    ax.set_xticks(range(len(kinds)), kinds)
+    ax.set_ylabel("console MiB/s (median, min-max)")
+    ax.set_title(f"VM -> console throughput, {data['mib']} MiB x {data['reps']} reps")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mib", type=float, default=32.0, help="console MiB per run")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (< 20 s)")
+    ap.add_argument("--paths", default=",".join(PATHS), help="comma list of " + ",".join(PATHS))
+    args = ap.parse_args()
+    args.paths = tuple(p for p in args.paths.split(",") if p)
+    if args.smoke:
+        args.mib, args.reps = 1.0, 2
+    data = trio.run(bench, args)
+    out = bl.write_json(NAME, data)
+    plot(data, bl.png_path(NAME))
+    for kind, s in data["summary"].items():
+        med = s["median_mib_s"]
+
+        def fmt(r: float | None) -> str:
+            return "n/a" if r is None else f"{r:.2f}x"
+
+        print(
+            f"{kind:6s}: direct {med['direct']:8.1f}  socat {med['socat']:8.1f}  vspc {med['vspc']:8.1f}"
+            f" MiB/s   vspc/socat {fmt(s['vspc_vs_socat'])}   socat/direct {fmt(s['socat_vs_direct'])}"
+        )
+    for note in data["notes"]:
+        print("note:", note)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
