@@ -1,0 +1,89 @@
+"""`vic vspc` configuration: TOML validated into frozen dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from vic.ops.config import require
+from vspc.console.config import ConsoleConfig
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Server certificate for ESX's ``telnets://`` (and optional client CA)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """Where ESX hosts connect with Telnet (the vSPC URI's host and port)."""
+
+    host: str = "127.0.0.1"
+    port: int = 13370
+    tls: TlsConfig | None = None
+
+    def validate(self) -> None:
+        require(0 <= self.port <= 65535, "port", "must be 0..65535")
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """Where relays deliver streams (origin header first): TCP and/or a Unix socket."""
+
+    host: str | None = None
+    port: int = 0
+    unix: Path | None = None
+    tls: TlsConfig | None = None
+    header_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class VMotionConfig:
+    timeout: float = 30.0
+    max_concurrent: int = 64
+    buffer_bytes: int = 1 << 20
+    secret_bytes: int = 8
+
+    def validate(self) -> None:
+        require(self.timeout > 0, "timeout", "must be positive")
+        require(self.max_concurrent >= 1, "max_concurrent", "must be at least 1")
+        require(self.buffer_bytes >= 1024, "buffer_bytes", "must be at least 1024")
+        require(4 <= self.secret_bytes <= 64, "secret_bytes", "must be 4..64")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9470
+
+
+@dataclass(frozen=True)
+class ProxyRule:
+    """How to answer DO-PROXY: first matching rule wins; no match means accept."""
+
+    direction: Literal["S", "C", "*"] = "*"
+    uri_prefix: str = ""
+    accept: bool = True
+
+
+@dataclass(frozen=True)
+class VspcConfig:
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    vmotion: VMotionConfig = field(default_factory=VMotionConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    proxy: tuple[ProxyRule, ...] = ()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def proxy_accepts(self, direction: str, uri: str) -> bool:
+        for rule in self.proxy:
+            if rule.direction in ("*", direction) and uri.startswith(rule.uri_prefix):
+                return rule.accept
+        return True

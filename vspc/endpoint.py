@@ -1,0 +1,160 @@
+"""The appliance endpoint: accepts streams forwarded by relays.
+
+Each stream starts with the relay's origin header (relay.core.header). A bad or
+missing header gets one log line and a close; nothing else is affected. Telnet
+streams (ingress kind ``vspc``) go to the vSPC exactly as if ESX had connected
+directly; raw streams go to the console service keyed by VM and label.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+import trio.lowlevel
+
+from relay.core.header import HeaderDecoder, HeaderError, OriginHeader
+from vspc.config import EndpointConfig, VspcConfig
+from vspc.core.identity import PortKey, canonical_uuid
+from vspc.prefixed import PrefixedStream
+from vspc.service import VspcService, server_ssl_context
+
+log = logging.getLogger("vspc.endpoint")
+
+READ_SIZE = 65536
+
+
+def raw_port_key(header: OriginHeader) -> PortKey:
+    """Raw streams are keyed by the VM identity the relay vouches for."""
+    try:
+        uuid = canonical_uuid(header.vm)
+    except ValueError:
+        uuid = header.vm.strip().lower()
+    return PortKey(uuid, header.label or header.kind)
+
+
+class Endpoint:
+    def __init__(self, service: VspcService) -> None:
+        self.service = service
+        self.config: EndpointConfig = service.config.endpoint
+        self.tcp_port: int | None = None
+        self._scope: trio.CancelScope | None = None
+        self._handlers: trio.Nursery | None = None
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as handlers:
+            self._handlers = handlers
+            await self._start_listeners()
+            task_status.started(self)
+
+    async def _start_listeners(self) -> None:
+        assert self._handlers is not None
+        cfg = self.config
+        listeners: list[trio.abc.Listener[Any]] = []
+        if cfg.host is not None:
+            tcp = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
+            self.tcp_port = tcp[0].socket.getsockname()[1]
+            if cfg.tls is not None:
+                ctx = server_ssl_context(cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca)
+                listeners += [trio.SSLListener(t, ctx, https_compatible=False) for t in tcp]
+            else:
+                listeners += tcp
+        if cfg.unix is not None:
+            listeners.append(await _unix_listener(str(cfg.unix)))
+        if not listeners:
+            return
+        self._scope = trio.CancelScope()
+        self._handlers.start_soon(self._serve, listeners, self._scope)
+        log.info("endpoint listening: tcp=%s unix=%s", self.tcp_port, cfg.unix)
+
+    async def _serve(self, listeners: list[trio.abc.Listener[Any]], scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.serve_listeners(self.handle, listeners, handler_nursery=self._handlers)
+
+    async def reload(self, config: VspcConfig) -> None:
+        if config.endpoint == self.config:
+            return
+        if self._scope is not None:
+            self._scope.cancel()
+            await trio.lowlevel.checkpoint()
+        self.config = config.endpoint
+        await self._start_listeners()
+
+    async def drain(self, deadline: float) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+        if self._handlers is not None:
+            self._handlers.cancel_scope.deadline = deadline
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        try:
+            header, rest = await self._read_header(stream)
+        except (HeaderError, trio.TooSlowError, trio.BrokenResourceError, OSError) as e:
+            log.warning("relayed stream rejected: %s", e or type(e).__name__)
+            self.service.metrics.relayed_streams_total.labels(kind="?", result="rejected").inc()
+            await trio.aclose_forcefully(stream)
+            return
+        self.service.metrics.relayed_streams_total.labels(kind=header.kind, result="accepted").inc()
+        log.info("relayed stream %s from %s: vm=%s kind=%s label=%s",
+                 header.stream_id or "-", header.host, header.vm, header.kind, header.label)
+        s = PrefixedStream(stream, rest)
+        if header.kind == "vspc":
+            await self.service.handle_esx_stream(s, f"relay:{header.host}")
+        else:
+            await self._serve_raw(s, header)
+
+    async def _read_header(self, stream: trio.abc.Stream) -> tuple[OriginHeader, bytes]:
+        dec = HeaderDecoder()
+        with trio.fail_after(self.config.header_timeout):
+            while True:
+                data = await stream.receive_some(READ_SIZE)
+                if not data:
+                    raise HeaderError("stream closed before its origin header")
+                header, rest = dec.feed(bytes(data))
+                if header is not None:
+                    return header, rest
+
+    async def _serve_raw(self, stream: trio.abc.Stream, header: OriginHeader) -> None:
+        key = raw_port_key(header)
+        console = self.service.consoles.open(key, header.vm)
+        send_lock = trio.Lock()
+
+        async def to_vm(data: bytes) -> None:
+            async with send_lock:
+                await stream.send_all(data)
+            self.service.metrics.bytes_total.labels(direction="appliance_to_vm").inc(len(data))
+
+        console.set_input(to_vm)
+        console.set_connected(True)
+        console.event("connect", host=header.host, ingress=header.kind, stream=header.stream_id)
+        self.service.metrics.connected_vms.inc()
+        try:
+            while True:
+                data = await stream.receive_some(READ_SIZE)
+                if not data:
+                    break
+                self.service.metrics.bytes_total.labels(direction="vm_to_appliance").inc(len(data))
+                await console.from_vm(bytes(data))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            log.info("relayed stream %s lost: %s", header.stream_id or key, e)
+        finally:
+            self.service.metrics.connected_vms.dec()
+            console.set_input(None)
+            console.set_connected(False)
+            console.event("disconnect", host=header.host)
+            await trio.aclose_forcefully(stream)
+
+
+async def _unix_listener(path: str) -> trio.SocketListener:
+    import os
+
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await sock.bind(path)
+    os.chmod(path, 0o660)
+    sock.listen(1024)
+    return trio.SocketListener(sock)
