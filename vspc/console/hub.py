@@ -225,9 +225,9 @@ class Console:
             hub.writer.write(self._log, data)
         if self._clients:
             limit = hub.config.client_queue_bytes
-            for c in self._clients:
-                if not c.push(data, limit):
-                    self._drop_slow(c)
+            slow = [c for c in self._clients if not c.push(data, limit)]
+            for c in slow:  # after the loop: dropping edits the list
+                self._drop_slow(c)
 
     def set_connected(self, connected: bool) -> None:
         self.connected = connected
