@@ -1,0 +1,214 @@
+"""The guest agent (tether): sessions, console link, address publisher, reaper.
+
+Components run under a supervisor: a component that fails is reported at
+``guestinfo.vice..errors|<component>`` and restarted with backoff; the agent
+itself stays up (it is PID 1 in a containerVM).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from guestagent.backends.base import BackendError, GuestBackend
+from guestagent.backends.file import FileGuestBackend
+from guestagent.backends.filestore import FileStore
+from guestagent.backends.rpctool import RpctoolBackend
+from guestagent.channels import (
+    Connector,
+    hybrid_vsock_connector,
+    serial_connector,
+    tcp_connector,
+    unix_connector,
+    vsock_connector,
+)
+from guestagent.config import AgentConfig, ConsoleConfig, GuestinfoConfig
+from guestagent.console import ConsoleLink
+from guestagent.core import guestinfo as gi
+from guestagent.netwatch import NetWatcher
+from guestagent.publisher import Publisher
+from guestagent.reaper import ExitStatus, Reaper, set_child_subreaper
+from guestagent.session import SessionOptions, SessionRunner
+
+log = logging.getLogger(__name__)
+
+
+def make_backend(cfg: GuestinfoConfig, reaper: Reaper) -> GuestBackend:
+    ledger = gi.SizeLedger(cfg.max_value, cfg.max_total)
+    be: GuestBackend
+    if cfg.backend == "file":
+        be = FileGuestBackend(
+            FileStore(cfg.path, max_value=cfg.max_value, max_total=cfg.max_total), ledger
+        )
+    elif cfg.backend == "vsphere":
+        from guestagent.backends.vsphere import VSphereGuestBackend
+
+        be = VSphereGuestBackend(cfg.url, cfg.vm, ledger, cfg.poll_interval)
+    else:
+        be = RpctoolBackend(cfg.tool, runner=reaper.run_capture, ledger=ledger)
+    be.poll_interval = cfg.poll_interval
+    return be
+
+
+def make_connector(cfg: ConsoleConfig) -> Connector | None:
+    t = cfg.transport
+    if t == "serial":
+        return serial_connector(cfg.path, cfg.baud)
+    if t == "vsock":
+        return vsock_connector(cfg.cid, cfg.port)
+    if t == "hybrid":
+        return hybrid_vsock_connector(cfg.path, cfg.port)
+    if t == "unix":
+        return unix_connector(cfg.path)
+    if t == "tcp":
+        return tcp_connector(cfg.host, cfg.port)
+    return None
+
+
+class Agent:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        *,
+        backend: GuestBackend | None = None,
+        reaper: Reaper | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.reaper = reaper or Reaper()
+        self.backend = backend or make_backend(cfg.guestinfo, self.reaper)
+        self.publisher = Publisher(self.backend, clock)
+        connector = make_connector(cfg.console)
+        self.console = (
+            ConsoleLink(
+                connector,
+                buffer_limit=cfg.console.buffer_bytes,
+                backoff_min=cfg.console.backoff_min,
+                backoff_max=cfg.console.backoff_max,
+            )
+            if connector is not None
+            else None
+        )
+        self.session_options = SessionOptions(
+            drain_grace=cfg.agent.drain_grace,
+            flush_timeout=cfg.console.flush_timeout,
+            signal_group=cfg.agent.signal_group,
+        )
+        self.sessions: dict[str, SessionRunner] = {}
+        self.results: dict[str, ExitStatus | None] = {}
+        self.all_done = trio.Event()
+        self._console_owner: str | None = None
+        self.ready = trio.Event()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        if self.cfg.agent.subreaper and os.getpid() != 1:
+            set_child_subreaper()
+        async with trio.open_nursery() as n:
+            await n.start(self.reaper.run)
+            if self.console is not None:
+                await n.start(self.console.run)
+            if self.cfg.network.publish:
+                n.start_soon(self._supervise, "network", self._network)
+            n.start_soon(self._supervise, "sessions", self._sessions)
+            self.ready.set()
+            task_status.started()
+            if self.cfg.agent.exit_when_done:
+                await self.all_done.wait()
+                n.cancel_scope.cancel()
+
+    async def _supervise(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await fn()
+                return
+            except (BackendError, gi.GuestinfoError, OSError, ValueError, RuntimeError) as e:
+                text = f"{name} failed: {type(e).__name__}: {e}"
+                log.error("%s; restarting in %.1fs", text, delay)
+                await self.publisher.error(name, text)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _network(self) -> None:
+        net = self.cfg.network
+        watcher = NetWatcher(
+            self.publisher.networks,
+            exclude=net.exclude,
+            names=net.names,
+            include_link_local=net.include_link_local,
+        )
+        await watcher.run()
+
+    async def _sessions(self) -> None:
+        key = gi.sessions_key()
+        async with trio.open_nursery() as n:
+            vals: dict[str, str | None] = {key: None}
+            first = True
+            while True:
+                if first:
+                    vals = await self.backend.get_many([key, gi.common_id_key()])
+                    first = False
+                else:
+                    vals = await self.backend.wait_changed([key], vals)
+                for sid in gi.decode_map_keys(vals.get(key)):
+                    if sid in self.sessions or sid in self.results:
+                        continue
+                    await self._start_session(n, sid, vals.get(gi.common_id_key()))
+
+    async def _start_session(self, nursery: trio.Nursery, sid: str, common_id: str | None) -> None:
+        try:
+            gi.check_name(sid, "session id")
+        except gi.GuestinfoError as e:
+            log.error("ignoring session: %s", e)
+            self.results[sid] = None
+            return
+        try:
+            values = await self.backend.get_many(gi.session_keys(sid))
+            cfg = gi.decode_session(sid, values)
+        except gi.SessionConfigError as e:
+            await self._start_failed(sid, str(e))
+            return
+        except (BackendError, gi.GuestinfoError, OSError) as e:
+            await self._start_failed(sid, f"session {sid}: cannot read session config: {e}")
+            return
+        console = None
+        if self.console is not None and self._console_owner is None:
+            want = self.cfg.agent.console_session or gi.decode_str(common_id) or sid
+            if want == sid or self.cfg.agent.console_session == "":
+                console = self.console
+                self._console_owner = sid
+        runner = SessionRunner(
+            cfg,
+            reaper=self.reaper,
+            publisher=self.publisher,
+            backend=self.backend,
+            console=console,
+            options=self.session_options,
+        )
+        self.sessions[sid] = runner
+        nursery.start_soon(self._run_session, sid, runner)
+
+    async def _start_failed(self, sid: str, text: str) -> None:
+        log.error("%s", text)
+        self.results[sid] = None
+        await self.publisher.start_failed(sid, text)
+        self._check_done()
+
+    async def _run_session(self, sid: str, runner: SessionRunner) -> None:
+        try:
+            self.results[sid] = await runner.run()
+        finally:
+            self.sessions.pop(sid, None)
+            self.results.setdefault(sid, None)
+            if self._console_owner == sid:
+                self._console_owner = None
+            self._check_done()
+
+    def _check_done(self) -> None:
+        if not self.sessions and self.results:
+            self.all_done.set()

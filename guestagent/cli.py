@@ -1,0 +1,62 @@
+"""``vic agent --config agent.toml``: run the in-guest tether agent."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+
+import trio
+
+from guestagent.config import AgentConfig
+from vic.ops import config as config_mod
+from vic.ops.logs import setup as setup_logging
+
+log = logging.getLogger("guestagent")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", required=True, help="agent TOML file")
+    parser.add_argument("--log-level", default=None, help="override [agent] log-level")
+
+
+async def _main(cfg: AgentConfig) -> int:
+    from guestagent.agent import Agent
+
+    agent = Agent(cfg)
+    async with trio.open_nursery() as n:
+        await n.start(agent.run)
+
+        async def on_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+                async for s in sigs:
+                    log.info("agent: %s, stopping", signal.Signals(s).name)
+                    n.cancel_scope.cancel()
+                    return
+
+        n.start_soon(on_signals)
+        if cfg.agent.exit_when_done:
+            await agent.all_done.wait()
+            n.cancel_scope.cancel()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(AgentConfig, args.config)
+    setup_logging(args.log_level or cfg.agent.log_level)
+    return trio.run(_main, cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vic agent")
+    configure(p)
+    try:
+        return run(p.parse_args(argv))
+    except config_mod.ConfigError as e:
+        from vic.ops.daemon import config_error_exit
+
+        return config_error_exit(e, "vic agent")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

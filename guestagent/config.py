@@ -1,0 +1,105 @@
+"""``vic agent`` configuration (TOML -> frozen dataclasses).
+
+Example::
+
+    [guestinfo]
+    backend = "file"            # "rpctool" inside a vSphere VM, "vsphere" for vcsim
+    path = "/run/lab/vm1.json"  # file backend
+    # tool = "vmware-rpctool"   # rpctool backend
+    # url = "http://vic:vic@127.0.0.1:8989/sdk"   # vsphere backend
+    # vm = "DC0_H0_VM0"
+    poll-interval = 0.25
+
+    [console]
+    transport = "hybrid"        # serial | vsock | hybrid | unix | tcp | none
+    path = "/run/lab/vm1.vsock" # serial device, unix socket, or hybrid uds path
+    port = 1024                 # vsock / hybrid / tcp port
+    # cid = 2  baud = 115200  host = "127.0.0.1"
+
+    [network]
+    publish = true
+    exclude = ["lo"]
+    names = { eth0 = "public" }
+
+    [agent]
+    subreaper = true
+    exit-when-done = false
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vic.ops.config import require
+
+
+@dataclass(frozen=True)
+class GuestinfoConfig:
+    backend: Literal["file", "rpctool", "vsphere"] = "rpctool"
+    path: str = ""
+    tool: str = "vmware-rpctool"
+    url: str = ""
+    vm: str = ""
+    poll_interval: float = 0.25
+    max_value: int = 64 * 1024
+    max_total: int = 1024 * 1024
+
+    def validate(self) -> None:
+        if self.backend == "file":
+            require(bool(self.path), "path", 'required for backend = "file"')
+        if self.backend == "vsphere":
+            require(self.url.startswith(("http://", "https://")), "url", "need an http(s) URL")
+            require(bool(self.vm), "vm", 'required for backend = "vsphere" (VM name or UUID)')
+        require(self.poll_interval > 0, "poll-interval", "must be > 0")
+        require(self.max_value > 0, "max-value", "must be > 0")
+        require(self.max_total >= self.max_value, "max-total", "must be >= max-value")
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    transport: Literal["serial", "vsock", "hybrid", "unix", "tcp", "none"] = "none"
+    path: str = ""
+    port: int = 0
+    cid: int = 2
+    host: str = "127.0.0.1"
+    baud: int = 115200
+    buffer_bytes: int = 4 * 1024 * 1024
+    backoff_min: float = 0.05
+    backoff_max: float = 2.0
+    flush_timeout: float = 300.0
+
+    def validate(self) -> None:
+        if self.transport in ("serial", "unix", "hybrid"):
+            require(bool(self.path), "path", f"required for transport = {self.transport!r}")
+        if self.transport in ("vsock", "hybrid", "tcp"):
+            require(0 < self.port < 2**32, "port", f"required for transport = {self.transport!r}")
+        require(self.buffer_bytes >= 4096, "buffer-bytes", "must be >= 4096")
+        require(0 < self.backoff_min <= self.backoff_max, "backoff-min", "need 0 < min <= max")
+        require(self.baud > 0, "baud", "must be > 0")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    publish: bool = True
+    exclude: list[str] = field(default_factory=lambda: ["lo"])
+    names: dict[str, str] = field(default_factory=dict)
+    include_link_local: bool = False
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    subreaper: bool = True
+    exit_when_done: bool = False
+    drain_grace: float = 2.0
+    console_session: str = ""
+    signal_group: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    guestinfo: GuestinfoConfig = field(default_factory=GuestinfoConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    agent: AgentSection = field(default_factory=AgentSection)

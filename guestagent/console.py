@@ -1,0 +1,152 @@
+"""The console link: the container's output to the appliance, and its input back.
+
+The link keeps one channel (serial, vsock, hybrid vsock...) connected,
+reconnecting with exponential backoff when it drops. Output goes through a
+bounded buffer: a writer blocks when the buffer is full (back-pressure on the
+container process instead of loss), bytes leave the buffer only once
+``send_all`` returned, and a chunk whose send failed is sent again on the next
+connection (at-least-once: a drop may repeat part of one chunk, never lose it).
+``flush()`` returns when every byte written so far has been sent and drained.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from guestagent.channels import Channel, Connector
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+_CHANNEL_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+InputHandler = Callable[[bytes | bytearray], Awaitable[None]]
+
+
+class ConsoleLink:
+    def __init__(
+        self,
+        connector: Connector,
+        *,
+        buffer_limit: int = 4 * 1024 * 1024,
+        backoff_min: float = 0.05,
+        backoff_max: float = 2.0,
+    ) -> None:
+        self.connector = connector
+        self.buffer_limit = max(buffer_limit, 1)
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.on_input: InputHandler | None = None
+        self.channel: Channel | None = None
+        self.connects = 0
+        self.drops = 0
+        self.queued_total = 0
+        self.sent_total = 0
+        self.received_total = 0
+        self._buf = bytearray()
+        self._data = trio.lowlevel.ParkingLot()
+        self._space = trio.lowlevel.ParkingLot()
+        self._progress = trio.lowlevel.ParkingLot()
+        self._connected = trio.Event()
+
+    # -- producer side ------------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    async def write(self, data: bytes) -> None:
+        """Queue output; blocks while the buffer is full."""
+        if not data:
+            return
+        while len(self._buf) >= self.buffer_limit:
+            await self._space.park()
+        self._buf += data
+        self.queued_total += len(data)
+        self._data.unpark_all()
+
+    async def flush(self, timeout: float = math.inf) -> bool:
+        """Wait until all queued output has been sent and drained; False on timeout."""
+        target = self.queued_total
+        with trio.move_on_after(timeout):
+            while self.sent_total < target:
+                await self._progress.park()
+            ch = self.channel
+            if ch is not None:
+                try:
+                    await ch.drain()
+                except _CHANNEL_ERRORS:
+                    pass
+            return True
+        return False
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    # -- link ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        delay = self.backoff_min
+        while True:
+            try:
+                ch = await self.connector()
+            except _CHANNEL_ERRORS as e:
+                log.debug("console connect failed: %s; retry in %.2fs", e, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            self.connects += 1
+            self.channel = ch
+            self._connected.set()
+            log.info("console connected over %s", ch.name)
+            try:
+                async with trio.open_nursery() as n:
+                    n.start_soon(self._sender, ch, n.cancel_scope)
+                    n.start_soon(self._receiver, ch, n.cancel_scope)
+            finally:
+                self.channel = None
+                self._connected = trio.Event()
+                with trio.CancelScope(shield=True):
+                    try:
+                        await ch.aclose()
+                    except _CHANNEL_ERRORS:
+                        pass
+            self.drops += 1
+            log.warning("console channel %s dropped; reconnecting", ch.name)
+            await trio.sleep(self.backoff_min)
+            delay = self.backoff_min
+
+    async def _sender(self, ch: Channel, scope: trio.CancelScope) -> None:
+        try:
+            while True:
+                while not self._buf:
+                    await self._data.park()
+                chunk = bytes(self._buf[:CHUNK])
+                await ch.stream.send_all(chunk)
+                del self._buf[: len(chunk)]
+                self.sent_total += len(chunk)
+                self._space.unpark_all()
+                self._progress.unpark_all()
+        except _CHANNEL_ERRORS as e:
+            log.debug("console send: %s", e)
+            scope.cancel()
+
+    async def _receiver(self, ch: Channel, scope: trio.CancelScope) -> None:
+        try:
+            while True:
+                data = await ch.stream.receive_some(CHUNK)
+                if not data:
+                    break
+                self.received_total += len(data)
+                handler = self.on_input
+                if handler is not None:
+                    await handler(data)
+        except _CHANNEL_ERRORS as e:
+            log.debug("console receive: %s", e)
+        scope.cancel()

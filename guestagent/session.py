@@ -1,0 +1,283 @@
+"""Run one session: wait for the go-ahead if asked, launch, carry the console, report.
+
+Order of publication: ``detail.starttime`` then ``started`` (``true`` or the
+launch error text); on exit, all of the process's output is read to EOF, the
+console link is flushed, and only then ``detail.stoptime``, ``detail.signal`` and
+``status``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import pty
+import signal
+import subprocess
+import termios
+from dataclasses import dataclass
+
+import trio
+
+from guestagent.backends.base import BackendError, GuestBackend
+from guestagent.console import ConsoleLink
+from guestagent.core import guestinfo as gi
+from guestagent.publisher import Publisher
+from guestagent.reaper import Child, ExitStatus, Reaper
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    drain_grace: float = 2.0  # after exit, wait this long for output EOF (grandchildren)
+    flush_timeout: float = 300.0  # publish the status anyway after this long
+    signal_group: bool = False  # signal the process group instead of the process
+
+
+def _set_ctty() -> None:  # pragma: no cover - runs in the child between fork and exec
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def launch_error_text(cfg: gi.SessionConfig, e: BaseException) -> str:
+    if isinstance(e, OSError):
+        what = e.strerror or str(e)
+        fname = e.filename if e.filename is not None else cfg.path
+        if cfg.dir and fname == cfg.dir:
+            return f"cannot change to working directory {cfg.dir}: {what}"
+        return f"cannot run {fname}: {what}"
+    return f"cannot run {cfg.path}: {e}"
+
+
+def signal_number(name: str) -> int:
+    n = name.strip().upper()
+    if n.isdigit():
+        return int(n)
+    if not n.startswith("SIG"):
+        n = "SIG" + n
+    try:
+        return int(signal.Signals[n])
+    except KeyError:
+        raise ValueError(f"unknown signal {name!r}") from None
+
+
+class SessionRunner:
+    def __init__(
+        self,
+        cfg: gi.SessionConfig,
+        *,
+        reaper: Reaper,
+        publisher: Publisher,
+        backend: GuestBackend,
+        console: ConsoleLink | None,
+        options: SessionOptions | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.reaper = reaper
+        self.publisher = publisher
+        self.backend = backend
+        self.console = console
+        self.options = options or SessionOptions()
+        self.child: Child | None = None
+        self.status: ExitStatus | None = None
+        self.output_bytes = 0
+        self.launched = trio.Event()
+        self._stdin: trio.lowlevel.FdStream | None = None
+
+    # -- launch ------------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for item in self.cfg.env:
+            k, _, v = item.partition("=")
+            env[k] = v
+        env.setdefault("PATH", DEFAULT_PATH)
+        if self.cfg.tty:
+            env.setdefault("TERM", "xterm")
+        return env
+
+    def _spawn(self) -> tuple[Child, int, int | None]:
+        """Start the process; returns (child, output fd, stdin fd or None)."""
+        cfg = self.cfg
+        common = dict(
+            executable=cfg.path,
+            env=self._env(),
+            cwd=cfg.dir or "/",
+            start_new_session=True,
+            close_fds=True,
+        )
+        if cfg.tty:
+            master, slave = pty.openpty()
+            try:
+                child = self.reaper.spawn(
+                    list(cfg.args),
+                    stdin=slave,
+                    stdout=slave,
+                    stderr=slave,
+                    preexec_fn=_set_ctty,
+                    **common,
+                )
+            except BaseException:
+                os.close(master)
+                raise
+            finally:
+                os.close(slave)
+            return child, master, master
+        r, w = os.pipe()
+        stdin_r, stdin_w = os.pipe() if cfg.openstdin else (None, None)
+        try:
+            child = self.reaper.spawn(
+                list(cfg.args),
+                stdin=stdin_r if stdin_r is not None else subprocess.DEVNULL,
+                stdout=w,
+                stderr=w,
+                **common,
+            )
+        except BaseException:
+            os.close(r)
+            if stdin_w is not None:
+                os.close(stdin_w)
+            raise
+        finally:
+            os.close(w)
+            if stdin_r is not None:
+                os.close(stdin_r)
+        return child, r, stdin_w
+
+    async def _wait_goahead(self) -> None:
+        key = gi.goahead_key(self.cfg.id)
+        last: dict[str, str | None] = {key: None}
+        while True:
+            try:
+                vals = await self.backend.get_many([key])
+                if gi.decode_bool(vals.get(key)):
+                    return
+                last = await self.backend.wait_changed([key], vals)
+                if gi.decode_bool(last.get(key)):
+                    return
+            except (BackendError, gi.GuestinfoError) as e:
+                log.warning("session %s: waiting for go-ahead: %s", self.cfg.id, e)
+                await trio.sleep(self.backend.poll_interval)
+
+    # -- run ---------------------------------------------------------------------------
+
+    async def run(self) -> ExitStatus | None:
+        cfg = self.cfg
+        if cfg.runblock:
+            log.info("session %s: waiting for the appliance's go-ahead", cfg.id)
+            await self._wait_goahead()
+        try:
+            child, out_fd, in_fd = self._spawn()
+        except (OSError, subprocess.SubprocessError, ValueError) as e:
+            text = launch_error_text(cfg, e)
+            log.error("session %s: %s", cfg.id, text)
+            await self.publisher.start_failed(cfg.id, text)
+            return None
+        self.child = child
+        self.launched.set()
+        log.info("session %s: started pid %d: %s", cfg.id, child.pid, " ".join(cfg.args))
+        await self.publisher.started(cfg.id)
+
+        out_stream = trio.lowlevel.FdStream(out_fd)
+        if in_fd is not None:
+            self._stdin = out_stream if in_fd == out_fd else trio.lowlevel.FdStream(in_fd)
+        if self.console is not None:
+            self.console.on_input = self._input
+        output_done = trio.Event()
+        try:
+            async with trio.open_nursery() as n:
+                n.start_soon(self._pump_output, out_stream, output_done)
+                n.start_soon(self._signals)
+                self.status = await child.wait()
+                with trio.move_on_after(self.options.drain_grace):
+                    await output_done.wait()
+                if not output_done.is_set():
+                    log.warning("session %s: output still open after exit; not waiting", cfg.id)
+                n.cancel_scope.cancel()
+        finally:
+            if self.console is not None and self.console.on_input == self._input:
+                self.console.on_input = None
+            with trio.CancelScope(shield=True):
+                await out_stream.aclose()
+                if self._stdin is not None and self._stdin is not out_stream:
+                    await self._stdin.aclose()
+                self._stdin = None
+        if self.console is not None:
+            ok = await self.console.flush(self.options.flush_timeout)
+            if not ok:
+                await self.publisher.error(
+                    "console", f"session {cfg.id}: console output not delivered before exit report"
+                )
+        st = self.status
+        log.info("session %s: exited %d %s", cfg.id, st.code, st.signal_name)
+        await self.publisher.exited(cfg.id, st.code, st.signal_name)
+        return st
+
+    async def _pump_output(self, stream: trio.lowlevel.FdStream, done: trio.Event) -> None:
+        try:
+            while True:
+                try:
+                    data = await stream.receive_some(READ_CHUNK)
+                except trio.BrokenResourceError as e:  # pty: EIO once the slave is closed
+                    cause = e.__cause__
+                    if isinstance(cause, OSError) and cause.errno != errno.EIO:
+                        log.warning("session %s: output: %s", self.cfg.id, cause)
+                    break
+                if not data:
+                    break
+                self.output_bytes += len(data)
+                if self.console is not None:
+                    await self.console.write(data)
+        finally:
+            done.set()
+
+    async def _input(self, data: bytes | bytearray) -> None:
+        s = self._stdin
+        if s is None:
+            return
+        try:
+            await s.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass
+
+    async def _signals(self) -> None:
+        key = gi.signal_key(self.cfg.id)
+        done_seq = 0
+        vals: dict[str, str | None] = {key: None}
+        # a request already present before launch is for this run unless acked
+        with contextlib.suppress(BackendError, gi.GuestinfoError):
+            ack = gi.decode_str(
+                (await self.backend.get_many([gi.signal_ack_key(self.cfg.id)]))[
+                    gi.signal_ack_key(self.cfg.id)
+                ]
+            )
+            done_seq = int(ack) if ack and ack.isdigit() else 0
+        while True:
+            try:
+                vals = await self.backend.get_many([key]) if vals[key] is None else vals
+                req = gi.decode_signal_request(vals.get(key))
+                if req is not None and req[0] > done_seq:
+                    done_seq = req[0]
+                    self._deliver(req[1])
+                    await self.publisher.signal_ack(self.cfg.id, req[0])
+                vals = await self.backend.wait_changed([key], vals)
+            except (BackendError, gi.GuestinfoError) as e:
+                log.warning("session %s: signal request: %s", self.cfg.id, e)
+                vals = {key: None}
+                await trio.sleep(self.backend.poll_interval)
+
+    def _deliver(self, name: str) -> None:
+        if self.child is None:
+            return
+        try:
+            sig = signal_number(name)
+        except ValueError as e:
+            log.warning("session %s: %s", self.cfg.id, e)
+            return
+        log.info("session %s: delivering %s", self.cfg.id, name)
+        self.child.send_signal(sig, group=self.options.signal_group)
