@@ -10,7 +10,15 @@ import trio.testing
 
 from vspc.console.hub import notice
 
-from .test_console_support import KEY, attach_client, make_config, read_exactly, read_to_eof, short_dir, start
+from .test_console_support import (
+    KEY,
+    attach_client,
+    make_config,
+    read_exactly,
+    read_to_eof,
+    short_dir,
+    start,
+)
 
 __all__ = ["short_dir"]
 

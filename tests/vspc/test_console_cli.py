@@ -1,0 +1,143 @@
+"""`vic console list|attach` as a real subprocess against a real service."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from .test_console_support import KEY, UUID_RAW, make_config, short_dir, start
+
+__all__ = ["short_dir"]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def vic(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vic.cli", "console", *args]
+
+
+async def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(60):
+        return await trio.run_process(vic(*args), capture_stdout=True, capture_stderr=True, check=False, cwd=ROOT)
+
+
+async def test_list_table_and_json(short_dir: Path, nursery: trio.Nursery) -> None:
+    svc = await start(nursery, make_config(short_dir))
+    con = svc.open(KEY, "web-1")
+    con.set_connected(True)
+    await con.from_vm(b"hello")
+    sock = str(short_dir / "c.sock")
+    p = await run("list", "--socket", sock, "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)[0]["display"] == "web-1"
+    p = await run("list", "--socket", sock)
+    lines = p.stdout.decode().splitlines()
+    assert lines[0].split() == ["UUID", "LABEL", "DISPLAY", "CONNECTED", "BYTES", "CLIENTS"]
+    assert lines[1].split() == [KEY.uuid, "serial0", "web-1", "yes", "5", "0"]
+
+
+async def test_attach_no_follow_prints_the_replay_exactly(short_dir: Path, nursery: trio.Nursery) -> None:
+    svc = await start(nursery, make_config(short_dir))
+    con = svc.open(KEY, UUID_RAW)
+    data = bytes(range(256)) * 8
+    await con.from_vm(data)
+    sock = str(short_dir / "c.sock")
+    p = await run("attach", "421d2a3b", "--socket", sock, "--replay", "1000", "--no-follow", "--mode", "ro")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == data[-1000:]
+    p = await run("attach", "nope", "--socket", sock, "--no-follow")
+    assert p.returncode == 1
+    assert b"no console matches" in p.stderr
+    p = await run("attach", "x", "--socket", sock, "--replay", "-5")
+    assert p.returncode == 2
+
+
+async def test_attach_follow_pipes_both_ways(short_dir: Path, nursery: trio.Nursery) -> None:
+    svc = await start(nursery, make_config(short_dir))
+    con = svc.open(KEY, "vm")
+    await con.from_vm(b"old\n")
+    got_input = bytearray()
+    input_done = trio.Event()
+
+    async def sink(data: bytes) -> None:
+        got_input.extend(data)
+        if b"\n" in got_input:
+            input_done.set()
+
+    con.set_input(sink)
+    proc = await trio.lowlevel.open_process(
+        vic("attach", "vm", "--socket", str(short_dir / "c.sock"), "--replay", "4"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        out = bytearray()
+        with trio.fail_after(60):
+            while len(out) < 4:
+                out += await proc.stdout.receive_some(1000)
+            assert bytes(out) == b"old\n"
+            await proc.stdin.send_all(b"uname -a\n")
+            await input_done.wait()
+            assert bytes(got_input) == b"uname -a\n"
+            await con.from_vm(b"Linux\n")
+            while len(out) < 10:
+                out += await proc.stdout.receive_some(1000)
+            assert bytes(out) == b"old\nLinux\n"
+            # stdin EOF: input stops, output carries on
+            await proc.stdin.aclose()
+            await con.from_vm(b"more\n")
+            while len(out) < 15:
+                out += await proc.stdout.receive_some(1000)
+            assert bytes(out) == b"old\nLinux\nmore\n"
+    finally:
+        proc.terminate()
+        with trio.fail_after(30):
+            await proc.wait()
+
+
+async def test_attach_on_a_tty_is_raw_and_ctrl_bracket_detaches(short_dir: Path, nursery: trio.Nursery) -> None:
+    svc = await start(nursery, make_config(short_dir))
+    con = svc.open(KEY, "vm")
+    await con.from_vm(b"replayed")
+    got_input = bytearray()
+    three = trio.Event()
+
+    async def sink(data: bytes) -> None:
+        got_input.extend(data)
+        if len(got_input) >= 3:
+            three.set()
+
+    con.set_input(sink)
+    master, slave = os.openpty()
+    proc = await trio.lowlevel.open_process(
+        vic("attach", "vm", "--socket", str(short_dir / "c.sock"), "--replay", "8"),
+        stdin=slave,
+        stdout=slave,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    os.close(slave)
+    reader = trio.lowlevel.FdStream(master)
+    try:
+        out = bytearray()
+        with trio.fail_after(60):
+            while b"replayed" not in out:
+                out += await reader.receive_some(1000)
+            # raw mode: Ctrl-C is a byte for the VM, not a signal for the client
+            await reader.send_all(b"a\x03b")
+            await three.wait()
+            assert bytes(got_input) == b"a\x03b"
+            await reader.send_all(b"\x1d")
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await reader.aclose()
