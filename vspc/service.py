@@ -185,7 +185,12 @@ class VspcService:
             except ValueError:
                 self._violation(conn, f"bad VM-VC-UUID {ev.raw!r}")
                 return
-            label = conn.session.label or conn.label or DEFAULT_LABEL
+            label = conn.session.label or conn.label
+            if label is None:
+                # No DO-PROXY (a vMotion destination may send none): if this VM has a
+                # port with a vMotion pending, this is its destination; PEER decides.
+                pending = {v.key for v in self.board.pending_vmotions() if v.key.uuid == uuid}
+                label = pending.pop().label if len(pending) == 1 else DEFAULT_LABEL
             key = PortKey(uuid, label)
             self._displays.setdefault(key, conn.vm_name or ev.raw)
             await self._execute(self.board.identified(conn, key, now))

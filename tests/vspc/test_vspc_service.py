@@ -153,3 +153,28 @@ async def test_bad_connection_costs_nothing_else(tmp_path: Path, nursery: trio.N
         "vspc_protocol_errors_total", {"where": "esx"}
     )
     assert errors == 1
+
+
+async def test_labelled_port_migrates_to_destination_without_do_proxy(
+    vspc: VspcService, nursery: trio.Nursery
+) -> None:
+    """One VM, two serial ports; the destination sends no DO-PROXY: PEER binds it."""
+    rng = random.Random(6)
+    vm = SimVM.random(rng)
+    with trio.fail_after(30):
+        com1 = await EsxConnection.open(nursery, "127.0.0.1", vspc.esx_port, vm=vm, label="com1")
+        com2 = await EsxConnection.open(nursery, "127.0.0.1", vspc.esx_port, vm=vm, label="com2")
+        await com1.send_console(b"one")
+        await com2.send_console(b"two")
+        m = await migrate(com2, "127.0.0.1", vspc.esx_port, nursery=nursery, rng=rng)
+        await m.dest.send_console(b"-moved")
+        ep = cc.Endpoint(socket=vspc.config.console.socket)
+        s, status, rest = await cc.attach(ep, proto.AttachRequest(
+            vm=vm.canonical_uuid, label="com2", mode="ro", replay=100))
+        assert status.get("ok"), status
+        from vspc.prefixed import PrefixedStream
+
+        assert await read_exactly(PrefixedStream(s, rest), 9) == b"two-moved"
+        s1, _status1, rest1 = await cc.attach(ep, proto.AttachRequest(
+            vm=vm.canonical_uuid, label="com1", mode="ro", replay=100))
+        assert await read_exactly(PrefixedStream(s1, rest1), 3) == b"one"
