@@ -87,8 +87,8 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
 
 
 @contextmanager
-def socat_relay(target_port: int, buffer: int = 262144) -> Iterator[int]:
-    """``socat -b <buffer> TCP-LISTEN:p TCP:127.0.0.1:target`` for one connection."""
+def socat_relay(target_port: int, buffer: int = 262144) -> Iterator[tuple[int, int]]:
+    """``socat -b <buffer> TCP-LISTEN:p TCP:127.0.0.1:target`` for one connection: (port, pid)."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -102,7 +102,7 @@ def socat_relay(target_port: int, buffer: int = 262144) -> Iterator[int]:
     )
     try:
         wait_for(lambda: tcp_listening(port), "socat to listen", proc=proc)
-        yield port
+        yield port, proc.pid
     finally:
         stop(proc)
 
@@ -113,6 +113,13 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def open_fds(pid: int) -> int:
@@ -161,11 +168,19 @@ def vspc_available() -> str | None:
 
 
 @contextmanager
-def run_vspc(workdir: Path, *, log_level: str = "warning", extra: str = "") -> Iterator[Vspc]:
+def run_vspc(
+    workdir: Path,
+    *,
+    log_level: str = "warning",
+    console_extra: str = "",
+    extra: str = "",
+    log_dir: Path | None = None,
+) -> Iterator[Vspc]:
+    """``vic vspc`` on free ports; ``console_extra`` goes into ``[console]``."""
     workdir.mkdir(parents=True, exist_ok=True)
     port, mport = free_port(), free_port()
     sock = workdir / "console.sock"
-    logs = workdir / "consoles"
+    logs = log_dir if log_dir is not None else workdir / "consoles"
     cfg = workdir / "vspc.toml"
     cfg.write_text(
         f"""log-level = "{log_level}"
@@ -176,6 +191,7 @@ port = {port}
 socket = "{sock}"
 log-dir = "{logs}"
 ring-bytes = 65536
+{console_extra}
 [vmotion]
 timeout = 30.0
 max-concurrent = 64

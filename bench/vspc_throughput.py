@@ -6,7 +6,13 @@ Telnet-encoded as ESX does (0xFF doubled), and a reader receives it:
 * ``vspc``:   sim -> ``vic vspc`` (Telnet decode, log file, ring, fan-out) ->
               an attached read-only console client on the Unix socket;
 * ``socat``:  the same wire bytes -> ``socat -b 262144`` -> a TCP reader;
-* ``direct``: the same wire bytes -> a TCP reader.
+* ``direct``: the same wire bytes -> a TCP reader;
+* ``vspc_log``: sim -> ``vic vspc`` -> its byte-exact console log file only (no
+  client attached; timed until the file holds every byte).
+
+The attached client's queue is configured large (the reader shares a process
+with the sender, so it must not be dropped as a slow client: that policy is
+tested elsewhere, not benchmarked here), and log rotation is set beyond the run.
 
 Two payloads: console text (no 0xFF) and random binary (0xFF about every 256
 bytes). Each repetition runs the three paths in turn; the script prints the
@@ -20,11 +26,13 @@ to bench/results/ (or $VIC_BENCH_RESULTS).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +44,7 @@ from vic.lab.esx_sim import EsxConnection, SimVM
 
 NAME = "vspc_throughput"
 CHUNK = 256 * 1024
-PATHS = ("direct", "socat", "vspc")
+PATHS = ("direct", "socat", "vspc", "vspc_log")
 
 _LINES = [
     "[{t:12.6f}] systemd[1]: Started {svc}.service - {svc} daemon.",
@@ -81,35 +89,45 @@ async def _send_wire(stream: trio.abc.Stream, payload: bytes) -> None:
         await stream.send_all(tw.escape(payload[k : k + CHUNK]))
 
 
-async def run_tcp(payload: bytes, via_socat: bool) -> float:
-    wire_len = len(tw.escape(payload))
+@dataclass
+class Run:
+    seconds: float
+    middle_cpu: float  # CPU seconds of the relay in the middle (socat / vic vspc); 0 for direct
+    bench_cpu: float  # CPU seconds of this process (sender + reader)
+    log_bytes: int = -1
+
+
+async def run_tcp(payload: bytes, via_socat: bool) -> Run:
+    wire = tw.escape(payload)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     sink_port = listeners[0].socket.getsockname()[1]
     got = bytearray()
     try:
-        if via_socat:
-            cm = bl.socat_relay(sink_port)
-            port = cm.__enter__()
-        else:
-            cm, port = None, sink_port
-        try:
+        with contextlib.ExitStack() as stack:
+            if via_socat:
+                port, pid = stack.enter_context(bl.socat_relay(sink_port))
+            else:
+                port, pid = sink_port, None
             sender = await trio.open_tcp_stream("127.0.0.1", port)
             receiver = await listeners[0].accept()
+            c0, b0 = (bl.cpu_seconds(pid) if pid else 0.0), time.process_time()
             t0 = time.perf_counter()
             async with trio.open_nursery() as n:
-                n.start_soon(_drain, receiver, wire_len, got)
+                n.start_soon(_drain, receiver, len(wire), got)
                 await _send_wire(sender, payload)
             elapsed = time.perf_counter() - t0
+            run = Run(
+                elapsed,
+                (bl.cpu_seconds(pid) - c0) if pid else 0.0,
+                time.process_time() - b0,
+            )
             await sender.aclose()
             await receiver.aclose()
-        finally:
-            if cm is not None:
-                cm.__exit__(None, None, None)
     finally:
         await listeners[0].aclose()
-    if bytes(got) != tw.escape(payload):
+    if got != wire:
         raise RuntimeError("bytes differ after the relay")
-    return elapsed
+    return run
 
 
 async def attach(
@@ -138,33 +156,56 @@ async def attach(
     raise RuntimeError(f"attach failed: {last}")
 
 
-async def run_vspc(v: bl.Vspc, payload: bytes, seed: int) -> tuple[float, int]:
+def log_size(v: bl.Vspc, vm: SimVM) -> int:
+    if not v.log_dir.exists():
+        return 0
+    return sum(p.stat().st_size for p in v.log_dir.glob(f"{vm.canonical_uuid}*.log"))
+
+
+async def run_vspc_log(v: bl.Vspc, payload: bytes, seed: int) -> Run:
+    vm = SimVM.random(random.Random(seed), name=f"bench-{seed}")
+    async with trio.open_nursery() as n:
+        conn = await EsxConnection.open(n, "127.0.0.1", v.port, vm=vm)
+        c0, b0 = bl.cpu_seconds(v.pid), time.process_time()
+        t0 = time.perf_counter()
+        for k in range(0, len(payload), CHUNK):
+            await conn.send_console(payload[k : k + CHUNK])
+        with trio.fail_after(120):
+            while log_size(v, vm) < len(payload):
+                await trio.sleep(0.002)
+        elapsed = time.perf_counter() - t0
+        run = Run(elapsed, bl.cpu_seconds(v.pid) - c0, time.process_time() - b0, len(payload))
+        await conn.aclose()
+    logs = list(v.log_dir.glob(f"{vm.canonical_uuid}*.log"))
+    if len(logs) != 1 or logs[0].read_bytes() != payload:
+        raise RuntimeError("console log differs from what the VM wrote")
+    return run
+
+
+async def run_vspc(v: bl.Vspc, payload: bytes, seed: int) -> Run:
     vm = SimVM.random(random.Random(seed), name=f"bench-{seed}")
     async with trio.open_nursery() as n:
         conn = await EsxConnection.open(n, "127.0.0.1", v.port, vm=vm)
         stream, first = await attach(v.console_socket, vm)
         got = bytearray(first)
+        c0, b0 = bl.cpu_seconds(v.pid), time.process_time()
         t0 = time.perf_counter()
         async with trio.open_nursery() as inner:
             inner.start_soon(_drain, stream, len(payload), got)
             for k in range(0, len(payload), CHUNK):
                 await conn.send_console(payload[k : k + CHUNK])
         elapsed = time.perf_counter() - t0
+        run = Run(elapsed, bl.cpu_seconds(v.pid) - c0, time.process_time() - b0)
         await stream.aclose()
         await conn.aclose()
     if bytes(got) != payload:
         raise RuntimeError(f"console bytes differ ({len(got)} vs {len(payload)})")
     # The byte-exact log file catches up (written in the background).
-    log_size = -1
-    logs = list(v.log_dir.glob(f"{vm.canonical_uuid}*.log")) if v.log_dir.exists() else []
     with trio.move_on_after(10):
-        while True:
-            logs = list(v.log_dir.glob(f"{vm.canonical_uuid}*.log"))
-            log_size = sum(p.stat().st_size for p in logs)
-            if log_size >= len(payload):
-                break
+        while (size := log_size(v, vm)) < len(payload):
             await trio.sleep(0.05)
-    return elapsed, log_size
+    run.log_bytes = log_size(v, vm) if size < len(payload) else size
+    return run
 
 
 # ---------------------------------------------------------------- main
@@ -173,13 +214,17 @@ async def run_vspc(v: bl.Vspc, payload: bytes, seed: int) -> tuple[float, int]:
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     size = int(args.mib * 1024 * 1024)
     payloads = {"text": console_text(size), "binary": binary(size)}
-    reason = bl.vspc_available() if "vspc" in args.paths else "not selected (--paths)"
+    wants_vspc = any(p.startswith("vspc") for p in args.paths)
+    reason = bl.vspc_available() if wants_vspc else "not selected (--paths)"
     results: dict[str, Any] = {
-        k: {p: {"seconds": [], "mib_s": []} for p in PATHS} for k in payloads
+        k: {p: {"seconds": [], "mib_s": [], "middle_cpu_s": [], "bench_cpu_s": []} for p in PATHS}
+        for k in payloads
     }
     notes: list[str] = []
     workdir = Path(tempfile.mkdtemp(prefix="vspc-bench-"))
-    vspc_cm = bl.run_vspc(workdir) if reason is None else None
+    queue = max(64 << 20, 2 * len(tw.escape(payloads["binary"])))
+    console_extra = f"client-queue-bytes = {queue}\nlog-max-bytes = {1 << 40}"
+    vspc_cm = bl.run_vspc(workdir, console_extra=console_extra) if reason is None else None
     v = vspc_cm.__enter__() if vspc_cm is not None else None
     if v is None:
         notes.append(f"vspc path skipped: {reason}")
@@ -190,26 +235,35 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 for path in PATHS:
                     if path not in args.paths:
                         continue
-                    if path == "vspc":
-                        if v is None:
-                            continue
+                    if path.startswith("vspc") and v is None:
+                        continue
+                    if path == "vspc_log":
+                        assert v is not None
+                        seed += 1
+                        run = await run_vspc_log(v, payload, seed)
+                    elif path == "vspc":
+                        assert v is not None
                         seed += 1
                         try:
-                            secs, log_size = await run_vspc(v, payload, seed)
+                            run = await run_vspc(v, payload, seed)
                         except Exception:
                             print(bl.tail(workdir / "vspc.stderr"), file=sys.stderr)
                             raise
-                        if log_size != len(payload):
+                        if run.log_bytes != len(payload):
                             notes.append(
-                                f"rep {rep} {kind}: console log holds {log_size} of {len(payload)} bytes"
+                                f"rep {rep} {kind}: console log holds {run.log_bytes} of {len(payload)} bytes"
                             )
                     else:
-                        secs = await run_tcp(payload, via_socat=(path == "socat"))
+                        run = await run_tcp(payload, via_socat=(path == "socat"))
+                    secs = run.seconds
                     r = results[kind][path]
                     r["seconds"].append(secs)
                     r["mib_s"].append(size / secs / 2**20)
+                    r["middle_cpu_s"].append(run.middle_cpu)
+                    r["bench_cpu_s"].append(run.bench_cpu)
                     print(
-                        f"rep {rep} {kind:6s} {path:6s} {size / secs / 2**20:9.1f} MiB/s",
+                        f"rep {rep} {kind:6s} {path:8s} {size / secs / 2**20:9.1f} MiB/s"
+                        f"  middle cpu {run.middle_cpu:6.2f}s  bench cpu {run.bench_cpu:6.2f}s",
                         flush=True,
                     )
     finally:
@@ -222,10 +276,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     for kind in payloads:
         med = {p: bl.median(results[kind][p]["mib_s"]) for p in PATHS}
+        cpu = {p: bl.median(results[kind][p]["middle_cpu_s"]) for p in PATHS}
+        per_cpu = {
+            p: (args.mib / cpu[p] if cpu[p] == cpu[p] and cpu[p] > 0 else None)
+            for p in ("socat", "vspc", "vspc_log")
+        }
         summary[kind] = {
             "median_mib_s": med,
+            "median_middle_cpu_s": cpu,
+            "mib_per_middle_cpu_s": per_cpu,
             "vspc_vs_socat": ratio(med["vspc"], med["socat"]),
             "vspc_vs_direct": ratio(med["vspc"], med["direct"]),
+            "vspc_log_vs_socat": ratio(med["vspc_log"], med["socat"]),
             "socat_vs_direct": ratio(med["socat"], med["direct"]),
         }
     return {
@@ -247,7 +309,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     plt = bl.pyplot()
     kinds = list(data["summary"])
     fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.25
+    width = 0.2
     for i, p in enumerate(PATHS):
         meds, lo, hi = [], [], []
         for kind in kinds:
@@ -256,7 +318,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
             meds.append(m)
             lo.append(m - min(xs) if xs else 0.0)
             hi.append(max(xs) - m if xs else 0.0)
-        pos = [k + (i - 1) * width for k in range(len(kinds))]
+        pos = [k + (i - 1.5) * width for k in range(len(kinds))]
         ax.bar(pos, meds, width, yerr=[lo, hi], capsize=3, label=p)
     for k, kind in enumerate(kinds):
         r = data["summary"][kind]["vspc_vs_socat"]
@@ -299,7 +361,13 @@ def main() -> int:
 
         print(
             f"{kind:6s}: direct {med['direct']:8.1f}  socat {med['socat']:8.1f}  vspc {med['vspc']:8.1f}"
-            f" MiB/s   vspc/socat {fmt(s['vspc_vs_socat'])}   socat/direct {fmt(s['socat_vs_direct'])}"
+            f" vspc_log {med['vspc_log']:8.1f} MiB/s   vspc/socat {fmt(s['vspc_vs_socat'])}"
+            f"   vspc_log/socat {fmt(s['vspc_log_vs_socat'])}   socat/direct {fmt(s['socat_vs_direct'])}"
+        )
+        pc = s["mib_per_middle_cpu_s"]
+        print(
+            "        MiB per CPU-second of the relay process: "
+            + "  ".join(f"{p} {'n/a' if x is None else f'{x:.0f}'}" for p, x in pc.items())
         )
     for note in data["notes"]:
         print("note:", note)
