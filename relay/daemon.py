@@ -125,6 +125,7 @@ class RelayDaemon:
         self._listeners: trio.Nursery | None = None
         self._reload_lock = trio.Lock()
         self._stopping = False
+        self._released: trio.Event | None = None
         self.stopped = trio.Event()
 
     # --- public ---------------------------------------------------------------
@@ -136,6 +137,13 @@ class RelayDaemon:
 
     def active_streams(self) -> int:
         return self.limits.active if self.limits is not None else 0
+
+    async def wait_active_at_most(self, n: int) -> None:
+        """Return once at most ``n`` streams are live (for tests and tooling)."""
+        while self.active_streams() > n:
+            if self._released is None:
+                self._released = trio.Event()
+            await self._released.wait()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -295,6 +303,9 @@ class RelayDaemon:
             self.limits.release(ticket)
             if done is not None:
                 done.set()
+            if self._released is not None:
+                self._released.set()
+                self._released = None
 
     # --- listeners --------------------------------------------------------------
 

@@ -47,7 +47,7 @@ async def test_guest_initiated_streams(tmp_path: Path) -> None:
             await s.aclose()
         await d.terminate()
         await d.stopped.wait()
-        assert not Path(f"{uds}_52").exists()
+        assert not await trio.Path(f"{uds}_52").exists()
         n.cancel_scope.cancel()
 
 

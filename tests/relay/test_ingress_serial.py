@@ -28,7 +28,7 @@ def test_pyserial_configures_the_tty() -> None:
         fd = open_device(SerialListener(name="s", vm="v", device=Path(name), baudrate=9600,
                                         stopbits=2, rtscts=True))
         try:
-            iflag, oflag, cflag, lflag, ispeed, ospeed, _cc = termios.tcgetattr(fd)
+            _iflag, oflag, cflag, lflag, ispeed, ospeed, _cc = termios.tcgetattr(fd)
             assert ispeed == ospeed == termios.B9600
             # (a pty keeps speed, stop bits and flow control; it drops parity/size)
             assert cflag & termios.CSTOPB and cflag & termios.CRTSCTS
@@ -61,5 +61,6 @@ async def test_pty_byte_exact_and_hangup() -> None:
         await vm_end.aclose()  # hang-up: the relay's reads fail with EIO, the stream ends
         with trio.fail_after(10):
             await rec.closed.wait()
+            await d.wait_active_at_most(0)
         assert d.metrics.active() == 0
         n.cancel_scope.cancel()

@@ -43,7 +43,7 @@ async def test_listener_binds_and_stops() -> None:
         cfg = relay_config(tcp_egress(port), vsock=(VsockListener(name="g", port=40123,
                                                                   cids={"3": "vm-a"}),))
         d = await start_relay(n, cfg)
-        cid, bport = d.bound["g"]
+        _cid, bport = d.bound["g"]
         assert bport == 40123
         # Bound and listening: a second bind on the same port fails.
         with pytest.raises(OSError):
