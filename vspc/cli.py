@@ -1,4 +1,12 @@
-"""`vic vspc --config vspc.toml`: the appliance's vSPC, endpoint and consoles."""
+"""`vic vspc --config vspc.toml`: the appliance's vSPC, endpoint and consoles.
+
+Signals: SIGHUP reloads the config (a bad new config is logged and the running
+one kept); SIGTERM / SIGINT stop listening, give live connections up to
+``--drain-seconds`` and exit. With ``$NOTIFY_SOCKET`` set it speaks sd_notify:
+``READY=1`` (with ``STATUS=esx=<host>:<port> metrics=<port>``), ``RELOADING=1``
+then ``READY=1`` around a reload, ``STOPPING=1`` on SIGTERM, and ``WATCHDOG=1``
+when ``$WATCHDOG_USEC`` is set.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +29,8 @@ DRAIN_SECONDS = 10.0
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", type=Path, required=True, help="vspc.toml")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
-    parser.add_argument("--drain-seconds", type=float, default=DRAIN_SECONDS)
+    parser.add_argument("--drain-seconds", type=float, default=DRAIN_SECONDS,
+                        help="on SIGTERM, how long live connections may stay (default %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,8 +39,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.config}: ok")
         return 0
     logs.setup(config.log_level)
-    trio.run(serve, args.config, config, args.drain_seconds)
+    try:
+        trio.run(serve, args.config, config, args.drain_seconds)
+    except BaseExceptionGroup as eg:
+        # A listener that cannot be opened at start-up is a configuration problem:
+        # one line naming the key (vic.cli prints it, exit status 2).
+        leaves = _leaves(eg)
+        if leaves and all(isinstance(e, cfgmod.ConfigError) for e in leaves):
+            raise leaves[0] from None
+        raise
     return 0
+
+
+def _leaves(eg: BaseException) -> list[BaseException]:
+    if isinstance(eg, BaseExceptionGroup):
+        return [leaf for sub in eg.exceptions for leaf in _leaves(sub)]
+    return [eg]
+
+
+def _status(service: object) -> str:
+    from vspc.service import VspcService
+
+    assert isinstance(service, VspcService)
+    lc = service.config.listen
+    return f"STATUS=esx={lc.host}:{service.esx_port} metrics={service.metrics_port or '-'}"
 
 
 async def serve(path: Path, config: VspcConfig, drain_seconds: float) -> None:
@@ -52,8 +83,8 @@ async def serve(path: Path, config: VspcConfig, drain_seconds: float) -> None:
                 log.error("reload refused, keeping the running config: %s", e)
             else:
                 await service.reload(new)
-                await endpoint.reload(new)
-            sdnotify.ready()
+                await endpoint.reload(service.config)
+            sdnotify.notify("READY=1", _status(service))
 
         async def terminate() -> None:
             sdnotify.stopping()
@@ -61,10 +92,11 @@ async def serve(path: Path, config: VspcConfig, drain_seconds: float) -> None:
             deadline = trio.current_time() + drain_seconds
             await endpoint.drain(deadline)
             await service.drain(deadline)
-            nursery.cancel_scope.deadline = deadline + 1.0
+            log.info("stopped")
+            nursery.cancel_scope.cancel()
 
         await nursery.start(watch_signals, reload, terminate)
-        sdnotify.ready()
+        sdnotify.notify("READY=1", _status(service))
         nursery.start_soon(_watchdog)
 
 

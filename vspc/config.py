@@ -18,6 +18,12 @@ class TlsConfig:
     key: Path
     client_ca: Path | None = None
 
+    def validate(self) -> None:
+        require(self.cert.is_file(), "cert", f"no such file: {self.cert}")
+        require(self.key.is_file(), "key", f"no such file: {self.key}")
+        require(self.client_ca is None or self.client_ca.is_file(), "client-ca",
+                f"no such file: {self.client_ca}")
+
 
 @dataclass(frozen=True)
 class ListenConfig:

@@ -1,9 +1,12 @@
 """Trio adapter for one ESX Telnet connection to the vSPC.
 
 One reader task feeds the sans-IO ``EsxSession`` and hands its events to the
-service's switchboard; one writer task drains two outgoing queues, control
-frames (GOAHEAD, NOTNOW, PEER-OK, negotiation) first, so a vMotion answer never
-waits behind console data bound for the VM.
+service; it never waits on a console, a client or the disk (the service queues
+console bytes per port), only on TCP and on its own bounded budgets. One writer
+task drains two outgoing queues, control frames (GOAHEAD, NOTNOW, PEER-OK,
+negotiation) first, so a vMotion answer never waits behind console data bound
+for the VM: console data is kept un-escaped and escaped per chunk, so a control
+frame can go between any two chunks without splitting an escaped 0xFF.
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ log = logging.getLogger("vspc.esx")
 
 _ids = itertools.count(1)
 READ_SIZE = 65536
-OUT_HIGH_WATER = 1 << 20
+#: Console bytes per write: small enough that a control frame never waits long.
+WRITE_CHUNK = 16 * 1024
+#: Console bytes queued towards the VM above which writers wait (``wait_out_room``).
+OUT_HIGH_WATER = 256 * 1024
+#: How long a connection being closed gets to flush what is queued for it.
+CLOSE_FLUSH_SECONDS = 2.0
 
 
 class EsxConnection:
@@ -44,11 +52,13 @@ class EsxConnection:
         self.raw_uuid: str | None = None
         self.vm_name: str | None = None
         self.key: object | None = None  # PortKey once bound
+        self.received_at = 0.0  # trio time of the read being processed
         self._control = bytearray()
-        self._data = bytearray()
+        self._data = bytearray()  # un-escaped console bytes for the VM
         self._wake = trio.Event()
-        self._drained = trio.Event()
+        self._room = trio.Event()
         self._closing = False
+        self._writer_done = trio.Event()
         self._resume = trio.Event()
         self.close_reason: str | None = None
 
@@ -61,6 +71,10 @@ class EsxConnection:
     def __eq__(self, other: object) -> bool:
         return self is other
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     # -- outgoing ------------------------------------------------------------
     def send_control(self, data: bytes) -> None:
         if data and not self._closing:
@@ -69,11 +83,17 @@ class EsxConnection:
 
     def send_console(self, data: bytes) -> None:
         if data and not self._closing:
-            self._data += self.session.send_console(data)
+            self._data += data
             self._wake.set()
 
     def out_pending(self) -> int:
         return len(self._control) + len(self._data)
+
+    async def wait_out_room(self) -> None:
+        """Wait while more than OUT_HIGH_WATER console bytes wait for the VM."""
+        while len(self._data) > OUT_HIGH_WATER and not self._closing:
+            self._room = trio.Event()
+            await self._room.wait()
 
     def resume_reading(self) -> None:
         self._resume.set()
@@ -83,45 +103,56 @@ class EsxConnection:
             self._closing = True
             self.close_reason = reason
             self._wake.set()
+            self._room.set()
         self._resume.set()
 
     async def writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            while self._control or self._data:
-                if self._control:
-                    chunk = bytes(self._control)
-                    self._control.clear()
-                else:
-                    chunk = bytes(self._data[:READ_SIZE * 4])
-                    del self._data[: len(chunk)]
-                await self.stream.send_all(chunk)
-            if self._closing:
-                return
-            self._drained.set()
-            self._drained = trio.Event()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                while self._control or self._data:
+                    if self._control:
+                        chunk = bytes(self._control)
+                        self._control.clear()
+                    else:
+                        raw = bytes(self._data[:WRITE_CHUNK])
+                        del self._data[: len(raw)]
+                        chunk = self.session.send_console(raw)
+                        if len(self._data) <= OUT_HIGH_WATER:
+                            self._room.set()
+                    await self.stream.send_all(chunk)
+                if self._closing:
+                    return
+        finally:
+            self._writer_done.set()
 
     async def run(self, service: VspcService) -> None:
         """Serve the connection until EOF, error, or the switchboard closes it."""
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_then_cancel, nursery.cancel_scope)
+                nursery.start_soon(self.writer)
                 self.send_control(self.session.initial_bytes())
                 await self._read_loop(service)
+                if self._closing:
+                    # we were asked to close: give the writer a moment to flush
+                    with trio.move_on_after(CLOSE_FLUSH_SECONDS):
+                        await self._writer_done.wait()
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-            log.info("%r: connection lost: %s", self, e)
-        except OSError as e:
-            log.info("%r: connection error: %s", self, e)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError) as eg:
+            log.info("%r: connection lost: %s", self, _first(eg))
+        except* OSError as eg:
+            log.info("%r: connection error: %s", self, _first(eg))
+        except* Exception as eg:  # a bug must cost this connection only
+            log.error("%r: internal error, closing the connection", self,
+                      exc_info=_first(eg))
+            service.metrics.protocol_errors_total.labels(where="internal").inc()
         finally:
+            self._closing = True
+            self._room.set()
             with trio.CancelScope(shield=True):
                 await service.connection_closed(self)
                 await trio.aclose_forcefully(self.stream)
-
-    async def _write_then_cancel(self, scope: trio.CancelScope) -> None:
-        await self.writer()
-        scope.cancel()  # closing after a flush (switchboard asked us to close)
 
     async def _read_loop(self, service: VspcService) -> None:
         while not self._closing:
@@ -129,6 +160,7 @@ class EsxConnection:
             if not data:
                 log.debug("%r: EOF", self)
                 return
+            self.received_at = trio.current_time()
             self.session.receive_data(bytes(data))
             events = self.session.next_events()
             out = self.session.data_to_send()
@@ -138,7 +170,15 @@ class EsxConnection:
                 await service.on_session_event(self, ev)
                 if self._closing:
                     return
-            while service.board.from_vm_room(self) <= 0 and not self._closing:
-                # Held bytes are full (behind a draining vMotion source): stop reading.
+            # Budgets: bytes held for a later owner (switchboard), bytes queued for
+            # the console (service). Past them, stop reading this connection.
+            while not self._closing and not service.may_read(self):
                 self._resume = trio.Event()
                 await self._resume.wait()
+
+
+def _first(eg: BaseExceptionGroup[BaseException]) -> BaseException:
+    e: BaseException = eg
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    return e

@@ -3,30 +3,42 @@
 The sans-IO ``Switchboard`` (vspc.core.switchboard) decides which connection
 carries each VM serial port and runs the vMotion state machine; this module
 only feeds it events, executes the actions it returns, and keeps time.
+
+Nothing an ESX connection's reader does waits on a console, a client or the
+disk: console bytes go into a per-port backlog drained by a short-lived task
+(in port order, so a vMotion source's bytes still come before the
+destination's), and the reader stops reading only when that backlog passes
+``console_backlog_bytes``. So VMOTION-BEGIN is answered as soon as it is read.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
-import trio.lowlevel
 
+from vic.ops.config import ConfigError
 from vic.ops.metrics_http import serve_metrics
-from vspc.config import VspcConfig
+from vspc.config import ListenConfig, MetricsConfig, VspcConfig
 from vspc.console.hub import Console
 from vspc.console.service import ConsoleService
 from vspc.core import esx_session as es
 from vspc.core import switchboard as sb
 from vspc.core.identity import DEFAULT_LABEL, PortKey, canonical_uuid
-from vspc.esx_conn import EsxConnection
+from vspc.esx_conn import CLOSE_FLUSH_SECONDS, EsxConnection
 from vspc.metrics import VspcMetrics
 
 log = logging.getLogger("vspc")
+
+#: Console bytes of one port waiting for its console (disk backpressure) before
+#: the port's ESX connection is no longer read.
+CONSOLE_BACKLOG_BYTES = 4 << 20
 
 
 def server_ssl_context(cert: os.PathLike[str] | str, key: os.PathLike[str] | str,
@@ -37,6 +49,23 @@ def server_ssl_context(cert: os.PathLike[str] | str, key: os.PathLike[str] | str
         ctx.load_verify_locations(client_ca)
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+@dataclass(eq=False)
+class _Backlog:
+    """Console bytes of one port not yet taken by its console, in order."""
+
+    buf: bytearray = field(default_factory=bytearray)
+    running: bool = False
+    paused: set[EsxConnection] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class _Server:
+    """A running listener task (ESX listeners or the metrics server)."""
+
+    scope: trio.CancelScope
+    done: trio.Event
 
 
 class VspcService:
@@ -55,15 +84,22 @@ class VspcService:
             max_concurrent_vmotions=config.vmotion.max_concurrent,
             to_vm_buffer_limit=config.vmotion.buffer_bytes,
         )
+        self.console_backlog_bytes = CONSOLE_BACKLOG_BYTES
         self._secret_source = secret_source
         self._conns: set[EsxConnection] = set()
+        self._conns_changed = trio.Event()
         self._inputs: set[PortKey] = set()
-        self._begin_times: dict[EsxConnection, float] = {}
         self._deadline_changed = trio.Event()
         self._room: dict[PortKey, trio.Event] = {}
         self._displays: dict[PortKey, str] = {}
+        self._backlogs: dict[PortKey, _Backlog] = {}
+        self._deferred: dict[EsxConnection, str] = {}  # conn -> canonical uuid
+        self._settled = False
+        self._tasks: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
-        self._listen_scope: trio.CancelScope | None = None
+        self._listener: _Server | None = None
+        self._metrics_server: _Server | None = None
+        self._draining = False
         self.esx_port: int | None = None
         self.metrics_port: int | None = None
         self.metrics.connected_vms.set_function(self._count_connected)
@@ -74,98 +110,210 @@ class VspcService:
     # -- lifecycle ---------------------------------------------------------------
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._tasks = nursery
             await nursery.start(self.consoles.run)
             nursery.start_soon(self._expiry_loop)
             if self.config.metrics.enabled:
-                self.metrics_port = await nursery.start(
-                    serve_metrics, self.metrics.registry, self.config.metrics.host,
-                    self.config.metrics.port,
-                )
+                self._metrics_server = await self._start_metrics(self.config.metrics)
             async with trio.open_nursery() as handlers:
                 self._handlers = handlers
-                self._listen_scope = trio.CancelScope()
-                listeners = await self._open_listeners()
-                handlers.start_soon(self._serve, listeners, self._listen_scope)
-                log.info("vSPC listening on %s:%s", self.config.listen.host, self.esx_port)
+                self._listener = await self._start_listening(self.config.listen)
                 task_status.started(self)
             nursery.cancel_scope.cancel()
 
-    async def _open_listeners(self) -> list[trio.abc.Listener[Any]]:
-        lc = self.config.listen
-        tcp = await trio.open_tcp_listeners(lc.port, host=lc.host)
-        self.esx_port = tcp[0].socket.getsockname()[1]
+    async def _start_listening(self, lc: ListenConfig) -> _Server:
+        """Open the ESX listeners (raises ConfigError naming the key if impossible)."""
+        assert self._handlers is not None
+        try:
+            tcp = await trio.open_tcp_listeners(lc.port, host=lc.host)
+        except OSError as e:
+            raise ConfigError("listen.port", f"cannot listen on {lc.host}:{lc.port}: {e}") from None
         listeners: list[trio.abc.Listener[Any]] = list(tcp)
         if lc.tls is not None:
-            ctx = server_ssl_context(lc.tls.cert, lc.tls.key, lc.tls.client_ca)
+            try:
+                ctx = server_ssl_context(lc.tls.cert, lc.tls.key, lc.tls.client_ca)
+            except (OSError, ssl.SSLError) as e:
+                for t in tcp:
+                    await t.aclose()
+                raise ConfigError("listen.tls", f"cannot load the certificate: {e}") from None
             listeners = [trio.SSLListener(t, ctx, https_compatible=False) for t in tcp]
-        return listeners
+        self.esx_port = tcp[0].socket.getsockname()[1]
+        server = _Server(trio.CancelScope(), trio.Event())
+        self._handlers.start_soon(self._serve, listeners, server)
+        log.info("vSPC listening on %s:%s%s", lc.host, self.esx_port,
+                 " (TLS)" if lc.tls is not None else "")
+        return server
 
-    async def _serve(self, listeners: list[trio.abc.Listener[Any]], scope: trio.CancelScope) -> None:
-        with scope:
-            await trio.serve_listeners(self._accepted, listeners, handler_nursery=self._handlers)
+    async def _serve(self, listeners: list[trio.abc.Listener[Any]], server: _Server) -> None:
+        try:
+            with server.scope:
+                await trio.serve_listeners(self._accepted, listeners,
+                                           handler_nursery=self._handlers)
+        finally:
+            with trio.CancelScope(shield=True):
+                for lst in listeners:
+                    await trio.aclose_forcefully(lst)
+            server.done.set()
+
+    @staticmethod
+    async def _stop(server: _Server | None) -> None:
+        if server is not None:
+            server.scope.cancel()
+            await server.done.wait()
+
+    async def _start_metrics(self, mc: MetricsConfig) -> _Server:
+        assert self._tasks is not None
+        server = _Server(trio.CancelScope(), trio.Event())
+
+        async def serve(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                with server.scope:
+                    await serve_metrics(self.metrics.registry, mc.host, mc.port,
+                                        task_status=task_status)
+            finally:
+                server.done.set()
+
+        try:
+            self.metrics_port = await self._tasks.start(serve)
+        except OSError as e:
+            raise ConfigError("metrics.port", f"cannot listen on {mc.host}:{mc.port}: {e}") from None
+        log.info("metrics on http://%s:%s/metrics", mc.host, self.metrics_port)
+        return server
 
     async def _accepted(self, stream: trio.abc.Stream) -> None:
         await self.handle_esx_stream(stream, _peer_name(stream))
 
     async def stop_listening(self) -> None:
-        if self._listen_scope is not None:
-            self._listen_scope.cancel()
+        await self._stop(self._listener)
+        self._listener = None
 
     async def drain(self, deadline: float) -> None:
-        """Stop accepting; give live connections until ``deadline`` to finish."""
+        """Stop accepting; give live connections until ``deadline`` to finish.
+
+        Then the remaining ESX connections are closed (after flushing what is
+        queued for them) and the console logs are flushed. Returns when done.
+        """
+        self._draining = True
         await self.stop_listening()
+        with trio.move_on_at(deadline):
+            while self._conns:
+                await self._conns_changed.wait()
+        for conn in list(self._conns):
+            conn.close_soon("vSPC shutting down")
+        with trio.move_on_after(CLOSE_FLUSH_SECONDS + 1.0):
+            while self._conns:
+                await self._conns_changed.wait()
+        with trio.move_on_after(5.0):
+            while self._backlogs:  # console bytes still on their way to the consoles
+                await trio.sleep(0.01)
+            await self.consoles.writer.flush()
         if self._handlers is not None:
-            self._handlers.cancel_scope.deadline = deadline
+            self._handlers.cancel_scope.cancel()
 
     async def reload(self, config: VspcConfig) -> None:
-        """Apply a new config without dropping connections (SIGHUP)."""
+        """Apply a new config without dropping connections (SIGHUP).
+
+        A listener that cannot be opened is logged and the old one is kept.
+        """
         old = self.config
+        if old.listen != config.listen and self._handlers is not None and not self._draining:
+            try:
+                await self._relisten(old.listen, config.listen)
+            except ConfigError as e:
+                log.error("reload: %s; keeping the old ESX listener", e)
+                config = replace(config, listen=old.listen)
+        if old.metrics != config.metrics and self._tasks is not None:
+            await self._stop(self._metrics_server)
+            self._metrics_server = None
+            try:
+                if config.metrics.enabled:
+                    self._metrics_server = await self._start_metrics(config.metrics)
+            except ConfigError as e:
+                log.error("reload: %s; keeping the old metrics endpoint", e)
+                config = replace(config, metrics=old.metrics)
+                if old.metrics.enabled:
+                    self._metrics_server = await self._start_metrics(old.metrics)
         self.config = config
         self.board.reconfigure(
             vmotion_timeout=config.vmotion.timeout,
             max_concurrent_vmotions=config.vmotion.max_concurrent,
         )
+        if config.vmotion.buffer_bytes != old.vmotion.buffer_bytes:
+            log.warning("reload: vmotion.buffer-bytes changes only at restart")
+        self._deadline_changed.set()
         await self.consoles.reconfigure(config.console)
-        if old.listen != config.listen and self._handlers is not None:
-            if self._listen_scope is not None:
-                self._listen_scope.cancel()
-                await trio.lowlevel.checkpoint()  # let the old listener close before rebinding
-            listeners = await self._open_listeners()
-            self._listen_scope = trio.CancelScope()
-            self._handlers.start_soon(self._serve, listeners, self._listen_scope)
-            log.info("vSPC now listening on %s:%s", config.listen.host, self.esx_port)
         log.info("configuration reloaded")
+
+    async def _relisten(self, old: ListenConfig, new: ListenConfig) -> None:
+        same_addr = (old.host, old.port) == (new.host, new.port) and new.port != 0
+        if same_addr:  # the port is ours: free it, then bind again (or go back)
+            await self.stop_listening()
+            try:
+                self._listener = await self._start_listening(new)
+            except ConfigError:
+                self._listener = await self._start_listening(old)
+                raise
+        else:  # bind the new address first, so a failure leaves the old one
+            server = await self._start_listening(new)
+            await self.stop_listening()
+            self._listener = server
 
     # -- connections ---------------------------------------------------------------
     async def handle_esx_stream(self, stream: trio.abc.Stream, peer: str) -> None:
         """Serve one ESX Telnet stream (direct, or relayed through the endpoint)."""
         conn = EsxConnection(stream, peer, self.config.proxy_accepts)
         self._conns.add(conn)
+        self._changed()
         self.metrics.esx_connections.inc()
         self.board.connection_opened(conn)
         log.info("%r: connected", conn)
         await conn.run(self)
 
+    def _changed(self) -> None:
+        self._conns_changed.set()
+        self._conns_changed = trio.Event()
+
     async def connection_closed(self, conn: EsxConnection) -> None:
         self._conns.discard(conn)
-        self._begin_times.pop(conn, None)
+        self._deferred.pop(conn, None)
         self.metrics.esx_connections.dec()
         await self._execute(self.board.connection_closed(conn, trio.current_time()))
         log.info("%r: closed%s", conn, f" ({conn.close_reason})" if conn.close_reason else "")
+        self._changed()
+
+    def may_read(self, conn: EsxConnection) -> bool:
+        """Whether the reader of ``conn`` may read more (else wait for resume_reading)."""
+        if self.board.from_vm_room(conn) <= 0:
+            return False  # the switchboard sends ResumeReading
+        key = self.board.port_of(conn)
+        if key is None:
+            return True
+        backlog = self._backlogs.get(key)
+        if backlog is None or len(backlog.buf) < self.console_backlog_bytes:
+            return True
+        backlog.paused.add(conn)
+        return False
 
     async def on_session_event(self, conn: EsxConnection, ev: object) -> None:
         now = trio.current_time()
         if isinstance(ev, es.ConsoleData):
             await self._execute(self.board.from_vm(conn, ev.data))
         elif isinstance(ev, es.VMotionBegin):
-            self._begin_times[conn] = now
             secret = self._secret_source(self.config.vmotion.secret_bytes)
-            await self._execute(self.board.begin(conn, ev.seq, secret, now))
+            await self._execute(self.board.begin(conn, ev.seq, secret, now),
+                                received=conn.received_at)
             self._deadline_changed.set()
         elif isinstance(ev, es.VMotionPeer):
-            await self._execute(self.board.peer(conn, ev.cookie, now))
+            actions = self.board.peer(conn, ev.cookie, now)
+            await self._execute(actions)
+            if self.board.port_of(conn) is not None:
+                self._deferred.pop(conn, None)
+            if any(isinstance(a, sb.PortEvent) and a.kind is sb.EventKind.PEER_REFUSED
+                   and a.conn is conn for a in actions):
+                self._peer_refused(conn)
         elif isinstance(ev, es.VMotionComplete):
             await self._execute(self.board.complete(conn, ev.seq, now))
+            self._deadline_changed.set()
         elif isinstance(ev, es.VMotionAbort):
             await self._execute(self.board.abort(conn, now))
         elif isinstance(ev, es.ProxyRequested):
@@ -178,24 +326,53 @@ class VspcService:
             key = self.board.port_of(conn)
             if key is not None:
                 self._displays[key] = ev.name
+                console = self.consoles.get(key)
+                if console is not None:
+                    self.consoles.open(key, ev.name)
         elif isinstance(ev, es.VmUuid):
-            conn.raw_uuid = ev.raw
-            try:
-                uuid = canonical_uuid(ev.raw)
-            except ValueError:
-                self._violation(conn, f"bad VM-VC-UUID {ev.raw!r}")
-                return
-            label = conn.session.label or conn.label
-            if label is None:
-                # No DO-PROXY (a vMotion destination may send none): if this VM has a
-                # port with a vMotion pending, this is its destination; PEER decides.
-                pending = {v.key for v in self.board.pending_vmotions() if v.key.uuid == uuid}
-                label = pending.pop().label if len(pending) == 1 else DEFAULT_LABEL
-            key = PortKey(uuid, label)
-            self._displays.setdefault(key, conn.vm_name or ev.raw)
-            await self._execute(self.board.identified(conn, key, now))
+            await self._identified(conn, ev.raw, now)
         elif isinstance(ev, es.ProtocolViolation):
             self._violation(conn, ev.reason)
+
+    async def _identified(self, conn: EsxConnection, raw: str, now: float) -> None:
+        conn.raw_uuid = raw
+        try:
+            uuid = canonical_uuid(raw)
+        except ValueError:
+            self._violation(conn, f"bad VM-VC-UUID {raw!r}")
+            return
+        label = conn.session.label or conn.label
+        if label is None and self._vmotion_pending(uuid):
+            # Most likely a vMotion destination (it need not send DO-PROXY, so its
+            # port label is unknown): VMOTION-PEER will bind it by cookie.
+            self._deferred[conn] = uuid
+            log.info("%r: VM %s, no port label, a vMotion of this VM is pending: "
+                     "waiting for VMOTION-PEER", conn, raw)
+            return
+        key = PortKey(uuid, label or DEFAULT_LABEL)
+        self._displays.setdefault(key, conn.vm_name or raw)
+        await self._execute(self.board.identified(conn, key, now))
+
+    def _vmotion_pending(self, uuid: str) -> bool:
+        return any(v.key.uuid == uuid for v in self.board.pending_vmotions())
+
+    async def _resolve_deferred(self) -> None:
+        """vMotions settled: a deferred connection no vMotion took is a plain VM connection."""
+        self._settled = False
+        for conn, uuid in list(self._deferred.items()):
+            if self.board.port_of(conn) is not None or conn.closing:
+                self._deferred.pop(conn, None)
+            elif not self._vmotion_pending(uuid):
+                self._deferred.pop(conn, None)
+                key = PortKey(uuid, DEFAULT_LABEL)
+                self._displays.setdefault(key, conn.vm_name or conn.raw_uuid or uuid)
+                await self._execute(self.board.identified(conn, key, trio.current_time()))
+
+    def _peer_refused(self, conn: EsxConnection) -> None:
+        key = self.board.port_of(conn)
+        if key is not None and self.board.carrier(key) is conn:
+            return  # a confused carrier: refusing is enough, its VM stays connected
+        conn.close_soon("VMOTION-PEER refused")
 
     def _violation(self, conn: EsxConnection, reason: str) -> None:
         log.warning("%r: protocol violation, closing: %s", conn, reason)
@@ -203,25 +380,26 @@ class VspcService:
         conn.close_soon(f"protocol violation: {reason}")
 
     # -- executing switchboard actions --------------------------------------------
-    async def _execute(self, actions: list[Any]) -> None:
+    async def _execute(self, actions: list[Any], *, received: float | None = None) -> None:
         for a in actions:
             if isinstance(a, sb.SendData):
                 _c(a.conn).send_console(a.data)
                 self.metrics.bytes_total.labels(direction="appliance_to_vm").inc(len(a.data))
             elif isinstance(a, sb.Deliver):
                 self.metrics.bytes_total.labels(direction="vm_to_appliance").inc(len(a.data))
-                await self._console(a.key).from_vm(a.data)
+                await self._deliver(a.key, a.data)
             elif isinstance(a, sb.SendGoahead):
-                _c(a.conn).send_control(_c(a.conn).session.goahead(a.seq, a.secret))
-                t0 = self._begin_times.pop(_c(a.conn), None)
-                if t0 is not None:
-                    self.metrics.begin_to_goahead_seconds.observe(trio.current_time() - t0)
+                conn = _c(a.conn)
+                conn.send_control(conn.session.goahead(a.seq, a.secret))
+                if received is not None:
+                    self.metrics.begin_to_goahead_seconds.observe(trio.current_time() - received)
             elif isinstance(a, sb.SendNotNow):
-                _c(a.conn).send_control(_c(a.conn).session.notnow(a.seq))
-                self._begin_times.pop(_c(a.conn), None)
+                conn = _c(a.conn)
+                conn.send_control(conn.session.notnow(a.seq))
                 self.metrics.vmotions_total.labels(outcome="notnow").inc()
             elif isinstance(a, sb.SendPeerOk):
-                _c(a.conn).send_control(_c(a.conn).session.peer_ok(a.seq))
+                conn = _c(a.conn)
+                conn.send_control(conn.session.peer_ok(a.seq))
             elif isinstance(a, sb.CloseConn):
                 _c(a.conn).close_soon(a.reason)
             elif isinstance(a, sb.PortEvent):
@@ -234,6 +412,48 @@ class VspcService:
                 _c(a.conn).resume_reading()
             elif isinstance(a, sb.Dropped):
                 log.warning("%r: %d bytes dropped: %s", a.conn, len(a.data), a.reason)
+        if self._settled and self._deferred:
+            await self._resolve_deferred()
+
+    async def _deliver(self, key: PortKey, data: bytes) -> None:
+        """Console bytes, in port order; never waits (a backlog task does)."""
+        backlog = self._backlogs.get(key)
+        console = self._console(key)
+        if backlog is None and self._console_room(console) >= len(data):
+            await console.from_vm(data)  # room: from_vm neither waits nor yields
+            return
+        if backlog is None:
+            backlog = self._backlogs[key] = _Backlog()
+        backlog.buf += data
+        if not backlog.running:
+            backlog.running = True
+            assert self._tasks is not None
+            self._tasks.start_soon(self._drain_backlog, key, backlog)
+
+    def _console_room(self, console: Console) -> float:
+        writer = self.consoles.writer
+        if not writer.enabled:
+            return math.inf
+        s = writer.settings
+        return min(s.queue_bytes - console.log_queued, s.queue_total_bytes - writer.total)
+
+    async def _drain_backlog(self, key: PortKey, backlog: _Backlog) -> None:
+        console = self._console(key)
+        try:
+            while backlog.buf:
+                data = bytes(backlog.buf)
+                backlog.buf.clear()
+                await console.from_vm(data)
+                if backlog.paused and len(backlog.buf) < self.console_backlog_bytes:
+                    paused, backlog.paused = backlog.paused, set()
+                    for conn in paused:
+                        conn.resume_reading()
+        finally:
+            backlog.running = False
+            if not backlog.buf:
+                del self._backlogs[key]
+            for conn in backlog.paused:
+                conn.resume_reading()
 
     def _console(self, key: PortKey) -> Console:
         console = self.consoles.open(key, self._displays.get(key, key.uuid))
@@ -249,6 +469,8 @@ class VspcService:
         outcome = _OUTCOMES.get(ev.kind)
         if outcome:
             self.metrics.vmotions_total.labels(outcome=outcome).inc()
+        if ev.kind in _SETTLED:
+            self._settled = True
         if ev.key is None:
             return
         if isinstance(conn, EsxConnection):
@@ -270,15 +492,18 @@ class VspcService:
                     continue
                 chunk, data = data[:room], data[room:]
                 await self._execute(self.board.to_vm(key, chunk))
+                carrier = self.board.carrier(key)
+                if isinstance(carrier, EsxConnection):
+                    await carrier.wait_out_room()  # a VM that reads slowly slows its typist
 
         return sink
 
     async def _expiry_loop(self) -> None:
         while True:
+            self._deadline_changed = trio.Event()
             deadline = self.board.next_deadline()
-            with trio.move_on_at(deadline if deadline is not None else float("inf")):
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
                 await self._deadline_changed.wait()
-                self._deadline_changed = trio.Event()
                 continue
             await self._execute(self.board.tick(trio.current_time()))
 
@@ -293,6 +518,12 @@ _OUTCOMES = {
     "vmotion_abort": "abort",
     "vmotion_expire": "expired",
     "peer_refused": "peer_refused",
+}
+
+_SETTLED = {
+    sb.EventKind.VMOTION_COMPLETE,
+    sb.EventKind.VMOTION_ABORT,
+    sb.EventKind.VMOTION_EXPIRE,
 }
 
 
