@@ -18,15 +18,16 @@ import os
 import select
 import sys
 import threading
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from vic.ops.config import ConfigError
+from vic.ops.config import ConfigError, build
 from vspc.console import protocol as proto
 from vspc.console.client import ConsoleClientError, Endpoint, attach, list_consoles
-from vspc.console.config import DEFAULT_SOCKET
+from vspc.console.config import DEFAULT_SOCKET, ConsoleConfig
 
 ENV_SOCKET = "VIC_CONSOLE_SOCKET"
 
@@ -34,6 +35,11 @@ ENV_SOCKET = "VIC_CONSOLE_SOCKET"
 def configure(parser: argparse.ArgumentParser) -> None:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("console endpoint")
+    g.add_argument(
+        "--config",
+        type=Path,
+        help="take the endpoint from this vSPC TOML file's [console] table",
+    )
     g.add_argument(
         "--socket",
         type=Path,
@@ -59,7 +65,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p_att.add_argument("--escape", default="^]", help="detach key on a terminal (default ^]; 'none')")
 
 
+def _from_config(path: Path) -> ConsoleConfig:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError("--config", f"cannot read {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("--config", f"{path}: invalid TOML: {e}") from None
+    return build(ConsoleConfig, data.get("console", {}), "console")
+
+
 def endpoint_from_args(args: argparse.Namespace) -> Endpoint:
+    cfg = _from_config(args.config) if getattr(args, "config", None) else None
+    if cfg is not None and not args.socket and not args.tcp:
+        if cfg.socket is not None:
+            return Endpoint(socket=cfg.socket)
+        if cfg.tcp is not None:
+            args.tcp = f"{cfg.tcp.host}:{cfg.tcp.port}"
     if args.tcp:
         host, sep, port = str(args.tcp).rpartition(":")
         if not sep or not host or not port.isdigit():

@@ -141,3 +141,17 @@ async def test_attach_on_a_tty_is_raw_and_ctrl_bracket_detaches(short_dir: Path,
             proc.kill()
             await proc.wait()
         await reader.aclose()
+
+
+async def test_endpoint_from_the_vspc_config_file(short_dir: Path, nursery: trio.Nursery) -> None:
+    svc = await start(nursery, make_config(short_dir))
+    svc.open(KEY, "from-config")
+    conf = short_dir / "vspc.toml"
+    conf.write_text(f'[console]\nsocket = "{short_dir / "c.sock"}"\nlog-keep = 2\n')
+    p = await run("list", "--config", str(conf), "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)[0]["display"] == "from-config"
+    conf.write_text("[console]\nlog-keep = -1\n")
+    p = await run("list", "--config", str(conf))
+    assert p.returncode == 2
+    assert p.stderr.decode().strip().endswith("console.log-keep: must be >= 0")

@@ -30,6 +30,10 @@ log = logging.getLogger("vspc.console.log")
 
 MAX_OPEN_FILES = 128
 MAX_PENDING_EVENTS = 1024
+# Batching: the writer waits up to FLUSH_INTERVAL for more data before a write,
+# unless URGENT_BYTES are queued or a VM is waiting for room.
+FLUSH_INTERVAL = 0.05
+URGENT_BYTES = 256 * 1024
 
 
 def file_stem(key: PortKey) -> str:
@@ -182,7 +186,8 @@ class LogWriter:
         self.settings = settings
         self.total = 0  # bytes pending or in flight over all ports
         self._dirty: dict[PortLog, None] = {}
-        self._wake = trio.Event()
+        self._wake = trio.Event()  # something to write
+        self._urgent = trio.Event()  # ... and it should not wait for the batch window
         self._space = trio.lowlevel.ParkingLot()
         self._files = _Files()
         self._lock = trio.Lock()  # one batch at a time (and reconfigure waits for it)
@@ -196,6 +201,7 @@ class LogWriter:
         return min(s.queue_bytes - port.queued, s.queue_total_bytes - self.total)
 
     async def wait_room(self) -> None:
+        self._urgent.set()
         await self._space.park()
 
     def write(self, port: PortLog, data: bytes | bytearray | memoryview) -> None:
@@ -203,6 +209,8 @@ class LogWriter:
         port.pending += data
         self.total += len(data)
         self._mark(port)
+        if self.total >= URGENT_BYTES or 2 * len(port.pending) >= self.settings.queue_bytes:
+            self._urgent.set()
 
     def event(self, port: PortLog, line: bytes) -> None:
         if len(port.events) >= MAX_PENDING_EVENTS:
@@ -227,7 +235,11 @@ class LogWriter:
         try:
             while True:
                 await self._wake.wait()
+                if not self._urgent.is_set():
+                    with trio.move_on_after(FLUSH_INTERVAL):
+                        await self._urgent.wait()
                 self._wake = trio.Event()
+                self._urgent = trio.Event()
                 await self._flush_once()
         finally:
             with trio.move_on_after(10) as cs:

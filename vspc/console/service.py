@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import builtins
 import logging
+import socket as _socket
 import ssl
+import struct
 from typing import Any
 
 import trio
@@ -154,6 +156,10 @@ class ConsoleService:
         ]
 
     # --- endpoints -----------------------------------------------------------------
+
+    async def stop_listening(self) -> None:
+        """Close the attach endpoint(s) (SIGTERM drain); attached clients carry on."""
+        await self._stop_listening()
 
     async def _stop_listening(self) -> None:
         if self._listen_scope is not None:
@@ -331,13 +337,20 @@ async def _send_error(stream: trio.abc.Stream, message: str) -> None:
 
 
 def _peer_name(stream: trio.SocketStream) -> str:
+    """``host:port`` for TCP; ``unix uid=U pid=P`` (from SO_PEERCRED) for a Unix socket."""
+    sock = stream.socket
     try:
-        name = stream.socket.getpeername()
+        name = sock.getpeername()
     except OSError:
         return "?"
     if isinstance(name, tuple):
         return f"{name[0]}:{name[1]}"
-    return "unix"
+    try:
+        cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _gid = struct.unpack("3i", cred)
+    except (OSError, AttributeError, struct.error):
+        return "unix"
+    return f"unix uid={uid} pid={pid}"
 
 
 def _tls_peer(tls: trio.SSLStream[Any], fallback: str) -> str:
