@@ -259,3 +259,35 @@ async def test_second_service_refuses_a_live_socket(short_dir: Path, nursery: tr
     other = ConsoleService(make_config(short_dir), VspcMetrics.create())
     with pytest.raises(EndpointError, match="in use"):
         await nursery.start(other.run)
+
+
+async def test_client_stays_attached_across_vm_reconnects(short_dir: Path, nursery: trio.Nursery) -> None:
+    svc = await start(nursery, make_config(short_dir))
+    con = svc.open(KEY, "vm")
+    inputs: list[tuple[str, bytes]] = []
+    got = trio.Event()
+
+    def sink_for(host: str):  # type: ignore[no-untyped-def]
+        async def sink(data: bytes) -> None:
+            inputs.append((host, data))
+            got.set()
+
+        return sink
+
+    con.set_input(sink_for("esx-a"))
+    con.set_connected(True)
+    stream, _, buf = await attach_client(svc, "vm")
+    await con.from_vm(b"before;")
+    # vMotion / reconnect: same key, same Console, the client is not dropped
+    con.set_input(None)
+    con.set_connected(False)
+    assert svc.open(KEY, "vm") is con
+    con.set_input(sink_for("esx-b"))
+    con.set_connected(True)
+    await con.from_vm(b"after")
+    with trio.fail_after(5):
+        assert await read_exactly(stream, buf, 12) == b"before;after"
+        await stream.send_all(b"k")
+        await got.wait()
+    assert inputs == [("esx-b", b"k")]
+    await stream.aclose()

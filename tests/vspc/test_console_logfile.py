@@ -129,3 +129,18 @@ async def test_label_is_made_safe_for_a_file_name(short_dir: Path, nursery: trio
     await svc.writer.flush()
     names = [p.name for p in (short_dir / "logs").iterdir()]
     assert names == [f"{KEY.uuid}_..%2Fx%2Fy.log"]
+
+
+async def test_a_broken_log_dir_does_not_stall_the_vm(short_dir: Path, nursery: trio.Nursery) -> None:
+    blocker = short_dir / "logs"
+    blocker.write_text("a file where the log directory should be")
+    cfg = make_config(short_dir, log_queue_bytes=4096, log_queue_total_bytes=4096)
+    svc = await start(nursery, cfg)
+    con = svc.open(KEY, "vm")
+    with trio.fail_after(30):
+        for _ in range(64):
+            await con.from_vm(b"y" * 1024)
+        await svc.writer.flush()
+    assert con._log.errors > 0 and "File exists" in con._log.last_error
+    assert con.info().bytes == 64 * 1024
+    assert svc.writer.total == 0
