@@ -1,0 +1,307 @@
+"""The pump: full-duplex byte mover between two trio Streams.
+
+* Each direction runs independently. EOF on one read side is propagated as
+  ``send_eof()`` on the other stream when it is a HalfCloseableStream; when it
+  is not, that stream is closed once both directions are done.
+* Zero-copy fast path: when the source has a raw read fd and the destination a
+  raw write fd (SocketStream over TCP/Unix/vsock, FdStream, StapledStream of
+  those), bytes go fd -> pipe -> fd with os.splice (see relay.splice). Anything
+  else (TLS, in-memory streams) goes through a copy loop with one large
+  reusable buffer per direction.
+* Timeouts: ``idle_timeout`` (no byte moved in either direction) and
+  ``stall_timeout`` (one write blocked that long) raise IdleTimeout /
+  StallTimeout, both PumpTimeout (a TimeoutError), after closing both streams.
+* A reset or closed peer on either side ends the whole pump quietly (both
+  streams closed, ``counters.end_reason`` says why); pump returns normally.
+* pump() always closes both streams before it returns or raises.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from relay.pipepool import PipePool, default_pool
+from relay.splice import SpliceUnsupported, WriteStalled, read_fd, splice_direction, write_fd
+
+log = logging.getLogger(__name__)
+
+COPY_BUFFER_SIZE = 256 * 1024
+CLOSE_TIMEOUT = 5.0  # bound on a graceful close (e.g. a TLS close_notify)
+A_TO_B = "a_to_b"
+B_TO_A = "b_to_a"
+
+
+@dataclass
+class PumpCounters:
+    """Live counters, updated as bytes are delivered to the destination."""
+
+    a_to_b: int = 0
+    b_to_a: int = 0
+    spliced: bool = False  # at least one direction used the splice fast path
+    on_bytes: Callable[[str, int], None] | None = field(default=None, repr=False)
+    end_reason: str = ""  # "eof", "idle timeout", "write stall ...", "reset ...: <error>"
+
+    def add(self, direction: str, n: int) -> None:
+        if direction == A_TO_B:
+            self.a_to_b += n
+        else:
+            self.b_to_a += n
+        if self.on_bytes is not None:
+            self.on_bytes(direction, n)
+
+
+class PumpTimeout(TimeoutError):
+    """The pump stopped because of a timeout (both streams are closed)."""
+
+
+class IdleTimeout(PumpTimeout):
+    pass
+
+
+class StallTimeout(PumpTimeout):
+    pass
+
+
+class _Abort(Exception):
+    """Internal: a direction failed; carries the reason."""
+
+
+_SAFE_SEND_TYPES: tuple[type, ...] = (
+    trio.SocketStream,
+    trio.SSLStream,
+    trio.lowlevel.FdStream,
+)
+
+
+class _BufferPool:
+    """Large copy buffers, reused across streams and held only while data moves."""
+
+    def __init__(self, size: int, max_idle: int) -> None:
+        self.size = size
+        self.max_idle = max_idle
+        self._idle: list[memoryview] = []
+
+    def acquire(self) -> memoryview:
+        return self._idle.pop() if self._idle else memoryview(bytearray(self.size))
+
+    def release(self, view: memoryview) -> None:
+        if len(self._idle) < self.max_idle:
+            self._idle.append(view)
+
+
+_buffers = _BufferPool(COPY_BUFFER_SIZE, 16)
+
+
+def _eof_errno(exc: BaseException) -> bool:
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(cause, OSError) and cause.errno == errno.EIO
+
+
+class _Session:
+    def __init__(
+        self,
+        a: trio.abc.Stream,
+        b: trio.abc.Stream,
+        counters: PumpCounters,
+        idle_timeout: float | None,
+        stall_timeout: float | None,
+        pool: PipePool,
+        splice: bool,
+    ) -> None:
+        self.a = a
+        self.b = b
+        self.counters = counters
+        self.idle_timeout = idle_timeout
+        self.stall_timeout = stall_timeout
+        self.pool = pool
+        self.splice = splice
+        self.last_activity = trio.current_time()
+        self.failure: BaseException | None = None
+        self.scope: trio.CancelScope | None = None
+
+    def _moved(self, direction: str, n: int) -> None:
+        self.last_activity = trio.current_time()
+        self.counters.add(direction, n)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+        assert self.scope is not None
+        self.scope.cancel()
+
+    async def direction(self, src: trio.abc.Stream, dst: trio.abc.Stream, name: str) -> None:
+        try:
+            await self._move(src, dst, name)
+        except WriteStalled:
+            self._fail(StallTimeout(f"{name}: write stalled for over {self.stall_timeout}s"))
+            return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._fail(_Abort(f"reset {name}: {exc}"))
+            return
+        # Clean EOF on src, every byte delivered: propagate the half-close.
+        if isinstance(dst, trio.abc.HalfCloseableStream):
+            try:
+                await dst.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.debug("send_eof after %s failed: %s", name, exc)
+
+    async def _move(self, src: trio.abc.Stream, dst: trio.abc.Stream, name: str) -> None:
+        rfd = read_fd(src) if self.splice else None
+        wfd = write_fd(dst) if self.splice else None
+        if rfd is not None and wfd is not None:
+            try:
+                await splice_direction(
+                    rfd,
+                    wfd,
+                    self.pool,
+                    on_moved=lambda n: self._moved(name, n),
+                    on_started=self._spliced,
+                    stall_timeout=self.stall_timeout,
+                )
+                return
+            except SpliceUnsupported as exc:
+                log.debug("%s: splice unsupported, copying", name)
+                if exc.leftover:
+                    await self._send(dst, exc.leftover)
+                    self._moved(name, len(exc.leftover))
+        await self._copy(src, dst, name)
+
+    def _spliced(self) -> None:
+        self.counters.spliced = True
+
+    async def _send(self, dst: trio.abc.Stream, data: bytes | bytearray | memoryview) -> None:
+        if self.stall_timeout is None:
+            await dst.send_all(data)
+            return
+        with trio.move_on_after(self.stall_timeout) as scope:
+            await dst.send_all(data)
+        if scope.cancelled_caught:
+            raise WriteStalled()
+
+    async def _copy(self, src: trio.abc.Stream, dst: trio.abc.Stream, name: str) -> None:
+        safe_view = isinstance(dst, _SAFE_SEND_TYPES)
+        if isinstance(src, trio.SocketStream):
+            # A buffer is held only while data flows: after a short read (the
+            # socket is drained) it goes back to the pool before waiting again.
+            sock = src.socket
+            view: memoryview | None = None
+            try:
+                while True:
+                    if view is None:
+                        await trio.lowlevel.wait_readable(sock)
+                        view = _buffers.acquire()
+                    n = await sock.recv_into(view)
+                    if not n:
+                        return
+                    await self._send(dst, view[:n] if safe_view else bytes(view[:n]))
+                    self._moved(name, n)
+                    if n < len(view):
+                        _buffers.release(view)
+                        view = None
+            finally:
+                if view is not None:
+                    _buffers.release(view)
+        while True:
+            try:
+                data = await src.receive_some(COPY_BUFFER_SIZE)
+            except trio.BrokenResourceError as exc:
+                if _eof_errno(exc):  # pty master: the slave side closed
+                    return
+                raise
+            if not data:
+                return
+            await self._send(dst, data)
+            self._moved(name, len(data))
+
+    async def watchdog(self) -> None:
+        assert self.idle_timeout is not None
+        while True:
+            deadline = self.last_activity + self.idle_timeout
+            if trio.current_time() >= deadline:
+                self._fail(IdleTimeout(f"idle for {self.idle_timeout}s"))
+                return
+            await trio.sleep_until(deadline)
+
+
+async def _close(stream: trio.abc.Stream, graceful: bool) -> None:
+    if not graceful:
+        await trio.aclose_forcefully(stream)
+        return
+    with trio.move_on_after(CLOSE_TIMEOUT):  # aclose closes even when cancelled
+        try:
+            await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
+async def pump(
+    a: trio.abc.Stream,
+    b: trio.abc.Stream,
+    *,
+    counters: PumpCounters | None = None,
+    idle_timeout: float | None = None,
+    stall_timeout: float | None = None,
+    pipes: PipePool | None = None,
+    splice: bool = True,
+) -> None:
+    """Move bytes both ways between *a* and *b* until both directions end.
+
+    ``splice=False`` forces the copy path (for comparison and tests).
+    Raises IdleTimeout / StallTimeout (PumpTimeout) on a timeout; returns
+    normally on EOF both ways or on a reset peer. Closes both streams.
+    """
+    c = counters if counters is not None else PumpCounters()
+    session = _Session(
+        a, b, c, idle_timeout, stall_timeout, pipes if pipes is not None else default_pool(), splice
+    )
+    graceful = False
+    try:
+        async with trio.open_nursery() as nursery:
+            session.scope = nursery.cancel_scope
+            watchdog_scope: trio.CancelScope | None = None
+            if idle_timeout is not None:
+                watchdog_scope = trio.CancelScope()
+
+                async def _watch() -> None:
+                    with watchdog_scope:
+                        await session.watchdog()
+
+                nursery.start_soon(_watch)
+
+            async def _both() -> None:
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(session.direction, a, b, A_TO_B)
+                    inner.start_soon(session.direction, b, a, B_TO_A)
+                if watchdog_scope is not None:
+                    watchdog_scope.cancel()
+
+            nursery.start_soon(_both)
+        failure = session.failure
+        graceful = failure is None
+    finally:
+        try:
+            await _close(a, graceful)
+        finally:
+            await _close(b, graceful)
+    if failure is None:
+        c.end_reason = "eof"
+        return
+    c.end_reason = str(failure) if not isinstance(failure, IdleTimeout) else "idle timeout"
+    if isinstance(failure, PumpTimeout):
+        raise failure
+    log.debug("pump ended: %s", failure)
+
+
+__all__ = [
+    "IdleTimeout",
+    "PipePool",
+    "PumpCounters",
+    "PumpTimeout",
+    "StallTimeout",
+    "pump",
+]

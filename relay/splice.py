@@ -1,0 +1,180 @@
+"""Zero-copy fast path: move bytes fd -> pipe -> fd with os.splice under trio.
+
+Works between fd-backed raw streams: trio.SocketStream over TCP, Unix or vsock,
+trio.lowlevel.FdStream (pipes, FIFOs, ptys) and StapledStreams of those. The
+pipe comes from a PipePool while data moves and goes back as soon as it is
+empty and the source would block.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Callable
+
+import trio
+
+from relay.pipepool import Pipe, PipePool
+
+SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+# Yield to other tasks after this many bytes moved without blocking.
+YIELD_EVERY = 4 << 20
+
+_SPLICE_FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
+if hasattr(socket, "AF_VSOCK"):
+    _SPLICE_FAMILIES.add(socket.AF_VSOCK)
+
+# errno values on the read side that mean "the other end went away"
+_READ_EOF_ERRNOS = {errno.EIO}  # pty master after the slave closed
+
+
+class SpliceUnsupported(Exception):
+    """The kernel cannot splice these fds; ``leftover`` was already read from the source."""
+
+    def __init__(self, leftover: bytes) -> None:
+        super().__init__("splice not supported for this fd pair")
+        self.leftover = leftover
+
+
+class WriteStalled(Exception):
+    """A write waited longer than the stall timeout."""
+
+
+def _socket_fd(stream: trio.SocketStream) -> int | None:
+    sock = stream.socket
+    if sock.type != socket.SOCK_STREAM or sock.family not in _SPLICE_FAMILIES:
+        return None
+    fd = sock.fileno()
+    return fd if fd >= 0 else None
+
+
+def read_fd(stream: trio.abc.Stream | trio.abc.ReceiveStream) -> int | None:
+    """The fd to splice from, if *stream* is a raw fd-backed stream; else None."""
+    if isinstance(stream, trio.SocketStream):
+        return _socket_fd(stream)
+    if isinstance(stream, trio.lowlevel.FdStream):
+        fd = stream.fileno()
+        return fd if fd >= 0 else None
+    if isinstance(stream, trio.StapledStream):
+        return read_fd(stream.receive_stream)
+    return None
+
+
+def write_fd(stream: trio.abc.Stream | trio.abc.SendStream) -> int | None:
+    """The fd to splice into, if *stream* is a raw fd-backed stream; else None."""
+    if isinstance(stream, trio.SocketStream):
+        return _socket_fd(stream)
+    if isinstance(stream, trio.lowlevel.FdStream):
+        fd = stream.fileno()
+        return fd if fd >= 0 else None
+    if isinstance(stream, trio.StapledStream):
+        return write_fd(stream.send_stream)
+    return None
+
+
+def _drain_pipe(pipe: Pipe, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        try:
+            chunk = os.read(pipe.r, n - len(out))
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+async def splice_direction(
+    src_fd: int,
+    dst_fd: int,
+    pool: PipePool,
+    *,
+    on_moved: Callable[[int], None],
+    on_started: Callable[[], None],
+    stall_timeout: float | None,
+) -> None:
+    """Move bytes from *src_fd* to *dst_fd* until EOF on the source.
+
+    Returns on a clean EOF once every byte read has been written. Raises
+    SpliceUnsupported (before the first byte, or with the bytes already read),
+    WriteStalled, or trio.BrokenResourceError for a reset or closed peer.
+    """
+    pipe: Pipe | None = None
+    in_pipe = 0
+    eof = False
+    started = False
+    since_yield = 0
+    try:
+        while True:
+            progressed = False
+            if not eof:
+                if pipe is None:
+                    pipe = pool.acquire()
+                if in_pipe < pipe.size:
+                    try:
+                        n = os.splice(src_fd, pipe.w, pipe.size - in_pipe, flags=SPLICE_FLAGS)
+                    except BlockingIOError:
+                        pass  # source empty, or pipe out of slots: drain first
+                    except OSError as exc:
+                        if exc.errno == errno.EINVAL and not started:
+                            raise SpliceUnsupported(_drain_pipe(pipe, in_pipe)) from exc
+                        if exc.errno in _READ_EOF_ERRNOS:
+                            eof = True
+                        else:
+                            raise trio.BrokenResourceError(f"read failed: {exc}") from exc
+                    else:
+                        if n == 0:
+                            eof = True
+                        else:
+                            in_pipe += n
+                            progressed = True
+                            if not started:
+                                started = True
+                                on_started()
+            if in_pipe:
+                assert pipe is not None
+                try:
+                    m = os.splice(pipe.r, dst_fd, in_pipe, flags=SPLICE_FLAGS)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    if exc.errno == errno.EINVAL:
+                        leftover = _drain_pipe(pipe, in_pipe)
+                        in_pipe = 0
+                        raise SpliceUnsupported(leftover) from exc
+                    raise trio.BrokenResourceError(f"write failed: {exc}") from exc
+                else:
+                    in_pipe -= m
+                    progressed = True
+                    since_yield += m
+                    on_moved(m)
+            if eof and not in_pipe:
+                return
+            if progressed:
+                if since_yield >= YIELD_EVERY:
+                    since_yield = 0
+                    await trio.lowlevel.checkpoint()
+                continue
+            since_yield = 0
+            if in_pipe:
+                if stall_timeout is None:
+                    await trio.lowlevel.wait_writable(dst_fd)
+                else:
+                    with trio.move_on_after(stall_timeout) as scope:
+                        await trio.lowlevel.wait_writable(dst_fd)
+                    if scope.cancelled_caught:
+                        raise WriteStalled()
+            else:
+                # Idle: hand the (empty) pipe back before waiting.
+                if pipe is not None:
+                    pool.release(pipe)
+                    pipe = None
+                await trio.lowlevel.wait_readable(src_fd)
+    finally:
+        if pipe is not None:
+            if in_pipe:
+                pool.discard(pipe)
+            else:
+                pool.release(pipe)
