@@ -108,6 +108,7 @@ class GoAwayReceived:
 @dataclass(frozen=True, slots=True)
 class PongReceived:
     rtt: float
+    seq: int = 0
 
 
 Event = (StreamOpened | DataReceived | AckReceived | EofReceived | StreamReset
@@ -292,19 +293,28 @@ class Mux:
             self.goaway_sent = self._last_peer
         self._queue(F.encode(F.GoAway(self._last_peer, code, reason)))
 
+    def ping(self, now: float) -> int:
+        """Queue a PING now; returns its sequence number (see ``PongReceived.seq``).
+
+        The peer handles frames in order, so the PONG for this PING proves it has
+        processed every frame queued before it.
+        """
+        self._last_ping = now
+        self._ping.seq += 1
+        seq = self._ping.seq
+        self._ping.sent_at[seq] = now
+        if len(self._ping.sent_at) > 64:
+            self._ping.sent_at.pop(min(self._ping.sent_at))
+        self._queue(F.encode(F.Ping(seq.to_bytes(8, "big"))))
+        return seq
+
     def tick(self, now: float) -> bool:
         """Keepalive; returns False once the peer is considered dead."""
         if now - self._last_recv >= self.config.dead_after:
             self.dead_reason = f"nothing received for {now - self._last_recv:.1f}s"
             return False
         if now - self._last_ping >= self.config.ping_interval:
-            self._last_ping = now
-            self._ping.seq += 1
-            seq = self._ping.seq
-            self._ping.sent_at[seq] = now
-            if len(self._ping.sent_at) > 8:
-                self._ping.sent_at.pop(min(self._ping.sent_at))
-            self._queue(F.encode(F.Ping(seq.to_bytes(8, "big"))))
+            self.ping(now)
         return True
 
     # ------------------------------------------------------------ input
@@ -365,9 +375,10 @@ class Mux:
         elif isinstance(fr, F.Ping):
             self._queue(F.encode(F.Pong(fr.opaque)))
         elif isinstance(fr, F.Pong):
-            sent = self._ping.sent_at.pop(int.from_bytes(fr.opaque, "big"), None)
+            seq = int.from_bytes(fr.opaque, "big")
+            sent = self._ping.sent_at.pop(seq, None)
             if sent is not None:
-                events.append(PongReceived(now - sent))
+                events.append(PongReceived(now - sent, seq))
         elif isinstance(fr, F.GoAway):
             self._on_goaway(fr, events)
         else:  # a second HELLO

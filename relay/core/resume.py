@@ -293,6 +293,7 @@ class ResumeSession:
             raise ResumeProtocolError(f"EOF at {offset} but {self.recv_offset} bytes received")
         first = not self._eof_received
         self._eof_received = True
+        self._fin_ack_sent = False  # (re)acknowledge it, also when it was replayed
         return first
 
     def ack_due(self, force: bool = False) -> tuple[int, bool] | None:

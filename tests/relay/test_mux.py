@@ -117,7 +117,7 @@ def test_ping_and_dead_peer() -> None:
     assert c.tick(1.0)
     xfer(c, s, 1.0)  # server answers PONG
     ev = xfer(s, c, 1.25)
-    assert ev == [PongReceived(0.25)]
+    assert ev == [PongReceived(0.25, 1)]
     assert c.tick(2.0) and c.tick(4.0)
     assert not c.tick(4.26)  # nothing from the server since 1.25
     assert c.dead_reason

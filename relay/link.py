@@ -1,0 +1,352 @@
+"""``PeerLink``: the trio adapter that runs a ``relay.core.mux.Mux`` over one stream.
+
+One reader task feeds received bytes to the mux and dispatches the events to
+per-stream handlers (synchronously: handlers never block, they buffer within
+the stream's credit window); one writer task sends what the mux queued,
+coalescing small frames; one keepalive task pings and declares the link dead
+when the peer falls silent. Senders wait on credit and on the writer's
+high-water mark, so memory is bounded on both sides.
+
+A malformed frame or a silent peer kills *this* link (one log line); every
+stream handler is told ``on_link_lost`` and the resumable streams above move to
+another link. Nothing else in the process is affected.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from relay.core.frames import ErrorCode, LinkProtocolError
+from relay.core.mux import (
+    AckReceived,
+    CreditAvailable,
+    DataReceived,
+    EofReceived,
+    GoAwayReceived,
+    LinkClosingError,
+    Mux,
+    MuxConfig,
+    PongReceived,
+    StreamOpened,
+    StreamReset,
+)
+
+log = logging.getLogger("relay.link")
+
+__all__ = ["LinkClosingError", "LinkConfig", "LinkDeadError", "PeerLink", "StreamHandler"]
+
+
+class LinkDeadError(Exception):
+    """The link is gone (closed, broken, silent or hostile peer)."""
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    mux: MuxConfig = field(default_factory=MuxConfig)
+    replay_limit: int = 16 * 1024 * 1024  # per stream, each direction, at each end
+    overflow: str = "block"  # or "discard" (sources that must not be paused)
+    resume_timeout: float = 60.0  # an acceptor keeps a detached session this long
+    reconnect_min: float = 0.05
+    reconnect_max: float = 5.0
+    write_high_water: int = 2 * 1024 * 1024
+    read_size: int = 256 * 1024
+
+
+class StreamHandler(Protocol):
+    """What a link calls for one of its streams (from the reader task; must not block)."""
+
+    def on_data(self, offset: int, payload: bytes) -> None: ...
+    def on_ack(self, offset: int, fin: bool) -> None: ...
+    def on_eof(self, offset: int) -> None: ...
+    def on_reset(self, code: int, reason: str) -> None: ...
+    def on_credit(self) -> None: ...
+    def on_batch_end(self) -> None: ...
+
+
+OpenCallback = Callable[["PeerLink", StreamOpened], None]
+
+
+class PeerLink:
+    """A multiplexed peer link over ``transport``; call ``run()`` in a nursery."""
+
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        *,
+        client: bool,
+        config: LinkConfig | None = None,
+        on_open: OpenCallback | None = None,
+        name: str = "",
+        peer_identity: str = "",
+    ) -> None:
+        self.config = config or LinkConfig()
+        self.transport = transport
+        self.name = name or ("client" if client else "server")
+        self.peer_identity = peer_identity
+        self._on_open = on_open
+        self.mux = Mux(self.config.mux, client=client, now=trio.current_time())
+        self._handlers: dict[int, StreamHandler] = {}
+        self._out_wake = trio.Event()
+        self._writable = trio.Event()
+        self._ready = trio.Event()
+        self._inflight = 0
+        self._touched: dict[int, StreamHandler] = {}
+        self._cancel: trio.CancelScope | None = None
+        self.closed = trio.Event()
+        self.dead_reason: str | None = None
+        self.rtt: float | None = None
+        self._pong_seq = 0
+        self._pong = trio.Event()
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # ---------------------------------------------------------------- public state
+    @property
+    def alive(self) -> bool:
+        return not self.closed.is_set() and self.dead_reason is None
+
+    @property
+    def draining(self) -> bool:
+        return self.mux.goaway_sent is not None or self.mux.goaway_received is not None
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._handlers)
+
+    def __repr__(self) -> str:
+        return f"<PeerLink {self.name} peer={self.peer_identity or '-'} streams={len(self._handlers)}>"
+
+    # ---------------------------------------------------------------- streams
+    def open(self, handler: StreamHandler, session_id: bytes, recv_offset: int,
+             header: bytes, resume: bool) -> int:
+        """Open a stream; raises LinkDeadError or LinkClosingError."""
+        if not self.alive:
+            raise LinkDeadError(self.dead_reason or "link closed")
+        sid = self.mux.open_stream(session_id, recv_offset, header, resume)
+        self._handlers[sid] = handler
+        self._kick()
+        return sid
+
+    def attach(self, sid: int, handler: StreamHandler) -> None:
+        """Take over an incoming stream (from the on_open callback).
+
+        Registered even if the mux already dropped the stream: a RESET that arrived
+        in the same read as the OPEN is dispatched right after, to this handler.
+        """
+        self._handlers[sid] = handler
+
+    def detach(self, sid: int, code: int = ErrorCode.SUPERSEDED, reason: str = "") -> None:
+        """Stop handling ``sid``: RESET it (CLOSE when code is NO_ERROR) and forget it."""
+        self._handlers.pop(sid, None)
+        self._touched.pop(sid, None)
+        if self.alive:
+            self.mux.reset_stream(sid, code, reason)
+            self._kick()
+
+    def send_credit(self, sid: int) -> int:
+        return self.mux.send_credit(sid)
+
+    def writable(self) -> bool:
+        return self.mux.pending_output + self._inflight < self.config.write_high_water
+
+    async def wait_writable(self) -> None:
+        while self.alive and not self.writable():
+            await self._writable.wait()
+
+    def send_data(self, sid: int, offset: int, payload: bytes | memoryview) -> int:
+        n = self.mux.send_data(sid, offset, payload)
+        if n:
+            self._kick()
+        return n
+
+    def send_ack(self, sid: int, offset: int, fin: bool = False) -> None:
+        self.mux.send_ack(sid, offset, fin)
+        self._kick()
+
+    def send_eof(self, sid: int, offset: int) -> None:
+        self.mux.send_eof(sid, offset)
+        self._kick()
+
+    def consumed(self, sid: int, n: int) -> None:
+        if self.alive:
+            before = self.mux.pending_output
+            self.mux.consumed(sid, n)
+            if self.mux.pending_output != before:
+                self._kick()
+
+    # ---------------------------------------------------------------- lifecycle
+    async def wait_ready(self) -> None:
+        """Until the peer's HELLO arrived (raises LinkDeadError if the link dies first)."""
+        async with trio.open_nursery() as n:
+            async def dead() -> None:
+                await self.closed.wait()
+                n.cancel_scope.cancel()
+            n.start_soon(dead)
+            await self._ready.wait()
+            n.cancel_scope.cancel()
+        if not self._ready.is_set():
+            raise LinkDeadError(self.dead_reason or "link closed before HELLO")
+
+    async def barrier(self) -> bool:
+        """True once the peer has processed everything queued so far; False if the link dies."""
+        if not self.alive:
+            return False
+        seq = self.mux.ping(trio.current_time())
+        self._kick()
+        while self._pong_seq < seq:
+            if not self.alive:
+                return False
+            ev = self._pong
+            async with trio.open_nursery() as n:
+                async def dead() -> None:
+                    await self.closed.wait()
+                    n.cancel_scope.cancel()
+                n.start_soon(dead)
+                await ev.wait()
+                n.cancel_scope.cancel()
+        return True
+
+    def goaway(self, reason: str = "draining") -> None:
+        if self.alive:
+            self.mux.goaway(ErrorCode.NO_ERROR, reason)
+            self._kick()
+
+    def close(self, reason: str = "closed") -> None:
+        """Kill the link now (handlers see on_link_lost via on_reset)."""
+        if self.dead_reason is None:
+            self.dead_reason = reason
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until the link dies; never raises for link-level failures."""
+        try:
+            with trio.CancelScope() as scope:
+                self._cancel = scope
+                task_status.started()
+                async with trio.open_nursery() as n:
+                    n.start_soon(self._guard, self._writer)
+                    n.start_soon(self._guard, self._keepalive)
+                    await self._guard(self._reader)
+        finally:
+            if self.dead_reason is None:
+                self.dead_reason = "closed"
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.transport)
+            self.closed.set()
+            self._ready.set()
+            self._writable.set()
+            handlers, self._handlers = self._handlers, {}
+            for h in handlers.values():
+                try:
+                    h.on_reset(ErrorCode.INTERNAL, f"link lost: {self.dead_reason}")
+                except Exception:  # a broken handler must not hide the others
+                    log.exception("stream handler failed on link loss")
+
+    # ---------------------------------------------------------------- tasks
+    async def _guard(self, fn: Callable[[], Any]) -> None:
+        """Run one link task; a link-level failure records why and stops the link."""
+        try:
+            await fn()
+        except LinkProtocolError as e:
+            reason = f"protocol error: {e}"
+            log.warning("link %s (%s): closing: %s", self.name, self.peer_identity or "-", reason)
+        except LinkDeadError as e:
+            reason = str(e)
+            log.info("link %s (%s): %s", self.name, self.peer_identity or "-", reason)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            reason = f"transport failed: {e!r}"
+            log.info("link %s (%s): %s", self.name, self.peer_identity or "-", reason)
+        else:
+            reason = "closed"
+        self.close(reason)
+
+    def _kick(self) -> None:
+        self._out_wake.set()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._out_wake.wait()
+            self._out_wake = trio.Event()
+            chunks = self.mux.data_to_send()
+            if not chunks:
+                continue
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._inflight = len(data)
+            await self.transport.send_all(data)
+            self.bytes_out += self._inflight
+            self._inflight = 0
+            self._writable.set()
+            self._writable = trio.Event()
+
+    async def _keepalive(self) -> None:
+        cfg = self.config.mux
+        while True:
+            await trio.sleep(min(cfg.ping_interval, cfg.dead_after) / 2)
+            if not self.mux.tick(trio.current_time()):
+                raise LinkDeadError(f"peer is silent: {self.mux.dead_reason}")
+            self._kick()
+
+    async def _reader(self) -> None:
+        size = self.config.read_size
+        while True:
+            data = await self.transport.receive_some(size)
+            if not data:
+                raise LinkDeadError("peer closed the link")
+            self.bytes_in += len(data)
+            events = self.mux.receive_data(data, trio.current_time())
+            if not self._ready.is_set() and self.mux.ready:
+                self._ready.set()
+            for ev in events:
+                self._dispatch(ev)
+            if self._touched:
+                touched, self._touched = self._touched, {}
+                for h in touched.values():
+                    h.on_batch_end()
+            if self.mux.pending_output:
+                self._kick()
+
+    def _dispatch(self, ev: object) -> None:
+        if isinstance(ev, DataReceived):
+            h = self._handlers.get(ev.stream_id)
+            if h is None:
+                self.mux.consumed(ev.stream_id, len(ev.payload))
+                return
+            h.on_data(ev.offset, ev.payload)
+            self._touched[ev.stream_id] = h
+        elif isinstance(ev, CreditAvailable):
+            h = self._handlers.get(ev.stream_id)
+            if h is not None:
+                h.on_credit()
+        elif isinstance(ev, AckReceived):
+            h = self._handlers.get(ev.stream_id)
+            if h is not None:
+                h.on_ack(ev.offset, ev.fin)
+        elif isinstance(ev, EofReceived):
+            h = self._handlers.get(ev.stream_id)
+            if h is not None:
+                h.on_eof(ev.offset)
+                self._touched[ev.stream_id] = h
+        elif isinstance(ev, StreamReset):
+            h = self._handlers.pop(ev.stream_id, None)
+            self._touched.pop(ev.stream_id, None)
+            if h is not None:
+                h.on_reset(ev.code, ev.reason)
+        elif isinstance(ev, StreamOpened):
+            if self._on_open is None:
+                self.mux.reset_stream(ev.stream_id, ErrorCode.REFUSED, "this end accepts no streams")
+            else:
+                self._on_open(self, ev)
+        elif isinstance(ev, GoAwayReceived):
+            log.info("link %s: peer sent GOAWAY (last stream %d): %s",
+                     self.name, ev.last_stream_id, ev.reason)
+        elif isinstance(ev, PongReceived):
+            self.rtt = ev.rtt
+            self._pong_seq = max(self._pong_seq, ev.seq)
+            self._pong.set()
+            self._pong = trio.Event()

@@ -1,0 +1,91 @@
+"""The accepting side of peer links: TLS handshake, identity check, one PeerLink each.
+
+All links of one ``LinkServer`` share its ``SessionTable``, so a stream that
+resumes over a new connection (after a cut, or from another relay after a route
+change) finds its session. Accepted streams come out of ``server.table.accept()``
+as ``Accepted(stream, header, peer_identity)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from relay import tls as tlsmod
+from relay.link import LinkConfig, PeerLink
+from relay.resumable import SessionTable
+
+log = logging.getLogger("relay.peering")
+
+
+class LinkServer:
+    def __init__(self, table: SessionTable, *, tls_files: tlsmod.TlsFiles | None,
+                 allowed_peers: Collection[str] = (), config: LinkConfig | None = None,
+                 handshake_timeout: float = 10.0, name: str = "egress") -> None:
+        self.table = table
+        self.config = config or table.config
+        self._ctx: ssl.SSLContext | None = (
+            tlsmod.server_context(tls_files) if tls_files is not None else None
+        )
+        self.allowed_peers = frozenset(allowed_peers)
+        self.handshake_timeout = handshake_timeout
+        self.name = name
+        self.links: set[PeerLink] = set()
+        self.refused = 0
+
+    def reconfigure(self, *, tls_files: tlsmod.TlsFiles | None,
+                    allowed_peers: Collection[str]) -> None:
+        """Reload: new certificates and peers apply to new links."""
+        self._ctx = tlsmod.server_context(tls_files) if tls_files is not None else None
+        self.allowed_peers = frozenset(allowed_peers)
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """Serve one incoming connection (for ``trio.serve_listeners``)."""
+        ident = ""
+        if self._ctx is not None:
+            try:
+                with trio.fail_after(self.handshake_timeout):
+                    stream, ident = await tlsmod.handshake(
+                        stream, self._ctx, server_side=True, expected=self.allowed_peers)
+            except (trio.BrokenResourceError, tlsmod.PeerIdentityError, trio.TooSlowError,
+                    OSError) as e:
+                self.refused += 1
+                log.warning("%s: refused peer link: %s", self.name, e)
+                await trio.aclose_forcefully(stream)
+                return
+        link = PeerLink(stream, client=False, config=self.config, on_open=self.table.on_open,
+                        name=f"{self.name}<-{ident or 'plaintext'}", peer_identity=ident)
+        self.links.add(link)
+        try:
+            await link.run()
+        finally:
+            self.links.discard(link)
+
+    def goaway_all(self, reason: str = "shutting down") -> None:
+        for link in list(self.links):
+            link.goaway(reason)
+
+    def close_all(self, reason: str = "closed") -> None:
+        for link in list(self.links):
+            link.close(reason)
+
+    async def serve(self, listeners: list[trio.SocketListener] | list[Any], *,
+                    task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await trio.serve_listeners(self.handle, listeners, task_status=task_status)
+
+
+@asynccontextmanager
+async def open_session_table(config: LinkConfig | None = None,
+                             **kw: Any) -> AsyncIterator[SessionTable]:
+    """A SessionTable whose stream engines run in a nursery bound to this block."""
+    async with trio.open_nursery() as nursery:
+        table = SessionTable(nursery, config, **kw)
+        try:
+            yield table
+        finally:
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,189 @@
+"""Routes to the appliance and the ``Router`` that keeps one peer link per route.
+
+A route names where resumable streams go: the appliance endpoint itself or a
+peer relay that delivers into it. Addresses::
+
+    tcp:HOST:PORT      (IPv6: tcp:[::1]:PORT)
+    unix:/path/to/socket
+    vsock:CID:PORT
+
+A route is TLS (mutual, TLS 1.3, the peer's ``vic://`` identity checked) unless
+``tls = false``, which is only for a trusted transport such as vsock inside one
+host. ``Router.set_route()`` switches at runtime: every live stream leaves its
+current link and resumes over the new route, without loss; the old link is sent
+GOAWAY and closed once empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from relay import tls as tlsmod
+from relay.link import LinkConfig, LinkDeadError, PeerLink
+from relay.resumable import ResumableStream
+
+log = logging.getLogger("relay.route")
+
+
+class RouteError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Route:
+    address: str
+    identity: str = ""  # expected vic:// identity of the peer (required with TLS)
+    tls: bool = True
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        parse_address(self.address)
+        if self.tls and not self.identity.startswith("vic://"):
+            raise RouteError("a TLS route needs the peer identity (vic://host/NAME or vic://appliance/NAME)")
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "address": self.address, "identity": self.identity, "tls": self.tls}
+
+
+def parse_address(address: str) -> tuple[str, Any]:
+    kind, _, rest = address.partition(":")
+    if kind == "tcp":
+        host, _, port = rest.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise RouteError(f"bad tcp address {address!r} (tcp:HOST:PORT)")
+        return "tcp", (host, int(port))
+    if kind == "unix":
+        if not rest:
+            raise RouteError(f"bad unix address {address!r} (unix:/path)")
+        return "unix", rest
+    if kind == "vsock":
+        cid, _, port = rest.partition(":")
+        if not cid.isdigit() or not port.isdigit():
+            raise RouteError(f"bad vsock address {address!r} (vsock:CID:PORT)")
+        return "vsock", (int(cid), int(port))
+    raise RouteError(f"unknown address kind in {address!r} (tcp:, unix:, vsock:)")
+
+
+async def open_transport(address: str) -> trio.abc.Stream:
+    kind, where = parse_address(address)
+    if kind == "tcp":
+        return await trio.open_tcp_stream(*where)
+    if kind == "unix":
+        return await trio.open_unix_socket(where)
+    sock = trio.socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    try:
+        await sock.connect(where)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+async def connect_route(route: Route, ctx: ssl.SSLContext | None,
+                        handshake_timeout: float = 10.0) -> tuple[trio.abc.Stream, str]:
+    """Open the transport for ``route`` and, for TLS, authenticate the peer."""
+    stream = await open_transport(route.address)
+    if not route.tls:
+        return stream, ""
+    if ctx is None:
+        await trio.aclose_forcefully(stream)
+        raise RouteError("TLS route but no certificate configured")
+    with trio.fail_after(handshake_timeout):
+        return await tlsmod.handshake(stream, ctx, server_side=False, expected={route.identity})
+
+
+class Router:
+    """Keeps one link for the current route and opens resumable streams over it."""
+
+    def __init__(self, route: Route, nursery: trio.Nursery, *,
+                 tls_files: tlsmod.TlsFiles | None = None, config: LinkConfig | None = None,
+                 name: str = "ingress") -> None:
+        self.config = config or LinkConfig()
+        self._route = route
+        self._nursery = nursery
+        self._ctx = tlsmod.client_context(tls_files) if tls_files is not None else None
+        self._link: PeerLink | None = None
+        self._link_route: Route | None = None
+        self._lock = trio.Lock()
+        self.streams: set[ResumableStream] = set()
+        self.name = name
+        self.links_opened = 0
+        self.route_changes = 0
+
+    @property
+    def route(self) -> Route:
+        return self._route
+
+    @property
+    def link(self) -> PeerLink | None:
+        return self._link
+
+    def set_tls(self, tls_files: tlsmod.TlsFiles | None) -> None:
+        """New certificates (reload): used for the next link."""
+        self._ctx = tlsmod.client_context(tls_files) if tls_files is not None else None
+
+    async def get_link(self) -> PeerLink:
+        async with self._lock:
+            link = self._link
+            if (link is not None and link.alive and not link.draining
+                    and self._link_route == self._route):
+                return link
+            route = self._route
+            transport, ident = await connect_route(route, self._ctx)
+            link = PeerLink(transport, client=True, config=self.config,
+                            name=f"{self.name}->{route.name or route.address}", peer_identity=ident)
+            await self._nursery.start(link.run)
+            self.links_opened += 1
+            self._link, self._link_route = link, route
+            log.info("link up: %s (%s)", link.name, ident or "plaintext")
+            return link
+
+    def link_failed(self, link: PeerLink) -> None:
+        if self._link is link:
+            self._link = None
+
+    def set_route(self, route: Route) -> None:
+        """Switch to ``route``: live streams move to it and resume."""
+        if route == self._route:
+            return
+        log.info("route %s: %s -> %s", self.name, self._route.address, route.address)
+        self._route = route
+        self.route_changes += 1
+        old, self._link = self._link, None
+        for st in list(self.streams):
+            st.move("route changed")
+        if old is not None:
+            old.goaway("route changed")
+            self._nursery.start_soon(self._retire, old)
+
+    async def _retire(self, link: PeerLink, grace: float = 5.0) -> None:
+        # every stream was moved off (RESET SUPERSEDED): give those frames a moment
+        # to reach the peer, then close
+        with trio.move_on_after(grace):
+            await link.barrier()
+        link.close("retired after route change")
+
+    async def open_stream(self, header: bytes) -> ResumableStream:
+        """A new resumable stream carrying ``header`` (the origin header bytes)."""
+        st = ResumableStream(os.urandom(16), header, self.config, opener=True, connector=self)
+        self.streams.add(st)
+        st.on_finished = self.streams.discard
+        self._nursery.start_soon(st.run)
+        await trio.lowlevel.checkpoint()
+        return st
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close("router closed")
+            self._link = None
+
+
+__all__ = ["LinkDeadError", "Route", "RouteError", "Router", "connect_route", "parse_address"]
