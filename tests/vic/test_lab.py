@@ -18,5 +18,7 @@ def test_lab_runs_and_checks_every_byte(tmp_path: Path) -> None:
     assert proc.returncode == 0, out + proc.stderr[-3000:]
     assert "LAB RESULT: all consoles byte-exact" in out
     assert "vMotion esx-a -> esx-b" in out and "aborted" in out
+    for kind in ("raw TCP", "named pipe", "FIFO", "pty", "hybrid vsock", "through both relays"):
+        assert kind in out
     # the console logs on disk hold the bytes too
     assert any((tmp_path / "consoles").glob("*.log"))

@@ -20,7 +20,7 @@ from vic.lab import report
 from vspc.config import EndpointConfig, ListenConfig, MetricsConfig, VspcConfig
 from vspc.console.config import ConsoleConfig
 
-SCENARIOS = ("vspc",)
+SCENARIOS = ("vspc", "relay")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +73,14 @@ async def main(workdir: Path, args: argparse.Namespace) -> bool:
             checks = await vspc_scenario.run(service, seed=args.seed, lines=args.lines)
             print(report.render("ESX hosts -> vSPC (Telnet + VMware extension 232)", checks))
             all_ok &= all(c.ok for c in checks)
+        if "relay" in selected:
+            from vic.lab import relay_scenario
+
+            checks = await relay_scenario.run(service, endpoint, workdir, seed=args.seed,
+                                              lines=args.lines)
+            print(report.render("VMs -> relays -> appliance endpoint (every ingress kind)",
+                                checks))
+            all_ok &= all(c.ok for c in checks if c.sent or c.typed)
         _print_metrics(service)
         nursery.cancel_scope.cancel()
     print("LAB RESULT:", "all consoles byte-exact" if all_ok else "FAILED", file=sys.stdout)

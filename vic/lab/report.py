@@ -15,6 +15,7 @@ class ConsoleCheck:
     typed: bytearray = field(default_factory=bytearray)  # appliance -> VM
     typed_seen: bytearray = field(default_factory=bytearray)
     events: list[str] = field(default_factory=list)
+    skipped: str = ""  # why this path could not run here
 
     @property
     def ok(self) -> bool:
@@ -23,6 +24,8 @@ class ConsoleCheck:
         )
 
     def verdict(self) -> str:
+        if self.skipped:
+            return f"SKIPPED: {self.skipped}"
         if self.ok:
             return "OK: every byte once, in order"
         if len(self.received) < len(self.sent) and self.sent.startswith(self.received):
