@@ -1,0 +1,241 @@
+"""The relay's admin socket: one JSON request per line, one JSON reply per line.
+
+A Unix socket (mode 0600: whoever can use it can re-route streams). Commands are
+plain functions registered by name; the relay daemon registers at least the
+route commands from ``route_commands()``::
+
+    {"cmd": "route.show"}
+    {"cmd": "route.set", "route": "appliance", "address": "tcp:10.0.0.2:7443",
+     "identity": "vic://host/esx-02", "tls": true}
+
+Replies are ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. A bad
+request costs its own connection a one-line error and nothing else.
+
+``vic relay route set|show`` is ``add_route_cli(subparsers)`` + ``run_route_cli(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from relay.route import Route, RouteError, Router
+
+log = logging.getLogger("relay.admin")
+
+MAX_REQUEST = 64 * 1024
+Handler = Callable[[dict[str, Any]], "dict[str, Any] | Awaitable[dict[str, Any]]"]
+
+
+class AdminError(Exception):
+    """A request the admin socket refuses; the message goes back to the client."""
+
+
+class AdminServer:
+    def __init__(self, path: str | Path, commands: Mapping[str, Handler],
+                 *, request_timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.commands = dict(commands)
+        self.request_timeout = request_timeout
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind the socket (replacing a stale one) and serve until cancelled."""
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if self.path.exists() and stat.S_ISSOCK(self.path.stat().st_mode):
+                self.path.unlink()
+            old = os.umask(0o177)
+            try:
+                await sock.bind(str(self.path))
+            finally:
+                os.umask(old)
+            os.chmod(self.path, 0o600)
+            sock.listen(16)
+            listener = trio.SocketListener(sock)
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            await trio.serve_listeners(self._handle, [listener], task_status=task_status)
+        finally:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        try:
+            with trio.move_on_after(self.request_timeout):
+                buf = bytearray()
+                while b"\n" not in buf:
+                    data = await stream.receive_some(4096)
+                    if not data:
+                        break
+                    buf += data
+                    if len(buf) > MAX_REQUEST:
+                        await self._reply(stream, {"ok": False, "error": "request too long"})
+                        return
+                line = bytes(buf).split(b"\n", 1)[0]
+                reply = await self.dispatch(line)
+                await self._reply(stream, reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def dispatch(self, line: bytes) -> dict[str, Any]:
+        try:
+            req = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            return {"ok": False, "error": f"not JSON: {e}"}
+        if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+            return {"ok": False, "error": 'request must be an object with a "cmd" string'}
+        fn = self.commands.get(req["cmd"])
+        if fn is None:
+            return {"ok": False, "error": f"unknown command {req['cmd']!r}",
+                    "commands": sorted(self.commands)}
+        try:
+            res = fn(req)
+            if inspect.isawaitable(res):
+                res = await res
+        except (AdminError, RouteError, ValueError, KeyError) as e:
+            log.info("admin %s refused: %s", req["cmd"], e)
+            return {"ok": False, "error": str(e)}
+        log.info("admin %s: ok", req["cmd"])
+        return {"ok": True, **res}
+
+    @staticmethod
+    async def _reply(stream: trio.abc.Stream, obj: dict[str, Any]) -> None:
+        await stream.send_all(json.dumps(obj).encode() + b"\n")
+
+
+# ------------------------------------------------------------------ route commands
+def route_from_request(req: Mapping[str, Any], current: Route | None = None) -> Route:
+    address = req.get("address")
+    if not isinstance(address, str):
+        raise AdminError('route.set needs "address" (tcp:HOST:PORT, unix:PATH, vsock:CID:PORT)')
+    tls = req.get("tls", current.tls if current is not None else True)
+    identity = req.get("identity", current.identity if current is not None and tls else "")
+    if not isinstance(tls, bool) or not isinstance(identity, str):
+        raise AdminError('"tls" must be true/false and "identity" a string')
+    name = current.name if current is not None else str(req.get("route", ""))
+    return Route(address=address, identity=identity, tls=tls, name=name)
+
+
+def route_commands(routers: Callable[[], Mapping[str, Router]],
+                   on_change: Callable[[str, Route], None] | None = None) -> dict[str, Handler]:
+    """``route.show`` / ``route.set`` over the daemon's routers (looked up per request)."""
+
+    def show(req: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for name, r in routers().items():
+            link = r.link
+            out[name] = {
+                **r.route.describe(),
+                "streams": len(r.streams),
+                "link": None if link is None else {
+                    "peer": link.peer_identity, "alive": link.alive,
+                    "rtt_ms": None if link.rtt is None else round(link.rtt * 1000, 3),
+                    "streams": link.stream_count,
+                },
+                "links_opened": r.links_opened,
+                "route_changes": r.route_changes,
+            }
+        return {"routes": out}
+
+    def set_(req: dict[str, Any]) -> dict[str, Any]:
+        table = routers()
+        name = req.get("route")
+        if name is None and len(table) == 1:
+            name = next(iter(table))
+        if name not in table:
+            raise AdminError(f"unknown route {name!r} (known: {', '.join(sorted(table)) or 'none'})")
+        assert isinstance(name, str)
+        router = table[name]
+        route = route_from_request(req, router.route)
+        moved = len(router.streams)
+        router.set_route(route)
+        if on_change is not None:
+            on_change(name, route)
+        return {"route": name, **route.describe(), "streams_moved": moved}
+
+    return {"route.show": show, "route.set": set_}
+
+
+# ------------------------------------------------------------------ client
+async def admin_request(path: str | Path, req: Mapping[str, Any],
+                        timeout: float = 10.0) -> dict[str, Any]:
+    with trio.fail_after(timeout):
+        stream = await trio.open_unix_socket(str(path))
+        async with stream:
+            await stream.send_all(json.dumps(dict(req)).encode() + b"\n")
+            buf = bytearray()
+            while b"\n" not in buf:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                buf += data
+    return dict(json.loads(bytes(buf)))
+
+
+def admin_request_sync(path: str | Path, req: Mapping[str, Any],
+                       timeout: float = 10.0) -> dict[str, Any]:
+    """Blocking client for the CLI."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(json.dumps(dict(req)).encode() + b"\n")
+        buf = bytearray()
+        while b"\n" not in buf:
+            data = s.recv(65536)
+            if not data:
+                break
+            buf += data
+    return dict(json.loads(bytes(buf)))
+
+
+def add_route_cli(sub: Any, default_socket: str = "/run/vic/relay.sock") -> None:
+    """Add ``route show`` / ``route set`` to a ``vic relay`` subparsers object."""
+    p = sub.add_parser("route", help="show or change routes of a running relay")
+    p.add_argument("--admin-socket", default=default_socket, help="relay admin socket")
+    rs = p.add_subparsers(dest="route_command", metavar="ACTION")
+    rs.required = True
+    rs.add_parser("show", help="routes, their links and streams")
+    s = rs.add_parser("set", help="move a route (live streams follow and resume)")
+    s.add_argument("route", nargs="?", help="route name (optional if there is only one)")
+    s.add_argument("--address", required=True, help="tcp:HOST:PORT | unix:PATH | vsock:CID:PORT")
+    s.add_argument("--identity", help="expected peer identity, vic://host/NAME or vic://appliance/NAME")
+    s.add_argument("--plaintext", action="store_true",
+                   help="no TLS (only for a trusted transport such as vsock on one host)")
+
+
+def run_route_cli(args: argparse.Namespace) -> int:
+    if args.route_command == "show":
+        req: dict[str, Any] = {"cmd": "route.show"}
+    else:
+        req = {"cmd": "route.set", "address": args.address, "tls": not args.plaintext}
+        if args.route:
+            req["route"] = args.route
+        if args.identity:
+            req["identity"] = args.identity
+    try:
+        reply = admin_request_sync(args.admin_socket, req)
+    except OSError as e:
+        print(f"vic relay route: cannot reach {args.admin_socket}: {e.strerror or e}")
+        return 1
+    if not reply.get("ok"):
+        print(f"vic relay route: {reply.get('error')}")
+        return 1
+    reply.pop("ok", None)
+    print(json.dumps(reply, indent=2))
+    return 0

@@ -1,0 +1,69 @@
+"""The relay admin socket: route.show / route.set moving live streams, bad requests."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import trio
+
+from relay.admin import AdminServer, admin_request, admin_request_sync, route_commands
+from relay.route import Route, Router
+from tests.relay.faultproxy import FaultProxy
+from tests.relay.test_link import MiB, acceptor, pattern, roundtrip, small_config
+
+
+async def test_route_set_over_admin_socket_moves_live_stream(tmp_path: Path) -> None:
+    cfg = small_config()
+    sock = tmp_path / "relay.sock"
+    data = pattern(6 * MiB, seed=2)
+    with trio.fail_after(30):
+        async with acceptor(cfg) as acc, trio.open_nursery() as n:
+            a = FaultProxy(("127.0.0.1", acc.port))
+            b = FaultProxy(("127.0.0.1", acc.port))
+            await n.start(a.serve)
+            await n.start(b.serve)
+            router = Router(Route(a.address, tls=False, name="appliance"), n, config=cfg)
+            changes: list[str] = []
+            server = AdminServer(sock, route_commands(lambda: {"appliance": router},
+                                                      lambda name, r: changes.append(r.address)))
+            await n.start(server.serve)
+            assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+            st = await router.open_stream(b"x")
+
+            async def move(sent: int) -> None:
+                if sent == 2 * MiB:
+                    reply = await admin_request(sock, {"cmd": "route.set", "address": b.address})
+                    assert reply["ok"] and reply["streams_moved"] == 1, reply
+                    a.refuse()
+
+            assert await roundtrip(st, data, on_progress=move) == data
+            assert changes == [b.address]
+            shown = await trio.to_thread.run_sync(admin_request_sync, sock, {"cmd": "route.show"})
+            assert shown["routes"]["appliance"]["address"] == b.address
+            assert shown["routes"]["appliance"]["route_changes"] == 1
+            n.cancel_scope.cancel()
+
+
+async def test_bad_requests_get_an_error_line(tmp_path: Path) -> None:
+    sock = tmp_path / "a.sock"
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            router = Router(Route("tcp:127.0.0.1:9", tls=False), n)
+            await n.start(AdminServer(sock, route_commands(lambda: {"r": router})).serve)
+            for req, msg in [
+                ({"cmd": "nope"}, "unknown command"),
+                ({"cmd": "route.set"}, "address"),
+                ({"cmd": "route.set", "route": "zz", "address": "tcp:1.2.3.4:5"}, "unknown route"),
+                ({"cmd": "route.set", "address": "carrier-pigeon:1"}, "unknown address kind"),
+                ({"cmd": "route.set", "address": "tcp:h:1", "tls": True, "identity": "bob"}, "identity"),
+            ]:
+                reply = await admin_request(sock, req)
+                assert not reply["ok"] and msg in reply["error"], (req, reply)
+            s = await trio.open_unix_socket(str(sock))
+            await s.send_all(b"{not json\n")
+            assert b"not JSON" in await s.receive_some(1000)
+            await s.aclose()
+            assert router.route.address == "tcp:127.0.0.1:9"
+            n.cancel_scope.cancel()
