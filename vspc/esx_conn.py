@@ -58,7 +58,7 @@ class EsxConnection:
         self._wake = trio.Event()
         self._room = trio.Event()
         self._closing = False
-        self._writer_done = trio.Event()
+        self._scope: trio.CancelScope | None = None
         self._resume = trio.Event()
         self.close_reason: str | None = None
 
@@ -99,46 +99,48 @@ class EsxConnection:
         self._resume.set()
 
     def close_soon(self, reason: str) -> None:
+        """Close after flushing what is queued (for at most CLOSE_FLUSH_SECONDS)."""
         if not self._closing:
             self._closing = True
             self.close_reason = reason
             self._wake.set()
             self._room.set()
+            if self._scope is not None:
+                self._scope.deadline = min(self._scope.deadline,
+                                           trio.current_time() + CLOSE_FLUSH_SECONDS)
         self._resume.set()
 
     async def writer(self) -> None:
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake = trio.Event()
-                while self._control or self._data:
-                    if self._control:
-                        chunk = bytes(self._control)
-                        self._control.clear()
-                    else:
-                        raw = bytes(self._data[:WRITE_CHUNK])
-                        del self._data[: len(raw)]
-                        chunk = self.session.send_console(raw)
-                        if len(self._data) <= OUT_HIGH_WATER:
-                            self._room.set()
-                    await self.stream.send_all(chunk)
-                if self._closing:
-                    return
-        finally:
-            self._writer_done.set()
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._control or self._data:
+                if self._control:
+                    chunk = bytes(self._control)
+                    self._control.clear()
+                else:
+                    raw = bytes(self._data[:WRITE_CHUNK])
+                    del self._data[: len(raw)]
+                    chunk = self.session.send_console(raw)
+                    if len(self._data) <= OUT_HIGH_WATER:
+                        self._room.set()
+                await self.stream.send_all(chunk)
+            if self._closing:
+                return
 
     async def run(self, service: VspcService) -> None:
         """Serve the connection until EOF, error, or the switchboard closes it."""
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.writer)
+                self._scope = nursery.cancel_scope
+                if self._closing:  # closed before it started
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._write_then_cancel, nursery.cancel_scope)
                 self.send_control(self.session.initial_bytes())
                 await self._read_loop(service)
-                if self._closing:
-                    # we were asked to close: give the writer a moment to flush
-                    with trio.move_on_after(CLOSE_FLUSH_SECONDS):
-                        await self._writer_done.wait()
-                nursery.cancel_scope.cancel()
+                if not self._closing:
+                    nursery.cancel_scope.cancel()  # EOF
+                # else: the writer flushes, then cancels (close_soon set a deadline)
         except* (trio.BrokenResourceError, trio.ClosedResourceError) as eg:
             log.info("%r: connection lost: %s", self, _first(eg))
         except* OSError as eg:
@@ -153,6 +155,10 @@ class EsxConnection:
             with trio.CancelScope(shield=True):
                 await service.connection_closed(self)
                 await trio.aclose_forcefully(self.stream)
+
+    async def _write_then_cancel(self, scope: trio.CancelScope) -> None:
+        await self.writer()  # returns once closing and flushed
+        scope.cancel()
 
     async def _read_loop(self, service: VspcService) -> None:
         while not self._closing:

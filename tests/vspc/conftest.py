@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,3 +25,62 @@ def make_config(tmp_path: Path, **vmotion: object) -> VspcConfig:
 async def vspc(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[VspcService]:
     service: VspcService = await nursery.start(VspcService(make_config(tmp_path)).run)
     yield service
+
+
+# ---- helpers for the end-to-end tests (ESX simulator + real attach socket)
+
+
+async def start_vspc(
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    *,
+    console: dict[str, object] | None = None,
+    secret_source: Callable[[int], bytes] | None = None,
+    **vmotion: object,
+) -> VspcService:
+    """A VspcService on kernel sockets; ``vmotion``/``console`` override config fields."""
+    config = make_config(tmp_path, **vmotion)
+    if console:
+        config = replace(config, console=replace(config.console, **console))  # type: ignore[arg-type]
+    kwargs: dict[str, object] = {}
+    if secret_source is not None:
+        kwargs["secret_source"] = secret_source
+    service: VspcService = await nursery.start(VspcService(config, **kwargs).run)  # type: ignore[arg-type]
+    return service
+
+
+async def read_exactly(stream: trio.abc.Stream, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await stream.receive_some(n - len(buf))
+        assert chunk, f"stream ended after {len(buf)} of {n} bytes: {bytes(buf[-200:])!r}"
+        buf += chunk
+    return bytes(buf)
+
+
+async def attach_console(
+    service: VspcService, uuid: str, mode: str = "ro", *, label: str | None = None,
+    replay: int = 1 << 16,
+) -> trio.abc.Stream:
+    """Attach through the real Unix socket; returns the live byte stream."""
+    from vspc.console import client as cc
+    from vspc.console import protocol as proto
+    from vspc.prefixed import PrefixedStream
+
+    ep = cc.Endpoint(socket=service.config.console.socket)
+    req = proto.AttachRequest(vm=uuid, mode=mode, replay=replay, label=label)  # type: ignore[arg-type]
+    stream, status, rest = await cc.attach(ep, req)
+    assert status.get("ok"), status
+    return PrefixedStream(stream, rest)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll a condition that has no event to wait on (short sleeps, bounded)."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+def metric(service: VspcService, name: str, **labels: str) -> float:
+    value = service.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value

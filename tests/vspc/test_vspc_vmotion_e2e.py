@@ -1,0 +1,508 @@
+"""Hostile vMotion cases end to end: the ESX simulator (an independent
+implementation of ESX's side) against the real vSPC service over kernel TCP,
+consoles read and typed into through the real attach socket."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from vic.lab import telnet_wire as tw
+from vic.lab.esx_sim import (
+    EsxConnection,
+    SimVM,
+    VMotionNotNow,
+    VMotionRefused,
+    known_without,
+    migrate,
+    random_seq,
+)
+from vspc.console.logfile import file_stem
+from vspc.core.identity import DEFAULT_LABEL, PortKey
+from vspc.esx_conn import EsxConnection as ServerConn
+from vspc.service import VspcService
+
+from .conftest import attach_console, metric, read_exactly, start_vspc, wait_until
+
+HOST = "127.0.0.1"
+FF_SECRET = b"\xff\x00\xff\xfe\xff\xff\x01\xff"
+
+
+def server_conn(service: VspcService, sim: EsxConnection) -> ServerConn:
+    """The service's side of a simulator connection (matched by address)."""
+    local = sim.stream.socket.getsockname()  # type: ignore[attr-defined]
+    peer = f"{local[0]}:{local[1]}"
+    for c in service.board.connections():
+        assert isinstance(c, ServerConn)
+        if c.peer == peer:
+            return c
+    raise AssertionError(f"no server connection for {peer}")
+
+
+def key_of(vm: SimVM, label: str | None = None) -> PortKey:
+    return PortKey(vm.canonical_uuid, label or DEFAULT_LABEL)
+
+
+async def events_of(service: VspcService, key: PortKey) -> list[dict[str, object]]:
+    await service.consoles.writer.flush()
+    assert service.config.console.log_dir is not None
+    path = service.config.console.log_dir / f"{file_stem(key)}.events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def open_vm(service: VspcService, nursery: trio.Nursery, vm: SimVM, **knobs: object) -> EsxConnection:
+    assert service.esx_port is not None
+    return await EsxConnection.open(nursery, HOST, service.esx_port, vm=vm, **knobs)
+
+
+async def held(service: VspcService, key: PortKey, n: int) -> None:
+    """Wait until ``n`` appliance->VM bytes are held by the switchboard for ``key``."""
+    await trio.testing.wait_all_tasks_blocked()
+    await wait_until(lambda: service.board.to_vm_buffered(key) == n)
+
+
+async def test_ff_in_seq_and_secret_split_at_every_byte(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """0xFF in seq and secret, every frame split at every byte (both hosts), a port
+    label the destination never sends (no DO-PROXY), bytes both ways across it."""
+    service = await start_vspc(tmp_path, nursery, secret_source=lambda n: FF_SECRET[:n])
+    rng = random.Random(10)
+    vm = SimVM.random(rng)
+    key = key_of(vm, "com2")
+    with trio.fail_after(15):
+        src = await open_vm(service, nursery, vm, label="com2", one_byte_segments=True)
+        await src.send_console(b"boot\xff\r\n")
+        await wait_until(lambda: service.consoles.get(key) is not None)
+        viewer = await attach_console(service, vm.canonical_uuid, "ro", label="com2")
+        typist = await attach_console(service, vm.canonical_uuid, "rw", label="com2")
+        assert await read_exactly(viewer, 7) == b"boot\xff\r\n"
+        await read_exactly(typist, 7)
+
+        seq = random_seq(rng, with_ff=True)
+        secret = await src.vmotion_begin(seq)
+        assert secret == FF_SECRET
+        assert src.ext_received(tw.VMOTION_GOAHEAD) == [seq + FF_SECRET]
+
+        await typist.send_all(b"held\xff\xff")
+        await held(service, key, 6)
+        assert src.console_pending() == b""
+
+        dest = await open_vm(service, nursery, vm, do_proxy=False, one_byte_segments=True)
+        await dest.vmotion_peer(seq, secret)
+        assert dest.ext_received(tw.VMOTION_PEER_OK) == [seq]
+        await src.send_console(b"src-tail\xff")
+        await dest.vmotion_complete(seq)
+        await dest.send_console(b"dest\xff")
+        await src.aclose()
+
+        assert await dest.receive_console_exactly(6) == b"held\xff\xff"
+        want = b"src-tail\xffdest\xff"
+        assert await read_exactly(viewer, len(want)) == want
+        await typist.send_all(b"\xffafter")
+        assert await dest.receive_console_exactly(6) == b"\xffafter"
+    assert service.board.carrier(key) is server_conn(service, dest)
+    assert metric(service, "vspc_vmotions_total", outcome="complete") == 1
+    assert not src.violations and not dest.violations
+
+
+BAD_COOKIES = [
+    pytest.param(lambda seq, sec: seq + sec[:-1] + bytes([sec[-1] ^ 1]), id="last-secret-byte"),
+    pytest.param(lambda seq, sec: seq + sec[:-1], id="secret-truncated"),
+    pytest.param(lambda seq, sec: seq + sec + b"\x00", id="secret-extended"),
+    pytest.param(lambda seq, sec: bytes([seq[0] ^ 1]) + seq[1:] + sec, id="wrong-seq"),
+    pytest.param(lambda seq, sec: seq, id="seq-only"),
+]
+
+
+@pytest.mark.parametrize("thief_label", [None, "com1"], ids=["no-do-proxy", "same-label"])
+async def test_wrong_cookie_refused_no_switch(
+    tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, thief_label: str | None
+) -> None:
+    caplog.set_level(logging.INFO, logger="vspc")
+    service = await start_vspc(tmp_path, nursery)
+    rng = random.Random(11)
+    vm = SimVM.random(rng)
+    key = key_of(vm, "com1")
+    with trio.fail_after(15):
+        src = await open_vm(service, nursery, vm, label="com1")
+        await src.send_console(b"a")
+        await wait_until(lambda: service.consoles.get(key) is not None)
+        viewer = await attach_console(service, vm.canonical_uuid, "ro", label="com1")
+        typist = await attach_console(service, vm.canonical_uuid, "rw", label="com1")
+        assert await read_exactly(viewer, 1) == b"a"
+        seq = random_seq(rng, with_ff=True)
+        secret = await src.vmotion_begin(seq)
+        await typist.send_all(b"typed")
+        await held(service, key, 5)
+        for param in BAD_COOKIES:
+            make = param.values[0]
+            thief = await open_vm(service, nursery, vm, label=thief_label,
+                                  do_proxy=thief_label is not None)
+            cookie = make(seq, secret)
+            await thief.send_ext(tw.VMOTION_PEER, cookie)
+            await thief.wait_closed(5)  # refused: the vSPC closes it
+            assert not thief.ext_received(tw.VMOTION_PEER_OK)
+            # no switch: the source still carries the port, the vMotion still pending
+            assert service.board.carrier(key) is server_conn(service, src)
+            assert [v.seq for v in service.board.pending_vmotions()] == [seq]
+            await src.send_console(b".")
+            assert await read_exactly(viewer, 1) == b"."
+        # the genuine destination still gets through
+        dest = await open_vm(service, nursery, vm, do_proxy=False)
+        await dest.vmotion_peer(seq, secret)
+        await dest.vmotion_complete(seq)
+        await src.aclose()
+        assert await dest.receive_console_exactly(5) == b"typed"
+        await dest.send_console(b"moved")
+        assert await read_exactly(viewer, 5) == b"moved"
+    n = len(BAD_COOKIES)
+    assert metric(service, "vspc_vmotions_total", outcome="peer_refused") == n
+    assert metric(service, "vspc_vmotions_total", outcome="complete") == 1
+    refused_logs = [r for r in caplog.records if "peer_refused" in r.getMessage()]
+    assert len(refused_logs) == n
+    kinds = [e["event"] for e in await events_of(service, key)]
+    assert kinds.count("peer_refused") == n - 1  # a wrong seq names no port
+    assert not src.violations and not dest.violations
+
+
+async def test_peer_for_unknown_seq(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """PEER with a sequence no vMotion has: refused (no PEER-OK), counted; a
+    connection with no identity is closed, a VM's own connection is kept."""
+    service = await start_vspc(tmp_path, nursery)
+    rng = random.Random(12)
+    vm, other = SimVM.random(rng), SimVM.random(rng)
+    with trio.fail_after(15):
+        src = await open_vm(service, nursery, vm)
+        # a connected VM (it carries its own port) sends PEER with nothing pending
+        bystander = await open_vm(service, nursery, other)
+        await bystander.send_ext(tw.VMOTION_PEER, b"\xff\x01\x02" + b"\xff" * 8)
+        await wait_until(
+            lambda: metric(service, "vspc_vmotions_total", outcome="peer_refused") == 1)
+        seq = random_seq(rng, with_ff=True)
+        secret = await src.vmotion_begin(seq)
+        # a connection that never says which VM it is sends PEER for an unknown seq
+        stranger = await open_vm(service, nursery, other, do_proxy=False,
+                                 known=known_without(tw.VM_VC_UUID, tw.GET_VM_VC_UUID))
+        with pytest.raises(VMotionRefused):
+            await stranger.vmotion_peer(random_seq(rng, with_ff=True), secret)
+        assert [v.seq for v in service.board.pending_vmotions()] == [seq]
+        dest = await open_vm(service, nursery, vm, do_proxy=False)
+        await dest.vmotion_peer(seq, secret)
+        await dest.vmotion_complete(seq)
+        await bystander.send_console(b"unharmed")
+        viewer = await attach_console(service, other.canonical_uuid, "ro")
+        assert await read_exactly(viewer, 8) == b"unharmed"
+    assert not bystander.ext_received(tw.VMOTION_PEER_OK)
+    assert not bystander.closed.is_set()
+    assert metric(service, "vspc_vmotions_total", outcome="peer_refused") == 2
+    assert metric(service, "vspc_vmotions_total", outcome="complete") == 1
+
+
+async def test_abort_flushes_held_bytes_to_source_at_once(tmp_path: Path, nursery: trio.Nursery) -> None:
+    service = await start_vspc(tmp_path, nursery)
+    rng = random.Random(13)
+    vm = SimVM.random(rng)
+    key = key_of(vm)
+    with trio.fail_after(15):
+        src = await open_vm(service, nursery, vm)
+        await src.send_console(b"x")
+        await wait_until(lambda: service.consoles.get(key) is not None)
+        viewer = await attach_console(service, vm.canonical_uuid, "ro")
+        typist = await attach_console(service, vm.canonical_uuid, "rw")
+        await read_exactly(viewer, 1)
+        seq = random_seq(rng, with_ff=True)
+        secret = await src.vmotion_begin(seq)
+        await typist.send_all(b"held-1\xff")
+        dest = await open_vm(service, nursery, vm, do_proxy=False)
+        await dest.vmotion_peer(seq, secret)  # PEERED: a destination was accepted
+        await typist.send_all(b"held-2")
+        await held(service, key, 13)
+        assert src.console_pending() == b""
+        await src.vmotion_abort()
+        # flushed at once, with no further byte from anyone
+        assert await src.receive_console_exactly(13) == b"held-1\xffheld-2"
+        await dest.wait_closed(5)  # the destination that lost is closed
+        # the source carries on, both ways, directly
+        await src.send_console(b"still-here")
+        assert await read_exactly(viewer, 10) == b"still-here"
+        await typist.send_all(b"direct")
+        assert await src.receive_console_exactly(6) == b"direct"
+        assert service.board.to_vm_buffered(key) == 0
+        # and the port can migrate again
+        m = await migrate(src, HOST, service.esx_port or 0, nursery=nursery, rng=rng)
+        await m.dest.send_console(b"moved")
+        assert await read_exactly(viewer, 5) == b"moved"
+    assert metric(service, "vspc_vmotions_total", outcome="abort") == 1
+    assert metric(service, "vspc_vmotions_total", outcome="complete") == 1
+    kinds = [e["event"] for e in await events_of(service, key)]
+    assert "vmotion_abort" in kinds and "vmotion_complete" in kinds
+    assert not src.violations and not m.dest.violations
+
+
+@pytest.mark.parametrize("with_dest", [False, True], ids=["no-destination", "dest-never-completes"])
+async def test_expiry_flushes_and_unsticks_the_port(
+    tmp_path: Path, nursery: trio.Nursery, with_dest: bool
+) -> None:
+    service = await start_vspc(tmp_path, nursery, timeout=0.5)
+    rng = random.Random(14)
+    vm = SimVM.random(rng)
+    key = key_of(vm)
+    with trio.fail_after(10):
+        src = await open_vm(service, nursery, vm)
+        await src.send_console(b"x")
+        await wait_until(lambda: service.consoles.get(key) is not None)
+        typist = await attach_console(service, vm.canonical_uuid, "rw")
+        seq = random_seq(rng, with_ff=True)
+        dest: EsxConnection | None = None
+        if with_dest:
+            m = await migrate(src, HOST, service.esx_port or 0, nursery=nursery, seq=seq,
+                              complete=False)
+            dest = m.dest
+        else:
+            await src.vmotion_begin(seq)
+        await typist.send_all(b"waiting\xff")
+        await held(service, key, 8)
+        # nobody sends anything more: the switchboard's deadline alone unsticks it
+        assert await src.receive_console_exactly(8) == b"waiting\xff"
+        assert not service.board.pending_vmotions()
+        if dest is not None:
+            await dest.wait_closed(5)
+        await typist.send_all(b"direct")
+        assert await src.receive_console_exactly(6) == b"direct"
+        secret = await src.vmotion_begin(random_seq(rng))  # not NOTNOW: not stuck
+        assert secret
+    assert metric(service, "vspc_vmotions_total", outcome="expired") == 1
+    kinds = [e["event"] for e in await events_of(service, key)]
+    assert "vmotion_expire" in kinds
+
+
+@pytest.mark.parametrize("when", ["before-peer", "after-peer"])
+async def test_source_closing_early(tmp_path: Path, nursery: trio.Nursery, when: str) -> None:
+    """The source sends its last bytes and closes before COMPLETE: nothing is lost,
+    the source's bytes come first, held input goes to the destination."""
+    service = await start_vspc(tmp_path, nursery)
+    rng = random.Random(15)
+    vm = SimVM.random(rng)
+    key = key_of(vm)
+    with trio.fail_after(15):
+        src = await open_vm(service, nursery, vm)
+        await src.send_console(b"first-")
+        await wait_until(lambda: service.consoles.get(key) is not None)
+        viewer = await attach_console(service, vm.canonical_uuid, "ro")
+        typist = await attach_console(service, vm.canonical_uuid, "rw")
+        seq = random_seq(rng, with_ff=True)
+        secret = await src.vmotion_begin(seq)
+        await typist.send_all(b"for-the-vm")
+        dest = await open_vm(service, nursery, vm, do_proxy=False)
+        if when == "after-peer":
+            await dest.vmotion_peer(seq, secret)
+        await dest.send_console(b"dest-early-")  # before COMPLETE: held behind the source
+        await src.send_console(b"src-last-")
+        await src.aclose()
+        if when == "before-peer":
+            await dest.vmotion_peer(seq, secret)
+        await dest.vmotion_complete(seq)
+        await dest.send_console(b"dest-late")
+        want = b"first-src-last-dest-early-dest-late"
+        assert await read_exactly(viewer, len(want)) == want
+        assert await dest.receive_console_exactly(10) == b"for-the-vm"
+    assert service.board.carrier(key) is server_conn(service, dest)
+    assert not dest.violations
+
+
+async def test_source_gone_and_no_destination_then_vm_reconnects(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Source closes after BEGIN, nobody comes, the vMotion expires; input typed
+    meanwhile waits (bounded) and goes to the VM's next connection at once."""
+    service = await start_vspc(tmp_path, nursery, timeout=0.3)
+    rng = random.Random(16)
+    vm = SimVM.random(rng)
+    key = key_of(vm)
+    with trio.fail_after(10):
+        src = await open_vm(service, nursery, vm)
+        await src.send_console(b"x")
+        await wait_until(lambda: service.consoles.get(key) is not None)
+        typist = await attach_console(service, vm.canonical_uuid, "rw")
+        await src.vmotion_begin(random_seq(rng, with_ff=True))
+        await src.aclose()
+        await typist.send_all(b"typed-while-away")
+        await held(service, key, 16)
+        await wait_until(lambda: not service.board.pending_vmotions())
+        assert service.board.carrier(key) is None
+        again = await open_vm(service, nursery, vm)
+        assert await again.receive_console_exactly(16) == b"typed-while-away"
+        await again.send_console(b"!")
+    assert metric(service, "vspc_vmotions_total", outcome="expired") == 1
+
+
+async def test_notnow_when_pending_and_at_the_concurrent_limit(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    service = await start_vspc(tmp_path, nursery, max_concurrent=1)
+    rng = random.Random(17)
+    vm_a, vm_b = SimVM.random(rng), SimVM.random(rng)
+    with trio.fail_after(15):
+        a = await open_vm(service, nursery, vm_a)
+        b = await open_vm(service, nursery, vm_b)
+        seq_a = random_seq(rng, with_ff=True)
+        secret_a = await a.vmotion_begin(seq_a)
+        again = random_seq(rng, with_ff=True)
+        with pytest.raises(VMotionNotNow):
+            await a.vmotion_begin(again)  # one already pending on this port
+        assert a.ext_received(tw.VMOTION_NOTNOW) == [again]
+        seq_b = random_seq(rng, with_ff=True)
+        with pytest.raises(VMotionNotNow):
+            await b.vmotion_begin(seq_b)  # max_concurrent = 1 reached
+        assert b.ext_received(tw.VMOTION_NOTNOW) == [seq_b]
+        dest_a = await open_vm(service, nursery, vm_a, do_proxy=False)
+        await dest_a.vmotion_peer(seq_a, secret_a)
+        await dest_a.vmotion_complete(seq_a)
+        await a.aclose()
+        m = await migrate(b, HOST, service.esx_port or 0, nursery=nursery, rng=rng)
+        await m.dest.send_console(b"b-moved")
+        await dest_a.send_console(b"a-moved")
+        viewer_a = await attach_console(service, vm_a.canonical_uuid, "ro")
+        viewer_b = await attach_console(service, vm_b.canonical_uuid, "ro")
+        assert await read_exactly(viewer_a, 7) == b"a-moved"
+        assert await read_exactly(viewer_b, 7) == b"b-moved"
+    assert metric(service, "vspc_vmotions_total", outcome="notnow") == 2
+    assert metric(service, "vspc_vmotions_total", outcome="complete") == 2
+    assert not a.violations and not b.violations
+
+
+async def test_begin_answered_while_a_client_stopped_reading(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A console client that stops reading costs the VM nothing: BEGIN is answered
+    (long before ESX's 5 s), a reading client gets every byte, the stalled one is dropped."""
+    service = await start_vspc(tmp_path, nursery, console={"client_queue_bytes": 192 * 1024})
+    rng = random.Random(18)
+    vm = SimVM.random(rng)
+    key = key_of(vm)
+    payload = random.Random(19).randbytes(2 << 20)
+    got = bytearray()
+    with trio.fail_after(15):
+        src = await open_vm(service, nursery, vm)
+        await src.send_console(b"<")
+        await wait_until(lambda: service.consoles.get(key) is not None)
+        stalled = await attach_console(service, vm.canonical_uuid, "rw")  # never read
+        reader = await attach_console(service, vm.canonical_uuid, "ro")
+        done = trio.Event()
+        progress = trio.Event()
+
+        async def read_all() -> None:
+            nonlocal progress
+            while len(got) < 1 + len(payload) + 1:
+                chunk = await reader.receive_some(65536)
+                assert chunk, bytes(got[-100:])
+                got.extend(chunk)
+                progress.set()
+                progress = trio.Event()
+            done.set()
+
+        nursery.start_soon(read_all)
+        step = 128 * 1024
+        for k in range(0, len(payload), step):  # paced by the reading client only
+            await src.send_console(payload[k : k + step])
+            while len(got) < 1 + k:
+                await progress.wait()
+        seq = random_seq(rng, with_ff=True)
+        secret = await src.vmotion_begin(seq)  # the simulator gives up after 5 s
+        assert secret
+        assert src.stats.begin_latencies[0] < 5.0
+        dest = await open_vm(service, nursery, vm, do_proxy=False)
+        await dest.vmotion_peer(seq, secret)
+        await dest.vmotion_complete(seq)
+        await src.aclose()
+        await dest.send_console(b">")
+        await done.wait()
+    assert bytes(got) == b"<" + payload + b">"
+    assert metric(service, "vspc_vmotion_begin_to_goahead_seconds_count") == 1
+    assert metric(service, "vspc_slow_clients_dropped_total") == 1
+    del stalled
+
+
+async def test_begin_answered_while_the_disk_is_stalled(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """The port's log file is a FIFO nobody reads: the log writer's thread blocks
+    in open(), the console stops taking bytes; the ESX reader goes on, BEGIN is
+    answered, and once the 'disk' moves every byte lands once, in order."""
+    service = await start_vspc(tmp_path, nursery, console={"log_queue_bytes": 4096, "ring_bytes": 128 * 1024})
+    rng = random.Random(20)
+    vm = SimVM.random(rng)
+    key = key_of(vm)
+    log_dir = service.config.console.log_dir
+    assert log_dir is not None
+    log_dir.mkdir(parents=True, exist_ok=True)
+    fifo = log_dir / f"{file_stem(key)}.log"
+    os.mkfifo(fifo)
+    payload = random.Random(21).randbytes(64 * 1024)
+    fd = -1
+    try:
+        with trio.fail_after(15):
+            src = await open_vm(service, nursery, vm)
+            await src.send_console(payload)
+            seq = random_seq(rng, with_ff=True)
+            secret = await src.vmotion_begin(seq)  # the disk has not moved yet
+            assert secret
+            assert fd == -1
+            dest = await open_vm(service, nursery, vm, do_proxy=False)
+            await dest.vmotion_peer(seq, secret)
+            await dest.vmotion_complete(seq)
+            await src.aclose()
+            await dest.send_console(b"after")
+            # now let the disk move
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            logged = bytearray()
+            pipe = trio.lowlevel.FdStream(os.dup(fd))
+            want = payload + b"after"
+            while len(logged) < len(want):
+                logged += await pipe.receive_some(65536)
+            assert bytes(logged) == want
+            viewer = await attach_console(service, vm.canonical_uuid, "ro", replay=len(want))
+            assert await read_exactly(viewer, len(want)) == want
+            await pipe.aclose()
+    finally:
+        if fd == -1:  # never leave the writer thread blocked in open()
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        os.close(fd)
+    assert metric(service, "vspc_vmotion_begin_to_goahead_seconds_count") == 1
+    assert not src.violations
+
+
+async def test_attached_clients_survive_vmotions(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """The same attach streams keep receiving (and typing) across two vMotions."""
+    service = await start_vspc(tmp_path, nursery)
+    rng = random.Random(22)
+    vm = SimVM.random(rng)
+    key = key_of(vm, "ttyS1")
+    with trio.fail_after(15):
+        host = await open_vm(service, nursery, vm, label="ttyS1")
+        await host.send_console(b"0")
+        await wait_until(lambda: service.consoles.get(key) is not None)
+        viewer = await attach_console(service, vm.canonical_uuid, "ro", label="ttyS1")
+        typist = await attach_console(service, vm.canonical_uuid, "exclusive", label="ttyS1")
+        assert await read_exactly(viewer, 1) == b"0"
+        await read_exactly(typist, 1)
+        console = service.consoles.get(key)
+        assert console is not None and len(console.clients) == 2
+        for hop in range(1, 3):
+            m = await migrate(host, HOST, service.esx_port or 0, nursery=nursery, rng=rng,
+                              dest_do_proxy=hop == 2)
+            host = m.dest
+            await host.send_console(str(hop).encode())
+            assert await read_exactly(viewer, 1) == str(hop).encode()
+            assert await read_exactly(typist, 1) == str(hop).encode()
+            await typist.send_all(b"k%d" % hop)
+            assert await host.receive_console_exactly(2) == b"k%d" % hop
+            assert len(console.clients) == 2
+            assert console.connected
+    kinds = [e["event"] for e in await events_of(service, key)]
+    assert kinds.count("vmotion_begin") == 2 and kinds.count("vmotion_complete") == 2
+    assert "client_detach" not in kinds
