@@ -72,16 +72,22 @@ class PipePool:
         self.in_use += 1
         return pipe
 
-    def release(self, pipe: Pipe) -> None:
-        """Give back a pipe; one that still holds data (or a full pool) closes it."""
+    def release(self, pipe: Pipe, *, empty: bool = False) -> None:
+        """Give back a pipe; one that still holds data (or a full pool) closes it.
+
+        ``empty=True``: the caller knows the pipe is empty (skips a FIONREAD).
+        """
         self.in_use -= 1
         if self.closed or len(self._idle) >= self.max_idle or pipe.r < 0:
             pipe.close()
             return
-        try:
-            clean = pipe.pending() == 0
-        except OSError:
-            clean = False
+        if empty:
+            clean = True
+        else:
+            try:
+                clean = pipe.pending() == 0
+            except OSError:
+                clean = False
         if clean:
             self._idle.append(pipe)
         else:

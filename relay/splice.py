@@ -20,6 +20,9 @@ from relay.pipepool import Pipe, PipePool
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 # Yield to other tasks after this many bytes moved without blocking.
 YIELD_EVERY = 4 << 20
+# A read smaller than this means the source is (almost surely) empty: interactive
+# traffic goes straight back to waiting instead of paying for an EAGAIN first.
+SMALL_READ = 16 << 10
 
 _SPLICE_FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
 if hasattr(socket, "AF_VSOCK"):
@@ -101,20 +104,24 @@ async def splice_direction(
     SpliceUnsupported (before the first byte, or with the bytes already read),
     WriteStalled, or trio.BrokenResourceError for a reset or closed peer.
     """
+    splice = os.splice
+    flags = SPLICE_FLAGS
     pipe: Pipe | None = None
     in_pipe = 0
     eof = False
     started = False
     since_yield = 0
+    drained = False  # a small read just emptied the source: wait instead of retrying
     try:
         while True:
             progressed = False
-            if not eof:
+            if not eof and not drained:
                 if pipe is None:
                     pipe = pool.acquire()
-                if in_pipe < pipe.size:
+                room = pipe.size - in_pipe
+                if room > 0:
                     try:
-                        n = os.splice(src_fd, pipe.w, pipe.size - in_pipe, flags=SPLICE_FLAGS)
+                        n = splice(src_fd, pipe.w, room, None, None, flags)
                     except BlockingIOError:
                         pass  # source empty, or pipe out of slots: drain first
                     except OSError as exc:
@@ -125,18 +132,19 @@ async def splice_direction(
                         else:
                             raise trio.BrokenResourceError(f"read failed: {exc}") from exc
                     else:
-                        if n == 0:
-                            eof = True
-                        else:
+                        if n:
                             in_pipe += n
                             progressed = True
+                            drained = n < SMALL_READ
                             if not started:
                                 started = True
                                 on_started()
+                        else:
+                            eof = True
             if in_pipe:
                 assert pipe is not None
                 try:
-                    m = os.splice(pipe.r, dst_fd, in_pipe, flags=SPLICE_FLAGS)
+                    m = splice(pipe.r, dst_fd, in_pipe, None, None, flags)
                 except BlockingIOError:
                     pass
                 except OSError as exc:
@@ -150,14 +158,15 @@ async def splice_direction(
                     progressed = True
                     since_yield += m
                     on_moved(m)
-            if eof and not in_pipe:
-                return
             if progressed:
                 if since_yield >= YIELD_EVERY:
                     since_yield = 0
                     await trio.lowlevel.checkpoint()
                 continue
+            if eof and not in_pipe:
+                return
             since_yield = 0
+            drained = False
             if in_pipe:
                 if stall_timeout is None:
                     await trio.lowlevel.wait_writable(dst_fd)
@@ -169,7 +178,7 @@ async def splice_direction(
             else:
                 # Idle: hand the (empty) pipe back before waiting.
                 if pipe is not None:
-                    pool.release(pipe)
+                    pool.release(pipe, empty=True)
                     pipe = None
                 await trio.lowlevel.wait_readable(src_fd)
     finally:
@@ -177,4 +186,4 @@ async def splice_direction(
             if in_pipe:
                 pool.discard(pipe)
             else:
-                pool.release(pipe)
+                pool.release(pipe, empty=True)

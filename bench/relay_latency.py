@@ -1,0 +1,247 @@
+"""64-byte ping-pong through one relay hop: added latency of the pump vs socat.
+
+    client (this process) -> relay -> echo server (own process) -> relay -> client
+
+Contenders, each in its own process: our pump (bench/_pump_server.py; also
+forced onto its copy path, for information), socat
+(``-b 262144``, ``nodelay`` on its TCP sockets) and a direct connection. Each
+repetition measures every contender back to back; the *added* latency of a
+relay is its p50 (p99) minus the direct p50 (p99) of the same repetition.
+
+Target (issue 3): pump added p50 <= 1.2x socat added p50.
+Writes relay_latency.json and .png under bench/results (or $VIC_BENCH_RESULTS).
+``--smoke``: 300 round trips, two repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _relay_benchlib import (
+    Relay,
+    connect,
+    environment,
+    listen_socket,
+    median,
+    percentile,
+    relay_listen_addr,
+    results_dir,
+    start_pump,
+    start_socat,
+    write_json,
+)
+
+MSG = 64
+CONTENDERS = ("direct", "socat", "pump", "pump-copy")
+
+
+def serve_echo(kind: str, tmpdir: str) -> None:
+    """Echo server process: prints READY <addr>, echoes connections one at a time."""
+    sock, addr = listen_socket(kind, Path(tmpdir), "echo.sock")
+    print(f"READY {addr}", flush=True)
+    while True:
+        conn, _ = sock.accept()
+        if kind == "tcp":
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                conn.sendall(data)
+
+
+def start_echo(kind: str, tmpdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-echo", kind, "--tmpdir", str(tmpdir)],
+        stdout=subprocess.PIPE,
+        bufsize=0,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    if not line.startswith("READY "):
+        raise RuntimeError(f"echo server said {line!r}")
+    return proc, line.split()[1]
+
+
+def ping_pong(addr: str, n: int, warmup: int) -> list[float]:
+    """Round-trip times in microseconds, sorted."""
+    msg = bytes(range(MSG))
+    buf = bytearray(MSG)
+    view = memoryview(buf)
+    out: list[float] = []
+    with connect(addr) as s:
+        for i in range(warmup + n):
+            t0 = time.perf_counter_ns()
+            s.sendall(msg)
+            got = 0
+            while got < MSG:
+                k = s.recv_into(view[got:])
+                if not k:
+                    raise RuntimeError("echo closed")
+                got += k
+            t1 = time.perf_counter_ns()
+            if i >= warmup:
+                out.append((t1 - t0) / 1000)
+        if buf != msg:
+            raise RuntimeError("echo corrupted the message")
+    out.sort()
+    return out
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = list(summary)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4.5), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        s = summary[kind]
+        xs = range(len(CONTENDERS))  # bars: p50 and p99 per contender
+        ax.bar([x - 0.2 for x in xs], [s[c]["p50_us"] for c in CONTENDERS], 0.4, label="p50")
+        ax.bar([x + 0.2 for x in xs], [s[c]["p99_us"] for c in CONTENDERS], 0.4, label="p99")
+        ax.set_xticks(list(xs), CONTENDERS)
+        ax.set_ylabel("round trip (us, median over reps)")
+        ax.set_title(
+            f"{kind}: added p50 pump {s['pump']['added_p50_us']:.1f} us,"
+            f" socat {s['socat']['added_p50_us']:.1f} us"
+        )
+        ax.legend()
+    fig.suptitle("64-byte ping-pong through one relay hop")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--count", type=int, default=5000, help="round trips per measurement")
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--kinds", default="tcp,unix")
+    p.add_argument("--smoke", action="store_true", help="tiny run for the test suite")
+    p.add_argument("--serve-echo", help=argparse.SUPPRESS)
+    p.add_argument("--tmpdir", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve_echo:
+        serve_echo(args.serve_echo, args.tmpdir)
+        return 0
+    if args.smoke:
+        args.count, args.warmup, args.reps = 300, 50, 2
+    kinds = args.kinds.split(",")
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {
+        k: {c: [] for c in CONTENDERS} for k in kinds
+    }
+    with tempfile.TemporaryDirectory(prefix="vic-bench-") as tmp:
+        for kind in kinds:
+            echo, echo_addr = start_echo(kind, Path(tmp))
+            try:
+                for rep in range(args.reps):
+                    k = rep % len(CONTENDERS)
+                    order = CONTENDERS[k:] + CONTENDERS[:k]
+                    for c in order:
+                        relay: Relay | None = None
+                        try:
+                            if c == "direct":
+                                addr = echo_addr
+                            else:
+                                listen = relay_listen_addr(kind, Path(tmp), "relay.sock")
+                                relay = (
+                                    start_socat(listen, echo_addr, nodelay=True)
+                                    if c == "socat"
+                                    else start_pump(listen, echo_addr, copy=c == "pump-copy")
+                                )
+                                addr = relay.listen
+                            rtts = ping_pong(addr, args.count, args.warmup)
+                            if relay is not None:
+                                relay.finish()
+                        finally:
+                            if relay is not None:
+                                relay.kill()
+                        r = {
+                            "p50_us": percentile(rtts, 0.50),
+                            "p99_us": percentile(rtts, 0.99),
+                            "mean_us": sum(rtts) / len(rtts),
+                        }
+                        runs[kind][c].append(r)
+                        print(
+                            f"rep {rep} {kind:4} {c:6} p50 {r['p50_us']:8.1f} us"
+                            f"  p99 {r['p99_us']:8.1f} us",
+                            flush=True,
+                        )
+            finally:
+                echo.kill()
+                echo.wait()
+    summary: dict[str, Any] = {}
+    for kind in kinds:
+        s: dict[str, Any] = {}
+        direct = runs[kind]["direct"]
+        for c in CONTENDERS:
+            rs = runs[kind][c]
+            s[c] = {
+                "p50_us": median([r["p50_us"] for r in rs]),
+                "p99_us": median([r["p99_us"] for r in rs]),
+                "added_p50_us": median(
+                    [r["p50_us"] - d["p50_us"] for r, d in zip(rs, direct)]
+                ),
+                "added_p99_us": median(
+                    [r["p99_us"] - d["p99_us"] for r, d in zip(rs, direct)]
+                ),
+            }
+        socat_added = s["socat"]["added_p50_us"]
+        s["ratios"] = {
+            "pump_vs_socat_added_p50": s["pump"]["added_p50_us"] / socat_added
+            if socat_added > 0
+            else float("nan"),
+            "pump_vs_socat_added_p99": s["pump"]["added_p99_us"] / s["socat"]["added_p99_us"]
+            if s["socat"]["added_p99_us"] > 0
+            else float("nan"),
+            "pump_vs_socat_p50": s["pump"]["p50_us"] / s["socat"]["p50_us"],
+            "pump_copy_vs_socat_added_p50": s["pump-copy"]["added_p50_us"] / socat_added
+            if socat_added > 0
+            else float("nan"),
+        }
+        s["targets"] = {"added_p50_ratio<=1.2": s["ratios"]["pump_vs_socat_added_p50"] <= 1.2}
+        summary[kind] = s
+    print()
+    print(f"medians over {args.reps} repetitions of {args.count} round trips of {MSG} bytes")
+    for kind, s in summary.items():
+        print(f"[{kind}]")
+        for c in CONTENDERS:
+            print(
+                f"  {c:6} p50 {s[c]['p50_us']:8.1f} us  p99 {s[c]['p99_us']:8.1f} us"
+                f"   added p50 {s[c]['added_p50_us']:7.1f} us  added p99 {s[c]['added_p99_us']:7.1f} us"
+            )
+        for name, v in s["ratios"].items():
+            print(f"  {name:28} {v:5.2f}")
+        for name, ok in s["targets"].items():
+            print(f"  target {name:25} {'met' if ok else 'NOT met'}")
+    data = {
+        "bench": "relay_latency",
+        "message_bytes": MSG,
+        "count": args.count,
+        "reps": args.reps,
+        "smoke": args.smoke,
+        "environment": environment(),
+        "summary": summary,
+        "runs": runs,
+    }
+    path = write_json("relay_latency", data)
+    plot(summary, results_dir() / "relay_latency.png")
+    print(f"wrote {path} and relay_latency.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""One-hop bulk throughput through the relay pump, side by side with socat and direct.
+
+    sender (this process) -> relay -> sink (this process)
+
+for TCP->TCP and Unix->Unix. Relays compared, each in its own process serving one
+connection: our pump (bench/_pump_server.py: splice fast path), our pump forced
+onto its copy path, ``socat -b 262144``, and a direct connection (no relay).
+Throughput is bytes / (connect .. sink sees EOF); relay CPU is utime+stime of the
+relay process from the moment it listens to its exit, reported per GiB.
+
+Targets (issue 3): pump >= 1.3x socat throughput; pump CPU/GiB <= 0.6x socat's.
+Writes relay_throughput.json and .png under bench/results (or $VIC_BENCH_RESULTS).
+``--smoke``: 8 MiB, two repetitions (< 20 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _relay_benchlib import (
+    Relay,
+    connect,
+    environment,
+    listen_socket,
+    median,
+    relay_listen_addr,
+    results_dir,
+    start_pump,
+    start_socat,
+    write_json,
+)
+
+GIB = 1 << 30
+CHUNK = 1 << 20
+CONTENDERS = ("direct", "socat", "pump", "pump-copy")
+
+
+class Sink(threading.Thread):
+    """Accepts one connection and reads it to EOF; closes only when released.
+
+    Holding the connection open after EOF keeps the relay process alive until
+    its CPU time has been read.
+    """
+
+    def __init__(self, kind: str, tmpdir: Path) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.addr = listen_socket(kind, tmpdir, "sink.sock")
+        self.received = 0
+        self.t_end = 0.0
+        self.got_eof = threading.Event()
+        self.release = threading.Event()
+
+    def run(self) -> None:
+        conn, _ = self.sock.accept()
+        buf = memoryview(bytearray(CHUNK))
+        with conn:
+            while True:
+                n = conn.recv_into(buf)
+                if not n:
+                    break
+                self.received += n
+            self.t_end = time.perf_counter()
+            self.got_eof.set()
+            self.release.wait(60)
+        self.sock.close()
+
+
+def one_transfer(kind: str, contender: str, size: int, tmpdir: Path) -> dict[str, Any]:
+    sink = Sink(kind, tmpdir)
+    sink.start()
+    relay: Relay | None = None
+    cpu: float | None = None
+    try:
+        if contender == "direct":
+            target = sink.addr
+        else:
+            listen = relay_listen_addr(kind, tmpdir, "relay.sock")
+            if contender == "socat":
+                relay = start_socat(listen, sink.addr)
+            else:
+                relay = start_pump(listen, sink.addr, copy=contender == "pump-copy")
+            target = relay.listen
+            relay.mark()
+        data = memoryview(bytes(range(256)) * (CHUNK // 256))
+        t0 = time.perf_counter()
+        s = connect(target)
+        sent = 0
+        while sent < size:
+            n = min(CHUNK, size - sent)
+            s.sendall(data[:n])
+            sent += n
+        s.shutdown(socket.SHUT_WR)
+        if not sink.got_eof.wait(600):
+            raise TimeoutError(f"{contender}/{kind}: sink saw no EOF")
+        elapsed = sink.t_end - t0
+        if relay is not None:
+            cpu = relay.cpu_since_mark()
+        sink.release.set()
+        s.close()
+        sink.join(timeout=60)
+        if sink.received != size:
+            raise RuntimeError(f"{contender}/{kind}: sink got {sink.received} of {size} bytes")
+        if relay is not None:
+            relay.finish()
+    finally:
+        sink.release.set()
+        if relay is not None:
+            relay.kill()
+    return {
+        "seconds": elapsed,
+        "gib_per_s": size / GIB / elapsed,
+        "cpu_seconds": cpu,
+        "cpu_s_per_gib": (cpu / (size / GIB)) if cpu is not None else None,
+    }
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = list(summary)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    width = 0.2
+    for i, c in enumerate(CONTENDERS):
+        xs = [k + i * width for k in range(len(kinds))]
+        ax1.bar(xs, [summary[k][c]["gib_per_s"] for k in kinds], width, label=c)
+        if c != "direct":
+            ax2.bar(xs, [summary[k][c]["cpu_s_per_gib"] for k in kinds], width, label=c)
+    for ax, title in ((ax1, "throughput (GiB/s, median)"), (ax2, "relay CPU s per GiB (median)")):
+        ax.set_xticks([k + 1.5 * width for k in range(len(kinds))], kinds)
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle("one-hop relay bulk throughput: pump vs socat -b 262144 vs direct")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=GIB, help="bytes per transfer (default 1 GiB)")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--kinds", default="tcp,unix")
+    p.add_argument("--smoke", action="store_true", help="tiny run for the test suite")
+    args = p.parse_args()
+    if args.smoke:
+        args.size, args.reps = 8 << 20, 2
+    kinds = args.kinds.split(",")
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        k: {c: [] for c in CONTENDERS} for k in kinds
+    }
+    with tempfile.TemporaryDirectory(prefix="vic-bench-") as tmp:
+        for rep in range(args.reps):
+            for kind in kinds:
+                order = CONTENDERS[rep % len(CONTENDERS) :] + CONTENDERS[: rep % len(CONTENDERS)]
+                for c in order:
+                    r = one_transfer(kind, c, args.size, Path(tmp))
+                    runs[kind][c].append(r)
+                    print(
+                        f"rep {rep} {kind:4} {c:9} {r['gib_per_s']:6.2f} GiB/s"
+                        + (f"  cpu {r['cpu_s_per_gib']:.3f} s/GiB" if r["cpu_seconds"] is not None else ""),
+                        flush=True,
+                    )
+    summary: dict[str, Any] = {}
+    for kind in kinds:
+        s: dict[str, Any] = {}
+        for c in CONTENDERS:
+            rs = runs[kind][c]
+            s[c] = {
+                "gib_per_s": median([r["gib_per_s"] for r in rs]),
+                "cpu_s_per_gib": median([r["cpu_s_per_gib"] for r in rs])
+                if c != "direct"
+                else None,
+            }
+        s["ratios"] = {
+            "pump_vs_socat_throughput": s["pump"]["gib_per_s"] / s["socat"]["gib_per_s"],
+            "pump_vs_direct_throughput": s["pump"]["gib_per_s"] / s["direct"]["gib_per_s"],
+            "pump_vs_socat_cpu_per_gib": s["pump"]["cpu_s_per_gib"] / s["socat"]["cpu_s_per_gib"],
+            "pump_copy_vs_socat_throughput": s["pump-copy"]["gib_per_s"] / s["socat"]["gib_per_s"],
+            "pump_copy_vs_socat_cpu_per_gib": s["pump-copy"]["cpu_s_per_gib"]
+            / s["socat"]["cpu_s_per_gib"],
+        }
+        s["targets"] = {
+            "throughput_ratio>=1.3": s["ratios"]["pump_vs_socat_throughput"] >= 1.3,
+            "cpu_ratio<=0.6": s["ratios"]["pump_vs_socat_cpu_per_gib"] <= 0.6,
+        }
+        summary[kind] = s
+    print()
+    print(f"medians over {args.reps} repetitions, {args.size / GIB:.3f} GiB per transfer")
+    for kind, s in summary.items():
+        print(f"[{kind}]")
+        for c in CONTENDERS:
+            cpu = s[c]["cpu_s_per_gib"]
+            print(
+                f"  {c:9} {s[c]['gib_per_s']:6.2f} GiB/s"
+                + (f"   relay CPU {cpu:.3f} s/GiB" if cpu is not None else "")
+            )
+        for name, v in s["ratios"].items():
+            print(f"  {name:32} {v:5.2f}")
+        for name, ok in s["targets"].items():
+            print(f"  target {name:25} {'met' if ok else 'NOT met'}")
+    data = {
+        "bench": "relay_throughput",
+        "size_bytes": args.size,
+        "reps": args.reps,
+        "smoke": args.smoke,
+        "environment": environment(),
+        "summary": summary,
+        "runs": runs,
+    }
+    path = write_json("relay_throughput", data)
+    plot(summary, results_dir() / "relay_throughput.png")
+    print(f"wrote {path} and relay_throughput.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
