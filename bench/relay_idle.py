@@ -1,0 +1,446 @@
+"""Idle relayed streams: memory per stream in one relay process.
+
+N client connections (this process) -> one `vic relay` process -> a sink process
+that accepts and holds every stream. Each stream carries a few bytes once, then
+idles. Memory of the relay is sampled at several stream counts; the figure is the
+slope (bytes per extra stream) and (RSS(N) - RSS(0)) / N.
+
+Compared in the same run with
+* socat: one process per stream (``TCP-LISTEN,fork``); a few hundred streams are
+  measured (RSS and PSS of the per-stream children) and extrapolated to N;
+* direct: clients connect straight to the sink; no user-space relay at all (0 B),
+  timed to show what the relay adds to setting streams up.
+
+Writes bench/results/relay_idle.json and .png (or $VIC_BENCH_RESULTS).
+``--smoke``: 100 streams, 20 socat streams, one repetition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import selectors
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+KIB = 1024
+PAYLOAD = b"hello from the vm\n"
+
+
+def results_dir() -> Path:
+    d = Path(os.environ.get("VIC_BENCH_RESULTS", ROOT / "bench" / "results"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def raise_nofile(n: int = 20_000) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(n, hard)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+# --------------------------------------------------------------------- the sink
+
+
+def sink_main() -> None:
+    """Accept and hold connections; answer each stdin line with the count held."""
+    raise_nofile()
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(65535)
+    ls.setblocking(False)
+    print(ls.getsockname()[1], flush=True)
+    sel = selectors.DefaultSelector()
+    sel.register(ls, selectors.EVENT_READ)
+    sel.register(sys.stdin, selectors.EVENT_READ)
+    held: list[socket.socket] = []
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is ls:
+                while True:
+                    try:
+                        c, _ = ls.accept()
+                    except BlockingIOError:
+                        break
+                    held.append(c)
+            else:
+                line = sys.stdin.readline()
+                if not line:
+                    return
+                print(len(held), flush=True)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--role", "sink"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+
+    def count(self) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("n\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def wait_count(self, n: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while (got := self.count()) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sink holds {got} of {n} streams")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        stop(self.proc)
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def stop(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[Any], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def mem_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in KiB."""
+    rss = pss = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1])
+    except OSError:
+        pss = rss
+    return rss, pss
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                out.append(int(d))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def open_clients(port: int, n: int, into: list[socket.socket]) -> None:
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(PAYLOAD)
+        into.append(s)
+
+
+def close_all(socks: list[socket.socket]) -> None:
+    for s in socks:
+        s.close()
+    socks.clear()
+
+
+def settle(pid: int, tries: int = 20) -> tuple[int, int]:
+    """Memory once it stops moving (the relay finishes admitting streams)."""
+    last = mem_kib(pid)
+    for _ in range(tries):
+        time.sleep(0.15)
+        cur = mem_kib(pid)
+        if abs(cur[0] - last[0]) < 16:
+            return cur
+        last = cur
+    return last
+
+
+def slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares bytes per stream from (streams, KiB) points."""
+    xs = [p[0] for p in points]
+    ys = [p[1] * KIB for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0
+
+
+# --------------------------------------------------------------------- runs
+
+
+def run_relay(n: int, steps: list[int], tries: int) -> dict[str, Any]:
+    sink = Sink()
+    port = free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="relay-idle-"))
+    cfg = tmp / "relay.toml"
+    cfg.write_text(
+        f'host = "bench"\nlog-level = "warning"\n'
+        f'[egress.default]\nkind = "tcp"\nhost = "127.0.0.1"\nport = {sink.port}\n'
+        f"[limits]\nmax-streams = {n + 100}\nmax-streams-per-vm = {n + 100}\n"
+        f"accept-rate = 1000000.0\naccept-burst = {n + 100}\n"
+        f"[metrics]\nenabled = false\n[timeouts]\ndrain = 0.5\n"
+        f'[[tcp]]\nname = "idle"\nvm = "bench-vm"\nport = {port}\n'
+    )
+    vic = ROOT / ".venv" / "bin" / "vic"
+    cmd = [str(vic)] if vic.exists() else [sys.executable, "-m", "vic.cli"]
+    proc = subprocess.Popen([*cmd, "relay", "--config", str(cfg)], stderr=subprocess.DEVNULL)
+    clients: list[socket.socket] = []
+    try:
+        wait_listening(port, proc)
+        # Warm up (imports, first-use allocations), then measure from a clean slate.
+        open_clients(port, min(50, n), clients)
+        sink.wait_count(len(clients))
+        close_all(clients)
+        time.sleep(0.2 if n <= 100 else 1.0)
+        base_sink = sink.count()
+        points = [(0, float(settle(proc.pid, tries)[0]))]
+        pss_points = [(0, float(mem_kib(proc.pid)[1]))]
+        t0 = time.monotonic()
+        opening = 0.0
+        for target in steps:
+            open_clients(port, target - len(clients), clients)
+            sink.wait_count(base_sink + target)
+            opening += time.monotonic() - t0
+            rss, pss = settle(proc.pid, tries)
+            t0 = time.monotonic()
+            points.append((target, float(rss)))
+            pss_points.append((target, float(pss)))
+        alive = proc.poll() is None
+    finally:
+        close_all(clients)
+        stop(proc)
+        sink.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not alive:
+        raise RuntimeError("relay died during the run")
+    base = points[0][1]
+    return {
+        "streams": n,
+        "rss_kib": points,
+        "pss_kib": pss_points,
+        "per_stream_bytes_slope": slope(points),
+        "per_stream_bytes_total": (points[-1][1] - base) * KIB / n,
+        "open_seconds": opening,
+    }
+
+
+def run_socat(k: int) -> dict[str, Any]:
+    sink = Sink()
+    port = free_port()
+    proc = subprocess.Popen(
+        ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=4096",
+         f"TCP:127.0.0.1:{sink.port}"],
+        stderr=subprocess.DEVNULL,
+    )
+    clients: list[socket.socket] = []
+    try:
+        wait_listening(port, proc)
+        parent_rss, _parent_pss = mem_kib(proc.pid)
+        open_clients(port, k, clients)
+        sink.wait_count(k)  # (the probe's stream may add one; it ends at once)
+        time.sleep(0.5)
+        kids = children(proc.pid)
+        mems = [mem_kib(pid) for pid in kids]
+    finally:
+        close_all(clients)
+        stop(proc)
+        for pid in children(proc.pid):
+            try:
+                os.kill(pid, 15)
+            except OSError:
+                pass
+        sink.close()
+    rss = sum(m[0] for m in mems)
+    pss = sum(m[1] for m in mems)
+    return {
+        "streams": len(mems),
+        "processes": len(mems) + 1,
+        "parent_rss_kib": parent_rss,
+        "per_stream_rss_bytes": rss * KIB / max(1, len(mems)),
+        "per_stream_pss_bytes": pss * KIB / max(1, len(mems)),
+    }
+
+
+def run_direct(n: int) -> dict[str, Any]:
+    """No relay: the clients hold streams to the sink itself (user-space cost 0;
+    timed to show the set-up cost the relay adds)."""
+    sink = Sink()
+    clients: list[socket.socket] = []
+    try:
+        t0 = time.monotonic()
+        open_clients(sink.port, n, clients)
+        sink.wait_count(n)
+        secs = time.monotonic() - t0
+    finally:
+        close_all(clients)
+        sink.close()
+    return {"streams": n, "relay_bytes_per_stream": 0, "open_seconds": secs}
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, run in enumerate(result["relay_runs"]):
+        xs = [p[0] for p in run["rss_kib"]]
+        ys = [(p[1] - run["rss_kib"][0][1]) / 1024 for p in run["rss_kib"]]
+        ax1.plot(xs, ys, marker="o", label="vic relay" if i == 0 else None, color="C0")
+    socat_pb = result["socat"]["per_stream_rss_bytes_median"]
+    n = result["streams"]
+    ax1.plot([0, n], [0, socat_pb * n / 2**20], "--", color="C1", label="socat (extrapolated)")
+    ax1.set_xlabel("idle streams")
+    ax1.set_ylabel("added RSS (MiB)")
+    ax1.set_yscale("symlog")
+    ax1.legend()
+    ax1.set_title("memory of the relaying process(es)")
+    labels = ["vic relay", "socat (RSS)", "socat (PSS)", "direct"]
+    vals = [
+        result["relay"]["per_stream_bytes_median"] / KIB,
+        socat_pb / KIB,
+        result["socat"]["per_stream_pss_bytes_median"] / KIB,
+        0.0,
+    ]
+    ax2.bar(labels, vals, color=["C0", "C1", "C1", "C2"])
+    ax2.axhline(10, color="red", linestyle=":", label="target 10 KiB")
+    ax2.set_ylabel("KiB per idle stream (user space)")
+    ax2.set_yscale("symlog")
+    ax2.legend()
+    for i, v in enumerate(vals):
+        ax2.text(i, v, f"{v:.1f}", ha="center", va="bottom")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--role", default="bench", choices=["bench", "sink"])
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--streams", type=int, default=9000)
+    ap.add_argument("--socat-streams", type=int, default=300)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    if args.role == "sink":
+        sink_main()
+        return 0
+    raise_nofile()
+    n, k, reps = args.streams, args.socat_streams, args.reps
+    if args.smoke:
+        n, k, reps = 100, 20, 1
+    steps = [n] if args.smoke else sorted({max(1, n * i // 4) for i in range(1, 5)})
+    tries = 3 if args.smoke else 20
+    relay_runs = []
+    socat_runs = []
+    direct_runs = []
+    for r in range(reps):
+        relay_runs.append(run_relay(n, steps, tries))
+        print(f"rep {r + 1}: relay {relay_runs[-1]['per_stream_bytes_slope']:.0f} B/stream (slope), "
+              f"{relay_runs[-1]['per_stream_bytes_total']:.0f} B/stream (total)", flush=True)
+        if shutil.which("socat"):
+            socat_runs.append(run_socat(k))
+            print(f"rep {r + 1}: socat {socat_runs[-1]['per_stream_rss_bytes'] / KIB:.0f} KiB RSS, "
+                  f"{socat_runs[-1]['per_stream_pss_bytes'] / KIB:.0f} KiB PSS per stream", flush=True)
+        direct_runs.append(run_direct(n))
+    med = statistics.median
+    relay_pb = med(r["per_stream_bytes_slope"] for r in relay_runs)
+    result: dict[str, Any] = {
+        "bench": "relay_idle",
+        "smoke": args.smoke,
+        "streams": n,
+        "reps": reps,
+        "host": {"python": platform.python_version(), "kernel": platform.release(),
+                 "cpus": os.cpu_count()},
+        "relay_runs": relay_runs,
+        "relay": {
+            "per_stream_bytes_median": relay_pb,
+            "per_stream_bytes_total_median": med(r["per_stream_bytes_total"] for r in relay_runs),
+            "open_seconds_median": med(r["open_seconds"] for r in relay_runs),
+            "target_bytes": 10 * KIB,
+            "meets_target": relay_pb <= 10 * KIB,
+        },
+        "socat_runs": socat_runs,
+        "direct_runs": direct_runs,
+        "direct": {"relay_bytes_per_stream": 0,
+                   "open_seconds_median": med(r["open_seconds"] for r in direct_runs)},
+    }
+    if socat_runs:
+        s_rss = med(r["per_stream_rss_bytes"] for r in socat_runs)
+        s_pss = med(r["per_stream_pss_bytes"] for r in socat_runs)
+        result["socat"] = {
+            "measured_streams": k,
+            "per_stream_rss_bytes_median": s_rss,
+            "per_stream_pss_bytes_median": s_pss,
+            "extrapolated_rss_mib_at_n": s_rss * n / 2**20,
+            "extrapolated_pss_mib_at_n": s_pss * n / 2**20,
+            "ratio_rss_socat_over_relay": s_rss / relay_pb if relay_pb > 0 else None,
+            "ratio_pss_socat_over_relay": s_pss / relay_pb if relay_pb > 0 else None,
+        }
+    else:
+        result["socat"] = {"per_stream_rss_bytes_median": 0.0, "per_stream_pss_bytes_median": 0.0,
+                           "skipped": "socat not installed"}
+    out = results_dir()
+    name = "relay_idle_smoke" if args.smoke else "relay_idle"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    plot(result, out / f"{name}.png")
+    print(f"relay: {relay_pb:.0f} B/stream (median slope over {reps} runs, {n} streams); "
+          f"target <= {10 * KIB}: {'met' if result['relay']['meets_target'] else 'NOT met'}")
+    if socat_runs:
+        s = result["socat"]
+        print(f"socat: {s['per_stream_rss_bytes_median'] / KIB:.0f} KiB RSS / "
+              f"{s['per_stream_pss_bytes_median'] / KIB:.0f} KiB PSS per stream "
+              f"(x{s['ratio_rss_socat_over_relay']:.0f} / x{s['ratio_pss_socat_over_relay']:.0f} "
+              f"the relay); {n} streams would take {s['extrapolated_rss_mib_at_n']:.0f} MiB RSS")
+    print(f"direct: 0 B of user space per stream; opening {n} streams took "
+          f"{result['direct']['open_seconds_median']:.1f} s direct, "
+          f"{result['relay']['open_seconds_median']:.1f} s through the relay")
+    print(f"wrote {out / (name + '.json')} and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
