@@ -18,10 +18,12 @@ class TlsConfig:
     key: Path
     client_ca: Path | None = None
 
-    def validate(self) -> None:
-        require(self.cert.is_file(), "cert", f"no such file: {self.cert}")
-        require(self.key.is_file(), "key", f"no such file: {self.key}")
-        require(self.client_ca is None or self.client_ca.is_file(), "client-ca",
+    def check_files(self, prefix: str) -> None:
+        """Called by the owning table's ``validate`` (an optional table's own
+        errors would lose their key in vic.ops.config's union handling)."""
+        require(self.cert.is_file(), f"{prefix}.cert", f"no such file: {self.cert}")
+        require(self.key.is_file(), f"{prefix}.key", f"no such file: {self.key}")
+        require(self.client_ca is None or self.client_ca.is_file(), f"{prefix}.client-ca",
                 f"no such file: {self.client_ca}")
 
 
@@ -35,6 +37,8 @@ class ListenConfig:
 
     def validate(self) -> None:
         require(0 <= self.port <= 65535, "port", "must be 0..65535")
+        if self.tls is not None:
+            self.tls.check_files("tls")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,12 @@ class EndpointConfig:
     tls: TlsConfig | None = None
     header_timeout: float = 10.0
 
+    def validate(self) -> None:
+        require(0 <= self.port <= 65535, "port", "must be 0..65535")
+        require(self.header_timeout > 0, "header-timeout", "must be positive")
+        if self.tls is not None:
+            self.tls.check_files("tls")
+
 
 @dataclass(frozen=True)
 class VMotionConfig:
@@ -57,9 +67,9 @@ class VMotionConfig:
 
     def validate(self) -> None:
         require(self.timeout > 0, "timeout", "must be positive")
-        require(self.max_concurrent >= 1, "max_concurrent", "must be at least 1")
-        require(self.buffer_bytes >= 1024, "buffer_bytes", "must be at least 1024")
-        require(4 <= self.secret_bytes <= 64, "secret_bytes", "must be 4..64")
+        require(self.max_concurrent >= 1, "max-concurrent", "must be at least 1")
+        require(self.buffer_bytes >= 1024, "buffer-bytes", "must be at least 1024")
+        require(4 <= self.secret_bytes <= 64, "secret-bytes", "must be 4..64")
 
 
 @dataclass(frozen=True)

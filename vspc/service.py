@@ -109,19 +109,32 @@ class VspcService:
 
     # -- lifecycle ---------------------------------------------------------------
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Open every listener (a failure raises ConfigError naming the key, before
+        anything is logged), then serve until cancelled or drained."""
         async with trio.open_nursery() as nursery:
             self._tasks = nursery
-            await nursery.start(self.consoles.run)
-            nursery.start_soon(self._expiry_loop)
-            if self.config.metrics.enabled:
-                self._metrics_server = await self._start_metrics(self.config.metrics)
             async with trio.open_nursery() as handlers:
                 self._handlers = handlers
-                self._listener = await self._start_listening(self.config.listen)
+                self._listener = await self._start_listening(self.config.listen, quiet=True)
+                if self.config.metrics.enabled:
+                    self._metrics_server = await self._start_metrics(self.config.metrics,
+                                                                     quiet=True)
+                await nursery.start(self.consoles.run)
+                nursery.start_soon(self._expiry_loop)
+                self._log_listening(self.config.listen)
+                if self._metrics_server is not None:
+                    self._log_metrics(self.config.metrics)
                 task_status.started(self)
             nursery.cancel_scope.cancel()
 
-    async def _start_listening(self, lc: ListenConfig) -> _Server:
+    def _log_listening(self, lc: ListenConfig) -> None:
+        log.info("vSPC listening on %s:%s%s", lc.host, self.esx_port,
+                 " (TLS)" if lc.tls is not None else "")
+
+    def _log_metrics(self, mc: MetricsConfig) -> None:
+        log.info("metrics on http://%s:%s/metrics", mc.host, self.metrics_port)
+
+    async def _start_listening(self, lc: ListenConfig, *, quiet: bool = False) -> _Server:
         """Open the ESX listeners (raises ConfigError naming the key if impossible)."""
         assert self._handlers is not None
         try:
@@ -140,8 +153,8 @@ class VspcService:
         self.esx_port = tcp[0].socket.getsockname()[1]
         server = _Server(trio.CancelScope(), trio.Event())
         self._handlers.start_soon(self._serve, listeners, server)
-        log.info("vSPC listening on %s:%s%s", lc.host, self.esx_port,
-                 " (TLS)" if lc.tls is not None else "")
+        if not quiet:
+            self._log_listening(lc)
         return server
 
     async def _serve(self, listeners: list[trio.abc.Listener[Any]], server: _Server) -> None:
@@ -161,7 +174,7 @@ class VspcService:
             server.scope.cancel()
             await server.done.wait()
 
-    async def _start_metrics(self, mc: MetricsConfig) -> _Server:
+    async def _start_metrics(self, mc: MetricsConfig, *, quiet: bool = False) -> _Server:
         assert self._tasks is not None
         server = _Server(trio.CancelScope(), trio.Event())
 
@@ -177,7 +190,8 @@ class VspcService:
             self.metrics_port = await self._tasks.start(serve)
         except OSError as e:
             raise ConfigError("metrics.port", f"cannot listen on {mc.host}:{mc.port}: {e}") from None
-        log.info("metrics on http://%s:%s/metrics", mc.host, self.metrics_port)
+        if not quiet:
+            self._log_metrics(mc)
         return server
 
     async def _accepted(self, stream: trio.abc.Stream) -> None:
