@@ -15,8 +15,11 @@ plus a ``drain()`` that waits until written bytes have left the guest).
 
 from __future__ import annotations
 
+import fcntl
 import os
+import select
 import socket
+import struct
 import termios
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,28 +36,59 @@ class Channel:
         """Wait until bytes already sent have left this side."""
         return None
 
+    def unsent(self) -> int | None:
+        """Bytes written but not yet taken by the peer, if the kernel can say
+        (``SIOCOUTQ``; for AF_UNIX an over-estimate). None when unknown."""
+        if isinstance(self.stream, trio.SocketStream):
+            fd = self.stream.socket.fileno()
+            n = _outq(fd)
+            # once the peer has closed, its unread bytes are gone and the count reads
+            # 0: only a count taken while the peer was still there means anything
+            return None if _hung_up(fd) else n
+        return None
+
     async def aclose(self) -> None:
         await self.stream.aclose()
 
 
 class SerialChannel(Channel):
-    def __init__(self, stream: trio.lowlevel.FdStream, fd: int, port: Any, name: str) -> None:
+    """``drain_fd`` is a second, blocking descriptor of the same device for tcdrain
+    (the stream's descriptor is non-blocking, and tcdrain would not wait on it)."""
+
+    def __init__(self, stream: trio.lowlevel.FdStream, drain_fd: int, port: Any, name: str) -> None:
         super().__init__(stream, name)
-        self.fd = fd
+        self.drain_fd = drain_fd
         self.port = port
 
     async def drain(self) -> None:
         try:
-            await trio.to_thread.run_sync(termios.tcdrain, self.fd, abandon_on_cancel=True)
-        except termios.error:
+            await trio.to_thread.run_sync(termios.tcdrain, self.drain_fd, abandon_on_cancel=True)
+        except (termios.error, OSError):
             pass
+
+    def unsent(self) -> int | None:
+        return _outq(self.drain_fd)
 
     async def aclose(self) -> None:
         await self.stream.aclose()
-        try:
-            self.port.close()
-        except OSError:
-            pass
+        for close in (lambda: os.close(self.drain_fd), self.port.close):
+            try:
+                close()
+            except OSError:
+                pass
+
+
+def _outq(fd: int) -> int | None:
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+    except OSError:
+        return None
+
+
+def _hung_up(fd: int) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0x2000))
+    return bool(p.poll(0))
 
 
 Connector = Callable[[], Awaitable[Channel]]
@@ -80,9 +114,15 @@ def serial_connector(path: str, baud: int = 115200) -> Connector:
             port = await trio.to_thread.run_sync(open_port)
         except serial.SerialException as e:
             raise OSError(f"serial {path}: {e}") from e
+        # pyserial leaves VMIN=0/VTIME=0 for timeout=0, where an idle read looks
+        # like EOF: block for at least one byte instead (the fd is non-blocking)
+        attrs = termios.tcgetattr(port.fileno())
+        attrs[6][termios.VMIN] = 1
+        attrs[6][termios.VTIME] = 0
+        termios.tcsetattr(port.fileno(), termios.TCSANOW, attrs)
+        drain_fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
         fd = os.dup(port.fileno())
-        os.set_blocking(fd, False)
-        return SerialChannel(trio.lowlevel.FdStream(fd), fd, port, f"serial:{path}")
+        return SerialChannel(trio.lowlevel.FdStream(fd), drain_fd, port, f"serial:{path}")
 
     return connect
 

@@ -7,6 +7,14 @@ container process instead of loss), bytes leave the buffer only once
 ``send_all`` returned, and a chunk whose send failed is sent again on the next
 connection (at-least-once: a drop may repeat part of one chunk, never lose it).
 ``flush()`` returns when every byte written so far has been sent and drained.
+
+Bytes the kernel accepted but the peer had not yet read when the channel broke
+would be lost with the connection; after every send the link asks the kernel
+how much is still unread (``SIOCOUTQ``/``TIOCOUTQ``, only trusted while the peer
+has not hung up; otherwise the last good count plus everything sent since) and
+keeps that many of the last bytes sent (up to ``replay_limit``). After a drop
+they are sent again first.
+So output is delivered at least once: a drop may repeat a little, never lose.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ class ConsoleLink:
         buffer_limit: int = 4 * 1024 * 1024,
         backoff_min: float = 0.05,
         backoff_max: float = 2.0,
+        replay_limit: int = 1024 * 1024,
     ) -> None:
         self.connector = connector
         self.buffer_limit = max(buffer_limit, 1)
@@ -48,7 +57,12 @@ class ConsoleLink:
         self.queued_total = 0
         self.sent_total = 0
         self.received_total = 0
+        self.replay_limit = replay_limit
+        self.replayed_total = 0
         self._buf = bytearray()
+        self._buf_start = 0  # output offset of _buf[0] (goes back on replay)
+        self._history = bytearray()  # last bytes sent on the current connection
+        self._inflight = 0  # of which possibly not yet read by the peer
         self._data = trio.lowlevel.ParkingLot()
         self._space = trio.lowlevel.ParkingLot()
         self._progress = trio.lowlevel.ParkingLot()
@@ -74,7 +88,7 @@ class ConsoleLink:
         """Wait until all queued output has been sent and drained; False on timeout."""
         target = self.queued_total
         with trio.move_on_after(timeout):
-            while self.sent_total < target:
+            while self._buf_start < target:
                 await self._progress.park()
             ch = self.channel
             if ch is not None:
@@ -118,9 +132,20 @@ class ConsoleLink:
                     except _CHANNEL_ERRORS:
                         pass
             self.drops += 1
+            self._requeue_inflight()
             log.warning("console channel %s dropped; reconnecting", ch.name)
             await trio.sleep(self.backoff_min)
             delay = self.backoff_min
+
+    def _requeue_inflight(self) -> None:
+        n = min(self._inflight, len(self._history))
+        if n > 0:
+            self._buf[0:0] = self._history[-n:]
+            self._buf_start -= n
+            self.replayed_total += n
+            self._data.unpark_all()
+        self._history = bytearray()
+        self._inflight = 0
 
     async def _sender(self, ch: Channel, scope: trio.CancelScope) -> None:
         try:
@@ -130,7 +155,16 @@ class ConsoleLink:
                 chunk = bytes(self._buf[:CHUNK])
                 await ch.stream.send_all(chunk)
                 del self._buf[: len(chunk)]
+                self._buf_start += len(chunk)
                 self.sent_total += len(chunk)
+                if self.replay_limit > 0:
+                    self._history += chunk
+                    if len(self._history) > self.replay_limit:
+                        del self._history[: len(self._history) - self.replay_limit]
+                    # unread now if the kernel can tell (peer still there); else
+                    # whatever was unread at the last good count plus all sent since
+                    unread = ch.unsent()
+                    self._inflight = self._inflight + len(chunk) if unread is None else unread
                 self._space.unpark_all()
                 self._progress.unpark_all()
         except _CHANNEL_ERRORS as e:

@@ -29,6 +29,7 @@ class Publisher:
         self._networks: dict[str, list[gi.IPAddress]] = {}
         self.failures = 0
         self.last_failure = ""
+        self._failed = trio.Event()
 
     def now(self) -> int:
         return int(self.clock())
@@ -49,7 +50,14 @@ class Publisher:
     def _fail(self, what: str, text: str) -> None:
         self.failures += 1
         self.last_failure = text
+        self._failed.set()
+        self._failed = trio.Event()
         log.error("guestinfo: publishing %s failed: %s", what, text)
+
+    async def wait_failures(self, n: int = 1) -> None:
+        """Wait until at least ``n`` publications have failed (for tests and the lab)."""
+        while self.failures < n:
+            await self._failed.wait()
 
     async def started(self, session_id: str, starttime: int | None = None) -> bool:
         return await self._write(

@@ -103,6 +103,7 @@ class Reaper:
         self._children: dict[int, Child] = {}
         self._early: dict[int, int] = {}
         self.orphans_reaped = 0
+        self._orphan = trio.Event()
         self._running = False
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -132,7 +133,14 @@ class Reaper:
                 child._exited(st)
             else:
                 self.orphans_reaped += 1
+                self._orphan.set()
+                self._orphan = trio.Event()
                 log.debug("reaped orphan %d (status %#x)", pid, st)
+
+    async def wait_orphans(self, n: int) -> None:
+        """Wait until ``n`` processes not spawned here have been reaped."""
+        while self.orphans_reaped < n:
+            await self._orphan.wait()
 
     def spawn(self, argv: Sequence[str], **popen_kwargs: Any) -> Child:
         """``subprocess.Popen`` under the reaper. Raises OSError if the exec fails."""

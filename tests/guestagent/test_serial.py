@@ -1,0 +1,72 @@
+"""Console over a serial line: a pty pair stands in for the VM's serial port and its host end."""
+
+from __future__ import annotations
+
+import os
+import pty
+import termios
+from pathlib import Path
+
+import trio
+
+from guestagent.core import guestinfo as gi
+from vspc.guestinfo_watch import FileStoreWatcher, VMState, configure_session, wait_for
+
+from .agent_helpers import agent_config, pending_bytes, start_agent
+
+
+async def test_serial_console_over_pty_pair(tmp_path: Path) -> None:
+    size = 1024 * 1024
+    master, slave = pty.openpty()
+    slave_path = os.ttyname(slave)
+    host = trio.lowlevel.FdStream(os.dup(master))
+    got = bytearray()
+    w = FileStoreWatcher(tmp_path)
+    cfg = gi.SessionConfig(
+        id="s1",
+        path="/bin/sh",
+        args=("sh", "-c", f"printf 'a\\nb\\377\\0\\r\\n'; head -c {size} /dev/zero; exit 4"),
+        runblock=True,
+    )
+    await configure_session(w, "vm1", cfg)
+    seen: list[int] = []
+
+    def status(st: VMState) -> int | None:
+        e = st.session("s1").exit
+        if e is None:
+            return None
+        seen.append(len(got) + pending_bytes(master))
+        return e.status
+
+    async def reader() -> None:
+        while True:
+            try:
+                chunk = await host.receive_some(65536)
+            except trio.BrokenResourceError:
+                return
+            if not chunk:
+                return
+            got.extend(chunk)
+
+    try:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as n:
+                agent = await start_agent(
+                    n, agent_config(tmp_path, console="serial", console_path=slave_path)
+                )
+                await agent.console.wait_connected()  # type: ignore[union-attr]
+                # pyserial configured the line raw: 8 bits, no echo, no CR/LF mapping
+                attrs = termios.tcgetattr(slave)
+                assert not attrs[3] & termios.ECHO and not attrs[1] & termios.OPOST
+                n.start_soon(reader)
+                await w.write("vm1", {gi.goahead_key("s1"): "true"})
+                code = await wait_for(w, "vm1", status, 30)
+                n.cancel_scope.cancel()
+        assert code == 4
+        expected = b"a\nb\xff\x00\r\n" + b"\0" * size
+        assert seen == [len(expected)]
+        assert bytes(got[: len(expected)]).startswith(b"a\nb\xff\x00\r\n")
+    finally:
+        await host.aclose()
+        os.close(master)
+        os.close(slave)

@@ -1,0 +1,229 @@
+"""The tether end to end, in-process: real processes and ptys, file-backed guestinfo,
+console over hybrid vsock (the host-side Unix socket ``<uds>_<port>``)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from guestagent.core import guestinfo as gi
+from vspc.guestinfo_watch import (
+    FileStoreWatcher,
+    SessionStartFailed,
+    VMState,
+    configure_session,
+    go_ahead,
+    send_signal,
+    wait_for,
+    wait_for_exit,
+    wait_for_started,
+)
+
+from .agent_helpers import Sink, agent_config, start_agent
+
+T = 20  # safety net only
+
+
+async def run_one(
+    tmp_path: Path, cfg: gi.SessionConfig, sink: Sink | None = None
+) -> tuple[gi.ExitInfo, Sink, FileStoreWatcher]:
+    w = FileStoreWatcher(tmp_path)
+    sink = sink or Sink(str(tmp_path / "con_1024"))
+    await configure_session(w, "vm1", cfg)
+    with trio.fail_after(T):
+        async with trio.open_nursery() as n:
+            await n.start(sink.serve)
+            await start_agent(n, agent_config(tmp_path))
+            info = await wait_for_exit(w, "vm1", cfg.id, T)
+            await trio.testing.wait_all_tasks_blocked()  # the sink has read what was sent
+            n.cancel_scope.cancel()
+    return info, sink, w
+
+
+async def test_pipes_exit_code_and_output(tmp_path: Path) -> None:
+    cfg = gi.SessionConfig(
+        id="s1",
+        path="/bin/sh",
+        args=("sh", "-c", 'echo "out $FOO"; echo err >&2; pwd; exit 5'),
+        env=("FOO=bar|baz",),
+        dir=str(tmp_path),
+    )
+    info, sink, w = await run_one(tmp_path, cfg)
+    assert info.status == 5 and info.signal is None and info.stoptime
+    assert bytes(sink.data) == f"out bar|baz\nerr\n{tmp_path}\n".encode()
+    st = await w.state("vm1")
+    assert st.session("s1").started == "true"
+
+
+async def test_tty_session_gets_a_controlling_pty(tmp_path: Path) -> None:
+    cfg = gi.SessionConfig(
+        id="s1",
+        path="/bin/sh",
+        args=("sh", "-c", "test -t 0 && test -t 1 && echo isatty; tty >/dev/null && echo ctty"),
+        tty=True,
+    )
+    info, sink, _ = await run_one(tmp_path, cfg)
+    assert info.status == 0
+    assert bytes(sink.data) == b"isatty\r\nctty\r\n"
+
+
+@pytest.mark.parametrize("sig,name", [(9, "SIGKILL"), (15, "SIGTERM"), (11, "SIGSEGV")])
+async def test_death_by_signal(tmp_path: Path, sig: int, name: str) -> None:
+    cfg = gi.SessionConfig(id="s1", path="/bin/sh", args=("sh", "-c", f"echo bye; kill -{sig} $$"))
+    info, sink, _ = await run_one(tmp_path, cfg)
+    assert info.status == 128 + sig and info.signal == name
+    assert bytes(sink.data) == b"bye\n"
+
+
+async def test_bad_session_configs_report_and_agent_stays_up(tmp_path: Path) -> None:
+    w = FileStoreWatcher(tmp_path)
+    store = w.store("vm1")
+    nocmd = gi.encode_session(gi.SessionConfig(id="nocmd", path="x"))
+    nocmd[gi.config_key(gi.session_base("nocmd"), "cmd", "Path")] = gi.NIL
+    updates = {gi.sessions_key(): gi.encode_map_keys(["nocmd", "missing", "baddir", "badtty"])}
+    updates.update(nocmd)
+    updates.update(gi.encode_session(gi.SessionConfig(id="missing", path="/no/such/cmd")))
+    updates.update(
+        gi.encode_session(gi.SessionConfig(id="baddir", path="/bin/true", dir="/no/such/dir"))
+    )
+    badtty = gi.encode_session(gi.SessionConfig(id="badtty", path="/bin/true"))
+    badtty[gi.config_key(gi.session_base("badtty"), "tty")] = "perhaps"
+    updates.update(badtty)
+    store.update(updates)
+    expected = {
+        "nocmd": "no command",
+        "missing": "cannot run /no/such/cmd: No such file or directory",
+        "baddir": "working directory /no/such/dir",
+        "badtty": "not a boolean",
+    }
+    with trio.fail_after(T):
+        async with trio.open_nursery() as n:
+            await start_agent(n, agent_config(tmp_path, console="none"))
+            for sid, text in expected.items():
+                with pytest.raises(SessionStartFailed, match=re.escape(text)):
+                    await wait_for_started(w, "vm1", sid, T)
+            # still up: a good session added later runs
+            await configure_session(w, "vm1", gi.SessionConfig(id="good", path="/bin/true"))
+            assert (await wait_for_exit(w, "vm1", "good", T)).status == 0
+            n.cancel_scope.cancel()
+
+
+async def test_go_ahead_holds_launch_until_given(tmp_path: Path) -> None:
+    w = FileStoreWatcher(tmp_path)
+    sink = Sink(str(tmp_path / "con_1024"))
+    marker = tmp_path / "ran"
+    cfg = gi.SessionConfig(
+        id="s1",
+        path="/bin/sh",
+        args=("sh", "-c", f"echo first-line; touch {marker}"),
+        runblock=True,
+    )
+    await configure_session(w, "vm1", cfg)
+    with trio.fail_after(T):
+        async with trio.open_nursery() as n:
+            await n.start(sink.serve)
+            agent = await start_agent(n, agent_config(tmp_path))
+            await agent.console.wait_connected()  # type: ignore[union-attr]
+            await trio.testing.wait_all_tasks_blocked()
+            st = await w.state("vm1")
+            assert st.session("s1").started is None and not marker.exists()
+            await go_ahead(w, "vm1", "s1")
+            info = await wait_for_exit(w, "vm1", "s1", T)
+            n.cancel_scope.cancel()
+    assert info.status == 0 and marker.exists()
+    assert bytes(sink.data) == b"first-line\n"
+
+
+async def test_signal_forwarding_and_stdin(tmp_path: Path) -> None:
+    w = FileStoreWatcher(tmp_path)
+    sink = Sink(str(tmp_path / "con_1024"))
+    prog = (
+        "import signal, sys\n"
+        "def h(*a):\n"
+        "    print('got-term', flush=True); sys.exit(7)\n"
+        "signal.signal(signal.SIGTERM, h)\n"
+        "print('echo:' + sys.stdin.readline().strip(), flush=True)\n"
+        "signal.pause()\n"
+    )
+    cfg = gi.SessionConfig(
+        id="s1", path=sys.executable, args=("python3", "-c", prog), openstdin=True
+    )
+    await configure_session(w, "vm1", cfg)
+    with trio.fail_after(T):
+        async with trio.open_nursery() as n:
+            await n.start(sink.serve)
+            agent = await start_agent(n, agent_config(tmp_path))
+            await wait_for_started(w, "vm1", "s1", T)
+            await agent.console.wait_connected()  # type: ignore[union-attr]
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(sink.streams) == 1
+            await sink.streams[0].send_all(b"ping\n")  # appliance -> process stdin
+            await sink.wait_for(b"echo:ping\n")
+            assert await send_signal(w, "vm1", "s1", "TERM", timeout=T) == 1
+            info = await wait_for_exit(w, "vm1", "s1", T)
+            n.cancel_scope.cancel()
+    assert info.status == 7
+    assert bytes(sink.data) == b"echo:ping\ngot-term\n"
+
+
+async def test_100mib_delivered_before_status(tmp_path: Path) -> None:
+    size = 100 * 1024 * 1024
+    w = FileStoreWatcher(tmp_path)
+    sink = Sink(str(tmp_path / "con_1024"), keep=False)
+    cfg = gi.SessionConfig(
+        id="big", path="/bin/sh", args=("sh", "-c", f"head -c {size} /dev/zero | tr '\\0' x")
+    )
+    await configure_session(w, "vm1", cfg)
+    seen_at_status: list[int] = []
+
+    def status_seen(st: VMState) -> bool | None:
+        if st.session("big").exit is None:
+            return None
+        # at this instant every byte must be with the appliance: read, or queued to it
+        seen_at_status.append(sink.total + sink.pending())
+        return True
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as n:
+            await n.start(sink.serve)
+            await start_agent(n, agent_config(tmp_path))
+            await wait_for(w, "vm1", status_seen, 120)
+            n.cancel_scope.cancel()
+    assert seen_at_status == [size]
+    exit_info = (await w.state("vm1")).session("big").exit
+    assert exit_info is not None and exit_info.status == 0
+    assert sink.total == size and sink.sha.hexdigest() == hashlib.sha256(b"x" * size).hexdigest()
+
+
+async def test_console_reconnects_without_losing_output(tmp_path: Path) -> None:
+    n_lines = 100_000
+    sink = Sink(str(tmp_path / "con_1024"), max_per_connection=150_000)
+    cfg = gi.SessionConfig(
+        id="s1",
+        path=sys.executable,
+        args=(
+            "python3",
+            "-c",
+            f"import sys\nfor i in range({n_lines}): sys.stdout.write('%07d\\n' % i)",
+        ),
+    )
+    info, sink, _ = await run_one(tmp_path, cfg, sink)
+    assert info.status == 0
+    assert sink.drops == 3 and sink.connections == 4  # it really dropped and came back
+    # at-least-once: each connection carried a contiguous piece of the output, and
+    # each piece starts no later than where the previous one ended (overlap allowed)
+    original = b"".join(b"%07d\n" % i for i in range(n_lines))
+    end = 0
+    for piece in sink.per_connection:
+        if not piece:
+            continue
+        pos = original.find(bytes(piece), max(0, end - len(piece) - 2 * 1024 * 1024))
+        assert 0 <= pos <= end, f"gap: piece starts at {pos}, previous ended at {end}"
+        end = max(end, pos + len(piece))
+    assert end == len(original)
