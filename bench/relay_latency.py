@@ -112,7 +112,8 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.bar([x - 0.2 for x in xs], [s[c]["p50_us"] for c in CONTENDERS], 0.4, label="p50")
         ax.bar([x + 0.2 for x in xs], [s[c]["p99_us"] for c in CONTENDERS], 0.4, label="p99")
         ax.set_xticks(list(xs), CONTENDERS)
-        ax.set_ylabel("round trip (us, median over reps)")
+        ax.set_yscale("log")
+        ax.set_ylabel("round trip (us, median over reps, log scale)")
         ax.set_title(
             f"{kind}: added p50 pump {s['pump']['added_p50_us']:.1f} us,"
             f" socat {s['socat']['added_p50_us']:.1f} us"

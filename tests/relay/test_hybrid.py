@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
+import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,6 +20,7 @@ from relay.core.hybrid import (
     connect_request,
     ok_reply,
 )
+from relay.pump import PumpCounters, pump
 
 ports = st.integers(min_value=0, max_value=MAX_PORT)
 
@@ -123,3 +129,64 @@ def test_crlf_tolerated_and_eof_message() -> None:
     p = ConnectRequestParser()
     p.feed(b"CONN")
     assert "CONN" in str(p.eof_error())
+
+
+# ---------------------------------------------------------------- over real sockets
+
+
+async def _muxer_stand_in(listener: trio.SocketListener, greeting: bytes) -> None:
+    """A Firecracker-style muxer: CONNECT <port> -> OK <n> (+ guest bytes at once), then echo."""
+    stream = await listener.accept()
+    parser = ConnectRequestParser()
+    port: int | None = None
+    rest = b""
+    while port is None:
+        data = await stream.receive_some(7)  # small reads: the line arrives in pieces
+        if not data:
+            raise parser.eof_error()
+        port, rest = parser.feed(data)
+    # The guest speaks first, in the same write as the OK line.
+    await stream.send_all(ok_reply(1073741824 + port) + greeting + rest)
+    while data := await stream.receive_some(65536):
+        await stream.send_all(data)
+    await stream.send_eof()
+
+
+async def test_handshake_then_pump_over_unix_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "v.sock")
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(path)
+    sock.listen(1)
+    listener = trio.SocketListener(sock)
+    greeting = b"guest says hi\n"
+    payload = bytes(range(256)) * 4000
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_muxer_stand_in, listener, greeting)
+            vm = await trio.open_unix_socket(path)
+            await vm.send_all(connect_request(52))
+            reply = HybridReplyParser()
+            n: int | None = None
+            leftover = b""
+            while n is None:
+                data = await vm.receive_some(65536)
+                if not data:
+                    raise reply.eof_error()
+                n, leftover = reply.feed(data)
+            assert n == 1073741824 + 52
+            # Bytes after the OK line belong to the stream: hand them on first, then pump.
+            x, a = trio.testing.memory_stream_pair()
+            await a.send_all(leftover)
+            counters = PumpCounters()
+            nursery.start_soon(lambda: pump(a, vm, counters=counters))
+            got = bytearray()
+
+            async def read_all() -> None:
+                while chunk := await x.receive_some(65536):
+                    got.extend(chunk)
+
+            nursery.start_soon(read_all)
+            await x.send_all(payload)
+            await x.send_eof()
+    assert bytes(got) == greeting + payload
+    await listener.aclose()
