@@ -10,6 +10,7 @@ import trio
 from relay.config import load_config
 from relay.daemon import RelayDaemon
 from vic.ops import logs
+from vic.ops.config import ConfigError
 from vic.ops.daemon import watch_signals
 
 
@@ -26,8 +27,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     logs.setup(args.log_level or cfg.log_level)
     daemon = RelayDaemon(cfg, config_path=args.config)
-    trio.run(_main, daemon)
+    try:
+        trio.run(_main, daemon)
+    except BaseExceptionGroup as eg:
+        # A listener that cannot bind at start-up is reported like a config error:
+        # one line naming the listener, exit 2 (vic.cli prints it).
+        err = _first(eg, ConfigError)
+        if err is not None:
+            raise err from None
+        raise
     return 0
+
+
+def _first(eg: BaseExceptionGroup[BaseException], kind: type[ConfigError]) -> ConfigError | None:
+    for e in eg.exceptions:
+        if isinstance(e, kind):
+            return e
+        if isinstance(e, BaseExceptionGroup):
+            found = _first(e, kind)
+            if found is not None:
+                return found
+    return None
 
 
 async def _main(daemon: RelayDaemon) -> None:

@@ -33,6 +33,7 @@ from relay.config import (
     EgressConfig,
     HvsockListener,
     Listener,
+    MetricsConfig,
     PipeListener,
     RelayConfig,
     SerialListener,
@@ -126,6 +127,9 @@ class RelayDaemon:
         self._reload_lock = trio.Lock()
         self._stopping = False
         self._released: trio.Event | None = None
+        self._svc: trio.Nursery | None = None
+        self._metrics_scope: trio.CancelScope | None = None
+        self._metrics_cfg: MetricsConfig | None = None
         self.stopped = trio.Event()
 
     # --- public ---------------------------------------------------------------
@@ -150,10 +154,8 @@ class RelayDaemon:
         self.limits = Limits(cfg.limits, trio.current_time())
         try:
             async with trio.open_nursery() as svc:
-                if cfg.metrics.enabled:
-                    self.metrics_port = await svc.start(
-                        serve_metrics, self.metrics.registry, cfg.metrics.host, cfg.metrics.port
-                    )
+                self._svc = svc
+                await self._start_metrics(cfg.metrics)
                 interval = sdnotify.watchdog_interval()
                 if interval:
                     svc.start_soon(self._watchdog, interval)
@@ -194,6 +196,11 @@ class RelayDaemon:
                 sdnotify.ready()
                 return False
             errors = await self._apply(new)
+            try:
+                await self._start_metrics(new.metrics)
+            except OSError as e:
+                log.error("metrics server could not restart: %s", e)
+                errors.append(("metrics", e))
             self.metrics.reloads.labels("partial" if errors else "ok").inc()
             log.info("reloaded: %d listeners, %d live streams kept", len(self._running),
                      self.active_streams())
@@ -358,6 +365,26 @@ class RelayDaemon:
                 task_status.started(None)
         finally:
             run.stopped.set()
+
+    async def _start_metrics(self, mc: MetricsConfig) -> None:
+        """(Re)start the metrics HTTP server when its config changed."""
+        if mc == self._metrics_cfg or self._svc is None:
+            return
+        if self._metrics_scope is not None:
+            self._metrics_scope.cancel()
+            self._metrics_scope = None
+            self.metrics_port = None
+        self._metrics_cfg = mc
+        if not mc.enabled:
+            return
+        scope = trio.CancelScope()
+
+        async def serve(*, task_status: Any) -> None:
+            with scope:
+                await serve_metrics(self.metrics.registry, mc.host, mc.port, task_status=task_status)
+
+        self.metrics_port = await self._svc.start(serve)
+        self._metrics_scope = scope
 
     async def _watchdog(self, interval: float) -> None:
         while True:

@@ -24,7 +24,7 @@ from relay.core.hybrid import HybridReplyParser, connect_request
 HANDSHAKE_READ = 256
 
 
-@dataclass
+@dataclass(slots=True)
 class EgressConnection:
     """A connected egress. ``pending`` holds stream bytes that arrived with the
     handshake reply (hybrid vsock); the caller delivers them to the VM side first."""

@@ -104,3 +104,19 @@ def test_cli_check_ok_and_missing_file(tmp_path: Path) -> None:
     assert "ok" in r.stdout
     r = _vic("--config", str(tmp_path / "missing.toml"))
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_cli_listener_that_cannot_bind_exits_2(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = tmp_path / "relay.toml"
+        cfg.write_text(MINIMAL + f'[metrics]\nenabled = false\n[[tcp]]\nname = "com1"\nvm = "v"\n'
+                       f"port = {port}\n")
+        r = _vic("--config", str(cfg))
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert "com1" in last and "cannot start listener" in last and "Traceback" not in r.stderr

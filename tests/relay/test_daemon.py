@@ -310,3 +310,51 @@ async def test_process_sighup_sigterm_sd_notify(tmp_path: Path) -> None:
         await rec.closed.wait()
         assert rec.header.host == "esx-proc" and bytes(rec.data) == data
         n.cancel_scope.cancel()
+
+
+async def test_silent_peer_closed_by_idle_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    """A peer that connects and never sends is closed after the idle timeout, with a
+    log line and a count; a busy stream beside it is untouched."""
+    caplog.set_level("INFO", logger="relay")
+    app = Appliance()
+    async with trio.open_nursery() as n:
+        port = await app.serve_tcp(n)
+        cfg = relay_config(tcp_egress(port), tcp=(TcpListener(name="t", vm="vm", port=0),),
+                           timeouts=TimeoutsConfig(idle=0.5, drain=1.0))
+        d = await start_relay(n, cfg)
+        rport = d.bound["t"][1]
+        silent = await trio.open_tcp_stream("127.0.0.1", rport)
+        busy = await trio.open_tcp_stream("127.0.0.1", rport)
+
+        async def keep_busy() -> None:
+            for i in range(40):
+                chunk = pattern(5_000, i)
+                assert await roundtrip(busy, chunk) == chunk
+                await trio.sleep(0.05)  # traffic pacing (not synchronisation)
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(keep_busy)
+            assert await wait_closed(silent) == b""
+        assert d.metrics.failed.labels("t", "idle")._value.get() == 1
+        assert any("idle" in r.getMessage() and "vm=vm" in r.getMessage() for r in caplog.records)
+        assert d.active_streams() == 1
+        await busy.aclose()
+        n.cancel_scope.cancel()
+
+
+async def test_reload_moves_the_metrics_server() -> None:
+    app = Appliance()
+    async with trio.open_nursery() as n:
+        port = await app.serve_tcp(n)
+        cfg = relay_config(tcp_egress(port), metrics=MetricsConfig(enabled=True, port=0))
+        d = await start_relay(n, cfg)
+        first = d.metrics_port
+        assert first and "relay_reloads" in await _http_get(first, "/metrics")
+        new_port = free_tcp_port()
+        assert await d.reload(relay_config(tcp_egress(port),
+                                           metrics=MetricsConfig(enabled=True, port=new_port)))
+        assert d.metrics_port == new_port
+        assert 'relay_reloads_total{result="ok"} 1.0' in await _http_get(new_port, "/metrics")
+        with pytest.raises(OSError):
+            await trio.open_tcp_stream("127.0.0.1", first)
+        n.cancel_scope.cancel()
