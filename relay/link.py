@@ -35,6 +35,7 @@ from relay.core.mux import (
     StreamOpened,
     StreamReset,
 )
+from relay.tlsstream import TlsStream
 
 log = logging.getLogger("relay.link")
 
@@ -276,13 +277,31 @@ class PeerLink:
             chunks = self.mux.data_to_send()
             if not chunks:
                 continue
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            self._inflight = len(data)
-            await self.transport.send_all(data)
+            self._inflight = sum(len(c) for c in chunks)
+            await self._send_parts(chunks)
             self.bytes_out += self._inflight
             self._inflight = 0
             self._writable.set()
             self._writable = trio.Event()
+
+    async def _send_parts(self, chunks: list[bytes | memoryview]) -> None:
+        """Send frames without joining them where the transport allows (no extra copy)."""
+        t = self.transport
+        if isinstance(t, TlsStream):
+            await t.send_parts(chunks)
+        elif isinstance(t, trio.SocketStream) and len(chunks) > 1:
+            sock = t.socket
+            views = [memoryview(c) for c in chunks]
+            while views:
+                n = await sock.sendmsg(views[:512])
+                while n and views:
+                    if n >= len(views[0]):
+                        n -= len(views.pop(0))
+                    else:
+                        views[0] = views[0][n:]
+                        n = 0
+        else:
+            await t.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     async def _keepalive(self) -> None:
         cfg = self.config.mux

@@ -18,6 +18,7 @@ import trio
 from cryptography import x509
 
 from relay.certs import cert_identities
+from relay.tlsstream import TlsStream
 
 
 class PeerIdentityError(Exception):
@@ -88,17 +89,17 @@ async def handshake(
     *,
     server_side: bool,
     expected: Collection[str],
-) -> tuple[trio.SSLStream[trio.abc.Stream], str]:
+) -> tuple[TlsStream, str]:
     """Wrap ``stream`` in TLS, complete the handshake and check the peer identity.
 
     On any failure the underlying stream is closed and the error re-raised
     (``trio.BrokenResourceError`` for TLS failures, ``PeerIdentityError``).
     """
-    tls = trio.SSLStream(stream, ctx, server_side=server_side)
+    tls = TlsStream(stream, ctx, server_side=server_side)
     try:
         await tls.do_handshake()
         ident = check_peer(tls, expected)
     except BaseException:
-        await trio.aclose_forcefully(tls)
+        await trio.aclose_forcefully(stream)
         raise
     return tls, ident
