@@ -162,6 +162,7 @@ class _Session:
                     on_moved=functools.partial(self.counters.add, name),
                     on_started=self._spliced,
                     stall_timeout=self.stall_timeout,
+                    still_open=lambda: read_fd(src) == rfd and write_fd(dst) == wfd,
                 )
                 return
             except SpliceUnsupported as exc:

@@ -97,12 +97,16 @@ async def splice_direction(
     on_moved: Callable[[int], None],
     on_started: Callable[[], None],
     stall_timeout: float | None,
+    still_open: Callable[[], bool] = lambda: True,
 ) -> None:
     """Move bytes from *src_fd* to *dst_fd* until EOF on the source.
 
     Returns on a clean EOF once every byte read has been written. Raises
     SpliceUnsupported (before the first byte, or with the bytes already read),
     WriteStalled, or trio.BrokenResourceError for a reset or closed peer.
+    ``still_open()`` is asked after every yield that is not an fd wait (a wait
+    on an fd that another task closes raises ClosedResourceError by itself), so
+    a stream closed meanwhile is never spliced by a stale fd number.
     """
     splice = os.splice
     flags = SPLICE_FLAGS
@@ -162,6 +166,8 @@ async def splice_direction(
                 if since_yield >= YIELD_EVERY:
                     since_yield = 0
                     await trio.lowlevel.checkpoint()
+                    if not still_open():
+                        raise trio.ClosedResourceError("stream closed during the pump")
                 continue
             if eof and not in_pipe:
                 return

@@ -397,3 +397,66 @@ def test_pipe_pool_sizes_reuses_and_drops_dirty_pipes() -> None:
     assert pool.idle == 1 and pool.in_use == 0
     pool.close()
     assert pool.idle == 0
+
+
+@pytest.mark.parametrize("use_splice", [True, False], ids=["splice", "copy"])
+async def test_bytes_in_flight_at_eof_are_flushed(use_splice: bool) -> None:
+    """The source ends while the destination is not reading: nothing is lost."""
+    x, a = await unix_pair()
+    b, y = await tcp_pair()
+    data = payload(3_000_000, 10)
+    counters = PumpCounters()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: pump(a, b, counters=counters, splice=use_splice))
+            sender_done = trio.Event()
+
+            async def send() -> None:
+                await send_then_eof(x, data)
+                sender_done.set()
+
+            nursery.start_soon(send)
+            # y reads nothing until everything is stuck in buffers (and the pipe).
+            await trio.testing.wait_all_tasks_blocked()
+            got = bytearray()
+            await recv_all(y, got)
+            assert sender_done.is_set()
+            assert bytes(got) == data
+            await y.send_eof()
+            assert await x.receive_some(10) == b""
+
+
+async def test_cancelled_pump_closes_both_streams() -> None:
+    x, a = await tcp_pair()
+    b, y = await unix_pair()
+    pool = PipePool()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def run() -> None:
+                with scope:
+                    await pump(a, b, pipes=pool)
+
+            nursery.start_soon(run)
+            await x.send_all(b"data")
+            assert await y.receive_some(10) == b"data"
+            scope.cancel()  # e.g. a drain deadline
+    assert await x.receive_some(10) == b""
+    assert await y.receive_some(10) == b""
+    assert pool.in_use == 0
+
+
+async def test_stream_closed_by_another_task_ends_pump() -> None:
+    x, a = await tcp_pair()
+    b, y = await tcp_pair()
+    counters = PumpCounters()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: pump(a, b, counters=counters))
+            await x.send_all(b"data")
+            assert await y.receive_some(10) == b"data"
+            await trio.testing.wait_all_tasks_blocked()
+            await a.aclose()  # the daemon shutting one stream down under the pump
+    assert counters.end_reason.startswith("reset")
+    assert await y.receive_some(10) == b""
