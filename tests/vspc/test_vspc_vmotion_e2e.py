@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import random
+import socket
+import struct
 from pathlib import Path
 
 import pytest
@@ -316,6 +318,30 @@ async def test_source_closing_early(tmp_path: Path, nursery: trio.Nursery, when:
     assert not dest.violations
 
 
+async def test_source_drains_before_the_destination(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """After COMPLETE the source may still send: its bytes come first, even when the
+    destination's bytes reached the vSPC earlier; they follow once the source closes."""
+    service = await start_vspc(tmp_path, nursery)
+    rng = random.Random(23)
+    vm = SimVM.random(rng)
+    key = key_of(vm)
+    with trio.fail_after(15):
+        src = await open_vm(service, nursery, vm)
+        await src.send_console(b"a")
+        await wait_until(lambda: service.consoles.get(key) is not None)
+        viewer = await attach_console(service, vm.canonical_uuid, "ro")
+        assert await read_exactly(viewer, 1) == b"a"
+        m = await migrate(src, HOST, service.esx_port or 0, nursery=nursery, rng=rng,
+                          close_source=False)
+        await m.dest.send_console(b"from-dest")
+        await trio.testing.wait_all_tasks_blocked()  # the vSPC has read it (and holds it)
+        await src.send_console(b"from-source-")
+        await trio.testing.wait_all_tasks_blocked()
+        await src.aclose()
+        want = b"from-source-from-dest"
+        assert await read_exactly(viewer, len(want)) == want
+
+
 async def test_source_gone_and_no_destination_then_vm_reconnects(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
@@ -474,6 +500,37 @@ async def test_begin_answered_while_the_disk_is_stalled(tmp_path: Path, nursery:
         os.close(fd)
     assert metric(service, "vspc_vmotion_begin_to_goahead_seconds_count") == 1
     assert not src.violations
+
+
+@pytest.mark.parametrize("during_vmotion", [False, True], ids=["idle", "pending-vmotion"])
+async def test_reset_connection_costs_nothing_else(
+    tmp_path: Path, nursery: trio.Nursery, during_vmotion: bool
+) -> None:
+    """An ESX connection that dies with a TCP RST (while the vSPC writes to it) is
+    one log line: the service and every other VM carry on."""
+    service = await start_vspc(tmp_path, nursery)
+    rng = random.Random(24)
+    good_vm, bad_vm = SimVM.random(rng), SimVM.random(rng)
+    with trio.fail_after(15):
+        good = await open_vm(service, nursery, good_vm)
+        bad = await open_vm(service, nursery, bad_vm)
+        await good.send_console(b"g")
+        await bad.send_console(b"b")
+        await wait_until(lambda: service.consoles.get(key_of(bad_vm)) is not None)
+        viewer = await attach_console(service, good_vm.canonical_uuid, "ro")
+        typist = await attach_console(service, bad_vm.canonical_uuid, "rw")
+        if during_vmotion:
+            await bad.vmotion_begin(random_seq(rng, with_ff=True))
+        sock = bad.stream.socket  # type: ignore[attr-defined]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await typist.send_all(b"x" * 200_000)
+        await bad.aclose()  # RST
+        await wait_until(lambda: service.board.carrier(key_of(bad_vm)) is None)
+        await good.send_console(b"ood")
+        assert await read_exactly(viewer, 4) == b"good"
+        again = await open_vm(service, nursery, bad_vm)
+        await again.send_console(b"back")
+    assert service.board.carrier(key_of(good_vm)) is server_conn(service, good)
 
 
 async def test_attached_clients_survive_vmotions(tmp_path: Path, nursery: trio.Nursery) -> None:
