@@ -105,7 +105,13 @@ class VspcService:
         self.metrics.connected_vms.set_function(self._count_connected)
 
     def _count_connected(self) -> int:
-        return sum(1 for k in self.board.ports() if self.board.carrier(k) is not None)
+        """Ports with a live connection: ESX ports with a carrier, plus raw streams
+        relayed through the endpoint (whose consoles are marked connected)."""
+        ports = self.board.ports()
+        esx = sum(1 for k in ports if self.board.carrier(k) is not None)
+        known = set(ports)
+        raw = sum(1 for c in self.consoles.list() if c.connected and c.key not in known)
+        return esx + raw
 
     # -- lifecycle ---------------------------------------------------------------
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
