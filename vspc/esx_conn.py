@@ -153,7 +153,10 @@ class EsxConnection:
             self._closing = True
             self._room.set()
             with trio.CancelScope(shield=True):
-                await service.connection_closed(self)
+                try:
+                    await service.connection_closed(self)
+                except Exception:  # a bug must not take the service down
+                    log.exception("%r: error while closing", self)
                 await trio.aclose_forcefully(self.stream)
 
     async def _write_then_cancel(self, scope: trio.CancelScope) -> None:

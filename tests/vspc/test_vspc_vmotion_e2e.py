@@ -368,6 +368,30 @@ async def test_source_gone_and_no_destination_then_vm_reconnects(
     assert metric(service, "vspc_vmotions_total", outcome="expired") == 1
 
 
+async def test_unlabelled_connection_during_a_vmotion_is_not_stuck(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A connection with no port label (no DO-PROXY) for a VM with a pending vMotion
+    waits for VMOTION-PEER; when the vMotion settles without it, it is the VM's
+    default port and its held bytes are delivered."""
+    service = await start_vspc(tmp_path, nursery)
+    rng = random.Random(25)
+    vm = SimVM.random(rng)
+    with trio.fail_after(10):
+        com1 = await open_vm(service, nursery, vm, label="com1")
+        await com1.vmotion_begin(random_seq(rng, with_ff=True))
+        other = await open_vm(service, nursery, vm, do_proxy=False)
+        await other.send_console(b"second port\xff")
+        await trio.testing.wait_all_tasks_blocked()
+        assert service.board.port_of(server_conn(service, other)) is None  # waits for PEER
+        await com1.vmotion_abort()
+        await wait_until(lambda: service.consoles.get(key_of(vm)) is not None)
+        viewer = await attach_console(service, vm.canonical_uuid, "ro", label=DEFAULT_LABEL)
+        assert await read_exactly(viewer, 12) == b"second port\xff"
+    assert service.board.carrier(key_of(vm)) is server_conn(service, other)
+    assert service.board.carrier(key_of(vm, "com1")) is server_conn(service, com1)
+
+
 async def test_notnow_when_pending_and_at_the_concurrent_limit(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
