@@ -51,11 +51,52 @@ class Channel:
         await self.stream.aclose()
 
 
+class SerialStream(trio.abc.Stream):
+    """A tty as a trio Stream: reads through ``FdStream``; writes in a worker thread,
+    looping over partial writes there (a tty takes a few KiB per write, and one trio
+    wake-up per few KiB costs more than the copy). Cancellable within 0.1 s; a
+    cancelled write may have written part of the data (the console link re-sends)."""
+
+    def __init__(self, fd: int) -> None:
+        self._in = trio.lowlevel.FdStream(fd)
+        self._fd = self._in.fileno()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        poller = select.poll()
+        poller.register(self._fd, select.POLLOUT)
+        while view:
+            try:
+                n = os.write(self._fd, view)
+            except BlockingIOError:
+                poller.poll(100)
+                trio.from_thread.check_cancelled()
+                continue
+            except OSError as e:
+                raise trio.BrokenResourceError(f"serial write: {e}") from e
+            view = view[n:]
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.to_thread.run_sync(self._write_all, bytes(data))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._in.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self._in.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._in.aclose()
+
+
 class SerialChannel(Channel):
     """``drain_fd`` is a second, blocking descriptor of the same device for tcdrain
     (the stream's descriptor is non-blocking, and tcdrain would not wait on it)."""
 
-    def __init__(self, stream: trio.lowlevel.FdStream, drain_fd: int, port: Any, name: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, drain_fd: int, port: Any, name: str) -> None:
         super().__init__(stream, name)
         self.drain_fd = drain_fd
         self.port = port
@@ -122,7 +163,7 @@ def serial_connector(path: str, baud: int = 115200) -> Connector:
         termios.tcsetattr(port.fileno(), termios.TCSANOW, attrs)
         drain_fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
         fd = os.dup(port.fileno())
-        return SerialChannel(trio.lowlevel.FdStream(fd), drain_fd, port, f"serial:{path}")
+        return SerialChannel(SerialStream(fd), drain_fd, port, f"serial:{path}")
 
     return connect
 

@@ -19,6 +19,7 @@ So output is delivered at least once: a drop may repeat a little, never lose.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -59,9 +60,12 @@ class ConsoleLink:
         self.received_total = 0
         self.replay_limit = replay_limit
         self.replayed_total = 0
-        self._buf = bytearray()
+        # queued output as a deque of chunks (no copying on the way through)
+        self._buf: collections.deque[bytes] = collections.deque()
+        self._buf_size = 0
         self._buf_start = 0  # output offset of _buf[0] (goes back on replay)
-        self._history = bytearray()  # last bytes sent on the current connection
+        self._history: collections.deque[bytes] = collections.deque()  # sent, this connection
+        self._history_size = 0
         self._inflight = 0  # of which possibly not yet read by the peer
         self._data = trio.lowlevel.ParkingLot()
         self._space = trio.lowlevel.ParkingLot()
@@ -72,15 +76,16 @@ class ConsoleLink:
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return self._buf_size
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray) -> None:
         """Queue output; blocks while the buffer is full."""
         if not data:
             return
-        while len(self._buf) >= self.buffer_limit:
+        while self._buf_size >= self.buffer_limit:
             await self._space.park()
-        self._buf += data
+        self._buf.append(bytes(data))
+        self._buf_size += len(data)
         self.queued_total += len(data)
         self._data.unpark_all()
 
@@ -138,13 +143,21 @@ class ConsoleLink:
             delay = self.backoff_min
 
     def _requeue_inflight(self) -> None:
-        n = min(self._inflight, len(self._history))
+        n = min(self._inflight, self._history_size)
+        left = n
+        while left > 0 and self._history:
+            chunk = self._history.pop()
+            if len(chunk) > left:
+                chunk = chunk[len(chunk) - left :]
+            self._buf.appendleft(chunk)
+            self._buf_size += len(chunk)
+            left -= len(chunk)
         if n > 0:
-            self._buf[0:0] = self._history[-n:]
             self._buf_start -= n
             self.replayed_total += n
             self._data.unpark_all()
-        self._history = bytearray()
+        self._history.clear()
+        self._history_size = 0
         self._inflight = 0
 
     async def _sender(self, ch: Channel, scope: trio.CancelScope) -> None:
@@ -152,15 +165,17 @@ class ConsoleLink:
             while True:
                 while not self._buf:
                     await self._data.park()
-                chunk = bytes(self._buf[:CHUNK])
+                chunk = self._buf[0]
                 await ch.stream.send_all(chunk)
-                del self._buf[: len(chunk)]
+                self._buf.popleft()
+                self._buf_size -= len(chunk)
                 self._buf_start += len(chunk)
                 self.sent_total += len(chunk)
                 if self.replay_limit > 0:
-                    self._history += chunk
-                    if len(self._history) > self.replay_limit:
-                        del self._history[: len(self._history) - self.replay_limit]
+                    self._history.append(chunk)
+                    self._history_size += len(chunk)
+                    while self._history_size - len(self._history[0]) >= self.replay_limit:
+                        self._history_size -= len(self._history.popleft())
                     # unread now if the kernel can tell (peer still there); else
                     # whatever was unread at the last good count plus all sent since
                     unread = ch.unsent()

@@ -30,7 +30,17 @@ from guestagent.reaper import Child, ExitStatus, Reaper
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-READ_CHUNK = 64 * 1024
+READ_CHUNK = 1024 * 1024
+PIPE_SIZE = 1024 * 1024
+F_SETPIPE_SZ = 1031
+
+
+def _grow_pipe(fd: int) -> None:
+    """Fewer, larger reads: ask for a 1 MiB pipe (best effort)."""
+    try:
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,7 @@ class SessionRunner:
                 os.close(slave)
             return child, master, master
         r, w = os.pipe()
+        _grow_pipe(r)
         stdin_r, stdin_w = os.pipe() if cfg.openstdin else (None, None)
         try:
             child = self.reaper.spawn(
