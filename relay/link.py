@@ -93,7 +93,7 @@ class PeerLink:
         self.mux = Mux(self.config.mux, client=client, now=trio.current_time())
         self._handlers: dict[int, StreamHandler] = {}
         self._out_wake = trio.Event()
-        self._writable = trio.Event()
+        self._write_lot = trio.lowlevel.ParkingLot()  # senders waiting for the writer, FIFO
         self._ready = trio.Event()
         self._inflight = 0
         self._touched: dict[int, StreamHandler] = {}
@@ -156,8 +156,10 @@ class PeerLink:
         return self.mux.pending_output + self._inflight < self.config.write_high_water
 
     async def wait_writable(self) -> None:
+        """Until the writer has room (FIFO among waiting streams: fair turns)."""
+        await trio.lowlevel.checkpoint()
         while self.alive and not self.writable():
-            await self._writable.wait()
+            await self._write_lot.park()
 
     def send_data(self, sid: int, offset: int, payload: bytes | memoryview) -> int:
         n = self.mux.send_data(sid, offset, payload)
@@ -241,7 +243,7 @@ class PeerLink:
                 await trio.aclose_forcefully(self.transport)
             self.closed.set()
             self._ready.set()
-            self._writable.set()
+            self._write_lot.unpark_all()
             handlers, self._handlers = self._handlers, {}
             for h in handlers.values():
                 try:
@@ -281,8 +283,9 @@ class PeerLink:
             await self._send_parts(chunks)
             self.bytes_out += self._inflight
             self._inflight = 0
-            self._writable.set()
-            self._writable = trio.Event()
+            if self._write_lot:
+                room = self.config.write_high_water - self.mux.pending_output
+                self._write_lot.unpark(count=max(1, room // self.config.mux.max_payload))
 
     async def _send_parts(self, chunks: list[bytes | memoryview]) -> None:
         """Send frames without joining them where the transport allows (no extra copy)."""

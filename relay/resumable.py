@@ -123,6 +123,7 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         self._send_closed = False
         self.finished = trio.Event()
         self.attachments = 0  # how many times a path was attached (1 = never moved)
+        self._quantum = 2 * self.config.mux.max_payload  # bytes per turn on the link
         self.on_finished: Any = None  # callback(stream) when the engine ends
 
     # ------------------------------------------------------------ introspection
@@ -445,14 +446,16 @@ class ResumableStream(trio.abc.HalfCloseableStream):
                 await self._wait()
                 continue
             progressed = False
-            while link.writable():
+            quantum = self._quantum
+            while quantum > 0 and link.writable():
                 credit = link.send_credit(att.sid)
                 if credit <= 0:
                     break
-                nxt = s.next_chunk(credit)
+                nxt = s.next_chunk(min(credit, quantum))
                 if nxt is None:
                     break
                 link.send_data(att.sid, nxt[0], nxt[1])
+                quantum -= len(nxt[1])
                 progressed = True
             eof = s.take_eof()
             if eof is not None:
@@ -473,7 +476,12 @@ class ResumableStream(trio.abc.HalfCloseableStream):
                 link.detach(att.sid, ErrorCode.CANCEL, "closed by the application")
                 self._notify()
                 return
-            if progressed:
+            if not link.alive:
+                # the link is going down; its on_reset for us follows at once
+                await link.closed.wait()
+                await trio.lowlevel.checkpoint()
+            elif progressed:
+                # one turn per stream, then let the others have theirs
                 await trio.lowlevel.checkpoint()
             elif not link.writable():
                 await link.wait_writable()

@@ -4,8 +4,11 @@
 returns events), bytes out through ``data_to_send``; nothing here does I/O or
 reads a clock, time comes in as ``now``.
 
-Flow control is per stream and granted by the receiver. Each stream may hold
-at most ``stream_window`` bytes (granted but unused credit plus received bytes
+Flow control is per stream and granted by the receiver. Each stream's window
+starts at ``initial_window`` and doubles, up to ``stream_window``, whenever the
+sender has used up its credit while the application keeps up (auto-tuning: a
+bulk stream grows to the full window, a thousand small ones stay small). Each
+stream may hold at most its window (granted but unused credit plus received bytes
 the application has not consumed yet). On top of that the receiver caps the
 sum over all streams at ``connection_window``: credit beyond a small
 per-stream reserve (``min_window``) is granted only while the total stays under
@@ -37,6 +40,7 @@ class MuxConfig:
     max_payload: int = 256 * 1024  # largest DATA payload we send and accept
     stream_window: int = 4 * 1024 * 1024
     min_window: int = 64 * 1024
+    initial_window: int = 128 * 1024
     connection_window: int = 64 * 1024 * 1024
     grant_granularity: int = 16 * 1024
     max_streams: int = 4096
@@ -48,6 +52,8 @@ class MuxConfig:
             raise ValueError("max_payload must be 1 KiB .. 1 MiB")
         if not 0 < self.min_window <= self.stream_window <= F.MAX_WINDOW_INCREMENT:
             raise ValueError("need 0 < min_window <= stream_window <= 2**31-1")
+        if not self.min_window <= self.initial_window <= self.stream_window:
+            raise ValueError("need min_window <= initial_window <= stream_window")
         if self.connection_window < self.stream_window:
             raise ValueError("connection_window must be >= stream_window")
         if self.max_streams < 1:
@@ -121,7 +127,9 @@ class LinkClosingError(Exception):
 
 @dataclass
 class _Stream:
+    target: int  # current window (auto-tuned)
     send_credit: int = 0
+    exhausted: bool = False  # the peer used up all its credit since the last growth
     granted: int = 0  # credit given to the peer, not yet used
     buffered: int = 0  # received, not yet consumed by the application
     waiting: bool = False  # in the starved queue
@@ -198,9 +206,9 @@ class Mux:
     def _grant(self, sid: int, st: _Stream) -> None:
         cfg = self.config
         have = st.granted + st.buffered
-        if have * 2 >= cfg.stream_window and have >= cfg.min_window:
+        if have * 2 >= st.target and have >= cfg.min_window:
             return
-        want = cfg.stream_window - have
+        want = st.target - have
         avail = cfg.connection_window - self._budget_used
         reserve = cfg.min_window - have
         grant = min(want, avail)
@@ -235,6 +243,10 @@ class Mux:
         n = min(n, st.buffered)
         st.buffered -= n
         self._budget_used -= n
+        if st.exhausted and st.buffered * 4 < st.target:
+            # the sender ran out of credit and we keep up: the window is the limit
+            st.exhausted = False
+            st.target = min(st.target * 2, self.config.stream_window)
         self._grant(sid, st)
         self._serve_starved()
 
@@ -249,7 +261,7 @@ class Mux:
         if sid > F.MAX_STREAM_ID:
             raise LinkClosingError("stream ids exhausted")
         self._next_local += 2
-        st = _Stream()
+        st = _Stream(self.config.initial_window)
         self._streams[sid] = st
         self._queue(F.encode(F.Open(sid, session_id, recv_offset, header, resume)))
         self._grant(sid, st)
@@ -351,6 +363,8 @@ class Mux:
                 )
             st.granted -= n
             st.buffered += n
+            if st.granted == 0 and st.target < self.config.stream_window:
+                st.exhausted = True
             events.append(DataReceived(fr.stream_id, fr.offset, fr.payload))
         elif isinstance(fr, F.Open):
             self._on_open(fr, events)
@@ -407,7 +421,7 @@ class Mux:
         if len(self._streams) >= self.config.max_streams:
             self._queue(F.encode(F.Reset(sid, ErrorCode.REFUSED, "too many streams")))
             return
-        st = _Stream()
+        st = _Stream(self.config.initial_window)
         self._streams[sid] = st
         self._grant(sid, st)
         events.append(StreamOpened(sid, fr.session_id, fr.recv_offset, fr.header, fr.resume))

@@ -386,3 +386,24 @@ async def test_goaway_drains_old_link_and_new_streams_use_a_new_one() -> None:
                 back += d
             assert back == b"a" * 1000 + b"c" * 1000
             n.cancel_scope.cancel()
+
+
+async def test_link_closed_locally_again_and_again() -> None:
+    """The ingress kills its own link (as the bench does every second): no spin, no loss."""
+    cfg = small_config()
+    data = pattern(12 * MiB, seed=13)
+    with trio.fail_after(60):
+        async with acceptor(cfg) as acc, trio.open_nursery() as n:
+            router = Router(Route(f"tcp:127.0.0.1:{acc.port}", tls=False), n, config=cfg)
+            st = await router.open_stream(b"k")
+            kills = 0
+
+            async def killer(sent: int) -> None:
+                nonlocal kills
+                if sent % MiB == 0 and sent > cfg.replay_limit and router.link is not None:
+                    router.link.close("test: killed")
+                    kills += 1
+
+            assert await roundtrip(st, data, on_progress=killer) == data
+            assert kills >= 5 and router.links_opened >= kills
+            n.cancel_scope.cancel()

@@ -45,7 +45,7 @@ def test_stream_lifecycle() -> None:
     assert ev == [StreamOpened(1, SID, 0, b"hdr", False), CreditAvailable(1)]
     ev = xfer(s, c)  # the server's WINDOW for stream 1
     assert ev == [CreditAvailable(1)]
-    assert c.send_credit(1) == c.config.max_payload
+    assert c.send_credit(1) == min(c.config.initial_window, c.config.max_payload)
     assert c.send_data(1, 0, b"hello") == 5
     c.send_eof(1, 5)
     assert xfer(c, s) == [DataReceived(1, 0, b"hello"), EofReceived(1, 5)]
@@ -62,7 +62,8 @@ def test_stream_lifecycle() -> None:
 
 
 def test_flow_control_violation_kills_link() -> None:
-    cfg = MuxConfig(min_window=4096, stream_window=8192, connection_window=8192, max_payload=4096)
+    cfg = MuxConfig(min_window=4096, initial_window=8192, stream_window=8192,
+                    connection_window=8192, max_payload=4096)
     c, s = pair(cfg)
     c.open_stream(SID, 0, b"")
     xfer(c, s)
@@ -96,6 +97,29 @@ def test_slow_stream_does_not_block_others_and_memory_is_bounded() -> None:
     # the slow stream got its window and stopped; everyone else kept flowing
     assert got[slow] <= cfg.stream_window
     assert min(got[x] for x in sids[1:]) > 10 * cfg.stream_window
+
+
+def test_window_autotunes_up_for_a_bulk_stream() -> None:
+    cfg = MuxConfig(min_window=16 * 1024, initial_window=32 * 1024, stream_window=1024 * 1024,
+                    max_payload=16 * 1024)
+    c, s = pair(cfg)
+    c.open_stream(SID, 0, b"")
+    xfer(c, s)
+    xfer(s, c)
+    in_flight = []
+    for _ in range(200):
+        while (k := c.send_data(1, 0, bytes(16 * 1024))):
+            in_flight.append(k)
+        for ev in xfer(c, s):
+            if isinstance(ev, DataReceived):
+                s.consumed(1, len(ev.payload))  # a fast consumer
+        xfer(s, c)
+    # the sender could finally keep a full stream_window in flight
+    c.send_data(1, 0, b"")
+    total = 0
+    while (k := c.send_data(1, 0, bytes(16 * 1024))):
+        total += k
+    assert total > cfg.stream_window // 2
 
 
 def test_connection_cap_shares_budget() -> None:
