@@ -5,8 +5,10 @@
 Contenders, each in its own process: our pump (bench/_pump_server.py; also
 forced onto its copy path, for information), socat
 (``-b 262144``, ``nodelay`` on its TCP sockets) and a direct connection. Each
-repetition measures every contender back to back; the *added* latency of a
-relay is its p50 (p99) minus the direct p50 (p99) of the same repetition.
+repetition connects through every contender at once and interleaves blocks of
+50 round trips (each contender in turn), so load on this shared machine hits
+all alike; the *added* latency of a relay is its p50 (p99) minus the direct p50
+(p99) of the same repetition.
 
 Target (issue 3): pump added p50 <= 1.2x socat added p50.
 Writes relay_latency.json and .png under bench/results (or $VIC_BENCH_RESULTS).
@@ -20,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,23 +44,28 @@ from _relay_benchlib import (
 )
 
 MSG = 64
+BLOCK = 50
 CONTENDERS = ("direct", "socat", "pump", "pump-copy")
 
 
 def serve_echo(kind: str, tmpdir: str) -> None:
-    """Echo server process: prints READY <addr>, echoes connections one at a time."""
+    """Echo server process: prints READY <addr>, echoes each connection in a thread."""
     sock, addr = listen_socket(kind, Path(tmpdir), "echo.sock")
     print(f"READY {addr}", flush=True)
-    while True:
-        conn, _ = sock.accept()
-        if kind == "tcp":
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def echo(conn: socket.socket) -> None:
         with conn:
             while True:
                 data = conn.recv(65536)
                 if not data:
                     break
                 conn.sendall(data)
+
+    while True:
+        conn, _ = sock.accept()
+        if kind == "tcp":
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=echo, args=(conn,), daemon=True).start()
 
 
 def start_echo(kind: str, tmpdir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -73,28 +81,38 @@ def start_echo(kind: str, tmpdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, line.split()[1]
 
 
-def ping_pong(addr: str, n: int, warmup: int) -> list[float]:
-    """Round-trip times in microseconds, sorted."""
+def ping_pong(socks: dict[str, socket.socket], n: int, warmup: int) -> dict[str, list[float]]:
+    """Round-trip times in microseconds (sorted) per contender, interleaved.
+
+    Blocks of BLOCK round trips go through each contender in turn (rotating the
+    order), so a burst of load on this shared machine hits all of them alike
+    while each path stays warm within its block.
+    """
     msg = bytes(range(MSG))
     buf = bytearray(MSG)
     view = memoryview(buf)
-    out: list[float] = []
-    with connect(addr) as s:
-        for i in range(warmup + n):
-            t0 = time.perf_counter_ns()
-            s.sendall(msg)
-            got = 0
-            while got < MSG:
-                k = s.recv_into(view[got:])
-                if not k:
-                    raise RuntimeError("echo closed")
-                got += k
-            t1 = time.perf_counter_ns()
-            if i >= warmup:
-                out.append((t1 - t0) / 1000)
-        if buf != msg:
-            raise RuntimeError("echo corrupted the message")
-    out.sort()
+    names = list(socks)
+    out: dict[str, list[float]] = {c: [] for c in names}
+    for block, start in enumerate(range(0, warmup + n, BLOCK)):
+        k = block % len(names)
+        for c in names[k:] + names[:k]:
+            s = socks[c]
+            for i in range(start, min(start + BLOCK, warmup + n)):
+                t0 = time.perf_counter_ns()
+                s.sendall(msg)
+                got = 0
+                while got < MSG:
+                    r = s.recv_into(view[got:])
+                    if not r:
+                        raise RuntimeError(f"{c}: echo closed")
+                    got += r
+                t1 = time.perf_counter_ns()
+                if buf != msg:
+                    raise RuntimeError(f"{c}: echo corrupted the message")
+                if i >= warmup:
+                    out[c].append((t1 - t0) / 1000)
+    for v in out.values():
+        v.sort()
     return out
 
 
@@ -149,35 +167,41 @@ def main() -> int:
             echo, echo_addr = start_echo(kind, Path(tmp))
             try:
                 for rep in range(args.reps):
-                    k = rep % len(CONTENDERS)
-                    order = CONTENDERS[k:] + CONTENDERS[:k]
-                    for c in order:
-                        relay: Relay | None = None
-                        try:
+                    relays: list[Relay] = []
+                    socks: dict[str, socket.socket] = {}
+                    try:
+                        for c in CONTENDERS:
                             if c == "direct":
                                 addr = echo_addr
                             else:
-                                listen = relay_listen_addr(kind, Path(tmp), "relay.sock")
+                                listen = relay_listen_addr(kind, Path(tmp), f"relay-{c}.sock")
                                 relay = (
                                     start_socat(listen, echo_addr, nodelay=True)
                                     if c == "socat"
                                     else start_pump(listen, echo_addr, copy=c == "pump-copy")
                                 )
+                                relays.append(relay)
                                 addr = relay.listen
-                            rtts = ping_pong(addr, args.count, args.warmup)
-                            if relay is not None:
-                                relay.finish()
-                        finally:
-                            if relay is not None:
-                                relay.kill()
+                            socks[c] = connect(addr)
+                        rtts = ping_pong(socks, args.count, args.warmup)
+                        for sock in socks.values():
+                            sock.close()
+                        for relay in relays:
+                            relay.finish()
+                    finally:
+                        for sock in socks.values():
+                            sock.close()
+                        for relay in relays:
+                            relay.kill()
+                    for c in CONTENDERS:
                         r = {
-                            "p50_us": percentile(rtts, 0.50),
-                            "p99_us": percentile(rtts, 0.99),
-                            "mean_us": sum(rtts) / len(rtts),
+                            "p50_us": percentile(rtts[c], 0.50),
+                            "p99_us": percentile(rtts[c], 0.99),
+                            "mean_us": sum(rtts[c]) / len(rtts[c]),
                         }
                         runs[kind][c].append(r)
                         print(
-                            f"rep {rep} {kind:4} {c:6} p50 {r['p50_us']:8.1f} us"
+                            f"rep {rep} {kind:4} {c:9} p50 {r['p50_us']:8.1f} us"
                             f"  p99 {r['p99_us']:8.1f} us",
                             flush=True,
                         )

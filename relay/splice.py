@@ -1,5 +1,8 @@
 """Zero-copy fast path: move bytes fd -> pipe -> fd with os.splice under trio.
 
+Bulk data is spliced; small interactive messages are read and written directly
+(cheaper for a few bytes), switching per burst.
+
 Works between fd-backed raw streams: trio.SocketStream over TCP, Unix or vsock,
 trio.lowlevel.FdStream (pipes, FIFOs, ptys) and StapledStreams of those. The
 pipe comes from a PipePool while data moves and goes back as soon as it is
@@ -23,6 +26,11 @@ YIELD_EVERY = 4 << 20
 # A read smaller than this means the source is (almost surely) empty: interactive
 # traffic goes straight back to waiting instead of paying for an EAGAIN first.
 SMALL_READ = 16 << 10
+# Interactive traffic (a burst under this size) is moved with a plain read and
+# write: for a few bytes that is cheaper than two splices, which must allocate
+# pipe pages. A read that fills PROBE_SIZE switches the direction to splicing
+# until a burst comes in under it again.
+PROBE_SIZE = 64 << 10
 
 _SPLICE_FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
 if hasattr(socket, "AF_VSOCK"):
@@ -89,6 +97,28 @@ def _drain_pipe(pipe: Pipe, n: int) -> bytes:
     return bytes(out)
 
 
+async def _write_all(dst_fd: int, data: bytes, stall_timeout: float | None) -> None:
+    view = memoryview(data)
+    off = 0
+    while off < len(view):
+        try:
+            off += os.write(dst_fd, view[off:])
+        except BlockingIOError:
+            await _wait_writable(dst_fd, stall_timeout)
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"write failed: {exc}") from exc
+
+
+async def _wait_writable(fd: int, stall_timeout: float | None) -> None:
+    if stall_timeout is None:
+        await trio.lowlevel.wait_writable(fd)
+        return
+    with trio.move_on_after(stall_timeout) as scope:
+        await trio.lowlevel.wait_writable(fd)
+    if scope.cancelled_caught:
+        raise WriteStalled()
+
+
 async def splice_direction(
     src_fd: int,
     dst_fd: int,
@@ -108,20 +138,67 @@ async def splice_direction(
     on an fd that another task closes raises ClosedResourceError by itself), so
     a stream closed meanwhile is never spliced by a stale fd number.
     """
+    bulk = False
+    while True:
+        if bulk:
+            eof, moved = await _splice_burst(
+                src_fd, dst_fd, pool, on_moved, on_started, stall_timeout, still_open
+            )
+            if eof:
+                return
+            bulk = moved >= PROBE_SIZE
+        else:
+            try:
+                data = os.read(src_fd, PROBE_SIZE)
+            except BlockingIOError:
+                data = None
+            except OSError as exc:
+                if exc.errno in _READ_EOF_ERRNOS:
+                    return
+                raise trio.BrokenResourceError(f"read failed: {exc}") from exc
+            if data is not None:
+                if not data:
+                    return
+                try:
+                    written = os.write(dst_fd, data)
+                except BlockingIOError:
+                    written = 0
+                except OSError as exc:
+                    raise trio.BrokenResourceError(f"write failed: {exc}") from exc
+                if written < len(data):
+                    await _write_all(dst_fd, data[written:], stall_timeout)
+                on_moved(len(data))
+                if len(data) == PROBE_SIZE:
+                    bulk = True
+                    continue
+        await trio.lowlevel.wait_readable(src_fd)
+
+
+async def _splice_burst(
+    src_fd: int,
+    dst_fd: int,
+    pool: PipePool,
+    on_moved: Callable[[int], None],
+    on_started: Callable[[], None],
+    stall_timeout: float | None,
+    still_open: Callable[[], bool],
+) -> tuple[bool, int]:
+    """Splice until the source would block (-> (False, moved)) or ends (-> (True, moved)).
+
+    The pipe is taken from the pool for the burst and returned empty.
+    """
     splice = os.splice
     flags = SPLICE_FLAGS
-    pipe: Pipe | None = None
+    pipe = pool.acquire()
     in_pipe = 0
+    moved = 0
     eof = False
-    started = False
     since_yield = 0
-    drained = False  # a small read just emptied the source: wait instead of retrying
+    drained = False  # a small read just emptied the source: stop instead of retrying
     try:
         while True:
             progressed = False
             if not eof and not drained:
-                if pipe is None:
-                    pipe = pool.acquire()
                 room = pipe.size - in_pipe
                 if room > 0:
                     try:
@@ -129,8 +206,10 @@ async def splice_direction(
                     except BlockingIOError:
                         pass  # source empty, or pipe out of slots: drain first
                     except OSError as exc:
-                        if exc.errno == errno.EINVAL and not started:
-                            raise SpliceUnsupported(_drain_pipe(pipe, in_pipe)) from exc
+                        if exc.errno == errno.EINVAL and not moved:
+                            leftover = _drain_pipe(pipe, in_pipe)
+                            in_pipe = 0
+                            raise SpliceUnsupported(leftover) from exc
                         if exc.errno in _READ_EOF_ERRNOS:
                             eof = True
                         else:
@@ -140,13 +219,9 @@ async def splice_direction(
                             in_pipe += n
                             progressed = True
                             drained = n < SMALL_READ
-                            if not started:
-                                started = True
-                                on_started()
                         else:
                             eof = True
             if in_pipe:
-                assert pipe is not None
                 try:
                     m = splice(pipe.r, dst_fd, in_pipe, None, None, flags)
                 except BlockingIOError:
@@ -158,7 +233,10 @@ async def splice_direction(
                         raise SpliceUnsupported(leftover) from exc
                     raise trio.BrokenResourceError(f"write failed: {exc}") from exc
                 else:
+                    if not moved:
+                        on_started()
                     in_pipe -= m
+                    moved += m
                     progressed = True
                     since_yield += m
                     on_moved(m)
@@ -169,27 +247,13 @@ async def splice_direction(
                     if not still_open():
                         raise trio.ClosedResourceError("stream closed during the pump")
                 continue
-            if eof and not in_pipe:
-                return
+            if not in_pipe:
+                return eof, moved
             since_yield = 0
             drained = False
-            if in_pipe:
-                if stall_timeout is None:
-                    await trio.lowlevel.wait_writable(dst_fd)
-                else:
-                    with trio.move_on_after(stall_timeout) as scope:
-                        await trio.lowlevel.wait_writable(dst_fd)
-                    if scope.cancelled_caught:
-                        raise WriteStalled()
-            else:
-                # Idle: hand the (empty) pipe back before waiting.
-                if pipe is not None:
-                    pool.release(pipe, empty=True)
-                    pipe = None
-                await trio.lowlevel.wait_readable(src_fd)
+            await _wait_writable(dst_fd, stall_timeout)
     finally:
-        if pipe is not None:
-            if in_pipe:
-                pool.discard(pipe)
-            else:
-                pool.release(pipe, empty=True)
+        if in_pipe:
+            pool.discard(pipe)
+        else:
+            pool.release(pipe, empty=True)
