@@ -265,7 +265,7 @@ class VspcService:
         log.info("configuration reloaded")
 
     async def _relisten(self, old: ListenConfig, new: ListenConfig) -> None:
-        same_addr = (old.host, old.port) == (new.host, new.port) and new.port != 0
+        same_addr = old.host == new.host and new.port != 0 and new.port in (old.port, self.esx_port)
         if same_addr:  # the port is ours: free it, then bind again (or go back)
             await self.stop_listening()
             try:

@@ -424,6 +424,28 @@ async def test_esx_over_tls(tmp_path: Path) -> None:
             with pytest.raises((ssl.SSLError, trio.BrokenResourceError)):
                 await EsxConnection.open_stream(HOST, d.esx_port,
                                                 ssl_context=ssl.create_default_context())
-        assert not src.violations and not m.dest.violations
+            # SIGHUP with a new certificate on the same port: the live TLS connection
+            # stays, new connections get the new certificate
+            ca2 = trustme.CA()
+            cert2 = ca2.issue_cert(HOST)
+            cert2.private_key_pem.write_to_path(str(tmp_path / "key2.pem"))
+            cert2.cert_chain_pems[0].write_to_path(str(tmp_path / "cert2.pem"))
+            extra2 = f'[listen.tls]\ncert = "{tmp_path / "cert2.pem"}"\nkey = "{tmp_path / "key2.pem"}"'
+            port = d.esx_port
+            (tmp_path / "vspc.toml").write_text(toml_config(tmp_path, esx_port=port, extra=extra2))
+            d.signal(signal.SIGHUP)
+            assert (await d.message()).get("RELOADING") == "1"
+            await d.ready()
+            assert d.esx_port == port
+            await m.dest.send_console(b"after-reload\xff")
+            assert await read_exactly(viewer, 13) == b"after-reload\xff"
+            with pytest.raises((ssl.SSLError, trio.BrokenResourceError)):
+                await EsxConnection.open_stream(HOST, port, ssl_context=client_ctx)
+            ctx2 = ssl.create_default_context()
+            ca2.configure_trust(ctx2)
+            other = await EsxConnection.open(nursery, HOST, port, vm=SimVM.random(rng),
+                                             ssl_context=ctx2)
+            await other.send_console(b"new-cert")
+        assert not src.violations and not m.dest.violations and not other.violations
         await viewer.aclose()
         nursery.cancel_scope.cancel()
