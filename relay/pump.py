@@ -5,9 +5,10 @@
   is not, that stream is closed once both directions are done.
 * Zero-copy fast path: when the source has a raw read fd and the destination a
   raw write fd (SocketStream over TCP/Unix/vsock, FdStream, StapledStream of
-  those), bytes go fd -> pipe -> fd with os.splice (see relay.splice). Anything
-  else (TLS, in-memory streams) goes through a copy loop with one large
-  reusable buffer per direction.
+  those), bulk bytes go fd -> pipe -> fd with os.splice, and small interactive
+  bursts by a direct read/write of the fds (see relay.splice). Anything else
+  (TLS, in-memory streams) goes through a copy loop with large buffers taken
+  from a shared pool only while data flows.
 * Timeouts: ``idle_timeout`` (no byte moved in either direction) and
   ``stall_timeout`` (one write blocked that long) raise IdleTimeout /
   StallTimeout, both PumpTimeout (a TimeoutError), after closing both streams.
