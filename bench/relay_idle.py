@@ -327,17 +327,26 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for i, run in enumerate(result["relay_runs"]):
-        xs = [p[0] for p in run["rss_kib"]]
-        ys = [(p[1] - run["rss_kib"][0][1]) / 1024 for p in run["rss_kib"]]
-        ax1.plot(xs, ys, marker="o", label="vic relay" if i == 0 else None, color="C0")
-    socat_pb = result["socat"]["per_stream_rss_bytes_median"]
     n = result["streams"]
-    ax1.plot([0, n], [0, socat_pb * n / 2**20], "--", color="C1", label="socat (extrapolated)")
+    for i, run in enumerate(result["relay_runs"]):
+        base = run["rss_kib"][0][1]
+        pts = [p for p in run["rss_kib"] if p[0] > 0]
+        ax1.plot([p[0] for p in pts], [(p[1] - base) / 1024 for p in pts], marker="o",
+                 color="C0", label="vic relay (measured)" if i == 0 else None)
+    socat_pb = result["socat"]["per_stream_rss_bytes_median"]
+    socat_pss = result["socat"]["per_stream_pss_bytes_median"]
+    xs = [max(1, n // 100), n]
+    if socat_pb:
+        ax1.plot(xs, [socat_pb * x / 2**20 for x in xs], "--", color="C1",
+                 label="socat RSS (per-process, extrapolated)")
+        ax1.plot(xs, [socat_pss * x / 2**20 for x in xs], ":", color="C1",
+                 label="socat PSS (extrapolated)")
+    ax1.plot(xs, [10 * KIB * x / 2**20 for x in xs], ":", color="red", label="10 KiB/stream target")
+    ax1.set_xscale("log")
+    ax1.set_yscale("log")
     ax1.set_xlabel("idle streams")
-    ax1.set_ylabel("added RSS (MiB)")
-    ax1.set_yscale("symlog")
-    ax1.legend()
+    ax1.set_ylabel("added memory (MiB)")
+    ax1.legend(fontsize=8)
     ax1.set_title("memory of the relaying process(es)")
     labels = ["vic relay", "socat (RSS)", "socat (PSS)", "direct"]
     vals = [
@@ -364,9 +373,15 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=9000)
     ap.add_argument("--socat-streams", type=int, default=300)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--replot", action="store_true", help="redraw the PNG from the JSON")
     args = ap.parse_args()
     if args.role == "sink":
         sink_main()
+        return 0
+    if args.replot:
+        name = "relay_idle_smoke" if args.smoke else "relay_idle"
+        js = results_dir() / f"{name}.json"
+        plot(json.loads(js.read_text()), js.with_suffix(".png"))
         return 0
     raise_nofile()
     n, k, reps = args.streams, args.socat_streams, args.reps
