@@ -217,24 +217,29 @@ def test_bad_config_process_exits_2_with_one_line(tmp_path: Path) -> None:
     assert r.stdout == ""
 
 
-def test_port_in_use_is_a_config_error(tmp_path: Path) -> None:
+def test_port_in_use_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A listener that cannot be opened at start-up: one line naming the key, exit 2,
+    and nothing logged before it (in process: the same code path as the daemon)."""
+    from vic.cli import main
+
     with socket.socket() as busy:
         busy.bind((HOST, 0))
         busy.listen()
         path = tmp_path / "vspc.toml"
         path.write_text(toml_config(tmp_path, esx_port=busy.getsockname()[1]))
-        r = run_vic("--config", str(path))
-    assert r.returncode == 2, r
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and "listen.port" in lines[0], r.stderr
+        assert main(["vspc", "--config", str(path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "config error: listen.port:" in lines[0], lines
 
 
-def test_check_accepts_a_good_config(tmp_path: Path) -> None:
+def test_check_accepts_a_good_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vic.cli import main
+
     path = tmp_path / "vspc.toml"
     path.write_text(toml_config(tmp_path, vmotion="max-concurrent = 8"))
-    r = run_vic("--config", str(path), "--check")
-    assert r.returncode == 0, r
-    assert r.stdout.strip() == f"{path}: ok"
+    assert main(["vspc", "--config", str(path), "--check"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == f"{path}: ok" and err == ""
     assert not (tmp_path / "console.sock").exists()  # --check starts nothing
 
 
