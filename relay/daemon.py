@@ -182,7 +182,8 @@ class RelayDaemon:
     async def reload(self, new: RelayConfig | None = None) -> bool:
         """Apply a new config (read from ``config_path`` when not given)."""
         async with self._reload_lock:
-            if self._stopping:
+            if self._stopping or self._listeners is None:
+                log.warning("reload ignored: %s", "stopping" if self._stopping else "not running yet")
                 return False
             sdnotify.reloading()
             try:
@@ -326,6 +327,7 @@ class RelayDaemon:
                 await run.stopped.wait()
                 del self._running[name]
         self.config = new
+        self.host = new.host or socket.gethostname()
         if self.limits is not None:
             self.limits.reconfigure(new.limits)
         self._egress_by_route = {name: new.egress_for(lst) for name, lst in wanted.items()}
