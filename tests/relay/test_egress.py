@@ -70,6 +70,7 @@ async def test_tls_egress(tmp_path: Path) -> None:
         s = await _through_relay(egress, app, n, data)
         (rec,) = app.streams
         assert bytes(rec.data) == data
+        assert app.streams[0].header.kind == "tcp"
         await s.aclose()
         n.cancel_scope.cancel()
 
