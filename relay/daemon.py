@@ -155,7 +155,10 @@ class RelayDaemon:
         try:
             async with trio.open_nursery() as svc:
                 self._svc = svc
-                await self._start_metrics(cfg.metrics)
+                try:
+                    await self._start_metrics(cfg.metrics)
+                except OSError as e:
+                    raise ConfigError("metrics.port", f"cannot serve metrics: {e}") from None
                 interval = sdnotify.watchdog_interval()
                 if interval:
                     svc.start_soon(self._watchdog, interval)
