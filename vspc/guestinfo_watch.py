@@ -134,6 +134,11 @@ class FileStoreWatcher(GuestinfoWatcher):
 
 # --------------------------------------------------------------------------- vSphere
 
+# govmomi's simulator (0.24, Debian's) changes extraConfig without announcing it;
+# every ReconfigVM does announce config.hardware.device, so that change makes the
+# watcher re-read extraConfig. Against vCenter this costs nothing extra: devices
+# rarely change, and extraConfig changes are announced as such.
+_DEVICES = "config.hardware.device"
 _EC_ITEM = re.compile(r'^config\.extraConfig\["(.*)"\]$')
 
 
@@ -151,6 +156,8 @@ class _VSphereWatch(VMWatch):
         self.backoff = backoff
         self.pc: Any = None
         self.token = ""
+        self.vm: Any = None
+        self._refetch = False
         self.values: dict[str, str] = {}
         self.power = POWERED_ON
         self.version = 0
@@ -160,7 +167,7 @@ class _VSphereWatch(VMWatch):
     def _setup(self) -> None:
         vmodl = pyvmomi_module("pyVmomi").vmodl
         vim = pyvmomi_module("pyVmomi").vim
-        vm = self.conn.find_vm(self.vm_ident)
+        vm = self.vm = self.conn.find_vm(self.vm_ident)
         root_pc = self.conn.si.content.propertyCollector
         self.pc = root_pc.CreatePropertyCollector()
         spec = vmodl.query.PropertyCollector.FilterSpec(
@@ -169,7 +176,7 @@ class _VSphereWatch(VMWatch):
                 vmodl.query.PropertyCollector.PropertySpec(
                     type=vim.VirtualMachine,
                     all=False,
-                    pathSet=["config.extraConfig", "runtime.powerState"],
+                    pathSet=["config.extraConfig", "runtime.powerState", _DEVICES],
                 )
             ],
         )
@@ -193,11 +200,16 @@ class _VSphereWatch(VMWatch):
                 for ch in obj.changeSet or []:
                     changed = True
                     self._apply(ch.name, ch.op, ch.val)
+        if self._refetch:
+            self._refetch = False
+            self.values = self.conn.extra_config(self.vm)
         return changed
 
     def _apply(self, name: str, op: str, val: Any) -> None:
         if name == "runtime.powerState":
             self.power = str(val)
+        elif name == _DEVICES:
+            self._refetch = True
         elif name == "config.extraConfig":
             self.values = {o.key: str(o.value) for o in (val or [])}
         else:
