@@ -38,6 +38,26 @@ CLOSE_FLUSH_SECONDS = 2.0
 class EsxConnection:
     """One live ESX connection (a hashable token for the switchboard)."""
 
+    __slots__ = (
+        "_closing",
+        "_control",
+        "_data",
+        "_resume",
+        "_room",
+        "_scope",
+        "_wake",
+        "close_reason",
+        "id",
+        "key",
+        "label",
+        "peer",
+        "raw_uuid",
+        "received_at",
+        "session",
+        "stream",
+        "vm_name",
+    )
+
     def __init__(
         self,
         stream: trio.abc.Stream,
