@@ -142,17 +142,20 @@ class Vspc:
     def pid(self) -> int:
         return self.proc.pid
 
-    def metrics_text(self) -> str:
+    def metrics_text(self, timeout: float = 30.0) -> str:
         import urllib.request
 
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-        ) as r:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout) as r:
             return str(r.read().decode())
 
-    def metric(self, name: str) -> float | None:
-        """First sample named exactly ``name`` (labels ignored), or None."""
-        for line in self.metrics_text().splitlines():
+    def metric(self, name: str, text: str | None = None) -> float | None:
+        """First sample named exactly ``name`` (labels ignored); None if absent or unreachable."""
+        try:
+            text = text if text is not None else self.metrics_text()
+        except OSError:
+            return None
+        for line in text.splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
         return None
