@@ -39,7 +39,9 @@ class Input(enum.Enum):
     BEGIN_NOT_CARRIER = "begin_not_carrier"  # BEGIN from a connection not carrying the port
     PEER = "peer"  # PEER with the exact seq+secret, from a connection that may be the destination
     PEER_REPEAT = "peer_repeat"  # the accepted destination sends its PEER again
-    PEER_BAD = "peer_bad"  # right seq, wrong secret; or a connection that may not be the destination
+    PEER_BAD = (
+        "peer_bad"  # right seq, wrong secret; or a connection that may not be the destination
+    )
     COMPLETE = "complete"  # COMPLETE(seq) from the accepted destination, seq of the pending vMotion
     COMPLETE_BAD = "complete_bad"  # any other COMPLETE
     ABORT = "abort"  # ABORT from the source of the pending vMotion

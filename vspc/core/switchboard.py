@@ -412,7 +412,9 @@ class Switchboard:
             rec.role = _Role.WAITING
             port.waiting.append(rec)
             out.append(
-                PortEvent(key, EventKind.IDENTITY, "waiting: a vMotion is pending on this port", conn)
+                PortEvent(
+                    key, EventKind.IDENTITY, "waiting: a vMotion is pending on this port", conn
+                )
             )
         elif port.carrier is None:
             self._make_carrier(port, rec)
@@ -483,9 +485,7 @@ class Switchboard:
                 ),
             ]
         port = self._ports[rec.key]
-        busy = (
-            len(self._pending) >= self.max_concurrent_vmotions or (seq + secret) in self._cookies
-        )
+        busy = len(self._pending) >= self.max_concurrent_vmotions or (seq + secret) in self._cookies
         step = port.vm.begin(
             conn,
             seq,
