@@ -26,6 +26,9 @@ from dataclasses import dataclass, replace
 
 Conn = Hashable
 
+#: Suggested length of the GOAHEAD secret (the adapter draws it with os.urandom).
+SECRET_SIZE = 16
+
 
 class State(enum.Enum):
     IDLE = "idle"  # one carrier connection (or none), nothing pending

@@ -321,6 +321,17 @@ def test_notnow_on_concurrent_limit() -> None:
     assert isinstance(s.begin("b", b"q", b"r", 3.0)[0], SendGoahead)
 
 
+def test_cookie_colliding_with_another_pending_vmotion_is_notnow() -> None:
+    s = sb()
+    carried(s, "a", K)
+    carried(s, "b", K2)
+    assert isinstance(s.begin("a", b"ab", b"c", 0.0)[0], SendGoahead)
+    assert s.begin("b", b"a", b"bc", 0.0)[0] == SendNotNow("b", b"a")  # same seq+secret bytes
+    s.connection_opened("d")
+    assert SendPeerOk("d", b"ab") in s.peer("d", b"abc", 1.0)
+    assert s.port_of("d") == K
+
+
 def test_begin_from_unidentified_or_non_carrier_is_notnow() -> None:
     s = sb()
     s.connection_opened("anon")

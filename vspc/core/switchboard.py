@@ -15,7 +15,7 @@ Calls (each returns ``list[Action]`` unless noted)::
                      to_vm_buffer_limit=256 * 1024)
     sb.connection_opened(conn)            # PortEvent(connect)
     sb.identified(conn, key, now)         # VM-VC-UUID (+ label) known: conn carries key
-    sb.begin(conn, seq, secret, now)      # VMOTION-BEGIN; secret = fresh random bytes
+    sb.begin(conn, seq, secret, now)      # VMOTION-BEGIN; secret = os.urandom(SECRET_SIZE)
     sb.peer(conn, cookie, now)            # VMOTION-PEER; cookie = seq + secret as received
     sb.complete(conn, seq, now)           # VMOTION-COMPLETE
     sb.abort(conn, now)                   # VMOTION-ABORT
@@ -34,6 +34,10 @@ write it to the console's event log when ``key`` is set, count it), ``RoomAvaila
 (a full to-VM buffer drained: writers waiting on ``to_vm_room`` may go on),
 ``ResumeReading`` (a connection whose held bytes were full may be read again),
 ``Dropped`` (bytes of a connection that closed before it ever had an identity).
+
+Metrics: count ``PortEvent`` kinds; the vMotion outcomes are ``vmotion_complete``,
+``vmotion_abort``, ``vmotion_expire``, ``vmotion_notnow`` and ``peer_refused``. Time
+BEGIN->GOAHEAD around ``begin`` plus the write of ``SendGoahead``.
 
 Rules the adapter relies on:
 
@@ -71,7 +75,27 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from vspc.core.identity import PortKey
-from vspc.vmotion import Effect, Input, Pending, PortVMotion, State, Step
+from vspc.vmotion import SECRET_SIZE, Effect, Input, Pending, PortVMotion, State, Step
+
+__all__ = [
+    "SECRET_SIZE",
+    "Action",
+    "BufferFull",
+    "CloseConn",
+    "Conn",
+    "Deliver",
+    "Dropped",
+    "EventKind",
+    "PortEvent",
+    "ResumeReading",
+    "RoomAvailable",
+    "SendData",
+    "SendGoahead",
+    "SendNotNow",
+    "SendPeerOk",
+    "Switchboard",
+    "VMotionInfo",
+]
 
 Conn = Hashable
 
