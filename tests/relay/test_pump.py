@@ -19,7 +19,7 @@ import trio.testing
 import trustme
 
 from relay.pipepool import PipePool
-from relay.pump import IdleTimeout, PumpCounters, StallTimeout, pump
+from relay.pump import NOTSENT_LOWAT, IdleTimeout, PumpCounters, StallTimeout, pump
 
 Pair = tuple[trio.abc.Stream, trio.abc.Stream]
 
@@ -291,6 +291,9 @@ async def test_counters_live_and_pipe_returned_when_idle() -> None:
             assert pool.in_use == 0
             assert pool.idle >= 1
             assert pool.created <= 2
+            # trio's 16 KiB TCP_NOTSENT_LOWAT is lifted on the TCP side the pump writes
+            lowat = a.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+            assert lowat == NOTSENT_LOWAT
             # The pooled pipe is reused for the next burst.
             await y.send_all(b"pong")
             assert await x.receive_some(10) == b"pong"
