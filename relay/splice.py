@@ -185,45 +185,46 @@ async def _splice_burst(
 ) -> tuple[bool, int]:
     """Splice until the source would block (-> (False, moved)) or ends (-> (True, moved)).
 
-    The pipe is taken from the pool for the burst and returned empty.
+    The pipe is taken from the pool for the burst and returned empty. Bytes
+    moved are reported through ``on_moved`` before every yield (nobody else runs
+    in between, so the counters are always current for any observer).
     """
     splice = os.splice
     flags = SPLICE_FLAGS
     pipe = pool.acquire()
+    pr, pw, cap = pipe.r, pipe.w, pipe.size
     in_pipe = 0
     moved = 0
+    unreported = 0
     eof = False
-    since_yield = 0
     drained = False  # a small read just emptied the source: stop instead of retrying
     try:
         while True:
             progressed = False
-            if not eof and not drained:
-                room = pipe.size - in_pipe
-                if room > 0:
-                    try:
-                        n = splice(src_fd, pipe.w, room, None, None, flags)
-                    except BlockingIOError:
-                        pass  # source empty, or pipe out of slots: drain first
-                    except OSError as exc:
-                        if exc.errno == errno.EINVAL and not moved:
-                            leftover = _drain_pipe(pipe, in_pipe)
-                            in_pipe = 0
-                            raise SpliceUnsupported(leftover) from exc
-                        if exc.errno in _READ_EOF_ERRNOS:
-                            eof = True
-                        else:
-                            raise trio.BrokenResourceError(f"read failed: {exc}") from exc
+            if not eof and not drained and in_pipe < cap:
+                try:
+                    n = splice(src_fd, pw, cap - in_pipe, None, None, flags)
+                except BlockingIOError:
+                    pass  # source empty, or pipe out of slots: drain first
+                except OSError as exc:
+                    if exc.errno == errno.EINVAL and not moved:
+                        leftover = _drain_pipe(pipe, in_pipe)
+                        in_pipe = 0
+                        raise SpliceUnsupported(leftover) from exc
+                    if exc.errno in _READ_EOF_ERRNOS:
+                        eof = True
                     else:
-                        if n:
-                            in_pipe += n
-                            progressed = True
-                            drained = n < SMALL_READ
-                        else:
-                            eof = True
+                        raise trio.BrokenResourceError(f"read failed: {exc}") from exc
+                else:
+                    if n:
+                        in_pipe += n
+                        progressed = True
+                        drained = n < SMALL_READ
+                    else:
+                        eof = True
             if in_pipe:
                 try:
-                    m = splice(pipe.r, dst_fd, in_pipe, None, None, flags)
+                    m = splice(pr, dst_fd, in_pipe, None, None, flags)
                 except BlockingIOError:
                     pass
                 except OSError as exc:
@@ -237,22 +238,26 @@ async def _splice_burst(
                         on_started()
                     in_pipe -= m
                     moved += m
+                    unreported += m
                     progressed = True
-                    since_yield += m
-                    on_moved(m)
             if progressed:
-                if since_yield >= YIELD_EVERY:
-                    since_yield = 0
+                if unreported >= YIELD_EVERY:
+                    on_moved(unreported)
+                    unreported = 0
                     await trio.lowlevel.checkpoint()
                     if not still_open():
                         raise trio.ClosedResourceError("stream closed during the pump")
                 continue
+            if unreported:
+                on_moved(unreported)
+                unreported = 0
             if not in_pipe:
                 return eof, moved
-            since_yield = 0
             drained = False
             await _wait_writable(dst_fd, stall_timeout)
     finally:
+        if unreported:
+            on_moved(unreported)
         if in_pipe:
             pool.discard(pipe)
         else:
