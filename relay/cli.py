@@ -1,4 +1,7 @@
-"""``vic relay --config relay.toml [--check]``: the host-side relay daemon."""
+"""``vic relay --config relay.toml [--check]``: the host-side relay daemon.
+
+``vic relay route show|set`` talks to a running relay's admin socket (relay.admin).
+"""
 
 from __future__ import annotations
 
@@ -15,12 +18,25 @@ from vic.ops.daemon import watch_signals
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="relay TOML config file")
+    parser.add_argument("--config", help="relay TOML config file (required to run the daemon)")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
     parser.add_argument("--log-level", default=None, help="override the config's log-level")
+    try:
+        from relay.admin import add_route_cli
+    except ImportError:  # pragma: no cover - the admin tools are optional here
+        return
+    sub = parser.add_subparsers(dest="relay_command", metavar="COMMAND")
+    sub.required = False
+    add_route_cli(sub)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "relay_command", None) == "route":
+        from relay.admin import run_route_cli
+
+        return run_route_cli(args)
+    if not args.config:
+        raise ConfigError("config", "--config FILE is required")
     cfg = load_config(args.config)  # ConfigError -> exit 2, one line (vic.cli)
     if args.check:
         print(f"{args.config}: ok ({len(cfg.listeners())} listeners, {len(cfg.egress)} egresses)")
