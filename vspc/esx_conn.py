@@ -2,9 +2,9 @@
 
 One reader task feeds the sans-IO ``EsxSession`` and hands its events to the
 service; it never waits on a console, a client or the disk (the service queues
-console bytes per port), only on TCP and on its own bounded budgets. One writer
-task drains two outgoing queues, control frames (GOAHEAD, NOTNOW, PEER-OK,
-negotiation) first, so a vMotion answer never waits behind console data bound
+console bytes per port), only on TCP and on its own bounded budgets. A writer
+task, started only while something is queued, drains two outgoing queues,
+control frames (GOAHEAD, NOTNOW, PEER-OK, negotiation) first, so a vMotion answer never waits behind console data bound
 for the VM: console data is kept un-escaped and escaped per chunk, so a control
 frame can go between any two chunks without splitting an escaped 0xFF.
 """
@@ -36,16 +36,20 @@ CLOSE_FLUSH_SECONDS = 2.0
 
 
 class EsxConnection:
-    """One live ESX connection (a hashable token for the switchboard)."""
+    """One live ESX connection (a hashable token for the switchboard).
+
+    Small on purpose (thousands are open at once): the writer task exists only
+    while there is something to write, and events are created only when waited on.
+    """
 
     __slots__ = (
         "_closing",
         "_control",
         "_data",
+        "_nursery",
         "_resume",
         "_room",
-        "_scope",
-        "_wake",
+        "_writing",
         "close_reason",
         "id",
         "key",
@@ -75,11 +79,11 @@ class EsxConnection:
         self.received_at = 0.0  # trio time of the read being processed
         self._control = bytearray()
         self._data = bytearray()  # un-escaped console bytes for the VM
-        self._wake = trio.Event()
-        self._room = trio.Event()
+        self._writing = False  # a writer task is running
         self._closing = False
-        self._scope: trio.CancelScope | None = None
-        self._resume = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._room: trio.Event | None = None  # someone waits in wait_out_room
+        self._resume: trio.Event | None = None  # the reader waits for resume_reading
         self.close_reason: str | None = None
 
     def __repr__(self) -> str:
@@ -99,12 +103,12 @@ class EsxConnection:
     def send_control(self, data: bytes) -> None:
         if data and not self._closing:
             self._control += data
-            self._wake.set()
+            self._kick()
 
     def send_console(self, data: bytes) -> None:
         if data and not self._closing:
             self._data += data
-            self._wake.set()
+            self._kick()
 
     def out_pending(self) -> int:
         return len(self._control) + len(self._data)
@@ -112,28 +116,42 @@ class EsxConnection:
     async def wait_out_room(self) -> None:
         """Wait while more than OUT_HIGH_WATER console bytes wait for the VM."""
         while len(self._data) > OUT_HIGH_WATER and not self._closing:
-            self._room = trio.Event()
+            if self._room is None:
+                self._room = trio.Event()
             await self._room.wait()
 
+    def _wake_room(self) -> None:
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+
     def resume_reading(self) -> None:
-        self._resume.set()
+        if self._resume is not None:
+            self._resume.set()
+            self._resume = None
 
     def close_soon(self, reason: str) -> None:
         """Close after flushing what is queued (for at most CLOSE_FLUSH_SECONDS)."""
         if not self._closing:
             self._closing = True
             self.close_reason = reason
-            self._wake.set()
-            self._room.set()
-            if self._scope is not None:
-                self._scope.deadline = min(self._scope.deadline,
-                                           trio.current_time() + CLOSE_FLUSH_SECONDS)
-        self._resume.set()
+            self._wake_room()
+            if self._nursery is not None:
+                scope = self._nursery.cancel_scope
+                if self._writing:  # it cancels the scope once flushed
+                    scope.deadline = min(scope.deadline, trio.current_time() + CLOSE_FLUSH_SECONDS)
+                else:
+                    scope.cancel()
+        self.resume_reading()
 
-    async def writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
+    def _kick(self) -> None:
+        if not self._writing and self._nursery is not None:
+            self._writing = True
+            self._nursery.start_soon(self._write)
+
+    async def _write(self) -> None:
+        """Write until nothing is queued (control frames first), then end."""
+        try:
             while self._control or self._data:
                 if self._control:
                     chunk = bytes(self._control)
@@ -143,24 +161,25 @@ class EsxConnection:
                     del self._data[: len(raw)]
                     chunk = self.session.send_console(raw)
                     if len(self._data) <= OUT_HIGH_WATER:
-                        self._room.set()
+                        self._wake_room()
                 await self.stream.send_all(chunk)
-            if self._closing:
-                return
+        finally:
+            self._writing = False
+        if self._closing and self._nursery is not None:
+            self._nursery.cancel_scope.cancel()  # flushed: now close
 
     async def run(self, service: VspcService) -> None:
         """Serve the connection until EOF, error, or the switchboard closes it."""
         try:
             async with trio.open_nursery() as nursery:
-                self._scope = nursery.cancel_scope
+                self._nursery = nursery
                 if self._closing:  # closed before it started
                     nursery.cancel_scope.cancel()
-                nursery.start_soon(self._write_then_cancel, nursery.cancel_scope)
                 self.send_control(self.session.initial_bytes())
+                self._kick()  # anything queued before the nursery existed
                 await self._read_loop(service)
-                if not self._closing:
-                    nursery.cancel_scope.cancel()  # EOF
-                # else: the writer flushes, then cancels (close_soon set a deadline)
+                if not self._closing or not self._writing:
+                    nursery.cancel_scope.cancel()  # EOF, or closing with nothing to flush
         except* (trio.BrokenResourceError, trio.ClosedResourceError) as eg:
             log.info("%r: connection lost: %s", self, _first(eg))
         except* OSError as eg:
@@ -171,17 +190,14 @@ class EsxConnection:
             service.metrics.protocol_errors_total.labels(where="internal").inc()
         finally:
             self._closing = True
-            self._room.set()
+            self._nursery = None
+            self._wake_room()
             with trio.CancelScope(shield=True):
                 try:
                     await service.connection_closed(self)
                 except Exception:  # a bug must not take the service down
                     log.exception("%r: error while closing", self)
                 await trio.aclose_forcefully(self.stream)
-
-    async def _write_then_cancel(self, scope: trio.CancelScope) -> None:
-        await self.writer()  # returns once closing and flushed
-        scope.cancel()
 
     async def _read_loop(self, service: VspcService) -> None:
         while not self._closing:
@@ -202,8 +218,8 @@ class EsxConnection:
             # Budgets: bytes held for a later owner (switchboard), bytes queued for
             # the console (service). Past them, stop reading this connection.
             while not self._closing and not service.may_read(self):
-                self._resume = trio.Event()
-                await self._resume.wait()
+                resume = self._resume = trio.Event()
+                await resume.wait()
 
 
 def _first(eg: BaseExceptionGroup[BaseException]) -> BaseException:
