@@ -20,7 +20,7 @@ from vic.lab import report
 from vspc.config import EndpointConfig, ListenConfig, MetricsConfig, VspcConfig
 from vspc.console.config import ConsoleConfig
 
-SCENARIOS = ("vspc", "relay")
+SCENARIOS = ("vspc", "relay", "agent")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--lines", type=int, default=150, help="console lines per VM")
     parser.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
+    parser.add_argument("--no-netns", action="store_true",
+                        help="agent scenario: no VM in a network namespace of its own")
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -81,6 +83,15 @@ async def main(workdir: Path, args: argparse.Namespace) -> bool:
             print(report.render("VMs -> relays -> appliance endpoint (every ingress kind)",
                                 checks))
             all_ok &= all(c.ok for c in checks if c.sent or c.typed)
+        if "agent" in selected:
+            from vic.lab import agent_scenario
+
+            agents = await agent_scenario.run(service, endpoint, workdir, seed=args.seed,
+                                              lines=args.lines, netns=not args.no_netns)
+            print(agent_scenario.render(
+                "VMs running the guest agent (guestinfo: file store; console: relay esx-c)",
+                agents))
+            all_ok &= all(c.ok for c in agents if not c.skipped)
         _print_metrics(service)
         nursery.cancel_scope.cancel()
     print("LAB RESULT:", "all consoles byte-exact" if all_ok else "FAILED", file=sys.stdout)
