@@ -383,3 +383,55 @@ async def send_signal(
         return seq if raw is not None and raw.isdigit() and int(raw) >= seq else None
 
     return await wait_for(watcher, vm, acked, timeout, fail_on_power_off=False)
+
+
+# --------------------------------------------------------------------------- display
+
+
+def summarize(vm: str, st: VMState, sessions: list[str] | None = None) -> dict[str, Any]:
+    """What the appliance knows about one VM, as plain data (for the lab and CLIs)."""
+    if sessions is None:
+        sessions = gi.decode_map_keys(st.values.get(gi.sessions_key()))
+    out: dict[str, Any] = {
+        "vm": vm,
+        "power": st.power,
+        "addresses": {net: [str(a) for a in addrs] for net, addrs in st.networks().items()},
+        "errors": st.errors(),
+        "sessions": {},
+    }
+    for sid in sessions:
+        v = st.session(sid)
+        if v.exit is not None:
+            state = "exited"
+        elif v.start_error is not None:
+            state = "failed"
+        elif v.started is not None:
+            state = "running"
+        else:
+            state = "pending"
+        out["sessions"][sid] = {
+            "state": state,
+            "error": v.start_error,
+            "status": v.exit.status if v.exit else None,
+            "signal": v.exit.signal if v.exit else None,
+            "stoptime": v.exit.stoptime if v.exit else None,
+        }
+    return out
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """One line per VM: ``vm1 poweredOn public=10.0.0.5 c1:exited(3) c2:failed(...)``."""
+    parts = [str(summary["vm"]), str(summary["power"])]
+    addrs = summary.get("addresses") or {}
+    parts += [f"{net}={','.join(a)}" for net, a in sorted(addrs.items())] or ["no-address"]
+    for sid, s in sorted((summary.get("sessions") or {}).items()):
+        if s["state"] == "exited":
+            extra = f"({s['status']}{' ' + s['signal'] if s['signal'] else ''})"
+        elif s["state"] == "failed":
+            extra = f"({s['error']})"
+        else:
+            extra = ""
+        parts.append(f"{sid}:{s['state']}{extra}")
+    for comp, text in sorted((summary.get("errors") or {}).items()):
+        parts.append(f"error[{comp}]={text!r}")
+    return " ".join(parts)

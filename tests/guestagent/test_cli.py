@@ -100,3 +100,18 @@ publish = false
         if agent.poll() is None:
             agent.kill()
             agent.wait()
+
+
+async def test_exit_when_done(tmp_path: Path) -> None:
+    conf = tmp_path / "agent.toml"
+    conf.write_text(
+        f'[guestinfo]\nbackend = "file"\npath = "{tmp_path / "vm8.json"}"\n'
+        '[console]\ntransport = "none"\n[network]\npublish = false\n'
+        "[agent]\nexit-when-done = true\n"
+    )
+    w = FileStoreWatcher(tmp_path)
+    await configure_session(w, "vm8", gi.SessionConfig(id="c8", path="/bin/true"))
+    p = await trio.to_thread.run_sync(_vic_agent, conf)
+    assert p.returncode == 0, p.stderr
+    info = (await w.state("vm8")).session("c8").exit
+    assert info is not None and info.status == 0

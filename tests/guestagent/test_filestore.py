@@ -132,3 +132,24 @@ async def test_controls_roundtrip(tmp_path: Path) -> None:
         n.start_soon(guest_acks)
         await trio.testing.wait_all_tasks_blocked()
         assert await send_signal(w, "vm4", "s", "SIGTERM", timeout=10) == 1
+
+
+async def test_summary_for_display(tmp_path: Path) -> None:
+    from vspc.guestinfo_watch import format_summary, summarize
+
+    w = FileStoreWatcher(tmp_path)
+    store = w.store("vm9")
+    vals = gi.encode_sessions(
+        [gi.SessionConfig(id="a", path="/x"), gi.SessionConfig(id="b", path="/y")]
+    )
+    vals.update(gi.encode_started("a", True))
+    vals.update(gi.encode_exit("a", 137, 5, "SIGKILL"))
+    vals.update(gi.encode_started("b", False, "cannot run /y: No such file or directory"))
+    vals.update(gi.encode_networks({"public": [gi.decode_ip(gi.encode_ip("192.0.2.7"))]}))  # type: ignore[list-item]
+    store.update(vals)
+    s = summarize("vm9", await w.state("vm9"))
+    assert s["sessions"]["a"] == {
+        "state": "exited", "error": None, "status": 137, "signal": "SIGKILL", "stoptime": 5
+    }  # fmt: skip
+    line = format_summary(s)
+    assert line.startswith("vm9 poweredOn public=192.0.2.7 a:exited(137 SIGKILL) b:failed(")
