@@ -267,11 +267,12 @@ class VspcService:
     async def _relisten(self, old: ListenConfig, new: ListenConfig) -> None:
         same_addr = old.host == new.host and new.port != 0 and new.port in (old.port, self.esx_port)
         if same_addr:  # the port is ours: free it, then bind again (or go back)
+            bound = replace(old, port=self.esx_port or old.port)
             await self.stop_listening()
             try:
                 self._listener = await self._start_listening(new)
             except ConfigError:
-                self._listener = await self._start_listening(old)
+                self._listener = await self._start_listening(bound)
                 raise
         else:  # bind the new address first, so a failure leaves the old one
             server = await self._start_listening(new)

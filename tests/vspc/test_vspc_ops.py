@@ -218,7 +218,10 @@ def test_bad_config_process_exits_2_with_one_line(tmp_path: Path) -> None:
     assert r.stdout == ""
 
 
-def test_port_in_use_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("which", ["listen", "metrics"])
+def test_port_in_use_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], which: str
+) -> None:
     """A listener that cannot be opened at start-up: one line naming the key, exit 2,
     and nothing logged before it (in process: the same code path as the daemon)."""
     from vic.cli import main
@@ -226,11 +229,16 @@ def test_port_in_use_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFix
     with socket.socket() as busy:
         busy.bind((HOST, 0))
         busy.listen()
+        port = busy.getsockname()[1]
+        text = toml_config(tmp_path, esx_port=port if which == "listen" else 0)
+        if which == "metrics":
+            text = text.replace("[metrics]\nhost = \"127.0.0.1\"\nport = 0",
+                                f"[metrics]\nhost = \"127.0.0.1\"\nport = {port}")
         path = tmp_path / "vspc.toml"
-        path.write_text(toml_config(tmp_path, esx_port=busy.getsockname()[1]))
+        path.write_text(text)
         assert main(["vspc", "--config", str(path)]) == 2
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and "config error: listen.port:" in lines[0], lines
+    assert len(lines) == 1 and f"config error: {which}.port:" in lines[0], lines
 
 
 def test_check_accepts_a_good_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -345,10 +353,21 @@ async def test_sighup_reload_under_traffic(tmp_path: Path) -> None:
             assert d.esx_port == new_port
             await a.send_console(b"still")
             assert await read_exactly(viewer, 5) == b"still"
+            # a new port that is taken: logged, the old listener kept
+            with socket.socket() as busy:
+                busy.bind((HOST, 0))
+                busy.listen()
+                cfg.write_text(toml_config(tmp_path, esx_port=busy.getsockname()[1]))
+                d.signal(signal.SIGHUP)
+                assert (await d.message()).get("RELOADING") == "1"
+                await d.ready()
+            assert d.esx_port == new_port
+            assert not await refused(new_port)
         assert not a.closed.is_set() and not a.violations
         await viewer.aclose()
         nursery.cancel_scope.cancel()
     assert b"reload refused" in d.stderr and b"vmotion.max-concurrent:" in d.stderr
+    assert b"keeping the old ESX listener" in d.stderr
 
 
 async def test_sigterm_stops_listening_and_drains(tmp_path: Path) -> None:
