@@ -494,9 +494,13 @@ class VspcService:
             self._settled = True
         if ev.key is None:
             return
-        if isinstance(conn, EsxConnection):
-            conn.key = self.board.port_of(conn)
         console = self._console(ev.key)
+        if isinstance(conn, EsxConnection):
+            bound = self.board.port_of(conn)
+            if conn.key is None and bound == ev.key:  # first event of this connection here
+                console.event("connect", peer=conn.peer, uuid=conn.raw_uuid or "",
+                              name=conn.vm_name or "", tls=_is_tls(conn.stream))
+            conn.key = bound
         fields: dict[str, object] = {"detail": ev.detail}
         if isinstance(conn, EsxConnection):
             fields["peer"] = conn.peer
@@ -546,6 +550,15 @@ _SETTLED = {
     sb.EventKind.VMOTION_ABORT,
     sb.EventKind.VMOTION_EXPIRE,
 }
+
+
+def _is_tls(stream: trio.abc.Stream) -> bool:
+    s: Any = stream
+    while s is not None:
+        if isinstance(s, trio.SSLStream):
+            return True
+        s = getattr(s, "transport_stream", None)
+    return False
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:

@@ -586,6 +586,13 @@ async def test_attached_clients_survive_vmotions(tmp_path: Path, nursery: trio.N
             assert await host.receive_console_exactly(2) == b"k%d" % hop
             assert len(console.clients) == 2
             assert console.connected
-    kinds = [e["event"] for e in await events_of(service, key)]
+    events = await events_of(service, key)
+    kinds = [e["event"] for e in events]
     assert kinds.count("vmotion_begin") == 2 and kinds.count("vmotion_complete") == 2
     assert "client_detach" not in kinds
+    # the sidecar log: each connection's connect (as ESX names the VM) and disconnect, timed
+    connects = [e for e in events if e["event"] == "connect"]
+    assert len(connects) == 3 and all(e["uuid"] == vm.uuid for e in connects)
+    assert kinds.count("disconnect") == 2  # the two sources
+    assert kinds.index("connect") < kinds.index("identity") < kinds.index("vmotion_begin")
+    assert all(isinstance(e["ts"], float) and e["time"].endswith("Z") for e in events)
