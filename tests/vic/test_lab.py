@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,3 +23,30 @@ def test_lab_runs_and_checks_every_byte(tmp_path: Path) -> None:
         assert kind in out
     # the console logs on disk hold the bytes too
     assert any((tmp_path / "consoles").glob("*.log"))
+    _check_agent_table(out)
+
+
+def _check_agent_table(out: str) -> None:
+    """Scenario 3: real `vic agent` processes, as the appliance saw them through guestinfo."""
+    assert "== VMs running the guest agent" in out
+    rows = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith("vm-agent-")}
+    assert set(rows) == {"vm-agent-1", "vm-agent-2", "vm-agent-3", "vm-agent-dhcp"}, rows
+    for vm in ("vm-agent-1", "vm-agent-2", "vm-agent-3"):
+        assert rows[vm].rstrip().endswith("  OK"), rows[vm]
+    # exit status 3, after reading the line the appliance typed into the console
+    assert re.search(r"  started +3 +\d", rows["vm-agent-1"]), rows["vm-agent-1"]
+    assert "the process read it from its stdin" in out
+    # the tty session killed itself: 128 + SIGTERM, with the signal name
+    assert re.search(r"  started +143 \(SIGTERM\) +\d", rows["vm-agent-2"]), rows["vm-agent-2"]
+    # a command that does not exist: `started` carries the error text the user sees
+    assert ("cannot run /opt/vic-lab/no-such-command: No such file or directory"
+            in rows["vm-agent-3"]), rows["vm-agent-3"]
+    assert "the agent stayed up" in out
+    # each console complete: n/n bytes, and equal to what the session printed
+    for vm in ("vm-agent-1", "vm-agent-2"):
+        m = re.search(r" (\d+)/(\d+) ", rows[vm])
+        assert m and m[1] == m[2] and int(m[2]) > 0, rows[vm]
+    dhcp = rows["vm-agent-dhcp"]
+    assert dhcp.rstrip().endswith("  OK") or "SKIPPED" in dhcp, dhcp
+    if "SKIPPED" not in dhcp:
+        assert re.search(r"public 10\.213\.91\.\d+", dhcp), dhcp

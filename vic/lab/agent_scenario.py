@@ -320,31 +320,39 @@ async def run_vm(service: VspcService, watcher: FileStoreWatcher, d: Path, plan:
     sid = plan.session.id
     reader = ConsoleReader(check)
     proc: trio.Process | None = None
+    stage = "writing the session config"
     try:
         async with trio.open_nursery() as n:
             await configure_session(watcher, plan.vm, plan.session)
+            stage = "starting the agent, waiting for its console"
             proc = await start_agent(conf, plan.netns)
             await reader.attach(service, key, proc, n)
             if plan.netns:
                 assert prepare is not None
+                stage = "DHCP in the VM's namespace, waiting for the published address"
                 await _dhcp(watcher, plan, check, prepare)
             await go_ahead(watcher, plan.vm, sid)
+            stage = "waiting for `started`"
             try:
                 await wait_for_started(watcher, plan.vm, sid, STEP_TIMEOUT)
                 check.state = "started"
             except SessionStartFailed as e:
                 check.state = str(e)
+            if not plan.netns:
+                stage = "reading the published addresses"
+                await _addresses(watcher, plan, check)
+            stage = "waiting for the exit status"
             if plan.error:
                 await _launch_failed(plan, check, proc)
             elif check.state != "started":
                 check.problems.append("launch failed")
             else:
                 await _ran(watcher, plan, check, reader)
-            await _addresses(watcher, plan, check)
+            stage = "powering off"
             await _power_off(watcher, plan, check, proc, reader)
             n.cancel_scope.cancel()
-    except (trio.TooSlowError, OSError, RuntimeError, cc.ConsoleClientError) as e:
-        check.problems.append(f"{type(e).__name__}: {e}".rstrip(": "))
+    except Exception as e:  # one VM's failure is reported in its row; the others go on
+        check.problems.append(f"{stage}: {_describe(e)}")
         check.events.extend(f"agent log: {ln}" for ln in log_tail(conf))
     finally:
         await stop(proc)
@@ -352,6 +360,15 @@ async def run_vm(service: VspcService, watcher: FileStoreWatcher, d: Path, plan:
     with contextlib.suppress(OSError, trio.TooSlowError):
         errors = (await watcher.state(plan.vm)).errors()
         check.events.extend(f"guest reported error [{k}]: {v}" for k, v in errors.items())
+
+
+def _describe(e: BaseException) -> str:
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    text = str(e)
+    if isinstance(e, subprocess.CalledProcessError) and e.stderr:
+        text += ": " + e.stderr.decode(errors="replace").strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 async def _launch_failed(plan: VMPlan, check: AgentCheck, proc: trio.Process) -> None:
@@ -384,8 +401,6 @@ async def _ran(watcher: FileStoreWatcher, plan: VMPlan, check: AgentCheck,
 
 
 async def _addresses(watcher: FileStoreWatcher, plan: VMPlan, check: AgentCheck) -> None:
-    if plan.netns:
-        return  # done in _dhcp
     with contextlib.suppress(trio.TooSlowError):
         # the agent publishes at start-up; a machine with nothing but lo publishes nothing
         await wait_for_addresses(watcher, plan.vm, bool, 3)
