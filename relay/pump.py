@@ -47,7 +47,10 @@ class PumpCounters:
 
     a_to_b: int = 0
     b_to_a: int = 0
-    spliced: bool = False  # at least one direction used the splice fast path
+    # At least one direction runs on the fd fast path (both ends fd-backed raw
+    # streams): bulk bytes spliced zero-copy, small bursts read/written directly
+    # on the fds. False: the userspace copy fallback (TLS, in-memory streams).
+    spliced: bool = False
     on_bytes: Callable[[str, int], None] | None = field(default=None, repr=False)
     end_reason: str = ""  # "eof", "idle timeout", "write stall ...", "reset ...: <error>"
 
@@ -124,6 +127,10 @@ def _unthrottle(stream: trio.abc.Stream) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
 
 
+def _nothing() -> None:
+    pass
+
+
 def _eof_errno(exc: BaseException) -> bool:
     cause = exc.__cause__ or exc.__context__
     return isinstance(cause, OSError) and cause.errno == errno.EIO
@@ -148,6 +155,7 @@ class _Session:
         self.pool = pool
         self.splice = splice
         self.failure: BaseException | None = None
+        self._fast: set[str] = set()  # directions on the fd fast path
         self.scope: trio.CancelScope | None = None
 
     def _moved(self, direction: str, n: int) -> None:
@@ -180,26 +188,27 @@ class _Session:
         rfd = read_fd(src) if self.splice else None
         wfd = write_fd(dst) if self.splice else None
         if rfd is not None and wfd is not None:
+            self._fast.add(name)
+            self.counters.spliced = True
             try:
                 await splice_direction(
                     rfd,
                     wfd,
                     self.pool,
                     on_moved=functools.partial(self.counters.add, name),
-                    on_started=self._spliced,
+                    on_started=_nothing,
                     stall_timeout=self.stall_timeout,
                     still_open=lambda: read_fd(src) == rfd and write_fd(dst) == wfd,
                 )
                 return
             except SpliceUnsupported as exc:
                 log.debug("%s: splice unsupported, copying", name)
+                self._fast.discard(name)
+                self.counters.spliced = bool(self._fast)
                 if exc.leftover:
                     await self._send(dst, exc.leftover)
                     self._moved(name, len(exc.leftover))
         await self._copy(src, dst, name)
-
-    def _spliced(self) -> None:
-        self.counters.spliced = True
 
     async def _send(self, dst: trio.abc.Stream, data: bytes | bytearray | memoryview) -> None:
         if self.stall_timeout is None:
