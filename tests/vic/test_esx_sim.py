@@ -23,6 +23,7 @@ from vic.lab.esx_sim import (
     ConnectionClosed,
     EsxBehaviour,
     EsxConnection,
+    HandshakeTimeout,
     SimVM,
     VMotionNotNow,
     VMotionRefused,
@@ -350,6 +351,23 @@ async def test_vspc_refuses_232(listener: trio.SocketListener) -> None:
         await c.wait_ready(5)
         assert c.ext_refused
         await c.aclose()
+
+
+async def test_handshake_timeout(
+    listener: trio.SocketListener, autojump_clock: trio.abc.Clock
+) -> None:
+    async with trio.open_nursery() as n:
+
+        async def silent_vspc() -> None:  # accepts and never answers
+            stream = await listener.accept()
+            async with stream:
+                await trio.sleep_forever()
+
+        n.start_soon(silent_vspc)
+        with pytest.raises(HandshakeTimeout) as info:
+            await EsxConnection.open(n, "127.0.0.1", port_of(listener), vm=VM, ready_timeout=3)
+        assert isinstance(info.value, trio.TooSlowError)
+        n.cancel_scope.cancel()
 
 
 async def test_known_list_and_unknown_commands(listener: trio.SocketListener) -> None:

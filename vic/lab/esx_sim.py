@@ -84,6 +84,10 @@ class ProtocolViolation(SimError):
     """The vSPC sent something a real ESX would reject."""
 
 
+class HandshakeTimeout(SimError, trio.TooSlowError):
+    """The vSPC did not finish the Telnet/option-232 handshake in time."""
+
+
 class VMotionNotNow(SimError):
     """The vSPC answered BEGIN with NOTNOW."""
 
@@ -276,7 +280,12 @@ class EsxConnection:
         nursery.start_soon(conn._reader)
         await conn._start()
         if b.wait_ready:
-            await conn.wait_ready(b.ready_timeout)
+            try:
+                await conn.wait_ready(b.ready_timeout)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
+                raise
         return conn
 
     @classmethod
@@ -307,8 +316,12 @@ class EsxConnection:
             await self._send_wire(bytes(out))
 
     async def wait_ready(self, timeout: float | None = None) -> None:
-        """Wait until the 232 handshake is done (or 232 refused)."""
-        with trio.fail_after(timeout if timeout is not None else self.b.ready_timeout):
+        """Wait until the 232 handshake is done (or 232 refused).
+
+        Raises HandshakeTimeout (a trio.TooSlowError) or ConnectionClosed.
+        """
+        limit = timeout if timeout is not None else self.b.ready_timeout
+        with trio.move_on_after(limit) as scope:
             async with trio.open_nursery() as n:
 
                 async def _closed() -> None:
@@ -318,6 +331,8 @@ class EsxConnection:
                 n.start_soon(_closed)
                 await self._ready.wait()
                 n.cancel_scope.cancel()
+        if scope.cancelled_caught:
+            raise HandshakeTimeout(f"handshake not finished within {limit} s")
         if not self._ready.is_set():
             raise ConnectionClosed(f"closed before the handshake finished: {self.error!r}")
 
