@@ -65,3 +65,22 @@ def test_cli_requires_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as ei:
         main([])
     assert ei.value.code == 2
+
+
+@dataclass(frozen=True)
+class _Inner:
+    n: int = 1
+
+    def validate(self) -> None:
+        require(self.n > 0, "n", "must be positive")
+
+
+@dataclass(frozen=True)
+class _Outer:
+    inner: _Inner | None = None
+
+
+def test_optional_table_error_keeps_its_key() -> None:
+    with pytest.raises(ConfigError) as e:
+        loads(_Outer, "[inner]\nn = 0\n")
+    assert e.value.key == "inner.n"

@@ -15,7 +15,6 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -474,30 +473,3 @@ async def test_esx_over_tls(tmp_path: Path) -> None:
         assert not src.violations and not m.dest.violations and not other.violations
         await viewer.aclose()
         nursery.cancel_scope.cancel()
-
-
-@dataclass(frozen=True)
-class _Inner:
-    n: int = 1
-
-    def validate(self) -> None:
-        from vic.ops.config import require
-
-        require(self.n > 0, "n", "must be positive")
-
-
-@dataclass(frozen=True)
-class _Outer:
-    inner: _Inner | None = None
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="vic.ops.config: an error inside an optional table (X | None) loses "
-                   "its sub-key in the union handling; vspc.config works around it by "
-                   "validating [listen.tls] from [listen]")
-def test_optional_table_error_keeps_its_key() -> None:
-    from vic.ops.config import ConfigError, build
-
-    with pytest.raises(ConfigError) as e:
-        build(_Outer, {"inner": {"n": 0}})
-    assert e.value.key == "inner.n", e.value.key

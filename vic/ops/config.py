@@ -91,6 +91,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         non_none = [a for a in args if a is not type(None)]
         if value is None and len(non_none) < len(args):
             return None
+        if len(non_none) == 1:
+            return _convert(non_none[0], value, key)  # keeps the inner key in errors
         errors = []
         for a in non_none:
             try:
