@@ -116,6 +116,8 @@ def _unthrottle(stream: trio.abc.Stream) -> None:
     sock_stream: trio.abc.SendStream = stream
     if isinstance(stream, trio.StapledStream):
         sock_stream = stream.send_stream
+    elif isinstance(stream, trio.SSLStream):
+        sock_stream = stream.transport_stream
     if not isinstance(sock_stream, trio.SocketStream):
         return
     sock = sock_stream.socket
