@@ -13,7 +13,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_lab_runs_and_checks_every_byte(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "vic.cli", "lab", "--lines", "30", "--workdir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr[-3000:]
@@ -39,8 +42,9 @@ def _check_agent_table(out: str) -> None:
     # the tty session killed itself: 128 + SIGTERM, with the signal name
     assert re.search(r"  started +143 \(SIGTERM\) +\d", rows["vm-agent-2"]), rows["vm-agent-2"]
     # a command that does not exist: `started` carries the error text the user sees
-    assert ("cannot run /opt/vic-lab/no-such-command: No such file or directory"
-            in rows["vm-agent-3"]), rows["vm-agent-3"]
+    assert (
+        "cannot run /opt/vic-lab/no-such-command: No such file or directory" in rows["vm-agent-3"]
+    ), rows["vm-agent-3"]
     assert "the agent stayed up" in out
     # each console complete: n/n bytes, and equal to what the session printed
     for vm in ("vm-agent-1", "vm-agent-2"):
