@@ -273,10 +273,13 @@ async def stop(proc: trio.Process | None, sig: int = signal.SIGKILL) -> None:
         return
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(sig)
-    with trio.CancelScope(shield=True), trio.move_on_after(10):
-        await proc.wait()
-    if proc.returncode is None:
-        proc.kill()
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(10):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            with trio.move_on_after(5):
+                await proc.wait()
 
 
 def log_tail(conf: Path, n: int = 3) -> list[str]:
