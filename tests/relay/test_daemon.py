@@ -363,3 +363,21 @@ async def test_reload_moves_the_metrics_server() -> None:
         with pytest.raises(OSError):
             await trio.open_tcp_stream("127.0.0.1", first)
         n.cancel_scope.cancel()
+
+
+async def test_accept_rate_refusal(caplog: pytest.LogCaptureFixture) -> None:
+    app = Appliance()
+    async with trio.open_nursery() as n:
+        port = await app.serve_tcp(n)
+        cfg = relay_config(tcp_egress(port), tcp=(TcpListener(name="t", vm="vm", port=0),),
+                           limits=LimitsConfig(accept_rate=0.001, accept_burst=2))
+        d = await start_relay(n, cfg)
+        rport = d.bound["t"][1]
+        ok = [await trio.open_tcp_stream("127.0.0.1", rport) for _ in range(2)]
+        for s in ok:
+            assert await roundtrip(s, b"in") == b"in"
+        late = await trio.open_tcp_stream("127.0.0.1", rport)
+        assert await wait_closed(late) == b""
+        assert d.metrics.refused.labels("t", "accept-rate")._value.get() == 1
+        assert any("refused: accept-rate" in r.getMessage() for r in caplog.records)
+        n.cancel_scope.cancel()

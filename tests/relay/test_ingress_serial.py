@@ -64,3 +64,29 @@ async def test_pty_byte_exact_and_hangup() -> None:
             await d.wait_active_at_most(0)
         assert d.metrics.active() == 0
         n.cancel_scope.cancel()
+
+
+async def test_device_comes_back(tmp_path: Path) -> None:
+    """The configured device path (a symlink, as udev makes for serial adapters)
+    goes away with its pty and comes back with a new one: the relay reopens it."""
+    app = Appliance()
+    link = tmp_path / "ttyVM"
+    async with trio.open_nursery() as n:
+        port = await app.serve_tcp(n)
+        cfg = relay_config(tcp_egress(port),
+                           serial=(SerialListener(name="tty", vm="vm9", device=link),))
+        await start_relay(n, cfg)  # no device yet: the relay retries with backoff
+        for i in range(2):
+            master, slave = os.openpty()
+            os.symlink(os.ttyname(slave), link)
+            os.close(slave)
+            rec = (await app.wait_streams(i + 1))[i]
+            vm_end = trio.lowlevel.FdStream(master)
+            data = pattern(10_000, seed=i)
+            assert await roundtrip(vm_end, data) == data
+            link.unlink()
+            await vm_end.aclose()  # unplugged
+            with trio.fail_after(10):
+                await rec.closed.wait()
+            assert bytes(rec.data) == data
+        n.cancel_scope.cancel()
