@@ -39,7 +39,8 @@ def _check_agent_table(out: str) -> None:
     # exit status 3, after reading the line the appliance typed into the console
     assert re.search(r"  started +3 +\d", rows["vm-agent-1"]), rows["vm-agent-1"]
     assert "the process read it from its stdin" in out
-    # the tty session killed itself: 128 + SIGTERM, with the signal name
+    # the tty session waited for the SIGTERM the appliance asked for: 128 + 15, with the name
+    assert "asked for SIGTERM through guestinfo (request 1); the guest acked it" in out
     assert re.search(r"  started +143 \(SIGTERM\) +\d", rows["vm-agent-2"]), rows["vm-agent-2"]
     # a command that does not exist: `started` carries the error text the user sees
     assert (

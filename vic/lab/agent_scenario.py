@@ -13,7 +13,8 @@ The appliance side, for each VM: writes the session config into guestinfo
 (``runblock``: nothing runs before the go-ahead), attaches to the console
 through the attach socket, gives the go-ahead, waits for ``started`` (``true``
 or the launch error the user sees), types into the console where the session
-reads its stdin, waits for the exit ``status``, then powers the VM off at once
+reads its stdin, asks the guest through guestinfo to signal the tty session
+(which waits for that), waits for the exit ``status``, then powers the VM off at once
 (SIGKILL of the agent, powerState poweredOff). Output the guest had not flushed
 to its channel before publishing the status dies with it; a complete console
 afterwards shows the order held. (How much had reached the console when the
@@ -53,6 +54,7 @@ from vspc.guestinfo_watch import (
     SessionStartFailed,
     configure_session,
     go_ahead,
+    send_signal,
     wait_for_addresses,
     wait_for_exit,
     wait_for_started,
@@ -113,6 +115,7 @@ class VMPlan:
     error: str = ""  # expected in `started` (a launch failure)
     typed: bytes = b""  # typed into the console once `prompt` is on it
     prompt: bytes = b""
+    send: str = ""  # then ask the guest, through guestinfo, to deliver this signal
     netns: str = ""  # run the agent in this network namespace
     iface: str = ""
 
@@ -178,9 +181,9 @@ def plans(rng: random.Random, lines: int) -> list[VMPlan]:
     loop, loop_out = _loop(vm, lines)
     script = (
         f'if [ -t 0 ] && [ -t 1 ]; then echo "stdin and stdout are a tty"; fi; '
-        f"{BINARY_SH}; {loop}; kill -TERM $$"
+        f'{BINARY_SH}; {loop}; echo "waiting for a signal"; exec sleep 120'
     )
-    text = b"stdin and stdout are a tty\n" + BINARY_OUT + loop_out
+    text = b"stdin and stdout are a tty\n" + BINARY_OUT + loop_out + b"waiting for a signal\n"
     out.append(
         VMPlan(
             vm,
@@ -196,6 +199,8 @@ def plans(rng: random.Random, lines: int) -> list[VMPlan]:
             expected=text.replace(b"\n", b"\r\n"),  # the pty's line discipline (onlcr)
             status=128 + signal.SIGTERM,
             signal="SIGTERM",
+            send="SIGTERM",
+            prompt=b"waiting for a signal\r\n",
         )
     )
     vm = "vm-agent-3"
@@ -449,14 +454,19 @@ async def _launch_failed(plan: VMPlan, check: AgentCheck, proc: trio.Process) ->
 async def _ran(
     watcher: FileStoreWatcher, plan: VMPlan, check: AgentCheck, reader: ConsoleReader
 ) -> None:
+    if plan.prompt and not await reader.wait_for(lambda b: plan.prompt in b, STEP_TIMEOUT):
+        check.problems.append(f"no {plan.prompt!r} on the console")
+        return
     if plan.typed:
-        if not await reader.wait_for(lambda b: plan.prompt in b, STEP_TIMEOUT):
-            check.problems.append(f"no {plan.prompt!r} on the console")
-            return
         assert reader.stream is not None
         await reader.stream.send_all(plan.typed)
         check.events.append(
             f"typed {plan.typed!r} into the console; the process read it from its stdin"
+        )
+    if plan.send:
+        seq = await send_signal(watcher, plan.vm, plan.session.id, plan.send, STEP_TIMEOUT)
+        check.events.append(
+            f"asked for {plan.send} through guestinfo (request {seq}); the guest acked it"
         )
     info = await wait_for_exit(watcher, plan.vm, plan.session.id, STEP_TIMEOUT)
     check.at_status = len(check.console)
