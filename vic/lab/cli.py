@@ -29,14 +29,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--lines", type=int, default=150, help="console lines per VM")
     parser.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
-    parser.add_argument("--no-netns", action="store_true",
-                        help="agent scenario: no VM in a network namespace of its own")
+    parser.add_argument(
+        "--no-netns",
+        action="store_true",
+        help="agent scenario: no VM in a network namespace of its own",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vic-lab-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -68,9 +73,11 @@ async def main(workdir: Path, args: argparse.Namespace) -> bool:
     async with trio.open_nursery() as nursery:
         service: VspcService = await nursery.start(VspcService(lab_config(workdir)).run)
         endpoint: Endpoint = await nursery.start(Endpoint(service).run)
-        print(f"appliance: vSPC on 127.0.0.1:{service.esx_port}, endpoint on "
-              f"127.0.0.1:{endpoint.tcp_port} and {workdir / 'endpoint.sock'}, "
-              f"metrics on 127.0.0.1:{service.metrics_port}/metrics")
+        print(
+            f"appliance: vSPC on 127.0.0.1:{service.esx_port}, endpoint on "
+            f"127.0.0.1:{endpoint.tcp_port} and {workdir / 'endpoint.sock'}, "
+            f"metrics on 127.0.0.1:{service.metrics_port}/metrics"
+        )
         if "vspc" in selected:
             checks = await vspc_scenario.run(service, seed=args.seed, lines=args.lines)
             print(report.render("ESX hosts -> vSPC (Telnet + VMware extension 232)", checks))
@@ -78,19 +85,28 @@ async def main(workdir: Path, args: argparse.Namespace) -> bool:
         if "relay" in selected:
             from vic.lab import relay_scenario
 
-            checks = await relay_scenario.run(service, endpoint, workdir, seed=args.seed,
-                                              lines=args.lines)
-            print(report.render("VMs -> relays -> appliance endpoint (every ingress kind)",
-                                checks))
+            checks = await relay_scenario.run(
+                service, endpoint, workdir, seed=args.seed, lines=args.lines
+            )
+            print(report.render("VMs -> relays -> appliance endpoint (every ingress kind)", checks))
             all_ok &= all(c.ok for c in checks if c.sent or c.typed)
         if "agent" in selected:
             from vic.lab import agent_scenario
 
-            agents = await agent_scenario.run(service, endpoint, workdir, seed=args.seed,
-                                              lines=args.lines, netns=not args.no_netns)
-            print(agent_scenario.render(
-                "VMs running the guest agent (guestinfo: file store; console: relay esx-c)",
-                agents))
+            agents = await agent_scenario.run(
+                service,
+                endpoint,
+                workdir,
+                seed=args.seed,
+                lines=args.lines,
+                netns=not args.no_netns,
+            )
+            print(
+                agent_scenario.render(
+                    "VMs running the guest agent (guestinfo: file store; console: relay esx-c)",
+                    agents,
+                )
+            )
             all_ok &= all(c.ok for c in agents if not c.skipped)
         _print_metrics(service)
         nursery.cancel_scope.cancel()

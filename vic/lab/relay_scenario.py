@@ -43,7 +43,9 @@ from vspc.service import VspcService
 Opener = Callable[[], Awaitable[trio.abc.Stream]]
 
 
-def relay_config(host: str, endpoint_sock: Path, listeners: dict[str, tuple[object, ...]]) -> RelayConfig:
+def relay_config(
+    host: str, endpoint_sock: Path, listeners: dict[str, tuple[object, ...]]
+) -> RelayConfig:
     return RelayConfig(
         host=host,
         egress={"default": EgressConfig(kind="unix", path=endpoint_sock)},
@@ -74,8 +76,9 @@ async def pump_into(stream: trio.abc.Stream, buf: bytearray) -> None:
         buf += chunk
 
 
-async def raw_vm(service: VspcService, check: ConsoleCheck, key: PortKey,
-                 stream: trio.abc.Stream, lines: int) -> None:
+async def raw_vm(
+    service: VspcService, check: ConsoleCheck, key: PortKey, stream: trio.abc.Stream, lines: int
+) -> None:
     """A raw serial/vsock VM: writes console lines, then reads what is typed."""
     vm_in = bytearray()
     async with trio.open_nursery() as n:
@@ -103,8 +106,9 @@ async def raw_vm(service: VspcService, check: ConsoleCheck, key: PortKey,
     await trio.aclose_forcefully(stream)
 
 
-async def run(service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: int,
-              lines: int) -> list[ConsoleCheck]:
+async def run(
+    service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: int, lines: int
+) -> list[ConsoleCheck]:
     rng = random.Random(seed * 1000 + 2)  # other VMs than scenario 1's
     sock = endpoint.config.unix
     assert sock is not None
@@ -125,22 +129,46 @@ async def run(service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: 
         os.mkfifo(f"{fifo_base}.in")
         os.mkfifo(f"{fifo_base}.out")
 
-        cfg_a = relay_config("esx-a", sock, {
-            "tcp": (TcpListener(name="tcp-in", vm="vm-tcp-in", port=0, label="com1"),
-                    TcpListener(name="tcp-out", vm="vm-tcp-out", port=tcp_vm_port, mode="client",
-                                label="com1")),
-            "pipe": (PipeListener(name="pipe-listen", vm="vm-pipe-l", path=d / "pipe-l.sock",
-                                  label="com1"),
-                     PipeListener(name="pipe-connect", vm="vm-pipe-c", path=pipe_vm_path,
-                                  mode="connect", label="com1"),
-                     PipeListener(name="pipe-fifo", vm="vm-fifo", path=fifo_base, mode="fifo",
-                                  label="com1")),
-            "serial": (SerialListener(name="pty", vm="vm-pty", device=Path(slave_path),
-                                      label="ttyS0"),),
-            "hvsock": (HvsockListener(name="hvsock", vm="vm-fc", uds_path=d / "fc.vsock",
-                                      port=52, label="vsock"),),
-            "vspc": (VspcListener(name="vspc", port=0),),
-        })
+        cfg_a = relay_config(
+            "esx-a",
+            sock,
+            {
+                "tcp": (
+                    TcpListener(name="tcp-in", vm="vm-tcp-in", port=0, label="com1"),
+                    TcpListener(
+                        name="tcp-out",
+                        vm="vm-tcp-out",
+                        port=tcp_vm_port,
+                        mode="client",
+                        label="com1",
+                    ),
+                ),
+                "pipe": (
+                    PipeListener(
+                        name="pipe-listen", vm="vm-pipe-l", path=d / "pipe-l.sock", label="com1"
+                    ),
+                    PipeListener(
+                        name="pipe-connect",
+                        vm="vm-pipe-c",
+                        path=pipe_vm_path,
+                        mode="connect",
+                        label="com1",
+                    ),
+                    PipeListener(
+                        name="pipe-fifo", vm="vm-fifo", path=fifo_base, mode="fifo", label="com1"
+                    ),
+                ),
+                "serial": (
+                    SerialListener(name="pty", vm="vm-pty", device=Path(slave_path), label="ttyS0"),
+                ),
+                "hvsock": (
+                    HvsockListener(
+                        name="hvsock", vm="vm-fc", uds_path=d / "fc.vsock", port=52, label="vsock"
+                    ),
+                ),
+                "vspc": (VspcListener(name="vspc", port=0),),
+            },
+        )
         cfg_b = relay_config("esx-b", sock, {"vspc": (VspcListener(name="vspc", port=0),)})
         relay_a: RelayDaemon = await nursery.start(RelayDaemon(cfg_a).run)
         relay_b: RelayDaemon = await nursery.start(RelayDaemon(cfg_b).run)
@@ -166,8 +194,7 @@ async def run(service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: 
             out_fd = await trio.to_thread.run_sync(os.open, f"{fifo_base}.out", os.O_WRONLY)
             # read-write so the VM's read end never sees EOF before the relay opens it
             in_fd = os.open(f"{fifo_base}.in", os.O_RDWR | os.O_NONBLOCK)
-            return trio.StapledStream(trio.lowlevel.FdStream(out_fd),
-                                      trio.lowlevel.FdStream(in_fd))
+            return trio.StapledStream(trio.lowlevel.FdStream(out_fd), trio.lowlevel.FdStream(in_fd))
 
         async def hvsock() -> trio.abc.Stream:
             return await trio.open_unix_socket(f"{d / 'fc.vsock'}_52")
@@ -189,20 +216,38 @@ async def run(service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: 
                 vms.start_soon(raw_vm, service, check, PortKey(vm, label), stream, lines)
             telnet = ConsoleCheck("vm-telnet", "vSPC Telnet via relay esx-a => relay esx-b")
             checks.append(telnet)
-            vms.start_soon(_telnet_through_relays, service, telnet, relay_a.bound["vspc"][1],
-                           relay_b.bound["vspc"][1], rng, lines)
+            vms.start_soon(
+                _telnet_through_relays,
+                service,
+                telnet,
+                relay_a.bound["vspc"][1],
+                relay_b.bound["vspc"][1],
+                rng,
+                lines,
+            )
         os.close(master)
         os.close(slave)
         await tcp_vm_listener.aclose()
         await pipe_vm_listener.aclose()
         nursery.cancel_scope.cancel()
-    checks.append(ConsoleCheck("vm-vsock", "AF_VSOCK -> relay", skipped="no vsock loopback "
-                               "here (bind/listen are tested; data paths use hybrid vsock)"))
+    checks.append(
+        ConsoleCheck(
+            "vm-vsock",
+            "AF_VSOCK -> relay",
+            skipped="no vsock loopback here (bind/listen are tested; data paths use hybrid vsock)",
+        )
+    )
     return checks
 
 
-async def _telnet_through_relays(service: VspcService, check: ConsoleCheck, port_a: int,
-                                 port_b: int, rng: random.Random, lines: int) -> None:
+async def _telnet_through_relays(
+    service: VspcService,
+    check: ConsoleCheck,
+    port_a: int,
+    port_b: int,
+    rng: random.Random,
+    lines: int,
+) -> None:
     vm = SimVM.random(rng, "vm-telnet")
     key = PortKey(vm.canonical_uuid, "com1")
     async with trio.open_nursery() as n:
@@ -219,8 +264,16 @@ async def _telnet_through_relays(service: VspcService, check: ConsoleCheck, port
             if i == lines // 2:
                 gate.close()
                 seq = random_seq(rng, with_ff=True)
-                m = await migrate(ref[0], "127.0.0.1", port_b, nursery=n, seq=seq, rng=rng,
-                                  complete=False, close_source=False)
+                m = await migrate(
+                    ref[0],
+                    "127.0.0.1",
+                    port_b,
+                    nursery=n,
+                    seq=seq,
+                    rng=rng,
+                    complete=False,
+                    close_source=False,
+                )
                 typed = b"typed while paused\r"
                 check.typed += typed
                 await console.send_all(typed)

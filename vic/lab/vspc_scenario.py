@@ -89,15 +89,19 @@ async def run(service: VspcService, *, seed: int, lines: int) -> list[ConsoleChe
         "mover": {},
         "stayer": {},
     }
-    checks = {n: ConsoleCheck(n, "esx-a -> vSPC" + (" (1 byte/segment)" if k else ""))
-              for n, k in specs.items()}
+    checks = {
+        n: ConsoleCheck(n, "esx-a -> vSPC" + (" (1 byte/segment)" if k else ""))
+        for n, k in specs.items()
+    }
     async with trio.open_nursery() as nursery:
         vms = {n: SimVM.random(rng, n) for n in specs}
         conns: dict[str, list[EsxConnection]] = {}
         streams: dict[str, trio.abc.Stream] = {}
         for name, knobs in specs.items():
-            conns[name] = [await EsxConnection.open(nursery, host, port, vm=vms[name],
-                                                    label=LABEL, **knobs)]  # type: ignore[arg-type]
+            conn = await EsxConnection.open(
+                nursery, host, port, vm=vms[name], label=LABEL, **knobs  # type: ignore[arg-type]
+            )
+            conns[name] = [conn]
             await conns[name][0].send_console(b"")
         gates = {n: Gate() for n in specs}
         for name in specs:
@@ -108,8 +112,17 @@ async def run(service: VspcService, *, seed: int, lines: int) -> list[ConsoleChe
             for name in specs:
                 writers.start_soon(writer, conns[name], checks[name], lines, gates[name])
             await trio.sleep(0.1)
-            await _migrate(vms["mover"], conns["mover"], checks["mover"], streams["mover"],
-                           gates["mover"], host, port, rng, nursery)
+            await _migrate(
+                vms["mover"],
+                conns["mover"],
+                checks["mover"],
+                streams["mover"],
+                gates["mover"],
+                host,
+                port,
+                rng,
+                nursery,
+            )
             await _aborted(conns["stayer"][0], checks["stayer"], rng)
         with trio.move_on_after(10):
             for c in checks.values():
@@ -121,9 +134,17 @@ async def run(service: VspcService, *, seed: int, lines: int) -> list[ConsoleChe
     return list(checks.values())
 
 
-async def _migrate(vm: SimVM, ref: list[EsxConnection], check: ConsoleCheck,
-                   typist: trio.abc.Stream, gate: Gate, host: str, port: int,
-                   rng: random.Random, nursery: trio.Nursery) -> None:
+async def _migrate(
+    vm: SimVM,
+    ref: list[EsxConnection],
+    check: ConsoleCheck,
+    typist: trio.abc.Stream,
+    gate: Gate,
+    host: str,
+    port: int,
+    rng: random.Random,
+    nursery: trio.Nursery,
+) -> None:
     before = b"uname -a\r"
     check.typed += before
     await typist.send_all(before)
@@ -131,8 +152,9 @@ async def _migrate(vm: SimVM, ref: list[EsxConnection], check: ConsoleCheck,
     seq = random_seq(rng, with_ff=True)
     src = ref[0]
     gate.close()  # the VM is paused from BEGIN on
-    m = await migrate(src, host, port, nursery=nursery, seq=seq, rng=rng, complete=False,
-                      close_source=False)
+    m = await migrate(
+        src, host, port, nursery=nursery, seq=seq, rng=rng, complete=False, close_source=False
+    )
     during = b"echo typed-during-vmotion\r"
     check.typed += during
     await typist.send_all(during)  # held by the vSPC, flushed to esx-b at COMPLETE
@@ -145,7 +167,8 @@ async def _migrate(vm: SimVM, ref: list[EsxConnection], check: ConsoleCheck,
     check.path = "esx-a => esx-b -> vSPC"
     check.events.append(
         f"vMotion esx-a -> esx-b, seq {seq.hex()} (secret {len(m.secret)} bytes): complete; "
-        "input typed while paused reached esx-b")
+        "input typed while paused reached esx-b"
+    )
 
 
 async def _aborted(src: EsxConnection, check: ConsoleCheck, rng: random.Random) -> None:
