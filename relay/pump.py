@@ -35,7 +35,6 @@ from relay.splice import SpliceUnsupported, WriteStalled, read_fd, splice_direct
 log = logging.getLogger(__name__)
 
 COPY_BUFFER_SIZE = 256 * 1024
-WATCHDOG_STEPS = 8
 CLOSE_TIMEOUT = 5.0  # bound on a graceful close (e.g. a TLS close_notify)
 A_TO_B = "a_to_b"
 B_TO_A = "b_to_a"
@@ -129,10 +128,6 @@ def _unthrottle(stream: trio.abc.Stream) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
 
 
-def _nothing() -> None:
-    pass
-
-
 def _eof_errno(exc: BaseException) -> bool:
     cause = exc.__cause__ or exc.__context__
     return isinstance(cause, OSError) and cause.errno == errno.EIO
@@ -157,11 +152,16 @@ class _Session:
         self.pool = pool
         self.splice = splice
         self.failure: BaseException | None = None
-        self._fast: set[str] = set()  # directions on the fd fast path
+        self.idle_timeout_s = idle_timeout if idle_timeout is not None else 0.0
+        self.idle_scope: trio.CancelScope | None = None
+        self._fast = 0  # directions on the fd fast path
         self.scope: trio.CancelScope | None = None
 
     def _moved(self, direction: str, n: int) -> None:
+        """Counts delivered bytes (called once per burst or message, not per chunk)."""
         self.counters.add(direction, n)
+        if self.idle_scope is not None:
+            self.idle_scope.deadline = trio.current_time() + self.idle_timeout_s
 
     def _fail(self, exc: BaseException) -> None:
         if self.failure is None:
@@ -171,7 +171,33 @@ class _Session:
 
     async def direction(self, src: trio.abc.Stream, dst: trio.abc.Stream, name: str) -> None:
         try:
-            await self._move(src, dst, name)
+            _unthrottle(dst)
+            rfd = read_fd(src) if self.splice else None
+            wfd = write_fd(dst) if self.splice else None
+            copy = True
+            if rfd is not None and wfd is not None:
+                self._fast += 1
+                self.counters.spliced = True
+                try:
+                    await splice_direction(
+                        src,
+                        dst,
+                        rfd,
+                        wfd,
+                        self.pool,
+                        on_moved=functools.partial(self._moved, name),
+                        stall_timeout=self.stall_timeout,
+                    )
+                    copy = False
+                except SpliceUnsupported as exc:
+                    log.debug("%s: splice unsupported, copying", name)
+                    self._fast -= 1
+                    self.counters.spliced = self._fast > 0
+                    if exc.leftover:
+                        await self._send(dst, exc.leftover)
+                        self._moved(name, len(exc.leftover))
+            if copy:
+                await self._copy(src, dst, name)
         except WriteStalled:
             self._fail(StallTimeout(f"{name}: write stalled for over {self.stall_timeout}s"))
             return
@@ -184,33 +210,6 @@ class _Session:
                 await dst.send_eof()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.debug("send_eof after %s failed: %s", name, exc)
-
-    async def _move(self, src: trio.abc.Stream, dst: trio.abc.Stream, name: str) -> None:
-        _unthrottle(dst)
-        rfd = read_fd(src) if self.splice else None
-        wfd = write_fd(dst) if self.splice else None
-        if rfd is not None and wfd is not None:
-            self._fast.add(name)
-            self.counters.spliced = True
-            try:
-                await splice_direction(
-                    rfd,
-                    wfd,
-                    self.pool,
-                    on_moved=functools.partial(self.counters.add, name),
-                    on_started=_nothing,
-                    stall_timeout=self.stall_timeout,
-                    still_open=lambda: read_fd(src) == rfd and write_fd(dst) == wfd,
-                )
-                return
-            except SpliceUnsupported as exc:
-                log.debug("%s: splice unsupported, copying", name)
-                self._fast.discard(name)
-                self.counters.spliced = bool(self._fast)
-                if exc.leftover:
-                    await self._send(dst, exc.leftover)
-                    self._moved(name, len(exc.leftover))
-        await self._copy(src, dst, name)
 
     async def _send(self, dst: trio.abc.Stream, data: bytes | bytearray | memoryview) -> None:
         if self.stall_timeout is None:
@@ -256,30 +255,6 @@ class _Session:
             await self._send(dst, data)
             self._moved(name, len(data))
 
-    async def watchdog(self) -> None:
-        """Fails the pump once no byte moved for idle_timeout.
-
-        The hot paths never read the clock: the watchdog samples the byte
-        counters every idle_timeout / WATCHDOG_STEPS, so the timeout fires
-        between idle_timeout and idle_timeout * (1 + 1 / WATCHDOG_STEPS)
-        after the last byte.
-        """
-        assert self.idle_timeout is not None
-        step = self.idle_timeout / WATCHDOG_STEPS
-        c = self.counters
-        last_total = c.a_to_b + c.b_to_a
-        last_change = trio.current_time()
-        while True:
-            await trio.sleep(step)
-            now = trio.current_time()
-            total = c.a_to_b + c.b_to_a
-            if total != last_total:
-                last_total = total
-                last_change = now
-            elif now - last_change >= self.idle_timeout:
-                self._fail(IdleTimeout(f"idle for {self.idle_timeout}s"))
-                return
-
 
 async def _close(stream: trio.abc.Stream, graceful: bool) -> None:
     if not graceful:
@@ -312,28 +287,24 @@ async def pump(
     session = _Session(
         a, b, c, idle_timeout, stall_timeout, pipes if pipes is not None else default_pool(), splice
     )
+    # Idle timeout: a deadline pushed forward whenever bytes move (no watchdog
+    # task). One direction runs in this task, the other in one child task: an
+    # idle stream costs two trio tasks and no pipe or buffer.
+    if idle_timeout is not None:
+        session.idle_scope = trio.CancelScope(deadline=trio.current_time() + idle_timeout)
     graceful = False
     try:
-        async with trio.open_nursery() as nursery:
-            session.scope = nursery.cancel_scope
-            watchdog_scope: trio.CancelScope | None = None
-            if idle_timeout is not None:
-                watchdog_scope = trio.CancelScope()
-
-                async def _watch() -> None:
-                    with watchdog_scope:
-                        await session.watchdog()
-
-                nursery.start_soon(_watch)
-
-            async def _both() -> None:
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(session.direction, a, b, A_TO_B)
-                    inner.start_soon(session.direction, b, a, B_TO_A)
-                if watchdog_scope is not None:
-                    watchdog_scope.cancel()
-
-            nursery.start_soon(_both)
+        with session.idle_scope or contextlib.nullcontext():
+            async with trio.open_nursery() as nursery:
+                session.scope = nursery.cancel_scope
+                nursery.start_soon(session.direction, b, a, B_TO_A)
+                await session.direction(a, b, A_TO_B)
+        if (
+            session.idle_scope is not None
+            and session.idle_scope.cancelled_caught
+            and session.failure is None
+        ):
+            session.failure = IdleTimeout(f"idle for {idle_timeout}s")
         failure = session.failure
         graceful = failure is None
     finally:

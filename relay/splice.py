@@ -120,29 +120,34 @@ async def _wait_writable(fd: int, stall_timeout: float | None) -> None:
 
 
 async def splice_direction(
+    src: trio.abc.Stream,
+    dst: trio.abc.Stream,
     src_fd: int,
     dst_fd: int,
     pool: PipePool,
     *,
     on_moved: Callable[[int], None],
-    on_started: Callable[[], None],
     stall_timeout: float | None,
-    still_open: Callable[[], bool] = lambda: True,
 ) -> None:
-    """Move bytes from *src_fd* to *dst_fd* until EOF on the source.
+    """Move bytes from *src_fd* (of *src*) to *dst_fd* (of *dst*) until EOF on the source.
 
     Returns on a clean EOF once every byte read has been written. Raises
     SpliceUnsupported (before the first byte, or with the bytes already read),
     WriteStalled, or trio.BrokenResourceError for a reset or closed peer.
-    ``still_open()`` is asked after every yield that is not an fd wait (a wait
-    on an fd that another task closes raises ClosedResourceError by itself), so
-    a stream closed meanwhile is never spliced by a stale fd number.
+    After every yield that is not an fd wait (a wait on an fd that another task
+    closes raises ClosedResourceError by itself) the streams are checked to
+    still own these fds, so a stream closed meanwhile is never spliced by a
+    stale fd number.
     """
+
+    def still_open() -> bool:
+        return read_fd(src) == src_fd and write_fd(dst) == dst_fd
+
     bulk = False
     while True:
         if bulk:
             eof, moved = await _splice_burst(
-                src_fd, dst_fd, pool, on_moved, on_started, stall_timeout, still_open
+                src_fd, dst_fd, pool, on_moved, stall_timeout, still_open
             )
             if eof:
                 return
@@ -179,7 +184,6 @@ async def _splice_burst(
     dst_fd: int,
     pool: PipePool,
     on_moved: Callable[[int], None],
-    on_started: Callable[[], None],
     stall_timeout: float | None,
     still_open: Callable[[], bool],
 ) -> tuple[bool, int]:
@@ -234,8 +238,6 @@ async def _splice_burst(
                         raise SpliceUnsupported(leftover) from exc
                     raise trio.BrokenResourceError(f"write failed: {exc}") from exc
                 else:
-                    if not moved:
-                        on_started()
                     in_pipe -= m
                     moved += m
                     unreported += m

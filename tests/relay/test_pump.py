@@ -329,8 +329,8 @@ async def test_idle_timeout(mock_clock: trio.testing.MockClock) -> None:
             assert await y.receive_some(10) == b"tick"
     assert result and isinstance(result[0], IdleTimeout)
     elapsed = trio.current_time() - t0
-    # fires idle_timeout after the last byte, give or take the watchdog step (1/8)
-    assert 80 + 30 <= elapsed <= 80 + 30 + 30 / 8 + 0.01
+    # fires idle_timeout after the last byte
+    assert 80 + 30 <= elapsed < 80 + 30 + 0.1
     assert counters.end_reason == "idle timeout"
     # both sides were closed by the pump
     assert await x.receive_some(10) == b""
