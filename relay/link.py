@@ -15,6 +15,7 @@ another link. Nothing else in the process is affected.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -50,11 +51,14 @@ class LinkDeadError(Exception):
 class LinkConfig:
     mux: MuxConfig = field(default_factory=MuxConfig)
     replay_limit: int = 16 * 1024 * 1024  # per stream, each direction, at each end
+    replay_pool: int = 256 * 1024 * 1024  # all streams of one router / session table together
+    replay_reserve: int = 64 * 1024  # per stream, always available beyond the pool
     overflow: str = "block"  # or "discard" (sources that must not be paused)
     resume_timeout: float = 60.0  # an acceptor keeps a detached session this long
     reconnect_min: float = 0.05
     reconnect_max: float = 5.0
     write_high_water: int = 2 * 1024 * 1024
+    send_quantum: int = 128 * 1024  # bytes a stream may queue per round-robin turn
     read_size: int = 256 * 1024
 
 
@@ -67,6 +71,9 @@ class StreamHandler(Protocol):
     def on_reset(self, code: int, reason: str) -> None: ...
     def on_credit(self) -> None: ...
     def on_batch_end(self) -> None: ...
+    def produce(self, max_bytes: int) -> bool:
+        """Writer's turn: queue up to ``max_bytes`` of frames; True if more is ready."""
+        ...
 
 
 OpenCallback = Callable[["PeerLink", StreamOpened], None]
@@ -97,6 +104,8 @@ class PeerLink:
         self._ready = trio.Event()
         self._inflight = 0
         self._touched: dict[int, StreamHandler] = {}
+        self._turns: deque[int] = deque()  # streams with something to send, round robin
+        self._ready_set: set[int] = set()
         self._cancel: trio.CancelScope | None = None
         self.closed = trio.Event()
         self.dead_reason: str | None = None
@@ -144,9 +153,17 @@ class PeerLink:
     def detach(self, sid: int, code: int = ErrorCode.SUPERSEDED, reason: str = "") -> None:
         """Stop handling ``sid``: RESET it (CLOSE when code is NO_ERROR) and forget it."""
         self._handlers.pop(sid, None)
+        self._ready_set.discard(sid)
         self._touched.pop(sid, None)
         if self.alive:
             self.mux.reset_stream(sid, code, reason)
+            self._kick()
+
+    def want_send(self, sid: int) -> None:
+        """``sid`` has data (or EOF) to send: queue it for a writer turn."""
+        if sid not in self._ready_set and sid in self._handlers:
+            self._ready_set.add(sid)
+            self._turns.append(sid)
             self._kick()
 
     def send_credit(self, sid: int) -> int:
@@ -272,12 +289,30 @@ class PeerLink:
     def _kick(self) -> None:
         self._out_wake.set()
 
+    def _fill_turns(self) -> None:
+        """Give ready streams their turns (deficit-free round robin) up to the high-water mark."""
+        hw = self.config.write_high_water
+        quantum = self.config.send_quantum
+        ready = self._turns
+        for _ in range(len(ready)):
+            if self.mux.pending_output >= hw:
+                return
+            sid = ready.popleft()
+            h = self._handlers.get(sid)
+            if h is not None and h.produce(quantum):
+                ready.append(sid)
+            else:
+                self._ready_set.discard(sid)
+
     async def _writer(self) -> None:
         while True:
-            await self._out_wake.wait()
-            self._out_wake = trio.Event()
+            if not self._turns and not self.mux.pending_output:
+                await self._out_wake.wait()
+                self._out_wake = trio.Event()
+            self._fill_turns()
             chunks = self.mux.data_to_send()
             if not chunks:
+                await trio.lowlevel.checkpoint()
                 continue
             self._inflight = sum(len(c) for c in chunks)
             await self._send_parts(chunks)

@@ -50,6 +50,43 @@ class StreamFailedError(trio.BrokenResourceError):
         self.reason = reason
 
 
+class ReplayPool:
+    """Replay-buffer memory shared by many streams (one Router or SessionTable).
+
+    Each stream may always hold ``reserve`` bytes; beyond that it draws from the
+    pool, at most its fair share (``limit / streams``), so a thousand streams
+    cannot each fill a ``replay_limit`` buffer and one fast stream cannot take
+    everything: the memory a relay holds for replay is bounded by
+    ``limit + streams * reserve``. Waiting streams are woken in turn (FIFO).
+    """
+
+    def __init__(self, limit: int, reserve: int) -> None:
+        self.limit = limit
+        self.reserve = reserve
+        self.used = 0
+        self.members = 0
+        self._waiting: deque[ResumableStream] = deque()
+
+    def available(self) -> int:
+        return max(0, self.limit - self.used)
+
+    def share(self) -> int:
+        return self.limit // max(1, self.members)
+
+    def take(self, n: int) -> None:
+        self.used += n
+
+    def give(self, n: int) -> None:
+        if n > 0:
+            self.used -= n
+            # wake waiting streams in turn, about one per reserve's worth freed
+            for _ in range(min(len(self._waiting), max(1, n // max(self.reserve, 1)))):
+                self._waiting.popleft()._notify()
+
+    def enqueue(self, stream: ResumableStream) -> None:
+        self._waiting.append(stream)
+
+
 class Connector(Protocol):
     async def get_link(self) -> PeerLink: ...
     def link_failed(self, link: PeerLink) -> None: ...
@@ -86,11 +123,16 @@ class _Attachment:
 
     def on_credit(self) -> None:
         if self.current:
-            self.stream._notify()
+            self.stream._kick_send()
 
     def on_batch_end(self) -> None:
         if self.current:
             self.stream._flush_ack(self)
+
+    def produce(self, max_bytes: int) -> bool:
+        if self.current:
+            return self.stream._produce(self, max_bytes)
+        return False
 
 
 class ResumableStream(trio.abc.HalfCloseableStream):
@@ -102,6 +144,7 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         *,
         opener: bool,
         connector: Connector | None = None,
+        pool: ReplayPool | None = None,
     ) -> None:
         self.config = config or LinkConfig()
         self.session_id = session_id
@@ -109,6 +152,10 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         self.opener = opener
         self._connector = connector
         self.session = ResumeSession(self.config.replay_limit, overflow=self.config.overflow)  # type: ignore[arg-type]
+        self._pool = pool if self.config.overflow == "block" else None
+        if self._pool is not None:
+            self._pool.members += 1
+        self._charged = 0  # bytes of our replay buffer drawn from the pool
         self._att: _Attachment | None = None
         self._opening = False  # opener: waiting for the acceptor's resume point
         self._ever_attached = False
@@ -122,8 +169,8 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         self._app_closed = False
         self._send_closed = False
         self.finished = trio.Event()
+        self._finished_flag = False
         self.attachments = 0  # how many times a path was attached (1 = never moved)
-        self._quantum = 2 * self.config.mux.max_payload  # bytes per turn on the link
         self.on_finished: Any = None  # callback(stream) when the engine ends
 
     # ------------------------------------------------------------ introspection
@@ -145,6 +192,40 @@ class ResumableStream(trio.abc.HalfCloseableStream):
     def _notify(self) -> None:
         self._wake.set()
         self._wake = trio.Event()
+        self._kick_send()
+
+    def _kick_send(self) -> None:
+        """Ask the link for a writer turn if we have something to send on it."""
+        att = self._att
+        if att is not None and att.current and not self._opening and self.session.has_pending():
+            att.link.want_send(att.sid)
+
+    def _produce(self, att: _Attachment, max_bytes: int) -> bool:
+        """Our writer turn: queue up to ``max_bytes``; True if more is ready to go."""
+        if self._opening or self._terminal():
+            return False
+        link, s = att.link, self.session
+        sent = 0
+        try:
+            while sent < max_bytes:
+                credit = link.send_credit(att.sid)
+                if credit <= 0:
+                    return False  # on_credit brings us back
+                nxt = s.next_chunk(min(credit, max_bytes - sent))
+                if nxt is None:
+                    break
+                link.send_data(att.sid, nxt[0], nxt[1])
+                sent += len(nxt[1])
+            eof = s.take_eof()
+        except GapError as e:
+            self._fail(ErrorCode.GAP, str(e))
+            return False
+        if eof is not None:
+            link.send_eof(att.sid, eof)
+        if s.done or (self._app_closed and s.eof_acked):
+            self._wake.set()  # the engine closes the stream
+            self._wake = trio.Event()
+        return sent > 0 and s.has_pending() and link.send_credit(att.sid) > 0
 
     async def _wait(self) -> None:
         await self._wake.wait()
@@ -163,12 +244,47 @@ class ResumableStream(trio.abc.HalfCloseableStream):
                 raise self._failure
             if self._clean:
                 raise trio.BrokenResourceError("peer closed the stream")
-            k = self.session.write(buf[pos:] if pos else buf)
+            chunk = buf[pos:] if pos else buf
+            pool = self._pool
+            if pool is not None:
+                allowed = self._pool_allowance(pool)
+                if allowed <= 0:
+                    await self._wait_pool(pool)
+                    continue
+                if allowed < len(chunk):
+                    chunk = chunk[:allowed]
+            k = self.session.write(chunk)
             if k:
                 pos += k
+                if pool is not None:
+                    self._recharge()
                 self._notify()
             else:
                 await self._wait()
+
+    def _pool_allowance(self, pool: ReplayPool) -> int:
+        fair = max(0, pool.share() - self._charged)
+        return max(0, pool.reserve - self.session.buffered) + min(pool.available(), fair)
+
+    def _recharge(self) -> None:
+        """Charge the pool for what our replay buffer holds beyond the reserve."""
+        pool = self._pool
+        if pool is None:
+            return
+        want = max(0, self.session.buffered - pool.reserve)
+        if self._finished_flag:
+            want = 0
+        delta = want - self._charged
+        if delta > 0:
+            pool.take(delta)
+        elif delta < 0:
+            pool.give(-delta)
+        self._charged = want
+
+    async def _wait_pool(self, pool: ReplayPool) -> None:
+        """Until the pool has room (we are woken in turn) or our own acks free some."""
+        pool.enqueue(self)
+        await self._wait()
 
     async def wait_send_all_might_not_block(self) -> None:
         while self.session.room() == 0 and not self._terminal():
@@ -266,11 +382,13 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         try:
             if self._opening:
                 self.session.resume(offset, fin)
+                self._recharge()
                 self._opening = False
                 self._ever_attached = True
                 self.attachments += 1
             else:
-                self.session.on_ack(offset, fin)
+                if self.session.on_ack(offset, fin) and self._pool is not None:
+                    self._recharge()
         except GapError as e:
             self._fail(ErrorCode.GAP, str(e))
             return
@@ -363,6 +481,7 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         except ResumeProtocolError as e:
             self._fail(ErrorCode.PROTOCOL, str(e))
             return
+        self._recharge()
         off, fin = self.session.resume_point()
         link.send_ack(sid, off, fin)
         self.attachments += 1
@@ -385,6 +504,10 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         finally:
             if not self._terminal():
                 self._fail(ErrorCode.CANCEL, "relay shutting down")
+            self._finished_flag = True
+            self._recharge()  # give our share back to the pool
+            if self._pool is not None:
+                self._pool.members -= 1
             self.finished.set()
             self._notify()
             if self.on_finished is not None:
@@ -438,55 +561,36 @@ class ResumableStream(trio.abc.HalfCloseableStream):
             await self._transmit(att)
 
     async def _transmit(self, att: _Attachment) -> None:
-        """Move bytes on ``att`` until it is detached or the session ends."""
+        """Watch over ``att`` until it is detached or the session ends.
+
+        The bytes themselves move in the link writer's round-robin turns
+        (``_produce``); this task finishes the stream when it is complete.
+        """
         link = att.link
         s = self.session
+        self._kick_send()
         while att.current and not self._terminal():
-            if self._opening:
-                await self._wait()
-                continue
-            progressed = False
-            quantum = self._quantum
-            while quantum > 0 and link.writable():
-                credit = link.send_credit(att.sid)
-                if credit <= 0:
-                    break
-                nxt = s.next_chunk(min(credit, quantum))
-                if nxt is None:
-                    break
-                link.send_data(att.sid, nxt[0], nxt[1])
-                quantum -= len(nxt[1])
-                progressed = True
-            eof = s.take_eof()
-            if eof is not None:
-                link.send_eof(att.sid, eof)
-                progressed = True
-            if s.done:
-                self._clean = True
-                att.current = False
-                self._att = None
-                link.detach(att.sid, ErrorCode.NO_ERROR, "done")
-                self._notify()
-                return
-            if self._app_closed and s.eof_acked:
-                # we closed and everything we wrote arrived; nobody reads the rest
-                self._clean = True
-                att.current = False
-                self._att = None
-                link.detach(att.sid, ErrorCode.CANCEL, "closed by the application")
-                self._notify()
-                return
+            if not self._opening:
+                if s.done:
+                    self._finish(att, ErrorCode.NO_ERROR, "done")
+                    return
+                if self._app_closed and s.eof_acked:
+                    # we closed and everything we wrote arrived; nobody reads the rest
+                    self._finish(att, ErrorCode.CANCEL, "closed by the application")
+                    return
             if not link.alive:
                 # the link is going down; its on_reset for us follows at once
                 await link.closed.wait()
                 await trio.lowlevel.checkpoint()
-            elif progressed:
-                # one turn per stream, then let the others have theirs
-                await trio.lowlevel.checkpoint()
-            elif not link.writable():
-                await link.wait_writable()
-            else:
-                await self._wait()
+                continue
+            await self._wait()
+
+    def _finish(self, att: _Attachment, code: int, reason: str) -> None:
+        self._clean = True
+        att.current = False
+        self._att = None
+        att.link.detach(att.sid, code, reason)
+        self._notify()
 
 
 @dataclass(frozen=True)
@@ -508,6 +612,7 @@ class SessionTable:
         # learns how the session ended instead of "unknown"
         self._tombs: OrderedDict[bytes, tuple[int, bool, int, str]] = OrderedDict()
         self._max_tombs = tombstones
+        self.pool = ReplayPool(self.config.replay_pool, self.config.replay_reserve)
         self._send, self._recv = trio.open_memory_channel[Accepted](accept_backlog)
 
     def __len__(self) -> int:
@@ -549,7 +654,8 @@ class SessionTable:
         if ev.session_id in self._sessions or ev.session_id in self._tombs:
             link.detach(sid, ErrorCode.REFUSED, "duplicate session id")
             return
-        st = ResumableStream(ev.session_id, ev.header, self.config, opener=False)
+        st = ResumableStream(ev.session_id, ev.header, self.config, opener=False,
+                             pool=self.pool)
         try:
             self._send.send_nowait(Accepted(st, ev.header, link.peer_identity))
         except trio.WouldBlock:

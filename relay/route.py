@@ -27,7 +27,7 @@ import trio
 
 from relay import tls as tlsmod
 from relay.link import LinkConfig, LinkDeadError, PeerLink
-from relay.resumable import ResumableStream
+from relay.resumable import ReplayPool, ResumableStream
 
 log = logging.getLogger("relay.route")
 
@@ -114,6 +114,7 @@ class Router:
         self._link_route: Route | None = None
         self._lock = trio.Lock()
         self.streams: set[ResumableStream] = set()
+        self.pool = ReplayPool(self.config.replay_pool, self.config.replay_reserve)
         self.name = name
         self.links_opened = 0
         self.route_changes = 0
@@ -173,7 +174,8 @@ class Router:
 
     async def open_stream(self, header: bytes) -> ResumableStream:
         """A new resumable stream carrying ``header`` (the origin header bytes)."""
-        st = ResumableStream(os.urandom(16), header, self.config, opener=True, connector=self)
+        st = ResumableStream(os.urandom(16), header, self.config, opener=True, connector=self,
+                             pool=self.pool)
         self.streams.add(st)
         st.on_finished = self.streams.discard
         self._nursery.start_soon(st.run)

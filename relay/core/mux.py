@@ -206,9 +206,12 @@ class Mux:
     def _grant(self, sid: int, st: _Stream) -> None:
         cfg = self.config
         have = st.granted + st.buffered
-        if have * 2 >= st.target and have >= cfg.min_window:
+        # never more than a fair share of the connection window: with many busy
+        # streams each gets the same window, so each gets the same throughput
+        target = min(st.target, max(cfg.min_window, cfg.connection_window // len(self._streams)))
+        if have * 2 >= target and have >= cfg.min_window:
             return
-        want = st.target - have
+        want = target - have
         avail = cfg.connection_window - self._budget_used
         reserve = cfg.min_window - have
         grant = min(want, avail)
