@@ -407,3 +407,36 @@ async def test_link_closed_locally_again_and_again() -> None:
             assert await roundtrip(st, data, on_progress=killer) == data
             assert kills >= 5 and router.links_opened >= kills
             n.cancel_scope.cancel()
+
+
+async def test_replay_memory_is_bounded_across_many_streams() -> None:
+    """50 streams writing flat out through a small shared replay pool: memory stays
+    within pool + streams * reserve, and every stream still arrives intact."""
+    cfg = small_config(replay_limit=4 * MiB, replay_pool=MiB, replay_reserve=16 * 1024)
+    n_streams = 50
+    with trio.fail_after(60):
+        async with acceptor(cfg) as acc, trio.open_nursery() as n:
+            router = Router(Route(f"tcp:127.0.0.1:{acc.port}", tls=False), n, config=cfg)
+            bound = cfg.replay_pool + n_streams * cfg.replay_reserve
+            peak = 0
+            results: list[bool] = []
+
+            async def one(i: int) -> None:
+                nonlocal peak
+                st = await router.open_stream(f"p{i}".encode())
+                data = pattern(400_000, seed=100 + i)
+
+                async def watch(_sent: int) -> None:
+                    nonlocal peak
+                    held = sum(s.session.buffered for s in router.streams)
+                    peak = max(peak, held)
+                    assert router.pool.used <= cfg.replay_pool
+
+                results.append(await roundtrip(st, data, chunk=50_000, on_progress=watch) == data)
+
+            async with trio.open_nursery() as inner:
+                for i in range(n_streams):
+                    inner.start_soon(one, i)
+            assert results == [True] * n_streams
+            assert 0 < peak <= bound
+            n.cancel_scope.cancel()
