@@ -535,6 +535,21 @@ async def test_vmotion_begin_gives_up(
         await c.aclose()
 
 
+async def test_late_goahead_after_give_up_is_ignored(
+    listener: trio.SocketListener, autojump_clock: trio.abc.Clock
+) -> None:
+    async with trio.open_nursery() as n:
+        c, peer = await open_pair(n, listener)
+        with pytest.raises(VMotionTimeout):
+            await c.vmotion_begin(b"old", timeout=1.0)
+        # The GOAHEAD for the abandoned BEGIN arrives late, just before the next one's.
+        await peer.send(frame(41, b"old-secret") + frame(43, b"old") + frame(41, b"newSECRET"))
+        assert await c.vmotion_begin(b"new") == b"SECRET"
+        assert c.stats.stale_replies == 2
+        assert not c.violations
+        await c.aclose()
+
+
 async def test_vmotion_begin_connection_closed(listener: trio.SocketListener) -> None:
     async with trio.open_nursery() as n:
         c, peer = await open_pair(n, listener)

@@ -191,6 +191,7 @@ class _OptState:
 class _Stats:
     bytes_sent: int = 0  # console bytes, before escaping
     bytes_received: int = 0  # console bytes, after unescaping
+    stale_replies: int = 0  # late GOAHEAD/NOTNOW/PEER-OK for a vMotion already given up
     begin_latencies: list[float] = field(default_factory=list)
 
 
@@ -219,6 +220,8 @@ class EsxConnection:
         self._console = bytearray()
         self._console_event = trio.Event()
         self._replies: list[tuple[int, bytes]] = []
+        self._abandoned: list[bytes] = []  # seqs whose BEGIN timed out
+        self._current_seq: bytes | None = None
         self._reply_event = trio.Event()
         self._cancel = trio.CancelScope()
         self._ext_started = False
@@ -420,14 +423,38 @@ class EsxConnection:
 
     # ------------------------------------------------------------ vMotion
 
+    def _is_stale(self, cmd: int, payload: bytes) -> bool:
+        """A late answer to a BEGIN (or PEER) this ESX already gave up on."""
+        return any(payload.startswith(old) for old in self._abandoned) and not (
+            self._current_seq is not None and payload.startswith(self._current_seq)
+        )
+
+    def _pick_reply(self, cmds: set[int]) -> tuple[int, bytes] | None:
+        """Take the first queued reply among ``cmds``, dropping late (stale) ones."""
+        k = 0
+        while k < len(self._replies):
+            cmd, payload = self._replies[k]
+            if cmd not in cmds:
+                k += 1
+                continue
+            del self._replies[k]
+            if self._is_stale(cmd, payload):
+                self.stats.stale_replies += 1
+                log.info("esx-sim %s: late %s ignored", self.vm.name, tw.EXT_NAMES[cmd])
+                continue
+            return cmd, payload
+        return None
+
     async def _wait_reply(self, cmds: set[int], timeout: float) -> tuple[int, bytes] | None:
-        """First queued vMotion reply among ``cmds``; None on timeout; raises if closed."""
+        """First queued vMotion reply among ``cmds``; None on timeout; raises if closed.
+
+        Late replies to sequences given up on earlier are dropped (and counted).
+        """
         deadline = trio.current_time() + timeout if math.isfinite(timeout) else math.inf
         while True:
-            for k, (cmd, payload) in enumerate(self._replies):
-                if cmd in cmds:
-                    del self._replies[k]
-                    return cmd, payload
+            picked = self._pick_reply(cmds)
+            if picked is not None:
+                return picked
             if self.closed.is_set():
                 raise ConnectionClosed(f"connection closed while waiting: {self.error!r}")
             ev = self._reply_event
@@ -452,9 +479,14 @@ class EsxConnection:
         """
         limit = self.b.begin_timeout if timeout is None else timeout
         t0 = trio.current_time()
-        await self.send_ext(tw.VMOTION_BEGIN, seq)
-        reply = await self._wait_reply({tw.VMOTION_GOAHEAD, tw.VMOTION_NOTNOW}, limit)
+        self._current_seq = seq
+        try:
+            await self.send_ext(tw.VMOTION_BEGIN, seq)
+            reply = await self._wait_reply({tw.VMOTION_GOAHEAD, tw.VMOTION_NOTNOW}, limit)
+        finally:
+            self._current_seq = None
         if reply is None:
+            self._abandoned = [*self._abandoned[-63:], seq]
             raise VMotionTimeout(f"no GOAHEAD/NOTNOW within {limit} s")
         self.stats.begin_latencies.append(trio.current_time() - t0)
         cmd, payload = reply
