@@ -45,7 +45,9 @@ def _grow_pipe(fd: int) -> None:
 
 @dataclass(frozen=True)
 class SessionOptions:
-    drain_grace: float = 2.0  # after exit, wait this long for output EOF (grandchildren)
+    # after exit, stop waiting for output EOF once the output has been idle this long
+    # (a grandchild holding it open); never while output is still flowing
+    drain_grace: float = 2.0
     flush_timeout: float = 300.0  # publish the status anyway after this long
     signal_group: bool = False  # signal the process group instead of the process
 
@@ -97,7 +99,10 @@ class SessionRunner:
         self.status: ExitStatus | None = None
         self.output_bytes = 0
         self.launched = trio.Event()
+        self.exited = trio.Event()  # the process is gone (its output may not be)
         self._stdin: trio.lowlevel.FdStream | None = None
+        self._reading = False
+        self._last_progress = 0.0
 
     # -- launch ------------------------------------------------------------------------
 
@@ -205,10 +210,8 @@ class SessionRunner:
                 n.start_soon(self._pump_output, out_stream, output_done)
                 n.start_soon(self._signals)
                 self.status = await child.wait()
-                with trio.move_on_after(self.options.drain_grace):
-                    await output_done.wait()
-                if not output_done.is_set():
-                    log.warning("session %s: output still open after exit; not waiting", cfg.id)
+                self.exited.set()
+                await self._wait_output_end(output_done)
                 n.cancel_scope.cancel()
         finally:
             if self.console is not None and self.console.on_input == self._input:
@@ -229,11 +232,32 @@ class SessionRunner:
         await self.publisher.exited(cfg.id, st.code, st.signal_name)
         return st
 
+    async def _wait_output_end(self, done: trio.Event) -> None:
+        """After the exit: wait for output EOF, but not forever. Cut it short when the
+        pump has been waiting for data for ``drain_grace`` (someone else holds the
+        output open), or has been blocked on a stuck console for ``flush_timeout``."""
+        grace = max(self.options.drain_grace, 0.01)
+        while not done.is_set():
+            with trio.move_on_after(grace):
+                await done.wait()
+            if done.is_set():
+                return
+            idle = trio.current_time() - self._last_progress
+            if self._reading and idle >= grace:
+                log.warning("session %s: output still open after exit; not waiting", self.cfg.id)
+                return
+            if not self._reading and idle >= self.options.flush_timeout:
+                log.warning("session %s: console stuck at exit; not waiting", self.cfg.id)
+                return
+
     async def _pump_output(self, stream: trio.lowlevel.FdStream, done: trio.Event) -> None:
         try:
             while True:
                 try:
+                    self._reading = True
                     data = await stream.receive_some(READ_CHUNK)
+                    self._reading = False
+                    self._last_progress = trio.current_time()
                 except trio.BrokenResourceError as e:  # pty: EIO once the slave is closed
                     cause = e.__cause__
                     if isinstance(cause, OSError) and cause.errno != errno.EIO:
@@ -244,6 +268,7 @@ class SessionRunner:
                 self.output_bytes += len(data)
                 if self.console is not None:
                     await self.console.write(data)
+                    self._last_progress = trio.current_time()
         finally:
             done.set()
 

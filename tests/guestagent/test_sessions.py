@@ -3,8 +3,11 @@ console over hybrid vsock (the host-side Unix socket ``<uds>_<port>``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -227,3 +230,72 @@ async def test_console_reconnects_without_losing_output(tmp_path: Path) -> None:
         assert 0 <= pos <= end, f"gap: piece starts at {pos}, previous ended at {end}"
         end = max(end, pos + len(piece))
     assert end == len(original)
+
+
+async def test_output_still_flowing_after_exit_is_not_cut(tmp_path: Path) -> None:
+    """The session's process exits while its output is still coming (a child goes on
+    writing) and the console is not taking it: the agent keeps carrying it however
+    long that takes; drain-grace only applies to output that has gone idle."""
+    size = 16 * 1024 * 1024
+    w = FileStoreWatcher(tmp_path)
+    sink = Sink(str(tmp_path / "con_1024"), keep=False)
+    gate = trio.Event()
+    cfg = gi.SessionConfig(
+        id="s1", path="/bin/sh", args=("sh", "-c", f"head -c {size} /dev/zero & exit 0")
+    )
+    await configure_session(w, "vm1", cfg)
+    acfg = agent_config(tmp_path)
+    acfg = dataclasses.replace(
+        acfg,
+        agent=dataclasses.replace(acfg.agent, drain_grace=0.1),
+        console=dataclasses.replace(acfg.console, buffer_bytes=64 * 1024),
+    )
+
+    async def slow_appliance(*, task_status: trio.TaskStatus[None]) -> None:
+        lst = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await lst.bind(sink.path)
+        lst.listen(1)
+        task_status.started()
+        conn, _ = await lst.accept()
+        await gate.wait()  # reads nothing until the process is long gone
+        async with trio.SocketStream(conn) as s:
+            while sink.total < size:
+                sink.total += len(await s.receive_some(1 << 20))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            await n.start(slow_appliance)
+            agent = await start_agent(n, acfg)
+            while "s1" not in agent.sessions:
+                await trio.testing.wait_all_tasks_blocked()
+            await agent.sessions["s1"].exited.wait()
+            await trio.sleep(0.5)  # time passes: well past drain-grace, output blocked
+            assert (await w.state("vm1")).session("s1").exit is None
+            gate.set()
+            info = await wait_for_exit(w, "vm1", "s1", 60)
+            n.cancel_scope.cancel()
+    assert info.status == 0 and sink.total == size
+
+
+async def test_grandchild_holding_output_does_not_block_status(tmp_path: Path) -> None:
+    fifo = tmp_path / "hold"
+    os.mkfifo(fifo)
+    w = FileStoreWatcher(tmp_path)
+    cfg = gi.SessionConfig(
+        id="s1", path="/bin/sh", args=("sh", "-c", f"cat {fifo} & echo bye; exit 6")
+    )
+    await configure_session(w, "vm1", cfg)
+    acfg = agent_config(tmp_path)
+    acfg = dataclasses.replace(acfg, agent=dataclasses.replace(acfg.agent, drain_grace=0.1))
+    sink = Sink(str(tmp_path / "con_1024"))
+    try:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as n:
+                await n.start(sink.serve)
+                await start_agent(n, acfg)
+                info = await wait_for_exit(w, "vm1", "s1", 30)
+                await trio.testing.wait_all_tasks_blocked()
+                n.cancel_scope.cancel()
+        assert info.status == 6 and bytes(sink.data) == b"bye\n"
+    finally:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # let the grandchild go
