@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import socket
 import struct
 import termios
@@ -64,10 +65,7 @@ class Sink:
         got = 0
         try:
             while True:
-                try:
-                    chunk = await st.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    break
+                chunk = await self._receive(st)
                 if not chunk:
                     break
                 if self.keep:
@@ -89,6 +87,20 @@ class Sink:
             if st in self.streams:
                 self.streams.remove(st)
             await st.aclose()
+
+    @staticmethod
+    async def _receive(st: trio.SocketStream) -> bytes:
+        """Read without a checkpoint between the kernel and our counters (trio's
+        receive_some yields once after the recv), so ``total + pending()`` is exact
+        whenever another task looks."""
+        fd = st.socket.fileno()
+        while True:
+            try:
+                return os.read(fd, 65536)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+            except OSError:
+                return b""
 
     async def wait_for(self, needle: bytes) -> None:
         while needle not in self.data:
