@@ -264,7 +264,8 @@ class Mux:
         if sid > F.MAX_STREAM_ID:
             raise LinkClosingError("stream ids exhausted")
         self._next_local += 2
-        st = _Stream(self.config.initial_window)
+        # a resumed stream was already moving: skip the slow start
+        st = _Stream(self.config.stream_window if resume else self.config.initial_window)
         self._streams[sid] = st
         self._queue(F.encode(F.Open(sid, session_id, recv_offset, header, resume)))
         self._grant(sid, st)
@@ -424,7 +425,7 @@ class Mux:
         if len(self._streams) >= self.config.max_streams:
             self._queue(F.encode(F.Reset(sid, ErrorCode.REFUSED, "too many streams")))
             return
-        st = _Stream(self.config.initial_window)
+        st = _Stream(self.config.stream_window if fr.resume else self.config.initial_window)
         self._streams[sid] = st
         self._grant(sid, st)
         events.append(StreamOpened(sid, fr.session_id, fr.recv_offset, fr.header, fr.resume))
