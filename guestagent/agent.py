@@ -7,6 +7,7 @@ itself stays up (it is PID 1 in a containerVM).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -103,6 +104,7 @@ class Agent:
         self.results: dict[str, ExitStatus | None] = {}
         self.all_done = trio.Event()
         self._console_owner: str | None = None
+        self._pending_ids: set[str] = set()
         self.ready = trio.Event()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -114,7 +116,7 @@ class Agent:
                 await n.start(self.console.run)
             if self.cfg.network.publish:
                 n.start_soon(self._supervise, "network", self._network)
-            n.start_soon(self._supervise, "sessions", self._sessions)
+            n.start_soon(self._supervise, "sessions", functools.partial(self._sessions, n))
             self.ready.set()
             task_status.started()
             if self.cfg.agent.exit_when_done:
@@ -144,21 +146,32 @@ class Agent:
         )
         await watcher.run()
 
-    async def _sessions(self) -> None:
-        key = gi.sessions_key()
-        async with trio.open_nursery() as n:
-            vals: dict[str, str | None] = {key: None}
-            first = True
-            while True:
-                if first:
-                    vals = await self.backend.get_many([key, gi.common_id_key()])
-                    first = False
+    async def _sessions(self, nursery: trio.Nursery) -> None:
+        """Start every session the appliance lists, as it lists them. Runners live in
+        the agent's nursery: a guestinfo hiccup here never touches running sessions."""
+        keys = [gi.sessions_key(), gi.common_id_key()]
+        vals: dict[str, str | None] | None = None
+        delay = 0.1
+        while True:
+            try:
+                if vals is None:
+                    vals = await self.backend.get_many(keys)
                 else:
-                    vals = await self.backend.wait_changed([key], vals)
-                for sid in gi.decode_map_keys(vals.get(key)):
-                    if sid in self.sessions or sid in self.results:
-                        continue
-                    await self._start_session(n, sid, vals.get(gi.common_id_key()))
+                    vals = await self.backend.wait_changed(keys, vals)
+            except (BackendError, gi.GuestinfoError, OSError) as e:
+                log.error("reading the session list: %s; retrying in %.1fs", e, delay)
+                await self.publisher.error("sessions", f"reading the session list: {e}")
+                vals = None
+                await trio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            delay = 0.1
+            ids = gi.decode_map_keys(vals.get(gi.sessions_key()))
+            self._pending_ids = set(ids)
+            for sid in ids:
+                if sid in self.sessions or sid in self.results:
+                    continue
+                await self._start_session(nursery, sid, vals.get(gi.common_id_key()))
 
     async def _start_session(self, nursery: trio.Nursery, sid: str, common_id: str | None) -> None:
         try:
@@ -176,10 +189,12 @@ class Agent:
         except (BackendError, gi.GuestinfoError, OSError) as e:
             await self._start_failed(sid, f"session {sid}: cannot read session config: {e}")
             return
+        # the console goes to [agent] console-session if set, else to the container's
+        # own session (/common/id) or, failing that, the first session started
         console = None
         if self.console is not None and self._console_owner is None:
-            want = self.cfg.agent.console_session or gi.decode_str(common_id) or sid
-            if want == sid or self.cfg.agent.console_session == "":
+            want = self.cfg.agent.console_session or gi.decode_str(common_id)
+            if want is None or want == sid or want not in self._pending_ids:
                 console = self.console
                 self._console_owner = sid
         runner = SessionRunner(

@@ -95,3 +95,36 @@ async def test_unreadable_keys_reported_in_started(
             await configure_session(w, "vm1", gi.SessionConfig(id="ok", path="/bin/true"))
             assert (await wait_for_exit(w, "vm1", "ok", 30)).status == 0
             n.cancel_scope.cancel()
+
+
+async def test_guestinfo_read_failures_do_not_touch_running_sessions(
+    fake_rpctool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vspc.guestinfo_watch import VMState, wait_for
+
+    fifo = tmp_path / "hold"
+    os.mkfifo(fifo)
+    w = FileStoreWatcher(tmp_path)
+    cfg = agent_config(tmp_path, console="none")
+    cfg = dataclasses.replace(
+        cfg, guestinfo=dataclasses.replace(cfg.guestinfo, backend="rpctool", poll_interval=0.05)
+    )
+    await configure_session(
+        w, "vm1", gi.SessionConfig(id="s1", path="cat", args=("cat", str(fifo)))
+    )
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            await n.start(Agent(cfg).run)
+            await wait_for_started(w, "vm1", "s1", 30)
+            # the backdoor starts failing reads of the session list
+            monkeypatch.setenv("FAKE_RPCTOOL_FAIL_GET", "guestinfo.vice./sessions")
+
+            def reported(st: VMState) -> str | None:
+                return st.errors().get("sessions")
+
+            text = await wait_for(w, "vm1", reported, 30)
+            assert "Permission denied" in text
+            os.close(os.open(fifo, os.O_WRONLY))  # the session ends normally...
+            info = await wait_for_exit(w, "vm1", "s1", 30)  # ...and is still reported
+            assert info.status == 0
+            n.cancel_scope.cancel()
