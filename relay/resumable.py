@@ -172,6 +172,7 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         self._finished_flag = False
         self.attachments = 0  # how many times a path was attached (1 = never moved)
         self.on_finished: Any = None  # callback(stream) when the engine ends
+        self.peer_identity = ""  # acceptor: the identity of the relay that opened it
 
     # ------------------------------------------------------------ introspection
     @property
@@ -639,6 +640,12 @@ class SessionTable:
         if ev.resume:
             st = self._sessions.get(ev.session_id)
             if st is not None:
+                if st.peer_identity and link.peer_identity != st.peer_identity:
+                    # only the relay that opened a session may resume it
+                    log.warning("resume of stream %s by %s refused (opened by %s)",
+                                st.short_id, link.peer_identity or "plaintext", st.peer_identity)
+                    link.detach(sid, ErrorCode.REFUSED, "session belongs to another peer")
+                    return
                 st._attach_accepted(link, sid, ev.recv_offset)
                 return
             tomb = self._tombs.get(ev.session_id)
@@ -656,6 +663,7 @@ class SessionTable:
             return
         st = ResumableStream(ev.session_id, ev.header, self.config, opener=False,
                              pool=self.pool)
+        st.peer_identity = link.peer_identity
         try:
             self._send.send_nowait(Accepted(st, ev.header, link.peer_identity))
         except trio.WouldBlock:

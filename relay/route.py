@@ -133,19 +133,24 @@ class Router:
 
     async def get_link(self) -> PeerLink:
         async with self._lock:
-            link = self._link
-            if (link is not None and link.alive and not link.draining
-                    and self._link_route == self._route):
+            while True:
+                link = self._link
+                if (link is not None and link.alive and not link.draining
+                        and self._link_route == self._route):
+                    return link
+                route = self._route
+                transport, ident = await connect_route(route, self._ctx)
+                link = PeerLink(transport, client=True, config=self.config,
+                                name=f"{self.name}->{route.name or route.address}",
+                                peer_identity=ident)
+                await self._nursery.start(link.run)
+                self.links_opened += 1
+                if route != self._route:  # re-routed while we were connecting
+                    link.close("route changed while connecting")
+                    continue
+                self._link, self._link_route = link, route
+                log.info("link up: %s (%s)", link.name, ident or "plaintext")
                 return link
-            route = self._route
-            transport, ident = await connect_route(route, self._ctx)
-            link = PeerLink(transport, client=True, config=self.config,
-                            name=f"{self.name}->{route.name or route.address}", peer_identity=ident)
-            await self._nursery.start(link.run)
-            self.links_opened += 1
-            self._link, self._link_route = link, route
-            log.info("link up: %s (%s)", link.name, ident or "plaintext")
-            return link
 
     def link_failed(self, link: PeerLink) -> None:
         if self._link is link:

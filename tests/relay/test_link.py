@@ -440,3 +440,45 @@ async def test_replay_memory_is_bounded_across_many_streams() -> None:
             assert results == [True] * n_streams
             assert 0 < peak <= bound
             n.cancel_scope.cancel()
+
+
+class _Catch:
+    def __init__(self) -> None:
+        self.reset: tuple[int, str] | None = None
+        self.got = trio.Event()
+
+    def on_data(self, offset: int, payload: bytes) -> None: ...
+    def on_ack(self, offset: int, fin: bool) -> None: ...
+    def on_eof(self, offset: int) -> None: ...
+    def on_credit(self) -> None: ...
+    def on_batch_end(self) -> None: ...
+    def produce(self, max_bytes: int) -> bool:
+        return False
+
+    def on_reset(self, code: int, reason: str) -> None:
+        self.reset = (code, reason)
+        self.got.set()
+
+
+async def test_only_the_opening_peer_may_resume_a_session(pki: Pki) -> None:
+    cfg = small_config()
+    srv = pki.issue("host", "egress")
+    allowed = {"vic://host/a", "vic://host/b"}
+    with trio.fail_after(30):
+        async with acceptor(cfg, tls_files=srv, allowed=allowed) as acc, trio.open_nursery() as n:
+            addr = f"tcp:127.0.0.1:{acc.port}"
+            ra = Router(Route(addr, identity="vic://host/egress"), n,
+                        tls_files=pki.issue("host", "a"), config=cfg)
+            st = await ra.open_stream(b"a")
+            await st.send_all(b"secret")
+            await acc.first_bytes.wait()
+            rb = Router(Route(addr, identity="vic://host/egress"), n,
+                        tls_files=pki.issue("host", "b"), config=cfg)
+            link_b = await rb.get_link()
+            catch = _Catch()
+            link_b.open(catch, st.session_id, 0, b"", resume=True)  # hijack attempt
+            await catch.got.wait()
+            assert catch.reset is not None and catch.reset[0] == ErrorCode.REFUSED
+            assert acc.streams[0].link is not None
+            assert acc.streams[0].link.peer_identity == "vic://host/a"  # still A's
+            n.cancel_scope.cancel()
