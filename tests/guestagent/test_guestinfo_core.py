@@ -150,3 +150,22 @@ def test_ledger_limits() -> None:
 def test_clip_error(text: str) -> None:
     out = gi.clip_error(text, 100)
     assert 0 < len(out.encode()) <= 100
+
+
+@given(st.dictionaries(st.sampled_from(gi.session_keys("s")), st.text(max_size=50)))
+def test_decode_session_garbage_is_config_error_or_config(values: dict[str, str]) -> None:
+    try:
+        cfg = gi.decode_session("s", values)
+    except gi.SessionConfigError as e:
+        assert str(e).startswith("session s: ")
+    else:
+        assert cfg.path and cfg.args
+
+
+@given(st.text(max_size=40))
+def test_signal_request_garbage(raw: str) -> None:
+    try:
+        got = gi.decode_signal_request(raw)
+    except gi.GuestinfoError:
+        return
+    assert got is None or (got[0] >= 0 and got[1])
