@@ -57,7 +57,7 @@ def parse_address(address: str) -> tuple[str, Any]:
     if kind == "tcp":
         host, _, port = rest.rpartition(":")
         host = host.strip("[]")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise RouteError(f"bad tcp address {address!r} (tcp:HOST:PORT)")
         return "tcp", (host, int(port))
     if kind == "unix":

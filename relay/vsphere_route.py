@@ -15,6 +15,7 @@ retried with backoff and never disturbs the current route.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +39,13 @@ class VCenter:
     verify_tls: bool = True
 
 
+def _pyvmomi() -> tuple[Any, Any, Any]:
+    """(pyVim.connect, vim, vmodl), typed loosely: pyVmomi has no type hints."""
+    connect: Any = importlib.import_module("pyVim.connect")
+    pyvmomi: Any = importlib.import_module("pyVmomi")
+    return connect, pyvmomi.vim, pyvmomi.vmodl
+
+
 class HostWatch:
     """Blocking watcher of one VM's ``runtime.host`` (call its methods from a thread)."""
 
@@ -51,13 +59,11 @@ class HostWatch:
         self.host: str | None = None
 
     def connect(self) -> None:
-        from pyVim.connect import SmartConnect
-        from pyVmomi import vim, vmodl
-
+        connect, vim, vmodl = _pyvmomi()
         kw: dict[str, Any] = {}
         if self.vc.protocol == "https" and not self.vc.verify_tls:
             kw["disableSslCertValidation"] = True
-        self.si = SmartConnect(host=self.vc.host, port=self.vc.port, user=self.vc.user,
+        self.si = connect.SmartConnect(host=self.vc.host, port=self.vc.port, user=self.vc.user,
                                pwd=self.vc.password, protocol=self.vc.protocol, path=self.vc.path,
                                connectionPoolTimeout=-1, **kw)
         vm = self._find_vm(vim)
@@ -87,8 +93,7 @@ class HostWatch:
 
     def wait(self) -> str | None:
         """One WaitForUpdatesEx round; the VM's host name if it was reported."""
-        from pyVmomi import vmodl
-
+        _, _, vmodl = _pyvmomi()
         if self.pc is None:
             self.connect()
         opts = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=self.max_wait)
@@ -109,10 +114,8 @@ class HostWatch:
                 self.pc.DestroyPropertyCollector()
             self.pc = None
         if self.si is not None:
-            from pyVim.connect import Disconnect
-
             with contextlib.suppress(Exception):
-                Disconnect(self.si)
+                _pyvmomi()[0].Disconnect(self.si)
             self.si = None
 
 

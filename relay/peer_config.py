@@ -1,0 +1,224 @@
+"""TOML configuration of the peer mesh, as frozen dataclasses (``vic.ops.config``).
+
+Meant to sit under ``[peer]`` in the relay's config::
+
+    [peer]
+    admin-socket = "/run/vic/relay.sock"
+    tls = { cert = "/etc/vic/host-esx-01.crt", key = "/etc/vic/host-esx-01.key", ca = "/etc/vic/ca.crt" }
+
+    [peer.routes.appliance]              # where resumable streams go
+    address = "tcp:10.0.0.12:7443"       # the relay on the appliance's host (or the appliance)
+    identity = "vic://host/esx-02"
+
+    [[peer.listen]]                      # accept peer links (on the appliance's host)
+    address = "tcp:0.0.0.0:7443"
+    allowed-peers = ["vic://host/esx-01", "vic://host/esx-03"]
+
+    [[peer.listen]]                      # plaintext only on a trusted transport
+    address = "vsock:2:7443"
+    tls = false
+
+    [peer.link]                          # optional tuning
+    stream-window-kib = 4096
+
+    [peer.follow.appliance]              # optional: follow the appliance VM in vSphere
+    vcenter = "vc.example.com"
+    user = "relay@vsphere.local"
+    password-file = "/etc/vic/vc.password"
+    vm = "vch-appliance"
+    hosts = { "esx-02.example.com" = "tcp:10.0.0.12:7443", "esx-03.example.com" = "tcp:10.0.0.13:7443" }
+    identities = { "esx-02.example.com" = "vic://host/esx-02", "esx-03.example.com" = "vic://host/esx-03" }
+
+``to_runtime()`` helpers turn these into ``Route``, ``TlsFiles``, ``LinkConfig``
+and ``VCenter`` objects.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import trio
+
+from relay.core.mux import MuxConfig
+from relay.link import LinkConfig
+from relay.route import Route, RouteError, parse_address
+from relay.tls import TlsFiles
+from relay.vsphere_route import VCenter
+from vic.ops.config import ConfigError, require
+
+KiB = 1024
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PeerTls:
+    cert: Path
+    key: Path
+    ca: Path
+
+    def validate(self) -> None:
+        for name in ("cert", "key", "ca"):
+            p = getattr(self, name)
+            require(p.is_file(), name, f"no such file: {p}")
+
+    def files(self) -> TlsFiles:
+        return TlsFiles(self.cert, self.key, self.ca)
+
+
+def _check_address(address: str) -> None:
+    try:
+        parse_address(address)
+    except RouteError as e:
+        raise ConfigError("address", str(e)) from None
+
+
+@dataclass(frozen=True)
+class PeerRoute:
+    address: str
+    identity: str = ""
+    tls: bool = True
+
+    def validate(self) -> None:
+        _check_address(self.address)
+        if self.tls:
+            require(self.identity.startswith("vic://"), "identity",
+                    "a TLS route needs the peer identity (vic://host/NAME or vic://appliance/NAME)")
+
+    def route(self, name: str) -> Route:
+        return Route(self.address, identity=self.identity, tls=self.tls, name=name)
+
+
+@dataclass(frozen=True)
+class PeerListen:
+    address: str
+    tls: bool = True
+    allowed_peers: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        _check_address(self.address)
+        if self.tls:
+            require(bool(self.allowed_peers), "allowed-peers",
+                    "a TLS listener needs the identities it accepts")
+            for p in self.allowed_peers:
+                require(p.startswith("vic://"), "allowed-peers", f"not a vic:// identity: {p!r}")
+
+
+@dataclass(frozen=True)
+class LinkTuning:
+    stream_window_kib: int = 4096
+    connection_window_mib: int = 64
+    max_streams: int = 4096
+    replay_limit_mib: int = 16
+    replay_pool_mib: int = 256
+    overflow: Literal["block", "discard"] = "block"
+    ping_interval: float = 5.0
+    dead_after: float = 15.0
+    resume_timeout: float = 60.0
+
+    def validate(self) -> None:
+        require(self.stream_window_kib >= 64, "stream-window-kib", "must be >= 64")
+        require(self.connection_window_mib * 1024 >= self.stream_window_kib,
+                "connection-window-mib", "must hold at least one stream window")
+        require(self.replay_limit_mib >= 1, "replay-limit-mib", "must be >= 1")
+        require(self.replay_pool_mib >= 1, "replay-pool-mib", "must be >= 1")
+        require(self.max_streams >= 1, "max-streams", "must be >= 1")
+        require(0 < self.ping_interval < self.dead_after, "ping-interval",
+                "must be > 0 and below dead-after")
+        require(self.resume_timeout > 0, "resume-timeout", "must be > 0")
+
+    def link_config(self) -> LinkConfig:
+        window = self.stream_window_kib * KiB
+        return LinkConfig(
+            mux=MuxConfig(stream_window=window, initial_window=min(128 * KiB, window),
+                          connection_window=self.connection_window_mib * MiB,
+                          max_streams=self.max_streams, ping_interval=self.ping_interval,
+                          dead_after=self.dead_after),
+            replay_limit=self.replay_limit_mib * MiB, replay_pool=self.replay_pool_mib * MiB,
+            overflow=self.overflow, resume_timeout=self.resume_timeout,
+        )
+
+
+@dataclass(frozen=True)
+class FollowConfig:
+    vcenter: str
+    vm: str
+    hosts: dict[str, str]  # ESX host name -> address of the relay there
+    identities: dict[str, str] = field(default_factory=dict)  # ESX host name -> vic:// identity
+    port: int = 443
+    protocol: Literal["https", "http"] = "https"
+    path: str = "/sdk"
+    user: str = ""
+    password_file: Path | None = None
+    verify_tls: bool = True
+    tls: bool = True  # links to those relays use TLS
+
+    def validate(self) -> None:
+        require(bool(self.hosts), "hosts", "map at least one ESX host to a relay address")
+        for host, addr in self.hosts.items():
+            try:
+                parse_address(addr)
+            except RouteError as e:
+                raise ConfigError(f"hosts.{host}", str(e)) from None
+            if self.tls:
+                require(self.identities.get(host, "").startswith("vic://"), f"identities.{host}",
+                        "each host needs the identity of its relay")
+        if self.password_file is not None:
+            require(self.password_file.is_file(), "password-file",
+                    f"no such file: {self.password_file}")
+
+    def vcenter_target(self) -> VCenter:
+        pw = self.password_file.read_text().strip() if self.password_file else ""
+        return VCenter(self.vcenter, self.port, self.user, pw, self.protocol, self.path,
+                       self.verify_tls)
+
+    def routes(self, name: str) -> dict[str, Route]:
+        return {h: Route(a, identity=self.identities.get(h, ""), tls=self.tls, name=f"{name}@{h}")
+                for h, a in self.hosts.items()}
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    tls: PeerTls | None = None
+    admin_socket: Path | None = None
+    routes: dict[str, PeerRoute] = field(default_factory=dict)
+    listen: list[PeerListen] = field(default_factory=list)
+    link: LinkTuning = field(default_factory=LinkTuning)
+    follow: dict[str, FollowConfig] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        uses_tls = (any(r.tls for r in self.routes.values()) or any(x.tls for x in self.listen)
+                    or any(f.tls for f in self.follow.values()))
+        require(self.tls is not None or not uses_tls, "tls",
+                "TLS routes or listeners need [peer.tls] cert, key and ca")
+        for name in self.follow:
+            require(name in self.routes, f"follow.{name}",
+                    "follows a route that is not defined in [peer.routes]")
+
+    def routes_runtime(self) -> dict[str, Route]:
+        return {name: r.route(name) for name, r in self.routes.items()}
+
+
+async def open_peer_listener(address: str, backlog: int = 128) -> trio.SocketListener:
+    """A listener for ``tcp:HOST:PORT``, ``unix:PATH`` or ``vsock:CID:PORT``."""
+    kind, where = parse_address(address)
+    if kind == "tcp":
+        fam = socket.AF_INET6 if ":" in where[0] else socket.AF_INET
+        sock = trio.socket.socket(fam, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    elif kind == "unix":
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        p = trio.Path(where)
+        if await p.is_socket():
+            await p.unlink()
+    else:
+        sock = trio.socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    try:
+        await sock.bind(where)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
