@@ -214,6 +214,8 @@ class SessionRunner:
                 await self._wait_output_end(output_done)
                 n.cancel_scope.cancel()
         finally:
+            if self.status is None:  # the agent is stopping: so does the container
+                self._stop_child()
             if self.console is not None and self.console.on_input == self._input:
                 self.console.on_input = None
             with trio.CancelScope(shield=True):
@@ -306,6 +308,16 @@ class SessionRunner:
                 log.warning("session %s: signal request: %s", self.cfg.id, e)
                 vals = {key: None}
                 await trio.sleep(self.backend.poll_interval)
+
+    def _stop_child(self) -> None:
+        if self.child is None:
+            return
+        try:
+            sig = signal_number(self.cfg.stopsignal or "SIGTERM")
+        except ValueError:
+            sig = signal.SIGTERM
+        log.info("session %s: agent stopping, sending %s", self.cfg.id, signal.Signals(sig).name)
+        self.child.send_signal(sig, group=True)
 
     def _deliver(self, name: str) -> None:
         if self.child is None:

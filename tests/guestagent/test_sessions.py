@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -299,3 +300,39 @@ async def test_grandchild_holding_output_does_not_block_status(tmp_path: Path) -
         assert info.status == 6 and bytes(sink.data) == b"bye\n"
     finally:
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # let the grandchild go
+
+
+async def test_stopping_the_agent_stops_the_container(tmp_path: Path) -> None:
+    w = FileStoreWatcher(tmp_path)
+    pidfile = tmp_path / "bg.pid"
+    cfg = gi.SessionConfig(
+        id="s1",
+        path="/bin/sh",
+        args=("sh", "-c", f"sleep 600 & echo $! > {pidfile}; wait"),
+        stopsignal="SIGHUP",
+    )
+    await configure_session(w, "vm1", cfg)
+    with trio.fail_after(T):
+        async with trio.open_nursery() as n:
+            agent = await start_agent(n, agent_config(tmp_path, console="none"))
+            await wait_for_started(w, "vm1", "s1", T)
+            child = agent.sessions["s1"].child
+            assert child is not None
+            while not pidfile.exists() or not pidfile.read_text().strip():
+                await trio.sleep(0.01)  # bounded by fail_after: the shell writes it at once
+            bg = int(pidfile.read_text())
+            n.cancel_scope.cancel()
+    # the agent's reaper is gone: collect the shell ourselves; its whole group got SIGHUP
+    _, st = await trio.to_thread.run_sync(os.waitpid, child.pid, 0)
+    assert os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGHUP
+    with trio.fail_after(T):
+        while _alive(bg):
+            await trio.sleep(0.01)  # the background sleep, reparented, dies of it too
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
