@@ -178,6 +178,7 @@ def run_vspc(
     console_extra: str = "",
     extra: str = "",
     log_dir: Path | None = None,
+    profile: Path | None = None,
 ) -> Iterator[Vspc]:
     """``vic vspc`` on free ports; ``console_extra`` goes into ``[console]``."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -206,7 +207,16 @@ port = {mport}
     )
     errlog = open(workdir / "vspc.stderr", "wb")
     proc = subprocess.Popen(
-        [*vic_command(), "vspc", "--config", str(cfg)],
+        [
+            *(
+                vic_command()
+                if profile is None
+                else [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "vic.cli"]
+            ),
+            "vspc",
+            "--config",
+            str(cfg),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=errlog,
         stderr=errlog,

@@ -289,7 +289,7 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     counts = _split(args.vms - probes_n, args.workers)
     try:
         if mode == "vspc":
-            cm: Any = bl.run_vspc(workdir)
+            cm: Any = bl.run_vspc(workdir, profile=args.profile_vspc)
             v = cm.__enter__()
             pid, port = v.pid, v.port
         else:
@@ -363,9 +363,12 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                 result["worker_ready"] = ready
                 result["connected"] = connected + probes_n
                 if v is not None:
+                    m0 = time.monotonic()
                     result["connected_vms_metric"] = await trio.to_thread.run_sync(
                         v.metric, "vspc_connected_vms"
                     )
+                    # one /metrics scrape with all VMs connected: how long it takes
+                    result["metrics_scrape_seconds"] = time.monotonic() - m0
                 # Let every VM write at least once (ring, log file) before measuring.
                 c0, w0 = bl.cpu_seconds(pid), time.monotonic()
                 await trio.sleep(args.interval * 1.5 + 1.0)
@@ -376,10 +379,6 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                 result["rss_kib_after_connect"] = rss1
                 result["open_fds"] = bl.open_fds(pid)
                 result["rss_kib_per_vm"] = (rss1 - rss0) / max(1, connected)
-                if v is not None:
-                    result["connected_vms_metric_after"] = await trio.to_thread.run_sync(
-                        v.metric, "vspc_connected_vms"
-                    )
 
                 c0, w0 = bl.cpu_seconds(pid), time.monotonic()
                 await vmotions(args.vmotions, record=True)
@@ -406,6 +405,7 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                     except OSError as e:
                         result["metrics_error"] = repr(e)
                     else:
+                        result["connected_vms_metric_after"] = v.metric("vspc_connected_vms", text)
                         result["vspc_histogram"] = histogram_quantiles(
                             text, "vspc_vmotion_begin_to_goahead_seconds", (0.5, 0.99)
                         )
@@ -533,6 +533,7 @@ def main() -> int:
     ap.add_argument("--connect-timeout", type=float, default=1800.0)
     ap.add_argument("--modes", default="vspc,direct")
     ap.add_argument("--smoke", action="store_true", help="50 VMs, 5 vMotions (< 20 s)")
+    ap.add_argument("--profile-vspc", type=Path, default=None, help="cProfile output for the vSPC")
     # internal roles
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sink", action="store_true", help=argparse.SUPPRESS)
