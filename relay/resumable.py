@@ -345,6 +345,10 @@ class ResumableStream(trio.abc.HalfCloseableStream):
             self._notify()
         await trio.lowlevel.checkpoint()
 
+    def abort(self, reason: str = "aborted", code: int = ErrorCode.CANCEL) -> None:
+        """End the stream now, telling the peer (RESET ``code``); unsent bytes are dropped."""
+        self._fail(code, reason)
+
     async def wait_finished(self) -> None:
         await self.finished.wait()
 

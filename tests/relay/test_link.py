@@ -482,3 +482,21 @@ async def test_only_the_opening_peer_may_resume_a_session(pki: Pki) -> None:
             assert acc.streams[0].link is not None
             assert acc.streams[0].link.peer_identity == "vic://host/a"  # still A's
             n.cancel_scope.cancel()
+
+
+async def test_abort_tells_the_peer() -> None:
+    cfg = small_config()
+    with trio.fail_after(20):
+        async with acceptor(cfg) as acc, trio.open_nursery() as n:
+            router = Router(Route(f"tcp:127.0.0.1:{acc.port}", tls=False), n, config=cfg)
+            st = await router.open_stream(b"x")
+            await st.send_all(b"hello")
+            await acc.first_bytes.wait()
+            st.abort("bad header")
+            await st.wait_finished()
+            with trio.fail_after(5):
+                while not acc.failures:
+                    await trio.sleep(0.01)
+            assert acc.failures[0].code == ErrorCode.CANCEL
+            assert "bad header" in str(acc.failures[0])
+            n.cancel_scope.cancel()
