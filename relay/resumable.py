@@ -522,10 +522,16 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         assert self._connector is not None
         cfg = self.config
         backoff = cfg.reconnect_min
+        lost_at = trio.current_time()  # since when we have had no working path
         while not self._terminal():
+            remaining = lost_at + cfg.resume_timeout - trio.current_time()
+            if remaining <= 0:
+                self._fail(ErrorCode.TIMEOUT, f"no path to the peer for {cfg.resume_timeout:g}s")
+                return
             try:
-                link = await self._connector.get_link()
-            except Exception as e:  # any connect failure: DNS, refused, TLS, identity
+                with trio.fail_after(remaining):
+                    link = await self._connector.get_link()
+            except Exception as e:  # any connect failure: DNS, refused, TLS, identity, timeout
                 log.info("stream %s: no path (%s), retrying in %.2fs", self.short_id, e, backoff)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, cfg.reconnect_max)
@@ -551,6 +557,7 @@ class ResumableStream(trio.abc.HalfCloseableStream):
                 backoff = min(backoff * 2, cfg.reconnect_max)
             else:
                 backoff = cfg.reconnect_min
+                lost_at = trio.current_time()
 
     async def _run_acceptor(self) -> None:
         timeout = self.config.resume_timeout

@@ -500,3 +500,23 @@ async def test_abort_tells_the_peer() -> None:
             assert acc.failures[0].code == ErrorCode.CANCEL
             assert "bad header" in str(acc.failures[0])
             n.cancel_scope.cancel()
+
+
+async def test_opener_gives_up_when_no_path_comes_back() -> None:
+    cfg = small_config(resume_timeout=0.5)
+    with trio.fail_after(20):
+        async with acceptor(cfg) as acc, trio.open_nursery() as n:
+            proxy = FaultProxy(("127.0.0.1", acc.port))
+            await n.start(proxy.serve)
+            router = Router(Route(proxy.address, tls=False), n, config=cfg)
+            st = await router.open_stream(b"t")
+            await st.send_all(b"hello")
+            await acc.first_bytes.wait()
+            proxy.refuse()  # gone for good
+            with pytest.raises(StreamFailedError) as ei:
+                while await st.receive_some():
+                    pass
+            assert ei.value.code == ErrorCode.TIMEOUT
+            await st.wait_finished()
+            assert not router.streams  # nothing left retrying in the background
+            n.cancel_scope.cancel()
