@@ -68,7 +68,7 @@ def launch_error_text(cfg: gi.SessionConfig, e: BaseException) -> str:
 
 def signal_number(name: str) -> int:
     n = name.strip().upper()
-    if n.isdigit():
+    if n.isascii() and n.isdigit() and 0 < int(n) < signal.NSIG:
         return int(n)
     if not n.startswith("SIG"):
         n = "SIG" + n
@@ -289,12 +289,9 @@ class SessionRunner:
         vals: dict[str, str | None] = {key: None}
         # a request already present before launch is for this run unless acked
         with contextlib.suppress(BackendError, gi.GuestinfoError):
-            ack = gi.decode_str(
-                (await self.backend.get_many([gi.signal_ack_key(self.cfg.id)]))[
-                    gi.signal_ack_key(self.cfg.id)
-                ]
-            )
-            done_seq = int(ack) if ack and ack.isdigit() else 0
+            ack_key = gi.signal_ack_key(self.cfg.id)
+            ack = (await self.backend.get_many([ack_key]))[ack_key]
+            done_seq = gi.parse_seq(ack) or 0
         while True:
             try:
                 vals = await self.backend.get_many([key]) if vals[key] is None else vals
@@ -316,7 +313,7 @@ class SessionRunner:
             sig = signal_number(self.cfg.stopsignal or "SIGTERM")
         except ValueError:
             sig = signal.SIGTERM
-        log.info("session %s: agent stopping, sending %s", self.cfg.id, signal.Signals(sig).name)
+        log.info("session %s: agent stopping, sending signal %d", self.cfg.id, sig)
         self.child.send_signal(sig, group=True)
 
     def _deliver(self, name: str) -> None:

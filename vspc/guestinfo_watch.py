@@ -379,8 +379,8 @@ async def send_signal(
     await watcher.write(vm, {gi.signal_key(session): gi.encode_signal_request(seq, signame)})
 
     def acked(s: VMState) -> int | None:
-        raw = gi.decode_str(s.values.get(gi.signal_ack_key(session)))
-        return seq if raw is not None and raw.isdigit() and int(raw) >= seq else None
+        acked = gi.parse_seq(s.values.get(gi.signal_ack_key(session)))
+        return seq if acked is not None and acked >= seq else None
 
     return await wait_for(watcher, vm, acked, timeout, fail_on_power_off=False)
 

@@ -42,6 +42,7 @@ TRUE = "true"
 MAX_VALUE_BYTES = 64 * 1024
 MAX_TOTAL_BYTES = 1024 * 1024
 
+_SEQ_RE = re.compile(r"[0-9]{1,18}")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.:@+-]{0,127}$")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -432,9 +433,18 @@ def decode_signal_request(raw: str | None) -> tuple[int, str] | None:
     if v is None:
         return None
     parts = v.split()
-    if len(parts) != 2 or not parts[0].isdigit():
+    seq = parse_seq(parts[0]) if len(parts) == 2 else None
+    if seq is None:
         raise GuestinfoError(f"bad signal request {v!r}: want '<seq> <signal>'")
-    return int(parts[0]), parts[1]
+    return seq, parts[1]
+
+
+def parse_seq(raw: str | None) -> int | None:
+    """A sequence number: ASCII digits only (``str.isdigit`` accepts '²')."""
+    v = decode_str(raw)
+    if v is None or not _SEQ_RE.fullmatch(v):
+        return None
+    return int(v)
 
 
 # --------------------------------------------------------------------------- results
