@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -65,7 +65,7 @@ class LinkConfig:
 class StreamHandler(Protocol):
     """What a link calls for one of its streams (from the reader task; must not block)."""
 
-    def on_data(self, offset: int, payload: bytes) -> None: ...
+    def on_data(self, offset: int, payload: bytes | bytearray) -> None: ...
     def on_ack(self, offset: int, fin: bool) -> None: ...
     def on_eof(self, offset: int) -> None: ...
     def on_reset(self, code: int, reason: str) -> None: ...
@@ -178,7 +178,7 @@ class PeerLink:
         while self.alive and not self.writable():
             await self._write_lot.park()
 
-    def send_data(self, sid: int, offset: int, payload: bytes | memoryview) -> int:
+    def send_data(self, sid: int, offset: int, payload: bytes | bytearray | memoryview) -> int:
         n = self.mux.send_data(sid, offset, payload)
         if n:
             self._kick()
@@ -322,7 +322,7 @@ class PeerLink:
                 room = self.config.write_high_water - self.mux.pending_output
                 self._write_lot.unpark(count=max(1, room // self.config.mux.max_payload))
 
-    async def _send_parts(self, chunks: list[bytes | memoryview]) -> None:
+    async def _send_parts(self, chunks: list[bytes | bytearray | memoryview]) -> None:
         """Send frames without joining them where the transport allows (no extra copy)."""
         t = self.transport
         if isinstance(t, TlsStream):
@@ -350,12 +350,24 @@ class PeerLink:
             self._kick()
 
     async def _reader(self) -> None:
-        size = self.config.read_size
+        # one receive buffer for the life of the link: the decoder copies out what it keeps
+        rmv = memoryview(bytearray(self.config.read_size))
+        t = self.transport
+        recv_into: Callable[[memoryview], Awaitable[int]] | None = None
+        if isinstance(t, TlsStream):
+            recv_into = t.receive_into
+        elif isinstance(t, trio.SocketStream):
+            recv_into = t.socket.recv_into
         while True:
-            data = await self.transport.receive_some(size)
-            if not data:
+            if recv_into is not None:
+                n = await recv_into(rmv)
+                data: bytes | bytearray | memoryview = rmv[:n]
+            else:
+                data = await t.receive_some(len(rmv))
+                n = len(data)
+            if not n:
                 raise LinkDeadError("peer closed the link")
-            self.bytes_in += len(data)
+            self.bytes_in += n
             events = self.mux.receive_data(data, trio.current_time())
             if not self._ready.is_set() and self.mux.ready:
                 self._ready.set()

@@ -103,7 +103,7 @@ class _Attachment:
         self.sid = 0
         self.current = True
 
-    def on_data(self, offset: int, payload: bytes) -> None:
+    def on_data(self, offset: int, payload: bytes | bytearray) -> None:
         if self.current:
             self.stream._on_data(self, offset, payload)
         else:
@@ -160,7 +160,7 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         self._opening = False  # opener: waiting for the acceptor's resume point
         self._ever_attached = False
         self._wake = trio.Event()
-        self._recv: deque[tuple[bytes | memoryview, _Attachment | None]] = deque()
+        self._recv: deque[tuple[bytes | bytearray | memoryview, _Attachment | None]] = deque()
         self._recv_bytes = 0
         self._failure: StreamFailedError | None = None
         self._fail_local = False  # we detected the failure (the peer may not know yet)
@@ -299,7 +299,7 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         self.session.write_eof()
         self._notify()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         await trio.lowlevel.checkpoint()
         limit = max_bytes or 256 * 1024
         while True:
@@ -313,8 +313,8 @@ class ResumableStream(trio.abc.HalfCloseableStream):
                 raise trio.ClosedResourceError("stream was closed")
             await self._wait()
 
-    def _take(self, limit: int) -> bytes:
-        parts: list[bytes | memoryview] = []
+    def _take(self, limit: int) -> bytes | bytearray:
+        parts: list[bytes | bytearray | memoryview] = []
         got = 0
         while self._recv and got < limit:
             chunk, att = self._recv[0]
@@ -331,7 +331,10 @@ class ResumableStream(trio.abc.HalfCloseableStream):
             if att is not None and att.current:
                 att.link.consumed(att.sid, k)
         self._recv_bytes -= got
-        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        if len(parts) == 1:
+            p = parts[0]
+            return p if not isinstance(p, memoryview) else bytes(p)
+        return b"".join(parts)
 
     async def aclose(self) -> None:
         """Close for the application; what was written is still delivered (lingering)."""
@@ -353,7 +356,7 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         await self.finished.wait()
 
     # ------------------------------------------------------------ handlers (reader task)
-    def _on_data(self, att: _Attachment, offset: int, payload: bytes) -> None:
+    def _on_data(self, att: _Attachment, offset: int, payload: bytes | bytearray) -> None:
         try:
             new = self.session.on_data(offset, payload)
         except ResumeProtocolError as e:

@@ -16,7 +16,7 @@ leave in the order OpenSSL produced them even when the reader has to answer
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -102,7 +102,7 @@ class TlsStream(trio.abc.Stream):
             raise self._tls_failed(e) from e
         await self._flush()
 
-    async def send_parts(self, parts: list[bytes | memoryview]) -> None:
+    async def send_parts(self, parts: list[bytes | bytearray | memoryview]) -> None:
         """``send_all`` of the concatenation, without building it."""
         if self._broken is not None:
             raise trio.BrokenResourceError("TLS stream is broken") from self._broken
@@ -149,6 +149,39 @@ class TlsStream(trio.abc.Stream):
             if closed:
                 await trio.lowlevel.checkpoint()
                 return b""
+            if self._eof:
+                raise trio.BrokenResourceError("peer closed without TLS close_notify")
+            await self._fill()
+
+    async def receive_into(self, buf: memoryview) -> int:
+        """Like ``receive_some`` but decrypts straight into ``buf``; 0 at the end."""
+        limit = len(buf)
+        while True:
+            if self._broken is not None:
+                raise trio.BrokenResourceError("TLS stream is broken") from self._broken
+            got = 0
+            closed = False
+            try:
+                while got < limit:
+                    # with a buffer, read() returns the count (typeshed says bytes)
+                    k = cast(int, self._ssl.read(limit - got, buf[got:]))
+                    if not k:
+                        closed = True
+                        break
+                    got += k
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                closed = True
+            except ssl.SSLError as e:
+                if not got:
+                    raise self._tls_failed(e) from e
+                self._broken = self._tls_failed(e)
+            if self._out.pending:
+                await self._flush()
+            if got or closed:
+                await trio.lowlevel.checkpoint()
+                return got
             if self._eof:
                 raise trio.BrokenResourceError("peer closed without TLS close_notify")
             await self._fill()

@@ -106,7 +106,7 @@ class Open:
 class Data:
     stream_id: int
     offset: int
-    payload: bytes
+    payload: bytes | bytearray
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,60 +305,111 @@ def decode_payload(ftype: int, flags: int, sid: int, payload: bytes) -> Frame:
     return GoAway(last, code, _text(payload[_GOAWAY.size:]))
 
 
+PENDING_MIN = 16 * 1024  # DATA payloads at least this big are assembled in place
+
+
 class FrameDecoder:
     """Incremental decoder: ``feed(bytes)`` returns the complete frames so far.
 
-    Buffers at most one frame (``HEADER_SIZE + max_payload`` bytes) plus the
-    unparsed tail of the last feed. After a ``LinkProtocolError`` the decoder is
-    dead and raises again on every feed.
+    Memory is bounded by one frame (``HEADER_SIZE + max_payload``). Large DATA
+    payloads that span reads are assembled directly into their own buffer
+    (handed out as a ``bytearray``), so each payload byte is copied once; the
+    caller may reuse the buffer it fed. After a ``LinkProtocolError`` the decoder
+    is dead and raises again on every feed.
     """
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         if not 0 < max_payload <= MAX_PAYLOAD_LIMIT + 8:
             raise ValueError("max_payload out of range")
         self.max_payload = max_payload
-        self._buf = bytearray()
+        self._buf = bytearray()  # a partial frame (header straddling reads, or small)
+        # a large DATA payload being filled: [stream_id, offset, payload, filled]
+        self._pending: tuple[int, int, bytearray] | None = None
+        self._filled = 0
         self._error: LinkProtocolError | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + (self._filled if self._pending is not None else 0)
+
+    def _header(self, buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int, int, int]:
+        ftype, flags, sid, length = HEADER.unpack_from(buf, pos)
+        if length > self.max_payload:
+            raise LinkProtocolError(
+                f"frame of {length} bytes exceeds the limit of {self.max_payload}"
+            )
+        if ftype > _MAX_TYPE:
+            raise LinkProtocolError(f"unknown frame type {ftype}")
+        return ftype, flags, sid, length
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         if self._error is not None:
             raise self._error
-        buf = self._buf
-        buf += data
-        frames: list[Frame] = []
-        pos = 0
-        end = len(buf)
         try:
-            with memoryview(buf) as mv:
-                while end - pos >= HEADER_SIZE:
-                    ftype, flags, sid, length = HEADER.unpack_from(mv, pos)
-                    if length > self.max_payload:
-                        raise LinkProtocolError(
-                            f"frame of {length} bytes exceeds the limit of {self.max_payload}"
-                        )
-                    if ftype > _MAX_TYPE:
-                        raise LinkProtocolError(f"unknown frame type {ftype}")
-                    stop = pos + HEADER_SIZE + length
-                    if stop > end:
-                        break
-                    if ftype == _DATA and sid and length >= 8:
-                        off = _U64.unpack_from(mv, pos + HEADER_SIZE)[0]
-                        if off > MAX_OFFSET:
-                            raise LinkProtocolError("DATA offset out of range")
-                        frames.append(Data(sid, off, bytes(mv[pos + HEADER_SIZE + 8:stop])))
-                    else:
-                        frames.append(
-                            decode_payload(ftype, flags, sid, bytes(mv[pos + HEADER_SIZE:stop]))
-                        )
-                    pos = stop
+            with memoryview(data) as mv:
+                return self._feed(mv.cast("B") if mv.format != "B" else mv)
         except LinkProtocolError as e:
             self._error = e
             self._buf = bytearray()
+            self._pending = None
             raise
-        if pos:
-            del buf[:pos]
+
+    def _feed(self, mv: memoryview) -> list[Frame]:
+        frames: list[Frame] = []
+        n = len(mv)
+        i = 0
+        if self._pending is not None:
+            sid, off, pay = self._pending
+            k = min(len(pay) - self._filled, n)
+            pay[self._filled:self._filled + k] = mv[:k]
+            self._filled += k
+            i = k
+            if self._filled < len(pay):
+                return frames
+            frames.append(Data(sid, off, pay))
+            self._pending = None
+        if self._buf:
+            buf = self._buf
+            if len(buf) < HEADER_SIZE:
+                k = min(HEADER_SIZE - len(buf), n - i)
+                buf += mv[i:i + k]
+                i += k
+                if len(buf) < HEADER_SIZE:
+                    return frames
+            ftype, flags, sid, length = self._header(buf, 0)
+            total = HEADER_SIZE + length
+            k = min(total - len(buf), n - i)
+            buf += mv[i:i + k]
+            i += k
+            if len(buf) < total:
+                return frames
+            frames.append(decode_payload(ftype, flags, sid, bytes(buf[HEADER_SIZE:])))
+            self._buf = bytearray()
+        while n - i >= HEADER_SIZE:
+            ftype, flags, sid, length = self._header(mv, i)
+            stop = i + HEADER_SIZE + length
+            is_data = ftype == _DATA and sid != 0 and length >= 8
+            if stop <= n:
+                if is_data:
+                    off = _U64.unpack_from(mv, i + HEADER_SIZE)[0]
+                    if off > MAX_OFFSET:
+                        raise LinkProtocolError("DATA offset out of range")
+                    frames.append(Data(sid, off, bytes(mv[i + HEADER_SIZE + 8:stop])))
+                else:
+                    frames.append(decode_payload(ftype, flags, sid, bytes(mv[i + HEADER_SIZE:stop])))
+                i = stop
+                continue
+            if is_data and length - 8 >= PENDING_MIN and n - i >= HEADER_SIZE + 8:
+                off = _U64.unpack_from(mv, i + HEADER_SIZE)[0]
+                if off > MAX_OFFSET:
+                    raise LinkProtocolError("DATA offset out of range")
+                pay = bytearray(length - 8)
+                k = n - (i + HEADER_SIZE + 8)
+                pay[:k] = mv[i + HEADER_SIZE + 8:n]
+                self._pending = (sid, off, pay)
+                self._filled = k
+                return frames
+            break
+        if i < n:
+            self._buf = bytearray(mv[i:n])
         return frames

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from relay.core import frames as F
 from relay.core.frames import ErrorCode, LinkProtocolError
 
-Chunk = bytes | memoryview
+Chunk = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class StreamOpened:
 class DataReceived:
     stream_id: int
     offset: int
-    payload: bytes
+    payload: bytes | bytearray
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from collections import deque
 from typing import Literal
 
 Overflow = Literal["block", "discard"]
-Chunk = bytes | memoryview
+Chunk = bytes | bytearray | memoryview
 
 
 class ResumeError(Exception):
