@@ -99,3 +99,24 @@ def test_reason_truncated_on_character_boundary() -> None:
 
 def test_data_header_matches_encode() -> None:
     assert F.data_header(7, 99, 3) + b"abc" == F.encode(F.Data(7, 99, b"abc"))
+
+
+big_data = st.builds(F.Data, sids, offs,
+                     st.integers(F.PENDING_MIN - 9, F.PENDING_MIN * 3).map(lambda n: bytes([n % 251]) * n))
+
+
+@given(st.lists(st.one_of(frame_st, big_data), max_size=8),
+       st.lists(st.integers(0, 10**6), max_size=40))
+@settings(max_examples=200)
+def test_large_payloads_any_chunking_reused_buffer(frames: list[F.Frame], cuts: list[int]) -> None:
+    """Large DATA payloads are assembled in place; the fed buffer may be reused at once."""
+    wire = b"".join(F.encode(f) for f in frames)
+    dec = FrameDecoder()
+    got: list[F.Frame] = []
+    scratch = bytearray(len(wire) + 1)
+    for piece in chunked(wire, cuts):
+        scratch[:len(piece)] = piece
+        got += dec.feed(memoryview(scratch)[:len(piece)])
+        scratch[:len(piece)] = bytes(len(piece))  # the caller reuses its buffer
+    assert got == frames
+    assert dec.buffered == 0
