@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from relay.park import current_parker
 from relay.pipepool import PipePool, default_pool
 from relay.splice import SpliceUnsupported, WriteStalled, read_fd, splice_direction, write_fd
 
@@ -40,7 +40,7 @@ A_TO_B = "a_to_b"
 B_TO_A = "b_to_a"
 
 
-@dataclass
+@dataclass(slots=True)
 class PumpCounters:
     """Live counters, updated as bytes are delivered to the destination."""
 
@@ -134,6 +134,29 @@ def _eof_errno(exc: BaseException) -> bool:
 
 
 class _Session:
+    __slots__ = (
+        "a",
+        "b",
+        "busy",
+        "counters",
+        "done_ab",
+        "done_ba",
+        "failure",
+        "idle_scope",
+        "idle_timeout",
+        "idle_timeout_s",
+        "live",
+        "mode_ab",
+        "mode_ba",
+        "parked_on",
+        "parking",
+        "pool",
+        "reading",
+        "scope",
+        "splice",
+        "stall_timeout",
+    )
+
     def __init__(
         self,
         a: trio.abc.Stream,
@@ -154,14 +177,29 @@ class _Session:
         self.failure: BaseException | None = None
         self.idle_timeout_s = idle_timeout if idle_timeout is not None else 0.0
         self.idle_scope: trio.CancelScope | None = None
-        self._fast = 0  # directions on the fd fast path
         self.scope: trio.CancelScope | None = None
+        # Directions: mode 0 not started yet, 1 fd fast path, 2 userspace copy.
+        self.mode_ab = self.mode_ba = 0
+        self.done_ab = self.done_ba = False  # reached EOF, every byte delivered
+        self.live = 2  # directions not done
+        # Idle parking (relay.park): see park_now().
+        self.busy = False  # a byte moved since the parker's last sweep
+        self.reading = 0  # fast-path directions blocked in their read wait
+        self.parking = False
+        self.parked_on: tuple[int, ...] | None = None
 
     def _moved(self, direction: str, n: int) -> None:
         """Counts delivered bytes (called once per burst or message, not per chunk)."""
         self.counters.add(direction, n)
+        self.busy = True
         if self.idle_scope is not None:
             self.idle_scope.deadline = trio.current_time() + self.idle_timeout_s
+
+    def _moved_ab(self, n: int) -> None:
+        self._moved(A_TO_B, n)
+
+    def _moved_ba(self, n: int) -> None:
+        self._moved(B_TO_A, n)
 
     def _fail(self, exc: BaseException) -> None:
         if self.failure is None:
@@ -169,34 +207,73 @@ class _Session:
         assert self.scope is not None
         self.scope.cancel()
 
+    # --- idle parking (called by the Parker) ------------------------------------
+
+    def park_now(self) -> None:
+        """Every live direction waits to read on the fast path: stop them (at
+        that wait, nothing in flight) so the pump parks its fds."""
+        self.parking = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def read_fds(self) -> tuple[int, ...] | None:
+        """The source fds of the live directions (None: one is not fd-backed)."""
+        fds: list[int] = []
+        for done, src in ((self.done_ab, self.a), (self.done_ba, self.b)):
+            if not done:
+                fd = read_fd(src)
+                if fd is None:
+                    return None
+                fds.append(fd)
+        return tuple(fds)
+
+    def parked_fds_valid(self) -> bool:
+        return self.read_fds() == self.parked_on
+
+    def _set_mode(self, name: str, mode: int) -> None:
+        if name == A_TO_B:
+            self.mode_ab = mode
+        else:
+            self.mode_ba = mode
+        self.counters.spliced = self.mode_ab == 1 or self.mode_ba == 1
+
     async def direction(self, src: trio.abc.Stream, dst: trio.abc.Stream, name: str) -> None:
+        ab = name == A_TO_B
         try:
-            _unthrottle(dst)
-            rfd = read_fd(src) if self.splice else None
-            wfd = write_fd(dst) if self.splice else None
-            copy = True
+            mode = self.mode_ab if ab else self.mode_ba
+            if mode == 0:
+                _unthrottle(dst)
+                mode = 1 if self.splice else 2
+            rfd = wfd = None
+            if mode == 1:
+                rfd = read_fd(src)
+                wfd = write_fd(dst)
+                if rfd is None or wfd is None:
+                    mode = 2
+            self._set_mode(name, mode)
             if rfd is not None and wfd is not None:
-                self._fast += 1
-                self.counters.spliced = True
                 try:
-                    await splice_direction(
+                    eof = await splice_direction(
                         src,
                         dst,
                         rfd,
                         wfd,
                         self.pool,
-                        on_moved=functools.partial(self._moved, name),
+                        on_moved=self._moved_ab if ab else self._moved_ba,
                         stall_timeout=self.stall_timeout,
+                        mark=self,
                     )
-                    copy = False
                 except SpliceUnsupported as exc:
                     log.debug("%s: splice unsupported, copying", name)
-                    self._fast -= 1
-                    self.counters.spliced = self._fast > 0
+                    self._set_mode(name, 2)
                     if exc.leftover:
                         await self._send(dst, exc.leftover)
                         self._moved(name, len(exc.leftover))
-            if copy:
+                    await self._copy(src, dst, name)
+                else:
+                    if not eof:
+                        return  # parking: not done
+            else:
                 await self._copy(src, dst, name)
         except WriteStalled:
             self._fail(StallTimeout(f"{name}: write stalled for over {self.stall_timeout}s"))
@@ -204,6 +281,11 @@ class _Session:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(_Abort(f"reset {name}: {exc}"))
             return
+        if ab:
+            self.done_ab = True
+        else:
+            self.done_ba = True
+        self.live -= 1
         # Clean EOF on src, every byte delivered: propagate the half-close.
         if isinstance(dst, trio.abc.HalfCloseableStream):
             try:
@@ -276,10 +358,14 @@ async def pump(
     stall_timeout: float | None = None,
     pipes: PipePool | None = None,
     splice: bool = True,
+    park: bool = True,
 ) -> None:
     """Move bytes both ways between *a* and *b* until both directions end.
 
     ``splice=False`` forces the copy path (for comparison and tests).
+    ``park``: a pump on the fd fast path that stays idle for a sweep interval
+    (relay.park.PARK_AFTER) parks: its one task waits for a source fd, with no
+    second task and no nursery (the memory of an idle stream).
     Raises IdleTimeout / StallTimeout (PumpTimeout) on a timeout; returns
     normally on EOF both ways or on a reset peer. Closes both streams.
     """
@@ -288,17 +374,39 @@ async def pump(
         a, b, c, idle_timeout, stall_timeout, pipes if pipes is not None else default_pool(), splice
     )
     # Idle timeout: a deadline pushed forward whenever bytes move (no watchdog
-    # task). One direction runs in this task, the other in one child task: an
-    # idle stream costs two trio tasks and no pipe or buffer.
+    # task). One direction runs in this task, the other in one child task; an
+    # idle pump parks (one task, no pipe or buffer).
     if idle_timeout is not None:
         session.idle_scope = trio.CancelScope(deadline=trio.current_time() + idle_timeout)
+    parker = current_parker() if splice and park else None
     graceful = False
     try:
         with session.idle_scope or contextlib.nullcontext():
-            async with trio.open_nursery() as nursery:
-                session.scope = nursery.cancel_scope
-                nursery.start_soon(session.direction, b, a, B_TO_A)
-                await session.direction(a, b, A_TO_B)
+            while True:
+                session.parking = False
+                if parker is not None:
+                    parker.add(session)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        session.scope = nursery.cancel_scope
+                        if not session.done_ba:
+                            nursery.start_soon(session.direction, b, a, B_TO_A)
+                        if not session.done_ab:
+                            await session.direction(a, b, A_TO_B)
+                finally:
+                    session.scope = None
+                    if parker is not None:
+                        parker.remove(session)
+                if not session.parking or session.failure is not None or not session.live:
+                    break
+                # Parked: no task but this one, no nursery, until a source fd
+                # is readable (data, EOF or an error); then the directions again.
+                assert parker is not None
+                fds = session.read_fds()
+                session.parked_on = fds
+                if fds is None or not await parker.park(session, fds):
+                    parker = None  # cannot watch these fds: never park this pump
+                session.parked_on = None
         if (
             session.idle_scope is not None
             and session.idle_scope.cancelled_caught

@@ -15,6 +15,7 @@ import errno
 import os
 import socket
 from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
@@ -50,6 +51,15 @@ class SpliceUnsupported(Exception):
 
 class WriteStalled(Exception):
     """A write waited longer than the stall timeout."""
+
+
+class ReadWaitMark(Protocol):
+    """Lets an idle direction be parked (relay.park): ``reading`` counts the
+    directions blocked in their read wait (nothing in flight); ``parking`` set
+    means "return instead of reading" once the wait ends."""
+
+    reading: int
+    parking: bool
 
 
 def _socket_fd(stream: trio.SocketStream) -> int | None:
@@ -128,10 +138,12 @@ async def splice_direction(
     *,
     on_moved: Callable[[int], None],
     stall_timeout: float | None,
-) -> None:
+    mark: ReadWaitMark | None = None,
+) -> bool:
     """Move bytes from *src_fd* (of *src*) to *dst_fd* (of *dst*) until EOF on the source.
 
-    Returns on a clean EOF once every byte read has been written. Raises
+    Returns True on a clean EOF once every byte read has been written; False
+    when *mark* asked to park (the source was empty, nothing in flight). Raises
     SpliceUnsupported (before the first byte, or with the bytes already read),
     WriteStalled, or trio.BrokenResourceError for a reset or closed peer.
     After every yield that is not an fd wait (a wait on an fd that another task
@@ -140,17 +152,12 @@ async def splice_direction(
     stale fd number.
     """
 
-    def still_open() -> bool:
-        return read_fd(src) == src_fd and write_fd(dst) == dst_fd
-
     bulk = False
     while True:
         if bulk:
-            eof, moved = await _splice_burst(
-                src_fd, dst_fd, pool, on_moved, stall_timeout, still_open
-            )
+            eof, moved = await _splice_burst(src, dst, src_fd, dst_fd, pool, on_moved, stall_timeout)
             if eof:
-                return
+                return True
             bulk = moved >= PROBE_SIZE
         else:
             try:
@@ -159,11 +166,11 @@ async def splice_direction(
                 data = None
             except OSError as exc:
                 if exc.errno in _READ_EOF_ERRNOS:
-                    return
+                    return True
                 raise trio.BrokenResourceError(f"read failed: {exc}") from exc
             if data is not None:
                 if not data:
-                    return
+                    return True
                 try:
                     written = os.write(dst_fd, data)
                 except BlockingIOError:
@@ -173,19 +180,31 @@ async def splice_direction(
                 if written < len(data):
                     await _write_all(dst_fd, data[written:], stall_timeout)
                 on_moved(len(data))
-                if len(data) == PROBE_SIZE:
+                full = len(data) == PROBE_SIZE
+                data = None  # not kept alive across the wait
+                if full:
                     bulk = True
                     continue
-        await trio.lowlevel.wait_readable(src_fd)
+        if mark is None:
+            await trio.lowlevel.wait_readable(src_fd)
+            continue
+        mark.reading += 1
+        try:
+            await trio.lowlevel.wait_readable(src_fd)
+        finally:
+            mark.reading -= 1
+        if mark.parking:  # asked to park while the wait was ending: nothing read yet
+            return False
 
 
 async def _splice_burst(
+    src: trio.abc.Stream,
+    dst: trio.abc.Stream,
     src_fd: int,
     dst_fd: int,
     pool: PipePool,
     on_moved: Callable[[int], None],
     stall_timeout: float | None,
-    still_open: Callable[[], bool],
 ) -> tuple[bool, int]:
     """Splice until the source would block (-> (False, moved)) or ends (-> (True, moved)).
 
@@ -247,7 +266,7 @@ async def _splice_burst(
                     on_moved(unreported)
                     unreported = 0
                     await trio.lowlevel.checkpoint()
-                    if not still_open():
+                    if read_fd(src) != src_fd or write_fd(dst) != dst_fd:
                         raise trio.ClosedResourceError("stream closed during the pump")
                 continue
             if unreported:
