@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import stat
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -207,11 +208,12 @@ def admin_request_sync(path: str | Path, req: Mapping[str, Any],
 def add_route_cli(sub: Any, default_socket: str = "/run/vic/relay.sock") -> None:
     """Add ``route show`` / ``route set`` to a ``vic relay`` subparsers object."""
     p = sub.add_parser("route", help="show or change routes of a running relay")
-    p.add_argument("--admin-socket", default=default_socket, help="relay admin socket")
     rs = p.add_subparsers(dest="route_command", metavar="ACTION")
     rs.required = True
-    rs.add_parser("show", help="routes, their links and streams")
+    show = rs.add_parser("show", help="routes, their links and streams")
+    show.add_argument("--admin-socket", default=default_socket, help="relay admin socket")
     s = rs.add_parser("set", help="move a route (live streams follow and resume)")
+    s.add_argument("--admin-socket", default=default_socket, help="relay admin socket")
     s.add_argument("route", nargs="?", help="route name (optional if there is only one)")
     s.add_argument("--address", required=True, help="tcp:HOST:PORT | unix:PATH | vsock:CID:PORT")
     s.add_argument("--identity", help="expected peer identity, vic://host/NAME or vic://appliance/NAME")
@@ -231,10 +233,11 @@ def run_route_cli(args: argparse.Namespace) -> int:
     try:
         reply = admin_request_sync(args.admin_socket, req)
     except OSError as e:
-        print(f"vic relay route: cannot reach {args.admin_socket}: {e.strerror or e}")
+        print(f"vic relay route: cannot reach {args.admin_socket}: {e.strerror or e}",
+              file=sys.stderr)
         return 1
     if not reply.get("ok"):
-        print(f"vic relay route: {reply.get('error')}")
+        print(f"vic relay route: {reply.get('error')}", file=sys.stderr)
         return 1
     reply.pop("ok", None)
     print(json.dumps(reply, indent=2))

@@ -67,3 +67,30 @@ async def test_bad_requests_get_an_error_line(tmp_path: Path) -> None:
             await s.aclose()
             assert router.route.address == "tcp:127.0.0.1:9"
             n.cancel_scope.cancel()
+
+
+async def test_vic_relay_route_cli(tmp_path: Path) -> None:
+    """``vic relay route show|set`` against a live admin socket, as an operator runs it."""
+    import subprocess
+    import sys
+
+    sock = tmp_path / "r.sock"
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            router = Router(Route("tcp:127.0.0.1:9", tls=False, name="appliance"), n)
+            await n.start(AdminServer(sock, route_commands(lambda: {"appliance": router})).serve)
+
+            def vic(*args: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run([sys.executable, "-m", "vic.cli", "relay", "route", *args],
+                                      capture_output=True, text=True, timeout=20)
+
+            r = await trio.to_thread.run_sync(
+                vic, "set", "--admin-socket", str(sock), "--address", "unix:/run/x.sock",
+                "--plaintext")
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert router.route.address == "unix:/run/x.sock"
+            r = await trio.to_thread.run_sync(vic, "show", "--admin-socket", str(sock))
+            assert r.returncode == 0 and "unix:/run/x.sock" in r.stdout
+            r = await trio.to_thread.run_sync(vic, "show", "--admin-socket", str(tmp_path / "no"))
+            assert r.returncode == 1 and "cannot reach" in r.stderr
+            n.cancel_scope.cancel()
