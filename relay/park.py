@@ -71,11 +71,19 @@ class Parker:
         self._forever: trio.CancelScope | None = None
         self._sweeps = 0
 
+    @property
+    def parked(self) -> int:
+        """Pumps parked now."""
+        return len({id(e) for e in self._parked.values()})
+
     # --- pump side ---------------------------------------------------------------
 
     def add(self, session: Parkable) -> None:
         """A pump's directions started: sweep it from now on."""
         self.running.add(session)
+        self._kick()
+
+    def _kick(self) -> None:
         if self._forever is not None:  # the loop sleeps with no deadline: give it one
             self._forever.cancel()
 
@@ -95,6 +103,7 @@ class Parker:
         except OSError:
             self._forget(entry, done)
             return False
+        self._kick()
         await trio.lowlevel.wait_task_rescheduled(entry.abort)
         return True
 

@@ -406,6 +406,9 @@ async def pump(
                 session.parked_on = fds
                 if fds is None or not await parker.park(session, fds):
                     parker = None  # cannot watch these fds: never park this pump
+                elif not session.parked_fds_valid():
+                    session.failure = _Abort("reset: a stream was closed while parked")
+                    break
                 session.parked_on = None
         if (
             session.idle_scope is not None
