@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
+import struct
 import termios
 from pathlib import Path
 
 import trio
 
+from guestagent.agent import Agent
 from guestagent.core import guestinfo as gi
 from vspc.guestinfo_watch import FileStoreWatcher, VMState, configure_session, wait_for
 
-from .agent_helpers import agent_config, pending_bytes, start_agent
+from .agent_helpers import agent_config, start_agent
+
+
+def outq(fd: int) -> int:
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
 
 
 async def test_serial_console_over_pty_pair(tmp_path: Path) -> None:
@@ -29,13 +36,19 @@ async def test_serial_console_over_pty_pair(tmp_path: Path) -> None:
         runblock=True,
     )
     await configure_session(w, "vm1", cfg)
-    seen: list[int] = []
+    expected = b"a\nb\xff\x00\r\n" + b"\0" * size
+    seen: list[tuple[int, int]] = []
+    all_read = trio.Event()
+    agent: Agent | None = None
 
     def status(st: VMState) -> int | None:
         e = st.session("s1").exit
         if e is None:
             return None
-        seen.append(len(got) + pending_bytes(master))
+        # at this instant the agent has written everything to the line and the line
+        # has drained (a pty may still be moving the last bytes to the master's side)
+        assert agent is not None and agent.console is not None
+        seen.append((agent.console.sent_total, outq(slave)))
         return e.status
 
     async def reader() -> None:
@@ -47,6 +60,8 @@ async def test_serial_console_over_pty_pair(tmp_path: Path) -> None:
             if not chunk:
                 return
             got.extend(chunk)
+            if len(got) >= len(expected):
+                all_read.set()
 
     try:
         with trio.fail_after(30):
@@ -61,11 +76,11 @@ async def test_serial_console_over_pty_pair(tmp_path: Path) -> None:
                 n.start_soon(reader)
                 await w.write("vm1", {gi.goahead_key("s1"): "true"})
                 code = await wait_for(w, "vm1", status, 30)
+                await all_read.wait()
                 n.cancel_scope.cancel()
         assert code == 4
-        expected = b"a\nb\xff\x00\r\n" + b"\0" * size
-        assert seen == [len(expected)]
-        assert bytes(got[: len(expected)]).startswith(b"a\nb\xff\x00\r\n")
+        assert seen == [(len(expected), 0)]
+        assert bytes(got) == expected
     finally:
         await host.aclose()
         os.close(master)
