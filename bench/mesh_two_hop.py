@@ -413,7 +413,7 @@ def bench(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {
         "bench": "mesh_two_hop", "smoke": smoke, "size_bytes": size, "reps": reps,
         "host": platform.node(), "python": platform.python_version(),
-        "cpus": os.cpu_count(), "runs": {},
+        "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(), "runs": {},
     }
     configs: list[tuple[str, Any]] = [  # (name, start function)
         ("direct", None),
@@ -496,6 +496,7 @@ def bench(args: argparse.Namespace) -> int:
         hsink.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
+    results["loadavg_end"] = os.getloadavg()  # the machine is shared: read ratios with this
     name = "mesh_two_hop-smoke" if smoke else "mesh_two_hop"
     if only != {"bulk", "streams", "kill"}:
         name += "-" + "-".join(sorted(only))
