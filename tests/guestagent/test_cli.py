@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from guestagent.core import guestinfo as gi
 from vspc.guestinfo_watch import FileStoreWatcher, configure_session, go_ahead, wait_for_exit
@@ -90,6 +91,7 @@ publish = false
                 await n.start(sink.serve)
                 await go_ahead(w, "vm7", "c7")
                 info = await wait_for_exit(w, "vm7", "c7", 30)
+                await trio.testing.wait_all_tasks_blocked()  # the sink reads what is queued
                 n.cancel_scope.cancel()
         assert info.status == 3
         assert bytes(sink.data) == b"hi from vm7\r\n"

@@ -139,6 +139,7 @@ async def test_go_ahead_holds_launch_until_given(tmp_path: Path) -> None:
             assert st.session("s1").started is None and not marker.exists()
             await go_ahead(w, "vm1", "s1")
             info = await wait_for_exit(w, "vm1", "s1", T)
+            await trio.testing.wait_all_tasks_blocked()  # the sink reads what is queued
             n.cancel_scope.cancel()
     assert info.status == 0 and marker.exists()
     assert bytes(sink.data) == b"first-line\n"
@@ -171,6 +172,7 @@ async def test_signal_forwarding_and_stdin(tmp_path: Path) -> None:
             await sink.wait_for(b"echo:ping\n")
             assert await send_signal(w, "vm1", "s1", "TERM", timeout=T) == 1
             info = await wait_for_exit(w, "vm1", "s1", T)
+            await trio.testing.wait_all_tasks_blocked()  # the sink reads what is queued
             n.cancel_scope.cancel()
     assert (info.status, bytes(sink.data)) == (7, b"echo:ping\ngot-term\n")
 
