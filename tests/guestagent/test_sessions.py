@@ -337,3 +337,27 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(") ", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+async def test_tty_input_and_ctrl_c(tmp_path: Path) -> None:
+    """Appliance -> guest bytes reach a tty session through its pty: a line is read
+    (and echoed by the line discipline), and ^C interrupts the foreground job."""
+    w = FileStoreWatcher(tmp_path)
+    sink = Sink(str(tmp_path / "con_1024"))
+    script = 'read x; echo "got:$x"; exec cat'  # cat: interrupted by ^C -> 130
+    cfg = gi.SessionConfig(id="s1", path="/bin/sh", args=("sh", "-c", script), tty=True)
+    await configure_session(w, "vm1", cfg)
+    with trio.fail_after(T):
+        async with trio.open_nursery() as n:
+            await n.start(sink.serve)
+            agent = await start_agent(n, agent_config(tmp_path))
+            await wait_for_started(w, "vm1", "s1", T)
+            await agent.console.wait_connected()  # type: ignore[union-attr]
+            await trio.testing.wait_all_tasks_blocked()
+            await sink.streams[0].send_all(b"hi\n")
+            await sink.wait_for(b"got:hi\r\n")
+            await sink.streams[0].send_all(b"\x03")
+            info = await wait_for_exit(w, "vm1", "s1", T)
+            n.cancel_scope.cancel()
+    assert info.status == 130 and info.signal == "SIGINT"
+    assert bytes(sink.data).startswith(b"hi\r\ngot:hi\r\n")
