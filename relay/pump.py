@@ -394,6 +394,7 @@ async def pump(
                         if not session.done_ab:
                             await session.direction(a, b, A_TO_B)
                 finally:
+                    nursery = None  # type: ignore[assignment]  # keep nothing of it alive while parked
                     session.scope = None
                     if parker is not None:
                         parker.remove(session)

@@ -111,7 +111,7 @@ async def test_cancel_while_parked_closes_both(autojump_clock: trio.testing.Mock
 
 
 async def test_stream_closed_under_a_parked_pump(autojump_clock: trio.testing.MockClock) -> None:
-    x, a = await tcp_pair()
+    _x, a = await tcp_pair()  # _x kept referenced: open
     b, y = await tcp_pair()
     counters = PumpCounters()
     parker = current_parker()
