@@ -371,7 +371,9 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                     result["metrics_scrape_seconds"] = time.monotonic() - m0
                 # Let every VM write at least once (ring, log file) before measuring.
                 c0, w0 = bl.cpu_seconds(pid), time.monotonic()
-                await trio.sleep(args.interval * 1.5 + 1.0)
+                await trio.sleep(
+                    args.settle if args.settle is not None else args.interval * 1.5 + 1.0
+                )
                 result["middle_cpu_utilisation_steady"] = (bl.cpu_seconds(pid) - c0) / (
                     time.monotonic() - w0
                 )
@@ -528,6 +530,9 @@ def main() -> int:
     ap.add_argument("--probes", type=int, default=50, help="VMs the parent migrates")
     ap.add_argument(
         "--interval", type=float, default=10.0, help="seconds between console lines per VM"
+    )
+    ap.add_argument(
+        "--settle", type=float, default=None, help="seconds after connecting before measuring"
     )
     ap.add_argument("--vmotion-gap", type=float, default=0.05, help="mean seconds between vMotions")
     ap.add_argument("--concurrency", type=int, default=32, help="handshakes in flight per worker")
