@@ -266,12 +266,14 @@ class RelayDaemon:
         t = cfg.timeouts
         egress = self._egress_by_route.get(route) or next(iter(cfg.egress.values()))
         vm = origin.vm or f"esx@{origin.peer.rsplit(':', 1)[0]}"
-        header = OriginHeader(self.host, vm, origin.kind, origin.label, sid)
         counters: PumpCounters | None = None
         try:
             try:
                 with trio.fail_after(t.connect):
-                    conn = await open_egress(egress, header)
+                    # (the header is not kept alive for the stream's lifetime)
+                    conn = await open_egress(
+                        egress, OriginHeader(self.host, vm, origin.kind, origin.label, sid)
+                    )
             except _EGRESS_ERRORS as e:
                 self.metrics.failed.labels(route, "egress").inc()
                 why = (f"no connection or handshake within {t.connect}s"

@@ -102,6 +102,7 @@ class _BufferPool:
 
 
 _buffers = _BufferPool(COPY_BUFFER_SIZE, 16)
+_NO_SCOPE = contextlib.nullcontext()  # stateless: one for every pump without an idle timeout
 
 
 # trio sets TCP_NOTSENT_LOWAT to 16 KiB on every TCP SocketStream: fine for an
@@ -381,7 +382,7 @@ async def pump(
     parker = current_parker() if splice and park else None
     graceful = False
     try:
-        with session.idle_scope or contextlib.nullcontext():
+        with session.idle_scope or _NO_SCOPE:
             while True:
                 session.parking = False
                 if parker is not None:
