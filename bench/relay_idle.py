@@ -2,8 +2,10 @@
 
 N client connections (this process) -> one `vic relay` process -> a sink process
 that accepts and holds every stream. Each stream carries a few bytes once, then
-idles. Memory of the relay is sampled at several stream counts; the figure is the
-slope (bytes per extra stream) and (RSS(N) - RSS(0)) / N.
+idles. Memory of the relay is sampled at several stream counts, each once the
+new streams have been idle for IDLE_WAIT seconds (the relay parks a pump after
+0.25-0.5 s of silence, relay.park); the figure is the slope (bytes per extra
+stream) and (RSS(N) - RSS(0)) / N.
 
 Compared in the same run with
 * socat: one process per stream (``TCP-LISTEN,fork``); a few hundred streams are
@@ -36,6 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 KIB = 1024
 PAYLOAD = b"hello from the vm\n"
+IDLE_WAIT = 1.0  # seconds between the last stream of a step opening and the sample
 
 
 def results_dir() -> Path:
@@ -244,6 +247,7 @@ def run_relay(n: int, steps: list[int], tries: int) -> dict[str, Any]:
             open_clients(port, target - len(clients), clients)
             sink.wait_count(base_sink + target)
             opening += time.monotonic() - t0
+            time.sleep(IDLE_WAIT)
             rss, pss = settle(proc.pid, tries)
             t0 = time.monotonic()
             points.append((target, float(rss)))
