@@ -20,6 +20,7 @@ direction waits to read, so a parked pump holds just its two streams.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import select
 from typing import Protocol
@@ -33,6 +34,8 @@ import trio
 PARK_AFTER = 0.25
 CHECK_PARKED_EVERY = 5  # sweeps between checks that parked fds are still open
 _EVENTS = select.EPOLLIN | select.EPOLLRDHUP
+
+log = logging.getLogger(__name__)
 
 
 class Parkable(Protocol):
@@ -142,6 +145,15 @@ class Parker:
                 if not entry.woken and not entry.session.parked_fds_valid():
                     self._wake(entry)
 
+    def _poll(self) -> None:
+        for fd, _ev in self._ep.poll(0):
+            entry = self._parked.get(fd)
+            if entry is None:  # stale: not ours any more
+                with contextlib.suppress(OSError, ValueError):
+                    self._ep.unregister(fd)
+                continue
+            self._wake(entry)
+
     async def run(self) -> None:
         ep = self._ep
         epfd = ep.fileno()
@@ -156,19 +168,17 @@ class Parker:
                     self._forever = scope if deadline == math.inf else None
                     await trio.lowlevel.wait_readable(epfd)
                 self._forever = None
-                if not scope.cancelled_caught:
-                    for fd, _ev in ep.poll(0):
-                        entry = self._parked.get(fd)
-                        if entry is None:  # stale: not ours any more
-                            with contextlib.suppress(OSError, ValueError):
-                                ep.unregister(fd)
-                            continue
-                        self._wake(entry)
                 now = trio.current_time()
-                if now >= next_sweep:
-                    self._sweep()
+                if deadline == math.inf:  # woken from a sleep with nothing to sweep
                     next_sweep = now + self.interval
-                elif deadline == math.inf:
+                try:
+                    if not scope.cancelled_caught:
+                        self._poll()
+                    if now >= next_sweep:
+                        self._sweep()
+                except Exception:  # a bug here must not take the whole relay down
+                    log.exception("parker: unexpected error; carrying on")
+                if now >= next_sweep:
                     next_sweep = now + self.interval
         finally:
             # Only at the end of the run, when every pump task is gone.

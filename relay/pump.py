@@ -385,6 +385,7 @@ async def pump(
         with session.idle_scope or _NO_SCOPE:
             while True:
                 session.parking = False
+                session.busy = True  # a whole sweep interval before it may park
                 if parker is not None:
                     parker.add(session)
                 try:
