@@ -138,3 +138,43 @@ async def test_copy_path_never_parks(autojump_clock: trio.testing.MockClock) -> 
         await x.send_eof()
         await y.send_eof()
     assert parker.parked == 0
+
+
+async def test_daemon_streams_park_relay_byte_exact_and_drain(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Through the relay daemon: idle streams park, then carry bulk byte-exact
+    (origin header first), and a drain cuts parked streams at its deadline."""
+    from relay.config import TcpListener, TimeoutsConfig
+    from tests.relay.relayfix import Appliance, pattern, relay_config, roundtrip, start_relay, tcp_egress
+
+    app = Appliance()
+    parker = current_parker()
+    async with trio.open_nursery() as n:
+        port = await app.serve_tcp(n)
+        cfg = relay_config(tcp_egress(port), tcp=(TcpListener(name="t", vm="vm", port=0),),
+                           timeouts=TimeoutsConfig(connect=5.0, drain=10.0))
+        d = await start_relay(n, cfg)
+        rport = d.bound["t"][1]
+        clients = [await trio.open_tcp_stream("127.0.0.1", rport) for _ in range(20)]
+        for i, c in enumerate(clients):
+            assert await roundtrip(c, b"hello %d" % i) == b"hello %d" % i
+        await trio.sleep(IDLE)
+        assert parker.parked == 20 and d.active_streams() == 20
+        for i, c in enumerate(clients[:10]):
+            data = pattern(300_000, i)
+            assert await roundtrip(c, data) == data
+        finishing = clients[0]
+        await trio.sleep(IDLE)
+        assert parker.parked == 20
+        await d.terminate()
+        await finishing.aclose()
+        await app.streams[0].closed.wait()
+        assert bytes(app.streams[0].data) == b"hello 0" + pattern(300_000, 0)
+        t0 = trio.current_time()
+        await d.stopped.wait()  # the 19 others, parked, are cut at the drain deadline
+        assert 9 <= trio.current_time() - t0 <= 10.5
+        for c in clients[1:]:
+            assert await c.receive_some(10) == b""
+        assert parker.parked == 0
+        n.cancel_scope.cancel()
