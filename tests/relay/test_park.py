@@ -7,8 +7,17 @@ import pytest
 import trio
 import trio.testing
 
+from relay.config import TcpListener, TimeoutsConfig
 from relay.park import PARK_AFTER, current_parker
 from relay.pump import IdleTimeout, PumpCounters, pump
+from tests.relay.relayfix import (
+    Appliance,
+    pattern,
+    relay_config,
+    roundtrip,
+    start_relay,
+    tcp_egress,
+)
 from tests.relay.test_pump import payload, recv_all, recv_n, send_then_eof, tcp_pair, unix_pair
 
 IDLE = 3 * PARK_AFTER  # long enough for a sweep to see a whole idle interval
@@ -145,9 +154,6 @@ async def test_daemon_streams_park_relay_byte_exact_and_drain(
 ) -> None:
     """Through the relay daemon: idle streams park, then carry bulk byte-exact
     (origin header first), and a drain cuts parked streams at its deadline."""
-    from relay.config import TcpListener, TimeoutsConfig
-    from tests.relay.relayfix import Appliance, pattern, relay_config, roundtrip, start_relay, tcp_egress
-
     app = Appliance()
     parker = current_parker()
     async with trio.open_nursery() as n:
@@ -171,6 +177,7 @@ async def test_daemon_streams_park_relay_byte_exact_and_drain(
         await finishing.aclose()
         await app.streams[0].closed.wait()
         assert bytes(app.streams[0].data) == b"hello 0" + pattern(300_000, 0)
+        assert app.streams[0].header.vm == "vm"
         t0 = trio.current_time()
         await d.stopped.wait()  # the 19 others, parked, are cut at the drain deadline
         assert 9 <= trio.current_time() - t0 <= 10.5
