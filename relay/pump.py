@@ -9,6 +9,10 @@
   bursts by a direct read/write of the fds (see relay.splice). Anything else
   (TLS, in-memory streams) goes through a copy loop with large buffers taken
   from a shared pool only while data flows.
+* Idle parking (relay.park): a pump on the fd fast path with no byte moved for
+  a sweep interval (0.25-0.5 s) stops its directions at their read wait and
+  parks its source fds in one shared epoll set; only the caller's task remains
+  (no second task, no nursery, no pipe or buffer) until a fd is readable.
 * Timeouts: ``idle_timeout`` (no byte moved in either direction) and
   ``stall_timeout`` (one write blocked that long) raise IdleTimeout /
   StallTimeout, both PumpTimeout (a TimeoutError), after closing both streams.
