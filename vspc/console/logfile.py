@@ -130,11 +130,15 @@ class LogSettings:
 class PortLog:
     """One port's queue towards its files (trio side) and its files (thread side)."""
 
-    __slots__ = ("errors", "events", "events_dropped", "inflight", "last_error", "pending", "stem")
+    __slots__ = (
+        "errors", "events", "events_dropped", "inflight", "last_error", "pending", "pending_bytes",
+        "stem",
+    )
 
     def __init__(self, stem: str) -> None:
         self.stem = stem
-        self.pending = bytearray()
+        self.pending: list[bytes] = []  # chunks as queued (no copy), joined in the thread
+        self.pending_bytes = 0
         self.inflight = 0
         self.events: list[bytes] = []
         self.events_dropped = 0
@@ -143,13 +147,14 @@ class PortLog:
 
     @property
     def queued(self) -> int:
-        return len(self.pending) + self.inflight
+        return self.pending_bytes + self.inflight
 
 
 @dataclass
 class _Job:
     port: PortLog
-    data: bytes
+    data: list[bytes]
+    size: int
     events: list[bytes]
     error: str = ""
 
@@ -206,10 +211,11 @@ class LogWriter:
 
     def write(self, port: PortLog, data: bytes | bytearray | memoryview) -> None:
         """Queue VM bytes (the caller checked ``room``)."""
-        port.pending += data
+        port.pending.append(data if type(data) is bytes else bytes(data))
+        port.pending_bytes += len(data)
         self.total += len(data)
         self._mark(port)
-        if self.total >= URGENT_BYTES or 2 * len(port.pending) >= self.settings.queue_bytes:
+        if self.total >= URGENT_BYTES or 2 * port.pending_bytes >= self.settings.queue_bytes:
             self._urgent.set()
 
     def event(self, port: PortLog, line: bytes) -> None:
@@ -260,23 +266,23 @@ class LogWriter:
             dirty, self._dirty = self._dirty, {}
             jobs = []
             for port in dirty:
-                data = bytes(port.pending)
-                port.pending.clear()
-                port.inflight += len(data)
+                data, port.pending = port.pending, []
+                size, port.pending_bytes = port.pending_bytes, 0
+                port.inflight += size
                 events, port.events = port.events, []
                 if port.events_dropped:
                     events.append(
                         b'{"event":"events_dropped","count":%d}\n' % port.events_dropped
                     )
                     port.events_dropped = 0
-                jobs.append(_Job(port, data, events))
+                jobs.append(_Job(port, data, size, events))
             settings = self.settings
             try:
                 await trio.to_thread.run_sync(self._write_jobs, settings, jobs)
             finally:
                 for job in jobs:
-                    job.port.inflight -= len(job.data)
-                    self.total -= len(job.data)
+                    job.port.inflight -= job.size
+                    self.total -= job.size
                     if job.error:
                         job.port.errors += 1
                         if job.error != job.port.last_error:
@@ -292,9 +298,10 @@ class LogWriter:
             return
         for job in jobs:
             try:
-                if job.data:
+                if job.size:
                     f = self._files.get(settings.dir / f"{job.port.stem}.log")
-                    f.write(job.data, settings.max_bytes, settings.keep)
+                    data = job.data[0] if len(job.data) == 1 else b"".join(job.data)
+                    f.write(data, settings.max_bytes, settings.keep)
                 if job.events:
                     f = self._files.get(settings.dir / f"{job.port.stem}.events.jsonl")
                     f.write(b"".join(job.events), settings.max_bytes, settings.keep, whole_lines=True)
