@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
+from relay.peer_config import PeerConfig
 from vic.ops.config import ConfigError, load, loads, require
 
 MAX_PORT = 65535
@@ -40,16 +41,21 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class EgressConfig:
-    """Where forwarded streams go: the appliance endpoint (or a VM-hosted one)."""
+    """Where forwarded streams go: the appliance endpoint (or a VM-hosted one), or
+    ``kind = "peer"``: resumable streams over the peer link of ``[peer.routes.<route>]``."""
 
-    kind: Literal["tcp", "unix", "vsock", "hvsock"]
+    kind: Literal["tcp", "unix", "vsock", "hvsock", "peer"]
     host: str = ""
     port: int = 0
     path: Path | None = None
     cid: int = 0
     tls: TlsConfig | None = None
+    route: str = ""
 
     def validate(self) -> None:
+        require(not self.route or self.kind == "peer", "route", "only a peer egress takes a route")
+        if self.kind == "peer":
+            require(bool(self.route), "route", "a peer egress names one of [peer.routes]")
         if self.kind == "tcp":
             require(bool(self.host), "host", "required for a tcp egress")
             require(0 < self.port <= MAX_PORT, "port", "must be 1..65535")
@@ -235,9 +241,27 @@ class RelayConfig:
     serial: tuple[SerialListener, ...] = ()
     vsock: tuple[VsockListener, ...] = ()
     hvsock: tuple[HvsockListener, ...] = ()
+    peer: PeerConfig | None = None
 
     def validate(self) -> None:
         require(len(self.egress) > 0, "egress", "at least one egress is required")
+        routes = self.peer.routes if self.peer is not None else {}
+        for name, eg in self.egress.items():
+            if eg.kind == "peer":
+                require(eg.route in routes, f"egress.{name}.route",
+                        f"no route {eg.route!r} in [peer.routes]")
+        if self.peer is not None:
+            for i, pl in enumerate(self.peer.listen):
+                if pl.forward:
+                    continue
+                key = f"peer.listen[{i}].egress"
+                if pl.egress:
+                    require(pl.egress in self.egress, key, f"no egress {pl.egress!r}")
+                    target = self.egress[pl.egress]
+                else:
+                    target = self.default_egress()
+                require(target.kind != "peer", key,
+                        "streams accepted from peers go on to the appliance, not to another peer")
         seen: dict[str, str] = {}
         for kind in LISTENER_KINDS:
             for i, lst in enumerate(getattr(self, kind)):
@@ -265,6 +289,9 @@ class RelayConfig:
     def egress_for(self, lst: Listener) -> EgressConfig:
         if lst.egress:
             return self.egress[lst.egress]
+        return self.default_egress()
+
+    def default_egress(self) -> EgressConfig:
         if "default" in self.egress:
             return self.egress["default"]
         return next(iter(self.egress.values()))

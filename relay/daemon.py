@@ -42,9 +42,9 @@ from relay.config import (
     VspcListener,
     load_config,
 )
-from relay.core.header import HeaderError, OriginHeader
+from relay.core.header import HeaderError, OriginHeader, encode_header
 from relay.core.hybrid import HybridError
-from relay.egress import open_egress
+from relay.egress import EgressConnection, open_egress
 from relay.ingress import Backoff, Origin
 from relay.ingress import hvsock as hvsock_ingress
 from relay.ingress import pipe as pipe_ingress
@@ -53,9 +53,11 @@ from relay.ingress import tcp as tcp_ingress
 from relay.ingress import vsock as vsock_ingress
 from relay.ingress import vspc as vspc_ingress
 from relay.limits import Limits, Ticket
+from relay.mesh import Mesh
 from relay.metrics import TO_VM, RelayMetrics
 from relay.pipepool import PipePool
 from relay.pump import IdleTimeout, PumpCounters, PumpTimeout, pump
+from relay.resumable import ResumableStream
 from vic.ops import sdnotify
 from vic.ops.config import ConfigError
 from vic.ops.metrics_http import serve_metrics
@@ -63,6 +65,7 @@ from vic.ops.metrics_http import serve_metrics
 log = logging.getLogger("relay")
 
 REFUSE_DRAINING = "draining"
+PEER_ROUTE = "peer"  # the metrics route of streams accepted from peer relays
 
 _SERVE: dict[type, Callable[..., Awaitable[None]]] = {
     TcpListener: tcp_ingress.serve,
@@ -131,6 +134,7 @@ class RelayDaemon:
         self._metrics_scope: trio.CancelScope | None = None
         self._metrics_cfg: MetricsConfig | None = None
         self.stopped = trio.Event()
+        self.mesh = Mesh(self.deliver, self.metrics.registry)
 
     # --- public ---------------------------------------------------------------
 
@@ -162,6 +166,7 @@ class RelayDaemon:
                 interval = sdnotify.watchdog_interval()
                 if interval:
                     svc.start_soon(self._watchdog, interval)
+                await svc.start(self.mesh.run)
                 async with trio.open_nursery() as streams:
                     self._streams = streams
                     async with trio.open_nursery() as listeners:
@@ -223,6 +228,7 @@ class RelayDaemon:
                  self.active_streams(), drain)
         if self._listeners is not None:
             self._listeners.cancel_scope.cancel()
+        self.mesh.goaway()
         if self._streams is not None:
             self._streams.cancel_scope.deadline = trio.current_time() + drain
 
@@ -262,30 +268,79 @@ class RelayDaemon:
         assert self.limits is not None
         sid = f"{self._boot}-{next(self._seq)}"
         route = origin.route
-        cfg = self.config
-        t = cfg.timeouts
-        egress = self._egress_by_route.get(route) or next(iter(cfg.egress.values()))
+        egress = self._egress_by_route.get(route) or self.config.default_egress()
         vm = origin.vm or f"esx@{origin.peer.rsplit(':', 1)[0]}"
+        try:
+            # (the header is not kept alive for the stream's lifetime)
+            await self._carry(stream, OriginHeader(self.host, vm, origin.kind, origin.label, sid),
+                              egress, route, origin.peer)
+        finally:
+            self._release(ticket, done)
+
+    def deliver(self, stream: ResumableStream, header: OriginHeader, egress: str,
+                peer: str) -> None:
+        """A stream accepted from a peer relay (sessions end here): on to the appliance
+        through the named local egress, with the origin header it arrived with."""
+        if not self.accepting or self._streams is None or self.limits is None:
+            stream.abort(REFUSE_DRAINING)
+            return
+        verdict = self.limits.admit(header.vm, trio.current_time())
+        if not isinstance(verdict, Ticket):
+            self.metrics.refused.labels(PEER_ROUTE, verdict).inc()
+            log.warning("route=%s vm=%s peer=%s refused: %s", PEER_ROUTE, header.vm, peer, verdict)
+            stream.abort(verdict)
+            return
+        cfg = self.config.egress.get(egress) if egress else self.config.default_egress()
+        self._streams.start_soon(self._relay_accepted, stream, header, cfg, peer, verdict)
+
+    async def _relay_accepted(self, stream: ResumableStream, header: OriginHeader,
+                              egress: EgressConfig | None, peer: str, ticket: Ticket) -> None:
+        try:
+            if egress is None:  # removed by a reload since the listener started
+                log.warning("stream=%s from %s: its egress is gone", header.stream_id, peer)
+                stream.abort("no egress")
+                return
+            await self._carry(stream, header, egress, PEER_ROUTE, peer or "plaintext peer")
+        finally:
+            self._release(ticket, None)
+
+    def _release(self, ticket: Ticket, done: trio.Event | None) -> None:
+        assert self.limits is not None
+        self.limits.release(ticket)
+        if done is not None:
+            done.set()
+        if self._released is not None:
+            self._released.set()
+            self._released = None
+
+    async def _open(self, egress: EgressConfig, header: OriginHeader) -> EgressConnection:
+        if egress.kind == "peer":
+            st = await self.mesh.open_stream(egress.route, encode_header(header))
+            return EgressConnection(st)
+        return await open_egress(egress, header)
+
+    async def _carry(self, stream: trio.abc.Stream, header: OriginHeader, egress: EgressConfig,
+                     route: str, peer: str) -> None:
+        sid, vm = header.stream_id, header.vm
+        t = self.config.timeouts
         counters: PumpCounters | None = None
         try:
             try:
                 with trio.fail_after(t.connect):
-                    # (the header is not kept alive for the stream's lifetime)
-                    conn = await open_egress(
-                        egress, OriginHeader(self.host, vm, origin.kind, origin.label, sid)
-                    )
+                    conn = await self._open(egress, header)
             except _EGRESS_ERRORS as e:
                 self.metrics.failed.labels(route, "egress").inc()
                 why = (f"no connection or handshake within {t.connect}s"
                        if isinstance(e, trio.TooSlowError) else _reason(e))
                 log.warning("stream=%s route=%s vm=%s peer=%s: egress %s failed: %s", sid, route,
-                            vm, origin.peer, egress.kind, why)
+                            vm, peer, egress.kind, why)
                 await trio.aclose_forcefully(stream)
                 return
             counters = PumpCounters()
             self.metrics.stream_started(id(counters), route, counters)
             log.info("stream=%s route=%s kind=%s vm=%s label=%s peer=%s: relaying via %s", sid,
-                     route, origin.kind, vm, origin.label, origin.peer, egress.kind)
+                     route, header.kind, vm, header.label, peer,
+                     f"peer route {egress.route}" if egress.kind == "peer" else egress.kind)
             try:
                 if conn.pending:
                     await stream.send_all(conn.pending)
@@ -313,17 +368,12 @@ class RelayDaemon:
         finally:
             if counters is not None:
                 self.metrics.stream_ended(id(counters))
-            self.limits.release(ticket)
-            if done is not None:
-                done.set()
-            if self._released is not None:
-                self._released.set()
-                self._released = None
 
     # --- listeners --------------------------------------------------------------
 
     async def _apply(self, new: RelayConfig) -> list[tuple[str, BaseException]]:
-        """Converge the running listeners on ``new``; returns start failures."""
+        """Converge the mesh and the running listeners on ``new``; returns start failures."""
+        errors = await self.mesh.apply(new.peer)
         wanted = new.listeners()
         for name, run in list(self._running.items()):
             if wanted.get(name) != run.cfg:
@@ -336,7 +386,6 @@ class RelayDaemon:
         if self.limits is not None:
             self.limits.reconfigure(new.limits)
         self._egress_by_route = {name: new.egress_for(lst) for name, lst in wanted.items()}
-        errors: list[tuple[str, BaseException]] = []
         for name, lst in wanted.items():
             if name in self._running:
                 continue

@@ -17,6 +17,12 @@ Meant to sit under ``[peer]`` in the relay's config::
     [[peer.listen]]                      # plaintext only on a trusted transport
     address = "vsock:2:7443"
     tls = false
+    egress = "appliance"                 # sessions end here; streams go on via [egress.appliance]
+
+    [[peer.listen]]                      # or pass each link on to the appliance's link endpoint
+    address = "tcp:0.0.0.0:7444"         # (streams then resume end to end, wherever it runs)
+    allowed-peers = ["vic://host/esx-01"]
+    forward = "vsock:3:7444"
 
     [peer.link]                          # optional tuning
     stream-window-kib = 4096
@@ -93,12 +99,28 @@ class PeerRoute:
 
 @dataclass(frozen=True)
 class PeerListen:
+    """Accept peer links. Either the sessions end here and each stream goes on
+    through ``egress`` (a named non-peer egress; "" = the default one), or, with
+    ``forward``, each link is passed whole (TLS ended here, the peer's identity
+    named first) to the appliance's link endpoint over a trusted transport, so
+    that streams resume end to end at the appliance wherever it runs."""
+
     address: str
     tls: bool = True
     allowed_peers: list[str] = field(default_factory=list)
+    forward: str = ""
+    egress: str = ""
 
     def validate(self) -> None:
         _check_address(self.address)
+        if self.forward:
+            try:
+                parse_address(self.forward)
+            except RouteError as e:
+                raise ConfigError("forward", str(e)) from None
+            require(not self.egress, "egress", "a forwarding listener has no egress")
+            require(self.tls, "forward", "a forwarded link needs TLS: the appliance is told "
+                    "the identity the peer proved")
         if self.tls:
             require(bool(self.allowed_peers), "allowed-peers",
                     "a TLS listener needs the identities it accepts")

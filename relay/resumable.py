@@ -651,7 +651,13 @@ class SessionTable:
     def on_open(self, link: PeerLink, ev: StreamOpened) -> None:
         """``PeerLink`` on_open callback (reader task, synchronous)."""
         sid = ev.stream_id
-        if ev.resume:
+        # An OPEN without the RESUME flag for a session we have, from the same peer,
+        # is the opener's retry after a link died before our first ACK reached it
+        # (it cannot know we got the OPEN): treat it as a resume. Session ids are 16
+        # random bytes, so it is never another stream.
+        retry = (not ev.resume and ev.session_id in self._sessions
+                 and self._sessions[ev.session_id].peer_identity == link.peer_identity)
+        if ev.resume or retry:
             st = self._sessions.get(ev.session_id)
             if st is not None:
                 if st.peer_identity and link.peer_identity != st.peer_identity:

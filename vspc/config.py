@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from vic.ops.config import require
+from relay.peer_config import LinkTuning, PeerTls
+from relay.route import RouteError, parse_address
+from vic.ops.config import ConfigError, require
 from vspc.console.config import ConsoleConfig
 
 
@@ -42,20 +44,57 @@ class ListenConfig:
 
 
 @dataclass(frozen=True)
+class LinkListen:
+    """Accept peer links from relays (the mesh): resumable streams end here.
+
+    ``forwarded = true``: a relay on this host ends TLS and forwards the link over
+    a trusted transport, naming the identity its peer proved first; otherwise the
+    link is TLS (``[endpoint.link-tls]``) from a relay in ``allowed-peers``, or
+    plaintext with ``tls = false`` on a trusted transport."""
+
+    address: str
+    tls: bool = True
+    allowed_peers: list[str] = field(default_factory=list)
+    forwarded: bool = False
+
+    def validate(self) -> None:
+        try:
+            parse_address(self.address)
+        except RouteError as e:
+            raise ConfigError("address", str(e)) from None
+        if self.forwarded:
+            require(not self.tls, "tls", "a forwarded link arrives without TLS (set tls = false)")
+        elif self.tls:
+            require(bool(self.allowed_peers), "allowed-peers",
+                    "a TLS link listener needs the identities it accepts")
+
+
+@dataclass(frozen=True)
 class EndpointConfig:
-    """Where relays deliver streams (origin header first): TCP and/or a Unix socket."""
+    """Where relays deliver streams (origin header first): TCP and/or a Unix socket;
+    and resumable streams over peer links (``[[endpoint.link]]``)."""
 
     host: str | None = None
     port: int = 0
     unix: Path | None = None
     tls: TlsConfig | None = None
     header_timeout: float = 10.0
+    link: tuple[LinkListen, ...] = ()
+    link_tls: PeerTls | None = None
+    link_tuning: LinkTuning = field(default_factory=LinkTuning)
 
     def validate(self) -> None:
         require(0 <= self.port <= 65535, "port", "must be 0..65535")
         require(self.header_timeout > 0, "header-timeout", "must be positive")
         if self.tls is not None:
             self.tls.check_files("tls")
+        if self.link_tls is not None:
+            for name in ("cert", "key", "ca"):
+                p = getattr(self.link_tls, name)
+                require(p.is_file(), f"link-tls.{name}", f"no such file: {p}")
+        for i, ln in enumerate(self.link):
+            require(not ln.tls or self.link_tls is not None, f"link[{i}].tls",
+                    "TLS link listeners need [endpoint.link-tls] cert, key and ca")
 
 
 @dataclass(frozen=True)

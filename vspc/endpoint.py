@@ -17,6 +17,7 @@ import trio.lowlevel
 from relay.core.header import HeaderDecoder, HeaderError, OriginHeader
 from vspc.config import EndpointConfig, VspcConfig
 from vspc.core.identity import PortKey, canonical_uuid
+from vspc.link_endpoint import LinkEndpoint
 from vspc.prefixed import PrefixedStream
 from vspc.service import VspcService, server_ssl_context
 
@@ -41,10 +42,13 @@ class Endpoint:
         self.tcp_port: int | None = None
         self._scope: trio.CancelScope | None = None
         self._handlers: trio.Nursery | None = None
+        self.links: LinkEndpoint | None = None
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as handlers:
             self._handlers = handlers
+            self.links = LinkEndpoint(self, handlers)
+            await self.links.apply(self.config)
             await self._start_listeners()
             task_status.started(self)
 
@@ -75,6 +79,12 @@ class Endpoint:
     async def reload(self, config: VspcConfig) -> None:
         if config.endpoint == self.config:
             return
+        if self.links is not None:
+            await self.links.apply(config.endpoint)
+        plain = ("host", "port", "unix", "tls")
+        if all(getattr(config.endpoint, k) == getattr(self.config, k) for k in plain):
+            self.config = config.endpoint
+            return
         if self._scope is not None:
             self._scope.cancel()
             await trio.lowlevel.checkpoint()
@@ -84,6 +94,8 @@ class Endpoint:
     async def drain(self, deadline: float) -> None:
         if self._scope is not None:
             self._scope.cancel()
+        if self.links is not None:
+            self.links.goaway()
         if self._handlers is not None:
             self._handlers.cancel_scope.deadline = deadline
 
@@ -95,10 +107,14 @@ class Endpoint:
             self.service.metrics.relayed_streams_total.labels(kind="?", result="rejected").inc()
             await trio.aclose_forcefully(stream)
             return
+        await self.serve_stream(PrefixedStream(stream, rest), header)
+
+    async def serve_stream(self, s: trio.abc.Stream, header: OriginHeader) -> None:
+        """Serve a relayed stream whose origin header has been read and checked
+        (a plain relayed connection, or a resumable stream over a peer link)."""
         self.service.metrics.relayed_streams_total.labels(kind=header.kind, result="accepted").inc()
         log.info("relayed stream %s from %s: vm=%s kind=%s label=%s",
                  header.stream_id or "-", header.host, header.vm, header.kind, header.label)
-        s = PrefixedStream(stream, rest)
         if header.kind == "vspc":
             await self.service.handle_esx_stream(s, f"relay:{header.host}")
         else:

@@ -1,0 +1,323 @@
+"""The relay daemon's part in the peer mesh: everything under ``[peer]``.
+
+* **routes** (``[peer.routes.NAME]``): one ``Router`` each, one link per route;
+  an egress with ``kind = "peer"`` opens resumable streams over it. A reload or
+  ``vic relay route set`` (admin socket) re-points a router: its live streams
+  move to the new path and resume there. ``[peer.follow.NAME]`` re-points it
+  whenever vCenter says the appliance VM runs on another host.
+* **listeners** (``[[peer.listen]]``): accept peer links, TLS with the peer's
+  identity checked (or plaintext on a trusted transport). Either the sessions end
+  here, every stream's origin header is checked against the peer's identity and
+  the stream goes on through a local egress (``RelayDaemon.deliver``); or, with
+  ``forward``, the whole link goes on to the appliance's link endpoint, prefixed
+  by the peer's identity (``relay.core.forwarded``), so sessions end at the
+  appliance and survive it moving between hosts.
+
+Links and the sessions they carry run in the mesh nursery, which lives as long
+as the daemon; stream pumps run in the daemon's streams nursery (drained on
+SIGTERM, when every accepted link is also sent GOAWAY).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from relay import tls as tlsmod
+from relay.admin import AdminServer, route_commands
+from relay.core.forwarded import encode_preamble
+from relay.core.header import HeaderDecoder, HeaderError, OriginHeader
+from relay.link import LinkConfig
+from relay.peer_config import PeerConfig, PeerListen, open_peer_listener
+from relay.peering import LinkServer
+from relay.pump import pump
+from relay.resumable import Accepted, ResumableStream, SessionTable
+from relay.route import Route, Router, open_transport
+from relay.vsphere_route import follow_appliance
+
+log = logging.getLogger("relay.mesh")
+
+HOST_PREFIX = "vic://host/"
+
+# (accepted stream, its decoded origin header, name of the egress to use)
+DeliverFn = Callable[[ResumableStream, OriginHeader, str, str], None]
+
+
+def header_matches_identity(header: OriginHeader, identity: str) -> bool:
+    """A relay may only speak for its own host: a stream from ``vic://host/X``
+    must carry ``host = X`` in its origin header. Plaintext (trusted transport,
+    no identity) and non-host identities are not restricted."""
+    if not identity.startswith(HOST_PREFIX):
+        return True
+    return header.host == identity[len(HOST_PREFIX):]
+
+
+def decode_header(raw: bytes) -> OriginHeader:
+    header, rest = HeaderDecoder().feed(raw)
+    if header is None or rest:
+        raise HeaderError("the OPEN frame does not carry exactly one origin header")
+    return header
+
+
+@dataclass
+class _ListenRun:
+    cfg: PeerListen
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    stopped: trio.Event = field(default_factory=trio.Event)
+    server: LinkServer | None = None
+    bound: Any = None
+
+
+class Mesh:
+    def __init__(self, deliver: DeliverFn, registry: CollectorRegistry | None = None) -> None:
+        self._deliver = deliver
+        self.config = PeerConfig()
+        self.routers: dict[str, Router] = {}
+        self._tables: dict[str, SessionTable] = {}
+        self._listens: list[_ListenRun] = []
+        self._follows: dict[str, tuple[Any, trio.CancelScope]] = {}
+        self._admin: tuple[Any, trio.CancelScope] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._link_config = LinkConfig()
+        self._forwarders: set[trio.abc.Stream] = set()
+        r = registry if registry is not None else CollectorRegistry()
+        self.links = Gauge("relay_peer_links", "open peer links", ["side"], registry=r)
+        self.links.labels("out").set_function(
+            lambda: sum(1 for x in self.routers.values() if x.link is not None and x.link.alive))
+        self.links.labels("in").set_function(
+            lambda: sum(len(x.server.links) for x in self._listens if x.server is not None)
+            + len(self._forwarders))
+        self.refused = Counter("relay_peer_streams_refused",
+                               "streams from peers refused (bad or foreign origin header)",
+                               registry=r)
+        self.route_changes = Counter("relay_route_changes", "route changes by cause",
+                                     ["route", "cause"], registry=r)
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started(self)
+            await trio.sleep_forever()
+
+    def bound(self) -> list[Any]:
+        return [x.bound for x in self._listens]
+
+    async def apply(self, peer: PeerConfig | None) -> list[tuple[str, BaseException]]:
+        """Converge on ``peer`` (reload-safe); returns what could not start."""
+        assert self._nursery is not None
+        new = peer if peer is not None else PeerConfig()
+        old, self.config = self.config, new
+        self._link_config = new.link.link_config()
+        files = new.tls.files() if new.tls is not None else None
+        errors: list[tuple[str, BaseException]] = []
+        # routes
+        for name, route in new.routes_runtime().items():
+            r = self.routers.get(name)
+            if r is None:
+                self.routers[name] = Router(route, self._nursery, tls_files=files,
+                                            config=self._link_config, name=name)
+                continue
+            if old.tls != new.tls:
+                r.set_tls(files)
+            if old.routes.get(name) != new.routes[name] and route != r.route:
+                self.route_changes.labels(name, "reload").inc()
+                r.set_route(route)
+        for name in list(self.routers):
+            if name not in new.routes:
+                log.info("route %s removed; its streams keep their link until they end", name)
+                self.routers.pop(name)
+        # listeners
+        keep: list[_ListenRun] = []
+        for run in self._listens:
+            if run.cfg in new.listen:
+                if run.server is not None and (old.tls != new.tls):
+                    run.server.reconfigure(tls_files=files if run.cfg.tls else None,
+                                           allowed_peers=run.cfg.allowed_peers)
+                keep.append(run)
+            else:
+                log.info("peer listener %s removed", run.cfg.address)
+                run.scope.cancel()
+                await run.stopped.wait()
+        self._listens = keep
+        running = [x.cfg for x in keep]
+        for i, pl in enumerate(new.listen):
+            if pl in running:
+                continue
+            try:
+                self._listens.append(await self._nursery.start(self._listen, pl))
+            except (OSError, ssl.SSLError) as e:
+                log.error("peer listener %s could not start: %s", pl.address, e)
+                errors.append((f"peer.listen[{i}]", e))
+        # admin socket
+        if old.admin_socket != new.admin_socket or self._admin is None:
+            if self._admin is not None:
+                self._admin[1].cancel()
+                self._admin = None
+            if new.admin_socket is not None:
+                try:
+                    self._admin = await self._nursery.start(self._serve_admin, new.admin_socket)
+                except OSError as e:
+                    errors.append(("peer.admin-socket", e))
+        # vSphere follow
+        for name, (fcfg, scope) in list(self._follows.items()):
+            if new.follow.get(name) != fcfg:
+                scope.cancel()
+                del self._follows[name]
+        for name, fcfg in new.follow.items():
+            if name not in self._follows and name in self.routers:
+                scope = trio.CancelScope()
+                self._follows[name] = (fcfg, scope)
+                self._nursery.start_soon(self._follow, name, fcfg, scope)
+        return errors
+
+    def goaway(self) -> None:
+        """SIGTERM: accepted links get GOAWAY (no new streams); forwarders stop accepting."""
+        for run in self._listens:
+            run.scope.cancel()
+            if run.server is not None:
+                run.server.goaway_all("relay stopping")
+
+    def close(self) -> None:
+        for r in self.routers.values():
+            r.close()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # --- ingress side ---------------------------------------------------------------
+
+    async def open_stream(self, route: str, header: bytes) -> ResumableStream:
+        router = self.routers.get(route)
+        if router is None:
+            raise OSError(f"no peer route {route!r}")
+        return await router.open_stream(header)
+
+    def set_route(self, name: str, route: Route, cause: str) -> None:
+        self.route_changes.labels(name, cause).inc()
+        self.routers[name].set_route(route)
+
+    # --- listeners ---------------------------------------------------------------------
+
+    async def _listen(self, pl: PeerListen, *, task_status: Any) -> None:
+        run = _ListenRun(pl)
+        try:
+            with run.scope:
+                listener = await open_peer_listener(pl.address)
+                run.bound = listener.socket.getsockname()
+                files = self.config.tls.files() if (pl.tls and self.config.tls) else None
+                if pl.forward:
+                    ctx = tlsmod.server_context(files) if files is not None else None
+                    handler: Callable[[trio.abc.Stream], Any] = partial(
+                        self._forward, pl=pl, ctx=ctx)
+                else:
+                    table = self._table(pl.egress)
+                    run.server = LinkServer(table, tls_files=files,
+                                            allowed_peers=pl.allowed_peers,
+                                            config=self._link_config,
+                                            name=f"peer-listen {pl.address}")
+                    handler = run.server.handle
+                log.info("peer listener %s (%s, %s)", pl.address,
+                         "TLS" if pl.tls else "plaintext",
+                         f"forward to {pl.forward}" if pl.forward
+                         else f"deliver via egress {pl.egress or 'default'}")
+                task_status.started(run)
+                assert self._nursery is not None
+                await trio.serve_listeners(handler, [listener], handler_nursery=self._nursery)
+        finally:
+            run.stopped.set()
+
+    def _table(self, egress: str) -> SessionTable:
+        table = self._tables.get(egress)
+        if table is None:
+            assert self._nursery is not None
+            table = SessionTable(self._nursery, self._link_config)
+            self._tables[egress] = table
+            self._nursery.start_soon(self._accept_loop, table, egress)
+        return table
+
+    async def _accept_loop(self, table: SessionTable, egress: str) -> None:
+        async for acc in table:
+            self._accepted(acc, egress)
+
+    def _accepted(self, acc: Accepted, egress: str) -> None:
+        try:
+            header = decode_header(acc.header)
+        except HeaderError as e:
+            self.refused.inc()
+            log.warning("stream from %s refused: bad origin header: %s",
+                        acc.peer_identity or "plaintext peer", e)
+            acc.stream.abort("bad origin header")
+            return
+        if not header_matches_identity(header, acc.peer_identity):
+            self.refused.inc()
+            log.warning("stream %s from %s refused: its header speaks for host %r",
+                        header.stream_id or "-", acc.peer_identity, header.host)
+            acc.stream.abort("origin host does not match the peer's identity")
+            return
+        self._deliver(acc.stream, header, egress, acc.peer_identity)
+
+    async def _forward(self, stream: trio.abc.Stream, pl: PeerListen,
+                       ctx: ssl.SSLContext | None) -> None:
+        ident = ""
+        try:
+            if ctx is not None:
+                with trio.fail_after(10):
+                    stream, ident = await tlsmod.handshake(
+                        stream, ctx, server_side=True, expected=pl.allowed_peers)
+            with trio.fail_after(10):
+                conn = await open_transport(pl.forward)
+        except (trio.BrokenResourceError, tlsmod.PeerIdentityError, trio.TooSlowError,
+                OSError) as e:
+            log.warning("peer link on %s refused or not forwarded: %s", pl.address, e)
+            await trio.aclose_forcefully(stream)
+            return
+        log.info("forwarding link from %s to %s", ident or "plaintext peer", pl.forward)
+        self._forwarders.add(stream)
+        try:
+            await conn.send_all(encode_preamble(ident))
+            await pump(stream, conn)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            log.info("forwarded link from %s ended: %s", ident or "plaintext peer", e)
+        finally:
+            self._forwarders.discard(stream)
+            await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(conn)
+        log.info("forwarded link from %s closed", ident or "plaintext peer")
+
+    # --- admin and vSphere ----------------------------------------------------------
+
+    async def _serve_admin(self, path: Any, *, task_status: Any) -> None:
+        scope = trio.CancelScope()
+        with scope:
+            server = AdminServer(path, route_commands(
+                lambda: self.routers,
+                on_change=lambda name, _r: self.route_changes.labels(name, "admin").inc()))
+            await server.serve(task_status=_Started(task_status, (server, scope)))
+
+    async def _follow(self, name: str, fcfg: Any, scope: trio.CancelScope) -> None:
+        with scope:
+            router = self.routers[name]
+            try:
+                await follow_appliance(
+                    router, fcfg.vcenter_target(), fcfg.vm, fcfg.routes(name),
+                    on_change=lambda _h, _r: self.route_changes.labels(name, "vsphere").inc())
+            except Exception as e:  # the daemon carries on with the route it has
+                log.error("following appliance %s for route %s stopped: %s", fcfg.vm, name, e)
+
+
+class _Started:
+    """Pass a different value to ``task_status.started``."""
+
+    def __init__(self, inner: Any, value: Any) -> None:
+        self._inner, self._value = inner, value
+
+    def started(self, _value: Any = None) -> None:
+        self._inner.started(self._value)

@@ -1,0 +1,264 @@
+"""The peer mesh inside the relay daemon: [peer] routes, listeners (deliver and
+forward), identity checks, link cuts, route changes by reload and admin socket,
+and the appliance's own link endpoint (vspc) where sessions end to end."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trio
+
+from relay.admin import admin_request
+from relay.config import EgressConfig, RelayConfig, TcpListener, loads_config
+from relay.core.forwarded import encode_preamble
+from relay.daemon import RelayDaemon
+from relay.peer_config import LinkTuning, PeerConfig, PeerListen, PeerRoute, PeerTls
+from relay.tls import TlsFiles
+from tests.relay.faultproxy import FaultProxy
+from tests.relay.pki_helpers import Pki
+from tests.relay.relayfix import (
+    Appliance,
+    pattern,
+    relay_config,
+    roundtrip,
+    start_relay,
+    tcp_egress,
+)
+from vic.ops.config import ConfigError
+
+FAST = LinkTuning(ping_interval=1.0, dead_after=5.0, resume_timeout=20.0)
+
+
+def ptls(f: TlsFiles) -> PeerTls:
+    return PeerTls(f.cert, f.key, f.ca)
+
+
+def ingress_cfg(name: str, files: TlsFiles, address: str, peer: str, **peer_kw: object) -> RelayConfig:
+    return relay_config(
+        EgressConfig(kind="peer", route="appliance"),
+        host=name,
+        tcp=(TcpListener(name="vm1", vm="vm-1", port=0),
+             TcpListener(name="vm2", vm="vm-2", port=0)),
+        peer=PeerConfig(tls=ptls(files), link=FAST,
+                        routes={"appliance": PeerRoute(address, identity=peer)}, **peer_kw),  # type: ignore[arg-type]
+    )
+
+
+def egress_cfg(name: str, files: TlsFiles, app_port: int, allowed: list[str],
+               forward: str = "") -> RelayConfig:
+    return relay_config(
+        tcp_egress(app_port), host=name,
+        peer=PeerConfig(tls=ptls(files), link=FAST,
+                        listen=[PeerListen("tcp:127.0.0.1:0", allowed_peers=allowed,
+                                           forward=forward)]),
+    )
+
+
+def peer_address(d: RelayDaemon) -> str:
+    host, port = d.mesh.bound()[0][:2]
+    return f"tcp:{host}:{port}"
+
+
+async def stream_through(d: RelayDaemon, listener: str) -> trio.SocketStream:
+    return await trio.open_tcp_stream("127.0.0.1", d.bound[listener][1])
+
+
+async def test_two_hops_deliver_byte_exact_and_header_from_origin(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    app = Appliance()
+    async with trio.open_nursery() as n:
+        await app.serve_tcp(n)
+        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
+                                            ["vic://host/esx-a"]))
+        a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b),
+                                             "vic://host/esx-b"))
+        s1, s2 = await stream_through(a, "vm1"), await stream_through(a, "vm2")
+        with trio.fail_after(30):
+            d1, d2 = pattern(3_000_000, 1), pattern(1_000_000, 2)
+            async with trio.open_nursery() as m:
+                async def one(s: trio.SocketStream, d: bytes) -> None:
+                    assert await roundtrip(s, d) == d
+                m.start_soon(one, s1, d1)
+                m.start_soon(one, s2, d2)
+        recs = await app.wait_streams(2)
+        assert {(r.header.host, r.header.vm, r.header.kind) for r in recs} == {
+            ("esx-a", "vm-1", "tcp"), ("esx-a", "vm-2", "tcp")}
+        # one link carries both streams
+        assert a.mesh.routers["appliance"].links_opened == 1
+        n.cancel_scope.cancel()
+
+
+async def test_link_cut_mid_transfer_loses_nothing(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    app = Appliance()
+    async with trio.open_nursery() as n:
+        await app.serve_tcp(n)
+        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
+                                            ["vic://host/esx-a"]))
+        proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))  # type: ignore[arg-type]
+        await n.start(proxy.serve)
+        a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), proxy.address,
+                                             "vic://host/esx-b"))
+        s = await stream_through(a, "vm1")
+        data = pattern(8_000_000, 5)
+        got = bytearray()
+        cut_at = [1_000_000, 4_000_000]
+
+        async def reader() -> None:
+            while len(got) < len(data):
+                chunk = await s.receive_some(65536)
+                assert chunk
+                got.extend(chunk)
+                if cut_at and len(got) >= cut_at[0]:  # cut while bytes are in flight
+                    cut_at.pop(0)
+                    proxy.cut()
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as m:
+                m.start_soon(reader)
+                for i in range(0, len(data), 100_000):
+                    await s.send_all(data[i:i + 100_000])
+        assert bytes(got) == data
+        assert proxy.cuts == 2 and a.mesh.routers["appliance"].links_opened == 3
+        assert bytes((await app.wait_streams(1))[0].data) == data
+        n.cancel_scope.cancel()
+
+
+async def test_header_for_another_host_is_refused_and_others_carry_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """esx-a's certificate cannot speak for esx-z: that stream is refused with a
+    log line; a stream from an honest relay on the same listener is byte-exact."""
+    pki = Pki(tmp_path)
+    app = Appliance()
+    async with trio.open_nursery() as n:
+        await app.serve_tcp(n)
+        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
+                                            ["vic://host/esx-a", "vic://host/esx-c"]))
+        liar = await start_relay(n, replace(
+            ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b), "vic://host/esx-b"),
+            host="esx-z"))
+        honest = await start_relay(n, ingress_cfg("esx-c", pki.issue("host", "esx-c"),
+                                                  peer_address(b), "vic://host/esx-b"))
+        bad = await stream_through(liar, "vm1")
+        good = await stream_through(honest, "vm1")
+        with trio.fail_after(20):
+            await bad.send_all(b"forged")
+            assert await roundtrip(good, pattern(200_000)) == pattern(200_000)
+            # the liar's stream is ended (an error reaches its relay, which closes the VM side)
+            while await bad.receive_some(100):
+                pass
+        assert [r.header.host for r in app.streams] == ["esx-c"]
+        assert any("speaks for host 'esx-z'" in r.getMessage() for r in caplog.records)
+        n.cancel_scope.cancel()
+
+
+async def test_reload_and_admin_socket_move_streams_to_another_relay(tmp_path: Path) -> None:
+    """The appliance's endpoint is reached through relay B, then (reload) through C,
+    then (admin socket) through B again; with ``forward`` the sessions end at the
+    appliance, so the stream resumes across every move with no byte lost."""
+    from vspc.config import EndpointConfig, LinkListen, VspcConfig
+    from vspc.console.config import ConsoleConfig
+    from vspc.endpoint import Endpoint
+    from vspc.service import VspcService
+
+    pki = Pki(tmp_path)
+    link_sock = tmp_path / "link.sock"
+    vcfg = VspcConfig(
+        console=ConsoleConfig(log_dir=tmp_path / "logs"),
+        endpoint=EndpointConfig(link=(LinkListen(f"unix:{link_sock}", tls=False,
+                                                 forwarded=True),)),
+    )
+    async with trio.open_nursery() as n:
+        svc = VspcService(vcfg)
+        await n.start(svc.run)
+        ep = Endpoint(svc)
+        await n.start(ep.run)
+        fwd = f"unix:{link_sock}"
+        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), 1,
+                                            ["vic://host/esx-a"], forward=fwd))
+        c = await start_relay(n, egress_cfg("esx-c", pki.issue("host", "esx-c"), 1,
+                                            ["vic://host/esx-a"], forward=fwd))
+        admin = tmp_path / "relay.sock"
+        a_files = pki.issue("host", "esx-a")
+        cfg = ingress_cfg("esx-a", a_files, peer_address(b), "vic://host/esx-b",
+                          admin_socket=admin)
+        a = await start_relay(n, cfg)
+        vm = await stream_through(a, "vm1")
+        data = pattern(6_000_000, 9)
+        with trio.fail_after(60):
+            for i in range(0, len(data), 250_000):
+                await vm.send_all(data[i:i + 250_000])
+                if i == 1_000_000:
+                    assert await a.reload(replace(cfg, peer=replace(
+                        cfg.peer, routes={"appliance": PeerRoute(peer_address(c),
+                                                                 identity="vic://host/esx-c")})))
+                if i == 3_000_000:
+                    reply = await admin_request(admin, {"cmd": "route.set", "route": "appliance",
+                                                        "address": peer_address(b),
+                                                        "identity": "vic://host/esx-b"})
+                    assert reply.get("ok"), reply
+            await wait_console_bytes(svc, "vm-1", len(data))
+            await svc.consoles.writer.flush()
+        logs = [p for p in (tmp_path / "logs").glob("*.log")]
+        assert len(logs) == 1 and logs[0].read_bytes() == data
+        assert a.mesh.routers["appliance"].route_changes == 2
+        n.cancel_scope.cancel()
+
+
+async def wait_console_bytes(svc: object, vm: str, n: int) -> None:
+    """Poll (each 20 ms, the caller bounds it) until the console of ``vm`` got ``n`` bytes."""
+    from vspc.console.service import LookupFailed
+
+    while True:
+        try:
+            if svc.consoles.find(vm).bytes_from_vm >= n:  # type: ignore[attr-defined]
+                return
+        except LookupFailed:
+            pass
+        await trio.sleep(0.02)
+
+
+def test_config_keys_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        loads_config('[egress.x]\nkind = "peer"\nroute = "nowhere"\n')
+    assert e.value.key == "egress.x.route"
+    with pytest.raises(ConfigError) as e:
+        loads_config('[egress.x]\nkind = "tcp"\nhost = "h"\nport = 1\nroute = "r"\n')
+    assert e.value.key == "egress.x.route"
+    for n in ("c.crt", "c.key", "ca.crt"):
+        (tmp_path / n).write_text("x")
+    tls = f'tls = {{ cert = "{tmp_path}/c.crt", key = "{tmp_path}/c.key", ca = "{tmp_path}/ca.crt" }}'
+    with pytest.raises(ConfigError) as e:
+        loads_config(f'[egress.x]\nkind = "peer"\nroute = "r"\n[peer]\n{tls}\n'
+                     '[peer.routes.r]\naddress = "tcp:h:1"\nidentity = "vic://host/b"\n'
+                     '[[peer.listen]]\naddress = "tcp:0.0.0.0:1"\nallowed-peers = ["vic://host/a"]\n')
+    assert e.value.key == "peer.listen[0].egress"
+    with pytest.raises(ConfigError) as e:
+        loads_config('[egress.x]\nkind = "tcp"\nhost = "h"\nport = 1\n[peer]\n'
+                     '[[peer.listen]]\naddress = "tcp:0.0.0.0:1"\ntls = false\nforward = "unix:/x"\n')
+    assert e.value.key.endswith("forward")
+
+
+def test_preamble_roundtrip() -> None:
+    from relay.core.forwarded import PreambleDecoder, PreambleError
+
+    raw = encode_preamble("vic://host/esx-01") + b"\x00\x01rest"
+    dec = PreambleDecoder()
+    for i in range(len(raw)):
+        ident, rest = dec.feed(raw[i:i + 1])
+        if ident is not None:
+            assert ident == "vic://host/esx-01"
+            assert rest + raw[i + 1:] == b"\x00\x01rest"
+            break
+    else:
+        raise AssertionError("no identity")
+    with pytest.raises(PreambleError):
+        PreambleDecoder().feed(b"GET / HTTP/1.1\r\n")
+    with pytest.raises(PreambleError):
+        PreambleDecoder().feed(b"VICLINK 1 " + b"x" * 600)
+
+
+logging.getLogger("relay").setLevel(logging.INFO)

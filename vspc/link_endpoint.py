@@ -1,0 +1,158 @@
+"""The appliance end of the relay mesh: peer links whose resumable streams end here.
+
+Relays open resumable streams (relay.resumable) over peer links, each starting
+with the relay's origin header. Sessions are kept in one ``SessionTable`` for
+all links, so a stream resumes whichever way its relay reaches us next: after a
+link cut, or through another host's relay once the appliance has moved there.
+
+Links arrive three ways (``[[endpoint.link]]``): TLS from a relay whose
+identity is in ``allowed-peers``; plaintext on a trusted transport; or
+forwarded by the relay on this host (``forwarded = true``), which ended TLS and
+names the identity its peer proved on the first line (relay.core.forwarded).
+A stream whose header speaks for another host than its link's identity is
+refused with a log line; every other stream carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from relay.core.forwarded import PreambleDecoder, PreambleError
+from relay.core.header import HeaderError
+from relay.link import PeerLink
+from relay.mesh import decode_header, header_matches_identity
+from relay.peer_config import open_peer_listener
+from relay.peering import LinkServer
+from relay.resumable import Accepted, SessionTable
+from vspc.config import EndpointConfig, LinkListen
+from vspc.prefixed import PrefixedStream
+
+if TYPE_CHECKING:
+    from vspc.endpoint import Endpoint
+
+log = logging.getLogger("vspc.links")
+
+PREAMBLE_TIMEOUT = 10.0
+
+
+@dataclass
+class _Run:
+    cfg: LinkListen
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    server: LinkServer | None = None
+    bound: Any = None
+
+
+class LinkEndpoint:
+    def __init__(self, endpoint: Endpoint, nursery: trio.Nursery) -> None:
+        self.endpoint = endpoint
+        self._nursery = nursery
+        self.config = EndpointConfig()
+        self.table = SessionTable(nursery, endpoint.config.link_tuning.link_config())
+        self._runs: list[_Run] = []
+        self.forwarded_links: set[PeerLink] = set()
+        self.refused = 0
+        nursery.start_soon(self._accept_loop)
+
+    @property
+    def bound(self) -> list[Any]:
+        return [r.bound for r in self._runs]
+
+    async def apply(self, cfg: EndpointConfig) -> None:
+        """Converge the link listeners on ``cfg``; live links and sessions stay."""
+        old, self.config = self.config, cfg
+        tls_changed = old.link_tls != cfg.link_tls
+        keep: list[_Run] = []
+        for run in self._runs:
+            if run.cfg in cfg.link and not (tls_changed and run.cfg.tls):
+                keep.append(run)
+            else:
+                run.scope.cancel()
+        self._runs = keep
+        running = [r.cfg for r in keep]
+        for ln in cfg.link:
+            if ln not in running:
+                self._runs.append(await self._nursery.start(self._listen, ln))
+
+    def goaway(self) -> None:
+        for run in self._runs:
+            run.scope.cancel()
+            if run.server is not None:
+                run.server.goaway_all("appliance draining")
+        for link in list(self.forwarded_links):
+            link.goaway("appliance draining")
+
+    async def _listen(self, ln: LinkListen, *, task_status: Any) -> None:
+        run = _Run(ln)
+        with run.scope:
+            listener = await open_peer_listener(ln.address)
+            run.bound = listener.socket.getsockname()
+            if ln.forwarded:
+                handler = self._forwarded
+            else:
+                files = self.config.link_tls.files() if (ln.tls and self.config.link_tls) else None
+                run.server = LinkServer(self.table, tls_files=files, allowed_peers=ln.allowed_peers,
+                                        name=f"link {ln.address}")
+                handler = run.server.handle
+            log.info("link listener %s (%s)", ln.address,
+                     "forwarded by a relay" if ln.forwarded else "TLS" if ln.tls else "plaintext")
+            task_status.started(run)
+            await trio.serve_listeners(handler, [listener], handler_nursery=self._nursery)
+
+    async def _forwarded(self, stream: trio.abc.Stream) -> None:
+        dec = PreambleDecoder()
+        try:
+            with trio.fail_after(PREAMBLE_TIMEOUT):
+                while True:
+                    data = await stream.receive_some(4096)
+                    if not data:
+                        raise PreambleError("closed before the VICLINK preamble")
+                    ident, rest = dec.feed(bytes(data))
+                    if ident is not None:
+                        break
+        except (PreambleError, trio.TooSlowError, trio.BrokenResourceError, OSError) as e:
+            self.refused += 1
+            log.warning("forwarded link refused: %s", e or type(e).__name__)
+            await trio.aclose_forcefully(stream)
+            return
+        link = PeerLink(PrefixedStream(stream, rest), client=False, config=self.table.config,
+                        on_open=self.table.on_open, name=f"link<-{ident} (forwarded)",
+                        peer_identity=ident)
+        self.forwarded_links.add(link)
+        log.info("forwarded link from %s", ident)
+        try:
+            await link.run()
+        finally:
+            self.forwarded_links.discard(link)
+
+    async def _accept_loop(self) -> None:
+        async for acc in self.table:
+            self._accepted(acc)
+
+    def _accepted(self, acc: Accepted) -> None:
+        try:
+            header = decode_header(acc.header)
+        except HeaderError as e:
+            self.refused += 1
+            log.warning("stream from %s refused: bad origin header: %s",
+                        acc.peer_identity or "plaintext link", e)
+            acc.stream.abort("bad origin header")
+            return
+        if not header_matches_identity(header, acc.peer_identity):
+            self.refused += 1
+            log.warning("stream %s from %s refused: its header speaks for host %r",
+                        header.stream_id or "-", acc.peer_identity, header.host)
+            acc.stream.abort("origin host does not match the peer's identity")
+            return
+        self._nursery.start_soon(self._serve, acc, header)
+
+    async def _serve(self, acc: Accepted, header: Any) -> None:
+        try:
+            await self.endpoint.serve_stream(acc.stream, header)
+        finally:
+            await trio.aclose_forcefully(acc.stream)
+
