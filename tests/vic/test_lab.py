@@ -24,9 +24,20 @@ def test_lab_runs_and_checks_every_byte(tmp_path: Path) -> None:
     assert "vMotion esx-a -> esx-b" in out and "aborted" in out
     for kind in ("raw TCP", "named pipe", "FIFO", "pty", "hybrid vsock", "through both relays"):
         assert kind in out
+    _check_mesh_table(out)
     # the console logs on disk hold the bytes too
     assert any((tmp_path / "consoles").glob("*.log"))
     _check_agent_table(out)
+
+
+def _check_mesh_table(out: str) -> None:
+    """Scenario 4: a peer link cut, then the appliance moving hosts, zero loss."""
+    assert "== Relay mesh: a link cut, then the appliance moves hosts" in out
+    rows = [ln for ln in out.splitlines() if ln.startswith("vm-mesh-")]
+    assert len(rows) == 3 and all(r.rstrip().endswith("OK: every byte once, in order") for r in rows)
+    assert out.count("link esx-m1 -> esx-m2 cut") == 3
+    assert out.count("appliance moved to esx-m3") == 3
+    assert re.search(r"opened [3-9] peer links for all 3 streams, 1 route change, 1 cut", out)
 
 
 def _check_agent_table(out: str) -> None:

@@ -17,10 +17,10 @@ from pathlib import Path
 import trio
 
 from vic.lab import report
-from vspc.config import EndpointConfig, ListenConfig, MetricsConfig, VspcConfig
+from vspc.config import EndpointConfig, LinkListen, ListenConfig, MetricsConfig, VspcConfig
 from vspc.console.config import ConsoleConfig
 
-SCENARIOS = ("vspc", "relay", "agent")
+SCENARIOS = ("vspc", "relay", "mesh", "agent")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
 def lab_config(workdir: Path) -> VspcConfig:
     return VspcConfig(
         listen=ListenConfig(host="127.0.0.1", port=0),
-        endpoint=EndpointConfig(host="127.0.0.1", port=0, unix=workdir / "endpoint.sock"),
+        endpoint=EndpointConfig(
+            host="127.0.0.1",
+            port=0,
+            unix=workdir / "endpoint.sock",
+            # peer links forwarded by the relays on the appliance's (simulated) hosts
+            link=(LinkListen(f"unix:{workdir / 'link.sock'}", tls=False, forwarded=True),),
+        ),
         console=ConsoleConfig(socket=workdir / "console.sock", log_dir=workdir / "consoles"),
         metrics=MetricsConfig(enabled=True, host="127.0.0.1", port=0),
     )
@@ -90,6 +96,14 @@ async def main(workdir: Path, args: argparse.Namespace) -> bool:
             )
             print(report.render("VMs -> relays -> appliance endpoint (every ingress kind)", checks))
             all_ok &= all(c.ok for c in checks if c.sent or c.typed)
+        if "mesh" in selected:
+            from vic.lab import mesh_scenario
+
+            checks = await mesh_scenario.run(
+                service, endpoint, workdir, seed=args.seed, lines=args.lines
+            )
+            print(report.render("Relay mesh: a link cut, then the appliance moves hosts", checks))
+            all_ok &= all(c.ok for c in checks)
         if "agent" in selected:
             from vic.lab import agent_scenario
 

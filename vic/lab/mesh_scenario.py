@@ -1,0 +1,170 @@
+"""Lab scenario 4: the relay mesh, a link cut and the appliance moving.
+
+Three simulated ESX hosts, each with its relay daemon (in this process):
+
+* **esx-m1** runs the containerVMs. Its relay forwards their streams as
+  resumable streams over one mutually authenticated TLS 1.3 peer link (our own
+  CA, ``vic://host/...`` identities) to the relay on the appliance's host;
+* **esx-m2** runs the appliance at first: its relay ends TLS and forwards the
+  link to the appliance's link endpoint (the vspc ``[[endpoint.link]]`` socket,
+  a trusted transport), where the sessions end;
+* **esx-m3** is where the appliance moves: same role.
+
+The link from esx-m1 to esx-m2 passes a proxy the lab cuts mid-stream (every
+stream resumes over a new link). Later the appliance "moves": the lab tells
+esx-m1's relay over its admin socket (as ``vic relay route set`` does) that the
+appliance is now reached through esx-m3; every live stream leaves the old path
+and resumes over the new one. Each console is read through the real attach
+socket and must hold every byte once and in order; bytes typed into a console
+after the move must reach the VM.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import trio
+
+from relay import certs
+from relay.admin import admin_request
+from relay.config import EgressConfig, MetricsConfig, RelayConfig, TcpListener, TimeoutsConfig
+from relay.daemon import RelayDaemon
+from relay.peer_config import LinkTuning, PeerConfig, PeerListen, PeerRoute, PeerTls
+from vic.lab.cutproxy import CutProxy
+from vic.lab.relay_scenario import attach, pump_into
+from vic.lab.report import ConsoleCheck
+from vic.lab.vspc_scenario import console_text
+from vspc.core.identity import PortKey
+from vspc.endpoint import Endpoint
+from vspc.service import VspcService
+
+VMS = ("vm-mesh-1", "vm-mesh-2", "vm-mesh-3")
+TUNING = LinkTuning(ping_interval=1.0, dead_after=5.0, resume_timeout=30.0)
+
+
+def make_pki(root: Path) -> dict[str, PeerTls]:
+    certs.init_ca(root, key_type="ed25519")
+    out = {}
+    for host in ("esx-m1", "esx-m2", "esx-m3"):
+        res = certs.issue(root, "host", host, key_type="ed25519", force=True)
+        out[host] = PeerTls(res.cert_path, res.key_path, root / certs.CA_CERT)
+    return out
+
+
+def appliance_host_config(host: str, tls: PeerTls, link_socket: Path) -> RelayConfig:
+    """The relay on a host that runs the appliance: accept esx-m1, forward its link."""
+    return RelayConfig(
+        host=host,
+        egress={"default": EgressConfig(kind="unix", path=link_socket)},  # unused: forwarding
+        metrics=MetricsConfig(enabled=False),
+        peer=PeerConfig(tls=tls, link=TUNING, listen=[PeerListen(
+            "tcp:127.0.0.1:0", allowed_peers=["vic://host/esx-m1"],
+            forward=f"unix:{link_socket}")]),
+    )
+
+
+def vm_host_config(tls: PeerTls, via: str, admin: Path) -> RelayConfig:
+    return RelayConfig(
+        host="esx-m1",
+        egress={"default": EgressConfig(kind="peer", route="appliance")},
+        metrics=MetricsConfig(enabled=False),
+        timeouts=TimeoutsConfig(retry_min=0.05, retry_max=0.5),
+        tcp=tuple(TcpListener(name=vm, vm=vm, port=0, label="com1") for vm in VMS),
+        peer=PeerConfig(tls=tls, link=TUNING, admin_socket=admin, routes={
+            "appliance": PeerRoute(via, identity="vic://host/esx-m2")}),
+    )
+
+
+def peer_address(d: RelayDaemon) -> str:
+    host, port = d.mesh.bound()[0][:2]
+    return f"tcp:{host}:{port}"
+
+
+async def run(service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: int,
+              lines: int) -> list[ConsoleCheck]:
+    links = endpoint.links
+    assert links is not None and links.bound, "the lab appliance has no link endpoint"
+    link_socket = Path(links.bound[0])
+    d = workdir / "mesh"
+    d.mkdir(exist_ok=True)
+    tls = make_pki(d / "pki")
+    checks = [ConsoleCheck(vm, "esx-m1 relay =TLS link=> esx-m2 relay -> appliance") for vm in VMS]
+    async with trio.open_nursery() as nursery:
+        m2: RelayDaemon = await nursery.start(
+            RelayDaemon(appliance_host_config("esx-m2", tls["esx-m2"], link_socket)).run)
+        m3: RelayDaemon = await nursery.start(
+            RelayDaemon(appliance_host_config("esx-m3", tls["esx-m3"], link_socket)).run)
+        proxy = CutProxy(tuple(m2.mesh.bound()[0][:2]))
+        await nursery.start(proxy.serve)
+        admin = d / "esx-m1.sock"
+        m1: RelayDaemon = await nursery.start(
+            RelayDaemon(vm_host_config(tls["esx-m1"], proxy.address, admin)).run)
+        router = m1.mesh.routers["appliance"]
+        progress = [0] * len(VMS)
+        cut_done = trio.Event()
+        moved = trio.Event()
+
+        async def director() -> None:
+            """Cut the link once every VM is a third through; move the appliance at two thirds."""
+            while min(progress) < lines // 3:
+                await trio.sleep(0.005)
+            proxy.cut()
+            for i, c in enumerate(checks):
+                c.events.append(f"link esx-m1 -> esx-m2 cut (line {progress[i]})")
+            cut_done.set()
+            while min(progress) < 2 * lines // 3:
+                await trio.sleep(0.005)
+            reply = await admin_request(admin, {"cmd": "route.set", "route": "appliance",
+                                                "address": peer_address(m3),
+                                                "identity": "vic://host/esx-m3"})
+            for i, c in enumerate(checks):
+                c.events.append(f"appliance moved to esx-m3: route set over the admin socket "
+                                f"(line {progress[i]}, {reply.get('streams_moved')} streams moved)")
+                c.path = "esx-m1 relay =TLS link=> esx-m2, then esx-m3 relay -> appliance"
+            moved.set()
+
+        async def vm(i: int) -> None:
+            name, check = VMS[i], checks[i]
+            stream = await trio.open_tcp_stream("127.0.0.1", m1.bound[name][1])
+            vm_in = bytearray()
+            rng = random.Random(f"{seed}-{name}")
+            async with trio.open_nursery() as n:
+                n.start_soon(pump_into, stream, vm_in)
+                first = console_text(rng, name, 0)
+                await stream.send_all(first)
+                check.sent += first
+                console, rest = await attach(service, PortKey(name, "com1"))
+                check.received += rest
+                n.start_soon(pump_into, console, check.received)
+                for line in range(1, lines):
+                    data = console_text(rng, name, line)
+                    await stream.send_all(data)
+                    check.sent += data
+                    progress[i] = line
+                    await trio.sleep(0.002)
+                await moved.wait()
+                typed = f"after the move {name}\r".encode() + b"\xff\x00"
+                check.typed += typed
+                await console.send_all(typed)
+                with trio.move_on_after(20):
+                    while len(vm_in) < len(typed) or len(check.received) < len(check.sent):
+                        await trio.sleep(0.01)
+                check.typed_seen += vm_in
+                n.cancel_scope.cancel()
+            await trio.aclose_forcefully(stream)
+
+        with trio.move_on_after(120):
+            async with trio.open_nursery() as vms:
+                vms.start_soon(director)
+                for i in range(len(VMS)):
+                    vms.start_soon(vm, i)
+        with trio.move_on_after(10):  # the VMs closed: let every stream end cleanly
+            await m1.wait_active_at_most(0)
+            while len(links.table):
+                await trio.sleep(0.01)
+        checks[-1].events.append(
+            f"esx-m1's relay opened {router.links_opened} peer links for all {len(VMS)} streams, "
+            f"{router.route_changes} route change, {proxy.cuts} cut")
+        nursery.cancel_scope.cancel()
+    return checks
