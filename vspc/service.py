@@ -53,9 +53,10 @@ def server_ssl_context(cert: os.PathLike[str] | str, key: os.PathLike[str] | str
 
 @dataclass(eq=False)
 class _Backlog:
-    """Console bytes of one port not yet taken by its console, in order."""
+    """Console bytes of one port not yet taken by its console, in order (chunks as read)."""
 
-    buf: bytearray = field(default_factory=bytearray)
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
     running: bool = False
     paused: set[EsxConnection] = field(default_factory=set)
 
@@ -310,7 +311,7 @@ class VspcService:
         if key is None:
             return True
         backlog = self._backlogs.get(key)
-        if backlog is None or len(backlog.buf) < self.console_backlog_bytes:
+        if backlog is None or backlog.size < self.console_backlog_bytes:
             return True
         backlog.paused.add(conn)
         return False
@@ -445,7 +446,8 @@ class VspcService:
             return
         if backlog is None:
             backlog = self._backlogs[key] = _Backlog()
-        backlog.buf += data
+        backlog.chunks.append(data)
+        backlog.size += len(data)
         if not backlog.running:
             backlog.running = True
             assert self._tasks is not None
@@ -461,17 +463,17 @@ class VspcService:
     async def _drain_backlog(self, key: PortKey, backlog: _Backlog) -> None:
         console = self._console(key)
         try:
-            while backlog.buf:
-                data = bytes(backlog.buf)
-                backlog.buf.clear()
+            while backlog.chunks:
+                chunks, backlog.chunks, backlog.size = backlog.chunks, [], 0
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 await console.from_vm(data)
-                if backlog.paused and len(backlog.buf) < self.console_backlog_bytes:
+                if backlog.paused and backlog.size < self.console_backlog_bytes:
                     paused, backlog.paused = backlog.paused, set()
                     for conn in paused:
                         conn.resume_reading()
         finally:
             backlog.running = False
-            if not backlog.buf:
+            if not backlog.chunks:
                 del self._backlogs[key]
             for conn in backlog.paused:
                 conn.resume_reading()
