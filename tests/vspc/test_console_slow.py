@@ -62,7 +62,7 @@ async def test_stalled_client_is_dropped_and_nothing_else_stalls(short_dir: Path
         for pos in range(RING, TOTAL, CHUNK):
             await con.from_vm(data[pos : pos + CHUNK])
             for c in con.clients:
-                worst_queue = max(worst_queue, len(c.queue) - c.credit)
+                worst_queue = max(worst_queue, c.queued - c.credit)
             worst_log = max(worst_log, con.log_queued)
             # let the fast client and the log writer run: no sleep, just scheduling
             await trio.testing.wait_all_tasks_blocked()

@@ -72,6 +72,22 @@ def test_doubled_iac_is_data_and_merged() -> None:
     assert TelnetParser().feed(wire) == [Data(b"a\xffb\xff\xffc")]
 
 
+def test_fast_paths_text_is_the_same_object_binary_is_undoubled() -> None:
+    text = b"[    1.000000] systemd[1]: Started sshd.service\r\n" * 5000
+    (ev,) = TelnetParser().feed(text)
+    assert isinstance(ev, Data) and ev.data is text  # no copy
+    raw = bytes(range(256)) * 100
+    assert TelnetParser().feed(codec.escape(raw)) == [Data(raw)]
+
+
+def test_doubled_and_lone_iac_mixed_in_one_chunk() -> None:
+    # An odd run of 0xFF: a data 0xFF then a command; a trailing lone IAC waits.
+    wire = b"x\xff\xff\xff\xf1y\xff\xff\xff"
+    p = TelnetParser()
+    assert p.feed(wire) == [Data(b"x\xff"), Command(NOP), Data(b"y\xff")]
+    assert p.feed(b"\xff\xff\xffz") == [Data(b"\xff\xffz")]
+
+
 def test_commands_negotiation_subnegotiation_in_order() -> None:
     wire = (
         b"hi"

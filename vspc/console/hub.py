@@ -1,6 +1,7 @@
 """Per-port consoles: replay ring, log queue and fan-out to attached clients.
 
-``Console.from_vm`` never waits on a client: each client has a bounded queue, and
+``Console.from_vm`` never waits on a client: each client has a bounded queue (of
+chunks, shared with the caller without a copy), and
 a client whose queue would overflow is dropped with a one-line notice. It waits
 only when the port's log queue is full (disk backpressure; bytes are never
 dropped). Attaching takes the replay snapshot and registers the client in one
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from itertools import count
@@ -30,7 +32,8 @@ log = logging.getLogger("vspc.console")
 
 InputSink = Callable[[bytes], Awaitable[None]]
 
-SEND_CHUNK = 64 * 1024
+#: Most bytes handed to one client send (queued chunks are joined up to this).
+SEND_CHUNK = 256 * 1024
 _client_ids = count(1)
 
 
@@ -53,10 +56,16 @@ class Hub:
 
 
 class Client:
-    """One attached client: a bounded byte queue drained by its connection's sender."""
+    """One attached client: a bounded queue of byte chunks drained by its connection's sender.
+
+    Chunks are kept as they come (immutable ``bytes``, or read-only views of
+    ``bytes``), so queueing costs no copy; ``queued`` counts their bytes and is
+    what the bound applies to.
+    """
 
     __slots__ = (
         "_wake",
+        "chunks",
         "closed",
         "credit",
         "dropped",
@@ -64,7 +73,7 @@ class Client:
         "mode",
         "notified_epoch",
         "peer",
-        "queue",
+        "queued",
         "scope",
         "sent",
     )
@@ -73,7 +82,10 @@ class Client:
         self.id = next(_client_ids)
         self.mode: Mode = mode
         self.peer = peer
-        self.queue = bytearray(initial)
+        self.chunks: deque[bytes | memoryview] = deque()
+        if initial:
+            self.chunks.append(_frozen(initial))
+        self.queued = len(initial)
         # the replay (and status line) may exceed the live limit once, at attach
         self.credit = len(initial)
         self.closed = False
@@ -91,10 +103,13 @@ class Client:
         """Queue bytes; False (and nothing queued) when the queue would overflow."""
         if self.closed:
             return True
-        if len(self.queue) + len(data) > limit + self.credit:
+        n = len(data)
+        if self.queued + n > limit + self.credit:
             return False
-        self.queue += data
-        self._wake.set()
+        if n:
+            self.chunks.append(_frozen(data))
+            self.queued += n
+            self._wake.set()
         return True
 
     def close(self, final: bytes = b"", deadline: float | None = None) -> None:
@@ -103,32 +118,53 @@ class Client:
             return
         self.closed = True
         if final:
-            self.queue.clear()
-            self.queue += final
+            self.chunks.clear()
+            self.chunks.append(_frozen(final))
+            self.queued = len(final)
             self.credit = 0
         if deadline is not None and self.scope is not None:
             self.scope.deadline = min(self.scope.deadline, deadline)
         self._wake.set()
 
-    async def next_chunk(self) -> bytes:
-        """The next bytes to send; b"" once closed and drained."""
-        q = self.queue
-        while not q:
+    async def next_chunk(self) -> bytes | memoryview:
+        """The next bytes to send (at most SEND_CHUNK); b"" once closed and drained.
+
+        Small queued chunks are joined into one send; a large one is sent in
+        SEND_CHUNK slices (views, no copy).
+        """
+        chunks = self.chunks
+        while not chunks:
             if self.closed:
                 return b""
             self._wake = trio.Event()
             await self._wake.wait()
-        n = min(len(q), SEND_CHUNK)
-        if n == len(q):
-            out = bytes(q)
-            q.clear()
-        else:
-            with memoryview(q) as mv:
-                out = bytes(mv[:n])
-            del q[:n]
+        out = chunks.popleft()
+        n = len(out)
+        if n > SEND_CHUNK:
+            mv = out if isinstance(out, memoryview) else memoryview(out)
+            chunks.appendleft(mv[SEND_CHUNK:])
+            out = mv[:SEND_CHUNK]
+            n = SEND_CHUNK
+        elif chunks and n + len(chunks[0]) <= SEND_CHUNK:
+            parts = [out]
+            while chunks and n + len(chunks[0]) <= SEND_CHUNK:
+                c = chunks.popleft()
+                parts.append(c)
+                n += len(c)
+            out = b"".join(parts)
+        self.queued -= n
         self.credit = max(0, self.credit - n)
         self.sent += n
         return out
+
+
+def _frozen(data: bytes | bytearray | memoryview) -> bytes | memoryview:
+    """``data`` itself when it cannot change under us (bytes, a view of bytes), else a copy."""
+    if type(data) is bytes:
+        return data
+    if isinstance(data, memoryview) and type(data.obj) is bytes and data.contiguous:
+        return data if data.itemsize == 1 else data.cast("B")
+    return bytes(data)
 
 
 @dataclass(frozen=True)

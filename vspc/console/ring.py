@@ -33,8 +33,12 @@ class Ring:
         if n == 0 or cap == 0:
             return
         if n >= cap:
-            self._buf = bytearray(memoryview(data)[n - cap :])
-            self._full = True
+            tail = memoryview(data)[n - cap :]
+            if self._full:
+                self._buf[:] = tail  # same size: copied in place, no new buffer
+            else:
+                self._buf = bytearray(tail)
+                self._full = True
             self._head = 0
             return
         if not self._full:

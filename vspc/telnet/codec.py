@@ -11,9 +11,13 @@ Parser
 
 * State carries across calls: an IAC may end one chunk and its command begin the
   next; a subnegotiation may span any number of chunks.
-* Fast path: plain data is located with ``bytes.find(b"\\xff")`` and emitted as
-  slices; there is no per-byte Python loop over data. Consecutive data pieces
-  within one ``feed`` (including un-doubled 0xFF) are merged into one ``Data``.
+* Fast paths, with no Python loop over the bytes: a chunk without 0xFF (console
+  text) comes back as one ``Data`` holding the very same bytes object (no copy);
+  a chunk whose every 0xFF is half of a doubled pair (binary data, no commands)
+  is un-doubled with one ``split`` and one ``join``. Otherwise plain data is
+  located with ``bytes.find(b"\\xff")`` and emitted as slices. Consecutive data
+  pieces within one ``feed`` (including un-doubled 0xFF) are merged into one
+  ``Data``.
 * Events, in stream order: ``Data(bytes)``, ``Command(code)`` (NOP, AYT, BRK,
   GA, a stray SE, ... any ``IAC x`` that is not IAC/SB/WILL/WONT/DO/DONT),
   ``Negotiate(verb, option)``, ``Subnegotiation(option, payload)`` with the
@@ -159,9 +163,16 @@ class TelnetParser:
         if type(data) is not bytes:
             data = bytes(data)
         state = self._state
-        # Fast path: nothing pending and no IAC at all.
-        if state == _DATA and _IAC_B not in data:
-            return [Data(data)] if data else []
+        if state == _DATA:
+            # Fast paths, all in C: no IAC at all (console text: the chunk itself,
+            # no copy), or every IAC is one half of a doubled 0xFF (split + join).
+            if _IAC_B not in data:
+                return [Data(data)] if data else []
+            # Split at every 0xFF: every IAC is doubled iff each odd-numbered piece
+            # is empty and there is an even number of them.
+            parts = data.split(_IAC_B)
+            if len(parts) & 1 and not any(parts[1::2]):
+                return [Data(_IAC_B.join(parts[::2]))]
 
         events: list[Event] = []
         pieces: list[bytes] = []
@@ -175,6 +186,10 @@ class TelnetParser:
                 if i < 0:
                     pieces.append(data[pos:])
                     break
+                if i + 1 < n and data[i + 1] == IAC:  # doubled 0xFF: one data byte
+                    pieces.append(data[pos : i + 1])
+                    pos = i + 2
+                    continue
                 if i > pos:
                     pieces.append(data[pos:i])
                 pos = i + 1
