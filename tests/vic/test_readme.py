@@ -27,3 +27,25 @@ def test_sample_vspc_config_passes_check(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "vic.cli", "vspc", "--config", str(cfg), "--check"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_mesh_samples_load(tmp_path: Path) -> None:
+    """The relay-mesh samples are valid configs (certificate paths pointed at files here)."""
+    from relay.config import loads_config
+    from vic.ops.config import loads
+    from vspc.config import VspcConfig
+
+    section = README.split("### The relay mesh", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```toml\n(.*?)```", section, re.S)
+    assert len(blocks) == 3, "README's relay mesh section lost a sample"
+    for name in ("host-esx-01.crt", "host-esx-01.key", "host-esx-02.crt", "host-esx-02.key",
+                 "ca.crt"):
+        (tmp_path / name).write_text("x")
+    vm_host, appliance_host, vspc = (b.replace("/etc/vic/", f"{tmp_path}/") for b in blocks)
+    cfg = loads_config(vm_host)
+    assert cfg.egress["default"].kind == "peer" and cfg.peer is not None
+    assert cfg.peer.routes["appliance"].identity == "vic://host/esx-02"
+    cfg = loads_config(appliance_host)
+    assert cfg.peer is not None and cfg.peer.listen[0].forward == "vsock:3:7444"
+    v = loads(VspcConfig, vspc)
+    assert v.endpoint.link[0].forwarded
