@@ -17,6 +17,7 @@ from relay.core.forwarded import encode_preamble
 from relay.daemon import RelayDaemon
 from relay.peer_config import LinkTuning, PeerConfig, PeerListen, PeerRoute, PeerTls
 from relay.tls import TlsFiles
+from relay.vsphere_route import VCenter
 from tests.relay.faultproxy import FaultProxy
 from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import (
@@ -27,6 +28,7 @@ from tests.relay.relayfix import (
     start_relay,
     tcp_egress,
 )
+from tests.relay.test_vsphere_route import VM, relocate, vcsim  # noqa: F401 (fixture)
 from vic.ops.config import ConfigError
 
 FAST = LinkTuning(ping_interval=1.0, dead_after=5.0, resume_timeout=20.0)
@@ -159,24 +161,9 @@ async def test_reload_and_admin_socket_move_streams_to_another_relay(tmp_path: P
     """The appliance's endpoint is reached through relay B, then (reload) through C,
     then (admin socket) through B again; with ``forward`` the sessions end at the
     appliance, so the stream resumes across every move with no byte lost."""
-    from vspc.config import EndpointConfig, LinkListen, VspcConfig
-    from vspc.console.config import ConsoleConfig
-    from vspc.endpoint import Endpoint
-    from vspc.service import VspcService
-
     pki = Pki(tmp_path)
-    link_sock = tmp_path / "link.sock"
-    vcfg = VspcConfig(
-        console=ConsoleConfig(log_dir=tmp_path / "logs"),
-        endpoint=EndpointConfig(link=(LinkListen(f"unix:{link_sock}", tls=False,
-                                                 forwarded=True),)),
-    )
     async with trio.open_nursery() as n:
-        svc = VspcService(vcfg)
-        await n.start(svc.run)
-        ep = Endpoint(svc)
-        await n.start(ep.run)
-        fwd = f"unix:{link_sock}"
+        svc, fwd = await start_appliance(n, tmp_path)
         b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), 1,
                                             ["vic://host/esx-a"], forward=fwd))
         c = await start_relay(n, egress_cfg("esx-c", pki.issue("host", "esx-c"), 1,
@@ -201,7 +188,7 @@ async def test_reload_and_admin_socket_move_streams_to_another_relay(tmp_path: P
                                                         "identity": "vic://host/esx-b"})
                     assert reply.get("ok"), reply
             await wait_console_bytes(svc, "vm-1", len(data))
-            await svc.consoles.writer.flush()
+            await svc.consoles.writer.flush()  # type: ignore[attr-defined]
         logs = [p for p in (tmp_path / "logs").glob("*.log")]
         assert len(logs) == 1 and logs[0].read_bytes() == data
         assert a.mesh.routers["appliance"].route_changes == 2
@@ -219,6 +206,68 @@ async def wait_console_bytes(svc: object, vm: str, n: int) -> None:
         except LookupFailed:
             pass
         await trio.sleep(0.02)
+
+
+async def start_appliance(n: trio.Nursery, tmp_path: Path) -> tuple[object, str]:
+    """A vspc service + endpoint whose link endpoint takes forwarded links."""
+    from vspc.config import EndpointConfig, LinkListen, VspcConfig
+    from vspc.console.config import ConsoleConfig
+    from vspc.endpoint import Endpoint
+    from vspc.service import VspcService
+
+    link_sock = tmp_path / "link.sock"
+    vcfg = VspcConfig(
+        console=ConsoleConfig(log_dir=tmp_path / "logs"),
+        endpoint=EndpointConfig(link=(LinkListen(f"unix:{link_sock}", tls=False,
+                                                 forwarded=True),)),
+    )
+    svc = VspcService(vcfg)
+    await n.start(svc.run)
+    await n.start(Endpoint(svc).run)
+    return svc, f"unix:{link_sock}"
+
+
+async def test_route_follows_the_appliance_vm_in_vcenter(
+        tmp_path: Path, vcsim: VCenter) -> None:  # noqa: F811 (the fixture)
+    """[peer.follow]: the daemon watches the appliance VM's host in (simulated) vCenter;
+    relocating the VM mid-stream moves the stream from relay B to relay C, no loss."""
+    from relay.peer_config import FollowConfig
+
+    pki = Pki(tmp_path)
+    pw = tmp_path / "vc.pw"
+    pw.write_text(vcsim.password)
+    async with trio.open_nursery() as n:
+        svc, fwd = await start_appliance(n, tmp_path)
+        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), 1,
+                                            ["vic://host/esx-a"], forward=fwd))
+        c = await start_relay(n, egress_cfg("esx-c", pki.issue("host", "esx-c"), 1,
+                                            ["vic://host/esx-a"], forward=fwd))
+        follow = FollowConfig(
+            vcenter=vcsim.host, port=vcsim.port, protocol="http", path=vcsim.path,
+            user=vcsim.user, password_file=pw, vm=VM,
+            hosts={"DC0_C0_H1": peer_address(b), "DC0_C0_H0": peer_address(c)},
+            identities={"DC0_C0_H1": "vic://host/esx-b", "DC0_C0_H0": "vic://host/esx-c"})
+        cfg = ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b), "vic://host/esx-b",
+                          follow={"appliance": follow})
+        a = await start_relay(n, cfg)
+        router = a.mesh.routers["appliance"]
+        vm = await stream_through(a, "vm1")
+        data = pattern(4_000_000, 3)
+        with trio.fail_after(60):
+            for i in range(0, len(data), 200_000):
+                await vm.send_all(data[i:i + 200_000])
+                if i == 1_000_000:
+                    await trio.to_thread.run_sync(relocate, vcsim, VM, "DC0_C0_H0")
+                    while router.route.identity != "vic://host/esx-c":
+                        await trio.sleep(0.02)
+            await wait_console_bytes(svc, "vm-1", len(data))
+            await svc.consoles.writer.flush()  # type: ignore[attr-defined]
+        logs = list((tmp_path / "logs").glob("*.log"))
+        assert len(logs) == 1 and logs[0].read_bytes() == data
+        changes = a.metrics.registry.get_sample_value(
+            "relay_route_changes_total", {"route": "appliance", "cause": "vsphere"})
+        assert changes == 1
+        n.cancel_scope.cancel()
 
 
 def test_config_keys_are_named(tmp_path: Path) -> None:
@@ -262,3 +311,31 @@ def test_preamble_roundtrip() -> None:
 
 
 logging.getLogger("relay").setLevel(logging.INFO)
+
+
+async def test_sigterm_drains_streams_from_peers_and_sends_goaway(tmp_path: Path) -> None:
+    """terminate() on the relay that accepts the link: its peer gets GOAWAY (the link
+    takes no new streams), the live stream finishes byte-exact, then the relay stops."""
+    pki = Pki(tmp_path)
+    app = Appliance()
+    async with trio.open_nursery() as n:
+        await app.serve_tcp(n)
+        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
+                                            ["vic://host/esx-a"]))
+        a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b),
+                                             "vic://host/esx-b"))
+        s = await stream_through(a, "vm1")
+        with trio.fail_after(30):
+            assert await roundtrip(s, b"before") == b"before"
+            assert a.metrics.registry.get_sample_value("relay_peer_links", {"side": "out"}) == 1
+            assert b.metrics.registry.get_sample_value("relay_peer_links", {"side": "in"}) == 1
+            await b.terminate()
+            link = a.mesh.routers["appliance"].link
+            while link is not None and not link.draining:
+                await trio.sleep(0.01)
+            data = pattern(2_000_000, 4)
+            assert await roundtrip(s, data) == data  # the live stream carries on
+            await s.aclose()
+            await b.stopped.wait()
+        assert bytes((await app.wait_streams(1))[0].data) == b"before" + data
+        n.cancel_scope.cancel()
