@@ -34,8 +34,10 @@ from relay import tls as tlsmod
 from relay.admin import AdminServer, route_commands
 from relay.core.forwarded import encode_preamble
 from relay.core.header import HeaderDecoder, HeaderError, OriginHeader
+from relay.core.hybrid import HybridError
+from relay.egress import hybrid_connect
 from relay.link import LinkConfig
-from relay.peer_config import PeerConfig, PeerListen, open_peer_listener
+from relay.peer_config import PeerConfig, PeerListen, open_peer_listener, parse_forward
 from relay.peering import LinkServer
 from relay.pump import pump
 from relay.resumable import Accepted, ResumableStream, SessionTable
@@ -273,9 +275,9 @@ class Mesh:
                     stream, ident = await tlsmod.handshake(
                         stream, ctx, server_side=True, expected=pl.allowed_peers)
             with trio.fail_after(10):
-                conn = await open_transport(pl.forward)
+                conn, pending = await open_forward(pl.forward)
         except (trio.BrokenResourceError, tlsmod.PeerIdentityError, trio.TooSlowError,
-                OSError) as e:
+                OSError, HybridError) as e:
             log.warning("peer link on %s refused or not forwarded: %s", pl.address, e)
             await trio.aclose_forcefully(stream)
             return
@@ -283,6 +285,8 @@ class Mesh:
         self._forwarders.add(stream)
         try:
             await conn.send_all(encode_preamble(ident))
+            if pending:
+                await stream.send_all(pending)
             await pump(stream, conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             log.info("forwarded link from %s ended: %s", ident or "plaintext peer", e)
@@ -311,6 +315,17 @@ class Mesh:
                     on_change=lambda _h, _r: self.route_changes.labels(name, "vsphere").inc())
             except Exception as e:  # the daemon carries on with the route it has
                 log.error("following appliance %s for route %s stopped: %s", fcfg.vm, name, e)
+
+
+async def open_forward(address: str) -> tuple[trio.abc.Stream, bytes]:
+    """Connect to where a forwarding listener passes its links; returns the stream
+    and any bytes that came with a hybrid-vsock ``OK`` line."""
+    kind, where = parse_forward(address)
+    if kind == "hvsock":
+        assert isinstance(where, tuple)
+        conn = await hybrid_connect(str(where[0]), int(where[1]))
+        return conn.stream, conn.pending
+    return await open_transport(address), b""
 
 
 class _Started:

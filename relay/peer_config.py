@@ -81,6 +81,18 @@ def _check_address(address: str) -> None:
         raise ConfigError("address", str(e)) from None
 
 
+def parse_forward(address: str) -> tuple[str, object]:
+    """Where a forwarding listener passes links: a route address, or
+    ``hvsock:/path/to/vm.vsock:PORT`` for an appliance VM under Firecracker /
+    Cloud Hypervisor (hybrid vsock, host-initiated ``CONNECT PORT``)."""
+    if address.startswith("hvsock:"):
+        path, _, port = address[len("hvsock:"):].rpartition(":")
+        if not path or not port.isdigit():
+            raise RouteError(f"bad hvsock address {address!r} (hvsock:/path:PORT)")
+        return "hvsock", (path, int(port))
+    return parse_address(address)
+
+
 @dataclass(frozen=True)
 class PeerRoute:
     address: str
@@ -115,7 +127,7 @@ class PeerListen:
         _check_address(self.address)
         if self.forward:
             try:
-                parse_address(self.forward)
+                parse_forward(self.forward)
             except RouteError as e:
                 raise ConfigError("forward", str(e)) from None
             require(not self.egress, "egress", "a forwarding listener has no egress")

@@ -208,8 +208,10 @@ async def wait_console_bytes(svc: object, vm: str, n: int) -> None:
         await trio.sleep(0.02)
 
 
-async def start_appliance(n: trio.Nursery, tmp_path: Path) -> tuple[object, str]:
-    """A vspc service + endpoint whose link endpoint takes forwarded links."""
+async def start_appliance(n: trio.Nursery, tmp_path: Path,
+                          address: str = "") -> tuple[object, str]:
+    """A vspc service + endpoint whose link endpoint takes forwarded links (on a Unix
+    socket unless ``address`` says otherwise); returns it and the address bound."""
     from vspc.config import EndpointConfig, LinkListen, VspcConfig
     from vspc.console.config import ConsoleConfig
     from vspc.endpoint import Endpoint
@@ -218,13 +220,14 @@ async def start_appliance(n: trio.Nursery, tmp_path: Path) -> tuple[object, str]
     link_sock = tmp_path / "link.sock"
     vcfg = VspcConfig(
         console=ConsoleConfig(log_dir=tmp_path / "logs"),
-        endpoint=EndpointConfig(link=(LinkListen(f"unix:{link_sock}", tls=False,
+        endpoint=EndpointConfig(link=(LinkListen(address or f"unix:{link_sock}", tls=False,
                                                  forwarded=True),)),
     )
     svc = VspcService(vcfg)
     await n.start(svc.run)
-    await n.start(Endpoint(svc).run)
-    return svc, f"unix:{link_sock}"
+    ep = await n.start(Endpoint(svc).run)
+    bound = ep.links.bound[0]
+    return svc, (f"unix:{bound}" if isinstance(bound, str) else f"tcp:{bound[0]}:{bound[1]}")
 
 
 async def test_route_follows_the_appliance_vm_in_vcenter(
@@ -338,4 +341,28 @@ async def test_sigterm_drains_streams_from_peers_and_sends_goaway(tmp_path: Path
             await s.aclose()
             await b.stopped.wait()
         assert bytes((await app.wait_streams(1))[0].data) == b"before" + data
+        n.cancel_scope.cancel()
+
+
+async def test_forward_into_an_appliance_vm_over_hybrid_vsock(tmp_path: Path) -> None:
+    """forward = "hvsock:PATH:PORT": the relay reaches a Firecracker-style appliance VM
+    through its vsock muxer (CONNECT/OK), bytes after the OK line included."""
+    from tests.relay.relayfix import Muxer
+
+    pki = Pki(tmp_path)
+    async with trio.open_nursery() as n:
+        svc, tcp_link = await start_appliance(n, tmp_path, "tcp:127.0.0.1:0")
+        muxer = Muxer(int(tcp_link.rsplit(":", 1)[1]))
+        await muxer.serve(n, tmp_path / "fc.vsock")
+        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), 1,
+                                            ["vic://host/esx-a"],
+                                            forward=f"hvsock:{tmp_path / 'fc.vsock'}:7444"))
+        a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b),
+                                             "vic://host/esx-b"))
+        vm = await stream_through(a, "vm2")
+        data = pattern(1_000_000, 6)
+        with trio.fail_after(30):
+            await vm.send_all(data)
+            await wait_console_bytes(svc, "vm-2", len(data))
+        assert muxer.requests == [7444]
         n.cancel_scope.cancel()
