@@ -9,11 +9,11 @@ been forwarded (client -> server), which makes repeated cuts independent of timi
 
 from __future__ import annotations
 
-import socket
-import struct
 from typing import Any
 
 import trio
+
+from vic.lab.cutproxy import reset
 
 
 class FaultProxy:
@@ -56,12 +56,8 @@ class FaultProxy:
         self.cuts += 1
         self._since_cut = 0
         for a, b in list(self._live):
-            for s in (a, b):
-                try:
-                    s.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                except OSError:
-                    pass
-                s.socket.close()
+            reset(a)
+            reset(b)
         self._live.clear()
 
     def refuse(self) -> None:

@@ -68,15 +68,23 @@ async def stream_through(d: RelayDaemon, listener: str) -> trio.SocketStream:
     return await trio.open_tcp_stream("127.0.0.1", d.bound[listener][1])
 
 
-async def test_two_hops_deliver_byte_exact_and_header_from_origin(tmp_path: Path) -> None:
+async def deliver_pair(n: trio.Nursery, tmp_path: Path,
+                       app: Appliance) -> tuple[RelayDaemon, RelayDaemon]:
+    """Relay esx-a (VMs) -> TLS peer link -> relay esx-b, which ends the sessions and
+    delivers to ``app`` over TCP."""
     pki = Pki(tmp_path)
+    await app.serve_tcp(n)
+    b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
+                                        ["vic://host/esx-a"]))
+    a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b),
+                                         "vic://host/esx-b"))
+    return a, b
+
+
+async def test_two_hops_deliver_byte_exact_and_header_from_origin(tmp_path: Path) -> None:
     app = Appliance()
     async with trio.open_nursery() as n:
-        await app.serve_tcp(n)
-        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
-                                            ["vic://host/esx-a"]))
-        a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b),
-                                             "vic://host/esx-b"))
+        a, _ = await deliver_pair(n, tmp_path, app)
         s1, s2 = await stream_through(a, "vm1"), await stream_through(a, "vm2")
         with trio.fail_after(30):
             d1, d2 = pattern(3_000_000, 1), pattern(1_000_000, 2)
@@ -319,14 +327,9 @@ logging.getLogger("relay").setLevel(logging.INFO)
 async def test_sigterm_drains_streams_from_peers_and_sends_goaway(tmp_path: Path) -> None:
     """terminate() on the relay that accepts the link: its peer gets GOAWAY (the link
     takes no new streams), the live stream finishes byte-exact, then the relay stops."""
-    pki = Pki(tmp_path)
     app = Appliance()
     async with trio.open_nursery() as n:
-        await app.serve_tcp(n)
-        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
-                                            ["vic://host/esx-a"]))
-        a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b),
-                                             "vic://host/esx-b"))
+        a, b = await deliver_pair(n, tmp_path, app)
         s = await stream_through(a, "vm1")
         with trio.fail_after(30):
             assert await roundtrip(s, b"before") == b"before"

@@ -10,6 +10,15 @@ from typing import Any
 import trio
 
 
+def reset(stream: trio.SocketStream) -> None:
+    """Close with an RST (SO_LINGER 0), not an orderly FIN: a path that died."""
+    try:
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    stream.socket.close()
+
+
 class CutProxy:
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -30,11 +39,7 @@ class CutProxy:
         """Reset every connection now (SO_LINGER 0: an RST, not an orderly close)."""
         self.cuts += 1
         for s in list(self._live):
-            try:
-                s.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
-            s.socket.close()
+            reset(s)
         self._live.clear()
 
     async def _handle(self, client: trio.SocketStream) -> None:

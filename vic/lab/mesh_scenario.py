@@ -21,7 +21,6 @@ after the move must reach the VM.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import trio
@@ -32,9 +31,8 @@ from relay.config import EgressConfig, MetricsConfig, RelayConfig, TcpListener, 
 from relay.daemon import RelayDaemon
 from relay.peer_config import LinkTuning, PeerConfig, PeerListen, PeerRoute, PeerTls
 from vic.lab.cutproxy import CutProxy
-from vic.lab.relay_scenario import attach, pump_into
+from vic.lab.relay_scenario import raw_vm
 from vic.lab.report import ConsoleCheck
-from vic.lab.vspc_scenario import console_text
 from vspc.core.identity import PortKey
 from vspc.endpoint import Endpoint
 from vspc.service import VspcService
@@ -125,34 +123,14 @@ async def run(service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: 
             moved.set()
 
         async def vm(i: int) -> None:
-            name, check = VMS[i], checks[i]
-            stream = await trio.open_tcp_stream("127.0.0.1", m1.bound[name][1])
-            vm_in = bytearray()
-            rng = random.Random(f"{seed}-{name}")
-            async with trio.open_nursery() as n:
-                n.start_soon(pump_into, stream, vm_in)
-                first = console_text(rng, name, 0)
-                await stream.send_all(first)
-                check.sent += first
-                console, rest = await attach(service, PortKey(name, "com1"))
-                check.received += rest
-                n.start_soon(pump_into, console, check.received)
-                for line in range(1, lines):
-                    data = console_text(rng, name, line)
-                    await stream.send_all(data)
-                    check.sent += data
-                    progress[i] = line
-                    await trio.sleep(0.002)
-                await moved.wait()
-                typed = f"after the move {name}\r".encode() + b"\xff\x00"
-                check.typed += typed
-                await console.send_all(typed)
-                with trio.move_on_after(20):
-                    while len(vm_in) < len(typed) or len(check.received) < len(check.sent):
-                        await trio.sleep(0.01)
-                check.typed_seen += vm_in
-                n.cancel_scope.cancel()
-            await trio.aclose_forcefully(stream)
+            stream = await trio.open_tcp_stream("127.0.0.1", m1.bound[VMS[i]][1])
+
+            def on_line(line: int) -> None:
+                progress[i] = line
+
+            await raw_vm(service, checks[i], PortKey(VMS[i], "com1"), stream, lines,
+                         on_line=on_line, before_typing=moved,
+                         typed=f"after the move {VMS[i]}\r".encode() + b"\xff\x00")
 
         with trio.move_on_after(120):
             async with trio.open_nursery() as vms:

@@ -77,9 +77,18 @@ async def pump_into(stream: trio.abc.Stream, buf: bytearray) -> None:
 
 
 async def raw_vm(
-    service: VspcService, check: ConsoleCheck, key: PortKey, stream: trio.abc.Stream, lines: int
+    service: VspcService,
+    check: ConsoleCheck,
+    key: PortKey,
+    stream: trio.abc.Stream,
+    lines: int,
+    *,
+    on_line: Callable[[int], None] | None = None,
+    before_typing: trio.Event | None = None,
+    typed: bytes = b"",
 ) -> None:
-    """A raw serial/vsock VM: writes console lines, then reads what is typed."""
+    """A raw serial/vsock VM: writes console lines, then reads what is typed.
+    ``on_line(i)`` after each line; typing waits for ``before_typing``."""
     vm_in = bytearray()
     async with trio.open_nursery() as n:
         n.start_soon(pump_into, stream, vm_in)
@@ -94,11 +103,15 @@ async def raw_vm(
             data = console_text(rng, check.name, i)
             await stream.send_all(data)
             check.sent += data
+            if on_line is not None:
+                on_line(i)
             await trio.sleep(0.002)
-        typed = f"hello {check.name}\r".encode() + b"\xff\x00"
+        if before_typing is not None:
+            await before_typing.wait()
+        typed = typed or f"hello {check.name}\r".encode() + b"\xff\x00"
         check.typed += typed
         await console.send_all(typed)
-        with trio.move_on_after(10):
+        with trio.move_on_after(20):
             while len(vm_in) < len(typed) or len(check.received) < len(check.sent):
                 await trio.sleep(0.01)
         check.typed_seen += vm_in
