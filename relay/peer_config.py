@@ -209,7 +209,7 @@ class FollowConfig:
                        self.verify_tls)
 
     def routes(self, name: str) -> dict[str, Route]:
-        return {h: Route(a, identity=self.identities.get(h, ""), tls=self.tls, name=f"{name}@{h}")
+        return {h: Route(a, identity=self.identities.get(h, ""), tls=self.tls, name=name)
                 for h, a in self.hosts.items()}
 
 
