@@ -32,6 +32,14 @@ SMALL_READ = 16 << 10
 # pipe pages. A read that fills PROBE_SIZE switches the direction to splicing
 # until a burst comes in under it again.
 PROBE_SIZE = 64 << 10
+# A Unix stream socket queues at most its send buffer (wmem_default, ~208 KiB)
+# at the receiver: a bulk direction writing into one would block (and go back
+# through the event loop) every ~200 KiB. Once a direction turns bulk, its
+# destination's SO_SNDBUF is raised to this (the kernel doubles it, capped by
+# net.core.wmem_max). Memory is only charged while bytes are queued, and idle
+# or interactive streams never turn bulk. TCP destinations are left alone: a
+# fixed SO_SNDBUF would switch off their autotuning (up to tcp_wmem max).
+BULK_UNIX_SNDBUF = 1 << 20
 
 _SPLICE_FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
 if hasattr(socket, "AF_VSOCK"):
@@ -94,6 +102,21 @@ def write_fd(stream: trio.abc.Stream | trio.abc.SendStream) -> int | None:
     return None
 
 
+def _grow_unix_sndbuf(stream: trio.abc.Stream | trio.abc.SendStream) -> None:
+    if isinstance(stream, trio.StapledStream):
+        stream = stream.send_stream
+    if not isinstance(stream, trio.SocketStream):
+        return
+    sock = stream.socket
+    if sock.family != socket.AF_UNIX:
+        return
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < 2 * BULK_UNIX_SNDBUF:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BULK_UNIX_SNDBUF)
+    except OSError:
+        pass
+
+
 def _drain_pipe(pipe: Pipe, n: int) -> bytes:
     out = bytearray()
     while len(out) < n:
@@ -153,8 +176,12 @@ async def splice_direction(
     """
 
     bulk = False
+    grown = False  # the destination's send buffer was raised for bulk
     while True:
         if bulk:
+            if not grown:
+                _grow_unix_sndbuf(dst)
+                grown = True
             eof, moved = await _splice_burst(src, dst, src_fd, dst_fd, pool, on_moved, stall_timeout)
             if eof:
                 return True
