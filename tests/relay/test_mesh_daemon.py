@@ -13,7 +13,6 @@ import trio
 
 from relay.admin import admin_request
 from relay.config import EgressConfig, RelayConfig, TcpListener, loads_config
-from relay.core.forwarded import encode_preamble
 from relay.daemon import RelayDaemon
 from relay.peer_config import LinkTuning, PeerConfig, PeerListen, PeerRoute, PeerTls
 from relay.tls import TlsFiles
@@ -300,25 +299,6 @@ def test_config_keys_are_named(tmp_path: Path) -> None:
         loads_config('[egress.x]\nkind = "tcp"\nhost = "h"\nport = 1\n[peer]\n'
                      '[[peer.listen]]\naddress = "tcp:0.0.0.0:1"\ntls = false\nforward = "unix:/x"\n')
     assert e.value.key.endswith("forward")
-
-
-def test_preamble_roundtrip() -> None:
-    from relay.core.forwarded import PreambleDecoder, PreambleError
-
-    raw = encode_preamble("vic://host/esx-01") + b"\x00\x01rest"
-    dec = PreambleDecoder()
-    for i in range(len(raw)):
-        ident, rest = dec.feed(raw[i:i + 1])
-        if ident is not None:
-            assert ident == "vic://host/esx-01"
-            assert rest + raw[i + 1:] == b"\x00\x01rest"
-            break
-    else:
-        raise AssertionError("no identity")
-    with pytest.raises(PreambleError):
-        PreambleDecoder().feed(b"GET / HTTP/1.1\r\n")
-    with pytest.raises(PreambleError):
-        PreambleDecoder().feed(b"VICLINK 1 " + b"x" * 600)
 
 
 logging.getLogger("relay").setLevel(logging.INFO)
