@@ -13,6 +13,8 @@ Telnet-encoded as ESX does (0xFF doubled), and a reader receives it:
 The attached client's queue is configured large (the reader shares a process
 with the sender, so it must not be dropped as a slow client: that policy is
 tested elsewhere, not benchmarked here), and log rotation is set beyond the run.
+A run's log file is emptied once checked (see ``release_log``), and the work
+directory is removed at the end.
 
 Two payloads: console text (no 0xFF) and random binary (0xFF about every 256
 bytes). Each repetition runs the three paths in turn; the script prints the
@@ -21,6 +23,7 @@ on text), verifies every byte arrived intact and in order, and writes JSON + PNG
 to bench/results/ (or $VIC_BENCH_RESULTS).
 
     .venv/bin/python bench/vspc_throughput.py [--mib 32] [--reps 5] [--smoke]
+        [--paths direct,socat,vspc,vspc_log] [--kinds text,binary]
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -162,6 +167,19 @@ def log_size(v: bl.Vspc, vm: SimVM) -> int:
     return sum(p.stat().st_size for p in v.log_dir.glob(f"{vm.canonical_uuid}*.log"))
 
 
+def release_log(v: bl.Vspc, vm: SimVM) -> None:
+    """Empty a finished run's console log (checked already; its VM is gone).
+
+    Otherwise every run's log stays in the page cache and the next run's log is
+    written into memory the machine never touched before (on a VM guest each
+    such page costs a fault in the host), a cost that grows with the number of
+    runs and that a long-running vSPC, whose page cache recycles pages, does
+    not pay.
+    """
+    for p in v.log_dir.glob(f"{vm.canonical_uuid}*.log"):
+        os.truncate(p, 0)
+
+
 async def run_vspc_log(v: bl.Vspc, payload: bytes, seed: int) -> Run:
     vm = SimVM.random(random.Random(seed), name=f"bench-{seed}")
     async with trio.open_nursery() as n:
@@ -179,6 +197,7 @@ async def run_vspc_log(v: bl.Vspc, payload: bytes, seed: int) -> Run:
     logs = list(v.log_dir.glob(f"{vm.canonical_uuid}*.log"))
     if len(logs) != 1 or logs[0].read_bytes() != payload:
         raise RuntimeError("console log differs from what the VM wrote")
+    release_log(v, vm)
     return run
 
 
@@ -205,6 +224,7 @@ async def run_vspc(v: bl.Vspc, payload: bytes, seed: int) -> Run:
         while (size := log_size(v, vm)) < len(payload):
             await trio.sleep(0.05)
     run.log_bytes = log_size(v, vm) if size < len(payload) else size
+    release_log(v, vm)
     return run
 
 
@@ -213,7 +233,8 @@ async def run_vspc(v: bl.Vspc, payload: bytes, seed: int) -> Run:
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     size = int(args.mib * 1024 * 1024)
-    payloads = {"text": console_text(size), "binary": binary(size)}
+    makers = {"text": console_text, "binary": binary}
+    payloads = {k: makers[k](size) for k in args.kinds}
     wants_vspc = any(p.startswith("vspc") for p in args.paths)
     reason = bl.vspc_available() if wants_vspc else "not selected (--paths)"
     results: dict[str, Any] = {
@@ -222,7 +243,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     notes: list[str] = []
     workdir = Path(tempfile.mkdtemp(prefix="vspc-bench-"))
-    queue = max(64 << 20, 2 * len(tw.escape(payloads["binary"])))
+    queue = max(64 << 20, 2 * max(len(tw.escape(p)) for p in payloads.values()))
     console_extra = f"client-queue-bytes = {queue}\nlog-max-bytes = {1 << 40}"
     vspc_cm = bl.run_vspc(workdir, console_extra=console_extra) if reason is None else None
     v = vspc_cm.__enter__() if vspc_cm is not None else None
@@ -269,6 +290,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if vspc_cm is not None:
             vspc_cm.__exit__(None, None, None)
+        shutil.rmtree(workdir, ignore_errors=True)
     summary: dict[str, Any] = {}
 
     def ratio(a: float, b: float) -> float | None:
@@ -344,10 +366,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mib", type=float, default=32.0, help="console MiB per run")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--kinds", default="text,binary", help="comma list of text,binary")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (< 20 s)")
     ap.add_argument("--paths", default=",".join(PATHS), help="comma list of " + ",".join(PATHS))
     args = ap.parse_args()
     args.paths = tuple(p for p in args.paths.split(",") if p)
+    args.kinds = tuple(k for k in args.kinds.split(",") if k)
+    if not args.kinds or set(args.kinds) - {"text", "binary"}:
+        ap.error("--kinds: a comma list of text, binary")
     if args.smoke:
         args.mib, args.reps = 1.0, 2
     data = trio.run(bench, args)
