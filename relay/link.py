@@ -14,7 +14,10 @@ another link. Nothing else in the process is affected.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import select
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,6 +46,72 @@ log = logging.getLogger("relay.link")
 __all__ = ["LinkClosingError", "LinkConfig", "LinkDeadError", "PeerLink", "StreamHandler"]
 
 
+SMALL_READ = 32 * 1024
+NOTSENT_LOWAT = 1 << 30
+MAX_LOWAT = 512 * 1024
+
+
+def _socket_of(transport: trio.abc.Stream) -> trio.socket.SocketType | None:
+    if isinstance(transport, TlsStream):
+        transport = transport.transport
+    if isinstance(transport, trio.SocketStream):
+        return transport.socket
+    return None
+
+
+def _unthrottle(transport: trio.abc.Stream) -> None:
+    """Undo trio's TCP_NOTSENT_LOWAT (16 KiB) on a link socket: the writer sends
+    large batches, and a 16 KiB low-water mark splits them into many wakeups."""
+    sock = _socket_of(transport)
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+
+
+class _LowWater:
+    """SO_RCVLOWAT of the link socket, set only when it changes: while the rest of a
+    large DATA payload is on its way, the reader is woken once when it is all
+    there (or the link fails), not for every segment that trickles in."""
+
+    def __init__(self, transport: trio.abc.Stream) -> None:
+        sock = _socket_of(transport)
+        self._sock = sock if sock is not None and sock.family != socket.AF_UNIX else None
+        self._tls = transport if isinstance(transport, TlsStream) else None
+        self._value = 1
+
+    def expect(self, n: int) -> None:
+        """The next read waits for about ``n`` bytes (1: any byte)."""
+        if self._sock is None:
+            return
+        if self._tls is not None:
+            n -= self._tls.ciphertext_pending()  # ciphertext is never shorter
+        n = max(1, min(n, MAX_LOWAT))
+        if n != self._value:
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+            except OSError:
+                self._sock = None
+                return
+            self._value = n
+
+
+def _input_probe(transport: trio.abc.Stream) -> Callable[[], bool]:
+    """A cheap "more bytes are waiting to be read right now" test for ``transport``
+    (always False when it cannot tell: per-batch work is then done every read)."""
+    sock = _socket_of(transport)
+    if sock is None:
+        return lambda: False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poll = poller.poll
+    if isinstance(transport, TlsStream):
+        tls = transport
+        return lambda: tls.input_pending() or bool(poll(0))
+    return lambda: bool(poll(0))
+
+
 class LinkDeadError(Exception):
     """The link is gone (closed, broken, silent or hostile peer)."""
 
@@ -60,6 +129,7 @@ class LinkConfig:
     write_high_water: int = 2 * 1024 * 1024
     send_quantum: int = 128 * 1024  # bytes a stream may queue per round-robin turn
     read_size: int = 256 * 1024
+    ack_bytes: int = 1024 * 1024  # ACK received bytes at least this often (and when idle)
 
 
 class StreamHandler(Protocol):
@@ -114,6 +184,7 @@ class PeerLink:
         self._pong = trio.Event()
         self.bytes_in = 0
         self.bytes_out = 0
+        _unthrottle(transport)
 
     # ---------------------------------------------------------------- public state
     @property
@@ -350,34 +421,61 @@ class PeerLink:
             self._kick()
 
     async def _reader(self) -> None:
-        # one receive buffer for the life of the link: the decoder copies out what it keeps
+        # One receive buffer for the life of the link (the decoder copies out what it
+        # keeps); the bulk of a large DATA payload is received straight into the
+        # payload's own buffer instead (no copy at all).
         rmv = memoryview(bytearray(self.config.read_size))
+        # after a payload received in place, read little: the next frame's header and
+        # the start of its payload (copied), so that most of it goes in place too
+        small = rmv[:min(len(rmv), SMALL_READ)]
         t = self.transport
+        mux = self.mux
         recv_into: Callable[[memoryview], Awaitable[int]] | None = None
         if isinstance(t, TlsStream):
             recv_into = t.receive_into
         elif isinstance(t, trio.SocketStream):
             recv_into = t.socket.recv_into
+        more_input = _input_probe(t)
+        low = _LowWater(t)
+        ack_bytes = self.config.ack_bytes
+        touched_bytes = 0
+        in_place = False
         while True:
-            if recv_into is not None:
-                n = await recv_into(rmv)
-                data: bytes | bytearray | memoryview = rmv[:n]
+            target = mux.receive_buffer() if recv_into is not None else None
+            if target is not None and recv_into is not None:
+                low.expect(len(target))
+                n = await recv_into(target)
+                if not n:
+                    raise LinkDeadError("peer closed the link")
+                events = mux.received_in_place(n, trio.current_time())
+                in_place = True
             else:
-                data = await t.receive_some(len(rmv))
-                n = len(data)
-            if not n:
-                raise LinkDeadError("peer closed the link")
+                low.expect(1)
+                if recv_into is not None:
+                    buf = small if in_place else rmv
+                    n = await recv_into(buf)
+                    data: bytes | bytearray | memoryview = buf[:n]
+                else:
+                    data = await t.receive_some(len(rmv))
+                    n = len(data)
+                if not n:
+                    raise LinkDeadError("peer closed the link")
+                events = mux.receive_data(data, trio.current_time())
+                in_place = False
             self.bytes_in += n
-            events = self.mux.receive_data(data, trio.current_time())
-            if not self._ready.is_set() and self.mux.ready:
+            if not self._ready.is_set() and mux.ready:
                 self._ready.set()
             for ev in events:
                 self._dispatch(ev)
             if self._touched:
-                touched, self._touched = self._touched, {}
-                for h in touched.values():
-                    h.on_batch_end()
-            if self.mux.pending_output:
+                # per-batch work (ACKs) once the input is drained, or every ack_bytes
+                touched_bytes += n
+                if touched_bytes >= ack_bytes or not more_input():
+                    touched_bytes = 0
+                    touched, self._touched = self._touched, {}
+                    for h in touched.values():
+                        h.on_batch_end()
+            if mux.pending_output:
                 self._kick()
 
     def _dispatch(self, ev: object) -> None:

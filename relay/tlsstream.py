@@ -21,6 +21,7 @@ from typing import Any, cast
 import trio
 
 READ_SIZE = 256 * 1024
+RECORD = 16 * 1024  # TLS maximum record payload
 
 
 class TlsStream(trio.abc.Stream):
@@ -34,6 +35,7 @@ class TlsStream(trio.abc.Stream):
         self._read_size = read_size
         self._eof = False
         self._broken: BaseException | None = None
+        self._rbuf: memoryview | None = None
 
     # ------------------------------------------------------------- info
     def getpeercert(self, binary_form: bool = False) -> Any:
@@ -44,6 +46,14 @@ class TlsStream(trio.abc.Stream):
 
     def cipher(self) -> Any:
         return self._ssl.cipher()
+
+    def ciphertext_pending(self) -> int:
+        """Received TLS bytes not decrypted yet."""
+        return self._in.pending
+
+    def input_pending(self) -> bool:
+        """Received TLS bytes not decrypted yet (or decrypted, not read yet)."""
+        return self._in.pending > 0 or self._ssl.pending() > 0
 
     # ------------------------------------------------------------- plumbing
     async def _flush(self) -> None:
@@ -59,12 +69,22 @@ class TlsStream(trio.abc.Stream):
                     raise
 
     async def _fill(self) -> None:
-        data = await self.transport.receive_some(self._read_size)
-        if data:
-            self._in.write(data)
+        t = self.transport
+        if isinstance(t, trio.SocketStream):
+            # into one reusable buffer: no allocation per read
+            if self._rbuf is None:
+                self._rbuf = memoryview(bytearray(self._read_size))
+            n = await t.socket.recv_into(self._rbuf)
+            if n:
+                self._in.write(self._rbuf[:n])
+                return
         else:
-            self._in.write_eof()
-            self._eof = True
+            data = await t.receive_some(self._read_size)
+            if data:
+                self._in.write(data)
+                return
+        self._in.write_eof()
+        self._eof = True
 
     def _tls_failed(self, e: ssl.SSLError) -> trio.BrokenResourceError:
         err = trio.BrokenResourceError(f"TLS failure: {e}")
@@ -107,8 +127,31 @@ class TlsStream(trio.abc.Stream):
         if self._broken is not None:
             raise trio.BrokenResourceError("TLS stream is broken") from self._broken
         try:
+            write = self._ssl.write
+            # Each write ends a TLS record: small parts (frame headers) are joined
+            # with the start of what follows, up to one full record, so a header
+            # never travels as a record of its own.
+            head = bytearray()
             for p in parts:
-                self._ssl.write(p)
+                n = len(p)
+                if not head and n >= RECORD:
+                    write(p)
+                    continue
+                room = RECORD - len(head)
+                if n < room:
+                    head += p
+                    continue
+                head += memoryview(p)[:room]
+                write(head)
+                head = bytearray()
+                if n > room:
+                    rest = memoryview(p)[room:]
+                    if len(rest) >= RECORD:
+                        write(rest)
+                    else:
+                        head += rest
+            if head:
+                write(head)
         except ssl.SSLError as e:
             raise self._tls_failed(e) from e
         await self._flush()

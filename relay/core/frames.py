@@ -332,6 +332,35 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf) + (self._filled if self._pending is not None else 0)
 
+    def receive_buffer(self) -> memoryview | None:
+        """The unfilled rest of a large DATA payload being assembled, if any.
+
+        The caller may receive straight into it (no copy through its own read
+        buffer) and then report the count with ``filled(n)``; None when the next
+        bytes start a new frame (use ``feed``).
+        """
+        if self._pending is None or self._error is not None:
+            return None
+        return memoryview(self._pending[2])[self._filled:]
+
+    def filled(self, n: int) -> list[Frame]:
+        """``n`` bytes were written into ``receive_buffer()``; the frames completed by them."""
+        if self._error is not None:
+            raise self._error
+        pending = self._pending
+        if pending is None:
+            if n:
+                raise ValueError("filled() without a receive buffer")
+            return []
+        sid, off, pay = pending
+        if not 0 <= n <= len(pay) - self._filled:
+            raise ValueError("filled() beyond the receive buffer")
+        self._filled += n
+        if self._filled < len(pay):
+            return []
+        self._pending = None
+        return [Data(sid, off, pay)]
+
     def _header(self, buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int, int, int]:
         ftype, flags, sid, length = HEADER.unpack_from(buf, pos)
         if length > self.max_payload:

@@ -344,6 +344,21 @@ class Mux:
             self._handle(fr, now, events)
         return events
 
+    def receive_buffer(self) -> memoryview | None:
+        """Where the next received bytes may go directly (the rest of a large DATA
+        payload being assembled), or None: then pass them to ``receive_data``."""
+        return self._decoder.receive_buffer()
+
+    def received_in_place(self, n: int, now: float) -> list[Event]:
+        """``n`` bytes were received into ``receive_buffer()``; like ``receive_data``."""
+        frames = self._decoder.filled(n)
+        if n:
+            self._last_recv = now
+        events: list[Event] = []
+        for fr in frames:
+            self._handle(fr, now, events)
+        return events
+
     def _handle(self, fr: F.Frame, now: float, events: list[Event]) -> None:
         if not self._hello_received:
             if not isinstance(fr, F.Hello):
