@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -118,6 +119,21 @@ class RotatingFile:
             mv = mv[n:]
 
 
+def _coalesce(chunks: list[bytes], small: int = 64 * 1024) -> Iterator[bytes]:
+    """Big chunks as they are (no copy), runs of small ones joined (fewer writes)."""
+    run: list[bytes] = []
+    for c in chunks:
+        if len(c) < small:
+            run.append(c)
+            continue
+        if run:
+            yield run[0] if len(run) == 1 else b"".join(run)
+            run = []
+        yield c
+    if run:
+        yield run[0] if len(run) == 1 else b"".join(run)
+
+
 @dataclass(frozen=True)
 class LogSettings:
     dir: Path | None
@@ -137,7 +153,7 @@ class PortLog:
 
     def __init__(self, stem: str) -> None:
         self.stem = stem
-        self.pending: list[bytes] = []  # chunks as queued (no copy), joined in the thread
+        self.pending: list[bytes] = []  # chunks as queued (no copy)
         self.pending_bytes = 0
         self.inflight = 0
         self.events: list[bytes] = []
@@ -300,8 +316,8 @@ class LogWriter:
             try:
                 if job.size:
                     f = self._files.get(settings.dir / f"{job.port.stem}.log")
-                    data = job.data[0] if len(job.data) == 1 else b"".join(job.data)
-                    f.write(data, settings.max_bytes, settings.keep)
+                    for data in _coalesce(job.data):
+                        f.write(data, settings.max_bytes, settings.keep)
                 if job.events:
                     f = self._files.get(settings.dir / f"{job.port.stem}.events.jsonl")
                     f.write(b"".join(job.events), settings.max_bytes, settings.keep, whole_lines=True)
