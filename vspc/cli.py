@@ -19,6 +19,7 @@ import trio
 from vic.ops import config as cfgmod
 from vic.ops import logs, sdnotify
 from vic.ops.daemon import watch_signals
+from vspc import runtime_tuning
 from vspc.config import VspcConfig
 
 log = logging.getLogger("vspc")
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.config}: ok")
         return 0
     logs.setup(config.log_level)
+    runtime_tuning.tune_allocator()
     try:
         trio.run(serve, args.config, config, args.drain_seconds)
     except BaseExceptionGroup as eg:
@@ -74,6 +76,7 @@ async def serve(path: Path, config: VspcConfig, drain_seconds: float) -> None:
         await nursery.start(service.run)
         endpoint = Endpoint(service)
         await nursery.start(endpoint.run)
+        runtime_tuning.freeze_startup_objects()
 
         async def reload() -> None:
             sdnotify.reloading()
