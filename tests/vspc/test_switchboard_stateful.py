@@ -276,6 +276,7 @@ class SwitchboardMachine(RuleBasedStateMachine):
         for k, c in zip(KEYS, carriers):
             if c is not None:
                 assert c in self.open and self.sb.port_of(c) == k
+        assert self.sb.carried_ports() == len(live), "carried-ports counter out of step"
 
     @invariant()
     def buffers_bounded(self) -> None:

@@ -26,6 +26,7 @@ Calls (each returns ``list[Action]`` unless noted)::
     sb.next_deadline() -> float | None
     sb.to_vm_room(key) -> int ; sb.from_vm_room(conn) -> int
     sb.carrier(key), sb.port_of(conn), sb.ports(), sb.pending_vmotions()
+    sb.carried_ports() -> int             # ports with a carrier, O(1)
 
 Actions: ``SendData`` / ``SendGoahead`` / ``SendNotNow`` / ``SendPeerOk`` (write to an
 ESX connection), ``Deliver`` (console bytes to the port's console), ``CloseConn``
@@ -329,6 +330,7 @@ class Switchboard:
         self._pending: dict[PortKey, _Port] = {}  # ports whose vMotion is not IDLE
         self._cookies: dict[bytes, PortKey] = {}  # seq + secret -> port
         self._draining: dict[Conn, _ConnRec] = {}  # drains with a deadline, not yet closed
+        self._carried = 0  # ports whose carrier is not None
 
     # ---- reconfiguration (SIGHUP): applies to what starts from now on
 
@@ -354,6 +356,10 @@ class Switchboard:
         if port is None or port.carrier is None:
             return None
         return port.carrier.conn
+
+    def carried_ports(self) -> int:
+        """How many ports have a carrier (O(1): kept up to date, for metrics)."""
+        return self._carried
 
     def port_of(self, conn: Conn) -> PortKey | None:
         rec = self._conns.get(conn)
@@ -445,7 +451,7 @@ class Switchboard:
             out.append(PortEvent(key, EventKind.IDENTITY, "carrier", conn))
         else:
             old = port.carrier
-            port.carrier = None
+            self._drop_carrier(port)
             self._make_drain(port, old, deadline=None)
             self._close(old, "superseded by a newer connection for the same port", out)
             self._make_carrier(port, rec)
@@ -477,7 +483,7 @@ class Switchboard:
             self._apply(port, step, out, now)
         role = rec.role
         if role is _Role.CARRIER:
-            port.carrier = None
+            self._drop_carrier(port)
             if rec.held:  # waiting behind drains: keep its place in the order
                 port.drains.append(rec)
         elif role is _Role.DRAIN:
@@ -669,7 +675,14 @@ class Switchboard:
 
     def _make_carrier(self, port: _Port, rec: _ConnRec) -> None:
         rec.role = _Role.CARRIER
+        if port.carrier is None:
+            self._carried += 1
         port.carrier = rec
+
+    def _drop_carrier(self, port: _Port) -> None:
+        if port.carrier is not None:
+            port.carrier = None
+            self._carried -= 1
 
     def _make_drain(self, port: _Port, rec: _ConnRec, deadline: float | None) -> None:
         rec.role = _Role.DRAIN
@@ -770,7 +783,7 @@ class Switchboard:
         dest = self._conns[before.dest]
         src = port.carrier
         if src is not None:
-            port.carrier = None
+            self._drop_carrier(port)
             self._make_drain(port, src, deadline=now + self.vmotion_timeout)
         port.waiting.remove(dest)
         self._make_carrier(port, dest)
