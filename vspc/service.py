@@ -29,7 +29,7 @@ import trio
 from vic.ops.config import ConfigError
 from vic.ops.metrics_http import serve_metrics
 from vspc.config import ListenConfig, MetricsConfig, VspcConfig
-from vspc.console.hub import Console
+from vspc.console.hub import Console, coalesce
 from vspc.console.service import ConsoleService
 from vspc.core import esx_session as es
 from vspc.core import switchboard as sb
@@ -504,8 +504,8 @@ class VspcService:
         try:
             while backlog.chunks:
                 chunks, backlog.chunks, backlog.size = backlog.chunks, [], 0
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                await console.from_vm(data)
+                for data in coalesce(chunks):  # big chunks as they are: no copy
+                    await console.from_vm(data)
                 if backlog.paused and backlog.size < self.console_backlog_bytes:
                     paused, backlog.paused = backlog.paused, set()
                     for conn in paused:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vspc.console.hub import SEND_CHUNK, Client
+from vspc.console.hub import SEND_CHUNK, Client, coalesce
 
 
 async def drain(c: Client) -> list[bytes]:
@@ -58,3 +58,12 @@ async def test_close_with_a_notice_discards_what_is_queued() -> None:
     c.close(b"bye")
     assert c.push(b"late", limit=1 << 20)  # closed: accepted and ignored
     assert await drain(c) == [b"bye"]
+
+
+def test_coalesce_keeps_big_chunks_and_joins_runs_of_small_ones() -> None:
+    big1, big2 = b"B" * 70_000, b"C" * 65_536
+    chunks = [b"a", b"b", big1, big2, b"c", b"d", b"e", big1, b"f"]
+    out = list(coalesce(chunks))
+    assert out == [b"ab", big1, big2, b"cde", big1, b"f"]
+    assert out[1] is big1 and out[2] is big2  # not copied
+    assert list(coalesce([])) == [] and list(coalesce([b"x"])) == [b"x"]

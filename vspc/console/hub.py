@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from itertools import count
 
@@ -158,6 +158,21 @@ class Client:
         return out
 
 
+def coalesce(chunks: list[bytes], small: int = 64 * 1024) -> Iterator[bytes]:
+    """``chunks`` in order: big ones as they are (no copy), runs of small ones joined."""
+    run: list[bytes] = []
+    for c in chunks:
+        if len(c) < small:
+            run.append(c)
+            continue
+        if run:
+            yield run[0] if len(run) == 1 else b"".join(run)
+            run = []
+        yield c
+    if run:
+        yield run[0] if len(run) == 1 else b"".join(run)
+
+
 def _frozen(data: bytes | bytearray | memoryview) -> bytes | memoryview:
     """``data`` itself when it cannot change under us (bytes, a view of bytes), else a copy."""
     if type(data) is bytes:
@@ -241,16 +256,31 @@ class Console:
         self._deliver(data)
 
     async def _from_vm_slow(self, data: bytes) -> None:
+        """Deliver ``data`` as the log queue makes room.
+
+        Waits for room for the whole rest, or for a quarter of what the queue can
+        hold if the rest is bigger: pieces stay big (a piece is a view of
+        ``data``, which the log queue then copies), and a chunk that fits is
+        delivered whole, without any copy.
+        """
         if self._lock is None:
             self._lock = trio.Lock()
         mv = memoryview(data)
         async with self._lock:
             writer = self._hub.writer
             while mv:
-                room = writer.room(self._log) if writer.enabled else len(mv)
-                if room <= 0:
+                if not writer.enabled:
+                    self._deliver(mv)
+                    return
+                s = writer.settings
+                want = max(1, min(len(mv), min(s.queue_bytes, s.queue_total_bytes) // 4))
+                room = writer.room(self._log)
+                if room < want:
                     await writer.wait_room()
                     continue
+                if room >= len(mv):
+                    self._deliver(data if len(mv) == len(data) else mv)
+                    return
                 self._deliver(mv[:room])
                 mv = mv[room:]
 
