@@ -34,7 +34,7 @@ MAX_PENDING_EVENTS = 1024
 # Batching: the writer waits up to FLUSH_INTERVAL for more data before a write,
 # unless URGENT_BYTES are queued or a VM is waiting for room.
 FLUSH_INTERVAL = 0.05
-URGENT_BYTES = 256 * 1024
+URGENT_BYTES = 1024 * 1024
 
 
 def file_stem(key: PortKey) -> str:
