@@ -49,17 +49,25 @@ def rotated(path: Path, n: int) -> Path:
 class RotatingFile:
     """A size-rotated append-only file. Blocking; one thread at a time."""
 
-    __slots__ = ("fd", "path", "size")
+    __slots__ = ("_name", "fd", "size")
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._name = os.fspath(path)  # a str: opened once per write burst, keep it cheap
         self.fd: int | None = None
         self.size = 0
 
+    @property
+    def path(self) -> Path:
+        return Path(self._name)
+
     def open(self) -> None:
         if self.fd is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            try:
+                self.fd = os.open(self._name, flags, 0o640)
+            except (FileNotFoundError, NotADirectoryError):  # no directory (yet, or any more)
+                os.makedirs(os.path.dirname(self._name) or ".", exist_ok=True)
+                self.fd = os.open(self._name, flags, 0o640)
             self.size = os.fstat(self.fd).st_size
 
     def close(self) -> None:
@@ -179,9 +187,9 @@ class _Job:
 class _Files:
     """Thread-side state: an LRU of open files (a size is re-read from fstat on open)."""
 
-    open_lru: OrderedDict[Path, RotatingFile] = field(default_factory=OrderedDict)
+    open_lru: OrderedDict[str, RotatingFile] = field(default_factory=OrderedDict)
 
-    def get(self, path: Path) -> RotatingFile:
+    def get(self, path: str) -> RotatingFile:
         f = self.open_lru.get(path)
         if f is not None:
             self.open_lru.move_to_end(path)
@@ -312,14 +320,15 @@ class LogWriter:
     def _write_jobs(self, settings: LogSettings, jobs: list[_Job]) -> None:
         if settings.dir is None:
             return
+        base = os.fspath(settings.dir)
         for job in jobs:
             try:
                 if job.size:
-                    f = self._files.get(settings.dir / f"{job.port.stem}.log")
+                    f = self._files.get(f"{base}/{job.port.stem}.log")
                     for data in _coalesce(job.data):
                         f.write(data, settings.max_bytes, settings.keep)
                 if job.events:
-                    f = self._files.get(settings.dir / f"{job.port.stem}.events.jsonl")
+                    f = self._files.get(f"{base}/{job.port.stem}.events.jsonl")
                     f.write(b"".join(job.events), settings.max_bytes, settings.keep, whole_lines=True)
             except OSError as e:
                 # A broken disk must not stall every VM: report it loudly and carry on.
