@@ -48,7 +48,37 @@ def test_ring_memory_grows_with_data_only() -> None:
     ring.append(b"x" * 10)
     assert len(ring._buf) == 10  # a quiet VM does not cost a full ring
     ring.append(b"y" * (2 << 20))
-    assert len(ring._buf) == 1 << 20
+    assert len(ring) == 1 << 20
     ring.append(b"z" * 5)
     assert len(ring._buf) == 1 << 20
     assert ring.last(6) == b"yzzzzz"
+
+
+@given(
+    cap=st.integers(0, 64),
+    chunks=st.lists(st.tuples(st.binary(max_size=300), st.sampled_from(["bytes", "view", "bytearray"])), max_size=30),
+)
+def test_ring_exact_whatever_the_chunk_type_and_size(cap: int, chunks: list[tuple[bytes, str]]) -> None:
+    """Big immutable chunks are kept by reference, mutable ones copied: same content."""
+    ring = Ring(cap)
+    everything = b""
+    for raw, kind in chunks:
+        buf = bytearray(raw)
+        data: bytes | bytearray | memoryview = (
+            raw if kind == "bytes" else memoryview(raw)[0:] if kind == "view" else buf
+        )
+        ring.append(data)
+        buf[:] = b"\x00" * len(buf)  # the caller reuses its buffer
+        everything += raw
+        assert len(ring) == min(cap, len(everything))
+        assert ring.last(cap) == (everything[-cap:] if cap else b"")
+        assert ring.last(7) == (everything[-min(7, cap):] if min(7, cap) else b"")
+
+
+def test_a_bulk_chunk_is_not_copied() -> None:
+    ring = Ring(1024)
+    chunk = bytes(range(256)) * 16  # 4 KiB, up to 4x the ring: kept by reference
+    ring.append(chunk)
+    assert ring._tail is chunk and ring.last(3) == chunk[-3:]
+    ring.append(b"abc")  # a small one: the tail is copied in, then the ring goes circular
+    assert ring._tail is None and ring.last(1024) == (chunk + b"abc")[-1024:]

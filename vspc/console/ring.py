@@ -1,14 +1,19 @@
 """Replay ring: the last ``capacity`` bytes a VM wrote.
 
 Sans-IO. Memory grows with the data (a quiet VM costs next to nothing) up to
-``capacity``; once full it is a fixed circular buffer.
+``capacity``; once full it is a fixed circular buffer. An immutable chunk at
+least as big as the ring (and at most 4x) is kept by reference instead of being
+copied: while a VM writes in bulk the ring copies nothing; the next smaller
+chunk copies its tail into the buffer first.
 """
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 
 class Ring:
-    __slots__ = ("_buf", "_cap", "_full", "_head", "total")
+    __slots__ = ("_buf", "_cap", "_full", "_head", "_tail", "total")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 0:
@@ -17,6 +22,8 @@ class Ring:
         self._buf = bytearray()
         self._full = False  # circular mode: len(_buf) == _cap, oldest byte at _head
         self._head = 0
+        # When set: the ring's content is the last _cap bytes of this (immutable) chunk.
+        self._tail: bytes | memoryview | None = None
         self.total = 0  # bytes ever appended
 
     @property
@@ -24,7 +31,7 @@ class Ring:
         return self._cap
 
     def __len__(self) -> int:
-        return self._cap if self._full else len(self._buf)
+        return self._cap if self._full or self._tail is not None else len(self._buf)
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         n = len(data)
@@ -33,6 +40,10 @@ class Ring:
         if n == 0 or cap == 0:
             return
         if n >= cap:
+            if n <= 4 * cap and _immutable(data):
+                self._tail = data  # no copy
+                return
+            self._tail = None
             tail = memoryview(data)[n - cap :]
             if self._full:
                 self._buf[:] = tail  # same size: copied in place, no new buffer
@@ -41,6 +52,8 @@ class Ring:
                 self._full = True
             self._head = 0
             return
+        if self._tail is not None:
+            self._settle()
         if not self._full:
             room = cap - len(self._buf)
             if n <= room:
@@ -65,12 +78,28 @@ class Ring:
             buf[: n - first] = mv[first:]
         self._head = (h + n) % cap
 
+    def _settle(self) -> None:
+        """Copy the referenced chunk's tail into the buffer (the ring becomes circular)."""
+        t = self._tail
+        assert t is not None
+        self._tail = None
+        tail = memoryview(t)[len(t) - self._cap :]
+        if len(self._buf) == self._cap:
+            self._buf[:] = tail
+        else:
+            self._buf = bytearray(tail)
+        self._full = True
+        self._head = 0
+
     def last(self, n: int) -> bytes:
         """The last ``min(n, len(self))`` bytes, oldest first."""
         size = len(self)
         n = max(0, min(n, size))
         if n == 0:
             return b""
+        if self._tail is not None:
+            t = self._tail
+            return bytes(t[len(t) - n :])
         if not self._full:
             return bytes(self._buf[size - n :])
         buf = self._buf
@@ -89,5 +118,12 @@ class Ring:
         self._buf = bytearray()
         self._full = False
         self._head = 0
+        self._tail = None
         self.append(keep)
         self.total = total
+
+
+def _immutable(data: bytes | bytearray | memoryview) -> TypeGuard[bytes | memoryview]:
+    if type(data) is bytes:
+        return True
+    return isinstance(data, memoryview) and type(data.obj) is bytes and data.itemsize == 1
