@@ -19,7 +19,7 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -143,6 +143,8 @@ class VspcService:
         # change (O(1), never a scan of every port); raw streams relayed through the
         # endpoint add themselves.
         self._carried = 0
+        self._bytes_to_vm = self.metrics.bytes_total.labels(direction="appliance_to_vm")
+        self._bytes_from_vm = self.metrics.bytes_total.labels(direction="vm_to_appliance")
 
     def _sync_connected(self) -> None:
         n = self.board.carried_ports()
@@ -239,8 +241,10 @@ class VspcService:
             self._log_metrics(mc)
         return server
 
-    async def _accepted(self, stream: trio.abc.Stream) -> None:
-        await self.handle_esx_stream(stream, _peer_name(stream))
+    def _accepted(self, stream: trio.abc.Stream) -> Coroutine[Any, Any, None]:
+        # Not a coroutine function itself (nor is handle_esx_stream): a connection's
+        # task holds one coroutine frame less each (16k connections: ~0.5 KiB each).
+        return self.handle_esx_stream(stream, _peer_name(stream))
 
     async def stop_listening(self) -> None:
         await self._stop(self._listener)
@@ -319,15 +323,19 @@ class VspcService:
             self._listener = server
 
     # -- connections ---------------------------------------------------------------
-    async def handle_esx_stream(self, stream: trio.abc.Stream, peer: str) -> None:
-        """Serve one ESX Telnet stream (direct, or relayed through the endpoint)."""
+    def handle_esx_stream(self, stream: trio.abc.Stream, peer: str) -> Coroutine[Any, Any, None]:
+        """Serve one ESX Telnet stream (direct, or relayed through the endpoint).
+
+        ``await service.handle_esx_stream(stream, peer)``: the connection is
+        registered by the call, and served by the coroutine it returns (await it at once).
+        """
         conn = EsxConnection(stream, peer, self.config.proxy_accepts)
         self._conns.add(conn)
         self._changed()
         self.metrics.esx_connections.inc()
         self.board.connection_opened(conn)
         log.info("%r: connected", conn)
-        await conn.run(self)
+        return conn.run(self)
 
     def _changed(self) -> None:
         self._conns_changed.set()
@@ -444,9 +452,9 @@ class VspcService:
         for a in actions:
             if isinstance(a, sb.SendData):
                 _c(a.conn).send_console(a.data)
-                self.metrics.bytes_total.labels(direction="appliance_to_vm").inc(len(a.data))
+                self._bytes_to_vm.inc(len(a.data))
             elif isinstance(a, sb.Deliver):
-                self.metrics.bytes_total.labels(direction="vm_to_appliance").inc(len(a.data))
+                self._bytes_from_vm.inc(len(a.data))
                 await self._deliver(a.key, a.data)
             elif isinstance(a, sb.SendGoahead):
                 conn = _c(a.conn)
@@ -521,7 +529,7 @@ class VspcService:
         console = self.consoles.open(key, self._displays.get(key, key.uuid))
         if key not in self._inputs:
             self._inputs.add(key)
-            console.set_input(self._input_sink(key))
+            console.set_input(_InputSink(self, key))
         return console
 
     def _port_event(self, ev: sb.PortEvent) -> None:
@@ -548,21 +556,19 @@ class VspcService:
         console.event(str(ev.kind), **fields)
         console.set_connected(self.board.carrier(ev.key) is not None)
 
-    def _input_sink(self, key: PortKey) -> Callable[[bytes], Any]:
-        async def sink(data: bytes) -> None:
-            while data:
-                room = self.board.to_vm_room(key)
-                if room <= 0:
-                    ev = self._room.setdefault(key, trio.Event())
-                    await ev.wait()
-                    continue
-                chunk, data = data[:room], data[room:]
-                await self._execute(self.board.to_vm(key, chunk))
-                carrier = self.board.carrier(key)
-                if isinstance(carrier, EsxConnection):
-                    await carrier.wait_out_room()  # a VM that reads slowly slows its typist
-
-        return sink
+    async def to_vm(self, key: PortKey, data: bytes) -> None:
+        """Console input for the VM of ``key`` (from attached clients), in order."""
+        while data:
+            room = self.board.to_vm_room(key)
+            if room <= 0:
+                ev = self._room.setdefault(key, trio.Event())
+                await ev.wait()
+                continue
+            chunk, data = data[:room], data[room:]
+            await self._execute(self.board.to_vm(key, chunk))
+            carrier = self.board.carrier(key)
+            if isinstance(carrier, EsxConnection):
+                await carrier.wait_out_room()  # a VM that reads slowly slows its typist
 
     async def _gc_loop(self) -> None:
         """The full collections automatic ones no longer make (see GC_FULL_INTERVAL)."""
@@ -584,6 +590,19 @@ class VspcService:
                 await self._deadline_changed.wait()
                 continue
             await self._execute(self.board.tick(trio.current_time()))
+
+
+class _InputSink:
+    """A console's input sink: ``service.to_vm`` for one port (smaller than a closure)."""
+
+    __slots__ = ("key", "service")
+
+    def __init__(self, service: VspcService, key: PortKey) -> None:
+        self.service = service
+        self.key = key
+
+    def __call__(self, data: bytes) -> Coroutine[Any, Any, None]:
+        return self.service.to_vm(self.key, data)
 
 
 def _c(conn: object) -> EsxConnection:
