@@ -60,14 +60,13 @@ class OptionChange:
     enabled: bool
 
 
-class _Q:
-    """State of one side of one option: RFC 1143 state + queue bit."""
+# One side of one option is stored as a small int: RFC 1143 state + 4 * queue bit
+# (thousands of sessions are open at once: no object per option side).
+_QUEUE_BIT: Final = 4
 
-    __slots__ = ("queue", "state")
 
-    def __init__(self) -> None:
-        self.state = NO
-        self.queue = _EMPTY
+def _pack(state: int, queue: bool) -> int:
+    return state | (_QUEUE_BIT if queue else 0)
 
 
 class OptionNegotiator:
@@ -78,31 +77,27 @@ class OptionNegotiator:
     def __init__(self, accept_local: Iterable[int] = (), accept_remote: Iterable[int] = ()) -> None:
         self.accept_local: frozenset[int] = frozenset(accept_local)
         self.accept_remote: frozenset[int] = frozenset(accept_remote)
-        self._local: dict[int, _Q] = {}
-        self._remote: dict[int, _Q] = {}
+        self._local: dict[int, int] = {}  # option -> _pack(state, queue); absent: NO, EMPTY
+        self._remote: dict[int, int] = {}
         self._changes: list[OptionChange] = []
 
     # --- queries ---------------------------------------------------------------
     def is_enabled_local(self, option: int) -> bool:
-        q = self._local.get(option)
-        return q is not None and q.state == YES
+        return self.state_local(option) == YES
 
     def is_enabled_remote(self, option: int) -> bool:
-        q = self._remote.get(option)
-        return q is not None and q.state == YES
+        return self.state_remote(option) == YES
 
     def state_local(self, option: int) -> int:
-        q = self._local.get(option)
-        return NO if q is None else q.state
+        return self._local.get(option, NO) & 3
 
     def state_remote(self, option: int) -> int:
-        q = self._remote.get(option)
-        return NO if q is None else q.state
+        return self._remote.get(option, NO) & 3
 
     def pending(self) -> bool:
         """True while any negotiation we started is waiting for an answer."""
         return any(
-            q.state in (WANTNO, WANTYES) for q in (*self._local.values(), *self._remote.values())
+            (v & 3) in (WANTNO, WANTYES) for v in (*self._local.values(), *self._remote.values())
         )
 
     def pop_changes(self) -> list[OptionChange]:
@@ -122,28 +117,27 @@ class OptionNegotiator:
     def _request(self, side: Side, option: int, enable: bool) -> bytes:
         table = self._local if side == "local" else self._remote
         yes_verb, no_verb = (WILL, WONT) if side == "local" else (DO, DONT)
-        q = table.get(option)
-        if q is None:
-            q = table[option] = _Q()
-        s = q.state
+        v = table.get(option, 0)
+        s, queue = v & 3, bool(v & _QUEUE_BIT)
+        out = b""
         if enable:
             if s == NO:
-                q.state = WANTYES
-                return negotiate(yes_verb, option)
-            if s == WANTNO and q.queue == _EMPTY:
-                q.queue = _OPPOSITE
-            elif s == WANTYES and q.queue == _OPPOSITE:
-                q.queue = _EMPTY
-            return b""
-        if s == YES:
-            q.state = WANTNO
+                s = WANTYES
+                out = negotiate(yes_verb, option)
+            elif s == WANTNO and queue == _EMPTY:
+                queue = _OPPOSITE
+            elif s == WANTYES and queue == _OPPOSITE:
+                queue = _EMPTY
+        elif s == YES:
+            s = WANTNO
             self._changes.append(OptionChange(side, option, False))
-            return negotiate(no_verb, option)
-        if s == WANTNO and q.queue == _OPPOSITE:
-            q.queue = _EMPTY
-        elif s == WANTYES and q.queue == _EMPTY:
-            q.queue = _OPPOSITE
-        return b""
+            out = negotiate(no_verb, option)
+        elif s == WANTNO and queue == _OPPOSITE:
+            queue = _EMPTY
+        elif s == WANTYES and queue == _EMPTY:
+            queue = _OPPOSITE
+        table[option] = _pack(s, queue)
+        return out
 
     # --- the peer's messages ---------------------------------------------------
     def receive(self, event: Negotiate) -> tuple[bytes, list[OptionChange]]:
@@ -161,53 +155,55 @@ class OptionNegotiator:
             yes_verb, no_verb = WILL, WONT
         else:
             raise ValueError(f"not a negotiation verb: {verb}")
-        q = table.get(option)
-        if q is None:
+        v = table.get(option)
+        if v is None:
             if verb in (WONT, DONT):
                 return b"", []  # NO and peer says no: nothing to do, nothing stored
-            q = table[option] = _Q()
-        before = q.state == YES
+            v = 0
+        s, queue = v & 3, bool(v & _QUEUE_BIT)
+        before = s == YES
         reply = b""
-        s = q.state
         if verb in (WILL, DO):  # peer wants it on
             if s == NO:
                 if accept:
-                    q.state = YES
+                    s = YES
                     reply = negotiate(yes_verb, option)
                 else:
                     reply = negotiate(no_verb, option)
             elif s == WANTNO:
                 # Error: our "no" answered by "yes".
-                if q.queue == _EMPTY:
-                    q.state = NO
+                if queue == _EMPTY:
+                    s = NO
                 else:
-                    q.state = YES
-                    q.queue = _EMPTY
+                    s = YES
+                    queue = _EMPTY
             elif s == WANTYES:
-                if q.queue == _EMPTY:
-                    q.state = YES
+                if queue == _EMPTY:
+                    s = YES
                 else:
-                    q.state = WANTNO
-                    q.queue = _EMPTY
+                    s = WANTNO
+                    queue = _EMPTY
                     reply = negotiate(no_verb, option)
             # YES: already on, ignore (no re-acknowledging)
         else:  # peer says off
             if s == YES:
-                q.state = NO
+                s = NO
                 reply = negotiate(no_verb, option)
             elif s == WANTNO:
-                if q.queue == _EMPTY:
-                    q.state = NO
+                if queue == _EMPTY:
+                    s = NO
                 else:
-                    q.state = WANTYES
-                    q.queue = _EMPTY
+                    s = WANTYES
+                    queue = _EMPTY
                     reply = negotiate(yes_verb, option)
             elif s == WANTYES:
-                q.state = NO
-                q.queue = _EMPTY
+                s = NO
+                queue = _EMPTY
             # NO: ignore
-        after = q.state == YES
-        if q.state == NO and q.queue == _EMPTY:
-            del table[option]  # keep memory proportional to options in use
+        after = s == YES
+        if s == NO and queue == _EMPTY:
+            table.pop(option, None)  # keep memory proportional to options in use
+        else:
+            table[option] = _pack(s, queue)
         changes = [OptionChange(side, option, after)] if before != after else []
         return reply, changes
