@@ -59,6 +59,11 @@ class LinkEndpoint:
         nursery.start_soon(self._accept_loop)
 
     @property
+    def links_refused(self) -> int:
+        """Links refused (TLS, identity, preamble) and streams refused (header)."""
+        return self.refused + sum(r.server.refused for r in self._runs if r.server is not None)
+
+    @property
     def bound(self) -> list[Any]:
         return [r.bound for r in self._runs]
 

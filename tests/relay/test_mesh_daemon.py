@@ -349,3 +349,40 @@ async def test_forward_into_an_appliance_vm_over_hybrid_vsock(tmp_path: Path) ->
             await wait_console_bytes(svc, "vm-2", len(data))
         assert muxer.requests == [7444]
         n.cancel_scope.cancel()
+
+
+async def test_route_straight_to_the_appliance_link_endpoint_over_tls(tmp_path: Path) -> None:
+    """A route may name the appliance itself: its link endpoint takes TLS links from the
+    relays in allowed-peers (identity vic://appliance/NAME) and refuses others."""
+    from vspc.config import EndpointConfig, LinkListen, VspcConfig
+    from vspc.console.config import ConsoleConfig
+    from vspc.endpoint import Endpoint
+    from vspc.service import VspcService
+
+    pki = Pki(tmp_path)
+    app_files = pki.issue("appliance", "vch-1")
+    vcfg = VspcConfig(
+        console=ConsoleConfig(log_dir=tmp_path / "logs"),
+        endpoint=EndpointConfig(link_tls=ptls(app_files), link=(LinkListen(
+            "tcp:127.0.0.1:0", allowed_peers=["vic://host/esx-a"]),)),
+    )
+    async with trio.open_nursery() as n:
+        svc = VspcService(vcfg)
+        await n.start(svc.run)
+        ep = await n.start(Endpoint(svc).run)
+        host, port = ep.links.bound[0][:2]
+        a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"),
+                                             f"tcp:{host}:{port}", "vic://appliance/vch-1"))
+        stranger = await start_relay(n, ingress_cfg("esx-x", pki.issue("host", "esx-x"),
+                                                    f"tcp:{host}:{port}", "vic://appliance/vch-1"))
+        vm = await stream_through(a, "vm1")
+        data = pattern(500_000, 2)
+        with trio.fail_after(30):
+            await vm.send_all(data)
+            await wait_console_bytes(svc, "vm-1", len(data))
+            bad = await stream_through(stranger, "vm2")
+            await bad.send_all(b"let me in")
+            while ep.links.links_refused == 0:  # esx-x is not in allowed-peers
+                await trio.sleep(0.02)
+        assert svc.consoles.find("vm-1").bytes_from_vm == len(data)
+        n.cancel_scope.cancel()
