@@ -13,6 +13,10 @@
   a sweep interval (0.25-0.5 s) stops its directions at their read wait and
   parks its source fds in one shared epoll set; only the caller's task remains
   (no second task, no nursery, no pipe or buffer) until a fd is readable.
+  With a real clock the parker's reactor thread forwards a parked pump's small
+  messages itself (no trio task switch per message), and a pump that forwards
+  PARK_STREAK small messages in a row while its other direction waits parks at
+  once: interactive traffic is relayed by the reactor, bulk by the pump's task.
 * Timeouts: ``idle_timeout`` (no byte moved in either direction) and
   ``stall_timeout`` (one write blocked that long) raise IdleTimeout /
   StallTimeout, both PumpTimeout (a TimeoutError), after closing both streams.
@@ -26,15 +30,24 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
-from relay.park import current_parker
+from relay.park import NO_DST, Handoff, Parker, Route, current_parker
 from relay.pipepool import PipePool, default_pool
-from relay.splice import SpliceUnsupported, WriteStalled, read_fd, splice_direction, write_fd
+from relay.splice import (
+    SpliceUnsupported,
+    WriteStalled,
+    read_fd,
+    splice_direction,
+    write_all,
+    write_fd,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +55,11 @@ COPY_BUFFER_SIZE = 256 * 1024
 CLOSE_TIMEOUT = 5.0  # bound on a graceful close (e.g. a TLS close_notify)
 A_TO_B = "a_to_b"
 B_TO_A = "b_to_a"
+_NAMES = (A_TO_B, B_TO_A)  # direction index (relay.park) -> name
+# Small messages in a row (each direction forwarding under splice.PROBE_SIZE
+# while the other waits to read) after which a pump parks at once when the
+# parker forwards inline: its traffic is interactive.
+PARK_STREAK = 4
 
 
 @dataclass(slots=True)
@@ -133,6 +151,25 @@ def _unthrottle(stream: trio.abc.Stream) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
 
 
+def _no_fd() -> int:
+    return -1
+
+
+def _fileno_getter(
+    stream: trio.abc.Stream | trio.abc.SendStream | trio.abc.ReceiveStream, *, receive: bool
+) -> Callable[[], int] | None:
+    """A cheap callable returning the fd *stream* reads (receive) or writes
+    through now (-1 once closed); None when it is not fd-backed."""
+    if isinstance(stream, trio.StapledStream):
+        return _fileno_getter(stream.receive_stream if receive else stream.send_stream,
+                              receive=receive)
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket.fileno
+    if isinstance(stream, trio.lowlevel.FdStream):
+        return stream.fileno
+    return None
+
+
 def _eof_errno(exc: BaseException) -> bool:
     cause = exc.__cause__ or exc.__context__
     return isinstance(cause, OSError) and cause.errno == errno.EIO
@@ -150,14 +187,17 @@ class _Session:
         "idle_scope",
         "idle_timeout",
         "idle_timeout_s",
+        "inline_moved_at",
         "live",
         "mode_ab",
         "mode_ba",
         "parked_on",
         "parking",
         "pool",
+        "quick_park",
         "reading",
         "scope",
+        "small_streak",
         "splice",
         "stall_timeout",
     )
@@ -192,6 +232,9 @@ class _Session:
         self.reading = 0  # fast-path directions blocked in their read wait
         self.parking = False
         self.parked_on: tuple[int, ...] | None = None
+        self.quick_park = False  # park after PARK_STREAK small messages (inline parker)
+        self.small_streak = 0  # small messages in a row (relay.splice)
+        self.inline_moved_at = 0.0  # time.monotonic() of the last inline forward
 
     def _moved(self, direction: str, n: int) -> None:
         """Counts delivered bytes (called once per burst or message, not per chunk)."""
@@ -205,6 +248,23 @@ class _Session:
 
     def _moved_ba(self, n: int) -> None:
         self._moved(B_TO_A, n)
+
+    def moved_inline(self, direction: int, n: int) -> None:
+        """Called by the parker's reactor thread (see relay.park)."""
+        self.counters.add(_NAMES[direction], n)
+        self.busy = True
+        self.inline_moved_at = time.monotonic()
+
+    def interactive(self) -> None:
+        """A direction forwarded a small message and is about to wait to read."""
+        self.small_streak += 1
+        if (
+            self.quick_park
+            and self.small_streak >= PARK_STREAK
+            and self.reading == self.live - 1
+            and not self.parking
+        ):
+            self.park_now()
 
     def _fail(self, exc: BaseException) -> None:
         if self.failure is None:
@@ -234,6 +294,61 @@ class _Session:
 
     def parked_fds_valid(self) -> bool:
         return self.read_fds() == self.parked_on
+
+    def routes(self) -> tuple[Route, ...]:
+        """The live directions, for inline forwarding (relay.park.Route); asked
+        by the reactor thread while the pump is parked (its task is not running)."""
+        out: list[Route] = []
+        inline_ok = self.counters.on_bytes is None  # callbacks stay in the trio thread
+        for d, (done, src, dst) in enumerate(
+            ((self.done_ab, self.a, self.b), (self.done_ba, self.b, self.a))
+        ):
+            if done:
+                continue
+            rfd = read_fd(src)
+            if rfd is None:
+                continue
+            wfd = write_fd(dst) if inline_ok else None
+            rget = _fileno_getter(src, receive=True)
+            wget = _fileno_getter(dst, receive=False)
+            if wfd is None or rget is None or wget is None:
+                out.append((rfd, NO_DST, d, _no_fd, _no_fd))
+            else:
+                out.append((rfd, wfd, d, rget, wget))
+        return tuple(out)
+
+    async def take_handoff(self, handoff: list[Handoff]) -> None:
+        """After parking: deliver what the parker read and did not write, and
+        act on an EOF or error it saw (in direction order, before the
+        directions run again)."""
+        for d, kind, data, error in handoff:
+            if d < 0:
+                continue
+            name = _NAMES[d]
+            dst = self.b if d == 0 else self.a
+            if kind == "error":
+                self._fail_now(_Abort(f"reset {name}: {error}"))
+                return
+            if kind == "data":
+                wfd = write_fd(dst)
+                if wfd is None:
+                    self._fail_now(_Abort(f"reset {name}: destination closed"))
+                    return
+                try:
+                    await write_all(wfd, data, self.stall_timeout)
+                except WriteStalled:
+                    self._fail_now(StallTimeout(f"{name}: write stalled for over {self.stall_timeout}s"))
+                    return
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self._fail_now(_Abort(f"reset {name}: {exc}"))
+                    return
+                self._moved(name, len(data))
+            elif kind == "eof":
+                await self._ended(d == 0, dst, name)
+
+    def _fail_now(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
 
     def _set_mode(self, name: str, mode: int) -> None:
         if name == A_TO_B:
@@ -286,6 +401,9 @@ class _Session:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(_Abort(f"reset {name}: {exc}"))
             return
+        await self._ended(ab, dst, name)
+
+    async def _ended(self, ab: bool, dst: trio.abc.Stream, name: str) -> None:
         if ab:
             self.done_ab = True
         else:
@@ -354,6 +472,39 @@ async def _close(stream: trio.abc.Stream, graceful: bool) -> None:
             pass
 
 
+async def _park(session: _Session, parker: Parker, fds: tuple[int, ...]) -> list[Handoff] | None:
+    """Park until a source fd needs the pump's task. None: the fds cannot be
+    watched, or (failure set) the idle timeout passed while parked."""
+    scope = session.idle_scope
+    if scope is None or not parker.inline:
+        # Nothing moves while parked (no inline forwarding): the pump's idle
+        # deadline fires as it stands.
+        return await parker.park(session, fds)
+    # Inline forwarding moves bytes while the task sleeps: the reactor thread
+    # cannot touch a trio deadline, so the wait has its own, re-armed from the
+    # time of the last inline forward when it passes.
+    deadline = scope.deadline
+    scope.deadline = math.inf
+    session.inline_moved_at = 0.0
+    idle = session.idle_timeout_s
+    try:
+        while True:
+            with trio.CancelScope(deadline=deadline) as wait:
+                handoff = await parker.park(session, fds)
+            if not wait.cancelled_caught:
+                return handoff
+            if session.inline_moved_at:
+                left = idle - (time.monotonic() - session.inline_moved_at)
+                if left > 0:
+                    deadline = trio.current_time() + left
+                    continue
+            session.failure = IdleTimeout(f"idle for {session.idle_timeout}s")
+            return None
+    finally:
+        # Woken by a source (or cancelled): the idle clock restarts now.
+        scope.deadline = trio.current_time() + idle
+
+
 async def pump(
     a: trio.abc.Stream,
     b: trio.abc.Stream,
@@ -384,6 +535,7 @@ async def pump(
     if idle_timeout is not None:
         session.idle_scope = trio.CancelScope(deadline=trio.current_time() + idle_timeout)
     parker = current_parker() if splice and park else None
+    session.quick_park = parker is not None and parker.inline
     graceful = False
     try:
         with session.idle_scope or _NO_SCOPE:
@@ -411,11 +563,20 @@ async def pump(
                 assert parker is not None
                 fds = session.read_fds()
                 session.parked_on = fds
-                if fds is None or not await parker.park(session, fds):
+                session.small_streak = 0
+                handoff = None if fds is None else await _park(session, parker, fds)
+                if handoff is None:
+                    if session.failure is not None:  # idle timeout while parked
+                        break
                     parker = None  # cannot watch these fds: never park this pump
+                    session.quick_park = False
                 elif not session.parked_fds_valid():
                     session.failure = _Abort("reset: a stream was closed while parked")
                     break
+                else:
+                    await session.take_handoff(handoff)
+                    if session.failure is not None or not session.live:
+                        break
                 session.parked_on = None
         if (
             session.idle_scope is not None

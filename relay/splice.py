@@ -68,6 +68,10 @@ class ReadWaitMark(Protocol):
 
     reading: int
     parking: bool
+    small_streak: int
+
+    def interactive(self) -> None:
+        """A small message was forwarded; the direction is about to wait."""
 
 
 def _socket_fd(stream: trio.SocketStream) -> int | None:
@@ -130,7 +134,9 @@ def _drain_pipe(pipe: Pipe, n: int) -> bytes:
     return bytes(out)
 
 
-async def _write_all(dst_fd: int, data: bytes, stall_timeout: float | None) -> None:
+async def write_all(dst_fd: int, data: bytes, stall_timeout: float | None) -> None:
+    """Write every byte of *data* to the non-blocking *dst_fd* (WriteStalled,
+    trio.BrokenResourceError)."""
     view = memoryview(data)
     off = 0
     while off < len(view):
@@ -205,13 +211,17 @@ async def splice_direction(
                 except OSError as exc:
                     raise trio.BrokenResourceError(f"write failed: {exc}") from exc
                 if written < len(data):
-                    await _write_all(dst_fd, data[written:], stall_timeout)
+                    await write_all(dst_fd, data[written:], stall_timeout)
                 on_moved(len(data))
                 full = len(data) == PROBE_SIZE
                 data = None  # not kept alive across the wait
                 if full:
                     bulk = True
+                    if mark is not None:
+                        mark.small_streak = 0
                     continue
+                if mark is not None:
+                    mark.interactive()
         if mark is None:
             await trio.lowlevel.wait_readable(src_fd)
             continue
