@@ -20,6 +20,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from vspc.core import switchboard
 from vspc.core.identity import PortKey
 from vspc.core.switchboard import (
     Action,
@@ -277,6 +278,7 @@ class SwitchboardMachine(RuleBasedStateMachine):
             if c is not None:
                 assert c in self.open and self.sb.port_of(c) == k
         assert self.sb.carried_ports() == len(live), "carried-ports counter out of step"
+        assert not switchboard._NO_RECS and not switchboard._NO_BYTES, "shared empties mutated"
 
     @invariant()
     def buffers_bounded(self) -> None:

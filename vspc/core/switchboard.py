@@ -244,12 +244,43 @@ class _Role(enum.Enum):
     OUTCAST = "outcast"  # a destination/candidate that lost; being closed
 
 
+# Thousands of ports and connections are live at once, most of them with nothing
+# held, draining or waiting: their empty lists and buffers are these shared,
+# never-mutated objects until first used (``_added``, ``_grown``).
+_NO_RECS: list[_ConnRec] = []
+_NO_BYTES = bytearray()
+
+
+def _no_recs() -> list[_ConnRec]:
+    return _NO_RECS
+
+
+def _no_bytes() -> bytearray:
+    return _NO_BYTES
+
+
+def _added(recs: list[_ConnRec], rec: _ConnRec) -> list[_ConnRec]:
+    """``recs`` with ``rec`` appended (a new list in place of the shared empty one)."""
+    if recs is _NO_RECS:
+        return [rec]
+    recs.append(rec)
+    return recs
+
+
+def _grown(buf: bytearray, data: bytes) -> bytearray:
+    """``buf`` with ``data`` appended (a new buffer in place of the shared empty one)."""
+    if buf is _NO_BYTES:
+        return bytearray(data)
+    buf += data
+    return buf
+
+
 @dataclass(slots=True, eq=False)
 class _ConnRec:
     conn: Conn
     key: PortKey | None = None
     role: _Role = _Role.UNBOUND
-    held: bytearray = field(default_factory=bytearray)
+    held: bytearray = field(default_factory=_no_bytes)
     paused: bool = False  # from_vm_room hit 0: owes a ResumeReading
     closed: bool = False  # gone; kept only as a placeholder in a port's drain order
     close_sent: bool = False
@@ -261,10 +292,10 @@ class _Port:
     key: PortKey
     vm: PortVMotion = field(default_factory=PortVMotion)
     carrier: _ConnRec | None = None
-    drains: list[_ConnRec] = field(default_factory=list)  # oldest first; head delivers
-    waiting: list[_ConnRec] = field(default_factory=list)
-    outcasts: list[_ConnRec] = field(default_factory=list)
-    to_vm_buf: bytearray = field(default_factory=bytearray)
+    drains: list[_ConnRec] = field(default_factory=_no_recs)  # oldest first; head delivers
+    waiting: list[_ConnRec] = field(default_factory=_no_recs)
+    outcasts: list[_ConnRec] = field(default_factory=_no_recs)
+    to_vm_buf: bytearray = field(default_factory=_no_bytes)
     to_vm_full: bool = False  # owes a RoomAvailable
 
     def head(self) -> _ConnRec | None:
@@ -440,7 +471,7 @@ class Switchboard:
         rec.key = key
         if port.vm.state is not State.IDLE:
             rec.role = _Role.WAITING
-            port.waiting.append(rec)
+            port.waiting = _added(port.waiting, rec)
             out.append(
                 PortEvent(
                     key, EventKind.IDENTITY, "waiting: a vMotion is pending on this port", conn
@@ -473,7 +504,7 @@ class Switchboard:
         if rec.key is None:
             if rec.held:
                 out.append(Dropped(conn, bytes(rec.held), "closed before any identity"))
-                rec.held.clear()
+                rec.held = _NO_BYTES
             out.append(PortEvent(None, EventKind.DISCONNECT, "", conn))
             return out
         port = self._ports[rec.key]
@@ -485,7 +516,7 @@ class Switchboard:
         if role is _Role.CARRIER:
             self._drop_carrier(port)
             if rec.held:  # waiting behind drains: keep its place in the order
-                port.drains.append(rec)
+                port.drains = _added(port.drains, rec)
         elif role is _Role.DRAIN:
             if not rec.held:
                 port.drains.remove(rec)
@@ -625,7 +656,7 @@ class Switchboard:
         if self._direct_from_vm(rec):
             assert rec.key is not None
             return [Deliver(rec.key, bytes(data))]
-        rec.held += data
+        rec.held = _grown(rec.held, data)
         if len(rec.held) >= self.from_vm_hold_limit:
             rec.paused = True
         return []
@@ -643,7 +674,7 @@ class Switchboard:
             raise BufferFull(key, room, len(data))
         if port is None:
             port = self._port(key)
-        port.to_vm_buf += data
+        port.to_vm_buf = _grown(port.to_vm_buf, data)
         if len(port.to_vm_buf) >= self.to_vm_buffer_limit:
             port.to_vm_full = True
         return []
@@ -687,13 +718,13 @@ class Switchboard:
     def _make_drain(self, port: _Port, rec: _ConnRec, deadline: float | None) -> None:
         rec.role = _Role.DRAIN
         rec.drain_deadline = deadline
-        port.drains.append(rec)
+        port.drains = _added(port.drains, rec)
         if deadline is not None and not rec.close_sent:
             self._draining[rec.conn] = rec
 
     def _make_outcast(self, port: _Port, rec: _ConnRec, reason: str, out: list[Action]) -> None:
         rec.role = _Role.OUTCAST
-        port.outcasts.append(rec)
+        port.outcasts = _added(port.outcasts, rec)
         self._flush_held(port, rec, out)
         self._close(rec, reason, out)
 
@@ -706,7 +737,7 @@ class Switchboard:
     def _flush_held(self, port: _Port, rec: _ConnRec, out: list[Action]) -> None:
         if rec.held:
             out.append(Deliver(port.key, bytes(rec.held)))
-            rec.held.clear()
+            rec.held = _NO_BYTES
         if rec.paused:
             rec.paused = False
             if not rec.closed:
@@ -717,7 +748,7 @@ class Switchboard:
         if port.to_vm_buf and self._direct_to_vm(port):
             assert port.carrier is not None
             out.append(SendData(port.carrier.conn, bytes(port.to_vm_buf)))
-            port.to_vm_buf.clear()
+            port.to_vm_buf = _NO_BYTES
             if port.to_vm_full:
                 port.to_vm_full = False
                 out.append(RoomAvailable(port.key))
@@ -751,7 +782,7 @@ class Switchboard:
                 if rec.key is None:
                     rec.key = key
                     rec.role = _Role.WAITING
-                    port.waiting.append(rec)
+                    port.waiting = _added(port.waiting, rec)
             elif eff in (Effect.DROP_DEST, Effect.DROP_SOURCE):
                 pass  # connection_closed handles the connection's own record
             elif eff is Effect.SEND_GOAHEAD:
@@ -797,7 +828,7 @@ class Switchboard:
             live = [w for w in port.waiting if not w.close_sent]
             if live:
                 promote = live[-1]
-        waiting, port.waiting = port.waiting, []
+        waiting, port.waiting = port.waiting, _NO_RECS
         for w in waiting:
             if w is promote:
                 self._make_carrier(port, w)
