@@ -90,6 +90,7 @@ async def worker(args: argparse.Namespace) -> None:
 
         async def one(i: int) -> None:
             vm = SimVM.random(random.Random(args.seed * 1_000_003 + i), name=f"w{args.seed}-vm{i}")
+            send: Any
             try:
                 async with limiter:
                     if args.raw:
@@ -274,9 +275,9 @@ def histogram_quantiles(metrics: str, name: str, qs: tuple[float, ...]) -> dict[
     total = buckets[-1][1]
     out: dict[str, Any] = {"count": total}
     for q in qs:
-        for le, c in buckets:
+        for bound, c in buckets:
             if c >= q * total:
-                out[f"p{int(q * 100)}_le_seconds"] = le
+                out[f"p{int(q * 100)}_le_seconds"] = bound
                 break
     return out
 
@@ -313,6 +314,7 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                         probes.append(await trio.open_tcp_stream("127.0.0.1", port))
 
                 lat: list[float] = []
+                lat_at: list[float] = []  # wall-clock time of each sample (to line up with logs)
                 failures: dict[str, int] = {}
 
                 async def vmotions(n: int, record: bool) -> None:
@@ -338,6 +340,7 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                             probes[i] = m.dest
                             if record:
                                 lat.append(src.stats.begin_latencies[-1])
+                                lat_at.append(time.time())
                         else:
                             s = probes[i]
                             t0 = trio.current_time()
@@ -348,6 +351,7 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                                 got += await s.receive_some(4096)
                             if record:
                                 lat.append(trio.current_time() - t0)
+                                lat_at.append(time.time())
 
                 await vmotions(min(2, args.vmotions), record=False)  # warm-up
                 rss0 = bl.rss_kib(pid)
@@ -400,6 +404,7 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                     "p99_incl_failed": bl.percentile(lat + [5.0] * sum(failures.values()), 99)
                     * 1e3,
                     "all": [x * 1e3 for x in lat],
+                    "at_unix": [round(t, 3) for t in lat_at],
                 }
                 if v is not None:
                     try:
@@ -484,6 +489,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "workers": args.workers,
         "vmotions": args.vmotions,
         "interval": args.interval,
+        "settle": args.settle,
         "vmotion_gap": args.vmotion_gap,
         "smoke": args.smoke,
         "target": {"rss_kib_per_vm_max": 12.0, "begin_goahead_p99_ms_max": 2.0},
@@ -540,6 +546,11 @@ def main() -> int:
     ap.add_argument("--modes", default="vspc,direct")
     ap.add_argument("--smoke", action="store_true", help="50 VMs, 5 vMotions (< 20 s)")
     ap.add_argument("--profile-vspc", type=Path, default=None, help="cProfile output for the vSPC")
+    ap.add_argument(
+        "--name",
+        default=NAME,
+        help="results file name (bench/results/NAME.json/png), e.g. vspc_scale_idle_consoles",
+    )
     # internal roles
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sink", action="store_true", help=argparse.SUPPRESS)
@@ -561,8 +572,8 @@ def main() -> int:
     if per_worker > 19000:
         ap.error("more than 19,000 connections per worker process: add --workers")
     data = trio.run(bench, args)
-    out = bl.write_json(NAME, data)
-    plot(data, bl.png_path(NAME))
+    out = bl.write_json(args.name, data)
+    plot(data, bl.png_path(args.name))
     s = data["summary"]
     if s:
         print(
