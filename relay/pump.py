@@ -472,17 +472,17 @@ async def _close(stream: trio.abc.Stream, graceful: bool) -> None:
             pass
 
 
-async def _park(session: _Session, parker: Parker, fds: tuple[int, ...]) -> list[Handoff] | None:
-    """Park until a source fd needs the pump's task. None: the fds cannot be
-    watched, or (failure set) the idle timeout passed while parked."""
+async def _park_with_idle_timeout(
+    session: _Session, parker: Parker, fds: tuple[int, ...]
+) -> list[Handoff] | None:
+    """Park (inline parker) with an idle timeout. None: the fds cannot be
+    watched, or (failure set) the idle timeout passed while parked.
+
+    Inline forwarding moves bytes while the task sleeps, and the reactor thread
+    cannot touch a trio deadline: the wait has its own deadline, re-armed from
+    the time of the last inline forward when it passes."""
     scope = session.idle_scope
-    if scope is None or not parker.inline:
-        # Nothing moves while parked (no inline forwarding): the pump's idle
-        # deadline fires as it stands.
-        return await parker.park(session, fds)
-    # Inline forwarding moves bytes while the task sleeps: the reactor thread
-    # cannot touch a trio deadline, so the wait has its own, re-armed from the
-    # time of the last inline forward when it passes.
+    assert scope is not None
     deadline = scope.deadline
     scope.deadline = math.inf
     session.inline_moved_at = 0.0
@@ -564,7 +564,14 @@ async def pump(
                 fds = session.read_fds()
                 session.parked_on = fds
                 session.small_streak = 0
-                handoff = None if fds is None else await _park(session, parker, fds)
+                if fds is None:
+                    handoff = None
+                elif session.idle_scope is None or not parker.inline:
+                    # (awaited here, not through a helper: an idle parked
+                    # pump keeps no extra coroutine frame)
+                    handoff = await parker.park(session, fds)
+                else:
+                    handoff = await _park_with_idle_timeout(session, parker, fds)
                 if handoff is None:
                     if session.failure is not None:  # idle timeout while parked
                         break
