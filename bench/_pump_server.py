@@ -5,7 +5,10 @@
 
 Accepts connections, connects each to the target and pumps both ways. Prints
 ``READY <address>`` on stdout once listening. ``--once``: serve one connection,
-then exit. ``--copy``: force the copy path (no splice).
+then exit. ``--copy``: force the copy path (no splice). Each pump runs as the
+relay daemon runs it with its default ``[timeouts]`` (``--stall 60``, no idle
+timeout), without the daemon's admission and origin header (which would put
+extra bytes in front of the measured stream).
 """
 
 from __future__ import annotations
@@ -57,7 +60,14 @@ async def main(args: argparse.Namespace) -> None:
     async def handle(a: trio.SocketStream) -> None:
         b = await connect(tkind, taddr)
         counters = PumpCounters()
-        await pump(a, b, counters=counters, splice=not args.copy)
+        await pump(
+            a,
+            b,
+            counters=counters,
+            splice=not args.copy,
+            stall_timeout=args.stall or None,
+            idle_timeout=args.idle or None,
+        )
         if args.verbose:
             print(f"DONE {counters}", file=sys.stderr, flush=True)
 
@@ -77,6 +87,9 @@ if __name__ == "__main__":
     p.add_argument("--once", action="store_true")
     p.add_argument("--copy", action="store_true")
     p.add_argument("--verbose", action="store_true")
+    # the relay daemon's defaults (relay.config, [timeouts] stall / idle)
+    p.add_argument("--stall", type=float, default=60.0, help="stall timeout, 0: off")
+    p.add_argument("--idle", type=float, default=0.0, help="idle timeout, 0: off")
     parsed = p.parse_args()
     kind, addr = parse_addr(parsed.listen)
     if kind == "unix" and isinstance(addr, str) and os.path.exists(addr):

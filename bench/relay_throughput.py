@@ -5,8 +5,11 @@
 for TCP->TCP and Unix->Unix. Relays compared, each in its own process serving one
 connection: our pump (bench/_pump_server.py: splice fast path), our pump forced
 onto its copy path, ``socat -b 262144``, and a direct connection (no relay).
-Throughput is bytes / (connect .. sink sees EOF); relay CPU is utime+stime of the
-relay process from the moment it listens to its exit, reported per GiB.
+Throughput is bytes / (connect .. sink sees EOF); relay CPU is the CPU time of
+the relay process (every thread, from /proc schedstat) from just before the
+sender connects until the sink has seen EOF (start-up and teardown excluded),
+reported per GiB. Every contender moves the same bytes, the same number of
+repetitions, in a rotating order; figures are medians.
 
 Targets (issue 3): pump >= 1.3x socat throughput; pump CPU/GiB <= 0.6x socat's.
 Writes relay_throughput.json and .png under bench/results (or $VIC_BENCH_RESULTS).
