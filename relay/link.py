@@ -39,6 +39,7 @@ from relay.core.mux import (
     StreamOpened,
     StreamReset,
 )
+from relay.rawsock import RawSocket, Yielder, raw_socket
 from relay.tlsstream import TlsStream
 
 log = logging.getLogger("relay.link")
@@ -48,7 +49,6 @@ __all__ = ["LinkClosingError", "LinkConfig", "LinkDeadError", "PeerLink", "Strea
 
 SMALL_READ = 32 * 1024
 NOTSENT_LOWAT = 1 << 30
-MAX_LOWAT = 512 * 1024
 
 
 def _socket_of(transport: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -68,33 +68,6 @@ def _unthrottle(transport: trio.abc.Stream) -> None:
     if hasattr(socket, "TCP_NOTSENT_LOWAT"):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
-
-
-class _LowWater:
-    """SO_RCVLOWAT of the link socket, set only when it changes: while the rest of a
-    large DATA payload is on its way, the reader is woken once when it is all
-    there (or the link fails), not for every segment that trickles in."""
-
-    def __init__(self, transport: trio.abc.Stream) -> None:
-        sock = _socket_of(transport)
-        self._sock = sock if sock is not None and sock.family != socket.AF_UNIX else None
-        self._tls = transport if isinstance(transport, TlsStream) else None
-        self._value = 1
-
-    def expect(self, n: int) -> None:
-        """The next read waits for about ``n`` bytes (1: any byte)."""
-        if self._sock is None:
-            return
-        if self._tls is not None:
-            n -= self._tls.ciphertext_pending()  # ciphertext is never shorter
-        n = max(1, min(n, MAX_LOWAT))
-        if n != self._value:
-            try:
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
-            except OSError:
-                self._sock = None
-                return
-            self._value = n
 
 
 def _input_probe(transport: trio.abc.Stream) -> Callable[[], bool]:
@@ -185,6 +158,9 @@ class PeerLink:
         self.bytes_in = 0
         self.bytes_out = 0
         _unthrottle(transport)
+        self._raw: RawSocket | None = None
+        if isinstance(transport, trio.SocketStream):
+            self._raw = raw_socket(transport.socket)
 
     # ---------------------------------------------------------------- public state
     @property
@@ -376,10 +352,12 @@ class PeerLink:
                 self._ready_set.discard(sid)
 
     async def _writer(self) -> None:
+        yielder = Yielder()
         while True:
             if not self._turns and not self.mux.pending_output:
                 await self._out_wake.wait()
                 self._out_wake = trio.Event()
+                yielder.reset()
             self._fill_turns()
             chunks = self.mux.data_to_send()
             if not chunks:
@@ -392,12 +370,15 @@ class PeerLink:
             if self._write_lot:
                 room = self.config.write_high_water - self.mux.pending_output
                 self._write_lot.unpark(count=max(1, room // self.config.mux.max_payload))
+            await yielder.maybe()
 
     async def _send_parts(self, chunks: list[bytes | bytearray | memoryview]) -> None:
         """Send frames without joining them where the transport allows (no extra copy)."""
         t = self.transport
         if isinstance(t, TlsStream):
             await t.send_parts(chunks)
+        elif self._raw is not None:
+            await self._raw.send_all(chunks)
         elif isinstance(t, trio.SocketStream) and len(chunks) > 1:
             sock = t.socket
             views = [memoryview(c) for c in chunks]
@@ -433,24 +414,24 @@ class PeerLink:
         recv_into: Callable[[memoryview], Awaitable[int]] | None = None
         if isinstance(t, TlsStream):
             recv_into = t.receive_into
+        elif self._raw is not None:
+            recv_into = self._raw.recv_into
         elif isinstance(t, trio.SocketStream):
             recv_into = t.socket.recv_into
+        yielder = Yielder()
         more_input = _input_probe(t)
-        low = _LowWater(t)
         ack_bytes = self.config.ack_bytes
         touched_bytes = 0
         in_place = False
         while True:
             target = mux.receive_buffer() if recv_into is not None else None
             if target is not None and recv_into is not None:
-                low.expect(len(target))
                 n = await recv_into(target)
                 if not n:
                     raise LinkDeadError("peer closed the link")
                 events = mux.received_in_place(n, trio.current_time())
                 in_place = True
             else:
-                low.expect(1)
                 if recv_into is not None:
                     buf = small if in_place else rmv
                     n = await recv_into(buf)
@@ -477,6 +458,7 @@ class PeerLink:
                         h.on_batch_end()
             if mux.pending_output:
                 self._kick()
+            await yielder.maybe()
 
     def _dispatch(self, ev: object) -> None:
         if isinstance(ev, DataReceived):

@@ -20,6 +20,8 @@ from typing import Any, cast
 
 import trio
 
+from relay.rawsock import RawSocket, raw_socket
+
 READ_SIZE = 256 * 1024
 RECORD = 16 * 1024  # TLS maximum record payload
 
@@ -36,6 +38,7 @@ class TlsStream(trio.abc.Stream):
         self._eof = False
         self._broken: BaseException | None = None
         self._rbuf: memoryview | None = None
+        self._raw: RawSocket | None = None  # our own non-blocking calls on the socket
 
     # ------------------------------------------------------------- info
     def getpeercert(self, binary_form: bool = False) -> Any:
@@ -56,25 +59,35 @@ class TlsStream(trio.abc.Stream):
         return self._in.pending > 0 or self._ssl.pending() > 0
 
     # ------------------------------------------------------------- plumbing
+    def _rawsock(self) -> RawSocket | None:
+        if self._raw is None and isinstance(self.transport, trio.SocketStream):
+            self._raw = raw_socket(self.transport.socket)
+        return self._raw
+
     async def _flush(self) -> None:
         if not self._out.pending:
             return
         async with self._send_lock:
             data = self._out.read()
             if data:
+                raw = self._rawsock()
                 try:
-                    await self.transport.send_all(data)
+                    if raw is not None:
+                        await raw.send_all((data,))
+                    else:
+                        await self.transport.send_all(data)
                 except BaseException as e:
                     self._broken = e
                     raise
 
     async def _fill(self) -> None:
         t = self.transport
-        if isinstance(t, trio.SocketStream):
+        raw = self._rawsock()
+        if raw is not None:
             # into one reusable buffer: no allocation per read
             if self._rbuf is None:
                 self._rbuf = memoryview(bytearray(self._read_size))
-            n = await t.socket.recv_into(self._rbuf)
+            n = await raw.recv_into(self._rbuf)
             if n:
                 self._in.write(self._rbuf[:n])
                 return
@@ -121,6 +134,7 @@ class TlsStream(trio.abc.Stream):
         except ssl.SSLError as e:
             raise self._tls_failed(e) from e
         await self._flush()
+        await trio.lowlevel.checkpoint()
 
     async def send_parts(self, parts: list[bytes | bytearray | memoryview]) -> None:
         """``send_all`` of the concatenation, without building it."""
