@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import trio
 
+from vspc.console.logthread import LogThread
 from vspc.core.identity import PortKey
 
 log = logging.getLogger("vspc.console.log")
@@ -220,6 +221,7 @@ class LogWriter:
         self._space = trio.lowlevel.ParkingLot()
         self._files = _Files()
         self._lock = trio.Lock()  # one batch at a time (and reconfigure waits for it)
+        self._thread = LogThread()  # where every disk operation runs, in order
 
     @property
     def enabled(self) -> bool:
@@ -258,7 +260,7 @@ class LogWriter:
             old = self.settings
             self.settings = settings
             if old.dir != settings.dir:
-                await trio.to_thread.run_sync(self._files.close_all)
+                await self._thread.run_sync(self._files.close_all)
         self._space.unpark_all()
 
     async def run(self) -> None:
@@ -272,11 +274,14 @@ class LogWriter:
                 self._urgent = trio.Event()
                 await self._flush_once()
         finally:
-            with trio.move_on_after(10) as cs:
-                cs.shield = True
-                while self._dirty:
-                    await self._flush_once()
-                await trio.to_thread.run_sync(self._files.close_all)
+            try:
+                with trio.move_on_after(10) as cs:
+                    cs.shield = True
+                    while self._dirty:
+                        await self._flush_once()
+                    await self._thread.run_sync(self._files.close_all)
+            finally:
+                self._thread.stop()
 
     async def flush(self) -> None:
         """Write everything queued so far (tests and shutdown)."""
@@ -302,7 +307,7 @@ class LogWriter:
                 jobs.append(_Job(port, data, size, events))
             settings = self.settings
             try:
-                await trio.to_thread.run_sync(self._write_jobs, settings, jobs)
+                await self._thread.run_sync(self._write_jobs, settings, jobs)
             finally:
                 for job in jobs:
                     job.port.inflight -= job.size
