@@ -108,6 +108,25 @@ class EsxConnection:
             self._control += data
             self._kick()
 
+    async def send_control_now(self, data: bytes) -> None:
+        """A vMotion answer, from this connection's own reader: written by the calling
+        task at once when nothing else is being written (no writer task to start and
+        wait for behind the rest of the loop's batch), else queued like send_control."""
+        if not data or self._closing:
+            return
+        if self._writing or self._control or self._data or self._nursery is None:
+            self.send_control(data)
+            return
+        self._writing = True  # what is queued meanwhile waits for us (see _kick)
+        try:
+            await self.stream.send_all(data)
+        finally:
+            self._writing = False
+        if self._control or self._data:
+            self._kick()
+        elif self._closing and self._nursery is not None:
+            self._nursery.cancel_scope.cancel()  # flushed: now close
+
     def send_console(self, data: bytes) -> None:
         if data and not self._closing:
             self._data += data

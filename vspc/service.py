@@ -384,11 +384,11 @@ class VspcService:
         elif isinstance(ev, es.VMotionBegin):
             secret = self._secret_source(self.config.vmotion.secret_bytes)
             await self._execute(self.board.begin(conn, ev.seq, secret, now),
-                                received=conn.received_at)
+                                received=conn.received_at, answer_on=conn)
             self._deadline_changed.set()
         elif isinstance(ev, es.VMotionPeer):
             actions = self.board.peer(conn, ev.cookie, now)
-            await self._execute(actions)
+            await self._execute(actions, answer_on=conn)
             if self.board.port_of(conn) is not None:
                 self._deferred.pop(conn, None)
             if any(isinstance(a, sb.PortEvent) and a.kind is sb.EventKind.PEER_REFUSED
@@ -463,7 +463,10 @@ class VspcService:
         conn.close_soon(f"protocol violation: {reason}")
 
     # -- executing switchboard actions --------------------------------------------
-    async def _execute(self, actions: list[Any], *, received: float | None = None) -> None:
+    async def _execute(self, actions: list[Any], *, received: float | None = None,
+                       answer_on: EsxConnection | None = None) -> None:
+        """Carry out switchboard actions in order. A vMotion answer for ``answer_on``
+        (the connection whose reader calls) is written before anything else is done."""
         for a in actions:
             if isinstance(a, sb.SendData):
                 _c(a.conn).send_console(a.data)
@@ -473,16 +476,16 @@ class VspcService:
                 await self._deliver(a.key, a.data)
             elif isinstance(a, sb.SendGoahead):
                 conn = _c(a.conn)
-                conn.send_control(conn.session.goahead(a.seq, a.secret))
+                await self._answer(conn, conn.session.goahead(a.seq, a.secret), answer_on)
                 if received is not None:
                     self.metrics.begin_to_goahead_seconds.observe(trio.current_time() - received)
             elif isinstance(a, sb.SendNotNow):
                 conn = _c(a.conn)
-                conn.send_control(conn.session.notnow(a.seq))
+                await self._answer(conn, conn.session.notnow(a.seq), answer_on)
                 self.metrics.vmotions_total.labels(outcome="notnow").inc()
             elif isinstance(a, sb.SendPeerOk):
                 conn = _c(a.conn)
-                conn.send_control(conn.session.peer_ok(a.seq))
+                await self._answer(conn, conn.session.peer_ok(a.seq), answer_on)
             elif isinstance(a, sb.CloseConn):
                 _c(a.conn).close_soon(a.reason)
             elif isinstance(a, sb.PortEvent):
@@ -498,6 +501,13 @@ class VspcService:
         self._sync_connected()
         if self._settled and self._deferred:
             await self._resolve_deferred()
+
+    @staticmethod
+    async def _answer(conn: EsxConnection, data: bytes, answer_on: EsxConnection | None) -> None:
+        if conn is answer_on:
+            await conn.send_control_now(data)  # from its reader: at once
+        else:
+            conn.send_control(data)  # another task: the connection's writer sends it
 
     async def _deliver(self, key: PortKey, data: bytes) -> None:
         """Console bytes, in port order; never waits (a backlog task does)."""
