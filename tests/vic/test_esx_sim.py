@@ -503,6 +503,8 @@ async def test_vmotion_source_goahead_with_ff(listener: trio.SocketListener) -> 
             inner.start_soon(vspc)
             assert await c.vmotion_begin(seq) == secret
         assert len(c.stats.begin_latencies) == 1
+        assert len(c.stats.begin_receipt_latencies) == 1
+        assert 0 <= c.stats.begin_receipt_latencies[0] <= c.stats.begin_latencies[0]
         await c.vmotion_abort()
         await peer.expect_exact(frame(48))
         assert not c.violations

@@ -193,6 +193,9 @@ class _Stats:
     bytes_received: int = 0  # console bytes, after unescaping
     stale_replies: int = 0  # late GOAHEAD/NOTNOW/PEER-OK for a vMotion already given up
     begin_latencies: list[float] = field(default_factory=list)
+    # BEGIN sent -> its GOAHEAD/NOTNOW read by the reader task (before the waiting
+    # task is woken: without this simulator's own scheduling of that task)
+    begin_receipt_latencies: list[float] = field(default_factory=list)
 
 
 class EsxConnection:
@@ -221,6 +224,7 @@ class EsxConnection:
         self._console_event = trio.Event()
         self._replies: list[tuple[int, bytes]] = []
         self._abandoned: list[bytes] = []  # seqs whose BEGIN timed out
+        self._begin_receipt: float | None = None  # when the reader got the current answer
         self._current_seq: bytes | None = None
         self._reply_event = trio.Event()
         self._cancel = trio.CancelScope()
@@ -480,6 +484,7 @@ class EsxConnection:
         limit = self.b.begin_timeout if timeout is None else timeout
         t0 = trio.current_time()
         self._current_seq = seq
+        self._begin_receipt = None
         try:
             await self.send_ext(tw.VMOTION_BEGIN, seq)
             reply = await self._wait_reply({tw.VMOTION_GOAHEAD, tw.VMOTION_NOTNOW}, limit)
@@ -489,6 +494,8 @@ class EsxConnection:
             self._abandoned = [*self._abandoned[-63:], seq]
             raise VMotionTimeout(f"no GOAHEAD/NOTNOW within {limit} s")
         self.stats.begin_latencies.append(trio.current_time() - t0)
+        if self._begin_receipt is not None:
+            self.stats.begin_receipt_latencies.append(self._begin_receipt - t0)
         cmd, payload = reply
         if cmd == tw.VMOTION_NOTNOW:
             if payload != seq:
@@ -730,6 +737,13 @@ class EsxConnection:
                 self._violate(f"{tw.EXT_NAMES[cmd]} without a DO-PROXY")
             self.proxy_answer = cmd
         elif cmd in _VMOTION_REPLIES:
+            if (
+                cmd != tw.VMOTION_PEER_OK
+                and self._begin_receipt is None
+                and self._current_seq is not None
+                and body.startswith(self._current_seq)
+            ):
+                self._begin_receipt = trio.current_time()
             self._replies.append((cmd, body))
             self._reply_event.set()
             self._reply_event = trio.Event()
