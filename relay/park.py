@@ -148,7 +148,8 @@ class Parker:
     @property
     def parked(self) -> int:
         """Pumps parked now."""
-        return len({id(e) for e in self._parked.values()})
+        # (a snapshot in one C call: the reactor thread may change the dict)
+        return len({id(e) for e in list(self._parked.values())})
 
     # --- pump side ---------------------------------------------------------------
 
