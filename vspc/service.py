@@ -559,8 +559,9 @@ class VspcService:
 
     def _port_event(self, ev: sb.PortEvent) -> None:
         conn = ev.conn
-        log.info("port %s: %s %s%s", ev.key or "-", ev.kind, ev.detail,
-                 f" ({conn!r})" if conn is not None else "")
+        if log.isEnabledFor(logging.INFO):  # (the repr is not free)
+            log.info("port %s: %s %s%s", ev.key or "-", ev.kind, ev.detail,
+                     f" ({conn!r})" if conn is not None else "")
         outcome = _OUTCOMES.get(ev.kind)
         if outcome:
             self.metrics.vmotions_total.labels(outcome=outcome).inc()
