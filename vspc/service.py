@@ -476,9 +476,10 @@ class VspcService:
                 await self._deliver(a.key, a.data)
             elif isinstance(a, sb.SendGoahead):
                 conn = _c(a.conn)
-                await self._answer(conn, conn.session.goahead(a.seq, a.secret), answer_on)
-                if received is not None:
+                data = conn.session.goahead(a.seq, a.secret)
+                if received is not None:  # (trio's send returns after a schedule point)
                     self.metrics.begin_to_goahead_seconds.observe(trio.current_time() - received)
+                await self._answer(conn, data, answer_on)
             elif isinstance(a, sb.SendNotNow):
                 conn = _c(a.conn)
                 await self._answer(conn, conn.session.notnow(a.seq), answer_on)
