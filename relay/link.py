@@ -102,7 +102,8 @@ class LinkConfig:
     write_high_water: int = 2 * 1024 * 1024
     send_quantum: int = 128 * 1024  # bytes a stream may queue per round-robin turn
     read_size: int = 256 * 1024
-    ack_bytes: int = 1024 * 1024  # ACK received bytes at least this often (and when idle)
+    ack_bytes: int = 1024 * 1024  # ACK received bytes at least this often...
+    ack_delay: float = 0.005  # ...and this long after the input ran dry
 
 
 class StreamHandler(Protocol):
@@ -146,7 +147,9 @@ class PeerLink:
         self._write_lot = trio.lowlevel.ParkingLot()  # senders waiting for the writer, FIFO
         self._ready = trio.Event()
         self._inflight = 0
-        self._touched: dict[int, StreamHandler] = {}
+        self._touched: dict[int, StreamHandler] = {}  # streams that received since the last batch end
+        self._eof_seen = False
+        self._ack_wake = trio.Event()
         self._turns: deque[int] = deque()  # streams with something to send, round robin
         self._ready_set: set[int] = set()
         self._cancel: trio.CancelScope | None = None
@@ -299,6 +302,7 @@ class PeerLink:
                 async with trio.open_nursery() as n:
                     n.start_soon(self._guard, self._writer)
                     n.start_soon(self._guard, self._keepalive)
+                    n.start_soon(self._guard, self._acker)
                     await self._guard(self._reader)
         finally:
             if self.dead_reason is None:
@@ -449,16 +453,37 @@ class PeerLink:
             for ev in events:
                 self._dispatch(ev)
             if self._touched:
-                # per-batch work (ACKs) once the input is drained, or every ack_bytes
+                # Per-batch work (ACKs): every ack_bytes while bytes keep coming, at
+                # once after an EOF, else shortly after the input ran dry (delayed
+                # ACK: a sender that keeps sending gets one ACK per ack_bytes).
                 touched_bytes += n
-                if touched_bytes >= ack_bytes or not more_input():
+                if touched_bytes >= ack_bytes or self._eof_seen:
                     touched_bytes = 0
-                    touched, self._touched = self._touched, {}
-                    for h in touched.values():
-                        h.on_batch_end()
+                    self._batch_end()
+                elif not more_input():
+                    touched_bytes = 0
+                    self._ack_wake.set()
             if mux.pending_output:
                 self._kick()
             await yielder.maybe()
+
+    def _batch_end(self) -> None:
+        self._eof_seen = False
+        touched, self._touched = self._touched, {}
+        for h in touched.values():
+            h.on_batch_end()
+        if self.mux.pending_output:
+            self._kick()
+
+    async def _acker(self) -> None:
+        """Delayed ACKs: the per-batch work of streams that received bytes, once the
+        input has been dry for ``ack_delay`` (sooner if the reader does it first)."""
+        while True:
+            await self._ack_wake.wait()
+            self._ack_wake = trio.Event()
+            await trio.sleep(self.config.ack_delay)
+            if self._touched:
+                self._batch_end()
 
     def _dispatch(self, ev: object) -> None:
         if isinstance(ev, DataReceived):
@@ -481,6 +506,7 @@ class PeerLink:
             if h is not None:
                 h.on_eof(ev.offset)
                 self._touched[ev.stream_id] = h
+                self._eof_seen = True
         elif isinstance(ev, StreamReset):
             h = self._handlers.pop(ev.stream_id, None)
             self._touched.pop(ev.stream_id, None)
