@@ -120,3 +120,43 @@ def test_large_payloads_any_chunking_reused_buffer(frames: list[F.Frame], cuts: 
         scratch[:len(piece)] = bytes(len(piece))  # the caller reuses its buffer
     assert got == frames
     assert dec.buffered == 0
+
+
+@given(st.lists(st.one_of(frame_st, big_data), max_size=8),
+       st.lists(st.integers(1, 10**6), max_size=40))
+@settings(max_examples=200)
+def test_payloads_received_in_place(frames: list[F.Frame], sizes: list[int]) -> None:
+    """A reader that puts bytes straight into ``receive_buffer()`` (as the link does)
+    gets the same frames as one that feeds everything, whatever its read sizes."""
+    wire = memoryview(b"".join(F.encode(f) for f in frames))
+    dec = FrameDecoder()
+    got: list[F.Frame] = []
+    pos, i = 0, 0
+    while pos < len(wire):
+        want = sizes[i % len(sizes)] if sizes else 1 << 20
+        i += 1
+        target = dec.receive_buffer()
+        if target is not None:
+            k = min(want, len(target), len(wire) - pos)
+            target[:k] = wire[pos:pos + k]
+            got += dec.filled(k)
+        else:
+            k = min(want, len(wire) - pos)
+            got += dec.feed(wire[pos:pos + k])
+        pos += k
+    assert got == frames
+    assert dec.buffered == 0 and dec.receive_buffer() is None
+
+
+def test_filled_beyond_the_buffer_is_refused() -> None:
+    dec = FrameDecoder()
+    payload = bytes(F.PENDING_MIN * 2)
+    wire = F.encode(F.Data(1, 0, payload))
+    assert dec.feed(wire[:100]) == []
+    target = dec.receive_buffer()
+    assert target is not None and len(target) == len(wire) - 100
+    with pytest.raises(ValueError):
+        dec.filled(len(target) + 1)
+    target[:] = wire[100:]
+    assert dec.filled(len(target)) == [F.Data(1, 0, payload)]
+    assert dec.filled(0) == []
