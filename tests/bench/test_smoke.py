@@ -26,3 +26,18 @@ def test_bench_smoke(script: Path, tmp_path: Path) -> None:
     assert results, f"{script.name} wrote no JSON result into $VIC_BENCH_RESULTS"
     for r in results:
         json.loads(r.read_text())
+
+
+def test_summary_table_reads_every_committed_result() -> None:
+    """bench/_summary.py (the README's table) understands the committed results."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_summary", ROOT / "bench" / "_summary.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.rows(ROOT / "bench" / "results")
+    measures = " ".join(r[0] for r in rows)
+    for word in ("vSPC console throughput", "16,000 VMs", "relay one hop", "idle streams",
+                 "mesh two hops", "agent console"):
+        assert word in measures
