@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from vspc import fastsock
 from vspc.core.esx_session import EsxSession
 
 if TYPE_CHECKING:
@@ -223,8 +224,9 @@ class EsxConnection:
 
     async def _read_loop(self, service: VspcService) -> None:
         size = READ_SIZE
+        receive_some = fastsock.receiver(self.stream)  # one yield per read, as trio's
         while not self._closing:
-            data = await self.stream.receive_some(size)
+            data = await receive_some(size)
             if not data:
                 log.debug("%r: EOF", self)
                 return

@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 
+from vspc import fastsock
 from vspc.console import protocol as proto
 from vspc.console.config import ConsoleConfig
 from vspc.console.endpoint import EndpointError, UnixListener, open_tcp, server_ssl_context
@@ -276,11 +277,12 @@ class ConsoleService:
                     client.scope = scope
                     if client.closed:  # dropped before we got here
                         scope.deadline = trio.current_time() + self.config.drop_notice_timeout
+                    send_all = fastsock.sender(stream)
                     while True:
                         chunk = await client.next_chunk()
                         if not chunk:
                             break
-                        await stream.send_all(chunk)
+                        await send_all(chunk)
                 if client.dropped:
                     reason = "slow"
                 nursery.cancel_scope.cancel()
