@@ -356,7 +356,7 @@ class PeerLink:
                 self._ready_set.discard(sid)
 
     async def _writer(self) -> None:
-        yielder = Yielder()
+        yielder = Yielder(budget=self.config.write_high_water)
         while True:
             if not self._turns and not self.mux.pending_output:
                 await self._out_wake.wait()
@@ -367,14 +367,14 @@ class PeerLink:
             if not chunks:
                 await trio.lowlevel.checkpoint()
                 continue
-            self._inflight = sum(len(c) for c in chunks)
+            sent = self._inflight = sum(len(c) for c in chunks)
             await self._send_parts(chunks)
-            self.bytes_out += self._inflight
+            self.bytes_out += sent
             self._inflight = 0
             if self._write_lot:
                 room = self.config.write_high_water - self.mux.pending_output
                 self._write_lot.unpark(count=max(1, room // self.config.mux.max_payload))
-            await yielder.maybe()
+            await yielder.maybe(sent)
 
     async def _send_parts(self, chunks: list[bytes | bytearray | memoryview]) -> None:
         """Send frames without joining them where the transport allows (no extra copy)."""
@@ -465,7 +465,7 @@ class PeerLink:
                     self._ack_wake.set()
             if mux.pending_output:
                 self._kick()
-            await yielder.maybe()
+            await yielder.maybe(n)
 
     def _batch_end(self) -> None:
         self._eof_seen = False

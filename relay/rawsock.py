@@ -84,18 +84,25 @@ def _consume(views: list[memoryview], n: int) -> None:
 
 
 class Yielder:
-    """Checkpoint every ``every`` calls of ``maybe`` (a loop that may never block)."""
+    """Checkpoint every ``every`` calls of ``maybe``, or once ``budget`` bytes went
+    through since the last one (a loop that may never block must still let the
+    tasks that consume what it moves run: a relay is a pipeline)."""
 
-    def __init__(self, every: int = 16) -> None:
+    def __init__(self, every: int = 16, budget: int = 256 * 1024) -> None:
         self.every = every
+        self.budget = budget
         self._n = 0
+        self._bytes = 0
 
     def reset(self) -> None:
         """The caller just blocked (it has yielded)."""
         self._n = 0
+        self._bytes = 0
 
-    async def maybe(self) -> None:
+    async def maybe(self, nbytes: int = 0) -> None:
         self._n += 1
-        if self._n >= self.every:
+        self._bytes += nbytes
+        if self._n >= self.every or self._bytes >= self.budget:
             self._n = 0
+            self._bytes = 0
             await trio.lowlevel.checkpoint()
