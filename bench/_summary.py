@@ -54,9 +54,13 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:
         sm = s["summary"]
         out.append((f"vSPC 16,000 VMs, {label}: RSS per VM", f"{sm['rss_kib_per_vm']:.2f} KiB",
                     "<= 12 KiB", load_of(s)))
+        base = sm.get("p99_vs_direct")
+        direct = (f"; a bare trio server, same run: p99 {sm['begin_goahead_p99_ms'] / base:.2f} ms"
+                  if base else "")
         out.append((f"vSPC 16,000 VMs, {label}: BEGIN->GOAHEAD p50 / p99",
                     f"{sm['begin_goahead_p50_ms']:.2f} / {sm['begin_goahead_p99_ms']:.2f} ms "
-                    f"({sm.get('vmotion_failures', 0)} failed)", "p99 <= 2 ms", load_of(s)))
+                    f"({sm.get('vmotion_failures', 0)} failed{direct})", "p99 <= 2 ms",
+                    load_of(s)))
     t = load(d, "relay_throughput")
     for kind in ("tcp", "unix"):
         r = get(t, "summary", kind, "ratios")
