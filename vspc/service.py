@@ -29,7 +29,8 @@ import trio
 from vic.ops.config import ConfigError
 from vic.ops.metrics_http import serve_metrics
 from vspc.config import ListenConfig, MetricsConfig, VspcConfig
-from vspc.console.hub import Console, coalesce
+from vspc.console.chunks import coalesce
+from vspc.console.hub import Console
 from vspc.console.service import ConsoleService
 from vspc.core import esx_session as es
 from vspc.core import switchboard as sb

@@ -171,10 +171,7 @@ async def test_reload_and_admin_socket_move_streams_to_another_relay(tmp_path: P
     pki = Pki(tmp_path)
     async with trio.open_nursery() as n:
         svc, fwd = await start_appliance(n, tmp_path)
-        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), 1,
-                                            ["vic://host/esx-a"], forward=fwd))
-        c = await start_relay(n, egress_cfg("esx-c", pki.issue("host", "esx-c"), 1,
-                                            ["vic://host/esx-a"], forward=fwd))
+        b, c = await forwarding_relays(n, pki, fwd)
         admin = tmp_path / "relay.sock"
         a_files = pki.issue("host", "esx-a")
         cfg = ingress_cfg("esx-a", a_files, peer_address(b), "vic://host/esx-b",
@@ -200,6 +197,17 @@ async def test_reload_and_admin_socket_move_streams_to_another_relay(tmp_path: P
         assert len(logs) == 1 and logs[0].read_bytes() == data
         assert a.mesh.routers["appliance"].route_changes == 2
         n.cancel_scope.cancel()
+
+
+async def forwarding_relays(n: trio.Nursery, pki: Pki,
+                            fwd: str) -> tuple[RelayDaemon, RelayDaemon]:
+    """Relays esx-b and esx-c: each accepts esx-a's links and forwards them to ``fwd``."""
+    return (
+        await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), 1,
+                                        ["vic://host/esx-a"], forward=fwd)),
+        await start_relay(n, egress_cfg("esx-c", pki.issue("host", "esx-c"), 1,
+                                        ["vic://host/esx-a"], forward=fwd)),
+    )
 
 
 async def wait_console_bytes(svc: object, vm: str, n: int) -> None:
@@ -248,10 +256,7 @@ async def test_route_follows_the_appliance_vm_in_vcenter(
     pw.write_text(vcsim.password)
     async with trio.open_nursery() as n:
         svc, fwd = await start_appliance(n, tmp_path)
-        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), 1,
-                                            ["vic://host/esx-a"], forward=fwd))
-        c = await start_relay(n, egress_cfg("esx-c", pki.issue("host", "esx-c"), 1,
-                                            ["vic://host/esx-a"], forward=fwd))
+        b, c = await forwarding_relays(n, pki, fwd)
         follow = FollowConfig(
             vcenter=vcsim.host, port=vcsim.port, protocol="http", path=vcsim.path,
             user=vcsim.user, password_file=pw, vm=VM,

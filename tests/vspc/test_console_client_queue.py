@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from vspc.console.hub import SEND_CHUNK, Client, coalesce
+from vspc.console.chunks import coalesce
+from vspc.console.hub import SEND_CHUNK, Client
 
 
 async def drain(c: Client) -> list[bytes]:

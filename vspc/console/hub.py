@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from itertools import count
 
@@ -156,21 +156,6 @@ class Client:
         self.credit = max(0, self.credit - n)
         self.sent += n
         return out
-
-
-def coalesce(chunks: list[bytes], small: int = 64 * 1024) -> Iterator[bytes]:
-    """``chunks`` in order: big ones as they are (no copy), runs of small ones joined."""
-    run: list[bytes] = []
-    for c in chunks:
-        if len(c) < small:
-            run.append(c)
-            continue
-        if run:
-            yield run[0] if len(run) == 1 else b"".join(run)
-            run = []
-        yield c
-    if run:
-        yield run[0] if len(run) == 1 else b"".join(run)
 
 
 def _frozen(data: bytes | bytearray | memoryview) -> bytes | memoryview:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 import trio
 
+from vspc.console.chunks import coalesce
 from vspc.console.logthread import LogThread
 from vspc.core.identity import PortKey
 
@@ -126,21 +126,6 @@ class RotatingFile:
             n = os.write(self.fd, mv)
             self.size += n
             mv = mv[n:]
-
-
-def _coalesce(chunks: list[bytes], small: int = 64 * 1024) -> Iterator[bytes]:
-    """Big chunks as they are (no copy), runs of small ones joined (fewer writes)."""
-    run: list[bytes] = []
-    for c in chunks:
-        if len(c) < small:
-            run.append(c)
-            continue
-        if run:
-            yield run[0] if len(run) == 1 else b"".join(run)
-            run = []
-        yield c
-    if run:
-        yield run[0] if len(run) == 1 else b"".join(run)
 
 
 @dataclass(frozen=True)
@@ -330,7 +315,7 @@ class LogWriter:
             try:
                 if job.size:
                     f = self._files.get(f"{base}/{job.port.stem}.log")
-                    for data in _coalesce(job.data):
+                    for data in coalesce(job.data):
                         f.write(data, settings.max_bytes, settings.keep)
                 if job.events:
                     f = self._files.get(f"{base}/{job.port.stem}.events.jsonl")
