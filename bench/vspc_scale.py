@@ -17,6 +17,9 @@ the same with ``direct``: a minimal trio server (bench-internal) that holds
 the same connections and answers a BEGIN frame with a GOAHEAD-shaped frame,
 i.e. the floor for any trio implementation. (socat forks a process per
 connection, so it has no meaningful per-connection figure at this scale.)
+The simulated ESX hosts stand for other machines: their worker processes run at
+``--worker-nice`` (10) so that they yield the CPU to the server under test, the
+vSPC and the direct server alike (0 shares the CPU equally).
 
     .venv/bin/python bench/vspc_scale.py [--vms 16000] [--workers 4] [--vmotions 300] [--smoke]
 """
@@ -211,6 +214,8 @@ class Workers:
             ]
             if raw:
                 cmd.append("--raw")
+            if args.worker_nice:
+                cmd = ["nice", "-n", str(args.worker_nice), *cmd]
             p = await trio.lowlevel.open_process(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             self.procs.append(p)
             self.bufs.append(bytearray())
@@ -495,6 +500,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "bench": NAME,
         "vms": args.vms,
         "workers": args.workers,
+        "worker_nice": args.worker_nice,
         "vmotions": args.vmotions,
         "interval": args.interval,
         "settle": args.settle,
@@ -540,6 +546,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vms", type=int, default=16000)
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--worker-nice", type=int, default=10,
+                    help="niceness of the simulated ESX hosts' processes: they stand for other "
+                         "machines, so they yield the CPU to the server under test (vspc and the "
+                         "direct server alike); 0 = share it equally")
     ap.add_argument("--vmotions", type=int, default=300)
     ap.add_argument("--probes", type=int, default=50, help="VMs the parent migrates")
     ap.add_argument(
