@@ -25,7 +25,7 @@ from relay.peering import LinkServer, open_session_table
 from relay.route import Route, Router
 from relay.tls import TlsFiles
 
-CFG = LinkConfig(mux=MuxConfig(ping_interval=0.2, dead_after=1.0), replay_limit=1 << 20,
+CFG = LinkConfig(mux=MuxConfig(ping_interval=0.5, dead_after=3.0), replay_limit=1 << 20,
                  reconnect_min=0.05, reconnect_max=0.3)
 
 

@@ -231,7 +231,7 @@ async def test_thousand_connections_at_once(caplog: pytest.LogCaptureFixture) ->
         for s in live:
             await s.aclose()
         for r in app.streams:
-            with trio.fail_after(10):
+            with trio.fail_after(30):  # a bound for a loaded machine, not a wait
                 await r.closed.wait()
         live_recs = [r for r in app.streams if r.header.vm == "vm-live"]
         assert sorted(bytes(r.data) for r in live_recs) == sorted(
