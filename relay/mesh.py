@@ -41,7 +41,7 @@ from relay.peer_config import PeerConfig, PeerListen, open_peer_listener, parse_
 from relay.peering import LinkServer
 from relay.pump import pump
 from relay.resumable import Accepted, ResumableStream, SessionTable
-from relay.route import Route, Router, open_transport
+from relay.route import Router, open_transport
 from relay.vsphere_route import follow_appliance
 
 log = logging.getLogger("relay.mesh")
@@ -68,6 +68,25 @@ def decode_header(raw: bytes) -> OriginHeader:
     return header
 
 
+def vet_accepted(acc: Accepted) -> OriginHeader | None:
+    """The origin header of a stream accepted from a peer link, or None once the
+    stream is refused (log line, abort): a bad header, or one that speaks for
+    another host than the identity the peer proved."""
+    try:
+        header = decode_header(acc.header)
+    except HeaderError as e:
+        log.warning("stream from %s refused: bad origin header: %s",
+                    acc.peer_identity or "plaintext peer", e)
+        acc.stream.abort("bad origin header")
+        return None
+    if not header_matches_identity(header, acc.peer_identity):
+        log.warning("stream %s from %s refused: its header speaks for host %r",
+                    header.stream_id or "-", acc.peer_identity, header.host)
+        acc.stream.abort("origin host does not match the peer's identity")
+        return None
+    return header
+
+
 @dataclass
 class _ListenRun:
     cfg: PeerListen
@@ -85,7 +104,7 @@ class Mesh:
         self._tables: dict[str, SessionTable] = {}
         self._listens: list[_ListenRun] = []
         self._follows: dict[str, tuple[Any, trio.CancelScope]] = {}
-        self._admin: tuple[Any, trio.CancelScope] | None = None
+        self._admin: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._link_config = LinkConfig()
         self._forwarders: set[trio.abc.Stream] = set()
@@ -162,11 +181,13 @@ class Mesh:
         # admin socket
         if old.admin_socket != new.admin_socket or self._admin is None:
             if self._admin is not None:
-                self._admin[1].cancel()
+                self._admin.cancel()
                 self._admin = None
             if new.admin_socket is not None:
+                scope = trio.CancelScope()
                 try:
-                    self._admin = await self._nursery.start(self._serve_admin, new.admin_socket)
+                    await self._nursery.start(self._serve_admin, new.admin_socket, scope)
+                    self._admin = scope
                 except OSError as e:
                     errors.append(("peer.admin-socket", e))
         # vSphere follow
@@ -188,12 +209,6 @@ class Mesh:
             if run.server is not None:
                 run.server.goaway_all("relay stopping")
 
-    def close(self) -> None:
-        for r in self.routers.values():
-            r.close()
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
-
     # --- ingress side ---------------------------------------------------------------
 
     async def open_stream(self, route: str, header: bytes) -> ResumableStream:
@@ -201,10 +216,6 @@ class Mesh:
         if router is None:
             raise OSError(f"no peer route {route!r}")
         return await router.open_stream(header)
-
-    def set_route(self, name: str, route: Route, cause: str) -> None:
-        self.route_changes.labels(name, cause).inc()
-        self.routers[name].set_route(route)
 
     # --- listeners ---------------------------------------------------------------------
 
@@ -250,19 +261,9 @@ class Mesh:
             self._accepted(acc, egress)
 
     def _accepted(self, acc: Accepted, egress: str) -> None:
-        try:
-            header = decode_header(acc.header)
-        except HeaderError as e:
+        header = vet_accepted(acc)
+        if header is None:
             self.refused.inc()
-            log.warning("stream from %s refused: bad origin header: %s",
-                        acc.peer_identity or "plaintext peer", e)
-            acc.stream.abort("bad origin header")
-            return
-        if not header_matches_identity(header, acc.peer_identity):
-            self.refused.inc()
-            log.warning("stream %s from %s refused: its header speaks for host %r",
-                        header.stream_id or "-", acc.peer_identity, header.host)
-            acc.stream.abort("origin host does not match the peer's identity")
             return
         self._deliver(acc.stream, header, egress, acc.peer_identity)
 
@@ -298,13 +299,12 @@ class Mesh:
 
     # --- admin and vSphere ----------------------------------------------------------
 
-    async def _serve_admin(self, path: Any, *, task_status: Any) -> None:
-        scope = trio.CancelScope()
+    async def _serve_admin(self, path: Any, scope: trio.CancelScope, *, task_status: Any) -> None:
         with scope:
             server = AdminServer(path, route_commands(
                 lambda: self.routers,
                 on_change=lambda name, _r: self.route_changes.labels(name, "admin").inc()))
-            await server.serve(task_status=_Started(task_status, (server, scope)))
+            await server.serve(task_status=task_status)
 
     async def _follow(self, name: str, fcfg: Any, scope: trio.CancelScope) -> None:
         with scope:
@@ -327,12 +327,3 @@ async def open_forward(address: str) -> tuple[trio.abc.Stream, bytes]:
         return conn.stream, conn.pending
     return await open_transport(address), b""
 
-
-class _Started:
-    """Pass a different value to ``task_status.started``."""
-
-    def __init__(self, inner: Any, value: Any) -> None:
-        self._inner, self._value = inner, value
-
-    def started(self, _value: Any = None) -> None:
-        self._inner.started(self._value)

@@ -56,6 +56,8 @@ CLOSE_TIMEOUT = 5.0  # bound on a graceful close (e.g. a TLS close_notify)
 A_TO_B = "a_to_b"
 B_TO_A = "b_to_a"
 _NAMES = (A_TO_B, B_TO_A)  # direction index (relay.park) -> name
+# A stream that is gone: the direction ends as a reset.
+_BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 # Small messages in a row (each direction forwarding under splice.PROBE_SIZE
 # while the other waits to read) after which a pump parks at once when the
 # parker forwards inline: its traffic is interactive.
@@ -336,15 +338,18 @@ class _Session:
                     return
                 try:
                     await write_all(wfd, data, self.stall_timeout)
-                except WriteStalled:
-                    self._fail_now(StallTimeout(f"{name}: write stalled for over {self.stall_timeout}s"))
-                    return
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    self._fail_now(_Abort(f"reset {name}: {exc}"))
+                except (WriteStalled, *_BROKEN) as exc:
+                    self._fail_now(self._failure(name, exc))
                     return
                 self._moved(name, len(data))
             elif kind == "eof":
                 await self._ended(d == 0, dst, name)
+
+    def _failure(self, name: str, exc: BaseException) -> BaseException:
+        """What a direction ends with when writing (or reading) failed with ``exc``."""
+        if isinstance(exc, WriteStalled):
+            return StallTimeout(f"{name}: write stalled for over {self.stall_timeout}s")
+        return _Abort(f"reset {name}: {exc}")
 
     def _fail_now(self, exc: BaseException) -> None:
         if self.failure is None:
@@ -395,11 +400,8 @@ class _Session:
                         return  # parking: not done
             else:
                 await self._copy(src, dst, name)
-        except WriteStalled:
-            self._fail(StallTimeout(f"{name}: write stalled for over {self.stall_timeout}s"))
-            return
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._fail(_Abort(f"reset {name}: {exc}"))
+        except (WriteStalled, *_BROKEN) as exc:
+            self._fail(self._failure(name, exc))
             return
         await self._ended(ab, dst, name)
 
@@ -413,7 +415,7 @@ class _Session:
         if isinstance(dst, trio.abc.HalfCloseableStream):
             try:
                 await dst.send_eof()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            except _BROKEN as exc:
                 log.debug("send_eof after %s failed: %s", name, exc)
 
     async def _send(self, dst: trio.abc.Stream, data: bytes | bytearray | memoryview) -> None:
@@ -468,7 +470,7 @@ async def _close(stream: trio.abc.Stream, graceful: bool) -> None:
     with trio.move_on_after(CLOSE_TIMEOUT):  # aclose closes even when cancelled
         try:
             await stream.aclose()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        except _BROKEN:
             pass
 
 

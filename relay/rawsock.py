@@ -25,11 +25,18 @@ IOV_MAX = 512
 Buffer = bytes | bytearray | memoryview
 
 
-def raw_socket(tsock: trio.socket.SocketType) -> RawSocket | None:
+def stdlib_socket(tsock: trio.socket.SocketType) -> socket.socket | None:
+    """trio's own non-blocking stdlib socket under ``tsock``; None on a trio that
+    does not keep one (callers then use trio's calls)."""
     sock = getattr(tsock, "_sock", None)
     if not isinstance(sock, socket.socket) or sock.getblocking():
         return None
-    return RawSocket(tsock, sock)
+    return sock
+
+
+def raw_socket(tsock: trio.socket.SocketType) -> RawSocket | None:
+    sock = stdlib_socket(tsock)
+    return None if sock is None else RawSocket(tsock, sock)
 
 
 class RawSocket:

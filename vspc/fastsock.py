@@ -32,6 +32,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from relay.rawsock import stdlib_socket
+
 Buffer = bytes | bytearray | memoryview
 ReceiveSome = Callable[[int], Awaitable[bytes | bytearray]]
 SendAll = Callable[[Buffer], Awaitable[None]]
@@ -44,10 +46,8 @@ def _stdlib_socket(stream: trio.abc.Stream) -> tuple[trio.socket.SocketType, soc
     if type(stream) is not trio.SocketStream:
         return None
     tsock = stream.socket
-    sock = getattr(tsock, "_sock", None)
-    if not isinstance(sock, socket.socket) or sock.getblocking():
-        return None  # another trio version: use trio's calls
-    return tsock, sock
+    sock = stdlib_socket(tsock)
+    return None if sock is None else (tsock, sock)
 
 
 def _stream_error(e: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from relay.core.forwarded import PreambleDecoder, PreambleError
-from relay.core.header import HeaderError
+from relay.core.header import OriginHeader
 from relay.link import PeerLink
-from relay.mesh import decode_header, header_matches_identity
+from relay.mesh import vet_accepted
 from relay.peer_config import open_peer_listener
 from relay.peering import LinkServer
 from relay.resumable import Accepted, SessionTable
@@ -139,23 +139,13 @@ class LinkEndpoint:
             self._accepted(acc)
 
     def _accepted(self, acc: Accepted) -> None:
-        try:
-            header = decode_header(acc.header)
-        except HeaderError as e:
+        header = vet_accepted(acc)
+        if header is None:
             self.refused += 1
-            log.warning("stream from %s refused: bad origin header: %s",
-                        acc.peer_identity or "plaintext link", e)
-            acc.stream.abort("bad origin header")
-            return
-        if not header_matches_identity(header, acc.peer_identity):
-            self.refused += 1
-            log.warning("stream %s from %s refused: its header speaks for host %r",
-                        header.stream_id or "-", acc.peer_identity, header.host)
-            acc.stream.abort("origin host does not match the peer's identity")
             return
         self._nursery.start_soon(self._serve, acc, header)
 
-    async def _serve(self, acc: Accepted, header: Any) -> None:
+    async def _serve(self, acc: Accepted, header: OriginHeader) -> None:
         try:
             await self.endpoint.serve_stream(acc.stream, header)
         finally:
