@@ -86,8 +86,10 @@ def role_main(args: argparse.Namespace) -> None:
     from relay.pump import pump
     from relay.route import Route, Router
     from relay.tls import TlsFiles
+    from vic.ops import runtime_tuning
 
     raise_nofile()
+    runtime_tuning.tune_allocator()  # as `vic relay` does at start-up
     frame = int(os.environ.get("VIC_MESH_FRAME_KB", "256")) * 1024
     cfg = LinkConfig(mux=MuxConfig(max_payload=frame), reconnect_min=0.01, reconnect_max=0.2,
                      read_size=max(frame, 256 * 1024), send_quantum=frame)

@@ -12,7 +12,7 @@ import trio
 
 from relay.config import load_config
 from relay.daemon import RelayDaemon
-from vic.ops import logs
+from vic.ops import logs, runtime_tuning
 from vic.ops.config import ConfigError
 from vic.ops.daemon import watch_signals
 
@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.config}: ok ({len(cfg.listeners())} listeners, {len(cfg.egress)} egresses)")
         return 0
     logs.setup(args.log_level or cfg.log_level)
+    runtime_tuning.tune_allocator()
     daemon = RelayDaemon(cfg, config_path=args.config)
     try:
         trio.run(_main, daemon)

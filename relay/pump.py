@@ -429,6 +429,17 @@ class _Session:
 
     async def _copy(self, src: trio.abc.Stream, dst: trio.abc.Stream, name: str) -> None:
         safe_view = isinstance(dst, _SAFE_SEND_TYPES)
+        if isinstance(src, trio.SocketStream) and not safe_view:
+            # The destination keeps what it is given (a peer link's replay
+            # buffer): each read lands in a bytes object of its own, the one
+            # copy out of the kernel, instead of a pooled buffer copied again.
+            sock = src.socket
+            while True:
+                data = await sock.recv(COPY_BUFFER_SIZE)
+                if not data:
+                    return
+                await self._send(dst, data)
+                self._moved(name, len(data))
         if isinstance(src, trio.SocketStream):
             # A buffer is held only while data flows: after a short read (the
             # socket is drained) it goes back to the pool before waiting again.

@@ -19,7 +19,7 @@ import trio
 from vic.ops import config as cfgmod
 from vic.ops import logs, sdnotify
 from vic.ops.daemon import watch_signals
-from vspc import runtime_tuning
+from vic.ops import runtime_tuning
 from vspc.config import VspcConfig
 
 log = logging.getLogger("vspc")

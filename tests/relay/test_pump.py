@@ -131,6 +131,47 @@ async def test_mixed_socket_and_memory_copy_path() -> None:
     assert not counters.spliced
 
 
+class _KeepingStream(trio.abc.HalfCloseableStream):
+    """Keeps every object it is sent, as a peer link's replay buffer does (no copy)."""
+
+    def __init__(self) -> None:
+        self.kept: list[bytes | bytearray | memoryview] = []
+        self.eof = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.kept.append(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self.eof = True
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return b""
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_destination_that_keeps_what_it_is_sent_gets_buffers_of_its_own() -> None:
+    # A socket source into a destination that keeps references (a peer link's
+    # replay buffer): every read must land in an object nobody writes to again.
+    x, a = await unix_pair()
+    b = _KeepingStream()
+    data = payload(3_000_000, 7)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: pump(a, b))
+            await send_then_eof(x, data)
+    assert b.eof
+    assert len(b.kept) > 1
+    assert b"".join(bytes(k) for k in b.kept) == data
+
+
 @pytest.mark.parametrize("first", ["x", "y"])
 async def test_half_close_each_way(first: str) -> None:
     """One side finishes early; the other keeps sending after seeing EOF."""

@@ -1,8 +1,10 @@
-"""Process-wide tuning for the ``vic vspc`` daemon (called once at start-up).
+"""Process-wide tuning for the daemons (called once at start-up).
 
-Console bytes flow through the daemon as the ``bytes`` objects its reads return
-(up to 256 KiB each), shared without copies by the log queue, the ring and the
-clients' queues until the last one lets go. With glibc's default, adaptive
+Bytes flow through ``vic vspc`` and ``vic relay`` as the objects their reads
+return (up to 256 KiB each): console bytes shared without copies by the log
+queue, the ring and the clients' queues; relayed bytes kept for replay until
+the peer acknowledges them, peer-link payloads received into buffers of their
+own. With glibc's default, adaptive
 thresholds such buffers keep landing on fresh pages: blocks above the mmap
 threshold are mapped and unmapped per allocation, and the top of the heap is
 given back to the kernel as soon as 2x that threshold is free, so every MiB
@@ -27,7 +29,7 @@ import gc
 import logging
 import sys
 
-log = logging.getLogger("vspc")
+log = logging.getLogger(__name__)
 
 #: glibc mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD = -1

@@ -1,4 +1,4 @@
-"""Start-up tuning of the vspc daemon: best effort, never fatal (run in a child process)."""
+"""Start-up tuning of the daemons (vspc and relay): best effort, never fatal (run in a child process)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 def test_tuning_applies_on_glibc_and_never_raises() -> None:
     code = (
         "import gc, platform\n"
-        "from vspc import runtime_tuning as r\n"
+        "from vic.ops import runtime_tuning as r\n"
         "ok = r.tune_allocator()\n"
         "assert ok == (platform.libc_ver()[0] == 'glibc'), ok\n"
         "r.freeze_startup_objects()\n"
