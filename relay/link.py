@@ -14,10 +14,8 @@ another link. Nothing else in the process is affected.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import select
-import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,7 +37,7 @@ from relay.core.mux import (
     StreamOpened,
     StreamReset,
 )
-from relay.rawsock import RawSocket, Yielder, raw_socket
+from relay.rawsock import RawSocket, Yielder, raw_socket, unthrottle_tcp
 from relay.tlsstream import TlsStream
 
 log = logging.getLogger("relay.link")
@@ -48,7 +46,6 @@ __all__ = ["LinkClosingError", "LinkConfig", "LinkDeadError", "PeerLink", "Strea
 
 
 SMALL_READ = 32 * 1024
-NOTSENT_LOWAT = 1 << 30
 
 
 def _socket_of(transport: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -57,17 +54,6 @@ def _socket_of(transport: trio.abc.Stream) -> trio.socket.SocketType | None:
     if isinstance(transport, trio.SocketStream):
         return transport.socket
     return None
-
-
-def _unthrottle(transport: trio.abc.Stream) -> None:
-    """Undo trio's TCP_NOTSENT_LOWAT (16 KiB) on a link socket: the writer sends
-    large batches, and a 16 KiB low-water mark splits them into many wakeups."""
-    sock = _socket_of(transport)
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    if hasattr(socket, "TCP_NOTSENT_LOWAT"):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
 
 
 def _input_probe(transport: trio.abc.Stream) -> Callable[[], bool]:
@@ -160,7 +146,9 @@ class PeerLink:
         self._pong = trio.Event()
         self.bytes_in = 0
         self.bytes_out = 0
-        _unthrottle(transport)
+        sock = _socket_of(transport)
+        if sock is not None:
+            unthrottle_tcp(sock)  # the writer sends large batches
         self._raw: RawSocket | None = None
         if isinstance(transport, trio.SocketStream):
             self._raw = raw_socket(transport.socket)

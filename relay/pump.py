@@ -31,7 +31,6 @@ import contextlib
 import errno
 import logging
 import math
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ import trio
 
 from relay.park import NO_DST, Handoff, Parker, Route, current_parker
 from relay.pipepool import PipePool, default_pool
+from relay.rawsock import unthrottle_tcp
 from relay.splice import (
     SpliceUnsupported,
     WriteStalled,
@@ -129,28 +129,14 @@ _buffers = _BufferPool(COPY_BUFFER_SIZE, 16)
 _NO_SCOPE = contextlib.nullcontext()  # stateless: one for every pump without an idle timeout
 
 
-# trio sets TCP_NOTSENT_LOWAT to 16 KiB on every TCP SocketStream: fine for an
-# application writing its own data, but for a relay it caps each send at 16 KiB
-# of unsent data and costs ~40% more CPU per GiB. The pump restores a large
-# value on TCP streams it writes to (the kernel default is "no limit").
-NOTSENT_LOWAT = 1 << 30
-
-
 def _unthrottle(stream: trio.abc.Stream) -> None:
     sock_stream: trio.abc.SendStream = stream
     if isinstance(stream, trio.StapledStream):
         sock_stream = stream.send_stream
     elif isinstance(stream, trio.SSLStream):
         sock_stream = stream.transport_stream
-    if not isinstance(sock_stream, trio.SocketStream):
-        return
-    sock = sock_stream.socket
-    if sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(
-        socket, "TCP_NOTSENT_LOWAT"
-    ):
-        return
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+    if isinstance(sock_stream, trio.SocketStream):
+        unthrottle_tcp(sock_stream.socket)
 
 
 def _no_fd() -> int:
@@ -435,11 +421,11 @@ class _Session:
             # copy out of the kernel, instead of a pooled buffer copied again.
             sock = src.socket
             while True:
-                data = await sock.recv(COPY_BUFFER_SIZE)
-                if not data:
+                owned = await sock.recv(COPY_BUFFER_SIZE)
+                if not owned:
                     return
-                await self._send(dst, data)
-                self._moved(name, len(data))
+                await self._send(dst, owned)
+                self._moved(name, len(owned))
         if isinstance(src, trio.SocketStream):
             # A buffer is held only while data flows: after a short read (the
             # socket is drained) it goes back to the pool before waiting again.

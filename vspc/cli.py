@@ -17,9 +17,8 @@ from pathlib import Path
 import trio
 
 from vic.ops import config as cfgmod
-from vic.ops import logs, sdnotify
+from vic.ops import logs, runtime_tuning, sdnotify
 from vic.ops.daemon import watch_signals
-from vic.ops import runtime_tuning
 from vspc.config import VspcConfig
 
 log = logging.getLogger("vspc")

@@ -19,7 +19,8 @@ import trio.testing
 import trustme
 
 from relay.pipepool import PipePool
-from relay.pump import NOTSENT_LOWAT, IdleTimeout, PumpCounters, StallTimeout, pump
+from relay.pump import IdleTimeout, PumpCounters, StallTimeout, pump
+from relay.rawsock import NOTSENT_LOWAT
 
 Pair = tuple[trio.abc.Stream, trio.abc.Stream]
 
