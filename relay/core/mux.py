@@ -6,8 +6,10 @@ reads a clock, time comes in as ``now``.
 
 Flow control is per stream and granted by the receiver. Each stream's window
 starts at ``initial_window`` and doubles, up to ``stream_window``, whenever the
-sender has used up its credit while the application keeps up (auto-tuning: a
-bulk stream grows to the full window, a thousand small ones stay small). Each
+sender has spent three quarters of it before a refill reached it while the
+application keeps up, i.e. does not sit on most of the window (auto-tuning: a
+bulk stream grows until it no longer waits for credit, a thousand small ones
+stay small). Each
 stream may hold at most its window (granted but unused credit plus received bytes
 the application has not consumed yet). On top of that the receiver caps the
 sum over all streams at ``connection_window``: credit beyond a small
@@ -246,8 +248,9 @@ class Mux:
         n = min(n, st.buffered)
         st.buffered -= n
         self._budget_used -= n
-        if st.exhausted and st.buffered * 4 < st.target:
-            # the sender ran out of credit and we keep up: the window is the limit
+        if st.exhausted and st.buffered * 4 < st.target * 3:
+            # the sender ran (nearly) out of credit and the application is not
+            # sitting on the window: the window is the limit
             st.exhausted = False
             st.target = min(st.target * 2, self.config.stream_window)
         self._grant(sid, st)
@@ -382,7 +385,10 @@ class Mux:
                 )
             st.granted -= n
             st.buffered += n
-            if st.granted == 0 and st.target < self.config.stream_window:
+            if st.granted * 4 <= st.target and st.target < self.config.stream_window:
+                # The sender spent three quarters of the window before our
+                # refill (sent at half) could reach it: the window, not the
+                # application, limits this stream (auto-tuning, see consumed()).
                 st.exhausted = True
             events.append(DataReceived(fr.stream_id, fr.offset, fr.payload))
         elif isinstance(fr, F.Open):

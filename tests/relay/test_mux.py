@@ -122,6 +122,51 @@ def test_window_autotunes_up_for_a_bulk_stream() -> None:
     assert total > cfg.stream_window // 2
 
 
+@pytest.mark.parametrize("lag", [1, 2, 4])
+def test_window_autotunes_up_for_a_pipelined_consumer(lag: int) -> None:
+    # A bulk stream whose application keeps up with the rate but takes each
+    # frame a few steps after it arrived (the pump runs after the link reader):
+    # part of the window is always buffered, part in flight. The window, not
+    # the application, limits the sender, so it grows until the sender no
+    # longer waits for credit.
+    cfg = MuxConfig(min_window=16 * 1024, initial_window=64 * 1024,
+                    stream_window=1024 * 1024, max_payload=16 * 1024)
+    c, s = pair(cfg)
+    c.open_stream(SID, 0, b"")
+    xfer(c, s)
+    xfer(s, c)
+    arrived: list[tuple[int, int]] = []
+    stalls = []
+    for step in range(400):
+        stalls.append(c.send_data(1, 0, bytes(16 * 1024)) == 0)
+        for ev in xfer(c, s):
+            if isinstance(ev, DataReceived):
+                arrived.append((step, len(ev.payload)))
+        while arrived and arrived[0][0] <= step - lag:
+            s.consumed(1, arrived.pop(0)[1])
+        xfer(s, c)
+    assert sum(stalls[-200:]) == 0, "still waiting for credit after the warm-up"
+    assert s.budget_used <= cfg.stream_window
+
+
+def test_trickling_stream_keeps_a_small_window() -> None:
+    # A stream that sends far below its window (a console) never looks
+    # window-limited: its credit stays above a quarter, its window stays put.
+    cfg = MuxConfig(min_window=16 * 1024, initial_window=64 * 1024,
+                    stream_window=1024 * 1024, max_payload=16 * 1024)
+    c, s = pair(cfg)
+    c.open_stream(SID, 0, b"")
+    xfer(c, s)
+    xfer(s, c)
+    for _ in range(2000):
+        assert c.send_data(1, 0, bytes(100)) == 100
+        for ev in xfer(c, s):
+            if isinstance(ev, DataReceived):
+                s.consumed(1, len(ev.payload))
+        xfer(s, c)
+    assert c.send_credit(1) <= 64 * 1024
+
+
 def test_connection_cap_shares_budget() -> None:
     cfg = MuxConfig(stream_window=1024 * 1024, min_window=16 * 1024,
                     connection_window=1024 * 1024, max_payload=64 * 1024)
