@@ -7,8 +7,10 @@ of its own decoder.
 
 from __future__ import annotations
 
+import os
 import random
 import ssl
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -507,6 +509,36 @@ async def test_vmotion_source_goahead_with_ff(listener: trio.SocketListener) -> 
         assert 0 <= c.stats.begin_receipt_latencies[0] <= c.stats.begin_latencies[0]
         await c.vmotion_abort()
         await peer.expect_exact(frame(48))
+        assert not c.violations
+        await c.aclose()
+
+
+async def test_vmotion_answer_timed_by_kernel_arrival(listener: trio.SocketListener) -> None:
+    # kernel_timestamps: the answer is also timed by when it reached this host,
+    # so a simulated host whose own loop is busy does not charge that to the vSPC.
+    seq = b"\x01\x02\xff\x03"
+    secret = b"\xff\x00\x07"
+    busy = 0.08
+    async with trio.open_nursery() as n:
+        c, peer = await open_pair(n, listener, kernel_timestamps=True)
+        async with trio.open_nursery() as inner:
+
+            async def vspc() -> None:
+                await peer.expect_exact(frame(40, dbl(seq)))
+                # the answer goes out and, with no checkpoint in between, this
+                # host's event loop is busy (no await) while the answer waits
+                sock = peer.stream.socket
+                assert os.write(sock.fileno(), frame(41, dbl(seq + secret))) > 0
+                end = time.perf_counter() + busy
+                while time.perf_counter() < end:
+                    pass
+
+            inner.start_soon(vspc)
+            assert await c.vmotion_begin(seq) == secret
+        (kernel,) = c.stats.begin_kernel_latencies
+        (receipt,) = c.stats.begin_receipt_latencies
+        assert receipt >= busy
+        assert 0 < kernel < busy <= receipt
         assert not c.violations
         await c.aclose()
 

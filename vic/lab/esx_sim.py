@@ -36,12 +36,14 @@ import logging
 import math
 import random
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
 
+from vic.lab import rxstamp
 from vic.lab import telnet_wire as tw
 
 log = logging.getLogger("vic.lab.esx_sim")
@@ -176,6 +178,9 @@ class EsxBehaviour:
     wait_identity: bool = True  # ...including the vSPC asking GET-VM-VC-UUID
     ready_timeout: float = 10.0
     recv_size: int = 65536
+    # plain TCP: read with kernel receive timestamps (vic.lab.rxstamp) and time
+    # each BEGIN's answer also by when it reached this host (begin_kernel_latencies)
+    kernel_timestamps: bool = False
 
 
 @dataclass
@@ -196,6 +201,9 @@ class _Stats:
     # BEGIN sent -> its GOAHEAD/NOTNOW read by the reader task (before the waiting
     # task is woken: without this simulator's own scheduling of that task)
     begin_receipt_latencies: list[float] = field(default_factory=list)
+    # BEGIN sent -> its answer in this host's kernel (EsxBehaviour.kernel_timestamps):
+    # without this process's own wake-up and event loop either
+    begin_kernel_latencies: list[float] = field(default_factory=list)
 
 
 class EsxConnection:
@@ -225,6 +233,8 @@ class EsxConnection:
         self._replies: list[tuple[int, bytes]] = []
         self._abandoned: list[bytes] = []  # seqs whose BEGIN timed out
         self._begin_receipt: float | None = None  # when the reader got the current answer
+        self._begin_receipt_ns: int | None = None  # ...its kernel arrival time (wall clock, ns)
+        self._last_rx_ns: int | None = None  # kernel arrival time of the last bytes read
         self._current_seq: bytes | None = None
         self._reply_event = trio.Event()
         self._cancel = trio.CancelScope()
@@ -483,8 +493,10 @@ class EsxConnection:
         """
         limit = self.b.begin_timeout if timeout is None else timeout
         t0 = trio.current_time()
+        t0_ns = time.time_ns()
         self._current_seq = seq
         self._begin_receipt = None
+        self._begin_receipt_ns = None
         try:
             await self.send_ext(tw.VMOTION_BEGIN, seq)
             reply = await self._wait_reply({tw.VMOTION_GOAHEAD, tw.VMOTION_NOTNOW}, limit)
@@ -496,6 +508,8 @@ class EsxConnection:
         self.stats.begin_latencies.append(trio.current_time() - t0)
         if self._begin_receipt is not None:
             self.stats.begin_receipt_latencies.append(self._begin_receipt - t0)
+        if self._begin_receipt_ns is not None:
+            self.stats.begin_kernel_latencies.append((self._begin_receipt_ns - t0_ns) / 1e9)
         cmd, payload = reply
         if cmd == tw.VMOTION_NOTNOW:
             if payload != seq:
@@ -555,10 +569,19 @@ class EsxConnection:
     # ------------------------------------------------------------ reader
 
     async def _reader(self) -> None:
+        stamped = None
+        if self.b.kernel_timestamps and isinstance(self.stream, trio.SocketStream):
+            stamped = self.stream.socket if rxstamp.enable(self.stream.socket) else None
         with self._cancel:
             try:
                 while True:
-                    chunk = await self.stream.receive_some(self.b.recv_size)
+                    chunk: bytes | bytearray
+                    if stamped is not None:
+                        chunk, self._last_rx_ns = await rxstamp.recv_stamped(
+                            stamped, self.b.recv_size
+                        )
+                    else:
+                        chunk = await self.stream.receive_some(self.b.recv_size)
                     if not chunk:
                         break
                     for ev in self._decoder.feed(bytes(chunk)):
@@ -744,6 +767,7 @@ class EsxConnection:
                 and body.startswith(self._current_seq)
             ):
                 self._begin_receipt = trio.current_time()
+                self._begin_receipt_ns = self._last_rx_ns
             self._replies.append((cmd, body))
             self._reply_event.set()
             self._reply_event = trio.Event()
@@ -818,6 +842,7 @@ async def migrate(
             one_byte_segments=(
                 source.b.one_byte_segments if one_byte_segments is None else one_byte_segments
             ),
+            kernel_timestamps=source.b.kernel_timestamps,
         )
     try:
         dest = await EsxConnection.open(
