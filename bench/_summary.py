@@ -31,10 +31,16 @@ def x(v: Any) -> str:
 
 
 def load_of(d: dict[str, Any] | None) -> str:
+    steal = None
+    for path in (("environment", "cpu_steal"), ("cpu_steal",), ("summary", "cpu_steal_during_vmotions")):
+        v = get(d, *path)
+        if isinstance(v, float):
+            steal = f", steal {v:.0%}"
+            break
     for path in (("environment", "loadavg"), ("host", "load"), ("loadavg_start",)):
         v = get(d, *path)
         if isinstance(v, list) and v:
-            return f"{v[0]:.1f}"
+            return f"{v[0]:.1f}{steal or ''}"
     return "?"
 
 
@@ -122,7 +128,7 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:
 
 def main() -> None:
     d = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS
-    print("| measure | result | target | load |")
+    print("| measure | result | target | load, CPU steal |")
     print("|---|---|---|---|")
     for r in rows(d):
         print("| " + " | ".join(r) + " |")

@@ -122,19 +122,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_ticks() -> tuple[int, int]:
-    """(stolen, total) CPU ticks of this machine so far (/proc/stat): on a VM
-    guest, the share of time the hypervisor gave to others."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    return fields[7], sum(fields)
-
-
-def steal_since(start: tuple[int, int]) -> float:
-    stolen, total = cpu_ticks()
-    return (stolen - start[0]) / max(1, total - start[1])
-
-
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 

@@ -41,6 +41,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _steal import cpu_ticks, steal_since  # noqa: E402
 
 BLOCK = 1 << 20
 
@@ -412,6 +415,7 @@ def bench(args: argparse.Namespace) -> int:
     have_socat = shutil.which("socat") is not None
     sink = Sink()
     hsink = Sink(hashing=True)
+    steal0 = cpu_ticks()
     results: dict[str, Any] = {
         "bench": "mesh_two_hop", "smoke": smoke, "size_bytes": size, "reps": reps,
         "host": platform.node(), "python": platform.python_version(),
@@ -499,6 +503,7 @@ def bench(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     results["loadavg_end"] = os.getloadavg()  # the machine is shared: read ratios with this
+    results["cpu_steal"] = steal_since(steal0)  # ...and with the hypervisor's share of the CPUs
     name = "mesh_two_hop-smoke" if smoke else "mesh_two_hop"
     if only != {"bulk", "streams", "kill"}:
         name += "-" + "-".join(sorted(only))

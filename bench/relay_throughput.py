@@ -41,6 +41,7 @@ from _relay_benchlib import (
     start_socat,
     write_json,
 )
+from _steal import cpu_ticks, steal_since
 
 GIB = 1 << 30
 CHUNK = 1 << 20
@@ -163,6 +164,7 @@ def main() -> int:
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         k: {c: [] for c in CONTENDERS} for k in kinds
     }
+    steal0 = cpu_ticks()
     with tempfile.TemporaryDirectory(prefix="vic-bench-") as tmp:
         for rep in range(args.reps):
             for kind in kinds:
@@ -218,7 +220,7 @@ def main() -> int:
         "size_bytes": args.size,
         "reps": args.reps,
         "smoke": args.smoke,
-        "environment": environment(),
+        "environment": {**environment(), "cpu_steal": steal_since(steal0)},
         "summary": summary,
         "runs": runs,
     }

@@ -45,6 +45,7 @@ from typing import Any
 
 import _vspc_benchlib as bl
 import trio
+from _steal import cpu_ticks, steal_since
 
 from vic.lab import rxstamp
 from vic.lab import telnet_wire as tw
@@ -420,10 +421,10 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                 result["rss_kib_per_vm"] = (rss1 - rss0) / max(1, connected)
 
                 c0, w0 = bl.cpu_seconds(pid), time.monotonic()
-                steal0 = bl.cpu_ticks()
+                steal0 = cpu_ticks()
                 await vmotions(args.vmotions, record=True)
                 # the hypervisor's share of this VM's CPU time while measuring
-                result["cpu_steal_during_vmotions"] = bl.steal_since(steal0)
+                result["cpu_steal_during_vmotions"] = steal_since(steal0)
                 result["middle_cpu_utilisation_during_vmotions"] = (bl.cpu_seconds(pid) - c0) / (
                     time.monotonic() - w0
                 )
