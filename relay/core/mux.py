@@ -9,9 +9,8 @@ starts at ``initial_window`` and doubles, up to ``stream_window``, whenever the
 sender has spent three quarters of it before a refill reached it while the
 application keeps up, i.e. does not sit on most of the window (auto-tuning: a
 bulk stream grows until it no longer waits for credit, a thousand small ones
-stay small). Each
-stream may hold at most its window (granted but unused credit plus received bytes
-the application has not consumed yet). On top of that the receiver caps the
+stay small). Each stream may hold at most its window (granted but unused credit
+plus received bytes the application has not consumed yet). On top of that the receiver caps the
 sum over all streams at ``connection_window``: credit beyond a small
 per-stream reserve (``min_window``) is granted only while the total stays under
 the cap, and freed budget goes to the streams waiting for it in turn. So memory
