@@ -37,7 +37,7 @@ from relay.core.mux import (
     StreamOpened,
     StreamReset,
 )
-from relay.rawsock import RawSocket, Yielder, raw_socket, unthrottle_tcp
+from relay.rawsock import IOV_MAX, RawSocket, Yielder, consume, raw_socket, unthrottle_tcp
 from relay.tlsstream import TlsStream
 
 log = logging.getLogger("relay.link")
@@ -375,13 +375,7 @@ class PeerLink:
             sock = t.socket
             views = [memoryview(c) for c in chunks]
             while views:
-                n = await sock.sendmsg(views[:512])
-                while n and views:
-                    if n >= len(views[0]):
-                        n -= len(views.pop(0))
-                    else:
-                        views[0] = views[0][n:]
-                        n = 0
+                consume(views, await sock.sendmsg(views[:IOV_MAX]))
         else:
             await t.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 

@@ -84,7 +84,7 @@ class RawSocket:
                 n = self.sock.sendmsg(views[:IOV_MAX]) if len(views) > 1 else self.sock.send(views[0])
             except (BlockingIOError, InterruptedError):
                 return
-            _consume(views, n)
+            consume(views, n)
 
     async def send_all(self, parts: Sequence[Buffer]) -> None:
         views = [memoryview(p) for p in parts]
@@ -95,7 +95,8 @@ class RawSocket:
             await trio.lowlevel.wait_writable(self.tsock)
 
 
-def _consume(views: list[memoryview], n: int) -> None:
+def consume(views: list[memoryview], n: int) -> None:
+    """Drop the first ``n`` bytes sent from ``views`` (a partial send keeps the rest)."""
     i = 0
     while n and i < len(views):
         k = len(views[i])

@@ -50,10 +50,6 @@ class TlsStream(trio.abc.Stream):
     def cipher(self) -> Any:
         return self._ssl.cipher()
 
-    def ciphertext_pending(self) -> int:
-        """Received TLS bytes not decrypted yet."""
-        return self._in.pending
-
     def input_pending(self) -> bool:
         """Received TLS bytes not decrypted yet (or decrypted, not read yet)."""
         return self._in.pending > 0 or self._ssl.pending() > 0

@@ -6,8 +6,9 @@ such call (with its own yield) per partial send. The ESX reader and the console
 clients' senders make a call per chunk of a VM's bulk output, so this module
 makes the non-blocking syscall itself on the trio socket's own stdlib socket and
 waits through trio (``wait_readable`` / ``wait_writable``) only when the kernel
-says it would block (the same pattern as ``relay.rawsock``, kept separate so the
-vSPC does not depend on the relay's internals).
+says it would block (the pattern of ``relay.rawsock``, whose ``stdlib_socket`` it
+uses, with trio's error translation and yields kept, which the peer link's raw
+calls do without).
 
 Scheduling is kept as trio's where it matters:
 

@@ -24,6 +24,15 @@ async def pair(kind: str) -> tuple[trio.SocketStream, trio.SocketStream]:
     return await (tcp_pair() if kind == "tcp" else unix_pair())
 
 
+async def two_pairs(
+    kind: str,
+) -> tuple[trio.SocketStream, trio.SocketStream, trio.SocketStream, trio.SocketStream]:
+    """x <-> a and b <-> y: the pump runs between a and b, the test talks on x and y."""
+    x, a = await pair(kind)
+    b, y = await pair(kind)
+    return x, a, b, y
+
+
 async def ping(x: trio.abc.Stream, y: trio.abc.Stream, msg: bytes) -> None:
     """x -> y then the same back y -> x, checked byte for byte."""
     await x.send_all(msg)
@@ -46,8 +55,7 @@ async def chat_until_parked(x: trio.abc.Stream, y: trio.abc.Stream) -> None:
 
 
 async def test_interactive_pump_parks_and_forwards_inline(kind: str) -> None:
-    x, a = await pair(kind)
-    b, y = await pair(kind)
+    x, a, b, y = await two_pairs(kind)
     counters = PumpCounters()
     parker = current_parker()
     async with trio.open_nursery() as nursery:
@@ -67,8 +75,7 @@ async def test_interactive_pump_parks_and_forwards_inline(kind: str) -> None:
 
 
 async def test_bulk_after_inline_is_byte_exact_then_parks_again(kind: str) -> None:
-    x, a = await pair(kind)
-    b, y = await pair(kind)
+    x, a, b, y = await two_pairs(kind)
     parker = current_parker()
     big = payload(3 << 20, 7)
     async with trio.open_nursery() as nursery:
@@ -87,8 +94,7 @@ async def test_bulk_after_inline_is_byte_exact_then_parks_again(kind: str) -> No
 
 
 async def test_full_destination_hands_back_and_delivers_everything(kind: str) -> None:
-    x, a = await pair(kind)
-    b, y = await pair(kind)
+    x, a, b, y = await two_pairs(kind)
     data = b"".join(struct.pack(">I", i) + b"." * 996 for i in range(6000))  # 6 MB of 1000 B
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump, a, b)
@@ -108,8 +114,7 @@ async def test_full_destination_hands_back_and_delivers_everything(kind: str) ->
 
 
 async def test_eof_while_parked_inline_half_closes(kind: str) -> None:
-    x, a = await pair(kind)
-    b, y = await pair(kind)
+    x, a, b, y = await two_pairs(kind)
     counters = PumpCounters()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(pump, a, b, counters=counters))
@@ -129,8 +134,7 @@ async def test_eof_while_parked_inline_half_closes(kind: str) -> None:
 
 
 async def test_reset_while_parked_inline_ends_quietly(kind: str) -> None:
-    x, a = await pair(kind)
-    b, y = await pair(kind)
+    x, a, b, y = await two_pairs(kind)
     counters = PumpCounters()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(pump, a, b, counters=counters))
@@ -149,8 +153,7 @@ async def test_reset_while_parked_inline_ends_quietly(kind: str) -> None:
 
 
 async def test_idle_timeout_counts_inline_traffic(kind: str) -> None:
-    x, a = await pair(kind)
-    b, y = await pair(kind)
+    x, a, b, y = await two_pairs(kind)
     parker = current_parker()
     with pytest.RaisesGroup(IdleTimeout, flatten_subgroups=True):
         async with trio.open_nursery() as nursery:
@@ -170,8 +173,7 @@ async def test_idle_timeout_counts_inline_traffic(kind: str) -> None:
 
 
 async def test_cancel_while_parked_inline_closes_both(kind: str) -> None:
-    x, a = await pair(kind)
-    b, y = await pair(kind)
+    x, a, b, y = await two_pairs(kind)
     parker = current_parker()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump, a, b)

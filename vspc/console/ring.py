@@ -44,13 +44,7 @@ class Ring:
                 self._tail = data  # no copy
                 return
             self._tail = None
-            tail = memoryview(data)[n - cap :]
-            if self._full:
-                self._buf[:] = tail  # same size: copied in place, no new buffer
-            else:
-                self._buf = bytearray(tail)
-                self._full = True
-            self._head = 0
+            self._fill(data)
             return
         if self._tail is not None:
             self._settle()
@@ -83,12 +77,16 @@ class Ring:
         t = self._tail
         assert t is not None
         self._tail = None
-        tail = memoryview(t)[len(t) - self._cap :]
-        if len(self._buf) == self._cap:
-            self._buf[:] = tail
+        self._fill(t)
+
+    def _fill(self, data: bytes | bytearray | memoryview) -> None:
+        """The ring becomes the last ``capacity`` bytes of ``data`` (at least that long)."""
+        tail = memoryview(data)[len(data) - self._cap :]
+        if self._full:
+            self._buf[:] = tail  # same size: copied in place, no new buffer
         else:
             self._buf = bytearray(tail)
-        self._full = True
+            self._full = True
         self._head = 0
 
     def last(self, n: int) -> bytes:
