@@ -22,6 +22,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PUMP_SERVER = ROOT / "bench" / "_pump_server.py"
+SPLICE_FLOOR = ROOT / "bench" / "_splice_floor.py"
 
 
 def results_dir() -> Path:
@@ -92,16 +93,29 @@ def _readline(stream: Any, timeout: float, what: str) -> str:
     return str(line.decode(errors="replace"))
 
 
+def _start_ready(name: str, cmd: list[str]) -> Relay:
+    """A relay process that prints ``READY <address>`` once it listens."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT, bufsize=0)
+    assert proc.stdout is not None
+    line = _readline(proc.stdout, 30, f"{name} READY")
+    if not line.startswith("READY "):
+        raise RuntimeError(f"{name} said {line!r}")
+    return Relay(name, proc, line.split()[1])
+
+
 def start_pump(listen: str, target: str, *, copy: bool = False) -> Relay:
     cmd = [sys.executable, str(PUMP_SERVER), "--listen", listen, "--target", target, "--once"]
     if copy:
         cmd.append("--copy")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT, bufsize=0)
-    assert proc.stdout is not None
-    line = _readline(proc.stdout, 30, "pump server READY")
-    if not line.startswith("READY "):
-        raise RuntimeError(f"pump server said {line!r}")
-    return Relay("pump-copy" if copy else "pump", proc, line.split()[1])
+    return _start_ready("pump-copy" if copy else "pump", cmd)
+
+
+def start_splice_floor(listen: str, target: str) -> Relay:
+    """bench/_splice_floor.py: blocking splice loops, no event loop (one connection)."""
+    return _start_ready(
+        "splice-floor",
+        [sys.executable, str(SPLICE_FLOOR), "--listen", listen, "--target", target],
+    )
 
 
 def socat_address(addr: str, *, listen: bool, nodelay: bool) -> str:

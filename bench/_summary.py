@@ -78,9 +78,13 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:
     for kind in ("tcp", "unix"):
         r = get(t, "summary", kind, "ratios")
         if r:
+            floor = ""
+            if "floor_vs_socat_throughput" in r:
+                floor = (f" (splice floor, no Python: {x(r['floor_vs_socat_throughput'])}, "
+                         f"CPU {x(r['floor_vs_socat_cpu_per_gib'])})")
             out.append((f"relay one hop, 1 GiB {kind.upper()}",
                         f"{x(r['pump_vs_socat_throughput'])} socat, CPU/GiB "
-                        f"{x(r['pump_vs_socat_cpu_per_gib'])}", ">= 1.3x, CPU <= 0.6x",
+                        f"{x(r['pump_vs_socat_cpu_per_gib'])}{floor}", ">= 1.3x, CPU <= 0.6x",
                         load_of(t)))
     lat = load(d, "relay_latency")
     for kind in ("tcp", "unix"):

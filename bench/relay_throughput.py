@@ -4,7 +4,10 @@
 
 for TCP->TCP and Unix->Unix. Relays compared, each in its own process serving one
 connection: our pump (bench/_pump_server.py: splice fast path), our pump forced
-onto its copy path, ``socat -b 262144``, and a direct connection (no relay).
+onto its copy path, ``socat -b 262144``, a direct connection (no relay), and
+``splice-floor`` (bench/_splice_floor.py): blocking splice loops in OS threads
+with no event loop, i.e. what the kernel's zero-copy path costs by itself, the
+floor under any splice relay written in Python.
 Throughput is bytes / (connect .. sink sees EOF); relay CPU is the CPU time of
 the relay process (every thread, from /proc schedstat) from just before the
 sender connects until the sink has seen EOF (start-up and teardown excluded),
@@ -39,13 +42,14 @@ from _relay_benchlib import (
     results_dir,
     start_pump,
     start_socat,
+    start_splice_floor,
     write_json,
 )
 from _steal import cpu_ticks, steal_since
 
 GIB = 1 << 30
 CHUNK = 1 << 20
-CONTENDERS = ("direct", "socat", "pump", "pump-copy")
+CONTENDERS = ("direct", "socat", "pump", "pump-copy", "splice-floor")
 
 
 class Sink(threading.Thread):
@@ -90,6 +94,8 @@ def one_transfer(kind: str, contender: str, size: int, tmpdir: Path) -> dict[str
             listen = relay_listen_addr(kind, tmpdir, "relay.sock")
             if contender == "socat":
                 relay = start_socat(listen, sink.addr)
+            elif contender == "splice-floor":
+                relay = start_splice_floor(listen, sink.addr)
             else:
                 relay = start_pump(listen, sink.addr, copy=contender == "pump-copy")
             target = relay.listen
@@ -135,14 +141,14 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
     kinds = list(summary)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    width = 0.2
+    width = 0.16
     for i, c in enumerate(CONTENDERS):
         xs = [k + i * width for k in range(len(kinds))]
         ax1.bar(xs, [summary[k][c]["gib_per_s"] for k in kinds], width, label=c)
         if c != "direct":
             ax2.bar(xs, [summary[k][c]["cpu_s_per_gib"] for k in kinds], width, label=c)
     for ax, title in ((ax1, "throughput (GiB/s, median)"), (ax2, "relay CPU s per GiB (median)")):
-        ax.set_xticks([k + 1.5 * width for k in range(len(kinds))], kinds)
+        ax.set_xticks([k + (len(CONTENDERS) - 1) / 2 * width for k in range(len(kinds))], kinds)
         ax.set_title(title)
         ax.legend()
     fig.suptitle("one-hop relay bulk throughput: pump vs socat -b 262144 vs direct")
@@ -173,7 +179,7 @@ def main() -> int:
                     r = one_transfer(kind, c, args.size, Path(tmp))
                     runs[kind][c].append(r)
                     print(
-                        f"rep {rep} {kind:4} {c:9} {r['gib_per_s']:6.2f} GiB/s"
+                        f"rep {rep} {kind:4} {c:12} {r['gib_per_s']:6.2f} GiB/s"
                         + (f"  cpu {r['cpu_s_per_gib']:.3f} s/GiB" if r["cpu_seconds"] is not None else ""),
                         flush=True,
                     )
@@ -195,6 +201,9 @@ def main() -> int:
             "pump_copy_vs_socat_throughput": s["pump-copy"]["gib_per_s"] / s["socat"]["gib_per_s"],
             "pump_copy_vs_socat_cpu_per_gib": s["pump-copy"]["cpu_s_per_gib"]
             / s["socat"]["cpu_s_per_gib"],
+            "floor_vs_socat_throughput": s["splice-floor"]["gib_per_s"] / s["socat"]["gib_per_s"],
+            "floor_vs_socat_cpu_per_gib": s["splice-floor"]["cpu_s_per_gib"]
+            / s["socat"]["cpu_s_per_gib"],
         }
         s["targets"] = {
             "throughput_ratio>=1.3": s["ratios"]["pump_vs_socat_throughput"] >= 1.3,
@@ -208,7 +217,7 @@ def main() -> int:
         for c in CONTENDERS:
             cpu = s[c]["cpu_s_per_gib"]
             print(
-                f"  {c:9} {s[c]['gib_per_s']:6.2f} GiB/s"
+                f"  {c:12} {s[c]['gib_per_s']:6.2f} GiB/s"
                 + (f"   relay CPU {cpu:.3f} s/GiB" if cpu is not None else "")
             )
         for name, v in s["ratios"].items():
