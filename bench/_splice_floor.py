@@ -25,6 +25,7 @@ import socket
 import threading
 
 from _pump_server import parse_addr
+from _relay_benchlib import connect
 
 PIPE_SIZE = 1 << 20
 
@@ -43,15 +44,6 @@ def _open_listener(kind: str, addr: str | tuple[str, int]) -> tuple[socket.socke
         shown = f"unix:{addr}"
     ls.listen(1)
     return ls, shown
-
-
-def _connect(kind: str, addr: str | tuple[str, int]) -> socket.socket:
-    if kind == "tcp":
-        assert isinstance(addr, tuple)
-        return socket.create_connection(addr)
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(addr)
-    return s
 
 
 def splice_loop(src: socket.socket, dst: socket.socket) -> None:
@@ -83,12 +75,11 @@ def main() -> int:
     p.add_argument("--target", required=True)
     args = p.parse_args()
     lkind, laddr = parse_addr(args.listen)
-    tkind, taddr = parse_addr(args.target)
     ls, shown = _open_listener(lkind, laddr)
     print(f"READY {shown}", flush=True)
     client, _ = ls.accept()
     ls.close()
-    target = _connect(tkind, taddr)
+    target = connect(args.target)
     back = threading.Thread(target=splice_loop, args=(target, client), daemon=True)
     back.start()
     splice_loop(client, target)
