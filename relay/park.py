@@ -120,10 +120,18 @@ class _Parked:
         self.handoff: list[Handoff] = _READY
 
     def abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
-        """Cancelled while parked (idle timeout, drain): stop watching the fds."""
-        self.woken = True
+        """Cancelled while parked (idle timeout, drain): stop watching the fds.
+
+        Unless the reactor has already handed the pump back (bytes it read and
+        did not write, an EOF, an error) and the wake-up is on its way to the
+        trio thread: then the wait cannot be aborted. The task wakes with the
+        hand-off, its bytes are delivered, and the cancel takes effect at the
+        pump's next checkpoint."""
         with self.parker._mu:
-            self.state = _GONE  # a hand-off already queued is dropped (_wake_in_trio)
+            if self.state == _WAKING:
+                return trio.lowlevel.Abort.FAILED
+            self.woken = True
+            self.state = _GONE
             self.parker._forget(self, self.fds)
         return trio.lowlevel.Abort.SUCCEEDED
 

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from relay.park import current_parker
+from relay.park import Handoff, Parker, current_parker
 from relay.pump import PARK_STREAK, IdleTimeout, PumpCounters, pump
 from tests.relay.test_pump import payload, recv_all, recv_n, tcp_pair, unix_pair
 
@@ -45,6 +45,13 @@ async def ping(x: trio.abc.Stream, y: trio.abc.Stream, msg: bytes) -> None:
     assert back == msg[::-1]
 
 
+def forwarded(parker: Parker) -> int:
+    """Messages the reactor has forwarded, read under its lock: the reactor writes a
+    message, then counts it, so a peer may have read it before the count is up."""
+    with parker._mu:
+        return parker.forwarded
+
+
 async def chat_until_parked(x: trio.abc.Stream, y: trio.abc.Stream) -> None:
     parker = current_parker()
     assert parker.inline
@@ -61,10 +68,10 @@ async def test_interactive_pump_parks_and_forwards_inline(kind: str) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(pump, a, b, counters=counters))
         await chat_until_parked(x, y)
-        before = parker.forwarded
+        before = forwarded(parker)
         for i in range(50):
             await ping(x, y, payload(1 + i * 37, i))
-        assert parker.forwarded >= before + 100  # both ways, no wake of the pump
+        assert forwarded(parker) >= before + 100  # both ways, no wake of the pump
         assert parker.parked == 1
         sent = sum(len(b"keystroke %d\n" % i) for i in range(PARK_STREAK + 2))
         sent += sum(1 + i * 37 for i in range(50))
@@ -160,11 +167,11 @@ async def test_idle_timeout_counts_inline_traffic(kind: str) -> None:
             # (a wide margin between pacing and timeout: a loaded machine may pause us)
             nursery.start_soon(partial(pump, a, b, idle_timeout=1.5))
             await chat_until_parked(x, y)
-            before = parker.forwarded
+            before = forwarded(parker)
             for i in range(16):  # 2.4 s of traffic, 0.15 s apart: forwarded inline
                 await trio.sleep(0.15)  # pacing the traffic, not synchronisation
                 await ping(x, y, b"tick %d" % i)
-            assert parker.forwarded >= before + 32
+            assert forwarded(parker) >= before + 32
             assert parker.parked == 1  # still alive, still parked
             start = trio.current_time()
             await recv_all(y, bytearray())  # silence: the pump times out, y sees EOF
@@ -182,3 +189,57 @@ async def test_cancel_while_parked_inline_closes_both(kind: str) -> None:
     assert parker.parked == 0
     assert await x.receive_some(10) == b""
     assert await y.receive_some(10) == b""
+
+
+class _QuietSession:
+    """A Parkable whose fds never carry a byte in this test (the reactor never asks
+    it for routes)."""
+
+    busy = False
+    reading = 0
+    live = 1
+
+    def park_now(self) -> None:
+        pass
+
+    def parked_fds_valid(self) -> bool:
+        return True
+
+    def moved_inline(self, direction: int, n: int) -> None:
+        raise AssertionError("nothing is forwarded in this test")
+
+    def routes(self) -> tuple[()]:
+        raise AssertionError("nothing is forwarded in this test")
+
+
+async def test_cancel_racing_a_hand_off_keeps_the_handed_bytes(kind: str) -> None:
+    """The reactor handed a parked pump bytes it read (the wake-up is queued for the
+    trio thread) and, before that wake-up runs, the pump's wait is cancelled (its idle
+    deadline passed, or a drain): the wait still returns the hand-off, so its bytes
+    are delivered instead of dropped."""
+    x, a = await pair(kind)
+    parker = current_parker()
+    assert parker.inline
+    fd = a.socket.fileno()
+    handoff: list[Handoff] = [(0, "data", b"read by the reactor", None)]
+    got: list[object] = []
+    cancelled = []
+    scope = trio.CancelScope()
+
+    async def parked() -> None:
+        with scope:
+            got.append(await parker.park(_QuietSession(), (fd,)))
+        cancelled.append(scope.cancelled_caught)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(parked)
+        await trio.testing.wait_all_tasks_blocked()
+        entry = parker._parked[fd]
+        with parker._mu:  # as the reactor thread does it
+            parker._hand_off(entry, handoff)
+        scope.cancel()  # before the trio thread ran the queued wake-up
+    assert got == [handoff]
+    assert cancelled == [False]
+    assert parker.parked == 0
+    await x.aclose()
+    await a.aclose()
