@@ -42,8 +42,8 @@ class Due(enum.Enum):
 class Liveness:
     """One connection's timers (see the module docstring)."""
 
-    __slots__ = ("check_at", "conn", "deadline_id", "heard_at", "identified", "identify_by",
-                 "probe_until", "seq")
+    __slots__ = ("answered", "check_at", "conn", "deadline_id", "heard_at", "identified",
+                 "identify_by", "probe_until", "seq")
 
     def __init__(self, conn: Conn, now: float, policy: LivenessPolicy, seq: int) -> None:
         self.conn = conn
@@ -52,6 +52,7 @@ class Liveness:
         self.identified = False
         self.identify_by = now + policy.identify_timeout
         self.probe_until: float | None = None  # a probe is out, unanswered
+        self.answered = 0  # probes answered so far
         self.check_at = 0.0  # when its live heap entry is due
         self.deadline_id = 0
 
@@ -61,6 +62,7 @@ class Liveness:
         if self.probe_until is None:
             return False
         self.probe_until = None
+        self.answered += 1
         return True
 
     @property
