@@ -63,6 +63,7 @@ class EsxConnection:
         "_closing",
         "_control",
         "_data",
+        "_inflight",
         "_nursery",
         "_resume",
         "_room",
@@ -98,6 +99,7 @@ class EsxConnection:
         self.received_at = 0.0  # trio time of the read being processed
         self._control = bytearray()
         self._data = bytearray()  # un-escaped console bytes for the VM
+        self._inflight = 0  # bytes of the write under way
         self._writing = False  # a writer task is running
         self._closing = False
         self._nursery: trio.Nursery | None = None
@@ -152,7 +154,8 @@ class EsxConnection:
             self._kick()
 
     def out_pending(self) -> int:
-        return len(self._control) + len(self._data)
+        """Bytes queued for the peer, the write under way included."""
+        return len(self._control) + len(self._data) + self._inflight
 
     @property
     def output_full(self) -> bool:
@@ -233,8 +236,10 @@ class EsxConnection:
                     chunk = self.session.send_console(raw)
                     if len(self._data) <= OUT_HIGH_WATER:
                         self._wake_room()
+                self._inflight = len(chunk)
                 with trio.move_on_after(OUTPUT_STALL_SECONDS) as stall:
                     await self.stream.send_all(chunk)
+                self._inflight = 0
                 if stall.cancelled_caught:
                     self._stalled()
                     return
@@ -242,6 +247,7 @@ class EsxConnection:
                     self.resume_reading()  # a reader paused on output_full re-checks
         finally:
             self._writing = False
+            self._inflight = 0
         if self._closing and self._nursery is not None:
             self._nursery.cancel_scope.cancel()  # flushed: now close
 

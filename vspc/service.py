@@ -696,8 +696,8 @@ class VspcService:
         elif conn.reading_paused and not peer_gone(conn.stream):
             self.liveness.spare(conn, now)  # its answer may wait unread behind its data
         else:
-            await self._execute(self.board.probe_failed(conn, now))
             conn.refuse("idle", f"no answer to a liveness probe within {lc.probe_timeout:g} s")
+            await self._execute(self.board.probe_failed(conn, now))
 
 
 class _InputSink:
