@@ -384,7 +384,8 @@ class VspcService:
             self.metrics.telnet_refused_total.labels(reason=conn.refusal).inc()
         self.metrics.esx_connections.dec()
         await self._execute(self.board.connection_closed(conn, trio.current_time()))
-        log.info("%r: closed%s", conn, f" ({conn.close_reason})" if conn.close_reason else "")
+        log.info("%r: closed%s", conn,
+                 f" ({wire(conn.close_reason, 200)})" if conn.close_reason else "")
         self._changed()
 
     def may_read(self, conn: EsxConnection) -> bool:
@@ -417,6 +418,7 @@ class VspcService:
             await self._execute(actions, answer_on=conn)
             if self.board.port_of(conn) is not None:
                 self._deferred.pop(conn, None)
+                self.liveness.identified(conn)  # bound by its cookie: it is who it says
             if any(isinstance(a, sb.PortEvent) and a.kind is sb.EventKind.PEER_REFUSED
                    and a.conn is conn for a in actions):
                 self._peer_refused(conn)
@@ -590,7 +592,7 @@ class VspcService:
     def _port_event(self, ev: sb.PortEvent) -> None:
         conn = ev.conn
         if log.isEnabledFor(logging.INFO):  # (the repr is not free)
-            log.info("port %s: %s %s%s", ev.key or "-", ev.kind, wire(ev.detail, 200),
+            log.info("port %s: %s %s%s", wire(str(ev.key or "-")), ev.kind, wire(ev.detail, 200),
                      f" ({conn!r})" if conn is not None else "")
         outcome = _OUTCOMES.get(ev.kind)
         if outcome:
@@ -599,7 +601,8 @@ class VspcService:
             self._settled = True
         if ev.kind is sb.EventKind.TAKEOVER_REFUSED and isinstance(conn, EsxConnection):
             conn.refusal = "takeover"
-            log.warning("%r: takeover of port %s refused: %s", conn, ev.key, ev.detail)
+            log.warning("%r: takeover of port %s refused: %s", conn, wire(str(ev.key)),
+                        ev.detail)
         if ev.key is None:
             return
         console = self._console(ev.key)
@@ -667,6 +670,9 @@ class VspcService:
 
     async def probe_answered(self, conn: EsxConnection) -> None:
         """Bytes came from ``conn`` while a probe was out: it is alive."""
+        self.liveness.answered(conn)
+        if conn.liveness is not None:
+            self._liveness_scheduled(conn.liveness.check_at)
         await self._execute(self.board.probe_answered(conn))
 
     def _liveness_scheduled(self, at: float) -> None:

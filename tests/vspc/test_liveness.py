@@ -46,7 +46,9 @@ def test_any_bytes_answer_the_probe_and_move_the_idle_deadline() -> None:
     assert t.tick(90.0) == [("c", Due.PROBE)]
     assert rec.heard(91.0)  # the answer
     assert rec.answered == 1
+    t.answered("c")  # (the probe's own deadline entry is stale now)
     assert t.tick(95.0) == []
+    assert t.tick(150.9) == []
     assert t.tick(151.0) == [("c", Due.PROBE)]
 
 

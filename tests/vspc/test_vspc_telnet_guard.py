@@ -176,6 +176,14 @@ def test_non_loopback_listener_needs_allowed_sources() -> None:
     assert not address_allowed("10.0.0.1", local)
 
 
+def test_source_of_a_relayed_stream_is_its_relay() -> None:
+    from vspc.service import _source_of
+
+    assert _source_of("10.0.0.5:40000") == "10.0.0.5"
+    assert _source_of("::1:40000") == "::1"
+    assert _source_of("relay:esx-01") == "relay:esx-01"  # one source per relay host
+
+
 # ---- item 8: vMotion slots ----------------------------------------------------------
 
 
@@ -312,3 +320,50 @@ async def test_do_proxy_uri_with_newline_is_one_escaped_log_line(
     assert len(lines) == 1
     assert "\n" not in lines[0] and "\x1b" not in lines[0]
     assert "vic-console\\n2026-12-07" in lines[0] and "\\x1b[2J" in lines[0]
+
+
+async def test_peer_gone_seen_without_reading_past_queued_data() -> None:
+    """What reaps a paused reader: the FIN is seen although data is still unread."""
+    from vspc.esx_conn import peer_gone
+
+    listeners = await trio.open_tcp_listeners(0, host=HOST)
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream(HOST, port)
+    server = await listeners[0].accept()
+    assert isinstance(server, trio.SocketStream)
+    await client.send_all(b"unread" * 1000)
+    assert not peer_gone(server)
+    await client.aclose()
+    with trio.fail_after(5):
+        while not peer_gone(server):
+            await trio.sleep(0.001)  # the kernel delivers the FIN on its own time
+    assert await server.receive_some(6) == b"unread"  # the data was never consumed
+    await server.aclose()
+    await listeners[0].aclose()
+
+
+async def test_telnetlib3_answers_the_liveness_probe(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """An independent Telnet client (telnetlib3, real time) answers DO TIMING-MARK:
+    idle but alive, it survives probe after probe."""
+    telnetlib3 = pytest.importorskip("telnetlib3")
+    from .test_telnet_interop import asyncio_thread
+
+    service = await start(tmp_path, nursery, idle_probe=0.05, probe_timeout=10.0,
+                          identify_timeout=600.0)
+
+    async def main(ready: object, stop: object) -> None:
+        _reader, writer = await telnetlib3.open_connection(
+            HOST, service.esx_port, encoding=False, connect_minwait=0.05, connect_maxwait=1.0)
+        ready.set_result(None)  # type: ignore[attr-defined]
+        await stop.wait()  # type: ignore[attr-defined]
+        writer.close()
+
+    with asyncio_thread(main) as (ready, _stop):
+        await trio.to_thread.run_sync(ready.result, 15)
+        await wait_until(lambda: len(service.board.connections()) == 1, timeout=15)
+        (conn,) = service.board.connections()
+        assert isinstance(conn, ServerConn) and conn.liveness is not None
+        await wait_until(lambda: conn.liveness is not None and conn.liveness.answered >= 3,
+                         timeout=30)
+        assert not conn.closing
+    assert refused(service, "idle") == 0

@@ -115,6 +115,12 @@ class LivenessTable:
         self._schedule(rec)
         return True
 
+    def answered(self, conn: Conn) -> None:
+        """Its probe was answered (``Liveness.heard`` returned True): next idle deadline."""
+        rec = self._recs.get(conn)
+        if rec is not None:
+            self._schedule(rec)
+
     def spare(self, conn: Conn, now: float) -> None:
         """After DEAD, the adapter found the peer still there (it could not read the
         answer): count it as heard now and keep watching it."""
