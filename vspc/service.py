@@ -9,6 +9,15 @@ disk: console bytes go into a per-port backlog drained by a short-lived task
 (in port order, so a vMotion source's bytes still come before the
 destination's), and the reader stops reading only when that backlog passes
 ``console_backlog_bytes``. So VMOTION-BEGIN is answered as soon as it is read.
+
+Who may stay (the sans-IO ``LivenessTable`` keeps the clocks; one task acts on
+them): a Telnet connection from outside ``listen.allowed-sources`` is closed at
+accept; one without a VM-VC-UUID after ``identify-timeout``, or past the hold
+limit before it, is closed; a silent one is probed (IAC DO TIMING-MARK) after
+``idle-probe`` and closed if it does not answer within ``probe-timeout``. A
+takeover of a carried port from another source address waits for such a probe
+of the carrier (the switchboard decides). Each refusal is one log line and
+``vspc_telnet_refused_total{reason}``.
 """
 
 from __future__ import annotations
@@ -391,7 +400,7 @@ class VspcService:
     def may_read(self, conn: EsxConnection) -> bool:
         """Whether the reader of ``conn`` may read more (else wait for resume_reading)."""
         if self.board.from_vm_room(conn) <= 0:
-            if conn.raw_uuid is None:  # over the hold limit before saying who it is
+            if conn.raw_uuid is None and self.board.port_of(conn) is None:  # never said who
                 conn.refuse("flood", f"{self.board.from_vm_held(conn)} bytes sent "
                             "before any VM-VC-UUID")
             return False  # the switchboard sends ResumeReading
