@@ -5,6 +5,7 @@ on trio's autojump clock (virtual time: no test waits for them)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -92,7 +93,8 @@ async def test_takeover_from_another_source_refused_victim_keeps_its_keys(
     victim_conn = server_conn(service, victim)
 
     thief = await open_vm(service, nursery, vm, source="127.0.0.2")
-    await thief.send_console(b"EVIL")
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await thief.send_console(b"EVIL")  # (it may be refused already)
     await thief.wait_closed(timeout=30)
     assert victim.timing_marks >= 1  # the carrier was probed, and answered
     assert service.board.carrier(key) is victim_conn
