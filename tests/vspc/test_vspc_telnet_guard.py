@@ -142,6 +142,28 @@ async def test_same_source_reconnect_takes_over_at_once(
     assert not new.closed.is_set()
 
 
+@pytest.mark.parametrize("dest_do_proxy", [False, True])
+async def test_vmotion_to_another_host_is_no_takeover(
+    tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock,
+    dest_do_proxy: bool,
+) -> None:
+    """The destination ESX host connects from another address: PEER, not a takeover."""
+    service = await start(tmp_path, nursery)
+    rng = random.Random(10)
+    vm = SimVM.random(rng)
+    src = await open_vm(service, nursery, vm)
+    await wait_until(lambda: service.board.carrier(PortKey(vm.canonical_uuid, DEFAULT_LABEL))
+                     is not None)
+    typist = await attach_console(service, vm.canonical_uuid, "rw")
+    m = await migrate(src, HOST, service.esx_port or 0, nursery=nursery, rng=rng,
+                      dest_do_proxy=dest_do_proxy, dest_local_address="127.0.0.2")
+    await typist.send_all(b"moved")
+    assert await m.dest.receive_console_exactly(5) == b"moved"
+    assert src.timing_marks == 0 and not m.dest.violations
+    assert metric(service, "vspc_vmotions_total", outcome="complete") == 1
+    assert refused(service, "takeover") == 0
+
+
 async def test_connection_from_outside_allowed_sources_is_closed_at_accept(
     tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -835,6 +835,7 @@ async def migrate(
     close_source: bool = True,
     peer_timeout: float = ESX_BEGIN_TIMEOUT,
     dest_behaviour: EsxBehaviour | None = None,
+    dest_local_address: str | None = None,
 ) -> Migration:
     """Run a whole vMotion of ``source.vm`` to a new connection at ``host:port``.
 
@@ -868,6 +869,7 @@ async def migrate(
             ssl_context=ssl_context,
             server_hostname=server_hostname,
             behaviour=dest_behaviour,
+            local_address=dest_local_address,  # the destination host's address
         )
     except BaseException:
         with trio.CancelScope(shield=True):
