@@ -709,7 +709,10 @@ class VspcService:
         elif due is Due.IDENTIFY_TIMEOUT:
             conn.refuse("identify_timeout", f"no VM-VC-UUID within {lc.identify_timeout:g} s")
         elif conn.reading_paused and not peer_gone(conn.stream):
-            self.liveness.spare(conn, now)  # its answer may wait unread behind its data
+            # Not read (back-pressure): its answer may wait behind its data. Its peer
+            # is still connected: alive as far as we can tell (contenders lose).
+            self.liveness.spare(conn, now)
+            await self._execute(self.board.probe_answered(conn))
         else:
             conn.refuse("idle", f"no answer to a liveness probe within {lc.probe_timeout:g} s")
             await self._execute(self.board.probe_failed(conn, now))
