@@ -279,6 +279,14 @@ class RelayConfig:
                         "several egresses and none named 'default': name one",
                     )
 
+    def listener_key(self, name: str) -> str:
+        """The TOML key of the listener called ``name``, e.g. ``vsock[0]``."""
+        for kind in LISTENER_KINDS:
+            for i, lst in enumerate(getattr(self, kind)):
+                if lst.name == name:
+                    return f"{kind}[{i}]"
+        return name
+
     def listeners(self) -> dict[str, Listener]:
         out: dict[str, Listener] = {}
         for kind in LISTENER_KINDS:

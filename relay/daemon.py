@@ -60,6 +60,7 @@ from relay.pump import IdleTimeout, PumpCounters, PumpTimeout, pump
 from relay.resumable import ResumableStream
 from vic.ops import sdnotify
 from vic.ops.config import ConfigError
+from vic.ops.listen import listen_error, listening
 from vic.ops.metrics_http import serve_metrics
 
 log = logging.getLogger("relay")
@@ -159,10 +160,7 @@ class RelayDaemon:
         try:
             async with trio.open_nursery() as svc:
                 self._svc = svc
-                try:
-                    await self._start_metrics(cfg.metrics)
-                except OSError as e:
-                    raise ConfigError("metrics.port", f"cannot serve metrics: {e}") from None
+                await self._start_metrics(cfg.metrics)
                 interval = sdnotify.watchdog_interval()
                 if interval:
                     svc.start_soon(self._watchdog, interval)
@@ -174,9 +172,8 @@ class RelayDaemon:
                         listeners.start_soon(trio.sleep_forever)
                         self.accepting = True
                         errors = await self._apply(cfg)
-                        if errors:
-                            name, err = errors[0]
-                            raise ConfigError(name, f"cannot start listener: {err}")
+                        if errors:  # one line naming the key, exit 2 (relay.cli)
+                            raise errors[0]
                         log.info("relay %s ready: %d listeners, metrics port %s", self.host,
                                  len(self._running), self.metrics_port)
                         task_status.started(self)
@@ -207,9 +204,10 @@ class RelayDaemon:
             errors = await self._apply(new)
             try:
                 await self._start_metrics(new.metrics)
-            except OSError as e:
-                log.error("metrics server could not restart: %s", e)
-                errors.append(("metrics", e))
+            except ConfigError as e:
+                errors.append(e)
+            for err in errors:
+                log.error("reload: %s", err)
             self.metrics.reloads.labels("partial" if errors else "ok").inc()
             log.info("reloaded: %d listeners, %d live streams kept", len(self._running),
                      self.active_streams())
@@ -371,8 +369,9 @@ class RelayDaemon:
 
     # --- listeners --------------------------------------------------------------
 
-    async def _apply(self, new: RelayConfig) -> list[tuple[str, BaseException]]:
-        """Converge the mesh and the running listeners on ``new``; returns start failures."""
+    async def _apply(self, new: RelayConfig) -> list[ConfigError]:
+        """Converge the mesh and the running listeners on ``new``; returns start
+        failures, each naming the key of what could not be opened."""
         errors = await self.mesh.apply(new.peer)
         wanted = new.listeners()
         for name, run in list(self._running.items()):
@@ -393,8 +392,7 @@ class RelayDaemon:
             assert self._listeners is not None
             run.bound = await self._listeners.start(self._listener_task, run)
             if run.error is not None:
-                log.error("listener %s could not start: %s", name, _reason(run.error))
-                errors.append((name, run.error))
+                errors.append(_listener_error(new.listener_key(name), lst, run.error))
                 continue
             self.metrics.add_route(name)
             self._running[name] = run
@@ -439,13 +437,37 @@ class RelayDaemon:
             with scope:
                 await serve_metrics(self.metrics.registry, mc.host, mc.port, task_status=task_status)
 
-        self.metrics_port = await self._svc.start(serve)
+        with listening("metrics.port", host_key="metrics.host", where=f"{mc.host}:{mc.port}"):
+            self.metrics_port = await self._svc.start(serve)
         self._metrics_scope = scope
 
     async def _watchdog(self, interval: float) -> None:
         while True:
             sdnotify.watchdog()
             await trio.sleep(interval)
+
+
+# Per listener kind: the key of what it binds, and of the host part (if any).
+_BIND_KEYS: dict[type, tuple[str, str | None]] = {
+    TcpListener: ("port", "host"),
+    VspcListener: ("port", "host"),
+    PipeListener: ("path", None),
+    SerialListener: ("device", None),
+    VsockListener: ("port", "bind-cid"),
+    HvsockListener: ("uds-path", None),
+}
+
+
+def _listener_error(key: str, lst: Listener, e: BaseException) -> ConfigError:
+    """A listener that could not start, as a ConfigError naming its TOML key."""
+    field_key, host_field = _BIND_KEYS[type(lst)]
+    if isinstance(e, ConfigError):
+        return e
+    if isinstance(e, OSError):
+        return listen_error(e, f"{key}.{field_key}",
+                            host_key=f"{key}.{host_field}" if host_field else None,
+                            where=f"listener {lst.name!r}")
+    return ConfigError(f"{key}.{field_key}", f"listener {lst.name!r} cannot start: {_reason(e)}")
 
 
 def _reason(e: BaseException) -> str:

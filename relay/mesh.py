@@ -43,6 +43,8 @@ from relay.pump import pump
 from relay.resumable import Accepted, ResumableStream, SessionTable
 from relay.route import Router, open_transport
 from relay.vsphere_route import follow_appliance
+from vic.ops.config import ConfigError
+from vic.ops.listen import listening
 
 log = logging.getLogger("relay.mesh")
 
@@ -132,14 +134,15 @@ class Mesh:
     def bound(self) -> list[Any]:
         return [x.bound for x in self._listens]
 
-    async def apply(self, peer: PeerConfig | None) -> list[tuple[str, BaseException]]:
-        """Converge on ``peer`` (reload-safe); returns what could not start."""
+    async def apply(self, peer: PeerConfig | None) -> list[ConfigError]:
+        """Converge on ``peer`` (reload-safe); returns what could not start, each
+        error naming its key."""
         assert self._nursery is not None
         new = peer if peer is not None else PeerConfig()
         old, self.config = self.config, new
         self._link_config = new.link.link_config()
         files = new.tls.files() if new.tls is not None else None
-        errors: list[tuple[str, BaseException]] = []
+        errors: list[ConfigError] = []
         # routes
         for name, route in new.routes_runtime().items():
             r = self.routers.get(name)
@@ -174,10 +177,10 @@ class Mesh:
             if pl in running:
                 continue
             try:
-                self._listens.append(await self._nursery.start(self._listen, pl))
-            except (OSError, ssl.SSLError) as e:
-                log.error("peer listener %s could not start: %s", pl.address, e)
-                errors.append((f"peer.listen[{i}]", e))
+                with listening(f"peer.listen[{i}].address", where=pl.address):
+                    self._listens.append(await self._nursery.start(self._listen, pl))
+            except ConfigError as e:
+                errors.append(e)
         # admin socket
         if old.admin_socket != new.admin_socket or self._admin is None:
             if self._admin is not None:
@@ -186,10 +189,11 @@ class Mesh:
             if new.admin_socket is not None:
                 scope = trio.CancelScope()
                 try:
-                    await self._nursery.start(self._serve_admin, new.admin_socket, scope)
+                    with listening("peer.admin-socket", where=str(new.admin_socket)):
+                        await self._nursery.start(self._serve_admin, new.admin_socket, scope)
                     self._admin = scope
-                except OSError as e:
-                    errors.append(("peer.admin-socket", e))
+                except ConfigError as e:
+                    errors.append(e)
         # vSphere follow
         for name, (fcfg, scope) in list(self._follows.items()):
             if new.follow.get(name) != fcfg:

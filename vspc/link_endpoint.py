@@ -28,6 +28,7 @@ from relay.mesh import vet_accepted
 from relay.peer_config import open_peer_listener
 from relay.peering import LinkServer
 from relay.resumable import Accepted, SessionTable
+from vic.ops.listen import listening
 from vspc.config import EndpointConfig, LinkListen
 from vspc.prefixed import PrefixedStream
 
@@ -79,9 +80,10 @@ class LinkEndpoint:
                 run.scope.cancel()
         self._runs = keep
         running = [r.cfg for r in keep]
-        for ln in cfg.link:
+        for i, ln in enumerate(cfg.link):
             if ln not in running:
-                self._runs.append(await self._nursery.start(self._listen, ln))
+                with listening(f"endpoint.link[{i}].address", where=ln.address):
+                    self._runs.append(await self._nursery.start(self._listen, ln))
 
     def goaway(self) -> None:
         for run in self._runs:
