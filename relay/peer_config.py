@@ -190,6 +190,7 @@ class FollowConfig:
     tls: bool = True  # links to those relays use TLS
 
     def validate(self) -> None:
+        require(0 < self.port <= 65535, "port", "must be 1..65535")
         require(bool(self.hosts), "hosts", "map at least one ESX host to a relay address")
         for host, addr in self.hosts.items():
             try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import trio
@@ -19,6 +20,7 @@ import trio
 from vic.ops import config as cfgmod
 from vic.ops import logs, runtime_tuning, sdnotify
 from vic.ops.daemon import watch_signals
+from vic.ops.preflight import cert_warnings, probe_hosts
 from vspc.config import VspcConfig
 
 log = logging.getLogger("vspc")
@@ -35,10 +37,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = cfgmod.load(VspcConfig, args.config)
+    warnings = cert_warnings(config.own_certificates())
     if args.check:
+        probe_hosts(config.bind_hosts())
+        for w in warnings:
+            print(f"vic vspc: warning: {w}", file=sys.stderr)
         print(f"{args.config}: ok")
         return 0
     logs.setup(config.log_level)
+    for w in warnings:
+        log.warning("%s", w)
     runtime_tuning.tune_allocator()
     try:
         trio.run(serve, args.config, config, args.drain_seconds)
