@@ -42,6 +42,7 @@ from relay.config import (
     VspcListener,
     load_config,
 )
+from relay.core.frames import ErrorCode
 from relay.core.header import HeaderError, OriginHeader, encode_header
 from relay.core.hybrid import HybridError
 from relay.egress import EgressConnection, open_egress
@@ -54,7 +55,7 @@ from relay.ingress import vsock as vsock_ingress
 from relay.ingress import vspc as vspc_ingress
 from relay.limits import Limits, Ticket
 from relay.mesh import Mesh
-from relay.metrics import TO_VM, RelayMetrics
+from relay.metrics import COMPLETED, FAILED, RESET, TO_VM, RelayMetrics
 from relay.pipepool import PipePool
 from relay.pump import IdleTimeout, PumpCounters, PumpTimeout, pump
 from relay.resumable import ResumableStream
@@ -91,6 +92,62 @@ _EGRESS_ERRORS = (
     HeaderError,
     ssl.SSLError,
 )
+
+
+# A peer session's failure code -> relay_streams_failed_total reason
+_SESSION_REASONS: dict[int, str] = {
+    ErrorCode.TIMEOUT: "resume_timeout",
+    ErrorCode.GAP: "gap",
+    ErrorCode.UNKNOWN_SESSION: "unknown_session",
+    ErrorCode.PROTOCOL: "protocol",
+    ErrorCode.FLOW_CONTROL: "protocol",
+    ErrorCode.REFUSED: "refused",
+    ErrorCode.INTERNAL: "internal",
+}
+
+
+def _resumables(*streams: trio.abc.Stream) -> tuple[ResumableStream, ...]:
+    return tuple(s for s in streams if isinstance(s, ResumableStream))
+
+
+@dataclass
+class _Settling:
+    """A stream that has stopped being pumped, until its outcome is counted."""
+
+    stream: trio.abc.Stream  # the VM side (or the peer-link session that brought it)
+    conn: EgressConnection | None
+    counters: PumpCounters | None
+    route: str
+    failed: str  # why the relay could not carry it ("" = it did)
+
+    @property
+    def resumables(self) -> tuple[ResumableStream, ...]:
+        return _resumables(self.stream, *((self.conn.stream,) if self.conn else ()))
+
+    def outcome(self) -> tuple[str, str]:
+        """(completed | reset | failed, the failure reason)."""
+        if self.failed:
+            return FAILED, self.failed
+        for r in self.resumables:
+            f = r.failure
+            if f is not None:
+                if f.code == ErrorCode.CANCEL:  # the far end (or its VM) gave up
+                    return RESET, ""
+                return FAILED, _SESSION_REASONS.get(f.code, "peer_session")
+        if self.counters is not None and self.counters.end_reason == "eof":
+            return COMPLETED, ""
+        return RESET, ""
+
+    def delivered(self) -> tuple[int, int]:
+        """Bytes the appliance side and the VM side took (to_appliance, to_vm)."""
+        c, conn = self.counters, self.conn
+        if c is None or conn is None:
+            return 0, 0
+        dst = conn.stream
+        up = dst.session.acked if isinstance(dst, ResumableStream) else c.a_to_b
+        down = (self.stream.session.acked if isinstance(self.stream, ResumableStream)
+                else c.b_to_a + len(conn.pending))
+        return up, down
 
 
 @dataclass
@@ -135,7 +192,7 @@ class RelayDaemon:
         self._metrics_scope: trio.CancelScope | None = None
         self._metrics_cfg: MetricsConfig | None = None
         self.stopped = trio.Event()
-        self.mesh = Mesh(self.deliver, self.metrics.registry)
+        self.mesh = Mesh(self.deliver, self.metrics.registry, events=self.metrics)
 
     # --- public ---------------------------------------------------------------
 
@@ -322,12 +379,14 @@ class RelayDaemon:
         sid, vm = header.stream_id, header.vm
         t = self.config.timeouts
         counters: PumpCounters | None = None
+        conn: EgressConnection | None = None
+        failed = ""  # why the relay could not carry the stream ("" = it did)
         try:
             try:
                 with trio.fail_after(t.connect):
                     conn = await self._open(egress, header)
             except _EGRESS_ERRORS as e:
-                self.metrics.failed.labels(route, "egress").inc()
+                failed = "egress"
                 why = (f"no connection or handshake within {t.connect}s"
                        if isinstance(e, trio.TooSlowError) else _reason(e))
                 log.warning("stream=%s route=%s vm=%s peer=%s: egress %s failed: %s", sid, route,
@@ -335,7 +394,8 @@ class RelayDaemon:
                 await trio.aclose_forcefully(stream)
                 return
             counters = PumpCounters()
-            self.metrics.stream_started(id(counters), route, counters)
+            self.metrics.stream_started(id(counters), route, counters,
+                                        _resumables(stream, conn.stream))
             log.info("stream=%s route=%s kind=%s vm=%s label=%s peer=%s: relaying via %s", sid,
                      route, header.kind, vm, header.label, peer,
                      f"peer route {egress.route}" if egress.kind == "peer" else egress.kind)
@@ -346,12 +406,11 @@ class RelayDaemon:
                 await pump(stream, conn.stream, counters=counters, idle_timeout=t.idle or None,
                            stall_timeout=t.stall or None, pipes=self.pipes)
             except PumpTimeout as e:
-                kind = "idle" if isinstance(e, IdleTimeout) else "stall"
-                self.metrics.failed.labels(route, kind).inc()
+                failed = "idle" if isinstance(e, IdleTimeout) else "stall"
                 log.info("stream=%s route=%s vm=%s closed: %s", sid, route, vm, e)
                 return
             except Exception as e:  # a bug or an unexpected error: this stream only
-                self.metrics.failed.labels(route, "error").inc()
+                failed = "error"
                 log.error("stream=%s route=%s vm=%s failed: %s", sid, route, vm, _reason(e))
                 await trio.aclose_forcefully(stream)
                 await trio.aclose_forcefully(conn.stream)
@@ -361,11 +420,32 @@ class RelayDaemon:
                      counters.b_to_a)
         except trio.Cancelled:
             if self._stopping:
+                failed = "drain_deadline"
                 log.warning("stream=%s route=%s vm=%s cut at the drain deadline", sid, route, vm)
             raise
         finally:
             if counters is not None:
                 self.metrics.stream_ended(id(counters))
+            self._settle(_Settling(stream, conn, counters, route, failed))
+
+    def _settle(self, st: _Settling) -> None:
+        """Count the stream's outcome and delivered bytes once its peer-link sessions
+        (if any) have finished delivering what they hold."""
+        if st.failed or not st.resumables or self._streams is None:
+            self._account(st)
+        else:
+            self._streams.start_soon(self._account_when_finished, st)
+
+    async def _account_when_finished(self, st: _Settling) -> None:
+        for r in st.resumables:
+            await r.wait_finished()
+        self._account(st)
+
+    def _account(self, st: _Settling) -> None:
+        outcome, reason = st.outcome()
+        if outcome == FAILED:
+            self.metrics.failed.labels(st.route, reason).inc()
+        self.metrics.stream_settled(outcome, *st.delivered())
 
     # --- listeners --------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from relay.core.header import HeaderDecoder, HeaderError, OriginHeader
 from relay.core.hybrid import HybridError
 from relay.egress import hybrid_connect
 from relay.link import LinkConfig
+from relay.linkevents import NO_EVENTS, LinkEvents
 from relay.peer_config import PeerConfig, PeerListen, open_peer_listener, parse_forward
 from relay.peering import LinkServer
 from relay.pump import pump
@@ -70,20 +71,23 @@ def decode_header(raw: bytes) -> OriginHeader:
     return header
 
 
-def vet_accepted(acc: Accepted) -> OriginHeader | None:
+def vet_accepted(acc: Accepted, events: LinkEvents = NO_EVENTS) -> OriginHeader | None:
     """The origin header of a stream accepted from a peer link, or None once the
-    stream is refused (log line, abort): a bad header, or one that speaks for
-    another host than the identity the peer proved."""
+    stream is refused (log line, abort, ``events.header_refused``): a bad header
+    (``malformed``), or one that speaks for another host than the identity the
+    peer proved (``foreign_host``)."""
     try:
         header = decode_header(acc.header)
     except HeaderError as e:
         log.warning("stream from %s refused: bad origin header: %s",
                     acc.peer_identity or "plaintext peer", e)
+        events.header_refused("malformed")
         acc.stream.abort("bad origin header")
         return None
     if not header_matches_identity(header, acc.peer_identity):
         log.warning("stream %s from %s refused: its header speaks for host %r",
                     header.stream_id or "-", acc.peer_identity, header.host)
+        events.header_refused("foreign_host")
         acc.stream.abort("origin host does not match the peer's identity")
         return None
     return header
@@ -99,8 +103,10 @@ class _ListenRun:
 
 
 class Mesh:
-    def __init__(self, deliver: DeliverFn, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, deliver: DeliverFn, registry: CollectorRegistry | None = None,
+                 events: LinkEvents = NO_EVENTS) -> None:
         self._deliver = deliver
+        self.events = events
         self.config = PeerConfig()
         self.routers: dict[str, Router] = {}
         self._tables: dict[str, SessionTable] = {}
@@ -148,7 +154,8 @@ class Mesh:
             r = self.routers.get(name)
             if r is None:
                 self.routers[name] = Router(route, self._nursery, tls_files=files,
-                                            config=self._link_config, name=name)
+                                            config=self._link_config, name=name,
+                                            events=self.events)
                 continue
             if old.tls != new.tls:
                 r.set_tls(files)
@@ -239,7 +246,8 @@ class Mesh:
                     run.server = LinkServer(table, tls_files=files,
                                             allowed_peers=pl.allowed_peers,
                                             config=self._link_config,
-                                            name=f"peer-listen {pl.address}")
+                                            name=f"peer-listen {pl.address}",
+                                            events=self.events)
                     handler = run.server.handle
                 log.info("peer listener %s (%s, %s)", pl.address,
                          "TLS" if pl.tls else "plaintext",
@@ -265,7 +273,7 @@ class Mesh:
             self._accepted(acc, egress)
 
     def _accepted(self, acc: Accepted, egress: str) -> None:
-        header = vet_accepted(acc)
+        header = vet_accepted(acc, self.events)
         if header is None:
             self.refused.inc()
             return
@@ -276,9 +284,18 @@ class Mesh:
         ident = ""
         try:
             if ctx is not None:
-                with trio.fail_after(10):
-                    stream, ident = await tlsmod.handshake(
-                        stream, ctx, server_side=True, expected=pl.allowed_peers)
+                where = tlsmod.remote_address(stream)
+                try:
+                    with trio.fail_after(10):
+                        stream, ident = await tlsmod.handshake(
+                            stream, ctx, server_side=True, expected=pl.allowed_peers)
+                except tlsmod.HANDSHAKE_ERRORS as e:
+                    reason = tlsmod.refusal_reason(e)
+                    self.events.tls_refused(reason)
+                    log.warning("peer link on %s from %s refused (%s): %s", pl.address, where,
+                                reason, e or type(e).__name__)
+                    await trio.aclose_forcefully(stream)
+                    return
             with trio.fail_after(10):
                 conn, pending = await open_forward(pl.forward)
         except (trio.BrokenResourceError, tlsmod.PeerIdentityError, trio.TooSlowError,
