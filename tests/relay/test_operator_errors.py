@@ -137,3 +137,20 @@ def test_expired_own_certificate_is_a_warning_in_check(tmp_path: Path) -> None:
                    f'ca = "{soon.ca}" }}\n')
     r = vic_relay(cfg, "--check")
     assert r.returncode == 0 and "expires on" in r.stderr and "in 2 days" in r.stderr, r.stderr
+
+
+def test_expired_own_certificate_is_a_warning_at_start(tmp_path: Path) -> None:
+    """The daemon logs the warning before it opens anything (here it then stops at a
+    port in use, so the test needs no running daemon)."""
+    files = Pki(tmp_path / "ca").expired("host", "esx-a")
+    cfg = tmp_path / "relay.toml"
+    with _busy() as busy:
+        cfg.write_text(MINIMAL + NO_METRICS
+                       + f'[[tcp]]\nname = "com1"\nvm = "v"\nport = {busy.getsockname()[1]}\n'
+                       + f'[peer]\ntls = {{ cert = "{files.cert}", key = "{files.key}", '
+                       f'ca = "{files.ca}" }}\n')
+        r = vic_relay(cfg)
+    assert r.returncode == 2
+    first, last = r.stderr.splitlines()
+    assert "WARNING" in first and "peer.tls.cert:" in first and "expired" in first
+    assert "config error: tcp[0].port:" in last
