@@ -154,3 +154,30 @@ def test_expired_own_certificate_is_a_warning_at_start(tmp_path: Path) -> None:
     first, last = r.stderr.splitlines()
     assert "WARNING" in first and "peer.tls.cert:" in first and "expired" in first
     assert "config error: tcp[0].port:" in last
+
+
+def test_vsock_port_in_use_at_start_names_the_key(tmp_path: Path) -> None:
+    try:
+        busy = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        busy.bind((socket.VMADDR_CID_ANY, 0xFFFFFFFF))  # any free port
+    except OSError as e:
+        pytest.skip(f"no AF_VSOCK here: {e}")
+    with busy:
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = tmp_path / "relay.toml"
+        cfg.write_text(MINIMAL + NO_METRICS + f'[[vsock]]\nname = "guests"\nport = {port}\n')
+        r = vic_relay(cfg)
+    assert "in use" in assert_one_line(r, "vsock[0].port")
+
+
+@pytest.mark.parametrize("kind", ["pipe", "hvsock"])
+def test_socket_path_that_cannot_be_bound_names_the_key(tmp_path: Path, kind: str) -> None:
+    (tmp_path / "file").write_text("")
+    where = tmp_path / "file" / "s"
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text(MINIMAL + NO_METRICS + {
+        "pipe": f'[[pipe]]\nname = "p"\nvm = "v"\npath = "{where}"\n',
+        "hvsock": f'[[hvsock]]\nname = "h"\nvm = "v"\nuds-path = "{where}"\nport = 52\n',
+    }[kind])
+    assert_one_line(vic_relay(cfg), {"pipe": "pipe[0].path", "hvsock": "hvsock[0].uds-path"}[kind])

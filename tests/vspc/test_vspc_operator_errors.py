@@ -116,3 +116,18 @@ def test_expired_own_certificate_is_a_warning_in_check(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and "warning: listen.tls.cert:" in lines[0] and "expired" in lines[0]
+
+
+def test_console_socket_in_a_file_is_found_by_check(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    cfg = tmp_path / "vspc.toml"
+    cfg.write_text(base(tmp_path).replace(f'socket = "{tmp_path / "console.sock"}"',
+                                          f'socket = "{tmp_path / "a-file" / "c.sock"}"'))
+    assert_one_line(vic_vspc(cfg, "--check"), "console.socket")
+
+
+def test_endpoint_unix_socket_that_cannot_be_bound_names_the_key(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    cfg = tmp_path / "vspc.toml"
+    cfg.write_text(base(tmp_path, endpoint=f'unix = "{tmp_path / "a-file" / "e.sock"}"'))
+    assert_one_line(vic_vspc(cfg), "endpoint.unix")

@@ -96,6 +96,8 @@ class ConsoleConfig:
         require(self.request_timeout > 0, "request-timeout", "must be > 0")
         if self.log_dir is not None:
             require_writable_dir(self.log_dir, "log-dir")
+        if self.socket is not None:
+            require_writable_dir(self.socket.parent, "socket")
         require(
             self.socket is not None or self.tcp is not None,
             "socket",
