@@ -145,6 +145,11 @@ class Mesh:
         error naming its key."""
         assert self._nursery is not None
         new = peer if peer is not None else PeerConfig()
+        if new.tls is not None:
+            try:
+                tlsmod.check_files(new.tls.files(), "peer.tls")
+            except ConfigError as e:
+                return [e]  # nothing changes: the running mesh keeps its certificates
         old, self.config = self.config, new
         self._link_config = new.link.link_config()
         files = new.tls.files() if new.tls is not None else None

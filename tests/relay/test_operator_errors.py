@@ -181,3 +181,11 @@ def test_socket_path_that_cannot_be_bound_names_the_key(tmp_path: Path, kind: st
         "hvsock": f'[[hvsock]]\nname = "h"\nvm = "v"\nuds-path = "{where}"\nport = 52\n',
     }[kind])
     assert_one_line(vic_relay(cfg), {"pipe": "pipe[0].path", "hvsock": "hvsock[0].uds-path"}[kind])
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_unloadable_peer_certificate_names_peer_tls(tmp_path: Path, check: bool) -> None:
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text(MINIMAL + NO_METRICS + _peer(tmp_path, "tcp:127.0.0.1:0"))  # files hold "x"
+    line = assert_one_line(vic_relay(cfg, *(["--check"] if check else [])), "peer.tls")
+    assert "cannot load" in line

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -47,10 +48,11 @@ def listen_error(e: OSError, key: str, *, host_key: str | None = None, where: st
 @contextmanager
 def listening(key: str, *, host_key: str | None = None, where: str = "",
               error: type[ConfigError] = ConfigError) -> Iterator[None]:
-    """Open a listener inside this block: an OSError becomes ``listen_error(...)``."""
+    """Open a listener inside this block: an OSError becomes ``listen_error(...)``
+    (not an ssl.SSLError: a certificate that cannot be loaded is the caller's to name)."""
     try:
         yield
-    except ConfigError:
+    except (ConfigError, ssl.SSLError):
         raise
     except OSError as e:
         raise listen_error(e, key, host_key=host_key, where=where, error=error) from None
