@@ -13,7 +13,6 @@ import trio
 
 from relay.config import load_config
 from relay.daemon import RelayDaemon
-from relay.tls import check_files
 from vic.ops import logs, runtime_tuning
 from vic.ops.config import ConfigError
 from vic.ops.daemon import watch_signals
@@ -47,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         probe_hosts(cfg.bind_hosts())
         if cfg.peer is not None and cfg.peer.tls is not None:
-            check_files(cfg.peer.tls.files(), "peer.tls")
+            cfg.peer.tls.check_loads("peer.tls")
         for w in warnings:
             print(f"vic relay: warning: {w}", file=sys.stderr)
         print(f"{args.config}: ok ({len(cfg.listeners())} listeners, {len(cfg.egress)} egresses)")

@@ -147,7 +147,7 @@ class Mesh:
         new = peer if peer is not None else PeerConfig()
         if new.tls is not None:
             try:
-                tlsmod.check_files(new.tls.files(), "peer.tls")
+                new.tls.check_loads("peer.tls")
             except ConfigError as e:
                 return [e]  # nothing changes: the running mesh keeps its certificates
         old, self.config = self.config, new

@@ -19,7 +19,6 @@ from cryptography import x509
 
 from relay.certs import cert_identities
 from relay.tlsstream import TlsStream
-from vic.ops.config import ConfigError
 
 
 class PeerIdentityError(Exception):
@@ -112,14 +111,6 @@ def client_context(files: TlsFiles) -> ssl.SSLContext:
     ctx.check_hostname = False  # identity is the URI SAN, checked by check_peer
     _base(ctx, files)
     return ctx
-
-
-def check_files(files: TlsFiles, key: str) -> None:
-    """Raise ConfigError(key) unless the certificate, its key and the CA load."""
-    try:
-        client_context(files)
-    except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
-        raise ConfigError(key, f"cannot load the certificates: {' '.join(str(e).split())}") from None
 
 
 def peer_identity(ssl_object: Any) -> str:
