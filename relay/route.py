@@ -156,7 +156,7 @@ class Router:
                 link = PeerLink(transport, client=True, config=self.config,
                                 name=f"{self.name}->{route.name or route.address}",
                                 peer_identity=ident)
-                await self._nursery.start(self._run_link, link)
+                await self._nursery.start(self._run_link, link, tlsmod.remote_address(transport))
                 self.links_opened += 1
                 if route != self._route:  # re-routed while we were connecting
                     link.close("route changed while connecting")
@@ -165,10 +165,18 @@ class Router:
                 log.info("link up: %s (%s)", link.name, ident or "plaintext")
                 return link
 
-    async def _run_link(self, link: PeerLink, *, task_status: Any) -> None:
+    async def _run_link(self, link: PeerLink, where: str, *, task_status: Any) -> None:
         await link.run(task_status=task_status)
         if link.cut:
             self.events.link_cut()
+        elif link.peer_identity and not link.mux.ready and link.error is not None:
+            # TLS 1.3: the server checks our certificate after our side of the
+            # handshake is done; its refusal arrives as an alert on the first read
+            reason = tlsmod.refusal_reason(link.error)
+            if reason == "refused_by_peer":
+                self.events.tls_refused(reason)
+                log.warning("route %s: peer %s refused our certificate: %s", self.name, where,
+                            link.error)
 
     def link_failed(self, link: PeerLink) -> None:
         if self._link is link:

@@ -53,7 +53,9 @@ def refusal_reason(e: BaseException) -> str:
         return "handshake_timeout"
     if isinstance(e, PeerIdentityError):
         return e.reason
-    cause = e if isinstance(e, ssl.SSLError) else e.__cause__
+    cause: BaseException | None = e
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__  # TlsStream: BrokenResourceError from the SSLError
     if isinstance(cause, ssl.SSLCertVerificationError):
         return _VERIFY_REASONS.get(cause.verify_code, "bad_certificate")
     if isinstance(cause, ssl.SSLError):

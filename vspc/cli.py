@@ -93,7 +93,10 @@ async def serve(path: Path, config: VspcConfig, drain_seconds: float) -> None:
                 log.error("reload refused, keeping the running config: %s", e)
             else:
                 await service.reload(new)
-                await endpoint.reload(service.config)
+                try:
+                    await endpoint.reload(service.config)
+                except cfgmod.ConfigError as e:  # a listener that cannot be opened: logged
+                    log.error("reload: %s", e)
             sdnotify.notify("READY=1", _status(service))
 
         async def terminate() -> None:

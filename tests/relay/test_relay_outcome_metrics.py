@@ -103,12 +103,14 @@ def _foreign(pki: Pki, other: Pki, name: str) -> TlsFiles:
     return TlsFiles(f.cert, f.key, pki.root / certs.CA_CERT)
 
 
-@pytest.mark.parametrize("wrong", ["client", "server"])
+@pytest.mark.parametrize(("wrong", "reason"), [("client", "unknown_ca"), ("server", "unknown_ca"),
+                                               ("expired", "expired")])
 async def test_tls_refusal_is_counted_with_its_reason_and_address_and_the_stream_fails(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, wrong: str) -> None:
-    """One relay's certificate comes from another CA: the relay that checks it counts
-    ``unknown_ca`` and logs the remote address; the VM's stream, which never finds a
-    path, fails after resume-timeout and is counted as failed."""
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, wrong: str, reason: str) -> None:
+    """One relay's certificate comes from another CA (or has expired): the relay that
+    checks it counts the reason and logs the remote address, the other counts
+    ``refused_by_peer``; the VM's stream, which never finds a path, fails after
+    resume-timeout and is counted as failed."""
     caplog.set_level(logging.WARNING)
     pki, other = Pki(tmp_path / "ca"), Pki(tmp_path / "other")
     app = Appliance()
@@ -117,15 +119,19 @@ async def test_tls_refusal_is_counted_with_its_reason_and_address_and_the_stream
         await app.serve_tcp(n)
         b_files = _foreign(pki, other, "esx-b") if wrong == "server" else pki.issue("host", "esx-b")
         b = await start_relay(n, egress_cfg("esx-b", b_files, app.port, ["vic://host/esx-a"]))
-        a_files = _foreign(pki, other, "esx-a") if wrong == "client" else pki.issue("host", "esx-a")
+        a_files = (_foreign(pki, other, "esx-a") if wrong == "client"
+                   else pki.expired("host", "esx-a") if wrong == "expired"
+                   else pki.issue("host", "esx-a"))
         a_cfg = ingress_cfg("esx-a", a_files, peer_address(b), "vic://host/esx-b")
         assert a_cfg.peer is not None
         a = await start_relay(n, replace(a_cfg, peer=replace(a_cfg.peer, link=quick)))
         vm = await stream_through(a, "vm1")
-        checker = b if wrong == "client" else a
+        checker, refused = (a, b) if wrong == "server" else (b, a)
         with trio.fail_after(30):
             await vm.send_all(b"hello")
-            await wait_value(checker, "relay_tls_refused_total", 1, reason="unknown_ca")
+            await wait_value(checker, "relay_tls_refused_total", 1, reason=reason)
+            # the refused side learns it from the checker's alert
+            await wait_value(refused, "relay_tls_refused_total", 1, reason="refused_by_peer")
             while await vm.receive_some(100):  # the relay closes the VM side
                 pass
             await wait_value(a, "relay_streams_ended_total", 1, outcome="failed")
@@ -135,7 +141,7 @@ async def test_tls_refusal_is_counted_with_its_reason_and_address_and_the_stream
         assert value(a, "relay_link_cuts_total") == 0  # never a working link
         assert app.streams == []
         lines = [r.getMessage() for r in caplog.records if "refused peer link" in r.getMessage()]
-        assert any("127.0.0.1:" in x and "unknown_ca" in x for x in lines), lines
+        assert any("127.0.0.1:" in x and reason in x for x in lines), lines
         n.cancel_scope.cancel()
 
 
