@@ -391,7 +391,6 @@ class RelayDaemon:
                        if isinstance(e, trio.TooSlowError) else _reason(e))
                 log.warning("stream=%s route=%s vm=%s peer=%s: egress %s failed: %s", sid, route,
                             vm, peer, egress.kind, why)
-                await trio.aclose_forcefully(stream)
                 return
             counters = PumpCounters()
             self.metrics.stream_started(id(counters), route, counters,
@@ -412,8 +411,6 @@ class RelayDaemon:
             except Exception as e:  # a bug or an unexpected error: this stream only
                 failed = "error"
                 log.error("stream=%s route=%s vm=%s failed: %s", sid, route, vm, _reason(e))
-                await trio.aclose_forcefully(stream)
-                await trio.aclose_forcefully(conn.stream)
                 return
             log.info("stream=%s route=%s vm=%s closed (%s): %d bytes to appliance, %d to vm",
                      sid, route, vm, counters.end_reason or "eof", counters.a_to_b,
@@ -427,6 +424,10 @@ class RelayDaemon:
             if counters is not None:
                 self.metrics.stream_ended(id(counters))
             self._settle(_Settling(stream, conn, counters, route, failed))
+            if failed in ("egress", "error"):  # counted first, then the VM side sees it
+                await trio.aclose_forcefully(stream)
+                if conn is not None:
+                    await trio.aclose_forcefully(conn.stream)
 
     def _settle(self, st: _Settling) -> None:
         """Count the stream's outcome and delivered bytes once its peer-link sessions
