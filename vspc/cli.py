@@ -38,6 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = cfgmod.load(VspcConfig, args.config)
     warnings = cert_warnings(config.own_certificates())
+    _check_tls(config)
     if args.check:
         probe_hosts(config.bind_hosts())
         for w in warnings:
@@ -58,6 +59,23 @@ def run(args: argparse.Namespace) -> int:
             raise leaves[0] from None
         raise
     return 0
+
+
+def _check_tls(config: VspcConfig) -> None:
+    """The server certificates load (ConfigError naming the table otherwise), before
+    anything starts: ``validate`` only sees that the files exist."""
+    from vspc.service import server_ssl_context
+
+    for tls, key in ((config.listen.tls, "listen.tls"), (config.endpoint.tls, "endpoint.tls")):
+        if tls is None:
+            continue
+        try:
+            server_ssl_context(tls.cert, tls.key, tls.client_ca)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            why = " ".join(str(e).split())
+            raise cfgmod.ConfigError(key, f"cannot load the certificates: {why}") from None
+    if config.endpoint.link_tls is not None:
+        config.endpoint.link_tls.check_loads("endpoint.link-tls")
 
 
 def _leaves(eg: BaseException) -> list[BaseException]:

@@ -131,3 +131,16 @@ def test_endpoint_unix_socket_that_cannot_be_bound_names_the_key(tmp_path: Path)
     cfg = tmp_path / "vspc.toml"
     cfg.write_text(base(tmp_path, endpoint=f'unix = "{tmp_path / "a-file" / "e.sock"}"'))
     assert_one_line(vic_vspc(cfg), "endpoint.unix")
+
+
+@pytest.mark.parametrize("table", ["listen", "endpoint"])
+@pytest.mark.parametrize("check", [True, False])
+def test_unloadable_certificate_names_its_table(tmp_path: Path, table: str, check: bool) -> None:
+    for name in ("c.pem", "k.pem"):
+        (tmp_path / name).write_text("not PEM")
+    tls = f'[{table}.tls]\ncert = "{tmp_path / "c.pem"}"\nkey = "{tmp_path / "k.pem"}"'
+    cfg = tmp_path / "vspc.toml"
+    cfg.write_text(base(tmp_path, listen=tls) if table == "listen"
+                   else base(tmp_path, endpoint=f'host = "127.0.0.1"\nport = 0\n{tls}'))
+    line = assert_one_line(vic_vspc(cfg, *(["--check"] if check else [])), f"{table}.tls")
+    assert "cannot load" in line
