@@ -83,6 +83,8 @@ def build(cls: type[T], data: Any, key: str = "") -> T:
         except ConfigError as e:
             full = f"{key}.{e.key}" if key and e.key else (e.key or key)
             raise ConfigError(full, e.message) from None
+        except (TypeError, ValueError) as e:  # a check that choked on a hostile value
+            raise ConfigError(key, " ".join(str(e).split())[:200]) from None
     return obj
 
 
