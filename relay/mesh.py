@@ -297,15 +297,15 @@ class Mesh:
                 except tlsmod.HANDSHAKE_ERRORS as e:
                     reason = tlsmod.refusal_reason(e)
                     self.events.tls_refused(reason)
-                    log.warning("peer link on %s from %s refused (%s): %s", pl.address, where,
-                                reason, e or type(e).__name__)
+                    log.warning("peer-listen %s: refused peer link from %s (%s): %s", pl.address,
+                                where, reason, e or type(e).__name__)
                     await trio.aclose_forcefully(stream)
                     return
             with trio.fail_after(10):
                 conn, pending = await open_forward(pl.forward)
-        except (trio.BrokenResourceError, tlsmod.PeerIdentityError, trio.TooSlowError,
-                OSError, HybridError) as e:
-            log.warning("peer link on %s refused or not forwarded: %s", pl.address, e)
+        except (trio.TooSlowError, trio.BrokenResourceError, OSError, HybridError) as e:
+            log.warning("peer link on %s from %s not forwarded: %s", pl.address,
+                        ident or "plaintext peer", e)
             await trio.aclose_forcefully(stream)
             return
         log.info("forwarding link from %s to %s", ident or "plaintext peer", pl.forward)
