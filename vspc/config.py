@@ -175,6 +175,9 @@ class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 9470
 
+    def validate(self) -> None:
+        require(0 <= self.port <= 65535, "port", "must be 0..65535")
+
 
 @dataclass(frozen=True)
 class ProxyRule:
@@ -194,6 +197,31 @@ class VspcConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     proxy: tuple[ProxyRule, ...] = ()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def bind_hosts(self) -> list[tuple[str, str]]:
+        """(host, key) of every TCP listener, for ``--check``."""
+        out = [(self.listen.host, "listen.host")]
+        if self.endpoint.host is not None:
+            out.append((self.endpoint.host, "endpoint.host"))
+        if self.metrics.enabled:
+            out.append((self.metrics.host, "metrics.host"))
+        if self.console.tcp is not None:
+            out.append((self.console.tcp.host, "console.tcp.host"))
+        for i, ln in enumerate(self.endpoint.link):
+            kind, where = parse_address(ln.address)
+            if kind == "tcp":
+                out.append((where[0], f"endpoint.link[{i}].address"))
+        return out
+
+    def own_certificates(self) -> list[tuple[Path, str]]:
+        """(path, key) of the certificates the appliance presents."""
+        out = [(t.cert, f"{k}.cert") for t, k in ((self.listen.tls, "listen.tls"),
+                                                   (self.endpoint.tls, "endpoint.tls"),
+                                                   (self.console.tcp, "console.tcp"))
+               if t is not None]
+        if self.endpoint.link_tls is not None:
+            out.append((self.endpoint.link_tls.cert, "endpoint.link-tls.cert"))
+        return out
 
     def proxy_accepts(self, direction: str, uri: str) -> bool:
         for rule in self.proxy:

@@ -36,6 +36,7 @@ from typing import Any
 import trio
 
 from vic.ops.config import ConfigError
+from vic.ops.listen import listening
 from vic.ops.metrics_http import serve_metrics
 from vic.ops.wiretext import wire
 from vspc.config import ListenConfig, MetricsConfig, VspcConfig, address_allowed
@@ -217,10 +218,8 @@ class VspcService:
     async def _start_listening(self, lc: ListenConfig, *, quiet: bool = False) -> _Server:
         """Open the ESX listeners (raises ConfigError naming the key if impossible)."""
         assert self._handlers is not None
-        try:
+        with listening("listen.port", host_key="listen.host", where=f"{lc.host}:{lc.port}"):
             tcp = await trio.open_tcp_listeners(lc.port, host=lc.host)
-        except OSError as e:
-            raise ConfigError("listen.port", f"cannot listen on {lc.host}:{lc.port}: {e}") from None
         listeners: list[trio.abc.Listener[Any]] = list(tcp)
         if lc.tls is not None:
             try:
@@ -266,10 +265,8 @@ class VspcService:
             finally:
                 server.done.set()
 
-        try:
+        with listening("metrics.port", host_key="metrics.host", where=f"{mc.host}:{mc.port}"):
             self.metrics_port = await self._tasks.start(serve)
-        except OSError as e:
-            raise ConfigError("metrics.port", f"cannot listen on {mc.host}:{mc.port}: {e}") from None
         if not quiet:
             self._log_metrics(mc)
         return server
