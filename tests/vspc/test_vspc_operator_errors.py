@@ -58,7 +58,8 @@ def _cases(tmp: Path) -> dict[str, tuple[str, str]]:
         "log-dir-uncreatable": (base(tmp, console=f'log-dir = "{tmp / "a-file" / "logs"}"'),
                                 "console.log-dir"),
         "listen-host": (base(tmp).replace('host = "127.0.0.1"\nport = 0\n',
-                                          f'host = "{UNRESOLVABLE}"\nport = 0\n', 1),
+                                          f'host = "{UNRESOLVABLE}"\nport = 0\n'
+                                          'allowed-sources = ["10.0.0.0/8"]\n', 1),
                         "listen.host"),
         "endpoint-host": (base(tmp, endpoint=f'host = "{UNRESOLVABLE}"\nport = 0'),
                           "endpoint.host"),
