@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from relay import tls as tlsmod
 from relay.admin import AdminServer, route_commands
 from relay.core.forwarded import encode_preamble
-from relay.core.header import HeaderDecoder, HeaderError, OriginHeader
+from relay.core.header import HeaderDecoder, HeaderError, OriginHeader, check_identity
 from relay.core.hybrid import HybridError
 from relay.egress import hybrid_connect
 from relay.link import LinkConfig
@@ -43,6 +43,7 @@ from relay.pump import pump
 from relay.resumable import Accepted, ResumableStream, SessionTable
 from relay.route import Router, open_transport
 from relay.vsphere_route import follow_appliance
+from vic.ops.wiretext import wire
 
 log = logging.getLogger("relay.mesh")
 
@@ -68,21 +69,31 @@ def decode_header(raw: bytes) -> OriginHeader:
     return header
 
 
-def vet_accepted(acc: Accepted) -> OriginHeader | None:
+# relay_headers_refused_total{reason}
+REFUSED_BAD_HEADER = "bad-header"  # malformed, or names outside the identity grammar
+REFUSED_FOREIGN_HOST = "foreign-host"  # speaks for another host than the peer proved
+
+
+def vet_accepted(acc: Accepted, refused: Callable[[str], None] | None = None) -> OriginHeader | None:
     """The origin header of a stream accepted from a peer link, or None once the
-    stream is refused (log line, abort): a bad header, or one that speaks for
-    another host than the identity the peer proved."""
+    stream is refused (log line, abort, ``refused(reason)``): a bad header, a name
+    outside the identity grammar (``relay.core.identity``), or a header that
+    speaks for another host than the identity the peer proved."""
+    peer = acc.peer_identity or "plaintext peer"
     try:
-        header = decode_header(acc.header)
+        header = check_identity(decode_header(acc.header))
     except HeaderError as e:
-        log.warning("stream from %s refused: bad origin header: %s",
-                    acc.peer_identity or "plaintext peer", e)
+        log.warning("stream from %s refused: bad origin header: %s", wire(peer), wire(str(e)))
         acc.stream.abort("bad origin header")
+        if refused is not None:
+            refused(REFUSED_BAD_HEADER)
         return None
     if not header_matches_identity(header, acc.peer_identity):
-        log.warning("stream %s from %s refused: its header speaks for host %r",
-                    header.stream_id or "-", acc.peer_identity, header.host)
+        log.warning("stream %s from %s refused: its header speaks for host '%s'",
+                    wire(header.stream_id or "-"), wire(peer), wire(header.host))
         acc.stream.abort("origin host does not match the peer's identity")
+        if refused is not None:
+            refused(REFUSED_FOREIGN_HOST)
         return None
     return header
 
@@ -118,6 +129,8 @@ class Mesh:
         self.refused = Counter("relay_peer_streams_refused",
                                "streams from peers refused (bad or foreign origin header)",
                                registry=r)
+        self.headers_refused = Counter("relay_headers_refused",
+                                       "origin headers refused, by reason", ["reason"], registry=r)
         self.route_changes = Counter("relay_route_changes", "route changes by cause",
                                      ["route", "cause"], registry=r)
 
@@ -261,7 +274,7 @@ class Mesh:
             self._accepted(acc, egress)
 
     def _accepted(self, acc: Accepted, egress: str) -> None:
-        header = vet_accepted(acc)
+        header = vet_accepted(acc, lambda reason: self.headers_refused.labels(reason).inc())
         if header is None:
             self.refused.inc()
             return
@@ -279,10 +292,10 @@ class Mesh:
                 conn, pending = await open_forward(pl.forward)
         except (trio.BrokenResourceError, tlsmod.PeerIdentityError, trio.TooSlowError,
                 OSError, HybridError) as e:
-            log.warning("peer link on %s refused or not forwarded: %s", pl.address, e)
+            log.warning("peer link on %s refused or not forwarded: %s", pl.address, wire(str(e)))
             await trio.aclose_forcefully(stream)
             return
-        log.info("forwarding link from %s to %s", ident or "plaintext peer", pl.forward)
+        log.info("forwarding link from %s to %s", wire(ident or "plaintext peer"), pl.forward)
         self._forwarders.add(stream)
         try:
             await conn.send_all(encode_preamble(ident))
@@ -290,12 +303,12 @@ class Mesh:
                 await stream.send_all(pending)
             await pump(stream, conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            log.info("forwarded link from %s ended: %s", ident or "plaintext peer", e)
+            log.info("forwarded link from %s ended: %s", wire(ident or "plaintext peer"), e)
         finally:
             self._forwarders.discard(stream)
             await trio.aclose_forcefully(stream)
             await trio.aclose_forcefully(conn)
-        log.info("forwarded link from %s closed", ident or "plaintext peer")
+        log.info("forwarded link from %s closed", wire(ident or "plaintext peer"))
 
     # --- admin and vSphere ----------------------------------------------------------
 

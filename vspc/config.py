@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from guestagent.backends.vsphere import VSphereTarget
 from relay.peer_config import LinkTuning, PeerTls
-from relay.route import RouteError, parse_address
+from relay.route import RouteError, is_loopback_host, is_trusted_address, parse_address
 from vic.ops.config import ConfigError, require
 from vspc.console.config import ConsoleConfig
 
@@ -62,11 +63,41 @@ class LinkListen:
             parse_address(self.address)
         except RouteError as e:
             raise ConfigError("address", str(e)) from None
+        require(self.tls or is_trusted_address(self.address), "tls",
+                "plaintext links (and forwarded ones) only on a trusted transport "
+                "(unix:, vsock:, loopback tcp:): any peer could open streams as any host")
         if self.forwarded:
             require(not self.tls, "tls", "a forwarded link arrives without TLS (set tls = false)")
         elif self.tls:
             require(bool(self.allowed_peers), "allowed-peers",
                     "a TLS link listener needs the identities it accepts")
+
+
+@dataclass(frozen=True)
+class VCenterCheck:
+    """``[endpoint.vcenter]``: a relay's header may speak only for VMs that vCenter
+    says run on that relay's host (``runtime.host`` name = the header's host)."""
+
+    url: str  # https://vc.example.com/sdk (http://... for govmomi's simulator)
+    user: str = ""
+    password_file: Path | None = None
+    refresh: float = 30.0  # seconds a placement snapshot is trusted
+    min_refresh: float = 2.0  # an unknown or moved VM asks vCenter again at most this often
+
+    def validate(self) -> None:
+        try:
+            VSphereTarget.from_url(self.url)
+        except ValueError as e:
+            raise ConfigError("url", str(e)) from None
+        require(self.refresh > 0, "refresh", "must be positive")
+        require(0 <= self.min_refresh <= self.refresh, "min-refresh", "must be 0..refresh")
+        require(self.password_file is None or self.password_file.is_file(), "password-file",
+                f"no such file: {self.password_file}")
+
+    def target(self) -> VSphereTarget:
+        t = VSphereTarget.from_url(self.url)
+        password = self.password_file.read_text().strip() if self.password_file else t.password
+        return replace(t, user=self.user or t.user, password=password)
 
 
 @dataclass(frozen=True)
@@ -78,6 +109,8 @@ class EndpointConfig:
     port: int = 0
     unix: Path | None = None
     tls: TlsConfig | None = None
+    insecure: bool = False
+    vcenter: VCenterCheck | None = None
     header_timeout: float = 10.0
     link: tuple[LinkListen, ...] = ()
     link_tls: PeerTls | None = None
@@ -88,6 +121,7 @@ class EndpointConfig:
         require(self.header_timeout > 0, "header-timeout", "must be positive")
         if self.tls is not None:
             self.tls.check_files("tls")
+        self._check_trust()
         if self.link_tls is not None:
             for name in ("cert", "key", "ca"):
                 p = getattr(self.link_tls, name)
@@ -95,6 +129,20 @@ class EndpointConfig:
         for i, ln in enumerate(self.link):
             require(not ln.tls or self.link_tls is not None, f"link[{i}].tls",
                     "TLS link listeners need [endpoint.link-tls] cert, key and ca")
+
+
+    def _check_trust(self) -> None:
+        """Whoever reaches a plaintext endpoint speaks for any VM it names and gets that
+        VM's console input: off loopback, the relay must prove who it is (mTLS)."""
+        if self.host is None or self.insecure or is_loopback_host(self.host):
+            return
+        require(self.tls is not None and self.tls.client_ca is not None, "tls",
+                f"host {self.host!r} is not loopback: relays must authenticate, set "
+                "[endpoint.tls] cert, key and client-ca (or insecure = true)")
+
+    def relay_certificates(self) -> bool:
+        """Relays present certificates (TLS with a client CA on the TCP endpoint)."""
+        return self.host is not None and self.tls is not None and self.tls.client_ca is not None
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from relay.mesh import vet_accepted
 from relay.peer_config import open_peer_listener
 from relay.peering import LinkServer
 from relay.resumable import Accepted, SessionTable
+from vic.ops.wiretext import wire
 from vspc.config import EndpointConfig, LinkListen
 from vspc.prefixed import PrefixedStream
 
@@ -121,14 +122,14 @@ class LinkEndpoint:
                         break
         except (PreambleError, trio.TooSlowError, trio.BrokenResourceError, OSError) as e:
             self.refused += 1
-            log.warning("forwarded link refused: %s", e or type(e).__name__)
+            log.warning("forwarded link refused: %s", wire(str(e) or type(e).__name__))
             await trio.aclose_forcefully(stream)
             return
         link = PeerLink(PrefixedStream(stream, rest), client=False, config=self.table.config,
                         on_open=self.table.on_open, name=f"link<-{ident} (forwarded)",
                         peer_identity=ident)
         self.forwarded_links.add(link)
-        log.info("forwarded link from %s", ident)
+        log.info("forwarded link from %s", wire(ident))
         try:
             await link.run()
         finally:
@@ -139,14 +140,25 @@ class LinkEndpoint:
             self._accepted(acc)
 
     def _accepted(self, acc: Accepted) -> None:
-        header = vet_accepted(acc)
+        header = vet_accepted(acc, self._header_refused)
         if header is None:
             self.refused += 1
             return
         self._nursery.start_soon(self._serve, acc, header)
 
+    def _header_refused(self, reason: str) -> None:
+        """vet_accepted logged it; count it with the endpoint's refusals."""
+        self.endpoint.service.metrics.relayed_streams_total.labels(
+            kind="?", result="rejected").inc()
+
     async def _serve(self, acc: Accepted, header: OriginHeader) -> None:
         try:
+            reason = await self.endpoint.vet(header)
+            if reason is not None:
+                self.refused += 1
+                self.endpoint.rejected(header.kind, reason, header)
+                acc.stream.abort(reason)
+                return
             await self.endpoint.serve_stream(acc.stream, header)
         finally:
             await trio.aclose_forcefully(acc.stream)
