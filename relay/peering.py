@@ -19,6 +19,7 @@ import trio
 from relay import tls as tlsmod
 from relay.link import LinkConfig, PeerLink
 from relay.resumable import SessionTable
+from vic.ops.wiretext import wire
 
 log = logging.getLogger("relay.peering")
 
@@ -55,7 +56,7 @@ class LinkServer:
             except (trio.BrokenResourceError, tlsmod.PeerIdentityError, trio.TooSlowError,
                     OSError) as e:
                 self.refused += 1
-                log.warning("%s: refused peer link: %s", self.name, e)
+                log.warning("%s: refused peer link: %s", self.name, wire(str(e)))
                 await trio.aclose_forcefully(stream)
                 return
         link = PeerLink(stream, client=False, config=self.config, on_open=self.table.on_open,

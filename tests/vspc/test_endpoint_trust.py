@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import struct
 from pathlib import Path
 
 import pytest
 import trio
 
 from relay.config import loads_config
-from relay.core.header import OriginHeader, encode_header
+from relay.core.header import MAGIC, OriginHeader, encode_header
 from relay.daemon import RelayDaemon
 from relay.route import Route, Router
 from relay.tls import TlsFiles, client_context
@@ -232,3 +233,30 @@ def test_an_unauthenticated_endpoint_off_loopback_is_a_config_error(
 def test_safe_endpoints_are_accepted(tmp_path: Path, endpoint: str) -> None:
     server = Pki(tmp_path / "pki").issue("appliance", "vch")
     loads(VspcConfig, vspc_toml(tmp_path, endpoint.replace("TLS", tls_table(server))))
+
+
+def raw_header(host: str, vm: str, kind: str = "tcp", label: str = "com1") -> bytes:
+    """An origin header built by hand, so it may carry what encode_header refuses."""
+    body = b"".join(bytes([len(f)]) + f for f in
+                    (x.encode() for x in (host, vm, kind, label, "s-9")))
+    return MAGIC + struct.pack(">BH", 1, len(body)) + body
+
+
+@pytest.mark.parametrize("vm", ["x\nvspc.endpoint INFO forged line", "x\r\nforged",
+                                "x\u2028forged", "x\x85forged", "x\x1b[2Jforged"])
+async def test_a_forged_header_is_one_log_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, vm: str) -> None:
+    sock = tmp_path / "ep.sock"
+    caplog.set_level(logging.INFO, "vspc")
+    async with trio.open_nursery() as n:
+        svc, _ep = await start_appliance(n, tmp_path, f'unix = "{sock}"')
+        with trio.fail_after(10):
+            s = await trio.open_unix_socket(str(sock))
+            await send_and_wait_closed(s, raw_header("esx-a", vm) + b"data")
+            await wait_until(lambda: metric(svc, "vspc_relayed_streams_total",
+                                            kind="?", result="rejected") == 1)
+        lines = [caplog.handler.format(r) for r in caplog.records if "rejected" in r.getMessage()]
+        assert len(lines) == 1
+        assert len(lines[0].splitlines()) == 1 and "\x1b" not in lines[0], lines
+        assert svc.consoles.list() == []
+        n.cancel_scope.cancel()

@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 
+from vic.ops.wiretext import wire
 from vspc import fastsock
 from vspc.console import protocol as proto
 from vspc.console.config import ConsoleConfig
@@ -241,7 +242,7 @@ class ConsoleService:
                 return
             await self._attach(stream, req, rest, peer)
         except proto.ProtocolError as e:
-            log.info("console client %s: %s", peer, e)
+            log.info("console client %s: %s", peer, wire(str(e)))
             await _send_error(stream, str(e))
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as e:
             log.info("console client %s: connection lost: %s", peer, e)
