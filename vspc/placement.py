@@ -27,6 +27,7 @@ from vspc.config import VCenterCheck
 log = logging.getLogger("vspc.placement")
 
 Snapshot = Mapping[str, frozenset[str]]  # VM key -> host names
+QUERY_TIMEOUT = 10.0  # seconds for one placement query (streams wait on it)
 
 
 def verdict(snapshot: Snapshot | None, vm: str, host: str, error: str = "") -> str | None:
@@ -68,12 +69,15 @@ class Placement:
                 return
             self.queries += 1
             try:
-                snap = await self.conn.call(self._collect)
+                with trio.fail_after(QUERY_TIMEOUT):
+                    snap = await self.conn.call(self._collect)
             except Exception as e:  # any API or connection error: keep the last snapshot
+                why = (f"no answer within {QUERY_TIMEOUT}s" if isinstance(e, trio.TooSlowError)
+                       else f"{type(e).__name__}: {e}")
                 if not self.error:
                     log.warning("vCenter placement query failed (keeping the last answer): %s",
-                                wire(str(e)))
-                self.error = f"{type(e).__name__}: {e}"
+                                wire(why))
+                self.error = why
                 self.conn.si = None  # reconnect next time
             else:
                 if self.error:

@@ -12,8 +12,9 @@ import trio
 from relay.core.header import OriginHeader, encode_header
 from relay.vsphere_route import VCenter
 from tests.relay.test_vsphere_route import VM, relocate, vcsim  # noqa: F401 (fixture)
+from vspc.config import VCenterCheck
 from vspc.endpoint import Endpoint
-from vspc.placement import verdict
+from vspc.placement import Placement, verdict
 from vspc.service import VspcService
 
 from .conftest import metric, wait_until
@@ -71,3 +72,18 @@ def test_verdict() -> None:
     assert "not on 'esx-b'" in (verdict(snap, "vm-1", "esx-b") or "")
     assert "knows no VM" in (verdict(snap, "VM-1", "esx-a") or "")
     assert "has not answered" in (verdict(None, "vm-1", "esx-a", "refused") or "")
+
+
+async def test_an_unreachable_vcenter_refuses_every_vm() -> None:
+    """Fail closed: no placement snapshot, no VM; the reason says why."""
+    with trio.socket.socket() as probe:  # a port nobody listens on
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    placement = Placement(VCenterCheck(url=f"http://127.0.0.1:{port}/sdk", min_refresh=60.0))
+    with trio.fail_after(30):
+        reason = await placement.check("vm-1", "esx-a")
+        assert reason is not None and "vCenter has not answered yet" in reason
+        assert "connect" in reason.lower(), reason
+        assert await placement.check("vm-1", "esx-a") is not None
+    assert placement.queries == 1  # a miss asks again only after min-refresh
+    await placement.aclose()
