@@ -260,3 +260,45 @@ async def test_a_forged_header_is_one_log_line(
         assert len(lines[0].splitlines()) == 1 and "\x1b" not in lines[0], lines
         assert svc.consoles.list() == []
         n.cancel_scope.cancel()
+
+
+def relay_toml(host: str, files: TlsFiles, port: int) -> str:
+    return f"""
+host = "{host}"
+[egress.default]
+kind = "tcp"
+host = "127.0.0.1"
+port = {port}
+tls = {{ ca = "{files.ca}", cert = "{files.cert}", key = "{files.key}", server-name = "localhost" }}
+[metrics]
+enabled = false
+[[tcp]]
+name = "vm"
+vm = "vm-real"
+port = 0
+label = "com1"
+"""
+
+
+async def test_relays_from_toml_over_mtls_speak_only_for_their_host(tmp_path: Path) -> None:
+    """Real relay daemons deliver over TLS with their certificates: esx-a's stream
+    arrives; a relay holding esx-a's certificate but configured as esx-z is refused."""
+    pki = Pki(tmp_path / "pki")
+    server = pki.issue("appliance", "vch", dns_names=("localhost",))
+    esx_a = pki.issue("host", "esx-a")
+    async with trio.open_nursery() as n:
+        svc, ep = await start_appliance(n, tmp_path, f'host = "127.0.0.1"\nport = 0\n'
+                                                     f"tls = {tls_table(server)}")
+        honest = await start_relay(n, loads_config(relay_toml("esx-a", esx_a, ep.tcp_port or 0)))
+        liar = await start_relay(n, loads_config(relay_toml("esx-z", esx_a, ep.tcp_port or 0)))
+        data = pattern(100_000, 5)
+        with trio.fail_after(30):
+            bad = await trio.open_tcp_stream("127.0.0.1", liar.bound["vm"][1])
+            await send_and_wait_closed(bad, b"forged")
+            good = await trio.open_tcp_stream("127.0.0.1", honest.bound["vm"][1])
+            await good.send_all(data)
+            await wait_until(lambda: [c.bytes for c in svc.consoles.list()] == [len(data)])
+        assert metric(svc, "vspc_relayed_streams_total", kind="tcp", result="rejected") == 1
+        assert [c.key.uuid for c in svc.consoles.list()] == ["vm-real"]
+        await good.aclose()
+        n.cancel_scope.cancel()
