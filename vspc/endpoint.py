@@ -21,6 +21,7 @@ import trio.lowlevel
 
 from relay.core.header import HeaderDecoder, HeaderError, OriginHeader, check_identity
 from relay.mesh import HOST_PREFIX
+from relay.route import is_loopback_host
 from relay.tls import PeerIdentityError, peer_identity
 from vic.ops.wiretext import wire
 from vspc.config import EndpointConfig, VspcConfig
@@ -98,6 +99,9 @@ class Endpoint:
         self._scope = trio.CancelScope()
         self._handlers.start_soon(self._serve, listeners, self._scope)
         log.info("endpoint listening: tcp=%s unix=%s", self.tcp_port, cfg.unix)
+        if cfg.host is not None and not cfg.relay_certificates() and not is_loopback_host(cfg.host):
+            log.warning("endpoint on %s:%s takes unauthenticated relays (insecure = true): anyone "
+                        "who reaches it speaks for any VM", cfg.host, self.tcp_port)
 
     async def _serve(self, listeners: list[trio.abc.Listener[Any]], scope: trio.CancelScope) -> None:
         with scope:
