@@ -70,8 +70,8 @@ def decode_header(raw: bytes) -> OriginHeader:
 
 
 # relay_headers_refused_total{reason}
-REFUSED_BAD_HEADER = "bad-header"  # malformed, or names outside the identity grammar
-REFUSED_FOREIGN_HOST = "foreign-host"  # speaks for another host than the peer proved
+REFUSED_BAD_HEADER = "malformed"  # malformed, or names outside the identity grammar
+REFUSED_FOREIGN_HOST = "foreign_host"  # speaks for another host than the peer proved
 
 
 def vet_accepted(acc: Accepted, refused: Callable[[str], None] | None = None) -> OriginHeader | None:

@@ -62,7 +62,7 @@ async def test_a_peer_header_outside_the_grammar_is_refused_and_counted(
         assert bytes(got.data) == data and got.header.vm == "vm-1"
         assert [r.header.vm for r in app.streams] == ["vm-1"]
         assert b.metrics.registry.get_sample_value(
-            "relay_headers_refused_total", {"reason": "bad-header"}) == 1
+            "relay_headers_refused_total", {"reason": "malformed"}) == 1
         lines = [caplog.handler.format(r) for r in caplog.records if "refused" in r.getMessage()]
         assert len(lines) == 1 and len(lines[0].splitlines()) == 1, lines
         n.cancel_scope.cancel()

@@ -162,7 +162,7 @@ async def test_header_for_another_host_is_refused_and_others_carry_on(
         assert [r.header.host for r in app.streams] == ["esx-c"]
         assert any("speaks for host 'esx-z'" in r.getMessage() for r in caplog.records)
         assert b.metrics.registry.get_sample_value(
-            "relay_headers_refused_total", {"reason": "foreign-host"}) == 1
+            "relay_headers_refused_total", {"reason": "foreign_host"}) == 1
         n.cancel_scope.cancel()
 
 
