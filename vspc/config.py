@@ -83,6 +83,7 @@ class VCenterCheck:
     password_file: Path | None = None
     refresh: float = 30.0  # seconds a placement snapshot is trusted
     min_refresh: float = 2.0  # an unknown or moved VM asks vCenter again at most this often
+    verify_tls: bool = True  # check vCenter's certificate (a forged answer speaks for any VM)
 
     def validate(self) -> None:
         try:
@@ -97,7 +98,7 @@ class VCenterCheck:
     def target(self) -> VSphereTarget:
         t = VSphereTarget.from_url(self.url)
         password = self.password_file.read_text().strip() if self.password_file else t.password
-        return replace(t, user=self.user or t.user, password=password)
+        return replace(t, user=self.user or t.user, password=password, verify_tls=self.verify_tls)
 
 
 @dataclass(frozen=True)
