@@ -104,7 +104,12 @@ class VCenterCheck:
 @dataclass(frozen=True)
 class EndpointConfig:
     """Where relays deliver streams (origin header first): TCP and/or a Unix socket;
-    and resumable streams over peer links (``[[endpoint.link]]``)."""
+    and resumable streams over peer links (``[[endpoint.link]]``).
+
+    Whoever reaches the endpoint speaks for the VMs its headers name, so TCP off
+    loopback needs ``[endpoint.tls]`` with ``client-ca`` (a relay's certificate
+    then speaks only for its own host) unless ``insecure = true``; with
+    ``[endpoint.vcenter]`` only for VMs vCenter places on that host."""
 
     host: str | None = None
     port: int = 0
