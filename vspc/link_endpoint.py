@@ -9,8 +9,10 @@ Links arrive three ways (``[[endpoint.link]]``): TLS from a relay whose
 identity is in ``allowed-peers``; plaintext on a trusted transport; or
 forwarded by the relay on this host (``forwarded = true``), which ended TLS and
 names the identity its peer proved on the first line (relay.core.forwarded).
-A stream whose header speaks for another host than its link's identity is
-refused with a log line; every other stream carries on.
+A stream whose header names anything outside the identity grammar, speaks for
+another host than its link's identity, or (with ``[endpoint.vcenter]``) for a VM
+vCenter places elsewhere is refused with a log line and a count; every other
+stream carries on. Plaintext links only on a trusted transport (config check).
 """
 
 from __future__ import annotations
