@@ -35,6 +35,7 @@ from guestagent.netwatch import NetWatcher
 from guestagent.publisher import Publisher
 from guestagent.reaper import ExitStatus, Reaper, set_child_subreaper
 from guestagent.session import SessionOptions, SessionRunner
+from vic.ops.wiretext import wire
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class Agent:
                 return
             except (BackendError, gi.GuestinfoError, OSError, ValueError, RuntimeError) as e:
                 text = f"{name} failed: {type(e).__name__}: {e}"
-                log.error("%s; restarting in %.1fs", text, delay)
+                log.error("%s; restarting in %.1fs", wire(text), delay)
                 await self.publisher.error(name, text)
             await trio.sleep(delay)
             delay = min(delay * 2, 10.0)
@@ -159,7 +160,7 @@ class Agent:
                 else:
                     vals = await self.backend.wait_changed(keys, vals)
             except (BackendError, gi.GuestinfoError, OSError) as e:
-                log.error("reading the session list: %s; retrying in %.1fs", e, delay)
+                log.error("reading the session list: %s; retrying in %.1fs", wire(str(e)), delay)
                 await self.publisher.error("sessions", f"reading the session list: {e}")
                 vals = None
                 await trio.sleep(delay)
@@ -177,7 +178,7 @@ class Agent:
         try:
             gi.check_name(sid, "session id")
         except gi.GuestinfoError as e:
-            log.error("ignoring session: %s", e)
+            log.error("ignoring session: %s", wire(str(e)))
             self.results[sid] = None
             return
         try:
@@ -209,7 +210,7 @@ class Agent:
         nursery.start_soon(self._run_session, sid, runner)
 
     async def _start_failed(self, sid: str, text: str) -> None:
-        log.error("%s", text)
+        log.error("%s", wire(text))
         self.results[sid] = None
         await self.publisher.start_failed(sid, text)
         self._check_done()

@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from guestagent.core import guestinfo as gi
+from vic.ops.wiretext import wire
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def dump_addresses(
             try:
                 gi.check_name(net, "network")
             except gi.GuestinfoError:
-                log.warning("interface %r: name not publishable; skipped", net)
+                log.warning("interface %s: name not publishable; skipped", wire(net))
                 continue
             out.setdefault(net, []).append(addr)
     for v in out.values():

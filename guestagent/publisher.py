@@ -14,6 +14,7 @@ import trio
 
 from guestagent.backends.base import BackendError, GuestBackend
 from guestagent.core import guestinfo as gi
+from vic.ops.wiretext import wire
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Publisher:
         self.last_failure = text
         self._failed.set()
         self._failed = trio.Event()
-        log.error("guestinfo: publishing %s failed: %s", what, text)
+        log.error("guestinfo: publishing %s failed: %s", what, wire(text))
 
     async def wait_failures(self, n: int = 1) -> None:
         """Wait until at least ``n`` publications have failed (for tests and the lab)."""

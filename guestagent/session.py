@@ -26,6 +26,7 @@ from guestagent.console import ConsoleLink
 from guestagent.core import guestinfo as gi
 from guestagent.publisher import Publisher
 from guestagent.reaper import Child, ExitStatus, Reaper
+from vic.ops.wiretext import wire
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ class SessionRunner:
                 if gi.decode_bool(last.get(key)):
                     return
             except (BackendError, gi.GuestinfoError) as e:
-                log.warning("session %s: waiting for go-ahead: %s", self.cfg.id, e)
+                log.warning("session %s: waiting for go-ahead: %s", self.cfg.id, wire(str(e)))
                 await trio.sleep(self.backend.poll_interval)
 
     # -- run ---------------------------------------------------------------------------
@@ -191,12 +192,12 @@ class SessionRunner:
             child, out_fd, in_fd = self._spawn()
         except (OSError, subprocess.SubprocessError, ValueError) as e:
             text = launch_error_text(cfg, e)
-            log.error("session %s: %s", cfg.id, text)
+            log.error("session %s: %s", cfg.id, wire(text))
             await self.publisher.start_failed(cfg.id, text)
             return None
         self.child = child
         self.launched.set()
-        log.info("session %s: started pid %d: %s", cfg.id, child.pid, " ".join(cfg.args))
+        log.info("session %s: started pid %d: %s", cfg.id, child.pid, wire(" ".join(cfg.args)))
         await self.publisher.started(cfg.id)
 
         out_stream = trio.lowlevel.FdStream(out_fd)
@@ -302,7 +303,7 @@ class SessionRunner:
                     await self.publisher.signal_ack(self.cfg.id, req[0])
                 vals = await self.backend.wait_changed([key], vals)
             except (BackendError, gi.GuestinfoError) as e:
-                log.warning("session %s: signal request: %s", self.cfg.id, e)
+                log.warning("session %s: signal request: %s", self.cfg.id, wire(str(e)))
                 vals = {key: None}
                 await trio.sleep(self.backend.poll_interval)
 
@@ -322,7 +323,7 @@ class SessionRunner:
         try:
             sig = signal_number(name)
         except ValueError as e:
-            log.warning("session %s: %s", self.cfg.id, e)
+            log.warning("session %s: %s", self.cfg.id, wire(str(e)))
             return
-        log.info("session %s: delivering %s", self.cfg.id, name)
+        log.info("session %s: delivering %s", self.cfg.id, wire(name))
         self.child.send_signal(sig, group=self.options.signal_group)

@@ -31,6 +31,7 @@ from typing import Any
 import trio
 
 from relay.route import Route, RouteError, Router
+from vic.ops.wiretext import wire
 
 log = logging.getLogger("relay.admin")
 
@@ -110,9 +111,9 @@ class AdminServer:
             if inspect.isawaitable(res):
                 res = await res
         except (AdminError, RouteError, ValueError, KeyError) as e:
-            log.info("admin %s refused: %s", req["cmd"], e)
+            log.info("admin %s refused: %s", wire(str(req["cmd"])), wire(str(e)))
             return {"ok": False, "error": str(e)}
-        log.info("admin %s: ok", req["cmd"])
+        log.info("admin %s: ok", wire(str(req["cmd"])))
         return {"ok": True, **res}
 
     @staticmethod

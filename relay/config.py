@@ -14,10 +14,12 @@ table is unchanged keeps running, a changed one is restarted, a removed one stop
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
+from relay.core.identity import IdentityError, check_host, check_label, vm_key
 from relay.peer_config import PeerConfig
 from relay.route import parse_address
 from vic.ops.config import ConfigError, load, loads, require
@@ -118,6 +120,22 @@ def _port_ok(port: int) -> bool:
     return 0 <= port <= MAX_PORT
 
 
+def _check_identity(vm: str | None, label: str, vm_key_name: str = "vm") -> None:
+    """The names a listener writes into origin headers must be inside the identity
+    grammar the appliance checks (relay.core.identity): refuse them here, never on
+    the wire."""
+    try:
+        if vm is not None:
+            vm_key(vm)
+    except IdentityError as e:
+        raise ConfigError(vm_key_name, str(e)) from None
+    try:
+        if label:
+            check_label(label)
+    except IdentityError as e:
+        raise ConfigError("label", str(e)) from None
+
+
 @dataclass(frozen=True)
 class TcpListener:
     """Network serial port as raw TCP: ESX connects in (server) or the relay connects out."""
@@ -133,6 +151,7 @@ class TcpListener:
     def validate(self) -> None:
         require(_port_ok(self.port), "port", "must be 0..65535")
         require(self.mode == "server" or self.port > 0, "port", "client mode needs a port")
+        _check_identity(self.vm, self.label)
 
 
 @dataclass(frozen=True)
@@ -147,6 +166,7 @@ class VspcListener:
 
     def validate(self) -> None:
         require(_port_ok(self.port), "port", "must be 0..65535")
+        _check_identity(None, self.label)
 
 
 @dataclass(frozen=True)
@@ -160,6 +180,9 @@ class PipeListener:
     mode: Literal["listen", "connect", "fifo"] = "listen"
     label: str = "serial0"
     egress: str = ""
+
+    def validate(self) -> None:
+        _check_identity(self.vm, self.label)
 
 
 @dataclass(frozen=True)
@@ -180,6 +203,7 @@ class SerialListener:
 
     def validate(self) -> None:
         require(self.baudrate > 0, "baudrate", "must be positive")
+        _check_identity(self.vm, self.label)
 
 
 @dataclass(frozen=True)
@@ -200,7 +224,8 @@ class VsockListener:
             shown = k if len(k) <= 12 else f"{k[:12]}..."
             require(k.isdigit() and len(k) <= 10 and 3 <= int(k) < VSOCK_CID_ANY, f"cids.{shown}",
                     "not a guest CID")
-            require_vm(self.cids[k], f"cids.{shown}")
+            _check_identity(self.cids[k], "", f"cids.{shown}")
+        _check_identity(None, self.label)
 
     def cid_map(self) -> dict[int, str]:
         return {int(k): v for k, v in self.cids.items()}
@@ -222,6 +247,7 @@ class HvsockListener:
 
     def validate(self) -> None:
         require(0 < self.port < VSOCK_CID_ANY, "port", "must be a vsock port number")
+        _check_identity(self.vm, self.label or f"vsock-{self.port}")
 
     @property
     def socket_path(self) -> Path:
@@ -250,6 +276,10 @@ class RelayConfig:
 
     def validate(self) -> None:
         require(len(self.egress) > 0, "egress", "at least one egress is required")
+        try:
+            check_host(self.origin_host())
+        except IdentityError as e:
+            raise ConfigError("host", f"{e} (set host = NAME)") from None
         routes = self.peer.routes if self.peer is not None else {}
         for name, eg in self.egress.items():
             if eg.kind == "peer":
@@ -320,6 +350,9 @@ class RelayConfig:
                 if lst.name == name:
                     return f"{kind}[{i}]"
         return name
+    def origin_host(self) -> str:
+        """The host name written into every origin header."""
+        return self.host or socket.gethostname()
 
     def listeners(self) -> dict[str, Listener]:
         out: dict[str, Listener] = {}

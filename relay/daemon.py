@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from relay.config import (
 from relay.core.frames import ErrorCode
 from relay.core.header import HeaderError, OriginHeader, encode_header
 from relay.core.hybrid import HybridError
+from relay.core.identity import name_from
 from relay.egress import EgressConnection, open_egress
 from relay.ingress import Backoff, Origin
 from relay.ingress import hvsock as hvsock_ingress
@@ -174,7 +174,7 @@ class RelayDaemon:
         self.config = config
         self.config_path = config_path
         self.metrics = RelayMetrics(registry)
-        self.host = config.host or socket.gethostname()
+        self.host = config.origin_host()
         self.pipes = pipes if pipes is not None else PipePool()
         self.metrics_port: int | None = None
         self.accepting = False
@@ -324,7 +324,7 @@ class RelayDaemon:
         sid = f"{self._boot}-{next(self._seq)}"
         route = origin.route
         egress = self._egress_by_route.get(route) or self.config.default_egress()
-        vm = origin.vm or f"esx@{origin.peer.rsplit(':', 1)[0]}"
+        vm = origin.vm or name_from(f"esx-{origin.peer.rsplit(':', 1)[0]}")
         try:
             # (the header is not kept alive for the stream's lifetime)
             await self._carry(stream, OriginHeader(self.host, vm, origin.kind, origin.label, sid),
@@ -462,7 +462,7 @@ class RelayDaemon:
                 await run.stopped.wait()
                 del self._running[name]
         self.config = new
-        self.host = new.host or socket.gethostname()
+        self.host = new.origin_host()
         if self.limits is not None:
             self.limits.reconfigure(new.limits)
         self._egress_by_route = {name: new.egress_for(lst) for name, lst in wanted.items()}

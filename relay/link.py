@@ -39,6 +39,7 @@ from relay.core.mux import (
 )
 from relay.rawsock import IOV_MAX, RawSocket, Yielder, consume, raw_socket, unthrottle_tcp
 from relay.tlsstream import TlsStream
+from vic.ops.wiretext import wire
 
 log = logging.getLogger("relay.link")
 
@@ -316,7 +317,8 @@ class PeerLink:
             await fn()
         except LinkProtocolError as e:
             reason = f"protocol error: {e}"
-            log.warning("link %s (%s): closing: %s", self.name, self.peer_identity or "-", reason)
+            log.warning("link %s (%s): closing: %s", self.name, wire(self.peer_identity or "-"),
+                        wire(reason))
             self._lost(e)
         except LinkDeadError as e:
             reason = str(e)
@@ -514,7 +516,7 @@ class PeerLink:
                 self._on_open(self, ev)
         elif isinstance(ev, GoAwayReceived):
             log.info("link %s: peer sent GOAWAY (last stream %d): %s",
-                     self.name, ev.last_stream_id, ev.reason)
+                     self.name, ev.last_stream_id, wire(ev.reason))
         elif isinstance(ev, PongReceived):
             self.rtt = ev.rtt
             self._pong_seq = max(self._pong_seq, ev.seq)

@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from relay import tls as tlsmod
 from relay.admin import AdminServer, route_commands
 from relay.core.forwarded import encode_preamble
-from relay.core.header import HeaderDecoder, HeaderError, OriginHeader
+from relay.core.header import HeaderDecoder, HeaderError, OriginHeader, check_identity
 from relay.core.hybrid import HybridError
 from relay.egress import hybrid_connect
 from relay.link import LinkConfig
@@ -46,6 +46,7 @@ from relay.route import Router, open_transport
 from relay.vsphere_route import follow_appliance
 from vic.ops.config import ConfigError
 from vic.ops.listen import listening
+from vic.ops.wiretext import wire
 
 log = logging.getLogger("relay.mesh")
 
@@ -73,20 +74,21 @@ def decode_header(raw: bytes) -> OriginHeader:
 
 def vet_accepted(acc: Accepted, events: LinkEvents = NO_EVENTS) -> OriginHeader | None:
     """The origin header of a stream accepted from a peer link, or None once the
-    stream is refused (log line, abort, ``events.header_refused``): a bad header
-    (``malformed``), or one that speaks for another host than the identity the
-    peer proved (``foreign_host``)."""
+    stream is refused (log line, abort, ``events.header_refused``): a bad header or
+    a name outside the identity grammar (``malformed``, see ``relay.core.identity``),
+    or one that speaks for another host than the identity the peer proved
+    (``foreign_host``)."""
+    peer = acc.peer_identity or "plaintext peer"
     try:
-        header = decode_header(acc.header)
+        header = check_identity(decode_header(acc.header))
     except HeaderError as e:
-        log.warning("stream from %s refused: bad origin header: %s",
-                    acc.peer_identity or "plaintext peer", e)
+        log.warning("stream from %s refused: bad origin header: %s", wire(peer), wire(str(e)))
         events.header_refused("malformed")
         acc.stream.abort("bad origin header")
         return None
     if not header_matches_identity(header, acc.peer_identity):
-        log.warning("stream %s from %s refused: its header speaks for host %r",
-                    header.stream_id or "-", acc.peer_identity, header.host)
+        log.warning("stream %s from %s refused: its header speaks for host '%s'",
+                    wire(header.stream_id or "-"), wire(peer), wire(header.host))
         events.header_refused("foreign_host")
         acc.stream.abort("origin host does not match the peer's identity")
         return None
@@ -298,17 +300,17 @@ class Mesh:
                     reason = tlsmod.refusal_reason(e)
                     self.events.tls_refused(reason)
                     log.warning("peer-listen %s: refused peer link from %s (%s): %s", pl.address,
-                                where, reason, e or type(e).__name__)
+                                where, reason, wire(str(e) or type(e).__name__))
                     await trio.aclose_forcefully(stream)
                     return
             with trio.fail_after(10):
                 conn, pending = await open_forward(pl.forward)
         except (trio.TooSlowError, trio.BrokenResourceError, OSError, HybridError) as e:
             log.warning("peer link on %s from %s not forwarded: %s", pl.address,
-                        ident or "plaintext peer", e)
+                        wire(ident or "plaintext peer"), wire(str(e)))
             await trio.aclose_forcefully(stream)
             return
-        log.info("forwarding link from %s to %s", ident or "plaintext peer", pl.forward)
+        log.info("forwarding link from %s to %s", wire(ident or "plaintext peer"), pl.forward)
         self._forwarders.add(stream)
         try:
             await conn.send_all(encode_preamble(ident))
@@ -316,12 +318,12 @@ class Mesh:
                 await stream.send_all(pending)
             await pump(stream, conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            log.info("forwarded link from %s ended: %s", ident or "plaintext peer", e)
+            log.info("forwarded link from %s ended: %s", wire(ident or "plaintext peer"), e)
         finally:
             self._forwarders.discard(stream)
             await trio.aclose_forcefully(stream)
             await trio.aclose_forcefully(conn)
-        log.info("forwarded link from %s closed", ident or "plaintext peer")
+        log.info("forwarded link from %s closed", wire(ident or "plaintext peer"))
 
     # --- admin and vSphere ----------------------------------------------------------
 

@@ -50,7 +50,7 @@ import trio
 
 from relay.core.mux import MuxConfig
 from relay.link import LinkConfig
-from relay.route import Route, RouteError, parse_address
+from relay.route import Route, RouteError, is_trusted_address, parse_address
 from relay.tls import TlsFiles, client_context
 from relay.vsphere_route import VCenter
 from vic.ops.config import ConfigError, require
@@ -134,6 +134,9 @@ class PeerListen:
 
     def validate(self) -> None:
         _check_address(self.address)
+        require(self.tls or is_trusted_address(self.address), "tls",
+                "plaintext peer links only on a trusted transport (unix:, vsock:, loopback tcp:): "
+                "any peer could open streams as any host")
         if self.forward:
             try:
                 parse_forward(self.forward)

@@ -20,6 +20,7 @@ from relay import tls as tlsmod
 from relay.link import LinkConfig, PeerLink
 from relay.linkevents import NO_EVENTS, LinkEvents
 from relay.resumable import SessionTable
+from vic.ops.wiretext import wire
 
 log = logging.getLogger("relay.peering")
 
@@ -61,7 +62,7 @@ class LinkServer:
                 reason = tlsmod.refusal_reason(e)
                 self.events.tls_refused(reason)
                 log.warning("%s: refused peer link from %s (%s): %s", self.name,
-                            where, reason, e or type(e).__name__)
+                            where, reason, wire(str(e) or type(e).__name__))
                 await trio.aclose_forcefully(stream)
                 return
         link = PeerLink(stream, client=False, config=self.config, on_open=self.table.on_open,

@@ -31,6 +31,7 @@ from relay.core.frames import ErrorCode
 from relay.core.mux import LinkClosingError, StreamOpened
 from relay.core.resume import GapError, ResumeError, ResumeProtocolError, ResumeSession
 from relay.link import LinkConfig, LinkDeadError, PeerLink
+from vic.ops.wiretext import wire
 
 log = logging.getLogger("relay.resumable")
 
@@ -415,7 +416,7 @@ class ResumableStream(trio.abc.HalfCloseableStream):
             # The peer's session is complete: it has all we sent, we have its EOF.
             self._clean = True
         elif code in _RETRYABLE:
-            log.debug("stream %s: path lost (%s), will resume", self.short_id, reason)
+            log.debug("stream %s: path lost (%s), will resume", self.short_id, wire(reason))
         else:
             self._fail(code, reason or "reset by peer", send=False)
         self._notify()
@@ -425,7 +426,7 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         if self._failure is None and not self._clean:
             self._failure = StreamFailedError(code, reason)
             self._fail_local = send
-            log.warning("stream %s: %s", self.short_id, self._failure)
+            log.warning("stream %s: %s", self.short_id, wire(str(self._failure)))
             if att is not None and att.current and send:
                 self._fail_link = att.link
                 att.link.detach(att.sid, code, reason)
@@ -662,8 +663,8 @@ class SessionTable:
             if st is not None:
                 if st.peer_identity and link.peer_identity != st.peer_identity:
                     # only the relay that opened a session may resume it
-                    log.warning("resume of stream %s by %s refused (opened by %s)",
-                                st.short_id, link.peer_identity or "plaintext", st.peer_identity)
+                    log.warning("resume of stream %s by %s refused (opened by %s)", st.short_id,
+                                wire(link.peer_identity or "plaintext"), wire(st.peer_identity))
                     link.detach(sid, ErrorCode.REFUSED, "session belongs to another peer")
                     return
                 st._attach_accepted(link, sid, ev.recv_offset)

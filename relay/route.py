@@ -16,6 +16,7 @@ GOAWAY and closed once empty.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -71,6 +72,25 @@ def parse_address(address: str) -> tuple[str, Any]:
             raise RouteError(f"bad vsock address {address!r} (vsock:CID:PORT)")
         return "vsock", (int(cid), int(port))
     raise RouteError(f"unknown address kind in {address!r} (tcp:, unix:, vsock:)")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1): a
+    listener there is reachable from this machine only. Any other name is not
+    (it would have to be resolved, and could resolve elsewhere)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def is_trusted_address(address: str) -> bool:
+    """A transport that needs no TLS: a Unix socket, vsock (inside one host), or
+    TCP on a loopback address. ``address`` must parse (``parse_address``)."""
+    kind, where = parse_address(address)
+    return kind != "tcp" or is_loopback_host(where[0])
 
 
 async def open_transport(address: str) -> trio.abc.Stream:

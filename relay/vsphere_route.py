@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from relay.core.identity import uuid_key
 from relay.route import Route, Router
 
 log = logging.getLogger("relay.vsphere_route")
@@ -78,14 +79,14 @@ class HostWatch:
 
     def _find_vm(self, vim: Any) -> Any:
         content = self.si.RetrieveContent()
-        want = self.vm_ident.replace("-", "").replace(" ", "").lower()
+        want = uuid_key(self.vm_ident)  # a name is compared exactly, never folded
         view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
         try:
             for vm in view.view:
                 cfg = vm.config
-                ids = {(getattr(cfg, "uuid", "") or "").replace("-", "").lower(),
-                       (getattr(cfg, "instanceUuid", "") or "").replace("-", "").lower()}
-                if vm.name == self.vm_ident or want in ids:
+                ids = {uuid_key(getattr(cfg, "uuid", "") or ""),
+                       uuid_key(getattr(cfg, "instanceUuid", "") or "")}
+                if vm.name == self.vm_ident or (want is not None and want in ids):
                     return vm
         finally:
             view.Destroy()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from guestagent.backends.vsphere import VSphereTarget
 from relay.peer_config import LinkTuning, PeerTls
-from relay.route import RouteError, parse_address
+from relay.route import RouteError, is_loopback_host, is_trusted_address, parse_address
 from vic.ops.config import ConfigError, require
 from vspc.console.config import ConsoleConfig
 
@@ -33,15 +34,6 @@ class TlsConfig:
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_NETWORKS: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"),
                                           ipaddress.ip_network("::1/128"))
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def address_allowed(address: str, networks: tuple[Network, ...]) -> bool:
@@ -118,6 +110,9 @@ class LinkListen:
             parse_address(self.address)
         except RouteError as e:
             raise ConfigError("address", str(e)) from None
+        require(self.tls or is_trusted_address(self.address), "tls",
+                "plaintext links (and forwarded ones) only on a trusted transport "
+                "(unix:, vsock:, loopback tcp:): any peer could open streams as any host")
         if self.forwarded:
             require(not self.tls, "tls", "a forwarded link arrives without TLS (set tls = false)")
         elif self.tls:
@@ -126,14 +121,49 @@ class LinkListen:
 
 
 @dataclass(frozen=True)
+class VCenterCheck:
+    """``[endpoint.vcenter]``: a relay's header may speak only for VMs that vCenter
+    says run on that relay's host (``runtime.host`` name = the header's host)."""
+
+    url: str  # https://vc.example.com/sdk (http://... for govmomi's simulator)
+    user: str = ""
+    password_file: Path | None = None
+    refresh: float = 30.0  # seconds a placement snapshot is trusted
+    min_refresh: float = 2.0  # an unknown or moved VM asks vCenter again at most this often
+    verify_tls: bool = True  # check vCenter's certificate (a forged answer speaks for any VM)
+
+    def validate(self) -> None:
+        try:
+            VSphereTarget.from_url(self.url)
+        except ValueError as e:
+            raise ConfigError("url", str(e)) from None
+        require(self.refresh > 0, "refresh", "must be positive")
+        require(0 <= self.min_refresh <= self.refresh, "min-refresh", "must be 0..refresh")
+        require(self.password_file is None or self.password_file.is_file(), "password-file",
+                f"no such file: {self.password_file}")
+
+    def target(self) -> VSphereTarget:
+        t = VSphereTarget.from_url(self.url)
+        password = self.password_file.read_text().strip() if self.password_file else t.password
+        return replace(t, user=self.user or t.user, password=password, verify_tls=self.verify_tls)
+
+
+@dataclass(frozen=True)
 class EndpointConfig:
     """Where relays deliver streams (origin header first): TCP and/or a Unix socket;
-    and resumable streams over peer links (``[[endpoint.link]]``)."""
+    and resumable streams over peer links (``[[endpoint.link]]``).
+
+    Whoever reaches the endpoint speaks for the VMs its headers name, so TCP off
+    loopback needs ``[endpoint.tls]`` with ``client-ca`` (a relay's certificate
+    then speaks only for its own host) unless ``insecure = true``; with
+    ``[endpoint.vcenter]`` only for VMs vCenter places on that host."""
 
     host: str | None = None
     port: int = 0
     unix: Path | None = None
     tls: TlsConfig | None = None
+    insecure: bool = False
+    vcenter: VCenterCheck | None = None
     header_timeout: float = 10.0
     link: tuple[LinkListen, ...] = ()
     link_tls: PeerTls | None = None
@@ -144,6 +174,7 @@ class EndpointConfig:
         require(self.header_timeout > 0, "header-timeout", "must be positive")
         if self.tls is not None:
             self.tls.check_files("tls")
+        self._check_trust()
         if self.link_tls is not None:
             for name in ("cert", "key", "ca"):
                 p = getattr(self.link_tls, name)
@@ -151,6 +182,20 @@ class EndpointConfig:
         for i, ln in enumerate(self.link):
             require(not ln.tls or self.link_tls is not None, f"link[{i}].tls",
                     "TLS link listeners need [endpoint.link-tls] cert, key and ca")
+
+
+    def _check_trust(self) -> None:
+        """Whoever reaches a plaintext endpoint speaks for any VM it names and gets that
+        VM's console input: off loopback, the relay must prove who it is (mTLS)."""
+        if self.host is None or self.insecure or is_loopback_host(self.host):
+            return
+        require(self.tls is not None and self.tls.client_ca is not None, "tls",
+                f"host {self.host!r} is not loopback: relays must authenticate, set "
+                "[endpoint.tls] cert, key and client-ca (or insecure = true)")
+
+    def relay_certificates(self) -> bool:
+        """Relays present certificates (TLS with a client CA on the TCP endpoint)."""
+        return self.host is not None and self.tls is not None and self.tls.client_ca is not None
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,14 @@
 """The appliance endpoint: accepts streams forwarded by relays.
 
-Each stream starts with the relay's origin header (relay.core.header). A bad or
-missing header gets one log line and a close; nothing else is affected. Telnet
-streams (ingress kind ``vspc``) go to the vSPC exactly as if ESX had connected
-directly; raw streams go to the console service keyed by VM and label.
+Each stream starts with the relay's origin header (relay.core.header). Before a
+header names anything it must pass the identity grammar (relay.core.identity);
+from a relay that proved who it is (a client certificate here, or the identity
+of its peer link) it may speak only for that relay's host (``vic://host/<host>``);
+and with ``[endpoint.vcenter]`` only for VMs vCenter places on that host. A
+refused header costs its own stream: one log line, a count in
+``vspc_relayed_streams_total{result="rejected"}``, a close. Telnet streams
+(ingress kind ``vspc``) go to the vSPC exactly as if ESX had connected directly;
+raw streams go to the console service keyed by VM and label.
 """
 
 from __future__ import annotations
@@ -14,26 +19,48 @@ from typing import Any
 import trio
 import trio.lowlevel
 
-from relay.core.header import HeaderDecoder, HeaderError, OriginHeader
+from relay.core.header import HeaderDecoder, HeaderError, OriginHeader, check_identity
+from relay.mesh import HOST_PREFIX
+from relay.route import is_loopback_host
+from relay.tls import PeerIdentityError, peer_identity
 from vic.ops.listen import listening
+from vic.ops.wiretext import wire
 from vspc.config import EndpointConfig, VspcConfig
-from vspc.core.identity import PortKey, canonical_uuid
+from vspc.core.identity import PortKey
 from vspc.link_endpoint import LinkEndpoint
+from vspc.placement import Placement
 from vspc.prefixed import PrefixedStream
 from vspc.service import VspcService, server_ssl_context
 
 log = logging.getLogger("vspc.endpoint")
 
 READ_SIZE = 65536
+_READ_ERRORS = (HeaderError, PeerIdentityError, trio.TooSlowError, trio.BrokenResourceError,
+                OSError)
 
 
 def raw_port_key(header: OriginHeader) -> PortKey:
-    """Raw streams are keyed by the VM identity the relay vouches for."""
-    try:
-        uuid = canonical_uuid(header.vm)
-    except ValueError:
-        uuid = header.vm.strip().lower()
-    return PortKey(uuid, header.label or header.kind)
+    """Raw streams are keyed by the VM identity the relay vouches for: a VC UUID
+    canonicalised, any other name kept exactly (IdentityError outside the grammar)."""
+    return PortKey.from_raw(header.vm, header.label or header.kind)
+
+
+def certificate_identity(stream: trio.abc.Stream) -> str:
+    """The ``vic://`` identity of a TLS client's certificate; "" when the stream
+    is not TLS or the client sent no certificate (only allowed where the endpoint
+    asks for none: loopback, or ``insecure = true``)."""
+    if not isinstance(stream, trio.SSLStream) or not stream.getpeercert(binary_form=True):
+        return ""
+    return peer_identity(stream)
+
+
+def speaks_for_own_host(header: OriginHeader, identity: str) -> str | None:
+    """None if a relay that proved ``identity`` may send ``header``; else why not.
+    A relay speaks only for its own host; no identity (trusted transport) is not
+    restricted here."""
+    if not identity or identity == HOST_PREFIX + header.host:
+        return None
+    return f"certificate {identity} may not speak for host {header.host!r}"
 
 
 class Endpoint:
@@ -44,6 +71,7 @@ class Endpoint:
         self._scope: trio.CancelScope | None = None
         self._handlers: trio.Nursery | None = None
         self.links: LinkEndpoint | None = None
+        self.placement = _placement(self.config)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as handlers:
@@ -74,6 +102,9 @@ class Endpoint:
         self._scope = trio.CancelScope()
         self._handlers.start_soon(self._serve, listeners, self._scope)
         log.info("endpoint listening: tcp=%s unix=%s", self.tcp_port, cfg.unix)
+        if cfg.host is not None and not cfg.relay_certificates() and not is_loopback_host(cfg.host):
+            log.warning("endpoint on %s:%s takes unauthenticated relays (insecure = true): anyone "
+                        "who reaches it speaks for any VM", cfg.host, self.tcp_port)
 
     async def _serve(self, listeners: list[trio.abc.Listener[Any]], scope: trio.CancelScope) -> None:
         with scope:
@@ -82,6 +113,10 @@ class Endpoint:
     async def reload(self, config: VspcConfig) -> None:
         if config.endpoint == self.config:
             return
+        if config.endpoint.vcenter != self.config.vcenter:
+            if self.placement is not None:
+                await self.placement.aclose()
+            self.placement = _placement(config.endpoint)
         if self.links is not None:
             await self.links.apply(config.endpoint)
         plain = ("host", "port", "unix", "tls")
@@ -105,19 +140,39 @@ class Endpoint:
     async def handle(self, stream: trio.abc.Stream) -> None:
         try:
             header, rest = await self._read_header(stream)
-        except (HeaderError, trio.TooSlowError, trio.BrokenResourceError, OSError) as e:
-            log.warning("relayed stream rejected: %s", e or type(e).__name__)
-            self.service.metrics.relayed_streams_total.labels(kind="?", result="rejected").inc()
+            identity = certificate_identity(stream)
+        except _READ_ERRORS as e:
+            self.rejected("?", str(e) or type(e).__name__)
+            await trio.aclose_forcefully(stream)
+            return
+        reason = speaks_for_own_host(header, identity) or await self.vet(header)
+        if reason is not None:
+            self.rejected(header.kind, reason, header)
             await trio.aclose_forcefully(stream)
             return
         await self.serve_stream(PrefixedStream(stream, rest), header)
+
+    async def vet(self, header: OriginHeader) -> str | None:
+        """Why a relay may not speak for ``header``'s VM (vCenter places it on another
+        host, or knows no such VM), or None. Telnet streams name no VM yet."""
+        if self.placement is None or header.kind == "vspc":
+            return None
+        return await self.placement.check(header.vm, header.host)
+
+    def rejected(self, kind: str, reason: str, header: OriginHeader | None = None) -> None:
+        """One log line and a count for a refused stream (the caller closes it)."""
+        who = "" if header is None else (
+            f" {wire(header.stream_id or '-')} from {wire(header.host)} vm={wire(header.vm)}")
+        log.warning("relayed stream%s rejected: %s", who, wire(reason))
+        self.service.metrics.relayed_streams_total.labels(kind=kind, result="rejected").inc()
 
     async def serve_stream(self, s: trio.abc.Stream, header: OriginHeader) -> None:
         """Serve a relayed stream whose origin header has been read and checked
         (a plain relayed connection, or a resumable stream over a peer link)."""
         self.service.metrics.relayed_streams_total.labels(kind=header.kind, result="accepted").inc()
         log.info("relayed stream %s from %s: vm=%s kind=%s label=%s",
-                 header.stream_id or "-", header.host, header.vm, header.kind, header.label)
+                 wire(header.stream_id or "-"), wire(header.host), wire(header.vm), header.kind,
+                 wire(header.label))
         if header.kind == "vspc":
             await self.service.handle_esx_stream(s, f"relay:{header.host}")
         else:
@@ -132,7 +187,7 @@ class Endpoint:
                     raise HeaderError("stream closed before its origin header")
                 header, rest = dec.feed(bytes(data))
                 if header is not None:
-                    return header, rest
+                    return check_identity(header), rest
 
     async def _serve_raw(self, stream: trio.abc.Stream, header: OriginHeader) -> None:
         key = raw_port_key(header)
@@ -156,13 +211,17 @@ class Endpoint:
                 self.service.metrics.bytes_total.labels(direction="vm_to_appliance").inc(len(data))
                 await console.from_vm(bytes(data))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            log.info("relayed stream %s lost: %s", header.stream_id or key, e)
+            log.info("relayed stream %s lost: %s", wire(header.stream_id or str(key)), e)
         finally:
             self.service.metrics.connected_vms.dec()
             console.set_input(None)
             console.set_connected(False)
             console.event("disconnect", host=header.host)
             await trio.aclose_forcefully(stream)
+
+
+def _placement(cfg: EndpointConfig) -> Placement | None:
+    return Placement(cfg.vcenter) if cfg.vcenter is not None else None
 
 
 async def _unix_listener(path: str) -> trio.SocketListener:

@@ -33,6 +33,7 @@ from guestagent.backends.base import BackendError
 from guestagent.backends.filestore import POWERED_OFF, POWERED_ON, FileStore
 from guestagent.backends.vsphere import VSphereConn, VSphereTarget, pyvmomi_module
 from guestagent.core import guestinfo as gi
+from vic.ops.wiretext import wire
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -237,7 +238,7 @@ class _VSphereWatch(VMWatch):
             except Exception as e:
                 if isinstance(e, trio.Cancelled):  # pragma: no cover - not raised in threads
                     raise
-                log.warning("guestinfo watch %s: %s; reconnecting", self.vm_ident, e)
+                log.warning("guestinfo watch %s: %s; reconnecting", wire(self.vm_ident), wire(str(e)))
                 await trio.to_thread.run_sync(self._teardown, abandon_on_cancel=True)
                 self.reconnects += 1
                 await trio.sleep(delay)

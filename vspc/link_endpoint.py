@@ -9,8 +9,10 @@ Links arrive three ways (``[[endpoint.link]]``): TLS from a relay whose
 identity is in ``allowed-peers``; plaintext on a trusted transport; or
 forwarded by the relay on this host (``forwarded = true``), which ended TLS and
 names the identity its peer proved on the first line (relay.core.forwarded).
-A stream whose header speaks for another host than its link's identity is
-refused with a log line; every other stream carries on.
+A stream whose header names anything outside the identity grammar, speaks for
+another host than its link's identity, or (with ``[endpoint.vcenter]``) for a VM
+vCenter places elsewhere is refused with a log line and a count; every other
+stream carries on. Plaintext links only on a trusted transport (config check).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import trio
 from relay.core.forwarded import PreambleDecoder, PreambleError
 from relay.core.header import OriginHeader
 from relay.link import PeerLink
+from relay.linkevents import LinkEvents
 from relay.mesh import vet_accepted
 from relay.peer_config import open_peer_listener
 from relay.peering import LinkServer
 from relay.resumable import Accepted, SessionTable
 from vic.ops.config import ConfigError
 from vic.ops.listen import listening
+from vic.ops.wiretext import wire
 from vspc.config import EndpointConfig, LinkListen
 from vspc.prefixed import PrefixedStream
 
@@ -128,14 +132,14 @@ class LinkEndpoint:
                         break
         except (PreambleError, trio.TooSlowError, trio.BrokenResourceError, OSError) as e:
             self.refused += 1
-            log.warning("forwarded link refused: %s", e or type(e).__name__)
+            log.warning("forwarded link refused: %s", wire(str(e) or type(e).__name__))
             await trio.aclose_forcefully(stream)
             return
         link = PeerLink(PrefixedStream(stream, rest), client=False, config=self.table.config,
                         on_open=self.table.on_open, name=f"link<-{ident} (forwarded)",
                         peer_identity=ident)
         self.forwarded_links.add(link)
-        log.info("forwarded link from %s", ident)
+        log.info("forwarded link from %s", wire(ident))
         try:
             await link.run()
         finally:
@@ -146,15 +150,33 @@ class LinkEndpoint:
             self._accepted(acc)
 
     def _accepted(self, acc: Accepted) -> None:
-        header = vet_accepted(acc)
+        header = vet_accepted(acc, _HeaderRefusals(self))
         if header is None:
             self.refused += 1
             return
         self._nursery.start_soon(self._serve, acc, header)
 
+
     async def _serve(self, acc: Accepted, header: OriginHeader) -> None:
         try:
+            reason = await self.endpoint.vet(header)
+            if reason is not None:
+                self.refused += 1
+                self.endpoint.rejected(header.kind, reason, header)
+                acc.stream.abort(reason)
+                return
             await self.endpoint.serve_stream(acc.stream, header)
         finally:
             await trio.aclose_forcefully(acc.stream)
 
+
+
+class _HeaderRefusals(LinkEvents):
+    """vet_accepted logged a refused header; count it with the endpoint's refusals."""
+
+    def __init__(self, links: LinkEndpoint) -> None:
+        self.links = links
+
+    def header_refused(self, reason: str) -> None:
+        self.links.endpoint.service.metrics.relayed_streams_total.labels(
+            kind="?", result="rejected").inc()

@@ -37,6 +37,7 @@ class VSphereTarget:
     password: str
     protocol: str  # "http" or "https"
     path: str = "/sdk"
+    verify_tls: bool = False  # check vCenter's certificate (system CAs) over https
 
     @classmethod
     def from_url(cls, url: str) -> VSphereTarget:
@@ -67,7 +68,7 @@ class VSphereConn:
         SmartConnect = pyvmomi_module("pyVim.connect").SmartConnect
         t = self.target
         kwargs: dict[str, Any] = {}
-        if t.protocol == "https":
+        if t.protocol == "https" and not t.verify_tls:
             kwargs["disableSslCertValidation"] = True
         try:
             self.si = SmartConnect(

@@ -22,6 +22,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from relay.core.identity import IdentityError, check_origin
+
 INGRESS_KINDS = ("vsock", "hvsock", "pipe", "serial", "tcp", "vspc")
 
 MAGIC = b"VICH"
@@ -180,3 +182,14 @@ class HeaderDecoder:
         self._buf.clear()
         self._done = True
         return header, bytes(view)
+
+
+def check_identity(h: OriginHeader) -> OriginHeader:
+    """*h* itself if the names it carries are inside the identity grammar
+    (``relay.core.identity``); HeaderError otherwise. The codec checks only the
+    format; whoever lets a header name anything checks this too."""
+    try:
+        check_origin(h.host, h.vm, h.label, h.stream_id)
+    except IdentityError as e:
+        raise HeaderError(f"origin header: {e}") from None
+    return h

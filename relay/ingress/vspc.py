@@ -3,7 +3,7 @@ relay; the relay forwards the Telnet bytes untouched (option 232 included), so t
 appliance's vSPC negotiates with ESX end to end and sees vMotion as it happens.
 
 The VM's identity travels inside the Telnet stream, so the relay does not know it:
-the origin header names the ESX peer instead (``esx@<address>``) and per-VM limits
+the origin header names the ESX peer instead (``esx-<address>``) and per-VM limits
 do not apply (only the global one)."""
 
 from __future__ import annotations

@@ -62,6 +62,16 @@ def test_minimal_defaults() -> None:
         ('[egress.a]\nkind = "unix"\npath = "/p"\n[egress.b]\nkind = "unix"\npath = "/q"\n'
          '[[tcp]]\nname = "t"\nvm = "v"\nport = 1\n', "tcp[0].egress"),
         ("", "egress"),
+        # names this relay would write into origin headers (issue 11 item 4)
+        ('host = "../esx"\n' + MINIMAL, "host"),
+        ('host = "esx a"\n' + MINIMAL, "host"),
+        (MINIMAL + '[[tcp]]\nname = "a"\nvm = "../../../x"\nport = 1\n', "tcp[0].vm"),
+        (MINIMAL + '[[tcp]]\nname = "a"\nvm = "v"\nport = 1\nlabel = "a/b"\n', "tcp[0].label"),
+        (MINIMAL + '[[vspc]]\nname = "a"\nport = 1\nlabel = ".."\n', "vspc[0].label"),
+        (MINIMAL + '[[pipe]]\nname = "p"\nvm = "v\\n"\npath = "/x"\n', "pipe[0].vm"),
+        (MINIMAL + '[[serial]]\nname = "s"\nvm = "x/y"\ndevice = "/dev/x"\n', "serial[0].vm"),
+        (MINIMAL + '[[vsock]]\nname = "g"\nport = 5\ncids = { "3" = "../vm" }\n', "vsock[0].cids.3"),
+        (MINIMAL + '[[hvsock]]\nname = "h"\nvm = ".v"\nuds-path = "/u"\nport = 5\n', "hvsock[0].vm"),
     ],
 )
 def test_errors_name_the_key(text: str, key: str) -> None:
@@ -82,6 +92,7 @@ def _vic(*args: str) -> subprocess.CompletedProcess[str]:
     [
         (MINIMAL + '[[tcp]]\nname = "a"\nvm = "v"\nport = "x"\n', "tcp[0].port"),
         (MINIMAL + "[limits]\nmax-streams-per-vm = -3\n", "limits.max-streams-per-vm"),
+        (MINIMAL + '[[tcp]]\nname = "a"\nvm = "../../x"\nport = 1\n', "tcp[0].vm"),
         ("[egress.default]\nkind = \n", "invalid TOML"),
     ],
 )

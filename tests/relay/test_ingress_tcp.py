@@ -87,7 +87,7 @@ async def test_vspc_passthrough_untouched() -> None:
         assert await roundtrip(s, telnet) == telnet
         (rec,) = app.streams
         assert rec.header.kind == "vspc" and rec.header.label == "vspc"
-        assert rec.header.vm == "esx@127.0.0.1"
+        assert rec.header.vm == "esx-127.0.0.1"
         assert bytes(rec.data) == telnet
         assert d.metrics.bytes_total("vspc", TO_APPLIANCE) == len(telnet)
         await s.aclose()

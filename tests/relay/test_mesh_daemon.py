@@ -161,6 +161,8 @@ async def test_header_for_another_host_is_refused_and_others_carry_on(
                 pass
         assert [r.header.host for r in app.streams] == ["esx-c"]
         assert any("speaks for host 'esx-z'" in r.getMessage() for r in caplog.records)
+        assert b.metrics.registry.get_sample_value(
+            "relay_headers_refused_total", {"reason": "foreign_host"}) == 1
         n.cancel_scope.cancel()
 
 
@@ -302,7 +304,7 @@ def test_config_keys_are_named(tmp_path: Path) -> None:
     assert e.value.key == "peer.listen[0].egress"
     with pytest.raises(ConfigError) as e:
         loads_config('[egress.x]\nkind = "tcp"\nhost = "h"\nport = 1\n[peer]\n'
-                     '[[peer.listen]]\naddress = "tcp:0.0.0.0:1"\ntls = false\nforward = "unix:/x"\n')
+                     '[[peer.listen]]\naddress = "tcp:127.0.0.1:1"\ntls = false\nforward = "unix:/x"\n')
     assert e.value.key.endswith("forward")
 
 

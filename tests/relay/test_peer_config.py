@@ -55,8 +55,13 @@ identities = {{ "esx-02" = "vic://host/esx-02" }}
     ('[routes.a]\naddress = "tcp:h:1"\nidentity = "vic://host/b"\n', "tls"),  # no [tls]
     ('[routes.a]\naddress = "pigeon:1"\ntls = false\n', "routes.a.address"),
     ('[routes.a]\naddress = "tcp:h:1"\nidentity = "bob"\n', "routes.a.identity"),
-    ('[[listen]]\naddress = "tcp:0.0.0.0:1"\ntls = false\n[link]\nping-interval = 20.0\n',
+    ('[[listen]]\naddress = "tcp:127.0.0.1:1"\ntls = false\n[link]\nping-interval = 20.0\n',
      "link.ping-interval"),
+    # plaintext peer links only on a trusted transport (issue 11 item 10)
+    ('[[listen]]\naddress = "unix:/x"\ntls = false\n[[listen]]\naddress = "tcp:0.0.0.0:1"\n'
+     'tls = false\n', "listen[1].tls"),
+    ('[[listen]]\naddress = "tcp:10.1.2.3:1"\ntls = false\n', "listen[0].tls"),
+    ('[[listen]]\naddress = "tcp:relay.example:1"\ntls = false\n', "listen[0].tls"),
     ('[routes.a]\naddress = "unix:/x"\ntls = false\n[follow.b]\nvcenter = "v"\nvm = "x"\n'
      'hosts = { h = "tcp:h:1" }\ntls = false\n', "follow.b"),
     ('[[listen]]\naddress = "tcp:0.0.0.0:1"\nbogus = 1\n', "listen[0].bogus"),

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
@@ -49,3 +51,22 @@ def test_mesh_samples_load(tmp_path: Path) -> None:
     assert cfg.peer is not None and cfg.peer.listen[0].forward == "vsock:3:7444"
     v = loads(VspcConfig, vspc)
     assert v.endpoint.link[0].forwarded
+
+
+def test_authenticated_endpoint_sample_loads(tmp_path: Path) -> None:
+    """The endpoint off loopback: TLS with client certificates, vCenter placement;
+    without its tls line the same sample is a config error naming endpoint.tls."""
+    from vic.ops.config import ConfigError, loads
+    from vspc.config import VspcConfig
+
+    section = README.split("A minimal `vspc.toml`:", 1)[1].split("### The relay mesh", 1)[0]
+    blocks = re.findall(r"```toml\n(.*?)```", section, re.S)
+    assert len(blocks) == 2, "README lost its authenticated endpoint sample"
+    for name in ("appliance-vch.crt", "appliance-vch.key", "ca.crt", "vc.password"):
+        (tmp_path / name).write_text("x")
+    sample = blocks[1].replace("/etc/vic/", f"{tmp_path}/")
+    v = loads(VspcConfig, sample)
+    assert v.endpoint.relay_certificates() and v.endpoint.vcenter is not None
+    with pytest.raises(ConfigError) as e:
+        loads(VspcConfig, "\n".join(ln for ln in sample.splitlines() if not ln.startswith("tls")))
+    assert e.value.key == "endpoint.tls"

@@ -5,6 +5,7 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from vspc.console.eventlog import format_event
 from vspc.console.logfile import RotatingFile, rotated
+from vspc.core.identity import IdentityError, PortKey
 
 from .test_console_support import KEY, make_config, short_dir, start
 
@@ -122,13 +124,20 @@ async def test_from_vm_waits_for_disk_and_never_drops(short_dir: Path, nursery: 
     assert (short_dir / "logs" / f"{KEY.uuid}_serial0.log").read_bytes() == data
 
 
-async def test_label_is_made_safe_for_a_file_name(short_dir: Path, nursery: trio.Nursery) -> None:
+async def test_file_names_come_from_the_key_and_never_collide(short_dir: Path,
+                                                           nursery: trio.Nursery) -> None:
+    """A label cannot hold a path (PortKey refuses it); ``_`` in a label is escaped so
+    that ``a_b``/``c`` and ``a``/``b_c`` keep separate files."""
+    with pytest.raises(IdentityError):
+        PortKey(KEY.uuid, "../x/y")
     svc = await start(nursery, make_config(short_dir))
-    con = svc.open(KEY.__class__(KEY.uuid, "../x/y"), "vm")
-    await con.from_vm(b"abc")
+    await svc.open(PortKey("a_b", "c"), "one").from_vm(b"one")
+    await svc.open(PortKey("a", "b_c"), "two").from_vm(b"two")
     await svc.writer.flush()
-    names = [p.name for p in (short_dir / "logs").iterdir()]
-    assert names == [f"{KEY.uuid}_..%2Fx%2Fy.log"]
+    logs = short_dir / "logs"
+    assert sorted(p.name for p in logs.iterdir()) == ["a_b%5Fc.log", "a_b_c.log"]
+    assert (logs / "a_b_c.log").read_bytes() == b"one"
+    assert (logs / "a_b%5Fc.log").read_bytes() == b"two"
 
 
 async def test_a_broken_log_dir_does_not_stall_the_vm(short_dir: Path, nursery: trio.Nursery) -> None:

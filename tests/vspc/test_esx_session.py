@@ -345,3 +345,23 @@ def test_garbage_never_crashes(garbage: bytes, cuts: list[int]) -> None:
                 | ProtocolViolation,
             )
         s.data_to_send()
+
+
+def test_only_a_real_uuid_and_a_valid_label_name_a_port() -> None:
+    """Hex-like names are not UUIDs (ab-cd and abcd would merge); a DO-PROXY
+    ``port=`` outside the label grammar (a path, a newline, too long) is refused."""
+    for raw in ("abcd", "ab-cd", "42" * 17, "../../x", RAW_UUID + "0", "4" * 60_000):
+        s = EsxSession()
+        s.receive_data(ext.encode(ext.VmVcUuid(raw)))
+        assert [type(e) for e in s.next_events()] == [ProtocolViolation], raw
+        assert s.uuid is None
+    for uri in ("telnet://x?port=../../etc", "telnet://x?port=a%2Fb", "telnet://x?port=a%0Ab",
+                "telnet://x?port=.hidden", "telnet://x?port=" + "p" * 33):
+        s = EsxSession()
+        s.receive_data(ext.encode(ext.DoProxy("S", uri)))
+        assert [type(e) for e in s.next_events()] == [ProtocolViolation], uri
+        assert s.label is None
+        assert ext.WillProxy() not in decode_out(s.data_to_send())
+    s = EsxSession()
+    s.receive_data(ext.encode(ext.DoProxy("S", "telnet://x?port=com_2.a-b")))
+    assert s.next_events() == [ProxyRequested("S", "telnet://x?port=com_2.a-b", "com_2.a-b", True)]

@@ -61,7 +61,7 @@ def _cases(tmp: Path) -> dict[str, tuple[str, str]]:
                                           f'host = "{UNRESOLVABLE}"\nport = 0\n'
                                           'allowed-sources = ["10.0.0.0/8"]\n', 1),
                         "listen.host"),
-        "endpoint-host": (base(tmp, endpoint=f'host = "{UNRESOLVABLE}"\nport = 0'),
+        "endpoint-host": (base(tmp, endpoint=f'host = "{UNRESOLVABLE}"\nport = 0\ninsecure = true'),
                           "endpoint.host"),
     }
 

@@ -20,6 +20,7 @@ from itertools import count
 
 import trio
 
+from vic.ops.wiretext import wire
 from vspc.console.config import ConsoleConfig
 from vspc.console.eventlog import format_event
 from vspc.console.logfile import LogWriter, PortLog, file_stem
@@ -295,7 +296,7 @@ class Console:
         if writer.enabled:
             writer.event(self._log, format_event(kind, fields, time.time()))
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s %s", self.key, kind, fields)
+            log.debug("%s %s %s", self.key, kind, wire(str(fields)))
 
     # --- clients -----------------------------------------------------------------
 

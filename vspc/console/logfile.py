@@ -6,7 +6,7 @@ port and in total); one background task hands batches to a worker thread, so no
 disk write ever runs on the event loop. When a queue is full the VM side waits
 (backpressure) - bytes are never dropped for being slow.
 
-Files: ``<dir>/<uuid>_<label>.log`` and ``<dir>/<uuid>_<label>.events.jsonl``.
+Files: ``<dir>/<vm>_<label>.log`` and ``<dir>/<vm>_<label>.events.jsonl`` (``file_stem``).
 At ``max_bytes`` the live file becomes ``.1`` (``.1`` becomes ``.2``...), and
 only ``keep`` rotated files are kept. Log files are cut at exactly ``max_bytes``,
 so ``cat x.log.N ... x.log.1 x.log`` gives back exactly the bytes the VM wrote
@@ -20,7 +20,6 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 import trio
 
@@ -39,8 +38,13 @@ URGENT_BYTES = 1024 * 1024
 
 
 def file_stem(key: PortKey) -> str:
-    """``<uuid>_<label>`` with the label made safe for a file name."""
-    return f"{key.uuid}_{quote(key.label, safe='')}"
+    """``<vm>_<label>``, derived from the validated key only (never from wire text).
+
+    A key holds no ``/`` and is never ``.`` or ``..`` (``PortKey`` checks the
+    identity grammar), so the files stay inside the log directory. A ``_`` in the
+    label is written ``%5F``, so the last ``_`` separates VM and label and no two
+    keys share a file (``a_b``/``c`` and ``a``/``b_c``)."""
+    return f"{key.uuid}_{key.label.replace('_', '%5F')}"
 
 
 def rotated(path: Path, n: int) -> Path:

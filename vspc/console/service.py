@@ -11,13 +11,14 @@ from typing import Any
 
 import trio
 
+from vic.ops.wiretext import wire
 from vspc import fastsock
 from vspc.console import protocol as proto
 from vspc.console.config import ConsoleConfig
 from vspc.console.endpoint import EndpointError, UnixListener, open_tcp, server_ssl_context
 from vspc.console.hub import Client, Console, ConsoleBusy, ConsoleInfo, Hub
 from vspc.console.logfile import LogSettings, LogWriter
-from vspc.core.identity import DEFAULT_LABEL, PortKey, canonical_uuid
+from vspc.core.identity import DEFAULT_LABEL, PortKey, uuid_prefix, vm_key
 from vspc.metrics import VspcMetrics
 
 log = logging.getLogger("vspc.console")
@@ -142,18 +143,22 @@ class ConsoleService:
         return found[0]
 
     def _match(self, vm: str, label: str | None) -> builtins.list[Console]:
+        """Exact: the VM key (a UUID in any form, or a name exactly) or the display;
+        else a unique prefix of either (hex prefixes of a UUID in any form)."""
         ports = [c for c in self._consoles.values() if label is None or c.key.label == label]
         try:
-            cu: str | None = canonical_uuid(vm)
+            key: str | None = vm_key(vm)
         except ValueError:
-            cu = None
-        exact = [c for c in ports if (cu is not None and c.key.uuid == cu) or c.display == vm]
+            key = None
+        exact = [c for c in ports if c.key.uuid == key or c.display == vm]
         if exact:
             return exact
+        hex_prefix = uuid_prefix(vm)
         return [
             c
             for c in ports
-            if (cu is not None and c.key.uuid.startswith(cu)) or c.display.startswith(vm)
+            if c.key.uuid.startswith(vm) or c.display.startswith(vm)
+            or (hex_prefix is not None and c.key.is_uuid and c.key.uuid.startswith(hex_prefix))
         ]
 
     # --- endpoints -----------------------------------------------------------------
@@ -237,7 +242,7 @@ class ConsoleService:
                 return
             await self._attach(stream, req, rest, peer)
         except proto.ProtocolError as e:
-            log.info("console client %s: %s", peer, e)
+            log.info("console client %s: %s", peer, wire(str(e)))
             await _send_error(stream, str(e))
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as e:
             log.info("console client %s: connection lost: %s", peer, e)

@@ -67,7 +67,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from vspc.core.identity import canonical_uuid, label_from_uri
+from vspc.core.identity import canonical_uuid, is_label, label_from_uri
 from vspc.telnet import codec
 from vspc.telnet import vmware as ext
 from vspc.telnet.codec import BINARY, DO, SGA, TIMING_MARK, VMWARE_EXT, WILL, WONT
@@ -353,7 +353,7 @@ class EsxSession:
             try:
                 key = canonical_uuid(cmd.uuid)
             except ValueError:
-                self._violate(f"VM-VC-UUID is not a UUID: {cmd.uuid!r}")
+                self._violate(f"VM-VC-UUID is not a UUID: {cmd.uuid[:40]!r}")
                 return
             if self.uuid is not None and key != self.uuid:
                 self._violate(f"VM-VC-UUID changed from {self.uuid} to {key}")
@@ -364,8 +364,11 @@ class EsxSession:
             self.name = cmd.name
             events.append(VmName(cmd.name))
         elif isinstance(cmd, ext.DoProxy):
-            accepted = bool(self._proxy_rule(cmd.direction, cmd.uri))
             label = label_from_uri(cmd.uri)
+            if label is not None and not is_label(label):
+                self._violate("DO-PROXY port label is outside the label grammar")
+                return
+            accepted = bool(self._proxy_rule(cmd.direction, cmd.uri))
             if accepted:
                 self.label = label
             self._send(ext.WillProxy() if accepted else ext.WontProxy())

@@ -1,0 +1,89 @@
+"""[endpoint.vcenter]: a relay's header speaks only for VMs that vCenter (govmomi's
+vcsim, built by scripts/build-vcsim) says run on that relay's host."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import trio
+
+from relay.core.header import OriginHeader, encode_header
+from relay.vsphere_route import VCenter
+from tests.relay.test_vsphere_route import VM, relocate, vcsim  # noqa: F401 (fixture)
+from vspc.config import VCenterCheck
+from vspc.endpoint import Endpoint
+from vspc.placement import Placement, verdict
+from vspc.service import VspcService
+
+from .conftest import metric, wait_until
+from .test_endpoint_trust import send_and_wait_closed, start_appliance
+
+START_HOST = "DC0_C0_H1"  # where vcsim puts VM (DC0_C0_RP0_VM0) with -host 2
+OTHER_HOST = "DC0_C0_H0"
+
+
+def vcenter_table(tmp_path: Path, vc: VCenter) -> str:
+    pw = tmp_path / "vc.pw"
+    pw.write_text(vc.password + "\n")
+    return (f'[endpoint.vcenter]\nurl = "http://{vc.host}:{vc.port}{vc.path}"\n'
+            f'user = "{vc.user}"\npassword-file = "{pw}"\nrefresh = 300.0\nmin-refresh = 0.0\n')
+
+
+async def open_raw(sock: Path, host: str, vm: str, data: bytes) -> trio.SocketStream:
+    s = await trio.open_unix_socket(str(sock))
+    await s.send_all(encode_header(OriginHeader(host, vm, "tcp", "com1")) + data)
+    return s
+
+
+async def test_a_relay_speaks_only_for_vms_on_its_host(
+        tmp_path: Path, vcsim: VCenter, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    sock = tmp_path / "ep.sock"
+    caplog.set_level(logging.WARNING, "vspc")
+    async with trio.open_nursery() as n:
+        svc: VspcService
+        ep: Endpoint
+        svc, ep = await start_appliance(n, tmp_path, f'unix = "{sock}"\n{vcenter_table(tmp_path, vcsim)}')
+        with trio.fail_after(60):
+            good = await open_raw(sock, START_HOST, VM, b"from its host")
+            await wait_until(lambda: any(c.bytes == 13 for c in svc.consoles.list()), 30)
+            await send_and_wait_closed(await open_raw(sock, OTHER_HOST, VM, b"forged"), b"")
+            await send_and_wait_closed(await open_raw(sock, START_HOST, "no-such-vm", b"?"), b"")
+            assert metric(svc, "vspc_relayed_streams_total", kind="tcp", result="rejected") == 2
+            # vMotion: the VM now runs on the other host, whose relay may speak for it
+            await trio.to_thread.run_sync(relocate, vcsim, VM, OTHER_HOST)
+            moved = await open_raw(sock, OTHER_HOST, VM, b"!")
+            await wait_until(lambda: svc.consoles.find(VM).bytes_from_vm == 14, 30)
+        messages = [r.getMessage() for r in caplog.records]
+        assert any(f"vCenter places VM '{VM}' on {START_HOST}, not on '{OTHER_HOST}'" in m
+                   for m in messages), messages
+        assert any("vCenter knows no VM 'no-such-vm'" in m for m in messages)
+        assert ep.placement is not None and ep.placement.queries <= 4
+        await good.aclose()
+        await moved.aclose()
+        n.cancel_scope.cancel()
+
+
+def test_verdict() -> None:
+    snap = {"vm-1": frozenset({"esx-a"}), "423f5a1b2c3d4e5f60718293a4b5c6d7": frozenset({"esx-b"})}
+    assert verdict(snap, "vm-1", "esx-a") is None
+    assert verdict(snap, "42 3f 5a 1b 2c 3d 4e 5f-60 71 82 93 a4 b5 c6 d7", "esx-b") is None
+    assert "not on 'esx-b'" in (verdict(snap, "vm-1", "esx-b") or "")
+    assert "knows no VM" in (verdict(snap, "VM-1", "esx-a") or "")
+    assert "has not answered" in (verdict(None, "vm-1", "esx-a", "refused") or "")
+
+
+async def test_an_unreachable_vcenter_refuses_every_vm() -> None:
+    """Fail closed: no placement snapshot, no VM; the reason says why."""
+    with trio.socket.socket() as probe:  # a port nobody listens on
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    placement = Placement(VCenterCheck(url=f"http://127.0.0.1:{port}/sdk", min_refresh=60.0))
+    with trio.fail_after(30):
+        reason = await placement.check("vm-1", "esx-a")
+        assert reason is not None and "vCenter has not answered yet" in reason
+        assert "connect" in reason.lower(), reason
+        assert await placement.check("vm-1", "esx-a") is not None
+    assert placement.queries == 1  # a miss asks again only after min-refresh
+    await placement.aclose()
