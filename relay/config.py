@@ -19,11 +19,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-from relay.core.identity import IdentityError, check_host, check_label, vm_key
+from relay.core.identity import MAX_NAME, IdentityError, check_host, check_label, vm_key
 from relay.peer_config import PeerConfig
 from relay.route import parse_address
 from vic.ops.config import ConfigError, load, loads, require
-from vic.ops.names import MAX_VM_NAME, require_host, require_label, require_vm
 
 MAX_PORT = 65535
 # VMADDR_CID_ANY; also the largest CID.
@@ -297,19 +296,13 @@ class RelayConfig:
                     target = self.default_egress()
                 require(target.kind != "peer", key,
                         "streams accepted from peers go on to the appliance, not to another peer")
-        if self.host:
-            require_host(self.host, "host")
         seen: dict[str, str] = {}
         for kind in LISTENER_KINDS:
             for i, lst in enumerate(getattr(self, kind)):
                 key = f"{kind}[{i}]"
                 require(bool(lst.name), f"{key}.name", "must not be empty")
-                require(len(lst.name) <= MAX_VM_NAME, f"{key}.name",
-                        f"at most {MAX_VM_NAME} characters")
-                if isinstance(lst, (TcpListener, PipeListener, SerialListener, HvsockListener)):
-                    require_vm(lst.vm, f"{key}.vm")
-                if lst.label or not isinstance(lst, HvsockListener):  # "" = the kind
-                    require_label(lst.label, f"{key}.label")
+                require(len(lst.name) <= MAX_NAME, f"{key}.name",
+                        f"at most {MAX_NAME} characters")
                 if lst.name in seen:
                     raise ConfigError(f"{key}.name", f"duplicate listener name (also {seen[lst.name]})")
                 seen[lst.name] = key

@@ -1,5 +1,6 @@
-"""vic.ops.names (the config-side name grammar), vic.ops.listen (listener errors
-as ConfigErrors naming the key) and vic.ops.preflight (certificate warnings)."""
+"""vic.ops.listen (listener errors as ConfigErrors naming the key) and
+vic.ops.preflight (certificate warnings). The name grammar for configs and the wire
+is one, relay.core.identity: tests/vspc/test_identity.py."""
 
 from __future__ import annotations
 
@@ -9,37 +10,11 @@ import socket
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from relay import certs
 from vic.ops.config import ConfigError
 from vic.ops.listen import listen_error, listening, probe_host
-from vic.ops.names import MAX_LABEL, MAX_VM_NAME, label_problem, vm_problem
 from vic.ops.preflight import cert_warning
-
-
-@pytest.mark.parametrize("vm", ["4213a2b0-c9d8-4c6e-9f8a-1f2e3d4c5b6a",
-                                "42 13 a2 b0 c9 d8 4c 6e-9f 8a 1f 2e 3d 4c 5b 6a",
-                                "web server", "vm5", "a" * MAX_VM_NAME])
-def test_good_vm_names(vm: str) -> None:
-    assert vm_problem(vm) is None
-
-
-@pytest.mark.parametrize("vm", ["", "1" * 60_000, "a" * (MAX_VM_NAME + 1), "../x", "-x",
-                                "a/b", "a\nb", "é"])
-def test_bad_vm_names(vm: str) -> None:
-    problem = vm_problem(vm)
-    assert problem is not None and len(problem) < 120 and "\n" not in problem
-
-
-@given(st.text(max_size=80))
-def test_a_name_that_passes_is_safe_as_a_file_name_part(s: str) -> None:
-    if vm_problem(s) is None:
-        assert "/" not in s and "\x00" not in s and not s.startswith(".") and len(s) <= 64
-    if label_problem(s) is None:
-        assert s and len(s) <= MAX_LABEL and set(s) <= set(
-            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 def test_listen_errors_name_host_or_port() -> None:
