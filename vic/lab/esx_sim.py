@@ -255,8 +255,10 @@ class EsxConnection:
         *,
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
+        local_address: str | None = None,
     ) -> trio.abc.Stream:
-        tcp = await trio.open_tcp_stream(host, port)  # trio sets TCP_NODELAY
+        # trio sets TCP_NODELAY; local_address: the simulated host's own source address
+        tcp = await trio.open_tcp_stream(host, port, local_address=local_address)
         if ssl_context is None:
             return tcp
         tls = trio.SSLStream(tcp, ssl_context, server_hostname=server_hostname or host)
@@ -278,11 +280,13 @@ class EsxConnection:
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         behaviour: EsxBehaviour | None = None,
+        local_address: str | None = None,
         **knobs: object,
     ) -> EsxConnection:
         """Connect, negotiate, and (by default) wait for the 232 handshake.
 
-        ``knobs`` are :class:`EsxBehaviour` fields (``label=``, ``do_proxy=``,
+        ``local_address`` binds the source address (one 127.0.0.x per simulated
+        host). ``knobs`` are :class:`EsxBehaviour` fields (``label=``, ``do_proxy=``,
         ``one_byte_segments=`` ...). The reader task runs in ``nursery``.
         """
         b = behaviour if behaviour is not None else EsxBehaviour()
@@ -291,7 +295,8 @@ class EsxConnection:
                 raise TypeError(f"unknown EsxBehaviour field {k!r}")
             setattr(b, k, v)
         stream = await cls.open_stream(
-            host, port, ssl_context=ssl_context, server_hostname=server_hostname
+            host, port, ssl_context=ssl_context, server_hostname=server_hostname,
+            local_address=local_address,
         )
         conn = cls(stream, vm, b)
         nursery.start_soon(conn._reader)
