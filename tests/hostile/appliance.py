@@ -139,16 +139,7 @@ class HonestVm:
 
     async def check(self, timeout: float = 20.0) -> None:
         """The console log holds exactly the bytes sent, in order, once each."""
-        expected = self.payload[:self.sent]
-
-        def logged() -> bytes:
-            path = self.vspc.log_for(self.uuid)
-            return path.read_bytes() if path is not None else b""
-
-        await wait_for(lambda: len(logged()) >= len(expected), timeout,
-                       f"honest VM's {len(expected)} bytes in its console log")
-        got = logged()
-        assert got == expected, _first_difference(got, expected)
+        await check_logged(self.vspc, self.uuid, self.payload[:self.sent], timeout)
 
     async def check_input(self, text: bytes = b"operator-keystrokes\r") -> None:
         """An operator attached read-write types ``text``; the VM receives exactly it."""
@@ -158,6 +149,20 @@ class HonestVm:
             with trio.fail_after(10):
                 got = await self.conn.receive_console_exactly(len(text))
         assert got == text
+
+
+async def check_logged(vspc: Vspc, stem_start: str, expected: bytes,
+                       timeout: float = 20.0) -> None:
+    """The console log whose name starts with ``stem_start`` holds exactly ``expected``."""
+
+    def logged() -> bytes:
+        path = vspc.log_for(stem_start)
+        return path.read_bytes() if path is not None else b""
+
+    await wait_for(lambda: len(logged()) >= len(expected), timeout,
+                   f"{len(expected)} bytes in the console log of {stem_start!r}")
+    got = logged()
+    assert got == expected, _first_difference(got, expected)
 
 
 def _first_difference(got: bytes, want: bytes) -> str:
@@ -240,6 +245,9 @@ class RawVm:
         assert len(chunk) == n
         await self.stream.send_all(chunk)
         self.sent += n
+
+    async def check(self, vspc: Vspc, timeout: float = 20.0) -> None:
+        await check_logged(vspc, self.vm, self.payload[:self.sent], timeout)
 
     async def receive_exactly(self, n: int, timeout: float = 10.0) -> bytes:
         with trio.fail_after(timeout):
