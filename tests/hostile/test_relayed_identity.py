@@ -19,10 +19,12 @@ from typing import Any
 
 import trio
 
+from relay.route import Route, Router
 from relay.tls import TlsFiles, client_context
 from tests.hostile.appliance import (
     RawVm,
     Vspc,
+    check_logged,
     closed_by_peer,
     endpoint_stream,
     origin_header,
@@ -214,3 +216,55 @@ async def test_relay_certificate_cannot_speak_for_another_host(tmp_path: Path) -
             await client.send_all(text)
             assert await honest.receive_exactly(len(text)) == text
         await honest.stream.aclose()
+
+
+# ---- items 4 and 6 over the mesh: a relay's peer link into `[[endpoint.link]]`
+
+
+async def reset_by_appliance(st: trio.abc.Stream, timeout: float = 10.0) -> None:
+    """The appliance refuses a resumable stream by ending or failing it."""
+    with trio.fail_after(timeout):
+        try:
+            while await st.receive_some(65536):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+async def test_headers_over_a_peer_link_are_checked(tmp_path: Path) -> None:
+    """A relay authenticated on a peer link (certificate for esx-a, in
+    `allowed-peers`) sends traversal names and a header for esx-b: each stream
+    is refused and creates nothing, the link and an honest stream on it carry on."""
+    tag = f"hostile-{uuid.uuid4().hex}"
+    pki = Pki(tmp_path / "pki")
+    app = pki.issue("appliance", "vch")
+    port = free_port()
+    endpoint = {"link": [{"address": f"tcp:127.0.0.1:{port}",
+                          "allowed-peers": ["vic://host/esx-a"]}],
+                "link-tls": {"cert": str(app.cert), "key": str(app.key), "ca": str(app.ca)}}
+    async with start_vspc(tmp_path / "app", endpoint=endpoint) as vspc, \
+            trio.open_nursery() as n:
+        router = Router(Route(f"tcp:127.0.0.1:{port}", identity="vic://appliance/vch"), n,
+                        tls_files=pki.issue("host", "esx-a"))
+        honest = await router.open_stream(origin_header("esx-a", "honest-link"))
+        data = pattern(16384, 3)
+        await honest.send_all(data[:4096])
+        attacks = []
+        for host, vm in [("esx-a", v) for v in traversal_names(tag)] + [("esx-b", "vm-of-b")]:
+            st = await router.open_stream(origin_header(host, vm))
+            await st.send_all(b"EVIL" * 256)
+            attacks.append(st)
+        await honest.send_all(data[4096:])
+        await check_logged(vspc, "honest-link", data)
+        for vm in traversal_names(tag):
+            outside = escapes(vspc.log_dir, vm, tag)
+            for p in outside:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            assert not outside, f"{vm!r} over the peer link created {outside}"
+        listed = {c.get("uuid") for c in await vspc.consoles()}
+        assert listed == {"honest-link"}, listed
+        for st in attacks:
+            await reset_by_appliance(st)
+        assert router.link is not None and router.link.alive
+        router.close()
+        n.cancel_scope.cancel()
