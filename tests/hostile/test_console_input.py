@@ -30,6 +30,7 @@ from tests.hostile.daemons import REPO, MiB, run_daemon, wait_for
 from tests.relay.relayfix import pattern
 
 RSS_SLACK = 20 * MiB
+CHURN_BYTES = 64 << 10  # a departed VM with a full replay ring
 
 
 async def cli_list(vspc: Vspc) -> list[dict[str, Any]]:
@@ -136,8 +137,9 @@ async def test_keys_typed_to_a_departed_vm_are_discarded_with_a_notice(vspc: Vsp
         gone = await notice_after(client, seen)
         assert "disconnect" in gone.lower() or "not connected" in gone.lower(), gone
         await client.send_all(b"typed-while-away\r")
-        discarded = await notice_after(client, seen)
-        assert "discard" in discarded.lower(), discarded
+        if "discard" not in gone.lower():  # (unless the first notice said so already)
+            discarded = await notice_after(client, seen)
+            assert "discard" in discarded.lower(), discarded
         again = await open_esx(n, vspc, honest.conn.vm, VICTIM_HOST)
         back = await notice_after(client, seen)
         assert "connect" in back.lower(), back
@@ -162,32 +164,35 @@ async def churn(vspc: Vspc, first: int, count: int, size: int = 2048) -> None:
 
 @pytest.mark.slow
 async def test_departed_consoles_are_bounded_and_survive_a_restart(tmp_path: Path) -> None:
-    """800 short-lived VMs with `retention = 1` and `max-departed = 20`: the vSPC's
-    memory stays bounded (not ~94 KiB per departed VM); after a restart `vic
+    """1,200 short-lived VMs (64 KiB of console each, a full replay ring) with
+    `retention = 1` and `max-departed = 20`: the vSPC's memory stays bounded (on
+    main it grows by ~100 MiB over 1,100 departed VMs); after a restart `vic
     console list` shows the departed VMs from disk and replay serves their bytes."""
-    over = {"console": {"retention": 1.0, "max-departed": 20}}
+    # (small log queues: memory the log writer holds for the disk is not what is measured)
+    over = {"console": {"retention": 1.0, "max-departed": 20,
+                        "log-queue-bytes": 256 << 10, "log-queue-total-bytes": 2 * MiB}}
     async with start_vspc(tmp_path, **over) as vspc:
         config = vspc.config
         async with trio.open_nursery() as n:
             honest = await honest_vm(n, vspc, VICTIM_HOST, seed=14)
-            await churn(vspc, 0, 100)
+            await churn(vspc, 0, 100, CHURN_BYTES)
             rss = vspc.daemon.rss()
-            await churn(vspc, 100, 700)
+            await churn(vspc, 100, 1100, CHURN_BYTES)
             await honest.send(4096)
             await honest.check()  # (the log writer has caught up with the churn)
             grown = vspc.daemon.rss() - rss
-            assert grown <= RSS_SLACK, f"RSS grew {grown / MiB:.1f} MiB over 700 departed VMs"
+            assert grown <= RSS_SLACK, f"RSS grew {grown / MiB:.1f} MiB over 1,100 departed VMs"
             await honest.conn.aclose()
         assert await vspc.daemon.stop() == 0
     async with run_daemon("vspc", tmp_path, config, name="vspc-restarted") as d:
         again = Vspc(d, config, tmp_path)
-        entry = await listed(again, "churn-0799")
+        entry = await listed(again, "churn-1199")
         assert entry is not None, "the departed VM's history is not listed after a restart"
         assert not entry["connected"]
-        client = await again.attach("churn-0799", "ro", replay=4096)
+        client = await again.attach("churn-1199", "ro", replay=4096)
         got = bytearray()
-        with trio.fail_after(10):
-            while len(got) < 2048:
+        with trio.move_on_after(10):
+            while pattern(CHURN_BYTES, 1199)[-4096:] not in got:
                 got += await client.receive_some(65536)
-        assert bytes(got) == pattern(2048, 799), "replay after the restart differs"
+        assert pattern(CHURN_BYTES, 1199)[-4096:] in got, f"replay after the restart: {bytes(got[:64])!r}..."
         await client.aclose()
