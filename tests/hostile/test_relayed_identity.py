@@ -36,6 +36,7 @@ from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import pattern
 
 REJECTED = "vspc_relayed_streams_total"
+APPLIANCE_NAME = "vch.test"  # the DNS name in the endpoint's certificate
 FD_SLACK = 5
 
 
@@ -123,7 +124,7 @@ async def test_path_traversal_in_a_relayed_header_is_refused(tmp_path: Path) -> 
 async def tls_vspc(tmp_path: Path) -> AsyncIterator[tuple[Vspc, Pki, int]]:
     """The endpoint on loopback TCP with mutual TLS (client certificates from our CA)."""
     pki = Pki(tmp_path / "pki")
-    server = pki.issue("appliance", "vch")
+    server = pki.issue("appliance", "vch", dns_names=(APPLIANCE_NAME,))
     port = free_port()
     endpoint = {"host": "127.0.0.1", "port": port,
                 "tls": {"cert": str(server.cert), "key": str(server.key),
