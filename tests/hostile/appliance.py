@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from tests.hostile.daemons import Daemon, free_port, run_daemon, wait_for
+from tests.hostile.daemons import Daemon, MiB, free_port, run_daemon, wait_for
 from tests.relay.relayfix import pattern
 from vic.lab.esx_sim import EsxBehaviour, EsxConnection, SimVM
 from vspc.console import client as cc
@@ -105,6 +105,33 @@ async def start_vspc(workdir: Path, name: str = "vspc", **over: Any) -> AsyncIte
     config = vspc_config(workdir, **over)
     async with run_daemon("vspc", workdir, config, name=name) as d:
         yield Vspc(d, config, workdir)
+
+
+# ---- resources
+
+
+FD_SLACK = 5
+RSS_SLACK = 20 * MiB
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The daemon's open descriptors and resident memory before an attack."""
+
+    fds: int
+    rss: int
+
+    @classmethod
+    def of(cls, vspc: Vspc) -> Baseline:
+        return cls(vspc.daemon.fds(), vspc.daemon.rss())
+
+    async def back(self, vspc: Vspc, timeout: float = 10.0) -> None:
+        """Descriptors back within FD_SLACK (waiting up to ``timeout``), memory
+        within RSS_SLACK."""
+        await wait_for(lambda: vspc.daemon.fds() <= self.fds + FD_SLACK, timeout,
+                       f"descriptors back near {self.fds} (now {vspc.daemon.fds()})")
+        grown = vspc.daemon.rss() - self.rss
+        assert grown <= RSS_SLACK, f"RSS {grown / MiB:.1f} MiB above the baseline"
 
 
 # ---- an honest ESX VM on the Telnet listener

@@ -22,6 +22,7 @@ import trio
 from relay.route import Route, Router
 from relay.tls import TlsFiles, client_context
 from tests.hostile.appliance import (
+    Baseline,
     RawVm,
     Vspc,
     check_logged,
@@ -153,6 +154,7 @@ async def test_similar_names_get_separate_consoles(vspc: Vspc) -> None:
     """`ab-cd` and `abcd`, `Web Server` and `web server` are four VMs: four
     consoles, four logs, each holding exactly its own bytes."""
     names = ["ab-cd", "abcd", "Web Server", "web server"]
+    base = Baseline.of(vspc)
     vms: list[RawVm] = []
     for k, name in enumerate(names):
         vm = await raw_vm(vspc, name, seed=20 + k)
@@ -173,6 +175,7 @@ async def test_similar_names_get_separate_consoles(vspc: Vspc) -> None:
     assert len(listed) == 4, listed
     for vm in vms:
         await vm.stream.aclose()
+    await base.back(vspc)
 
 
 async def test_one_uuid_in_two_spellings_is_one_console(vspc: Vspc) -> None:

@@ -17,6 +17,7 @@ from tests.hostile.appliance import (
     ATTACKER_HOST,
     OTHER_HOST,
     VICTIM_HOST,
+    Baseline,
     Vspc,
     closed_by_peer,
     endpoint_stream,
@@ -25,19 +26,12 @@ from tests.hostile.appliance import (
     origin_header,
     start_vspc,
 )
-from tests.hostile.daemons import MiB, wait_for
+from tests.hostile.daemons import wait_for, wait_for_async
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import EsxConnection, SimVM, VMotionNotNow, known_without, migrate
 
 REFUSED = "vspc_telnet_refused_total"
 REFUSAL_WORDS = ("refus", "reject", "denied", "takeover")
-FD_SLACK = 5
-RSS_SLACK = 20 * MiB
-
-
-def assert_near_baseline(vspc: Vspc, fds: int, rss: int) -> None:
-    assert vspc.daemon.fds() <= fds + FD_SLACK, (vspc.daemon.fds(), fds)
-    assert vspc.daemon.rss() <= rss + RSS_SLACK, (vspc.daemon.rss(), rss)
 
 
 # ---- item 7: Telnet takeover
@@ -50,7 +44,7 @@ async def test_takeover_from_another_source_is_refused(vspc: Vspc) -> None:
     async with trio.open_nursery() as n:
         victim = await honest_vm(n, vspc, VICTIM_HOST)
         operator = await vspc.attach(victim.uuid, "rw")
-        fds, rss = vspc.daemon.fds(), vspc.daemon.rss()
+        base = Baseline.of(vspc)
         refused = await vspc.daemon.metric(REFUSED)
         stop = trio.Event()
         n.start_soon(victim.pump, stop)
@@ -75,10 +69,9 @@ async def test_takeover_from_another_source_is_refused(vspc: Vspc) -> None:
                    for ln in vspc.daemon.log_lines()), "no log line refusing the attacker"
         listed = [c for c in await vspc.consoles() if c["uuid"] == victim.uuid]
         assert listed and listed[0]["connected"]
+        await base.back(vspc)
         await operator.aclose()
         await victim.conn.aclose()
-        await wait_for(lambda: vspc.daemon.fds() <= fds + FD_SLACK, 10, "fds back")
-        assert_near_baseline(vspc, fds, rss)
 
 
 async def test_reconnect_from_same_source_takes_over(vspc: Vspc) -> None:
@@ -102,7 +95,7 @@ async def test_source_outside_allowed_sources_is_refused_at_accept(tmp_path: Pat
     async with start_vspc(tmp_path, listen={"allowed-sources": [f"{VICTIM_HOST}/32"]}) as vspc:
         async with trio.open_nursery() as n:
             honest = await honest_vm(n, vspc, VICTIM_HOST)
-            fds = vspc.daemon.fds()
+            base = Baseline.of(vspc)
             for _ in range(20):
                 s = await trio.open_tcp_stream("127.0.0.1", vspc.esx_port,
                                                local_address=ATTACKER_HOST)
@@ -113,7 +106,7 @@ async def test_source_outside_allowed_sources_is_refused_at_accept(tmp_path: Pat
             await honest.check_input()
             assert await vspc.daemon.metric(REFUSED) >= 20
             assert any(ATTACKER_HOST in ln for ln in vspc.daemon.log_lines())
-            await wait_for(lambda: vspc.daemon.fds() <= fds + FD_SLACK, 10, "fds back")
+            await base.back(vspc)
             await honest.conn.aclose()
 
 
@@ -137,6 +130,7 @@ async def test_begin_flood_does_not_lock_out_vmotion(vspc: Vspc) -> None:
     rng = random.Random(8)
     async with trio.open_nursery() as n:
         honest = await honest_vm(n, vspc, VICTIM_HOST)
+        base = Baseline.of(vspc)
         anonymous = known_without(tw.VM_VC_UUID, tw.GET_VM_VC_UUID)
         attackers = []
         for k in range(16):
@@ -158,6 +152,7 @@ async def test_begin_flood_does_not_lock_out_vmotion(vspc: Vspc) -> None:
         await honest.check_input()
         for c in attackers:
             await c.aclose()
+        await base.back(vspc)
         await mig.dest.aclose()
 
 
@@ -200,13 +195,17 @@ async def test_wire_text_cannot_forge_log_lines(vspc: Vspc) -> None:
     vm = SimVM(uuid=SimVM.random(rng).uuid, name=f"evil\n{FORGED}\x1b[2J")
     async with trio.open_nursery() as n:
         honest = await honest_vm(n, vspc, OTHER_HOST)
+        base = Baseline.of(vspc)
         evil = await open_esx(n, vspc, vm, ATTACKER_HOST,
                               service_uri=f"vic-console\n{FORGED}\x1b]0;owned\x07")
         await evil.send_console(b"hello\n")
         relayed = await endpoint_stream(
             vspc, origin_header("esx-a", f"vm\u2028{FORGED}\x85x") + b"bytes")
-        await wait_for(lambda: "relayed stream" in vspc.daemon.log(), 10,
-                       "the relayed stream's log line (accepted or rejected)")
+
+        async def decided() -> bool:  # accepted or rejected
+            return await vspc.daemon.metric("vspc_relayed_streams_total") >= 1
+
+        await wait_for_async(decided, 10, "the relayed stream handled")
         await relayed.aclose()
         await wait_for(lambda: "DO-PROXY" in vspc.daemon.log(), 10, "the DO-PROXY log line")
         await honest.send(4096)
@@ -217,4 +216,5 @@ async def test_wire_text_cannot_forge_log_lines(vspc: Vspc) -> None:
         for ch in ("\x1b", "\x07", "\u2028", "\x85"):
             assert ch not in text, f"raw {ch!r} in the daemon log"
         await evil.aclose()
+        await base.back(vspc)
         await honest.conn.aclose()
