@@ -257,7 +257,8 @@ class EsxConnection:
         server_hostname: str | None = None,
         local_address: str | None = None,
     ) -> trio.abc.Stream:
-        # trio sets TCP_NODELAY; local_address: the simulated host's own source address
+        # trio sets TCP_NODELAY; local_address: connect from that address (e.g.
+        # 127.0.0.2, another "host" on loopback)
         tcp = await trio.open_tcp_stream(host, port, local_address=local_address)
         if ssl_context is None:
             return tcp
@@ -285,8 +286,7 @@ class EsxConnection:
     ) -> EsxConnection:
         """Connect, negotiate, and (by default) wait for the 232 handshake.
 
-        ``local_address`` binds the source address (one 127.0.0.x per simulated
-        host). ``knobs`` are :class:`EsxBehaviour` fields (``label=``, ``do_proxy=``,
+        ``knobs`` are :class:`EsxBehaviour` fields (``label=``, ``do_proxy=``,
         ``one_byte_segments=`` ...). The reader task runs in ``nursery``.
         """
         b = behaviour if behaviour is not None else EsxBehaviour()
