@@ -116,20 +116,20 @@ RSS_SLACK = 20 * MiB
 
 @dataclass(frozen=True)
 class Baseline:
-    """The daemon's open descriptors and resident memory before an attack."""
+    """The daemon's open sockets and resident memory before an attack."""
 
     fds: int
     rss: int
 
     @classmethod
     def of(cls, vspc: Vspc) -> Baseline:
-        return cls(vspc.daemon.fds(), vspc.daemon.rss())
+        return cls(vspc.daemon.sockets(), vspc.daemon.rss())
 
     async def back(self, vspc: Vspc, timeout: float = 10.0) -> None:
-        """Descriptors back within FD_SLACK (waiting up to ``timeout``), memory
-        within RSS_SLACK."""
-        await wait_for(lambda: vspc.daemon.fds() <= self.fds + FD_SLACK, timeout,
-                       f"descriptors back near {self.fds} (now {vspc.daemon.fds()})")
+        """Socket descriptors back within FD_SLACK (waiting up to ``timeout``),
+        memory within RSS_SLACK."""
+        await wait_for(lambda: vspc.daemon.sockets() <= self.fds + FD_SLACK, timeout,
+                       f"sockets back near {self.fds} (now {vspc.daemon.sockets()})")
         grown = vspc.daemon.rss() - self.rss
         assert grown <= RSS_SLACK, f"RSS {grown / MiB:.1f} MiB above the baseline"
 

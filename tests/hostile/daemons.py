@@ -84,6 +84,18 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def open_sockets(pid: int) -> int:
+    """Open socket descriptors: what a connection costs (log files a console keeps
+    open are not connections: they follow the console's retention)."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:  # closed meanwhile
+            pass
+    return n
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -112,6 +124,10 @@ class Daemon:
     def fds(self) -> int:
         self._alive()
         return open_fds(self.pid)
+
+    def sockets(self) -> int:
+        self._alive()
+        return open_sockets(self.pid)
 
     def rss(self) -> int:
         self._alive()

@@ -82,7 +82,7 @@ async def handled(vspc: Vspc) -> float:
 async def _try_traversals(vspc: Vspc, tag: str, **connect: Any) -> None:
     honest = await raw_vm(vspc, "honest-raw", **connect)
     await honest.send(4096)
-    fds = vspc.daemon.fds()
+    fds = vspc.daemon.sockets()
     before = await rejected(vspc)
     attacks = []
     for vm in traversal_names(tag):
@@ -105,7 +105,7 @@ async def _try_traversals(vspc: Vspc, tag: str, **connect: Any) -> None:
     for s in attacks:
         await closed_by_peer(s)
         await s.aclose()
-    await wait_for(lambda: vspc.daemon.fds() <= fds + FD_SLACK, 10, "fds back")
+    await wait_for(lambda: vspc.daemon.sockets() <= fds + FD_SLACK, 10, "fds back")
     await honest.stream.aclose()
 
 

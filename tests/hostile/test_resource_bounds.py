@@ -66,7 +66,7 @@ async def test_flood_before_identity_then_close_is_reaped(vspc: Vspc) -> None:
     well before any identity timeout would have reaped them."""
     async with trio.open_nursery() as n:
         honest = await honest_vm(n, vspc, VICTIM_HOST)
-        fds, rss = vspc.daemon.fds(), vspc.daemon.rss()
+        fds, rss = vspc.daemon.sockets(), vspc.daemon.rss()
         conns = await vspc.daemon.metric(CONNECTIONS)
         stop = trio.Event()
         n.start_soon(honest.pump, stop)
@@ -76,7 +76,7 @@ async def test_flood_before_identity_then_close_is_reaped(vspc: Vspc) -> None:
             await send_until_blocked(s, junk, 20 * len(junk), stall=1.0)
             await trio.aclose_forcefully(s)
         # identify-timeout defaults to 10 s: the close itself must be noticed
-        await wait_for(lambda: vspc.daemon.fds() <= fds + FD_SLACK, 5,
+        await wait_for(lambda: vspc.daemon.sockets() <= fds + FD_SLACK, 5,
                        "descriptors of the closed flooders released")
         assert await vspc.daemon.metric(CONNECTIONS) == conns
         assert vspc.daemon.rss() <= rss + RSS_SLACK
@@ -100,7 +100,7 @@ async def test_clients_that_never_read_cannot_grow_the_vspc(vspc: Vspc) -> None:
     stops reading or closes them); its memory stays within +50 MiB."""
     async with trio.open_nursery() as n:
         honest = await honest_vm(n, vspc, VICTIM_HOST)
-        fds, rss = vspc.daemon.fds(), vspc.daemon.rss()
+        fds, rss = vspc.daemon.sockets(), vspc.daemon.rss()
         peak = rss
         stop = trio.Event()
         n.start_soon(honest.pump, stop)
@@ -122,7 +122,7 @@ async def test_clients_that_never_read_cannot_grow_the_vspc(vspc: Vspc) -> None:
         await honest.check()
         for c in clients:
             await trio.aclose_forcefully(c)
-        await wait_for(lambda: vspc.daemon.fds() <= fds + FD_SLACK, 10, "fds back")
+        await wait_for(lambda: vspc.daemon.sockets() <= fds + FD_SLACK, 10, "fds back")
         await honest.conn.aclose()
 
 
@@ -136,14 +136,14 @@ async def test_slowloris_connections_are_closed_after_identify_timeout(tmp_path:
     async with start_vspc(tmp_path, listen={"identify-timeout": 1.0}) as vspc:
         async with trio.open_nursery() as n:
             honest = await honest_vm(n, vspc, VICTIM_HOST)
-            fds, rss = vspc.daemon.fds(), vspc.daemon.rss()
+            fds, rss = vspc.daemon.sockets(), vspc.daemon.rss()
             loris = []
             for _ in range(1000):
                 s = await attacker_socket(vspc)
                 await s.send_all(bytes((tw.IAC,)))  # half a command, then nothing
                 loris.append(s)
             await honest.send(4096)
-            await wait_for(lambda: vspc.daemon.fds() <= fds + FD_SLACK, 30,
+            await wait_for(lambda: vspc.daemon.sockets() <= fds + FD_SLACK, 30,
                            "the 1,000 unidentified connections closed")
             with trio.fail_after(10):
                 for s in loris:
