@@ -22,7 +22,7 @@ from tests.hostile.appliance import (
     honest_vm,
     start_vspc,
 )
-from tests.hostile.daemons import MiB, wait_for
+from tests.hostile.daemons import MiB, wait_for, wait_for_async
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import SimVM
 
@@ -78,7 +78,11 @@ async def test_flood_before_identity_then_close_is_reaped(vspc: Vspc) -> None:
         # identify-timeout defaults to 10 s: the close itself must be noticed
         await wait_for(lambda: vspc.daemon.sockets() <= fds + FD_SLACK, 5,
                        "descriptors of the closed flooders released")
-        assert await vspc.daemon.metric(CONNECTIONS) == conns
+
+        async def counted_out() -> bool:
+            return await vspc.daemon.metric(CONNECTIONS) == conns
+
+        await wait_for_async(counted_out, 5, f"{CONNECTIONS} back to {conns}")
         assert vspc.daemon.rss() <= rss + RSS_SLACK
         stop.set()
         await honest.check()
