@@ -26,10 +26,11 @@ from tests.hostile.appliance import (
     raw_vm,
     start_vspc,
 )
-from tests.hostile.daemons import REPO, MiB, run_daemon, wait_for
+from tests.hostile.daemons import REPO, MiB, run_daemon, wait_for, wait_for_async
 from tests.relay.relayfix import pattern
 
 RSS_SLACK = 20 * MiB
+ACCEPTED = "vspc_relayed_streams_total"
 CHURN_BYTES = 64 << 10  # a departed VM with a full replay ring
 
 
@@ -154,12 +155,24 @@ async def test_keys_typed_to_a_departed_vm_are_discarded_with_a_notice(vspc: Vsp
 # ---- item 14: departed VMs
 
 
-async def churn(vspc: Vspc, first: int, count: int, size: int = 2048) -> None:
-    """Short-lived VMs, each writing ``pattern(size, k)`` and leaving."""
-    for k in range(first, first + count):
-        vm = await raw_vm(vspc, f"churn-{k:04d}", seed=k)
-        await vm.send(size)
-        await vm.stream.aclose()
+async def churn(vspc: Vspc, first: int, count: int, size: int = 2048, batch: int = 50) -> None:
+    """Short-lived VMs, each writing ``pattern(size, k)`` and leaving; in batches,
+    each handled by the daemon (accepted and gone) before the next, so what is
+    measured is what departed VMs leave behind, not streams still in flight."""
+    connected = await vspc.daemon.metric("vspc_connected_vms")
+    for start in range(first, first + count, batch):
+        accepted = await vspc.daemon.metric(ACCEPTED, result="accepted")
+        n = min(batch, first + count - start)
+        for k in range(start, start + n):
+            vm = await raw_vm(vspc, f"churn-{k:04d}", seed=k)
+            await vm.send(size)
+            await vm.stream.aclose()
+
+        async def handled(want: float = accepted + n) -> bool:
+            return (await vspc.daemon.metric(ACCEPTED, result="accepted") >= want
+                    and await vspc.daemon.metric("vspc_connected_vms") <= connected)
+
+        await wait_for_async(handled, 30, f"churned VMs {start}..{start + n - 1} handled")
 
 
 @pytest.mark.slow
