@@ -154,8 +154,8 @@ class HonestVm:
     async def send(self, n: int) -> None:
         chunk = self.payload[self.sent:self.sent + n]
         assert len(chunk) == n, "HonestVm.payload exhausted"
+        self.sent += n  # counted before it is on its way: check() never expects less
         await self.conn.send_console(chunk)
-        self.sent += n
 
     async def pump(self, stop: trio.Event, chunk: int = 1024) -> None:
         """Traffic while an attack runs: a chunk every few milliseconds until ``stop``."""
@@ -270,8 +270,8 @@ class RawVm:
     async def send(self, n: int) -> None:
         chunk = self.payload[self.sent:self.sent + n]
         assert len(chunk) == n
-        await self.stream.send_all(chunk)
         self.sent += n
+        await self.stream.send_all(chunk)
 
     async def check(self, vspc: Vspc, timeout: float = 20.0) -> None:
         await check_logged(vspc, self.vm, self.payload[:self.sent], timeout)
