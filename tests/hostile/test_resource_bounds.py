@@ -29,6 +29,7 @@ from vic.lab.esx_sim import SimVM
 FD_SLACK = 5
 RSS_SLACK = 20 * MiB
 CONNECTIONS = "vspc_esx_connections"
+REFUSED = "vspc_telnet_refused_total"  # reasons as merged with the Telnet guards
 
 
 async def attacker_socket(vspc: Vspc, *, rcvbuf: int | None = None) -> trio.SocketStream:
@@ -83,6 +84,7 @@ async def test_flood_before_identity_then_close_is_reaped(vspc: Vspc) -> None:
             return await vspc.daemon.metric(CONNECTIONS) == conns
 
         await wait_for_async(counted_out, 5, f"{CONNECTIONS} back to {conns}")
+        assert await vspc.daemon.metric(REFUSED, reason="flood") >= 16
         assert vspc.daemon.rss() <= rss + RSS_SLACK
         stop.set()
         await honest.check()
@@ -154,6 +156,7 @@ async def test_slowloris_connections_are_closed_after_identify_timeout(tmp_path:
                     await closed_by_peer(s)
                     await trio.aclose_forcefully(s)
             assert vspc.daemon.rss() <= rss + RSS_SLACK
+            assert await vspc.daemon.metric(REFUSED, reason="identify_timeout") >= 1000
             assert not honest.conn.closed.is_set()
             await honest.send(4096)
             await honest.check()
@@ -187,6 +190,7 @@ async def test_silent_connection_that_fails_its_probe_is_closed(tmp_path: Path) 
             await s.aclose()
             listed = {c["uuid"]: c for c in await vspc.consoles()}
             assert not listed[vm.canonical_uuid]["connected"]
+            assert await vspc.daemon.metric(REFUSED, reason="idle") >= 1
             assert listed[honest.uuid]["connected"] and not honest.conn.closed.is_set()
             await honest.send(1024)
             await honest.check()
