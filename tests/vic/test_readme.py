@@ -70,3 +70,10 @@ def test_authenticated_endpoint_sample_loads(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         loads(VspcConfig, "\n".join(ln for ln in sample.splitlines() if not ln.startswith("tls")))
     assert e.value.key == "endpoint.tls"
+
+
+def test_readme_is_whole_on_its_own() -> None:
+    """No pointer outside the repository; every document it links to is here."""
+    assert "../shared" not in README
+    for target in re.findall(r"\]\(([^)#:]+)\)", README):
+        assert (ROOT / target).is_file(), f"README links to missing {target}"
