@@ -30,7 +30,7 @@ from vic.ops.config import ConfigError
 from vic.ops.metrics_http import serve_metrics
 from vspc.config import ListenConfig, MetricsConfig, VspcConfig
 from vspc.console.chunks import coalesce
-from vspc.console.hub import Console
+from vspc.console.hub import Console, Link
 from vspc.console.service import ConsoleService
 from vspc.core import esx_session as es
 from vspc.core import switchboard as sb
@@ -141,7 +141,7 @@ class VspcService:
         self._secret_source = secret_source
         self._conns: set[EsxConnection] = set()
         self._conns_changed = trio.Event()
-        self._inputs: set[PortKey] = set()
+        self._links: dict[PortKey, Link] = {}  # ports whose console has this service's link
         self._deadline_changed = trio.Event()
         self._room: dict[PortKey, trio.Event] = {}
         self._displays: dict[PortKey, str] = {}
@@ -527,12 +527,9 @@ class VspcService:
             assert self._tasks is not None
             self._tasks.start_soon(self._drain_backlog, key, backlog)
 
-    def _console_room(self, console: Console) -> float:
-        writer = self.consoles.writer
-        if not writer.enabled:
-            return math.inf
-        s = writer.settings
-        return min(s.queue_bytes - console.log_queued, s.queue_total_bytes - writer.total)
+    @staticmethod
+    def _console_room(console: Console) -> float:
+        return console.log_room()
 
     async def _drain_backlog(self, key: PortKey, backlog: _Backlog) -> None:
         console = self._console(key)
@@ -553,11 +550,19 @@ class VspcService:
                 conn.resume_reading()
 
     def _console(self, key: PortKey) -> Console:
-        console = self.consoles.open(key, self._displays.get(key, key.uuid))
-        if key not in self._inputs:
-            self._inputs.add(key)
-            console.set_input(_InputSink(self, key))
-        return console
+        return self.consoles.open(key, self._displays.get(key, key.uuid))
+
+    def _sync_link(self, key: PortKey, console: Console) -> None:
+        """The console has a live link from here while the port has a carrier or a
+        vMotion pending (its input is then buffered for the destination)."""
+        live = self.board.carrier(key) is not None or any(
+            v.key == key for v in self.board.pending_vmotions())
+        link = self._links.get(key)
+        if live and link is None:
+            self._links[key] = console.connect(_InputSink(self, key))
+        elif not live and link is not None:
+            del self._links[key]
+            console.disconnect(link)
 
     def _port_event(self, ev: sb.PortEvent) -> None:
         conn = ev.conn
@@ -582,7 +587,7 @@ class VspcService:
         if isinstance(conn, EsxConnection):
             fields["peer"] = conn.peer
         console.event(str(ev.kind), **fields)
-        console.set_connected(self.board.carrier(ev.key) is not None)
+        self._sync_link(ev.key, console)
 
     async def to_vm(self, key: PortKey, data: bytes) -> None:
         """Console input for the VM of ``key`` (from attached clients), in order."""

@@ -17,6 +17,10 @@ __all__ = ["short_dir"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
+async def discard(data: bytes) -> None:
+    """A VM input sink that drops what it gets."""
+
+
 def vic(*args: str) -> list[str]:
     return [sys.executable, "-m", "vic.cli", "console", *args]
 
@@ -29,7 +33,7 @@ async def run(*args: str) -> subprocess.CompletedProcess[bytes]:
 async def test_list_table_and_json(short_dir: Path, nursery: trio.Nursery) -> None:
     svc = await start(nursery, make_config(short_dir))
     con = svc.open(KEY, "web-1")
-    con.set_connected(True)
+    con.connect(discard)
     await con.from_vm(b"hello")
     sock = str(short_dir / "c.sock")
     p = await run("list", "--socket", sock, "--json")
@@ -69,7 +73,7 @@ async def test_attach_follow_pipes_both_ways(short_dir: Path, nursery: trio.Nurs
         if b"\n" in got_input:
             input_done.set()
 
-    con.set_input(sink)
+    con.connect(sink)
     proc = await trio.lowlevel.open_process(
         vic("attach", "vm", "--socket", str(short_dir / "c.sock"), "--replay", "4"),
         stdin=subprocess.PIPE,
@@ -114,7 +118,7 @@ async def test_attach_on_a_tty_is_raw_and_ctrl_bracket_detaches(short_dir: Path,
         if len(got_input) >= 3:
             three.set()
 
-    con.set_input(sink)
+    con.connect(sink)
     master, slave = os.openpty()
     proc = await trio.lowlevel.open_process(
         vic("attach", "vm", "--socket", str(short_dir / "c.sock"), "--replay", "8"),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import builtins
 import logging
+import math
 import socket as _socket
 import ssl
 import struct
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -15,14 +16,17 @@ from vspc import fastsock
 from vspc.console import protocol as proto
 from vspc.console.config import ConsoleConfig
 from vspc.console.endpoint import EndpointError, UnixListener, open_tcp, server_ssl_context
+from vspc.console.history import DiskConsole, read_tail, scan
 from vspc.console.hub import Client, Console, ConsoleBusy, ConsoleInfo, Hub
-from vspc.console.logfile import LogSettings, LogWriter
+from vspc.console.logwriter import LogSettings, LogWriter
 from vspc.core.identity import DEFAULT_LABEL, PortKey, canonical_uuid
 from vspc.metrics import VspcMetrics
 
 log = logging.getLogger("vspc.console")
 
 RECV_SIZE = 64 * 1024
+#: Departed consoles whose log bytes are still being written are tried again after this.
+RETENTION_RETRY = 1.0
 
 
 def log_settings(config: ConsoleConfig) -> LogSettings:
@@ -32,6 +36,7 @@ def log_settings(config: ConsoleConfig) -> LogSettings:
         keep=config.log_keep,
         queue_bytes=config.log_queue_bytes,
         queue_total_bytes=config.log_queue_total_bytes,
+        hold_bytes=config.log_hold_bytes,
     )
 
 
@@ -49,7 +54,7 @@ class ConsoleService:
     def __init__(self, config: ConsoleConfig, metrics: VspcMetrics) -> None:
         self.config = config
         self.metrics = metrics
-        self.writer = LogWriter(log_settings(config))
+        self.writer = LogWriter(log_settings(config), metrics)
         self._hub = Hub(config, self.writer, metrics)
         self._consoles: dict[PortKey, Console] = {}
         self._nursery: trio.Nursery | None = None
@@ -65,7 +70,7 @@ class ConsoleService:
         if c is None:
             c = Console(self._hub, key, display or key.uuid)
             self._consoles[key] = c
-        elif display and display != c.display:
+        elif display:
             c.display = display
         return c
 
@@ -73,7 +78,65 @@ class ConsoleService:
         return self._consoles.get(key)
 
     def list(self) -> list[ConsoleInfo]:
+        """The consoles in memory."""
         return [c.info() for c in sorted(self._consoles.values(), key=lambda c: c.key)]
+
+    async def list_all(self) -> builtins.list[ConsoleInfo]:
+        """The consoles in memory, and those only the log directory still knows."""
+        infos = self.list()
+        known = {i.key for i in infos}
+        for d in await self._on_disk():
+            if d.key not in known:
+                known.add(d.key)
+                infos.append(ConsoleInfo(d.key, d.display, False, 0, 0, logged=d.logged))
+        return sorted(infos, key=lambda i: i.key)
+
+    async def _on_disk(self) -> builtins.list[DiskConsole]:
+        if self.config.log_dir is None:
+            return []
+        return await trio.to_thread.run_sync(scan, self.config.log_dir)
+
+    async def find_or_load(self, target: str, label: str | None = None) -> Console:
+        """``find``, falling back to the consoles the log directory knows (loaded, with
+        their replay read from the files)."""
+        try:
+            return self.find(target, label)
+        except LookupFailed:
+            disk = await self._on_disk()
+            if not disk:
+                raise
+        d = _pick(disk, target, label)
+        console = self.open(d.key, d.display)
+        log_dir = self.config.log_dir
+        if log_dir is not None and self.config.ring_bytes:
+            tail = await trio.to_thread.run_sync(read_tail, log_dir, d.stem, self.config.ring_bytes)
+            console.restore(tail)
+        return console
+
+    def forget_departed(self) -> int:
+        """Forget the departed consoles retention says are due; how many went."""
+        ret = self._hub.retention
+        gone = 0
+        for key in ret.due(trio.current_time()):
+            c = self._consoles.get(key)
+            if c is not None and not c.idle:
+                if c.connected or c.clients:
+                    ret.returned(key)  # (not departed after all)
+                continue  # log bytes still on their way: next time
+            ret.returned(key)
+            self._consoles.pop(key, None)
+            gone += 1
+        return gone
+
+    async def _retention_loop(self) -> None:
+        while True:
+            hub = self._hub
+            due = hub.retention.next_due()
+            with trio.move_on_at(due if due is not None else math.inf):
+                await hub.sweep.wait()
+            hub.sweep = trio.Event()
+            if not self.forget_departed() and hub.retention.due(trio.current_time()):
+                await trio.sleep(RETENTION_RETRY)  # only log bytes in the way: not a busy loop
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the endpoint(s) and the log writer until cancelled.
@@ -84,6 +147,7 @@ class ConsoleService:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self.writer.run)
+                nursery.start_soon(self._retention_loop)
                 await nursery.start(self._listen, self.config)
                 task_status.started()
         except BaseExceptionGroup as eg:
@@ -102,6 +166,8 @@ class ConsoleService:
         old = self.config
         self.config = config
         self._hub.config = config
+        self._hub.retention.reconfigure(config.retention, config.max_departed)
+        self._hub.sweep.set()
         await self.writer.reconfigure(log_settings(config))
         if old.ring_bytes != config.ring_bytes:
             for c in self._consoles.values():
@@ -123,38 +189,7 @@ class ConsoleService:
 
         Without a label, ``vm:label`` is understood when ``target`` alone matches nothing.
         """
-        found = self._match(target, label)
-        if not found and label is None and ":" in target:
-            vm, _, lab = target.rpartition(":")
-            if vm and lab:
-                found = self._match(vm, lab)
-        if not found:
-            raise LookupFailed(f"no console matches {target!r}" + (f" label {label!r}" if label else ""))
-        if len({c.key.uuid for c in found}) > 1:
-            names = ", ".join(sorted(f"{c.display} ({c.key.uuid})" for c in found)[:10])
-            raise LookupFailed(f"{target!r} is ambiguous: {names}")
-        if len(found) > 1:
-            default = [c for c in found if c.key.label == DEFAULT_LABEL]
-            if len(default) == 1:
-                return default[0]
-            labels = ", ".join(sorted(c.key.label for c in found))
-            raise LookupFailed(f"{target!r} has several ports, name one with :label ({labels})")
-        return found[0]
-
-    def _match(self, vm: str, label: str | None) -> builtins.list[Console]:
-        ports = [c for c in self._consoles.values() if label is None or c.key.label == label]
-        try:
-            cu: str | None = canonical_uuid(vm)
-        except ValueError:
-            cu = None
-        exact = [c for c in ports if (cu is not None and c.key.uuid == cu) or c.display == vm]
-        if exact:
-            return exact
-        return [
-            c
-            for c in ports
-            if (cu is not None and c.key.uuid.startswith(cu)) or c.display.startswith(vm)
-        ]
+        return _pick(builtins.list(self._consoles.values()), target, label)
 
     # --- endpoints -----------------------------------------------------------------
 
@@ -232,7 +267,8 @@ class ConsoleService:
                 await _send_error(stream, f"bad request: {e}")
                 return
             if isinstance(req, proto.ListRequest):
-                body = proto.encode_line({"ok": True, "consoles": [i.to_json() for i in self.list()]})
+                infos = await self.list_all()
+                body = proto.encode_line({"ok": True, "consoles": [i.to_json() for i in infos]})
                 await stream.send_all(body)
                 return
             await self._attach(stream, req, rest, peer)
@@ -248,7 +284,7 @@ class ConsoleService:
 
     async def _attach(self, stream: trio.abc.Stream, req: proto.AttachRequest, rest: bytes, peer: str) -> None:
         try:
-            console = self.find(req.vm, req.label)
+            console = await self.find_or_load(req.vm, req.label)
         except LookupFailed as e:
             await _send_error(stream, str(e))
             return
@@ -310,6 +346,52 @@ class ConsoleService:
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
             pass
         done.cancel()
+
+
+class _Named(Protocol):
+    @property
+    def key(self) -> PortKey: ...
+    @property
+    def display(self) -> str: ...
+
+
+N = TypeVar("N", bound=_Named)
+
+
+def _match(items: list[N], vm: str, label: str | None) -> list[N]:
+    """Items whose uuid or display is ``vm`` exactly, else those it is a prefix of."""
+    ports = [c for c in items if label is None or c.key.label == label]
+    try:
+        cu: str | None = canonical_uuid(vm)
+    except ValueError:
+        cu = None
+    exact = [c for c in ports if (cu is not None and c.key.uuid == cu) or c.display == vm]
+    if exact:
+        return exact
+    return [
+        c for c in ports if (cu is not None and c.key.uuid.startswith(cu)) or c.display.startswith(vm)
+    ]
+
+
+def _pick(items: list[N], target: str, label: str | None) -> N:
+    """The one item ``target`` names (see ``ConsoleService.find``); raises LookupFailed."""
+    found = _match(items, target, label)
+    if not found and label is None and ":" in target:
+        vm, _, lab = target.rpartition(":")
+        if vm and lab:
+            found = _match(items, vm, lab)
+    if not found:
+        raise LookupFailed(f"no console matches {target!r}" + (f" label {label!r}" if label else ""))
+    if len({c.key.uuid for c in found}) > 1:
+        names = ", ".join(sorted(f"{c.display} ({c.key.uuid})" for c in found)[:10])
+        raise LookupFailed(f"{target!r} is ambiguous: {names}")
+    if len(found) > 1:
+        default = [c for c in found if c.key.label == DEFAULT_LABEL]
+        if len(default) == 1:
+            return default[0]
+        labels = ", ".join(sorted(c.key.label for c in found))
+        raise LookupFailed(f"{target!r} has several ports, name one with :label ({labels})")
+    return found[0]
 
 
 def _first_leaf(eg: BaseExceptionGroup[Any]) -> BaseException:
