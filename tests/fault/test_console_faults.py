@@ -15,17 +15,17 @@ import os
 import random
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
 from relay.core.header import OriginHeader, encode_header
+from tests.vspc.test_vspc_ops import HOST, Daemon, daemon, scrape
 from vic.lab.esx_sim import EsxConnection, SimVM
 from vspc.console.logfile import file_stem
 from vspc.core.identity import DEFAULT_LABEL, PortKey
-
-from tests.vspc.test_vspc_ops import HOST, Daemon, daemon, scrape
 
 LOG_WRITTEN_AGAIN = b"console logs written again"
 LOG_CANNOT_WRITE = b"console logs cannot be written"
@@ -83,7 +83,7 @@ def events(path: Path) -> list[dict[str, object]]:
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path: Path) -> object:
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs for the log directory needs root")
     mnt = tmp_path / "logs"
