@@ -92,6 +92,7 @@ class _Job:
     size: int
     events: bytes  # whole lines: the gap lines first
     gaps: list[Gap]
+    gap_bytes: int  # how much of ``events`` the gap lines are
     meta: bytes | None
     # results (set in the thread)
     written: int = 0
@@ -207,14 +208,16 @@ class LogWriter:
 
     def _give_up(self, reason: str) -> None:
         """Count what is still queued as lost (the marker stays: the next start marks it)."""
+        lost = 0
         for port in list(self._dirty):
             if port.pending_bytes:
+                lost += port.pending_bytes
                 self.total -= port.pending_bytes
                 self._drop(port, port.pending_bytes, reason)
                 port.pending, port.pending_bytes = [], 0
-        if self.lost or self._dirty:
-            log.warning("console logs: %d bytes and events of %d consoles not written at exit",
-                        self.lost, len(self._dirty))
+        if self._dirty:
+            log.warning("console logs: %d bytes (and events) of %d consoles not written at exit",
+                        lost, len(self._dirty))
 
     async def _begin_run(self, log_dir: Path | None) -> None:
         if log_dir is None:
@@ -264,13 +267,14 @@ class LogWriter:
         port.inflight += size
         gaps, port.gaps = port.gaps, []
         lines = [format_event("gap", g.fields(), time.time()) for g in gaps]
+        gap_bytes = sum(map(len, lines))
         lines += port.events
         port.events = []
         if port.events_dropped:
             lines.append(b'{"event":"events_dropped","count":%d}\n' % port.events_dropped)
             port.events_dropped = 0
         meta, port.meta = port.meta, None
-        return _Job(port, data, size, b"".join(lines), gaps, meta)
+        return _Job(port, data, size, b"".join(lines), gaps, gap_bytes, meta)
 
     def _settle(self, job: _Job) -> bool:
         """Account for a written job; put back or drop what failed. Whether it failed."""
@@ -280,9 +284,12 @@ class LogWriter:
         if job.file_size >= 0:
             port.log_size = job.file_size
         if job.events_written < len(job.events):
-            port.events.insert(0, job.events[job.events_written :])
-            if job.events_written == 0:
-                port.gaps[:0] = job.gaps  # not a byte of their lines written: still to record
+            done = job.events_written
+            if done == 0 and job.gaps:  # not a byte of their lines written: still to record
+                port.gaps[:0] = job.gaps
+                done = job.gap_bytes
+            if done < len(job.events):
+                port.events.insert(0, job.events[done:])
             self._dirty[port] = None
         if job.meta is not None and not job.meta_done and port.meta is None:
             port.meta = job.meta
