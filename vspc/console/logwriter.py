@@ -61,7 +61,7 @@ class PortLog:
 
     __slots__ = (
         "events", "events_dropped", "gaps", "inflight", "log_size", "meta", "pending",
-        "pending_bytes", "stem",
+        "pending_bytes", "stem", "torn",
     )
 
     def __init__(self, stem: str) -> None:
@@ -70,6 +70,7 @@ class PortLog:
         self.pending_bytes = 0
         self.inflight = 0
         self.events: list[bytes] = []
+        self.torn = b""  # the rest of event lines a failed write cut: written before anything
         self.events_dropped = 0
         self.gaps: list[Gap] = []  # holes not yet in the event log
         self.meta: bytes | None = None  # the meta file's new content, to write
@@ -82,7 +83,7 @@ class PortLog:
     @property
     def idle(self) -> bool:
         """Nothing queued, held or unrecorded."""
-        return not (self.queued or self.events or self.gaps or self.meta is not None)
+        return not (self.queued or self.events or self.torn or self.gaps or self.meta is not None)
 
 
 @dataclass
@@ -90,7 +91,8 @@ class _Job:
     port: PortLog
     data: list[bytes]
     size: int
-    events: bytes  # whole lines: the gap lines first
+    events: bytes  # a torn line's rest, the gap lines, then the other event lines
+    torn: int  # how much of ``events`` is the torn rest
     gaps: list[Gap]
     gap_bytes: int  # how much of ``events`` the gap lines are
     meta: bytes | None
@@ -266,15 +268,16 @@ class LogWriter:
         size, port.pending_bytes = port.pending_bytes, 0
         port.inflight += size
         gaps, port.gaps = port.gaps, []
-        lines = [format_event("gap", g.fields(), time.time()) for g in gaps]
-        gap_bytes = sum(map(len, lines))
+        torn, port.torn = port.torn, b""
+        lines = [torn] + [format_event("gap", g.fields(), time.time()) for g in gaps]
+        gap_bytes = sum(map(len, lines)) - len(torn)
         lines += port.events
         port.events = []
         if port.events_dropped:
             lines.append(b'{"event":"events_dropped","count":%d}\n' % port.events_dropped)
             port.events_dropped = 0
         meta, port.meta = port.meta, None
-        return _Job(port, data, size, b"".join(lines), gaps, gap_bytes, meta)
+        return _Job(port, data, size, b"".join(lines), len(torn), gaps, gap_bytes, meta)
 
     def _settle(self, job: _Job) -> bool:
         """Account for a written job; put back or drop what failed. Whether it failed."""
@@ -284,13 +287,7 @@ class LogWriter:
         if job.file_size >= 0:
             port.log_size = job.file_size
         if job.events_written < len(job.events):
-            done = job.events_written
-            if done == 0 and job.gaps:  # not a byte of their lines written: still to record
-                port.gaps[:0] = job.gaps
-                done = job.gap_bytes
-            if done < len(job.events):
-                port.events.insert(0, job.events[done:])
-            self._dirty[port] = None
+            self._events_back(job)
         if job.meta is not None and not job.meta_done and port.meta is None:
             port.meta = job.meta
             self._dirty[port] = None
@@ -308,6 +305,20 @@ class LogWriter:
             self._drop(port, rest, job.error)
         log.debug("console log %s: %s", port.stem, job.error)
         return True
+
+    def _events_back(self, job: _Job) -> None:
+        """Put back the event lines a failed write did not finish: a line it cut is
+        finished first; gap lines not started are formatted again (they may grow)."""
+        port, blob, done = job.port, job.events, job.events_written
+        if done <= job.torn:
+            port.torn = blob[done : job.torn]
+            port.gaps[:0] = job.gaps
+            rest = blob[job.torn + job.gap_bytes :]
+            if rest:
+                port.events.insert(0, rest)
+        else:
+            port.torn = blob[done:]
+        self._dirty[port] = None
 
     def _drop(self, port: PortLog, n: int, reason: str) -> None:
         offset = max(port.log_size, 0)

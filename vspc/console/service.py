@@ -129,14 +129,15 @@ class ConsoleService:
         return gone
 
     async def _retention_loop(self) -> None:
+        hub = self._hub
         while True:
-            hub = self._hub
-            due = hub.retention.next_due()
-            with trio.move_on_at(due if due is not None else math.inf):
-                await hub.sweep.wait()
             hub.sweep = trio.Event()
-            if not self.forget_departed() and hub.retention.due(trio.current_time()):
-                await trio.sleep(RETENTION_RETRY)  # only log bytes in the way: not a busy loop
+            self.forget_departed()
+            wake = hub.retention.next_due()
+            if hub.retention.due(trio.current_time()):  # only log bytes in the way: soon again
+                wake = trio.current_time() + RETENTION_RETRY
+            with trio.move_on_at(wake if wake is not None else math.inf):
+                await hub.sweep.wait()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the endpoint(s) and the log writer until cancelled.
