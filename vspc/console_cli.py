@@ -62,6 +62,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p_att.add_argument("--mode", choices=proto.MODES, default="rw", help="rw (default), ro or exclusive")
     p_att.add_argument("--replay", type=int, default=0, metavar="N", help="first replay the last N bytes")
     p_att.add_argument("--no-follow", action="store_true", help="print the replay, then exit")
+    p_att.add_argument("--no-notices", action="store_true",
+                       help="the VM's bytes only: no notice when it disconnects or reconnects")
     p_att.add_argument("--escape", default="^]", help="detach key on a terminal (default ^]; 'none')")
 
 
@@ -118,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     if args.replay < 0:
         raise ConfigError("--replay", "must be >= 0")
     escape = parse_escape(args.escape)
-    req = proto.AttachRequest(vm=args.target, label=args.label, mode=args.mode, replay=args.replay)
+    req = proto.AttachRequest(vm=args.target, label=args.label, mode=args.mode, replay=args.replay,
+                              notices=not args.no_notices)
     return run_attach(ep, req, follow=not args.no_follow, escape=escape)
 
 

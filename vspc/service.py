@@ -550,7 +550,7 @@ class VspcService:
                 conn.resume_reading()
 
     def _console(self, key: PortKey) -> Console:
-        return self.consoles.open(key, self._displays.get(key, key.uuid))
+        return self.consoles.open(key, self._displays.get(key, ""))  # "": keep the console's
 
     def _sync_link(self, key: PortKey, console: Console) -> None:
         """The console has a live link from here while the port has a carrier or a
@@ -562,6 +562,7 @@ class VspcService:
             self._links[key] = console.connect(_InputSink(self, key))
         elif not live and link is not None:
             del self._links[key]
+            self._displays.pop(key, None)  # the console keeps it; a reconnect tells it again
             console.disconnect(link)
 
     def _port_event(self, ev: sb.PortEvent) -> None:

@@ -23,13 +23,14 @@ from vic.lab.esx_sim import EsxConnection, SimVM
 from vspc.config import EndpointConfig
 from vspc.console import ConsoleService
 from vspc.console import client as cc
+from vspc.console import protocol as proto
 from vspc.console.hub import Link
 from vspc.endpoint import Endpoint
 from vspc.metrics import VspcMetrics
 from vspc.service import VspcService
 
 from .conftest import attach_console, make_config, metric, read_exactly, wait_until
-from .test_console_support import KEY, attach_client, short_dir, start
+from .test_console_support import KEY, attach_client, endpoint, short_dir, start
 from .test_console_support import make_config as console_config
 from .test_console_support import read_exactly as read_buffered
 
@@ -108,6 +109,29 @@ async def test_notices_and_no_delivery_to_a_later_connection(short_dir: Path, nu
             assert await read_buffered(s, b, len(want)) == want
     await stream.aclose()
     await ro.aclose()
+
+
+async def test_a_client_without_notices_gets_the_vms_bytes_only(
+    short_dir: Path, nursery: trio.Nursery
+) -> None:
+    svc = await start(nursery, console_config(short_dir))
+    con = svc.open(KEY, "vm")
+    stream, _status, rest = await cc.attach(
+        endpoint(svc), proto.AttachRequest("vm", mode="ro", notices=False)
+    )
+    buf = bytearray(rest)
+    link = con.connect(discard)
+    await con.from_vm(b"one;")
+    con.disconnect(link)
+    con.connect(discard)
+    await con.from_vm(b"two")
+    with trio.fail_after(5):
+        assert await read_buffered(stream, buf, 7) == b"one;two"
+    await stream.aclose()
+
+
+async def discard(data: bytes) -> None:
+    """A VM input sink that drops what it gets."""
 
 
 # ---- through the real endpoint: relayed raw streams --------------------------------

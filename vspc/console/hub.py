@@ -98,6 +98,7 @@ class Client:
         "dropped",
         "id",
         "mode",
+        "notices",
         "notified_epoch",
         "peer",
         "queued",
@@ -105,9 +106,10 @@ class Client:
         "sent",
     )
 
-    def __init__(self, mode: Mode, peer: str, initial: bytes) -> None:
+    def __init__(self, mode: Mode, peer: str, initial: bytes, notices: bool = True) -> None:
         self.id = next(_client_ids)
         self.mode: Mode = mode
+        self.notices = notices  # told when the VM goes and comes back
         self.peer = peer
         self.chunks: deque[bytes | memoryview] = deque()
         if initial:
@@ -360,7 +362,8 @@ class Console:
     def _tell_clients(self, text: str) -> None:
         limit = self._hub.config.client_queue_bytes
         for c in self._clients:
-            c.push(notice(text), limit)
+            if c.notices:
+                c.push(notice(text), limit)
 
     def _check_idle(self) -> None:
         if not self._links and not self._clients:
@@ -386,7 +389,9 @@ class Console:
     def clients(self) -> tuple[Client, ...]:
         return tuple(self._clients)
 
-    def attach(self, mode: Mode, replay: int, peer: str = "", *, preamble: bytes = b"") -> Client:
+    def attach(
+        self, mode: Mode, replay: int, peer: str = "", *, preamble: bytes = b"", notices: bool = True
+    ) -> Client:
         """Register a client; its queue starts with ``preamble`` then the replay.
 
         Raises ConsoleBusy. Synchronous on purpose: no VM byte can slip between
@@ -401,7 +406,7 @@ class Console:
             if mode == "exclusive" and any(c.writes for c in self._clients):
                 raise ConsoleBusy("writers are attached; exclusive mode refused")
         data = self._ring.last(replay)
-        client = Client(mode, peer, preamble + data)
+        client = Client(mode, peer, preamble + data, notices)
         self._clients.append(client)
         self._hub.busy(self)
         self._hub.metrics.console_clients.inc()

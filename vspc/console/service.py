@@ -302,7 +302,7 @@ class ConsoleService:
             }
         )
         try:
-            client = console.attach(req.mode, req.replay, peer, preamble=status)
+            client = console.attach(req.mode, req.replay, peer, preamble=status, notices=req.notices)
         except ConsoleBusy as e:
             await _send_error(stream, str(e))
             return
