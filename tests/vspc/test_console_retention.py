@@ -12,19 +12,24 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
+import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vspc.console import history
+from vic.lab.esx_sim import EsxConnection, SimVM
+from vic.ops.config import ConfigError, build
+from vspc.console import ConsoleConfig, history
+from vspc.console import client as cc
 from vspc.console.client import list_consoles
 from vspc.console.eventlog import format_event
 from vspc.console.retention import Retention
 from vspc.core.identity import PortKey
 
-from .conftest import wait_until
+from .conftest import start_vspc, wait_until
 from .test_console_support import (
     attach_client,
     endpoint,
@@ -166,3 +171,42 @@ def test_unclean_stop_marks_a_restart_gap_for_connected_consoles(tmp_path: Path)
     assert history.begin(d, 30.0) == []  # marked once: it is disconnected now
     history.end(d)
     assert not (d / history.MARKER).exists()
+
+
+async def test_vm_churn_over_telnet_keeps_memory_bounded(tmp_path: Path, nursery: trio.Nursery) -> None:
+    service = await start_vspc(tmp_path, nursery, console={"max_departed": 3})
+    rng = random.Random(14)
+    with trio.fail_after(40):
+        for i in range(12):
+            vm = SimVM.random(rng, name=f"churn-{i}")
+            esx = await EsxConnection.open(nursery, "127.0.0.1", service.esx_port or 0, vm=vm)
+            await esx.send_console(b"up %d\n" % i)
+            await wait_until(lambda: service.consoles.writer.total == 0 and len(service._links) == 1)
+            await esx.aclose()
+            await wait_until(lambda: not service._links)
+        await service.consoles.writer.flush()
+        await wait_until(lambda: len(service.consoles.list()) == 3)
+    assert service._displays == {} and service.board.ports() == []
+    assert {i.display for i in service.consoles.list()} == {"churn-9", "churn-10", "churn-11"}
+    listed = await list_consoles(cc.Endpoint(socket=service.config.console.socket))
+    assert len(listed) == 12  # the rest from their log files
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"retention": -1.0}, "console.retention"),
+        ({"retention": "1d"}, "console.retention"),
+        ({"max-departed": -1}, "console.max-departed"),
+        ({"log-hold-bytes": -1}, "console.log-hold-bytes"),
+    ],
+)
+def test_bad_console_keys_are_named(table: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        build(ConsoleConfig, table, "console")
+    assert e.value.key == key
+
+
+def test_console_key_defaults() -> None:
+    c = build(ConsoleConfig, {}, "console")
+    assert (c.retention, c.max_departed, c.log_hold_bytes) == (86400.0, 1000, 4 * 1024 * 1024)

@@ -178,7 +178,8 @@ class LogWriter:
         self._space.unpark_all()
 
     async def run(self) -> None:
-        await self._begin_run(self.settings.dir)
+        async with self._lock:  # the last run's state is read before anything is written
+            await self._begin_run(self.settings.dir)
         try:
             while True:
                 if self._episode is not None:
