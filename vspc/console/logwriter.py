@@ -112,7 +112,6 @@ class LogWriter:
         self.settings = settings
         self.metrics = metrics if metrics is not None else VspcMetrics.create()
         self.total = 0  # bytes pending or in flight over all ports
-        self.lost = 0  # bytes dropped (gaps), since start
         self._dirty: dict[PortLog, None] = {}
         self._wake = trio.Event()  # something to write
         self._urgent = trio.Event()  # ... and it should not wait for the batch window
@@ -236,7 +235,7 @@ class LogWriter:
                         "console event logs", len(marked))
 
     async def _end_run(self, log_dir: Path | None) -> None:
-        if log_dir is None or self.lost or self._dirty:
+        if log_dir is None or self._dirty:  # something not written: the next start marks it
             return
         try:
             await self._thread.run_sync(history.end, log_dir)
@@ -330,7 +329,6 @@ class LogWriter:
         else:
             port.gaps.append(Gap(offset, n, reason))
         self._dirty[port] = None
-        self.lost += n
         self.metrics.console_log_gap_bytes_total.inc(n)
         if new:
             self.metrics.console_log_gaps_total.inc()
