@@ -88,7 +88,7 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("mounting a small tmpfs for the log directory needs root")
     mnt = tmp_path / "logs"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
                        capture_output=True, text=True, check=False)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
@@ -120,7 +120,7 @@ async def test_disk_full_then_freed_loses_no_byte(tmp_path: Path, small_tmpfs: P
     log_dir = small_tmpfs
     key = PortKey("vm-disk", "com1")
     log_file = log_dir / f"{file_stem(key)}.log"
-    data = random.Random(7).randbytes(1_000_000)
+    data = random.Random(7).randbytes(2_500_000)
     first = 100_000
     async with daemon(tmp_path, config(tmp_path, log_dir, hold=200_000)) as d, trio.open_nursery() as n:
         await d.ready()
