@@ -139,6 +139,8 @@ async def _list(ep: Endpoint, as_json: bool) -> int:
 
 
 def format_table(consoles: list[dict[str, Any]]) -> str:
+    """One row a console; one known only from its log files (its VM went away, or
+    before a restart) is ``gone``, with the bytes its log files hold."""
     rows = [("UUID", "LABEL", "DISPLAY", "CONNECTED", "BYTES", "CLIENTS")]
     for c in consoles:
         rows.append(
@@ -146,8 +148,8 @@ def format_table(consoles: list[dict[str, Any]]) -> str:
                 str(c.get("uuid", "")),
                 str(c.get("label", "")),
                 str(c.get("display", "")),
-                "yes" if c.get("connected") else "no",
-                str(c.get("bytes", 0)),
+                "yes" if c.get("connected") else "gone" if "logged" in c else "no",
+                str(c.get("logged", c.get("bytes", 0))),
                 str(c.get("clients", 0)),
             )
         )

@@ -159,3 +159,16 @@ async def test_endpoint_from_the_vspc_config_file(short_dir: Path, nursery: trio
     p = await run("list", "--config", str(conf))
     assert p.returncode == 2
     assert p.stderr.decode().strip().endswith("console.log-keep: must be >= 0")
+
+
+def test_table_shows_consoles_known_only_from_their_logs() -> None:
+    from vspc.console_cli import format_table
+
+    rows = format_table([
+        {"uuid": "a" * 32, "label": "com1", "display": "old", "connected": False, "bytes": 0,
+         "clients": 0, "logged": 1234},
+        {"uuid": "b" * 32, "label": "com1", "display": "new", "connected": False, "bytes": 7,
+         "clients": 1},
+    ]).splitlines()
+    assert rows[1].split() == ["a" * 32, "com1", "old", "gone", "1234", "0"]
+    assert rows[2].split() == ["b" * 32, "com1", "new", "no", "7", "1"]
