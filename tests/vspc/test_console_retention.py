@@ -210,3 +210,30 @@ def test_bad_console_keys_are_named(table: dict[str, object], key: str) -> None:
 def test_console_key_defaults() -> None:
     c = build(ConsoleConfig, {}, "console")
     assert (c.retention, c.max_departed, c.log_hold_bytes) == (86400.0, 1000, 4 * 1024 * 1024)
+
+
+@pytest.mark.parametrize("written", [True, False])
+async def test_a_vm_back_after_a_restart_replays_its_history_first(short_dir: Path, written: bool) -> None:
+    key = PortKey("e" * 32, "serial0")
+    old, new = b"A" * 1000 + b"Z" * 2000, b"B" * 500
+
+    async with trio.open_nursery() as n:
+        svc = await start(n, make_config(short_dir))
+        await svc.open(key, "app").from_vm(old)
+        n.cancel_scope.cancel()
+    async with trio.open_nursery() as n:
+        svc = await start(n, make_config(short_dir))
+        con = svc.open(key, "app")
+        con.connect(discard)
+        await con.from_vm(new)
+        if written:  # this run's bytes already in the file (they are cut off the history)
+            await svc.writer.flush()
+        stream, status, buf = await attach_client(svc, "app", mode="ro", replay=1 << 20)
+        assert status["replay"] == len(old) + len(new)
+        with trio.fail_after(5):
+            assert await read_exactly(stream, buf, len(old) + len(new)) == old + new
+        await con.from_vm(b"live")
+        with trio.fail_after(5):
+            assert await read_exactly(stream, buf, 4) == b"live"
+        await stream.aclose()
+        n.cancel_scope.cancel()

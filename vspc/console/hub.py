@@ -233,6 +233,7 @@ class Console:
         "_log",
         "_ring",
         "bytes_to_vm",
+        "history_read",
         "key",
     )
 
@@ -245,6 +246,7 @@ class Console:
         self._clients: list[Client] = []
         self._links: list[Link] = []  # live VM connections, newest last
         self._lock: trio.Lock | None = None  # created when a writer has to wait
+        self.history_read = False  # the replay ring has what the log files held before
         self._display = ""
         self.display = display
         hub.idle(self)
@@ -369,11 +371,18 @@ class Console:
         if not self._links and not self._clients:
             self._hub.idle(self)
 
-    def restore(self, tail: bytes) -> None:
-        """Fill the replay ring from the log files, if nothing arrived since the start."""
-        if self._ring.total == 0 and not self._links:
-            self._ring.append(tail)
-            self._ring.total = 0
+    async def read_history(self) -> None:
+        """Once: put what the log files held before this run (from before a restart,
+        or before this console was forgotten) in front of the replay ring."""
+        if self.history_read:
+            return
+        self.history_read = True
+        ring = self._ring
+        if ring.total >= ring.capacity:
+            return  # full of this run's bytes already
+        older = await self._hub.writer.read_history(self._log, ring.capacity)
+        if older:
+            ring.prepend(older)
 
     def event(self, kind: str, **fields: object) -> None:
         """One line in the port's sidecar event log."""

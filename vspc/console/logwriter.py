@@ -61,7 +61,7 @@ class PortLog:
 
     __slots__ = (
         "events", "events_dropped", "gaps", "inflight", "log_size", "meta", "pending",
-        "pending_bytes", "stem", "torn",
+        "pending_bytes", "stem", "torn", "written",
     )
 
     def __init__(self, stem: str) -> None:
@@ -69,6 +69,7 @@ class PortLog:
         self.pending: list[bytes] = []  # chunks as queued (no copy)
         self.pending_bytes = 0
         self.inflight = 0
+        self.written = 0  # bytes of this run in its log files
         self.events: list[bytes] = []
         self.torn = b""  # the rest of event lines a failed write cut: written before anything
         self.events_dropped = 0
@@ -242,6 +243,24 @@ class LogWriter:
         except OSError as e:
             log.warning("console logs: cannot clear the run marker in %s: %s", log_dir, e)
 
+    async def read_history(self, port: PortLog, n: int) -> bytes:
+        """The last ``n`` bytes the log files held before this run wrote to them.
+
+        No batch is in flight meanwhile, so the files end with exactly the bytes
+        this run wrote (``port.written``), which are cut off.
+        """
+        log_dir = self.settings.dir
+        if log_dir is None or n <= 0:
+            return b""
+        async with self._lock:
+            mine = port.written
+            try:
+                tail = await self._thread.run_sync(history.read_tail, log_dir, port.stem, n + mine)
+            except OSError as e:
+                log.warning("console log %s: cannot read its history: %s", port.stem, e)
+                return b""
+        return tail[: max(0, len(tail) - mine)]
+
     async def flush(self) -> None:
         """Write everything queued so far (tests and shutdown); one try while writes fail."""
         while self._dirty:
@@ -283,6 +302,7 @@ class LogWriter:
         """Account for a written job; put back or drop what failed. Whether it failed."""
         port = job.port
         port.inflight -= job.size
+        port.written += job.written
         self.total -= job.size
         if job.file_size >= 0:
             port.log_size = job.file_size

@@ -16,7 +16,7 @@ from vspc import fastsock
 from vspc.console import protocol as proto
 from vspc.console.config import ConsoleConfig
 from vspc.console.endpoint import EndpointError, UnixListener, open_tcp, server_ssl_context
-from vspc.console.history import DiskConsole, read_tail, scan
+from vspc.console.history import DiskConsole, scan
 from vspc.console.hub import Client, Console, ConsoleBusy, ConsoleInfo, Hub
 from vspc.console.logwriter import LogSettings, LogWriter
 from vspc.core.identity import DEFAULT_LABEL, PortKey, canonical_uuid
@@ -97,8 +97,8 @@ class ConsoleService:
         return await trio.to_thread.run_sync(scan, self.config.log_dir)
 
     async def find_or_load(self, target: str, label: str | None = None) -> Console:
-        """``find``, falling back to the consoles the log directory knows (loaded, with
-        their replay read from the files)."""
+        """``find``, falling back to the consoles the log directory knows (loaded;
+        their replay comes from the files, see ``Console.read_history``)."""
         try:
             return self.find(target, label)
         except LookupFailed:
@@ -106,12 +106,7 @@ class ConsoleService:
             if not disk:
                 raise
         d = _pick(disk, target, label)
-        console = self.open(d.key, d.display)
-        log_dir = self.config.log_dir
-        if log_dir is not None and self.config.ring_bytes:
-            tail = await trio.to_thread.run_sync(read_tail, log_dir, d.stem, self.config.ring_bytes)
-            console.restore(tail)
-        return console
+        return self.open(d.key, d.display)
 
     def forget_departed(self) -> int:
         """Forget the departed consoles retention says are due; how many went."""
@@ -289,6 +284,7 @@ class ConsoleService:
         except LookupFailed as e:
             await _send_error(stream, str(e))
             return
+        await console.read_history()
         n = console.replay_size(req.replay)
         status = proto.encode_line(
             {
