@@ -515,7 +515,7 @@ class VspcService:
         """Console bytes, in port order; never waits (a backlog task does)."""
         backlog = self._backlogs.get(key)
         console = self._console(key)
-        if backlog is None and self._console_room(console) >= len(data):
+        if backlog is None and console.log_room() >= len(data):
             await console.from_vm(data)  # room: from_vm neither waits nor yields
             return
         if backlog is None:
@@ -526,10 +526,6 @@ class VspcService:
             backlog.running = True
             assert self._tasks is not None
             self._tasks.start_soon(self._drain_backlog, key, backlog)
-
-    @staticmethod
-    def _console_room(console: Console) -> float:
-        return console.log_room()
 
     async def _drain_backlog(self, key: PortKey, backlog: _Backlog) -> None:
         console = self._console(key)
