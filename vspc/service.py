@@ -373,7 +373,7 @@ class VspcService:
         if key is None:
             return True
         backlog = self._backlogs.get(key)
-        if backlog is None or backlog.size < self.console_backlog_bytes:
+        if backlog is None or backlog.size < self._backlog_limit():
             return True
         backlog.paused.add(conn)
         return False
@@ -534,7 +534,7 @@ class VspcService:
                 chunks, backlog.chunks, backlog.size = backlog.chunks, [], 0
                 for data in coalesce(chunks):  # big chunks as they are: no copy
                     await console.from_vm(data)
-                if backlog.paused and backlog.size < self.console_backlog_bytes:
+                if backlog.paused and backlog.size < self._backlog_limit():
                     paused, backlog.paused = backlog.paused, set()
                     for conn in paused:
                         conn.resume_reading()
@@ -544,6 +544,11 @@ class VspcService:
                 del self._backlogs[key]
             for conn in backlog.paused:
                 conn.resume_reading()
+
+    def _backlog_limit(self) -> int:
+        """Console bytes a port may have waiting before its connection is no longer
+        read: none while the log disk is full (``log-hold-bytes`` is the budget then)."""
+        return 0 if self.consoles.writer.holding else self.console_backlog_bytes
 
     def _console(self, key: PortKey) -> Console:
         return self.consoles.open(key, self._displays.get(key, ""))  # "": keep the console's

@@ -23,9 +23,12 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vic.lab.esx_sim import EsxConnection, SimVM
 from vspc.console.gaps import Gap, skip
 from vspc.console.logfile import RotatingFile, file_stem
+from vspc.core.identity import PortKey
 
+from .conftest import start_vspc, wait_until
 from .test_console_support import KEY, make_config, short_dir, start
 
 __all__ = ["short_dir"]
@@ -202,3 +205,41 @@ def test_skip_drops_exactly_n_leading_bytes(chunks: list[bytes], n: int) -> None
 
 def test_gap_fields() -> None:
     assert Gap(5, 7, "x").fields() == {"offset": 5, "length": 7, "reason": "x"}
+
+
+async def test_full_disk_stops_reading_telnet_within_the_hold_budget(
+    tmp_path: Path, disk: Disk, nursery: trio.Nursery
+) -> None:
+    service = await start_vspc(tmp_path, nursery,
+                               console={"log_hold_bytes": 100_000, "log_queue_bytes": 65536})
+    vm = SimVM.random(random.Random(21))
+    data = random.Random(22).randbytes(3_000_000)
+    log_file = tmp_path / "logs" / f"{file_stem(PortKey(vm.canonical_uuid))}.log"
+    esx = await EsxConnection.open(nursery, "127.0.0.1", service.esx_port or 0, vm=vm)
+    await esx.send_console(data[:1000])
+    await wait_until(lambda: log_file.exists() and log_file.stat().st_size == 1000)
+    disk.set(0)  # full
+    sent = trio.Event()
+
+    async def vm_writes() -> None:
+        await esx.send_console(data[1000:])
+        sent.set()
+
+    nursery.start_soon(vm_writes)
+    writer = service.consoles.writer
+    with trio.fail_after(20):
+        while service.metrics.console_log_write_errors_total._value.get() < 3:
+            await trio.sleep(0.05)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not sent.is_set()
+    backlog = sum(b.size for b in service._backlogs.values())
+    # held (at most the budget, plus the one queue-full batch) + what one read brought in;
+    # the connection is not read further (it was 4 MiB a port before)
+    assert writer.total + backlog < 1_000_000, (writer.total, backlog)
+    disk.set(None)
+    with trio.fail_after(30):
+        await sent.wait()
+        await wait_until(lambda: log_file.stat().st_size == len(data), timeout=30)
+    assert log_file.read_bytes() == data
+    assert service.metrics.console_log_gaps_total._value.get() == 0
+    await esx.aclose()

@@ -131,6 +131,11 @@ class LogWriter:
     def failing(self) -> bool:
         return self._episode is not None
 
+    @property
+    def holding(self) -> bool:
+        """The disk is full: bytes are held (``hold_bytes`` at most) and VMs wait."""
+        return self._disk_full
+
     def room(self, port: PortLog) -> int:
         s = self.settings
         r = min(s.queue_bytes - port.queued, s.queue_total_bytes - self.total)
