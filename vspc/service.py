@@ -41,7 +41,8 @@ from vspc.metrics import VspcMetrics
 log = logging.getLogger("vspc")
 
 #: Console bytes of one port waiting for its console (disk backpressure) before
-#: the port's ESX connection is no longer read.
+#: the port's ESX connection is no longer read (at most ``console.log-hold-bytes``;
+#: none while the log disk is full).
 CONSOLE_BACKLOG_BYTES = 4 << 20
 
 #: The cyclic GC with thousands of connections (16,000 VMs: ~1M tracked objects):
@@ -547,8 +548,12 @@ class VspcService:
 
     def _backlog_limit(self) -> int:
         """Console bytes a port may have waiting before its connection is no longer
-        read: none while the log disk is full (``log-hold-bytes`` is the budget then)."""
-        return 0 if self.consoles.writer.holding else self.console_backlog_bytes
+        read: at most ``log-hold-bytes``, and none while the log disk is full (the
+        held bytes are the budget then)."""
+        writer = self.consoles.writer
+        if writer.holding:
+            return 0
+        return min(self.console_backlog_bytes, writer.settings.hold_bytes)
 
     def _console(self, key: PortKey) -> Console:
         return self.consoles.open(key, self._displays.get(key, ""))  # "": keep the console's

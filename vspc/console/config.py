@@ -62,8 +62,10 @@ class ConsoleConfig:
       waits (backpressure, never a drop); ``log_queue_total_bytes`` the same over all
       ports.
     * ``log_hold_bytes``: while the log disk is full, the bytes held in memory (over
-      all ports) for a retry; VMs wait beyond that. Bytes that cannot be written
-      for any other reason are dropped and recorded as gaps in the event log.
+      all ports) for a retry; VMs wait beyond that (their connections are not
+      read). Bytes that cannot be written for any other reason are dropped and
+      recorded as gaps in the event log. It also caps what one Telnet port may
+      queue for a slow log.
     * ``retention``: how long a departed VM's console (no connection, no client)
       stays in memory; ``max_departed`` how many departed consoles at most (the
       oldest go first). Their log files stay and serve ``list`` and replay.
