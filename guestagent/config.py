@@ -74,6 +74,8 @@ class ConsoleConfig:
             require(bool(self.path), "path", f"required for transport = {self.transport!r}")
         if self.transport in ("vsock", "hybrid", "tcp"):
             require(0 < self.port < 2**32, "port", f"required for transport = {self.transport!r}")
+        if self.transport == "tcp":
+            require(self.port <= 65535, "port", "must be 1..65535")
         require(self.buffer_bytes >= 4096, "buffer-bytes", "must be >= 4096")
         require(0 < self.backoff_min <= self.backoff_max, "backoff-min", "need 0 < min <= max")
         require(self.baud > 0, "baud", "must be > 0")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import trio
@@ -15,6 +16,9 @@ from relay.daemon import RelayDaemon
 from vic.ops import logs, runtime_tuning
 from vic.ops.config import ConfigError
 from vic.ops.daemon import watch_signals
+from vic.ops.preflight import cert_warnings, probe_hosts
+
+log = logging.getLogger("relay")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -38,10 +42,18 @@ def run(args: argparse.Namespace) -> int:
     if not args.config:
         raise ConfigError("config", "--config FILE is required")
     cfg = load_config(args.config)  # ConfigError -> exit 2, one line (vic.cli)
+    warnings = cert_warnings(cfg.own_certificates())
     if args.check:
+        probe_hosts(cfg.bind_hosts())
+        if cfg.peer is not None and cfg.peer.tls is not None:
+            cfg.peer.tls.check_loads("peer.tls")
+        for w in warnings:
+            print(f"vic relay: warning: {w}", file=sys.stderr)
         print(f"{args.config}: ok ({len(cfg.listeners())} listeners, {len(cfg.egress)} egresses)")
         return 0
     logs.setup(args.log_level or cfg.log_level)
+    for w in warnings:
+        log.warning("%s", w)
     runtime_tuning.tune_allocator()
     daemon = RelayDaemon(cfg, config_path=args.config)
     try:

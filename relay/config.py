@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 from relay.peer_config import PeerConfig
+from relay.route import parse_address
 from vic.ops.config import ConfigError, load, loads, require
+from vic.ops.names import MAX_VM_NAME, require_host, require_label, require_vm
 
 MAX_PORT = 65535
 # VMADDR_CID_ANY; also the largest CID.
@@ -195,7 +197,10 @@ class VsockListener:
     def validate(self) -> None:
         require(0 < self.port < VSOCK_CID_ANY, "port", "must be a vsock port number")
         for k in self.cids:
-            require(k.isdigit() and 3 <= int(k) < VSOCK_CID_ANY, f"cids.{k}", "not a guest CID")
+            shown = k if len(k) <= 12 else f"{k[:12]}..."
+            require(k.isdigit() and len(k) <= 10 and 3 <= int(k) < VSOCK_CID_ANY, f"cids.{shown}",
+                    "not a guest CID")
+            require_vm(self.cids[k], f"cids.{shown}")
 
     def cid_map(self) -> dict[int, str]:
         return {int(k): v for k, v in self.cids.items()}
@@ -262,11 +267,19 @@ class RelayConfig:
                     target = self.default_egress()
                 require(target.kind != "peer", key,
                         "streams accepted from peers go on to the appliance, not to another peer")
+        if self.host:
+            require_host(self.host, "host")
         seen: dict[str, str] = {}
         for kind in LISTENER_KINDS:
             for i, lst in enumerate(getattr(self, kind)):
                 key = f"{kind}[{i}]"
                 require(bool(lst.name), f"{key}.name", "must not be empty")
+                require(len(lst.name) <= MAX_VM_NAME, f"{key}.name",
+                        f"at most {MAX_VM_NAME} characters")
+                if isinstance(lst, (TcpListener, PipeListener, SerialListener, HvsockListener)):
+                    require_vm(lst.vm, f"{key}.vm")
+                if lst.label or not isinstance(lst, HvsockListener):  # "" = the kind
+                    require_label(lst.label, f"{key}.label")
                 if lst.name in seen:
                     raise ConfigError(f"{key}.name", f"duplicate listener name (also {seen[lst.name]})")
                 seen[lst.name] = key
@@ -278,6 +291,35 @@ class RelayConfig:
                         f"{key}.egress",
                         "several egresses and none named 'default': name one",
                     )
+
+    def bind_hosts(self) -> list[tuple[str, str]]:
+        """(host, key) of every TCP listener, for ``--check``."""
+        out = [(self.metrics.host, "metrics.host")] if self.metrics.enabled else []
+        for kind in ("tcp", "vspc"):
+            for i, lst in enumerate(getattr(self, kind)):
+                if getattr(lst, "mode", "server") == "server":
+                    out.append((lst.host, f"{kind}[{i}].host"))
+        for i, pl in enumerate(self.peer.listen if self.peer is not None else ()):
+            kind, where = parse_address(pl.address)
+            if kind == "tcp":
+                out.append((where[0], f"peer.listen[{i}].address"))
+        return out
+
+    def own_certificates(self) -> list[tuple[Path, str]]:
+        """(path, key) of the certificates this relay presents."""
+        out = [(eg.tls.cert, f"egress.{name}.tls.cert") for name, eg in self.egress.items()
+               if eg.tls is not None and eg.tls.cert is not None]
+        if self.peer is not None and self.peer.tls is not None:
+            out.append((self.peer.tls.cert, "peer.tls.cert"))
+        return out
+
+    def listener_key(self, name: str) -> str:
+        """The TOML key of the listener called ``name``, e.g. ``vsock[0]``."""
+        for kind in LISTENER_KINDS:
+            for i, lst in enumerate(getattr(self, kind)):
+                if lst.name == name:
+                    return f"{kind}[{i}]"
+        return name
 
     def listeners(self) -> dict[str, Listener]:
         out: dict[str, Listener] = {}

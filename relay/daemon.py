@@ -42,6 +42,7 @@ from relay.config import (
     VspcListener,
     load_config,
 )
+from relay.core.frames import ErrorCode
 from relay.core.header import HeaderError, OriginHeader, encode_header
 from relay.core.hybrid import HybridError
 from relay.egress import EgressConnection, open_egress
@@ -54,12 +55,13 @@ from relay.ingress import vsock as vsock_ingress
 from relay.ingress import vspc as vspc_ingress
 from relay.limits import Limits, Ticket
 from relay.mesh import Mesh
-from relay.metrics import TO_VM, RelayMetrics
+from relay.metrics import COMPLETED, FAILED, RESET, TO_VM, RelayMetrics
 from relay.pipepool import PipePool
 from relay.pump import IdleTimeout, PumpCounters, PumpTimeout, pump
 from relay.resumable import ResumableStream
 from vic.ops import sdnotify
 from vic.ops.config import ConfigError
+from vic.ops.listen import listen_error, listening
 from vic.ops.metrics_http import serve_metrics
 
 log = logging.getLogger("relay")
@@ -90,6 +92,62 @@ _EGRESS_ERRORS = (
     HeaderError,
     ssl.SSLError,
 )
+
+
+# A peer session's failure code -> relay_streams_failed_total reason
+_SESSION_REASONS: dict[int, str] = {
+    ErrorCode.TIMEOUT: "resume_timeout",
+    ErrorCode.GAP: "gap",
+    ErrorCode.UNKNOWN_SESSION: "unknown_session",
+    ErrorCode.PROTOCOL: "protocol",
+    ErrorCode.FLOW_CONTROL: "protocol",
+    ErrorCode.REFUSED: "refused",
+    ErrorCode.INTERNAL: "internal",
+}
+
+
+def _resumables(*streams: trio.abc.Stream) -> tuple[ResumableStream, ...]:
+    return tuple(s for s in streams if isinstance(s, ResumableStream))
+
+
+@dataclass
+class _Settling:
+    """A stream that has stopped being pumped, until its outcome is counted."""
+
+    stream: trio.abc.Stream  # the VM side (or the peer-link session that brought it)
+    conn: EgressConnection | None
+    counters: PumpCounters | None
+    route: str
+    failed: str  # why the relay could not carry it ("" = it did)
+
+    @property
+    def resumables(self) -> tuple[ResumableStream, ...]:
+        return _resumables(self.stream, *((self.conn.stream,) if self.conn else ()))
+
+    def outcome(self) -> tuple[str, str]:
+        """(completed | reset | failed, the failure reason)."""
+        if self.failed:
+            return FAILED, self.failed
+        for r in self.resumables:
+            f = r.failure
+            if f is not None:
+                if f.code == ErrorCode.CANCEL:  # the far end (or its VM) gave up
+                    return RESET, ""
+                return FAILED, _SESSION_REASONS.get(f.code, "peer_session")
+        if self.counters is not None and self.counters.end_reason == "eof":
+            return COMPLETED, ""
+        return RESET, ""
+
+    def delivered(self) -> tuple[int, int]:
+        """Bytes the appliance side and the VM side took (to_appliance, to_vm)."""
+        c, conn = self.counters, self.conn
+        if c is None or conn is None:
+            return 0, 0
+        dst = conn.stream
+        up = dst.session.acked if isinstance(dst, ResumableStream) else c.a_to_b
+        down = (self.stream.session.acked if isinstance(self.stream, ResumableStream)
+                else c.b_to_a + len(conn.pending))
+        return up, down
 
 
 @dataclass
@@ -134,7 +192,7 @@ class RelayDaemon:
         self._metrics_scope: trio.CancelScope | None = None
         self._metrics_cfg: MetricsConfig | None = None
         self.stopped = trio.Event()
-        self.mesh = Mesh(self.deliver, self.metrics.registry)
+        self.mesh = Mesh(self.deliver, self.metrics.registry, events=self.metrics)
 
     # --- public ---------------------------------------------------------------
 
@@ -159,10 +217,7 @@ class RelayDaemon:
         try:
             async with trio.open_nursery() as svc:
                 self._svc = svc
-                try:
-                    await self._start_metrics(cfg.metrics)
-                except OSError as e:
-                    raise ConfigError("metrics.port", f"cannot serve metrics: {e}") from None
+                await self._start_metrics(cfg.metrics)
                 interval = sdnotify.watchdog_interval()
                 if interval:
                     svc.start_soon(self._watchdog, interval)
@@ -174,9 +229,8 @@ class RelayDaemon:
                         listeners.start_soon(trio.sleep_forever)
                         self.accepting = True
                         errors = await self._apply(cfg)
-                        if errors:
-                            name, err = errors[0]
-                            raise ConfigError(name, f"cannot start listener: {err}")
+                        if errors:  # one line naming the key, exit 2 (relay.cli)
+                            raise errors[0]
                         log.info("relay %s ready: %d listeners, metrics port %s", self.host,
                                  len(self._running), self.metrics_port)
                         task_status.started(self)
@@ -207,9 +261,10 @@ class RelayDaemon:
             errors = await self._apply(new)
             try:
                 await self._start_metrics(new.metrics)
-            except OSError as e:
-                log.error("metrics server could not restart: %s", e)
-                errors.append(("metrics", e))
+            except ConfigError as e:
+                errors.append(e)
+            for err in errors:
+                log.error("reload: %s", err)
             self.metrics.reloads.labels("partial" if errors else "ok").inc()
             log.info("reloaded: %d listeners, %d live streams kept", len(self._running),
                      self.active_streams())
@@ -324,20 +379,22 @@ class RelayDaemon:
         sid, vm = header.stream_id, header.vm
         t = self.config.timeouts
         counters: PumpCounters | None = None
+        conn: EgressConnection | None = None
+        failed = ""  # why the relay could not carry the stream ("" = it did)
         try:
             try:
                 with trio.fail_after(t.connect):
                     conn = await self._open(egress, header)
             except _EGRESS_ERRORS as e:
-                self.metrics.failed.labels(route, "egress").inc()
+                failed = "egress"
                 why = (f"no connection or handshake within {t.connect}s"
                        if isinstance(e, trio.TooSlowError) else _reason(e))
                 log.warning("stream=%s route=%s vm=%s peer=%s: egress %s failed: %s", sid, route,
                             vm, peer, egress.kind, why)
-                await trio.aclose_forcefully(stream)
                 return
             counters = PumpCounters()
-            self.metrics.stream_started(id(counters), route, counters)
+            self.metrics.stream_started(id(counters), route, counters,
+                                        _resumables(stream, conn.stream))
             log.info("stream=%s route=%s kind=%s vm=%s label=%s peer=%s: relaying via %s", sid,
                      route, header.kind, vm, header.label, peer,
                      f"peer route {egress.route}" if egress.kind == "peer" else egress.kind)
@@ -348,31 +405,54 @@ class RelayDaemon:
                 await pump(stream, conn.stream, counters=counters, idle_timeout=t.idle or None,
                            stall_timeout=t.stall or None, pipes=self.pipes)
             except PumpTimeout as e:
-                kind = "idle" if isinstance(e, IdleTimeout) else "stall"
-                self.metrics.failed.labels(route, kind).inc()
+                failed = "idle" if isinstance(e, IdleTimeout) else "stall"
                 log.info("stream=%s route=%s vm=%s closed: %s", sid, route, vm, e)
                 return
             except Exception as e:  # a bug or an unexpected error: this stream only
-                self.metrics.failed.labels(route, "error").inc()
+                failed = "error"
                 log.error("stream=%s route=%s vm=%s failed: %s", sid, route, vm, _reason(e))
-                await trio.aclose_forcefully(stream)
-                await trio.aclose_forcefully(conn.stream)
                 return
             log.info("stream=%s route=%s vm=%s closed (%s): %d bytes to appliance, %d to vm",
                      sid, route, vm, counters.end_reason or "eof", counters.a_to_b,
                      counters.b_to_a)
         except trio.Cancelled:
             if self._stopping:
+                failed = "drain_deadline"
                 log.warning("stream=%s route=%s vm=%s cut at the drain deadline", sid, route, vm)
             raise
         finally:
             if counters is not None:
                 self.metrics.stream_ended(id(counters))
+            self._settle(_Settling(stream, conn, counters, route, failed))
+            if failed in ("egress", "error"):  # counted first, then the VM side sees it
+                await trio.aclose_forcefully(stream)
+                if conn is not None:
+                    await trio.aclose_forcefully(conn.stream)
+
+    def _settle(self, st: _Settling) -> None:
+        """Count the stream's outcome and delivered bytes once its peer-link sessions
+        (if any) have finished delivering what they hold."""
+        if st.failed or not st.resumables or self._streams is None:
+            self._account(st)
+        else:
+            self._streams.start_soon(self._account_when_finished, st)
+
+    async def _account_when_finished(self, st: _Settling) -> None:
+        for r in st.resumables:
+            await r.wait_finished()
+        self._account(st)
+
+    def _account(self, st: _Settling) -> None:
+        outcome, reason = st.outcome()
+        if outcome == FAILED:
+            self.metrics.failed.labels(st.route, reason).inc()
+        self.metrics.stream_settled(outcome, *st.delivered())
 
     # --- listeners --------------------------------------------------------------
 
-    async def _apply(self, new: RelayConfig) -> list[tuple[str, BaseException]]:
-        """Converge the mesh and the running listeners on ``new``; returns start failures."""
+    async def _apply(self, new: RelayConfig) -> list[ConfigError]:
+        """Converge the mesh and the running listeners on ``new``; returns start
+        failures, each naming the key of what could not be opened."""
         errors = await self.mesh.apply(new.peer)
         wanted = new.listeners()
         for name, run in list(self._running.items()):
@@ -393,8 +473,7 @@ class RelayDaemon:
             assert self._listeners is not None
             run.bound = await self._listeners.start(self._listener_task, run)
             if run.error is not None:
-                log.error("listener %s could not start: %s", name, _reason(run.error))
-                errors.append((name, run.error))
+                errors.append(_listener_error(new.listener_key(name), lst, run.error))
                 continue
             self.metrics.add_route(name)
             self._running[name] = run
@@ -439,13 +518,37 @@ class RelayDaemon:
             with scope:
                 await serve_metrics(self.metrics.registry, mc.host, mc.port, task_status=task_status)
 
-        self.metrics_port = await self._svc.start(serve)
+        with listening("metrics.port", host_key="metrics.host", where=f"{mc.host}:{mc.port}"):
+            self.metrics_port = await self._svc.start(serve)
         self._metrics_scope = scope
 
     async def _watchdog(self, interval: float) -> None:
         while True:
             sdnotify.watchdog()
             await trio.sleep(interval)
+
+
+# Per listener kind: the key of what it binds, and of the host part (if any).
+_BIND_KEYS: dict[type, tuple[str, str | None]] = {
+    TcpListener: ("port", "host"),
+    VspcListener: ("port", "host"),
+    PipeListener: ("path", None),
+    SerialListener: ("device", None),
+    VsockListener: ("port", "bind-cid"),
+    HvsockListener: ("uds-path", None),
+}
+
+
+def _listener_error(key: str, lst: Listener, e: BaseException) -> ConfigError:
+    """A listener that could not start, as a ConfigError naming its TOML key."""
+    field_key, host_field = _BIND_KEYS[type(lst)]
+    if isinstance(e, ConfigError):
+        return e
+    if isinstance(e, OSError):
+        return listen_error(e, f"{key}.{field_key}",
+                            host_key=f"{key}.{host_field}" if host_field else None,
+                            where=f"listener {lst.name!r}")
+    return ConfigError(f"{key}.{field_key}", f"listener {lst.name!r} cannot start: {_reason(e)}")
 
 
 def _reason(e: BaseException) -> str:

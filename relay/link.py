@@ -123,6 +123,8 @@ class PeerLink:
         peer_identity: str = "",
     ) -> None:
         self.config = config or LinkConfig()
+        self.cut = False  # it died while working, without GOAWAY (see _lost)
+        self.error: BaseException | None = None  # what killed it, if anything did
         self.transport = transport
         self.name = name or ("client" if client else "server")
         self.peer_identity = peer_identity
@@ -315,15 +317,26 @@ class PeerLink:
         except LinkProtocolError as e:
             reason = f"protocol error: {e}"
             log.warning("link %s (%s): closing: %s", self.name, self.peer_identity or "-", reason)
+            self._lost(e)
         except LinkDeadError as e:
             reason = str(e)
             log.info("link %s (%s): %s", self.name, self.peer_identity or "-", reason)
+            self._lost(e)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             reason = f"transport failed: {e!r}"
             log.info("link %s (%s): %s", self.name, self.peer_identity or "-", reason)
+            self._lost(e)
         else:
             reason = "closed"
         self.close(reason)
+
+    def _lost(self, e: BaseException) -> None:
+        """The link failed: a cut if it was working (HELLO seen), nobody had closed
+        it on purpose and no GOAWAY announced its end."""
+        if self.error is None:
+            self.error = e
+        if self.dead_reason is None and self._ready.is_set() and not self.draining:
+            self.cut = True
 
     def _kick(self) -> None:
         self._out_wake.set()

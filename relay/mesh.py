@@ -37,12 +37,15 @@ from relay.core.header import HeaderDecoder, HeaderError, OriginHeader
 from relay.core.hybrid import HybridError
 from relay.egress import hybrid_connect
 from relay.link import LinkConfig
+from relay.linkevents import NO_EVENTS, LinkEvents
 from relay.peer_config import PeerConfig, PeerListen, open_peer_listener, parse_forward
 from relay.peering import LinkServer
 from relay.pump import pump
 from relay.resumable import Accepted, ResumableStream, SessionTable
 from relay.route import Router, open_transport
 from relay.vsphere_route import follow_appliance
+from vic.ops.config import ConfigError
+from vic.ops.listen import listening
 
 log = logging.getLogger("relay.mesh")
 
@@ -68,20 +71,23 @@ def decode_header(raw: bytes) -> OriginHeader:
     return header
 
 
-def vet_accepted(acc: Accepted) -> OriginHeader | None:
+def vet_accepted(acc: Accepted, events: LinkEvents = NO_EVENTS) -> OriginHeader | None:
     """The origin header of a stream accepted from a peer link, or None once the
-    stream is refused (log line, abort): a bad header, or one that speaks for
-    another host than the identity the peer proved."""
+    stream is refused (log line, abort, ``events.header_refused``): a bad header
+    (``malformed``), or one that speaks for another host than the identity the
+    peer proved (``foreign_host``)."""
     try:
         header = decode_header(acc.header)
     except HeaderError as e:
         log.warning("stream from %s refused: bad origin header: %s",
                     acc.peer_identity or "plaintext peer", e)
+        events.header_refused("malformed")
         acc.stream.abort("bad origin header")
         return None
     if not header_matches_identity(header, acc.peer_identity):
         log.warning("stream %s from %s refused: its header speaks for host %r",
                     header.stream_id or "-", acc.peer_identity, header.host)
+        events.header_refused("foreign_host")
         acc.stream.abort("origin host does not match the peer's identity")
         return None
     return header
@@ -97,8 +103,10 @@ class _ListenRun:
 
 
 class Mesh:
-    def __init__(self, deliver: DeliverFn, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, deliver: DeliverFn, registry: CollectorRegistry | None = None,
+                 events: LinkEvents = NO_EVENTS) -> None:
         self._deliver = deliver
+        self.events = events
         self.config = PeerConfig()
         self.routers: dict[str, Router] = {}
         self._tables: dict[str, SessionTable] = {}
@@ -132,20 +140,27 @@ class Mesh:
     def bound(self) -> list[Any]:
         return [x.bound for x in self._listens]
 
-    async def apply(self, peer: PeerConfig | None) -> list[tuple[str, BaseException]]:
-        """Converge on ``peer`` (reload-safe); returns what could not start."""
+    async def apply(self, peer: PeerConfig | None) -> list[ConfigError]:
+        """Converge on ``peer`` (reload-safe); returns what could not start, each
+        error naming its key."""
         assert self._nursery is not None
         new = peer if peer is not None else PeerConfig()
+        if new.tls is not None:
+            try:
+                new.tls.check_loads("peer.tls")
+            except ConfigError as e:
+                return [e]  # nothing changes: the running mesh keeps its certificates
         old, self.config = self.config, new
         self._link_config = new.link.link_config()
         files = new.tls.files() if new.tls is not None else None
-        errors: list[tuple[str, BaseException]] = []
+        errors: list[ConfigError] = []
         # routes
         for name, route in new.routes_runtime().items():
             r = self.routers.get(name)
             if r is None:
                 self.routers[name] = Router(route, self._nursery, tls_files=files,
-                                            config=self._link_config, name=name)
+                                            config=self._link_config, name=name,
+                                            events=self.events)
                 continue
             if old.tls != new.tls:
                 r.set_tls(files)
@@ -174,10 +189,10 @@ class Mesh:
             if pl in running:
                 continue
             try:
-                self._listens.append(await self._nursery.start(self._listen, pl))
-            except (OSError, ssl.SSLError) as e:
-                log.error("peer listener %s could not start: %s", pl.address, e)
-                errors.append((f"peer.listen[{i}]", e))
+                with listening(f"peer.listen[{i}].address", where=pl.address):
+                    self._listens.append(await self._nursery.start(self._listen, pl))
+            except ConfigError as e:
+                errors.append(e)
         # admin socket
         if old.admin_socket != new.admin_socket or self._admin is None:
             if self._admin is not None:
@@ -186,10 +201,11 @@ class Mesh:
             if new.admin_socket is not None:
                 scope = trio.CancelScope()
                 try:
-                    await self._nursery.start(self._serve_admin, new.admin_socket, scope)
+                    with listening("peer.admin-socket", where=str(new.admin_socket)):
+                        await self._nursery.start(self._serve_admin, new.admin_socket, scope)
                     self._admin = scope
-                except OSError as e:
-                    errors.append(("peer.admin-socket", e))
+                except ConfigError as e:
+                    errors.append(e)
         # vSphere follow
         for name, (fcfg, scope) in list(self._follows.items()):
             if new.follow.get(name) != fcfg:
@@ -235,7 +251,8 @@ class Mesh:
                     run.server = LinkServer(table, tls_files=files,
                                             allowed_peers=pl.allowed_peers,
                                             config=self._link_config,
-                                            name=f"peer-listen {pl.address}")
+                                            name=f"peer-listen {pl.address}",
+                                            events=self.events)
                     handler = run.server.handle
                 log.info("peer listener %s (%s, %s)", pl.address,
                          "TLS" if pl.tls else "plaintext",
@@ -261,7 +278,7 @@ class Mesh:
             self._accepted(acc, egress)
 
     def _accepted(self, acc: Accepted, egress: str) -> None:
-        header = vet_accepted(acc)
+        header = vet_accepted(acc, self.events)
         if header is None:
             self.refused.inc()
             return
@@ -272,14 +289,23 @@ class Mesh:
         ident = ""
         try:
             if ctx is not None:
-                with trio.fail_after(10):
-                    stream, ident = await tlsmod.handshake(
-                        stream, ctx, server_side=True, expected=pl.allowed_peers)
+                where = tlsmod.remote_address(stream)
+                try:
+                    with trio.fail_after(10):
+                        stream, ident = await tlsmod.handshake(
+                            stream, ctx, server_side=True, expected=pl.allowed_peers)
+                except tlsmod.HANDSHAKE_ERRORS as e:
+                    reason = tlsmod.refusal_reason(e)
+                    self.events.tls_refused(reason)
+                    log.warning("peer-listen %s: refused peer link from %s (%s): %s", pl.address,
+                                where, reason, e or type(e).__name__)
+                    await trio.aclose_forcefully(stream)
+                    return
             with trio.fail_after(10):
                 conn, pending = await open_forward(pl.forward)
-        except (trio.BrokenResourceError, tlsmod.PeerIdentityError, trio.TooSlowError,
-                OSError, HybridError) as e:
-            log.warning("peer link on %s refused or not forwarded: %s", pl.address, e)
+        except (trio.TooSlowError, trio.BrokenResourceError, OSError, HybridError) as e:
+            log.warning("peer link on %s from %s not forwarded: %s", pl.address,
+                        ident or "plaintext peer", e)
             await trio.aclose_forcefully(stream)
             return
         log.info("forwarding link from %s to %s", ident or "plaintext peer", pl.forward)

@@ -3,6 +3,19 @@
 Bytes per route and direction are live: a custom collector adds, at scrape time,
 the bytes of closed streams to the current ``PumpCounters`` of every live stream,
 so a long-lived console shows its traffic while it runs, at no per-byte cost.
+
+What happened to streams and links:
+
+* ``relay_streams_ended_total{outcome}`` and ``relay_bytes_delivered_total{outcome,
+  direction}``: each stream once settled, ``completed`` (EOF both ways), ``reset``
+  (an end reset its connection or aborted the stream) or ``failed`` (the relay
+  could not carry it: egress, timeouts, a peer session that failed); delivered
+  bytes are those the far end took: acknowledged by the peer relay over a peer
+  link, written to the socket otherwise. ``relay_streams_failed_total{route,reason}``
+  says why a stream failed.
+* ``relay_link_cuts_total``, ``relay_resumes_total`` (live: resumes of streams
+  still running count at once), ``relay_tls_refused_total{reason}``,
+  ``relay_headers_refused_total{reason}``: the peer mesh (``LinkEvents``).
 """
 
 from __future__ import annotations
@@ -13,6 +26,8 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from relay.linkevents import LinkEvents
 
 TO_APPLIANCE = "to_appliance"  # ingress (VM side) -> egress
 TO_VM = "to_vm"
@@ -26,15 +41,31 @@ class LiveCounters(Protocol):
     spliced: bool
 
 
-class _Live:
-    __slots__ = ("counters", "route")
+class Resumable(Protocol):
+    """What relay.resumable.ResumableStream offers: paths attached (1 = never resumed)."""
 
-    def __init__(self, route: str, counters: LiveCounters) -> None:
+    attachments: int
+
+
+COMPLETED, RESET, FAILED = "completed", "reset", "failed"
+OUTCOMES = (COMPLETED, RESET, FAILED)
+
+
+class _Live:
+    __slots__ = ("counters", "resumables", "route")
+
+    def __init__(self, route: str, counters: LiveCounters,
+                 resumables: tuple[Resumable, ...]) -> None:
         self.route = route
         self.counters = counters
+        self.resumables = resumables
 
 
-class RelayMetrics:
+def _resumes(streams: tuple[Resumable, ...]) -> int:
+    return sum(max(0, s.attachments - 1) for s in streams)
+
+
+class RelayMetrics(LinkEvents):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry if registry is not None else CollectorRegistry()
         self.registry = r
@@ -51,6 +82,24 @@ class RelayMetrics:
             "relay_streams_closed", "finished streams by pump mode", ["mode"], registry=r
         )
         self.reloads = Counter("relay_reloads", "configuration reloads", ["result"], registry=r)
+        self.ended = Counter("relay_streams_ended", "settled streams by outcome", ["outcome"],
+                             registry=r)
+        self.delivered = Counter(
+            "relay_bytes_delivered",
+            "bytes the far end took (acknowledged over a peer link), by the stream's outcome",
+            ["outcome", "direction"], registry=r)
+        for outcome in OUTCOMES:
+            self.ended.labels(outcome)
+            for d in (TO_APPLIANCE, TO_VM):
+                self.delivered.labels(outcome, d)
+        self.cuts = Counter("relay_link_cuts", "peer links that died while working, without GOAWAY",
+                            registry=r)
+        self.tls_refusals = Counter("relay_tls_refused", "peer links refused in TLS set-up",
+                                    ["reason"], registry=r)
+        self.header_refusals = Counter("relay_headers_refused",
+                                       "streams from peers refused for their origin header",
+                                       ["reason"], registry=r)
+        self._closed_resumes = 0
         self._closed_bytes: dict[tuple[str, str], int] = {}
         self._live: dict[int, _Live] = {}
         self._routes: set[str] = set()
@@ -61,9 +110,27 @@ class RelayMetrics:
         self._routes.add(route)
         self.opened.labels(route)
 
-    def stream_started(self, key: int, route: str, counters: LiveCounters) -> None:
-        self._live[key] = _Live(route, counters)
+    def stream_started(self, key: int, route: str, counters: LiveCounters,
+                       resumables: tuple[Resumable, ...] = ()) -> None:
+        self._live[key] = _Live(route, counters, resumables)
         self.opened.labels(route).inc()
+
+    def stream_settled(self, outcome: str, to_appliance: int, to_vm: int) -> None:
+        """A stream's final outcome and the bytes its far ends took."""
+        self.ended.labels(outcome).inc()
+        self.delivered.labels(outcome, TO_APPLIANCE).inc(to_appliance)
+        self.delivered.labels(outcome, TO_VM).inc(to_vm)
+
+    # --- LinkEvents --------------------------------------------------------------
+
+    def link_cut(self) -> None:
+        self.cuts.inc()
+
+    def tls_refused(self, reason: str) -> None:
+        self.tls_refusals.labels(reason).inc()
+
+    def header_refused(self, reason: str) -> None:
+        self.header_refusals.labels(reason).inc()
 
     def add_bytes(self, route: str, direction: str, n: int) -> None:
         k = (route, direction)
@@ -74,6 +141,7 @@ class RelayMetrics:
         if live is None:
             return
         c = live.counters
+        self._closed_resumes += _resumes(live.resumables)
         self.add_bytes(live.route, TO_APPLIANCE, c.a_to_b)
         self.add_bytes(live.route, TO_VM, c.b_to_a)
         self.closed_by_mode.labels("splice" if c.spliced else "copy").inc()
@@ -87,6 +155,9 @@ class RelayMetrics:
                 c = live.counters
                 n += c.a_to_b if direction == TO_APPLIANCE else c.b_to_a
         return n
+
+    def resumes_total(self) -> int:
+        return self._closed_resumes + sum(_resumes(x.resumables) for x in self._live.values())
 
     def active(self, route: str | None = None) -> int:
         if route is None:
@@ -127,3 +198,5 @@ class _LiveCollector(Collector):
         for mode, n in modes.items():
             p.add_metric([mode], n)
         yield p
+        yield CounterMetricFamily("relay_resumes", "streams resumed on a new path after a link "
+                                  "cut or route change", value=self.m.resumes_total())

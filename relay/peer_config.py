@@ -51,7 +51,7 @@ import trio
 from relay.core.mux import MuxConfig
 from relay.link import LinkConfig
 from relay.route import Route, RouteError, parse_address
-from relay.tls import TlsFiles
+from relay.tls import TlsFiles, client_context
 from relay.vsphere_route import VCenter
 from vic.ops.config import ConfigError, require
 
@@ -72,6 +72,15 @@ class PeerTls:
 
     def files(self) -> TlsFiles:
         return TlsFiles(self.cert, self.key, self.ca)
+
+    def check_loads(self, key: str) -> None:
+        """Raise ConfigError(key) unless the certificate, its key and the CA load
+        (at start and in ``--check``; ``validate`` only sees that the files exist)."""
+        try:
+            client_context(self.files())
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            why = " ".join(str(e).split())
+            raise ConfigError(key, f"cannot load the certificates: {why}") from None
 
 
 def _check_address(address: str) -> None:
@@ -190,6 +199,7 @@ class FollowConfig:
     tls: bool = True  # links to those relays use TLS
 
     def validate(self) -> None:
+        require(0 < self.port <= 65535, "port", "must be 1..65535")
         require(bool(self.hosts), "hosts", "map at least one ESX host to a relay address")
         for host, addr in self.hosts.items():
             try:

@@ -18,6 +18,7 @@ import trio
 
 from relay import tls as tlsmod
 from relay.link import LinkConfig, PeerLink
+from relay.linkevents import NO_EVENTS, LinkEvents
 from relay.resumable import SessionTable
 
 log = logging.getLogger("relay.peering")
@@ -26,7 +27,8 @@ log = logging.getLogger("relay.peering")
 class LinkServer:
     def __init__(self, table: SessionTable, *, tls_files: tlsmod.TlsFiles | None,
                  allowed_peers: Collection[str] = (), config: LinkConfig | None = None,
-                 handshake_timeout: float = 10.0, name: str = "egress") -> None:
+                 handshake_timeout: float = 10.0, name: str = "egress",
+                 events: LinkEvents = NO_EVENTS) -> None:
         self.table = table
         self.config = config or table.config
         self._ctx: ssl.SSLContext | None = (
@@ -35,6 +37,7 @@ class LinkServer:
         self.allowed_peers = frozenset(allowed_peers)
         self.handshake_timeout = handshake_timeout
         self.name = name
+        self.events = events
         self.links: set[PeerLink] = set()
         self.refused = 0
 
@@ -48,14 +51,17 @@ class LinkServer:
         """Serve one incoming connection (for ``trio.serve_listeners``)."""
         ident = ""
         if self._ctx is not None:
+            where = tlsmod.remote_address(stream)
             try:
                 with trio.fail_after(self.handshake_timeout):
                     stream, ident = await tlsmod.handshake(
                         stream, self._ctx, server_side=True, expected=self.allowed_peers)
-            except (trio.BrokenResourceError, tlsmod.PeerIdentityError, trio.TooSlowError,
-                    OSError) as e:
+            except tlsmod.HANDSHAKE_ERRORS as e:
                 self.refused += 1
-                log.warning("%s: refused peer link: %s", self.name, e)
+                reason = tlsmod.refusal_reason(e)
+                self.events.tls_refused(reason)
+                log.warning("%s: refused peer link from %s (%s): %s", self.name,
+                            where, reason, e or type(e).__name__)
                 await trio.aclose_forcefully(stream)
                 return
         link = PeerLink(stream, client=False, config=self.config, on_open=self.table.on_open,
@@ -65,6 +71,8 @@ class LinkServer:
             await link.run()
         finally:
             self.links.discard(link)
+        if link.cut:
+            self.events.link_cut()
 
     def goaway_all(self, reason: str = "shutting down") -> None:
         for link in list(self.links):

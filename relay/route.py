@@ -27,6 +27,7 @@ import trio
 
 from relay import tls as tlsmod
 from relay.link import LinkConfig, LinkDeadError, PeerLink
+from relay.linkevents import NO_EVENTS, LinkEvents
 from relay.resumable import ReplayPool, ResumableStream
 
 log = logging.getLogger("relay.route")
@@ -88,16 +89,27 @@ async def open_transport(address: str) -> trio.abc.Stream:
 
 
 async def connect_route(route: Route, ctx: ssl.SSLContext | None,
-                        handshake_timeout: float = 10.0) -> tuple[trio.abc.Stream, str]:
-    """Open the transport for ``route`` and, for TLS, authenticate the peer."""
+                        handshake_timeout: float = 10.0,
+                        events: LinkEvents = NO_EVENTS) -> tuple[trio.abc.Stream, str]:
+    """Open the transport for ``route`` and, for TLS, authenticate the peer (a
+    refusal is reported to ``events`` and logged with the peer's address)."""
     stream = await open_transport(route.address)
     if not route.tls:
         return stream, ""
     if ctx is None:
         await trio.aclose_forcefully(stream)
         raise RouteError("TLS route but no certificate configured")
-    with trio.fail_after(handshake_timeout):
-        return await tlsmod.handshake(stream, ctx, server_side=False, expected={route.identity})
+    where = tlsmod.remote_address(stream)
+    try:
+        with trio.fail_after(handshake_timeout):
+            return await tlsmod.handshake(stream, ctx, server_side=False,
+                                          expected={route.identity})
+    except tlsmod.HANDSHAKE_ERRORS as e:
+        reason = tlsmod.refusal_reason(e)
+        events.tls_refused(reason)
+        log.warning("route %s: refused peer link to %s (%s): %s", route.name or route.address,
+                    where, reason, e or type(e).__name__)
+        raise
 
 
 class Router:
@@ -105,7 +117,7 @@ class Router:
 
     def __init__(self, route: Route, nursery: trio.Nursery, *,
                  tls_files: tlsmod.TlsFiles | None = None, config: LinkConfig | None = None,
-                 name: str = "ingress") -> None:
+                 name: str = "ingress", events: LinkEvents = NO_EVENTS) -> None:
         self.config = config or LinkConfig()
         self._route = route
         self._nursery = nursery
@@ -116,6 +128,7 @@ class Router:
         self.streams: set[ResumableStream] = set()
         self.pool = ReplayPool(self.config.replay_pool, self.config.replay_reserve)
         self.name = name
+        self.events = events
         self.links_opened = 0
         self.route_changes = 0
 
@@ -139,11 +152,11 @@ class Router:
                         and self._link_route == self._route):
                     return link
                 route = self._route
-                transport, ident = await connect_route(route, self._ctx)
+                transport, ident = await connect_route(route, self._ctx, events=self.events)
                 link = PeerLink(transport, client=True, config=self.config,
                                 name=f"{self.name}->{route.name or route.address}",
                                 peer_identity=ident)
-                await self._nursery.start(link.run)
+                await self._nursery.start(self._run_link, link, tlsmod.remote_address(transport))
                 self.links_opened += 1
                 if route != self._route:  # re-routed while we were connecting
                     link.close("route changed while connecting")
@@ -151,6 +164,19 @@ class Router:
                 self._link, self._link_route = link, route
                 log.info("link up: %s (%s)", link.name, ident or "plaintext")
                 return link
+
+    async def _run_link(self, link: PeerLink, where: str, *, task_status: Any) -> None:
+        await link.run(task_status=task_status)
+        if link.cut:
+            self.events.link_cut()
+        elif link.peer_identity and not link.mux.ready and link.error is not None:
+            # TLS 1.3: the server checks our certificate after our side of the
+            # handshake is done; its refusal arrives as an alert on the first read
+            reason = tlsmod.refusal_reason(link.error)
+            if reason == "refused_by_peer":
+                self.events.tls_refused(reason)
+                log.warning("route %s: peer %s refused our certificate: %s", self.name, where,
+                            link.error)
 
     def link_failed(self, link: PeerLink) -> None:
         if self._link is link:

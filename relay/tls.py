@@ -22,7 +22,63 @@ from relay.tlsstream import TlsStream
 
 
 class PeerIdentityError(Exception):
-    """The peer's certificate does not name an identity we accept."""
+    """The peer's certificate does not name an identity we accept; ``reason`` is
+    ``no_certificate``, ``bad_identity`` (not exactly one vic:// SAN) or
+    ``identity_not_allowed``."""
+
+    def __init__(self, message: str, reason: str = "identity_not_allowed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# OpenSSL X509_V_ERR_* codes -> refusal reason (anything else: bad_certificate)
+_VERIFY_REASONS = {
+    2: "unknown_ca",  # unable to get issuer certificate
+    9: "not_yet_valid",
+    10: "expired",
+    18: "unknown_ca",  # self-signed leaf
+    19: "unknown_ca",  # self-signed certificate in chain
+    20: "unknown_ca",  # unable to get local issuer certificate
+    21: "unknown_ca",  # unable to verify the first certificate
+}
+# Handshake errors that end a peer link before it starts (TLS and identity).
+HANDSHAKE_ERRORS = (trio.BrokenResourceError, PeerIdentityError, trio.TooSlowError, OSError)
+
+
+def refusal_reason(e: BaseException) -> str:
+    """A short, fixed word for why a peer link's TLS set-up failed (a metric label):
+    what we found wrong with the peer's certificate, ``refused_by_peer`` when the
+    peer's alert says it refused ours, ``handshake_timeout`` or ``handshake_failed``."""
+    if isinstance(e, trio.TooSlowError):
+        return "handshake_timeout"
+    if isinstance(e, PeerIdentityError):
+        return e.reason
+    cause: BaseException | None = e
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__  # TlsStream: BrokenResourceError from the SSLError
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return _VERIFY_REASONS.get(cause.verify_code, "bad_certificate")
+    if isinstance(cause, ssl.SSLError):
+        why = (cause.reason or "").upper()
+        if "DID_NOT_RETURN_A_CERTIFICATE" in why or "CERTIFICATE_REQUIRED" in why:
+            return "no_certificate"
+        if "ALERT" in why:
+            return "refused_by_peer"
+        return "bad_certificate" if "CERTIFICATE" in why else "handshake_failed"
+    return "handshake_failed"
+
+
+def remote_address(stream: trio.abc.Stream) -> str:
+    """``host:port`` (or the socket path) of the far end of ``stream``, or ``-``."""
+    inner = getattr(stream, "transport", stream)
+    sock = getattr(inner, "socket", None)
+    try:
+        name = sock.getpeername() if sock is not None else None
+    except OSError:
+        return "-"
+    if isinstance(name, tuple) and len(name) >= 2:
+        return f"[{name[0]}]:{name[1]}" if ":" in str(name[0]) else f"{name[0]}:{name[1]}"
+    return str(name) if name else "-"
 
 
 @dataclass(frozen=True)
@@ -66,11 +122,12 @@ def peer_identity(ssl_object: Any) -> str:
     """
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
-        raise PeerIdentityError("peer presented no certificate")
+        raise PeerIdentityError("peer presented no certificate", "no_certificate")
     ids = cert_identities(x509.load_der_x509_certificate(der))
     if len(ids) != 1:
         raise PeerIdentityError(
-            f"peer certificate must carry exactly one vic:// URI SAN, found {ids or 'none'}"
+            f"peer certificate must carry exactly one vic:// URI SAN, found {ids or 'none'}",
+            "bad_identity",
         )
     return ids[0]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import trio
@@ -19,6 +20,7 @@ import trio
 from vic.ops import config as cfgmod
 from vic.ops import logs, runtime_tuning, sdnotify
 from vic.ops.daemon import watch_signals
+from vic.ops.preflight import cert_warnings, probe_hosts
 from vspc.config import VspcConfig
 
 log = logging.getLogger("vspc")
@@ -35,10 +37,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = cfgmod.load(VspcConfig, args.config)
+    warnings = cert_warnings(config.own_certificates())
+    _check_tls(config)
     if args.check:
+        probe_hosts(config.bind_hosts())
+        for w in warnings:
+            print(f"vic vspc: warning: {w}", file=sys.stderr)
         print(f"{args.config}: ok")
         return 0
     logs.setup(config.log_level)
+    for w in warnings:
+        log.warning("%s", w)
     runtime_tuning.tune_allocator()
     try:
         trio.run(serve, args.config, config, args.drain_seconds)
@@ -50,6 +59,23 @@ def run(args: argparse.Namespace) -> int:
             raise leaves[0] from None
         raise
     return 0
+
+
+def _check_tls(config: VspcConfig) -> None:
+    """The server certificates load (ConfigError naming the table otherwise), before
+    anything starts: ``validate`` only sees that the files exist."""
+    from vspc.service import server_ssl_context
+
+    for tls, key in ((config.listen.tls, "listen.tls"), (config.endpoint.tls, "endpoint.tls")):
+        if tls is None:
+            continue
+        try:
+            server_ssl_context(tls.cert, tls.key, tls.client_ca)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            why = " ".join(str(e).split())
+            raise cfgmod.ConfigError(key, f"cannot load the certificates: {why}") from None
+    if config.endpoint.link_tls is not None:
+        config.endpoint.link_tls.check_loads("endpoint.link-tls")
 
 
 def _leaves(eg: BaseException) -> list[BaseException]:
@@ -85,7 +111,10 @@ async def serve(path: Path, config: VspcConfig, drain_seconds: float) -> None:
                 log.error("reload refused, keeping the running config: %s", e)
             else:
                 await service.reload(new)
-                await endpoint.reload(service.config)
+                try:
+                    await endpoint.reload(service.config)
+                except cfgmod.ConfigError as e:  # a listener that cannot be opened: logged
+                    log.error("reload: %s", e)
             sdnotify.notify("READY=1", _status(service))
 
         async def terminate() -> None:

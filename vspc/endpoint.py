@@ -15,6 +15,7 @@ import trio
 import trio.lowlevel
 
 from relay.core.header import HeaderDecoder, HeaderError, OriginHeader
+from vic.ops.listen import listening
 from vspc.config import EndpointConfig, VspcConfig
 from vspc.core.identity import PortKey, canonical_uuid
 from vspc.link_endpoint import LinkEndpoint
@@ -57,7 +58,8 @@ class Endpoint:
         cfg = self.config
         listeners: list[trio.abc.Listener[Any]] = []
         if cfg.host is not None:
-            tcp = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
+            with listening("endpoint.port", host_key="endpoint.host", where=f"{cfg.host}:{cfg.port}"):
+                tcp = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
             self.tcp_port = tcp[0].socket.getsockname()[1]
             if cfg.tls is not None:
                 ctx = server_ssl_context(cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca)
@@ -65,7 +67,8 @@ class Endpoint:
             else:
                 listeners += tcp
         if cfg.unix is not None:
-            listeners.append(await _unix_listener(str(cfg.unix)))
+            with listening("endpoint.unix", where=str(cfg.unix)):
+                listeners.append(await _unix_listener(str(cfg.unix)))
         if not listeners:
             return
         self._scope = trio.CancelScope()

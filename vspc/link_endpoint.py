@@ -16,6 +16,7 @@ refused with a log line; every other stream carries on.
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ from relay.mesh import vet_accepted
 from relay.peer_config import open_peer_listener
 from relay.peering import LinkServer
 from relay.resumable import Accepted, SessionTable
+from vic.ops.config import ConfigError
+from vic.ops.listen import listening
 from vspc.config import EndpointConfig, LinkListen
 from vspc.prefixed import PrefixedStream
 
@@ -79,9 +82,13 @@ class LinkEndpoint:
                 run.scope.cancel()
         self._runs = keep
         running = [r.cfg for r in keep]
-        for ln in cfg.link:
+        for i, ln in enumerate(cfg.link):
             if ln not in running:
-                self._runs.append(await self._nursery.start(self._listen, ln))
+                try:
+                    with listening(f"endpoint.link[{i}].address", where=ln.address):
+                        self._runs.append(await self._nursery.start(self._listen, ln))
+                except ssl.SSLError as e:
+                    raise ConfigError("endpoint.link-tls", f"cannot load the certificates: {e}") from None
 
     def goaway(self) -> None:
         for run in self._runs:

@@ -29,6 +29,8 @@ class VspcMetrics:
     console_log_gap_bytes_total: Counter  # console bytes lost to the log (recorded as gaps)
     console_log_gaps_total: Counter  # gap events recorded (restart gaps included)
     console_log_write_errors_total: Counter  # failed console log writes (held or dropped)
+    # labels: reason = source | takeover | flood | identify_timeout | idle | output
+    telnet_refused_total: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> VspcMetrics:
@@ -65,5 +67,10 @@ class VspcMetrics:
             ),
             console_log_write_errors_total=Counter(
                 "vspc_console_log_write_errors", "failed console log writes", registry=r
+            ),
+            telnet_refused_total=Counter(
+                "vspc_telnet_refused",
+                "ESX Telnet connections refused or closed by the vSPC's own checks",
+                ["reason"], registry=r,
             ),
         )

@@ -118,4 +118,4 @@ def test_cli_listener_that_cannot_bind_exits_2(tmp_path: Path) -> None:
         r = _vic("--config", str(cfg))
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
-    assert "com1" in last and "cannot start listener" in last and "Traceback" not in r.stderr
+    assert "tcp[0].port" in last and "in use" in last and "Traceback" not in r.stderr

@@ -9,6 +9,7 @@ one line on stderr and exit status 2.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -16,12 +17,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
+MAX_KEY_SHOWN = 200
 
 
 class ConfigError(Exception):
     """A configuration problem; ``key`` is the dotted path of the offending key."""
 
     def __init__(self, key: str, message: str) -> None:
+        if len(key) > MAX_KEY_SHOWN:  # a key straight from a hostile file: keep one short line
+            key = f"{key[:MAX_KEY_SHOWN]}..."
         super().__init__(f"{key}: {message}" if key else message)
         self.key = key
         self.message = message
@@ -79,6 +83,8 @@ def build(cls: type[T], data: Any, key: str = "") -> T:
         except ConfigError as e:
             full = f"{key}.{e.key}" if key and e.key else (e.key or key)
             raise ConfigError(full, e.message) from None
+        except (TypeError, ValueError) as e:  # a check that choked on a hostile value
+            raise ConfigError(key, " ".join(str(e).split())[:200]) from None
     return obj
 
 
@@ -145,3 +151,16 @@ def require(cond: bool, key: str, message: str) -> None:
     """For ``validate()`` methods: raise ConfigError(key, message) unless cond."""
     if not cond:
         raise ConfigError(key, message)
+
+
+def require_writable_dir(path: Path, key: str) -> None:
+    """For ``validate()``: ``path`` is a directory we can write in, or can be created."""
+    if path.exists():
+        require(path.is_dir(), key, f"{path} exists and is not a directory")
+        require(os.access(path, os.W_OK | os.X_OK), key, f"{path} is not writable")
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    require(parent.is_dir(), key, f"cannot create {path}: {parent} is not a directory")
+    require(os.access(parent, os.W_OK | os.X_OK), key, f"cannot create {path}: {parent} is not writable")

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vic.ops.config import require
+from vic.ops.config import require, require_writable_dir
 
 DEFAULT_SOCKET = Path("/run/vic/console.sock")
 DEFAULT_LOG_DIR = Path("/var/log/vic/consoles")
@@ -111,6 +111,10 @@ class ConsoleConfig:
         require(self.max_clients >= 1, "max-clients", "must be >= 1")
         require(self.drop_notice_timeout >= 0, "drop-notice-timeout", "must be >= 0")
         require(self.request_timeout > 0, "request-timeout", "must be > 0")
+        if self.log_dir is not None:
+            require_writable_dir(self.log_dir, "log-dir")
+        if self.socket is not None:
+            require_writable_dir(self.socket.parent, "socket")
         require(
             self.socket is not None or self.tcp is not None,
             "socket",

@@ -12,6 +12,7 @@ from pathlib import Path
 import trio
 
 from vic.ops.config import ConfigError
+from vic.ops.listen import listening
 from vspc.console.config import ConsoleTcpConfig
 
 
@@ -59,7 +60,8 @@ class UnixListener:
 
     async def open(self) -> trio.SocketListener:
         path = self.path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        with listening("console.socket", where=str(path), error=EndpointError):
+            path.parent.mkdir(parents=True, exist_ok=True)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -100,7 +102,6 @@ class UnixListener:
 
 
 async def open_tcp(tcp: ConsoleTcpConfig) -> list[trio.SocketListener]:
-    try:
+    with listening("console.tcp.port", host_key="console.tcp.host", where=f"{tcp.host}:{tcp.port}",
+                   error=EndpointError):
         return await trio.open_tcp_listeners(tcp.port, host=tcp.host)
-    except OSError as e:
-        raise EndpointError("console.tcp", f"cannot listen on {tcp.host}:{tcp.port}: {e}") from None

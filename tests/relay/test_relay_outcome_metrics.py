@@ -1,0 +1,189 @@
+"""Relay metrics say what happened: real relays (TLS peer links from our own CA)
+through a link cut and resume, TLS refusals (a certificate from another CA), a
+stream that fails (no path to its peer), a refused origin header; the counters
+are read from the relay's registry and over its Prometheus endpoint."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay import certs
+from relay.config import MetricsConfig
+from relay.daemon import RelayDaemon
+from relay.peer_config import LinkTuning
+from relay.tls import TlsFiles
+from tests.relay.faultproxy import FaultProxy
+from tests.relay.pki_helpers import Pki
+from tests.relay.relayfix import Appliance, pattern, roundtrip, start_relay
+from tests.relay.test_mesh_daemon import egress_cfg, ingress_cfg, peer_address, stream_through
+
+FAST = LinkTuning(ping_interval=1.0, dead_after=5.0, resume_timeout=20.0)
+
+
+def value(d: RelayDaemon, name: str, **labels: str) -> float:
+    v = d.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if v is None else v
+
+
+async def wait_value(d: RelayDaemon, name: str, at_least: float, **labels: str) -> None:
+    """Poll the registry until the sample reaches ``at_least`` (the caller's deadline)."""
+    while value(d, name, **labels) < at_least:
+        await trio.sleep(0.01)
+
+
+async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    s = await trio.open_tcp_stream("127.0.0.1", port)
+    await s.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    raw = bytearray()
+    while chunk := await s.receive_some(65536):
+        raw += chunk
+    body = raw.split(b"\r\n\r\n", 1)[1].decode()
+    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+            for fam in text_string_to_metric_families(body) for smp in fam.samples}
+
+
+async def test_link_cut_and_resume_are_counted_and_every_byte_delivered(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    app = Appliance()
+    async with trio.open_nursery() as n:
+        await app.serve_tcp(n)
+        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
+                                            ["vic://host/esx-a"]))
+        proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))  # type: ignore[arg-type]
+        await n.start(proxy.serve)
+        a = await start_relay(n, replace(
+            ingress_cfg("esx-a", pki.issue("host", "esx-a"), proxy.address, "vic://host/esx-b"),
+            metrics=MetricsConfig(host="127.0.0.1", port=0)))
+        s = await stream_through(a, "vm1")
+        data = pattern(3_000_000, 3)
+        got = bytearray()
+
+        async def reader() -> None:
+            cut = False
+            while chunk := await s.receive_some(65536):
+                got.extend(chunk)
+                if not cut and len(got) >= 1_000_000:  # bytes in flight both ways
+                    cut = True
+                    proxy.cut()
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as m:
+                m.start_soon(reader)
+                for i in range(0, len(data), 100_000):
+                    await s.send_all(data[i:i + 100_000])
+                await s.send_eof()
+            assert bytes(got) == data
+            await wait_value(a, "relay_streams_ended_total", 1, outcome="completed")
+            await wait_value(b, "relay_streams_ended_total", 1, outcome="completed")
+        for d in (a, b):
+            assert value(d, "relay_link_cuts_total") >= 1
+            assert value(d, "relay_resumes_total") >= 1
+            for direction in ("to_appliance", "to_vm"):
+                assert value(d, "relay_bytes_delivered_total", outcome="completed",
+                             direction=direction) == len(data)
+            assert value(d, "relay_streams_ended_total", outcome="failed") == 0
+        assert a.metrics_port is not None
+        scraped = await scrape(a.metrics_port)
+        assert scraped[("relay_link_cuts_total", ())] >= 1
+        assert scraped[("relay_resumes_total", ())] >= 1
+        assert scraped[("relay_bytes_delivered_total",
+                        (("direction", "to_appliance"), ("outcome", "completed")))] == len(data)
+        n.cancel_scope.cancel()
+
+
+def _foreign(pki: Pki, other: Pki, name: str) -> TlsFiles:
+    """A certificate from ``other``'s CA, trusting ``pki``'s CA."""
+    f = other.issue("host", name)
+    return TlsFiles(f.cert, f.key, pki.root / certs.CA_CERT)
+
+
+@pytest.mark.parametrize(("wrong", "reason"), [("client", "unknown_ca"), ("server", "unknown_ca"),
+                                               ("expired", "expired")])
+async def test_tls_refusal_is_counted_with_its_reason_and_address_and_the_stream_fails(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, wrong: str, reason: str) -> None:
+    """One relay's certificate comes from another CA (or has expired): the relay that
+    checks it counts the reason and logs the remote address, the other counts
+    ``refused_by_peer``; the VM's stream, which never finds a path, fails after
+    resume-timeout and is counted as failed."""
+    caplog.set_level(logging.WARNING)
+    pki, other = Pki(tmp_path / "ca"), Pki(tmp_path / "other")
+    app = Appliance()
+    quick = replace(FAST, resume_timeout=1.0)
+    async with trio.open_nursery() as n:
+        await app.serve_tcp(n)
+        b_files = _foreign(pki, other, "esx-b") if wrong == "server" else pki.issue("host", "esx-b")
+        b = await start_relay(n, egress_cfg("esx-b", b_files, app.port, ["vic://host/esx-a"]))
+        a_files = (_foreign(pki, other, "esx-a") if wrong == "client"
+                   else pki.expired("host", "esx-a") if wrong == "expired"
+                   else pki.issue("host", "esx-a"))
+        a_cfg = ingress_cfg("esx-a", a_files, peer_address(b), "vic://host/esx-b")
+        assert a_cfg.peer is not None
+        a = await start_relay(n, replace(a_cfg, peer=replace(a_cfg.peer, link=quick)))
+        vm = await stream_through(a, "vm1")
+        checker, refused = (a, b) if wrong == "server" else (b, a)
+        with trio.fail_after(30):
+            await vm.send_all(b"hello")
+            await wait_value(checker, "relay_tls_refused_total", 1, reason=reason)
+            # the refused side learns it from the checker's alert
+            await wait_value(refused, "relay_tls_refused_total", 1, reason="refused_by_peer")
+            while await vm.receive_some(100):  # the relay closes the VM side
+                pass
+            await wait_value(a, "relay_streams_ended_total", 1, outcome="failed")
+        assert value(a, "relay_streams_failed_total", route="vm1", reason="resume_timeout") == 1
+        assert value(a, "relay_bytes_delivered_total", outcome="failed",
+                     direction="to_appliance") == 0
+        assert value(a, "relay_link_cuts_total") == 0  # never a working link
+        assert app.streams == []
+        lines = [r.getMessage() for r in caplog.records if "refused peer link" in r.getMessage()]
+        assert any("127.0.0.1:" in x and reason in x for x in lines), lines
+        n.cancel_scope.cancel()
+
+
+async def test_refused_header_is_counted_by_reason(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    app = Appliance()
+    async with trio.open_nursery() as n:
+        await app.serve_tcp(n)
+        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
+                                            ["vic://host/esx-a"]))
+        liar = await start_relay(n, replace(
+            ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b), "vic://host/esx-b"),
+            host="esx-z"))
+        vm = await stream_through(liar, "vm1")
+        with trio.fail_after(20):
+            await vm.send_all(b"forged")
+            await wait_value(b, "relay_headers_refused_total", 1, reason="foreign_host")
+        assert value(b, "relay_headers_refused_total", reason="malformed") == 0
+        assert app.streams == []
+        n.cancel_scope.cancel()
+
+
+async def test_a_reset_stream_is_counted_as_reset(tmp_path: Path) -> None:
+    """The VM resets its connection mid-stream: outcome reset, not failed."""
+    import socket
+    import struct
+
+    pki = Pki(tmp_path)
+    app = Appliance()
+    async with trio.open_nursery() as n:
+        await app.serve_tcp(n)
+        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
+                                            ["vic://host/esx-a"]))
+        a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"),
+                                             peer_address(b), "vic://host/esx-b"))
+        vm = await stream_through(a, "vm1")
+        with trio.fail_after(20):
+            assert await roundtrip(vm, b"x" * 1000) == b"x" * 1000
+            vm.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await vm.aclose()  # RST
+            await wait_value(a, "relay_streams_ended_total", 1, outcome="reset")
+        assert value(a, "relay_streams_ended_total", outcome="failed") == 0
+        assert value(a, "relay_bytes_delivered_total", outcome="reset",
+                     direction="to_appliance") == 1000
+        n.cancel_scope.cancel()
