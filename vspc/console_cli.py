@@ -62,6 +62,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p_att.add_argument("--mode", choices=proto.MODES, default="rw", help="rw (default), ro or exclusive")
     p_att.add_argument("--replay", type=int, default=0, metavar="N", help="first replay the last N bytes")
     p_att.add_argument("--no-follow", action="store_true", help="print the replay, then exit")
+    p_att.add_argument("--no-notices", action="store_true",
+                       help="the VM's bytes only: no notice when it disconnects or reconnects")
     p_att.add_argument("--escape", default="^]", help="detach key on a terminal (default ^]; 'none')")
 
 
@@ -118,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     if args.replay < 0:
         raise ConfigError("--replay", "must be >= 0")
     escape = parse_escape(args.escape)
-    req = proto.AttachRequest(vm=args.target, label=args.label, mode=args.mode, replay=args.replay)
+    req = proto.AttachRequest(vm=args.target, label=args.label, mode=args.mode, replay=args.replay,
+                              notices=not args.no_notices)
     return run_attach(ep, req, follow=not args.no_follow, escape=escape)
 
 
@@ -136,6 +139,8 @@ async def _list(ep: Endpoint, as_json: bool) -> int:
 
 
 def format_table(consoles: list[dict[str, Any]]) -> str:
+    """One row a console; one known only from its log files (its VM went away, or
+    before a restart) is ``gone``, with the bytes its log files hold."""
     rows = [("UUID", "LABEL", "DISPLAY", "CONNECTED", "BYTES", "CLIENTS")]
     for c in consoles:
         rows.append(
@@ -143,8 +148,8 @@ def format_table(consoles: list[dict[str, Any]]) -> str:
                 str(c.get("uuid", "")),
                 str(c.get("label", "")),
                 str(c.get("display", "")),
-                "yes" if c.get("connected") else "no",
-                str(c.get("bytes", 0)),
+                "yes" if c.get("connected") else "gone" if "logged" in c else "no",
+                str(c.get("logged", c.get("bytes", 0))),
                 str(c.get("clients", 0)),
             )
         )

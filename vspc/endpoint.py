@@ -199,10 +199,11 @@ class Endpoint:
                 await stream.send_all(data)
             self.service.metrics.bytes_total.labels(direction="appliance_to_vm").inc(len(data))
 
-        console.set_input(to_vm)
-        console.set_connected(True)
+        was_connected = console.connected
+        link = console.connect(to_vm)  # this stream gets the input while it is the newest
         console.event("connect", host=header.host, ingress=header.kind, stream=header.stream_id)
-        self.service.metrics.connected_vms.inc()
+        if not was_connected:
+            self.service.metrics.connected_vms.inc()
         try:
             while True:
                 data = await stream.receive_some(READ_SIZE)
@@ -213,9 +214,9 @@ class Endpoint:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             log.info("relayed stream %s lost: %s", wire(header.stream_id or str(key)), e)
         finally:
-            self.service.metrics.connected_vms.dec()
-            console.set_input(None)
-            console.set_connected(False)
+            console.disconnect(link)  # an older live stream of this port gets the input back
+            if not console.connected:
+                self.service.metrics.connected_vms.dec()
             console.event("disconnect", host=header.host)
             await trio.aclose_forcefully(stream)
 

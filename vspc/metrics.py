@@ -26,6 +26,9 @@ class VspcMetrics:
     slow_clients_dropped_total: Counter
     relayed_streams_total: Counter  # labels: kind, result = accepted | rejected
     protocol_errors_total: Counter  # labels: where
+    console_log_gap_bytes_total: Counter  # console bytes lost to the log (recorded as gaps)
+    console_log_gaps_total: Counter  # gap events recorded (restart gaps included)
+    console_log_write_errors_total: Counter  # failed console log writes (held or dropped)
     # labels: reason = source | takeover | flood | identify_timeout | idle | output
     telnet_refused_total: Counter
 
@@ -55,6 +58,15 @@ class VspcMetrics:
             ),
             protocol_errors_total=Counter(
                 "vspc_protocol_errors", "connections closed for bad input", ["where"], registry=r
+            ),
+            console_log_gap_bytes_total=Counter(
+                "vspc_console_log_gap_bytes", "console bytes missing from the logs (gaps)", registry=r
+            ),
+            console_log_gaps_total=Counter(
+                "vspc_console_log_gaps", "gaps recorded in console event logs", registry=r
+            ),
+            console_log_write_errors_total=Counter(
+                "vspc_console_log_write_errors", "failed console log writes", registry=r
             ),
             telnet_refused_total=Counter(
                 "vspc_telnet_refused",

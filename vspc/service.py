@@ -41,7 +41,7 @@ from vic.ops.metrics_http import serve_metrics
 from vic.ops.wiretext import wire
 from vspc.config import ListenConfig, MetricsConfig, VspcConfig, address_allowed
 from vspc.console.chunks import coalesce
-from vspc.console.hub import Console
+from vspc.console.hub import Console, Link
 from vspc.console.service import ConsoleService
 from vspc.core import esx_session as es
 from vspc.core import switchboard as sb
@@ -53,7 +53,8 @@ from vspc.metrics import VspcMetrics
 log = logging.getLogger("vspc")
 
 #: Console bytes of one port waiting for its console (disk backpressure) before
-#: the port's ESX connection is no longer read.
+#: the port's ESX connection is no longer read (at most ``console.log-hold-bytes``;
+#: none while the log disk is full).
 CONSOLE_BACKLOG_BYTES = 4 << 20
 
 #: The cyclic GC with thousands of connections (16,000 VMs: ~1M tracked objects):
@@ -158,7 +159,7 @@ class VspcService:
         self._secret_source = secret_source
         self._conns: set[EsxConnection] = set()
         self._conns_changed = trio.Event()
-        self._inputs: set[PortKey] = set()
+        self._links: dict[PortKey, Link] = {}  # ports whose console has this service's link
         self._deadline_changed = trio.Event()
         self._room: dict[PortKey, trio.Event] = {}
         self._displays: dict[PortKey, str] = {}
@@ -405,7 +406,7 @@ class VspcService:
         if key is None:
             return True
         backlog = self._backlogs.get(key)
-        if backlog is None or backlog.size < self.console_backlog_bytes:
+        if backlog is None or backlog.size < self._backlog_limit():
             return True
         backlog.paused.add(conn)
         return False
@@ -551,7 +552,7 @@ class VspcService:
         """Console bytes, in port order; never waits (a backlog task does)."""
         backlog = self._backlogs.get(key)
         console = self._console(key)
-        if backlog is None and self._console_room(console) >= len(data):
+        if backlog is None and console.log_room() >= len(data):
             await console.from_vm(data)  # room: from_vm neither waits nor yields
             return
         if backlog is None:
@@ -563,13 +564,6 @@ class VspcService:
             assert self._tasks is not None
             self._tasks.start_soon(self._drain_backlog, key, backlog)
 
-    def _console_room(self, console: Console) -> float:
-        writer = self.consoles.writer
-        if not writer.enabled:
-            return math.inf
-        s = writer.settings
-        return min(s.queue_bytes - console.log_queued, s.queue_total_bytes - writer.total)
-
     async def _drain_backlog(self, key: PortKey, backlog: _Backlog) -> None:
         console = self._console(key)
         try:
@@ -577,7 +571,7 @@ class VspcService:
                 chunks, backlog.chunks, backlog.size = backlog.chunks, [], 0
                 for data in coalesce(chunks):  # big chunks as they are: no copy
                     await console.from_vm(data)
-                if backlog.paused and backlog.size < self.console_backlog_bytes:
+                if backlog.paused and backlog.size < self._backlog_limit():
                     paused, backlog.paused = backlog.paused, set()
                     for conn in paused:
                         conn.resume_reading()
@@ -588,12 +582,30 @@ class VspcService:
             for conn in backlog.paused:
                 conn.resume_reading()
 
+    def _backlog_limit(self) -> int:
+        """Console bytes a port may have waiting before its connection is no longer
+        read: at most ``log-hold-bytes``, and none while the log disk is full (the
+        held bytes are the budget then)."""
+        writer = self.consoles.writer
+        if writer.holding:
+            return 0
+        return min(self.console_backlog_bytes, writer.settings.hold_bytes)
+
     def _console(self, key: PortKey) -> Console:
-        console = self.consoles.open(key, self._displays.get(key, key.uuid))
-        if key not in self._inputs:
-            self._inputs.add(key)
-            console.set_input(_InputSink(self, key))
-        return console
+        return self.consoles.open(key, self._displays.get(key, ""))  # "": keep the console's
+
+    def _sync_link(self, key: PortKey, console: Console) -> None:
+        """The console has a live link from here while the port has a carrier or a
+        vMotion pending (its input is then buffered for the destination)."""
+        live = self.board.carrier(key) is not None or any(
+            v.key == key for v in self.board.pending_vmotions())
+        link = self._links.get(key)
+        if live and link is None:
+            self._links[key] = console.connect(_InputSink(self, key))
+        elif not live and link is not None:
+            del self._links[key]
+            self._displays.pop(key, None)  # the console keeps it; a reconnect tells it again
+            console.disconnect(link)
 
     def _port_event(self, ev: sb.PortEvent) -> None:
         conn = ev.conn
@@ -622,7 +634,7 @@ class VspcService:
         if isinstance(conn, EsxConnection):
             fields["peer"] = conn.peer
         console.event(str(ev.kind), **fields)
-        console.set_connected(self.board.carrier(ev.key) is not None)
+        self._sync_link(ev.key, console)
 
     async def to_vm(self, key: PortKey, data: bytes) -> None:
         """Console input for the VM of ``key`` (from attached clients), in order."""

@@ -36,6 +36,10 @@ __all__ = ["short_dir"]
 SENTINEL = b"<<end-of-test>>"
 
 
+async def discard(data: bytes) -> None:
+    """A VM input sink that drops what it gets."""
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     before=st.lists(st.integers(0, 700), max_size=8),
@@ -164,10 +168,14 @@ async def test_input_reaches_the_sink_only_from_writers(short_dir: Path, nursery
     # not connected yet: input is discarded with a notice
     await rw.send_all(b"early")
     with trio.fail_after(5):
-        line = await read_exactly(rw, rw_buf, len(b"\r\n[vic console: VM not connected: input discarded]\r\n"))
-    assert b"VM not connected" in line
-    con.set_input(sink)
-    con.set_connected(True)
+        line = await read_exactly(rw, rw_buf, len(b"\r\n[vic console: VM not connected; 5 bytes discarded]\r\n"))
+    assert line == b"\r\n[vic console: VM not connected; 5 bytes discarded]\r\n"
+    con.connect(sink)
+    for s, b in ((rw, rw_buf), (ro, ro_buf)):
+        with trio.fail_after(5):
+            assert await read_exactly(s, b, len(b"\r\n[vic console: VM connected]\r\n")) == (
+                b"\r\n[vic console: VM connected]\r\n"
+            )
     await ro.send_all(b"nope\r")
     with trio.fail_after(5):
         line = await read_exactly(ro, ro_buf, len(b"\r\n[vic console: read-only: input discarded]\r\n"))
@@ -215,7 +223,7 @@ async def test_list_and_socket_mode(short_dir: Path, nursery: trio.Nursery) -> N
     st_ = os.stat(sock)
     assert stat.S_ISSOCK(st_.st_mode) and stat.S_IMODE(st_.st_mode) == 0o600
     con = svc.open(KEY, UUID_RAW)
-    con.set_connected(True)
+    con.connect(discard)
     await con.from_vm(b"12345")
     consoles = await list_consoles(endpoint(svc))
     assert consoles == [
@@ -274,19 +282,18 @@ async def test_client_stays_attached_across_vm_reconnects(short_dir: Path, nurse
 
         return sink
 
-    con.set_input(sink_for("esx-a"))
-    con.set_connected(True)
+    link = con.connect(sink_for("esx-a"))
     stream, _, buf = await attach_client(svc, "vm")
     await con.from_vm(b"before;")
-    # vMotion / reconnect: same key, same Console, the client is not dropped
-    con.set_input(None)
-    con.set_connected(False)
+    # reconnect: same key, same Console, the client is not dropped and is told
+    con.disconnect(link)
     assert svc.open(KEY, "vm") is con
-    con.set_input(sink_for("esx-b"))
-    con.set_connected(True)
+    con.connect(sink_for("esx-b"))
     await con.from_vm(b"after")
+    expect = (b"before;\r\n[vic console: VM disconnected]\r\n"
+              b"\r\n[vic console: VM connected]\r\nafter")
     with trio.fail_after(5):
-        assert await read_exactly(stream, buf, 12) == b"before;after"
+        assert await read_exactly(stream, buf, len(expect)) == expect
         await stream.send_all(b"k")
         await got.wait()
     assert inputs == [("esx-b", b"k")]

@@ -17,6 +17,10 @@ __all__ = ["short_dir"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
+async def discard(data: bytes) -> None:
+    """A VM input sink that drops what it gets."""
+
+
 def vic(*args: str) -> list[str]:
     return [sys.executable, "-m", "vic.cli", "console", *args]
 
@@ -29,7 +33,7 @@ async def run(*args: str) -> subprocess.CompletedProcess[bytes]:
 async def test_list_table_and_json(short_dir: Path, nursery: trio.Nursery) -> None:
     svc = await start(nursery, make_config(short_dir))
     con = svc.open(KEY, "web-1")
-    con.set_connected(True)
+    con.connect(discard)
     await con.from_vm(b"hello")
     sock = str(short_dir / "c.sock")
     p = await run("list", "--socket", sock, "--json")
@@ -69,7 +73,7 @@ async def test_attach_follow_pipes_both_ways(short_dir: Path, nursery: trio.Nurs
         if b"\n" in got_input:
             input_done.set()
 
-    con.set_input(sink)
+    con.connect(sink)
     proc = await trio.lowlevel.open_process(
         vic("attach", "vm", "--socket", str(short_dir / "c.sock"), "--replay", "4"),
         stdin=subprocess.PIPE,
@@ -114,7 +118,7 @@ async def test_attach_on_a_tty_is_raw_and_ctrl_bracket_detaches(short_dir: Path,
         if len(got_input) >= 3:
             three.set()
 
-    con.set_input(sink)
+    con.connect(sink)
     master, slave = os.openpty()
     proc = await trio.lowlevel.open_process(
         vic("attach", "vm", "--socket", str(short_dir / "c.sock"), "--replay", "8"),
@@ -155,3 +159,16 @@ async def test_endpoint_from_the_vspc_config_file(short_dir: Path, nursery: trio
     p = await run("list", "--config", str(conf))
     assert p.returncode == 2
     assert p.stderr.decode().strip().endswith("console.log-keep: must be >= 0")
+
+
+def test_table_shows_consoles_known_only_from_their_logs() -> None:
+    from vspc.console_cli import format_table
+
+    rows = format_table([
+        {"uuid": "a" * 32, "label": "com1", "display": "old", "connected": False, "bytes": 0,
+         "clients": 0, "logged": 1234},
+        {"uuid": "b" * 32, "label": "com1", "display": "new", "connected": False, "bytes": 7,
+         "clients": 1},
+    ]).splitlines()
+    assert rows[1].split() == ["a" * 32, "com1", "old", "gone", "1234", "0"]
+    assert rows[2].split() == ["b" * 32, "com1", "new", "no", "7", "1"]

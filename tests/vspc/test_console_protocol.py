@@ -12,6 +12,7 @@ def test_request_round_trip() -> None:
         proto.ListRequest(),
         proto.AttachRequest("vm1"),
         proto.AttachRequest("42 1d", label="com2", mode="exclusive", replay=99),
+        proto.AttachRequest("vm1", notices=False),
     ):
         line = proto.encode_request(req)
         assert line.endswith(b"\n") and line.count(b"\n") == 1
@@ -31,6 +32,7 @@ def test_request_round_trip() -> None:
         b'{"op":"attach","vm":"x","replay":-1}',
         b'{"op":"attach","vm":"x","replay":true}',
         b'{"op":"attach","vm":"x","label":5}',
+        b'{"op":"attach","vm":"x","notices":"no"}',
         b"\xff\xfe",
     ],
 )

@@ -82,3 +82,22 @@ def test_a_bulk_chunk_is_not_copied() -> None:
     assert ring._tail is chunk and ring.last(3) == chunk[-3:]
     ring.append(b"abc")  # a small one: the tail is copied in, then the ring goes circular
     assert ring._tail is None and ring.last(1024) == (chunk + b"abc")[-1024:]
+
+
+@given(
+    cap=st.integers(0, 50),
+    older=st.binary(max_size=120),
+    chunks=st.lists(st.binary(max_size=40), max_size=4),
+    after=st.binary(max_size=60),
+)
+def test_ring_prepend_puts_history_in_front(cap: int, older: bytes, chunks: list[bytes], after: bytes) -> None:
+    ring = Ring(cap)
+    for c in chunks:
+        ring.append(c)
+    total = ring.total
+    ring.prepend(older)
+    everything = older + b"".join(chunks)
+    assert ring.last(1000) == (everything[-cap:] if cap else b"")
+    assert ring.total == total  # history is not "from the VM since the start"
+    ring.append(after)
+    assert ring.last(1000) == ((everything + after)[-cap:] if cap else b"")

@@ -82,8 +82,11 @@ def log_dir(tmp_path: Path) -> Path:
 
 
 def assert_nothing_outside(tmp_path: Path, expected: set[str]) -> None:
+    """Only the honest console's files (log, events, meta) and the run marker."""
     assert not (tmp_path / "outside").exists()
     assert not (tmp_path / "d1" / "outside").exists()
+    stems = {name.rsplit(".", 1)[0] for name in expected if name.endswith(".log")}
+    expected = expected | {f"{stem}.meta.json" for stem in stems} | {".vspc-running"}
     assert set(os.listdir(log_dir(tmp_path))) == expected
     assert sorted(os.listdir(tmp_path / "d1")) == ["d2"]
 

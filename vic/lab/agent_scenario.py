@@ -333,7 +333,7 @@ class ConsoleReader:
                 await trio.sleep(0.02)
         ep = cc.Endpoint(socket=service.config.console.socket)
         self.stream, _st, rest = await cc.attach(
-            ep, proto.AttachRequest(vm=key.uuid, label=key.label, mode="rw", replay=1 << 20)
+            ep, proto.AttachRequest(vm=key.uuid, label=key.label, mode="rw", replay=1 << 20, notices=False)
         )
         self._got(rest)
         nursery.start_soon(self._read)

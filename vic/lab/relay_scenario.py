@@ -60,7 +60,7 @@ async def attach(service: VspcService, key: PortKey) -> tuple[trio.abc.Stream, b
             await trio.sleep(0.01)
     ep = cc.Endpoint(socket=service.config.console.socket)
     stream, _status, rest = await cc.attach(
-        ep, proto.AttachRequest(vm=key.uuid, label=key.label, mode="rw", replay=1 << 20)
+        ep, proto.AttachRequest(vm=key.uuid, label=key.label, mode="rw", replay=1 << 20, notices=False)
     )
     return stream, rest
 

@@ -56,7 +56,7 @@ async def attach_rw(service: VspcService, vm: SimVM) -> tuple[trio.abc.Stream, b
             await trio.sleep(0.01)
     ep = cc.Endpoint(socket=service.config.console.socket)
     stream, _status, rest = await cc.attach(
-        ep, proto.AttachRequest(vm=vm.canonical_uuid, label=LABEL, mode="rw", replay=1 << 20)
+        ep, proto.AttachRequest(vm=vm.canonical_uuid, label=LABEL, mode="rw", replay=1 << 20, notices=False)
     )
     return stream, rest
 

@@ -10,6 +10,9 @@ In the vSPC's TOML it is the ``[console]`` table, e.g.::
     log-keep = 5
     ring-bytes = 65536
     client-queue-bytes = 262144
+    log-hold-bytes = 4194304
+    retention = 86400.0
+    max-departed = 1000
 
     [console.tcp]          # optional: TCP with mutual TLS
     host = "127.0.0.1"
@@ -58,6 +61,14 @@ class ConsoleConfig:
     * ``log_queue_bytes``: per port, VM bytes waiting for the disk before ``from_vm``
       waits (backpressure, never a drop); ``log_queue_total_bytes`` the same over all
       ports.
+    * ``log_hold_bytes``: while the log disk is full, the bytes held in memory (over
+      all ports) for a retry; VMs wait beyond that (their connections are not
+      read). Bytes that cannot be written for any other reason are dropped and
+      recorded as gaps in the event log. It also caps what one Telnet port may
+      queue for a slow log.
+    * ``retention``: how long a departed VM's console (no connection, no client)
+      stays in memory; ``max_departed`` how many departed consoles at most (the
+      oldest go first). Their log files stay and serve ``list`` and replay.
     * ``ring_bytes``: replay ring per port (allocated as data arrives).
     * ``client_queue_bytes``: per attached client; a client further behind than this
       is disconnected with a notice. ``max_clients`` per port.
@@ -73,6 +84,9 @@ class ConsoleConfig:
     log_keep: int = 5
     log_queue_bytes: int = 1024 * 1024
     log_queue_total_bytes: int = 64 * 1024 * 1024
+    log_hold_bytes: int = 4 * 1024 * 1024
+    retention: float = 86400.0
+    max_departed: int = 1000
     ring_bytes: int = 64 * 1024
     client_queue_bytes: int = 256 * 1024
     max_clients: int = 64
@@ -89,6 +103,9 @@ class ConsoleConfig:
             "log-queue-total-bytes",
             "must be >= log-queue-bytes",
         )
+        require(self.log_hold_bytes >= 0, "log-hold-bytes", "must be >= 0")
+        require(self.retention >= 0, "retention", "must be >= 0 seconds")
+        require(self.max_departed >= 0, "max-departed", "must be >= 0")
         require(self.ring_bytes >= 0, "ring-bytes", "must be >= 0")
         require(self.client_queue_bytes >= 1, "client-queue-bytes", "must be >= 1")
         require(self.max_clients >= 1, "max-clients", "must be >= 1")

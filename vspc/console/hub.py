@@ -7,11 +7,17 @@ only when the port's log queue is full (disk backpressure; bytes are never
 dropped). Attaching takes the replay snapshot and registers the client in one
 step with no checkpoint in between, so replay and live data meet with no gap and
 no duplicate.
+
+A port's input goes to the newest of its live VM connections (``connect``
+returns a ``Link``; ``disconnect`` it when that connection ends: the one before
+it gets the input back). With none, keystrokes are discarded with a notice to
+the typist, and attached clients are told when the VM goes and comes back.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -23,8 +29,11 @@ import trio
 from vic.ops.wiretext import wire
 from vspc.console.config import ConsoleConfig
 from vspc.console.eventlog import format_event
-from vspc.console.logfile import LogWriter, PortLog, file_stem
+from vspc.console.history import meta_bytes
+from vspc.console.logfile import file_stem
+from vspc.console.logwriter import LogWriter, PortLog
 from vspc.console.protocol import Mode
+from vspc.console.retention import Retention
 from vspc.console.ring import Ring
 from vspc.core.identity import PortKey
 from vspc.metrics import VspcMetrics
@@ -48,12 +57,30 @@ class ConsoleBusy(Exception):
 
 
 class Hub:
-    """What all consoles of one service share: config, log writer, metrics."""
+    """What all consoles of one service share: config, log writer, metrics, retention."""
 
     def __init__(self, config: ConsoleConfig, writer: LogWriter, metrics: VspcMetrics) -> None:
         self.config = config
         self.writer = writer
         self.metrics = metrics
+        self.retention: Retention[PortKey] = Retention(config.retention, config.max_departed)
+        self.sweep = trio.Event()  # retention has work to do now
+
+    def idle(self, console: Console) -> None:
+        if self.retention.departed(console.key, trio.current_time()):
+            self.sweep.set()
+
+    def busy(self, console: Console) -> None:
+        self.retention.returned(console.key)
+
+
+class Link:
+    """One live VM connection of a console: where keystrokes go while it is the newest."""
+
+    __slots__ = ("sink",)
+
+    def __init__(self, sink: InputSink) -> None:
+        self.sink = sink
 
 
 class Client:
@@ -72,6 +99,7 @@ class Client:
         "dropped",
         "id",
         "mode",
+        "notices",
         "notified_epoch",
         "peer",
         "queued",
@@ -79,9 +107,10 @@ class Client:
         "sent",
     )
 
-    def __init__(self, mode: Mode, peer: str, initial: bytes) -> None:
+    def __init__(self, mode: Mode, peer: str, initial: bytes, notices: bool = True) -> None:
         self.id = next(_client_ids)
         self.mode: Mode = mode
+        self.notices = notices  # told when the VM goes and comes back
         self.peer = peer
         self.chunks: deque[bytes | memoryview] = deque()
         if initial:
@@ -176,9 +205,10 @@ class ConsoleInfo:
     bytes: int  # from the VM, since the service started
     clients: int
     bytes_to_vm: int = 0
+    logged: int | None = None  # bytes in its log files (consoles known only from disk)
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "uuid": self.key.uuid,
             "label": self.key.label,
             "display": self.display,
@@ -187,6 +217,9 @@ class ConsoleInfo:
             "bytes_to_vm": self.bytes_to_vm,
             "clients": self.clients,
         }
+        if self.logged is not None:
+            out["logged"] = self.logged
+        return out
 
 
 class Console:
@@ -194,30 +227,51 @@ class Console:
 
     __slots__ = (
         "_clients",
+        "_display",
         "_hub",
-        "_input",
-        "_input_epoch",
+        "_links",
         "_lock",
         "_log",
         "_ring",
         "bytes_to_vm",
-        "connected",
-        "display",
+        "history_read",
         "key",
     )
 
     def __init__(self, hub: Hub, key: PortKey, display: str) -> None:
         self._hub = hub
         self.key = key
-        self.display = display
-        self.connected = False
         self.bytes_to_vm = 0
         self._ring = Ring(hub.config.ring_bytes)
         self._log = PortLog(file_stem(key))
         self._clients: list[Client] = []
-        self._input: InputSink | None = None
-        self._input_epoch = 0
+        self._links: list[Link] = []  # live VM connections, newest last
         self._lock: trio.Lock | None = None  # created when a writer has to wait
+        self.history_read = False  # the replay ring has what the log files held before
+        self._display = ""
+        self.display = display
+        hub.idle(self)
+
+    @property
+    def display(self) -> str:
+        return self._display
+
+    @display.setter
+    def display(self, display: str) -> None:
+        if display != self._display:
+            self._display = display
+            if self._hub.writer.enabled:
+                self._hub.writer.meta(self._log, meta_bytes(self.key, display))
+
+    @property
+    def connected(self) -> bool:
+        """Whether any VM connection of this port is live."""
+        return bool(self._links)
+
+    @property
+    def idle(self) -> bool:
+        """No VM connection, no client, nothing on its way to the log: may be forgotten."""
+        return not self._links and not self._clients and self._log.idle
 
     # --- the VM side -------------------------------------------------------------
 
@@ -259,7 +313,8 @@ class Console:
                     self._deliver(mv)
                     return
                 s = writer.settings
-                want = max(1, min(len(mv), min(s.queue_bytes, s.queue_total_bytes) // 4))
+                most = min(s.queue_bytes, s.queue_total_bytes, s.hold_bytes)
+                want = max(1, min(len(mv), most // 4))
                 room = writer.room(self._log)
                 if room < want:
                     await writer.wait_room()
@@ -281,14 +336,54 @@ class Console:
             for c in slow:  # after the loop: dropping edits the list
                 self._drop_slow(c)
 
-    def set_connected(self, connected: bool) -> None:
-        self.connected = connected
+    def log_room(self) -> float:
+        """Bytes ``from_vm`` takes now without waiting for the log."""
+        writer = self._hub.writer
+        return writer.room(self._log) if writer.enabled else math.inf
 
-    def set_input(self, sink: InputSink | None) -> None:
-        """Where read-write clients' keystrokes go; None = the VM is not connected."""
-        self._input = sink
-        if sink is not None:
-            self._input_epoch += 1
+    def connect(self, sink: InputSink) -> Link:
+        """A VM connection of this port is live; it gets the input until a newer one comes."""
+        link = Link(sink)
+        self._links.append(link)
+        if len(self._links) == 1:
+            self._hub.busy(self)
+            self.event("vm_connected")
+            self._tell_clients("VM connected")
+        return link
+
+    def disconnect(self, link: Link) -> None:
+        """That connection ended: the input goes back to the newest one still live."""
+        try:
+            self._links.remove(link)
+        except ValueError:
+            return
+        if not self._links:
+            self.event("vm_disconnected")
+            self._tell_clients("VM disconnected")
+            self._check_idle()
+
+    def _tell_clients(self, text: str) -> None:
+        limit = self._hub.config.client_queue_bytes
+        for c in self._clients:
+            if c.notices:
+                c.push(notice(text), limit)
+
+    def _check_idle(self) -> None:
+        if not self._links and not self._clients:
+            self._hub.idle(self)
+
+    async def read_history(self) -> None:
+        """Once: put what the log files held before this run (from before a restart,
+        or before this console was forgotten) in front of the replay ring."""
+        if self.history_read:
+            return
+        self.history_read = True
+        ring = self._ring
+        if ring.total >= ring.capacity:
+            return  # full of this run's bytes already
+        older = await self._hub.writer.read_history(self._log, ring.capacity)
+        if older:
+            ring.prepend(older)
 
     def event(self, kind: str, **fields: object) -> None:
         """One line in the port's sidecar event log."""
@@ -304,7 +399,9 @@ class Console:
     def clients(self) -> tuple[Client, ...]:
         return tuple(self._clients)
 
-    def attach(self, mode: Mode, replay: int, peer: str = "", *, preamble: bytes = b"") -> Client:
+    def attach(
+        self, mode: Mode, replay: int, peer: str = "", *, preamble: bytes = b"", notices: bool = True
+    ) -> Client:
         """Register a client; its queue starts with ``preamble`` then the replay.
 
         Raises ConsoleBusy. Synchronous on purpose: no VM byte can slip between
@@ -319,8 +416,9 @@ class Console:
             if mode == "exclusive" and any(c.writes for c in self._clients):
                 raise ConsoleBusy("writers are attached; exclusive mode refused")
         data = self._ring.last(replay)
-        client = Client(mode, peer, preamble + data)
+        client = Client(mode, peer, preamble + data, notices)
         self._clients.append(client)
+        self._hub.busy(self)
         self._hub.metrics.console_clients.inc()
         self.event("client_attach", client=client.id, peer=peer, mode=mode, replay=len(data))
         return client
@@ -336,6 +434,7 @@ class Console:
         client.close()
         self._hub.metrics.console_clients.dec()
         self.event("client_detach", client=client.id, peer=client.peer, reason=reason, sent=client.sent)
+        self._check_idle()
 
     def _drop_slow(self, client: Client) -> None:
         cfg = self._hub.config
@@ -355,14 +454,19 @@ class Console:
                 client.notified_epoch = -2
                 client.push(notice("read-only: input discarded"), self._hub.config.client_queue_bytes)
             return
-        sink = self._input
-        if sink is None:
-            if client.notified_epoch != self._input_epoch:
-                client.notified_epoch = self._input_epoch
-                client.push(notice("VM not connected: input discarded"), self._hub.config.client_queue_bytes)
+        if not self._links:
+            self._discarded(client, len(data), "VM not connected")
+            return
+        link = self._links[-1]
+        try:
+            await link.sink(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._discarded(client, len(data), "VM connection lost")
             return
         self.bytes_to_vm += len(data)
-        await sink(data)
+
+    def _discarded(self, client: Client, n: int, why: str) -> None:
+        client.push(notice(f"{why}; {n} bytes discarded"), self._hub.config.client_queue_bytes)
 
     # --- service -----------------------------------------------------------------
 

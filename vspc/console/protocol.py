@@ -5,11 +5,14 @@ and sends ONE JSON request line:
 
 * ``{"op": "list"}`` -> one status line ``{"ok": true, "consoles": [...]}``, then close;
 * ``{"op": "attach", "vm": "<uuid|name|display|prefix>", "label": "<label>",
-  "mode": "rw|ro|exclusive", "replay": N}`` -> one status line
+  "mode": "rw|ro|exclusive", "replay": N, "notices": bool}`` -> one status line
   ``{"ok": true, "uuid": ..., "label": ..., "display": ..., "mode": ...,
   "replay": R, "connected": bool}`` and then raw bytes both ways: the first R bytes
   from the server are the replay (the last R bytes the VM wrote), followed at once
-  by the live stream.
+  by the live stream. With ``"notices": true`` (the default) the stream also
+  carries one-line notices (``\r\n[vic console: VM disconnected]\r\n``) when
+  the VM goes and comes back; ``false`` gives the VM's bytes only. Input typed
+  while no VM is connected is discarded with a notice to the typist either way.
 
 Errors are ``{"ok": false, "error": "..."}`` and the connection is closed.
 Lines end with ``\\n``; a request line is at most ``MAX_LINE`` bytes.
@@ -42,6 +45,7 @@ class AttachRequest:
     label: str | None = None
     mode: Mode = "rw"
     replay: int = 0
+    notices: bool = True
 
 
 Request = ListRequest | AttachRequest
@@ -54,6 +58,8 @@ def encode_request(req: Request) -> bytes:
         obj = {"op": "attach", "vm": req.vm, "mode": req.mode, "replay": req.replay}
         if req.label is not None:
             obj["label"] = req.label
+        if not req.notices:
+            obj["notices"] = False
     return encode_line(obj)
 
 
@@ -76,7 +82,10 @@ def decode_request(line: bytes) -> Request:
     replay = obj.get("replay", 0)
     if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
         raise ProtocolError("'replay' must be an integer >= 0")
-    return AttachRequest(vm=vm, label=label, mode=mode, replay=replay)
+    notices = obj.get("notices", True)
+    if not isinstance(notices, bool):
+        raise ProtocolError("'notices' must be true or false")
+    return AttachRequest(vm=vm, label=label, mode=mode, replay=replay, notices=notices)
 
 
 def encode_line(obj: dict[str, Any]) -> bytes:

@@ -110,14 +110,22 @@ class Ring:
         """Change the capacity, keeping the newest bytes that still fit."""
         if capacity < 0:
             raise ValueError("capacity must be >= 0")
-        keep = self.last(capacity)
+        self._refill(capacity, b"", self.last(capacity))
+
+    def prepend(self, older: bytes) -> None:
+        """Put ``older`` before the content (as far as it fits); ``total`` is unchanged."""
+        keep = self.last(self._cap)
+        room = self._cap - len(keep)
+        self._refill(self._cap, older[max(0, len(older) - room) :] if room else b"", keep)
+
+    def _refill(self, capacity: int, first: bytes, then: bytes) -> None:
         total = self.total
         self._cap = capacity
         self._buf = bytearray()
         self._full = False
         self._head = 0
         self._tail = None
-        self.append(keep)
+        self.append(first + then)
         self.total = total
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import builtins
 import logging
+import math
 import socket as _socket
 import ssl
 import struct
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -16,14 +17,17 @@ from vspc import fastsock
 from vspc.console import protocol as proto
 from vspc.console.config import ConsoleConfig
 from vspc.console.endpoint import EndpointError, UnixListener, open_tcp, server_ssl_context
+from vspc.console.history import DiskConsole, scan
 from vspc.console.hub import Client, Console, ConsoleBusy, ConsoleInfo, Hub
-from vspc.console.logfile import LogSettings, LogWriter
+from vspc.console.logwriter import LogSettings, LogWriter
 from vspc.core.identity import DEFAULT_LABEL, PortKey, uuid_prefix, vm_key
 from vspc.metrics import VspcMetrics
 
 log = logging.getLogger("vspc.console")
 
 RECV_SIZE = 64 * 1024
+#: Departed consoles whose log bytes are still being written are tried again after this.
+RETENTION_RETRY = 1.0
 
 
 def log_settings(config: ConsoleConfig) -> LogSettings:
@@ -33,6 +37,7 @@ def log_settings(config: ConsoleConfig) -> LogSettings:
         keep=config.log_keep,
         queue_bytes=config.log_queue_bytes,
         queue_total_bytes=config.log_queue_total_bytes,
+        hold_bytes=config.log_hold_bytes,
     )
 
 
@@ -50,7 +55,7 @@ class ConsoleService:
     def __init__(self, config: ConsoleConfig, metrics: VspcMetrics) -> None:
         self.config = config
         self.metrics = metrics
-        self.writer = LogWriter(log_settings(config))
+        self.writer = LogWriter(log_settings(config), metrics)
         self._hub = Hub(config, self.writer, metrics)
         self._consoles: dict[PortKey, Console] = {}
         self._nursery: trio.Nursery | None = None
@@ -66,7 +71,7 @@ class ConsoleService:
         if c is None:
             c = Console(self._hub, key, display or key.uuid)
             self._consoles[key] = c
-        elif display and display != c.display:
+        elif display:
             c.display = display
         return c
 
@@ -74,7 +79,61 @@ class ConsoleService:
         return self._consoles.get(key)
 
     def list(self) -> list[ConsoleInfo]:
+        """The consoles in memory."""
         return [c.info() for c in sorted(self._consoles.values(), key=lambda c: c.key)]
+
+    async def list_all(self) -> builtins.list[ConsoleInfo]:
+        """The consoles in memory, and those only the log directory still knows."""
+        infos = self.list()
+        known = {i.key for i in infos}
+        for d in await self._on_disk():
+            if d.key not in known:
+                known.add(d.key)
+                infos.append(ConsoleInfo(d.key, d.display, False, 0, 0, logged=d.logged))
+        return sorted(infos, key=lambda i: i.key)
+
+    async def _on_disk(self) -> builtins.list[DiskConsole]:
+        if self.config.log_dir is None:
+            return []
+        return await trio.to_thread.run_sync(scan, self.config.log_dir)
+
+    async def find_or_load(self, target: str, label: str | None = None) -> Console:
+        """``find``, falling back to the consoles the log directory knows (loaded;
+        their replay comes from the files, see ``Console.read_history``)."""
+        try:
+            return self.find(target, label)
+        except LookupFailed:
+            disk = await self._on_disk()
+            if not disk:
+                raise
+        d = _pick(disk, target, label)
+        return self.open(d.key, d.display)
+
+    def forget_departed(self) -> int:
+        """Forget the departed consoles retention says are due; how many went."""
+        ret = self._hub.retention
+        gone = 0
+        for key in ret.due(trio.current_time()):
+            c = self._consoles.get(key)
+            if c is not None and not c.idle:
+                if c.connected or c.clients:
+                    ret.returned(key)  # (not departed after all)
+                continue  # log bytes still on their way: next time
+            ret.returned(key)
+            self._consoles.pop(key, None)
+            gone += 1
+        return gone
+
+    async def _retention_loop(self) -> None:
+        hub = self._hub
+        while True:
+            hub.sweep = trio.Event()
+            self.forget_departed()
+            wake = hub.retention.next_due()
+            if hub.retention.due(trio.current_time()):  # only log bytes in the way: soon again
+                wake = trio.current_time() + RETENTION_RETRY
+            with trio.move_on_at(wake if wake is not None else math.inf):
+                await hub.sweep.wait()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the endpoint(s) and the log writer until cancelled.
@@ -85,6 +144,7 @@ class ConsoleService:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self.writer.run)
+                nursery.start_soon(self._retention_loop)
                 await nursery.start(self._listen, self.config)
                 task_status.started()
         except BaseExceptionGroup as eg:
@@ -103,6 +163,8 @@ class ConsoleService:
         old = self.config
         self.config = config
         self._hub.config = config
+        self._hub.retention.reconfigure(config.retention, config.max_departed)
+        self._hub.sweep.set()
         await self.writer.reconfigure(log_settings(config))
         if old.ring_bytes != config.ring_bytes:
             for c in self._consoles.values():
@@ -124,42 +186,7 @@ class ConsoleService:
 
         Without a label, ``vm:label`` is understood when ``target`` alone matches nothing.
         """
-        found = self._match(target, label)
-        if not found and label is None and ":" in target:
-            vm, _, lab = target.rpartition(":")
-            if vm and lab:
-                found = self._match(vm, lab)
-        if not found:
-            raise LookupFailed(f"no console matches {target!r}" + (f" label {label!r}" if label else ""))
-        if len({c.key.uuid for c in found}) > 1:
-            names = ", ".join(sorted(f"{c.display} ({c.key.uuid})" for c in found)[:10])
-            raise LookupFailed(f"{target!r} is ambiguous: {names}")
-        if len(found) > 1:
-            default = [c for c in found if c.key.label == DEFAULT_LABEL]
-            if len(default) == 1:
-                return default[0]
-            labels = ", ".join(sorted(c.key.label for c in found))
-            raise LookupFailed(f"{target!r} has several ports, name one with :label ({labels})")
-        return found[0]
-
-    def _match(self, vm: str, label: str | None) -> builtins.list[Console]:
-        """Exact: the VM key (a UUID in any form, or a name exactly) or the display;
-        else a unique prefix of either (hex prefixes of a UUID in any form)."""
-        ports = [c for c in self._consoles.values() if label is None or c.key.label == label]
-        try:
-            key: str | None = vm_key(vm)
-        except ValueError:
-            key = None
-        exact = [c for c in ports if c.key.uuid == key or c.display == vm]
-        if exact:
-            return exact
-        hex_prefix = uuid_prefix(vm)
-        return [
-            c
-            for c in ports
-            if c.key.uuid.startswith(vm) or c.display.startswith(vm)
-            or (hex_prefix is not None and c.key.is_uuid and c.key.uuid.startswith(hex_prefix))
-        ]
+        return _pick(builtins.list(self._consoles.values()), target, label)
 
     # --- endpoints -----------------------------------------------------------------
 
@@ -237,7 +264,8 @@ class ConsoleService:
                 await _send_error(stream, f"bad request: {e}")
                 return
             if isinstance(req, proto.ListRequest):
-                body = proto.encode_line({"ok": True, "consoles": [i.to_json() for i in self.list()]})
+                infos = await self.list_all()
+                body = proto.encode_line({"ok": True, "consoles": [i.to_json() for i in infos]})
                 await stream.send_all(body)
                 return
             await self._attach(stream, req, rest, peer)
@@ -253,10 +281,11 @@ class ConsoleService:
 
     async def _attach(self, stream: trio.abc.Stream, req: proto.AttachRequest, rest: bytes, peer: str) -> None:
         try:
-            console = self.find(req.vm, req.label)
+            console = await self.find_or_load(req.vm, req.label)
         except LookupFailed as e:
             await _send_error(stream, str(e))
             return
+        await console.read_history()
         n = console.replay_size(req.replay)
         status = proto.encode_line(
             {
@@ -270,7 +299,7 @@ class ConsoleService:
             }
         )
         try:
-            client = console.attach(req.mode, req.replay, peer, preamble=status)
+            client = console.attach(req.mode, req.replay, peer, preamble=status, notices=req.notices)
         except ConsoleBusy as e:
             await _send_error(stream, str(e))
             return
@@ -315,6 +344,57 @@ class ConsoleService:
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
             pass
         done.cancel()
+
+
+class _Named(Protocol):
+    @property
+    def key(self) -> PortKey: ...
+    @property
+    def display(self) -> str: ...
+
+
+N = TypeVar("N", bound=_Named)
+
+
+def _match(items: list[N], vm: str, label: str | None) -> list[N]:
+    """Exact: the VM key (a UUID in any form, or a name exactly) or the display;
+    else a unique prefix of either (hex prefixes of a UUID in any form)."""
+    ports = [c for c in items if label is None or c.key.label == label]
+    try:
+        key: str | None = vm_key(vm)
+    except ValueError:
+        key = None
+    exact = [c for c in ports if c.key.uuid == key or c.display == vm]
+    if exact:
+        return exact
+    hex_prefix = uuid_prefix(vm)
+    return [
+        c
+        for c in ports
+        if c.key.uuid.startswith(vm) or c.display.startswith(vm)
+        or (hex_prefix is not None and c.key.is_uuid and c.key.uuid.startswith(hex_prefix))
+    ]
+
+
+def _pick(items: list[N], target: str, label: str | None) -> N:
+    """The one item ``target`` names (see ``ConsoleService.find``); raises LookupFailed."""
+    found = _match(items, target, label)
+    if not found and label is None and ":" in target:
+        vm, _, lab = target.rpartition(":")
+        if vm and lab:
+            found = _match(items, vm, lab)
+    if not found:
+        raise LookupFailed(f"no console matches {target!r}" + (f" label {label!r}" if label else ""))
+    if len({c.key.uuid for c in found}) > 1:
+        names = ", ".join(sorted(f"{c.display} ({c.key.uuid})" for c in found)[:10])
+        raise LookupFailed(f"{target!r} is ambiguous: {names}")
+    if len(found) > 1:
+        default = [c for c in found if c.key.label == DEFAULT_LABEL]
+        if len(default) == 1:
+            return default[0]
+        labels = ", ".join(sorted(c.key.label for c in found))
+        raise LookupFailed(f"{target!r} has several ports, name one with :label ({labels})")
+    return found[0]
 
 
 def _first_leaf(eg: BaseExceptionGroup[Any]) -> BaseException:
