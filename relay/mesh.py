@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from relay import tls as tlsmod
 from relay.admin import AdminServer, route_commands
 from relay.core.forwarded import encode_preamble
-from relay.core.header import HeaderDecoder, HeaderError, OriginHeader
+from relay.core.header import HeaderDecoder, HeaderError, OriginHeader, continued
 from relay.core.hybrid import HybridError
 from relay.egress import hybrid_connect
 from relay.link import LinkConfig
@@ -84,7 +84,19 @@ def vet_accepted(acc: Accepted) -> OriginHeader | None:
                     header.stream_id or "-", acc.peer_identity, header.host)
         acc.stream.abort("origin host does not match the peer's identity")
         return None
-    return header
+    return with_continuation(header, acc.stream)
+
+
+def with_continuation(header: OriginHeader, stream: ResumableStream) -> OriginHeader:
+    """The header to pass on: a session that continues a lost one says where it
+    starts in the stream (offsets add up when the header already continued)."""
+    if stream.continues is None:
+        return header
+    start, recv_start = stream.continues
+    log.info("stream %s from %s continues at offset %d (its VM end has %d)",
+             header.stream_id or "-", header.host, header.offset + start,
+             header.received + recv_start)
+    return continued(header, header.offset + start, header.received + recv_start)
 
 
 @dataclass

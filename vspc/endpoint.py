@@ -4,6 +4,12 @@ Each stream starts with the relay's origin header (relay.core.header). A bad or
 missing header gets one log line and a close; nothing else is affected. Telnet
 streams (ingress kind ``vspc``) go to the vSPC exactly as if ESX had connected
 directly; raw streams go to the console service keyed by VM and label.
+
+A raw stream whose header (version 2) says it continues an earlier connection
+of the same stream (a relay on its path restarted) is fitted on exactly
+(vspc.core.continuation): bytes the console already has are skipped, bytes the
+VM never received are sent again, and anything neither side still has is a
+logged, counted gap.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import trio.lowlevel
 
 from relay.core.header import HeaderDecoder, HeaderError, OriginHeader
 from vspc.config import EndpointConfig, VspcConfig
+from vspc.core.continuation import Continuation, StreamCursor, StreamLedger
 from vspc.core.identity import PortKey, canonical_uuid
 from vspc.link_endpoint import LinkEndpoint
 from vspc.prefixed import PrefixedStream
@@ -43,6 +50,7 @@ class Endpoint:
         self._scope: trio.CancelScope | None = None
         self._handlers: trio.Nursery | None = None
         self.links: LinkEndpoint | None = None
+        self.ledger = StreamLedger()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as handlers:
@@ -131,14 +139,42 @@ class Endpoint:
                 if header is not None:
                     return header, rest
 
+    def _cursor(self, header: OriginHeader) -> tuple[StreamCursor, bytes]:
+        """Where this connection's stream stands, and what to send the VM again first;
+        reports a continuation's gaps."""
+        if not header.stream_id:
+            return StreamCursor(0), b""
+        cursor, plan = self.ledger.begin((header.host, header.stream_id), header.offset,
+                                         header.received, continues=header.continues)
+        if header.continues:
+            self._report_continuation(header, plan)
+        return cursor, plan.resend
+
+    def _report_continuation(self, header: OriginHeader, plan: Continuation) -> None:
+        m = self.service.metrics
+        m.relayed_continued_total.labels(known="yes" if plan.known else "no").inc()
+        log.info("relayed stream %s from %s continues at offset %d (VM has %d): %s",
+                 header.stream_id, header.host, header.offset, header.received,
+                 f"skipping {plan.skip} bytes already here, sending {len(plan.resend)} again"
+                 if plan.known else "not known here (restarted?), taken as it comes")
+        for direction, gap in (("vm_to_appliance", plan.missing_in),
+                               ("appliance_to_vm", plan.missing_out)):
+            if gap is not None:
+                log.warning("relayed stream %s from %s: %s bytes %d..%d lost on the way (%d)",
+                            header.stream_id, header.host, direction, gap[0], gap[0] + gap[1],
+                            gap[1])
+                m.relayed_gap_bytes_total.labels(direction=direction).inc(gap[1])
+
     async def _serve_raw(self, stream: trio.abc.Stream, header: OriginHeader) -> None:
         key = raw_port_key(header)
+        cursor, again = self._cursor(header)
         console = self.service.consoles.open(key, header.vm)
         send_lock = trio.Lock()
 
         async def to_vm(data: bytes) -> None:
             async with send_lock:
                 await stream.send_all(data)
+                cursor.sent_out(data)
             self.service.metrics.bytes_total.labels(direction="appliance_to_vm").inc(len(data))
 
         console.set_input(to_vm)
@@ -146,12 +182,15 @@ class Endpoint:
         console.event("connect", host=header.host, ingress=header.kind, stream=header.stream_id)
         self.service.metrics.connected_vms.inc()
         try:
+            if again:
+                await to_vm(again)
             while True:
                 data = await stream.receive_some(READ_SIZE)
                 if not data:
                     break
+                data = cursor.take(bytes(data))
                 self.service.metrics.bytes_total.labels(direction="vm_to_appliance").inc(len(data))
-                await console.from_vm(bytes(data))
+                await console.from_vm(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             log.info("relayed stream %s lost: %s", header.stream_id or key, e)
         finally:

@@ -26,6 +26,8 @@ class VspcMetrics:
     slow_clients_dropped_total: Counter
     relayed_streams_total: Counter  # labels: kind, result = accepted | rejected
     protocol_errors_total: Counter  # labels: where
+    relayed_continued_total: Counter  # labels: known = yes | no (a relay on the path restarted)
+    relayed_gap_bytes_total: Counter  # labels: direction; bytes no end had any more
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> VspcMetrics:
@@ -53,5 +55,13 @@ class VspcMetrics:
             ),
             protocol_errors_total=Counter(
                 "vspc_protocol_errors", "connections closed for bad input", ["where"], registry=r
+            ),
+            relayed_continued_total=Counter(
+                "vspc_relayed_continued", "relayed connections that continue an earlier one",
+                ["known"], registry=r,
+            ),
+            relayed_gap_bytes_total=Counter(
+                "vspc_relayed_gap_bytes", "relayed stream bytes lost with a restarted relay",
+                ["direction"], registry=r,
             ),
         )
