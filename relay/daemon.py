@@ -42,6 +42,7 @@ from relay.config import (
     VspcListener,
     load_config,
 )
+from relay.core.frames import ErrorCode
 from relay.core.header import HeaderError, OriginHeader, encode_header
 from relay.core.hybrid import HybridError
 from relay.egress import EgressConnection, open_egress
@@ -126,6 +127,7 @@ class RelayDaemon:
         self._running: dict[str, _ListenerRun] = {}
         self._egress_by_route: dict[str, EgressConfig] = {}
         self._streams: trio.Nursery | None = None
+        self._from_peers: set[ResumableStream] = set()  # sessions that end here
         self._listeners: trio.Nursery | None = None
         self._reload_lock = trio.Lock()
         self._stopping = False
@@ -230,7 +232,21 @@ class RelayDaemon:
             self._listeners.cancel_scope.cancel()
         self.mesh.goaway()
         if self._streams is not None:
-            self._streams.cancel_scope.deadline = trio.current_time() + drain
+            deadline = trio.current_time() + drain
+            if self._svc is not None:
+                self._svc.start_soon(self._cut_at, deadline)
+            else:
+                self._streams.cancel_scope.deadline = deadline
+
+    async def _cut_at(self, deadline: float) -> None:
+        """The drain deadline: sessions from peers are left, not closed (their
+        senders carry them on, here after a restart or elsewhere); then every
+        stream still live is cut."""
+        await trio.sleep_until(deadline)
+        for st in list(self._from_peers):
+            st.abort("relay stopped: carry the stream on", code=ErrorCode.INTERNAL)
+        if self._streams is not None:
+            self._streams.cancel_scope.cancel()
 
     # --- IngressSink ----------------------------------------------------------
 
@@ -295,6 +311,7 @@ class RelayDaemon:
 
     async def _relay_accepted(self, stream: ResumableStream, header: OriginHeader,
                               egress: EgressConfig | None, peer: str, ticket: Ticket) -> None:
+        self._from_peers.add(stream)
         try:
             if egress is None:  # removed by a reload since the listener started
                 log.warning("stream=%s from %s: its egress is gone", header.stream_id, peer)
@@ -302,6 +319,7 @@ class RelayDaemon:
                 return
             await self._carry(stream, header, egress, PEER_ROUTE, peer or "plaintext peer")
         finally:
+            self._from_peers.discard(stream)
             self._release(ticket, None)
 
     def _release(self, ticket: Ticket, done: trio.Event | None) -> None:

@@ -559,7 +559,9 @@ class ResumableStream(trio.abc.HalfCloseableStream):
                 await self._deliver_failure()
         finally:
             if not self._terminal():
-                self._fail(ErrorCode.CANCEL, "relay shutting down")
+                # an acceptor going away leaves the session to be carried on (retryable)
+                self._fail(ErrorCode.CANCEL if self.opener else ErrorCode.INTERNAL,
+                           "relay shutting down")
             self._finished_flag = True
             self._recharge()  # give our share back to the pool
             if self._pool is not None:

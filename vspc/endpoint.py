@@ -50,7 +50,7 @@ class Endpoint:
         self._scope: trio.CancelScope | None = None
         self._handlers: trio.Nursery | None = None
         self.links: LinkEndpoint | None = None
-        self.ledger = StreamLedger()
+        self.ledger = StreamLedger(keep=self.config.resend_bytes)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as handlers:
@@ -87,6 +87,7 @@ class Endpoint:
     async def reload(self, config: VspcConfig) -> None:
         if config.endpoint == self.config:
             return
+        self.ledger.keep = config.endpoint.resend_bytes
         if self.links is not None:
             await self.links.apply(config.endpoint)
         plain = ("host", "port", "unix", "tls")
@@ -173,8 +174,14 @@ class Endpoint:
 
         async def to_vm(data: bytes) -> None:
             async with send_lock:
-                await stream.send_all(data)
+                # counted (and kept) first: if the stream breaks now, a continuation
+                # learns from the VM's end what arrived and gets the rest again
                 cursor.sent_out(data)
+                try:
+                    await stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                    log.info("relayed stream %s: input not sent: %s", header.stream_id or key, e)
+                    return
             self.service.metrics.bytes_total.labels(direction="appliance_to_vm").inc(len(data))
 
         console.set_input(to_vm)

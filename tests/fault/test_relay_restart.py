@@ -1,0 +1,87 @@
+"""Kill and restart each daemon on a stream's path, mid-stream; count every byte.
+
+Real `vic relay` and `vic vspc` processes (tests.fault.topology). Each case
+streams counter lines through the mesh, kills (SIGKILL) or stops (SIGTERM, a
+drain) one daemon part-way, starts it again, and checks that what arrived is
+exactly what was sent (no hole, no repeat) and that the VM's connection was
+never reset: after the restart the appliance still reaches the VM through it.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.fault.daemons import Daemon, Daemons
+from tests.fault.topology import Mesh, counter, explain
+
+pytestmark = pytest.mark.slow
+
+CHUNK = 64 * 1024
+
+
+async def send_in_two(stream: trio.abc.Stream, data: bytes, half_sent: trio.Event,
+                      go_on: trio.Event, all_sent: trio.Event) -> None:
+    """The first half; once ``go_on`` is set, the rest."""
+    half = len(data) // 2
+    for i in range(0, len(data), CHUNK):
+        if i >= half and not go_on.is_set():
+            half_sent.set()
+            await go_on.wait()
+        await stream.send_all(data[i:i + CHUNK])
+    all_sent.set()
+
+
+async def break_mid_stream(mesh: Mesh, d: Daemon, vm: trio.abc.Stream, data: bytes,
+                           sig: int) -> None:
+    """Stream ``data`` from the VM; freeze ``d`` half-way, so that the second half is
+    held unacknowledged along the path, then kill (or stop) it and start it again."""
+    half_sent, frozen, all_sent = trio.Event(), trio.Event(), trio.Event()
+    async with trio.open_nursery() as n:
+        n.start_soon(send_in_two, vm, data, half_sent, frozen, all_sent)
+        await half_sent.wait()
+        await mesh.wait_console_log(len(data) // 4)  # the stream flows through ``d``
+        d.freeze()
+        frozen.set()
+        await all_sent.wait()  # the rest went into the path while ``d`` held still
+        d.kill(sig)
+        d.thaw()  # (a SIGTERM is seen only once it runs again)
+        await d.wait_exit()
+        await d.start()
+
+
+async def receive_exactly(stream: trio.abc.Stream, n: int, got: bytearray | None = None) -> bytes:
+    buf = got if got is not None else bytearray()
+    while len(buf) < n:
+        data = await stream.receive_some(CHUNK)
+        assert data, f"the VM's connection ended after {len(buf)} of {n} bytes"
+        buf += data
+    return bytes(buf)
+
+
+async def still_connected(mesh: Mesh, vm: trio.abc.Stream) -> None:
+    """The appliance reaches the VM over the same connection: it was not reset."""
+    console = await mesh.attach_console()
+    await console.send_all(b"still there\n")
+    with trio.fail_after(20):
+        assert await receive_exactly(vm, 12) == b"still there\n"
+    await console.aclose()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+@pytest.mark.parametrize("role", ["egress", "forward"])
+async def test_relay_on_the_appliance_host_restarts_vm_to_appliance(
+        tmp_path: Path, role: str, sig: int) -> None:
+    data = counter(0, 600_000)  # 6.6 MB
+    async with Daemons(tmp_path) as ds:
+        mesh = Mesh(tmp_path, ds, role=role)
+        await mesh.start()
+        vm = await mesh.connect_vm()
+        with trio.fail_after(50):
+            await break_mid_stream(mesh, mesh.b, vm, data, sig)
+            got = await mesh.wait_console_log(len(data))
+            assert got == data, explain(got, data) + ds.logs()
+            await still_connected(mesh, vm)
