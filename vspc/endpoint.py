@@ -22,7 +22,8 @@ import trio.lowlevel
 
 from relay.core.header import HeaderDecoder, HeaderError, OriginHeader
 from vspc.config import EndpointConfig, VspcConfig
-from vspc.core.continuation import Continuation, StreamCursor, StreamLedger
+from vspc.console.hub import Console
+from vspc.core.continuation import Continuation, StreamCursor, StreamLedger, recovered_have
 from vspc.core.identity import PortKey, canonical_uuid
 from vspc.link_endpoint import LinkEndpoint
 from vspc.prefixed import PrefixedStream
@@ -118,16 +119,21 @@ class Endpoint:
             return
         await self.serve_stream(PrefixedStream(stream, rest), header)
 
-    async def serve_stream(self, s: trio.abc.Stream, header: OriginHeader) -> None:
+    async def serve_stream(self, s: trio.abc.Stream, header: OriginHeader,
+                           *, log_before_ack: bool = False) -> None:
         """Serve a relayed stream whose origin header has been read and checked
-        (a plain relayed connection, or a resumable stream over a peer link)."""
+        (a plain relayed connection, or a resumable stream over a peer link).
+
+        ``log_before_ack``: ``s`` acknowledges what was read at the next read (a
+        resumable stream): read on only once the console log has the bytes, so
+        an appliance killed before writing them gets them again."""
         self.service.metrics.relayed_streams_total.labels(kind=header.kind, result="accepted").inc()
         log.info("relayed stream %s from %s: vm=%s kind=%s label=%s",
                  header.stream_id or "-", header.host, header.vm, header.kind, header.label)
         if header.kind == "vspc":
             await self.service.handle_esx_stream(s, f"relay:{header.host}")
         else:
-            await self._serve_raw(s, header)
+            await self._serve_raw(s, header, log_before_ack)
 
     async def _read_header(self, stream: trio.abc.Stream) -> tuple[OriginHeader, bytes]:
         dec = HeaderDecoder()
@@ -140,16 +146,48 @@ class Endpoint:
                 if header is not None:
                     return header, rest
 
-    def _cursor(self, header: OriginHeader) -> tuple[StreamCursor, bytes]:
+    async def _cursor(self, header: OriginHeader, console: Console,
+                      durable: bool) -> tuple[StreamCursor, bytes]:
         """Where this connection's stream stands, and what to send the VM again first;
-        reports a continuation's gaps."""
+        reports a continuation's gaps. ``durable``: the stream is acknowledged only
+        once logged; its connect event (written before its first byte) lets the
+        next appliance process find how much of it the log holds."""
         if not header.stream_id:
             return StreamCursor(0), b""
-        cursor, plan = self.ledger.begin((header.host, header.stream_id), header.offset,
-                                         header.received, continues=header.continues)
+        key = (header.host, header.stream_id)
+        have = None
+        if header.continues and durable and key not in self.ledger:
+            have = await self._recover(key, console)
+        cursor, plan = self.ledger.begin(key, header.offset, header.received,
+                                         continues=header.continues, have=have)
         if header.continues:
             self._report_continuation(header, plan)
+        fields: dict[str, object] = {"host": header.host, "ingress": header.kind,
+                                     "stream": header.stream_id}
+        if durable:
+            size = await console.log_size()
+            if size is not None:
+                fields.update(offset=cursor.received, log_size=size)
+        console.event("connect", **fields)
+        if durable:
+            await console.flush_events()
         return cursor, plan.resend
+
+    async def _recover(self, key: tuple[str, str], console: Console) -> int | None:
+        """After a restart: how much of stream ``key`` the console log holds."""
+        path = console.events_path()
+        size = await console.log_size()
+        if path is None or size is None:
+            return None
+        try:
+            async with await trio.open_file(path, "rb") as f:
+                await f.seek(0, 2)
+                end = await f.tell()
+                await f.seek(max(0, end - 65536))
+                lines = (await f.read()).splitlines()
+        except OSError:
+            return None
+        return recovered_have(lines, key, size)
 
     def _report_continuation(self, header: OriginHeader, plan: Continuation) -> None:
         m = self.service.metrics
@@ -157,7 +195,7 @@ class Endpoint:
         log.info("relayed stream %s from %s continues at offset %d (VM has %d): %s",
                  header.stream_id, header.host, header.offset, header.received,
                  f"skipping {plan.skip} bytes already here, sending {len(plan.resend)} again"
-                 if plan.known else "not known here (restarted?), taken as it comes")
+                 if plan.known else "not known here, taken as it comes")
         for direction, gap in (("vm_to_appliance", plan.missing_in),
                                ("appliance_to_vm", plan.missing_out)):
             if gap is not None:
@@ -166,10 +204,11 @@ class Endpoint:
                             gap[1])
                 m.relayed_gap_bytes_total.labels(direction=direction).inc(gap[1])
 
-    async def _serve_raw(self, stream: trio.abc.Stream, header: OriginHeader) -> None:
+    async def _serve_raw(self, stream: trio.abc.Stream, header: OriginHeader,
+                         log_before_ack: bool = False) -> None:
         key = raw_port_key(header)
-        cursor, again = self._cursor(header)
         console = self.service.consoles.open(key, header.vm)
+        cursor, again = await self._cursor(header, console, log_before_ack)
         send_lock = trio.Lock()
 
         async def to_vm(data: bytes) -> None:
@@ -186,7 +225,6 @@ class Endpoint:
 
         console.set_input(to_vm)
         console.set_connected(True)
-        console.event("connect", host=header.host, ingress=header.kind, stream=header.stream_id)
         self.service.metrics.connected_vms.inc()
         try:
             if again:
@@ -198,6 +236,8 @@ class Endpoint:
                 data = cursor.take(bytes(data))
                 self.service.metrics.bytes_total.labels(direction="vm_to_appliance").inc(len(data))
                 await console.from_vm(data)
+                if log_before_ack:
+                    await console.wait_logged()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             log.info("relayed stream %s lost: %s", header.stream_id or key, e)
         finally:

@@ -147,7 +147,7 @@ class LinkEndpoint:
 
     async def _serve(self, acc: Accepted, header: OriginHeader) -> None:
         try:
-            await self.endpoint.serve_stream(acc.stream, header)
+            await self.endpoint.serve_stream(acc.stream, header, log_before_ack=True)
         finally:
             await trio.aclose_forcefully(acc.stream)
 

@@ -106,6 +106,13 @@ class Daemon:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    async def wait_log(self, text: str, after: int = 0, timeout: float = 30.0) -> int:
+        """Until ``text`` appears in the output past offset ``after``; returns its end."""
+        with trio.fail_after(timeout):
+            while (i := self.log_text().find(text, after)) < 0:
+                await trio.sleep(0.05)
+        return i + len(text)
+
     async def start(self) -> None:
         """Write the TOML, start the process and wait until it reports READY=1."""
         if self.running:

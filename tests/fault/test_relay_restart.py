@@ -85,3 +85,53 @@ async def test_relay_on_the_appliance_host_restarts_vm_to_appliance(
             got = await mesh.wait_console_log(len(data))
             assert got == data, explain(got, data) + ds.logs()
             await still_connected(mesh, vm)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+@pytest.mark.parametrize("role", ["egress", "forward"])
+async def test_relay_on_the_appliance_host_restarts_appliance_to_vm(
+        tmp_path: Path, role: str, sig: int) -> None:
+    """What the operator types reaches the VM exactly once across the restart: the VM
+    stops reading part-way, so the bytes behind it wait unacknowledged in esx-b's
+    replay buffer (egress) or the appliance's (forward) when esx-b dies."""
+    data = counter(0, 100_000)  # 1.1 MB
+    half = len(data) // 2
+    async with Daemons(tmp_path) as ds:
+        mesh = Mesh(tmp_path, ds, role=role)
+        await mesh.start()
+        vm = await mesh.connect_vm()
+        console = await mesh.attach_console()
+        got = bytearray()
+        with trio.fail_after(50):
+            async with trio.open_nursery() as n:
+                n.start_soon(console.send_all, data[:half])
+                await receive_exactly(vm, len(data) // 8, got)  # then the VM stops reading
+                mark = len(mesh.app.log_text())
+                mesh.b.freeze()
+                mesh.b.kill(sig)
+                mesh.b.thaw()
+                await mesh.b.wait_exit()
+                await mesh.b.start()
+            if role == "egress":  # the appliance learns where the VM's end stands
+                await mesh.app.wait_log("continues at offset", after=mark)
+            await mesh.wait_connected()
+            await console.send_all(data[half:])
+            await receive_exactly(vm, len(data), got)
+        assert bytes(got) == data, explain(bytes(got), data) + ds.logs()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+async def test_appliance_with_a_link_endpoint_restarts_vm_to_appliance(
+        tmp_path: Path, sig: int) -> None:
+    """Sessions end in the appliance (esx-b forwards the link): the appliance is frozen
+    half-way, killed and started again; the console log still gets every byte once."""
+    data = counter(0, 600_000)
+    async with Daemons(tmp_path) as ds:
+        mesh = Mesh(tmp_path, ds, role="forward")
+        await mesh.start()
+        vm = await mesh.connect_vm()
+        with trio.fail_after(50):
+            await break_mid_stream(mesh, mesh.app, vm, data, sig)
+            got = await mesh.wait_console_log(len(data))
+            assert got == data, explain(got, data) + ds.logs()
+            await still_connected(mesh, vm)

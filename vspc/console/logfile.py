@@ -268,6 +268,19 @@ class LogWriter:
             finally:
                 self._thread.stop()
 
+    async def log_size(self, port: PortLog) -> int | None:
+        """The size of the port's current log file (in order after the writes
+        queued before); None without a log directory."""
+        if self.settings.dir is None:
+            return None
+        path = f"{os.fspath(self.settings.dir)}/{port.stem}.log"
+        return await self._thread.run_sync(_size_of, path)
+
+    def events_path(self, port: PortLog) -> Path | None:
+        if self.settings.dir is None:
+            return None
+        return Path(self.settings.dir) / f"{port.stem}.events.jsonl"
+
     async def flush(self) -> None:
         """Write everything queued so far (tests and shutdown)."""
         while self._dirty:
@@ -323,3 +336,10 @@ class LogWriter:
             except OSError as e:
                 # A broken disk must not stall every VM: report it loudly and carry on.
                 job.error = f"{type(e).__name__}: {e}"
+
+
+def _size_of(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0

@@ -12,6 +12,13 @@ appliance knows how far each stream got on its side, so it
 * and names what neither side has any more (``missing_in``, ``missing_out``)
   so the caller logs and counts the gap; it is never silent.
 
+An appliance that restarted has no ledger; for streams that end in it (peer
+links, acknowledged only once logged) each connection's ``connect`` event in
+the console's event log records the stream offset its first logged byte has
+and the log file's size then. If the last ``connect`` of that console is the
+stream's own, the log file's size now says how much of the stream it holds
+(``recovered_have``), and the continuation fits on exactly after a restart too.
+
 Sans-IO: byte counts in, decisions out. Streams are keyed by the origin host and
 the stream id the ingress relay gave them; the ledger remembers a bounded number
 (least recently used go first), live or ended, since a continuation comes after
@@ -20,6 +27,7 @@ the old connection ended.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -97,10 +105,17 @@ class StreamLedger:
     def __len__(self) -> int:
         return len(self._streams)
 
+    def __contains__(self, key: StreamKey) -> bool:
+        return key in self._streams
+
     def begin(self, key: StreamKey, offset: int = 0, received: int = 0,
-              *, continues: bool = False) -> tuple[StreamCursor, Continuation]:
-        """A connection of stream ``key`` starts; ``continues`` when its header says so."""
+              *, continues: bool = False, have: int | None = None,
+              ) -> tuple[StreamCursor, Continuation]:
+        """A connection of stream ``key`` starts; ``continues`` when its header says so.
+        ``have``: for a stream not in the ledger, what the console log holds of it."""
         cur = self._streams.pop(key, None) if continues else None
+        if cur is None and continues and have is not None:
+            cur = StreamCursor(self.keep, have, received)  # what was sent is not known
         if cur is None:
             cur = StreamCursor(self.keep, offset, received)
             plan = Continuation(False, 0, None, b"", None)
@@ -110,3 +125,22 @@ class StreamLedger:
         while len(self._streams) > self.max_streams:
             self._streams.popitem(last=False)
         return cur, plan
+
+
+def recovered_have(event_lines: list[bytes], key: StreamKey, size_now: int) -> int | None:
+    """How many bytes of stream ``key`` the console log holds, from its event log
+    (oldest line first) and the log file's size now; None when it cannot be told
+    (another stream connected since, the file was rotated, no such event)."""
+    for raw in reversed(event_lines):
+        try:
+            ev = json.loads(raw)
+        except ValueError:
+            continue
+        if not isinstance(ev, dict) or ev.get("event") != "connect":
+            continue
+        offset, size = ev.get("offset"), ev.get("log_size")
+        if (ev.get("host"), ev.get("stream")) != key or not isinstance(offset, int) \
+                or not isinstance(size, int) or size_now < size:
+            return None
+        return offset + (size_now - size)
+    return None
