@@ -135,3 +135,44 @@ async def test_appliance_with_a_link_endpoint_restarts_vm_to_appliance(
             got = await mesh.wait_console_log(len(data))
             assert got == data, explain(got, data) + ds.logs()
             await still_connected(mesh, vm)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+async def test_ingress_relay_restart_ends_the_vm_connection_and_repeats_nothing(
+        tmp_path: Path, sig: int) -> None:
+    """The path's limit: the VM's connection ends in the relay that is killed, with
+    whatever that relay had taken from it. Downstream nothing repeats: the console
+    log is a prefix of what was sent, and the VM's next connection carries on."""
+    data = counter(0, 600_000)
+    async with Daemons(tmp_path) as ds:
+        mesh = Mesh(tmp_path, ds, role="egress")
+        await mesh.start()
+        vm = await mesh.connect_vm()
+        with trio.fail_after(50):
+            async with trio.open_nursery() as n:
+                async def send() -> None:
+                    try:
+                        await vm.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass  # the relay died under it
+
+                n.start_soon(send)
+                await mesh.wait_console_log(len(data) // 8)
+                mesh.a.freeze()
+                mesh.a.kill(sig)
+                mesh.a.thaw()
+                # the VM sees its connection end (reset, or closed at the drain deadline)
+                with pytest.raises(trio.BrokenResourceError):
+                    while await vm.receive_some(CHUNK):
+                        pass
+                    raise trio.BrokenResourceError("closed")
+            await mesh.a.wait_exit()
+            await mesh.a.start()
+            again = await mesh.connect_vm()
+            await again.send_all(b"reconnected\n")
+            got = bytearray()
+            while not got.endswith(b"reconnected\n"):
+                got = bytearray(await mesh.wait_console_log(len(got) + 1))
+        head = bytes(got[:-len(b"reconnected\n")])
+        assert data.startswith(head), explain(head, data[:len(head)]) + ds.logs()
+        assert len(head) >= len(data) // 8

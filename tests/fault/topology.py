@@ -62,10 +62,10 @@ class Mesh:
         self.vm_port = free_port(A)
         peer_port, endpoint_port, link_port = free_port(B), free_port(APP), free_port(APP)
         self.a: Daemon = daemons.add("relay", "esx-a", {
-            "host": "esx-a", "log-level": "debug",
+            "host": "esx-a",
             "egress": {"default": {"kind": "peer", "route": "appliance"}},
             "metrics": {"enabled": False},
-            "timeouts": {"retry-min": 0.05, "retry-max": 0.5, "drain": 20.0},
+            "timeouts": {"retry-min": 0.05, "retry-max": 0.5, "drain": 2.0},
             "tcp": [{"name": "vm1", "vm": VM, "host": A, "port": self.vm_port, "label": LABEL}],
             "peer": {"tls": _tls(pki.issue("host", "esx-a")), "link": LINK,
                      "routes": {"appliance": {"address": f"tcp:{B}:{peer_port}",
@@ -77,7 +77,7 @@ class Mesh:
         else:
             listen["egress"] = "appliance"
         self.b: Daemon = daemons.add("relay", "esx-b", {
-            "host": "esx-b", "log-level": "debug",
+            "host": "esx-b",
             "egress": {"appliance": {"kind": "tcp", "host": APP, "port": endpoint_port}},
             "metrics": {"enabled": False},
             "timeouts": {"drain": 2.0},
@@ -90,7 +90,7 @@ class Mesh:
                          "link": [{"address": f"tcp:{APP}:{link_port}", "tls": False,
                                    "forwarded": True}]},
             "console": {"log-dir": str(self.log_dir), "socket": str(self.console_socket)},
-            "metrics": {"enabled": False}, "log-level": "debug",
+            "metrics": {"enabled": False},
         })
 
     async def start(self) -> None:
