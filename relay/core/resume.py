@@ -92,6 +92,7 @@ class ResumeSession:
         # receive direction
         self.recv_offset = recv_start
         self.handed = recv_start  # bytes the application has handed on (<= recv_offset)
+        self._floor = recv_start  # where the peer's session started (it holds nothing before)
         self._ack_sent = recv_start
         self._eof_received = False
         self._fin_ack_sent = False
@@ -341,7 +342,8 @@ class ResumeSession:
         fin = self._fin_handed()
         self._ack_sent = self.handed
         self._fin_ack_sent = fin
-        return self.handed, fin
+        # bytes held from before a continuation are ours: the new peer never had them
+        return max(self.handed, self._floor), fin
 
     def continuation_point(self) -> tuple[int, int]:
         """The far end lost this session: (send_start, recv_start) for a new one.
@@ -354,4 +356,5 @@ class ResumeSession:
             raise GapError(
                 f"bytes {self._acked}..{self._base} were discarded before the peer had them"
             )
+        self._floor = self.recv_offset
         return self._acked, self.recv_offset

@@ -236,3 +236,17 @@ def test_continuation_refuses_a_discarded_gap() -> None:
         a.continuation_point()
     with pytest.raises(ValueError):
         ResumeSession(4, send_start=-1)
+
+
+def test_resume_after_a_continuation_does_not_ask_for_what_the_old_peer_sent() -> None:
+    a = ResumeSession(100)
+    a.start()
+    a.on_data(0, b"x")  # from the old peer, not handed on yet
+    start, recv_start = a.continuation_point()
+    b = ResumeSession(100, send_start=recv_start, recv_start=start)
+    b.resume(recv_start)
+    a.detach()
+    a.resume(*b.resume_point())
+    b.detach()
+    b.resume(*a.resume_point())  # a reports 1, not 0: b never had byte 0
+    assert a.resume_point() == (1, False)
