@@ -131,6 +131,10 @@ class Endpoint:
         log.info("relayed stream %s from %s: vm=%s kind=%s label=%s",
                  header.stream_id or "-", header.host, header.vm, header.kind, header.label)
         if header.kind == "vspc":
+            if header.continues:
+                log.warning("relayed Telnet stream %s from %s continues at offset %d: a new "
+                            "Telnet session, not fitted on byte-exactly", header.stream_id,
+                            header.host, header.offset)
             await self.service.handle_esx_stream(s, f"relay:{header.host}")
         else:
             await self._serve_raw(s, header, log_before_ack)
