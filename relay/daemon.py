@@ -42,7 +42,6 @@ from relay.config import (
     VspcListener,
     load_config,
 )
-from relay.core.frames import ErrorCode
 from relay.core.header import HeaderError, OriginHeader, encode_header
 from relay.core.hybrid import HybridError
 from relay.egress import EgressConnection, open_egress
@@ -127,7 +126,6 @@ class RelayDaemon:
         self._running: dict[str, _ListenerRun] = {}
         self._egress_by_route: dict[str, EgressConfig] = {}
         self._streams: trio.Nursery | None = None
-        self._from_peers: set[ResumableStream] = set()  # sessions that end here
         self._listeners: trio.Nursery | None = None
         self._reload_lock = trio.Lock()
         self._stopping = False
@@ -243,8 +241,7 @@ class RelayDaemon:
         senders carry them on, here after a restart or elsewhere); then every
         stream still live is cut."""
         await trio.sleep_until(deadline)
-        for st in list(self._from_peers):
-            st.abort("relay stopped: carry the stream on", code=ErrorCode.INTERNAL)
+        self.mesh.leave_sessions("relay stopped: carry the stream on")
         if self._streams is not None:
             self._streams.cancel_scope.cancel()
 
@@ -311,7 +308,6 @@ class RelayDaemon:
 
     async def _relay_accepted(self, stream: ResumableStream, header: OriginHeader,
                               egress: EgressConfig | None, peer: str, ticket: Ticket) -> None:
-        self._from_peers.add(stream)
         try:
             if egress is None:  # removed by a reload since the listener started
                 log.warning("stream=%s from %s: its egress is gone", header.stream_id, peer)
@@ -319,7 +315,6 @@ class RelayDaemon:
                 return
             await self._carry(stream, header, egress, PEER_ROUTE, peer or "plaintext peer")
         finally:
-            self._from_peers.discard(stream)
             self._release(ticket, None)
 
     def _release(self, ticket: Ticket, done: trio.Event | None) -> None:

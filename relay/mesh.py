@@ -221,6 +221,11 @@ class Mesh:
             if run.server is not None:
                 run.server.goaway_all("relay stopping")
 
+    def leave_sessions(self, reason: str) -> None:
+        """The drain's end: sessions that end here are left to their senders."""
+        for table in self._tables.values():
+            table.leave_all(reason)
+
     # --- ingress side ---------------------------------------------------------------
 
     async def open_stream(self, route: str, header: bytes) -> ResumableStream:

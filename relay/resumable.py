@@ -748,6 +748,12 @@ class SessionTable:
         st._attach_accepted(link, sid, ev.recv_offset)
         self._nursery.start_soon(st.run)
 
+    def leave_all(self, reason: str) -> None:
+        """Going away (a drain's end): every session is left to its opener to carry
+        on (RESET INTERNAL, retryable), here after a restart or elsewhere."""
+        for st in list(self._sessions.values()):
+            st.abort(reason, code=ErrorCode.INTERNAL)
+
     def _finished(self, st: ResumableStream) -> None:
         self._sessions.pop(st.session_id, None)
         fail = st.failure

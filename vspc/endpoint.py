@@ -106,6 +106,9 @@ class Endpoint:
             self._scope.cancel()
         if self.links is not None:
             self.links.goaway()
+            # streams that end here never end by themselves: leave them to their
+            # relays, which carry them on (what is logged is skipped, see _recover)
+            self.links.table.leave_all("appliance stopping: carry the stream on")
         if self._handlers is not None:
             self._handlers.cancel_scope.deadline = deadline
 
