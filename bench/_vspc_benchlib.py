@@ -191,6 +191,7 @@ def run_vspc(
 [listen]
 host = "127.0.0.1"
 port = {port}
+identify-timeout = 120.0  # 16k simulated VMs connecting at once take a while to identify
 [console]
 socket = "{sock}"
 log-dir = "{logs}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,18 +30,73 @@ class TlsConfig:
                 f"no such file: {self.client_ca}")
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK_NETWORKS: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"),
+                                          ipaddress.ip_network("::1/128"))
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def address_allowed(address: str, networks: tuple[Network, ...]) -> bool:
+    """Whether a peer at ``address`` (an IP, no port) is in one of ``networks``."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
+
+
 @dataclass(frozen=True)
 class ListenConfig:
-    """Where ESX hosts connect with Telnet (the vSPC URI's host and port)."""
+    """Where ESX hosts connect with Telnet (the vSPC URI's host and port).
+
+    ``allowed-sources``: the networks ESX hosts connect from (their management
+    networks, CIDRs); a connection from elsewhere is closed at accept. Required when
+    ``host`` is not a loopback address; on loopback it defaults to loopback only.
+    ``identify-timeout``: seconds a connection has to name its VM (VM-VC-UUID).
+    ``idle-probe``: seconds of silence before a liveness probe (IAC DO TIMING-MARK);
+    ``probe-timeout``: seconds a probe may go unanswered before the connection is
+    taken for dead (closed; a takeover of its port from another source may proceed)."""
 
     host: str = "127.0.0.1"
     port: int = 13370
     tls: TlsConfig | None = None
+    allowed_sources: tuple[str, ...] | None = None
+    identify_timeout: float = 10.0
+    idle_probe: float = 60.0
+    probe_timeout: float = 5.0
 
     def validate(self) -> None:
         require(0 <= self.port <= 65535, "port", "must be 0..65535")
         if self.tls is not None:
             self.tls.check_files("tls")
+        require(self.allowed_sources is not None or is_loopback_host(self.host),
+                "allowed-sources", f"required when host ({self.host!r}) is not a loopback "
+                "address: the networks ESX hosts connect from, e.g. [\"10.0.0.0/8\"]")
+        for i, cidr in enumerate(self.allowed_sources or ()):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as e:
+                raise ConfigError(f"allowed-sources[{i}]", str(e)) from None
+        require(self.identify_timeout > 0, "identify-timeout", "must be positive")
+        require(self.idle_probe > 0, "idle-probe", "must be positive")
+        require(self.probe_timeout > 0, "probe-timeout", "must be positive")
+
+    def source_networks(self) -> tuple[Network, ...]:
+        """The networks a Telnet connection may come from."""
+        if self.allowed_sources is None:
+            return LOOPBACK_NETWORKS
+        return tuple(ipaddress.ip_network(c, strict=False) for c in self.allowed_sources)
+
 
 
 @dataclass(frozen=True)
@@ -105,12 +161,14 @@ class EndpointConfig:
 class VMotionConfig:
     timeout: float = 30.0
     max_concurrent: int = 64
+    max_per_source: int = 8  # pending vMotions BEGUN from one source address
     buffer_bytes: int = 1 << 20
     secret_bytes: int = 8
 
     def validate(self) -> None:
         require(self.timeout > 0, "timeout", "must be positive")
         require(self.max_concurrent >= 1, "max-concurrent", "must be at least 1")
+        require(self.max_per_source >= 1, "max-per-source", "must be at least 1")
         require(self.buffer_bytes >= 1024, "buffer-bytes", "must be at least 1024")
         require(4 <= self.secret_bytes <= 64, "secret-bytes", "must be 4..64")
 

@@ -7,19 +7,27 @@ task, started only while something is queued, drains two outgoing queues,
 control frames (GOAHEAD, NOTNOW, PEER-OK, negotiation) first, so a vMotion answer never waits behind console data bound
 for the VM: console data is kept un-escaped and escaped per chunk, so a control
 frame can go between any two chunks without splitting an escaped 0xFF.
+
+Output is bounded: console writers wait above OUT_HIGH_WATER, and the reader stops
+reading a peer whose replies (control frames) pass CONTROL_HIGH_WATER unread, so a
+client that sends negotiation and never reads gets back-pressure, not memory; a
+write that makes no progress for OUTPUT_STALL_SECONDS closes the connection.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import select
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
 
+from vic.ops.wiretext import wire
 from vspc import fastsock
 from vspc.core.esx_session import EsxSession
+from vspc.core.liveness import Liveness
 
 if TYPE_CHECKING:
     from vspc.service import VspcService
@@ -37,6 +45,11 @@ WRITE_CHUNK = 16 * 1024
 OUT_HIGH_WATER = 256 * 1024
 #: How long a connection being closed gets to flush what is queued for it.
 CLOSE_FLUSH_SECONDS = 2.0
+#: Control bytes (negotiation replies, ...) queued unread above which the peer is
+#: no longer read until they drain (at most one read's replies more are queued).
+CONTROL_HIGH_WATER = 64 * 1024
+#: A write that makes no progress this long: the peer does not read; close it.
+OUTPUT_STALL_SECONDS = 30.0
 
 
 class EsxConnection:
@@ -50,6 +63,7 @@ class EsxConnection:
         "_closing",
         "_control",
         "_data",
+        "_inflight",
         "_nursery",
         "_resume",
         "_room",
@@ -58,9 +72,11 @@ class EsxConnection:
         "id",
         "key",
         "label",
+        "liveness",
         "peer",
         "raw_uuid",
         "received_at",
+        "refusal",
         "session",
         "stream",
         "vm_name",
@@ -83,15 +99,19 @@ class EsxConnection:
         self.received_at = 0.0  # trio time of the read being processed
         self._control = bytearray()
         self._data = bytearray()  # un-escaped console bytes for the VM
+        self._inflight = 0  # bytes of the write under way
         self._writing = False  # a writer task is running
         self._closing = False
         self._nursery: trio.Nursery | None = None
         self._room: trio.Event | None = None  # someone waits in wait_out_room
         self._resume: trio.Event | None = None  # the reader waits for resume_reading
         self.close_reason: str | None = None
+        #: Why the vSPC's own checks closed it (vspc_telnet_refused_total's reason).
+        self.refusal: str | None = None
+        self.liveness: Liveness | None = None  # set by the service
 
     def __repr__(self) -> str:
-        return f"<esx#{self.id} {self.peer}>"
+        return f"<esx#{self.id} {wire(self.peer)}>"
 
     def __hash__(self) -> int:
         return self.id
@@ -134,7 +154,24 @@ class EsxConnection:
             self._kick()
 
     def out_pending(self) -> int:
-        return len(self._control) + len(self._data)
+        """Bytes queued for the peer, the write under way included."""
+        return len(self._control) + len(self._data) + self._inflight
+
+    @property
+    def output_full(self) -> bool:
+        """The peer leaves our replies unread: stop reading it until they drain."""
+        return len(self._control) > CONTROL_HIGH_WATER
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._resume is not None
+
+    def refuse(self, reason: str, detail: str) -> None:
+        """Close it for failing one of the vSPC's own checks (counted by ``reason``)."""
+        if not self._closing:
+            self.refusal = reason
+            log.warning("%r: closing (%s): %s", self, reason, detail)
+            self.close_soon(detail)
 
     async def wait_out_room(self) -> None:
         """Wait while more than OUT_HIGH_WATER console bytes wait for the VM."""
@@ -167,6 +204,19 @@ class EsxConnection:
                     scope.cancel()
         self.resume_reading()
 
+    def _stalled(self) -> None:
+        log.warning("%r: closing (output): %d bytes unread by the peer for %.0f s",
+                    self, self.out_pending(), OUTPUT_STALL_SECONDS)
+        self.refusal = self.refusal or "output"
+        self._closing = True
+        self.close_reason = self.close_reason or "peer does not read"
+        self._control.clear()
+        self._data.clear()
+        self._wake_room()
+        self.resume_reading()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
     def _kick(self) -> None:
         if not self._writing and self._nursery is not None:
             self._writing = True
@@ -176,7 +226,8 @@ class EsxConnection:
         """Write until nothing is queued (control frames first), then end."""
         try:
             while self._control or self._data:
-                if self._control:
+                control = bool(self._control)
+                if control:
                     chunk = bytes(self._control)
                     self._control.clear()
                 else:
@@ -185,9 +236,18 @@ class EsxConnection:
                     chunk = self.session.send_console(raw)
                     if len(self._data) <= OUT_HIGH_WATER:
                         self._wake_room()
-                await self.stream.send_all(chunk)
+                self._inflight = len(chunk)
+                with trio.move_on_after(OUTPUT_STALL_SECONDS) as stall:
+                    await self.stream.send_all(chunk)
+                self._inflight = 0
+                if stall.cancelled_caught:
+                    self._stalled()
+                    return
+                if control:
+                    self.resume_reading()  # a reader paused on output_full re-checks
         finally:
             self._writing = False
+            self._inflight = 0
         if self._closing and self._nursery is not None:
             self._nursery.cancel_scope.cancel()  # flushed: now close
 
@@ -231,7 +291,10 @@ class EsxConnection:
                 log.debug("%r: EOF", self)
                 return
             size = READ_SIZE_BULK if len(data) >= READ_SIZE else READ_SIZE
-            self.received_at = trio.current_time()
+            now = self.received_at = trio.current_time()
+            live = self.liveness
+            if live is not None and live.heard(now):
+                await service.probe_answered(self)  # any bytes prove it alive
             self.session.receive_data(data if type(data) is bytes else bytes(data))
             events = self.session.next_events()
             out = self.session.data_to_send()
@@ -243,9 +306,25 @@ class EsxConnection:
                     return
             # Budgets: bytes held for a later owner (switchboard), bytes queued for
             # the console (service). Past them, stop reading this connection.
-            while not self._closing and not service.may_read(self):
+            while not self._closing and (self.output_full or not service.may_read(self)):
                 resume = self._resume = trio.Event()
                 await resume.wait()
+
+
+def peer_gone(stream: trio.abc.Stream) -> bool:
+    """Whether the peer of a TCP stream (TLS or not) has closed or reset it, seen
+    without reading (a paused reader's data may still be queued before the FIN)."""
+    s: object = stream
+    while not isinstance(s, trio.SocketStream):
+        s = getattr(s, "transport_stream", None)
+        if s is None:
+            return False  # not a socket: the stream's own timeouts must do
+    fd = s.socket.fileno()
+    if fd < 0:
+        return True  # closed here
+    poller = select.poll()
+    poller.register(fd, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(0))
 
 
 def _first(eg: BaseExceptionGroup[BaseException]) -> BaseException:

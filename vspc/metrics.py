@@ -26,6 +26,8 @@ class VspcMetrics:
     slow_clients_dropped_total: Counter
     relayed_streams_total: Counter  # labels: kind, result = accepted | rejected
     protocol_errors_total: Counter  # labels: where
+    # labels: reason = source | takeover | flood | identify_timeout | idle | output
+    telnet_refused_total: Counter
     relayed_continued_total: Counter  # labels: known = yes | no (a relay on the path restarted)
     relayed_gap_bytes_total: Counter  # labels: direction; bytes no end had any more
 
@@ -55,6 +57,11 @@ class VspcMetrics:
             ),
             protocol_errors_total=Counter(
                 "vspc_protocol_errors", "connections closed for bad input", ["where"], registry=r
+            ),
+            telnet_refused_total=Counter(
+                "vspc_telnet_refused",
+                "ESX Telnet connections refused or closed by the vSPC's own checks",
+                ["reason"], registry=r,
             ),
             relayed_continued_total=Counter(
                 "vspc_relayed_continued", "relayed connections that continue an earlier one",

@@ -9,6 +9,15 @@ disk: console bytes go into a per-port backlog drained by a short-lived task
 (in port order, so a vMotion source's bytes still come before the
 destination's), and the reader stops reading only when that backlog passes
 ``console_backlog_bytes``. So VMOTION-BEGIN is answered as soon as it is read.
+
+Who may stay (the sans-IO ``LivenessTable`` keeps the clocks; one task acts on
+them): a Telnet connection from outside ``listen.allowed-sources`` is closed at
+accept; one without a VM-VC-UUID after ``identify-timeout``, or past the hold
+limit before it, is closed; a silent one is probed (IAC DO TIMING-MARK) after
+``idle-probe`` and closed if it does not answer within ``probe-timeout``. A
+takeover of a carried port from another source address waits for such a probe
+of the carrier (the switchboard decides). Each refusal is one log line and
+``vspc_telnet_refused_total{reason}``.
 """
 
 from __future__ import annotations
@@ -28,14 +37,16 @@ import trio
 
 from vic.ops.config import ConfigError
 from vic.ops.metrics_http import serve_metrics
-from vspc.config import ListenConfig, MetricsConfig, VspcConfig
+from vic.ops.wiretext import wire
+from vspc.config import ListenConfig, MetricsConfig, VspcConfig, address_allowed
 from vspc.console.chunks import coalesce
 from vspc.console.hub import Console
 from vspc.console.service import ConsoleService
 from vspc.core import esx_session as es
 from vspc.core import switchboard as sb
 from vspc.core.identity import DEFAULT_LABEL, PortKey, canonical_uuid
-from vspc.esx_conn import CLOSE_FLUSH_SECONDS, EsxConnection
+from vspc.core.liveness import Due, LivenessPolicy, LivenessTable
+from vspc.esx_conn import CLOSE_FLUSH_SECONDS, EsxConnection, peer_gone
 from vspc.metrics import VspcMetrics
 
 log = logging.getLogger("vspc")
@@ -136,7 +147,12 @@ class VspcService:
             vmotion_timeout=config.vmotion.timeout,
             max_concurrent_vmotions=config.vmotion.max_concurrent,
             to_vm_buffer_limit=config.vmotion.buffer_bytes,
+            max_vmotions_per_source=config.vmotion.max_per_source,
         )
+        self.liveness = LivenessTable(_liveness_policy(config.listen))
+        self._allowed = config.listen.source_networks()
+        self._liveness_changed = trio.Event()
+        self._liveness_wake_at = math.inf  # when the liveness loop wakes next
         self.console_backlog_bytes = CONSOLE_BACKLOG_BYTES
         self._secret_source = secret_source
         self._conns: set[EsxConnection] = set()
@@ -183,6 +199,7 @@ class VspcService:
                                                                          quiet=True)
                     await nursery.start(self.consoles.run)
                     nursery.start_soon(self._expiry_loop)
+                    nursery.start_soon(self._liveness_loop)
                     nursery.start_soon(self._gc_loop)
                     self._log_listening(self.config.listen)
                     if self._metrics_server is not None:
@@ -260,7 +277,13 @@ class VspcService:
     def _accepted(self, stream: trio.abc.Stream) -> Coroutine[Any, Any, None]:
         # Not a coroutine function itself (nor is handle_esx_stream): a connection's
         # task holds one coroutine frame less each (16k connections: ~0.5 KiB each).
-        return self.handle_esx_stream(stream, _peer_name(stream))
+        peer = _peer_name(stream)
+        if not address_allowed(_source_of(peer), self._allowed):
+            log.warning("Telnet connection from %s refused: not in listen.allowed-sources",
+                        wire(peer))
+            self.metrics.telnet_refused_total.labels(reason="source").inc()
+            return _close_refused(stream)
+        return self.handle_esx_stream(stream, peer)
 
     async def stop_listening(self) -> None:
         await self._stop(self._listener)
@@ -316,7 +339,10 @@ class VspcService:
         self.board.reconfigure(
             vmotion_timeout=config.vmotion.timeout,
             max_concurrent_vmotions=config.vmotion.max_concurrent,
+            max_vmotions_per_source=config.vmotion.max_per_source,
         )
+        self.liveness.reconfigure(_liveness_policy(config.listen))
+        self._allowed = config.listen.source_networks()
         if config.vmotion.buffer_bytes != old.vmotion.buffer_bytes:
             log.warning("reload: vmotion.buffer-bytes changes only at restart")
         self._deadline_changed.set()
@@ -349,7 +375,9 @@ class VspcService:
         self._conns.add(conn)
         self._changed()
         self.metrics.esx_connections.inc()
-        self.board.connection_opened(conn)
+        self.board.connection_opened(conn, _source_of(peer))
+        conn.liveness = self.liveness.opened(conn, trio.current_time())
+        self._liveness_scheduled(conn.liveness.check_at)
         log.info("%r: connected", conn)
         return conn.run(self)
 
@@ -360,14 +388,21 @@ class VspcService:
     async def connection_closed(self, conn: EsxConnection) -> None:
         self._conns.discard(conn)
         self._deferred.pop(conn, None)
+        self.liveness.closed(conn)
+        if conn.refusal is not None:
+            self.metrics.telnet_refused_total.labels(reason=conn.refusal).inc()
         self.metrics.esx_connections.dec()
         await self._execute(self.board.connection_closed(conn, trio.current_time()))
-        log.info("%r: closed%s", conn, f" ({conn.close_reason})" if conn.close_reason else "")
+        log.info("%r: closed%s", conn,
+                 f" ({wire(conn.close_reason, 200)})" if conn.close_reason else "")
         self._changed()
 
     def may_read(self, conn: EsxConnection) -> bool:
         """Whether the reader of ``conn`` may read more (else wait for resume_reading)."""
         if self.board.from_vm_room(conn) <= 0:
+            if conn.raw_uuid is None and self.board.port_of(conn) is None:  # never said who
+                conn.refuse("flood", f"{self.board.from_vm_held(conn)} bytes sent "
+                            "before any VM-VC-UUID")
             return False  # the switchboard sends ResumeReading
         key = self.board.port_of(conn)
         if key is None:
@@ -392,6 +427,7 @@ class VspcService:
             await self._execute(actions, answer_on=conn)
             if self.board.port_of(conn) is not None:
                 self._deferred.pop(conn, None)
+                self.liveness.identified(conn)  # bound by its cookie: it is who it says
             if any(isinstance(a, sb.PortEvent) and a.kind is sb.EventKind.PEER_REFUSED
                    and a.conn is conn for a in actions):
                 self._peer_refused(conn)
@@ -403,7 +439,7 @@ class VspcService:
         elif isinstance(ev, es.ProxyRequested):
             if ev.label and conn.label is None:
                 conn.label = ev.label
-            log.info("%r: DO-PROXY %s %s -> %s", conn, ev.direction, ev.uri,
+            log.info("%r: DO-PROXY %s %s -> %s", conn, ev.direction, wire(ev.uri),
                      "WILL" if ev.accepted else "WONT")
         elif isinstance(ev, es.VmName):
             conn.vm_name = ev.name
@@ -414,6 +450,7 @@ class VspcService:
                 if console is not None:
                     self.consoles.open(key, ev.name)
         elif isinstance(ev, es.VmUuid):
+            self.liveness.identified(conn)
             await self._identified(conn, ev.raw, now)
         elif isinstance(ev, es.ProtocolViolation):
             self._violation(conn, ev.reason)
@@ -423,7 +460,7 @@ class VspcService:
         try:
             uuid = canonical_uuid(raw)
         except ValueError:
-            self._violation(conn, f"bad VM-VC-UUID {raw!r}")
+            self._violation(conn, f"bad VM-VC-UUID {raw}")
             return
         label = conn.session.label or conn.label
         if label is None and self._vmotion_pending(uuid):
@@ -431,7 +468,7 @@ class VspcService:
             # port label is unknown): VMOTION-PEER will bind it by cookie.
             self._deferred[conn] = uuid
             log.info("%r: VM %s, no port label, a vMotion of this VM is pending: "
-                     "waiting for VMOTION-PEER", conn, raw)
+                     "waiting for VMOTION-PEER", conn, wire(raw))
             return
         key = PortKey(uuid, label or DEFAULT_LABEL)
         self._displays.setdefault(key, conn.vm_name or raw)
@@ -459,7 +496,7 @@ class VspcService:
         conn.close_soon("VMOTION-PEER refused")
 
     def _violation(self, conn: EsxConnection, reason: str) -> None:
-        log.warning("%r: protocol violation, closing: %s", conn, reason)
+        log.warning("%r: protocol violation, closing: %s", conn, wire(reason, 200))
         self.metrics.protocol_errors_total.labels(where="esx").inc()
         conn.close_soon(f"protocol violation: {reason}")
 
@@ -500,6 +537,8 @@ class VspcService:
                 _c(a.conn).resume_reading()
             elif isinstance(a, sb.Dropped):
                 log.warning("%r: %d bytes dropped: %s", a.conn, len(a.data), a.reason)
+            elif isinstance(a, sb.ProbeConn):
+                self._probe(_c(a.conn))
         self._sync_connected()
         if self._settled and self._deferred:
             await self._resolve_deferred()
@@ -562,13 +601,17 @@ class VspcService:
     def _port_event(self, ev: sb.PortEvent) -> None:
         conn = ev.conn
         if log.isEnabledFor(logging.INFO):  # (the repr is not free)
-            log.info("port %s: %s %s%s", ev.key or "-", ev.kind, ev.detail,
+            log.info("port %s: %s %s%s", wire(str(ev.key or "-")), ev.kind, wire(ev.detail, 200),
                      f" ({conn!r})" if conn is not None else "")
         outcome = _OUTCOMES.get(ev.kind)
         if outcome:
             self.metrics.vmotions_total.labels(outcome=outcome).inc()
         if ev.kind in _SETTLED:
             self._settled = True
+        if ev.kind is sb.EventKind.TAKEOVER_REFUSED and isinstance(conn, EsxConnection):
+            conn.refusal = "takeover"
+            log.warning("%r: takeover of port %s refused: %s", conn, wire(str(ev.key)),
+                        ev.detail)
         if ev.key is None:
             return
         console = self._console(ev.key)
@@ -625,6 +668,56 @@ class VspcService:
             await self._execute(self.board.tick(trio.current_time()))
 
 
+    # -- liveness: identity deadline, idle probes, takeover probes ----------------
+    def _probe(self, conn: EsxConnection) -> None:
+        """Ask ``conn`` for proof of life (IAC DO TIMING-MARK) unless a probe is out."""
+        if self.liveness.probe(conn, trio.current_time()):
+            conn.send_control(conn.session.probe())
+            rec = self.liveness.get(conn)
+            if rec is not None:
+                self._liveness_scheduled(rec.check_at)
+
+    async def probe_answered(self, conn: EsxConnection) -> None:
+        """Bytes came from ``conn`` while a probe was out: it is alive."""
+        self.liveness.answered(conn)
+        if conn.liveness is not None:
+            self._liveness_scheduled(conn.liveness.check_at)
+        await self._execute(self.board.probe_answered(conn))
+
+    def _liveness_scheduled(self, at: float) -> None:
+        if at < self._liveness_wake_at:
+            self._liveness_changed.set()
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            self._liveness_changed = trio.Event()
+            deadline = self.liveness.next_deadline()
+            self._liveness_wake_at = deadline if deadline is not None else math.inf
+            with trio.move_on_at(self._liveness_wake_at):
+                await self._liveness_changed.wait()
+                continue
+            now = trio.current_time()
+            for conn, due in self.liveness.tick(now):
+                await self._liveness_due(_c(conn), due, now)
+
+    async def _liveness_due(self, conn: EsxConnection, due: Due, now: float) -> None:
+        lc = self.config.listen
+        if conn.closing:
+            return
+        if due is Due.PROBE:
+            conn.send_control(conn.session.probe())
+        elif due is Due.IDENTIFY_TIMEOUT:
+            conn.refuse("identify_timeout", f"no VM-VC-UUID within {lc.identify_timeout:g} s")
+        elif conn.reading_paused and not peer_gone(conn.stream):
+            # Not read (back-pressure): its answer may wait behind its data. Its peer
+            # is still connected: alive as far as we can tell (contenders lose).
+            self.liveness.spare(conn, now)
+            await self._execute(self.board.probe_answered(conn))
+        else:
+            conn.refuse("idle", f"no answer to a liveness probe within {lc.probe_timeout:g} s")
+            await self._execute(self.board.probe_failed(conn, now))
+
+
 class _InputSink:
     """A console's input sink: ``service.to_vm`` for one port (smaller than a closure)."""
 
@@ -655,6 +748,23 @@ _SETTLED = {
     sb.EventKind.VMOTION_ABORT,
     sb.EventKind.VMOTION_EXPIRE,
 }
+
+
+async def _close_refused(stream: trio.abc.Stream) -> None:
+    await trio.aclose_forcefully(stream)
+
+
+def _liveness_policy(lc: ListenConfig) -> LivenessPolicy:
+    return LivenessPolicy(identify_timeout=lc.identify_timeout, idle_probe=lc.idle_probe,
+                          probe_timeout=lc.probe_timeout)
+
+
+def _source_of(peer: str) -> str:
+    """The source address of a peer name: the IP of ``ip:port``; a relayed stream's
+    ``relay:<host>`` as it is (the relay's host speaks for its streams)."""
+    if peer.startswith("relay:"):
+        return peer
+    return peer.rpartition(":")[0] or peer
 
 
 def _is_tls(stream: trio.abc.Stream) -> bool:

@@ -37,7 +37,8 @@ async def test_many_vms_some_migrating(tmp_path: Path) -> None:
     results: dict[int, bytes] = {}
     typed_ok: set[int] = set()
     async with trio.open_nursery() as nursery:
-        service = await start_vspc(tmp_path, nursery)
+        # every simulated host connects from 127.0.0.1: one source for all vMotions
+        service = await start_vspc(tmp_path, nursery, max_per_source=N_VMS)
         port = service.esx_port
         assert port is not None
 

@@ -174,6 +174,9 @@ BAD_CONFIGS = [
     ("", "timeout = -1", "vmotion.timeout"),
     ("", "bogus = 1", "vmotion.bogus"),
     ("port = 70000", "", "listen.port"),
+    ('allowed-sources = ["10.0.0.0/33"]', "", "listen.allowed-sources[0]"),
+    ("idle-probe = 0", "", "listen.idle-probe"),
+    ("", "max-per-source = 0", "vmotion.max-per-source"),
     ('[listen.tls]\ncert = "/nonexistent/c.pem"\nkey = "/nonexistent/k.pem"', "",
      "listen.tls.cert"),
 ]

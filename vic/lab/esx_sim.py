@@ -19,7 +19,8 @@ PEER, PEER-OK, COMPLETE, then the source closes.
 
 Behaviour modelled on ESX: it offers WILL BINARY/SGA/232 and DO BINARY/SGA,
 and also WILL AUTHENTICATION and WILL COM-PORT, which the vSPC may refuse
-(option negotiation follows RFC 1143, so no loops); once 232 is enabled it
+(option negotiation follows RFC 1143, so no loops; DO TIMING-MARK is answered
+WILL TIMING-MARK each time, per RFC 860, unless ``answer_timing_mark`` is off); once 232 is enabled it
 sends KNOWN-SUBOPTIONS-1 and (unless told not to) DO-PROXY; it answers
 GET-VM-VC-UUID, GET-VM-NAME, GET-VM-BIOS-UUID and GET-VM-LOCATION-UUID, and
 UNKNOWN-SUBOPTION-RCVD-1 to anything it does not know. All output is
@@ -171,6 +172,9 @@ class EsxBehaviour:
     initiate: bool = True  # offer WILL/DO BINARY, SGA, WILL 232 right away
     offer_auth: bool = True  # offer WILL AUTHENTICATION (vSPC may refuse)
     offer_comport: bool = True  # offer WILL COM-PORT (vSPC may refuse)
+    # answer DO TIMING-MARK with WILL TIMING-MARK, as a Telnet client does (RFC 860);
+    # False: a hung host whose TCP is still up (never answers a liveness probe)
+    answer_timing_mark: bool = True
     known: tuple[int, ...] = DEFAULT_KNOWN  # KNOWN-SUBOPTIONS-1 list
     begin_timeout: float = ESX_BEGIN_TIMEOUT
     max_sb: int = 4096  # longest subnegotiation accepted from the vSPC
@@ -220,6 +224,7 @@ class EsxConnection:
         self.proxy_known: list[int] | None = None  # KNOWN-SUBOPTIONS-2 payload
         self.proxy_answer: int | None = None  # WILL-PROXY / WONT-PROXY
         self.unknown_reported: list[int] = []  # UNKNOWN-SUBOPTION-RCVD-2 payloads
+        self.timing_marks = 0  # DO TIMING-MARK received (liveness probes)
         self.identity_asked = trio.Event()
         self.ext_refused = False
         self.error: BaseException | None = None
@@ -255,8 +260,11 @@ class EsxConnection:
         *,
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
+        local_address: str | None = None,
     ) -> trio.abc.Stream:
-        tcp = await trio.open_tcp_stream(host, port)  # trio sets TCP_NODELAY
+        # trio sets TCP_NODELAY; local_address: connect from that address (e.g.
+        # 127.0.0.2, another "host" on loopback)
+        tcp = await trio.open_tcp_stream(host, port, local_address=local_address)
         if ssl_context is None:
             return tcp
         tls = trio.SSLStream(tcp, ssl_context, server_hostname=server_hostname or host)
@@ -278,6 +286,7 @@ class EsxConnection:
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         behaviour: EsxBehaviour | None = None,
+        local_address: str | None = None,
         **knobs: object,
     ) -> EsxConnection:
         """Connect, negotiate, and (by default) wait for the 232 handshake.
@@ -291,7 +300,8 @@ class EsxConnection:
                 raise TypeError(f"unknown EsxBehaviour field {k!r}")
             setattr(b, k, v)
         stream = await cls.open_stream(
-            host, port, ssl_context=ssl_context, server_hostname=server_hostname
+            host, port, ssl_context=ssl_context, server_hostname=server_hostname,
+            local_address=local_address,
         )
         conn = cls(stream, vm, b)
         nursery.start_soon(conn._reader)
@@ -614,6 +624,11 @@ class EsxConnection:
             self._console_event = trio.Event()
         elif isinstance(ev, tw.Negotiation):
             self.received_other.append(ev)
+            if ev.option == tw.TIMING_MARK and ev.verb == tw.DO:
+                self.timing_marks += 1
+                if self.b.answer_timing_mark:  # everything before it is processed: mark
+                    await self._send_wire(tw.negotiation(tw.WILL, tw.TIMING_MARK))
+                return
             reply = self._negotiate(ev.verb, ev.option)
             if reply:
                 await self._send_wire(reply)
@@ -820,6 +835,7 @@ async def migrate(
     close_source: bool = True,
     peer_timeout: float = ESX_BEGIN_TIMEOUT,
     dest_behaviour: EsxBehaviour | None = None,
+    dest_local_address: str | None = None,
 ) -> Migration:
     """Run a whole vMotion of ``source.vm`` to a new connection at ``host:port``.
 
@@ -853,6 +869,7 @@ async def migrate(
             ssl_context=ssl_context,
             server_hostname=server_hostname,
             behaviour=dest_behaviour,
+            local_address=dest_local_address,  # the destination host's address
         )
     except BaseException:
         with trio.CancelScope(shield=True):

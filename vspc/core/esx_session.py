@@ -43,6 +43,10 @@ Wire behaviour
   answered (no ping-pong).
 * Subnegotiations of other options and plain Telnet commands (NOP, AYT, ...)
   are ignored.
+* :meth:`probe` is a liveness probe (RFC 860: IAC DO TIMING-MARK). ESX, like any
+  Telnet client, answers WILL or WONT TIMING-MARK; that answer is consumed here
+  (never re-negotiated: TIMING-MARK is no state) and, like any other bytes read,
+  tells the adapter the peer is alive.
 
 Protocol violations
 -------------------
@@ -66,7 +70,7 @@ from typing import Final, Literal
 from vspc.core.identity import canonical_uuid, label_from_uri
 from vspc.telnet import codec
 from vspc.telnet import vmware as ext
-from vspc.telnet.codec import BINARY, SGA, VMWARE_EXT
+from vspc.telnet.codec import BINARY, DO, SGA, TIMING_MARK, VMWARE_EXT, WILL, WONT
 from vspc.telnet.options import OptionNegotiator
 
 ProxyRule = Callable[[str, str], bool]
@@ -167,6 +171,9 @@ SessionEvent = (
 )
 
 
+_PROBE: Final = codec.negotiate(DO, TIMING_MARK)
+
+
 def _accept_all(direction: str, uri: str) -> bool:
     return True
 
@@ -254,6 +261,8 @@ class EsxSession:
             if isinstance(ev, codec.Data):
                 events.append(ConsoleData(ev.data))
             elif isinstance(ev, codec.Negotiate):
+                if ev.option == TIMING_MARK and ev.verb in (WILL, WONT):
+                    continue  # the answer to our probe: proof of life, nothing to do
                 reply, _changes = self.negotiator.receive(ev)
                 if reply:
                     self._out.append(reply)
@@ -284,6 +293,11 @@ class EsxSession:
     def send_console(data: bytes) -> bytes:
         """Appliance -> VM console bytes, escaped for the wire."""
         return codec.escape(data)
+
+    @staticmethod
+    def probe() -> bytes:
+        """A liveness probe: IAC DO TIMING-MARK (answered WILL or WONT TIMING-MARK)."""
+        return _PROBE
 
     @staticmethod
     def goahead(seq: bytes, secret: bytes) -> bytes:

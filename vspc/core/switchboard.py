@@ -13,13 +13,15 @@ Calls (each returns ``list[Action]`` unless noted)::
 
     sb = Switchboard(vmotion_timeout=30.0, max_concurrent_vmotions=64,
                      to_vm_buffer_limit=256 * 1024)
-    sb.connection_opened(conn)            # PortEvent(connect)
+    sb.connection_opened(conn, source)    # PortEvent(connect); source: the peer's address
     sb.identified(conn, key, now)         # VM-VC-UUID (+ label) known: conn carries key
     sb.begin(conn, seq, secret, now)      # VMOTION-BEGIN; secret = os.urandom(SECRET_SIZE)
     sb.peer(conn, cookie, now)            # VMOTION-PEER; cookie = seq + secret as received
     sb.complete(conn, seq, now)           # VMOTION-COMPLETE
     sb.abort(conn, now)                   # VMOTION-ABORT
     sb.connection_closed(conn, now)       # the connection is gone (EOF, error, or our CloseConn)
+    sb.probe_answered(conn)               # a liveness probe (ProbeConn) was answered
+    sb.probe_failed(conn, now)            # ... or not, in time: the connection is dead
     sb.from_vm(conn, data)                # console bytes the VM wrote (Telnet-decoded)
     sb.to_vm(key, data)                   # bytes for the VM; at most to_vm_room(key) of them
     sb.tick(now)                          # call at next_deadline(); expires vMotions
@@ -34,7 +36,9 @@ ESX connection), ``Deliver`` (console bytes to the port's console), ``CloseConn`
 write it to the console's event log when ``key`` is set, count it), ``RoomAvailable``
 (a full to-VM buffer drained: writers waiting on ``to_vm_room`` may go on),
 ``ResumeReading`` (a connection whose held bytes were full may be read again),
-``Dropped`` (bytes of a connection that closed before it ever had an identity).
+``Dropped`` (bytes of a connection that closed before it ever had an identity),
+``ProbeConn`` (ask that connection for proof of life; report the outcome with
+``probe_answered`` / ``probe_failed``).
 
 Metrics: count ``PortEvent`` kinds; the vMotion outcomes are ``vmotion_complete``,
 ``vmotion_abort``, ``vmotion_expire``, ``vmotion_notnow`` and ``peer_refused``. Time
@@ -43,14 +47,21 @@ BEGIN->GOAHEAD around ``begin`` plus the write of ``SendGoahead``.
 Rules the adapter relies on:
 
 * A connection becomes a port's *carrier* when it identifies. If the port already
-  has a live carrier and no vMotion is pending, the newer connection takes over
-  (``PortEvent(takeover)``) and the old one is closed (``CloseConn``). While a vMotion
+  has a live carrier and no vMotion is pending, a newer connection from the same
+  source address takes over at once (``PortEvent(takeover)``; ESX reconnecting) and
+  the old one is closed (``CloseConn``). One from another source only *contends*:
+  the carrier is probed (``ProbeConn``); if it answers, every contender is closed
+  (``PortEvent(takeover_refused)``) and the carrier keeps the port and its input; if
+  it fails the probe or closes, the newest contender takes over. While a vMotion
   is pending, an identifying connection waits (it is usually the destination, which
   may send its UUID before PEER); when the vMotion settles it is closed, or becomes
   the carrier if the port then has none.
 * ``begin`` answers at once: ``SendGoahead`` or ``SendNotNow`` (a vMotion already
-  pending on that port, the concurrent limit reached, or the sender is not the
-  port's carrier / has no identity yet).
+  pending on that port, the sender's source address already has
+  ``max_vmotions_per_source`` pending, or the sender is not the port's carrier /
+  has no identity yet). ``max_concurrent_vmotions`` caps the total, but never a
+  source's first pending vMotion: one source's BEGINs never refuse another's
+  first one.
 * ``peer`` binds a connection to a port only through the exact cookie of a pending
   vMotion; DO-PROXY and UUID play no part. Anything else is refused and logged.
 * ``complete`` switches the port to the destination. The source keeps draining:
@@ -88,6 +99,7 @@ __all__ = [
     "Dropped",
     "EventKind",
     "PortEvent",
+    "ProbeConn",
     "ResumeReading",
     "RoomAvailable",
     "SendData",
@@ -106,6 +118,8 @@ class EventKind(enum.StrEnum):
     IDENTITY = "identity"
     IDENTITY_CONFLICT = "identity_conflict"
     TAKEOVER = "takeover"
+    TAKEOVER_PROBE = "takeover_probe"
+    TAKEOVER_REFUSED = "takeover_refused"
     VMOTION_BEGIN = "vmotion_begin"
     VMOTION_NOTNOW = "vmotion_notnow"
     VMOTION_PEER = "vmotion_peer"
@@ -200,6 +214,13 @@ class Dropped:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeConn:
+    """Ask ``conn`` for proof of life (a takeover from another source is waiting)."""
+
+    conn: Conn
+
+
 Action: TypeAlias = (
     SendData
     | SendGoahead
@@ -211,6 +232,7 @@ Action: TypeAlias = (
     | RoomAvailable
     | ResumeReading
     | Dropped
+    | ProbeConn
 )
 
 
@@ -242,6 +264,7 @@ class _Role(enum.Enum):
     DRAIN = "drain"  # a former carrier, still open: its bytes come first
     WAITING = "waiting"  # bound to a port with a pending vMotion, not (yet) the carrier
     OUTCAST = "outcast"  # a destination/candidate that lost; being closed
+    CONTENDER = "contender"  # claims a carried port from another source: waits for a probe
 
 
 # Thousands of ports and connections are live at once, most of them with nothing
@@ -278,6 +301,7 @@ def _grown(buf: bytearray, data: bytes) -> bytearray:
 @dataclass(slots=True, eq=False)
 class _ConnRec:
     conn: Conn
+    source: object = None  # the peer's address: takeovers from the same one are ESX reconnecting
     key: PortKey | None = None
     role: _Role = _Role.UNBOUND
     held: bytearray = field(default_factory=_no_bytes)
@@ -295,6 +319,8 @@ class _Port:
     drains: list[_ConnRec] = field(default_factory=_no_recs)  # oldest first; head delivers
     waiting: list[_ConnRec] = field(default_factory=_no_recs)
     outcasts: list[_ConnRec] = field(default_factory=_no_recs)
+    contenders: list[_ConnRec] = field(default_factory=_no_recs)  # oldest first
+    vm_source: object = None  # source address of the pending vMotion's BEGIN
     to_vm_buf: bytearray = field(default_factory=_no_bytes)
     to_vm_full: bool = False  # owes a RoomAvailable
 
@@ -308,6 +334,7 @@ class _Port:
             and not self.drains
             and not self.waiting
             and not self.outcasts
+            and not self.contenders
             and self.vm.state is State.IDLE
             and not self.to_vm_buf
         )
@@ -343,6 +370,7 @@ class Switchboard:
         max_concurrent_vmotions: int,
         to_vm_buffer_limit: int,
         from_vm_hold_limit: int | None = None,
+        max_vmotions_per_source: int = 8,
     ) -> None:
         if vmotion_timeout <= 0:
             raise ValueError("vmotion_timeout must be > 0")
@@ -350,8 +378,12 @@ class Switchboard:
             raise ValueError("max_concurrent_vmotions must be >= 0")
         if to_vm_buffer_limit <= 0:
             raise ValueError("to_vm_buffer_limit must be > 0")
+        if max_vmotions_per_source < 0:
+            raise ValueError("max_vmotions_per_source must be >= 0")
         self.vmotion_timeout = vmotion_timeout
         self.max_concurrent_vmotions = max_concurrent_vmotions
+        self.max_vmotions_per_source = max_vmotions_per_source
+        self._by_source: dict[object, int] = {}  # pending vMotions per BEGIN source address
         self.to_vm_buffer_limit = to_vm_buffer_limit
         self.from_vm_hold_limit = (
             to_vm_buffer_limit if from_vm_hold_limit is None else from_vm_hold_limit
@@ -370,7 +402,12 @@ class Switchboard:
         *,
         vmotion_timeout: float | None = None,
         max_concurrent_vmotions: int | None = None,
+        max_vmotions_per_source: int | None = None,
     ) -> None:
+        if max_vmotions_per_source is not None:
+            if max_vmotions_per_source < 0:
+                raise ValueError("max_vmotions_per_source must be >= 0")
+            self.max_vmotions_per_source = max_vmotions_per_source
         if vmotion_timeout is not None:
             if vmotion_timeout <= 0:
                 raise ValueError("vmotion_timeout must be > 0")
@@ -448,8 +485,8 @@ class Switchboard:
 
     # ---- connection lifecycle
 
-    def connection_opened(self, conn: Conn) -> list[Action]:
-        self._rec(conn)
+    def connection_opened(self, conn: Conn, source: object = None) -> list[Action]:
+        self._rec(conn).source = source
         return [PortEvent(None, EventKind.CONNECT, "", conn)]
 
     def identified(self, conn: Conn, key: PortKey, now: float) -> list[Action]:
@@ -480,17 +517,38 @@ class Switchboard:
         elif port.carrier is None:
             self._make_carrier(port, rec)
             out.append(PortEvent(key, EventKind.IDENTITY, "carrier", conn))
+        elif port.carrier.source == rec.source or port.carrier.close_sent:
+            self._take_over(port, rec, "newer connection took over the port", out)
         else:
-            old = port.carrier
-            self._drop_carrier(port)
-            self._make_drain(port, old, deadline=None)
-            self._close(old, "superseded by a newer connection for the same port", out)
-            self._make_carrier(port, rec)
-            out.append(PortEvent(key, EventKind.IDENTITY, "carrier", conn))
-            out.append(
-                PortEvent(key, EventKind.TAKEOVER, "newer connection took over the port", conn)
-            )
+            self._contend(port, rec, out)
         self._settle(port, out)
+        return out
+
+    def probe_answered(self, conn: Conn) -> list[Action]:
+        """``conn`` answered a liveness probe: contenders for its port are refused."""
+        rec = self._conns.get(conn)
+        if rec is None or rec.key is None or rec.role is not _Role.CARRIER:
+            return []
+        port = self._ports[rec.key]
+        out: list[Action] = []
+        self._refuse_contenders(port, "the connected carrier answered a liveness probe", out)
+        self._settle(port, out)
+        return out
+
+    def probe_failed(self, conn: Conn, now: float) -> list[Action]:
+        """``conn`` did not answer a liveness probe in time: the newest contender (if
+        any) takes its port over and ``conn`` is closed."""
+        rec = self._conns.get(conn)
+        if rec is None or rec.key is None or rec.role is not _Role.CARRIER:
+            return []
+        port = self._ports[rec.key]
+        out: list[Action] = []
+        winner = self._pop_contender(port)
+        if winner is not None:
+            self._refuse_contenders(port, "another connection took over the port", out)
+            self._take_over(port, winner, "the old carrier failed a liveness probe", out,
+                            "did not answer a liveness probe; another connection took over")
+            self._settle(port, out)
         return out
 
     def connection_closed(self, conn: Conn, now: float) -> list[Action]:
@@ -517,6 +575,12 @@ class Switchboard:
             self._drop_carrier(port)
             if rec.held:  # waiting behind drains: keep its place in the order
                 port.drains = _added(port.drains, rec)
+            self._promote_contender(port, out)
+        elif role is _Role.CONTENDER:
+            port.contenders.remove(rec)
+            if rec.held:
+                out.append(Dropped(conn, bytes(rec.held), "contender closed"))
+                rec.held = _NO_BYTES
         elif role is _Role.DRAIN:
             if not rec.held:
                 port.drains.remove(rec)
@@ -546,7 +610,7 @@ class Switchboard:
                 ),
             ]
         port = self._ports[rec.key]
-        busy = len(self._pending) >= self.max_concurrent_vmotions or (seq + secret) in self._cookies
+        busy = self._vmotion_busy(rec.source) or (seq + secret) in self._cookies
         step = port.vm.begin(
             conn,
             seq,
@@ -704,6 +768,69 @@ class Switchboard:
             return self._ports[rec.key].head() is rec
         return False
 
+    def _vmotion_busy(self, source: object) -> bool:
+        """No room for another vMotion from ``source``: its own cap, or the total cap
+        once it already has one (a source's first is never refused for others')."""
+        own = self._by_source.get(source, 0)
+        if own >= self.max_vmotions_per_source:
+            return True
+        total = len(self._pending) >= self.max_concurrent_vmotions
+        return total and (own > 0 or self.max_concurrent_vmotions == 0)
+
+    def _take_over(self, port: _Port, rec: _ConnRec, why: str, out: list[Action],
+                   close_reason: str = "superseded by a newer connection for the same port",
+                   ) -> None:
+        """``rec`` becomes the carrier of ``port``; the old carrier drains and is closed."""
+        old = port.carrier
+        assert old is not None
+        self._drop_carrier(port)
+        self._make_drain(port, old, deadline=None)
+        self._close(old, close_reason, out)
+        self._make_carrier(port, rec)
+        out.append(PortEvent(port.key, EventKind.IDENTITY, "carrier", rec.conn))
+        out.append(PortEvent(port.key, EventKind.TAKEOVER, why, rec.conn))
+
+    def _contend(self, port: _Port, rec: _ConnRec, out: list[Action]) -> None:
+        """``rec`` claims a carried port from another source: probe the carrier first."""
+        assert port.carrier is not None
+        rec.role = _Role.CONTENDER
+        port.contenders = _added(port.contenders, rec)
+        out.append(ProbeConn(port.carrier.conn))
+        out.append(PortEvent(port.key, EventKind.TAKEOVER_PROBE,
+                             "claimed from another source; probing the connected carrier",
+                             rec.conn))
+
+    def _pop_contender(self, port: _Port) -> _ConnRec | None:
+        """The newest contender still open, taken out of the port's list."""
+        for rec in reversed(port.contenders):
+            if not rec.close_sent:
+                port.contenders.remove(rec)
+                return rec
+        return None
+
+    def _promote_contender(self, port: _Port, out: list[Action]) -> None:
+        """The carrier closed: the newest contender carries the port, the rest are refused."""
+        winner = self._pop_contender(port)
+        if winner is None:
+            return
+        self._refuse_contenders(port, "another connection took over the port", out)
+        self._make_carrier(port, winner)
+        out.append(PortEvent(port.key, EventKind.IDENTITY, "carrier (old carrier closed)",
+                             winner.conn))
+
+    def _refuse_contenders(self, port: _Port, why: str, out: list[Action]) -> None:
+        """Close every contender; their bytes never reach the port's console."""
+        contenders, port.contenders = port.contenders, _NO_RECS
+        for rec in contenders:
+            rec.key, rec.role = None, _Role.UNBOUND
+            if rec.held:
+                out.append(Dropped(rec.conn, bytes(rec.held), "takeover refused"))
+                rec.held = _NO_BYTES
+            rec.paused = False
+            if not rec.close_sent:
+                out.append(PortEvent(port.key, EventKind.TAKEOVER_REFUSED, why, rec.conn))
+            self._close(rec, f"takeover refused: {why}", out)
+
     def _make_carrier(self, port: _Port, rec: _ConnRec) -> None:
         rec.role = _Role.CARRIER
         if port.carrier is None:
@@ -773,10 +900,13 @@ class Switchboard:
                 assert after is not None
                 self._pending[key] = port
                 self._cookies[after.cookie] = key
+                port.vm_source = self._conns[step.conn].source
+                self._by_source[port.vm_source] = self._by_source.get(port.vm_source, 0) + 1
             elif eff is Effect.CLEAR:
                 assert before is not None
                 self._pending.pop(key, None)
                 self._cookies.pop(before.cookie, None)
+                self._uncount_source(port)
             elif eff is Effect.SET_DEST:
                 rec = self._conns[step.conn]
                 if rec.key is None:
@@ -809,6 +939,15 @@ class Switchboard:
         if step.state_before is not State.IDLE and step.state_after is State.IDLE:
             self._resolve_waiting(port, out)
 
+    def _uncount_source(self, port: _Port) -> None:
+        src = port.vm_source
+        n = self._by_source.get(src, 0) - 1
+        if n > 0:
+            self._by_source[src] = n
+        else:
+            self._by_source.pop(src, None)
+        port.vm_source = None
+
     def _switch(self, port: _Port, before: Pending, out: list[Action], now: float) -> None:
         assert before.dest is not None
         dest = self._conns[before.dest]
@@ -818,6 +957,7 @@ class Switchboard:
             self._make_drain(port, src, deadline=now + self.vmotion_timeout)
         port.waiting.remove(dest)
         self._make_carrier(port, dest)
+        self._refuse_contenders(port, "the VM moved (vMotion complete)", out)
 
     def _resolve_waiting(self, port: _Port, out: list[Action]) -> None:
         """The vMotion settled: connections still waiting lose, unless the port has no carrier."""

@@ -67,6 +67,7 @@ EOR: Final = 239
 BINARY: Final = 0
 ECHO: Final = 1
 SGA: Final = 3
+TIMING_MARK: Final = 6  # RFC 860
 TTYPE: Final = 24
 NAWS: Final = 31
 LINEMODE: Final = 34
