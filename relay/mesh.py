@@ -43,6 +43,7 @@ from relay.pump import pump
 from relay.resumable import Accepted, ResumableStream, SessionTable
 from relay.route import Router, open_transport
 from relay.vsphere_route import follow_appliance
+from vic.ops.wiretext import wire
 
 log = logging.getLogger("relay.mesh")
 
@@ -94,7 +95,7 @@ def with_continuation(header: OriginHeader, stream: ResumableStream) -> OriginHe
         return header
     start, recv_start = stream.continues
     log.info("stream %s from %s continues at offset %d (its VM end has %d)",
-             header.stream_id or "-", header.host, header.offset + start,
+             wire(header.stream_id or "-"), wire(header.host), header.offset + start,
              header.received + recv_start)
     return continued(header, header.offset + start, header.received + recv_start)
 

@@ -40,6 +40,7 @@ from relay.core.frames import ErrorCode
 from relay.core.mux import LinkClosingError, StreamOpened
 from relay.core.resume import GapError, ResumeError, ResumeProtocolError, ResumeSession
 from relay.link import LinkConfig, LinkDeadError, PeerLink
+from vic.ops.wiretext import wire
 
 log = logging.getLogger("relay.resumable")
 
@@ -465,7 +466,7 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         self.session_id = os.urandom(16)
         self._continue_from = start
         log.warning("stream %s: the peer lost the session (%s); continuing as %s from offset %d"
-                    " (%d bytes not acknowledged), received %d", old, reason or "unknown session",
+                    " (%d bytes not acknowledged), received %d", old, wire(reason or "unknown"),
                     self.short_id, start, self.session.written - start, recv_start)
 
     def _fail(self, code: int, reason: str, *, send: bool = True) -> None:

@@ -21,6 +21,7 @@ import trio
 import trio.lowlevel
 
 from relay.core.header import HeaderDecoder, HeaderError, OriginHeader
+from vic.ops.wiretext import wire
 from vspc.config import EndpointConfig, VspcConfig
 from vspc.console.hub import Console
 from vspc.core.continuation import Continuation, StreamCursor, StreamLedger, recovered_have
@@ -136,8 +137,8 @@ class Endpoint:
         if header.kind == "vspc":
             if header.continues:
                 log.warning("relayed Telnet stream %s from %s continues at offset %d: a new "
-                            "Telnet session, not fitted on byte-exactly", header.stream_id,
-                            header.host, header.offset)
+                            "Telnet session, not fitted on byte-exactly", wire(header.stream_id),
+                            wire(header.host), header.offset)
             await self.service.handle_esx_stream(s, f"relay:{header.host}")
         else:
             await self._serve_raw(s, header, log_before_ack)
@@ -200,14 +201,15 @@ class Endpoint:
         m = self.service.metrics
         m.relayed_continued_total.labels(known="yes" if plan.known else "no").inc()
         log.info("relayed stream %s from %s continues at offset %d (VM has %d): %s",
-                 header.stream_id, header.host, header.offset, header.received,
+                 wire(header.stream_id), wire(header.host), header.offset, header.received,
                  f"skipping {plan.skip} bytes already here, sending {len(plan.resend)} again"
                  if plan.known else "not known here, taken as it comes")
         for direction, gap in (("vm_to_appliance", plan.missing_in),
                                ("appliance_to_vm", plan.missing_out)):
             if gap is not None:
                 log.warning("relayed stream %s from %s: %s bytes %d..%d lost on the way (%d)",
-                            header.stream_id, header.host, direction, gap[0], gap[0] + gap[1],
+                            wire(header.stream_id), wire(header.host), direction, gap[0],
+                            gap[0] + gap[1],
                             gap[1])
                 m.relayed_gap_bytes_total.labels(direction=direction).inc(gap[1])
 
@@ -226,7 +228,7 @@ class Endpoint:
                 try:
                     await stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-                    log.info("relayed stream %s: input not sent: %s", header.stream_id or key, e)
+                    log.info("relayed stream %s: input not sent: %s", wire(header.stream_id), e)
                     return
             self.service.metrics.bytes_total.labels(direction="appliance_to_vm").inc(len(data))
 
