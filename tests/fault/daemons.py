@@ -18,6 +18,7 @@ port number never collides across hosts and each daemon's traffic is its own.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -48,9 +49,8 @@ def _value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
-    if isinstance(v, (str, Path)):
-        s = str(v).replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{s}"'
+    if isinstance(v, (str, Path)):  # JSON's escapes are TOML's (and DEL escaped too)
+        return json.dumps(str(v), ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_value(x) for x in v) + "]"
     if isinstance(v, dict):
@@ -67,8 +67,8 @@ def _is_table_array(v: Any) -> bool:
 
 
 def toml_dumps(doc: Table, prefix: str = "") -> str:
-    """Plain values first, then ``[tables]`` and ``[[arrays of tables]]``; a dict
-    under the key ``"inline"`` style is never needed by our configs."""
+    """Plain values first, then ``[tables]`` and ``[[arrays of tables]]`` (a dict
+    inside a list is written inline)."""
     lines = [f"{_key(k)} = {_value(v)}" for k, v in doc.items()
              if not isinstance(v, dict) and not _is_table_array(v)]
     out = "\n".join(lines) + ("\n" if lines else "")
