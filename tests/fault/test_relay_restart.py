@@ -176,3 +176,35 @@ async def test_ingress_relay_restart_ends_the_vm_connection_and_repeats_nothing(
         head = bytes(got[:-len(b"reconnected\n")])
         assert data.startswith(head), explain(head, data[:len(head)]) + ds.logs()
         assert len(head) >= len(data) // 8
+
+
+async def test_appliance_to_vm_bytes_nobody_kept_are_a_counted_gap(tmp_path: Path) -> None:
+    """Where the path cannot carry bytes on (the appliance keeps nothing to send
+    again: ``resend-bytes = 0``), what esx-b took with it is one hole at the VM,
+    named in a warning with its range and counted; nothing repeats."""
+    data = counter(0, 100_000)
+    half = len(data) // 2
+    async with Daemons(tmp_path) as ds:
+        mesh = Mesh(tmp_path, ds, role="egress", resend_bytes=0)
+        await mesh.start()
+        vm = await mesh.connect_vm()
+        console = await mesh.attach_console()
+        got = bytearray()
+        with trio.fail_after(50):
+            async with trio.open_nursery() as n:
+                n.start_soon(console.send_all, data[:half])
+                await receive_exactly(vm, len(data) // 8, got)  # then the VM stops reading
+                mark = len(mesh.app.log_text())
+                mesh.b.freeze()
+                mesh.b.kill(signal.SIGKILL)
+                await mesh.b.wait_exit()
+                await mesh.b.start()
+            end = await mesh.app.wait_log("lost on the way", after=mark)
+            await mesh.wait_connected()
+            await console.send_all(data[half:])
+            line = mesh.app.log_text()[mark:end].splitlines()[-1]
+            first, last = (int(x) for x in line.split(" bytes ")[1].split(" ")[0].split(".."))
+            await receive_exactly(vm, len(data) - (last - first), got)
+        assert 0 < last - first and bytes(got) == data[:first] + data[last:], line
+        lost = await mesh.app_metric('vspc_relayed_gap_bytes_total{direction="appliance_to_vm"}')
+        assert lost == last - first

@@ -54,13 +54,15 @@ def _tls(files: Any) -> Table:
 
 
 class Mesh:
-    def __init__(self, tmp: Path, daemons: Daemons, *, role: str) -> None:
+    def __init__(self, tmp: Path, daemons: Daemons, *, role: str,
+                 resend_bytes: int = 8 << 20) -> None:
         pki = Pki(tmp / "pki")
         self.role = role
         self.log_dir = tmp / "consoles"
         self.console_socket = tmp / "console.sock"
         self.vm_port = free_port(A)
         peer_port, endpoint_port, link_port = free_port(B), free_port(APP), free_port(APP)
+        self.metrics_port = free_port(APP)
         self.a: Daemon = daemons.add("relay", "esx-a", {
             "host": "esx-a",
             "egress": {"default": {"kind": "peer", "route": "appliance"}},
@@ -85,18 +87,31 @@ class Mesh:
         })
         self.app: Daemon = daemons.add("vspc", "appliance", {
             "listen": {"host": APP, "port": free_port(APP)},
-            "endpoint": {"host": APP, "port": endpoint_port, "resend-bytes": 8 << 20,
+            "endpoint": {"host": APP, "port": endpoint_port, "resend-bytes": resend_bytes,
                          "link-tuning": LINK,
                          "link": [{"address": f"tcp:{APP}:{link_port}", "tls": False,
                                    "forwarded": True}]},
             "console": {"log-dir": str(self.log_dir), "socket": str(self.console_socket)},
-            "metrics": {"enabled": False},
+            "metrics": {"host": APP, "port": self.metrics_port},
         })
 
     async def start(self) -> None:
         await self.app.start()
         await self.b.start()
         await self.a.start()
+
+    async def app_metric(self, sample: str) -> float:
+        """The value of one sample (``name{labels}``) on the appliance's /metrics (0 if absent)."""
+        stream = await trio.open_tcp_stream(APP, self.metrics_port)
+        async with stream:
+            await stream.send_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            body = bytearray()
+            while data := await stream.receive_some(65536):
+                body += data
+        for line in body.decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+        return 0.0
 
     async def connect_vm(self) -> trio.SocketStream:
         return await trio.open_tcp_stream(A, self.vm_port)
