@@ -205,6 +205,8 @@ class Daemons:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if exc[0] is not None:  # shown with the failure (pytest captures it)
+            print(self.logs())
         for d in self.all.values():
             d.cleanup()
         with trio.move_on_after(10) as cs:
