@@ -209,8 +209,7 @@ class Endpoint:
             if gap is not None:
                 log.warning("relayed stream %s from %s: %s bytes %d..%d lost on the way (%d)",
                             wire(header.stream_id), wire(header.host), direction, gap[0],
-                            gap[0] + gap[1],
-                            gap[1])
+                            gap[0] + gap[1], gap[1])
                 m.relayed_gap_bytes_total.labels(direction=direction).inc(gap[1])
 
     async def _serve_raw(self, stream: trio.abc.Stream, header: OriginHeader,
