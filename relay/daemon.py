@@ -285,7 +285,20 @@ class RelayDaemon:
             self._listeners.cancel_scope.cancel()
         self.mesh.goaway()
         if self._streams is not None:
-            self._streams.cancel_scope.deadline = trio.current_time() + drain
+            deadline = trio.current_time() + drain
+            if self._svc is not None:
+                self._svc.start_soon(self._cut_at, deadline)
+            else:
+                self._streams.cancel_scope.deadline = deadline
+
+    async def _cut_at(self, deadline: float) -> None:
+        """The drain deadline: sessions from peers are left, not closed (their
+        senders carry them on, here after a restart or elsewhere); then every
+        stream still live is cut."""
+        await trio.sleep_until(deadline)
+        self.mesh.leave_sessions("relay stopped: carry the stream on")
+        if self._streams is not None:
+            self._streams.cancel_scope.cancel()
 
     # --- IngressSink ----------------------------------------------------------
 

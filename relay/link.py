@@ -174,11 +174,11 @@ class PeerLink:
 
     # ---------------------------------------------------------------- streams
     def open(self, handler: StreamHandler, session_id: bytes, recv_offset: int,
-             header: bytes, resume: bool) -> int:
+             header: bytes, resume: bool, continues: int | None = None) -> int:
         """Open a stream; raises LinkDeadError or LinkClosingError."""
         if not self.alive:
             raise LinkDeadError(self.dead_reason or "link closed")
-        sid = self.mux.open_stream(session_id, recv_offset, header, resume)
+        sid = self.mux.open_stream(session_id, recv_offset, header, resume, continues)
         self._handlers[sid] = handler
         self._kick()
         return sid

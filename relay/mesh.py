@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from relay import tls as tlsmod
 from relay.admin import AdminServer, route_commands
 from relay.core.forwarded import encode_preamble
-from relay.core.header import HeaderDecoder, HeaderError, OriginHeader, check_identity
+from relay.core.header import HeaderDecoder, HeaderError, OriginHeader, check_identity, continued
 from relay.core.hybrid import HybridError
 from relay.egress import hybrid_connect
 from relay.link import LinkConfig
@@ -92,7 +92,19 @@ def vet_accepted(acc: Accepted, events: LinkEvents = NO_EVENTS) -> OriginHeader 
         events.header_refused("foreign_host")
         acc.stream.abort("origin host does not match the peer's identity")
         return None
-    return header
+    return with_continuation(header, acc.stream)
+
+
+def with_continuation(header: OriginHeader, stream: ResumableStream) -> OriginHeader:
+    """The header to pass on: a session that continues a lost one says where it
+    starts in the stream (offsets add up when the header already continued)."""
+    if stream.continues is None:
+        return header
+    start, recv_start = stream.continues
+    log.info("stream %s from %s continues at offset %d (its VM end has %d)",
+             wire(header.stream_id or "-"), wire(header.host), header.offset + start,
+             header.received + recv_start)
+    return continued(header, header.offset + start, header.received + recv_start)
 
 
 @dataclass
@@ -226,6 +238,11 @@ class Mesh:
             run.scope.cancel()
             if run.server is not None:
                 run.server.goaway_all("relay stopping")
+
+    def leave_sessions(self, reason: str) -> None:
+        """The drain's end: sessions that end here are left to their senders."""
+        for table in self._tables.values():
+            table.leave_all(reason)
 
     # --- ingress side ---------------------------------------------------------------
 

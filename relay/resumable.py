@@ -14,6 +14,14 @@ offsets they have received:
   link re-attaches it (superseding the old attachment), and a session nobody
   re-attaches within ``resume_timeout`` ends with TIMEOUT.
 
+Bytes are acknowledged only once the application has handed them on (its next
+``receive_some`` call, or ``aclose``): a relay killed with bytes in its memory
+has not acknowledged them. When the acceptor answers a resume with
+UNKNOWN_SESSION (it restarted), the opener continues in a new session
+(``OPEN`` with the CONTINUE flag) that sends again every unacknowledged byte;
+the acceptor's side exposes ``continues`` so the stream's next hop learns where
+it starts (relay.core.header, version 2).
+
 Needed bytes missing from a replay buffer end the stream with an explicit GAP
 reset at both ends (``StreamFailedError`` with ``code == ErrorCode.GAP``).
 """
@@ -21,6 +29,7 @@ reset at both ends (``StreamFailedError`` with ``code == ErrorCode.GAP``).
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -146,13 +155,20 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         opener: bool,
         connector: Connector | None = None,
         pool: ReplayPool | None = None,
+        continues: tuple[int, int] | None = None,
     ) -> None:
         self.config = config or LinkConfig()
         self.session_id = session_id
         self.header = header
         self.opener = opener
         self._connector = connector
-        self.session = ResumeSession(self.config.replay_limit, overflow=self.config.overflow)  # type: ignore[arg-type]
+        # acceptor of a CONTINUE OPEN: (first offset it receives, first offset it sends)
+        self.continues = continues
+        start, rstart = continues if continues is not None else (0, 0)
+        self.session = ResumeSession(self.config.replay_limit, overflow=self.config.overflow,  # type: ignore[arg-type]
+                                     send_start=rstart, recv_start=start)
+        self._continue_from: int | None = None  # opener: the next OPEN continues from here
+        self._handing = 0  # bytes the last receive_some returned (handed on at the next)
         self._pool = pool if self.config.overflow == "block" else None
         if self._pool is not None:
             self._pool.members += 1
@@ -300,7 +316,19 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         self.session.write_eof()
         self._notify()
 
+    def _handed_on(self) -> None:
+        """What the last receive_some returned is written downstream: acknowledge it."""
+        if self._handing:
+            self.session.hand_on(self._handing)
+            self._handing = 0
+            att = self._att
+            if att is not None and att.current and not self._opening:
+                ack = self.session.ack_due(force=not self._recv)
+                if ack is not None:
+                    att.link.send_ack(att.sid, ack[0], ack[1])
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        self._handed_on()
         await trio.lowlevel.checkpoint()
         limit = max_bytes or 256 * 1024
         while True:
@@ -332,6 +360,7 @@ class ResumableStream(trio.abc.HalfCloseableStream):
             if att is not None and att.current:
                 att.link.consumed(att.sid, k)
         self._recv_bytes -= got
+        self._handing += got
         if len(parts) == 1:
             p = parts[0]
             return p if not isinstance(p, memoryview) else bytes(p)
@@ -346,6 +375,7 @@ class ResumableStream(trio.abc.HalfCloseableStream):
                 self.session.write_eof()
             while self._recv:
                 self._take(1 << 30)
+            self._handed_on()  # nobody reads the rest: let the peer free it
             self._notify()
         await trio.lowlevel.checkpoint()
 
@@ -369,6 +399,7 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         if new:
             if self._app_closed:
                 att.link.consumed(att.sid, len(new))
+                self.session.hand_on(len(new))
             else:
                 self._recv.append((new, att))
                 self._recv_bytes += len(new)
@@ -393,6 +424,7 @@ class ResumableStream(trio.abc.HalfCloseableStream):
                 self.session.resume(offset, fin)
                 self._recharge()
                 self._opening = False
+                self._continue_from = None
                 self._ever_attached = True
                 self.attachments += 1
             else:
@@ -417,9 +449,25 @@ class ResumableStream(trio.abc.HalfCloseableStream):
             self._clean = True
         elif code in _RETRYABLE:
             log.debug("stream %s: path lost (%s), will resume", self.short_id, wire(reason))
+        elif code == ErrorCode.UNKNOWN_SESSION and self.opener and self._ever_attached:
+            self._continue_elsewhere(reason)
         else:
             self._fail(code, reason or "reset by peer", send=False)
         self._notify()
+
+    def _continue_elsewhere(self, reason: str) -> None:
+        """The acceptor lost our session (it restarted): carry on in a new one."""
+        try:
+            start, recv_start = self.session.continuation_point()
+        except GapError as e:
+            self._fail(ErrorCode.GAP, str(e), send=False)
+            return
+        old = self.short_id
+        self.session_id = os.urandom(16)
+        self._continue_from = start
+        log.warning("stream %s: the peer lost the session (%s); continuing as %s from offset %d"
+                    " (%d bytes not acknowledged), received %d", old, wire(reason or "unknown"),
+                    self.short_id, start, self.session.written - start, recv_start)
 
     def _fail(self, code: int, reason: str, *, send: bool = True) -> None:
         att, self._att = self._att, None
@@ -512,7 +560,9 @@ class ResumableStream(trio.abc.HalfCloseableStream):
                 await self._deliver_failure()
         finally:
             if not self._terminal():
-                self._fail(ErrorCode.CANCEL, "relay shutting down")
+                # an acceptor going away leaves the session to be carried on (retryable)
+                self._fail(ErrorCode.CANCEL if self.opener else ErrorCode.INTERNAL,
+                           "relay shutting down")
             self._finished_flag = True
             self._recharge()  # give our share back to the pool
             if self._pool is not None:
@@ -543,9 +593,12 @@ class ResumableStream(trio.abc.HalfCloseableStream):
             att = _Attachment(self, link)
             recv_off, _fin = self.session.resume_point()
             self.session.detach()
+            cont = self._continue_from
+            if cont is not None:  # a new session: its acceptor sends from what we hold
+                recv_off = self.session.recv_offset
             try:
                 att.sid = link.open(att, self.session_id, recv_off, self.header,
-                                    resume=self._ever_attached)
+                                    resume=self._ever_attached and cont is None, continues=cont)
             except (LinkDeadError, LinkClosingError):
                 self._connector.link_failed(link)
                 await trio.sleep(backoff)
@@ -682,8 +735,9 @@ class SessionTable:
         if ev.session_id in self._sessions or ev.session_id in self._tombs:
             link.detach(sid, ErrorCode.REFUSED, "duplicate session id")
             return
+        cont = (ev.continues, ev.recv_offset) if ev.continues is not None else None
         st = ResumableStream(ev.session_id, ev.header, self.config, opener=False,
-                             pool=self.pool)
+                             pool=self.pool, continues=cont)
         st.peer_identity = link.peer_identity
         try:
             self._send.send_nowait(Accepted(st, ev.header, link.peer_identity))
@@ -694,6 +748,12 @@ class SessionTable:
         st.on_finished = self._finished
         st._attach_accepted(link, sid, ev.recv_offset)
         self._nursery.start_soon(st.run)
+
+    def leave_all(self, reason: str) -> None:
+        """Going away (a drain's end): every session is left to its opener to carry
+        on (RESET INTERNAL, retryable), here after a restart or elsewhere."""
+        for st in list(self._sessions.values()):
+            st.abort(reason, code=ErrorCode.INTERNAL)
 
     def _finished(self, st: ResumableStream) -> None:
         self._sessions.pop(st.session_id, None)

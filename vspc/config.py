@@ -168,10 +168,14 @@ class EndpointConfig:
     link: tuple[LinkListen, ...] = ()
     link_tls: PeerTls | None = None
     link_tuning: LinkTuning = field(default_factory=LinkTuning)
+    # per raw stream, the last bytes sent to the VM, kept to send again when a relay
+    # on the path restarts and the VM's end never got them (vspc.core.continuation)
+    resend_bytes: int = 65536
 
     def validate(self) -> None:
         require(0 <= self.port <= 65535, "port", "must be 0..65535")
         require(self.header_timeout > 0, "header-timeout", "must be positive")
+        require(0 <= self.resend_bytes <= 1 << 30, "resend-bytes", "must be 0..1073741824")
         if self.tls is not None:
             self.tls.check_files("tls")
         self._check_trust()

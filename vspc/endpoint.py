@@ -9,6 +9,12 @@ refused header costs its own stream: one log line, a count in
 ``vspc_relayed_streams_total{result="rejected"}``, a close. Telnet streams
 (ingress kind ``vspc``) go to the vSPC exactly as if ESX had connected directly;
 raw streams go to the console service keyed by VM and label.
+
+A raw stream whose header (version 2) says it continues an earlier connection
+of the same stream (a relay on its path restarted) is fitted on exactly
+(vspc.core.continuation): bytes the console already has are skipped, bytes the
+VM never received are sent again, and anything neither side still has is a
+logged, counted gap.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from relay.tls import PeerIdentityError, peer_identity
 from vic.ops.listen import listening
 from vic.ops.wiretext import wire
 from vspc.config import EndpointConfig, VspcConfig
+from vspc.console.hub import Console
+from vspc.core.continuation import Continuation, StreamCursor, StreamLedger, recovered_have
 from vspc.core.identity import PortKey
 from vspc.link_endpoint import LinkEndpoint
 from vspc.placement import Placement
@@ -72,6 +80,7 @@ class Endpoint:
         self._handlers: trio.Nursery | None = None
         self.links: LinkEndpoint | None = None
         self.placement = _placement(self.config)
+        self.ledger = StreamLedger(keep=self.config.resend_bytes)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as handlers:
@@ -117,6 +126,7 @@ class Endpoint:
             if self.placement is not None:
                 await self.placement.aclose()
             self.placement = _placement(config.endpoint)
+        self.ledger.keep = config.endpoint.resend_bytes
         if self.links is not None:
             await self.links.apply(config.endpoint)
         plain = ("host", "port", "unix", "tls")
@@ -134,6 +144,9 @@ class Endpoint:
             self._scope.cancel()
         if self.links is not None:
             self.links.goaway()
+            # streams that end here never end by themselves: leave them to their
+            # relays, which carry them on (what is logged is skipped, see _recover)
+            self.links.table.leave_all("appliance stopping: carry the stream on")
         if self._handlers is not None:
             self._handlers.cancel_scope.deadline = deadline
 
@@ -166,17 +179,26 @@ class Endpoint:
         log.warning("relayed stream%s rejected: %s", who, wire(reason))
         self.service.metrics.relayed_streams_total.labels(kind=kind, result="rejected").inc()
 
-    async def serve_stream(self, s: trio.abc.Stream, header: OriginHeader) -> None:
+    async def serve_stream(self, s: trio.abc.Stream, header: OriginHeader,
+                           *, log_before_ack: bool = False) -> None:
         """Serve a relayed stream whose origin header has been read and checked
-        (a plain relayed connection, or a resumable stream over a peer link)."""
+        (a plain relayed connection, or a resumable stream over a peer link).
+
+        ``log_before_ack``: ``s`` acknowledges what was read at the next read (a
+        resumable stream): read on only once the console log has the bytes, so
+        an appliance killed before writing them gets them again."""
         self.service.metrics.relayed_streams_total.labels(kind=header.kind, result="accepted").inc()
         log.info("relayed stream %s from %s: vm=%s kind=%s label=%s",
                  wire(header.stream_id or "-"), wire(header.host), wire(header.vm), header.kind,
                  wire(header.label))
         if header.kind == "vspc":
+            if header.continues:
+                log.warning("relayed Telnet stream %s from %s continues at offset %d: a new "
+                            "Telnet session, not fitted on byte-exactly", wire(header.stream_id),
+                            wire(header.host), header.offset)
             await self.service.handle_esx_stream(s, f"relay:{header.host}")
         else:
-            await self._serve_raw(s, header)
+            await self._serve_raw(s, header, log_before_ack)
 
     async def _read_header(self, stream: trio.abc.Stream) -> tuple[OriginHeader, bytes]:
         dec = HeaderDecoder()
@@ -189,28 +211,100 @@ class Endpoint:
                 if header is not None:
                     return check_identity(header), rest
 
-    async def _serve_raw(self, stream: trio.abc.Stream, header: OriginHeader) -> None:
+    async def _cursor(self, header: OriginHeader, console: Console,
+                      durable: bool) -> tuple[StreamCursor, bytes]:
+        """Where this connection's stream stands, and what to send the VM again first;
+        reports a continuation's gaps. ``durable``: the stream is acknowledged only
+        once logged; its connect event (written before its first byte) lets the
+        next appliance process find how much of it the log holds."""
+        if not header.stream_id:
+            console.event("connect", host=header.host, ingress=header.kind, stream="")
+            return StreamCursor(0), b""
+        key = (header.host, header.stream_id)
+        have = None
+        if header.continues and durable and key not in self.ledger:
+            have = await self._recover(key, console)
+        cursor, plan = self.ledger.begin(key, header.offset, header.received,
+                                         continues=header.continues, have=have)
+        if header.continues:
+            self._report_continuation(header, plan)
+        fields: dict[str, object] = {"host": header.host, "ingress": header.kind,
+                                     "stream": header.stream_id}
+        if durable:
+            size = await console.log_size()
+            if size is not None:
+                fields.update(offset=cursor.received, log_size=size)
+        console.event("connect", **fields)
+        if durable:
+            await console.flush_events()
+        return cursor, plan.resend
+
+    async def _recover(self, key: tuple[str, str], console: Console) -> int | None:
+        """After a restart: how much of stream ``key`` the console log holds."""
+        path = console.events_path()
+        size = await console.log_size()
+        if path is None or size is None:
+            return None
+        try:
+            async with await trio.open_file(path, "rb") as f:
+                await f.seek(0, 2)
+                end = await f.tell()
+                await f.seek(max(0, end - 65536))
+                lines = (await f.read()).splitlines()
+        except OSError:
+            return None
+        return recovered_have(lines, key, size)
+
+    def _report_continuation(self, header: OriginHeader, plan: Continuation) -> None:
+        m = self.service.metrics
+        m.relayed_continued_total.labels(known="yes" if plan.known else "no").inc()
+        log.info("relayed stream %s from %s continues at offset %d (VM has %d): %s",
+                 wire(header.stream_id), wire(header.host), header.offset, header.received,
+                 f"skipping {plan.skip} bytes already here, sending {len(plan.resend)} again"
+                 if plan.known else "not known here, taken as it comes")
+        for direction, gap in (("vm_to_appliance", plan.missing_in),
+                               ("appliance_to_vm", plan.missing_out)):
+            if gap is not None:
+                log.warning("relayed stream %s from %s: %s bytes %d..%d lost on the way (%d)",
+                            wire(header.stream_id), wire(header.host), direction, gap[0],
+                            gap[0] + gap[1], gap[1])
+                m.relayed_gap_bytes_total.labels(direction=direction).inc(gap[1])
+
+    async def _serve_raw(self, stream: trio.abc.Stream, header: OriginHeader,
+                         log_before_ack: bool = False) -> None:
         key = raw_port_key(header)
         console = self.service.consoles.open(key, header.vm)
+        cursor, again = await self._cursor(header, console, log_before_ack)
         send_lock = trio.Lock()
 
         async def to_vm(data: bytes) -> None:
             async with send_lock:
-                await stream.send_all(data)
+                # counted (and kept) first: if the stream breaks now, a continuation
+                # learns from the VM's end what arrived and gets the rest again
+                cursor.sent_out(data)
+                try:
+                    await stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                    log.info("relayed stream %s: input not sent: %s", wire(header.stream_id), e)
+                    return
             self.service.metrics.bytes_total.labels(direction="appliance_to_vm").inc(len(data))
 
         was_connected = console.connected
         link = console.connect(to_vm)  # this stream gets the input while it is the newest
-        console.event("connect", host=header.host, ingress=header.kind, stream=header.stream_id)
         if not was_connected:
             self.service.metrics.connected_vms.inc()
         try:
+            if again:
+                await to_vm(again)
             while True:
                 data = await stream.receive_some(READ_SIZE)
                 if not data:
                     break
+                data = cursor.take(bytes(data))
                 self.service.metrics.bytes_total.labels(direction="vm_to_appliance").inc(len(data))
-                await console.from_vm(bytes(data))
+                await console.from_vm(data)
+                if log_before_ack:
+                    await console.wait_logged()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             log.info("relayed stream %s lost: %s", wire(header.stream_id or str(key)), e)
         finally:

@@ -165,7 +165,7 @@ class LinkEndpoint:
                 self.endpoint.rejected(header.kind, reason, header)
                 acc.stream.abort(reason)
                 return
-            await self.endpoint.serve_stream(acc.stream, header)
+            await self.endpoint.serve_stream(acc.stream, header, log_before_ack=True)
         finally:
             await trio.aclose_forcefully(acc.stream)
 

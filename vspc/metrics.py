@@ -31,6 +31,8 @@ class VspcMetrics:
     console_log_write_errors_total: Counter  # failed console log writes (held or dropped)
     # labels: reason = source | takeover | flood | identify_timeout | idle | output
     telnet_refused_total: Counter
+    relayed_continued_total: Counter  # labels: known = yes | no (a relay on the path restarted)
+    relayed_gap_bytes_total: Counter  # labels: direction; bytes no end had any more
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> VspcMetrics:
@@ -72,5 +74,13 @@ class VspcMetrics:
                 "vspc_telnet_refused",
                 "ESX Telnet connections refused or closed by the vSPC's own checks",
                 ["reason"], registry=r,
+            ),
+            relayed_continued_total=Counter(
+                "vspc_relayed_continued", "relayed connections that continue an earlier one",
+                ["known"], registry=r,
+            ),
+            relayed_gap_bytes_total=Counter(
+                "vspc_relayed_gap_bytes", "relayed stream bytes lost with a restarted relay",
+                ["direction"], registry=r,
             ),
         )

@@ -14,7 +14,8 @@ Frame types:
 
 =========  ==  =========================================================
 HELLO       0  magic ``VICL``, version u8, max_payload u32  (stream 0)
-OPEN        1  session_id 16B, recv_offset u64, header bytes; flag RESUME
+OPEN        1  session_id 16B, recv_offset u64, [start u64,] header bytes;
+               flag RESUME, or flag CONTINUE (then ``start`` is present)
 DATA        2  offset u64, data
 WINDOW      3  increment u32 (credit for DATA bytes on that stream)
 ACK         4  offset u64 (bytes received end to end); flag FIN (EOF seen)
@@ -24,6 +25,12 @@ PING        7  8 opaque bytes (stream 0)
 PONG        8  the PING's 8 bytes (stream 0)
 GOAWAY      9  last_stream_id u32, code u16, reason utf-8 (stream 0)
 =========  ==  =========================================================
+
+A CONTINUE OPEN starts a new session that carries on an old one whose far end
+was lost (the acceptor restarted and answered UNKNOWN_SESSION): its bytes are
+numbered from ``start`` (the opener's first unacknowledged offset) and the
+acceptor's from ``recv_offset`` (what the opener has received), so no byte is
+dropped or sent twice across the two sessions.
 """
 
 from __future__ import annotations
@@ -84,6 +91,7 @@ class ErrorCode(enum.IntEnum):
 
 
 FLAG_RESUME = 0x01  # OPEN: re-attach an existing session
+FLAG_CONTINUE = 0x02  # OPEN: a new session that carries on a lost one
 FLAG_FIN = 0x01  # ACK: the EOF at this offset was received too
 
 
@@ -100,6 +108,7 @@ class Open:
     recv_offset: int
     header: bytes
     resume: bool = False
+    continues: int | None = None  # CONTINUE: the offset of the opener's first byte
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +197,15 @@ def encode(frame: Frame) -> bytes:
             raise ValueError("session_id must be 16 bytes")
         if len(frame.header) > MAX_OPEN_HEADER:
             raise ValueError("origin header too long")
-        payload = _OPEN.pack(frame.session_id, frame.recv_offset) + frame.header
-        return _hdr(FrameType.OPEN, FLAG_RESUME if frame.resume else 0, frame.stream_id, payload)
+        payload = _OPEN.pack(frame.session_id, frame.recv_offset)
+        flags = FLAG_RESUME if frame.resume else 0
+        if frame.continues is not None:
+            if frame.resume:
+                raise ValueError("an OPEN cannot both resume and continue")
+            _check_off(frame.continues)
+            payload += _U64.pack(frame.continues)
+            flags |= FLAG_CONTINUE
+        return _hdr(FrameType.OPEN, flags, frame.stream_id, payload + frame.header)
     if isinstance(frame, Window):
         _check_sid(frame.stream_id)
         if not 0 < frame.increment <= MAX_WINDOW_INCREMENT:
@@ -241,6 +257,18 @@ def _text(raw: bytes) -> str:
         raise LinkProtocolError("reason is not UTF-8") from None
 
 
+def _decode_continue(sid: int, flags: int, session_id: bytes, recv_offset: int,
+                     payload: bytes) -> Open:
+    if flags & FLAG_RESUME:
+        raise LinkProtocolError("OPEN both resumes and continues")
+    if len(payload) < _OPEN.size + 8:
+        raise LinkProtocolError("bad OPEN length (CONTINUE without its offset)")
+    start = _U64.unpack_from(payload, _OPEN.size)[0]
+    if start > MAX_OFFSET:
+        raise LinkProtocolError("OPEN continue offset out of range")
+    return Open(sid, session_id, recv_offset, payload[_OPEN.size + 8:], False, start)
+
+
 def decode_payload(ftype: int, flags: int, sid: int, payload: bytes) -> Frame:
     """Build the frame for a complete header + payload; raise LinkProtocolError if bad."""
     n = len(payload)
@@ -268,12 +296,14 @@ def decode_payload(ftype: int, flags: int, sid: int, payload: bytes) -> Frame:
             raise LinkProtocolError("bad HELLO magic (not a vic peer link)")
         return Hello(version, max_payload)
     if t is FrameType.OPEN:
-        if n < _OPEN.size or n > _OPEN.size + MAX_OPEN_HEADER:
+        if n < _OPEN.size or n > _OPEN.size + 8 + MAX_OPEN_HEADER:
             raise LinkProtocolError("bad OPEN length")
         session_id, recv_offset = _OPEN.unpack_from(payload)
         if recv_offset > MAX_OFFSET:
             raise LinkProtocolError("OPEN offset out of range")
-        return Open(sid, session_id, recv_offset, payload[_OPEN.size:], bool(flags & FLAG_RESUME))
+        if not flags & FLAG_CONTINUE:
+            return Open(sid, session_id, recv_offset, payload[_OPEN.size:], bool(flags & FLAG_RESUME))
+        return _decode_continue(sid, flags, session_id, recv_offset, payload)
     if t is FrameType.WINDOW:
         if n != 4:
             raise LinkProtocolError("bad WINDOW length")

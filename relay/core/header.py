@@ -12,6 +12,19 @@ Wire format, version 1 (all integers big-endian)::
     body     five fields, each: u8 length, then that many bytes of UTF-8:
              host, vm, kind, label, stream_id
 
+Version 2 appends two u64 to the body, for a stream that *continues* an earlier
+one with the same ``stream_id`` (a relay on the path restarted and the sender
+carried its unacknowledged bytes on)::
+
+    offset    u64  the stream's offset (VM to appliance) of the first byte after
+                   this header: bytes before it came on an earlier connection
+    received  u64  bytes (appliance to VM) the VM's end has received so far
+
+A receiver that already has bytes of the stream past ``offset`` skips them;
+one that sent the VM more than ``received`` sends the rest again (or records
+the gap). Version 1 (no such fields: a stream from its first byte) is still
+accepted and is what a stream that does not continue anything is sent as.
+
 The body length must equal the sum of its fields exactly: a header that lies
 about its length is an error, as is an unknown version, an over-long field,
 invalid UTF-8, a control character, an empty host/vm, or an unknown kind.
@@ -20,7 +33,7 @@ invalid UTF-8, a control character, an empty host/vm, or an unknown kind.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from relay.core.identity import IdentityError, check_origin
 
@@ -28,10 +41,13 @@ INGRESS_KINDS = ("vsock", "hvsock", "pipe", "serial", "tcp", "vspc")
 
 MAGIC = b"VICH"
 VERSION = 1
-SUPPORTED_VERSIONS = frozenset({1})
+CONTINUATION_VERSION = 2
+SUPPORTED_VERSIONS = frozenset({1, 2})
 FIELD_NAMES = ("host", "vm", "kind", "label", "stream_id")
 MAX_FIELD_SIZE = 255
-MAX_BODY_SIZE = len(FIELD_NAMES) * (1 + MAX_FIELD_SIZE)
+_OFFSETS = struct.Struct(">QQ")
+MAX_OFFSET = (1 << 63) - 1
+MAX_BODY_SIZE = len(FIELD_NAMES) * (1 + MAX_FIELD_SIZE) + _OFFSETS.size
 _PREFIX = struct.Struct(">4sBH")
 PREFIX_SIZE = _PREFIX.size
 MAX_HEADER_SIZE = PREFIX_SIZE + MAX_BODY_SIZE
@@ -50,6 +66,18 @@ class OriginHeader:
     label: str
     stream_id: str = ""
     version: int = 1
+    offset: int = 0  # version 2: where in the stream this connection starts (VM to appliance)
+    received: int = 0  # version 2: what the VM's end has received (appliance to VM)
+
+    @property
+    def continues(self) -> bool:
+        """This connection carries on an earlier one of the same stream."""
+        return self.version >= CONTINUATION_VERSION
+
+
+def continued(h: OriginHeader, offset: int, received: int) -> OriginHeader:
+    """The header for a connection that carries ``h``'s stream on from ``offset``."""
+    return replace(h, version=CONTINUATION_VERSION, offset=offset, received=received)
 
 
 def _check_field(name: str, value: str) -> bytes:
@@ -84,6 +112,12 @@ def encode_header(h: OriginHeader) -> bytes:
         raw = _check_field(name, getattr(h, name))
         body.append(len(raw))
         body += raw
+    if h.version >= CONTINUATION_VERSION:
+        if not (0 <= h.offset <= MAX_OFFSET and 0 <= h.received <= MAX_OFFSET):
+            raise HeaderError("origin header offsets out of range")
+        body += _OFFSETS.pack(h.offset, h.received)
+    elif h.offset or h.received:
+        raise HeaderError(f"origin header version {h.version} carries no offsets")
     return _PREFIX.pack(MAGIC, h.version, len(body)) + bytes(body)
 
 
@@ -109,12 +143,20 @@ def _decode_body(version: int, body: bytes) -> OriginHeader:
             raise HeaderError(f"origin header field {name!r} is not valid UTF-8") from exc
         _check_field(name, value)
         values.append(value)
+    offset = received = 0
+    if version >= CONTINUATION_VERSION:
+        if len(body) - pos < _OFFSETS.size:
+            raise HeaderError(f"origin header length {len(body)} is too short: offsets missing")
+        offset, received = _OFFSETS.unpack_from(body, pos)
+        pos += _OFFSETS.size
+        if offset > MAX_OFFSET or received > MAX_OFFSET:
+            raise HeaderError("origin header offsets out of range")
     if pos != len(body):
         raise HeaderError(
             f"origin header length {len(body)} is too long: {len(body) - pos} bytes after the fields"
         )
     host, vm, kind, label, stream_id = values
-    return OriginHeader(host, vm, kind, label, stream_id, version)
+    return OriginHeader(host, vm, kind, label, stream_id, version, offset, received)
 
 
 class HeaderDecoder:

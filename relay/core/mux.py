@@ -71,6 +71,7 @@ class StreamOpened:
     recv_offset: int
     header: bytes
     resume: bool
+    continues: int | None = None  # a CONTINUE OPEN: the offset of the opener's first byte
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +258,7 @@ class Mux:
 
     # ------------------------------------------------------------ local actions
     def open_stream(self, session_id: bytes, recv_offset: int, header: bytes,
-                    resume: bool = False) -> int:
+                    resume: bool = False, continues: int | None = None) -> int:
         if self.goaway_sent is not None or self.goaway_received is not None:
             raise LinkClosingError("link is draining")
         if len(self._streams) >= self.config.max_streams:
@@ -267,9 +268,10 @@ class Mux:
             raise LinkClosingError("stream ids exhausted")
         self._next_local += 2
         # a resumed stream was already moving: skip the slow start
-        st = _Stream(self.config.stream_window if resume else self.config.initial_window)
+        moving = resume or continues is not None
+        st = _Stream(self.config.stream_window if moving else self.config.initial_window)
         self._streams[sid] = st
-        self._queue(F.encode(F.Open(sid, session_id, recv_offset, header, resume)))
+        self._queue(F.encode(F.Open(sid, session_id, recv_offset, header, resume, continues)))
         self._grant(sid, st)
         return sid
 
@@ -445,10 +447,12 @@ class Mux:
         if len(self._streams) >= self.config.max_streams:
             self._queue(F.encode(F.Reset(sid, ErrorCode.REFUSED, "too many streams")))
             return
-        st = _Stream(self.config.stream_window if fr.resume else self.config.initial_window)
+        moving = fr.resume or fr.continues is not None
+        st = _Stream(self.config.stream_window if moving else self.config.initial_window)
         self._streams[sid] = st
         self._grant(sid, st)
-        events.append(StreamOpened(sid, fr.session_id, fr.recv_offset, fr.header, fr.resume))
+        events.append(StreamOpened(sid, fr.session_id, fr.recv_offset, fr.header, fr.resume,
+                                   fr.continues))
 
     def _on_goaway(self, fr: F.GoAway, events: list[Event]) -> None:
         first = self.goaway_received is None

@@ -13,7 +13,16 @@ resumes sending from the other's offset:
   with ``overflow="discard"``), ``resume`` raises ``GapError`` and the stream must
   end with an explicit GAP reset: bytes are never silently lost;
 * a received DATA frame at an offset below ``recv_offset`` is trimmed (never
-  delivered twice); one above it is a protocol error (never skip bytes).
+  delivered twice); one above it is a protocol error (never skip bytes);
+* the receiver acknowledges (and reports on resume) only what its application
+  has *handed on* (``hand_on``), not what merely arrived: a byte sitting in the
+  receiver's memory when it dies is still in the sender's replay buffer.
+
+When the far end lost the session altogether (it restarted), the sender
+carries on in a new session that *continues* the old one
+(``continuation_point``, then ``ResumeSession(..., send_start=, recv_start=)``
+at the far end): offsets go on from where they were, so every byte the old far
+end did not acknowledge is sent again and nothing is numbered twice.
 
 Replay-buffer policy: with ``overflow="block"`` (default) ``write`` accepts only
 what fits (the writer must wait for acknowledgements: back-pressure reaches the
@@ -54,6 +63,8 @@ class ResumeSession:
         *,
         overflow: Overflow = "block",
         ack_every: int | None = None,
+        send_start: int = 0,
+        recv_start: int = 0,
     ) -> None:
         if replay_limit <= 0:
             raise ValueError("replay_limit must be positive")
@@ -63,13 +74,15 @@ class ResumeSession:
         self.overflow: Overflow = overflow
         self.ack_every = ack_every if ack_every is not None else max(1, min(replay_limit // 4, 1 << 20))
         # send direction: buffered bytes are [_base, _end); _sent then _unsent
+        if send_start < 0 or recv_start < 0:
+            raise ValueError("start offsets must not be negative")
         self._sent: deque[Chunk] = deque()
         self._unsent: deque[Chunk] = deque()
-        self._acked = 0  # highest offset the peer acknowledged
-        self._base = 0  # first offset still held (== _acked unless discarded)
-        self._cursor = 0  # next offset to transmit (== _base + len(_sent bytes))
-        self._end = 0  # bytes written by the application
-        self._max_sent = 0  # highest offset ever transmitted
+        self._acked = send_start  # highest offset the peer acknowledged
+        self._base = send_start  # first offset still held (== _acked unless discarded)
+        self._cursor = send_start  # next offset to transmit (== _base + len(_sent bytes))
+        self._end = send_start  # bytes written by the application (from offset 0)
+        self._max_sent = send_start  # highest offset ever transmitted
         self._attached = False
         self._eof_written = False
         self._eof_sent = False
@@ -77,8 +90,10 @@ class ResumeSession:
         self.discarded = 0  # bytes dropped by overflow="discard"
         self._gap: int | None = None  # first offset discarded before it was sent
         # receive direction
-        self.recv_offset = 0
-        self._ack_sent = 0
+        self.recv_offset = recv_start
+        self.handed = recv_start  # bytes the application has handed on (<= recv_offset)
+        self._floor = recv_start  # where the peer's session started (it holds nothing before)
+        self._ack_sent = recv_start
         self._eof_received = False
         self._fin_ack_sent = False
 
@@ -296,19 +311,50 @@ class ResumeSession:
         self._fin_ack_sent = False  # (re)acknowledge it, also when it was replayed
         return first
 
+    def hand_on(self, n: int) -> None:
+        """The application handed ``n`` more received bytes on (wrote them downstream)."""
+        if n < 0 or self.handed + n > self.recv_offset:
+            raise ValueError(f"cannot hand on {n} bytes: {self.recv_offset - self.handed} held")
+        self.handed += n
+
+    def _fin_handed(self) -> bool:
+        return self._eof_received and self.handed == self.recv_offset
+
     def ack_due(self, force: bool = False) -> tuple[int, bool] | None:
-        """(offset, fin) to acknowledge now, or None; marks it acknowledged."""
-        fin_due = self._eof_received and not self._fin_ack_sent
-        pending = self.recv_offset - self._ack_sent
+        """(offset, fin) to acknowledge now, or None; marks it acknowledged.
+
+        Only bytes handed on are acknowledged, and the EOF once all are."""
+        fin = self._fin_handed()
+        fin_due = fin and not self._fin_ack_sent
+        pending = self.handed - self._ack_sent
         if fin_due or pending >= self.ack_every or (force and pending > 0):
-            self._ack_sent = self.recv_offset
-            if self._eof_received:
+            self._ack_sent = self.handed
+            if fin:
                 self._fin_ack_sent = True
-            return self.recv_offset, self._eof_received
+            return self.handed, fin
         return None
 
     def resume_point(self) -> tuple[int, bool]:
-        """What we report on a new path: (recv_offset, EOF received)."""
-        self._ack_sent = self.recv_offset
-        self._fin_ack_sent = self._eof_received
-        return self.recv_offset, self._eof_received
+        """What we report on a resumed path: (offset handed on, EOF handed on).
+
+        The peer sends again from there; what we hold beyond it is trimmed as it
+        arrives (``on_data``), so nothing is delivered twice."""
+        fin = self._fin_handed()
+        self._ack_sent = self.handed
+        self._fin_ack_sent = fin
+        # bytes held from before a continuation are ours: the new peer never had them
+        return max(self.handed, self._floor), fin
+
+    def continuation_point(self) -> tuple[int, int]:
+        """The far end lost this session: (send_start, recv_start) for a new one.
+
+        The new session sends again every byte not acknowledged (from ``acked``)
+        and expects the far end's bytes from ``recv_offset`` (what we hold
+        beyond ``handed`` is still ours to hand on). Raises GapError when
+        unacknowledged bytes were already discarded (``overflow="discard"``)."""
+        if self._base > self._acked:
+            raise GapError(
+                f"bytes {self._acked}..{self._base} were discarded before the peer had them"
+            )
+        self._floor = self.recv_offset
+        return self._acked, self.recv_offset

@@ -16,6 +16,8 @@ reasons = st.text(max_size=50)
 frame_st = st.one_of(
     st.builds(F.Hello, st.integers(0, 255), st.integers(0, 2**32 - 1)),
     st.builds(F.Open, sids, st.binary(min_size=16, max_size=16), offs, st.binary(max_size=300), st.booleans()),
+    st.builds(F.Open, sids, st.binary(min_size=16, max_size=16), offs, st.binary(max_size=300),
+              st.just(False), offs),
     st.builds(F.Data, sids, offs, st.binary(max_size=2000)),
     st.builds(F.Window, sids, st.integers(1, F.MAX_WINDOW_INCREMENT)),
     st.builds(F.Ack, sids, offs, st.booleans()),
@@ -160,3 +162,18 @@ def test_filled_beyond_the_buffer_is_refused() -> None:
     target[:] = wire[100:]
     assert dec.filled(len(target)) == [F.Data(1, 0, payload)]
     assert dec.filled(0) == []
+
+
+def test_continue_open() -> None:
+    fr = F.Open(3, b"s" * 16, 7, b"hdr", continues=1 << 40)
+    wire = F.encode(fr)
+    assert wire[1] == F.FLAG_CONTINUE
+    assert FrameDecoder().feed(wire) == [fr]
+    with pytest.raises(ValueError):
+        F.encode(F.Open(3, b"s" * 16, 7, b"", resume=True, continues=1))
+    both = bytes([wire[0], F.FLAG_CONTINUE | F.FLAG_RESUME]) + wire[2:]
+    with pytest.raises(LinkProtocolError, match="both"):
+        FrameDecoder().feed(both)
+    short = F.encode(F.Open(3, b"s" * 16, 7, b""))
+    with pytest.raises(LinkProtocolError, match="CONTINUE"):
+        FrameDecoder().feed(bytes([short[0], F.FLAG_CONTINUE]) + short[2:])

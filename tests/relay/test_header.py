@@ -16,6 +16,7 @@ from relay.core.header import (
     HeaderDecoder,
     HeaderError,
     OriginHeader,
+    continued,
     encode_header,
 )
 
@@ -132,7 +133,8 @@ GOOD = _body(b"h", b"vm", b"tcp", b"l", b"")
     [
         (b"GET / HTTP/1.1\r\n", "magic"),
         (b"VICX", "magic"),
-        (_raw(2, GOOD), "version 2"),
+        (_raw(3, GOOD), "version 3"),
+        (_raw(2, GOOD), "offsets missing"),
         (_raw(0, GOOD), "version 0"),
         (_raw(1, GOOD, length=60000), "over"),
         (_raw(1, GOOD + b"\x00", length=len(GOOD) + 1), "too long"),
@@ -177,3 +179,31 @@ def test_length_lie_waits_then_errors() -> None:
 def test_encoder_refuses_what_decoder_would(h: OriginHeader) -> None:
     with pytest.raises(HeaderError):
         encode_header(h)
+
+
+_offsets = st.integers(0, (1 << 63) - 1)
+
+
+@given(st.builds(continued, headers, _offsets, _offsets), st.binary(max_size=40),
+       st.lists(st.integers(0, 2000), max_size=8))
+def test_continuation_round_trip_any_chunking(h: OriginHeader, tail: bytes, cuts: list[int]) -> None:
+    wire = encode_header(h)
+    assert wire[4] == 2
+    got, rest = _decode_all(_chunks(wire + tail, cuts))
+    assert got == h and got.continues and rest == tail
+
+
+def test_continuation_fields() -> None:
+    plain = OriginHeader("esx-01", "vm", "tcp", "l", "b-7")
+    assert not plain.continues and encode_header(plain)[4] == 1  # version 1 is still what is sent
+    c = continued(plain, 1 << 40, 5)
+    assert (c.version, c.offset, c.received, c.stream_id) == (2, 1 << 40, 5, "b-7")
+    with pytest.raises(HeaderError, match="carries no offsets"):
+        encode_header(OriginHeader("h", "vm", "tcp", "l", offset=3))
+    with pytest.raises(HeaderError, match="out of range"):
+        encode_header(continued(plain, 1 << 63, 0))
+    body = encode_header(c)[7:]
+    with pytest.raises(HeaderError, match="too long"):
+        HeaderDecoder().feed(_raw(2, body + b"x"))
+    with pytest.raises(HeaderError, match="out of range"):
+        HeaderDecoder().feed(_raw(2, body[:-16] + struct.pack(">QQ", 1 << 63, 0)))

@@ -47,7 +47,9 @@ def deliver(dst: End, q: deque, back: deque) -> None:
         return
     msg = q.popleft()
     if msg[0] == "data":
-        dst.got += dst.s.on_data(msg[1], msg[2])
+        new = dst.s.on_data(msg[1], msg[2])
+        dst.got += new
+        dst.s.hand_on(len(new))  # delivered at once (test_resume_continue delays it)
     elif msg[0] == "eof":
         dst.s.on_eof(msg[1])
         dst.eof_got = True

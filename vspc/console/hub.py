@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from itertools import count
+from pathlib import Path
 
 import trio
 
@@ -487,3 +488,21 @@ class Console:
     @property
     def log_queued(self) -> int:
         return self._log.queued
+
+    async def wait_logged(self) -> None:
+        """Until the VM bytes given so far are in the log file (at once with no log)."""
+        writer = self._hub.writer
+        while writer.enabled and self._log.queued:
+            await writer.wait_room()  # (asks for the write now; woken after each batch)
+
+    async def log_size(self) -> int | None:
+        """The log file's size once what is queued is written (None: no log)."""
+        await self.wait_logged()
+        return await self._hub.writer.log_size(self._log)
+
+    async def flush_events(self) -> None:
+        """Until the events given so far are in the event log."""
+        await self._hub.writer.flush()
+
+    def events_path(self) -> Path | None:
+        return self._hub.writer.events_path(self._log)

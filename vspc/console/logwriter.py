@@ -266,6 +266,19 @@ class LogWriter:
                 return b""
         return tail[: max(0, len(tail) - mine)]
 
+    async def log_size(self, port: PortLog) -> int | None:
+        """The size of the port's live log file, in order after the writes queued
+        before; None without a log directory."""
+        if self.settings.dir is None:
+            return None
+        path = f"{os.fspath(self.settings.dir)}/{port.stem}.log"
+        return await self._thread.run_sync(size_of, path)
+
+    def events_path(self, port: PortLog) -> Path | None:
+        if self.settings.dir is None:
+            return None
+        return Path(self.settings.dir) / f"{port.stem}.events.jsonl"
+
     async def flush(self) -> None:
         """Write everything queued so far (tests and shutdown); one try while writes fail."""
         while self._dirty:
