@@ -80,6 +80,7 @@ class Endpoint:
         self._handlers: trio.Nursery | None = None
         self.links: LinkEndpoint | None = None
         self.placement = _placement(self.config)
+        service.relayed_vm_check = self._telnet_placement
         self.ledger = StreamLedger(keep=self.config.resend_bytes)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -171,6 +172,12 @@ class Endpoint:
         if self.placement is None or header.kind == "vspc":
             return None
         return await self.placement.check(header.vm, header.host)
+
+    async def _telnet_placement(self, vm: str, host: str) -> str | None:
+        """The vSPC's question for a relayed Telnet stream once ESX named its VM."""
+        if self.placement is None:
+            return None
+        return await self.placement.check(vm, host)
 
     def rejected(self, kind: str, reason: str, header: OriginHeader | None = None) -> None:
         """One log line and a count for a refused stream (the caller closes it)."""

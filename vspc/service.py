@@ -165,6 +165,9 @@ class VspcService:
         self._displays: dict[PortKey, str] = {}
         self._backlogs: dict[PortKey, _Backlog] = {}
         self._deferred: dict[EsxConnection, str] = {}  # conn -> canonical uuid
+        # Set by the endpoint when [endpoint.vcenter] is configured: why the relay on
+        # `host` may not speak for VM `raw_uuid` (None: it may).
+        self.relayed_vm_check: Callable[[str, str], Coroutine[Any, Any, str | None]] | None = None
         self._settled = False
         self._tasks: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
@@ -460,6 +463,8 @@ class VspcService:
         except ValueError:
             self._violation(conn, f"bad VM-VC-UUID {raw}")
             return
+        if not await self._relay_may_speak_for(conn, raw, uuid):
+            return
         label = conn.session.label or conn.label
         if label is None and self._vmotion_pending(uuid):
             # Most likely a vMotion destination (it need not send DO-PROXY, so its
@@ -471,6 +476,23 @@ class VspcService:
         key = PortKey(uuid, label or DEFAULT_LABEL)
         self._displays.setdefault(key, conn.vm_name or raw)
         await self._execute(self.board.identified(conn, key, now))
+
+    async def _relay_may_speak_for(self, conn: EsxConnection, raw: str, uuid: str) -> bool:
+        """A Telnet stream relayed from host H may name only a VM that vCenter places
+        on H (with ``[endpoint.vcenter]``). A pending vMotion of the VM is the
+        exception: its destination host speaks for it before vCenter moves it, and
+        VMOTION-PEER's secret is the proof then."""
+        if self.relayed_vm_check is None or not conn.peer.startswith("relay:"):
+            return True
+        if self._vmotion_pending(uuid):
+            return True
+        reason = await self.relayed_vm_check(raw, conn.peer.removeprefix("relay:"))
+        if reason is None:
+            return True
+        log.warning("%r: refused: %s", conn, wire(reason))
+        self.metrics.telnet_refused_total.labels(reason="placement").inc()
+        conn.close_soon(f"refused: {reason}")
+        return False
 
     def _vmotion_pending(self, uuid: str) -> bool:
         return any(v.key.uuid == uuid for v in self.board.pending_vmotions())

@@ -12,6 +12,8 @@ import trio
 from relay.core.header import OriginHeader, encode_header
 from relay.vsphere_route import VCenter
 from tests.relay.test_vsphere_route import VM, relocate, vcsim  # noqa: F401 (fixture)
+from vic.lab.esx_sim import EsxBehaviour, SimVM
+from vic.lab.esx_sim import EsxConnection as EsxSim
 from vspc.config import VCenterCheck
 from vspc.endpoint import Endpoint
 from vspc.placement import Placement, verdict
@@ -87,3 +89,56 @@ async def test_an_unreachable_vcenter_refuses_every_vm() -> None:
         assert await placement.check("vm-1", "esx-a") is not None
     assert placement.queries == 1  # a miss asks again only after min-refresh
     await placement.aclose()
+
+
+def vm_instance_uuid(vc: VCenter, vm_name: str) -> str:
+    from pyVim.connect import Disconnect, SmartConnect
+    from pyVmomi import vim
+
+    si = SmartConnect(host=vc.host, port=vc.port, user=vc.user, pwd=vc.password,
+                      protocol=vc.protocol, path=vc.path)
+    try:
+        content = si.RetrieveContent()
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+        found = [o for o in view.view if o.name == vm_name]
+        view.Destroy()
+        return str(found[0].config.instanceUuid)
+    finally:
+        Disconnect(si)
+
+
+async def relayed_telnet(n: trio.Nursery, sock: Path, host: str, vm: SimVM) -> EsxSim:
+    """ESX's Telnet conversation relayed through the endpoint (kind ``vspc``) from
+    the relay on ``host``; the stream names no VM until ESX sends VM-VC-UUID."""
+    s = await trio.open_unix_socket(str(sock))
+    await s.send_all(encode_header(OriginHeader(host, "esx-10.0.0.9", "vspc", "")))
+    conn = EsxSim(s, vm, EsxBehaviour(wait_ready=False))
+    n.start_soon(conn._reader)
+    await conn._start()
+    return conn
+
+
+async def test_relayed_telnet_names_only_vms_on_its_host(
+        tmp_path: Path, vcsim: VCenter, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    """Item 6 for Telnet: once ESX names the VM, a relayed stream from a host that
+    vCenter does not place it on is closed (``vspc_telnet_refused_total{reason=
+    "placement"}``); from the VM's own host it becomes the VM's console."""
+    sock = tmp_path / "ep.sock"
+    caplog.set_level(logging.WARNING, "vspc")
+    uuid = await trio.to_thread.run_sync(vm_instance_uuid, vcsim, VM)
+    vm = SimVM(uuid=uuid, name=VM)
+    async with trio.open_nursery() as n:
+        svc, _ = await start_appliance(n, tmp_path, f'unix = "{sock}"\n{vcenter_table(tmp_path, vcsim)}')
+        with trio.fail_after(60):
+            forged = await relayed_telnet(n, sock, OTHER_HOST, vm)
+            await wait_until(lambda: metric(svc, "vspc_telnet_refused_total",
+                                            reason="placement") == 1, 30)
+            await forged.closed.wait()
+            honest = await relayed_telnet(n, sock, START_HOST, vm)
+            await honest.wait_ready(30)
+            await honest.send_console(b"from its host")
+            await wait_until(lambda: any(c.bytes == 13 for c in svc.consoles.list()), 30)
+            assert metric(svc, "vspc_telnet_refused_total", reason="placement") == 1
+            await honest.aclose()
+        n.cancel_scope.cancel()
+    assert any("refused: vCenter places VM" in r.getMessage() for r in caplog.records)
