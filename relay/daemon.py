@@ -144,8 +144,8 @@ class _Settling:
         if c is None or conn is None:
             return 0, 0
         dst = conn.stream
-        up = dst.session.acked if isinstance(dst, ResumableStream) else c.a_to_b
-        down = (self.stream.session.acked if isinstance(self.stream, ResumableStream)
+        up = dst.delivered if isinstance(dst, ResumableStream) else c.a_to_b
+        down = (self.stream.delivered if isinstance(self.stream, ResumableStream)
                 else c.b_to_a + len(conn.pending))
         return up, down
 

@@ -207,6 +207,12 @@ class ResumableStream(trio.abc.HalfCloseableStream):
     def _terminal(self) -> bool:
         return self._failure is not None or self._clean
 
+    @property
+    def delivered(self) -> int:
+        """Bytes of ours the far end has handed on: what it acknowledged, or all we
+        wrote once its session completed (a clean end needs no last ACK)."""
+        return self.session.written if self._clean else self.session.acked
+
     def _notify(self) -> None:
         self._wake.set()
         self._wake = trio.Event()
