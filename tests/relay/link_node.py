@@ -24,6 +24,7 @@ from relay.link import LinkConfig
 from relay.peering import LinkServer, open_session_table
 from relay.route import Route, Router
 from relay.tls import TlsFiles
+from tests.support.waiting import wait_until
 
 CFG = LinkConfig(mux=MuxConfig(ping_interval=0.5, dead_after=3.0), replay_limit=1 << 20,
                  reconnect_min=0.05, reconnect_max=0.3)
@@ -65,14 +66,13 @@ async def send(args: argparse.Namespace) -> None:
 
         async def watch() -> None:
             seen = None
-            while True:
-                link = router.link
-                if link is not None and link is not seen:
-                    seen = link
-                    await link.closed.wait()
-                    print("link-dead", flush=True)
-                else:
-                    await trio.sleep(0.02)
+            while True:  # each new link, until it dies (no deadline: runs for the test)
+                await wait_until(lambda old=seen: router.link is not None and router.link is not old,
+                                 None, interval=0.02)
+                seen = router.link
+                assert seen is not None
+                await seen.closed.wait()
+                print("link-dead", flush=True)
 
         async def sender() -> None:
             for i, off in enumerate(range(0, total, chunk)):
