@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.support.waiting import wait_until
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import (
     EsxConnection,
@@ -31,7 +32,7 @@ from vspc.core.identity import DEFAULT_LABEL, PortKey
 from vspc.esx_conn import EsxConnection as ServerConn
 from vspc.service import VspcService
 
-from .conftest import attach_console, metric, read_exactly, start_vspc, wait_until
+from .conftest import attach_console, metric, read_exactly, start_vspc
 
 HOST = "127.0.0.1"
 FF_SECRET = b"\xff\x00\xff\xfe\xff\xff\x01\xff"
