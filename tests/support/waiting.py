@@ -50,3 +50,15 @@ async def wait_until_async(
             await trio.sleep(interval)
         return
     raise _failure(predicate, timeout, what)
+
+
+async def wait_any(*events: trio.Event) -> None:
+    """Until at least one of ``events`` is set (no polling)."""
+    async with trio.open_nursery() as race:
+
+        async def first(event: trio.Event) -> None:
+            await event.wait()
+            race.cancel_scope.cancel()
+
+        for event in events:
+            race.start_soon(first, event)
