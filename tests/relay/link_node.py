@@ -22,6 +22,7 @@ import trio
 from relay.core.mux import MuxConfig
 from relay.link import LinkConfig
 from relay.peering import LinkServer, open_session_table
+from relay.resumable import ResumableStream
 from relay.route import Route, Router
 from relay.tls import TlsFiles
 from tests.support.waiting import wait_until
@@ -43,7 +44,7 @@ async def serve(args: argparse.Namespace) -> None:
         await n.start(server.serve, listeners)
         print("ready", flush=True)
 
-        async def echo(st) -> None:
+        async def echo(st: ResumableStream) -> None:
             while d := await st.receive_some():
                 await st.send_all(d)
             await st.send_eof()
@@ -67,8 +68,11 @@ async def send(args: argparse.Namespace) -> None:
         async def watch() -> None:
             seen = None
             while True:  # each new link, until it dies (no deadline: runs for the test)
-                await wait_until(lambda old=seen: router.link is not None and router.link is not old,
-                                 None, interval=0.02)
+
+                def new_link(old: object = seen) -> bool:
+                    return router.link is not None and router.link is not old
+
+                await wait_until(new_link, None, interval=0.02)
                 seen = router.link
                 assert seen is not None
                 await seen.closed.wait()

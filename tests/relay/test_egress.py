@@ -33,7 +33,7 @@ HEADER = OriginHeader("esx-1", "vm-1", "tcp", "serial0", "s-1")
 
 async def _through_relay(egress: EgressConfig, app: Appliance, nursery: trio.Nursery,
                          payload: bytes, **kw: object) -> trio.abc.Stream:
-    cfg = relay_config(egress, tcp=(TcpListener(name="t", vm="vm-1", port=0),), **kw)  # type: ignore[arg-type]
+    cfg = relay_config(egress, tcp=(TcpListener(name="t", vm="vm-1", port=0),), **kw)
     d = await start_relay(nursery, cfg)
     s = await trio.open_tcp_stream("127.0.0.1", d.bound["t"][1])
     assert await roundtrip(s, payload) == payload

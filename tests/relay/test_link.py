@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -25,6 +26,7 @@ from relay.link import LinkConfig
 from relay.peering import LinkServer, open_session_table
 from relay.resumable import ResumableStream, SessionTable, StreamFailedError
 from relay.route import Route, Router
+from relay.tls import TlsFiles
 from tests.relay.faultproxy import FaultProxy
 from tests.relay.pki_helpers import Pki
 from tests.support.waiting import wait_until
@@ -65,7 +67,8 @@ async def echo(acc: Acceptor, st: ResumableStream) -> None:
 
 
 @asynccontextmanager
-async def acceptor(config: LinkConfig, *, tls_files=None, allowed=()) -> AsyncIterator[Acceptor]:
+async def acceptor(config: LinkConfig, *, tls_files: TlsFiles | None = None,
+                   allowed: Collection[str] = ()) -> AsyncIterator[Acceptor]:
     async with open_session_table(config) as table, trio.open_nursery() as n:
         server = LinkServer(table, tls_files=tls_files, allowed_peers=allowed, config=config)
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -83,7 +86,7 @@ async def acceptor(config: LinkConfig, *, tls_files=None, allowed=()) -> AsyncIt
 
 
 async def roundtrip(st: ResumableStream, data: bytes, chunk: int = 256 * 1024,
-                    on_progress=None) -> bytes:
+                    on_progress: Callable[[int], Awaitable[None]] | None = None) -> bytes:
     """Send ``data`` and read the echo concurrently; returns what came back."""
     back = bytearray()
 
@@ -105,7 +108,7 @@ async def roundtrip(st: ResumableStream, data: bytes, chunk: int = 256 * 1024,
     return bytes(back)
 
 
-def small_config(**kw) -> LinkConfig:
+def small_config(**kw: Any) -> LinkConfig:
     # a 1 MiB replay buffer: send_all returns only once the rest is nearly delivered,
     # so "bytes sent" below tracks what is really on the wire
     mux = kw.pop("mux", MuxConfig(ping_interval=0.5, dead_after=2.0))
@@ -337,7 +340,11 @@ async def test_untrusted_and_wrong_identity_links_refused(pki: Pki, tmp_path: Pa
                     pass
                 else:
                     await link.closed.wait()
-                await wait_until(lambda k=i + 1: acc.server.refused >= k, 5, f"link {i} refused")
+
+                def refused(k: int = i + 1) -> bool:
+                    return acc.server.refused >= k
+
+                await wait_until(refused, 5, f"link {i} refused")
             assert len(acc.table) == 0
             n.cancel_scope.cancel()
 
@@ -440,7 +447,7 @@ class _Catch:
         self.reset: tuple[int, str] | None = None
         self.got = trio.Event()
 
-    def on_data(self, offset: int, payload: bytes) -> None: ...
+    def on_data(self, offset: int, payload: bytes | bytearray) -> None: ...
     def on_ack(self, offset: int, fin: bool) -> None: ...
     def on_eof(self, offset: int) -> None: ...
     def on_credit(self) -> None: ...

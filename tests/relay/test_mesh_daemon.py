@@ -108,7 +108,7 @@ async def test_link_cut_mid_transfer_loses_nothing(tmp_path: Path) -> None:
         await app.serve_tcp(n)
         b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
                                             ["vic://host/esx-a"]))
-        proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))  # type: ignore[arg-type]
+        proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))
         await n.start(proxy.serve)
         a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), proxy.address,
                                              "vic://host/esx-b"))
@@ -179,6 +179,7 @@ async def test_reload_and_admin_socket_move_streams_to_another_relay(tmp_path: P
         a_files = pki.issue("host", "esx-a")
         cfg = ingress_cfg("esx-a", a_files, peer_address(b), "vic://host/esx-b",
                           admin_socket=admin)
+        assert cfg.peer is not None
         a = await start_relay(n, cfg)
         vm = await stream_through(a, "vm1")
         data = pattern(6_000_000, 9)

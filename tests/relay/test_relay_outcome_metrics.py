@@ -55,7 +55,7 @@ async def test_link_cut_and_resume_are_counted_and_every_byte_delivered(tmp_path
         await app.serve_tcp(n)
         b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
                                             ["vic://host/esx-a"]))
-        proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))  # type: ignore[arg-type]
+        proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))
         await n.start(proxy.serve)
         a = await start_relay(n, replace(
             ingress_cfg("esx-a", pki.issue("host", "esx-a"), proxy.address, "vic://host/esx-b"),

@@ -210,7 +210,7 @@ def test_gap_fields() -> None:
 async def test_full_disk_stops_reading_telnet_within_the_hold_budget(
     tmp_path: Path, disk: Disk, nursery: trio.Nursery
 ) -> None:
-    console = {"log_hold_bytes": 100_000, "log_queue_bytes": 65536, "log_max_bytes": 1 << 30}
+    console: dict[str, object] = {"log_hold_bytes": 100_000, "log_queue_bytes": 65536, "log_max_bytes": 1 << 30}
     service = await start_vspc(tmp_path, nursery, console=console)
     vm = SimVM.random(random.Random(21))
     data = random.Random(22).randbytes(16_000_000)  # more than kernel buffers hold

@@ -12,6 +12,7 @@ import random
 import socket
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -38,7 +39,7 @@ async def start(tmp_path: Path, nursery: trio.Nursery, **listen: object) -> Vspc
 
 
 async def open_vm(service: VspcService, nursery: trio.Nursery, vm: SimVM,
-                  source: str = HOST, **knobs: object) -> EsxConnection:
+                  source: str = HOST, **knobs: Any) -> EsxConnection:
     assert service.esx_port is not None
     return await EsxConnection.open(nursery, HOST, service.esx_port, vm=vm,
                                     local_address=source, **knobs)
