@@ -22,6 +22,7 @@ import pytest
 import trio
 
 from relay.core.header import OriginHeader, encode_header
+from tests.support.waiting import wait_until, wait_until_async
 from tests.vspc.test_vspc_ops import HOST, Daemon, daemon, scrape
 from vic.lab.esx_sim import EsxConnection, SimVM
 from vspc.console.logfile import file_stem
@@ -52,20 +53,6 @@ port = 0
 
 def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
     return samples.get((name, ()), 0.0)
-
-
-async def poll(predicate: object, what: str, timeout: float = 20.0) -> None:
-    """Wait for an observable condition (a file size, a metric) with a deadline."""
-    assert callable(predicate)
-    with trio.move_on_after(timeout):
-        while True:
-            ok = predicate()
-            if hasattr(ok, "__await__"):
-                ok = await ok
-            if ok:
-                return
-            await trio.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def size(path: Path) -> int:
@@ -127,7 +114,7 @@ async def test_disk_full_then_freed_loses_no_byte(tmp_path: Path, small_tmpfs: P
         vm = await trio.open_unix_socket(str(tmp_path / "endpoint.sock"))
         await vm.send_all(encode_header(OriginHeader(host="esx-a", vm="vm-disk", kind="tcp",
                                                      label="com1")) + data[:first])
-        await poll(lambda: size(log_file) == first, "the first bytes are logged")
+        await wait_until(lambda: size(log_file) == first, 20.0, "the first bytes are logged")
         filler = fill(log_dir)
         sent = trio.Event()
 
@@ -140,13 +127,13 @@ async def test_disk_full_then_freed_loses_no_byte(tmp_path: Path, small_tmpfs: P
         async def failing() -> bool:
             return metric(await scrape(d), "vspc_console_log_write_errors_total") >= 2
 
-        await poll(failing, "log writes fail and are retried")
+        await wait_until_async(failing, 20.0, "log writes fail and are retried")
         assert not sent.is_set()  # back-pressure: the VM's stream is no longer read
         assert size(log_file) < len(data)
         filler.unlink()  # the operator frees space
         with trio.fail_after(30):
             await sent.wait()
-        await poll(lambda: size(log_file) == len(data), "every byte reaches the log")
+        await wait_until(lambda: size(log_file) == len(data), 20.0, "every byte reaches the log")
         assert log_file.read_bytes() == data
         samples = await scrape(d)
         assert metric(samples, "vspc_console_log_gap_bytes_total") == 0
@@ -185,7 +172,7 @@ async def test_killed_vspc_marks_a_restart_gap_and_carries_on(tmp_path: Path) ->
         await d.ready()
         esx = await EsxConnection.open(n, HOST, d.esx_port, vm=vm)
         await esx.send_console(before)
-        await poll(lambda: size(log_file) == len(before) and connected(), "logged and connected")
+        await wait_until(lambda: size(log_file) == len(before) and connected(), 20.0, "logged and connected")
         d.signal(signal.SIGKILL)
         with trio.fail_after(10):
             await d.proc.wait()
@@ -203,7 +190,7 @@ async def test_killed_vspc_marks_a_restart_gap_and_carries_on(tmp_path: Path) ->
         assert metric(await scrape(d), "vspc_console_log_gaps_total") == 1
         esx = await EsxConnection.open(n, HOST, d.esx_port, vm=vm)
         await esx.send_console(after)
-        await poll(lambda: size(log_file) == len(before) + len(after), "the console carries on")
+        await wait_until(lambda: size(log_file) == len(before) + len(after), 20.0, "the console carries on")
         assert log_file.read_bytes() == before + after  # the same log, no byte twice
         await esx.aclose()
         d.signal(signal.SIGTERM)

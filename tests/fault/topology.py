@@ -22,6 +22,7 @@ import trio
 
 from tests.fault.daemons import Daemon, Daemons, Table, free_port
 from tests.relay.pki_helpers import Pki
+from tests.support.waiting import wait_until, wait_until_async
 from vspc.console import protocol as proto
 from vspc.console.client import ConsoleClientError, attach, list_consoles
 from vspc.console.client import Endpoint as ConsoleEndpoint
@@ -124,32 +125,35 @@ class Mesh:
     async def wait_console_log(self, size: int, timeout: float = 40.0) -> bytes:
         """Until the console log holds ``size`` bytes (or more: then it is wrong anyway)."""
         with trio.move_on_after(timeout):
-            while len(data := self.console_log()) < size:
-                await trio.sleep(0.05)
-            return data
+            await wait_until(lambda: len(self.console_log()) >= size, None, interval=0.05)
         return self.console_log()
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
         """Until the appliance has the VM's stream (keys typed before that are discarded)."""
         ep = ConsoleEndpoint(socket=self.console_socket)
-        with trio.fail_after(timeout):
-            while True:
-                try:
-                    if any(c.get("connected") for c in await list_consoles(ep)):
-                        return
-                except (ConsoleClientError, OSError):
-                    pass
-                await trio.sleep(0.05)
+
+        async def connected() -> bool:
+            try:
+                return any(c.get("connected") for c in await list_consoles(ep))
+            except (ConsoleClientError, OSError):
+                return False
+
+        await wait_until_async(connected, timeout, "the VM's stream at the appliance")
 
     async def attach_console(self) -> trio.abc.Stream:
         """A read-write console client, once the VM's stream is there."""
         await self.wait_connected()
-        with trio.fail_after(20):
-            while True:
-                try:
-                    stream, _status, _rest = await attach(
-                        ConsoleEndpoint(socket=self.console_socket),
-                        proto.AttachRequest(vm=VM, label=LABEL, mode="rw"))
-                    return stream
-                except (ConsoleClientError, OSError):  # not there yet
-                    await trio.sleep(0.05)
+        streams: list[trio.abc.Stream] = []
+
+        async def attached() -> bool:
+            try:
+                stream, _status, _rest = await attach(
+                    ConsoleEndpoint(socket=self.console_socket),
+                    proto.AttachRequest(vm=VM, label=LABEL, mode="rw"))
+            except (ConsoleClientError, OSError):  # not there yet
+                return False
+            streams.append(stream)
+            return True
+
+        await wait_until_async(attached, 20.0, "a read-write console client attached")
+        return streams[0]

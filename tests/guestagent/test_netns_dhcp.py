@@ -115,26 +115,6 @@ def _start_agent(ns: str, conf: Path) -> subprocess.Popen[bytes]:
         ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
-def _start_agent(ns: str, conf: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            sys.executable,
-            "-m",
-            "vic.cli",
-            "agent",
-            "--config",
-            str(conf),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
         stderr=open(conf.with_suffix(".log"), "wb"),
     )
 

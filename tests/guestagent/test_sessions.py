@@ -17,6 +17,8 @@ import trio
 import trio.testing
 
 from guestagent.core import guestinfo as gi
+from guestagent.session import SessionRunner
+from tests.support.waiting import wait_until, wait_until_async
 from vspc.guestinfo_watch import (
     FileStoreWatcher,
     SessionStartFailed,
@@ -234,10 +236,17 @@ async def test_console_reconnects_without_losing_output(tmp_path: Path) -> None:
     assert end == len(original)
 
 
-async def test_output_still_flowing_after_exit_is_not_cut(tmp_path: Path) -> None:
+async def test_output_still_flowing_after_exit_is_not_cut(
+    tmp_path: Path, mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
     """The session's process exits while its output is still coming (a child goes on
     writing) and the console is not taking it: the agent keeps carrying it however
-    long that takes; drain-grace only applies to output that has gone idle."""
+    long that takes; drain-grace only applies to output that has gone idle.
+
+    The clock runs at real speed, and jumps well past drain-grace once the output
+    is seen stuck on the console: the agent has then certainly made its drain
+    decision (on any machine, however slow) before the test looks at it."""
+    mock_clock.rate = 1.0
     size = 16 * 1024 * 1024
     w = FileStoreWatcher(tmp_path)
     sink = Sink(str(tmp_path / "con_1024"), keep=False)
@@ -270,13 +279,31 @@ async def test_output_still_flowing_after_exit_is_not_cut(tmp_path: Path) -> Non
             agent = await start_agent(n, acfg)
             while "s1" not in agent.sessions:
                 await trio.testing.wait_all_tasks_blocked()
-            await agent.sessions["s1"].exited.wait()
-            await trio.sleep(0.5)  # time passes: well past drain-grace, output blocked
+            runner = agent.sessions["s1"]
+            await runner.exited.wait()
+            await output_stuck_on_console(runner)
+            mock_clock.jump(10 * acfg.agent.drain_grace)  # the drain check's deadline passes
+            await trio.testing.wait_all_tasks_blocked()  # ... and the check has run
+            assert not [r for r in caplog.records if "not waiting" in r.getMessage()]
+            assert runner.console is not None and runner.console.buffered > 0  # nothing cut
             assert (await w.state("vm1")).session("s1").exit is None
             gate.set()
             info = await wait_for_exit(w, "vm1", "s1", 60)
             n.cancel_scope.cancel()
     assert info.status == 0 and sink.total == size
+
+
+async def output_stuck_on_console(runner: SessionRunner) -> None:
+    """Until the session's output pump is parked writing to a full console buffer
+    (not reading: that is the state drain-grace must leave alone)."""
+    console = runner.console
+    assert console is not None
+
+    async def stuck() -> bool:
+        await trio.testing.wait_all_tasks_blocked()
+        return console.buffered >= console.buffer_limit and not runner._reading
+
+    await wait_until_async(stuck, 20.0, "the session's output blocked on the console")
 
 
 async def test_grandchild_holding_output_does_not_block_status(tmp_path: Path) -> None:
@@ -319,16 +346,15 @@ async def test_stopping_the_agent_stops_the_container(tmp_path: Path) -> None:
             await wait_for_started(w, "vm1", "s1", T)
             child = agent.sessions["s1"].child
             assert child is not None
-            while not pidfile.exists() or not pidfile.read_text().strip():
-                await trio.sleep(0.01)  # bounded by fail_after: the shell writes it at once
+            await wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), T,
+                             "the shell wrote its background child's pid")
             bg = int(pidfile.read_text())
             n.cancel_scope.cancel()
     # the agent's reaper is gone: collect the shell ourselves; its whole group got SIGHUP
     _, st = await trio.to_thread.run_sync(os.waitpid, child.pid, 0)
     assert os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGHUP
-    with trio.fail_after(T):
-        while _alive(bg):
-            await trio.sleep(0.01)  # the background sleep, reparented, dies of it too
+    # the background sleep, reparented, dies of it too
+    await wait_until(lambda: not _alive(bg), T, f"background child {bg} gone")
 
 
 def _alive(pid: int) -> bool:

@@ -22,6 +22,7 @@ from guestagent.config import (
     NetworkConfig,
 )
 from guestagent.core import guestinfo as gi
+from tests.support.waiting import wait_until_async
 from vspc.guestinfo_watch import (
     VSphereWatcher,
     configure_session,
@@ -108,12 +109,15 @@ async def test_watcher_reconnects_after_vcenter_restart(private_vcsim: int, tmp_
                 await trio.to_thread.run_sync(_stop, p1)
                 p2, url2 = await trio.to_thread.run_sync(_vcsim, port)
                 assert url2 == url
-                while True:  # the appliance's writer reconnects too
+
+                async def written() -> bool:  # the appliance's writer reconnects too
                     try:
                         await watcher.write(VM, {gi.started_key("r"): "true"})
-                        break
                     except Exception:
-                        await trio.sleep(0.05)
+                        return False
+                    return True
+
+                await wait_until_async(written, None, "a write after vcsim's restart")
                 while True:
                     st = await w.next()
                     if st.values.get(gi.started_key("r")) == "true":

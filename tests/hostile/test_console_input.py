@@ -182,7 +182,7 @@ async def test_departed_consoles_are_bounded_and_survive_a_restart(tmp_path: Pat
     main it grows by ~100 MiB over 1,100 departed VMs); after a restart `vic
     console list` shows the departed VMs from disk and replay serves their bytes."""
     # (small log queues: memory the log writer holds for the disk is not what is measured)
-    over = {"console": {"retention": 1.0, "max-departed": 20,
+    over: dict[str, Any] = {"console": {"retention": 1.0, "max-departed": 20,
                         "log-queue-bytes": 256 << 10, "log-queue-total-bytes": 2 * MiB}}
     async with start_vspc(tmp_path, **over) as vspc:
         config = vspc.config

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -182,16 +183,18 @@ async def test_silent_connection_that_fails_its_probe_is_closed(tmp_path: Path) 
     and does not answer the liveness probe is closed and its VM shown
     disconnected; an honest idle VM answers the probe and stays."""
     rng = random.Random(13)
-    over = {"listen": {"idle-probe": 1.0, "probe-timeout": 1.0}}
+    over: dict[str, Any] = {"listen": {"idle-probe": 1.0, "probe-timeout": 1.0}}
     async with start_vspc(tmp_path, **over) as vspc:
         async with trio.open_nursery() as n:
             honest = await honest_vm(n, vspc, VICTIM_HOST)
             vm = SimVM.random(rng, name="deaf")
             s = await attacker_socket(vspc)
             await s.send_all(deaf_esx(vm))
-            with trio.fail_after(5):
-                while not [c for c in await vspc.consoles() if c["uuid"] == vm.canonical_uuid]:
-                    await trio.sleep(0.05)
+
+            async def deaf_listed() -> bool:
+                return any(c["uuid"] == vm.canonical_uuid for c in await vspc.consoles())
+
+            await wait_for_async(deaf_listed, 5, "the deaf VM's console listed")
             await closed_by_peer(s, timeout=15)
             await s.aclose()
             listed = {c["uuid"]: c for c in await vspc.consoles()}

@@ -27,6 +27,7 @@ from tests.hostile.appliance import (
     start_vspc,
 )
 from tests.hostile.daemons import wait_for, wait_for_async
+from tests.support.waiting import wait_any
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import EsxConnection, SimVM, VMotionNotNow, known_without, migrate
 
@@ -51,8 +52,7 @@ async def test_takeover_from_another_source_is_refused(vspc: Vspc) -> None:
 
         attacker = await open_esx(n, vspc, victim.conn.vm, ATTACKER_HOST, wait_ready=False)
         with trio.fail_after(10):  # the attacker has claimed the UUID (or been refused)
-            while not (attacker.identity_asked.is_set() or attacker.closed.is_set()):
-                await trio.sleep(0.01)
+            await wait_any(attacker.identity_asked, attacker.closed)
         await operator.send_all(b"password-during\r")
         await attacker.wait_closed(timeout=20)  # refused within the probe's bound
         await operator.send_all(b"password-after\r")

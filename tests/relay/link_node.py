@@ -22,8 +22,10 @@ import trio
 from relay.core.mux import MuxConfig
 from relay.link import LinkConfig
 from relay.peering import LinkServer, open_session_table
+from relay.resumable import ResumableStream
 from relay.route import Route, Router
 from relay.tls import TlsFiles
+from tests.support.waiting import wait_until
 
 CFG = LinkConfig(mux=MuxConfig(ping_interval=0.5, dead_after=3.0), replay_limit=1 << 20,
                  reconnect_min=0.05, reconnect_max=0.3)
@@ -42,7 +44,7 @@ async def serve(args: argparse.Namespace) -> None:
         await n.start(server.serve, listeners)
         print("ready", flush=True)
 
-        async def echo(st) -> None:
+        async def echo(st: ResumableStream) -> None:
             while d := await st.receive_some():
                 await st.send_all(d)
             await st.send_eof()
@@ -65,14 +67,16 @@ async def send(args: argparse.Namespace) -> None:
 
         async def watch() -> None:
             seen = None
-            while True:
-                link = router.link
-                if link is not None and link is not seen:
-                    seen = link
-                    await link.closed.wait()
-                    print("link-dead", flush=True)
-                else:
-                    await trio.sleep(0.02)
+            while True:  # each new link, until it dies (no deadline: runs for the test)
+
+                def new_link(old: object = seen) -> bool:
+                    return router.link is not None and router.link is not old
+
+                await wait_until(new_link, None, interval=0.02)
+                seen = router.link
+                assert seen is not None
+                await seen.closed.wait()
+                print("link-dead", flush=True)
 
         async def sender() -> None:
             for i, off in enumerate(range(0, total, chunk)):

@@ -39,13 +39,13 @@ class Appliance:
     async def handle(self, stream: trio.abc.Stream) -> None:
         dec = HeaderDecoder()
         header = None
-        rest = b""
+        rest: bytes | bytearray = b""
         try:
             while header is None:
                 data = await stream.receive_some(65536)
                 if not data:
                     return
-                header, rest = dec.feed(data)
+                header, rest = dec.feed(bytes(data))
         except HeaderError as e:
             self.bad_headers.append(str(e))
             await trio.aclose_forcefully(stream)
@@ -172,7 +172,7 @@ class Muxer:
                 data = await stream.receive_some(1024)
                 if not data:
                     return
-                port, rest = parser.feed(data)
+                port, rest = parser.feed(bytes(data))
             self.requests.append(port)
             if self.mode == "silent":
                 await trio.sleep_forever()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -52,13 +53,14 @@ async def test_bad_requests_get_an_error_line(tmp_path: Path) -> None:
         async with trio.open_nursery() as n:
             router = Router(Route("tcp:127.0.0.1:9", tls=False), n)
             await n.start(AdminServer(sock, route_commands(lambda: {"r": router})).serve)
-            for req, msg in [
+            cases: list[tuple[dict[str, Any], str]] = [
                 ({"cmd": "nope"}, "unknown command"),
                 ({"cmd": "route.set"}, "address"),
                 ({"cmd": "route.set", "route": "zz", "address": "tcp:1.2.3.4:5"}, "unknown route"),
                 ({"cmd": "route.set", "address": "carrier-pigeon:1"}, "unknown address kind"),
                 ({"cmd": "route.set", "address": "tcp:h:1", "tls": True, "identity": "bob"}, "identity"),
-            ]:
+            ]
+            for req, msg in cases:
                 reply = await admin_request(sock, req)
                 assert not reply["ok"] and msg in reply["error"], (req, reply)
             s = await trio.open_unix_socket(str(sock))

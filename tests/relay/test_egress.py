@@ -26,13 +26,14 @@ from tests.relay.relayfix import (
     tcp_egress,
     wait_closed,
 )
+from tests.support.waiting import wait_until_async
 
 HEADER = OriginHeader("esx-1", "vm-1", "tcp", "serial0", "s-1")
 
 
 async def _through_relay(egress: EgressConfig, app: Appliance, nursery: trio.Nursery,
                          payload: bytes, **kw: object) -> trio.abc.Stream:
-    cfg = relay_config(egress, tcp=(TcpListener(name="t", vm="vm-1", port=0),), **kw)  # type: ignore[arg-type]
+    cfg = relay_config(egress, tcp=(TcpListener(name="t", vm="vm-1", port=0),), **kw)
     d = await start_relay(nursery, cfg)
     s = await trio.open_tcp_stream("127.0.0.1", d.bound["t"][1])
     assert await roundtrip(s, payload) == payload
@@ -198,13 +199,15 @@ async def test_socat_as_the_appliance() -> None:
                              ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", "PIPE"])
         try:
             cfg = relay_config(tcp_egress(port), tcp=(TcpListener(name="t", vm="vm-s", port=0),))
-            d = None
-            for _ in range(100):  # socat may not be listening yet
+
+            async def listening() -> bool:  # socat may not be listening yet
                 try:
                     (await trio.open_tcp_stream("127.0.0.1", port)).socket.close()
-                    break
                 except OSError:
-                    await trio.sleep(0.05)
+                    return False
+                return True
+
+            await wait_until_async(listening, 10, "socat listening")
             d = await start_relay(n, cfg)
             s = await trio.open_tcp_stream("127.0.0.1", d.bound["t"][1])
             data = pattern(100_000, seed=7)

@@ -1,9 +1,13 @@
-"""AF_VSOCK ingress. Bind and listen work here; there is no vsock loopback, so
-the accept path is driven with an accepted-socket stand-in (a Unix socketpair)
-and a given peer CID, and the data path over real vsock is skipped."""
+"""AF_VSOCK ingress. Bind and listen work here; there is no vsock loopback (no
+guest can connect), so the accept path is driven with an accepted-socket
+stand-in (a Unix socketpair) and a given peer CID: what the relay decides from
+the CID and carries after it is the same code. Byte transport over a vsock-like
+socket is covered through hybrid vsock (test_ingress_hvsock)."""
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 
 import pytest
@@ -31,8 +35,33 @@ needs_vsock = pytest.mark.skipif(_vsock_available() is not None, reason=str(_vso
 def test_identify() -> None:
     cids = {3: "vm-a", 4: "vm-b"}
     assert identify(cids, False, 3) == "vm-a"
+    assert identify(cids, True, 4) == "vm-b"  # the map wins over allow-unknown
     assert identify(cids, False, 99) is None
     assert identify(cids, True, 99) == "cid-99"
+    assert identify({}, False, 3) is None
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@needs_vsock
+async def test_bind_to_a_cid_not_ours_fails_without_leaking() -> None:
+    """A listener bound to a CID this host does not have (a typo in bind-cid)
+    fails at bind with EADDRNOTAVAIL; the socket is closed, not leaked."""
+    before = _open_fds()
+    with pytest.raises(OSError) as e:
+        await bind_vsock(987_654, 40125)
+    assert e.value.errno == errno.EADDRNOTAVAIL
+    assert _open_fds() == before
+
+
+@needs_vsock
+async def test_bound_socket_is_listening() -> None:
+    sock = await bind_vsock(socket.VMADDR_CID_ANY, 40126)
+    with sock:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        assert sock.getsockname() == (socket.VMADDR_CID_ANY, 40126)
 
 
 @needs_vsock
@@ -78,7 +107,20 @@ async def test_accept_known_and_refuse_unknown_cid() -> None:
         n.cancel_scope.cancel()
 
 
-@pytest.mark.skip(reason="no vsock loopback transport here: a guest-to-host vsock data path "
-                         "needs a VM; covered through hybrid vsock and the accept-path test")
-async def test_vsock_data_path() -> None:  # pragma: no cover
-    pass
+async def test_allow_unknown_names_the_vm_by_its_cid() -> None:
+    """allow-unknown: a CID outside the map is carried, named ``cid-N`` (never by
+    anything the guest says), and nothing is counted as refused."""
+    app = Appliance()
+    cfg_l = VsockListener(name="g", port=40127, cids={"3": "vm-a"}, allow_unknown=True)
+    async with trio.open_nursery() as n:
+        port = await app.serve_tcp(n)
+        d = await start_relay(n, relay_config(tcp_egress(port)))
+        a, b = trio.socket.socketpair()
+        await handle_accepted(cfg_l, cfg_l.cid_map(), d, a, (7, 1027))
+        guest = trio.SocketStream(b)
+        with trio.fail_after(10):
+            assert await roundtrip(guest, b"from cid 7") == b"from cid 7"
+            (rec,) = await app.wait_streams(1)
+        assert (rec.header.vm, rec.header.kind) == ("cid-7", "vsock")
+        assert d.metrics.refused.labels("g", REFUSE_UNKNOWN_CID)._value.get() == 0
+        n.cancel_scope.cancel()

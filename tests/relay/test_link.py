@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -25,8 +26,10 @@ from relay.link import LinkConfig
 from relay.peering import LinkServer, open_session_table
 from relay.resumable import ResumableStream, SessionTable, StreamFailedError
 from relay.route import Route, Router
+from relay.tls import TlsFiles
 from tests.relay.faultproxy import FaultProxy
 from tests.relay.pki_helpers import Pki
+from tests.support.waiting import wait_until
 
 BIG = int(os.environ.get("VIC_LINK_BIG_MB", "32")) * 1024 * 1024
 MiB = 1024 * 1024
@@ -64,7 +67,8 @@ async def echo(acc: Acceptor, st: ResumableStream) -> None:
 
 
 @asynccontextmanager
-async def acceptor(config: LinkConfig, *, tls_files=None, allowed=()) -> AsyncIterator[Acceptor]:
+async def acceptor(config: LinkConfig, *, tls_files: TlsFiles | None = None,
+                   allowed: Collection[str] = ()) -> AsyncIterator[Acceptor]:
     async with open_session_table(config) as table, trio.open_nursery() as n:
         server = LinkServer(table, tls_files=tls_files, allowed_peers=allowed, config=config)
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -82,7 +86,7 @@ async def acceptor(config: LinkConfig, *, tls_files=None, allowed=()) -> AsyncIt
 
 
 async def roundtrip(st: ResumableStream, data: bytes, chunk: int = 256 * 1024,
-                    on_progress=None) -> bytes:
+                    on_progress: Callable[[int], Awaitable[None]] | None = None) -> bytes:
     """Send ``data`` and read the echo concurrently; returns what came back."""
     back = bytearray()
 
@@ -104,7 +108,7 @@ async def roundtrip(st: ResumableStream, data: bytes, chunk: int = 256 * 1024,
     return bytes(back)
 
 
-def small_config(**kw) -> LinkConfig:
+def small_config(**kw: Any) -> LinkConfig:
     # a 1 MiB replay buffer: send_all returns only once the rest is nearly delivered,
     # so "bytes sent" below tracks what is really on the wire
     mux = kw.pop("mux", MuxConfig(ping_interval=0.5, dead_after=2.0))
@@ -289,9 +293,7 @@ async def test_replay_overflow_ends_with_explicit_gap() -> None:
                     pass
             assert ei.value.code == ErrorCode.GAP
             await st.wait_finished()
-            with trio.fail_after(5):
-                while not acc.failures:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: acc.failures, 5, "the acceptor's stream failure")
             assert acc.failures[0].code == ErrorCode.GAP
             assert st.session.discarded > 0
             n.cancel_scope.cancel()
@@ -338,9 +340,11 @@ async def test_untrusted_and_wrong_identity_links_refused(pki: Pki, tmp_path: Pa
                     pass
                 else:
                     await link.closed.wait()
-                with trio.fail_after(5):
-                    while acc.server.refused < i + 1:
-                        await trio.sleep(0.01)
+
+                def refused(k: int = i + 1) -> bool:
+                    return acc.server.refused >= k
+
+                await wait_until(refused, 5, f"link {i} refused")
             assert len(acc.table) == 0
             n.cancel_scope.cancel()
 
@@ -356,9 +360,7 @@ async def test_acceptor_gives_up_when_opener_never_returns() -> None:
             await st.send_all(b"hello")
             await acc.first_bytes.wait()
             proxy.refuse()
-            with trio.fail_after(10):
-                while not acc.failures:
-                    await trio.sleep(0.05)
+            await wait_until(lambda: acc.failures, 10, "the acceptor gives up")
             assert acc.failures[0].code == ErrorCode.TIMEOUT
             n.cancel_scope.cancel()
 
@@ -373,9 +375,7 @@ async def test_goaway_drains_old_link_and_new_streams_use_a_new_one() -> None:
             await acc.first_bytes.wait()
             first = router.link
             acc.server.goaway_all("restart")
-            with trio.fail_after(5):
-                while first is not None and not first.draining:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: first is None or first.draining, 5, "the old link draining")
             st2 = await router.open_stream(b"2")
             assert await roundtrip(st2, b"b" * 5000) == b"b" * 5000
             assert router.link is not first and router.links_opened == 2
@@ -447,7 +447,7 @@ class _Catch:
         self.reset: tuple[int, str] | None = None
         self.got = trio.Event()
 
-    def on_data(self, offset: int, payload: bytes) -> None: ...
+    def on_data(self, offset: int, payload: bytes | bytearray) -> None: ...
     def on_ack(self, offset: int, fin: bool) -> None: ...
     def on_eof(self, offset: int) -> None: ...
     def on_credit(self) -> None: ...
@@ -494,9 +494,7 @@ async def test_abort_tells_the_peer() -> None:
             await acc.first_bytes.wait()
             st.abort("bad header")
             await st.wait_finished()
-            with trio.fail_after(5):
-                while not acc.failures:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: acc.failures, 5, "the abort reaches the peer")
             assert acc.failures[0].code == ErrorCode.CANCEL
             assert "bad header" in str(acc.failures[0])
             n.cancel_scope.cancel()

@@ -28,6 +28,7 @@ from tests.relay.relayfix import (
     tcp_egress,
 )
 from tests.relay.test_vsphere_route import VM, relocate, vcsim  # noqa: F401 (fixture)
+from tests.support.waiting import wait_until
 from vic.ops.config import ConfigError
 
 FAST = LinkTuning(ping_interval=1.0, dead_after=5.0, resume_timeout=20.0)
@@ -107,7 +108,7 @@ async def test_link_cut_mid_transfer_loses_nothing(tmp_path: Path) -> None:
         await app.serve_tcp(n)
         b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
                                             ["vic://host/esx-a"]))
-        proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))  # type: ignore[arg-type]
+        proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))
         await n.start(proxy.serve)
         a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), proxy.address,
                                              "vic://host/esx-b"))
@@ -178,6 +179,7 @@ async def test_reload_and_admin_socket_move_streams_to_another_relay(tmp_path: P
         a_files = pki.issue("host", "esx-a")
         cfg = ingress_cfg("esx-a", a_files, peer_address(b), "vic://host/esx-b",
                           admin_socket=admin)
+        assert cfg.peer is not None
         a = await start_relay(n, cfg)
         vm = await stream_through(a, "vm1")
         data = pattern(6_000_000, 9)
@@ -213,16 +215,16 @@ async def forwarding_relays(n: trio.Nursery, pki: Pki,
 
 
 async def wait_console_bytes(svc: object, vm: str, n: int) -> None:
-    """Poll (each 20 ms, the caller bounds it) until the console of ``vm`` got ``n`` bytes."""
+    """Until the console of ``vm`` got ``n`` bytes (the caller bounds it)."""
     from vspc.console.service import LookupFailed
 
-    while True:
+    def arrived() -> bool:
         try:
-            if svc.consoles.find(vm).bytes_from_vm >= n:  # type: ignore[attr-defined]
-                return
+            return bool(svc.consoles.find(vm).bytes_from_vm >= n)  # type: ignore[attr-defined]
         except LookupFailed:
-            pass
-        await trio.sleep(0.02)
+            return False
+
+    await wait_until(arrived, None, interval=0.02)
 
 
 async def start_appliance(n: trio.Nursery, tmp_path: Path,
@@ -275,8 +277,8 @@ async def test_route_follows_the_appliance_vm_in_vcenter(
                 await vm.send_all(data[i:i + 200_000])
                 if i == 1_000_000:
                     await trio.to_thread.run_sync(relocate, vcsim, VM, "DC0_C0_H0")
-                    while router.route.identity != "vic://host/esx-c":
-                        await trio.sleep(0.02)
+                    await wait_until(lambda: router.route.identity == "vic://host/esx-c", 30,
+                                     "the route follows the VM to esx-c")
             await wait_console_bytes(svc, "vm-1", len(data))
             await svc.consoles.writer.flush()  # type: ignore[attr-defined]
         logs = list((tmp_path / "logs").glob("*.log"))
@@ -324,8 +326,7 @@ async def test_sigterm_drains_streams_from_peers_and_sends_goaway(tmp_path: Path
             assert b.metrics.registry.get_sample_value("relay_peer_links", {"side": "in"}) == 1
             await b.terminate()
             link = a.mesh.routers["appliance"].link
-            while link is not None and not link.draining:
-                await trio.sleep(0.01)
+            await wait_until(lambda: link is None or link.draining, 30, "the link draining")
             data = pattern(2_000_000, 4)
             assert await roundtrip(s, data) == data  # the live stream carries on
             await s.aclose()
@@ -389,7 +390,7 @@ async def test_route_straight_to_the_appliance_link_endpoint_over_tls(tmp_path: 
             await wait_console_bytes(svc, "vm-1", len(data))
             bad = await stream_through(stranger, "vm2")
             await bad.send_all(b"let me in")
-            while ep.links.links_refused == 0:  # esx-x is not in allowed-peers
-                await trio.sleep(0.02)
+            await wait_until(lambda: ep.links.links_refused > 0, 30,  # not in allowed-peers
+                             "esx-x's link refused")
         assert svc.consoles.find("vm-1").bytes_from_vm == len(data)
         n.cancel_scope.cancel()

@@ -21,6 +21,7 @@ import trustme
 from relay.pipepool import PipePool
 from relay.pump import IdleTimeout, PumpCounters, StallTimeout, pump
 from relay.rawsock import NOTSENT_LOWAT
+from tests.support.waiting import wait_until
 
 Pair = tuple[trio.abc.Stream, trio.abc.Stream]
 
@@ -404,8 +405,7 @@ async def test_stall_timeout(mock_clock: trio.testing.MockClock, use_splice: boo
                 pass
 
         nursery.start_soon(flood)
-        while not raised:
-            await trio.sleep(1)
+        await wait_until(lambda: raised, 60, "the stall timeout", interval=1)
         nursery.cancel_scope.cancel()
     assert isinstance(raised[0], StallTimeout)
     assert "stalled" in str(raised[0])

@@ -22,6 +22,7 @@ from tests.relay.faultproxy import FaultProxy
 from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import Appliance, pattern, roundtrip, start_relay
 from tests.relay.test_mesh_daemon import egress_cfg, ingress_cfg, peer_address, stream_through
+from tests.support.waiting import wait_until
 
 FAST = LinkTuning(ping_interval=1.0, dead_after=5.0, resume_timeout=20.0)
 
@@ -32,9 +33,8 @@ def value(d: RelayDaemon, name: str, **labels: str) -> float:
 
 
 async def wait_value(d: RelayDaemon, name: str, at_least: float, **labels: str) -> None:
-    """Poll the registry until the sample reaches ``at_least`` (the caller's deadline)."""
-    while value(d, name, **labels) < at_least:
-        await trio.sleep(0.01)
+    """Until the sample reaches ``at_least`` (the caller's deadline)."""
+    await wait_until(lambda: value(d, name, **labels) >= at_least, None)
 
 
 async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -55,7 +55,7 @@ async def test_link_cut_and_resume_are_counted_and_every_byte_delivered(tmp_path
         await app.serve_tcp(n)
         b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
                                             ["vic://host/esx-a"]))
-        proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))  # type: ignore[arg-type]
+        proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))
         await n.start(proxy.serve)
         a = await start_relay(n, replace(
             ingress_cfg("esx-a", pki.issue("host", "esx-a"), proxy.address, "vic://host/esx-b"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -14,6 +15,9 @@ from relay.core.resume import (
     ResumeSession,
     SessionClosedError,
 )
+
+# a frame in flight: ("data", off, bytes) / ("ack", off, fin) / ("eof", off)
+Msg = tuple[Any, ...]
 
 
 class End:
@@ -28,11 +32,11 @@ class Path:
     """One attachment: two FIFO pipes carrying ('data', off, bytes) / ('ack', off, fin) / ('eof', off)."""
 
     def __init__(self) -> None:
-        self.to_b: deque[tuple] = deque()
-        self.to_a: deque[tuple] = deque()
+        self.to_b: deque[Msg] = deque()
+        self.to_a: deque[Msg] = deque()
 
 
-def pump(src: End, q: deque, max_bytes: int) -> None:
+def pump(src: End, q: deque[Msg], max_bytes: int) -> None:
     nxt = src.s.next_chunk(max_bytes)
     if nxt is not None:
         q.append(("data", nxt[0], bytes(nxt[1])))
@@ -42,7 +46,7 @@ def pump(src: End, q: deque, max_bytes: int) -> None:
         q.append(("eof", eof))
 
 
-def deliver(dst: End, q: deque, back: deque) -> None:
+def deliver(dst: End, q: deque[Msg], back: deque[Msg]) -> None:
     if not q:
         return
     msg = q.popleft()
@@ -87,7 +91,7 @@ ops = st.lists(
 )
 
 
-def run(ops_list: list, limit: int, overflow: str) -> tuple[End, End, bool]:
+def run(ops_list: list[tuple[str, Any]], limit: int, overflow: str) -> tuple[End, End, bool]:
     a, b = End(limit, overflow), End(limit, overflow)
     a.s.start()
     b.s.start()
@@ -129,7 +133,7 @@ def run(ops_list: list, limit: int, overflow: str) -> tuple[End, End, bool]:
 
 @given(ops, st.integers(8, 200))
 @settings(max_examples=400, deadline=None)
-def test_block_mode_never_loses_or_duplicates(ops_list: list, limit: int) -> None:
+def test_block_mode_never_loses_or_duplicates(ops_list: list[tuple[str, Any]], limit: int) -> None:
     a, b, gap = run(ops_list, limit, "block")
     assert not gap
     assert bytes(b.got) == bytes(a.written)
@@ -141,7 +145,7 @@ def test_block_mode_never_loses_or_duplicates(ops_list: list, limit: int) -> Non
 
 @given(ops, st.integers(8, 200))
 @settings(max_examples=400, deadline=None)
-def test_discard_mode_gap_is_explicit(ops_list: list, limit: int) -> None:
+def test_discard_mode_gap_is_explicit(ops_list: list[tuple[str, Any]], limit: int) -> None:
     a, b, gap = run(ops_list, limit, "discard")
     assert a.s.buffered <= limit and b.s.buffered <= limit
     # whatever arrived is an exact prefix of what was written: never a hole, never a repeat

@@ -13,12 +13,16 @@ exactly once, in order, both ways.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.core.resume import GapError, ResumeSession
+
+# a frame in flight: ("data", off, bytes) / ("ack", off, fin) / ("eof", off)
+Msg = tuple[Any, ...]
 
 
 class Side:
@@ -40,8 +44,8 @@ class World:
         self.b = Side(ResumeSession(limit, ack_every=5))
         self.a.s.start()
         self.b.s.start()
-        self.to_b: deque[tuple] = deque()
-        self.to_a: deque[tuple] = deque()
+        self.to_b: deque[Msg] = deque()
+        self.to_a: deque[Msg] = deque()
         self.vm_sent = bytearray()  # accepted by a's session
         self.app_sent = bytearray()  # accepted by b's session (the appliance's output)
         self.app_got = bytearray()  # what the appliance has, deduplicated
@@ -54,12 +58,12 @@ class World:
     def write_b(self, data: bytes) -> None:
         self.app_sent += data[: self.b.s.write(data)]
 
-    def send(self, side: Side, q: deque, n: int) -> None:
+    def send(self, side: Side, q: deque[Msg], n: int) -> None:
         nxt = side.s.next_chunk(n)
         if nxt is not None:
             q.append(("data", nxt[0], bytes(nxt[1])))
 
-    def recv(self, side: Side, q: deque, back: deque) -> None:
+    def recv(self, side: Side, q: deque[Msg], back: deque[Msg]) -> None:
         if not q:
             return
         msg = q.popleft()
@@ -151,7 +155,7 @@ def drain(w: World) -> None:
 
 @given(ops, st.integers(8, 120))
 @settings(max_examples=400, deadline=None)
-def test_restart_of_the_far_end_loses_and_repeats_nothing(ops_list: list, limit: int) -> None:
+def test_restart_of_the_far_end_loses_and_repeats_nothing(ops_list: list[tuple[str, Any]], limit: int) -> None:
     w = World(limit)
     for op, arg in ops_list:
         if op == "write_a":

@@ -527,6 +527,7 @@ async def test_vmotion_answer_timed_by_kernel_arrival(listener: trio.SocketListe
                 await peer.expect_exact(frame(40, dbl(seq)))
                 # the answer goes out and, with no checkpoint in between, this
                 # host's event loop is busy (no await) while the answer waits
+                assert isinstance(peer.stream, trio.SocketStream)
                 sock = peer.stream.socket
                 assert os.write(sock.fileno(), frame(41, dbl(seq + secret))) > 0
                 end = time.perf_counter() + busy

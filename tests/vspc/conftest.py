@@ -74,13 +74,6 @@ async def attach_console(
     return PrefixedStream(stream, rest)
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a condition that has no event to wait on (short sleeps, bounded)."""
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
-
-
 def metric(service: VspcService, name: str, **labels: str) -> float:
     value = service.metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value

@@ -140,7 +140,7 @@ async def test_exclusive_write(short_dir: Path, nursery: trio.Nursery) -> None:
     assert status["mode"] == "exclusive"
     for mode in ("rw", "exclusive"):
         with pytest.raises(ConsoleClientError, match="exclusive"):
-            await attach_client(svc, "vm", mode=mode)  # type: ignore[arg-type]
+            await attach_client(svc, "vm", mode=mode)
     ro, _, _ = await attach_client(svc, "vm", mode="ro")
     await ex.aclose()
     await trio.testing.wait_all_tasks_blocked()

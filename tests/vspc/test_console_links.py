@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.core.header import OriginHeader, encode_header
+from tests.support.waiting import wait_until
 from vic.lab.esx_sim import EsxConnection, SimVM
 from vspc.config import EndpointConfig
 from vspc.console import ConsoleService
@@ -29,7 +30,7 @@ from vspc.endpoint import Endpoint
 from vspc.metrics import VspcMetrics
 from vspc.service import VspcService
 
-from .conftest import attach_console, make_config, metric, read_exactly, wait_until
+from .conftest import attach_console, make_config, metric, read_exactly
 from .test_console_support import KEY, attach_client, endpoint, short_dir, start
 from .test_console_support import make_config as console_config
 from .test_console_support import read_exactly as read_buffered

@@ -23,12 +23,13 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.waiting import wait_until
 from vic.lab.esx_sim import EsxConnection, SimVM
 from vspc.console.gaps import Gap, skip
 from vspc.console.logfile import RotatingFile, file_stem
 from vspc.core.identity import PortKey
 
-from .conftest import start_vspc, wait_until
+from .conftest import start_vspc
 from .test_console_support import KEY, make_config, short_dir, start
 
 __all__ = ["short_dir"]
@@ -153,9 +154,8 @@ async def test_full_disk_holds_pauses_the_vm_and_loses_nothing(
         done.set()
 
     nursery.start_soon(vm)
-    with trio.fail_after(10):
-        while svc.metrics.console_log_write_errors_total._value.get() < 3:  # several retries
-            await trio.sleep(0.05)
+    await wait_until(lambda: svc.metrics.console_log_write_errors_total._value.get() >= 3, 10,
+                     "several failed writes retried", interval=0.05)
     await trio.testing.wait_all_tasks_blocked()
     assert not done.is_set()  # the VM waits: the hold budget is spent
     assert svc.writer.total <= 3000 + 700
@@ -210,7 +210,7 @@ def test_gap_fields() -> None:
 async def test_full_disk_stops_reading_telnet_within_the_hold_budget(
     tmp_path: Path, disk: Disk, nursery: trio.Nursery
 ) -> None:
-    console = {"log_hold_bytes": 100_000, "log_queue_bytes": 65536, "log_max_bytes": 1 << 30}
+    console: dict[str, object] = {"log_hold_bytes": 100_000, "log_queue_bytes": 65536, "log_max_bytes": 1 << 30}
     service = await start_vspc(tmp_path, nursery, console=console)
     vm = SimVM.random(random.Random(21))
     data = random.Random(22).randbytes(16_000_000)  # more than kernel buffers hold
@@ -227,9 +227,8 @@ async def test_full_disk_stops_reading_telnet_within_the_hold_budget(
 
     nursery.start_soon(vm_writes)
     writer = service.consoles.writer
-    with trio.fail_after(20):
-        while service.metrics.console_log_write_errors_total._value.get() < 3:
-            await trio.sleep(0.05)
+    await wait_until(lambda: service.metrics.console_log_write_errors_total._value.get() >= 3,
+                     20, "several failed writes retried", interval=0.05)
     await trio.testing.wait_all_tasks_blocked()
     assert not sent.is_set()
     backlog = sum(b.size for b in service._backlogs.values())

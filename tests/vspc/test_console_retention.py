@@ -20,6 +20,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.waiting import wait_until
 from vic.lab.esx_sim import EsxConnection, SimVM
 from vic.ops.config import ConfigError, build
 from vspc.console import ConsoleConfig, history
@@ -29,7 +30,7 @@ from vspc.console.eventlog import format_event
 from vspc.console.retention import Retention
 from vspc.core.identity import PortKey
 
-from .conftest import start_vspc, wait_until
+from .conftest import start_vspc
 from .test_console_support import (
     attach_client,
     endpoint,

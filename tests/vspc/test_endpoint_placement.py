@@ -12,6 +12,7 @@ import trio
 from relay.core.header import OriginHeader, encode_header
 from relay.vsphere_route import VCenter
 from tests.relay.test_vsphere_route import VM, relocate, vcsim  # noqa: F401 (fixture)
+from tests.support.waiting import wait_until
 from vic.lab.esx_sim import EsxBehaviour, SimVM
 from vic.lab.esx_sim import EsxConnection as EsxSim
 from vspc.config import VCenterCheck
@@ -19,7 +20,7 @@ from vspc.endpoint import Endpoint
 from vspc.placement import Placement, verdict
 from vspc.service import VspcService
 
-from .conftest import metric, wait_until
+from .conftest import metric
 from .test_endpoint_trust import send_and_wait_closed, start_appliance
 
 START_HOST = "DC0_C0_H1"  # where vcsim puts VM (DC0_C0_RP0_VM0) with -host 2

@@ -24,12 +24,13 @@ from relay.route import Route, Router
 from relay.tls import TlsFiles, client_context
 from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import pattern, start_relay
+from tests.support.waiting import wait_until
 from vic.ops.config import ConfigError, loads
 from vspc.config import VspcConfig
 from vspc.endpoint import Endpoint
 from vspc.service import VspcService
 
-from .conftest import metric, wait_until
+from .conftest import metric
 
 TRAVERSAL = "../../../outside/x"
 

@@ -3,6 +3,8 @@ vMotion slots are capped per source address."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from vspc.core.identity import PortKey
 from vspc.core.switchboard import (
     CloseConn,
@@ -27,7 +29,7 @@ def sb(**kw: int) -> Switchboard:
     return Switchboard(**args)  # type: ignore[arg-type]
 
 
-def kinds(acts: list[object]) -> list[str]:
+def kinds(acts: Sequence[object]) -> list[str]:
     return [str(a.kind) for a in acts if isinstance(a, PortEvent)]
 
 

@@ -66,7 +66,7 @@ class TrioTelnet:
                 if not chunk:
                     break
                 out = []
-                for ev in self.parser.feed(chunk):
+                for ev in self.parser.feed(bytes(chunk)):
                     if isinstance(ev, Negotiate):
                         reply, _ = self.neg.receive(ev)
                         out.append(reply)

@@ -10,12 +10,13 @@ from pathlib import Path
 import trio
 
 from relay.core.header import OriginHeader, encode_header
+from tests.support.waiting import wait_until
 from vic.lab.esx_sim import EsxConnection, SimVM
 from vspc.config import EndpointConfig
 from vspc.endpoint import Endpoint
 from vspc.service import VspcService
 
-from .conftest import make_config, metric, wait_until
+from .conftest import make_config, metric
 
 
 async def test_connected_vms_counts_esx_and_relayed_streams(tmp_path: Path, nursery: trio.Nursery) -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import trio
 
+from tests.support.waiting import wait_until
 from vic.lab.esx_sim import EsxConnection, SimVM, random_seq
 from vspc.core.identity import DEFAULT_LABEL, PortKey
 
-from .conftest import attach_console, metric, read_exactly, start_vspc, wait_until
+from .conftest import attach_console, metric, read_exactly, start_vspc
 
 HOST = "127.0.0.1"
 N_VMS = 200

@@ -10,6 +10,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
+from tests.support.waiting import wait_until
 from vic.lab.esx_sim import ConnectionClosed, EsxConnection, SimVM, migrate, random_seq
 from vspc.console import client as cc
 from vspc.console import protocol as proto
@@ -38,10 +39,14 @@ async def attach(service: VspcService, vm: SimVM, mode: str = "ro") -> trio.abc.
     return PrefixedStream(stream, rest)
 
 
+def esx_port(service: VspcService) -> int:
+    assert service.esx_port is not None
+    return service.esx_port
+
+
 async def wait_console(service: VspcService, vm: SimVM) -> None:
-    with trio.fail_after(5):
-        while not any(c.key.uuid == vm.canonical_uuid for c in service.consoles.list()):
-            await trio.sleep(0.01)
+    await wait_until(lambda: any(c.key.uuid == vm.canonical_uuid for c in service.consoles.list()),
+                     5, f"the console of {vm.canonical_uuid} listed")
 
 
 async def test_console_bytes_arrive_exactly(vspc: VspcService, nursery: trio.Nursery) -> None:
@@ -49,7 +54,7 @@ async def test_console_bytes_arrive_exactly(vspc: VspcService, nursery: trio.Nur
     vm = SimVM.random(rng)
     payload = bytes(range(256)) * 8 + b"\r\n\x00\x11\xff\xff login: "
     with trio.fail_after(20):
-        esx = await EsxConnection.open(nursery, "127.0.0.1", vspc.esx_port, vm=vm, label="com1")
+        esx = await EsxConnection.open(nursery, "127.0.0.1", esx_port(vspc), vm=vm, label="com1")
         await esx.send_console(payload[:100])
         await wait_console(vspc, vm)
         client = await attach(vspc, vm)
@@ -64,7 +69,7 @@ async def test_one_byte_segments(vspc: VspcService, nursery: trio.Nursery) -> No
     payload = b"\xff\x00abc\xff\r\n" * 20
     with trio.fail_after(20):
         esx = await EsxConnection.open(
-            nursery, "127.0.0.1", vspc.esx_port, vm=vm, one_byte_segments=True
+            nursery, "127.0.0.1", esx_port(vspc), vm=vm, one_byte_segments=True
         )
         await esx.send_console(payload)
         await wait_console(vspc, vm)
@@ -77,7 +82,7 @@ async def test_vmotion_loses_no_byte_either_way(vspc: VspcService, nursery: trio
     rng = random.Random(3)
     vm = SimVM.random(rng)
     with trio.fail_after(30):
-        src = await EsxConnection.open(nursery, "127.0.0.1", vspc.esx_port, vm=vm)
+        src = await EsxConnection.open(nursery, "127.0.0.1", esx_port(vspc), vm=vm)
         await src.send_console(b"before-")
         await wait_console(vspc, vm)
         viewer = await attach(vspc, vm, "ro")
@@ -91,7 +96,7 @@ async def test_vmotion_loses_no_byte_either_way(vspc: VspcService, nursery: trio
         # appliance->VM while the VM is paused: held, then flushed to the destination
         await typist.send_all(b"during\xff")
         await trio.testing.wait_all_tasks_blocked()
-        dest = await EsxConnection.open(nursery, "127.0.0.1", vspc.esx_port, vm=vm,
+        dest = await EsxConnection.open(nursery, "127.0.0.1", esx_port(vspc), vm=vm,
                                         do_proxy=False)
         await dest.vmotion_peer(seq, secret)
         await src.send_console(b"last-from-source-")
@@ -110,10 +115,10 @@ async def test_migrate_helper_and_wrong_cookie(vspc: VspcService, nursery: trio.
     rng = random.Random(4)
     vm = SimVM.random(rng)
     with trio.fail_after(30):
-        src = await EsxConnection.open(nursery, "127.0.0.1", vspc.esx_port, vm=vm)
+        src = await EsxConnection.open(nursery, "127.0.0.1", esx_port(vspc), vm=vm)
         seq = random_seq(rng, with_ff=True)
         secret = await src.vmotion_begin(seq)
-        thief = await EsxConnection.open(nursery, "127.0.0.1", vspc.esx_port, vm=vm,
+        thief = await EsxConnection.open(nursery, "127.0.0.1", esx_port(vspc), vm=vm,
                                          do_proxy=False)
         refused = False
         try:
@@ -126,7 +131,7 @@ async def test_migrate_helper_and_wrong_cookie(vspc: VspcService, nursery: trio.
         await wait_console(vspc, vm)
         viewer = await attach(vspc, vm)
         assert await read_exactly(viewer, 10) == b"still-here"
-        m = await migrate(src, "127.0.0.1", vspc.esx_port, nursery=nursery, rng=rng)
+        m = await migrate(src, "127.0.0.1", esx_port(vspc), nursery=nursery, rng=rng)
         await m.dest.send_console(b"moved")
         assert await read_exactly(viewer, 5) == b"moved"
 
@@ -136,11 +141,11 @@ async def test_bad_connection_costs_nothing_else(tmp_path: Path, nursery: trio.N
     rng = random.Random(5)
     good_vm, bad_vm = SimVM.random(rng), SimVM.random(rng)
     with trio.fail_after(30):
-        good = await EsxConnection.open(nursery, "127.0.0.1", service.esx_port, vm=good_vm)
+        good = await EsxConnection.open(nursery, "127.0.0.1", esx_port(service), vm=good_vm)
         await good.send_console(b"a" * 1000)
         await wait_console(service, good_vm)
         viewer = await attach(service, good_vm)
-        bad = await EsxConnection.open(nursery, "127.0.0.1", service.esx_port, vm=bad_vm)
+        bad = await EsxConnection.open(nursery, "127.0.0.1", esx_port(service), vm=bad_vm)
         try:
             await bad.send_overlong_sub(1 << 18)
         except ConnectionClosed:
@@ -162,11 +167,11 @@ async def test_labelled_port_migrates_to_destination_without_do_proxy(
     rng = random.Random(6)
     vm = SimVM.random(rng)
     with trio.fail_after(30):
-        com1 = await EsxConnection.open(nursery, "127.0.0.1", vspc.esx_port, vm=vm, label="com1")
-        com2 = await EsxConnection.open(nursery, "127.0.0.1", vspc.esx_port, vm=vm, label="com2")
+        com1 = await EsxConnection.open(nursery, "127.0.0.1", esx_port(vspc), vm=vm, label="com1")
+        com2 = await EsxConnection.open(nursery, "127.0.0.1", esx_port(vspc), vm=vm, label="com2")
         await com1.send_console(b"one")
         await com2.send_console(b"two")
-        m = await migrate(com2, "127.0.0.1", vspc.esx_port, nursery=nursery, rng=rng)
+        m = await migrate(com2, "127.0.0.1", esx_port(vspc), nursery=nursery, rng=rng)
         await m.dest.send_console(b"-moved")
         ep = cc.Endpoint(socket=vspc.config.console.socket)
         s, status, rest = await cc.attach(ep, proto.AttachRequest(

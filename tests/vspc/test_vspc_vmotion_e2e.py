@@ -10,12 +10,15 @@ import os
 import random
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import trio
 import trio.testing
 
+from tests.support.waiting import wait_until
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import (
     EsxConnection,
@@ -31,7 +34,7 @@ from vspc.core.identity import DEFAULT_LABEL, PortKey
 from vspc.esx_conn import EsxConnection as ServerConn
 from vspc.service import VspcService
 
-from .conftest import attach_console, metric, read_exactly, start_vspc, wait_until
+from .conftest import attach_console, metric, read_exactly, start_vspc
 
 HOST = "127.0.0.1"
 FF_SECRET = b"\xff\x00\xff\xfe\xff\xff\x01\xff"
@@ -59,7 +62,7 @@ async def events_of(service: VspcService, key: PortKey) -> list[dict[str, object
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-async def open_vm(service: VspcService, nursery: trio.Nursery, vm: SimVM, **knobs: object) -> EsxConnection:
+async def open_vm(service: VspcService, nursery: trio.Nursery, vm: SimVM, **knobs: Any) -> EsxConnection:
     assert service.esx_port is not None
     return await EsxConnection.open(nursery, HOST, service.esx_port, vm=vm, **knobs)
 
@@ -143,7 +146,7 @@ async def test_wrong_cookie_refused_no_switch(
         await typist.send_all(b"typed")
         await held(service, key, 5)
         for param in BAD_COOKIES:
-            make = param.values[0]
+            make = cast(Callable[[bytes, bytes], bytes], param.values[0])
             thief = await open_vm(service, nursery, vm, label=thief_label,
                                   do_proxy=thief_label is not None)
             cookie = make(seq, secret)
@@ -595,4 +598,5 @@ async def test_attached_clients_survive_vmotions(tmp_path: Path, nursery: trio.N
     assert len(connects) == 3 and all(e["uuid"] == vm.uuid for e in connects)
     assert kinds.count("disconnect") == 2  # the two sources
     assert kinds.index("connect") < kinds.index("identity") < kinds.index("vmotion_begin")
-    assert all(isinstance(e["ts"], float) and e["time"].endswith("Z") for e in events)
+    assert all(isinstance(e["ts"], float) and isinstance(e["time"], str) and e["time"].endswith("Z")
+               for e in events)

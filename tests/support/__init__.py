@@ -1,0 +1,1 @@
+"""Test support shared by every part of the test tree (no tests here)."""
