@@ -23,8 +23,9 @@ from typing import Any
 
 import trio
 
-from tests.hostile.daemons import Daemon, MiB, free_port, run_daemon, wait_for
+from tests.daemons import Daemon, MiB, free_port, run_daemon
 from tests.relay.relayfix import pattern
+from tests.waiting import wait_for
 from vic.lab.esx_sim import EsxBehaviour, EsxConnection, SimVM
 from vspc.console import client as cc
 from vspc.console import protocol as proto

@@ -15,11 +15,12 @@ from typing import Any
 import trio
 
 from relay.tls import TlsFiles
+from tests.daemons import free_port, run_daemon
 from tests.hostile.appliance import Vspc, check_logged, closed_by_peer, start_vspc
-from tests.hostile.daemons import free_port, run_daemon, wait_for_async
 from tests.hostile.test_console_input import listed, recorded
 from tests.hostile.test_relayed_identity import APPLIANCE_NAME, rejected, tls_vspc
 from tests.relay.relayfix import pattern
+from tests.waiting import wait_for_async
 
 
 def relay_config(host: str, egress: dict[str, Any], vm: str, vm_port: int) -> dict[str, Any]:

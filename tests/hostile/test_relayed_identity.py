@@ -21,6 +21,7 @@ import trio
 
 from relay.route import Route, Router
 from relay.tls import TlsFiles, client_context
+from tests.daemons import free_port
 from tests.hostile.appliance import (
     Baseline,
     RawVm,
@@ -32,9 +33,9 @@ from tests.hostile.appliance import (
     raw_vm,
     start_vspc,
 )
-from tests.hostile.daemons import free_port, wait_for, wait_for_async
 from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import pattern
+from tests.waiting import wait_for, wait_for_async
 
 REJECTED = "vspc_relayed_streams_total"
 APPLIANCE_NAME = "vch.test"  # the DNS name in the endpoint's certificate

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.daemons import MiB
 from tests.hostile.appliance import (
     ATTACKER_HOST,
     VICTIM_HOST,
@@ -22,7 +23,7 @@ from tests.hostile.appliance import (
     honest_vm,
     start_vspc,
 )
-from tests.hostile.daemons import MiB, wait_for, wait_for_async
+from tests.waiting import wait_for, wait_for_async
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import SimVM
 

@@ -26,7 +26,7 @@ from tests.hostile.appliance import (
     origin_header,
     start_vspc,
 )
-from tests.hostile.daemons import wait_for, wait_for_async
+from tests.waiting import wait_for, wait_for_async
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import EsxConnection, SimVM, VMotionNotNow, known_without, migrate
 

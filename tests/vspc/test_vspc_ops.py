@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import trio
 import trustme
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.daemons import Samples, free_port, scrape_metrics
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import EsxConnection, SimVM, VMotionNotNow, migrate, random_seq
 from vspc.console import client as cc
@@ -134,26 +134,8 @@ async def wait_console(d: Daemon, vm: SimVM) -> None:
             await trio.sleep(0.01)
 
 
-async def scrape(d: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    stream = await trio.open_tcp_stream(HOST, d.metrics_port)
-    async with stream:
-        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        body = bytearray()
-        while chunk := await stream.receive_some(65536):
-            body += chunk
-    head, _, text = bytes(body).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200")
-    out = {}
-    for fam in text_string_to_metric_families(text.decode()):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+async def scrape(d: Daemon) -> Samples:
+    return await scrape_metrics(HOST, d.metrics_port)
 
 
 async def refused(port: int) -> bool:
