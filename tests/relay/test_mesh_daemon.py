@@ -67,14 +67,20 @@ async def stream_through(d: RelayDaemon, listener: str) -> trio.SocketStream:
     return await trio.open_tcp_stream("127.0.0.1", d.bound[listener][1])
 
 
+async def appliance_side(n: trio.Nursery, pki: Pki, app: Appliance) -> RelayDaemon:
+    """Relay esx-b: takes esx-a's peer link, ends the sessions and delivers them to
+    ``app`` over TCP (which it starts serving)."""
+    await app.serve_tcp(n)
+    return await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
+                                           ["vic://host/esx-a"]))
+
+
 async def deliver_pair(n: trio.Nursery, tmp_path: Path,
                        app: Appliance) -> tuple[RelayDaemon, RelayDaemon]:
     """Relay esx-a (VMs) -> TLS peer link -> relay esx-b, which ends the sessions and
     delivers to ``app`` over TCP."""
     pki = Pki(tmp_path)
-    await app.serve_tcp(n)
-    b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
-                                        ["vic://host/esx-a"]))
+    b = await appliance_side(n, pki, app)
     a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b),
                                          "vic://host/esx-b"))
     return a, b
@@ -104,9 +110,7 @@ async def test_link_cut_mid_transfer_loses_nothing(tmp_path: Path) -> None:
     pki = Pki(tmp_path)
     app = Appliance()
     async with trio.open_nursery() as n:
-        await app.serve_tcp(n)
-        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
-                                            ["vic://host/esx-a"]))
+        b = await appliance_side(n, pki, app)
         proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))  # type: ignore[arg-type]
         await n.start(proxy.serve)
         a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), proxy.address,
