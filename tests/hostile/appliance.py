@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from tests.daemons import Daemon, MiB, free_port, run_daemon
-from tests.relay.relayfix import pattern
+from tests.relay.relayfix import pattern, wait_closed
 from tests.waiting import wait_for
 from vic.lab.esx_sim import EsxBehaviour, EsxConnection, SimVM
 from vspc.console import client as cc
@@ -247,15 +247,8 @@ async def endpoint_stream(vspc: Vspc, header: bytes, *, tcp: tuple[str, int] | N
 
 
 async def closed_by_peer(stream: trio.abc.Stream, timeout: float = 10.0) -> bytes:
-    """Read until the daemon closes the stream (EOF or reset); what it sent."""
-    got = bytearray()
-    with trio.fail_after(timeout):
-        try:
-            while chunk := await stream.receive_some(65536):
-                got += chunk
-        except (trio.BrokenResourceError, ssl.SSLError):
-            pass
-    return bytes(got)
+    """Read until the daemon closes the stream (EOF, reset, or a TLS alert); what it sent."""
+    return await wait_closed(stream, timeout, (trio.BrokenResourceError, ssl.SSLError))
 
 
 @dataclass

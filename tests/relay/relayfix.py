@@ -212,13 +212,14 @@ class Muxer:
         return path
 
 
-async def wait_closed(stream: trio.abc.Stream, timeout: float = 10) -> bytes:
-    """Read until the peer closes (EOF or reset); returns what was read."""
+async def wait_closed(stream: trio.abc.Stream, timeout: float = 10,
+                      ends: tuple[type[Exception], ...] = (trio.BrokenResourceError,)) -> bytes:
+    """Read until the peer closes (EOF, or one of ``ends``: a reset); returns what was read."""
     got = bytearray()
     with trio.fail_after(timeout):
         try:
             while chunk := await stream.receive_some(65536):
                 got += chunk
-        except trio.BrokenResourceError:
+        except ends:
             pass
     return bytes(got)
