@@ -180,6 +180,11 @@ class Daemon:
         return self.proc is not None and self.proc.returncode is None
 
     @property
+    def returncode(self) -> int | None:
+        """The exit status, None while it runs (or before it started)."""
+        return None if self.proc is None else self.proc.returncode
+
+    @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
@@ -237,11 +242,19 @@ class Daemon:
         await self.launch()
         await self.expect_state("READY=1")
 
-    async def next_state(self) -> None:
-        """Until the next sd_notify message (its states go to ``states``)."""
+    async def next_state(self) -> list[str]:
+        """Until the next sd_notify message: its lines (also added to ``states``)."""
         assert self._notify is not None
         data = await self._notify.recv(4096)
-        self.states.extend(data.decode(errors="replace").splitlines())
+        lines = data.decode(errors="replace").splitlines()
+        self.states.extend(lines)
+        return lines
+
+    async def message(self, timeout: float = 10.0) -> dict[str, str]:
+        """The next sd_notify message, as its KEY=VALUE pairs."""
+        with trio.fail_after(timeout):
+            lines = await self.next_state()
+        return dict(line.split("=", 1) for line in lines if "=" in line)
 
     async def expect_state(self, state: str, timeout: float = READY_TIMEOUT) -> None:
         """Until the daemon reports ``state`` over sd_notify (fails if it exits first)."""
@@ -284,6 +297,7 @@ class Daemon:
     # --- signals and exits
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` (as kill(1) does: SIGKILL unless told)."""
         assert self.proc is not None
         self.proc.send_signal(sig)
 
