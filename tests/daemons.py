@@ -353,7 +353,7 @@ class Daemons:
         self.workdir = workdir
         self.all: dict[str, Daemon] = {}
 
-    def add(self, program: str, name: str, config: Table) -> Daemon:
+    def add(self, program: str, name: str, config: Mapping[str, Any] | str) -> Daemon:
         d = Daemon(program, name, config, self.workdir)
         self.all[name] = d
         return d

@@ -130,14 +130,6 @@ def pattern(n: int, seed: int = 0) -> bytes:
     return (base * (n // 256 + 1))[:n]
 
 
-def free_tcp_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def socat_client(args: list[str], payload: bytes, timeout: float = 20) -> bytes:
     """Run socat with ``payload`` on stdin; return its stdout."""
     with trio.fail_after(timeout):
