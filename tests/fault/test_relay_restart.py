@@ -59,6 +59,20 @@ async def restart_frozen(d: Daemon, sig: int) -> None:
     await d.start()
 
 
+async def restart_b_holding_input(mesh: Mesh, vm: trio.abc.Stream, console: trio.abc.Stream,
+                                  data: bytes, got: bytearray, sig: int) -> int:
+    """The operator types the first half of ``data``; the VM reads an eighth (into
+    ``got``) and stops reading; esx-b is frozen, signalled and started again.
+    Where the appliance's output stood before the restart."""
+    async with trio.open_nursery() as n:
+        n.start_soon(console.send_all, data[:len(data) // 2])
+        await receive_exactly(vm, len(data) // 8, got)  # then the VM stops reading
+        mark = len(mesh.app.log_text())
+        mesh.b.freeze()
+        await restart_frozen(mesh.b, sig)
+    return mark
+
+
 async def receive_exactly(stream: trio.abc.Stream, n: int, got: bytearray | None = None) -> bytes:
     buf = got if got is not None else bytearray()
     while len(buf) < n:
@@ -116,12 +130,7 @@ async def test_relay_on_the_appliance_host_restarts_appliance_to_vm(
         console = await mesh.attach_console()
         got = bytearray()
         with trio.fail_after(50):
-            async with trio.open_nursery() as n:
-                n.start_soon(console.send_all, data[:half])
-                await receive_exactly(vm, len(data) // 8, got)  # then the VM stops reading
-                mark = len(mesh.app.log_text())
-                mesh.b.freeze()
-                await restart_frozen(mesh.b, sig)
+            mark = await restart_b_holding_input(mesh, vm, console, data, got, sig)
             if role == "egress":  # the appliance learns where the VM's end stands
                 await mesh.app.wait_log("continues at offset", after=mark)
             await mesh.wait_connected()
@@ -192,12 +201,7 @@ async def test_appliance_to_vm_bytes_nobody_kept_are_a_counted_gap(tmp_path: Pat
         console = await mesh.attach_console()
         got = bytearray()
         with trio.fail_after(50):
-            async with trio.open_nursery() as n:
-                n.start_soon(console.send_all, data[:half])
-                await receive_exactly(vm, len(data) // 8, got)  # then the VM stops reading
-                mark = len(mesh.app.log_text())
-                mesh.b.freeze()
-                await restart_frozen(mesh.b, signal.SIGKILL)
+            mark = await restart_b_holding_input(mesh, vm, console, data, got, signal.SIGKILL)
             end = await mesh.app.wait_log("lost on the way", after=mark)
             await mesh.wait_connected()
             await console.send_all(data[half:])
