@@ -75,15 +75,32 @@ async def appliance_side(n: trio.Nursery, pki: Pki, app: Appliance) -> RelayDaem
                                            ["vic://host/esx-a"]))
 
 
-async def deliver_pair(n: trio.Nursery, tmp_path: Path,
-                       app: Appliance) -> tuple[RelayDaemon, RelayDaemon]:
+def esx_a(pki: Pki, address: str, **changes: object) -> RelayConfig:
+    """Relay esx-a: VMs on listeners vm1 and vm2, a TLS peer link to esx-b at
+    ``address``; ``changes`` replace fields of its config."""
+    return replace(ingress_cfg("esx-a", pki.issue("host", "esx-a"), address, "vic://host/esx-b"),
+                   **changes)  # type: ignore[arg-type]
+
+
+async def deliver_pair(n: trio.Nursery, tmp_path: Path, app: Appliance,
+                       **a_changes: object) -> tuple[RelayDaemon, RelayDaemon]:
     """Relay esx-a (VMs) -> TLS peer link -> relay esx-b, which ends the sessions and
     delivers to ``app`` over TCP."""
     pki = Pki(tmp_path)
     b = await appliance_side(n, pki, app)
-    a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b),
-                                         "vic://host/esx-b"))
+    a = await start_relay(n, esx_a(pki, peer_address(b), **a_changes))
     return a, b
+
+
+async def pair_through_proxy(n: trio.Nursery, tmp_path: Path, app: Appliance,
+                             **a_changes: object) -> tuple[RelayDaemon, RelayDaemon, FaultProxy]:
+    """As ``deliver_pair``, esx-a's peer link through a FaultProxy (the test cuts it)."""
+    pki = Pki(tmp_path)
+    b = await appliance_side(n, pki, app)
+    proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))  # type: ignore[arg-type]
+    await n.start(proxy.serve)
+    a = await start_relay(n, esx_a(pki, proxy.address, **a_changes))
+    return a, b, proxy
 
 
 async def test_two_hops_deliver_byte_exact_and_header_from_origin(tmp_path: Path) -> None:
@@ -107,14 +124,9 @@ async def test_two_hops_deliver_byte_exact_and_header_from_origin(tmp_path: Path
 
 
 async def test_link_cut_mid_transfer_loses_nothing(tmp_path: Path) -> None:
-    pki = Pki(tmp_path)
     app = Appliance()
     async with trio.open_nursery() as n:
-        b = await appliance_side(n, pki, app)
-        proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))  # type: ignore[arg-type]
-        await n.start(proxy.serve)
-        a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), proxy.address,
-                                             "vic://host/esx-b"))
+        a, _, proxy = await pair_through_proxy(n, tmp_path, app)
         s = await stream_through(a, "vm1")
         data = pattern(8_000_000, 5)
         got = bytearray()

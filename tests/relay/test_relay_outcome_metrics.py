@@ -18,14 +18,13 @@ from relay.daemon import RelayDaemon
 from relay.peer_config import LinkTuning
 from relay.tls import TlsFiles
 from tests.daemons import scrape_metrics
-from tests.relay.faultproxy import FaultProxy
 from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import Appliance, pattern, roundtrip, start_relay
 from tests.relay.test_mesh_daemon import (
-    appliance_side,
     deliver_pair,
     egress_cfg,
     ingress_cfg,
+    pair_through_proxy,
     peer_address,
     stream_through,
 )
@@ -45,15 +44,10 @@ async def wait_value(d: RelayDaemon, name: str, at_least: float, **labels: str) 
 
 
 async def test_link_cut_and_resume_are_counted_and_every_byte_delivered(tmp_path: Path) -> None:
-    pki = Pki(tmp_path)
     app = Appliance()
     async with trio.open_nursery() as n:
-        b = await appliance_side(n, pki, app)
-        proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))  # type: ignore[arg-type]
-        await n.start(proxy.serve)
-        a = await start_relay(n, replace(
-            ingress_cfg("esx-a", pki.issue("host", "esx-a"), proxy.address, "vic://host/esx-b"),
-            metrics=MetricsConfig(host="127.0.0.1", port=0)))
+        a, b, proxy = await pair_through_proxy(n, tmp_path, app,
+                                               metrics=MetricsConfig(host="127.0.0.1", port=0))
         s = await stream_through(a, "vm1")
         data = pattern(3_000_000, 3)
         got = bytearray()
@@ -140,13 +134,9 @@ async def test_tls_refusal_is_counted_with_its_reason_and_address_and_the_stream
 
 
 async def test_refused_header_is_counted_by_reason(tmp_path: Path) -> None:
-    pki = Pki(tmp_path)
     app = Appliance()
     async with trio.open_nursery() as n:
-        b = await appliance_side(n, pki, app)
-        liar = await start_relay(n, replace(
-            ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b), "vic://host/esx-b"),
-            host="esx-z"))
+        liar, b = await deliver_pair(n, tmp_path, app, host="esx-z")
         vm = await stream_through(liar, "vm1")
         with trio.fail_after(20):
             await vm.send_all(b"forged")
