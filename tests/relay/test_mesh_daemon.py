@@ -123,30 +123,40 @@ async def test_two_hops_deliver_byte_exact_and_header_from_origin(tmp_path: Path
         n.cancel_scope.cancel()
 
 
+async def echo_with_cuts(s: trio.abc.Stream, proxy: FaultProxy, data: bytes, cut_at: list[int],
+                         *, eof: bool = False) -> bytes:
+    """Send ``data`` in 100 kB pieces (then EOF, if ``eof``) while reading the echo;
+    ``proxy`` cuts the link each time the echo passes the next offset in ``cut_at``
+    (bytes in flight both ways). The echo: all of ``data``'s length, or up to EOF."""
+    got = bytearray()
+
+    async def reader() -> None:
+        while eof or len(got) < len(data):
+            chunk = await s.receive_some(65536)
+            if not chunk:
+                break
+            got.extend(chunk)
+            if cut_at and len(got) >= cut_at[0]:
+                cut_at.pop(0)
+                proxy.cut()
+
+    async with trio.open_nursery() as m:
+        m.start_soon(reader)
+        for i in range(0, len(data), 100_000):
+            await s.send_all(data[i:i + 100_000])
+        if eof:
+            await s.send_eof()  # type: ignore[attr-defined]
+    return bytes(got)
+
+
 async def test_link_cut_mid_transfer_loses_nothing(tmp_path: Path) -> None:
     app = Appliance()
     async with trio.open_nursery() as n:
         a, _, proxy = await pair_through_proxy(n, tmp_path, app)
         s = await stream_through(a, "vm1")
         data = pattern(8_000_000, 5)
-        got = bytearray()
-        cut_at = [1_000_000, 4_000_000]
-
-        async def reader() -> None:
-            while len(got) < len(data):
-                chunk = await s.receive_some(65536)
-                assert chunk
-                got.extend(chunk)
-                if cut_at and len(got) >= cut_at[0]:  # cut while bytes are in flight
-                    cut_at.pop(0)
-                    proxy.cut()
-
         with trio.fail_after(60):
-            async with trio.open_nursery() as m:
-                m.start_soon(reader)
-                for i in range(0, len(data), 100_000):
-                    await s.send_all(data[i:i + 100_000])
-        assert bytes(got) == data
+            assert await echo_with_cuts(s, proxy, data, [1_000_000, 4_000_000]) == data
         assert proxy.cuts == 2 and a.mesh.routers["appliance"].links_opened >= 3
         assert bytes((await app.wait_streams(1))[0].data) == data
         n.cancel_scope.cancel()

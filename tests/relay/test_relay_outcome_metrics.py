@@ -22,6 +22,7 @@ from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import Appliance, pattern, roundtrip, start_relay
 from tests.relay.test_mesh_daemon import (
     deliver_pair,
+    echo_with_cuts,
     egress_cfg,
     ingress_cfg,
     pair_through_proxy,
@@ -50,23 +51,8 @@ async def test_link_cut_and_resume_are_counted_and_every_byte_delivered(tmp_path
                                                metrics=MetricsConfig(host="127.0.0.1", port=0))
         s = await stream_through(a, "vm1")
         data = pattern(3_000_000, 3)
-        got = bytearray()
-
-        async def reader() -> None:
-            cut = False
-            while chunk := await s.receive_some(65536):
-                got.extend(chunk)
-                if not cut and len(got) >= 1_000_000:  # bytes in flight both ways
-                    cut = True
-                    proxy.cut()
-
         with trio.fail_after(60):
-            async with trio.open_nursery() as m:
-                m.start_soon(reader)
-                for i in range(0, len(data), 100_000):
-                    await s.send_all(data[i:i + 100_000])
-                await s.send_eof()
-            assert bytes(got) == data
+            assert await echo_with_cuts(s, proxy, data, [1_000_000], eof=True) == data
             await wait_value(a, "relay_streams_ended_total", 1, outcome="completed")
             await wait_value(b, "relay_streams_ended_total", 1, outcome="completed")
         for d in (a, b):
