@@ -1,4 +1,4 @@
-"""The fault suite's own helpers: TOML out, and a daemon that will not start."""
+"""tests.daemons' own helpers: TOML out, and a daemon that will not start."""
 
 from __future__ import annotations
 
