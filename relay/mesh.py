@@ -39,7 +39,7 @@ from relay.egress import hybrid_connect
 from relay.link import LinkConfig
 from relay.linkevents import NO_EVENTS, LinkEvents
 from relay.peer_config import PeerConfig, PeerListen, open_peer_listener, parse_forward
-from relay.peering import LinkServer
+from relay.peering import LinkServer, accept_tls
 from relay.pump import pump
 from relay.resumable import Accepted, ResumableStream, SessionTable
 from relay.route import Router, open_transport
@@ -308,18 +308,12 @@ class Mesh:
         ident = ""
         try:
             if ctx is not None:
-                where = tlsmod.remote_address(stream)
-                try:
-                    with trio.fail_after(10):
-                        stream, ident = await tlsmod.handshake(
-                            stream, ctx, server_side=True, expected=pl.allowed_peers)
-                except tlsmod.HANDSHAKE_ERRORS as e:
-                    reason = tlsmod.refusal_reason(e)
-                    self.events.tls_refused(reason)
-                    log.warning("peer-listen %s: refused peer link from %s (%s): %s", pl.address,
-                                where, reason, wire(str(e) or type(e).__name__))
-                    await trio.aclose_forcefully(stream)
+                accepted = await accept_tls(stream, ctx, pl.allowed_peers, timeout=10,
+                                            events=self.events, who=f"peer-listen {pl.address}",
+                                            logger=log)
+                if accepted is None:
                     return
+                stream, ident = accepted
             with trio.fail_after(10):
                 conn, pending = await open_forward(pl.forward)
         except (trio.TooSlowError, trio.BrokenResourceError, OSError, HybridError) as e:

@@ -25,6 +25,25 @@ from vic.ops.wiretext import wire
 log = logging.getLogger("relay.peering")
 
 
+async def accept_tls(stream: trio.abc.Stream, ctx: ssl.SSLContext, allowed: Collection[str],
+                     *, timeout: float, events: LinkEvents, who: str,
+                     logger: logging.Logger = log) -> tuple[trio.abc.Stream, str] | None:
+    """The server side of a peer link's TLS handshake: the authenticated stream and
+    the peer's identity, or None for a refused peer (counted in ``events`` by reason,
+    logged as ``who``'s with the peer's address, its connection closed)."""
+    where = tlsmod.remote_address(stream)
+    try:
+        with trio.fail_after(timeout):
+            return await tlsmod.handshake(stream, ctx, server_side=True, expected=allowed)
+    except tlsmod.HANDSHAKE_ERRORS as e:
+        reason = tlsmod.refusal_reason(e)
+        events.tls_refused(reason)
+        logger.warning("%s: refused peer link from %s (%s): %s", who, where, reason,
+                       wire(str(e) or type(e).__name__))
+        await trio.aclose_forcefully(stream)
+        return None
+
+
 class LinkServer:
     def __init__(self, table: SessionTable, *, tls_files: tlsmod.TlsFiles | None,
                  allowed_peers: Collection[str] = (), config: LinkConfig | None = None,
@@ -52,19 +71,13 @@ class LinkServer:
         """Serve one incoming connection (for ``trio.serve_listeners``)."""
         ident = ""
         if self._ctx is not None:
-            where = tlsmod.remote_address(stream)
-            try:
-                with trio.fail_after(self.handshake_timeout):
-                    stream, ident = await tlsmod.handshake(
-                        stream, self._ctx, server_side=True, expected=self.allowed_peers)
-            except tlsmod.HANDSHAKE_ERRORS as e:
+            accepted = await accept_tls(stream, self._ctx, self.allowed_peers,
+                                        timeout=self.handshake_timeout, events=self.events,
+                                        who=self.name)
+            if accepted is None:
                 self.refused += 1
-                reason = tlsmod.refusal_reason(e)
-                self.events.tls_refused(reason)
-                log.warning("%s: refused peer link from %s (%s): %s", self.name,
-                            where, reason, wire(str(e) or type(e).__name__))
-                await trio.aclose_forcefully(stream)
                 return
+            stream, ident = accepted
         link = PeerLink(stream, client=False, config=self.config, on_open=self.table.on_open,
                         name=f"{self.name}<-{ident or 'plaintext'}", peer_identity=ident)
         self.links.add(link)

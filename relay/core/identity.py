@@ -55,11 +55,16 @@ def uuid_key(raw: str) -> str | None:
     return s.lower()
 
 
+def _matching(pattern: re.Pattern[str], value: str, what: str, rule: str) -> str:
+    """*value* if *pattern* matches all of it, else an IdentityError saying *rule*."""
+    if not pattern.fullmatch(value):
+        raise IdentityError(f"invalid {what} {_shown(value)}: {rule}")
+    return value
+
+
 def check_name(name: str, what: str = "VM name") -> str:
-    if not _NAME_RE.fullmatch(name):
-        raise IdentityError(f"invalid {what} {_shown(name)}: 1-{MAX_NAME} of letters, digits, "
-                            "'.', '_', '-' and space, not starting with '.' or '-'")
-    return name
+    return _matching(_NAME_RE, name, what, f"1-{MAX_NAME} of letters, digits, '.', '_', '-' "
+                     "and space, not starting with '.' or '-'")
 
 
 def vm_key(raw: str) -> str:
@@ -70,10 +75,8 @@ def vm_key(raw: str) -> str:
 
 
 def check_label(label: str) -> str:
-    if not _LABEL_RE.fullmatch(label):
-        raise IdentityError(f"invalid port label {_shown(label)}: 1-{MAX_LABEL} of letters, "
-                            "digits, '.', '_', '-', not starting with '.'")
-    return label
+    return _matching(_LABEL_RE, label, "port label", f"1-{MAX_LABEL} of letters, digits, "
+                     "'.', '_', '-', not starting with '.'")
 
 
 def is_label(label: str) -> bool:
@@ -81,10 +84,8 @@ def is_label(label: str) -> bool:
 
 
 def check_host(host: str, what: str = "host name") -> str:
-    if not _HOST_RE.fullmatch(host):
-        raise IdentityError(f"invalid {what} {_shown(host)}: 1-{MAX_HOST} of letters, digits, "
-                            "'.', '_', '-', not starting with '.' or '-'")
-    return host
+    return _matching(_HOST_RE, host, what, f"1-{MAX_HOST} of letters, digits, '.', '_', '-', "
+                     "not starting with '.' or '-'")
 
 
 def name_from(text: str) -> str:

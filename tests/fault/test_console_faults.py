@@ -22,14 +22,15 @@ import pytest
 import trio
 
 from relay.core.header import OriginHeader, encode_header
+from tests.support.daemons import metric_sum
 from tests.support.waiting import wait_until, wait_until_async
-from tests.vspc.test_vspc_ops import HOST, Daemon, daemon, scrape
+from tests.vspc.test_vspc_ops import HOST, VspcDaemon, daemon, scrape
 from vic.lab.esx_sim import EsxConnection, SimVM
 from vspc.console.logfile import file_stem
 from vspc.core.identity import DEFAULT_LABEL, PortKey
 
-LOG_WRITTEN_AGAIN = b"console logs written again"
-LOG_CANNOT_WRITE = b"console logs cannot be written"
+LOG_WRITTEN_AGAIN = "console logs written again"
+LOG_CANNOT_WRITE = "console logs cannot be written"
 
 
 def config(tmp: Path, log_dir: Path, *, hold: int = 1 << 22) -> str:
@@ -51,8 +52,12 @@ port = 0
 """
 
 
-def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
-    return samples.get((name, ()), 0.0)
+async def end(d: VspcDaemon, n: trio.Nursery, sig: int = signal.SIGTERM,
+              timeout: float = 20.0) -> None:
+    """Signal the daemon, wait until it exits, then stop the test's own tasks."""
+    d.kill(sig)
+    await d.wait_exit(timeout)
+    n.cancel_scope.cancel()
 
 
 def size(path: Path) -> int:
@@ -114,7 +119,7 @@ async def test_disk_full_then_freed_loses_no_byte(tmp_path: Path, small_tmpfs: P
         vm = await trio.open_unix_socket(str(tmp_path / "endpoint.sock"))
         await vm.send_all(encode_header(OriginHeader(host="esx-a", vm="vm-disk", kind="tcp",
                                                      label="com1")) + data[:first])
-        await wait_until(lambda: size(log_file) == first, 20.0, "the first bytes are logged")
+        await wait_until(lambda: size(log_file) == first, 20, "the first bytes are logged")
         filler = fill(log_dir)
         sent = trio.Event()
 
@@ -125,30 +130,27 @@ async def test_disk_full_then_freed_loses_no_byte(tmp_path: Path, small_tmpfs: P
         n.start_soon(rest)
 
         async def failing() -> bool:
-            return metric(await scrape(d), "vspc_console_log_write_errors_total") >= 2
+            return metric_sum(await scrape(d), "vspc_console_log_write_errors_total") >= 2
 
-        await wait_until_async(failing, 20.0, "log writes fail and are retried")
+        await wait_until_async(failing, 20, "log writes fail and are retried")
         assert not sent.is_set()  # back-pressure: the VM's stream is no longer read
         assert size(log_file) < len(data)
         filler.unlink()  # the operator frees space
         with trio.fail_after(30):
             await sent.wait()
-        await wait_until(lambda: size(log_file) == len(data), 20.0, "every byte reaches the log")
+        await wait_until(lambda: size(log_file) == len(data), 20, "every byte reaches the log")
         assert log_file.read_bytes() == data
         samples = await scrape(d)
-        assert metric(samples, "vspc_console_log_gap_bytes_total") == 0
-        assert metric(samples, "vspc_console_log_gaps_total") == 0
+        assert metric_sum(samples, "vspc_console_log_gap_bytes_total") == 0
+        assert metric_sum(samples, "vspc_console_log_gaps_total") == 0
         ev = events(log_dir / f"{file_stem(key)}.events.jsonl")
         assert not [e for e in ev if e["event"] == "gap"]
         await vm.aclose()
-        d.signal(signal.SIGTERM)
-        with trio.fail_after(20):
-            await d.proc.wait()
-        n.cancel_scope.cancel()
-    assert d.proc.returncode == 0
+        await end(d, n)
+    assert d.returncode == 0
     # said once when it started, once when it ended: not once per failed batch
-    assert d.stderr.count(LOG_CANNOT_WRITE) == 1, d.stderr.decode()[-3000:]
-    assert d.stderr.count(LOG_WRITTEN_AGAIN) == 1
+    assert d.log().count(LOG_CANNOT_WRITE) == 1, d.log()[-3000:]
+    assert d.log().count(LOG_WRITTEN_AGAIN) == 1
     assert not (log_dir / ".vspc-running").exists()  # a clean stop
 
 
@@ -172,14 +174,10 @@ async def test_killed_vspc_marks_a_restart_gap_and_carries_on(tmp_path: Path) ->
         await d.ready()
         esx = await EsxConnection.open(n, HOST, d.esx_port, vm=vm)
         await esx.send_console(before)
-        await wait_until(lambda: size(log_file) == len(before) and connected(), 20.0, "logged and connected")
-        d.signal(signal.SIGKILL)
-        with trio.fail_after(10):
-            await d.proc.wait()
-        n.cancel_scope.cancel()
+        await wait_until(lambda: size(log_file) == len(before) and connected(), 20, "logged and connected")
+        await end(d, n, signal.SIGKILL, 10)
     assert (log_dir / ".vspc-running").exists()  # no clean stop
 
-    (tmp_path / "notify.sock").unlink()
     async with daemon(tmp_path, toml) as d, trio.open_nursery() as n:
         await d.ready()
         gaps = [e for e in events(events_file) if e["event"] == "gap"]
@@ -187,20 +185,15 @@ async def test_killed_vspc_marks_a_restart_gap_and_carries_on(tmp_path: Path) ->
         assert gaps[0]["reason"] == "restart"
         assert gaps[0]["offset"] == len(before)
         assert gaps[0]["length"] is None  # what ESX sent meanwhile cannot be known
-        assert metric(await scrape(d), "vspc_console_log_gaps_total") == 1
+        assert metric_sum(await scrape(d), "vspc_console_log_gaps_total") == 1
         esx = await EsxConnection.open(n, HOST, d.esx_port, vm=vm)
         await esx.send_console(after)
-        await wait_until(lambda: size(log_file) == len(before) + len(after), 20.0, "the console carries on")
+        await wait_until(lambda: size(log_file) == len(before) + len(after), 20, "the console carries on")
         assert log_file.read_bytes() == before + after  # the same log, no byte twice
         await esx.aclose()
-        d.signal(signal.SIGTERM)
-        with trio.fail_after(20):
-            await d.proc.wait()
-        n.cancel_scope.cancel()
-    assert d.proc.returncode == 0
+        await end(d, n)
+    assert d.returncode == 0
     assert not (log_dir / ".vspc-running").exists()
     # one restart, one gap: a second start after a clean stop marks nothing
     assert len([e for e in events(events_file) if e["event"] == "gap"]) == 1
 
-
-__all__ = ["Daemon"]

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.fault.daemons import Daemon, Daemons
 from tests.fault.topology import Mesh, counter, explain
+from tests.support.daemons import Daemon, Daemons
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +47,30 @@ async def break_mid_stream(mesh: Mesh, d: Daemon, vm: trio.abc.Stream, data: byt
         d.freeze()
         frozen.set()
         await all_sent.wait()  # the rest went into the path while ``d`` held still
-        d.kill(sig)
-        d.thaw()  # (a SIGTERM is seen only once it runs again)
-        await d.wait_exit()
-        await d.start()
+        await restart_frozen(d, sig)
+
+
+async def restart_frozen(d: Daemon, sig: int) -> None:
+    """Signal the frozen ``d``, let it run (a SIGTERM is seen only then), wait until
+    it exits, and start it again."""
+    d.kill(sig)
+    d.thaw()
+    await d.wait_exit()
+    await d.start()
+
+
+async def restart_b_holding_input(mesh: Mesh, vm: trio.abc.Stream, console: trio.abc.Stream,
+                                  data: bytes, got: bytearray, sig: int) -> int:
+    """The operator types the first half of ``data``; the VM reads an eighth (into
+    ``got``) and stops reading; esx-b is frozen, signalled and started again.
+    Where the appliance's output stood before the restart."""
+    async with trio.open_nursery() as n:
+        n.start_soon(console.send_all, data[:len(data) // 2])
+        await receive_exactly(vm, len(data) // 8, got)  # then the VM stops reading
+        mark = len(mesh.app.log_text())
+        mesh.b.freeze()
+        await restart_frozen(mesh.b, sig)
+    return mark
 
 
 async def receive_exactly(stream: trio.abc.Stream, n: int, got: bytearray | None = None) -> bytes:
@@ -71,20 +91,27 @@ async def still_connected(mesh: Mesh, vm: trio.abc.Stream) -> None:
     await console.aclose()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
-@pytest.mark.parametrize("role", ["egress", "forward"])
-async def test_relay_on_the_appliance_host_restarts_vm_to_appliance(
-        tmp_path: Path, role: str, sig: int) -> None:
-    data = counter(0, 600_000)  # 6.6 MB
+async def vm_to_appliance_across_a_restart(tmp_path: Path, role: str, victim: str,
+                                           sig: int) -> None:
+    """6.6 MB from the VM while ``victim`` is frozen, signalled and started again:
+    the console log gets every byte once and the VM's connection was not reset."""
+    data = counter(0, 600_000)
     async with Daemons(tmp_path) as ds:
         mesh = Mesh(tmp_path, ds, role=role)
         await mesh.start()
         vm = await mesh.connect_vm()
         with trio.fail_after(50):
-            await break_mid_stream(mesh, mesh.b, vm, data, sig)
+            await break_mid_stream(mesh, ds[victim], vm, data, sig)
             got = await mesh.wait_console_log(len(data))
             assert got == data, explain(got, data) + ds.logs()
             await still_connected(mesh, vm)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+@pytest.mark.parametrize("role", ["egress", "forward"])
+async def test_relay_on_the_appliance_host_restarts_vm_to_appliance(
+        tmp_path: Path, role: str, sig: int) -> None:
+    await vm_to_appliance_across_a_restart(tmp_path, role, "esx-b", sig)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
@@ -103,15 +130,7 @@ async def test_relay_on_the_appliance_host_restarts_appliance_to_vm(
         console = await mesh.attach_console()
         got = bytearray()
         with trio.fail_after(50):
-            async with trio.open_nursery() as n:
-                n.start_soon(console.send_all, data[:half])
-                await receive_exactly(vm, len(data) // 8, got)  # then the VM stops reading
-                mark = len(mesh.app.log_text())
-                mesh.b.freeze()
-                mesh.b.kill(sig)
-                mesh.b.thaw()
-                await mesh.b.wait_exit()
-                await mesh.b.start()
+            mark = await restart_b_holding_input(mesh, vm, console, data, got, sig)
             if role == "egress":  # the appliance learns where the VM's end stands
                 await mesh.app.wait_log("continues at offset", after=mark)
             await mesh.wait_connected()
@@ -125,16 +144,7 @@ async def test_appliance_with_a_link_endpoint_restarts_vm_to_appliance(
         tmp_path: Path, sig: int) -> None:
     """Sessions end in the appliance (esx-b forwards the link): the appliance is frozen
     half-way, killed and started again; the console log still gets every byte once."""
-    data = counter(0, 600_000)
-    async with Daemons(tmp_path) as ds:
-        mesh = Mesh(tmp_path, ds, role="forward")
-        await mesh.start()
-        vm = await mesh.connect_vm()
-        with trio.fail_after(50):
-            await break_mid_stream(mesh, mesh.app, vm, data, sig)
-            got = await mesh.wait_console_log(len(data))
-            assert got == data, explain(got, data) + ds.logs()
-            await still_connected(mesh, vm)
+    await vm_to_appliance_across_a_restart(tmp_path, "forward", "appliance", sig)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
@@ -191,14 +201,7 @@ async def test_appliance_to_vm_bytes_nobody_kept_are_a_counted_gap(tmp_path: Pat
         console = await mesh.attach_console()
         got = bytearray()
         with trio.fail_after(50):
-            async with trio.open_nursery() as n:
-                n.start_soon(console.send_all, data[:half])
-                await receive_exactly(vm, len(data) // 8, got)  # then the VM stops reading
-                mark = len(mesh.app.log_text())
-                mesh.b.freeze()
-                mesh.b.kill(signal.SIGKILL)
-                await mesh.b.wait_exit()
-                await mesh.b.start()
+            mark = await restart_b_holding_input(mesh, vm, console, data, got, signal.SIGKILL)
             end = await mesh.app.wait_log("lost on the way", after=mark)
             await mesh.wait_connected()
             await console.send_all(data[half:])
@@ -206,5 +209,5 @@ async def test_appliance_to_vm_bytes_nobody_kept_are_a_counted_gap(tmp_path: Pat
             first, last = (int(x) for x in line.split(" bytes ")[1].split(" ")[0].split(".."))
             await receive_exactly(vm, len(data) - (last - first), got)
         assert 0 < last - first and bytes(got) == data[:first] + data[last:], line
-        lost = await mesh.app_metric('vspc_relayed_gap_bytes_total{direction="appliance_to_vm"}')
+        lost = await mesh.app.metric("vspc_relayed_gap_bytes_total", direction="appliance_to_vm")
         assert lost == last - first

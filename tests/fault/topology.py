@@ -20,8 +20,8 @@ from typing import Any
 
 import trio
 
-from tests.fault.daemons import Daemon, Daemons, Table, free_port
 from tests.relay.pki_helpers import Pki
+from tests.support.daemons import Daemon, Daemons, Table, free_port
 from tests.support.waiting import wait_until, wait_until_async
 from vspc.console import protocol as proto
 from vspc.console.client import ConsoleClientError, attach, list_consoles
@@ -100,19 +100,6 @@ class Mesh:
         await self.app.start()
         await self.b.start()
         await self.a.start()
-
-    async def app_metric(self, sample: str) -> float:
-        """The value of one sample (``name{labels}``) on the appliance's /metrics (0 if absent)."""
-        stream = await trio.open_tcp_stream(APP, self.metrics_port)
-        async with stream:
-            await stream.send_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            body = bytearray()
-            while data := await stream.receive_some(65536):
-                body += data
-        for line in body.decode().splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split()[-1])
-        return 0.0
 
     async def connect_vm(self) -> trio.SocketStream:
         return await trio.open_tcp_stream(A, self.vm_port)

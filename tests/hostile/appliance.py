@@ -23,8 +23,9 @@ from typing import Any
 
 import trio
 
-from tests.hostile.daemons import Daemon, MiB, free_port, run_daemon, wait_for
-from tests.relay.relayfix import pattern
+from tests.relay.relayfix import pattern, wait_closed
+from tests.support.daemons import Daemon, MiB, free_port, run_daemon
+from tests.support.waiting import wait_until
 from vic.lab.esx_sim import EsxBehaviour, EsxConnection, SimVM
 from vspc.console import client as cc
 from vspc.console import protocol as proto
@@ -128,7 +129,7 @@ class Baseline:
     async def back(self, vspc: Vspc, timeout: float = 10.0) -> None:
         """Socket descriptors back within FD_SLACK (waiting up to ``timeout``),
         memory within RSS_SLACK."""
-        await wait_for(lambda: vspc.daemon.sockets() <= self.fds + FD_SLACK, timeout,
+        await wait_until(lambda: vspc.daemon.sockets() <= self.fds + FD_SLACK, timeout,
                        f"sockets back near {self.fds} (now {vspc.daemon.sockets()})")
         grown = vspc.daemon.rss() - self.rss
         assert grown <= RSS_SLACK, f"RSS {grown / MiB:.1f} MiB above the baseline"
@@ -186,7 +187,7 @@ async def check_logged(vspc: Vspc, stem_start: str, expected: bytes,
         path = vspc.log_for(stem_start)
         return path.read_bytes() if path is not None else b""
 
-    await wait_for(lambda: len(logged()) >= len(expected), timeout,
+    await wait_until(lambda: len(logged()) >= len(expected), timeout,
                    f"{len(expected)} bytes in the console log of {stem_start!r}")
     got = logged()
     assert got == expected, _first_difference(got, expected)
@@ -246,15 +247,8 @@ async def endpoint_stream(vspc: Vspc, header: bytes, *, tcp: tuple[str, int] | N
 
 
 async def closed_by_peer(stream: trio.abc.Stream, timeout: float = 10.0) -> bytes:
-    """Read until the daemon closes the stream (EOF or reset); what it sent."""
-    got = bytearray()
-    with trio.fail_after(timeout):
-        try:
-            while chunk := await stream.receive_some(65536):
-                got += chunk
-        except (trio.BrokenResourceError, ssl.SSLError):
-            pass
-    return bytes(got)
+    """Read until the daemon closes the stream (EOF, reset, or a TLS alert); what it sent."""
+    return await wait_closed(stream, timeout, (trio.BrokenResourceError, ssl.SSLError))
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Fixtures of the hostile suite (see tests/hostile/daemons.py and appliance.py)."""
+"""Fixtures of the hostile suite (see tests/daemons.py and appliance.py)."""
 
 from __future__ import annotations
 

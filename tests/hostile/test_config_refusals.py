@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from tests.hostile.appliance import deep_merge, vspc_config
-from tests.hostile.daemons import free_port, start_expecting_exit
 from tests.relay.pki_helpers import Pki
+from tests.support.daemons import free_port, start_expecting_exit
 
 ANY = "0.0.0.0"  # not loopback (bound only if the defect lets the daemon start)
 

@@ -26,8 +26,9 @@ from tests.hostile.appliance import (
     raw_vm,
     start_vspc,
 )
-from tests.hostile.daemons import REPO, MiB, run_daemon, wait_for, wait_for_async
 from tests.relay.relayfix import pattern
+from tests.support.daemons import ROOT, MiB, run_daemon
+from tests.support.waiting import wait_until, wait_until_async
 
 RSS_SLACK = 20 * MiB
 ACCEPTED = "vspc_relayed_streams_total"
@@ -39,7 +40,7 @@ async def cli_list(vspc: Vspc) -> list[dict[str, Any]]:
     sock = vspc.config["console"]["socket"]
     done = await trio.run_process([sys.executable, "-m", "vic.cli", "console", "list", "--json",
                                    "--socket", sock], capture_stdout=True, capture_stderr=True,
-                                  cwd=REPO, check=False)
+                                  cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr
     consoles: list[dict[str, Any]] = json.loads(done.stdout)
     return consoles
@@ -58,7 +59,7 @@ def events(vspc: Vspc, stem_start: str) -> list[dict[str, Any]]:
 async def recorded(vspc: Vspc, stem_start: str, kind: str, count: int) -> None:
     """The console's event log has recorded ``count`` events of ``kind`` (the
     endpoint has taken a stream: "connect", or finished with it: "disconnect")."""
-    await wait_for(lambda: sum(e.get("event") == kind
+    await wait_until(lambda: sum(e.get("event") == kind
                                for e in events(vspc, stem_start)) >= count,
                    10, f"{count} {kind} event(s) for {stem_start}")
 
@@ -77,37 +78,42 @@ async def typed_reaches(vspc: Vspc, vm: RawVm, text: bytes) -> None:
 # ---- item 3: a second stream for a connected VM
 
 
+async def second_stream_then_one_ends(vspc: Vspc, vm: str, sizes: tuple[int, int], seed: int,
+                                      *, ends: str) -> RawVm:
+    """A second relayed stream for ``vm`` while the first is live, each sending its
+    size; then the ``ends`` one ("newer" or "older") closes. The one left."""
+    older = await raw_vm(vspc, vm)
+    await older.send(sizes[0])
+    await recorded(vspc, vm, "connect", 1)
+    newer = await raw_vm(vspc, vm, seed=seed)
+    await newer.send(sizes[1])
+    await recorded(vspc, vm, "connect", 2)
+    gone, left = (newer, older) if ends == "newer" else (older, newer)
+    await gone.stream.aclose()
+    await recorded(vspc, vm, "disconnect", 1)
+    return left
+
+
+async def input_reaches_the_connected(vspc: Vspc, vm: str, live: RawVm, text: bytes) -> None:
+    """What the operator types reaches ``live`` and `vic console list` shows ``vm`` connected."""
+    await typed_reaches(vspc, live, text)
+    entry = await listed(vspc, vm)
+    assert entry is not None and entry["connected"], entry
+
+
 async def test_short_second_stream_leaves_input_with_the_live_vm(vspc: Vspc) -> None:
     """A short second relayed stream for a connected VM ends; the operator's input
     still reaches the live one and `vic console list` shows it connected."""
-    live = await raw_vm(vspc, "vm-three")
-    await live.send(1000)
-    await recorded(vspc, "vm-three", "connect", 1)
-    short = await raw_vm(vspc, "vm-three", seed=7)
-    await short.send(100)
-    await recorded(vspc, "vm-three", "connect", 2)
-    await short.stream.aclose()
-    await recorded(vspc, "vm-three", "disconnect", 1)
-    await typed_reaches(vspc, live, b"after the short stream\r")
-    entry = await listed(vspc, "vm-three")
-    assert entry is not None and entry["connected"], entry
+    live = await second_stream_then_one_ends(vspc, "vm-three", (1000, 100), 7, ends="newer")
+    await input_reaches_the_connected(vspc, "vm-three", live, b"after the short stream\r")
     await live.send(1000)
     await live.stream.aclose()
 
 
 async def test_overlapping_streams_input_follows_the_one_still_live(vspc: Vspc) -> None:
     """Two streams for one VM overlap and the older closes: input goes to the newer."""
-    older = await raw_vm(vspc, "vm-overlap")
-    await older.send(500)
-    await recorded(vspc, "vm-overlap", "connect", 1)
-    newer = await raw_vm(vspc, "vm-overlap", seed=8)
-    await newer.send(500)
-    await recorded(vspc, "vm-overlap", "connect", 2)
-    await older.stream.aclose()
-    await recorded(vspc, "vm-overlap", "disconnect", 1)
-    await typed_reaches(vspc, newer, b"to the newer stream\r")
-    entry = await listed(vspc, "vm-overlap")
-    assert entry is not None and entry["connected"], entry
+    newer = await second_stream_then_one_ends(vspc, "vm-overlap", (500, 500), 8, ends="older")
+    await input_reaches_the_connected(vspc, "vm-overlap", newer, b"to the newer stream\r")
     await newer.stream.aclose()
 
 
@@ -172,7 +178,7 @@ async def churn(vspc: Vspc, first: int, count: int, size: int = 2048, batch: int
             return (await vspc.daemon.metric(ACCEPTED, result="accepted") >= want
                     and await vspc.daemon.metric("vspc_connected_vms") <= connected)
 
-        await wait_for_async(handled, 30, f"churned VMs {start}..{start + n - 1} handled")
+        await wait_until_async(handled, 30, f"churned VMs {start}..{start + n - 1} handled")
 
 
 @pytest.mark.slow

@@ -16,10 +16,11 @@ import trio
 
 from relay.tls import TlsFiles
 from tests.hostile.appliance import Vspc, check_logged, closed_by_peer, start_vspc
-from tests.hostile.daemons import free_port, run_daemon, wait_for_async
 from tests.hostile.test_console_input import listed, recorded
 from tests.hostile.test_relayed_identity import APPLIANCE_NAME, rejected, tls_vspc
 from tests.relay.relayfix import pattern
+from tests.support.daemons import free_port, run_daemon
+from tests.support.waiting import wait_until_async
 
 
 def relay_config(host: str, egress: dict[str, Any], vm: str, vm_port: int) -> dict[str, Any]:
@@ -73,7 +74,7 @@ async def test_relay_with_another_hosts_certificate_is_refused(tmp_path: Path) -
             async def refused() -> bool:
                 return await rejected(vspc) > before
 
-            await wait_for_async(refused, 10, "the forged relay's stream rejected")
+            await wait_until_async(refused, 10, "the forged relay's stream rejected")
             await closed_by_peer(forged, timeout=15)
             await forged.aclose()
             assert await listed(vspc, "vm-of-b") is None

@@ -32,9 +32,10 @@ from tests.hostile.appliance import (
     raw_vm,
     start_vspc,
 )
-from tests.hostile.daemons import free_port, wait_for, wait_for_async
 from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import pattern
+from tests.support.daemons import free_port
+from tests.support.waiting import wait_until, wait_until_async
 
 REJECTED = "vspc_relayed_streams_total"
 APPLIANCE_NAME = "vch.test"  # the DNS name in the endpoint's certificate
@@ -47,7 +48,7 @@ async def rejected(vspc: Vspc) -> float:
 
 async def refused_and_closed(vspc: Vspc, stream: trio.abc.Stream, before: float) -> None:
     """The daemon counted one more rejected stream and closed this one."""
-    await wait_for_async(lambda: _more(vspc, before), 10, "one more rejected stream")
+    await wait_until_async(lambda: _more(vspc, before), 10, "one more rejected stream")
     await closed_by_peer(stream)
     await stream.aclose()
 
@@ -88,7 +89,7 @@ async def _try_traversals(vspc: Vspc, tag: str, **connect: Any) -> None:
     for vm in traversal_names(tag):
         seen = await handled(vspc)
         s = await endpoint_stream(vspc, origin_header("esx-a", vm) + b"EVIL" * 1024, **connect)
-        await wait_for_async(functools.partial(_more_handled, vspc, seen), 10, f"the stream for {vm!r}")
+        await wait_until_async(functools.partial(_more_handled, vspc, seen), 10, f"the stream for {vm!r}")
         attacks.append(s)
         await honest.send(1024)
     await honest.check(vspc)  # the log writer has flushed past every attack
@@ -105,7 +106,7 @@ async def _try_traversals(vspc: Vspc, tag: str, **connect: Any) -> None:
     for s in attacks:
         await closed_by_peer(s)
         await s.aclose()
-    await wait_for(lambda: vspc.daemon.sockets() <= fds + FD_SLACK, 10, "fds back")
+    await wait_until(lambda: vspc.daemon.sockets() <= fds + FD_SLACK, 10, "fds back")
     await honest.stream.aclose()
 
 
@@ -167,7 +168,7 @@ async def test_similar_names_get_separate_consoles(vspc: Vspc) -> None:
         return sorted(p.read_bytes() for p in vspc.log_files())
 
     try:
-        await wait_for(lambda: contents() == want, 10, "four logs")
+        await wait_until(lambda: contents() == want, 10, "four logs")
     except AssertionError:
         got = [c[:16] for c in contents()]
         raise AssertionError(f"{len(vspc.log_files())} logs for 4 VMs, starting {got}") from None
@@ -189,7 +190,7 @@ async def test_one_uuid_in_two_spellings_is_one_console(vspc: Vspc) -> None:
     await a.stream.aclose()
     b = await raw_vm(vspc, hex32, label="serial0", seed=6)
     await b.send(100)
-    await wait_for(lambda: len(vspc.log_files()) == 1 and vspc.log_files()[0].stat().st_size == 200,
+    await wait_until(lambda: len(vspc.log_files()) == 1 and vspc.log_files()[0].stat().st_size == 200,
                    10, "one log with both streams")
     assert vspc.log_files()[0].read_bytes() == a.payload[:100] + b.payload[:100]
     await b.stream.aclose()

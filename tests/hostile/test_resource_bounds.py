@@ -23,7 +23,8 @@ from tests.hostile.appliance import (
     honest_vm,
     start_vspc,
 )
-from tests.hostile.daemons import MiB, wait_for, wait_for_async
+from tests.support.daemons import MiB
+from tests.support.waiting import wait_until, wait_until_async
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import SimVM
 
@@ -79,13 +80,13 @@ async def test_flood_before_identity_then_close_is_reaped(vspc: Vspc) -> None:
             await send_until_blocked(s, junk, 20 * len(junk), stall=1.0)
             await trio.aclose_forcefully(s)
         # identify-timeout defaults to 10 s: the close itself must be noticed
-        await wait_for(lambda: vspc.daemon.sockets() <= fds + FD_SLACK, 5,
+        await wait_until(lambda: vspc.daemon.sockets() <= fds + FD_SLACK, 5,
                        "descriptors of the closed flooders released")
 
         async def counted_out() -> bool:
             return await vspc.daemon.metric(CONNECTIONS) == conns
 
-        await wait_for_async(counted_out, 5, f"{CONNECTIONS} back to {conns}")
+        await wait_until_async(counted_out, 5, f"{CONNECTIONS} back to {conns}")
         assert await vspc.daemon.metric(REFUSED, reason="flood") >= 16
         assert vspc.daemon.rss() <= rss + RSS_SLACK
         stop.set()
@@ -135,7 +136,7 @@ async def test_clients_that_never_read_cannot_grow_the_vspc(vspc: Vspc) -> None:
         await honest.check()
         for c in clients:
             await trio.aclose_forcefully(c)
-        await wait_for(lambda: vspc.daemon.sockets() <= fds + FD_SLACK, 10, "fds back")
+        await wait_until(lambda: vspc.daemon.sockets() <= fds + FD_SLACK, 10, "fds back")
         await honest.conn.aclose()
 
 
@@ -156,7 +157,7 @@ async def test_slowloris_connections_are_closed_after_identify_timeout(tmp_path:
                 await s.send_all(bytes((tw.IAC,)))  # half a command, then nothing
                 loris.append(s)
             await honest.send(4096)
-            await wait_for(lambda: vspc.daemon.sockets() <= fds + FD_SLACK, 30,
+            await wait_until(lambda: vspc.daemon.sockets() <= fds + FD_SLACK, 30,
                            "the 1,000 unidentified connections closed")
             with trio.fail_after(10):
                 for s in loris:
@@ -194,7 +195,7 @@ async def test_silent_connection_that_fails_its_probe_is_closed(tmp_path: Path) 
             async def deaf_listed() -> bool:
                 return any(c["uuid"] == vm.canonical_uuid for c in await vspc.consoles())
 
-            await wait_for_async(deaf_listed, 5, "the deaf VM's console listed")
+            await wait_until_async(deaf_listed, 5, "the deaf VM's console listed")
             await closed_by_peer(s, timeout=15)
             await s.aclose()
             listed = {c["uuid"]: c for c in await vspc.consoles()}

@@ -26,8 +26,7 @@ from tests.hostile.appliance import (
     origin_header,
     start_vspc,
 )
-from tests.hostile.daemons import wait_for, wait_for_async
-from tests.support.waiting import wait_any
+from tests.support.waiting import wait_any, wait_until, wait_until_async
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import EsxConnection, SimVM, VMotionNotNow, known_without, migrate
 
@@ -205,9 +204,9 @@ async def test_wire_text_cannot_forge_log_lines(vspc: Vspc) -> None:
         async def decided() -> bool:  # accepted or rejected
             return await vspc.daemon.metric("vspc_relayed_streams_total") >= 1
 
-        await wait_for_async(decided, 10, "the relayed stream handled")
+        await wait_until_async(decided, 10, "the relayed stream handled")
         await relayed.aclose()
-        await wait_for(lambda: "DO-PROXY" in vspc.daemon.log(), 10, "the DO-PROXY log line")
+        await wait_until(lambda: "DO-PROXY" in vspc.daemon.log(), 10, "the DO-PROXY log line")
         await honest.send(4096)
         await honest.check()
         text = vspc.daemon.log()

@@ -130,14 +130,6 @@ def pattern(n: int, seed: int = 0) -> bytes:
     return (base * (n // 256 + 1))[:n]
 
 
-def free_tcp_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def socat_client(args: list[str], payload: bytes, timeout: float = 20) -> bytes:
     """Run socat with ``payload`` on stdin; return its stdout."""
     with trio.fail_after(timeout):
@@ -212,13 +204,14 @@ class Muxer:
         return path
 
 
-async def wait_closed(stream: trio.abc.Stream, timeout: float = 10) -> bytes:
-    """Read until the peer closes (EOF or reset); returns what was read."""
+async def wait_closed(stream: trio.abc.Stream, timeout: float = 10,
+                      ends: tuple[type[Exception], ...] = (trio.BrokenResourceError,)) -> bytes:
+    """Read until the peer closes (EOF, or one of ``ends``: a reset); returns what was read."""
     got = bytearray()
     with trio.fail_after(timeout):
         try:
             while chunk := await stream.receive_some(65536):
                 got += chunk
-        except trio.BrokenResourceError:
+        except ends:
             pass
     return bytes(got)

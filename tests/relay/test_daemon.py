@@ -16,7 +16,6 @@ from relay.config import LimitsConfig, MetricsConfig, TcpListener, TimeoutsConfi
 from relay.metrics import TO_APPLIANCE, TO_VM
 from tests.relay.relayfix import (
     Appliance,
-    free_tcp_port,
     pattern,
     relay_config,
     roundtrip,
@@ -24,6 +23,7 @@ from tests.relay.relayfix import (
     tcp_egress,
     wait_closed,
 )
+from tests.support.daemons import free_port
 
 ROOT = Path(__file__).parents[2]
 
@@ -269,7 +269,7 @@ async def test_process_sighup_sigterm_sd_notify(tmp_path: Path) -> None:
     nsock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
     await nsock.bind(str(notify_path))
     cfg_path = tmp_path / "relay.toml"
-    p1, p2 = free_tcp_port(), free_tcp_port()
+    p1, p2 = free_port(), free_port()
     states: list[str] = []
 
     async def expect(state: str) -> None:
@@ -356,7 +356,7 @@ async def test_reload_moves_the_metrics_server() -> None:
         d = await start_relay(n, cfg)
         first = d.metrics_port
         assert first and "relay_reloads" in await _http_get(first, "/metrics")
-        new_port = free_tcp_port()
+        new_port = free_port()
         assert await d.reload(relay_config(tcp_egress(port),
                                            metrics=MetricsConfig(enabled=True, port=new_port)))
         assert d.metrics_port == new_port

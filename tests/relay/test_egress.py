@@ -18,7 +18,6 @@ from relay.egress import open_egress
 from tests.relay.relayfix import (
     Appliance,
     Muxer,
-    free_tcp_port,
     pattern,
     relay_config,
     roundtrip,
@@ -26,6 +25,7 @@ from tests.relay.relayfix import (
     tcp_egress,
     wait_closed,
 )
+from tests.support.daemons import free_port
 from tests.support.waiting import wait_until_async
 
 HEADER = OriginHeader("esx-1", "vm-1", "tcp", "serial0", "s-1")
@@ -193,7 +193,7 @@ async def test_open_egress_direct_unix_and_vsock_unreachable(tmp_path: Path) -> 
 async def test_socat_as_the_appliance() -> None:
     """socat echoes everything, header included: the client sees the exact header
     the relay wrote, then its own bytes."""
-    port = free_tcp_port()
+    port = free_port()
     async with trio.open_nursery() as n:
         proc = await n.start(trio.run_process,
                              ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", "PIPE"])

@@ -16,25 +16,8 @@ from relay.core.header import OriginHeader, encode_header
 from relay.route import Route, Router
 from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import Appliance, pattern, start_relay
+from tests.relay.test_mesh_ops import egress_toml
 from tests.support.waiting import wait_until
-
-
-def delivering_relay(tmp_path: Path, pki: Pki, app_port: int) -> str:
-    f = pki.issue("host", "esx-b")
-    return f"""
-host = "esx-b"
-[egress.default]
-kind = "tcp"
-host = "127.0.0.1"
-port = {app_port}
-[metrics]
-enabled = false
-[peer]
-tls = {{ cert = "{f.cert}", key = "{f.key}", ca = "{f.ca}" }}
-[[peer.listen]]
-address = "tcp:127.0.0.1:0"
-allowed-peers = ["vic://host/esx-a"]
-"""
 
 
 @pytest.mark.parametrize("vm", ["../../../outside/x", "vm\u2028forged", "x" * 65])
@@ -45,7 +28,7 @@ async def test_a_peer_header_outside_the_grammar_is_refused_and_counted(
     caplog.set_level(logging.WARNING, "relay.mesh")
     async with trio.open_nursery() as n:
         await app.serve_tcp(n)
-        b = await start_relay(n, loads_config(delivering_relay(tmp_path, pki, app.port)))
+        b = await start_relay(n, loads_config(egress_toml(pki.issue("host", "esx-b"), app.port, (0,))))
         host, port = b.mesh.bound()[0][:2]
         router = Router(Route(f"tcp:{host}:{port}", identity="vic://host/esx-b", name="t"), n,
                         tls_files=pki.issue("host", "esx-a"))

@@ -13,7 +13,6 @@ from relay.config import TcpListener, VspcListener
 from relay.metrics import TO_APPLIANCE
 from tests.relay.relayfix import (
     Appliance,
-    free_tcp_port,
     pattern,
     relay_config,
     roundtrip,
@@ -21,6 +20,7 @@ from tests.relay.relayfix import (
     start_relay,
     tcp_egress,
 )
+from tests.support.daemons import free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="socat not installed")
 
@@ -46,7 +46,7 @@ async def test_client_mode_reconnects_to_socat_server(tmp_path: Path) -> None:
     """ESX's serial port in server mode is socat listening; the relay connects out,
     and connects again when the VM end comes back."""
     app = Appliance(echo=False)
-    esx_port = free_tcp_port()
+    esx_port = free_port()
     async with trio.open_nursery() as n:
         aport = await app.serve_tcp(n)
         cfg = relay_config(

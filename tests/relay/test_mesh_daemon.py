@@ -68,17 +68,40 @@ async def stream_through(d: RelayDaemon, listener: str) -> trio.SocketStream:
     return await trio.open_tcp_stream("127.0.0.1", d.bound[listener][1])
 
 
-async def deliver_pair(n: trio.Nursery, tmp_path: Path,
-                       app: Appliance) -> tuple[RelayDaemon, RelayDaemon]:
+async def appliance_side(n: trio.Nursery, pki: Pki, app: Appliance) -> RelayDaemon:
+    """Relay esx-b: takes esx-a's peer link, ends the sessions and delivers them to
+    ``app`` over TCP (which it starts serving)."""
+    await app.serve_tcp(n)
+    return await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
+                                           ["vic://host/esx-a"]))
+
+
+def esx_a(pki: Pki, address: str, **changes: object) -> RelayConfig:
+    """Relay esx-a: VMs on listeners vm1 and vm2, a TLS peer link to esx-b at
+    ``address``; ``changes`` replace fields of its config."""
+    return replace(ingress_cfg("esx-a", pki.issue("host", "esx-a"), address, "vic://host/esx-b"),
+                   **changes)  # type: ignore[arg-type]
+
+
+async def deliver_pair(n: trio.Nursery, tmp_path: Path, app: Appliance,
+                       **a_changes: object) -> tuple[RelayDaemon, RelayDaemon]:
     """Relay esx-a (VMs) -> TLS peer link -> relay esx-b, which ends the sessions and
     delivers to ``app`` over TCP."""
     pki = Pki(tmp_path)
-    await app.serve_tcp(n)
-    b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
-                                        ["vic://host/esx-a"]))
-    a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b),
-                                         "vic://host/esx-b"))
+    b = await appliance_side(n, pki, app)
+    a = await start_relay(n, esx_a(pki, peer_address(b), **a_changes))
     return a, b
+
+
+async def pair_through_proxy(n: trio.Nursery, tmp_path: Path, app: Appliance,
+                             **a_changes: object) -> tuple[RelayDaemon, RelayDaemon, FaultProxy]:
+    """As ``deliver_pair``, esx-a's peer link through a FaultProxy (the test cuts it)."""
+    pki = Pki(tmp_path)
+    b = await appliance_side(n, pki, app)
+    proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))
+    await n.start(proxy.serve)
+    a = await start_relay(n, esx_a(pki, proxy.address, **a_changes))
+    return a, b, proxy
 
 
 async def test_two_hops_deliver_byte_exact_and_header_from_origin(tmp_path: Path) -> None:
@@ -101,37 +124,40 @@ async def test_two_hops_deliver_byte_exact_and_header_from_origin(tmp_path: Path
         n.cancel_scope.cancel()
 
 
+async def echo_with_cuts(s: trio.abc.Stream, proxy: FaultProxy, data: bytes, cut_at: list[int],
+                         *, eof: bool = False) -> bytes:
+    """Send ``data`` in 100 kB pieces (then EOF, if ``eof``) while reading the echo;
+    ``proxy`` cuts the link each time the echo passes the next offset in ``cut_at``
+    (bytes in flight both ways). The echo: all of ``data``'s length, or up to EOF."""
+    got = bytearray()
+
+    async def reader() -> None:
+        while eof or len(got) < len(data):
+            chunk = await s.receive_some(65536)
+            if not chunk:
+                break
+            got.extend(chunk)
+            if cut_at and len(got) >= cut_at[0]:
+                cut_at.pop(0)
+                proxy.cut()
+
+    async with trio.open_nursery() as m:
+        m.start_soon(reader)
+        for i in range(0, len(data), 100_000):
+            await s.send_all(data[i:i + 100_000])
+        if eof:
+            await s.send_eof()  # type: ignore[attr-defined]
+    return bytes(got)
+
+
 async def test_link_cut_mid_transfer_loses_nothing(tmp_path: Path) -> None:
-    pki = Pki(tmp_path)
     app = Appliance()
     async with trio.open_nursery() as n:
-        await app.serve_tcp(n)
-        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
-                                            ["vic://host/esx-a"]))
-        proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))
-        await n.start(proxy.serve)
-        a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), proxy.address,
-                                             "vic://host/esx-b"))
+        a, _, proxy = await pair_through_proxy(n, tmp_path, app)
         s = await stream_through(a, "vm1")
         data = pattern(8_000_000, 5)
-        got = bytearray()
-        cut_at = [1_000_000, 4_000_000]
-
-        async def reader() -> None:
-            while len(got) < len(data):
-                chunk = await s.receive_some(65536)
-                assert chunk
-                got.extend(chunk)
-                if cut_at and len(got) >= cut_at[0]:  # cut while bytes are in flight
-                    cut_at.pop(0)
-                    proxy.cut()
-
         with trio.fail_after(60):
-            async with trio.open_nursery() as m:
-                m.start_soon(reader)
-                for i in range(0, len(data), 100_000):
-                    await s.send_all(data[i:i + 100_000])
-        assert bytes(got) == data
+            assert await echo_with_cuts(s, proxy, data, [1_000_000, 4_000_000]) == data
         assert proxy.cuts == 2 and a.mesh.routers["appliance"].links_opened >= 3
         assert bytes((await app.wait_streams(1))[0].data) == data
         n.cancel_scope.cancel()

@@ -4,9 +4,7 @@ admin socket, SIGTERM; the appliance gets every byte once and in order."""
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,27 +13,10 @@ from pathlib import Path
 import trio
 
 from tests.relay.pki_helpers import Pki
-from tests.relay.relayfix import Appliance, free_tcp_port, pattern, roundtrip
+from tests.relay.relayfix import Appliance, pattern, roundtrip
+from tests.support.daemons import Daemons, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Notify:
-    """An sd_notify socket: collects the states a daemon reports."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
-        self.states: list[str] = []
-
-    async def bind(self) -> None:
-        await self.sock.bind(str(self.path))
-
-    async def expect(self, state: str) -> None:
-        with trio.fail_after(30):
-            while state not in self.states:
-                self.states.extend((await self.sock.recv(4096)).decode().splitlines())
-            self.states.remove(state)
 
 
 def tls_line(files: object) -> str:
@@ -65,7 +46,7 @@ identity = "vic://host/esx-b"
 """
 
 
-def egress_toml(files: object, app_port: int, ports: tuple[int, int]) -> str:
+def egress_toml(files: object, app_port: int, ports: tuple[int, ...]) -> str:
     listen = "".join(f'[[peer.listen]]\naddress = "tcp:127.0.0.1:{p}"\n'
                      f'allowed-peers = ["vic://host/esx-a"]\n' for p in ports)
     return f"""host = "esx-b"
@@ -88,68 +69,47 @@ def vic_route(*args: str) -> subprocess.CompletedProcess[str]:
 async def test_two_relay_processes_reload_route_set_and_drain(tmp_path: Path) -> None:
     pki = Pki(tmp_path / "pki")
     app = Appliance()
-    na, nb = Notify(tmp_path / "a.notify"), Notify(tmp_path / "b.notify")
-    await na.bind()
-    await nb.bind()
-    vm_port, l1, l2 = free_tcp_port(), free_tcp_port(), free_tcp_port()
+    vm_port, l1, l2 = free_port(), free_port(), free_port()
     admin = tmp_path / "a.sock"
-    a_cfg, b_cfg = tmp_path / "a.toml", tmp_path / "b.toml"
     a_files, b_files = pki.issue("host", "esx-a"), pki.issue("host", "esx-b")
-    async with trio.open_nursery() as n:
+    async with trio.open_nursery() as n, Daemons(tmp_path) as ds:
         app_port = await app.serve_tcp(n)
-        b_cfg.write_text(egress_toml(b_files, app_port, (l1, l2)))
-        a_cfg.write_text(ingress_toml(a_files, vm_port, l1, admin))
+        b = ds.add("relay", "esx-b", egress_toml(b_files, app_port, (l1, l2)))
+        a = ds.add("relay", "esx-a", ingress_toml(a_files, vm_port, l1, admin))
+        await b.start()
+        await a.start()
+        vm = await trio.open_tcp_stream("127.0.0.1", vm_port)
+        data = pattern(3_000_000, 8)
+        third = len(data) // 3
+        assert await roundtrip(vm, data[:third]) == data[:third]
+        show = await trio.to_thread.run_sync(vic_route, "show", "--admin-socket", str(admin))
+        assert show.returncode == 0, show.stderr
+        routes = json.loads(show.stdout)["routes"]
+        assert routes["appliance"]["address"] == f"tcp:127.0.0.1:{l1}"
+        assert routes["appliance"]["link"]["peer"] == "vic://host/esx-b"
 
-        async def start(cfg: Path, notify: Notify) -> trio.Process:
-            env = {**os.environ, "NOTIFY_SOCKET": str(notify.path)}
-            proc: trio.Process = await n.start(functools.partial(
-                trio.run_process, [sys.executable, "-m", "vic.cli", "relay", "--config", str(cfg)],
-                env=env, cwd=ROOT, check=False))
-            await notify.expect("READY=1")
-            return proc
+        # SIGHUP with the route through esx-b's other listener: the stream resumes there
+        a.config_path.write_text(ingress_toml(a_files, vm_port, l2, admin))
+        a.kill(signal.SIGHUP)
+        await a.expect_state("RELOADING=1")
+        await a.expect_state("READY=1")
+        assert await roundtrip(vm, data[third:2 * third]) == data[third:2 * third]
 
-        b = await start(b_cfg, nb)
-        a = await start(a_cfg, na)
-        try:
-            vm = await trio.open_tcp_stream("127.0.0.1", vm_port)
-            data = pattern(3_000_000, 8)
-            third = len(data) // 3
-            assert await roundtrip(vm, data[:third]) == data[:third]
-            show = await trio.to_thread.run_sync(vic_route, "show", "--admin-socket", str(admin))
-            assert show.returncode == 0, show.stderr
-            routes = json.loads(show.stdout)["routes"]
-            assert routes["appliance"]["address"] == f"tcp:127.0.0.1:{l1}"
-            assert routes["appliance"]["link"]["peer"] == "vic://host/esx-b"
+        moved = await trio.to_thread.run_sync(
+            vic_route, "set", "--admin-socket", str(admin), "--address",
+            f"tcp:127.0.0.1:{l1}", "--identity", "vic://host/esx-b")
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        show = await trio.to_thread.run_sync(vic_route, "show", "--admin-socket", str(admin))
+        assert json.loads(show.stdout)["routes"]["appliance"]["route_changes"] == 2
 
-            # SIGHUP with the route through esx-b's other listener: the stream resumes there
-            a_cfg.write_text(ingress_toml(a_files, vm_port, l2, admin))
-            a.send_signal(signal.SIGHUP)
-            await na.expect("RELOADING=1")
-            await na.expect("READY=1")
-            assert await roundtrip(vm, data[third:2 * third]) == data[third:2 * third]
-
-            moved = await trio.to_thread.run_sync(
-                vic_route, "set", "--admin-socket", str(admin), "--address",
-                f"tcp:127.0.0.1:{l1}", "--identity", "vic://host/esx-b")
-            assert moved.returncode == 0, moved.stdout + moved.stderr
-            show = await trio.to_thread.run_sync(vic_route, "show", "--admin-socket", str(admin))
-            assert json.loads(show.stdout)["routes"]["appliance"]["route_changes"] == 2
-
-            a.send_signal(signal.SIGTERM)
-            await na.expect("STOPPING=1")
-            assert await roundtrip(vm, data[2 * third:]) == data[2 * third:]  # draining
-            await vm.aclose()
-            with trio.fail_after(30):
-                assert await a.wait() == 0
-            rec = (await app.wait_streams(1))[0]
-            with trio.fail_after(30):
-                await rec.closed.wait()
-            assert rec.header.host == "esx-a" and bytes(rec.data) == data
-            b.send_signal(signal.SIGTERM)
-            with trio.fail_after(30):
-                assert await b.wait() == 0
-        finally:
-            for p in (a, b):
-                if p.returncode is None:
-                    p.kill()
+        a.kill(signal.SIGTERM)
+        await a.expect_state("STOPPING=1")
+        assert await roundtrip(vm, data[2 * third:]) == data[2 * third:]  # draining
+        await vm.aclose()
+        assert await a.wait_exit() == 0
+        rec = (await app.wait_streams(1))[0]
+        with trio.fail_after(30):
+            await rec.closed.wait()
+        assert rec.header.host == "esx-a" and bytes(rec.data) == data
+        assert await b.stop() == 0
         n.cancel_scope.cancel()

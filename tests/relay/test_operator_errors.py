@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.vic_cli import assert_one_line, run_vic
+
 from .pki_helpers import Pki
 
-REPO = Path(__file__).resolve().parents[2]
-VIC = REPO / ".venv" / "bin" / "vic"
 QUIET = 'log-level = "warning"\n'
 MINIMAL = QUIET + '[egress.default]\nkind = "tcp"\nhost = "127.0.0.1"\nport = 7000\n'
 NO_METRICS = "[metrics]\nenabled = false\n"
@@ -23,18 +22,7 @@ NOT_LOCAL = "192.0.2.1"  # TEST-NET-1: never an address of this machine
 
 
 def vic_relay(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    exe = [str(VIC)] if VIC.exists() else [sys.executable, "-m", "vic.cli"]
-    return subprocess.run([*exe, "relay", "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
-
-
-def assert_one_line(r: subprocess.CompletedProcess[str], key: str) -> str:
-    assert r.returncode == 2, r
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1, r.stderr
-    assert f"config error: {key}:" in lines[0], lines[0]
-    assert len(lines[0]) < 400
-    return lines[0]
+    return run_vic("relay", config, *args)
 
 
 def _peer(tmp: Path, address: str) -> str:

@@ -11,17 +11,24 @@ from pathlib import Path
 
 import pytest
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 from relay import certs
 from relay.config import MetricsConfig
 from relay.daemon import RelayDaemon
 from relay.peer_config import LinkTuning
 from relay.tls import TlsFiles
-from tests.relay.faultproxy import FaultProxy
 from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import Appliance, pattern, roundtrip, start_relay
-from tests.relay.test_mesh_daemon import egress_cfg, ingress_cfg, peer_address, stream_through
+from tests.relay.test_mesh_daemon import (
+    deliver_pair,
+    echo_with_cuts,
+    egress_cfg,
+    ingress_cfg,
+    pair_through_proxy,
+    peer_address,
+    stream_through,
+)
+from tests.support.daemons import scrape_metrics
 from tests.support.waiting import wait_until
 
 FAST = LinkTuning(ping_interval=1.0, dead_after=5.0, resume_timeout=20.0)
@@ -37,48 +44,15 @@ async def wait_value(d: RelayDaemon, name: str, at_least: float, **labels: str) 
     await wait_until(lambda: value(d, name, **labels) >= at_least, None)
 
 
-async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    s = await trio.open_tcp_stream("127.0.0.1", port)
-    await s.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-    raw = bytearray()
-    while chunk := await s.receive_some(65536):
-        raw += chunk
-    body = raw.split(b"\r\n\r\n", 1)[1].decode()
-    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
-            for fam in text_string_to_metric_families(body) for smp in fam.samples}
-
-
 async def test_link_cut_and_resume_are_counted_and_every_byte_delivered(tmp_path: Path) -> None:
-    pki = Pki(tmp_path)
     app = Appliance()
     async with trio.open_nursery() as n:
-        await app.serve_tcp(n)
-        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
-                                            ["vic://host/esx-a"]))
-        proxy = FaultProxy(tuple(b.mesh.bound()[0][:2]))
-        await n.start(proxy.serve)
-        a = await start_relay(n, replace(
-            ingress_cfg("esx-a", pki.issue("host", "esx-a"), proxy.address, "vic://host/esx-b"),
-            metrics=MetricsConfig(host="127.0.0.1", port=0)))
+        a, b, proxy = await pair_through_proxy(n, tmp_path, app,
+                                               metrics=MetricsConfig(host="127.0.0.1", port=0))
         s = await stream_through(a, "vm1")
         data = pattern(3_000_000, 3)
-        got = bytearray()
-
-        async def reader() -> None:
-            cut = False
-            while chunk := await s.receive_some(65536):
-                got.extend(chunk)
-                if not cut and len(got) >= 1_000_000:  # bytes in flight both ways
-                    cut = True
-                    proxy.cut()
-
         with trio.fail_after(60):
-            async with trio.open_nursery() as m:
-                m.start_soon(reader)
-                for i in range(0, len(data), 100_000):
-                    await s.send_all(data[i:i + 100_000])
-                await s.send_eof()
-            assert bytes(got) == data
+            assert await echo_with_cuts(s, proxy, data, [1_000_000], eof=True) == data
             await wait_value(a, "relay_streams_ended_total", 1, outcome="completed")
             await wait_value(b, "relay_streams_ended_total", 1, outcome="completed")
         for d in (a, b):
@@ -89,7 +63,7 @@ async def test_link_cut_and_resume_are_counted_and_every_byte_delivered(tmp_path
                              direction=direction) == len(data)
             assert value(d, "relay_streams_ended_total", outcome="failed") == 0
         assert a.metrics_port is not None
-        scraped = await scrape(a.metrics_port)
+        scraped = await scrape_metrics("127.0.0.1", a.metrics_port)
         assert scraped[("relay_link_cuts_total", ())] >= 1
         assert scraped[("relay_resumes_total", ())] >= 1
         assert scraped[("relay_bytes_delivered_total",
@@ -146,15 +120,9 @@ async def test_tls_refusal_is_counted_with_its_reason_and_address_and_the_stream
 
 
 async def test_refused_header_is_counted_by_reason(tmp_path: Path) -> None:
-    pki = Pki(tmp_path)
     app = Appliance()
     async with trio.open_nursery() as n:
-        await app.serve_tcp(n)
-        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
-                                            ["vic://host/esx-a"]))
-        liar = await start_relay(n, replace(
-            ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b), "vic://host/esx-b"),
-            host="esx-z"))
+        liar, b = await deliver_pair(n, tmp_path, app, host="esx-z")
         vm = await stream_through(liar, "vm1")
         with trio.fail_after(20):
             await vm.send_all(b"forged")
@@ -169,14 +137,9 @@ async def test_a_reset_stream_is_counted_as_reset(tmp_path: Path) -> None:
     import socket
     import struct
 
-    pki = Pki(tmp_path)
     app = Appliance()
     async with trio.open_nursery() as n:
-        await app.serve_tcp(n)
-        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
-                                            ["vic://host/esx-a"]))
-        a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"),
-                                             peer_address(b), "vic://host/esx-b"))
+        a, _ = await deliver_pair(n, tmp_path, app)
         vm = await stream_through(a, "vm1")
         with trio.fail_after(20):
             assert await roundtrip(vm, b"x" * 1000) == b"x" * 1000

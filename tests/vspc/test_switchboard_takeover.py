@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from vspc.core.identity import PortKey
 from vspc.core.switchboard import (
+    Action,
     CloseConn,
     Deliver,
     Dropped,
@@ -33,16 +34,21 @@ def kinds(acts: Sequence[object]) -> list[str]:
     return [str(a.kind) for a in acts if isinstance(a, PortEvent)]
 
 
-def carried(s: Switchboard, conn: str, source: str, key: PortKey = K) -> None:
+def arrives(s: Switchboard, conn: str, source: str, now: float = 1.0,
+            key: PortKey = K) -> list[Action]:
+    """A connection from ``source`` opens and names ``key`` at ``now``: the actions."""
     s.connection_opened(conn, source)
-    s.identified(conn, key, 0.0)
+    return s.identified(conn, key, now)
+
+
+def carried(s: Switchboard, conn: str, source: str, key: PortKey = K) -> None:
+    arrives(s, conn, source, 0.0, key)
 
 
 def test_same_source_takes_over_at_once() -> None:
     s = sb()
     carried(s, "old", "10.0.0.1")
-    s.connection_opened("new", "10.0.0.1")
-    acts = s.identified("new", K, 1.0)
+    acts = arrives(s, "new", "10.0.0.1")
     assert kinds(acts) == ["identity", "takeover"]
     assert s.carrier(K) == "new"
 
@@ -50,8 +56,7 @@ def test_same_source_takes_over_at_once() -> None:
 def test_other_source_refused_when_the_carrier_answers() -> None:
     s = sb()
     carried(s, "esx", "10.0.0.1")
-    s.connection_opened("thief", "10.9.9.9")
-    acts = s.identified("thief", K, 1.0)
+    acts = arrives(s, "thief", "10.9.9.9")
     assert ProbeConn("esx") in acts and kinds(acts) == ["takeover_probe"]
     assert s.carrier(K) == "esx"
     assert s.from_vm("thief", b"evil") == []  # held, never delivered
@@ -68,8 +73,7 @@ def test_other_source_refused_when_the_carrier_answers() -> None:
 def test_other_source_takes_over_a_dead_carrier() -> None:
     s = sb()
     carried(s, "esx", "10.0.0.1")
-    s.connection_opened("new", "10.0.0.2")
-    s.identified("new", K, 1.0)
+    arrives(s, "new", "10.0.0.2")
     s.from_vm("new", b"after")
     acts = s.probe_failed("esx", 6.0)
     assert kinds(acts) == ["identity", "takeover"]
@@ -83,8 +87,7 @@ def test_contender_promoted_when_the_carrier_closes() -> None:
     s = sb()
     carried(s, "esx", "10.0.0.1")
     for c in ("a", "b"):
-        s.connection_opened(c, "10.0.0.2")
-        s.identified(c, K, 1.0)
+        arrives(s, c, "10.0.0.2")
     acts = s.connection_closed("esx", 2.0)
     assert s.carrier(K) == "b"
     assert any(isinstance(a, CloseConn) and a.conn == "a" for a in acts)
@@ -93,8 +96,7 @@ def test_contender_promoted_when_the_carrier_closes() -> None:
 def test_contender_closing_is_forgotten() -> None:
     s = sb()
     carried(s, "esx", "10.0.0.1")
-    s.connection_opened("x", "10.0.0.2")
-    s.identified("x", K, 1.0)
+    arrives(s, "x", "10.0.0.2")
     s.from_vm("x", b"zz")
     acts = s.connection_closed("x", 2.0)
     assert Dropped("x", b"zz", "contender closed") in acts

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.relay.pki_helpers import Pki
+from tests.support.vic_cli import assert_one_line, run_vic
 
-REPO = Path(__file__).resolve().parents[2]
-VIC = REPO / ".venv" / "bin" / "vic"
 UNRESOLVABLE = "no-such-host.invalid"
 
 
@@ -37,17 +35,7 @@ host = "127.0.0.1"
 
 
 def vic_vspc(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    exe = [str(VIC)] if VIC.exists() else [sys.executable, "-m", "vic.cli"]
-    return subprocess.run([*exe, "vspc", "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
-
-
-def assert_one_line(r: subprocess.CompletedProcess[str], key: str) -> str:
-    assert r.returncode == 2, r
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1, r.stderr
-    assert f"config error: {key}:" in lines[0], lines[0]
-    return lines[0]
+    return run_vic("vspc", config, *args)
 
 
 def _cases(tmp: Path) -> dict[str, tuple[str, str]]:

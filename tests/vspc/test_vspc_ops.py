@@ -6,13 +6,10 @@ test binds (no guessing, no log scraping)."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,8 +17,9 @@ from pathlib import Path
 import pytest
 import trio
 import trustme
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.daemons import Daemon, Samples, free_port, scrape_metrics
+from tests.support.vic_cli import assert_one_line, run_vic
 from tests.support.waiting import wait_until_async
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import EsxConnection, SimVM, VMotionNotNow, migrate, random_seq
@@ -32,8 +30,6 @@ from vspc.prefixed import PrefixedStream
 from .conftest import read_exactly
 
 HOST = "127.0.0.1"
-VIC = [sys.executable, "-m", "vic.cli", "vspc"]
-REPO = Path(__file__).resolve().parents[2]
 
 
 def toml_config(tmp: Path, *, esx_port: int = 0, extra: str = "", vmotion: str = "") -> str:
@@ -54,26 +50,17 @@ port = 0
 """
 
 
-def run_vic(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*VIC, *args], capture_output=True, text=True, timeout=30, cwd=REPO)
-
-
 # ---- a daemon under test
 
 
-class Daemon:
-    def __init__(self, proc: trio.Process, notify: trio.socket.SocketType, tmp: Path) -> None:
-        self.proc = proc
-        self.notify = notify
+class VspcDaemon(Daemon):
+    """`vic vspc` in ``tmp``; its ports come from the STATUS of its READY message."""
+
+    def __init__(self, tmp: Path, config: str) -> None:
+        super().__init__("vspc", "vspc", config, tmp)
         self.tmp = tmp
-        self.stderr = bytearray()
         self.esx_port = 0
         self.metrics_port = 0
-
-    async def message(self, timeout: float = 10.0) -> dict[str, str]:
-        with trio.fail_after(timeout):
-            data = await self.notify.recv(4096)
-        return dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
 
     async def ready(self) -> dict[str, str]:
         msg = await self.message()
@@ -83,80 +70,36 @@ class Daemon:
         self.metrics_port = int(status["metrics"])
         return msg
 
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    async def drain_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        async for chunk in self.proc.stderr:
-            self.stderr += chunk
-
     def console_endpoint(self) -> cc.Endpoint:
         return cc.Endpoint(socket=self.tmp / "console.sock")
 
 
 @asynccontextmanager
-async def daemon(tmp: Path, config: str, *extra_args: str) -> AsyncIterator[Daemon]:
-    path = tmp / "vspc.toml"
-    path.write_text(config)
-    notify = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    await notify.bind(str(tmp / "notify.sock"))
-    env = dict(os.environ, NOTIFY_SOCKET=str(tmp / "notify.sock"))
-    env.pop("WATCHDOG_USEC", None)
-    proc = await trio.lowlevel.open_process(
-        [*VIC, "--config", str(path), *extra_args], env=env, stderr=subprocess.PIPE,
-        cwd=REPO,
-    )
-    d = Daemon(proc, notify, tmp)
+async def daemon(tmp: Path, config: str, *extra_args: str) -> AsyncIterator[VspcDaemon]:
+    """`vic vspc` started (not yet ready: see ``ready``); killed at the end if still running."""
+    d = VspcDaemon(tmp, config)
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(d.drain_stderr)
-            try:
-                yield d
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                with trio.move_on_after(10):
-                    await proc.wait()
+        await d.launch(*extra_args)
+        yield d
     finally:
-        notify.close()
+        await d.finish()
 
 
-async def attach(d: Daemon, vm: SimVM, mode: str = "ro") -> trio.abc.Stream:
+async def attach(d: VspcDaemon, vm: SimVM, mode: str = "ro") -> trio.abc.Stream:
     req = proto.AttachRequest(vm=vm.canonical_uuid, mode=mode, replay=1 << 16)  # type: ignore[arg-type]
     stream, status, rest = await cc.attach(d.console_endpoint(), req)
     assert status["ok"]
     return PrefixedStream(stream, rest)
 
 
-async def wait_console(d: Daemon, vm: SimVM) -> None:
-    async def listed() -> bool:
-        consoles = await cc.list_consoles(d.console_endpoint())
-        return any(c["uuid"] == vm.canonical_uuid for c in consoles)
-
-    await wait_until_async(listed, 5, f"the console of {vm.canonical_uuid} listed", interval=0.01)
+async def wait_console(d: VspcDaemon, vm: SimVM) -> None:
+    with trio.fail_after(5):
+        while not any(c["uuid"] == vm.canonical_uuid for c in await cc.list_consoles(d.console_endpoint())):
+            await trio.sleep(0.01)
 
 
-async def scrape(d: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    stream = await trio.open_tcp_stream(HOST, d.metrics_port)
-    async with stream:
-        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        body = bytearray()
-        while chunk := await stream.receive_some(65536):
-            body += chunk
-    head, _, text = bytes(body).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200")
-    out = {}
-    for fam in text_string_to_metric_families(text.decode()):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+async def scrape(d: VspcDaemon) -> Samples:
+    return await scrape_metrics(HOST, d.metrics_port)
 
 
 async def refused(port: int) -> bool:
@@ -216,10 +159,8 @@ def test_bad_config_process_exits_2_with_one_line(tmp_path: Path) -> None:
     """The same as a real process: exit status 2, one stderr line, no traceback."""
     extra, vmotion, key = BAD_CONFIGS[-1]
     path = _write_bad(tmp_path, 0, extra, vmotion)
-    r = run_vic("--config", str(path))
-    assert r.returncode == 2, r
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and f"config error: {key}:" in lines[0], r.stderr
+    r = run_vic("vspc", path)
+    assert_one_line(r, key)
     assert r.stdout == ""
 
 
@@ -299,7 +240,6 @@ async def test_sighup_reload_under_traffic(tmp_path: Path) -> None:
     connection streams byte-exact through it; a bad config is refused."""
     rng = random.Random(31)
     vm_a, vm_c, vm_b = SimVM.random(rng), SimVM.random(rng), SimVM.random(rng)
-    cfg = tmp_path / "vspc.toml"
     async with daemon(tmp_path, toml_config(tmp_path, vmotion="max-concurrent = 1")) as d, \
             trio.open_nursery() as nursery:
         await d.ready()
@@ -330,8 +270,8 @@ async def test_sighup_reload_under_traffic(tmp_path: Path) -> None:
             nursery.start_soon(stream_a)
             await reload_now.wait()
             new_port = free_port()
-            cfg.write_text(toml_config(tmp_path, esx_port=new_port, vmotion="max-concurrent = 2"))
-            d.signal(signal.SIGHUP)
+            d.config_path.write_text(toml_config(tmp_path, esx_port=new_port, vmotion="max-concurrent = 2"))
+            d.kill(signal.SIGHUP)
             assert (await d.message()).get("RELOADING") == "1"
             await d.ready()
             reloaded.set()
@@ -351,8 +291,8 @@ async def test_sighup_reload_under_traffic(tmp_path: Path) -> None:
             await wait_console(d, vm_b)
             assert await refused(old_port)
             # a bad config is refused, the running one kept
-            cfg.write_text(toml_config(tmp_path, vmotion="max-concurrent = -5"))
-            d.signal(signal.SIGHUP)
+            d.config_path.write_text(toml_config(tmp_path, vmotion="max-concurrent = -5"))
+            d.kill(signal.SIGHUP)
             assert (await d.message()).get("RELOADING") == "1"
             await d.ready()
             assert d.esx_port == new_port
@@ -362,8 +302,8 @@ async def test_sighup_reload_under_traffic(tmp_path: Path) -> None:
             with socket.socket() as busy:
                 busy.bind((HOST, 0))
                 busy.listen()
-                cfg.write_text(toml_config(tmp_path, esx_port=busy.getsockname()[1]))
-                d.signal(signal.SIGHUP)
+                d.config_path.write_text(toml_config(tmp_path, esx_port=busy.getsockname()[1]))
+                d.kill(signal.SIGHUP)
                 assert (await d.message()).get("RELOADING") == "1"
                 await d.ready()
             assert d.esx_port == new_port
@@ -371,8 +311,8 @@ async def test_sighup_reload_under_traffic(tmp_path: Path) -> None:
         assert not a.closed.is_set() and not a.violations
         await viewer.aclose()
         nursery.cancel_scope.cancel()
-    assert b"reload refused" in d.stderr and b"vmotion.max-concurrent:" in d.stderr
-    assert b"keeping the old ESX listener" in d.stderr
+    assert "reload refused" in d.log() and "vmotion.max-concurrent:" in d.log()
+    assert "keeping the old ESX listener" in d.log()
 
 
 async def test_sigterm_stops_listening_and_drains(tmp_path: Path) -> None:
@@ -387,7 +327,7 @@ async def test_sigterm_stops_listening_and_drains(tmp_path: Path) -> None:
             await wait_console(d, vm)
             viewer = await attach(d, vm, "rw")
             assert await read_exactly(viewer, 7) == b"before-"
-            d.signal(signal.SIGTERM)
+            d.kill(signal.SIGTERM)
             assert (await d.message()).get("STOPPING") == "1"
             # the listener closes right away
             await wait_until_async(lambda: refused(d.esx_port), 15, "the listener closed",
@@ -397,9 +337,9 @@ async def test_sigterm_stops_listening_and_drains(tmp_path: Path) -> None:
             assert await read_exactly(viewer, 7) == b"during\xff"
             await viewer.send_all(b"k")
             assert await a.receive_console_exactly(1) == b"k"
-            assert d.proc.returncode is None
+            assert d.running
             await a.aclose()  # the last connection leaves: the daemon exits long before 30 s
-            assert await d.proc.wait() == 0
+            assert await d.wait_exit() == 0
         nursery.cancel_scope.cancel()
     log = (tmp_path / "logs").glob(f"{vm.canonical_uuid}_*.log")
     assert [p.read_bytes() for p in log] == [b"before-during\xff"]
@@ -414,10 +354,10 @@ async def test_sigterm_drain_deadline_closes_stragglers(tmp_path: Path) -> None:
             a = await EsxConnection.open(nursery, HOST, d.esx_port, vm=vm)
             await a.send_console(b"bytes")
             await wait_console(d, vm)
-            d.signal(signal.SIGTERM)
+            d.kill(signal.SIGTERM)
             assert (await d.message()).get("STOPPING") == "1"
             await a.wait_closed()  # closed by the vSPC at the deadline
-            assert await d.proc.wait() == 0
+            assert await d.wait_exit() == 0
         nursery.cancel_scope.cancel()
     assert (tmp_path / "logs" / f"{vm.canonical_uuid}_serial0.log").read_bytes() == b"bytes"
 
@@ -463,8 +403,8 @@ async def test_esx_over_tls(tmp_path: Path) -> None:
             cert2.cert_chain_pems[0].write_to_path(str(tmp_path / "cert2.pem"))
             extra2 = f'[listen.tls]\ncert = "{tmp_path / "cert2.pem"}"\nkey = "{tmp_path / "key2.pem"}"'
             port = d.esx_port
-            (tmp_path / "vspc.toml").write_text(toml_config(tmp_path, esx_port=port, extra=extra2))
-            d.signal(signal.SIGHUP)
+            d.config_path.write_text(toml_config(tmp_path, esx_port=port, extra=extra2))
+            d.kill(signal.SIGHUP)
             assert (await d.message()).get("RELOADING") == "1"
             await d.ready()
             assert d.esx_port == port

@@ -121,7 +121,7 @@ async def test_takeover_allowed_once_the_old_connection_fails_the_probe(
     start_at = trio.current_time()
     new = await open_vm(service, nursery, vm, source="127.0.0.2")
     await hung.wait_closed(timeout=30)
-    assert trio.current_time() - start_at >= 5.0  # not before the probe timed out
+    assert trio.current_time() - start_at >= 5.0 - 1e-6  # not before the probe timed out
     assert hung.timing_marks == 1
     await wait_until(lambda: service.board.carrier(key) is server_conn(service, new))
     await typist.send_all(b"after")

@@ -1,4 +1,4 @@
-"""The fault suite's own helpers: TOML out, and a daemon that will not start."""
+"""tests.support.daemons' own helpers: TOML out, and a daemon that will not start."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fault.daemons import Daemon, toml_dumps
+from tests.support.daemons import Daemon, toml_dumps
 
 _keys = st.text(alphabet="abcdefghij-_", min_size=1, max_size=8)
 _scalars = st.one_of(st.text(max_size=20), st.integers(-10**9, 10**9), st.booleans(),
