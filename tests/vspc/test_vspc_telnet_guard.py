@@ -303,7 +303,7 @@ async def test_slowloris_closed_after_identify_timeout_honest_stays(
     async with trio.open_nursery() as waiters:
         for s in slow:
             waiters.start_soon(closed_by_peer, s)
-    assert trio.current_time() - t0 >= 10.0
+    assert trio.current_time() - t0 >= 10.0 - 1e-6
     assert refused(service, "identify_timeout") == 100
     assert not honest.closed.is_set()
     await honest.send_console(b"still here")
