@@ -29,6 +29,8 @@ from typing import Any
 
 import trio
 
+from vic.lab.polling import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 30.0
 
@@ -108,10 +110,9 @@ class Daemon:
 
     async def wait_log(self, text: str, after: int = 0, timeout: float = 30.0) -> int:
         """Until ``text`` appears in the output past offset ``after``; returns its end."""
-        with trio.fail_after(timeout):
-            while (i := self.log_text().find(text, after)) < 0:
-                await trio.sleep(0.05)
-        return i + len(text)
+        await wait_until(lambda: self.log_text().find(text, after) >= 0, timeout,
+                         what=f"{text!r} in the output of {self.name}", interval=0.05)
+        return self.log_text().find(text, after) + len(text)
 
     async def start(self) -> None:
         """Write the TOML, start the process and wait until it reports READY=1."""

@@ -22,6 +22,7 @@ import trio
 
 from tests.fault.daemons import Daemon, Daemons, Table, free_port
 from tests.relay.pki_helpers import Pki
+from vic.lab.polling import wait_until
 from vspc.console import protocol as proto
 from vspc.console.client import ConsoleClientError, attach, list_consoles
 from vspc.console.client import Endpoint as ConsoleEndpoint
@@ -124,9 +125,7 @@ class Mesh:
     async def wait_console_log(self, size: int, timeout: float = 40.0) -> bytes:
         """Until the console log holds ``size`` bytes (or more: then it is wrong anyway)."""
         with trio.move_on_after(timeout):
-            while len(data := self.console_log()) < size:
-                await trio.sleep(0.05)
-            return data
+            await wait_until(lambda: len(self.console_log()) >= size, interval=0.05)
         return self.console_log()
 
     async def wait_connected(self, timeout: float = 30.0) -> None:

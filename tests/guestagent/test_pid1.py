@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from guestagent.core import guestinfo as gi
+from vic.lab.polling import wait_until
 from vspc.guestinfo_watch import FileStoreWatcher, configure_session, wait_for_exit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,9 +93,8 @@ async def test_agent_as_pid1_reaps_orphans(tmp_path: Path) -> None:
         assert len(_children(agent_pid)) == 2
         for f in fifos:
             os.close(os.open(f, os.O_WRONLY))  # they exit...
-        with trio.fail_after(10):
-            while _children(agent_pid) or _zombies_of(agent_pid):
-                await trio.sleep(0.02)  # ...and are reaped (bounded poll of /proc)
+        await wait_until(lambda: not (_children(agent_pid) or _zombies_of(agent_pid)), 10,
+                         what="the orphans reaped", interval=0.02)  # ...(a poll of /proc)
         os.kill(agent_pid, signal.SIGTERM)
         outer_rc = await trio.to_thread.run_sync(outer.wait, 10)
         assert outer_rc == 0

@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 from guestagent.core import guestinfo as gi
+from vic.lab.polling import wait_until
 from vspc.guestinfo_watch import (
     FileStoreWatcher,
     SessionStartFailed,
@@ -319,16 +320,15 @@ async def test_stopping_the_agent_stops_the_container(tmp_path: Path) -> None:
             await wait_for_started(w, "vm1", "s1", T)
             child = agent.sessions["s1"].child
             assert child is not None
-            while not pidfile.exists() or not pidfile.read_text().strip():
-                await trio.sleep(0.01)  # bounded by fail_after: the shell writes it at once
+            # bounded by fail_after: the shell writes it at once
+            await wait_until(lambda: pidfile.exists() and bool(pidfile.read_text().strip()))
             bg = int(pidfile.read_text())
             n.cancel_scope.cancel()
     # the agent's reaper is gone: collect the shell ourselves; its whole group got SIGHUP
     _, st = await trio.to_thread.run_sync(os.waitpid, child.pid, 0)
     assert os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGHUP
-    with trio.fail_after(T):
-        while _alive(bg):
-            await trio.sleep(0.01)  # the background sleep, reparented, dies of it too
+    # the background sleep, reparented, dies of it too
+    await wait_until(lambda: not _alive(bg), T, what="the background sleep gone")
 
 
 def _alive(pid: int) -> bool:

@@ -23,6 +23,8 @@ from typing import Any
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from vic.lab.polling import wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 VIC = [sys.executable, "-m", "vic.cli"]
 MiB = 1 << 20
@@ -195,23 +197,13 @@ class Daemon:
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
     """Poll an observable condition (no event to wait on) until true, with a deadline."""
-    try:
-        with trio.fail_after(timeout):
-            while not predicate():
-                await trio.sleep(0.02)
-    except trio.TooSlowError:
-        raise AssertionError(f"not within {timeout} s: {what or predicate}") from None
+    await wait_until(predicate, timeout, what=what, interval=0.02)
 
 
 async def wait_for_async(predicate: Callable[[], Any], timeout: float = 10.0,
                          what: str = "") -> None:
     """Like wait_for, for an async predicate (a metrics scrape, a console list)."""
-    try:
-        with trio.fail_after(timeout):
-            while not await predicate():
-                await trio.sleep(0.05)
-    except trio.TooSlowError:
-        raise AssertionError(f"not within {timeout} s: {what or predicate}") from None
+    await wait_until(predicate, timeout, what=what, interval=0.05)
 
 
 def write_config(workdir: Path, name: str, config: Mapping[str, Any] | str) -> Path:

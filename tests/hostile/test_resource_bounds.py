@@ -189,9 +189,10 @@ async def test_silent_connection_that_fails_its_probe_is_closed(tmp_path: Path) 
             vm = SimVM.random(rng, name="deaf")
             s = await attacker_socket(vspc)
             await s.send_all(deaf_esx(vm))
-            with trio.fail_after(5):
-                while not [c for c in await vspc.consoles() if c["uuid"] == vm.canonical_uuid]:
-                    await trio.sleep(0.05)
+            async def listed() -> bool:
+                return any(c["uuid"] == vm.canonical_uuid for c in await vspc.consoles())
+
+            await wait_for_async(listed, 5, what="the deaf VM's console")
             await closed_by_peer(s, timeout=15)
             await s.aclose()
             listed = {c["uuid"]: c for c in await vspc.consoles()}

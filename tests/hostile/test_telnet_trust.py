@@ -50,9 +50,8 @@ async def test_takeover_from_another_source_is_refused(vspc: Vspc) -> None:
         n.start_soon(victim.pump, stop)
 
         attacker = await open_esx(n, vspc, victim.conn.vm, ATTACKER_HOST, wait_ready=False)
-        with trio.fail_after(10):  # the attacker has claimed the UUID (or been refused)
-            while not (attacker.identity_asked.is_set() or attacker.closed.is_set()):
-                await trio.sleep(0.01)
+        await wait_for(lambda: attacker.identity_asked.is_set() or attacker.closed.is_set(),
+                       10, what="the attacker claimed the UUID (or was refused)")
         await operator.send_all(b"password-during\r")
         await attacker.wait_closed(timeout=20)  # refused within the probe's bound
         await operator.send_all(b"password-after\r")

@@ -12,6 +12,7 @@ from relay.peering import LinkServer, open_session_table
 from relay.resumable import Accepted, ResumableStream
 from relay.route import Route, Router
 from tests.relay.test_link import pattern, small_config
+from vic.lab.polling import wait_until
 
 
 async def serve(cfg: LinkConfig, got: trio.MemorySendChannel[Accepted], *,
@@ -59,8 +60,8 @@ async def test_acceptor_restart_continues_from_what_was_handed_on() -> None:
                 taken.set()
 
             n.start_soon(take_more)
-            while st.session.acked < 100_000:  # handed on: acknowledged (over real TCP)
-                await trio.sleep(0.01)
+            # handed on: acknowledged (over real TCP)
+            await wait_until(lambda: st.session.acked >= 100_000)
             await st.send_all(data[100_000:120_000])
             await taken.wait()  # ``more`` is taken, not handed on, when the acceptor dies
             old_id = st.session_id

@@ -16,6 +16,7 @@ from relay.core.header import OriginHeader, encode_header
 from relay.route import Route, Router
 from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import Appliance, pattern, start_relay
+from vic.lab.polling import wait_until
 
 
 def delivering_relay(tmp_path: Path, pki: Pki, app_port: int) -> str:
@@ -57,8 +58,7 @@ async def test_a_peer_header_outside_the_grammar_is_refused_and_counted(
             good = await router.open_stream(encode_header(OriginHeader("esx-a", "vm-1", "tcp", "com1")))
             await good.send_all(data)
             got = (await app.wait_streams(1))[0]
-            while len(got.data) < len(data):
-                await trio.sleep(0.01)
+            await wait_until(lambda: len(got.data) >= len(data))
         assert bytes(got.data) == data and got.header.vm == "vm-1"
         assert [r.header.vm for r in app.streams] == ["vm-1"]
         assert b.metrics.registry.get_sample_value(

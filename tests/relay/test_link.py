@@ -27,6 +27,7 @@ from relay.resumable import ResumableStream, SessionTable, StreamFailedError
 from relay.route import Route, Router
 from tests.relay.faultproxy import FaultProxy
 from tests.relay.pki_helpers import Pki
+from vic.lab.polling import wait_until
 
 BIG = int(os.environ.get("VIC_LINK_BIG_MB", "32")) * 1024 * 1024
 MiB = 1024 * 1024
@@ -289,9 +290,7 @@ async def test_replay_overflow_ends_with_explicit_gap() -> None:
                     pass
             assert ei.value.code == ErrorCode.GAP
             await st.wait_finished()
-            with trio.fail_after(5):
-                while not acc.failures:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: bool(acc.failures), 5)
             assert acc.failures[0].code == ErrorCode.GAP
             assert st.session.discarded > 0
             n.cancel_scope.cancel()
@@ -338,9 +337,7 @@ async def test_untrusted_and_wrong_identity_links_refused(pki: Pki, tmp_path: Pa
                     pass
                 else:
                     await link.closed.wait()
-                with trio.fail_after(5):
-                    while acc.server.refused < i + 1:
-                        await trio.sleep(0.01)
+                await wait_until(lambda n=i + 1: acc.server.refused >= n, 5)
             assert len(acc.table) == 0
             n.cancel_scope.cancel()
 
@@ -356,9 +353,7 @@ async def test_acceptor_gives_up_when_opener_never_returns() -> None:
             await st.send_all(b"hello")
             await acc.first_bytes.wait()
             proxy.refuse()
-            with trio.fail_after(10):
-                while not acc.failures:
-                    await trio.sleep(0.05)
+            await wait_until(lambda: bool(acc.failures), 10, interval=0.05)
             assert acc.failures[0].code == ErrorCode.TIMEOUT
             n.cancel_scope.cancel()
 
@@ -373,9 +368,7 @@ async def test_goaway_drains_old_link_and_new_streams_use_a_new_one() -> None:
             await acc.first_bytes.wait()
             first = router.link
             acc.server.goaway_all("restart")
-            with trio.fail_after(5):
-                while first is not None and not first.draining:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: first is None or first.draining, 5)
             st2 = await router.open_stream(b"2")
             assert await roundtrip(st2, b"b" * 5000) == b"b" * 5000
             assert router.link is not first and router.links_opened == 2
@@ -494,9 +487,7 @@ async def test_abort_tells_the_peer() -> None:
             await acc.first_bytes.wait()
             st.abort("bad header")
             await st.wait_finished()
-            with trio.fail_after(5):
-                while not acc.failures:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: bool(acc.failures), 5)
             assert acc.failures[0].code == ErrorCode.CANCEL
             assert "bad header" in str(acc.failures[0])
             n.cancel_scope.cancel()

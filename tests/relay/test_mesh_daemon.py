@@ -28,6 +28,7 @@ from tests.relay.relayfix import (
     tcp_egress,
 )
 from tests.relay.test_vsphere_route import VM, relocate, vcsim  # noqa: F401 (fixture)
+from vic.lab.polling import wait_until
 from vic.ops.config import ConfigError
 
 FAST = LinkTuning(ping_interval=1.0, dead_after=5.0, resume_timeout=20.0)
@@ -275,8 +276,8 @@ async def test_route_follows_the_appliance_vm_in_vcenter(
                 await vm.send_all(data[i:i + 200_000])
                 if i == 1_000_000:
                     await trio.to_thread.run_sync(relocate, vcsim, VM, "DC0_C0_H0")
-                    while router.route.identity != "vic://host/esx-c":
-                        await trio.sleep(0.02)
+                    await wait_until(lambda: router.route.identity == "vic://host/esx-c",
+                                     interval=0.02)
             await wait_console_bytes(svc, "vm-1", len(data))
             await svc.consoles.writer.flush()  # type: ignore[attr-defined]
         logs = list((tmp_path / "logs").glob("*.log"))
@@ -324,8 +325,7 @@ async def test_sigterm_drains_streams_from_peers_and_sends_goaway(tmp_path: Path
             assert b.metrics.registry.get_sample_value("relay_peer_links", {"side": "in"}) == 1
             await b.terminate()
             link = a.mesh.routers["appliance"].link
-            while link is not None and not link.draining:
-                await trio.sleep(0.01)
+            await wait_until(lambda: link is None or link.draining)
             data = pattern(2_000_000, 4)
             assert await roundtrip(s, data) == data  # the live stream carries on
             await s.aclose()
@@ -389,7 +389,7 @@ async def test_route_straight_to_the_appliance_link_endpoint_over_tls(tmp_path: 
             await wait_console_bytes(svc, "vm-1", len(data))
             bad = await stream_through(stranger, "vm2")
             await bad.send_all(b"let me in")
-            while ep.links.links_refused == 0:  # esx-x is not in allowed-peers
-                await trio.sleep(0.02)
+            # esx-x is not in allowed-peers
+            await wait_until(lambda: ep.links.links_refused > 0, interval=0.02)
         assert svc.consoles.find("vm-1").bytes_from_vm == len(data)
         n.cancel_scope.cancel()

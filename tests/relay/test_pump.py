@@ -385,12 +385,14 @@ async def test_stall_timeout(mock_clock: trio.testing.MockClock, use_splice: boo
     x, a = await tcp_pair()
     b, _y = await unix_pair()  # _y never reads (kept referenced: open)
     raised: list[BaseException] = []
+    stalled = trio.Event()
 
     async def run() -> None:
         try:
             await pump(a, b, stall_timeout=5, splice=use_splice)
         except StallTimeout as exc:
             raised.append(exc)
+            stalled.set()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run)
@@ -404,8 +406,7 @@ async def test_stall_timeout(mock_clock: trio.testing.MockClock, use_splice: boo
                 pass
 
         nursery.start_soon(flood)
-        while not raised:
-            await trio.sleep(1)
+        await stalled.wait()
         nursery.cancel_scope.cancel()
     assert isinstance(raised[0], StallTimeout)
     assert "stalled" in str(raised[0])

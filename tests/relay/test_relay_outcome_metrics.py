@@ -22,6 +22,7 @@ from tests.relay.faultproxy import FaultProxy
 from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import Appliance, pattern, roundtrip, start_relay
 from tests.relay.test_mesh_daemon import egress_cfg, ingress_cfg, peer_address, stream_through
+from vic.lab.polling import wait_until
 
 FAST = LinkTuning(ping_interval=1.0, dead_after=5.0, resume_timeout=20.0)
 
@@ -33,8 +34,7 @@ def value(d: RelayDaemon, name: str, **labels: str) -> float:
 
 async def wait_value(d: RelayDaemon, name: str, at_least: float, **labels: str) -> None:
     """Poll the registry until the sample reaches ``at_least`` (the caller's deadline)."""
-    while value(d, name, **labels) < at_least:
-        await trio.sleep(0.01)
+    await wait_until(lambda: value(d, name, **labels) >= at_least)
 
 
 async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from vic.lab.polling import wait_until as wait_until_
 from vspc.config import ListenConfig, MetricsConfig, VMotionConfig, VspcConfig
 from vspc.console.config import ConsoleConfig
 from vspc.service import VspcService
@@ -76,9 +77,7 @@ async def attach_console(
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     """Poll a condition that has no event to wait on (short sleeps, bounded)."""
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
+    await wait_until_(predicate, timeout, interval=0.005)
 
 
 def metric(service: VspcService, name: str, **labels: str) -> float:

@@ -153,9 +153,8 @@ async def test_full_disk_holds_pauses_the_vm_and_loses_nothing(
         done.set()
 
     nursery.start_soon(vm)
-    with trio.fail_after(10):
-        while svc.metrics.console_log_write_errors_total._value.get() < 3:  # several retries
-            await trio.sleep(0.05)
+    # several retries
+    await wait_until(lambda: svc.metrics.console_log_write_errors_total._value.get() >= 3, 10)
     await trio.testing.wait_all_tasks_blocked()
     assert not done.is_set()  # the VM waits: the hold budget is spent
     assert svc.writer.total <= 3000 + 700
@@ -227,9 +226,8 @@ async def test_full_disk_stops_reading_telnet_within_the_hold_budget(
 
     nursery.start_soon(vm_writes)
     writer = service.consoles.writer
-    with trio.fail_after(20):
-        while service.metrics.console_log_write_errors_total._value.get() < 3:
-            await trio.sleep(0.05)
+    await wait_until(lambda: service.metrics.console_log_write_errors_total._value.get() >= 3,
+                     20)
     await trio.testing.wait_all_tasks_blocked()
     assert not sent.is_set()
     backlog = sum(b.size for b in service._backlogs.values())

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import EsxConnection, SimVM, VMotionNotNow, migrate, random_seq
+from vic.lab.polling import wait_until
 from vspc.console import client as cc
 from vspc.console import protocol as proto
 from vspc.prefixed import PrefixedStream
@@ -129,9 +130,11 @@ async def attach(d: Daemon, vm: SimVM, mode: str = "ro") -> trio.abc.Stream:
 
 
 async def wait_console(d: Daemon, vm: SimVM) -> None:
-    with trio.fail_after(5):
-        while not any(c["uuid"] == vm.canonical_uuid for c in await cc.list_consoles(d.console_endpoint())):
-            await trio.sleep(0.01)
+    async def listed() -> bool:
+        consoles = await cc.list_consoles(d.console_endpoint())
+        return any(c["uuid"] == vm.canonical_uuid for c in consoles)
+
+    await wait_until(listed, 5, what=f"console of {vm.canonical_uuid} listed")
 
 
 async def scrape(d: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -386,8 +389,7 @@ async def test_sigterm_stops_listening_and_drains(tmp_path: Path) -> None:
             assert await read_exactly(viewer, 7) == b"before-"
             d.signal(signal.SIGTERM)
             assert (await d.message()).get("STOPPING") == "1"
-            while not await refused(d.esx_port):  # the listener closes right away
-                await trio.sleep(0.01)
+            await wait_until(lambda: refused(d.esx_port))  # the listener closes right away
             # the live connection still works both ways while draining
             await a.send_console(b"during\xff")
             assert await read_exactly(viewer, 7) == b"during\xff"

@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from vic.lab.esx_sim import ConnectionClosed, EsxConnection, SimVM, migrate, random_seq
+from vic.lab.polling import wait_until
 from vspc.console import client as cc
 from vspc.console import protocol as proto
 from vspc.service import VspcService
@@ -39,9 +40,8 @@ async def attach(service: VspcService, vm: SimVM, mode: str = "ro") -> trio.abc.
 
 
 async def wait_console(service: VspcService, vm: SimVM) -> None:
-    with trio.fail_after(5):
-        while not any(c.key.uuid == vm.canonical_uuid for c in service.consoles.list()):
-            await trio.sleep(0.01)
+    await wait_until(lambda: any(c.key.uuid == vm.canonical_uuid
+                                 for c in service.consoles.list()), 5)
 
 
 async def test_console_bytes_arrive_exactly(vspc: VspcService, nursery: trio.Nursery) -> None:
