@@ -45,6 +45,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from _steal import cpu_ticks, steal_since  # noqa: E402
 
+from vic.lab.polling import wait_until  # noqa: E402
+
 BLOCK = 1 << 20
 
 
@@ -379,8 +381,7 @@ def run_streams(port: int, lsock: socket.socket, n_streams: int, warm: float,
             for _ in range(n_streams):
                 n.start_soon(client, connected)
             with trio.fail_after(120):
-                while len(counts) < n_streams:
-                    await trio.sleep(0.05)
+                await wait_until(lambda: len(counts) >= n_streams, interval=0.05)
             await trio.sleep(warm)
             c0, t0 = list(counts), time.perf_counter()
             await trio.sleep(measure)

@@ -46,6 +46,7 @@ import trio
 
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import EsxConnection, SimVM
+from vic.lab.polling import wait_until
 
 NAME = "vspc_throughput"
 CHUNK = 256 * 1024
@@ -189,8 +190,7 @@ async def run_vspc_log(v: bl.Vspc, payload: bytes, seed: int) -> Run:
         for k in range(0, len(payload), CHUNK):
             await conn.send_console(payload[k : k + CHUNK])
         with trio.fail_after(120):
-            while log_size(v, vm) < len(payload):
-                await trio.sleep(0.002)
+            await wait_until(lambda: log_size(v, vm) >= len(payload), interval=0.002)
         elapsed = time.perf_counter() - t0
         run = Run(elapsed, bl.cpu_seconds(v.pid) - c0, time.process_time() - b0, len(payload))
         await conn.aclose()
@@ -221,9 +221,8 @@ async def run_vspc(v: bl.Vspc, payload: bytes, seed: int) -> Run:
         raise RuntimeError(f"console bytes differ ({len(got)} vs {len(payload)})")
     # The byte-exact log file catches up (written in the background).
     with trio.move_on_after(10):
-        while (size := log_size(v, vm)) < len(payload):
-            await trio.sleep(0.05)
-    run.log_bytes = log_size(v, vm) if size < len(payload) else size
+        await wait_until(lambda: log_size(v, vm) >= len(payload), interval=0.05)
+    run.log_bytes = log_size(v, vm)
     release_log(v, vm)
     return run
 

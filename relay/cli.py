@@ -15,7 +15,7 @@ from relay.config import load_config
 from relay.daemon import RelayDaemon
 from vic.ops import logs, runtime_tuning
 from vic.ops.config import ConfigError
-from vic.ops.daemon import watch_signals
+from vic.ops.daemon import config_error_exit, watch_signals
 from vic.ops.preflight import cert_warnings, probe_hosts
 
 log = logging.getLogger("relay")
@@ -87,7 +87,18 @@ async def _main(daemon: RelayDaemon) -> None:
         nursery.cancel_scope.cancel()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    from vic.cli import main
+def main(argv: list[str] | None = None) -> int:
+    """``python -m relay.cli``: ``vic relay`` without the ``vic`` command (which sits
+    above the programs: it imports them, they do not import it)."""
+    parser = argparse.ArgumentParser(prog="vic relay")
+    configure(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except ConfigError as e:
+        return config_error_exit(e, "vic relay")
+    except KeyboardInterrupt:
+        return 130
 
-    sys.exit(main(["relay", *sys.argv[1:]]))
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -86,7 +86,7 @@ class Endpoint:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as handlers:
             self._handlers = handlers
-            self.links = LinkEndpoint(self, handlers)
+            self.links = LinkEndpoint(self, handlers, self.config.link_tuning.link_config())
             await self.links.apply(self.config)
             await self._start_listeners()
             task_status.started(self)
@@ -184,6 +184,9 @@ class Endpoint:
         who = "" if header is None else (
             f" {wire(header.stream_id or '-')} from {wire(header.host)} vm={wire(header.vm)}")
         log.warning("relayed stream%s rejected: %s", who, wire(reason))
+        self.count_rejected(kind)
+
+    def count_rejected(self, kind: str) -> None:
         self.service.metrics.relayed_streams_total.labels(kind=kind, result="rejected").inc()
 
     async def serve_stream(self, s: trio.abc.Stream, header: OriginHeader,

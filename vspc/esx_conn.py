@@ -20,7 +20,7 @@ import itertools
 import logging
 import select
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
@@ -28,9 +28,7 @@ from vic.ops.wiretext import wire
 from vspc import fastsock
 from vspc.core.esx_session import EsxSession
 from vspc.core.liveness import Liveness
-
-if TYPE_CHECKING:
-    from vspc.service import VspcService
+from vspc.metrics import VspcMetrics
 
 log = logging.getLogger("vspc.esx")
 
@@ -50,6 +48,23 @@ CLOSE_FLUSH_SECONDS = 2.0
 CONTROL_HIGH_WATER = 64 * 1024
 #: A write that makes no progress this long: the peer does not read; close it.
 OUTPUT_STALL_SECONDS = 30.0
+
+
+class ConnectionOwner(Protocol):
+    """What a connection reports to: vspc.service.VspcService (the switchboard's
+    adapter), which decides what each session event means."""
+
+    metrics: VspcMetrics
+
+    async def on_session_event(self, conn: EsxConnection, ev: object) -> None: ...
+
+    async def probe_answered(self, conn: EsxConnection) -> None: ...
+
+    def may_read(self, conn: EsxConnection) -> bool:
+        """Whether the reader may read more (else wait for resume_reading)."""
+        ...
+
+    async def connection_closed(self, conn: EsxConnection) -> None: ...
 
 
 class EsxConnection:
@@ -251,7 +266,7 @@ class EsxConnection:
         if self._closing and self._nursery is not None:
             self._nursery.cancel_scope.cancel()  # flushed: now close
 
-    async def run(self, service: VspcService) -> None:
+    async def run(self, service: ConnectionOwner) -> None:
         """Serve the connection until EOF, error, or the switchboard closes it."""
         try:
             async with trio.open_nursery() as nursery:
@@ -282,7 +297,7 @@ class EsxConnection:
                     log.exception("%r: error while closing", self)
                 await trio.aclose_forcefully(self.stream)
 
-    async def _read_loop(self, service: VspcService) -> None:
+    async def _read_loop(self, service: ConnectionOwner) -> None:
         size = READ_SIZE
         receive_some = fastsock.receiver(self.stream)  # one yield per read, as trio's
         while not self._closing:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import logging
 import ssl
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
 from relay.core.forwarded import PreambleDecoder, PreambleError
 from relay.core.header import OriginHeader
-from relay.link import PeerLink
+from relay.link import LinkConfig, PeerLink
 from relay.linkevents import LinkEvents
 from relay.mesh import vet_accepted
 from relay.peer_config import open_peer_listener
@@ -37,9 +37,6 @@ from vic.ops.listen import listening
 from vic.ops.wiretext import wire
 from vspc.config import EndpointConfig, LinkListen
 from vspc.prefixed import PrefixedStream
-
-if TYPE_CHECKING:
-    from vspc.endpoint import Endpoint
 
 log = logging.getLogger("vspc.links")
 
@@ -54,12 +51,33 @@ class _Run:
     bound: Any = None
 
 
+class RelayedStreams(Protocol):
+    """Where streams accepted over links go: vspc.endpoint.Endpoint, which also
+    serves relayed connections that come without a link."""
+
+    async def vet(self, header: OriginHeader) -> str | None:
+        """Why a relay may not speak for ``header``'s VM, or None."""
+        ...
+
+    def rejected(self, kind: str, reason: str, header: OriginHeader | None = None) -> None:
+        """Log and count a refused stream (the caller closes it)."""
+        ...
+
+    def count_rejected(self, kind: str) -> None:
+        """Count a refused stream that is logged already."""
+        ...
+
+    async def serve_stream(self, s: trio.abc.Stream, header: OriginHeader,
+                           *, log_before_ack: bool = False) -> None: ...
+
+
 class LinkEndpoint:
-    def __init__(self, endpoint: Endpoint, nursery: trio.Nursery) -> None:
+    def __init__(self, endpoint: RelayedStreams, nursery: trio.Nursery,
+                 link_config: LinkConfig) -> None:
         self.endpoint = endpoint
         self._nursery = nursery
         self.config = EndpointConfig()
-        self.table = SessionTable(nursery, endpoint.config.link_tuning.link_config())
+        self.table = SessionTable(nursery, link_config)
         self._runs: list[_Run] = []
         self.forwarded_links: set[PeerLink] = set()
         self.refused = 0
@@ -178,5 +196,4 @@ class _HeaderRefusals(LinkEvents):
         self.links = links
 
     def header_refused(self, reason: str) -> None:
-        self.links.endpoint.service.metrics.relayed_streams_total.labels(
-            kind="?", result="rejected").inc()
+        self.links.endpoint.count_rejected("?")

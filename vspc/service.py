@@ -159,6 +159,7 @@ class VspcService:
         self._secret_source = secret_source
         self._conns: set[EsxConnection] = set()
         self._conns_changed = trio.Event()
+        self._backlog_gone = trio.Event()  # set (and replaced) as each backlog empties
         self._links: dict[PortKey, Link] = {}  # ports whose console has this service's link
         self._deadline_changed = trio.Event()
         self._room: dict[PortKey, trio.Event] = {}
@@ -308,7 +309,7 @@ class VspcService:
                 await self._conns_changed.wait()
         with trio.move_on_after(5.0):
             while self._backlogs:  # console bytes still on their way to the consoles
-                await trio.sleep(0.01)
+                await self._backlog_gone.wait()
             await self.consoles.writer.flush()
         if self._handlers is not None:
             self._handlers.cancel_scope.cancel()
@@ -601,6 +602,8 @@ class VspcService:
             backlog.running = False
             if not backlog.chunks:
                 del self._backlogs[key]
+                self._backlog_gone.set()
+                self._backlog_gone = trio.Event()
             for conn in backlog.paused:
                 conn.resume_reading()
 

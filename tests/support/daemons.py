@@ -36,6 +36,8 @@ from typing import IO, Any
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.waiting import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 30.0
 MiB = 1 << 20
@@ -206,10 +208,9 @@ class Daemon:
 
     async def wait_log(self, text: str, after: int = 0, timeout: float = 30.0) -> int:
         """Until ``text`` appears in the output past offset ``after``; returns its end."""
-        with trio.fail_after(timeout):
-            while (i := self.log_text().find(text, after)) < 0:
-                await trio.sleep(0.05)
-        return i + len(text)
+        await wait_until(lambda: self.log_text().find(text, after) >= 0, timeout,
+                         f"{text!r} in the output", interval=0.05)
+        return self.log_text().find(text, after) + len(text)
 
     async def launch(self, *args: str, stdout: int | IO[bytes] | None = subprocess.STDOUT) -> None:
         """Write the TOML and start ``vic PROGRAM --config FILE ARGS`` (not waiting for

@@ -1,7 +1,8 @@
 """Waiting on an observable condition that has no event to wait on: a file's
 size, a metric, a kernel socket state, a daemon's console list.
 
-One mechanism for the whole test tree. It polls the predicate, and fails with
+The tests' defaults over the one poll, ``vic.lab.polling`` (shared with the
+lab). It polls the predicate, and fails with
 an ``AssertionError`` naming what did not happen if ``timeout`` seconds pass
 first (``timeout=None``: the caller's own ``trio.fail_after`` bounds it). It is
 synchronisation on the condition itself, never on the passing of time; wait on
@@ -14,11 +15,9 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from vic.lab import polling
+
 DEFAULT_TIMEOUT = 10.0
-
-
-def _failure(predicate: object, timeout: float | None, what: str) -> AssertionError:
-    return AssertionError(f"not within {timeout} s: {what or predicate}")
 
 
 async def wait_until(
@@ -29,11 +28,7 @@ async def wait_until(
     interval: float = 0.01,
 ) -> None:
     """Until ``predicate()`` is true (checked at once, then every ``interval``)."""
-    with trio.move_on_after(float("inf") if timeout is None else timeout):
-        while not predicate():
-            await trio.sleep(interval)
-        return
-    raise _failure(predicate, timeout, what)
+    await polling.wait_until(lambda: bool(predicate()), timeout, what=what, interval=interval)
 
 
 async def wait_until_async(
@@ -45,11 +40,11 @@ async def wait_until_async(
 ) -> None:
     """Like ``wait_until`` for a predicate that must be awaited (a metrics scrape,
     a console list over the control socket, a connection attempt)."""
-    with trio.move_on_after(float("inf") if timeout is None else timeout):
-        while not await predicate():
-            await trio.sleep(interval)
-        return
-    raise _failure(predicate, timeout, what)
+
+    async def check() -> bool:
+        return bool(await predicate())
+
+    await polling.wait_until(check, timeout, what=what, interval=interval)
 
 
 async def wait_any(*events: trio.Event) -> None:

@@ -93,9 +93,11 @@ async def attach(d: VspcDaemon, vm: SimVM, mode: str = "ro") -> trio.abc.Stream:
 
 
 async def wait_console(d: VspcDaemon, vm: SimVM) -> None:
-    with trio.fail_after(5):
-        while not any(c["uuid"] == vm.canonical_uuid for c in await cc.list_consoles(d.console_endpoint())):
-            await trio.sleep(0.01)
+    async def listed() -> bool:
+        return any(c["uuid"] == vm.canonical_uuid
+                   for c in await cc.list_consoles(d.console_endpoint()))
+
+    await wait_until_async(listed, 5, "the console is listed", interval=0.01)
 
 
 async def scrape(d: VspcDaemon) -> Samples:

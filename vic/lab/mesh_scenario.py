@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
+import trio.lowlevel
 
 from relay import certs
 from relay.admin import admin_request
@@ -31,6 +32,7 @@ from relay.config import EgressConfig, MetricsConfig, RelayConfig, TcpListener, 
 from relay.daemon import RelayDaemon
 from relay.peer_config import LinkTuning, PeerConfig, PeerListen, PeerRoute, PeerTls
 from vic.lab.cutproxy import CutProxy
+from vic.lab.polling import wait_until
 from vic.lab.relay_scenario import raw_vm
 from vic.lab.report import ConsoleCheck
 from vspc.core.identity import PortKey
@@ -100,19 +102,22 @@ async def run(service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: 
             RelayDaemon(vm_host_config(tls["esx-m1"], proxy.address, admin)).run)
         router = m1.mesh.routers["appliance"]
         progress = [0] * len(VMS)
+        progressed = trio.lowlevel.ParkingLot()  # woken at each VM's next line
         cut_done = trio.Event()
         moved = trio.Event()
 
+        async def all_past(line: int) -> None:
+            while min(progress) < line:
+                await progressed.park()
+
         async def director() -> None:
             """Cut the link once every VM is a third through; move the appliance at two thirds."""
-            while min(progress) < lines // 3:
-                await trio.sleep(0.005)
+            await all_past(lines // 3)
             proxy.cut()
             for i, c in enumerate(checks):
                 c.events.append(f"link esx-m1 -> esx-m2 cut (line {progress[i]})")
             cut_done.set()
-            while min(progress) < 2 * lines // 3:
-                await trio.sleep(0.005)
+            await all_past(2 * lines // 3)
             reply = await admin_request(admin, {"cmd": "route.set", "route": "appliance",
                                                 "address": peer_address(m3),
                                                 "identity": "vic://host/esx-m3"})
@@ -127,6 +132,7 @@ async def run(service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: 
 
             def on_line(line: int) -> None:
                 progress[i] = line
+                progressed.unpark_all()
 
             await raw_vm(service, checks[i], PortKey(VMS[i], "com1"), stream, lines,
                          on_line=on_line, before_typing=moved,
@@ -139,8 +145,7 @@ async def run(service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: 
                     vms.start_soon(vm, i)
         with trio.move_on_after(10):  # the VMs closed: let every stream end cleanly
             await m1.wait_active_at_most(0)
-            while len(links.table):
-                await trio.sleep(0.01)
+            await wait_until(lambda: not len(links.table))
         checks[-1].events.append(
             f"esx-m1's relay opened {router.links_opened} peer links for all {len(VMS)} streams, "
             f"{router.route_changes} route change, {proxy.cuts} cut")

@@ -32,6 +32,7 @@ from relay.config import (
 )
 from relay.daemon import RelayDaemon
 from vic.lab.esx_sim import EsxConnection, SimVM, migrate, random_seq
+from vic.lab.polling import wait_until
 from vic.lab.report import ConsoleCheck
 from vic.lab.vspc_scenario import Gate, console_text
 from vspc.console import client as cc
@@ -56,8 +57,7 @@ def relay_config(
 
 async def attach(service: VspcService, key: PortKey) -> tuple[trio.abc.Stream, bytes]:
     with trio.fail_after(10):
-        while service.consoles.get(key) is None:
-            await trio.sleep(0.01)
+        await wait_until(lambda: service.consoles.get(key) is not None)
     ep = cc.Endpoint(socket=service.config.console.socket)
     stream, _status, rest = await cc.attach(
         ep, proto.AttachRequest(vm=key.uuid, label=key.label, mode="rw", replay=1 << 20, notices=False)
@@ -112,8 +112,8 @@ async def raw_vm(
         check.typed += typed
         await console.send_all(typed)
         with trio.move_on_after(20):
-            while len(vm_in) < len(typed) or len(check.received) < len(check.sent):
-                await trio.sleep(0.01)
+            await wait_until(lambda: len(vm_in) >= len(typed)
+                             and len(check.received) >= len(check.sent))
         check.typed_seen += vm_in
         n.cancel_scope.cancel()
     await trio.aclose_forcefully(stream)
@@ -302,8 +302,7 @@ async def _telnet_through_relays(
             check.sent += data
             await trio.sleep(0.002)
         with trio.move_on_after(10):
-            while len(check.received) < len(check.sent):
-                await trio.sleep(0.01)
+            await wait_until(lambda: len(check.received) >= len(check.sent))
         await ref[0].aclose()
         n.cancel_scope.cancel()
 

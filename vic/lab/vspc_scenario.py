@@ -13,6 +13,7 @@ import random
 import trio
 
 from vic.lab.esx_sim import EsxConnection, SimVM, migrate, random_seq
+from vic.lab.polling import wait_until
 from vic.lab.report import ConsoleCheck
 from vspc.console import client as cc
 from vspc.console import protocol as proto
@@ -52,8 +53,7 @@ async def attach_rw(service: VspcService, vm: SimVM) -> tuple[trio.abc.Stream, b
     """Attach read-write with full replay once the console exists."""
     key = PortKey(vm.canonical_uuid, LABEL)
     with trio.fail_after(10):
-        while service.consoles.get(key) is None:
-            await trio.sleep(0.01)
+        await wait_until(lambda: service.consoles.get(key) is not None)
     ep = cc.Endpoint(socket=service.config.console.socket)
     stream, _status, rest = await cc.attach(
         ep, proto.AttachRequest(vm=vm.canonical_uuid, label=LABEL, mode="rw", replay=1 << 20, notices=False)
@@ -125,9 +125,8 @@ async def run(service: VspcService, *, seed: int, lines: int) -> list[ConsoleChe
             )
             await _aborted(conns["stayer"][0], checks["stayer"], rng)
         with trio.move_on_after(10):
-            for c in checks.values():
-                while len(c.received) < len(c.sent):
-                    await trio.sleep(0.01)
+            await wait_until(lambda: all(len(c.received) >= len(c.sent)
+                                         for c in checks.values()))
         for ref in conns.values():
             await ref[0].aclose()
         nursery.cancel_scope.cancel()
