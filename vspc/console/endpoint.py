@@ -7,6 +7,7 @@ from pathlib import Path
 
 import trio
 
+from vic.ops import tlsctx
 from vic.ops.config import ConfigError
 from vic.ops.listen import listening
 from vic.ops.unixlisten import UnixListener, open_unix_listener
@@ -19,17 +20,14 @@ class EndpointError(ConfigError):
 
 def server_ssl_context(tcp: ConsoleTcpConfig) -> ssl.SSLContext:
     """Server certificate, and client certificates required, signed by ``client_ca``."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        ctx.load_cert_chain(str(tcp.cert), str(tcp.key))
+        ctx = tlsctx.server_context(tcp.cert, tcp.key)
     except (OSError, ssl.SSLError) as e:
         raise EndpointError("console.tcp.cert", f"cannot load {tcp.cert} / {tcp.key}: {e}") from None
     try:
-        ctx.load_verify_locations(cafile=str(tcp.client_ca))
+        tlsctx.require_client_certs(ctx, tcp.client_ca)
     except (OSError, ssl.SSLError) as e:
         raise EndpointError("console.tcp.client-ca", f"cannot load {tcp.client_ca}: {e}") from None
-    ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
