@@ -20,9 +20,7 @@ import argparse
 import inspect
 import json
 import logging
-import os
 import socket
-import stat
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any
 import trio
 
 from relay.route import Route, RouteError, Router
+from vic.ops.unixlisten import open_unix_listener
 from vic.ops.wiretext import wire
 
 log = logging.getLogger("relay.admin")
@@ -51,29 +50,12 @@ class AdminServer:
         self.request_timeout = request_timeout
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Bind the socket (replacing a stale one) and serve until cancelled."""
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            if self.path.exists() and stat.S_ISSOCK(self.path.stat().st_mode):
-                self.path.unlink()
-            old = os.umask(0o177)
-            try:
-                await sock.bind(str(self.path))
-            finally:
-                os.umask(old)
-            os.chmod(self.path, 0o600)
-            sock.listen(16)
-            listener = trio.SocketListener(sock)
-        except BaseException:
-            sock.close()
-            raise
+        """Listen (mode 0600, replacing a stale socket) and serve until cancelled."""
+        listener = await open_unix_listener(self.path, mode=0o600, backlog=16)
         try:
             await trio.serve_listeners(self._handle, [listener], task_status=task_status)
         finally:
-            try:
-                self.path.unlink()
-            except FileNotFoundError:
-                pass
+            listener.close()
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         try:

@@ -21,6 +21,7 @@ import trio
 from relay.config import EgressConfig, TlsConfig
 from relay.core.header import OriginHeader, encode_header
 from relay.core.hybrid import HybridReplyParser, connect_request
+from vic.ops import tlsctx
 
 HANDSHAKE_READ = 256
 
@@ -42,10 +43,7 @@ def client_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
     """One context per TLS config (contexts are costly to build and hold)."""
     ctx = _ssl_contexts.get(tls)
     if ctx is None:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        if tls.cert is not None and tls.key is not None:
-            ctx.load_cert_chain(str(tls.cert), str(tls.key))
+        ctx = tlsctx.client_context(ca=tls.ca, cert=tls.cert, key=tls.key, keylog=True)
         _ssl_contexts[tls] = ctx
     return ctx
 

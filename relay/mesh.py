@@ -38,7 +38,13 @@ from relay.core.hybrid import HybridError
 from relay.egress import hybrid_connect
 from relay.link import LinkConfig
 from relay.linkevents import NO_EVENTS, LinkEvents
-from relay.peer_config import PeerConfig, PeerListen, open_peer_listener, parse_forward
+from relay.peer_config import (
+    PeerConfig,
+    PeerListen,
+    bound_address,
+    open_peer_listener,
+    parse_forward,
+)
 from relay.peering import LinkServer, accept_tls
 from relay.pump import pump
 from relay.resumable import Accepted, ResumableStream, SessionTable
@@ -259,7 +265,7 @@ class Mesh:
         try:
             with run.scope:
                 listener = await open_peer_listener(pl.address)
-                run.bound = listener.socket.getsockname()
+                run.bound = bound_address(listener)
                 files = self.config.tls.files() if (pl.tls and self.config.tls) else None
                 if pl.forward:
                     ctx = tlsmod.server_context(files) if files is not None else None

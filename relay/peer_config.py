@@ -44,7 +44,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeAlias
 
 import trio
 
@@ -54,6 +54,7 @@ from relay.route import Route, RouteError, is_trusted_address, parse_address
 from relay.tls import TlsFiles, client_context
 from relay.vsphere_route import VCenter
 from vic.ops.config import ConfigError, require
+from vic.ops.unixlisten import UnixListener, open_unix_listener
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -248,18 +249,18 @@ class PeerConfig:
         return {name: r.route(name) for name, r in self.routes.items()}
 
 
-async def open_peer_listener(address: str, backlog: int = 128) -> trio.SocketListener:
+PeerListener: TypeAlias = trio.SocketListener | UnixListener
+
+
+async def open_peer_listener(address: str, backlog: int = 128) -> PeerListener:
     """A listener for ``tcp:HOST:PORT``, ``unix:PATH`` or ``vsock:CID:PORT``."""
     kind, where = parse_address(address)
+    if kind == "unix":
+        return await open_unix_listener(where, mode=None, backlog=backlog)
     if kind == "tcp":
         fam = socket.AF_INET6 if ":" in where[0] else socket.AF_INET
         sock = trio.socket.socket(fam, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    elif kind == "unix":
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        p = trio.Path(where)
-        if await p.is_socket():
-            await p.unlink()
     else:
         sock = trio.socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     try:
@@ -269,3 +270,11 @@ async def open_peer_listener(address: str, backlog: int = 128) -> trio.SocketLis
         sock.close()
         raise
     return trio.SocketListener(sock)
+
+
+def bound_address(listener: PeerListener) -> Any:
+    """Where a peer listener can be reached: its TCP or vsock address, or its Unix path
+    (a Unix socket's own name is the temporary one it was bound under)."""
+    if isinstance(listener, UnixListener):
+        return str(listener.path)
+    return listener.socket.getsockname()

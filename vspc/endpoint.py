@@ -23,13 +23,13 @@ import logging
 from typing import Any
 
 import trio
-import trio.lowlevel
 
 from relay.core.header import HeaderDecoder, HeaderError, OriginHeader, check_identity
 from relay.mesh import HOST_PREFIX
 from relay.route import is_loopback_host
 from relay.tls import PeerIdentityError, peer_identity
 from vic.ops.listen import listening
+from vic.ops.unixlisten import open_unix_listener
 from vic.ops.wiretext import wire
 from vspc.config import EndpointConfig, VspcConfig
 from vspc.console.hub import Console
@@ -77,6 +77,7 @@ class Endpoint:
         self.config: EndpointConfig = service.config.endpoint
         self.tcp_port: int | None = None
         self._scope: trio.CancelScope | None = None
+        self._served = trio.Event()
         self._handlers: trio.Nursery | None = None
         self.links: LinkEndpoint | None = None
         self.placement = _placement(self.config)
@@ -106,19 +107,24 @@ class Endpoint:
                 listeners += tcp
         if cfg.unix is not None:
             with listening("endpoint.unix", where=str(cfg.unix)):
-                listeners.append(await _unix_listener(str(cfg.unix)))
+                listeners.append(await open_unix_listener(cfg.unix, mode=0o660, backlog=1024))
         if not listeners:
             return
         self._scope = trio.CancelScope()
-        self._handlers.start_soon(self._serve, listeners, self._scope)
+        self._served = trio.Event()
+        self._handlers.start_soon(self._serve, listeners, self._scope, self._served)
         log.info("endpoint listening: tcp=%s unix=%s", self.tcp_port, cfg.unix)
         if cfg.host is not None and not cfg.relay_certificates() and not is_loopback_host(cfg.host):
             log.warning("endpoint on %s:%s takes unauthenticated relays (insecure = true): anyone "
                         "who reaches it speaks for any VM", cfg.host, self.tcp_port)
 
-    async def _serve(self, listeners: list[trio.abc.Listener[Any]], scope: trio.CancelScope) -> None:
-        with scope:
-            await trio.serve_listeners(self.handle, listeners, handler_nursery=self._handlers)
+    async def _serve(self, listeners: list[trio.abc.Listener[Any]], scope: trio.CancelScope,
+                     served: trio.Event) -> None:
+        try:
+            with scope:
+                await trio.serve_listeners(self.handle, listeners, handler_nursery=self._handlers)
+        finally:
+            served.set()  # listeners closed: the Unix path is free for the next ones
 
     async def reload(self, config: VspcConfig) -> None:
         if config.endpoint == self.config:
@@ -136,7 +142,7 @@ class Endpoint:
             return
         if self._scope is not None:
             self._scope.cancel()
-            await trio.lowlevel.checkpoint()
+            await self._served.wait()
         self.config = config.endpoint
         await self._start_listeners()
 
@@ -329,15 +335,3 @@ def _placement(cfg: EndpointConfig) -> Placement | None:
     return Placement(cfg.vcenter) if cfg.vcenter is not None else None
 
 
-async def _unix_listener(path: str) -> trio.SocketListener:
-    import os
-
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    await sock.bind(path)
-    os.chmod(path, 0o660)
-    sock.listen(1024)
-    return trio.SocketListener(sock)

@@ -29,7 +29,7 @@ from relay.core.header import OriginHeader
 from relay.link import LinkConfig, PeerLink
 from relay.linkevents import LinkEvents
 from relay.mesh import vet_accepted
-from relay.peer_config import open_peer_listener
+from relay.peer_config import bound_address, open_peer_listener
 from relay.peering import LinkServer
 from relay.resumable import Accepted, SessionTable
 from vic.ops.config import ConfigError
@@ -124,7 +124,7 @@ class LinkEndpoint:
         run = _Run(ln)
         with run.scope:
             listener = await open_peer_listener(ln.address)
-            run.bound = listener.socket.getsockname()
+            run.bound = bound_address(listener)
             if ln.forwarded:
                 handler = self._forwarded
             else:

@@ -35,6 +35,7 @@ from typing import Any
 
 import trio
 
+from vic.ops import tlsctx
 from vic.ops.config import ConfigError
 from vic.ops.listen import listening
 from vic.ops.metrics_http import serve_metrics
@@ -108,12 +109,7 @@ def _gc_policy() -> Iterator[None]:
 
 def server_ssl_context(cert: os.PathLike[str] | str, key: os.PathLike[str] | str,
                        client_ca: os.PathLike[str] | str | None = None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    if client_ca is not None:
-        ctx.load_verify_locations(client_ca)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+    return tlsctx.server_context(cert, key, client_ca=client_ca, keylog=True)
 
 
 @dataclass(eq=False)

@@ -46,6 +46,8 @@ class IngressSink(Protocol):
 
     def backoff(self) -> Backoff: ...
 
+# listen() backlog of ingress sockets: thousands of VMs may connect at once
+BACKLOG = 4096
 # accept() errors that mean "out of resources for a moment", not "listener broken".
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # accept() errors about one connection that died in the backlog.

@@ -11,8 +11,8 @@ from typing import Any
 import trio
 
 from relay.config import HvsockListener
-from relay.ingress import IngressSink, Origin, accept_loop
-from relay.ingress.unixsock import bind_unix, unlink_if_ours
+from relay.ingress import BACKLOG, IngressSink, Origin, accept_loop
+from vic.ops.unixlisten import open_unix_listener
 
 log = logging.getLogger("relay.ingress.hvsock")
 
@@ -21,7 +21,7 @@ async def serve(
     cfg: HvsockListener, sink: IngressSink, *, task_status: Any = trio.TASK_STATUS_IGNORED
 ) -> None:
     path = cfg.socket_path
-    sock, ino = await bind_unix(path)
+    listener = await open_unix_listener(path, mode=0o660, backlog=BACKLOG)
     try:
         task_status.started(str(path))
         log.info("route=%s vm=%s listening on %s (guest port %d)", cfg.name, cfg.vm, path, cfg.port)
@@ -30,7 +30,6 @@ async def serve(
         async def on_accept(conn: trio.socket.SocketType, addr: Any) -> None:
             await sink.dispatch(trio.SocketStream(conn), origin)
 
-        await accept_loop(sock, cfg.name, on_accept)
+        await accept_loop(listener.socket, cfg.name, on_accept)
     finally:
-        sock.close()
-        unlink_if_ours(path, ino)
+        listener.close()

@@ -23,8 +23,8 @@ from typing import Any
 import trio
 
 from relay.config import PipeListener
-from relay.ingress import IngressSink, Origin, accept_loop, wait_done
-from relay.ingress.unixsock import bind_unix, unlink_if_ours
+from relay.ingress import BACKLOG, IngressSink, Origin, accept_loop, wait_done
+from vic.ops.unixlisten import open_unix_listener
 
 log = logging.getLogger("relay.ingress.pipe")
 
@@ -45,7 +45,7 @@ def _origin(cfg: PipeListener) -> Origin:
 
 
 async def _listen(cfg: PipeListener, sink: IngressSink, task_status: Any) -> None:
-    sock, ino = await bind_unix(cfg.path)
+    listener = await open_unix_listener(cfg.path, mode=0o660, backlog=BACKLOG)
     try:
         task_status.started(str(cfg.path))
         log.info("route=%s vm=%s listening on %s", cfg.name, cfg.vm, cfg.path)
@@ -54,10 +54,9 @@ async def _listen(cfg: PipeListener, sink: IngressSink, task_status: Any) -> Non
         async def on_accept(conn: trio.socket.SocketType, addr: Any) -> None:
             await sink.dispatch(trio.SocketStream(conn), origin)
 
-        await accept_loop(sock, cfg.name, on_accept)
+        await accept_loop(listener.socket, cfg.name, on_accept)
     finally:
-        sock.close()
-        unlink_if_ours(cfg.path, ino)
+        listener.close()
 
 
 async def _connect(cfg: PipeListener, sink: IngressSink, task_status: Any) -> None:

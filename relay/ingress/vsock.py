@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 from relay.config import VsockListener
-from relay.ingress import IngressSink, Origin, accept_loop
+from relay.ingress import BACKLOG, IngressSink, Origin, accept_loop
 
 log = logging.getLogger("relay.ingress.vsock")
 
@@ -26,7 +26,7 @@ def identify(cids: dict[int, str], allow_unknown: bool, cid: int) -> str | None:
     return f"cid-{cid}" if allow_unknown else None
 
 
-async def bind_vsock(cid: int, port: int, backlog: int = 4096) -> trio.socket.SocketType:
+async def bind_vsock(cid: int, port: int, backlog: int = BACKLOG) -> trio.socket.SocketType:
     sock = trio.socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     try:
         await sock.bind((cid, port))

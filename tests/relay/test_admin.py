@@ -96,3 +96,23 @@ async def test_vic_relay_route_cli(tmp_path: Path) -> None:
             r = await trio.to_thread.run_sync(vic, "show", "--admin-socket", str(tmp_path / "no"))
             assert r.returncode == 1 and "cannot reach" in r.stderr
             n.cancel_scope.cancel()
+
+
+async def test_second_admin_server_refuses_a_live_socket(tmp_path: Path) -> None:
+    """Two relays given one admin-socket: the second refuses, the first keeps serving."""
+    sock = tmp_path / "a.sock"
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            router = Router(Route("tcp:127.0.0.1:9", tls=False), n)
+            await n.start(AdminServer(sock, route_commands(lambda: {"r": router})).serve)
+            second = AdminServer(sock, route_commands(lambda: {"r": router}))
+            try:
+                await n.start(second.serve)
+            except OSError as e:
+                assert "in use" in str(e)
+            else:
+                raise AssertionError("the second admin server took a live socket")
+            reply = await admin_request(sock, {"cmd": "route.show"})
+            assert "r" in reply["routes"]
+            n.cancel_scope.cancel()
+    assert not sock.exists()  # removed when the first one stopped

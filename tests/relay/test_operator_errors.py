@@ -177,3 +177,24 @@ def test_unloadable_peer_certificate_names_peer_tls(tmp_path: Path, check: bool)
     cfg.write_text(MINIMAL + NO_METRICS + _peer(tmp_path, "tcp:127.0.0.1:0"))  # files hold "x"
     line = assert_one_line(vic_relay(cfg, *(["--check"] if check else [])), "peer.tls")
     assert "cannot load" in line
+
+
+@pytest.mark.parametrize("leftover", ["live socket", "regular file"])
+def test_pipe_path_taken_names_the_key_and_is_kept(tmp_path: Path, leftover: str) -> None:
+    """Another listener's live socket, or a file: exit 2 naming the key, nothing deleted."""
+    where = tmp_path / "p.sock"
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text(MINIMAL + NO_METRICS + f'[[pipe]]\nname = "p"\nvm = "v"\npath = "{where}"\n')
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        if leftover == "live socket":
+            other.bind(str(where))
+            other.listen()
+        else:
+            where.write_text("precious")
+        line = assert_one_line(vic_relay(cfg), "pipe[0].path")
+        if leftover == "live socket":
+            assert "in use" in line
+            other.settimeout(5)
+            other.accept()[0].close()  # the probe reached the live listener: it is still there
+        else:
+            assert "not a socket" in line and where.read_text() == "precious"

@@ -47,6 +47,7 @@ port = 0
 [endpoint]
 {endpoint}
 [console]
+socket = "{tmp_path}/c.sock"
 log-dir = "{tmp_path}/d1/d2/logs"
 [metrics]
 host = "127.0.0.1"

@@ -133,3 +133,17 @@ def test_unloadable_certificate_names_its_table(tmp_path: Path, table: str, chec
                    else base(tmp_path, endpoint=f'host = "127.0.0.1"\nport = 0\n{tls}'))
     line = assert_one_line(vic_vspc(cfg, *(["--check"] if check else [])), f"{table}.tls")
     assert "cannot load" in line
+
+
+@pytest.mark.parametrize("which", ["endpoint", "link"])
+def test_unix_path_holding_a_file_is_refused_intact(tmp_path: Path, which: str) -> None:
+    """A regular file where a Unix socket goes: exit 2 naming the key, the file kept."""
+    there = tmp_path / "e.sock"
+    there.write_text("precious")
+    cfg = tmp_path / "vspc.toml"
+    cfg.write_text(base(tmp_path, endpoint={
+        "endpoint": f'unix = "{there}"',
+        "link": f'[[endpoint.link]]\naddress = "unix:{there}"\ntls = false'}[which]))
+    key = {"endpoint": "endpoint.unix", "link": "endpoint.link[0].address"}[which]
+    assert "not a socket" in assert_one_line(vic_vspc(cfg), key)
+    assert there.read_text() == "precious"

@@ -35,6 +35,7 @@ from vic.lab.esx_sim import EsxConnection, SimVM, migrate, random_seq
 from vic.lab.polling import wait_until
 from vic.lab.report import ConsoleCheck
 from vic.lab.vspc_scenario import Gate, console_text
+from vic.ops.unixlisten import open_unix_listener
 from vspc.console import client as cc
 from vspc.console import protocol as proto
 from vspc.core.identity import PortKey
@@ -133,7 +134,7 @@ async def run(
         tcp_vm_listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
         tcp_vm_port = tcp_vm_listener.socket.getsockname()[1]
         pipe_vm_path = d / "vm-pipe-server.sock"
-        pipe_vm_listener = await _unix_listener(pipe_vm_path)
+        pipe_vm_listener = await open_unix_listener(pipe_vm_path, mode=None, backlog=16)
         master, slave = os.openpty()
         tty.setraw(master)
         tty.setraw(slave)
@@ -305,10 +306,3 @@ async def _telnet_through_relays(
             await wait_until(lambda: len(check.received) >= len(check.sent))
         await ref[0].aclose()
         n.cancel_scope.cancel()
-
-
-async def _unix_listener(path: Path) -> trio.SocketListener:
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    await sock.bind(str(path))
-    sock.listen(16)
-    return trio.SocketListener(sock)

@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from vic.ops import tlsctx
 from vspc.console import protocol as proto
 
 
@@ -35,11 +36,7 @@ class Endpoint:
 
 
 def client_ssl_context(ep: Endpoint) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ep.ca) if ep.ca else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if ep.cert is not None:
-        ctx.load_cert_chain(str(ep.cert), str(ep.key) if ep.key else None)
-    return ctx
+    return tlsctx.client_context(ca=ep.ca, cert=ep.cert, key=ep.key, keylog=True)
 
 
 async def connect(ep: Endpoint) -> trio.abc.Stream:

@@ -12,11 +12,12 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
+from vic.ops.unixlisten import UnixListener
 from vic.ops.wiretext import wire
 from vspc import fastsock
 from vspc.console import protocol as proto
 from vspc.console.config import ConsoleConfig
-from vspc.console.endpoint import EndpointError, UnixListener, open_tcp, server_ssl_context
+from vspc.console.endpoint import EndpointError, open_tcp, open_unix, server_ssl_context
 from vspc.console.history import DiskConsole, scan
 from vspc.console.hub import Client, Console, ConsoleBusy, ConsoleInfo, Hub
 from vspc.console.logwriter import LogSettings, LogWriter
@@ -213,12 +214,11 @@ class ConsoleService:
                     ctx = server_ssl_context(config.tcp)
                     tcp_listeners = await open_tcp(config.tcp)
                 if config.socket is not None:
-                    unix = UnixListener(config.socket, config.socket_mode)
-                    await unix.open()
+                    unix = await open_unix(config.socket, config.socket_mode)
                 self.tcp_addresses = [lst.socket.getsockname()[:2] for lst in tcp_listeners]
                 async with trio.open_nursery() as n:
-                    if unix is not None and unix.listener is not None:
-                        n.start_soon(self._accept_loop, unix.listener, None)
+                    if unix is not None:
+                        n.start_soon(self._accept_loop, unix, None)
                         log.info("console endpoint: unix %s (mode %o)", config.socket, config.socket_mode)
                     for lst in tcp_listeners:
                         n.start_soon(self._accept_loop, lst, ctx)
@@ -233,7 +233,8 @@ class ConsoleService:
             self.tcp_addresses = []
             done.set()
 
-    async def _accept_loop(self, listener: trio.SocketListener, ctx: ssl.SSLContext | None) -> None:
+    async def _accept_loop(self, listener: trio.abc.Listener[trio.SocketStream],
+                           ctx: ssl.SSLContext | None) -> None:
         while True:
             try:
                 stream = await listener.accept()

@@ -1,0 +1,75 @@
+"""TLS contexts: one server builder and one client builder for every program.
+
+What differs between the programs' contexts is an argument here, nothing else:
+the version range (peer links speak TLS 1.3 only, the rest 1.2 and up),
+whether the server asks for client certificates (it does when given the CA that
+signs them), the CA a client trusts (the system store when none is given),
+whether a client checks the host name (peer links name peers by identity, not
+address), session tickets, and whether ``SSLKEYLOGFILE`` is honoured (as
+``ssl.create_default_context`` does; the contexts that came from it keep doing
+so). Both start from ``ssl.SSLContext`` with Python's defaults (compression and
+SSLv2/3 off; ``OP_NO_COMPRESSION`` kept explicit).
+
+Files that cannot be loaded raise ``OSError``/``ssl.SSLError``, for the caller
+to name its config key.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+
+PathLike = str | os.PathLike[str]
+TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
+NEWEST = ssl.TLSVersion.MAXIMUM_SUPPORTED
+
+
+def server_context(cert: PathLike, key: PathLike, *, client_ca: PathLike | None = None,
+                   min_version: ssl.TLSVersion = TLS12, max_version: ssl.TLSVersion = NEWEST,
+                   tickets: int | None = None, keylog: bool = False) -> ssl.SSLContext:
+    """A server presenting ``cert``; with ``client_ca``, clients must show a certificate
+    it signed. ``tickets``: how many session tickets to send (None: OpenSSL's default)."""
+    ctx = _new(ssl.PROTOCOL_TLS_SERVER, min_version, max_version, keylog)
+    ctx.load_cert_chain(os.fspath(cert), os.fspath(key))
+    if client_ca is not None:
+        require_client_certs(ctx, client_ca)
+    if tickets is not None:
+        ctx.num_tickets = tickets
+    return ctx
+
+
+def require_client_certs(ctx: ssl.SSLContext, client_ca: PathLike) -> None:
+    """Make server ``ctx`` require client certificates signed by ``client_ca`` (apart
+    from ``server_context`` for a caller that names each file's config key)."""
+    ctx.load_verify_locations(cafile=os.fspath(client_ca))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+
+
+def client_context(*, ca: PathLike | None = None, cert: PathLike | None = None,
+                   key: PathLike | None = None, check_hostname: bool = True,
+                   min_version: ssl.TLSVersion = TLS12,
+                   max_version: ssl.TLSVersion = NEWEST, keylog: bool = False) -> ssl.SSLContext:
+    """A client verifying the server against ``ca`` (the system store when None), by
+    host name unless ``check_hostname`` is off; ``cert``/``key`` for mutual TLS."""
+    ctx = _new(ssl.PROTOCOL_TLS_CLIENT, min_version, max_version, keylog)
+    ctx.check_hostname = check_hostname
+    if ca is not None:
+        ctx.load_verify_locations(cafile=os.fspath(ca))
+    else:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    if cert is not None:
+        ctx.load_cert_chain(os.fspath(cert), os.fspath(key) if key is not None else None)
+    return ctx
+
+
+def _new(protocol: ssl._SSLMethod, min_version: ssl.TLSVersion,
+         max_version: ssl.TLSVersion, keylog: bool) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(protocol)  # CERT_REQUIRED and check_hostname for a client
+    ctx.minimum_version = min_version
+    ctx.maximum_version = max_version
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    keylog_file = os.environ.get("SSLKEYLOGFILE") if keylog else None
+    if keylog_file and not sys.flags.ignore_environment:
+        ctx.keylog_filename = keylog_file
+    return ctx
