@@ -539,7 +539,11 @@ async def test_vmotion_answer_timed_by_kernel_arrival(listener: trio.SocketListe
         (kernel,) = c.stats.begin_kernel_latencies
         (receipt,) = c.stats.begin_receipt_latencies
         assert receipt >= busy
-        assert 0 < kernel < busy <= receipt
+        # The answer reached the kernel as it was written, before the busy loop:
+        # the reader saw it at least ``busy`` later. (Compared with each other, not
+        # with ``busy`` alone: how long this loaded host takes to schedule the
+        # simulated vSPC task before the write is not the point.)
+        assert 0 < kernel and receipt - kernel >= 0.9 * busy
         assert not c.violations
         await c.aclose()
 
