@@ -50,6 +50,7 @@ from vspc.core.identity import DEFAULT_LABEL, PortKey, canonical_uuid
 from vspc.core.liveness import Due, LivenessPolicy, LivenessTable
 from vspc.esx_conn import CLOSE_FLUSH_SECONDS, EsxConnection, peer_gone
 from vspc.metrics import VspcMetrics
+from vspc.telnet import vmware as ext
 
 log = logging.getLogger("vspc")
 
@@ -415,12 +416,12 @@ class VspcService:
         now = trio.current_time()
         if isinstance(ev, es.ConsoleData):
             await self._execute(self.board.from_vm(conn, ev.data))
-        elif isinstance(ev, es.VMotionBegin):
+        elif isinstance(ev, ext.VMotionBegin):
             secret = self._secret_source(self.config.vmotion.secret_bytes)
             await self._execute(self.board.begin(conn, ev.seq, secret, now),
                                 received=conn.received_at, answer_on=conn)
             self._deadline_changed.set()
-        elif isinstance(ev, es.VMotionPeer):
+        elif isinstance(ev, ext.VMotionPeer):
             actions = self.board.peer(conn, ev.cookie, now)
             await self._execute(actions, answer_on=conn)
             if self.board.port_of(conn) is not None:
@@ -429,17 +430,17 @@ class VspcService:
             if any(isinstance(a, sb.PortEvent) and a.kind is sb.EventKind.PEER_REFUSED
                    and a.conn is conn for a in actions):
                 self._peer_refused(conn)
-        elif isinstance(ev, es.VMotionComplete):
+        elif isinstance(ev, ext.VMotionComplete):
             await self._execute(self.board.complete(conn, ev.seq, now))
             self._deadline_changed.set()
-        elif isinstance(ev, es.VMotionAbort):
+        elif isinstance(ev, ext.VMotionAbort):
             await self._execute(self.board.abort(conn, now))
         elif isinstance(ev, es.ProxyRequested):
             if ev.label and conn.label is None:
                 conn.label = ev.label
             log.info("%r: DO-PROXY %s %s -> %s", conn, ev.direction, wire(ev.uri),
                      "WILL" if ev.accepted else "WONT")
-        elif isinstance(ev, es.VmName):
+        elif isinstance(ev, ext.VmName):
             conn.vm_name = ev.name
             key = self.board.port_of(conn)
             if key is not None:

@@ -12,11 +12,6 @@ from vspc.core.esx_session import (
     ProtocolViolation,
     ProxyRequested,
     SessionEvent,
-    VmName,
-    VMotionAbort,
-    VMotionBegin,
-    VMotionComplete,
-    VMotionPeer,
     VmUuid,
 )
 from vspc.telnet import codec
@@ -36,6 +31,7 @@ from vspc.telnet.codec import (
     Subnegotiation,
     TelnetParser,
 )
+from vspc.telnet.vmware import VmName, VMotionAbort, VMotionBegin, VMotionComplete, VMotionPeer
 
 RAW_UUID = "42 1d 2a 3b 4c 5d 6e 7f-80 91 a2 b3 c4 d5 e6 f7"
 KEY = "421d2a3b4c5d6e7f8091a2b3c4d5e6f7"

@@ -72,6 +72,7 @@ from vspc.telnet import codec
 from vspc.telnet import vmware as ext
 from vspc.telnet.codec import BINARY, DO, SGA, TIMING_MARK, VMWARE_EXT, WILL, WONT
 from vspc.telnet.options import OptionNegotiator
+from vspc.telnet.vmware import VmName, VMotionAbort, VMotionBegin, VMotionComplete, VMotionPeer
 
 ProxyRule = Callable[[str, str], bool]
 
@@ -113,11 +114,6 @@ class VmUuid:
 
 
 @dataclass(frozen=True, slots=True)
-class VmName:
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
 class ProxyRequested:
     """DO-PROXY; ``accepted`` says whether we answered WILL-PROXY."""
 
@@ -125,30 +121,6 @@ class ProxyRequested:
     uri: str
     label: str | None
     accepted: bool
-
-
-@dataclass(frozen=True, slots=True)
-class VMotionBegin:
-    """Source ESX: answer at once with :meth:`EsxSession.goahead` or ``notnow``."""
-
-    seq: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class VMotionPeer:
-    """Destination ESX: ``cookie`` is seq + secret (no delimiter)."""
-
-    cookie: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class VMotionComplete:
-    seq: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class VMotionAbort:
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,14 +302,8 @@ class EsxSession:
             self._violate(str(e))
             return
         events = self._events
-        if isinstance(cmd, ext.VMotionBegin):
-            events.append(VMotionBegin(cmd.seq))
-        elif isinstance(cmd, ext.VMotionPeer):
-            events.append(VMotionPeer(cmd.cookie))
-        elif isinstance(cmd, ext.VMotionComplete):
-            events.append(VMotionComplete(cmd.seq))
-        elif isinstance(cmd, ext.VMotionAbort):
-            events.append(VMotionAbort())
+        if isinstance(cmd, VMotionBegin | VMotionPeer | VMotionComplete | VMotionAbort):
+            events.append(cmd)  # the decoded command is the event: one class each
         elif isinstance(cmd, ext.KnownSuboptions):
             if cmd.proxy:  # KNOWN-SUBOPTIONS-2 is the proxy's to send
                 self._send(ext.UnknownSuboptionRcvd(ext.KNOWN_SUBOPTIONS_2))
@@ -362,7 +328,7 @@ class EsxSession:
             events.append(VmUuid(cmd.uuid, key))
         elif isinstance(cmd, ext.VmName):
             self.name = cmd.name
-            events.append(VmName(cmd.name))
+            events.append(cmd)
         elif isinstance(cmd, ext.DoProxy):
             label = label_from_uri(cmd.uri)
             if label is not None and not is_label(label):

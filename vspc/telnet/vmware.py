@@ -129,6 +129,11 @@ class UnknownSuboptionRcvd:
 
 @dataclass(frozen=True, slots=True)
 class VMotionBegin:
+    """Source ESX: the vSPC answers at once with GOAHEAD or NOTNOW.
+
+    Also the :class:`~vspc.core.esx_session.EsxSession` event for it (one class for both).
+    """
+
     seq: bytes
 
 
@@ -151,7 +156,7 @@ class VMotionNotNow:
 
 @dataclass(frozen=True, slots=True)
 class VMotionPeer:
-    """Sent by the destination ESX: ``seq + secret`` as one opaque cookie."""
+    """Sent by the destination ESX: ``seq + secret`` as one opaque cookie (no delimiter)."""
 
     cookie: bytes
 
