@@ -16,6 +16,7 @@ from relay.daemon import RelayDaemon
 from vic.ops import logs, runtime_tuning
 from vic.ops.config import ConfigError
 from vic.ops.daemon import config_error_exit, watch_signals
+from vic.ops.excgroups import first_of
 from vic.ops.preflight import cert_warnings, probe_hosts
 
 log = logging.getLogger("relay")
@@ -61,22 +62,11 @@ def run(args: argparse.Namespace) -> int:
     except BaseExceptionGroup as eg:
         # A listener that cannot bind at start-up is reported like a config error:
         # one line naming the listener, exit 2 (vic.cli prints it).
-        err = _first(eg, ConfigError)
+        err = first_of(eg, ConfigError)
         if err is not None:
             raise err from None
         raise
     return 0
-
-
-def _first(eg: BaseExceptionGroup[BaseException], kind: type[ConfigError]) -> ConfigError | None:
-    for e in eg.exceptions:
-        if isinstance(e, kind):
-            return e
-        if isinstance(e, BaseExceptionGroup):
-            found = _first(e, kind)
-            if found is not None:
-                return found
-    return None
 
 
 async def _main(daemon: RelayDaemon) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import trio
 
 from vic.ops import config as cfgmod
-from vic.ops import logs, runtime_tuning, sdnotify
+from vic.ops import excgroups, logs, runtime_tuning, sdnotify
 from vic.ops.daemon import watch_signals
 from vic.ops.preflight import cert_warnings, probe_hosts
 from vspc.config import VspcConfig
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     except BaseExceptionGroup as eg:
         # A listener that cannot be opened at start-up is a configuration problem:
         # one line naming the key (vic.cli prints it, exit status 2).
-        leaves = _leaves(eg)
+        leaves = excgroups.leaves(eg)
         if leaves and all(isinstance(e, cfgmod.ConfigError) for e in leaves):
             raise leaves[0] from None
         raise
@@ -76,12 +76,6 @@ def _check_tls(config: VspcConfig) -> None:
             raise cfgmod.ConfigError(key, f"cannot load the certificates: {why}") from None
     if config.endpoint.link_tls is not None:
         config.endpoint.link_tls.check_loads("endpoint.link-tls")
-
-
-def _leaves(eg: BaseException) -> list[BaseException]:
-    if isinstance(eg, BaseExceptionGroup):
-        return [leaf for sub in eg.exceptions for leaf in _leaves(sub)]
-    return [eg]
 
 
 def _status(service: object) -> str:

@@ -24,6 +24,7 @@ from typing import Protocol
 
 import trio
 
+from vic.ops.excgroups import first_leaf
 from vic.ops.wiretext import wire
 from vspc import fastsock
 from vspc.core.esx_session import EsxSession
@@ -279,12 +280,12 @@ class EsxConnection:
                 if not self._closing or not self._writing:
                     nursery.cancel_scope.cancel()  # EOF, or closing with nothing to flush
         except* (trio.BrokenResourceError, trio.ClosedResourceError) as eg:
-            log.info("%r: connection lost: %s", self, _first(eg))
+            log.info("%r: connection lost: %s", self, first_leaf(eg))
         except* OSError as eg:
-            log.info("%r: connection error: %s", self, _first(eg))
+            log.info("%r: connection error: %s", self, first_leaf(eg))
         except* Exception as eg:  # a bug must cost this connection only
             log.error("%r: internal error, closing the connection", self,
-                      exc_info=_first(eg))
+                      exc_info=first_leaf(eg))
             service.metrics.protocol_errors_total.labels(where="internal").inc()
         finally:
             self._closing = True
@@ -340,10 +341,3 @@ def peer_gone(stream: trio.abc.Stream) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
     return bool(poller.poll(0))
-
-
-def _first(eg: BaseExceptionGroup[BaseException]) -> BaseException:
-    e: BaseException = eg
-    while isinstance(e, BaseExceptionGroup):
-        e = e.exceptions[0]
-    return e

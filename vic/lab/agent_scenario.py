@@ -45,6 +45,7 @@ from relay.config import HvsockListener, SerialListener
 from relay.daemon import RelayDaemon
 from vic.lab.relay_scenario import relay_config
 from vic.lab.report import ConsoleCheck
+from vic.ops.excgroups import unwrap_single
 from vspc.console import client as cc
 from vspc.console import protocol as proto
 from vspc.core.identity import PortKey
@@ -433,8 +434,7 @@ async def run_vm(
 
 
 def _describe(e: BaseException) -> str:
-    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
-        e = e.exceptions[0]
+    e = unwrap_single(e)
     text = str(e)
     if isinstance(e, subprocess.CalledProcessError) and e.stderr:
         text += ": " + e.stderr.decode(errors="replace").strip()

@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
+from vic.ops.excgroups import first_leaf
 from vic.ops.unixlisten import UnixListener
 from vic.ops.wiretext import wire
 from vspc import fastsock
@@ -151,7 +152,7 @@ class ConsoleService:
         except BaseExceptionGroup as eg:
             match, rest = eg.split(EndpointError)
             if match is not None and rest is None:
-                raise _first_leaf(match) from None
+                raise first_leaf(match) from None
             raise
         finally:
             self._nursery = None
@@ -398,11 +399,6 @@ def _pick(items: list[N], target: str, label: str | None) -> N:
     return found[0]
 
 
-def _first_leaf(eg: BaseExceptionGroup[Any]) -> BaseException:
-    e: BaseException = eg
-    while isinstance(e, BaseExceptionGroup):
-        e = e.exceptions[0]
-    return e
 
 
 async def _read_line(stream: trio.abc.Stream) -> tuple[bytes, bytes]:
