@@ -48,6 +48,7 @@ from relay.splice import (
     write_all,
     write_fd,
 )
+from vic.ops.streamlayers import find_layer
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +131,11 @@ _NO_SCOPE = contextlib.nullcontext()  # stateless: one for every pump without an
 
 
 def _unthrottle(stream: trio.abc.Stream) -> None:
-    sock_stream: trio.abc.SendStream = stream
+    outer: trio.abc.SendStream = stream
     if isinstance(stream, trio.StapledStream):
-        sock_stream = stream.send_stream
-    elif isinstance(stream, trio.SSLStream):
-        sock_stream = stream.transport_stream
-    if isinstance(sock_stream, trio.SocketStream):
+        outer = stream.send_stream
+    sock_stream = find_layer(outer, trio.SocketStream)
+    if sock_stream is not None:
         unthrottle_tcp(sock_stream.socket)
 
 

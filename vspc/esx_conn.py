@@ -25,6 +25,7 @@ from typing import Protocol
 import trio
 
 from vic.ops.excgroups import first_leaf
+from vic.ops.streamlayers import find_layer
 from vic.ops.wiretext import wire
 from vspc import fastsock
 from vspc.core.esx_session import EsxSession
@@ -330,11 +331,9 @@ class EsxConnection:
 def peer_gone(stream: trio.abc.Stream) -> bool:
     """Whether the peer of a TCP stream (TLS or not) has closed or reset it, seen
     without reading (a paused reader's data may still be queued before the FIN)."""
-    s: object = stream
-    while not isinstance(s, trio.SocketStream):
-        s = getattr(s, "transport_stream", None)
-        if s is None:
-            return False  # not a socket: the stream's own timeouts must do
+    s = find_layer(stream, trio.SocketStream)
+    if s is None:
+        return False  # not a socket: the stream's own timeouts must do
     fd = s.socket.fileno()
     if fd < 0:
         return True  # closed here

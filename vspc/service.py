@@ -39,6 +39,7 @@ from vic.ops import tlsctx
 from vic.ops.config import ConfigError
 from vic.ops.listen import listening
 from vic.ops.metrics_http import serve_metrics
+from vic.ops.streamlayers import find_layer
 from vic.ops.wiretext import wire
 from vspc.config import ListenConfig, MetricsConfig, VspcConfig, address_allowed
 from vspc.console.chunks import coalesce
@@ -799,21 +800,16 @@ def _source_of(peer: str) -> str:
 
 
 def _is_tls(stream: trio.abc.Stream) -> bool:
-    s: Any = stream
-    while s is not None:
-        if isinstance(s, trio.SSLStream):
-            return True
-        s = getattr(s, "transport_stream", None)
-    return False
+    return find_layer(stream, trio.SSLStream) is not None
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:
-    s: Any = stream
-    while hasattr(s, "transport_stream"):
-        s = s.transport_stream
+    s = find_layer(stream, trio.SocketStream)
+    if s is None:
+        return "?"
     try:
         name = s.socket.getpeername()
-    except (AttributeError, OSError):
+    except OSError:
         return "?"
     if isinstance(name, tuple):
         return f"{name[0]}:{name[1]}"
