@@ -43,6 +43,7 @@ from relay.rawsock import unthrottle_tcp
 from relay.splice import (
     SpliceUnsupported,
     WriteStalled,
+    fd_layer,
     read_fd,
     splice_direction,
     write_all,
@@ -148,13 +149,11 @@ def _fileno_getter(
 ) -> Callable[[], int] | None:
     """A cheap callable returning the fd *stream* reads (receive) or writes
     through now (-1 once closed); None when it is not fd-backed."""
-    if isinstance(stream, trio.StapledStream):
-        return _fileno_getter(stream.receive_stream if receive else stream.send_stream,
-                              receive=receive)
-    if isinstance(stream, trio.SocketStream):
-        return stream.socket.fileno
-    if isinstance(stream, trio.lowlevel.FdStream):
-        return stream.fileno
+    layer = fd_layer(stream, receive=receive)
+    if isinstance(layer, trio.SocketStream):
+        return layer.socket.fileno
+    if layer is not None:
+        return layer.fileno
     return None
 
 

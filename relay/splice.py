@@ -82,36 +82,40 @@ def _socket_fd(stream: trio.SocketStream) -> int | None:
     return fd if fd >= 0 else None
 
 
-def read_fd(stream: trio.abc.Stream | trio.abc.ReceiveStream) -> int | None:
-    """The fd to splice from, if *stream* is a raw fd-backed stream; else None."""
+def fd_layer(stream: object, *, receive: bool) -> trio.SocketStream | trio.lowlevel.FdStream | None:
+    """The raw fd-backed stream *stream* reads through (``receive``) or writes
+    through: itself, or that half of a ``StapledStream``; None when there is none."""
+    while isinstance(stream, trio.StapledStream):
+        stream = stream.receive_stream if receive else stream.send_stream
+    if isinstance(stream, trio.SocketStream | trio.lowlevel.FdStream):
+        return stream
+    return None
+
+
+def _fd_of(stream: trio.SocketStream | trio.lowlevel.FdStream | None) -> int | None:
     if isinstance(stream, trio.SocketStream):
         return _socket_fd(stream)
-    if isinstance(stream, trio.lowlevel.FdStream):
-        fd = stream.fileno()
-        return fd if fd >= 0 else None
-    if isinstance(stream, trio.StapledStream):
-        return read_fd(stream.receive_stream)
-    return None
+    if stream is None:
+        return None
+    fd = stream.fileno()
+    return fd if fd >= 0 else None
+
+
+def read_fd(stream: trio.abc.Stream | trio.abc.ReceiveStream) -> int | None:
+    """The fd to splice from, if *stream* is a raw fd-backed stream; else None."""
+    return _fd_of(fd_layer(stream, receive=True))
 
 
 def write_fd(stream: trio.abc.Stream | trio.abc.SendStream) -> int | None:
     """The fd to splice into, if *stream* is a raw fd-backed stream; else None."""
-    if isinstance(stream, trio.SocketStream):
-        return _socket_fd(stream)
-    if isinstance(stream, trio.lowlevel.FdStream):
-        fd = stream.fileno()
-        return fd if fd >= 0 else None
-    if isinstance(stream, trio.StapledStream):
-        return write_fd(stream.send_stream)
-    return None
+    return _fd_of(fd_layer(stream, receive=False))
 
 
 def _grow_unix_sndbuf(stream: trio.abc.Stream | trio.abc.SendStream) -> None:
-    if isinstance(stream, trio.StapledStream):
-        stream = stream.send_stream
-    if not isinstance(stream, trio.SocketStream):
+    sock_stream = fd_layer(stream, receive=False)
+    if not isinstance(sock_stream, trio.SocketStream):
         return
-    sock = stream.socket
+    sock = sock_stream.socket
     if sock.family != socket.AF_UNIX:
         return
     try:
