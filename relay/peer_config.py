@@ -36,7 +36,7 @@ Meant to sit under ``[peer]`` in the relay's config::
     identities = { "esx-02.example.com" = "vic://host/esx-02", "esx-03.example.com" = "vic://host/esx-03" }
 
 ``to_runtime()`` helpers turn these into ``Route``, ``TlsFiles``, ``LinkConfig``
-and ``VCenter`` objects.
+and ``VSphereTarget`` objects.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ from relay.core.mux import MuxConfig
 from relay.link import LinkConfig
 from relay.route import Route, RouteError, is_trusted_address, parse_address
 from relay.tls import TlsFiles, client_context
-from relay.vsphere_route import VCenter
 from vic.ops.config import ConfigError, require
 from vic.ops.unixlisten import UnixListener, open_unix_listener
+from vic.ops.vsphere import VSphereTarget
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -217,9 +217,9 @@ class FollowConfig:
             require(self.password_file.is_file(), "password-file",
                     f"no such file: {self.password_file}")
 
-    def vcenter_target(self) -> VCenter:
+    def vcenter_target(self) -> VSphereTarget:
         pw = self.password_file.read_text().strip() if self.password_file else ""
-        return VCenter(self.vcenter, self.port, self.user, pw, self.protocol, self.path,
+        return VSphereTarget(self.vcenter, self.port, self.user, pw, self.protocol, self.path,
                        self.verify_tls)
 
     def routes(self, name: str) -> dict[str, Route]:

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from guestagent.backends.vsphere import VSphereTarget
 from relay.peer_config import LinkTuning, PeerTls
 from relay.route import RouteError, is_loopback_host, is_trusted_address, parse_address
 from vic.ops.config import ConfigError, require
+from vic.ops.vsphere import VSphereTarget
 from vspc.console.config import ConsoleConfig
 
 

@@ -18,7 +18,6 @@ fails, any ``started`` other than ``true`` is the error shown to the user),
 from __future__ import annotations
 
 import abc
-import contextlib
 import logging
 import math
 import re
@@ -31,8 +30,8 @@ import trio
 
 from guestagent.backends.base import BackendError
 from guestagent.backends.filestore import POWERED_OFF, POWERED_ON, FileStore
-from guestagent.backends.vsphere import VSphereConn, VSphereTarget, pyvmomi_module
 from guestagent.core import guestinfo as gi
+from vic.ops.vsphere import PropertyWatch, VSphereConn, VSphereTarget, pyvmomi_module
 from vic.ops.wiretext import wire
 
 log = logging.getLogger(__name__)
@@ -153,11 +152,9 @@ class _VSphereWatch(VMWatch):
     ) -> None:
         self.conn = VSphereConn(target)
         self.vm_ident = vm
-        self.max_wait = max_wait
         self.backoff = backoff
-        self.pc: Any = None
-        self.token = ""
-        self.vm: Any = None
+        self.props = PropertyWatch(self.conn, vm, ["config.extraConfig", "runtime.powerState",
+                                                   _DEVICES], max_wait)
         self._refetch = False
         self.values: dict[str, str] = {}
         self.power = POWERED_ON
@@ -165,46 +162,20 @@ class _VSphereWatch(VMWatch):
         self.reconnects = 0
 
     # blocking, in the connection's thread
-    def _setup(self) -> None:
-        vmodl = pyvmomi_module("pyVmomi").vmodl
-        vim = pyvmomi_module("pyVmomi").vim
-        vm = self.vm = self.conn.find_vm(self.vm_ident)
-        root_pc = self.conn.si.content.propertyCollector
-        self.pc = root_pc.CreatePropertyCollector()
-        spec = vmodl.query.PropertyCollector.FilterSpec(
-            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=vm, skip=False)],
-            propSet=[
-                vmodl.query.PropertyCollector.PropertySpec(
-                    type=vim.VirtualMachine,
-                    all=False,
-                    pathSet=["config.extraConfig", "runtime.powerState", _DEVICES],
-                )
-            ],
-        )
-        self.pc.CreateFilter(spec, partialUpdates=False)
-        self.token = ""
-        self.values = {}
-
     def _wait(self) -> bool:
         """One WaitForUpdatesEx round; True if anything changed."""
-        if self.pc is None:
-            self._setup()
-        vmodl = pyvmomi_module("pyVmomi").vmodl
-        opts = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=self.max_wait)
-        res = self.pc.WaitForUpdatesEx(self.token, opts)
-        if res is None:
+        if not self.props.ready:
+            self.props.setup()
+            self.values = {}
+        changes = self.props.wait()
+        if not changes:
             return False
-        self.token = res.version
-        changed = False
-        for fs in res.filterSet or []:
-            for obj in fs.objectSet or []:
-                for ch in obj.changeSet or []:
-                    changed = True
-                    self._apply(ch.name, ch.op, ch.val)
+        for name, op, val in changes:
+            self._apply(name, op, val)
         if self._refetch:
             self._refetch = False
-            self.values = self.conn.extra_config(self.vm)
-        return changed
+            self.values = self.conn.extra_config(self.props.vm)
+        return True
 
     def _apply(self, name: str, op: str, val: Any) -> None:
         if name == "runtime.powerState":
@@ -222,24 +193,17 @@ class _VSphereWatch(VMWatch):
             else:
                 self.values[m.group(1)] = str(getattr(val, "value", val))
 
-    def _teardown(self) -> None:
-        if self.pc is not None:
-            with contextlib.suppress(Exception):
-                self.pc.DestroyPropertyCollector()
-            self.pc = None
-        self.conn.disconnect()
-
     async def next(self) -> VMState:
         delay = self.backoff[0]
         while True:
-            first = self.pc is None
+            first = not self.props.ready
             try:
                 changed = await self.conn.call(self._wait)
             except Exception as e:
                 if isinstance(e, trio.Cancelled):  # pragma: no cover - not raised in threads
                     raise
                 log.warning("guestinfo watch %s: %s; reconnecting", wire(self.vm_ident), wire(str(e)))
-                await trio.to_thread.run_sync(self._teardown, abandon_on_cancel=True)
+                await trio.to_thread.run_sync(self.props.close, abandon_on_cancel=True)
                 self.reconnects += 1
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.backoff[1])
@@ -251,7 +215,7 @@ class _VSphereWatch(VMWatch):
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await trio.to_thread.run_sync(self._teardown, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(self.props.close, abandon_on_cancel=True)
 
 
 class VSphereWatcher(GuestinfoWatcher):
@@ -275,7 +239,7 @@ class VSphereWatcher(GuestinfoWatcher):
         try:
             await self._writer.call(go)
         except Exception as e:
-            self._writer.si = None
+            self._writer.reset()
             raise BackendError(f"vSphere write to {vm}: {e}") from e
 
     async def set_power(self, vm: str, power: str) -> None:

@@ -19,8 +19,8 @@ from typing import Any
 
 import trio
 
-from guestagent.backends.vsphere import VSphereConn, pyvmomi_module
 from relay.core.identity import uuid_key, vm_key
+from vic.ops.vsphere import VSphereConn, pyvmomi_module
 from vic.ops.wiretext import wire
 from vspc.config import VCenterCheck
 
@@ -78,7 +78,7 @@ class Placement:
                     log.warning("vCenter placement query failed (keeping the last answer): %s",
                                 wire(why))
                 self.error = why
-                self.conn.si = None  # reconnect next time
+                self.conn.reset()  # reconnect next time
             else:
                 if self.error:
                     log.info("vCenter placement query answered again")

@@ -1,158 +1,21 @@
-"""vSphere API access (pyVmomi) shared by the guest's simulated channel and the appliance watcher.
+"""The guest's simulated hypervisor channel over the vSphere API (``vic.ops.vsphere``).
 
-Against govmomi's vCenter simulator this is plain HTTP
-(``SmartConnect(..., protocol="http")``). All pyVmomi calls block, so they run in
-worker threads, one at a time per connection.
+Against govmomi's vCenter simulator this is plain HTTP; every pyVmomi call runs
+in the connection's worker thread.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import importlib
-import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import trio
 
 from guestagent.backends.base import BackendError, GuestBackend
 from guestagent.core import guestinfo as gi
+from vic.ops.vsphere import VSphereConn, VSphereError, VSphereTarget, is_connection_error
 
 T = TypeVar("T")
-
-
-def pyvmomi_module(name: str) -> Any:
-    """pyVmomi is untyped: import its modules as Any."""
-    return importlib.import_module(name)
-
-
-@dataclass(frozen=True)
-class VSphereTarget:
-    host: str
-    port: int
-    user: str
-    password: str
-    protocol: str  # "http" or "https"
-    path: str = "/sdk"
-    verify_tls: bool = False  # check vCenter's certificate (system CAs) over https
-
-    @classmethod
-    def from_url(cls, url: str) -> VSphereTarget:
-        u = urlsplit(url)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise ValueError(f"not an http(s) vSphere URL: {url!r}")
-        return cls(
-            host=u.hostname,
-            port=u.port or (443 if u.scheme == "https" else 80),
-            user=unquote(u.username or ""),
-            password=unquote(u.password or ""),
-            protocol=u.scheme,
-            path=u.path or "/sdk",
-        )
-
-
-class VSphereConn:
-    """A pyVmomi service instance plus helpers; blocking methods, call via ``call``."""
-
-    def __init__(self, target: VSphereTarget) -> None:
-        self.target = target
-        self.si: Any = None
-        self._lock = threading.Lock()
-        self._vm_cache: dict[str, Any] = {}
-
-    # blocking ------------------------------------------------------------------------
-    def connect(self) -> None:
-        SmartConnect = pyvmomi_module("pyVim.connect").SmartConnect
-        t = self.target
-        kwargs: dict[str, Any] = {}
-        if t.protocol == "https" and not t.verify_tls:
-            kwargs["disableSslCertValidation"] = True
-        try:
-            self.si = SmartConnect(
-                host=t.host,
-                port=t.port,
-                user=t.user,
-                pwd=t.password,
-                protocol=t.protocol,
-                path=t.path,
-                connectionPoolTimeout=-1,
-                **kwargs,
-            )
-        except Exception as e:
-            raise BackendError(f"vSphere connect {t.host}:{t.port}: {e}") from e
-        self._vm_cache.clear()
-
-    def disconnect(self) -> None:
-        if self.si is not None:
-            Disconnect = pyvmomi_module("pyVim.connect").Disconnect
-            with contextlib.suppress(Exception):
-                Disconnect(self.si)
-            self.si = None
-
-    def find_vm(self, ident: str) -> Any:
-        """By name, or by config.uuid / instanceUuid (any form)."""
-        vim = pyvmomi_module("pyVmomi").vim
-        if ident in self._vm_cache:
-            return self._vm_cache[ident]
-        content = self.si.RetrieveContent()
-        canon = ident.replace("-", "").replace(" ", "").lower()
-        view = content.viewManager.CreateContainerView(
-            content.rootFolder, [vim.VirtualMachine], True
-        )
-        try:
-            for vm in view.view:
-                cfg = vm.config
-                uuids = {
-                    (getattr(cfg, "uuid", "") or "").replace("-", "").lower(),
-                    (getattr(cfg, "instanceUuid", "") or "").replace("-", "").lower(),
-                }
-                if vm.name == ident or canon in uuids:
-                    self._vm_cache[ident] = vm
-                    return vm
-        finally:
-            view.Destroy()
-        raise BackendError(f"no VM named {ident!r}")
-
-    def extra_config(self, vm: Any) -> dict[str, str]:
-        return {o.key: str(o.value) for o in (vm.config.extraConfig or [])}
-
-    def reconfigure(self, vm: Any, updates: Mapping[str, str | None]) -> None:
-        WaitForTask = pyvmomi_module("pyVim.task").WaitForTask
-        vim = pyvmomi_module("pyVmomi").vim
-
-        spec = vim.vm.ConfigSpec(
-            extraConfig=[
-                vim.option.OptionValue(key=k, value="" if v is None else v)
-                for k, v in updates.items()
-            ]
-        )
-        WaitForTask(vm.ReconfigVM_Task(spec), si=self.si)
-
-    def power(self, vm: Any) -> str:
-        return str(vm.runtime.powerState)
-
-    # async ---------------------------------------------------------------------------
-    def _locked(self, fn: Callable[..., T], *args: Any) -> T:
-        with self._lock:
-            if self.si is None:
-                self.connect()
-            return fn(*args)
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await trio.to_thread.run_sync(
-            functools.partial(self._locked, fn, *args), abandon_on_cancel=True
-        )
-
-
-def _is_connection_error(e: BaseException) -> bool:
-    return isinstance(e, (OSError, ConnectionError, BackendError)) or type(e).__name__ in (
-        "NotAuthenticated",
-        "HTTPException",
-        "RemoteDisconnected",
-    )
 
 
 class VSphereGuestBackend(GuestBackend):
@@ -174,11 +37,11 @@ class VSphereGuestBackend(GuestBackend):
 
         try:
             return await self.conn.call(go)
-        except BackendError:
-            raise
+        except VSphereError as e:
+            raise BackendError(str(e)) from e
         except Exception as e:
-            if _is_connection_error(e):
-                self.conn.si = None  # reconnect on the next call
+            if is_connection_error(e):
+                self.conn.reset()  # reconnect on the next call
                 raise BackendError(f"vSphere: {e}") from e
             raise
 

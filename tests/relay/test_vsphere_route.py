@@ -18,16 +18,17 @@ import pytest
 import trio
 
 from relay.route import Route, Router
-from relay.vsphere_route import VCenter, follow_appliance
+from relay.vsphere_route import follow_appliance
 from tests.relay.faultproxy import FaultProxy
 from tests.relay.test_link import MiB, acceptor, pattern, roundtrip, small_config
+from vic.ops.vsphere import VSphereTarget
 
 VCSIM = Path(__file__).resolve().parents[2] / ".cache" / "vcsim" / "vcsim"
 VM = "DC0_C0_RP0_VM0"
 
 
 @pytest.fixture
-def vcsim() -> Iterator[VCenter]:
+def vcsim() -> Iterator[VSphereTarget]:
     if not os.access(VCSIM, os.X_OK):
         pytest.skip("vcsim not built: run scripts/build-vcsim (needs golang-go + govmomi source)")
     proc = subprocess.Popen([str(VCSIM), "-l", "127.0.0.1:0", "-host", "2", "-stdin-eof"],
@@ -39,7 +40,7 @@ def vcsim() -> Iterator[VCenter]:
         if m is None:
             pytest.skip("vcsim did not start")
         u = urlparse(m.group(1))
-        yield VCenter(host=u.hostname or "127.0.0.1", port=u.port or 80, user="vic",
+        yield VSphereTarget(host=u.hostname or "127.0.0.1", port=u.port or 80, user="vic",
                       password="vic", protocol="http", path=u.path)
     finally:
         if proc.stdin:
@@ -48,7 +49,7 @@ def vcsim() -> Iterator[VCenter]:
         proc.wait(timeout=10)
 
 
-def relocate(vc: VCenter, vm_name: str, host_name: str) -> None:
+def relocate(vc: VSphereTarget, vm_name: str, host_name: str) -> None:
     from pyVim.connect import Disconnect, SmartConnect
     from pyVim.task import WaitForTask
     from pyVmomi import vim
@@ -66,7 +67,7 @@ def relocate(vc: VCenter, vm_name: str, host_name: str) -> None:
         Disconnect(si)
 
 
-async def test_route_follows_appliance_relocation_mid_transfer(vcsim: VCenter) -> None:
+async def test_route_follows_appliance_relocation_mid_transfer(vcsim: VSphereTarget) -> None:
     cfg = small_config()
     data = pattern(8 * MiB, seed=9)
     with trio.fail_after(60):

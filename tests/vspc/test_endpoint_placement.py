@@ -10,11 +10,11 @@ import pytest
 import trio
 
 from relay.core.header import OriginHeader, encode_header
-from relay.vsphere_route import VCenter
 from tests.relay.test_vsphere_route import VM, relocate, vcsim  # noqa: F401 (fixture)
 from tests.support.waiting import wait_until
 from vic.lab.esx_sim import EsxBehaviour, SimVM
 from vic.lab.esx_sim import EsxConnection as EsxSim
+from vic.ops.vsphere import VSphereTarget
 from vspc.config import VCenterCheck
 from vspc.endpoint import Endpoint
 from vspc.placement import Placement, verdict
@@ -27,7 +27,7 @@ START_HOST = "DC0_C0_H1"  # where vcsim puts VM (DC0_C0_RP0_VM0) with -host 2
 OTHER_HOST = "DC0_C0_H0"
 
 
-def vcenter_table(tmp_path: Path, vc: VCenter) -> str:
+def vcenter_table(tmp_path: Path, vc: VSphereTarget) -> str:
     pw = tmp_path / "vc.pw"
     pw.write_text(vc.password + "\n")
     return (f'[endpoint.vcenter]\nurl = "http://{vc.host}:{vc.port}{vc.path}"\n'
@@ -41,7 +41,7 @@ async def open_raw(sock: Path, host: str, vm: str, data: bytes) -> trio.SocketSt
 
 
 async def test_a_relay_speaks_only_for_vms_on_its_host(
-        tmp_path: Path, vcsim: VCenter, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+        tmp_path: Path, vcsim: VSphereTarget, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     sock = tmp_path / "ep.sock"
     caplog.set_level(logging.WARNING, "vspc")
     async with trio.open_nursery() as n:
@@ -92,7 +92,7 @@ async def test_an_unreachable_vcenter_refuses_every_vm() -> None:
     await placement.aclose()
 
 
-def vm_instance_uuid(vc: VCenter, vm_name: str) -> str:
+def vm_instance_uuid(vc: VSphereTarget, vm_name: str) -> str:
     from pyVim.connect import Disconnect, SmartConnect
     from pyVmomi import vim
 
@@ -120,7 +120,7 @@ async def relayed_telnet(n: trio.Nursery, sock: Path, host: str, vm: SimVM) -> E
 
 
 async def test_relayed_telnet_names_only_vms_on_its_host(
-        tmp_path: Path, vcsim: VCenter, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+        tmp_path: Path, vcsim: VSphereTarget, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     """Item 6 for Telnet: once ESX names the VM, a relayed stream from a host that
     vCenter does not place it on is closed (``vspc_telnet_refused_total{reason=
     "placement"}``); from the VM's own host it becomes the VM's console."""
