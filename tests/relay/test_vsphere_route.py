@@ -41,7 +41,7 @@ def vcsim() -> Iterator[VSphereTarget]:
             pytest.skip("vcsim did not start")
         u = urlparse(m.group(1))
         yield VSphereTarget(host=u.hostname or "127.0.0.1", port=u.port or 80, user="vic",
-                      password="vic", protocol="http", path=u.path)
+                            password="vic", protocol="http", path=u.path)
     finally:
         if proc.stdin:
             proc.stdin.close()

@@ -65,8 +65,10 @@ def folded_uuid(ident: str) -> str:
 
 
 def is_connection_error(e: BaseException) -> bool:
-    """Whether ``e`` means the session is gone (log in again), not a refused request."""
-    return isinstance(e, (OSError, ConnectionError, VSphereError)) or type(e).__name__ in (
+    """Whether ``e`` means the session is gone (log in again), not a refused request.
+    pyVmomi names its fault classes by their full name (``vim.fault.NotAuthenticated``)."""
+    name = type(e).__name__.rsplit(".", 1)[-1]
+    return isinstance(e, (OSError, ConnectionError, VSphereError)) or name in (
         "NotAuthenticated",
         "HTTPException",
         "RemoteDisconnected",
@@ -149,7 +151,12 @@ class VSphereConn:
         with self._lock:
             if self.si is None:
                 self.connect()
-            return fn(*args)
+            try:
+                return fn(*args)
+            except Exception as e:
+                if is_connection_error(e):
+                    self.reset()  # a dead session: the next call logs in again
+                raise
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(
