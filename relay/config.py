@@ -22,6 +22,7 @@ from typing import Literal
 from relay.core.identity import MAX_NAME, IdentityError, check_host, check_label, vm_key
 from relay.peer_config import PeerConfig
 from relay.route import parse_address
+from vic.ops import config as ops_config
 from vic.ops.config import ConfigError, load, loads, require
 
 MAX_PORT = 65535
@@ -106,13 +107,10 @@ class TimeoutsConfig:
 
 
 @dataclass(frozen=True)
-class MetricsConfig:
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = 9108
+class MetricsConfig(ops_config.MetricsConfig):
+    """``[metrics]``: the shared table with this daemon's default port."""
 
-    def validate(self) -> None:
-        require(0 <= self.port <= MAX_PORT, "port", "must be 0..65535")
+    port: int = 9108
 
 
 def _port_ok(port: int) -> bool:

@@ -9,6 +9,7 @@ from typing import Literal
 
 from relay.peer_config import LinkTuning, PeerTls
 from relay.route import RouteError, is_loopback_host, is_trusted_address, parse_address
+from vic.ops import config as ops_config
 from vic.ops.config import ConfigError, require
 from vic.ops.vsphere import VSphereTarget
 from vspc.console.config import ConsoleConfig
@@ -219,13 +220,10 @@ class VMotionConfig:
 
 
 @dataclass(frozen=True)
-class MetricsConfig:
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = 9470
+class MetricsConfig(ops_config.MetricsConfig):
+    """``[metrics]``: the shared table with this daemon's default port."""
 
-    def validate(self) -> None:
-        require(0 <= self.port <= 65535, "port", "must be 0..65535")
+    port: int = 9470
 
 
 @dataclass(frozen=True)

@@ -164,3 +164,16 @@ def require_writable_dir(path: Path, key: str) -> None:
         parent = parent.parent
     require(parent.is_dir(), key, f"cannot create {path}: {parent} is not a directory")
     require(os.access(parent, os.W_OK | os.X_OK), key, f"cannot create {path}: {parent} is not writable")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: where a daemon serves Prometheus metrics. Each daemon's own
+    table subclasses this only to set its default ``port`` (0 = any free port)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 0
+
+    def validate(self) -> None:
+        require(0 <= self.port <= 65535, "port", "must be 0..65535")
