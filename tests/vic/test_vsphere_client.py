@@ -27,12 +27,12 @@ async def test_a_dead_session_is_replaced(vcsim: VSphereTarget) -> None:  # noqa
     assert vm.name == VM
     first = conn.si
     await conn.call(lambda: conn.si.content.sessionManager.Logout())
-    conn._vm_cache.clear()  # ask vCenter again, with the logged-out session
+    other = VM[:-1] + "1"  # not cached: vCenter is asked, with the logged-out session
     with pytest.raises(Exception) as failed:
-        await conn.call(conn.find_vm, VM)
+        await conn.call(conn.find_vm, other)
     assert type(failed.value).__name__.endswith("NotAuthenticated")
     assert conn.si is None
-    assert (await conn.call(conn.find_vm, VM)).name == VM
+    assert (await conn.call(conn.find_vm, other)).name == other
     assert conn.si is not None and conn.si is not first
     await conn.call(conn.disconnect)
 
