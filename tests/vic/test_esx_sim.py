@@ -20,6 +20,7 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.waiting import wait_until_async
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import (
     ConnectionClosed,
@@ -521,6 +522,16 @@ async def test_vmotion_answer_timed_by_kernel_arrival(listener: trio.SocketListe
     busy = 0.08
     async with trio.open_nursery() as n:
         c, peer = await open_pair(n, listener, kernel_timestamps=True)
+
+        async def stamped() -> bool:
+            # Linux turns receive stamping on lazily: segments that arrive before
+            # it takes effect carry no TCP timestamp. Exchange console bytes
+            # until one comes stamped, so the answer below will be too.
+            await peer.send(b"ping")
+            await c.receive_console_exactly(4)
+            return c._last_rx_ns is not None
+
+        await wait_until_async(stamped, 10, "the kernel stamps what arrives")
         async with trio.open_nursery() as inner:
 
             async def vspc() -> None:
