@@ -38,8 +38,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from guestagent.backends.filestore import FileStore  # noqa: E402
-from guestagent.core import guestinfo as gi  # noqa: E402
+from common.io.guestinfo.filestore import FileStore  # noqa: E402
+from common.proto import guestinfo as gi  # noqa: E402
 
 PORT = 1024
 

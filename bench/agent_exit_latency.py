@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 import trio  # noqa: E402
 
-from guestagent.backends.filestore import FileStore  # noqa: E402
-from guestagent.core import guestinfo as gi  # noqa: E402
+from common.io.guestinfo.filestore import FileStore  # noqa: E402
+from common.proto import guestinfo as gi  # noqa: E402
 from vspc.guestinfo_watch import (  # noqa: E402
     FileStoreWatcher,
     VMState,
@@ -63,8 +63,8 @@ def pct(xs: list[float], q: float) -> float:
 MINIMAL = r"""
 import os, subprocess, sys, json
 sys.path.insert(0, sys.argv[3])
-from guestagent.backends.filestore import FileStore
-from guestagent.core import guestinfo as gi
+from common.io.guestinfo.filestore import FileStore
+from common.proto import guestinfo as gi
 store, fifo_dir = FileStore(sys.argv[1]), sys.argv[2]
 for line in sys.stdin:
     sid = line.strip()

@@ -85,13 +85,13 @@ def proc_cpu(pid: int) -> float:
 def role_main(args: argparse.Namespace) -> None:
     import trio
 
-    from relay.core.mux import MuxConfig
-    from relay.link import LinkConfig
-    from relay.peering import LinkServer, open_session_table
+    from common.link.peering import LinkServer, open_session_table
+    from common.link.peerlink import LinkConfig
+    from common.link.route import Route, Router
+    from common.link.tls import TlsFiles
+    from common.ops import runtime_tuning
+    from common.proto.link.mux import MuxConfig
     from relay.pump import pump
-    from relay.route import Route, Router
-    from relay.tls import TlsFiles
-    from vic.ops import runtime_tuning
 
     raise_nofile()
     runtime_tuning.tune_allocator()  # as `vic relay` does at start-up
@@ -301,7 +301,7 @@ def run_bulk(port: int, sink: Sink, size: int, base: bytes, procs: list[Proc],
 
 
 def make_certs(d: Path) -> None:
-    from relay import certs
+    from common.io import certs
     certs.init_ca(d, key_type="ed25519")
     for name in ("ingress", "egress"):
         certs.issue(d, "host", name, dns_names=("localhost",))

@@ -16,9 +16,11 @@ from typing import Any
 
 import trio
 
-from guestagent.backends.base import BackendError, GuestBackend
+from common.io.guestinfo.base import BackendError, GuestBackend
+from common.io.guestinfo.filestore import FileStore
+from common.ops.wiretext import wire
+from common.proto import guestinfo as gi
 from guestagent.backends.file import FileGuestBackend
-from guestagent.backends.filestore import FileStore
 from guestagent.backends.rpctool import RpctoolBackend
 from guestagent.channels import (
     Connector,
@@ -30,12 +32,10 @@ from guestagent.channels import (
 )
 from guestagent.config import AgentConfig, ConsoleConfig, GuestinfoConfig
 from guestagent.console import ConsoleLink
-from guestagent.core import guestinfo as gi
 from guestagent.netwatch import NetWatcher
 from guestagent.publisher import Publisher
 from guestagent.reaper import ExitStatus, Reaper, set_child_subreaper
 from guestagent.session import SessionOptions, SessionRunner
-from vic.ops.wiretext import wire
 
 log = logging.getLogger(__name__)
 

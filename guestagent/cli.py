@@ -8,9 +8,9 @@ import signal
 
 import trio
 
+from common.ops import config as config_mod
+from common.ops.logs import setup as setup_logging
 from guestagent.config import AgentConfig
-from vic.ops import config as config_mod
-from vic.ops.logs import setup as setup_logging
 
 log = logging.getLogger("guestagent")
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(p.parse_args(argv))
     except config_mod.ConfigError as e:
-        from vic.ops.daemon import config_error_exit
+        from common.ops.daemon import config_error_exit
 
         return config_error_exit(e, "vic agent")
 

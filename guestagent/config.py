@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vic.ops.config import require
+from common.ops.config import require
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from typing import Any
 
 import trio
 
-from guestagent.core import guestinfo as gi
-from vic.ops.wiretext import wire
+from common.ops.wiretext import wire
+from common.proto import guestinfo as gi
 
 log = logging.getLogger(__name__)
 

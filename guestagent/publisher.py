@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 
 import trio
 
-from guestagent.backends.base import BackendError, GuestBackend
-from guestagent.core import guestinfo as gi
-from vic.ops.wiretext import wire
+from common.io.guestinfo.base import BackendError, GuestBackend
+from common.ops.wiretext import wire
+from common.proto import guestinfo as gi
 
 log = logging.getLogger(__name__)
 

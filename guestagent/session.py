@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 import trio
 
-from guestagent.backends.base import BackendError, GuestBackend
+from common.io.guestinfo.base import BackendError, GuestBackend
+from common.ops.wiretext import wire
+from common.proto import guestinfo as gi
 from guestagent.console import ConsoleLink
-from guestagent.core import guestinfo as gi
 from guestagent.publisher import Publisher
 from guestagent.reaper import Child, ExitStatus, Reaper
-from vic.ops.wiretext import wire
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import trio
 
-from relay.route import Route, RouteError, Router
-from vic.ops.unixlisten import open_unix_listener
-from vic.ops.wiretext import wire
+from common.io.unixlisten import open_unix_listener
+from common.link.route import Route, RouteError, Router
+from common.ops.wiretext import wire
 
 log = logging.getLogger("relay.admin")
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from relay import certs
+from common.io import certs
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -11,13 +11,13 @@ import sys
 
 import trio
 
+from common.io.preflight import cert_warnings, probe_hosts
+from common.ops import logs, runtime_tuning
+from common.ops.config import ConfigError
+from common.ops.daemon import config_error_exit, watch_signals
+from common.ops.excgroups import first_of
 from relay.config import load_config
 from relay.daemon import RelayDaemon
-from vic.ops import logs, runtime_tuning
-from vic.ops.config import ConfigError
-from vic.ops.daemon import config_error_exit, watch_signals
-from vic.ops.excgroups import first_of
-from vic.ops.preflight import cert_warnings, probe_hosts
 
 log = logging.getLogger("relay")
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-from relay.core.identity import MAX_NAME, IdentityError, check_host, check_label, vm_key
-from relay.peer_config import PeerConfig
-from relay.route import parse_address
-from vic.ops import config as ops_config
-from vic.ops.config import ConfigError, load, loads, require
+from common.link.config import PeerConfig
+from common.link.route import parse_address
+from common.ops import config as ops_config
+from common.ops.config import ConfigError, load, loads, require
+from common.proto.identity import MAX_NAME, IdentityError, check_host, check_label, vm_key
 
 MAX_PORT = 65535
 # VMADDR_CID_ANY; also the largest CID.
@@ -119,7 +119,7 @@ def _port_ok(port: int) -> bool:
 
 def _check_identity(vm: str | None, label: str, vm_key_name: str = "vm") -> None:
     """The names a listener writes into origin headers must be inside the identity
-    grammar the appliance checks (relay.core.identity): refuse them here, never on
+    grammar the appliance checks (common.proto.identity): refuse them here, never on
     the wire."""
     try:
         if vm is not None:

@@ -28,6 +28,15 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry
 
+from common.io.listen import listen_error, listening
+from common.io.pipepool import PipePool
+from common.link.resumable import ResumableStream
+from common.ops import sdnotify
+from common.ops.config import ConfigError
+from common.ops.metrics_http import serve_metrics
+from common.proto.identity import name_from
+from common.proto.link.frames import ErrorCode
+from common.proto.link.header import HeaderError, OriginHeader, encode_header
 from relay.config import (
     EgressConfig,
     HvsockListener,
@@ -41,10 +50,7 @@ from relay.config import (
     VspcListener,
     load_config,
 )
-from relay.core.frames import ErrorCode
-from relay.core.header import HeaderError, OriginHeader, encode_header
 from relay.core.hybrid import HybridError
-from relay.core.identity import name_from
 from relay.egress import EgressConnection, open_egress
 from relay.ingress import Backoff, Origin
 from relay.ingress import hvsock as hvsock_ingress
@@ -56,13 +62,7 @@ from relay.ingress import vspc as vspc_ingress
 from relay.limits import Limits, Ticket
 from relay.mesh import Mesh
 from relay.metrics import COMPLETED, FAILED, RESET, TO_VM, RelayMetrics
-from relay.pipepool import PipePool
 from relay.pump import IdleTimeout, PumpCounters, PumpTimeout, pump
-from relay.resumable import ResumableStream
-from vic.ops import sdnotify
-from vic.ops.config import ConfigError
-from vic.ops.listen import listen_error, listening
-from vic.ops.metrics_http import serve_metrics
 
 log = logging.getLogger("relay")
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import trio
 
+from common.io import tlsctx
+from common.proto.link.header import OriginHeader, encode_header
 from relay.config import EgressConfig, TlsConfig
-from relay.core.header import OriginHeader, encode_header
 from relay.core.hybrid import HybridReplyParser, connect_request
-from vic.ops import tlsctx
 
 HANDSHAKE_READ = 256
 

@@ -10,7 +10,7 @@
   here, every stream's origin header is checked against the peer's identity and
   the stream goes on through a local egress (``RelayDaemon.deliver``); or, with
   ``forward``, the whole link goes on to the appliance's link endpoint, prefixed
-  by the peer's identity (``relay.core.forwarded``), so sessions end at the
+  by the peer's identity (``common.proto.link.forwarded``), so sessions end at the
   appliance and survive it moving between hosts.
 
 Links and the sessions they carry run in the mesh nursery, which lives as long
@@ -30,87 +30,38 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from relay import tls as tlsmod
-from relay.admin import AdminServer, route_commands
-from relay.core.forwarded import encode_preamble
-from relay.core.header import HeaderDecoder, HeaderError, OriginHeader, check_identity, continued
-from relay.core.hybrid import HybridError
-from relay.egress import hybrid_connect
-from relay.link import LinkConfig
-from relay.linkevents import NO_EVENTS, LinkEvents
-from relay.peer_config import (
+from common.io.listen import listening
+from common.link import tls as tlsmod
+from common.link.config import (
     PeerConfig,
     PeerListen,
     bound_address,
     open_peer_listener,
     parse_forward,
 )
-from relay.peering import LinkServer, accept_tls
+from common.link.events import NO_EVENTS, LinkEvents
+from common.link.peering import LinkServer, accept_tls
+from common.link.peerlink import LinkConfig
+from common.link.resumable import Accepted, ResumableStream, SessionTable
+from common.link.route import Router, open_transport
+from common.link.vetting import vet_accepted
+from common.ops.config import ConfigError
+from common.ops.wiretext import wire
+from common.proto.link.forwarded import encode_preamble
+from common.proto.link.header import (
+    OriginHeader,
+)
+from relay.admin import AdminServer, route_commands
+from relay.core.hybrid import HybridError
+from relay.egress import hybrid_connect
 from relay.pump import pump
-from relay.resumable import Accepted, ResumableStream, SessionTable
-from relay.route import Router, open_transport
 from relay.vsphere_route import follow_appliance
-from vic.ops.config import ConfigError
-from vic.ops.listen import listening
-from vic.ops.wiretext import wire
 
 log = logging.getLogger("relay.mesh")
 
-HOST_PREFIX = "vic://host/"
 
 # (accepted stream, its decoded origin header, name of the egress to use)
 DeliverFn = Callable[[ResumableStream, OriginHeader, str, str], None]
-
-
-def header_matches_identity(header: OriginHeader, identity: str) -> bool:
-    """A relay may only speak for its own host: a stream from ``vic://host/X``
-    must carry ``host = X`` in its origin header. Plaintext (trusted transport,
-    no identity) and non-host identities are not restricted."""
-    if not identity.startswith(HOST_PREFIX):
-        return True
-    return header.host == identity[len(HOST_PREFIX):]
-
-
-def decode_header(raw: bytes) -> OriginHeader:
-    header, rest = HeaderDecoder().feed(raw)
-    if header is None or rest:
-        raise HeaderError("the OPEN frame does not carry exactly one origin header")
-    return header
-
-
-def vet_accepted(acc: Accepted, events: LinkEvents = NO_EVENTS) -> OriginHeader | None:
-    """The origin header of a stream accepted from a peer link, or None once the
-    stream is refused (log line, abort, ``events.header_refused``): a bad header or
-    a name outside the identity grammar (``malformed``, see ``relay.core.identity``),
-    or one that speaks for another host than the identity the peer proved
-    (``foreign_host``)."""
-    peer = acc.peer_identity or "plaintext peer"
-    try:
-        header = check_identity(decode_header(acc.header))
-    except HeaderError as e:
-        log.warning("stream from %s refused: bad origin header: %s", wire(peer), wire(str(e)))
-        events.header_refused("malformed")
-        acc.stream.abort("bad origin header")
-        return None
-    if not header_matches_identity(header, acc.peer_identity):
-        log.warning("stream %s from %s refused: its header speaks for host '%s'",
-                    wire(header.stream_id or "-"), wire(peer), wire(header.host))
-        events.header_refused("foreign_host")
-        acc.stream.abort("origin host does not match the peer's identity")
-        return None
-    return with_continuation(header, acc.stream)
-
-
-def with_continuation(header: OriginHeader, stream: ResumableStream) -> OriginHeader:
-    """The header to pass on: a session that continues a lost one says where it
-    starts in the stream (offsets add up when the header already continued)."""
-    if stream.continues is None:
-        return header
-    start, recv_start = stream.continues
-    log.info("stream %s from %s continues at offset %d (its VM end has %d)",
-             wire(header.stream_id or "-"), wire(header.host), header.offset + start,
-             header.received + recv_start)
-    return continued(header, header.offset + start, header.received + recv_start)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from relay.linkevents import LinkEvents
+from common.link.events import LinkEvents
 
 TO_APPLIANCE = "to_appliance"  # ingress (VM side) -> egress
 TO_VM = "to_vm"
@@ -42,7 +42,7 @@ class LiveCounters(Protocol):
 
 
 class Resumable(Protocol):
-    """What relay.resumable.ResumableStream offers: paths attached (1 = never resumed)."""
+    """What common.link.resumable.ResumableStream offers: paths attached (1 = never resumed)."""
 
     attachments: int
 

@@ -6,7 +6,7 @@
 * Zero-copy fast path: when the source has a raw read fd and the destination a
   raw write fd (SocketStream over TCP/Unix/vsock, FdStream, StapledStream of
   those), bulk bytes go fd -> pipe -> fd with os.splice, and small interactive
-  bursts by a direct read/write of the fds (see relay.splice). Anything else
+  bursts by a direct read/write of the fds (see common.io.splice). Anything else
   (TLS, in-memory streams) goes through a copy loop with large buffers taken
   from a shared pool only while data flows.
 * Idle parking (relay.park): a pump on the fd fast path with no byte moved for
@@ -37,10 +37,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from relay.park import NO_DST, Handoff, Parker, Route, current_parker
-from relay.pipepool import PipePool, default_pool
-from relay.rawsock import unthrottle_tcp
-from relay.splice import (
+from common.io.pipepool import PipePool, default_pool
+from common.io.rawsock import unthrottle_tcp
+from common.io.splice import (
     SpliceUnsupported,
     WriteStalled,
     fd_layer,
@@ -49,7 +48,8 @@ from relay.splice import (
     write_all,
     write_fd,
 )
-from vic.ops.streamlayers import find_layer
+from common.io.streamlayers import find_layer
+from relay.park import NO_DST, Handoff, Parker, Route, current_parker
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class _Session:
         self.parking = False
         self.parked_on: tuple[int, ...] | None = None
         self.quick_park = False  # park after PARK_STREAK small messages (inline parker)
-        self.small_streak = 0  # small messages in a row (relay.splice)
+        self.small_streak = 0  # small messages in a row (common.io.splice)
         self.inline_moved_at = 0.0  # time.monotonic() of the last inline forward
 
     def _moved(self, direction: str, n: int) -> None:

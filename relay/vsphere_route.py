@@ -7,7 +7,7 @@ the VM moves (vMotion, HA restart) the new host's name is looked up in the
 configured ``host -> Route`` map and ``Router.set_route`` moves every live
 stream to the relay on that host, where they resume.
 
-The vSphere client is ``vic.ops.vsphere`` (its calls run in a worker thread);
+The vSphere client is ``common.io.vsphere`` (its calls run in a worker thread);
 waits are bounded (``max_wait`` seconds) so cancellation is prompt. A lost vCenter connection is
 retried with backoff and never disturbs the current route.
 """
@@ -20,9 +20,9 @@ from typing import Any
 
 import trio
 
-from relay.core.identity import uuid_key
-from relay.route import Route, Router
-from vic.ops.vsphere import PropertyWatch, VSphereConn, VSphereTarget
+from common.io.vsphere import PropertyWatch, VSphereConn, VSphereTarget
+from common.link.route import Route, Router
+from common.proto.identity import uuid_key
 
 log = logging.getLogger("relay.vsphere_route")
 

@@ -12,8 +12,8 @@ import importlib
 import sys
 from types import ModuleType
 
-from vic.ops.config import ConfigError
-from vic.ops.daemon import config_error_exit
+from common.ops.config import ConfigError
+from common.ops.daemon import config_error_exit
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "vspc": ("vspc.cli", "run the appliance's virtual Serial Port Concentrator and endpoint"),

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import trio
 
-from vic.ops import config as cfgmod
-from vic.ops import excgroups, logs, runtime_tuning, sdnotify
-from vic.ops.daemon import watch_signals
-from vic.ops.preflight import cert_warnings, probe_hosts
+from common.io.preflight import cert_warnings, probe_hosts
+from common.ops import config as cfgmod
+from common.ops import excgroups, logs, runtime_tuning, sdnotify
+from common.ops.daemon import watch_signals
 from vspc.config import VspcConfig
 
 log = logging.getLogger("vspc")

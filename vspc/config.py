@@ -7,11 +7,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from relay.peer_config import LinkTuning, PeerTls
-from relay.route import RouteError, is_loopback_host, is_trusted_address, parse_address
-from vic.ops import config as ops_config
-from vic.ops.config import ConfigError, require
-from vic.ops.vsphere import VSphereTarget
+from common.io.vsphere import VSphereTarget
+from common.link.config import LinkTuning, PeerTls
+from common.link.route import RouteError, is_loopback_host, is_trusted_address, parse_address
+from common.ops import config as ops_config
+from common.ops.config import ConfigError, require
 from vspc.console.config import ConsoleConfig
 
 
@@ -25,7 +25,7 @@ class TlsConfig:
 
     def check_files(self, prefix: str) -> None:
         """Called by the owning table's ``validate`` (an optional table's own
-        errors would lose their key in vic.ops.config's union handling)."""
+        errors would lose their key in common.ops.config's union handling)."""
         require(self.cert.is_file(), f"{prefix}.cert", f"no such file: {self.cert}")
         require(self.key.is_file(), f"{prefix}.key", f"no such file: {self.key}")
         require(self.client_ca is None or self.client_ca.is_file(), f"{prefix}.client-ca",

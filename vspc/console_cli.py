@@ -24,8 +24,8 @@ from typing import Any
 
 import trio
 
-from vic.ops.config import ConfigError, build
-from vspc.console import protocol as proto
+from common.ops.config import ConfigError, build
+from common.proto.console import protocol as proto
 from vspc.console.client import ConsoleClientError, Endpoint, attach, list_consoles
 from vspc.console.config import DEFAULT_SOCKET, ConsoleConfig
 

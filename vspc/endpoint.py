@@ -1,7 +1,7 @@
 """The appliance endpoint: accepts streams forwarded by relays.
 
-Each stream starts with the relay's origin header (relay.core.header). Before a
-header names anything it must pass the identity grammar (relay.core.identity);
+Each stream starts with the relay's origin header (common.proto.link.header). Before a
+header names anything it must pass the identity grammar (common.proto.identity);
 from a relay that proved who it is (a client certificate here, or the identity
 of its peer link) it may speak only for that relay's host (``vic://host/<host>``);
 and with ``[endpoint.vcenter]`` only for VMs vCenter places on that host. A
@@ -24,13 +24,13 @@ from typing import Any
 
 import trio
 
-from relay.core.header import HeaderDecoder, HeaderError, OriginHeader, check_identity
-from relay.mesh import HOST_PREFIX
-from relay.route import is_loopback_host
-from relay.tls import PeerIdentityError, peer_identity
-from vic.ops.listen import listening
-from vic.ops.unixlisten import open_unix_listener
-from vic.ops.wiretext import wire
+from common.io.listen import listening
+from common.io.unixlisten import open_unix_listener
+from common.link.route import is_loopback_host
+from common.link.tls import PeerIdentityError, peer_identity
+from common.link.vetting import HOST_PREFIX
+from common.ops.wiretext import wire
+from common.proto.link.header import HeaderDecoder, HeaderError, OriginHeader, check_identity
 from vspc.config import EndpointConfig, VspcConfig
 from vspc.console.hub import Console
 from vspc.core.continuation import Continuation, StreamCursor, StreamLedger, recovered_have

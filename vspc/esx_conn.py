@@ -24,10 +24,10 @@ from typing import Protocol
 
 import trio
 
-from vic.ops.excgroups import first_leaf
-from vic.ops.streamlayers import find_layer
-from vic.ops.wiretext import wire
-from vspc import fastsock
+from common.io import fastsock
+from common.io.streamlayers import find_layer
+from common.ops.excgroups import first_leaf
+from common.ops.wiretext import wire
 from vspc.core.esx_session import EsxSession
 from vspc.core.liveness import Liveness
 from vspc.metrics import VspcMetrics

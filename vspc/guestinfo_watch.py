@@ -28,11 +28,11 @@ from typing import Any, TypeVar
 
 import trio
 
-from guestagent.backends.base import BackendError
-from guestagent.backends.filestore import POWERED_OFF, POWERED_ON, FileStore
-from guestagent.core import guestinfo as gi
-from vic.ops.vsphere import PropertyWatch, VSphereConn, VSphereTarget, pyvmomi_module
-from vic.ops.wiretext import wire
+from common.io.guestinfo.base import BackendError
+from common.io.guestinfo.filestore import POWERED_OFF, POWERED_ON, FileStore
+from common.io.vsphere import PropertyWatch, VSphereConn, VSphereTarget, pyvmomi_module
+from common.ops.wiretext import wire
+from common.proto import guestinfo as gi
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

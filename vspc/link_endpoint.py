@@ -1,6 +1,6 @@
 """The appliance end of the relay mesh: peer links whose resumable streams end here.
 
-Relays open resumable streams (relay.resumable) over peer links, each starting
+Relays open resumable streams (common.link.resumable) over peer links, each starting
 with the relay's origin header. Sessions are kept in one ``SessionTable`` for
 all links, so a stream resumes whichever way its relay reaches us next: after a
 link cut, or through another host's relay once the appliance has moved there.
@@ -8,7 +8,7 @@ link cut, or through another host's relay once the appliance has moved there.
 Links arrive three ways (``[[endpoint.link]]``): TLS from a relay whose
 identity is in ``allowed-peers``; plaintext on a trusted transport; or
 forwarded by the relay on this host (``forwarded = true``), which ended TLS and
-names the identity its peer proved on the first line (relay.core.forwarded).
+names the identity its peer proved on the first line (common.proto.link.forwarded).
 A stream whose header names anything outside the identity grammar, speaks for
 another host than its link's identity, or (with ``[endpoint.vcenter]``) for a VM
 vCenter places elsewhere is refused with a log line and a count; every other
@@ -24,17 +24,17 @@ from typing import Any, Protocol
 
 import trio
 
-from relay.core.forwarded import PreambleDecoder, PreambleError
-from relay.core.header import OriginHeader
-from relay.link import LinkConfig, PeerLink
-from relay.linkevents import LinkEvents
-from relay.mesh import vet_accepted
-from relay.peer_config import bound_address, open_peer_listener
-from relay.peering import LinkServer
-from relay.resumable import Accepted, SessionTable
-from vic.ops.config import ConfigError
-from vic.ops.listen import listening
-from vic.ops.wiretext import wire
+from common.io.listen import listening
+from common.link.config import bound_address, open_peer_listener
+from common.link.events import LinkEvents
+from common.link.peering import LinkServer
+from common.link.peerlink import LinkConfig, PeerLink
+from common.link.resumable import Accepted, SessionTable
+from common.link.vetting import vet_accepted
+from common.ops.config import ConfigError
+from common.ops.wiretext import wire
+from common.proto.link.forwarded import PreambleDecoder, PreambleError
+from common.proto.link.header import OriginHeader
 from vspc.config import EndpointConfig, LinkListen
 from vspc.prefixed import PrefixedStream
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import trio
 
-from relay.core.identity import uuid_key, vm_key
-from vic.ops.vsphere import VSphereConn, pyvmomi_module
-from vic.ops.wiretext import wire
+from common.io.vsphere import VSphereConn, pyvmomi_module
+from common.ops.wiretext import wire
+from common.proto.identity import uuid_key, vm_key
 from vspc.config import VCenterCheck
 
 log = logging.getLogger("vspc.placement")

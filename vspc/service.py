@@ -35,12 +35,13 @@ from typing import Any
 
 import trio
 
-from vic.ops import tlsctx
-from vic.ops.config import ConfigError
-from vic.ops.listen import listening
-from vic.ops.metrics_http import serve_metrics
-from vic.ops.streamlayers import find_layer
-from vic.ops.wiretext import wire
+from common.io import tlsctx
+from common.io.listen import listening
+from common.io.streamlayers import find_layer
+from common.ops.config import ConfigError
+from common.ops.metrics_http import serve_metrics
+from common.ops.wiretext import wire
+from common.proto.telnet import vmware as ext
 from vspc.config import ListenConfig, MetricsConfig, VspcConfig, address_allowed
 from vspc.console.chunks import coalesce
 from vspc.console.hub import Console, Link
@@ -51,7 +52,6 @@ from vspc.core.identity import DEFAULT_LABEL, PortKey, canonical_uuid
 from vspc.core.liveness import Due, LivenessPolicy, LivenessTable
 from vspc.esx_conn import CLOSE_FLUSH_SECONDS, EsxConnection, peer_gone
 from vspc.metrics import VspcMetrics
-from vspc.telnet import vmware as ext
 
 log = logging.getLogger("vspc")
 

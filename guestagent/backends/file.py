@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from guestagent.backends.base import GuestBackend
-from guestagent.backends.filestore import FileStore
-from guestagent.core import guestinfo as gi
+from common.io.guestinfo.base import GuestBackend
+from common.io.guestinfo.filestore import FileStore
+from common.proto import guestinfo as gi
 
 
 class FileGuestBackend(GuestBackend):

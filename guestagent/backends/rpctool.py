@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import trio
 
-from guestagent.backends.base import BackendError, GuestBackend
-from guestagent.core import guestinfo as gi
+from common.io.guestinfo.base import BackendError, GuestBackend
+from common.proto import guestinfo as gi
 
 # (argv) -> (returncode, stdout, stderr)
 Runner = Callable[[Sequence[str]], Awaitable[tuple[int, bytes, bytes]]]

@@ -1,4 +1,4 @@
-"""The guest's simulated hypervisor channel over the vSphere API (``vic.ops.vsphere``).
+"""The guest's simulated hypervisor channel over the vSphere API (``common.io.vsphere``).
 
 Against govmomi's vCenter simulator this is plain HTTP; every pyVmomi call runs
 in the connection's worker thread.
@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 
 import trio
 
-from guestagent.backends.base import BackendError, GuestBackend
-from guestagent.core import guestinfo as gi
-from vic.ops.vsphere import VSphereConn, VSphereError, VSphereTarget, is_connection_error
+from common.io.guestinfo.base import BackendError, GuestBackend
+from common.io.vsphere import VSphereConn, VSphereError, VSphereTarget, is_connection_error
+from common.proto import guestinfo as gi
 
 T = TypeVar("T")
 

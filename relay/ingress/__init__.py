@@ -29,7 +29,7 @@ class Origin:
     """Who a stream comes from, as the relay (not the guest) knows it."""
 
     route: str  # listener name
-    kind: str  # relay.core.header.INGRESS_KINDS
+    kind: str  # common.proto.link.header.INGRESS_KINDS
     vm: str  # VM identity; "" when only the appliance can tell (vSPC Telnet)
     label: str
     peer: str  # peer address, for logs

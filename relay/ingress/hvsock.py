@@ -10,9 +10,9 @@ from typing import Any
 
 import trio
 
+from common.io.unixlisten import open_unix_listener
 from relay.config import HvsockListener
 from relay.ingress import BACKLOG, IngressSink, Origin, accept_loop
-from vic.ops.unixlisten import open_unix_listener
 
 log = logging.getLogger("relay.ingress.hvsock")
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import trio
 
+from common.io.unixlisten import open_unix_listener
 from relay.config import PipeListener
 from relay.ingress import BACKLOG, IngressSink, Origin, accept_loop, wait_done
-from vic.ops.unixlisten import open_unix_listener
 
 log = logging.getLogger("relay.ingress.pipe")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from relay.core.header import OriginHeader, encode_header
+from common.proto.link.header import OriginHeader, encode_header
 from tests.support.daemons import metric_sum
 from tests.support.waiting import wait_until, wait_until_async
 from tests.vspc.test_vspc_ops import HOST, VspcDaemon, daemon, scrape

@@ -20,10 +20,10 @@ from typing import Any
 
 import trio
 
+from common.proto.console import protocol as proto
 from tests.relay.pki_helpers import Pki
 from tests.support.daemons import Daemon, Daemons, Table, free_port
 from tests.support.waiting import wait_until, wait_until_async
-from vspc.console import protocol as proto
 from vspc.console.client import ConsoleClientError, attach, list_consoles
 from vspc.console.client import Endpoint as ConsoleEndpoint
 

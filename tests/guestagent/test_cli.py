@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from guestagent.core import guestinfo as gi
+from common.proto import guestinfo as gi
 from vspc.guestinfo_watch import FileStoreWatcher, configure_session, go_ahead, wait_for_exit
 
 from .agent_helpers import Sink

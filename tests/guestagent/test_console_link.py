@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import guestagent.netwatch as netwatch
+from common.proto import guestinfo as gi
 from guestagent.agent import Agent
 from guestagent.channels import Channel
 from guestagent.console import ConsoleLink
-from guestagent.core import guestinfo as gi
 from vspc.guestinfo_watch import FileStoreWatcher, VMState, wait_for
 
 from .agent_helpers import agent_config

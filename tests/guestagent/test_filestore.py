@@ -8,9 +8,9 @@ import pytest
 import trio
 import trio.testing
 
+from common.io.guestinfo.filestore import POWERED_OFF, FileStore
+from common.proto import guestinfo as gi
 from guestagent.backends.file import FileGuestBackend
-from guestagent.backends.filestore import POWERED_OFF, FileStore
-from guestagent.core import guestinfo as gi
 from vspc.guestinfo_watch import (
     FileStoreWatcher,
     SessionStartFailed,

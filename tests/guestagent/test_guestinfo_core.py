@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guestagent.core import guestinfo as gi
+from common.proto import guestinfo as gi
 
 names = st.from_regex(r"\A[A-Za-z0-9_-][A-Za-z0-9_:@+-]{0,20}\Z")
 

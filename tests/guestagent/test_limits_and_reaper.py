@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from common.proto import guestinfo as gi
 from guestagent.agent import Agent
-from guestagent.core import guestinfo as gi
 from guestagent.reaper import Reaper
 from vspc.guestinfo_watch import FileStoreWatcher, configure_session, wait_for_exit
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from guestagent.core import guestinfo as gi
+from common.proto import guestinfo as gi
 from tests.support.waiting import wait_until
 from vspc.guestinfo_watch import FileStoreWatcher, configure_session, wait_for_exit
 

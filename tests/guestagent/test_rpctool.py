@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from common.proto import guestinfo as gi
 from guestagent.agent import Agent
 from guestagent.backends.rpctool import RpctoolBackend
-from guestagent.core import guestinfo as gi
 from vspc.guestinfo_watch import (
     FileStoreWatcher,
     SessionStartFailed,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import trio
 
+from common.proto import guestinfo as gi
 from guestagent.agent import Agent
-from guestagent.core import guestinfo as gi
 from vspc.guestinfo_watch import FileStoreWatcher, VMState, configure_session, wait_for
 
 from .agent_helpers import agent_config, start_agent

@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from guestagent.core import guestinfo as gi
+from common.proto import guestinfo as gi
 from guestagent.session import SessionRunner
 from tests.support.waiting import wait_until, wait_until_async
 from vspc.guestinfo_watch import (

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from common.proto import guestinfo as gi
 from guestagent.agent import Agent
 from guestagent.config import (
     AgentConfig,
@@ -21,7 +22,6 @@ from guestagent.config import (
     GuestinfoConfig,
     NetworkConfig,
 )
-from guestagent.core import guestinfo as gi
 from tests.support.waiting import wait_until_async
 from vspc.guestinfo_watch import (
     VSphereWatcher,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
+from common.proto import guestinfo as gi
 from guestagent.backends.vsphere import VSphereGuestBackend
-from guestagent.core import guestinfo as gi
 from vspc.guestinfo_watch import (
     SessionStartFailed,
     VMPoweredOff,

@@ -23,12 +23,12 @@ from typing import Any
 
 import trio
 
+from common.proto.console import protocol as proto
 from tests.relay.relayfix import pattern, wait_closed
 from tests.support.daemons import Daemon, MiB, free_port, run_daemon
 from tests.support.waiting import wait_until
 from vic.lab.esx_sim import EsxBehaviour, EsxConnection, SimVM
 from vspc.console import client as cc
-from vspc.console import protocol as proto
 from vspc.prefixed import PrefixedStream
 
 #: One loopback address per simulated host.
@@ -220,7 +220,7 @@ async def honest_vm(nursery: trio.Nursery, vspc: Vspc, source: str = VICTIM_HOST
 
 def origin_header(host: str, vm: str, kind: str = "tcp", label: str = "serial0",
                   stream_id: str = "") -> bytes:
-    """relay.core.header's wire format, built by hand so a test can send what the
+    """common.proto.link.header's wire format, built by hand so a test can send what the
     relay's own encoder would refuse (an attacker does not use our encoder)."""
     body = b""
     for value in (host, vm, kind, label, stream_id):

@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from relay.tls import TlsFiles
+from common.link.tls import TlsFiles
 from tests.hostile.appliance import Vspc, check_logged, closed_by_peer, start_vspc
 from tests.hostile.test_console_input import listed, recorded
 from tests.hostile.test_relayed_identity import APPLIANCE_NAME, rejected, tls_vspc

@@ -19,8 +19,8 @@ from typing import Any
 
 import trio
 
-from relay.route import Route, Router
-from relay.tls import TlsFiles, client_context
+from common.link.route import Route, Router
+from common.link.tls import TlsFiles, client_context
 from tests.hostile.appliance import (
     Baseline,
     RawVm,

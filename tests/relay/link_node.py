@@ -19,12 +19,12 @@ from pathlib import Path
 
 import trio
 
-from relay.core.mux import MuxConfig
-from relay.link import LinkConfig
-from relay.peering import LinkServer, open_session_table
-from relay.resumable import ResumableStream
-from relay.route import Route, Router
-from relay.tls import TlsFiles
+from common.link.peering import LinkServer, open_session_table
+from common.link.peerlink import LinkConfig
+from common.link.resumable import ResumableStream
+from common.link.route import Route, Router
+from common.link.tls import TlsFiles
+from common.proto.link.mux import MuxConfig
 from tests.support.waiting import wait_until
 
 CFG = LinkConfig(mux=MuxConfig(ping_interval=0.5, dead_after=3.0), replay_limit=1 << 20,

@@ -1,12 +1,12 @@
-"""Certificates for peer-link tests, made by our own CA code (relay.certs)."""
+"""Certificates for peer-link tests, made by our own CA code (common.io.certs)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
 
-from relay import certs
-from relay.tls import TlsFiles
+from common.io import certs
+from common.link.tls import TlsFiles
 
 
 class Pki:

@@ -10,8 +10,8 @@ from typing import Any
 
 import trio
 
+from common.proto.link.header import HeaderDecoder, HeaderError, OriginHeader
 from relay.config import EgressConfig, LimitsConfig, MetricsConfig, RelayConfig, TimeoutsConfig
-from relay.core.header import HeaderDecoder, HeaderError, OriginHeader
 from relay.daemon import RelayDaemon
 
 log = logging.getLogger("test.appliance")

@@ -9,8 +9,8 @@ from typing import Any
 
 import trio
 
+from common.link.route import Route, Router
 from relay.admin import AdminServer, admin_request, admin_request_sync, route_commands
-from relay.route import Route, Router
 from tests.relay.faultproxy import FaultProxy
 from tests.relay.test_link import MiB, acceptor, pattern, roundtrip, small_config
 

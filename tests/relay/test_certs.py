@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from relay import certs
+from common.io import certs
 from vic.cli import main
 
 

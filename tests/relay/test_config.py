@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from common.ops.config import ConfigError
 from relay.config import EXAMPLE, RelayConfig, TcpListener, loads_config
-from vic.ops.config import ConfigError
 
 MINIMAL = '[egress.default]\nkind = "tcp"\nhost = "127.0.0.1"\nport = 7000\n'
 

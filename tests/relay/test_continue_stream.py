@@ -7,10 +7,10 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from relay.link import LinkConfig
-from relay.peering import LinkServer, open_session_table
-from relay.resumable import Accepted, ResumableStream
-from relay.route import Route, Router
+from common.link.peering import LinkServer, open_session_table
+from common.link.peerlink import LinkConfig
+from common.link.resumable import Accepted, ResumableStream
+from common.link.route import Route, Router
 from tests.relay.test_link import pattern, small_config
 from tests.support.waiting import wait_until
 

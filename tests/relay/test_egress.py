@@ -12,8 +12,8 @@ import pytest
 import trio
 import trustme
 
+from common.proto.link.header import HeaderDecoder, OriginHeader
 from relay.config import EgressConfig, TcpListener, TimeoutsConfig, TlsConfig
-from relay.core.header import HeaderDecoder, OriginHeader
 from relay.egress import open_egress
 from tests.relay.relayfix import (
     Appliance,

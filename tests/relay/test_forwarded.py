@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.core.forwarded import MAX_LINE, PreambleDecoder, PreambleError, encode_preamble
+from common.proto.link.forwarded import MAX_LINE, PreambleDecoder, PreambleError, encode_preamble
 
 names = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=60)
 

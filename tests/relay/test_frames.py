@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.core import frames as F
-from relay.core.frames import FrameDecoder, LinkProtocolError
+from common.proto.link import frames as F
+from common.proto.link.frames import FrameDecoder, LinkProtocolError
 
 sids = st.integers(1, F.MAX_STREAM_ID)
 offs = st.integers(0, F.MAX_OFFSET)

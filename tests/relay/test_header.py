@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.core.header import (
+from common.proto.link.header import (
     INGRESS_KINDS,
     MAGIC,
     MAX_FIELD_SIZE,

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from common.link.route import Route, Router
+from common.proto.link.header import OriginHeader, encode_header
 from relay.config import loads_config
-from relay.core.header import OriginHeader, encode_header
-from relay.route import Route, Router
 from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import Appliance, pattern, start_relay
 from tests.relay.test_mesh_ops import egress_toml

@@ -19,14 +19,14 @@ import pytest
 import trio
 import trio.testing
 
-from relay.core import frames as F
-from relay.core.frames import ErrorCode
-from relay.core.mux import MuxConfig
-from relay.link import LinkConfig
-from relay.peering import LinkServer, open_session_table
-from relay.resumable import ResumableStream, SessionTable, StreamFailedError
-from relay.route import Route, Router
-from relay.tls import TlsFiles
+from common.link.peering import LinkServer, open_session_table
+from common.link.peerlink import LinkConfig
+from common.link.resumable import ResumableStream, SessionTable, StreamFailedError
+from common.link.route import Route, Router
+from common.link.tls import TlsFiles
+from common.proto.link import frames as F
+from common.proto.link.frames import ErrorCode
+from common.proto.link.mux import MuxConfig
 from tests.relay.faultproxy import FaultProxy
 from tests.relay.pki_helpers import Pki
 from tests.support.waiting import wait_until

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import certs
+from common.io import certs
 
 pytestmark = pytest.mark.netns
 

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from common.io.vsphere import VSphereTarget
+from common.link.config import LinkTuning, PeerConfig, PeerListen, PeerRoute, PeerTls
+from common.link.tls import TlsFiles
+from common.ops.config import ConfigError
 from relay.admin import admin_request
 from relay.config import EgressConfig, RelayConfig, TcpListener, loads_config
 from relay.daemon import RelayDaemon
-from relay.peer_config import LinkTuning, PeerConfig, PeerListen, PeerRoute, PeerTls
-from relay.tls import TlsFiles
 from tests.relay.faultproxy import FaultProxy
 from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import (
@@ -28,8 +30,6 @@ from tests.relay.relayfix import (
 )
 from tests.relay.test_vsphere_route import VM, relocate, vcsim  # noqa: F401 (fixture)
 from tests.support.waiting import wait_until
-from vic.ops.config import ConfigError
-from vic.ops.vsphere import VSphereTarget
 
 FAST = LinkTuning(ping_interval=1.0, dead_after=5.0, resume_timeout=20.0)
 
@@ -279,7 +279,7 @@ async def test_route_follows_the_appliance_vm_in_vcenter(
         tmp_path: Path, vcsim: VSphereTarget) -> None:  # noqa: F811 (the fixture)
     """[peer.follow]: the daemon watches the appliance VM's host in (simulated) vCenter;
     relocating the VM mid-stream moves the stream from relay B to relay C, no loss."""
-    from relay.peer_config import FollowConfig
+    from common.link.config import FollowConfig
 
     pki = Pki(tmp_path)
     pw = tmp_path / "vc.pw"

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.core import frames as F
-from relay.core.frames import ErrorCode, LinkProtocolError
-from relay.core.mux import (
+from common.proto.link import frames as F
+from common.proto.link.frames import ErrorCode, LinkProtocolError
+from common.proto.link.mux import (
     AckReceived,
     CreditAvailable,
     DataReceived,

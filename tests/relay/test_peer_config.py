@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from relay.peer_config import PeerConfig, open_peer_listener
-from vic.ops.config import ConfigError, loads
+from common.link.config import PeerConfig, open_peer_listener
+from common.ops.config import ConfigError, loads
 
 
 def pki_files(tmp_path: Path) -> str:

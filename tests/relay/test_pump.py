@@ -18,9 +18,9 @@ import trio
 import trio.testing
 import trustme
 
-from relay.pipepool import PipePool
+from common.io.pipepool import PipePool
+from common.io.rawsock import NOTSENT_LOWAT
 from relay.pump import IdleTimeout, PumpCounters, StallTimeout, pump
-from relay.rawsock import NOTSENT_LOWAT
 from tests.support.waiting import wait_until
 
 Pair = tuple[trio.abc.Stream, trio.abc.Stream]

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from relay import certs
+from common.io import certs
+from common.link.config import LinkTuning
+from common.link.tls import TlsFiles
 from relay.config import MetricsConfig
 from relay.daemon import RelayDaemon
-from relay.peer_config import LinkTuning
-from relay.tls import TlsFiles
 from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import Appliance, pattern, roundtrip, start_relay
 from tests.relay.test_mesh_daemon import (

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.core.resume import (
+from common.proto.link.resume import (
     GapError,
     ResumeProtocolError,
     ResumeSession,

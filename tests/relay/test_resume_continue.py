@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.core.resume import GapError, ResumeSession
+from common.proto.link.resume import GapError, ResumeSession
 
 # a frame in flight: ("data", off, bytes) / ("ack", off, fin) / ("eof", off)
 Msg = tuple[Any, ...]

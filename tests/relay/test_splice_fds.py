@@ -1,4 +1,4 @@
-"""relay.splice.fd_layer: which raw fd a stream reads and writes through."""
+"""common.io.splice.fd_layer: which raw fd a stream reads and writes through."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import trio
 import trio.testing
 
-from relay.splice import fd_layer, read_fd, write_fd
+from common.io.splice import fd_layer, read_fd, write_fd
 
 
 async def test_stapled_stream_reads_and_writes_through_its_own_halves() -> None:

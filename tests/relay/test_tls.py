@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from relay.tls import PeerIdentityError, TlsFiles, client_context, handshake, server_context
+from common.link.tls import PeerIdentityError, TlsFiles, client_context, handshake, server_context
 from tests.relay.pki_helpers import Pki
 
 

@@ -17,11 +17,11 @@ from urllib.parse import urlparse
 import pytest
 import trio
 
-from relay.route import Route, Router
+from common.io.vsphere import VSphereTarget
+from common.link.route import Route, Router
 from relay.vsphere_route import follow_appliance
 from tests.relay.faultproxy import FaultProxy
 from tests.relay.test_link import MiB, acceptor, pattern, roundtrip, small_config
-from vic.ops.vsphere import VSphereTarget
 
 VCSIM = Path(__file__).resolve().parents[2] / ".cache" / "vcsim" / "vcsim"
 VM = "DC0_C0_RP0_VM0"

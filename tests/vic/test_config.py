@@ -6,8 +6,8 @@ from typing import Literal
 
 import pytest
 
+from common.ops.config import ConfigError, load, loads, require
 from vic.cli import main
-from vic.ops.config import ConfigError, load, loads, require
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The ESX simulator, checked against a tiny fake vSPC that works on raw bytes.
 
 The fake vSPC below uses no Telnet codec at all: it compares and builds wire
-bytes by hand, so the simulator is tested independently of ``vspc.telnet`` and
+bytes by hand, so the simulator is tested independently of ``common.proto.telnet`` and
 of its own decoder.
 """
 

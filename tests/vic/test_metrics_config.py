@@ -1,12 +1,12 @@
-"""``[metrics]`` is one table (vic.ops.config.MetricsConfig) in both daemons: same keys,
+"""``[metrics]`` is one table (common.ops.config.MetricsConfig) in both daemons: same keys,
 same error, each daemon's own default port."""
 
 from __future__ import annotations
 
 import pytest
 
+from common.ops.config import ConfigError, build
 from relay.config import MetricsConfig as RelayMetrics
-from vic.ops.config import ConfigError, build
 from vspc.config import MetricsConfig as VspcMetrics
 
 

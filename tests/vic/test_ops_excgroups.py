@@ -1,12 +1,12 @@
-"""vic.ops.excgroups: the one walk over (nested) exception groups."""
+"""common.ops.excgroups: the one walk over (nested) exception groups."""
 
 from __future__ import annotations
 
 import pytest
 import trio
 
-from vic.ops.config import ConfigError
-from vic.ops.excgroups import first_leaf, first_of, leaves, unwrap_single
+from common.ops.config import ConfigError
+from common.ops.excgroups import first_leaf, first_of, leaves, unwrap_single
 
 A = ValueError("a")
 B = KeyError("b")

@@ -1,6 +1,6 @@
-"""vic.ops.listen (listener errors as ConfigErrors naming the key) and
-vic.ops.preflight (certificate warnings). The name grammar for configs and the wire
-is one, relay.core.identity: tests/vspc/test_identity.py."""
+"""common.io.listen (listener errors as ConfigErrors naming the key) and
+common.io.preflight (certificate warnings). The name grammar for configs and the wire
+is one, common.proto.identity: tests/vspc/test_identity.py."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from relay import certs
-from vic.ops.config import ConfigError
-from vic.ops.listen import listen_error, listening, probe_host
-from vic.ops.preflight import cert_warning
+from common.io import certs
+from common.io.listen import listen_error, listening, probe_host
+from common.io.preflight import cert_warning
+from common.ops.config import ConfigError
 
 
 def test_listen_errors_name_host_or_port() -> None:

@@ -1,4 +1,4 @@
-"""vic.ops.streamlayers: one walk through wrapper streams to the layer asked for."""
+"""common.io.streamlayers: one walk through wrapper streams to the layer asked for."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ssl
 import trio
 import trio.testing
 
-from vic.ops.streamlayers import find_layer, layers
+from common.io.streamlayers import find_layer, layers
 
 
 async def test_finds_the_socket_under_tls_and_the_tls_itself() -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from vic.ops.config import ConfigError
-from vic.ops.listen import listening
-from vic.ops.unixlisten import open_unix_listener
+from common.io.listen import listening
+from common.io.unixlisten import open_unix_listener
+from common.ops.config import ConfigError
 
 
 @pytest.fixture

@@ -33,8 +33,8 @@ def test_sample_vspc_config_passes_check(tmp_path: Path) -> None:
 
 def test_mesh_samples_load(tmp_path: Path) -> None:
     """The relay-mesh samples are valid configs (certificate paths pointed at files here)."""
+    from common.ops.config import loads
     from relay.config import loads_config
-    from vic.ops.config import loads
     from vspc.config import VspcConfig
 
     section = README.split("### The relay mesh", 1)[1].split("\n## ", 1)[0]
@@ -56,7 +56,7 @@ def test_mesh_samples_load(tmp_path: Path) -> None:
 def test_authenticated_endpoint_sample_loads(tmp_path: Path) -> None:
     """The endpoint off loopback: TLS with client certificates, vCenter placement;
     without its tls line the same sample is a config error naming endpoint.tls."""
-    from vic.ops.config import ConfigError, loads
+    from common.ops.config import ConfigError, loads
     from vspc.config import VspcConfig
 
     section = README.split("A minimal `vspc.toml`:", 1)[1].split("### The relay mesh", 1)[0]

@@ -9,7 +9,7 @@ import sys
 def test_tuning_applies_on_glibc_and_never_raises() -> None:
     code = (
         "import gc, platform\n"
-        "from vic.ops import runtime_tuning as r\n"
+        "from common.ops import runtime_tuning as r\n"
         "ok = r.tune_allocator()\n"
         "assert ok == (platform.libc_ver()[0] == 'glibc'), ok\n"
         "r.freeze_startup_objects()\n"

@@ -1,6 +1,6 @@
 """Every TLS context the programs build, pinned: the settings each call site gets.
 
-The contexts come from one builder (vic.ops.tlsctx); these literals were taken
+The contexts come from one builder (common.io.tlsctx); these literals were taken
 from the per-package builders it replaced, so a refactor that changes a
 setting fails here. ``SSL_CERT_FILE`` points at a CA of its own so that a
 context that also trusts the system store shows one CA more than its own, and
@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from relay import egress, tls
+from common.link import tls
+from relay import egress
 from relay.config import TlsConfig as RelayTls
 from tests.relay.pki_helpers import Pki
 from vspc import service

@@ -1,4 +1,4 @@
-"""The one vSphere client (vic.ops.vsphere) against govmomi's vcsim: targets from URLs,
+"""The one vSphere client (common.io.vsphere) against govmomi's vcsim: targets from URLs,
 and a session that vCenter has ended is replaced on the next call."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from common.io.vsphere import VSphereConn, VSphereError, VSphereTarget
 from tests.relay.test_vsphere_route import VM, vcsim  # noqa: F401 (the fixture)
-from vic.ops.vsphere import VSphereConn, VSphereError, VSphereTarget
 
 
 def test_target_from_url_unquotes_credentials_and_defaults_the_port() -> None:

@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vic.ops.wiretext import wire
+from common.ops.wiretext import wire
 
 
 def test_newline_cannot_forge_a_log_line() -> None:

@@ -63,8 +63,8 @@ async def attach_console(
     replay: int = 1 << 16,
 ) -> trio.abc.Stream:
     """Attach through the real Unix socket; returns the live byte stream."""
+    from common.proto.console import protocol as proto
     from vspc.console import client as cc
-    from vspc.console import protocol as proto
     from vspc.prefixed import PrefixedStream
 
     ep = cc.Endpoint(socket=service.config.console.socket)

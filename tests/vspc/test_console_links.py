@@ -18,13 +18,13 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.core.header import OriginHeader, encode_header
+from common.proto.console import protocol as proto
+from common.proto.link.header import OriginHeader, encode_header
 from tests.support.waiting import wait_until
 from vic.lab.esx_sim import EsxConnection, SimVM
 from vspc.config import EndpointConfig
 from vspc.console import ConsoleService
 from vspc.console import client as cc
-from vspc.console import protocol as proto
 from vspc.console.hub import Link
 from vspc.endpoint import Endpoint
 from vspc.metrics import VspcMetrics

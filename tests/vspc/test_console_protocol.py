@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vspc.console import protocol as proto
+from common.proto.console import protocol as proto
 
 
 def test_request_round_trip() -> None:

@@ -20,9 +20,9 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.ops.config import ConfigError, build
 from tests.support.waiting import wait_until
 from vic.lab.esx_sim import EsxConnection, SimVM
-from vic.ops.config import ConfigError, build
 from vspc.console import ConsoleConfig, history
 from vspc.console import client as cc
 from vspc.console.client import list_consoles

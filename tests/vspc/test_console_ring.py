@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vspc.console.ring import Ring
+from common.proto.console.ring import Ring
 
 
 @given(

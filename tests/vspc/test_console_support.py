@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import trio
 
+from common.proto.console.protocol import AttachRequest, Mode
 from vspc.console import ConsoleConfig, ConsoleService
 from vspc.console.client import Endpoint, attach
-from vspc.console.protocol import AttachRequest, Mode
 from vspc.core.identity import PortKey
 from vspc.metrics import VspcMetrics
 

@@ -8,9 +8,9 @@ import pytest
 import trio
 import trustme
 
+from common.proto.console.protocol import AttachRequest
 from vspc.console import ConsoleTcpConfig
 from vspc.console.client import ConsoleClientError, Endpoint, attach, list_consoles
-from vspc.console.protocol import AttachRequest
 
 from .test_console_support import KEY, make_config, read_exactly, short_dir, start
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from relay.core.header import OriginHeader, encode_header
+from common.io.vsphere import VSphereTarget
+from common.proto.link.header import OriginHeader, encode_header
 from tests.relay.test_vsphere_route import VM, relocate, vcsim  # noqa: F401 (fixture)
 from tests.support.waiting import wait_until
 from vic.lab.esx_sim import EsxBehaviour, SimVM
 from vic.lab.esx_sim import EsxConnection as EsxSim
-from vic.ops.vsphere import VSphereTarget
 from vspc.config import VCenterCheck
 from vspc.endpoint import Endpoint
 from vspc.placement import Placement, verdict

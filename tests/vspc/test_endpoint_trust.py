@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 import trio
 
+from common.link.route import Route, Router
+from common.link.tls import TlsFiles, client_context
+from common.ops.config import ConfigError, loads
+from common.proto.link.header import MAGIC, OriginHeader, encode_header
 from relay.config import loads_config
-from relay.core.header import MAGIC, OriginHeader, encode_header
 from relay.daemon import RelayDaemon
-from relay.route import Route, Router
-from relay.tls import TlsFiles, client_context
 from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import pattern, start_relay
 from tests.support.waiting import wait_until
-from vic.ops.config import ConfigError, loads
 from vspc.config import VspcConfig
 from vspc.endpoint import Endpoint
 from vspc.service import VspcService

@@ -5,18 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vspc.core.esx_session import (
-    PROXY_KNOWN,
-    ConsoleData,
-    EsxSession,
-    ProtocolViolation,
-    ProxyRequested,
-    SessionEvent,
-    VmUuid,
-)
-from vspc.telnet import codec
-from vspc.telnet import vmware as ext
-from vspc.telnet.codec import (
+from common.proto.telnet import codec
+from common.proto.telnet import vmware as ext
+from common.proto.telnet.codec import (
     AUTHENTICATION,
     BINARY,
     COM_PORT,
@@ -31,7 +22,22 @@ from vspc.telnet.codec import (
     Subnegotiation,
     TelnetParser,
 )
-from vspc.telnet.vmware import VmName, VMotionAbort, VMotionBegin, VMotionComplete, VMotionPeer
+from common.proto.telnet.vmware import (
+    VmName,
+    VMotionAbort,
+    VMotionBegin,
+    VMotionComplete,
+    VMotionPeer,
+)
+from vspc.core.esx_session import (
+    PROXY_KNOWN,
+    ConsoleData,
+    EsxSession,
+    ProtocolViolation,
+    ProxyRequested,
+    SessionEvent,
+    VmUuid,
+)
 
 RAW_UUID = "42 1d 2a 3b 4c 5d 6e 7f-80 91 a2 b3 c4 d5 e6 f7"
 KEY = "421d2a3b4c5d6e7f8091a2b3c4d5e6f7"

@@ -1,4 +1,4 @@
-"""vspc.fastsock: direct socket calls behave like the trio stream calls they replace."""
+"""common.io.fastsock: direct socket calls behave like the trio stream calls they replace."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from vspc import fastsock
+from common.io import fastsock
 
 
 def _pair() -> tuple[trio.SocketStream, trio.SocketStream]:

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.core.header import HeaderError, OriginHeader, check_identity
-from relay.core.identity import name_from
+from common.proto.identity import name_from
+from common.proto.link.header import HeaderError, OriginHeader, check_identity
 from vspc.console.logfile import file_stem, rotated
 from vspc.core.identity import IdentityError, PortKey, canonical_uuid, vm_key
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.proto.telnet.codec import DO, TIMING_MARK, WILL, WONT, negotiate
 from vspc.core.esx_session import EsxSession
 from vspc.core.liveness import Due, LivenessPolicy, LivenessTable
-from vspc.telnet.codec import DO, TIMING_MARK, WILL, WONT, negotiate
 
 POLICY = LivenessPolicy(identify_timeout=10.0, idle_probe=60.0, probe_timeout=5.0)
 

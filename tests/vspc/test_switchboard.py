@@ -6,6 +6,7 @@ from typing import TypeVar
 
 import pytest
 
+from common.proto.vmotion import State
 from vspc.core.identity import PortKey
 from vspc.core.switchboard import (
     Action,
@@ -23,7 +24,6 @@ from vspc.core.switchboard import (
     SendPeerOk,
     Switchboard,
 )
-from vspc.vmotion import State
 
 A = TypeVar("A")
 

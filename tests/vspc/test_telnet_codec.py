@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vspc.telnet import codec
-from vspc.telnet.codec import (
+from common.proto.telnet import codec
+from common.proto.telnet.codec import (
     AYT,
     BINARY,
     DO,

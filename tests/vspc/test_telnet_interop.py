@@ -2,7 +2,7 @@
 implementation), over real TCP on 127.0.0.1, in both roles.
 
 telnetlib3 is asyncio; it runs in its own event loop in a thread. Our side is a small
-trio adapter built here from ``vspc.telnet.codec`` and ``vspc.telnet.options``.
+trio adapter built here from ``common.proto.telnet.codec`` and ``common.proto.telnet.options``.
 Binary data including 0xFF, NUL, CR, CR-NUL, CR-LF and 0x11 must pass both ways
 byte-exact once BINARY is negotiated.
 """
@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import trio
 
-from vspc.telnet import codec
-from vspc.telnet.codec import BINARY, SGA, Data, Negotiate, TelnetParser
-from vspc.telnet.options import OptionNegotiator
+from common.proto.telnet import codec
+from common.proto.telnet.codec import BINARY, SGA, Data, Negotiate, TelnetParser
+from common.proto.telnet.options import OptionNegotiator
 
 telnetlib3 = pytest.importorskip("telnetlib3")
 

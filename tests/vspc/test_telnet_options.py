@@ -7,7 +7,7 @@ from collections import deque
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vspc.telnet.codec import (
+from common.proto.telnet.codec import (
     AUTHENTICATION,
     BINARY,
     COM_PORT,
@@ -21,7 +21,7 @@ from vspc.telnet.codec import (
     TelnetParser,
     negotiate,
 )
-from vspc.telnet.options import WANTNO, OptionChange, OptionNegotiator
+from common.proto.telnet.options import WANTNO, OptionChange, OptionNegotiator
 
 
 def test_accept_and_refuse_by_policy() -> None:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from vspc.vmotion import TABLE, Effect, Input, PortVMotion, State, Step
+from common.proto.vmotion import TABLE, Effect, Input, PortVMotion, State, Step
 
 SEQ = b"\xff\x00\xff\xffs"  # 0xFF in seq and secret are just bytes at this layer
 SECRET = b"\xff\xfe\x00k"

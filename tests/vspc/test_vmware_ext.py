@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vspc.telnet import vmware as ext
-from vspc.telnet.codec import IAC, SB, SE, VMWARE_EXT, Subnegotiation, TelnetParser
+from common.proto.telnet import vmware as ext
+from common.proto.telnet.codec import IAC, SB, SE, VMWARE_EXT, Subnegotiation, TelnetParser
 
 
 def wire_to_cmd(wire: bytes) -> ext.VmwareCommand:

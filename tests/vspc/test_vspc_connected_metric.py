@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from relay.core.header import OriginHeader, encode_header
+from common.proto.link.header import OriginHeader, encode_header
 from tests.support.waiting import wait_until
 from vic.lab.esx_sim import EsxConnection, SimVM
 from vspc.config import EndpointConfig

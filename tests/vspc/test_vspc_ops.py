@@ -18,13 +18,13 @@ import pytest
 import trio
 import trustme
 
+from common.proto.console import protocol as proto
 from tests.support.daemons import Daemon, Samples, free_port, scrape_metrics
 from tests.support.vic_cli import assert_one_line, run_vic
 from tests.support.waiting import wait_until_async
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import EsxConnection, SimVM, VMotionNotNow, migrate, random_seq
 from vspc.console import client as cc
-from vspc.console import protocol as proto
 from vspc.prefixed import PrefixedStream
 
 from .conftest import read_exactly

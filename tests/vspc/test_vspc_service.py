@@ -10,10 +10,10 @@ from pathlib import Path
 import trio
 import trio.testing
 
+from common.proto.console import protocol as proto
 from tests.support.waiting import wait_until
 from vic.lab.esx_sim import ConnectionClosed, EsxConnection, SimVM, migrate, random_seq
 from vspc.console import client as cc
-from vspc.console import protocol as proto
 from vspc.service import VspcService
 
 from .conftest import make_config

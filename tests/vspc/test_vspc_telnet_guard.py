@@ -184,7 +184,7 @@ async def test_connection_from_outside_allowed_sources_is_closed_at_accept(
 
 
 def test_non_loopback_listener_needs_allowed_sources() -> None:
-    from vic.ops.config import ConfigError, loads
+    from common.ops.config import ConfigError, loads
     from vspc.config import VspcConfig, address_allowed
 
     with pytest.raises(ConfigError) as e:

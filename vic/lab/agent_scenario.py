@@ -39,15 +39,15 @@ from pathlib import Path
 
 import trio
 
-from guestagent.backends.filestore import POWERED_OFF
-from guestagent.core import guestinfo as gi
+from common.io.guestinfo.filestore import POWERED_OFF
+from common.ops.excgroups import unwrap_single
+from common.proto import guestinfo as gi
+from common.proto.console import protocol as proto
 from relay.config import HvsockListener, SerialListener
 from relay.daemon import RelayDaemon
 from vic.lab.relay_scenario import relay_config
 from vic.lab.report import ConsoleCheck
-from vic.ops.excgroups import unwrap_single
 from vspc.console import client as cc
-from vspc.console import protocol as proto
 from vspc.core.identity import PortKey
 from vspc.endpoint import Endpoint
 from vspc.guestinfo_watch import (

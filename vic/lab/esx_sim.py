@@ -1,6 +1,6 @@
 """An ESX host simulator: ESX's side of the vSPC protocol (Telnet + option 232).
 
-Independent of ``vspc.telnet`` (it has its own codec in
+Independent of ``common.proto.telnet`` (it has its own codec in
 :mod:`vic.lab.telnet_wire`) so that it can catch the vSPC's bugs. One
 :class:`EsxConnection` is one VM serial port's network connection, as ESX makes
 it when the port points at a vSPC URI::

@@ -26,11 +26,11 @@ from pathlib import Path
 import trio
 import trio.lowlevel
 
-from relay import certs
+from common.io import certs
+from common.link.config import LinkTuning, PeerConfig, PeerListen, PeerRoute, PeerTls
 from relay.admin import admin_request
 from relay.config import EgressConfig, MetricsConfig, RelayConfig, TcpListener, TimeoutsConfig
 from relay.daemon import RelayDaemon
-from relay.peer_config import LinkTuning, PeerConfig, PeerListen, PeerRoute, PeerTls
 from vic.lab.cutproxy import CutProxy
 from vic.lab.polling import wait_until
 from vic.lab.relay_scenario import raw_vm

@@ -20,6 +20,8 @@ from pathlib import Path
 import trio
 import trio.lowlevel
 
+from common.io.unixlisten import open_unix_listener
+from common.proto.console import protocol as proto
 from relay.config import (
     EgressConfig,
     HvsockListener,
@@ -35,9 +37,7 @@ from vic.lab.esx_sim import EsxConnection, SimVM, migrate, random_seq
 from vic.lab.polling import wait_until
 from vic.lab.report import ConsoleCheck
 from vic.lab.vspc_scenario import Gate, console_text
-from vic.ops.unixlisten import open_unix_listener
 from vspc.console import client as cc
-from vspc.console import protocol as proto
 from vspc.core.identity import PortKey
 from vspc.endpoint import Endpoint
 from vspc.service import VspcService

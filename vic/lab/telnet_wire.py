@@ -1,6 +1,6 @@
 """A small, independent Telnet wire codec for the ESX simulator.
 
-Deliberately separate from ``vspc.telnet`` so that the simulator can catch bugs
+Deliberately separate from ``common.proto.telnet`` so that the simulator can catch bugs
 in the vSPC's own codec: nothing here is shared with it. Decoding keeps its
 state across reads (an IAC may end one read and its command begin the next),
 searches for 0xFF instead of looping over plain bytes, and refuses

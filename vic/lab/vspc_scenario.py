@@ -12,11 +12,11 @@ import random
 
 import trio
 
+from common.proto.console import protocol as proto
 from vic.lab.esx_sim import EsxConnection, SimVM, migrate, random_seq
 from vic.lab.polling import wait_until
 from vic.lab.report import ConsoleCheck
 from vspc.console import client as cc
-from vspc.console import protocol as proto
 from vspc.core.identity import PortKey
 from vspc.service import VspcService
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import trio
 
-from vic.ops import tlsctx
-from vspc.console import protocol as proto
+from common.io import tlsctx
+from common.proto.console import protocol as proto
 
 
 class ConsoleClientError(Exception):

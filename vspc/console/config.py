@@ -1,4 +1,4 @@
-"""Configuration of the console service: a frozen dataclass for ``vic.ops.config``.
+"""Configuration of the console service: a frozen dataclass for ``common.ops.config``.
 
 In the vSPC's TOML it is the ``[console]`` table, e.g.::
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vic.ops.config import require, require_writable_dir
+from common.ops.config import require, require_writable_dir
 
 DEFAULT_SOCKET = Path("/run/vic/console.sock")
 DEFAULT_LOG_DIR = Path("/var/log/vic/consoles")

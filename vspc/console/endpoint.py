@@ -7,10 +7,10 @@ from pathlib import Path
 
 import trio
 
-from vic.ops import tlsctx
-from vic.ops.config import ConfigError
-from vic.ops.listen import listening
-from vic.ops.unixlisten import UnixListener, open_unix_listener
+from common.io import tlsctx
+from common.io.listen import listening
+from common.io.unixlisten import UnixListener, open_unix_listener
+from common.ops.config import ConfigError
 from vspc.console.config import ConsoleTcpConfig
 
 

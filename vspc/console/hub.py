@@ -27,15 +27,15 @@ from pathlib import Path
 
 import trio
 
-from vic.ops.wiretext import wire
+from common.ops.wiretext import wire
+from common.proto.console.protocol import Mode
+from common.proto.console.ring import Ring
 from vspc.console.config import ConsoleConfig
 from vspc.console.eventlog import format_event
 from vspc.console.history import meta_bytes
 from vspc.console.logfile import file_stem
 from vspc.console.logwriter import LogWriter, PortLog
-from vspc.console.protocol import Mode
 from vspc.console.retention import Retention
-from vspc.console.ring import Ring
 from vspc.core.identity import PortKey
 from vspc.metrics import VspcMetrics
 

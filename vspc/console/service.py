@@ -12,11 +12,11 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from vic.ops.excgroups import first_leaf
-from vic.ops.unixlisten import UnixListener
-from vic.ops.wiretext import wire
-from vspc import fastsock
-from vspc.console import protocol as proto
+from common.io import fastsock
+from common.io.unixlisten import UnixListener
+from common.ops.excgroups import first_leaf
+from common.ops.wiretext import wire
+from common.proto.console import protocol as proto
 from vspc.console.config import ConsoleConfig
 from vspc.console.endpoint import EndpointError, open_tcp, open_unix, server_ssl_context
 from vspc.console.history import DiskConsole, scan

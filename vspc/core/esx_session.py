@@ -67,12 +67,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from common.proto.telnet import codec
+from common.proto.telnet import vmware as ext
+from common.proto.telnet.codec import BINARY, DO, SGA, TIMING_MARK, VMWARE_EXT, WILL, WONT
+from common.proto.telnet.options import OptionNegotiator
+from common.proto.telnet.vmware import (
+    VmName,
+    VMotionAbort,
+    VMotionBegin,
+    VMotionComplete,
+    VMotionPeer,
+)
 from vspc.core.identity import canonical_uuid, is_label, label_from_uri
-from vspc.telnet import codec
-from vspc.telnet import vmware as ext
-from vspc.telnet.codec import BINARY, DO, SGA, TIMING_MARK, VMWARE_EXT, WILL, WONT
-from vspc.telnet.options import OptionNegotiator
-from vspc.telnet.vmware import VmName, VMotionAbort, VMotionBegin, VMotionComplete, VMotionPeer
 
 ProxyRule = Callable[[str, str], bool]
 

@@ -2,7 +2,7 @@
 
 A VM's key is its VC UUID in canonical form (lower-case hex, spaces and dashes
 removed: ESX sends ``"50 1d 2a ...-..."``) when it is a real UUID, and otherwise
-its name kept exactly (``relay.core.identity`` holds the grammar both the relay
+its name kept exactly (``common.proto.identity`` holds the grammar both the relay
 and the appliance check names against). The display form is kept as sent.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from relay.core.identity import IdentityError, check_label, is_label, uuid_key, vm_key
+from common.proto.identity import IdentityError, check_label, is_label, uuid_key, vm_key
 
 __all__ = ["DEFAULT_LABEL", "IdentityError", "PortKey", "canonical_uuid", "check_label",
            "is_label", "label_from_uri", "uuid_prefix", "vm_key"]

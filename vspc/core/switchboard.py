@@ -5,7 +5,7 @@ opened, identified itself, sent VMOTION-* commands or console bytes, closed; an
 attached console client typed something; time passed) and carries out the
 ``Action``s each call returns, in order. Nothing here blocks, reads a clock or
 draws randomness: ``now`` (seconds, any monotonic origin) and the GOAHEAD secret
-come in as arguments. The per-port vMotion logic is the table in ``vspc.vmotion``.
+come in as arguments. The per-port vMotion logic is the table in ``common.proto.vmotion``.
 
 Connections are opaque hashable tokens (``Conn``); ports are ``PortKey``s.
 
@@ -86,8 +86,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from common.proto.vmotion import SECRET_SIZE, Effect, Input, Pending, PortVMotion, State, Step
 from vspc.core.identity import PortKey
-from vspc.vmotion import SECRET_SIZE, Effect, Input, Pending, PortVMotion, State, Step
 
 __all__ = [
     "SECRET_SIZE",

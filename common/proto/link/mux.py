@@ -30,8 +30,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from relay.core import frames as F
-from relay.core.frames import ErrorCode, LinkProtocolError
+from common.proto.link import frames as F
+from common.proto.link.frames import ErrorCode, LinkProtocolError
 
 Chunk = bytes | bytearray | memoryview
 

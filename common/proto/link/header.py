@@ -35,7 +35,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, replace
 
-from relay.core.identity import IdentityError, check_origin
+from common.proto.identity import IdentityError, check_origin
 
 INGRESS_KINDS = ("vsock", "hvsock", "pipe", "serial", "tcp", "vspc")
 
@@ -228,7 +228,7 @@ class HeaderDecoder:
 
 def check_identity(h: OriginHeader) -> OriginHeader:
     """*h* itself if the names it carries are inside the identity grammar
-    (``relay.core.identity``); HeaderError otherwise. The codec checks only the
+    (``common.proto.identity``); HeaderError otherwise. The codec checks only the
     format; whoever lets a header name anything checks this too."""
     try:
         check_origin(h.host, h.vm, h.label, h.stream_id)

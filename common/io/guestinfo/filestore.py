@@ -20,8 +20,8 @@ from pathlib import Path
 
 import trio
 
-from guestagent.backends.inotify import Inotify
-from guestagent.core import guestinfo as gi
+from common.io.inotify import Inotify
+from common.proto import guestinfo as gi
 
 POWERED_ON = "poweredOn"
 POWERED_OFF = "poweredOff"

@@ -26,12 +26,12 @@ from typing import Any
 
 import trio
 
-from relay import tls as tlsmod
-from relay.link import LinkConfig, LinkDeadError, PeerLink
-from relay.linkevents import NO_EVENTS, LinkEvents
-from relay.resumable import ReplayPool, ResumableStream
+from common.link import tls as tlsmod
+from common.link.events import NO_EVENTS, LinkEvents
+from common.link.peerlink import LinkConfig, LinkDeadError, PeerLink
+from common.link.resumable import ReplayPool, ResumableStream
 
-log = logging.getLogger("relay.route")
+log = logging.getLogger("common.link.route")
 
 
 class RouteError(ValueError):

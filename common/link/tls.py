@@ -17,10 +17,10 @@ from typing import Any
 import trio
 from cryptography import x509
 
-from relay.certs import cert_identities
-from relay.tlsstream import TlsStream
-from vic.ops import tlsctx
-from vic.ops.tlsctx import TLS13
+from common.io import tlsctx
+from common.io.certs import cert_identities
+from common.io.tlsctx import TLS13
+from common.io.tlsstream import TlsStream
 
 
 class PeerIdentityError(Exception):

@@ -16,7 +16,7 @@ temporary name in the same directory, chmod-ed, then hard-linked to the path
 the path is removed only if it is still ours (same device and inode), so a
 listener that replaced ours keeps its socket.
 
-Refusals are OSErrors with an errno: open inside ``vic.ops.listen.listening``
+Refusals are OSErrors with an errno: open inside ``common.io.listen.listening``
 and the operator gets one line naming the config key. Note ``getsockname()``
 on these sockets gives the temporary name: use ``UnixListener.path``.
 """

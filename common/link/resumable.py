@@ -1,12 +1,12 @@
 """Resumable streams over peer links: survive link loss and route changes.
 
 ``ResumableStream`` is a ``trio.abc.HalfCloseableStream`` backed by a
-``relay.core.resume.ResumeSession``. Its engine task (``run()``) attaches the
+``common.proto.link.resume.ResumeSession``. Its engine task (``run()``) attaches the
 session to a stream on a ``PeerLink`` and moves bytes; when the link dies or the
 route changes it re-attaches on a new link and both ends resume from the
 offsets they have received:
 
-* the **opener** (ingress relay) asks its ``Connector`` (``relay.route.Router``)
+* the **opener** (ingress relay) asks its ``Connector`` (``common.link.route.Router``)
   for a link, with exponential backoff, and sends ``OPEN(resume, recv_offset)``;
   the acceptor's first ACK on that stream is its resume point;
 * the **acceptor** (egress relay or appliance endpoint) keeps the session in a
@@ -20,7 +20,7 @@ has not acknowledged them. When the acceptor answers a resume with
 UNKNOWN_SESSION (it restarted), the opener continues in a new session
 (``OPEN`` with the CONTINUE flag) that sends again every unacknowledged byte;
 the acceptor's side exposes ``continues`` so the stream's next hop learns where
-it starts (relay.core.header, version 2).
+it starts (common.proto.link.header, version 2).
 
 Needed bytes missing from a replay buffer end the stream with an explicit GAP
 reset at both ends (``StreamFailedError`` with ``code == ErrorCode.GAP``).
@@ -36,13 +36,13 @@ from typing import Any, Protocol
 
 import trio
 
-from relay.core.frames import ErrorCode
-from relay.core.mux import LinkClosingError, StreamOpened
-from relay.core.resume import GapError, ResumeError, ResumeProtocolError, ResumeSession
-from relay.link import LinkConfig, LinkDeadError, PeerLink
-from vic.ops.wiretext import wire
+from common.link.peerlink import LinkConfig, LinkDeadError, PeerLink
+from common.ops.wiretext import wire
+from common.proto.link.frames import ErrorCode
+from common.proto.link.mux import LinkClosingError, StreamOpened
+from common.proto.link.resume import GapError, ResumeError, ResumeProtocolError, ResumeSession
 
-log = logging.getLogger("relay.resumable")
+log = logging.getLogger("common.link.resumable")
 
 _RETRYABLE = {ErrorCode.INTERNAL, ErrorCode.REFUSED, ErrorCode.SUPERSEDED}
 

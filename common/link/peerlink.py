@@ -1,4 +1,4 @@
-"""``PeerLink``: the trio adapter that runs a ``relay.core.mux.Mux`` over one stream.
+"""``PeerLink``: the trio adapter that runs a ``common.proto.link.mux.Mux`` over one stream.
 
 One reader task feeds received bytes to the mux and dispatches the events to
 per-stream handlers (synchronously: handlers never block, they buffer within
@@ -23,8 +23,11 @@ from typing import Any, Protocol
 
 import trio
 
-from relay.core.frames import ErrorCode, LinkProtocolError
-from relay.core.mux import (
+from common.io.rawsock import IOV_MAX, RawSocket, Yielder, consume, raw_socket, unthrottle_tcp
+from common.io.tlsstream import TlsStream
+from common.ops.wiretext import wire
+from common.proto.link.frames import ErrorCode, LinkProtocolError
+from common.proto.link.mux import (
     AckReceived,
     CreditAvailable,
     DataReceived,
@@ -37,11 +40,8 @@ from relay.core.mux import (
     StreamOpened,
     StreamReset,
 )
-from relay.rawsock import IOV_MAX, RawSocket, Yielder, consume, raw_socket, unthrottle_tcp
-from relay.tlsstream import TlsStream
-from vic.ops.wiretext import wire
 
-log = logging.getLogger("relay.link")
+log = logging.getLogger("common.link.peerlink")
 
 __all__ = ["LinkClosingError", "LinkConfig", "LinkDeadError", "PeerLink", "StreamHandler"]
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import trio
 
-from relay import tls as tlsmod
-from relay.link import LinkConfig, PeerLink
-from relay.linkevents import NO_EVENTS, LinkEvents
-from relay.resumable import SessionTable
-from vic.ops.wiretext import wire
+from common.link import tls as tlsmod
+from common.link.events import NO_EVENTS, LinkEvents
+from common.link.peerlink import LinkConfig, PeerLink
+from common.link.resumable import SessionTable
+from common.ops.wiretext import wire
 
-log = logging.getLogger("relay.peering")
+log = logging.getLogger("common.link.peering")
 
 
 async def accept_tls(stream: trio.abc.Stream, ctx: ssl.SSLContext, allowed: Collection[str],

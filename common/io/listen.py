@@ -22,7 +22,7 @@ import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from vic.ops.config import ConfigError
+from common.ops.config import ConfigError
 
 # errnos that mean "this host is not an address of this machine"
 _HOST_ERRNOS = frozenset({errno.EADDRNOTAVAIL})

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import trio
 
-from relay.pipepool import Pipe, PipePool
+from common.io.pipepool import Pipe, PipePool
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 # Yield to other tasks after this many bytes moved without blocking.

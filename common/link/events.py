@@ -2,7 +2,7 @@
 
 Routers, link servers and the mesh call these as things happen; the relay daemon
 passes its ``RelayMetrics`` (which counts them), anything else gets ``NO_EVENTS``.
-Reasons are short fixed words (``relay.tls.refusal_reason``), fit as label values.
+Reasons are short fixed words (``common.link.tls.refusal_reason``), fit as label values.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 
-from vic.ops.config import ConfigError
+from common.ops.config import ConfigError
 
 EXIT_CONFIG = 2
 

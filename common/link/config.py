@@ -1,4 +1,4 @@
-"""TOML configuration of the peer mesh, as frozen dataclasses (``vic.ops.config``).
+"""TOML configuration of the peer mesh, as frozen dataclasses (``common.ops.config``).
 
 Meant to sit under ``[peer]`` in the relay's config::
 
@@ -48,13 +48,13 @@ from typing import Any, Literal, TypeAlias
 
 import trio
 
-from relay.core.mux import MuxConfig
-from relay.link import LinkConfig
-from relay.route import Route, RouteError, is_trusted_address, parse_address
-from relay.tls import TlsFiles, client_context
-from vic.ops.config import ConfigError, require
-from vic.ops.unixlisten import UnixListener, open_unix_listener
-from vic.ops.vsphere import VSphereTarget
+from common.io.unixlisten import UnixListener, open_unix_listener
+from common.io.vsphere import VSphereTarget
+from common.link.peerlink import LinkConfig
+from common.link.route import Route, RouteError, is_trusted_address, parse_address
+from common.link.tls import TlsFiles, client_context
+from common.ops.config import ConfigError, require
+from common.proto.link.mux import MuxConfig
 
 KiB = 1024
 MiB = 1024 * 1024

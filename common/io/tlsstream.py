@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import trio
 
-from relay.rawsock import RawSocket, raw_socket
+from common.io.rawsock import RawSocket, raw_socket
 
 READ_SIZE = 256 * 1024
 RECORD = 16 * 1024  # TLS maximum record payload

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from vic.ops.listen import probe_host
+from common.io.listen import probe_host
 
 SOON = dt.timedelta(days=14)
 

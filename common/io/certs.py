@@ -2,7 +2,7 @@
 
 Identities are URI subject-alternative names: ``vic://host/<name>`` for a relay
 on an ESX host and ``vic://appliance/<name>`` for an appliance endpoint. The peer
-link checks that URI against the configured peers (see ``relay.tls``).
+link checks that URI against the configured peers (see ``common.link.tls``).
 
 Files: ``ca.crt`` / ``ca.key`` in the CA directory; ``<kind>-<name>.crt`` /
 ``.key`` for issued certificates. Keys are written 0600 and certificates 0644,

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 
 import trio
 
-from guestagent.core import guestinfo as gi
+from common.proto import guestinfo as gi
 
 
 class BackendError(Exception):

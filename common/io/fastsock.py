@@ -6,7 +6,7 @@ such call (with its own yield) per partial send. The ESX reader and the console
 clients' senders make a call per chunk of a VM's bulk output, so this module
 makes the non-blocking syscall itself on the trio socket's own stdlib socket and
 waits through trio (``wait_readable`` / ``wait_writable``) only when the kernel
-says it would block (the pattern of ``relay.rawsock``, whose ``stdlib_socket`` it
+says it would block (the pattern of ``common.io.rawsock``, whose ``stdlib_socket`` it
 uses, with trio's error translation and yields kept, which the peer link's raw
 calls do without).
 
@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from relay.rawsock import stdlib_socket
+from common.io.rawsock import stdlib_socket
 
 Buffer = bytes | bytearray | memoryview
 ReceiveSome = Callable[[int], Awaitable[bytes | bytearray]]

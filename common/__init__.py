@@ -1,0 +1,1 @@
+"""What more than one program uses, by layer: proto (sans-IO) < ops < io < link."""

@@ -1,0 +1,1 @@
+"""The trio/OS toolkit: listeners, TLS contexts, the fast socket path, splice, vSphere."""

@@ -1,0 +1,1 @@
+"""The guestinfo stores read by the guest and the appliance alike."""

@@ -1,0 +1,1 @@
+"""The peer link over trio: links, resumable streams, routes, listeners, peer TLS."""

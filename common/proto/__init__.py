@@ -1,0 +1,1 @@
+"""Sans-IO protocols: no trio, no sockets, no clock, no os."""

@@ -1,0 +1,1 @@
+"""The console attach protocol and the replay ring, sans-IO."""

@@ -1,1 +1,0 @@
-"""Sans-IO cores of the guest agent: no trio, no sockets, no clock."""
