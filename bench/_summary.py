@@ -1,6 +1,6 @@
 """Print the README's benchmark table from bench/results/*.json (markdown).
 
-    python bench/_summary.py [RESULTS_DIR]
+python bench/_summary.py [RESULTS_DIR]
 """
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ def x(v: Any) -> str:
 
 def load_of(d: dict[str, Any] | None) -> str:
     steal = None
-    for path in (("environment", "cpu_steal"), ("cpu_steal",), ("summary", "cpu_steal_during_vmotions")):
+    for path in (
+        ("environment", "cpu_steal"),
+        ("cpu_steal",),
+        ("summary", "cpu_steal_during_vmotions"),
+    ):
         v = get(d, *path)
         if isinstance(v, float):
             steal = f", steal {v:.0%}"
@@ -44,78 +48,146 @@ def load_of(d: dict[str, Any] | None) -> str:
     return "?"
 
 
-def rows(d: Path) -> list[tuple[str, str, str, str]]:
+def rows(d: Path) -> list[tuple[str, str, str, str]]:  # noqa: C901
     out: list[tuple[str, str, str, str]] = []
     v = load(d, "vspc_throughput")
     for kind in ("text", "binary"):
         r = get(v, "summary", kind, "vspc_vs_socat")
         if r is not None:
-            out.append((f"vSPC console throughput, {kind}", f"{x(r)} socat",
-                        ">= 0.8x (text)" if kind == "text" else "-", load_of(v)))
-    for name, label in (("vspc_scale", "with console traffic"),
-                        ("vspc_scale_idle_consoles", "idle consoles")):
+            out.append(
+                (
+                    f"vSPC console throughput, {kind}",
+                    f"{x(r)} socat",
+                    ">= 0.8x (text)" if kind == "text" else "-",
+                    load_of(v),
+                )
+            )
+    for name, label in (
+        ("vspc_scale", "with console traffic"),
+        ("vspc_scale_idle_consoles", "idle consoles"),
+    ):
         s = load(d, name)
         if s is None:
             continue
         sm = s["summary"]
-        out.append((f"vSPC 16,000 VMs, {label}: RSS per VM", f"{sm['rss_kib_per_vm']:.2f} KiB",
-                    "<= 12 KiB", load_of(s)))
+        out.append(
+            (
+                f"vSPC 16,000 VMs, {label}: RSS per VM",
+                f"{sm['rss_kib_per_vm']:.2f} KiB",
+                "<= 12 KiB",
+                load_of(s),
+            )
+        )
         base = sm.get("p99_vs_direct")
-        direct = (f"; a bare trio server, same run: p99 {sm['begin_goahead_p99_ms'] / base:.2f} ms"
-                  if base else "")
-        out.append((f"vSPC 16,000 VMs, {label}: BEGIN->GOAHEAD p50 / p99",
-                    f"{sm['begin_goahead_p50_ms']:.2f} / {sm['begin_goahead_p99_ms']:.2f} ms "
-                    f"({sm.get('vmotion_failures', 0)} failed{direct})", "p99 <= 2 ms",
-                    load_of(s)))
+        direct = (
+            f"; a bare trio server, same run: p99 {sm['begin_goahead_p99_ms'] / base:.2f} ms"
+            if base
+            else ""
+        )
+        out.append(
+            (
+                f"vSPC 16,000 VMs, {label}: BEGIN->GOAHEAD p50 / p99",
+                f"{sm['begin_goahead_p50_ms']:.2f} / {sm['begin_goahead_p99_ms']:.2f} ms "
+                f"({sm.get('vmotion_failures', 0)} failed{direct})",
+                "p99 <= 2 ms",
+                load_of(s),
+            )
+        )
         if sm.get("begin_goahead_kernel_p99_ms") is not None:
             bare = sm.get("direct_kernel_p99_ms")
-            out.append((f"vSPC 16,000 VMs, {label}: BEGIN->GOAHEAD at the probing host's kernel",
-                        f"{sm['begin_goahead_kernel_p50_ms']:.2f} / "
-                        f"{sm['begin_goahead_kernel_p99_ms']:.2f} ms"
-                        + (f" (bare trio server: p99 {bare:.2f} ms)" if bare else ""),
-                        "p99 <= 2 ms", load_of(s)))
+            out.append(
+                (
+                    f"vSPC 16,000 VMs, {label}: BEGIN->GOAHEAD at the probing host's kernel",
+                    f"{sm['begin_goahead_kernel_p50_ms']:.2f} / "
+                    f"{sm['begin_goahead_kernel_p99_ms']:.2f} ms"
+                    + (f" (bare trio server: p99 {bare:.2f} ms)" if bare else ""),
+                    "p99 <= 2 ms",
+                    load_of(s),
+                )
+            )
     t = load(d, "relay_throughput")
     for kind in ("tcp", "unix"):
         r = get(t, "summary", kind, "ratios")
         if r:
             floor = ""
             if "floor_vs_socat_throughput" in r:
-                floor = (f" (splice floor, no Python: {x(r['floor_vs_socat_throughput'])}, "
-                         f"CPU {x(r['floor_vs_socat_cpu_per_gib'])})")
-            out.append((f"relay one hop, 1 GiB {kind.upper()}",
-                        f"{x(r['pump_vs_socat_throughput'])} socat, CPU/GiB "
-                        f"{x(r['pump_vs_socat_cpu_per_gib'])}{floor}", ">= 1.3x, CPU <= 0.6x",
-                        load_of(t)))
+                floor = (
+                    f" (splice floor, no Python: {x(r['floor_vs_socat_throughput'])}, "
+                    f"CPU {x(r['floor_vs_socat_cpu_per_gib'])})"
+                )
+            out.append(
+                (
+                    f"relay one hop, 1 GiB {kind.upper()}",
+                    f"{x(r['pump_vs_socat_throughput'])} socat, CPU/GiB "
+                    f"{x(r['pump_vs_socat_cpu_per_gib'])}{floor}",
+                    ">= 1.3x, CPU <= 0.6x",
+                    load_of(t),
+                )
+            )
     lat = load(d, "relay_latency")
     for kind in ("tcp", "unix"):
         r = get(lat, "summary", kind, "ratios", "pump_vs_socat_added_p50")
         if r is not None:
-            out.append((f"relay one hop, 64 B ping-pong {kind.upper()}: added p50",
-                        f"{x(r)} socat's", "<= 1.2x", load_of(lat)))
+            out.append(
+                (
+                    f"relay one hop, 64 B ping-pong {kind.upper()}: added p50",
+                    f"{x(r)} socat's",
+                    "<= 1.2x",
+                    load_of(lat),
+                )
+            )
     idle = load(d, "relay_idle")
     if idle:
-        out.append((f"relay, {idle['streams']:,} idle streams: memory per stream",
-                    f"{idle['relay']['per_stream_bytes_median'] / 1024:.1f} KiB "
-                    f"(socat: {idle['socat']['per_stream_pss_bytes_median'] / 1024:.0f} KiB PSS)",
-                    "<= 10 KiB", load_of(idle)))
+        out.append(
+            (
+                f"relay, {idle['streams']:,} idle streams: memory per stream",
+                f"{idle['relay']['per_stream_bytes_median'] / 1024:.1f} KiB "
+                f"(socat: {idle['socat']['per_stream_pss_bytes_median'] / 1024:.0f} KiB PSS)",
+                "<= 10 KiB",
+                load_of(idle),
+            )
+        )
     m = load(d, "mesh_two_hop")
     if m:
         r = m.get("ratios", {})
-        out.append(("mesh two hops, mTLS link", f"{x(r.get('tls_ours_over_socat_tls'))} socat TLS",
-                    ">= 0.8x", load_of(m)))
-        out.append(("mesh two hops, plaintext link",
-                    f"{x(r.get('plain_ours_over_socat_plain'))} socat", ">= 1.0x", load_of(m)))
+        out.append(
+            (
+                "mesh two hops, mTLS link",
+                f"{x(r.get('tls_ours_over_socat_tls'))} socat TLS",
+                ">= 0.8x",
+                load_of(m),
+            )
+        )
+        out.append(
+            (
+                "mesh two hops, plaintext link",
+                f"{x(r.get('plain_ours_over_socat_plain'))} socat",
+                ">= 1.0x",
+                load_of(m),
+            )
+        )
         st = m.get("streams", {})
         if st:
-            out.append((f"mesh, {st['streams']:,} streams on one link: fairness",
-                        f"{st['fairness_slowest_over_fastest']:.2f} "
-                        f"({st['aggregate_mb_s']:.0f} MB/s in all)", ">= 0.5", load_of(m)))
+            out.append(
+                (
+                    f"mesh, {st['streams']:,} streams on one link: fairness",
+                    f"{st['fairness_slowest_over_fastest']:.2f} "
+                    f"({st['aggregate_mb_s']:.0f} MB/s in all)",
+                    ">= 0.5",
+                    load_of(m),
+                )
+            )
         k = m.get("kill", {})
         if k:
             ratio = k["killed"]["mb_s"] / k["undisturbed"]["mb_s"]
-            out.append(("mesh, link killed every second",
-                        f"intact: {k['killed']['intact']}, {ratio:.0%} of undisturbed",
-                        "zero loss, >= 50%", load_of(m)))
+            out.append(
+                (
+                    "mesh, link killed every second",
+                    f"intact: {k['killed']['intact']}, {ratio:.0%} of undisturbed",
+                    "zero loss, >= 50%",
+                    load_of(m),
+                )
+            )
     a = load(d, "agent_console")
     for kind in ("hybrid", "pty"):
         r = get(a, "paths", kind, "agent_over_socat")
@@ -124,9 +196,14 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:
     e = load(d, "agent_exit_latency")
     if e:
         s = e["summary"]["agent"]
-        out.append(("agent: exit -> appliance sees status",
-                    f"p50 {s['p50_us'] / 1000:.1f} ms, p99 {s['p99_us'] / 1000:.1f} ms", "-",
-                    load_of(e)))
+        out.append(
+            (
+                "agent: exit -> appliance sees status",
+                f"p50 {s['p50_us'] / 1000:.1f} ms, p99 {s['p99_us'] / 1000:.1f} ms",
+                "-",
+                load_of(e),
+            )
+        )
     return out
 
 

@@ -82,7 +82,7 @@ def proc_cpu(pid: int) -> float:
 
 
 # =====================================================================  relay roles
-def role_main(args: argparse.Namespace) -> None:
+def role_main(args: argparse.Namespace) -> None:  # noqa: C901
     import trio
 
     from common.link.peering import LinkServer, open_session_table
@@ -96,8 +96,13 @@ def role_main(args: argparse.Namespace) -> None:
     raise_nofile()
     runtime_tuning.tune_allocator()  # as `vic relay` does at start-up
     frame = int(os.environ.get("VIC_MESH_FRAME_KB", "256")) * 1024
-    cfg = LinkConfig(mux=MuxConfig(max_payload=frame), reconnect_min=0.01, reconnect_max=0.2,
-                     read_size=max(frame, 256 * 1024), send_quantum=frame)
+    cfg = LinkConfig(
+        mux=MuxConfig(max_payload=frame),
+        reconnect_min=0.01,
+        reconnect_max=0.2,
+        read_size=max(frame, 256 * 1024),
+        send_quantum=frame,
+    )
     certs = Path(args.certs) if args.certs else None
 
     def files(name: str) -> TlsFiles | None:
@@ -108,8 +113,9 @@ def role_main(args: argparse.Namespace) -> None:
     async def egress() -> None:
         sink_host, sink_port = args.sink.rsplit(":", 1)
         async with open_session_table(cfg) as table, trio.open_nursery() as n:
-            server = LinkServer(table, tls_files=files("egress"),
-                                allowed_peers={"vic://host/ingress"}, config=cfg)
+            server = LinkServer(
+                table, tls_files=files("egress"), allowed_peers={"vic://host/ingress"}, config=cfg
+            )
             listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
             await n.start(server.serve, listeners)
             print(f"READY {listeners[0].socket.getsockname()[1]}", flush=True)
@@ -123,8 +129,11 @@ def role_main(args: argparse.Namespace) -> None:
 
     async def ingress() -> None:
         async with trio.open_nursery() as n:
-            route = Route(f"tcp:127.0.0.1:{args.link_port}", identity="vic://host/egress",
-                          tls=certs is not None)
+            route = Route(
+                f"tcp:127.0.0.1:{args.link_port}",
+                identity="vic://host/egress",
+                tls=certs is not None,
+            )
             router = Router(route, n, tls_files=files("ingress"), config=cfg)
             listeners = await trio.open_tcp_listeners(0, host="127.0.0.1", backlog=4096)
 
@@ -134,6 +143,7 @@ def role_main(args: argparse.Namespace) -> None:
 
             await n.start(trio.serve_listeners, handle, listeners)
             if args.kill_every:
+
                 async def killer() -> None:
                     while True:
                         await trio.sleep(args.kill_every)
@@ -141,6 +151,7 @@ def role_main(args: argparse.Namespace) -> None:
                         if link is not None and link.stream_count:
                             link.close("bench: killed")
                             print("KILLED", flush=True)
+
                 n.start_soon(killer)
             print(f"READY {listeners[0].socket.getsockname()[1]}", flush=True)
 
@@ -149,6 +160,7 @@ def role_main(args: argparse.Namespace) -> None:
         trio.run(egress if args.role == "egress" else ingress)
         return
     import cProfile
+
     pr = cProfile.Profile()
     pr.enable()
     try:
@@ -163,8 +175,9 @@ def role_main(args: argparse.Namespace) -> None:
 # =====================================================================  harness
 class Proc:
     def __init__(self, argv: list[str], ready_port: int | None = None) -> None:
-        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  text=True, cwd=ROOT)
+        self.p = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+        )
         self.port = ready_port
         if ready_port is None:
             assert self.p.stdout is not None
@@ -282,8 +295,15 @@ def send_bulk(port: int, size: int, base: bytes, varied: bool) -> str:
     return h.hexdigest() if h else ""
 
 
-def run_bulk(port: int, sink: Sink, size: int, base: bytes, procs: list[Proc],
-             varied: bool = False, timeout: float = 600) -> dict[str, Any]:
+def run_bulk(
+    port: int,
+    sink: Sink,
+    size: int,
+    base: bytes,
+    procs: list[Proc],
+    varied: bool = False,
+    timeout: float = 600,
+) -> dict[str, Any]:
     sink.reset(1)
     cpu0 = [p.cpu() for p in procs]
     t0 = time.perf_counter()
@@ -293,8 +313,13 @@ def run_bulk(port: int, sink: Sink, size: int, base: bytes, procs: list[Proc],
     n, t_end, got_hash = sink.results[0]
     dt = t_end - t0
     cpu = sum(p.cpu() for p in procs) - sum(cpu0)
-    out = {"bytes": n, "seconds": dt, "mb_s": n / dt / 1e6, "relay_cpu_s": cpu,
-           "cpu_s_per_gib": cpu / (n / (1 << 30)) if n else None}
+    out = {
+        "bytes": n,
+        "seconds": dt,
+        "mb_s": n / dt / 1e6,
+        "relay_cpu_s": cpu,
+        "cpu_s_per_gib": cpu / (n / (1 << 30)) if n else None,
+    }
     if varied:
         out["intact"] = n == size and sent_hash == got_hash
     return out
@@ -302,6 +327,7 @@ def run_bulk(port: int, sink: Sink, size: int, base: bytes, procs: list[Proc],
 
 def make_certs(d: Path) -> None:
     from common.io import certs
+
     certs.init_ca(d, key_type="ed25519")
     for name in ("ingress", "egress"):
         certs.issue(d, "host", name, dns_names=("localhost",))
@@ -312,8 +338,18 @@ def start_ours(sink_port: int, certs: Path | None, kill_every: float = 0.0) -> l
     tls = ["--certs", str(certs)] if certs else []
     egress = Proc([*me, "--role", "egress", "--sink", f"127.0.0.1:{sink_port}", *tls])
     try:
-        ingress = Proc([*me, "--role", "ingress", "--link-port", str(egress.port), *tls,
-                        "--kill-every", str(kill_every)])
+        ingress = Proc(
+            [
+                *me,
+                "--role",
+                "ingress",
+                "--link-port",
+                str(egress.port),
+                *tls,
+                "--kill-every",
+                str(kill_every),
+            ]
+        )
     except BaseException:
         egress.kill()
         raise
@@ -324,26 +360,43 @@ def start_socat(sink_port: int, certs: Path | None) -> list[Proc]:
     p1, p2 = free_port(), free_port()
     b = ["-b", "262144"]
     if certs is None:
-        hop2 = ["socat", *b, f"TCP-LISTEN:{p2},bind=127.0.0.1,reuseaddr,fork",
-                f"TCP:127.0.0.1:{sink_port}"]
-        hop1 = ["socat", *b, f"TCP-LISTEN:{p1},bind=127.0.0.1,reuseaddr,fork",
-                f"TCP:127.0.0.1:{p2}"]
+        hop2 = [
+            "socat",
+            *b,
+            f"TCP-LISTEN:{p2},bind=127.0.0.1,reuseaddr,fork",
+            f"TCP:127.0.0.1:{sink_port}",
+        ]
+        hop1 = [
+            "socat",
+            *b,
+            f"TCP-LISTEN:{p1},bind=127.0.0.1,reuseaddr,fork",
+            f"TCP:127.0.0.1:{p2}",
+        ]
     else:
         e, i, ca = certs / "host-egress", certs / "host-ingress", certs / "ca.crt"
-        hop2 = ["socat", *b,
-                f"OPENSSL-LISTEN:{p2},bind=127.0.0.1,reuseaddr,fork,cert={e}.crt,key={e}.key,"
-                f"cafile={ca},verify=1", f"TCP:127.0.0.1:{sink_port}"]
-        hop1 = ["socat", *b, f"TCP-LISTEN:{p1},bind=127.0.0.1,reuseaddr,fork",
-                f"OPENSSL:localhost:{p2},cert={i}.crt,key={i}.key,cafile={ca},verify=1,"
-                f"commonname=localhost"]
+        hop2 = [
+            "socat",
+            *b,
+            f"OPENSSL-LISTEN:{p2},bind=127.0.0.1,reuseaddr,fork,cert={e}.crt,key={e}.key,"
+            f"cafile={ca},verify=1",
+            f"TCP:127.0.0.1:{sink_port}",
+        ]
+        hop1 = [
+            "socat",
+            *b,
+            f"TCP-LISTEN:{p1},bind=127.0.0.1,reuseaddr,fork",
+            f"OPENSSL:localhost:{p2},cert={i}.crt,key={i}.key,cafile={ca},verify=1,"
+            f"commonname=localhost",
+        ]
     s2 = Proc(hop2, ready_port=p2)
     s1 = Proc(hop1, ready_port=p1)
     return [s1, s2]
 
 
 # ---------------------------------------------------------------- many streams
-def run_streams(port: int, lsock: socket.socket, n_streams: int, warm: float,
-                measure: float) -> dict[str, Any]:
+def run_streams(
+    port: int, lsock: socket.socket, n_streams: int, warm: float, measure: float
+) -> dict[str, Any]:
     """``n_streams`` clients send flat out through ``port``; the sink on ``lsock``
     counts each connection's bytes during the measuring window (after ``warm``).
     Fairness = least / most bytes delivered by one stream in that window."""
@@ -389,7 +442,8 @@ def run_streams(port: int, lsock: socket.socket, n_streams: int, warm: float,
             n.cancel_scope.cancel()
         got = [b - a for a, b in zip(c0, c1)]
         return {
-            "streams": n_streams, "window_s": t1 - t0,
+            "streams": n_streams,
+            "window_s": t1 - t0,
             "aggregate_mb_s": sum(got) / (t1 - t0) / 1e6,
             "fairness_slowest_over_fastest": min(got) / max(got) if max(got) else 0.0,
             "slowest_mb_s": min(got) / (t1 - t0) / 1e6,
@@ -401,7 +455,7 @@ def run_streams(port: int, lsock: socket.socket, n_streams: int, warm: float,
 
 
 # =====================================================================  main
-def bench(args: argparse.Namespace) -> int:
+def bench(args: argparse.Namespace) -> int:  # noqa: C901
     raise_nofile()
     smoke = args.smoke
     size = (8 if smoke else args.size_mb) * BLOCK
@@ -418,9 +472,15 @@ def bench(args: argparse.Namespace) -> int:
     hsink = Sink(hashing=True)
     steal0 = cpu_ticks()
     results: dict[str, Any] = {
-        "bench": "mesh_two_hop", "smoke": smoke, "size_bytes": size, "reps": reps,
-        "host": platform.node(), "python": platform.python_version(),
-        "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(), "runs": {},
+        "bench": "mesh_two_hop",
+        "smoke": smoke,
+        "size_bytes": size,
+        "reps": reps,
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_start": os.getloadavg(),
+        "runs": {},
     }
     configs: list[tuple[str, Any]] = [  # (name, start function)
         ("direct", None),
@@ -428,8 +488,10 @@ def bench(args: argparse.Namespace) -> int:
         ("ours_plain", lambda: start_ours(sink.port, None)),
     ]
     if have_socat and not args.no_socat:
-        configs += [("socat_tls", lambda: start_socat(sink.port, certs)),
-                    ("socat_plain", lambda: start_socat(sink.port, None))]
+        configs += [
+            ("socat_tls", lambda: start_socat(sink.port, certs)),
+            ("socat_plain", lambda: start_socat(sink.port, None)),
+        ]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in configs}
     only = set(args.only or ["bulk", "streams", "kill"])
     if "bulk" not in only:
@@ -448,8 +510,11 @@ def bench(args: argparse.Namespace) -> int:
                 runs[name].append(r)
                 print(f"bulk rep {rep} {name:12} {r['mb_s']:8.1f} MB/s", flush=True)
         med = {k: statistics.median(x["mb_s"] for x in v) for k, v in runs.items() if v}
-        cpu = {k: statistics.median(x["cpu_s_per_gib"] or 0 for x in v)
-               for k, v in runs.items() if v and not k.startswith("socat")}
+        cpu = {
+            k: statistics.median(x["cpu_s_per_gib"] or 0 for x in v)
+            for k, v in runs.items()
+            if v and not k.startswith("socat")
+        }
         results["runs"]["bulk"] = runs
         results["bulk_median_mb_s"] = med
         results["bulk_cpu_s_per_gib"] = cpu  # socat forks per connection: not measured
@@ -512,46 +577,70 @@ def bench(args: argparse.Namespace) -> int:
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     if only == {"bulk", "streams", "kill"}:
         plot(results, out.with_suffix(".png"))
-    print(json.dumps({k: results.get(k) for k in
-                      ("bulk_median_mb_s", "ratios", "bulk_cpu_s_per_gib")}, indent=2))
+    print(
+        json.dumps(
+            {k: results.get(k) for k in ("bulk_median_mb_s", "ratios", "bulk_cpu_s_per_gib")},
+            indent=2,
+        )
+    )
     if "streams" in results:
-        print(f"streams fairness {results['streams']['fairness_slowest_over_fastest']:.2f}, "
-              f"aggregate {results['streams']['aggregate_mb_s']:.1f} MB/s")
+        print(
+            f"streams fairness {results['streams']['fairness_slowest_over_fastest']:.2f}, "
+            f"aggregate {results['streams']['aggregate_mb_s']:.1f} MB/s"
+        )
     if "kill" in results:
-        print(f"kill: intact={results['kill']['killed'].get('intact')} "
-              f"ratio={results['kill']['throughput_ratio']:.2f}")
+        print(
+            f"kill: intact={results['kill']['killed'].get('intact')} "
+            f"ratio={results['kill']['throughput_ratio']:.2f}"
+        )
     print(f"wrote {out.with_suffix('.json')}")
-    ok = (results.get("kill", {}).get("killed", {}).get("intact", True)
-          and results.get("streams", {}).get("all_moving", True))
+    ok = results.get("kill", {}).get("killed", {}).get("intact", True) and results.get(
+        "streams", {}
+    ).get("all_moving", True)
     return 0 if ok else 1
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     med = results["bulk_median_mb_s"]
     names = list(med)
-    axes[0].bar(names, [med[n] for n in names],
-                color=["#888" if n == "direct" else "#3a7" if n.startswith("ours") else "#c64"
-                       for n in names])
+    axes[0].bar(
+        names,
+        [med[n] for n in names],
+        color=[
+            "#888" if n == "direct" else "#3a7" if n.startswith("ours") else "#c64" for n in names
+        ],
+    )
     axes[0].set_ylabel("MB/s (median)")
     axes[0].set_title(f"two hops, {results['size_bytes'] >> 20} MiB bulk")
     axes[0].tick_params(axis="x", rotation=30)
     s = results["streams"]
-    axes[1].bar(["aggregate", "direct"], [s["aggregate_mb_s"], s["direct_aggregate_mb_s"]],
-                color=["#3a7", "#888"])
-    axes[1].set_title(f"{s['streams']} streams / one TLS link\n"
-                      f"fairness slowest/fastest = {s['fairness_slowest_over_fastest']:.2f}")
+    axes[1].bar(
+        ["aggregate", "direct"],
+        [s["aggregate_mb_s"], s["direct_aggregate_mb_s"]],
+        color=["#3a7", "#888"],
+    )
+    axes[1].set_title(
+        f"{s['streams']} streams / one TLS link\n"
+        f"fairness slowest/fastest = {s['fairness_slowest_over_fastest']:.2f}"
+    )
     axes[1].set_ylabel("MB/s")
     k = results["kill"]
-    axes[2].bar(["undisturbed", "killed every s"], [k["undisturbed"]["mb_s"], k["killed"]["mb_s"]],
-                color=["#3a7", "#c64"])
-    axes[2].set_title(f"link killed {k['killed']['link_kills']}x (every s): "
-                      f"intact={k['killed'].get('intact')}\n"
-                      f"ratio = {k['throughput_ratio']:.2f}")
+    axes[2].bar(
+        ["undisturbed", "killed every s"],
+        [k["undisturbed"]["mb_s"], k["killed"]["mb_s"]],
+        color=["#3a7", "#c64"],
+    )
+    axes[2].set_title(
+        f"link killed {k['killed']['link_kills']}x (every s): "
+        f"intact={k['killed'].get('intact')}\n"
+        f"ratio = {k['throughput_ratio']:.2f}"
+    )
     axes[2].set_ylabel("MB/s")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -569,8 +658,12 @@ def main() -> int:
     p.add_argument("--kill-mb", type=int, default=2048)
     p.add_argument("--kill-every", type=float, default=1.0)
     p.add_argument("--no-socat", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--only", choices=["bulk", "streams", "kill"], action="append",
-                   help="run only these scenarios (repeatable; default all)")
+    p.add_argument(
+        "--only",
+        choices=["bulk", "streams", "kill"],
+        action="append",
+        help="run only these scenarios (repeatable; default all)",
+    )
     # internal: relay roles
     p.add_argument("--role", choices=["ingress", "egress"], help=argparse.SUPPRESS)
     p.add_argument("--sink", help=argparse.SUPPRESS)

@@ -90,7 +90,9 @@ class Sink:
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--role", "sink"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
@@ -275,8 +277,11 @@ def run_socat(k: int) -> dict[str, Any]:
     sink = Sink()
     port = free_port()
     proc = subprocess.Popen(
-        ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=4096",
-         f"TCP:127.0.0.1:{sink.port}"],
+        [
+            "socat",
+            f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=4096",
+            f"TCP:127.0.0.1:{sink.port}",
+        ],
         stderr=subprocess.DEVNULL,
     )
     clients: list[socket.socket] = []
@@ -335,16 +340,31 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for i, run in enumerate(result["relay_runs"]):
         base = run["rss_kib"][0][1]
         pts = [p for p in run["rss_kib"] if p[0] > 0]
-        ax1.plot([p[0] for p in pts], [(p[1] - base) / 1024 for p in pts], marker="o",
-                 color="C0", label="vic relay (measured)" if i == 0 else None)
+        ax1.plot(
+            [p[0] for p in pts],
+            [(p[1] - base) / 1024 for p in pts],
+            marker="o",
+            color="C0",
+            label="vic relay (measured)" if i == 0 else None,
+        )
     socat_pb = result["socat"]["per_stream_rss_bytes_median"]
     socat_pss = result["socat"]["per_stream_pss_bytes_median"]
     xs = [max(1, n // 100), n]
     if socat_pb:
-        ax1.plot(xs, [socat_pb * x / 2**20 for x in xs], "--", color="C1",
-                 label="socat RSS (per-process, extrapolated)")
-        ax1.plot(xs, [socat_pss * x / 2**20 for x in xs], ":", color="C1",
-                 label="socat PSS (extrapolated)")
+        ax1.plot(
+            xs,
+            [socat_pb * x / 2**20 for x in xs],
+            "--",
+            color="C1",
+            label="socat RSS (per-process, extrapolated)",
+        )
+        ax1.plot(
+            xs,
+            [socat_pss * x / 2**20 for x in xs],
+            ":",
+            color="C1",
+            label="socat PSS (extrapolated)",
+        )
     ax1.plot(xs, [10 * KIB * x / 2**20 for x in xs], ":", color="red", label="10 KiB/stream target")
     ax1.set_xscale("log")
     ax1.set_yscale("log")
@@ -398,12 +418,18 @@ def main() -> int:
     direct_runs = []
     for r in range(reps):
         relay_runs.append(run_relay(n, steps, tries))
-        print(f"rep {r + 1}: relay {relay_runs[-1]['per_stream_bytes_slope']:.0f} B/stream (slope), "
-              f"{relay_runs[-1]['per_stream_bytes_total']:.0f} B/stream (total)", flush=True)
+        print(
+            f"rep {r + 1}: relay {relay_runs[-1]['per_stream_bytes_slope']:.0f} B/stream (slope), "
+            f"{relay_runs[-1]['per_stream_bytes_total']:.0f} B/stream (total)",
+            flush=True,
+        )
         if shutil.which("socat"):
             socat_runs.append(run_socat(k))
-            print(f"rep {r + 1}: socat {socat_runs[-1]['per_stream_rss_bytes'] / KIB:.0f} KiB RSS, "
-                  f"{socat_runs[-1]['per_stream_pss_bytes'] / KIB:.0f} KiB PSS per stream", flush=True)
+            print(
+                f"rep {r + 1}: socat {socat_runs[-1]['per_stream_rss_bytes'] / KIB:.0f} KiB RSS, "
+                f"{socat_runs[-1]['per_stream_pss_bytes'] / KIB:.0f} KiB PSS per stream",
+                flush=True,
+            )
         direct_runs.append(run_direct(n))
     med = statistics.median
     relay_pb = med(r["per_stream_bytes_slope"] for r in relay_runs)
@@ -412,8 +438,11 @@ def main() -> int:
         "smoke": args.smoke,
         "streams": n,
         "reps": reps,
-        "host": {"python": platform.python_version(), "kernel": platform.release(),
-                 "cpus": os.cpu_count()},
+        "host": {
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+            "cpus": os.cpu_count(),
+        },
         "relay_runs": relay_runs,
         "relay": {
             "per_stream_bytes_median": relay_pb,
@@ -424,8 +453,10 @@ def main() -> int:
         },
         "socat_runs": socat_runs,
         "direct_runs": direct_runs,
-        "direct": {"relay_bytes_per_stream": 0,
-                   "open_seconds_median": med(r["open_seconds"] for r in direct_runs)},
+        "direct": {
+            "relay_bytes_per_stream": 0,
+            "open_seconds_median": med(r["open_seconds"] for r in direct_runs),
+        },
     }
     if socat_runs:
         s_rss = med(r["per_stream_rss_bytes"] for r in socat_runs)
@@ -440,23 +471,32 @@ def main() -> int:
             "ratio_pss_socat_over_relay": s_pss / relay_pb if relay_pb > 0 else None,
         }
     else:
-        result["socat"] = {"per_stream_rss_bytes_median": 0.0, "per_stream_pss_bytes_median": 0.0,
-                           "skipped": "socat not installed"}
+        result["socat"] = {
+            "per_stream_rss_bytes_median": 0.0,
+            "per_stream_pss_bytes_median": 0.0,
+            "skipped": "socat not installed",
+        }
     out = results_dir()
     name = "relay_idle_smoke" if args.smoke else "relay_idle"
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     plot(result, out / f"{name}.png")
-    print(f"relay: {relay_pb:.0f} B/stream (median slope over {reps} runs, {n} streams); "
-          f"target <= {10 * KIB}: {'met' if result['relay']['meets_target'] else 'NOT met'}")
+    print(
+        f"relay: {relay_pb:.0f} B/stream (median slope over {reps} runs, {n} streams); "
+        f"target <= {10 * KIB}: {'met' if result['relay']['meets_target'] else 'NOT met'}"
+    )
     if socat_runs:
         s = result["socat"]
-        print(f"socat: {s['per_stream_rss_bytes_median'] / KIB:.0f} KiB RSS / "
-              f"{s['per_stream_pss_bytes_median'] / KIB:.0f} KiB PSS per stream "
-              f"(x{s['ratio_rss_socat_over_relay']:.0f} / x{s['ratio_pss_socat_over_relay']:.0f} "
-              f"the relay); {n} streams would take {s['extrapolated_rss_mib_at_n']:.0f} MiB RSS")
-    print(f"direct: 0 B of user space per stream; opening {n} streams took "
-          f"{result['direct']['open_seconds_median']:.1f} s direct, "
-          f"{result['relay']['open_seconds_median']:.1f} s through the relay")
+        print(
+            f"socat: {s['per_stream_rss_bytes_median'] / KIB:.0f} KiB RSS / "
+            f"{s['per_stream_pss_bytes_median'] / KIB:.0f} KiB PSS per stream "
+            f"(x{s['ratio_rss_socat_over_relay']:.0f} / x{s['ratio_pss_socat_over_relay']:.0f} "
+            f"the relay); {n} streams would take {s['extrapolated_rss_mib_at_n']:.0f} MiB RSS"
+        )
+    print(
+        f"direct: 0 B of user space per stream; opening {n} streams took "
+        f"{result['direct']['open_seconds_median']:.1f} s direct, "
+        f"{result['relay']['open_seconds_median']:.1f} s through the relay"
+    )
     print(f"wrote {out / (name + '.json')} and .png")
     return 0
 

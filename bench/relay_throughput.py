@@ -180,7 +180,11 @@ def main() -> int:
                     runs[kind][c].append(r)
                     print(
                         f"rep {rep} {kind:4} {c:12} {r['gib_per_s']:6.2f} GiB/s"
-                        + (f"  cpu {r['cpu_s_per_gib']:.3f} s/GiB" if r["cpu_seconds"] is not None else ""),
+                        + (
+                            f"  cpu {r['cpu_s_per_gib']:.3f} s/GiB"
+                            if r["cpu_seconds"] is not None
+                            else ""
+                        ),
                         flush=True,
                     )
     summary: dict[str, Any] = {}

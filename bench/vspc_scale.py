@@ -296,7 +296,7 @@ def histogram_quantiles(metrics: str, name: str, qs: tuple[float, ...]) -> dict[
     return out
 
 
-async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:  # noqa: C901
     """mode: "vspc" (the real vic vspc) or "direct" (the minimal trio server)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"vspc-scale-{mode}-"))
     result: dict[str, Any] = {"mode": mode}
@@ -513,7 +513,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             f"RSS {r['rss_kib_before']} -> {r['rss_kib_after_connect']} KiB "
             f"= {r['rss_kib_per_vm']:.2f} KiB/VM; BEGIN->GOAHEAD p50 {lat['p50']:.3f} ms "
             f"p99 {lat['p99']:.3f} ms (n={lat['n']}, failed {r.get('vmotion_failures')}; "
-            f"at the kernel: p50 {lat['kernel_p50'] or 0:.3f} p99 {lat['kernel_p99'] or 0:.3f} ms); "
+            f"at the kernel: p50 {lat['kernel_p50'] or 0:.3f} "
+            f"p99 {lat['kernel_p99'] or 0:.3f} ms); "
             f"relay CPU {r['middle_cpu_utilisation_steady']:.0%} steady, "
             f"{r['middle_cpu_utilisation_during_vmotions']:.0%} during vMotions; "
             f"CPU stolen by the hypervisor meanwhile {r['cpu_steal_during_vmotions']:.0%}",
@@ -595,10 +596,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vms", type=int, default=16000)
     ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--worker-nice", type=int, default=10,
-                    help="niceness of the simulated ESX hosts' processes: they stand for other "
-                         "machines, so they yield the CPU to the server under test (vspc and the "
-                         "direct server alike); 0 = share it equally")
+    ap.add_argument(
+        "--worker-nice",
+        type=int,
+        default=10,
+        help="niceness of the simulated ESX hosts' processes: they stand for other "
+        "machines, so they yield the CPU to the server under test (vspc and the "
+        "direct server alike); 0 = share it equally",
+    )
     ap.add_argument("--vmotions", type=int, default=300)
     ap.add_argument("--probes", type=int, default=50, help="VMs the parent migrates")
     ap.add_argument(

@@ -230,7 +230,7 @@ async def run_vspc(v: bl.Vspc, payload: bytes, seed: int) -> Run:
 # ---------------------------------------------------------------- main
 
 
-async def bench(args: argparse.Namespace) -> dict[str, Any]:
+async def bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: C901
     size = int(args.mib * 1024 * 1024)
     makers = {"text": console_text, "binary": binary}
     payloads = {k: makers[k](size) for k in args.kinds}
@@ -271,7 +271,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                             raise
                         if run.log_bytes != len(payload):
                             notes.append(
-                                f"rep {rep} {kind}: console log holds {run.log_bytes} of {len(payload)} bytes"
+                                f"rep {rep} {kind}: console log holds "
+                                f"{run.log_bytes} of {len(payload)} bytes"
                             )
                     else:
                         run = await run_tcp(payload, via_socat=(path == "socat"))
@@ -385,9 +386,11 @@ def main() -> int:
             return "n/a" if r is None else f"{r:.2f}x"
 
         print(
-            f"{kind:6s}: direct {med['direct']:8.1f}  socat {med['socat']:8.1f}  vspc {med['vspc']:8.1f}"
+            f"{kind:6s}: direct {med['direct']:8.1f}  socat {med['socat']:8.1f}"
+            f"  vspc {med['vspc']:8.1f}"
             f" vspc_log {med['vspc_log']:8.1f} MiB/s   vspc/socat {fmt(s['vspc_vs_socat'])}"
-            f"   vspc_log/socat {fmt(s['vspc_log_vs_socat'])}   socat/direct {fmt(s['socat_vs_direct'])}"
+            f"   vspc_log/socat {fmt(s['vspc_log_vs_socat'])}"
+            f"   socat/direct {fmt(s['socat_vs_direct'])}"
         )
         pc = s["mib_per_middle_cpu_s"]
         print(

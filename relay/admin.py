@@ -43,8 +43,9 @@ class AdminError(Exception):
 
 
 class AdminServer:
-    def __init__(self, path: str | Path, commands: Mapping[str, Handler],
-                 *, request_timeout: float = 10.0) -> None:
+    def __init__(
+        self, path: str | Path, commands: Mapping[str, Handler], *, request_timeout: float = 10.0
+    ) -> None:
         self.path = Path(path)
         self.commands = dict(commands)
         self.request_timeout = request_timeout
@@ -86,8 +87,11 @@ class AdminServer:
             return {"ok": False, "error": 'request must be an object with a "cmd" string'}
         fn = self.commands.get(req["cmd"])
         if fn is None:
-            return {"ok": False, "error": f"unknown command {req['cmd']!r}",
-                    "commands": sorted(self.commands)}
+            return {
+                "ok": False,
+                "error": f"unknown command {req['cmd']!r}",
+                "commands": sorted(self.commands),
+            }
         try:
             res = fn(req)
             if inspect.isawaitable(res):
@@ -116,8 +120,10 @@ def route_from_request(req: Mapping[str, Any], current: Route | None = None) -> 
     return Route(address=address, identity=identity, tls=tls, name=name)
 
 
-def route_commands(routers: Callable[[], Mapping[str, Router]],
-                   on_change: Callable[[str, Route], None] | None = None) -> dict[str, Handler]:
+def route_commands(
+    routers: Callable[[], Mapping[str, Router]],
+    on_change: Callable[[str, Route], None] | None = None,
+) -> dict[str, Handler]:
     """``route.show`` / ``route.set`` over the daemon's routers (looked up per request)."""
 
     def show(req: dict[str, Any]) -> dict[str, Any]:
@@ -127,8 +133,11 @@ def route_commands(routers: Callable[[], Mapping[str, Router]],
             out[name] = {
                 **r.route.describe(),
                 "streams": len(r.streams),
-                "link": None if link is None else {
-                    "peer": link.peer_identity, "alive": link.alive,
+                "link": None
+                if link is None
+                else {
+                    "peer": link.peer_identity,
+                    "alive": link.alive,
                     "rtt_ms": None if link.rtt is None else round(link.rtt * 1000, 3),
                     "streams": link.stream_count,
                 },
@@ -143,7 +152,9 @@ def route_commands(routers: Callable[[], Mapping[str, Router]],
         if name is None and len(table) == 1:
             name = next(iter(table))
         if name not in table:
-            raise AdminError(f"unknown route {name!r} (known: {', '.join(sorted(table)) or 'none'})")
+            raise AdminError(
+                f"unknown route {name!r} (known: {', '.join(sorted(table)) or 'none'})"
+            )
         assert isinstance(name, str)
         router = table[name]
         route = route_from_request(req, router.route)
@@ -157,8 +168,9 @@ def route_commands(routers: Callable[[], Mapping[str, Router]],
 
 
 # ------------------------------------------------------------------ client
-async def admin_request(path: str | Path, req: Mapping[str, Any],
-                        timeout: float = 10.0) -> dict[str, Any]:
+async def admin_request(
+    path: str | Path, req: Mapping[str, Any], timeout: float = 10.0
+) -> dict[str, Any]:
     with trio.fail_after(timeout):
         stream = await trio.open_unix_socket(str(path))
         async with stream:
@@ -172,8 +184,9 @@ async def admin_request(path: str | Path, req: Mapping[str, Any],
     return dict(json.loads(bytes(buf)))
 
 
-def admin_request_sync(path: str | Path, req: Mapping[str, Any],
-                       timeout: float = 10.0) -> dict[str, Any]:
+def admin_request_sync(
+    path: str | Path, req: Mapping[str, Any], timeout: float = 10.0
+) -> dict[str, Any]:
     """Blocking client for the CLI."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
@@ -199,9 +212,14 @@ def add_route_cli(sub: Any, default_socket: str = "/run/vic/relay.sock") -> None
     s.add_argument("--admin-socket", default=default_socket, help="relay admin socket")
     s.add_argument("route", nargs="?", help="route name (optional if there is only one)")
     s.add_argument("--address", required=True, help="tcp:HOST:PORT | unix:PATH | vsock:CID:PORT")
-    s.add_argument("--identity", help="expected peer identity, vic://host/NAME or vic://appliance/NAME")
-    s.add_argument("--plaintext", action="store_true",
-                   help="no TLS (only for a trusted transport such as vsock on one host)")
+    s.add_argument(
+        "--identity", help="expected peer identity, vic://host/NAME or vic://appliance/NAME"
+    )
+    s.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no TLS (only for a trusted transport such as vsock on one host)",
+    )
 
 
 def run_route_cli(args: argparse.Namespace) -> int:
@@ -216,8 +234,9 @@ def run_route_cli(args: argparse.Namespace) -> int:
     try:
         reply = admin_request_sync(args.admin_socket, req)
     except OSError as e:
-        print(f"vic relay route: cannot reach {args.admin_socket}: {e.strerror or e}",
-              file=sys.stderr)
+        print(
+            f"vic relay route: cannot reach {args.admin_socket}: {e.strerror or e}", file=sys.stderr
+        )
         return 1
     if not reply.get("ok"):
         print(f"vic relay route: {reply.get('error')}", file=sys.stderr)

@@ -45,15 +45,24 @@ def run(args: argparse.Namespace) -> int:
             res = certs.init_ca(
                 args.dir, name=args.name, key_type=args.key_type, days=args.days, force=args.force
             )
-            print(f"CA written: {res.cert_path} (key {res.key_path}, expires {res.not_after:%Y-%m-%d})")
+            print(
+                f"CA written: {res.cert_path} (key {res.key_path}, "
+                f"expires {res.not_after:%Y-%m-%d})"
+            )
             return 0
         if args.certs_command == "issue":
             if args.days <= 0:
                 raise certs.CertError("--days must be positive")
             kind, name = ("host", args.host) if args.host else ("appliance", args.appliance)
             res = certs.issue(
-                args.dir, kind, name, out_dir=args.out_dir, key_type=args.key_type,
-                days=args.days, dns_names=tuple(args.dns), force=args.force,
+                args.dir,
+                kind,
+                name,
+                out_dir=args.out_dir,
+                key_type=args.key_type,
+                days=args.days,
+                dns_names=tuple(args.dns),
+                force=args.force,
             )
             print(
                 f"{res.identity}: {res.cert_path} (key {res.key_path}, "
@@ -71,8 +80,18 @@ def run(args: argparse.Namespace) -> int:
             else:
                 for info in infos:
                     print(f"{info['path']}:")
-                    for k in ("subject", "issuer", "identities", "key", "ca", "not_before",
-                              "not_after", "status", "serial", "sha256"):
+                    for k in (
+                        "subject",
+                        "issuer",
+                        "identities",
+                        "key",
+                        "ca",
+                        "not_before",
+                        "not_after",
+                        "status",
+                        "serial",
+                        "sha256",
+                    ):
                         v = info[k]
                         if isinstance(v, list):
                             v = ", ".join(v) or "-"

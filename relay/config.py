@@ -219,8 +219,11 @@ class VsockListener:
         require(0 < self.port < VSOCK_CID_ANY, "port", "must be a vsock port number")
         for k in self.cids:
             shown = k if len(k) <= 12 else f"{k[:12]}..."
-            require(k.isdigit() and len(k) <= 10 and 3 <= int(k) < VSOCK_CID_ANY, f"cids.{shown}",
-                    "not a guest CID")
+            require(
+                k.isdigit() and len(k) <= 10 and 3 <= int(k) < VSOCK_CID_ANY,
+                f"cids.{shown}",
+                "not a guest CID",
+            )
             _check_identity(self.cids[k], "", f"cids.{shown}")
         _check_identity(None, self.label)
 
@@ -251,7 +254,9 @@ class HvsockListener:
         return Path(f"{self.uds_path}_{self.port}")
 
 
-Listener = TcpListener | VspcListener | PipeListener | SerialListener | VsockListener | HvsockListener
+Listener = (
+    TcpListener | VspcListener | PipeListener | SerialListener | VsockListener | HvsockListener
+)
 LISTENER_KINDS = ("tcp", "vspc", "pipe", "serial", "vsock", "hvsock")
 
 
@@ -280,8 +285,11 @@ class RelayConfig:
         routes = self.peer.routes if self.peer is not None else {}
         for name, eg in self.egress.items():
             if eg.kind == "peer":
-                require(eg.route in routes, f"egress.{name}.route",
-                        f"no route {eg.route!r} in [peer.routes]")
+                require(
+                    eg.route in routes,
+                    f"egress.{name}.route",
+                    f"no route {eg.route!r} in [peer.routes]",
+                )
         if self.peer is not None:
             for i, pl in enumerate(self.peer.listen):
                 if pl.forward:
@@ -292,17 +300,21 @@ class RelayConfig:
                     target = self.egress[pl.egress]
                 else:
                     target = self.default_egress()
-                require(target.kind != "peer", key,
-                        "streams accepted from peers go on to the appliance, not to another peer")
+                require(
+                    target.kind != "peer",
+                    key,
+                    "streams accepted from peers go on to the appliance, not to another peer",
+                )
         seen: dict[str, str] = {}
         for kind in LISTENER_KINDS:
             for i, lst in enumerate(getattr(self, kind)):
                 key = f"{kind}[{i}]"
                 require(bool(lst.name), f"{key}.name", "must not be empty")
-                require(len(lst.name) <= MAX_NAME, f"{key}.name",
-                        f"at most {MAX_NAME} characters")
+                require(len(lst.name) <= MAX_NAME, f"{key}.name", f"at most {MAX_NAME} characters")
                 if lst.name in seen:
-                    raise ConfigError(f"{key}.name", f"duplicate listener name (also {seen[lst.name]})")
+                    raise ConfigError(
+                        f"{key}.name", f"duplicate listener name (also {seen[lst.name]})"
+                    )
                 seen[lst.name] = key
                 if lst.egress:
                     require(lst.egress in self.egress, f"{key}.egress", f"no egress {lst.egress!r}")
@@ -328,8 +340,11 @@ class RelayConfig:
 
     def own_certificates(self) -> list[tuple[Path, str]]:
         """(path, key) of the certificates this relay presents."""
-        out = [(eg.tls.cert, f"egress.{name}.tls.cert") for name, eg in self.egress.items()
-               if eg.tls is not None and eg.tls.cert is not None]
+        out = [
+            (eg.tls.cert, f"egress.{name}.tls.cert")
+            for name, eg in self.egress.items()
+            if eg.tls is not None and eg.tls.cert is not None
+        ]
         if self.peer is not None and self.peer.tls is not None:
             out.append((self.peer.tls.cert, "peer.tls.cert"))
         return out
@@ -341,6 +356,7 @@ class RelayConfig:
                 if lst.name == name:
                     return f"{kind}[{i}]"
         return name
+
     def origin_host(self) -> str:
         """The host name written into every origin header."""
         return self.host or socket.gethostname()

@@ -145,8 +145,11 @@ class _Settling:
             return 0, 0
         dst = conn.stream
         up = dst.delivered if isinstance(dst, ResumableStream) else c.a_to_b
-        down = (self.stream.delivered if isinstance(self.stream, ResumableStream)
-                else c.b_to_a + len(conn.pending))
+        down = (
+            self.stream.delivered
+            if isinstance(self.stream, ResumableStream)
+            else c.b_to_a + len(conn.pending)
+        )
         return up, down
 
 
@@ -231,8 +234,12 @@ class RelayDaemon:
                         errors = await self._apply(cfg)
                         if errors:  # one line naming the key, exit 2 (relay.cli)
                             raise errors[0]
-                        log.info("relay %s ready: %d listeners, metrics port %s", self.host,
-                                 len(self._running), self.metrics_port)
+                        log.info(
+                            "relay %s ready: %d listeners, metrics port %s",
+                            self.host,
+                            len(self._running),
+                            self.metrics_port,
+                        )
                         task_status.started(self)
                         sdnotify.ready()
                 log.info("relay drained")
@@ -245,7 +252,9 @@ class RelayDaemon:
         """Apply a new config (read from ``config_path`` when not given)."""
         async with self._reload_lock:
             if self._stopping or self._listeners is None:
-                log.warning("reload ignored: %s", "stopping" if self._stopping else "not running yet")
+                log.warning(
+                    "reload ignored: %s", "stopping" if self._stopping else "not running yet"
+                )
                 return False
             sdnotify.reloading()
             try:
@@ -266,8 +275,11 @@ class RelayDaemon:
             for err in errors:
                 log.error("reload: %s", err)
             self.metrics.reloads.labels("partial" if errors else "ok").inc()
-            log.info("reloaded: %d listeners, %d live streams kept", len(self._running),
-                     self.active_streams())
+            log.info(
+                "reloaded: %d listeners, %d live streams kept",
+                len(self._running),
+                self.active_streams(),
+            )
             sdnotify.ready()
             return not errors
 
@@ -279,8 +291,11 @@ class RelayDaemon:
         self.accepting = False
         sdnotify.stopping()
         drain = self.config.timeouts.drain
-        log.info("stopping: no new streams; draining %d live streams (deadline %.1fs)",
-                 self.active_streams(), drain)
+        log.info(
+            "stopping: no new streams; draining %d live streams (deadline %.1fs)",
+            self.active_streams(),
+            drain,
+        )
         if self._listeners is not None:
             self._listeners.cancel_scope.cancel()
         self.mesh.goaway()
@@ -308,8 +323,14 @@ class RelayDaemon:
 
     async def refuse(self, stream: trio.abc.Stream, origin: Origin, reason: str) -> None:
         self.metrics.refused.labels(origin.route, reason).inc()
-        log.warning("route=%s kind=%s vm=%s peer=%s refused: %s", origin.route, origin.kind,
-                    origin.vm or "-", origin.peer, reason)
+        log.warning(
+            "route=%s kind=%s vm=%s peer=%s refused: %s",
+            origin.route,
+            origin.kind,
+            origin.vm or "-",
+            origin.peer,
+            reason,
+        )
         await trio.aclose_forcefully(stream)
 
     async def dispatch(
@@ -340,13 +361,19 @@ class RelayDaemon:
         vm = origin.vm or name_from(f"esx-{origin.peer.rsplit(':', 1)[0]}")
         try:
             # (the header is not kept alive for the stream's lifetime)
-            await self._carry(stream, OriginHeader(self.host, vm, origin.kind, origin.label, sid),
-                              egress, route, origin.peer)
+            await self._carry(
+                stream,
+                OriginHeader(self.host, vm, origin.kind, origin.label, sid),
+                egress,
+                route,
+                origin.peer,
+            )
         finally:
             self._release(ticket, done)
 
-    def deliver(self, stream: ResumableStream, header: OriginHeader, egress: str,
-                peer: str) -> None:
+    def deliver(
+        self, stream: ResumableStream, header: OriginHeader, egress: str, peer: str
+    ) -> None:
         """A stream accepted from a peer relay (sessions end here): on to the appliance
         through the named local egress, with the origin header it arrived with."""
         if not self.accepting or self._streams is None or self.limits is None:
@@ -361,8 +388,14 @@ class RelayDaemon:
         cfg = self.config.egress.get(egress) if egress else self.config.default_egress()
         self._streams.start_soon(self._relay_accepted, stream, header, cfg, peer, verdict)
 
-    async def _relay_accepted(self, stream: ResumableStream, header: OriginHeader,
-                              egress: EgressConfig | None, peer: str, ticket: Ticket) -> None:
+    async def _relay_accepted(
+        self,
+        stream: ResumableStream,
+        header: OriginHeader,
+        egress: EgressConfig | None,
+        peer: str,
+        ticket: Ticket,
+    ) -> None:
         try:
             if egress is None:  # removed by a reload since the listener started
                 log.warning("stream=%s from %s: its egress is gone", header.stream_id, peer)
@@ -387,8 +420,14 @@ class RelayDaemon:
             return EgressConnection(st)
         return await open_egress(egress, header)
 
-    async def _carry(self, stream: trio.abc.Stream, header: OriginHeader, egress: EgressConfig,
-                     route: str, peer: str) -> None:
+    async def _carry(
+        self,
+        stream: trio.abc.Stream,
+        header: OriginHeader,
+        egress: EgressConfig,
+        route: str,
+        peer: str,
+    ) -> None:
         sid, vm = header.stream_id, header.vm
         t = self.config.timeouts
         counters: PumpCounters | None = None
@@ -400,23 +439,47 @@ class RelayDaemon:
                     conn = await self._open(egress, header)
             except _EGRESS_ERRORS as e:
                 failed = "egress"
-                why = (f"no connection or handshake within {t.connect}s"
-                       if isinstance(e, trio.TooSlowError) else _reason(e))
-                log.warning("stream=%s route=%s vm=%s peer=%s: egress %s failed: %s", sid, route,
-                            vm, peer, egress.kind, why)
+                why = (
+                    f"no connection or handshake within {t.connect}s"
+                    if isinstance(e, trio.TooSlowError)
+                    else _reason(e)
+                )
+                log.warning(
+                    "stream=%s route=%s vm=%s peer=%s: egress %s failed: %s",
+                    sid,
+                    route,
+                    vm,
+                    peer,
+                    egress.kind,
+                    why,
+                )
                 return
             counters = PumpCounters()
-            self.metrics.stream_started(id(counters), route, counters,
-                                        _resumables(stream, conn.stream))
-            log.info("stream=%s route=%s kind=%s vm=%s label=%s peer=%s: relaying via %s", sid,
-                     route, header.kind, vm, header.label, peer,
-                     f"peer route {egress.route}" if egress.kind == "peer" else egress.kind)
+            self.metrics.stream_started(
+                id(counters), route, counters, _resumables(stream, conn.stream)
+            )
+            log.info(
+                "stream=%s route=%s kind=%s vm=%s label=%s peer=%s: relaying via %s",
+                sid,
+                route,
+                header.kind,
+                vm,
+                header.label,
+                peer,
+                f"peer route {egress.route}" if egress.kind == "peer" else egress.kind,
+            )
             try:
                 if conn.pending:
                     await stream.send_all(conn.pending)
                     self.metrics.add_bytes(route, TO_VM, len(conn.pending))
-                await pump(stream, conn.stream, counters=counters, idle_timeout=t.idle or None,
-                           stall_timeout=t.stall or None, pipes=self.pipes)
+                await pump(
+                    stream,
+                    conn.stream,
+                    counters=counters,
+                    idle_timeout=t.idle or None,
+                    stall_timeout=t.stall or None,
+                    pipes=self.pipes,
+                )
             except PumpTimeout as e:
                 failed = "idle" if isinstance(e, IdleTimeout) else "stall"
                 log.info("stream=%s route=%s vm=%s closed: %s", sid, route, vm, e)
@@ -425,9 +488,15 @@ class RelayDaemon:
                 failed = "error"
                 log.error("stream=%s route=%s vm=%s failed: %s", sid, route, vm, _reason(e))
                 return
-            log.info("stream=%s route=%s vm=%s closed (%s): %d bytes to appliance, %d to vm",
-                     sid, route, vm, counters.end_reason or "eof", counters.a_to_b,
-                     counters.b_to_a)
+            log.info(
+                "stream=%s route=%s vm=%s closed (%s): %d bytes to appliance, %d to vm",
+                sid,
+                route,
+                vm,
+                counters.end_reason or "eof",
+                counters.a_to_b,
+                counters.b_to_a,
+            )
         except trio.Cancelled:
             if self._stopping:
                 failed = "drain_deadline"
@@ -470,7 +539,9 @@ class RelayDaemon:
         wanted = new.listeners()
         for name, run in list(self._running.items()):
             if wanted.get(name) != run.cfg:
-                log.info("listener %s: %s", name, "changed, restarting" if name in wanted else "removed")
+                log.info(
+                    "listener %s: %s", name, "changed, restarting" if name in wanted else "removed"
+                )
                 run.scope.cancel()
                 await run.stopped.wait()
                 del self._running[name]
@@ -529,7 +600,9 @@ class RelayDaemon:
 
         async def serve(*, task_status: Any) -> None:
             with scope:
-                await serve_metrics(self.metrics.registry, mc.host, mc.port, task_status=task_status)
+                await serve_metrics(
+                    self.metrics.registry, mc.host, mc.port, task_status=task_status
+                )
 
         with listening("metrics.port", host_key="metrics.host", where=f"{mc.host}:{mc.port}"):
             self.metrics_port = await self._svc.start(serve)
@@ -558,9 +631,12 @@ def _listener_error(key: str, lst: Listener, e: BaseException) -> ConfigError:
     if isinstance(e, ConfigError):
         return e
     if isinstance(e, OSError):
-        return listen_error(e, f"{key}.{field_key}",
-                            host_key=f"{key}.{host_field}" if host_field else None,
-                            where=f"listener {lst.name!r}")
+        return listen_error(
+            e,
+            f"{key}.{field_key}",
+            host_key=f"{key}.{host_field}" if host_field else None,
+            where=f"listener {lst.name!r}",
+        )
     return ConfigError(f"{key}.{field_key}", f"listener {lst.name!r} cannot start: {_reason(e)}")
 
 

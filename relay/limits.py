@@ -42,7 +42,9 @@ class Limits:
     def _refill(self, now: float) -> None:
         elapsed = max(0.0, now - self._stamp)
         self._stamp = max(self._stamp, now)
-        self._tokens = min(float(self.cfg.accept_burst), self._tokens + elapsed * self.cfg.accept_rate)
+        self._tokens = min(
+            float(self.cfg.accept_burst), self._tokens + elapsed * self.cfg.accept_rate
+        )
 
     def admit(self, vm: str, now: float) -> Ticket | str:
         """A Ticket, or the refusal reason (one of REFUSE_REASONS)."""

@@ -74,8 +74,12 @@ class _ListenRun:
 
 
 class Mesh:
-    def __init__(self, deliver: DeliverFn, registry: CollectorRegistry | None = None,
-                 events: LinkEvents = NO_EVENTS) -> None:
+    def __init__(
+        self,
+        deliver: DeliverFn,
+        registry: CollectorRegistry | None = None,
+        events: LinkEvents = NO_EVENTS,
+    ) -> None:
         self._deliver = deliver
         self.events = events
         self.config = PeerConfig()
@@ -90,15 +94,22 @@ class Mesh:
         r = registry if registry is not None else CollectorRegistry()
         self.links = Gauge("relay_peer_links", "open peer links", ["side"], registry=r)
         self.links.labels("out").set_function(
-            lambda: sum(1 for x in self.routers.values() if x.link is not None and x.link.alive))
+            lambda: sum(1 for x in self.routers.values() if x.link is not None and x.link.alive)
+        )
         self.links.labels("in").set_function(
-            lambda: sum(len(x.server.links) for x in self._listens if x.server is not None)
-            + len(self._forwarders))
-        self.refused = Counter("relay_peer_streams_refused",
-                               "streams from peers refused (bad or foreign origin header)",
-                               registry=r)
-        self.route_changes = Counter("relay_route_changes", "route changes by cause",
-                                     ["route", "cause"], registry=r)
+            lambda: (
+                sum(len(x.server.links) for x in self._listens if x.server is not None)
+                + len(self._forwarders)
+            )
+        )
+        self.refused = Counter(
+            "relay_peer_streams_refused",
+            "streams from peers refused (bad or foreign origin header)",
+            registry=r,
+        )
+        self.route_changes = Counter(
+            "relay_route_changes", "route changes by cause", ["route", "cause"], registry=r
+        )
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -111,7 +122,7 @@ class Mesh:
     def bound(self) -> list[Any]:
         return [x.bound for x in self._listens]
 
-    async def apply(self, peer: PeerConfig | None) -> list[ConfigError]:
+    async def apply(self, peer: PeerConfig | None) -> list[ConfigError]:  # noqa: C901
         """Converge on ``peer`` (reload-safe); returns what could not start, each
         error naming its key."""
         assert self._nursery is not None
@@ -129,9 +140,14 @@ class Mesh:
         for name, route in new.routes_runtime().items():
             r = self.routers.get(name)
             if r is None:
-                self.routers[name] = Router(route, self._nursery, tls_files=files,
-                                            config=self._link_config, name=name,
-                                            events=self.events)
+                self.routers[name] = Router(
+                    route,
+                    self._nursery,
+                    tls_files=files,
+                    config=self._link_config,
+                    name=name,
+                    events=self.events,
+                )
                 continue
             if old.tls != new.tls:
                 r.set_tls(files)
@@ -147,8 +163,10 @@ class Mesh:
         for run in self._listens:
             if run.cfg in new.listen:
                 if run.server is not None and (old.tls != new.tls):
-                    run.server.reconfigure(tls_files=files if run.cfg.tls else None,
-                                           allowed_peers=run.cfg.allowed_peers)
+                    run.server.reconfigure(
+                        tls_files=files if run.cfg.tls else None,
+                        allowed_peers=run.cfg.allowed_peers,
+                    )
                 keep.append(run)
             else:
                 log.info("peer listener %s removed", run.cfg.address)
@@ -221,19 +239,27 @@ class Mesh:
                 if pl.forward:
                     ctx = tlsmod.server_context(files) if files is not None else None
                     handler: Callable[[trio.abc.Stream], Any] = partial(
-                        self._forward, pl=pl, ctx=ctx)
+                        self._forward, pl=pl, ctx=ctx
+                    )
                 else:
                     table = self._table(pl.egress)
-                    run.server = LinkServer(table, tls_files=files,
-                                            allowed_peers=pl.allowed_peers,
-                                            config=self._link_config,
-                                            name=f"peer-listen {pl.address}",
-                                            events=self.events)
+                    run.server = LinkServer(
+                        table,
+                        tls_files=files,
+                        allowed_peers=pl.allowed_peers,
+                        config=self._link_config,
+                        name=f"peer-listen {pl.address}",
+                        events=self.events,
+                    )
                     handler = run.server.handle
-                log.info("peer listener %s (%s, %s)", pl.address,
-                         "TLS" if pl.tls else "plaintext",
-                         f"forward to {pl.forward}" if pl.forward
-                         else f"deliver via egress {pl.egress or 'default'}")
+                log.info(
+                    "peer listener %s (%s, %s)",
+                    pl.address,
+                    "TLS" if pl.tls else "plaintext",
+                    f"forward to {pl.forward}"
+                    if pl.forward
+                    else f"deliver via egress {pl.egress or 'default'}",
+                )
                 task_status.started(run)
                 assert self._nursery is not None
                 await trio.serve_listeners(handler, [listener], handler_nursery=self._nursery)
@@ -260,22 +286,33 @@ class Mesh:
             return
         self._deliver(acc.stream, header, egress, acc.peer_identity)
 
-    async def _forward(self, stream: trio.abc.Stream, pl: PeerListen,
-                       ctx: ssl.SSLContext | None) -> None:
+    async def _forward(
+        self, stream: trio.abc.Stream, pl: PeerListen, ctx: ssl.SSLContext | None
+    ) -> None:
         ident = ""
         try:
             if ctx is not None:
-                accepted = await accept_tls(stream, ctx, pl.allowed_peers, timeout=10,
-                                            events=self.events, who=f"peer-listen {pl.address}",
-                                            logger=log)
+                accepted = await accept_tls(
+                    stream,
+                    ctx,
+                    pl.allowed_peers,
+                    timeout=10,
+                    events=self.events,
+                    who=f"peer-listen {pl.address}",
+                    logger=log,
+                )
                 if accepted is None:
                     return
                 stream, ident = accepted
             with trio.fail_after(10):
                 conn, pending = await open_forward(pl.forward)
         except (trio.TooSlowError, trio.BrokenResourceError, OSError, HybridError) as e:
-            log.warning("peer link on %s from %s not forwarded: %s", pl.address,
-                        wire(ident or "plaintext peer"), wire(str(e)))
+            log.warning(
+                "peer link on %s from %s not forwarded: %s",
+                pl.address,
+                wire(ident or "plaintext peer"),
+                wire(str(e)),
+            )
             await trio.aclose_forcefully(stream)
             return
         log.info("forwarding link from %s to %s", wire(ident or "plaintext peer"), pl.forward)
@@ -297,9 +334,13 @@ class Mesh:
 
     async def _serve_admin(self, path: Any, scope: trio.CancelScope, *, task_status: Any) -> None:
         with scope:
-            server = AdminServer(path, route_commands(
-                lambda: self.routers,
-                on_change=lambda name, _r: self.route_changes.labels(name, "admin").inc()))
+            server = AdminServer(
+                path,
+                route_commands(
+                    lambda: self.routers,
+                    on_change=lambda name, _r: self.route_changes.labels(name, "admin").inc(),
+                ),
+            )
             await server.serve(task_status=task_status)
 
     async def _follow(self, name: str, fcfg: Any, scope: trio.CancelScope) -> None:
@@ -307,8 +348,12 @@ class Mesh:
             router = self.routers[name]
             try:
                 await follow_appliance(
-                    router, fcfg.vcenter_target(), fcfg.vm, fcfg.routes(name),
-                    on_change=lambda _h, _r: self.route_changes.labels(name, "vsphere").inc())
+                    router,
+                    fcfg.vcenter_target(),
+                    fcfg.vm,
+                    fcfg.routes(name),
+                    on_change=lambda _h, _r: self.route_changes.labels(name, "vsphere").inc(),
+                )
             except Exception as e:  # the daemon carries on with the route it has
                 log.error("following appliance %s for route %s stopped: %s", fcfg.vm, name, e)
 
@@ -322,4 +367,3 @@ async def open_forward(address: str) -> tuple[trio.abc.Stream, bytes]:
         conn = await hybrid_connect(str(where[0]), int(where[1]))
         return conn.stream, conn.pending
     return await open_transport(address), b""
-

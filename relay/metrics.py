@@ -54,8 +54,9 @@ OUTCOMES = (COMPLETED, RESET, FAILED)
 class _Live:
     __slots__ = ("counters", "resumables", "route")
 
-    def __init__(self, route: str, counters: LiveCounters,
-                 resumables: tuple[Resumable, ...]) -> None:
+    def __init__(
+        self, route: str, counters: LiveCounters, resumables: tuple[Resumable, ...]
+    ) -> None:
         self.route = route
         self.counters = counters
         self.resumables = resumables
@@ -70,35 +71,52 @@ class RelayMetrics(LinkEvents):
         r = registry if registry is not None else CollectorRegistry()
         self.registry = r
         self.opened = Counter(
-            "relay_streams_opened", "streams admitted and connected to their egress", ["route"], registry=r
+            "relay_streams_opened",
+            "streams admitted and connected to their egress",
+            ["route"],
+            registry=r,
         )
         self.failed = Counter(
-            "relay_streams_failed", "streams that ended in an error", ["route", "reason"], registry=r
+            "relay_streams_failed",
+            "streams that ended in an error",
+            ["route", "reason"],
+            registry=r,
         )
         self.refused = Counter(
-            "relay_streams_refused", "connections refused before relaying", ["route", "reason"], registry=r
+            "relay_streams_refused",
+            "connections refused before relaying",
+            ["route", "reason"],
+            registry=r,
         )
         self.closed_by_mode = Counter(
             "relay_streams_closed", "finished streams by pump mode", ["mode"], registry=r
         )
         self.reloads = Counter("relay_reloads", "configuration reloads", ["result"], registry=r)
-        self.ended = Counter("relay_streams_ended", "settled streams by outcome", ["outcome"],
-                             registry=r)
+        self.ended = Counter(
+            "relay_streams_ended", "settled streams by outcome", ["outcome"], registry=r
+        )
         self.delivered = Counter(
             "relay_bytes_delivered",
             "bytes the far end took (acknowledged over a peer link), by the stream's outcome",
-            ["outcome", "direction"], registry=r)
+            ["outcome", "direction"],
+            registry=r,
+        )
         for outcome in OUTCOMES:
             self.ended.labels(outcome)
             for d in (TO_APPLIANCE, TO_VM):
                 self.delivered.labels(outcome, d)
-        self.cuts = Counter("relay_link_cuts", "peer links that died while working, without GOAWAY",
-                            registry=r)
-        self.tls_refusals = Counter("relay_tls_refused", "peer links refused in TLS set-up",
-                                    ["reason"], registry=r)
-        self.header_refusals = Counter("relay_headers_refused",
-                                       "streams from peers refused for their origin header",
-                                       ["reason"], registry=r)
+        self.cuts = Counter(
+            "relay_link_cuts", "peer links that died while working, without GOAWAY", registry=r
+        )
+        self.tls_refusals = Counter(
+            "relay_tls_refused", "peer links refused in TLS set-up", ["reason"], registry=r
+        )
+        self.header_refusals = Counter(
+            "relay_headers_refused",
+            "streams from peers refused for their origin header",
+            ["reason"],
+            registry=r,
+        )
         self._closed_resumes = 0
         self._closed_bytes: dict[tuple[str, str], int] = {}
         self._live: dict[int, _Live] = {}
@@ -110,8 +128,9 @@ class RelayMetrics(LinkEvents):
         self._routes.add(route)
         self.opened.labels(route)
 
-    def stream_started(self, key: int, route: str, counters: LiveCounters,
-                       resumables: tuple[Resumable, ...] = ()) -> None:
+    def stream_started(
+        self, key: int, route: str, counters: LiveCounters, resumables: tuple[Resumable, ...] = ()
+    ) -> None:
         self._live[key] = _Live(route, counters, resumables)
         self.opened.labels(route).inc()
 
@@ -194,9 +213,14 @@ class _LiveCollector(Collector):
         for route, n in sorted(active.items()):
             a.add_metric([route], n)
         yield a
-        p = GaugeMetricFamily("relay_streams_active_by_mode", "live streams by pump mode", labels=["mode"])
+        p = GaugeMetricFamily(
+            "relay_streams_active_by_mode", "live streams by pump mode", labels=["mode"]
+        )
         for mode, n in modes.items():
             p.add_metric([mode], n)
         yield p
-        yield CounterMetricFamily("relay_resumes", "streams resumed on a new path after a link "
-                                  "cut or route change", value=self.m.resumes_total())
+        yield CounterMetricFamily(
+            "relay_resumes",
+            "streams resumed on a new path after a link cut or route change",
+            value=self.m.resumes_total(),
+        )

@@ -318,7 +318,7 @@ class Parker:
                         if entry.state == _PARKED:
                             self._hand_off(entry, _READY)
 
-    def _forward(self, entry: _Parked, fd: int) -> None:
+    def _forward(self, entry: _Parked, fd: int) -> None:  # noqa: C901
         """Holding _mu, in the reactor thread: move one small message from
         ``fd`` to its destination, or hand the pump back."""
         routes = entry.routes

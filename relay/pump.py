@@ -412,7 +412,7 @@ class _Session:
         if scope.cancelled_caught:
             raise WriteStalled()
 
-    async def _copy(self, src: trio.abc.Stream, dst: trio.abc.Stream, name: str) -> None:
+    async def _copy(self, src: trio.abc.Stream, dst: trio.abc.Stream, name: str) -> None:  # noqa: C901
         safe_view = isinstance(dst, _SAFE_SEND_TYPES)
         if isinstance(src, trio.SocketStream) and not safe_view:
             # The destination keeps what it is given (a peer link's replay
@@ -503,7 +503,7 @@ async def _park_with_idle_timeout(
         scope.deadline = trio.current_time() + idle
 
 
-async def pump(
+async def pump(  # noqa: C901
     a: trio.abc.Stream,
     b: trio.abc.Stream,
     *,

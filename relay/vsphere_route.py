@@ -86,8 +86,12 @@ async def follow_appliance(
                 current = host
                 route = routes.get(host)
                 if route is None:
-                    log.warning("appliance %s is on host %s, which has no configured route; "
-                                "keeping %s", vm, host, router.route.address)
+                    log.warning(
+                        "appliance %s is on host %s, which has no configured route; keeping %s",
+                        vm,
+                        host,
+                        router.route.address,
+                    )
                 elif route != router.route:
                     log.info("appliance %s moved to host %s: route -> %s", vm, host, route.address)
                     router.set_route(route)

@@ -31,8 +31,12 @@ DRAIN_SECONDS = 10.0
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", type=Path, required=True, help="vspc.toml")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
-    parser.add_argument("--drain-seconds", type=float, default=DRAIN_SECONDS,
-                        help="on SIGTERM, how long live connections may stay (default %(default)s)")
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=DRAIN_SECONDS,
+        help="on SIGTERM, how long live connections may stay (default %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

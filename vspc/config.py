@@ -28,13 +28,18 @@ class TlsConfig:
         errors would lose their key in common.ops.config's union handling)."""
         require(self.cert.is_file(), f"{prefix}.cert", f"no such file: {self.cert}")
         require(self.key.is_file(), f"{prefix}.key", f"no such file: {self.key}")
-        require(self.client_ca is None or self.client_ca.is_file(), f"{prefix}.client-ca",
-                f"no such file: {self.client_ca}")
+        require(
+            self.client_ca is None or self.client_ca.is_file(),
+            f"{prefix}.client-ca",
+            f"no such file: {self.client_ca}",
+        )
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-LOOPBACK_NETWORKS: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"),
-                                          ipaddress.ip_network("::1/128"))
+LOOPBACK_NETWORKS: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
 
 
 def address_allowed(address: str, networks: tuple[Network, ...]) -> bool:
@@ -72,9 +77,12 @@ class ListenConfig:
         require(0 <= self.port <= 65535, "port", "must be 0..65535")
         if self.tls is not None:
             self.tls.check_files("tls")
-        require(self.allowed_sources is not None or is_loopback_host(self.host),
-                "allowed-sources", f"required when host ({self.host!r}) is not a loopback "
-                "address: the networks ESX hosts connect from, e.g. [\"10.0.0.0/8\"]")
+        require(
+            self.allowed_sources is not None or is_loopback_host(self.host),
+            "allowed-sources",
+            f"required when host ({self.host!r}) is not a loopback "
+            'address: the networks ESX hosts connect from, e.g. ["10.0.0.0/8"]',
+        )
         for i, cidr in enumerate(self.allowed_sources or ()):
             try:
                 ipaddress.ip_network(cidr, strict=False)
@@ -89,7 +97,6 @@ class ListenConfig:
         if self.allowed_sources is None:
             return LOOPBACK_NETWORKS
         return tuple(ipaddress.ip_network(c, strict=False) for c in self.allowed_sources)
-
 
 
 @dataclass(frozen=True)
@@ -111,14 +118,20 @@ class LinkListen:
             parse_address(self.address)
         except RouteError as e:
             raise ConfigError("address", str(e)) from None
-        require(self.tls or is_trusted_address(self.address), "tls",
-                "plaintext links (and forwarded ones) only on a trusted transport "
-                "(unix:, vsock:, loopback tcp:): any peer could open streams as any host")
+        require(
+            self.tls or is_trusted_address(self.address),
+            "tls",
+            "plaintext links (and forwarded ones) only on a trusted transport "
+            "(unix:, vsock:, loopback tcp:): any peer could open streams as any host",
+        )
         if self.forwarded:
             require(not self.tls, "tls", "a forwarded link arrives without TLS (set tls = false)")
         elif self.tls:
-            require(bool(self.allowed_peers), "allowed-peers",
-                    "a TLS link listener needs the identities it accepts")
+            require(
+                bool(self.allowed_peers),
+                "allowed-peers",
+                "a TLS link listener needs the identities it accepts",
+            )
 
 
 @dataclass(frozen=True)
@@ -140,8 +153,11 @@ class VCenterCheck:
             raise ConfigError("url", str(e)) from None
         require(self.refresh > 0, "refresh", "must be positive")
         require(0 <= self.min_refresh <= self.refresh, "min-refresh", "must be 0..refresh")
-        require(self.password_file is None or self.password_file.is_file(), "password-file",
-                f"no such file: {self.password_file}")
+        require(
+            self.password_file is None or self.password_file.is_file(),
+            "password-file",
+            f"no such file: {self.password_file}",
+        )
 
     def target(self) -> VSphereTarget:
         t = VSphereTarget.from_url(self.url)
@@ -185,18 +201,23 @@ class EndpointConfig:
                 p = getattr(self.link_tls, name)
                 require(p.is_file(), f"link-tls.{name}", f"no such file: {p}")
         for i, ln in enumerate(self.link):
-            require(not ln.tls or self.link_tls is not None, f"link[{i}].tls",
-                    "TLS link listeners need [endpoint.link-tls] cert, key and ca")
-
+            require(
+                not ln.tls or self.link_tls is not None,
+                f"link[{i}].tls",
+                "TLS link listeners need [endpoint.link-tls] cert, key and ca",
+            )
 
     def _check_trust(self) -> None:
         """Whoever reaches a plaintext endpoint speaks for any VM it names and gets that
         VM's console input: off loopback, the relay must prove who it is (mTLS)."""
         if self.host is None or self.insecure or is_loopback_host(self.host):
             return
-        require(self.tls is not None and self.tls.client_ca is not None, "tls",
-                f"host {self.host!r} is not loopback: relays must authenticate, set "
-                "[endpoint.tls] cert, key and client-ca (or insecure = true)")
+        require(
+            self.tls is not None and self.tls.client_ca is not None,
+            "tls",
+            f"host {self.host!r} is not loopback: relays must authenticate, set "
+            "[endpoint.tls] cert, key and client-ca (or insecure = true)",
+        )
 
     def relay_certificates(self) -> bool:
         """Relays present certificates (TLS with a client CA on the TCP endpoint)."""
@@ -262,10 +283,15 @@ class VspcConfig:
 
     def own_certificates(self) -> list[tuple[Path, str]]:
         """(path, key) of the certificates the appliance presents."""
-        out = [(t.cert, f"{k}.cert") for t, k in ((self.listen.tls, "listen.tls"),
-                                                   (self.endpoint.tls, "endpoint.tls"),
-                                                   (self.console.tcp, "console.tcp"))
-               if t is not None]
+        out = [
+            (t.cert, f"{k}.cert")
+            for t, k in (
+                (self.listen.tls, "listen.tls"),
+                (self.endpoint.tls, "endpoint.tls"),
+                (self.console.tcp, "console.tcp"),
+            )
+            if t is not None
+        ]
         if self.endpoint.link_tls is not None:
             out.append((self.endpoint.link_tls.cert, "endpoint.link-tls.cert"))
         return out

@@ -50,21 +50,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cert", type=Path, help="client certificate (PEM) for --tcp")
     g.add_argument("--key", type=Path, help="client private key (PEM) for --tcp")
     g.add_argument("--ca", type=Path, help="CA that signed the service's certificate, for --tcp")
-    g.add_argument("--server-name", help="name to check in the service's certificate (default HOST)")
+    g.add_argument(
+        "--server-name", help="name to check in the service's certificate (default HOST)"
+    )
 
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     sub.required = True
     p_list = sub.add_parser("list", parents=[common], help="list consoles")
     p_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p_att = sub.add_parser("attach", parents=[common], help="attach to a console")
-    p_att.add_argument("target", metavar="VM[:LABEL]", help="uuid, name or unique prefix, optional :label")
+    p_att.add_argument(
+        "target", metavar="VM[:LABEL]", help="uuid, name or unique prefix, optional :label"
+    )
     p_att.add_argument("--label", help="port label (instead of VM:LABEL)")
-    p_att.add_argument("--mode", choices=proto.MODES, default="rw", help="rw (default), ro or exclusive")
-    p_att.add_argument("--replay", type=int, default=0, metavar="N", help="first replay the last N bytes")
+    p_att.add_argument(
+        "--mode", choices=proto.MODES, default="rw", help="rw (default), ro or exclusive"
+    )
+    p_att.add_argument(
+        "--replay", type=int, default=0, metavar="N", help="first replay the last N bytes"
+    )
     p_att.add_argument("--no-follow", action="store_true", help="print the replay, then exit")
-    p_att.add_argument("--no-notices", action="store_true",
-                       help="the VM's bytes only: no notice when it disconnects or reconnects")
-    p_att.add_argument("--escape", default="^]", help="detach key on a terminal (default ^]; 'none')")
+    p_att.add_argument(
+        "--no-notices",
+        action="store_true",
+        help="the VM's bytes only: no notice when it disconnects or reconnects",
+    )
+    p_att.add_argument(
+        "--escape", default="^]", help="detach key on a terminal (default ^]; 'none')"
+    )
 
 
 def _from_config(path: Path) -> ConsoleConfig:
@@ -120,8 +133,13 @@ def run(args: argparse.Namespace) -> int:
     if args.replay < 0:
         raise ConfigError("--replay", "must be >= 0")
     escape = parse_escape(args.escape)
-    req = proto.AttachRequest(vm=args.target, label=args.label, mode=args.mode, replay=args.replay,
-                              notices=not args.no_notices)
+    req = proto.AttachRequest(
+        vm=args.target,
+        label=args.label,
+        mode=args.mode,
+        replay=args.replay,
+        notices=not args.no_notices,
+    )
     return run_attach(ep, req, follow=not args.no_follow, escape=escape)
 
 
@@ -171,7 +189,9 @@ def run_attach(ep: Endpoint, req: proto.AttachRequest, *, follow: bool, escape: 
         saved = termios.tcgetattr(in_fd)
         ttymod.setraw(in_fd)
     try:
-        return trio.run(attach_session, ep, req, in_fd, out_fd, follow, escape if tty else None, tty)
+        return trio.run(
+            attach_session, ep, req, in_fd, out_fd, follow, escape if tty else None, tty
+        )
     finally:
         if saved is not None:
             import termios
@@ -195,7 +215,7 @@ def _read_input(fd: int, stop: threading.Event) -> bytes | None:
     return None
 
 
-async def attach_session(
+async def attach_session(  # noqa: C901
     ep: Endpoint,
     req: proto.AttachRequest,
     in_fd: int,
@@ -214,7 +234,8 @@ async def attach_session(
     if tty:
         key = f"^{chr(escape ^ 0x40)}" if escape is not None else "nothing"
         sys.stderr.write(
-            f"[vic console: attached to {status.get('display')} ({status.get('uuid')}:{status.get('label')}),"
+            f"[vic console: attached to {status.get('display')} "
+            f"({status.get('uuid')}:{status.get('label')}),"
             f" {status.get('mode')}; {key} detaches]{nl}"
         )
         sys.stderr.flush()
@@ -239,7 +260,9 @@ async def attach_session(
                 data = b""
             if not data:
                 if follow:
-                    sys.stderr.write(f"{nl}[vic console: session closed by the console service]{nl}")
+                    sys.stderr.write(
+                        f"{nl}[vic console: session closed by the console service]{nl}"
+                    )
                     result = 1
                 break
         cancel.cancel()

@@ -43,8 +43,13 @@ from vspc.service import VspcService, server_ssl_context
 log = logging.getLogger("vspc.endpoint")
 
 READ_SIZE = 65536
-_READ_ERRORS = (HeaderError, PeerIdentityError, trio.TooSlowError, trio.BrokenResourceError,
-                OSError)
+_READ_ERRORS = (
+    HeaderError,
+    PeerIdentityError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    OSError,
+)
 
 
 def raw_port_key(header: OriginHeader) -> PortKey:
@@ -97,7 +102,9 @@ class Endpoint:
         cfg = self.config
         listeners: list[trio.abc.Listener[Any]] = []
         if cfg.host is not None:
-            with listening("endpoint.port", host_key="endpoint.host", where=f"{cfg.host}:{cfg.port}"):
+            with listening(
+                "endpoint.port", host_key="endpoint.host", where=f"{cfg.host}:{cfg.port}"
+            ):
                 tcp = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
             self.tcp_port = tcp[0].socket.getsockname()[1]
             if cfg.tls is not None:
@@ -115,11 +122,16 @@ class Endpoint:
         self._handlers.start_soon(self._serve, listeners, self._scope, self._served)
         log.info("endpoint listening: tcp=%s unix=%s", self.tcp_port, cfg.unix)
         if cfg.host is not None and not cfg.relay_certificates() and not is_loopback_host(cfg.host):
-            log.warning("endpoint on %s:%s takes unauthenticated relays (insecure = true): anyone "
-                        "who reaches it speaks for any VM", cfg.host, self.tcp_port)
+            log.warning(
+                "endpoint on %s:%s takes unauthenticated relays (insecure = true): anyone "
+                "who reaches it speaks for any VM",
+                cfg.host,
+                self.tcp_port,
+            )
 
-    async def _serve(self, listeners: list[trio.abc.Listener[Any]], scope: trio.CancelScope,
-                     served: trio.Event) -> None:
+    async def _serve(
+        self, listeners: list[trio.abc.Listener[Any]], scope: trio.CancelScope, served: trio.Event
+    ) -> None:
         try:
             with scope:
                 await trio.serve_listeners(self.handle, listeners, handler_nursery=self._handlers)
@@ -187,16 +199,20 @@ class Endpoint:
 
     def rejected(self, kind: str, reason: str, header: OriginHeader | None = None) -> None:
         """One log line and a count for a refused stream (the caller closes it)."""
-        who = "" if header is None else (
-            f" {wire(header.stream_id or '-')} from {wire(header.host)} vm={wire(header.vm)}")
+        who = (
+            ""
+            if header is None
+            else (f" {wire(header.stream_id or '-')} from {wire(header.host)} vm={wire(header.vm)}")
+        )
         log.warning("relayed stream%s rejected: %s", who, wire(reason))
         self.count_rejected(kind)
 
     def count_rejected(self, kind: str) -> None:
         self.service.metrics.relayed_streams_total.labels(kind=kind, result="rejected").inc()
 
-    async def serve_stream(self, s: trio.abc.Stream, header: OriginHeader,
-                           *, log_before_ack: bool = False) -> None:
+    async def serve_stream(
+        self, s: trio.abc.Stream, header: OriginHeader, *, log_before_ack: bool = False
+    ) -> None:
         """Serve a relayed stream whose origin header has been read and checked
         (a plain relayed connection, or a resumable stream over a peer link).
 
@@ -204,14 +220,23 @@ class Endpoint:
         resumable stream): read on only once the console log has the bytes, so
         an appliance killed before writing them gets them again."""
         self.service.metrics.relayed_streams_total.labels(kind=header.kind, result="accepted").inc()
-        log.info("relayed stream %s from %s: vm=%s kind=%s label=%s",
-                 wire(header.stream_id or "-"), wire(header.host), wire(header.vm), header.kind,
-                 wire(header.label))
+        log.info(
+            "relayed stream %s from %s: vm=%s kind=%s label=%s",
+            wire(header.stream_id or "-"),
+            wire(header.host),
+            wire(header.vm),
+            header.kind,
+            wire(header.label),
+        )
         if header.kind == "vspc":
             if header.continues:
-                log.warning("relayed Telnet stream %s from %s continues at offset %d: a new "
-                            "Telnet session, not fitted on byte-exactly", wire(header.stream_id),
-                            wire(header.host), header.offset)
+                log.warning(
+                    "relayed Telnet stream %s from %s continues at offset %d: a new "
+                    "Telnet session, not fitted on byte-exactly",
+                    wire(header.stream_id),
+                    wire(header.host),
+                    header.offset,
+                )
             await self.service.handle_esx_stream(s, f"relay:{header.host}")
         else:
             await self._serve_raw(s, header, log_before_ack)
@@ -227,8 +252,9 @@ class Endpoint:
                 if header is not None:
                     return check_identity(header), rest
 
-    async def _cursor(self, header: OriginHeader, console: Console,
-                      durable: bool) -> tuple[StreamCursor, bytes]:
+    async def _cursor(
+        self, header: OriginHeader, console: Console, durable: bool
+    ) -> tuple[StreamCursor, bytes]:
         """Where this connection's stream stands, and what to send the VM again first;
         reports a continuation's gaps. ``durable``: the stream is acknowledged only
         once logged; its connect event (written before its first byte) lets the
@@ -240,12 +266,16 @@ class Endpoint:
         have = None
         if header.continues and durable and key not in self.ledger:
             have = await self._recover(key, console)
-        cursor, plan = self.ledger.begin(key, header.offset, header.received,
-                                         continues=header.continues, have=have)
+        cursor, plan = self.ledger.begin(
+            key, header.offset, header.received, continues=header.continues, have=have
+        )
         if header.continues:
             self._report_continuation(header, plan)
-        fields: dict[str, object] = {"host": header.host, "ingress": header.kind,
-                                     "stream": header.stream_id}
+        fields: dict[str, object] = {
+            "host": header.host,
+            "ingress": header.kind,
+            "stream": header.stream_id,
+        }
         if durable:
             size = await console.log_size()
             if size is not None:
@@ -274,20 +304,35 @@ class Endpoint:
     def _report_continuation(self, header: OriginHeader, plan: Continuation) -> None:
         m = self.service.metrics
         m.relayed_continued_total.labels(known="yes" if plan.known else "no").inc()
-        log.info("relayed stream %s from %s continues at offset %d (VM has %d): %s",
-                 wire(header.stream_id), wire(header.host), header.offset, header.received,
-                 f"skipping {plan.skip} bytes already here, sending {len(plan.resend)} again"
-                 if plan.known else "not known here, taken as it comes")
-        for direction, gap in (("vm_to_appliance", plan.missing_in),
-                               ("appliance_to_vm", plan.missing_out)):
+        log.info(
+            "relayed stream %s from %s continues at offset %d (VM has %d): %s",
+            wire(header.stream_id),
+            wire(header.host),
+            header.offset,
+            header.received,
+            f"skipping {plan.skip} bytes already here, sending {len(plan.resend)} again"
+            if plan.known
+            else "not known here, taken as it comes",
+        )
+        for direction, gap in (
+            ("vm_to_appliance", plan.missing_in),
+            ("appliance_to_vm", plan.missing_out),
+        ):
             if gap is not None:
-                log.warning("relayed stream %s from %s: %s bytes %d..%d lost on the way (%d)",
-                            wire(header.stream_id), wire(header.host), direction, gap[0],
-                            gap[0] + gap[1], gap[1])
+                log.warning(
+                    "relayed stream %s from %s: %s bytes %d..%d lost on the way (%d)",
+                    wire(header.stream_id),
+                    wire(header.host),
+                    direction,
+                    gap[0],
+                    gap[0] + gap[1],
+                    gap[1],
+                )
                 m.relayed_gap_bytes_total.labels(direction=direction).inc(gap[1])
 
-    async def _serve_raw(self, stream: trio.abc.Stream, header: OriginHeader,
-                         log_before_ack: bool = False) -> None:
+    async def _serve_raw(
+        self, stream: trio.abc.Stream, header: OriginHeader, log_before_ack: bool = False
+    ) -> None:
         key = raw_port_key(header)
         console = self.service.consoles.open(key, header.vm)
         cursor, again = await self._cursor(header, console, log_before_ack)
@@ -333,5 +378,3 @@ class Endpoint:
 
 def _placement(cfg: EndpointConfig) -> Placement | None:
     return Placement(cfg.vcenter) if cfg.vcenter is not None else None
-
-

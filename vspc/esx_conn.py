@@ -4,9 +4,10 @@ One reader task feeds the sans-IO ``EsxSession`` and hands its events to the
 service; it never waits on a console, a client or the disk (the service queues
 console bytes per port), only on TCP and on its own bounded budgets. A writer
 task, started only while something is queued, drains two outgoing queues,
-control frames (GOAHEAD, NOTNOW, PEER-OK, negotiation) first, so a vMotion answer never waits behind console data bound
-for the VM: console data is kept un-escaped and escaped per chunk, so a control
-frame can go between any two chunks without splitting an escaped 0xFF.
+control frames (GOAHEAD, NOTNOW, PEER-OK, negotiation) first, so a vMotion answer
+never waits behind console data bound for the VM: console data is kept un-escaped
+and escaped per chunk, so a control frame can go between any two chunks without
+splitting an escaped 0xFF.
 
 Output is bounded: console writers wait above OUT_HIGH_WATER, and the reader stops
 reading a peer whose replies (control frames) pass CONTROL_HIGH_WATER unread, so a
@@ -222,8 +223,12 @@ class EsxConnection:
         self.resume_reading()
 
     def _stalled(self) -> None:
-        log.warning("%r: closing (output): %d bytes unread by the peer for %.0f s",
-                    self, self.out_pending(), OUTPUT_STALL_SECONDS)
+        log.warning(
+            "%r: closing (output): %d bytes unread by the peer for %.0f s",
+            self,
+            self.out_pending(),
+            OUTPUT_STALL_SECONDS,
+        )
         self.refusal = self.refusal or "output"
         self._closing = True
         self.close_reason = self.close_reason or "peer does not read"
@@ -285,8 +290,7 @@ class EsxConnection:
         except* OSError as eg:
             log.info("%r: connection error: %s", self, first_leaf(eg))
         except* Exception as eg:  # a bug must cost this connection only
-            log.error("%r: internal error, closing the connection", self,
-                      exc_info=first_leaf(eg))
+            log.error("%r: internal error, closing the connection", self, exc_info=first_leaf(eg))
             service.metrics.protocol_errors_total.labels(where="internal").inc()
         finally:
             self._closing = True

@@ -153,8 +153,9 @@ class _VSphereWatch(VMWatch):
         self.conn = VSphereConn(target)
         self.vm_ident = vm
         self.backoff = backoff
-        self.props = PropertyWatch(self.conn, vm, ["config.extraConfig", "runtime.powerState",
-                                                   _DEVICES], max_wait)
+        self.props = PropertyWatch(
+            self.conn, vm, ["config.extraConfig", "runtime.powerState", _DEVICES], max_wait
+        )
         self._refetch = False
         self.values: dict[str, str] = {}
         self.power = POWERED_ON
@@ -202,7 +203,9 @@ class _VSphereWatch(VMWatch):
             except Exception as e:
                 if isinstance(e, trio.Cancelled):  # pragma: no cover - not raised in threads
                     raise
-                log.warning("guestinfo watch %s: %s; reconnecting", wire(self.vm_ident), wire(str(e)))
+                log.warning(
+                    "guestinfo watch %s: %s; reconnecting", wire(self.vm_ident), wire(str(e))
+                )
                 await trio.to_thread.run_sync(self.props.close, abandon_on_cancel=True)
                 self.reconnects += 1
                 await trio.sleep(delay)

@@ -67,13 +67,15 @@ class RelayedStreams(Protocol):
         """Count a refused stream that is logged already."""
         ...
 
-    async def serve_stream(self, s: trio.abc.Stream, header: OriginHeader,
-                           *, log_before_ack: bool = False) -> None: ...
+    async def serve_stream(
+        self, s: trio.abc.Stream, header: OriginHeader, *, log_before_ack: bool = False
+    ) -> None: ...
 
 
 class LinkEndpoint:
-    def __init__(self, endpoint: RelayedStreams, nursery: trio.Nursery,
-                 link_config: LinkConfig) -> None:
+    def __init__(
+        self, endpoint: RelayedStreams, nursery: trio.Nursery, link_config: LinkConfig
+    ) -> None:
         self.endpoint = endpoint
         self._nursery = nursery
         self.config = EndpointConfig()
@@ -110,7 +112,9 @@ class LinkEndpoint:
                     with listening(f"endpoint.link[{i}].address", where=ln.address):
                         self._runs.append(await self._nursery.start(self._listen, ln))
                 except ssl.SSLError as e:
-                    raise ConfigError("endpoint.link-tls", f"cannot load the certificates: {e}") from None
+                    raise ConfigError(
+                        "endpoint.link-tls", f"cannot load the certificates: {e}"
+                    ) from None
 
     def goaway(self) -> None:
         for run in self._runs:
@@ -129,11 +133,18 @@ class LinkEndpoint:
                 handler = self._forwarded
             else:
                 files = self.config.link_tls.files() if (ln.tls and self.config.link_tls) else None
-                run.server = LinkServer(self.table, tls_files=files, allowed_peers=ln.allowed_peers,
-                                        name=f"link {ln.address}")
+                run.server = LinkServer(
+                    self.table,
+                    tls_files=files,
+                    allowed_peers=ln.allowed_peers,
+                    name=f"link {ln.address}",
+                )
                 handler = run.server.handle
-            log.info("link listener %s (%s)", ln.address,
-                     "forwarded by a relay" if ln.forwarded else "TLS" if ln.tls else "plaintext")
+            log.info(
+                "link listener %s (%s)",
+                ln.address,
+                "forwarded by a relay" if ln.forwarded else "TLS" if ln.tls else "plaintext",
+            )
             task_status.started(run)
             await trio.serve_listeners(handler, [listener], handler_nursery=self._nursery)
 
@@ -153,9 +164,14 @@ class LinkEndpoint:
             log.warning("forwarded link refused: %s", wire(str(e) or type(e).__name__))
             await trio.aclose_forcefully(stream)
             return
-        link = PeerLink(PrefixedStream(stream, rest), client=False, config=self.table.config,
-                        on_open=self.table.on_open, name=f"link<-{ident} (forwarded)",
-                        peer_identity=ident)
+        link = PeerLink(
+            PrefixedStream(stream, rest),
+            client=False,
+            config=self.table.config,
+            on_open=self.table.on_open,
+            name=f"link<-{ident} (forwarded)",
+            peer_identity=ident,
+        )
         self.forwarded_links.add(link)
         log.info("forwarded link from %s", wire(ident))
         try:
@@ -174,7 +190,6 @@ class LinkEndpoint:
             return
         self._nursery.start_soon(self._serve, acc, header)
 
-
     async def _serve(self, acc: Accepted, header: OriginHeader) -> None:
         try:
             reason = await self.endpoint.vet(header)
@@ -186,7 +201,6 @@ class LinkEndpoint:
             await self.endpoint.serve_stream(acc.stream, header, log_before_ack=True)
         finally:
             await trio.aclose_forcefully(acc.stream)
-
 
 
 class _HeaderRefusals(LinkEvents):

@@ -10,7 +10,19 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 BEGIN_LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
 )
 
 
@@ -39,11 +51,13 @@ class VspcMetrics:
         r = registry if registry is not None else CollectorRegistry()
         return cls(
             registry=r,
-            connected_vms=Gauge("vspc_connected_vms", "VM serial ports with a live connection", registry=r),
-            esx_connections=Gauge("vspc_esx_connections", "open ESX Telnet connections", registry=r),
-            bytes_total=Counter(
-                "vspc_bytes", "console bytes carried", ["direction"], registry=r
+            connected_vms=Gauge(
+                "vspc_connected_vms", "VM serial ports with a live connection", registry=r
             ),
+            esx_connections=Gauge(
+                "vspc_esx_connections", "open ESX Telnet connections", registry=r
+            ),
+            bytes_total=Counter("vspc_bytes", "console bytes carried", ["direction"], registry=r),
             vmotions_total=Counter("vspc_vmotions", "vMotions by outcome", ["outcome"], registry=r),
             begin_to_goahead_seconds=Histogram(
                 "vspc_vmotion_begin_to_goahead_seconds",
@@ -53,16 +67,23 @@ class VspcMetrics:
             ),
             console_clients=Gauge("vspc_console_clients", "attached console clients", registry=r),
             slow_clients_dropped_total=Counter(
-                "vspc_slow_clients_dropped", "console clients dropped for falling behind", registry=r
+                "vspc_slow_clients_dropped",
+                "console clients dropped for falling behind",
+                registry=r,
             ),
             relayed_streams_total=Counter(
-                "vspc_relayed_streams", "streams arriving through relays", ["kind", "result"], registry=r
+                "vspc_relayed_streams",
+                "streams arriving through relays",
+                ["kind", "result"],
+                registry=r,
             ),
             protocol_errors_total=Counter(
                 "vspc_protocol_errors", "connections closed for bad input", ["where"], registry=r
             ),
             console_log_gap_bytes_total=Counter(
-                "vspc_console_log_gap_bytes", "console bytes missing from the logs (gaps)", registry=r
+                "vspc_console_log_gap_bytes",
+                "console bytes missing from the logs (gaps)",
+                registry=r,
             ),
             console_log_gaps_total=Counter(
                 "vspc_console_log_gaps", "gaps recorded in console event logs", registry=r
@@ -73,14 +94,19 @@ class VspcMetrics:
             telnet_refused_total=Counter(
                 "vspc_telnet_refused",
                 "ESX Telnet connections refused or closed by the vSPC's own checks",
-                ["reason"], registry=r,
+                ["reason"],
+                registry=r,
             ),
             relayed_continued_total=Counter(
-                "vspc_relayed_continued", "relayed connections that continue an earlier one",
-                ["known"], registry=r,
+                "vspc_relayed_continued",
+                "relayed connections that continue an earlier one",
+                ["known"],
+                registry=r,
             ),
             relayed_gap_bytes_total=Counter(
-                "vspc_relayed_gap_bytes", "relayed stream bytes lost with a restarted relay",
-                ["direction"], registry=r,
+                "vspc_relayed_gap_bytes",
+                "relayed stream bytes lost with a restarted relay",
+                ["direction"],
+                registry=r,
             ),
         )

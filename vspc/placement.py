@@ -59,7 +59,10 @@ class Placement:
         now = trio.current_time()
         if now - self.taken >= self.cfg.refresh:
             await self._refresh(now)
-        elif verdict(self.snapshot, vm, host) is not None and now - self.taken >= self.cfg.min_refresh:
+        elif (
+            verdict(self.snapshot, vm, host) is not None
+            and now - self.taken >= self.cfg.min_refresh
+        ):
             await self._refresh(now)
         return verdict(self.snapshot, vm, host, self.error)
 
@@ -72,11 +75,15 @@ class Placement:
                 with trio.fail_after(QUERY_TIMEOUT):
                     snap = await self.conn.call(self._collect)
             except Exception as e:  # any API or connection error: keep the last snapshot
-                why = (f"no answer within {QUERY_TIMEOUT}s" if isinstance(e, trio.TooSlowError)
-                       else f"{type(e).__name__}: {e}")
+                why = (
+                    f"no answer within {QUERY_TIMEOUT}s"
+                    if isinstance(e, trio.TooSlowError)
+                    else f"{type(e).__name__}: {e}"
+                )
                 if not self.error:
-                    log.warning("vCenter placement query failed (keeping the last answer): %s",
-                                wire(why))
+                    log.warning(
+                        "vCenter placement query failed (keeping the last answer): %s", wire(why)
+                    )
                 self.error = why
                 self.conn.reset()  # reconnect next time
             else:
@@ -89,8 +96,10 @@ class Placement:
         """Blocking: every VM's keys and host name, in two property collector calls."""
         vim = pyvmomi_module("pyVmomi").vim
         content = self.conn.si.RetrieveContent()
-        hosts = {moid: str(p.get("name", "")) for moid, p in
-                 _retrieve(content, vim.HostSystem, ["name"]).items()}
+        hosts = {
+            moid: str(p.get("name", ""))
+            for moid, p in _retrieve(content, vim.HostSystem, ["name"]).items()
+        }
         out: dict[str, set[str]] = {}
         paths = ["name", "config.uuid", "config.instanceUuid", "runtime.host"]
         for props in _retrieve(content, vim.VirtualMachine, paths).values():
@@ -115,8 +124,17 @@ def _retrieve(content: Any, kind: Any, paths: list[str]) -> dict[str, dict[str, 
     view = content.viewManager.CreateContainerView(content.rootFolder, [kind], True)
     try:
         spec = pc.FilterSpec(
-            objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[
-                pc.TraversalSpec(name="view", path="view", skip=False, type=vim.view.ContainerView)])],
+            objectSet=[
+                pc.ObjectSpec(
+                    obj=view,
+                    skip=True,
+                    selectSet=[
+                        pc.TraversalSpec(
+                            name="view", path="view", skip=False, type=vim.view.ContainerView
+                        )
+                    ],
+                )
+            ],
             propSet=[pc.PropertySpec(type=kind, all=False, pathSet=paths)],
         )
         found = content.propertyCollector.RetrieveContents([spec]) or []

@@ -109,8 +109,11 @@ def _gc_policy() -> Iterator[None]:
             gc.unfreeze()
 
 
-def server_ssl_context(cert: os.PathLike[str] | str, key: os.PathLike[str] | str,
-                       client_ca: os.PathLike[str] | str | None = None) -> ssl.SSLContext:
+def server_ssl_context(
+    cert: os.PathLike[str] | str,
+    key: os.PathLike[str] | str,
+    client_ca: os.PathLike[str] | str | None = None,
+) -> ssl.SSLContext:
     return tlsctx.server_context(cert, key, client_ca=client_ca, keylog=True)
 
 
@@ -199,8 +202,9 @@ class VspcService:
                     self._handlers = handlers
                     self._listener = await self._start_listening(self.config.listen, quiet=True)
                     if self.config.metrics.enabled:
-                        self._metrics_server = await self._start_metrics(self.config.metrics,
-                                                                         quiet=True)
+                        self._metrics_server = await self._start_metrics(
+                            self.config.metrics, quiet=True
+                        )
                     await nursery.start(self.consoles.run)
                     nursery.start_soon(self._expiry_loop)
                     nursery.start_soon(self._liveness_loop)
@@ -212,8 +216,12 @@ class VspcService:
                 nursery.cancel_scope.cancel()
 
     def _log_listening(self, lc: ListenConfig) -> None:
-        log.info("vSPC listening on %s:%s%s", lc.host, self.esx_port,
-                 " (TLS)" if lc.tls is not None else "")
+        log.info(
+            "vSPC listening on %s:%s%s",
+            lc.host,
+            self.esx_port,
+            " (TLS)" if lc.tls is not None else "",
+        )
 
     def _log_metrics(self, mc: MetricsConfig) -> None:
         log.info("metrics on http://%s:%s/metrics", mc.host, self.metrics_port)
@@ -242,8 +250,9 @@ class VspcService:
     async def _serve(self, listeners: list[trio.abc.Listener[Any]], server: _Server) -> None:
         try:
             with server.scope:
-                await trio.serve_listeners(self._accepted, listeners,
-                                           handler_nursery=self._handlers)
+                await trio.serve_listeners(
+                    self._accepted, listeners, handler_nursery=self._handlers
+                )
         finally:
             with trio.CancelScope(shield=True):
                 for lst in listeners:
@@ -263,8 +272,9 @@ class VspcService:
         async def serve(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             try:
                 with server.scope:
-                    await serve_metrics(self.metrics.registry, mc.host, mc.port,
-                                        task_status=task_status)
+                    await serve_metrics(
+                        self.metrics.registry, mc.host, mc.port, task_status=task_status
+                    )
             finally:
                 server.done.set()
 
@@ -279,8 +289,9 @@ class VspcService:
         # task holds one coroutine frame less each (16k connections: ~0.5 KiB each).
         peer = _peer_name(stream)
         if not address_allowed(_source_of(peer), self._allowed):
-            log.warning("Telnet connection from %s refused: not in listen.allowed-sources",
-                        wire(peer))
+            log.warning(
+                "Telnet connection from %s refused: not in listen.allowed-sources", wire(peer)
+            )
             self.metrics.telnet_refused_total.labels(reason="source").inc()
             return _close_refused(stream)
         return self.handle_esx_stream(stream, peer)
@@ -393,16 +404,18 @@ class VspcService:
             self.metrics.telnet_refused_total.labels(reason=conn.refusal).inc()
         self.metrics.esx_connections.dec()
         await self._execute(self.board.connection_closed(conn, trio.current_time()))
-        log.info("%r: closed%s", conn,
-                 f" ({wire(conn.close_reason, 200)})" if conn.close_reason else "")
+        log.info(
+            "%r: closed%s", conn, f" ({wire(conn.close_reason, 200)})" if conn.close_reason else ""
+        )
         self._changed()
 
     def may_read(self, conn: EsxConnection) -> bool:
         """Whether the reader of ``conn`` may read more (else wait for resume_reading)."""
         if self.board.from_vm_room(conn) <= 0:
             if conn.raw_uuid is None and self.board.port_of(conn) is None:  # never said who
-                conn.refuse("flood", f"{self.board.from_vm_held(conn)} bytes sent "
-                            "before any VM-VC-UUID")
+                conn.refuse(
+                    "flood", f"{self.board.from_vm_held(conn)} bytes sent before any VM-VC-UUID"
+                )
             return False  # the switchboard sends ResumeReading
         key = self.board.port_of(conn)
         if key is None:
@@ -413,14 +426,17 @@ class VspcService:
         backlog.paused.add(conn)
         return False
 
-    async def on_session_event(self, conn: EsxConnection, ev: object) -> None:
+    async def on_session_event(self, conn: EsxConnection, ev: object) -> None:  # noqa: C901
         now = trio.current_time()
         if isinstance(ev, es.ConsoleData):
             await self._execute(self.board.from_vm(conn, ev.data))
         elif isinstance(ev, ext.VMotionBegin):
             secret = self._secret_source(self.config.vmotion.secret_bytes)
-            await self._execute(self.board.begin(conn, ev.seq, secret, now),
-                                received=conn.received_at, answer_on=conn)
+            await self._execute(
+                self.board.begin(conn, ev.seq, secret, now),
+                received=conn.received_at,
+                answer_on=conn,
+            )
             self._deadline_changed.set()
         elif isinstance(ev, ext.VMotionPeer):
             actions = self.board.peer(conn, ev.cookie, now)
@@ -428,8 +444,12 @@ class VspcService:
             if self.board.port_of(conn) is not None:
                 self._deferred.pop(conn, None)
                 self.liveness.identified(conn)  # bound by its cookie: it is who it says
-            if any(isinstance(a, sb.PortEvent) and a.kind is sb.EventKind.PEER_REFUSED
-                   and a.conn is conn for a in actions):
+            if any(
+                isinstance(a, sb.PortEvent)
+                and a.kind is sb.EventKind.PEER_REFUSED
+                and a.conn is conn
+                for a in actions
+            ):
                 self._peer_refused(conn)
         elif isinstance(ev, ext.VMotionComplete):
             await self._execute(self.board.complete(conn, ev.seq, now))
@@ -439,8 +459,13 @@ class VspcService:
         elif isinstance(ev, es.ProxyRequested):
             if ev.label and conn.label is None:
                 conn.label = ev.label
-            log.info("%r: DO-PROXY %s %s -> %s", conn, ev.direction, wire(ev.uri),
-                     "WILL" if ev.accepted else "WONT")
+            log.info(
+                "%r: DO-PROXY %s %s -> %s",
+                conn,
+                ev.direction,
+                wire(ev.uri),
+                "WILL" if ev.accepted else "WONT",
+            )
         elif isinstance(ev, ext.VmName):
             conn.vm_name = ev.name
             key = self.board.port_of(conn)
@@ -469,8 +494,12 @@ class VspcService:
             # Most likely a vMotion destination (it need not send DO-PROXY, so its
             # port label is unknown): VMOTION-PEER will bind it by cookie.
             self._deferred[conn] = uuid
-            log.info("%r: VM %s, no port label, a vMotion of this VM is pending: "
-                     "waiting for VMOTION-PEER", conn, wire(raw))
+            log.info(
+                "%r: VM %s, no port label, a vMotion of this VM is pending: "
+                "waiting for VMOTION-PEER",
+                conn,
+                wire(raw),
+            )
             return
         key = PortKey(uuid, label or DEFAULT_LABEL)
         self._displays.setdefault(key, conn.vm_name or raw)
@@ -520,8 +549,13 @@ class VspcService:
         conn.close_soon(f"protocol violation: {reason}")
 
     # -- executing switchboard actions --------------------------------------------
-    async def _execute(self, actions: list[Any], *, received: float | None = None,
-                       answer_on: EsxConnection | None = None) -> None:
+    async def _execute(  # noqa: C901
+        self,
+        actions: list[Any],
+        *,
+        received: float | None = None,
+        answer_on: EsxConnection | None = None,
+    ) -> None:
         """Carry out switchboard actions in order. A vMotion answer for ``answer_on``
         (the connection whose reader calls) is written before anything else is done."""
         for a in actions:
@@ -621,7 +655,8 @@ class VspcService:
         """The console has a live link from here while the port has a carrier or a
         vMotion pending (its input is then buffered for the destination)."""
         live = self.board.carrier(key) is not None or any(
-            v.key == key for v in self.board.pending_vmotions())
+            v.key == key for v in self.board.pending_vmotions()
+        )
         link = self._links.get(key)
         if live and link is None:
             self._links[key] = console.connect(_InputSink(self, key))
@@ -633,8 +668,13 @@ class VspcService:
     def _port_event(self, ev: sb.PortEvent) -> None:
         conn = ev.conn
         if log.isEnabledFor(logging.INFO):  # (the repr is not free)
-            log.info("port %s: %s %s%s", wire(str(ev.key or "-")), ev.kind, wire(ev.detail, 200),
-                     f" ({conn!r})" if conn is not None else "")
+            log.info(
+                "port %s: %s %s%s",
+                wire(str(ev.key or "-")),
+                ev.kind,
+                wire(ev.detail, 200),
+                f" ({conn!r})" if conn is not None else "",
+            )
         outcome = _OUTCOMES.get(ev.kind)
         if outcome:
             self.metrics.vmotions_total.labels(outcome=outcome).inc()
@@ -642,16 +682,20 @@ class VspcService:
             self._settled = True
         if ev.kind is sb.EventKind.TAKEOVER_REFUSED and isinstance(conn, EsxConnection):
             conn.refusal = "takeover"
-            log.warning("%r: takeover of port %s refused: %s", conn, wire(str(ev.key)),
-                        ev.detail)
+            log.warning("%r: takeover of port %s refused: %s", conn, wire(str(ev.key)), ev.detail)
         if ev.key is None:
             return
         console = self._console(ev.key)
         if isinstance(conn, EsxConnection):
             bound = self.board.port_of(conn)
             if conn.key is None and bound == ev.key:  # first event of this connection here
-                console.event("connect", peer=conn.peer, uuid=conn.raw_uuid or "",
-                              name=conn.vm_name or "", tls=_is_tls(conn.stream))
+                console.event(
+                    "connect",
+                    peer=conn.peer,
+                    uuid=conn.raw_uuid or "",
+                    name=conn.vm_name or "",
+                    tls=_is_tls(conn.stream),
+                )
             conn.key = bound
         fields: dict[str, object] = {"detail": ev.detail}
         if isinstance(conn, EsxConnection):
@@ -680,13 +724,17 @@ class VspcService:
         while True:
             await trio.sleep(GC_FREEZE_INTERVAL)
             now = trio.current_time()
-            if now >= full_at and (now >= full_at + GC_QUIET_WAIT
-                                   or not self.board.pending_vmotions()):
+            if now >= full_at and (
+                now >= full_at + GC_QUIET_WAIT or not self.board.pending_vmotions()
+            ):
                 t0 = time.perf_counter()
                 gc.unfreeze()
                 found = gc.collect()
-                log.info("full GC: %d unreachable objects, %.0f ms", found,
-                         (time.perf_counter() - t0) * 1e3)
+                log.info(
+                    "full GC: %d unreachable objects, %.0f ms",
+                    found,
+                    (time.perf_counter() - t0) * 1e3,
+                )
                 full_at = now + GC_FULL_INTERVAL
             gc.freeze()
 
@@ -698,7 +746,6 @@ class VspcService:
                 await self._deadline_changed.wait()
                 continue
             await self._execute(self.board.tick(trio.current_time()))
-
 
     # -- liveness: identity deadline, idle probes, takeover probes ----------------
     def _probe(self, conn: EsxConnection) -> None:
@@ -787,8 +834,11 @@ async def _close_refused(stream: trio.abc.Stream) -> None:
 
 
 def _liveness_policy(lc: ListenConfig) -> LivenessPolicy:
-    return LivenessPolicy(identify_timeout=lc.identify_timeout, idle_probe=lc.idle_probe,
-                          probe_timeout=lc.probe_timeout)
+    return LivenessPolicy(
+        identify_timeout=lc.identify_timeout,
+        idle_probe=lc.idle_probe,
+        probe_timeout=lc.probe_timeout,
+    )
 
 
 def _source_of(peer: str) -> str:

@@ -54,9 +54,7 @@ def identity_uri(kind: str, name: str) -> str:
 
 def check_name(name: str) -> str:
     if not _NAME_RE.match(name):
-        raise CertError(
-            f"invalid name {name!r}: 1-63 characters of letters, digits, '.', '_', '-'"
-        )
+        raise CertError(f"invalid name {name!r}: 1-63 characters of letters, digits, '.', '_', '-'")
     return name
 
 
@@ -143,9 +141,15 @@ def build_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -174,10 +178,14 @@ def build_leaf(
     sans += [x509.DNSName(d) for d in dns_names]
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([
-            x509.NameAttribute(NameOID.COMMON_NAME, name),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
-        ]))
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, name),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
+                ]
+            )
+        )
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -186,14 +194,22 @@ def build_leaf(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -259,8 +275,14 @@ def issue(
     if not force and (cert_path.exists() or key_path.exists()):
         raise CertError(f"{cert_path} already exists (use --force to replace it)")
     cert, key = build_leaf(
-        ca_cert, ca_key, kind, name,
-        key_type=key_type, days=days, not_before=not_before, dns_names=dns_names,
+        ca_cert,
+        ca_key,
+        kind,
+        name,
+        key_type=key_type,
+        days=days,
+        not_before=not_before,
+        dns_names=dns_names,
     )
     write_atomic(key_path, key_pem(key), 0o600)
     write_atomic(cert_path, cert_pem(cert), 0o644)
@@ -274,7 +296,8 @@ def cert_identities(cert: x509.Certificate) -> list[str]:
     except x509.ExtensionNotFound:
         return []
     return [
-        u for u in san.value.get_values_for_type(x509.UniformResourceIdentifier)
+        u
+        for u in san.value.get_values_for_type(x509.UniformResourceIdentifier)
         if u.startswith(f"{URI_SCHEME}://")
     ]
 

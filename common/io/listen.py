@@ -33,8 +33,14 @@ def _why(e: OSError) -> str:
     return " ".join(text.split())  # one line, whatever the OS said
 
 
-def listen_error(e: OSError, key: str, *, host_key: str | None = None, where: str = "",
-                 error: type[ConfigError] = ConfigError) -> ConfigError:
+def listen_error(
+    e: OSError,
+    key: str,
+    *,
+    host_key: str | None = None,
+    where: str = "",
+    error: type[ConfigError] = ConfigError,
+) -> ConfigError:
     """The ConfigError for a listener that could not be opened: a host that does not
     resolve or is not local names ``host_key`` (when given), anything else ``key``."""
     at = f" {where}" if where else ""
@@ -46,8 +52,13 @@ def listen_error(e: OSError, key: str, *, host_key: str | None = None, where: st
 
 
 @contextmanager
-def listening(key: str, *, host_key: str | None = None, where: str = "",
-              error: type[ConfigError] = ConfigError) -> Iterator[None]:
+def listening(
+    key: str,
+    *,
+    host_key: str | None = None,
+    where: str = "",
+    error: type[ConfigError] = ConfigError,
+) -> Iterator[None]:
     """Open a listener inside this block: an OSError becomes ``listen_error(...)``
     (not an ssl.SSLError: a certificate that cannot be loaded is the caller's to name)."""
     try:
@@ -61,8 +72,9 @@ def listening(key: str, *, host_key: str | None = None, where: str = "",
 def probe_host(host: str, key: str) -> None:
     """Raise ConfigError(key) unless ``host`` resolves to addresses of this machine."""
     try:
-        infos = socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except OSError as e:
         raise listen_error(e, key, where=host) from None
     for family, kind, proto, _name, addr in infos:

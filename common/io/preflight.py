@@ -41,13 +41,14 @@ def cert_warning(path: Path, key: str, now: dt.datetime | None = None) -> str | 
         return f"{key}: certificate {path} is not valid before {before:%Y-%m-%d %H:%M} UTC"
     if after - now <= SOON:
         days = (after - now).days
-        return (f"{key}: certificate {path} expires on {after:%Y-%m-%d %H:%M} UTC "
-                f"(in {days} day{'s' if days != 1 else ''})")
+        return (
+            f"{key}: certificate {path} expires on {after:%Y-%m-%d %H:%M} UTC "
+            f"(in {days} day{'s' if days != 1 else ''})"
+        )
     return None
 
 
-def cert_warnings(certs: Iterable[tuple[Path, str]],
-                  now: dt.datetime | None = None) -> list[str]:
+def cert_warnings(certs: Iterable[tuple[Path, str]], now: dt.datetime | None = None) -> list[str]:
     """``certs``: (path, key) pairs of our own certificates."""
     out = []
     for path, key in certs:

@@ -81,7 +81,11 @@ class RawSocket:
         """Send what the socket takes now; ``views`` keeps what it did not."""
         while views:
             try:
-                n = self.sock.sendmsg(views[:IOV_MAX]) if len(views) > 1 else self.sock.send(views[0])
+                n = (
+                    self.sock.sendmsg(views[:IOV_MAX])
+                    if len(views) > 1
+                    else self.sock.send(views[0])
+                )
             except (BlockingIOError, InterruptedError):
                 return
             consume(views, n)

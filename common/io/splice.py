@@ -162,7 +162,7 @@ async def _wait_writable(fd: int, stall_timeout: float | None) -> None:
         raise WriteStalled()
 
 
-async def splice_direction(
+async def splice_direction(  # noqa: C901
     src: trio.abc.Stream,
     dst: trio.abc.Stream,
     src_fd: int,
@@ -192,7 +192,9 @@ async def splice_direction(
             if not grown:
                 _grow_unix_sndbuf(dst)
                 grown = True
-            eof, moved = await _splice_burst(src, dst, src_fd, dst_fd, pool, on_moved, stall_timeout)
+            eof, moved = await _splice_burst(
+                src, dst, src_fd, dst_fd, pool, on_moved, stall_timeout
+            )
             if eof:
                 return True
             bulk = moved >= PROBE_SIZE
@@ -238,7 +240,7 @@ async def splice_direction(
             return False
 
 
-async def _splice_burst(
+async def _splice_burst(  # noqa: C901
     src: trio.abc.Stream,
     dst: trio.abc.Stream,
     src_fd: int,

@@ -25,9 +25,16 @@ TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
 NEWEST = ssl.TLSVersion.MAXIMUM_SUPPORTED
 
 
-def server_context(cert: PathLike, key: PathLike, *, client_ca: PathLike | None = None,
-                   min_version: ssl.TLSVersion = TLS12, max_version: ssl.TLSVersion = NEWEST,
-                   tickets: int | None = None, keylog: bool = False) -> ssl.SSLContext:
+def server_context(
+    cert: PathLike,
+    key: PathLike,
+    *,
+    client_ca: PathLike | None = None,
+    min_version: ssl.TLSVersion = TLS12,
+    max_version: ssl.TLSVersion = NEWEST,
+    tickets: int | None = None,
+    keylog: bool = False,
+) -> ssl.SSLContext:
     """A server presenting ``cert``; with ``client_ca``, clients must show a certificate
     it signed. ``tickets``: how many session tickets to send (None: OpenSSL's default)."""
     ctx = _new(ssl.PROTOCOL_TLS_SERVER, min_version, max_version, keylog)
@@ -46,10 +53,16 @@ def require_client_certs(ctx: ssl.SSLContext, client_ca: PathLike) -> None:
     ctx.verify_mode = ssl.CERT_REQUIRED
 
 
-def client_context(*, ca: PathLike | None = None, cert: PathLike | None = None,
-                   key: PathLike | None = None, check_hostname: bool = True,
-                   min_version: ssl.TLSVersion = TLS12,
-                   max_version: ssl.TLSVersion = NEWEST, keylog: bool = False) -> ssl.SSLContext:
+def client_context(
+    *,
+    ca: PathLike | None = None,
+    cert: PathLike | None = None,
+    key: PathLike | None = None,
+    check_hostname: bool = True,
+    min_version: ssl.TLSVersion = TLS12,
+    max_version: ssl.TLSVersion = NEWEST,
+    keylog: bool = False,
+) -> ssl.SSLContext:
     """A client verifying the server against ``ca`` (the system store when None), by
     host name unless ``check_hostname`` is off; ``cert``/``key`` for mutual TLS."""
     ctx = _new(ssl.PROTOCOL_TLS_CLIENT, min_version, max_version, keylog)
@@ -63,8 +76,9 @@ def client_context(*, ca: PathLike | None = None, cert: PathLike | None = None,
     return ctx
 
 
-def _new(protocol: ssl._SSLMethod, min_version: ssl.TLSVersion,
-         max_version: ssl.TLSVersion, keylog: bool) -> ssl.SSLContext:
+def _new(
+    protocol: ssl._SSLMethod, min_version: ssl.TLSVersion, max_version: ssl.TLSVersion, keylog: bool
+) -> ssl.SSLContext:
     ctx = ssl.SSLContext(protocol)  # CERT_REQUIRED and check_hostname for a client
     ctx.minimum_version = min_version
     ctx.maximum_version = max_version

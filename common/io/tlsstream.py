@@ -27,8 +27,14 @@ RECORD = 16 * 1024  # TLS maximum record payload
 
 
 class TlsStream(trio.abc.Stream):
-    def __init__(self, transport: trio.abc.Stream, ctx: ssl.SSLContext, *,
-                 server_side: bool, read_size: int = READ_SIZE) -> None:
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        ctx: ssl.SSLContext,
+        *,
+        server_side: bool,
+        read_size: int = READ_SIZE,
+    ) -> None:
         self.transport = transport
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
@@ -169,7 +175,7 @@ class TlsStream(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:  # noqa: C901
         limit = max_bytes or self._read_size
         while True:
             if self._broken is not None:

@@ -63,8 +63,9 @@ class UnixListener(trio.abc.Listener[trio.SocketStream]):
         await trio.lowlevel.checkpoint()
 
 
-async def open_unix_listener(path: str | os.PathLike[str], *, mode: int | None = 0o660,
-                             backlog: int = socket.SOMAXCONN) -> UnixListener:
+async def open_unix_listener(
+    path: str | os.PathLike[str], *, mode: int | None = 0o660, backlog: int = socket.SOMAXCONN
+) -> UnixListener:
     """Listen on ``path`` (mode ``mode``; None: as the umask gives), after clearing a
     stale socket there; an OSError says why not (see the module docstring)."""
     where = Path(path)
@@ -102,8 +103,9 @@ def clear_stale(path: Path) -> None:
     except FileNotFoundError:
         return  # gone meanwhile
     except OSError as e:
-        raise OSError(e.errno, f"a socket is there that cannot be probed ({e.strerror}); "
-                               "left as it is") from None
+        raise OSError(
+            e.errno, f"a socket is there that cannot be probed ({e.strerror}); left as it is"
+        ) from None
     finally:
         probe.close()
     raise OSError(errno.EADDRINUSE, "a live socket is there, in use by another process")
@@ -129,7 +131,8 @@ async def _bind_in_place(sock: trio.socket.SocketType, path: Path, mode: int | N
         try:
             os.link(tmp, path)
         except FileExistsError:
-            raise OSError(errno.EADDRINUSE, "something appeared there while binding "
-                                            "(left as it is)") from None
+            raise OSError(
+                errno.EADDRINUSE, "something appeared there while binding (left as it is)"
+            ) from None
     finally:
         os.unlink(tmp)

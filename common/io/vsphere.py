@@ -92,9 +92,16 @@ class VSphereConn:
         if t.protocol == "https" and not t.verify_tls:
             kwargs["disableSslCertValidation"] = True
         try:
-            self.si = SmartConnect(host=t.host, port=t.port, user=t.user, pwd=t.password,
-                                   protocol=t.protocol, path=t.path, connectionPoolTimeout=-1,
-                                   **kwargs)
+            self.si = SmartConnect(
+                host=t.host,
+                port=t.port,
+                user=t.user,
+                pwd=t.password,
+                protocol=t.protocol,
+                path=t.path,
+                connectionPoolTimeout=-1,
+                **kwargs,
+            )
         except Exception as e:
             raise VSphereError(f"vSphere connect {t.host}:{t.port}: {e}") from e
         self._vm_cache.clear()
@@ -123,8 +130,10 @@ class VSphereConn:
         try:
             for vm in view.view:
                 cfg = vm.config
-                uuids = {uuid_key(getattr(cfg, "uuid", "") or ""),
-                         uuid_key(getattr(cfg, "instanceUuid", "") or "")}
+                uuids = {
+                    uuid_key(getattr(cfg, "uuid", "") or ""),
+                    uuid_key(getattr(cfg, "instanceUuid", "") or ""),
+                }
                 if vm.name == ident or (want is not None and want in uuids):
                     self._vm_cache[ident] = vm
                     return vm
@@ -169,8 +178,14 @@ class PropertyWatch:
     run them through ``conn.call``. ``wait`` returns None when vCenter had nothing
     new within ``max_wait`` seconds, else the changes as (name, op, value)."""
 
-    def __init__(self, conn: VSphereConn, vm: str, paths: list[str], max_wait: int,
-                 uuid_key: Callable[[str], str | None] = folded_uuid) -> None:
+    def __init__(
+        self,
+        conn: VSphereConn,
+        vm: str,
+        paths: list[str],
+        max_wait: int,
+        uuid_key: Callable[[str], str | None] = folded_uuid,
+    ) -> None:
         self.conn = conn
         self.vm_ident = vm
         self.paths = paths
@@ -189,10 +204,13 @@ class PropertyWatch:
         PC = pyvmomi_module("pyVmomi").vmodl.query.PropertyCollector
         vm = self.vm = self.conn.find_vm(self.vm_ident, self.uuid_key)
         self.pc = self.conn.si.content.propertyCollector.CreatePropertyCollector()
-        self.pc.CreateFilter(PC.FilterSpec(
-            objectSet=[PC.ObjectSpec(obj=vm, skip=False)],
-            propSet=[PC.PropertySpec(type=vim.VirtualMachine, all=False, pathSet=self.paths)],
-        ), partialUpdates=False)
+        self.pc.CreateFilter(
+            PC.FilterSpec(
+                objectSet=[PC.ObjectSpec(obj=vm, skip=False)],
+                propSet=[PC.PropertySpec(type=vim.VirtualMachine, all=False, pathSet=self.paths)],
+            ),
+            partialUpdates=False,
+        )
         self.token = ""
 
     def wait(self) -> list[tuple[str, str, Any]] | None:
@@ -201,10 +219,12 @@ class PropertyWatch:
         if res is None:
             return None
         self.token = res.version
-        return [(ch.name, ch.op, ch.val)
-                for fs in res.filterSet or []
-                for obj in fs.objectSet or []
-                for ch in obj.changeSet or []]
+        return [
+            (ch.name, ch.op, ch.val)
+            for fs in res.filterSet or []
+            for obj in fs.objectSet or []
+            for ch in obj.changeSet or []
+        ]
 
     def close(self) -> None:
         """Drop the collector and log out (the next ``setup`` starts afresh)."""

@@ -4,7 +4,7 @@ Meant to sit under ``[peer]`` in the relay's config::
 
     [peer]
     admin-socket = "/run/vic/relay.sock"
-    tls = { cert = "/etc/vic/host-esx-01.crt", key = "/etc/vic/host-esx-01.key", ca = "/etc/vic/ca.crt" }
+    tls = { cert = "/etc/vic/esx-01.crt", key = "/etc/vic/esx-01.key", ca = "/etc/vic/ca.crt" }
 
     [peer.routes.appliance]              # where resumable streams go
     address = "tcp:10.0.0.12:7443"       # the relay on the appliance's host (or the appliance)
@@ -32,8 +32,12 @@ Meant to sit under ``[peer]`` in the relay's config::
     user = "relay@vsphere.local"
     password-file = "/etc/vic/vc.password"
     vm = "vch-appliance"
-    hosts = { "esx-02.example.com" = "tcp:10.0.0.12:7443", "esx-03.example.com" = "tcp:10.0.0.13:7443" }
-    identities = { "esx-02.example.com" = "vic://host/esx-02", "esx-03.example.com" = "vic://host/esx-03" }
+    [peer.follow.appliance.hosts]
+    "esx-02.example.com" = "tcp:10.0.0.12:7443"
+    "esx-03.example.com" = "tcp:10.0.0.13:7443"
+    [peer.follow.appliance.identities]
+    "esx-02.example.com" = "vic://host/esx-02"
+    "esx-03.example.com" = "vic://host/esx-03"
 
 ``to_runtime()`` helpers turn these into ``Route``, ``TlsFiles``, ``LinkConfig``
 and ``VSphereTarget`` objects.
@@ -96,7 +100,7 @@ def parse_forward(address: str) -> tuple[str, object]:
     ``hvsock:/path/to/vm.vsock:PORT`` for an appliance VM under Firecracker /
     Cloud Hypervisor (hybrid vsock, host-initiated ``CONNECT PORT``)."""
     if address.startswith("hvsock:"):
-        path, _, port = address[len("hvsock:"):].rpartition(":")
+        path, _, port = address[len("hvsock:") :].rpartition(":")
         if not path or not port.isdigit():
             raise RouteError(f"bad hvsock address {address!r} (hvsock:/path:PORT)")
         return "hvsock", (path, int(port))
@@ -112,8 +116,11 @@ class PeerRoute:
     def validate(self) -> None:
         _check_address(self.address)
         if self.tls:
-            require(self.identity.startswith("vic://"), "identity",
-                    "a TLS route needs the peer identity (vic://host/NAME or vic://appliance/NAME)")
+            require(
+                self.identity.startswith("vic://"),
+                "identity",
+                "a TLS route needs the peer identity (vic://host/NAME or vic://appliance/NAME)",
+            )
 
     def route(self, name: str) -> Route:
         return Route(self.address, identity=self.identity, tls=self.tls, name=name)
@@ -135,20 +142,29 @@ class PeerListen:
 
     def validate(self) -> None:
         _check_address(self.address)
-        require(self.tls or is_trusted_address(self.address), "tls",
-                "plaintext peer links only on a trusted transport (unix:, vsock:, loopback tcp:): "
-                "any peer could open streams as any host")
+        require(
+            self.tls or is_trusted_address(self.address),
+            "tls",
+            "plaintext peer links only on a trusted transport (unix:, vsock:, loopback tcp:): "
+            "any peer could open streams as any host",
+        )
         if self.forward:
             try:
                 parse_forward(self.forward)
             except RouteError as e:
                 raise ConfigError("forward", str(e)) from None
             require(not self.egress, "egress", "a forwarding listener has no egress")
-            require(self.tls, "forward", "a forwarded link needs TLS: the appliance is told "
-                    "the identity the peer proved")
+            require(
+                self.tls,
+                "forward",
+                "a forwarded link needs TLS: the appliance is told the identity the peer proved",
+            )
         if self.tls:
-            require(bool(self.allowed_peers), "allowed-peers",
-                    "a TLS listener needs the identities it accepts")
+            require(
+                bool(self.allowed_peers),
+                "allowed-peers",
+                "a TLS listener needs the identities it accepts",
+            )
             for p in self.allowed_peers:
                 require(p.startswith("vic://"), "allowed-peers", f"not a vic:// identity: {p!r}")
 
@@ -167,24 +183,36 @@ class LinkTuning:
 
     def validate(self) -> None:
         require(self.stream_window_kib >= 64, "stream-window-kib", "must be >= 64")
-        require(self.connection_window_mib * 1024 >= self.stream_window_kib,
-                "connection-window-mib", "must hold at least one stream window")
+        require(
+            self.connection_window_mib * 1024 >= self.stream_window_kib,
+            "connection-window-mib",
+            "must hold at least one stream window",
+        )
         require(self.replay_limit_mib >= 1, "replay-limit-mib", "must be >= 1")
         require(self.replay_pool_mib >= 1, "replay-pool-mib", "must be >= 1")
         require(self.max_streams >= 1, "max-streams", "must be >= 1")
-        require(0 < self.ping_interval < self.dead_after, "ping-interval",
-                "must be > 0 and below dead-after")
+        require(
+            0 < self.ping_interval < self.dead_after,
+            "ping-interval",
+            "must be > 0 and below dead-after",
+        )
         require(self.resume_timeout > 0, "resume-timeout", "must be > 0")
 
     def link_config(self) -> LinkConfig:
         window = self.stream_window_kib * KiB
         return LinkConfig(
-            mux=MuxConfig(stream_window=window, initial_window=min(128 * KiB, window),
-                          connection_window=self.connection_window_mib * MiB,
-                          max_streams=self.max_streams, ping_interval=self.ping_interval,
-                          dead_after=self.dead_after),
-            replay_limit=self.replay_limit_mib * MiB, replay_pool=self.replay_pool_mib * MiB,
-            overflow=self.overflow, resume_timeout=self.resume_timeout,
+            mux=MuxConfig(
+                stream_window=window,
+                initial_window=min(128 * KiB, window),
+                connection_window=self.connection_window_mib * MiB,
+                max_streams=self.max_streams,
+                ping_interval=self.ping_interval,
+                dead_after=self.dead_after,
+            ),
+            replay_limit=self.replay_limit_mib * MiB,
+            replay_pool=self.replay_pool_mib * MiB,
+            overflow=self.overflow,
+            resume_timeout=self.resume_timeout,
         )
 
 
@@ -211,20 +239,27 @@ class FollowConfig:
             except RouteError as e:
                 raise ConfigError(f"hosts.{host}", str(e)) from None
             if self.tls:
-                require(self.identities.get(host, "").startswith("vic://"), f"identities.{host}",
-                        "each host needs the identity of its relay")
+                require(
+                    self.identities.get(host, "").startswith("vic://"),
+                    f"identities.{host}",
+                    "each host needs the identity of its relay",
+                )
         if self.password_file is not None:
-            require(self.password_file.is_file(), "password-file",
-                    f"no such file: {self.password_file}")
+            require(
+                self.password_file.is_file(), "password-file", f"no such file: {self.password_file}"
+            )
 
     def vcenter_target(self) -> VSphereTarget:
         pw = self.password_file.read_text().strip() if self.password_file else ""
-        return VSphereTarget(self.vcenter, self.port, self.user, pw, self.protocol, self.path,
-                       self.verify_tls)
+        return VSphereTarget(
+            self.vcenter, self.port, self.user, pw, self.protocol, self.path, self.verify_tls
+        )
 
     def routes(self, name: str) -> dict[str, Route]:
-        return {h: Route(a, identity=self.identities.get(h, ""), tls=self.tls, name=name)
-                for h, a in self.hosts.items()}
+        return {
+            h: Route(a, identity=self.identities.get(h, ""), tls=self.tls, name=name)
+            for h, a in self.hosts.items()
+        }
 
 
 @dataclass(frozen=True)
@@ -237,13 +272,22 @@ class PeerConfig:
     follow: dict[str, FollowConfig] = field(default_factory=dict)
 
     def validate(self) -> None:
-        uses_tls = (any(r.tls for r in self.routes.values()) or any(x.tls for x in self.listen)
-                    or any(f.tls for f in self.follow.values()))
-        require(self.tls is not None or not uses_tls, "tls",
-                "TLS routes or listeners need [peer.tls] cert, key and ca")
+        uses_tls = (
+            any(r.tls for r in self.routes.values())
+            or any(x.tls for x in self.listen)
+            or any(f.tls for f in self.follow.values())
+        )
+        require(
+            self.tls is not None or not uses_tls,
+            "tls",
+            "TLS routes or listeners need [peer.tls] cert, key and ca",
+        )
         for name in self.follow:
-            require(name in self.routes, f"follow.{name}",
-                    "follows a route that is not defined in [peer.routes]")
+            require(
+                name in self.routes,
+                f"follow.{name}",
+                "follows a route that is not defined in [peer.routes]",
+            )
 
     def routes_runtime(self) -> dict[str, Route]:
         return {name: r.route(name) for name, r in self.routes.items()}

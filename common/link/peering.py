@@ -25,9 +25,16 @@ from common.ops.wiretext import wire
 log = logging.getLogger("common.link.peering")
 
 
-async def accept_tls(stream: trio.abc.Stream, ctx: ssl.SSLContext, allowed: Collection[str],
-                     *, timeout: float, events: LinkEvents, who: str,
-                     logger: logging.Logger = log) -> tuple[trio.abc.Stream, str] | None:
+async def accept_tls(
+    stream: trio.abc.Stream,
+    ctx: ssl.SSLContext,
+    allowed: Collection[str],
+    *,
+    timeout: float,
+    events: LinkEvents,
+    who: str,
+    logger: logging.Logger = log,
+) -> tuple[trio.abc.Stream, str] | None:
     """The server side of a peer link's TLS handshake: the authenticated stream and
     the peer's identity, or None for a refused peer (counted in ``events`` by reason,
     logged as ``who``'s with the peer's address, its connection closed)."""
@@ -38,17 +45,29 @@ async def accept_tls(stream: trio.abc.Stream, ctx: ssl.SSLContext, allowed: Coll
     except tlsmod.HANDSHAKE_ERRORS as e:
         reason = tlsmod.refusal_reason(e)
         events.tls_refused(reason)
-        logger.warning("%s: refused peer link from %s (%s): %s", who, where, reason,
-                       wire(str(e) or type(e).__name__))
+        logger.warning(
+            "%s: refused peer link from %s (%s): %s",
+            who,
+            where,
+            reason,
+            wire(str(e) or type(e).__name__),
+        )
         await trio.aclose_forcefully(stream)
         return None
 
 
 class LinkServer:
-    def __init__(self, table: SessionTable, *, tls_files: tlsmod.TlsFiles | None,
-                 allowed_peers: Collection[str] = (), config: LinkConfig | None = None,
-                 handshake_timeout: float = 10.0, name: str = "egress",
-                 events: LinkEvents = NO_EVENTS) -> None:
+    def __init__(
+        self,
+        table: SessionTable,
+        *,
+        tls_files: tlsmod.TlsFiles | None,
+        allowed_peers: Collection[str] = (),
+        config: LinkConfig | None = None,
+        handshake_timeout: float = 10.0,
+        name: str = "egress",
+        events: LinkEvents = NO_EVENTS,
+    ) -> None:
         self.table = table
         self.config = config or table.config
         self._ctx: ssl.SSLContext | None = (
@@ -61,8 +80,9 @@ class LinkServer:
         self.links: set[PeerLink] = set()
         self.refused = 0
 
-    def reconfigure(self, *, tls_files: tlsmod.TlsFiles | None,
-                    allowed_peers: Collection[str]) -> None:
+    def reconfigure(
+        self, *, tls_files: tlsmod.TlsFiles | None, allowed_peers: Collection[str]
+    ) -> None:
         """Reload: new certificates and peers apply to new links."""
         self._ctx = tlsmod.server_context(tls_files) if tls_files is not None else None
         self.allowed_peers = frozenset(allowed_peers)
@@ -71,15 +91,26 @@ class LinkServer:
         """Serve one incoming connection (for ``trio.serve_listeners``)."""
         ident = ""
         if self._ctx is not None:
-            accepted = await accept_tls(stream, self._ctx, self.allowed_peers,
-                                        timeout=self.handshake_timeout, events=self.events,
-                                        who=self.name)
+            accepted = await accept_tls(
+                stream,
+                self._ctx,
+                self.allowed_peers,
+                timeout=self.handshake_timeout,
+                events=self.events,
+                who=self.name,
+            )
             if accepted is None:
                 self.refused += 1
                 return
             stream, ident = accepted
-        link = PeerLink(stream, client=False, config=self.config, on_open=self.table.on_open,
-                        name=f"{self.name}<-{ident or 'plaintext'}", peer_identity=ident)
+        link = PeerLink(
+            stream,
+            client=False,
+            config=self.config,
+            on_open=self.table.on_open,
+            name=f"{self.name}<-{ident or 'plaintext'}",
+            peer_identity=ident,
+        )
         self.links.add(link)
         try:
             await link.run()
@@ -96,14 +127,19 @@ class LinkServer:
         for link in list(self.links):
             link.close(reason)
 
-    async def serve(self, listeners: list[trio.SocketListener] | list[Any], *,
-                    task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener] | list[Any],
+        *,
+        task_status: Any = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         await trio.serve_listeners(self.handle, listeners, task_status=task_status)
 
 
 @asynccontextmanager
-async def open_session_table(config: LinkConfig | None = None,
-                             **kw: Any) -> AsyncIterator[SessionTable]:
+async def open_session_table(
+    config: LinkConfig | None = None, **kw: Any
+) -> AsyncIterator[SessionTable]:
     """A SessionTable whose stream engines run in a nursery bound to this block."""
     async with trio.open_nursery() as nursery:
         table = SessionTable(nursery, config, **kw)

@@ -136,7 +136,9 @@ class PeerLink:
         self._write_lot = trio.lowlevel.ParkingLot()  # senders waiting for the writer, FIFO
         self._ready = trio.Event()
         self._inflight = 0
-        self._touched: dict[int, StreamHandler] = {}  # streams that received since the last batch end
+        self._touched: dict[
+            int, StreamHandler
+        ] = {}  # streams that received since the last batch end
         self._eof_seen = False
         self._ack_wake = trio.Event()
         self._turns: deque[int] = deque()  # streams with something to send, round robin
@@ -170,11 +172,20 @@ class PeerLink:
         return len(self._handlers)
 
     def __repr__(self) -> str:
-        return f"<PeerLink {self.name} peer={self.peer_identity or '-'} streams={len(self._handlers)}>"
+        return (
+            f"<PeerLink {self.name} peer={self.peer_identity or '-'} streams={len(self._handlers)}>"
+        )
 
     # ---------------------------------------------------------------- streams
-    def open(self, handler: StreamHandler, session_id: bytes, recv_offset: int,
-             header: bytes, resume: bool, continues: int | None = None) -> int:
+    def open(
+        self,
+        handler: StreamHandler,
+        session_id: bytes,
+        recv_offset: int,
+        header: bytes,
+        resume: bool,
+        continues: int | None = None,
+    ) -> int:
         """Open a stream; raises LinkDeadError or LinkClosingError."""
         if not self.alive:
             raise LinkDeadError(self.dead_reason or "link closed")
@@ -244,9 +255,11 @@ class PeerLink:
     async def wait_ready(self) -> None:
         """Until the peer's HELLO arrived (raises LinkDeadError if the link dies first)."""
         async with trio.open_nursery() as n:
+
             async def dead() -> None:
                 await self.closed.wait()
                 n.cancel_scope.cancel()
+
             n.start_soon(dead)
             await self._ready.wait()
             n.cancel_scope.cancel()
@@ -264,9 +277,11 @@ class PeerLink:
                 return False
             ev = self._pong
             async with trio.open_nursery() as n:
+
                 async def dead() -> None:
                     await self.closed.wait()
                     n.cancel_scope.cancel()
+
                 n.start_soon(dead)
                 await ev.wait()
                 n.cancel_scope.cancel()
@@ -317,8 +332,12 @@ class PeerLink:
             await fn()
         except LinkProtocolError as e:
             reason = f"protocol error: {e}"
-            log.warning("link %s (%s): closing: %s", self.name, wire(self.peer_identity or "-"),
-                        wire(reason))
+            log.warning(
+                "link %s (%s): closing: %s",
+                self.name,
+                wire(self.peer_identity or "-"),
+                wire(reason),
+            )
             self._lost(e)
         except LinkDeadError as e:
             reason = str(e)
@@ -402,14 +421,14 @@ class PeerLink:
                 raise LinkDeadError(f"peer is silent: {self.mux.dead_reason}")
             self._kick()
 
-    async def _reader(self) -> None:
+    async def _reader(self) -> None:  # noqa: C901
         # One receive buffer for the life of the link (the decoder copies out what it
         # keeps); the bulk of a large DATA payload is received straight into the
         # payload's own buffer instead (no copy at all).
         rmv = memoryview(bytearray(self.config.read_size))
         # after a payload received in place, read little: the next frame's header and
         # the start of its payload (copied), so that most of it goes in place too
-        small = rmv[:min(len(rmv), SMALL_READ)]
+        small = rmv[: min(len(rmv), SMALL_READ)]
         t = self.transport
         mux = self.mux
         recv_into: Callable[[memoryview], Awaitable[int]] | None = None
@@ -482,7 +501,7 @@ class PeerLink:
             if self._touched:
                 self._batch_end()
 
-    def _dispatch(self, ev: object) -> None:
+    def _dispatch(self, ev: object) -> None:  # noqa: C901
         if isinstance(ev, DataReceived):
             h = self._handlers.get(ev.stream_id)
             if h is None:
@@ -511,12 +530,18 @@ class PeerLink:
                 h.on_reset(ev.code, ev.reason)
         elif isinstance(ev, StreamOpened):
             if self._on_open is None:
-                self.mux.reset_stream(ev.stream_id, ErrorCode.REFUSED, "this end accepts no streams")
+                self.mux.reset_stream(
+                    ev.stream_id, ErrorCode.REFUSED, "this end accepts no streams"
+                )
             else:
                 self._on_open(self, ev)
         elif isinstance(ev, GoAwayReceived):
-            log.info("link %s: peer sent GOAWAY (last stream %d): %s",
-                     self.name, ev.last_stream_id, wire(ev.reason))
+            log.info(
+                "link %s: peer sent GOAWAY (last stream %d): %s",
+                self.name,
+                ev.last_stream_id,
+                wire(ev.reason),
+            )
         elif isinstance(ev, PongReceived):
             self.rtt = ev.rtt
             self._pong_seq = max(self._pong_seq, ev.seq)

@@ -165,8 +165,12 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         # acceptor of a CONTINUE OPEN: (first offset it receives, first offset it sends)
         self.continues = continues
         start, rstart = continues if continues is not None else (0, 0)
-        self.session = ResumeSession(self.config.replay_limit, overflow=self.config.overflow,  # type: ignore[arg-type]
-                                     send_start=rstart, recv_start=start)
+        self.session = ResumeSession(
+            self.config.replay_limit,
+            overflow=self.config.overflow,  # type: ignore[arg-type]
+            send_start=rstart,
+            recv_start=start,
+        )
         self._continue_from: int | None = None  # opener: the next OPEN continues from here
         self._handing = 0  # bytes the last receive_some returned (handed on at the next)
         self._pool = pool if self.config.overflow == "block" else None
@@ -471,9 +475,16 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         old = self.short_id
         self.session_id = os.urandom(16)
         self._continue_from = start
-        log.warning("stream %s: the peer lost the session (%s); continuing as %s from offset %d"
-                    " (%d bytes not acknowledged), received %d", old, wire(reason or "unknown"),
-                    self.short_id, start, self.session.written - start, recv_start)
+        log.warning(
+            "stream %s: the peer lost the session (%s); continuing as %s from offset %d"
+            " (%d bytes not acknowledged), received %d",
+            old,
+            wire(reason or "unknown"),
+            self.short_id,
+            start,
+            self.session.written - start,
+            recv_start,
+        )
 
     def _fail(self, code: int, reason: str, *, send: bool = True) -> None:
         att, self._att = self._att, None
@@ -504,8 +515,9 @@ class ResumableStream(trio.abc.HalfCloseableStream):
                     link = await self._connector.get_link()
                     att = _Attachment(self, link)
                     att.current = False
-                    sid = link.open(att, self.session_id, self.session.recv_offset, self.header,
-                                    resume=True)
+                    sid = link.open(
+                        att, self.session_id, self.session.recv_offset, self.header, resume=True
+                    )
                     link.detach(sid, code, reason)
                     if await link.barrier():
                         return
@@ -567,8 +579,9 @@ class ResumableStream(trio.abc.HalfCloseableStream):
         finally:
             if not self._terminal():
                 # an acceptor going away leaves the session to be carried on (retryable)
-                self._fail(ErrorCode.CANCEL if self.opener else ErrorCode.INTERNAL,
-                           "relay shutting down")
+                self._fail(
+                    ErrorCode.CANCEL if self.opener else ErrorCode.INTERNAL, "relay shutting down"
+                )
             self._finished_flag = True
             self._recharge()  # give our share back to the pool
             if self._pool is not None:
@@ -603,8 +616,14 @@ class ResumableStream(trio.abc.HalfCloseableStream):
             if cont is not None:  # a new session: its acceptor sends from what we hold
                 recv_off = self.session.recv_offset
             try:
-                att.sid = link.open(att, self.session_id, recv_off, self.header,
-                                    resume=self._ever_attached and cont is None, continues=cont)
+                att.sid = link.open(
+                    att,
+                    self.session_id,
+                    recv_off,
+                    self.header,
+                    resume=self._ever_attached and cont is None,
+                    continues=cont,
+                )
             except (LinkDeadError, LinkClosingError):
                 self._connector.link_failed(link)
                 await trio.sleep(backoff)
@@ -678,8 +697,14 @@ class Accepted:
 class SessionTable:
     """The acceptor's sessions, shared by all its links; start with ``open_session_table``."""
 
-    def __init__(self, nursery: trio.Nursery, config: LinkConfig | None = None,
-                 *, accept_backlog: int = 1024, tombstones: int = 4096) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        config: LinkConfig | None = None,
+        *,
+        accept_backlog: int = 1024,
+        tombstones: int = 4096,
+    ) -> None:
         self.config = config or LinkConfig()
         self._nursery = nursery
         self._sessions: dict[bytes, ResumableStream] = {}
@@ -715,15 +740,22 @@ class SessionTable:
         # is the opener's retry after a link died before our first ACK reached it
         # (it cannot know we got the OPEN): treat it as a resume. Session ids are 16
         # random bytes, so it is never another stream.
-        retry = (not ev.resume and ev.session_id in self._sessions
-                 and self._sessions[ev.session_id].peer_identity == link.peer_identity)
+        retry = (
+            not ev.resume
+            and ev.session_id in self._sessions
+            and self._sessions[ev.session_id].peer_identity == link.peer_identity
+        )
         if ev.resume or retry:
             st = self._sessions.get(ev.session_id)
             if st is not None:
                 if st.peer_identity and link.peer_identity != st.peer_identity:
                     # only the relay that opened a session may resume it
-                    log.warning("resume of stream %s by %s refused (opened by %s)", st.short_id,
-                                wire(link.peer_identity or "plaintext"), wire(st.peer_identity))
+                    log.warning(
+                        "resume of stream %s by %s refused (opened by %s)",
+                        st.short_id,
+                        wire(link.peer_identity or "plaintext"),
+                        wire(st.peer_identity),
+                    )
                     link.detach(sid, ErrorCode.REFUSED, "session belongs to another peer")
                     return
                 st._attach_accepted(link, sid, ev.recv_offset)
@@ -742,8 +774,9 @@ class SessionTable:
             link.detach(sid, ErrorCode.REFUSED, "duplicate session id")
             return
         cont = (ev.continues, ev.recv_offset) if ev.continues is not None else None
-        st = ResumableStream(ev.session_id, ev.header, self.config, opener=False,
-                             pool=self.pool, continues=cont)
+        st = ResumableStream(
+            ev.session_id, ev.header, self.config, opener=False, pool=self.pool, continues=cont
+        )
         st.peer_identity = link.peer_identity
         try:
             self._send.send_nowait(Accepted(st, ev.header, link.peer_identity))

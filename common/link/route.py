@@ -48,10 +48,17 @@ class Route:
     def __post_init__(self) -> None:
         parse_address(self.address)
         if self.tls and not self.identity.startswith("vic://"):
-            raise RouteError("a TLS route needs the peer identity (vic://host/NAME or vic://appliance/NAME)")
+            raise RouteError(
+                "a TLS route needs the peer identity (vic://host/NAME or vic://appliance/NAME)"
+            )
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "address": self.address, "identity": self.identity, "tls": self.tls}
+        return {
+            "name": self.name,
+            "address": self.address,
+            "identity": self.identity,
+            "tls": self.tls,
+        }
 
 
 def parse_address(address: str) -> tuple[str, Any]:
@@ -108,9 +115,12 @@ async def open_transport(address: str) -> trio.abc.Stream:
     return trio.SocketStream(sock)
 
 
-async def connect_route(route: Route, ctx: ssl.SSLContext | None,
-                        handshake_timeout: float = 10.0,
-                        events: LinkEvents = NO_EVENTS) -> tuple[trio.abc.Stream, str]:
+async def connect_route(
+    route: Route,
+    ctx: ssl.SSLContext | None,
+    handshake_timeout: float = 10.0,
+    events: LinkEvents = NO_EVENTS,
+) -> tuple[trio.abc.Stream, str]:
     """Open the transport for ``route`` and, for TLS, authenticate the peer (a
     refusal is reported to ``events`` and logged with the peer's address)."""
     stream = await open_transport(route.address)
@@ -122,22 +132,33 @@ async def connect_route(route: Route, ctx: ssl.SSLContext | None,
     where = tlsmod.remote_address(stream)
     try:
         with trio.fail_after(handshake_timeout):
-            return await tlsmod.handshake(stream, ctx, server_side=False,
-                                          expected={route.identity})
+            return await tlsmod.handshake(stream, ctx, server_side=False, expected={route.identity})
     except tlsmod.HANDSHAKE_ERRORS as e:
         reason = tlsmod.refusal_reason(e)
         events.tls_refused(reason)
-        log.warning("route %s: refused peer link to %s (%s): %s", route.name or route.address,
-                    where, reason, e or type(e).__name__)
+        log.warning(
+            "route %s: refused peer link to %s (%s): %s",
+            route.name or route.address,
+            where,
+            reason,
+            e or type(e).__name__,
+        )
         raise
 
 
 class Router:
     """Keeps one link for the current route and opens resumable streams over it."""
 
-    def __init__(self, route: Route, nursery: trio.Nursery, *,
-                 tls_files: tlsmod.TlsFiles | None = None, config: LinkConfig | None = None,
-                 name: str = "ingress", events: LinkEvents = NO_EVENTS) -> None:
+    def __init__(
+        self,
+        route: Route,
+        nursery: trio.Nursery,
+        *,
+        tls_files: tlsmod.TlsFiles | None = None,
+        config: LinkConfig | None = None,
+        name: str = "ingress",
+        events: LinkEvents = NO_EVENTS,
+    ) -> None:
         self.config = config or LinkConfig()
         self._route = route
         self._nursery = nursery
@@ -168,14 +189,22 @@ class Router:
         async with self._lock:
             while True:
                 link = self._link
-                if (link is not None and link.alive and not link.draining
-                        and self._link_route == self._route):
+                if (
+                    link is not None
+                    and link.alive
+                    and not link.draining
+                    and self._link_route == self._route
+                ):
                     return link
                 route = self._route
                 transport, ident = await connect_route(route, self._ctx, events=self.events)
-                link = PeerLink(transport, client=True, config=self.config,
-                                name=f"{self.name}->{route.name or route.address}",
-                                peer_identity=ident)
+                link = PeerLink(
+                    transport,
+                    client=True,
+                    config=self.config,
+                    name=f"{self.name}->{route.name or route.address}",
+                    peer_identity=ident,
+                )
                 await self._nursery.start(self._run_link, link, tlsmod.remote_address(transport))
                 self.links_opened += 1
                 if route != self._route:  # re-routed while we were connecting
@@ -195,8 +224,9 @@ class Router:
             reason = tlsmod.refusal_reason(link.error)
             if reason == "refused_by_peer":
                 self.events.tls_refused(reason)
-                log.warning("route %s: peer %s refused our certificate: %s", self.name, where,
-                            link.error)
+                log.warning(
+                    "route %s: peer %s refused our certificate: %s", self.name, where, link.error
+                )
 
     def link_failed(self, link: PeerLink) -> None:
         if self._link is link:
@@ -225,8 +255,9 @@ class Router:
 
     async def open_stream(self, header: bytes) -> ResumableStream:
         """A new resumable stream carrying ``header`` (the origin header bytes)."""
-        st = ResumableStream(os.urandom(16), header, self.config, opener=True, connector=self,
-                             pool=self.pool)
+        st = ResumableStream(
+            os.urandom(16), header, self.config, opener=True, connector=self, pool=self.pool
+        )
         self.streams.add(st)
         st.on_finished = self.streams.discard
         self._nursery.start_soon(st.run)

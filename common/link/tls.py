@@ -93,15 +93,22 @@ class TlsFiles:
 def server_context(files: TlsFiles) -> ssl.SSLContext:
     """Server side of a peer link: TLS 1.3, a client certificate from our CA required;
     no tickets (one stream per link, no reconnect storms worth resuming)."""
-    return tlsctx.server_context(files.cert, files.key, client_ca=files.ca, min_version=TLS13,
-                                 max_version=TLS13, tickets=0)
+    return tlsctx.server_context(
+        files.cert, files.key, client_ca=files.ca, min_version=TLS13, max_version=TLS13, tickets=0
+    )
 
 
 def client_context(files: TlsFiles) -> ssl.SSLContext:
     """Client side of a peer link: TLS 1.3, the server verified against our CA by
     identity (the URI SAN, checked by check_peer), not by host name."""
-    return tlsctx.client_context(ca=files.ca, cert=files.cert, key=files.key,
-                                 check_hostname=False, min_version=TLS13, max_version=TLS13)
+    return tlsctx.client_context(
+        ca=files.ca,
+        cert=files.cert,
+        key=files.key,
+        check_hostname=False,
+        min_version=TLS13,
+        max_version=TLS13,
+    )
 
 
 def peer_identity(ssl_object: Any) -> str:

@@ -23,13 +23,14 @@ log = logging.getLogger("relay.mesh")
 
 HOST_PREFIX = "vic://host/"
 
+
 def header_matches_identity(header: OriginHeader, identity: str) -> bool:
     """A relay may only speak for its own host: a stream from ``vic://host/X``
     must carry ``host = X`` in its origin header. Plaintext (trusted transport,
     no identity) and non-host identities are not restricted."""
     if not identity.startswith(HOST_PREFIX):
         return True
-    return header.host == identity[len(HOST_PREFIX):]
+    return header.host == identity[len(HOST_PREFIX) :]
 
 
 def decode_header(raw: bytes) -> OriginHeader:
@@ -54,8 +55,12 @@ def vet_accepted(acc: Accepted, events: LinkEvents = NO_EVENTS) -> OriginHeader 
         acc.stream.abort("bad origin header")
         return None
     if not header_matches_identity(header, acc.peer_identity):
-        log.warning("stream %s from %s refused: its header speaks for host '%s'",
-                    wire(header.stream_id or "-"), wire(peer), wire(header.host))
+        log.warning(
+            "stream %s from %s refused: its header speaks for host '%s'",
+            wire(header.stream_id or "-"),
+            wire(peer),
+            wire(header.host),
+        )
         events.header_refused("foreign_host")
         acc.stream.abort("origin host does not match the peer's identity")
         return None
@@ -68,7 +73,11 @@ def with_continuation(header: OriginHeader, stream: ResumableStream) -> OriginHe
     if stream.continues is None:
         return header
     start, recv_start = stream.continues
-    log.info("stream %s from %s continues at offset %d (its VM end has %d)",
-             wire(header.stream_id or "-"), wire(header.host), header.offset + start,
-             header.received + recv_start)
+    log.info(
+        "stream %s from %s continues at offset %d (its VM end has %d)",
+        wire(header.stream_id or "-"),
+        wire(header.host),
+        header.offset + start,
+        header.received + recv_start,
+    )
     return continued(header, header.offset + start, header.received + recv_start)

@@ -88,7 +88,7 @@ def build(cls: type[T], data: Any, key: str = "") -> T:
     return obj
 
 
-def _convert(tp: Any, value: Any, key: str) -> Any:
+def _convert(tp: Any, value: Any, key: str) -> Any:  # noqa: C901
     origin = get_origin(tp)
     args = get_args(tp)
     if tp is Any:
@@ -163,7 +163,9 @@ def require_writable_dir(path: Path, key: str) -> None:
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     require(parent.is_dir(), key, f"cannot create {path}: {parent} is not a directory")
-    require(os.access(parent, os.W_OK | os.X_OK), key, f"cannot create {path}: {parent} is not writable")
+    require(
+        os.access(parent, os.W_OK | os.X_OK), key, f"cannot create {path}: {parent} is not writable"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,8 +63,12 @@ def _matching(pattern: re.Pattern[str], value: str, what: str, rule: str) -> str
 
 
 def check_name(name: str, what: str = "VM name") -> str:
-    return _matching(_NAME_RE, name, what, f"1-{MAX_NAME} of letters, digits, '.', '_', '-' "
-                     "and space, not starting with '.' or '-'")
+    return _matching(
+        _NAME_RE,
+        name,
+        what,
+        f"1-{MAX_NAME} of letters, digits, '.', '_', '-' and space, not starting with '.' or '-'",
+    )
 
 
 def vm_key(raw: str) -> str:
@@ -75,8 +79,12 @@ def vm_key(raw: str) -> str:
 
 
 def check_label(label: str) -> str:
-    return _matching(_LABEL_RE, label, "port label", f"1-{MAX_LABEL} of letters, digits, "
-                     "'.', '_', '-', not starting with '.'")
+    return _matching(
+        _LABEL_RE,
+        label,
+        "port label",
+        f"1-{MAX_LABEL} of letters, digits, '.', '_', '-', not starting with '.'",
+    )
 
 
 def is_label(label: str) -> bool:
@@ -84,8 +92,12 @@ def is_label(label: str) -> bool:
 
 
 def check_host(host: str, what: str = "host name") -> str:
-    return _matching(_HOST_RE, host, what, f"1-{MAX_HOST} of letters, digits, '.', '_', '-', "
-                     "not starting with '.' or '-'")
+    return _matching(
+        _HOST_RE,
+        host,
+        what,
+        f"1-{MAX_HOST} of letters, digits, '.', '_', '-', not starting with '.' or '-'",
+    )
 
 
 def name_from(text: str) -> str:

@@ -46,6 +46,7 @@ class IngressSink(Protocol):
 
     def backoff(self) -> Backoff: ...
 
+
 # listen() backlog of ingress sockets: thousands of VMs may connect at once
 BACKLOG = 4096
 # accept() errors that mean "out of resources for a moment", not "listener broken".

@@ -69,8 +69,13 @@ async def _connect(cfg: PipeListener, sink: IngressSink, task_status: Any) -> No
             stream = await trio.open_unix_socket(str(cfg.path))
         except OSError as e:
             if not down_logged:
-                log.info("route=%s vm=%s waiting for the VM end at %s (%s)", cfg.name, cfg.vm,
-                         cfg.path, e.strerror or e)
+                log.info(
+                    "route=%s vm=%s waiting for the VM end at %s (%s)",
+                    cfg.name,
+                    cfg.vm,
+                    cfg.path,
+                    e.strerror or e,
+                )
                 down_logged = True
             await backoff.sleep()
             continue

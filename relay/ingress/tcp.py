@@ -18,8 +18,9 @@ async def serve(
     cfg: TcpListener, sink: IngressSink, *, task_status: Any = trio.TASK_STATUS_IGNORED
 ) -> None:
     if cfg.mode == "server":
-        await serve_tcp_listener(cfg.host, cfg.port, cfg.name, "tcp", cfg.vm, cfg.label, sink,
-                                 task_status=task_status)
+        await serve_tcp_listener(
+            cfg.host, cfg.port, cfg.name, "tcp", cfg.vm, cfg.label, sink, task_status=task_status
+        )
     else:
         await _client(cfg, sink, task_status=task_status)
 
@@ -54,9 +55,7 @@ async def serve_tcp_listener(
             lst.socket.close()
 
 
-async def _client(
-    cfg: TcpListener, sink: IngressSink, *, task_status: Any
-) -> None:
+async def _client(cfg: TcpListener, sink: IngressSink, *, task_status: Any) -> None:
     backoff = sink.backoff()
     task_status.started((cfg.host, cfg.port))
     where = describe((cfg.host, cfg.port))
@@ -65,8 +64,14 @@ async def _client(
             stream = await trio.open_tcp_stream(cfg.host, cfg.port)
         except OSError as e:
             delay = backoff.next_delay()
-            log.debug("route=%s vm=%s connect to %s failed (%s); retry in %.1fs",
-                      cfg.name, cfg.vm, where, e, delay)
+            log.debug(
+                "route=%s vm=%s connect to %s failed (%s); retry in %.1fs",
+                cfg.name,
+                cfg.vm,
+                where,
+                e,
+                delay,
+            )
             await trio.sleep(delay)
             continue
         backoff.reset()

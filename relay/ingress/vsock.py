@@ -44,7 +44,9 @@ async def serve(
     cids = cfg.cid_map()
     try:
         task_status.started(sock.getsockname())
-        log.info("route=%s listening on vsock port %d (%d known CIDs)", cfg.name, cfg.port, len(cids))
+        log.info(
+            "route=%s listening on vsock port %d (%d known CIDs)", cfg.name, cfg.port, len(cids)
+        )
 
         async def on_accept(conn: trio.socket.SocketType, addr: Any) -> None:
             await handle_accepted(cfg, cids, sink, conn, addr)
@@ -66,6 +68,8 @@ async def handle_accepted(
     vm = identify(cids, cfg.allow_unknown, cid)
     stream = trio.SocketStream(conn)
     if vm is None:
-        await sink.refuse(stream, Origin(cfg.name, "vsock", "", cfg.label, peer), REFUSE_UNKNOWN_CID)
+        await sink.refuse(
+            stream, Origin(cfg.name, "vsock", "", cfg.label, peer), REFUSE_UNKNOWN_CID
+        )
         return
     await sink.dispatch(stream, Origin(cfg.name, "vsock", vm, cfg.label, peer))

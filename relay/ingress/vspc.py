@@ -20,5 +20,6 @@ from relay.ingress.tcp import serve_tcp_listener
 async def serve(
     cfg: VspcListener, sink: IngressSink, *, task_status: Any = trio.TASK_STATUS_IGNORED
 ) -> None:
-    await serve_tcp_listener(cfg.host, cfg.port, cfg.name, "vspc", "", cfg.label, sink,
-                             task_status=task_status)
+    await serve_tcp_listener(
+        cfg.host, cfg.port, cfg.name, "vspc", "", cfg.label, sink, task_status=task_status
+    )

@@ -19,9 +19,15 @@ def test_bench_smoke(script: Path, tmp_path: Path) -> None:
     env = dict(os.environ, MPLBACKEND="Agg", VIC_BENCH_RESULTS=str(tmp_path))
     proc = subprocess.run(
         [sys.executable, str(script), "--smoke"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
-    assert proc.returncode == 0, f"{script.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"{script.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     results = list(tmp_path.glob("*.json"))
     assert results, f"{script.name} wrote no JSON result into $VIC_BENCH_RESULTS"
     for r in results:
@@ -38,6 +44,12 @@ def test_summary_table_reads_every_committed_result() -> None:
     spec.loader.exec_module(mod)
     rows = mod.rows(ROOT / "bench" / "results")
     measures = " ".join(r[0] for r in rows)
-    for word in ("vSPC console throughput", "16,000 VMs", "relay one hop", "idle streams",
-                 "mesh two hops", "agent console"):
+    for word in (
+        "vSPC console throughput",
+        "16,000 VMs",
+        "relay one hop",
+        "idle streams",
+        "mesh two hops",
+        "agent console",
+    ):
         assert word in measures

@@ -40,9 +40,9 @@ log-level = "info"
 host = "{HOST}"
 port = 0
 [endpoint]
-unix = "{tmp / 'endpoint.sock'}"
+unix = "{tmp / "endpoint.sock"}"
 [console]
-socket = "{tmp / 'console.sock'}"
+socket = "{tmp / "console.sock"}"
 log-dir = "{log_dir}"
 log-hold-bytes = {hold}
 log-queue-bytes = 65536
@@ -52,8 +52,9 @@ port = 0
 """
 
 
-async def end(d: VspcDaemon, n: trio.Nursery, sig: int = signal.SIGTERM,
-              timeout: float = 20.0) -> None:
+async def end(
+    d: VspcDaemon, n: trio.Nursery, sig: int = signal.SIGTERM, timeout: float = 20.0
+) -> None:
     """Signal the daemon, wait until it exits, then stop the test's own tasks."""
     d.kill(sig)
     await d.wait_exit(timeout)
@@ -80,8 +81,12 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("mounting a small tmpfs for the log directory needs root")
     mnt = tmp_path / "logs"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:
@@ -114,11 +119,16 @@ async def test_disk_full_then_freed_loses_no_byte(tmp_path: Path, small_tmpfs: P
     log_file = log_dir / f"{file_stem(key)}.log"
     data = random.Random(7).randbytes(2_500_000)
     first = 100_000
-    async with daemon(tmp_path, config(tmp_path, log_dir, hold=200_000)) as d, trio.open_nursery() as n:
+    async with (
+        daemon(tmp_path, config(tmp_path, log_dir, hold=200_000)) as d,
+        trio.open_nursery() as n,
+    ):
         await d.ready()
         vm = await trio.open_unix_socket(str(tmp_path / "endpoint.sock"))
-        await vm.send_all(encode_header(OriginHeader(host="esx-a", vm="vm-disk", kind="tcp",
-                                                     label="com1")) + data[:first])
+        await vm.send_all(
+            encode_header(OriginHeader(host="esx-a", vm="vm-disk", kind="tcp", label="com1"))
+            + data[:first]
+        )
         await wait_until(lambda: size(log_file) == first, 20, "the first bytes are logged")
         filler = fill(log_dir)
         sent = trio.Event()
@@ -174,7 +184,9 @@ async def test_killed_vspc_marks_a_restart_gap_and_carries_on(tmp_path: Path) ->
         await d.ready()
         esx = await EsxConnection.open(n, HOST, d.esx_port, vm=vm)
         await esx.send_console(before)
-        await wait_until(lambda: size(log_file) == len(before) and connected(), 20, "logged and connected")
+        await wait_until(
+            lambda: size(log_file) == len(before) and connected(), 20, "logged and connected"
+        )
         await end(d, n, signal.SIGKILL, 10)
     assert (log_dir / ".vspc-running").exists()  # no clean stop
 
@@ -188,7 +200,9 @@ async def test_killed_vspc_marks_a_restart_gap_and_carries_on(tmp_path: Path) ->
         assert metric_sum(await scrape(d), "vspc_console_log_gaps_total") == 1
         esx = await EsxConnection.open(n, HOST, d.esx_port, vm=vm)
         await esx.send_console(after)
-        await wait_until(lambda: size(log_file) == len(before) + len(after), 20, "the console carries on")
+        await wait_until(
+            lambda: size(log_file) == len(before) + len(after), 20, "the console carries on"
+        )
         assert log_file.read_bytes() == before + after  # the same log, no byte twice
         await esx.aclose()
         await end(d, n)
@@ -196,4 +210,3 @@ async def test_killed_vspc_marks_a_restart_gap_and_carries_on(tmp_path: Path) ->
     assert not (log_dir / ".vspc-running").exists()
     # one restart, one gap: a second start after a clean stop marks nothing
     assert len([e for e in events(events_file) if e["event"] == "gap"]) == 1
-

@@ -23,20 +23,26 @@ pytestmark = pytest.mark.slow
 CHUNK = 64 * 1024
 
 
-async def send_in_two(stream: trio.abc.Stream, data: bytes, half_sent: trio.Event,
-                      go_on: trio.Event, all_sent: trio.Event) -> None:
+async def send_in_two(
+    stream: trio.abc.Stream,
+    data: bytes,
+    half_sent: trio.Event,
+    go_on: trio.Event,
+    all_sent: trio.Event,
+) -> None:
     """The first half; once ``go_on`` is set, the rest."""
     half = len(data) // 2
     for i in range(0, len(data), CHUNK):
         if i >= half and not go_on.is_set():
             half_sent.set()
             await go_on.wait()
-        await stream.send_all(data[i:i + CHUNK])
+        await stream.send_all(data[i : i + CHUNK])
     all_sent.set()
 
 
-async def break_mid_stream(mesh: Mesh, d: Daemon, vm: trio.abc.Stream, data: bytes,
-                           sig: int) -> None:
+async def break_mid_stream(
+    mesh: Mesh, d: Daemon, vm: trio.abc.Stream, data: bytes, sig: int
+) -> None:
     """Stream ``data`` from the VM; freeze ``d`` half-way, so that the second half is
     held unacknowledged along the path, then kill (or stop) it and start it again."""
     half_sent, frozen, all_sent = trio.Event(), trio.Event(), trio.Event()
@@ -59,13 +65,14 @@ async def restart_frozen(d: Daemon, sig: int) -> None:
     await d.start()
 
 
-async def restart_b_holding_input(mesh: Mesh, vm: trio.abc.Stream, console: trio.abc.Stream,
-                                  data: bytes, got: bytearray, sig: int) -> int:
+async def restart_b_holding_input(
+    mesh: Mesh, vm: trio.abc.Stream, console: trio.abc.Stream, data: bytes, got: bytearray, sig: int
+) -> int:
     """The operator types the first half of ``data``; the VM reads an eighth (into
     ``got``) and stops reading; esx-b is frozen, signalled and started again.
     Where the appliance's output stood before the restart."""
     async with trio.open_nursery() as n:
-        n.start_soon(console.send_all, data[:len(data) // 2])
+        n.start_soon(console.send_all, data[: len(data) // 2])
         await receive_exactly(vm, len(data) // 8, got)  # then the VM stops reading
         mark = len(mesh.app.log_text())
         mesh.b.freeze()
@@ -91,8 +98,9 @@ async def still_connected(mesh: Mesh, vm: trio.abc.Stream) -> None:
     await console.aclose()
 
 
-async def vm_to_appliance_across_a_restart(tmp_path: Path, role: str, victim: str,
-                                           sig: int) -> None:
+async def vm_to_appliance_across_a_restart(
+    tmp_path: Path, role: str, victim: str, sig: int
+) -> None:
     """6.6 MB from the VM while ``victim`` is frozen, signalled and started again:
     the console log gets every byte once and the VM's connection was not reset."""
     data = counter(0, 600_000)
@@ -110,14 +118,16 @@ async def vm_to_appliance_across_a_restart(tmp_path: Path, role: str, victim: st
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
 @pytest.mark.parametrize("role", ["egress", "forward"])
 async def test_relay_on_the_appliance_host_restarts_vm_to_appliance(
-        tmp_path: Path, role: str, sig: int) -> None:
+    tmp_path: Path, role: str, sig: int
+) -> None:
     await vm_to_appliance_across_a_restart(tmp_path, role, "esx-b", sig)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
 @pytest.mark.parametrize("role", ["egress", "forward"])
 async def test_relay_on_the_appliance_host_restarts_appliance_to_vm(
-        tmp_path: Path, role: str, sig: int) -> None:
+    tmp_path: Path, role: str, sig: int
+) -> None:
     """What the operator types reaches the VM exactly once across the restart: the VM
     stops reading part-way, so the bytes behind it wait unacknowledged in esx-b's
     replay buffer (egress) or the appliance's (forward) when esx-b dies."""
@@ -141,7 +151,8 @@ async def test_relay_on_the_appliance_host_restarts_appliance_to_vm(
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
 async def test_appliance_with_a_link_endpoint_restarts_vm_to_appliance(
-        tmp_path: Path, sig: int) -> None:
+    tmp_path: Path, sig: int
+) -> None:
     """Sessions end in the appliance (esx-b forwards the link): the appliance is frozen
     half-way, killed and started again; the console log still gets every byte once."""
     await vm_to_appliance_across_a_restart(tmp_path, "forward", "appliance", sig)
@@ -149,7 +160,8 @@ async def test_appliance_with_a_link_endpoint_restarts_vm_to_appliance(
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
 async def test_ingress_relay_restart_ends_the_vm_connection_and_repeats_nothing(
-        tmp_path: Path, sig: int) -> None:
+    tmp_path: Path, sig: int
+) -> None:
     """The path's limit: the VM's connection ends in the relay that is killed, with
     whatever that relay had taken from it. Downstream nothing repeats: the console
     log is a prefix of what was sent, and the VM's next connection carries on."""
@@ -160,6 +172,7 @@ async def test_ingress_relay_restart_ends_the_vm_connection_and_repeats_nothing(
         vm = await mesh.connect_vm()
         with trio.fail_after(50):
             async with trio.open_nursery() as n:
+
                 async def send() -> None:
                     try:
                         await vm.send_all(data)
@@ -183,8 +196,8 @@ async def test_ingress_relay_restart_ends_the_vm_connection_and_repeats_nothing(
             got = bytearray()
             while not got.endswith(b"reconnected\n"):
                 got = bytearray(await mesh.wait_console_log(len(got) + 1))
-        head = bytes(got[:-len(b"reconnected\n")])
-        assert data.startswith(head), explain(head, data[:len(head)]) + ds.logs()
+        head = bytes(got[: -len(b"reconnected\n")])
+        assert data.startswith(head), explain(head, data[: len(head)]) + ds.logs()
         assert len(head) >= len(data) // 8
 
 

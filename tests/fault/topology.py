@@ -43,11 +43,15 @@ def explain(got: bytes, want: bytes) -> str:
     """Where ``got`` leaves ``want``: the first differing line, as a hole or a repeat."""
     if got == want:
         return "identical"
-    i = next((k for k in range(min(len(got), len(want))) if got[k] != want[k]), min(len(got), len(want)))
+    i = next(
+        (k for k in range(min(len(got), len(want))) if got[k] != want[k]), min(len(got), len(want))
+    )
     line = i // LINE
-    seen = got[line * LINE:(line + 1) * LINE]
-    return (f"{len(got)} bytes for {len(want)}: first difference at byte {i} (line {line}), "
-            f"got {seen!r} where line {line} was due")
+    seen = got[line * LINE : (line + 1) * LINE]
+    return (
+        f"{len(got)} bytes for {len(want)}: first difference at byte {i} (line {line}), "
+        f"got {seen!r} where line {line} was due"
+    )
 
 
 def _tls(files: Any) -> Table:
@@ -55,8 +59,9 @@ def _tls(files: Any) -> Table:
 
 
 class Mesh:
-    def __init__(self, tmp: Path, daemons: Daemons, *, role: str,
-                 resend_bytes: int = 8 << 20) -> None:
+    def __init__(
+        self, tmp: Path, daemons: Daemons, *, role: str, resend_bytes: int = 8 << 20
+    ) -> None:
         pki = Pki(tmp / "pki")
         self.role = role
         self.log_dir = tmp / "consoles"
@@ -64,37 +69,61 @@ class Mesh:
         self.vm_port = free_port(A)
         peer_port, endpoint_port, link_port = free_port(B), free_port(APP), free_port(APP)
         self.metrics_port = free_port(APP)
-        self.a: Daemon = daemons.add("relay", "esx-a", {
-            "host": "esx-a",
-            "egress": {"default": {"kind": "peer", "route": "appliance"}},
-            "metrics": {"enabled": False},
-            "timeouts": {"retry-min": 0.05, "retry-max": 0.5, "drain": 2.0},
-            "tcp": [{"name": "vm1", "vm": VM, "host": A, "port": self.vm_port, "label": LABEL}],
-            "peer": {"tls": _tls(pki.issue("host", "esx-a")), "link": LINK,
-                     "routes": {"appliance": {"address": f"tcp:{B}:{peer_port}",
-                                              "identity": "vic://host/esx-b"}}},
-        })
+        self.a: Daemon = daemons.add(
+            "relay",
+            "esx-a",
+            {
+                "host": "esx-a",
+                "egress": {"default": {"kind": "peer", "route": "appliance"}},
+                "metrics": {"enabled": False},
+                "timeouts": {"retry-min": 0.05, "retry-max": 0.5, "drain": 2.0},
+                "tcp": [{"name": "vm1", "vm": VM, "host": A, "port": self.vm_port, "label": LABEL}],
+                "peer": {
+                    "tls": _tls(pki.issue("host", "esx-a")),
+                    "link": LINK,
+                    "routes": {
+                        "appliance": {
+                            "address": f"tcp:{B}:{peer_port}",
+                            "identity": "vic://host/esx-b",
+                        }
+                    },
+                },
+            },
+        )
         listen: Table = {"address": f"tcp:{B}:{peer_port}", "allowed-peers": ["vic://host/esx-a"]}
         if role == "forward":
             listen["forward"] = f"tcp:{APP}:{link_port}"
         else:
             listen["egress"] = "appliance"
-        self.b: Daemon = daemons.add("relay", "esx-b", {
-            "host": "esx-b",
-            "egress": {"appliance": {"kind": "tcp", "host": APP, "port": endpoint_port}},
-            "metrics": {"enabled": False},
-            "timeouts": {"drain": 2.0},
-            "peer": {"tls": _tls(pki.issue("host", "esx-b")), "link": LINK, "listen": [listen]},
-        })
-        self.app: Daemon = daemons.add("vspc", "appliance", {
-            "listen": {"host": APP, "port": free_port(APP)},
-            "endpoint": {"host": APP, "port": endpoint_port, "resend-bytes": resend_bytes,
-                         "link-tuning": LINK,
-                         "link": [{"address": f"tcp:{APP}:{link_port}", "tls": False,
-                                   "forwarded": True}]},
-            "console": {"log-dir": str(self.log_dir), "socket": str(self.console_socket)},
-            "metrics": {"host": APP, "port": self.metrics_port},
-        })
+        self.b: Daemon = daemons.add(
+            "relay",
+            "esx-b",
+            {
+                "host": "esx-b",
+                "egress": {"appliance": {"kind": "tcp", "host": APP, "port": endpoint_port}},
+                "metrics": {"enabled": False},
+                "timeouts": {"drain": 2.0},
+                "peer": {"tls": _tls(pki.issue("host", "esx-b")), "link": LINK, "listen": [listen]},
+            },
+        )
+        self.app: Daemon = daemons.add(
+            "vspc",
+            "appliance",
+            {
+                "listen": {"host": APP, "port": free_port(APP)},
+                "endpoint": {
+                    "host": APP,
+                    "port": endpoint_port,
+                    "resend-bytes": resend_bytes,
+                    "link-tuning": LINK,
+                    "link": [
+                        {"address": f"tcp:{APP}:{link_port}", "tls": False, "forwarded": True}
+                    ],
+                },
+                "console": {"log-dir": str(self.log_dir), "socket": str(self.console_socket)},
+                "metrics": {"host": APP, "port": self.metrics_port},
+            },
+        )
 
     async def start(self) -> None:
         await self.app.start()
@@ -136,7 +165,8 @@ class Mesh:
             try:
                 stream, _status, _rest = await attach(
                     ConsoleEndpoint(socket=self.console_socket),
-                    proto.AttachRequest(vm=VM, label=LABEL, mode="rw"))
+                    proto.AttachRequest(vm=VM, label=LABEL, mode="rw"),
+                )
             except (ConsoleClientError, OSError):  # not there yet
                 return False
             streams.append(stream)

@@ -84,7 +84,8 @@ def test_orphans_are_reaped_as_subreaper(tmp_path: Path) -> None:
             r = Reaper()
             async with trio.open_nursery() as n:
                 await n.start(r.run)
-                c = r.spawn(["sh", "-c", "cat {fifos[0]} >/dev/null & cat {fifos[1]} >/dev/null & exit 0"])
+                script = "cat {fifos[0]} >/dev/null & cat {fifos[1]} >/dev/null & exit 0"
+                c = r.spawn(["sh", "-c", script])
                 await c.wait()  # the parent is gone; its two children are now ours
                 for f in {[str(f) for f in fifos]!r}:
                     os.close(os.open(f, os.O_WRONLY))  # EOF: the orphan exits

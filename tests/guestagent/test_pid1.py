@@ -93,8 +93,11 @@ async def test_agent_as_pid1_reaps_orphans(tmp_path: Path) -> None:
         assert len(_children(agent_pid)) == 2
         for f in fifos:
             os.close(os.open(f, os.O_WRONLY))  # they exit...
-        await wait_until(lambda: not (_children(agent_pid) or _zombies_of(agent_pid)), 10,
-                         "the orphans exit and PID 1 reaps them")  # (seen in /proc)
+        await wait_until(
+            lambda: not (_children(agent_pid) or _zombies_of(agent_pid)),
+            10,
+            "the orphans exit and PID 1 reaps them",
+        )  # (seen in /proc)
         os.kill(agent_pid, signal.SIGTERM)
         outer_rc = await trio.to_thread.run_sync(outer.wait, 10)
         assert outer_rc == 0

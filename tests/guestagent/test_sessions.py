@@ -346,8 +346,11 @@ async def test_stopping_the_agent_stops_the_container(tmp_path: Path) -> None:
             await wait_for_started(w, "vm1", "s1", T)
             child = agent.sessions["s1"].child
             assert child is not None
-            await wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), T,
-                             "the shell wrote its background child's pid")
+            await wait_until(
+                lambda: pidfile.exists() and pidfile.read_text().strip(),
+                T,
+                "the shell wrote its background child's pid",
+            )
             bg = int(pidfile.read_text())
             n.cancel_scope.cancel()
     # the agent's reaper is gone: collect the shell ourselves; its whole group got SIGHUP

@@ -84,8 +84,9 @@ class Vspc:
     async def consoles(self) -> list[dict[str, Any]]:
         return await cc.list_consoles(self.console_endpoint())
 
-    async def attach(self, vm: str, mode: str = "rw", *, label: str | None = None,
-                     replay: int = 0) -> trio.abc.Stream:
+    async def attach(
+        self, vm: str, mode: str = "rw", *, label: str | None = None, replay: int = 0
+    ) -> trio.abc.Stream:
         req = proto.AttachRequest(vm=vm, mode=mode, replay=replay, label=label)  # type: ignore[arg-type]
         stream, status, rest = await cc.attach(self.console_endpoint(), req)
         assert status.get("ok"), status
@@ -129,8 +130,11 @@ class Baseline:
     async def back(self, vspc: Vspc, timeout: float = 10.0) -> None:
         """Socket descriptors back within FD_SLACK (waiting up to ``timeout``),
         memory within RSS_SLACK."""
-        await wait_until(lambda: vspc.daemon.sockets() <= self.fds + FD_SLACK, timeout,
-                       f"sockets back near {self.fds} (now {vspc.daemon.sockets()})")
+        await wait_until(
+            lambda: vspc.daemon.sockets() <= self.fds + FD_SLACK,
+            timeout,
+            f"sockets back near {self.fds} (now {vspc.daemon.sockets()})",
+        )
         grown = vspc.daemon.rss() - self.rss
         assert grown <= RSS_SLACK, f"RSS {grown / MiB:.1f} MiB above the baseline"
 
@@ -153,7 +157,7 @@ class HonestVm:
         return self.conn.vm.canonical_uuid
 
     async def send(self, n: int) -> None:
-        chunk = self.payload[self.sent:self.sent + n]
+        chunk = self.payload[self.sent : self.sent + n]
         assert len(chunk) == n, "HonestVm.payload exhausted"
         self.sent += n  # counted before it is on its way: check() never expects less
         await self.conn.send_console(chunk)
@@ -167,7 +171,7 @@ class HonestVm:
 
     async def check(self, timeout: float = 20.0) -> None:
         """The console log holds exactly the bytes sent, in order, once each."""
-        await check_logged(self.vspc, self.uuid, self.payload[:self.sent], timeout)
+        await check_logged(self.vspc, self.uuid, self.payload[: self.sent], timeout)
 
     async def check_input(self, text: bytes = b"operator-keystrokes\r") -> None:
         """An operator attached read-write types ``text``; the VM receives exactly it."""
@@ -179,35 +183,42 @@ class HonestVm:
         assert got == text
 
 
-async def check_logged(vspc: Vspc, stem_start: str, expected: bytes,
-                       timeout: float = 20.0) -> None:
+async def check_logged(vspc: Vspc, stem_start: str, expected: bytes, timeout: float = 20.0) -> None:
     """The console log whose name starts with ``stem_start`` holds exactly ``expected``."""
 
     def logged() -> bytes:
         path = vspc.log_for(stem_start)
         return path.read_bytes() if path is not None else b""
 
-    await wait_until(lambda: len(logged()) >= len(expected), timeout,
-                   f"{len(expected)} bytes in the console log of {stem_start!r}")
+    await wait_until(
+        lambda: len(logged()) >= len(expected),
+        timeout,
+        f"{len(expected)} bytes in the console log of {stem_start!r}",
+    )
     got = logged()
     assert got == expected, _first_difference(got, expected)
 
 
 def _first_difference(got: bytes, want: bytes) -> str:
     n = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-    return (f"console log differs at byte {n}: got {len(got)} bytes, want {len(want)}; "
-            f"got {got[n:n + 32]!r}, want {want[n:n + 32]!r}")
+    return (
+        f"console log differs at byte {n}: got {len(got)} bytes, want {len(want)}; "
+        f"got {got[n : n + 32]!r}, want {want[n : n + 32]!r}"
+    )
 
 
-async def open_esx(nursery: trio.Nursery, vspc: Vspc, vm: SimVM, source: str,
-                   **knobs: Any) -> EsxConnection:
+async def open_esx(
+    nursery: trio.Nursery, vspc: Vspc, vm: SimVM, source: str, **knobs: Any
+) -> EsxConnection:
     behaviour = EsxBehaviour(**knobs)
-    return await EsxConnection.open(nursery, "127.0.0.1", vspc.esx_port, vm=vm,
-                                    behaviour=behaviour, local_address=source)
+    return await EsxConnection.open(
+        nursery, "127.0.0.1", vspc.esx_port, vm=vm, behaviour=behaviour, local_address=source
+    )
 
 
-async def honest_vm(nursery: trio.Nursery, vspc: Vspc, source: str = VICTIM_HOST,
-                    seed: int = 1) -> HonestVm:
+async def honest_vm(
+    nursery: trio.Nursery, vspc: Vspc, source: str = VICTIM_HOST, seed: int = 1
+) -> HonestVm:
     vm = SimVM.random(random.Random(seed), name=f"honest-{seed}")
     conn = await open_esx(nursery, vspc, vm, source)
     honest = HonestVm(vspc, conn)
@@ -218,8 +229,9 @@ async def honest_vm(nursery: trio.Nursery, vspc: Vspc, source: str = VICTIM_HOST
 # ---- raw streams relayed to the endpoint (what a relay sends)
 
 
-def origin_header(host: str, vm: str, kind: str = "tcp", label: str = "serial0",
-                  stream_id: str = "") -> bytes:
+def origin_header(
+    host: str, vm: str, kind: str = "tcp", label: str = "serial0", stream_id: str = ""
+) -> bytes:
     """common.proto.link.header's wire format, built by hand so a test can send what the
     relay's own encoder would refuse (an attacker does not use our encoder)."""
     body = b""
@@ -229,8 +241,13 @@ def origin_header(host: str, vm: str, kind: str = "tcp", label: str = "serial0",
     return struct.pack(">4sBH", b"VICH", 1, len(body)) + body
 
 
-async def endpoint_stream(vspc: Vspc, header: bytes, *, tcp: tuple[str, int] | None = None,
-                          ssl_context: ssl.SSLContext | None = None) -> trio.abc.Stream:
+async def endpoint_stream(
+    vspc: Vspc,
+    header: bytes,
+    *,
+    tcp: tuple[str, int] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> trio.abc.Stream:
     """Connect to the endpoint (its Unix socket, or ``tcp`` with optional TLS) and
     send ``header``."""
     stream: trio.abc.Stream
@@ -262,13 +279,13 @@ class RawVm:
     received: bytearray = field(default_factory=bytearray)
 
     async def send(self, n: int) -> None:
-        chunk = self.payload[self.sent:self.sent + n]
+        chunk = self.payload[self.sent : self.sent + n]
         assert len(chunk) == n
         self.sent += n
         await self.stream.send_all(chunk)
 
     async def check(self, vspc: Vspc, timeout: float = 20.0) -> None:
-        await check_logged(vspc, self.vm, self.payload[:self.sent], timeout)
+        await check_logged(vspc, self.vm, self.payload[: self.sent], timeout)
 
     async def receive_exactly(self, n: int, timeout: float = 10.0) -> bytes:
         with trio.fail_after(timeout):
@@ -281,8 +298,15 @@ class RawVm:
         return out
 
 
-async def raw_vm(vspc: Vspc, vm: str, *, host: str = "esx-a", label: str = "serial0",
-                 seed: int = 5, **connect: Any) -> RawVm:
+async def raw_vm(
+    vspc: Vspc,
+    vm: str,
+    *,
+    host: str = "esx-a",
+    label: str = "serial0",
+    seed: int = 5,
+    **connect: Any,
+) -> RawVm:
     stream = await endpoint_stream(vspc, origin_header(host, vm, "tcp", label), **connect)
     return RawVm(stream, vm, pattern(1 << 20, seed))
 

@@ -62,25 +62,27 @@ async def test_plaintext_endpoint_off_loopback_is_refused(tmp_path: Path, pki: P
     bad = vspc_config(tmp_path, endpoint={"host": ANY, "port": port})
     await assert_refused("vspc", tmp_path, bad, "endpoint.tls")
     server = pki.issue("appliance", "vch")
-    no_client_ca = deep_merge(bad, {"endpoint": {"tls": {"cert": str(server.cert),
-                                                          "key": str(server.key)}}})
+    no_client_ca = deep_merge(
+        bad, {"endpoint": {"tls": {"cert": str(server.cert), "key": str(server.key)}}}
+    )
     await assert_refused("vspc", tmp_path, no_client_ca, "endpoint.tls")
     mtls = deep_merge(no_client_ca, {"endpoint": {"tls": {"client-ca": str(server.ca)}}})
     await assert_accepted("vspc", tmp_path, mtls)
     await assert_accepted("vspc", tmp_path, deep_merge(bad, {"endpoint": {"insecure": True}}))
-    await assert_accepted("vspc", tmp_path,
-                          vspc_config(tmp_path, endpoint={"host": "127.0.0.1", "port": port}))
+    await assert_accepted(
+        "vspc", tmp_path, vspc_config(tmp_path, endpoint={"host": "127.0.0.1", "port": port})
+    )
 
 
 async def test_plaintext_endpoint_link_off_loopback_is_refused(tmp_path: Path) -> None:
     """`[[endpoint.link]]` on a non-loopback TCP address with `tls = false` is
     refused naming `endpoint.link[0].tls`; on loopback it is accepted."""
     port = free_port()
-    bad = vspc_config(tmp_path, endpoint={"link": [{"address": f"tcp:{ANY}:{port}",
-                                                    "tls": False}]})
+    bad = vspc_config(tmp_path, endpoint={"link": [{"address": f"tcp:{ANY}:{port}", "tls": False}]})
     await assert_refused("vspc", tmp_path, bad, "endpoint.link[0].tls")
-    ok = vspc_config(tmp_path, endpoint={"link": [{"address": f"tcp:127.0.0.1:{port}",
-                                                   "tls": False}]})
+    ok = vspc_config(
+        tmp_path, endpoint={"link": [{"address": f"tcp:127.0.0.1:{port}", "tls": False}]}
+    )
     await assert_accepted("vspc", tmp_path, ok)
 
 
@@ -103,8 +105,7 @@ async def test_plaintext_peer_listener_off_loopback_is_refused(tmp_path: Path) -
     """`[[peer.listen]]` on a non-loopback TCP address with `tls = false` is refused
     naming `peer.listen[0].tls`; loopback and Unix plaintext listeners are accepted."""
     port = free_port()
-    bad = relay_config(tmp_path, peer={"listen": [{"address": f"tcp:{ANY}:{port}",
-                                                   "tls": False}]})
+    bad = relay_config(tmp_path, peer={"listen": [{"address": f"tcp:{ANY}:{port}", "tls": False}]})
     await assert_refused("relay", tmp_path, bad, "peer.listen[0].tls")
     for address in (f"tcp:127.0.0.1:{port}", f"unix:{tmp_path / 'peer.sock'}"):
         ok = relay_config(tmp_path, peer={"listen": [{"address": address, "tls": False}]})

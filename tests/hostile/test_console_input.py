@@ -38,17 +38,22 @@ CHURN_BYTES = 64 << 10  # a departed VM with a full replay ring
 async def cli_list(vspc: Vspc) -> list[dict[str, Any]]:
     """`vic console list --json`, the operator's own view."""
     sock = vspc.config["console"]["socket"]
-    done = await trio.run_process([sys.executable, "-m", "vic.cli", "console", "list", "--json",
-                                   "--socket", sock], capture_stdout=True, capture_stderr=True,
-                                  cwd=ROOT, check=False)
+    done = await trio.run_process(
+        [sys.executable, "-m", "vic.cli", "console", "list", "--json", "--socket", sock],
+        capture_stdout=True,
+        capture_stderr=True,
+        cwd=ROOT,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     consoles: list[dict[str, Any]] = json.loads(done.stdout)
     return consoles
 
 
 async def listed(vspc: Vspc, name: str) -> dict[str, Any] | None:
-    return next((c for c in await cli_list(vspc) if name in (c.get("uuid"), c.get("display"))),
-                None)
+    return next(
+        (c for c in await cli_list(vspc) if name in (c.get("uuid"), c.get("display"))), None
+    )
 
 
 def events(vspc: Vspc, stem_start: str) -> list[dict[str, Any]]:
@@ -59,9 +64,11 @@ def events(vspc: Vspc, stem_start: str) -> list[dict[str, Any]]:
 async def recorded(vspc: Vspc, stem_start: str, kind: str, count: int) -> None:
     """The console's event log has recorded ``count`` events of ``kind`` (the
     endpoint has taken a stream: "connect", or finished with it: "disconnect")."""
-    await wait_until(lambda: sum(e.get("event") == kind
-                               for e in events(vspc, stem_start)) >= count,
-                   10, f"{count} {kind} event(s) for {stem_start}")
+    await wait_until(
+        lambda: sum(e.get("event") == kind for e in events(vspc, stem_start)) >= count,
+        10,
+        f"{count} {kind} event(s) for {stem_start}",
+    )
 
 
 async def typed_reaches(vspc: Vspc, vm: RawVm, text: bytes) -> None:
@@ -78,8 +85,9 @@ async def typed_reaches(vspc: Vspc, vm: RawVm, text: bytes) -> None:
 # ---- item 3: a second stream for a connected VM
 
 
-async def second_stream_then_one_ends(vspc: Vspc, vm: str, sizes: tuple[int, int], seed: int,
-                                      *, ends: str) -> RawVm:
+async def second_stream_then_one_ends(
+    vspc: Vspc, vm: str, sizes: tuple[int, int], seed: int, *, ends: str
+) -> RawVm:
     """A second relayed stream for ``vm`` while the first is live, each sending its
     size; then the ``ends`` one ("newer" or "older") closes. The one left."""
     older = await raw_vm(vspc, vm)
@@ -128,8 +136,10 @@ async def notice_after(client: trio.abc.Stream, seen: bytearray, timeout: float 
             chunk = await client.receive_some(65536)
             assert chunk, "console session closed"
             seen += chunk
-    assert seen.count(b"[vic console:") > start, f"no notice within {timeout} s after {bytes(seen)!r}"
-    return seen[seen.rfind(b"[vic console:"):].decode("utf-8", "replace")
+    assert seen.count(b"[vic console:") > start, (
+        f"no notice within {timeout} s after {bytes(seen)!r}"
+    )
+    return seen[seen.rfind(b"[vic console:") :].decode("utf-8", "replace")
 
 
 async def test_keys_typed_to_a_departed_vm_are_discarded_with_a_notice(vspc: Vspc) -> None:
@@ -175,8 +185,10 @@ async def churn(vspc: Vspc, first: int, count: int, size: int = 2048, batch: int
             await vm.stream.aclose()
 
         async def handled(want: float = accepted + n) -> bool:
-            return (await vspc.daemon.metric(ACCEPTED, result="accepted") >= want
-                    and await vspc.daemon.metric("vspc_connected_vms") <= connected)
+            return (
+                await vspc.daemon.metric(ACCEPTED, result="accepted") >= want
+                and await vspc.daemon.metric("vspc_connected_vms") <= connected
+            )
 
         await wait_until_async(handled, 30, f"churned VMs {start}..{start + n - 1} handled")
 
@@ -188,8 +200,14 @@ async def test_departed_consoles_are_bounded_and_survive_a_restart(tmp_path: Pat
     main it grows by ~100 MiB over 1,100 departed VMs); after a restart `vic
     console list` shows the departed VMs from disk and replay serves their bytes."""
     # (small log queues: memory the log writer holds for the disk is not what is measured)
-    over: dict[str, Any] = {"console": {"retention": 1.0, "max-departed": 20,
-                        "log-queue-bytes": 256 << 10, "log-queue-total-bytes": 2 * MiB}}
+    over: dict[str, Any] = {
+        "console": {
+            "retention": 1.0,
+            "max-departed": 20,
+            "log-queue-bytes": 256 << 10,
+            "log-queue-total-bytes": 2 * MiB,
+        }
+    }
     async with start_vspc(tmp_path, **over) as vspc:
         config = vspc.config
         async with trio.open_nursery() as n:
@@ -213,5 +231,7 @@ async def test_departed_consoles_are_bounded_and_survive_a_restart(tmp_path: Pat
         with trio.move_on_after(10):
             while pattern(CHURN_BYTES, 1199)[-4096:] not in got:
                 got += await client.receive_some(65536)
-        assert pattern(CHURN_BYTES, 1199)[-4096:] in got, f"replay after the restart: {bytes(got[:64])!r}..."
+        assert pattern(CHURN_BYTES, 1199)[-4096:] in got, (
+            f"replay after the restart: {bytes(got[:64])!r}..."
+        )
         await client.aclose()

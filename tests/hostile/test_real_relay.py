@@ -34,9 +34,17 @@ def relay_config(host: str, egress: dict[str, Any], vm: str, vm_port: int) -> di
 
 
 def tls_egress(port: int, files: TlsFiles) -> dict[str, Any]:
-    return {"kind": "tcp", "host": "127.0.0.1", "port": port,
-            "tls": {"ca": str(files.ca), "cert": str(files.cert), "key": str(files.key),
-                    "server-name": APPLIANCE_NAME}}
+    return {
+        "kind": "tcp",
+        "host": "127.0.0.1",
+        "port": port,
+        "tls": {
+            "ca": str(files.ca),
+            "cert": str(files.cert),
+            "key": str(files.key),
+            "server-name": APPLIANCE_NAME,
+        },
+    }
 
 
 async def operator_types(vspc: Vspc, vm: str, text: bytes, to: trio.abc.Stream) -> None:
@@ -62,8 +70,10 @@ async def test_relay_with_another_hosts_certificate_is_refused(tmp_path: Path) -
         honest_port, forged_port = free_port(), free_port()
         cfg_a = relay_config("esx-a", tls_egress(port, a_files), "vm-of-a", honest_port)
         cfg_b = relay_config("esx-b", tls_egress(port, a_files), "vm-of-b", forged_port)
-        async with run_daemon("relay", tmp_path / "a", cfg_a, name="relay-a"), \
-                run_daemon("relay", tmp_path / "b", cfg_b, name="relay-b"):
+        async with (
+            run_daemon("relay", tmp_path / "a", cfg_a, name="relay-a"),
+            run_daemon("relay", tmp_path / "b", cfg_b, name="relay-b"),
+        ):
             data = pattern(64 << 10, 6)
             honest = await trio.open_tcp_stream("127.0.0.1", honest_port)
             await honest.send_all(data[:4096])
@@ -85,7 +95,8 @@ async def test_relay_with_another_hosts_certificate_is_refused(tmp_path: Path) -
 
 
 async def test_second_connection_to_a_relayed_port_leaves_input_with_the_live_one(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Two ESX connections to one relayed serial port: the second is short and
     ends; the operator's input still reaches the first, and `vic console list`
     shows the VM connected (item 3 through the real relay)."""

@@ -71,8 +71,15 @@ def escapes(log_dir: Path, vm: str, tag: str) -> list[Path]:
 
 
 def traversal_names(tag: str) -> list[str]:
-    return [f"../../../{tag}/x", f"../{tag}", f"/tmp/{tag}/abs", f"a/../../../../{tag}/y",
-            "..", ".", f"{tag}/../../../../etc/x"]
+    return [
+        f"../../../{tag}/x",
+        f"../{tag}",
+        f"/tmp/{tag}/abs",
+        f"a/../../../../{tag}/y",
+        "..",
+        ".",
+        f"{tag}/../../../../etc/x",
+    ]
 
 
 async def handled(vspc: Vspc) -> float:
@@ -89,7 +96,9 @@ async def _try_traversals(vspc: Vspc, tag: str, **connect: Any) -> None:
     for vm in traversal_names(tag):
         seen = await handled(vspc)
         s = await endpoint_stream(vspc, origin_header("esx-a", vm) + b"EVIL" * 1024, **connect)
-        await wait_until_async(functools.partial(_more_handled, vspc, seen), 10, f"the stream for {vm!r}")
+        await wait_until_async(
+            functools.partial(_more_handled, vspc, seen), 10, f"the stream for {vm!r}"
+        )
         attacks.append(s)
         await honest.send(1024)
     await honest.check(vspc)  # the log writer has flushed past every attack
@@ -128,9 +137,11 @@ async def tls_vspc(tmp_path: Path) -> AsyncIterator[tuple[Vspc, Pki, int]]:
     pki = Pki(tmp_path / "pki")
     server = pki.issue("appliance", "vch", dns_names=(APPLIANCE_NAME,))
     port = free_port()
-    endpoint = {"host": "127.0.0.1", "port": port,
-                "tls": {"cert": str(server.cert), "key": str(server.key),
-                        "client-ca": str(server.ca)}}
+    endpoint = {
+        "host": "127.0.0.1",
+        "port": port,
+        "tls": {"cert": str(server.cert), "key": str(server.key), "client-ca": str(server.ca)},
+    }
     async with start_vspc(tmp_path / "app", endpoint=endpoint) as vspc:
         yield vspc, pki, port
 
@@ -183,15 +194,21 @@ async def test_one_uuid_in_two_spellings_is_one_console(vspc: Vspc) -> None:
     """Only a real VC UUID is canonicalised (a guard for item 5's fix): ESX's
     spelling and the bare hex name one console."""
     hex32 = uuid.uuid4().hex
-    spaced = " ".join(hex32[i:i + 2] for i in range(0, 16, 2)) + "-" + " ".join(
-        hex32[i:i + 2] for i in range(16, 32, 2))
+    spaced = (
+        " ".join(hex32[i : i + 2] for i in range(0, 16, 2))
+        + "-"
+        + " ".join(hex32[i : i + 2] for i in range(16, 32, 2))
+    )
     a = await raw_vm(vspc, spaced.upper(), label="serial0")
     await a.send(100)
     await a.stream.aclose()
     b = await raw_vm(vspc, hex32, label="serial0", seed=6)
     await b.send(100)
-    await wait_until(lambda: len(vspc.log_files()) == 1 and vspc.log_files()[0].stat().st_size == 200,
-                   10, "one log with both streams")
+    await wait_until(
+        lambda: len(vspc.log_files()) == 1 and vspc.log_files()[0].stat().st_size == 200,
+        10,
+        "one log with both streams",
+    )
     assert vspc.log_files()[0].read_bytes() == a.payload[:100] + b.payload[:100]
     await b.stream.aclose()
 
@@ -207,8 +224,9 @@ async def test_relay_certificate_cannot_speak_for_another_host(tmp_path: Path) -
         honest = await raw_vm(vspc, "vm-of-a", host="esx-a", **connect)
         await honest.send(4096)
         before = await rejected(vspc)
-        forged = await endpoint_stream(vspc, origin_header("esx-b", "vm-of-b") + b"x" * 100,
-                                       **connect)
+        forged = await endpoint_stream(
+            vspc, origin_header("esx-b", "vm-of-b") + b"x" * 100, **connect
+        )
         await refused_and_closed(vspc, forged, before)
         names = {c.get("uuid") for c in await vspc.consoles()}
         assert "vm-of-b" not in names, names
@@ -244,13 +262,16 @@ async def test_headers_over_a_peer_link_are_checked(tmp_path: Path) -> None:
     pki = Pki(tmp_path / "pki")
     app = pki.issue("appliance", "vch")
     port = free_port()
-    endpoint = {"link": [{"address": f"tcp:127.0.0.1:{port}",
-                          "allowed-peers": ["vic://host/esx-a"]}],
-                "link-tls": {"cert": str(app.cert), "key": str(app.key), "ca": str(app.ca)}}
-    async with start_vspc(tmp_path / "app", endpoint=endpoint) as vspc, \
-            trio.open_nursery() as n:
-        router = Router(Route(f"tcp:127.0.0.1:{port}", identity="vic://appliance/vch"), n,
-                        tls_files=pki.issue("host", "esx-a"))
+    endpoint = {
+        "link": [{"address": f"tcp:127.0.0.1:{port}", "allowed-peers": ["vic://host/esx-a"]}],
+        "link-tls": {"cert": str(app.cert), "key": str(app.key), "ca": str(app.ca)},
+    }
+    async with start_vspc(tmp_path / "app", endpoint=endpoint) as vspc, trio.open_nursery() as n:
+        router = Router(
+            Route(f"tcp:127.0.0.1:{port}", identity="vic://appliance/vch"),
+            n,
+            tls_files=pki.issue("host", "esx-a"),
+        )
         honest = await router.open_stream(origin_header("esx-a", "honest-link"))
         data = pattern(16384, 3)
         await honest.send_all(data[:4096])

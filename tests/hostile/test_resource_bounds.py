@@ -44,8 +44,9 @@ async def attacker_socket(vspc: Vspc, *, rcvbuf: int | None = None) -> trio.Sock
     return trio.SocketStream(sock)
 
 
-async def send_until_blocked(stream: trio.SocketStream, data: bytes, total: int,
-                             stall: float = 2.0) -> int:
+async def send_until_blocked(
+    stream: trio.SocketStream, data: bytes, total: int, stall: float = 2.0
+) -> int:
     """Send ``data`` repeatedly up to ``total`` bytes; stop early once the daemon
     stops taking them for ``stall`` seconds (its back-pressure) or closes."""
     sent = 0
@@ -80,8 +81,11 @@ async def test_flood_before_identity_then_close_is_reaped(vspc: Vspc) -> None:
             await send_until_blocked(s, junk, 20 * len(junk), stall=1.0)
             await trio.aclose_forcefully(s)
         # identify-timeout defaults to 10 s: the close itself must be noticed
-        await wait_until(lambda: vspc.daemon.sockets() <= fds + FD_SLACK, 5,
-                       "descriptors of the closed flooders released")
+        await wait_until(
+            lambda: vspc.daemon.sockets() <= fds + FD_SLACK,
+            5,
+            "descriptors of the closed flooders released",
+        )
 
         async def counted_out() -> bool:
             return await vspc.daemon.metric(CONNECTIONS) == conns
@@ -98,8 +102,11 @@ async def test_flood_before_identity_then_close_is_reaped(vspc: Vspc) -> None:
 # ---- item 12: option negotiation replies to a client that never reads
 
 
-NEGOTIATION = (tw.ext(tw.KNOWN_SUBOPTIONS_1, bytes((tw.VM_VC_UUID, tw.VM_NAME)))
-               + tw.negotiation(tw.DO, 99) + tw.negotiation(tw.WILL, 98))
+NEGOTIATION = (
+    tw.ext(tw.KNOWN_SUBOPTIONS_1, bytes((tw.VM_VC_UUID, tw.VM_NAME)))
+    + tw.negotiation(tw.DO, 99)
+    + tw.negotiation(tw.WILL, 98)
+)
 
 
 @pytest.mark.slow
@@ -157,8 +164,11 @@ async def test_slowloris_connections_are_closed_after_identify_timeout(tmp_path:
                 await s.send_all(bytes((tw.IAC,)))  # half a command, then nothing
                 loris.append(s)
             await honest.send(4096)
-            await wait_until(lambda: vspc.daemon.sockets() <= fds + FD_SLACK, 30,
-                           "the 1,000 unidentified connections closed")
+            await wait_until(
+                lambda: vspc.daemon.sockets() <= fds + FD_SLACK,
+                30,
+                "the 1,000 unidentified connections closed",
+            )
             with trio.fail_after(10):
                 for s in loris:
                     await closed_by_peer(s)
@@ -174,9 +184,11 @@ async def test_slowloris_connections_are_closed_after_identify_timeout(tmp_path:
 
 def deaf_esx(vm: SimVM) -> bytes:
     """What a host that identifies and then answers nothing ever sends."""
-    return (tw.negotiation(tw.WILL, tw.VMWARE_EXT)
-            + tw.ext(tw.KNOWN_SUBOPTIONS_1, bytes((tw.VM_VC_UUID,)))
-            + tw.ext(tw.VM_VC_UUID, vm.uuid.encode()))
+    return (
+        tw.negotiation(tw.WILL, tw.VMWARE_EXT)
+        + tw.ext(tw.KNOWN_SUBOPTIONS_1, bytes((tw.VM_VC_UUID,)))
+        + tw.ext(tw.VM_VC_UUID, vm.uuid.encode())
+    )
 
 
 async def test_silent_connection_that_fails_its_probe_is_closed(tmp_path: Path) -> None:

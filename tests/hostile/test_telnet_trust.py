@@ -64,8 +64,10 @@ async def test_takeover_from_another_source_is_refused(vspc: Vspc) -> None:
         stop.set()
         await victim.check()
         assert await vspc.daemon.metric(REFUSED) >= refused + 1
-        assert any(ATTACKER_HOST in ln and any(w in ln.lower() for w in REFUSAL_WORDS)
-                   for ln in vspc.daemon.log_lines()), "no log line refusing the attacker"
+        assert any(
+            ATTACKER_HOST in ln and any(w in ln.lower() for w in REFUSAL_WORDS)
+            for ln in vspc.daemon.log_lines()
+        ), "no log line refusing the attacker"
         listed = [c for c in await vspc.consoles() if c["uuid"] == victim.uuid]
         assert listed and listed[0]["connected"]
         await base.back(vspc)
@@ -96,8 +98,9 @@ async def test_source_outside_allowed_sources_is_refused_at_accept(tmp_path: Pat
             honest = await honest_vm(n, vspc, VICTIM_HOST)
             base = Baseline.of(vspc)
             for _ in range(20):
-                s = await trio.open_tcp_stream("127.0.0.1", vspc.esx_port,
-                                               local_address=ATTACKER_HOST)
+                s = await trio.open_tcp_stream(
+                    "127.0.0.1", vspc.esx_port, local_address=ATTACKER_HOST
+                )
                 async with s:
                     assert await closed_by_peer(s) == b"", "negotiated with a refused source"
             await honest.send(4096)
@@ -135,7 +138,9 @@ async def test_begin_flood_does_not_lock_out_vmotion(vspc: Vspc) -> None:
         for k in range(16):
             vm = SimVM.random(rng, name=f"anon-{k}")
             c = await open_esx(n, vspc, vm, ATTACKER_HOST, known=anonymous, do_proxy=False)
-            assert not await _begin(c, rng.randbytes(8)), "GOAHEAD for a connection without identity"
+            assert not await _begin(c, rng.randbytes(8)), (
+                "GOAHEAD for a connection without identity"
+            )
             attackers.append(c)
         held = 0
         for k in range(64):
@@ -195,11 +200,13 @@ async def test_wire_text_cannot_forge_log_lines(vspc: Vspc) -> None:
     async with trio.open_nursery() as n:
         honest = await honest_vm(n, vspc, OTHER_HOST)
         base = Baseline.of(vspc)
-        evil = await open_esx(n, vspc, vm, ATTACKER_HOST,
-                              service_uri=f"vic-console\n{FORGED}\x1b]0;owned\x07")
+        evil = await open_esx(
+            n, vspc, vm, ATTACKER_HOST, service_uri=f"vic-console\n{FORGED}\x1b]0;owned\x07"
+        )
         await evil.send_console(b"hello\n")
         relayed = await endpoint_stream(
-            vspc, origin_header("esx-a", f"vm\u2028{FORGED}\x85x") + b"bytes")
+            vspc, origin_header("esx-a", f"vm\u2028{FORGED}\x85x") + b"bytes"
+        )
 
         async def decided() -> bool:  # accepted or rejected
             return await vspc.daemon.metric("vspc_relayed_streams_total") >= 1

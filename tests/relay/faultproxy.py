@@ -90,8 +90,9 @@ class FaultProxy:
             for s in pair:
                 await trio.aclose_forcefully(s)
 
-    async def _pipe(self, src: trio.SocketStream, dst: trio.SocketStream, direction: str,
-                    n: trio.Nursery) -> None:
+    async def _pipe(
+        self, src: trio.SocketStream, dst: trio.SocketStream, direction: str, n: trio.Nursery
+    ) -> None:
         try:
             while True:
                 data = await src.receive_some(65536)
@@ -107,8 +108,11 @@ class FaultProxy:
                 if direction == "up":
                     self.forwarded += len(data)
                     self._since_cut += len(data)
-                    if (self.cut_every and self._since_cut >= self.cut_every
-                            and (not self.max_cuts or self.cuts < self.max_cuts)):
+                    if (
+                        self.cut_every
+                        and self._since_cut >= self.cut_every
+                        and (not self.max_cuts or self.cuts < self.max_cuts)
+                    ):
                         self.cut()
                         return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

@@ -1,7 +1,8 @@
 """A peer-link node for multi-host tests: run inside a network namespace.
 
     python -m tests.relay.link_node serve --listen HOST:PORT --certs DIR --name B --allow A
-    python -m tests.relay.link_node send --address tcp:HOST:PORT --certs DIR --name A --peer B --mb N
+    python -m tests.relay.link_node send --address tcp:HOST:PORT --certs DIR \
+        --name A --peer B --mb N
 
 ``serve`` echoes every accepted stream. ``send`` streams N MiB and reads the echo;
 after half it prints ``half`` and waits for a line on stdin; it prints
@@ -27,8 +28,12 @@ from common.link.tls import TlsFiles
 from common.proto.link.mux import MuxConfig
 from tests.support.waiting import wait_until
 
-CFG = LinkConfig(mux=MuxConfig(ping_interval=0.5, dead_after=3.0), replay_limit=1 << 20,
-                 reconnect_min=0.05, reconnect_max=0.3)
+CFG = LinkConfig(
+    mux=MuxConfig(ping_interval=0.5, dead_after=3.0),
+    replay_limit=1 << 20,
+    reconnect_min=0.05,
+    reconnect_max=0.3,
+)
 
 
 def files(d: Path, name: str) -> TlsFiles:
@@ -38,8 +43,12 @@ def files(d: Path, name: str) -> TlsFiles:
 async def serve(args: argparse.Namespace) -> None:
     host, port = args.listen.rsplit(":", 1)
     async with open_session_table(CFG) as table, trio.open_nursery() as n:
-        server = LinkServer(table, tls_files=files(args.certs, args.name),
-                            allowed_peers={f"vic://host/{args.allow}"}, config=CFG)
+        server = LinkServer(
+            table,
+            tls_files=files(args.certs, args.name),
+            allowed_peers={f"vic://host/{args.allow}"},
+            config=CFG,
+        )
         listeners = await trio.open_tcp_listeners(int(port), host=host)
         await n.start(server.serve, listeners)
         print("ready", flush=True)
@@ -59,8 +68,12 @@ async def send(args: argparse.Namespace) -> None:
     chunk = 256 * 1024
     stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
     async with trio.open_nursery() as n:
-        router = Router(Route(args.address, identity=f"vic://host/{args.peer}"), n,
-                        tls_files=files(args.certs, args.name), config=CFG)
+        router = Router(
+            Route(args.address, identity=f"vic://host/{args.peer}"),
+            n,
+            tls_files=files(args.certs, args.name),
+            config=CFG,
+        )
         st = await router.open_stream(b"netns")
         sent_h, back_h = hashlib.sha256(), hashlib.sha256()
         back = 0
@@ -93,8 +106,17 @@ async def send(args: argparse.Namespace) -> None:
         while d := await st.receive_some():
             back_h.update(d)
             back += len(d)
-        print(json.dumps({"sent": sent_h.hexdigest(), "back": back_h.hexdigest(), "bytes": back,
-                          "links": router.links_opened}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "sent": sent_h.hexdigest(),
+                    "back": back_h.hexdigest(),
+                    "bytes": back,
+                    "links": router.links_opened,
+                }
+            ),
+            flush=True,
+        )
         n.cancel_scope.cancel()
 
 

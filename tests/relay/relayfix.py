@@ -76,7 +76,9 @@ class Appliance:
         return self.streams
 
     async def serve_tcp(self, nursery: trio.Nursery) -> int:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, self.handle, 0, host="127.0.0.1"))
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, self.handle, 0, host="127.0.0.1")
+        )
         self.port = listeners[0].socket.getsockname()[1]
         return self.port
 
@@ -92,7 +94,9 @@ class Appliance:
 def relay_config(egress: EgressConfig, **kw: Any) -> RelayConfig:
     kw.setdefault("host", "esx-test")
     kw.setdefault("metrics", MetricsConfig(enabled=False))
-    kw.setdefault("timeouts", TimeoutsConfig(connect=5.0, drain=5.0, retry_min=0.01, retry_max=0.05))
+    kw.setdefault(
+        "timeouts", TimeoutsConfig(connect=5.0, drain=5.0, retry_min=0.01, retry_max=0.05)
+    )
     kw.setdefault("limits", LimitsConfig())
     return RelayConfig(egress={"default": egress}, **kw)
 
@@ -133,8 +137,9 @@ def pattern(n: int, seed: int = 0) -> bytes:
 async def socat_client(args: list[str], payload: bytes, timeout: float = 20) -> bytes:
     """Run socat with ``payload`` on stdin; return its stdout."""
     with trio.fail_after(timeout):
-        r = await trio.run_process(["socat", *args], stdin=payload, capture_stdout=True,
-                                   capture_stderr=True)
+        r = await trio.run_process(
+            ["socat", *args], stdin=payload, capture_stdout=True, capture_stderr=True
+        )
     return bytes(r.stdout)
 
 
@@ -204,8 +209,11 @@ class Muxer:
         return path
 
 
-async def wait_closed(stream: trio.abc.Stream, timeout: float = 10,
-                      ends: tuple[type[Exception], ...] = (trio.BrokenResourceError,)) -> bytes:
+async def wait_closed(
+    stream: trio.abc.Stream,
+    timeout: float = 10,
+    ends: tuple[type[Exception], ...] = (trio.BrokenResourceError,),
+) -> bytes:
     """Read until the peer closes (EOF, or one of ``ends``: a reset); returns what was read."""
     got = bytearray()
     with trio.fail_after(timeout):

@@ -27,8 +27,12 @@ async def test_route_set_over_admin_socket_moves_live_stream(tmp_path: Path) -> 
             await n.start(b.serve)
             router = Router(Route(a.address, tls=False, name="appliance"), n, config=cfg)
             changes: list[str] = []
-            server = AdminServer(sock, route_commands(lambda: {"appliance": router},
-                                                      lambda name, r: changes.append(r.address)))
+            server = AdminServer(
+                sock,
+                route_commands(
+                    lambda: {"appliance": router}, lambda name, r: changes.append(r.address)
+                ),
+            )
             await n.start(server.serve)
             assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
             st = await router.open_stream(b"x")
@@ -58,7 +62,10 @@ async def test_bad_requests_get_an_error_line(tmp_path: Path) -> None:
                 ({"cmd": "route.set"}, "address"),
                 ({"cmd": "route.set", "route": "zz", "address": "tcp:1.2.3.4:5"}, "unknown route"),
                 ({"cmd": "route.set", "address": "carrier-pigeon:1"}, "unknown address kind"),
-                ({"cmd": "route.set", "address": "tcp:h:1", "tls": True, "identity": "bob"}, "identity"),
+                (
+                    {"cmd": "route.set", "address": "tcp:h:1", "tls": True, "identity": "bob"},
+                    "identity",
+                ),
             ]
             for req, msg in cases:
                 reply = await admin_request(sock, req)
@@ -83,12 +90,22 @@ async def test_vic_relay_route_cli(tmp_path: Path) -> None:
             await n.start(AdminServer(sock, route_commands(lambda: {"appliance": router})).serve)
 
             def vic(*args: str) -> subprocess.CompletedProcess[str]:
-                return subprocess.run([sys.executable, "-m", "vic.cli", "relay", "route", *args],
-                                      capture_output=True, text=True, timeout=20)
+                return subprocess.run(
+                    [sys.executable, "-m", "vic.cli", "relay", "route", *args],
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                )
 
             r = await trio.to_thread.run_sync(
-                vic, "set", "--admin-socket", str(sock), "--address", "unix:/run/x.sock",
-                "--plaintext")
+                vic,
+                "set",
+                "--admin-socket",
+                str(sock),
+                "--address",
+                "unix:/run/x.sock",
+                "--plaintext",
+            )
             assert r.returncode == 0, r.stdout + r.stderr
             assert router.route.address == "unix:/run/x.sock"
             r = await trio.to_thread.run_sync(vic, "show", "--admin-socket", str(sock))

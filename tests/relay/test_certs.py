@@ -34,7 +34,10 @@ def test_init_and_issue(tmp_path: Path, key_type: certs.KeyType) -> None:
     assert info["status"] == "valid" and info["ca"] is False
     assert certs.describe(ca_cert)["ca"] is True
     # no temporary files left behind
-    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["host-esx-01.crt", "host-esx-01.key"]
+    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == [
+        "host-esx-01.crt",
+        "host-esx-01.key",
+    ]
 
 
 def test_refuses_overwrite_and_bad_names(tmp_path: Path) -> None:
@@ -56,7 +59,9 @@ def test_missing_ca(tmp_path: Path) -> None:
         certs.issue(tmp_path, "host", "a")
 
 
-def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_write_keeps_old_file_on_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     p = tmp_path / "k.key"
     certs.write_atomic(p, b"old", 0o600)
 
@@ -74,8 +79,9 @@ def test_expired_describe(tmp_path: Path) -> None:
     import datetime as dt
 
     certs.init_ca(tmp_path)
-    res = certs.issue(tmp_path, "host", "old", days=1,
-                      not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=5))
+    res = certs.issue(
+        tmp_path, "host", "old", days=1, not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=5)
+    )
     assert certs.describe(certs.load_cert(res.cert_path))["status"] == "expired"
 
 
@@ -83,9 +89,17 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = str(tmp_path / "ca")
     assert main(["certs", "init", "--dir", d, "--key-type", "p256"]) == 0
     assert main(["certs", "issue", "--dir", d, "--host", "esx-02"]) == 0
-    assert main(["certs", "issue", "--dir", d, "--appliance", "vch-1", "--out-dir", str(tmp_path / "a")]) == 0
+    assert (
+        main(
+            ["certs", "issue", "--dir", d, "--appliance", "vch-1", "--out-dir", str(tmp_path / "a")]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["certs", "show", f"{d}/host-esx-02.crt", str(tmp_path / "a" / "appliance-vch-1.crt")]) == 0
+    assert (
+        main(["certs", "show", f"{d}/host-esx-02.crt", str(tmp_path / "a" / "appliance-vch-1.crt")])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "vic://host/esx-02" in out and "vic://appliance/vch-1" in out
     # second init without --force: an error line, exit 1, no traceback
@@ -97,7 +111,11 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_subprocess_show_json(tmp_path: Path) -> None:
     certs.init_ca(tmp_path)
     certs.issue(tmp_path, "host", "h1")
-    r = subprocess.run([sys.executable, "-m", "vic.cli", "certs", "show", "--json",
-                        str(tmp_path / "host-h1.crt")], capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "vic.cli", "certs", "show", "--json", str(tmp_path / "host-h1.crt")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert '"vic://host/h1"' in r.stdout
     x509.load_pem_x509_certificate((tmp_path / "host-h1.crt").read_bytes())

@@ -19,7 +19,13 @@ def test_example_loads() -> None:
     cfg = loads_config(EXAMPLE)
     assert isinstance(cfg, RelayConfig)
     assert set(cfg.listeners()) == {
-        "vspc", "vm1-com1", "vm2-com1", "vm3-pipe", "vm4-tty", "guests", "fc-vm7",
+        "vspc",
+        "vm1-com1",
+        "vm2-com1",
+        "vm3-pipe",
+        "vm4-tty",
+        "guests",
+        "fc-vm7",
     }
     assert cfg.egress_for(cfg.listeners()["fc-vm7"]).kind == "hvsock"
     assert cfg.egress_for(cfg.listeners()["vm1-com1"]).tls is not None
@@ -51,16 +57,23 @@ def test_minimal_defaults() -> None:
         (MINIMAL + '[[tcp]]\nname = "a"\nvm = "v"\nport = 1\nbogus = 2\n', "tcp[0].bogus"),
         (MINIMAL + '[[tcp]]\nname = "a"\nvm = "v"\nport = 0\nmode = "client"\n', "tcp[0].port"),
         (MINIMAL + '[[tcp]]\nname = "a"\nvm = "v"\nport = 1\negress = "nope"\n', "tcp[0].egress"),
-        (MINIMAL + '[[tcp]]\nname = "a"\nvm = "v"\nport = 1\n[[vspc]]\nname = "a"\nport = 2\n',
-         "vspc[0].name"),
+        (
+            MINIMAL + '[[tcp]]\nname = "a"\nvm = "v"\nport = 1\n[[vspc]]\nname = "a"\nport = 2\n',
+            "vspc[0].name",
+        ),
         (MINIMAL + '[[pipe]]\nname = "p"\nvm = "v"\npath = "/x"\nmode = "both"\n', "pipe[0].mode"),
-        (MINIMAL + '[[serial]]\nname = "s"\nvm = "v"\ndevice = "/dev/x"\nparity = "Q"\n',
-         "serial[0].parity"),
+        (
+            MINIMAL + '[[serial]]\nname = "s"\nvm = "v"\ndevice = "/dev/x"\nparity = "Q"\n',
+            "serial[0].parity",
+        ),
         (MINIMAL + '[[vsock]]\nname = "g"\nport = 5\ncids = { "x" = "vm" }\n', "vsock[0].cids.x"),
         (MINIMAL + '[[vsock]]\nname = "g"\nport = 0\n', "vsock[0].port"),
         (MINIMAL + '[[hvsock]]\nname = "h"\nvm = "v"\nport = 5\n', "hvsock[0].uds_path"),
-        ('[egress.a]\nkind = "unix"\npath = "/p"\n[egress.b]\nkind = "unix"\npath = "/q"\n'
-         '[[tcp]]\nname = "t"\nvm = "v"\nport = 1\n', "tcp[0].egress"),
+        (
+            '[egress.a]\nkind = "unix"\npath = "/p"\n[egress.b]\nkind = "unix"\npath = "/q"\n'
+            '[[tcp]]\nname = "t"\nvm = "v"\nport = 1\n',
+            "tcp[0].egress",
+        ),
         ("", "egress"),
         # names this relay would write into origin headers (issue 11 item 4)
         ('host = "../esx"\n' + MINIMAL, "host"),
@@ -70,8 +83,14 @@ def test_minimal_defaults() -> None:
         (MINIMAL + '[[vspc]]\nname = "a"\nport = 1\nlabel = ".."\n', "vspc[0].label"),
         (MINIMAL + '[[pipe]]\nname = "p"\nvm = "v\\n"\npath = "/x"\n', "pipe[0].vm"),
         (MINIMAL + '[[serial]]\nname = "s"\nvm = "x/y"\ndevice = "/dev/x"\n', "serial[0].vm"),
-        (MINIMAL + '[[vsock]]\nname = "g"\nport = 5\ncids = { "3" = "../vm" }\n', "vsock[0].cids.3"),
-        (MINIMAL + '[[hvsock]]\nname = "h"\nvm = ".v"\nuds-path = "/u"\nport = 5\n', "hvsock[0].vm"),
+        (
+            MINIMAL + '[[vsock]]\nname = "g"\nport = 5\ncids = { "3" = "../vm" }\n',
+            "vsock[0].cids.3",
+        ),
+        (
+            MINIMAL + '[[hvsock]]\nname = "h"\nvm = ".v"\nuds-path = "/u"\nport = 5\n',
+            "hvsock[0].vm",
+        ),
     ],
 )
 def test_errors_name_the_key(text: str, key: str) -> None:
@@ -83,7 +102,10 @@ def test_errors_name_the_key(text: str, key: str) -> None:
 def _vic(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "vic.cli", "relay", *args],
-        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[2],
     )
 
 
@@ -124,8 +146,10 @@ def test_cli_listener_that_cannot_bind_exits_2(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         cfg = tmp_path / "relay.toml"
-        cfg.write_text(MINIMAL + f'[metrics]\nenabled = false\n[[tcp]]\nname = "com1"\nvm = "v"\n'
-                       f"port = {port}\n")
+        cfg.write_text(
+            MINIMAL + f'[metrics]\nenabled = false\n[[tcp]]\nname = "com1"\nvm = "v"\n'
+            f"port = {port}\n"
+        )
         r = _vic("--config", str(cfg))
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]

@@ -15,8 +15,12 @@ from tests.relay.test_link import pattern, small_config
 from tests.support.waiting import wait_until
 
 
-async def serve(cfg: LinkConfig, got: trio.MemorySendChannel[Accepted], *,
-                task_status: trio.TaskStatus[tuple[int, trio.CancelScope]]) -> None:
+async def serve(
+    cfg: LinkConfig,
+    got: trio.MemorySendChannel[Accepted],
+    *,
+    task_status: trio.TaskStatus[tuple[int, trio.CancelScope]],
+) -> None:
     """An acceptor (a relay that ends sessions) until its scope is cancelled."""
     with trio.CancelScope() as scope:
         async with open_session_table(cfg) as table, trio.open_nursery() as n:

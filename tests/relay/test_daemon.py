@@ -38,8 +38,11 @@ async def test_tcp_roundtrip_header_and_live_metrics() -> None:
     app = Appliance()
     async with trio.open_nursery() as n:
         port = await app.serve_tcp(n)
-        cfg = relay_config(tcp_egress(port), tcp=(TcpListener(name="vm1-com1", vm="vm1", port=0),),
-                           metrics=MetricsConfig(enabled=True, port=0))
+        cfg = relay_config(
+            tcp_egress(port),
+            tcp=(TcpListener(name="vm1-com1", vm="vm1", port=0),),
+            metrics=MetricsConfig(enabled=True, port=0),
+        )
         d = await start_relay(n, cfg)
         rport = d.bound["vm1-com1"][1]
         s = await trio.open_tcp_stream("127.0.0.1", rport)
@@ -55,11 +58,16 @@ async def test_tcp_roundtrip_header_and_live_metrics() -> None:
         assert d.metrics.active("vm1-com1") == 1
         assert d.metrics_port
         text = await _http_get(d.metrics_port, "/metrics")
-        assert f'relay_bytes_total{{direction="to_appliance",route="vm1-com1"}} {float(len(data))}' in text
+        assert (
+            f'relay_bytes_total{{direction="to_appliance",route="vm1-com1"}} {float(len(data))}'
+            in text
+        )
         assert 'relay_streams_active{route="vm1-com1"} 1.0' in text
         assert 'relay_streams_opened_total{route="vm1-com1"} 1.0' in text
         # splice or copy is the pump's call (per burst); the stream is counted once.
-        modes = [line for line in text.splitlines() if line.startswith("relay_streams_active_by_mode{")]
+        modes = [
+            line for line in text.splitlines() if line.startswith("relay_streams_active_by_mode{")
+        ]
         assert sorted(float(m.split()[-1]) for m in modes) == [0.0, 1.0]
         await s.aclose()
         await rec.closed.wait()
@@ -96,8 +104,9 @@ async def test_reload_under_live_traffic(tmp_path: Path) -> None:
 
         # Keep a, drop b, add c; the live streams on a and b carry on.
         c = TcpListener(name="c", vm="vm-c", port=0)
-        assert await d.reload(relay_config(tcp_egress(port), tcp=(a, c),
-                                           limits=LimitsConfig(max_streams=50)))
+        assert await d.reload(
+            relay_config(tcp_egress(port), tcp=(a, c), limits=LimitsConfig(max_streams=50))
+        )
         assert set(d.bound) == {"a", "c"} and d.bound["a"][1] == pa
         with pytest.raises(OSError):
             await trio.open_tcp_stream("127.0.0.1", pb)
@@ -109,7 +118,9 @@ async def test_reload_under_live_traffic(tmp_path: Path) -> None:
         assert await roundtrip(sb, full_b[200_000:]) == full_b[200_000:]
         for s in (sa, sb, sc, sa2):
             await s.aclose()
-        recs = {r.header.vm: r for r in await app.wait_streams(4) if r.header.vm in ("vm-a", "vm-b")}
+        recs = {
+            r.header.vm: r for r in await app.wait_streams(4) if r.header.vm in ("vm-a", "vm-b")
+        }
         for r in app.streams:
             await r.closed.wait()
         assert bytes(app.streams[0].data) == full_a and bytes(app.streams[1].data) == full_b
@@ -123,8 +134,11 @@ async def test_drain_finishes_live_streams_then_cuts_at_deadline(
     app = Appliance()
     async with trio.open_nursery() as n:
         port = await app.serve_tcp(n)
-        cfg = relay_config(tcp_egress(port), tcp=(TcpListener(name="t", vm="vm", port=0),),
-                           timeouts=TimeoutsConfig(drain=1.0))
+        cfg = relay_config(
+            tcp_egress(port),
+            tcp=(TcpListener(name="t", vm="vm", port=0),),
+            timeouts=TimeoutsConfig(drain=1.0),
+        )
         d = await start_relay(n, cfg)
         rport = d.bound["t"][1]
         finishing = await trio.open_tcp_stream("127.0.0.1", rport)
@@ -152,8 +166,11 @@ async def test_per_vm_limit_refusal_logged_and_counted(caplog: pytest.LogCapture
     app = Appliance()
     async with trio.open_nursery() as n:
         port = await app.serve_tcp(n)
-        cfg = relay_config(tcp_egress(port), tcp=(TcpListener(name="t", vm="vm", port=0),),
-                           limits=LimitsConfig(max_streams_per_vm=2))
+        cfg = relay_config(
+            tcp_egress(port),
+            tcp=(TcpListener(name="t", vm="vm", port=0),),
+            limits=LimitsConfig(max_streams_per_vm=2),
+        )
         d = await start_relay(n, cfg)
         rport = d.bound["t"][1]
         ok = [await trio.open_tcp_stream("127.0.0.1", rport) for _ in range(2)]
@@ -181,10 +198,13 @@ async def test_thousand_connections_at_once(caplog: pytest.LogCaptureFixture) ->
         port = await app.serve_tcp(n)
         cfg = relay_config(
             tcp_egress(port),
-            tcp=(TcpListener(name="live", vm="vm-live", port=0),
-                 TcpListener(name="flood", vm="", port=0)),
-            limits=LimitsConfig(max_streams=40, max_streams_per_vm=40, accept_rate=1e6,
-                                accept_burst=100_000),
+            tcp=(
+                TcpListener(name="live", vm="vm-live", port=0),
+                TcpListener(name="flood", vm="", port=0),
+            ),
+            limits=LimitsConfig(
+                max_streams=40, max_streams_per_vm=40, accept_rate=1e6, accept_burst=100_000
+            ),
         )
         d = await start_relay(n, cfg)
         live = [await trio.open_tcp_stream("127.0.0.1", d.bound["live"][1]) for _ in range(2)]
@@ -215,7 +235,7 @@ async def test_thousand_connections_at_once(caplog: pytest.LogCaptureFixture) ->
         async def live_traffic(s: trio.abc.Stream, seed: int) -> None:
             data = pattern(2_000_000, seed)
             for i in range(0, len(data), 100_000):
-                assert await roundtrip(s, data[i:i + 100_000]) == data[i:i + 100_000]
+                assert await roundtrip(s, data[i : i + 100_000]) == data[i : i + 100_000]
 
         with trio.fail_after(120):
             async with trio.open_nursery() as flood:
@@ -224,8 +244,12 @@ async def test_thousand_connections_at_once(caplog: pytest.LogCaptureFixture) ->
                 for i in range(1000):
                     flood.start_soon(client, i)
         assert served + closed == 1000
-        refused = sum(s.value for m in d.metrics.refused.collect() for s in m.samples
-                      if s.name.endswith("_total"))
+        refused = sum(
+            s.value
+            for m in d.metrics.refused.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+        )
         assert served <= 38 and closed == refused >= 1000 - 38
         lines = [r for r in caplog.records if "refused: max-streams" in r.getMessage()]
         assert len(lines) == refused
@@ -236,7 +260,8 @@ async def test_thousand_connections_at_once(caplog: pytest.LogCaptureFixture) ->
                 await r.closed.wait()
         live_recs = [r for r in app.streams if r.header.vm == "vm-live"]
         assert sorted(bytes(r.data) for r in live_recs) == sorted(
-            pattern(2_000_000, k) for k in range(2))
+            pattern(2_000_000, k) for k in range(2)
+        )
         n.cancel_scope.cancel()
 
 
@@ -253,8 +278,10 @@ async def wait_closed_or(s: trio.abc.Stream, n: int) -> bytes:
 
 
 def _write_cfg(path: Path, app_port: int, listeners: list[tuple[str, int]]) -> None:
-    text = (f'host = "esx-proc"\n[egress.default]\nkind = "tcp"\nhost = "127.0.0.1"\n'
-            f"port = {app_port}\n[metrics]\nenabled = false\n[timeouts]\ndrain = 20.0\n")
+    text = (
+        f'host = "esx-proc"\n[egress.default]\nkind = "tcp"\nhost = "127.0.0.1"\n'
+        f"port = {app_port}\n[metrics]\nenabled = false\n[timeouts]\ndrain = 20.0\n"
+    )
     for name, port in listeners:
         text += f'[[tcp]]\nname = "{name}"\nvm = "{name}"\nport = {port}\n'
     path.write_text(text)
@@ -282,10 +309,15 @@ async def test_process_sighup_sigterm_sd_notify(tmp_path: Path) -> None:
         aport = await app.serve_tcp(n)
         _write_cfg(cfg_path, aport, [("one", p1)])
         env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "200000"}
-        proc = await n.start(functools.partial(
-            trio.run_process,
-            [sys.executable, "-m", "vic.cli", "relay", "--config", str(cfg_path)],
-            env=env, cwd=ROOT, check=False))
+        proc = await n.start(
+            functools.partial(
+                trio.run_process,
+                [sys.executable, "-m", "vic.cli", "relay", "--config", str(cfg_path)],
+                env=env,
+                cwd=ROOT,
+                check=False,
+            )
+        )
         try:
             await expect("READY=1")
             await expect("WATCHDOG=1")
@@ -325,8 +357,11 @@ async def test_silent_peer_closed_by_idle_timeout(caplog: pytest.LogCaptureFixtu
     app = Appliance()
     async with trio.open_nursery() as n:
         port = await app.serve_tcp(n)
-        cfg = relay_config(tcp_egress(port), tcp=(TcpListener(name="t", vm="vm", port=0),),
-                           timeouts=TimeoutsConfig(idle=0.5, drain=1.0))
+        cfg = relay_config(
+            tcp_egress(port),
+            tcp=(TcpListener(name="t", vm="vm", port=0),),
+            timeouts=TimeoutsConfig(idle=0.5, drain=1.0),
+        )
         d = await start_relay(n, cfg)
         rport = d.bound["t"][1]
         silent = await trio.open_tcp_stream("127.0.0.1", rport)
@@ -357,8 +392,9 @@ async def test_reload_moves_the_metrics_server() -> None:
         first = d.metrics_port
         assert first and "relay_reloads" in await _http_get(first, "/metrics")
         new_port = free_port()
-        assert await d.reload(relay_config(tcp_egress(port),
-                                           metrics=MetricsConfig(enabled=True, port=new_port)))
+        assert await d.reload(
+            relay_config(tcp_egress(port), metrics=MetricsConfig(enabled=True, port=new_port))
+        )
         assert d.metrics_port == new_port
         assert 'relay_reloads_total{result="ok"} 1.0' in await _http_get(new_port, "/metrics")
         with pytest.raises(OSError):
@@ -370,8 +406,11 @@ async def test_accept_rate_refusal(caplog: pytest.LogCaptureFixture) -> None:
     app = Appliance()
     async with trio.open_nursery() as n:
         port = await app.serve_tcp(n)
-        cfg = relay_config(tcp_egress(port), tcp=(TcpListener(name="t", vm="vm", port=0),),
-                           limits=LimitsConfig(accept_rate=0.001, accept_burst=2))
+        cfg = relay_config(
+            tcp_egress(port),
+            tcp=(TcpListener(name="t", vm="vm", port=0),),
+            limits=LimitsConfig(accept_rate=0.001, accept_burst=2),
+        )
         d = await start_relay(n, cfg)
         rport = d.bound["t"][1]
         ok = [await trio.open_tcp_stream("127.0.0.1", rport) for _ in range(2)]

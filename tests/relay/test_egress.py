@@ -31,8 +31,9 @@ from tests.support.waiting import wait_until_async
 HEADER = OriginHeader("esx-1", "vm-1", "tcp", "serial0", "s-1")
 
 
-async def _through_relay(egress: EgressConfig, app: Appliance, nursery: trio.Nursery,
-                         payload: bytes, **kw: object) -> trio.abc.Stream:
+async def _through_relay(
+    egress: EgressConfig, app: Appliance, nursery: trio.Nursery, payload: bytes, **kw: object
+) -> trio.abc.Stream:
     cfg = relay_config(egress, tcp=(TcpListener(name="t", vm="vm-1", port=0),), **kw)
     d = await start_relay(nursery, cfg)
     s = await trio.open_tcp_stream("127.0.0.1", d.bound["t"][1])
@@ -45,7 +46,9 @@ async def test_unix_egress(tmp_path: Path) -> None:
     async with trio.open_nursery() as n:
         await app.serve_unix(n, tmp_path / "app.sock")
         data = pattern(500_000)
-        s = await _through_relay(EgressConfig(kind="unix", path=tmp_path / "app.sock"), app, n, data)
+        s = await _through_relay(
+            EgressConfig(kind="unix", path=tmp_path / "app.sock"), app, n, data
+        )
         (rec,) = app.streams
         assert rec.header.vm == "vm-1" and bytes(rec.data) == data
         await s.aclose()
@@ -65,8 +68,12 @@ async def test_tls_egress(tmp_path: Path) -> None:
         port = listeners[0].socket.getsockname()[1]
         tls_listeners = [trio.SSLListener(lst, server_ctx) for lst in listeners]
         n.start_soon(trio.serve_listeners, app.handle, tls_listeners)
-        egress = EgressConfig(kind="tcp", host="127.0.0.1", port=port,
-                              tls=TlsConfig(ca=ca_file, server_name="appliance.test"))
+        egress = EgressConfig(
+            kind="tcp",
+            host="127.0.0.1",
+            port=port,
+            tls=TlsConfig(ca=ca_file, server_name="appliance.test"),
+        )
         data = pattern(300_000, seed=1)
         s = await _through_relay(egress, app, n, data)
         (rec,) = app.streams
@@ -76,7 +83,9 @@ async def test_tls_egress(tmp_path: Path) -> None:
         n.cancel_scope.cancel()
 
 
-async def test_tls_egress_untrusted_server_fails_that_stream(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_tls_egress_untrusted_server_fails_that_stream(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     other_ca = trustme.CA()
     ca_file = tmp_path / "wrong-ca.pem"
     other_ca.cert_pem.write_to_path(str(ca_file))
@@ -86,19 +95,28 @@ async def test_tls_egress_untrusted_server_fails_that_stream(tmp_path: Path, cap
     async with trio.open_nursery() as n:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
-        n.start_soon(trio.serve_listeners, app.handle,
-                     [trio.SSLListener(lst, server_ctx) for lst in listeners])
+        n.start_soon(
+            trio.serve_listeners,
+            app.handle,
+            [trio.SSLListener(lst, server_ctx) for lst in listeners],
+        )
         cfg = relay_config(
-            EgressConfig(kind="tcp", host="127.0.0.1", port=port,
-                         tls=TlsConfig(ca=ca_file, server_name="appliance.test")),
+            EgressConfig(
+                kind="tcp",
+                host="127.0.0.1",
+                port=port,
+                tls=TlsConfig(ca=ca_file, server_name="appliance.test"),
+            ),
             tcp=(TcpListener(name="t", vm="vm-1", port=0),),
         )
         d = await start_relay(n, cfg)
         s = await trio.open_tcp_stream("127.0.0.1", d.bound["t"][1])
         assert await wait_closed(s) == b""  # closed by the relay
         assert d.metrics.failed.labels("t", "egress")._value.get() == 1
-        assert any("egress tcp failed" in r.getMessage() and "vm=vm-1" in r.getMessage()
-                   for r in caplog.records)
+        assert any(
+            "egress tcp failed" in r.getMessage() and "vm=vm-1" in r.getMessage()
+            for r in caplog.records
+        )
         n.cancel_scope.cancel()
 
 
@@ -110,8 +128,10 @@ async def test_hybrid_vsock_egress_with_data_after_ok(tmp_path: Path) -> None:
         backend = await app.serve_tcp(n)
         mux = Muxer(backend, greeting=b"GUEST-HELLO\xff\x00\n")
         await mux.serve(n, tmp_path / "appliance.vsock")
-        cfg = relay_config(EgressConfig(kind="hvsock", path=tmp_path / "appliance.vsock", port=7000),
-                           tcp=(TcpListener(name="t", vm="vm-1", port=0),))
+        cfg = relay_config(
+            EgressConfig(kind="hvsock", path=tmp_path / "appliance.vsock", port=7000),
+            tcp=(TcpListener(name="t", vm="vm-1", port=0),),
+        )
         d = await start_relay(n, cfg)
         s = await trio.open_tcp_stream("127.0.0.1", d.bound["t"][1])
         data = pattern(200_000, seed=2)
@@ -151,12 +171,20 @@ async def test_hostile_muxer_closes_only_that_stream(
         cfg = relay_config(
             tcp_egress(backend),
             timeouts=TimeoutsConfig(connect=0.5, drain=1.0),
-            tcp=(TcpListener(name="good", vm="vm-g", port=0),
-                 TcpListener(name="bad", vm="vm-b", port=0, egress="mux")),
+            tcp=(
+                TcpListener(name="good", vm="vm-g", port=0),
+                TcpListener(name="bad", vm="vm-b", port=0, egress="mux"),
+            ),
         )
-        cfg = type(cfg)(**{**cfg.__dict__, "egress": {
-            "default": tcp_egress(backend),
-            "mux": EgressConfig(kind="hvsock", path=tmp_path / "bad.vsock", port=1)}})
+        cfg = type(cfg)(
+            **{
+                **cfg.__dict__,
+                "egress": {
+                    "default": tcp_egress(backend),
+                    "mux": EgressConfig(kind="hvsock", path=tmp_path / "bad.vsock", port=1),
+                },
+            }
+        )
         d = await start_relay(n, cfg)
         good = await trio.open_tcp_stream("127.0.0.1", d.bound["good"][1])
         assert await roundtrip(good, b"first") == b"first"
@@ -195,8 +223,9 @@ async def test_socat_as_the_appliance() -> None:
     the relay wrote, then its own bytes."""
     port = free_port()
     async with trio.open_nursery() as n:
-        proc = await n.start(trio.run_process,
-                             ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", "PIPE"])
+        proc = await n.start(
+            trio.run_process, ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", "PIPE"]
+        )
         try:
             cfg = relay_config(tcp_egress(port), tcp=(TcpListener(name="t", vm="vm-s", port=0),))
 

@@ -24,8 +24,9 @@ def feed_chunks(data: bytes, cuts: list[int]) -> tuple[str | None, bytes]:
 
 
 @given(names, st.binary(max_size=200), st.lists(st.integers(0, 400), max_size=12))
-def test_any_chunking_gives_the_identity_and_the_link_bytes(name: str, after: bytes,
-                                                            cuts: list[int]) -> None:
+def test_any_chunking_gives_the_identity_and_the_link_bytes(
+    name: str, after: bytes, cuts: list[int]
+) -> None:
     ident = f"vic://host/{name}"
     assert feed_chunks(encode_preamble(ident) + after, cuts) == (ident, after)
 

@@ -15,9 +15,23 @@ reasons = st.text(max_size=50)
 
 frame_st = st.one_of(
     st.builds(F.Hello, st.integers(0, 255), st.integers(0, 2**32 - 1)),
-    st.builds(F.Open, sids, st.binary(min_size=16, max_size=16), offs, st.binary(max_size=300), st.booleans()),
-    st.builds(F.Open, sids, st.binary(min_size=16, max_size=16), offs, st.binary(max_size=300),
-              st.just(False), offs),
+    st.builds(
+        F.Open,
+        sids,
+        st.binary(min_size=16, max_size=16),
+        offs,
+        st.binary(max_size=300),
+        st.booleans(),
+    ),
+    st.builds(
+        F.Open,
+        sids,
+        st.binary(min_size=16, max_size=16),
+        offs,
+        st.binary(max_size=300),
+        st.just(False),
+        offs,
+    ),
     st.builds(F.Data, sids, offs, st.binary(max_size=2000)),
     st.builds(F.Window, sids, st.integers(1, F.MAX_WINDOW_INCREMENT)),
     st.builds(F.Ack, sids, offs, st.booleans()),
@@ -70,25 +84,34 @@ def test_oversize_frame_rejected_from_header_alone() -> None:
         dec.feed(hdr)  # no need to wait for the payload
 
 
-@pytest.mark.parametrize("wire", [
-    F.HEADER.pack(42, 0, 1, 0),  # unknown type
-    F.HEADER.pack(F.FrameType.DATA, 0, 0, 8) + bytes(8),  # DATA on stream 0
-    F.HEADER.pack(F.FrameType.DATA, 0, 1, 3) + bytes(3),  # too short for an offset
-    F.HEADER.pack(F.FrameType.PING, 0, 5, 8) + bytes(8),  # PING on a stream
-    F.HEADER.pack(F.FrameType.WINDOW, 0, 1, 4) + bytes(4),  # zero increment
-    F.HEADER.pack(F.FrameType.HELLO, 0, 0, 9) + b"HTTP" + bytes(5),  # bad magic
-    F.HEADER.pack(F.FrameType.RESET, 0, 1, 3) + b"\x00\x01\xff",  # reason not UTF-8
-    F.HEADER.pack(F.FrameType.ACK, 0, 1, 8) + b"\xff" * 8,  # offset beyond 2**63
-    F.HEADER.pack(F.FrameType.OPEN, 0, 1, 10) + bytes(10),  # OPEN too short
-])
+@pytest.mark.parametrize(
+    "wire",
+    [
+        F.HEADER.pack(42, 0, 1, 0),  # unknown type
+        F.HEADER.pack(F.FrameType.DATA, 0, 0, 8) + bytes(8),  # DATA on stream 0
+        F.HEADER.pack(F.FrameType.DATA, 0, 1, 3) + bytes(3),  # too short for an offset
+        F.HEADER.pack(F.FrameType.PING, 0, 5, 8) + bytes(8),  # PING on a stream
+        F.HEADER.pack(F.FrameType.WINDOW, 0, 1, 4) + bytes(4),  # zero increment
+        F.HEADER.pack(F.FrameType.HELLO, 0, 0, 9) + b"HTTP" + bytes(5),  # bad magic
+        F.HEADER.pack(F.FrameType.RESET, 0, 1, 3) + b"\x00\x01\xff",  # reason not UTF-8
+        F.HEADER.pack(F.FrameType.ACK, 0, 1, 8) + b"\xff" * 8,  # offset beyond 2**63
+        F.HEADER.pack(F.FrameType.OPEN, 0, 1, 10) + bytes(10),  # OPEN too short
+    ],
+)
 def test_malformed(wire: bytes) -> None:
     with pytest.raises(LinkProtocolError):
         FrameDecoder().feed(wire)
 
 
 def test_encode_refuses_unrepresentable() -> None:
-    for bad in (F.Data(0, 0, b""), F.Window(1, 0), F.Open(1, b"short", 0, b""),
-                F.Ping(b"x"), F.Ack(1, -1), F.Open(1, bytes(16), 0, bytes(F.MAX_OPEN_HEADER + 1))):
+    for bad in (
+        F.Data(0, 0, b""),
+        F.Window(1, 0),
+        F.Open(1, b"short", 0, b""),
+        F.Ping(b"x"),
+        F.Ack(1, -1),
+        F.Open(1, bytes(16), 0, bytes(F.MAX_OPEN_HEADER + 1)),
+    ):
         with pytest.raises(ValueError):
             F.encode(bad)
 
@@ -103,12 +126,18 @@ def test_data_header_matches_encode() -> None:
     assert F.data_header(7, 99, 3) + b"abc" == F.encode(F.Data(7, 99, b"abc"))
 
 
-big_data = st.builds(F.Data, sids, offs,
-                     st.integers(F.PENDING_MIN - 9, F.PENDING_MIN * 3).map(lambda n: bytes([n % 251]) * n))
+big_data = st.builds(
+    F.Data,
+    sids,
+    offs,
+    st.integers(F.PENDING_MIN - 9, F.PENDING_MIN * 3).map(lambda n: bytes([n % 251]) * n),
+)
 
 
-@given(st.lists(st.one_of(frame_st, big_data), max_size=8),
-       st.lists(st.integers(0, 10**6), max_size=40))
+@given(
+    st.lists(st.one_of(frame_st, big_data), max_size=8),
+    st.lists(st.integers(0, 10**6), max_size=40),
+)
 @settings(max_examples=200)
 def test_large_payloads_any_chunking_reused_buffer(frames: list[F.Frame], cuts: list[int]) -> None:
     """Large DATA payloads are assembled in place; the fed buffer may be reused at once."""
@@ -117,15 +146,17 @@ def test_large_payloads_any_chunking_reused_buffer(frames: list[F.Frame], cuts: 
     got: list[F.Frame] = []
     scratch = bytearray(len(wire) + 1)
     for piece in chunked(wire, cuts):
-        scratch[:len(piece)] = piece
-        got += dec.feed(memoryview(scratch)[:len(piece)])
-        scratch[:len(piece)] = bytes(len(piece))  # the caller reuses its buffer
+        scratch[: len(piece)] = piece
+        got += dec.feed(memoryview(scratch)[: len(piece)])
+        scratch[: len(piece)] = bytes(len(piece))  # the caller reuses its buffer
     assert got == frames
     assert dec.buffered == 0
 
 
-@given(st.lists(st.one_of(frame_st, big_data), max_size=8),
-       st.lists(st.integers(1, 10**6), max_size=40))
+@given(
+    st.lists(st.one_of(frame_st, big_data), max_size=8),
+    st.lists(st.integers(1, 10**6), max_size=40),
+)
 @settings(max_examples=200)
 def test_payloads_received_in_place(frames: list[F.Frame], sizes: list[int]) -> None:
     """A reader that puts bytes straight into ``receive_buffer()`` (as the link does)
@@ -140,11 +171,11 @@ def test_payloads_received_in_place(frames: list[F.Frame], sizes: list[int]) -> 
         target = dec.receive_buffer()
         if target is not None:
             k = min(want, len(target), len(wire) - pos)
-            target[:k] = wire[pos:pos + k]
+            target[:k] = wire[pos : pos + k]
             got += dec.filled(k)
         else:
             k = min(want, len(wire) - pos)
-            got += dec.feed(wire[pos:pos + k])
+            got += dec.feed(wire[pos : pos + k])
         pos += k
     assert got == frames
     assert dec.buffered == 0 and dec.receive_buffer() is None

@@ -23,8 +23,9 @@ from common.proto.link.header import (
 
 _SURROGATES: tuple[Literal["Cs"]] = ("Cs",)
 _text = st.text(
-    alphabet=st.characters(min_codepoint=0x20, exclude_characters="\x7f",
-                           exclude_categories=_SURROGATES),
+    alphabet=st.characters(
+        min_codepoint=0x20, exclude_characters="\x7f", exclude_categories=_SURROGATES
+    ),
     max_size=60,
 )
 _nonempty = _text.filter(bool)
@@ -187,9 +188,14 @@ def test_encoder_refuses_what_decoder_would(h: OriginHeader) -> None:
 _offsets = st.integers(0, (1 << 63) - 1)
 
 
-@given(st.builds(continued, headers, _offsets, _offsets), st.binary(max_size=40),
-       st.lists(st.integers(0, 2000), max_size=8))
-def test_continuation_round_trip_any_chunking(h: OriginHeader, tail: bytes, cuts: list[int]) -> None:
+@given(
+    st.builds(continued, headers, _offsets, _offsets),
+    st.binary(max_size=40),
+    st.lists(st.integers(0, 2000), max_size=8),
+)
+def test_continuation_round_trip_any_chunking(
+    h: OriginHeader, tail: bytes, cuts: list[int]
+) -> None:
     wire = encode_header(h)
     assert wire[4] == 2
     got, rest = _decode_all(_chunks(wire + tail, cuts))

@@ -34,7 +34,9 @@ def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     return out
 
 
-def _run(parser: HybridReplyParser | ConnectRequestParser, chunks: list[bytes]) -> tuple[int | None, bytes]:
+def _run(
+    parser: HybridReplyParser | ConnectRequestParser, chunks: list[bytes]
+) -> tuple[int | None, bytes]:
     value: int | None = None
     rest = bytearray()
     for c in chunks:

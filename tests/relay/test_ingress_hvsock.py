@@ -27,7 +27,9 @@ async def test_guest_initiated_streams(tmp_path: Path) -> None:
             tcp_egress(port),
             hvsock=(
                 HvsockListener(name="vm7-52", vm="vm7", uds_path=uds, port=52),
-                HvsockListener(name="vm8-52", vm="vm8", uds_path=tmp_path / "fc-vm8.vsock", port=52),
+                HvsockListener(
+                    name="vm8-52", vm="vm8", uds_path=tmp_path / "fc-vm8.vsock", port=52
+                ),
             ),
         )
         d = await start_relay(n, cfg)
@@ -62,8 +64,9 @@ async def test_stale_socket_file_is_replaced_but_not_a_regular_file(tmp_path: Pa
     app = Appliance()
     async with trio.open_nursery() as n:
         port = await app.serve_tcp(n)
-        cfg = relay_config(tcp_egress(port),
-                           hvsock=(HvsockListener(name="h", vm="v", uds_path=uds, port=5),))
+        cfg = relay_config(
+            tcp_egress(port), hvsock=(HvsockListener(name="h", vm="v", uds_path=uds, port=5),)
+        )
         d = await start_relay(n, cfg)
         s = await trio.open_unix_socket(f"{uds}_5")
         assert await roundtrip(s, b"ping") == b"ping"

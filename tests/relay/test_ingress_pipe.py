@@ -54,8 +54,11 @@ async def test_listen_mode_socat_as_vm(tmp_path: Path) -> None:
         await start_relay(n, cfg)
         data = pattern(64_000, seed=9)
         with trio.fail_after(20):
-            r = await trio.run_process(["socat", "-t", "10", "STDIO", f"UNIX-CONNECT:{path}"],
-                                       stdin=data, capture_stdout=True)
+            r = await trio.run_process(
+                ["socat", "-t", "10", "STDIO", f"UNIX-CONNECT:{path}"],
+                stdin=data,
+                capture_stdout=True,
+            )
         assert r.stdout == data
         n.cancel_scope.cancel()
 

@@ -25,8 +25,11 @@ def test_pyserial_configures_the_tty() -> None:
     master, slave = os.openpty()
     try:
         name = os.ttyname(slave)
-        fd = open_device(SerialListener(name="s", vm="v", device=Path(name), baudrate=9600,
-                                        stopbits=2, rtscts=True))
+        fd = open_device(
+            SerialListener(
+                name="s", vm="v", device=Path(name), baudrate=9600, stopbits=2, rtscts=True
+            )
+        )
         try:
             _iflag, oflag, cflag, lflag, ispeed, ospeed, _cc = termios.tcgetattr(fd)
             assert ispeed == ospeed == termios.B9600
@@ -73,8 +76,9 @@ async def test_device_comes_back(tmp_path: Path) -> None:
     link = tmp_path / "ttyVM"
     async with trio.open_nursery() as n:
         port = await app.serve_tcp(n)
-        cfg = relay_config(tcp_egress(port),
-                           serial=(SerialListener(name="tty", vm="vm9", device=link),))
+        cfg = relay_config(
+            tcp_egress(port), serial=(SerialListener(name="tty", vm="vm9", device=link),)
+        )
         await start_relay(n, cfg)  # no device yet: the relay retries with backoff
         for i in range(2):
             master, slave = os.openpty()

@@ -74,10 +74,12 @@ async def test_vspc_passthrough_untouched() -> None:
     reaches the appliance byte for byte."""
     app = Appliance()
     telnet = (
-        b"\xff\xfb\x00\xff\xfd\x00\xff\xfb\x03\xff\xfb\xe8"  # WILL BINARY, DO BINARY, WILL SGA, WILL 232
+        # WILL BINARY, DO BINARY, WILL SGA, WILL 232
+        b"\xff\xfb\x00\xff\xfd\x00\xff\xfb\x03\xff\xfb\xe8"
         b"\xff\xfa\xe8\x00\x28\x29\x2a\xff\xf0"  # SB 232 KNOWN-SUBOPTIONS-1 ... SE
         b"\xff\xfa\xe8\x28seq\xff\xffx\xff\xf0"  # VMOTION-BEGIN, 0xFF doubled
-        + bytes(range(256)) + b"\r\n\x00\x11\r"
+        + bytes(range(256))
+        + b"\r\n\x00\x11\r"
     )
     async with trio.open_nursery() as n:
         port = await app.serve_tcp(n)

@@ -69,8 +69,9 @@ async def test_listener_binds_and_stops() -> None:
     app = Appliance()
     async with trio.open_nursery() as n:
         port = await app.serve_tcp(n)
-        cfg = relay_config(tcp_egress(port), vsock=(VsockListener(name="g", port=40123,
-                                                                  cids={"3": "vm-a"}),))
+        cfg = relay_config(
+            tcp_egress(port), vsock=(VsockListener(name="g", port=40123, cids={"3": "vm-a"}),)
+        )
         d = await start_relay(n, cfg)
         _cid, bport = d.bound["g"]
         assert bport == 40123

@@ -63,8 +63,12 @@ def test_reconfigure_keeps_live_streams() -> None:
     per_vm=st.integers(1, 4),
 )
 def test_invariants(ops: list[tuple[bool, str, float]], max_streams: int, per_vm: int) -> None:
-    lim = Limits(LimitsConfig(max_streams=max_streams, max_streams_per_vm=per_vm,
-                              accept_rate=20.0, accept_burst=5), now=0.0)
+    lim = Limits(
+        LimitsConfig(
+            max_streams=max_streams, max_streams_per_vm=per_vm, accept_rate=20.0, accept_burst=5
+        ),
+        now=0.0,
+    )
     now = 0.0
     held: list[Ticket] = []
     for admit, vm, dt in ops:

@@ -52,7 +52,9 @@ def two_hosts() -> Iterator[tuple[str, str]]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def test_link_between_namespaces_survives_wire_down(two_hosts: tuple[str, str], tmp_path: Path) -> None:
+def test_link_between_namespaces_survives_wire_down(
+    two_hosts: tuple[str, str], tmp_path: Path
+) -> None:
     a, b = two_hosts
     tag = a[4:]
     certs.init_ca(tmp_path)
@@ -62,18 +64,58 @@ def test_link_between_namespaces_survives_wire_down(two_hosts: tuple[str, str], 
     node = [sys.executable, "-m", "tests.relay.link_node"]
     env = {**os.environ, "PYTHONPATH": str(root)}
     server = subprocess.Popen(
-        ["ip", "netns", "exec", b, *node, "serve", "--listen", "10.77.0.2:7443",
-         "--certs", str(tmp_path), "--name", "B", "--allow", "A"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root, env=env)
+        [
+            "ip",
+            "netns",
+            "exec",
+            b,
+            *node,
+            "serve",
+            "--listen",
+            "10.77.0.2:7443",
+            "--certs",
+            str(tmp_path),
+            "--name",
+            "B",
+            "--allow",
+            "A",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env=env,
+    )
     client = None
     try:
         assert server.stdout is not None
         assert server.stdout.readline().strip() == "ready"
         client = subprocess.Popen(
-            ["ip", "netns", "exec", a, *node, "send", "--address", "tcp:10.77.0.2:7443",
-             "--certs", str(tmp_path), "--name", "A", "--peer", "B", "--mb", "16"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd=root, env=env)
+            [
+                "ip",
+                "netns",
+                "exec",
+                a,
+                *node,
+                "send",
+                "--address",
+                "tcp:10.77.0.2:7443",
+                "--certs",
+                str(tmp_path),
+                "--name",
+                "A",
+                "--peer",
+                "B",
+                "--mb",
+                "16",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=root,
+            env=env,
+        )
         assert client.stdout is not None and client.stdin is not None
         assert client.stdout.readline().strip() == "half"
         _ip("-n", a, "link", "set", f"va{tag}", "down")  # the wire is gone

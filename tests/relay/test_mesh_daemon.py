@@ -38,24 +38,36 @@ def ptls(f: TlsFiles) -> PeerTls:
     return PeerTls(f.cert, f.key, f.ca)
 
 
-def ingress_cfg(name: str, files: TlsFiles, address: str, peer: str, **peer_kw: object) -> RelayConfig:
+def ingress_cfg(
+    name: str, files: TlsFiles, address: str, peer: str, **peer_kw: object
+) -> RelayConfig:
     return relay_config(
         EgressConfig(kind="peer", route="appliance"),
         host=name,
-        tcp=(TcpListener(name="vm1", vm="vm-1", port=0),
-             TcpListener(name="vm2", vm="vm-2", port=0)),
-        peer=PeerConfig(tls=ptls(files), link=FAST,
-                        routes={"appliance": PeerRoute(address, identity=peer)}, **peer_kw),  # type: ignore[arg-type]
+        tcp=(
+            TcpListener(name="vm1", vm="vm-1", port=0),
+            TcpListener(name="vm2", vm="vm-2", port=0),
+        ),
+        peer=PeerConfig(
+            tls=ptls(files),
+            link=FAST,
+            routes={"appliance": PeerRoute(address, identity=peer)},
+            **peer_kw,
+        ),  # type: ignore[arg-type]
     )
 
 
-def egress_cfg(name: str, files: TlsFiles, app_port: int, allowed: list[str],
-               forward: str = "") -> RelayConfig:
+def egress_cfg(
+    name: str, files: TlsFiles, app_port: int, allowed: list[str], forward: str = ""
+) -> RelayConfig:
     return relay_config(
-        tcp_egress(app_port), host=name,
-        peer=PeerConfig(tls=ptls(files), link=FAST,
-                        listen=[PeerListen("tcp:127.0.0.1:0", allowed_peers=allowed,
-                                           forward=forward)]),
+        tcp_egress(app_port),
+        host=name,
+        peer=PeerConfig(
+            tls=ptls(files),
+            link=FAST,
+            listen=[PeerListen("tcp:127.0.0.1:0", allowed_peers=allowed, forward=forward)],
+        ),
     )
 
 
@@ -72,19 +84,22 @@ async def appliance_side(n: trio.Nursery, pki: Pki, app: Appliance) -> RelayDaem
     """Relay esx-b: takes esx-a's peer link, ends the sessions and delivers them to
     ``app`` over TCP (which it starts serving)."""
     await app.serve_tcp(n)
-    return await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
-                                           ["vic://host/esx-a"]))
+    return await start_relay(
+        n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port, ["vic://host/esx-a"])
+    )
 
 
 def esx_a(pki: Pki, address: str, **changes: object) -> RelayConfig:
     """Relay esx-a: VMs on listeners vm1 and vm2, a TLS peer link to esx-b at
     ``address``; ``changes`` replace fields of its config."""
-    return replace(ingress_cfg("esx-a", pki.issue("host", "esx-a"), address, "vic://host/esx-b"),
-                   **changes)  # type: ignore[arg-type]
+    return replace(
+        ingress_cfg("esx-a", pki.issue("host", "esx-a"), address, "vic://host/esx-b"), **changes
+    )  # type: ignore[arg-type]
 
 
-async def deliver_pair(n: trio.Nursery, tmp_path: Path, app: Appliance,
-                       **a_changes: object) -> tuple[RelayDaemon, RelayDaemon]:
+async def deliver_pair(
+    n: trio.Nursery, tmp_path: Path, app: Appliance, **a_changes: object
+) -> tuple[RelayDaemon, RelayDaemon]:
     """Relay esx-a (VMs) -> TLS peer link -> relay esx-b, which ends the sessions and
     delivers to ``app`` over TCP."""
     pki = Pki(tmp_path)
@@ -93,8 +108,9 @@ async def deliver_pair(n: trio.Nursery, tmp_path: Path, app: Appliance,
     return a, b
 
 
-async def pair_through_proxy(n: trio.Nursery, tmp_path: Path, app: Appliance,
-                             **a_changes: object) -> tuple[RelayDaemon, RelayDaemon, FaultProxy]:
+async def pair_through_proxy(
+    n: trio.Nursery, tmp_path: Path, app: Appliance, **a_changes: object
+) -> tuple[RelayDaemon, RelayDaemon, FaultProxy]:
     """As ``deliver_pair``, esx-a's peer link through a FaultProxy (the test cuts it)."""
     pki = Pki(tmp_path)
     b = await appliance_side(n, pki, app)
@@ -112,20 +128,25 @@ async def test_two_hops_deliver_byte_exact_and_header_from_origin(tmp_path: Path
         with trio.fail_after(30):
             d1, d2 = pattern(3_000_000, 1), pattern(1_000_000, 2)
             async with trio.open_nursery() as m:
+
                 async def one(s: trio.SocketStream, d: bytes) -> None:
                     assert await roundtrip(s, d) == d
+
                 m.start_soon(one, s1, d1)
                 m.start_soon(one, s2, d2)
         recs = await app.wait_streams(2)
         assert {(r.header.host, r.header.vm, r.header.kind) for r in recs} == {
-            ("esx-a", "vm-1", "tcp"), ("esx-a", "vm-2", "tcp")}
+            ("esx-a", "vm-1", "tcp"),
+            ("esx-a", "vm-2", "tcp"),
+        }
         # one link carries both streams
         assert a.mesh.routers["appliance"].links_opened == 1
         n.cancel_scope.cancel()
 
 
-async def echo_with_cuts(s: trio.abc.Stream, proxy: FaultProxy, data: bytes, cut_at: list[int],
-                         *, eof: bool = False) -> bytes:
+async def echo_with_cuts(
+    s: trio.abc.Stream, proxy: FaultProxy, data: bytes, cut_at: list[int], *, eof: bool = False
+) -> bytes:
     """Send ``data`` in 100 kB pieces (then EOF, if ``eof``) while reading the echo;
     ``proxy`` cuts the link each time the echo passes the next offset in ``cut_at``
     (bytes in flight both ways). The echo: all of ``data``'s length, or up to EOF."""
@@ -144,7 +165,7 @@ async def echo_with_cuts(s: trio.abc.Stream, proxy: FaultProxy, data: bytes, cut
     async with trio.open_nursery() as m:
         m.start_soon(reader)
         for i in range(0, len(data), 100_000):
-            await s.send_all(data[i:i + 100_000])
+            await s.send_all(data[i : i + 100_000])
         if eof:
             await s.send_eof()  # type: ignore[attr-defined]
     return bytes(got)
@@ -164,20 +185,35 @@ async def test_link_cut_mid_transfer_loses_nothing(tmp_path: Path) -> None:
 
 
 async def test_header_for_another_host_is_refused_and_others_carry_on(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """esx-a's certificate cannot speak for esx-z: that stream is refused with a
     log line; a stream from an honest relay on the same listener is byte-exact."""
     pki = Pki(tmp_path)
     app = Appliance()
     async with trio.open_nursery() as n:
         await app.serve_tcp(n)
-        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), app.port,
-                                            ["vic://host/esx-a", "vic://host/esx-c"]))
-        liar = await start_relay(n, replace(
-            ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b), "vic://host/esx-b"),
-            host="esx-z"))
-        honest = await start_relay(n, ingress_cfg("esx-c", pki.issue("host", "esx-c"),
-                                                  peer_address(b), "vic://host/esx-b"))
+        b = await start_relay(
+            n,
+            egress_cfg(
+                "esx-b",
+                pki.issue("host", "esx-b"),
+                app.port,
+                ["vic://host/esx-a", "vic://host/esx-c"],
+            ),
+        )
+        liar = await start_relay(
+            n,
+            replace(
+                ingress_cfg(
+                    "esx-a", pki.issue("host", "esx-a"), peer_address(b), "vic://host/esx-b"
+                ),
+                host="esx-z",
+            ),
+        )
+        honest = await start_relay(
+            n, ingress_cfg("esx-c", pki.issue("host", "esx-c"), peer_address(b), "vic://host/esx-b")
+        )
         bad = await stream_through(liar, "vm1")
         good = await stream_through(honest, "vm1")
         with trio.fail_after(20):
@@ -188,8 +224,12 @@ async def test_header_for_another_host_is_refused_and_others_carry_on(
                 pass
         assert [r.header.host for r in app.streams] == ["esx-c"]
         assert any("speaks for host 'esx-z'" in r.getMessage() for r in caplog.records)
-        assert b.metrics.registry.get_sample_value(
-            "relay_headers_refused_total", {"reason": "foreign_host"}) == 1
+        assert (
+            b.metrics.registry.get_sample_value(
+                "relay_headers_refused_total", {"reason": "foreign_host"}
+            )
+            == 1
+        )
         n.cancel_scope.cancel()
 
 
@@ -203,23 +243,38 @@ async def test_reload_and_admin_socket_move_streams_to_another_relay(tmp_path: P
         b, c = await forwarding_relays(n, pki, fwd)
         admin = tmp_path / "relay.sock"
         a_files = pki.issue("host", "esx-a")
-        cfg = ingress_cfg("esx-a", a_files, peer_address(b), "vic://host/esx-b",
-                          admin_socket=admin)
+        cfg = ingress_cfg("esx-a", a_files, peer_address(b), "vic://host/esx-b", admin_socket=admin)
         assert cfg.peer is not None
         a = await start_relay(n, cfg)
         vm = await stream_through(a, "vm1")
         data = pattern(6_000_000, 9)
         with trio.fail_after(60):
             for i in range(0, len(data), 250_000):
-                await vm.send_all(data[i:i + 250_000])
+                await vm.send_all(data[i : i + 250_000])
                 if i == 1_000_000:
-                    assert await a.reload(replace(cfg, peer=replace(
-                        cfg.peer, routes={"appliance": PeerRoute(peer_address(c),
-                                                                 identity="vic://host/esx-c")})))
+                    assert await a.reload(
+                        replace(
+                            cfg,
+                            peer=replace(
+                                cfg.peer,
+                                routes={
+                                    "appliance": PeerRoute(
+                                        peer_address(c), identity="vic://host/esx-c"
+                                    )
+                                },
+                            ),
+                        )
+                    )
                 if i == 3_000_000:
-                    reply = await admin_request(admin, {"cmd": "route.set", "route": "appliance",
-                                                        "address": peer_address(b),
-                                                        "identity": "vic://host/esx-b"})
+                    reply = await admin_request(
+                        admin,
+                        {
+                            "cmd": "route.set",
+                            "route": "appliance",
+                            "address": peer_address(b),
+                            "identity": "vic://host/esx-b",
+                        },
+                    )
                     assert reply.get("ok"), reply
             await wait_console_bytes(svc, "vm-1", len(data))
             await svc.consoles.writer.flush()  # type: ignore[attr-defined]
@@ -229,14 +284,15 @@ async def test_reload_and_admin_socket_move_streams_to_another_relay(tmp_path: P
         n.cancel_scope.cancel()
 
 
-async def forwarding_relays(n: trio.Nursery, pki: Pki,
-                            fwd: str) -> tuple[RelayDaemon, RelayDaemon]:
+async def forwarding_relays(n: trio.Nursery, pki: Pki, fwd: str) -> tuple[RelayDaemon, RelayDaemon]:
     """Relays esx-b and esx-c: each accepts esx-a's links and forwards them to ``fwd``."""
     return (
-        await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), 1,
-                                        ["vic://host/esx-a"], forward=fwd)),
-        await start_relay(n, egress_cfg("esx-c", pki.issue("host", "esx-c"), 1,
-                                        ["vic://host/esx-a"], forward=fwd)),
+        await start_relay(
+            n, egress_cfg("esx-b", pki.issue("host", "esx-b"), 1, ["vic://host/esx-a"], forward=fwd)
+        ),
+        await start_relay(
+            n, egress_cfg("esx-c", pki.issue("host", "esx-c"), 1, ["vic://host/esx-a"], forward=fwd)
+        ),
     )
 
 
@@ -253,8 +309,7 @@ async def wait_console_bytes(svc: object, vm: str, n: int) -> None:
     await wait_until(arrived, None, interval=0.02)
 
 
-async def start_appliance(n: trio.Nursery, tmp_path: Path,
-                          address: str = "") -> tuple[object, str]:
+async def start_appliance(n: trio.Nursery, tmp_path: Path, address: str = "") -> tuple[object, str]:
     """A vspc service + endpoint whose link endpoint takes forwarded links (on a Unix
     socket unless ``address`` says otherwise); returns it and the address bound."""
     from vspc.config import EndpointConfig, LinkListen, VspcConfig
@@ -265,8 +320,9 @@ async def start_appliance(n: trio.Nursery, tmp_path: Path,
     link_sock = tmp_path / "link.sock"
     vcfg = VspcConfig(
         console=ConsoleConfig(log_dir=tmp_path / "logs"),
-        endpoint=EndpointConfig(link=(LinkListen(address or f"unix:{link_sock}", tls=False,
-                                                 forwarded=True),)),
+        endpoint=EndpointConfig(
+            link=(LinkListen(address or f"unix:{link_sock}", tls=False, forwarded=True),)
+        ),
     )
     svc = VspcService(vcfg)
     await n.start(svc.run)
@@ -276,7 +332,9 @@ async def start_appliance(n: trio.Nursery, tmp_path: Path,
 
 
 async def test_route_follows_the_appliance_vm_in_vcenter(
-        tmp_path: Path, vcsim: VSphereTarget) -> None:  # noqa: F811 (the fixture)
+    tmp_path: Path,
+    vcsim: VSphereTarget,  # noqa: F811 (the fixture)
+) -> None:
     """[peer.follow]: the daemon watches the appliance VM's host in (simulated) vCenter;
     relocating the VM mid-stream moves the stream from relay B to relay C, no loss."""
     from common.link.config import FollowConfig
@@ -288,29 +346,44 @@ async def test_route_follows_the_appliance_vm_in_vcenter(
         svc, fwd = await start_appliance(n, tmp_path)
         b, c = await forwarding_relays(n, pki, fwd)
         follow = FollowConfig(
-            vcenter=vcsim.host, port=vcsim.port, protocol="http", path=vcsim.path,
-            user=vcsim.user, password_file=pw, vm=VM,
+            vcenter=vcsim.host,
+            port=vcsim.port,
+            protocol="http",
+            path=vcsim.path,
+            user=vcsim.user,
+            password_file=pw,
+            vm=VM,
             hosts={"DC0_C0_H1": peer_address(b), "DC0_C0_H0": peer_address(c)},
-            identities={"DC0_C0_H1": "vic://host/esx-b", "DC0_C0_H0": "vic://host/esx-c"})
-        cfg = ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b), "vic://host/esx-b",
-                          follow={"appliance": follow})
+            identities={"DC0_C0_H1": "vic://host/esx-b", "DC0_C0_H0": "vic://host/esx-c"},
+        )
+        cfg = ingress_cfg(
+            "esx-a",
+            pki.issue("host", "esx-a"),
+            peer_address(b),
+            "vic://host/esx-b",
+            follow={"appliance": follow},
+        )
         a = await start_relay(n, cfg)
         router = a.mesh.routers["appliance"]
         vm = await stream_through(a, "vm1")
         data = pattern(4_000_000, 3)
         with trio.fail_after(60):
             for i in range(0, len(data), 200_000):
-                await vm.send_all(data[i:i + 200_000])
+                await vm.send_all(data[i : i + 200_000])
                 if i == 1_000_000:
                     await trio.to_thread.run_sync(relocate, vcsim, VM, "DC0_C0_H0")
-                    await wait_until(lambda: router.route.identity == "vic://host/esx-c", 30,
-                                     "the route follows the VM to esx-c")
+                    await wait_until(
+                        lambda: router.route.identity == "vic://host/esx-c",
+                        30,
+                        "the route follows the VM to esx-c",
+                    )
             await wait_console_bytes(svc, "vm-1", len(data))
             await svc.consoles.writer.flush()  # type: ignore[attr-defined]
         logs = list((tmp_path / "logs").glob("*.log"))
         assert len(logs) == 1 and logs[0].read_bytes() == data
         changes = a.metrics.registry.get_sample_value(
-            "relay_route_changes_total", {"route": "appliance", "cause": "vsphere"})
+            "relay_route_changes_total", {"route": "appliance", "cause": "vsphere"}
+        )
         assert changes == 1
         n.cancel_scope.cancel()
 
@@ -324,15 +397,21 @@ def test_config_keys_are_named(tmp_path: Path) -> None:
     assert e.value.key == "egress.x.route"
     for n in ("c.crt", "c.key", "ca.crt"):
         (tmp_path / n).write_text("x")
-    tls = f'tls = {{ cert = "{tmp_path}/c.crt", key = "{tmp_path}/c.key", ca = "{tmp_path}/ca.crt" }}'
+    tls = (
+        f'tls = {{ cert = "{tmp_path}/c.crt", key = "{tmp_path}/c.key", ca = "{tmp_path}/ca.crt" }}'
+    )
     with pytest.raises(ConfigError) as e:
-        loads_config(f'[egress.x]\nkind = "peer"\nroute = "r"\n[peer]\n{tls}\n'
-                     '[peer.routes.r]\naddress = "tcp:h:1"\nidentity = "vic://host/b"\n'
-                     '[[peer.listen]]\naddress = "tcp:0.0.0.0:1"\nallowed-peers = ["vic://host/a"]\n')
+        loads_config(
+            f'[egress.x]\nkind = "peer"\nroute = "r"\n[peer]\n{tls}\n'
+            '[peer.routes.r]\naddress = "tcp:h:1"\nidentity = "vic://host/b"\n'
+            '[[peer.listen]]\naddress = "tcp:0.0.0.0:1"\nallowed-peers = ["vic://host/a"]\n'
+        )
     assert e.value.key == "peer.listen[0].egress"
     with pytest.raises(ConfigError) as e:
-        loads_config('[egress.x]\nkind = "tcp"\nhost = "h"\nport = 1\n[peer]\n'
-                     '[[peer.listen]]\naddress = "tcp:127.0.0.1:1"\ntls = false\nforward = "unix:/x"\n')
+        loads_config(
+            '[egress.x]\nkind = "tcp"\nhost = "h"\nport = 1\n[peer]\n'
+            '[[peer.listen]]\naddress = "tcp:127.0.0.1:1"\ntls = false\nforward = "unix:/x"\n'
+        )
     assert e.value.key.endswith("forward")
 
 
@@ -371,11 +450,19 @@ async def test_forward_into_an_appliance_vm_over_hybrid_vsock(tmp_path: Path) ->
         svc, tcp_link = await start_appliance(n, tmp_path, "tcp:127.0.0.1:0")
         muxer = Muxer(int(tcp_link.rsplit(":", 1)[1]))
         await muxer.serve(n, tmp_path / "fc.vsock")
-        b = await start_relay(n, egress_cfg("esx-b", pki.issue("host", "esx-b"), 1,
-                                            ["vic://host/esx-a"],
-                                            forward=f"hvsock:{tmp_path / 'fc.vsock'}:7444"))
-        a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b),
-                                             "vic://host/esx-b"))
+        b = await start_relay(
+            n,
+            egress_cfg(
+                "esx-b",
+                pki.issue("host", "esx-b"),
+                1,
+                ["vic://host/esx-a"],
+                forward=f"hvsock:{tmp_path / 'fc.vsock'}:7444",
+            ),
+        )
+        a = await start_relay(
+            n, ingress_cfg("esx-a", pki.issue("host", "esx-a"), peer_address(b), "vic://host/esx-b")
+        )
         vm = await stream_through(a, "vm2")
         data = pattern(1_000_000, 6)
         with trio.fail_after(30):
@@ -397,18 +484,28 @@ async def test_route_straight_to_the_appliance_link_endpoint_over_tls(tmp_path: 
     app_files = pki.issue("appliance", "vch-1")
     vcfg = VspcConfig(
         console=ConsoleConfig(log_dir=tmp_path / "logs"),
-        endpoint=EndpointConfig(link_tls=ptls(app_files), link=(LinkListen(
-            "tcp:127.0.0.1:0", allowed_peers=["vic://host/esx-a"]),)),
+        endpoint=EndpointConfig(
+            link_tls=ptls(app_files),
+            link=(LinkListen("tcp:127.0.0.1:0", allowed_peers=["vic://host/esx-a"]),),
+        ),
     )
     async with trio.open_nursery() as n:
         svc = VspcService(vcfg)
         await n.start(svc.run)
         ep = await n.start(Endpoint(svc).run)
         host, port = ep.links.bound[0][:2]
-        a = await start_relay(n, ingress_cfg("esx-a", pki.issue("host", "esx-a"),
-                                             f"tcp:{host}:{port}", "vic://appliance/vch-1"))
-        stranger = await start_relay(n, ingress_cfg("esx-x", pki.issue("host", "esx-x"),
-                                                    f"tcp:{host}:{port}", "vic://appliance/vch-1"))
+        a = await start_relay(
+            n,
+            ingress_cfg(
+                "esx-a", pki.issue("host", "esx-a"), f"tcp:{host}:{port}", "vic://appliance/vch-1"
+            ),
+        )
+        stranger = await start_relay(
+            n,
+            ingress_cfg(
+                "esx-x", pki.issue("host", "esx-x"), f"tcp:{host}:{port}", "vic://appliance/vch-1"
+            ),
+        )
         vm = await stream_through(a, "vm1")
         data = pattern(500_000, 2)
         with trio.fail_after(30):
@@ -416,7 +513,10 @@ async def test_route_straight_to_the_appliance_link_endpoint_over_tls(tmp_path: 
             await wait_console_bytes(svc, "vm-1", len(data))
             bad = await stream_through(stranger, "vm2")
             await bad.send_all(b"let me in")
-            await wait_until(lambda: ep.links.links_refused > 0, 30,  # not in allowed-peers
-                             "esx-x's link refused")
+            await wait_until(
+                lambda: ep.links.links_refused > 0,
+                30,  # not in allowed-peers
+                "esx-x's link refused",
+            )
         assert svc.consoles.find("vm-1").bytes_from_vm == len(data)
         n.cancel_scope.cancel()

@@ -20,8 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def tls_line(files: object) -> str:
-    return (f'tls = {{ cert = "{files.cert}", key = "{files.key}", '  # type: ignore[attr-defined]
-            f'ca = "{files.ca}" }}')  # type: ignore[attr-defined]
+    return (
+        f'tls = {{ cert = "{files.cert}", key = "{files.key}", '  # type: ignore[attr-defined]
+        f'ca = "{files.ca}" }}'
+    )  # type: ignore[attr-defined]
 
 
 def ingress_toml(files: object, vm_port: int, route_port: int, admin: Path) -> str:
@@ -47,8 +49,10 @@ identity = "vic://host/esx-b"
 
 
 def egress_toml(files: object, app_port: int, ports: tuple[int, ...]) -> str:
-    listen = "".join(f'[[peer.listen]]\naddress = "tcp:127.0.0.1:{p}"\n'
-                     f'allowed-peers = ["vic://host/esx-a"]\n' for p in ports)
+    listen = "".join(
+        f'[[peer.listen]]\naddress = "tcp:127.0.0.1:{p}"\nallowed-peers = ["vic://host/esx-a"]\n'
+        for p in ports
+    )
     return f"""host = "esx-b"
 [egress.default]
 kind = "tcp"
@@ -62,8 +66,13 @@ enabled = false
 
 
 def vic_route(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vic.cli", "relay", "route", *args],
-                          capture_output=True, text=True, timeout=20, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "vic.cli", "relay", "route", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=ROOT,
+    )
 
 
 async def test_two_relay_processes_reload_route_set_and_drain(tmp_path: Path) -> None:
@@ -93,18 +102,25 @@ async def test_two_relay_processes_reload_route_set_and_drain(tmp_path: Path) ->
         a.kill(signal.SIGHUP)
         await a.expect_state("RELOADING=1")
         await a.expect_state("READY=1")
-        assert await roundtrip(vm, data[third:2 * third]) == data[third:2 * third]
+        assert await roundtrip(vm, data[third : 2 * third]) == data[third : 2 * third]
 
         moved = await trio.to_thread.run_sync(
-            vic_route, "set", "--admin-socket", str(admin), "--address",
-            f"tcp:127.0.0.1:{l1}", "--identity", "vic://host/esx-b")
+            vic_route,
+            "set",
+            "--admin-socket",
+            str(admin),
+            "--address",
+            f"tcp:127.0.0.1:{l1}",
+            "--identity",
+            "vic://host/esx-b",
+        )
         assert moved.returncode == 0, moved.stdout + moved.stderr
         show = await trio.to_thread.run_sync(vic_route, "show", "--admin-socket", str(admin))
         assert json.loads(show.stdout)["routes"]["appliance"]["route_changes"] == 2
 
         a.kill(signal.SIGTERM)
         await a.expect_state("STOPPING=1")
-        assert await roundtrip(vm, data[2 * third:]) == data[2 * third:]  # draining
+        assert await roundtrip(vm, data[2 * third :]) == data[2 * third :]  # draining
         await vm.aclose()
         assert await a.wait_exit() == 0
         rec = (await app.wait_streams(1))[0]

@@ -71,8 +71,13 @@ def test_stream_lifecycle() -> None:
 
 
 def test_flow_control_violation_kills_link() -> None:
-    cfg = MuxConfig(min_window=4096, initial_window=8192, stream_window=8192,
-                    connection_window=8192, max_payload=4096)
+    cfg = MuxConfig(
+        min_window=4096,
+        initial_window=8192,
+        stream_window=8192,
+        connection_window=8192,
+        max_payload=4096,
+    )
     _c, s = open_one(cfg)
     # a hostile sender ignores credit: 8192 granted, 12288 sent
     wire = b"".join(F.encode(F.Data(1, i * 4096, bytes(4096))) for i in range(3))
@@ -81,8 +86,12 @@ def test_flow_control_violation_kills_link() -> None:
 
 
 def test_slow_stream_does_not_block_others_and_memory_is_bounded() -> None:
-    cfg = MuxConfig(stream_window=256 * 1024, min_window=16 * 1024,
-                    connection_window=512 * 1024, max_payload=16 * 1024)
+    cfg = MuxConfig(
+        stream_window=256 * 1024,
+        min_window=16 * 1024,
+        connection_window=512 * 1024,
+        max_payload=16 * 1024,
+    )
     c, s = pair(cfg)
     sids = [c.open_stream(SID, 0, b"") for _ in range(20)]
     xfer(c, s)
@@ -106,12 +115,16 @@ def test_slow_stream_does_not_block_others_and_memory_is_bounded() -> None:
 
 
 def test_window_autotunes_up_for_a_bulk_stream() -> None:
-    cfg = MuxConfig(min_window=16 * 1024, initial_window=32 * 1024, stream_window=1024 * 1024,
-                    max_payload=16 * 1024)
+    cfg = MuxConfig(
+        min_window=16 * 1024,
+        initial_window=32 * 1024,
+        stream_window=1024 * 1024,
+        max_payload=16 * 1024,
+    )
     c, s = open_one(cfg)
     in_flight = []
     for _ in range(200):
-        while (k := c.send_data(1, 0, bytes(16 * 1024))):
+        while k := c.send_data(1, 0, bytes(16 * 1024)):
             in_flight.append(k)
         for ev in xfer(c, s):
             if isinstance(ev, DataReceived):
@@ -120,7 +133,7 @@ def test_window_autotunes_up_for_a_bulk_stream() -> None:
     # the sender could finally keep a full stream_window in flight
     c.send_data(1, 0, b"")
     total = 0
-    while (k := c.send_data(1, 0, bytes(16 * 1024))):
+    while k := c.send_data(1, 0, bytes(16 * 1024)):
         total += k
     assert total > cfg.stream_window // 2
 
@@ -132,8 +145,12 @@ def test_window_autotunes_up_for_a_pipelined_consumer(lag: int) -> None:
     # part of the window is always buffered, part in flight. The window, not
     # the application, limits the sender, so it grows until the sender no
     # longer waits for credit.
-    cfg = MuxConfig(min_window=16 * 1024, initial_window=64 * 1024,
-                    stream_window=1024 * 1024, max_payload=16 * 1024)
+    cfg = MuxConfig(
+        min_window=16 * 1024,
+        initial_window=64 * 1024,
+        stream_window=1024 * 1024,
+        max_payload=16 * 1024,
+    )
     c, s = open_one(cfg)
     arrived: list[tuple[int, int]] = []
     stalls = []
@@ -152,8 +169,12 @@ def test_window_autotunes_up_for_a_pipelined_consumer(lag: int) -> None:
 def test_trickling_stream_keeps_a_small_window() -> None:
     # A stream that sends far below its window (a console) never looks
     # window-limited: its credit stays above a quarter, its window stays put.
-    cfg = MuxConfig(min_window=16 * 1024, initial_window=64 * 1024,
-                    stream_window=1024 * 1024, max_payload=16 * 1024)
+    cfg = MuxConfig(
+        min_window=16 * 1024,
+        initial_window=64 * 1024,
+        stream_window=1024 * 1024,
+        max_payload=16 * 1024,
+    )
     c, s = open_one(cfg)
     for _ in range(2000):
         assert c.send_data(1, 0, bytes(100)) == 100
@@ -165,8 +186,12 @@ def test_trickling_stream_keeps_a_small_window() -> None:
 
 
 def test_connection_cap_shares_budget() -> None:
-    cfg = MuxConfig(stream_window=1024 * 1024, min_window=16 * 1024,
-                    connection_window=1024 * 1024, max_payload=64 * 1024)
+    cfg = MuxConfig(
+        stream_window=1024 * 1024,
+        min_window=16 * 1024,
+        connection_window=1024 * 1024,
+        max_payload=64 * 1024,
+    )
     c, s = pair(cfg)
     for _ in range(50):
         c.open_stream(SID, 0, b"")
@@ -205,21 +230,27 @@ def test_goaway_drain() -> None:
     assert c.has_stream(1) and s.has_stream(1)
 
 
-@pytest.mark.parametrize("wire", [
-    F.encode(F.Data(1, 0, b"x")),  # before HELLO
-    F.encode(F.Hello(9, 300000)),  # wrong version
-])
+@pytest.mark.parametrize(
+    "wire",
+    [
+        F.encode(F.Data(1, 0, b"x")),  # before HELLO
+        F.encode(F.Hello(9, 300000)),  # wrong version
+    ],
+)
 def test_hello_required(wire: bytes) -> None:
     s = Mux(client=False, now=0)
     with pytest.raises(LinkProtocolError):
         s.receive_data(wire, 0)
 
 
-@pytest.mark.parametrize("frame", [
-    F.Data(7, 0, b"x"),  # never opened
-    F.Open(2, SID, 0, b""),  # server parity from the client side
-    F.Hello(1, 300000),  # second HELLO
-])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        F.Data(7, 0, b"x"),  # never opened
+        F.Open(2, SID, 0, b""),  # server parity from the client side
+        F.Hello(1, 300000),  # second HELLO
+    ],
+)
 def test_protocol_errors_after_hello(frame: F.Frame) -> None:
     _c, s = pair()
     with pytest.raises(LinkProtocolError):
@@ -234,18 +265,25 @@ def test_stream_limit_refuses() -> None:
     with pytest.raises(LinkClosingError):
         c.open_stream(SID, 0, b"")
     # a peer that ignores the limit gets a REFUSED reset, not a crash
-    ev = s.receive_data(b"".join(bytes(x) for x in c.data_to_send())
-                        + F.encode(F.Open(5, SID, 0, b"")), 0)
+    ev = s.receive_data(
+        b"".join(bytes(x) for x in c.data_to_send()) + F.encode(F.Open(5, SID, 0, b"")), 0
+    )
     assert sum(isinstance(e, StreamOpened) for e in ev) == 2
     out = b"".join(bytes(x) for x in s.data_to_send())
     assert F.encode(F.Reset(5, ErrorCode.REFUSED, "too many streams")) in out
 
 
-@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(1, 70000)), max_size=200))
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(1, 70000)), max_size=200)
+)
 @settings(max_examples=150, deadline=None)
 def test_random_traffic_bytes_exact_and_bounded(ops: list[tuple[int, int, int]]) -> None:
-    cfg = MuxConfig(stream_window=128 * 1024, min_window=8 * 1024,
-                    connection_window=192 * 1024, max_payload=8 * 1024)
+    cfg = MuxConfig(
+        stream_window=128 * 1024,
+        min_window=8 * 1024,
+        connection_window=192 * 1024,
+        max_payload=8 * 1024,
+    )
     c, s = pair(cfg)
     sids = [c.open_stream(SID, 0, b"") for _ in range(6)]
     xfer(c, s)

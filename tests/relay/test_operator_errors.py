@@ -28,32 +28,48 @@ def vic_relay(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def _peer(tmp: Path, address: str) -> str:
     for name in ("c.pem", "k.pem", "ca.pem"):
         (tmp / name).write_text("x")
-    return (f'[peer]\ntls = {{ cert = "{tmp / "c.pem"}", key = "{tmp / "k.pem"}", '
-            f'ca = "{tmp / "ca.pem"}" }}\n'
-            f'[[peer.listen]]\naddress = "{address}"\nallowed-peers = ["vic://host/a"]\n')
+    return (
+        f'[peer]\ntls = {{ cert = "{tmp / "c.pem"}", key = "{tmp / "k.pem"}", '
+        f'ca = "{tmp / "ca.pem"}" }}\n'
+        f'[[peer.listen]]\naddress = "{address}"\nallowed-peers = ["vic://host/a"]\n'
+    )
 
 
 CHECK_CASES = [
     ("metrics-port", MINIMAL + "[metrics]\nport = 70000\n", "metrics.port"),
     ("metrics-host", MINIMAL + f'[metrics]\nhost = "{UNRESOLVABLE}"\n', "metrics.host"),
-    ("tcp-host-foreign",
-     MINIMAL + f'[[tcp]]\nname = "a"\nvm = "v"\nport = 0\nhost = "{NOT_LOCAL}"\n', "tcp[0].host"),
-    ("label-300", MINIMAL + f'[[tcp]]\nname = "a"\nvm = "v"\nport = 0\nlabel = "{"l" * 300}"\n',
-     "tcp[0].label"),
-    ("vm-traversal", MINIMAL + '[[pipe]]\nname = "p"\nvm = "../../x"\npath = "/tmp/p"\n',
-     "pipe[0].vm"),
-    ("cid-name-60000",
-     MINIMAL + f'[[vsock]]\nname = "g"\nport = 5\ncids = {{ "3" = "{"1" * 60000}" }}\n',
-     "vsock[0].cids.3"),
-    ("cid-60000-digits",
-     MINIMAL + f'[[vsock]]\nname = "g"\nport = 5\ncids = {{ "{"7" * 60000}" = "vm" }}\n',
-     "vsock[0].cids.777777777777..."),
+    (
+        "tcp-host-foreign",
+        MINIMAL + f'[[tcp]]\nname = "a"\nvm = "v"\nport = 0\nhost = "{NOT_LOCAL}"\n',
+        "tcp[0].host",
+    ),
+    (
+        "label-300",
+        MINIMAL + f'[[tcp]]\nname = "a"\nvm = "v"\nport = 0\nlabel = "{"l" * 300}"\n',
+        "tcp[0].label",
+    ),
+    (
+        "vm-traversal",
+        MINIMAL + '[[pipe]]\nname = "p"\nvm = "../../x"\npath = "/tmp/p"\n',
+        "pipe[0].vm",
+    ),
+    (
+        "cid-name-60000",
+        MINIMAL + f'[[vsock]]\nname = "g"\nport = 5\ncids = {{ "3" = "{"1" * 60000}" }}\n',
+        "vsock[0].cids.3",
+    ),
+    (
+        "cid-60000-digits",
+        MINIMAL + f'[[vsock]]\nname = "g"\nport = 5\ncids = {{ "{"7" * 60000}" = "vm" }}\n',
+        "vsock[0].cids.777777777777...",
+    ),
     ("host-name", f'host = "{"h" * 300}"\n' + MINIMAL, "host"),
 ]
 
 
-@pytest.mark.parametrize(("text", "key"), [c[1:] for c in CHECK_CASES],
-                         ids=[c[0] for c in CHECK_CASES])
+@pytest.mark.parametrize(
+    ("text", "key"), [c[1:] for c in CHECK_CASES], ids=[c[0] for c in CHECK_CASES]
+)
 def test_check_names_the_key(tmp_path: Path, text: str, key: str) -> None:
     cfg = tmp_path / "relay.toml"
     cfg.write_text(text)
@@ -83,22 +99,27 @@ def test_port_in_use_at_start_names_the_key(tmp_path: Path, which: str) -> None:
             "tcp": MINIMAL + NO_METRICS + f'[[tcp]]\nname = "com1"\nvm = "v"\nport = {port}\n',
             "vspc": MINIMAL + NO_METRICS + f'[[vspc]]\nname = "v"\nport = {port}\n',
             "metrics": MINIMAL + f'[metrics]\nhost = "127.0.0.1"\nport = {port}\n',
-            "peer": MINIMAL + NO_METRICS + f'[peer]\n[[peer.listen]]\naddress = '
-                    f'"tcp:127.0.0.1:{port}"\ntls = false\n',
+            "peer": MINIMAL + NO_METRICS + f"[peer]\n[[peer.listen]]\naddress = "
+            f'"tcp:127.0.0.1:{port}"\ntls = false\n',
         }[which]
         cfg.write_text(text)
         assert vic_relay(cfg, "--check").returncode == 0  # --check never binds the port
         r = vic_relay(cfg)
-    key = {"tcp": "tcp[0].port", "vspc": "vspc[0].port", "metrics": "metrics.port",
-           "peer": "peer.listen[0].address"}[which]
+    key = {
+        "tcp": "tcp[0].port",
+        "vspc": "vspc[0].port",
+        "metrics": "metrics.port",
+        "peer": "peer.listen[0].address",
+    }[which]
     line = assert_one_line(r, key)
     assert "in use" in line
 
 
 def test_unresolvable_listener_host_at_start_names_the_host(tmp_path: Path) -> None:
     cfg = tmp_path / "relay.toml"
-    cfg.write_text(MINIMAL + NO_METRICS
-                   + f'[[vspc]]\nname = "v"\nport = 0\nhost = "{UNRESOLVABLE}"\n')
+    cfg.write_text(
+        MINIMAL + NO_METRICS + f'[[vspc]]\nname = "v"\nport = 0\nhost = "{UNRESOLVABLE}"\n'
+    )
     line = assert_one_line(vic_relay(cfg), "vspc[0].host")
     assert "cannot resolve" in line
 
@@ -114,15 +135,19 @@ def test_expired_own_certificate_is_a_warning_in_check(tmp_path: Path) -> None:
     pki = Pki(tmp_path / "ca")
     files = pki.expired("host", "esx-a")
     cfg = tmp_path / "relay.toml"
-    cfg.write_text(MINIMAL + f'[peer]\ntls = {{ cert = "{files.cert}", key = "{files.key}", '
-                   f'ca = "{files.ca}" }}\n')
+    cfg.write_text(
+        MINIMAL + f'[peer]\ntls = {{ cert = "{files.cert}", key = "{files.key}", '
+        f'ca = "{files.ca}" }}\n'
+    )
     r = vic_relay(cfg, "--check")
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and "warning: peer.tls.cert:" in lines[0] and "expired" in lines[0]
     soon = pki.issue("host", "esx-b", days=3)
-    cfg.write_text(MINIMAL + f'[peer]\ntls = {{ cert = "{soon.cert}", key = "{soon.key}", '
-                   f'ca = "{soon.ca}" }}\n')
+    cfg.write_text(
+        MINIMAL + f'[peer]\ntls = {{ cert = "{soon.cert}", key = "{soon.key}", '
+        f'ca = "{soon.ca}" }}\n'
+    )
     r = vic_relay(cfg, "--check")
     assert r.returncode == 0 and "expires on" in r.stderr and "in 2 days" in r.stderr, r.stderr
 
@@ -133,10 +158,13 @@ def test_expired_own_certificate_is_a_warning_at_start(tmp_path: Path) -> None:
     files = Pki(tmp_path / "ca").expired("host", "esx-a")
     cfg = tmp_path / "relay.toml"
     with _busy() as busy:
-        cfg.write_text(MINIMAL + NO_METRICS
-                       + f'[[tcp]]\nname = "com1"\nvm = "v"\nport = {busy.getsockname()[1]}\n'
-                       + f'[peer]\ntls = {{ cert = "{files.cert}", key = "{files.key}", '
-                       f'ca = "{files.ca}" }}\n')
+        cfg.write_text(
+            MINIMAL
+            + NO_METRICS
+            + f'[[tcp]]\nname = "com1"\nvm = "v"\nport = {busy.getsockname()[1]}\n'
+            + f'[peer]\ntls = {{ cert = "{files.cert}", key = "{files.key}", '
+            f'ca = "{files.ca}" }}\n'
+        )
         r = vic_relay(cfg)
     assert r.returncode == 2
     first, last = r.stderr.splitlines()
@@ -164,10 +192,14 @@ def test_socket_path_that_cannot_be_bound_names_the_key(tmp_path: Path, kind: st
     (tmp_path / "file").write_text("")
     where = tmp_path / "file" / "s"
     cfg = tmp_path / "relay.toml"
-    cfg.write_text(MINIMAL + NO_METRICS + {
-        "pipe": f'[[pipe]]\nname = "p"\nvm = "v"\npath = "{where}"\n',
-        "hvsock": f'[[hvsock]]\nname = "h"\nvm = "v"\nuds-path = "{where}"\nport = 52\n',
-    }[kind])
+    cfg.write_text(
+        MINIMAL
+        + NO_METRICS
+        + {
+            "pipe": f'[[pipe]]\nname = "p"\nvm = "v"\npath = "{where}"\n',
+            "hvsock": f'[[hvsock]]\nname = "h"\nvm = "v"\nuds-path = "{where}"\nport = 52\n',
+        }[kind]
+    )
     assert_one_line(vic_relay(cfg), {"pipe": "pipe[0].path", "hvsock": "hvsock[0].uds-path"}[kind])
 
 

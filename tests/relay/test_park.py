@@ -35,7 +35,9 @@ def child_tasks_of_pump(root: trio.lowlevel.Task) -> int:
     return n
 
 
-async def test_idle_pump_parks_then_relays_both_ways(autojump_clock: trio.testing.MockClock) -> None:
+async def test_idle_pump_parks_then_relays_both_ways(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     x, a = await tcp_pair()
     b, y = await unix_pair()
     counters = PumpCounters()
@@ -158,8 +160,11 @@ async def test_daemon_streams_park_relay_byte_exact_and_drain(
     parker = current_parker()
     async with trio.open_nursery() as n:
         port = await app.serve_tcp(n)
-        cfg = relay_config(tcp_egress(port), tcp=(TcpListener(name="t", vm="vm", port=0),),
-                           timeouts=TimeoutsConfig(connect=5.0, drain=10.0))
+        cfg = relay_config(
+            tcp_egress(port),
+            tcp=(TcpListener(name="t", vm="vm", port=0),),
+            timeouts=TimeoutsConfig(connect=5.0, drain=10.0),
+        )
         d = await start_relay(n, cfg)
         rport = d.bound["t"][1]
         clients = [await trio.open_tcp_stream("127.0.0.1", rport) for _ in range(20)]

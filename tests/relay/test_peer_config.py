@@ -14,12 +14,16 @@ from common.ops.config import ConfigError, loads
 def pki_files(tmp_path: Path) -> str:
     for n in ("c.crt", "c.key", "ca.crt"):
         (tmp_path / n).write_text("x")
-    return f'tls = {{ cert = "{tmp_path}/c.crt", key = "{tmp_path}/c.key", ca = "{tmp_path}/ca.crt" }}'
+    return (
+        f'tls = {{ cert = "{tmp_path}/c.crt", key = "{tmp_path}/c.key", ca = "{tmp_path}/ca.crt" }}'
+    )
 
 
 def test_full_config(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("secret\n")
-    cfg = loads(PeerConfig, f"""
+    cfg = loads(
+        PeerConfig,
+        f"""
 admin-socket = "{tmp_path}/relay.sock"
 {pki_files(tmp_path)}
 [routes.appliance]
@@ -41,7 +45,8 @@ password-file = "{tmp_path}/pw"
 vm = "vch"
 hosts = {{ "esx-02" = "tcp:10.0.0.12:7443" }}
 identities = {{ "esx-02" = "vic://host/esx-02" }}
-""")
+""",
+    )
     r = cfg.routes_runtime()["appliance"]
     assert r.address == "tcp:10.0.0.12:7443" and r.identity == "vic://host/esx-02" and r.tls
     lc = cfg.link.link_config()
@@ -51,21 +56,32 @@ identities = {{ "esx-02" = "vic://host/esx-02" }}
     assert cfg.tls is not None and cfg.tls.files().ca.name == "ca.crt"
 
 
-@pytest.mark.parametrize(("toml", "key"), [
-    ('[routes.a]\naddress = "tcp:h:1"\nidentity = "vic://host/b"\n', "tls"),  # no [tls]
-    ('[routes.a]\naddress = "pigeon:1"\ntls = false\n', "routes.a.address"),
-    ('[routes.a]\naddress = "tcp:h:1"\nidentity = "bob"\n', "routes.a.identity"),
-    ('[[listen]]\naddress = "tcp:127.0.0.1:1"\ntls = false\n[link]\nping-interval = 20.0\n',
-     "link.ping-interval"),
-    # plaintext peer links only on a trusted transport (issue 11 item 10)
-    ('[[listen]]\naddress = "unix:/x"\ntls = false\n[[listen]]\naddress = "tcp:0.0.0.0:1"\n'
-     'tls = false\n', "listen[1].tls"),
-    ('[[listen]]\naddress = "tcp:10.1.2.3:1"\ntls = false\n', "listen[0].tls"),
-    ('[[listen]]\naddress = "tcp:relay.example:1"\ntls = false\n', "listen[0].tls"),
-    ('[routes.a]\naddress = "unix:/x"\ntls = false\n[follow.b]\nvcenter = "v"\nvm = "x"\n'
-     'hosts = { h = "tcp:h:1" }\ntls = false\n', "follow.b"),
-    ('[[listen]]\naddress = "tcp:0.0.0.0:1"\nbogus = 1\n', "listen[0].bogus"),
-])
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[routes.a]\naddress = "tcp:h:1"\nidentity = "vic://host/b"\n', "tls"),  # no [tls]
+        ('[routes.a]\naddress = "pigeon:1"\ntls = false\n', "routes.a.address"),
+        ('[routes.a]\naddress = "tcp:h:1"\nidentity = "bob"\n', "routes.a.identity"),
+        (
+            '[[listen]]\naddress = "tcp:127.0.0.1:1"\ntls = false\n[link]\nping-interval = 20.0\n',
+            "link.ping-interval",
+        ),
+        # plaintext peer links only on a trusted transport (issue 11 item 10)
+        (
+            '[[listen]]\naddress = "unix:/x"\ntls = false\n[[listen]]\naddress = "tcp:0.0.0.0:1"\n'
+            "tls = false\n",
+            "listen[1].tls",
+        ),
+        ('[[listen]]\naddress = "tcp:10.1.2.3:1"\ntls = false\n', "listen[0].tls"),
+        ('[[listen]]\naddress = "tcp:relay.example:1"\ntls = false\n', "listen[0].tls"),
+        (
+            '[routes.a]\naddress = "unix:/x"\ntls = false\n[follow.b]\nvcenter = "v"\nvm = "x"\n'
+            'hosts = { h = "tcp:h:1" }\ntls = false\n',
+            "follow.b",
+        ),
+        ('[[listen]]\naddress = "tcp:0.0.0.0:1"\nbogus = 1\n', "listen[0].bogus"),
+    ],
+)
 def test_bad_config_names_the_key(toml: str, key: str) -> None:
     with pytest.raises(ConfigError) as ei:
         loads(PeerConfig, toml)

@@ -75,7 +75,9 @@ async def recv_n(stream: trio.abc.ReceiveStream, into: bytearray, n: int) -> Non
         into += chunk
 
 
-async def exchange(x: trio.abc.Stream, y: trio.abc.Stream, n: int) -> tuple[bytes, bytes, bytes, bytes]:
+async def exchange(
+    x: trio.abc.Stream, y: trio.abc.Stream, n: int
+) -> tuple[bytes, bytes, bytes, bytes]:
     """x and y each send n random bytes then EOF, reading concurrently."""
     dx, dy = payload(n, 1), payload(n, 2)
     at_x, at_y = bytearray(), bytearray()

@@ -47,8 +47,9 @@ async def wait_value(d: RelayDaemon, name: str, at_least: float, **labels: str) 
 async def test_link_cut_and_resume_are_counted_and_every_byte_delivered(tmp_path: Path) -> None:
     app = Appliance()
     async with trio.open_nursery() as n:
-        a, b, proxy = await pair_through_proxy(n, tmp_path, app,
-                                               metrics=MetricsConfig(host="127.0.0.1", port=0))
+        a, b, proxy = await pair_through_proxy(
+            n, tmp_path, app, metrics=MetricsConfig(host="127.0.0.1", port=0)
+        )
         s = await stream_through(a, "vm1")
         data = pattern(3_000_000, 3)
         with trio.fail_after(60):
@@ -59,15 +60,20 @@ async def test_link_cut_and_resume_are_counted_and_every_byte_delivered(tmp_path
             assert value(d, "relay_link_cuts_total") >= 1
             assert value(d, "relay_resumes_total") >= 1
             for direction in ("to_appliance", "to_vm"):
-                assert value(d, "relay_bytes_delivered_total", outcome="completed",
-                             direction=direction) == len(data)
+                assert value(
+                    d, "relay_bytes_delivered_total", outcome="completed", direction=direction
+                ) == len(data)
             assert value(d, "relay_streams_ended_total", outcome="failed") == 0
         assert a.metrics_port is not None
         scraped = await scrape_metrics("127.0.0.1", a.metrics_port)
         assert scraped[("relay_link_cuts_total", ())] >= 1
         assert scraped[("relay_resumes_total", ())] >= 1
-        assert scraped[("relay_bytes_delivered_total",
-                        (("direction", "to_appliance"), ("outcome", "completed")))] == len(data)
+        assert scraped[
+            (
+                "relay_bytes_delivered_total",
+                (("direction", "to_appliance"), ("outcome", "completed")),
+            )
+        ] == len(data)
         n.cancel_scope.cancel()
 
 
@@ -77,10 +83,13 @@ def _foreign(pki: Pki, other: Pki, name: str) -> TlsFiles:
     return TlsFiles(f.cert, f.key, pki.root / certs.CA_CERT)
 
 
-@pytest.mark.parametrize(("wrong", "reason"), [("client", "unknown_ca"), ("server", "unknown_ca"),
-                                               ("expired", "expired")])
+@pytest.mark.parametrize(
+    ("wrong", "reason"),
+    [("client", "unknown_ca"), ("server", "unknown_ca"), ("expired", "expired")],
+)
 async def test_tls_refusal_is_counted_with_its_reason_and_address_and_the_stream_fails(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, wrong: str, reason: str) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, wrong: str, reason: str
+) -> None:
     """One relay's certificate comes from another CA (or has expired): the relay that
     checks it counts the reason and logs the remote address, the other counts
     ``refused_by_peer``; the VM's stream, which never finds a path, fails after
@@ -93,9 +102,13 @@ async def test_tls_refusal_is_counted_with_its_reason_and_address_and_the_stream
         await app.serve_tcp(n)
         b_files = _foreign(pki, other, "esx-b") if wrong == "server" else pki.issue("host", "esx-b")
         b = await start_relay(n, egress_cfg("esx-b", b_files, app.port, ["vic://host/esx-a"]))
-        a_files = (_foreign(pki, other, "esx-a") if wrong == "client"
-                   else pki.expired("host", "esx-a") if wrong == "expired"
-                   else pki.issue("host", "esx-a"))
+        a_files = (
+            _foreign(pki, other, "esx-a")
+            if wrong == "client"
+            else pki.expired("host", "esx-a")
+            if wrong == "expired"
+            else pki.issue("host", "esx-a")
+        )
         a_cfg = ingress_cfg("esx-a", a_files, peer_address(b), "vic://host/esx-b")
         assert a_cfg.peer is not None
         a = await start_relay(n, replace(a_cfg, peer=replace(a_cfg.peer, link=quick)))
@@ -110,8 +123,9 @@ async def test_tls_refusal_is_counted_with_its_reason_and_address_and_the_stream
                 pass
             await wait_value(a, "relay_streams_ended_total", 1, outcome="failed")
         assert value(a, "relay_streams_failed_total", route="vm1", reason="resume_timeout") == 1
-        assert value(a, "relay_bytes_delivered_total", outcome="failed",
-                     direction="to_appliance") == 0
+        assert (
+            value(a, "relay_bytes_delivered_total", outcome="failed", direction="to_appliance") == 0
+        )
         assert value(a, "relay_link_cuts_total") == 0  # never a working link
         assert app.streams == []
         lines = [r.getMessage() for r in caplog.records if "refused peer link" in r.getMessage()]
@@ -147,6 +161,8 @@ async def test_a_reset_stream_is_counted_as_reset(tmp_path: Path) -> None:
             await vm.aclose()  # RST
             await wait_value(a, "relay_streams_ended_total", 1, outcome="reset")
         assert value(a, "relay_streams_ended_total", outcome="failed") == 0
-        assert value(a, "relay_bytes_delivered_total", outcome="reset",
-                     direction="to_appliance") == 1000
+        assert (
+            value(a, "relay_bytes_delivered_total", outcome="reset", direction="to_appliance")
+            == 1000
+        )
         n.cancel_scope.cancel()

@@ -29,7 +29,8 @@ class End:
 
 
 class Path:
-    """One attachment: two FIFO pipes carrying ('data', off, bytes) / ('ack', off, fin) / ('eof', off)."""
+    """One attachment: two FIFO pipes carrying ('data', off, bytes),
+    ('ack', off, fin) and ('eof', off)."""
 
     def __init__(self) -> None:
         self.to_b: deque[Msg] = deque()
@@ -91,7 +92,7 @@ ops = st.lists(
 )
 
 
-def run(ops_list: list[tuple[str, Any]], limit: int, overflow: str) -> tuple[End, End, bool]:
+def run(ops_list: list[tuple[str, Any]], limit: int, overflow: str) -> tuple[End, End, bool]:  # noqa: C901
     a, b = End(limit, overflow), End(limit, overflow)
     a.s.start()
     b.s.start()

@@ -95,8 +95,9 @@ class World:
         start, recv_start = self.a.s.continuation_point()
         # the appliance: it has len(app_got) bytes of this stream; the new one starts at `start`
         assert start <= len(self.app_got), "a byte was acknowledged before it was handed on"
-        self.b = Side(ResumeSession(self.limit, ack_every=5, send_start=recv_start,
-                                    recv_start=start))
+        self.b = Side(
+            ResumeSession(self.limit, ack_every=5, send_start=recv_start, recv_start=start)
+        )
         self.b.skip = len(self.app_got) - start
         # the appliance sends again what the VM never received
         self.b.s.resume(recv_start)
@@ -126,8 +127,10 @@ ops = st.lists(
         st.tuples(st.just("write_a"), st.binary(min_size=1, max_size=40)),
         st.tuples(st.just("write_b"), st.binary(min_size=1, max_size=40)),
         st.tuples(st.sampled_from(["send_a", "send_b"]), st.integers(1, 30)),
-        st.tuples(st.sampled_from(["recv_a", "recv_b", "hand_a", "hand_b", "cut", "restart_b"]),
-                  st.just(b"")),
+        st.tuples(
+            st.sampled_from(["recv_a", "recv_b", "hand_a", "hand_b", "cut", "restart_b"]),
+            st.just(b""),
+        ),
     ),
     max_size=150,
 )
@@ -155,7 +158,9 @@ def drain(w: World) -> None:
 
 @given(ops, st.integers(8, 120))
 @settings(max_examples=400, deadline=None)
-def test_restart_of_the_far_end_loses_and_repeats_nothing(ops_list: list[tuple[str, Any]], limit: int) -> None:
+def test_restart_of_the_far_end_loses_and_repeats_nothing(  # noqa: C901
+    ops_list: list[tuple[str, Any]], limit: int
+) -> None:
     w = World(limit)
     for op, arg in ops_list:
         if op == "write_a":

@@ -19,8 +19,10 @@ def pki(tmp_path: Path, request: pytest.FixtureRequest) -> Pki:
 
 
 async def run_pair(
-    server_files: TlsFiles, client_files: TlsFiles,
-    server_expects: set[str], client_expects: set[str],
+    server_files: TlsFiles,
+    client_files: TlsFiles,
+    server_expects: set[str],
+    client_expects: set[str],
 ) -> tuple[object, object]:
     """Handshake over loopback TCP; return (server outcome, client outcome)."""
     results: dict[str, object] = {}
@@ -30,8 +32,9 @@ async def run_pair(
     async def server() -> None:
         stream = await listeners[0].accept()
         try:
-            tls, ident = await handshake(stream, server_context(server_files), server_side=True,
-                                         expected=server_expects)
+            tls, ident = await handshake(
+                stream, server_context(server_files), server_side=True, expected=server_expects
+            )
             results["server"] = ident
             await tls.send_all(b"ok")
             await tls.aclose()
@@ -41,8 +44,9 @@ async def run_pair(
     async def client() -> None:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         try:
-            tls, ident = await handshake(stream, client_context(client_files), server_side=False,
-                                         expected=client_expects)
+            tls, ident = await handshake(
+                stream, client_context(client_files), server_side=False, expected=client_expects
+            )
             data = await tls.receive_some(10)
             results["client"] = (ident, data)
             await tls.aclose()
@@ -80,9 +84,11 @@ async def test_tls13_only(pki: Pki) -> None:
     a, b = trio.testing.memory_stream_pair()
     with trio.fail_after(5):
         async with trio.open_nursery() as n:
+
             async def srv() -> None:
                 with pytest.raises(trio.BrokenResourceError):
                     await handshake(a, ctx, server_side=True, expected={"vic://host/a"})
+
             n.start_soon(srv)
             t = trio.SSLStream(b, old, server_side=False)
             with pytest.raises(trio.BrokenResourceError):
@@ -103,13 +109,18 @@ async def test_untrusted_ca_refused(pki: Pki, tmp_path: Path) -> None:
     other = Pki(tmp_path / "other")
     s = pki.issue("host", "b")
     c = other.issue("host", "a")  # right name, wrong CA
-    srv, cli = await run_pair(s, TlsFiles(c.cert, c.key, pki.root / "ca.crt"),
-                              {"vic://host/a"}, {"vic://host/b"})
+    srv, cli = await run_pair(
+        s, TlsFiles(c.cert, c.key, pki.root / "ca.crt"), {"vic://host/a"}, {"vic://host/b"}
+    )
     assert isinstance(srv, trio.BrokenResourceError)
     # and a server with a foreign certificate is refused by the client
     s2 = other.issue("host", "b")
-    srv, cli = await run_pair(TlsFiles(s2.cert, s2.key, pki.root / "ca.crt"), pki.issue("host", "a"),
-                              {"vic://host/a"}, {"vic://host/b"})
+    srv, cli = await run_pair(
+        TlsFiles(s2.cert, s2.key, pki.root / "ca.crt"),
+        pki.issue("host", "a"),
+        {"vic://host/a"},
+        {"vic://host/b"},
+    )
     assert isinstance(cli, trio.BrokenResourceError)
 
 
@@ -117,6 +128,7 @@ async def test_expired_refused(pki: Pki) -> None:
     s = pki.issue("host", "b")
     srv, cli = await run_pair(s, pki.expired("host", "a"), {"vic://host/a"}, {"vic://host/b"})
     assert isinstance(srv, trio.BrokenResourceError)
-    srv, cli = await run_pair(pki.expired("host", "b"), pki.issue("host", "a"),
-                              {"vic://host/a"}, {"vic://host/b"})
+    srv, cli = await run_pair(
+        pki.expired("host", "b"), pki.issue("host", "a"), {"vic://host/a"}, {"vic://host/b"}
+    )
     assert isinstance(cli, trio.BrokenResourceError)

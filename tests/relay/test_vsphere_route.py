@@ -31,17 +31,27 @@ VM = "DC0_C0_RP0_VM0"
 def vcsim() -> Iterator[VSphereTarget]:
     if not os.access(VCSIM, os.X_OK):
         pytest.skip("vcsim not built: run scripts/build-vcsim (needs golang-go + govmomi source)")
-    proc = subprocess.Popen([str(VCSIM), "-l", "127.0.0.1:0", "-host", "2", "-stdin-eof"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [str(VCSIM), "-l", "127.0.0.1:0", "-host", "2", "-stdin-eof"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         m = re.match(r"VCSIM_URL=(\S+)", proc.stdout.readline())
         if m is None:
             pytest.skip("vcsim did not start")
         u = urlparse(m.group(1))
-        yield VSphereTarget(host=u.hostname or "127.0.0.1", port=u.port or 80, user="vic",
-                            password="vic", protocol="http", path=u.path)
+        yield VSphereTarget(
+            host=u.hostname or "127.0.0.1",
+            port=u.port or 80,
+            user="vic",
+            password="vic",
+            protocol="http",
+            path=u.path,
+        )
     finally:
         if proc.stdin:
             proc.stdin.close()
@@ -54,12 +64,19 @@ def relocate(vc: VSphereTarget, vm_name: str, host_name: str) -> None:
     from pyVim.task import WaitForTask
     from pyVmomi import vim
 
-    si = SmartConnect(host=vc.host, port=vc.port, user=vc.user, pwd=vc.password,
-                      protocol=vc.protocol, path=vc.path)
+    si = SmartConnect(
+        host=vc.host,
+        port=vc.port,
+        user=vc.user,
+        pwd=vc.password,
+        protocol=vc.protocol,
+        path=vc.path,
+    )
     try:
         content = si.RetrieveContent()
         view = content.viewManager.CreateContainerView(
-            content.rootFolder, [vim.VirtualMachine, vim.HostSystem], True)
+            content.rootFolder, [vim.VirtualMachine, vim.HostSystem], True
+        )
         objs = {o.name: o for o in view.view}
         view.Destroy()
         WaitForTask(objs[vm_name].RelocateVM_Task(vim.vm.RelocateSpec(host=objs[host_name])))
@@ -76,14 +93,23 @@ async def test_route_follows_appliance_relocation_mid_transfer(vcsim: VSphereTar
             via_c = FaultProxy(("127.0.0.1", acc.port))  # relay on DC0_C0_H0
             await n.start(via_b.serve)
             await n.start(via_c.serve)
-            routes = {"DC0_C0_H1": Route(via_b.address, tls=False, name="h1"),
-                      "DC0_C0_H0": Route(via_c.address, tls=False, name="h0")}
+            routes = {
+                "DC0_C0_H1": Route(via_b.address, tls=False, name="h1"),
+                "DC0_C0_H0": Route(via_c.address, tls=False, name="h0"),
+            }
             router = Router(Route("tcp:127.0.0.1:9", tls=False, name="unknown"), n, config=cfg)
             moved = trio.Event()
-            host = await n.start(lambda task_status: follow_appliance(
-                router, vcsim, VM, routes, max_wait=1,
-                on_change=lambda h, r: moved.set() if h == "DC0_C0_H0" else None,
-                task_status=task_status))
+            host = await n.start(
+                lambda task_status: follow_appliance(
+                    router,
+                    vcsim,
+                    VM,
+                    routes,
+                    max_wait=1,
+                    on_change=lambda h, r: moved.set() if h == "DC0_C0_H0" else None,
+                    task_status=task_status,
+                )
+            )
             assert host == "DC0_C0_H1" and router.route == routes["DC0_C0_H1"]
             st = await router.open_stream(b"v")
 

@@ -59,6 +59,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 # --- TOML out (tomllib only reads) ----------------------------------------------------
 
+
 def _value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -84,8 +85,11 @@ def _is_table_array(v: Any) -> bool:
 def toml_dumps(doc: Mapping[str, Any], prefix: str = "") -> str:
     """Plain values first, then ``[tables]`` and ``[[arrays of tables]]`` (a dict
     inside a list is written inline)."""
-    lines = [f"{_key(k)} = {_value(v)}" for k, v in doc.items()
-             if not isinstance(v, Mapping) and not _is_table_array(v)]
+    lines = [
+        f"{_key(k)} = {_value(v)}"
+        for k, v in doc.items()
+        if not isinstance(v, Mapping) and not _is_table_array(v)
+    ]
     out = "\n".join(lines) + ("\n" if lines else "")
     for k, v in doc.items():
         name = f"{prefix}{_key(k)}"
@@ -98,6 +102,7 @@ def toml_dumps(doc: Mapping[str, Any], prefix: str = "") -> str:
 
 
 # --- readings: /proc and /metrics ------------------------------------------------------
+
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
@@ -158,9 +163,11 @@ def _metrics_address(config: Mapping[str, Any] | str) -> tuple[str, int] | None:
 
 # --- one daemon ------------------------------------------------------------------------
 
+
 class Daemon:
-    def __init__(self, program: str, name: str, config: Mapping[str, Any] | str,
-                 workdir: Path) -> None:
+    def __init__(
+        self, program: str, name: str, config: Mapping[str, Any] | str, workdir: Path
+    ) -> None:
         if program not in ("relay", "vspc"):
             raise ValueError(f"no such daemon: {program}")
         self.program = program
@@ -208,8 +215,12 @@ class Daemon:
 
     async def wait_log(self, text: str, after: int = 0, timeout: float = 30.0) -> int:
         """Until ``text`` appears in the output past offset ``after``; returns its end."""
-        await wait_until(lambda: self.log_text().find(text, after) >= 0, timeout,
-                         f"{text!r} in the output", interval=0.05)
+        await wait_until(
+            lambda: self.log_text().find(text, after) >= 0,
+            timeout,
+            f"{text!r} in the output",
+            interval=0.05,
+        )
         return self.log_text().find(text, after) + len(text)
 
     async def launch(self, *args: str, stdout: int | IO[bytes] | None = subprocess.STDOUT) -> None:
@@ -218,7 +229,8 @@ class Daemon:
         if self.running:
             raise RuntimeError(f"{self.name} is running")
         self.config_path.write_text(
-            self.config if isinstance(self.config, str) else toml_dumps(self.config))
+            self.config if isinstance(self.config, str) else toml_dumps(self.config)
+        )
         notify_path = self.dir / "notify"
         notify_path.unlink(missing_ok=True)
         self._close_notify()
@@ -233,10 +245,21 @@ class Daemon:
             out.flush()
             self._log_from = out.tell()
             self.proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "vic.cli", self.program, "--config",
-                 str(self.config_path), *args],
-                env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
-                stdout=out if stdout == subprocess.STDOUT else stdout, stderr=out)
+                [
+                    sys.executable,
+                    "-m",
+                    "vic.cli",
+                    self.program,
+                    "--config",
+                    str(self.config_path),
+                    *args,
+                ],
+                env=env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out if stdout == subprocess.STDOUT else stdout,
+                stderr=out,
+            )
 
     async def start(self) -> None:
         """Write the TOML, start the process and wait until it reports READY=1."""
@@ -270,8 +293,9 @@ class Daemon:
     def _alive(self, when: str = "") -> None:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise DaemonExited(f"{self.name} exited ({self.proc.returncode}) {when}:\n"
-                               f"{self.log()[-3000:]}")
+            raise DaemonExited(
+                f"{self.name} exited ({self.proc.returncode}) {when}:\n{self.log()[-3000:]}"
+            )
 
     # --- readings of the running daemon
 
@@ -379,8 +403,9 @@ class Daemons:
 
 
 @asynccontextmanager
-async def run_daemon(program: str, workdir: Path, config: Mapping[str, Any] | str,
-                     *, name: str | None = None) -> AsyncIterator[Daemon]:
+async def run_daemon(
+    program: str, workdir: Path, config: Mapping[str, Any] | str, *, name: str | None = None
+) -> AsyncIterator[Daemon]:
     """Start ``vic <program> --config`` on ``config`` (a dict or TOML text) and wait
     until it is READY; on exit kill it if it still runs."""
     d = Daemon(program, name or program, config, workdir)
@@ -393,6 +418,7 @@ async def run_daemon(program: str, workdir: Path, config: Mapping[str, Any] | st
 
 # --- a daemon that should refuse to start ---------------------------------------------
 
+
 @dataclass(frozen=True)
 class Exit:
     code: int | None  # None: still running after the deadline (then killed)
@@ -403,8 +429,14 @@ class Exit:
         return [ln for ln in self.stderr.splitlines() if ln.strip()]
 
 
-async def start_expecting_exit(program: str, workdir: Path, config: Mapping[str, Any] | str,
-                               *, check: bool = False, timeout: float = 20.0) -> Exit:
+async def start_expecting_exit(
+    program: str,
+    workdir: Path,
+    config: Mapping[str, Any] | str,
+    *,
+    check: bool = False,
+    timeout: float = 20.0,
+) -> Exit:
     """Run ``vic <program> --config`` (``--check`` if asked) and return how it ended.
 
     A daemon that starts instead of refusing its config is killed once it says
@@ -416,6 +448,7 @@ async def start_expecting_exit(program: str, workdir: Path, config: Mapping[str,
     try:
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as race:
+
                 async def exited() -> None:
                     assert d.proc is not None
                     await d.proc.wait()

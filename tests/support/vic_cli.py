@@ -14,8 +14,13 @@ VIC = REPO / ".venv" / "bin" / "vic"
 def run_vic(program: str, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``vic PROGRAM --config CONFIG ARGS`` to its end (60 s at the most)."""
     exe = [str(VIC)] if VIC.exists() else [sys.executable, "-m", "vic.cli"]
-    return subprocess.run([*exe, program, "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    return subprocess.run(
+        [*exe, program, "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
 
 
 def assert_one_line(r: subprocess.CompletedProcess[str], key: str) -> str:

@@ -30,18 +30,20 @@ class Root:
 
 
 def test_builds_nested_dataclasses() -> None:
-    cfg = loads(Root, 'name = "a"\npeers = ["x", "y"]\nlimit = 2\npath = "/tmp/x"\n[listen]\nport = 5\n')
+    cfg = loads(
+        Root, 'name = "a"\npeers = ["x", "y"]\nlimit = 2\npath = "/tmp/x"\n[listen]\nport = 5\n'
+    )
     assert cfg == Root("a", Listen(port=5), ("x", "y"), 2.0, Path("/tmp/x"))
 
 
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        ('name = 1', "name"),
+        ("name = 1", "name"),
         ('name = "a"\n[listen]\nport = "x"', "listen.port"),
         ('name = "a"\n[listen]\nmode = "udp"', "listen.mode"),
         ('name = "a"\nbogus = 1', "bogus"),
-        ('[listen]\nport = 1', "name"),
+        ("[listen]\nport = 1", "name"),
         ('name = "a"\nlimit = -1', "limit"),
         ('name = "a"\npeers = [1]', "peers[0]"),
     ],

@@ -34,7 +34,9 @@ def _check_mesh_table(out: str) -> None:
     """Scenario 4: a peer link cut, then the appliance moving hosts, zero loss."""
     assert "== Relay mesh: a link cut, then the appliance moves hosts" in out
     rows = [ln for ln in out.splitlines() if ln.startswith("vm-mesh-")]
-    assert len(rows) == 3 and all(r.rstrip().endswith("OK: every byte once, in order") for r in rows)
+    assert len(rows) == 3 and all(
+        r.rstrip().endswith("OK: every byte once, in order") for r in rows
+    )
     assert out.count("link esx-m1 -> esx-m2 cut") == 3
     assert out.count("appliance moved to esx-m3") == 3
     assert re.search(r"opened [3-9] peer links for all 3 streams, 1 route change, 1 cut", out)

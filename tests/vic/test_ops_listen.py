@@ -18,12 +18,20 @@ from common.ops.config import ConfigError
 
 
 def test_listen_errors_name_host_or_port() -> None:
-    assert listen_error(socket.gaierror(-2, "Name or service not known"), "a.port",
-                        host_key="a.host").key == "a.host"
-    assert listen_error(OSError(errno.EADDRNOTAVAIL, "Cannot assign"), "a.port",
-                        host_key="a.host").key == "a.host"
-    assert listen_error(OSError(errno.EADDRINUSE, "Address in use"), "a.port",
-                        host_key="a.host").key == "a.port"
+    assert (
+        listen_error(
+            socket.gaierror(-2, "Name or service not known"), "a.port", host_key="a.host"
+        ).key
+        == "a.host"
+    )
+    assert (
+        listen_error(OSError(errno.EADDRNOTAVAIL, "Cannot assign"), "a.port", host_key="a.host").key
+        == "a.host"
+    )
+    assert (
+        listen_error(OSError(errno.EADDRINUSE, "Address in use"), "a.port", host_key="a.host").key
+        == "a.port"
+    )
     with pytest.raises(ConfigError) as ei, listening("x.path", where="/p"):
         raise OSError(errno.ENOTDIR, "Not a directory\nsecond line")
     assert ei.value.key == "x.path" and "\n" not in str(ei.value)
@@ -44,5 +52,6 @@ def test_cert_warnings(tmp_path: Path) -> None:
     assert "expires on" in (cert_warning(res.cert_path, "k", now + dt.timedelta(days=20)) or "")
     assert "expired" in (cert_warning(res.cert_path, "k", now + dt.timedelta(days=31)) or "")
     assert "not valid before" in (
-        cert_warning(res.cert_path, "k", now - dt.timedelta(days=2)) or "")
+        cert_warning(res.cert_path, "k", now - dt.timedelta(days=2)) or ""
+    )
     assert cert_warning(tmp_path / "missing.pem", "k") is None

@@ -128,7 +128,9 @@ async def test_mode_is_final_when_the_path_appears(short_dir: Path, mode: int) -
     await lst.aclose()
 
 
-async def test_mode_is_set_before_the_link(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_mode_is_set_before_the_link(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What appears at the path is the inode already chmod-ed: watch every link."""
     seen: list[int] = []
     real_link = os.link

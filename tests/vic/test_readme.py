@@ -26,8 +26,13 @@ def test_sample_vspc_config_passes_check(tmp_path: Path) -> None:
     assert m, "README lost its sample vspc.toml"
     cfg = tmp_path / "vspc.toml"
     cfg.write_text(m.group(1))
-    proc = subprocess.run([sys.executable, "-m", "vic.cli", "vspc", "--config", str(cfg), "--check"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vic.cli", "vspc", "--config", str(cfg), "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -40,8 +45,13 @@ def test_mesh_samples_load(tmp_path: Path) -> None:
     section = README.split("### The relay mesh", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```toml\n(.*?)```", section, re.S)
     assert len(blocks) == 3, "README's relay mesh section lost a sample"
-    for name in ("host-esx-01.crt", "host-esx-01.key", "host-esx-02.crt", "host-esx-02.key",
-                 "ca.crt"):
+    for name in (
+        "host-esx-01.crt",
+        "host-esx-01.key",
+        "host-esx-02.crt",
+        "host-esx-02.key",
+        "ca.crt",
+    ):
         (tmp_path / name).write_text("x")
     vm_host, appliance_host, vspc = (b.replace("/etc/vic/", f"{tmp_path}/") for b in blocks)
     cfg = loads_config(vm_host)

@@ -1,4 +1,6 @@
-"""Start-up tuning of the daemons (vspc and relay): best effort, never fatal (run in a child process)."""
+"""Start-up tuning of the daemons (vspc and relay): best effort, never fatal.
+
+Each case runs in a child process."""
 
 from __future__ import annotations
 

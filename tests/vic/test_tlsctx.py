@@ -34,20 +34,45 @@ FLAGS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).verify_flags
 
 def settings(ctx: ssl.SSLContext) -> dict[str, Any]:
     return {
-        "protocol": ctx.protocol, "min": ctx.minimum_version, "max": ctx.maximum_version,
-        "verify": ctx.verify_mode, "check_hostname": ctx.check_hostname,
-        "options": ctx.options, "tickets": ctx.num_tickets,
-        "cas": ctx.cert_store_stats()["x509_ca"], "keylog": ctx.keylog_filename is not None,
-        "verify_flags": ctx.verify_flags, "post_handshake_auth": ctx.post_handshake_auth,
+        "protocol": ctx.protocol,
+        "min": ctx.minimum_version,
+        "max": ctx.maximum_version,
+        "verify": ctx.verify_mode,
+        "check_hostname": ctx.check_hostname,
+        "options": ctx.options,
+        "tickets": ctx.num_tickets,
+        "cas": ctx.cert_store_stats()["x509_ca"],
+        "keylog": ctx.keylog_filename is not None,
+        "verify_flags": ctx.verify_flags,
+        "post_handshake_auth": ctx.post_handshake_auth,
     }
 
 
-def want(protocol: ssl._SSLMethod, min_v: ssl.TLSVersion, max_v: ssl.TLSVersion,
-         verify: ssl.VerifyMode, check_hostname: bool, options: int, cas: int,
-         *, keylog: bool, tickets: int = 2) -> dict[str, Any]:
-    return {"protocol": protocol, "min": min_v, "max": max_v, "verify": verify,
-            "check_hostname": check_hostname, "options": options, "tickets": tickets, "cas": cas,
-            "keylog": keylog, "verify_flags": FLAGS, "post_handshake_auth": False}
+def want(
+    protocol: ssl._SSLMethod,
+    min_v: ssl.TLSVersion,
+    max_v: ssl.TLSVersion,
+    verify: ssl.VerifyMode,
+    check_hostname: bool,
+    options: int,
+    cas: int,
+    *,
+    keylog: bool,
+    tickets: int = 2,
+) -> dict[str, Any]:
+    return {
+        "protocol": protocol,
+        "min": min_v,
+        "max": max_v,
+        "verify": verify,
+        "check_hostname": check_hostname,
+        "options": options,
+        "tickets": tickets,
+        "cas": cas,
+        "keylog": keylog,
+        "verify_flags": FLAGS,
+        "post_handshake_auth": False,
+    }
 
 
 @pytest.fixture
@@ -63,36 +88,44 @@ def test_peer_link_contexts(pki: Pki) -> None:
     files = pki.issue("host", "esx-01")
     opts = PLAIN_OPTS | ssl.OP_NO_COMPRESSION
     assert settings(tls.server_context(files)) == want(
-        SERVER, V13, V13, ssl.CERT_REQUIRED, False, opts, 1, keylog=False, tickets=0)
+        SERVER, V13, V13, ssl.CERT_REQUIRED, False, opts, 1, keylog=False, tickets=0
+    )
     assert settings(tls.client_context(files)) == want(
-        CLIENT, V13, V13, ssl.CERT_REQUIRED, False, opts, 1, keylog=False)
+        CLIENT, V13, V13, ssl.CERT_REQUIRED, False, opts, 1, keylog=False
+    )
 
 
 def test_relay_egress_client_context(pki: Pki) -> None:
     files = pki.issue("host", "esx-01")
     for cfg in (RelayTls(ca=files.ca), RelayTls(ca=files.ca, cert=files.cert, key=files.key)):
         assert settings(egress.client_ssl_context(cfg)) == want(
-            CLIENT, V12, ANY, ssl.CERT_REQUIRED, True, DEFAULT_OPTS, 1, keylog=True)
+            CLIENT, V12, ANY, ssl.CERT_REQUIRED, True, DEFAULT_OPTS, 1, keylog=True
+        )
 
 
 def test_vspc_server_context(pki: Pki) -> None:
     files = pki.issue("appliance", "vspc-1")
     assert settings(service.server_ssl_context(files.cert, files.key)) == want(
-        SERVER, V12, ANY, ssl.CERT_NONE, False, DEFAULT_OPTS, 0, keylog=True)
+        SERVER, V12, ANY, ssl.CERT_NONE, False, DEFAULT_OPTS, 0, keylog=True
+    )
     # a client CA: client certificates required, signed by that CA only
     assert settings(service.server_ssl_context(files.cert, files.key, files.ca)) == want(
-        SERVER, V12, ANY, ssl.CERT_REQUIRED, False, DEFAULT_OPTS, 1, keylog=True)
+        SERVER, V12, ANY, ssl.CERT_REQUIRED, False, DEFAULT_OPTS, 1, keylog=True
+    )
 
 
 def test_console_contexts(pki: Pki) -> None:
     files = pki.issue("appliance", "vspc-1")
     tcp = ConsoleTcpConfig(cert=files.cert, key=files.key, client_ca=files.ca)
     assert settings(console_endpoint.server_ssl_context(tcp)) == want(
-        SERVER, V12, ANY, ssl.CERT_REQUIRED, False, PLAIN_OPTS, 1, keylog=False)
+        SERVER, V12, ANY, ssl.CERT_REQUIRED, False, PLAIN_OPTS, 1, keylog=False
+    )
     ep = console_client.Endpoint(host="h", port=1, cert=files.cert, key=files.key, ca=files.ca)
     assert settings(console_client.client_ssl_context(ep)) == want(
-        CLIENT, V12, ANY, ssl.CERT_REQUIRED, True, DEFAULT_OPTS, 1, keylog=True)
+        CLIENT, V12, ANY, ssl.CERT_REQUIRED, True, DEFAULT_OPTS, 1, keylog=True
+    )
     # no CA given: the system store
     bare = console_client.Endpoint(host="h", port=1)
     assert settings(console_client.client_ssl_context(bare)) == want(
-        CLIENT, V12, ANY, ssl.CERT_REQUIRED, True, DEFAULT_OPTS, 1, keylog=True)
+        CLIENT, V12, ANY, ssl.CERT_REQUIRED, True, DEFAULT_OPTS, 1, keylog=True
+    )

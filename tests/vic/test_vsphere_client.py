@@ -14,7 +14,14 @@ from tests.relay.test_vsphere_route import VM, vcsim  # noqa: F401 (the fixture)
 def test_target_from_url_unquotes_credentials_and_defaults_the_port() -> None:
     t = VSphereTarget.from_url("https://a%40b:p%3Aw@vc.example.com/sdk")
     assert (t.host, t.port, t.user, t.password, t.protocol, t.path, t.verify_tls) == (
-        "vc.example.com", 443, "a@b", "p:w", "https", "/sdk", False)
+        "vc.example.com",
+        443,
+        "a@b",
+        "p:w",
+        "https",
+        "/sdk",
+        False,
+    )
     assert VSphereTarget.from_url("http://127.0.0.1").port == 80
     assert VSphereTarget.from_url("http://127.0.0.1", verify_tls=True).verify_tls
     with pytest.raises(ValueError, match="not an http"):
@@ -37,8 +44,7 @@ async def test_a_dead_session_is_replaced(vcsim: VSphereTarget) -> None:  # noqa
     await conn.call(conn.disconnect)
 
 
-async def test_an_unknown_vm_and_a_wrong_password_are_vsphere_errors(
-        vcsim: VSphereTarget) -> None:  # noqa: F811
+async def test_an_unknown_vm_and_a_wrong_password_are_vsphere_errors(vcsim: VSphereTarget) -> None:  # noqa: F811
     conn = VSphereConn(vcsim)
     with pytest.raises(VSphereError, match="no VM named 'nope'"):
         await conn.call(conn.find_vm, "nope")

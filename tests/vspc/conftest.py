@@ -59,7 +59,11 @@ async def read_exactly(stream: trio.abc.Stream, n: int) -> bytes:
 
 
 async def attach_console(
-    service: VspcService, uuid: str, mode: str = "ro", *, label: str | None = None,
+    service: VspcService,
+    uuid: str,
+    mode: str = "ro",
+    *,
+    label: str | None = None,
     replay: int = 1 << 16,
 ) -> trio.abc.Stream:
     """Attach through the real Unix socket; returns the live byte stream."""

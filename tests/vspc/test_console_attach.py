@@ -40,7 +40,9 @@ async def discard(data: bytes) -> None:
     """A VM input sink that drops what it gets."""
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     before=st.lists(st.integers(0, 700), max_size=8),
     after=st.lists(st.integers(0, 700), max_size=8),
@@ -82,7 +84,9 @@ def test_replay_then_live_is_exact(
     trio.run(main)
 
 
-async def test_attach_while_vm_is_writing_has_no_gap_or_duplicate(short_dir: Path, nursery: trio.Nursery) -> None:
+async def test_attach_while_vm_is_writing_has_no_gap_or_duplicate(
+    short_dir: Path, nursery: trio.Nursery
+) -> None:
     svc = await start(nursery, make_config(short_dir, ring_bytes=1 << 20, log_dir=None))
     con = svc.open(KEY, "vm")
     total = 200_000
@@ -152,7 +156,9 @@ async def test_exclusive_write(short_dir: Path, nursery: trio.Nursery) -> None:
         await s.aclose()
 
 
-async def test_input_reaches_the_sink_only_from_writers(short_dir: Path, nursery: trio.Nursery) -> None:
+async def test_input_reaches_the_sink_only_from_writers(
+    short_dir: Path, nursery: trio.Nursery
+) -> None:
     svc = await start(nursery, make_config(short_dir))
     con = svc.open(KEY, "vm")
     got = bytearray()
@@ -168,7 +174,9 @@ async def test_input_reaches_the_sink_only_from_writers(short_dir: Path, nursery
     # not connected yet: input is discarded with a notice
     await rw.send_all(b"early")
     with trio.fail_after(5):
-        line = await read_exactly(rw, rw_buf, len(b"\r\n[vic console: VM not connected; 5 bytes discarded]\r\n"))
+        line = await read_exactly(
+            rw, rw_buf, len(b"\r\n[vic console: VM not connected; 5 bytes discarded]\r\n")
+        )
     assert line == b"\r\n[vic console: VM not connected; 5 bytes discarded]\r\n"
     con.connect(sink)
     for s, b in ((rw, rw_buf), (ro, ro_buf)):
@@ -178,7 +186,9 @@ async def test_input_reaches_the_sink_only_from_writers(short_dir: Path, nursery
             )
     await ro.send_all(b"nope\r")
     with trio.fail_after(5):
-        line = await read_exactly(ro, ro_buf, len(b"\r\n[vic console: read-only: input discarded]\r\n"))
+        line = await read_exactly(
+            ro, ro_buf, len(b"\r\n[vic console: read-only: input discarded]\r\n")
+        )
     assert b"read-only" in line
     await rw.send_all(b"ls -l\xff\x00\r")
     with trio.fail_after(5):
@@ -189,7 +199,9 @@ async def test_input_reaches_the_sink_only_from_writers(short_dir: Path, nursery
     await ro.aclose()
 
 
-async def test_lookup_by_uuid_display_prefix_and_label(short_dir: Path, nursery: trio.Nursery) -> None:
+async def test_lookup_by_uuid_display_prefix_and_label(
+    short_dir: Path, nursery: trio.Nursery
+) -> None:
     svc = await start(nursery, make_config(short_dir))
     a0 = svc.open(KEY, "web-1")
     a1 = svc.open(PortKey(KEY.uuid, "com2"), "web-1")
@@ -239,7 +251,9 @@ async def test_list_and_socket_mode(short_dir: Path, nursery: trio.Nursery) -> N
     ]
 
 
-async def test_garbage_request_closes_only_that_connection(short_dir: Path, nursery: trio.Nursery) -> None:
+async def test_garbage_request_closes_only_that_connection(
+    short_dir: Path, nursery: trio.Nursery
+) -> None:
     svc = await start(nursery, make_config(short_dir))
     con = svc.open(KEY, "vm")
     good, _, buf = await attach_client(svc, "vm")
@@ -269,7 +283,9 @@ async def test_second_service_refuses_a_live_socket(short_dir: Path, nursery: tr
         await nursery.start(other.run)
 
 
-async def test_client_stays_attached_across_vm_reconnects(short_dir: Path, nursery: trio.Nursery) -> None:
+async def test_client_stays_attached_across_vm_reconnects(
+    short_dir: Path, nursery: trio.Nursery
+) -> None:
     svc = await start(nursery, make_config(short_dir))
     con = svc.open(KEY, "vm")
     inputs: list[tuple[str, bytes]] = []
@@ -290,8 +306,9 @@ async def test_client_stays_attached_across_vm_reconnects(short_dir: Path, nurse
     assert svc.open(KEY, "vm") is con
     con.connect(sink_for("esx-b"))
     await con.from_vm(b"after")
-    expect = (b"before;\r\n[vic console: VM disconnected]\r\n"
-              b"\r\n[vic console: VM connected]\r\nafter")
+    expect = (
+        b"before;\r\n[vic console: VM disconnected]\r\n\r\n[vic console: VM connected]\r\nafter"
+    )
     with trio.fail_after(5):
         assert await read_exactly(stream, buf, len(expect)) == expect
         await stream.send_all(b"k")

@@ -27,7 +27,9 @@ def vic(*args: str) -> list[str]:
 
 async def run(*args: str) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(60):
-        return await trio.run_process(vic(*args), capture_stdout=True, capture_stderr=True, check=False, cwd=ROOT)
+        return await trio.run_process(
+            vic(*args), capture_stdout=True, capture_stderr=True, check=False, cwd=ROOT
+        )
 
 
 async def test_list_table_and_json(short_dir: Path, nursery: trio.Nursery) -> None:
@@ -45,13 +47,17 @@ async def test_list_table_and_json(short_dir: Path, nursery: trio.Nursery) -> No
     assert lines[1].split() == [KEY.uuid, "serial0", "web-1", "yes", "5", "0"]
 
 
-async def test_attach_no_follow_prints_the_replay_exactly(short_dir: Path, nursery: trio.Nursery) -> None:
+async def test_attach_no_follow_prints_the_replay_exactly(
+    short_dir: Path, nursery: trio.Nursery
+) -> None:
     svc = await start(nursery, make_config(short_dir))
     con = svc.open(KEY, UUID_RAW)
     data = bytes(range(256)) * 8
     await con.from_vm(data)
     sock = str(short_dir / "c.sock")
-    p = await run("attach", "421d2a3b", "--socket", sock, "--replay", "1000", "--no-follow", "--mode", "ro")
+    p = await run(
+        "attach", "421d2a3b", "--socket", sock, "--replay", "1000", "--no-follow", "--mode", "ro"
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout == data[-1000:]
     p = await run("attach", "nope", "--socket", sock, "--no-follow")
@@ -106,7 +112,9 @@ async def test_attach_follow_pipes_both_ways(short_dir: Path, nursery: trio.Nurs
             await proc.wait()
 
 
-async def test_attach_on_a_tty_is_raw_and_ctrl_bracket_detaches(short_dir: Path, nursery: trio.Nursery) -> None:
+async def test_attach_on_a_tty_is_raw_and_ctrl_bracket_detaches(
+    short_dir: Path, nursery: trio.Nursery
+) -> None:
     svc = await start(nursery, make_config(short_dir))
     con = svc.open(KEY, "vm")
     await con.from_vm(b"replayed")
@@ -164,11 +172,26 @@ async def test_endpoint_from_the_vspc_config_file(short_dir: Path, nursery: trio
 def test_table_shows_consoles_known_only_from_their_logs() -> None:
     from vspc.console_cli import format_table
 
-    rows = format_table([
-        {"uuid": "a" * 32, "label": "com1", "display": "old", "connected": False, "bytes": 0,
-         "clients": 0, "logged": 1234},
-        {"uuid": "b" * 32, "label": "com1", "display": "new", "connected": False, "bytes": 7,
-         "clients": 1},
-    ]).splitlines()
+    rows = format_table(
+        [
+            {
+                "uuid": "a" * 32,
+                "label": "com1",
+                "display": "old",
+                "connected": False,
+                "bytes": 0,
+                "clients": 0,
+                "logged": 1234,
+            },
+            {
+                "uuid": "b" * 32,
+                "label": "com1",
+                "display": "new",
+                "connected": False,
+                "bytes": 7,
+                "clients": 1,
+            },
+        ]
+    ).splitlines()
     assert rows[1].split() == ["a" * 32, "com1", "old", "gone", "1234", "0"]
     assert rows[2].split() == ["b" * 32, "com1", "new", "no", "7", "1"]

@@ -18,7 +18,13 @@ async def drain(c: Client) -> list[bytes]:
 
 async def test_small_chunks_are_joined_and_large_ones_sliced() -> None:
     c = Client("ro", "peer", b"status\n")
-    parts: list[bytes | memoryview] = [b"a" * 10, b"b" * 20, b"c" * (2 * SEND_CHUNK + 5), memoryview(b"d" * 7)[2:], b"e"]
+    parts: list[bytes | memoryview] = [
+        b"a" * 10,
+        b"b" * 20,
+        b"c" * (2 * SEND_CHUNK + 5),
+        memoryview(b"d" * 7)[2:],
+        b"e",
+    ]
     for p in parts:
         assert c.push(p, limit=10 * SEND_CHUNK)
     assert c.queued == 7 + sum(len(p) for p in parts)

@@ -54,7 +54,9 @@ def test_input_goes_to_the_newest_live_connection(ops: list[str | int]) -> None:
     """Model: a list of live connections; an int ends the live one at that index (mod n)."""
 
     async def main() -> None:
-        service = ConsoleService(console_config(Path("/nonexistent"), log_dir=None), VspcMetrics.create())
+        service = ConsoleService(
+            console_config(Path("/nonexistent"), log_dir=None), VspcMetrics.create()
+        )
         con = service.open(KEY, "vm")
         got: list[tuple[int, bytes]] = []
         live: list[tuple[int, Link]] = []
@@ -83,7 +85,9 @@ def test_input_goes_to_the_newest_live_connection(ops: list[str | int]) -> None:
     trio.run(main)
 
 
-async def test_notices_and_no_delivery_to_a_later_connection(short_dir: Path, nursery: trio.Nursery) -> None:
+async def test_notices_and_no_delivery_to_a_later_connection(
+    short_dir: Path, nursery: trio.Nursery
+) -> None:
     svc = await start(nursery, console_config(short_dir))
     con = svc.open(KEY, "vm")
     stream, _, buf = await attach_client(svc, "vm")
@@ -144,15 +148,19 @@ async def raw_stream(sock: Path, vm: str = "vm-raw") -> trio.SocketStream:
     return s
 
 
-async def test_a_short_stream_does_not_cut_the_connected_vms_input(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_a_short_stream_does_not_cut_the_connected_vms_input(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     config = replace(make_config(tmp_path), endpoint=EndpointConfig(unix=tmp_path / "ep.sock"))
     service: VspcService = await nursery.start(VspcService(config).run)
     await nursery.start(Endpoint(service).run)
     ep = cc.Endpoint(socket=service.config.console.socket)
 
     async def connected() -> bool:
-        return bool([c["connected"] for c in await cc.list_consoles(ep) if c["display"] == "vm-raw"]
-                    == [True])
+        return bool(
+            [c["connected"] for c in await cc.list_consoles(ep) if c["display"] == "vm-raw"]
+            == [True]
+        )
 
     with trio.fail_after(20):
         vm_a = await raw_stream(tmp_path / "ep.sock")
@@ -179,7 +187,9 @@ async def test_a_short_stream_does_not_cut_the_connected_vms_input(tmp_path: Pat
 # ---- over Telnet: keys typed while the VM is away are not delivered later ----------
 
 
-async def test_telnet_vm_away_discards_input_and_tells_clients(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_telnet_vm_away_discards_input_and_tells_clients(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     service: VspcService = await nursery.start(VspcService(make_config(tmp_path)).run)
     vm = SimVM.random(random.Random(15))
     with trio.fail_after(20):

@@ -96,7 +96,9 @@ FAULTS = st.one_of(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(steps=st.lists(st.tuples(st.integers(1, 400), FAULTS), min_size=1, max_size=12))
 def test_every_byte_is_in_the_file_or_in_a_recorded_gap(
     short_dir: Path, disk: Disk, steps: list[tuple[int, tuple[str, int]]]
@@ -112,8 +114,9 @@ def test_every_byte_is_in_the_file_or_in_a_recorded_gap(
             con = svc.open(KEY, "vm")
             pos = 0
             for n, (mode, free) in steps:
-                disk.set(None if mode == "ok" else free,
-                         errno.ENOSPC if mode == "full" else errno.EACCES)
+                disk.set(
+                    None if mode == "ok" else free, errno.ENOSPC if mode == "full" else errno.EACCES
+                )
                 await con.from_vm(data[pos : pos + n])  # never waits: far below every limit
                 pos += n
                 await svc.writer.flush()
@@ -124,7 +127,8 @@ def test_every_byte_is_in_the_file_or_in_a_recorded_gap(
             metrics = svc.metrics
             gaps = gaps_in(d / "logs" / f"{file_stem(KEY)}.events.jsonl")
             assert metrics.console_log_gap_bytes_total._value.get() == sum(
-                int(g["length"]) for g in gaps  # type: ignore[call-overload]
+                int(g["length"])
+                for g in gaps  # type: ignore[call-overload]
             )
             assert all(g["reason"] != "" and "Permission" in str(g["reason"]) for g in gaps)
             log_file = d / "logs" / f"{file_stem(KEY)}.log"
@@ -154,8 +158,12 @@ async def test_full_disk_holds_pauses_the_vm_and_loses_nothing(
         done.set()
 
     nursery.start_soon(vm)
-    await wait_until(lambda: svc.metrics.console_log_write_errors_total._value.get() >= 3, 10,
-                     "several failed writes retried", interval=0.05)
+    await wait_until(
+        lambda: svc.metrics.console_log_write_errors_total._value.get() >= 3,
+        10,
+        "several failed writes retried",
+        interval=0.05,
+    )
     await trio.testing.wait_all_tasks_blocked()
     assert not done.is_set()  # the VM waits: the hold budget is spent
     assert svc.writer.total <= 3000 + 700
@@ -210,7 +218,11 @@ def test_gap_fields() -> None:
 async def test_full_disk_stops_reading_telnet_within_the_hold_budget(
     tmp_path: Path, disk: Disk, nursery: trio.Nursery
 ) -> None:
-    console: dict[str, object] = {"log_hold_bytes": 100_000, "log_queue_bytes": 65536, "log_max_bytes": 1 << 30}
+    console: dict[str, object] = {
+        "log_hold_bytes": 100_000,
+        "log_queue_bytes": 65536,
+        "log_max_bytes": 1 << 30,
+    }
     service = await start_vspc(tmp_path, nursery, console=console)
     vm = SimVM.random(random.Random(21))
     data = random.Random(22).randbytes(16_000_000)  # more than kernel buffers hold
@@ -227,8 +239,12 @@ async def test_full_disk_stops_reading_telnet_within_the_hold_budget(
 
     nursery.start_soon(vm_writes)
     writer = service.consoles.writer
-    await wait_until(lambda: service.metrics.console_log_write_errors_total._value.get() >= 3,
-                     20, "several failed writes retried", interval=0.05)
+    await wait_until(
+        lambda: service.metrics.console_log_write_errors_total._value.get() >= 3,
+        20,
+        "several failed writes retried",
+        interval=0.05,
+    )
     await trio.testing.wait_all_tasks_blocked()
     assert not sent.is_set()
     backlog = sum(b.size for b in service._backlogs.values())

@@ -27,13 +27,17 @@ def retained(path: Path, keep: int) -> bytes:
     return b"".join(p.read_bytes() for p in parts if p.exists())
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     sizes=st.lists(st.integers(0, 300), max_size=25),
     max_bytes=st.integers(1, 200),
     keep=st.integers(0, 4),
 )
-def test_rotation_is_byte_exact(tmp_path: Path, sizes: list[int], max_bytes: int, keep: int) -> None:
+def test_rotation_is_byte_exact(
+    tmp_path: Path, sizes: list[int], max_bytes: int, keep: int
+) -> None:
     d = tmp_path / f"r{next(_dirs)}"
     path = d / "x.log"
     f = RotatingFile(path)
@@ -97,12 +101,17 @@ async def test_service_logs_bytes_and_events(short_dir: Path, nursery: trio.Nurs
     await svc.writer.flush()
     log_path = short_dir / "logs" / f"{KEY.uuid}_serial0.log"
     assert retained(log_path, 3) == data
-    events = [json.loads(x) for x in (short_dir / "logs" / f"{KEY.uuid}_serial0.events.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(x)
+        for x in (short_dir / "logs" / f"{KEY.uuid}_serial0.events.jsonl").read_text().splitlines()
+    ]
     assert [e["event"] for e in events] == ["connect", "disconnect"]
     assert all("time" in e for e in events)
 
 
-async def test_from_vm_waits_for_disk_and_never_drops(short_dir: Path, nursery: trio.Nursery) -> None:
+async def test_from_vm_waits_for_disk_and_never_drops(
+    short_dir: Path, nursery: trio.Nursery
+) -> None:
     cfg = make_config(short_dir, log_queue_bytes=1000, log_queue_total_bytes=1000)
     svc = await start(nursery, cfg)
     con = svc.open(KEY, "vm")
@@ -124,8 +133,9 @@ async def test_from_vm_waits_for_disk_and_never_drops(short_dir: Path, nursery: 
     assert (short_dir / "logs" / f"{KEY.uuid}_serial0.log").read_bytes() == data
 
 
-async def test_file_names_come_from_the_key_and_never_collide(short_dir: Path,
-                                                           nursery: trio.Nursery) -> None:
+async def test_file_names_come_from_the_key_and_never_collide(
+    short_dir: Path, nursery: trio.Nursery
+) -> None:
     """A label cannot hold a path (PortKey refuses it); ``_`` in a label is escaped so
     that ``a_b``/``c`` and ``a``/``b_c`` keep separate files."""
     with pytest.raises(IdentityError):
@@ -136,13 +146,20 @@ async def test_file_names_come_from_the_key_and_never_collide(short_dir: Path,
     await svc.writer.flush()
     logs = short_dir / "logs"
     names = sorted(p.name for p in logs.iterdir())
-    assert names == [".vspc-running", "a_b%5Fc.log", "a_b%5Fc.meta.json", "a_b_c.log",
-                     "a_b_c.meta.json"]
+    assert names == [
+        ".vspc-running",
+        "a_b%5Fc.log",
+        "a_b%5Fc.meta.json",
+        "a_b_c.log",
+        "a_b_c.meta.json",
+    ]
     assert (logs / "a_b_c.log").read_bytes() == b"one"
     assert (logs / "a_b%5Fc.log").read_bytes() == b"two"
 
 
-async def test_a_broken_log_dir_does_not_stall_the_vm(short_dir: Path, nursery: trio.Nursery) -> None:
+async def test_a_broken_log_dir_does_not_stall_the_vm(
+    short_dir: Path, nursery: trio.Nursery
+) -> None:
     blocker = short_dir / "logs"
     blocker.write_text("a file where the log directory should be")
     cfg = make_config(short_dir, log_queue_bytes=4096, log_queue_total_bytes=4096)

@@ -15,7 +15,9 @@ from .test_console_support import KEY, attach_client, make_config, read_exactly,
 __all__ = ["short_dir"]
 
 
-async def test_reconfigure_keeps_clients_and_moves_the_socket(short_dir: Path, nursery: trio.Nursery) -> None:
+async def test_reconfigure_keeps_clients_and_moves_the_socket(
+    short_dir: Path, nursery: trio.Nursery
+) -> None:
     cfg = make_config(short_dir, ring_bytes=100)
     svc = await start(nursery, cfg)
     con = svc.open(KEY, "vm")
@@ -25,7 +27,9 @@ async def test_reconfigure_keeps_clients_and_moves_the_socket(short_dir: Path, n
     assert await read_exactly(stream, buf, 100) == b"a" * 100
 
     new_sock = short_dir / "new.sock"
-    new = replace(cfg, ring_bytes=10, client_queue_bytes=5000, socket=new_sock, socket_mode=0o660, log_keep=1)
+    new = replace(
+        cfg, ring_bytes=10, client_queue_bytes=5000, socket=new_sock, socket_mode=0o660, log_keep=1
+    )
     await svc.reconfigure(new)
     assert not (short_dir / "c.sock").exists()
     assert (new_sock.stat().st_mode & 0o777) == 0o660

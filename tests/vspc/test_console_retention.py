@@ -97,7 +97,9 @@ async def test_departed_consoles_go_and_serve_list_and_replay_from_disk(
     assert [i.key for i in svc.list()] == [keys[2]]  # the newest departed stays
     listed = await list_consoles(endpoint(svc))
     assert [(c["display"], c["connected"], c.get("logged")) for c in listed] == [
-        ("vm-0", False, 15), ("vm-1", False, 15), ("vm-2", False, None),
+        ("vm-0", False, 15),
+        ("vm-1", False, 15),
+        ("vm-2", False, None),
     ]
     # attach by name to one that was forgotten: its replay comes from its log file
     stream, status, buf = await attach_client(svc, "vm-0", mode="ro", replay=100)
@@ -107,7 +109,9 @@ async def test_departed_consoles_go_and_serve_list_and_replay_from_disk(
     await stream.aclose()
 
 
-async def test_a_console_with_a_client_or_a_connection_stays(short_dir: Path, nursery: trio.Nursery) -> None:
+async def test_a_console_with_a_client_or_a_connection_stays(
+    short_dir: Path, nursery: trio.Nursery
+) -> None:
     svc = await start(nursery, make_config(short_dir, retention=0.0, max_departed=0))
     watched = svc.open(PortKey("a" * 32, "serial0"), "watched")
     live = svc.open(PortKey("b" * 32, "serial0"), "live")
@@ -167,14 +171,21 @@ def test_unclean_stop_marks_a_restart_gap_for_connected_consoles(tmp_path: Path)
     assert history.begin(d, 20.0) == ["up"]  # the marker of a run that never stopped
     lines = (d / "up.events.jsonl").read_bytes().splitlines()
     gap = json.loads(lines[-2])
-    assert (gap["event"], gap["offset"], gap["length"], gap["reason"]) == ("gap", 1234, None, "restart")
+    assert (gap["event"], gap["offset"], gap["length"], gap["reason"]) == (
+        "gap",
+        1234,
+        None,
+        "restart",
+    )
     assert json.loads(lines[-1])["event"] == "vm_disconnected"
     assert history.begin(d, 30.0) == []  # marked once: it is disconnected now
     history.end(d)
     assert not (d / history.MARKER).exists()
 
 
-async def test_vm_churn_over_telnet_keeps_memory_bounded(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_vm_churn_over_telnet_keeps_memory_bounded(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     service = await start_vspc(tmp_path, nursery, console={"max_departed": 3})
     rng = random.Random(14)
     with trio.fail_after(40):
@@ -182,7 +193,9 @@ async def test_vm_churn_over_telnet_keeps_memory_bounded(tmp_path: Path, nursery
             vm = SimVM.random(rng, name=f"churn-{i}")
             esx = await EsxConnection.open(nursery, "127.0.0.1", service.esx_port or 0, vm=vm)
             await esx.send_console(b"up %d\n" % i)
-            await wait_until(lambda: service.consoles.writer.total == 0 and len(service._links) == 1)
+            await wait_until(
+                lambda: service.consoles.writer.total == 0 and len(service._links) == 1
+            )
             await esx.aclose()
             await wait_until(lambda: not service._links)
         await service.consoles.writer.flush()
@@ -214,7 +227,9 @@ def test_console_key_defaults() -> None:
 
 
 @pytest.mark.parametrize("written", [True, False])
-async def test_a_vm_back_after_a_restart_replays_its_history_first(short_dir: Path, written: bool) -> None:
+async def test_a_vm_back_after_a_restart_replays_its_history_first(
+    short_dir: Path, written: bool
+) -> None:
     key = PortKey("e" * 32, "serial0")
     old, new = b"A" * 1000 + b"Z" * 2000, b"B" * 500
 

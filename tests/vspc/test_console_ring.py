@@ -56,9 +56,14 @@ def test_ring_memory_grows_with_data_only() -> None:
 
 @given(
     cap=st.integers(0, 64),
-    chunks=st.lists(st.tuples(st.binary(max_size=300), st.sampled_from(["bytes", "view", "bytearray"])), max_size=30),
+    chunks=st.lists(
+        st.tuples(st.binary(max_size=300), st.sampled_from(["bytes", "view", "bytearray"])),
+        max_size=30,
+    ),
 )
-def test_ring_exact_whatever_the_chunk_type_and_size(cap: int, chunks: list[tuple[bytes, str]]) -> None:
+def test_ring_exact_whatever_the_chunk_type_and_size(
+    cap: int, chunks: list[tuple[bytes, str]]
+) -> None:
     """Big immutable chunks are kept by reference, mutable ones copied: same content."""
     ring = Ring(cap)
     everything = b""
@@ -72,7 +77,7 @@ def test_ring_exact_whatever_the_chunk_type_and_size(cap: int, chunks: list[tupl
         everything += raw
         assert len(ring) == min(cap, len(everything))
         assert ring.last(cap) == (everything[-cap:] if cap else b"")
-        assert ring.last(7) == (everything[-min(7, cap):] if min(7, cap) else b"")
+        assert ring.last(7) == (everything[-min(7, cap) :] if min(7, cap) else b"")
 
 
 def test_a_bulk_chunk_is_not_copied() -> None:
@@ -90,7 +95,9 @@ def test_a_bulk_chunk_is_not_copied() -> None:
     chunks=st.lists(st.binary(max_size=40), max_size=4),
     after=st.binary(max_size=60),
 )
-def test_ring_prepend_puts_history_in_front(cap: int, older: bytes, chunks: list[bytes], after: bytes) -> None:
+def test_ring_prepend_puts_history_in_front(
+    cap: int, older: bytes, chunks: list[bytes], after: bytes
+) -> None:
     ring = Ring(cap)
     for c in chunks:
         ring.append(c)

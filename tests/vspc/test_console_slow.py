@@ -28,7 +28,9 @@ TOTAL = 4 * 1024 * 1024
 CHUNK = 32 * 1024
 
 
-async def test_stalled_client_is_dropped_and_nothing_else_stalls(short_dir: Path, nursery: trio.Nursery) -> None:
+async def test_stalled_client_is_dropped_and_nothing_else_stalls(
+    short_dir: Path, nursery: trio.Nursery
+) -> None:
     cfg = make_config(
         short_dir,
         ring_bytes=RING,

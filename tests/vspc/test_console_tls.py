@@ -43,8 +43,12 @@ def pki(tmp_path: Path) -> dict[str, Path]:
     return files
 
 
-async def test_mutual_tls_list_and_attach(short_dir: Path, pki: dict[str, Path], nursery: trio.Nursery) -> None:
-    tcp = ConsoleTcpConfig(cert=pki["server"], key=pki["server"], client_ca=pki["client_ca"], port=0)
+async def test_mutual_tls_list_and_attach(
+    short_dir: Path, pki: dict[str, Path], nursery: trio.Nursery
+) -> None:
+    tcp = ConsoleTcpConfig(
+        cert=pki["server"], key=pki["server"], client_ca=pki["client_ca"], port=0
+    )
     svc = await start(nursery, make_config(short_dir, socket=None, tcp=tcp))
     host, port = svc.tcp_addresses[0]
     con = svc.open(KEY, "tls-vm")
@@ -65,7 +69,9 @@ async def test_mutual_tls_list_and_attach(short_dir: Path, pki: dict[str, Path],
 async def test_client_without_a_good_certificate_is_refused(
     short_dir: Path, pki: dict[str, Path], nursery: trio.Nursery, who: str
 ) -> None:
-    tcp = ConsoleTcpConfig(cert=pki["server"], key=pki["server"], client_ca=pki["client_ca"], port=0)
+    tcp = ConsoleTcpConfig(
+        cert=pki["server"], key=pki["server"], client_ca=pki["client_ca"], port=0
+    )
     svc = await start(nursery, make_config(short_dir, socket=None, tcp=tcp))
     host, port = svc.tcp_addresses[0]
     svc.open(KEY, "tls-vm")
@@ -74,5 +80,7 @@ async def test_client_without_a_good_certificate_is_refused(
     with trio.fail_after(10), pytest.raises(ConsoleClientError):
         await list_consoles(ep)
     # the service is fine afterwards
-    good = Endpoint(host=host, port=port, cert=pki["client"], key=pki["client"], ca=pki["server_ca"])
+    good = Endpoint(
+        host=host, port=port, cert=pki["client"], key=pki["client"], ca=pki["server_ca"]
+    )
     assert len(await list_consoles(good)) == 1

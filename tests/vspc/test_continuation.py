@@ -24,7 +24,7 @@ def test_vm_bytes_arrive_once_whatever_the_overlap(data: bytes, draw: st.DataObj
     pos = 0
     while pos < len(data):
         n = draw.draw(st.integers(1, len(data) - pos))
-        got += cur.take(data[pos:pos + n])
+        got += cur.take(data[pos : pos + n])
         pos += n
         have = cur.received
         back = draw.draw(st.integers(0, have))  # the next connection starts here
@@ -49,11 +49,11 @@ def test_what_the_vm_never_got_is_sent_again(out: bytes, vm_has: int, keep: int)
     ledger = StreamLedger(keep=keep)
     cur, _ = ledger.begin(KEY)
     for i in range(0, len(out), 7):
-        cur.sent_out(out[i:i + 7])
+        cur.sent_out(out[i : i + 7])
     cur, plan = ledger.begin(KEY, 0, vm_has, continues=True)
     behind = len(out) - vm_has
     kept = min(behind, keep)
-    assert plan.resend == out[len(out) - kept:]
+    assert plan.resend == out[len(out) - kept :]
     assert plan.missing_out == ((vm_has, behind - kept) if kept < behind else None)
     cur.sent_out(plan.resend)  # sent again: counted in the VM's numbering
     assert cur.sent == vm_has + kept
@@ -78,8 +78,12 @@ def _event(kind: str, **fields: object) -> bytes:
 
 def test_recovered_have_from_the_event_log() -> None:
     mine = _event("connect", host="esx-a", stream="b1-7", offset=100, log_size=40)
-    lines = [_event("connect", host="esx-a", stream="old", offset=0, log_size=0), mine,
-             _event("client_attach", client=1), b"{torn line"]
+    lines = [
+        _event("connect", host="esx-a", stream="old", offset=0, log_size=0),
+        mine,
+        _event("client_attach", client=1),
+        b"{torn line",
+    ]
     assert recovered_have(lines, KEY, 70) == 130  # 30 bytes of it logged since
     assert recovered_have(lines, KEY, 39) is None  # the log was rotated
     assert recovered_have(lines, ("esx-a", "other"), 70) is None

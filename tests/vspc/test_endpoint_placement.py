@@ -30,8 +30,10 @@ OTHER_HOST = "DC0_C0_H0"
 def vcenter_table(tmp_path: Path, vc: VSphereTarget) -> str:
     pw = tmp_path / "vc.pw"
     pw.write_text(vc.password + "\n")
-    return (f'[endpoint.vcenter]\nurl = "http://{vc.host}:{vc.port}{vc.path}"\n'
-            f'user = "{vc.user}"\npassword-file = "{pw}"\nrefresh = 300.0\nmin-refresh = 0.0\n')
+    return (
+        f'[endpoint.vcenter]\nurl = "http://{vc.host}:{vc.port}{vc.path}"\n'
+        f'user = "{vc.user}"\npassword-file = "{pw}"\nrefresh = 300.0\nmin-refresh = 0.0\n'
+    )
 
 
 async def open_raw(sock: Path, host: str, vm: str, data: bytes) -> trio.SocketStream:
@@ -41,13 +43,18 @@ async def open_raw(sock: Path, host: str, vm: str, data: bytes) -> trio.SocketSt
 
 
 async def test_a_relay_speaks_only_for_vms_on_its_host(
-        tmp_path: Path, vcsim: VSphereTarget, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    tmp_path: Path,
+    vcsim: VSphereTarget,  # noqa: F811 (the fixture)
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     sock = tmp_path / "ep.sock"
     caplog.set_level(logging.WARNING, "vspc")
     async with trio.open_nursery() as n:
         svc: VspcService
         ep: Endpoint
-        svc, ep = await start_appliance(n, tmp_path, f'unix = "{sock}"\n{vcenter_table(tmp_path, vcsim)}')
+        svc, ep = await start_appliance(
+            n, tmp_path, f'unix = "{sock}"\n{vcenter_table(tmp_path, vcsim)}'
+        )
         with trio.fail_after(60):
             good = await open_raw(sock, START_HOST, VM, b"from its host")
             await wait_until(lambda: any(c.bytes == 13 for c in svc.consoles.list()), 30)
@@ -59,8 +66,10 @@ async def test_a_relay_speaks_only_for_vms_on_its_host(
             moved = await open_raw(sock, OTHER_HOST, VM, b"!")
             await wait_until(lambda: svc.consoles.find(VM).bytes_from_vm == 14, 30)
         messages = [r.getMessage() for r in caplog.records]
-        assert any(f"vCenter places VM '{VM}' on {START_HOST}, not on '{OTHER_HOST}'" in m
-                   for m in messages), messages
+        assert any(
+            f"vCenter places VM '{VM}' on {START_HOST}, not on '{OTHER_HOST}'" in m
+            for m in messages
+        ), messages
         assert any("vCenter knows no VM 'no-such-vm'" in m for m in messages)
         assert ep.placement is not None and ep.placement.queries <= 4
         await good.aclose()
@@ -96,11 +105,19 @@ def vm_instance_uuid(vc: VSphereTarget, vm_name: str) -> str:
     from pyVim.connect import Disconnect, SmartConnect
     from pyVmomi import vim
 
-    si = SmartConnect(host=vc.host, port=vc.port, user=vc.user, pwd=vc.password,
-                      protocol=vc.protocol, path=vc.path)
+    si = SmartConnect(
+        host=vc.host,
+        port=vc.port,
+        user=vc.user,
+        pwd=vc.password,
+        protocol=vc.protocol,
+        path=vc.path,
+    )
     try:
         content = si.RetrieveContent()
-        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+        view = content.viewManager.CreateContainerView(
+            content.rootFolder, [vim.VirtualMachine], True
+        )
         found = [o for o in view.view if o.name == vm_name]
         view.Destroy()
         return str(found[0].config.instanceUuid)
@@ -120,7 +137,10 @@ async def relayed_telnet(n: trio.Nursery, sock: Path, host: str, vm: SimVM) -> E
 
 
 async def test_relayed_telnet_names_only_vms_on_its_host(
-        tmp_path: Path, vcsim: VSphereTarget, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    tmp_path: Path,
+    vcsim: VSphereTarget,  # noqa: F811 (the fixture)
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Item 6 for Telnet: once ESX names the VM, a relayed stream from a host that
     vCenter does not place it on is closed (``vspc_telnet_refused_total{reason=
     "placement"}``); from the VM's own host it becomes the VM's console."""
@@ -129,11 +149,14 @@ async def test_relayed_telnet_names_only_vms_on_its_host(
     uuid = await trio.to_thread.run_sync(vm_instance_uuid, vcsim, VM)
     vm = SimVM(uuid=uuid, name=VM)
     async with trio.open_nursery() as n:
-        svc, _ = await start_appliance(n, tmp_path, f'unix = "{sock}"\n{vcenter_table(tmp_path, vcsim)}')
+        svc, _ = await start_appliance(
+            n, tmp_path, f'unix = "{sock}"\n{vcenter_table(tmp_path, vcsim)}'
+        )
         with trio.fail_after(60):
             forged = await relayed_telnet(n, sock, OTHER_HOST, vm)
-            await wait_until(lambda: metric(svc, "vspc_telnet_refused_total",
-                                            reason="placement") == 1, 30)
+            await wait_until(
+                lambda: metric(svc, "vspc_telnet_refused_total", reason="placement") == 1, 30
+            )
             await forged.closed.wait()
             honest = await relayed_telnet(n, sock, START_HOST, vm)
             await honest.wait_ready(30)

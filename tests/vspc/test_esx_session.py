@@ -357,8 +357,13 @@ def test_only_a_real_uuid_and_a_valid_label_name_a_port() -> None:
         s.receive_data(ext.encode(ext.VmVcUuid(raw)))
         assert [type(e) for e in s.next_events()] == [ProtocolViolation], raw
         assert s.uuid is None
-    for uri in ("telnet://x?port=../../etc", "telnet://x?port=a%2Fb", "telnet://x?port=a%0Ab",
-                "telnet://x?port=.hidden", "telnet://x?port=" + "p" * 33):
+    for uri in (
+        "telnet://x?port=../../etc",
+        "telnet://x?port=a%2Fb",
+        "telnet://x?port=a%0Ab",
+        "telnet://x?port=.hidden",
+        "telnet://x?port=" + "p" * 33,
+    ):
         s = EsxSession()
         s.receive_data(ext.encode(ext.DoProxy("S", uri)))
         assert [type(e) for e in s.next_events()] == [ProtocolViolation], uri

@@ -14,7 +14,9 @@ from common.io import fastsock
 
 def _pair() -> tuple[trio.SocketStream, trio.SocketStream]:
     a, b = socket.socketpair()
-    return trio.SocketStream(trio.socket.from_stdlib_socket(a)), trio.SocketStream(trio.socket.from_stdlib_socket(b))
+    return trio.SocketStream(trio.socket.from_stdlib_socket(a)), trio.SocketStream(
+        trio.socket.from_stdlib_socket(b)
+    )
 
 
 async def test_bulk_bytes_arrive_intact_through_a_small_buffer() -> None:

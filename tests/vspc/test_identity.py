@@ -68,8 +68,9 @@ def test_a_name_is_kept_exactly_or_refused(raw: str) -> None:
         assert key == raw
 
 
-@pytest.mark.parametrize("a,b", [("ab-cd", "abcd"), ("Web Server", "web server"),
-                                 ("vm 1", "vm1"), ("ABCD", "abcd")])
+@pytest.mark.parametrize(
+    "a,b", [("ab-cd", "abcd"), ("Web Server", "web server"), ("vm 1", "vm1"), ("ABCD", "abcd")]
+)
 def test_different_names_are_different_vms(a: str, b: str) -> None:
     assert vm_key(a) == a and vm_key(b) == b and PortKey.from_raw(a) != PortKey.from_raw(b)
 
@@ -79,10 +80,25 @@ def test_every_form_of_one_uuid_is_one_vm(raw: str) -> None:
     assert canonical_uuid(raw) == vm_key(raw) == CANON
 
 
-@pytest.mark.parametrize("raw", [
-    "../../../somewhere/x", "..", ".", "a/b", "-rf", ".hidden", "", "x" * 65, "5" * 60_000,
-    "tab\there", "new\nline", "nul\x00", "caf\u00e9", "sep\u2028",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "../../../somewhere/x",
+        "..",
+        ".",
+        "a/b",
+        "-rf",
+        ".hidden",
+        "",
+        "x" * 65,
+        "5" * 60_000,
+        "tab\there",
+        "new\nline",
+        "nul\x00",
+        "caf\u00e9",
+        "sep\u2028",
+    ],
+)
 def test_refused_names(raw: str) -> None:
     with pytest.raises(IdentityError):
         vm_key(raw)
@@ -96,10 +112,17 @@ def test_refused_labels(label: str) -> None:
         PortKey(CANON, label)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("host", "../h"), ("host", "esx a"), ("vm", "../../x"), ("label", "../l"),
-    ("stream_id", "s/1"), ("vm", "x" * 200),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("host", "../h"),
+        ("host", "esx a"),
+        ("vm", "../../x"),
+        ("label", "../l"),
+        ("stream_id", "s/1"),
+        ("vm", "x" * 200),
+    ],
+)
 def test_header_names_are_checked(field: str, value: str) -> None:
     good = OriginHeader("esx-a", "vm-1", "tcp", "com1", "s-1")
     assert check_identity(good) is good

@@ -79,8 +79,16 @@ def test_closed_connections_are_forgotten() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["open", "close", "heard", "probe", "ident", "tick"]),
-                          st.integers(0, 20), st.floats(0, 30)), max_size=200))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["open", "close", "heard", "probe", "ident", "tick"]),
+            st.integers(0, 20),
+            st.floats(0, 30),
+        ),
+        max_size=200,
+    )
+)
 def test_heap_stays_proportional_to_open_connections(ops: list[tuple[str, int, float]]) -> None:
     t = table()
     now = 0.0

@@ -87,7 +87,7 @@ class SwitchboardMachine(RuleBasedStateMachine):
             self.sent_from.setdefault(conn, []).append(t)
         return struct.pack(">I", t)
 
-    def _run(self, actions: list[Action]) -> None:
+    def _run(self, actions: list[Action]) -> None:  # noqa: C901
         closes = {a.conn for a in actions if isinstance(a, CloseConn)}
         for a in actions:
             if isinstance(a, Deliver):

@@ -24,8 +24,12 @@ K = PortKey("501d2a" + "0" * 26, "serial0")
 
 
 def sb(**kw: int) -> Switchboard:
-    args = {"vmotion_timeout": 30.0, "max_concurrent_vmotions": 64,
-            "to_vm_buffer_limit": 1024, "max_vmotions_per_source": 2}
+    args = {
+        "vmotion_timeout": 30.0,
+        "max_concurrent_vmotions": 64,
+        "to_vm_buffer_limit": 1024,
+        "max_vmotions_per_source": 2,
+    }
     args.update(kw)
     return Switchboard(**args)  # type: ignore[arg-type]
 
@@ -34,8 +38,9 @@ def kinds(acts: Sequence[object]) -> list[str]:
     return [str(a.kind) for a in acts if isinstance(a, PortEvent)]
 
 
-def arrives(s: Switchboard, conn: str, source: str, now: float = 1.0,
-            key: PortKey = K) -> list[Action]:
+def arrives(
+    s: Switchboard, conn: str, source: str, now: float = 1.0, key: PortKey = K
+) -> list[Action]:
     """A connection from ``source`` opens and names ``key`` at ``now``: the actions."""
     s.connection_opened(conn, source)
     return s.identified(conn, key, now)

@@ -119,7 +119,7 @@ action = st.one_of(
     st.sets(st.sampled_from(OPTS)),
     st.sets(st.sampled_from(OPTS)),
 )
-def test_two_negotiators_converge_without_loops(
+def test_two_negotiators_converge_without_loops(  # noqa: C901
     actions: list[tuple[object, ...]],
     a_loc: set[int],
     a_rem: set[int],

@@ -19,7 +19,9 @@ from vspc.service import VspcService
 from .conftest import make_config, metric
 
 
-async def test_connected_vms_counts_esx_and_relayed_streams(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_connected_vms_counts_esx_and_relayed_streams(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     config = replace(make_config(tmp_path), endpoint=EndpointConfig(unix=tmp_path / "ep.sock"))
     service: VspcService = await nursery.start(VspcService(config).run)
     await nursery.start(Endpoint(service).run)

@@ -68,8 +68,9 @@ async def test_many_vms_some_migrating(tmp_path: Path) -> None:
                 secret = await src.vmotion_begin(seq)
                 await client.send_all(token)  # held while the VM is paused
                 await src.send_console(chunks[3])
-                dest = await EsxConnection.open(conns, HOST, port, vm=vm, do_proxy=False,
-                                                one_byte_segments=one_byte)
+                dest = await EsxConnection.open(
+                    conns, HOST, port, vm=vm, do_proxy=False, one_byte_segments=one_byte
+                )
                 await dest.vmotion_peer(seq, secret)
                 await src.send_console(chunks[4])
                 await dest.vmotion_complete(seq)

@@ -40,8 +40,8 @@ host = "{HOST}"
 port = {esx_port}
 {extra}
 [console]
-socket = "{tmp / 'console.sock'}"
-log-dir = "{tmp / 'logs'}"
+socket = "{tmp / "console.sock"}"
+log-dir = "{tmp / "logs"}"
 [metrics]
 host = "{HOST}"
 port = 0
@@ -94,8 +94,9 @@ async def attach(d: VspcDaemon, vm: SimVM, mode: str = "ro") -> trio.abc.Stream:
 
 async def wait_console(d: VspcDaemon, vm: SimVM) -> None:
     async def listed() -> bool:
-        return any(c["uuid"] == vm.canonical_uuid
-                   for c in await cc.list_consoles(d.console_endpoint()))
+        return any(
+            c["uuid"] == vm.canonical_uuid for c in await cc.list_consoles(d.console_endpoint())
+        )
 
     await wait_until_async(listed, 5, "the console is listed", interval=0.01)
 
@@ -125,8 +126,11 @@ BAD_CONFIGS = [
     ('allowed-sources = ["10.0.0.0/33"]', "", "listen.allowed-sources[0]"),
     ("idle-probe = 0", "", "listen.idle-probe"),
     ("", "max-per-source = 0", "vmotion.max-per-source"),
-    ('[listen.tls]\ncert = "/nonexistent/c.pem"\nkey = "/nonexistent/k.pem"', "",
-     "listen.tls.cert"),
+    (
+        '[listen.tls]\ncert = "/nonexistent/c.pem"\nkey = "/nonexistent/k.pem"',
+        "",
+        "listen.tls.cert",
+    ),
 ]
 
 
@@ -180,8 +184,10 @@ def test_port_in_use_is_a_config_error(
         port = busy.getsockname()[1]
         text = toml_config(tmp_path, esx_port=port if which == "listen" else 0)
         if which == "metrics":
-            text = text.replace("[metrics]\nhost = \"127.0.0.1\"\nport = 0",
-                                f"[metrics]\nhost = \"127.0.0.1\"\nport = {port}")
+            text = text.replace(
+                '[metrics]\nhost = "127.0.0.1"\nport = 0',
+                f'[metrics]\nhost = "127.0.0.1"\nport = {port}',
+            )
         path = tmp_path / "vspc.toml"
         path.write_text(text)
         assert main(["vspc", "--config", str(path)]) == 2
@@ -242,8 +248,10 @@ async def test_sighup_reload_under_traffic(tmp_path: Path) -> None:
     connection streams byte-exact through it; a bad config is refused."""
     rng = random.Random(31)
     vm_a, vm_c, vm_b = SimVM.random(rng), SimVM.random(rng), SimVM.random(rng)
-    async with daemon(tmp_path, toml_config(tmp_path, vmotion="max-concurrent = 1")) as d, \
-            trio.open_nursery() as nursery:
+    async with (
+        daemon(tmp_path, toml_config(tmp_path, vmotion="max-concurrent = 1")) as d,
+        trio.open_nursery() as nursery,
+    ):
         await d.ready()
         old_port = d.esx_port
         with trio.fail_after(15):
@@ -272,7 +280,9 @@ async def test_sighup_reload_under_traffic(tmp_path: Path) -> None:
             nursery.start_soon(stream_a)
             await reload_now.wait()
             new_port = free_port()
-            d.config_path.write_text(toml_config(tmp_path, esx_port=new_port, vmotion="max-concurrent = 2"))
+            d.config_path.write_text(
+                toml_config(tmp_path, esx_port=new_port, vmotion="max-concurrent = 2")
+            )
             d.kill(signal.SIGHUP)
             assert (await d.message()).get("RELOADING") == "1"
             await d.ready()
@@ -320,8 +330,10 @@ async def test_sighup_reload_under_traffic(tmp_path: Path) -> None:
 async def test_sigterm_stops_listening_and_drains(tmp_path: Path) -> None:
     rng = random.Random(32)
     vm = SimVM.random(rng)
-    async with daemon(tmp_path, toml_config(tmp_path), "--drain-seconds", "30") as d, \
-            trio.open_nursery() as nursery:
+    async with (
+        daemon(tmp_path, toml_config(tmp_path), "--drain-seconds", "30") as d,
+        trio.open_nursery() as nursery,
+    ):
         await d.ready()
         with trio.fail_after(15):
             a = await EsxConnection.open(nursery, HOST, d.esx_port, vm=vm)
@@ -332,8 +344,9 @@ async def test_sigterm_stops_listening_and_drains(tmp_path: Path) -> None:
             d.kill(signal.SIGTERM)
             assert (await d.message()).get("STOPPING") == "1"
             # the listener closes right away
-            await wait_until_async(lambda: refused(d.esx_port), 15, "the listener closed",
-                                   interval=0.01)
+            await wait_until_async(
+                lambda: refused(d.esx_port), 15, "the listener closed", interval=0.01
+            )
             # the live connection still works both ways while draining
             await a.send_console(b"during\xff")
             assert await read_exactly(viewer, 7) == b"during\xff"
@@ -349,8 +362,10 @@ async def test_sigterm_stops_listening_and_drains(tmp_path: Path) -> None:
 
 async def test_sigterm_drain_deadline_closes_stragglers(tmp_path: Path) -> None:
     vm = SimVM.random(random.Random(33))
-    async with daemon(tmp_path, toml_config(tmp_path), "--drain-seconds", "0.5") as d, \
-            trio.open_nursery() as nursery:
+    async with (
+        daemon(tmp_path, toml_config(tmp_path), "--drain-seconds", "0.5") as d,
+        trio.open_nursery() as nursery,
+    ):
         await d.ready()
         with trio.fail_after(15):
             a = await EsxConnection.open(nursery, HOST, d.esx_port, vm=vm)
@@ -377,8 +392,10 @@ async def test_esx_over_tls(tmp_path: Path) -> None:
     rng = random.Random(34)
     vm = SimVM.random(rng)
     payload = bytes(range(256)) * 4
-    async with daemon(tmp_path, toml_config(tmp_path, extra=extra)) as d, \
-            trio.open_nursery() as nursery:
+    async with (
+        daemon(tmp_path, toml_config(tmp_path, extra=extra)) as d,
+        trio.open_nursery() as nursery,
+    ):
         await d.ready()
         with trio.fail_after(15):
             src = await EsxConnection.open(nursery, HOST, d.esx_port, vm=vm, ssl_context=client_ctx)
@@ -388,22 +405,32 @@ async def test_esx_over_tls(tmp_path: Path) -> None:
             assert await read_exactly(viewer, len(payload)) == payload
             await viewer.send_all(b"\xff\x00\r\n")
             assert await src.receive_console_exactly(4) == b"\xff\x00\r\n"
-            m = await migrate(src, HOST, d.esx_port, nursery=nursery, rng=rng,
-                              ssl_context=client_ctx, seq=random_seq(rng, with_ff=True))
+            m = await migrate(
+                src,
+                HOST,
+                d.esx_port,
+                nursery=nursery,
+                rng=rng,
+                ssl_context=client_ctx,
+                seq=random_seq(rng, with_ff=True),
+            )
             await m.dest.send_console(payload)
             assert await read_exactly(viewer, len(payload)) == payload
             assert src.ext_received(tw.VMOTION_GOAHEAD)
             # a client that does not trust the certificate gets nowhere
             with pytest.raises((ssl.SSLError, trio.BrokenResourceError)):
-                await EsxConnection.open_stream(HOST, d.esx_port,
-                                                ssl_context=ssl.create_default_context())
+                await EsxConnection.open_stream(
+                    HOST, d.esx_port, ssl_context=ssl.create_default_context()
+                )
             # SIGHUP with a new certificate on the same port: the live TLS connection
             # stays, new connections get the new certificate
             ca2 = trustme.CA()
             cert2 = ca2.issue_cert(HOST)
             cert2.private_key_pem.write_to_path(str(tmp_path / "key2.pem"))
             cert2.cert_chain_pems[0].write_to_path(str(tmp_path / "cert2.pem"))
-            extra2 = f'[listen.tls]\ncert = "{tmp_path / "cert2.pem"}"\nkey = "{tmp_path / "key2.pem"}"'
+            extra2 = (
+                f'[listen.tls]\ncert = "{tmp_path / "cert2.pem"}"\nkey = "{tmp_path / "key2.pem"}"'
+            )
             port = d.esx_port
             d.config_path.write_text(toml_config(tmp_path, esx_port=port, extra=extra2))
             d.kill(signal.SIGHUP)
@@ -416,8 +443,9 @@ async def test_esx_over_tls(tmp_path: Path) -> None:
                 await EsxConnection.open_stream(HOST, port, ssl_context=client_ctx)
             ctx2 = ssl.create_default_context()
             ca2.configure_trust(ctx2)
-            other = await EsxConnection.open(nursery, HOST, port, vm=SimVM.random(rng),
-                                             ssl_context=ctx2)
+            other = await EsxConnection.open(
+                nursery, HOST, port, vm=SimVM.random(rng), ssl_context=ctx2
+            )
             await other.send_console(b"new-cert")
         assert not src.violations and not m.dest.violations and not other.violations
         await viewer.aclose()

@@ -31,7 +31,8 @@ async def read_exactly(stream: trio.abc.Stream, n: int) -> bytes:
 async def attach(service: VspcService, vm: SimVM, mode: str = "ro") -> trio.abc.Stream:
     ep = cc.Endpoint(socket=service.config.console.socket)
     stream, status, rest = await cc.attach(
-        ep, proto.AttachRequest(vm=vm.canonical_uuid, mode=mode, replay=1 << 16)  # type: ignore[arg-type]
+        ep,
+        proto.AttachRequest(vm=vm.canonical_uuid, mode=mode, replay=1 << 16),  # type: ignore[arg-type]
     )
     assert status.get("ok"), status
     from vspc.prefixed import PrefixedStream
@@ -45,8 +46,11 @@ def esx_port(service: VspcService) -> int:
 
 
 async def wait_console(service: VspcService, vm: SimVM) -> None:
-    await wait_until(lambda: any(c.key.uuid == vm.canonical_uuid for c in service.consoles.list()),
-                     5, f"the console of {vm.canonical_uuid} listed")
+    await wait_until(
+        lambda: any(c.key.uuid == vm.canonical_uuid for c in service.consoles.list()),
+        5,
+        f"the console of {vm.canonical_uuid} listed",
+    )
 
 
 async def test_console_bytes_arrive_exactly(vspc: VspcService, nursery: trio.Nursery) -> None:
@@ -96,8 +100,7 @@ async def test_vmotion_loses_no_byte_either_way(vspc: VspcService, nursery: trio
         # appliance->VM while the VM is paused: held, then flushed to the destination
         await typist.send_all(b"during\xff")
         await trio.testing.wait_all_tasks_blocked()
-        dest = await EsxConnection.open(nursery, "127.0.0.1", esx_port(vspc), vm=vm,
-                                        do_proxy=False)
+        dest = await EsxConnection.open(nursery, "127.0.0.1", esx_port(vspc), vm=vm, do_proxy=False)
         await dest.vmotion_peer(seq, secret)
         await src.send_console(b"last-from-source-")
         await dest.vmotion_complete(seq)
@@ -118,8 +121,9 @@ async def test_migrate_helper_and_wrong_cookie(vspc: VspcService, nursery: trio.
         src = await EsxConnection.open(nursery, "127.0.0.1", esx_port(vspc), vm=vm)
         seq = random_seq(rng, with_ff=True)
         secret = await src.vmotion_begin(seq)
-        thief = await EsxConnection.open(nursery, "127.0.0.1", esx_port(vspc), vm=vm,
-                                         do_proxy=False)
+        thief = await EsxConnection.open(
+            nursery, "127.0.0.1", esx_port(vspc), vm=vm, do_proxy=False
+        )
         refused = False
         try:
             await thief.vmotion_peer(seq, secret[:-1] + bytes([secret[-1] ^ 1]), timeout=2)
@@ -174,12 +178,14 @@ async def test_labelled_port_migrates_to_destination_without_do_proxy(
         m = await migrate(com2, "127.0.0.1", esx_port(vspc), nursery=nursery, rng=rng)
         await m.dest.send_console(b"-moved")
         ep = cc.Endpoint(socket=vspc.config.console.socket)
-        s, status, rest = await cc.attach(ep, proto.AttachRequest(
-            vm=vm.canonical_uuid, label="com2", mode="ro", replay=100))
+        s, status, rest = await cc.attach(
+            ep, proto.AttachRequest(vm=vm.canonical_uuid, label="com2", mode="ro", replay=100)
+        )
         assert status.get("ok"), status
         from vspc.prefixed import PrefixedStream
 
         assert await read_exactly(PrefixedStream(s, rest), 9) == b"two-moved"
-        s1, _status1, rest1 = await cc.attach(ep, proto.AttachRequest(
-            vm=vm.canonical_uuid, label="com1", mode="ro", replay=100))
+        s1, _status1, rest1 = await cc.attach(
+            ep, proto.AttachRequest(vm=vm.canonical_uuid, label="com1", mode="ro", replay=100)
+        )
         assert await read_exactly(PrefixedStream(s1, rest1), 3) == b"one"

@@ -38,11 +38,13 @@ async def start(tmp_path: Path, nursery: trio.Nursery, **listen: object) -> Vspc
     return service
 
 
-async def open_vm(service: VspcService, nursery: trio.Nursery, vm: SimVM,
-                  source: str = HOST, **knobs: Any) -> EsxConnection:
+async def open_vm(
+    service: VspcService, nursery: trio.Nursery, vm: SimVM, source: str = HOST, **knobs: Any
+) -> EsxConnection:
     assert service.esx_port is not None
-    return await EsxConnection.open(nursery, HOST, service.esx_port, vm=vm,
-                                    local_address=source, **knobs)
+    return await EsxConnection.open(
+        nursery, HOST, service.esx_port, vm=vm, local_address=source, **knobs
+    )
 
 
 def server_conn(service: VspcService, sim: EsxConnection) -> ServerConn:
@@ -135,8 +137,9 @@ async def test_same_source_reconnect_takes_over_at_once(
     service = await start(tmp_path, nursery)
     vm = SimVM.random(random.Random(3))
     old = await open_vm(service, nursery, vm, answer_timing_mark=False)
-    await wait_until(lambda: service.board.carrier(PortKey(vm.canonical_uuid, DEFAULT_LABEL))
-                     is not None)
+    await wait_until(
+        lambda: service.board.carrier(PortKey(vm.canonical_uuid, DEFAULT_LABEL)) is not None
+    )
     t0 = trio.current_time()
     new = await open_vm(service, nursery, vm)
     await old.wait_closed(timeout=30)
@@ -146,7 +149,9 @@ async def test_same_source_reconnect_takes_over_at_once(
 
 @pytest.mark.parametrize("dest_do_proxy", [False, True])
 async def test_vmotion_to_another_host_is_no_takeover(
-    tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
     dest_do_proxy: bool,
 ) -> None:
     """The destination ESX host connects from another address: PEER, not a takeover."""
@@ -154,11 +159,19 @@ async def test_vmotion_to_another_host_is_no_takeover(
     rng = random.Random(10)
     vm = SimVM.random(rng)
     src = await open_vm(service, nursery, vm)
-    await wait_until(lambda: service.board.carrier(PortKey(vm.canonical_uuid, DEFAULT_LABEL))
-                     is not None)
+    await wait_until(
+        lambda: service.board.carrier(PortKey(vm.canonical_uuid, DEFAULT_LABEL)) is not None
+    )
     typist = await attach_console(service, vm.canonical_uuid, "rw")
-    m = await migrate(src, HOST, service.esx_port or 0, nursery=nursery, rng=rng,
-                      dest_do_proxy=dest_do_proxy, dest_local_address="127.0.0.2")
+    m = await migrate(
+        src,
+        HOST,
+        service.esx_port or 0,
+        nursery=nursery,
+        rng=rng,
+        dest_do_proxy=dest_do_proxy,
+        dest_local_address="127.0.0.2",
+    )
     await typist.send_all(b"moved")
     assert await m.dest.receive_console_exactly(5) == b"moved"
     assert src.timing_marks == 0 and not m.dest.violations
@@ -178,8 +191,10 @@ async def test_connection_from_outside_allowed_sources_is_closed_at_accept(
         honest = await open_vm(service, nursery, vm)
         await honest.send_console(b"fine")
     assert refused(service, "source") == 1
-    assert any("127.0.0.9" in r.getMessage() and "allowed-sources" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "127.0.0.9" in r.getMessage() and "allowed-sources" in r.getMessage()
+        for r in caplog.records
+    )
     assert len(service.board.connections()) == 1
 
 
@@ -190,8 +205,9 @@ def test_non_loopback_listener_needs_allowed_sources() -> None:
     with pytest.raises(ConfigError) as e:
         loads(VspcConfig, '[listen]\nhost = "0.0.0.0"\n')
     assert e.value.key == "listen.allowed-sources"
-    lc = loads(VspcConfig, '[listen]\nhost = "0.0.0.0"\nallowed-sources = ["10.1.0.0/16", '
-               '"fd00::/8"]\n').listen
+    lc = loads(
+        VspcConfig, '[listen]\nhost = "0.0.0.0"\nallowed-sources = ["10.1.0.0/16", "fd00::/8"]\n'
+    ).listen
     nets = lc.source_networks()
     assert address_allowed("10.1.2.3", nets) and address_allowed("fd00::1", nets)
     assert address_allowed("::ffff:10.1.2.3", nets)
@@ -218,14 +234,23 @@ async def test_begin_flood_does_not_block_an_honest_vmotion(
 ) -> None:
     service = await start(tmp_path, nursery)
     rng = random.Random(5)
-    anonymous = [await open_vm(service, nursery, SimVM.random(rng), source="127.0.0.2",
-                               known=known_without(tw.VM_VC_UUID, tw.GET_VM_VC_UUID),
-                               wait_identity=False) for _ in range(70)]
+    anonymous = [
+        await open_vm(
+            service,
+            nursery,
+            SimVM.random(rng),
+            source="127.0.0.2",
+            known=known_without(tw.VM_VC_UUID, tw.GET_VM_VC_UUID),
+            wait_identity=False,
+        )
+        for _ in range(70)
+    ]
     for c in anonymous:  # no VM-VC-UUID: never holds a slot
         with pytest.raises(VMotionNotNow):
             await c.vmotion_begin(random_seq(rng))
-    claimed = [await open_vm(service, nursery, SimVM.random(rng), source="127.0.0.3")
-               for _ in range(12)]
+    claimed = [
+        await open_vm(service, nursery, SimVM.random(rng), source="127.0.0.3") for _ in range(12)
+    ]
     answers = []
     for c in claimed:
         try:
@@ -318,12 +343,12 @@ async def test_idle_but_alive_connection_survives_probes(
     esx = await open_vm(service, nursery, vm)
     conn = server_conn(service, esx)
     assert conn.liveness is not None
-    await wait_until(lambda: conn.liveness is not None and conn.liveness.answered >= 3,
-                     timeout=600)
+    await wait_until(lambda: conn.liveness is not None and conn.liveness.answered >= 3, timeout=600)
     assert esx.timing_marks >= 3 and not esx.closed.is_set() and not esx.violations
     assert refused(service, "idle") == 0
-    silent = await open_vm(service, nursery, SimVM.random(random.Random(8)),
-                           answer_timing_mark=False)
+    silent = await open_vm(
+        service, nursery, SimVM.random(random.Random(8)), answer_timing_mark=False
+    )
     await silent.wait_closed(timeout=120)  # dead (no answer): reaped
     assert refused(service, "idle") == 1 and not esx.closed.is_set()
 
@@ -338,8 +363,7 @@ async def test_do_proxy_uri_with_newline_is_one_escaped_log_line(
     caplog.set_level(logging.INFO, "vspc")
     forged = "vic-console\n2026-12-07 INFO vspc: port x: takeover\x1b[2J"
     with trio.fail_after(10):
-        esx = await open_vm(service, nursery, SimVM.random(random.Random(9)),
-                            service_uri=forged)
+        esx = await open_vm(service, nursery, SimVM.random(random.Random(9)), service_uri=forged)
         await esx.send_console(b"x")
         await wait_until(lambda: any("DO-PROXY" in r.getMessage() for r in caplog.records))
     lines = [r.getMessage() for r in caplog.records if "DO-PROXY" in r.getMessage()]
@@ -373,12 +397,14 @@ async def test_telnetlib3_answers_the_liveness_probe(tmp_path: Path, nursery: tr
     telnetlib3 = pytest.importorskip("telnetlib3")
     from .test_telnet_interop import asyncio_thread
 
-    service = await start(tmp_path, nursery, idle_probe=0.05, probe_timeout=10.0,
-                          identify_timeout=600.0)
+    service = await start(
+        tmp_path, nursery, idle_probe=0.05, probe_timeout=10.0, identify_timeout=600.0
+    )
 
     async def main(ready: object, stop: object) -> None:
         _reader, writer = await telnetlib3.open_connection(
-            HOST, service.esx_port, encoding=False, connect_minwait=0.05, connect_maxwait=1.0)
+            HOST, service.esx_port, encoding=False, connect_minwait=0.05, connect_maxwait=1.0
+        )
         ready.set_result(None)  # type: ignore[attr-defined]
         await stop.wait()  # type: ignore[attr-defined]
         writer.close()
@@ -388,7 +414,8 @@ async def test_telnetlib3_answers_the_liveness_probe(tmp_path: Path, nursery: tr
         await wait_until(lambda: len(service.board.connections()) == 1, timeout=15)
         (conn,) = service.board.connections()
         assert isinstance(conn, ServerConn) and conn.liveness is not None
-        await wait_until(lambda: conn.liveness is not None and conn.liveness.answered >= 3,
-                         timeout=30)
+        await wait_until(
+            lambda: conn.liveness is not None and conn.liveness.answered >= 3, timeout=30
+        )
         assert not conn.closing
     assert refused(service, "idle") == 0

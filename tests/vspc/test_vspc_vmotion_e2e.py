@@ -62,7 +62,9 @@ async def events_of(service: VspcService, key: PortKey) -> list[dict[str, object
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-async def open_vm(service: VspcService, nursery: trio.Nursery, vm: SimVM, **knobs: Any) -> EsxConnection:
+async def open_vm(
+    service: VspcService, nursery: trio.Nursery, vm: SimVM, **knobs: Any
+) -> EsxConnection:
     assert service.esx_port is not None
     return await EsxConnection.open(nursery, HOST, service.esx_port, vm=vm, **knobs)
 
@@ -73,7 +75,9 @@ async def held(service: VspcService, key: PortKey, n: int) -> None:
     await wait_until(lambda: service.board.to_vm_buffered(key) == n)
 
 
-async def test_ff_in_seq_and_secret_split_at_every_byte(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_ff_in_seq_and_secret_split_at_every_byte(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     """0xFF in seq and secret, every frame split at every byte (both hosts), a port
     label the destination never sends (no DO-PROXY), bytes both ways across it."""
     service = await start_vspc(tmp_path, nursery, secret_source=lambda n: FF_SECRET[:n])
@@ -147,8 +151,9 @@ async def test_wrong_cookie_refused_no_switch(
         await held(service, key, 5)
         for param in BAD_COOKIES:
             make = cast(Callable[[bytes, bytes], bytes], param.values[0])
-            thief = await open_vm(service, nursery, vm, label=thief_label,
-                                  do_proxy=thief_label is not None)
+            thief = await open_vm(
+                service, nursery, vm, label=thief_label, do_proxy=thief_label is not None
+            )
             cookie = make(seq, secret)
             await thief.send_ext(tw.VMOTION_PEER, cookie)
             await thief.wait_closed(5)  # refused: the vSPC closes it
@@ -188,12 +193,18 @@ async def test_peer_for_unknown_seq(tmp_path: Path, nursery: trio.Nursery) -> No
         bystander = await open_vm(service, nursery, other)
         await bystander.send_ext(tw.VMOTION_PEER, b"\xff\x01\x02" + b"\xff" * 8)
         await wait_until(
-            lambda: metric(service, "vspc_vmotions_total", outcome="peer_refused") == 1)
+            lambda: metric(service, "vspc_vmotions_total", outcome="peer_refused") == 1
+        )
         seq = random_seq(rng, with_ff=True)
         secret = await src.vmotion_begin(seq)
         # a connection that never says which VM it is sends PEER for an unknown seq
-        stranger = await open_vm(service, nursery, other, do_proxy=False,
-                                 known=known_without(tw.VM_VC_UUID, tw.GET_VM_VC_UUID))
+        stranger = await open_vm(
+            service,
+            nursery,
+            other,
+            do_proxy=False,
+            known=known_without(tw.VM_VC_UUID, tw.GET_VM_VC_UUID),
+        )
         with pytest.raises(VMotionRefused):
             await stranger.vmotion_peer(random_seq(rng, with_ff=True), secret)
         assert [v.seq for v in service.board.pending_vmotions()] == [seq]
@@ -209,7 +220,9 @@ async def test_peer_for_unknown_seq(tmp_path: Path, nursery: trio.Nursery) -> No
     assert metric(service, "vspc_vmotions_total", outcome="complete") == 1
 
 
-async def test_abort_flushes_held_bytes_to_source_at_once(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_abort_flushes_held_bytes_to_source_at_once(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     service = await start_vspc(tmp_path, nursery)
     rng = random.Random(13)
     vm = SimVM.random(rng)
@@ -266,8 +279,9 @@ async def test_expiry_flushes_and_unsticks_the_port(
         seq = random_seq(rng, with_ff=True)
         dest: EsxConnection | None = None
         if with_dest:
-            m = await migrate(src, HOST, service.esx_port or 0, nursery=nursery, seq=seq,
-                              complete=False)
+            m = await migrate(
+                src, HOST, service.esx_port or 0, nursery=nursery, seq=seq, complete=False
+            )
             dest = m.dest
         else:
             await src.vmotion_begin(seq)
@@ -334,8 +348,9 @@ async def test_source_drains_before_the_destination(tmp_path: Path, nursery: tri
         await wait_until(lambda: service.consoles.get(key) is not None)
         viewer = await attach_console(service, vm.canonical_uuid, "ro")
         assert await read_exactly(viewer, 1) == b"a"
-        m = await migrate(src, HOST, service.esx_port or 0, nursery=nursery, rng=rng,
-                          close_source=False)
+        m = await migrate(
+            src, HOST, service.esx_port or 0, nursery=nursery, rng=rng, close_source=False
+        )
         await m.dest.send_console(b"from-dest")
         await trio.testing.wait_all_tasks_blocked()  # the vSPC has read it (and holds it)
         await src.send_console(b"from-source-")
@@ -482,11 +497,15 @@ async def test_begin_answered_while_a_client_stopped_reading(
     del stalled
 
 
-async def test_begin_answered_while_the_disk_is_stalled(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_begin_answered_while_the_disk_is_stalled(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     """The port's log file is a FIFO nobody reads: the log writer's thread blocks
     in open(), the console stops taking bytes; the ESX reader goes on, BEGIN is
     answered, and once the 'disk' moves every byte lands once, in order."""
-    service = await start_vspc(tmp_path, nursery, console={"log_queue_bytes": 4096, "ring_bytes": 128 * 1024})
+    service = await start_vspc(
+        tmp_path, nursery, console={"log_queue_bytes": 4096, "ring_bytes": 128 * 1024}
+    )
     rng = random.Random(20)
     vm = SimVM.random(rng)
     key = key_of(vm)
@@ -579,8 +598,9 @@ async def test_attached_clients_survive_vmotions(tmp_path: Path, nursery: trio.N
         console = service.consoles.get(key)
         assert console is not None and len(console.clients) == 2
         for hop in range(1, 3):
-            m = await migrate(host, HOST, service.esx_port or 0, nursery=nursery, rng=rng,
-                              dest_do_proxy=hop == 2)
+            m = await migrate(
+                host, HOST, service.esx_port or 0, nursery=nursery, rng=rng, dest_do_proxy=hop == 2
+            )
             host = m.dest
             await host.send_console(str(hop).encode())
             assert await read_exactly(viewer, 1) == str(hop).encode()
@@ -598,5 +618,7 @@ async def test_attached_clients_survive_vmotions(tmp_path: Path, nursery: trio.N
     assert len(connects) == 3 and all(e["uuid"] == vm.uuid for e in connects)
     assert kinds.count("disconnect") == 2  # the two sources
     assert kinds.index("connect") < kinds.index("identity") < kinds.index("vmotion_begin")
-    assert all(isinstance(e["ts"], float) and isinstance(e["time"], str) and e["time"].endswith("Z")
-               for e in events)
+    assert all(
+        isinstance(e["ts"], float) and isinstance(e["time"], str) and e["time"].endswith("Z")
+        for e in events
+    )

@@ -334,7 +334,10 @@ class ConsoleReader:
                 await trio.sleep(0.02)
         ep = cc.Endpoint(socket=service.config.console.socket)
         self.stream, _st, rest = await cc.attach(
-            ep, proto.AttachRequest(vm=key.uuid, label=key.label, mode="rw", replay=1 << 20, notices=False)
+            ep,
+            proto.AttachRequest(
+                vm=key.uuid, label=key.label, mode="rw", replay=1 << 20, notices=False
+            ),
         )
         self._got(rest)
         nursery.start_soon(self._read)

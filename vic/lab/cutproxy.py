@@ -59,8 +59,9 @@ class CutProxy:
             await trio.aclose_forcefully(server)
 
     @staticmethod
-    async def _pipe(src: trio.SocketStream, dst: trio.SocketStream,
-                    scope: trio.CancelScope) -> None:
+    async def _pipe(
+        src: trio.SocketStream, dst: trio.SocketStream, scope: trio.CancelScope
+    ) -> None:
         try:
             while data := await src.receive_some(262144):
                 await dst.send_all(data)

@@ -20,8 +20,8 @@ PEER, PEER-OK, COMPLETE, then the source closes.
 Behaviour modelled on ESX: it offers WILL BINARY/SGA/232 and DO BINARY/SGA,
 and also WILL AUTHENTICATION and WILL COM-PORT, which the vSPC may refuse
 (option negotiation follows RFC 1143, so no loops; DO TIMING-MARK is answered
-WILL TIMING-MARK each time, per RFC 860, unless ``answer_timing_mark`` is off); once 232 is enabled it
-sends KNOWN-SUBOPTIONS-1 and (unless told not to) DO-PROXY; it answers
+WILL TIMING-MARK each time, per RFC 860, unless ``answer_timing_mark`` is off);
+once 232 is enabled it sends KNOWN-SUBOPTIONS-1 and (unless told not to) DO-PROXY; it answers
 GET-VM-VC-UUID, GET-VM-NAME, GET-VM-BIOS-UUID and GET-VM-LOCATION-UUID, and
 UNKNOWN-SUBOPTION-RCVD-1 to anything it does not know. All output is
 0xFF-escaped; with ``one_byte_segments`` every wire byte is its own send
@@ -300,7 +300,10 @@ class EsxConnection:
                 raise TypeError(f"unknown EsxBehaviour field {k!r}")
             setattr(b, k, v)
         stream = await cls.open_stream(
-            host, port, ssl_context=ssl_context, server_hostname=server_hostname,
+            host,
+            port,
+            ssl_context=ssl_context,
+            server_hostname=server_hostname,
             local_address=local_address,
         )
         conn = cls(stream, vm, b)
@@ -670,7 +673,7 @@ class EsxConnection:
             return tw.negotiation(tw.DO, opt)
         return b""
 
-    def _negotiate(self, verb: int, opt: int) -> bytes:
+    def _negotiate(self, verb: int, opt: int) -> bytes:  # noqa: C901
         st = self._st(opt)
         if verb == tw.DO:
             if st.us == "no":
@@ -749,7 +752,7 @@ class EsxConnection:
             return
         self._ready.set()
 
-    async def _handle_ext(self, payload: bytes) -> None:
+    async def _handle_ext(self, payload: bytes) -> None:  # noqa: C901
         if not payload:
             self._violate("empty option-232 subnegotiation")
             return

@@ -58,9 +58,17 @@ def appliance_host_config(host: str, tls: PeerTls, link_socket: Path) -> RelayCo
         host=host,
         egress={"default": EgressConfig(kind="unix", path=link_socket)},  # unused: forwarding
         metrics=MetricsConfig(enabled=False),
-        peer=PeerConfig(tls=tls, link=TUNING, listen=[PeerListen(
-            "tcp:127.0.0.1:0", allowed_peers=["vic://host/esx-m1"],
-            forward=f"unix:{link_socket}")]),
+        peer=PeerConfig(
+            tls=tls,
+            link=TUNING,
+            listen=[
+                PeerListen(
+                    "tcp:127.0.0.1:0",
+                    allowed_peers=["vic://host/esx-m1"],
+                    forward=f"unix:{link_socket}",
+                )
+            ],
+        ),
     )
 
 
@@ -71,8 +79,12 @@ def vm_host_config(tls: PeerTls, via: str, admin: Path) -> RelayConfig:
         metrics=MetricsConfig(enabled=False),
         timeouts=TimeoutsConfig(retry_min=0.05, retry_max=0.5),
         tcp=tuple(TcpListener(name=vm, vm=vm, port=0, label="com1") for vm in VMS),
-        peer=PeerConfig(tls=tls, link=TUNING, admin_socket=admin, routes={
-            "appliance": PeerRoute(via, identity="vic://host/esx-m2")}),
+        peer=PeerConfig(
+            tls=tls,
+            link=TUNING,
+            admin_socket=admin,
+            routes={"appliance": PeerRoute(via, identity="vic://host/esx-m2")},
+        ),
     )
 
 
@@ -81,8 +93,9 @@ def peer_address(d: RelayDaemon) -> str:
     return f"tcp:{host}:{port}"
 
 
-async def run(service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: int,
-              lines: int) -> list[ConsoleCheck]:
+async def run(
+    service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: int, lines: int
+) -> list[ConsoleCheck]:
     links = endpoint.links
     assert links is not None and links.bound, "the lab appliance has no link endpoint"
     link_socket = Path(links.bound[0])
@@ -92,14 +105,17 @@ async def run(service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: 
     checks = [ConsoleCheck(vm, "esx-m1 relay =TLS link=> esx-m2 relay -> appliance") for vm in VMS]
     async with trio.open_nursery() as nursery:
         m2: RelayDaemon = await nursery.start(
-            RelayDaemon(appliance_host_config("esx-m2", tls["esx-m2"], link_socket)).run)
+            RelayDaemon(appliance_host_config("esx-m2", tls["esx-m2"], link_socket)).run
+        )
         m3: RelayDaemon = await nursery.start(
-            RelayDaemon(appliance_host_config("esx-m3", tls["esx-m3"], link_socket)).run)
+            RelayDaemon(appliance_host_config("esx-m3", tls["esx-m3"], link_socket)).run
+        )
         proxy = CutProxy(tuple(m2.mesh.bound()[0][:2]))
         await nursery.start(proxy.serve)
         admin = d / "esx-m1.sock"
         m1: RelayDaemon = await nursery.start(
-            RelayDaemon(vm_host_config(tls["esx-m1"], proxy.address, admin)).run)
+            RelayDaemon(vm_host_config(tls["esx-m1"], proxy.address, admin)).run
+        )
         router = m1.mesh.routers["appliance"]
         progress = [0] * len(VMS)
         progressed = trio.lowlevel.ParkingLot()  # woken at each VM's next line
@@ -118,12 +134,20 @@ async def run(service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: 
                 c.events.append(f"link esx-m1 -> esx-m2 cut (line {progress[i]})")
             cut_done.set()
             await all_past(2 * lines // 3)
-            reply = await admin_request(admin, {"cmd": "route.set", "route": "appliance",
-                                                "address": peer_address(m3),
-                                                "identity": "vic://host/esx-m3"})
+            reply = await admin_request(
+                admin,
+                {
+                    "cmd": "route.set",
+                    "route": "appliance",
+                    "address": peer_address(m3),
+                    "identity": "vic://host/esx-m3",
+                },
+            )
             for i, c in enumerate(checks):
-                c.events.append(f"appliance moved to esx-m3: route set over the admin socket "
-                                f"(line {progress[i]}, {reply.get('streams_moved')} streams moved)")
+                c.events.append(
+                    f"appliance moved to esx-m3: route set over the admin socket "
+                    f"(line {progress[i]}, {reply.get('streams_moved')} streams moved)"
+                )
                 c.path = "esx-m1 relay =TLS link=> esx-m2, then esx-m3 relay -> appliance"
             moved.set()
 
@@ -134,9 +158,16 @@ async def run(service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: 
                 progress[i] = line
                 progressed.unpark_all()
 
-            await raw_vm(service, checks[i], PortKey(VMS[i], "com1"), stream, lines,
-                         on_line=on_line, before_typing=moved,
-                         typed=f"after the move {VMS[i]}\r".encode() + b"\xff\x00")
+            await raw_vm(
+                service,
+                checks[i],
+                PortKey(VMS[i], "com1"),
+                stream,
+                lines,
+                on_line=on_line,
+                before_typing=moved,
+                typed=f"after the move {VMS[i]}\r".encode() + b"\xff\x00",
+            )
 
         with trio.move_on_after(120):
             async with trio.open_nursery() as vms:
@@ -148,6 +179,7 @@ async def run(service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: 
             await wait_until(lambda: not len(links.table))
         checks[-1].events.append(
             f"esx-m1's relay opened {router.links_opened} peer links for all {len(VMS)} streams, "
-            f"{router.route_changes} route change, {proxy.cuts} cut")
+            f"{router.route_changes} route change, {proxy.cuts} cut"
+        )
         nursery.cancel_scope.cancel()
     return checks

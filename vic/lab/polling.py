@@ -17,9 +17,13 @@ import trio
 POLL_INTERVAL = 0.01
 
 
-async def wait_until(predicate: Callable[[], bool | Awaitable[bool]],
-                     timeout: float | None = None, *, what: str = "",
-                     interval: float = POLL_INTERVAL) -> None:
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]],
+    timeout: float | None = None,
+    *,
+    what: str = "",
+    interval: float = POLL_INTERVAL,
+) -> None:
     """Return once ``predicate()`` (sync or async) is true; poll every ``interval``.
 
     With ``timeout``, raise AssertionError naming ``what`` when it passes; without, the

@@ -61,7 +61,8 @@ async def attach(service: VspcService, key: PortKey) -> tuple[trio.abc.Stream, b
         await wait_until(lambda: service.consoles.get(key) is not None)
     ep = cc.Endpoint(socket=service.config.console.socket)
     stream, _status, rest = await cc.attach(
-        ep, proto.AttachRequest(vm=key.uuid, label=key.label, mode="rw", replay=1 << 20, notices=False)
+        ep,
+        proto.AttachRequest(vm=key.uuid, label=key.label, mode="rw", replay=1 << 20, notices=False),
     )
     return stream, rest
 
@@ -113,8 +114,9 @@ async def raw_vm(
         check.typed += typed
         await console.send_all(typed)
         with trio.move_on_after(20):
-            await wait_until(lambda: len(vm_in) >= len(typed)
-                             and len(check.received) >= len(check.sent))
+            await wait_until(
+                lambda: len(vm_in) >= len(typed) and len(check.received) >= len(check.sent)
+            )
         check.typed_seen += vm_in
         n.cancel_scope.cancel()
     await trio.aclose_forcefully(stream)

@@ -185,7 +185,7 @@ class Decoder:
             e.events = out
             raise
 
-    def _feed(self, chunk: bytes, out: list[Event]) -> list[Event]:
+    def _feed(self, chunk: bytes, out: list[Event]) -> list[Event]:  # noqa: C901
         data = bytes(chunk)
         pending = bytearray()
         i, n = 0, len(data)

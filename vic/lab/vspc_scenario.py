@@ -56,7 +56,10 @@ async def attach_rw(service: VspcService, vm: SimVM) -> tuple[trio.abc.Stream, b
         await wait_until(lambda: service.consoles.get(key) is not None)
     ep = cc.Endpoint(socket=service.config.console.socket)
     stream, _status, rest = await cc.attach(
-        ep, proto.AttachRequest(vm=vm.canonical_uuid, label=LABEL, mode="rw", replay=1 << 20, notices=False)
+        ep,
+        proto.AttachRequest(
+            vm=vm.canonical_uuid, label=LABEL, mode="rw", replay=1 << 20, notices=False
+        ),
     )
     return stream, rest
 
@@ -99,7 +102,12 @@ async def run(service: VspcService, *, seed: int, lines: int) -> list[ConsoleChe
         streams: dict[str, trio.abc.Stream] = {}
         for name, knobs in specs.items():
             conn = await EsxConnection.open(
-                nursery, host, port, vm=vms[name], label=LABEL, **knobs  # type: ignore[arg-type]
+                nursery,
+                host,
+                port,
+                vm=vms[name],
+                label=LABEL,
+                **knobs,  # type: ignore[arg-type]
             )
             conns[name] = [conn]
             await conns[name][0].send_console(b"")
@@ -125,8 +133,7 @@ async def run(service: VspcService, *, seed: int, lines: int) -> list[ConsoleChe
             )
             await _aborted(conns["stayer"][0], checks["stayer"], rng)
         with trio.move_on_after(10):
-            await wait_until(lambda: all(len(c.received) >= len(c.sent)
-                                         for c in checks.values()))
+            await wait_until(lambda: all(len(c.received) >= len(c.sent) for c in checks.values()))
         for ref in conns.values():
             await ref[0].aclose()
         nursery.cancel_scope.cancel()

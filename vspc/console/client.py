@@ -91,7 +91,9 @@ async def list_consoles(ep: Endpoint) -> list[dict[str, Any]]:
     return consoles
 
 
-async def attach(ep: Endpoint, req: proto.AttachRequest) -> tuple[trio.abc.Stream, dict[str, Any], bytes]:
+async def attach(
+    ep: Endpoint, req: proto.AttachRequest
+) -> tuple[trio.abc.Stream, dict[str, Any], bytes]:
     """Open an attach session: (stream, status, first stream bytes)."""
     stream = await connect(ep)
     try:

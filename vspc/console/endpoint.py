@@ -23,7 +23,9 @@ def server_ssl_context(tcp: ConsoleTcpConfig) -> ssl.SSLContext:
     try:
         ctx = tlsctx.server_context(tcp.cert, tcp.key)
     except (OSError, ssl.SSLError) as e:
-        raise EndpointError("console.tcp.cert", f"cannot load {tcp.cert} / {tcp.key}: {e}") from None
+        raise EndpointError(
+            "console.tcp.cert", f"cannot load {tcp.cert} / {tcp.key}: {e}"
+        ) from None
     try:
         tlsctx.require_client_certs(ctx, tcp.client_ca)
     except (OSError, ssl.SSLError) as e:
@@ -39,6 +41,10 @@ async def open_unix(path: Path, mode: int) -> UnixListener:
 
 
 async def open_tcp(tcp: ConsoleTcpConfig) -> list[trio.SocketListener]:
-    with listening("console.tcp.port", host_key="console.tcp.host", where=f"{tcp.host}:{tcp.port}",
-                   error=EndpointError):
+    with listening(
+        "console.tcp.port",
+        host_key="console.tcp.host",
+        where=f"{tcp.host}:{tcp.port}",
+        error=EndpointError,
+    ):
         return await trio.open_tcp_listeners(tcp.port, host=tcp.host)

@@ -401,7 +401,13 @@ class Console:
         return tuple(self._clients)
 
     def attach(
-        self, mode: Mode, replay: int, peer: str = "", *, preamble: bytes = b"", notices: bool = True
+        self,
+        mode: Mode,
+        replay: int,
+        peer: str = "",
+        *,
+        preamble: bytes = b"",
+        notices: bool = True,
     ) -> Client:
         """Register a client; its queue starts with ``preamble`` then the replay.
 
@@ -434,7 +440,9 @@ class Console:
             return
         client.close()
         self._hub.metrics.console_clients.dec()
-        self.event("client_detach", client=client.id, peer=client.peer, reason=reason, sent=client.sent)
+        self.event(
+            "client_detach", client=client.id, peer=client.peer, reason=reason, sent=client.sent
+        )
         self._check_idle()
 
     def _drop_slow(self, client: Client) -> None:
@@ -453,7 +461,9 @@ class Console:
         if not client.writes:
             if client.notified_epoch != -2:
                 client.notified_epoch = -2
-                client.push(notice("read-only: input discarded"), self._hub.config.client_queue_bytes)
+                client.push(
+                    notice("read-only: input discarded"), self._hub.config.client_queue_bytes
+                )
             return
         if not self._links:
             self._discarded(client, len(data), "VM not connected")

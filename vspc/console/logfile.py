@@ -163,7 +163,7 @@ def replace_file(path: str, data: bytes) -> None:
     try:
         mv = memoryview(data)
         while mv:
-            mv = mv[os.write(fd, mv):]
+            mv = mv[os.write(fd, mv) :]
     except BaseException:
         os.close(fd)
         os.unlink(tmp)

@@ -38,7 +38,9 @@ class LogThread:
         jobs = self._jobs
         if jobs is None:
             jobs = self._jobs = queue.SimpleQueue()
-            self._thread = threading.Thread(target=_serve, args=(jobs,), name=self._name, daemon=True)
+            self._thread = threading.Thread(
+                target=_serve, args=(jobs,), name=self._name, daemon=True
+            )
             self._thread.start()
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()

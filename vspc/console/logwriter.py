@@ -60,8 +60,17 @@ class PortLog:
     """One port's queue towards its files."""
 
     __slots__ = (
-        "events", "events_dropped", "gaps", "inflight", "log_size", "meta", "pending",
-        "pending_bytes", "stem", "torn", "written",
+        "events",
+        "events_dropped",
+        "gaps",
+        "inflight",
+        "log_size",
+        "meta",
+        "pending",
+        "pending_bytes",
+        "stem",
+        "torn",
+        "written",
     )
 
     def __init__(self, stem: str) -> None:
@@ -224,8 +233,11 @@ class LogWriter:
                 self._drop(port, port.pending_bytes, reason)
                 port.pending, port.pending_bytes = [], 0
         if self._dirty:
-            log.warning("console logs: %d bytes (and events) of %d consoles not written at exit",
-                        lost, len(self._dirty))
+            log.warning(
+                "console logs: %d bytes (and events) of %d consoles not written at exit",
+                lost,
+                len(self._dirty),
+            )
 
     async def _begin_run(self, log_dir: Path | None) -> None:
         if log_dir is None:
@@ -237,8 +249,11 @@ class LogWriter:
             return
         if marked:
             self.metrics.console_log_gaps_total.inc(len(marked))
-            log.warning("console logs: the last run was killed; marked a restart gap in %d "
-                        "console event logs", len(marked))
+            log.warning(
+                "console logs: the last run was killed; marked a restart gap in %d "
+                "console event logs",
+                len(marked),
+            )
 
     async def _end_run(self, log_dir: Path | None) -> None:
         if log_dir is None or self._dirty:  # something not written: the next start marks it
@@ -436,4 +451,3 @@ def _failed(job: _Job, e: OSError) -> None:
     if not job.error:
         job.error = f"{type(e).__name__}: {e}"
         job.errno = e.errno
-

@@ -202,7 +202,9 @@ class ConsoleService:
         if self._listen_done is not None:
             await self._listen_done.wait()
 
-    async def _listen(self, config: ConsoleConfig, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def _listen(
+        self, config: ConsoleConfig, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
         done = trio.Event()
         self._listen_done = done
         unix: UnixListener | None = None
@@ -220,7 +222,9 @@ class ConsoleService:
                 async with trio.open_nursery() as n:
                     if unix is not None:
                         n.start_soon(self._accept_loop, unix, None)
-                        log.info("console endpoint: unix %s (mode %o)", config.socket, config.socket_mode)
+                        log.info(
+                            "console endpoint: unix %s (mode %o)", config.socket, config.socket_mode
+                        )
                     for lst in tcp_listeners:
                         n.start_soon(self._accept_loop, lst, ctx)
                         log.info("console endpoint: tcp+mTLS %s", lst.socket.getsockname()[:2])
@@ -234,8 +238,9 @@ class ConsoleService:
             self.tcp_addresses = []
             done.set()
 
-    async def _accept_loop(self, listener: trio.abc.Listener[trio.SocketStream],
-                           ctx: ssl.SSLContext | None) -> None:
+    async def _accept_loop(
+        self, listener: trio.abc.Listener[trio.SocketStream], ctx: ssl.SSLContext | None
+    ) -> None:
         while True:
             try:
                 stream = await listener.accept()
@@ -258,7 +263,9 @@ class ConsoleService:
                     peer = _tls_peer(tls, peer)
                 line, rest = await _read_line(stream)
             if cs.cancelled_caught:
-                log.info("console client %s: no request within %ss", peer, self.config.request_timeout)
+                log.info(
+                    "console client %s: no request within %ss", peer, self.config.request_timeout
+                )
                 return
             try:
                 req = proto.decode_request(line)
@@ -281,7 +288,9 @@ class ConsoleService:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _attach(self, stream: trio.abc.Stream, req: proto.AttachRequest, rest: bytes, peer: str) -> None:
+    async def _attach(
+        self, stream: trio.abc.Stream, req: proto.AttachRequest, rest: bytes, peer: str
+    ) -> None:
         try:
             console = await self.find_or_load(req.vm, req.label)
         except LookupFailed as e:
@@ -301,14 +310,18 @@ class ConsoleService:
             }
         )
         try:
-            client = console.attach(req.mode, req.replay, peer, preamble=status, notices=req.notices)
+            client = console.attach(
+                req.mode, req.replay, peer, preamble=status, notices=req.notices
+            )
         except ConsoleBusy as e:
             await _send_error(stream, str(e))
             return
         reason = "closed"
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._client_input, stream, console, client, rest, nursery.cancel_scope)
+                nursery.start_soon(
+                    self._client_input, stream, console, client, rest, nursery.cancel_scope
+                )
                 with trio.CancelScope() as scope:
                     client.scope = scope
                     if client.closed:  # dropped before we got here
@@ -373,7 +386,8 @@ def _match(items: list[N], vm: str, label: str | None) -> list[N]:
     return [
         c
         for c in ports
-        if c.key.uuid.startswith(vm) or c.display.startswith(vm)
+        if c.key.uuid.startswith(vm)
+        or c.display.startswith(vm)
         or (hex_prefix is not None and c.key.is_uuid and c.key.uuid.startswith(hex_prefix))
     ]
 
@@ -386,7 +400,9 @@ def _pick(items: list[N], target: str, label: str | None) -> N:
         if vm and lab:
             found = _match(items, vm, lab)
     if not found:
-        raise LookupFailed(f"no console matches {target!r}" + (f" label {label!r}" if label else ""))
+        raise LookupFailed(
+            f"no console matches {target!r}" + (f" label {label!r}" if label else "")
+        )
     if len({c.key.uuid for c in found}) > 1:
         names = ", ".join(sorted(f"{c.display} ({c.key.uuid})" for c in found)[:10])
         raise LookupFailed(f"{target!r} is ambiguous: {names}")
@@ -397,8 +413,6 @@ def _pick(items: list[N], target: str, label: str | None) -> N:
         labels = ", ".join(sorted(c.key.label for c in found))
         raise LookupFailed(f"{target!r} has several ports, name one with :label ({labels})")
     return found[0]
-
-
 
 
 async def _read_line(stream: trio.abc.Stream) -> tuple[bytes, bytes]:

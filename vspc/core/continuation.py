@@ -69,7 +69,7 @@ class StreamCursor:
         n = len(data)
         self.sent += n
         if self._keep:
-            self._tail += data[-self._keep:] if n > self._keep else data
+            self._tail += data[-self._keep :] if n > self._keep else data
             excess = len(self._tail) - self._keep
             if excess > 0:
                 del self._tail[:excess]
@@ -85,8 +85,8 @@ class StreamCursor:
         behind = self.sent - received
         if behind > 0:
             kept = min(behind, len(self._tail))
-            resend = bytes(self._tail[len(self._tail) - kept:])
-            del self._tail[len(self._tail) - kept:]  # sent again (``sent_out``) from here
+            resend = bytes(self._tail[len(self._tail) - kept :])
+            del self._tail[len(self._tail) - kept :]  # sent again (``sent_out``) from here
             if kept < behind:
                 missing_out = (received, behind - kept)
         # from here on, count in the VM's numbering (a lost range takes no offsets there)
@@ -108,9 +108,15 @@ class StreamLedger:
     def __contains__(self, key: StreamKey) -> bool:
         return key in self._streams
 
-    def begin(self, key: StreamKey, offset: int = 0, received: int = 0,
-              *, continues: bool = False, have: int | None = None,
-              ) -> tuple[StreamCursor, Continuation]:
+    def begin(
+        self,
+        key: StreamKey,
+        offset: int = 0,
+        received: int = 0,
+        *,
+        continues: bool = False,
+        have: int | None = None,
+    ) -> tuple[StreamCursor, Continuation]:
         """A connection of stream ``key`` starts; ``continues`` when its header says so.
         ``have``: for a stream not in the ledger, what the console log holds of it."""
         cur = self._streams.pop(key, None) if continues else None
@@ -139,8 +145,12 @@ def recovered_have(event_lines: list[bytes], key: StreamKey, size_now: int) -> i
         if not isinstance(ev, dict) or ev.get("event") != "connect":
             continue
         offset, size = ev.get("offset"), ev.get("log_size")
-        if (ev.get("host"), ev.get("stream")) != key or not isinstance(offset, int) \
-                or not isinstance(size, int) or size_now < size:
+        if (
+            (ev.get("host"), ev.get("stream")) != key
+            or not isinstance(offset, int)
+            or not isinstance(size, int)
+            or size_now < size
+        ):
             return None
         return offset + (size_now - size)
     return None

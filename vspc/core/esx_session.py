@@ -301,7 +301,7 @@ class EsxSession:
     def _send(self, cmd: ext.VmwareCommand) -> None:
         self._out.append(ext.encode(cmd))
 
-    def _handle_ext(self, payload: bytes) -> None:
+    def _handle_ext(self, payload: bytes) -> None:  # noqa: C901
         try:
             cmd = ext.decode(payload)
         except ext.MalformedCommand as e:

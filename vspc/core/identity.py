@@ -13,8 +13,17 @@ from urllib.parse import parse_qs, urlsplit
 
 from common.proto.identity import IdentityError, check_label, is_label, uuid_key, vm_key
 
-__all__ = ["DEFAULT_LABEL", "IdentityError", "PortKey", "canonical_uuid", "check_label",
-           "is_label", "label_from_uri", "uuid_prefix", "vm_key"]
+__all__ = [
+    "DEFAULT_LABEL",
+    "IdentityError",
+    "PortKey",
+    "canonical_uuid",
+    "check_label",
+    "is_label",
+    "label_from_uri",
+    "uuid_prefix",
+    "vm_key",
+]
 
 DEFAULT_LABEL = "serial0"
 

@@ -42,8 +42,17 @@ class Due(enum.Enum):
 class Liveness:
     """One connection's timers (see the module docstring)."""
 
-    __slots__ = ("answered", "check_at", "conn", "deadline_id", "heard_at", "identified",
-                 "identify_by", "probe_until", "seq")
+    __slots__ = (
+        "answered",
+        "check_at",
+        "conn",
+        "deadline_id",
+        "heard_at",
+        "identified",
+        "identify_by",
+        "probe_until",
+        "seq",
+    )
 
     def __init__(self, conn: Conn, now: float, policy: LivenessPolicy, seq: int) -> None:
         self.conn = conn
@@ -162,8 +171,9 @@ class LivenessTable:
         return None
 
     def _compact(self) -> None:
-        self._heap = [e for e in self._heap
-                      if e[2] == e[3].deadline_id and self._recs.get(e[3].conn) is e[3]]
+        self._heap = [
+            e for e in self._heap if e[2] == e[3].deadline_id and self._recs.get(e[3].conn) is e[3]
+        ]
         heapq.heapify(self._heap)
 
     def _schedule(self, rec: Liveness) -> None:

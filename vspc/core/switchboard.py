@@ -546,12 +546,17 @@ class Switchboard:
         winner = self._pop_contender(port)
         if winner is not None:
             self._refuse_contenders(port, "another connection took over the port", out)
-            self._take_over(port, winner, "the old carrier failed a liveness probe", out,
-                            "did not answer a liveness probe; another connection took over")
+            self._take_over(
+                port,
+                winner,
+                "the old carrier failed a liveness probe",
+                out,
+                "did not answer a liveness probe; another connection took over",
+            )
             self._settle(port, out)
         return out
 
-    def connection_closed(self, conn: Conn, now: float) -> list[Action]:
+    def connection_closed(self, conn: Conn, now: float) -> list[Action]:  # noqa: C901
         """``conn`` is closed (any cause). Unknown or repeated calls are ignored."""
         rec = self._conns.pop(conn, None)
         if rec is None:
@@ -777,9 +782,14 @@ class Switchboard:
         total = len(self._pending) >= self.max_concurrent_vmotions
         return total and (own > 0 or self.max_concurrent_vmotions == 0)
 
-    def _take_over(self, port: _Port, rec: _ConnRec, why: str, out: list[Action],
-                   close_reason: str = "superseded by a newer connection for the same port",
-                   ) -> None:
+    def _take_over(
+        self,
+        port: _Port,
+        rec: _ConnRec,
+        why: str,
+        out: list[Action],
+        close_reason: str = "superseded by a newer connection for the same port",
+    ) -> None:
         """``rec`` becomes the carrier of ``port``; the old carrier drains and is closed."""
         old = port.carrier
         assert old is not None
@@ -796,9 +806,14 @@ class Switchboard:
         rec.role = _Role.CONTENDER
         port.contenders = _added(port.contenders, rec)
         out.append(ProbeConn(port.carrier.conn))
-        out.append(PortEvent(port.key, EventKind.TAKEOVER_PROBE,
-                             "claimed from another source; probing the connected carrier",
-                             rec.conn))
+        out.append(
+            PortEvent(
+                port.key,
+                EventKind.TAKEOVER_PROBE,
+                "claimed from another source; probing the connected carrier",
+                rec.conn,
+            )
+        )
 
     def _pop_contender(self, port: _Port) -> _ConnRec | None:
         """The newest contender still open, taken out of the port's list."""
@@ -815,8 +830,9 @@ class Switchboard:
             return
         self._refuse_contenders(port, "another connection took over the port", out)
         self._make_carrier(port, winner)
-        out.append(PortEvent(port.key, EventKind.IDENTITY, "carrier (old carrier closed)",
-                             winner.conn))
+        out.append(
+            PortEvent(port.key, EventKind.IDENTITY, "carrier (old carrier closed)", winner.conn)
+        )
 
     def _refuse_contenders(self, port: _Port, why: str, out: list[Action]) -> None:
         """Close every contender; their bytes never reach the port's console."""
@@ -891,7 +907,7 @@ class Switchboard:
         if port.empty():
             del self._ports[port.key]
 
-    def _apply(self, port: _Port, step: Step, out: list[Action], now: float) -> None:
+    def _apply(self, port: _Port, step: Step, out: list[Action], now: float) -> None:  # noqa: C901
         """Carry out the effects of one table transition."""
         key = port.key
         before, after = step.before, step.after

@@ -44,10 +44,10 @@ class PreambleDecoder:
             if not MAGIC.startswith(bytes(self._buf[: len(MAGIC)])):
                 raise PreambleError("not a forwarded link (no VICLINK preamble)")
             return None, b""
-        line, rest = bytes(self._buf[:nl]), bytes(self._buf[nl + 1:])
+        line, rest = bytes(self._buf[:nl]), bytes(self._buf[nl + 1 :])
         if not line.startswith(MAGIC):
             raise PreambleError("not a forwarded link (no VICLINK preamble)")
-        ident = line[len(MAGIC):]
+        ident = line[len(MAGIC) :]
         try:
             text = ident.decode("utf-8")
         except UnicodeDecodeError:

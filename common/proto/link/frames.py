@@ -182,7 +182,7 @@ def data_header(stream_id: int, offset: int, length: int) -> bytes:
     return _DATA_HDR.pack(FrameType.DATA, 0, stream_id, length + 8, offset)
 
 
-def encode(frame: Frame) -> bytes:
+def encode(frame: Frame) -> bytes:  # noqa: C901
     """Encode one frame; raises ValueError for values that cannot be represented."""
     if isinstance(frame, Data):
         _check_sid(frame.stream_id)
@@ -214,16 +214,18 @@ def encode(frame: Frame) -> bytes:
     if isinstance(frame, Ack):
         _check_sid(frame.stream_id)
         _check_off(frame.offset)
-        return _hdr(FrameType.ACK, FLAG_FIN if frame.fin else 0, frame.stream_id,
-                    _U64.pack(frame.offset))
+        return _hdr(
+            FrameType.ACK, FLAG_FIN if frame.fin else 0, frame.stream_id, _U64.pack(frame.offset)
+        )
     if isinstance(frame, Eof):
         _check_sid(frame.stream_id)
         _check_off(frame.offset)
         return _hdr(FrameType.EOF, 0, frame.stream_id, _U64.pack(frame.offset))
     if isinstance(frame, Reset):
         _check_sid(frame.stream_id)
-        return _hdr(FrameType.RESET, 0, frame.stream_id,
-                     _U16.pack(frame.code) + _reason(frame.reason))
+        return _hdr(
+            FrameType.RESET, 0, frame.stream_id, _U16.pack(frame.code) + _reason(frame.reason)
+        )
     if isinstance(frame, Ping):
         if len(frame.opaque) != 8:
             raise ValueError("ping payload must be 8 bytes")
@@ -235,8 +237,12 @@ def encode(frame: Frame) -> bytes:
     if isinstance(frame, GoAway):
         if not 0 <= frame.last_stream_id <= MAX_STREAM_ID:
             raise ValueError("last_stream_id out of range")
-        return _hdr(FrameType.GOAWAY, 0, 0,
-                     _GOAWAY.pack(frame.last_stream_id, frame.code) + _reason(frame.reason))
+        return _hdr(
+            FrameType.GOAWAY,
+            0,
+            0,
+            _GOAWAY.pack(frame.last_stream_id, frame.code) + _reason(frame.reason),
+        )
     raise TypeError(f"not a frame: {frame!r}")
 
 
@@ -257,8 +263,9 @@ def _text(raw: bytes) -> str:
         raise LinkProtocolError("reason is not UTF-8") from None
 
 
-def _decode_continue(sid: int, flags: int, session_id: bytes, recv_offset: int,
-                     payload: bytes) -> Open:
+def _decode_continue(
+    sid: int, flags: int, session_id: bytes, recv_offset: int, payload: bytes
+) -> Open:
     if flags & FLAG_RESUME:
         raise LinkProtocolError("OPEN both resumes and continues")
     if len(payload) < _OPEN.size + 8:
@@ -266,10 +273,10 @@ def _decode_continue(sid: int, flags: int, session_id: bytes, recv_offset: int,
     start = _U64.unpack_from(payload, _OPEN.size)[0]
     if start > MAX_OFFSET:
         raise LinkProtocolError("OPEN continue offset out of range")
-    return Open(sid, session_id, recv_offset, payload[_OPEN.size + 8:], False, start)
+    return Open(sid, session_id, recv_offset, payload[_OPEN.size + 8 :], False, start)
 
 
-def decode_payload(ftype: int, flags: int, sid: int, payload: bytes) -> Frame:
+def decode_payload(ftype: int, flags: int, sid: int, payload: bytes) -> Frame:  # noqa: C901
     """Build the frame for a complete header + payload; raise LinkProtocolError if bad."""
     n = len(payload)
     try:
@@ -302,7 +309,9 @@ def decode_payload(ftype: int, flags: int, sid: int, payload: bytes) -> Frame:
         if recv_offset > MAX_OFFSET:
             raise LinkProtocolError("OPEN offset out of range")
         if not flags & FLAG_CONTINUE:
-            return Open(sid, session_id, recv_offset, payload[_OPEN.size:], bool(flags & FLAG_RESUME))
+            return Open(
+                sid, session_id, recv_offset, payload[_OPEN.size :], bool(flags & FLAG_RESUME)
+            )
         return _decode_continue(sid, flags, session_id, recv_offset, payload)
     if t is FrameType.WINDOW:
         if n != 4:
@@ -332,7 +341,7 @@ def decode_payload(ftype: int, flags: int, sid: int, payload: bytes) -> Frame:
     if n < _GOAWAY.size or n > _GOAWAY.size + MAX_REASON:
         raise LinkProtocolError("bad GOAWAY length")
     last, code = _GOAWAY.unpack_from(payload)
-    return GoAway(last, code, _text(payload[_GOAWAY.size:]))
+    return GoAway(last, code, _text(payload[_GOAWAY.size :]))
 
 
 PENDING_MIN = 16 * 1024  # DATA payloads at least this big are assembled in place
@@ -371,7 +380,7 @@ class FrameDecoder:
         """
         if self._pending is None or self._error is not None:
             return None
-        return memoryview(self._pending[2])[self._filled:]
+        return memoryview(self._pending[2])[self._filled :]
 
     def filled(self, n: int) -> list[Frame]:
         """``n`` bytes were written into ``receive_buffer()``; the frames completed by them."""
@@ -413,14 +422,14 @@ class FrameDecoder:
             self._pending = None
             raise
 
-    def _feed(self, mv: memoryview) -> list[Frame]:
+    def _feed(self, mv: memoryview) -> list[Frame]:  # noqa: C901
         frames: list[Frame] = []
         n = len(mv)
         i = 0
         if self._pending is not None:
             sid, off, pay = self._pending
             k = min(len(pay) - self._filled, n)
-            pay[self._filled:self._filled + k] = mv[:k]
+            pay[self._filled : self._filled + k] = mv[:k]
             self._filled += k
             i = k
             if self._filled < len(pay):
@@ -431,14 +440,14 @@ class FrameDecoder:
             buf = self._buf
             if len(buf) < HEADER_SIZE:
                 k = min(HEADER_SIZE - len(buf), n - i)
-                buf += mv[i:i + k]
+                buf += mv[i : i + k]
                 i += k
                 if len(buf) < HEADER_SIZE:
                     return frames
             ftype, flags, sid, length = self._header(buf, 0)
             total = HEADER_SIZE + length
             k = min(total - len(buf), n - i)
-            buf += mv[i:i + k]
+            buf += mv[i : i + k]
             i += k
             if len(buf) < total:
                 return frames
@@ -453,9 +462,11 @@ class FrameDecoder:
                     off = _U64.unpack_from(mv, i + HEADER_SIZE)[0]
                     if off > MAX_OFFSET:
                         raise LinkProtocolError("DATA offset out of range")
-                    frames.append(Data(sid, off, bytes(mv[i + HEADER_SIZE + 8:stop])))
+                    frames.append(Data(sid, off, bytes(mv[i + HEADER_SIZE + 8 : stop])))
                 else:
-                    frames.append(decode_payload(ftype, flags, sid, bytes(mv[i + HEADER_SIZE:stop])))
+                    frames.append(
+                        decode_payload(ftype, flags, sid, bytes(mv[i + HEADER_SIZE : stop]))
+                    )
                 i = stop
                 continue
             if is_data and length - 8 >= PENDING_MIN and n - i >= HEADER_SIZE + 8:
@@ -464,7 +475,7 @@ class FrameDecoder:
                     raise LinkProtocolError("DATA offset out of range")
                 pay = bytearray(length - 8)
                 k = n - (i + HEADER_SIZE + 8)
-                pay[:k] = mv[i + HEADER_SIZE + 8:n]
+                pay[:k] = mv[i + HEADER_SIZE + 8 : n]
                 self._pending = (sid, off, pay)
                 self._filled = k
                 return frames

@@ -87,9 +87,7 @@ def _check_field(name: str, value: str) -> bytes:
         raise HeaderError(f"origin header field {name!r} is empty")
     for ch in value:
         if ord(ch) < 0x20 or ord(ch) == 0x7F:
-            raise HeaderError(
-                f"origin header field {name!r} contains control character {ch!r}"
-            )
+            raise HeaderError(f"origin header field {name!r} contains control character {ch!r}")
     try:
         raw = value.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -153,7 +151,8 @@ def _decode_body(version: int, body: bytes) -> OriginHeader:
             raise HeaderError("origin header offsets out of range")
     if pos != len(body):
         raise HeaderError(
-            f"origin header length {len(body)} is too long: {len(body) - pos} bytes after the fields"
+            f"origin header length {len(body)} is too long: "
+            f"{len(body) - pos} bytes after the fields"
         )
     host, vm, kind, label, stream_id = values
     return OriginHeader(host, vm, kind, label, stream_id, version, offset, received)

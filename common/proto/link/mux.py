@@ -119,8 +119,16 @@ class PongReceived:
     seq: int = 0
 
 
-Event = (StreamOpened | DataReceived | AckReceived | EofReceived | StreamReset
-         | CreditAvailable | GoAwayReceived | PongReceived)
+Event = (
+    StreamOpened
+    | DataReceived
+    | AckReceived
+    | EofReceived
+    | StreamReset
+    | CreditAvailable
+    | GoAwayReceived
+    | PongReceived
+)
 
 
 class LinkClosingError(Exception):
@@ -257,8 +265,14 @@ class Mux:
         self._serve_starved()
 
     # ------------------------------------------------------------ local actions
-    def open_stream(self, session_id: bytes, recv_offset: int, header: bytes,
-                    resume: bool = False, continues: int | None = None) -> int:
+    def open_stream(
+        self,
+        session_id: bytes,
+        recv_offset: int,
+        header: bytes,
+        resume: bool = False,
+        continues: int | None = None,
+    ) -> int:
         if self.goaway_sent is not None or self.goaway_received is not None:
             raise LinkClosingError("link is draining")
         if len(self._streams) >= self.config.max_streams:
@@ -363,7 +377,7 @@ class Mux:
             self._handle(fr, now, events)
         return events
 
-    def _handle(self, fr: F.Frame, now: float, events: list[Event]) -> None:
+    def _handle(self, fr: F.Frame, now: float, events: list[Event]) -> None:  # noqa: C901
         if not self._hello_received:
             if not isinstance(fr, F.Hello):
                 raise LinkProtocolError(f"expected HELLO first, got {type(fr).__name__}")
@@ -451,8 +465,9 @@ class Mux:
         st = _Stream(self.config.stream_window if moving else self.config.initial_window)
         self._streams[sid] = st
         self._grant(sid, st)
-        events.append(StreamOpened(sid, fr.session_id, fr.recv_offset, fr.header, fr.resume,
-                                   fr.continues))
+        events.append(
+            StreamOpened(sid, fr.session_id, fr.recv_offset, fr.header, fr.resume, fr.continues)
+        )
 
     def _on_goaway(self, fr: F.GoAway, events: list[Event]) -> None:
         first = self.goaway_received is None

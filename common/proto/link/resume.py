@@ -72,7 +72,9 @@ class ResumeSession:
             raise ValueError("overflow must be 'block' or 'discard'")
         self.replay_limit = replay_limit
         self.overflow: Overflow = overflow
-        self.ack_every = ack_every if ack_every is not None else max(1, min(replay_limit // 4, 1 << 20))
+        self.ack_every = (
+            ack_every if ack_every is not None else max(1, min(replay_limit // 4, 1 << 20))
+        )
         # send direction: buffered bytes are [_base, _end); _sent then _unsent
         if send_start < 0 or recv_start < 0:
             raise ValueError("start offsets must not be negative")
@@ -211,8 +213,13 @@ class ResumeSession:
         """If the EOF is due on this attachment, mark it sent and return its offset."""
         if self._gap is not None and self._attached:
             raise GapError(f"bytes from offset {self._gap} were discarded before they were sent")
-        if (self._attached and self._eof_written and not self._eof_sent
-                and not self._unsent and self._cursor == self._end):
+        if (
+            self._attached
+            and self._eof_written
+            and not self._eof_sent
+            and not self._unsent
+            and self._cursor == self._end
+        ):
             self._eof_sent = True
             return self._end
         return None

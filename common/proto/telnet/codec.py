@@ -159,7 +159,7 @@ class TelnetParser:
     def in_subnegotiation(self) -> bool:
         return self._state in (_SB_OPT, _SB, _SB_IAC, _SKIP, _SKIP_IAC)
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes) -> list[Event]:  # noqa: C901
         """Parse one chunk; return the events it completes, in stream order."""
         if type(data) is not bytes:
             data = bytes(data)

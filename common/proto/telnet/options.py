@@ -140,7 +140,7 @@ class OptionNegotiator:
         return out
 
     # --- the peer's messages ---------------------------------------------------
-    def receive(self, event: Negotiate) -> tuple[bytes, list[OptionChange]]:
+    def receive(self, event: Negotiate) -> tuple[bytes, list[OptionChange]]:  # noqa: C901
         """Handle the peer's WILL/WONT/DO/DONT; return (reply bytes, changes)."""
         verb, option = event.verb, event.option
         if verb in (WILL, WONT):

@@ -271,7 +271,7 @@ def _text(b: bytes) -> str:
     return b.decode("utf-8", errors="replace")
 
 
-def decode(payload: bytes) -> VmwareCommand:
+def decode(payload: bytes) -> VmwareCommand:  # noqa: C901
     """Decode an un-doubled option-232 subnegotiation payload (``<cmd> <args>``)."""
     if not payload:
         raise MalformedCommand("empty option-232 subnegotiation")
@@ -327,7 +327,7 @@ def decode(payload: bytes) -> VmwareCommand:
     return Unknown(code, arg)
 
 
-def encode_payload(cmd: VmwareCommand) -> bytes:
+def encode_payload(cmd: VmwareCommand) -> bytes:  # noqa: C901
     """``<cmd> <args>`` un-doubled (what :func:`decode` takes)."""
     if isinstance(cmd, KnownSuboptions):
         code = KNOWN_SUBOPTIONS_2 if cmd.proxy else KNOWN_SUBOPTIONS_1
