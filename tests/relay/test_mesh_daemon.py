@@ -52,8 +52,8 @@ def ingress_cfg(
             tls=ptls(files),
             link=FAST,
             routes={"appliance": PeerRoute(address, identity=peer)},
-            **peer_kw,
-        ),  # type: ignore[arg-type]
+            **peer_kw,  # type: ignore[arg-type]
+        ),
     )
 
 
@@ -93,8 +93,9 @@ def esx_a(pki: Pki, address: str, **changes: object) -> RelayConfig:
     """Relay esx-a: VMs on listeners vm1 and vm2, a TLS peer link to esx-b at
     ``address``; ``changes`` replace fields of its config."""
     return replace(
-        ingress_cfg("esx-a", pki.issue("host", "esx-a"), address, "vic://host/esx-b"), **changes
-    )  # type: ignore[arg-type]
+        ingress_cfg("esx-a", pki.issue("host", "esx-a"), address, "vic://host/esx-b"),
+        **changes,  # type: ignore[arg-type]
+    )
 
 
 async def deliver_pair(

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def tls_line(files: object) -> str:
     return (
         f'tls = {{ cert = "{files.cert}", key = "{files.key}", '  # type: ignore[attr-defined]
-        f'ca = "{files.ca}" }}'
-    )  # type: ignore[attr-defined]
+        f'ca = "{files.ca}" }}'  # type: ignore[attr-defined]
+    )
 
 
 def ingress_toml(files: object, vm_port: int, route_port: int, admin: Path) -> str:

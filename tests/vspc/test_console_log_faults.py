@@ -127,8 +127,8 @@ def test_every_byte_is_in_the_file_or_in_a_recorded_gap(
             metrics = svc.metrics
             gaps = gaps_in(d / "logs" / f"{file_stem(KEY)}.events.jsonl")
             assert metrics.console_log_gap_bytes_total._value.get() == sum(
-                int(g["length"])
-                for g in gaps  # type: ignore[call-overload]
+                int(g["length"])  # type: ignore[call-overload]
+                for g in gaps
             )
             assert all(g["reason"] != "" and "Permission" in str(g["reason"]) for g in gaps)
             log_file = d / "logs" / f"{file_stem(KEY)}.log"
