@@ -59,7 +59,7 @@ ALLOWED: dict[str, int] = {
     "tests/relay/test_daemon.py:test_thousand_connections_at_once": 73,
     "tests/relay/test_link.py": 555,
     "tests/relay/test_link_netns.py:test_link_between_namespaces_survives_wire_down": 82,
-    "tests/relay/test_mesh_daemon.py": 522,
+    "tests/relay/test_mesh_daemon.py": 523,
     "tests/relay/test_pump.py": 512,
     "tests/vic/test_esx_sim.py": 750,
     "tests/vspc/test_console_slow.py:test_stalled_client_is_dropped_and_nothing_else_stalls": 61,
