@@ -83,7 +83,7 @@ class VMotionTable(CarrierTable):
         self._pending: dict[PortKey, PortRec] = {}  # ports whose vMotion is not IDLE
         self._cookies: dict[bytes, PortKey] = {}  # seq + secret -> port
         self._deferred: dict[Conn, str] = {}  # conn -> canonical uuid, waiting for PEER
-        self._settled = False  # a vMotion settled since deferred identities were resolved
+        self._settled = False  # a vMotion settled in this call: resolve deferred identities
 
     def pending_vmotions(self) -> list[VMotionInfo]:
         out = []
@@ -234,7 +234,7 @@ class VMotionTable(CarrierTable):
 
     def _resolve_deferred(self, out: list[Action]) -> None:
         """vMotions settled: a deferred connection no vMotion took is a plain VM connection."""
-        if not self._settled or not self._deferred:
+        if not self._settled:
             return
         self._settled = False
         for conn, uuid in list(self._deferred.items()):
