@@ -56,9 +56,6 @@ __all__ = ["VspcService", "server_ssl_context"]
 
 log = logging.getLogger("vspc")
 
-#: (the name tests and older callers use)
-_source_of = source_of
-
 
 class VspcService(EsxListeners, SessionEvents, ActionRunner):
     def __init__(
