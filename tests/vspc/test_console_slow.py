@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from vspc.console.hub import notice
+from vspc.console.clientqueue import notice
 
 from .test_console_support import (
     KEY,
