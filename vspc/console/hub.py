@@ -32,8 +32,9 @@ from vspc.console.clientqueue import Client, notice
 from vspc.console.config import ConsoleConfig
 from vspc.console.eventlog import format_event
 from vspc.console.history import meta_bytes
+from vspc.console.logbatch import PortLog
 from vspc.console.logfile import file_stem
-from vspc.console.logwriter import LogWriter, PortLog
+from vspc.console.logwriter import LogWriter
 from vspc.console.retention import Retention
 from vspc.core.identity import PortKey
 from vspc.metrics import VspcMetrics
