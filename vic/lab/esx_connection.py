@@ -362,12 +362,15 @@ class EsxConnection(EsxStream):
 
     async def _answer_identity(self, cmd: int) -> None:
         """GET-VM-VC-UUID, GET-VM-NAME, GET-VM-BIOS-UUID or GET-VM-LOCATION-UUID."""
-        value = {
-            tw.GET_VM_VC_UUID: self.vm.uuid.encode("ascii"),
-            tw.GET_VM_NAME: self.vm.name.encode("utf-8"),
-            tw.GET_VM_BIOS_UUID: self.vm.bios_uuid.encode("ascii"),
-            tw.GET_VM_LOCATION_UUID: self.vm.location_uuid.encode("ascii"),
-        }[cmd]
+        vm = self.vm
+        if cmd == tw.GET_VM_VC_UUID:
+            value = vm.uuid.encode("ascii")
+        elif cmd == tw.GET_VM_NAME:
+            value = vm.name.encode("utf-8")
+        elif cmd == tw.GET_VM_BIOS_UUID:
+            value = vm.bios_uuid.encode("ascii")
+        else:
+            value = vm.location_uuid.encode("ascii")
         await self.send_ext(_IDENTITY_ANSWERS[cmd], value)
         if cmd == tw.GET_VM_VC_UUID:
             self.identity_asked.set()
