@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -17,42 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import free_port, proc_cpu
+
 from vic.lab.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().parent / "mesh_two_hop.py"  # the bench (and its relay roles)
 BLOCK = 1 << 20
-
-
-def raise_nofile() -> None:
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20000), hard))
-
-
-def results_dir() -> Path:
-    d = Path(os.environ.get("VIC_BENCH_RESULTS", ROOT / "bench" / "results"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def proc_cpu(pid: int) -> float:
-    total = 0
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except FileNotFoundError:
-                continue
-    except FileNotFoundError:
-        return 0.0
-    return total / 1e9
 
 
 class Proc:

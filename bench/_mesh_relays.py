@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from _mesh_harness import raise_nofile
+from _common import raise_nofile
 
 from common.link.peering import LinkServer, open_session_table
 from common.link.peerlink import LinkConfig

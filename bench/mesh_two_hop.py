@@ -38,13 +38,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _common import raise_nofile, results_dir  # noqa: E402
 from _mesh_harness import (  # noqa: E402
     BLOCK,
     Proc,
     Sink,
     make_certs,
-    raise_nofile,
-    results_dir,
     run_bulk,
     run_streams,
     start_ours,

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import selectors
 import shutil
 import socket
@@ -37,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import raise_nofile
 from _procmem import children, mem_kib, settle
 from _relay_benchlib import free_port, results_dir
 
@@ -44,13 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 KIB = 1024
 PAYLOAD = b"hello from the vm\n"
 IDLE_WAIT = 1.0  # seconds between the last stream of a step opening and the sample
-
-
-def raise_nofile(n: int = 20_000) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(n, hard)
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 # --------------------------------------------------------------------- the sink
