@@ -61,7 +61,7 @@ def read_exact(read_into: Any, size: int) -> float:
             raise RuntimeError(f"EOF after {got} of {size} bytes")
         got += n
     dt = time.perf_counter() - t0
-    return (size - first) / max(dt, 1e-9) / 1e6
+    return float(size - first) / max(dt, 1e-9) / 1e6
 
 
 class Store:

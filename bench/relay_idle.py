@@ -36,9 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import raise_nofile
+from _common import free_port, raise_nofile, results_dir
 from _procmem import children, mem_kib, settle
-from _relay_benchlib import free_port, results_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 KIB = 1024

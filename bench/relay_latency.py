@@ -29,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import results_dir
 from _relay_benchlib import (
     Relay,
     connect,
@@ -37,7 +38,6 @@ from _relay_benchlib import (
     median,
     percentile,
     relay_listen_addr,
-    results_dir,
     start_pump,
     start_socat,
     write_json,

@@ -32,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import results_dir
 from _relay_benchlib import (
     Relay,
     connect,
@@ -39,7 +40,6 @@ from _relay_benchlib import (
     listen_socket,
     median,
     relay_listen_addr,
-    results_dir,
     start_pump,
     start_socat,
     start_splice_floor,

@@ -43,6 +43,7 @@ from typing import Any
 
 import _vspc_benchlib as bl
 import trio
+from _common import free_port
 from _scale_hosts import Workers, sink_server, worker
 from _scale_probes import Probes
 from _steal import cpu_ticks, steal_since
@@ -88,7 +89,7 @@ class _Server:
             self.v = self.cm.__enter__()
             self.pid, self.port = self.v.pid, self.v.port
         else:
-            self.port = bl.free_port()
+            self.port = free_port()
             self.proc = subprocess.Popen(
                 [sys.executable, __file__, "--sink", "--port", str(self.port)],
                 stdout=subprocess.DEVNULL,
