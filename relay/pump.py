@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from common.io.fastsock import unthrottle_tcp
 from common.io.pipepool import PipePool, default_pool
-from common.io.rawsock import unthrottle_tcp
 from common.io.splice import (
     SpliceUnsupported,
     WriteStalled,

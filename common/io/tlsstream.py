@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import trio
 
-from common.io.rawsock import RawSocket, raw_socket
+from common.io.fastsock import FastSocket, fast_socket
 
 READ_SIZE = 256 * 1024
 RECORD = 16 * 1024  # TLS maximum record payload
@@ -44,7 +44,7 @@ class TlsStream(trio.abc.Stream):
         self._eof = False
         self._broken: BaseException | None = None
         self._rbuf: memoryview | None = None
-        self._raw: RawSocket | None = None  # our own non-blocking calls on the socket
+        self._raw: FastSocket | None = None  # our own non-blocking calls on the socket
 
     # ------------------------------------------------------------- info
     def getpeercert(self, binary_form: bool = False) -> Any:
@@ -61,9 +61,9 @@ class TlsStream(trio.abc.Stream):
         return self._in.pending > 0 or self._ssl.pending() > 0
 
     # ------------------------------------------------------------- plumbing
-    def _rawsock(self) -> RawSocket | None:
+    def _fastsock(self) -> FastSocket | None:
         if self._raw is None and isinstance(self.transport, trio.SocketStream):
-            self._raw = raw_socket(self.transport.socket)
+            self._raw = fast_socket(self.transport.socket)
         return self._raw
 
     async def _flush(self) -> None:
@@ -72,10 +72,10 @@ class TlsStream(trio.abc.Stream):
         async with self._send_lock:
             data = self._out.read()
             if data:
-                raw = self._rawsock()
+                raw = self._fastsock()
                 try:
                     if raw is not None:
-                        await raw.send_all((data,))
+                        await raw.send_parts((data,))
                     else:
                         await self.transport.send_all(data)
                 except BaseException as e:
@@ -84,7 +84,7 @@ class TlsStream(trio.abc.Stream):
 
     async def _fill(self) -> None:
         t = self.transport
-        raw = self._rawsock()
+        raw = self._fastsock()
         if raw is not None:
             # into one reusable buffer: no allocation per read
             if self._rbuf is None:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import trio
 
-from common.io.rawsock import IOV_MAX, RawSocket, Yielder, consume, raw_socket, unthrottle_tcp
+from common.io.fastsock import IOV_MAX, FastSocket, Yielder, consume, fast_socket, unthrottle_tcp
 from common.io.tlsstream import TlsStream
 from common.ops.wiretext import wire
 from common.proto.link.frames import ErrorCode, LinkProtocolError
@@ -154,9 +154,9 @@ class PeerLink:
         sock = _socket_of(transport)
         if sock is not None:
             unthrottle_tcp(sock)  # the writer sends large batches
-        self._raw: RawSocket | None = None
+        self._raw: FastSocket | None = None
         if isinstance(transport, trio.SocketStream):
-            self._raw = raw_socket(transport.socket)
+            self._raw = fast_socket(transport.socket)
 
     # ---------------------------------------------------------------- public state
     @property
@@ -404,7 +404,7 @@ class PeerLink:
         if isinstance(t, TlsStream):
             await t.send_parts(chunks)
         elif self._raw is not None:
-            await self._raw.send_all(chunks)
+            await self._raw.send_parts(chunks)
         elif isinstance(t, trio.SocketStream) and len(chunks) > 1:
             sock = t.socket
             views = [memoryview(c) for c in chunks]

@@ -18,8 +18,8 @@ import trio
 import trio.testing
 import trustme
 
+from common.io.fastsock import NOTSENT_LOWAT
 from common.io.pipepool import PipePool
-from common.io.rawsock import NOTSENT_LOWAT
 from relay.pump import IdleTimeout, PumpCounters, StallTimeout, pump
 from tests.support.waiting import wait_until
 
