@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 
 
 class Parkable(Protocol):
-    """What the Parker needs of a running pump (relay.pump._Session)."""
+    """What the Parker needs of a running pump (relay.pump_session.Session)."""
 
     busy: bool  # a byte moved since the last sweep
     reading: int  # directions blocked in their read wait
