@@ -175,31 +175,36 @@ class TlsStream(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:  # noqa: C901
+    def _decrypt(self, limit: int) -> tuple[list[bytes], bool]:
+        """Decrypt what has been received, up to ``limit`` bytes: (parts, closed)."""
+        parts: list[bytes] = []
+        got = 0
+        closed = False
+        try:
+            while got < limit:
+                d = self._ssl.read(limit - got)
+                if not d:
+                    closed = True
+                    break
+                parts.append(d)
+                got += len(d)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            closed = True
+        except ssl.SSLError as e:
+            if not parts:
+                raise self._tls_failed(e) from e
+            # hand out what decrypted fine; the error shows on the next call
+            self._broken = self._tls_failed(e)
+        return parts, closed
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
         limit = max_bytes or self._read_size
         while True:
             if self._broken is not None:
                 raise trio.BrokenResourceError("TLS stream is broken") from self._broken
-            parts: list[bytes] = []
-            got = 0
-            closed = False
-            try:
-                while got < limit:
-                    d = self._ssl.read(limit - got)
-                    if not d:
-                        closed = True
-                        break
-                    parts.append(d)
-                    got += len(d)
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLZeroReturnError:
-                closed = True
-            except ssl.SSLError as e:
-                if not parts:
-                    raise self._tls_failed(e) from e
-                # hand out what decrypted fine; the error shows on the next call
-                self._broken = self._tls_failed(e)
+            parts, closed = self._decrypt(limit)
             if self._out.pending:
                 await self._flush()
             if parts:
