@@ -33,7 +33,7 @@ from common.proto.link.mux import (
     StreamReset,
 )
 
-log = logging.getLogger("common.link.peerlink")
+log = logging.getLogger("relay.link")
 
 SMALL_READ = 32 * 1024
 

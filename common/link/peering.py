@@ -22,7 +22,7 @@ from common.link.peerlink import LinkConfig, PeerLink
 from common.link.resumable import SessionTable
 from common.ops.wiretext import wire
 
-log = logging.getLogger("common.link.peering")
+log = logging.getLogger("relay.peering")
 
 
 async def accept_tls(

@@ -29,7 +29,7 @@ from common.ops.wiretext import wire
 from common.proto.link.frames import ErrorCode, LinkProtocolError
 from common.proto.link.mux import LinkClosingError, Mux, StreamOpened
 
-log = logging.getLogger("common.link.peerlink")
+log = logging.getLogger("relay.link")
 
 __all__ = ["LinkClosingError", "LinkConfig", "LinkDeadError", "PeerLink", "StreamHandler"]
 

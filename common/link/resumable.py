@@ -42,7 +42,7 @@ from common.proto.link.frames import ErrorCode
 from common.proto.link.mux import LinkClosingError, StreamOpened
 from common.proto.link.resume import GapError, ResumeError, ResumeProtocolError, ResumeSession
 
-log = logging.getLogger("common.link.resumable")
+log = logging.getLogger("relay.resumable")
 
 _RETRYABLE = {ErrorCode.INTERNAL, ErrorCode.REFUSED, ErrorCode.SUPERSEDED}
 

@@ -31,7 +31,7 @@ from common.link.events import NO_EVENTS, LinkEvents
 from common.link.peerlink import LinkConfig, LinkDeadError, PeerLink
 from common.link.resumable import ReplayPool, ResumableStream
 
-log = logging.getLogger("common.link.route")
+log = logging.getLogger("relay.route")
 
 
 class RouteError(ValueError):
