@@ -54,33 +54,6 @@ GET_VM_BIOS_UUID: Final = 85
 VM_LOCATION_UUID: Final = 86
 GET_VM_LOCATION_UUID: Final = 87
 
-ALL_COMMANDS: Final = frozenset(
-    {
-        KNOWN_SUBOPTIONS_1,
-        KNOWN_SUBOPTIONS_2,
-        UNKNOWN_SUBOPTION_RCVD_1,
-        UNKNOWN_SUBOPTION_RCVD_2,
-        VMOTION_BEGIN,
-        VMOTION_GOAHEAD,
-        VMOTION_NOTNOW,
-        VMOTION_PEER,
-        VMOTION_PEER_OK,
-        VMOTION_COMPLETE,
-        VMOTION_ABORT,
-        DO_PROXY,
-        WILL_PROXY,
-        WONT_PROXY,
-        VM_VC_UUID,
-        GET_VM_VC_UUID,
-        VM_NAME,
-        GET_VM_NAME,
-        VM_BIOS_UUID,
-        GET_VM_BIOS_UUID,
-        VM_LOCATION_UUID,
-        GET_VM_LOCATION_UUID,
-    }
-)
-
 NAMES: Final = {
     KNOWN_SUBOPTIONS_1: "KNOWN-SUBOPTIONS-1",
     KNOWN_SUBOPTIONS_2: "KNOWN-SUBOPTIONS-2",
@@ -105,6 +78,8 @@ NAMES: Final = {
     VM_LOCATION_UUID: "VM-LOCATION-UUID",
     GET_VM_LOCATION_UUID: "GET-VM-LOCATION-UUID",
 }
+
+ALL_COMMANDS: Final = frozenset(NAMES)
 
 
 class MalformedCommand(ValueError):
