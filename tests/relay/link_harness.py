@@ -15,7 +15,8 @@ import trio.testing
 
 from common.link.peering import LinkServer, open_session_table
 from common.link.peerlink import LinkConfig
-from common.link.resumable import ResumableStream, SessionTable, StreamFailedError
+from common.link.resumable import ResumableStream, StreamFailedError
+from common.link.sessions import SessionTable
 from common.link.tls import TlsFiles
 from common.proto.link.mux import MuxConfig
 
