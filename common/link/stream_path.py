@@ -89,6 +89,8 @@ class Attachment:
 
 
 class StreamPath:
+    """A resumable stream's path to its far end; ``ResumableStream`` adds the application side."""
+
     def __init__(
         self,
         session_id: bytes,

@@ -1,0 +1,277 @@
+"""The per-stream resume state machine, the session table's decisions, the backoff."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from common.proto.link.frames import ErrorCode
+from common.proto.link.resume import GapError, ResumeError, ResumeProtocolError
+from common.proto.link.resume_state import (
+    APP_TRANSITIONS,
+    TERMINAL,
+    TRANSITIONS,
+    AppInput,
+    AppState,
+    Backoff,
+    PathInput,
+    PathState,
+    StreamMachine,
+    StreamStateError,
+)
+from common.proto.link.sessions import SessionDirectory, Tomb, Verdict
+
+S, In = PathState, PathInput
+
+# every legal transition, written out once more by hand
+EXPECTED = {
+    (S.IDLE, In.SEND_OPEN): S.OPENING,
+    (S.IDLE, In.ATTACH): S.ATTACHED,
+    (S.IDLE, In.FAIL): S.FAILED,
+    (S.OPENING, In.ANSWERED): S.ATTACHED,
+    (S.OPENING, In.PATH_LOST): S.IDLE,
+    (S.OPENING, In.COMPLETE): S.CLOSED,
+    (S.OPENING, In.FAIL): S.FAILED,
+    (S.ATTACHED, In.ATTACH): S.ATTACHED,
+    (S.ATTACHED, In.PATH_LOST): S.DETACHED,
+    (S.ATTACHED, In.SESSION_LOST): S.ORPHANED,
+    (S.ATTACHED, In.COMPLETE): S.CLOSED,
+    (S.ATTACHED, In.FAIL): S.FAILED,
+    (S.DETACHED, In.SEND_OPEN): S.RESUMING,
+    (S.DETACHED, In.ATTACH): S.ATTACHED,
+    (S.DETACHED, In.FAIL): S.FAILED,
+    (S.RESUMING, In.ANSWERED): S.ATTACHED,
+    (S.RESUMING, In.PATH_LOST): S.DETACHED,
+    (S.RESUMING, In.SESSION_LOST): S.ORPHANED,
+    (S.RESUMING, In.COMPLETE): S.CLOSED,
+    (S.RESUMING, In.FAIL): S.FAILED,
+    (S.ORPHANED, In.SEND_OPEN): S.CONTINUING,
+    (S.ORPHANED, In.FAIL): S.FAILED,
+    (S.CONTINUING, In.ANSWERED): S.ATTACHED,
+    (S.CONTINUING, In.PATH_LOST): S.ORPHANED,
+    (S.CONTINUING, In.SESSION_LOST): S.ORPHANED,
+    (S.CONTINUING, In.COMPLETE): S.CLOSED,
+    (S.CONTINUING, In.FAIL): S.FAILED,
+}
+
+
+def machine_in(state: PathState, *, opener: bool = True) -> StreamMachine:
+    m = StreamMachine(opener=opener)
+    m.state = state
+    return m
+
+
+def test_the_table_is_the_documented_one() -> None:
+    assert TRANSITIONS == EXPECTED
+
+
+@pytest.mark.parametrize(("start", "event"), sorted(EXPECTED, key=str))
+def test_every_legal_transition(start: PathState, event: PathInput) -> None:
+    m = machine_in(start)
+    assert m.handle(event) is EXPECTED[start, event]
+    assert m.state is EXPECTED[start, event]
+
+
+ILLEGAL = [(s, i) for s in S for i in In if s not in TERMINAL and (s, i) not in EXPECTED]
+
+
+@pytest.mark.parametrize(("start", "event"), ILLEGAL, ids=str)
+def test_illegal_transitions_raise_with_a_code(start: PathState, event: PathInput) -> None:
+    m = machine_in(start)
+    with pytest.raises(StreamStateError) as exc:
+        m.handle(event)
+    assert exc.value.code == ErrorCode.PROTOCOL
+    assert start.value in str(exc.value)
+    assert m.state is start  # nothing changed
+
+
+@pytest.mark.parametrize("end", sorted(TERMINAL, key=str))
+@pytest.mark.parametrize("event", list(In))
+def test_an_ended_stream_ignores_late_inputs(end: PathState, event: PathInput) -> None:
+    m = machine_in(end)
+    assert m.handle(event) is end
+    assert not m.fail(ErrorCode.GAP, local=True)
+    assert m.code is None
+
+
+def test_first_failure_wins() -> None:
+    m = StreamMachine(opener=True)
+    assert m.fail(ErrorCode.GAP, local=True)
+    assert not m.fail(ErrorCode.TIMEOUT, local=False)
+    assert (m.state, m.code, m.local) == (S.FAILED, ErrorCode.GAP, True)
+
+
+def test_opener_life_with_a_continuation() -> None:
+    m = StreamMachine(opener=True)
+    assert m.open_flags() == (False, None)
+    m.handle(In.SEND_OPEN)
+    assert m.waiting_answer and not m.ever_attached
+    m.handle(In.ANSWERED)
+    assert m.ever_attached and not m.waiting_answer
+    m.handle(In.PATH_LOST)
+    assert m.open_flags() == (True, None)  # a resume
+    m.handle(In.SEND_OPEN)
+    assert m.reset_input(ErrorCode.UNKNOWN_SESSION) is In.SESSION_LOST
+    m.lose_session(1234)
+    assert m.state is S.ORPHANED
+    assert m.open_flags() == (False, 1234)  # a continuation
+    m.handle(In.SEND_OPEN)
+    m.handle(In.PATH_LOST)  # lost before the answer: still continuing from there
+    assert m.open_flags() == (False, 1234)
+    m.handle(In.SEND_OPEN)
+    m.handle(In.ANSWERED)
+    assert m.continue_from is None
+    assert m.open_flags() == (False, None)  # (ATTACHED: no OPEN is due)
+    m.handle(In.COMPLETE)
+    assert m.ended and m.state is S.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (ErrorCode.NO_ERROR, In.COMPLETE),
+        (ErrorCode.INTERNAL, In.PATH_LOST),
+        (ErrorCode.REFUSED, In.PATH_LOST),
+        (ErrorCode.SUPERSEDED, In.PATH_LOST),
+        (ErrorCode.GAP, In.FAIL),
+        (ErrorCode.PROTOCOL, In.FAIL),
+        (ErrorCode.TIMEOUT, In.FAIL),
+        (ErrorCode.CANCEL, In.FAIL),
+        (ErrorCode.FLOW_CONTROL, In.FAIL),
+        (999, In.FAIL),
+    ],
+)
+def test_what_a_reset_means(code: int, expected: PathInput) -> None:
+    assert machine_in(S.ATTACHED).reset_input(code) is expected
+    assert machine_in(S.ATTACHED, opener=False).reset_input(code) is expected
+
+
+def test_unknown_session_continues_only_a_session_that_existed() -> None:
+    # the opener's session existed at the far end once it answered
+    for state in (S.ATTACHED, S.RESUMING, S.CONTINUING):
+        assert machine_in(state).reset_input(ErrorCode.UNKNOWN_SESSION) is In.SESSION_LOST
+    # never answered, or an acceptor: the stream fails
+    assert machine_in(S.OPENING).reset_input(ErrorCode.UNKNOWN_SESSION) is In.FAIL
+    assert machine_in(S.ATTACHED, opener=False).reset_input(ErrorCode.UNKNOWN_SESSION) is In.FAIL
+
+
+def test_application_close_states() -> None:
+    assert APP_TRANSITIONS == {
+        (AppState.OPEN, AppInput.SEND_EOF): AppState.SEND_CLOSED,
+        (AppState.OPEN, AppInput.CLOSE): AppState.CLOSED,
+        (AppState.SEND_CLOSED, AppInput.CLOSE): AppState.CLOSED,
+    }
+    m = StreamMachine(opener=False)
+    assert m.app_input(AppInput.SEND_EOF)
+    assert not m.app_input(AppInput.SEND_EOF)
+    assert m.app_input(AppInput.CLOSE)
+    assert not m.app_input(AppInput.CLOSE)
+    assert not m.app_input(AppInput.SEND_EOF)
+    assert m.app is AppState.CLOSED
+
+
+@given(st.lists(st.sampled_from(list(In)), max_size=40), st.booleans())
+def test_any_sequence_follows_the_table(events: list[PathInput], opener: bool) -> None:
+    m = StreamMachine(opener=opener)
+    for ev in events:
+        before = m.state
+        try:
+            after = m.handle(ev)
+        except StreamStateError as e:
+            assert e.code == ErrorCode.PROTOCOL
+            assert (before, ev) not in TRANSITIONS and before not in TERMINAL
+            assert m.state is before
+            continue
+        if before in TERMINAL:
+            assert after is before
+        else:
+            assert after is TRANSITIONS[before, ev]
+        assert m.waiting_answer == (after in (S.OPENING, S.RESUMING, S.CONTINUING))
+
+
+def test_resume_errors_carry_their_code() -> None:
+    assert GapError("x").code == ErrorCode.GAP
+    assert ResumeProtocolError("x").code == ErrorCode.PROTOCOL
+    assert ResumeError("x").code == ErrorCode.PROTOCOL
+
+
+def test_backoff_doubles_up_to_its_ceiling_and_resets() -> None:
+    b = Backoff(0.05, 0.3)
+    assert [b.next() for _ in range(5)] == [0.05, 0.1, 0.2, 0.3, 0.3]
+    b.reset()
+    assert b.next() == 0.05
+
+
+# ------------------------------------------------------------ session table decisions
+@dataclass
+class Sess:
+    peer_identity: str
+
+
+SID = b"s" * 16
+
+
+def directory(owner: str | None = None) -> SessionDirectory[Sess]:
+    d: SessionDirectory[Sess] = SessionDirectory(tombstones=2)
+    if owner is not None:
+        d.sessions[SID] = Sess(owner)
+    return d
+
+
+def test_a_new_session_is_accepted() -> None:
+    assert directory().judge(SID, False, "relay-a").verdict is Verdict.NEW
+
+
+def test_a_resume_attaches_the_known_session() -> None:
+    d = directory("relay-a")
+    dec = d.judge(SID, True, "relay-a")
+    assert dec.verdict is Verdict.ATTACH and dec.session is d.sessions[SID]
+
+
+def test_a_plain_open_of_a_known_session_from_its_peer_is_a_retry() -> None:
+    assert directory("relay-a").judge(SID, False, "relay-a").verdict is Verdict.ATTACH
+
+
+def test_a_plain_open_of_a_known_session_from_another_peer_is_a_duplicate() -> None:
+    dec = directory("relay-a").judge(SID, False, "relay-b")
+    assert (dec.verdict, dec.code, dec.reason) == (
+        Verdict.REFUSE,
+        ErrorCode.REFUSED,
+        "duplicate session id",
+    )
+
+
+def test_only_the_opening_peer_may_resume() -> None:
+    d = directory("relay-a")
+    dec = d.judge(SID, True, "relay-b")
+    assert (dec.verdict, dec.code) == (Verdict.REFUSE, ErrorCode.REFUSED)
+    assert dec.session is d.sessions[SID]  # named in the log line
+    # a session opened over plaintext (no identity) may be resumed by anyone
+    assert directory("").judge(SID, True, "relay-b").verdict is Verdict.ATTACH
+
+
+def test_a_resume_of_an_unknown_session() -> None:
+    dec = directory().judge(SID, True, "relay-a")
+    assert (dec.verdict, dec.code) == (Verdict.REFUSE, ErrorCode.UNKNOWN_SESSION)
+
+
+def test_a_finished_session_answers_with_its_tombstone() -> None:
+    d = directory("relay-a")
+    tomb = Tomb(10, True, ErrorCode.NO_ERROR, "")
+    d.finished(SID, tomb)
+    assert SID not in d.sessions
+    dec = d.judge(SID, True, "relay-a")
+    assert (dec.verdict, dec.tomb) == (Verdict.ENDED, tomb)
+    dup = d.judge(SID, False, "relay-a")
+    assert (dup.verdict, dup.reason) == (Verdict.REFUSE, "duplicate session id")
+
+
+def test_old_tombstones_go() -> None:
+    d = directory()
+    for i in range(3):
+        d.finished(bytes([i]) * 16, Tomb(0, False, ErrorCode.GAP, "gap"))
+    assert d.judge(b"\0" * 16, True, "").verdict is Verdict.REFUSE
+    assert d.judge(b"\2" * 16, True, "").verdict is Verdict.ENDED
