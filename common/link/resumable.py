@@ -246,14 +246,10 @@ class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
         s, m = self.session, self.machine
         self._kick_send()
         while att.current and not m.ended:
-            if not m.waiting_answer:
-                if s.done:
-                    self._finish(att, ErrorCode.NO_ERROR, "done")
-                    return
-                if m.app is AppState.CLOSED and s.eof_acked:
-                    # we closed and everything we wrote arrived; nobody reads the rest
-                    self._finish(att, ErrorCode.CANCEL, "closed by the application")
-                    return
+            end = m.completion(s.done, s.eof_acked)
+            if end is not None:
+                self._finish(att, *end)
+                return
             if not link.alive:
                 # the link is going down; its on_reset for us follows at once
                 await link.closed.wait()

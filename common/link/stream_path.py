@@ -192,7 +192,9 @@ class StreamPath:
         if eof is not None:
             link.send_eof(att.sid, eof)
         if s.done or (m.app is AppState.CLOSED and s.eof_acked):
-            self._wake.set()  # the engine closes the stream
+            # complete: wake the engine, which ends the path (StreamMachine.completion);
+            # tested inline here, this runs on every writer turn
+            self._wake.set()
             self._wake = trio.Event()
         return sent > 0 and s.has_pending() and link.send_credit(att.sid) > 0
 

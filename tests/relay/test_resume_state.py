@@ -275,3 +275,16 @@ def test_old_tombstones_go() -> None:
         d.finished(bytes([i]) * 16, Tomb(0, False, ErrorCode.GAP, "gap"))
     assert d.judge(b"\0" * 16, True, "").verdict is Verdict.REFUSE
     assert d.judge(b"\2" * 16, True, "").verdict is Verdict.ENDED
+
+
+def test_completion_ends_an_attached_path() -> None:
+    m = machine_in(S.ATTACHED)
+    assert m.completion(done=False, eof_acked=True) is None
+    assert m.completion(done=True, eof_acked=True) == (ErrorCode.NO_ERROR, "done")
+    m.app_input(AppInput.CLOSE)  # nobody reads the rest once all we wrote arrived
+    assert m.completion(done=False, eof_acked=True) == (
+        ErrorCode.CANCEL,
+        "closed by the application",
+    )
+    assert m.completion(done=False, eof_acked=False) is None
+    assert machine_in(S.RESUMING).completion(done=True, eof_acked=True) is None

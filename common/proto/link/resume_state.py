@@ -139,6 +139,19 @@ class StreamMachine:
             return False, self.continue_from
         return self.state is PathState.DETACHED, None
 
+    def completion(self, done: bool, eof_acked: bool) -> tuple[ErrorCode, str] | None:
+        """How to end an attached path whose session is complete, or None if it is not.
+
+        ``done``: both directions finished and our EOF acknowledged; ``eof_acked``:
+        everything we wrote arrived (after ``aclose`` nobody reads the rest)."""
+        if self.waiting_answer:
+            return None
+        if done:
+            return ErrorCode.NO_ERROR, "done"
+        if self.app is AppState.CLOSED and eof_acked:
+            return ErrorCode.CANCEL, "closed by the application"
+        return None
+
     def reset_input(self, code: int) -> PathInput:
         """What a RESET with ``code`` from the peer on the current path means."""
         if code == ErrorCode.NO_ERROR:  # the peer has all we sent, we have its EOF
