@@ -38,7 +38,7 @@ from common.link.replay import ReplayPool
 from common.link.stream_path import Attachment, Connector, StreamFailedError, StreamPath
 from common.proto.link.frames import ErrorCode
 from common.proto.link.resume import ResumeError
-from common.proto.link.resume_state import AppInput, AppState, Backoff, PathState, StreamStateError
+from common.proto.link.resume_state import AppInput, Backoff, StreamStateError
 
 __all__ = ["Connector", "ReplayPool", "ResumableStream", "StreamFailedError"]
 
@@ -48,7 +48,7 @@ log = logging.getLogger("relay.resumable")
 class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
     # ------------------------------------------------------------ application side
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self.machine.app is not AppState.OPEN:
+        if self.machine.send_closed:
             raise trio.ClosedResourceError("stream was closed for sending")
         await trio.lowlevel.checkpoint()
         if self._failure is not None:
@@ -58,7 +58,7 @@ class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
         while pos < n:
             if self._failure is not None:
                 raise self._failure
-            if self.machine.state is PathState.CLOSED:
+            if self.machine.clean:
                 raise trio.BrokenResourceError("peer closed the stream")
             chunk = buf[pos:] if pos else buf
             pool = self._pool
@@ -117,11 +117,11 @@ class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
         while True:
             if self._recv:
                 return self._take(limit)
-            if self.session.eof_received or m.state is PathState.CLOSED:
+            if self.session.eof_received or m.clean:
                 return b""
             if self._failure is not None:
                 raise self._failure
-            if m.app is AppState.CLOSED:
+            if m.app_closed:
                 raise trio.ClosedResourceError("stream was closed")
             await self._wait()
 

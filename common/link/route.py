@@ -29,7 +29,8 @@ import trio
 from common.link import tls as tlsmod
 from common.link.events import NO_EVENTS, LinkEvents
 from common.link.peerlink import LinkConfig, LinkDeadError, PeerLink
-from common.link.resumable import ReplayPool, ResumableStream
+from common.link.replay import ReplayPool
+from common.link.resumable import ResumableStream
 
 log = logging.getLogger("relay.route")
 

@@ -22,7 +22,7 @@ from common.ops.wiretext import wire
 from common.proto.link.frames import ErrorCode
 from common.proto.link.mux import LinkClosingError
 from common.proto.link.resume import GapError, ResumeError, ResumeSession
-from common.proto.link.resume_state import AppState, PathInput, PathState, StreamMachine
+from common.proto.link.resume_state import PathInput, StreamMachine
 
 log = logging.getLogger("common.link.resumable")
 
@@ -149,8 +149,7 @@ class StreamPath:
     def delivered(self) -> int:
         """Bytes of ours the far end has handed on: what it acknowledged, or all we
         wrote once its session completed (a clean end needs no last ACK)."""
-        clean = self.machine.state is PathState.CLOSED
-        return self.session.written if clean else self.session.acked
+        return self.session.written if self.machine.clean else self.session.acked
 
     def _notify(self) -> None:
         self._wake.set()
@@ -191,7 +190,7 @@ class StreamPath:
             return False
         if eof is not None:
             link.send_eof(att.sid, eof)
-        if s.done or (m.app is AppState.CLOSED and s.eof_acked):
+        if s.done or (m.app_closed and s.eof_acked):
             # complete: wake the engine, which ends the path (StreamMachine.completion);
             # tested inline here, this runs on every writer turn
             self._wake.set()
@@ -227,7 +226,7 @@ class StreamPath:
         if dup:
             att.link.consumed(att.sid, dup)
         if new:
-            if self.machine.app is AppState.CLOSED:
+            if self.machine.app_closed:
                 att.link.consumed(att.sid, len(new))
                 self.session.hand_on(len(new))
             else:

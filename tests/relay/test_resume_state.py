@@ -58,10 +58,32 @@ EXPECTED = {
 }
 
 
+# how to reach each state through legal inputs
+ROUTES = {
+    S.IDLE: [],
+    S.OPENING: [In.SEND_OPEN],
+    S.ATTACHED: [In.SEND_OPEN, In.ANSWERED],
+    S.DETACHED: [In.SEND_OPEN, In.ANSWERED, In.PATH_LOST],
+    S.RESUMING: [In.SEND_OPEN, In.ANSWERED, In.PATH_LOST, In.SEND_OPEN],
+    S.ORPHANED: [In.SEND_OPEN, In.ANSWERED, In.SESSION_LOST],
+    S.CONTINUING: [In.SEND_OPEN, In.ANSWERED, In.SESSION_LOST, In.SEND_OPEN],
+    S.CLOSED: [In.SEND_OPEN, In.ANSWERED, In.COMPLETE],
+    S.FAILED: [In.FAIL],
+}
+
+
 def machine_in(state: PathState, *, opener: bool = True) -> StreamMachine:
     m = StreamMachine(opener=opener)
-    m.state = state
+    for ev in ROUTES[state]:
+        m.handle(ev)
+    assert m.state is state
     return m
+
+
+def flags_follow(m: StreamMachine) -> None:
+    assert m.waiting_answer == (m.state in (S.OPENING, S.RESUMING, S.CONTINUING))
+    assert m.ended == (m.state in TERMINAL)
+    assert m.clean == (m.state is S.CLOSED)
 
 
 def test_the_table_is_the_documented_one() -> None:
@@ -73,6 +95,7 @@ def test_every_legal_transition(start: PathState, event: PathInput) -> None:
     m = machine_in(start)
     assert m.handle(event) is EXPECTED[start, event]
     assert m.state is EXPECTED[start, event]
+    flags_follow(m)
 
 
 ILLEGAL = [(s, i) for s in S for i in In if s not in TERMINAL and (s, i) not in EXPECTED]
@@ -165,9 +188,12 @@ def test_application_close_states() -> None:
         (AppState.SEND_CLOSED, AppInput.CLOSE): AppState.CLOSED,
     }
     m = StreamMachine(opener=False)
+    assert not m.send_closed and not m.app_closed
     assert m.app_input(AppInput.SEND_EOF)
+    assert m.send_closed and not m.app_closed
     assert not m.app_input(AppInput.SEND_EOF)
     assert m.app_input(AppInput.CLOSE)
+    assert m.send_closed and m.app_closed
     assert not m.app_input(AppInput.CLOSE)
     assert not m.app_input(AppInput.SEND_EOF)
     assert m.app is AppState.CLOSED
@@ -189,7 +215,7 @@ def test_any_sequence_follows_the_table(events: list[PathInput], opener: bool) -
             assert after is before
         else:
             assert after is TRANSITIONS[before, ev]
-        assert m.waiting_answer == (after in (S.OPENING, S.RESUMING, S.CONTINUING))
+        flags_follow(m)
 
 
 def test_resume_errors_carry_their_code() -> None:

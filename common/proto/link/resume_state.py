@@ -108,26 +108,44 @@ class StreamStateError(Exception):
 
 
 class StreamMachine:
-    """One stream's resume state: where its path is, and how it ended."""
+    """One stream's resume state: where its path is, and how it ended.
+
+    ``state`` and ``app`` change only through the inputs below; the flags beside
+    them (``waiting_answer``, ``ended``, ``clean``, ``send_closed``,
+    ``app_closed``) follow from them and are plain attributes because the
+    adapter reads them on every chunk."""
+
+    __slots__ = (
+        "app",
+        "app_closed",
+        "clean",
+        "code",
+        "continue_from",
+        "ended",
+        "local",
+        "opener",
+        "send_closed",
+        "state",
+        "waiting_answer",
+    )
 
     def __init__(self, *, opener: bool) -> None:
         self.opener = opener
-        self.state = PathState.IDLE
-        self.app = AppState.OPEN
         self.code: int | None = None  # FAILED: the ErrorCode it ended with
         self.local = False  # FAILED: we detected it (the peer may not know yet)
         self.continue_from: int | None = None  # ORPHANED/CONTINUING: the new session's start
+        self.app = AppState.OPEN
+        self.send_closed = False  # the application writes no more
+        self.app_closed = False  # the application is gone
+        self._enter(PathState.IDLE)
+
+    def _enter(self, state: PathState) -> None:
+        self.state = state
+        self.waiting_answer = state in _WAITING  # an OPEN is out, unanswered: send nothing yet
+        self.ended = state in TERMINAL
+        self.clean = state is PathState.CLOSED
 
     # ------------------------------------------------------------ questions
-    @property
-    def ended(self) -> bool:
-        return self.state in TERMINAL
-
-    @property
-    def waiting_answer(self) -> bool:
-        """An OPEN is out and the acceptor has not answered: send nothing yet."""
-        return self.state in _WAITING
-
     @property
     def ever_attached(self) -> bool:
         """The opener's session exists at the far end (a later OPEN resumes it)."""
@@ -148,7 +166,7 @@ class StreamMachine:
             return None
         if done:
             return ErrorCode.NO_ERROR, "done"
-        if self.app is AppState.CLOSED and eof_acked:
+        if self.app_closed and eof_acked:
             return ErrorCode.CANCEL, "closed by the application"
         return None
 
@@ -170,7 +188,7 @@ class StreamMachine:
         nxt = TRANSITIONS.get((self.state, event))
         if nxt is None:
             raise StreamStateError(f"{event.value} while {self.state.value}")
-        self.state = nxt
+        self._enter(nxt)
         if event is PathInput.ANSWERED:
             self.continue_from = None
         return nxt
@@ -195,6 +213,8 @@ class StreamMachine:
         if nxt is None:
             return False
         self.app = nxt
+        self.send_closed = True
+        self.app_closed = nxt is AppState.CLOSED
         return True
 
 
