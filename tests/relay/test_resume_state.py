@@ -8,7 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.link.replay import ReplayPool
+from common.proto.link.budget import Budget
 from common.proto.link.frames import ErrorCode
+from common.proto.link.mux import Mux
 from common.proto.link.resume import GapError, ResumeError, ResumeProtocolError
 from common.proto.link.resume_state import (
     APP_TRANSITIONS,
@@ -314,3 +317,133 @@ def test_completion_ends_an_attached_path() -> None:
     )
     assert m.completion(done=False, eof_acked=False) is None
     assert machine_in(S.RESUMING).completion(done=True, eof_acked=True) is None
+
+
+# ------------------------------------------------------------ against the old flags
+class OldFlags:
+    """The flags resumable.py kept before the state table (the reference)."""
+
+    def __init__(self, opener: bool) -> None:
+        self.opener = opener
+        self.opening = False
+        self.ever_attached = False
+        self.continue_from: int | None = None
+        self.clean = False
+        self.failed = False
+        self.path = False  # a current attachment
+
+    def terminal(self) -> bool:
+        return self.failed or self.clean
+
+    def fail(self) -> None:
+        if not self.failed and not self.clean:
+            self.failed = True
+        self.path = False
+
+    def step(self, op: str, arg: int) -> None:
+        if op == "open":
+            self.path, self.opening = True, True
+        elif op == "answer":
+            self.opening, self.continue_from, self.ever_attached = False, None, True
+        elif op == "attach":
+            self.path = True
+        elif op == "move":
+            self.path, self.opening = False, False
+        elif op == "finish":
+            self.clean, self.path = True, False
+        elif op == "fail":
+            self.fail()
+        else:  # a RESET from the peer
+            self.path, self.opening = False, False
+            if arg == ErrorCode.NO_ERROR:
+                self.clean = True
+            elif arg in (ErrorCode.INTERNAL, ErrorCode.REFUSED, ErrorCode.SUPERSEDED):
+                pass
+            elif arg == ErrorCode.UNKNOWN_SESSION and self.opener and self.ever_attached:
+                self.continue_from = 7
+            else:
+                self.fail()
+
+
+def new_step(m: StreamMachine, op: str, arg: int) -> None:
+    """What the adapter does on each occasion (stream_path.py, resumable.py)."""
+    if op == "open":
+        m.handle(In.SEND_OPEN)
+    elif op == "answer":
+        m.handle(In.ANSWERED)
+    elif op == "attach":
+        m.handle(In.ATTACH)
+    elif op == "move":
+        m.handle(In.PATH_LOST)
+    elif op == "finish":
+        m.handle(In.COMPLETE)
+    elif op == "fail":
+        m.fail(ErrorCode.CANCEL, local=True)
+    else:
+        event = m.reset_input(arg)
+        if event is In.SESSION_LOST:
+            m.lose_session(7)
+        elif event is In.FAIL:
+            m.fail(arg, local=False)
+        else:
+            m.handle(event)
+
+
+def allowed(old: OldFlags, op: str) -> bool:
+    """The occasions the adapter has: each needs a current path, or none."""
+    if old.terminal():
+        return op == "fail"
+    if op == "open":
+        return old.opener and not old.path
+    if op == "attach":
+        return not old.opener
+    if op == "answer":
+        return old.opening and old.path
+    if op == "finish":
+        return old.path and not old.opening
+    if op in ("move", "reset"):
+        return old.path
+    return True  # fail
+
+
+OPS = st.tuples(
+    st.sampled_from(["open", "answer", "attach", "move", "finish", "fail", "reset"]),
+    st.sampled_from([int(c) for c in ErrorCode]),
+)
+
+
+@given(st.booleans(), st.lists(OPS, max_size=40))
+def test_the_machine_decides_as_the_old_flags_did(opener: bool, ops: list[tuple[str, int]]) -> None:
+    old, m = OldFlags(opener), StreamMachine(opener=opener)
+    for op, arg in ops:
+        if not allowed(old, op):
+            continue
+        old.step(op, arg)
+        new_step(m, op, arg)
+        assert m.ended == old.terminal()
+        assert m.clean == old.clean
+        assert (m.state is S.FAILED) == (old.failed and not old.clean)
+        if not m.ended:
+            assert m.waiting_answer == old.opening
+            resume = old.ever_attached and old.continue_from is None
+            if opener and not old.path:  # (an acceptor sends no OPEN)
+                assert m.open_flags() == (resume, old.continue_from)
+
+
+def test_the_replay_pool_and_the_mux_share_one_budget() -> None:
+    pool = ReplayPool(100, 10)
+    assert isinstance(pool, Budget)
+    pool.take(120)
+    assert (pool.free, pool.available()) == (-20, 0)
+
+    class Waiter:
+        woken = 0
+
+        def _notify(self) -> None:
+            Waiter.woken += 1
+
+    for _ in range(3):
+        pool.enqueue(Waiter())
+    pool.give(25)  # about one waiter per reserve's worth freed
+    assert (pool.used, Waiter.woken, len(pool.waiting)) == (95, 2, 1)
+    assert isinstance(Mux(client=True, now=0)._budget, Budget)
