@@ -20,7 +20,7 @@ from common.proto.link.frames import ErrorCode
 from common.proto.link.mux import StreamOpened
 from common.proto.link.sessions import SessionDirectory, Tomb, Verdict
 
-log = logging.getLogger("common.link.resumable")
+log = logging.getLogger("relay.resumable")
 
 
 @dataclass(frozen=True)

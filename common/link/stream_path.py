@@ -24,7 +24,7 @@ from common.proto.link.mux import LinkClosingError
 from common.proto.link.resume import GapError, ResumeError, ResumeSession
 from common.proto.link.resume_state import PathInput, StreamMachine
 
-log = logging.getLogger("common.link.resumable")
+log = logging.getLogger("relay.resumable")
 
 
 class StreamFailedError(trio.BrokenResourceError):
