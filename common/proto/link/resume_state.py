@@ -11,7 +11,8 @@ stream is reset with. The adapter only carries the decisions out::
               RESUMING/ATTACHED --session lost--> ORPHANED --open--> CONTINUING
               CONTINUING --answered--> ATTACHED (a new session carrying the old on)
     acceptor: IDLE --attach--> ATTACHED --lost--> DETACHED --attach--> ATTACHED
-    both:     any live state --complete--> CLOSED, --fail--> FAILED
+    both:     ATTACHED (or waiting for the answer) --complete--> CLOSED
+              any state that has not ended --fail--> FAILED
 
 A path lost while waiting for the answer returns to the state the OPEN was
 sent from. CLOSED and FAILED absorb every later input (late events for a stream
@@ -21,8 +22,9 @@ The application's side has its own small table (``AppState``): it may close
 for sending (half-close) and then close altogether; a closed stream lingers
 until what it wrote is delivered.
 
-``reset_input`` decides what a RESET from the peer on the current path means;
-``Backoff`` is the reconnect schedule (the adapter sleeps).
+``reset_input`` decides what a RESET from the peer on the current path means,
+``completion`` how a complete path ends; ``Backoff`` is the reconnect schedule
+(the adapter sleeps).
 """
 
 from __future__ import annotations
