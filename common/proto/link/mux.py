@@ -351,7 +351,8 @@ class Mux:
             n = len(fr.payload)
             if n > st.granted:
                 raise LinkProtocolError(
-                    f"stream {fr.stream_id}: {n} bytes sent with only {st.granted} of credit"
+                    f"stream {fr.stream_id}: {n} bytes sent with only {st.granted} of credit",
+                    ErrorCode.FLOW_CONTROL,
                 )
             st.granted -= n
             st.buffered += n
@@ -380,7 +381,9 @@ class Mux:
         if ws is None:
             return
         if ws.send_credit + fr.increment > F.MAX_WINDOW_INCREMENT:
-            raise LinkProtocolError(f"stream {fr.stream_id}: credit overflow")
+            raise LinkProtocolError(
+                f"stream {fr.stream_id}: credit overflow", ErrorCode.FLOW_CONTROL
+            )
         ws.send_credit += fr.increment
         events.append(CreditAvailable(fr.stream_id))
 
