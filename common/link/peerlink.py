@@ -5,8 +5,8 @@ One reader task feeds received bytes to the connection, which routes the events
 to per-stream handlers (synchronously: handlers never block, they buffer within
 the stream's credit window; see ``common.link.linkreader``); one writer task
 sends what the connection queued, coalescing small frames; one keepalive task
-pings and declares the link dead when the peer falls silent. Senders wait on credit and on
-the writer's high-water mark, so memory is bounded on both sides.
+pings and declares the link dead when the peer falls silent. Senders wait on
+credit and on the writer's high-water mark, so memory is bounded on both sides.
 
 A malformed frame or a silent peer kills *this* link (one log line); every
 stream handler is told ``on_link_lost`` and the resumable streams above move to
