@@ -2,7 +2,8 @@
 
 ``Mux`` follows the h11 pattern: bytes in through ``receive_data`` (which
 returns events), bytes out through ``data_to_send``; nothing here does I/O or
-reads a clock, time comes in as ``now``.
+reads a clock, time comes in as ``now``. A link drives it through
+``common.proto.link.connection.LinkConnection``, which routes the events.
 
 Flow control is per stream and granted by the receiver. Each stream's window
 starts at ``initial_window`` and doubles, up to ``stream_window``, whenever the
