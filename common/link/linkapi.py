@@ -1,12 +1,15 @@
 """What the peer link (``common.link.peerlink``) offers and asks: its settings,
-its error, and the interface of a stream handler."""
+its error, and the interface of a stream handler (defined with the connection,
+``common.proto.link.connection``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from common.proto.link.connection import StreamHandler
 from common.proto.link.mux import MuxConfig
+
+__all__ = ["LinkConfig", "LinkDeadError", "StreamHandler"]
 
 
 class LinkDeadError(Exception):
@@ -28,17 +31,3 @@ class LinkConfig:
     read_size: int = 256 * 1024
     ack_bytes: int = 1024 * 1024  # ACK received bytes at least this often...
     ack_delay: float = 0.005  # ...and this long after the input ran dry
-
-
-class StreamHandler(Protocol):
-    """What a link calls for one of its streams (from the reader task; must not block)."""
-
-    def on_data(self, offset: int, payload: bytes | bytearray) -> None: ...
-    def on_ack(self, offset: int, fin: bool) -> None: ...
-    def on_eof(self, offset: int) -> None: ...
-    def on_reset(self, code: int, reason: str) -> None: ...
-    def on_credit(self) -> None: ...
-    def on_batch_end(self) -> None: ...
-    def produce(self, max_bytes: int) -> bool:
-        """Writer's turn: queue up to ``max_bytes`` of frames; True if more is ready."""
-        ...

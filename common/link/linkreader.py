@@ -1,37 +1,28 @@
 """The peer link's receiving side (part of ``common.link.peerlink.PeerLink``).
 
-The reader task receives from the transport, feeds the bytes to the mux (the
-bulk of a large DATA payload straight into the payload's own buffer) and
-dispatches the events to the per-stream handlers, synchronously; the per-batch
-work of the streams that received (ACKs) is done every ``ack_bytes``, at once
-after an EOF, or by the acker task shortly after the input ran dry.
+The reader task receives from the transport and feeds the bytes to the link's
+``LinkConnection`` (the bulk of a large DATA payload straight into the payload's
+own buffer), which routes the stream events to their handlers; the reader
+carries out the link's actions (GOAWAY, PONG, a failure). The per-batch work of
+the streams that received (ACKs) is done every ``ack_bytes``, at once after an
+EOF, or by the acker task shortly after the input ran dry.
 """
 
 from __future__ import annotations
 
 import logging
 import select
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 from common.io.fastsock import FastSocket, Yielder
 from common.io.tlsstream import TlsStream
-from common.link.linkapi import LinkConfig, LinkDeadError, StreamHandler
+from common.link.linkapi import LinkConfig, LinkDeadError
 from common.ops.wiretext import wire
-from common.proto.link.frames import ErrorCode
-from common.proto.link.mux import (
-    AckReceived,
-    CreditAvailable,
-    DataReceived,
-    EofReceived,
-    GoAwayReceived,
-    Mux,
-    PongReceived,
-    StreamOpened,
-    StreamReset,
-)
+from common.proto.link.connection import Action, LinkConnection, LinkFailed
+from common.proto.link.frames import LinkProtocolError
+from common.proto.link.mux import PongReceived
 
 log = logging.getLogger("relay.link")
 
@@ -64,22 +55,16 @@ def input_probe(transport: trio.abc.Stream) -> Callable[[], bool]:
 
 
 class LinkReceiver:
-    """The reader, dispatch and ACK batching of ``PeerLink`` (which sets these)."""
+    """The reader, actions and ACK batching of ``PeerLink`` (which sets these)."""
 
     config: LinkConfig
     transport: trio.abc.Stream
-    mux: Mux
+    conn: LinkConnection
     name: str
-    rtt: float | None
     bytes_in: int
     _raw: FastSocket | None
     _ready: trio.Event
-    _handlers: dict[int, StreamHandler]
-    _touched: dict[int, StreamHandler]
-    _eof_seen: bool
     _ack_wake: trio.Event
-    _on_open: Callable[[Any, StreamOpened], None] | None
-    _pong_seq: int
     _pong: trio.Event
 
     def _kick(self) -> None:
@@ -104,33 +89,33 @@ class LinkReceiver:
         # after a payload received in place, read little: the next frame's header and
         # the start of its payload (copied), so that most of it goes in place too
         small = rmv[: min(len(rmv), SMALL_READ)]
-        mux = self.mux
+        conn = self.conn
         yielder = Yielder()
         more_input = input_probe(self.transport)
         touched_bytes = 0
         in_place = False
         while True:
-            target = mux.receive_buffer()
+            target = conn.receive_buffer()
             if target is not None:
                 n = await recv_into(target)
                 if not n:
                     raise LinkDeadError("peer closed the link")
-                events = mux.received_in_place(n, trio.current_time())
+                actions = conn.received_in_place(n, trio.current_time())
                 in_place = True
             else:
                 buf = small if in_place else rmv
                 n = await recv_into(buf)
                 if not n:
                     raise LinkDeadError("peer closed the link")
-                events = mux.receive_data(buf[:n], trio.current_time())
+                actions = conn.receive_data(buf[:n], trio.current_time())
                 in_place = False
-            touched_bytes = self._received(n, events, touched_bytes, more_input)
+            touched_bytes = self._received(n, actions, touched_bytes, more_input)
             await yielder.maybe(n)
 
     async def _read_some(self) -> None:
         t = self.transport
         size = self.config.read_size
-        mux = self.mux
+        conn = self.conn
         yielder = Yielder()
         more_input = input_probe(t)
         touched_bytes = 0
@@ -139,41 +124,43 @@ class LinkReceiver:
             n = len(data)
             if not n:
                 raise LinkDeadError("peer closed the link")
-            events = mux.receive_data(data, trio.current_time())
-            touched_bytes = self._received(n, events, touched_bytes, more_input)
+            actions = conn.receive_data(data, trio.current_time())
+            touched_bytes = self._received(n, actions, touched_bytes, more_input)
             await yielder.maybe(n)
 
     def _received(
-        self, n: int, events: list[Any], touched_bytes: int, more_input: Callable[[], bool]
+        self,
+        n: int,
+        actions: Sequence[Action],
+        touched_bytes: int,
+        more_input: Callable[[], bool],
     ) -> int:
-        """Dispatch the events of ``n`` bytes received; returns the bytes received
+        """Carry out the actions of ``n`` bytes received; returns the bytes received
         by touched streams since their last batch end."""
+        for action in actions:  # first: a failure stops here, as if never received
+            self._carry_out(action)
         self.bytes_in += n
-        if not self._ready.is_set() and self.mux.ready:
+        conn = self.conn
+        if not self._ready.is_set() and conn.ready:
             self._ready.set()
-        for ev in events:
-            self._dispatch(ev)
-        if self._touched:
+        if conn.touched:
             # Per-batch work (ACKs): every ack_bytes while bytes keep coming, at
             # once after an EOF, else shortly after the input ran dry (delayed
             # ACK: a sender that keeps sending gets one ACK per ack_bytes).
             touched_bytes += n
-            if touched_bytes >= self.config.ack_bytes or self._eof_seen:
+            if touched_bytes >= self.config.ack_bytes or conn.eof_seen:
                 touched_bytes = 0
                 self._batch_end()
             elif not more_input():
                 touched_bytes = 0
                 self._ack_wake.set()
-        if self.mux.pending_output:
+        if conn.pending_output:
             self._kick()
         return touched_bytes
 
     def _batch_end(self) -> None:
-        self._eof_seen = False
-        touched, self._touched = self._touched, {}
-        for h in touched.values():
-            h.on_batch_end()
-        if self.mux.pending_output:
+        self.conn.batch_end()
+        if self.conn.pending_output:
             self._kick()
 
     async def _acker(self) -> None:
@@ -183,56 +170,19 @@ class LinkReceiver:
             await self._ack_wake.wait()
             self._ack_wake = trio.Event()
             await trio.sleep(self.config.ack_delay)
-            if self._touched:
+            if self.conn.touched:
                 self._batch_end()
 
-    def _dispatch(self, ev: object) -> None:
-        if isinstance(ev, DataReceived):
-            h = self._handlers.get(ev.stream_id)
-            if h is None:
-                self.mux.consumed(ev.stream_id, len(ev.payload))
-                return
-            h.on_data(ev.offset, ev.payload)
-            self._touched[ev.stream_id] = h
-        elif isinstance(ev, CreditAvailable):
-            h = self._handlers.get(ev.stream_id)
-            if h is not None:
-                h.on_credit()
-        elif isinstance(ev, AckReceived):
-            h = self._handlers.get(ev.stream_id)
-            if h is not None:
-                h.on_ack(ev.offset, ev.fin)
+    def _carry_out(self, action: Action) -> None:
+        if isinstance(action, PongReceived):
+            self._pong.set()
+            self._pong = trio.Event()
+        elif isinstance(action, LinkFailed):
+            raise LinkProtocolError(action.reason, action.code)
         else:
-            self._dispatch_control(ev)
-
-    def _dispatch_control(self, ev: object) -> None:
-        if isinstance(ev, EofReceived):
-            h = self._handlers.get(ev.stream_id)
-            if h is not None:
-                h.on_eof(ev.offset)
-                self._touched[ev.stream_id] = h
-                self._eof_seen = True
-        elif isinstance(ev, StreamReset):
-            h = self._handlers.pop(ev.stream_id, None)
-            self._touched.pop(ev.stream_id, None)
-            if h is not None:
-                h.on_reset(ev.code, ev.reason)
-        elif isinstance(ev, StreamOpened):
-            if self._on_open is None:
-                self.mux.reset_stream(
-                    ev.stream_id, ErrorCode.REFUSED, "this end accepts no streams"
-                )
-            else:
-                self._on_open(self, ev)
-        elif isinstance(ev, GoAwayReceived):
             log.info(
                 "link %s: peer sent GOAWAY (last stream %d): %s",
                 self.name,
-                ev.last_stream_id,
-                wire(ev.reason),
+                action.last_stream_id,
+                wire(action.reason),
             )
-        elif isinstance(ev, PongReceived):
-            self.rtt = ev.rtt
-            self._pong_seq = max(self._pong_seq, ev.seq)
-            self._pong.set()
-            self._pong = trio.Event()

@@ -1,11 +1,12 @@
-"""``PeerLink``: the trio adapter that runs a ``common.proto.link.mux.Mux`` over one stream.
+"""``PeerLink``: the trio adapter that runs a ``common.proto.link.connection.LinkConnection``
+over one stream.
 
-One reader task feeds received bytes to the mux and dispatches the events to
-per-stream handlers (synchronously: handlers never block, they buffer within
+One reader task feeds received bytes to the connection, which routes the events
+to per-stream handlers (synchronously: handlers never block, they buffer within
 the stream's credit window; see ``common.link.linkreader``); one writer task
-sends what the mux queued, coalescing small frames; one keepalive task pings and
-declares the link dead when the peer falls silent. Senders wait on credit and on
-the writer's high-water mark, so memory is bounded on both sides.
+sends what the connection queued, coalescing small frames; one keepalive task
+pings and declares the link dead when the peer falls silent. Senders wait on
+credit and on the writer's high-water mark, so memory is bounded on both sides.
 
 A malformed frame or a silent peer kills *this* link (one log line); every
 stream handler is told ``on_link_lost`` and the resumable streams above move to
@@ -15,7 +16,6 @@ another link. Nothing else in the process is affected.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +26,7 @@ from common.io.tlsstream import TlsStream
 from common.link.linkapi import LinkConfig, LinkDeadError, StreamHandler
 from common.link.linkreader import LinkReceiver, socket_of
 from common.ops.wiretext import wire
+from common.proto.link.connection import LinkConnection
 from common.proto.link.frames import ErrorCode, LinkProtocolError
 from common.proto.link.mux import LinkClosingError, Mux, StreamOpened
 
@@ -56,25 +57,20 @@ class PeerLink(LinkReceiver):
         self.transport = transport
         self.name = name or ("client" if client else "server")
         self.peer_identity = peer_identity
-        self._on_open = on_open
-        self.mux = Mux(self.config.mux, client=client, now=trio.current_time())
-        self._handlers: dict[int, StreamHandler] = {}
+        self.conn = LinkConnection(
+            self.config.mux,
+            client=client,
+            now=trio.current_time(),
+            on_open=None if on_open is None else lambda ev: on_open(self, ev),
+        )
         self._out_wake = trio.Event()
         self._write_lot = trio.lowlevel.ParkingLot()  # senders waiting for the writer, FIFO
         self._ready = trio.Event()
         self._inflight = 0
-        self._touched: dict[
-            int, StreamHandler
-        ] = {}  # streams that received since the last batch end
-        self._eof_seen = False
         self._ack_wake = trio.Event()
-        self._turns: deque[int] = deque()  # streams with something to send, round robin
-        self._ready_set: set[int] = set()
         self._cancel: trio.CancelScope | None = None
         self.closed = trio.Event()
         self.dead_reason: str | None = None
-        self.rtt: float | None = None
-        self._pong_seq = 0
         self._pong = trio.Event()
         self.bytes_in = 0
         self.bytes_out = 0
@@ -91,16 +87,26 @@ class PeerLink(LinkReceiver):
         return not self.closed.is_set() and self.dead_reason is None
 
     @property
+    def mux(self) -> Mux:
+        """The connection's mux (read its state only: the connection drives it)."""
+        return self.conn.mux
+
+    @property
     def draining(self) -> bool:
-        return self.mux.goaway_sent is not None or self.mux.goaway_received is not None
+        return self.conn.draining
 
     @property
     def stream_count(self) -> int:
-        return len(self._handlers)
+        return len(self.conn.handlers)
+
+    @property
+    def rtt(self) -> float | None:
+        return self.conn.rtt
 
     def __repr__(self) -> str:
         return (
-            f"<PeerLink {self.name} peer={self.peer_identity or '-'} streams={len(self._handlers)}>"
+            f"<PeerLink {self.name} peer={self.peer_identity or '-'} "
+            f"streams={len(self.conn.handlers)}>"
         )
 
     # ---------------------------------------------------------------- streams
@@ -116,8 +122,7 @@ class PeerLink(LinkReceiver):
         """Open a stream; raises LinkDeadError or LinkClosingError."""
         if not self.alive:
             raise LinkDeadError(self.dead_reason or "link closed")
-        sid = self.mux.open_stream(session_id, recv_offset, header, resume, continues)
-        self._handlers[sid] = handler
+        sid = self.conn.open(handler, session_id, recv_offset, header, resume, continues)
         self._kick()
         return sid
 
@@ -125,31 +130,27 @@ class PeerLink(LinkReceiver):
         """Take over an incoming stream (from the on_open callback).
 
         Registered even if the mux already dropped the stream: a RESET that arrived
-        in the same read as the OPEN is dispatched right after, to this handler.
+        in the same read as the OPEN is routed right after, to this handler.
         """
-        self._handlers[sid] = handler
+        self.conn.attach(sid, handler)
 
     def detach(self, sid: int, code: int = ErrorCode.SUPERSEDED, reason: str = "") -> None:
         """Stop handling ``sid``: RESET it (CLOSE when code is NO_ERROR) and forget it."""
-        self._handlers.pop(sid, None)
-        self._ready_set.discard(sid)
-        self._touched.pop(sid, None)
-        if self.alive:
-            self.mux.reset_stream(sid, code, reason)
+        alive = self.alive
+        self.conn.detach(sid, code, reason, send=alive)
+        if alive:
             self._kick()
 
     def want_send(self, sid: int) -> None:
         """``sid`` has data (or EOF) to send: queue it for a writer turn."""
-        if sid not in self._ready_set and sid in self._handlers:
-            self._ready_set.add(sid)
-            self._turns.append(sid)
+        if self.conn.want_send(sid):
             self._kick()
 
     def send_credit(self, sid: int) -> int:
-        return self.mux.send_credit(sid)
+        return self.conn.send_credit(sid)
 
     def writable(self) -> bool:
-        return self.mux.pending_output + self._inflight < self.config.write_high_water
+        return self.conn.pending_output + self._inflight < self.config.write_high_water
 
     async def wait_writable(self) -> None:
         """Until the writer has room (FIFO among waiting streams: fair turns)."""
@@ -158,25 +159,22 @@ class PeerLink(LinkReceiver):
             await self._write_lot.park()
 
     def send_data(self, sid: int, offset: int, payload: bytes | bytearray | memoryview) -> int:
-        n = self.mux.send_data(sid, offset, payload)
+        n = self.conn.send_data(sid, offset, payload)
         if n:
             self._kick()
         return n
 
     def send_ack(self, sid: int, offset: int, fin: bool = False) -> None:
-        self.mux.send_ack(sid, offset, fin)
+        self.conn.send_ack(sid, offset, fin)
         self._kick()
 
     def send_eof(self, sid: int, offset: int) -> None:
-        self.mux.send_eof(sid, offset)
+        self.conn.send_eof(sid, offset)
         self._kick()
 
     def consumed(self, sid: int, n: int) -> None:
-        if self.alive:
-            before = self.mux.pending_output
-            self.mux.consumed(sid, n)
-            if self.mux.pending_output != before:
-                self._kick()
+        if self.alive and self.conn.consumed(sid, n):
+            self._kick()
 
     # ---------------------------------------------------------------- lifecycle
     async def wait_ready(self) -> None:
@@ -197,9 +195,9 @@ class PeerLink(LinkReceiver):
         """True once the peer has processed everything queued so far; False if the link dies."""
         if not self.alive:
             return False
-        seq = self.mux.ping(trio.current_time())
+        seq = self.conn.ping(trio.current_time())
         self._kick()
-        while self._pong_seq < seq:
+        while self.conn.pong_seq < seq:
             if not self.alive:
                 return False
             ev = self._pong
@@ -216,7 +214,7 @@ class PeerLink(LinkReceiver):
 
     def goaway(self, reason: str = "draining") -> None:
         if self.alive:
-            self.mux.goaway(ErrorCode.NO_ERROR, reason)
+            self.conn.goaway(reason)
             self._kick()
 
     def close(self, reason: str = "closed") -> None:
@@ -245,8 +243,7 @@ class PeerLink(LinkReceiver):
             self.closed.set()
             self._ready.set()
             self._write_lot.unpark_all()
-            handlers, self._handlers = self._handlers, {}
-            for h in handlers.values():
+            for h in self.conn.take_handlers().values():
                 try:
                     h.on_reset(ErrorCode.INTERNAL, f"link lost: {self.dead_reason}")
                 except Exception:  # a broken handler must not hide the others
@@ -289,30 +286,18 @@ class PeerLink(LinkReceiver):
     def _kick(self) -> None:
         self._out_wake.set()
 
-    def _fill_turns(self) -> None:
-        """Give ready streams their turns (deficit-free round robin) up to the high-water mark."""
+    async def _writer(self) -> None:
+        conn = self.conn
         hw = self.config.write_high_water
         quantum = self.config.send_quantum
-        ready = self._turns
-        for _ in range(len(ready)):
-            if self.mux.pending_output >= hw:
-                return
-            sid = ready.popleft()
-            h = self._handlers.get(sid)
-            if h is not None and h.produce(quantum):
-                ready.append(sid)
-            else:
-                self._ready_set.discard(sid)
-
-    async def _writer(self) -> None:
-        yielder = Yielder(budget=self.config.write_high_water)
+        yielder = Yielder(budget=hw)
         while True:
-            if not self._turns and not self.mux.pending_output:
+            if not conn.has_turns and not conn.pending_output:
                 await self._out_wake.wait()
                 self._out_wake = trio.Event()
                 yielder.reset()
-            self._fill_turns()
-            chunks = self.mux.data_to_send()
+            conn.fill_turns(hw, quantum)
+            chunks = conn.data_to_send()
             if not chunks:
                 await trio.lowlevel.checkpoint()
                 continue
@@ -321,7 +306,7 @@ class PeerLink(LinkReceiver):
             self.bytes_out += sent
             self._inflight = 0
             if self._write_lot:
-                room = self.config.write_high_water - self.mux.pending_output
+                room = hw - conn.pending_output
                 self._write_lot.unpark(count=max(1, room // self.config.mux.max_payload))
             await yielder.maybe(sent)
 
@@ -344,6 +329,7 @@ class PeerLink(LinkReceiver):
         cfg = self.config.mux
         while True:
             await trio.sleep(min(cfg.ping_interval, cfg.dead_after) / 2)
-            if not self.mux.tick(trio.current_time()):
-                raise LinkDeadError(f"peer is silent: {self.mux.dead_reason}")
+            failed = self.conn.tick(trio.current_time())
+            if failed is not None:
+                raise LinkDeadError(failed.reason)
             self._kick()

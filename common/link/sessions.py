@@ -1,8 +1,10 @@
 """The acceptor's resumable sessions, shared by all its links (trio adapter).
 
-``common.proto.link.sessions.SessionDirectory`` decides what each OPEN means;
-``SessionTable`` carries the verdict out: a new ``ResumableStream`` handed to
-``accept()``, a re-attached one, or a RESET with the verdict's code.
+``common.proto.link.sessions.SessionDirectory`` decides what each OPEN means,
+asked by the link's ``LinkConnection.judge_open`` (which answers a finished or
+refused session on the wire); ``SessionTable`` stores the sessions and carries
+the rest out: a new ``ResumableStream`` handed to ``accept()``, or a
+re-attached one.
 """
 
 from __future__ import annotations
@@ -67,30 +69,21 @@ class SessionTable:
             raise StopAsyncIteration from None
 
     def on_open(self, link: PeerLink, ev: StreamOpened) -> None:
-        """``PeerLink`` on_open callback (reader task, synchronous)."""
-        sid = ev.stream_id
-        d = self._dir.judge(ev.session_id, ev.resume, link.peer_identity)
+        """``PeerLink`` on_open callback (reader task, synchronous): the link's
+        connection judges the OPEN (and answers ENDED and REFUSE itself)."""
+        d = link.conn.judge_open(ev, self._dir, link.peer_identity)
         if d.verdict is Verdict.ATTACH:
             assert d.session is not None
-            d.session._attach_accepted(link, sid, ev.recv_offset)
-        elif d.verdict is Verdict.ENDED:
-            assert d.tomb is not None
-            if d.tomb.code == ErrorCode.NO_ERROR:
-                link.send_ack(sid, d.tomb.recv_offset, d.tomb.eof_received)
-                link.detach(sid, ErrorCode.NO_ERROR, "session already complete")
-            else:
-                link.detach(sid, d.tomb.code, d.tomb.reason)
-        elif d.verdict is Verdict.REFUSE:
-            if d.session is not None:
-                log.warning(
-                    "resume of stream %s by %s refused (opened by %s)",
-                    d.session.short_id,
-                    wire(link.peer_identity or "plaintext"),
-                    wire(d.session.peer_identity),
-                )
-            link.detach(sid, d.code, d.reason)
-        else:
+            d.session._attach_accepted(link, ev.stream_id, ev.recv_offset)
+        elif d.verdict is Verdict.NEW:
             self._accept(link, ev)
+        elif d.verdict is Verdict.REFUSE and d.session is not None:
+            log.warning(
+                "resume of stream %s by %s refused (opened by %s)",
+                d.session.short_id,
+                wire(link.peer_identity or "plaintext"),
+                wire(d.session.peer_identity),
+            )
 
     def _accept(self, link: PeerLink, ev: StreamOpened) -> None:
         cont = (ev.continues, ev.recv_offset) if ev.continues is not None else None

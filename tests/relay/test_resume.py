@@ -92,7 +92,42 @@ ops = st.lists(
 )
 
 
-def run(ops_list: list[tuple[str, Any]], limit: int, overflow: str) -> tuple[End, End, bool]:  # noqa: C901
+def apply(op: str, arg: Any, a: End, b: End, p: Path) -> Path:
+    """Carry out one generated operation; returns the path (a new one after a cut)."""
+    if op == "write_a" and not a.s.eof_written:
+        n = a.s.write(arg)
+        a.written += arg[:n]
+    elif op == "write_b":
+        n = b.s.write(arg)
+        b.written += arg[:n]
+    elif op == "send_a":
+        pump(a, p.to_b, arg)
+    elif op == "send_b":
+        pump(b, p.to_a, arg)
+    elif op == "recv_b":
+        deliver(b, p.to_b, p.to_a)
+    elif op == "recv_a":
+        deliver(a, p.to_a, p.to_b)
+    elif op == "cut":
+        return reconnect(a, b)  # in-flight frames are lost
+    elif op == "eof_a":
+        a.s.write_eof()
+    return p
+
+
+def drain(a: End, b: End) -> None:
+    """Finally: a clean path, drain everything."""
+    p = reconnect(a, b)
+    for _ in range(10_000):
+        pump(a, p.to_b, 64)
+        pump(b, p.to_a, 64)
+        deliver(b, p.to_b, p.to_a)
+        deliver(a, p.to_a, p.to_b)
+        if not (p.to_a or p.to_b or a.s.has_pending() or b.s.has_pending()):
+            break
+
+
+def run(ops_list: list[tuple[str, Any]], limit: int, overflow: str) -> tuple[End, End, bool]:
     a, b = End(limit, overflow), End(limit, overflow)
     a.s.start()
     b.s.start()
@@ -100,33 +135,8 @@ def run(ops_list: list[tuple[str, Any]], limit: int, overflow: str) -> tuple[End
     gap = False
     try:
         for op, arg in ops_list:
-            if op == "write_a" and not a.s.eof_written:
-                n = a.s.write(arg)
-                a.written += arg[:n]
-            elif op == "write_b":
-                n = b.s.write(arg)
-                b.written += arg[:n]
-            elif op == "send_a":
-                pump(a, p.to_b, arg)
-            elif op == "send_b":
-                pump(b, p.to_a, arg)
-            elif op == "recv_b":
-                deliver(b, p.to_b, p.to_a)
-            elif op == "recv_a":
-                deliver(a, p.to_a, p.to_b)
-            elif op == "cut":
-                p = reconnect(a, b)  # in-flight frames are lost
-            elif op == "eof_a":
-                a.s.write_eof()
-        # finally: a clean path, drain everything
-        p = reconnect(a, b)
-        for _ in range(10_000):
-            pump(a, p.to_b, 64)
-            pump(b, p.to_a, 64)
-            deliver(b, p.to_b, p.to_a)
-            deliver(a, p.to_a, p.to_b)
-            if not (p.to_a or p.to_b or a.s.has_pending() or b.s.has_pending()):
-                break
+            p = apply(op, arg, a, b, p)
+        drain(a, b)
     except GapError:
         gap = True
     return a, b, gap

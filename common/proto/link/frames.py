@@ -62,10 +62,6 @@ _GOAWAY = struct.Struct("!IH")
 _DATA_HDR = struct.Struct("!BBIIQ")
 
 
-class LinkProtocolError(Exception):
-    """The peer broke the link protocol; the link must be closed."""
-
-
 class FrameType(enum.IntEnum):
     HELLO = 0
     OPEN = 1
@@ -90,6 +86,15 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 7
     FLOW_CONTROL = 8
     SUPERSEDED = 9
+
+
+class LinkProtocolError(Exception):
+    """The peer broke the link protocol; the link must be closed. ``code`` says how
+    (an ``ErrorCode``: PROTOCOL, or FLOW_CONTROL for credit violations)."""
+
+    def __init__(self, message: str, code: int = ErrorCode.PROTOCOL) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 FLAG_RESUME = 0x01  # OPEN: re-attach an existing session

@@ -2,7 +2,8 @@
 
 ``Mux`` follows the h11 pattern: bytes in through ``receive_data`` (which
 returns events), bytes out through ``data_to_send``; nothing here does I/O or
-reads a clock, time comes in as ``now``.
+reads a clock, time comes in as ``now``. A link drives it through
+``common.proto.link.connection.LinkConnection``, which routes the events.
 
 Flow control is per stream and granted by the receiver. Each stream's window
 starts at ``initial_window`` and doubles, up to ``stream_window``, whenever the
@@ -351,7 +352,8 @@ class Mux:
             n = len(fr.payload)
             if n > st.granted:
                 raise LinkProtocolError(
-                    f"stream {fr.stream_id}: {n} bytes sent with only {st.granted} of credit"
+                    f"stream {fr.stream_id}: {n} bytes sent with only {st.granted} of credit",
+                    ErrorCode.FLOW_CONTROL,
                 )
             st.granted -= n
             st.buffered += n
@@ -380,7 +382,9 @@ class Mux:
         if ws is None:
             return
         if ws.send_credit + fr.increment > F.MAX_WINDOW_INCREMENT:
-            raise LinkProtocolError(f"stream {fr.stream_id}: credit overflow")
+            raise LinkProtocolError(
+                f"stream {fr.stream_id}: credit overflow", ErrorCode.FLOW_CONTROL
+            )
         ws.send_credit += fr.increment
         events.append(CreditAvailable(fr.stream_id))
 
