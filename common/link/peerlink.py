@@ -28,7 +28,7 @@ from common.link.linkreader import LinkReceiver, socket_of
 from common.ops.wiretext import wire
 from common.proto.link.connection import LinkConnection
 from common.proto.link.frames import ErrorCode, LinkProtocolError
-from common.proto.link.mux import LinkClosingError, Mux, StreamOpened
+from common.proto.link.mux import LinkClosingError, StreamOpened
 
 log = logging.getLogger("relay.link")
 
@@ -85,11 +85,6 @@ class PeerLink(LinkReceiver):
     @property
     def alive(self) -> bool:
         return not self.closed.is_set() and self.dead_reason is None
-
-    @property
-    def mux(self) -> Mux:
-        """The connection's mux (read its state only: the connection drives it)."""
-        return self.conn.mux
 
     @property
     def draining(self) -> bool:

@@ -185,7 +185,7 @@ class Router:
         await link.run(task_status=task_status)
         if link.cut:
             self.events.link_cut()
-        elif link.peer_identity and not link.mux.ready and link.error is not None:
+        elif link.peer_identity and not link.conn.ready and link.error is not None:
             # TLS 1.3: the server checks our certificate after our side of the
             # handshake is done; its refusal arrives as an alert on the first read
             reason = tlsmod.refusal_reason(link.error)
