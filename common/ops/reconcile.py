@@ -10,7 +10,7 @@ naming its key and starts the rest.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -18,6 +18,7 @@ from common.ops.config import ConfigError
 
 K = TypeVar("K", bound=Hashable)
 S = TypeVar("S")
+H = TypeVar("H", bound=Hashable)
 
 
 def _equal(_key: object, old: object, new: object) -> bool:
@@ -53,6 +54,24 @@ def diff(
     kept = set(keep)
     start = tuple((k, s) for k, s in wanted.items() if k not in kept)
     return Plan(tuple(stop), start, tuple(keep))
+
+
+def indexed(items: Sequence[S], key: Callable[[S], H]) -> dict[tuple[H, int], tuple[int, S]]:
+    """A list of specs (``[[...]]`` tables) as keyed specs: ``(key, n)`` for the n-th
+    item with that key (repeats stay distinct) -> (its index in the list, the item).
+    Compare the items only (``same_item``): an item that moved in the list is kept."""
+    seen: dict[H, int] = {}
+    out: dict[tuple[H, int], tuple[int, S]] = {}
+    for i, item in enumerate(items):
+        k = key(item)
+        n = seen[k] = seen.get(k, -1) + 1
+        out[(k, n)] = (i, item)
+    return out
+
+
+def same_item(_key: object, old: tuple[int, object], new: tuple[int, object]) -> bool:
+    """``same`` for ``indexed`` specs: equal items, wherever they are in the list."""
+    return old[1] == new[1]
 
 
 async def start_all(
