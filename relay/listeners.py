@@ -14,7 +14,13 @@ from common.io.listen import listen_error
 from common.ops.config import ConfigError
 from common.ops.reconcile import Plan, diff, start_all
 from relay.carry import reason
-from relay.config import (
+from relay.ingress import hvsock as hvsock_ingress
+from relay.ingress import pipe as pipe_ingress
+from relay.ingress import serialdev as serial_ingress
+from relay.ingress import tcp as tcp_ingress
+from relay.ingress import vsock as vsock_ingress
+from relay.ingress import vspc as vspc_ingress
+from relay.ingress_config import (
     HvsockListener,
     Listener,
     PipeListener,
@@ -23,12 +29,6 @@ from relay.config import (
     VsockListener,
     VspcListener,
 )
-from relay.ingress import hvsock as hvsock_ingress
-from relay.ingress import pipe as pipe_ingress
-from relay.ingress import serialdev as serial_ingress
-from relay.ingress import tcp as tcp_ingress
-from relay.ingress import vsock as vsock_ingress
-from relay.ingress import vspc as vspc_ingress
 
 log = logging.getLogger("relay")
 

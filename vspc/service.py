@@ -38,6 +38,7 @@ import trio
 from common.io import tlsctx
 from common.io.listen import listening
 from common.io.streamlayers import find_layer
+from common.ops import lifecycle
 from common.ops.config import ConfigError
 from common.ops.metrics_http import serve_metrics
 from common.ops.wiretext import wire
@@ -308,17 +309,24 @@ class VspcService:
         """
         self._draining = True
         await self.stop_listening()
-        with trio.move_on_at(deadline):
-            while self._conns:
-                await self._conns_changed.wait()
-        for conn in list(self._conns):
-            conn.close_soon("vSPC shutting down")
-        with trio.move_on_after(CLOSE_FLUSH_SECONDS + 1.0):
-            while self._conns:
-                await self._conns_changed.wait()
+
+        def closed() -> bool:
+            return not self._conns
+
+        async def idle() -> None:
+            await lifecycle.wait_until(closed, lambda: self._conns_changed)
+
+        def close_all() -> None:
+            for conn in list(self._conns):
+                conn.close_soon("vSPC shutting down")
+
+        if not await lifecycle.graceful(deadline, idle, close_all):
+            await lifecycle.graceful(
+                trio.current_time() + CLOSE_FLUSH_SECONDS + 1.0, idle, lambda: None
+            )
         with trio.move_on_after(5.0):
-            while self._backlogs:  # console bytes still on their way to the consoles
-                await self._backlog_gone.wait()
+            # console bytes still on their way to the consoles
+            await lifecycle.wait_until(lambda: not self._backlogs, lambda: self._backlog_gone)
             await self.consoles.writer.flush()
         if self._handlers is not None:
             self._handlers.cancel_scope.cancel()

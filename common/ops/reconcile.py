@@ -75,14 +75,19 @@ def same_item(_key: object, old: tuple[int, object], new: tuple[int, object]) ->
 
 
 async def start_all(
-    items: Iterable[tuple[K, S]], start: Callable[[K, S], Awaitable[object]]
+    items: Iterable[tuple[K, S]],
+    start: Callable[[K, S], Awaitable[object]],
+    *,
+    keep_going: bool = True,
 ) -> list[ConfigError]:
     """``await start(key, spec)`` for each; a ConfigError (naming its key) is
-    collected and the others still start."""
+    collected and the others still start (or, without ``keep_going``, raised)."""
     errors: list[ConfigError] = []
     for key, spec in items:
         try:
             await start(key, spec)
         except ConfigError as e:
+            if not keep_going:
+                raise
             errors.append(e)
     return errors

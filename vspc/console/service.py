@@ -15,6 +15,7 @@ import trio
 from common.io import fastsock
 from common.io.unixlisten import UnixListener
 from common.ops.excgroups import first_leaf
+from common.ops.reconcile import diff
 from common.ops.wiretext import wire
 from common.proto.console import protocol as proto
 from vspc.console.config import ConsoleConfig
@@ -43,8 +44,9 @@ def log_settings(config: ConsoleConfig) -> LogSettings:
     )
 
 
-def _endpoint_config(c: ConsoleConfig) -> tuple[object, ...]:
-    return (c.socket, c.socket_mode, c.tcp)
+def _endpoint_config(c: ConsoleConfig) -> dict[str, tuple[object, ...]]:
+    """The attach endpoints (restarted together) as one keyed spec (common.ops.reconcile)."""
+    return {"console": (c.socket, c.socket_mode, c.tcp)}
 
 
 class LookupFailed(Exception):
@@ -171,7 +173,8 @@ class ConsoleService:
         if old.ring_bytes != config.ring_bytes:
             for c in self._consoles.values():
                 c.apply_config(config)
-        if _endpoint_config(old) != _endpoint_config(config) and self._nursery is not None:
+        plan = diff(_endpoint_config(old), _endpoint_config(config))
+        if plan.stop and self._nursery is not None:
             await self._stop_listening()
             try:
                 await self._nursery.start(self._listen, config)
