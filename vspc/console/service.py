@@ -44,8 +44,7 @@ def log_settings(config: ConsoleConfig) -> LogSettings:
     )
 
 
-def _endpoint_config(c: ConsoleConfig) -> dict[str, tuple[object, ...]]:
-    """The attach endpoints (restarted together) as one keyed spec (common.ops.reconcile)."""
+def _endpoint_config(c: ConsoleConfig) -> dict[str, tuple[object, ...]]:  # one keyed spec
     return {"console": (c.socket, c.socket_mode, c.tcp)}
 
 
@@ -173,8 +172,7 @@ class ConsoleService:
         if old.ring_bytes != config.ring_bytes:
             for c in self._consoles.values():
                 c.apply_config(config)
-        plan = diff(_endpoint_config(old), _endpoint_config(config))
-        if plan.stop and self._nursery is not None:
+        if diff(_endpoint_config(old), _endpoint_config(config)).stop and self._nursery:
             await self._stop_listening()
             try:
                 await self._nursery.start(self._listen, config)
