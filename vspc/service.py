@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import trio
@@ -309,23 +310,13 @@ class VspcService:
         """
         self._draining = True
         await self.stop_listening()
-
-        def closed() -> bool:
-            return not self._conns
-
-        async def idle() -> None:
-            await lifecycle.wait_until(closed, lambda: self._conns_changed)
-
-        def close_all() -> None:
+        gone = partial(lifecycle.wait_until, lambda: not self._conns, lambda: self._conns_changed)
+        if not await lifecycle.graceful(deadline, gone, lambda: None):
             for conn in list(self._conns):
                 conn.close_soon("vSPC shutting down")
-
-        if not await lifecycle.graceful(deadline, idle, close_all):
-            await lifecycle.graceful(
-                trio.current_time() + CLOSE_FLUSH_SECONDS + 1.0, idle, lambda: None
-            )
-        with trio.move_on_after(5.0):
-            # console bytes still on their way to the consoles
+            with trio.move_on_after(CLOSE_FLUSH_SECONDS + 1.0):
+                await gone()
+        with trio.move_on_after(5.0):  # console bytes still on their way to the consoles
             await lifecycle.wait_until(lambda: not self._backlogs, lambda: self._backlog_gone)
             await self.consoles.writer.flush()
         if self._handlers is not None:

@@ -159,10 +159,8 @@ class ConsoleService:
             self._nursery = None
 
     async def reconfigure(self, config: ConsoleConfig) -> None:
-        """Apply a new config live: limits, ring size, retention, log dir, endpoints.
-
-        Attached clients and queued log data are kept.
-        """
+        """Apply a new config live: limits, ring size, retention, log dir, endpoints
+        (attached clients and queued log data are kept)."""
         old = self.config
         self.config = config
         self._hub.config = config
