@@ -20,33 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import free_port, proc_cpu, results_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 PUMP_SERVER = ROOT / "bench" / "_pump_server.py"
 SPLICE_FLOOR = ROOT / "bench" / "_splice_floor.py"
-
-
-def results_dir() -> Path:
-    d = Path(os.environ.get("VIC_BENCH_RESULTS", ROOT / "bench" / "results"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system, every thread) of a live process, from schedstat (ns)."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except FileNotFoundError:  # thread exited meanwhile
-            continue
-    return total / 1e9
 
 
 @dataclass

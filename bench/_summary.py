@@ -48,8 +48,27 @@ def load_of(d: dict[str, Any] | None) -> str:
     return "?"
 
 
-def rows(d: Path) -> list[tuple[str, str, str, str]]:  # noqa: C901
-    out: list[tuple[str, str, str, str]] = []
+Row = tuple[str, str, str, str]
+
+
+def rows(d: Path) -> list[Row]:
+    """The table's rows, one bench's results after another."""
+    out: list[Row] = []
+    for part in (
+        _vspc_throughput,
+        _vspc_scale,
+        _relay_throughput,
+        _relay_latency,
+        _relay_idle,
+        _mesh_two_hop,
+        _agent,
+    ):
+        out += part(d)
+    return out
+
+
+def _vspc_throughput(d: Path) -> list[Row]:
+    out: list[Row] = []
     v = load(d, "vspc_throughput")
     for kind in ("text", "binary"):
         r = get(v, "summary", kind, "vspc_vs_socat")
@@ -62,6 +81,11 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:  # noqa: C901
                     load_of(v),
                 )
             )
+    return out
+
+
+def _vspc_scale(d: Path) -> list[Row]:
+    out: list[Row] = []
     for name, label in (
         ("vspc_scale", "with console traffic"),
         ("vspc_scale_idle_consoles", "idle consoles"),
@@ -105,6 +129,11 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:  # noqa: C901
                     load_of(s),
                 )
             )
+    return out
+
+
+def _relay_throughput(d: Path) -> list[Row]:
+    out: list[Row] = []
     t = load(d, "relay_throughput")
     for kind in ("tcp", "unix"):
         r = get(t, "summary", kind, "ratios")
@@ -124,6 +153,11 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:  # noqa: C901
                     load_of(t),
                 )
             )
+    return out
+
+
+def _relay_latency(d: Path) -> list[Row]:
+    out: list[Row] = []
     lat = load(d, "relay_latency")
     for kind in ("tcp", "unix"):
         r = get(lat, "summary", kind, "ratios", "pump_vs_socat_added_p50")
@@ -136,6 +170,11 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:  # noqa: C901
                     load_of(lat),
                 )
             )
+    return out
+
+
+def _relay_idle(d: Path) -> list[Row]:
+    out: list[Row] = []
     idle = load(d, "relay_idle")
     if idle:
         out.append(
@@ -147,6 +186,11 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:  # noqa: C901
                 load_of(idle),
             )
         )
+    return out
+
+
+def _mesh_two_hop(d: Path) -> list[Row]:
+    out: list[Row] = []
     m = load(d, "mesh_two_hop")
     if m:
         r = m.get("ratios", {})
@@ -188,6 +232,11 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:  # noqa: C901
                     load_of(m),
                 )
             )
+    return out
+
+
+def _agent(d: Path) -> list[Row]:
+    out: list[Row] = []
     a = load(d, "agent_console")
     for kind in ("hybrid", "pty"):
         r = get(a, "paths", kind, "agent_over_socat")

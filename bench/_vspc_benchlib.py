@@ -10,7 +10,6 @@ import math
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,14 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _common import free_port, results_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 VIC = ROOT / ".venv" / "bin" / "vic"
-
-
-def results_dir() -> Path:
-    d = Path(os.environ.get("VIC_BENCH_RESULTS", ROOT / "bench" / "results"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def vic_command() -> list[str]:
@@ -38,12 +33,6 @@ def vic_command() -> list[str]:
 
 
 # ---------------------------------------------------------------- ports, processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tcp_listening(port: int) -> bool:

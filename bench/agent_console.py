@@ -38,16 +38,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import results_dir  # noqa: E402
+
 from common.io.guestinfo.filestore import FileStore  # noqa: E402
 from common.proto import guestinfo as gi  # noqa: E402
 
 PORT = 1024
-
-
-def results_dir() -> Path:
-    d = Path(os.environ.get("VIC_BENCH_RESULTS", ROOT / "bench" / "results"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def read_exact(read_into: Any, size: int) -> float:
@@ -65,7 +61,7 @@ def read_exact(read_into: Any, size: int) -> float:
             raise RuntimeError(f"EOF after {got} of {size} bytes")
         got += n
     dt = time.perf_counter() - t0
-    return (size - first) / max(dt, 1e-9) / 1e6
+    return float(size - first) / max(dt, 1e-9) / 1e6
 
 
 class Store:

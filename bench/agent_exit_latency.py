@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import trio  # noqa: E402
+from _common import results_dir  # noqa: E402
 
 from common.io.guestinfo.filestore import FileStore  # noqa: E402
 from common.proto import guestinfo as gi  # noqa: E402
@@ -45,12 +46,6 @@ from vspc.guestinfo_watch import (  # noqa: E402
     wait_for,
     wait_for_started,
 )
-
-
-def results_dir() -> Path:
-    d = Path(os.environ.get("VIC_BENCH_RESULTS", ROOT / "bench" / "results"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def pct(xs: list[float], q: float) -> float:

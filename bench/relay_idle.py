@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import selectors
 import shutil
 import socket
@@ -35,23 +34,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import free_port, raise_nofile, results_dir
+from _procmem import children, mem_kib, settle
+
 ROOT = Path(__file__).resolve().parents[1]
 KIB = 1024
 PAYLOAD = b"hello from the vm\n"
 IDLE_WAIT = 1.0  # seconds between the last stream of a step opening and the sample
-
-
-def results_dir() -> Path:
-    d = Path(os.environ.get("VIC_BENCH_RESULTS", ROOT / "bench" / "results"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def raise_nofile(n: int = 20_000) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(n, hard)
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 # --------------------------------------------------------------------- the sink
@@ -127,12 +118,6 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
             proc.wait()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_listening(port: int, proc: subprocess.Popen[Any], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -147,38 +132,6 @@ def wait_listening(port: int, proc: subprocess.Popen[Any], timeout: float = 30) 
             time.sleep(0.05)
 
 
-def mem_kib(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) of one process in KiB."""
-    rss = pss = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    pss = int(line.split()[1])
-    except OSError:
-        pss = rss
-    return rss, pss
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                out.append(int(d))
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
-
-
 def open_clients(port: int, n: int, into: list[socket.socket]) -> None:
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -190,18 +143,6 @@ def close_all(socks: list[socket.socket]) -> None:
     for s in socks:
         s.close()
     socks.clear()
-
-
-def settle(pid: int, tries: int = 20) -> tuple[int, int]:
-    """Memory once it stops moving (the relay finishes admitting streams)."""
-    last = mem_kib(pid)
-    for _ in range(tries):
-        time.sleep(0.15)
-        cur = mem_kib(pid)
-        if abs(cur[0] - last[0]) < 16:
-            return cur
-        last = cur
-    return last
 
 
 def slope(points: list[tuple[int, float]]) -> float:
@@ -402,8 +343,8 @@ def main() -> int:
     if args.role == "sink":
         sink_main()
         return 0
+    name = "relay_idle_smoke" if args.smoke else "relay_idle"
     if args.replot:
-        name = "relay_idle_smoke" if args.smoke else "relay_idle"
         js = results_dir() / f"{name}.json"
         plot(json.loads(js.read_text()), js.with_suffix(".png"))
         return 0
@@ -413,9 +354,24 @@ def main() -> int:
         n, k, reps = 100, 20, 1
     steps = [n] if args.smoke else sorted({max(1, n * i // 4) for i in range(1, 5)})
     tries = 3 if args.smoke else 20
-    relay_runs = []
-    socat_runs = []
-    direct_runs = []
+    runs = measure(n, k, reps, steps, tries)
+    result = summarize(args.smoke, n, k, reps, *runs)
+    out = results_dir()
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    plot(result, out / f"{name}.png")
+    print_summary(result, n, reps)
+    print(f"wrote {out / (name + '.json')} and .png")
+    return 0
+
+
+Runs = list[dict[str, Any]]
+
+
+def measure(n: int, k: int, reps: int, steps: list[int], tries: int) -> tuple[Runs, Runs, Runs]:
+    """Every repetition: the relay, socat (if installed), direct."""
+    relay_runs: Runs = []
+    socat_runs: Runs = []
+    direct_runs: Runs = []
     for r in range(reps):
         relay_runs.append(run_relay(n, steps, tries))
         print(
@@ -431,11 +387,18 @@ def main() -> int:
                 flush=True,
             )
         direct_runs.append(run_direct(n))
+    return relay_runs, socat_runs, direct_runs
+
+
+def summarize(
+    smoke: bool, n: int, k: int, reps: int, relay_runs: Runs, socat_runs: Runs, direct_runs: Runs
+) -> dict[str, Any]:
+    """The JSON result: every run, and the medians over them."""
     med = statistics.median
     relay_pb = med(r["per_stream_bytes_slope"] for r in relay_runs)
     result: dict[str, Any] = {
         "bench": "relay_idle",
-        "smoke": args.smoke,
+        "smoke": smoke,
         "streams": n,
         "reps": reps,
         "host": {
@@ -458,33 +421,38 @@ def main() -> int:
             "open_seconds_median": med(r["open_seconds"] for r in direct_runs),
         },
     }
-    if socat_runs:
-        s_rss = med(r["per_stream_rss_bytes"] for r in socat_runs)
-        s_pss = med(r["per_stream_pss_bytes"] for r in socat_runs)
-        result["socat"] = {
-            "measured_streams": k,
-            "per_stream_rss_bytes_median": s_rss,
-            "per_stream_pss_bytes_median": s_pss,
-            "extrapolated_rss_mib_at_n": s_rss * n / 2**20,
-            "extrapolated_pss_mib_at_n": s_pss * n / 2**20,
-            "ratio_rss_socat_over_relay": s_rss / relay_pb if relay_pb > 0 else None,
-            "ratio_pss_socat_over_relay": s_pss / relay_pb if relay_pb > 0 else None,
-        }
-    else:
-        result["socat"] = {
+    result["socat"] = socat_summary(k, n, relay_pb, socat_runs)
+    return result
+
+
+def socat_summary(k: int, n: int, relay_pb: float, socat_runs: Runs) -> dict[str, Any]:
+    if not socat_runs:
+        return {
             "per_stream_rss_bytes_median": 0.0,
             "per_stream_pss_bytes_median": 0.0,
             "skipped": "socat not installed",
         }
-    out = results_dir()
-    name = "relay_idle_smoke" if args.smoke else "relay_idle"
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
-    plot(result, out / f"{name}.png")
+    med = statistics.median
+    s_rss = med(r["per_stream_rss_bytes"] for r in socat_runs)
+    s_pss = med(r["per_stream_pss_bytes"] for r in socat_runs)
+    return {
+        "measured_streams": k,
+        "per_stream_rss_bytes_median": s_rss,
+        "per_stream_pss_bytes_median": s_pss,
+        "extrapolated_rss_mib_at_n": s_rss * n / 2**20,
+        "extrapolated_pss_mib_at_n": s_pss * n / 2**20,
+        "ratio_rss_socat_over_relay": s_rss / relay_pb if relay_pb > 0 else None,
+        "ratio_pss_socat_over_relay": s_pss / relay_pb if relay_pb > 0 else None,
+    }
+
+
+def print_summary(result: dict[str, Any], n: int, reps: int) -> None:
+    relay_pb = result["relay"]["per_stream_bytes_median"]
     print(
         f"relay: {relay_pb:.0f} B/stream (median slope over {reps} runs, {n} streams); "
         f"target <= {10 * KIB}: {'met' if result['relay']['meets_target'] else 'NOT met'}"
     )
-    if socat_runs:
+    if result["socat_runs"]:
         s = result["socat"]
         print(
             f"socat: {s['per_stream_rss_bytes_median'] / KIB:.0f} KiB RSS / "
@@ -497,8 +465,6 @@ def main() -> int:
         f"{result['direct']['open_seconds_median']:.1f} s direct, "
         f"{result['relay']['open_seconds_median']:.1f} s through the relay"
     )
-    print(f"wrote {out / (name + '.json')} and .png")
-    return 0
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import results_dir
 from _relay_benchlib import (
     Relay,
     connect,
@@ -37,7 +38,6 @@ from _relay_benchlib import (
     median,
     percentile,
     relay_listen_addr,
-    results_dir,
     start_pump,
     start_socat,
     write_json,
@@ -143,7 +143,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> int:  # noqa: C901
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--count", type=int, default=5000, help="round trips per measurement")
     p.add_argument("--warmup", type=int, default=300)
@@ -152,7 +152,11 @@ def main() -> int:  # noqa: C901
     p.add_argument("--smoke", action="store_true", help="tiny run for the test suite")
     p.add_argument("--serve-echo", help=argparse.SUPPRESS)
     p.add_argument("--tmpdir", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     if args.serve_echo:
         serve_echo(args.serve_echo, args.tmpdir)
         return 0
@@ -164,91 +168,9 @@ def main() -> int:  # noqa: C901
     }
     with tempfile.TemporaryDirectory(prefix="vic-bench-") as tmp:
         for kind in kinds:
-            echo, echo_addr = start_echo(kind, Path(tmp))
-            try:
-                for rep in range(args.reps):
-                    relays: list[Relay] = []
-                    socks: dict[str, socket.socket] = {}
-                    try:
-                        for c in CONTENDERS:
-                            if c == "direct":
-                                addr = echo_addr
-                            else:
-                                listen = relay_listen_addr(kind, Path(tmp), f"relay-{c}.sock")
-                                relay = (
-                                    start_socat(listen, echo_addr, nodelay=True)
-                                    if c == "socat"
-                                    else start_pump(listen, echo_addr, copy=c == "pump-copy")
-                                )
-                                relays.append(relay)
-                                addr = relay.listen
-                            socks[c] = connect(addr)
-                        rtts = ping_pong(socks, args.count, args.warmup)
-                        for sock in socks.values():
-                            sock.close()
-                        for relay in relays:
-                            relay.finish()
-                    finally:
-                        for sock in socks.values():
-                            sock.close()
-                        for relay in relays:
-                            relay.kill()
-                    for c in CONTENDERS:
-                        r = {
-                            "p50_us": percentile(rtts[c], 0.50),
-                            "p99_us": percentile(rtts[c], 0.99),
-                            "mean_us": sum(rtts[c]) / len(rtts[c]),
-                        }
-                        runs[kind][c].append(r)
-                        print(
-                            f"rep {rep} {kind:4} {c:9} p50 {r['p50_us']:8.1f} us"
-                            f"  p99 {r['p99_us']:8.1f} us",
-                            flush=True,
-                        )
-            finally:
-                echo.kill()
-                echo.wait()
-    summary: dict[str, Any] = {}
-    for kind in kinds:
-        s: dict[str, Any] = {}
-        direct = runs[kind]["direct"]
-        for c in CONTENDERS:
-            rs = runs[kind][c]
-            s[c] = {
-                "p50_us": median([r["p50_us"] for r in rs]),
-                "p99_us": median([r["p99_us"] for r in rs]),
-                "added_p50_us": median([r["p50_us"] - d["p50_us"] for r, d in zip(rs, direct)]),
-                "added_p99_us": median([r["p99_us"] - d["p99_us"] for r, d in zip(rs, direct)]),
-            }
-        socat_added = s["socat"]["added_p50_us"]
-        s["ratios"] = {
-            "pump_vs_socat_added_p50": s["pump"]["added_p50_us"] / socat_added
-            if socat_added > 0
-            else float("nan"),
-            "pump_vs_socat_added_p99": s["pump"]["added_p99_us"] / s["socat"]["added_p99_us"]
-            if s["socat"]["added_p99_us"] > 0
-            else float("nan"),
-            "pump_vs_socat_p50": s["pump"]["p50_us"] / s["socat"]["p50_us"],
-            "pump_copy_vs_socat_added_p50": s["pump-copy"]["added_p50_us"] / socat_added
-            if socat_added > 0
-            else float("nan"),
-        }
-        s["targets"] = {"added_p50_ratio<=1.2": s["ratios"]["pump_vs_socat_added_p50"] <= 1.2}
-        summary[kind] = s
-    print()
-    print(f"medians over {args.reps} repetitions of {args.count} round trips of {MSG} bytes")
-    for kind, s in summary.items():
-        print(f"[{kind}]")
-        for c in CONTENDERS:
-            print(
-                f"  {c:6} p50 {s[c]['p50_us']:8.1f} us  p99 {s[c]['p99_us']:8.1f} us"
-                f"   added p50 {s[c]['added_p50_us']:7.1f} us"
-                f"  added p99 {s[c]['added_p99_us']:7.1f} us"
-            )
-        for name, v in s["ratios"].items():
-            print(f"  {name:28} {v:5.2f}")
-        for name, ok in s["targets"].items():
-            print(f"  target {name:25} {'met' if ok else 'NOT met'}")
+            measure_kind(kind, Path(tmp), args, runs[kind])
+    summary = {kind: summarize(runs[kind]) for kind in kinds}
+    print_summary(summary, args)
     data = {
         "bench": "relay_latency",
         "message_bytes": MSG,
@@ -263,6 +185,110 @@ def main() -> int:  # noqa: C901
     plot(summary, results_dir() / "relay_latency.png")
     print(f"wrote {path} and relay_latency.png")
     return 0
+
+
+def measure_kind(
+    kind: str, tmp: Path, args: argparse.Namespace, runs: dict[str, list[dict[str, float]]]
+) -> None:
+    """Every repetition over one socket kind, against one echo server process."""
+    echo, echo_addr = start_echo(kind, tmp)
+    try:
+        for rep in range(args.reps):
+            rtts = one_rep(kind, tmp, echo_addr, args)
+            for c in CONTENDERS:
+                r = {
+                    "p50_us": percentile(rtts[c], 0.50),
+                    "p99_us": percentile(rtts[c], 0.99),
+                    "mean_us": sum(rtts[c]) / len(rtts[c]),
+                }
+                runs[c].append(r)
+                print(
+                    f"rep {rep} {kind:4} {c:9} p50 {r['p50_us']:8.1f} us"
+                    f"  p99 {r['p99_us']:8.1f} us",
+                    flush=True,
+                )
+    finally:
+        echo.kill()
+        echo.wait()
+
+
+def one_rep(
+    kind: str, tmp: Path, echo_addr: str, args: argparse.Namespace
+) -> dict[str, list[float]]:
+    """One repetition: a connection through every contender at once, ping-pong interleaved."""
+    relays: list[Relay] = []
+    socks: dict[str, socket.socket] = {}
+    try:
+        for c in CONTENDERS:
+            if c == "direct":
+                addr = echo_addr
+            else:
+                listen = relay_listen_addr(kind, tmp, f"relay-{c}.sock")
+                relay = (
+                    start_socat(listen, echo_addr, nodelay=True)
+                    if c == "socat"
+                    else start_pump(listen, echo_addr, copy=c == "pump-copy")
+                )
+                relays.append(relay)
+                addr = relay.listen
+            socks[c] = connect(addr)
+        rtts = ping_pong(socks, args.count, args.warmup)
+        for sock in socks.values():
+            sock.close()
+        for relay in relays:
+            relay.finish()
+    finally:
+        for sock in socks.values():
+            sock.close()
+        for relay in relays:
+            relay.kill()
+    return rtts
+
+
+def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """Medians over the repetitions of one kind, the added latencies, the ratios."""
+    s: dict[str, Any] = {}
+    direct = runs["direct"]
+    for c in CONTENDERS:
+        rs = runs[c]
+        s[c] = {
+            "p50_us": median([r["p50_us"] for r in rs]),
+            "p99_us": median([r["p99_us"] for r in rs]),
+            "added_p50_us": median([r["p50_us"] - d["p50_us"] for r, d in zip(rs, direct)]),
+            "added_p99_us": median([r["p99_us"] - d["p99_us"] for r, d in zip(rs, direct)]),
+        }
+    socat_added = s["socat"]["added_p50_us"]
+    s["ratios"] = {
+        "pump_vs_socat_added_p50": s["pump"]["added_p50_us"] / socat_added
+        if socat_added > 0
+        else float("nan"),
+        "pump_vs_socat_added_p99": s["pump"]["added_p99_us"] / s["socat"]["added_p99_us"]
+        if s["socat"]["added_p99_us"] > 0
+        else float("nan"),
+        "pump_vs_socat_p50": s["pump"]["p50_us"] / s["socat"]["p50_us"],
+        "pump_copy_vs_socat_added_p50": s["pump-copy"]["added_p50_us"] / socat_added
+        if socat_added > 0
+        else float("nan"),
+    }
+    s["targets"] = {"added_p50_ratio<=1.2": s["ratios"]["pump_vs_socat_added_p50"] <= 1.2}
+    return s
+
+
+def print_summary(summary: dict[str, Any], args: argparse.Namespace) -> None:
+    print()
+    print(f"medians over {args.reps} repetitions of {args.count} round trips of {MSG} bytes")
+    for kind, s in summary.items():
+        print(f"[{kind}]")
+        for c in CONTENDERS:
+            print(
+                f"  {c:6} p50 {s[c]['p50_us']:8.1f} us  p99 {s[c]['p99_us']:8.1f} us"
+                f"   added p50 {s[c]['added_p50_us']:7.1f} us"
+                f"  added p99 {s[c]['added_p99_us']:7.1f} us"
+            )
+        for name, v in s["ratios"].items():
+            print(f"  {name:28} {v:5.2f}")
+        for name, ok in s["targets"].items():
+            print(f"  target {name:25} {'met' if ok else 'NOT met'}")
 
 
 if __name__ == "__main__":

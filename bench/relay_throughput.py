@@ -32,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import results_dir
 from _relay_benchlib import (
     Relay,
     connect,
@@ -39,7 +40,6 @@ from _relay_benchlib import (
     listen_socket,
     median,
     relay_listen_addr,
-    results_dir,
     start_pump,
     start_socat,
     start_splice_floor,
@@ -167,10 +167,32 @@ def main() -> int:
     if args.smoke:
         args.size, args.reps = 8 << 20, 2
     kinds = args.kinds.split(",")
+    steal0 = cpu_ticks()
+    runs = measure(kinds, args)
+    summary = {kind: summarize(runs[kind]) for kind in kinds}
+    print_summary(summary, args)
+    data = {
+        "bench": "relay_throughput",
+        "size_bytes": args.size,
+        "reps": args.reps,
+        "smoke": args.smoke,
+        "environment": {**environment(), "cpu_steal": steal_since(steal0)},
+        "summary": summary,
+        "runs": runs,
+    }
+    path = write_json("relay_throughput", data)
+    plot(summary, results_dir() / "relay_throughput.png")
+    print(f"wrote {path} and relay_throughput.png")
+    return 0
+
+
+def measure(
+    kinds: list[str], args: argparse.Namespace
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Every repetition, every kind, every contender (in a rotating order)."""
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         k: {c: [] for c in CONTENDERS} for k in kinds
     }
-    steal0 = cpu_ticks()
     with tempfile.TemporaryDirectory(prefix="vic-bench-") as tmp:
         for rep in range(args.reps):
             for kind in kinds:
@@ -187,33 +209,37 @@ def main() -> int:
                         ),
                         flush=True,
                     )
-    summary: dict[str, Any] = {}
-    for kind in kinds:
-        s: dict[str, Any] = {}
-        for c in CONTENDERS:
-            rs = runs[kind][c]
-            s[c] = {
-                "gib_per_s": median([r["gib_per_s"] for r in rs]),
-                "cpu_s_per_gib": median([r["cpu_s_per_gib"] for r in rs])
-                if c != "direct"
-                else None,
-            }
-        s["ratios"] = {
-            "pump_vs_socat_throughput": s["pump"]["gib_per_s"] / s["socat"]["gib_per_s"],
-            "pump_vs_direct_throughput": s["pump"]["gib_per_s"] / s["direct"]["gib_per_s"],
-            "pump_vs_socat_cpu_per_gib": s["pump"]["cpu_s_per_gib"] / s["socat"]["cpu_s_per_gib"],
-            "pump_copy_vs_socat_throughput": s["pump-copy"]["gib_per_s"] / s["socat"]["gib_per_s"],
-            "pump_copy_vs_socat_cpu_per_gib": s["pump-copy"]["cpu_s_per_gib"]
-            / s["socat"]["cpu_s_per_gib"],
-            "floor_vs_socat_throughput": s["splice-floor"]["gib_per_s"] / s["socat"]["gib_per_s"],
-            "floor_vs_socat_cpu_per_gib": s["splice-floor"]["cpu_s_per_gib"]
-            / s["socat"]["cpu_s_per_gib"],
+    return runs
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Medians over the repetitions of one kind, the ratios and the targets."""
+    s: dict[str, Any] = {}
+    for c in CONTENDERS:
+        rs = runs[c]
+        s[c] = {
+            "gib_per_s": median([r["gib_per_s"] for r in rs]),
+            "cpu_s_per_gib": median([r["cpu_s_per_gib"] for r in rs]) if c != "direct" else None,
         }
-        s["targets"] = {
-            "throughput_ratio>=1.3": s["ratios"]["pump_vs_socat_throughput"] >= 1.3,
-            "cpu_ratio<=0.6": s["ratios"]["pump_vs_socat_cpu_per_gib"] <= 0.6,
-        }
-        summary[kind] = s
+    s["ratios"] = {
+        "pump_vs_socat_throughput": s["pump"]["gib_per_s"] / s["socat"]["gib_per_s"],
+        "pump_vs_direct_throughput": s["pump"]["gib_per_s"] / s["direct"]["gib_per_s"],
+        "pump_vs_socat_cpu_per_gib": s["pump"]["cpu_s_per_gib"] / s["socat"]["cpu_s_per_gib"],
+        "pump_copy_vs_socat_throughput": s["pump-copy"]["gib_per_s"] / s["socat"]["gib_per_s"],
+        "pump_copy_vs_socat_cpu_per_gib": s["pump-copy"]["cpu_s_per_gib"]
+        / s["socat"]["cpu_s_per_gib"],
+        "floor_vs_socat_throughput": s["splice-floor"]["gib_per_s"] / s["socat"]["gib_per_s"],
+        "floor_vs_socat_cpu_per_gib": s["splice-floor"]["cpu_s_per_gib"]
+        / s["socat"]["cpu_s_per_gib"],
+    }
+    s["targets"] = {
+        "throughput_ratio>=1.3": s["ratios"]["pump_vs_socat_throughput"] >= 1.3,
+        "cpu_ratio<=0.6": s["ratios"]["pump_vs_socat_cpu_per_gib"] <= 0.6,
+    }
+    return s
+
+
+def print_summary(summary: dict[str, Any], args: argparse.Namespace) -> None:
     print()
     print(f"medians over {args.reps} repetitions, {args.size / GIB:.3f} GiB per transfer")
     for kind, s in summary.items():
@@ -228,19 +254,6 @@ def main() -> int:
             print(f"  {name:32} {v:5.2f}")
         for name, ok in s["targets"].items():
             print(f"  target {name:25} {'met' if ok else 'NOT met'}")
-    data = {
-        "bench": "relay_throughput",
-        "size_bytes": args.size,
-        "reps": args.reps,
-        "smoke": args.smoke,
-        "environment": {**environment(), "cpu_steal": steal_since(steal0)},
-        "summary": summary,
-        "runs": runs,
-    }
-    path = write_json("relay_throughput", data)
-    plot(summary, results_dir() / "relay_throughput.png")
-    print(f"wrote {path} and relay_throughput.png")
-    return 0
 
 
 if __name__ == "__main__":

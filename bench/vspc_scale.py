@@ -32,9 +32,7 @@ vSPC and the direct server alike (0 shares the CPU equally).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -45,229 +43,12 @@ from typing import Any
 
 import _vspc_benchlib as bl
 import trio
+from _common import free_port
+from _scale_hosts import Workers, sink_server, worker
+from _scale_probes import Probes
 from _steal import cpu_ticks, steal_since
 
-from vic.lab import rxstamp
-from vic.lab import telnet_wire as tw
-from vic.lab.esx_sim import (
-    EsxBehaviour,
-    EsxConnection,
-    SimError,
-    SimVM,
-    migrate,
-    random_seq,
-)
-
 NAME = "vspc_scale"
-GOAHEAD_SECRET = b"\x00" * 8
-
-
-# ---------------------------------------------------------------- worker process
-
-
-async def _console_writer(
-    send: Any, name: str, interval: float, rng: random.Random, counter: list[int]
-) -> None:
-    await trio.sleep(rng.random() * interval)
-    k = 0
-    while True:
-        k += 1
-        line = f"[{time.time():.6f}] {name}: heartbeat {k} load=0.{rng.randrange(100):02d}\r\n"
-        try:
-            await send(line.encode())
-        except Exception:
-            return
-        counter[0] += 1
-        await trio.sleep(interval * (0.5 + rng.random()))
-
-
-async def _raw_drain(stream: trio.abc.Stream) -> None:
-    try:
-        while await stream.receive_some(4096):
-            pass
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-
-
-async def worker(args: argparse.Namespace) -> None:
-    limiter = trio.CapacityLimiter(args.concurrency)
-    connected, failed, lines = [0], [0], [0]
-    errors: dict[str, int] = {}
-    t0 = time.monotonic()
-    all_done = trio.Event()
-    remaining = [args.count]
-    writers: list[tuple[Any, str, int]] = []
-
-    async with trio.open_nursery() as nursery:
-
-        async def one(i: int) -> None:
-            vm = SimVM.random(random.Random(args.seed * 1_000_003 + i), name=f"w{args.seed}-vm{i}")
-            send: Any
-            try:
-                async with limiter:
-                    if args.raw:
-                        stream = await trio.open_tcp_stream("127.0.0.1", args.port)
-                        nursery.start_soon(_raw_drain, stream)
-                        send = stream.send_all
-                    else:
-                        conn = await EsxConnection.open(
-                            nursery,
-                            "127.0.0.1",
-                            args.port,
-                            vm=vm,
-                            behaviour=EsxBehaviour(ready_timeout=120.0, recv_size=4096),
-                        )
-                        send = conn.send_console
-                connected[0] += 1
-                writers.append((send, vm.name, i))
-                if connected[0] % 1000 == 0:
-                    print(
-                        f"worker {args.seed}: {connected[0]} connected", file=sys.stderr, flush=True
-                    )
-            except Exception as e:
-                failed[0] += 1
-                key = type(e).__name__
-                errors[key] = errors.get(key, 0) + 1
-            finally:
-                remaining[0] -= 1
-                if remaining[0] == 0:
-                    all_done.set()
-
-        for i in range(args.count):
-            nursery.start_soon(one, i)
-        await all_done.wait()
-        # Console lines start once this worker's VMs are all connected (so connecting
-        # 16k VMs is not slowed down by the ones already writing).
-        for send, name, i in writers:
-            nursery.start_soon(_console_writer, send, name, args.interval, random.Random(i), lines)
-        print(
-            json.dumps(
-                {
-                    "ready": True,
-                    "connected": connected[0],
-                    "failed": failed[0],
-                    "errors": errors,
-                    "seconds": time.monotonic() - t0,
-                }
-            ),
-            flush=True,
-        )
-        # Run until the parent closes our stdin.
-        await trio.to_thread.run_sync(sys.stdin.read)
-        print(json.dumps({"lines": lines[0]}), flush=True)
-        nursery.cancel_scope.cancel()
-
-
-# ---------------------------------------------------------------- direct baseline server
-
-
-async def sink_server(args: argparse.Namespace) -> None:
-    """Holds connections, discards data, answers a BEGIN frame with a GOAHEAD frame."""
-    begin = bytes((tw.IAC, tw.SB, tw.VMWARE_EXT, tw.VMOTION_BEGIN))
-
-    async def handler(stream: trio.SocketStream) -> None:
-        try:
-            while True:
-                data = await stream.receive_some(4096)
-                if not data:
-                    return
-                if data.startswith(begin):
-                    dec = tw.decode_all(data)
-                    for ev in dec:
-                        if isinstance(ev, tw.Subnegotiation) and ev.payload[:1] == bytes(
-                            (tw.VMOTION_BEGIN,)
-                        ):
-                            seq = ev.payload[1:]
-                            await stream.send_all(tw.ext(tw.VMOTION_GOAHEAD, seq + GOAHEAD_SECRET))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
-    listeners = await trio.open_tcp_listeners(args.port, host="127.0.0.1")
-    print(json.dumps({"listening": args.port}), flush=True)
-    await trio.serve_listeners(handler, listeners)
-
-
-# ---------------------------------------------------------------- parent
-
-
-class Workers:
-    def __init__(self) -> None:
-        self.procs: list[trio.Process] = []
-        self.bufs: list[bytearray] = []
-
-    async def start(
-        self,
-        nursery: trio.Nursery,
-        port: int,
-        counts: list[int],
-        args: argparse.Namespace,
-        raw: bool,
-    ) -> None:
-        for k, count in enumerate(counts):
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                "--port",
-                str(port),
-                "--count",
-                str(count),
-                "--seed",
-                str(k + 1),
-                "--interval",
-                str(args.interval),
-                "--concurrency",
-                str(args.concurrency),
-            ]
-            if raw:
-                cmd.append("--raw")
-            if args.worker_nice:
-                cmd = ["nice", "-n", str(args.worker_nice), *cmd]
-            p = await trio.lowlevel.open_process(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            self.procs.append(p)
-            self.bufs.append(bytearray())
-
-    async def line(self, k: int) -> dict[str, Any]:
-        p, buf = self.procs[k], self.bufs[k]
-        assert p.stdout is not None
-        while b"\n" not in buf:
-            chunk = await p.stdout.receive_some(65536)
-            if not chunk:
-                raise RuntimeError(f"worker {k} exited ({p.returncode})")
-            buf += chunk
-        line, _, rest = bytes(buf).partition(b"\n")
-        buf[:] = rest
-        return dict(json.loads(line))
-
-    async def wait_ready(self, timeout: float) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = [{} for _ in self.procs]
-        with trio.fail_after(timeout):
-            async with trio.open_nursery() as n:
-                for k in range(len(self.procs)):
-
-                    async def one(k: int = k) -> None:
-                        out[k] = await self.line(k)
-
-                    n.start_soon(one)
-        return out
-
-    async def stop(self) -> list[dict[str, Any]]:
-        stats: list[dict[str, Any]] = []
-        for k, p in enumerate(self.procs):
-            if p.stdin is not None:
-                await p.stdin.aclose()
-            try:
-                with trio.fail_after(30):
-                    stats.append(await self.line(k))
-            except Exception as e:
-                stats.append({"error": repr(e)})
-        for p in self.procs:
-            with trio.move_on_after(10):
-                await p.wait()
-            if p.returncode is None:
-                p.kill()
-                await p.wait()
-        return stats
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -296,201 +77,146 @@ def histogram_quantiles(metrics: str, name: str, qs: tuple[float, ...]) -> dict[
     return out
 
 
-async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:  # noqa: C901
+class _Server:
+    """The server under test: the real ``vic vspc``, or the minimal trio server."""
+
+    def __init__(self, mode: str, workdir: Path, args: argparse.Namespace) -> None:
+        self.mode = mode
+        self.workdir = workdir
+        self.v: bl.Vspc | None = None
+        if mode == "vspc":
+            self.cm: Any = bl.run_vspc(workdir, profile=args.profile_vspc)
+            self.v = self.cm.__enter__()
+            self.pid, self.port = self.v.pid, self.v.port
+        else:
+            self.port = free_port()
+            self.proc = subprocess.Popen(
+                [sys.executable, __file__, "--sink", "--port", str(self.port)],
+                stdout=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+            )
+            bl.wait_for(lambda: bl.tcp_listening(self.port), "sink server", proc=self.proc)
+            self.pid = self.proc.pid
+
+    def stop(self, result: dict[str, Any]) -> None:
+        if self.mode == "vspc":
+            if self.v is not None and self.v.proc.poll() is not None:
+                result["vspc_stderr_tail"] = bl.tail(self.workdir / "vspc.stderr")
+            self.cm.__exit__(None, None, None)
+            result["vspc_stderr_tail"] = bl.tail(self.workdir / "vspc.stderr", 1500)
+        else:
+            bl.stop(self.proc)
+
+
+async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     """mode: "vspc" (the real vic vspc) or "direct" (the minimal trio server)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"vspc-scale-{mode}-"))
     result: dict[str, Any] = {"mode": mode}
     probes_n = min(args.probes, args.vms)
     counts = _split(args.vms - probes_n, args.workers)
     try:
-        if mode == "vspc":
-            cm: Any = bl.run_vspc(workdir, profile=args.profile_vspc)
-            v = cm.__enter__()
-            pid, port = v.pid, v.port
-        else:
-            port = bl.free_port()
-            proc = subprocess.Popen(  # noqa: ASYNC220 (harness set-up, before timing)
-                [sys.executable, __file__, "--sink", "--port", str(port)],
-                stdout=subprocess.DEVNULL,
-                stdin=subprocess.DEVNULL,
-            )
-            bl.wait_for(lambda: bl.tcp_listening(port), "sink server", proc=proc)
-            v, pid = None, proc.pid
+        server = _Server(mode, workdir, args)  # harness set-up, before timing
         try:
             async with trio.open_nursery() as nursery:
-                rng = random.Random(4242)
-                probes: list[Any] = []
-                for i in range(probes_n):
-                    vm = SimVM.random(rng, name=f"probe-{i}")
-                    if mode == "vspc":
-                        probes.append(
-                            await EsxConnection.open(
-                                nursery, "127.0.0.1", port, vm=vm, kernel_timestamps=True
-                            )
-                        )
-                    else:
-                        raw = await trio.open_tcp_stream("127.0.0.1", port)
-                        rxstamp.enable(raw.socket)
-                        probes.append(raw)
-
-                lat: list[float] = []
-                lat_waiter: list[float] = []  # vspc: until migrate()'s waiting task ran
-                # until the answer reached this host's kernel (SO_TIMESTAMPNS): without
-                # the probing process's own wake-up and loop
-                lat_kernel: list[float] = []
-                lat_at: list[float] = []  # wall-clock time of each sample (to line up with logs)
-                failures: dict[str, int] = {}
-
-                async def vmotions(n: int, record: bool) -> None:
-                    for k in range(n):
-                        # vMotions arrive one at a time, spaced out (not on the heels of
-                        # the previous one's clean-up): what is measured is the answer to
-                        # a BEGIN arriving while 16k VMs are connected and writing.
-                        await trio.sleep(rng.random() * 2 * args.vmotion_gap)
-                        i = k % len(probes)
-                        seq = random_seq(rng, with_ff=(k % 7 == 0))
-                        if mode == "vspc":
-                            src = probes[i]
-                            try:
-                                m = await migrate(src, "127.0.0.1", port, nursery=nursery, seq=seq)
-                            except SimError as e:
-                                # ESX fails this migration (BEGIN unanswered in 5 s, NOTNOW,
-                                # PEER refused); migrate() already sent ABORT where due.
-                                key = type(e).__name__
-                                failures[key] = failures.get(key, 0) + 1
-                                if src.closed.is_set():
-                                    raise
-                                continue
-                            probes[i] = m.dest
-                            if record:
-                                lat.append(src.stats.begin_receipt_latencies[-1])
-                                lat_waiter.append(src.stats.begin_latencies[-1])
-                                if src.stats.begin_kernel_latencies:
-                                    lat_kernel.append(src.stats.begin_kernel_latencies[-1])
-                                lat_at.append(time.time())
-                        else:
-                            s = probes[i]
-                            t0 = trio.current_time()
-                            t0_ns = time.time_ns()
-                            await s.send_all(tw.ext(tw.VMOTION_BEGIN, seq))
-                            want = len(tw.ext(tw.VMOTION_GOAHEAD, seq + GOAHEAD_SECRET))
-                            got = b""
-                            rx_ns = None
-                            while len(got) < want:
-                                chunk, rx_ns = await rxstamp.recv_stamped(s.socket, 4096)
-                                if not chunk:
-                                    raise SimError("the server closed a probe connection")
-                                got += chunk
-                            if record:
-                                lat.append(trio.current_time() - t0)
-                                if rx_ns is not None:
-                                    lat_kernel.append((rx_ns - t0_ns) / 1e9)
-                                lat_at.append(time.time())
-
-                await vmotions(min(2, args.vmotions), record=False)  # warm-up
-                rss0 = bl.rss_kib(pid)
+                probes = Probes(mode, server.port, nursery, args.vmotion_gap)
+                await probes.open(probes_n)
+                await probes.vmotions(min(2, args.vmotions), record=False)  # warm-up
+                rss0 = bl.rss_kib(server.pid)
                 result["rss_kib_before"] = rss0
                 result["probes"] = probes_n
-
-                workers = Workers()
-                t0 = time.monotonic()
-                await workers.start(nursery, port, counts, args, raw=(mode == "direct"))
-                ready = await workers.wait_ready(args.connect_timeout)
-                result["connect_seconds"] = time.monotonic() - t0
-                connected = sum(r.get("connected", 0) for r in ready)
-                result["worker_ready"] = ready
-                result["connected"] = connected + probes_n
-                if v is not None:
-                    m0 = time.monotonic()
-                    result["connected_vms_metric"] = await trio.to_thread.run_sync(
-                        v.metric, "vspc_connected_vms"
-                    )
-                    # one /metrics scrape with all VMs connected: how long it takes
-                    result["metrics_scrape_seconds"] = time.monotonic() - m0
-                # Let every VM write at least once (ring, log file) before measuring.
-                c0, w0 = bl.cpu_seconds(pid), time.monotonic()
-                await trio.sleep(
-                    args.settle if args.settle is not None else args.interval * 1.5 + 1.0
+                workers = Workers(__file__)
+                connected = await connect_all(
+                    workers, nursery, server, counts, probes_n, args, result
                 )
-                result["middle_cpu_utilisation_steady"] = (bl.cpu_seconds(pid) - c0) / (
-                    time.monotonic() - w0
-                )
-                rss1 = bl.rss_kib(pid)
-                result["rss_kib_after_connect"] = rss1
-                result["open_fds"] = bl.open_fds(pid)
-                result["rss_kib_per_vm"] = (rss1 - rss0) / max(1, connected)
-
-                c0, w0 = bl.cpu_seconds(pid), time.monotonic()
-                steal0 = cpu_ticks()
-                await vmotions(args.vmotions, record=True)
-                # the hypervisor's share of this VM's CPU time while measuring
-                result["cpu_steal_during_vmotions"] = steal_since(steal0)
-                result["middle_cpu_utilisation_during_vmotions"] = (bl.cpu_seconds(pid) - c0) / (
-                    time.monotonic() - w0
-                )
-                result["vmotion_failures"] = failures
-                result["rss_kib_after_vmotions"] = bl.rss_kib(pid)
-                result["begin_goahead_ms"] = {
-                    "n": len(lat),
-                    "p50": bl.percentile(lat, 50) * 1e3,
-                    "p90": bl.percentile(lat, 90) * 1e3,
-                    "p99": bl.percentile(lat, 99) * 1e3,
-                    "max": max(lat) * 1e3 if lat else None,
-                    "failed": sum(failures.values()),
-                    # a failed vMotion counts as >= ESX's 5 s give-up
-                    "p99_incl_failed": bl.percentile(lat + [5.0] * sum(failures.values()), 99)
-                    * 1e3,
-                    "all": [x * 1e3 for x in lat],
-                    # the same BEGINs until the simulator's waiting task ran (its own
-                    # scheduling included): what this bench reported before 2026-12-03
-                    "waiter_p50": bl.percentile(lat_waiter, 50) * 1e3 if lat_waiter else None,
-                    "waiter_p99": bl.percentile(lat_waiter, 99) * 1e3 if lat_waiter else None,
-                    # BEGIN sent -> GOAHEAD in this host's kernel: where a real ESX host,
-                    # which does not share the vSPC's CPUs, would have it
-                    "kernel_n": len(lat_kernel),
-                    "kernel_p50": bl.percentile(lat_kernel, 50) * 1e3 if lat_kernel else None,
-                    "kernel_p99": bl.percentile(lat_kernel, 99) * 1e3 if lat_kernel else None,
-                    "kernel_p99_incl_failed": bl.percentile(
-                        lat_kernel + [5.0] * sum(failures.values()), 99
-                    )
-                    * 1e3
-                    if lat_kernel
-                    else None,
-                    "kernel_all": [x * 1e3 for x in lat_kernel],
-                    "at_unix": [round(t, 3) for t in lat_at],
-                }
-                if v is not None:
-                    try:
-                        text = await trio.to_thread.run_sync(v.metrics_text)
-                    except OSError as e:
-                        result["metrics_error"] = repr(e)
-                    else:
-                        result["connected_vms_metric_after"] = v.metric("vspc_connected_vms", text)
-                        result["vspc_histogram"] = histogram_quantiles(
-                            text, "vspc_vmotion_begin_to_goahead_seconds", (0.5, 0.99)
-                        )
-                        result["vmotions_by_outcome"] = {
-                            line.split('outcome="', 1)[1].split('"', 1)[0]: float(
-                                line.rsplit(" ", 1)[1]
-                            )
-                            for line in text.splitlines()
-                            if line.startswith("vspc_vmotions_total{") and 'outcome="' in line
-                        }
+                await settle(server, args, result, rss0, connected)
+                await measure_vmotions(probes, server, args, result)
+                if server.v is not None:
+                    await read_metrics(server.v, result)
                 result["worker_final"] = await workers.stop()
-                for p in probes:
-                    await p.aclose()
+                await probes.aclose()
                 nursery.cancel_scope.cancel()
         finally:
-            if mode == "vspc":
-                if v is not None and v.proc.poll() is not None:
-                    result["vspc_stderr_tail"] = bl.tail(workdir / "vspc.stderr")
-                cm.__exit__(None, None, None)
-                result["vspc_stderr_tail"] = bl.tail(workdir / "vspc.stderr", 1500)
-            else:
-                bl.stop(proc)
+            server.stop(result)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
+
+
+async def connect_all(
+    workers: Workers,
+    nursery: trio.Nursery,
+    server: _Server,
+    counts: list[int],
+    probes_n: int,
+    args: argparse.Namespace,
+    result: dict[str, Any],
+) -> int:
+    """Start the workers and wait until they have connected every VM."""
+    t0 = time.monotonic()
+    await workers.start(nursery, server.port, counts, args, raw=(server.mode == "direct"))
+    ready = await workers.wait_ready(args.connect_timeout)
+    result["connect_seconds"] = time.monotonic() - t0
+    connected: int = sum(r.get("connected", 0) for r in ready)
+    result["worker_ready"] = ready
+    result["connected"] = connected + probes_n
+    if server.v is not None:
+        m0 = time.monotonic()
+        result["connected_vms_metric"] = await trio.to_thread.run_sync(
+            server.v.metric, "vspc_connected_vms"
+        )
+        # one /metrics scrape with all VMs connected: how long it takes
+        result["metrics_scrape_seconds"] = time.monotonic() - m0
+    return connected
+
+
+async def settle(
+    server: _Server, args: argparse.Namespace, result: dict[str, Any], rss0: int, connected: int
+) -> None:
+    """Let every VM write at least once (ring, log file), then take the RSS per VM."""
+    pid = server.pid
+    c0, w0 = bl.cpu_seconds(pid), time.monotonic()
+    await trio.sleep(args.settle if args.settle is not None else args.interval * 1.5 + 1.0)
+    result["middle_cpu_utilisation_steady"] = (bl.cpu_seconds(pid) - c0) / (time.monotonic() - w0)
+    rss1 = bl.rss_kib(pid)
+    result["rss_kib_after_connect"] = rss1
+    result["open_fds"] = bl.open_fds(pid)
+    result["rss_kib_per_vm"] = (rss1 - rss0) / max(1, connected)
+
+
+async def measure_vmotions(
+    probes: Probes, server: _Server, args: argparse.Namespace, result: dict[str, Any]
+) -> None:
+    """The timed vMotions, with the server's CPU and the hypervisor's steal meanwhile."""
+    pid = server.pid
+    c0, w0 = bl.cpu_seconds(pid), time.monotonic()
+    steal0 = cpu_ticks()
+    await probes.vmotions(args.vmotions, record=True)
+    # the hypervisor's share of this VM's CPU time while measuring
+    result["cpu_steal_during_vmotions"] = steal_since(steal0)
+    result["middle_cpu_utilisation_during_vmotions"] = (bl.cpu_seconds(pid) - c0) / (
+        time.monotonic() - w0
+    )
+    result["vmotion_failures"] = probes.failures
+    result["rss_kib_after_vmotions"] = bl.rss_kib(pid)
+    result["begin_goahead_ms"] = probes.begin_goahead_ms()
+
+
+async def read_metrics(v: bl.Vspc, result: dict[str, Any]) -> None:
+    """The vSPC's own view: connected VMs, its BEGIN->GOAHEAD histogram, vMotion outcomes."""
+    try:
+        text = await trio.to_thread.run_sync(v.metrics_text)
+    except OSError as e:
+        result["metrics_error"] = repr(e)
+        return
+    result["connected_vms_metric_after"] = v.metric("vspc_connected_vms", text)
+    result["vspc_histogram"] = histogram_quantiles(
+        text, "vspc_vmotion_begin_to_goahead_seconds", (0.5, 0.99)
+    )
+    result["vmotions_by_outcome"] = {
+        line.split('outcome="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vspc_vmotions_total{") and 'outcome="' in line
+    }
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -505,47 +231,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             f"--- {mode}: {args.vms} VMs in {args.workers} workers, {args.vmotions} vMotions",
             flush=True,
         )
-        r = await run_mode(mode, args)
-        runs[mode] = r
-        lat = r["begin_goahead_ms"]
-        print(
-            f"{mode}: connected {r['connected']} in {r['connect_seconds']:.1f}s, "
-            f"RSS {r['rss_kib_before']} -> {r['rss_kib_after_connect']} KiB "
-            f"= {r['rss_kib_per_vm']:.2f} KiB/VM; BEGIN->GOAHEAD p50 {lat['p50']:.3f} ms "
-            f"p99 {lat['p99']:.3f} ms (n={lat['n']}, failed {r.get('vmotion_failures')}; "
-            f"at the kernel: p50 {lat['kernel_p50'] or 0:.3f} "
-            f"p99 {lat['kernel_p99'] or 0:.3f} ms); "
-            f"relay CPU {r['middle_cpu_utilisation_steady']:.0%} steady, "
-            f"{r['middle_cpu_utilisation_during_vmotions']:.0%} during vMotions; "
-            f"CPU stolen by the hypervisor meanwhile {r['cpu_steal_during_vmotions']:.0%}",
-            flush=True,
-        )
-    summary: dict[str, Any] = {}
-    if "vspc" in runs:
-        r = runs["vspc"]
-        summary = {
-            "rss_kib_per_vm": r["rss_kib_per_vm"],
-            "begin_goahead_p50_ms": r["begin_goahead_ms"]["p50"],
-            "begin_goahead_p99_ms": r["begin_goahead_ms"]["p99"],
-            "meets_rss_target": r["rss_kib_per_vm"] <= 12.0,
-            "begin_goahead_p99_incl_failed_ms": r["begin_goahead_ms"]["p99_incl_failed"],
-            "vmotion_failures": r["begin_goahead_ms"]["failed"],
-            "meets_p99_target": r["begin_goahead_ms"]["p99_incl_failed"] <= 2.0,
-            # timed to the answer's arrival in the probing host's kernel
-            "begin_goahead_kernel_p50_ms": r["begin_goahead_ms"]["kernel_p50"],
-            "begin_goahead_kernel_p99_ms": r["begin_goahead_ms"]["kernel_p99_incl_failed"],
-            "meets_p99_target_kernel": (r["begin_goahead_ms"]["kernel_p99_incl_failed"] or 1e9)
-            <= 2.0,
-            "cpu_steal_during_vmotions": r["cpu_steal_during_vmotions"],
-        }
-        if "direct" in runs:
-            d = runs["direct"]
-            if d["rss_kib_per_vm"] > 0.5:  # meaningless with a handful of VMs (smoke)
-                summary["rss_vs_direct"] = r["rss_kib_per_vm"] / d["rss_kib_per_vm"]
-            summary["p99_vs_direct"] = r["begin_goahead_ms"]["p99"] / max(
-                d["begin_goahead_ms"]["p99"], 1e-9
-            )
-            summary["direct_kernel_p99_ms"] = d["begin_goahead_ms"]["kernel_p99"]
+        runs[mode] = await run_mode(mode, args)
+        print_run(mode, runs[mode])
     return {
         "bench": NAME,
         "vms": args.vms,
@@ -558,10 +245,56 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "smoke": args.smoke,
         "target": {"rss_kib_per_vm_max": 12.0, "begin_goahead_p99_ms_max": 2.0},
         "runs": runs,
-        "summary": summary,
+        "summary": summarize(runs),
         "notes": notes,
         "host": bl.host_info(),
     }
+
+
+def print_run(mode: str, r: dict[str, Any]) -> None:
+    lat = r["begin_goahead_ms"]
+    print(
+        f"{mode}: connected {r['connected']} in {r['connect_seconds']:.1f}s, "
+        f"RSS {r['rss_kib_before']} -> {r['rss_kib_after_connect']} KiB "
+        f"= {r['rss_kib_per_vm']:.2f} KiB/VM; BEGIN->GOAHEAD p50 {lat['p50']:.3f} ms "
+        f"p99 {lat['p99']:.3f} ms (n={lat['n']}, failed {r.get('vmotion_failures')}; "
+        f"at the kernel: p50 {lat['kernel_p50'] or 0:.3f} "
+        f"p99 {lat['kernel_p99'] or 0:.3f} ms); "
+        f"relay CPU {r['middle_cpu_utilisation_steady']:.0%} steady, "
+        f"{r['middle_cpu_utilisation_during_vmotions']:.0%} during vMotions; "
+        f"CPU stolen by the hypervisor meanwhile {r['cpu_steal_during_vmotions']:.0%}",
+        flush=True,
+    )
+
+
+def summarize(runs: dict[str, Any]) -> dict[str, Any]:
+    """The vSPC's figures against the targets (and against the direct server's)."""
+    if "vspc" not in runs:
+        return {}
+    r = runs["vspc"]
+    summary = {
+        "rss_kib_per_vm": r["rss_kib_per_vm"],
+        "begin_goahead_p50_ms": r["begin_goahead_ms"]["p50"],
+        "begin_goahead_p99_ms": r["begin_goahead_ms"]["p99"],
+        "meets_rss_target": r["rss_kib_per_vm"] <= 12.0,
+        "begin_goahead_p99_incl_failed_ms": r["begin_goahead_ms"]["p99_incl_failed"],
+        "vmotion_failures": r["begin_goahead_ms"]["failed"],
+        "meets_p99_target": r["begin_goahead_ms"]["p99_incl_failed"] <= 2.0,
+        # timed to the answer's arrival in the probing host's kernel
+        "begin_goahead_kernel_p50_ms": r["begin_goahead_ms"]["kernel_p50"],
+        "begin_goahead_kernel_p99_ms": r["begin_goahead_ms"]["kernel_p99_incl_failed"],
+        "meets_p99_target_kernel": (r["begin_goahead_ms"]["kernel_p99_incl_failed"] or 1e9) <= 2.0,
+        "cpu_steal_during_vmotions": r["cpu_steal_during_vmotions"],
+    }
+    if "direct" in runs:
+        d = runs["direct"]
+        if d["rss_kib_per_vm"] > 0.5:  # meaningless with a handful of VMs (smoke)
+            summary["rss_vs_direct"] = r["rss_kib_per_vm"] / d["rss_kib_per_vm"]
+        summary["p99_vs_direct"] = r["begin_goahead_ms"]["p99"] / max(
+            d["begin_goahead_ms"]["p99"], 1e-9
+        )
+        summary["direct_kernel_p99_ms"] = d["begin_goahead_ms"]["kernel_p99"]
+    return summary
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
@@ -592,7 +325,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> int:
+def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vms", type=int, default=16000)
     ap.add_argument("--workers", type=int, default=4)
@@ -631,6 +364,11 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    return ap, args
+
+
+def main() -> int:
+    ap, args = parse_args()
     if args.worker:
         trio.run(worker, args)
         return 0

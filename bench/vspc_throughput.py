@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -37,6 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,7 +232,7 @@ async def run_vspc(v: bl.Vspc, payload: bytes, seed: int) -> Run:
 # ---------------------------------------------------------------- main
 
 
-async def bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: C901
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
     size = int(args.mib * 1024 * 1024)
     makers = {"text": console_text, "binary": binary}
     payloads = {k: makers[k](size) for k in args.kinds}
@@ -249,7 +251,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: C901
     if v is None:
         notes.append(f"vspc path skipped: {reason}")
     try:
-        seed = 100
+        seeds = itertools.count(101)  # one VM per vSPC run
         for rep in range(args.reps):
             for kind, payload in payloads.items():
                 for path in PATHS:
@@ -257,61 +259,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: C901
                         continue
                     if path.startswith("vspc") and v is None:
                         continue
-                    if path == "vspc_log":
-                        assert v is not None
-                        seed += 1
-                        run = await run_vspc_log(v, payload, seed)
-                    elif path == "vspc":
-                        assert v is not None
-                        seed += 1
-                        try:
-                            run = await run_vspc(v, payload, seed)
-                        except Exception:
-                            print(bl.tail(workdir / "vspc.stderr"), file=sys.stderr)
-                            raise
-                        if run.log_bytes != len(payload):
-                            notes.append(
-                                f"rep {rep} {kind}: console log holds "
-                                f"{run.log_bytes} of {len(payload)} bytes"
-                            )
-                    else:
-                        run = await run_tcp(payload, via_socat=(path == "socat"))
-                    secs = run.seconds
-                    r = results[kind][path]
-                    r["seconds"].append(secs)
-                    r["mib_s"].append(size / secs / 2**20)
-                    r["middle_cpu_s"].append(run.middle_cpu)
-                    r["bench_cpu_s"].append(run.bench_cpu)
-                    print(
-                        f"rep {rep} {kind:6s} {path:8s} {size / secs / 2**20:9.1f} MiB/s"
-                        f"  middle cpu {run.middle_cpu:6.2f}s  bench cpu {run.bench_cpu:6.2f}s",
-                        flush=True,
-                    )
+                    run = await run_path(path, v, payload, seeds, workdir)
+                    if path == "vspc" and run.log_bytes != len(payload):
+                        notes.append(
+                            f"rep {rep} {kind}: console log holds "
+                            f"{run.log_bytes} of {len(payload)} bytes"
+                        )
+                    record(results[kind][path], size, run, f"rep {rep} {kind:6s} {path:8s}")
     finally:
         if vspc_cm is not None:
             vspc_cm.__exit__(None, None, None)
         shutil.rmtree(workdir, ignore_errors=True)
-    summary: dict[str, Any] = {}
-
-    def ratio(a: float, b: float) -> float | None:
-        return a / b if a == a and b == b else None  # NaN when a path did not run
-
-    for kind in payloads:
-        med = {p: bl.median(results[kind][p]["mib_s"]) for p in PATHS}
-        cpu = {p: bl.median(results[kind][p]["middle_cpu_s"]) for p in PATHS}
-        per_cpu = {
-            p: (args.mib / cpu[p] if cpu[p] == cpu[p] and cpu[p] > 0 else None)
-            for p in ("socat", "vspc", "vspc_log")
-        }
-        summary[kind] = {
-            "median_mib_s": med,
-            "median_middle_cpu_s": cpu,
-            "mib_per_middle_cpu_s": per_cpu,
-            "vspc_vs_socat": ratio(med["vspc"], med["socat"]),
-            "vspc_vs_direct": ratio(med["vspc"], med["direct"]),
-            "vspc_log_vs_socat": ratio(med["vspc_log"], med["socat"]),
-            "socat_vs_direct": ratio(med["socat"], med["direct"]),
-        }
     return {
         "bench": NAME,
         "mib": args.mib,
@@ -321,9 +279,62 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: C901
         "chunk": CHUNK,
         "target": {"text_vspc_vs_socat_min": 0.8},
         "results": results,
-        "summary": summary,
+        "summary": {kind: summarize(results[kind], args.mib) for kind in payloads},
         "notes": notes,
         "host": bl.host_info(),
+    }
+
+
+async def run_path(
+    path: str, v: bl.Vspc | None, payload: bytes, seeds: Iterator[int], workdir: Path
+) -> Run:
+    """One run of ``payload`` over one path."""
+    if path == "vspc_log":
+        assert v is not None
+        return await run_vspc_log(v, payload, next(seeds))
+    if path == "vspc":
+        assert v is not None
+        try:
+            return await run_vspc(v, payload, next(seeds))
+        except Exception:
+            print(bl.tail(workdir / "vspc.stderr"), file=sys.stderr)
+            raise
+    return await run_tcp(payload, via_socat=(path == "socat"))
+
+
+def record(r: dict[str, list[float]], size: int, run: Run, what: str) -> None:
+    secs = run.seconds
+    r["seconds"].append(secs)
+    r["mib_s"].append(size / secs / 2**20)
+    r["middle_cpu_s"].append(run.middle_cpu)
+    r["bench_cpu_s"].append(run.bench_cpu)
+    print(
+        f"{what} {size / secs / 2**20:9.1f} MiB/s"
+        f"  middle cpu {run.middle_cpu:6.2f}s  bench cpu {run.bench_cpu:6.2f}s",
+        flush=True,
+    )
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if a == a and b == b else None  # NaN when a path did not run
+
+
+def summarize(results: dict[str, Any], mib: float) -> dict[str, Any]:
+    """Medians of one payload kind over the repetitions, and the ratios between paths."""
+    med = {p: bl.median(results[p]["mib_s"]) for p in PATHS}
+    cpu = {p: bl.median(results[p]["middle_cpu_s"]) for p in PATHS}
+    per_cpu = {
+        p: (mib / cpu[p] if cpu[p] == cpu[p] and cpu[p] > 0 else None)
+        for p in ("socat", "vspc", "vspc_log")
+    }
+    return {
+        "median_mib_s": med,
+        "median_middle_cpu_s": cpu,
+        "mib_per_middle_cpu_s": per_cpu,
+        "vspc_vs_socat": _ratio(med["vspc"], med["socat"]),
+        "vspc_vs_direct": _ratio(med["vspc"], med["direct"]),
+        "vspc_log_vs_socat": _ratio(med["vspc_log"], med["socat"]),
+        "socat_vs_direct": _ratio(med["socat"], med["direct"]),
     }
 
 

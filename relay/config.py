@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Literal
 
 from common.link.config import PeerConfig
-from common.link.route import parse_address
 from common.ops import config as ops_config
 from common.ops.config import ConfigError, load, loads, require
+from common.proto.address import parse_address
 from common.proto.identity import MAX_NAME, IdentityError, check_host
 from relay.ingress_config import (
     LISTENER_KINDS,

@@ -42,8 +42,9 @@ from common.link.config import (
 from common.link.events import NO_EVENTS, LinkEvents
 from common.link.peering import LinkServer, accept_tls
 from common.link.peerlink import LinkConfig
-from common.link.resumable import Accepted, ResumableStream, SessionTable
+from common.link.resumable import ResumableStream
 from common.link.route import Router, open_transport
+from common.link.sessions import Accepted, SessionTable
 from common.link.vetting import vet_accepted
 from common.ops.config import ConfigError
 from common.ops.reconcile import diff, indexed, same_item, start_all

@@ -35,18 +35,18 @@ autojump logic.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import os
 import select
 import threading
-from collections.abc import Callable
 from typing import Protocol
 
 import outcome
 import trio
 import trio.testing
+
+from relay.park_forward import INLINE_CHUNK, NO_DST, Handoff, Route, find_route, forward
 
 # A pump parks once a whole sweep interval went by without a byte moved (so
 # after PARK_AFTER to 2 * PARK_AFTER of silence). Waking costs a nursery and a
@@ -56,21 +56,6 @@ PARK_AFTER = 0.25
 CHECK_PARKED_EVERY = 5  # sweeps between checks that parked fds are still open
 _EVENTS = select.EPOLLIN | select.EPOLLRDHUP
 INLINE = True  # parked pumps' small messages are forwarded by the reactor thread
-# A read this size or larger means bulk: the pump's own task splices it.
-INLINE_CHUNK = 64 << 10
-NO_DST = -1  # a route whose messages are never forwarded inline
-
-# What park() returns: why the pump woke. (direction, kind, data, error):
-#   (d, "data", leftover, None)  bytes read from direction d's source, not yet written
-#   (d, "eof", b"", None)        direction d's source reached EOF (nothing pending)
-#   (d, "error", b"", exc)       reading or writing direction d failed
-#   (-1, "ready", b"", None)     a source is readable: nothing was read
-Handoff = tuple[int, str, bytes, OSError | None]
-# A direction to forward inline: (source fd, destination fd, direction, and two
-# callables returning the fds its streams own now). The reactor checks both
-# before each message, so a stream closed (and its fd number reused) while
-# parked is never read or written by a stale number.
-Route = tuple[int, int, int, Callable[[], int], Callable[[], int]]
 _READY: list[Handoff] = [(-1, "ready", b"", None)]
 
 # entry states (reactor mode)
@@ -80,7 +65,7 @@ log = logging.getLogger(__name__)
 
 
 class Parkable(Protocol):
-    """What the Parker needs of a running pump (relay.pump._Session)."""
+    """What the Parker needs of a running pump (relay.pump_session.Session)."""
 
     busy: bool  # a byte moved since the last sweep
     reading: int  # directions blocked in their read wait
@@ -318,49 +303,22 @@ class Parker:
                         if entry.state == _PARKED:
                             self._hand_off(entry, _READY)
 
-    def _forward(self, entry: _Parked, fd: int) -> None:  # noqa: C901
+    def _forward(self, entry: _Parked, fd: int) -> None:
         """Holding _mu, in the reactor thread: move one small message from
         ``fd`` to its destination, or hand the pump back."""
         routes = entry.routes
         if routes is None:
             routes = entry.routes = entry.session.routes()
-        for route in routes:
-            if route[0] == fd:
-                break
-        else:
-            route = None
-        if route is None or route[1] == NO_DST or route[3]() != fd or route[4]() != route[1]:
+        route = find_route(routes, fd)
+        if route is None:
             self._hand_off(entry, _READY)
             return
-        dst, d = route[1], route[2]
-        try:
-            data = os.read(fd, INLINE_CHUNK)
-        except BlockingIOError:
-            return  # spurious: level-triggered, it comes back if it is real
-        except OSError as exc:
-            if exc.errno == errno.EIO:  # pty master after the slave closed
-                self._hand_off(entry, [(d, "eof", b"", None)])
-            else:
-                self._hand_off(entry, [(d, "error", b"", exc)])
-            return
-        if not data:
-            self._hand_off(entry, [(d, "eof", b"", None)])
-            return
-        if len(data) >= INLINE_CHUNK:  # bulk: the pump's task splices the rest
-            self._hand_off(entry, [(d, "data", data, None)])
-            return
-        try:
-            n = os.write(dst, data)
-        except BlockingIOError:
-            n = 0
-        except OSError as exc:
-            self._hand_off(entry, [(d, "error", b"", exc)])
-            return
+        n, handoff = forward(fd, route)
         if n:
-            entry.session.moved_inline(d, n)
+            entry.session.moved_inline(route[2], n)
             self.forwarded += 1
-        if n < len(data):  # the destination is full: the pump's task waits for it
-            self._hand_off(entry, [(d, "data", data[n:], None)])
+        if handoff is not None:
+            self._hand_off(entry, handoff)
 
     def _poll(self) -> None:
         for fd, _ev in self._ep.poll(0):
@@ -421,3 +379,16 @@ def current_parker() -> Parker:
         _PARKER.set(parker)
         trio.lowlevel.spawn_system_task(parker.run, name="relay.park.Parker")
         return parker
+
+
+__all__ = [
+    "INLINE",
+    "INLINE_CHUNK",
+    "NO_DST",
+    "PARK_AFTER",
+    "Handoff",
+    "Parkable",
+    "Parker",
+    "Route",
+    "current_parker",
+]

@@ -9,9 +9,10 @@ from typing import Literal
 
 from common.io.vsphere import VSphereTarget
 from common.link.config import LinkTuning, PeerTls
-from common.link.route import RouteError, is_loopback_host, is_trusted_address, parse_address
+from common.link.route import RouteError
 from common.ops import config as ops_config
 from common.ops.config import ConfigError, require
+from common.proto.address import is_loopback_host, is_trusted_address, parse_address
 from vspc.console.config import ConsoleConfig
 
 

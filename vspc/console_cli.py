@@ -215,7 +215,7 @@ def _read_input(fd: int, stop: threading.Event) -> bytes | None:
     return None
 
 
-async def attach_session(  # noqa: C901
+async def attach_session(
     ep: Endpoint,
     req: proto.AttachRequest,
     in_fd: int,
@@ -232,69 +232,109 @@ async def attach_session(  # noqa: C901
         return 1
     nl = "\r\n" if tty else "\n"
     if tty:
-        key = f"^{chr(escape ^ 0x40)}" if escape is not None else "nothing"
-        sys.stderr.write(
-            f"[vic console: attached to {status.get('display')} "
-            f"({status.get('uuid')}:{status.get('label')}),"
-            f" {status.get('mode')}; {key} detaches]{nl}"
-        )
-        sys.stderr.flush()
-    replay_left = int(status.get("replay", 0))
-    result = 0
-    stop = threading.Event()
+        _announce(status, escape, nl)
+    session = _Session(stream, req, in_fd, out_fd, follow, escape, nl)
+    session.replay_left = int(status.get("replay", 0))
+    return await session.run(first)
 
-    async def output(cancel: trio.CancelScope) -> None:
-        nonlocal replay_left, result
+
+def _announce(status: dict[str, Any], escape: int | None, nl: str) -> None:
+    key = f"^{chr(escape ^ 0x40)}" if escape is not None else "nothing"
+    sys.stderr.write(
+        f"[vic console: attached to {status.get('display')} "
+        f"({status.get('uuid')}:{status.get('label')}),"
+        f" {status.get('mode')}; {key} detaches]{nl}"
+    )
+    sys.stderr.flush()
+
+
+class _Session:
+    """One attached session: the console to ``out_fd`` and (when following) ``in_fd`` to it."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        req: proto.AttachRequest,
+        in_fd: int,
+        out_fd: int,
+        follow: bool,
+        escape: int | None,
+        nl: str,
+    ) -> None:
+        self.stream = stream
+        self.req = req
+        self.in_fd = in_fd
+        self.out_fd = out_fd
+        self.follow = follow
+        self.escape = escape
+        self.nl = nl
+        self.replay_left = 0  # without follow: replay bytes still to show
+        self.result = 0
+        self.stop = threading.Event()
+
+    async def run(self, first: bytes) -> int:
+        nl = self.nl
+        try:
+            async with self.stream:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.output, first, nursery.cancel_scope)
+                    if self.follow:
+                        nursery.start_soon(self.input, nursery.cancel_scope)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            sys.stderr.write(f"{nl}[vic console: connection lost: {e}]{nl}")
+            self.result = 1
+        finally:
+            self.stop.set()
+            sys.stderr.flush()
+        return self.result
+
+    async def output(self, first: bytes, cancel: trio.CancelScope) -> None:
         data: bytes | bytearray = first
         while True:
             if data:
-                if not follow:
-                    data = data[:replay_left]
-                    replay_left -= len(data)
-                await trio.to_thread.run_sync(_write_all, out_fd, bytes(data))
-            if not follow and replay_left <= 0:
+                if not self.follow:
+                    data = data[: self.replay_left]
+                    self.replay_left -= len(data)
+                await trio.to_thread.run_sync(_write_all, self.out_fd, bytes(data))
+            if not self.follow and self.replay_left <= 0:
                 break
-            try:
-                data = await stream.receive_some(64 * 1024)
-            except trio.BrokenResourceError:
-                data = b""
+            data = await self._receive()
             if not data:
-                if follow:
+                if self.follow:
+                    nl = self.nl
                     sys.stderr.write(
                         f"{nl}[vic console: session closed by the console service]{nl}"
                     )
-                    result = 1
+                    self.result = 1
                 break
         cancel.cancel()
 
-    async def input_(cancel: trio.CancelScope) -> None:
-        while True:
-            data = await trio.to_thread.run_sync(_read_input, in_fd, stop, abandon_on_cancel=True)
-            if data is None:
-                return
-            if not data:  # stdin EOF: stop sending, keep showing output
-                return
-            if escape is not None:
-                i = data.find(bytes([escape]))
-                if i >= 0:
-                    if i and req.mode != "ro":
-                        await stream.send_all(data[:i])
-                    sys.stderr.write(f"{nl}[vic console: detached]{nl}")
-                    cancel.cancel()
-                    return
-            if req.mode != "ro":
-                await stream.send_all(data)
+    async def _receive(self) -> bytes | bytearray:
+        try:
+            return await self.stream.receive_some(64 * 1024)
+        except trio.BrokenResourceError:
+            return b""
 
-    try:
-        async with stream:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(output, nursery.cancel_scope)
-                if follow:
-                    nursery.start_soon(input_, nursery.cancel_scope)
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-        sys.stderr.write(f"{nl}[vic console: connection lost: {e}]{nl}")
-        result = 1
-    finally:
-        stop.set()
-        sys.stderr.flush()
-    return result
+    async def input(self, cancel: trio.CancelScope) -> None:
+        while True:
+            data = await trio.to_thread.run_sync(
+                _read_input, self.in_fd, self.stop, abandon_on_cancel=True
+            )
+            if not data:  # stopped, or stdin EOF: stop sending, keep showing output
+                return
+            if await self._send(data):
+                cancel.cancel()
+                return
+
+    async def _send(self, data: bytes) -> bool:
+        """Send typed ``data`` (unless read-only); True when it held the escape key,
+        in which case only what came before it is sent."""
+        i = data.find(bytes([self.escape])) if self.escape is not None else -1
+        if i >= 0:
+            if i and self.req.mode != "ro":
+                await self.stream.send_all(data[:i])
+            sys.stderr.write(f"{self.nl}[vic console: detached]{self.nl}")
+            return True
+        if self.req.mode != "ro":
+            await self.stream.send_all(data)
+        return False

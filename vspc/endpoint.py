@@ -26,11 +26,11 @@ import trio
 
 from common.io.listen import listening
 from common.io.unixlisten import open_unix_listener
-from common.link.route import is_loopback_host
 from common.link.tls import PeerIdentityError, peer_identity
 from common.link.vetting import HOST_PREFIX
 from common.ops.reconcile import diff
 from common.ops.wiretext import wire
+from common.proto.address import is_loopback_host
 from common.proto.link.header import HeaderDecoder, HeaderError, OriginHeader, check_identity
 from vspc.config import EndpointConfig, VspcConfig
 from vspc.console.hub import Console

@@ -29,7 +29,7 @@ from common.link.config import bound_address, open_peer_listener
 from common.link.events import LinkEvents
 from common.link.peering import LinkServer
 from common.link.peerlink import LinkConfig, PeerLink
-from common.link.resumable import Accepted, SessionTable
+from common.link.sessions import Accepted, SessionTable
 from common.link.vetting import vet_accepted
 from common.ops.config import ConfigError
 from common.ops.reconcile import diff, indexed, same_item, start_all

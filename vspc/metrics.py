@@ -6,6 +6,7 @@ One ``VspcMetrics`` per daemon, on its own registry, so tests can run several.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -49,64 +50,51 @@ class VspcMetrics:
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> VspcMetrics:
         r = registry if registry is not None else CollectorRegistry()
+        counter, gauge = partial(Counter, registry=r), partial(Gauge, registry=r)
         return cls(
             registry=r,
-            connected_vms=Gauge(
-                "vspc_connected_vms", "VM serial ports with a live connection", registry=r
-            ),
-            esx_connections=Gauge(
-                "vspc_esx_connections", "open ESX Telnet connections", registry=r
-            ),
-            bytes_total=Counter("vspc_bytes", "console bytes carried", ["direction"], registry=r),
-            vmotions_total=Counter("vspc_vmotions", "vMotions by outcome", ["outcome"], registry=r),
+            connected_vms=gauge("vspc_connected_vms", "VM serial ports with a live connection"),
+            esx_connections=gauge("vspc_esx_connections", "open ESX Telnet connections"),
+            bytes_total=counter("vspc_bytes", "console bytes carried", ["direction"]),
+            vmotions_total=counter("vspc_vmotions", "vMotions by outcome", ["outcome"]),
             begin_to_goahead_seconds=Histogram(
                 "vspc_vmotion_begin_to_goahead_seconds",
                 "time from VMOTION-BEGIN received to GOAHEAD sent",
                 buckets=BEGIN_LATENCY_BUCKETS,
                 registry=r,
             ),
-            console_clients=Gauge("vspc_console_clients", "attached console clients", registry=r),
-            slow_clients_dropped_total=Counter(
-                "vspc_slow_clients_dropped",
-                "console clients dropped for falling behind",
-                registry=r,
+            console_clients=gauge("vspc_console_clients", "attached console clients"),
+            slow_clients_dropped_total=counter(
+                "vspc_slow_clients_dropped", "console clients dropped for falling behind"
             ),
-            relayed_streams_total=Counter(
-                "vspc_relayed_streams",
-                "streams arriving through relays",
-                ["kind", "result"],
-                registry=r,
+            relayed_streams_total=counter(
+                "vspc_relayed_streams", "streams arriving through relays", ["kind", "result"]
             ),
-            protocol_errors_total=Counter(
-                "vspc_protocol_errors", "connections closed for bad input", ["where"], registry=r
+            protocol_errors_total=counter(
+                "vspc_protocol_errors", "connections closed for bad input", ["where"]
             ),
-            console_log_gap_bytes_total=Counter(
-                "vspc_console_log_gap_bytes",
-                "console bytes missing from the logs (gaps)",
-                registry=r,
+            console_log_gap_bytes_total=counter(
+                "vspc_console_log_gap_bytes", "console bytes missing from the logs (gaps)"
             ),
-            console_log_gaps_total=Counter(
-                "vspc_console_log_gaps", "gaps recorded in console event logs", registry=r
+            console_log_gaps_total=counter(
+                "vspc_console_log_gaps", "gaps recorded in console event logs"
             ),
-            console_log_write_errors_total=Counter(
-                "vspc_console_log_write_errors", "failed console log writes", registry=r
+            console_log_write_errors_total=counter(
+                "vspc_console_log_write_errors", "failed console log writes"
             ),
-            telnet_refused_total=Counter(
+            telnet_refused_total=counter(
                 "vspc_telnet_refused",
                 "ESX Telnet connections refused or closed by the vSPC's own checks",
                 ["reason"],
-                registry=r,
             ),
-            relayed_continued_total=Counter(
+            relayed_continued_total=counter(
                 "vspc_relayed_continued",
                 "relayed connections that continue an earlier one",
                 ["known"],
-                registry=r,
             ),
-            relayed_gap_bytes_total=Counter(
+            relayed_gap_bytes_total=counter(
                 "vspc_relayed_gap_bytes",
                 "relayed stream bytes lost with a restarted relay",
                 ["direction"],
-                registry=r,
             ),
         )

@@ -162,7 +162,43 @@ async def _wait_writable(fd: int, stall_timeout: float | None) -> None:
         raise WriteStalled()
 
 
-async def splice_direction(  # noqa: C901
+class _NoMark:
+    """The ReadWaitMark of a direction that is never parked."""
+
+    __slots__ = ("parking", "reading", "small_streak")
+
+    def __init__(self) -> None:
+        self.reading = 0
+        self.parking = False
+        self.small_streak = 0
+
+    def interactive(self) -> None:
+        pass
+
+
+def _forward_now(src_fd: int, dst_fd: int) -> tuple[bytes, int] | None:
+    """Read what the source has (up to PROBE_SIZE) and write what the destination
+    takes now: (data, bytes written); (b"", 0) at EOF; None if the source is empty."""
+    try:
+        data = os.read(src_fd, PROBE_SIZE)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno in _READ_EOF_ERRNOS:
+            return b"", 0
+        raise trio.BrokenResourceError(f"read failed: {exc}") from exc
+    if not data:
+        return data, 0
+    try:
+        written = os.write(dst_fd, data)
+    except BlockingIOError:
+        written = 0
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"write failed: {exc}") from exc
+    return data, written
+
+
+async def splice_direction(
     src: trio.abc.Stream,
     dst: trio.abc.Stream,
     src_fd: int,
@@ -184,7 +220,7 @@ async def splice_direction(  # noqa: C901
     still own these fds, so a stream closed meanwhile is never spliced by a
     stale fd number.
     """
-
+    wait_mark: ReadWaitMark = _NoMark() if mark is None else mark
     bulk = False
     grown = False  # the destination's send buffer was raised for bulk
     while True:
@@ -199,48 +235,74 @@ async def splice_direction(  # noqa: C901
                 return True
             bulk = moved >= PROBE_SIZE
         else:
-            try:
-                data = os.read(src_fd, PROBE_SIZE)
-            except BlockingIOError:
-                data = None
-            except OSError as exc:
-                if exc.errno in _READ_EOF_ERRNOS:
-                    return True
-                raise trio.BrokenResourceError(f"read failed: {exc}") from exc
-            if data is not None:
+            got = _forward_now(src_fd, dst_fd)
+            if got is not None:
+                data, written = got
                 if not data:
                     return True
-                try:
-                    written = os.write(dst_fd, data)
-                except BlockingIOError:
-                    written = 0
-                except OSError as exc:
-                    raise trio.BrokenResourceError(f"write failed: {exc}") from exc
                 if written < len(data):
                     await write_all(dst_fd, data[written:], stall_timeout)
                 on_moved(len(data))
-                full = len(data) == PROBE_SIZE
-                data = None  # not kept alive across the wait
-                if full:
-                    bulk = True
-                    if mark is not None:
-                        mark.small_streak = 0
+                bulk = len(data) == PROBE_SIZE
+                del got, data  # not kept alive across the wait
+                if bulk:
+                    wait_mark.small_streak = 0
                     continue
-                if mark is not None:
-                    mark.interactive()
-        if mark is None:
-            await trio.lowlevel.wait_readable(src_fd)
-            continue
-        mark.reading += 1
+                wait_mark.interactive()
+        wait_mark.reading += 1
         try:
             await trio.lowlevel.wait_readable(src_fd)
         finally:
-            mark.reading -= 1
-        if mark.parking:  # asked to park while the wait was ending: nothing read yet
+            wait_mark.reading -= 1
+        if wait_mark.parking:  # asked to park while the wait was ending: nothing read yet
             return False
 
 
-async def _splice_burst(  # noqa: C901
+def _splice_in(src_fd: int, pipe: Pipe, in_pipe: int, moved: int) -> int:
+    """Splice from the source into the pipe: bytes spliced, 0 at EOF, -1 when the
+    source is empty (or the pipe out of slots: drain first)."""
+    try:
+        return os.splice(src_fd, pipe.w, pipe.size - in_pipe, None, None, SPLICE_FLAGS)
+    except BlockingIOError:
+        return -1
+    except OSError as exc:
+        if exc.errno == errno.EINVAL and not moved:
+            raise SpliceUnsupported(_drain_pipe(pipe, in_pipe)) from exc
+        if exc.errno in _READ_EOF_ERRNOS:
+            return 0
+        raise trio.BrokenResourceError(f"read failed: {exc}") from exc
+
+
+def _splice_out(pipe: Pipe, dst_fd: int, in_pipe: int) -> int:
+    """Splice from the pipe into the destination: bytes spliced, -1 when it would block."""
+    try:
+        return os.splice(pipe.r, dst_fd, in_pipe, None, None, SPLICE_FLAGS)
+    except BlockingIOError:
+        return -1
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise SpliceUnsupported(_drain_pipe(pipe, in_pipe)) from exc
+        raise trio.BrokenResourceError(f"write failed: {exc}") from exc
+
+
+def _check_fds(src: trio.abc.Stream, dst: trio.abc.Stream, src_fd: int, dst_fd: int) -> None:
+    """After a yield: the streams still own these fds (else they were closed)."""
+    if read_fd(src) != src_fd or write_fd(dst) != dst_fd:
+        raise trio.ClosedResourceError("stream closed during the pump")
+
+
+def _end_burst(
+    pool: PipePool, pipe: Pipe, in_pipe: int, unreported: int, on_moved: Callable[[int], None]
+) -> None:
+    if unreported:
+        on_moved(unreported)
+    if in_pipe:
+        pool.discard(pipe)
+    else:
+        pool.release(pipe, empty=True)
+
+
+async def _splice_burst(
     src: trio.abc.Stream,
     dst: trio.abc.Stream,
     src_fd: int,
@@ -255,51 +317,25 @@ async def _splice_burst(  # noqa: C901
     moved are reported through ``on_moved`` before every yield (nobody else runs
     in between, so the counters are always current for any observer).
     """
-    splice = os.splice
-    flags = SPLICE_FLAGS
     pipe = pool.acquire()
-    pr, pw, cap = pipe.r, pipe.w, pipe.size
-    in_pipe = 0
-    moved = 0
-    unreported = 0
+    cap = pipe.size
+    in_pipe = moved = unreported = 0
     eof = False
     drained = False  # a small read just emptied the source: stop instead of retrying
     try:
         while True:
             progressed = False
             if not eof and not drained and in_pipe < cap:
-                try:
-                    n = splice(src_fd, pw, cap - in_pipe, None, None, flags)
-                except BlockingIOError:
-                    pass  # source empty, or pipe out of slots: drain first
-                except OSError as exc:
-                    if exc.errno == errno.EINVAL and not moved:
-                        leftover = _drain_pipe(pipe, in_pipe)
-                        in_pipe = 0
-                        raise SpliceUnsupported(leftover) from exc
-                    if exc.errno in _READ_EOF_ERRNOS:
-                        eof = True
-                    else:
-                        raise trio.BrokenResourceError(f"read failed: {exc}") from exc
-                else:
-                    if n:
-                        in_pipe += n
-                        progressed = True
-                        drained = n < SMALL_READ
-                    else:
-                        eof = True
+                n = _splice_in(src_fd, pipe, in_pipe, moved)
+                if n > 0:
+                    in_pipe += n
+                    progressed = True
+                    drained = n < SMALL_READ
+                elif n == 0:
+                    eof = True
             if in_pipe:
-                try:
-                    m = splice(pr, dst_fd, in_pipe, None, None, flags)
-                except BlockingIOError:
-                    pass
-                except OSError as exc:
-                    if exc.errno == errno.EINVAL:
-                        leftover = _drain_pipe(pipe, in_pipe)
-                        in_pipe = 0
-                        raise SpliceUnsupported(leftover) from exc
-                    raise trio.BrokenResourceError(f"write failed: {exc}") from exc
-                else:
+                m = _splice_out(pipe, dst_fd, in_pipe)
+                if m >= 0:
                     in_pipe -= m
                     moved += m
                     unreported += m
@@ -309,8 +345,7 @@ async def _splice_burst(  # noqa: C901
                     on_moved(unreported)
                     unreported = 0
                     await trio.lowlevel.checkpoint()
-                    if read_fd(src) != src_fd or write_fd(dst) != dst_fd:
-                        raise trio.ClosedResourceError("stream closed during the pump")
+                    _check_fds(src, dst, src_fd, dst_fd)
                 continue
             if unreported:
                 on_moved(unreported)
@@ -319,10 +354,8 @@ async def _splice_burst(  # noqa: C901
                 return eof, moved
             drained = False
             await _wait_writable(dst_fd, stall_timeout)
+    except SpliceUnsupported:
+        in_pipe = 0  # drained into the exception's leftover
+        raise
     finally:
-        if unreported:
-            on_moved(unreported)
-        if in_pipe:
-            pool.discard(pipe)
-        else:
-            pool.release(pipe, empty=True)
+        _end_burst(pool, pipe, in_pipe, unreported, on_moved)

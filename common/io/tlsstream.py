@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import trio
 
-from common.io.rawsock import RawSocket, raw_socket
+from common.io.fastsock import FastSocket, fast_socket
 
 READ_SIZE = 256 * 1024
 RECORD = 16 * 1024  # TLS maximum record payload
@@ -44,7 +44,7 @@ class TlsStream(trio.abc.Stream):
         self._eof = False
         self._broken: BaseException | None = None
         self._rbuf: memoryview | None = None
-        self._raw: RawSocket | None = None  # our own non-blocking calls on the socket
+        self._raw: FastSocket | None = None  # our own non-blocking calls on the socket
 
     # ------------------------------------------------------------- info
     def getpeercert(self, binary_form: bool = False) -> Any:
@@ -61,9 +61,9 @@ class TlsStream(trio.abc.Stream):
         return self._in.pending > 0 or self._ssl.pending() > 0
 
     # ------------------------------------------------------------- plumbing
-    def _rawsock(self) -> RawSocket | None:
+    def _fastsock(self) -> FastSocket | None:
         if self._raw is None and isinstance(self.transport, trio.SocketStream):
-            self._raw = raw_socket(self.transport.socket)
+            self._raw = fast_socket(self.transport.socket)
         return self._raw
 
     async def _flush(self) -> None:
@@ -72,10 +72,10 @@ class TlsStream(trio.abc.Stream):
         async with self._send_lock:
             data = self._out.read()
             if data:
-                raw = self._rawsock()
+                raw = self._fastsock()
                 try:
                     if raw is not None:
-                        await raw.send_all((data,))
+                        await raw.send_parts((data,))
                     else:
                         await self.transport.send_all(data)
                 except BaseException as e:
@@ -84,7 +84,7 @@ class TlsStream(trio.abc.Stream):
 
     async def _fill(self) -> None:
         t = self.transport
-        raw = self._rawsock()
+        raw = self._fastsock()
         if raw is not None:
             # into one reusable buffer: no allocation per read
             if self._rbuf is None:
@@ -175,31 +175,36 @@ class TlsStream(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:  # noqa: C901
+    def _decrypt(self, limit: int) -> tuple[list[bytes], bool]:
+        """Decrypt what has been received, up to ``limit`` bytes: (parts, closed)."""
+        parts: list[bytes] = []
+        got = 0
+        closed = False
+        try:
+            while got < limit:
+                d = self._ssl.read(limit - got)
+                if not d:
+                    closed = True
+                    break
+                parts.append(d)
+                got += len(d)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            closed = True
+        except ssl.SSLError as e:
+            if not parts:
+                raise self._tls_failed(e) from e
+            # hand out what decrypted fine; the error shows on the next call
+            self._broken = self._tls_failed(e)
+        return parts, closed
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
         limit = max_bytes or self._read_size
         while True:
             if self._broken is not None:
                 raise trio.BrokenResourceError("TLS stream is broken") from self._broken
-            parts: list[bytes] = []
-            got = 0
-            closed = False
-            try:
-                while got < limit:
-                    d = self._ssl.read(limit - got)
-                    if not d:
-                        closed = True
-                        break
-                    parts.append(d)
-                    got += len(d)
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLZeroReturnError:
-                closed = True
-            except ssl.SSLError as e:
-                if not parts:
-                    raise self._tls_failed(e) from e
-                # hand out what decrypted fine; the error shows on the next call
-                self._broken = self._tls_failed(e)
+            parts, closed = self._decrypt(limit)
             if self._out.pending:
                 await self._flush()
             if parts:

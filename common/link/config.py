@@ -55,9 +55,11 @@ import trio
 from common.io.unixlisten import UnixListener, open_unix_listener
 from common.io.vsphere import VSphereTarget
 from common.link.peerlink import LinkConfig
-from common.link.route import Route, RouteError, is_trusted_address, parse_address
+from common.link.route import Route, RouteError
 from common.link.tls import TlsFiles, client_context
 from common.ops.config import ConfigError, require
+from common.proto.address import is_trusted_address, parse_address
+from common.proto.address import parse_forward as parse_forward  # relay.mesh (until it imports it)
 from common.proto.link.mux import MuxConfig
 
 KiB = 1024
@@ -93,18 +95,6 @@ def _check_address(address: str) -> None:
         parse_address(address)
     except RouteError as e:
         raise ConfigError("address", str(e)) from None
-
-
-def parse_forward(address: str) -> tuple[str, object]:
-    """Where a forwarding listener passes links: a route address, or
-    ``hvsock:/path/to/vm.vsock:PORT`` for an appliance VM under Firecracker /
-    Cloud Hypervisor (hybrid vsock, host-initiated ``CONNECT PORT``)."""
-    if address.startswith("hvsock:"):
-        path, _, port = address[len("hvsock:") :].rpartition(":")
-        if not path or not port.isdigit():
-            raise RouteError(f"bad hvsock address {address!r} (hvsock:/path:PORT)")
-        return "hvsock", (path, int(port))
-    return parse_address(address)
 
 
 @dataclass(frozen=True)

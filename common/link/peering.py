@@ -19,10 +19,10 @@ import trio
 from common.link import tls as tlsmod
 from common.link.events import NO_EVENTS, LinkEvents
 from common.link.peerlink import LinkConfig, PeerLink
-from common.link.resumable import SessionTable
+from common.link.sessions import SessionTable
 from common.ops.wiretext import wire
 
-log = logging.getLogger("common.link.peering")
+log = logging.getLogger("relay.peering")
 
 
 async def accept_tls(

@@ -2,10 +2,10 @@
 
 One reader task feeds received bytes to the mux and dispatches the events to
 per-stream handlers (synchronously: handlers never block, they buffer within
-the stream's credit window); one writer task sends what the mux queued,
-coalescing small frames; one keepalive task pings and declares the link dead
-when the peer falls silent. Senders wait on credit and on the writer's
-high-water mark, so memory is bounded on both sides.
+the stream's credit window; see ``common.link.linkreader``); one writer task
+sends what the mux queued, coalescing small frames; one keepalive task pings and
+declares the link dead when the peer falls silent. Senders wait on credit and on
+the writer's high-water mark, so memory is bounded on both sides.
 
 A malformed frame or a silent peer kills *this* link (one log line); every
 stream handler is told ``on_link_lost`` and the resumable streams above move to
@@ -15,102 +15,29 @@ another link. Nothing else in the process is affected.
 from __future__ import annotations
 
 import logging
-import select
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import trio
 
-from common.io.rawsock import IOV_MAX, RawSocket, Yielder, consume, raw_socket, unthrottle_tcp
+from common.io.fastsock import IOV_MAX, FastSocket, Yielder, consume, fast_socket, unthrottle_tcp
 from common.io.tlsstream import TlsStream
+from common.link.linkapi import LinkConfig, LinkDeadError, StreamHandler
+from common.link.linkreader import LinkReceiver, socket_of
 from common.ops.wiretext import wire
 from common.proto.link.frames import ErrorCode, LinkProtocolError
-from common.proto.link.mux import (
-    AckReceived,
-    CreditAvailable,
-    DataReceived,
-    EofReceived,
-    GoAwayReceived,
-    LinkClosingError,
-    Mux,
-    MuxConfig,
-    PongReceived,
-    StreamOpened,
-    StreamReset,
-)
+from common.proto.link.mux import LinkClosingError, Mux, StreamOpened
 
-log = logging.getLogger("common.link.peerlink")
+log = logging.getLogger("relay.link")
 
 __all__ = ["LinkClosingError", "LinkConfig", "LinkDeadError", "PeerLink", "StreamHandler"]
-
-
-SMALL_READ = 32 * 1024
-
-
-def _socket_of(transport: trio.abc.Stream) -> trio.socket.SocketType | None:
-    if isinstance(transport, TlsStream):
-        transport = transport.transport
-    if isinstance(transport, trio.SocketStream):
-        return transport.socket
-    return None
-
-
-def _input_probe(transport: trio.abc.Stream) -> Callable[[], bool]:
-    """A cheap "more bytes are waiting to be read right now" test for ``transport``
-    (always False when it cannot tell: per-batch work is then done every read)."""
-    sock = _socket_of(transport)
-    if sock is None:
-        return lambda: False
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    poll = poller.poll
-    if isinstance(transport, TlsStream):
-        tls = transport
-        return lambda: tls.input_pending() or bool(poll(0))
-    return lambda: bool(poll(0))
-
-
-class LinkDeadError(Exception):
-    """The link is gone (closed, broken, silent or hostile peer)."""
-
-
-@dataclass(frozen=True)
-class LinkConfig:
-    mux: MuxConfig = field(default_factory=MuxConfig)
-    replay_limit: int = 16 * 1024 * 1024  # per stream, each direction, at each end
-    replay_pool: int = 256 * 1024 * 1024  # all streams of one router / session table together
-    replay_reserve: int = 64 * 1024  # per stream, always available beyond the pool
-    overflow: str = "block"  # or "discard" (sources that must not be paused)
-    resume_timeout: float = 60.0  # an acceptor keeps a detached session this long
-    reconnect_min: float = 0.05
-    reconnect_max: float = 5.0
-    write_high_water: int = 2 * 1024 * 1024
-    send_quantum: int = 128 * 1024  # bytes a stream may queue per round-robin turn
-    read_size: int = 256 * 1024
-    ack_bytes: int = 1024 * 1024  # ACK received bytes at least this often...
-    ack_delay: float = 0.005  # ...and this long after the input ran dry
-
-
-class StreamHandler(Protocol):
-    """What a link calls for one of its streams (from the reader task; must not block)."""
-
-    def on_data(self, offset: int, payload: bytes | bytearray) -> None: ...
-    def on_ack(self, offset: int, fin: bool) -> None: ...
-    def on_eof(self, offset: int) -> None: ...
-    def on_reset(self, code: int, reason: str) -> None: ...
-    def on_credit(self) -> None: ...
-    def on_batch_end(self) -> None: ...
-    def produce(self, max_bytes: int) -> bool:
-        """Writer's turn: queue up to ``max_bytes`` of frames; True if more is ready."""
-        ...
 
 
 OpenCallback = Callable[["PeerLink", StreamOpened], None]
 
 
-class PeerLink:
+class PeerLink(LinkReceiver):
     """A multiplexed peer link over ``transport``; call ``run()`` in a nursery."""
 
     def __init__(
@@ -151,12 +78,12 @@ class PeerLink:
         self._pong = trio.Event()
         self.bytes_in = 0
         self.bytes_out = 0
-        sock = _socket_of(transport)
+        sock = socket_of(transport)
         if sock is not None:
             unthrottle_tcp(sock)  # the writer sends large batches
-        self._raw: RawSocket | None = None
+        self._raw: FastSocket | None = None
         if isinstance(transport, trio.SocketStream):
-            self._raw = raw_socket(transport.socket)
+            self._raw = fast_socket(transport.socket)
 
     # ---------------------------------------------------------------- public state
     @property
@@ -404,7 +331,7 @@ class PeerLink:
         if isinstance(t, TlsStream):
             await t.send_parts(chunks)
         elif self._raw is not None:
-            await self._raw.send_all(chunks)
+            await self._raw.send_parts(chunks)
         elif isinstance(t, trio.SocketStream) and len(chunks) > 1:
             sock = t.socket
             views = [memoryview(c) for c in chunks]
@@ -420,130 +347,3 @@ class PeerLink:
             if not self.mux.tick(trio.current_time()):
                 raise LinkDeadError(f"peer is silent: {self.mux.dead_reason}")
             self._kick()
-
-    async def _reader(self) -> None:  # noqa: C901
-        # One receive buffer for the life of the link (the decoder copies out what it
-        # keeps); the bulk of a large DATA payload is received straight into the
-        # payload's own buffer instead (no copy at all).
-        rmv = memoryview(bytearray(self.config.read_size))
-        # after a payload received in place, read little: the next frame's header and
-        # the start of its payload (copied), so that most of it goes in place too
-        small = rmv[: min(len(rmv), SMALL_READ)]
-        t = self.transport
-        mux = self.mux
-        recv_into: Callable[[memoryview], Awaitable[int]] | None = None
-        if isinstance(t, TlsStream):
-            recv_into = t.receive_into
-        elif self._raw is not None:
-            recv_into = self._raw.recv_into
-        elif isinstance(t, trio.SocketStream):
-            recv_into = t.socket.recv_into
-        yielder = Yielder()
-        more_input = _input_probe(t)
-        ack_bytes = self.config.ack_bytes
-        touched_bytes = 0
-        in_place = False
-        while True:
-            target = mux.receive_buffer() if recv_into is not None else None
-            if target is not None and recv_into is not None:
-                n = await recv_into(target)
-                if not n:
-                    raise LinkDeadError("peer closed the link")
-                events = mux.received_in_place(n, trio.current_time())
-                in_place = True
-            else:
-                if recv_into is not None:
-                    buf = small if in_place else rmv
-                    n = await recv_into(buf)
-                    data: bytes | bytearray | memoryview = buf[:n]
-                else:
-                    data = await t.receive_some(len(rmv))
-                    n = len(data)
-                if not n:
-                    raise LinkDeadError("peer closed the link")
-                events = mux.receive_data(data, trio.current_time())
-                in_place = False
-            self.bytes_in += n
-            if not self._ready.is_set() and mux.ready:
-                self._ready.set()
-            for ev in events:
-                self._dispatch(ev)
-            if self._touched:
-                # Per-batch work (ACKs): every ack_bytes while bytes keep coming, at
-                # once after an EOF, else shortly after the input ran dry (delayed
-                # ACK: a sender that keeps sending gets one ACK per ack_bytes).
-                touched_bytes += n
-                if touched_bytes >= ack_bytes or self._eof_seen:
-                    touched_bytes = 0
-                    self._batch_end()
-                elif not more_input():
-                    touched_bytes = 0
-                    self._ack_wake.set()
-            if mux.pending_output:
-                self._kick()
-            await yielder.maybe(n)
-
-    def _batch_end(self) -> None:
-        self._eof_seen = False
-        touched, self._touched = self._touched, {}
-        for h in touched.values():
-            h.on_batch_end()
-        if self.mux.pending_output:
-            self._kick()
-
-    async def _acker(self) -> None:
-        """Delayed ACKs: the per-batch work of streams that received bytes, once the
-        input has been dry for ``ack_delay`` (sooner if the reader does it first)."""
-        while True:
-            await self._ack_wake.wait()
-            self._ack_wake = trio.Event()
-            await trio.sleep(self.config.ack_delay)
-            if self._touched:
-                self._batch_end()
-
-    def _dispatch(self, ev: object) -> None:  # noqa: C901
-        if isinstance(ev, DataReceived):
-            h = self._handlers.get(ev.stream_id)
-            if h is None:
-                self.mux.consumed(ev.stream_id, len(ev.payload))
-                return
-            h.on_data(ev.offset, ev.payload)
-            self._touched[ev.stream_id] = h
-        elif isinstance(ev, CreditAvailable):
-            h = self._handlers.get(ev.stream_id)
-            if h is not None:
-                h.on_credit()
-        elif isinstance(ev, AckReceived):
-            h = self._handlers.get(ev.stream_id)
-            if h is not None:
-                h.on_ack(ev.offset, ev.fin)
-        elif isinstance(ev, EofReceived):
-            h = self._handlers.get(ev.stream_id)
-            if h is not None:
-                h.on_eof(ev.offset)
-                self._touched[ev.stream_id] = h
-                self._eof_seen = True
-        elif isinstance(ev, StreamReset):
-            h = self._handlers.pop(ev.stream_id, None)
-            self._touched.pop(ev.stream_id, None)
-            if h is not None:
-                h.on_reset(ev.code, ev.reason)
-        elif isinstance(ev, StreamOpened):
-            if self._on_open is None:
-                self.mux.reset_stream(
-                    ev.stream_id, ErrorCode.REFUSED, "this end accepts no streams"
-                )
-            else:
-                self._on_open(self, ev)
-        elif isinstance(ev, GoAwayReceived):
-            log.info(
-                "link %s: peer sent GOAWAY (last stream %d): %s",
-                self.name,
-                ev.last_stream_id,
-                wire(ev.reason),
-            )
-        elif isinstance(ev, PongReceived):
-            self.rtt = ev.rtt
-            self._pong_seq = max(self._pong_seq, ev.seq)
-            self._pong.set()
-            self._pong = trio.Event()

@@ -16,7 +16,6 @@ GOAWAY and closed once empty.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import socket
@@ -29,13 +28,20 @@ import trio
 from common.link import tls as tlsmod
 from common.link.events import NO_EVENTS, LinkEvents
 from common.link.peerlink import LinkConfig, LinkDeadError, PeerLink
-from common.link.resumable import ReplayPool, ResumableStream
+from common.link.replay import ReplayPool
+from common.link.resumable import ResumableStream
+from common.proto.address import (
+    AddressError,
+    is_loopback_host,
+    is_trusted_address,
+    parse_address,
+)
 
-log = logging.getLogger("common.link.route")
+log = logging.getLogger("relay.route")
 
 
-class RouteError(ValueError):
-    pass
+#: A route's address or identity is wrong (one error type with the address grammar's).
+RouteError = AddressError
 
 
 @dataclass(frozen=True)
@@ -59,45 +65,6 @@ class Route:
             "identity": self.identity,
             "tls": self.tls,
         }
-
-
-def parse_address(address: str) -> tuple[str, Any]:
-    kind, _, rest = address.partition(":")
-    if kind == "tcp":
-        host, _, port = rest.rpartition(":")
-        host = host.strip("[]")
-        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise RouteError(f"bad tcp address {address!r} (tcp:HOST:PORT)")
-        return "tcp", (host, int(port))
-    if kind == "unix":
-        if not rest:
-            raise RouteError(f"bad unix address {address!r} (unix:/path)")
-        return "unix", rest
-    if kind == "vsock":
-        cid, _, port = rest.partition(":")
-        if not cid.isdigit() or not port.isdigit():
-            raise RouteError(f"bad vsock address {address!r} (vsock:CID:PORT)")
-        return "vsock", (int(cid), int(port))
-    raise RouteError(f"unknown address kind in {address!r} (tcp:, unix:, vsock:)")
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1): a
-    listener there is reachable from this machine only. Any other name is not
-    (it would have to be resolved, and could resolve elsewhere)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def is_trusted_address(address: str) -> bool:
-    """A transport that needs no TLS: a Unix socket, vsock (inside one host), or
-    TCP on a loopback address. ``address`` must parse (``parse_address``)."""
-    kind, where = parse_address(address)
-    return kind != "tcp" or is_loopback_host(where[0])
 
 
 async def open_transport(address: str) -> trio.abc.Stream:
@@ -270,4 +237,13 @@ class Router:
             self._link = None
 
 
-__all__ = ["LinkDeadError", "Route", "RouteError", "Router", "connect_route", "parse_address"]
+__all__ = [
+    "LinkDeadError",
+    "Route",
+    "RouteError",
+    "Router",
+    "connect_route",
+    "is_loopback_host",
+    "is_trusted_address",
+    "parse_address",
+]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 
 from common.link.events import NO_EVENTS, LinkEvents
-from common.link.resumable import Accepted, ResumableStream
+from common.link.resumable import ResumableStream
+from common.link.sessions import Accepted
 from common.ops.wiretext import wire
 from common.proto.link.header import (
     HeaderDecoder,

@@ -13,6 +13,7 @@ import os
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
@@ -88,24 +89,13 @@ def build(cls: type[T], data: Any, key: str = "") -> T:
     return obj
 
 
-def _convert(tp: Any, value: Any, key: str) -> Any:  # noqa: C901
-    origin = get_origin(tp)
-    args = get_args(tp)
+def _convert(tp: Any, value: Any, key: str) -> Any:
     if tp is Any:
         return value
+    origin = get_origin(tp)
+    args = get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        non_none = [a for a in args if a is not type(None)]
-        if value is None and len(non_none) < len(args):
-            return None
-        if len(non_none) == 1:
-            return _convert(non_none[0], value, key)  # keeps the inner key in errors
-        errors = []
-        for a in non_none:
-            try:
-                return _convert(a, value, key)
-            except ConfigError as e:
-                errors.append(e.message)
-        raise ConfigError(key, " or ".join(errors))
+        return _convert_union(args, value, key)
     if origin is Literal:
         if value not in args:
             allowed = ", ".join(repr(a) for a in args)
@@ -124,27 +114,66 @@ def _convert(tp: Any, value: Any, key: str) -> Any:  # noqa: C901
         return {str(k): _convert(vt, v, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return build(tp, value, key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(key, f"expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, f"expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {value!r}")
-        return value
-    if tp is Path:
-        if not isinstance(value, str):
-            raise ConfigError(key, f"expected a path string, got {value!r}")
-        return Path(value)
-    raise ConfigError(key, f"unsupported config type {tp!r}")
+    scalar = _SCALARS.get(tp) if isinstance(tp, type) else None
+    if scalar is None:
+        raise ConfigError(key, f"unsupported config type {tp!r}")
+    return scalar(value, key)
+
+
+def _convert_union(args: tuple[Any, ...], value: Any, key: str) -> Any:
+    non_none = [a for a in args if a is not type(None)]
+    if value is None and len(non_none) < len(args):
+        return None
+    if len(non_none) == 1:
+        return _convert(non_none[0], value, key)  # keeps the inner key in errors
+    errors = []
+    for a in non_none:
+        try:
+            return _convert(a, value, key)
+        except ConfigError as e:
+            errors.append(e.message)
+    raise ConfigError(key, " or ".join(errors))
+
+
+def _to_bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    return value
+
+
+def _to_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    return value
+
+
+def _to_float(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _to_str(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    return value
+
+
+def _to_path(value: Any, key: str) -> Path:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a path string, got {value!r}")
+    return Path(value)
+
+
+#: How a TOML value becomes each scalar field type (TOML's own checks are not enough:
+#: ``true`` is not an integer here, and an integer is a fine float).
+_SCALARS: dict[type, Callable[[Any, str], Any]] = {
+    bool: _to_bool,
+    int: _to_int,
+    float: _to_float,
+    str: _to_str,
+    Path: _to_path,
+}
 
 
 def require(cond: bool, key: str, message: str) -> None:

@@ -9,7 +9,7 @@ import trio
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("vic.ops.metrics_http")  # the name operators know
 
 
 async def serve_metrics(

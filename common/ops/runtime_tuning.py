@@ -29,7 +29,7 @@ import gc
 import logging
 import sys
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("vic.ops.runtime_tuning")  # the name operators know
 
 #: glibc mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD = -1

@@ -22,6 +22,23 @@ def outq(fd: int) -> int:
     return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
 
 
+async def read_line(
+    host: trio.lowlevel.FdStream, got: bytearray, want: int, all_read: trio.Event
+) -> None:
+    """Read the line's host end into ``got`` until it closes; ``all_read`` once
+    ``want`` bytes are in."""
+    while True:
+        try:
+            chunk = await host.receive_some(65536)
+        except trio.BrokenResourceError:
+            return
+        if not chunk:
+            return
+        got.extend(chunk)
+        if len(got) >= want:
+            all_read.set()
+
+
 async def test_serial_console_over_pty_pair(tmp_path: Path) -> None:
     size = 1024 * 1024
     master, slave = pty.openpty()
@@ -51,18 +68,6 @@ async def test_serial_console_over_pty_pair(tmp_path: Path) -> None:
         seen.append((agent.console.sent_total, outq(slave)))
         return e.status
 
-    async def reader() -> None:
-        while True:
-            try:
-                chunk = await host.receive_some(65536)
-            except trio.BrokenResourceError:
-                return
-            if not chunk:
-                return
-            got.extend(chunk)
-            if len(got) >= len(expected):
-                all_read.set()
-
     try:
         with trio.fail_after(30):
             async with trio.open_nursery() as n:
@@ -73,7 +78,7 @@ async def test_serial_console_over_pty_pair(tmp_path: Path) -> None:
                 # pyserial configured the line raw: 8 bits, no echo, no CR/LF mapping
                 attrs = termios.tcgetattr(slave)
                 assert not attrs[3] & termios.ECHO and not attrs[1] & termios.OPOST
-                n.start_soon(reader)
+                n.start_soon(read_line, host, got, len(expected), all_read)
                 await w.write("vm1", {gi.goahead_key("s1"): "true"})
                 code = await wait_for(w, "vm1", status, 30)
                 await all_read.wait()

@@ -23,8 +23,8 @@ from guestagent.config import (
     NetworkConfig,
 )
 from tests.support.waiting import wait_until_async
+from vspc.guestinfo_vsphere import VSphereWatcher
 from vspc.guestinfo_watch import (
-    VSphereWatcher,
     configure_session,
     send_signal,
     wait_for_exit,

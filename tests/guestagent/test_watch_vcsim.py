@@ -7,10 +7,10 @@ import trio
 
 from common.proto import guestinfo as gi
 from guestagent.backends.vsphere import VSphereGuestBackend
+from vspc.guestinfo_vsphere import VSphereWatcher
 from vspc.guestinfo_watch import (
     SessionStartFailed,
     VMPoweredOff,
-    VSphereWatcher,
     configure_session,
     wait_for_exit,
     wait_for_started,

@@ -12,7 +12,7 @@ import trio
 from common.link.route import Route, Router
 from relay.admin import AdminServer, admin_request, admin_request_sync, route_commands
 from tests.relay.faultproxy import FaultProxy
-from tests.relay.test_link import MiB, acceptor, pattern, roundtrip, small_config
+from tests.relay.link_harness import MiB, acceptor, pattern, roundtrip, small_config
 
 
 async def test_route_set_over_admin_socket_moves_live_stream(tmp_path: Path) -> None:

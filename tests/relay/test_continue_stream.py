@@ -9,9 +9,10 @@ import trio.testing
 
 from common.link.peering import LinkServer, open_session_table
 from common.link.peerlink import LinkConfig
-from common.link.resumable import Accepted, ResumableStream
+from common.link.resumable import ResumableStream
 from common.link.route import Route, Router
-from tests.relay.test_link import pattern, small_config
+from common.link.sessions import Accepted
+from tests.relay.link_harness import pattern, small_config
 from tests.support.waiting import wait_until
 
 

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.proto.link import frames as F
-from common.proto.link.frames import FrameDecoder, LinkProtocolError
+from common.proto.link.decoder import FrameDecoder
+from common.proto.link.frames import LinkProtocolError
 
 sids = st.integers(1, F.MAX_STREAM_ID)
 offs = st.integers(0, F.MAX_OFFSET)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +53,46 @@ def two_hosts() -> Iterator[tuple[str, str]]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+def _node(ns: str, certs_dir: Path, *args: str, stdin: bool = False) -> subprocess.Popen[str]:
+    """Run ``python -m tests.relay.link_node ARGS`` inside network namespace ``ns``."""
+    root = Path(__file__).resolve().parents[2]
+    node = [sys.executable, "-m", "tests.relay.link_node"]
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, *node, *args, "--certs", str(certs_dir)],
+        stdin=subprocess.PIPE if stdin else None,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+
+
+def _serve(b: str, certs_dir: Path) -> subprocess.Popen[str]:
+    return _node(b, certs_dir, "serve", "--listen", "10.77.0.2:7443", "--name", "B", "--allow", "A")
+
+
+def _send(a: str, certs_dir: Path) -> subprocess.Popen[str]:
+    args = ["--address", "tcp:10.77.0.2:7443", "--name", "A", "--peer", "B", "--mb", "16"]
+    return _node(a, certs_dir, "send", *args, stdin=True)
+
+
+def _cut_wire_then_resume(client: subprocess.Popen[str], a: str, tag: str) -> dict[str, Any]:
+    """Take the wire down at half the transfer until the link is declared dead,
+    bring it back, let the transfer finish; the client's final JSON line."""
+    assert client.stdout is not None and client.stdin is not None
+    assert client.stdout.readline().strip() == "half"
+    _ip("-n", a, "link", "set", f"va{tag}", "down")  # the wire is gone
+    assert client.stdout.readline().strip() == "link-dead"  # keepalive noticed
+    _ip("-n", a, "link", "set", f"va{tag}", "up")
+    client.stdin.write("go\n")
+    client.stdin.flush()
+    lines = [ln for ln in client.stdout.read().splitlines() if ln.startswith("{")]
+    assert client.wait(timeout=60) == 0, client.stderr.read() if client.stderr else ""
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
 def test_link_between_namespaces_survives_wire_down(
     two_hosts: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -60,72 +101,13 @@ def test_link_between_namespaces_survives_wire_down(
     certs.init_ca(tmp_path)
     certs.issue(tmp_path, "host", "A")
     certs.issue(tmp_path, "host", "B")
-    root = Path(__file__).resolve().parents[2]
-    node = [sys.executable, "-m", "tests.relay.link_node"]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    server = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            b,
-            *node,
-            "serve",
-            "--listen",
-            "10.77.0.2:7443",
-            "--certs",
-            str(tmp_path),
-            "--name",
-            "B",
-            "--allow",
-            "A",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=root,
-        env=env,
-    )
+    server = _serve(b, tmp_path)
     client = None
     try:
         assert server.stdout is not None
         assert server.stdout.readline().strip() == "ready"
-        client = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                a,
-                *node,
-                "send",
-                "--address",
-                "tcp:10.77.0.2:7443",
-                "--certs",
-                str(tmp_path),
-                "--name",
-                "A",
-                "--peer",
-                "B",
-                "--mb",
-                "16",
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=root,
-            env=env,
-        )
-        assert client.stdout is not None and client.stdin is not None
-        assert client.stdout.readline().strip() == "half"
-        _ip("-n", a, "link", "set", f"va{tag}", "down")  # the wire is gone
-        assert client.stdout.readline().strip() == "link-dead"  # keepalive noticed
-        _ip("-n", a, "link", "set", f"va{tag}", "up")
-        client.stdin.write("go\n")
-        client.stdin.flush()
-        lines = [ln for ln in client.stdout.read().splitlines() if ln.startswith("{")]
-        assert client.wait(timeout=60) == 0, client.stderr.read() if client.stderr else ""
-        result = json.loads(lines[-1])
+        client = _send(a, tmp_path)
+        result = _cut_wire_then_resume(client, a, tag)
         assert result["bytes"] == 16 << 20
         assert result["back"] == result["sent"]
         assert result["links"] >= 2

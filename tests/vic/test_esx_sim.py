@@ -1,17 +1,11 @@
-"""The ESX simulator, checked against a tiny fake vSPC that works on raw bytes.
-
-The fake vSPC below uses no Telnet codec at all: it compares and builds wire
-bytes by hand, so the simulator is tested independently of ``common.proto.telnet`` and
-of its own decoder.
+"""The ESX simulator's wire codec, handshake and console data, checked against a
+tiny fake vSPC that works on raw bytes (:mod:`tests.vic.esx_fake_vspc`), so the
+simulator is tested independently of ``common.proto.telnet`` and of its own decoder.
 """
 
 from __future__ import annotations
 
-import os
-import random
 import ssl
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,158 +14,33 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.waiting import wait_until_async
+from tests.vic.esx_fake_vspc import (
+    ANSWER,
+    DO,
+    DONT,
+    IAC,
+    KS1,
+    OFFER,
+    SB,
+    SE,
+    VM,
+    WILL,
+    WONT,
+    RawPeer,
+    dbl,
+    fake_handshake,
+    frame,
+    open_pair,
+    port_of,
+)
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import (
-    ConnectionClosed,
     EsxBehaviour,
     EsxConnection,
     HandshakeTimeout,
-    SimVM,
-    VMotionNotNow,
-    VMotionRefused,
-    VMotionTimeout,
     esx_uuid_format,
     known_without,
-    migrate,
-    random_seq,
 )
-
-IAC, SB, SE = 255, 250, 240
-DO, DONT, WILL, WONT = 253, 254, 251, 252
-
-VM = SimVM(
-    uuid="42 3f 5a 1b 2c 3d 4e 5f-60 71 82 93 a4 b5 c6 d7",
-    name="web-01 ü",
-    bios_uuid="56 4d 00 11 22 33 44 55-66 77 88 99 aa bb cc dd",
-    location_uuid="00 11 22 33 44 55 66 77-88 99 aa bb cc dd ee ff",
-)
-
-# The bytes the simulated ESX sends first (initiate=True, offers AUTH and COM-PORT).
-OFFER = bytes([IAC, WILL, 0, IAC, DO, 0, IAC, WILL, 3, IAC, DO, 3, IAC, WILL, 232]) + bytes(
-    [IAC, WILL, 37, IAC, WILL, 44]
-)
-# What a vSPC answers: accept BINARY/SGA/232, refuse AUTHENTICATION and COM-PORT.
-ANSWER = bytes([IAC, DO, 0, IAC, WILL, 0, IAC, DO, 3, IAC, WILL, 3, IAC, DO, 232]) + bytes(
-    [IAC, DONT, 37, IAC, DONT, 44]
-)
-
-
-def frame(cmd: int, payload: bytes = b"") -> bytes:
-    """An option-232 frame built by hand (payload already escaped by the caller)."""
-    return bytes([IAC, SB, 232, cmd]) + payload + bytes([IAC, SE])
-
-
-def dbl(b: bytes) -> bytes:
-    out = bytearray()
-    for x in b:
-        out.append(x)
-        if x == 0xFF:
-            out.append(0xFF)
-    return bytes(out)
-
-
-KS1 = frame(0, bytes(sorted(tw.EXT_NAMES)))
-
-
-class RawPeer:
-    """One accepted connection of the fake vSPC: raw bytes only."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.buf = bytearray()
-        self.eof = False
-
-    async def expect(self, needle: bytes, timeout: float = 5.0) -> bytes:
-        """Read until ``needle`` appears; return everything up to and including it."""
-        with trio.fail_after(timeout):
-            while (k := self.buf.find(needle)) < 0:
-                chunk = await self.stream.receive_some(65536)
-                if not chunk:
-                    raise AssertionError(f"EOF waiting for {needle!r}; got {bytes(self.buf)!r}")
-                self.buf += chunk
-        out = bytes(self.buf[: k + len(needle)])
-        del self.buf[: k + len(needle)]
-        return out
-
-    async def expect_exact(self, wanted: bytes, timeout: float = 5.0) -> None:
-        got = await self.expect(wanted, timeout)
-        assert got == wanted, f"unexpected bytes before {wanted!r}: {got!r}"
-
-    async def read_until_eof(self, timeout: float = 5.0) -> bytes:
-        with trio.fail_after(timeout):
-            while True:
-                try:
-                    chunk = await self.stream.receive_some(65536)
-                except trio.BrokenResourceError:
-                    chunk = b""
-                if not chunk:
-                    break
-                self.buf += chunk
-        out = bytes(self.buf)
-        self.buf.clear()
-        return out
-
-    async def send(self, data: bytes, *, per_byte: bool = False) -> None:
-        if per_byte:
-            for k in range(len(data)):
-                await self.stream.send_all(data[k : k + 1])
-        else:
-            await self.stream.send_all(data)
-
-
-async def fake_handshake(
-    peer: RawPeer, vm: SimVM = VM, *, uri: bytes | None = b"Svic-console", per_byte: bool = False
-) -> None:
-    """The vSPC's side of connecting, by bytes: negotiation, KS, DO-PROXY, identity."""
-    await peer.expect_exact(OFFER)
-    await peer.send(ANSWER, per_byte=per_byte)
-    await peer.expect_exact(KS1)
-    if uri is not None:
-        await peer.expect_exact(frame(70, uri))
-    reply = frame(1, bytes([1, 3, 41, 43, 45, 71, 73, 81, 83]))
-    if uri is not None:
-        reply += frame(71)
-    reply += frame(81) + frame(83)
-    await peer.send(reply, per_byte=per_byte)
-    await peer.expect_exact(frame(80, vm.uuid.encode()))
-    await peer.expect_exact(frame(82, vm.name.encode("utf-8")))
-
-
-@pytest.fixture
-async def listener() -> AsyncIterator[trio.SocketListener]:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    yield listeners[0]
-    await listeners[0].aclose()
-
-
-def port_of(listener: trio.SocketListener) -> int:
-    return int(listener.socket.getsockname()[1])
-
-
-async def open_pair(
-    nursery: trio.Nursery,
-    listener: trio.SocketListener,
-    *,
-    handshake: bool = True,
-    uri: bytes | None = b"Svic-console",
-    vm: SimVM = VM,
-    **knobs: object,
-) -> tuple[EsxConnection, RawPeer]:
-    send, recv = trio.open_memory_channel[EsxConnection](1)
-
-    async def esx() -> None:
-        c = await EsxConnection.open(nursery, "127.0.0.1", port_of(listener), vm=vm, **knobs)  # type: ignore[arg-type]
-        await send.send(c)
-
-    nursery.start_soon(esx)
-    peer = RawPeer(await listener.accept())
-    if handshake:
-        await fake_handshake(peer, vm, uri=uri)
-    with trio.fail_after(5):
-        conn = await recv.receive()
-    return conn, peer
-
 
 # ------------------------------------------------------------------ wire codec
 
@@ -487,264 +356,3 @@ async def test_one_byte_segments(listener: trio.SocketListener) -> None:
         assert counting.sizes == [1] * (4 + 8)
         await peer.expect_exact(b"ab\xff\xff" + frame(40, b"\xff\xff"))
         await c.aclose()
-
-
-# ------------------------------------------------------------------ vMotion
-
-
-async def test_vmotion_source_goahead_with_ff(listener: trio.SocketListener) -> None:
-    seq = b"\xff\x01\xff\xff\x02\xff"
-    secret = b"\xff\xfe\x00\xff"
-    async with trio.open_nursery() as n:
-        c, peer = await open_pair(n, listener)
-        async with trio.open_nursery() as inner:
-
-            async def vspc() -> None:
-                await peer.expect_exact(frame(40, dbl(seq)))
-                await peer.send(frame(41, dbl(seq + secret)), per_byte=True)
-
-            inner.start_soon(vspc)
-            assert await c.vmotion_begin(seq) == secret
-        assert len(c.stats.begin_latencies) == 1
-        assert len(c.stats.begin_receipt_latencies) == 1
-        assert 0 <= c.stats.begin_receipt_latencies[0] <= c.stats.begin_latencies[0]
-        await c.vmotion_abort()
-        await peer.expect_exact(frame(48))
-        assert not c.violations
-        await c.aclose()
-
-
-async def test_vmotion_answer_timed_by_kernel_arrival(listener: trio.SocketListener) -> None:
-    # kernel_timestamps: the answer is also timed by when it reached this host,
-    # so a simulated host whose own loop is busy does not charge that to the vSPC.
-    seq = b"\x01\x02\xff\x03"
-    secret = b"\xff\x00\x07"
-    busy = 0.08
-    async with trio.open_nursery() as n:
-        c, peer = await open_pair(n, listener, kernel_timestamps=True)
-
-        async def stamped() -> bool:
-            # Linux turns receive stamping on lazily: segments that arrive before
-            # it takes effect carry no TCP timestamp. Exchange console bytes
-            # until one comes stamped, so the answer below will be too.
-            await peer.send(b"ping")
-            await c.receive_console_exactly(4)
-            return c._last_rx_ns is not None
-
-        await wait_until_async(stamped, 10, "the kernel stamps what arrives")
-        async with trio.open_nursery() as inner:
-
-            async def vspc() -> None:
-                await peer.expect_exact(frame(40, dbl(seq)))
-                # the answer goes out and, with no checkpoint in between, this
-                # host's event loop is busy (no await) while the answer waits
-                assert isinstance(peer.stream, trio.SocketStream)
-                sock = peer.stream.socket
-                assert os.write(sock.fileno(), frame(41, dbl(seq + secret))) > 0
-                end = time.perf_counter() + busy
-                while time.perf_counter() < end:
-                    pass
-
-            inner.start_soon(vspc)
-            assert await c.vmotion_begin(seq) == secret
-        (kernel,) = c.stats.begin_kernel_latencies
-        (receipt,) = c.stats.begin_receipt_latencies
-        assert receipt >= busy
-        # The answer reached the kernel as it was written, before the busy loop:
-        # the reader saw it at least ``busy`` later. (Compared with each other, not
-        # with ``busy`` alone: how long this loaded host takes to schedule the
-        # simulated vSPC task before the write is not the point.)
-        assert 0 < kernel and receipt - kernel >= 0.9 * busy
-        assert not c.violations
-        await c.aclose()
-
-
-async def test_vmotion_notnow_and_bad_goahead(listener: trio.SocketListener) -> None:
-    async with trio.open_nursery() as n:
-        c, peer = await open_pair(n, listener)
-        await peer.send(frame(43, b"s1"))
-        with pytest.raises(VMotionNotNow):
-            await c.vmotion_begin(b"s1")
-        await peer.send(frame(41, b"other-seq-secret"))
-        with pytest.raises(Exception, match="sequence"):
-            await c.vmotion_begin(b"s2")
-        assert any("does not start with seq" in v for v in c.violations)
-        await c.aclose()
-
-
-async def test_vmotion_begin_gives_up(
-    listener: trio.SocketListener, autojump_clock: trio.abc.Clock
-) -> None:
-    async with trio.open_nursery() as n:
-        c, peer = await open_pair(n, listener)
-        t0 = trio.current_time()
-        with pytest.raises(VMotionTimeout):
-            await c.vmotion_begin(b"seq")
-        assert trio.current_time() - t0 == pytest.approx(5.0, abs=0.5)
-        await peer.expect_exact(frame(40, b"seq"))
-        await c.aclose()
-
-
-async def test_late_goahead_after_give_up_is_ignored(
-    listener: trio.SocketListener, autojump_clock: trio.abc.Clock
-) -> None:
-    async with trio.open_nursery() as n:
-        c, peer = await open_pair(n, listener)
-        with pytest.raises(VMotionTimeout):
-            await c.vmotion_begin(b"old", timeout=1.0)
-        # The GOAHEAD for the abandoned BEGIN arrives late, just before the next one's.
-        await peer.send(frame(41, b"old-secret") + frame(43, b"old") + frame(41, b"newSECRET"))
-        assert await c.vmotion_begin(b"new") == b"SECRET"
-        assert c.stats.stale_replies == 2
-        assert not c.violations
-        await c.aclose()
-
-
-async def test_vmotion_begin_connection_closed(listener: trio.SocketListener) -> None:
-    async with trio.open_nursery() as n:
-        c, peer = await open_pair(n, listener)
-        await peer.stream.aclose()
-        with pytest.raises(ConnectionClosed):
-            await c.vmotion_begin(b"seq")
-
-
-async def test_destination_role(listener: trio.SocketListener) -> None:
-    seq, secret = b"\x00\xff\x10", b"\xff\xff\xffSECRET"
-    async with trio.open_nursery() as n:
-        dest, peer = await open_pair(n, listener, do_proxy=False, uri=None)
-        async with trio.open_nursery() as inner:
-
-            async def vspc() -> None:
-                got = await peer.expect(frame(44, dbl(seq + secret)))
-                assert frame(70, b"S") not in got
-                await peer.send(frame(45, dbl(seq)))
-
-            inner.start_soon(vspc)
-            await dest.vmotion_peer(seq, secret)
-        await dest.vmotion_complete(seq)
-        await peer.expect_exact(frame(46, dbl(seq)))
-        await dest.send_console(b"after")
-        await peer.expect_exact(b"after")
-        assert not dest.violations
-        await dest.aclose()
-
-
-async def test_destination_refused(listener: trio.SocketListener) -> None:
-    async with trio.open_nursery() as n:
-        dest, peer = await open_pair(n, listener, do_proxy=False, uri=None)
-
-        async def vspc() -> None:
-            await peer.expect_exact(frame(44, b"seqwrong"))
-            await peer.stream.aclose()  # the vSPC drops a PEER with a wrong cookie
-
-        n.start_soon(vspc)
-        with pytest.raises(VMotionRefused):
-            await dest.vmotion_peer(b"seq", b"wrong")
-
-
-async def test_destination_silence(
-    listener: trio.SocketListener, autojump_clock: trio.abc.Clock
-) -> None:
-    async with trio.open_nursery() as n:
-        dest, _peer = await open_pair(n, listener, do_proxy=False, uri=None)
-        with pytest.raises(VMotionTimeout):
-            await dest.vmotion_peer(b"unknown-seq", b"x", timeout=2.0)
-        await dest.aclose()
-
-
-class MiniVspc:
-    """A fake vSPC that accepts connections and does one vMotion, by bytes."""
-
-    def __init__(self, listener: trio.SocketListener, *, secret: bytes, refuse_peer: bool = False):
-        self.listener = listener
-        self.secret = secret
-        self.refuse_peer = refuse_peer
-        self.source: RawPeer | None = None
-        self.dest: RawPeer | None = None
-        self.source_tail = b""
-
-    async def run(self, seq: bytes) -> None:
-        self.source = RawPeer(await self.listener.accept())
-        await fake_handshake(self.source)
-        await self.source.expect_exact(b"before" + frame(40, dbl(seq)))
-        await self.source.send(frame(41, dbl(seq + self.secret)))
-        self.dest = RawPeer(await self.listener.accept())
-        await fake_handshake(self.dest, uri=None)
-        await self.dest.expect_exact(frame(44, dbl(seq + self.secret)))
-        if self.refuse_peer:
-            await self.dest.stream.aclose()
-            await self.source.expect_exact(frame(48))
-            return
-        await self.dest.send(frame(45, dbl(seq)))
-        await self.dest.expect_exact(frame(46, dbl(seq)))
-        self.source_tail = await self.source.read_until_eof()
-
-
-async def test_migrate(listener: trio.SocketListener) -> None:
-    rng = random.Random(7)
-    seq = random_seq(rng, with_ff=True)
-    assert seq.count(0xFF) >= 2
-    fake = MiniVspc(listener, secret=b"\xffk\xff")
-    async with trio.open_nursery() as n:
-        n.start_soon(fake.run, seq)
-        c = await EsxConnection.open(n, "127.0.0.1", port_of(listener), vm=VM)
-        await c.send_console(b"before")
-        m = await migrate(c, "127.0.0.1", port_of(listener), nursery=n, seq=seq)
-        assert m.secret == b"\xffk\xff" and m.seq == seq
-        assert c.closed.is_set()
-        await m.dest.send_console(b"after")
-        assert fake.dest is not None
-        await fake.dest.expect_exact(b"after")
-        await m.dest.aclose()
-    assert fake.source_tail == b""
-
-
-async def test_migrate_refused_aborts_at_source(listener: trio.SocketListener) -> None:
-    fake = MiniVspc(listener, secret=b"s", refuse_peer=True)
-    async with trio.open_nursery() as n:
-        n.start_soon(fake.run, b"q")
-        c = await EsxConnection.open(n, "127.0.0.1", port_of(listener), vm=VM)
-        await c.send_console(b"before")
-        with pytest.raises(VMotionRefused):
-            await migrate(c, "127.0.0.1", port_of(listener), nursery=n, seq=b"q")
-        assert not c.closed.is_set()  # the VM runs on at the source
-        await c.send_console(b"still here")
-        assert fake.source is not None
-        await fake.source.expect_exact(b"still here")
-        await c.aclose()
-
-
-# ------------------------------------------------------------------ hostile
-
-
-async def test_hostile_senders(listener: trio.SocketListener) -> None:
-    async with trio.open_nursery() as n:
-        c, peer = await open_pair(n, listener)
-        await c.send_ext(tw.VMOTION_PEER, b"\xffseq", escaped=False)
-        await peer.expect_exact(frame(44, b"\xffseq"))
-        junk = await c.send_garbage(random.Random(1), 50)
-        assert junk.endswith(bytes([IAC, SE]))
-        await peer.expect_exact(junk)
-        await c.send_overlong_sub(10_000)
-        await peer.expect_exact(frame(70, b"S" + b"x" * 10_000))
-        await c.send_overlong_sub(100, terminate=False)
-        await peer.expect_exact(bytes([IAC, SB, 232, 70]) + b"S" + b"x" * 100)
-        await c.aclose()
-
-
-async def test_overlong_sub_from_vspc_closes(listener: trio.SocketListener) -> None:
-    async with trio.open_nursery() as n:
-        c, peer = await open_pair(n, listener, max_sb=100)
-        await peer.send(bytes([IAC, SB, 232, 82]) + b"y" * 200)
-        await c.wait_closed(5)
-        assert any("longer than" in v for v in c.violations)
-        assert await peer.read_until_eof() == b""
-
-
-async def test_broken_sb_from_vspc_closes(listener: trio.SocketListener) -> None:
-    async with trio.open_nursery() as n:
-        c, peer = await open_pair(n, listener)
-        await peer.send(b"ok" + bytes([IAC, SB, 232, 41, 1, IAC, 7]))
-        await c.wait_closed(5)
-        assert await c.receive_console() == b"ok"
-        assert any("inside a subnegotiation" in v for v in c.violations)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vspc.console.chunks import coalesce
-from vspc.console.hub import SEND_CHUNK, Client
+from vspc.console.clientqueue import SEND_CHUNK, Client
 
 
 async def drain(c: Client) -> list[bytes]:

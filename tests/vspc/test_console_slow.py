@@ -8,7 +8,8 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from vspc.console.hub import notice
+from vspc.console import Console
+from vspc.console.clientqueue import notice
 
 from .test_console_support import (
     KEY,
@@ -58,16 +59,8 @@ async def test_stalled_client_is_dropped_and_nothing_else_stalls(
 
     nursery.start_soon(fast_reader)
 
-    worst_queue = 0
-    worst_log = 0
     with trio.fail_after(60):  # the VM side finishes although `slow` never reads
-        for pos in range(RING, TOTAL, CHUNK):
-            await con.from_vm(data[pos : pos + CHUNK])
-            for c in con.clients:
-                worst_queue = max(worst_queue, c.queued - c.credit)
-            worst_log = max(worst_log, con.log_queued)
-            # let the fast client and the log writer run: no sleep, just scheduling
-            await trio.testing.wait_all_tasks_blocked()
+        worst_queue, worst_log = await feed_live(con, data)
         await fast_done.wait()
 
     assert bytes(fast_got) == data  # replay + live, every byte, in order
@@ -89,6 +82,21 @@ async def test_stalled_client_is_dropped_and_nothing_else_stalls(
     await svc.writer.flush()
     assert (short_dir / "logs" / f"{KEY.uuid}_serial0.log").read_bytes() == data
     await fast.aclose()
+
+
+async def feed_live(con: Console, data: bytes) -> tuple[int, int]:
+    """The VM sends ``data`` after the first RING bytes, in CHUNKs; the most any
+    client had queued beyond its credit, and the most the log queue held."""
+    worst_queue = 0
+    worst_log = 0
+    for pos in range(RING, len(data), CHUNK):
+        await con.from_vm(data[pos : pos + CHUNK])
+        for c in con.clients:
+            worst_queue = max(worst_queue, c.queued - c.credit)
+        worst_log = max(worst_log, con.log_queued)
+        # let the fast client and the log writer run: no sleep, just scheduling
+        await trio.testing.wait_all_tasks_blocked()
+    return worst_queue, worst_log
 
 
 async def test_vm_never_waits_without_logs(short_dir: Path, nursery: trio.Nursery) -> None:

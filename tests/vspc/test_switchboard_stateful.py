@@ -20,7 +20,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from vspc.core import switchboard
+from vspc.core import board_records
 from vspc.core.identity import PortKey
 from vspc.core.switchboard import (
     Action,
@@ -28,6 +28,7 @@ from vspc.core.switchboard import (
     Deliver,
     Dropped,
     EventKind,
+    PeerRefused,
     PortEvent,
     ResumeReading,
     RoomAvailable,
@@ -36,6 +37,7 @@ from vspc.core.switchboard import (
     SendNotNow,
     SendPeerOk,
     Switchboard,
+    VMotionSettled,
 )
 
 KEYS = (PortKey("aa01", "serial0"), PortKey("aa01", "serial1"), PortKey("bb02"))
@@ -87,46 +89,54 @@ class SwitchboardMachine(RuleBasedStateMachine):
             self.sent_from.setdefault(conn, []).append(t)
         return struct.pack(">I", t)
 
-    def _run(self, actions: list[Action]) -> None:  # noqa: C901
+    def _run(self, actions: list[Action]) -> None:
         closes = {a.conn for a in actions if isinstance(a, CloseConn)}
         for a in actions:
-            if isinstance(a, Deliver):
-                self.delivered[a.key].extend(tokens(a.data))
-            elif isinstance(a, SendData):
-                assert a.conn in self.open, "sent to a closed connection"
-                assert a.conn not in self.closing and a.conn not in closes
-                key = self.sb.port_of(a.conn)
-                assert key is not None and self.sb.carrier(key) == a.conn
-                self.to_vm_recv[key].extend(tokens(a.data))
-            elif isinstance(a, CloseConn):
-                assert a.conn in self.open and a.conn not in self.closing
-                self.closing.add(a.conn)
-            elif isinstance(a, SendGoahead):
-                key = self.sb.port_of(a.conn)
-                assert key is not None
-                self.cookie_of[key] = a.seq + a.secret
-                self.source_of[key] = a.conn  # type: ignore[assignment]
-            elif isinstance(a, Dropped):
-                self.dropped.extend(tokens(a.data))
-            elif isinstance(a, RoomAvailable):
-                assert self.sb.to_vm_room(a.key) > 0
-            elif isinstance(a, ResumeReading):
-                assert self.sb.from_vm_room(a.conn) > 0
-            elif isinstance(a, PortEvent):
-                if a.kind is EventKind.TAKEOVER:
-                    assert a.key is not None
-                    [old] = [c for c in closes]
-                    self.order_pairs.append((a.key, old, a.conn))  # type: ignore[arg-type]
-                elif a.kind is EventKind.VMOTION_COMPLETE:
-                    assert a.key is not None
-                    src = self.source_of[a.key]
-                    self.order_pairs.append((a.key, src, a.conn))  # type: ignore[arg-type]
-            else:
-                assert isinstance(a, SendNotNow | SendPeerOk)
+            self._run_one(a, closes)
         for c in self.open:
             k = self.sb.port_of(c)
             if k is not None:
                 assert self.conn_key.setdefault(c, k) == k, "a connection changed port"
+
+    def _run_one(self, a: Action, closes: set[object]) -> None:
+        if isinstance(a, Deliver):
+            self.delivered[a.key].extend(tokens(a.data))
+        elif isinstance(a, SendData):
+            assert a.conn in self.open, "sent to a closed connection"
+            assert a.conn not in self.closing and a.conn not in closes
+            key = self.sb.port_of(a.conn)
+            assert key is not None and self.sb.carrier(key) == a.conn
+            self.to_vm_recv[key].extend(tokens(a.data))
+        elif isinstance(a, CloseConn):
+            assert a.conn in self.open and a.conn not in self.closing
+            self.closing.add(a.conn)
+        elif isinstance(a, SendGoahead):
+            key = self.sb.port_of(a.conn)
+            assert key is not None
+            self.cookie_of[key] = a.seq + a.secret
+            self.source_of[key] = a.conn  # type: ignore[assignment]
+        elif isinstance(a, Dropped):
+            self.dropped.extend(tokens(a.data))
+        elif isinstance(a, RoomAvailable):
+            assert self.sb.to_vm_room(a.key) > 0
+        elif isinstance(a, ResumeReading):
+            assert self.sb.from_vm_room(a.conn) > 0
+        elif isinstance(a, PortEvent):
+            self._run_event(a, closes)
+        elif isinstance(a, VMotionSettled):
+            assert all(v.key != a.key for v in self.sb.pending_vmotions())
+        else:
+            assert isinstance(a, SendNotNow | SendPeerOk | PeerRefused)
+
+    def _run_event(self, a: PortEvent, closes: set[object]) -> None:
+        if a.kind is EventKind.TAKEOVER:
+            assert a.key is not None
+            [old] = [c for c in closes]
+            self.order_pairs.append((a.key, old, a.conn))  # type: ignore[arg-type]
+        elif a.kind is EventKind.VMOTION_COMPLETE:
+            assert a.key is not None
+            src = self.source_of[a.key]
+            self.order_pairs.append((a.key, src, a.conn))  # type: ignore[arg-type]
 
     def _pick(self, data: st.DataObject, *preferred: object) -> int:
         """Mostly one of ``preferred`` (the meaningful sender), sometimes anyone."""
@@ -278,7 +288,7 @@ class SwitchboardMachine(RuleBasedStateMachine):
             if c is not None:
                 assert c in self.open and self.sb.port_of(c) == k
         assert self.sb.carried_ports() == len(live), "carried-ports counter out of step"
-        assert not switchboard._NO_RECS and not switchboard._NO_BYTES, "shared empties mutated"
+        assert not board_records.NO_RECS and not board_records.NO_BYTES, "shared empties mutated"
 
     @invariant()
     def buffers_bounded(self) -> None:

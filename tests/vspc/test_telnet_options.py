@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import ClassVar
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -111,6 +112,97 @@ action = st.one_of(
 )
 
 
+class _TwoPeers:
+    """A and B joined by a wire; ``queue[x]`` holds bytes sent BY x, not yet delivered."""
+
+    OTHER: ClassVar[dict[str, str]] = {"A": "B", "B": "A"}
+
+    def __init__(self, a_loc: set[int], a_rem: set[int], b_loc: set[int], b_rem: set[int]) -> None:
+        self.peers = {
+            "A": OptionNegotiator(accept_local=a_loc, accept_remote=a_rem),
+            "B": OptionNegotiator(accept_local=b_loc, accept_remote=b_rem),
+        }
+        self.parsers = {"A": TelnetParser(), "B": TelnetParser()}
+        self.queue: dict[str, deque[bytes]] = {"A": deque(), "B": deque()}
+        self.sent = 0
+        self.requests = 0
+        # who requested what, per (performer, option); and each requester's last wish
+        self.requesters: dict[tuple[str, int], set[str]] = {}
+        self.last: dict[tuple[str, str, int], bool] = {}
+
+    def request(self, who: str, side: str, opt: int, enable: bool) -> None:
+        n = self.peers[who]
+        out = n.request_local(opt, enable) if side == "local" else n.request_remote(opt, enable)
+        self.requests += 1
+        # the option "A local" is the same thing as "B remote"
+        key = (who if side == "local" else self.OTHER[who], opt)
+        self.requesters.setdefault(key, set()).add(who)
+        self.last[(who, side, opt)] = enable
+        if out:
+            self.queue[who].append(out)
+            self.sent += 1
+
+    def deliver(self, frm: str) -> None:
+        if not self.queue[frm]:
+            return
+        to = self.OTHER[frm]
+        for ev in self.parsers[to].feed(self.queue[frm].popleft()):
+            assert isinstance(ev, Negotiate)
+            reply, _ = self.peers[to].receive(ev)
+            if reply:
+                self.queue[to].append(reply)
+                self.sent += 1
+
+    def drain(self) -> None:
+        """Deliver until both directions are empty, bounded: no loops."""
+        steps = 0
+        while self.queue["A"] or self.queue["B"]:
+            self.deliver("A")
+            self.deliver("B")
+            steps += 1
+            assert steps < 1000, "negotiation loop"
+
+    def enabled(self, who: str, side: str, opt: int) -> bool:
+        n = self.peers[who]
+        return n.is_enabled_local(opt) if side == "local" else n.is_enabled_remote(opt)
+
+
+def _run(wire: _TwoPeers, actions: list[tuple[object, ...]]) -> None:
+    for act in actions:
+        if act[0] == "req":
+            _, who, side, opt, enable = act
+            assert isinstance(who, str) and isinstance(opt, int) and isinstance(enable, bool)
+            wire.request(who, str(side), opt, enable)
+        else:
+            wire.deliver(str(act[1]))
+
+
+def _assert_settled_and_agreed(wire: _TwoPeers) -> None:
+    a, b = wire.peers["A"], wire.peers["B"]
+    for opt in OPTS:
+        assert a.is_enabled_local(opt) == b.is_enabled_remote(opt)
+        assert a.is_enabled_remote(opt) == b.is_enabled_local(opt)
+    assert not a.pending() and not b.pending()
+
+
+def _assert_sole_requester_wins(wire: _TwoPeers) -> None:
+    """When only one party asked about a side of an option, and the other accepts,
+    the outcome is exactly its last request."""
+    for (performer, opt), who_set in wire.requesters.items():
+        if len(who_set) != 1:
+            continue
+        (who,) = who_set
+        side = "local" if who == performer else "remote"
+        want = wire.last[(who, side, opt)]
+        acceptor = wire.peers[wire.OTHER[who]]
+        accepts = opt in (acceptor.accept_remote if side == "local" else acceptor.accept_local)
+        enabled = wire.enabled(who, side, opt)
+        if accepts:
+            assert enabled == want
+        elif not want:
+            assert not enabled
+
+
 @settings(max_examples=300)
 @given(
     st.lists(action, max_size=60),
@@ -119,86 +211,16 @@ action = st.one_of(
     st.sets(st.sampled_from(OPTS)),
     st.sets(st.sampled_from(OPTS)),
 )
-def test_two_negotiators_converge_without_loops(  # noqa: C901
+def test_two_negotiators_converge_without_loops(
     actions: list[tuple[object, ...]],
     a_loc: set[int],
     a_rem: set[int],
     b_loc: set[int],
     b_rem: set[int],
 ) -> None:
-    peers = {
-        "A": OptionNegotiator(accept_local=a_loc, accept_remote=a_rem),
-        "B": OptionNegotiator(accept_local=b_loc, accept_remote=b_rem),
-    }
-    parsers = {"A": TelnetParser(), "B": TelnetParser()}
-    # queue[x] holds bytes sent BY x, waiting to be delivered to the other
-    queue: dict[str, deque[bytes]] = {"A": deque(), "B": deque()}
-    other = {"A": "B", "B": "A"}
-    sent = 0
-    requests = 0
-    # who requested what last, per (requester, side, option)
-    requesters: dict[tuple[str, int], set[str]] = {}
-    last: dict[tuple[str, str, int], bool] = {}
-
-    def deliver(frm: str) -> None:
-        nonlocal sent
-        if not queue[frm]:
-            return
-        to = other[frm]
-        for ev in parsers[to].feed(queue[frm].popleft()):
-            assert isinstance(ev, Negotiate)
-            reply, _ = peers[to].receive(ev)
-            if reply:
-                queue[to].append(reply)
-                sent += 1
-
-    for act in actions:
-        if act[0] == "req":
-            _, who, side, opt, enable = act
-            assert isinstance(who, str) and isinstance(opt, int) and isinstance(enable, bool)
-            n = peers[who]
-            out = n.request_local(opt, enable) if side == "local" else n.request_remote(opt, enable)
-            requests += 1
-            # the option "A local" is the same thing as "B remote"
-            key = (who if side == "local" else other[who], opt)
-            requesters.setdefault(key, set()).add(who)
-            last[(who, str(side), opt)] = enable
-            if out:
-                queue[who].append(out)
-                sent += 1
-        else:
-            deliver(str(act[1]))
-
-    # drain, bounded: no loops
-    steps = 0
-    while queue["A"] or queue["B"]:
-        deliver("A")
-        deliver("B")
-        steps += 1
-        assert steps < 1000, "negotiation loop"
-    assert sent <= 4 * requests + 2 * len(OPTS) * 2
-
-    for opt in OPTS:
-        assert peers["A"].is_enabled_local(opt) == peers["B"].is_enabled_remote(opt)
-        assert peers["A"].is_enabled_remote(opt) == peers["B"].is_enabled_local(opt)
-    assert not peers["A"].pending() and not peers["B"].pending()
-
-    # when only one party asked about a side of an option, and the other accepts,
-    # the outcome is exactly its last request
-    for (performer, opt), who_set in requesters.items():
-        if len(who_set) != 1:
-            continue
-        (who,) = who_set
-        side = "local" if who == performer else "remote"
-        want = last[(who, side, opt)]
-        acceptor = peers[other[who]]
-        accepts = opt in (acceptor.accept_remote if side == "local" else acceptor.accept_local)
-        enabled = (
-            peers[who].is_enabled_local(opt)
-            if side == "local"
-            else peers[who].is_enabled_remote(opt)
-        )
-        if accepts:
-            assert enabled == want
-        elif not want:
-            assert not enabled
+    wire = _TwoPeers(a_loc, a_rem, b_loc, b_rem)
+    _run(wire, actions)
+    wire.drain()
+    assert wire.sent <= 4 * wire.requests + 2 * len(OPTS) * 2
+    _assert_settled_and_agreed(wire)
+    _assert_sole_requester_wins(wire)

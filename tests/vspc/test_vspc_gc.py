@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from vspc import service as service_mod
+from vspc import gcpolicy
 from vspc.service import VspcService
 
 from .conftest import make_config
@@ -41,7 +41,7 @@ async def test_automatic_full_collections_off_while_running(tmp_path: Path) -> N
 async def test_live_objects_are_frozen_and_cycles_found_by_the_full_pass(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service_mod, "GC_FULL_INTERVAL", 10.0)
+    monkeypatch.setattr(gcpolicy, "GC_FULL_INTERVAL", 10.0)
     async with trio.open_nursery() as n:
         await n.start(VspcService(make_config(tmp_path)).run)
         alive = [object()]

@@ -219,11 +219,11 @@ def test_non_loopback_listener_needs_allowed_sources() -> None:
 
 
 def test_source_of_a_relayed_stream_is_its_relay() -> None:
-    from vspc.service import _source_of
+    from vspc.esx_listener import source_of
 
-    assert _source_of("10.0.0.5:40000") == "10.0.0.5"
-    assert _source_of("::1:40000") == "::1"
-    assert _source_of("relay:esx-01") == "relay:esx-01"  # one source per relay host
+    assert source_of("10.0.0.5:40000") == "10.0.0.5"
+    assert source_of("::1:40000") == "::1"
+    assert source_of("relay:esx-01") == "relay:esx-01"  # one source per relay host
 
 
 # ---- item 8: vMotion slots ----------------------------------------------------------

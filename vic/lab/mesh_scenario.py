@@ -93,6 +93,92 @@ def peer_address(d: RelayDaemon) -> str:
     return f"tcp:{host}:{port}"
 
 
+class _Drive:
+    """The VMs writing on esx-m1, and the director: cut the link, then move the appliance."""
+
+    def __init__(
+        self,
+        service: VspcService,
+        checks: list[ConsoleCheck],
+        lines: int,
+        proxy: CutProxy,
+        admin: Path,
+        m1: RelayDaemon,
+        m3: RelayDaemon,
+    ) -> None:
+        self.service = service
+        self.checks = checks
+        self.lines = lines
+        self.proxy = proxy
+        self.admin = admin
+        self.m1 = m1
+        self.m3 = m3
+        self.progress = [0] * len(VMS)
+        self.progressed = trio.lowlevel.ParkingLot()  # woken at each VM's next line
+        self.cut_done = trio.Event()
+        self.moved = trio.Event()
+
+    async def run(self) -> None:
+        with trio.move_on_after(120):
+            async with trio.open_nursery() as vms:
+                vms.start_soon(self.director)
+                for i in range(len(VMS)):
+                    vms.start_soon(self.vm, i)
+
+    async def all_past(self, line: int) -> None:
+        while min(self.progress) < line:
+            await self.progressed.park()
+
+    async def director(self) -> None:
+        """Cut the link once every VM is a third through; move the appliance at two thirds."""
+        await self.all_past(self.lines // 3)
+        self.cut()
+        await self.all_past(2 * self.lines // 3)
+        await self.move()
+
+    def cut(self) -> None:
+        self.proxy.cut()
+        for i, c in enumerate(self.checks):
+            c.events.append(f"link esx-m1 -> esx-m2 cut (line {self.progress[i]})")
+        self.cut_done.set()
+
+    async def move(self) -> None:
+        reply = await admin_request(
+            self.admin,
+            {
+                "cmd": "route.set",
+                "route": "appliance",
+                "address": peer_address(self.m3),
+                "identity": "vic://host/esx-m3",
+            },
+        )
+        for i, c in enumerate(self.checks):
+            c.events.append(
+                f"appliance moved to esx-m3: route set over the admin socket "
+                f"(line {self.progress[i]}, {reply.get('streams_moved')} streams moved)"
+            )
+            c.path = "esx-m1 relay =TLS link=> esx-m2, then esx-m3 relay -> appliance"
+        self.moved.set()
+
+    async def vm(self, i: int) -> None:
+        stream = await trio.open_tcp_stream("127.0.0.1", self.m1.bound[VMS[i]][1])
+
+        def on_line(line: int) -> None:
+            self.progress[i] = line
+            self.progressed.unpark_all()
+
+        await raw_vm(
+            self.service,
+            self.checks[i],
+            PortKey(VMS[i], "com1"),
+            stream,
+            self.lines,
+            on_line=on_line,
+            before_typing=self.moved,
+            typed=f"after the move {VMS[i]}\r".encode() + b"\xff\x00",
+        )
+
+
 async def run(
     service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: int, lines: int
 ) -> list[ConsoleCheck]:
@@ -117,63 +203,7 @@ async def run(
             RelayDaemon(vm_host_config(tls["esx-m1"], proxy.address, admin)).run
         )
         router = m1.mesh.routers["appliance"]
-        progress = [0] * len(VMS)
-        progressed = trio.lowlevel.ParkingLot()  # woken at each VM's next line
-        cut_done = trio.Event()
-        moved = trio.Event()
-
-        async def all_past(line: int) -> None:
-            while min(progress) < line:
-                await progressed.park()
-
-        async def director() -> None:
-            """Cut the link once every VM is a third through; move the appliance at two thirds."""
-            await all_past(lines // 3)
-            proxy.cut()
-            for i, c in enumerate(checks):
-                c.events.append(f"link esx-m1 -> esx-m2 cut (line {progress[i]})")
-            cut_done.set()
-            await all_past(2 * lines // 3)
-            reply = await admin_request(
-                admin,
-                {
-                    "cmd": "route.set",
-                    "route": "appliance",
-                    "address": peer_address(m3),
-                    "identity": "vic://host/esx-m3",
-                },
-            )
-            for i, c in enumerate(checks):
-                c.events.append(
-                    f"appliance moved to esx-m3: route set over the admin socket "
-                    f"(line {progress[i]}, {reply.get('streams_moved')} streams moved)"
-                )
-                c.path = "esx-m1 relay =TLS link=> esx-m2, then esx-m3 relay -> appliance"
-            moved.set()
-
-        async def vm(i: int) -> None:
-            stream = await trio.open_tcp_stream("127.0.0.1", m1.bound[VMS[i]][1])
-
-            def on_line(line: int) -> None:
-                progress[i] = line
-                progressed.unpark_all()
-
-            await raw_vm(
-                service,
-                checks[i],
-                PortKey(VMS[i], "com1"),
-                stream,
-                lines,
-                on_line=on_line,
-                before_typing=moved,
-                typed=f"after the move {VMS[i]}\r".encode() + b"\xff\x00",
-            )
-
-        with trio.move_on_after(120):
-            async with trio.open_nursery() as vms:
-                vms.start_soon(director)
-                for i in range(len(VMS)):
-                    vms.start_soon(vm, i)
+        await _Drive(service, checks, lines, proxy, admin, m1, m3).run()
         with trio.move_on_after(10):  # the VMs closed: let every stream end cleanly
             await m1.wait_active_at_most(0)
             await wait_until(lambda: not len(links.table))

@@ -122,30 +122,38 @@ async def raw_vm(
     await trio.aclose_forcefully(stream)
 
 
-async def run(
-    service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: int, lines: int
-) -> list[ConsoleCheck]:
-    rng = random.Random(seed * 1000 + 2)  # other VMs than scenario 1's
-    sock = endpoint.config.unix
-    assert sock is not None
-    d = workdir / "relay"
-    d.mkdir(exist_ok=True)
-    checks: list[ConsoleCheck] = []
-    async with trio.open_nursery() as nursery:
-        # the VM side of the "client" kinds listens before the relay starts
-        tcp_vm_listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
-        tcp_vm_port = tcp_vm_listener.socket.getsockname()[1]
-        pipe_vm_path = d / "vm-pipe-server.sock"
-        pipe_vm_listener = await open_unix_listener(pipe_vm_path, mode=None, backlog=16)
-        master, slave = os.openpty()
-        tty.setraw(master)
-        tty.setraw(slave)
-        slave_path = os.ttyname(slave)
-        fifo_base = d / "vm-fifo"
-        os.mkfifo(f"{fifo_base}.in")
-        os.mkfifo(f"{fifo_base}.out")
+class _VmEnds:
+    """The VM side of every raw ingress kind: what listens before the relay starts,
+    and one opener per kind (a VM's end of its serial line)."""
 
-        cfg_a = relay_config(
+    def __init__(self, d: Path) -> None:
+        self.d = d
+        self.fifo_base = d / "vm-fifo"
+        self.relay_bound: dict[str, tuple[str, int]] = {}  # relay esx-a's listeners, once up
+
+    async def listen(self) -> None:
+        """The VM side of the "client" kinds listens before the relay starts."""
+        self.tcp_listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        self.tcp_port: int = self.tcp_listener.socket.getsockname()[1]
+        self.pipe_path = self.d / "vm-pipe-server.sock"
+        self.pipe_listener = await open_unix_listener(self.pipe_path, mode=None, backlog=16)
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.master)
+        tty.setraw(self.slave)
+        self.slave_path = os.ttyname(self.slave)
+        os.mkfifo(f"{self.fifo_base}.in")
+        os.mkfifo(f"{self.fifo_base}.out")
+
+    async def aclose(self) -> None:
+        os.close(self.master)
+        os.close(self.slave)
+        await self.tcp_listener.aclose()
+        await self.pipe_listener.aclose()
+
+    def relay_config(self, sock: Path) -> RelayConfig:
+        """Relay esx-a: one listener of each raw kind, and a vSPC Telnet one."""
+        d = self.d
+        return relay_config(
             "esx-a",
             sock,
             {
@@ -154,7 +162,7 @@ async def run(
                     TcpListener(
                         name="tcp-out",
                         vm="vm-tcp-out",
-                        port=tcp_vm_port,
+                        port=self.tcp_port,
                         mode="client",
                         label="com1",
                     ),
@@ -166,16 +174,22 @@ async def run(
                     PipeListener(
                         name="pipe-connect",
                         vm="vm-pipe-c",
-                        path=pipe_vm_path,
+                        path=self.pipe_path,
                         mode="connect",
                         label="com1",
                     ),
                     PipeListener(
-                        name="pipe-fifo", vm="vm-fifo", path=fifo_base, mode="fifo", label="com1"
+                        name="pipe-fifo",
+                        vm="vm-fifo",
+                        path=self.fifo_base,
+                        mode="fifo",
+                        label="com1",
                     ),
                 ),
                 "serial": (
-                    SerialListener(name="pty", vm="vm-pty", device=Path(slave_path), label="ttyS0"),
+                    SerialListener(
+                        name="pty", vm="vm-pty", device=Path(self.slave_path), label="ttyS0"
+                    ),
                 ),
                 "hvsock": (
                     HvsockListener(
@@ -185,66 +199,64 @@ async def run(
                 "vspc": (VspcListener(name="vspc", port=0),),
             },
         )
-        cfg_b = relay_config("esx-b", sock, {"vspc": (VspcListener(name="vspc", port=0),)})
-        relay_a: RelayDaemon = await nursery.start(RelayDaemon(cfg_a).run)
-        relay_b: RelayDaemon = await nursery.start(RelayDaemon(cfg_b).run)
-        bound = relay_a.bound
 
-        async def tcp_in() -> trio.abc.Stream:
-            return await trio.open_tcp_stream("127.0.0.1", bound["tcp-in"][1])
+    async def tcp_in(self) -> trio.abc.Stream:
+        return await trio.open_tcp_stream("127.0.0.1", self.relay_bound["tcp-in"][1])
 
-        async def tcp_out() -> trio.abc.Stream:
-            return await tcp_vm_listener.accept()
+    async def tcp_out(self) -> trio.abc.Stream:
+        return await self.tcp_listener.accept()
 
-        async def pipe_l() -> trio.abc.Stream:
-            return await trio.open_unix_socket(str(d / "pipe-l.sock"))
+    async def pipe_l(self) -> trio.abc.Stream:
+        return await trio.open_unix_socket(str(self.d / "pipe-l.sock"))
 
-        async def pipe_c() -> trio.abc.Stream:
-            return await pipe_vm_listener.accept()
+    async def pipe_c(self) -> trio.abc.Stream:
+        return await self.pipe_listener.accept()
 
-        async def pty() -> trio.abc.Stream:
-            return trio.lowlevel.FdStream(os.dup(master))
+    async def pty(self) -> trio.abc.Stream:
+        return trio.lowlevel.FdStream(os.dup(self.master))
 
-        async def fifo() -> trio.abc.Stream:
-            # the relay writes <base>.in and reads <base>.out: the VM does the opposite
-            out_fd = await trio.to_thread.run_sync(os.open, f"{fifo_base}.out", os.O_WRONLY)
-            # read-write so the VM's read end never sees EOF before the relay opens it
-            in_fd = os.open(f"{fifo_base}.in", os.O_RDWR | os.O_NONBLOCK)
-            return trio.StapledStream(trio.lowlevel.FdStream(out_fd), trio.lowlevel.FdStream(in_fd))
+    async def fifo(self) -> trio.abc.Stream:
+        # the relay writes <base>.in and reads <base>.out: the VM does the opposite
+        out_fd = await trio.to_thread.run_sync(os.open, f"{self.fifo_base}.out", os.O_WRONLY)
+        # read-write so the VM's read end never sees EOF before the relay opens it
+        in_fd = os.open(f"{self.fifo_base}.in", os.O_RDWR | os.O_NONBLOCK)
+        return trio.StapledStream(trio.lowlevel.FdStream(out_fd), trio.lowlevel.FdStream(in_fd))
 
-        async def hvsock() -> trio.abc.Stream:
-            return await trio.open_unix_socket(f"{d / 'fc.vsock'}_52")
+    async def hvsock(self) -> trio.abc.Stream:
+        return await trio.open_unix_socket(f"{self.d / 'fc.vsock'}_52")
 
-        kinds: list[tuple[str, str, str, Opener]] = [
-            ("vm-tcp-in", "com1", "network serial, raw TCP (ESX connects in)", tcp_in),
-            ("vm-tcp-out", "com1", "network serial, raw TCP (relay connects out)", tcp_out),
-            ("vm-pipe-l", "com1", "named pipe, relay listening", pipe_l),
-            ("vm-pipe-c", "com1", "named pipe, relay connecting", pipe_c),
-            ("vm-fifo", "com1", "FIFO pair", fifo),
-            ("vm-pty", "ttyS0", "pty serial line (pyserial)", pty),
-            ("vm-fc", "vsock", "hybrid vsock (Firecracker style)", hvsock),
+    def kinds(self) -> list[tuple[str, str, str, Opener]]:
+        """(vm, label, what, opener) for each raw ingress kind."""
+        return [
+            ("vm-tcp-in", "com1", "network serial, raw TCP (ESX connects in)", self.tcp_in),
+            ("vm-tcp-out", "com1", "network serial, raw TCP (relay connects out)", self.tcp_out),
+            ("vm-pipe-l", "com1", "named pipe, relay listening", self.pipe_l),
+            ("vm-pipe-c", "com1", "named pipe, relay connecting", self.pipe_c),
+            ("vm-fifo", "com1", "FIFO pair", self.fifo),
+            ("vm-pty", "ttyS0", "pty serial line (pyserial)", self.pty),
+            ("vm-fc", "vsock", "hybrid vsock (Firecracker style)", self.hvsock),
         ]
-        async with trio.open_nursery() as vms:
-            for vm, label, what, opener in kinds:
-                check = ConsoleCheck(vm, f"{what} -> relay esx-a -> endpoint")
-                checks.append(check)
-                stream = await opener()
-                vms.start_soon(raw_vm, service, check, PortKey(vm, label), stream, lines)
-            telnet = ConsoleCheck("vm-telnet", "vSPC Telnet via relay esx-a => relay esx-b")
-            checks.append(telnet)
-            vms.start_soon(
-                _telnet_through_relays,
-                service,
-                telnet,
-                relay_a.bound["vspc"][1],
-                relay_b.bound["vspc"][1],
-                rng,
-                lines,
-            )
-        os.close(master)
-        os.close(slave)
-        await tcp_vm_listener.aclose()
-        await pipe_vm_listener.aclose()
+
+
+async def run(
+    service: VspcService, endpoint: Endpoint, workdir: Path, *, seed: int, lines: int
+) -> list[ConsoleCheck]:
+    rng = random.Random(seed * 1000 + 2)  # other VMs than scenario 1's
+    sock = endpoint.config.unix
+    assert sock is not None
+    d = workdir / "relay"
+    d.mkdir(exist_ok=True)
+    checks: list[ConsoleCheck] = []
+    async with trio.open_nursery() as nursery:
+        ends = _VmEnds(d)
+        await ends.listen()
+        cfg_b = relay_config("esx-b", sock, {"vspc": (VspcListener(name="vspc", port=0),)})
+        relay_a: RelayDaemon = await nursery.start(RelayDaemon(ends.relay_config(sock)).run)
+        relay_b: RelayDaemon = await nursery.start(RelayDaemon(cfg_b).run)
+        ends.relay_bound = relay_a.bound
+        ports = (relay_a.bound["vspc"][1], relay_b.bound["vspc"][1])
+        await _run_vms(service, ends, ports, rng, lines, checks)
+        await ends.aclose()
         nursery.cancel_scope.cancel()
     checks.append(
         ConsoleCheck(
@@ -254,6 +266,26 @@ async def run(
         )
     )
     return checks
+
+
+async def _run_vms(
+    service: VspcService,
+    ends: _VmEnds,
+    vspc_ports: tuple[int, int],
+    rng: random.Random,
+    lines: int,
+    checks: list[ConsoleCheck],
+) -> None:
+    """Every raw-kind VM through relay esx-a, and a Telnet VM moving from esx-a to esx-b."""
+    async with trio.open_nursery() as vms:
+        for vm, label, what, opener in ends.kinds():
+            check = ConsoleCheck(vm, f"{what} -> relay esx-a -> endpoint")
+            checks.append(check)
+            stream = await opener()
+            vms.start_soon(raw_vm, service, check, PortKey(vm, label), stream, lines)
+        telnet = ConsoleCheck("vm-telnet", "vSPC Telnet via relay esx-a => relay esx-b")
+        checks.append(telnet)
+        vms.start_soon(_telnet_through_relays, service, telnet, *vspc_ports, rng, lines)
 
 
 async def _telnet_through_relays(

@@ -9,6 +9,7 @@ subnegotiations longer than a configured limit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Telnet commands (RFC 854/855).
@@ -157,12 +158,22 @@ class WireError(ValueError):
 _S_DATA, _S_IAC, _S_VERB, _S_SB_OPT, _S_SB, _S_SB_IAC = range(6)
 
 
+def _flush(out: list[Event], pending: bytearray) -> None:
+    if pending:
+        out.append(Data(bytes(pending)))
+        pending.clear()
+
+
 class Decoder:
     """Incremental Telnet decoder: ``feed(bytes) -> list[Event]``.
 
     Adjacent data is merged into one :class:`Data` per call. Raises
     :class:`WireError` on a subnegotiation longer than ``max_sb`` or on an IAC
     inside a subnegotiation that is followed by neither IAC nor SE.
+
+    One method per state (``_STATES``, indexed by the state) takes the chunk and
+    a position, moves ``_state`` and returns the position after what it used:
+    DATA and SB jump to the next IAC with ``bytes.find``, the others read one byte.
     """
 
     def __init__(self, max_sb: int = 4096) -> None:
@@ -185,80 +196,94 @@ class Decoder:
             e.events = out
             raise
 
-    def _feed(self, chunk: bytes, out: list[Event]) -> list[Event]:  # noqa: C901
+    def _feed(self, chunk: bytes, out: list[Event]) -> list[Event]:
         data = bytes(chunk)
         pending = bytearray()
         i, n = 0, len(data)
-
-        def flush() -> None:
-            if pending:
-                out.append(Data(bytes(pending)))
-                pending.clear()
-
+        states = _STATES
         while i < n:
-            st = self._state
-            if st == _S_DATA:
-                j = data.find(IAC, i)
-                if j < 0:
-                    pending += data[i:]
-                    break
-                pending += data[i:j]
-                i = j + 1
-                self._state = _S_IAC
-                continue
-            if st == _S_SB:
-                j = data.find(IAC, i)
-                end = n if j < 0 else j
-                self._sb += data[i:end]
-                if len(self._sb) > self.max_sb:
-                    flush()
-                    raise WireError(f"subnegotiation longer than {self.max_sb} bytes")
-                if j < 0:
-                    break
-                i = j + 1
-                self._state = _S_SB_IAC
-                continue
-            b = data[i]
-            i += 1
-            if st == _S_IAC:
-                if b == IAC:
-                    pending.append(IAC)
-                    self._state = _S_DATA
-                elif b in VERBS:
-                    flush()
-                    self._verb = b
-                    self._state = _S_VERB
-                elif b == SB:
-                    flush()
-                    self._state = _S_SB_OPT
-                elif b == SE:
-                    flush()
-                    raise WireError("IAC SE outside a subnegotiation")
-                else:
-                    flush()
-                    out.append(Command(b))
-                    self._state = _S_DATA
-            elif st == _S_VERB:
-                out.append(Negotiation(self._verb, b))
-                self._state = _S_DATA
-            elif st == _S_SB_OPT:
-                self._sb_opt = b
-                self._sb.clear()
-                self._state = _S_SB
-            else:  # _S_SB_IAC
-                if b == IAC:
-                    self._sb.append(IAC)
-                    if len(self._sb) > self.max_sb:
-                        raise WireError(f"subnegotiation longer than {self.max_sb} bytes")
-                    self._state = _S_SB
-                elif b == SE:
-                    out.append(Subnegotiation(self._sb_opt, bytes(self._sb)))
-                    self._sb.clear()
-                    self._state = _S_DATA
-                else:
-                    raise WireError(f"IAC {b} inside a subnegotiation")
-        flush()
+            i = states[self._state](self, data, i, out, pending)
+        _flush(out, pending)
         return out
+
+    def _data(self, data: bytes, i: int, out: list[Event], pending: bytearray) -> int:
+        j = data.find(IAC, i)
+        if j < 0:
+            pending += data[i:]
+            return len(data)
+        if j + 1 < len(data) and data[j + 1] == IAC:  # doubled 0xFF: one data byte
+            pending += data[i : j + 1]
+            return j + 2
+        pending += data[i:j]
+        self._state = _S_IAC
+        return j + 1
+
+    def _iac(self, data: bytes, i: int, out: list[Event], pending: bytearray) -> int:
+        b = data[i]
+        if b == IAC:
+            pending.append(IAC)
+            self._state = _S_DATA
+            return i + 1
+        _flush(out, pending)
+        if b in VERBS:
+            self._verb = b
+            self._state = _S_VERB
+        elif b == SB:
+            self._state = _S_SB_OPT
+        elif b == SE:
+            raise WireError("IAC SE outside a subnegotiation")
+        else:
+            out.append(Command(b))
+            self._state = _S_DATA
+        return i + 1
+
+    def _verb_option(self, data: bytes, i: int, out: list[Event], pending: bytearray) -> int:
+        out.append(Negotiation(self._verb, data[i]))
+        self._state = _S_DATA
+        return i + 1
+
+    def _sb_option(self, data: bytes, i: int, out: list[Event], pending: bytearray) -> int:
+        self._sb_opt = data[i]
+        self._sb.clear()
+        self._state = _S_SB
+        return i + 1
+
+    def _sb_data(self, data: bytes, i: int, out: list[Event], pending: bytearray) -> int:
+        j = data.find(IAC, i)
+        end = len(data) if j < 0 else j
+        self._sb += data[i:end]
+        if len(self._sb) > self.max_sb:
+            _flush(out, pending)
+            raise WireError(f"subnegotiation longer than {self.max_sb} bytes")
+        if j < 0:
+            return end
+        self._state = _S_SB_IAC
+        return j + 1
+
+    def _sb_iac(self, data: bytes, i: int, out: list[Event], pending: bytearray) -> int:
+        b = data[i]
+        if b == IAC:
+            self._sb.append(IAC)
+            if len(self._sb) > self.max_sb:
+                raise WireError(f"subnegotiation longer than {self.max_sb} bytes")
+            self._state = _S_SB
+        elif b == SE:
+            out.append(Subnegotiation(self._sb_opt, bytes(self._sb)))
+            self._sb.clear()
+            self._state = _S_DATA
+        else:
+            raise WireError(f"IAC {b} inside a subnegotiation")
+        return i + 1
+
+
+_STATES: tuple[Callable[[Decoder, bytes, int, list[Event], bytearray], int], ...] = (
+    Decoder._data,  # _S_DATA
+    Decoder._iac,  # _S_IAC
+    Decoder._verb_option,  # _S_VERB
+    Decoder._sb_option,  # _S_SB_OPT
+    Decoder._sb_data,  # _S_SB
+    Decoder._sb_iac,  # _S_SB_IAC
+)
 
 
 def decode_all(data: bytes, max_sb: int = 4096) -> list[Event]:

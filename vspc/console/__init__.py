@@ -3,9 +3,11 @@
 Used alike by the vSPC (ESX Telnet) and the relay endpoint (raw streams).
 """
 
+from vspc.console.clientqueue import Client
 from vspc.console.config import ConsoleConfig, ConsoleTcpConfig
-from vspc.console.hub import Client, Console, ConsoleBusy, ConsoleInfo
-from vspc.console.service import ConsoleService, LookupFailed
+from vspc.console.hub import Console, ConsoleBusy, ConsoleInfo
+from vspc.console.lookup import LookupFailed
+from vspc.console.service import ConsoleService
 
 __all__ = [
     "Client",

@@ -19,10 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from itertools import count
 from pathlib import Path
 
 import trio
@@ -30,11 +28,13 @@ import trio
 from common.ops.wiretext import wire
 from common.proto.console.protocol import Mode
 from common.proto.console.ring import Ring
+from vspc.console.clientqueue import Client, notice
 from vspc.console.config import ConsoleConfig
 from vspc.console.eventlog import format_event
 from vspc.console.history import meta_bytes
+from vspc.console.logbatch import PortLog
 from vspc.console.logfile import file_stem
-from vspc.console.logwriter import LogWriter, PortLog
+from vspc.console.logwriter import LogWriter
 from vspc.console.retention import Retention
 from vspc.core.identity import PortKey
 from vspc.metrics import VspcMetrics
@@ -42,15 +42,6 @@ from vspc.metrics import VspcMetrics
 log = logging.getLogger("vspc.console")
 
 InputSink = Callable[[bytes], Awaitable[None]]
-
-#: Most bytes handed to one client send (queued chunks are joined up to this).
-SEND_CHUNK = 256 * 1024
-_client_ids = count(1)
-
-
-def notice(text: str) -> bytes:
-    """A one-line notice inside a client's byte stream."""
-    return f"\r\n[vic console: {text}]\r\n".encode()
 
 
 class ConsoleBusy(Exception):
@@ -82,120 +73,6 @@ class Link:
 
     def __init__(self, sink: InputSink) -> None:
         self.sink = sink
-
-
-class Client:
-    """One attached client: a bounded queue of byte chunks drained by its connection's sender.
-
-    Chunks are kept as they come (immutable ``bytes``, or read-only views of
-    ``bytes``), so queueing costs no copy; ``queued`` counts their bytes and is
-    what the bound applies to.
-    """
-
-    __slots__ = (
-        "_wake",
-        "chunks",
-        "closed",
-        "credit",
-        "dropped",
-        "id",
-        "mode",
-        "notices",
-        "notified_epoch",
-        "peer",
-        "queued",
-        "scope",
-        "sent",
-    )
-
-    def __init__(self, mode: Mode, peer: str, initial: bytes, notices: bool = True) -> None:
-        self.id = next(_client_ids)
-        self.mode: Mode = mode
-        self.notices = notices  # told when the VM goes and comes back
-        self.peer = peer
-        self.chunks: deque[bytes | memoryview] = deque()
-        if initial:
-            self.chunks.append(_frozen(initial))
-        self.queued = len(initial)
-        # the replay (and status line) may exceed the live limit once, at attach
-        self.credit = len(initial)
-        self.closed = False
-        self.dropped = False
-        self.notified_epoch = -1
-        self.sent = 0
-        self.scope: trio.CancelScope | None = None
-        self._wake = trio.Event()
-
-    @property
-    def writes(self) -> bool:
-        return self.mode != "ro"
-
-    def push(self, data: bytes | bytearray | memoryview, limit: int) -> bool:
-        """Queue bytes; False (and nothing queued) when the queue would overflow."""
-        if self.closed:
-            return True
-        n = len(data)
-        if self.queued + n > limit + self.credit:
-            return False
-        if n:
-            self.chunks.append(_frozen(data))
-            self.queued += n
-            self._wake.set()
-        return True
-
-    def close(self, final: bytes = b"", deadline: float | None = None) -> None:
-        """No more data after ``final``; pending data is discarded if ``final`` is given."""
-        if self.closed:
-            return
-        self.closed = True
-        if final:
-            self.chunks.clear()
-            self.chunks.append(_frozen(final))
-            self.queued = len(final)
-            self.credit = 0
-        if deadline is not None and self.scope is not None:
-            self.scope.deadline = min(self.scope.deadline, deadline)
-        self._wake.set()
-
-    async def next_chunk(self) -> bytes | memoryview:
-        """The next bytes to send (at most SEND_CHUNK); b"" once closed and drained.
-
-        Small queued chunks are joined into one send; a large one is sent in
-        SEND_CHUNK slices (views, no copy).
-        """
-        chunks = self.chunks
-        while not chunks:
-            if self.closed:
-                return b""
-            self._wake = trio.Event()
-            await self._wake.wait()
-        out = chunks.popleft()
-        n = len(out)
-        if n > SEND_CHUNK:
-            mv = out if isinstance(out, memoryview) else memoryview(out)
-            chunks.appendleft(mv[SEND_CHUNK:])
-            out = mv[:SEND_CHUNK]
-            n = SEND_CHUNK
-        elif chunks and n + len(chunks[0]) <= SEND_CHUNK:
-            parts = [out]
-            while chunks and n + len(chunks[0]) <= SEND_CHUNK:
-                c = chunks.popleft()
-                parts.append(c)
-                n += len(c)
-            out = b"".join(parts)
-        self.queued -= n
-        self.credit = max(0, self.credit - n)
-        self.sent += n
-        return out
-
-
-def _frozen(data: bytes | bytearray | memoryview) -> bytes | memoryview:
-    """``data`` itself when it cannot change under us (bytes, a view of bytes), else a copy."""
-    if type(data) is bytes:
-        return data
-    if isinstance(data, memoryview) and type(data.obj) is bytes and data.contiguous:
-        return data if data.itemsize == 1 else data.cast("B")
-    return bytes(data)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ written again) and in the metrics. One WARNING when such an episode starts, one
 INFO with its totals when it ends.
 
 Files: ``<dir>/<stem>.log``, ``<stem>.events.jsonl``, ``<stem>.meta.json`` and
-the run marker (``vspc.console.history``).
+the run marker (``vspc.console.history``). The queues and batches themselves
+are in ``vspc.console.logbatch``.
 """
 
 from __future__ import annotations
@@ -21,16 +22,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from vspc.console import history
-from vspc.console.chunks import coalesce
 from vspc.console.eventlog import format_event
 from vspc.console.gaps import Episode, Gap, is_disk_full, skip
-from vspc.console.logfile import OpenFiles, replace_file, size_of
+from vspc.console.logbatch import LogJob, LogSettings, PortLog, write_job
+from vspc.console.logfile import OpenFiles, size_of
 from vspc.console.logthread import LogThread
 from vspc.metrics import VspcMetrics
 
@@ -44,75 +44,6 @@ URGENT_BYTES = 1024 * 1024
 #: While writes fail: how often they are retried, and for how long at exit.
 RETRY_INTERVAL = 0.2
 EXIT_RETRY = 3.0
-
-
-@dataclass(frozen=True)
-class LogSettings:
-    dir: Path | None
-    max_bytes: int
-    keep: int
-    queue_bytes: int
-    queue_total_bytes: int
-    hold_bytes: int = 4 * 1024 * 1024
-
-
-class PortLog:
-    """One port's queue towards its files."""
-
-    __slots__ = (
-        "events",
-        "events_dropped",
-        "gaps",
-        "inflight",
-        "log_size",
-        "meta",
-        "pending",
-        "pending_bytes",
-        "stem",
-        "torn",
-        "written",
-    )
-
-    def __init__(self, stem: str) -> None:
-        self.stem = stem
-        self.pending: list[bytes] = []  # chunks as queued (no copy)
-        self.pending_bytes = 0
-        self.inflight = 0
-        self.written = 0  # bytes of this run in its log files
-        self.events: list[bytes] = []
-        self.torn = b""  # the rest of event lines a failed write cut: written before anything
-        self.events_dropped = 0
-        self.gaps: list[Gap] = []  # holes not yet in the event log
-        self.meta: bytes | None = None  # the meta file's new content, to write
-        self.log_size = -1  # the live log file's size after the last write (-1: unknown)
-
-    @property
-    def queued(self) -> int:
-        return self.pending_bytes + self.inflight
-
-    @property
-    def idle(self) -> bool:
-        """Nothing queued, held or unrecorded."""
-        return not (self.queued or self.events or self.torn or self.gaps or self.meta is not None)
-
-
-@dataclass
-class _Job:
-    port: PortLog
-    data: list[bytes]
-    size: int
-    events: bytes  # a torn line's rest, the gap lines, then the other event lines
-    torn: int  # how much of ``events`` is the torn rest
-    gaps: list[Gap]
-    gap_bytes: int  # how much of ``events`` the gap lines are
-    meta: bytes | None
-    # results (set in the thread)
-    written: int = 0
-    events_written: int = 0
-    file_size: int = -1
-    error: str = ""
-    errno: int | None = None
-    meta_done: bool = False
 
 
 class LogWriter:
@@ -315,7 +246,7 @@ class LogWriter:
                 self._round_done(failed)
                 self._space.unpark_all()
 
-    def _job(self, port: PortLog) -> _Job:
+    def _job(self, port: PortLog) -> LogJob:
         data, port.pending = port.pending, []
         size, port.pending_bytes = port.pending_bytes, 0
         port.inflight += size
@@ -329,9 +260,9 @@ class LogWriter:
             lines.append(b'{"event":"events_dropped","count":%d}\n' % port.events_dropped)
             port.events_dropped = 0
         meta, port.meta = port.meta, None
-        return _Job(port, data, size, b"".join(lines), len(torn), gaps, gap_bytes, meta)
+        return LogJob(port, data, size, b"".join(lines), len(torn), gaps, gap_bytes, meta)
 
-    def _settle(self, job: _Job) -> bool:
+    def _settle(self, job: LogJob) -> bool:
         """Account for a written job; put back or drop what failed. Whether it failed."""
         port = job.port
         port.inflight -= job.size
@@ -359,7 +290,7 @@ class LogWriter:
         log.debug("console log %s: %s", port.stem, job.error)
         return True
 
-    def _events_back(self, job: _Job) -> None:
+    def _events_back(self, job: LogJob) -> None:
         """Put back the event lines a failed write did not finish: a line it cut is
         finished first; gap lines not started are formatted again (they may grow)."""
         port, blob, done = job.port, job.events, job.events_written
@@ -393,7 +324,7 @@ class LogWriter:
             self._episode = Episode(trio.current_time(), error)
             log.warning("%s", self._episode.start_line(self.settings.hold_bytes))
 
-    def _round_done(self, failed: list[_Job]) -> None:
+    def _round_done(self, failed: list[LogJob]) -> None:
         ep = self._episode
         if failed:
             assert ep is not None
@@ -405,49 +336,11 @@ class LogWriter:
             self._episode = None
             log.info("%s", ep.end_line(trio.current_time()))
 
-    def _write_jobs(self, settings: LogSettings, jobs: list[_Job]) -> None:
+    def _write_jobs(self, settings: LogSettings, jobs: list[LogJob]) -> None:
         if settings.dir is None:
             for job in jobs:
                 job.written, job.events_written, job.meta_done = job.size, len(job.events), True
             return
         base = os.fspath(settings.dir)
         for job in jobs:
-            _write_job(self._files, base, settings, job)
-
-
-def _write_job(files: OpenFiles, base: str, s: LogSettings, job: _Job) -> None:
-    """Write one port's batch; record how far each part got and the first error."""
-    stem = f"{base}/{job.port.stem}"
-    try:
-        if job.size:
-            f = None
-            try:
-                f = files.get(f"{stem}.log")
-                start = f.written
-                for data in coalesce(job.data):
-                    f.write(data, s.max_bytes, s.keep)
-            finally:
-                job.written = f.written - start if f is not None else 0
-                job.file_size = f.size if f is not None else size_of(f"{stem}.log")
-    except OSError as e:
-        _failed(job, e)
-    try:
-        if job.events:
-            ev = None
-            try:
-                ev = files.get(f"{stem}.events.jsonl")
-                start = ev.written
-                ev.write(job.events, s.max_bytes, s.keep, whole_lines=True)
-            finally:
-                job.events_written = ev.written - start if ev is not None else 0
-        if job.meta is not None:
-            replace_file(f"{stem}.meta.json", job.meta)
-            job.meta_done = True
-    except OSError as e:
-        _failed(job, e)
-
-
-def _failed(job: _Job, e: OSError) -> None:
-    if not job.error:
-        job.error = f"{type(e).__name__}: {e}"
-        job.errno = e.errno
+            write_job(self._files, base, settings, job)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import builtins
 import logging
 import math
-import socket as _socket
 import ssl
-import struct
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import trio
 
@@ -18,17 +16,27 @@ from common.ops.excgroups import first_leaf
 from common.ops.reconcile import diff
 from common.ops.wiretext import wire
 from common.proto.console import protocol as proto
+from vspc.console.clientqueue import Client
 from vspc.console.config import ConsoleConfig
+from vspc.console.connection import (
+    RECV_SIZE,
+    peer_name,
+    read_request_line,
+    send_error,
+    tls_peer,
+)
 from vspc.console.endpoint import EndpointError, open_tcp, open_unix, server_ssl_context
 from vspc.console.history import DiskConsole, scan
-from vspc.console.hub import Client, Console, ConsoleBusy, ConsoleInfo, Hub
-from vspc.console.logwriter import LogSettings, LogWriter
-from vspc.core.identity import DEFAULT_LABEL, PortKey, uuid_prefix, vm_key
+from vspc.console.hub import Console, ConsoleBusy, ConsoleInfo, Hub
+from vspc.console.logbatch import LogSettings
+from vspc.console.logwriter import LogWriter
+from vspc.console.lookup import LookupFailed as LookupFailed
+from vspc.console.lookup import pick
+from vspc.core.identity import PortKey
 from vspc.metrics import VspcMetrics
 
 log = logging.getLogger("vspc.console")
 
-RECV_SIZE = 64 * 1024
 #: Departed consoles whose log bytes are still being written are tried again after this.
 RETENTION_RETRY = 1.0
 
@@ -46,10 +54,6 @@ def log_settings(config: ConsoleConfig) -> LogSettings:
 
 def _endpoint_config(c: ConsoleConfig) -> dict[str, tuple[object, ...]]:  # one keyed spec
     return {"console": (c.socket, c.socket_mode, c.tcp)}
-
-
-class LookupFailed(Exception):
-    """No console, or more than one, matches an attach target."""
 
 
 class ConsoleService:
@@ -109,7 +113,7 @@ class ConsoleService:
             disk = await self._on_disk()
             if not disk:
                 raise
-        d = _pick(disk, target, label)
+        d = pick(disk, target, label)
         return self.open(d.key, d.display)
 
     def forget_departed(self) -> int:
@@ -187,7 +191,7 @@ class ConsoleService:
 
         Without a label, ``vm:label`` is understood when ``target`` alone matches nothing.
         """
-        return _pick(builtins.list(self._consoles.values()), target, label)
+        return pick(builtins.list(self._consoles.values()), target, label)
 
     # --- endpoints -----------------------------------------------------------------
 
@@ -252,15 +256,15 @@ class ConsoleService:
 
     async def _handle(self, raw: trio.SocketStream, ctx: ssl.SSLContext | None) -> None:
         stream: trio.abc.Stream = raw
-        peer = _peer_name(raw)
+        peer = peer_name(raw)
         try:
             with trio.move_on_after(self.config.request_timeout) as cs:
                 if ctx is not None:
                     tls = trio.SSLStream(raw, ctx, server_side=True)
                     stream = tls
                     await tls.do_handshake()
-                    peer = _tls_peer(tls, peer)
-                line, rest = await _read_line(stream)
+                    peer = tls_peer(tls, peer)
+                line, rest = await read_request_line(stream)
             if cs.cancelled_caught:
                 log.info(
                     "console client %s: no request within %ss", peer, self.config.request_timeout
@@ -269,7 +273,7 @@ class ConsoleService:
             try:
                 req = proto.decode_request(line)
             except proto.ProtocolError as e:
-                await _send_error(stream, f"bad request: {e}")
+                await send_error(stream, f"bad request: {e}")
                 return
             if isinstance(req, proto.ListRequest):
                 infos = await self.list_all()
@@ -279,7 +283,7 @@ class ConsoleService:
             await self._attach(stream, req, rest, peer)
         except proto.ProtocolError as e:
             log.info("console client %s: %s", peer, wire(str(e)))
-            await _send_error(stream, str(e))
+            await send_error(stream, str(e))
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as e:
             log.info("console client %s: connection lost: %s", peer, e)
         except Exception:
@@ -293,7 +297,7 @@ class ConsoleService:
         try:
             console = await self.find_or_load(req.vm, req.label)
         except LookupFailed as e:
-            await _send_error(stream, str(e))
+            await send_error(stream, str(e))
             return
         await console.read_history()
         n = console.replay_size(req.replay)
@@ -313,7 +317,7 @@ class ConsoleService:
                 req.mode, req.replay, peer, preamble=status, notices=req.notices
             )
         except ConsoleBusy as e:
-            await _send_error(stream, str(e))
+            await send_error(stream, str(e))
             return
         reason = "closed"
         try:
@@ -358,107 +362,3 @@ class ConsoleService:
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
             pass
         done.cancel()
-
-
-class _Named(Protocol):
-    @property
-    def key(self) -> PortKey: ...
-    @property
-    def display(self) -> str: ...
-
-
-N = TypeVar("N", bound=_Named)
-
-
-def _match(items: list[N], vm: str, label: str | None) -> list[N]:
-    """Exact: the VM key (a UUID in any form, or a name exactly) or the display;
-    else a unique prefix of either (hex prefixes of a UUID in any form)."""
-    ports = [c for c in items if label is None or c.key.label == label]
-    try:
-        key: str | None = vm_key(vm)
-    except ValueError:
-        key = None
-    exact = [c for c in ports if c.key.uuid == key or c.display == vm]
-    if exact:
-        return exact
-    hex_prefix = uuid_prefix(vm)
-    return [
-        c
-        for c in ports
-        if c.key.uuid.startswith(vm)
-        or c.display.startswith(vm)
-        or (hex_prefix is not None and c.key.is_uuid and c.key.uuid.startswith(hex_prefix))
-    ]
-
-
-def _pick(items: list[N], target: str, label: str | None) -> N:
-    """The one item ``target`` names (see ``ConsoleService.find``); raises LookupFailed."""
-    found = _match(items, target, label)
-    if not found and label is None and ":" in target:
-        vm, _, lab = target.rpartition(":")
-        if vm and lab:
-            found = _match(items, vm, lab)
-    if not found:
-        raise LookupFailed(
-            f"no console matches {target!r}" + (f" label {label!r}" if label else "")
-        )
-    if len({c.key.uuid for c in found}) > 1:
-        names = ", ".join(sorted(f"{c.display} ({c.key.uuid})" for c in found)[:10])
-        raise LookupFailed(f"{target!r} is ambiguous: {names}")
-    if len(found) > 1:
-        default = [c for c in found if c.key.label == DEFAULT_LABEL]
-        if len(default) == 1:
-            return default[0]
-        labels = ", ".join(sorted(c.key.label for c in found))
-        raise LookupFailed(f"{target!r} has several ports, name one with :label ({labels})")
-    return found[0]
-
-
-async def _read_line(stream: trio.abc.Stream) -> tuple[bytes, bytes]:
-    reader = proto.LineReader()
-    while True:
-        data = await stream.receive_some(RECV_SIZE)
-        if not data:
-            raise proto.ProtocolError("connection closed before a request line")
-        got = reader.feed(data)
-        if got is not None:
-            return got
-
-
-async def _send_error(stream: trio.abc.Stream, message: str) -> None:
-    with trio.move_on_after(2):
-        try:
-            await stream.send_all(proto.encode_line({"ok": False, "error": message}))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
-            pass
-
-
-def _peer_name(stream: trio.SocketStream) -> str:
-    """``host:port`` for TCP; ``unix uid=U pid=P`` (from SO_PEERCRED) for a Unix socket."""
-    sock = stream.socket
-    try:
-        name = sock.getpeername()
-    except OSError:
-        return "?"
-    if isinstance(name, tuple):
-        return f"{name[0]}:{name[1]}"
-    try:
-        cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, _gid = struct.unpack("3i", cred)
-    except (OSError, AttributeError, struct.error):
-        return "unix"
-    return f"unix uid={uid} pid={pid}"
-
-
-def _tls_peer(tls: trio.SSLStream[Any], fallback: str) -> str:
-    try:
-        cert = tls.getpeercert()
-    except (ValueError, AttributeError):
-        return fallback
-    if not cert:
-        return fallback
-    for rdn in cert.get("subject", ()):
-        for k, v in rdn:
-            if k == "commonName":
-                return f"{fallback} cn={v}"
-    return fallback

@@ -301,57 +301,70 @@ class EsxSession:
     def _send(self, cmd: ext.VmwareCommand) -> None:
         self._out.append(ext.encode(cmd))
 
-    def _handle_ext(self, payload: bytes) -> None:  # noqa: C901
+    def _handle_ext(self, payload: bytes) -> None:
         try:
             cmd = ext.decode(payload)
         except ext.MalformedCommand as e:
             self._violate(str(e))
             return
-        events = self._events
         if isinstance(cmd, VMotionBegin | VMotionPeer | VMotionComplete | VMotionAbort):
-            events.append(cmd)  # the decoded command is the event: one class each
+            self._events.append(cmd)  # the decoded command is the event: one class each
+        elif isinstance(cmd, ext.VmVcUuid | VmName | ext.VmBiosUuid | ext.VmLocationUuid):
+            self._on_identity(cmd)
         elif isinstance(cmd, ext.KnownSuboptions):
-            if cmd.proxy:  # KNOWN-SUBOPTIONS-2 is the proxy's to send
-                self._send(ext.UnknownSuboptionRcvd(ext.KNOWN_SUBOPTIONS_2))
-                return
-            self.esx_known = cmd.codes
-            self._send(ext.KnownSuboptions(PROXY_KNOWN))
-            codes = set(cmd.codes)
-            if codes & {ext.VM_VC_UUID, ext.GET_VM_VC_UUID}:
-                self._send(ext.GetVmVcUuid())
-            if codes & {ext.VM_NAME, ext.GET_VM_NAME}:
-                self._send(ext.GetVmName())
-        elif isinstance(cmd, ext.VmVcUuid):
-            try:
-                key = canonical_uuid(cmd.uuid)
-            except ValueError:
-                self._violate(f"VM-VC-UUID is not a UUID: {cmd.uuid[:40]!r}")
-                return
-            if self.uuid is not None and key != self.uuid:
-                self._violate(f"VM-VC-UUID changed from {self.uuid} to {key}")
-                return
-            self.uuid_raw, self.uuid = cmd.uuid, key
-            events.append(VmUuid(cmd.uuid, key))
-        elif isinstance(cmd, ext.VmName):
-            self.name = cmd.name
-            events.append(cmd)
+            self._on_known_suboptions(cmd)
         elif isinstance(cmd, ext.DoProxy):
-            label = label_from_uri(cmd.uri)
-            if label is not None and not is_label(label):
-                self._violate("DO-PROXY port label is outside the label grammar")
-                return
-            accepted = bool(self._proxy_rule(cmd.direction, cmd.uri))
-            if accepted:
-                self.label = label
-            self._send(ext.WillProxy() if accepted else ext.WontProxy())
-            events.append(ProxyRequested(cmd.direction, cmd.uri, label, accepted))
-        elif isinstance(cmd, ext.VmBiosUuid):
-            self.bios_uuid = cmd.uuid
-        elif isinstance(cmd, ext.VmLocationUuid):
-            self.location_uuid = cmd.uuid
-        elif isinstance(cmd, ext.UnknownSuboptionRcvd):
-            pass  # ESX did not know something we sent: never answered
+            self._on_do_proxy(cmd)
         elif isinstance(cmd, ext.Unknown):
             self._send(ext.UnknownSuboptionRcvd(cmd.code))
         elif isinstance(cmd, _PROXY_ONLY):
             self._send(ext.UnknownSuboptionRcvd(payload[0]))
+        # ext.UnknownSuboptionRcvd: ESX did not know something we sent: never answered
+
+    def _on_known_suboptions(self, cmd: ext.KnownSuboptions) -> None:
+        if cmd.proxy:  # KNOWN-SUBOPTIONS-2 is the proxy's to send
+            self._send(ext.UnknownSuboptionRcvd(ext.KNOWN_SUBOPTIONS_2))
+            return
+        self.esx_known = cmd.codes
+        self._send(ext.KnownSuboptions(PROXY_KNOWN))
+        codes = set(cmd.codes)
+        if codes & {ext.VM_VC_UUID, ext.GET_VM_VC_UUID}:
+            self._send(ext.GetVmVcUuid())
+        if codes & {ext.VM_NAME, ext.GET_VM_NAME}:
+            self._send(ext.GetVmName())
+
+    def _on_identity(
+        self, cmd: ext.VmVcUuid | VmName | ext.VmBiosUuid | ext.VmLocationUuid
+    ) -> None:
+        if isinstance(cmd, ext.VmVcUuid):
+            self._on_vc_uuid(cmd)
+        elif isinstance(cmd, VmName):
+            self.name = cmd.name
+            self._events.append(cmd)
+        elif isinstance(cmd, ext.VmBiosUuid):
+            self.bios_uuid = cmd.uuid
+        else:
+            self.location_uuid = cmd.uuid
+
+    def _on_vc_uuid(self, cmd: ext.VmVcUuid) -> None:
+        try:
+            key = canonical_uuid(cmd.uuid)
+        except ValueError:
+            self._violate(f"VM-VC-UUID is not a UUID: {cmd.uuid[:40]!r}")
+            return
+        if self.uuid is not None and key != self.uuid:
+            self._violate(f"VM-VC-UUID changed from {self.uuid} to {key}")
+            return
+        self.uuid_raw, self.uuid = cmd.uuid, key
+        self._events.append(VmUuid(cmd.uuid, key))
+
+    def _on_do_proxy(self, cmd: ext.DoProxy) -> None:
+        label = label_from_uri(cmd.uri)
+        if label is not None and not is_label(label):
+            self._violate("DO-PROXY port label is outside the label grammar")
+            return
+        accepted = bool(self._proxy_rule(cmd.direction, cmd.uri))
+        if accepted:
+            self.label = label
+        self._send(ext.WillProxy() if accepted else ext.WontProxy())
+        self._events.append(ProxyRequested(cmd.direction, cmd.uri, label, accepted))

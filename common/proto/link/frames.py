@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 HEADER = struct.Struct("!BBII")
 HEADER_SIZE = HEADER.size
@@ -161,9 +163,6 @@ class GoAway:
     reason: str = ""
 
 
-_MAX_TYPE = max(FrameType)
-_DATA = int(FrameType.DATA)
-
 Frame = Hello | Open | Data | Window | Ack | Eof | Reset | Ping | Pong | GoAway
 
 
@@ -182,68 +181,99 @@ def data_header(stream_id: int, offset: int, length: int) -> bytes:
     return _DATA_HDR.pack(FrameType.DATA, 0, stream_id, length + 8, offset)
 
 
-def encode(frame: Frame) -> bytes:  # noqa: C901
+def _encode_data(frame: Data) -> bytes:
+    _check_sid(frame.stream_id)
+    _check_off(frame.offset)
+    return data_header(frame.stream_id, frame.offset, len(frame.payload)) + frame.payload
+
+
+def _encode_hello(frame: Hello) -> bytes:
+    return _hdr(FrameType.HELLO, 0, 0, _HELLO.pack(MAGIC, frame.version, frame.max_payload))
+
+
+def _encode_open(frame: Open) -> bytes:
+    _check_sid(frame.stream_id)
+    _check_off(frame.recv_offset)
+    if len(frame.session_id) != 16:
+        raise ValueError("session_id must be 16 bytes")
+    if len(frame.header) > MAX_OPEN_HEADER:
+        raise ValueError("origin header too long")
+    payload = _OPEN.pack(frame.session_id, frame.recv_offset)
+    flags = FLAG_RESUME if frame.resume else 0
+    if frame.continues is not None:
+        if frame.resume:
+            raise ValueError("an OPEN cannot both resume and continue")
+        _check_off(frame.continues)
+        payload += _U64.pack(frame.continues)
+        flags |= FLAG_CONTINUE
+    return _hdr(FrameType.OPEN, flags, frame.stream_id, payload + frame.header)
+
+
+def _encode_window(frame: Window) -> bytes:
+    _check_sid(frame.stream_id)
+    if not 0 < frame.increment <= MAX_WINDOW_INCREMENT:
+        raise ValueError("window increment out of range")
+    return _hdr(FrameType.WINDOW, 0, frame.stream_id, _U32.pack(frame.increment))
+
+
+def _encode_ack(frame: Ack) -> bytes:
+    _check_sid(frame.stream_id)
+    _check_off(frame.offset)
+    return _hdr(
+        FrameType.ACK, FLAG_FIN if frame.fin else 0, frame.stream_id, _U64.pack(frame.offset)
+    )
+
+
+def _encode_eof(frame: Eof) -> bytes:
+    _check_sid(frame.stream_id)
+    _check_off(frame.offset)
+    return _hdr(FrameType.EOF, 0, frame.stream_id, _U64.pack(frame.offset))
+
+
+def _encode_reset(frame: Reset) -> bytes:
+    _check_sid(frame.stream_id)
+    return _hdr(FrameType.RESET, 0, frame.stream_id, _U16.pack(frame.code) + _reason(frame.reason))
+
+
+def _encode_ping(frame: Ping) -> bytes:
+    if len(frame.opaque) != 8:
+        raise ValueError("ping payload must be 8 bytes")
+    return _hdr(FrameType.PING, 0, 0, frame.opaque)
+
+
+def _encode_pong(frame: Pong) -> bytes:
+    if len(frame.opaque) != 8:
+        raise ValueError("pong payload must be 8 bytes")
+    return _hdr(FrameType.PONG, 0, 0, frame.opaque)
+
+
+def _encode_goaway(frame: GoAway) -> bytes:
+    if not 0 <= frame.last_stream_id <= MAX_STREAM_ID:
+        raise ValueError("last_stream_id out of range")
+    payload = _GOAWAY.pack(frame.last_stream_id, frame.code) + _reason(frame.reason)
+    return _hdr(FrameType.GOAWAY, 0, 0, payload)
+
+
+_ENCODERS: dict[type, Callable[[Any], bytes]] = {
+    Data: _encode_data,
+    Hello: _encode_hello,
+    Open: _encode_open,
+    Window: _encode_window,
+    Ack: _encode_ack,
+    Eof: _encode_eof,
+    Reset: _encode_reset,
+    Ping: _encode_ping,
+    Pong: _encode_pong,
+    GoAway: _encode_goaway,
+}
+
+
+def encode(frame: Frame) -> bytes:
     """Encode one frame; raises ValueError for values that cannot be represented."""
-    if isinstance(frame, Data):
-        _check_sid(frame.stream_id)
-        _check_off(frame.offset)
-        return data_header(frame.stream_id, frame.offset, len(frame.payload)) + frame.payload
-    if isinstance(frame, Hello):
-        return _hdr(FrameType.HELLO, 0, 0, _HELLO.pack(MAGIC, frame.version, frame.max_payload))
-    if isinstance(frame, Open):
-        _check_sid(frame.stream_id)
-        _check_off(frame.recv_offset)
-        if len(frame.session_id) != 16:
-            raise ValueError("session_id must be 16 bytes")
-        if len(frame.header) > MAX_OPEN_HEADER:
-            raise ValueError("origin header too long")
-        payload = _OPEN.pack(frame.session_id, frame.recv_offset)
-        flags = FLAG_RESUME if frame.resume else 0
-        if frame.continues is not None:
-            if frame.resume:
-                raise ValueError("an OPEN cannot both resume and continue")
-            _check_off(frame.continues)
-            payload += _U64.pack(frame.continues)
-            flags |= FLAG_CONTINUE
-        return _hdr(FrameType.OPEN, flags, frame.stream_id, payload + frame.header)
-    if isinstance(frame, Window):
-        _check_sid(frame.stream_id)
-        if not 0 < frame.increment <= MAX_WINDOW_INCREMENT:
-            raise ValueError("window increment out of range")
-        return _hdr(FrameType.WINDOW, 0, frame.stream_id, _U32.pack(frame.increment))
-    if isinstance(frame, Ack):
-        _check_sid(frame.stream_id)
-        _check_off(frame.offset)
-        return _hdr(
-            FrameType.ACK, FLAG_FIN if frame.fin else 0, frame.stream_id, _U64.pack(frame.offset)
-        )
-    if isinstance(frame, Eof):
-        _check_sid(frame.stream_id)
-        _check_off(frame.offset)
-        return _hdr(FrameType.EOF, 0, frame.stream_id, _U64.pack(frame.offset))
-    if isinstance(frame, Reset):
-        _check_sid(frame.stream_id)
-        return _hdr(
-            FrameType.RESET, 0, frame.stream_id, _U16.pack(frame.code) + _reason(frame.reason)
-        )
-    if isinstance(frame, Ping):
-        if len(frame.opaque) != 8:
-            raise ValueError("ping payload must be 8 bytes")
-        return _hdr(FrameType.PING, 0, 0, frame.opaque)
-    if isinstance(frame, Pong):
-        if len(frame.opaque) != 8:
-            raise ValueError("pong payload must be 8 bytes")
-        return _hdr(FrameType.PONG, 0, 0, frame.opaque)
-    if isinstance(frame, GoAway):
-        if not 0 <= frame.last_stream_id <= MAX_STREAM_ID:
-            raise ValueError("last_stream_id out of range")
-        return _hdr(
-            FrameType.GOAWAY,
-            0,
-            0,
-            _GOAWAY.pack(frame.last_stream_id, frame.code) + _reason(frame.reason),
-        )
-    raise TypeError(f"not a frame: {frame!r}")
+    encoder = _ENCODERS.get(type(frame))
+    if encoder is None:
+        raise TypeError(f"not a frame: {frame!r}")
+    return encoder(frame)
 
 
 def _check_sid(sid: int) -> None:
@@ -276,210 +306,104 @@ def _decode_continue(
     return Open(sid, session_id, recv_offset, payload[_OPEN.size + 8 :], False, start)
 
 
-def decode_payload(ftype: int, flags: int, sid: int, payload: bytes) -> Frame:  # noqa: C901
-    """Build the frame for a complete header + payload; raise LinkProtocolError if bad."""
+def _decode_data(t: FrameType, flags: int, sid: int, payload: bytes) -> Frame:
+    if len(payload) < 8:
+        raise LinkProtocolError("DATA frame too short")
+    off = _U64.unpack_from(payload)[0]
+    if off > MAX_OFFSET:
+        raise LinkProtocolError("DATA offset out of range")
+    return Data(sid, off, payload[8:])
+
+
+def _decode_hello(t: FrameType, flags: int, sid: int, payload: bytes) -> Frame:
+    if len(payload) != _HELLO.size:
+        raise LinkProtocolError("bad HELLO length")
+    magic, version, max_payload = _HELLO.unpack(payload)
+    if magic != MAGIC:
+        raise LinkProtocolError("bad HELLO magic (not a vic peer link)")
+    return Hello(version, max_payload)
+
+
+def _decode_open(t: FrameType, flags: int, sid: int, payload: bytes) -> Frame:
     n = len(payload)
-    try:
-        t = FrameType(ftype)
-    except ValueError:
-        raise LinkProtocolError(f"unknown frame type {ftype}") from None
-    conn_level = t in (FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.GOAWAY)
-    if conn_level and sid != 0:
-        raise LinkProtocolError(f"{t.name} on stream {sid}, must be stream 0")
-    if not conn_level and sid == 0:
-        raise LinkProtocolError(f"{t.name} on stream 0")
-    if t is FrameType.DATA:
-        if n < 8:
-            raise LinkProtocolError("DATA frame too short")
-        off = _U64.unpack_from(payload)[0]
-        if off > MAX_OFFSET:
-            raise LinkProtocolError("DATA offset out of range")
-        return Data(sid, off, payload[8:])
-    if t is FrameType.HELLO:
-        if n != _HELLO.size:
-            raise LinkProtocolError("bad HELLO length")
-        magic, version, max_payload = _HELLO.unpack(payload)
-        if magic != MAGIC:
-            raise LinkProtocolError("bad HELLO magic (not a vic peer link)")
-        return Hello(version, max_payload)
-    if t is FrameType.OPEN:
-        if n < _OPEN.size or n > _OPEN.size + 8 + MAX_OPEN_HEADER:
-            raise LinkProtocolError("bad OPEN length")
-        session_id, recv_offset = _OPEN.unpack_from(payload)
-        if recv_offset > MAX_OFFSET:
-            raise LinkProtocolError("OPEN offset out of range")
-        if not flags & FLAG_CONTINUE:
-            return Open(
-                sid, session_id, recv_offset, payload[_OPEN.size :], bool(flags & FLAG_RESUME)
-            )
-        return _decode_continue(sid, flags, session_id, recv_offset, payload)
-    if t is FrameType.WINDOW:
-        if n != 4:
-            raise LinkProtocolError("bad WINDOW length")
-        inc = _U32.unpack(payload)[0]
-        if not 0 < inc <= MAX_WINDOW_INCREMENT:
-            raise LinkProtocolError("WINDOW increment out of range")
-        return Window(sid, inc)
-    if t in (FrameType.ACK, FrameType.EOF):
-        if n != 8:
-            raise LinkProtocolError(f"bad {t.name} length")
-        off = _U64.unpack(payload)[0]
-        if off > MAX_OFFSET:
-            raise LinkProtocolError(f"{t.name} offset out of range")
-        if t is FrameType.ACK:
-            return Ack(sid, off, bool(flags & FLAG_FIN))
-        return Eof(sid, off)
-    if t is FrameType.RESET:
-        if n < 2 or n > 2 + MAX_REASON:
-            raise LinkProtocolError("bad RESET length")
-        return Reset(sid, _U16.unpack_from(payload)[0], _text(payload[2:]))
-    if t in (FrameType.PING, FrameType.PONG):
-        if n != 8:
-            raise LinkProtocolError(f"bad {t.name} length")
-        return Ping(payload) if t is FrameType.PING else Pong(payload)
-    # GOAWAY
-    if n < _GOAWAY.size or n > _GOAWAY.size + MAX_REASON:
+    if n < _OPEN.size or n > _OPEN.size + 8 + MAX_OPEN_HEADER:
+        raise LinkProtocolError("bad OPEN length")
+    session_id, recv_offset = _OPEN.unpack_from(payload)
+    if recv_offset > MAX_OFFSET:
+        raise LinkProtocolError("OPEN offset out of range")
+    if not flags & FLAG_CONTINUE:
+        return Open(sid, session_id, recv_offset, payload[_OPEN.size :], bool(flags & FLAG_RESUME))
+    return _decode_continue(sid, flags, session_id, recv_offset, payload)
+
+
+def _decode_window(t: FrameType, flags: int, sid: int, payload: bytes) -> Frame:
+    if len(payload) != 4:
+        raise LinkProtocolError("bad WINDOW length")
+    inc = _U32.unpack(payload)[0]
+    if not 0 < inc <= MAX_WINDOW_INCREMENT:
+        raise LinkProtocolError("WINDOW increment out of range")
+    return Window(sid, inc)
+
+
+def _decode_offset(t: FrameType, flags: int, sid: int, payload: bytes) -> Frame:
+    """ACK or EOF: one offset."""
+    if len(payload) != 8:
+        raise LinkProtocolError(f"bad {t.name} length")
+    off = _U64.unpack(payload)[0]
+    if off > MAX_OFFSET:
+        raise LinkProtocolError(f"{t.name} offset out of range")
+    if t is FrameType.ACK:
+        return Ack(sid, off, bool(flags & FLAG_FIN))
+    return Eof(sid, off)
+
+
+def _decode_reset(t: FrameType, flags: int, sid: int, payload: bytes) -> Frame:
+    if len(payload) < 2 or len(payload) > 2 + MAX_REASON:
+        raise LinkProtocolError("bad RESET length")
+    return Reset(sid, _U16.unpack_from(payload)[0], _text(payload[2:]))
+
+
+def _decode_ping(t: FrameType, flags: int, sid: int, payload: bytes) -> Frame:
+    """PING or PONG: 8 opaque bytes."""
+    if len(payload) != 8:
+        raise LinkProtocolError(f"bad {t.name} length")
+    return Ping(payload) if t is FrameType.PING else Pong(payload)
+
+
+def _decode_goaway(t: FrameType, flags: int, sid: int, payload: bytes) -> Frame:
+    if len(payload) < _GOAWAY.size or len(payload) > _GOAWAY.size + MAX_REASON:
         raise LinkProtocolError("bad GOAWAY length")
     last, code = _GOAWAY.unpack_from(payload)
     return GoAway(last, code, _text(payload[_GOAWAY.size :]))
 
 
+_DECODERS: dict[FrameType, Callable[[FrameType, int, int, bytes], Frame]] = {
+    FrameType.HELLO: _decode_hello,
+    FrameType.OPEN: _decode_open,
+    FrameType.DATA: _decode_data,
+    FrameType.WINDOW: _decode_window,
+    FrameType.ACK: _decode_offset,
+    FrameType.EOF: _decode_offset,
+    FrameType.RESET: _decode_reset,
+    FrameType.PING: _decode_ping,
+    FrameType.PONG: _decode_ping,
+    FrameType.GOAWAY: _decode_goaway,
+}
+_CONN_LEVEL = frozenset({FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.GOAWAY})
+
+
+def decode_payload(ftype: int, flags: int, sid: int, payload: bytes) -> Frame:
+    """Build the frame for a complete header + payload; raise LinkProtocolError if bad."""
+    try:
+        t = FrameType(ftype)
+    except ValueError:
+        raise LinkProtocolError(f"unknown frame type {ftype}") from None
+    conn_level = t in _CONN_LEVEL
+    if conn_level and sid != 0:
+        raise LinkProtocolError(f"{t.name} on stream {sid}, must be stream 0")
+    if not conn_level and sid == 0:
+        raise LinkProtocolError(f"{t.name} on stream 0")
+    return _DECODERS[t](t, flags, sid, payload)
+
+
 PENDING_MIN = 16 * 1024  # DATA payloads at least this big are assembled in place
-
-
-class FrameDecoder:
-    """Incremental decoder: ``feed(bytes)`` returns the complete frames so far.
-
-    Memory is bounded by one frame (``HEADER_SIZE + max_payload``). Large DATA
-    payloads that span reads are assembled directly into their own buffer
-    (handed out as a ``bytearray``), so each payload byte is copied once; the
-    caller may reuse the buffer it fed. After a ``LinkProtocolError`` the decoder
-    is dead and raises again on every feed.
-    """
-
-    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
-        if not 0 < max_payload <= MAX_PAYLOAD_LIMIT + 8:
-            raise ValueError("max_payload out of range")
-        self.max_payload = max_payload
-        self._buf = bytearray()  # a partial frame (header straddling reads, or small)
-        # a large DATA payload being filled: [stream_id, offset, payload, filled]
-        self._pending: tuple[int, int, bytearray] | None = None
-        self._filled = 0
-        self._error: LinkProtocolError | None = None
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) + (self._filled if self._pending is not None else 0)
-
-    def receive_buffer(self) -> memoryview | None:
-        """The unfilled rest of a large DATA payload being assembled, if any.
-
-        The caller may receive straight into it (no copy through its own read
-        buffer) and then report the count with ``filled(n)``; None when the next
-        bytes start a new frame (use ``feed``).
-        """
-        if self._pending is None or self._error is not None:
-            return None
-        return memoryview(self._pending[2])[self._filled :]
-
-    def filled(self, n: int) -> list[Frame]:
-        """``n`` bytes were written into ``receive_buffer()``; the frames completed by them."""
-        if self._error is not None:
-            raise self._error
-        pending = self._pending
-        if pending is None:
-            if n:
-                raise ValueError("filled() without a receive buffer")
-            return []
-        sid, off, pay = pending
-        if not 0 <= n <= len(pay) - self._filled:
-            raise ValueError("filled() beyond the receive buffer")
-        self._filled += n
-        if self._filled < len(pay):
-            return []
-        self._pending = None
-        return [Data(sid, off, pay)]
-
-    def _header(self, buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int, int, int]:
-        ftype, flags, sid, length = HEADER.unpack_from(buf, pos)
-        if length > self.max_payload:
-            raise LinkProtocolError(
-                f"frame of {length} bytes exceeds the limit of {self.max_payload}"
-            )
-        if ftype > _MAX_TYPE:
-            raise LinkProtocolError(f"unknown frame type {ftype}")
-        return ftype, flags, sid, length
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        if self._error is not None:
-            raise self._error
-        try:
-            with memoryview(data) as mv:
-                return self._feed(mv.cast("B") if mv.format != "B" else mv)
-        except LinkProtocolError as e:
-            self._error = e
-            self._buf = bytearray()
-            self._pending = None
-            raise
-
-    def _feed(self, mv: memoryview) -> list[Frame]:  # noqa: C901
-        frames: list[Frame] = []
-        n = len(mv)
-        i = 0
-        if self._pending is not None:
-            sid, off, pay = self._pending
-            k = min(len(pay) - self._filled, n)
-            pay[self._filled : self._filled + k] = mv[:k]
-            self._filled += k
-            i = k
-            if self._filled < len(pay):
-                return frames
-            frames.append(Data(sid, off, pay))
-            self._pending = None
-        if self._buf:
-            buf = self._buf
-            if len(buf) < HEADER_SIZE:
-                k = min(HEADER_SIZE - len(buf), n - i)
-                buf += mv[i : i + k]
-                i += k
-                if len(buf) < HEADER_SIZE:
-                    return frames
-            ftype, flags, sid, length = self._header(buf, 0)
-            total = HEADER_SIZE + length
-            k = min(total - len(buf), n - i)
-            buf += mv[i : i + k]
-            i += k
-            if len(buf) < total:
-                return frames
-            frames.append(decode_payload(ftype, flags, sid, bytes(buf[HEADER_SIZE:])))
-            self._buf = bytearray()
-        while n - i >= HEADER_SIZE:
-            ftype, flags, sid, length = self._header(mv, i)
-            stop = i + HEADER_SIZE + length
-            is_data = ftype == _DATA and sid != 0 and length >= 8
-            if stop <= n:
-                if is_data:
-                    off = _U64.unpack_from(mv, i + HEADER_SIZE)[0]
-                    if off > MAX_OFFSET:
-                        raise LinkProtocolError("DATA offset out of range")
-                    frames.append(Data(sid, off, bytes(mv[i + HEADER_SIZE + 8 : stop])))
-                else:
-                    frames.append(
-                        decode_payload(ftype, flags, sid, bytes(mv[i + HEADER_SIZE : stop]))
-                    )
-                i = stop
-                continue
-            if is_data and length - 8 >= PENDING_MIN and n - i >= HEADER_SIZE + 8:
-                off = _U64.unpack_from(mv, i + HEADER_SIZE)[0]
-                if off > MAX_OFFSET:
-                    raise LinkProtocolError("DATA offset out of range")
-                pay = bytearray(length - 8)
-                k = n - (i + HEADER_SIZE + 8)
-                pay[:k] = mv[i + HEADER_SIZE + 8 : n]
-                self._pending = (sid, off, pay)
-                self._filled = k
-                return frames
-            break
-        if i < n:
-            self._buf = bytearray(mv[i:n])
-        return frames

@@ -27,11 +27,40 @@ opens; streams we opened above the peer's last id are reported reset (REFUSED).
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from common.proto.link import frames as F
+from common.proto.link.budget import Budget
+from common.proto.link.decoder import FrameDecoder
 from common.proto.link.frames import ErrorCode, LinkProtocolError
+from common.proto.link.mux_events import (
+    AckReceived,
+    CreditAvailable,
+    DataReceived,
+    EofReceived,
+    Event,
+    GoAwayReceived,
+    PongReceived,
+    StreamOpened,
+    StreamReset,
+)
+
+__all__ = [
+    "AckReceived",
+    "CreditAvailable",
+    "DataReceived",
+    "EofReceived",
+    "Event",
+    "GoAwayReceived",
+    "LinkClosingError",
+    "Mux",
+    "MuxConfig",
+    "PongReceived",
+    "StreamOpened",
+    "StreamReset",
+]
 
 Chunk = bytes | bytearray | memoryview
 
@@ -63,74 +92,6 @@ class MuxConfig:
             raise ValueError("need 0 < ping_interval < dead_after")
 
 
-# ------------------------------------------------------------------ events
-@dataclass(frozen=True, slots=True)
-class StreamOpened:
-    stream_id: int
-    session_id: bytes
-    recv_offset: int
-    header: bytes
-    resume: bool
-    continues: int | None = None  # a CONTINUE OPEN: the offset of the opener's first byte
-
-
-@dataclass(frozen=True, slots=True)
-class DataReceived:
-    stream_id: int
-    offset: int
-    payload: bytes | bytearray
-
-
-@dataclass(frozen=True, slots=True)
-class AckReceived:
-    stream_id: int
-    offset: int
-    fin: bool
-
-
-@dataclass(frozen=True, slots=True)
-class EofReceived:
-    stream_id: int
-    offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class StreamReset:
-    stream_id: int
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class CreditAvailable:
-    stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class GoAwayReceived:
-    last_stream_id: int
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class PongReceived:
-    rtt: float
-    seq: int = 0
-
-
-Event = (
-    StreamOpened
-    | DataReceived
-    | AckReceived
-    | EofReceived
-    | StreamReset
-    | CreditAvailable
-    | GoAwayReceived
-    | PongReceived
-)
-
-
 class LinkClosingError(Exception):
     """No new streams on this link (GOAWAY sent or received)."""
 
@@ -155,14 +116,15 @@ class Mux:
     def __init__(self, config: MuxConfig | None = None, *, client: bool, now: float) -> None:
         self.config = config or MuxConfig()
         self.client = client
-        self._decoder = F.FrameDecoder(self.config.max_payload + 8)
+        self._decoder = FrameDecoder(self.config.max_payload + 8)
         self._out: list[Chunk] = []
         self._out_bytes = 0
         self._streams: dict[int, _Stream] = {}
         self._next_local = 1 if client else 2
         self._last_peer = 0
-        self._budget_used = 0
-        self._starved: deque[int] = deque()
+        # the connection window: credit granted plus bytes held, over all streams;
+        # streams that got less than they want wait in it for freed budget
+        self._budget: Budget[int] = Budget(self.config.connection_window)
         self._hello_received = False
         self._peer_max_payload = 0
         self._last_recv = now
@@ -193,7 +155,7 @@ class Mux:
 
     @property
     def budget_used(self) -> int:
-        return self._budget_used
+        return self._budget.used
 
     @property
     def ready(self) -> bool:
@@ -209,7 +171,7 @@ class Mux:
     def _drop(self, sid: int) -> None:
         st = self._streams.pop(sid, None)
         if st is not None:
-            self._budget_used -= st.granted + st.buffered
+            self._budget.used -= st.granted + st.buffered
             self._serve_starved()
 
     # ------------------------------------------------------------ credit granting
@@ -222,7 +184,7 @@ class Mux:
         if have * 2 >= target and have >= cfg.min_window:
             return
         want = target - have
-        avail = cfg.connection_window - self._budget_used
+        avail = self._budget.limit - self._budget.used
         reserve = cfg.min_window - have
         grant = min(want, avail)
         if grant < min(want, cfg.grant_granularity):
@@ -230,18 +192,19 @@ class Mux:
         grant = max(grant, reserve, 0)
         if grant > 0:
             st.granted += grant
-            self._budget_used += grant
+            self._budget.used += grant
             self._queue(F.encode(F.Window(sid, grant)))
         if grant < want and not st.waiting:
             st.waiting = True
-            self._starved.append(sid)
+            self._budget.wait(sid)
 
     def _serve_starved(self) -> None:
         cfg = self.config
-        for _ in range(len(self._starved)):
-            if cfg.connection_window - self._budget_used < cfg.grant_granularity:
+        budget = self._budget
+        for _ in range(len(budget.waiting)):
+            if budget.limit - budget.used < cfg.grant_granularity:
                 return
-            sid = self._starved.popleft()
+            sid = budget.waiting.popleft()
             st = self._streams.get(sid)
             if st is None:
                 continue
@@ -255,7 +218,7 @@ class Mux:
             return
         n = min(n, st.buffered)
         st.buffered -= n
-        self._budget_used -= n
+        self._budget.used -= n  # (no calls on the data path)
         if st.exhausted and st.buffered * 4 < st.target * 3:
             # the sender ran (nearly) out of credit and the application is not
             # sitting on the window: the window is the limit
@@ -377,19 +340,11 @@ class Mux:
             self._handle(fr, now, events)
         return events
 
-    def _handle(self, fr: F.Frame, now: float, events: list[Event]) -> None:  # noqa: C901
+    def _handle(self, fr: F.Frame, now: float, events: list[Event]) -> None:
         if not self._hello_received:
-            if not isinstance(fr, F.Hello):
-                raise LinkProtocolError(f"expected HELLO first, got {type(fr).__name__}")
-            if fr.version != F.VERSION:
-                raise LinkProtocolError(f"unsupported link version {fr.version}")
-            if fr.max_payload < 1024 + 8:
-                raise LinkProtocolError("peer max_payload too small")
-            self._hello_received = True
-            self._peer_max_payload = min(fr.max_payload - 8, self.config.max_payload)
-            events.extend(CreditAvailable(sid) for sid, s in self._streams.items() if s.send_credit)
+            self._on_hello(fr, events)
             return
-        if isinstance(fr, F.Data):
+        if isinstance(fr, F.Data):  # the data path: handled inline
             st = self._stream_for(fr.stream_id)
             if st is None:
                 return
@@ -406,37 +361,53 @@ class Mux:
                 # application, limits this stream (auto-tuning, see consumed()).
                 st.exhausted = True
             events.append(DataReceived(fr.stream_id, fr.offset, fr.payload))
-        elif isinstance(fr, F.Open):
-            self._on_open(fr, events)
-        elif isinstance(fr, F.Window):
-            ws = self._stream_for(fr.stream_id)
-            if ws is None:
-                return
-            if ws.send_credit + fr.increment > F.MAX_WINDOW_INCREMENT:
-                raise LinkProtocolError(f"stream {fr.stream_id}: credit overflow")
-            ws.send_credit += fr.increment
-            events.append(CreditAvailable(fr.stream_id))
-        elif isinstance(fr, F.Ack):
-            if self._stream_for(fr.stream_id) is not None:
-                events.append(AckReceived(fr.stream_id, fr.offset, fr.fin))
-        elif isinstance(fr, F.Eof):
-            if self._stream_for(fr.stream_id) is not None:
-                events.append(EofReceived(fr.stream_id, fr.offset))
-        elif isinstance(fr, F.Reset):
-            if self._stream_for(fr.stream_id) is not None:
-                self._drop(fr.stream_id)
-                events.append(StreamReset(fr.stream_id, fr.code, fr.reason))
-        elif isinstance(fr, F.Ping):
-            self._queue(F.encode(F.Pong(fr.opaque)))
-        elif isinstance(fr, F.Pong):
-            seq = int.from_bytes(fr.opaque, "big")
-            sent = self._ping.sent_at.pop(seq, None)
-            if sent is not None:
-                events.append(PongReceived(now - sent, seq))
-        elif isinstance(fr, F.GoAway):
-            self._on_goaway(fr, events)
-        else:  # a second HELLO
-            raise LinkProtocolError("unexpected HELLO")
+            return
+        _CONTROL[type(fr)](self, fr, now, events)
+
+    def _on_hello(self, fr: F.Frame, events: list[Event]) -> None:
+        if not isinstance(fr, F.Hello):
+            raise LinkProtocolError(f"expected HELLO first, got {type(fr).__name__}")
+        if fr.version != F.VERSION:
+            raise LinkProtocolError(f"unsupported link version {fr.version}")
+        if fr.max_payload < 1024 + 8:
+            raise LinkProtocolError("peer max_payload too small")
+        self._hello_received = True
+        self._peer_max_payload = min(fr.max_payload - 8, self.config.max_payload)
+        events.extend(CreditAvailable(sid) for sid, s in self._streams.items() if s.send_credit)
+
+    def _on_window(self, fr: F.Window, now: float, events: list[Event]) -> None:
+        ws = self._stream_for(fr.stream_id)
+        if ws is None:
+            return
+        if ws.send_credit + fr.increment > F.MAX_WINDOW_INCREMENT:
+            raise LinkProtocolError(f"stream {fr.stream_id}: credit overflow")
+        ws.send_credit += fr.increment
+        events.append(CreditAvailable(fr.stream_id))
+
+    def _on_ack(self, fr: F.Ack, now: float, events: list[Event]) -> None:
+        if self._stream_for(fr.stream_id) is not None:
+            events.append(AckReceived(fr.stream_id, fr.offset, fr.fin))
+
+    def _on_eof(self, fr: F.Eof, now: float, events: list[Event]) -> None:
+        if self._stream_for(fr.stream_id) is not None:
+            events.append(EofReceived(fr.stream_id, fr.offset))
+
+    def _on_reset(self, fr: F.Reset, now: float, events: list[Event]) -> None:
+        if self._stream_for(fr.stream_id) is not None:
+            self._drop(fr.stream_id)
+            events.append(StreamReset(fr.stream_id, fr.code, fr.reason))
+
+    def _on_ping(self, fr: F.Ping, now: float, events: list[Event]) -> None:
+        self._queue(F.encode(F.Pong(fr.opaque)))
+
+    def _on_pong(self, fr: F.Pong, now: float, events: list[Event]) -> None:
+        seq = int.from_bytes(fr.opaque, "big")
+        sent = self._ping.sent_at.pop(seq, None)
+        if sent is not None:
+            events.append(PongReceived(now - sent, seq))
+
+    def _on_second_hello(self, fr: F.Hello, now: float, events: list[Event]) -> None:
+        raise LinkProtocolError("unexpected HELLO")
 
     def _stream_for(self, sid: int) -> _Stream | None:
         st = self._streams.get(sid)
@@ -448,7 +419,7 @@ class Mux:
             raise LinkProtocolError(f"frame for stream {sid}, which was never opened")
         return None
 
-    def _on_open(self, fr: F.Open, events: list[Event]) -> None:
+    def _on_open(self, fr: F.Open, now: float, events: list[Event]) -> None:
         sid = fr.stream_id
         if self._is_local(sid):
             raise LinkProtocolError(f"peer opened stream {sid} with our parity")
@@ -469,7 +440,7 @@ class Mux:
             StreamOpened(sid, fr.session_id, fr.recv_offset, fr.header, fr.resume, fr.continues)
         )
 
-    def _on_goaway(self, fr: F.GoAway, events: list[Event]) -> None:
+    def _on_goaway(self, fr: F.GoAway, now: float, events: list[Event]) -> None:
         first = self.goaway_received is None
         self.goaway_received = fr.last_stream_id
         events.append(GoAwayReceived(fr.last_stream_id, fr.code, fr.reason))
@@ -477,3 +448,17 @@ class Mux:
             for sid in [s for s in self._streams if self._is_local(s) and s > fr.last_stream_id]:
                 self._drop(sid)
                 events.append(StreamReset(sid, ErrorCode.REFUSED, "peer is draining"))
+
+
+# control frames (after the HELLO), by type; DATA is handled inline in Mux._handle
+_CONTROL: dict[type, Callable[[Mux, Any, float, list[Event]], None]] = {
+    F.Open: Mux._on_open,
+    F.Window: Mux._on_window,
+    F.Ack: Mux._on_ack,
+    F.Eof: Mux._on_eof,
+    F.Reset: Mux._on_reset,
+    F.Ping: Mux._on_ping,
+    F.Pong: Mux._on_pong,
+    F.GoAway: Mux._on_goaway,
+    F.Hello: Mux._on_second_hello,
+}

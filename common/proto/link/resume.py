@@ -34,18 +34,24 @@ paused keeps running; if those bytes are then needed the stream ends with GAP.
 from __future__ import annotations
 
 from collections import deque
-from typing import Literal
+from typing import ClassVar, Literal
+
+from common.proto.link.frames import ErrorCode
 
 Overflow = Literal["block", "discard"]
 Chunk = bytes | bytearray | memoryview
 
 
 class ResumeError(Exception):
-    """Base for session failures; the stream must be reset."""
+    """Base for session failures; the stream must be reset with ``code``."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.PROTOCOL
 
 
 class GapError(ResumeError):
     """Bytes the peer still needs were discarded from the replay buffer."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.GAP
 
 
 class ResumeProtocolError(ResumeError):

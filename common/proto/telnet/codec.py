@@ -41,6 +41,7 @@ parser for Data/Command/Negotiate/Subnegotiation).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -126,6 +127,28 @@ class ProtocolError:
 Event = Data | Command | Negotiate | Subnegotiation | ProtocolError
 
 # --- Parser -----------------------------------------------------------------
+# States. The transition table (IAC-x below means "IAC followed by x"):
+#
+#   DATA     --IAC IAC-------> DATA      (one 0xFF data byte)
+#   DATA     --IAC-----------> IAC
+#   IAC      --IAC-----------> DATA      (the doubled 0xFF split across chunks)
+#   IAC      --WILL..DONT----> NEG       --option--> DATA      (Negotiate)
+#   IAC      --SB------------> SB_OPT    --option--> SB
+#   IAC      --any other-----> DATA      (Command)
+#   SB       --IAC-----------> SB_IAC
+#   SB       --too long------> SKIP      (ProtocolError)
+#   SB_IAC   --IAC-----------> SB        (one 0xFF payload byte; SKIP if too long)
+#   SB_IAC   --SE------------> DATA      (Subnegotiation)
+#   SB_IAC   --any other x---> IAC       (ProtocolError; x is then read as IAC x)
+#   SKIP     --IAC-----------> SKIP_IAC  --SE--> DATA, --other--> SKIP
+#
+# DATA is handled inline in the parse loop (it is the hot state: runs of plain
+# bytes are found with ``bytes.find``, never looped over). Every other state has
+# one handler in ``_HANDLERS``: it consumes at least one byte (SB_IAC on a stray
+# command consumes none but moves to IAC, which does) and returns ``(next
+# position, next state)``. When the next state's byte is already in the chunk, a
+# handler calls the next handler itself, so a whole command costs one trip
+# through the loop; the loop dispatches only where a chunk ended mid-command.
 _DATA: Final = 0  # plain data
 _IAC: Final = 1  # seen IAC
 _NEG: Final = 2  # seen IAC WILL/WONT/DO/DONT, waiting for the option
@@ -134,6 +157,15 @@ _SB: Final = 4  # inside a subnegotiation payload
 _SB_IAC: Final = 5  # seen IAC inside a subnegotiation
 _SKIP: Final = 6  # discarding an over-long subnegotiation
 _SKIP_IAC: Final = 7  # seen IAC while discarding
+
+_IN_SUBNEGOTIATION: Final = frozenset({_SB_OPT, _SB, _SB_IAC, _SKIP, _SKIP_IAC})
+
+
+def _flush(events: list[Event], pieces: list[bytes]) -> None:
+    """Merge the data pieces collected so far into one ``Data`` event."""
+    if pieces:
+        events.append(Data(b"".join(pieces)))
+        pieces.clear()
 
 
 class TelnetParser:
@@ -157,14 +189,13 @@ class TelnetParser:
 
     @property
     def in_subnegotiation(self) -> bool:
-        return self._state in (_SB_OPT, _SB, _SB_IAC, _SKIP, _SKIP_IAC)
+        return self._state in _IN_SUBNEGOTIATION
 
-    def feed(self, data: bytes) -> list[Event]:  # noqa: C901
+    def feed(self, data: bytes) -> list[Event]:
         """Parse one chunk; return the events it completes, in stream order."""
         if type(data) is not bytes:
             data = bytes(data)
-        state = self._state
-        if state == _DATA:
+        if self._state == _DATA:
             # Fast paths, all in C: no IAC at all (console text: the chunk itself,
             # no copy), or every IAC is one half of a doubled 0xFF (split + join).
             if _IAC_B not in data:
@@ -174,129 +205,141 @@ class TelnetParser:
             parts = data.split(_IAC_B)
             if len(parts) & 1 and not any(parts[1::2]):
                 return [Data(_IAC_B.join(parts[::2]))]
+        return self._parse(data)
 
+    def _parse(self, data: bytes) -> list[Event]:
+        """The general case: plain runs found with ``bytes.find``, the rest by state."""
         events: list[Event] = []
         pieces: list[bytes] = []
+        handlers = _HANDLERS
+        on_iac = TelnetParser._on_iac
+        state = self._state
         n = len(data)
         pos = 0
         find = data.find
-
         while pos < n:
-            if state == _DATA:
-                i = find(_IAC_B, pos)
-                if i < 0:
-                    pieces.append(data[pos:])
-                    break
-                if i + 1 < n and data[i + 1] == IAC:  # doubled 0xFF: one data byte
-                    pieces.append(data[pos : i + 1])
-                    pos = i + 2
-                    continue
+            if state != _DATA:
+                pos, state = handlers[state](self, data, pos, events, pieces)
+                continue
+            i = find(_IAC_B, pos)
+            if i < 0:
+                pieces.append(data[pos:])
+                break
+            if i + 1 == n:  # IAC ends the chunk: its command comes with the next one
                 if i > pos:
                     pieces.append(data[pos:i])
-                pos = i + 1
                 state = _IAC
-            elif state == _IAC:
-                b = data[pos]
-                pos += 1
-                if b == IAC:
-                    pieces.append(_IAC_B)
-                    state = _DATA
-                elif b in VERBS:
-                    self._verb = b
-                    state = _NEG
-                elif b == SB:
-                    state = _SB_OPT
-                else:
-                    if pieces:
-                        events.append(Data(b"".join(pieces)))
-                        pieces = []
-                    events.append(Command(b))
-                    state = _DATA
-            elif state == _NEG:
-                if pieces:
-                    events.append(Data(b"".join(pieces)))
-                    pieces = []
-                events.append(Negotiate(self._verb, data[pos]))
-                pos += 1
-                state = _DATA
-            elif state == _SB_OPT:
-                self._sb_opt = data[pos]
-                pos += 1
-                state = _SB
-            elif state == _SB:
-                i = find(_IAC_B, pos)
-                end = n if i < 0 else i
-                buf = self._sb_buf
-                if len(buf) + (end - pos) > self._max_sb:
-                    if pieces:
-                        events.append(Data(b"".join(pieces)))
-                        pieces = []
-                    events.append(
-                        ProtocolError(
-                            f"subnegotiation of option {self._sb_opt} longer than "
-                            f"{self._max_sb} bytes"
-                        )
-                    )
-                    self._sb_buf = bytearray()
-                    state = _SKIP
-                    continue
-                buf += data[pos:end]
-                if i < 0:
-                    break
-                pos = i + 1
-                state = _SB_IAC
-            elif state == _SB_IAC:
-                b = data[pos]
-                if b == IAC:
-                    pos += 1
-                    if len(self._sb_buf) + 1 > self._max_sb:
-                        if pieces:
-                            events.append(Data(b"".join(pieces)))
-                            pieces = []
-                        events.append(
-                            ProtocolError(
-                                f"subnegotiation of option {self._sb_opt} longer than "
-                                f"{self._max_sb} bytes"
-                            )
-                        )
-                        self._sb_buf = bytearray()
-                        state = _SKIP
-                    else:
-                        self._sb_buf.append(IAC)
-                        state = _SB
-                elif b == SE:
-                    pos += 1
-                    if pieces:
-                        events.append(Data(b"".join(pieces)))
-                        pieces = []
-                    events.append(Subnegotiation(self._sb_opt, bytes(self._sb_buf)))
-                    self._sb_buf = bytearray()
-                    state = _DATA
-                else:
-                    # IAC x inside SB: drop the SB, then treat IAC x as a command.
-                    if pieces:
-                        events.append(Data(b"".join(pieces)))
-                        pieces = []
-                    events.append(
-                        ProtocolError(f"IAC {b} inside subnegotiation of option {self._sb_opt}")
-                    )
-                    self._sb_buf = bytearray()
-                    state = _IAC  # b is handled there, pos not advanced
-            elif state == _SKIP:
-                i = find(_IAC_B, pos)
-                if i < 0:
-                    break
-                pos = i + 1
-                state = _SKIP_IAC
-            else:  # _SKIP_IAC
-                b = data[pos]
-                pos += 1
-                state = _DATA if b == SE else _SKIP
-
+                break
+            if data[i + 1] == IAC:  # doubled 0xFF: one data byte
+                pieces.append(data[pos : i + 1])
+                pos = i + 2
+                continue
+            if i > pos:
+                pieces.append(data[pos:i])
+            pos, state = on_iac(self, data, i + 1, events, pieces)
         self._state = state
+        _flush(events, pieces)
+        return events
+
+    # --- one handler per state but DATA: (data, pos) -> (next pos, next state) ---
+    # (_on_iac and _on_neg flush the data pieces inline: they run once per command.)
+    def _on_iac(self, data: bytes, pos: int, events: list[Event], pieces: list[bytes]) -> _Step:
+        b = data[pos]
+        pos += 1
+        if b == IAC:
+            pieces.append(_IAC_B)
+            return pos, _DATA
+        if b in VERBS:
+            self._verb = b
+            return self._on_neg(data, pos, events, pieces) if pos < len(data) else (pos, _NEG)
+        if b == SB:
+            return self._on_sb_opt(data, pos, events, pieces) if pos < len(data) else (pos, _SB_OPT)
         if pieces:
             events.append(Data(b"".join(pieces)))
-        return events
+            pieces.clear()
+        events.append(Command(b))
+        return pos, _DATA
+
+    def _on_neg(self, data: bytes, pos: int, events: list[Event], pieces: list[bytes]) -> _Step:
+        if pieces:
+            events.append(Data(b"".join(pieces)))
+            pieces.clear()
+        events.append(Negotiate(self._verb, data[pos]))
+        return pos + 1, _DATA
+
+    def _on_sb_opt(self, data: bytes, pos: int, events: list[Event], pieces: list[bytes]) -> _Step:
+        self._sb_opt = data[pos]
+        return self._on_sb(data, pos + 1, events, pieces)
+
+    def _on_sb(self, data: bytes, pos: int, events: list[Event], pieces: list[bytes]) -> _Step:
+        """Payload up to the next IAC, repeatedly while it is a doubled 0xFF."""
+        n = len(data)
+        find = data.find
+        while True:
+            i = find(_IAC_B, pos)
+            end = n if i < 0 else i
+            if len(self._sb_buf) + (end - pos) > self._max_sb:
+                self._too_long(events, pieces)
+                return pos, _SKIP
+            self._sb_buf += data[pos:end]
+            if i < 0 or i + 1 == n:
+                return n, (_SB if i < 0 else _SB_IAC)
+            pos, state = self._on_sb_iac(data, i + 1, events, pieces)
+            if state != _SB:
+                return pos, state
+
+    def _on_sb_iac(self, data: bytes, pos: int, events: list[Event], pieces: list[bytes]) -> _Step:
+        b = data[pos]
+        if b == IAC:
+            if len(self._sb_buf) + 1 > self._max_sb:
+                self._too_long(events, pieces)
+                return pos + 1, _SKIP
+            self._sb_buf.append(IAC)
+            return pos + 1, _SB
+        _flush(events, pieces)
+        if b == SE:
+            events.append(Subnegotiation(self._sb_opt, bytes(self._sb_buf)))
+            self._sb_buf = bytearray()
+            return pos + 1, _DATA
+        # IAC x inside SB: drop the SB, then treat IAC x as a command.
+        events.append(ProtocolError(f"IAC {b} inside subnegotiation of option {self._sb_opt}"))
+        self._sb_buf = bytearray()
+        return pos, _IAC  # b is handled there, pos not advanced
+
+    def _on_skip(self, data: bytes, pos: int, events: list[Event], pieces: list[bytes]) -> _Step:
+        i = data.find(_IAC_B, pos)
+        if i < 0:
+            return len(data), _SKIP
+        return i + 1, _SKIP_IAC
+
+    def _on_skip_iac(
+        self, data: bytes, pos: int, events: list[Event], pieces: list[bytes]
+    ) -> _Step:
+        return pos + 1, (_DATA if data[pos] == SE else _SKIP)
+
+    def _too_long(self, events: list[Event], pieces: list[bytes]) -> None:
+        _flush(events, pieces)
+        events.append(
+            ProtocolError(
+                f"subnegotiation of option {self._sb_opt} longer than {self._max_sb} bytes"
+            )
+        )
+        self._sb_buf = bytearray()
+
+
+_Step = tuple[int, int]
+_Handler = Callable[[TelnetParser, bytes, int, list[Event], list[bytes]], _Step]
+
+#: The handler of every state but DATA (which is inline in ``_parse``).
+_HANDLERS: Final[dict[int, _Handler]] = {
+    _IAC: TelnetParser._on_iac,
+    _NEG: TelnetParser._on_neg,
+    _SB_OPT: TelnetParser._on_sb_opt,
+    _SB: TelnetParser._on_sb,
+    _SB_IAC: TelnetParser._on_sb_iac,
+    _SKIP: TelnetParser._on_skip,
+    _SKIP_IAC: TelnetParser._on_skip_iac,
+}
 
 
 # --- Encoder ----------------------------------------------------------------

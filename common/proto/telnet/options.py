@@ -140,70 +140,71 @@ class OptionNegotiator:
         return out
 
     # --- the peer's messages ---------------------------------------------------
-    def receive(self, event: Negotiate) -> tuple[bytes, list[OptionChange]]:  # noqa: C901
+    def receive(self, event: Negotiate) -> tuple[bytes, list[OptionChange]]:
         """Handle the peer's WILL/WONT/DO/DONT; return (reply bytes, changes)."""
         verb, option = event.verb, event.option
-        if verb in (WILL, WONT):
-            side: Side = "remote"
-            table = self._remote
-            accept = option in self.accept_remote
-            yes_verb, no_verb = DO, DONT
-        elif verb in (DO, DONT):
-            side = "local"
-            table = self._local
-            accept = option in self.accept_local
-            yes_verb, no_verb = WILL, WONT
-        else:
+        meaning = _PEER_SAYS.get(verb)
+        if meaning is None:
             raise ValueError(f"not a negotiation verb: {verb}")
+        side, peer_yes = meaning
+        table = self._local if side == "local" else self._remote
         v = table.get(option)
         if v is None:
-            if verb in (WONT, DONT):
+            if not peer_yes:
                 return b"", []  # NO and peer says no: nothing to do, nothing stored
             v = 0
-        s, queue = v & 3, bool(v & _QUEUE_BIT)
-        before = s == YES
-        reply = b""
-        if verb in (WILL, DO):  # peer wants it on
-            if s == NO:
-                if accept:
-                    s = YES
-                    reply = negotiate(yes_verb, option)
-                else:
-                    reply = negotiate(no_verb, option)
-            elif s == WANTNO:
-                # Error: our "no" answered by "yes".
-                if queue == _EMPTY:
-                    s = NO
-                else:
-                    s = YES
-                    queue = _EMPTY
-            elif s == WANTYES:
-                if queue == _EMPTY:
-                    s = YES
-                else:
-                    s = WANTNO
-                    queue = _EMPTY
-                    reply = negotiate(no_verb, option)
-            # YES: already on, ignore (no re-acknowledging)
-        else:  # peer says off
-            if s == YES:
-                s = NO
-                reply = negotiate(no_verb, option)
-            elif s == WANTNO:
-                if queue == _EMPTY:
-                    s = NO
-                else:
-                    s = WANTYES
-                    queue = _EMPTY
-                    reply = negotiate(yes_verb, option)
-            elif s == WANTYES:
-                s = NO
-                queue = _EMPTY
-            # NO: ignore
-        after = s == YES
-        if s == NO and queue == _EMPTY:
-            table.pop(option, None)  # keep memory proportional to options in use
+        send: int | None
+        if peer_yes and v & 3 == NO:  # the peer proposes: the policy decides
+            accept = self.accept_local if side == "local" else self.accept_remote
+            after, send = (v | YES, _SEND_YES) if option in accept else (v, _SEND_NO)
         else:
-            table[option] = _pack(s, queue)
-        changes = [OptionChange(side, option, after)] if before != after else []
-        return reply, changes
+            after, send = (_ON_PEER_YES if peer_yes else _ON_PEER_NO)[v]
+        if after == NO:  # NO and EMPTY: keep memory proportional to options in use
+            table.pop(option, None)
+        else:
+            table[option] = after
+        reply = b"" if send is None else negotiate(_VERBS_OF[side][send], option)
+        enabled = after & 3 == YES
+        if (v & 3 == YES) == enabled:
+            return reply, []
+        return reply, [OptionChange(side, option, enabled)]
+
+
+# What the peer's verb is about: (side, whether the peer says "yes").
+_PEER_SAYS: Final[dict[int, tuple[Side, bool]]] = {
+    WILL: ("remote", True),
+    WONT: ("remote", False),
+    DO: ("local", True),
+    DONT: ("local", False),
+}
+
+# Our verbs for each side, indexed by _SEND_YES / _SEND_NO.
+_VERBS_OF: Final[dict[Side, tuple[int, int]]] = {"local": (WILL, WONT), "remote": (DO, DONT)}
+_SEND_YES: Final = 0
+_SEND_NO: Final = 1
+
+_Q: Final = _QUEUE_BIT
+_Transition = tuple[int, int | None]  # (packed state after, what to send: _SEND_* or None)
+
+# RFC 1143, the peer's "yes" (WILL/DO), by packed state (state | queue bit). NO is
+# not here: the peer proposes and ``accept_*`` decides (see receive).
+_ON_PEER_YES: Final[dict[int, _Transition]] = {
+    YES: (YES, None),  # already on: ignore (no re-acknowledging)
+    YES | _Q: (YES | _Q, None),
+    WANTNO: (NO, None),  # error: our "no" answered by "yes"
+    WANTNO | _Q: (YES, None),
+    WANTYES: (YES, None),
+    WANTYES | _Q: (WANTNO, _SEND_NO),
+}
+
+# RFC 1143, the peer's "no" (WONT/DONT), by packed state.
+_ON_PEER_NO: Final[dict[int, _Transition]] = {
+    NO: (NO, None),  # already off: ignore
+    NO | _Q: (NO | _Q, None),
+    YES: (NO, _SEND_NO),
+    YES | _Q: (NO | _Q, _SEND_NO),
+    WANTNO: (NO, None),
+    WANTNO | _Q: (WANTYES, _SEND_YES),
+    WANTYES: (NO, None),
+    WANTYES | _Q: (NO, None),
+}

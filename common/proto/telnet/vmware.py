@@ -24,6 +24,7 @@ Notes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -53,33 +54,6 @@ GET_VM_BIOS_UUID: Final = 85
 VM_LOCATION_UUID: Final = 86
 GET_VM_LOCATION_UUID: Final = 87
 
-ALL_COMMANDS: Final = frozenset(
-    {
-        KNOWN_SUBOPTIONS_1,
-        KNOWN_SUBOPTIONS_2,
-        UNKNOWN_SUBOPTION_RCVD_1,
-        UNKNOWN_SUBOPTION_RCVD_2,
-        VMOTION_BEGIN,
-        VMOTION_GOAHEAD,
-        VMOTION_NOTNOW,
-        VMOTION_PEER,
-        VMOTION_PEER_OK,
-        VMOTION_COMPLETE,
-        VMOTION_ABORT,
-        DO_PROXY,
-        WILL_PROXY,
-        WONT_PROXY,
-        VM_VC_UUID,
-        GET_VM_VC_UUID,
-        VM_NAME,
-        GET_VM_NAME,
-        VM_BIOS_UUID,
-        GET_VM_BIOS_UUID,
-        VM_LOCATION_UUID,
-        GET_VM_LOCATION_UUID,
-    }
-)
-
 NAMES: Final = {
     KNOWN_SUBOPTIONS_1: "KNOWN-SUBOPTIONS-1",
     KNOWN_SUBOPTIONS_2: "KNOWN-SUBOPTIONS-2",
@@ -104,6 +78,8 @@ NAMES: Final = {
     VM_LOCATION_UUID: "VM-LOCATION-UUID",
     GET_VM_LOCATION_UUID: "GET-VM-LOCATION-UUID",
 }
+
+ALL_COMMANDS: Final = frozenset(NAMES)
 
 
 class MalformedCommand(ValueError):
@@ -271,63 +247,106 @@ def _text(b: bytes) -> str:
     return b.decode("utf-8", errors="replace")
 
 
-def decode(payload: bytes) -> VmwareCommand:  # noqa: C901
+# --- the code <-> command tables ----------------------------------------------
+# Commands whose argument is the rest of the payload as bytes, as text, or none
+# (a payload after a command without an argument is ignored).
+_BytesArg = VMotionBegin | VMotionNotNow | VMotionPeer | VMotionPeerOk | VMotionComplete
+_TextArg = VmVcUuid | VmName | VmBiosUuid | VmLocationUuid
+_NoArg = (
+    VMotionAbort
+    | WillProxy
+    | WontProxy
+    | GetVmVcUuid
+    | GetVmName
+    | GetVmBiosUuid
+    | GetVmLocationUuid
+)
+
+_BYTES_ARG: Final[dict[int, type[_BytesArg]]] = {
+    VMOTION_BEGIN: VMotionBegin,
+    VMOTION_NOTNOW: VMotionNotNow,
+    VMOTION_PEER: VMotionPeer,
+    VMOTION_PEER_OK: VMotionPeerOk,
+    VMOTION_COMPLETE: VMotionComplete,
+}
+_TEXT_ARG: Final[dict[int, type[_TextArg]]] = {
+    VM_VC_UUID: VmVcUuid,
+    VM_NAME: VmName,
+    VM_BIOS_UUID: VmBiosUuid,
+    VM_LOCATION_UUID: VmLocationUuid,
+}
+_NO_ARG: Final[dict[int, type[_NoArg]]] = {
+    VMOTION_ABORT: VMotionAbort,
+    WILL_PROXY: WillProxy,
+    WONT_PROXY: WontProxy,
+    GET_VM_VC_UUID: GetVmVcUuid,
+    GET_VM_NAME: GetVmName,
+    GET_VM_BIOS_UUID: GetVmBiosUuid,
+    GET_VM_LOCATION_UUID: GetVmLocationUuid,
+}
+
+
+def _decode_known(code: int, arg: bytes) -> VmwareCommand:
+    return KnownSuboptions(tuple(arg), proxy=code == KNOWN_SUBOPTIONS_2)
+
+
+def _decode_unknown_rcvd(code: int, arg: bytes) -> VmwareCommand:
+    if len(arg) < 1:
+        raise MalformedCommand(f"{NAMES[code]} without a code")
+    return UnknownSuboptionRcvd(arg[0], proxy=code == UNKNOWN_SUBOPTION_RCVD_2)
+
+
+def _decode_goahead(code: int, arg: bytes) -> VmwareCommand:
+    return VMotionGoahead(arg, b"")  # no delimiter: the whole cookie goes in seq
+
+
+def _decode_do_proxy(code: int, arg: bytes) -> VmwareCommand:
+    direction = arg[:1]
+    if direction == b"S":
+        return DoProxy("S", _text(arg[1:]))
+    if direction == b"C":
+        return DoProxy("C", _text(arg[1:]))
+    raise MalformedCommand(f"DO-PROXY with bad direction {direction!r}")
+
+
+# Commands with an argument of their own shape: code -> decoder(code, arg).
+_SHAPED: Final[dict[int, Callable[[int, bytes], VmwareCommand]]] = {
+    KNOWN_SUBOPTIONS_1: _decode_known,
+    KNOWN_SUBOPTIONS_2: _decode_known,
+    UNKNOWN_SUBOPTION_RCVD_1: _decode_unknown_rcvd,
+    UNKNOWN_SUBOPTION_RCVD_2: _decode_unknown_rcvd,
+    VMOTION_GOAHEAD: _decode_goahead,
+    DO_PROXY: _decode_do_proxy,
+}
+
+# The code of every command whose class alone says its code.
+_CODE_OF: Final[dict[type, int]] = {
+    **{cls: code for code, cls in _BYTES_ARG.items()},
+    **{cls: code for code, cls in _TEXT_ARG.items()},
+    **{cls: code for code, cls in _NO_ARG.items()},
+    VMotionGoahead: VMOTION_GOAHEAD,
+    DoProxy: DO_PROXY,
+}
+
+
+def decode(payload: bytes) -> VmwareCommand:
     """Decode an un-doubled option-232 subnegotiation payload (``<cmd> <args>``)."""
     if not payload:
         raise MalformedCommand("empty option-232 subnegotiation")
     code = payload[0]
     arg = payload[1:]
-    if code == KNOWN_SUBOPTIONS_1 or code == KNOWN_SUBOPTIONS_2:
-        return KnownSuboptions(tuple(arg), proxy=code == KNOWN_SUBOPTIONS_2)
-    if code == UNKNOWN_SUBOPTION_RCVD_1 or code == UNKNOWN_SUBOPTION_RCVD_2:
-        if len(arg) < 1:
-            raise MalformedCommand(f"{NAMES[code]} without a code")
-        return UnknownSuboptionRcvd(arg[0], proxy=code == UNKNOWN_SUBOPTION_RCVD_2)
-    if code == VMOTION_BEGIN:
-        return VMotionBegin(arg)
-    if code == VMOTION_GOAHEAD:
-        return VMotionGoahead(arg, b"")
-    if code == VMOTION_NOTNOW:
-        return VMotionNotNow(arg)
-    if code == VMOTION_PEER:
-        return VMotionPeer(arg)
-    if code == VMOTION_PEER_OK:
-        return VMotionPeerOk(arg)
-    if code == VMOTION_COMPLETE:
-        return VMotionComplete(arg)
-    if code == VMOTION_ABORT:
-        return VMotionAbort()
-    if code == DO_PROXY:
-        direction = arg[:1]
-        if direction == b"S":
-            return DoProxy("S", _text(arg[1:]))
-        if direction == b"C":
-            return DoProxy("C", _text(arg[1:]))
-        raise MalformedCommand(f"DO-PROXY with bad direction {direction!r}")
-    if code == WILL_PROXY:
-        return WillProxy()
-    if code == WONT_PROXY:
-        return WontProxy()
-    if code == VM_VC_UUID:
-        return VmVcUuid(_text(arg))
-    if code == GET_VM_VC_UUID:
-        return GetVmVcUuid()
-    if code == VM_NAME:
-        return VmName(_text(arg))
-    if code == GET_VM_NAME:
-        return GetVmName()
-    if code == VM_BIOS_UUID:
-        return VmBiosUuid(_text(arg))
-    if code == GET_VM_BIOS_UUID:
-        return GetVmBiosUuid()
-    if code == VM_LOCATION_UUID:
-        return VmLocationUuid(_text(arg))
-    if code == GET_VM_LOCATION_UUID:
-        return GetVmLocationUuid()
+    if code in _BYTES_ARG:
+        return _BYTES_ARG[code](arg)
+    if code in _TEXT_ARG:
+        return _TEXT_ARG[code](_text(arg))
+    if code in _NO_ARG:
+        return _NO_ARG[code]()
+    if code in _SHAPED:
+        return _SHAPED[code](code, arg)
     return Unknown(code, arg)
 
 
-def encode_payload(cmd: VmwareCommand) -> bytes:  # noqa: C901
+def encode_payload(cmd: VmwareCommand) -> bytes:
     """``<cmd> <args>`` un-doubled (what :func:`decode` takes)."""
     if isinstance(cmd, KnownSuboptions):
         code = KNOWN_SUBOPTIONS_2 if cmd.proxy else KNOWN_SUBOPTIONS_1
@@ -335,45 +354,28 @@ def encode_payload(cmd: VmwareCommand) -> bytes:  # noqa: C901
     if isinstance(cmd, UnknownSuboptionRcvd):
         code = UNKNOWN_SUBOPTION_RCVD_2 if cmd.proxy else UNKNOWN_SUBOPTION_RCVD_1
         return bytes((code, cmd.code))
-    if isinstance(cmd, VMotionBegin):
-        return bytes((VMOTION_BEGIN,)) + cmd.seq
+    if isinstance(cmd, Unknown):
+        return bytes((cmd.code,)) + cmd.payload
+    return bytes((_CODE_OF[type(cmd)],)) + _argument(cmd)
+
+
+def _argument(cmd: VmwareCommand) -> bytes:
+    """The argument of a command whose class says its code (``b""`` if none)."""
+    if isinstance(cmd, VMotionBegin | VMotionNotNow | VMotionPeerOk | VMotionComplete):
+        return cmd.seq
     if isinstance(cmd, VMotionGoahead):
-        return bytes((VMOTION_GOAHEAD,)) + cmd.seq + cmd.secret
-    if isinstance(cmd, VMotionNotNow):
-        return bytes((VMOTION_NOTNOW,)) + cmd.seq
+        return cmd.seq + cmd.secret
     if isinstance(cmd, VMotionPeer):
-        return bytes((VMOTION_PEER,)) + cmd.cookie
-    if isinstance(cmd, VMotionPeerOk):
-        return bytes((VMOTION_PEER_OK,)) + cmd.seq
-    if isinstance(cmd, VMotionComplete):
-        return bytes((VMOTION_COMPLETE,)) + cmd.seq
-    if isinstance(cmd, VMotionAbort):
-        return bytes((VMOTION_ABORT,))
+        return cmd.cookie
+    if isinstance(cmd, VmVcUuid | VmBiosUuid | VmLocationUuid):
+        return cmd.uuid.encode()
+    if isinstance(cmd, VmName):
+        return cmd.name.encode()
     if isinstance(cmd, DoProxy):
         if cmd.direction not in ("S", "C"):
             raise ValueError(f"DO-PROXY direction must be 'S' or 'C', not {cmd.direction!r}")
-        return bytes((DO_PROXY,)) + cmd.direction.encode() + cmd.uri.encode()
-    if isinstance(cmd, WillProxy):
-        return bytes((WILL_PROXY,))
-    if isinstance(cmd, WontProxy):
-        return bytes((WONT_PROXY,))
-    if isinstance(cmd, VmVcUuid):
-        return bytes((VM_VC_UUID,)) + cmd.uuid.encode()
-    if isinstance(cmd, GetVmVcUuid):
-        return bytes((GET_VM_VC_UUID,))
-    if isinstance(cmd, VmName):
-        return bytes((VM_NAME,)) + cmd.name.encode()
-    if isinstance(cmd, GetVmName):
-        return bytes((GET_VM_NAME,))
-    if isinstance(cmd, VmBiosUuid):
-        return bytes((VM_BIOS_UUID,)) + cmd.uuid.encode()
-    if isinstance(cmd, GetVmBiosUuid):
-        return bytes((GET_VM_BIOS_UUID,))
-    if isinstance(cmd, VmLocationUuid):
-        return bytes((VM_LOCATION_UUID,)) + cmd.uuid.encode()
-    if isinstance(cmd, GetVmLocationUuid):
-        return bytes((GET_VM_LOCATION_UUID,))
-    return bytes((cmd.code,)) + cmd.payload
+        return cmd.direction.encode() + cmd.uri.encode()
+    return b""
 
 
 def encode(cmd: VmwareCommand) -> bytes:
