@@ -11,7 +11,10 @@ Task layout (outer to inner)::
   egresses apply to new streams. No live stream is touched. A config error keeps
   the running config.
 * ``terminate()`` (SIGTERM): stop accepting, give live streams ``timeouts.drain``
-  seconds to finish, then cut what is left.
+  seconds to finish, then cut what is left (``common.ops.lifecycle``).
+
+A stream's egress, pump and outcome are ``relay.carry``; the listeners, kept or
+restarted through ``common.ops.reconcile``, are ``relay.listeners``.
 """
 
 from __future__ import annotations
