@@ -9,7 +9,8 @@ draining -> stopped.
 * reload: ``RELOADING=1`` ... ``READY=1`` around applying the new config
   (``reloading``; what to apply is ``common.ops.reconcile``).
 
-The relay and the vSPC both run on it; the guest agent only stops.
+The relay and the vSPC both run on it; the guest agent only stops
+(``common.ops.daemon.stop_signal``).
 """
 
 from __future__ import annotations
