@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 
 import trio
 
 from common.ops import config as config_mod
+from common.ops.daemon import stop_signal
 from common.ops.logs import setup as setup_logging
 from guestagent.config import AgentConfig
 
@@ -28,11 +28,8 @@ async def _main(cfg: AgentConfig) -> int:
         await n.start(agent.run)
 
         async def on_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
-                async for s in sigs:
-                    log.info("agent: %s, stopping", signal.Signals(s).name)
-                    n.cancel_scope.cancel()
-                    return
+            log.info("agent: %s, stopping", (await stop_signal()).name)
+            n.cancel_scope.cancel()
 
         n.start_soon(on_signals)
         if cfg.agent.exit_when_done:

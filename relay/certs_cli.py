@@ -37,67 +37,74 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+_SHOWN = (
+    "subject",
+    "issuer",
+    "identities",
+    "key",
+    "ca",
+    "not_before",
+    "not_after",
+    "status",
+    "serial",
+    "sha256",
+)
+
+
 def run(args: argparse.Namespace) -> int:
+    actions = {"init": _init, "issue": _issue, "show": _show}
+    action = actions.get(args.certs_command)
+    if action is None:
+        return 2
     try:
-        if args.certs_command == "init":
-            if args.days <= 0:
-                raise certs.CertError("--days must be positive")
-            res = certs.init_ca(
-                args.dir, name=args.name, key_type=args.key_type, days=args.days, force=args.force
-            )
-            print(
-                f"CA written: {res.cert_path} (key {res.key_path}, "
-                f"expires {res.not_after:%Y-%m-%d})"
-            )
-            return 0
-        if args.certs_command == "issue":
-            if args.days <= 0:
-                raise certs.CertError("--days must be positive")
-            kind, name = ("host", args.host) if args.host else ("appliance", args.appliance)
-            res = certs.issue(
-                args.dir,
-                kind,
-                name,
-                out_dir=args.out_dir,
-                key_type=args.key_type,
-                days=args.days,
-                dns_names=tuple(args.dns),
-                force=args.force,
-            )
-            print(
-                f"{res.identity}: {res.cert_path} (key {res.key_path}, "
-                f"expires {res.not_after:%Y-%m-%d})"
-            )
-            return 0
-        if args.certs_command == "show":
-            infos = []
-            for path in args.paths:
-                info = certs.describe(certs.load_cert(path))
-                info["path"] = str(path)
-                infos.append(info)
-            if args.json:
-                print(json.dumps(infos, indent=2))
-            else:
-                for info in infos:
-                    print(f"{info['path']}:")
-                    for k in (
-                        "subject",
-                        "issuer",
-                        "identities",
-                        "key",
-                        "ca",
-                        "not_before",
-                        "not_after",
-                        "status",
-                        "serial",
-                        "sha256",
-                    ):
-                        v = info[k]
-                        if isinstance(v, list):
-                            v = ", ".join(v) or "-"
-                        print(f"  {k:11} {v}")
-            return 1 if any(i["status"] != "valid" for i in infos) else 0
+        return action(args)
     except certs.CertError as e:
         print(f"vic certs: {e}", file=sys.stderr)
         return 1
-    return 2
+
+
+def _init(args: argparse.Namespace) -> int:
+    if args.days <= 0:
+        raise certs.CertError("--days must be positive")
+    res = certs.init_ca(
+        args.dir, name=args.name, key_type=args.key_type, days=args.days, force=args.force
+    )
+    print(f"CA written: {res.cert_path} (key {res.key_path}, expires {res.not_after:%Y-%m-%d})")
+    return 0
+
+
+def _issue(args: argparse.Namespace) -> int:
+    if args.days <= 0:
+        raise certs.CertError("--days must be positive")
+    kind, name = ("host", args.host) if args.host else ("appliance", args.appliance)
+    res = certs.issue(
+        args.dir,
+        kind,
+        name,
+        out_dir=args.out_dir,
+        key_type=args.key_type,
+        days=args.days,
+        dns_names=tuple(args.dns),
+        force=args.force,
+    )
+    print(f"{res.identity}: {res.cert_path} (key {res.key_path}, expires {res.not_after:%Y-%m-%d})")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    infos = []
+    for path in args.paths:
+        info = certs.describe(certs.load_cert(path))
+        info["path"] = str(path)
+        infos.append(info)
+    if args.json:
+        print(json.dumps(infos, indent=2))
+    else:
+        for info in infos:
+            print(f"{info['path']}:")
+            for k in _SHOWN:
+                v = info[k]
+                if isinstance(v, list):
+                    v = ", ".join(v) or "-"
+                print(f"  {k:11} {v}")
+    return 1 if any(i["status"] != "valid" for i in infos) else 0

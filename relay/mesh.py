@@ -47,6 +47,7 @@ from common.link.route import Router, open_transport
 from common.link.sessions import Accepted, SessionTable
 from common.link.vetting import vet_accepted
 from common.ops.config import ConfigError
+from common.ops.reconcile import diff, indexed, same_item, start_all
 from common.ops.wiretext import wire
 from common.proto.link.forwarded import encode_preamble
 from common.proto.link.header import (
@@ -59,6 +60,13 @@ from relay.pump import pump
 from relay.vsphere_route import follow_appliance
 
 log = logging.getLogger("relay.mesh")
+
+
+_SAME_TLS: Any = object()  # _apply_listens: the certificates did not change
+
+
+def _address(pl: PeerListen) -> str:
+    return pl.address
 
 
 # (accepted stream, its decoded origin header, name of the egress to use)
@@ -86,9 +94,9 @@ class Mesh:
         self.config = PeerConfig()
         self.routers: dict[str, Router] = {}
         self._tables: dict[str, SessionTable] = {}
-        self._listens: list[_ListenRun] = []
+        self._listens: dict[tuple[str, int], _ListenRun] = {}
         self._follows: dict[str, tuple[Any, trio.CancelScope]] = {}
-        self._admin: trio.CancelScope | None = None
+        self._admin: tuple[Any, trio.CancelScope] | None = None  # (path, its scope)
         self._nursery: trio.Nursery | None = None
         self._link_config = LinkConfig()
         self._forwarders: set[trio.abc.Stream] = set()
@@ -99,7 +107,7 @@ class Mesh:
         )
         self.links.labels("in").set_function(
             lambda: (
-                sum(len(x.server.links) for x in self._listens if x.server is not None)
+                sum(len(x.server.links) for x in self._listens.values() if x.server is not None)
                 + len(self._forwarders)
             )
         )
@@ -121,9 +129,9 @@ class Mesh:
             await trio.sleep_forever()
 
     def bound(self) -> list[Any]:
-        return [x.bound for x in self._listens]
+        return [x.bound for x in self._listens.values()]
 
-    async def apply(self, peer: PeerConfig | None) -> list[ConfigError]:  # noqa: C901
+    async def apply(self, peer: PeerConfig | None) -> list[ConfigError]:
         """Converge on ``peer`` (reload-safe); returns what could not start, each
         error naming its key."""
         assert self._nursery is not None
@@ -136,81 +144,97 @@ class Mesh:
         old, self.config = self.config, new
         self._link_config = new.link.link_config()
         files = new.tls.files() if new.tls is not None else None
-        errors: list[ConfigError] = []
-        # routes
-        for name, route in new.routes_runtime().items():
-            r = self.routers.get(name)
-            if r is None:
-                self.routers[name] = Router(
-                    route,
-                    self._nursery,
-                    tls_files=files,
-                    config=self._link_config,
-                    name=name,
-                    events=self.events,
-                )
-                continue
+        self._apply_routes(old, new, files)
+        errors = await self._apply_listens(new, files if old.tls != new.tls else _SAME_TLS)
+        errors += await self._apply_admin(new)
+        self._apply_follows(new)
+        return errors
+
+    def _apply_routes(self, old: PeerConfig, new: PeerConfig, files: Any) -> None:
+        """Routers are never restarted: a changed route re-points its router."""
+        assert self._nursery is not None
+        wanted = new.routes_runtime()
+        running = {name: r.route for name, r in self.routers.items()}
+        plan = diff(running, wanted, same=lambda *_: True)
+        for name in plan.keep:
+            r = self.routers[name]
             if old.tls != new.tls:
                 r.set_tls(files)
-            if old.routes.get(name) != new.routes[name] and route != r.route:
+            if old.routes.get(name) != new.routes[name] and wanted[name] != r.route:
                 self.route_changes.labels(name, "reload").inc()
-                r.set_route(route)
-        for name in list(self.routers):
-            if name not in new.routes:
-                log.info("route %s removed; its streams keep their link until they end", name)
-                self.routers.pop(name)
-        # listeners
-        keep: list[_ListenRun] = []
-        for run in self._listens:
-            if run.cfg in new.listen:
-                if run.server is not None and (old.tls != new.tls):
-                    run.server.reconfigure(
-                        tls_files=files if run.cfg.tls else None,
-                        allowed_peers=run.cfg.allowed_peers,
-                    )
-                keep.append(run)
-            else:
-                log.info("peer listener %s removed", run.cfg.address)
-                run.scope.cancel()
-                await run.stopped.wait()
-        self._listens = keep
-        running = [x.cfg for x in keep]
-        for i, pl in enumerate(new.listen):
-            if pl in running:
-                continue
-            try:
-                with listening(f"peer.listen[{i}].address", where=pl.address):
-                    self._listens.append(await self._nursery.start(self._listen, pl))
-            except ConfigError as e:
-                errors.append(e)
-        # admin socket
-        if old.admin_socket != new.admin_socket or self._admin is None:
-            if self._admin is not None:
-                self._admin.cancel()
-                self._admin = None
-            if new.admin_socket is not None:
-                scope = trio.CancelScope()
-                try:
-                    with listening("peer.admin-socket", where=str(new.admin_socket)):
-                        await self._nursery.start(self._serve_admin, new.admin_socket, scope)
-                    self._admin = scope
-                except ConfigError as e:
-                    errors.append(e)
-        # vSphere follow
-        for name, (fcfg, scope) in list(self._follows.items()):
-            if new.follow.get(name) != fcfg:
-                scope.cancel()
-                del self._follows[name]
-        for name, fcfg in new.follow.items():
-            if name not in self._follows and name in self.routers:
+                r.set_route(wanted[name])
+        for name, route in plan.start:
+            self.routers[name] = Router(
+                route,
+                self._nursery,
+                tls_files=files,
+                config=self._link_config,
+                name=name,
+                events=self.events,
+            )
+        for name in plan.stop:
+            log.info("route %s removed; its streams keep their link until they end", name)
+            self.routers.pop(name)
+
+    async def _apply_listens(self, new: PeerConfig, files: Any) -> list[ConfigError]:
+        """Peer listeners: kept (with new certificates when ``files`` is not
+        ``_SAME_TLS``) while their table is unchanged, else stopped and started."""
+        running = {k: (0, run.cfg) for k, run in self._listens.items()}
+        plan = diff(running, indexed(new.listen, _address), same=same_item)
+        for k in plan.keep:
+            run = self._listens[k]
+            if run.server is not None and files is not _SAME_TLS:
+                run.server.reconfigure(
+                    tls_files=files if run.cfg.tls else None,
+                    allowed_peers=run.cfg.allowed_peers,
+                )
+        for k in plan.stop:
+            run = self._listens.pop(k)
+            log.info("peer listener %s removed", run.cfg.address)
+            run.scope.cancel()
+            await run.stopped.wait()
+
+        async def start(k: tuple[str, int], spec: tuple[int, PeerListen]) -> None:
+            assert self._nursery is not None
+            i, pl = spec
+            with listening(f"peer.listen[{i}].address", where=pl.address):
+                self._listens[k] = await self._nursery.start(self._listen, pl)
+
+        return await start_all(plan.start, start)
+
+    async def _apply_admin(self, new: PeerConfig) -> list[ConfigError]:
+        """The admin socket: restarted when its path changed (or it failed to start)."""
+        path = new.admin_socket
+        running = {} if self._admin is None else {"admin": self._admin[0]}
+        plan = diff(running, {} if path is None else {"admin": path})
+        if plan.stop and self._admin is not None:
+            self._admin[1].cancel()
+            self._admin = None
+
+        async def start(_key: str, path: Any) -> None:
+            assert self._nursery is not None
+            scope = trio.CancelScope()
+            with listening("peer.admin-socket", where=str(path)):
+                await self._nursery.start(self._serve_admin, path, scope)
+            self._admin = (path, scope)
+
+        return await start_all(plan.start, start)
+
+    def _apply_follows(self, new: PeerConfig) -> None:
+        """vSphere follow: restarted when changed; started once its route runs."""
+        assert self._nursery is not None
+        plan = diff({name: f for name, (f, _) in self._follows.items()}, new.follow)
+        for name in plan.stop:
+            self._follows.pop(name)[1].cancel()
+        for name, fcfg in plan.start:
+            if name in self.routers:
                 scope = trio.CancelScope()
                 self._follows[name] = (fcfg, scope)
                 self._nursery.start_soon(self._follow, name, fcfg, scope)
-        return errors
 
     def goaway(self) -> None:
         """SIGTERM: accepted links get GOAWAY (no new streams); forwarders stop accepting."""
-        for run in self._listens:
+        for run in self._listens.values():
             run.scope.cancel()
             if run.server is not None:
                 run.server.goaway_all("relay stopping")

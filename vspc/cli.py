@@ -19,8 +19,9 @@ import trio
 
 from common.io.preflight import cert_warnings, probe_hosts
 from common.ops import config as cfgmod
-from common.ops import excgroups, logs, runtime_tuning, sdnotify
+from common.ops import excgroups, lifecycle, logs, runtime_tuning
 from common.ops.daemon import watch_signals
+from common.ops.lifecycle import Lifecycle
 from vspc.config import VspcConfig
 
 log = logging.getLogger("vspc")
@@ -95,6 +96,7 @@ async def serve(path: Path, config: VspcConfig, drain_seconds: float) -> None:
     from vspc.service import VspcService
 
     service = VspcService(config)
+    life = Lifecycle()
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
         endpoint = Endpoint(service)
@@ -102,21 +104,21 @@ async def serve(path: Path, config: VspcConfig, drain_seconds: float) -> None:
         runtime_tuning.freeze_startup_objects()
 
         async def reload() -> None:
-            sdnotify.reloading()
-            try:
-                new = cfgmod.load(VspcConfig, path)
-            except cfgmod.ConfigError as e:
-                log.error("reload refused, keeping the running config: %s", e)
-            else:
+            with life.reloading(lambda: (_status(service),)):
+                try:
+                    new = cfgmod.load(VspcConfig, path)
+                except cfgmod.ConfigError as e:
+                    log.error("reload refused, keeping the running config: %s", e)
+                    return
                 await service.reload(new)
                 try:
                     await endpoint.reload(service.config)
                 except cfgmod.ConfigError as e:  # a listener that cannot be opened: logged
                     log.error("reload: %s", e)
-            sdnotify.notify("READY=1", _status(service))
 
         async def terminate() -> None:
-            sdnotify.stopping()
+            if not life.begin_drain():
+                return
             log.info("draining (up to %.1fs)", drain_seconds)
             deadline = trio.current_time() + drain_seconds
             await endpoint.drain(deadline)
@@ -125,14 +127,6 @@ async def serve(path: Path, config: VspcConfig, drain_seconds: float) -> None:
             nursery.cancel_scope.cancel()
 
         await nursery.start(watch_signals, reload, terminate)
-        sdnotify.notify("READY=1", _status(service))
-        nursery.start_soon(_watchdog)
-
-
-async def _watchdog() -> None:
-    interval = sdnotify.watchdog_interval()
-    if interval is None:
-        return
-    while True:
-        sdnotify.watchdog()
-        await trio.sleep(interval)
+        life.start_accepting()
+        life.ready(_status(service))
+        nursery.start_soon(lifecycle.watchdog)

@@ -28,6 +28,7 @@ from common.io.listen import listening
 from common.io.unixlisten import open_unix_listener
 from common.link.tls import PeerIdentityError, peer_identity
 from common.link.vetting import HOST_PREFIX
+from common.ops.reconcile import diff
 from common.ops.wiretext import wire
 from common.proto.address import is_loopback_host
 from common.proto.link.header import HeaderDecoder, HeaderError, OriginHeader, check_identity
@@ -148,15 +149,13 @@ class Endpoint:
         self.ledger.keep = config.endpoint.resend_bytes
         if self.links is not None:
             await self.links.apply(config.endpoint)
-        plain = ("host", "port", "unix", "tls")
-        if all(getattr(config.endpoint, k) == getattr(self.config, k) for k in plain):
-            self.config = config.endpoint
-            return
-        if self._scope is not None:
+        plan = diff(_plain(self.config), _plain(config.endpoint))
+        if plan.stop and self._scope is not None:
             self._scope.cancel()
             await self._served.wait()
         self.config = config.endpoint
-        await self._start_listeners()
+        if plan.start:
+            await self._start_listeners()
 
     async def drain(self, deadline: float) -> None:
         if self._scope is not None:
@@ -374,6 +373,12 @@ class Endpoint:
                 self.service.metrics.connected_vms.dec()
             console.event("disconnect", host=header.host)
             await trio.aclose_forcefully(stream)
+
+
+def _plain(cfg: EndpointConfig) -> dict[str, tuple[Any, ...]]:
+    """The relayed-connection listeners (TCP and Unix, started and stopped together)
+    as one keyed spec for ``common.ops.reconcile``."""
+    return {"endpoint": (cfg.host, cfg.port, cfg.unix, cfg.tls)}
 
 
 def _placement(cfg: EndpointConfig) -> Placement | None:

@@ -32,6 +32,7 @@ from common.link.peerlink import LinkConfig, PeerLink
 from common.link.sessions import Accepted, SessionTable
 from common.link.vetting import vet_accepted
 from common.ops.config import ConfigError
+from common.ops.reconcile import diff, indexed, same_item, start_all
 from common.ops.wiretext import wire
 from common.proto.link.forwarded import PreambleDecoder, PreambleError
 from common.proto.link.header import OriginHeader
@@ -49,6 +50,10 @@ class _Run:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     server: LinkServer | None = None
     bound: Any = None
+
+
+def _address(ln: LinkListen) -> str:
+    return ln.address
 
 
 class RelayedStreams(Protocol):
@@ -80,7 +85,7 @@ class LinkEndpoint:
         self._nursery = nursery
         self.config = EndpointConfig()
         self.table = SessionTable(nursery, link_config)
-        self._runs: list[_Run] = []
+        self._runs: dict[tuple[str, int], _Run] = {}
         self.forwarded_links: set[PeerLink] = set()
         self.refused = 0
         nursery.start_soon(self._accept_loop)
@@ -88,36 +93,42 @@ class LinkEndpoint:
     @property
     def links_refused(self) -> int:
         """Links refused (TLS, identity, preamble) and streams refused (header)."""
-        return self.refused + sum(r.server.refused for r in self._runs if r.server is not None)
+        return self.refused + sum(
+            r.server.refused for r in self._runs.values() if r.server is not None
+        )
 
     @property
     def bound(self) -> list[Any]:
-        return [r.bound for r in self._runs]
+        return [r.bound for r in self._runs.values()]
 
     async def apply(self, cfg: EndpointConfig) -> None:
-        """Converge the link listeners on ``cfg``; live links and sessions stay."""
+        """Converge the link listeners on ``cfg``; live links and sessions stay.
+        The first listener that cannot start raises its ConfigError."""
         old, self.config = self.config, cfg
         tls_changed = old.link_tls != cfg.link_tls
-        keep: list[_Run] = []
-        for run in self._runs:
-            if run.cfg in cfg.link and not (tls_changed and run.cfg.tls):
-                keep.append(run)
-            else:
-                run.scope.cancel()
-        self._runs = keep
-        running = [r.cfg for r in keep]
-        for i, ln in enumerate(cfg.link):
-            if ln not in running:
-                try:
-                    with listening(f"endpoint.link[{i}].address", where=ln.address):
-                        self._runs.append(await self._nursery.start(self._listen, ln))
-                except ssl.SSLError as e:
-                    raise ConfigError(
-                        "endpoint.link-tls", f"cannot load the certificates: {e}"
-                    ) from None
+
+        def same(_k: object, was: tuple[int, LinkListen], now: tuple[int, LinkListen]) -> bool:
+            return same_item(_k, was, now) and not (tls_changed and was[1].tls)
+
+        running = {k: (0, run.cfg) for k, run in self._runs.items()}
+        plan = diff(running, indexed(cfg.link, _address), same=same)
+        for k in plan.stop:
+            self._runs.pop(k).scope.cancel()
+
+        async def start(k: tuple[str, int], spec: tuple[int, LinkListen]) -> None:
+            i, ln = spec
+            try:
+                with listening(f"endpoint.link[{i}].address", where=ln.address):
+                    self._runs[k] = await self._nursery.start(self._listen, ln)
+            except ssl.SSLError as e:
+                raise ConfigError(
+                    "endpoint.link-tls", f"cannot load the certificates: {e}"
+                ) from None
+
+        await start_all(plan.start, start, keep_going=False)
 
     def goaway(self) -> None:
-        for run in self._runs:
+        for run in self._runs.values():
             run.scope.cancel()
             if run.server is not None:
                 run.server.goaway_all("appliance draining")

@@ -31,10 +31,12 @@ import math
 import os
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import trio
 
+from common.ops import lifecycle
 from common.ops.config import ConfigError
 from common.ops.wiretext import wire
 from vspc.action_runner import ActionRunner
@@ -145,17 +147,14 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
         """
         self._draining = True
         await self.stop_listening()
-        with trio.move_on_at(deadline):
-            while self._conns:
-                await self._conns_changed.wait()
-        for conn in list(self._conns):
-            conn.close_soon("vSPC shutting down")
-        with trio.move_on_after(CLOSE_FLUSH_SECONDS + 1.0):
-            while self._conns:
-                await self._conns_changed.wait()
-        with trio.move_on_after(5.0):
-            while self._backlogs:  # console bytes still on their way to the consoles
-                await self._backlog_gone.wait()
+        gone = partial(lifecycle.wait_until, lambda: not self._conns, lambda: self._conns_changed)
+        if not await lifecycle.graceful(deadline, gone, lambda: None):
+            for conn in list(self._conns):
+                conn.close_soon("vSPC shutting down")
+            with trio.move_on_after(CLOSE_FLUSH_SECONDS + 1.0):
+                await gone()
+        with trio.move_on_after(5.0):  # console bytes still on their way to the consoles
+            await lifecycle.wait_until(lambda: not self._backlogs, lambda: self._backlog_gone)
             await self.consoles.writer.flush()
         if self._handlers is not None:
             self._handlers.cancel_scope.cancel()

@@ -12,6 +12,7 @@ import trio
 from common.ops.config import ConfigError
 
 EXIT_CONFIG = 2
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def config_error_exit(err: ConfigError, prog: str = "vic") -> int:
@@ -27,7 +28,7 @@ async def watch_signals(
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Call on_reload for SIGHUP, on_terminate for SIGTERM/SIGINT (then return)."""
-    with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
+    with trio.open_signal_receiver(signal.SIGHUP, *STOP_SIGNALS) as sigs:
         task_status.started()
         async for signum in sigs:
             if signum == signal.SIGHUP:
@@ -35,3 +36,11 @@ async def watch_signals(
             else:
                 await on_terminate()
                 return
+
+
+async def stop_signal() -> signal.Signals:
+    """Wait for SIGTERM or SIGINT (a daemon that only stops: no reload)."""
+    with trio.open_signal_receiver(*STOP_SIGNALS) as sigs:
+        async for signum in sigs:
+            return signal.Signals(signum)
+    raise AssertionError("the signal receiver ended")  # pragma: no cover

@@ -58,6 +58,43 @@ def _tls(files: Any) -> Table:
     return {"cert": str(files.cert), "key": str(files.key), "ca": str(files.ca)}
 
 
+def _esx_a(pki: Pki, vm_port: int, peer_port: int) -> Table:
+    """Relay esx-a: the VM's listener, its peer route to esx-b."""
+    return {
+        "host": "esx-a",
+        "egress": {"default": {"kind": "peer", "route": "appliance"}},
+        "metrics": {"enabled": False},
+        "timeouts": {"retry-min": 0.05, "retry-max": 0.5, "drain": 2.0},
+        "tcp": [{"name": "vm1", "vm": VM, "host": A, "port": vm_port, "label": LABEL}],
+        "peer": {
+            "tls": _tls(pki.issue("host", "esx-a")),
+            "link": LINK,
+            "routes": {
+                "appliance": {
+                    "address": f"tcp:{B}:{peer_port}",
+                    "identity": "vic://host/esx-b",
+                }
+            },
+        },
+    }
+
+
+def _esx_b(pki: Pki, role: str, peer_port: int, endpoint_port: int, link_port: int) -> Table:
+    """Relay esx-b: takes esx-a's link; ends its sessions, or forwards the link."""
+    listen: Table = {"address": f"tcp:{B}:{peer_port}", "allowed-peers": ["vic://host/esx-a"]}
+    if role == "forward":
+        listen["forward"] = f"tcp:{APP}:{link_port}"
+    else:
+        listen["egress"] = "appliance"
+    return {
+        "host": "esx-b",
+        "egress": {"appliance": {"kind": "tcp", "host": APP, "port": endpoint_port}},
+        "metrics": {"enabled": False},
+        "timeouts": {"drain": 2.0},
+        "peer": {"tls": _tls(pki.issue("host", "esx-b")), "link": LINK, "listen": [listen]},
+    }
+
+
 class Mesh:
     def __init__(
         self, tmp: Path, daemons: Daemons, *, role: str, resend_bytes: int = 8 << 20
@@ -69,42 +106,9 @@ class Mesh:
         self.vm_port = free_port(A)
         peer_port, endpoint_port, link_port = free_port(B), free_port(APP), free_port(APP)
         self.metrics_port = free_port(APP)
-        self.a: Daemon = daemons.add(
-            "relay",
-            "esx-a",
-            {
-                "host": "esx-a",
-                "egress": {"default": {"kind": "peer", "route": "appliance"}},
-                "metrics": {"enabled": False},
-                "timeouts": {"retry-min": 0.05, "retry-max": 0.5, "drain": 2.0},
-                "tcp": [{"name": "vm1", "vm": VM, "host": A, "port": self.vm_port, "label": LABEL}],
-                "peer": {
-                    "tls": _tls(pki.issue("host", "esx-a")),
-                    "link": LINK,
-                    "routes": {
-                        "appliance": {
-                            "address": f"tcp:{B}:{peer_port}",
-                            "identity": "vic://host/esx-b",
-                        }
-                    },
-                },
-            },
-        )
-        listen: Table = {"address": f"tcp:{B}:{peer_port}", "allowed-peers": ["vic://host/esx-a"]}
-        if role == "forward":
-            listen["forward"] = f"tcp:{APP}:{link_port}"
-        else:
-            listen["egress"] = "appliance"
+        self.a: Daemon = daemons.add("relay", "esx-a", _esx_a(pki, self.vm_port, peer_port))
         self.b: Daemon = daemons.add(
-            "relay",
-            "esx-b",
-            {
-                "host": "esx-b",
-                "egress": {"appliance": {"kind": "tcp", "host": APP, "port": endpoint_port}},
-                "metrics": {"enabled": False},
-                "timeouts": {"drain": 2.0},
-                "peer": {"tls": _tls(pki.issue("host", "esx-b")), "link": LINK, "listen": [listen]},
-            },
+            "relay", "esx-b", _esx_b(pki, role, peer_port, endpoint_port, link_port)
         )
         self.app: Daemon = daemons.add(
             "vspc",

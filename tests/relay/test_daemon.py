@@ -208,41 +208,7 @@ async def test_thousand_connections_at_once(caplog: pytest.LogCaptureFixture) ->
         )
         d = await start_relay(n, cfg)
         live = [await trio.open_tcp_stream("127.0.0.1", d.bound["live"][1]) for _ in range(2)]
-        flood_port = d.bound["flood"][1]
-        served = 0
-        closed = 0
-        all_answered = trio.Event()
-
-        async def client(i: int) -> None:
-            nonlocal served, closed
-            s = await trio.open_tcp_stream("127.0.0.1", flood_port)
-            msg = b"hello %d" % i
-            try:
-                await s.send_all(msg)
-                got = await wait_closed_or(s, len(msg))
-            except trio.BrokenResourceError:
-                got = b""
-            if got == msg:
-                served += 1
-            else:
-                assert got == b""
-                closed += 1
-            if served + closed == 1000:
-                all_answered.set()
-            await all_answered.wait()  # served ones hold their slot until the end
-            await s.aclose()
-
-        async def live_traffic(s: trio.abc.Stream, seed: int) -> None:
-            data = pattern(2_000_000, seed)
-            for i in range(0, len(data), 100_000):
-                assert await roundtrip(s, data[i : i + 100_000]) == data[i : i + 100_000]
-
-        with trio.fail_after(120):
-            async with trio.open_nursery() as flood:
-                for k, s in enumerate(live):
-                    flood.start_soon(live_traffic, s, k)
-                for i in range(1000):
-                    flood.start_soon(client, i)
+        served, closed = await _flood(d.bound["flood"][1], live)
         assert served + closed == 1000
         refused = sum(
             s.value
@@ -263,6 +229,46 @@ async def test_thousand_connections_at_once(caplog: pytest.LogCaptureFixture) ->
             pattern(2_000_000, k) for k in range(2)
         )
         n.cancel_scope.cancel()
+
+
+async def _flood(flood_port: int, live: list[trio.SocketStream]) -> tuple[int, int]:
+    """1,000 clients at once on ``flood_port`` while ``live`` carry 2 MB each;
+    returns (served, closed) once every client has its answer."""
+    served = 0
+    closed = 0
+    all_answered = trio.Event()
+
+    async def client(i: int) -> None:
+        nonlocal served, closed
+        s = await trio.open_tcp_stream("127.0.0.1", flood_port)
+        msg = b"hello %d" % i
+        try:
+            await s.send_all(msg)
+            got = await wait_closed_or(s, len(msg))
+        except trio.BrokenResourceError:
+            got = b""
+        if got == msg:
+            served += 1
+        else:
+            assert got == b""
+            closed += 1
+        if served + closed == 1000:
+            all_answered.set()
+        await all_answered.wait()  # served ones hold their slot until the end
+        await s.aclose()
+
+    async def live_traffic(s: trio.abc.Stream, seed: int) -> None:
+        data = pattern(2_000_000, seed)
+        for i in range(0, len(data), 100_000):
+            assert await roundtrip(s, data[i : i + 100_000]) == data[i : i + 100_000]
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as flood:
+            for k, s in enumerate(live):
+                flood.start_soon(live_traffic, s, k)
+            for i in range(1000):
+                flood.start_soon(client, i)
+    return served, closed
 
 
 async def wait_closed_or(s: trio.abc.Stream, n: int) -> bytes:
@@ -287,28 +293,38 @@ def _write_cfg(path: Path, app_port: int, listeners: list[tuple[str, int]]) -> N
     path.write_text(text)
 
 
+class _Notify:
+    """The sd_notify socket a daemon process reports to, and the states it sent."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
+        self.states: list[str] = []
+
+    async def bind(self) -> _Notify:
+        await self.sock.bind(str(self.path))
+        return self
+
+    async def expect(self, state: str) -> None:
+        with trio.fail_after(30):
+            while state not in self.states:
+                self.states.extend((await self.sock.recv(4096)).decode().splitlines())
+            self.states.remove(state)
+
+
 async def test_process_sighup_sigterm_sd_notify(tmp_path: Path) -> None:
     """The real `vic relay` process: READY, SIGHUP -> RELOADING/READY with a new
     listener and the live stream intact, WATCHDOG pings, SIGTERM -> STOPPING and
     a drain that lets the live stream finish byte-exact, exit 0."""
     app = Appliance()
-    notify_path = tmp_path / "notify.sock"
-    nsock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
-    await nsock.bind(str(notify_path))
+    notify = await _Notify(tmp_path / "notify.sock").bind()
     cfg_path = tmp_path / "relay.toml"
-    p1, p2 = free_port(), free_port()
-    states: list[str] = []
-
-    async def expect(state: str) -> None:
-        with trio.fail_after(30):
-            while state not in states:
-                states.extend((await nsock.recv(4096)).decode().splitlines())
-            states.remove(state)
-
+    data = pattern(600_000, 5)
+    p1 = free_port()
     async with trio.open_nursery() as n:
         aport = await app.serve_tcp(n)
         _write_cfg(cfg_path, aport, [("one", p1)])
-        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "200000"}
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000"}
         proc = await n.start(
             functools.partial(
                 trio.run_process,
@@ -319,28 +335,7 @@ async def test_process_sighup_sigterm_sd_notify(tmp_path: Path) -> None:
             )
         )
         try:
-            await expect("READY=1")
-            await expect("WATCHDOG=1")
-            s1 = await trio.open_tcp_stream("127.0.0.1", p1)
-            data = pattern(600_000, 5)
-            assert await roundtrip(s1, data[:200_000]) == data[:200_000]
-
-            _write_cfg(cfg_path, aport, [("one", p1), ("two", p2)])
-            proc.send_signal(signal.SIGHUP)
-            await expect("RELOADING=1")
-            await expect("READY=1")
-            s2 = await trio.open_tcp_stream("127.0.0.1", p2)
-            assert await roundtrip(s2, b"after reload") == b"after reload"
-            assert await roundtrip(s1, data[200_000:400_000]) == data[200_000:400_000]
-            await s2.aclose()
-
-            proc.send_signal(signal.SIGTERM)
-            await expect("STOPPING=1")
-            assert await roundtrip(s1, data[400_000:]) == data[400_000:]  # drain: still flowing
-            await s1.aclose()
-            with trio.fail_after(30):
-                rc = await proc.wait()
-            assert rc == 0
+            await _reload_and_drain(proc, notify, cfg_path, (aport, p1), data)
         finally:
             if proc.returncode is None:
                 proc.kill()
@@ -348,6 +343,37 @@ async def test_process_sighup_sigterm_sd_notify(tmp_path: Path) -> None:
         await rec.closed.wait()
         assert rec.header.host == "esx-proc" and bytes(rec.data) == data
         n.cancel_scope.cancel()
+
+
+async def _reload_and_drain(
+    proc: trio.Process, notify: _Notify, cfg_path: Path, ports: tuple[int, int], data: bytes
+) -> None:
+    """Stream ``data`` through listener "one" (``ports``: the appliance's, its own)
+    across a SIGHUP (adding "two") and a SIGTERM; the process exits 0 once the
+    stream is closed."""
+    aport, p1 = ports
+    p2 = free_port()
+    await notify.expect("READY=1")
+    await notify.expect("WATCHDOG=1")
+    s1 = await trio.open_tcp_stream("127.0.0.1", p1)
+    assert await roundtrip(s1, data[:200_000]) == data[:200_000]
+
+    _write_cfg(cfg_path, aport, [("one", p1), ("two", p2)])
+    proc.send_signal(signal.SIGHUP)
+    await notify.expect("RELOADING=1")
+    await notify.expect("READY=1")
+    s2 = await trio.open_tcp_stream("127.0.0.1", p2)
+    assert await roundtrip(s2, b"after reload") == b"after reload"
+    assert await roundtrip(s1, data[200_000:400_000]) == data[200_000:400_000]
+    await s2.aclose()
+
+    proc.send_signal(signal.SIGTERM)
+    await notify.expect("STOPPING=1")
+    assert await roundtrip(s1, data[400_000:]) == data[400_000:]  # drain: still flowing
+    await s1.aclose()
+    with trio.fail_after(30):
+        rc = await proc.wait()
+    assert rc == 0
 
 
 async def test_silent_peer_closed_by_idle_timeout(caplog: pytest.LogCaptureFixture) -> None:

@@ -17,9 +17,7 @@ from common.link.config import LinkTuning
 from common.link.tls import TlsFiles
 from relay.config import MetricsConfig
 from relay.daemon import RelayDaemon
-from tests.relay.pki_helpers import Pki
-from tests.relay.relayfix import Appliance, pattern, roundtrip, start_relay
-from tests.relay.test_mesh_daemon import (
+from tests.relay.meshfix import (
     deliver_pair,
     echo_with_cuts,
     egress_cfg,
@@ -28,6 +26,8 @@ from tests.relay.test_mesh_daemon import (
     peer_address,
     stream_through,
 )
+from tests.relay.pki_helpers import Pki
+from tests.relay.relayfix import Appliance, pattern, roundtrip, start_relay
 from tests.support.daemons import scrape_metrics
 from tests.support.waiting import wait_until
 

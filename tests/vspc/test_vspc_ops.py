@@ -280,12 +280,7 @@ async def test_sighup_reload_under_traffic(tmp_path: Path) -> None:
             nursery.start_soon(stream_a)
             await reload_now.wait()
             new_port = free_port()
-            d.config_path.write_text(
-                toml_config(tmp_path, esx_port=new_port, vmotion="max-concurrent = 2")
-            )
-            d.kill(signal.SIGHUP)
-            assert (await d.message()).get("RELOADING") == "1"
-            await d.ready()
+            await reload(d, toml_config(tmp_path, esx_port=new_port, vmotion="max-concurrent = 2"))
             reloaded.set()
             assert d.esx_port == new_port
             want = b"".join(chunks)
@@ -302,29 +297,40 @@ async def test_sighup_reload_under_traffic(tmp_path: Path) -> None:
             await b.send_console(b"b")
             await wait_console(d, vm_b)
             assert await refused(old_port)
-            # a bad config is refused, the running one kept
-            d.config_path.write_text(toml_config(tmp_path, vmotion="max-concurrent = -5"))
-            d.kill(signal.SIGHUP)
-            assert (await d.message()).get("RELOADING") == "1"
-            await d.ready()
-            assert d.esx_port == new_port
-            await a.send_console(b"still")
-            assert await read_exactly(viewer, 5) == b"still"
-            # a new port that is taken: logged, the old listener kept
-            with socket.socket() as busy:
-                busy.bind((HOST, 0))
-                busy.listen()
-                d.config_path.write_text(toml_config(tmp_path, esx_port=busy.getsockname()[1]))
-                d.kill(signal.SIGHUP)
-                assert (await d.message()).get("RELOADING") == "1"
-                await d.ready()
-            assert d.esx_port == new_port
-            assert not await refused(new_port)
+            await _bad_reloads(d, tmp_path, a, viewer)
         assert not a.closed.is_set() and not a.violations
         await viewer.aclose()
         nursery.cancel_scope.cancel()
     assert "reload refused" in d.log() and "vmotion.max-concurrent:" in d.log()
     assert "keeping the old ESX listener" in d.log()
+
+
+async def reload(d: VspcDaemon, config: str) -> None:
+    """Write ``config``, SIGHUP: RELOADING=1, then READY=1 (with the ports)."""
+    d.config_path.write_text(config)
+    d.kill(signal.SIGHUP)
+    assert (await d.message()).get("RELOADING") == "1"
+    await d.ready()
+
+
+async def _bad_reloads(
+    d: VspcDaemon, tmp_path: Path, a: EsxConnection, viewer: trio.abc.Stream
+) -> None:
+    """A bad config, then a taken port: each refused, the running listener kept and
+    ``a`` still streaming to ``viewer``."""
+    port = d.esx_port
+    # a bad config is refused, the running one kept
+    await reload(d, toml_config(tmp_path, vmotion="max-concurrent = -5"))
+    assert d.esx_port == port
+    await a.send_console(b"still")
+    assert await read_exactly(viewer, 5) == b"still"
+    # a new port that is taken: logged, the old listener kept
+    with socket.socket() as busy:
+        busy.bind((HOST, 0))
+        busy.listen()
+        await reload(d, toml_config(tmp_path, esx_port=busy.getsockname()[1]))
+    assert d.esx_port == port
+    assert not await refused(port)
 
 
 async def test_sigterm_stops_listening_and_drains(tmp_path: Path) -> None:
@@ -383,10 +389,7 @@ async def test_esx_over_tls(tmp_path: Path) -> None:
     """telnets://: the listener speaks TLS with the configured certificate; a VM
     streams and migrates over it byte-exact."""
     ca = trustme.CA()
-    cert = ca.issue_cert(HOST, "localhost")
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    extra = f'[listen.tls]\ncert = "{tmp_path / "cert.pem"}"\nkey = "{tmp_path / "key.pem"}"'
+    extra = listen_tls(tmp_path, ca.issue_cert(HOST, "localhost"), "")
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)
     rng = random.Random(34)
@@ -425,17 +428,9 @@ async def test_esx_over_tls(tmp_path: Path) -> None:
             # SIGHUP with a new certificate on the same port: the live TLS connection
             # stays, new connections get the new certificate
             ca2 = trustme.CA()
-            cert2 = ca2.issue_cert(HOST)
-            cert2.private_key_pem.write_to_path(str(tmp_path / "key2.pem"))
-            cert2.cert_chain_pems[0].write_to_path(str(tmp_path / "cert2.pem"))
-            extra2 = (
-                f'[listen.tls]\ncert = "{tmp_path / "cert2.pem"}"\nkey = "{tmp_path / "key2.pem"}"'
-            )
+            extra2 = listen_tls(tmp_path, ca2.issue_cert(HOST), "2")
             port = d.esx_port
-            d.config_path.write_text(toml_config(tmp_path, esx_port=port, extra=extra2))
-            d.kill(signal.SIGHUP)
-            assert (await d.message()).get("RELOADING") == "1"
-            await d.ready()
+            await reload(d, toml_config(tmp_path, esx_port=port, extra=extra2))
             assert d.esx_port == port
             await m.dest.send_console(b"after-reload\xff")
             assert await read_exactly(viewer, 13) == b"after-reload\xff"
@@ -450,3 +445,13 @@ async def test_esx_over_tls(tmp_path: Path) -> None:
         assert not src.violations and not m.dest.violations and not other.violations
         await viewer.aclose()
         nursery.cancel_scope.cancel()
+
+
+def listen_tls(tmp_path: Path, cert: trustme.LeafCert, suffix: str) -> str:
+    """``[listen.tls]`` for ``cert``, written as cert<suffix>.pem / key<suffix>.pem."""
+    cert.private_key_pem.write_to_path(str(tmp_path / f"key{suffix}.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / f"cert{suffix}.pem"))
+    return (
+        f'[listen.tls]\ncert = "{tmp_path / f"cert{suffix}.pem"}"\n'
+        f'key = "{tmp_path / f"key{suffix}.pem"}"'
+    )

@@ -13,6 +13,7 @@ import trio
 from common.io import fastsock
 from common.io.unixlisten import UnixListener
 from common.ops.excgroups import first_leaf
+from common.ops.reconcile import diff
 from common.ops.wiretext import wire
 from common.proto.console import protocol as proto
 from vspc.console.clientqueue import Client
@@ -51,8 +52,8 @@ def log_settings(config: ConsoleConfig) -> LogSettings:
     )
 
 
-def _endpoint_config(c: ConsoleConfig) -> tuple[object, ...]:
-    return (c.socket, c.socket_mode, c.tcp)
+def _endpoint_config(c: ConsoleConfig) -> dict[str, tuple[object, ...]]:  # one keyed spec
+    return {"console": (c.socket, c.socket_mode, c.tcp)}
 
 
 class ConsoleService:
@@ -162,10 +163,8 @@ class ConsoleService:
             self._nursery = None
 
     async def reconfigure(self, config: ConsoleConfig) -> None:
-        """Apply a new config live: limits, ring size, retention, log dir, endpoints.
-
-        Attached clients and queued log data are kept.
-        """
+        """Apply a new config live: limits, ring size, retention, log dir, endpoints
+        (attached clients and queued log data are kept)."""
         old = self.config
         self.config = config
         self._hub.config = config
@@ -175,7 +174,7 @@ class ConsoleService:
         if old.ring_bytes != config.ring_bytes:
             for c in self._consoles.values():
                 c.apply_config(config)
-        if _endpoint_config(old) != _endpoint_config(config) and self._nursery is not None:
+        if diff(_endpoint_config(old), _endpoint_config(config)).stop and self._nursery:
             await self._stop_listening()
             try:
                 await self._nursery.start(self._listen, config)
