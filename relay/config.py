@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
+from common.io.tlsconfig import ClientTls
 from common.link.config import PeerConfig
 from common.ops import config as ops_config
 from common.ops.config import ConfigError, load, loads, require
@@ -41,6 +42,7 @@ from relay.ingress_config import (
 __all__ = [
     "EXAMPLE",
     "LISTENER_KINDS",
+    "ClientTls",
     "EgressConfig",
     "HvsockListener",
     "LimitsConfig",
@@ -51,25 +53,11 @@ __all__ = [
     "SerialListener",
     "TcpListener",
     "TimeoutsConfig",
-    "TlsConfig",
     "VsockListener",
     "VspcListener",
     "load_config",
     "loads_config",
 ]
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    """TLS for a TCP egress: ``ca`` verifies the appliance; cert/key for mutual TLS."""
-
-    ca: Path
-    cert: Path | None = None
-    key: Path | None = None
-    server_name: str = ""
-
-    def validate(self) -> None:
-        require((self.cert is None) == (self.key is None), "key", "cert and key go together")
 
 
 @dataclass(frozen=True)
@@ -82,7 +70,7 @@ class EgressConfig:
     port: int = 0
     path: Path | None = None
     cid: int = 0
-    tls: TlsConfig | None = None
+    tls: ClientTls | None = None
     route: str = ""
 
     def validate(self) -> None:

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import ssl
 from dataclasses import dataclass
 
 import trio
 
-from common.io import tlsctx
 from common.proto.link.header import OriginHeader, encode_header
-from relay.config import EgressConfig, TlsConfig
+from relay.config import EgressConfig
 from relay.core.hybrid import HybridReplyParser, connect_request
 
 HANDSHAKE_READ = 256
@@ -34,18 +32,6 @@ class EgressConnection:
     stream: trio.abc.Stream
     pending: bytes = b""
     ok_port: int | None = None
-
-
-_ssl_contexts: dict[TlsConfig, ssl.SSLContext] = {}
-
-
-def client_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-    """One context per TLS config (contexts are costly to build and hold)."""
-    ctx = _ssl_contexts.get(tls)
-    if ctx is None:
-        ctx = tlsctx.client_context(ca=tls.ca, cert=tls.cert, key=tls.key, keylog=True)
-        _ssl_contexts[tls] = ctx
-    return ctx
 
 
 async def _open_vsock(cid: int, port: int) -> trio.SocketStream:
@@ -101,7 +87,7 @@ async def open_egress(cfg: EgressConfig, header: OriginHeader) -> EgressConnecti
         if cfg.tls is not None:
             tls = trio.SSLStream(
                 tcp,
-                client_ssl_context(cfg.tls),
+                cfg.tls.context(),
                 server_hostname=cfg.tls.server_name or cfg.host,
                 https_compatible=False,
             )

@@ -37,7 +37,6 @@ from common.link.config import (
     PeerListen,
     bound_address,
     open_peer_listener,
-    parse_forward,
 )
 from common.link.events import NO_EVENTS, LinkEvents
 from common.link.peering import LinkServer, accept_tls
@@ -49,6 +48,7 @@ from common.link.vetting import vet_accepted
 from common.ops.config import ConfigError
 from common.ops.reconcile import diff, indexed, same_item, start_all
 from common.ops.wiretext import wire
+from common.proto.address import parse_forward
 from common.proto.link.forwarded import encode_preamble
 from common.proto.link.header import (
     OriginHeader,

@@ -69,13 +69,11 @@ def run(args: argparse.Namespace) -> int:
 def _check_tls(config: VspcConfig) -> None:
     """The server certificates load (ConfigError naming the table otherwise), before
     anything starts: ``validate`` only sees that the files exist."""
-    from vspc.service import server_ssl_context
-
     for tls, key in ((config.listen.tls, "listen.tls"), (config.endpoint.tls, "endpoint.tls")):
         if tls is None:
             continue
         try:
-            server_ssl_context(tls.cert, tls.key, tls.client_ca)
+            tls.context()
         except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
             why = " ".join(str(e).split())
             raise cfgmod.ConfigError(key, f"cannot load the certificates: {why}") from None

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from common.io.tlsconfig import ServerTls
 from common.io.vsphere import VSphereTarget
 from common.link.config import LinkTuning, PeerTls
 from common.link.route import RouteError
@@ -14,27 +15,6 @@ from common.ops import config as ops_config
 from common.ops.config import ConfigError, require
 from common.proto.address import is_loopback_host, is_trusted_address, parse_address
 from vspc.console.config import ConsoleConfig
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    """Server certificate for ESX's ``telnets://`` (and optional client CA)."""
-
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
-
-    def check_files(self, prefix: str) -> None:
-        """Called by the owning table's ``validate`` (an optional table's own
-        errors would lose their key in common.ops.config's union handling)."""
-        require(self.cert.is_file(), f"{prefix}.cert", f"no such file: {self.cert}")
-        require(self.key.is_file(), f"{prefix}.key", f"no such file: {self.key}")
-        require(
-            self.client_ca is None or self.client_ca.is_file(),
-            f"{prefix}.client-ca",
-            f"no such file: {self.client_ca}",
-        )
-
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_NETWORKS: tuple[Network, ...] = (
@@ -68,7 +48,7 @@ class ListenConfig:
 
     host: str = "127.0.0.1"
     port: int = 13370
-    tls: TlsConfig | None = None
+    tls: ServerTls | None = None
     allowed_sources: tuple[str, ...] | None = None
     identify_timeout: float = 10.0
     idle_probe: float = 60.0
@@ -179,7 +159,7 @@ class EndpointConfig:
     host: str | None = None
     port: int = 0
     unix: Path | None = None
-    tls: TlsConfig | None = None
+    tls: ServerTls | None = None
     insecure: bool = False
     vcenter: VCenterCheck | None = None
     header_timeout: float = 10.0

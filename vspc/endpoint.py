@@ -39,7 +39,7 @@ from vspc.core.identity import PortKey
 from vspc.link_endpoint import LinkEndpoint
 from vspc.placement import Placement
 from vspc.prefixed import PrefixedStream
-from vspc.service import VspcService, server_ssl_context
+from vspc.service import VspcService
 
 log = logging.getLogger("vspc.endpoint")
 
@@ -109,7 +109,7 @@ class Endpoint:
                 tcp = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
             self.tcp_port = tcp[0].socket.getsockname()[1]
             if cfg.tls is not None:
-                ctx = server_ssl_context(cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca)
+                ctx = cfg.tls.context()
                 listeners += [trio.SSLListener(t, ctx, https_compatible=False) for t in tcp]
             else:
                 listeners += tcp

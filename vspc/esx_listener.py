@@ -5,7 +5,6 @@ connect (``listen.allowed-sources``)."""
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 from collections.abc import Coroutine
 from dataclasses import replace
@@ -13,7 +12,6 @@ from typing import Any
 
 import trio
 
-from common.io import tlsctx
 from common.io.listen import listening
 from common.io.streamlayers import find_layer
 from common.ops.config import ConfigError
@@ -23,14 +21,6 @@ from vspc.config import ListenConfig, MetricsConfig, address_allowed
 from vspc.service_shape import Server, ServiceShape
 
 log = logging.getLogger("vspc")
-
-
-def server_ssl_context(
-    cert: os.PathLike[str] | str,
-    key: os.PathLike[str] | str,
-    client_ca: os.PathLike[str] | str | None = None,
-) -> ssl.SSLContext:
-    return tlsctx.server_context(cert, key, client_ca=client_ca, keylog=True)
 
 
 class EsxListeners(ServiceShape):
@@ -53,7 +43,7 @@ class EsxListeners(ServiceShape):
         listeners: list[trio.abc.Listener[Any]] = list(tcp)
         if lc.tls is not None:
             try:
-                ctx = server_ssl_context(lc.tls.cert, lc.tls.key, lc.tls.client_ca)
+                ctx = lc.tls.context()
             except (OSError, ssl.SSLError) as e:
                 for t in tcp:
                     await t.aclose()

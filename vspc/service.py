@@ -49,12 +49,12 @@ from vspc.core.identity import PortKey
 from vspc.core.liveness import Due, LivenessPolicy, LivenessTable
 from vspc.esx_conn import CLOSE_FLUSH_SECONDS, EsxConnection, peer_gone
 from vspc.esx_events import SessionEvents
-from vspc.esx_listener import EsxListeners, server_ssl_context, source_of
+from vspc.esx_listener import EsxListeners, source_of
 from vspc.gcpolicy import gc_loop, gc_policy
 from vspc.metrics import VspcMetrics
 from vspc.service_shape import Server, as_esx
 
-__all__ = ["VspcService", "server_ssl_context"]
+__all__ = ["VspcService"]
 
 log = logging.getLogger("vspc")
 

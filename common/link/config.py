@@ -58,8 +58,7 @@ from common.link.peerlink import LinkConfig
 from common.link.route import Route, RouteError
 from common.link.tls import TlsFiles, client_context
 from common.ops.config import ConfigError, require
-from common.proto.address import is_trusted_address, parse_address
-from common.proto.address import parse_forward as parse_forward  # relay.mesh (until it imports it)
+from common.proto.address import is_trusted_address, parse_address, parse_forward
 from common.proto.link.mux import MuxConfig
 
 KiB = 1024

@@ -12,8 +12,9 @@ import pytest
 import trio
 import trustme
 
+from common.io.tlsconfig import ClientTls
 from common.proto.link.header import HeaderDecoder, OriginHeader
-from relay.config import EgressConfig, TcpListener, TimeoutsConfig, TlsConfig
+from relay.config import EgressConfig, TcpListener, TimeoutsConfig
 from relay.egress import open_egress
 from tests.relay.relayfix import (
     Appliance,
@@ -72,7 +73,7 @@ async def test_tls_egress(tmp_path: Path) -> None:
             kind="tcp",
             host="127.0.0.1",
             port=port,
-            tls=TlsConfig(ca=ca_file, server_name="appliance.test"),
+            tls=ClientTls(ca=ca_file, server_name="appliance.test"),
         )
         data = pattern(300_000, seed=1)
         s = await _through_relay(egress, app, n, data)
@@ -105,7 +106,7 @@ async def test_tls_egress_untrusted_server_fails_that_stream(
                 kind="tcp",
                 host="127.0.0.1",
                 port=port,
-                tls=TlsConfig(ca=ca_file, server_name="appliance.test"),
+                tls=ClientTls(ca=ca_file, server_name="appliance.test"),
             ),
             tcp=(TcpListener(name="t", vm="vm-1", port=0),),
         )

@@ -15,11 +15,9 @@ from typing import Any
 
 import pytest
 
+from common.io.tlsconfig import ClientTls, ServerTls
 from common.link import tls
-from relay import egress
-from relay.config import TlsConfig as RelayTls
 from tests.relay.pki_helpers import Pki
-from vspc import service
 from vspc.console import client as console_client
 from vspc.console import endpoint as console_endpoint
 from vspc.console.config import ConsoleTcpConfig
@@ -97,19 +95,19 @@ def test_peer_link_contexts(pki: Pki) -> None:
 
 def test_relay_egress_client_context(pki: Pki) -> None:
     files = pki.issue("host", "esx-01")
-    for cfg in (RelayTls(ca=files.ca), RelayTls(ca=files.ca, cert=files.cert, key=files.key)):
-        assert settings(egress.client_ssl_context(cfg)) == want(
+    for cfg in (ClientTls(ca=files.ca), ClientTls(ca=files.ca, cert=files.cert, key=files.key)):
+        assert settings(cfg.context()) == want(
             CLIENT, V12, ANY, ssl.CERT_REQUIRED, True, DEFAULT_OPTS, 1, keylog=True
         )
 
 
 def test_vspc_server_context(pki: Pki) -> None:
     files = pki.issue("appliance", "vspc-1")
-    assert settings(service.server_ssl_context(files.cert, files.key)) == want(
+    assert settings(ServerTls(files.cert, files.key).context()) == want(
         SERVER, V12, ANY, ssl.CERT_NONE, False, DEFAULT_OPTS, 0, keylog=True
     )
     # a client CA: client certificates required, signed by that CA only
-    assert settings(service.server_ssl_context(files.cert, files.key, files.ca)) == want(
+    assert settings(ServerTls(files.cert, files.key, files.ca).context()) == want(
         SERVER, V12, ANY, ssl.CERT_REQUIRED, False, DEFAULT_OPTS, 1, keylog=True
     )
 
