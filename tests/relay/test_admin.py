@@ -11,8 +11,8 @@ import trio
 
 from common.link.route import Route, Router
 from relay.admin import AdminServer, admin_request, admin_request_sync, route_commands
+from tests.common.link.link_harness import MiB, acceptor, pattern, roundtrip, small_config
 from tests.relay.faultproxy import FaultProxy
-from tests.relay.link_harness import MiB, acceptor, pattern, roundtrip, small_config
 
 
 async def test_route_set_over_admin_socket_moves_live_stream(tmp_path: Path) -> None:

@@ -20,8 +20,8 @@ import trio
 from common.io.vsphere import VSphereTarget
 from common.link.route import Route, Router
 from relay.vsphere_route import follow_appliance
+from tests.common.link.link_harness import MiB, acceptor, pattern, roundtrip, small_config
 from tests.relay.faultproxy import FaultProxy
-from tests.relay.link_harness import MiB, acceptor, pattern, roundtrip, small_config
 
 VCSIM = Path(__file__).resolve().parents[2] / ".cache" / "vcsim" / "vcsim"
 VM = "DC0_C0_RP0_VM0"

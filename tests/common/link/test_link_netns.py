@@ -54,9 +54,9 @@ def two_hosts() -> Iterator[tuple[str, str]]:
 
 
 def _node(ns: str, certs_dir: Path, *args: str, stdin: bool = False) -> subprocess.Popen[str]:
-    """Run ``python -m tests.relay.link_node ARGS`` inside network namespace ``ns``."""
-    root = Path(__file__).resolve().parents[2]
-    node = [sys.executable, "-m", "tests.relay.link_node"]
+    """Run ``python -m tests.common.link.link_node ARGS`` inside network namespace ``ns``."""
+    root = Path(__file__).resolve().parents[3]
+    node = [sys.executable, "-m", "tests.common.link.link_node"]
     return subprocess.Popen(
         ["ip", "netns", "exec", ns, *node, *args, "--certs", str(certs_dir)],
         stdin=subprocess.PIPE if stdin else None,

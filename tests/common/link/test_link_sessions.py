@@ -12,14 +12,14 @@ import trio.testing
 from common.link.resumable import StreamFailedError
 from common.link.route import Route, Router
 from common.proto.link.frames import ErrorCode
-from tests.relay.faultproxy import FaultProxy
-from tests.relay.link_harness import (
+from tests.common.link.link_harness import (
     MiB,
     acceptor,
     pattern,
     roundtrip,
     small_config,
 )
+from tests.relay.faultproxy import FaultProxy
 from tests.relay.pki_helpers import Pki
 from tests.support.waiting import wait_until
 

@@ -1,7 +1,7 @@
 """Peer links end to end over real TCP (and TLS): cuts, stalls, corruption, moves, gaps.
 
 The big transfer is VIC_LINK_BIG_MB MiB (default 32; the issue's figure is 256:
-``VIC_LINK_BIG_MB=256 pytest tests/relay/test_link.py -k cut``).
+``VIC_LINK_BIG_MB=256 pytest tests/common/link/test_link.py -k cut``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from common.link.route import Route, Router
 from common.proto.link import frames as F
 from common.proto.link.frames import ErrorCode
 from common.proto.link.mux import MuxConfig
-from tests.relay.faultproxy import FaultProxy
-from tests.relay.link_harness import (
+from tests.common.link.link_harness import (
     BIG,
     MiB,
     acceptor,
@@ -27,6 +26,7 @@ from tests.relay.link_harness import (
     small_config,
     stream_roundtrip,
 )
+from tests.relay.faultproxy import FaultProxy
 from tests.relay.pki_helpers import Pki
 from tests.support.waiting import wait_until
 

@@ -12,7 +12,7 @@ from common.link.peerlink import LinkConfig
 from common.link.resumable import ResumableStream
 from common.link.route import Route, Router
 from common.link.sessions import Accepted
-from tests.relay.link_harness import pattern, small_config
+from tests.common.link.link_harness import pattern, small_config
 from tests.support.waiting import wait_until
 
 

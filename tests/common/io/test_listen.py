@@ -1,6 +1,6 @@
 """common.io.listen (listener errors as ConfigErrors naming the key) and
 common.io.preflight (certificate warnings). The name grammar for configs and the wire
-is one, common.proto.identity: tests/vspc/test_identity.py."""
+is one, common.proto.identity: tests/common/proto/test_identity.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """A peer-link node for multi-host tests: run inside a network namespace.
 
-    python -m tests.relay.link_node serve --listen HOST:PORT --certs DIR --name B --allow A
-    python -m tests.relay.link_node send --address tcp:HOST:PORT --certs DIR \
+    python -m tests.common.link.link_node serve --listen HOST:PORT --certs DIR --name B --allow A
+    python -m tests.common.link.link_node send --address tcp:HOST:PORT --certs DIR \
         --name A --peer B --mb N
 
 ``serve`` echoes every accepted stream. ``send`` streams N MiB and reads the echo;
