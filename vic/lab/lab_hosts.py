@@ -85,14 +85,20 @@ async def echo_lines(
     send: Callable[[bytes], Awaitable[None]],
     receive: Callable[[], Awaitable[bytes]],
 ) -> None:
-    """A simulated VM's console: a greeting, then ``<vm> read: <line>`` for each line."""
-    await send(f"hello from {name}\r\n".encode())
-    buf = b""
-    while data := await receive():
-        buf += data
-        *lines, buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        for line in lines:
-            await send(f"{name} read: ".encode() + line + b"\r\n")
+    """A simulated VM's console: a greeting, then ``<vm> read: <line>`` for each line.
+    A broken console ends this VM only (logged), not the lab."""
+    try:
+        await send(f"hello from {name}\r\n".encode())
+        buf = b""
+        while data := await receive():
+            buf += data
+            *lines, buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+            for line in lines:
+                await send(f"{name} read: ".encode() + line + b"\r\n")
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+        log.warning("%s: console lost: %s", name, e)
+        return
+    log.warning("%s: console closed", name)
 
 
 class Hosts:

@@ -26,6 +26,7 @@ from vic.lab import lab_state
 from vic.lab.appliance_config import lab_toml
 
 START_TIMEOUT = 120.0  # per process, on a loaded 2-core machine
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the NUL
 
 
 class LabStartError(Exception):
@@ -68,9 +69,14 @@ def up(d: Path) -> int:
             f"vic lab up: {d} is not empty and holds no lab; choose another --dir", file=sys.stderr
         )
         return 1
+    longest = d / "ag" / "vm-agent-1.vsock_1024"  # the longest socket path the lab binds
+    if len(os.fsencode(longest)) > MAX_SOCKET_PATH:
+        print(f"vic lab up: {d} is too long for the lab's Unix sockets", file=sys.stderr)
+        return 1
     made = not d.exists()
-    d.mkdir(parents=True, exist_ok=True)
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)  # it holds the mesh's private keys
     (d / lab_state.MARKER).write_text("created\n" if made else "existed\n")
+    (d / ".gitignore").write_text("*\n")  # the default D is in the repository
     try:
         env = trio.run(_start, d)
     except LabStartError as e:
