@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from vic.lab import lab_state
@@ -107,3 +109,62 @@ async def test_down_with_nothing_up(tmp_path: Path) -> None:
     rc, out = await vic("lab", "down", "--dir", str(tmp_path / "none"))
     assert rc == 0 and "nothing to stop" in out, out
     assert not (tmp_path / "none").exists()
+
+
+# --- lab_state: what down relies on, on real processes -------------------------------
+
+
+def spawn(script: str) -> subprocess.Popen[bytes]:
+    """A shell that says ``ready`` on stdout once its traps are set."""
+    proc = subprocess.Popen(
+        ["sh", "-c", f"{script}; echo ready; exec sleep 600"], stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    return proc
+
+
+def test_stop_terms_then_kills_and_skips_recycled_pids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lab_state, "TERM_GRACE", 0.5)  # a deadline, not a wait
+    polite, stubborn = spawn(":"), spawn("trap '' TERM")
+    try:
+        lab_state.record(tmp_path, "polite", polite.pid)
+        lab_state.record(tmp_path, "stubborn", stubborn.pid)
+        started = lab_state.recorded(tmp_path)
+        assert [s.name for s in started] == ["polite", "stubborn"]
+        assert all(lab_state.alive(s) for s in started)
+        # a record whose pid the kernel has since given to another process: not ours
+        other = lab_state.Started("recycled", os.getpid(), started[0].start - 1)
+        assert not lab_state.alive(other)
+        assert lab_state.stop([*started, other]) == ["stubborn"]
+        assert polite.wait(5) == -signal.SIGTERM and stubborn.wait(5) == -signal.SIGKILL
+        assert not any(lab_state.alive(s) for s in started)
+    finally:
+        polite.kill()
+        stubborn.kill()
+        polite.wait()
+        stubborn.wait()
+
+
+def test_a_zombie_counts_as_gone(tmp_path: Path) -> None:
+    proc = spawn(":")
+    lab_state.record(tmp_path, "z", proc.pid)
+    (s,) = lab_state.recorded(tmp_path)
+    proc.kill()
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie
+    assert Path(f"/proc/{proc.pid}").exists() and not lab_state.alive(s)
+    proc.wait()
+
+
+async def test_down_clears_a_lab_that_died(tmp_path: Path) -> None:
+    """A lab whose processes are gone (killed, a reboot): down removes what is left."""
+    d = tmp_path / "dead"
+    d.mkdir()
+    (d / lab_state.MARKER).write_text("existed\n")
+    (d / "console.sock").touch()
+    (d / "pids").mkdir()
+    (d / "pids" / "appliance.pid").write_text("999999999 1\n")  # beyond pid_max: never alive
+    rc, out = await vic("lab", "down", "--dir", str(d))
+    assert rc == 0 and "stopped 0 processes" in out, out
+    assert d.exists() and not any(d.iterdir())  # up did not make D: only its contents go

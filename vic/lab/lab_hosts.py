@@ -56,6 +56,12 @@ ECHO_SH = (
     'echo "$VM: stdin closed"'
 )
 READY_TIMEOUT = 90.0
+VM_PATHS = {  # each VM of the lab and how its console reaches the appliance
+    "vm-esx-1": "simulated ESX host esx-a -> vSPC (Telnet + extension 232)",
+    "vm-mesh-1": "relay esx-m1 =TLS peer link=> relay esx-m2 -> appliance",
+    "vm-agent-1": "vic agent (sh), hybrid vsock -> relay esx-c -> appliance",
+    "vm-agent-2": "vic agent (sh on a tty), serial line -> relay esx-c -> appliance",
+}
 
 
 def with_metrics(cfg: RelayConfig) -> RelayConfig:
@@ -201,10 +207,8 @@ async def serve(d: Path, esx_port: int, notify_path: Path) -> None:
                 await hosts.esx_c(nursery)
                 await hosts.consoles_listed()
             metrics = ",".join(f"{h}={p}" for h, p in sorted(hosts.metrics.items()))
-            notify(
-                notify_path,
-                {"READY": "1", "LAB": "hosts", "VMS": " ".join(hosts.vms)} | {"METRICS": metrics},
-            )
+            vms = " ".join(v for v in VM_PATHS if v in hosts.vms)
+            notify(notify_path, {"READY": "1", "LAB": "hosts", "VMS": vms, "METRICS": metrics})
             log.warning("lab hosts up: %s", " ".join(hosts.vms))
             sig = await stop_signal()
             log.warning("lab hosts: %s, stopping", sig.name)

@@ -24,6 +24,7 @@ import trio
 
 from vic.lab import lab_state
 from vic.lab.appliance_config import lab_toml
+from vic.lab.lab_hosts import VM_PATHS
 
 START_TIMEOUT = 120.0  # per process, on a loaded 2-core machine
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the NUL
@@ -44,11 +45,11 @@ def down(d: Path) -> int:
     if not lab_state.is_lab(d):
         print(f"vic lab down: no lab up in {d}: nothing to stop")
         return 0
-    started = lab_state.recorded(d)
-    killed = lab_state.stop(started)
+    live = lab_state.running(d)
+    killed = lab_state.stop(live)
     lab_state.remove(d)
     extra = f" ({', '.join(killed)} needed SIGKILL)" if killed else ""
-    print(f"vic lab down: stopped {len(started)} processes{extra}; removed the lab in {d}")
+    print(f"vic lab down: stopped {len(live)} processes{extra}; removed the lab in {d}")
     return 0
 
 
@@ -188,9 +189,12 @@ def render_env(d: Path, appliance_metrics: str, hosts: dict[str, str]) -> str:
         names.append(f"relay {host}")
         urls.append(f"http://127.0.0.1:{port}/metrics")
     q = shlex.quote
+    vms = hosts.get("VMS", "")
+    paths = "".join(f"# {vm}: {VM_PATHS.get(vm, '')}\n" for vm in vms.split())
     return (
         f"export VIC_CONSOLE_SOCKET={q(str(d / 'console.sock'))}\n"
-        f'export VIC_LAB_VMS="{hosts.get("VMS", "")}"\n'
+        + paths
+        + f'export VIC_LAB_VMS="{vms}"\n'
         f"# metrics: {', '.join(names)}\n"
         f"export VIC_LAB_METRICS={q(' '.join(urls))}\n"
     )
