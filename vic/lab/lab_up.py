@@ -65,6 +65,7 @@ def up(d: Path) -> int:
             )
             return 1
         lab_state.remove(d)  # what a lab that died (or a reboot) left behind
+        print(f"vic lab up: removed what a lab no longer running left in {d}")
     elif d.exists() and any(d.iterdir()):
         print(
             f"vic lab up: {d} is not empty and holds no lab; choose another --dir", file=sys.stderr
