@@ -278,10 +278,10 @@ async def run(
     todo = plans(rng, lines)
     net, skipped = await _netns_vm(d, rng, netns, todo)
     checks: list[AgentCheck] = []
-    serial = _SerialLine()
+    serial = SerialLine()
     try:
         await serial.open(d)
-        listeners = _relay_listeners(d, todo, serial.pair)
+        listeners = relay_listeners(d, todo, serial.pair)
         async with trio.open_nursery() as nursery:
             await nursery.start(RelayDaemon(relay_config("esx-c", sock, listeners)).run)
             await _run_vms(service, watcher, d, todo, checks, serial.pair, net)
@@ -315,7 +315,7 @@ async def _netns_vm(
     return net, []
 
 
-class _SerialLine:
+class SerialLine:
     """The serial VM's line: socat's pty pair (if socat is installed)."""
 
     def __init__(self) -> None:
@@ -337,7 +337,7 @@ class _SerialLine:
         await stop(self.socat, signal.SIGTERM)
 
 
-def _relay_listeners(
+def relay_listeners(
     d: Path, todo: list[VMPlan], serial_pair: tuple[Path, Path] | None
 ) -> dict[str, tuple[object, ...]]:
     """Relay esx-c: a hybrid vsock listener per hybrid VM, the serial line's host end."""

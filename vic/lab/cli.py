@@ -3,6 +3,8 @@
 Starts the appliance (vSPC, endpoint, consoles) in this process with a
 throw-away config, runs each scenario against it, prints what every console
 received and whether every byte arrived once and in order. Exit 0 when all do.
+``vic lab up`` / ``vic lab down`` leave the lab's topology running, then stop it
+(:mod:`vic.lab.lab_up`).
 """
 
 from __future__ import annotations
@@ -17,13 +19,24 @@ from pathlib import Path
 import trio
 
 from vic.lab import report
-from vspc.config import EndpointConfig, LinkListen, ListenConfig, MetricsConfig, VspcConfig
-from vspc.console.config import ConsoleConfig
+from vic.lab.appliance_config import lab_config
 
 SCENARIOS = ("vspc", "relay", "mesh", "agent")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "action",
+        nargs="?",
+        choices=("up", "down"),
+        help="up: start the lab and leave it running; down: stop it (default: one-shot check)",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        help="up/down: the running lab's directory (default $XDG_RUNTIME_DIR/vic-lab, "
+        "else .lab in the repository)",
+    )
     parser.add_argument("--workdir", type=Path, help="where logs and sockets go (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir afterwards")
     parser.add_argument("--seed", type=int, default=7)
@@ -38,6 +51,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action is not None:
+        from vic.lab import lab_up
+
+        return lab_up.run(args)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -52,21 +69,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"lab files kept in {workdir}")
     return 0 if ok else 1
-
-
-def lab_config(workdir: Path) -> VspcConfig:
-    return VspcConfig(
-        listen=ListenConfig(host="127.0.0.1", port=0),
-        endpoint=EndpointConfig(
-            host="127.0.0.1",
-            port=0,
-            unix=workdir / "endpoint.sock",
-            # peer links forwarded by the relays on the appliance's (simulated) hosts
-            link=(LinkListen(f"unix:{workdir / 'link.sock'}", tls=False, forwarded=True),),
-        ),
-        console=ConsoleConfig(socket=workdir / "console.sock", log_dir=workdir / "consoles"),
-        metrics=MetricsConfig(enabled=True, host="127.0.0.1", port=0),
-    )
 
 
 async def main(workdir: Path, args: argparse.Namespace) -> bool:

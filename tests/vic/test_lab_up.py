@@ -1,0 +1,170 @@
+"""`vic lab up` leaves the lab running, `vic console` reaches it through D/env alone, and
+`vic lab down` stops every process it started and removes what it made."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from vic.lab import lab_state
+
+ROOT = Path(__file__).resolve().parents[2]
+UP_TIMEOUT = 300.0
+
+
+async def vic(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str]:
+    with trio.fail_after(timeout):
+        proc = await trio.run_process(
+            [sys.executable, "-m", "vic.cli", *args],
+            cwd=ROOT,
+            env=env,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    return proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace")
+
+
+def parse_env(text: str) -> dict[str, str]:
+    """What sourcing D/env would export."""
+    out = {}
+    for line in text.splitlines():
+        words = shlex.split(line, comments=True)
+        if words and words[0] == "export":
+            for word in words[1:]:
+                key, _, value = word.partition("=")
+                out[key] = value
+    return out
+
+
+async def attach_and_type(env: dict[str, str], vm: str, line: bytes, want: bytes) -> bytes:
+    """Attach following the console, type ``line``; the output once ``want`` is in it."""
+    cmd = [sys.executable, "-m", "vic.cli", "console", "attach", vm, "--replay", "65536"]
+    proc = await trio.lowlevel.open_process(
+        cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    seen = b""
+    try:
+        with trio.fail_after(60):
+            await proc.stdin.send_all(line)
+            while want not in seen:
+                chunk = await proc.stdout.receive_some(65536)
+                assert chunk, f"attach ended; it printed {seen!r}"
+                seen += chunk
+    finally:
+        proc.kill()
+        await proc.wait()
+    return seen
+
+
+async def test_up_console_down(tmp_path: Path) -> None:
+    d = tmp_path / "lab"
+    rc, out = await vic("lab", "up", "--dir", str(d), timeout=UP_TIMEOUT)
+    try:
+        assert rc == 0, out
+        env_text = (d / "env").read_text()
+        assert env_text in out  # what it printed to paste is what it wrote
+        lab = parse_env(env_text)
+        vms = lab["VIC_LAB_VMS"].split()
+        assert {"vm-esx-1", "vm-mesh-1", "vm-agent-1"} <= set(vms), vms
+        assert all(u.startswith("http://127.0.0.1:") for u in lab["VIC_LAB_METRICS"].split())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VIC_")} | lab
+
+        rc, listing = await vic("console", "list", env=env)
+        assert rc == 0, listing
+        for vm in vms:
+            assert f" {vm} " in listing, listing
+        # the agent VM runs a real shell: it greeted, and echoes the line typed
+        seen = await attach_and_type(env, "vm-agent-1", b"hi lab\n", b"vm-agent-1 read: hi lab")
+        assert seen.startswith(b"hello from vm-agent-1\n"), seen
+        # a VM across the relay mesh
+        await attach_and_type(
+            env, "vm-mesh-1", b"over the mesh\r", b"vm-mesh-1 read: over the mesh"
+        )
+
+        rc, again = await vic("lab", "up", "--dir", str(d))
+        assert rc == 1 and f"already up in {d}" in again, again
+        started = lab_state.recorded(d)
+        assert {"appliance", "hosts", "vm-agent-1"} <= {s.name for s in started}
+        assert all(lab_state.alive(s) for s in started), started
+    finally:
+        rc, bye = await vic("lab", "down", "--dir", str(d))
+    assert rc == 0 and "stopped" in bye, bye
+    gone = [s for s in started if lab_state.alive(s)]
+    assert not gone, gone
+    assert not d.exists()  # sockets, logs, configs: up made the directory, down removed it
+
+
+async def test_down_with_nothing_up(tmp_path: Path) -> None:
+    rc, out = await vic("lab", "down", "--dir", str(tmp_path / "none"))
+    assert rc == 0 and "nothing to stop" in out, out
+    assert not (tmp_path / "none").exists()
+
+
+# --- lab_state: what down relies on, on real processes -------------------------------
+
+
+def spawn(script: str) -> subprocess.Popen[bytes]:
+    """A shell that says ``ready`` on stdout once its traps are set."""
+    proc = subprocess.Popen(
+        ["sh", "-c", f"{script}; echo ready; exec sleep 600"], stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    return proc
+
+
+def test_stop_terms_then_kills_and_skips_recycled_pids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lab_state, "TERM_GRACE", 0.5)  # a deadline, not a wait
+    polite, stubborn = spawn(":"), spawn("trap '' TERM")
+    try:
+        lab_state.record(tmp_path, "polite", polite.pid)
+        lab_state.record(tmp_path, "stubborn", stubborn.pid)
+        started = lab_state.recorded(tmp_path)
+        assert [s.name for s in started] == ["polite", "stubborn"]
+        assert all(lab_state.alive(s) for s in started)
+        # a record whose pid the kernel has since given to another process: not ours
+        other = lab_state.Started("recycled", os.getpid(), started[0].start - 1)
+        assert not lab_state.alive(other)
+        assert lab_state.stop([*started, other]) == ["stubborn"]
+        assert polite.wait(5) == -signal.SIGTERM and stubborn.wait(5) == -signal.SIGKILL
+        assert not any(lab_state.alive(s) for s in started)
+    finally:
+        polite.kill()
+        stubborn.kill()
+        polite.wait()
+        stubborn.wait()
+
+
+def test_a_zombie_counts_as_gone(tmp_path: Path) -> None:
+    proc = spawn(":")
+    lab_state.record(tmp_path, "z", proc.pid)
+    (s,) = lab_state.recorded(tmp_path)
+    proc.kill()
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie
+    assert Path(f"/proc/{proc.pid}").exists() and not lab_state.alive(s)
+    proc.wait()
+
+
+async def test_down_clears_a_lab_that_died(tmp_path: Path) -> None:
+    """A lab whose processes are gone (killed, a reboot): down removes what is left."""
+    d = tmp_path / "dead"
+    d.mkdir()
+    (d / lab_state.MARKER).write_text("existed\n")
+    (d / "console.sock").touch()
+    (d / "pids").mkdir()
+    (d / "pids" / "appliance.pid").write_text("999999999 1\n")  # beyond pid_max: never alive
+    rc, out = await vic("lab", "down", "--dir", str(d))
+    assert rc == 0 and "stopped 0 processes" in out, out
+    assert d.exists() and not any(d.iterdir())  # up did not make D: only its contents go

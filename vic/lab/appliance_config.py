@@ -1,0 +1,46 @@
+"""The lab's appliance config, shared by the one-shot lab (in process) and ``vic lab up``
+(the file ``vic vspc --config`` reads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from common.ops.config import loads
+from vspc.config import VspcConfig
+
+
+def lab_toml(workdir: Path) -> str:
+    """The lab appliance's vspc.toml: ports picked by the kernel, everything in ``workdir``."""
+
+    def q(p: Path | str) -> str:
+        return json.dumps(str(p))  # a TOML basic string
+
+    return f"""[listen]
+host = "127.0.0.1"
+port = 0
+
+[endpoint]
+host = "127.0.0.1"
+port = 0
+unix = {q(workdir / "endpoint.sock")}
+
+# peer links forwarded by the relays on the appliance's (simulated) hosts
+[[endpoint.link]]
+address = {q(f"unix:{workdir / 'link.sock'}")}
+tls = false
+forwarded = true
+
+[console]
+socket = {q(workdir / "console.sock")}
+log-dir = {q(workdir / "consoles")}
+
+[metrics]
+enabled = true
+host = "127.0.0.1"
+port = 0
+"""
+
+
+def lab_config(workdir: Path) -> VspcConfig:
+    return loads(VspcConfig, lab_toml(workdir))
