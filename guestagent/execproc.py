@@ -153,11 +153,15 @@ class ExecProcess:
         self._status = ExitStatus.from_reaped(st, timed_out=self._timed_out)
         return self._status
 
+    def kill(self) -> None:
+        """SIGKILL to the exec's whole process group (no-op once it is reaped)."""
+        self._child.send_signal(_signal.SIGKILL, group=True)
+
     async def aclose(self) -> None:
-        """Release the fds; a process still running has its group killed (SIGKILL) and
-        is reaped by the reaper in time."""
-        if self._child.status is None:
-            self._child.send_signal(_signal.SIGKILL, group=True)
+        """Release the fds (reads then raise ``trio.ClosedResourceError``). A process
+        still running has its group killed: close a main process (attach) only after
+        ``wait()``. The reaper reaps it in any case."""
+        self.kill()
         pipe_in, self._pipe_in, self._stdin = self._pipe_in, None, None
         with trio.CancelScope(shield=True):
             for s in [*self._out.values(), *([pipe_in] if pipe_in else [])]:
@@ -231,8 +235,8 @@ def exec_env(
 def _exec_failure_text(spec: ExecSpec, e: OSError) -> str:
     what = e.strerror or str(e)
     if e.errno == errno.ENOMEM and e.filename is None:
-        return f"cannot start {spec.argv[0]}: {what} (is the container's pid 1 gone?)"
-    return f"cannot run {spec.argv[0]}: {what}"
+        return f"cannot start {spec.program}: {what} (is the container's pid 1 gone?)"
+    return f"cannot run {spec.program}: {what}"
 
 
 async def start_exec(
@@ -288,6 +292,7 @@ def _spawn(
                 stdin=theirs[0],
                 stdout=theirs[1],
                 stderr=theirs[2],
+                executable=spec.program,
                 env=env,
                 start_new_session=True,
                 close_fds=True,
@@ -301,7 +306,7 @@ def _spawn(
         os.close(reason_w)
         reason_w = -1
         why = os.read(reason_r, _REASON_MAX).decode("utf-8", "replace") or "setup failed"
-        raise ExecStartError(f"cannot start {spec.argv[0]}: {why}") from None
+        raise ExecStartError(f"cannot start {spec.program}: {why}") from None
     except BaseException:
         _close_all(ours)
         raise

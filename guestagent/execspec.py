@@ -15,6 +15,7 @@ import signal as _signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from common.proto import guestinfo as gi
 from guestagent.reaper import ExitStatus as ReapedStatus
 
 MAX_WINSIZE = 0xFFFF  # struct winsize fields are unsigned short
@@ -61,9 +62,10 @@ def _check_text(what: str, s: object) -> str:
 
 @dataclass(frozen=True)
 class ExecSpec:
-    """One exec: ``argv[0]`` is searched in PATH (of the resulting environment) when it
-    has no '/'; ``env`` overrides the container's environment; ``cwd`` is absolute,
-    inside the container (default: the container process's own); ``user`` is
+    """One exec: ``argv[0]`` (or ``executable``) is searched in PATH (of the resulting
+    environment) when it has no '/'; ``env`` overrides the container's environment;
+    ``cwd`` is absolute, inside the container (None or "": the container process's
+    own); ``user`` is
     ``name``, ``uid``, ``name:group`` or ``uid:gid``, resolved in the container's
     /etc/passwd and /etc/group (default: the agent's, i.e. root); ``rows``/``cols``
     give the initial window size with ``tty`` (0 = unset); ``timeout`` in seconds
@@ -77,6 +79,7 @@ class ExecSpec:
     rows: int = 0
     cols: int = 0
     timeout: float | None = None
+    executable: str | None = None  # the program, when it is not argv[0] (a session's Path)
 
     def __post_init__(self) -> None:
         if isinstance(self.argv, str | bytes) or not self.argv:
@@ -94,7 +97,15 @@ class ExecSpec:
         object.__setattr__(self, "env", env)
         self._check_rest()
 
+    @property
+    def program(self) -> str:
+        return self.executable or self.argv[0]
+
     def _check_rest(self) -> None:
+        if self.executable is not None and not _check_text("executable", self.executable):
+            raise ExecStartError("executable is empty")
+        if self.cwd == "":
+            object.__setattr__(self, "cwd", None)  # the wire's "unset"
         if self.cwd is not None and not _check_text("cwd", self.cwd).startswith("/"):
             raise ExecStartError(f"cwd must be an absolute path, not {self.cwd!r}")
         if self.user is not None and self.user != "":
@@ -140,3 +151,21 @@ class ExitStatus:
     def shell_code(self) -> int:
         """The shell's convention: the exit code, or 128+N after death by signal N."""
         return self.code if self.code is not None else 128 + (self.signal or 0)
+
+
+def session_spec(cfg: gi.SessionConfig, *, rows: int = 0, cols: int = 0) -> ExecSpec:
+    """The spec of a session's main process (for attach: stdout and stderr apart, or a
+    resizable tty). A session without ``openstdin`` gets ``close_stdin()`` at once."""
+    env: dict[str, str] = {}
+    for item in cfg.env:
+        k, _, v = item.partition("=")
+        env[k] = v
+    return ExecSpec(
+        argv=cfg.args or (cfg.path,),
+        env=env,
+        cwd=cfg.dir or "/",
+        tty=cfg.tty,
+        rows=rows,
+        cols=cols,
+        executable=cfg.path,
+    )

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
+from common.proto import guestinfo as gi
 from guestagent.execproc import READ_MAX, ExecProcess, start_exec
 from guestagent.execspec import (
     STDERR,
@@ -20,6 +21,7 @@ from guestagent.execspec import (
     ExitStatus,
     StdinClosed,
     Stream,
+    session_spec,
 )
 from guestagent.reaper import Reaper
 
@@ -258,3 +260,33 @@ async def test_exit_status_has_exactly_one_of_code_and_signal() -> None:
         ExitStatus(0, 9)
     with pytest.raises(ValueError):
         ExitStatus(None, None)
+
+
+async def test_session_main_process_with_streams_apart(reaper: Reaper) -> None:
+    """Attach's process side: a session's Path runs with its own argv[0], env and dir."""
+    cfg = gi.SessionConfig(
+        id="main",
+        path="/bin/sh",
+        args=("mysh", "-c", 'echo "$0 $A $(pwd)"; echo err >&2; exit 4'),
+        env=("A=1=2",),
+        dir="/tmp",
+    )
+    out, err, st = await run(reaper, session_spec(cfg))
+    assert (out, err, st) == (b"mysh 1=2 /tmp\n", b"err\n", ExitStatus(4, None))
+    cfg = gi.SessionConfig(id="main", path="no-such-main", tty=True)
+    with pytest.raises(ExecStartError, match="cannot run no-such-main"):
+        await start_exec(session_spec(cfg, rows=5, cols=6), reaper=reaper)
+
+
+async def test_kill_and_aclose_end_a_running_exec(reaper: Reaper) -> None:
+    with trio.fail_after(T):
+        p = await start_exec(ExecSpec(["sh", "-c", "sleep 1000 & exec sleep 1000"]), reaper=reaper)
+        p.kill()
+        assert await p.wait() == ExitStatus(None, signal.SIGKILL)
+        assert await read_all(p, STDOUT) == b""  # the background sleep died too
+        await p.aclose()
+        p = await start_exec(ExecSpec(["sleep", "1000"], cwd=""), reaper=reaper)
+        await p.aclose()
+        assert (await p.wait()).signal == signal.SIGKILL
+        with pytest.raises(trio.ClosedResourceError):
+            await p.read(STDOUT)
