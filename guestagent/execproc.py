@@ -45,7 +45,8 @@ from guestagent.session import DEFAULT_PATH
 
 log = logging.getLogger(__name__)
 
-READ_MAX = 64 * 1024  # default and ceiling for one read()
+READ_DEFAULT = 64 * 1024  # one read() unless asked for less or more
+READ_MAX = 1024 * 1024  # ceiling for one read()
 _REASON_MAX = 4096
 
 
@@ -104,7 +105,7 @@ class ExecProcess:
 
     # -- output ----------------------------------------------------------------------
 
-    async def read(self, stream: Stream, max_bytes: int = READ_MAX) -> bytes:
+    async def read(self, stream: Stream, max_bytes: int = READ_DEFAULT) -> bytes:
         """Up to ``max_bytes`` (at most ``READ_MAX``) of ``stream``; b"" at its end."""
         s = self._out.get(stream)
         if s is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -136,7 +137,13 @@ async def test_reads_are_bounded(reaper: Reaper) -> None:
             assert max(sizes) <= 1000
             assert (await p.read(STDOUT, 10**9)) == b""  # EOF stays EOF
             assert await p.wait() == ExitStatus(0, None)
-    assert READ_MAX <= 1024 * 1024
+        p = await start_exec(ExecSpec(["head", "-c", "3000000", "/dev/zero"]), reaper=reaper)
+        async with p:
+            sizes = []
+            while chunk := await p.read(STDOUT, 10**9):
+                sizes.append(len(chunk))
+            assert sum(sizes) == 3000000
+            assert max(sizes) <= READ_MAX
 
 
 async def test_tty_sees_initial_size_and_resize(reaper: Reaper) -> None:
@@ -159,6 +166,32 @@ async def test_tty_sees_initial_size_and_resize(reaper: Reaper) -> None:
             await p.write_stdin(b"q\n")
             assert await p.wait() == ExitStatus(7, None)
             await read_all(p, TTY)  # the echo of q, then EOF (EIO) as b""
+
+
+GIVE_UP_CTTY = """
+import fcntl, os, signal, termios
+def winch(*_):
+    os.write(1, b"winch %d\\n" % os.get_terminal_size(1).lines)
+    os._exit(0)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+signal.signal(signal.SIGWINCH, winch)
+fcntl.ioctl(0, termios.TIOCNOTTY)
+os.write(1, b"ready\\n")
+while True:
+    signal.pause()
+"""
+
+
+async def test_resize_reaches_a_process_without_a_controlling_tty(reaper: Reaper) -> None:
+    """No foreground group on the terminal: the kernel sends no SIGWINCH; we do."""
+    spec = ExecSpec([sys.executable, "-c", GIVE_UP_CTTY], tty=True, rows=10, cols=10)
+    with trio.fail_after(T):
+        async with await start_exec(spec, reaper=reaper) as p:
+            buf = bytearray()
+            await read_until(p, TTY, b"ready\r\n", buf)
+            p.resize(31, 10)
+            assert await read_until(p, TTY, b"\r\n", buf) == b"winch 31\r\n"
+            assert await p.wait() == ExitStatus(0, None)
 
 
 async def test_tty_close_stdin_sends_eof_and_ctty_is_set(reaper: Reaper) -> None:
