@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from common.ops.wiretext import wire
 from guestagent.execspec import ExecStartError
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ def _open_cgroups(pid: int) -> list[tuple[str, int]]:
                 continue
             rel = os.path.relpath(path, root)
             if rel.startswith(".."):
-                log.debug("cgroup %s of pid %d is outside the mount of %s", path, pid, root)
+                log.debug("cgroup %s of pid %d is outside %s", wire(path), pid, wire(root))
                 continue
             d = os.path.normpath(os.path.join(point, rel))
             out.append((d, os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)))

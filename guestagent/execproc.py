@@ -31,6 +31,7 @@ from types import TracebackType
 
 import trio
 
+from common.ops.wiretext import wire
 from guestagent import containerns, ptyio
 from guestagent.execspec import (
     ExecSpec,
@@ -282,9 +283,13 @@ def _spawn(
     creds: Credentials | None,
     env: dict[str, str],
 ) -> ExecProcess:
-    theirs, stdin, outputs = _child_fds(spec)
-    ours = {stdin, *outputs.values()}
     reason_r, reason_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        theirs, stdin, outputs = _child_fds(spec)
+    except BaseException:
+        _close_all({reason_r, reason_w})
+        raise
+    ours = {stdin, *outputs.values()}
     plan = _ChildPlan(spec.tty, target, creds, spec.cwd, reason_w)
     try:
         with containerns.children_in(target.pid_ns if target else None):
@@ -313,7 +318,7 @@ def _spawn(
         raise
     finally:
         _close_all({*theirs, reason_r, reason_w} - {-1})
-    log.info("exec %d started: %s", child.pid, " ".join(spec.argv)[:200])
+    log.info("exec %d started: %s", child.pid, wire(" ".join(spec.argv)))
     return ExecProcess(spec, child, stdin, outputs)
 
 

@@ -193,3 +193,23 @@ async def test_own_namespaces_need_no_setns(reaper: Reaper) -> None:
         out = await read_all(p, STDOUT)
         assert await p.wait() == ExitStatus(0, None)
     assert out.decode().strip() == ns_id("self", "mnt")
+
+
+async def test_ten_execs_into_the_container_at_once(reaper: Reaper, container: Container) -> None:
+    """No namespace fd reaches the execs, and the agent's own pid namespace for its
+    children is back after each spawn."""
+    outs: dict[int, bytes] = {}
+
+    async def one(i: int) -> None:
+        spec = ExecSpec(["sh", "-c", f"hostname; ls /proc/$$/fd; exit {i}"])
+        async with await start_exec(spec, reaper=reaper, container_pid=container.pid) as p:
+            outs[i] = await read_all(p, STDOUT)
+            assert await p.wait() == ExitStatus(i, None)
+
+    with trio.fail_after(T):
+        async with trio.open_nursery() as n:
+            for i in range(10):
+                n.start_soon(one, i)
+    assert all(out.split() == [b"vic-exec-ns", b"0", b"1", b"2"] for out in outs.values())
+    assert len(outs) == 10
+    assert ns_id("thread-self", "pid_for_children") == ns_id("self", "pid")
