@@ -65,7 +65,11 @@ def encode_frame(ftype: FrameType, body: bytes) -> bytes:
 
 
 class FrameReader:
-    """Bytes in, whole frames out, one at a time; ``Refusal`` for a bad type or length."""
+    """Bytes in, whole frames out, one at a time; ``Refusal`` for a bad type or length.
+
+    A body comes back as a view into the reader's buffer, valid until the next ``feed``
+    (records are opened straight from it: no copy of a 64 KiB body).
+    """
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -73,7 +77,8 @@ class FrameReader:
 
     def feed(self, data: bytes) -> None:
         if self._pos:
-            del self._buf[: self._pos]
+            # a new buffer, not an in-place delete: a body handed out may still be viewed
+            self._buf = self._buf[self._pos :]
             self._pos = 0
         self._buf += data
 
@@ -82,7 +87,7 @@ class FrameReader:
         """Bytes held of a frame not yet whole."""
         return len(self._buf) - self._pos
 
-    def next_frame(self) -> tuple[FrameType, bytes] | None:
+    def next_frame(self) -> tuple[FrameType, memoryview] | None:
         if len(self._buf) - self._pos < HEADER.size:
             return None
         ftype, length = HEADER.unpack_from(self._buf, self._pos)
@@ -97,9 +102,8 @@ class FrameReader:
         start = self._pos + HEADER.size
         if len(self._buf) < start + length:
             return None
-        body = bytes(self._buf[start : start + length])
         self._pos = start + length
-        return FrameType(ftype), body
+        return FrameType(ftype), memoryview(self._buf)[start : start + length]
 
 
 class RecordSealer:
@@ -109,7 +113,8 @@ class RecordSealer:
         self._aead = ChaCha20Poly1305(key)
         self.seq = 0
 
-    def seal(self, payload: bytes) -> bytes:
+    def seal(self, payload: bytes) -> tuple[bytes, bytes]:
+        """The frame's first 13 bytes (header and ``seq``) and the sealed payload after them."""
         if len(payload) > MAX_RECORD:
             raise ValueError(f"record of {len(payload)} bytes (limit {MAX_RECORD})")
         if self.seq > MAX_SEQ:
@@ -118,7 +123,7 @@ class RecordSealer:
         ad = HEADER.pack(FrameType.RECORD, len(seq) + len(payload) + TAG_LEN) + seq
         sealed = self._aead.encrypt(nonce(self.seq), payload, ad)
         self.seq += 1
-        return ad + sealed
+        return ad, sealed
 
 
 class RecordOpener:
@@ -128,9 +133,9 @@ class RecordOpener:
         self._aead = ChaCha20Poly1305(key)
         self.seq = 0  # the next number expected
 
-    def open(self, body: bytes) -> bytes:
+    def open(self, body: bytes | memoryview) -> bytes:
         (seq,) = _SEQ.unpack_from(body, 0)
-        ad = HEADER.pack(FrameType.RECORD, len(body)) + body[: _SEQ.size]
+        ad = HEADER.pack(FrameType.RECORD, len(body)) + bytes(body[: _SEQ.size])
         try:
             payload = self._aead.decrypt(nonce(seq), body[_SEQ.size :], ad)
         except InvalidTag:

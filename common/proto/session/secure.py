@@ -18,6 +18,13 @@ The ephemeral key comes from ``random_bytes(32)`` when given (tests make it
 deterministic), else from ``X25519PrivateKey.generate()``; no clock is read: the
 adapter bounds the handshake's time and starts a new channel (a new connection) when
 it runs out, e.g. when the guest was still booting and dropped the initiator's bytes.
+On a serial line a refusal during the handshake may also be line damage (a partly
+dropped INIT reads as AUTH): both adapters start a fresh channel on the same line
+and try again, with a back-off. Junk costs no memory, so a serial adapter may raise
+``max_junk`` well past a kernel's boot log.
+
+The initiator speaks with ``secrets[0]``; the responder tries each of ``secrets``
+(at most ``MAX_SECRETS``: current, previous) and reports the index that matched.
 """
 
 from __future__ import annotations
@@ -128,7 +135,7 @@ class SecureChannel:
         self._state = State.SYNCING
         self._scanner = SyncScanner(max_junk)
         self._reader = FrameReader()
-        self._out = bytearray()
+        self._out: list[bytes] = []
         self._started = False
         self._sent_magic = False
         self._expect = FrameType.RESP if role is Role.INITIATOR else FrameType.INIT
@@ -162,10 +169,10 @@ class SecureChannel:
         """Seal one record (up to ``MAX_RECORD`` bytes); only once ESTABLISHED."""
         if self._state is not State.ESTABLISHED or self._sealer is None:
             raise SecureUsageError(f"send_record in state {self._state.name}")
-        self._out += self._sealer.seal(payload)
+        self._out.extend(self._sealer.seal(payload))
 
     def data_to_send(self) -> bytes:
-        out = bytes(self._out)
+        out = b"".join(self._out)
         self._out.clear()
         return out
 
@@ -202,9 +209,9 @@ class SecureChannel:
 
     def _send(self, ftype: FrameType, body: bytes) -> None:
         if not self._sent_magic:
-            self._out += MAGIC
+            self._out.append(MAGIC)
             self._sent_magic = True
-        self._out += encode_frame(ftype, body)
+        self._out.append(encode_frame(ftype, body))
 
     def _close(self, code: SecureError, reason: str, *, alert: bool) -> Refused:
         if alert:
@@ -228,12 +235,13 @@ class SecureChannel:
             if event is not None:
                 events.append(event)
 
-    def _on_frame(self, ftype: FrameType, body: bytes) -> Event | None:
-        if ftype is FrameType.ALERT:
-            return self._on_alert(body[0])
+    def _on_frame(self, ftype: FrameType, view: memoryview) -> Event | None:
         if self._state is State.ESTABLISHED and ftype is FrameType.RECORD:
             assert self._opener is not None
-            return Record(self._opener.open(body))
+            return Record(self._opener.open(view))  # opened from the reader's buffer
+        body = bytes(view)
+        if ftype is FrameType.ALERT:
+            return self._on_alert(body[0])
         if self._state is not State.HANDSHAKING or ftype is not self._expect:
             raise Refusal(SecureError.MALFORMED, f"{ftype.name} in {self._state.name}")
         if ftype is FrameType.RESP:

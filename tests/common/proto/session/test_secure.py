@@ -250,3 +250,23 @@ def test_capabilities_are_bounded() -> None:
         SecureChannel(Role.INITIATOR, [SECRET], capabilities={"k": "v" * 1025})
     with pytest.raises(ValueError):
         SecureChannel(Role.INITIATOR, [SECRET], capabilities={"": "v"})
+
+
+def test_the_wire_is_as_the_package_docstring_says() -> None:
+    i, r = pair(capabilities={"k": "v"})
+    init = i.data_to_send()
+    hello = bytes([1, 1, 1, 1]) + b"k" + b"\x00\x01v"  # versions 1..1, one capability
+    assert init[: len(MAGIC)] == MAGIC == bytes.fromhex("f1564943736563 8e".replace(" ", ""))
+    assert init[len(MAGIC)] == 0x01  # INIT
+    assert int.from_bytes(init[len(MAGIC) + 1 : len(MAGIC) + 5], "big") == 32 + len(hello) + 16
+    assert len(init) == len(MAGIC) + 5 + 32 + len(hello) + 16
+    r.receive_data(init)
+    resp = r.data_to_send()
+    assert resp[: len(MAGIC) + 1] == MAGIC + b"\x02"
+    i.receive_data(resp)
+    assert i.data_to_send()[:5] == b"\x03\x00\x00\x00\x10"  # FINISH: a bare tag
+    i.send_record(b"abc")
+    record = i.data_to_send()
+    assert record[:13] == b"\x17" + (8 + 3 + 16).to_bytes(4, "big") + bytes(8)  # seq 0
+    i.send_record(b"abc")
+    assert i.data_to_send()[5:13] == (1).to_bytes(8, "big")
