@@ -105,12 +105,12 @@ def derive_psk(secret: bytes) -> bytes:
 class SymmetricState:
     """Noise's SymmetricState (chaining key, handshake hash, cipher key and counter)."""
 
-    def __init__(self) -> None:
+    def __init__(self, prologue: bytes = PROLOGUE) -> None:
         self.h = hashlib.sha256(PROTOCOL_NAME).digest()
         self.ck = self.h
         self.k: bytes | None = None
         self.n = 0
-        self.mix_hash(PROLOGUE)
+        self.mix_hash(prologue)
 
     def mix_hash(self, data: bytes) -> None:
         self.h = hashlib.sha256(self.h + data).digest()
@@ -172,10 +172,10 @@ def _split_body(body: bytes) -> tuple[bytes, bytes]:
 
 # ------------------------------------------------------------ the initiator's side
 def initiator_init(
-    psk: bytes, ephemeral: X25519PrivateKey, hello: bytes
+    psk: bytes, ephemeral: X25519PrivateKey, hello: bytes, prologue: bytes = PROLOGUE
 ) -> tuple[SymmetricState, bytes]:
     """The INIT body and the state to read RESP with."""
-    state = SymmetricState()
+    state = SymmetricState(prologue)
     state.mix_key_and_hash(psk)
     public = _public(ephemeral)
     _mix_ephemeral(state, public)
@@ -203,11 +203,13 @@ class ResponderStart:
     hello: bytes
 
 
-def responder_read_init(psks: Sequence[bytes], body: bytes) -> ResponderStart:
+def responder_read_init(
+    psks: Sequence[bytes], body: bytes, prologue: bytes = PROLOGUE
+) -> ResponderStart:
     """Try each PSK against INIT; the first that opens it wins (``Refusal(AUTH)`` if none)."""
     peer, sealed = _split_body(body)
     for index, psk in enumerate(psks):
-        state = SymmetricState()
+        state = SymmetricState(prologue)
         state.mix_key_and_hash(psk)
         _mix_ephemeral(state, peer)
         try:
@@ -272,6 +274,8 @@ def decode_hello(data: bytes) -> Hello:
 
 
 def _decode_hello(data: bytes) -> Hello:
+    if len(data) > MAX_HELLO:
+        raise ValueError(f"{len(data)} bytes")
     low, high, count = _RANGE.unpack_from(data, 0)
     if not 0 < low <= high or count > MAX_CAPABILITIES:
         raise ValueError(f"versions {low}..{high}, {count} capabilities")
@@ -284,8 +288,10 @@ def _decode_hello(data: bytes) -> Hello:
         (value_len,) = _U16.unpack_from(data, at)
         value = data[at + 2 : at + 2 + value_len]
         key = raw_key.decode("utf-8")
-        if not 0 < key_len == len(raw_key) or len(value) != value_len or key in capabilities:
+        if not 0 < key_len == len(raw_key) <= MAX_KEY or key in capabilities:
             raise ValueError("bad or repeated capability")
+        if len(value) != value_len or value_len > MAX_VALUE:
+            raise ValueError(f"capability {key!r}: value of {value_len} bytes")
         capabilities[key] = value.decode("utf-8")
         at += 2 + value_len
     if at != len(data):
