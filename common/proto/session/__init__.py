@@ -47,7 +47,9 @@ hello (inside the seal)::
 
 The responder chooses ``min(its max, initiator's max)`` and answers with that
 version as both bounds; no common version is VERSION. At most 32 capabilities, keys
-1-64 bytes, values up to 1 KiB, 4 KiB in all.
+1-64 bytes, values up to 1 KiB, 4 KiB in all, checked both ways. INIT's hello is
+sealed under a key from the secret alone (Noise's first message has no forward
+secrecy): capabilities must hold nothing secret.
 
 Records: ``seq`` counts from 0 per direction; the nonce is ``00000000 | seq (u64
 little-endian)`` and the associated data the 13 bytes ``0x17 | length | seq``. A

@@ -172,11 +172,17 @@ class SecureChannel:
         self._out.extend(self._sealer.seal(payload))
 
     def data_to_send(self) -> bytes:
+        """Everything queued for the wire since the last call (empty if nothing)."""
         out = b"".join(self._out)
         self._out.clear()
         return out
 
     def receive_data(self, data: bytes) -> list[Event]:
+        """Bytes read off the stream, in any chunking; the events they complete, in order.
+
+        Records before a fault are delivered; the fault ends the list with ``Refused``
+        and nothing after it is read (CLOSED ignores all input).
+        """
         if self._state is State.CLOSED:
             return []
         if self.role is Role.INITIATOR and not self._started:

@@ -195,3 +195,30 @@ def test_after_refusal_nothing_is_read() -> None:
     assert r.receive_data(good) == [] and r.receive_eof() == []
     with pytest.raises(Exception, match="send_record"):
         r.send_record(b"x")
+
+
+def _flight(n: int) -> tuple[bytes, SecureChannel]:
+    """Handshake message ``n`` (0 INIT, 1 RESP, 2 FINISH) and a fresh end to receive it."""
+    i, r = pair()
+    flights = [i.data_to_send()]
+    r.receive_data(flights[0])
+    flights.append(r.data_to_send())
+    i.receive_data(flights[1])
+    flights.append(i.data_to_send())
+    fresh_i, fresh_r = pair()  # same seeds: in the same state as i and r were
+    if n >= 1:
+        fresh_r.receive_data(flights[0])
+    if n == 2:
+        fresh_i.receive_data(fresh_r.data_to_send())
+    return flights[n], (fresh_i if n == 1 else fresh_r)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_every_single_bit_flip_of_a_handshake_message_is_refused(n: int) -> None:
+    message, _ = _flight(n)
+    for bit in range(len(message) * 8):
+        _, end = _flight(n)
+        flipped = bytearray(message)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        events = end.receive_data(bytes(flipped)) + end.receive_eof()
+        assert [type(e).__name__ for e in events] == ["Refused"], (n, bit, events)
