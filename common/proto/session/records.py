@@ -75,7 +75,7 @@ class FrameReader:
         self._buf = bytearray()
         self._pos = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._pos:
             # a new buffer, not an in-place delete: a body handed out may still be viewed
             self._buf = self._buf[self._pos :]

@@ -177,7 +177,7 @@ class SecureChannel:
         self._out.clear()
         return out
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Bytes read off the stream, in any chunking; the events they complete, in order.
 
         Records before a fault are delivered; the fault ends the list with ``Refused``
@@ -225,7 +225,7 @@ class SecureChannel:
         self._set_state(State.CLOSED)
         return Refused(code, reason)
 
-    def _receive(self, data: bytes, events: list[Event]) -> None:
+    def _receive(self, data: bytes | bytearray | memoryview, events: list[Event]) -> None:
         if self._state is State.SYNCING:
             rest = self._scanner.feed(data)
             if rest is None:

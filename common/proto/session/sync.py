@@ -27,7 +27,7 @@ class SyncScanner:
         self.junk = 0  # bytes discarded so far
         self._tail = b""
 
-    def feed(self, data: bytes) -> bytes | None:
+    def feed(self, data: bytes | bytearray | memoryview) -> bytes | None:
         """The bytes after the marker once it is found, else None; ``Refusal`` past the bound."""
         buf = self._tail + data
         at = buf.find(MAGIC)

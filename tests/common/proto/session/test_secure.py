@@ -73,6 +73,20 @@ def test_back_to_back_records_both_ways() -> None:
     assert i.receive_data(r.data_to_send()) == [Record(b"from the tether")]
 
 
+def test_any_buffer_type_reads_the_same() -> None:
+    i, r = pair()
+    r.receive_data(memoryview(b"junk" + i.data_to_send()))
+    i.receive_data(bytearray(r.data_to_send()))
+    r.receive_data(memoryview(i.data_to_send()))
+    i.send_record(b"one")
+    i.send_record(b"two")
+    wire = i.data_to_send()
+    assert r.receive_data(bytearray(wire[:9])) + r.receive_data(memoryview(wire)[9:]) == [
+        Record(b"one"),
+        Record(b"two"),
+    ]
+
+
 def test_relays_see_only_ciphertext() -> None:
     i, r = pair(capabilities={"name": "visible?"})
     established(i, r)
