@@ -24,7 +24,7 @@ The reader discards anything before it (boot noise, a console's chatter), up to
     0x17  RECORD  seq u64 | ChaCha20-Poly1305(payload)             24 .. 65560
 
 A frame of unknown type or with a length outside its range closes the connection
-before any of its body is buffered.
+as soon as its header is read; no body is waited for.
 
 Handshake (``handshake``): Noise ``NNpsk0_25519_ChaChaPoly_SHA256`` keyed by
 ``HMAC-SHA256("vic-channel session psk v1", secret)``, prologue
@@ -38,7 +38,12 @@ confirmation, sealed with the handshake's last key and the transcript hash)::
     Established                                    Established (with the secret's index)
 
 The AEAD's 96-bit nonce in the handshake is ``00000000 | n (u64 little-endian)`` and
-its associated data the transcript hash. Split gives ``k_i->r, k_r->i``.
+its associated data the transcript hash. Split gives ``k_i->r, k_r->i``. INIT and RESP
+are byte for byte Noise's (tested against cacophony's vector). The initiator may
+send records right behind FINISH; the responder is established once FINISH opens, so
+a replayed INIT gets a RESP and nothing more. An INIT from someone without a secret
+costs the responder one HMAC chain and AEAD trial per secret held (at most 4) and no
+X25519 operation: the DH comes only after a secret opened it.
 
 hello (inside the seal)::
 

@@ -1,8 +1,8 @@
 """Frames after the sync marker, and the sealed records of an established connection.
 
 Every frame is ``type u8 | length u32 (big-endian) | body[length]``; the length is
-checked against the limit for its type before any body byte is buffered, so a frame
-costs at most ``MAX_FRAME`` bytes of memory.
+checked against the range for its type as soon as the header is in (no body is
+waited for), so the reader holds at most one ``MAX_FRAME`` beyond the chunk just fed.
 
 A RECORD's body is ``seq u64 (big-endian) | ChaCha20-Poly1305(payload)``, sealed under
 its direction's key with the nonce ``00000000 | seq (little-endian u64)`` and the 13
@@ -10,7 +10,7 @@ bytes ``type | length | seq`` as associated data. ``seq`` counts from 0 in each
 direction: a record that does not open under the key is TAMPERED; one that opens
 but carries an old number is REPLAYED, a number ahead of the next one REORDERED
 (in between, a record went missing). The number is on the wire only to name the
-fault; the AEAD decides.
+fault; the AEAD decides. A record from another connection never opens (other keys).
 """
 
 from __future__ import annotations
