@@ -395,7 +395,7 @@ async def test_telnetlib3_answers_the_liveness_probe(tmp_path: Path, nursery: tr
     """An independent Telnet client (telnetlib3, real time) answers DO TIMING-MARK:
     idle but alive, it survives probe after probe."""
     telnetlib3 = pytest.importorskip("telnetlib3")
-    from .test_telnet_interop import asyncio_thread
+    from tests.common.proto.test_telnet_interop import asyncio_thread
 
     service = await start(
         tmp_path, nursery, idle_probe=0.05, probe_timeout=10.0, identify_timeout=600.0
