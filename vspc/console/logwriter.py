@@ -22,7 +22,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -35,6 +38,7 @@ from vspc.console.logthread import LogThread
 from vspc.metrics import VspcMetrics
 
 log = logging.getLogger("vspc.console.log")
+T = TypeVar("T")
 
 MAX_PENDING_EVENTS = 1024
 # Batching: the writer waits up to FLUSH_INTERVAL for more data before a write,
@@ -211,6 +215,23 @@ class LogWriter:
                 log.warning("console log %s: cannot read its history: %s", port.stem, e)
                 return b""
         return tail[: max(0, len(tail) - mine)]
+
+    @asynccontextmanager
+    async def settled(self) -> AsyncIterator[None]:
+        """Hold off the batches: inside, the files hold everything written and
+        ``port.pending`` everything else (a reader of both sees each byte once)."""
+        async with self._lock:
+            yield
+
+    async def in_thread(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(*args)`` in the log thread, after the writes handed to it before."""
+        return await self._thread.run_sync(fn, *args)
+
+    def lost(self, port: PortLog, n: int, reason: str) -> None:
+        """``n`` bytes of ``port`` will never be written (the caller had no room
+        for them): recorded as a gap, like bytes a failed write dropped."""
+        if n > 0:
+            self._drop(port, n, reason)
 
     async def log_size(self, port: PortLog) -> int | None:
         """The size of the port's live log file, in order after the writes queued
