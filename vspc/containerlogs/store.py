@@ -231,19 +231,12 @@ class ContainerLogs:
         follow: bool = False,
     ) -> AsyncIterator[tuple[list[LogLine], Follower | None]]:
         key = vm_key(vm)
-        v = self._vms.get(key) or VmLog(PortKey(key, LABEL))  # (a read keeps no state)
         since_ns = None if since is None else to_ns(since)
-        follower = None
-        if follow:
-            if len(v.followers) >= self.settings.max_followers:
-                raise TooManyFollowers(f"{v.key.uuid}: {len(v.followers)} followers already")
-            follower = Follower(streams, self.settings.follower_bytes)
-            if not v.open:
-                follower.end()
         async with self.writer.settled():
+            # from here to the registration, no await: no line slips between
+            v = self._vms.get(key) or VmLog(PortKey(key, LABEL))  # (a read keeps no state)
             queued = pending_lines(v.port.pending, streams)  # not in the files yet
-            if follower is not None:
-                v.followers.add(follower)  # gets every line appended from here on
+            follower = self._follower(v, streams) if follow else None
             try:
                 lines = await self._with_files(v, queued, tail, since_ns, streams)
             except BaseException:
@@ -255,6 +248,17 @@ class ContainerLogs:
             yield lines, follower
         finally:
             self._unfollow(v, follower)
+
+    def _follower(self, v: VmLog, streams: frozenset[Stream]) -> Follower:
+        """A follower of ``v``, given every line appended from now on."""
+        if len(v.followers) >= self.settings.max_followers:
+            raise TooManyFollowers(f"{v.key.uuid}: {len(v.followers)} followers already")
+        follower = Follower(streams, self.settings.follower_bytes)
+        if v.open:
+            v.followers.add(follower)
+        else:
+            follower.end()  # the output ended: what is logged, and no more
+        return follower
 
     @staticmethod
     def _unfollow(v: VmLog, follower: Follower | None) -> None:
