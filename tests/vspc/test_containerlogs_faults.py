@@ -94,3 +94,19 @@ async def test_a_broken_log_directory_does_not_crash(tmp_path: Path) -> None:
     async with store.follow(VM) as lines:  # following still works
         store.append(VM, Stream.STDERR, b"seen\n", T0 + 1)
         assert (await lines.__anext__()).text == b"seen"
+
+
+async def test_a_full_queue_drops_whole_lines_as_one_counted_gap(tmp_path: Path) -> None:
+    store = ContainerLogs(ContainerLogSettings(tmp_path / "ctr", queue_bytes=1000))
+    chunk = b"".join(b"line %03d\n" % i for i in range(100))  # ~5 KB of records at once
+    store.append(VM, Stream.STDOUT, chunk, T0)  # the writer is not running: no room left
+    lost = store.lines_lost(VM)
+    assert 0 < lost < 100
+    assert store.memory(VM) <= 1000
+    await store.flush()
+    got = await store.read(VM)
+    assert [x.text for x in got] == [b"line %03d" % i for i in range(100 - lost)]  # a prefix
+    ev = events(tmp_path / "ctr" / "web-1_container.events.jsonl")
+    [gap] = [e for e in ev if e["event"] == "gap"]
+    assert gap["reason"] == "log queue full"
+    assert gap["length"] == store.writer.metrics.console_log_gap_bytes_total._value.get()

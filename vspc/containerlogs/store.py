@@ -120,6 +120,7 @@ class ContainerLogs:
         v.open = True
         v.framers = {s: LineFramer(s, self.settings.max_line) for s in Stream}
         self._retention.returned(v.key.uuid)
+        self.forget_due(now)
         self.writer.meta(v.port, meta_bytes(v.key, v.key.uuid))
         self.writer.event(v.port, format_event("vm_connected", {}, now))
 
@@ -151,10 +152,11 @@ class ContainerLogs:
     def forget_due(self, now: float) -> None:
         """Forget the memory of VMs whose output ended long enough ago."""
         for key in self._retention.due(now):
-            self._retention.returned(key)
             v = self._vms.get(key)
-            if v is not None and not v.open and not v.followers and v.port.idle:
-                del self._vms[key]
+            if v is not None and (v.followers or not v.port.idle):
+                continue  # still read or written: the next time
+            self._retention.returned(key)
+            self._vms.pop(key, None)
 
     def _emit(self, v: VmLog, lines: list[LogLine]) -> None:
         if not lines:
@@ -167,10 +169,11 @@ class ContainerLogs:
             writer.write(v.port, b"".join(records))
         else:
             keep: list[bytes] = []
-            for rec in records:
-                if len(rec) <= room:
-                    keep.append(rec)
-                    room -= len(rec)
+            for rec in records:  # the lines that fit, then one hole
+                if len(rec) > room:
+                    break
+                keep.append(rec)
+                room -= len(rec)
             lost = len(records) - len(keep)
             if keep:
                 writer.write(v.port, b"".join(keep))
