@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from vspc.console.logfile import RotatingFile, rotated
 from vspc.containerlogs import ContainerLogs, ContainerLogSettings, LogLine, Stream
+from vspc.containerlogs.files import lines_backwards
 from vspc.core.linelog import LineFramer, to_ns
 
 _dirs = itertools.count()
@@ -95,3 +96,12 @@ async def test_reads_match_a_model(
         await store.flush()
         assert await store.read("vm") == model  # all in the files now
         nursery.cancel_scope.cancel()
+
+
+@SLOW
+@given(st.binary(max_size=200).map(lambda b: b.replace(b"\x00", b"\n")), st.integers(1, 12))
+def test_lines_backwards_in_any_block_size(tmp_path: Path, data: bytes, block: int) -> None:
+    path = fresh(tmp_path) / "f.log"
+    path.write_bytes(data)
+    want = [x for x in data.split(b"\n") if x]
+    assert list(lines_backwards(path, block)) == want[::-1]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import functools
 from dataclasses import dataclass
 
 MAX_LINE = 16 * 1024
@@ -92,8 +93,12 @@ def to_ns(now: float) -> int:
 def rfc3339nano(ns: int) -> str:
     """``2026-12-07T15:20:01.123456789Z`` (always nine digits: fixed width)."""
     secs, frac = divmod(ns, NS)
-    t = _EPOCH + _dt.timedelta(seconds=secs)
-    return f"{t:%Y-%m-%dT%H:%M:%S}.{frac:09d}Z"
+    return f"{_stamp(secs)}.{frac:09d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _stamp(secs: int) -> str:
+    return f"{_EPOCH + _dt.timedelta(seconds=secs):%Y-%m-%dT%H:%M:%S}"
 
 
 def parse_time(text: str) -> int:
@@ -101,12 +106,17 @@ def parse_time(text: str) -> int:
     if len(text) != TIME_LEN or text[19] != "." or text[-1] != "Z":
         raise LineLogError("bad-time", repr(text[:40]))
     try:
-        t = _dt.datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=_dt.UTC)
-        frac = int(text[20:29])
+        return _seconds(text[:19]) * NS + int(text[20:29])
     except ValueError as e:
         raise LineLogError("bad-time", repr(text[:40])) from e
-    delta = t - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * NS + frac
+
+
+@functools.lru_cache(maxsize=256)
+def _seconds(text: str) -> int:
+    """Seconds since the epoch of ``YYYY-MM-DDTHH:MM:SS`` (UTC); lines read in a
+    row mostly share it, hence the cache."""
+    delta = _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=_dt.UTC) - _EPOCH
+    return delta.days * 86400 + delta.seconds
 
 
 def parse_record(raw: bytes) -> LogLine:
