@@ -48,24 +48,35 @@ async def collect(
 async def test_follow_wakes_on_append_and_ends_on_close(
     store: ContainerLogs, nursery: trio.Nursery
 ) -> None:
+    send, recv = trio.open_memory_channel[LogLine | None](100)
+
+    async def follower(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with store.follow(VM) as lines:
+            task_status.started()
+            async for line in lines:
+                await send.send(line)
+        await send.send(None)  # the follow ended
+
+    async def next_text() -> bytes | None:
+        with trio.fail_after(5):
+            line = await recv.receive()
+        return None if line is None else line.text
+
     store.append(VM, OUT, b"before\n", T0)
-    got: list[LogLine] = []
-    done = trio.Event()
-    await nursery.start(collect, store, got, done)
-    await trio.testing.wait_all_tasks_blocked()
-    assert [x.text for x in got] == [b"before"]
+    await nursery.start(follower)
+    assert await next_text() == b"before"
     store.append(VM, ERR, b"one\ntw", T0 + 1)
+    assert await next_text() == b"one"
     await trio.testing.wait_all_tasks_blocked()
-    assert [x.text for x in got] == [b"before", b"one"]
+    assert recv.statistics().current_buffer_used == 0  # "tw" is no line yet
     store.append(VM, ERR, b"o\n", T0 + 2)
-    await trio.testing.wait_all_tasks_blocked()
-    assert [x.text for x in got][-1] == b"two"
-    assert not done.is_set()
+    assert await next_text() == b"two"
     store.append(VM, OUT, b"last words", T0 + 3)
     store.close(VM, T0 + 4)
     with trio.fail_after(5):
-        await done.wait()
-    assert [(x.text, x.partial) for x in got][-1] == (b"last words", True)
+        last = await recv.receive()
+    assert last is not None and (last.text, last.partial) == (b"last words", True)
+    assert await next_text() is None
     assert store._vms[VM].followers == set()
 
 

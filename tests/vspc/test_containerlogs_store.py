@@ -149,6 +149,9 @@ async def test_tail_does_not_read_whole_files(
         def __exit__(self, *exc: object) -> None:
             self.f.close()
 
+        def close(self) -> None:
+            self.f.close()
+
         def seek(self, *a: int) -> int:
             return int(self.f.seek(*a))
 
@@ -161,7 +164,7 @@ async def test_tail_does_not_read_whole_files(
     monkeypatch.setattr(files_mod, "open", lambda p, m: Counting(real_open(p, m)), raising=False)
     got = await store.read(VM, tail=10)
     assert texts(got) == [b"row %06d" % j for j in range(99_990, 100_000)]
-    assert read <= files_mod.BLOCK
+    assert read <= files_mod.BLOCK + 1024  # one block back, then the ten lines forwards
 
 
 async def test_memory_and_retention_are_bounded(tmp_path: Path) -> None:
@@ -185,3 +188,29 @@ async def test_bad_vm_names_are_refused(store: ContainerLogs) -> None:
         store.append("../etc", OUT, b"x\n", T0)
     with pytest.raises(ValueError):
         await store.read("a/b")
+
+
+async def test_a_read_is_paged_and_undisturbed_by_rotation(store: ContainerLogs) -> None:
+    write_lines(store, 20)
+    await store.flush()
+    want = await store.read(VM)
+    async with store.lines(VM) as lines:
+        write_lines(store, 60, start=20)  # rotates every file of the read away
+        await store.flush()
+        got = [line async for line in lines]
+    assert got == want and texts(got)[-1] == b"line 019"
+
+
+async def test_reading_everything_holds_a_page(tmp_path: Path) -> None:
+    store = ContainerLogs(settings(tmp_path, max_bytes=1 << 20, keep=8))
+    for i in range(0, 50_000, 1000):
+        store.append(VM, OUT, b"".join(b"row %06d\n" % j for j in range(i, i + 1000)), T0 + i)
+        await store.flush()
+    n = held = 0
+    async with store.lines(VM, streams=frozenset({OUT})) as lines:
+        async for line in lines:
+            assert line.text == b"row %06d" % n
+            n += 1
+            held = max(held, len(lines._first))
+    assert n == 50_000
+    assert held <= files_mod.PAGE // 40  # records are 51 bytes: a page, not the files

@@ -11,11 +11,13 @@ VM's output ends (``end``).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 
 from vspc.core.linelog import LogLine, Stream
+
+Pages = Callable[[], Awaitable[list[LogLine]]]
 
 
 class FollowLagged(Exception):
@@ -29,12 +31,25 @@ class FollowLagged(Exception):
 class Follower:
     """Async iterator of ``LogLine``; see the module doc."""
 
-    __slots__ = ("_first", "_held", "_lines", "_wake", "ended", "max_bytes", "skipped", "streams")
+    __slots__ = (
+        "_first",
+        "_held",
+        "_lines",
+        "_source",
+        "_then",
+        "_wake",
+        "ended",
+        "max_bytes",
+        "skipped",
+        "streams",
+    )
 
     def __init__(self, streams: frozenset[Stream], max_bytes: int) -> None:
         self.streams = streams
         self.max_bytes = max_bytes
-        self._first: deque[LogLine] = deque()  # what was logged before (read, bounded by disk)
+        self._first: deque[LogLine] = deque()  # a page of what was logged before
+        self._source: Pages | None = None  # more of what was logged before
+        self._then: list[LogLine] = []  # ... and after it, what was still queued
         self._lines: deque[LogLine] = deque()
         self._held = 0
         self._wake = trio.Event()
@@ -45,9 +60,14 @@ class Follower:
     def held(self) -> int:
         return self._held
 
-    def prime(self, lines: Iterable[LogLine]) -> None:
-        """The lines logged before the follow began: given before any pushed."""
-        self._first.extend(lines)
+    def prime(self, source: Pages | None, then: Iterable[LogLine] = ()) -> None:
+        """What was logged before the follow began, given before any line pushed:
+        pages from ``source`` until it gives [], then ``then``."""
+        self._source = source
+        self._then = list(then)
+        if source is None:
+            self._first.extend(self._then)
+            self._then = []
 
     def push(self, lines: Iterable[LogLine]) -> None:
         for line in lines:
@@ -72,6 +92,12 @@ class Follower:
         while True:
             if self._first:
                 return self._first.popleft()
+            if self._source is not None:
+                page = await self._source()
+                if not page:
+                    self._source, page, self._then = None, self._then, []
+                self._first.extend(page)
+                continue
             if self.skipped:
                 n, self.skipped = self.skipped, 0
                 raise FollowLagged(n)

@@ -27,10 +27,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+
+import trio
 
 from vspc.console.eventlog import format_event
 from vspc.console.history import meta_bytes
@@ -38,7 +40,7 @@ from vspc.console.logbatch import LogSettings, PortLog
 from vspc.console.logfile import file_stem
 from vspc.console.logwriter import LogWriter
 from vspc.console.retention import Retention
-from vspc.containerlogs.files import pending_lines, read_lines, select_back
+from vspc.containerlogs.files import Snapshot, pending_lines, select_back, snapshot
 from vspc.containerlogs.follow import Follower
 from vspc.core.identity import PortKey, vm_key
 from vspc.core.linelog import MAX_LINE, STREAMS, LineFramer, LogLine, Stream, to_ns
@@ -204,88 +206,85 @@ class ContainerLogs:
         streams: frozenset[Stream] = STREAMS,
     ) -> list[LogLine]:
         """The VM's lines logged so far: the last ``tail`` (all: None) of those
-        stamped at or after ``since`` (epoch seconds; all: None), oldest first."""
-        async with self._settled(vm, tail, since, streams) as (lines, _):
-            return lines
+        stamped at or after ``since`` (epoch seconds; all: None), oldest first.
+        (All in memory: ``lines`` gives them a page at a time.)"""
+        async with self.lines(vm, tail=tail, since=since, streams=streams) as lines:
+            return [line async for line in lines]
 
     @asynccontextmanager
-    async def follow(
+    async def lines(
         self,
         vm: str,
         *,
         tail: int | None = None,
         since: float | None = None,
         streams: frozenset[Stream] = STREAMS,
-    ) -> AsyncIterator[Follower]:
-        """``async with logs.follow(vm) as lines: async for line in lines``: what
-        ``read`` gives, then each line as it is appended, until the VM's output ends."""
-        async with self._settled(vm, tail, since, streams, follow=True) as (_, follower):
-            assert follower is not None
-            yield follower
-
-    @asynccontextmanager
-    async def _settled(
-        self,
-        vm: str,
-        tail: int | None,
-        since: float | None,
-        streams: frozenset[Stream],
-        *,
         follow: bool = False,
-    ) -> AsyncIterator[tuple[list[LogLine], Follower | None]]:
+    ) -> AsyncIterator[Follower]:
+        """``async with logs.lines(vm) as lines: async for line in lines``: what
+        ``read`` gives, a page at a time; with ``follow``, then each line as it
+        is appended, until the VM's output ends."""
         key = vm_key(vm)
         since_ns = None if since is None else to_ns(since)
         async with self.writer.settled():
             # from here to the registration, no await: no line slips between
             v = self._vms.get(key) or VmLog(PortKey(key, LABEL))  # (a read keeps no state)
             queued = pending_lines(v.port.pending, streams)  # not in the files yet
-            follower = self._follower(v, streams) if follow else None
+            follower = self._follower(v, streams, follow)
             try:
-                lines = await self._with_files(v, queued, tail, since_ns, streams)
+                newer, snap = await self._snapshot(v, queued, tail, since_ns, streams)
             except BaseException:
-                self._unfollow(v, follower)
+                v.followers.discard(follower)
                 raise
         try:
-            if follower is not None:
-                follower.prime(lines)
-            yield lines, follower
+            pages = None if snap is None else partial(trio.to_thread.run_sync, snap.page, streams)
+            follower.prime(pages, newer)
+            yield follower
         finally:
-            self._unfollow(v, follower)
+            v.followers.discard(follower)
+            if snap is not None:
+                snap.close()
 
-    def _follower(self, v: VmLog, streams: frozenset[Stream]) -> Follower:
-        """A follower of ``v``, given every line appended from now on."""
-        if len(v.followers) >= self.settings.max_followers:
+    def follow(
+        self,
+        vm: str,
+        *,
+        tail: int | None = None,
+        since: float | None = None,
+        streams: frozenset[Stream] = STREAMS,
+    ) -> AbstractAsyncContextManager[Follower]:
+        """``lines(..., follow=True)``."""
+        return self.lines(vm, tail=tail, since=since, streams=streams, follow=True)
+
+    def _follower(self, v: VmLog, streams: frozenset[Stream], follow: bool) -> Follower:
+        """A reader of ``v``; following, it is given every line appended from now on."""
+        if follow and len(v.followers) >= self.settings.max_followers:
             raise TooManyFollowers(f"{v.key.uuid}: {len(v.followers)} followers already")
         follower = Follower(streams, self.settings.follower_bytes)
-        if v.open:
+        if follow and v.open:
             v.followers.add(follower)
         else:
-            follower.end()  # the output ended: what is logged, and no more
+            follower.end()  # what is logged, and no more
         return follower
 
-    @staticmethod
-    def _unfollow(v: VmLog, follower: Follower | None) -> None:
-        if follower is not None:
-            v.followers.discard(follower)
-
-    async def _with_files(
+    async def _snapshot(
         self,
         v: VmLog,
         queued: list[LogLine],
         tail: int | None,
         since_ns: int | None,
         streams: frozenset[Stream],
-    ) -> list[LogLine]:
+    ) -> tuple[list[LogLine], Snapshot | None]:
+        """The queued lines to give, and the part of the files to give before them."""
         newer = select_back(reversed(queued), tail, since_ns)
         if tail is not None:
             tail -= len(newer)
             if tail <= 0:
-                return newer
+                return newer, None
         if since_ns is not None and len(newer) < len(queued):
-            return newer  # the queue reaches back before ``since``: the files are older
+            return newer, None  # the queue reaches back before ``since``: the files are older
         log_dir = self.settings.dir
         if log_dir is None:
-            return newer
-        read = partial(read_lines, tail=tail, since_ns=since_ns, streams=streams)
-        older = await self.writer.in_thread(read, log_dir, v.port.stem)
-        return older + newer
+            return newer, None
+        snap = partial(snapshot, tail=tail, since_ns=since_ns, streams=streams)
+        return newer, await self.writer.in_thread(snap, log_dir, v.port.stem)
