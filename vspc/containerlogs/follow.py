@@ -1,11 +1,14 @@
-"""A follower of one VM's container log: the lines as they are appended.
+"""A reader of one VM's container log: what was logged, then (following) the
+lines as they are appended.
 
-The store pushes each appended line to every follower of the VM (``push``) and
-wakes it; nothing polls. A follower holds at most ``max_bytes`` of lines not
-yet taken: a reader that falls further behind loses the oldest of them and is
-told so (``FollowLagged``, naming how many), rather than holding memory or
-slowing the container. The follow ends, once what is held is taken, when the
-VM's output ends (``end``).
+What was logged comes first, a page at a time from the files (``prime``), then
+the lines that were still queued. Following, the store pushes each appended
+line to every follower of the VM (``push``) and wakes it; nothing polls. A
+follower holds at most ``max_bytes`` of lines not yet taken: a reader that
+falls further behind loses the oldest of them and is told so
+(``FollowLagged``, naming how many), rather than holding memory or slowing
+the container. The follow ends, once what is held is taken, when the VM's
+output ends (``end``).
 """
 
 from __future__ import annotations

@@ -54,10 +54,6 @@ async def logs(
 ) -> AsyncGenerator[bytes, None]:
     """The VM's logs as bytes to send (see the module doc); with ``follow``, until
     its output ends. A follower that falls behind raises ``FollowLagged``."""
-    if not follow:
-        for line in await store.read(vm, tail=tail, since=since, streams=streams):
-            yield shaped(line, shape, timestamps)
-        return
-    async with store.follow(vm, tail=tail, since=since, streams=streams) as lines:
+    async with store.lines(vm, tail=tail, since=since, streams=streams, follow=follow) as lines:
         async for line in lines:
             yield shaped(line, shape, timestamps)

@@ -16,10 +16,15 @@ the writer is behind) are not written: they are counted (``lines_lost``, the
 console's gap metrics) and recorded as a ``gap`` event in the VM's event log,
 as the console logs do. Followers still get them.
 
-Reads (``read``, ``follow``) see the files and the lines still queued, each line
-once; ``follow`` is woken by appends and ends when the VM's output ends
-(``close``). A VM whose output ended is forgotten (its memory, not its files)
-after ``retention_seconds``, or beyond ``max_departed`` of them.
+Reads (``lines``, and ``read`` and ``follow`` on it) see the files and the
+lines still queued, each line once; ``lines`` gives them a page at a time
+(``vspc.containerlogs.files``: a reader holds a page, not the files), and with
+``follow`` then each line as it is appended (woken by ``append``, no timer),
+until the VM's output ends (``close``). ``vspc.containerlogs.shapes.logs`` puts
+them in kubelet's and docker's shapes.
+
+A VM whose output ended is forgotten (its memory, not its files) after
+``retention_seconds``, or beyond ``max_departed`` of them.
 """
 
 from __future__ import annotations
