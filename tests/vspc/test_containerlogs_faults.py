@@ -7,6 +7,7 @@ the reason otherwise), grown afterwards with ``mount -o remount``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -41,7 +42,10 @@ def events(path: Path) -> list[dict[str, object]]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-async def test_a_full_disk_costs_counted_lines_only(small_disk: Path) -> None:
+async def test_a_full_disk_costs_counted_lines_only(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "vspc.console.log")
     s = ContainerLogSettings(
         small_disk / "ctr", max_bytes=16 * 1024, keep=8, hold_bytes=4096, queue_bytes=32 * 1024
     )
@@ -80,6 +84,9 @@ async def test_a_full_disk_costs_counted_lines_only(small_disk: Path) -> None:
     assert (
         sum(int(str(g["length"])) for g in gaps) == metrics.console_log_gap_bytes_total._value.get()
     )
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("container logs cannot be written") for m in msgs)
+    assert any(m.startswith("container logs written again") for m in msgs)
 
 
 async def test_a_broken_log_directory_does_not_crash(tmp_path: Path) -> None:

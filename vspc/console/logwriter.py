@@ -53,8 +53,11 @@ EXIT_RETRY = 3.0
 class LogWriter:
     """Queues per port, one background task, batches written in the log thread."""
 
-    def __init__(self, settings: LogSettings, metrics: VspcMetrics | None = None) -> None:
+    def __init__(
+        self, settings: LogSettings, metrics: VspcMetrics | None = None, *, what: str = "console"
+    ) -> None:
         self.settings = settings
+        self.what = what  # whose logs, in log lines ("console", "container")
         self.metrics = metrics if metrics is not None else VspcMetrics.create()
         self.total = 0  # bytes pending or in flight over all ports
         self._dirty: dict[PortLog, None] = {}
@@ -169,7 +172,8 @@ class LogWriter:
                 port.pending, port.pending_bytes = [], 0
         if self._dirty:
             log.warning(
-                "console logs: %d bytes (and events) of %d consoles not written at exit",
+                "%s logs: %d bytes (and events) of %d ports not written at exit",
+                self.what,
                 lost,
                 len(self._dirty),
             )
@@ -180,13 +184,13 @@ class LogWriter:
         try:
             marked = await self._thread.run_sync(history.begin, log_dir, time.time())
         except OSError as e:
-            log.warning("console logs: cannot mark the run in %s: %s", log_dir, e)
+            log.warning("%s logs: cannot mark the run in %s: %s", self.what, log_dir, e)
             return
         if marked:
             self.metrics.console_log_gaps_total.inc(len(marked))
             log.warning(
-                "console logs: the last run was killed; marked a restart gap in %d "
-                "console event logs",
+                "%s logs: the last run was killed; marked a restart gap in %d event logs",
+                self.what,
                 len(marked),
             )
 
@@ -196,7 +200,7 @@ class LogWriter:
         try:
             await self._thread.run_sync(history.end, log_dir)
         except OSError as e:
-            log.warning("console logs: cannot clear the run marker in %s: %s", log_dir, e)
+            log.warning("%s logs: cannot clear the run marker in %s: %s", self.what, log_dir, e)
 
     async def read_history(self, port: PortLog, n: int) -> bytes:
         """The last ``n`` bytes the log files held before this run wrote to them.
@@ -212,7 +216,7 @@ class LogWriter:
             try:
                 tail = await self._thread.run_sync(history.read_tail, log_dir, port.stem, n + mine)
             except OSError as e:
-                log.warning("console log %s: cannot read its history: %s", port.stem, e)
+                log.warning("%s log %s: cannot read its history: %s", self.what, port.stem, e)
                 return b""
         return tail[: max(0, len(tail) - mine)]
 
@@ -308,7 +312,7 @@ class LogWriter:
             self._dirty[port] = None
         elif rest:
             self._drop(port, rest, job.error)
-        log.debug("console log %s: %s", port.stem, job.error)
+        log.debug("%s log %s: %s", self.what, port.stem, job.error)
         return True
 
     def _events_back(self, job: LogJob) -> None:
@@ -342,7 +346,7 @@ class LogWriter:
 
     def _begin_episode(self, error: str) -> None:
         if self._episode is None:
-            self._episode = Episode(trio.current_time(), error)
+            self._episode = Episode(trio.current_time(), error, what=self.what)
             log.warning("%s", self._episode.start_line(self.settings.hold_bytes))
 
     def _round_done(self, failed: list[LogJob]) -> None:

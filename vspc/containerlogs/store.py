@@ -104,7 +104,7 @@ class ContainerLogs:
 
     def __init__(self, settings: ContainerLogSettings, metrics: VspcMetrics | None = None) -> None:
         self.settings = settings
-        self.writer = LogWriter(settings.log_settings(), metrics)
+        self.writer = LogWriter(settings.log_settings(), metrics, what="container")
         self._vms: dict[str, VmLog] = {}
         self._retention: Retention[str] = Retention(
             settings.retention_seconds, settings.max_departed
