@@ -137,3 +137,20 @@ async def test_followers_are_bounded(tmp_path: Path) -> None:
                 pass
     async with store.follow(VM):  # the others left: room again
         pass
+
+
+async def test_output_that_starts_again_is_followed_again(store: ContainerLogs) -> None:
+    store.append(VM, OUT, b"run 1\n", T0)
+    store.close(VM, T0 + 1)
+    store.append(VM, OUT, b"run 2\n", T0 + 2)  # the container started again
+    async with store.follow(VM, tail=1) as lines:
+        store.append(VM, ERR, b"more\n", T0 + 3)
+        store.close(VM, T0 + 4)
+        with trio.fail_after(5):
+            assert [x.text async for x in lines] == [b"run 2", b"more"]
+    assert [x.text for x in await store.read(VM)] == [b"run 1", b"run 2", b"more"]
+    await store.flush()
+    assert store.settings.dir is not None
+    files = store.settings.dir.glob("web-1_container.events.jsonl*")  # (rotated too)
+    events = "".join(p.read_text() for p in files)
+    assert events.count("vm_connected") == 2 and events.count("vm_disconnected") == 2
