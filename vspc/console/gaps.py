@@ -62,6 +62,7 @@ class Episode:
     held_peak: int = 0
     gap_bytes: int = 0
     gaps: int = 0
+    what: str = "console"  # whose logs
 
     def failed(self, held: int) -> None:
         self.failures += 1
@@ -72,15 +73,16 @@ class Episode:
         self.gaps += int(new_gap)
 
     def start_line(self, hold_bytes: int) -> str:
+        beyond = "pausing VMs" if self.what == "console" else "dropping lines as gaps"
         return (
-            f"console logs cannot be written ({self.error}): holding up to {hold_bytes} bytes "
-            "and pausing VMs beyond that while the disk is full; other errors drop bytes "
+            f"{self.what} logs cannot be written ({self.error}): holding up to {hold_bytes} bytes "
+            f"and {beyond} beyond that while the disk is full; other errors drop bytes "
             "and record gaps in the event logs"
         )
 
     def end_line(self, now: float) -> str:
         return (
-            f"console logs written again after {now - self.started:.1f} s: {self.failures} "
+            f"{self.what} logs written again after {now - self.started:.1f} s: {self.failures} "
             f"failed writes, at most {self.held_peak} bytes held, {self.gap_bytes} bytes "
             f"lost in {self.gaps} gaps"
         )

@@ -23,6 +23,8 @@ class LogSettings:
     queue_bytes: int
     queue_total_bytes: int
     hold_bytes: int = 4 * 1024 * 1024
+    #: the data is whole lines (container logs): rotate between lines, never in one
+    whole_lines: bool = False
 
 
 class PortLog:
@@ -94,7 +96,7 @@ def write_job(files: OpenFiles, base: str, s: LogSettings, job: LogJob) -> None:
                 f = files.get(f"{stem}.log")
                 start = f.written
                 for data in coalesce(job.data):
-                    f.write(data, s.max_bytes, s.keep)
+                    f.write(data, s.max_bytes, s.keep, whole_lines=s.whole_lines)
             finally:
                 job.written = f.written - start if f is not None else 0
                 job.file_size = f.size if f is not None else size_of(f"{stem}.log")

@@ -93,15 +93,14 @@ class RotatingFile:
         """Append ``data``, rotating at ``max_bytes``.
 
         Byte mode cuts files at exactly ``max_bytes``; ``whole_lines`` (for data
-        that is a sequence of complete lines) rotates before a write that would
-        overflow, so no line is split.
+        that is a sequence of complete lines) rotates between lines, so no line
+        is split and no file grows past ``max_bytes`` (but a line longer than
+        that, alone in its file).
         """
         self.open()
         mv = memoryview(data)
         if whole_lines:
-            if self.size > 0 and self.size + len(mv) > max_bytes:
-                self.rotate(keep)
-            self._write_all(mv)
+            self._write_lines(bytes(data), max_bytes, keep)
             return
         while mv:
             if self.size >= max_bytes:
@@ -109,6 +108,23 @@ class RotatingFile:
             room = max_bytes - self.size
             self._write_all(mv[:room])
             mv = mv[room:]
+
+    def _write_lines(self, data: bytes, max_bytes: int, keep: int) -> None:
+        mv = memoryview(data)
+        pos, end = 0, len(data)
+        while pos < end:
+            room = max_bytes - self.size
+            if end - pos <= room:
+                self._write_all(mv[pos:])
+                return
+            cut = data.rfind(b"\n", pos, pos + room) + 1 if room > 0 else 0
+            if cut <= pos and self.size == 0:  # one line longer than a file: alone in it
+                cut = data.find(b"\n", pos) + 1 or end
+            if cut > pos:
+                self._write_all(mv[pos:cut])
+                pos = cut
+            if pos < end:
+                self.rotate(keep)
 
     def _write_all(self, mv: memoryview) -> None:
         assert self.fd is not None

@@ -22,7 +22,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -35,6 +38,7 @@ from vspc.console.logthread import LogThread
 from vspc.metrics import VspcMetrics
 
 log = logging.getLogger("vspc.console.log")
+T = TypeVar("T")
 
 MAX_PENDING_EVENTS = 1024
 # Batching: the writer waits up to FLUSH_INTERVAL for more data before a write,
@@ -49,8 +53,11 @@ EXIT_RETRY = 3.0
 class LogWriter:
     """Queues per port, one background task, batches written in the log thread."""
 
-    def __init__(self, settings: LogSettings, metrics: VspcMetrics | None = None) -> None:
+    def __init__(
+        self, settings: LogSettings, metrics: VspcMetrics | None = None, *, what: str = "console"
+    ) -> None:
         self.settings = settings
+        self.what = what  # whose logs, in log lines ("console", "container")
         self.metrics = metrics if metrics is not None else VspcMetrics.create()
         self.total = 0  # bytes pending or in flight over all ports
         self._dirty: dict[PortLog, None] = {}
@@ -165,7 +172,8 @@ class LogWriter:
                 port.pending, port.pending_bytes = [], 0
         if self._dirty:
             log.warning(
-                "console logs: %d bytes (and events) of %d consoles not written at exit",
+                "%s logs: %d bytes (and events) of %d ports not written at exit",
+                self.what,
                 lost,
                 len(self._dirty),
             )
@@ -176,13 +184,13 @@ class LogWriter:
         try:
             marked = await self._thread.run_sync(history.begin, log_dir, time.time())
         except OSError as e:
-            log.warning("console logs: cannot mark the run in %s: %s", log_dir, e)
+            log.warning("%s logs: cannot mark the run in %s: %s", self.what, log_dir, e)
             return
         if marked:
             self.metrics.console_log_gaps_total.inc(len(marked))
             log.warning(
-                "console logs: the last run was killed; marked a restart gap in %d "
-                "console event logs",
+                "%s logs: the last run was killed; marked a restart gap in %d event logs",
+                self.what,
                 len(marked),
             )
 
@@ -192,7 +200,7 @@ class LogWriter:
         try:
             await self._thread.run_sync(history.end, log_dir)
         except OSError as e:
-            log.warning("console logs: cannot clear the run marker in %s: %s", log_dir, e)
+            log.warning("%s logs: cannot clear the run marker in %s: %s", self.what, log_dir, e)
 
     async def read_history(self, port: PortLog, n: int) -> bytes:
         """The last ``n`` bytes the log files held before this run wrote to them.
@@ -208,9 +216,26 @@ class LogWriter:
             try:
                 tail = await self._thread.run_sync(history.read_tail, log_dir, port.stem, n + mine)
             except OSError as e:
-                log.warning("console log %s: cannot read its history: %s", port.stem, e)
+                log.warning("%s log %s: cannot read its history: %s", self.what, port.stem, e)
                 return b""
         return tail[: max(0, len(tail) - mine)]
+
+    @asynccontextmanager
+    async def settled(self) -> AsyncIterator[None]:
+        """Hold off the batches: inside, the files hold everything written and
+        ``port.pending`` everything else (a reader of both sees each byte once)."""
+        async with self._lock:
+            yield
+
+    async def in_thread(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(*args)`` in the log thread, after the writes handed to it before."""
+        return await self._thread.run_sync(fn, *args)
+
+    def lost(self, port: PortLog, n: int, reason: str) -> None:
+        """``n`` bytes of ``port`` will never be written (the caller had no room
+        for them): recorded as a gap, like bytes a failed write dropped."""
+        if n > 0:
+            self._drop(port, n, reason)
 
     async def log_size(self, port: PortLog) -> int | None:
         """The size of the port's live log file, in order after the writes queued
@@ -287,7 +312,7 @@ class LogWriter:
             self._dirty[port] = None
         elif rest:
             self._drop(port, rest, job.error)
-        log.debug("console log %s: %s", port.stem, job.error)
+        log.debug("%s log %s: %s", self.what, port.stem, job.error)
         return True
 
     def _events_back(self, job: LogJob) -> None:
@@ -321,7 +346,7 @@ class LogWriter:
 
     def _begin_episode(self, error: str) -> None:
         if self._episode is None:
-            self._episode = Episode(trio.current_time(), error)
+            self._episode = Episode(trio.current_time(), error, what=self.what)
             log.warning("%s", self._episode.start_line(self.settings.hold_bytes))
 
     def _round_done(self, failed: list[LogJob]) -> None:
