@@ -23,10 +23,21 @@ receiver takes an EXIT or CLOSE only once every stream the peer writes has reach
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from common.proto.session.messages import ErrorCode, ExecSpec, ExitStatus, Stream
-from common.proto.session.replay import InStream, OutStream, Policy
+from common.proto.session.messages import (
+    Ack,
+    DataMsg,
+    EofMsg,
+    ErrorCode,
+    ExecSpec,
+    ExitStatus,
+    GapMsg,
+    MessageError,
+    Stream,
+)
+from common.proto.session.replay import InStream, OutStream, Policy, SendData, SendGap
 
 
 class Role(enum.Enum):
@@ -256,3 +267,53 @@ class Channel:
         for s in self.out.values():
             if not s.eof:
                 s.write_eof()
+
+    def instream(self, stream: Stream) -> InStream:
+        """The stream the peer writes, for a record that carries it."""
+        s = self.inp.get(stream)
+        if s is None or not self.opened:
+            raise MessageError(ErrorCode.CHANNEL_STATE, f"{stream.name} on channel {self.ch}")
+        return s
+
+    def outstream(self, stream: Stream) -> OutStream:
+        """The stream we write, for a local call."""
+        s = self.out.get(stream)
+        if s is None or self.state is ChannelState.REQUESTED:
+            raise ChannelStateError(f"cannot write {stream.name} on channel {self.ch}")
+        return s
+
+    def outgoing(self, max_data: int) -> Iterator[DataMsg | GapMsg | EofMsg]:
+        """Everything our streams have to transmit on this connection."""
+        for stream, s in self.out.items():
+            while (item := s.next_item(max_data)) is not None:
+                if isinstance(item, SendData):
+                    yield DataMsg(self.ch, stream, item.offset, item.data)
+                elif isinstance(item, SendGap):
+                    yield GapMsg(self.ch, stream, item.start, item.end)
+                else:
+                    yield EofMsg(self.ch, stream, item.offset)
+
+    def owed_acks(self) -> list[Ack]:
+        """ACKs still due when the channel is forgotten."""
+        return [Ack(self.ch, k, s.offset, s.eof) for k, s in self.inp.items() if s.ack_due]
+
+    def settle(self, events: list[Event]) -> bool:
+        """Take a waiting EXIT or CLOSE once every stream the peer writes has ended.
+
+        True if the peer's CLOSE came first and ours must answer it.
+        """
+        if self.opened and not self.inputs_ended:
+            return False
+        if self.exit_pending is not None:
+            events.append(Exited(self.ch, self.exit_pending))
+            self.exit_pending = None
+        if not self.close_pending:
+            return False
+        self.close_pending = False
+        before = self.state
+        self.step(Input.RECV_CLOSE)
+        events.append(ChannelClosed(self.ch))
+        if before is ChannelState.CLOSING:
+            return False
+        self.end_output()
+        return True

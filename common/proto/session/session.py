@@ -12,13 +12,13 @@ Session states::
          +--------connection_down------- BROKEN <---------------------+
 
 On ``connection_up`` both ends send RESUME first: version and capabilities, the session
-id (the appliance's; the tether adopts it from the first RESUME it gets and sends zeros
-until then; zeros from a peer that has acknowledged control messages before, or any
-other id, is ``SESSION_MISMATCH``: the peer lost the session), how many control
-messages it has taken, and per channel-stream the offset
-(and EOF) it has received. Each end then resends exactly from the peer's marks (control
-messages first, then stream bytes), so nothing is lost or doubled. Nothing but RESUME
-goes out before the peer's RESUME arrives.
+id, how many control messages it has taken, and per channel-stream the offset (and EOF)
+it has received. Each end then resends exactly from the peer's marks (control messages
+first, then stream bytes): nothing is lost or doubled. Nothing but RESUME goes out
+before the peer's RESUME arrives. The appliance names the session; the tether adopts
+the id from the first RESUME it gets (sending zeros until then). Any other id, or zeros
+from a peer that acknowledged control before, is ``SESSION_MISMATCH``: the peer lost
+the session (it restarted), and the adapter starts a new one.
 
 A bad record yields ``ProtocolError``: the adapter drops the connection (the session
 ignores that connection from then on) and the session resumes on the next one.
@@ -66,7 +66,7 @@ from common.proto.session.messages import (
     decode,
     encode,
 )
-from common.proto.session.replay import InStream, OutStream, Policy, SendData, SendEof, SendGap
+from common.proto.session.replay import InStream, OutStream, Policy
 
 NO_SESSION = bytes(SESSION_ID_LEN)
 
@@ -167,7 +167,7 @@ class Session:
             yield encode(msg)
         for c in list(self._channels.values()):
             if c.opened:
-                yield from self._produce_streams(c)
+                yield from map(encode, c.outgoing(self.config.max_data))
 
     def _produce_acks(self) -> Iterator[bytes]:
         if self._ctl_ack_due:
@@ -183,17 +183,6 @@ class Session:
                 s = c.inp[stream]
                 s.ack_due = False
                 yield encode(Ack(ch, stream, s.offset, s.eof))
-
-    def _produce_streams(self, c: Channel) -> Iterator[bytes]:
-        for stream, s in c.out.items():
-            while (item := s.next_item(self.config.max_data)) is not None:
-                match item:
-                    case SendData():
-                        yield encode(DataMsg(c.ch, stream, item.offset, item.data))
-                    case SendGap():
-                        yield encode(GapMsg(c.ch, stream, item.start, item.end))
-                    case SendEof():
-                        yield encode(EofMsg(c.ch, stream, item.offset))
 
     # ------------------------------------------------------------ dispatch
     def _dispatch(self, msg: Message, events: list[chs.Event]) -> None:
@@ -274,11 +263,8 @@ class Session:
         self._maybe_forget(c)
 
     def _instream(self, c: Channel, stream: Stream) -> InStream:
-        s = c.inp.get(stream)
-        if s is None or not c.opened:
-            raise MessageError(ErrorCode.CHANNEL_STATE, f"{stream.name} on channel {c.ch}")
         self._acks_due[(c.ch, stream)] = None
-        return s
+        return c.instream(stream)
 
     def _on_data(self, msg: DataMsg, events: list[chs.Event]) -> None:
         c = self._known(msg.ch)
@@ -378,35 +364,19 @@ class Session:
     }
 
     def _settle(self, c: Channel, events: list[chs.Event]) -> None:
-        """Take a waiting EXIT or CLOSE once every stream the peer writes has ended."""
-        if c.opened and not c.inputs_ended:
-            return
-        if c.exit_pending is not None:
-            events.append(chs.Exited(c.ch, c.exit_pending))
-            c.exit_pending = None
-        if c.close_pending:
-            c.close_pending = False
-            before = c.state
-            c.step(Input.RECV_CLOSE)
-            events.append(chs.ChannelClosed(c.ch))
-            if before is not ChannelState.CLOSING:
-                c.end_output()
-                self._queue(Close(self._ctl_seq(), c.ch))
-            self._maybe_forget(c)
+        if c.settle(events):  # the peer closed first: answer with our CLOSE
+            self._ctl.append(Close(self._ctl_seq(), c.ch))
+        self._maybe_forget(c)
 
     def _maybe_forget(self, c: Channel) -> None:
         if c.finished and self._channels.pop(c.ch, None) is not None:
-            for stream, s in c.inp.items():
+            for stream in c.inp:
                 self._acks_due.pop((c.ch, stream), None)
-                if s.ack_due:
-                    self._final_acks.append(Ack(c.ch, stream, s.offset, s.eof))
+            self._final_acks.extend(c.owed_acks())
 
     # ------------------------------------------------------------ control out
     def _ctl_seq(self) -> int:
         return self._ctl_base + len(self._ctl)
-
-    def _queue(self, msg: Control) -> None:
-        self._ctl.append(msg)
 
     def _add(self, ch: int, tty: bool, event: Input) -> Channel:
         state = chs.TRANSITIONS[(None, event)]
@@ -439,7 +409,7 @@ class Session:
         msg = make(self._ctl_seq(), ch)
         encode(msg)  # ValueError now if it cannot go on the wire
         self._add(ch, tty, Input.SEND_OPEN)
-        self._queue(msg)
+        self._ctl.append(msg)
         return ch
 
     def open_exec(self, spec: ExecSpec) -> int:
@@ -451,12 +421,12 @@ class Session:
     def resize(self, ch: int, rows: int, cols: int) -> None:
         if (c := self._local(ch, Role.APPLIANCE)) is not None:
             self._step(c, Input.SEND_CONTROL)
-            self._queue(Resize(self._ctl_seq(), ch, rows, cols))
+            self._ctl.append(Resize(self._ctl_seq(), ch, rows, cols))
 
     def signal(self, ch: int, signo: int) -> None:
         if (c := self._local(ch, Role.APPLIANCE)) is not None:
             self._step(c, Input.SEND_CONTROL)
-            self._queue(Signal(self._ctl_seq(), ch, signo))
+            self._ctl.append(Signal(self._ctl_seq(), ch, signo))
 
     def close_stdin(self, ch: int) -> None:
         self.eof(ch, Stream.STDIN)
@@ -468,13 +438,13 @@ class Session:
             return False
         self._step(c, Input.SEND_OPENED)
         c.opened = True
-        self._queue(Opened(self._ctl_seq(), ch))
+        self._ctl.append(Opened(self._ctl_seq(), ch))
         return True
 
     def reject(self, ch: int, reason: str) -> None:
         if (c := self._local(ch, Role.TETHER)) is not None:
             self._step(c, Input.SEND_OPEN_FAILED)
-            self._queue(OpenFailed(self._ctl_seq(), ch, reason[:1024]))
+            self._ctl.append(OpenFailed(self._ctl_seq(), ch, reason[:1024]))
             self._maybe_forget(c)
 
     def exit(self, ch: int, status: ExitStatus) -> None:
@@ -482,17 +452,12 @@ class Session:
         if (c := self._local(ch, Role.TETHER)) is not None:
             self._step(c, Input.SEND_CONTROL)
             c.end_output()
-            self._queue(Exit(self._ctl_seq(), ch, status))
+            self._ctl.append(Exit(self._ctl_seq(), ch, status))
 
     # ------------------------------------------------------------ both ends
     def _outstream(self, ch: int, stream: Stream) -> OutStream | None:
         c = self._local(ch)
-        if c is None:
-            return None
-        s = c.out.get(stream)
-        if s is None or c.state is ChannelState.REQUESTED:
-            raise ChannelStateError(f"cannot write {stream.name} on channel {ch}")
-        return s
+        return None if c is None else c.outstream(stream)
 
     def send(self, ch: int, stream: Stream, data: bytes) -> int:
         """Queue bytes; how many were taken (fewer under BLOCK: wait for ``Writable``)."""
@@ -513,7 +478,7 @@ class Session:
         if (c := self._local(ch)) is not None:
             self._step(c, Input.SEND_CLOSE)
             c.end_output()
-            self._queue(Close(self._ctl_seq(), ch))
+            self._ctl.append(Close(self._ctl_seq(), ch))
 
     def channel_state(self, ch: int) -> ChannelState | None:
         """The channel's state; None once it is forgotten."""
