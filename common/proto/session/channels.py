@@ -28,13 +28,19 @@ from dataclasses import dataclass
 
 from common.proto.session.messages import (
     Ack,
+    Close,
     DataMsg,
     EofMsg,
     ErrorCode,
     ExecSpec,
+    Exit,
     ExitStatus,
     GapMsg,
     MessageError,
+    Opened,
+    OpenFailed,
+    Resize,
+    Signal,
     Stream,
 )
 from common.proto.session.replay import InStream, OutStream, Policy, SendData, SendGap
@@ -317,3 +323,36 @@ class Channel:
             return False
         self.end_output()
         return True
+
+    def _expect(self, role: Role, event: Input) -> None:
+        if self.role is not role or not self.allows(event):
+            raise MessageError(ErrorCode.CHANNEL_STATE, f"{event.value} on channel {self.ch}")
+
+    def on_control(
+        self, msg: Opened | OpenFailed | Resize | Signal | Exit | Close, events: list[Event]
+    ) -> bool:
+        """A control message from the peer for this channel; True as ``settle``."""
+        if isinstance(msg, Opened):
+            self._expect(Role.APPLIANCE, Input.RECV_OPENED)
+            self.opened = True
+            if self.step(Input.RECV_OPENED) is ChannelState.OPEN:
+                events.append(ChannelOpened(self.ch))
+        elif isinstance(msg, OpenFailed):
+            self._expect(Role.APPLIANCE, Input.RECV_OPEN_FAILED)
+            self.step(Input.RECV_OPEN_FAILED)
+            events.append(OpenRefused(self.ch, msg.reason))
+        elif isinstance(msg, Resize | Signal):
+            self._expect(Role.TETHER, Input.RECV_CONTROL)
+            if isinstance(msg, Resize):
+                events.append(Resized(self.ch, msg.rows, msg.cols))
+            else:
+                events.append(Signalled(self.ch, msg.signo))
+        elif isinstance(msg, Exit):
+            self._expect(Role.APPLIANCE, Input.RECV_CONTROL)
+            if not self.opened:
+                raise MessageError(ErrorCode.CHANNEL_STATE, f"exit before open on {self.ch}")
+            self.exit_pending = msg.status
+        else:
+            self._expect(self.role, Input.RECV_CLOSE)
+            self.close_pending = True
+        return self.settle(events)

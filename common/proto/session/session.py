@@ -84,6 +84,7 @@ class SessionConfig:
     policy: Policy = Policy.BLOCK
     max_channels: int = 1024  # RESUME must fit one record: 2 marks of 14 bytes each
     max_data: int = MAX_DATA  # bytes per DATA record
+    max_control: int = 4096  # RESIZE/SIGNAL refused while this many await their ACK
 
     def __post_init__(self) -> None:
         if not 0 < self.max_channels <= 2000 or not 0 < self.max_data <= MAX_DATA:
@@ -230,8 +231,9 @@ class Session:
             if not c.opened:
                 continue
             for stream, s in c.out.items():
-                m = marks.get((c.ch, stream))
-                if s.rewind(m.offset if m else 0, m.eof if m else False):
+                # A peer lists every channel it holds; one it forgot had all our bytes.
+                m = marks.get((c.ch, stream)) or StreamMark(c.ch, stream, s.end, True)
+                if s.rewind(m.offset, m.eof):
                     events.append(chs.Writable(c.ch, stream))
             self._maybe_forget(c)
         self.peer_version = min(VERSION, msg.version)
@@ -301,13 +303,11 @@ class Session:
         else:
             c = self._known(msg.ch)
             if c is not None and c.state is not ChannelState.CLOSED:
-                self._CONTROL[type(msg)](self, c, msg, events)
+                if c.on_control(msg, events):  # the peer closed first: answer with our CLOSE
+                    self._ctl.append(Close(self._ctl_seq(), c.ch))
+                self._maybe_forget(c)
         self._ctl_received += 1
         self._ctl_ack_due = True
-
-    def _expect(self, c: Channel, role: Role, event: Input) -> None:
-        if self.role is not role or not c.allows(event):
-            raise MessageError(ErrorCode.CHANNEL_STATE, f"{event.value} on channel {c.ch}")
 
     def _on_open(self, msg: OpenExec | OpenAttach, events: list[chs.Event]) -> None:
         if self.role is not Role.TETHER or msg.ch <= self._high:
@@ -321,50 +321,8 @@ class Session:
         else:
             events.append(chs.AttachRequested(msg.ch, msg.tty))
 
-    def _on_opened(self, c: Channel, msg: Control, events: list[chs.Event]) -> None:
-        self._expect(c, Role.APPLIANCE, Input.RECV_OPENED)
-        c.opened = True
-        if c.step(Input.RECV_OPENED) is ChannelState.OPEN:
-            events.append(chs.ChannelOpened(c.ch))
-
-    def _on_open_failed(self, c: Channel, msg: Control, events: list[chs.Event]) -> None:
-        assert isinstance(msg, OpenFailed)
-        self._expect(c, Role.APPLIANCE, Input.RECV_OPEN_FAILED)
-        c.step(Input.RECV_OPEN_FAILED)
-        events.append(chs.OpenRefused(c.ch, msg.reason))
-        self._maybe_forget(c)
-
-    def _on_order(self, c: Channel, msg: Control, events: list[chs.Event]) -> None:
-        self._expect(c, Role.TETHER, Input.RECV_CONTROL)
-        if isinstance(msg, Resize):
-            events.append(chs.Resized(c.ch, msg.rows, msg.cols))
-        elif isinstance(msg, Signal):
-            events.append(chs.Signalled(c.ch, msg.signo))
-
-    def _on_exit(self, c: Channel, msg: Control, events: list[chs.Event]) -> None:
-        assert isinstance(msg, Exit)
-        self._expect(c, Role.APPLIANCE, Input.RECV_CONTROL)
-        if not c.opened:
-            raise MessageError(ErrorCode.CHANNEL_STATE, f"exit before open on {c.ch}")
-        c.exit_pending = msg.status
-        self._settle(c, events)
-
-    def _on_close(self, c: Channel, msg: Control, events: list[chs.Event]) -> None:
-        self._expect(c, self.role, Input.RECV_CLOSE)
-        c.close_pending = True
-        self._settle(c, events)
-
-    _CONTROL: dict[type, Callable[[Session, Channel, Control, list[chs.Event]], None]] = {
-        Opened: _on_opened,
-        OpenFailed: _on_open_failed,
-        Resize: _on_order,
-        Signal: _on_order,
-        Exit: _on_exit,
-        Close: _on_close,
-    }
-
     def _settle(self, c: Channel, events: list[chs.Event]) -> None:
-        if c.settle(events):  # the peer closed first: answer with our CLOSE
+        if c.settle(events):
             self._ctl.append(Close(self._ctl_seq(), c.ch))
         self._maybe_forget(c)
 
@@ -377,6 +335,10 @@ class Session:
     # ------------------------------------------------------------ control out
     def _ctl_seq(self) -> int:
         return self._ctl_base + len(self._ctl)
+
+    def _send_control(self, msg: Control) -> None:
+        encode(msg)  # ValueError now, from the caller, if a field cannot go on the wire
+        self._ctl.append(msg)
 
     def _add(self, ch: int, tty: bool, event: Input) -> Channel:
         state = chs.TRANSITIONS[(None, event)]
@@ -418,15 +380,22 @@ class Session:
     def open_attach(self, tty: bool = False) -> int:
         return self._open(tty, lambda seq, ch: OpenAttach(seq, ch, tty))
 
-    def resize(self, ch: int, rows: int, cols: int) -> None:
-        if (c := self._local(ch, Role.APPLIANCE)) is not None:
-            self._step(c, Input.SEND_CONTROL)
-            self._ctl.append(Resize(self._ctl_seq(), ch, rows, cols))
+    def _order(self, ch: int, make: Callable[[int], Resize | Signal]) -> bool:
+        if (c := self._local(ch, Role.APPLIANCE)) is None:
+            return True
+        if len(self._ctl) >= self.config.max_control:
+            return False
+        self._step(c, Input.SEND_CONTROL)
+        self._send_control(make(self._ctl_seq()))
+        return True
 
-    def signal(self, ch: int, signo: int) -> None:
-        if (c := self._local(ch, Role.APPLIANCE)) is not None:
-            self._step(c, Input.SEND_CONTROL)
-            self._ctl.append(Signal(self._ctl_seq(), ch, signo))
+    def resize(self, ch: int, rows: int, cols: int) -> bool:
+        """Queue RESIZE; False (not queued) while ``max_control`` messages await their ACK."""
+        return self._order(ch, lambda seq: Resize(seq, ch, rows, cols))
+
+    def signal(self, ch: int, signo: int) -> bool:
+        """Queue SIGNAL; False (not queued) while ``max_control`` messages await their ACK."""
+        return self._order(ch, lambda seq: Signal(seq, ch, signo))
 
     def close_stdin(self, ch: int) -> None:
         self.eof(ch, Stream.STDIN)
@@ -443,16 +412,18 @@ class Session:
 
     def reject(self, ch: int, reason: str) -> None:
         if (c := self._local(ch, Role.TETHER)) is not None:
+            msg = OpenFailed(self._ctl_seq(), ch, reason[:1024])
+            encode(msg)  # before the state moves
             self._step(c, Input.SEND_OPEN_FAILED)
-            self._ctl.append(OpenFailed(self._ctl_seq(), ch, reason[:1024]))
+            self._ctl.append(msg)
             self._maybe_forget(c)
 
     def exit(self, ch: int, status: ExitStatus) -> None:
         """The process ended: EOF on every stream still open, then EXIT."""
         if (c := self._local(ch, Role.TETHER)) is not None:
             self._step(c, Input.SEND_CONTROL)
+            self._send_control(Exit(self._ctl_seq(), ch, status))
             c.end_output()
-            self._ctl.append(Exit(self._ctl_seq(), ch, status))
 
     # ------------------------------------------------------------ both ends
     def _outstream(self, ch: int, stream: Stream) -> OutStream | None:

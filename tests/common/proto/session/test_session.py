@@ -56,6 +56,7 @@ class Wire:
         self.events: tuple[list[Event], list[Event]] = ([], [])
         self.auto_accept = auto_accept
         self.now = 0.0
+        self.lost = 0  # records lost in flight by cuts
         self.connect()
 
     def connect(self) -> None:
@@ -65,6 +66,7 @@ class Wire:
     def cut(self) -> None:
         """The connection dies: what is in flight is lost; a new one follows."""
         for side, s in enumerate(self.sides):
+            self.lost += len(self.flight[side])
             self.flight[side].clear()
             s.connection_down()
         self.connect()
