@@ -10,6 +10,8 @@ from collections import deque
 from typing import TypeVar
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from common.proto.session.channels import (
     AttachRequested,
@@ -278,3 +280,73 @@ def test_resume_reports_version_and_nothing_but_resume_goes_first() -> None:
     w.deliver(1)
     assert of_type(w.events[0], Resumed) == [Resumed(1, 0)]
     assert w.a.channel_state(ch) is ChannelState.OPENING
+
+
+@given(st.lists(st.binary(max_size=40), max_size=20))
+def test_garbage_records_cost_only_the_connection(garbage: list[bytes]) -> None:
+    w = Wire()
+    ch = w.a.open_exec(ExecSpec(("cat",)))
+    w.settle()
+    for record in garbage:
+        events = w.t.receive_record(record, 1.0)
+        errors = [e for e in events if isinstance(e, ProtocolError)]
+        assert len(errors) <= 1 and bool(errors) == (w.t.state is SessionState.BROKEN)
+        if errors:
+            w.cut()
+            w.settle()
+    w.cut()
+    w.a.send(ch, Stream.STDIN, b"still here")
+    w.settle()
+    assert received(w.events[1], ch, Stream.STDIN) == b"still here"
+
+
+def test_forgetting_a_channel_survives_a_cut_before_the_last_ack() -> None:
+    w = Wire()
+    ch = w.a.open_exec(ExecSpec(("true",)))
+    w.settle()
+    w.a.close_stdin(ch)
+    w.t.exit(ch, ExitStatus(code=0))
+    w.settle()
+    w.a.close(ch)
+    w.flush()
+    w.deliver(0)  # the tether takes the CLOSE, answers, forgets the channel ...
+    w.flush()
+    assert w.t.channel_count == 0
+    w.cut()  # ... and its answer is lost
+    w.settle()
+    assert (w.a.channel_count, w.t.channel_count) == (0, 0)
+    assert of_type(w.events[0], ChannelClosed) == [ChannelClosed(ch)]
+    assert not of_type(w.events[0] + w.events[1], ProtocolError)
+
+
+def test_the_tether_may_answer_an_exec_after_a_cut() -> None:
+    w = Wire(auto_accept=False)
+    ch = w.a.open_exec(ExecSpec(("cat",)))
+    w.a.send(ch, Stream.STDIN, b"typed early")
+    w.settle()
+    w.cut()
+    assert w.t.accept(ch)
+    w.t.send(ch, Stream.STDOUT, b"ready")
+    w.settle()
+    assert of_type(w.events[0], ChannelOpened) == [ChannelOpened(ch)]
+    assert received(w.events[1], ch, Stream.STDIN) == b"typed early"
+    assert received(w.events[0], ch, Stream.STDOUT) == b"ready"
+
+
+def test_bad_arguments_are_refused_at_the_call_and_leave_the_session_intact() -> None:
+    w = Wire(SessionConfig(max_control=2))
+    ch = w.a.open_exec(ExecSpec(("cat",)))
+    with pytest.raises(ValueError):
+        w.a.resize(ch, 70_000, 80)
+    with pytest.raises(ValueError):
+        w.a.open_exec(ExecSpec(("x" * 70_000,)))
+    assert w.a.resize(ch, 24, 80)
+    assert not w.a.signal(ch, 15)  # two control messages await their ACK
+    w.settle()
+    assert w.a.signal(ch, 15)
+    w.settle()
+    assert of_type(w.events[1], Resized) == [Resized(ch, 24, 80)]
+    assert of_type(w.events[1], Signalled) == [Signalled(ch, 15)]
+    with pytest.raises(ValueError):
+        w.t.exit(ch, ExitStatus(code=1 << 40))
+    assert w.t.channel_state(ch) is ChannelState.OPEN
