@@ -1,6 +1,9 @@
-"""Sessions (issue 13): channels carried exactly once over sealed connections (sans-IO).
+"""Sessions (issue 13): exec, attach and exit status between appliance and tether, sans-IO.
 
-``messages`` is the codec, ``replay`` one channel-stream's sender and receiver,
-``channels`` the channel states, transition table and events, ``session`` the
-``Session`` that ties them to a succession of connections.
+Two layers live here. The sealed transport (``secure``, ``handshake``, ``records``,
+``sync``, ``errors``) turns one byte stream into an authenticated connection that
+carries whole plaintext records. The session layer above it (``messages``: the codec;
+``replay``: one channel-stream's replay buffer and receive offset; ``channels``: channel
+states, transition table and events; ``session``: the ``Session`` that outlives
+connections) carries channels exactly once across any number of those connections.
 """
