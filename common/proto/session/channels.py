@@ -250,6 +250,12 @@ class Channel:
         self.exit_pending: ExitStatus | None = None
         self.close_pending = False
 
+    def set_replay(self, limit: int, policy: Policy) -> None:
+        """Bound our streams differently; only before anything was written."""
+        if any(s.end for s in self.out.values()):
+            raise ChannelStateError(f"channel {self.ch} has written already")
+        self.out = {k: OutStream(limit, policy) for k in self.out}
+
     def step(self, event: Input) -> ChannelState:
         """Apply ``event`` per the table; KeyError if the table has no such move."""
         self.state = TRANSITIONS[(self.state, event)]

@@ -401,11 +401,18 @@ class Session:
         self.eof(ch, Stream.STDIN)
 
     # ------------------------------------------------------------ tether calls
-    def accept(self, ch: int) -> bool:
-        """Answer OPENED; False if the appliance closed the channel meanwhile."""
+    def accept(
+        self, ch: int, *, replay_limit: int | None = None, policy: Policy | None = None
+    ) -> bool:
+        """Answer OPENED; False if the appliance closed the channel meanwhile.
+
+        ``replay_limit`` and ``policy`` override the session's for this channel's output
+        (e.g. DROP for a main process that must not stall while the appliance is away).
+        """
         if (c := self._local(ch, Role.TETHER)) is None:
             return False
         self._step(c, Input.SEND_OPENED)
+        c.set_replay(replay_limit or self.config.replay_limit, policy or self.config.policy)
         c.opened = True
         self._ctl.append(Opened(self._ctl_seq(), ch))
         return True

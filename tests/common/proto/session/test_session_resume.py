@@ -306,3 +306,19 @@ def test_drop_policy_gap_for_bytes_sent_then_lost_in_a_cut() -> None:
     w.settle()
     assert of_type(w.events[1], Gap) == [Gap(ch, Stream.STDIN, 0, 10)]
     assert received(w.events[1], ch, Stream.STDIN) == b"abcdefghij"
+
+
+def test_a_channel_can_drop_while_the_session_blocks() -> None:
+    w = Wire(SessionConfig(replay_limit=8), auto_accept=False)
+    ch = w.a.open_attach()
+    w.settle()
+    assert w.t.accept(ch, replay_limit=4, policy=Policy.DROP)
+    w.a.connection_down()
+    w.t.connection_down()
+    assert w.t.send(ch, Stream.STDOUT, b"0123456789") == 10  # never stalls the process
+    assert w.a.send(ch, Stream.STDIN, b"0123456789") == 8  # the session's BLOCK bound
+    w.connect()
+    w.settle()
+    assert of_type(w.events[0], Gap) == [Gap(ch, Stream.STDOUT, 0, 6)]
+    assert received(w.events[0], ch, Stream.STDOUT) == b"6789"
+    assert received(w.events[1], ch, Stream.STDIN) == b"01234567"
