@@ -85,13 +85,14 @@ ops = st.one_of(
 
 @dataclass
 class Traffic:
-    """What each side has still to write (kept across back-pressure) and wrote in all."""
+    """What each side has still to write (kept across back-pressure) and what was taken."""
 
     wire: Wire
     chans: list[int]
     ttys: list[bool]
     backlog: dict[Key, bytearray] = field(default_factory=dict)
-    written: dict[Key, bytearray] = field(default_factory=dict)
+    taken: dict[Key, bytearray] = field(default_factory=dict)
+    aborted: set[int] = field(default_factory=set)
     ended: set[int] = field(default_factory=set)
     orders: dict[int, list[Resized | Signalled]] = field(default_factory=dict)
     closed: set[int] = field(default_factory=set)
@@ -106,23 +107,23 @@ class Traffic:
 
     def write(self, op: Op) -> None:
         k = self.key(op)
-        self.backlog.setdefault(k, bytearray()).extend(op.data)
-        self.written.setdefault(k, bytearray()).extend(op.data)
+        if k[0] == 1 or k[1] not in self.aborted:
+            self.backlog.setdefault(k, bytearray()).extend(op.data)
         self.push()
 
     def push(self) -> None:
         for (side, ch, stream), buf in self.backlog.items():
             s = self.wire.sides[side]
             if buf and (side == 0 or s.channel_state(ch) is ChannelState.OPEN):
-                taken = s.send(ch, stream, bytes(buf))
-                assert taken <= len(buf)
-                del buf[:taken]
+                n = s.send(ch, stream, bytes(buf))
+                self.taken.setdefault((side, ch, stream), bytearray()).extend(buf[:n])
+                del buf[:n]
 
     def finish(self) -> None:
         """End each channel once all its bytes are taken: EOF and exit, then close."""
         w = self.wire
         for i, ch in enumerate(self.chans):
-            if ch in self.ended or w.t.channel_state(ch) is not ChannelState.OPEN:
+            if ch in self.ended | self.aborted or w.t.channel_state(ch) is not ChannelState.OPEN:
                 continue
             if any(buf for (_, c, _), buf in self.backlog.items() if c == ch):
                 continue
@@ -134,8 +135,21 @@ class Traffic:
                 self.closed.add(e.ch)
                 w.a.close(e.ch)
 
+    def abort(self, i: int) -> None:
+        """The appliance closes a channel whose process still runs."""
+        ch = self.chans[i % len(self.chans)]
+        if ch not in self.aborted:
+            self.aborted.add(ch)
+            self.closed.add(ch)
+            for (side, c, _), buf in self.backlog.items():
+                if side == 0 and c == ch:
+                    buf.clear()
+            self.wire.a.close(ch)
+
     def order(self, op: Op) -> None:
         ch = self.chans[op.ch % len(self.chans)]
+        if ch in self.aborted:
+            return
         order: Resized | Signalled
         if op.pick:
             order = Resized(ch, op.n, op.n + 1)
@@ -160,10 +174,14 @@ class Traffic:
         self.push()
 
 
-def drive(traffic: Traffic, ops: list[Op], cuts: set[int]) -> None:
+def drive(
+    traffic: Traffic, ops: list[Op], cuts: set[int], abort: tuple[int, int] | None = None
+) -> None:
     """The random part, then run to the end with cuts at the given rounds."""
     w = traffic.wire
-    for op in ops:
+    for at, op in enumerate(ops):
+        if abort is not None and at == abort[1]:
+            traffic.abort(abort[0])
         traffic.run(op)
     for rnd in range(400):
         traffic.push()
@@ -199,24 +217,31 @@ small = st.sampled_from([1, 7, 64])
     cuts=cut_rounds,
     max_data=small,
     limit=st.sampled_from([16, 100, 1 << 20]),
+    abort=st.none() | st.tuples(st.integers(0, 2), st.integers(0, 60)),
 )
 def test_every_byte_arrives_exactly_once_in_order_across_cuts(
-    ttys: list[bool], ops: list[Op], cuts: set[int], max_data: int, limit: int
+    ttys: list[bool],
+    ops: list[Op],
+    cuts: set[int],
+    max_data: int,
+    limit: int,
+    abort: tuple[int, int] | None,
 ) -> None:
     traffic = start(SessionConfig(replay_limit=limit, max_data=max_data), ttys)
-    drive(traffic, ops, cuts)
+    drive(traffic, ops, cuts, abort)
     w = traffic.wire
     for side in (0, 1):
         assert not of_type(w.events[side], ProtocolError)
     event(f"records lost in cuts: {'some' if w.lost else 'none'}")
-    for (side, ch, stream), sent in traffic.written.items():
+    for (side, ch, stream), sent in traffic.taken.items():
         assert received(w.events[1 - side], ch, stream) == bytes(sent)
+    for (_, ch, _), buf in traffic.backlog.items():
+        assert not buf or ch in traffic.aborted  # BLOCK held bytes back, never lost them
     for i, ch in enumerate(traffic.chans):
         orders = [e for e in w.events[1] if isinstance(e, Resized | Signalled) and e.ch == ch]
         assert orders == traffic.orders.get(ch, [])
-        assert [e.status for e in of_type(w.events[0], Exited) if e.ch == ch] == [
-            ExitStatus(code=i)
-        ]
+        exits = [] if ch in traffic.aborted else [ExitStatus(code=i)]
+        assert [e.status for e in of_type(w.events[0], Exited) if e.ch == ch] == exits
         for side in (0, 1):
             assert [e for e in of_type(w.events[side], ChannelClosed) if e.ch == ch] == [
                 ChannelClosed(ch)
@@ -272,7 +297,7 @@ def test_drop_policy_names_exactly_the_lost_range(
     drive(traffic, ops, cuts)
     w = traffic.wire
     assert not of_type(w.events[0], ProtocolError) and not of_type(w.events[1], ProtocolError)
-    for (side, ch, stream), sent in traffic.written.items():
+    for (side, ch, stream), sent in traffic.taken.items():
         got = [
             e
             for e in w.events[1 - side]
