@@ -1,8 +1,13 @@
-"""Sessions (issue 13): the sealed transport between appliance and tether, sans-IO.
+"""Sessions (issue 13): exec, attach and exit status between appliance and tether, sans-IO.
 
-``secure.SecureChannel`` seals one connection over any byte stream (serial line,
-AF_VSOCK, hybrid vsock, relays and the mesh, which see only ciphertext); the session
-layer above it carries channels, offsets and resume across connections.
+Two layers live here. The sealed transport (``secure``, ``handshake``, ``records``,
+``sync``, ``errors``) turns one byte stream into an authenticated connection that
+carries whole plaintext records. The session layer above it (``messages``: the codec;
+``replay``: one channel-stream's replay buffer and receive offset; ``channels``: channel
+states, transition table and events; ``session``: the ``Session`` that outlives
+connections) carries channels exactly once across any number of those connections.
+
+The sealed transport's wire format (the session layer's is in ``messages``).
 
 Wire format (all integers big-endian unless said otherwise)
 ===========================================================

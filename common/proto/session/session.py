@@ -1,0 +1,468 @@
+"""One VM's session: channels carried exactly once over a succession of connections.
+
+A ``Session`` outlives connections. The sealed transport under it hands over whole
+plaintext records in order and takes records to send; the adapter calls
+``connection_up(now)`` when a new connection is sealed, ``receive_record`` for each
+record, ``records_to_send`` to drain, ``connection_down`` when the record stream ended.
+
+Session states::
+
+    DISCONNECTED --connection_up--> AWAITING_RESUME --peer RESUME--> LIVE
+         ^                               | bad record                 | bad record
+         +--------connection_down------- BROKEN <---------------------+
+
+On ``connection_up`` both ends send RESUME first: version and capabilities, the session
+id, how many control messages it has taken, and per channel-stream the offset (and EOF)
+it has received. Each end then resends exactly from the peer's marks (control messages
+first, then stream bytes): nothing is lost or doubled. Nothing but RESUME goes out
+before the peer's RESUME arrives. The appliance names the session; the tether adopts
+the id from the first RESUME it gets (sending zeros until then). Any other id, or zeros
+from a peer that acknowledged control before, is ``SESSION_MISMATCH``: the peer lost
+the session (it restarted), and the adapter starts a new one.
+
+A bad record yields ``ProtocolError``: the adapter drops the connection (the session
+ignores that connection from then on) and the session resumes on the next one.
+Acknowledgements are cumulative and coalesced: each ``records_to_send`` call carries one
+ACK per stream that took bytes since the last one.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+
+from common.proto.session import channels as chs
+from common.proto.session.channels import Channel, ChannelState, ChannelStateError, Input, Role
+from common.proto.session.messages import (
+    CAPS,
+    MAX_DATA,
+    MIN_VERSION,
+    SESSION_ID_LEN,
+    VERSION,
+    Ack,
+    Close,
+    Control,
+    DataMsg,
+    EofMsg,
+    ErrorCode,
+    ExecSpec,
+    Exit,
+    ExitStatus,
+    GapMsg,
+    Message,
+    MessageError,
+    OpenAttach,
+    Opened,
+    OpenExec,
+    OpenFailed,
+    Resize,
+    Resume,
+    Signal,
+    Stream,
+    StreamMark,
+    decode,
+    encode,
+)
+from common.proto.session.replay import InStream, OutStream, Policy
+
+NO_SESSION = bytes(SESSION_ID_LEN)
+
+
+class SessionState(enum.Enum):
+    DISCONNECTED = "disconnected"
+    AWAITING_RESUME = "awaiting-resume"
+    LIVE = "live"
+    BROKEN = "broken"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    replay_limit: int = 1 << 20  # bytes held per channel-stream for replay
+    policy: Policy = Policy.BLOCK
+    max_channels: int = 1024  # RESUME must fit one record: 2 marks of 14 bytes each
+    max_data: int = MAX_DATA  # bytes per DATA record
+    max_control: int = 4096  # RESIZE/SIGNAL refused while this many await their ACK
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_channels <= 2000 or not 0 < self.max_data <= MAX_DATA:
+            raise ValueError("max_channels must be 1..2000 and max_data 1..MAX_DATA")
+
+
+class Session:
+    """The sans-IO core of one VM's session, for the appliance or the tether end."""
+
+    def __init__(
+        self, role: Role, session_id: bytes | None = None, config: SessionConfig | None = None
+    ) -> None:
+        if role is Role.APPLIANCE and (session_id is None or len(session_id) != SESSION_ID_LEN):
+            raise ValueError("the appliance names the session: 16 bytes")
+        self.role = role
+        self.session_id = session_id
+        self.config = config or SessionConfig()
+        self.state = SessionState.DISCONNECTED
+        self.peer_version = 0
+        self.peer_caps = 0
+        self.now = 0.0
+        self._channels: dict[int, Channel] = {}
+        self._high = 0  # highest channel id ever opened
+        self._ctl: deque[Control] = deque()  # control messages not yet acknowledged
+        self._ctl_base = 0  # seq of _ctl[0]
+        self._ctl_cursor = 0  # next seq to transmit on this connection
+        self._ctl_received = 0
+        self._ctl_ack_due = False
+        self._acks_due: dict[tuple[int, Stream], None] = {}
+        self._final_acks: list[Ack] = []  # for channels already forgotten
+        self._outbox: list[bytes] = []
+
+    # ------------------------------------------------------------ connections
+    def connection_up(self, now: float) -> None:
+        self.now = now
+        self.state = SessionState.AWAITING_RESUME
+        self._acks_due.clear()
+        self._final_acks.clear()
+        self._ctl_ack_due = False
+        marks = tuple(
+            StreamMark(c.ch, stream, s.offset, s.eof)
+            for c in self._channels.values()
+            for stream, s in c.inp.items()
+        )
+        resume = Resume(VERSION, CAPS, self.session_id or NO_SESSION, self._ctl_received, marks)
+        self._outbox = [encode(resume)]
+
+    def connection_down(self) -> None:
+        self.state = SessionState.DISCONNECTED
+        self._outbox = []
+
+    # ------------------------------------------------------------ records
+    def receive_record(self, payload: bytes, now: float) -> list[chs.Event]:
+        self.now = now
+        events: list[chs.Event] = []
+        if self.state in (SessionState.DISCONNECTED, SessionState.BROKEN):
+            return events
+        try:
+            msg = decode(payload)
+            if msg is not None:
+                self._dispatch(msg, events)
+        except MessageError as e:
+            self.state = SessionState.BROKEN
+            self._outbox = []
+            events.append(chs.ProtocolError(e.code, e.detail))
+        return events
+
+    def records_to_send(self, max_records: int | None = None) -> list[bytes]:
+        """Records due on this connection, in order (at most ``max_records``)."""
+        return list(islice(self._produce(), max_records))
+
+    def _produce(self) -> Iterator[bytes]:
+        while self._outbox:
+            yield self._outbox.pop(0)
+        if self.state is not SessionState.LIVE:
+            return
+        yield from self._produce_acks()
+        while self._ctl_cursor < self._ctl_base + len(self._ctl):
+            msg = self._ctl[self._ctl_cursor - self._ctl_base]
+            self._ctl_cursor += 1
+            yield encode(msg)
+        for c in list(self._channels.values()):
+            if c.opened:
+                yield from map(encode, c.outgoing(self.config.max_data))
+
+    def _produce_acks(self) -> Iterator[bytes]:
+        if self._ctl_ack_due:
+            self._ctl_ack_due = False
+            yield encode(Ack(0, Stream.CONTROL, self._ctl_received, False))
+        while self._final_acks:
+            yield encode(self._final_acks.pop(0))
+        while self._acks_due:
+            ch, stream = next(iter(self._acks_due))
+            del self._acks_due[(ch, stream)]
+            c = self._channels.get(ch)
+            if c is not None:
+                s = c.inp[stream]
+                s.ack_due = False
+                yield encode(Ack(ch, stream, s.offset, s.eof))
+
+    # ------------------------------------------------------------ dispatch
+    def _dispatch(self, msg: Message, events: list[chs.Event]) -> None:
+        if isinstance(msg, Resume) != (self.state is SessionState.AWAITING_RESUME):
+            raise MessageError(ErrorCode.UNEXPECTED, f"{type(msg).__name__} in {self.state.value}")
+        match msg:
+            case Resume():
+                self._on_resume(msg, events)
+            case Ack():
+                self._on_ack(msg, events)
+            case DataMsg():
+                self._on_data(msg, events)
+            case EofMsg():
+                self._on_eof(msg, events)
+            case GapMsg():
+                self._on_gap(msg, events)
+            case _:
+                self._on_control(msg, events)
+
+    def _known(self, ch: int) -> Channel | None:
+        """The live channel ``ch``, None if it was forgotten; an error if it never was."""
+        c = self._channels.get(ch)
+        if c is None and not 0 < ch <= self._high:
+            raise MessageError(ErrorCode.UNKNOWN_CHANNEL, f"channel {ch}")
+        return c
+
+    def _check_peer(self, msg: Resume) -> None:
+        if msg.version < MIN_VERSION:
+            raise MessageError(ErrorCode.VERSION, f"peer speaks version {msg.version}")
+        sid = msg.session_id
+        if self.session_id is None:
+            if sid != NO_SESSION:
+                self.session_id = sid
+        elif sid != self.session_id and not (sid == NO_SESSION and self._ctl_base == 0):
+            raise MessageError(ErrorCode.SESSION_MISMATCH, "the peer holds another session")
+        if not self._ctl_base <= msg.ctl_received <= self._ctl_base + len(self._ctl):
+            raise MessageError(ErrorCode.OFFSET, f"control resume at {msg.ctl_received}")
+
+    def _on_resume(self, msg: Resume, events: list[chs.Event]) -> None:
+        self._check_peer(msg)
+        self._ack_control(msg.ctl_received)
+        self._ctl_cursor = msg.ctl_received
+        marks = {(m.ch, m.stream): m for m in msg.marks}
+        for c in list(self._channels.values()):
+            if not c.opened:
+                continue
+            for stream, s in c.out.items():
+                # A peer lists every channel it holds; one it forgot had all our bytes.
+                m = marks.get((c.ch, stream)) or StreamMark(c.ch, stream, s.end, True)
+                if s.rewind(m.offset, m.eof):
+                    events.append(chs.Writable(c.ch, stream))
+            self._maybe_forget(c)
+        self.peer_version = min(VERSION, msg.version)
+        self.peer_caps = msg.caps
+        self.state = SessionState.LIVE
+        events.append(chs.Resumed(self.peer_version, self.peer_caps))
+
+    def _ack_control(self, count: int) -> None:
+        if count > self._ctl_base + len(self._ctl):
+            raise MessageError(ErrorCode.OFFSET, f"control ack {count}")
+        while self._ctl_base < count:
+            self._ctl.popleft()
+            self._ctl_base += 1
+
+    def _on_ack(self, msg: Ack, events: list[chs.Event]) -> None:
+        if msg.stream is Stream.CONTROL:
+            if msg.ch != 0 or msg.eof or msg.offset > self._ctl_cursor:
+                raise MessageError(ErrorCode.OFFSET, f"control ack {msg.offset}")
+            self._ack_control(msg.offset)
+            return
+        c = self._known(msg.ch)
+        if c is None:
+            return
+        s = c.out.get(msg.stream)
+        if s is None or not c.opened:
+            raise MessageError(ErrorCode.CHANNEL_STATE, f"ack on {msg.ch}/{msg.stream.name}")
+        if s.ack(msg.offset, msg.eof):
+            events.append(chs.Writable(c.ch, msg.stream))
+        self._maybe_forget(c)
+
+    def _instream(self, c: Channel, stream: Stream) -> InStream:
+        self._acks_due[(c.ch, stream)] = None
+        return c.instream(stream)
+
+    def _on_data(self, msg: DataMsg, events: list[chs.Event]) -> None:
+        c = self._known(msg.ch)
+        if c is not None:
+            fresh = self._instream(c, msg.stream).on_data(msg.offset, msg.data)
+            if fresh:
+                events.append(chs.Data(c.ch, msg.stream, fresh))
+
+    def _on_eof(self, msg: EofMsg, events: list[chs.Event]) -> None:
+        c = self._known(msg.ch)
+        if c is None:  # we took it all before; the ACK that said so was lost
+            self._final_acks.append(Ack(msg.ch, msg.stream, msg.offset, True))
+            return
+        if self._instream(c, msg.stream).on_eof(msg.offset):
+            events.append(chs.Eof(c.ch, msg.stream))
+            self._settle(c, events)
+
+    def _on_gap(self, msg: GapMsg, events: list[chs.Event]) -> None:
+        c = self._known(msg.ch)
+        if c is not None and self._instream(c, msg.stream).on_gap(msg.start, msg.end):
+            events.append(chs.Gap(c.ch, msg.stream, msg.start, msg.end))
+
+    # ------------------------------------------------------------ control in
+    def _on_control(self, msg: Control, events: list[chs.Event]) -> None:
+        if msg.seq < self._ctl_received:
+            self._ctl_ack_due = True
+            return
+        if msg.seq > self._ctl_received:
+            raise MessageError(
+                ErrorCode.SEQUENCE, f"control {msg.seq}, expected {self._ctl_received}"
+            )
+        if isinstance(msg, OpenExec | OpenAttach):
+            self._on_open(msg, events)
+        else:
+            c = self._known(msg.ch)
+            if c is not None and c.state is not ChannelState.CLOSED:
+                if c.on_control(msg, events):  # the peer closed first: answer with our CLOSE
+                    self._ctl.append(Close(self._ctl_seq(), c.ch))
+                self._maybe_forget(c)
+        self._ctl_received += 1
+        self._ctl_ack_due = True
+
+    def _on_open(self, msg: OpenExec | OpenAttach, events: list[chs.Event]) -> None:
+        if self.role is not Role.TETHER or msg.ch <= self._high:
+            raise MessageError(ErrorCode.CHANNEL_STATE, f"open of channel {msg.ch}")
+        if len(self._channels) >= self.config.max_channels:
+            raise MessageError(ErrorCode.TOO_MANY_CHANNELS, f"{len(self._channels)} open")
+        tty = msg.spec.tty if isinstance(msg, OpenExec) else msg.tty
+        self._add(msg.ch, tty, Input.RECV_OPEN)
+        if isinstance(msg, OpenExec):
+            events.append(chs.ExecRequested(msg.ch, msg.spec))
+        else:
+            events.append(chs.AttachRequested(msg.ch, msg.tty))
+
+    def _settle(self, c: Channel, events: list[chs.Event]) -> None:
+        if c.settle(events):
+            self._ctl.append(Close(self._ctl_seq(), c.ch))
+        self._maybe_forget(c)
+
+    def _maybe_forget(self, c: Channel) -> None:
+        if c.finished and self._channels.pop(c.ch, None) is not None:
+            for stream in c.inp:
+                self._acks_due.pop((c.ch, stream), None)
+            self._final_acks.extend(c.owed_acks())
+
+    # ------------------------------------------------------------ control out
+    def _ctl_seq(self) -> int:
+        return self._ctl_base + len(self._ctl)
+
+    def _send_control(self, msg: Control) -> None:
+        encode(msg)  # ValueError now, from the caller, if a field cannot go on the wire
+        self._ctl.append(msg)
+
+    def _add(self, ch: int, tty: bool, event: Input) -> Channel:
+        state = chs.TRANSITIONS[(None, event)]
+        c = Channel(ch, self.role, tty, state, self.config.replay_limit, self.config.policy)
+        self._channels[ch] = c
+        self._high = ch
+        return c
+
+    def _local(self, ch: int, role: Role | None = None) -> Channel | None:
+        """Our channel ``ch`` for a local call; None if it is closed or forgotten."""
+        if role is not None and role is not self.role:
+            raise ChannelStateError(f"the {self.role.value} cannot do that")
+        c = self._channels.get(ch)
+        if c is None and not 0 < ch <= self._high:
+            raise ChannelStateError(f"no channel {ch}")
+        return None if c is None or c.state is ChannelState.CLOSED else c
+
+    def _step(self, c: Channel, event: Input) -> None:
+        if not c.allows(event):
+            raise ChannelStateError(f"{event.value} in state {c.state.value} on {c.ch}")
+        c.step(event)
+
+    # ------------------------------------------------------------ appliance calls
+    def _open(self, tty: bool, make: Callable[[int, int], Control]) -> int:
+        if self.role is not Role.APPLIANCE:
+            raise ChannelStateError("only the appliance opens channels")
+        if len(self._channels) >= self.config.max_channels:
+            raise ChannelStateError(f"{len(self._channels)} channels open")
+        ch = self._high + 1
+        msg = make(self._ctl_seq(), ch)
+        encode(msg)  # ValueError now if it cannot go on the wire
+        self._add(ch, tty, Input.SEND_OPEN)
+        self._ctl.append(msg)
+        return ch
+
+    def open_exec(self, spec: ExecSpec) -> int:
+        return self._open(spec.tty, lambda seq, ch: OpenExec(seq, ch, spec))
+
+    def open_attach(self, tty: bool = False) -> int:
+        return self._open(tty, lambda seq, ch: OpenAttach(seq, ch, tty))
+
+    def _order(self, ch: int, make: Callable[[int], Resize | Signal]) -> bool:
+        if (c := self._local(ch, Role.APPLIANCE)) is None:
+            return True
+        if len(self._ctl) >= self.config.max_control:
+            return False
+        self._step(c, Input.SEND_CONTROL)
+        self._send_control(make(self._ctl_seq()))
+        return True
+
+    def resize(self, ch: int, rows: int, cols: int) -> bool:
+        """Queue RESIZE; False (not queued) while ``max_control`` messages await their ACK."""
+        return self._order(ch, lambda seq: Resize(seq, ch, rows, cols))
+
+    def signal(self, ch: int, signo: int) -> bool:
+        """Queue SIGNAL; False (not queued) while ``max_control`` messages await their ACK."""
+        return self._order(ch, lambda seq: Signal(seq, ch, signo))
+
+    def close_stdin(self, ch: int) -> None:
+        self.eof(ch, Stream.STDIN)
+
+    # ------------------------------------------------------------ tether calls
+    def accept(
+        self, ch: int, *, replay_limit: int | None = None, policy: Policy | None = None
+    ) -> bool:
+        """Answer OPENED; False if the appliance closed the channel meanwhile.
+
+        ``replay_limit`` and ``policy`` override the session's for this channel's output
+        (e.g. DROP for a main process that must not stall while the appliance is away).
+        """
+        if (c := self._local(ch, Role.TETHER)) is None:
+            return False
+        self._step(c, Input.SEND_OPENED)
+        c.set_replay(replay_limit or self.config.replay_limit, policy or self.config.policy)
+        c.opened = True
+        self._ctl.append(Opened(self._ctl_seq(), ch))
+        return True
+
+    def reject(self, ch: int, reason: str) -> None:
+        if (c := self._local(ch, Role.TETHER)) is not None:
+            msg = OpenFailed(self._ctl_seq(), ch, reason[:1024])
+            encode(msg)  # before the state moves
+            self._step(c, Input.SEND_OPEN_FAILED)
+            self._ctl.append(msg)
+            self._maybe_forget(c)
+
+    def exit(self, ch: int, status: ExitStatus) -> None:
+        """The process ended: EOF on every stream still open, then EXIT."""
+        if (c := self._local(ch, Role.TETHER)) is not None:
+            self._step(c, Input.SEND_CONTROL)
+            self._send_control(Exit(self._ctl_seq(), ch, status))
+            c.end_output()
+
+    # ------------------------------------------------------------ both ends
+    def _outstream(self, ch: int, stream: Stream) -> OutStream | None:
+        c = self._local(ch)
+        return None if c is None else c.outstream(stream)
+
+    def send(self, ch: int, stream: Stream, data: bytes) -> int:
+        """Queue bytes; how many were taken (fewer under BLOCK: wait for ``Writable``)."""
+        s = self._outstream(ch, stream)
+        return 0 if s is None else s.write(data)
+
+    def room(self, ch: int, stream: Stream) -> int:
+        s = self._outstream(ch, stream)
+        return 0 if s is None else s.room()
+
+    def eof(self, ch: int, stream: Stream) -> None:
+        s = self._outstream(ch, stream)
+        if s is not None:
+            s.write_eof()
+
+    def close(self, ch: int) -> None:
+        """We are done: EOF on our streams, then CLOSE; ``ChannelClosed`` when the peer is."""
+        if (c := self._local(ch)) is not None:
+            self._step(c, Input.SEND_CLOSE)
+            c.end_output()
+            self._ctl.append(Close(self._ctl_seq(), ch))
+
+    def channel_state(self, ch: int) -> ChannelState | None:
+        """The channel's state; None once it is forgotten."""
+        c = self._channels.get(ch)
+        return None if c is None else c.state
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._channels)
