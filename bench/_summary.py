@@ -62,6 +62,7 @@ def rows(d: Path) -> list[Row]:
         _relay_idle,
         _mesh_two_hop,
         _agent,
+        _session_core,
     ):
         out += part(d)
     return out
@@ -254,6 +255,39 @@ def _agent(d: Path) -> list[Row]:
             )
         )
     return out
+
+
+def _session_core(d: Path) -> list[Row]:
+    s = load(d, "session_core")
+    if not s:
+        return []
+    m, h, i, w = s["median"], s["handshake"], s["idle"], load_of(s)
+    return [
+        (
+            "session cores in one process: sealed records",
+            f"{m['sealed']['cpu_s_per_gib']:.2f} CPU s/GiB ({m['sealed']['mb_s']:.0f} MB/s)",
+            "-",
+            w,
+        ),
+        (
+            "session cores in one process: session layer + sealed",
+            f"{m['session']['cpu_s_per_gib']:.2f} CPU s/GiB ({m['session']['mb_s']:.0f} MB/s)",
+            "-",
+            w,
+        ),
+        (
+            "session handshake CPU (both ends)",
+            f"p50 {h['p50_ms']:.2f} ms, p99 {h['p99_ms']:.2f} ms",
+            "-",
+            w,
+        ),
+        (
+            f"idle session, both ends' cores, at {i['sessions']:,}",
+            f"{i['bytes_per_session'] / 1024:.1f} KiB per session",
+            "-",
+            w,
+        ),
+    ]
 
 
 def main() -> None:
