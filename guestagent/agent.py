@@ -36,6 +36,7 @@ from guestagent.netwatch import NetWatcher
 from guestagent.publisher import Publisher
 from guestagent.reaper import ExitStatus, Reaper, set_child_subreaper
 from guestagent.session import SessionOptions, SessionRunner
+from guestagent.tether import Tether
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ class Agent:
         self.reaper = reaper or Reaper()
         self.backend = backend or make_backend(cfg.guestinfo, self.reaper)
         self.publisher = Publisher(self.backend, clock)
-        connector = make_connector(cfg.console)
+        self.tether = self._make_tether(cfg)
+        connector = make_connector(cfg.console) if not self._tether_takes_console() else None
         self.console = (
             ConsoleLink(
                 connector,
@@ -108,6 +110,33 @@ class Agent:
         self._pending_ids: set[str] = set()
         self.ready = trio.Event()
 
+    def _tether_takes_console(self) -> bool:
+        return self.tether is not None and self.cfg.session.transport == "console"
+
+    def _make_tether(self, cfg: AgentConfig) -> Tether | None:
+        """The sealed session service if ``[session] enabled`` (issue 13)."""
+        if not cfg.session.enabled:
+            return None
+        connector = make_connector(cfg.session.channel(cfg.console))
+        if connector is None:  # pragma: no cover - the config's validate() excludes it
+            return None
+        return Tether(
+            cfg.session,
+            connector,
+            backend=self.backend,
+            reaper=self.reaper,
+            container_pid=self.main_pid,
+        )
+
+    def main_pid(self) -> int | None:
+        """The container's main process (execs join its namespaces), if one runs."""
+        owner = self.sessions.get(self.cfg.agent.console_session)
+        runners = [owner] if owner is not None else list(self.sessions.values())
+        for runner in runners:
+            if runner.child is not None and runner.status is None:
+                return runner.child.pid
+        return None
+
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         if self.cfg.agent.subreaper and os.getpid() != 1:
             set_child_subreaper()
@@ -115,6 +144,8 @@ class Agent:
             await n.start(self.reaper.run)
             if self.console is not None:
                 await n.start(self.console.run)
+            if self.tether is not None:
+                n.start_soon(self._supervise, "tether", self.tether.run)
             if self.cfg.network.publish:
                 n.start_soon(self._supervise, "network", self._network)
             n.start_soon(self._supervise, "sessions", functools.partial(self._sessions, n))

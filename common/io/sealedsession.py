@@ -113,6 +113,7 @@ class SessionEndpoint:
         self._events_room = trio.Event()
         self._changed = trio.Event()  # room, channel state or liveness may have changed
         self._writer: Callable[[], None] | None = None
+        self._room_waiters = 0
         self._active: trio.CancelScope | None = None
         self._active_done = trio.Event()
 
@@ -212,6 +213,12 @@ class SessionEndpoint:
             self._events_room = trio.Event()
             await self._events_room.wait()
 
+    def _after_receive(self) -> None:
+        # An ACK frees room without a Writable event unless a write had been refused:
+        # whoever waits for room looks again after each read.
+        if self._room_waiters:
+            self._notify()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
@@ -256,7 +263,11 @@ class SessionEndpoint:
                 return False
             if self._session.room(ch, stream) > 0:
                 return True
-            await self._changed.wait()
+            self._room_waiters += 1
+            try:
+                await self._changed.wait()
+            finally:
+                self._room_waiters -= 1
 
     def send(self, ch: int, stream: Stream, data: bytes) -> int:
         """Queue what fits the replay bound; how many bytes were taken."""

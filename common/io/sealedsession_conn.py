@@ -67,6 +67,8 @@ class SessionEndpoint(Protocol):
 
     async def _room_for_events(self) -> None: ...
 
+    def _after_receive(self) -> None: ...
+
 
 class _Stop(Exception):
     def __init__(self, end: ConnectionEnd) -> None:
@@ -127,6 +129,7 @@ class _Connection:
                 return stop.end
             if not data:
                 return self._end(EndKind.EOF, "the peer closed the stream")
+            self.ep._after_receive()
             self.wake()
 
     def _end(self, kind: EndKind, reason: str, code: int | None = None) -> ConnectionEnd:

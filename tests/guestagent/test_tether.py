@@ -1,0 +1,162 @@
+"""The tether's sealed session service with real processes, a real reaper and a unix
+socket to an appliance-side ``SessionEndpoint``: exec with stdin, stderr apart, exit
+codes and signals, tty size and resize, 10 execs at once, timeout, a cut mid-exec."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+from common.io.guestinfo.filestore import FileStore
+from common.proto.session.messages import ExecSpec, ExitStatus, Stream
+from guestagent.backends.file import FileGuestBackend
+from guestagent.channels import unix_connector
+from guestagent.config import SessionSection
+from guestagent.reaper import Reaper
+from guestagent.tether import Tether
+from tests.guestagent.tether_helpers import Appliance, write_secrets
+
+T = 30  # safety net only
+SECRET = b"s" * 32
+
+
+@dataclass
+class Rig:
+    appliance: Appliance
+    tether: Tether
+    store: str
+
+
+@pytest.fixture
+async def rig(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Rig]:
+    store = str(tmp_path / "guestinfo.json")
+    write_secrets(store, SECRET)
+    appliance = Appliance(str(tmp_path / "session.sock"), SECRET)
+    await nursery.start(appliance.serve)
+    reaper = Reaper()
+    await nursery.start(reaper.run)
+    cfg = SessionSection(enabled=True, transport="unix", path=appliance.path, drain_grace=0.5)
+    tether = Tether(
+        cfg,
+        unix_connector(appliance.path),
+        backend=FileGuestBackend(FileStore(store)),
+        reaper=reaper,
+    )
+    await nursery.start(tether.run)
+    yield Rig(appliance, tether, store)
+
+
+async def test_cat_with_stdin_stderr_apart_and_exit_code(rig: Rig) -> None:
+    data = os.urandom(300_000)
+    spec = ExecSpec(("sh", "-c", "cat; echo oops >&2; exit 3"))
+    with trio.fail_after(T):
+        r = await rig.appliance.exec(spec, data)
+    assert r.text(Stream.STDOUT) == data
+    assert r.text(Stream.STDERR) == b"oops\n"
+    assert r.status == ExitStatus(code=3)
+    assert rig.tether.execs == {}
+
+
+async def test_signal_reaches_the_process(rig: Rig) -> None:
+    ch, r = rig.appliance.open_exec(ExecSpec(("sh", "-c", "echo up; exec sleep 60")))
+    with trio.fail_after(T):
+        await r.wait_for(Stream.STDOUT, b"up\n")
+        assert rig.appliance.endpoint.signal(ch, signal.SIGTERM)
+        await r.done.wait()
+    assert r.status == ExitStatus(signal=signal.SIGTERM)
+
+
+async def test_tty_sees_its_size_and_a_resize(rig: Rig) -> None:
+    spec = ExecSpec(("sh", "-c", "stty size; read x; stty size"), tty=True, rows=24, cols=80)
+    ch, r = rig.appliance.open_exec(spec)
+    ep = rig.appliance.endpoint
+    with trio.fail_after(T):
+        await r.wait_for(Stream.TTY, b"24 80")
+        assert ep.resize(ch, 50, 132)
+        await ep.send_all(ch, Stream.STDIN, b"\n")
+        await r.wait_for(Stream.TTY, b"50 132")
+        await r.done.wait()
+    assert r.status == ExitStatus(code=0)
+    assert Stream.STDOUT not in r.out
+
+
+async def test_ten_execs_at_once(rig: Rig) -> None:
+    results: dict[int, ExitStatus | None] = {}
+    outputs: dict[int, bytes] = {}
+
+    async def one(i: int) -> None:
+        script = f"head -c {10_000 * (i + 1)} /dev/zero; echo {i} >&2; exit {i}"
+        r = await rig.appliance.exec(ExecSpec(("sh", "-c", script)))
+        results[i] = r.status
+        outputs[i] = r.text(Stream.STDOUT) + r.text(Stream.STDERR)
+
+    with trio.fail_after(T):
+        async with trio.open_nursery() as n:
+            for i in range(10):
+                n.start_soon(one, i)
+    for i in range(10):
+        assert results[i] == ExitStatus(code=i)
+        assert outputs[i] == bytes(10_000 * (i + 1)) + f"{i}\n".encode()
+
+
+async def test_timeout_kills_the_exec(rig: Rig) -> None:
+    spec = ExecSpec(("sleep", "60"), timeout_ms=200)
+    with trio.fail_after(T):
+        r = await rig.appliance.exec(spec)
+    assert r.status == ExitStatus(signal=signal.SIGKILL)
+
+
+async def test_a_program_that_cannot_run_is_refused(rig: Rig) -> None:
+    with trio.fail_after(T):
+        r = await rig.appliance.exec(ExecSpec(("/nonexistent/prog",)))
+    assert r.refused is not None and "/nonexistent/prog" in r.refused
+    assert r.status is None
+
+
+async def test_cut_mid_exec_loses_and_repeats_nothing(rig: Rig) -> None:
+    data = os.urandom(6 * 1024 * 1024)
+    ch, r = rig.appliance.open_exec(ExecSpec(("cat",)))
+    ep = rig.appliance.endpoint
+    with trio.fail_after(T):
+        async with trio.open_nursery() as n:
+
+            async def feed() -> None:
+                assert await ep.send_all(ch, Stream.STDIN, data)
+                ep.close_stdin(ch)
+
+            n.start_soon(feed)
+            for mark in (1, 2, 4):  # cut while output flows, three times
+                while len(r.text(Stream.STDOUT)) < mark * 1024 * 1024:
+                    await r.changed.wait()
+                    r.changed = trio.Event()
+                await rig.appliance.cut()
+        await r.done.wait()
+    out = r.text(Stream.STDOUT)
+    assert len(out) == len(data) and out == data
+    assert r.status == ExitStatus(code=0)
+    assert rig.appliance.endpoint.stats.established >= 4
+
+
+async def test_rotated_secret_takes_effect_on_the_next_connection(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with trio.fail_after(T):
+        await rig.appliance.exec(ExecSpec(("true",)))
+        new = b"n" * 32
+        write_secrets(rig.store, new, SECRET)
+        while rig.tether.secrets() != (new, SECRET):
+            await rig.tether.secrets.wait_update()
+        rig.appliance.secret = new
+        await rig.appliance.cut()
+        r = await rig.appliance.exec(ExecSpec(("sh", "-c", "echo again")))
+    assert r.text(Stream.STDOUT) == b"again\n"
+    assert rig.tether.endpoint.last_established is not None
+    assert rig.tether.endpoint.last_established.secret_index == 0
