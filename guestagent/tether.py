@@ -121,7 +121,7 @@ class Tether:
         self.container_pid = container_pid
         self.secrets = SecretsWatch(backend)
         self.endpoint = SessionEndpoint(
-            chs.Role.TETHER, self._new_session(), self.secrets, name=name
+            chs.Role.TETHER, self._new_session(), self.secrets, name=name, ack_on_consume=True
         )
         self.execs: dict[int, ExecChannel] = {}
         self._nursery: trio.Nursery | None = None
@@ -180,6 +180,8 @@ class Tether:
             case chs.Data() | chs.Eof() | chs.Resized() | chs.Signalled() | chs.ChannelClosed():
                 if (ex := self.execs.get(event.ch)) is not None:
                     _to_exec(ex, event)
+                elif isinstance(event, chs.Data):  # no process for it: used up now
+                    self.endpoint.consumed(event.ch, event.stream, len(event.data))
             case _:
                 pass
 

@@ -9,10 +9,12 @@ to its end (a grandchild still holding it open is given ``drain_grace`` seconds 
 silence), then EXIT carries the status (a timeout shows as SIGKILL) and the tether
 closes the channel.
 
-STDIN: the session acknowledges bytes as they arrive, so the appliance may send more
-than the process reads; ``put_stdin`` never blocks (the event loop must not) and holds
-at most ``stdin_limit`` bytes: past that the process is not reading its input, the
-held bytes are dropped and its stdin closed (one log line).
+STDIN: ``put_stdin`` never blocks (the event loop must not); bytes are acknowledged to
+the appliance only once written to the process (``consumed``), so the appliance's
+replay bound limits what waits here. ``stdin_limit`` is a safety net against an
+appliance that ignores that: past it the held bytes are dropped and stdin closed (one
+log line). Once stdin is closed or the process stops reading it, later bytes are
+acknowledged and dropped.
 """
 
 from __future__ import annotations
@@ -93,24 +95,41 @@ class ExecChannel:
         """Still our session (the tether starts a new one if the appliance lost it)."""
         return self.ep.session is self._session
 
+    @property
+    def stdin_held(self) -> int:
+        """STDIN bytes received and not yet written to the process."""
+        return self._stdin_held
+
     # ------------------------------------------------------------ events (never block)
     def put_stdin(self, data: bytes) -> None:
         if self._stdin_dead:
+            self._used(len(data))
             return
-        if self._stdin_held + len(data) > self.stdin_limit:
+        if self._stdin_held + len(data) > self.stdin_limit:  # the appliance ignored the ACKs
             log.warning(
-                "exec %d: %s does not read its stdin; dropping %d bytes, closing it",
+                "exec %d: more than %d bytes of stdin held; dropping them, closing stdin",
                 self.ch,
-                wire(self.spec.argv[0]),
-                self._stdin_held + len(data),
+                self.stdin_limit,
             )
-            self._stdin.clear()
+            self._kill_stdin()
+            self._used(len(data))
             self._stdin.append(None)
-            self._stdin_dead = True
         else:
             self._stdin.append(data)
             self._stdin_held += len(data)
         self._stdin_ready.set()
+
+    def _used(self, n: int) -> None:
+        """Acknowledge ``n`` bytes of STDIN (written to the process or dropped)."""
+        if self._ours():
+            self.ep.consumed(self.ch, msg.Stream.STDIN, n)
+
+    def _kill_stdin(self) -> None:
+        """Nothing more goes to the process: drop what is held, and all that comes."""
+        self._used(self._stdin_held)
+        self._stdin.clear()
+        self._stdin_held = 0
+        self._stdin_dead = True
 
     def end_stdin(self) -> None:
         if not self._stdin_dead:
@@ -152,6 +171,7 @@ class ExecChannel:
             self.proc.kill()
         async with self.proc:
             status = await self._pump(self.proc)
+        self._kill_stdin()  # what the process never read: acknowledged, dropped
         self.status = msg.ExitStatus(code=status.code, signal=status.signal)
         self._session_call(self.ep.exit, self.ch, self.status)
         self._session_call(self.ep.close, self.ch)
@@ -192,9 +212,10 @@ class ExecChannel:
             try:
                 await proc.write_stdin(data)
             except StdinClosed:
-                self._stdin.clear()
-                self._stdin_dead = True
+                self._kill_stdin()
                 return
+            finally:
+                self._used(len(data))
 
     async def _output_pump(self, proc: ExecProcess, stream: ProcStream) -> None:
         wire_stream = _WIRE_STREAM[stream]

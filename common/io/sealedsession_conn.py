@@ -69,6 +69,8 @@ class SessionEndpoint(Protocol):
 
     def _after_receive(self) -> None: ...
 
+    def _outgoing(self, max_records: int) -> tuple[list[bytes], bool]: ...
+
 
 class _Stop(Exception):
     def __init__(self, end: ConnectionEnd) -> None:
@@ -106,13 +108,16 @@ class _Connection:
 
     async def _flush(self) -> None:
         while True:
+            more = False
             if self.established and not self.stopping:
-                for record in self.ep.session.records_to_send(max_records=BATCH_RECORDS):
+                records, more = self.ep._outgoing(BATCH_RECORDS)
+                for record in records:
                     self.sc.send_record(record)
             out = self.sc.data_to_send()
-            if not out:
+            if out:
+                await self.stream.send_all(out)
+            elif not more:
                 return
-            await self.stream.send_all(out)
 
     # ------------------------------------------------------------ reader
     async def reader(self, scope: trio.CancelScope) -> ConnectionEnd:

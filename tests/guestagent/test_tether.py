@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from common.io.guestinfo.filestore import FileStore
 from common.proto.session.messages import ExecSpec, ExitStatus, Stream
@@ -160,3 +161,34 @@ async def test_rotated_secret_takes_effect_on_the_next_connection(
     assert r.text(Stream.STDOUT) == b"again\n"
     assert rig.tether.endpoint.last_established is not None
     assert rig.tether.endpoint.last_established.secret_index == 0
+
+
+async def test_stdin_the_process_does_not_read_stays_within_the_appliances_bound(
+    rig: Rig,
+) -> None:
+    """STDIN is acknowledged as it reaches the process: the appliance's replay bound
+    (1 MiB) stalls its writer, and the tether holds no more than that."""
+    ch, r = rig.appliance.open_exec(ExecSpec(("sleep", "60")))
+    ep = rig.appliance.endpoint
+    chunk = bytes(128 * 1024)
+    sent = 0
+
+    async def feed() -> None:
+        nonlocal sent
+        for _ in range(64):  # 8 MiB offered
+            if not await ep.send_all(ch, Stream.STDIN, chunk):
+                return
+            sent += len(chunk)
+
+    with trio.fail_after(T):
+        async with trio.open_nursery() as n:
+            n.start_soon(feed)
+            await r.opened.wait()
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            held = rig.tether.execs[ch].stdin_held
+            assert held <= 1024 * 1024
+            assert sent <= 2 * 1024 * 1024  # 1 MiB replay + the pipe + one chunk
+            assert ep.signal(ch, signal.SIGKILL)
+            await r.done.wait()
+            n.cancel_scope.cancel()
+    assert r.status == ExitStatus(signal=signal.SIGKILL)

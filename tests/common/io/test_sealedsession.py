@@ -29,10 +29,12 @@ def appliance(secrets: list[bytes] | None = None, max_events: int = 64) -> Sessi
     )
 
 
-def tether(secrets: list[bytes] | None = None) -> SessionEndpoint:
+def tether(secrets: list[bytes] | None = None, flow: bool = False) -> SessionEndpoint:
     session = Session(chs.Role.TETHER, config=SessionConfig(replay_limit=256 * 1024))
     chosen = secrets or [SECRET]
-    return SessionEndpoint(chs.Role.TETHER, session, lambda: chosen, name="tether")
+    return SessionEndpoint(
+        chs.Role.TETHER, session, lambda: chosen, name="tether", ack_on_consume=flow
+    )
 
 
 @dataclass
@@ -125,6 +127,7 @@ async def echo_peer(ep: SessionEndpoint, nursery: trio.Nursery) -> None:
                 ep.exit(ch, ExitStatus(code=7))
                 return
             await ep.send_all(ch, Stream.STDOUT, data)
+            ep.consumed(ch, Stream.STDIN, len(data))  # a no-op unless ack_on_consume
 
     async for ev in ep.events():
         if isinstance(ev, chs.ExecRequested):
@@ -205,6 +208,17 @@ async def test_cut_mid_transfer_resumes_exactly_once(cuts: list[tuple[Fault, Fau
     assert len(client.out) == len(data) and client.out == data  # no loss, no duplicate
     assert client.status == ExitStatus(code=7)
     assert link.a.stats.established >= len(cuts) + 1
+
+
+async def test_acks_on_consumption_survive_cuts_exactly_once() -> None:
+    b = tether(flow=True)
+    cuts = [(Fault(cut_after=150_001), Fault()), (Fault(), Fault(cut_after=500_000))]
+    link = Link(appliance(), b, faults=cuts)
+    data = os.urandom(2 << 20)
+    client = await run_echo(link, data)
+    assert client.out == data
+    assert client.status == ExitStatus(code=7)
+    assert link.a.stats.established >= 3
 
 
 async def test_junk_before_the_handshake_is_skipped() -> None:
