@@ -147,9 +147,14 @@ class SessionEndpoint:
         self._notify()
 
     async def run_connection(
-        self, stream: trio.abc.Stream, *, handshake_timeout: float
+        self, stream: trio.abc.Stream, *, handshake_timeout: float, close_stream: bool = True
     ) -> ConnectionEnd:
-        """Carry the session over ``stream`` until it ends; see the module docstring."""
+        """Carry the session over ``stream`` until it ends; see the module docstring.
+
+        ``close_stream=False`` leaves the stream open for the next connection: a serial
+        line, where a new sealed channel starts on the same line (it skips what is left
+        of the old one as junk before its sync marker).
+        """
         while self._active is not None:  # the newest connection wins
             self._active.cancel()
             await self._active_done.wait()
@@ -164,7 +169,8 @@ class SessionEndpoint:
             self._active = None
             done.set()
             self._notify()
-            await trio.aclose_forcefully(stream)
+            if close_stream:
+                await trio.aclose_forcefully(stream)
         self._record_end(end)
         return end
 

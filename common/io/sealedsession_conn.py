@@ -207,4 +207,5 @@ async def _writer_guard(conn: _Connection, cancel: trio.CancelScope) -> None:
         await conn.writer()
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
         conn.writer_error = f"{type(e).__name__}: {e}"
-        cancel.cancel()
+        if not conn.stopping:  # else the reader is ending already, with the real reason
+            cancel.cancel()

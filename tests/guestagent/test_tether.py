@@ -4,9 +4,13 @@ codes and signals, tty size and resize, 10 execs at once, timeout, a cut mid-exe
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
+import pty
 import signal
+import tty
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +26,7 @@ from guestagent.channels import unix_connector
 from guestagent.config import SessionSection
 from guestagent.reaper import Reaper
 from guestagent.tether import Tether
+from tests.guestagent.agent_helpers import agent_config, start_agent
 from tests.guestagent.tether_helpers import Appliance, write_secrets
 
 T = 30  # safety net only
@@ -192,3 +197,28 @@ async def test_stdin_the_process_does_not_read_stays_within_the_appliances_bound
             await r.done.wait()
             n.cancel_scope.cancel()
     assert r.status == ExitStatus(signal=signal.SIGKILL)
+
+
+async def test_the_agent_serves_exec_over_a_serial_line_after_boot_noise(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """``[session] enabled`` with the console's serial transport: the agent's tether takes
+    the line (the raw console link is off); a pty pair stands in for the UART."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    noise = b"[    0.000000] Linux version 6.1.0-28-amd64\r\n\x1b[0m\xff" * 64
+    os.write(slave, noise)  # the guest's boot chatter, already on the line
+    cfg = agent_config(tmp_path, console="serial", console_path=os.ttyname(slave))
+    cfg = dataclasses.replace(cfg, session=SessionSection(enabled=True))
+    write_secrets(cfg.guestinfo.path, SECRET)
+    agent = await start_agent(nursery, cfg)
+    assert agent.console is None and agent.tether is not None
+    appliance = Appliance(str(tmp_path / "unused.sock"), SECRET)
+    line = trio.lowlevel.FdStream(os.dup(master))
+    await nursery.start(functools.partial(appliance.serve_line, line, handshake_timeout=1.0))
+    with trio.fail_after(T):
+        r = await appliance.exec(ExecSpec(("sh", "-c", "cat; exit 5")), b"over the UART\n")
+    assert r.text(Stream.STDOUT) == b"over the UART\n"
+    assert r.status == ExitStatus(code=5)
+    os.close(slave)
+    os.close(master)

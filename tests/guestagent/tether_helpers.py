@@ -66,6 +66,23 @@ class Appliance:
                 self.streams.append(stream)
                 n.start_soon(self._run, stream)
 
+    async def serve_line(
+        self,
+        line: trio.abc.Stream,
+        *,
+        handshake_timeout: float,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """A serial line: sealed channel after sealed channel on the same stream."""
+        async with trio.open_nursery() as n:
+            n.start_soon(self._dispatch)
+            task_status.started()
+            while True:
+                end = await self.endpoint.run_connection(
+                    line, handshake_timeout=handshake_timeout, close_stream=False
+                )
+                self.ends.append(end)
+
     async def _run(self, stream: trio.SocketStream) -> None:
         self.ends.append(await self.endpoint.run_connection(stream, handshake_timeout=10))
 
