@@ -140,14 +140,18 @@ class Tether:
     # ------------------------------------------------------------ connections
     async def _connections(self) -> None:
         backoff = Backoff(self.cfg.backoff_min, self.cfg.backoff_max)
+        last_error = ""
         while True:
             await self.secrets.wait_available()
             try:
                 channel = await self.connector()
             except OSError as e:
-                log.info("tether: cannot connect: %s", wire(str(e)))
+                if str(e) != last_error:  # one line per distinct failure, not per retry
+                    last_error = str(e)
+                    log.info("tether: cannot connect: %s; retrying", wire(last_error))
                 await trio.sleep(backoff.next())
                 continue
+            last_error = ""
             try:
                 end = await self.endpoint.run_connection(
                     channel.stream, handshake_timeout=self.cfg.handshake_timeout

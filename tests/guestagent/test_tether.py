@@ -10,6 +10,8 @@ import logging
 import os
 import pty
 import signal
+import subprocess
+import sys
 import tty
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,10 +22,11 @@ import trio
 import trio.testing
 
 from common.io.guestinfo.filestore import FileStore
+from common.ops import config as config_mod
 from common.proto.session.messages import ExecSpec, ExitStatus, Stream
 from guestagent.backends.file import FileGuestBackend
 from guestagent.channels import unix_connector
-from guestagent.config import SessionSection
+from guestagent.config import AgentConfig, SessionSection
 from guestagent.reaper import Reaper
 from guestagent.tether import Tether
 from tests.guestagent.agent_helpers import agent_config, start_agent
@@ -222,3 +225,33 @@ async def test_the_agent_serves_exec_over_a_serial_line_after_boot_noise(
     assert r.status == ExitStatus(code=5)
     os.close(slave)
     os.close(master)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[session]\nenabled = true\ntransport = "vsock"\n', "session.port"),
+        ("[session]\nenabled = true\n", "session.transport"),
+        ('[session]\nenabled = "yes"\n', "session.enabled"),
+        ('[session]\ntransport = "carrier-pigeon"\n', "session.transport"),
+        ("[session]\nmax-execs = 0\n", "session.max-execs"),
+    ],
+)
+def test_a_bad_session_config_names_its_key(text: str, key: str) -> None:
+    with pytest.raises(config_mod.ConfigError) as info:
+        config_mod.loads(AgentConfig, text)
+    assert info.value.key == key
+
+
+def test_the_agent_exits_2_on_a_bad_session_config(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text("[session]\nenabled = true\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "guestagent.cli", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 2
+    assert "session.transport" in proc.stderr

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from common.io.sealedsession import ConnectionEnd, EndKind, SessionEndpoint
 from common.proto.session import channels as chs
@@ -325,3 +327,66 @@ async def test_events_wait_for_a_slow_consumer_and_none_is_lost() -> None:
     data = os.urandom(200_000)
     client = await run_echo(link, data)
     assert client.out == data
+
+
+# ---------------------------------------------------------------- several channels x random cuts
+async def exec_many(ep: SessionEndpoint, datas: list[bytes], done: trio.Event) -> dict[int, bytes]:
+    """One echo exec per item of ``datas``, all at once; their outputs by channel."""
+    out: dict[int, bytearray] = {}
+    inputs: dict[int, bytes] = {}
+    for data in datas:
+        ch = ep.open_exec(ExecSpec(("cat",)))
+        out[ch], inputs[ch] = bytearray(), data
+
+    async def feed(ch: int, data: bytes) -> None:
+        for i in range(0, len(data), 40_000):
+            assert await ep.send_all(ch, Stream.STDIN, data[i : i + 40_000])
+        ep.close_stdin(ch)
+
+    exited = 0
+    async with trio.open_nursery() as n:
+        for ch, data in inputs.items():
+            n.start_soon(feed, ch, data)
+        while exited < len(datas):
+            ev = await ep.next_event()
+            if isinstance(ev, chs.Data):
+                out[ev.ch] += ev.data
+            elif isinstance(ev, chs.Exited):
+                exited += 1
+    done.set()
+    return {ch: bytes(b) for ch, b in out.items()}
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.integers(0, 300_000), min_size=1, max_size=4),
+    cuts=st.lists(st.tuples(st.booleans(), st.integers(1, 150_000)), min_size=0, max_size=4),
+    flow=st.booleans(),
+)
+def test_random_channels_and_cuts_exactly_once(
+    sizes: list[int], cuts: list[tuple[bool, int]], flow: bool
+) -> None:
+    faults = [
+        (Fault(cut_after=at), Fault()) if to_tether else (Fault(), Fault(cut_after=at))
+        for to_tether, at in cuts
+    ]
+    datas = [os.urandom(n) for n in sizes]
+
+    async def main() -> dict[int, bytes]:
+        link = Link(appliance(), tether(flow=flow), faults=faults)
+        done = trio.Event()
+        result: dict[int, bytes] = {}
+        with trio.fail_after(T):
+            async with trio.open_nursery() as n:
+                n.start_soon(echo_peer, link.b, n)
+
+                async def client() -> None:
+                    result.update(await exec_many(link.a, datas, done))
+
+                n.start_soon(client)
+                await link.run_until(done)
+                n.cancel_scope.cancel()
+        return result
+
+    result = trio.run(main)
+    assert [result[ch] for ch in sorted(result)] == datas
