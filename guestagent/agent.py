@@ -20,6 +20,7 @@ from common.io.guestinfo.base import BackendError, GuestBackend
 from common.io.guestinfo.filestore import FileStore
 from common.ops.wiretext import wire
 from common.proto import guestinfo as gi
+from common.proto.session.messages import ExitStatus as SessionExit
 from guestagent.backends.file import FileGuestBackend
 from guestagent.backends.rpctool import RpctoolBackend
 from guestagent.channels import (
@@ -87,17 +88,18 @@ class Agent:
         self.backend = backend or make_backend(cfg.guestinfo, self.reaper)
         self.publisher = Publisher(self.backend, clock)
         self.tether = self._make_tether(cfg)
-        connector = make_connector(cfg.console) if not self._tether_takes_console() else None
-        self.console = (
-            ConsoleLink(
+        connector = None if self._tether_takes_console() else make_connector(cfg.console)
+        self.console: ConsoleLink | None = None
+        if connector is not None:
+            self.console = ConsoleLink(
                 connector,
                 buffer_limit=cfg.console.buffer_bytes,
                 backoff_min=cfg.console.backoff_min,
                 backoff_max=cfg.console.backoff_max,
             )
-            if connector is not None
-            else None
-        )
+        elif self.tether is not None:  # no raw console: the main process is attached over
+            self.console = self.tether.main  # the session instead
+            self.tether.main.enabled = True
         self.session_options = SessionOptions(
             drain_grace=cfg.agent.drain_grace,
             flush_timeout=cfg.console.flush_timeout,
@@ -248,7 +250,11 @@ class Agent:
 
     async def _run_session(self, sid: str, runner: SessionRunner) -> None:
         try:
-            self.results[sid] = await runner.run()
+            self.results[sid] = st = await runner.run()
+            if st is not None and self.tether is not None and runner.console is self.tether.main:
+                # the wire says the signal, not the shell's 128+N
+                wire_st = SessionExit(signal=st.signal) if st.signal else SessionExit(code=st.code)
+                self.tether.main.main_exited(wire_st)
         finally:
             self.sessions.pop(sid, None)
             self.results.setdefault(sid, None)

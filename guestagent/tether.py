@@ -15,7 +15,8 @@
   (``SESSION_MISMATCH``: it restarted), running execs are killed and a new session
   starts empty.
 
-The main process's attach is not served here yet (OPEN_ATTACH is refused with a reason).
+OPEN_ATTACH reaches the main process through ``tether_attach.MainAttach``, which the
+agent hands to the main process's runner in place of the raw console link.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from common.proto.session.session import Session, SessionConfig
 from guestagent.channels import Connector
 from guestagent.config import SessionSection
 from guestagent.reaper import Reaper
+from guestagent.tether_attach import MainAttach
 from guestagent.tether_exec import ExecChannel
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,10 @@ class Tether:
             chs.Role.TETHER, self._new_session(), self.secrets, name=name, ack_on_consume=True
         )
         self.execs: dict[int, ExecChannel] = {}
+        # the main process's attach; the agent runs it as the runner's console
+        self.main = MainAttach(
+            self.endpoint, hold_bytes=cfg.replay_bytes, replay_bytes=cfg.replay_bytes
+        )
         self._nursery: trio.Nursery | None = None
 
     def _new_session(self) -> Session:
@@ -175,8 +181,8 @@ class Tether:
         match event:
             case chs.ExecRequested(ch, spec):
                 self._start_exec(ch, spec)
-            case chs.AttachRequested(ch, _):
-                self.endpoint.reject(ch, "attach is not served by this tether")
+            case chs.AttachRequested(ch, tty):
+                self.main.attach(ch, tty)
             case chs.Gap(ch, stream, start, end):
                 log.warning("tether: channel %d lost %s bytes %d..%d", ch, stream.name, start, end)
             case chs.ProtocolError(code, _) if code is ErrorCode.SESSION_MISMATCH:
@@ -184,6 +190,8 @@ class Tether:
             case chs.Data() | chs.Eof() | chs.Resized() | chs.Signalled() | chs.ChannelClosed():
                 if (ex := self.execs.get(event.ch)) is not None:
                     _to_exec(ex, event)
+                elif self.main.owns(event.ch):
+                    _to_main(self.main, event)
                 elif isinstance(event, chs.Data):  # no process for it: used up now
                     self.endpoint.consumed(event.ch, event.stream, len(event.data))
             case _:
@@ -218,6 +226,7 @@ class Tether:
         for ex in list(self.execs.values()):
             ex.peer_closed()
         self.execs.clear()
+        self.main.detach_all()
         self.endpoint.replace_session(self._new_session())
 
 
@@ -236,4 +245,16 @@ def _to_exec(
         case chs.ChannelClosed():
             ex.peer_closed()
         case _:
+            pass
+
+
+def _to_main(
+    main: MainAttach, event: chs.Data | chs.Eof | chs.Resized | chs.Signalled | chs.ChannelClosed
+) -> None:
+    match event:
+        case chs.Data(ch, Stream.STDIN, data):
+            main.input(ch, data)
+        case chs.ChannelClosed(ch):
+            main.detach(ch)
+        case _:  # EOF of one attach's input is not the process's; resize, signal: not yet
             pass

@@ -23,6 +23,7 @@ import trio.testing
 
 from common.io.guestinfo.filestore import FileStore
 from common.ops import config as config_mod
+from common.proto import guestinfo as gi
 from common.proto.session.messages import ExecSpec, ExitStatus, Stream
 from guestagent.backends.file import FileGuestBackend
 from guestagent.channels import unix_connector
@@ -30,7 +31,8 @@ from guestagent.config import AgentConfig, SessionSection
 from guestagent.reaper import Reaper
 from guestagent.tether import Tether
 from tests.guestagent.agent_helpers import agent_config, start_agent
-from tests.guestagent.tether_helpers import Appliance, write_secrets
+from tests.guestagent.tether_helpers import Appliance, ExecResult, write_secrets
+from vspc.guestinfo_watch import FileStoreWatcher, configure_session, go_ahead
 
 T = 30  # safety net only
 SECRET = b"s" * 32
@@ -215,7 +217,7 @@ async def test_the_agent_serves_exec_over_a_serial_line_after_boot_noise(
     cfg = dataclasses.replace(cfg, session=SessionSection(enabled=True))
     write_secrets(cfg.guestinfo.path, SECRET)
     agent = await start_agent(nursery, cfg)
-    assert agent.console is None and agent.tether is not None
+    assert agent.tether is not None and agent.console is agent.tether.main
     appliance = Appliance(str(tmp_path / "unused.sock"), SECRET)
     line = trio.lowlevel.FdStream(os.dup(master))
     await nursery.start(functools.partial(appliance.serve_line, line, handshake_timeout=1.0))
@@ -255,3 +257,39 @@ def test_the_agent_exits_2_on_a_bad_session_config(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "session.transport" in proc.stderr
+
+
+async def test_attach_to_the_main_process_over_the_session(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """No raw console: the agent attaches the container's main process to the session;
+    an attach opened before the go-ahead sees all its output, types into it, and gets
+    its exit code."""
+    appliance = Appliance(str(tmp_path / "session.sock"), SECRET)
+    await nursery.start(appliance.serve)
+    watcher = FileStoreWatcher(tmp_path)
+    script = "echo hello; read x; echo got $x; exit 3"
+    main = gi.SessionConfig(
+        id="c1", path="/bin/sh", args=("sh", "-c", script), openstdin=True, runblock=True
+    )
+    await configure_session(watcher, "vm1", main)
+    cfg = agent_config(tmp_path, console="none")
+    cfg = dataclasses.replace(
+        cfg, session=SessionSection(enabled=True, transport="unix", path=appliance.path)
+    )
+    write_secrets(cfg.guestinfo.path, SECRET)
+    agent = await start_agent(nursery, cfg)
+    assert agent.tether is not None and agent.console is agent.tether.main
+    ep = appliance.endpoint
+    ch = ep.open_attach(tty=False)
+    r = appliance.results[ch] = ExecResult()
+    with trio.fail_after(T):
+        await r.opened.wait()
+        await go_ahead(watcher, "vm1", "c1")
+        await r.wait_for(Stream.STDOUT, b"hello\n")
+        assert await ep.send_all(ch, Stream.STDIN, b"there\n")
+        await r.wait_for(Stream.STDOUT, b"got there\n")
+        await r.done.wait()
+    assert r.text(Stream.STDOUT) == b"hello\ngot there\n"
+    assert r.status == ExitStatus(code=3)
+    assert agent.results["c1"] is not None and agent.results["c1"].code == 3
