@@ -82,6 +82,7 @@ class ExecChannel:
         self.drain_grace = drain_grace
         self.proc: ExecProcess | None = None
         self.status: msg.ExitStatus | None = None
+        self.done = trio.Event()  # run() returned
         self._stdin: deque[bytes | None] = deque()  # None: end of input
         self._stdin_held = 0
         self._stdin_dead = False
@@ -160,6 +161,12 @@ class ExecChannel:
 
     # ------------------------------------------------------------ the exec's life
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.done.set()
+
+    async def _run(self) -> None:
         try:
             spec = local_spec(self.spec)
             self.proc = await start_exec(spec, reaper=self.reaper, container_pid=self.container_pid)

@@ -293,3 +293,17 @@ async def test_attach_to_the_main_process_over_the_session(
     assert r.text(Stream.STDOUT) == b"hello\ngot there\n"
     assert r.status == ExitStatus(code=3)
     assert agent.results["c1"] is not None and agent.results["c1"].code == 3
+
+
+async def test_an_appliance_that_lost_the_session_gets_a_new_one(rig: Rig) -> None:
+    """SESSION_MISMATCH: the tether kills what ran for the old session and starts over."""
+    ch, r = rig.appliance.open_exec(ExecSpec(("sh", "-c", "echo up; exec sleep 60")))
+    with trio.fail_after(T):
+        await r.wait_for(Stream.STDOUT, b"up\n")
+        old = rig.tether.execs[ch]
+        await rig.appliance.restart()
+        await old.done.wait()
+        r2 = await rig.appliance.exec(ExecSpec(("sh", "-c", "echo fresh")))
+    assert old.status == ExitStatus(signal=signal.SIGKILL)
+    assert r2.text(Stream.STDOUT) == b"fresh\n"
+    assert rig.tether.endpoint.session.session_id == rig.appliance.endpoint.session.session_id

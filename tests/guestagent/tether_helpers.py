@@ -43,15 +43,26 @@ class Appliance:
     def __init__(self, path: str, secret: bytes) -> None:
         self.path = path
         self.secret = secret
-        self.endpoint = SessionEndpoint(
+        self.endpoint = self._new_endpoint()
+        self.results: dict[int, ExecResult] = {}
+        self.streams: list[trio.SocketStream] = []
+        self.ends: list[object] = []
+        self._restarted = trio.Event()
+
+    def _new_endpoint(self) -> SessionEndpoint:
+        return SessionEndpoint(
             chs.Role.APPLIANCE,
             Session(chs.Role.APPLIANCE, os.urandom(16)),
             lambda: [self.secret],
             name="appliance",
         )
-        self.results: dict[int, ExecResult] = {}
-        self.streams: list[trio.SocketStream] = []
-        self.ends: list[object] = []
+
+    async def restart(self) -> None:
+        """The appliance lost its state: a new session (new id), the link cut."""
+        self.endpoint = self._new_endpoint()
+        self.results = {}
+        self._restarted.set()
+        await self.cut()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         lst = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -91,7 +102,15 @@ class Appliance:
         await self.streams[-1].aclose()
 
     async def _dispatch(self) -> None:
-        async for ev in self.endpoint.events():
+        while True:
+            self._restarted = trio.Event()
+            async with trio.open_nursery() as n:
+                n.start_soon(self._dispatch_one, self.endpoint)
+                await self._restarted.wait()
+                n.cancel_scope.cancel()
+
+    async def _dispatch_one(self, endpoint: SessionEndpoint) -> None:
+        async for ev in endpoint.events():
             r = self.results.get(getattr(ev, "ch", -1))
             if r is None:
                 continue
