@@ -221,11 +221,15 @@ class SessionEndpoint:
         flow = self._flow
         if flow is None:
             return records, bool(records)
-        out = [r for rec in records if (r := flow.filter(rec)) is not None]
+        known = self._known
+        out = [r for rec in records if (r := flow.filter(rec, known)) is not None]
         # our RESUME goes first: consumption ACKs only once the batch came up short
         if len(records) < max_records and self.live:
             out += flow.due()
         return out, bool(records)
+
+    def _known(self, ch: int) -> bool:
+        return self._session.channel_state(ch) is not None
 
     def _deliver(self, event: chs.Event) -> None:
         if isinstance(event, chs.ChannelClosed) and self._flow is not None:

@@ -20,6 +20,8 @@ the core grows it, re-encoding only ACK records (one type byte checked per recor
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from common.proto.session.messages import Ack, MsgType, Stream, decode, encode
 
 __all__ = ["ConsumeAcks"]
@@ -79,15 +81,21 @@ class ConsumeAcks:
                 out.append(record)
         return out
 
-    def filter(self, record: bytes) -> bytes | None:
+    def filter(self, record: bytes, known: Callable[[int], bool]) -> bytes | None:
         """A record of the session on its way out: an ACK of a data stream is held down to
-        what was consumed (None: nothing new to say); everything else passes."""
+        what was consumed (None: nothing new to say); everything else passes, as does the
+        ACK of a channel the session has forgotten (``known(ch)`` False: its last ACK,
+        again, after the first was lost)."""
         if not record or record[0] != MsgType.ACK:
             return record
         msg = decode(record)
         if not isinstance(msg, Ack) or msg.stream is Stream.CONTROL:
             return record
         key = (msg.ch, msg.stream)
+        if not known(msg.ch):
+            self._forget_key(key)
+            self._due.pop(key, None)
+            return record
         self._arrived[key] = (msg.offset, msg.eof)
         self._due.pop(key, None)
         return self._ack(key)

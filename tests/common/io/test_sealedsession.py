@@ -14,9 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.io.sealedsession import ConnectionEnd, EndKind, SessionEndpoint
+from common.io.sealedsession_flow import ConsumeAcks
 from common.proto.session import channels as chs
 from common.proto.session.errors import SecureError
-from common.proto.session.messages import ErrorCode, ExecSpec, ExitStatus, Stream
+from common.proto.session.messages import (
+    Ack,
+    DataMsg,
+    ErrorCode,
+    ExecSpec,
+    ExitStatus,
+    Stream,
+    encode,
+)
 from common.proto.session.session import Session, SessionConfig
 
 T = 30  # safety net only
@@ -390,3 +399,29 @@ def test_random_channels_and_cuts_exactly_once(
 
     result = trio.run(main)
     assert [result[ch] for ch in sorted(result)] == datas
+
+
+def test_consumption_acks_hold_data_acks_to_what_was_used() -> None:
+    flow = ConsumeAcks()
+
+    def known(ch: int) -> bool:
+        return ch == 1
+
+    def ack(ch: int, offset: int, eof: bool, stream: Stream = Stream.STDIN) -> bytes:
+        return encode(Ack(ch, stream, offset, eof))
+
+    assert flow.filter(ack(1, 1000, False), known) == ack(1, 0, False)
+    assert flow.filter(ack(1, 1000, False), known) is None  # nothing new to say
+    flow.consumed(1, Stream.STDIN, 400)
+    assert flow.due() == [ack(1, 400, False)] and flow.due() == []
+    assert flow.filter(ack(1, 1500, True), known) is None  # EOF waits for the bytes
+    flow.consumed(1, Stream.STDIN, 1100)
+    assert flow.due() == [ack(1, 1500, True)]
+    # a forgotten channel's last ACK again, control ACKs, other records: untouched
+    assert flow.filter(ack(2, 50, True), known) == ack(2, 50, True)
+    assert flow.filter(ack(0, 3, False, Stream.CONTROL), known) == ack(0, 3, False, Stream.CONTROL)
+    data = encode(DataMsg(1, Stream.STDOUT, 0, b"x"))
+    assert flow.filter(data, known) == data
+    flow.filter(ack(1, 10, False, Stream.STDOUT), known)
+    flow.forget(1)  # the channel closed: everything that arrived is acknowledged
+    assert flow.due() == [ack(1, 10, False, Stream.STDOUT)]
