@@ -56,7 +56,7 @@ from common.proto.session import channels as chs
 from common.proto.session.channels import ChannelState, Role
 from common.proto.session.messages import ExecSpec, ExitStatus, Stream
 from common.proto.session.replay import Policy
-from common.proto.session.secure import Established, SecureChannel
+from common.proto.session.secure import MAX_SECRETS, Established, SecureChannel
 from common.proto.session.secure import Role as SecureRole
 from common.proto.session.session import Session, SessionState
 from common.proto.session.sync import DEFAULT_MAX_JUNK
@@ -176,8 +176,9 @@ class SessionEndpoint:
 
     async def _run(self, stream: trio.abc.Stream, handshake_timeout: float) -> ConnectionEnd:
         secrets = tuple(self._secrets_source())
-        if not secrets:
-            return ConnectionEnd(EndKind.NO_SECRET, "no session secret to speak with", False)
+        if not 0 < len(secrets) <= MAX_SECRETS:
+            reason = f"{len(secrets)} session secrets; 1 to {MAX_SECRETS} needed"
+            return ConnectionEnd(EndKind.NO_SECRET, reason, False)
         secure_role = SecureRole.INITIATOR if self.role is Role.APPLIANCE else SecureRole.RESPONDER
         channel = SecureChannel(
             secure_role,

@@ -23,7 +23,7 @@ from typing import Protocol
 import trio
 
 from common.proto.session import channels as chs
-from common.proto.session.secure import Established, Record, Refused, SecureChannel
+from common.proto.session.secure import Established, Record, Refused, SecureChannel, State
 from common.proto.session.session import Session
 
 __all__ = ["BATCH_RECORDS", "RECEIVE_SIZE", "ConnectionEnd", "EndKind", "run_one"]
@@ -83,6 +83,7 @@ class _Connection:
         self, endpoint: SessionEndpoint, stream: trio.abc.Stream, channel: SecureChannel
     ) -> None:
         self.ep = endpoint
+        self.session = endpoint.session  # this connection's, even if the endpoint's changes
         self.stream = stream
         self.sc = channel
         self.established = False
@@ -109,7 +110,8 @@ class _Connection:
     async def _flush(self) -> None:
         while True:
             more = False
-            if self.established and not self.stopping:
+            # the reader may have closed the transport (EOF) while we were sending
+            if self.sc.state is State.ESTABLISHED and not self.stopping:
                 records, more = self.ep._outgoing(BATCH_RECORDS)
                 for record in records:
                     self.sc.send_record(record)
@@ -149,11 +151,11 @@ class _Connection:
         if isinstance(event, Established):
             self.established = True
             scope.deadline = math.inf  # the handshake timeout no longer applies
-            self.ep.session.connection_up(trio.current_time())
+            self.session.connection_up(trio.current_time())
             self.ep._connected(event)
             self.wake()
             return
-        for ev in self.ep.session.receive_record(event.payload, trio.current_time()):
+        for ev in self.session.receive_record(event.payload, trio.current_time()):
             if isinstance(ev, chs.ProtocolError):
                 self.ep._deliver(ev)
                 raise _Stop(self._end(EndKind.PROTOCOL, ev.detail, int(ev.code)))
@@ -193,7 +195,7 @@ async def run_one(
     finally:
         endpoint._set_writer(None)
         if conn.established:
-            endpoint.session.connection_down()
+            conn.session.connection_down()
     if end is not None:
         return end
     if conn.writer_error is not None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 import trio.testing
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from common.io.sealedsession import ConnectionEnd, EndKind, SessionEndpoint
@@ -372,6 +372,7 @@ async def exec_many(ep: SessionEndpoint, datas: list[bytes], done: trio.Event) -
     cuts=st.lists(st.tuples(st.booleans(), st.integers(1, 150_000)), min_size=0, max_size=4),
     flow=st.booleans(),
 )
+@example(sizes=[0, 65404, 0], cuts=[(True, 65964)], flow=False)  # EOF while the writer wrote
 def test_random_channels_and_cuts_exactly_once(
     sizes: list[int], cuts: list[tuple[bool, int]], flow: bool
 ) -> None:
