@@ -254,7 +254,9 @@ def _to_main(
     match event:
         case chs.Data(ch, Stream.STDIN, data):
             main.input(ch, data)
+        case chs.Signalled(ch, signo):
+            main.signal(ch, signo)
         case chs.ChannelClosed(ch):
             main.detach(ch)
-        case _:  # EOF of one attach's input is not the process's; resize, signal: not yet
+        case _:  # EOF of one attach's input is not the process's; resize: not yet
             pass

@@ -25,6 +25,7 @@ from common.io.guestinfo.filestore import FileStore
 from common.ops import config as config_mod
 from common.proto import guestinfo as gi
 from common.proto.session.messages import ExecSpec, ExitStatus, Stream
+from guestagent.agent import Agent
 from guestagent.backends.file import FileGuestBackend
 from guestagent.channels import unix_connector
 from guestagent.config import AgentConfig, SessionSection
@@ -259,16 +260,13 @@ def test_the_agent_exits_2_on_a_bad_session_config(tmp_path: Path) -> None:
     assert "session.transport" in proc.stderr
 
 
-async def test_attach_to_the_main_process_over_the_session(
-    nursery: trio.Nursery, tmp_path: Path
-) -> None:
-    """No raw console: the agent attaches the container's main process to the session;
-    an attach opened before the go-ahead sees all its output, types into it, and gets
-    its exit code."""
+async def start_main_agent(
+    nursery: trio.Nursery, tmp_path: Path, script: str
+) -> tuple[Appliance, FileStoreWatcher, Agent]:
+    """An agent with no raw console and a runblock main process; its appliance."""
     appliance = Appliance(str(tmp_path / "session.sock"), SECRET)
     await nursery.start(appliance.serve)
     watcher = FileStoreWatcher(tmp_path)
-    script = "echo hello; read x; echo got $x; exit 3"
     main = gi.SessionConfig(
         id="c1", path="/bin/sh", args=("sh", "-c", script), openstdin=True, runblock=True
     )
@@ -280,6 +278,17 @@ async def test_attach_to_the_main_process_over_the_session(
     write_secrets(cfg.guestinfo.path, SECRET)
     agent = await start_agent(nursery, cfg)
     assert agent.tether is not None and agent.console is agent.tether.main
+    return appliance, watcher, agent
+
+
+async def test_attach_to_the_main_process_over_the_session(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """No raw console: the agent attaches the container's main process to the session;
+    an attach opened before the go-ahead sees all its output, types into it, and gets
+    its exit code."""
+    script = "echo hello; read x; echo got $x; exit 3"
+    appliance, watcher, agent = await start_main_agent(nursery, tmp_path, script)
     ep = appliance.endpoint
     ch = ep.open_attach(tty=False)
     r = appliance.results[ch] = ExecResult()
@@ -293,6 +302,22 @@ async def test_attach_to_the_main_process_over_the_session(
     assert r.text(Stream.STDOUT) == b"hello\ngot there\n"
     assert r.status == ExitStatus(code=3)
     assert agent.results["c1"] is not None and agent.results["c1"].code == 3
+
+
+async def test_a_signal_on_the_attach_reaches_the_main_process(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    appliance, watcher, _ = await start_main_agent(nursery, tmp_path, "echo up; exec sleep 60")
+    ep = appliance.endpoint
+    ch = ep.open_attach(tty=False)
+    r = appliance.results[ch] = ExecResult()
+    with trio.fail_after(T):
+        await r.opened.wait()
+        await go_ahead(watcher, "vm1", "c1")
+        await r.wait_for(Stream.STDOUT, b"up\n")
+        assert ep.signal(ch, signal.SIGTERM)
+        await r.done.wait()
+    assert r.status == ExitStatus(signal=signal.SIGTERM)
 
 
 async def test_an_appliance_that_lost_the_session_gets_a_new_one(rig: Rig) -> None:
