@@ -38,6 +38,10 @@ Flow control (``ack_on_consume=True``, see ``sealedsession_flow``): the peer's b
 acknowledged only as the application reports them used with ``consumed(ch, stream,
 n)``, so the peer's replay bound also bounds what this end holds, and a slow sink never
 has to stop the reader. The tether uses it for STDIN; an appliance may for output.
+
+Liveness (``liveness=Liveness(keepalive, idle_timeout)``): for a stream that never ends
+by itself (a serial line), empty sealed records keep an idle connection visibly alive
+and a connection silent for ``idle_timeout`` ends, so a peer that restarted is found.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from common.io.sealedsession_conn import ConnectionEnd, EndKind, run_one
+from common.io.sealedsession_conn import ConnectionEnd, EndKind, Liveness, run_one
 from common.io.sealedsession_flow import ConsumeAcks
 from common.ops.wiretext import wire
 from common.proto.session import channels as chs
@@ -65,6 +69,7 @@ __all__ = [
     "ConnectionEnd",
     "EndKind",
     "EndpointStats",
+    "Liveness",
     "SecretsSource",
     "SessionEndpoint",
 ]
@@ -100,6 +105,7 @@ class SessionEndpoint:
         max_junk: int = DEFAULT_MAX_JUNK,
         random_bytes: Callable[[int], bytes] | None = None,
         ack_on_consume: bool = False,
+        liveness: Liveness | None = None,
     ) -> None:
         if session.role is not role:
             raise ValueError(f"a {role.value} endpoint needs a {role.value} session")
@@ -122,6 +128,7 @@ class SessionEndpoint:
         self._writer: Callable[[], None] | None = None
         self._room_waiters = 0
         self._flow = ConsumeAcks() if ack_on_consume else None
+        self._liveness = liveness
         self._active: trio.CancelScope | None = None
         self._active_done = trio.Event()
 
@@ -189,7 +196,9 @@ class SessionEndpoint:
         )
         if secure_role is SecureRole.INITIATOR:
             channel.start()
-        return await run_one(self, stream, channel, handshake_timeout=handshake_timeout)
+        return await run_one(
+            self, stream, channel, handshake_timeout=handshake_timeout, liveness=self._liveness
+        )
 
     def _record_end(self, end: ConnectionEnd) -> None:
         kind = end.kind.value

@@ -238,6 +238,7 @@ async def test_the_agent_serves_exec_over_a_serial_line_after_boot_noise(
         ('[session]\nenabled = "yes"\n', "session.enabled"),
         ('[session]\ntransport = "carrier-pigeon"\n', "session.transport"),
         ("[session]\nmax-execs = 0\n", "session.max-execs"),
+        ("[session]\nkeepalive = 10\nidle-timeout = 15\n", "session.idle-timeout"),
     ],
 )
 def test_a_bad_session_config_names_its_key(text: str, key: str) -> None:
