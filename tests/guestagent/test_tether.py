@@ -24,6 +24,7 @@ import trio.testing
 from common.io.guestinfo.filestore import FileStore
 from common.ops import config as config_mod
 from common.proto import guestinfo as gi
+from common.proto.guestinfo import keys as gik
 from common.proto.session.messages import ExecSpec, ExitStatus, Stream
 from guestagent.agent import Agent
 from guestagent.backends.file import FileGuestBackend
@@ -333,3 +334,26 @@ async def test_an_appliance_that_lost_the_session_gets_a_new_one(rig: Rig) -> No
     assert old.status == ExitStatus(signal=signal.SIGKILL)
     assert r2.text(Stream.STDOUT) == b"fresh\n"
     assert rig.tether.endpoint.session.session_id == rig.appliance.endpoint.session.session_id
+
+
+def test_the_secrets_value_round_trips_and_refuses_bad_ones() -> None:
+    key = gik.session_secrets_key()
+    assert key == "guestinfo.vice./tether/secrets" and not gik.is_guest_writable(key)
+    value = gik.encode_session_secrets([b"a" * 32, b"b" * 16])
+    assert value.startswith("v1:") and "=" not in value
+    assert gik.decode_session_secrets(value) == (b"a" * 32, b"b" * 16)
+    assert gik.decode_session_secrets(None) == () == gik.decode_session_secrets("<nil>")
+    one = value.split(":")[1].split(",")[0]
+    for bad in ("v2:" + one, "v1:", "v1:" + one + ",!!", "v1:" + ",".join([one] * 5), "v1:YWJj"):
+        with pytest.raises(gi.GuestinfoError):
+            gik.decode_session_secrets(bad)
+
+
+async def test_a_bad_secrets_value_keeps_the_secrets_in_force(rig: Rig) -> None:
+    FileStore(rig.store).update({gik.session_secrets_key(): "v1:not base64!"})
+    with trio.fail_after(T):
+        await rig.tether.secrets.wait_update()  # the watcher read the bad value
+        await rig.appliance.cut()  # the next connection speaks with the secret held
+        r = await rig.appliance.exec(ExecSpec(("true",)))
+    assert rig.tether.secrets() == (SECRET,)
+    assert r.status == ExitStatus(code=0)
