@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
+from collections.abc import Sequence
 
 from common.proto.guestinfo.errors import GuestinfoError, ReadOnlyKeyError
 
@@ -115,3 +118,60 @@ def error_key(component: str) -> str:
 
 def errors_index_key() -> str:
     return guest_key(ERRORS)
+
+
+# ---------------------------------------------------------------- sealed sessions (issue 13)
+TETHER = "tether"
+SECRETS_VERSION = "v1"
+MAX_SESSION_SECRETS = 4  # the sealed transport's bound (``secure.MAX_SECRETS``)
+MIN_SECRET_LEN = 16
+MAX_SECRET_LEN = 64
+
+
+def session_secrets_key() -> str:
+    """The per-VM session secrets: ``guestinfo.vice./tether/secrets``.
+
+    Appliance-written, guest read-only (a ``/`` path): the guest can read it, never set
+    it. The value is ``encode_session_secrets``'s: the current secret first, then the
+    previous ones still accepted while a rotation settles.
+    """
+    return config_key(TETHER, "secrets")
+
+
+def encode_session_secrets(secrets: Sequence[bytes]) -> str:
+    """``v1:`` then the secrets (current first) in unpadded base64url, comma-separated."""
+    _check_secrets(secrets)
+    items = (base64.urlsafe_b64encode(s).rstrip(b"=").decode("ascii") for s in secrets)
+    return f"{SECRETS_VERSION}:" + ",".join(items)
+
+
+def decode_session_secrets(raw: str | None) -> tuple[bytes, ...]:
+    """The secrets in a value, current first; ``()`` when unset. GuestinfoError if bad."""
+    if raw is None or raw.strip() in ("", "<nil>"):
+        return ()
+    version, sep, body = raw.strip().partition(":")
+    if not sep or version != SECRETS_VERSION:
+        raise GuestinfoError(f"session secrets: not a {SECRETS_VERSION}: value")
+    secrets: list[bytes] = []
+    for item in body.split(","):
+        if not _B64URL_RE.match(item):
+            raise GuestinfoError("session secrets: an item is not unpadded base64url")
+        try:
+            secrets.append(base64.urlsafe_b64decode(item + "=" * (-len(item) % 4)))
+        except (binascii.Error, ValueError) as e:
+            raise GuestinfoError(f"session secrets: {e}") from None
+    _check_secrets(secrets)
+    return tuple(secrets)
+
+
+_B64URL_RE = re.compile(r"^[A-Za-z0-9_-]{2,128}$")
+
+
+def _check_secrets(secrets: Sequence[bytes]) -> None:
+    if not 0 < len(secrets) <= MAX_SESSION_SECRETS:
+        raise GuestinfoError(f"session secrets: 1 to {MAX_SESSION_SECRETS} secrets")
+    for s in secrets:
+        if not MIN_SECRET_LEN <= len(s) <= MAX_SECRET_LEN:
+            raise GuestinfoError(
+                f"session secrets: each {MIN_SECRET_LEN} to {MAX_SECRET_LEN} bytes, not {len(s)}"
+            )
