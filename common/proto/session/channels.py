@@ -305,9 +305,38 @@ class Channel:
                 else:
                     yield EofMsg(self.ch, stream, item.offset)
 
+    def receive(
+        self, msg: DataMsg | EofMsg | GapMsg, *, auto_ack: bool
+    ) -> tuple[Data | Eof | Gap | None, bool]:
+        """A stream record from the peer: the event it raises, and whether an ACK is due."""
+        s = self.instream(msg.stream)
+        event: Data | Eof | Gap | None = None
+        if isinstance(msg, DataMsg):
+            if fresh := s.on_data(msg.offset, msg.data):
+                event = Data(self.ch, msg.stream, fresh)
+        elif isinstance(msg, EofMsg):
+            if s.on_eof(msg.offset):
+                event = Eof(self.ch, msg.stream)
+        elif s.on_gap(msg.start, msg.end):
+            event = Gap(self.ch, msg.stream, msg.start, msg.end)
+        if auto_ack:
+            s.consume_all()
+        return event, s.ack_due
+
+    def release(self) -> list[Stream]:
+        """Count every byte the peer sent as consumed; the streams whose ACK moved."""
+        return [k for k, s in self.inp.items() if s.consume_all()]
+
+    def reack(self) -> list[Stream]:
+        """The streams that acknowledged anything: their ACK goes again on a new connection."""
+        due = [k for k, s in self.inp.items() if s.ack_mark != (0, False)]
+        for k in due:
+            self.inp[k].ack_due = True
+        return due
+
     def owed_acks(self) -> list[Ack]:
         """ACKs still due when the channel is forgotten."""
-        return [Ack(self.ch, k, s.offset, s.eof) for k, s in self.inp.items() if s.ack_due]
+        return [Ack(self.ch, k, *s.ack_mark) for k, s in self.inp.items() if s.ack_due]
 
     def settle(self, events: list[Event]) -> bool:
         """Take a waiting EXIT or CLOSE once every stream the peer writes has ended.

@@ -22,8 +22,16 @@ the session (it restarted), and the adapter starts a new one.
 
 A bad record yields ``ProtocolError``: the adapter drops the connection (the session
 ignores that connection from then on) and the session resumes on the next one.
-Acknowledgements are cumulative and coalesced: each ``records_to_send`` call carries one
-ACK per stream that took bytes since the last one.
+
+Acknowledgements and the receive window (see ``replay``): ACKs are cumulative and
+coalesced, and each stream's goes again after RESUME (the last may have been lost). With
+``SessionConfig.ack_on_consume`` ACK says what the application *consumed*
+(``consumed(ch, stream, n)``), so the peer's replay bound caps what this end holds per
+stream and a stream nobody reads stalls only itself, never the connection. RESUME says
+what *arrived*: those bytes are held here across the cut, so the peer resends from there
+(from the consumed offset they would come twice). ACK = consumed, RESUME = received. A
+channel closed both ways is acknowledged in full. Auto-ack (the default): bytes count as
+consumed on arrival.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 
 from common.proto.session import channels as chs
@@ -85,6 +93,7 @@ class SessionConfig:
     max_channels: int = 1024  # RESUME must fit one record: 2 marks of 14 bytes each
     max_data: int = MAX_DATA  # bytes per DATA record
     max_control: int = 4096  # RESIZE/SIGNAL refused while this many await their ACK
+    ack_on_consume: bool = False  # ACK what ``consumed`` reported, not what arrived
 
     def __post_init__(self) -> None:
         if not 0 < self.max_channels <= 2000 or not 0 < self.max_data <= MAX_DATA:
@@ -124,6 +133,8 @@ class Session:
         self._acks_due.clear()
         self._final_acks.clear()
         self._ctl_ack_due = False
+        for c in self._channels.values():  # the last ACKs may have been lost in the cut
+            self._acks_due.update(dict.fromkeys((c.ch, k) for k in c.reack()))
         marks = tuple(
             StreamMark(c.ch, stream, s.offset, s.eof)
             for c in self._channels.values()
@@ -183,7 +194,8 @@ class Session:
             if c is not None:
                 s = c.inp[stream]
                 s.ack_due = False
-                yield encode(Ack(ch, stream, s.offset, s.eof))
+                s.sent = s.ack_mark
+                yield encode(Ack(ch, stream, *s.sent))
 
     # ------------------------------------------------------------ dispatch
     def _dispatch(self, msg: Message, events: list[chs.Event]) -> None:
@@ -194,12 +206,8 @@ class Session:
                 self._on_resume(msg, events)
             case Ack():
                 self._on_ack(msg, events)
-            case DataMsg():
-                self._on_data(msg, events)
-            case EofMsg():
-                self._on_eof(msg, events)
-            case GapMsg():
-                self._on_gap(msg, events)
+            case DataMsg() | EofMsg() | GapMsg():
+                self._on_stream(msg, events)
             case _:
                 self._on_control(msg, events)
 
@@ -264,30 +272,19 @@ class Session:
             events.append(chs.Writable(c.ch, msg.stream))
         self._maybe_forget(c)
 
-    def _instream(self, c: Channel, stream: Stream) -> InStream:
-        self._acks_due[(c.ch, stream)] = None
-        return c.instream(stream)
-
-    def _on_data(self, msg: DataMsg, events: list[chs.Event]) -> None:
+    def _on_stream(self, msg: DataMsg | EofMsg | GapMsg, events: list[chs.Event]) -> None:
         c = self._known(msg.ch)
-        if c is not None:
-            fresh = self._instream(c, msg.stream).on_data(msg.offset, msg.data)
-            if fresh:
-                events.append(chs.Data(c.ch, msg.stream, fresh))
-
-    def _on_eof(self, msg: EofMsg, events: list[chs.Event]) -> None:
-        c = self._known(msg.ch)
-        if c is None:  # we took it all before; the ACK that said so was lost
-            self._final_acks.append(Ack(msg.ch, msg.stream, msg.offset, True))
+        if c is None:
+            if isinstance(msg, EofMsg):  # we took it all before; the ACK that said so was lost
+                self._final_acks.append(Ack(msg.ch, msg.stream, msg.offset, True))
             return
-        if self._instream(c, msg.stream).on_eof(msg.offset):
-            events.append(chs.Eof(c.ch, msg.stream))
-            self._settle(c, events)
-
-    def _on_gap(self, msg: GapMsg, events: list[chs.Event]) -> None:
-        c = self._known(msg.ch)
-        if c is not None and self._instream(c, msg.stream).on_gap(msg.start, msg.end):
-            events.append(chs.Gap(c.ch, msg.stream, msg.start, msg.end))
+        event, ack_due = c.receive(msg, auto_ack=not self.config.ack_on_consume)
+        if ack_due:
+            self._acks_due[(c.ch, msg.stream)] = None
+        if event is not None:
+            events.append(event)
+            if isinstance(event, chs.Eof):
+                self._settle(c, events)
 
     # ------------------------------------------------------------ control in
     def _on_control(self, msg: Control, events: list[chs.Event]) -> None:
@@ -327,6 +324,8 @@ class Session:
         self._maybe_forget(c)
 
     def _maybe_forget(self, c: Channel) -> None:
+        if c.state is ChannelState.CLOSED:  # every EOF is in: nothing more to hold back
+            self._release(c)
         if c.finished and self._channels.pop(c.ch, None) is not None:
             for stream in c.inp:
                 self._acks_due.pop((c.ch, stream), None)
@@ -457,6 +456,30 @@ class Session:
             self._step(c, Input.SEND_CLOSE)
             c.end_output()
             self._ctl.append(Close(self._ctl_seq(), ch))
+
+    def consumed(self, ch: int, stream: Stream, n: int) -> None:
+        """With ``ack_on_consume``: ``n`` more bytes of the peer's ``stream`` were used up
+        (written on, or dropped); at most what is held counts. A no-op for auto-ack or a
+        channel already forgotten."""
+        if (s := self._inp(ch, stream)) is not None and s.consume(n):
+            self._acks_due[(ch, stream)] = None
+
+    def held(self, ch: int, stream: Stream) -> int:
+        """Bytes of the peer's ``stream`` that arrived and are not consumed yet."""
+        return 0 if (s := self._inp(ch, stream)) is None else s.held
+
+    def _inp(self, ch: int, stream: Stream) -> InStream | None:
+        c = self._channels.get(ch)
+        return None if c is None else c.inp.get(stream)
+
+    def _release(self, c: Channel) -> None:
+        self._acks_due.update(dict.fromkeys((c.ch, k) for k in c.release()))
+
+    def set_ack_on_consume(self, on: bool) -> None:
+        """Switch the acknowledgement mode; turning it off consumes whatever is held."""
+        self.config = replace(self.config, ack_on_consume=on)
+        for c in [] if on else list(self._channels.values()):
+            self._release(c)
 
     def channel_state(self, ch: int) -> ChannelState | None:
         """The channel's state; None once it is forgotten."""
