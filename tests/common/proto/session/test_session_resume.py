@@ -3,7 +3,9 @@
 Records in flight are lost on a cut; both ends then see the connection go down and a
 new one come up. Whatever the traffic and the cuts, each receiver gets every byte once,
 in order; under the BLOCK policy the sender is held back to the replay bound; under DROP
-what was lost is named exactly by GAP.
+what was lost is named exactly by GAP. With ``ack_on_consume`` the receivers consume at
+random: exactly once still holds, a receiver never holds more of a stream than the
+peer's replay limit, and a stream nobody reads stalls no other channel.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ Key = tuple[int, int, Stream]  # (writing side, channel, stream)
 
 @dataclass(frozen=True)
 class Op:
-    kind: str  # "write", "order" (resize or signal), "flush", "deliver", "cut"
+    kind: str  # "write", "order" (resize or signal), "flush", "deliver", "cut", "consume"
     side: int
     ch: int
     pick: int
@@ -80,6 +82,15 @@ ops = st.one_of(
         st.just(b""),
         st.integers(1, 6),
     ),
+    st.builds(
+        Op,
+        kind=st.just("consume"),
+        side=st.integers(0, 1),
+        ch=st.integers(0, 2),
+        pick=st.integers(0, 1),
+        data=st.just(b""),
+        n=st.integers(1, 300),
+    ),
 )
 
 
@@ -96,6 +107,7 @@ class Traffic:
     ended: set[int] = field(default_factory=set)
     orders: dict[int, list[Resized | Signalled]] = field(default_factory=dict)
     closed: set[int] = field(default_factory=set)
+    starve: Key | None = None  # a stream its receiver never consumes
 
     def key(self, op: Op) -> Key:
         i = op.ch % len(self.chans)
@@ -104,6 +116,31 @@ class Traffic:
         if self.ttys[i]:
             return (1, self.chans[i], Stream.TTY)
         return (1, self.chans[i], (Stream.STDOUT, Stream.STDERR)[op.pick])
+
+    def consume(self, k: Key, n: int) -> None:
+        """The receiver of ``k`` (writing side, channel, stream) uses up ``n`` bytes."""
+        if k != self.starve:
+            self.wire.sides[1 - k[0]].consumed(k[1], k[2], n)
+
+    def drain(self) -> None:
+        """Every receiver consumes all it holds (but the starved stream's)."""
+        for side, s in enumerate(self.wire.sides):
+            for ch in self.chans:
+                for stream in self.streams(1 - side, ch):
+                    self.consume((1 - side, ch, stream), s.held(ch, stream))
+
+    def streams(self, writer: int, ch: int) -> tuple[Stream, ...]:
+        if writer == 0:
+            return (Stream.STDIN,)
+        return (Stream.TTY,) if self.ttys[self.chans.index(ch)] else (Stream.STDOUT, Stream.STDERR)
+
+    def check_held(self) -> None:
+        """What a receiver holds unconsumed never exceeds the peer's replay limit."""
+        limit = self.wire.a.config.replay_limit
+        for s in self.wire.sides:
+            for ch in self.chans:
+                for stream in Stream:
+                    assert s.held(ch, stream) <= limit
 
     def write(self, op: Op) -> None:
         k = self.key(op)
@@ -169,9 +206,18 @@ class Traffic:
             w.flush()
         elif op.kind == "deliver":
             w.deliver(op.side, op.n)
+        elif op.kind == "consume":
+            self.consume(self.key(op), op.n)
         else:
             w.cut()
+        self.check_held()
         self.push()
+
+    def done(self) -> bool:
+        """Every channel forgotten at both ends (but the starved stream's)."""
+        skip = None if self.starve is None else self.starve[1]
+        sides = self.wire.sides
+        return all(s.channel_state(ch) is None for s in sides for ch in self.chans if ch != skip)
 
 
 def drive(
@@ -184,6 +230,7 @@ def drive(
             traffic.abort(abort[0])
         traffic.run(op)
     for rnd in range(400):
+        traffic.drain()
         traffic.push()
         traffic.finish()
         moved = w.flush()
@@ -192,11 +239,11 @@ def drive(
             w.deliver(1, 1)
             w.cut()
             continue
-        if not moved and rnd > max(cuts, default=0):
-            if all(s.channel_count == 0 for s in w.sides):
-                return
+        if not moved and rnd > max(cuts, default=0) and traffic.done():
+            return
         w.deliver(0)
         w.deliver(1)
+        traffic.check_held()
     raise AssertionError("the sessions did not finish")
 
 
@@ -218,6 +265,7 @@ small = st.sampled_from([1, 7, 64])
     max_data=small,
     limit=st.sampled_from([16, 100, 1 << 20]),
     abort=st.none() | st.tuples(st.integers(0, 2), st.integers(0, 60)),
+    slow=st.booleans(),
 )
 def test_every_byte_arrives_exactly_once_in_order_across_cuts(
     ttys: list[bool],
@@ -226,8 +274,10 @@ def test_every_byte_arrives_exactly_once_in_order_across_cuts(
     max_data: int,
     limit: int,
     abort: tuple[int, int] | None,
+    slow: bool,
 ) -> None:
-    traffic = start(SessionConfig(replay_limit=limit, max_data=max_data), ttys)
+    config = SessionConfig(replay_limit=limit, max_data=max_data, ack_on_consume=slow)
+    traffic = start(config, ttys)
     drive(traffic, ops, cuts, abort)
     w = traffic.wire
     for side in (0, 1):
@@ -249,6 +299,39 @@ def test_every_byte_arrives_exactly_once_in_order_across_cuts(
         eofs = [e.stream for e in of_type(w.events[0], Eof) if e.ch == ch]
         assert sorted(eofs) == ([Stream.TTY] if ttys[i] else [Stream.STDOUT, Stream.STDERR])
         assert [e.stream for e in of_type(w.events[1], Eof) if e.ch == ch] == [Stream.STDIN]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ttys=st.lists(st.booleans(), min_size=2, max_size=3),
+    ops=st.lists(ops, max_size=60),
+    cuts=cut_rounds,
+    limit=small,
+    fill=st.integers(1, 20),
+)
+def test_a_stream_nobody_reads_stalls_no_other_channel(
+    ttys: list[bool], ops: list[Op], cuts: set[int], limit: int, fill: int
+) -> None:
+    traffic = start(SessionConfig(replay_limit=limit, max_data=5, ack_on_consume=True), ttys)
+    ch0 = traffic.chans[0]
+    starved = (1, ch0, Stream.TTY if ttys[0] else Stream.STDOUT)
+    traffic.starve = starved
+    traffic.backlog[starved] = bytearray(range(3 * limit + fill))  # more than it may hold
+    drive(traffic, ops, cuts)  # returns once every other channel has ended at both ends
+    w = traffic.wire
+    assert not of_type(w.events[0], ProtocolError) and not of_type(w.events[1], ProtocolError)
+    for (side, ch, stream), sent in traffic.taken.items():
+        if ch != ch0:
+            assert received(w.events[1 - side], ch, stream) == bytes(sent)
+    got = received(w.events[0], ch0, starved[2])
+    assert w.a.held(ch0, starved[2]) == len(got) <= limit  # the window, not the backlog
+    assert len(traffic.taken[starved]) <= 2 * limit  # the peer's hold and our replay
+    assert traffic.backlog[starved]  # the writer is held back
+    traffic.starve = None  # the reader wakes up: everything flows and ends
+    drive(traffic, [], set())
+    for (side, ch, stream), sent in traffic.taken.items():
+        assert received(w.events[1 - side], ch, stream) == bytes(sent)
+    assert not any(traffic.backlog.values())
 
 
 @settings(max_examples=100, deadline=None)
@@ -287,13 +370,12 @@ def tiles(events: list[Data | Gap], sent: bytes) -> bool:
 
 
 @settings(max_examples=150, deadline=None)
-@given(ops=st.lists(ops, max_size=60), cuts=cut_rounds, limit=small)
+@given(ops=st.lists(ops, max_size=60), cuts=cut_rounds, limit=small, slow=st.booleans())
 def test_drop_policy_names_exactly_the_lost_range(
-    ops: list[Op], cuts: set[int], limit: int
+    ops: list[Op], cuts: set[int], limit: int, slow: bool
 ) -> None:
-    traffic = start(
-        SessionConfig(replay_limit=limit, policy=Policy.DROP, max_data=5), [False, True]
-    )
+    config = SessionConfig(replay_limit=limit, policy=Policy.DROP, max_data=5, ack_on_consume=slow)
+    traffic = start(config, [False, True])  # drive checks the window: DROP respects it too
     drive(traffic, ops, cuts)
     w = traffic.wire
     assert not of_type(w.events[0], ProtocolError) and not of_type(w.events[1], ProtocolError)
@@ -347,3 +429,40 @@ def test_a_channel_can_drop_while_the_session_blocks() -> None:
     assert of_type(w.events[0], Gap) == [Gap(ch, Stream.STDOUT, 0, 6)]
     assert received(w.events[0], ch, Stream.STDOUT) == b"6789"
     assert received(w.events[1], ch, Stream.STDIN) == b"01234567"
+
+
+def test_resume_reports_what_arrived_and_ack_what_was_consumed() -> None:
+    w = Wire(SessionConfig(replay_limit=10, ack_on_consume=True))
+    ch = w.a.open_exec(ExecSpec(("cat",)))
+    w.settle()
+    assert w.a.send(ch, Stream.STDIN, b"01234567") == 8
+    w.settle()
+    assert w.t.held(ch, Stream.STDIN) == 8 and w.a.room(ch, Stream.STDIN) == 2  # no ACK yet
+    w.cut()  # RESUME says 8 arrived: the appliance frees them, the window stays at 0
+    w.settle()
+    assert w.a.room(ch, Stream.STDIN) == 10
+    assert w.a.send(ch, Stream.STDIN, b"abcdefghij") == 10
+    w.settle()
+    assert received(w.events[1], ch, Stream.STDIN) == b"01234567ab"  # 10 past the ACK at 0
+    w.t.consumed(ch, Stream.STDIN, 5)
+    w.settle()
+    assert received(w.events[1], ch, Stream.STDIN) == b"01234567abcdefg"
+    w.t.consumed(ch, Stream.STDIN, 100)  # more than held counts as all of it
+    w.settle()
+    assert received(w.events[1], ch, Stream.STDIN) == b"01234567abcdefghij"
+    assert w.t.held(ch, Stream.STDIN) == 3  # arrived after that call
+    w.t.consumed(ch, Stream.STDIN, 3)
+    w.settle()
+    assert w.t.held(ch, Stream.STDIN) == 0 and w.a.room(ch, Stream.STDIN) == 10
+
+
+def test_turning_auto_ack_on_releases_what_is_held() -> None:
+    w = Wire(SessionConfig(replay_limit=4, ack_on_consume=True))
+    ch = w.a.open_exec(ExecSpec(("cat",)))
+    w.settle()
+    assert w.a.send(ch, Stream.STDIN, b"wxyz") == 4
+    w.settle()
+    assert w.a.room(ch, Stream.STDIN) == 0
+    w.t.set_ack_on_consume(False)
+    w.settle()
+    assert w.t.held(ch, Stream.STDIN) == 0 and w.a.room(ch, Stream.STDIN) == 4
