@@ -34,10 +34,13 @@ Application calls (``send``, ``eof``, ``resize``, ``open_exec``...) delegate to 
 replay bound (BLOCK policy); ``await wait_writable(ch, stream)`` returns when there is
 room (True) or the channel is gone (False); ``send_all`` does both in a loop.
 
-Flow control (``ack_on_consume=True``, see ``sealedsession_flow``): the peer's bytes are
-acknowledged only as the application reports them used with ``consumed(ch, stream,
-n)``, so the peer's replay bound also bounds what this end holds, and a slow sink never
-has to stop the reader. The tether uses it for STDIN; an appliance may for output.
+Flow control is the ``Session``'s (``SessionConfig.ack_on_consume``, see
+``common.proto.session.session``): with it the peer's bytes are acknowledged only as the
+application reports them used with ``consumed(ch, stream, n)``, so the peer's replay
+bound also bounds what this end holds per stream, and a slow sink never has to stop the
+reader. ``ack_on_consume=True/False`` here switches the session's mode (None keeps its
+config's), for this session and any ``replace_session`` brings. The tether uses it for
+STDIN; an appliance may for output.
 
 Liveness (``liveness=Liveness(keepalive, idle_timeout)``): for a stream that never ends
 by itself (a serial line), empty sealed records keep an idle connection visibly alive
@@ -54,7 +57,6 @@ from dataclasses import dataclass, field
 import trio
 
 from common.io.sealedsession_conn import ConnectionEnd, EndKind, Liveness, run_one
-from common.io.sealedsession_flow import ConsumeAcks
 from common.ops.wiretext import wire
 from common.proto.session import channels as chs
 from common.proto.session.channels import ChannelState, Role
@@ -104,7 +106,7 @@ class SessionEndpoint:
         max_events: int = 64,
         max_junk: int = DEFAULT_MAX_JUNK,
         random_bytes: Callable[[int], bytes] | None = None,
-        ack_on_consume: bool = False,
+        ack_on_consume: bool | None = None,
         liveness: Liveness | None = None,
     ) -> None:
         if session.role is not role:
@@ -115,7 +117,8 @@ class SessionEndpoint:
         self.name = name
         self.stats = EndpointStats()
         self.last_established: Established | None = None
-        self._session = session
+        self._ack_on_consume = ack_on_consume
+        self._session = self._adopt(session)
         self._secrets_source = secrets_source
         self._capabilities = dict(capabilities or {})
         self._max_events = max_events
@@ -127,7 +130,6 @@ class SessionEndpoint:
         self._changed = trio.Event()  # room, channel state or liveness may have changed
         self._writer: Callable[[], None] | None = None
         self._room_waiters = 0
-        self._flow = ConsumeAcks() if ack_on_consume else None
         self._liveness = liveness
         self._active: trio.CancelScope | None = None
         self._active_done = trio.Event()
@@ -148,10 +150,13 @@ class SessionEndpoint:
             raise ValueError("the new session has the wrong role")
         if self._active is not None:
             self._active.cancel()
-        self._session = session
-        if self._flow is not None:
-            self._flow.reset()
+        self._session = self._adopt(session)
         self._notify()
+
+    def _adopt(self, session: Session) -> Session:
+        if self._ack_on_consume is not None:
+            session.set_ack_on_consume(self._ack_on_consume)
+        return session
 
     async def run_connection(
         self, stream: trio.abc.Stream, *, handshake_timeout: float, close_stream: bool = True
@@ -228,22 +233,9 @@ class SessionEndpoint:
     def _outgoing(self, max_records: int) -> tuple[list[bytes], bool]:
         """The next batch for the wire, and whether there may be more (the writer loops)."""
         records = self._session.records_to_send(max_records=max_records)
-        flow = self._flow
-        if flow is None:
-            return records, bool(records)
-        known = self._known
-        out = [r for rec in records if (r := flow.filter(rec, known)) is not None]
-        # our RESUME goes first: consumption ACKs only once the batch came up short
-        if len(records) < max_records and self.live:
-            out += flow.due()
-        return out, bool(records)
-
-    def _known(self, ch: int) -> bool:
-        return self._session.channel_state(ch) is not None
+        return records, bool(records)
 
     def _deliver(self, event: chs.Event) -> None:
-        if isinstance(event, chs.ChannelClosed) and self._flow is not None:
-            self._flow.forget(event.ch)
         if isinstance(event, chs.Writable):
             self._notify()
             return
@@ -333,8 +325,8 @@ class SessionEndpoint:
     def consumed(self, ch: int, stream: Stream, n: int) -> None:
         """With ``ack_on_consume``: ``n`` more bytes of the peer's ``stream`` were used up
         (written on, or dropped); they are acknowledged. A no-op otherwise."""
-        if self._flow is not None and n:
-            self._flow.consumed(ch, stream, n)
+        if n:
+            self._session.consumed(ch, stream, n)
             self._kick()
 
     def eof(self, ch: int, stream: Stream) -> None:

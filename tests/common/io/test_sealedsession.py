@@ -14,17 +14,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from common.io.sealedsession import ConnectionEnd, EndKind, Liveness, SessionEndpoint
-from common.io.sealedsession_flow import ConsumeAcks
 from common.proto.session import channels as chs
 from common.proto.session.errors import SecureError
 from common.proto.session.messages import (
-    Ack,
-    DataMsg,
     ErrorCode,
     ExecSpec,
     ExitStatus,
     Stream,
-    encode,
 )
 from common.proto.session.session import Session, SessionConfig
 
@@ -142,8 +138,9 @@ async def _forward(src: trio.SocketStream, dst: trio.SocketStream, f: Fault) -> 
 
 
 # ---------------------------------------------------------------- an echo "exec"
-async def echo_peer(ep: SessionEndpoint, nursery: trio.Nursery) -> None:
-    """The tether side of the tests: accept, echo STDIN to STDOUT, exit 7 at its EOF."""
+async def echo_peer(ep: SessionEndpoint, nursery: trio.Nursery, starve: int = 0) -> None:
+    """The tether side of the tests: accept, echo STDIN to STDOUT, exit 7 at its EOF;
+    channel ``starve`` is a process that never reads its STDIN."""
     pending: dict[int, trio.MemorySendChannel[bytes | None]] = {}
 
     async def pump(ch: int, rx: trio.MemoryReceiveChannel[bytes | None]) -> None:
@@ -160,7 +157,7 @@ async def echo_peer(ep: SessionEndpoint, nursery: trio.Nursery) -> None:
             tx, rx = trio.open_memory_channel[bytes | None](float("inf"))
             pending[ev.ch] = tx
             nursery.start_soon(pump, ev.ch, rx)
-        elif isinstance(ev, chs.Data):
+        elif isinstance(ev, chs.Data) and ev.ch != starve:
             pending[ev.ch].send_nowait(ev.data)
         elif isinstance(ev, chs.Eof):
             pending[ev.ch].send_nowait(None)
@@ -244,6 +241,28 @@ async def test_acks_on_consumption_survive_cuts_exactly_once() -> None:
     assert client.out == data
     assert client.status == ExitStatus(code=7)
     assert link.a.stats.established >= 3
+
+
+async def test_a_stdin_nobody_reads_stalls_only_its_own_channel() -> None:
+    """The core's receive window: the tether holds at most the appliance's replay bound
+    of an unread STDIN and keeps reading the connection, so another exec's large
+    ``cat`` still runs to its end, across a cut."""
+    a, b = appliance(), tether(flow=True)
+    link = Link(a, b, faults=[(Fault(cut_after=300_001), Fault())])
+    limit = a.session.config.replay_limit
+    data = os.urandom(2 << 20)
+    client = Client()
+    with trio.fail_after(T):
+        async with trio.open_nursery() as n:
+            stuck = a.open_exec(ExecSpec(("sleep", "inf")))
+            n.start_soon(echo_peer, b, n, stuck)
+            n.start_soon(exec_echo, a, data, client)
+            n.start_soon(a.send_all, stuck, Stream.STDIN, bytes(3 * limit))
+            await link.run_until(client.done)
+            n.cancel_scope.cancel()
+    assert client.out == data and client.status == ExitStatus(code=7)
+    assert b.session.held(stuck, Stream.STDIN) <= limit
+    assert a.session.room(stuck, Stream.STDIN) < limit  # its writer is held back
 
 
 async def test_junk_before_the_handshake_is_skipped() -> None:
@@ -414,32 +433,6 @@ def test_random_channels_and_cuts_exactly_once(
 
     result = trio.run(main)
     assert [result[ch] for ch in sorted(result)] == datas
-
-
-def test_consumption_acks_hold_data_acks_to_what_was_used() -> None:
-    flow = ConsumeAcks()
-
-    def known(ch: int) -> bool:
-        return ch == 1
-
-    def ack(ch: int, offset: int, eof: bool, stream: Stream = Stream.STDIN) -> bytes:
-        return encode(Ack(ch, stream, offset, eof))
-
-    assert flow.filter(ack(1, 1000, False), known) == ack(1, 0, False)
-    assert flow.filter(ack(1, 1000, False), known) is None  # nothing new to say
-    flow.consumed(1, Stream.STDIN, 400)
-    assert flow.due() == [ack(1, 400, False)] and flow.due() == []
-    assert flow.filter(ack(1, 1500, True), known) is None  # EOF waits for the bytes
-    flow.consumed(1, Stream.STDIN, 1100)
-    assert flow.due() == [ack(1, 1500, True)]
-    # a forgotten channel's last ACK again, control ACKs, other records: untouched
-    assert flow.filter(ack(2, 50, True), known) == ack(2, 50, True)
-    assert flow.filter(ack(0, 3, False, Stream.CONTROL), known) == ack(0, 3, False, Stream.CONTROL)
-    data = encode(DataMsg(1, Stream.STDOUT, 0, b"x"))
-    assert flow.filter(data, known) == data
-    flow.filter(ack(1, 10, False, Stream.STDOUT), known)
-    flow.forget(1)  # the channel closed: everything that arrived is acknowledged
-    assert flow.due() == [ack(1, 10, False, Stream.STDOUT)]
 
 
 async def test_keepalives_hold_an_idle_line_and_a_silent_peer_is_found(
