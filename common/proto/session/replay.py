@@ -26,8 +26,9 @@ before it is consumed); RESUME carries ``offset``. The sender transmits only bel
 a receiver holds unconsumed on one stream never exceed the sender's replay bound, and
 a stream nobody reads stops only itself, never the connection. On a new connection
 the sender rewinds to the *arrived* offset (the receiver keeps its unconsumed bytes
-across the cut, so resending them would double them) and frees its buffer to there,
-while its window stays anchored at the *consumed* ACK: exactly once, and still bounded.
+across the cut: resending them would only be trimmed as duplicates, and a GAP could name
+bytes the receiver holds) and frees its buffer to there, while its window stays
+anchored at the *consumed* ACK: exactly once, and still bounded.
 """
 
 from __future__ import annotations

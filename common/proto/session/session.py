@@ -29,9 +29,10 @@ coalesced, and each stream's goes again after RESUME (the last may have been los
 (``consumed(ch, stream, n)``), so the peer's replay bound caps what this end holds per
 stream and a stream nobody reads stalls only itself, never the connection. RESUME says
 what *arrived*: those bytes are held here across the cut, so the peer resends from there
-(from the consumed offset they would come twice). ACK = consumed, RESUME = received. A
-channel closed both ways is acknowledged in full. Auto-ack (the default): bytes count as
-consumed on arrival.
+and frees its copy (from the consumed offset it would resend bytes held here, only to
+have them trimmed, and a DROP sender could name held bytes lost). ACK = consumed, RESUME
+= received. A channel closed both ways is acknowledged in full. Auto-ack (the default):
+bytes count as consumed on arrival; the tether's endpoint turns ``ack_on_consume`` on.
 """
 
 from __future__ import annotations
