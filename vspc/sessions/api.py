@@ -187,22 +187,30 @@ async def _run_channel(
     stderr: Sink | None,
     resize: Sizes | None,
 ) -> ExitStatus:
-    out = {Stream.STDOUT: writer(stdout), Stream.TTY: writer(stdout), Stream.STDERR: writer(stderr)}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_pump_stdin, s, q.ch, stdin)
         if resize is not None:
             nursery.start_soon(_pump_resize, s, q.ch, resize)
-        while True:
-            ev = await q.get()
-            if isinstance(ev, chs.Data):
-                await out[ev.stream](ev.data)
-            elif isinstance(ev, chs.OpenRefused):
-                raise ExecRefused(ev.reason)
-            elif isinstance(ev, chs.Exited):
-                nursery.cancel_scope.cancel()
-                return ev.status
-            elif isinstance(ev, chs.ChannelClosed):
-                raise ExecRefused("the channel closed before the process exited")
+        result = await _collect(q, stdout, stderr)
+        nursery.cancel_scope.cancel()
+    if isinstance(result, str):
+        raise ExecRefused(result)
+    return result
+
+
+async def _collect(q: ChannelQueue, stdout: Sink | None, stderr: Sink | None) -> ExitStatus | str:
+    """The channel's output to the sinks; its exit status, or why it was refused."""
+    out = {Stream.STDOUT: writer(stdout), Stream.TTY: writer(stdout), Stream.STDERR: writer(stderr)}
+    while True:
+        ev = await q.get()
+        if isinstance(ev, chs.Data):
+            await out[ev.stream](ev.data)
+        elif isinstance(ev, chs.OpenRefused):
+            return ev.reason
+        elif isinstance(ev, chs.Exited):
+            return ev.status
+        elif isinstance(ev, chs.ChannelClosed):
+            return "the channel closed before the process exited"
 
 
 async def _pump_stdin(s: VmSession, ch: int, stdin: Source | None) -> None:

@@ -164,6 +164,11 @@ class VmSession:
     def connected(self) -> bool:
         return self.ep.live
 
+    async def wait_main(self, *states: MainState) -> None:
+        """Until the main process is in one of ``states``."""
+        while self.main.state not in states:
+            await self.changed.wait()
+
     def _changed(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
@@ -188,6 +193,7 @@ class VmSession:
         m = self.main
         if isinstance(ev, chs.ChannelOpened):
             m.state = MainState.RUNNING
+            self.logs.append(self.vm, LogStream.STDOUT, b"", self.clock())  # followers wait
         elif isinstance(ev, chs.OpenRefused):
             m.state, m.reason = MainState.REFUSED, ev.reason
         elif isinstance(ev, chs.Data):
