@@ -38,7 +38,7 @@ class Rig:
         """A new connection under the session (a socketpair); both ends returned."""
         a, b = trio.socket.socketpair()
         app, tet = trio.SocketStream(a), trio.SocketStream(b)
-        header = OriginHeader(host="esx1", vm=VM, kind="raw", label="session")
+        header = OriginHeader(host="esx1", vm=VM, kind="pipe", label="session")
         self.nursery.start_soon(self.service.serve_stream, app, header)
         self.nursery.start_soon(self._tether_side, tet)
         return app, tet
