@@ -20,6 +20,7 @@ from common.io.guestinfo.base import BackendError, GuestBackend
 from common.io.guestinfo.filestore import FileStore
 from common.ops.wiretext import wire
 from common.proto import guestinfo as gi
+from common.proto.session.messages import ExitStatus as SessionExit
 from guestagent.backends.file import FileGuestBackend
 from guestagent.backends.rpctool import RpctoolBackend
 from guestagent.channels import (
@@ -36,6 +37,7 @@ from guestagent.netwatch import NetWatcher
 from guestagent.publisher import Publisher
 from guestagent.reaper import ExitStatus, Reaper, set_child_subreaper
 from guestagent.session import SessionOptions, SessionRunner
+from guestagent.tether import Tether
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +87,19 @@ class Agent:
         self.reaper = reaper or Reaper()
         self.backend = backend or make_backend(cfg.guestinfo, self.reaper)
         self.publisher = Publisher(self.backend, clock)
-        connector = make_connector(cfg.console)
-        self.console = (
-            ConsoleLink(
+        self.tether = self._make_tether(cfg)
+        connector = None if self._tether_takes_console() else make_connector(cfg.console)
+        self.console: ConsoleLink | None = None
+        if connector is not None:
+            self.console = ConsoleLink(
                 connector,
                 buffer_limit=cfg.console.buffer_bytes,
                 backoff_min=cfg.console.backoff_min,
                 backoff_max=cfg.console.backoff_max,
             )
-            if connector is not None
-            else None
-        )
+        elif self.tether is not None:  # no raw console: the main process is attached over
+            self.console = self.tether.main  # the session instead
+            self.tether.main.enabled = True
         self.session_options = SessionOptions(
             drain_grace=cfg.agent.drain_grace,
             flush_timeout=cfg.console.flush_timeout,
@@ -108,6 +112,33 @@ class Agent:
         self._pending_ids: set[str] = set()
         self.ready = trio.Event()
 
+    def _tether_takes_console(self) -> bool:
+        return self.tether is not None and self.cfg.session.transport == "console"
+
+    def _make_tether(self, cfg: AgentConfig) -> Tether | None:
+        """The sealed session service if ``[session] enabled`` (issue 13)."""
+        if not cfg.session.enabled:
+            return None
+        connector = make_connector(cfg.session.channel(cfg.console))
+        if connector is None:  # pragma: no cover - the config's validate() excludes it
+            return None
+        return Tether(
+            cfg.session,
+            connector,
+            backend=self.backend,
+            reaper=self.reaper,
+            container_pid=self.main_pid,
+        )
+
+    def main_pid(self) -> int | None:
+        """The container's main process (execs join its namespaces), if one runs."""
+        owner = self.sessions.get(self.cfg.agent.console_session)
+        runners = [owner] if owner is not None else list(self.sessions.values())
+        for runner in runners:
+            if runner.child is not None and runner.status is None:
+                return runner.child.pid
+        return None
+
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         if self.cfg.agent.subreaper and os.getpid() != 1:
             set_child_subreaper()
@@ -115,6 +146,8 @@ class Agent:
             await n.start(self.reaper.run)
             if self.console is not None:
                 await n.start(self.console.run)
+            if self.tether is not None:
+                n.start_soon(self._supervise, "tether", self.tether.run)
             if self.cfg.network.publish:
                 n.start_soon(self._supervise, "network", self._network)
             n.start_soon(self._supervise, "sessions", functools.partial(self._sessions, n))
@@ -217,7 +250,11 @@ class Agent:
 
     async def _run_session(self, sid: str, runner: SessionRunner) -> None:
         try:
-            self.results[sid] = await runner.run()
+            self.results[sid] = st = await runner.run()
+            if st is not None and self.tether is not None and runner.console is self.tether.main:
+                # the wire says the signal, not the shell's 128+N
+                wire_st = SessionExit(signal=st.signal) if st.signal else SessionExit(code=st.code)
+                self.tether.main.main_exited(wire_st)
         finally:
             self.sessions.pop(sid, None)
             self.results.setdefault(sid, None)

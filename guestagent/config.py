@@ -16,6 +16,11 @@ Example::
     port = 1024                 # vsock / hybrid / tcp port
     # cid = 2  baud = 115200  host = "127.0.0.1"
 
+    [session]                   # sealed sessions (exec) with the appliance, issue 13
+    enabled = false
+    transport = "console"       # console (take over [console]'s channel) | serial | vsock
+                                # | hybrid | unix | tcp, with path/port/cid/host/baud as there
+
     [network]
     publish = true
     exclude = ["lo"]
@@ -82,6 +87,58 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class SessionSection:
+    """The tether's sealed session. ``transport = "console"`` takes over the console's
+    channel (the raw console link is then off: a tethered VM's output goes through
+    sessions); any other transport is its own channel, configured like ``[console]``."""
+
+    enabled: bool = False
+    transport: Literal["console", "serial", "vsock", "hybrid", "unix", "tcp"] = "console"
+    path: str = ""
+    port: int = 0
+    cid: int = 2
+    host: str = "127.0.0.1"
+    baud: int = 115200
+    handshake_timeout: float = 10.0
+    backoff_min: float = 0.05
+    backoff_max: float = 2.0
+    max_execs: int = 64
+    replay_bytes: int = 1024 * 1024
+    stdin_bytes: int = 16 * 1024 * 1024
+    drain_grace: float = 2.0
+
+    def validate(self) -> None:
+        if self.transport != "console":
+            ConsoleConfig(
+                transport=self.transport,
+                path=self.path,
+                port=self.port,
+                cid=self.cid,
+                host=self.host,
+                baud=self.baud,
+            ).validate()
+        require(self.handshake_timeout > 0, "handshake-timeout", "must be > 0")
+        require(0 < self.backoff_min <= self.backoff_max, "backoff-min", "need 0 < min <= max")
+        require(0 < self.max_execs <= 1000, "max-execs", "must be 1..1000")
+        require(self.replay_bytes >= 4096, "replay-bytes", "must be >= 4096")
+        require(self.stdin_bytes >= 4096, "stdin-bytes", "must be >= 4096")
+        require(self.drain_grace >= 0, "drain-grace", "must be >= 0")
+
+    def channel(self, console: ConsoleConfig) -> ConsoleConfig:
+        """The channel the session connects over."""
+        if self.transport == "console":
+            return console
+        return ConsoleConfig(
+            transport=self.transport,
+            path=self.path,
+            port=self.port,
+            cid=self.cid,
+            host=self.host,
+            baud=self.baud,
+        )
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
     publish: bool = True
     exclude: list[str] = field(default_factory=lambda: ["lo"])
@@ -105,3 +162,12 @@ class AgentConfig:
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     agent: AgentSection = field(default_factory=AgentSection)
+    session: SessionSection = field(default_factory=SessionSection)
+
+    def validate(self) -> None:
+        if self.session.enabled and self.session.transport == "console":
+            require(
+                self.console.transport != "none",
+                "session.transport",
+                '"console" needs a [console] transport',
+            )

@@ -33,6 +33,11 @@ Application calls (``send``, ``eof``, ``resize``, ``open_exec``...) delegate to 
 ``Session`` and wake the connection's writer. ``send`` takes what fits the channel's
 replay bound (BLOCK policy); ``await wait_writable(ch, stream)`` returns when there is
 room (True) or the channel is gone (False); ``send_all`` does both in a loop.
+
+Flow control (``ack_on_consume=True``, see ``sealedsession_flow``): the peer's bytes are
+acknowledged only as the application reports them used with ``consumed(ch, stream,
+n)``, so the peer's replay bound also bounds what this end holds, and a slow sink never
+has to stop the reader. The tether uses it for STDIN; an appliance may for output.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from dataclasses import dataclass, field
 import trio
 
 from common.io.sealedsession_conn import ConnectionEnd, EndKind, run_one
+from common.io.sealedsession_flow import ConsumeAcks
 from common.ops.wiretext import wire
 from common.proto.session import channels as chs
 from common.proto.session.channels import ChannelState, Role
@@ -93,6 +99,7 @@ class SessionEndpoint:
         max_events: int = 64,
         max_junk: int = DEFAULT_MAX_JUNK,
         random_bytes: Callable[[int], bytes] | None = None,
+        ack_on_consume: bool = False,
     ) -> None:
         if session.role is not role:
             raise ValueError(f"a {role.value} endpoint needs a {role.value} session")
@@ -113,6 +120,8 @@ class SessionEndpoint:
         self._events_room = trio.Event()
         self._changed = trio.Event()  # room, channel state or liveness may have changed
         self._writer: Callable[[], None] | None = None
+        self._room_waiters = 0
+        self._flow = ConsumeAcks() if ack_on_consume else None
         self._active: trio.CancelScope | None = None
         self._active_done = trio.Event()
 
@@ -133,12 +142,19 @@ class SessionEndpoint:
         if self._active is not None:
             self._active.cancel()
         self._session = session
+        if self._flow is not None:
+            self._flow.reset()
         self._notify()
 
     async def run_connection(
-        self, stream: trio.abc.Stream, *, handshake_timeout: float
+        self, stream: trio.abc.Stream, *, handshake_timeout: float, close_stream: bool = True
     ) -> ConnectionEnd:
-        """Carry the session over ``stream`` until it ends; see the module docstring."""
+        """Carry the session over ``stream`` until it ends; see the module docstring.
+
+        ``close_stream=False`` leaves the stream open for the next connection: a serial
+        line, where a new sealed channel starts on the same line (it skips what is left
+        of the old one as junk before its sync marker).
+        """
         while self._active is not None:  # the newest connection wins
             self._active.cancel()
             await self._active_done.wait()
@@ -153,7 +169,8 @@ class SessionEndpoint:
             self._active = None
             done.set()
             self._notify()
-            await trio.aclose_forcefully(stream)
+            if close_stream:
+                await trio.aclose_forcefully(stream)
         self._record_end(end)
         return end
 
@@ -198,7 +215,25 @@ class SessionEndpoint:
         self.last_established = event
         self.stats.established += 1
 
+    def _outgoing(self, max_records: int) -> tuple[list[bytes], bool]:
+        """The next batch for the wire, and whether there may be more (the writer loops)."""
+        records = self._session.records_to_send(max_records=max_records)
+        flow = self._flow
+        if flow is None:
+            return records, bool(records)
+        known = self._known
+        out = [r for rec in records if (r := flow.filter(rec, known)) is not None]
+        # our RESUME goes first: consumption ACKs only once the batch came up short
+        if len(records) < max_records and self.live:
+            out += flow.due()
+        return out, bool(records)
+
+    def _known(self, ch: int) -> bool:
+        return self._session.channel_state(ch) is not None
+
     def _deliver(self, event: chs.Event) -> None:
+        if isinstance(event, chs.ChannelClosed) and self._flow is not None:
+            self._flow.forget(event.ch)
         if isinstance(event, chs.Writable):
             self._notify()
             return
@@ -211,6 +246,12 @@ class SessionEndpoint:
         while len(self._events) >= self._max_events:
             self._events_room = trio.Event()
             await self._events_room.wait()
+
+    def _after_receive(self) -> None:
+        # An ACK frees room without a Writable event unless a write had been refused:
+        # whoever waits for room looks again after each read.
+        if self._room_waiters:
+            self._notify()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -256,7 +297,11 @@ class SessionEndpoint:
                 return False
             if self._session.room(ch, stream) > 0:
                 return True
-            await self._changed.wait()
+            self._room_waiters += 1
+            try:
+                await self._changed.wait()
+            finally:
+                self._room_waiters -= 1
 
     def send(self, ch: int, stream: Stream, data: bytes) -> int:
         """Queue what fits the replay bound; how many bytes were taken."""
@@ -274,6 +319,13 @@ class SessionEndpoint:
             taken = self.send(ch, stream, bytes(view))
             view = view[taken:]
         return True
+
+    def consumed(self, ch: int, stream: Stream, n: int) -> None:
+        """With ``ack_on_consume``: ``n`` more bytes of the peer's ``stream`` were used up
+        (written on, or dropped); they are acknowledged. A no-op otherwise."""
+        if self._flow is not None and n:
+            self._flow.consumed(ch, stream, n)
+            self._kick()
 
     def eof(self, ch: int, stream: Stream) -> None:
         self._session.eof(ch, stream)

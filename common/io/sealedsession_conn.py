@@ -67,6 +67,10 @@ class SessionEndpoint(Protocol):
 
     async def _room_for_events(self) -> None: ...
 
+    def _after_receive(self) -> None: ...
+
+    def _outgoing(self, max_records: int) -> tuple[list[bytes], bool]: ...
+
 
 class _Stop(Exception):
     def __init__(self, end: ConnectionEnd) -> None:
@@ -104,13 +108,16 @@ class _Connection:
 
     async def _flush(self) -> None:
         while True:
+            more = False
             if self.established and not self.stopping:
-                for record in self.ep.session.records_to_send(max_records=BATCH_RECORDS):
+                records, more = self.ep._outgoing(BATCH_RECORDS)
+                for record in records:
                     self.sc.send_record(record)
             out = self.sc.data_to_send()
-            if not out:
+            if out:
+                await self.stream.send_all(out)
+            elif not more:
                 return
-            await self.stream.send_all(out)
 
     # ------------------------------------------------------------ reader
     async def reader(self, scope: trio.CancelScope) -> ConnectionEnd:
@@ -127,6 +134,7 @@ class _Connection:
                 return stop.end
             if not data:
                 return self._end(EndKind.EOF, "the peer closed the stream")
+            self.ep._after_receive()
             self.wake()
 
     def _end(self, kind: EndKind, reason: str, code: int | None = None) -> ConnectionEnd:
@@ -199,4 +207,5 @@ async def _writer_guard(conn: _Connection, cancel: trio.CancelScope) -> None:
         await conn.writer()
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
         conn.writer_error = f"{type(e).__name__}: {e}"
-        cancel.cancel()
+        if not conn.stopping:  # else the reader is ending already, with the real reason
+            cancel.cancel()

@@ -1,0 +1,260 @@
+"""The tether's sealed session service (issue 13): exec over a ``SessionEndpoint``.
+
+``Tether.run`` does three things at once:
+
+* reads the per-VM secrets from guestinfo (``guestinfo.vice./tether/secrets``, current
+  first) and keeps reading them as they change: the next connection speaks with the
+  new list, so the appliance rotates a secret without restarting anything. A bad value
+  is logged (one line) and the secrets held before stay in force;
+* connects the channel (one of ``guestagent.channels``' connectors) and runs the
+  endpoint over it, again and again: after a connection ends it waits a back-off
+  (``Backoff``: doubling, reset by a connection that carried the session);
+* takes the session's events: ``ExecRequested`` starts an ``ExecChannel`` (at most
+  ``max_execs`` at once; more are refused with a reason), STDIN data, RESIZE and SIGNAL
+  go to it, the appliance's CLOSE kills it. If the appliance lost the session
+  (``SESSION_MISMATCH``: it restarted), running execs are killed and a new session
+  starts empty.
+
+OPEN_ATTACH reaches the main process through ``tether_attach.MainAttach``, which the
+agent hands to the main process's runner in place of the raw console link.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from common.io.guestinfo.base import BackendError, GuestBackend
+from common.io.sealedsession import SessionEndpoint
+from common.ops.wiretext import wire
+from common.proto import guestinfo as gi
+from common.proto.guestinfo.keys import decode_session_secrets, session_secrets_key
+from common.proto.link.resume_state import Backoff
+from common.proto.session import channels as chs
+from common.proto.session.messages import ErrorCode, ExecSpec, Stream
+from common.proto.session.session import Session, SessionConfig
+from guestagent.channels import Connector
+from guestagent.config import SessionSection
+from guestagent.reaper import Reaper
+from guestagent.tether_attach import MainAttach
+from guestagent.tether_exec import ExecChannel
+
+log = logging.getLogger(__name__)
+
+SECRET_RETRY = 1.0  # seconds between guestinfo reads after a backend error
+
+
+class SecretsWatch:
+    """The secrets in guestinfo, re-read on change; callable as a ``SecretsSource``."""
+
+    def __init__(self, backend: GuestBackend) -> None:
+        self.backend = backend
+        self.secrets: tuple[bytes, ...] = ()
+        self._have = trio.Event()
+        self._updated = trio.Event()
+
+    def __call__(self) -> tuple[bytes, ...]:
+        return self.secrets
+
+    async def wait_available(self) -> None:
+        await self._have.wait()
+
+    async def wait_update(self) -> None:
+        """Until the next read of the key (changed or not, valid or not)."""
+        await self._updated.wait()
+
+    def _take(self, raw: str | None) -> None:
+        try:
+            secrets = decode_session_secrets(raw)
+        except gi.GuestinfoError as e:
+            log.error("tether: %s; keeping the secrets held before", wire(str(e)))
+            return
+        if secrets != self.secrets:
+            log.info("tether: %d session secret(s) in force", len(secrets))
+        self.secrets = secrets
+        if secrets:
+            self._have.set()
+        else:
+            self._have = trio.Event()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Read once (then ``started``), then follow changes for ever."""
+        key = session_secrets_key()
+        last: dict[str, str | None] | None = None
+        started = False
+        while True:
+            try:
+                if last is None:
+                    last = await self.backend.get_many([key])
+                else:
+                    last = await self.backend.wait_changed([key], last)
+            except (BackendError, gi.GuestinfoError, OSError) as e:
+                log.error("tether: reading the session secrets: %s", wire(str(e)))
+                last = None
+                await trio.sleep(SECRET_RETRY)
+                continue
+            self._take(last.get(key))
+            self._updated.set()
+            self._updated = trio.Event()
+            if not started:
+                started = True
+                task_status.started()
+
+
+class Tether:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        cfg: SessionSection,
+        connector: Connector,
+        *,
+        backend: GuestBackend,
+        reaper: Reaper,
+        container_pid: Callable[[], int | None] = lambda: None,
+        name: str = "tether",
+    ) -> None:
+        self.cfg = cfg
+        self.connector = connector
+        self.reaper = reaper
+        self.container_pid = container_pid
+        self.secrets = SecretsWatch(backend)
+        self.endpoint = SessionEndpoint(
+            chs.Role.TETHER, self._new_session(), self.secrets, name=name, ack_on_consume=True
+        )
+        self.execs: dict[int, ExecChannel] = {}
+        # the main process's attach; the agent runs it as the runner's console
+        self.main = MainAttach(
+            self.endpoint, hold_bytes=cfg.replay_bytes, replay_bytes=cfg.replay_bytes
+        )
+        self._nursery: trio.Nursery | None = None
+
+    def _new_session(self) -> Session:
+        return Session(chs.Role.TETHER, config=SessionConfig(replay_limit=self.cfg.replay_bytes))
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.secrets.run)
+            nursery.start_soon(self._connections)
+            task_status.started()
+            await self._events()
+
+    # ------------------------------------------------------------ connections
+    async def _connections(self) -> None:
+        backoff = Backoff(self.cfg.backoff_min, self.cfg.backoff_max)
+        last_error = ""
+        while True:
+            await self.secrets.wait_available()
+            try:
+                channel = await self.connector()
+            except OSError as e:
+                if str(e) != last_error:  # one line per distinct failure, not per retry
+                    last_error = str(e)
+                    log.info("tether: cannot connect: %s; retrying", wire(last_error))
+                await trio.sleep(backoff.next())
+                continue
+            last_error = ""
+            try:
+                end = await self.endpoint.run_connection(
+                    channel.stream, handshake_timeout=self.cfg.handshake_timeout
+                )
+            finally:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await channel.aclose()
+                    except (OSError, trio.ClosedResourceError, trio.BrokenResourceError):
+                        pass
+            if end.established:
+                backoff.reset()
+            await trio.sleep(backoff.next())
+
+    # ------------------------------------------------------------ events
+    async def _events(self) -> None:
+        async for event in self.endpoint.events():
+            self._on_event(event)
+
+    def _on_event(self, event: chs.Event) -> None:
+        match event:
+            case chs.ExecRequested(ch, spec):
+                self._start_exec(ch, spec)
+            case chs.AttachRequested(ch, tty):
+                self.main.attach(ch, tty)
+            case chs.Gap(ch, stream, start, end):
+                log.warning("tether: channel %d lost %s bytes %d..%d", ch, stream.name, start, end)
+            case chs.ProtocolError(code, _) if code is ErrorCode.SESSION_MISMATCH:
+                self._session_lost()
+            case chs.Data() | chs.Eof() | chs.Resized() | chs.Signalled() | chs.ChannelClosed():
+                if (ex := self.execs.get(event.ch)) is not None:
+                    _to_exec(ex, event)
+                elif self.main.owns(event.ch):
+                    _to_main(self.main, event)
+                elif isinstance(event, chs.Data):  # no process for it: used up now
+                    self.endpoint.consumed(event.ch, event.stream, len(event.data))
+            case _:
+                pass
+
+    def _start_exec(self, ch: int, spec: ExecSpec) -> None:
+        if len(self.execs) >= self.cfg.max_execs:
+            self.endpoint.reject(ch, f"too many execs running ({len(self.execs)})")
+            return
+        ex = ExecChannel(
+            self.endpoint,
+            ch,
+            spec,
+            reaper=self.reaper,
+            container_pid=self.container_pid(),
+            stdin_limit=self.cfg.stdin_bytes,
+            drain_grace=self.cfg.drain_grace,
+        )
+        self.execs[ch] = ex
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_exec, ex)
+
+    async def _run_exec(self, ex: ExecChannel) -> None:
+        try:
+            await ex.run()
+        finally:
+            if self.execs.get(ex.ch) is ex:
+                del self.execs[ex.ch]
+
+    def _session_lost(self) -> None:
+        log.warning("tether: the appliance lost the session; %d exec(s) killed", len(self.execs))
+        for ex in list(self.execs.values()):
+            ex.peer_closed()
+        self.execs.clear()
+        self.main.detach_all()
+        self.endpoint.replace_session(self._new_session())
+
+
+def _to_exec(
+    ex: ExecChannel, event: chs.Data | chs.Eof | chs.Resized | chs.Signalled | chs.ChannelClosed
+) -> None:
+    match event:
+        case chs.Data(_, Stream.STDIN, data):
+            ex.put_stdin(data)
+        case chs.Eof(_, Stream.STDIN):
+            ex.end_stdin()
+        case chs.Resized(_, rows, cols):
+            ex.resize(rows, cols)
+        case chs.Signalled(_, signo):
+            ex.signal(signo)
+        case chs.ChannelClosed():
+            ex.peer_closed()
+        case _:
+            pass
+
+
+def _to_main(
+    main: MainAttach, event: chs.Data | chs.Eof | chs.Resized | chs.Signalled | chs.ChannelClosed
+) -> None:
+    match event:
+        case chs.Data(ch, Stream.STDIN, data):
+            main.input(ch, data)
+        case chs.ChannelClosed(ch):
+            main.detach(ch)
+        case _:  # EOF of one attach's input is not the process's; resize, signal: not yet
+            pass
