@@ -11,7 +11,7 @@ import trio
 from common.io.sealedsession import SessionEndpoint
 from common.proto.session import channels as chs
 from common.proto.session.channels import Role
-from common.proto.session.messages import ExitStatus, Stream
+from common.proto.session.messages import ErrorCode, ExitStatus, Stream
 from common.proto.session.session import Session
 from guestagent import execspec
 from guestagent.execproc import ExecProcess, start_exec
@@ -23,14 +23,20 @@ _OUT = {
     execspec.Stream.TTY: Stream.TTY,
 }
 
+_LOST = (ErrorCode.SESSION_MISMATCH, ErrorCode.OFFSET)
+
 
 class Tether:
     def __init__(
-        self, secrets: Callable[[], Sequence[bytes]], main: Sequence[str] | None = None
+        self,
+        secrets: Callable[[], Sequence[bytes]],
+        main: Sequence[str] | None = None,
+        reaper: Reaper | None = None,
     ) -> None:
         self.ep = SessionEndpoint(Role.TETHER, Session(Role.TETHER), secrets, name="tether")
         self.main = main
-        self.reaper = Reaper()
+        self.own_reaper = reaper is None  # one reaper a process: share it between tethers
+        self.reaper = reaper or Reaper()
         self.procs: dict[int, ExecProcess] = {}
         self.stdin: dict[int, trio.MemorySendChannel[bytes]] = {}
         self.resized: list[tuple[int, int]] = []
@@ -41,14 +47,17 @@ class Tether:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await nursery.start(self.reaper.run)
+            if self.own_reaper:
+                await nursery.start(self.reaper.run)
             task_status.started(self)
             async for ev in self.ep.events():
                 self._on(ev)
 
     def _on(self, ev: chs.Event) -> None:
         assert self._nursery is not None
-        if isinstance(ev, chs.ExecRequested):
+        if isinstance(ev, chs.ProtocolError) and ev.code in _LOST:
+            self.ep.replace_session(Session(Role.TETHER))  # the appliance has another one
+        elif isinstance(ev, chs.ExecRequested):
             spec = ev.spec
             req = execspec.ExecSpec(
                 argv=spec.argv,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -28,6 +28,7 @@ class Rig:
     tether: Tether
     guestinfo: FileStoreWatcher
     nursery: trio.Nursery
+    ended: trio.Event = field(default_factory=trio.Event)  # the last connection ended
 
     def tether_secrets(self) -> tuple[bytes, ...]:
         """What the tether reads from its guestinfo (each connection)."""
@@ -40,11 +41,13 @@ class Rig:
         app, tet = trio.SocketStream(a), trio.SocketStream(b)
         header = OriginHeader(host="esx1", vm=VM, kind="pipe", label="session")
         self.nursery.start_soon(self.service.serve_stream, app, header)
-        self.nursery.start_soon(self._tether_side, tet)
+        self.ended = trio.Event()
+        self.nursery.start_soon(self._tether_side, tet, self.ended)
         return app, tet
 
-    async def _tether_side(self, stream: trio.SocketStream) -> None:
+    async def _tether_side(self, stream: trio.SocketStream, ended: trio.Event) -> None:
         await self.tether.ep.run_connection(stream, handshake_timeout=10)
+        ended.set()
 
 
 @asynccontextmanager

@@ -169,7 +169,7 @@ class VmSession:
         while self.main.state not in states:
             await self.changed.wait()
 
-    def _changed(self) -> None:
+    def notify(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
 
@@ -180,7 +180,7 @@ class VmSession:
     async def dispatch(self, ev: chs.Event) -> None:
         if isinstance(ev, chs.Resumed):
             self.connections += 1
-            self._changed()
+            self.notify()
             return
         ch = getattr(ev, "ch", None)
         if ch is not None and ch == self.main.ch:
@@ -208,7 +208,7 @@ class VmSession:
             self.close(ev.ch)
         else:
             return
-        self._changed()
+        self.notify()
 
     def queue(self, spec: ExecSpec) -> ChannelQueue:
         """Open an exec channel; its events go to the returned queue."""

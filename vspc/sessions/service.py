@@ -141,6 +141,7 @@ class SessionService:
                 v.session = VmSession(v.vm, v.ep, self.logs, clock=self.clock)
                 v.session.connections = s.connections
                 v.session.open_main()
+                s.notify()  # whoever waits on the old one looks again
                 continue
             await s.dispatch(ev)
 
