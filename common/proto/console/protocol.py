@@ -315,7 +315,11 @@ class FrameReader:
 
 
 def encode_line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate (argv bytes that are not UTF-8): escaped
+        return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 def decode_line(line: bytes) -> dict[str, Any]:
