@@ -156,3 +156,37 @@ async def test_main_process_logs_status_and_attach(tmp_path: Path) -> None:
         stamped = b"".join([c async for c in r.api.logs(VM, tail=2, timestamps=True)])
         assert stamped.count(b"Z ") == 2
         assert await r.api.attach(VM) == st  # ended: its status at once
+
+
+async def test_a_stalled_exec_client_holds_bounded_and_stalls_nothing_else(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path) as r:
+        await r.connect()
+        go = trio.Event()
+        got = Collect()
+
+        async def stalled(data: bytes) -> None:
+            await go.wait()
+            got.data += data
+
+        status = []
+
+        async def big() -> None:
+            status.append(
+                await r.api.exec(VM, ["head", "-c", "8000000", "/dev/zero"], stdout=stalled)
+            )
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as n:
+                n.start_soon(big)
+                await trio.testing.wait_all_tasks_blocked()
+                out = Collect()
+                st = await r.api.exec(VM, ["echo", "hi"], stdout=out)  # not held up
+                assert (st.code, bytes(out.data)) == (0, b"hi\n")
+                session = r.service.find(VM)
+                assert session is not None
+                held = sum(q.held for q in session.queues.values())
+                assert held <= r.service.config.replay_limit + 64 * 1024
+                go.set()
+        assert status[0].code == 0 and len(got.data) == 8_000_000

@@ -191,20 +191,23 @@ async def _run_channel(
         nursery.start_soon(_pump_stdin, s, q.ch, stdin)
         if resize is not None:
             nursery.start_soon(_pump_resize, s, q.ch, resize)
-        result = await _collect(q, stdout, stderr)
+        result = await _collect(s, q, stdout, stderr)
         nursery.cancel_scope.cancel()
     if isinstance(result, str):
         raise ExecRefused(result)
     return result
 
 
-async def _collect(q: ChannelQueue, stdout: Sink | None, stderr: Sink | None) -> ExitStatus | str:
+async def _collect(
+    s: VmSession, q: ChannelQueue, stdout: Sink | None, stderr: Sink | None
+) -> ExitStatus | str:
     """The channel's output to the sinks; its exit status, or why it was refused."""
     out = {Stream.STDOUT: writer(stdout), Stream.TTY: writer(stdout), Stream.STDERR: writer(stderr)}
     while True:
         ev = await q.get()
         if isinstance(ev, chs.Data):
             await out[ev.stream](ev.data)
+            s.ep.consumed(ev.ch, ev.stream, len(ev.data))  # the tether may send more
         elif isinstance(ev, chs.OpenRefused):
             return ev.reason
         elif isinstance(ev, chs.Exited):

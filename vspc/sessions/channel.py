@@ -7,11 +7,12 @@ queue (``ChannelQueue``, taken by the one task that opened the channel); the
 main process's (the attach channel the service opens for each session) go to
 the container log store and to every attached client (``Tap``).
 
-Bounds: a channel's queue holds at most ``queue_bytes`` of data; past that the
-dispatcher waits for its reader, which slows that VM's session (the tether
-holds the rest, up to its replay limit), never another VM's. A tap that falls
-further behind than ``tap_bytes`` is dropped (its ``lagged`` is set), so one
-slow attached client never slows the main process or its logs.
+Bounds: the endpoint acknowledges the tether's bytes only as they are consumed
+(``ack_on_consume``: an exec's when its sink took them, the main process's once
+logged), so a channel's queue holds at most the tether's replay bound per
+stream, and a slow exec client slows that exec alone: nothing here waits. A
+tap that falls further behind than ``tap_bytes`` is dropped (its ``lagged``
+is set), so one slow attached client never slows the main process or its logs.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from common.proto.session.messages import ExecSpec, ExitStatus, Stream
 from vspc.containerlogs.store import ContainerLogs
 from vspc.core.linelog import Stream as LogStream
 
-QUEUE_BYTES = 1 << 20
 TAP_BYTES = 1 << 20
 _LOG_STREAM = {
     Stream.STDOUT: LogStream.STDOUT,
@@ -49,6 +49,7 @@ class Endpoint(Protocol):
     def resize(self, ch: int, rows: int, cols: int) -> bool: ...
     def signal(self, ch: int, signo: int) -> bool: ...
     def close(self, ch: int) -> None: ...
+    def consumed(self, ch: int, stream: Stream, n: int) -> None: ...
     async def send_all(self, ch: int, stream: Stream, data: bytes) -> bool: ...
     @property
     def live(self) -> bool: ...
@@ -68,21 +69,15 @@ def _size(ev: chs.Event) -> int:
 class ChannelQueue:
     """The events of one channel, for the one task that reads them."""
 
-    def __init__(self, ch: int, limit: int = QUEUE_BYTES) -> None:
+    def __init__(self, ch: int) -> None:
         self.ch = ch
-        self.limit = limit
         self._events: deque[chs.Event] = deque()
         self._held = 0
         self._put = trio.Event()
-        self._taken = trio.Event()
 
-    async def put(self, ev: chs.Event) -> None:
-        while self._held > self.limit:
-            self._taken = trio.Event()
-            await self._taken.wait()
-        self._events.append(ev)
-        self._held += _size(ev)
-        self._put.set()
+    @property
+    def held(self) -> int:
+        return self._held
 
     def put_nowait(self, ev: chs.Event) -> None:
         self._events.append(ev)
@@ -95,7 +90,6 @@ class ChannelQueue:
             await self._put.wait()
         ev = self._events.popleft()
         self._held -= _size(ev)
-        self._taken.set()
         return ev
 
 
@@ -177,7 +171,7 @@ class VmSession:
         """Attach to the main process: its output goes to the logs and the taps."""
         self.main = MainProcess(ch=self.ep.open_attach(tty=False))
 
-    async def dispatch(self, ev: chs.Event) -> None:
+    def dispatch(self, ev: chs.Event) -> None:
         if isinstance(ev, chs.Resumed):
             self.connections += 1
             self.notify()
@@ -187,7 +181,7 @@ class VmSession:
             self._on_main(ev)
             return
         if ch is not None and (q := self.queues.get(ch)) is not None:
-            await q.put(ev)
+            q.put_nowait(ev)
 
     def _on_main(self, ev: chs.Event) -> None:
         m = self.main
@@ -198,6 +192,7 @@ class VmSession:
             m.state, m.reason = MainState.REFUSED, ev.reason
         elif isinstance(ev, chs.Data):
             self.logs.append(self.vm, _LOG_STREAM[ev.stream], ev.data, self.clock())
+            self.ep.consumed(ev.ch, ev.stream, len(ev.data))
             for tap in self.taps:
                 tap.push(ev)
         elif isinstance(ev, chs.Exited):

@@ -118,7 +118,9 @@ class SessionService:
         return v
 
     def _endpoint(self, key: str, secrets: Callable[[], tuple[bytes, ...]]) -> SessionEndpoint:
-        return SessionEndpoint(Role.APPLIANCE, self._session(), secrets, name=f"session {key}")
+        return SessionEndpoint(
+            Role.APPLIANCE, self._session(), secrets, name=f"session {key}", ack_on_consume=True
+        )
 
     def _session(self) -> Session:
         cfg = SessionConfig(replay_limit=self.config.replay_limit)
@@ -143,7 +145,7 @@ class SessionService:
                 v.session.open_main()
                 s.notify()  # whoever waits on the old one looks again
                 continue
-            await s.dispatch(ev)
+            s.dispatch(ev)
 
     async def _existing(self, key: str) -> tuple[bytes, ...]:
         if self.guestinfo is None:
