@@ -4,7 +4,13 @@ through the appliance endpoint; and the ``[sessions]`` table's config errors."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
+import signal
+import struct
 import subprocess
+import termios
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,7 +44,7 @@ def _vic() -> list[str]:
 
 
 @asynccontextmanager
-async def tethered(tmp: Path) -> AsyncIterator[VspcDaemon]:
+async def tethered(tmp: Path) -> AsyncIterator[tuple[VspcDaemon, Tether]]:
     """The daemon, and a tether whose session came in through its endpoint."""
     (tmp / "gi").mkdir()
     async with daemon(tmp, _config(tmp)) as d, trio.open_nursery() as nursery:
@@ -59,7 +65,7 @@ async def tethered(tmp: Path) -> AsyncIterator[VspcDaemon]:
                 while gik.session_secrets_key() not in (await w.next()).values:
                     pass
         nursery.start_soon(lambda: tether.ep.run_connection(stream, handshake_timeout=10))
-        yield d
+        yield d, tether
         nursery.cancel_scope.cancel()
 
 
@@ -141,3 +147,42 @@ def test_bad_sessions_config_process(tmp_path: Path) -> None:
     path.write_text(toml_config(tmp_path) + f'[sessions]\nlogs-dir = "{bad}"\n')
     r = run_vic("vspc", path)
     assert r.returncode == 2 and "sessions.logs-dir" in r.stderr, r
+
+
+def _winsize(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+async def _read_until(master: int, want: bytes, seen: bytearray) -> None:
+    while want not in seen:
+        await trio.lowlevel.wait_readable(master)
+        seen += os.read(master, 4096)
+
+
+@pytest.mark.trio
+async def test_exec_tty_takes_the_terminal_size_and_sigwinch(tmp_path: Path) -> None:
+    async with tethered(tmp_path) as (_, tether):
+        master, slave = pty.openpty()
+        _winsize(slave, 31, 97)
+        cmd = [*_vic(), "console", "exec", "--socket", str(tmp_path / "console.sock"), VM]
+        cmd += ["-it", "--", "sh", "-c", "stty size; read x; stty size; exit 6"]
+        os.set_blocking(master, False)
+        proc = await trio.lowlevel.open_process(cmd, stdin=slave, stdout=slave, stderr=slave)
+        os.close(slave)
+        seen = bytearray()
+        try:
+            with trio.fail_after(30):
+                await _read_until(master, b"31 97", seen)
+                _winsize(master, 40, 120)
+                proc.send_signal(signal.SIGWINCH)
+                while (40, 120) not in tether.resized:
+                    await tether.resize_seen.wait()
+                    tether.resize_seen = trio.Event()
+                os.write(master, b"x\r")  # raw here; the remote pty turns it into a line
+                await _read_until(master, b"40 120", seen)
+                assert await proc.wait() == 6
+        finally:
+            os.close(master)
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
