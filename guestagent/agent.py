@@ -35,7 +35,7 @@ from guestagent.config import AgentConfig, ConsoleConfig, GuestinfoConfig
 from guestagent.console import ConsoleLink
 from guestagent.netwatch import NetWatcher
 from guestagent.publisher import Publisher
-from guestagent.reaper import ExitStatus, Reaper, set_child_subreaper
+from guestagent.reaper import Child, ExitStatus, Reaper, set_child_subreaper
 from guestagent.session import SessionOptions, SessionRunner
 from guestagent.tether import Tether
 
@@ -100,6 +100,7 @@ class Agent:
         elif self.tether is not None:  # no raw console: the main process is attached over
             self.console = self.tether.main  # the session instead
             self.tether.main.enabled = True
+            self.tether.main.on_signal = self._signal_main
         self.session_options = SessionOptions(
             drain_grace=cfg.agent.drain_grace,
             flush_timeout=cfg.console.flush_timeout,
@@ -130,14 +131,24 @@ class Agent:
             container_pid=self.main_pid,
         )
 
-    def main_pid(self) -> int | None:
-        """The container's main process (execs join its namespaces), if one runs."""
-        owner = self.sessions.get(self.cfg.agent.console_session)
+    def _main_child(self) -> Child | None:
+        """The container's main process, if one runs: the console's session's, else the
+        first running."""
+        owner = self.sessions.get(self._console_owner or self.cfg.agent.console_session)
         runners = [owner] if owner is not None else list(self.sessions.values())
         for runner in runners:
             if runner.child is not None and runner.status is None:
-                return runner.child.pid
+                return runner.child
         return None
+
+    def main_pid(self) -> int | None:
+        """The main process's pid: execs join its namespaces."""
+        child = self._main_child()
+        return None if child is None else child.pid
+
+    def _signal_main(self, signo: int) -> None:
+        if (child := self._main_child()) is not None:
+            child.send_signal(signo)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         if self.cfg.agent.subreaper and os.getpid() != 1:

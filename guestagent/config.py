@@ -90,7 +90,10 @@ class ConsoleConfig:
 class SessionSection:
     """The tether's sealed session. ``transport = "console"`` takes over the console's
     channel (the raw console link is then off: a tethered VM's output goes through
-    sessions); any other transport is its own channel, configured like ``[console]``."""
+    sessions); any other transport is its own channel, configured like ``[console]``.
+    ``idle-timeout`` finds an appliance that restarted behind a line that never ends
+    (serial); set it only when the appliance sends keepalives too, or an idle session
+    would be dropped and re-established every ``idle-timeout`` seconds."""
 
     enabled: bool = False
     transport: Literal["console", "serial", "vsock", "hybrid", "unix", "tcp"] = "console"
@@ -106,6 +109,8 @@ class SessionSection:
     replay_bytes: int = 1024 * 1024
     stdin_bytes: int = 16 * 1024 * 1024
     drain_grace: float = 2.0
+    keepalive: float = 10.0  # seconds of write silence before a keepalive; 0: none
+    idle_timeout: float = 0.0  # end a connection silent this long; 0: never (see below)
 
     def validate(self) -> None:
         if self.transport != "console":
@@ -123,6 +128,12 @@ class SessionSection:
         require(self.replay_bytes >= 4096, "replay-bytes", "must be >= 4096")
         require(self.stdin_bytes >= 4096, "stdin-bytes", "must be >= 4096")
         require(self.drain_grace >= 0, "drain-grace", "must be >= 0")
+        require(self.keepalive >= 0, "keepalive", "must be >= 0 (0: none)")
+        require(
+            self.idle_timeout == 0 or self.idle_timeout > 2 * self.keepalive > 0,
+            "idle-timeout",
+            "must be 0 (never) or more than twice keepalive",
+        )
 
     def channel(self, console: ConsoleConfig) -> ConsoleConfig:
         """The channel the session connects over."""

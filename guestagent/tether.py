@@ -22,13 +22,14 @@ agent hands to the main process's runner in place of the raw console link.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from common.io.guestinfo.base import BackendError, GuestBackend
-from common.io.sealedsession import SessionEndpoint
+from common.io.sealedsession import Liveness, SessionEndpoint
 from common.ops.wiretext import wire
 from common.proto import guestinfo as gi
 from common.proto.guestinfo.keys import decode_session_secrets, session_secrets_key
@@ -122,8 +123,16 @@ class Tether:
         self.reaper = reaper
         self.container_pid = container_pid
         self.secrets = SecretsWatch(backend)
+        liveness = Liveness(
+            keepalive=cfg.keepalive or math.inf, idle_timeout=cfg.idle_timeout or math.inf
+        )
         self.endpoint = SessionEndpoint(
-            chs.Role.TETHER, self._new_session(), self.secrets, name=name, ack_on_consume=True
+            chs.Role.TETHER,
+            self._new_session(),
+            self.secrets,
+            name=name,
+            ack_on_consume=True,
+            liveness=liveness,
         )
         self.execs: dict[int, ExecChannel] = {}
         # the main process's attach; the agent runs it as the runner's console
@@ -254,7 +263,9 @@ def _to_main(
     match event:
         case chs.Data(ch, Stream.STDIN, data):
             main.input(ch, data)
+        case chs.Signalled(ch, signo):
+            main.signal(ch, signo)
         case chs.ChannelClosed(ch):
             main.detach(ch)
-        case _:  # EOF of one attach's input is not the process's; resize, signal: not yet
+        case _:  # EOF of one attach's input is not the process's; resize: not yet
             pass

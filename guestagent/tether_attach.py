@@ -16,6 +16,7 @@ writes the process's output to it and reads its input from ``on_input`` as befor
   and CLOSE; a later OPEN_ATTACH is refused, as is any while ``enabled`` is False (the
   agent kept the raw console link for the main process).
 
+SIGNAL on an attach channel goes to the main process (``on_signal``, set by the agent).
 Resize is not carried to the main process yet: the runner does not expose its pty.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -51,6 +53,7 @@ class MainAttach(ConsoleLink):
         self.hold_bytes = hold_bytes
         self.replay_bytes = replay_bytes
         self.enabled = False  # the agent handed it to the main process's runner
+        self.on_signal: Callable[[int], None] | None = None  # the agent's: signal the process
         self.ended = False
         self._held: deque[bytes] = deque()
         self._held_size = 0
@@ -119,6 +122,11 @@ class MainAttach(ConsoleLink):
             self._stdin_ready.set()
         else:
             self.ep.consumed(ch, Stream.STDIN, len(data))
+
+    def signal(self, ch: int, signo: int) -> None:
+        """SIGNAL on an attach channel: to the main process (as ``docker kill`` does)."""
+        if ch in self._channels and self.on_signal is not None and 0 < signo < 65:
+            self.on_signal(signo)
 
     def detach(self, ch: int) -> None:
         """The appliance closed an attach channel."""

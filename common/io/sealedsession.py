@@ -38,6 +38,10 @@ Flow control (``ack_on_consume=True``, see ``sealedsession_flow``): the peer's b
 acknowledged only as the application reports them used with ``consumed(ch, stream,
 n)``, so the peer's replay bound also bounds what this end holds, and a slow sink never
 has to stop the reader. The tether uses it for STDIN; an appliance may for output.
+
+Liveness (``liveness=Liveness(keepalive, idle_timeout)``): for a stream that never ends
+by itself (a serial line), empty sealed records keep an idle connection visibly alive
+and a connection silent for ``idle_timeout`` ends, so a peer that restarted is found.
 """
 
 from __future__ import annotations
@@ -49,14 +53,14 @@ from dataclasses import dataclass, field
 
 import trio
 
-from common.io.sealedsession_conn import ConnectionEnd, EndKind, run_one
+from common.io.sealedsession_conn import ConnectionEnd, EndKind, Liveness, run_one
 from common.io.sealedsession_flow import ConsumeAcks
 from common.ops.wiretext import wire
 from common.proto.session import channels as chs
 from common.proto.session.channels import ChannelState, Role
 from common.proto.session.messages import ExecSpec, ExitStatus, Stream
 from common.proto.session.replay import Policy
-from common.proto.session.secure import Established, SecureChannel
+from common.proto.session.secure import MAX_SECRETS, Established, SecureChannel
 from common.proto.session.secure import Role as SecureRole
 from common.proto.session.session import Session, SessionState
 from common.proto.session.sync import DEFAULT_MAX_JUNK
@@ -65,6 +69,7 @@ __all__ = [
     "ConnectionEnd",
     "EndKind",
     "EndpointStats",
+    "Liveness",
     "SecretsSource",
     "SessionEndpoint",
 ]
@@ -100,6 +105,7 @@ class SessionEndpoint:
         max_junk: int = DEFAULT_MAX_JUNK,
         random_bytes: Callable[[int], bytes] | None = None,
         ack_on_consume: bool = False,
+        liveness: Liveness | None = None,
     ) -> None:
         if session.role is not role:
             raise ValueError(f"a {role.value} endpoint needs a {role.value} session")
@@ -122,6 +128,7 @@ class SessionEndpoint:
         self._writer: Callable[[], None] | None = None
         self._room_waiters = 0
         self._flow = ConsumeAcks() if ack_on_consume else None
+        self._liveness = liveness
         self._active: trio.CancelScope | None = None
         self._active_done = trio.Event()
 
@@ -176,8 +183,9 @@ class SessionEndpoint:
 
     async def _run(self, stream: trio.abc.Stream, handshake_timeout: float) -> ConnectionEnd:
         secrets = tuple(self._secrets_source())
-        if not secrets:
-            return ConnectionEnd(EndKind.NO_SECRET, "no session secret to speak with", False)
+        if not 0 < len(secrets) <= MAX_SECRETS:
+            reason = f"{len(secrets)} session secrets; 1 to {MAX_SECRETS} needed"
+            return ConnectionEnd(EndKind.NO_SECRET, reason, False)
         secure_role = SecureRole.INITIATOR if self.role is Role.APPLIANCE else SecureRole.RESPONDER
         channel = SecureChannel(
             secure_role,
@@ -188,7 +196,9 @@ class SessionEndpoint:
         )
         if secure_role is SecureRole.INITIATOR:
             channel.start()
-        return await run_one(self, stream, channel, handshake_timeout=handshake_timeout)
+        return await run_one(
+            self, stream, channel, handshake_timeout=handshake_timeout, liveness=self._liveness
+        )
 
     def _record_end(self, end: ConnectionEnd) -> None:
         kind = end.kind.value

@@ -23,10 +23,10 @@ from typing import Protocol
 import trio
 
 from common.proto.session import channels as chs
-from common.proto.session.secure import Established, Record, Refused, SecureChannel
+from common.proto.session.secure import Established, Record, Refused, SecureChannel, State
 from common.proto.session.session import Session
 
-__all__ = ["BATCH_RECORDS", "RECEIVE_SIZE", "ConnectionEnd", "EndKind", "run_one"]
+__all__ = ["BATCH_RECORDS", "RECEIVE_SIZE", "ConnectionEnd", "EndKind", "Liveness", "run_one"]
 
 BATCH_RECORDS = 16  # records sealed per send_all: at most ~1 MiB in flight per connection
 RECEIVE_SIZE = 64 * 1024 + 64  # one whole record frame per read at most
@@ -72,6 +72,19 @@ class SessionEndpoint(Protocol):
     def _outgoing(self, max_records: int) -> tuple[list[bytes], bool]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """Keepalives for a stream that cannot tell its end (a serial line): after
+    ``keepalive`` seconds without writing, an empty sealed record goes out (the peer's
+    adapter drops it before the session); after ``idle_timeout`` seconds with nothing
+    read, an established connection ends (TIMEOUT) and a new one starts, so a peer that
+    restarted behind a line that stays up is found. Both ends should use it; the idle
+    timeout must be well above the peer's keepalive interval."""
+
+    keepalive: float = 10.0
+    idle_timeout: float = 35.0
+
+
 class _Stop(Exception):
     def __init__(self, end: ConnectionEnd) -> None:
         super().__init__(end.reason)
@@ -80,9 +93,16 @@ class _Stop(Exception):
 
 class _Connection:
     def __init__(
-        self, endpoint: SessionEndpoint, stream: trio.abc.Stream, channel: SecureChannel
+        self,
+        endpoint: SessionEndpoint,
+        stream: trio.abc.Stream,
+        channel: SecureChannel,
+        liveness: Liveness | None,
     ) -> None:
         self.ep = endpoint
+        self.keepalive = math.inf if liveness is None else liveness.keepalive
+        self.idle_timeout = math.inf if liveness is None else liveness.idle_timeout
+        self.session = endpoint.session  # this connection's, even if the endpoint's changes
         self.stream = stream
         self.sc = channel
         self.established = False
@@ -102,14 +122,18 @@ class _Connection:
                 await self._flush()
                 if self.stopping:
                     return
-                await self.kick.wait()
+                with trio.move_on_after(self.keepalive):
+                    await self.kick.wait()
+                if not self.kick.is_set() and self.sc.state is State.ESTABLISHED:
+                    self.sc.send_record(b"")  # a keepalive: nothing written for a while
         finally:
             self.writer_done.set()
 
     async def _flush(self) -> None:
         while True:
             more = False
-            if self.established and not self.stopping:
+            # the reader may have closed the transport (EOF) while we were sending
+            if self.sc.state is State.ESTABLISHED and not self.stopping:
                 records, more = self.ep._outgoing(BATCH_RECORDS)
                 for record in records:
                     self.sc.send_record(record)
@@ -122,10 +146,15 @@ class _Connection:
     # ------------------------------------------------------------ reader
     async def reader(self, scope: trio.CancelScope) -> ConnectionEnd:
         while True:
-            try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-                return self._end(EndKind.STREAM_ERROR, f"{type(e).__name__}: {e}")
+            idle = self.idle_timeout if self.established else math.inf
+            data: bytes | bytearray = b""
+            with trio.move_on_after(idle) as quiet:
+                try:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                    return self._end(EndKind.STREAM_ERROR, f"{type(e).__name__}: {e}")
+            if quiet.cancelled_caught:
+                return self._end(EndKind.TIMEOUT, f"nothing received for {idle:g}s")
             events = self.sc.receive_data(data) if data else self.sc.receive_eof()
             try:
                 for event in events:
@@ -149,11 +178,13 @@ class _Connection:
         if isinstance(event, Established):
             self.established = True
             scope.deadline = math.inf  # the handshake timeout no longer applies
-            self.ep.session.connection_up(trio.current_time())
+            self.session.connection_up(trio.current_time())
             self.ep._connected(event)
             self.wake()
             return
-        for ev in self.ep.session.receive_record(event.payload, trio.current_time()):
+        if not event.payload:
+            return  # a keepalive (the session never sends an empty record)
+        for ev in self.session.receive_record(event.payload, trio.current_time()):
             if isinstance(ev, chs.ProtocolError):
                 self.ep._deliver(ev)
                 raise _Stop(self._end(EndKind.PROTOCOL, ev.detail, int(ev.code)))
@@ -174,13 +205,14 @@ async def run_one(
     channel: SecureChannel,
     *,
     handshake_timeout: float,
+    liveness: Liveness | None = None,
 ) -> ConnectionEnd:
     """Carry the endpoint's session over ``stream`` until the connection ends.
 
     Cancellation from outside propagates (after ``connection_down``); the caller closes
     the stream.
     """
-    conn = _Connection(endpoint, stream, channel)
+    conn = _Connection(endpoint, stream, channel, liveness)
     endpoint._set_writer(conn.wake)
     end: ConnectionEnd | None = None
     handshake = trio.CancelScope(deadline=trio.current_time() + handshake_timeout)
@@ -193,7 +225,7 @@ async def run_one(
     finally:
         endpoint._set_writer(None)
         if conn.established:
-            endpoint.session.connection_down()
+            conn.session.connection_down()
     if end is not None:
         return end
     if conn.writer_error is not None:

@@ -24,7 +24,9 @@ import trio.testing
 from common.io.guestinfo.filestore import FileStore
 from common.ops import config as config_mod
 from common.proto import guestinfo as gi
+from common.proto.guestinfo import keys as gik
 from common.proto.session.messages import ExecSpec, ExitStatus, Stream
+from guestagent.agent import Agent
 from guestagent.backends.file import FileGuestBackend
 from guestagent.channels import unix_connector
 from guestagent.config import AgentConfig, SessionSection
@@ -237,6 +239,7 @@ async def test_the_agent_serves_exec_over_a_serial_line_after_boot_noise(
         ('[session]\nenabled = "yes"\n', "session.enabled"),
         ('[session]\ntransport = "carrier-pigeon"\n', "session.transport"),
         ("[session]\nmax-execs = 0\n", "session.max-execs"),
+        ("[session]\nkeepalive = 10\nidle-timeout = 15\n", "session.idle-timeout"),
     ],
 )
 def test_a_bad_session_config_names_its_key(text: str, key: str) -> None:
@@ -259,16 +262,13 @@ def test_the_agent_exits_2_on_a_bad_session_config(tmp_path: Path) -> None:
     assert "session.transport" in proc.stderr
 
 
-async def test_attach_to_the_main_process_over_the_session(
-    nursery: trio.Nursery, tmp_path: Path
-) -> None:
-    """No raw console: the agent attaches the container's main process to the session;
-    an attach opened before the go-ahead sees all its output, types into it, and gets
-    its exit code."""
+async def start_main_agent(
+    nursery: trio.Nursery, tmp_path: Path, script: str
+) -> tuple[Appliance, FileStoreWatcher, Agent]:
+    """An agent with no raw console and a runblock main process; its appliance."""
     appliance = Appliance(str(tmp_path / "session.sock"), SECRET)
     await nursery.start(appliance.serve)
     watcher = FileStoreWatcher(tmp_path)
-    script = "echo hello; read x; echo got $x; exit 3"
     main = gi.SessionConfig(
         id="c1", path="/bin/sh", args=("sh", "-c", script), openstdin=True, runblock=True
     )
@@ -280,6 +280,17 @@ async def test_attach_to_the_main_process_over_the_session(
     write_secrets(cfg.guestinfo.path, SECRET)
     agent = await start_agent(nursery, cfg)
     assert agent.tether is not None and agent.console is agent.tether.main
+    return appliance, watcher, agent
+
+
+async def test_attach_to_the_main_process_over_the_session(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """No raw console: the agent attaches the container's main process to the session;
+    an attach opened before the go-ahead sees all its output, types into it, and gets
+    its exit code."""
+    script = "echo hello; read x; echo got $x; exit 3"
+    appliance, watcher, agent = await start_main_agent(nursery, tmp_path, script)
     ep = appliance.endpoint
     ch = ep.open_attach(tty=False)
     r = appliance.results[ch] = ExecResult()
@@ -295,6 +306,22 @@ async def test_attach_to_the_main_process_over_the_session(
     assert agent.results["c1"] is not None and agent.results["c1"].code == 3
 
 
+async def test_a_signal_on_the_attach_reaches_the_main_process(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    appliance, watcher, _ = await start_main_agent(nursery, tmp_path, "echo up; exec sleep 60")
+    ep = appliance.endpoint
+    ch = ep.open_attach(tty=False)
+    r = appliance.results[ch] = ExecResult()
+    with trio.fail_after(T):
+        await r.opened.wait()
+        await go_ahead(watcher, "vm1", "c1")
+        await r.wait_for(Stream.STDOUT, b"up\n")
+        assert ep.signal(ch, signal.SIGTERM)
+        await r.done.wait()
+    assert r.status == ExitStatus(signal=signal.SIGTERM)
+
+
 async def test_an_appliance_that_lost_the_session_gets_a_new_one(rig: Rig) -> None:
     """SESSION_MISMATCH: the tether kills what ran for the old session and starts over."""
     ch, r = rig.appliance.open_exec(ExecSpec(("sh", "-c", "echo up; exec sleep 60")))
@@ -307,3 +334,26 @@ async def test_an_appliance_that_lost_the_session_gets_a_new_one(rig: Rig) -> No
     assert old.status == ExitStatus(signal=signal.SIGKILL)
     assert r2.text(Stream.STDOUT) == b"fresh\n"
     assert rig.tether.endpoint.session.session_id == rig.appliance.endpoint.session.session_id
+
+
+def test_the_secrets_value_round_trips_and_refuses_bad_ones() -> None:
+    key = gik.session_secrets_key()
+    assert key == "guestinfo.vice./tether/secrets" and not gik.is_guest_writable(key)
+    value = gik.encode_session_secrets([b"a" * 32, b"b" * 16])
+    assert value.startswith("v1:") and "=" not in value
+    assert gik.decode_session_secrets(value) == (b"a" * 32, b"b" * 16)
+    assert gik.decode_session_secrets(None) == () == gik.decode_session_secrets("<nil>")
+    one = value.split(":")[1].split(",")[0]
+    for bad in ("v2:" + one, "v1:", "v1:" + one + ",!!", "v1:" + ",".join([one] * 5), "v1:YWJj"):
+        with pytest.raises(gi.GuestinfoError):
+            gik.decode_session_secrets(bad)
+
+
+async def test_a_bad_secrets_value_keeps_the_secrets_in_force(rig: Rig) -> None:
+    FileStore(rig.store).update({gik.session_secrets_key(): "v1:not base64!"})
+    with trio.fail_after(T):
+        await rig.tether.secrets.wait_update()  # the watcher read the bad value
+        await rig.appliance.cut()  # the next connection speaks with the secret held
+        r = await rig.appliance.exec(ExecSpec(("true",)))
+    assert rig.tether.secrets() == (SECRET,)
+    assert r.status == ExitStatus(code=0)

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 import trio.testing
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from common.io.sealedsession import ConnectionEnd, EndKind, SessionEndpoint
+from common.io.sealedsession import ConnectionEnd, EndKind, Liveness, SessionEndpoint
 from common.io.sealedsession_flow import ConsumeAcks
 from common.proto.session import channels as chs
 from common.proto.session.errors import SecureError
@@ -32,19 +32,33 @@ T = 30  # safety net only
 SECRET = b"k" * 32
 
 
-def appliance(secrets: list[bytes] | None = None, max_events: int = 64) -> SessionEndpoint:
+def appliance(
+    secrets: list[bytes] | None = None, max_events: int = 64, liveness: Liveness | None = None
+) -> SessionEndpoint:
     session = Session(chs.Role.APPLIANCE, os.urandom(16), SessionConfig(replay_limit=256 * 1024))
     chosen = secrets or [SECRET]
     return SessionEndpoint(
-        chs.Role.APPLIANCE, session, lambda: chosen, name="app", max_events=max_events
+        chs.Role.APPLIANCE,
+        session,
+        lambda: chosen,
+        name="app",
+        max_events=max_events,
+        liveness=liveness,
     )
 
 
-def tether(secrets: list[bytes] | None = None, flow: bool = False) -> SessionEndpoint:
+def tether(
+    secrets: list[bytes] | None = None, flow: bool = False, liveness: Liveness | None = None
+) -> SessionEndpoint:
     session = Session(chs.Role.TETHER, config=SessionConfig(replay_limit=256 * 1024))
     chosen = secrets or [SECRET]
     return SessionEndpoint(
-        chs.Role.TETHER, session, lambda: chosen, name="tether", ack_on_consume=flow
+        chs.Role.TETHER,
+        session,
+        lambda: chosen,
+        name="tether",
+        ack_on_consume=flow,
+        liveness=liveness,
     )
 
 
@@ -372,6 +386,7 @@ async def exec_many(ep: SessionEndpoint, datas: list[bytes], done: trio.Event) -
     cuts=st.lists(st.tuples(st.booleans(), st.integers(1, 150_000)), min_size=0, max_size=4),
     flow=st.booleans(),
 )
+@example(sizes=[0, 65404, 0], cuts=[(True, 65964)], flow=False)  # EOF while the writer wrote
 def test_random_channels_and_cuts_exactly_once(
     sizes: list[int], cuts: list[tuple[bool, int]], flow: bool
 ) -> None:
@@ -425,3 +440,42 @@ def test_consumption_acks_hold_data_acks_to_what_was_used() -> None:
     flow.filter(ack(1, 10, False, Stream.STDOUT), known)
     flow.forget(1)  # the channel closed: everything that arrived is acknowledged
     assert flow.due() == [ack(1, 10, False, Stream.STDOUT)]
+
+
+async def test_keepalives_hold_an_idle_line_and_a_silent_peer_is_found(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A line that never ends (serial): keepalives keep an idle connection up for as
+    long as it lasts; a peer that stops (it restarted) is found after ``idle_timeout``,
+    and a new sealed channel on the same line reaches the new peer."""
+    live = Liveness(keepalive=1.0, idle_timeout=3.0)
+    a = appliance(liveness=live)
+    line_a, line_b = trio.testing.memory_stream_pair()
+    ends: list[ConnectionEnd] = []
+
+    async def run_a() -> None:
+        while True:
+            ends.append(await a.run_connection(line_a, handshake_timeout=2, close_stream=False))
+
+    async def run_b(ep: SessionEndpoint, scope: trio.CancelScope) -> None:
+        with scope:
+            await ep.run_connection(line_b, handshake_timeout=10, close_stream=False)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(run_a)
+        old, old_scope = tether(liveness=live), trio.CancelScope()
+        n.start_soon(run_b, old, old_scope)
+        await a.wait_live()
+        await trio.sleep(100)  # idle, on the mock clock
+        assert ends == [] and a.live and old.live
+        old_scope.cancel()  # the tether stops; the line stays up, silent
+        stopped = trio.current_time()
+        while not ends:
+            await a.wait_changed()
+        assert (ends[0].kind, ends[0].established) == (EndKind.TIMEOUT, True)
+        assert trio.current_time() - stopped <= live.idle_timeout + live.keepalive
+        new = tether(liveness=live)
+        n.start_soon(run_b, new, trio.CancelScope())
+        await a.wait_live()
+        assert new.live and new.session.session_id == a.session.session_id
+        n.cancel_scope.cancel()
