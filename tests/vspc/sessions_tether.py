@@ -23,7 +23,7 @@ _OUT = {
     execspec.Stream.TTY: Stream.TTY,
 }
 
-_LOST = (ErrorCode.SESSION_MISMATCH, ErrorCode.OFFSET)
+_LOST = (ErrorCode.SESSION_MISMATCH,)  # as the agent's tether does
 
 
 class Tether:

@@ -84,3 +84,40 @@ async def test_agent_tether_exec_rotation_and_cut(tmp_path: Path) -> None:
             assert tether.endpoint.last_established is not None
             assert tether.endpoint.last_established.secret_index == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_agent_restart_gets_a_new_session(tmp_path: Path) -> None:
+    """The agent restarts (a fresh tether, no session): the appliance starts anew."""
+    gi_dir = tmp_path / "gi"
+    gi_dir.mkdir()
+    service = SessionService(SessionsConfig(guestinfo_dir=gi_dir), FileStoreWatcher(gi_dir))
+    api = SessionsApi(service)
+
+    async def connect() -> Channel:
+        a, b = trio.socket.socketpair()
+        header = OriginHeader(host="esx1", vm=VM, kind="pipe", label="session")
+        nursery.start_soon(service.serve_stream, trio.SocketStream(a), header)
+        return Channel(trio.SocketStream(b), "socketpair")
+
+    def tether(reaper: Reaper) -> Tether:
+        backend = FileGuestBackend(FileStore(gi_dir / f"{VM}.json"))
+        cfg = SessionSection(enabled=True, transport="unix")
+        return Tether(cfg, connect, backend=backend, reaper=reaper)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        await service.prepare(VM)
+        reaper = Reaper()
+        await nursery.start(reaper.run)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as first:
+                await first.start(tether(reaper).run)
+                assert (await api.exec(VM, ["true"])).code == 0
+                first.cancel_scope.cancel()  # the agent is gone
+            old = service.find(VM)
+            assert old is not None
+            await nursery.start(tether(reaper).run)  # and back, knowing nothing
+            while (s := service.find(VM)) is old or s is None or not s.connected:
+                await (s or old).changed.wait()  # renewed (3 unresumed), then resumed
+            assert (await api.exec(VM, ["sh", "-c", "exit 9"])).code == 9
+        nursery.cancel_scope.cancel()

@@ -11,9 +11,10 @@ and the previous one (the tether accepts both while it settles); new
 connections use the new one. A relayed stream is handed to the VM's endpoint
 (``serve_stream``); the newest one carries the session, the older is replaced.
 
-When the tether lost the session (it restarted: ``SESSION_MISMATCH``), the
-service starts a new one: open execs end with ``ExecRefused``, the main process
-is attached again.
+When the tether lost the session (it restarted: ``SESSION_MISMATCH``, or
+``UNRESUMED_LIMIT`` connections in a row sealed but never resumed: a fresh
+tether refuses our RESUME before sending its own), the service starts a new
+one: open execs end with ``ExecRefused``, the main process is attached again.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from vspc.sessions.channel import VmSession
 log = logging.getLogger("vspc.sessions")
 
 LABEL = "session"
+UNRESUMED_LIMIT = 3
 SECRETS_KEY = gik.session_secrets_key()
 
 
@@ -57,6 +59,7 @@ class _Vm:
         self.secrets = secrets  # current first
         self.ep = ep
         self.session: VmSession | None = None
+        self.unresumed = 0  # connections in a row sealed but never resumed
 
 
 class SessionService:
@@ -137,15 +140,22 @@ class SessionService:
             s = v.session
             assert s is not None
             if isinstance(ev, chs.ProtocolError) and ev.code is ErrorCode.SESSION_MISMATCH:
-                log.warning("%s: the tether lost the session: starting a new one", wire(v.vm))
-                s.fail_all("the tether lost the session")
-                v.ep.replace_session(self._session())
-                v.session = VmSession(v.vm, v.ep, self.logs, clock=self.clock)
-                v.session.connections = s.connections
-                v.session.open_main()
-                s.notify()  # whoever waits on the old one looks again
+                self._renew(v, "the tether holds no such session")
                 continue
             s.dispatch(ev)
+
+    def _renew(self, v: _Vm, why: str) -> None:
+        """The tether lost the session (it restarted): a new one, the main attached again."""
+        old = v.session
+        assert old is not None
+        log.warning("%s: %s: starting a new session", wire(v.vm), why)
+        old.fail_all("the tether lost the session")
+        v.unresumed = 0
+        v.ep.replace_session(self._session())
+        v.session = VmSession(v.vm, v.ep, self.logs, clock=self.clock)
+        v.session.connections = old.connections
+        v.session.open_main()
+        old.notify()  # whoever waits on the old one looks again
 
     async def _existing(self, key: str) -> tuple[bytes, ...]:
         if self.guestinfo is None:
@@ -182,4 +192,27 @@ class SessionService:
             await trio.aclose_forcefully(stream)
             return
         v = self._vms[vm_key(header.vm)]
-        await v.ep.run_connection(stream, handshake_timeout=self.config.handshake_timeout)
+        resumed = False
+
+        async def watch() -> None:
+            nonlocal resumed
+            while v.ep.live:  # an older connection, being replaced
+                await v.ep.wait_changed()
+            await v.ep.wait_live()
+            resumed = True
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            end = await v.ep.run_connection(stream, handshake_timeout=self.config.handshake_timeout)
+            nursery.cancel_scope.cancel()
+        self._after(v, end.established, resumed)
+
+    def _after(self, v: _Vm, established: bool, resumed: bool) -> None:
+        """A restarted tether drops each connection on our RESUME before its own goes
+        out: sealed, never resumed, ``UNRESUMED_LIMIT`` times in a row: start anew."""
+        if resumed or not established:
+            v.unresumed = 0
+            return
+        v.unresumed += 1
+        if v.unresumed >= UNRESUMED_LIMIT:
+            self._renew(v, f"{v.unresumed} connections sealed but never resumed")
