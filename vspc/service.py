@@ -160,6 +160,8 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
         with trio.move_on_after(5.0):  # console bytes still on their way to the consoles
             await lifecycle.wait_until(lambda: not self._backlogs, lambda: self._backlog_gone)
             await self.consoles.writer.flush()
+            if self.sessions is not None:
+                await self.sessions.logs.flush()  # the container logs too
         if self._handlers is not None:
             self._handlers.cancel_scope.cancel()
 
