@@ -247,7 +247,8 @@ class SessionsConfig:
     ``replay-limit``: bytes each channel-stream holds for replay across a break.
     ``guestinfo-dir``: the file guestinfo store the per-VM secrets are written to
     (one ``<vm>.json`` per VM). ``handshake-timeout``: seconds for a connection
-    to be sealed. ``secret-bytes``: the length of each VM's secret."""
+    to be sealed. ``secret-bytes``: the length of each VM's secret. ``max-vms``:
+    sessions held at most (a stream for one more VM is refused)."""
 
     enabled: bool = True
     logs_dir: Path | None = None
@@ -257,6 +258,7 @@ class SessionsConfig:
     guestinfo_dir: Path | None = None
     handshake_timeout: float = 10.0
     secret_bytes: int = 32
+    max_vms: int = 4096
 
     def validate(self) -> None:
         if self.logs_dir is not None:
@@ -268,6 +270,7 @@ class SessionsConfig:
         require(4096 <= self.replay_limit <= 1 << 30, "replay-limit", "must be 4096..1073741824")
         require(self.handshake_timeout > 0, "handshake-timeout", "must be positive")
         require(16 <= self.secret_bytes <= 64, "secret-bytes", "must be 16..64")
+        require(self.max_vms >= 1, "max-vms", "must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -142,3 +142,26 @@ async def _renewed(r: Rig, old: VmSession, done: trio.CancelScope) -> None:
             done.cancel()
             return
         await s.changed.wait()
+
+
+async def test_sessions_beyond_max_vms_are_refused_alone(tmp_path: Path) -> None:
+    from common.proto.link.header import OriginHeader
+    from vspc.config import SessionsConfig
+    from vspc.sessions.service import SessionsDisabled, SessionService
+
+    service = SessionService(SessionsConfig(max_vms=2), None)
+    async with trio.open_nursery() as n:
+        await n.start(service.run)
+        await service.prepare("a")
+        await service.prepare("b")
+        await service.prepare("a")  # known: no new session
+        with pytest.raises(SessionsDisabled, match="max-vms"):
+            await service.prepare("c")
+        # a relayed stream for one more VM costs only that stream: closed, logged
+        x, y = trio.socket.socketpair()
+        header = OriginHeader(host="esx1", vm="c", kind="pipe", label="session")
+        with trio.fail_after(5):
+            await service.serve_stream(trio.SocketStream(x), header)
+            assert await trio.SocketStream(y).receive_some(10) == b""
+        assert service.find("c") is None and service.find("a") is not None
+        n.cancel_scope.cancel()

@@ -31,6 +31,7 @@ from common.io.sealedsession import SessionEndpoint
 from common.ops.wiretext import wire
 from common.proto.guestinfo import keys as gik
 from common.proto.guestinfo.errors import GuestinfoError
+from common.proto.identity import IdentityError
 from common.proto.link.header import OriginHeader
 from common.proto.session import channels as chs
 from common.proto.session.channels import Role
@@ -50,7 +51,7 @@ SECRETS_KEY = gik.session_secrets_key()
 
 
 class SessionsDisabled(Exception):
-    pass
+    """Sessions are off, or this appliance holds ``max-vms`` of them already."""
 
 
 class _Vm:
@@ -106,6 +107,10 @@ class SessionService:
         async with self._locks.setdefault(key, trio.Lock()):
             v = self._vms.get(key)
             if v is None:
+                if len(self._vms) >= self.config.max_vms:
+                    raise SessionsDisabled(
+                        f"{len(self._vms)} sessions already ([sessions] max-vms)"
+                    )
                 v = await self._create(key)
             assert v.session is not None
             return v.session
@@ -187,7 +192,7 @@ class SessionService:
         """A relayed stream labelled ``session`` for ``header.vm``: carry its session."""
         try:
             await self.prepare(header.vm)
-        except (SessionsDisabled, OSError, GuestinfoError) as e:
+        except (SessionsDisabled, OSError, GuestinfoError, IdentityError) as e:
             log.warning("session stream for %s refused: %s", wire(header.vm), wire(str(e)))
             await trio.aclose_forcefully(stream)
             return
