@@ -190,3 +190,25 @@ async def test_a_stalled_exec_client_holds_bounded_and_stalls_nothing_else(
                 assert held <= r.service.config.replay_limit + 64 * 1024
                 go.set()
         assert status[0].code == 0 and len(got.data) == 8_000_000
+
+
+async def test_cancelling_an_exec_ends_the_process(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        await r.connect()
+        up = trio.Event()
+
+        async def out(data: bytes) -> None:
+            up.set()
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as n:
+
+                async def run() -> None:
+                    await r.api.exec(VM, ["sh", "-c", "echo up; exec sleep 1000"], stdout=out)
+
+                n.start_soon(run)
+                await up.wait()
+                n.cancel_scope.cancel()  # the client went away
+            (proc,) = r.tether.procs.values()
+            status = await proc.wait()  # CLOSE reached the tether, which killed it
+        assert status.signal == signal.SIGKILL
