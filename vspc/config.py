@@ -238,11 +238,48 @@ class ProxyRule:
 
 
 @dataclass(frozen=True)
+class SessionsConfig:
+    """``[sessions]``: sessions with tethered VMs (issue 13; ``vspc.sessions``).
+
+    ``enabled``: relayed streams labelled ``session`` go to the session service
+    (off: they are refused). ``logs-dir``: the container logs (None: kept in
+    memory only while followed). ``log-max-bytes``/``log-keep``: rotation per VM.
+    ``replay-limit``: bytes each channel-stream holds for replay across a break.
+    ``guestinfo-dir``: the file guestinfo store the per-VM secrets are written to
+    (one ``<vm>.json`` per VM). ``handshake-timeout``: seconds for a connection
+    to be sealed. ``secret-bytes``: the length of each VM's secret. ``max-vms``:
+    sessions held at most (a stream for one more VM is refused)."""
+
+    enabled: bool = True
+    logs_dir: Path | None = None
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_keep: int = 4
+    replay_limit: int = 1 << 20
+    guestinfo_dir: Path | None = None
+    handshake_timeout: float = 10.0
+    secret_bytes: int = 32
+    max_vms: int = 4096
+
+    def validate(self) -> None:
+        if self.logs_dir is not None:
+            ops_config.require_writable_dir(self.logs_dir, "logs-dir")
+        if self.guestinfo_dir is not None:
+            ops_config.require_writable_dir(self.guestinfo_dir, "guestinfo-dir")
+        require(self.log_max_bytes >= 4096, "log-max-bytes", "must be at least 4096")
+        require(0 <= self.log_keep <= 100, "log-keep", "must be 0..100")
+        require(4096 <= self.replay_limit <= 1 << 30, "replay-limit", "must be 4096..1073741824")
+        require(self.handshake_timeout > 0, "handshake-timeout", "must be positive")
+        require(16 <= self.secret_bytes <= 64, "secret-bytes", "must be 16..64")
+        require(self.max_vms >= 1, "max-vms", "must be at least 1")
+
+
+@dataclass(frozen=True)
 class VspcConfig:
     listen: ListenConfig = field(default_factory=ListenConfig)
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     vmotion: VMotionConfig = field(default_factory=VMotionConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     proxy: tuple[ProxyRule, ...] = ()
     log_level: Literal["debug", "info", "warning", "error"] = "info"

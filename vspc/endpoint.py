@@ -40,6 +40,7 @@ from vspc.link_endpoint import LinkEndpoint
 from vspc.placement import Placement
 from vspc.prefixed import PrefixedStream
 from vspc.service import VspcService
+from vspc.sessions.service import LABEL as SESSION_LABEL
 
 log = logging.getLogger("vspc.endpoint")
 
@@ -237,8 +238,18 @@ class Endpoint:
                     header.offset,
                 )
             await self.service.handle_esx_stream(s, f"relay:{header.host}")
+        elif header.label == SESSION_LABEL:
+            await self._serve_session(s, header)
         else:
             await self._serve_raw(s, header, log_before_ack)
+
+    async def _serve_session(self, s: trio.abc.Stream, header: OriginHeader) -> None:
+        """A tether's sealed session (vspc.sessions), not a console's bytes."""
+        if self.service.sessions is None:
+            log.warning("session stream from %s refused: sessions disabled", wire(header.host))
+            self.count_rejected(header.kind)
+            return
+        await self.service.sessions.serve_stream(s, header)
 
     async def _read_header(self, stream: trio.abc.Stream) -> tuple[OriginHeader, bytes]:
         dec = HeaderDecoder()

@@ -53,6 +53,7 @@ from vspc.esx_listener import EsxListeners, source_of
 from vspc.gcpolicy import gc_loop, gc_policy
 from vspc.metrics import VspcMetrics
 from vspc.service_shape import Server, as_esx
+from vspc.sessions.setup import session_service
 
 __all__ = ["VspcService"]
 
@@ -70,6 +71,7 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
         self.config = config
         self.metrics = metrics or VspcMetrics.create()
         self.consoles = ConsoleService(config.console, self.metrics)
+        self.sessions = session_service(config.sessions, self.consoles)  # None: disabled
         self.board = sb.Switchboard(
             vmotion_timeout=config.vmotion.timeout,
             max_concurrent_vmotions=config.vmotion.max_concurrent,
@@ -130,6 +132,8 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
                             self.config.metrics, quiet=True
                         )
                     await nursery.start(self.consoles.run)
+                    if self.sessions is not None:
+                        await nursery.start(self.sessions.run)
                     nursery.start_soon(self._expiry_loop)
                     nursery.start_soon(self._liveness_loop)
                     nursery.start_soon(gc_loop, self.board)
@@ -156,6 +160,8 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
         with trio.move_on_after(5.0):  # console bytes still on their way to the consoles
             await lifecycle.wait_until(lambda: not self._backlogs, lambda: self._backlog_gone)
             await self.consoles.writer.flush()
+            if self.sessions is not None:
+                await self.sessions.logs.flush()  # the container logs too
         if self._handlers is not None:
             self._handlers.cancel_scope.cancel()
 

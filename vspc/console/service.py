@@ -6,6 +6,7 @@ import builtins
 import logging
 import math
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -56,6 +57,11 @@ def _endpoint_config(c: ConsoleConfig) -> dict[str, tuple[object, ...]]:  # one 
     return {"console": (c.socket, c.socket_mode, c.tcp)}
 
 
+SessionRequests = Callable[
+    [trio.abc.Stream, proto.ExecRequest | proto.LogsRequest, bytes], Awaitable[None]
+]
+
+
 class ConsoleService:
     """All consoles of the appliance, their logs, and the attach endpoint(s)."""
 
@@ -69,6 +75,8 @@ class ConsoleService:
         self._listen_scope: trio.CancelScope | None = None
         self._listen_done: trio.Event | None = None
         self.tcp_addresses: list[tuple[str, int]] = []
+        # EXEC and LOGS requests (vspc.sessions.requests), set when sessions are served
+        self.session_requests: SessionRequests | None = None
 
     # --- the API for the vSPC and the endpoint ----------------------------------
 
@@ -274,6 +282,12 @@ class ConsoleService:
                 req = proto.decode_request(line)
             except proto.ProtocolError as e:
                 await send_error(stream, f"bad request: {e}")
+                return
+            if isinstance(req, proto.ExecRequest | proto.LogsRequest):
+                if self.session_requests is None:
+                    await send_error(stream, "this appliance serves no sessions")
+                    return
+                await self.session_requests(stream, req, rest)
                 return
             if isinstance(req, proto.ListRequest):
                 infos = await self.list_all()

@@ -1,0 +1,151 @@
+"""EXEC and LOGS requests of the console endpoint (``common.proto.console.protocol``),
+served from the session API: the console service hands them here after the
+request line, with the bytes that followed it."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import aclosing
+
+import trio
+
+from common.ops.wiretext import wire
+from common.proto.console import protocol as proto
+from vspc.containerlogs.follow import FollowLagged
+from vspc.containerlogs.shapes import Shape
+from vspc.containerlogs.store import TooManyFollowers
+from vspc.sessions.api import ExecRefused, ExitStatus, NoSession, SessionsApi
+
+log = logging.getLogger("vspc.sessions")
+
+RECV_SIZE = 64 * 1024
+INPUT_CHUNKS = 16  # stdin chunks queued between the client and the session
+
+
+async def _error(stream: trio.abc.Stream, message: str) -> None:
+    await stream.send_all(proto.encode_line({"ok": False, "error": message}))
+
+
+async def serve_request(
+    api: SessionsApi,
+    stream: trio.abc.Stream,
+    req: proto.ExecRequest | proto.LogsRequest,
+    rest: bytes,
+) -> None:
+    if isinstance(req, proto.LogsRequest):
+        await serve_logs(api, stream, req)
+    else:
+        await serve_exec(api, stream, req, rest)
+
+
+async def serve_logs(api: SessionsApi, stream: trio.abc.Stream, req: proto.LogsRequest) -> None:
+    await stream.send_all(proto.encode_line({"ok": True, "vm": req.vm}))
+    chunks = api.logs(
+        req.vm,
+        tail=req.tail,
+        since=req.since,
+        follow=req.follow,
+        timestamps=req.timestamps,
+        shape=Shape.DOCKER,
+    )
+    try:
+        async with aclosing(chunks) as it:
+            async for chunk in it:
+                await stream.send_all(chunk)
+    except (FollowLagged, TooManyFollowers) as e:
+        await stream.send_all(proto.logs_error_frame(str(e)))
+
+
+class _ExecClient:
+    """The client's frames turned into the API's stdin and resize iterators."""
+
+    def __init__(self, stream: trio.abc.Stream, stdin: bool) -> None:
+        self.stream = stream
+        self.stdin_send, self.stdin = trio.open_memory_channel[bytes](INPUT_CHUNKS)
+        self.sizes_send, self.sizes = trio.open_memory_channel[tuple[int, int]](INPUT_CHUNKS)
+        self.reader = proto.FrameReader()
+        if not stdin:
+            self.stdin_send.close()
+
+    async def read(self, first: bytes) -> None:
+        data = first
+        try:
+            while True:
+                for frame in self.reader.feed(data):
+                    await self._frame(frame)
+                data = bytes(await self.stream.receive_some(RECV_SIZE))
+                if not data:
+                    break
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.stdin_send.close()  # the client is gone or done: stdin ends
+
+    async def _frame(self, frame: proto.Frame) -> None:
+        t = proto.FrameType
+        if frame.type is t.STDIN and frame.payload:
+            try:
+                await self.stdin_send.send(frame.payload)
+            except trio.ClosedResourceError:
+                raise proto.ProtocolError("STDIN after STDIN_EOF") from None
+        elif frame.type is t.STDIN_EOF:
+            self.stdin_send.close()
+        elif frame.type is t.RESIZE:
+            size = proto.parse_resize(frame.payload)
+            if self._room():  # sizes beyond what waits are dropped: the last one counts
+                self.sizes_send.send_nowait(size)
+        else:
+            raise proto.ProtocolError(f"a client does not send {frame.type.name}")
+
+    def _room(self) -> bool:
+        return self.sizes_send.statistics().current_buffer_used < INPUT_CHUNKS
+
+    async def output(self, ftype: proto.FrameType, data: bytes) -> None:
+        for i in range(0, len(data), proto.MAX_FRAME):
+            await self.stream.send_all(proto.encode_frame(ftype, data[i : i + proto.MAX_FRAME]))
+
+
+async def serve_exec(
+    api: SessionsApi, stream: trio.abc.Stream, req: proto.ExecRequest, rest: bytes
+) -> None:
+    try:
+        api.status(req.vm)
+    except NoSession as e:
+        await _error(stream, str(e))
+        return
+    await stream.send_all(proto.encode_line({"ok": True, "vm": req.vm}))
+    client = _ExecClient(stream, req.stdin)
+
+    async def out(data: bytes) -> None:
+        await client.output(proto.FrameType.STDOUT, data)
+
+    async def err(data: bytes) -> None:
+        await client.output(proto.FrameType.STDERR, data)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.read, rest)
+        try:
+            status = await api.exec(
+                req.vm,
+                req.argv,
+                stdin=client.stdin,
+                stdout=out,
+                stderr=err,
+                tty=req.tty,
+                env=req.env,
+                cwd=req.cwd,
+                user=req.user,
+                size=(req.rows, req.cols),
+                resize=client.sizes,
+                timeout=req.timeout,
+            )
+            await stream.send_all(_exit(status))
+        except (ExecRefused, NoSession, trio.TooSlowError) as e:
+            why = str(e) or "timed out"
+            log.info("exec on %s refused: %s", wire(req.vm), wire(why))
+            await stream.send_all(proto.exit_frame(error=why))
+        nursery.cancel_scope.cancel()
+
+
+def _exit(status: ExitStatus) -> bytes:
+    return proto.exit_frame(code=status.code, signal=status.signal)

@@ -1,0 +1,22 @@
+"""The session service as the vSPC starts it from ``[sessions]``."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from vspc.config import SessionsConfig
+from vspc.console.service import ConsoleService
+from vspc.guestinfo_watch import FileStoreWatcher
+from vspc.sessions.api import SessionsApi
+from vspc.sessions.requests import serve_request
+from vspc.sessions.service import SessionService
+
+
+def session_service(config: SessionsConfig, consoles: ConsoleService) -> SessionService | None:
+    """The service (None when disabled), its EXEC and LOGS served on the console endpoint."""
+    if not config.enabled:
+        return None
+    guestinfo = None if config.guestinfo_dir is None else FileStoreWatcher(config.guestinfo_dir)
+    service = SessionService(config, guestinfo)
+    consoles.session_requests = partial(serve_request, SessionsApi(service))
+    return service
