@@ -90,7 +90,7 @@ exec 3<>/dev/ttyS1
 stty raw -echo <&3
 dmesg >&3 2>/dev/null
 exec 3>&-
-echo "realvm: starting the agent" >&2
+echo "realvm: starting the agent, uptime $(cut -d' ' -f1 /proc/uptime) s" >&2
 cd {root}
 export PYTHONDONTWRITEBYTECODE=1 HOME=/run PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin
 exec {python} -m vic.cli agent --config {share}/agent.toml
@@ -134,7 +134,7 @@ def qemu_argv(files: VmFiles) -> list[str]:
         QEMU, "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1",
         "-nodefaults", "-nographic", "-display", "none", "-monitor", "none", "-nic", "none",
         "-no-reboot", "-kernel", k.vmlinuz, "-initrd", k.initrd, "-append", append,
-        "-fsdev", "local,id=r,path=/,security_model=none,readonly=on",
+        "-fsdev", "local,id=r,path=/,security_model=none,readonly=on,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=r,mount_tag=hostroot",
         "-fsdev", f"local,id=s,path={files.share},security_model=none",
         "-device", "virtio-9p-pci,fsdev=s,mount_tag=share",
