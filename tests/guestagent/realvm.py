@@ -8,7 +8,7 @@ root filesystem shared read-only over 9p and ``vic agent`` as PID 1 (``init=``).
   the agent's TOML and its file-store guestinfo.
 
 The init script writes the kernel log onto ttyS1 before the agent starts: boot noise on
-the session line, as on a real VM. See ``docs/ARCHITECTURE.md`` (tests) for the recipe.
+the session line, as on a real VM. The recipe: ``../shared/DESIGN.md``, "A real Linux VM".
 """
 
 from __future__ import annotations
