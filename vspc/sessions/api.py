@@ -6,6 +6,7 @@ the Docker endpoint alike.
     status = await api.attach(vm, stdin=src, stdout=out)   # the main process
     async with aclosing(api.logs(vm, tail=10, follow=True)) as chunks: ...
     api.status(vm)
+    await api.rotate(vm)                     # a new secret for the next connection
 
 ``exec`` runs a process in the VM and returns its ``ExitStatus`` (``code`` or
 ``signal``) once its output has all been given; a refused exec raises
@@ -126,8 +127,11 @@ class SessionsApi:
         stdin: Source | None = None,
         stdout: Sink | None = None,
         stderr: Sink | None = None,
+        resize: Sizes | None = None,
     ) -> ExitStatus | None:
-        """See the module doc. Ending ``stdin`` does not end the main process."""
+        """See the module doc. Ending ``stdin`` does not end the main process;
+        ``resize`` goes to the main process's channel (a tether without a pty
+        for it may ignore it)."""
         s = self._session(vm)
         if s.main.state is MainState.EXITED:
             return s.main.exit
@@ -139,6 +143,8 @@ class SessionsApi:
             async with trio.open_nursery() as nursery:
                 if stdin is not None:
                     nursery.start_soon(_pump_main, s, stdin)
+                if resize is not None:
+                    nursery.start_soon(_pump_resize, s, s.main.ch, resize)
                 status = await _follow_tap(tap, writer(stdout), writer(stderr))
                 nursery.cancel_scope.cancel()
             return status
@@ -168,6 +174,12 @@ class SessionsApi:
             streams=streams,
             shape=shape,
         )
+
+    async def rotate(self, vm: str) -> None:
+        """A new session secret for ``vm`` (see ``SessionService.rotate``); the
+        session carries on, its next connection uses the new secret."""
+        self._session(vm)
+        await self.service.rotate(vm)
 
     def status(self, vm: str) -> SessionStatus:
         s = self._session(vm)
