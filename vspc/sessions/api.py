@@ -36,6 +36,7 @@ from vspc.containerlogs.shapes import logs as shaped_logs
 from vspc.core.linelog import STREAMS
 from vspc.core.linelog import Stream as LogStream
 from vspc.sessions.channel import ChannelQueue, MainState, Tap, VmSession
+from vspc.sessions.metrics import outcome
 from vspc.sessions.pipes import Sink, Sizes, Source, chunks, writer
 from vspc.sessions.service import SessionService
 
@@ -113,10 +114,21 @@ class SessionsApi:
         ms = 0 if timeout is None else max(1, int(timeout * 1000))
         spec = ExecSpec(tuple(argv), pairs, cwd, user, tty, size[0], size[1], ms)
         q = s.queue(spec)
+        m, how = self.service.metrics, "cancelled"
+        m.exec_started()
         try:
             with trio.fail_after(_deadline(timeout)):
-                return await _run_channel(s, q, stdin, stdout, stderr, resize)
+                status = await _run_channel(s, q, stdin, stdout, stderr, resize)
+            how = outcome(status)
+            return status
+        except ExecRefused:
+            how = "refused"
+            raise
+        except trio.TooSlowError:
+            how = "timeout"
+            raise
         finally:
+            m.exec_finished(how)
             s.forget(q.ch)
             s.close(q.ch)
 
