@@ -92,32 +92,39 @@ async def _kill(proc: Any) -> None:
         await proc.wait()
 
 
+async def _pty_attach(rig: _Rig, *flags: str, typed: bytes, echo: tuple[bytes, ...]) -> None:
+    """`vic console attach` on a terminal (33x101): type ``typed``, see each of
+    ``echo``, then ^] detaches with exit 0."""
+    master, slave = pty.openpty()
+    _winsize(slave, 33, 101)
+    os.set_blocking(master, False)
+    proc = await trio.lowlevel.open_process(
+        _cmd(rig.tmp, "attach", VM, *flags), stdin=slave, stdout=slave, stderr=slave
+    )
+    os.close(slave)
+    seen = bytearray()
+    try:
+        with trio.fail_after(30):
+            await _read_until(master, b"detaches]", seen)
+            while (33, 101) not in rig.tether.resized:  # the size reached the tether
+                await rig.tether.resize_seen.wait()
+                rig.tether.resize_seen = trio.Event()
+            os.write(master, typed)  # raw: the bytes as typed
+            for want in echo:
+                await _read_until(master, want, seen)
+            os.write(master, b"\x1d")  # ^]: detach
+            await _read_until(master, b"detached", seen)
+            assert await proc.wait() == 0
+    finally:
+        os.close(master)
+        await _kill(proc)
+
+
 @pytest.mark.trio
 async def test_attach_detach_then_attach_to_the_exit(tmp_path: Path) -> None:
     async with tethered(tmp_path) as rig:
-        master, slave = pty.openpty()
-        _winsize(slave, 33, 101)
-        os.set_blocking(master, False)
-        proc = await trio.lowlevel.open_process(
-            _cmd(tmp_path, "attach", VM), stdin=slave, stdout=slave, stderr=slave
-        )
-        os.close(slave)
-        seen = bytearray()
-        try:
-            with trio.fail_after(30):
-                await _read_until(master, b"detaches]", seen)
-                while (33, 101) not in rig.tether.resized:  # the size reached the tether
-                    await rig.tether.resize_seen.wait()
-                    rig.tether.resize_seen = trio.Event()
-                os.write(master, b"abc\n")  # raw: the process reads a line
-                await _read_until(master, b"o:abc", seen)
-                await _read_until(master, b"e:abc", seen)
-                os.write(master, b"\x1d")  # ^]: detach
-                await _read_until(master, b"detached", seen)
-                assert await proc.wait() == 0
-        finally:
-            os.close(master)
-            await _kill(proc)
+        await _pty_attach(rig, typed=b"abc\n", echo=(b"o:abc", b"e:abc"))
+        await _pty_attach(rig, "--mode", "ro", typed=b"zzz\n", echo=())  # not sent
 
         # still running: a second attach types to it, sees stdout and stderr apart
         r = await console(tmp_path, "attach", VM, stdin=b"one\nquit\n")
@@ -125,6 +132,8 @@ async def test_attach_detach_then_attach_to_the_exit(tmp_path: Path) -> None:
         # once it ended, an attach returns its exit code at once
         r = await console(tmp_path, "attach", VM, stdin=b"")
         assert (r.returncode, r.stdout) == (7, b""), r
+        r = await console(tmp_path, "logs", VM)  # what it read: abc and one, not zzz
+        assert r.stdout == b"o:abc\no:one\n", r
 
 
 @pytest.mark.trio

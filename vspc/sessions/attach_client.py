@@ -23,8 +23,11 @@ from vspc.sessions import client as base
 
 
 class _Attach(base._Exec):
-    def __init__(self, stream: trio.abc.Stream, escape: int | None, nl: str) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, escape: int | None, nl: str, read_only: bool
+    ) -> None:
         super().__init__(stream)
+        self.read_only = read_only  # input is only watched for the escape key
         self.escape = escape
         self.nl = nl
         self.detached = trio.Event()
@@ -33,11 +36,14 @@ class _Attach(base._Exec):
         while True:
             data = await trio.to_thread.run_sync(base._read, self.stop, abandon_on_cancel=True)
             if not data:
-                await self.send(proto.encode_frame(proto.FrameType.STDIN_EOF))
+                if not self.read_only:
+                    await self.send(proto.encode_frame(proto.FrameType.STDIN_EOF))
                 return
             i = data.find(bytes([self.escape])) if self.escape is not None else -1
             if i >= 0:
                 data = data[:i]
+            if self.read_only:
+                data = b""
             for at in range(0, len(data), proto.MAX_FRAME):
                 chunk = data[at : at + proto.MAX_FRAME]
                 await self.send(proto.encode_frame(proto.FrameType.STDIN, chunk))
@@ -86,11 +92,11 @@ async def _run(
         key = f"^{chr(escape ^ 0x40)}" if escape is not None else "nothing"
         sys.stderr.write(f"[vic console: attached to the main process; {key} detaches]{nl}")
         sys.stderr.flush()
-    at = _Attach(stream, escape, nl)
+    at = _Attach(stream, escape, nl, read_only)
     code = 0
     try:
         async with stream, trio.open_nursery() as nursery:
-            if not read_only:
+            if not read_only or escape is not None:
                 nursery.start_soon(at.stdin)
             if tty:
                 nursery.start_soon(at.winch)
