@@ -66,7 +66,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub.required = True
     p_list = sub.add_parser("list", parents=[common], help="list consoles")
     p_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p_att = sub.add_parser("attach", parents=[common], help="attach to a console")
+    p_att = sub.add_parser(
+        "attach", parents=[common], help="attach to a console (tethered VM: its main process)"
+    )
     p_att.add_argument(
         "target", metavar="VM[:LABEL]", help="uuid, name or unique prefix, optional :label"
     )

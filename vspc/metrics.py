@@ -130,7 +130,7 @@ def _session_metrics(r: CollectorRegistry) -> dict[str, Any]:
             "vspc_session_execs_finished", "execs finished, by outcome", ["outcome"]
         ),
         "session_bytes_total": counter(
-            "vspc_session_bytes", "session stream bytes carried", ["direction"]
+            "vspc_session_bytes", "channel bytes carried (stdin out, output in)", ["direction"]
         ),
         "container_log_lines_total": counter(
             "vspc_container_log_lines", "container log lines taken", ["stream"]
