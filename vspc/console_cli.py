@@ -4,6 +4,11 @@
     vic console attach <vm>[:<label>] [--mode rw|ro|exclusive] [--replay N] [--no-follow]
     vic console exec <vm> [-i] [-t] -- CMD...     (a tethered VM; exit code = CMD's)
     vic console logs <vm> [--tail N] [--since T] [-f] [-t]   (its container log)
+    vic console rotate <vm>                       (a new session secret for it)
+
+For a tethered VM (the appliance holds a session for it) ``attach`` with no label
+attaches to its main process instead: stdout and stderr apart, resize, the same
+detach key, and the process's exit code as ours when it ends.
 
 ``<vm>`` is a VC uuid (any spelling), the VM's display name, or a unique prefix of
 either. On a terminal, attach switches it to raw mode and Ctrl-] detaches; with
@@ -20,7 +25,6 @@ import os
 import select
 import sys
 import threading
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from common.ops.config import ConfigError, build
 from common.proto.console import protocol as proto
 from vspc.console.client import ConsoleClientError, Endpoint, attach, list_consoles
 from vspc.console.config import DEFAULT_SOCKET, ConsoleConfig
+from vspc.sessions.cli import run_session, session_attach, session_parsers
 
 ENV_SOCKET = "VIC_CONSOLE_SOCKET"
 
@@ -61,7 +66,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub.required = True
     p_list = sub.add_parser("list", parents=[common], help="list consoles")
     p_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p_att = sub.add_parser("attach", parents=[common], help="attach to a console")
+    p_att = sub.add_parser(
+        "attach", parents=[common], help="attach to a console (tethered VM: its main process)"
+    )
     p_att.add_argument(
         "target", metavar="VM[:LABEL]", help="uuid, name or unique prefix, optional :label"
     )
@@ -81,56 +88,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p_att.add_argument(
         "--escape", default="^]", help="detach key on a terminal (default ^]; 'none')"
     )
-    _session_parsers(sub, common)
-
-
-def _session_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    p_exec = sub.add_parser("exec", parents=[common], help="run a command in a tethered VM")
-    p_exec.add_argument("target", metavar="VM")
-    p_exec.add_argument("-i", "--interactive", action="store_true", help="send stdin")
-    p_exec.add_argument("-t", "--tty", action="store_true", help="a pty; raw local terminal")
-    p_exec.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
-    p_logs = sub.add_parser("logs", parents=[common], help="a tethered VM's container log")
-    p_logs.add_argument("target", metavar="VM")
-    p_logs.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
-    p_logs.add_argument("--since", metavar="T", help="epoch, RFC3339, or 10s/5m/2h/1d ago")
-    p_logs.add_argument("-f", "--follow", action="store_true", help="then follow")
-    p_logs.add_argument("-t", "--timestamps", action="store_true", help="show timestamps")
-
-
-_FLAGS = {"-i": "i", "--interactive": "i", "-t": "t", "--tty": "t", "-it": "it", "-ti": "it"}
-
-
-def _exec_flags(args: argparse.Namespace) -> list[str]:
-    """``VM [-i] [-t] -- CMD...``: flags after VM (argparse leaves them in the
-    remainder) up to ``--``, then the command."""
-    rest: list[str] = list(args.argv)
-    while rest and rest[0] in _FLAGS:
-        flags = _FLAGS[rest.pop(0)]
-        args.interactive |= "i" in flags
-        args.tty |= "t" in flags
-    return rest[1:] if rest[:1] == ["--"] else rest
-
-
-def _run_session(ep: Endpoint, args: argparse.Namespace) -> int:
-    from vspc.sessions import client
-
-    if args.action == "exec":
-        argv = _exec_flags(args)
-        if not argv:
-            raise ConfigError("CMD", "exec needs a command after --")
-        req = client.exec_request(args.target, argv, args.interactive, args.tty)
-        return client.run_exec(ep, req)
-    if args.tail is not None and args.tail < 0:
-        raise ConfigError("--tail", "must be >= 0")
-    try:
-        since = None if args.since is None else client.parse_since(args.since, time.time())
-    except ValueError:
-        raise ConfigError(
-            "--since", f"expected epoch, RFC3339 or 10m-style, got {args.since!r}"
-        ) from None
-    logs = proto.LogsRequest(args.target, args.tail, since, args.follow, args.timestamps)
-    return trio.run(client.run_logs, ep, logs)
+    session_parsers(sub, common)
 
 
 def _from_config(path: Path) -> ConsoleConfig:
@@ -183,11 +141,15 @@ def run(args: argparse.Namespace) -> int:
     ep = endpoint_from_args(args)
     if args.action == "list":
         return trio.run(_list, ep, bool(args.json))
-    if args.action in ("exec", "logs"):
-        return _run_session(ep, args)
+    if args.action in ("exec", "logs", "rotate"):
+        return run_session(ep, args)
     if args.replay < 0:
         raise ConfigError("--replay", "must be >= 0")
     escape = parse_escape(args.escape)
+    if args.label is None and ":" not in args.target and not args.no_follow and not args.replay:
+        code = session_attach(ep, args.target, read_only=args.mode == "ro", escape=escape)
+        if code is not None:  # a tethered VM: its main process; else the raw console
+            return code
     req = proto.AttachRequest(
         vm=args.target,
         label=args.label,

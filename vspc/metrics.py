@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -46,6 +47,15 @@ class VspcMetrics:
     telnet_refused_total: Counter
     relayed_continued_total: Counter  # labels: known = yes | no (a relay on the path restarted)
     relayed_gap_bytes_total: Counter  # labels: direction; bytes no end had any more
+    # sessions with tethered VMs (vspc.sessions.metrics)
+    sessions_connected: Gauge  # VM sessions a connection carries now
+    session_connections_total: Counter  # labels: event = established | an EndKind value
+    session_refusals_total: Counter  # labels: code = a SecureError / ErrorCode name
+    session_execs_started_total: Counter
+    session_execs_finished_total: Counter  # labels: outcome (vspc.sessions.metrics.OUTCOMES)
+    session_bytes_total: Counter  # labels: direction = tether_to_appliance | appliance_to_tether
+    container_log_lines_total: Counter  # labels: stream = stdout | stderr
+    container_log_lost_lines_total: Counter  # lines not written (queue full, disk full)
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> VspcMetrics:
@@ -97,4 +107,35 @@ class VspcMetrics:
                 "relayed stream bytes lost with a restarted relay",
                 ["direction"],
             ),
+            **_session_metrics(r),
         )
+
+
+def _session_metrics(r: CollectorRegistry) -> dict[str, Any]:
+    counter = partial(Counter, registry=r)
+    return {
+        "sessions_connected": Gauge(
+            "vspc_sessions_connected", "VM sessions a connection carries now", registry=r
+        ),
+        "session_connections_total": counter(
+            "vspc_session_connections",
+            "session connections established, and ended by how",
+            ["event"],
+        ),
+        "session_refusals_total": counter(
+            "vspc_session_refusals", "session connections refused, by code", ["code"]
+        ),
+        "session_execs_started_total": counter("vspc_session_execs_started", "execs started"),
+        "session_execs_finished_total": counter(
+            "vspc_session_execs_finished", "execs finished, by outcome", ["outcome"]
+        ),
+        "session_bytes_total": counter(
+            "vspc_session_bytes", "channel bytes carried (stdin out, output in)", ["direction"]
+        ),
+        "container_log_lines_total": counter(
+            "vspc_container_log_lines", "container log lines taken", ["stream"]
+        ),
+        "container_log_lost_lines_total": counter(
+            "vspc_container_log_lost_lines", "container log lines lost (not written)"
+        ),
+    }

@@ -57,9 +57,7 @@ def _endpoint_config(c: ConsoleConfig) -> dict[str, tuple[object, ...]]:  # one 
     return {"console": (c.socket, c.socket_mode, c.tcp)}
 
 
-SessionRequests = Callable[
-    [trio.abc.Stream, proto.ExecRequest | proto.LogsRequest, bytes], Awaitable[None]
-]
+SessionRequests = Callable[[trio.abc.Stream, proto.SessionRequest, bytes], Awaitable[None]]
 
 
 class ConsoleService:
@@ -75,7 +73,7 @@ class ConsoleService:
         self._listen_scope: trio.CancelScope | None = None
         self._listen_done: trio.Event | None = None
         self.tcp_addresses: list[tuple[str, int]] = []
-        # EXEC and LOGS requests (vspc.sessions.requests), set when sessions are served
+        # EXEC, LOGS, SESSION-ATTACH, ROTATE (vspc.sessions.requests), set when sessions are served
         self.session_requests: SessionRequests | None = None
 
     # --- the API for the vSPC and the endpoint ----------------------------------
@@ -283,7 +281,7 @@ class ConsoleService:
             except proto.ProtocolError as e:
                 await send_error(stream, f"bad request: {e}")
                 return
-            if isinstance(req, proto.ExecRequest | proto.LogsRequest):
+            if isinstance(req, proto.SessionRequest):
                 if self.session_requests is None:
                     await send_error(stream, "this appliance serves no sessions")
                     return

@@ -6,6 +6,7 @@ the Docker endpoint alike.
     status = await api.attach(vm, stdin=src, stdout=out)   # the main process
     async with aclosing(api.logs(vm, tail=10, follow=True)) as chunks: ...
     api.status(vm)
+    await api.rotate(vm)                     # a new secret for the next connection
 
 ``exec`` runs a process in the VM and returns its ``ExitStatus`` (``code`` or
 ``signal``) once its output has all been given; a refused exec raises
@@ -35,6 +36,7 @@ from vspc.containerlogs.shapes import logs as shaped_logs
 from vspc.core.linelog import STREAMS
 from vspc.core.linelog import Stream as LogStream
 from vspc.sessions.channel import ChannelQueue, MainState, Tap, VmSession
+from vspc.sessions.metrics import outcome
 from vspc.sessions.pipes import Sink, Sizes, Source, chunks, writer
 from vspc.sessions.service import SessionService
 
@@ -112,10 +114,21 @@ class SessionsApi:
         ms = 0 if timeout is None else max(1, int(timeout * 1000))
         spec = ExecSpec(tuple(argv), pairs, cwd, user, tty, size[0], size[1], ms)
         q = s.queue(spec)
+        m, how = self.service.metrics, "cancelled"
+        m.exec_started()
         try:
             with trio.fail_after(_deadline(timeout)):
-                return await _run_channel(s, q, stdin, stdout, stderr, resize)
+                status = await _run_channel(s, q, stdin, stdout, stderr, resize)
+            how = outcome(status)
+            return status
+        except ExecRefused:
+            how = "refused"
+            raise
+        except trio.TooSlowError:
+            how = "timeout"
+            raise
         finally:
+            m.exec_finished(how)
             s.forget(q.ch)
             s.close(q.ch)
 
@@ -126,8 +139,11 @@ class SessionsApi:
         stdin: Source | None = None,
         stdout: Sink | None = None,
         stderr: Sink | None = None,
+        resize: Sizes | None = None,
     ) -> ExitStatus | None:
-        """See the module doc. Ending ``stdin`` does not end the main process."""
+        """See the module doc. Ending ``stdin`` does not end the main process;
+        ``resize`` goes to the main process's channel (a tether without a pty
+        for it may ignore it)."""
         s = self._session(vm)
         if s.main.state is MainState.EXITED:
             return s.main.exit
@@ -139,6 +155,8 @@ class SessionsApi:
             async with trio.open_nursery() as nursery:
                 if stdin is not None:
                     nursery.start_soon(_pump_main, s, stdin)
+                if resize is not None:
+                    nursery.start_soon(_pump_resize, s, s.main.ch, resize)
                 status = await _follow_tap(tap, writer(stdout), writer(stderr))
                 nursery.cancel_scope.cancel()
             return status
@@ -168,6 +186,12 @@ class SessionsApi:
             streams=streams,
             shape=shape,
         )
+
+    async def rotate(self, vm: str) -> None:
+        """A new session secret for ``vm`` (see ``SessionService.rotate``); the
+        session carries on, its next connection uses the new secret."""
+        self._session(vm)
+        await self.service.rotate(vm)
 
     def status(self, vm: str) -> SessionStatus:
         s = self._session(vm)

@@ -30,6 +30,7 @@ from common.proto.session import channels as chs
 from common.proto.session.messages import ExecSpec, ExitStatus, Stream
 from vspc.containerlogs.store import ContainerLogs
 from vspc.core.linelog import Stream as LogStream
+from vspc.sessions.metrics import IN, OUT, SessionMetrics
 
 TAP_BYTES = 1 << 20
 _LOG_STREAM = {
@@ -143,8 +144,11 @@ class VmSession:
         logs: ContainerLogs,
         *,
         clock: Callable[[], float] = time.time,
+        metrics: SessionMetrics | None = None,
     ) -> None:
         self.vm = vm
+        self.metrics = metrics or SessionMetrics(None)
+        self._lost = logs.lines_lost(vm)
         self.ep = endpoint
         self.logs = logs
         self.clock = clock
@@ -176,6 +180,8 @@ class VmSession:
             self.connections += 1
             self.notify()
             return
+        if isinstance(ev, chs.Data):
+            self.metrics.carried(IN, len(ev.data))
         ch = getattr(ev, "ch", None)
         if ch is not None and ch == self.main.ch:
             self._on_main(ev)
@@ -191,7 +197,7 @@ class VmSession:
         elif isinstance(ev, chs.OpenRefused):
             m.state, m.reason = MainState.REFUSED, ev.reason
         elif isinstance(ev, chs.Data):
-            self.logs.append(self.vm, _LOG_STREAM[ev.stream], ev.data, self.clock())
+            self._log(ev)
             self.ep.consumed(ev.ch, ev.stream, len(ev.data))
             for tap in self.taps:
                 tap.push(ev)
@@ -204,6 +210,14 @@ class VmSession:
         else:
             return
         self.notify()
+
+    def _log(self, ev: chs.Data) -> None:
+        stream = _LOG_STREAM[ev.stream]
+        self.logs.append(self.vm, stream, ev.data, self.clock())
+        self.metrics.logged(stream, ev.data)
+        lost = self.logs.lines_lost(self.vm)
+        self.metrics.lost_lines(lost - self._lost)
+        self._lost = lost
 
     def queue(self, spec: ExecSpec) -> ChannelQueue:
         """Open an exec channel; its events go to the returned queue."""
@@ -223,7 +237,10 @@ class VmSession:
 
     async def send_all(self, ch: int, data: bytes) -> bool:
         """``data`` to the channel's stdin, waiting for room; False: the channel is gone."""
-        return await self.ep.send_all(ch, Stream.STDIN, data)
+        sent = await self.ep.send_all(ch, Stream.STDIN, data)
+        if sent:
+            self.metrics.carried(OUT, len(data))
+        return sent
 
     def fail_all(self, reason: str) -> None:
         """The session was lost (the tether restarted): every open channel ends."""

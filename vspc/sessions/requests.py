@@ -1,6 +1,6 @@
-"""EXEC and LOGS requests of the console endpoint (``common.proto.console.protocol``),
-served from the session API: the console service hands them here after the
-request line, with the bytes that followed it."""
+"""EXEC, LOGS, SESSION-ATTACH and ROTATE requests of the console endpoint
+(``common.proto.console.protocol``), served from the session API: the console
+service hands them here after the request line, with the bytes that followed it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import trio
 
 from common.ops.wiretext import wire
 from common.proto.console import protocol as proto
+from common.proto.guestinfo.errors import GuestinfoError
 from vspc.containerlogs.follow import FollowLagged
 from vspc.containerlogs.shapes import Shape
 from vspc.containerlogs.store import TooManyFollowers
@@ -29,13 +30,68 @@ async def _error(stream: trio.abc.Stream, message: str) -> None:
 async def serve_request(
     api: SessionsApi,
     stream: trio.abc.Stream,
-    req: proto.ExecRequest | proto.LogsRequest,
+    req: proto.SessionRequest,
     rest: bytes,
 ) -> None:
     if isinstance(req, proto.LogsRequest):
         await serve_logs(api, stream, req)
+    elif isinstance(req, proto.SessionAttachRequest):
+        await serve_attach(api, stream, req, rest)
+    elif isinstance(req, proto.RotateRequest):
+        await serve_rotate(api, stream, req)
     else:
         await serve_exec(api, stream, req, rest)
+
+
+async def serve_rotate(api: SessionsApi, stream: trio.abc.Stream, req: proto.RotateRequest) -> None:
+    try:
+        await api.rotate(req.vm)
+    except (NoSession, OSError, GuestinfoError) as e:
+        await _error(stream, str(e))
+        return
+    log.info("session secret of %s rotated", wire(req.vm))
+    await stream.send_all(proto.encode_line({"ok": True, "vm": req.vm}))
+
+
+async def serve_attach(
+    api: SessionsApi, stream: trio.abc.Stream, req: proto.SessionAttachRequest, rest: bytes
+) -> None:
+    """The main process's output as frames, the client's STDIN and RESIZE to it; EXIT
+    when it ends. The client closing the connection detaches (the process runs on)."""
+    try:
+        api.status(req.vm)
+    except NoSession as e:
+        await _error(stream, str(e))
+        return
+    await stream.send_all(proto.encode_line({"ok": True, "vm": req.vm}))
+    client = _ExecClient(stream, req.stdin)
+    if req.rows and req.cols:
+        client.sizes_send.send_nowait((req.rows, req.cols))
+
+    async def out(data: bytes) -> None:
+        await client.output(proto.FrameType.STDOUT, data)
+
+    async def err(data: bytes) -> None:
+        await client.output(proto.FrameType.STDERR, data)
+
+    async with trio.open_nursery() as nursery:
+
+        async def read() -> None:
+            await client.read(rest)
+            nursery.cancel_scope.cancel()  # the client went: detached
+
+        nursery.start_soon(read)
+        try:
+            status = await api.attach(
+                req.vm, stdin=client.stdin, stdout=out, stderr=err, resize=client.sizes
+            )
+            if status is None:
+                await stream.send_all(proto.exit_frame(error="dropped: fell too far behind"))
+            else:
+                await stream.send_all(_exit(status))
+        except (ExecRefused, NoSession) as e:
+            await stream.send_all(proto.exit_frame(error=str(e)))
+        nursery.cancel_scope.cancel()
 
 
 async def serve_logs(api: SessionsApi, stream: trio.abc.Stream, req: proto.LogsRequest) -> None:

@@ -41,7 +41,9 @@ from vspc.config import SessionsConfig
 from vspc.containerlogs.store import ContainerLogs, ContainerLogSettings
 from vspc.core.identity import vm_key
 from vspc.guestinfo_watch import GuestinfoWatcher
+from vspc.metrics import VspcMetrics
 from vspc.sessions.channel import VmSession
+from vspc.sessions.metrics import SessionMetrics
 
 log = logging.getLogger("vspc.sessions")
 
@@ -71,8 +73,12 @@ class SessionService:
         *,
         random_bytes: Callable[[int], bytes] = os.urandom,
         clock: Callable[[], float] = time.time,
+        metrics: VspcMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = SessionMetrics(metrics)
+        if metrics is not None:
+            metrics.sessions_connected.set_function(self.connected_count)
         self.guestinfo = guestinfo
         self.random_bytes = random_bytes
         self.clock = clock
@@ -90,6 +96,9 @@ class SessionService:
             self._nursery = nursery
             nursery.start_soon(self.logs.run)
             task_status.started(self)
+
+    def connected_count(self) -> int:
+        return sum(1 for v in self._vms.values() if v.ep.live)
 
     def find(self, vm: str) -> VmSession | None:
         v = self._vms.get(vm_key(vm))
@@ -136,7 +145,7 @@ class SessionService:
 
     def _start(self, v: _Vm) -> None:
         assert self._nursery is not None, "run() first"
-        v.session = VmSession(v.vm, v.ep, self.logs, clock=self.clock)
+        v.session = VmSession(v.vm, v.ep, self.logs, clock=self.clock, metrics=self.metrics)
         v.session.open_main()
         self._nursery.start_soon(self._consume, v)
 
@@ -157,7 +166,7 @@ class SessionService:
         old.fail_all("the tether lost the session")
         v.unresumed = 0
         v.ep.replace_session(self._session())
-        v.session = VmSession(v.vm, v.ep, self.logs, clock=self.clock)
+        v.session = VmSession(v.vm, v.ep, self.logs, clock=self.clock, metrics=self.metrics)
         v.session.connections = old.connections
         v.session.open_main()
         old.notify()  # whoever waits on the old one looks again
@@ -205,11 +214,13 @@ class SessionService:
                 await v.ep.wait_changed()
             await v.ep.wait_live()
             resumed = True
+            self.metrics.established()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
             end = await v.ep.run_connection(stream, handshake_timeout=self.config.handshake_timeout)
             nursery.cancel_scope.cancel()
+        self.metrics.ended(end)
         self._after(v, end.established, resumed)
 
     def _after(self, v: _Vm, established: bool, resumed: bool) -> None:

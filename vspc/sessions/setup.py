@@ -17,6 +17,6 @@ def session_service(config: SessionsConfig, consoles: ConsoleService) -> Session
     if not config.enabled:
         return None
     guestinfo = None if config.guestinfo_dir is None else FileStoreWatcher(config.guestinfo_dir)
-    service = SessionService(config, guestinfo)
+    service = SessionService(config, guestinfo, metrics=consoles.metrics)
     consoles.session_requests = partial(serve_request, SessionsApi(service))
     return service

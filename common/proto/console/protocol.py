@@ -25,6 +25,14 @@ and sends ONE JSON request line:
   log in docker's multiplexed frames (8-byte header: stream 1 stdout, 2 stderr,
   3 an error that ends the logs; three zero bytes; length u32), until it ends.
 
+* ``{"op": "session-attach", "v": 1, "vm": ..., "stdin": bool, "rows": R, "cols": C}``
+  (a tethered VM's main process) -> ``{"ok": true, "vm": ...}``, then frames as
+  for exec; the client closing the connection detaches (the process carries on);
+  EXIT comes when the main process ends (at once if it has). A VM with no session
+  is refused: the client then takes the raw console (``attach``);
+* ``{"op": "rotate", "v": 1, "vm": ...}`` -> ``{"ok": true, "vm": ...}``: the VM's
+  session secret is replaced; new connections use the new one.
+
 ``v`` is the request version (1 when absent); a server refuses a version it does
 not know with an error, so a newer client learns it at once. ``list`` and
 ``attach`` are unchanged: old clients are unaffected.
@@ -41,6 +49,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -94,7 +103,21 @@ class LogsRequest:
     timestamps: bool = False
 
 
-Request = ListRequest | AttachRequest | ExecRequest | LogsRequest
+@dataclass(frozen=True)
+class SessionAttachRequest:
+    vm: str
+    stdin: bool = True
+    rows: int = 0
+    cols: int = 0
+
+
+@dataclass(frozen=True)
+class RotateRequest:
+    vm: str
+
+
+SessionRequest = ExecRequest | LogsRequest | SessionAttachRequest | RotateRequest
+Request = ListRequest | AttachRequest | SessionRequest
 
 
 def encode_request(req: Request) -> bytes:
@@ -103,8 +126,13 @@ def encode_request(req: Request) -> bytes:
     if isinstance(req, LogsRequest):
         fields = ("vm", "tail", "since", "follow", "timestamps")
         return encode_line({"op": "logs", "v": VERSION, **{k: getattr(req, k) for k in fields}})
+    if isinstance(req, SessionAttachRequest):
+        obj: dict[str, Any] = {"op": "session-attach", "v": VERSION, "vm": req.vm}
+        return encode_line(obj | {"stdin": req.stdin, "rows": req.rows, "cols": req.cols})
+    if isinstance(req, RotateRequest):
+        return encode_line({"op": "rotate", "v": VERSION, "vm": req.vm})
     if isinstance(req, ListRequest):
-        obj: dict[str, Any] = {"op": "list"}
+        obj = {"op": "list"}
     else:
         obj = {"op": "attach", "vm": req.vm, "mode": req.mode, "replay": req.replay}
         if req.label is not None:
@@ -122,10 +150,8 @@ def decode_request(line: bytes) -> Request:
         raise ProtocolError(f"request version {version!r} not supported (this server: 1)")
     if op == "list":
         return ListRequest()
-    if op == "exec":
-        return _decode_exec(obj)
-    if op == "logs":
-        return _decode_logs(obj)
+    if isinstance(op, str) and op in _DECODERS:
+        return _DECODERS[op](obj)
     if op != "attach":
         raise ProtocolError(f"unknown op {op!r}")
     vm = obj.get("vm")
@@ -234,6 +260,23 @@ def _decode_logs(obj: dict[str, Any]) -> LogsRequest:
         follow=_flag(obj, "follow"),
         timestamps=_flag(obj, "timestamps"),
     )
+
+
+def _decode_session_attach(obj: dict[str, Any]) -> SessionAttachRequest:
+    rows, cols = _int(obj, "rows", 0xFFFF) or 0, _int(obj, "cols", 0xFFFF) or 0
+    return SessionAttachRequest(_vm(obj), _flag(obj, "stdin"), rows, cols)
+
+
+def _decode_rotate(obj: dict[str, Any]) -> RotateRequest:
+    return RotateRequest(_vm(obj))
+
+
+_DECODERS: dict[str, Callable[[dict[str, Any]], Request]] = {
+    "exec": _decode_exec,
+    "logs": _decode_logs,
+    "session-attach": _decode_session_attach,
+    "rotate": _decode_rotate,
+}
 
 
 # ---------------------------------------------------------------- exec frames
