@@ -137,7 +137,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    load = os.getloadavg()[0]
+    load = os.getloadavg()
     ticks = cpu_ticks()
     with tempfile.TemporaryDirectory(prefix="sessbench-") as d:
         tmp = Path(d)
@@ -154,8 +154,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "mib": args.mib,
         "reps": args.reps,
         "smoke": args.smoke,
-        "load_1m": load,
-        "steal": steal_since(ticks),
+        "environment": {"loadavg": list(load), "cpu_steal": steal_since(ticks)},
         "throughput": summarise(runs, size),
         "echo": echo_summary(keys),
         "idle": idle,
@@ -173,7 +172,8 @@ def report(r: dict[str, Any]) -> None:
         print(f"echo {n:8} p50 {k[n]['p50_ms']:.2f} ms  p99 {k[n]['p99_ms']:.2f} ms")
     print(f"handshake p50 {i['handshake']['p50_ms']:.2f} ms  p99 {i['handshake']['p99_ms']:.2f} ms")
     print(f"idle sessions {i['sessions']}: {i['kib_per_session']:.1f} KiB each (vSPC RSS)")
-    print(f"load {r['load_1m']:.1f}, steal {100 * r['steal']:.0f}%")
+    env = r["environment"]
+    print(f"load {env['loadavg'][0]:.1f}, steal {100 * env['cpu_steal']:.0f}%")
 
 
 def main() -> int:
