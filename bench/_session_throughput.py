@@ -5,6 +5,7 @@ and through a socat relay; each returns wall seconds, bytes and CPU per process.
 
 from __future__ import annotations
 
+import resource
 import socket
 import time
 from pathlib import Path
@@ -15,6 +16,12 @@ from _common import proc_cpu
 from _session_chain import VM, Chain, raw_writer, start_socat, unlink, vic
 
 CHUNK = 1 << 20
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (the daemons still run)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def cpu_of(pids: dict[str, int]) -> dict[str, float]:
@@ -40,6 +47,7 @@ async def session_cat(c: Chain, data: Path, size: int) -> dict[str, Any]:
     """`vic console exec VM -- cat DATA`, stdout counted here; the CLI's start included."""
     pids = c.pids()
     cpu0 = cpu_of(pids)
+    client0 = children_cpu()
     t0 = time.monotonic()
     cmd = [*vic(), "console", "exec", "--socket", c.console, VM, "--", "cat", str(data)]
     proc = await trio.lowlevel.open_process(cmd, stdout=-1)
@@ -49,7 +57,9 @@ async def session_cat(c: Chain, data: Path, size: int) -> dict[str, Any]:
     wall = time.monotonic() - t0
     if code != 0 or moved != size:
         raise RuntimeError(f"session exec: exit {code}, {moved} of {size} bytes")
-    return result(wall, moved, pids, cpu0)
+    out = result(wall, moved, pids, cpu0)
+    out["cpu_s"]["client"] = children_cpu() - client0  # `vic console exec`, reaped
+    return out
 
 
 async def _send_file(sock: socket.socket, data: Path) -> None:
