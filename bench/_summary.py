@@ -321,7 +321,7 @@ def _session_exec(d: Path) -> list[Row]:
             w,
         ),
         (
-            "session handshake, connecting to Established",
+            "session handshake, reconnect to live (timed at the tether end)",
             f"p50 {i['handshake']['p50_ms']:.2f} ms, p99 {i['handshake']['p99_ms']:.2f} ms",
             "-",
             w,
