@@ -63,6 +63,7 @@ def rows(d: Path) -> list[Row]:
         _mesh_two_hop,
         _agent,
         _session_core,
+        _session_exec,
     ):
         out += part(d)
     return out
@@ -284,6 +285,50 @@ def _session_core(d: Path) -> list[Row]:
         (
             f"idle session, both ends' cores, at {i['sessions']:,}",
             f"{i['bytes_per_session'] / 1024:.1f} KiB per session",
+            "-",
+            w,
+        ),
+    ]
+
+
+def _session_exec(d: Path) -> list[Row]:
+    s = load(d, "session_exec")
+    if not s:
+        return []
+    t, k, i, w = s["throughput"], s["echo"], s["idle"], load_of(s)
+    ses, raw, soc = t["session"], t["raw"], t["socat"]
+    return [
+        (
+            f"session exec, cat {s['mib']} MiB: tether + relay + vSPC",
+            f"{ses['MBps']:.1f} MB/s, {ses['cpu_s_per_gib_total']:.1f} CPU s/GiB"
+            f" ({t['session_vs_raw']['throughput']:.3f}x raw console, "
+            f"{t['session_vs_socat']['throughput']:.3f}x socat)",
+            "-",
+            w,
+        ),
+        (
+            "raw console path / socat, same bytes",
+            f"{raw['MBps']:.0f} MB/s, {raw['cpu_s_per_gib_total']:.2f} CPU s/GiB / "
+            f"{soc['MBps']:.0f} MB/s, {soc['cpu_s_per_gib_total']:.2f} CPU s/GiB",
+            "-",
+            w,
+        ),
+        (
+            "session keystroke echo p50 / p99",
+            f"{k['session']['p50_ms']:.2f} / {k['session']['p99_ms']:.2f} ms "
+            f"(raw console: {k['raw']['p50_ms']:.2f} / {k['raw']['p99_ms']:.2f} ms)",
+            "-",
+            w,
+        ),
+        (
+            "session handshake, reconnect to live (timed at the tether end)",
+            f"p50 {i['handshake']['p50_ms']:.2f} ms, p99 {i['handshake']['p99_ms']:.2f} ms",
+            "-",
+            w,
+        ),
+        (
+            f"vSPC, {i['sessions']:,} idle sessions: RSS per session",
+            f"{i['kib_per_session']:.1f} KiB",
             "-",
             w,
         ),

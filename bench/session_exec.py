@@ -1,0 +1,199 @@
+"""Issue 13's sessions end to end, as real processes:
+
+* exec throughput: `cat` of N MiB in the guest through the agent's tether -> `vic
+  relay` (pipe ingress labelled ``session``) -> `vic vspc` (sessions) -> `vic console
+  exec`, against the same bytes on today's raw console path (a relayed raw stream
+  into the vSPC's console log) and through a socat relay; CPU per GiB of the tether,
+  relay and appliance processes;
+* keystroke echo round trips on a local pty: `vic console exec -t VM -- cat` against
+  `vic console attach` on the raw path (the guest end echoing);
+* handshake time (connecting to Established) and the vSPC's RSS per idle session at
+  1,000 sessions from simulated tethers in a process of their own.
+
+Contenders interleaved, several reps, medians and ratios; JSON and PNG into
+bench/results (or $VIC_BENCH_RESULTS).
+
+    .venv/bin/python bench/session_exec.py [--mib 256] [--reps 3] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import results_dir
+from _session_chain import VM, Chain, chain, exec_ready, vic
+from _session_echo import percentiles, raw_echo, session_echo
+from _session_idle import idle_sessions
+from _session_throughput import raw_console, session_cat, socat_relay
+from _steal import cpu_ticks, steal_since
+
+NAME = "session_exec"
+LINE = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-the-guest-writes!\n"
+
+
+def make_data(path: Path, mib: int) -> int:
+    """A text file of ``mib`` MiB (whole lines): its size."""
+    block = LINE * (65536 // len(LINE))
+    n = (mib << 20) // len(block)
+    with open(path, "wb") as f:
+        for _ in range(n):
+            f.write(block)
+    return n * len(block)
+
+
+async def exec_floor(c: Chain) -> float:
+    """Wall seconds of `vic console exec VM -- true`: the CLI's start and the exec."""
+    t0 = time.monotonic()
+    cmd = [*vic(), "console", "exec", "--socket", c.console, VM, "--", "true"]
+    await trio.run_process(cmd, capture_stdout=True, capture_stderr=True)
+    return time.monotonic() - t0
+
+
+async def throughput(c: Chain, data: Path, size: int, reps: int) -> dict[str, list[Any]]:
+    runs: dict[str, list[Any]] = {"session": [], "raw": [], "socat": [], "exec_floor": []}
+    for _ in range(reps):  # interleaved: each rep runs every contender once
+        runs["session"].append(await session_cat(c, data, size))
+        runs["exec_floor"].append(await exec_floor(c))
+        runs["raw"].append(await raw_console(c, data, size))
+        runs["socat"].append(await socat_relay(c.tmp, data, size))
+    return runs
+
+
+async def echo(c: Chain, keys: int, reps: int) -> dict[str, list[float]]:
+    runs: dict[str, list[float]] = {"session": [], "raw": []}
+    for _ in range(reps):  # interleaved
+        runs["session"] += await session_echo(c, keys)
+        runs["raw"] += await raw_echo(c, keys)
+    return runs
+
+
+def echo_summary(runs: dict[str, list[float]]) -> dict[str, Any]:
+    out: dict[str, Any] = {name: percentiles(xs) for name, xs in runs.items()}
+    out["session_vs_raw_p50"] = out["session"]["p50_ms"] / out["raw"]["p50_ms"]
+    out["session_vs_raw_p99"] = out["session"]["p99_ms"] / out["raw"]["p99_ms"]
+    return out
+
+
+def summarise(runs: dict[str, list[Any]], size: int) -> dict[str, Any]:
+    gib = size / (1 << 30)
+    out: dict[str, Any] = {"exec_floor_s": statistics.median(runs["exec_floor"])}
+    for name in ("session", "raw", "socat"):
+        rs = runs[name]
+        procs = rs[0]["cpu_s"].keys()
+        cpu = {p: statistics.median(r["cpu_s"][p] for r in rs) / gib for p in procs}
+        out[name] = {
+            "MBps": statistics.median(r["MBps"] for r in rs),
+            "wall_s": statistics.median(r["wall_s"] for r in rs),
+            "cpu_s_per_gib": cpu,
+            "cpu_s_per_gib_total": sum(v for p, v in cpu.items() if p != "client"),
+        }
+    net = out["session"]["wall_s"] - out["exec_floor_s"]
+    out["session"]["MBps_without_exec_floor"] = size / max(net, 1e-9) / 1e6
+    for other in ("raw", "socat"):
+        o = out[other]
+        out[f"session_vs_{other}"] = {
+            "throughput": out["session"]["MBps"] / o["MBps"],
+            "cpu_per_gib": out["session"]["cpu_s_per_gib_total"] / o["cpu_s_per_gib_total"],
+        }
+    return out
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = r["throughput"]
+    names = ["session", "raw", "socat"]
+    fig, (a, b, e) = plt.subplots(1, 3, figsize=(14, 4))
+    a.bar(names, [t[n]["MBps"] for n in names])
+    a.set_ylabel("MB/s (median)")
+    a.set_title(f"cat of {r['mib']} MiB, guest -> reader")
+    b.bar(names, [t[n]["cpu_s_per_gib_total"] for n in names])
+    b.set_ylabel("CPU s per GiB (tether + relay + appliance)")
+    k = r["echo"]
+    x = range(2)
+    e.bar([i - 0.2 for i in x], [k[n]["p50_ms"] for n in names[:2]], 0.4, label="p50")
+    e.bar([i + 0.2 for i in x], [k[n]["p99_ms"] for n in names[:2]], 0.4, label="p99")
+    e.set_xticks(list(x), names[:2])
+    e.set_ylabel("keystroke echo, ms")
+    e.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    load = os.getloadavg()
+    ticks = cpu_ticks()
+    with tempfile.TemporaryDirectory(prefix="sessbench-") as d:
+        tmp = Path(d)
+        size = make_data(tmp / "data", args.mib)
+        async with chain(tmp) as c:
+            await exec_ready(c)
+            runs = await throughput(c, tmp / "data", size, args.reps)
+            keys = await echo(c, args.keys, args.reps)
+        idle = await idle_sessions(tmp / "idle", args.sessions, args.probes)
+    hs = idle.pop("handshake_s")
+    idle["handshake"] = percentiles(hs)
+    return {
+        "bench": NAME,
+        "mib": args.mib,
+        "reps": args.reps,
+        "smoke": args.smoke,
+        "environment": {"loadavg": list(load), "cpu_steal": steal_since(ticks)},
+        "throughput": summarise(runs, size),
+        "echo": echo_summary(keys),
+        "idle": idle,
+        "runs": {"throughput": runs, "echo_s": keys, "handshake_s": hs},
+    }
+
+
+def report(r: dict[str, Any]) -> None:
+    t = r["throughput"]
+    for n in ("session", "raw", "socat"):
+        print(f"{n:8} {t[n]['MBps']:8.1f} MB/s  CPU/GiB {t[n]['cpu_s_per_gib']}")
+    print(f"session vs raw {t['session_vs_raw']}, vs socat {t['session_vs_socat']}")
+    k, i = r["echo"], r["idle"]
+    for n in ("session", "raw"):
+        print(f"echo {n:8} p50 {k[n]['p50_ms']:.2f} ms  p99 {k[n]['p99_ms']:.2f} ms")
+    print(f"handshake p50 {i['handshake']['p50_ms']:.2f} ms  p99 {i['handshake']['p99_ms']:.2f} ms")
+    print(f"idle sessions {i['sessions']}: {i['kib_per_session']:.1f} KiB each (vSPC RSS)")
+    env = r["environment"]
+    print(f"load {env['loadavg'][0]:.1f}, steal {100 * env['cpu_steal']:.0f}%")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--mib", type=int, default=256)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--keys", type=int, default=500, help="keystrokes a rep")
+    p.add_argument("--sessions", type=int, default=1000, help="idle sessions")
+    p.add_argument("--probes", type=int, default=200, help="handshakes timed")
+    p.add_argument("--smoke", action="store_true", help="tiny run, for tests")
+    args = p.parse_args()
+    if args.smoke:
+        args.mib, args.reps, args.keys, args.sessions, args.probes = 2, 1, 20, 20, 5
+    r = trio.run(run, args)
+    out = results_dir()
+    (out / f"{NAME}.json").write_text(json.dumps(r, indent=2))
+    plot(r, out / f"{NAME}.png")
+    report(r)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
