@@ -35,6 +35,11 @@ forwarded = true
 socket = {q(workdir / "console.sock")}
 log-dir = {q(workdir / "consoles")}
 
+# sessions with tethered VMs (issue 13): secrets in the file guestinfo store
+[sessions]
+logs-dir = {q(workdir / "container-logs")}
+guestinfo-dir = {q(workdir / "sess" / "guestinfo")}
+
 [metrics]
 enabled = true
 host = "127.0.0.1"
@@ -43,4 +48,5 @@ port = 0
 
 
 def lab_config(workdir: Path) -> VspcConfig:
+    (workdir / "sess" / "guestinfo").mkdir(parents=True, exist_ok=True)
     return loads(VspcConfig, lab_toml(workdir))

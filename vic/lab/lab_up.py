@@ -127,6 +127,7 @@ async def _start(d: Path) -> str:
     with sock:
         await sock.bind(str(notify_path))
         (d / "consoles").mkdir(exist_ok=True)
+        (d / "sess" / "guestinfo").mkdir(parents=True, exist_ok=True)
         (d / "vspc.toml").write_text(lab_toml(d))
         env = _child_env()
         pid = _spawn(
