@@ -80,13 +80,13 @@ async def test_up_console_down(tmp_path: Path) -> None:
         assert all(u.startswith("http://127.0.0.1:") for u in lab["VIC_LAB_METRICS"].split())
         env = {k: v for k, v in os.environ.items() if not k.startswith("VIC_")} | lab
 
+        tethered = lab["VIC_LAB_TETHERED"].split()
+        assert tethered == ["vm-agent-1"] and set(tethered) <= set(vms), lab
         rc, listing = await vic("console", "list", env=env)
         assert rc == 0, listing
-        for vm in vms:
+        for vm in set(vms) - set(tethered):  # a tethered VM has a session, no raw console
             assert f" {vm} " in listing, listing
-        # the agent VM runs a real shell: it greeted, and echoes the line typed
-        seen = await attach_and_type(env, "vm-agent-1", b"hi lab\n", b"vm-agent-1 read: hi lab")
-        assert seen.startswith(b"hello from vm-agent-1\n"), seen
+        await _exec_and_logs(env, "vm-agent-1")
         # a VM across the relay mesh
         await attach_and_type(
             env, "vm-mesh-1", b"over the mesh\r", b"vm-mesh-1 read: over the mesh"
@@ -103,6 +103,19 @@ async def test_up_console_down(tmp_path: Path) -> None:
     gone = [s for s in started if lab_state.alive(s)]
     assert not gone, gone
     assert not d.exists()  # sockets, logs, configs: up made the directory, down removed it
+
+
+async def _exec_and_logs(env: dict[str, str], vm: str) -> None:
+    """The tethered agent VM, through D/env alone: exec (stdout, stderr, exit code), logs."""
+    rc, out = await vic("console", "exec", vm, "--", "uname", "-a", env=env)
+    assert rc == 0 and out.startswith("Linux "), out
+    rc, out = await vic(
+        "console", "exec", vm, "--", "sh", "-c", "echo o; echo e >&2; exit 4", env=env
+    )
+    assert (rc, out) == (4, "o\ne\n"), out
+    # its main process (a shell that greets, then reads its stdin) logs through the session
+    rc, out = await vic("console", "logs", vm, env=env)
+    assert (rc, out) == (0, f"hello from {vm}\n"), out
 
 
 async def test_down_with_nothing_up(tmp_path: Path) -> None:

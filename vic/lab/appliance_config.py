@@ -10,8 +10,11 @@ from common.ops.config import loads
 from vspc.config import VspcConfig
 
 
-def lab_toml(workdir: Path) -> str:
-    """The lab appliance's vspc.toml: ports picked by the kernel, everything in ``workdir``."""
+def lab_toml(workdir: Path, guestinfo: Path | None = None) -> str:
+    """The lab appliance's vspc.toml: ports picked by the kernel, everything in ``workdir``;
+    the tethered VMs' secrets go to the file guestinfo store ``guestinfo`` (default
+    ``workdir/sess/guestinfo``)."""
+    gi_dir = guestinfo or workdir / "sess" / "guestinfo"
 
     def q(p: Path | str) -> str:
         return json.dumps(str(p))  # a TOML basic string
@@ -38,7 +41,7 @@ log-dir = {q(workdir / "consoles")}
 # sessions with tethered VMs (issue 13): secrets in the file guestinfo store
 [sessions]
 logs-dir = {q(workdir / "container-logs")}
-guestinfo-dir = {q(workdir / "sess" / "guestinfo")}
+guestinfo-dir = {q(gi_dir)}
 
 [metrics]
 enabled = true
