@@ -8,8 +8,9 @@ holds the sealed session. The scenario runs what a person types:
 * ``vic console exec VM -- sh -c 'echo out; echo err >&2; exit 3'``: stdout and
   stderr apart, exit code 3;
 * ``vic console logs VM --tail 2``: the main process's last two lines;
-* ``vic console exec -i`` of a shell that echoes its input, with the relay killed and
-  started again mid-exec while the guest writes 2,000 lines: every line once, in order.
+* ``vic console exec -i`` of a shell that echoes its input, with the relay process
+  killed (SIGKILL) and started again mid-exec while the guest writes 2,000 lines:
+  every line once, in order.
 """
 
 from __future__ import annotations
@@ -23,11 +24,8 @@ from pathlib import Path
 import trio
 
 from common.proto import guestinfo as gi
-from relay.config import PipeListener
-from relay.daemon import RelayDaemon
 from vic.lab.agent_processes import STEP_TIMEOUT, start_agent, stop
 from vic.lab.polling import wait_until
-from vic.lab.relay_scenario import relay_config
 from vspc.guestinfo_watch import FileStoreWatcher, configure_session, go_ahead, wait_for_started
 from vspc.service import VspcService
 
@@ -94,27 +92,46 @@ async def vic(workdir: Path, verb: str, *args: str) -> subprocess.CompletedProce
 
 
 class Relay:
-    """Relay esx-s, started and (for the scenario) killed and started again."""
+    """Relay esx-s, a ``vic relay`` process: started, killed (SIGKILL) and started again."""
 
     def __init__(self, workdir: Path, pipe: Path) -> None:
-        listener = PipeListener(name="s", vm=VM, path=pipe, label="session")
-        self.cfg = relay_config("esx-s", workdir / "endpoint.sock", {"pipe": (listener,)})
+        self.d = pipe.parent
+        self.conf = self.d / "esx-s.toml"
+        self.conf.write_text(
+            'host = "esx-s"\nlog-level = "warning"\n[metrics]\nenabled = false\n'
+            f'[egress.default]\nkind = "unix"\npath = "{workdir / "endpoint.sock"}"\n'
+            f'[[pipe]]\nname = "s"\nvm = "{VM}"\npath = "{pipe}"\nlabel = "session"\n'
+        )
         self.pipe = pipe
-        self.scope: trio.CancelScope | None = None
+        self.proc: trio.Process | None = None
+        self.starts = 0
 
-    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as self.scope:
-            async with trio.open_nursery() as n:
-                await n.start(RelayDaemon(self.cfg).run)
-                task_status.started()
-
-    async def start(self, nursery: trio.Nursery) -> None:
+    async def start(self) -> None:
+        """Start it; return once it says READY=1 (sd_notify)."""
         self.pipe.unlink(missing_ok=True)  # a killed relay leaves its socket behind
-        await nursery.start(self._run)
+        self.starts += 1
+        notify = self.d / f"relay-notify-{self.starts}.sock"
+        with trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM) as sock:
+            await sock.bind(str(notify))
+            log = os.open(self.d / "esx-s.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                self.proc = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "vic.cli", "relay", "--config", str(self.conf)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    cwd=ROOT,
+                    env=_env() | {"NOTIFY_SOCKET": str(notify)},
+                )
+            finally:
+                os.close(log)
+            with trio.fail_after(STEP_TIMEOUT):
+                while b"READY=1" not in (await sock.recv(65536)).split(b"\n"):
+                    pass
+        notify.unlink(missing_ok=True)
 
-    def kill(self) -> None:
-        assert self.scope is not None
-        self.scope.cancel()
+    async def kill(self) -> None:
+        await stop(self.proc)  # SIGKILL: no goodbye on any stream
 
 
 async def run(service: VspcService, workdir: Path) -> list[SessionCheck]:
@@ -127,18 +144,17 @@ async def run(service: VspcService, workdir: Path) -> list[SessionCheck]:
     relay = Relay(workdir, pipe)
     proc: trio.Process | None = None
     try:
-        async with trio.open_nursery() as nursery:
-            await service.sessions.prepare(VM)  # the secret in guestinfo, before power-on
-            await configure_session(watcher, VM, main_session())
-            await relay.start(nursery)
-            proc = await start_agent(agent_toml(d, pipe))
-            await go_ahead(watcher, VM, main_session().id)
-            await wait_for_started(watcher, VM, main_session().id, STEP_TIMEOUT)
-            checks = [await check_exec(workdir), await check_logs(workdir)]
-            checks.append(await check_resume(workdir, d, relay, nursery))
-            nursery.cancel_scope.cancel()
+        await service.sessions.prepare(VM)  # the secret in guestinfo, before power-on
+        await configure_session(watcher, VM, main_session())
+        await relay.start()
+        proc = await start_agent(agent_toml(d, pipe))
+        await go_ahead(watcher, VM, main_session().id)
+        await wait_for_started(watcher, VM, main_session().id, STEP_TIMEOUT)
+        checks = [await check_exec(workdir), await check_logs(workdir)]
+        checks.append(await check_resume(workdir, d, relay))
     finally:
         await stop(proc)
+        await relay.kill()
     return checks
 
 
@@ -174,7 +190,7 @@ async def _read_until(stream: trio.abc.ReceiveStream, buf: bytearray, want: byte
         buf += data
 
 
-async def check_resume(workdir: Path, d: Path, relay: Relay, nursery: trio.Nursery) -> SessionCheck:
+async def check_resume(workdir: Path, d: Path, relay: Relay) -> SessionCheck:
     flag = d / "relay-restarted"
     cmd = vic_cmd(workdir, "exec", VM, "-i", "--", "sh", "-c", ECHO, "sh", str(flag))
     want = b"got a\n" + b"".join(b"%d\n" % i for i in range(1, SEQ + 1)) + b"got b\n"
@@ -187,9 +203,9 @@ async def check_resume(workdir: Path, d: Path, relay: Relay, nursery: trio.Nurse
         with trio.fail_after(STEP_TIMEOUT):
             await proc.stdin.send_all(b"a\n")
             await _read_until(proc.stdout, out, b"got a\n")
-            relay.kill()  # mid-exec: the guest now writes with no relay under the session
+            await relay.kill()  # mid-exec: the guest now writes with no relay under the session
             flag.touch()
-            await relay.start(nursery)
+            await relay.start()
             await proc.stdin.send_all(b"b\n")
             await proc.stdin.aclose()
             await _read_until(proc.stdout, out, b"got b\n")
@@ -203,7 +219,9 @@ async def check_resume(workdir: Path, d: Path, relay: Relay, nursery: trio.Nurse
     ok = bytes(out) == want and code == 0
     seen = f"{len(out)}/{len(want)} bytes, exit {code}"
     seen += ", every line once, in order" if ok else ", output differs"
-    return SessionCheck(f"exec -i, relay killed mid-exec ({SEQ} lines)", seen, ok)
+    return SessionCheck(
+        f"exec -i, relay killed (SIGKILL) mid-exec, restarted; {SEQ} lines", seen, ok
+    )
 
 
 def render(title: str, checks: list[SessionCheck]) -> str:
