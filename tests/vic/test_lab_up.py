@@ -46,9 +46,13 @@ def parse_env(text: str) -> dict[str, str]:
     return out
 
 
-async def attach_and_type(env: dict[str, str], vm: str, line: bytes, want: bytes) -> bytes:
-    """Attach following the console, type ``line``; the output once ``want`` is in it."""
-    cmd = [sys.executable, "-m", "vic.cli", "console", "attach", vm, "--replay", "65536"]
+async def attach_and_type(
+    env: dict[str, str], vm: str, line: bytes, want: bytes, *, replay: bool = True
+) -> bytes:
+    """Attach following the console, type ``line``; the output once ``want`` is in it.
+    ``replay``: a raw console's (a tethered VM's attach replays nothing: see its logs)."""
+    cmd = [sys.executable, "-m", "vic.cli", "console", "attach", vm]
+    cmd += ["--replay", "65536"] if replay else []
     proc = await trio.lowlevel.open_process(
         cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
@@ -113,9 +117,14 @@ async def _exec_and_logs(env: dict[str, str], vm: str) -> None:
         "console", "exec", vm, "--", "sh", "-c", "echo o; echo e >&2; exit 4", env=env
     )
     assert (rc, out) == (4, "o\ne\n"), out
-    # its main process (a shell that greets, then reads its stdin) logs through the session
+    # its main process (a shell that greets, then echoes its stdin) logs through the session
     rc, out = await vic("console", "logs", vm, env=env)
     assert (rc, out) == (0, f"hello from {vm}\n"), out
+    # attach reaches that process's stdin through the session; its answer is logged too
+    want = f"{vm} read: hi tether".encode()
+    await attach_and_type(env, vm, b"hi tether\n", want, replay=False)
+    rc, out = await vic("console", "logs", vm, "--tail", "1", env=env)
+    assert (rc, out) == (0, f"{vm} read: hi tether\n"), out
 
 
 async def test_down_with_nothing_up(tmp_path: Path) -> None:
