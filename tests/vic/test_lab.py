@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+LAB = [sys.executable, "-m", "vic.cli", "lab"]
 
 
 def test_lab_runs_and_checks_every_byte(tmp_path: Path) -> None:
@@ -28,6 +29,7 @@ def test_lab_runs_and_checks_every_byte(tmp_path: Path) -> None:
     # the console logs on disk hold the bytes too
     assert any((tmp_path / "consoles").glob("*.log"))
     _check_agent_table(out)
+    _check_sessions_table(out)
 
 
 def _check_mesh_table(out: str) -> None:
@@ -68,3 +70,32 @@ def _check_agent_table(out: str) -> None:
     assert dhcp.rstrip().endswith("  OK") or "SKIPPED" in dhcp, dhcp
     if "SKIPPED" not in dhcp:
         assert re.search(r"public 10\.213\.91\.\d+", dhcp), dhcp
+
+
+def test_lab_sessions_scenario(tmp_path: Path) -> None:
+    """`vic lab --scenario sessions`: exec with stderr apart and exit 3, logs --tail 2, and
+    an exec whose output arrives exactly once across a relay killed and started again."""
+    proc = subprocess.run(
+        [*LAB, "--scenario", "sessions", "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr[-3000:]
+    assert "LAB RESULT: all consoles byte-exact" in out
+    assert "== VMs running the guest agent" not in out  # only the scenario asked for
+    _check_sessions_table(out)
+
+
+def _check_sessions_table(out: str) -> None:
+    head = "== A tethered VM: vic console exec / logs"
+    assert head in out
+    rows = out[out.index(head) :].split("\nmetrics: ")[0].splitlines()
+    assert sum(r.startswith("vm-sess-1  ") for r in rows) == 3, out
+    assert "stdout b'out\\n', stderr b'err\\n', exit 3" in out
+    assert "b'two\\nthree\\n', exit 0" in out
+    assert re.search(r"(\d+)/\1 bytes, exit 0, every line once, in order", out), out
+    assert len(rows) == 7 and all(len(r) <= 100 for r in rows), rows
+    assert sum(r.rstrip().endswith("  OK") for r in rows) == 3, rows

@@ -46,9 +46,13 @@ def parse_env(text: str) -> dict[str, str]:
     return out
 
 
-async def attach_and_type(env: dict[str, str], vm: str, line: bytes, want: bytes) -> bytes:
-    """Attach following the console, type ``line``; the output once ``want`` is in it."""
-    cmd = [sys.executable, "-m", "vic.cli", "console", "attach", vm, "--replay", "65536"]
+async def attach_and_type(
+    env: dict[str, str], vm: str, line: bytes, want: bytes, *, replay: bool = True
+) -> bytes:
+    """Attach following the console, type ``line``; the output once ``want`` is in it.
+    ``replay``: a raw console's (a tethered VM's attach replays nothing: see its logs)."""
+    cmd = [sys.executable, "-m", "vic.cli", "console", "attach", vm]
+    cmd += ["--replay", "65536"] if replay else []
     proc = await trio.lowlevel.open_process(
         cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
@@ -80,13 +84,13 @@ async def test_up_console_down(tmp_path: Path) -> None:
         assert all(u.startswith("http://127.0.0.1:") for u in lab["VIC_LAB_METRICS"].split())
         env = {k: v for k, v in os.environ.items() if not k.startswith("VIC_")} | lab
 
+        tethered = lab["VIC_LAB_TETHERED"].split()
+        assert tethered == ["vm-agent-1"] and set(tethered) <= set(vms), lab
         rc, listing = await vic("console", "list", env=env)
         assert rc == 0, listing
-        for vm in vms:
+        for vm in set(vms) - set(tethered):  # a tethered VM has a session, no raw console
             assert f" {vm} " in listing, listing
-        # the agent VM runs a real shell: it greeted, and echoes the line typed
-        seen = await attach_and_type(env, "vm-agent-1", b"hi lab\n", b"vm-agent-1 read: hi lab")
-        assert seen.startswith(b"hello from vm-agent-1\n"), seen
+        await _exec_and_logs(env, "vm-agent-1")
         # a VM across the relay mesh
         await attach_and_type(
             env, "vm-mesh-1", b"over the mesh\r", b"vm-mesh-1 read: over the mesh"
@@ -103,6 +107,24 @@ async def test_up_console_down(tmp_path: Path) -> None:
     gone = [s for s in started if lab_state.alive(s)]
     assert not gone, gone
     assert not d.exists()  # sockets, logs, configs: up made the directory, down removed it
+
+
+async def _exec_and_logs(env: dict[str, str], vm: str) -> None:
+    """The tethered agent VM, through D/env alone: exec (stdout, stderr, exit code), logs."""
+    rc, out = await vic("console", "exec", vm, "--", "uname", "-a", env=env)
+    assert rc == 0 and out.startswith("Linux "), out
+    rc, out = await vic(
+        "console", "exec", vm, "--", "sh", "-c", "echo o; echo e >&2; exit 4", env=env
+    )
+    assert (rc, out) == (4, "o\ne\n"), out
+    # its main process (a shell that greets, then echoes its stdin) logs through the session
+    rc, out = await vic("console", "logs", vm, env=env)
+    assert (rc, out) == (0, f"hello from {vm}\n"), out
+    # attach reaches that process's stdin through the session; its answer is logged too
+    want = f"{vm} read: hi tether".encode()
+    await attach_and_type(env, vm, b"hi tether\n", want, replay=False)
+    rc, out = await vic("console", "logs", vm, "--tail", "1", env=env)
+    assert (rc, out) == (0, f"{vm} read: hi tether\n"), out
 
 
 async def test_down_with_nothing_up(tmp_path: Path) -> None:

@@ -10,8 +10,11 @@ from common.ops.config import loads
 from vspc.config import VspcConfig
 
 
-def lab_toml(workdir: Path) -> str:
-    """The lab appliance's vspc.toml: ports picked by the kernel, everything in ``workdir``."""
+def lab_toml(workdir: Path, guestinfo: Path | None = None) -> str:
+    """The lab appliance's vspc.toml: ports picked by the kernel, everything in ``workdir``;
+    the tethered VMs' secrets go to the file guestinfo store ``guestinfo`` (default
+    ``workdir/sess/guestinfo``)."""
+    gi_dir = guestinfo or workdir / "sess" / "guestinfo"
 
     def q(p: Path | str) -> str:
         return json.dumps(str(p))  # a TOML basic string
@@ -35,6 +38,11 @@ forwarded = true
 socket = {q(workdir / "console.sock")}
 log-dir = {q(workdir / "consoles")}
 
+# sessions with tethered VMs (issue 13): secrets in the file guestinfo store
+[sessions]
+logs-dir = {q(workdir / "container-logs")}
+guestinfo-dir = {q(gi_dir)}
+
 [metrics]
 enabled = true
 host = "127.0.0.1"
@@ -43,4 +51,5 @@ port = 0
 
 
 def lab_config(workdir: Path) -> VspcConfig:
+    (workdir / "sess" / "guestinfo").mkdir(parents=True, exist_ok=True)
     return loads(VspcConfig, lab_toml(workdir))

@@ -15,13 +15,17 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from vic.lab import report
 from vic.lab.appliance_config import lab_config
 
-SCENARIOS = ("vspc", "relay", "mesh", "agent")
+if TYPE_CHECKING:
+    from vspc.service import VspcService
+
+SCENARIOS = ("vspc", "relay", "mesh", "agent", "sessions")  # sessions: ~5 s more
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -124,10 +128,21 @@ async def main(workdir: Path, args: argparse.Namespace) -> bool:
                 )
             )
             all_ok &= all(c.ok for c in agents if not c.skipped)
+        if "sessions" in selected:
+            all_ok &= await _sessions(service, workdir)
         _print_metrics(service)
         nursery.cancel_scope.cancel()
     print("LAB RESULT:", "all consoles byte-exact" if all_ok else "FAILED", file=sys.stdout)
     return all_ok
+
+
+async def _sessions(service: VspcService, workdir: Path) -> bool:
+    from vic.lab import sessions_scenario
+
+    checks = await sessions_scenario.run(service, workdir)
+    title = "A tethered VM: vic console exec / logs, an exec across a relay restart"
+    print(sessions_scenario.render(title, checks))
+    return all(c.ok for c in checks)
 
 
 def _print_metrics(service: object) -> None:

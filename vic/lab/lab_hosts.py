@@ -6,7 +6,9 @@ vspc``, a process of its own that ``vic lab up`` started first):
 
 * **esx-a**, a simulated ESX host: VM ``vm-esx-1`` speaks Telnet and VMware's
   extension 232 straight to the appliance's vSPC port;
-* **esx-c**, a relay: ``vm-agent-1`` (hybrid vsock) and, with socat, ``vm-agent-2``
+* **esx-c**, a relay: ``vm-agent-1`` (hybrid vsock, tethered: its agent has
+  ``[session]`` on, so its console is a sealed session that ``vic console exec`` and
+  ``vic console logs`` reach) and, with socat, ``vm-agent-2``
   (a tty session on a serial line) run ``vic agent`` as processes of their own,
   each running a real process that the appliance side here launches through
   guestinfo (the file store in ``D/ag/guestinfo``);
@@ -35,11 +37,11 @@ import trio
 
 from common.ops.daemon import stop_signal
 from common.proto import guestinfo as gi
-from relay.config import MetricsConfig, RelayConfig
+from relay.config import HvsockListener, MetricsConfig, RelayConfig
 from relay.daemon import RelayDaemon
-from vic.lab import lab_state
+from vic.lab import lab_state, lab_tether
 from vic.lab.agent_plans import VMPlan
-from vic.lab.agent_processes import STEP_TIMEOUT, agent_toml, start_agent, stop
+from vic.lab.agent_processes import HVSOCK_PORT, STEP_TIMEOUT, agent_toml, start_agent, stop
 from vic.lab.agent_scenario import SerialLine, relay_listeners
 from vic.lab.esx_sim import EsxConnection, SimVM
 from vic.lab.mesh_scenario import VMS as MESH_VMS
@@ -56,10 +58,11 @@ ECHO_SH = (
     'echo "$VM: stdin closed"'
 )
 READY_TIMEOUT = 90.0
+TETHERED = ("vm-agent-1",)  # agents with [session] on: exec and logs, no raw console
 VM_PATHS = {  # each VM of the lab and how its console reaches the appliance
     "vm-esx-1": "simulated ESX host esx-a -> vSPC (Telnet + extension 232)",
     "vm-mesh-1": "relay esx-m1 =TLS peer link=> relay esx-m2 -> appliance",
-    "vm-agent-1": "vic agent (sh), hybrid vsock -> relay esx-c -> appliance",
+    "vm-agent-1": "vic agent (sh), tethered, hybrid vsock -> relay esx-c -> appliance",
     "vm-agent-2": "vic agent (sh on a tty), serial line -> relay esx-c -> appliance",
 }
 
@@ -114,6 +117,7 @@ class Hosts:
         self.vms: list[str] = []
         self.metrics: dict[str, int] = {}
         self.agents: list[trio.Process] = []
+        self.tethered: list[str] = []
         self.serial = SerialLine()
 
     async def relay(self, nursery: trio.Nursery, cfg: RelayConfig) -> RelayDaemon:
@@ -151,6 +155,12 @@ class Hosts:
             lab_state.record(self.d, "socat", self.serial.socat.pid)
         todo = agent_plans(self.serial.pair is not None)
         listeners = relay_listeners(d, todo, self.serial.pair)
+        listeners["hvsock"] = tuple(
+            dataclasses.replace(h, label="session")
+            if isinstance(h, HvsockListener) and h.vm in TETHERED
+            else h
+            for h in listeners["hvsock"]
+        )
         await self.relay(nursery, relay_config("esx-c", self.d / "endpoint.sock", listeners))
         watcher = FileStoreWatcher(d / "guestinfo")
         async with trio.open_nursery() as starting:
@@ -161,12 +171,21 @@ class Hosts:
         """What the appliance does to start a container: the session config, the
         agent (the VM powering on), the go-ahead, then ``started``."""
         conf = agent_toml(d, plan, self.serial.pair[0] if self.serial.pair else None)
+        tethered = plan.vm in TETHERED
+        if tethered:
+            with conf.open("a") as f:
+                f.write("[session]\nenabled = true\nbackoff-max = 0.5\n")
+            ingress = Path(f"{d / plan.vm}.vsock_{HVSOCK_PORT}")
+            await lab_tether.secret_written(watcher, plan.vm, ingress)
         await configure_session(watcher, plan.vm, plan.session)
         proc = await start_agent(conf)
         self.agents.append(proc)
         lab_state.record(self.d, plan.vm, proc.pid)
         await go_ahead(watcher, plan.vm, plan.session.id)
         await wait_for_started(watcher, plan.vm, plan.session.id, STEP_TIMEOUT)
+        if tethered:
+            await lab_tether.exec_works(self.d / "console.sock", plan.vm, STEP_TIMEOUT)
+            self.tethered.append(plan.vm)
         self.vms.append(plan.vm)
 
     async def consoles_listed(self) -> None:
@@ -180,7 +199,7 @@ class Hosts:
             names = {str(c.get("display")) for c in consoles} | {
                 str(c.get("uuid")) for c in consoles
             }
-            return set(self.vms) <= names
+            return set(self.vms) - set(self.tethered) <= names
 
         await wait_until(listed, READY_TIMEOUT, what=f"the appliance lists {self.vms}")
 
@@ -208,7 +227,8 @@ async def serve(d: Path, esx_port: int, notify_path: Path) -> None:
                 await hosts.consoles_listed()
             metrics = ",".join(f"{h}={p}" for h, p in sorted(hosts.metrics.items()))
             vms = " ".join(v for v in VM_PATHS if v in hosts.vms)
-            notify(notify_path, {"READY": "1", "LAB": "hosts", "VMS": vms, "METRICS": metrics})
+            fields = {"READY": "1", "LAB": "hosts", "VMS": vms, "METRICS": metrics}
+            notify(notify_path, fields | {"TETHERED": " ".join(hosts.tethered)})
             log.warning("lab hosts up: %s", " ".join(hosts.vms))
             sig = await stop_signal()
             log.warning("lab hosts: %s, stopping", sig.name)

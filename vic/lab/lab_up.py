@@ -127,7 +127,8 @@ async def _start(d: Path) -> str:
     with sock:
         await sock.bind(str(notify_path))
         (d / "consoles").mkdir(exist_ok=True)
-        (d / "vspc.toml").write_text(lab_toml(d))
+        (d / "ag" / "guestinfo").mkdir(parents=True, exist_ok=True)  # the agents' store
+        (d / "vspc.toml").write_text(lab_toml(d, d / "ag" / "guestinfo"))
         env = _child_env()
         pid = _spawn(
             d,
@@ -196,6 +197,8 @@ def render_env(d: Path, appliance_metrics: str, hosts: dict[str, str]) -> str:
         f"export VIC_CONSOLE_SOCKET={q(str(d / 'console.sock'))}\n"
         + paths
         + f'export VIC_LAB_VMS="{vms}"\n'
+        + "# tethered (sealed sessions): vic console exec VM -- CMD..., vic console logs VM\n"
+        + f'export VIC_LAB_TETHERED="{hosts.get("TETHERED", "")}"\n'
         f"# metrics: {', '.join(names)}\n"
         f"export VIC_LAB_METRICS={q(' '.join(urls))}\n"
     )
