@@ -71,10 +71,14 @@ def test_authenticated_endpoint_sample_loads(tmp_path: Path) -> None:
 
     section = README.split("A minimal `vspc.toml`:", 1)[1].split("### The relay mesh", 1)[0]
     blocks = re.findall(r"```toml\n(.*?)```", section, re.S)
-    assert len(blocks) == 2, "README lost its authenticated endpoint sample"
+    auth = [b for b in blocks if "[endpoint.vcenter]" in b]
+    assert len(auth) == 1, "README lost its authenticated endpoint sample"
+    sessions = [b for b in blocks if b.startswith("[sessions]")]
+    assert len(sessions) == 1, "README lost its [sessions] sample"
+    assert loads(VspcConfig, sessions[0]).sessions.replay_limit == 1048576
     for name in ("appliance-vch.crt", "appliance-vch.key", "ca.crt", "vc.password"):
         (tmp_path / name).write_text("x")
-    sample = blocks[1].replace("/etc/vic/", f"{tmp_path}/")
+    sample = auth[0].replace("/etc/vic/", f"{tmp_path}/")
     v = loads(VspcConfig, sample)
     assert v.endpoint.relay_certificates() and v.endpoint.vcenter is not None
     with pytest.raises(ConfigError) as e:
