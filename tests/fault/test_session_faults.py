@@ -110,9 +110,12 @@ FAULTS: dict[str, Fault] = {
 MESH_ONLY = {"kill-host", "freeze-host", "freeze-kill-host", "cut-link"}
 
 
-async def run_scenario(tmp: Path, *, mesh: bool, faults: list[tuple[str, float]]) -> list[bool]:
+async def run_scenario(
+    tmp: Path, *, mesh: bool, faults: list[tuple[str, float]]
+) -> tuple[list[bool], int]:
     """Execs through the path; each fault once that fraction of the stdin came back.
-    For each fault, whether output was still on its way when it struck."""
+    For each fault, whether output was still on its way when it struck; and how many
+    streams reached the appliance (the probe, the first, one per reconnection)."""
     gate = Gate()
     runs = new_runs(gate)
     midway: list[bool] = []
@@ -134,23 +137,26 @@ async def run_scenario(tmp: Path, *, mesh: bool, faults: list[tuple[str, float]]
         n.cancel_scope.cancel()
         bad = [f"exec {i}: {p}" for i, r in enumerate(runs) for p in r.check(want_err(), i + 3)]
         assert not bad, "\n".join(bad) + ds.logs()
-    return midway
+        return midway, sm.app.log_text().count("relayed stream")
 
 
 async def test_ingress_relay_killed_twice_over_the_mesh(tmp_path: Path) -> None:
     """The VM's stream dies with the ingress relay, twice: the session carries on."""
     faults = [("kill-ingress", 0.2), ("freeze-kill-ingress", 0.6)]
-    assert await run_scenario(tmp_path, mesh=True, faults=faults) == [True, True]
+    midway, streams = await run_scenario(tmp_path, mesh=True, faults=faults)
+    assert midway == [True, True] and streams >= 4
 
 
 async def test_host_relay_killed_and_link_cut(tmp_path: Path) -> None:
     faults = [("cut-link", 0.15), ("kill-host", 0.5), ("freeze-host", 0.8)]
-    assert await run_scenario(tmp_path, mesh=True, faults=faults) == [True, True, True]
+    midway, _ = await run_scenario(tmp_path, mesh=True, faults=faults)
+    assert midway == [True, True, True]
 
 
 async def test_direct_path_ingress_stopped_and_frozen(tmp_path: Path) -> None:
     faults = [("stop-ingress", 0.2), ("freeze-ingress", 0.55)]
-    assert await run_scenario(tmp_path, mesh=False, faults=faults) == [True, True]
+    midway, streams = await run_scenario(tmp_path, mesh=False, faults=faults)
+    assert midway == [True, True] and streams >= 3
 
 
 schedules = st.tuples(
