@@ -8,7 +8,10 @@ appliance) beside a ``seq`` on stderr (VM -> appliance). At points set by how
 much output has arrived, the path breaks: the ingress relay killed (the VM's
 stream ends: for the session a cut, the tether reconnects and it resumes) or
 stopped, the appliance-host relay killed, the peer link cut, a relay frozen and
-thawed. Every exec's stdout must be its stdin, its stderr the whole ``seq``,
+thawed. Stdin runs at most 128 KiB ahead of its echo and is held back while a
+break is dealt, so every break strikes with bytes in flight both ways (the fixed
+cases assert it, and that each ingress restart made the tether reconnect).
+Every exec's stdout must be its stdin, its stderr the whole ``seq``,
 each once and in order, and its exit status must arrive exactly once.
 """
 
