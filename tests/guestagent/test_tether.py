@@ -25,7 +25,7 @@ from common.io.guestinfo.filestore import FileStore
 from common.ops import config as config_mod
 from common.proto import guestinfo as gi
 from common.proto.guestinfo import keys as gik
-from common.proto.session.messages import ExecSpec, ExitStatus, Stream
+from common.proto.session.messages import ErrorCode, ExecSpec, ExitStatus, Stream
 from guestagent.agent import Agent
 from guestagent.backends.file import FileGuestBackend
 from guestagent.channels import unix_connector
@@ -357,3 +357,17 @@ async def test_a_bad_secrets_value_keeps_the_secrets_in_force(rig: Rig) -> None:
         r = await rig.appliance.exec(ExecSpec(("true",)))
     assert rig.tether.secrets() == (SECRET,)
     assert r.status == ExitStatus(code=0)
+
+
+async def test_a_restarted_tether_makes_the_appliance_start_anew_at_once(rig: Rig) -> None:
+    """The tether lost its session under a live appliance: the very next connection ends
+    on the appliance's side with SESSION_MISMATCH (no loop of unresumed connections)."""
+    r = await rig.appliance.exec(ExecSpec(("sh", "-c", "echo before")))
+    assert r.text(Stream.STDOUT) == b"before\n"
+    seen = len(rig.appliance.ends)
+    with trio.fail_after(T):
+        rig.tether.endpoint.replace_session(rig.tether._new_session())  # as after a restart
+        await rig.appliance.wait_ends(seen + 2)  # the dropped connection, the next one
+    ends = rig.appliance.ends[seen : seen + 2]
+    assert [getattr(e, "code", None) for e in ends] == [None, int(ErrorCode.SESSION_MISMATCH)]
+    assert rig.tether.endpoint.session.session_id is None

@@ -350,3 +350,53 @@ def test_bad_arguments_are_refused_at_the_call_and_leave_the_session_intact() ->
     with pytest.raises(ValueError):
         w.t.exit(ch, ExitStatus(code=1 << 40))
     assert w.t.channel_state(ch) is ChannelState.OPEN
+
+
+def test_a_restarted_tether_makes_the_appliance_refuse_on_the_first_connection() -> None:
+    """The appliance's RESUME reaches the fresh tether before the tether's own goes out:
+    the tether keeps its RESUME (zeros) going, and the appliance meets SESSION_MISMATCH."""
+    w = Wire()
+    ch = w.a.open_exec(ExecSpec(("cat",)))
+    w.settle()
+    w.t.send(ch, Stream.STDOUT, b"x")
+    w.settle()
+    fresh = Session(Role.TETHER)  # the tether restarted
+    w.a.connection_down()
+    w.a.connection_up(2.0)
+    fresh.connection_up(2.0)
+    assert fresh.receive_record(w.a.records_to_send()[0], 2.0) == []  # before it sent RESUME
+    assert fresh.state is SessionState.UNKNOWN and fresh.session_id is None
+    out = fresh.records_to_send()
+    assert len(out) == 1
+    events = w.a.receive_record(out[0], 2.0)
+    assert [e.code for e in events if isinstance(e, ProtocolError)] == [ErrorCode.SESSION_MISMATCH]
+    # the appliance starts anew; the tether adopts it on the next connection
+    new = Session(Role.APPLIANCE, bytes(16 * [9]))
+    new.open_attach()
+    fresh.connection_down()
+    for s in (new, fresh):
+        s.connection_up(3.0)
+    assert of_type(fresh.receive_record(new.records_to_send()[0], 3.0), Resumed) == [Resumed(1, 0)]
+    assert fresh.session_id == bytes(16 * [9])
+    assert fresh.state.value == SessionState.LIVE.value  # (mypy narrowed it to UNKNOWN)
+    assert of_type(new.receive_record(fresh.records_to_send()[0], 3.0), Resumed) == [Resumed(1, 0)]
+
+
+def test_zeros_from_a_tether_whose_messages_arrived_are_a_mismatch() -> None:
+    """The appliance took the tether's OPENED but the ACK of its OPEN was lost."""
+    w = Wire()
+    w.a.open_exec(ExecSpec(("cat",)))
+    w.flush()
+    w.deliver(0)
+    w.deliver(1)  # both RESUMEs: live
+    w.flush()
+    w.deliver(0)  # OPEN_EXEC reaches the tether
+    w.flush()
+    w.deliver(1)  # its ACK and OPENED reach the appliance, whose ACK is never sent
+    assert w.a.channel_state(1) is ChannelState.OPEN
+    fresh = Session(Role.TETHER)
+    fresh.connection_up(2.0)
+    w.a.connection_down()
+    w.a.connection_up(2.0)
+    events = w.a.receive_record(fresh.records_to_send()[0], 2.0)
+    assert [e.code for e in events if isinstance(e, ProtocolError)] == [ErrorCode.SESSION_MISMATCH]
