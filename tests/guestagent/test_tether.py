@@ -123,7 +123,7 @@ async def test_timeout_kills_the_exec(rig: Rig) -> None:
     spec = ExecSpec(("sleep", "60"), timeout_ms=200)
     with trio.fail_after(T):
         r = await rig.appliance.exec(spec)
-    assert r.status == ExitStatus(signal=signal.SIGKILL)
+    assert r.status == ExitStatus(signal=signal.SIGKILL, timed_out=True)
 
 
 async def test_a_program_that_cannot_run_is_refused(rig: Rig) -> None:

@@ -95,6 +95,7 @@ class SessionConfig:
     max_data: int = MAX_DATA  # bytes per DATA record
     max_control: int = 4096  # RESIZE/SIGNAL refused while this many await their ACK
     ack_on_consume: bool = False  # ACK what ``consumed`` reported, not what arrived
+    caps: int = CAPS  # capability bits offered in RESUME (fewer: act as an older peer)
 
     def __post_init__(self) -> None:
         if not 0 < self.max_channels <= 2000 or not 0 < self.max_data <= MAX_DATA:
@@ -141,7 +142,9 @@ class Session:
             for c in self._channels.values()
             for stream, s in c.inp.items()
         )
-        resume = Resume(VERSION, CAPS, self.session_id or NO_SESSION, self._ctl_received, marks)
+        resume = Resume(
+            VERSION, self.config.caps, self.session_id or NO_SESSION, self._ctl_received, marks
+        )
         self._outbox = [encode(resume)]
 
     def connection_down(self) -> None:
@@ -177,7 +180,7 @@ class Session:
         while self._ctl_cursor < self._ctl_base + len(self._ctl):
             msg = self._ctl[self._ctl_cursor - self._ctl_base]
             self._ctl_cursor += 1
-            yield encode(msg)
+            yield encode(msg, caps=self.peer_caps)
         for c in list(self._channels.values()):
             if c.opened:
                 yield from map(encode, c.outgoing(self.config.max_data))
@@ -251,7 +254,7 @@ class Session:
                     events.append(chs.Writable(c.ch, stream))
             self._maybe_forget(c)
         self.peer_version = min(VERSION, msg.version)
-        self.peer_caps = msg.caps
+        self.peer_caps = msg.caps & self.config.caps
         self.state = SessionState.LIVE
         events.append(chs.Resumed(self.peer_version, self.peer_caps))
 

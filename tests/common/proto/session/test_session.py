@@ -32,6 +32,7 @@ from common.proto.session.channels import (
     Signalled,
 )
 from common.proto.session.messages import (
+    CAPS,
     OPTIONAL,
     DataMsg,
     ErrorCode,
@@ -278,7 +279,7 @@ def test_resume_reports_version_and_nothing_but_resume_goes_first() -> None:
     w.flush()
     w.deliver(0)
     w.deliver(1)
-    assert of_type(w.events[0], Resumed) == [Resumed(1, 0)]
+    assert of_type(w.events[0], Resumed) == [Resumed(1, CAPS)]
     assert w.a.channel_state(ch) is ChannelState.OPENING
 
 
@@ -376,10 +377,14 @@ def test_a_restarted_tether_makes_the_appliance_refuse_on_the_first_connection()
     fresh.connection_down()
     for s in (new, fresh):
         s.connection_up(3.0)
-    assert of_type(fresh.receive_record(new.records_to_send()[0], 3.0), Resumed) == [Resumed(1, 0)]
+    assert of_type(fresh.receive_record(new.records_to_send()[0], 3.0), Resumed) == [
+        Resumed(1, CAPS)
+    ]
     assert fresh.session_id == bytes(16 * [9])
     assert fresh.state.value == SessionState.LIVE.value  # (mypy narrowed it to UNKNOWN)
-    assert of_type(new.receive_record(fresh.records_to_send()[0], 3.0), Resumed) == [Resumed(1, 0)]
+    assert of_type(new.receive_record(fresh.records_to_send()[0], 3.0), Resumed) == [
+        Resumed(1, CAPS)
+    ]
 
 
 def test_zeros_from_a_tether_whose_messages_arrived_are_a_mismatch() -> None:
@@ -400,3 +405,18 @@ def test_zeros_from_a_tether_whose_messages_arrived_are_a_mismatch() -> None:
     w.a.connection_up(2.0)
     events = w.a.receive_record(fresh.records_to_send()[0], 2.0)
     assert [e.code for e in events if isinstance(e, ProtocolError)] == [ErrorCode.SESSION_MISMATCH]
+
+
+@pytest.mark.parametrize(("caps", "flag"), [(CAPS, True), (0, False)])
+def test_timed_out_reaches_only_an_appliance_that_offers_it(caps: int, flag: bool) -> None:
+    """An older appliance (no CAP_EXIT_TIMED_OUT) gets the plain signal it knows."""
+    w = Wire()
+    w.a = Session(Role.APPLIANCE, SID, SessionConfig(caps=caps))
+    w.sides = (w.a, w.t)
+    w.a.connection_up(0.0)
+    ch = w.a.open_exec(ExecSpec(("sleep", "60"), timeout_ms=10))
+    w.settle()
+    w.t.exit(ch, ExitStatus(signal=9, timed_out=True))
+    w.settle()
+    assert of_type(w.events[0], Exited) == [Exited(ch, ExitStatus(signal=9, timed_out=flag))]
+    assert w.a.peer_caps == caps
