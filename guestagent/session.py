@@ -296,10 +296,12 @@ class SessionRunner:
         done: trio.Event,
     ) -> None:
         try:
+            if err is None:  # the raw console's one merged pipe: no task of its own
+                await self._pump_output(out, False)
+                return
             async with trio.open_nursery() as n:
                 n.start_soon(self._pump_output, out, False)
-                if err is not None:
-                    n.start_soon(self._pump_output, err, True)
+                n.start_soon(self._pump_output, err, True)
         finally:
             done.set()
 
