@@ -35,9 +35,14 @@ CHUNK = 64 * 1024
 _CHANNEL_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 InputHandler = Callable[[bytes | bytearray], Awaitable[None]]
+ResizeHandler = Callable[[int, int], None]
 
 
 class ConsoleLink:
+    # The raw console carries one merged stream; a link that keeps stderr apart (the
+    # session's ``MainAttach``) says so, and the runner then gives stderr its own pipe.
+    separate_stderr = False
+
     def __init__(
         self,
         connector: Connector,
@@ -52,6 +57,7 @@ class ConsoleLink:
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.on_input: InputHandler | None = None
+        self.on_resize: ResizeHandler | None = None  # the runner's, for a tty: (rows, cols)
         self.channel: Channel | None = None
         self.connects = 0
         self.drops = 0
@@ -77,6 +83,10 @@ class ConsoleLink:
     @property
     def buffered(self) -> int:
         return self._buf_size
+
+    async def write_stderr(self, data: bytes | bytearray) -> None:
+        """The process's stderr, when ``separate_stderr``; merged here otherwise."""
+        await self.write(data)
 
     async def write(self, data: bytes | bytearray) -> None:
         """Queue output; blocks while the buffer is full."""

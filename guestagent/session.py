@@ -15,6 +15,7 @@ import logging
 import os
 import pty
 import signal
+import struct
 import subprocess
 import termios
 from dataclasses import dataclass
@@ -102,6 +103,7 @@ class SessionRunner:
         self.launched = trio.Event()
         self.exited = trio.Event()  # the process is gone (its output may not be)
         self._stdin: trio.lowlevel.FdStream | None = None
+        self._pty: int | None = None  # the pty master of a tty process
         self._reading = False
         self._last_progress = 0.0
 
@@ -117,8 +119,11 @@ class SessionRunner:
             env.setdefault("TERM", "xterm")
         return env
 
-    def _spawn(self) -> tuple[Child, int, int | None]:
-        """Start the process; returns (child, output fd, stdin fd or None)."""
+    def _spawn(self) -> tuple[Child, int, int | None, int | None]:
+        """Start the process; returns (child, output fd, stderr fd or None, stdin fd or None).
+
+        stderr gets its own pipe only when the console keeps it apart (the session's
+        attach); the raw console gets stdout and stderr merged, as always."""
         cfg = self.cfg
         common = dict(
             executable=cfg.path,
@@ -143,28 +148,46 @@ class SessionRunner:
                 raise
             finally:
                 os.close(slave)
-            return child, master, master
+            self._pty = master
+            return child, master, None, master
+        return self._spawn_pipes(common)
+
+    def _spawn_pipes(self, common: dict[str, object]) -> tuple[Child, int, int | None, int | None]:
+        apart = self.console is not None and self.console.separate_stderr
         r, w = os.pipe()
-        _grow_pipe(r)
-        stdin_r, stdin_w = os.pipe() if cfg.openstdin else (None, None)
+        er, ew = os.pipe() if apart else (None, w)
+        stdin_r, stdin_w = os.pipe() if self.cfg.openstdin else (None, None)
+        for fd in (r, er):
+            if fd is not None:
+                _grow_pipe(fd)
         try:
             child = self.reaper.spawn(
-                list(cfg.args),
+                list(self.cfg.args),
                 stdin=stdin_r if stdin_r is not None else subprocess.DEVNULL,
                 stdout=w,
-                stderr=w,
+                stderr=ew,
                 **common,
             )
         except BaseException:
-            os.close(r)
-            if stdin_w is not None:
-                os.close(stdin_w)
+            for fd in (r, er, stdin_w):
+                if fd is not None:
+                    os.close(fd)
             raise
         finally:
-            os.close(w)
-            if stdin_r is not None:
-                os.close(stdin_r)
-        return child, r, stdin_w
+            for fd in {w, ew, stdin_r} - {None}:
+                assert fd is not None
+                os.close(fd)
+        return child, r, er, stdin_w
+
+    def _resize(self, rows: int, cols: int) -> None:
+        """A resize from an attach: the pty's size (the kernel sends SIGWINCH to its
+        foreground process group)."""
+        if self._pty is None or self.status is not None:
+            return
+        try:
+            fcntl.ioctl(self._pty, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        except OSError as e:
+            log.warning("session %s: resize: %s", self.cfg.id, e)
 
     async def _wait_goahead(self) -> None:
         key = gi.goahead_key(self.cfg.id)
@@ -189,7 +212,7 @@ class SessionRunner:
             log.info("session %s: waiting for the appliance's go-ahead", cfg.id)
             await self._wait_goahead()
         try:
-            child, out_fd, in_fd = self._spawn()
+            child, out_fd, err_fd, in_fd = self._spawn()
         except (OSError, subprocess.SubprocessError, ValueError) as e:
             text = launch_error_text(cfg, e)
             log.error("session %s: %s", cfg.id, wire(text))
@@ -201,14 +224,14 @@ class SessionRunner:
         await self.publisher.started(cfg.id)
 
         out_stream = trio.lowlevel.FdStream(out_fd)
+        err_stream = None if err_fd is None else trio.lowlevel.FdStream(err_fd)
         if in_fd is not None:
             self._stdin = out_stream if in_fd == out_fd else trio.lowlevel.FdStream(in_fd)
-        if self.console is not None:
-            self.console.on_input = self._input
+        self._hook_console()
         output_done = trio.Event()
         try:
             async with trio.open_nursery() as n:
-                n.start_soon(self._pump_output, out_stream, output_done)
+                n.start_soon(self._pump_all, out_stream, err_stream, output_done)
                 n.start_soon(self._signals)
                 self.status = await child.wait()
                 self.exited.set()
@@ -217,10 +240,11 @@ class SessionRunner:
         finally:
             if self.status is None:  # the agent is stopping: so does the container
                 self._stop_child()
-            if self.console is not None and self.console.on_input == self._input:
-                self.console.on_input = None
+            self._unhook_console()
             with trio.CancelScope(shield=True):
                 await out_stream.aclose()
+                if err_stream is not None:
+                    await err_stream.aclose()
                 if self._stdin is not None and self._stdin is not out_stream:
                     await self._stdin.aclose()
                 self._stdin = None
@@ -253,27 +277,55 @@ class SessionRunner:
                 log.warning("session %s: console stuck at exit; not waiting", self.cfg.id)
                 return
 
-    async def _pump_output(self, stream: trio.lowlevel.FdStream, done: trio.Event) -> None:
+    def _hook_console(self) -> None:
+        if self.console is not None:
+            self.console.on_input = self._input
+            if self._pty is not None:
+                self.console.on_resize = self._resize
+
+    def _unhook_console(self) -> None:
+        if self.console is not None and self.console.on_input == self._input:
+            self.console.on_input = None
+        if self.console is not None and self.console.on_resize == self._resize:
+            self.console.on_resize = None
+
+    async def _pump_all(
+        self,
+        out: trio.lowlevel.FdStream,
+        err: trio.lowlevel.FdStream | None,
+        done: trio.Event,
+    ) -> None:
         try:
-            while True:
-                try:
-                    self._reading = True
-                    data = await stream.receive_some(READ_CHUNK)
-                    self._reading = False
-                    self._last_progress = trio.current_time()
-                except trio.BrokenResourceError as e:  # pty: EIO once the slave is closed
-                    cause = e.__cause__
-                    if isinstance(cause, OSError) and cause.errno != errno.EIO:
-                        log.warning("session %s: output: %s", self.cfg.id, cause)
-                    break
-                if not data:
-                    break
-                self.output_bytes += len(data)
-                if self.console is not None:
-                    await self.console.write(data)
-                    self._last_progress = trio.current_time()
+            if err is None:  # the raw console's one merged pipe: no task of its own
+                await self._pump_output(out, False)
+                return
+            async with trio.open_nursery() as n:
+                n.start_soon(self._pump_output, out, False)
+                n.start_soon(self._pump_output, err, True)
         finally:
             done.set()
+
+    async def _pump_output(self, stream: trio.lowlevel.FdStream, stderr: bool) -> None:
+        while True:
+            try:
+                self._reading = True
+                data = await stream.receive_some(READ_CHUNK)
+                self._reading = False
+                self._last_progress = trio.current_time()
+            except trio.BrokenResourceError as e:  # pty: EIO once the slave is closed
+                cause = e.__cause__
+                if isinstance(cause, OSError) and cause.errno != errno.EIO:
+                    log.warning("session %s: output: %s", self.cfg.id, cause)
+                break
+            if not data:
+                break
+            self.output_bytes += len(data)
+            if self.console is not None:
+                if stderr:
+                    await self.console.write_stderr(data)
+                else:
+                    await self.console.write(data)
+                self._last_progress = trio.current_time()
 
     async def _input(self, data: bytes | bytearray) -> None:
         s = self._stdin

@@ -265,7 +265,9 @@ def _to_main(
             main.input(ch, data)
         case chs.Signalled(ch, signo):
             main.signal(ch, signo)
+        case chs.Resized(ch, rows, cols):
+            main.resize(ch, rows, cols)
         case chs.ChannelClosed(ch):
             main.detach(ch)
-        case _:  # EOF of one attach's input is not the process's; resize: not yet
+        case _:  # EOF of one attach's input is not the process's
             pass

@@ -4,8 +4,9 @@ When the tether takes the console's channel, the agent hands the main process's
 ``SessionRunner`` a ``MainAttach`` where it would hand a ``ConsoleLink``: the runner
 writes the process's output to it and reads its input from ``on_input`` as before.
 
-* Output goes to every attach channel, on STDOUT (the runner merges stdout and
-  stderr into one pipe) or TTY for a tty channel. Channels are accepted with the DROP
+* Output goes to every attach channel: stdout on STDOUT and stderr on STDERR (the
+  runner gives stderr its own pipe for this link: ``separate_stderr``), or both on
+  TTY for a tty channel (a tty process has one stream anyway). Channels are accepted with the DROP
   policy: the main process never stalls for an absent appliance; bytes beyond the
   replay bound that the appliance missed arrive as an explicit GAP. Output written
   before the first attach is held (the last ``hold_bytes``) and goes to that attach.
@@ -16,8 +17,9 @@ writes the process's output to it and reads its input from ``on_input`` as befor
   and CLOSE; a later OPEN_ATTACH is refused, as is any while ``enabled`` is False (the
   agent kept the raw console link for the main process).
 
-SIGNAL on an attach channel goes to the main process (``on_signal``, set by the agent).
-Resize is not carried to the main process yet: the runner does not expose its pty.
+SIGNAL on an attach channel goes to the main process (``on_signal``, set by the agent);
+RESIZE goes to the runner's ``on_resize`` (the pty's size, so SIGWINCH) when the main
+process has a tty.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class MainAttach(ConsoleLink):
     """A ``ConsoleLink`` for ``SessionRunner`` whose far end is the session's attach
     channels; see the module docstring."""
 
+    separate_stderr = True
+
     def __init__(self, endpoint: SessionEndpoint, *, hold_bytes: int, replay_bytes: int) -> None:
         super().__init__(_no_channel)
         self.ep = endpoint
@@ -55,7 +59,7 @@ class MainAttach(ConsoleLink):
         self.enabled = False  # the agent handed it to the main process's runner
         self.on_signal: Callable[[int], None] | None = None  # the agent's: signal the process
         self.ended = False
-        self._held: deque[bytes] = deque()
+        self._held: deque[tuple[bool, bytes]] = deque()  # (stderr?, chunk)
         self._held_size = 0
         self._channels: dict[int, Stream] = {}  # attach channel -> the stream it reads
         self._stdin: deque[tuple[int, bytes]] = deque()
@@ -78,23 +82,28 @@ class MainAttach(ConsoleLink):
 
     async def write(self, data: bytes | bytearray) -> None:
         """The main process's output: to every attach channel, or held. Never blocks."""
-        chunk = bytes(data)
+        self._out(False, bytes(data))
+
+    async def write_stderr(self, data: bytes | bytearray) -> None:
+        self._out(True, bytes(data))
+
+    def _out(self, stderr: bool, chunk: bytes) -> None:
         self.queued_total += len(chunk)
         if not self._channels:
-            self._hold(chunk)
+            self._hold(stderr, chunk)
             return
         for ch, stream in list(self._channels.items()):
-            self._send(ch, stream, chunk)
+            self._send(ch, _stream(stream, stderr), chunk)
 
     async def flush(self, timeout: float = float("inf")) -> bool:
         return True  # the session owns delivery from here; EXIT follows the bytes
 
     # ------------------------------------------------------------ the tether's side
-    def _hold(self, chunk: bytes) -> None:
-        self._held.append(chunk)
+    def _hold(self, stderr: bool, chunk: bytes) -> None:
+        self._held.append((stderr, chunk))
         self._held_size += len(chunk)
         while self._held_size > self.hold_bytes and self._held:
-            self._held_size -= len(self._held.popleft())
+            self._held_size -= len(self._held.popleft()[1])
 
     def _send(self, ch: int, stream: Stream, chunk: bytes) -> None:
         try:
@@ -113,7 +122,8 @@ class MainAttach(ConsoleLink):
         stream = Stream.TTY if tty else Stream.STDOUT
         self._channels[ch] = stream
         while self._held:
-            self._send(ch, stream, self._held.popleft())
+            stderr, chunk = self._held.popleft()
+            self._send(ch, _stream(stream, stderr), chunk)
         self._held_size = 0
 
     def input(self, ch: int, data: bytes) -> None:
@@ -127,6 +137,11 @@ class MainAttach(ConsoleLink):
         """SIGNAL on an attach channel: to the main process (as ``docker kill`` does)."""
         if ch in self._channels and self.on_signal is not None and 0 < signo < 65:
             self.on_signal(signo)
+
+    def resize(self, ch: int, rows: int, cols: int) -> None:
+        """RESIZE on an attach channel: to the main process's pty (if it has one)."""
+        if ch in self._channels and self.on_resize is not None:
+            self.on_resize(rows, cols)
 
     def detach(self, ch: int) -> None:
         """The appliance closed an attach channel."""
@@ -149,3 +164,8 @@ class MainAttach(ConsoleLink):
             except ChannelStateError as e:  # the appliance closed it meanwhile
                 log.debug("attach %d: %s", ch, e)
         self._channels.clear()
+
+
+def _stream(channel_stream: Stream, stderr: bool) -> Stream:
+    """Where a chunk goes on a channel reading ``channel_stream`` (TTY takes both)."""
+    return Stream.STDERR if stderr and channel_stream is Stream.STDOUT else channel_stream

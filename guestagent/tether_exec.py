@@ -6,7 +6,7 @@ STDERR (tty off) or TTY (tty on) into the session, each read no larger than the 
 the channel's replay bound has (so nothing is queued here and a stalled appliance
 stalls the process, not the agent's memory). When the process ends, output is read
 to its end (a grandchild still holding it open is given ``drain_grace`` seconds of
-silence), then EXIT carries the status (a timeout shows as SIGKILL) and the tether
+silence), then EXIT carries the status (a timeout: SIGKILL, flagged timed out) and the tether
 closes the channel.
 
 STDIN: ``put_stdin`` never blocks (the event loop must not); bytes are acknowledged to
@@ -179,7 +179,7 @@ class ExecChannel:
         async with self.proc:
             status = await self._pump(self.proc)
         self._kill_stdin()  # what the process never read: acknowledged, dropped
-        self.status = msg.ExitStatus(code=status.code, signal=status.signal)
+        self.status = msg.ExitStatus(status.code, status.signal, status.timed_out)
         self._session_call(self.ep.exit, self.ch, self.status)
         self._session_call(self.ep.close, self.ch)
 

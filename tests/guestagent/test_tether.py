@@ -25,7 +25,7 @@ from common.io.guestinfo.filestore import FileStore
 from common.ops import config as config_mod
 from common.proto import guestinfo as gi
 from common.proto.guestinfo import keys as gik
-from common.proto.session.messages import ExecSpec, ExitStatus, Stream
+from common.proto.session.messages import ErrorCode, ExecSpec, ExitStatus, Stream
 from guestagent.agent import Agent
 from guestagent.backends.file import FileGuestBackend
 from guestagent.channels import unix_connector
@@ -123,7 +123,7 @@ async def test_timeout_kills_the_exec(rig: Rig) -> None:
     spec = ExecSpec(("sleep", "60"), timeout_ms=200)
     with trio.fail_after(T):
         r = await rig.appliance.exec(spec)
-    assert r.status == ExitStatus(signal=signal.SIGKILL)
+    assert r.status == ExitStatus(signal=signal.SIGKILL, timed_out=True)
 
 
 async def test_a_program_that_cannot_run_is_refused(rig: Rig) -> None:
@@ -263,14 +263,14 @@ def test_the_agent_exits_2_on_a_bad_session_config(tmp_path: Path) -> None:
 
 
 async def start_main_agent(
-    nursery: trio.Nursery, tmp_path: Path, script: str
+    nursery: trio.Nursery, tmp_path: Path, script: str, *, tty: bool = False
 ) -> tuple[Appliance, FileStoreWatcher, Agent]:
     """An agent with no raw console and a runblock main process; its appliance."""
     appliance = Appliance(str(tmp_path / "session.sock"), SECRET)
     await nursery.start(appliance.serve)
     watcher = FileStoreWatcher(tmp_path)
     main = gi.SessionConfig(
-        id="c1", path="/bin/sh", args=("sh", "-c", script), openstdin=True, runblock=True
+        id="c1", path="/bin/sh", args=("sh", "-c", script), openstdin=True, runblock=True, tty=tty
     )
     await configure_session(watcher, "vm1", main)
     cfg = agent_config(tmp_path, console="none")
@@ -356,4 +356,53 @@ async def test_a_bad_secrets_value_keeps_the_secrets_in_force(rig: Rig) -> None:
         await rig.appliance.cut()  # the next connection speaks with the secret held
         r = await rig.appliance.exec(ExecSpec(("true",)))
     assert rig.tether.secrets() == (SECRET,)
+    assert r.status == ExitStatus(code=0)
+
+
+async def test_a_restarted_tether_makes_the_appliance_start_anew_at_once(rig: Rig) -> None:
+    """The tether lost its session under a live appliance: the very next connection ends
+    on the appliance's side with SESSION_MISMATCH (no loop of unresumed connections)."""
+    r = await rig.appliance.exec(ExecSpec(("sh", "-c", "echo before")))
+    assert r.text(Stream.STDOUT) == b"before\n"
+    seen = len(rig.appliance.ends)
+    with trio.fail_after(T):
+        rig.tether.endpoint.replace_session(rig.tether._new_session())  # as after a restart
+        await rig.appliance.wait_ends(seen + 2)  # the dropped connection, the next one
+    ends = rig.appliance.ends[seen : seen + 2]
+    assert [getattr(e, "code", None) for e in ends] == [None, int(ErrorCode.SESSION_MISMATCH)]
+    assert rig.tether.endpoint.session.session_id is None
+
+
+async def test_the_main_process_stderr_arrives_apart_from_stdout(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    script = "echo out1; echo err1 >&2; echo out2; echo err2 >&2; exit 4"
+    appliance, watcher, _ = await start_main_agent(nursery, tmp_path, script)
+    ch = appliance.endpoint.open_attach(tty=False)
+    r = appliance.results[ch] = ExecResult()
+    with trio.fail_after(T):
+        await r.opened.wait()
+        await go_ahead(watcher, "vm1", "c1")
+        await r.done.wait()
+    assert r.text(Stream.STDOUT) == b"out1\nout2\n"
+    assert r.text(Stream.STDERR) == b"err1\nerr2\n"
+    assert r.status == ExitStatus(code=4)
+
+
+async def test_a_resize_on_the_attach_reaches_the_main_process_pty(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    script = "stty -echo; stty size; read x; stty size; exit 0"
+    appliance, watcher, _ = await start_main_agent(nursery, tmp_path, script, tty=True)
+    ep = appliance.endpoint
+    ch = ep.open_attach(tty=True)
+    r = appliance.results[ch] = ExecResult()
+    with trio.fail_after(T):
+        await r.opened.wait()
+        await go_ahead(watcher, "vm1", "c1")
+        await r.wait_for(Stream.TTY, b"\n")  # the first size: whatever the pty began with
+        assert ep.resize(ch, 33, 77)
+        assert await ep.send_all(ch, Stream.STDIN, b"go\n")  # after the resize, in order
+        await r.wait_for(Stream.TTY, b"33 77")
+        await r.done.wait()
     assert r.status == ExitStatus(code=0)

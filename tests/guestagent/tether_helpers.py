@@ -47,6 +47,7 @@ class Appliance:
         self.results: dict[int, ExecResult] = {}
         self.streams: list[trio.SocketStream] = []
         self.ends: list[object] = []
+        self._ended = trio.Event()
         self._restarted = trio.Event()
 
     def _new_endpoint(self) -> SessionEndpoint:
@@ -92,10 +93,20 @@ class Appliance:
                 end = await self.endpoint.run_connection(
                     line, handshake_timeout=handshake_timeout, close_stream=False
                 )
-                self.ends.append(end)
+                self._add_end(end)
 
     async def _run(self, stream: trio.SocketStream) -> None:
-        self.ends.append(await self.endpoint.run_connection(stream, handshake_timeout=10))
+        self._add_end(await self.endpoint.run_connection(stream, handshake_timeout=10))
+
+    def _add_end(self, end: object) -> None:
+        self.ends.append(end)
+        self._ended.set()
+        self._ended = trio.Event()
+
+    async def wait_ends(self, n: int) -> None:
+        """Until ``n`` connections have ended."""
+        while len(self.ends) < n:
+            await self._ended.wait()
 
     async def cut(self) -> None:
         """Close the newest connection under the session (a link cut)."""

@@ -108,7 +108,7 @@ class Tether:
                         outputs.start_soon(self._output, ch, proc, stream)
                     st = await proc.wait()  # enforces the timeout, so beside the outputs
                 nursery.cancel_scope.cancel()
-        self.ep.exit(ch, ExitStatus(code=st.code, signal=st.signal))
+        self.ep.exit(ch, ExitStatus(st.code, st.signal, st.timed_out))
 
     def _resize(self, ch: int) -> None:
         rows, cols = self.sizes[ch]

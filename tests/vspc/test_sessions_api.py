@@ -71,7 +71,7 @@ async def test_exec_timeout_kills(tmp_path: Path) -> None:
         await r.connect()
         with trio.fail_after(20):
             st = await r.api.exec(VM, ["sleep", "30"], timeout=0.3)
-        assert st.signal == signal.SIGKILL
+        assert st.signal == signal.SIGKILL and st.timed_out
 
 
 async def test_ten_execs_at_once(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ the Docker endpoint alike.
     await api.rotate(vm)                     # a new secret for the next connection
 
 ``exec`` runs a process in the VM and returns its ``ExitStatus`` (``code`` or
-``signal``) once its output has all been given; a refused exec raises
+``signal``; ``timed_out`` if a tether that reports it killed it for its timeout)
+once its output has all been given; a refused exec raises
 ``ExecRefused``, a VM with no session ``NoSession``. ``timeout`` (seconds) is
 sent to the tether, which kills the process when it passes (the status says
 so); the appliance gives it ``TIMEOUT_GRACE`` more and then raises
@@ -74,7 +75,9 @@ class SessionStatus:
             "connected": self.connected,
             "connections": self.connections,
             "main": self.main.value,
-            "exit": None if ex is None else {"code": ex.code, "signal": ex.signal},
+            "exit": None
+            if ex is None
+            else {"code": ex.code, "signal": ex.signal, "timed_out": ex.timed_out},
             "reason": self.reason,
         }
 

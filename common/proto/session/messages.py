@@ -21,7 +21,7 @@ Control messages (reliable, in order, numbered per direction by ``seq``)::
     0x13 OPEN_FAILED  seq:u64 ch:u32 reason:str
     0x14 RESIZE       seq:u64 ch:u32 rows:u16 cols:u16
     0x15 SIGNAL       seq:u64 ch:u32 signo:u8
-    0x16 EXIT         seq:u64 ch:u32 kind:u8 (0 code, 1 signal) value:i32
+    0x16 EXIT         seq:u64 ch:u32 kind:u8 (0 code, 1 signal; +2 timed out) value:i32
     0x17 CLOSE        seq:u64 ch:u32
 
 Stream messages (``stream``: 1 STDIN, 2 STDOUT, 3 STDERR, 4 TTY; 0 CONTROL only in ACK
@@ -50,7 +50,8 @@ from dataclasses import dataclass
 
 VERSION = 1
 MIN_VERSION = 1
-CAPS = 0  # capability bits this implementation offers; none defined yet
+CAP_EXIT_TIMED_OUT = 0x1  # EXIT kind may carry +2 "timed out": sent only to a peer offering it
+CAPS = CAP_EXIT_TIMED_OUT  # capability bits this implementation offers
 MAX_RECORD = 64 * 1024
 SESSION_ID_LEN = 16
 OPTIONAL = 0x01
@@ -128,6 +129,7 @@ class ExitStatus:
 
     code: int | None = None
     signal: int | None = None
+    timed_out: bool = False  # killed by the exec's timeout (if the peer offers the cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,16 +281,17 @@ def _encode_exec(spec: ExecSpec) -> bytes:
     )
 
 
-def _encode_exit(status: ExitStatus) -> bytes:
+def _encode_exit(status: ExitStatus, caps: int) -> bytes:
     if (status.code is None) == (status.signal is None):
         raise ValueError("an exit status is a code or a signal")
+    late = 2 if status.timed_out and caps & CAP_EXIT_TIMED_OUT else 0
     if status.signal is not None:
-        return _EXIT.pack(1, status.signal)
+        return _EXIT.pack(1 | late, status.signal)
     assert status.code is not None
-    return _EXIT.pack(0, status.code)
+    return _EXIT.pack(late, status.code)
 
 
-def _body(msg: Message) -> tuple[MsgType, bytes]:  # noqa: C901 - one arm per type
+def _body(msg: Message, caps: int) -> tuple[MsgType, bytes]:  # noqa: C901 - one arm per type
     match msg:
         case Resume():
             head = _RESUME.pack(
@@ -309,7 +312,7 @@ def _body(msg: Message) -> tuple[MsgType, bytes]:  # noqa: C901 - one arm per ty
         case Signal():
             return MsgType.SIGNAL, _SEQ_CH.pack(msg.seq, msg.ch) + bytes([msg.signo])
         case Exit():
-            return MsgType.EXIT, _SEQ_CH.pack(msg.seq, msg.ch) + _encode_exit(msg.status)
+            return MsgType.EXIT, _SEQ_CH.pack(msg.seq, msg.ch) + _encode_exit(msg.status, caps)
         case Close():
             return MsgType.CLOSE, _SEQ_CH.pack(msg.seq, msg.ch)
         case DataMsg():
@@ -323,10 +326,11 @@ def _body(msg: Message) -> tuple[MsgType, bytes]:  # noqa: C901 - one arm per ty
     raise TypeError(f"not a session message: {msg!r}")
 
 
-def encode(msg: Message, *, optional: bool = False) -> bytes:
-    """One record holding ``msg``; ValueError if a field is out of range or it is too big."""
+def encode(msg: Message, *, optional: bool = False, caps: int = CAPS) -> bytes:
+    """One record holding ``msg`` for a peer offering ``caps``; ValueError if a field is
+    out of range or it is too big."""
     try:
-        kind, body = _body(msg)
+        kind, body = _body(msg, caps)
     except struct.error as e:
         raise ValueError(f"field out of range in {type(msg).__name__}: {e}") from None
     record = _HDR.pack(kind, OPTIONAL if optional else 0) + body
@@ -423,10 +427,11 @@ def _byte(r: _Reader) -> int:
 def _d_exit(r: _Reader) -> Exit:
     seq, ch = r.ints(_SEQ_CH)
     kind, value = r.ints(_EXIT)
-    if kind == 0:
-        return Exit(seq, ch, ExitStatus(code=value))
-    if kind == 1 and value > 0:
-        return Exit(seq, ch, ExitStatus(signal=value))
+    late = bool(kind & 2)
+    if kind & ~2 == 0:
+        return Exit(seq, ch, ExitStatus(code=value, timed_out=late))
+    if kind & ~2 == 1 and value > 0:
+        return Exit(seq, ch, ExitStatus(signal=value, timed_out=late))
     raise MessageError(ErrorCode.BAD_FIELD, f"exit kind {kind} value {value}")
 
 

@@ -10,15 +10,15 @@ Session states::
     DISCONNECTED --connection_up--> AWAITING_RESUME --peer RESUME--> LIVE
          ^                               | bad record                 | bad record
          +--------connection_down------- BROKEN <---------------------+
+         +--------connection_down------- UNKNOWN <-- RESUME of a session never held
 
 On ``connection_up`` both ends send RESUME first: version and capabilities, the session
 id, how many control messages it has taken, and per channel-stream the offset (and EOF)
 it has received. Each end then resends exactly from the peer's marks (control messages
 first, then stream bytes): nothing is lost or doubled. Nothing but RESUME goes out
 before the peer's RESUME arrives. The appliance names the session; the tether adopts
-the id from the first RESUME it gets (sending zeros until then). Any other id, or zeros
-from a peer that acknowledged control before, is ``SESSION_MISMATCH``: the peer lost
-the session (it restarted), and the adapter starts a new one.
+the id from a RESUME saying nothing of the tether's reached the appliance; a peer that
+lost the session is ``SESSION_MISMATCH`` (rules in ``peercheck``).
 
 A bad record yields ``ProtocolError``: the adapter drops the connection (the session
 ignores that connection from then on) and the session resumes on the next one.
@@ -75,9 +75,8 @@ from common.proto.session.messages import (
     decode,
     encode,
 )
+from common.proto.session.peercheck import NO_SESSION, identify
 from common.proto.session.replay import InStream, OutStream, Policy
-
-NO_SESSION = bytes(SESSION_ID_LEN)
 
 
 class SessionState(enum.Enum):
@@ -85,6 +84,7 @@ class SessionState(enum.Enum):
     AWAITING_RESUME = "awaiting-resume"
     LIVE = "live"
     BROKEN = "broken"
+    UNKNOWN = "unknown-session"  # the peer's RESUME named a session this end never had
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +95,7 @@ class SessionConfig:
     max_data: int = MAX_DATA  # bytes per DATA record
     max_control: int = 4096  # RESIZE/SIGNAL refused while this many await their ACK
     ack_on_consume: bool = False  # ACK what ``consumed`` reported, not what arrived
+    caps: int = CAPS  # capability bits offered in RESUME (fewer: act as an older peer)
 
     def __post_init__(self) -> None:
         if not 0 < self.max_channels <= 2000 or not 0 < self.max_data <= MAX_DATA:
@@ -141,7 +142,9 @@ class Session:
             for c in self._channels.values()
             for stream, s in c.inp.items()
         )
-        resume = Resume(VERSION, CAPS, self.session_id or NO_SESSION, self._ctl_received, marks)
+        resume = Resume(
+            VERSION, self.config.caps, self.session_id or NO_SESSION, self._ctl_received, marks
+        )
         self._outbox = [encode(resume)]
 
     def connection_down(self) -> None:
@@ -152,7 +155,7 @@ class Session:
     def receive_record(self, payload: bytes, now: float) -> list[chs.Event]:
         self.now = now
         events: list[chs.Event] = []
-        if self.state in (SessionState.DISCONNECTED, SessionState.BROKEN):
+        if self.state in (SessionState.DISCONNECTED, SessionState.BROKEN, SessionState.UNKNOWN):
             return events
         try:
             msg = decode(payload)
@@ -177,7 +180,7 @@ class Session:
         while self._ctl_cursor < self._ctl_base + len(self._ctl):
             msg = self._ctl[self._ctl_cursor - self._ctl_base]
             self._ctl_cursor += 1
-            yield encode(msg)
+            yield encode(msg, caps=self.peer_caps)
         for c in list(self._channels.values()):
             if c.opened:
                 yield from map(encode, c.outgoing(self.config.max_data))
@@ -219,20 +222,25 @@ class Session:
             raise MessageError(ErrorCode.UNKNOWN_CHANNEL, f"channel {ch}")
         return c
 
-    def _check_peer(self, msg: Resume) -> None:
+    def _check_peer(self, msg: Resume) -> bool:
+        """False if the peer holds a session this end does not (it is left UNKNOWN)."""
         if msg.version < MIN_VERSION:
             raise MessageError(ErrorCode.VERSION, f"peer speaks version {msg.version}")
-        sid = msg.session_id
-        if self.session_id is None:
-            if sid != NO_SESSION:
-                self.session_id = sid
-        elif sid != self.session_id and not (sid == NO_SESSION and self._ctl_base == 0):
-            raise MessageError(ErrorCode.SESSION_MISMATCH, "the peer holds another session")
+        marks = (s.offset + s.eof for c in self._channels.values() for s in c.inp.values())
+        taken = (self._ctl_base, self._ctl_received, *marks)
+        if (sid := identify(self.session_id, msg, taken)) is None:
+            return False
+        self.session_id = sid
         if not self._ctl_base <= msg.ctl_received <= self._ctl_base + len(self._ctl):
             raise MessageError(ErrorCode.OFFSET, f"control resume at {msg.ctl_received}")
+        return True
 
     def _on_resume(self, msg: Resume, events: list[chs.Event]) -> None:
-        self._check_peer(msg)
+        if not self._check_peer(msg):
+            # A session we never had (we restarted): our own RESUME, naming no session,
+            # still goes out, and the peer answers it with SESSION_MISMATCH on its side.
+            self.state = SessionState.UNKNOWN
+            return
         self._ack_control(msg.ctl_received)
         self._ctl_cursor = msg.ctl_received
         marks = {(m.ch, m.stream): m for m in msg.marks}
@@ -246,7 +254,7 @@ class Session:
                     events.append(chs.Writable(c.ch, stream))
             self._maybe_forget(c)
         self.peer_version = min(VERSION, msg.version)
-        self.peer_caps = msg.caps
+        self.peer_caps = msg.caps & self.config.caps
         self.state = SessionState.LIVE
         events.append(chs.Resumed(self.peer_version, self.peer_caps))
 

@@ -52,8 +52,8 @@ specs = st.builds(
     timeout_ms=u32,
 )
 statuses = st.one_of(
-    st.builds(ExitStatus, code=st.integers(-(1 << 31), (1 << 31) - 1)),
-    st.builds(ExitStatus, signal=st.integers(1, (1 << 31) - 1)),
+    st.builds(ExitStatus, code=st.integers(-(1 << 31), (1 << 31) - 1), timed_out=st.booleans()),
+    st.builds(ExitStatus, signal=st.integers(1, (1 << 31) - 1), timed_out=st.booleans()),
 )
 marks = st.builds(StreamMark, ch=u32, stream=st.sampled_from(Stream), offset=u64, eof=st.booleans())
 messages: st.SearchStrategy[Message] = st.one_of(
@@ -151,3 +151,20 @@ def test_what_cannot_go_on_the_wire_is_refused_at_encode() -> None:
     with pytest.raises(ValueError, match="code or a signal"):
         encode(Exit(0, 1, ExitStatus()))
     assert len(encode(DataMsg(1, Stream.STDOUT, 0, bytes(MAX_RECORD - 15)))) == MAX_RECORD
+
+
+def test_timed_out_goes_only_to_a_peer_offering_it_and_old_records_still_decode() -> None:
+    late = Exit(3, 1, ExitStatus(signal=9, timed_out=True))
+    assert decode(encode(late)) == late
+    assert decode(encode(late, caps=0)) == Exit(3, 1, ExitStatus(signal=9))
+    old = (
+        bytes([0x16, 0])
+        + (3).to_bytes(8, "big")
+        + (1).to_bytes(4, "big")
+        + b"\x01"
+        + (9).to_bytes(4, "big")
+    )
+    assert decode(old) == Exit(3, 1, ExitStatus(signal=9))
+    with pytest.raises(MessageError) as e:
+        decode(old[:14] + b"\x05" + old[15:])
+    assert e.value.code is ErrorCode.BAD_FIELD

@@ -32,6 +32,7 @@ from common.proto.session.channels import (
     Signalled,
 )
 from common.proto.session.messages import (
+    CAPS,
     OPTIONAL,
     DataMsg,
     ErrorCode,
@@ -278,7 +279,7 @@ def test_resume_reports_version_and_nothing_but_resume_goes_first() -> None:
     w.flush()
     w.deliver(0)
     w.deliver(1)
-    assert of_type(w.events[0], Resumed) == [Resumed(1, 0)]
+    assert of_type(w.events[0], Resumed) == [Resumed(1, CAPS)]
     assert w.a.channel_state(ch) is ChannelState.OPENING
 
 
@@ -350,3 +351,72 @@ def test_bad_arguments_are_refused_at_the_call_and_leave_the_session_intact() ->
     with pytest.raises(ValueError):
         w.t.exit(ch, ExitStatus(code=1 << 40))
     assert w.t.channel_state(ch) is ChannelState.OPEN
+
+
+def test_a_restarted_tether_makes_the_appliance_refuse_on_the_first_connection() -> None:
+    """The appliance's RESUME reaches the fresh tether before the tether's own goes out:
+    the tether keeps its RESUME (zeros) going, and the appliance meets SESSION_MISMATCH."""
+    w = Wire()
+    ch = w.a.open_exec(ExecSpec(("cat",)))
+    w.settle()
+    w.t.send(ch, Stream.STDOUT, b"x")
+    w.settle()
+    fresh = Session(Role.TETHER)  # the tether restarted
+    w.a.connection_down()
+    w.a.connection_up(2.0)
+    fresh.connection_up(2.0)
+    assert fresh.receive_record(w.a.records_to_send()[0], 2.0) == []  # before it sent RESUME
+    assert fresh.state is SessionState.UNKNOWN and fresh.session_id is None
+    out = fresh.records_to_send()
+    assert len(out) == 1
+    events = w.a.receive_record(out[0], 2.0)
+    assert [e.code for e in events if isinstance(e, ProtocolError)] == [ErrorCode.SESSION_MISMATCH]
+    # the appliance starts anew; the tether adopts it on the next connection
+    new = Session(Role.APPLIANCE, bytes(16 * [9]))
+    new.open_attach()
+    fresh.connection_down()
+    for s in (new, fresh):
+        s.connection_up(3.0)
+    assert of_type(fresh.receive_record(new.records_to_send()[0], 3.0), Resumed) == [
+        Resumed(1, CAPS)
+    ]
+    assert fresh.session_id == bytes(16 * [9])
+    assert fresh.state.value == SessionState.LIVE.value  # (mypy narrowed it to UNKNOWN)
+    assert of_type(new.receive_record(fresh.records_to_send()[0], 3.0), Resumed) == [
+        Resumed(1, CAPS)
+    ]
+
+
+def test_zeros_from_a_tether_whose_messages_arrived_are_a_mismatch() -> None:
+    """The appliance took the tether's OPENED but the ACK of its OPEN was lost."""
+    w = Wire()
+    w.a.open_exec(ExecSpec(("cat",)))
+    w.flush()
+    w.deliver(0)
+    w.deliver(1)  # both RESUMEs: live
+    w.flush()
+    w.deliver(0)  # OPEN_EXEC reaches the tether
+    w.flush()
+    w.deliver(1)  # its ACK and OPENED reach the appliance, whose ACK is never sent
+    assert w.a.channel_state(1) is ChannelState.OPEN
+    fresh = Session(Role.TETHER)
+    fresh.connection_up(2.0)
+    w.a.connection_down()
+    w.a.connection_up(2.0)
+    events = w.a.receive_record(fresh.records_to_send()[0], 2.0)
+    assert [e.code for e in events if isinstance(e, ProtocolError)] == [ErrorCode.SESSION_MISMATCH]
+
+
+@pytest.mark.parametrize(("caps", "flag"), [(CAPS, True), (0, False)])
+def test_timed_out_reaches_only_an_appliance_that_offers_it(caps: int, flag: bool) -> None:
+    """An older appliance (no CAP_EXIT_TIMED_OUT) gets the plain signal it knows."""
+    w = Wire()
+    w.a = Session(Role.APPLIANCE, SID, SessionConfig(caps=caps))
+    w.sides = (w.a, w.t)
+    w.a.connection_up(0.0)
+    ch = w.a.open_exec(ExecSpec(("sleep", "60"), timeout_ms=10))
+    w.settle()
+    w.t.exit(ch, ExitStatus(signal=9, timed_out=True))
+    w.settle()
+    assert of_type(w.events[0], Exited) == [Exited(ch, ExitStatus(signal=9, timed_out=flag))]
+    assert w.a.peer_caps == caps
