@@ -99,7 +99,7 @@ def rate(moved: int, cpu_s: float, wall_s: float) -> dict[str, float]:
 def live_pair() -> tuple[Session, Session, SecureChannel, SecureChannel, int]:
     """Appliance and tether sessions over an established sealed pair, one exec open."""
     cfg = SessionConfig(replay_limit=4 * 1024 * 1024)
-    app, tet = Session(Role.APPLIANCE, bytes(16), cfg), Session(Role.TETHER, None, cfg)
+    app, tet = Session(Role.APPLIANCE, os.urandom(16), cfg), Session(Role.TETHER, None, cfg)
     sa, st = pair()
     app.connection_up(0.0)
     tet.connection_up(0.0)
