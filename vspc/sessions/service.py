@@ -11,10 +11,12 @@ and the previous one (the tether accepts both while it settles); new
 connections use the new one. A relayed stream is handed to the VM's endpoint
 (``serve_stream``); the newest one carries the session, the older is replaced.
 
-When the tether lost the session (it restarted: ``SESSION_MISMATCH``, or
-``UNRESUMED_LIMIT`` connections in a row sealed but never resumed: a fresh
-tether refuses our RESUME before sending its own), the service starts a new
-one: open execs end with ``ExecRefused``, the main process is attached again.
+When the tether lost the session (it restarted: the core reports
+``SESSION_MISMATCH`` on the first connection), the service starts a new one:
+open execs end with ``ExecRefused``, the main process is attached again. As a
+safety net for a tether that never resumes for any other reason (an older
+tether refused our RESUME before sending its own), ``UNRESUMED_LIMIT``
+connections in a row sealed but never resumed also start a new session.
 """
 
 from __future__ import annotations
@@ -224,8 +226,8 @@ class SessionService:
         self._after(v, end.established, resumed)
 
     def _after(self, v: _Vm, established: bool, resumed: bool) -> None:
-        """A restarted tether drops each connection on our RESUME before its own goes
-        out: sealed, never resumed, ``UNRESUMED_LIMIT`` times in a row: start anew."""
+        """Safety net: ``UNRESUMED_LIMIT`` connections in a row sealed but never
+        resumed (an older tether that drops our RESUME) start a new session."""
         if resumed or not established:
             v.unresumed = 0
             return
