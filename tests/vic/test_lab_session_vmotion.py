@@ -1,0 +1,126 @@
+"""A tethered VM's sealed session resumes exactly once across the lab's vMotion.
+
+Real pieces: the appliance (vSPC, endpoint, link endpoint, sessions) in this
+process, a ``vic agent`` process with ``[session]`` on, three relay daemons
+(esx-a direct; esx-b over a TLS peer link to esx-app, which forwards the link to
+the appliance), and the VM's lab-owned device that a move switches to the other
+host, resetting the live connection as a vMotion resets vsock connections.
+``vic console exec -i`` (the CLI, a process) streams lines both ways across a move
+to esx-b and back to esx-a.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from common.io.unixlisten import UnixListener, open_unix_listener
+from vic.lab.appliance_config import lab_config
+from vic.lab.session_checks import vic
+from vic.lab.vm_device import VmDevice
+from vic.lab.vmotion_scenario import (
+    EXIT,
+    LINES,
+    VM,
+    VmotionLab,
+    exec_across,
+    old_host_refused,
+)
+from vspc.endpoint import Endpoint
+from vspc.service import VspcService
+
+
+@pytest.fixture
+async def lab(tmp_path: Path) -> AsyncIterator[VmotionLab]:
+    async with trio.open_nursery() as nursery:
+        service: VspcService = await nursery.start(VspcService(lab_config(tmp_path)).run)
+        endpoint: Endpoint = await nursery.start(Endpoint(service).run)
+        lab = VmotionLab(service, endpoint, tmp_path)
+        try:
+            with trio.fail_after(60):
+                await lab.start(nursery)
+            yield lab
+            await lab.wind_down()
+        finally:
+            await lab.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_exec_i_across_a_vmotion_there_and_back(lab: VmotionLab) -> None:
+    run = await exec_across(lab, ("esx-b", "esx-a"))
+    # every byte once, in order, both ways; stderr apart; the exit status once
+    assert bytes(run.out) == run.sent, (len(run.out), len(run.sent))
+    assert bytes(run.err) == b"stdin closed\n"
+    assert run.code == EXIT
+    # both moves happened mid-stream, each resetting the live connection
+    assert len(run.moves) == 2, run.moves
+    assert run.moves[0].startswith("esx-a -> esx-b: 1 connection(s) reset at line ")
+    assert run.moves[1].startswith("esx-b -> esx-a: 1 connection(s) reset at line ")
+    at = [int(m.rsplit(" ", 1)[-1]) for m in run.moves]
+    assert 0 < at[0] < at[1] < LINES, at
+    # the session went esx-a, then esx-b (over the peer mesh), then esx-a again
+    assert lab.device.resets == 2
+    assert lab.device.forwarded["esx-a"] >= 2 and lab.device.forwarded["esx-b"] >= 1
+    assert lab.relays["esx-b"].mesh.routers["appliance"].links_opened >= 1
+    assert lab.inventory.hosts[VM] == "esx-a"
+    # the host it left (esx-b, over the mesh) may no longer speak for the VM ...
+    reason = await old_host_refused(lab, "esx-b")
+    assert f"vCenter places VM '{VM}' on esx-a, not on 'esx-b'" in reason
+    # ... and the session still answers through esx-a
+    r = await vic(lab.workdir, "exec", VM, "--", "sh", "-c", "echo still here; exit 4")
+    assert (r.stdout, r.returncode) == (b"still here\n", 4)
+
+
+async def test_the_old_host_is_refused_once_the_vm_moved(lab: VmotionLab) -> None:
+    """esx-a speaks for the VM before the move, not after; esx-b only after."""
+    refusals = len(lab.inventory.refusals)
+    r = await vic(lab.workdir, "exec", VM, "--", "echo", "on esx-a")
+    assert r.stdout == b"on esx-a\n"
+    assert len(lab.inventory.refusals) == refusals  # nothing refused so far
+    assert "on esx-a, not on 'esx-b'" in await old_host_refused(lab, "esx-b")
+    lab.vmotion("esx-b")
+    r = await vic(lab.workdir, "exec", VM, "--", "echo", "on esx-b")
+    assert (r.stdout, r.returncode) == (b"on esx-b\n", 0)
+    assert lab.device.forwarded["esx-b"] >= 1 and lab.device.host == "esx-b"
+    assert "on esx-b, not on 'esx-a'" in await old_host_refused(lab, "esx-a")
+
+
+async def test_a_move_resets_live_connections_and_redirects_new_ones(tmp_path: Path) -> None:
+    """The device alone: bytes go to the VM's current host; a move closes the live
+    connection at both ends and the next connection reaches the new host."""
+    got: dict[str, trio.MemorySendChannel[trio.SocketStream]] = {}
+    recv: dict[str, trio.MemoryReceiveChannel[trio.SocketStream]] = {}
+    for host in ("a", "b"):
+        got[host], recv[host] = trio.open_memory_channel(4)
+    async with trio.open_nursery() as n:
+        for host in ("a", "b"):
+            listener = await open_unix_listener(tmp_path / f"{host}.sock")
+            n.start_soon(_accept_into, listener, got[host])
+        dev = VmDevice("vm", tmp_path / "dev.sock", {h: tmp_path / f"{h}.sock" for h in "ab"}, "a")
+        await n.start(dev.serve)
+        with trio.fail_after(10):
+            guest = await trio.open_unix_socket(str(dev.path))
+            await guest.send_all(b"to a")
+            relay_a = await recv["a"].receive()
+            assert await relay_a.receive_some(10) == b"to a"
+            await relay_a.send_all(b"from a")
+            assert await guest.receive_some(10) == b"from a"
+            assert dev.move("b") == 1
+            assert await guest.receive_some(10) == b""  # reset: the guest end is closed
+            assert await relay_a.receive_some(10) == b""  # and so is the relay end
+            guest = await trio.open_unix_socket(str(dev.path))
+            await guest.send_all(b"to b")
+            relay_b = await recv["b"].receive()
+            assert await relay_b.receive_some(10) == b"to b"
+        assert dict(dev.forwarded) == {"a": 1, "b": 1} and dev.resets == 1
+        n.cancel_scope.cancel()
+
+
+async def _accept_into(
+    listener: UnixListener, out: trio.MemorySendChannel[trio.SocketStream]
+) -> None:
+    while True:
+        await out.send(await listener.accept())
