@@ -31,6 +31,7 @@ from vic.lab.vmotion_scenario import (
 )
 from vspc.endpoint import Endpoint
 from vspc.service import VspcService
+from vspc.sessions.api import SessionsApi
 
 
 @pytest.fixture
@@ -49,12 +50,35 @@ async def lab(tmp_path: Path) -> AsyncIterator[VmotionLab]:
             nursery.cancel_scope.cancel()
 
 
+def metric(lab: VmotionLab, name: str, **labels: str) -> float:
+    return lab.service.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def counts(lab: VmotionLab) -> tuple[int, float, float, float]:
+    """Connections that carried the session; execs started, exited; bytes it delivered."""
+    assert lab.service.sessions is not None
+    return (
+        SessionsApi(lab.service.sessions).status(VM).connections,
+        metric(lab, "vspc_session_execs_started_total"),
+        metric(lab, "vspc_session_execs_finished_total", outcome="exited"),
+        metric(lab, "vspc_session_bytes_total", direction="tether_to_appliance"),
+    )
+
+
 async def test_exec_i_across_a_vmotion_there_and_back(lab: VmotionLab) -> None:
+    assert (await vic(lab.workdir, "exec", VM, "--", "true")).returncode == 0  # connected
+    before = counts(lab)
     run = await exec_across(lab, ("esx-b", "esx-a"))
+    after = counts(lab)
     # every byte once, in order, both ways; stderr apart; the exit status once
     assert bytes(run.out) == run.sent, (len(run.out), len(run.sent))
     assert bytes(run.err) == b"stdin closed\n"
     assert run.code == EXIT
+    # the same session, resumed once per move; one exec, its exit once; each output
+    # byte delivered by the session core once
+    assert after[0] - before[0] == 2, (before, after)
+    assert (after[1] - before[1], after[2] - before[2]) == (1, 1)
+    assert after[3] - before[3] == len(run.out) + len(run.err)
     # both moves happened mid-stream, each resetting the live connection
     assert len(run.moves) == 2, run.moves
     assert run.moves[0].startswith("esx-a -> esx-b: 1 connection(s) reset at line ")
