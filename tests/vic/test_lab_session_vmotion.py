@@ -12,15 +12,22 @@ to esx-b and back to esx-a.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from common.io.unixlisten import UnixListener, open_unix_listener
+from common.io.vsphere import VSphereTarget
+from tests.relay.test_vsphere_route import VM as VCSIM_VM
+from tests.relay.test_vsphere_route import relocate, vcsim  # noqa: F401 (fixture)
+from tests.vspc.test_endpoint_placement import OTHER_HOST, START_HOST
 from vic.lab.appliance_config import lab_config
 from vic.lab.session_checks import vic
 from vic.lab.vm_device import VmDevice
+from vic.lab.vmotion_hosts import Inventory, VCenter
 from vic.lab.vmotion_scenario import (
     EXIT,
     LINES,
@@ -29,17 +36,19 @@ from vic.lab.vmotion_scenario import (
     exec_across,
     old_host_refused,
 )
+from vspc.config import VCenterCheck
 from vspc.endpoint import Endpoint
 from vspc.service import VspcService
 from vspc.sessions.api import SessionsApi
 
 
-@pytest.fixture
-async def lab(tmp_path: Path) -> AsyncIterator[VmotionLab]:
+@asynccontextmanager
+async def running_lab(tmp_path: Path, **kw: Any) -> AsyncIterator[VmotionLab]:
+    """The appliance in this process, and the VM running on its first host."""
     async with trio.open_nursery() as nursery:
         service: VspcService = await nursery.start(VspcService(lab_config(tmp_path)).run)
         endpoint: Endpoint = await nursery.start(Endpoint(service).run)
-        lab = VmotionLab(service, endpoint, tmp_path)
+        lab = VmotionLab(service, endpoint, tmp_path, **kw)
         try:
             with trio.fail_after(60):
                 await lab.start(nursery)
@@ -48,6 +57,12 @@ async def lab(tmp_path: Path) -> AsyncIterator[VmotionLab]:
         finally:
             await lab.aclose()
             nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def lab(tmp_path: Path) -> AsyncIterator[VmotionLab]:
+    async with running_lab(tmp_path) as lab:
+        yield lab
 
 
 def metric(lab: VmotionLab, name: str, **labels: str) -> float:
@@ -89,7 +104,7 @@ async def test_exec_i_across_a_vmotion_there_and_back(lab: VmotionLab) -> None:
     assert lab.device.resets == 2
     assert lab.device.forwarded["esx-a"] >= 2 and lab.device.forwarded["esx-b"] >= 1
     assert lab.relays["esx-b"].mesh.routers["appliance"].links_opened >= 1
-    assert lab.inventory.hosts[VM] == "esx-a"
+    assert isinstance(lab.vcenter, Inventory) and lab.vcenter.hosts[VM] == "esx-a"
     # the host it left (esx-b, over the mesh) may no longer speak for the VM ...
     reason = await old_host_refused(lab, "esx-b")
     assert f"vCenter places VM '{VM}' on esx-a, not on 'esx-b'" in reason
@@ -100,12 +115,12 @@ async def test_exec_i_across_a_vmotion_there_and_back(lab: VmotionLab) -> None:
 
 async def test_the_old_host_is_refused_once_the_vm_moved(lab: VmotionLab) -> None:
     """esx-a speaks for the VM before the move, not after; esx-b only after."""
-    refusals = len(lab.inventory.refusals)
+    refusals = len(lab.vcenter.refusals)
     r = await vic(lab.workdir, "exec", VM, "--", "echo", "on esx-a")
     assert r.stdout == b"on esx-a\n"
-    assert len(lab.inventory.refusals) == refusals  # nothing refused so far
+    assert len(lab.vcenter.refusals) == refusals  # nothing refused so far
     assert "on esx-a, not on 'esx-b'" in await old_host_refused(lab, "esx-b")
-    lab.vmotion("esx-b")
+    await lab.vmotion("esx-b")
     r = await vic(lab.workdir, "exec", VM, "--", "echo", "on esx-b")
     assert (r.stdout, r.returncode) == (b"on esx-b\n", 0)
     assert lab.device.forwarded["esx-b"] >= 1 and lab.device.host == "esx-b"
@@ -148,3 +163,43 @@ async def _accept_into(
 ) -> None:
     while True:
         await out.send(await listener.accept())
+
+
+class VcsimVCenter(VCenter):
+    """govmomi's vcsim as vCenter: placement from the vSphere API (``runtime.host``),
+    a vMotion is ``RelocateVM_Task``."""
+
+    def __init__(self, vc: VSphereTarget, password_file: Path) -> None:
+        url = f"http://{vc.host}:{vc.port}{vc.path}"
+        check = VCenterCheck(url, vc.user, password_file, refresh=300.0, min_refresh=0.0)
+        super().__init__(check)
+        self.vc = vc
+
+    async def vmotion(self, vm: str, host: str) -> None:
+        await trio.to_thread.run_sync(relocate, self.vc, vm, host)
+
+
+async def test_exec_i_across_a_vmotion_that_vcenter_records(
+    tmp_path: Path,
+    vcsim: VSphereTarget,  # noqa: F811 (the fixture)
+) -> None:
+    """The same move with the placement the appliance gets from a vCenter (vcsim's
+    VM and hosts): vCenter relocates the VM, the session resumes through the new
+    host, and the vCenter-backed check refuses the old one."""
+    pw = tmp_path / "vc.pw"
+    pw.write_text(vcsim.password + "\n")
+    vc = VcsimVCenter(vcsim, pw)
+    async with running_lab(
+        tmp_path, vm=VCSIM_VM, hosts=(START_HOST, OTHER_HOST), vcenter=vc
+    ) as lab:
+        run = await exec_across(lab, (OTHER_HOST,), lines=600)
+        assert (bytes(run.out) == run.sent, bytes(run.err), run.code) == (
+            True,
+            b"stdin closed\n",
+            EXIT,
+        )
+        assert run.moves[0].startswith(f"{START_HOST} -> {OTHER_HOST}: 1 connection(s) reset")
+        assert lab.device.forwarded[OTHER_HOST] >= 1
+        reason = await old_host_refused(lab, START_HOST)
+        assert f"vCenter places VM '{VCSIM_VM}' on {OTHER_HOST}, not on '{START_HOST}'" in reason
+        assert vc.queries >= 2  # asked again once the VM showed up on the other host

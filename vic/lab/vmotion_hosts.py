@@ -53,25 +53,18 @@ class _InventoryConn(VSphereConn):
         pass
 
 
-class Inventory(Placement):
-    """The lab's vCenter: VM name -> the host it runs on; ``move`` at a vMotion.
+class VCenter(Placement):
+    """The endpoint's placement (``[endpoint.vcenter]``'s cache and refresh rules) that
+    also keeps every refusal (VM, host, reason), and moves VMs as vMotion does."""
 
-    As the endpoint's placement it is trusted ``refresh`` seconds and asked again
-    at once (``min-refresh`` 0) when a VM seems to be on another host. Every answer
-    that refuses a relay is kept in ``refusals`` (VM, host, reason)."""
-
-    def __init__(self, hosts: dict[str, str], refresh: float = 30.0) -> None:
-        cfg = VCenterCheck(url="http://lab-inventory/sdk", refresh=refresh, min_refresh=0.0)
-        super().__init__(cfg, _InventoryConn())
-        self.hosts = dict(hosts)
+    def __init__(self, cfg: VCenterCheck, conn: VSphereConn | None = None) -> None:
+        super().__init__(cfg, conn)
         self.refusals: list[tuple[str, str, str]] = []
         self._refused = trio.lowlevel.ParkingLot()
 
-    def move(self, vm: str, host: str) -> None:
-        self.hosts[vm] = host
-
-    def _collect(self) -> dict[str, frozenset[str]]:
-        return {vm_key(vm): frozenset({host}) for vm, host in self.hosts.items()}
+    async def vmotion(self, vm: str, host: str) -> None:
+        """Place ``vm`` on ``host`` from now on, as vCenter does at the switchover."""
+        raise NotImplementedError
 
     async def check(self, vm: str, host: str) -> str | None:
         reason = await super().check(vm, host)
@@ -87,6 +80,24 @@ class Inventory(Placement):
                 if (v, h) == (vm, host):
                     return reason
             await self._refused.park()
+
+
+class Inventory(VCenter):
+    """The lab's vCenter: VM name -> the host it runs on, a table in this process.
+
+    Trusted ``refresh`` seconds; asked again at once (``min-refresh`` 0) when a VM
+    seems to be on another host."""
+
+    def __init__(self, hosts: dict[str, str], refresh: float = 30.0) -> None:
+        cfg = VCenterCheck(url="http://lab-inventory/sdk", refresh=refresh, min_refresh=0.0)
+        super().__init__(cfg, _InventoryConn())
+        self.hosts = dict(hosts)
+
+    async def vmotion(self, vm: str, host: str) -> None:
+        self.hosts[vm] = host
+
+    def _collect(self) -> dict[str, frozenset[str]]:
+        return {vm_key(vm): frozenset({host}) for vm, host in self.hosts.items()}
 
 
 def make_pki(root: Path, hosts: Iterable[str]) -> dict[str, PeerTls]:
@@ -156,21 +167,25 @@ def peer_address(d: RelayDaemon) -> str:
 
 
 async def start_hosts(
-    nursery: trio.Nursery, d: Path, vm: str, workdir: Path
+    nursery: trio.Nursery, d: Path, vm: str, workdir: Path, hosts: tuple[str, str]
 ) -> dict[str, RelayDaemon]:
-    """esx-a (direct), esx-app and esx-b (over the mesh); the VM's ingress on each of
-    esx-a and esx-b is ``d/<host>.<vm>.sock``. The appliance's sockets are in
+    """``hosts[0]`` (direct), esx-app and ``hosts[1]`` (over the mesh); the VM's
+    ingress on each is ``ingress_path(d, host)``. The appliance's sockets are in
     ``workdir`` (``endpoint.sock``, ``link.sock``)."""
-    tls = make_pki(d / "pki", ("esx-b", APP_HOST))
+    a, b = hosts
+    tls = make_pki(d / "pki", (b, APP_HOST))
     app: RelayDaemon = await nursery.start(
-        RelayDaemon(appliance_host(tls[APP_HOST], ("esx-b",), workdir / "link.sock")).run
+        RelayDaemon(appliance_host(tls[APP_HOST], (b,), workdir / "link.sock")).run
     )
-    a_cfg = direct_host("esx-a", vm, ingress_path(d, "esx-a", vm), workdir / "endpoint.sock")
-    b_cfg = mesh_host("esx-b", vm, ingress_path(d, "esx-b", vm), tls["esx-b"], peer_address(app))
-    a: RelayDaemon = await nursery.start(RelayDaemon(a_cfg).run)
-    b: RelayDaemon = await nursery.start(RelayDaemon(b_cfg).run)
-    return {"esx-a": a, "esx-b": b, APP_HOST: app}
+    a_cfg = direct_host(a, vm, ingress_path(d, a), workdir / "endpoint.sock")
+    b_cfg = mesh_host(b, vm, ingress_path(d, b), tls[b], peer_address(app))
+    return {
+        a: await nursery.start(RelayDaemon(a_cfg).run),
+        b: await nursery.start(RelayDaemon(b_cfg).run),
+        APP_HOST: app,
+    }
 
 
-def ingress_path(d: Path, host: str, vm: str) -> Path:
-    return d / f"{host}.{vm}.sock"
+def ingress_path(d: Path, host: str) -> Path:
+    """Where ``host``'s relay takes the lab VM's session (one VM per lab directory)."""
+    return d / f"in-{host}.sock"

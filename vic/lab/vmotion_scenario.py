@@ -28,7 +28,7 @@ from relay.daemon import RelayDaemon
 from vic.lab.agent_processes import STEP_TIMEOUT, start_agent, stop
 from vic.lab.session_checks import ROOT, SessionCheck, agent_toml, env, vic, vic_cmd
 from vic.lab.vm_device import VmDevice
-from vic.lab.vmotion_hosts import Inventory, ingress_path, start_hosts
+from vic.lab.vmotion_hosts import Inventory, VCenter, ingress_path, start_hosts
 from vspc.endpoint import Endpoint
 from vspc.guestinfo_watch import FileStoreWatcher, configure_session, go_ahead, wait_for_started
 from vspc.placement import Placement
@@ -39,7 +39,7 @@ LINES = 2000
 WINDOW = 64  # lines the client sends ahead of their echo: bytes in flight at the move
 EXIT = 7
 SCRIPT = f'cat; echo "stdin closed" >&2; exit {EXIT}'
-PATHS = {"esx-a": "esx-a relay -> appliance", "esx-b": "esx-b relay =TLS link=> esx-app"}
+HOSTS = ("esx-a", "esx-b")
 
 
 def line(i: int) -> bytes:
@@ -78,47 +78,60 @@ class Progress:
 
 
 class VmotionLab:
-    """The VM, its device, the hosts' relays and the lab's vCenter, set up and torn down."""
+    """The VM, its device, the hosts' relays and vCenter, set up and torn down.
 
-    def __init__(self, service: VspcService, endpoint: Endpoint, workdir: Path) -> None:
+    ``hosts``: where the VM starts (its relay goes straight to the appliance) and
+    the other host (its relay reaches the appliance over the mesh); ``vcenter``:
+    the endpoint's placement while the lab runs (default: the lab's inventory)."""
+
+    def __init__(
+        self,
+        service: VspcService,
+        endpoint: Endpoint,
+        workdir: Path,
+        *,
+        vm: str = VM,
+        hosts: tuple[str, str] = HOSTS,
+        vcenter: VCenter | None = None,
+    ) -> None:
         self.service = service
         self.endpoint = endpoint
         self.workdir = workdir
+        self.vm = vm
+        self.hosts = hosts
         self.d = workdir / "vmo"
-        self.inventory = Inventory({VM: "esx-a", "vm-sess-1": "esx-s"})
+        self.vcenter = vcenter or Inventory({vm: hosts[0], "vm-sess-1": "esx-s"})
         self.device = VmDevice(
-            VM,
-            self.d / f"{VM}.device.sock",
-            {h: ingress_path(self.d, h, VM) for h in ("esx-a", "esx-b")},
-            "esx-a",
+            vm, self.d / "device.sock", {h: ingress_path(self.d, h) for h in hosts}, hosts[0]
         )
         self.relays: dict[str, RelayDaemon] = {}
         self.agent: trio.Process | None = None
         self._placement: Placement | None = None
 
     async def start(self, nursery: trio.Nursery) -> None:
-        """Relays, the lab's vCenter as the endpoint's placement, the device, then the
-        VM: its session config and secret in guestinfo, the agent, ``started``."""
+        """Relays, vCenter as the endpoint's placement, the device, then the VM: its
+        session config and secret in guestinfo, the agent, ``started``."""
         assert self.service.sessions is not None
+        vm = self.vm
         self.d.mkdir(parents=True, exist_ok=True)
         gi_dir = self.workdir / "sess" / "guestinfo"
-        self.relays = await start_hosts(nursery, self.d, VM, self.workdir)
-        self._placement, self.endpoint.placement = self.endpoint.placement, self.inventory
+        self.relays = await start_hosts(nursery, self.d, vm, self.workdir, self.hosts)
+        self._placement, self.endpoint.placement = self.endpoint.placement, self.vcenter
         await nursery.start(self.device.serve)
         watcher = FileStoreWatcher(gi_dir)
         main = gi.SessionConfig(
-            id=f"lab-{VM}", path="/bin/sh", args=("sh", "-c", "exec sleep 100000"), runblock=True
+            id=f"lab-{vm}", path="/bin/sh", args=("sh", "-c", "exec sleep 100000"), runblock=True
         )
-        await self.service.sessions.prepare(VM)
-        await configure_session(watcher, VM, main)
-        self.agent = await start_agent(agent_toml(self.d, VM, self.device.path, gi_dir))
-        await go_ahead(watcher, VM, main.id)
-        await wait_for_started(watcher, VM, main.id, STEP_TIMEOUT)
+        await self.service.sessions.prepare(vm)
+        await configure_session(watcher, vm, main)
+        self.agent = await start_agent(agent_toml(self.d, vm, self.device.path, gi_dir))
+        await go_ahead(watcher, vm, main.id)
+        await wait_for_started(watcher, vm, main.id, STEP_TIMEOUT)
 
-    def vmotion(self, host: str) -> str:
+    async def vmotion(self, host: str) -> str:
         """The switchover: vCenter places the VM on ``host``; its vsock is reset there."""
         old = self.device.host
-        self.inventory.move(VM, host)
+        await self.vcenter.vmotion(self.vm, host)
         reset = self.device.move(host)
         return f"{old} -> {host}: {reset} connection(s) reset"
 
@@ -132,7 +145,7 @@ class VmotionLab:
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
             await stop(self.agent)
-            if self.endpoint.placement is self.inventory:
+            if self.endpoint.placement is self.vcenter:
                 self.endpoint.placement = self._placement
 
 
@@ -140,7 +153,7 @@ async def exec_across(lab: VmotionLab, moves: Sequence[str], lines: int = LINES)
     """``vic console exec -i VM -- sh -c 'cat; ...'``, moving the VM to each host of
     ``moves`` in turn at equal fractions of the lines echoed."""
     run = ExecRun(b"".join(line(i) for i in range(lines)))
-    cmd = vic_cmd(lab.workdir, "exec", VM, "-i", "--", "sh", "-c", SCRIPT)
+    cmd = vic_cmd(lab.workdir, "exec", lab.vm, "-i", "--", "sh", "-c", SCRIPT)
     proc = await trio.lowlevel.open_process(
         cmd,
         stdin=subprocess.PIPE,
@@ -162,7 +175,8 @@ async def exec_across(lab: VmotionLab, moves: Sequence[str], lines: int = LINES)
     async def direct() -> None:
         for k, host in enumerate(moves, 1):
             await progress.at_least(k * lines // (len(moves) + 1))
-            run.moves.append(f"{lab.vmotion(host)} at line {progress.lines}")
+            at = progress.lines
+            run.moves.append(f"{await lab.vmotion(host)} at line {at}")
 
     try:
         with trio.fail_after(STEP_TIMEOUT * (1 + len(moves))):
@@ -189,39 +203,39 @@ async def _read_all(
 async def old_host_refused(lab: VmotionLab, old: str) -> str:
     """Open a stream for the VM on ``old``'s relay, as if the VM still ran there; the
     appliance must refuse it (placement). The reason it gives."""
-    probe = await trio.open_unix_socket(str(ingress_path(lab.d, old, VM)))
+    probe = await trio.open_unix_socket(str(ingress_path(lab.d, old)))
     try:
         await probe.send_all(b"\x00" * 64)  # whatever a stale guest end would send
         with trio.fail_after(STEP_TIMEOUT):
-            return await lab.inventory.refused(VM, old)
+            return await lab.vcenter.refused(lab.vm, old)
     finally:
         await probe.aclose()
 
 
 async def check_vmotion(lab: VmotionLab, moves: Sequence[str]) -> SessionCheck:
-    path = " -> ".join(("esx-a", *moves))
-    what = f"exec -i across vMotion {path} (esx-b over the mesh); {LINES} lines each way"
+    path = " -> ".join((lab.hosts[0], *moves))
+    what = f"exec -i across vMotion {path} ({lab.hosts[1]} over the mesh); {LINES} lines each way"
     try:
         r = await exec_across(lab, moves)
     except (trio.TooSlowError, OSError) as e:
-        return SessionCheck(what, f"failed: {type(e).__name__} {e}", False, VM)
+        return SessionCheck(what, f"failed: {type(e).__name__} {e}", False, lab.vm)
     ok = r.exact and r.code == EXIT
     at = ", ".join(m.rsplit(" ", 1)[-1] for m in r.moves)
     seen = f"{len(r.out)}/{len(r.sent)} bytes, exit {r.code}, moved at line {at}"
     seen += ", every line once" if ok else ", output differs"
-    return SessionCheck(what, seen, ok, VM)
+    return SessionCheck(what, seen, ok, lab.vm)
 
 
 async def check_old_host(lab: VmotionLab, old: str) -> SessionCheck:
-    what = f"after the move, {old}'s relay speaks for {VM}; exec via {lab.device.host}"
+    what = f"after the move, {old}'s relay speaks for {lab.vm}; exec via {lab.device.host}"
     try:
         reason = await old_host_refused(lab, old)
     except (trio.TooSlowError, OSError) as e:
-        return SessionCheck(what, f"not refused: {type(e).__name__} {e}", False, VM)
-    r = await vic(lab.workdir, "exec", VM, "--", "echo", "still here")
+        return SessionCheck(what, f"not refused: {type(e).__name__} {e}", False, lab.vm)
+    r = await vic(lab.workdir, "exec", lab.vm, "--", "echo", "still here")
     ok = f"on {lab.device.host}, not on '{old}'" in reason and r.stdout == b"still here\n"
     seen = f"refused ({reason.split(', ')[-1]}); exec: {r.stdout!r}, exit {r.returncode}"
-    return SessionCheck(what, seen, ok, VM)
+    return SessionCheck(what, seen, ok, lab.vm)
 
 
 async def run(service: VspcService, endpoint: Endpoint, workdir: Path) -> list[SessionCheck]:
@@ -229,8 +243,8 @@ async def run(service: VspcService, endpoint: Endpoint, workdir: Path) -> list[S
     try:
         async with trio.open_nursery() as nursery:
             await lab.start(nursery)
-            checks = [await check_vmotion(lab, ("esx-b",))]
-            checks.append(await check_old_host(lab, "esx-a"))
+            checks = [await check_vmotion(lab, (HOSTS[1],))]
+            checks.append(await check_old_host(lab, HOSTS[0]))
             await lab.wind_down()
             nursery.cancel_scope.cancel()
     finally:
