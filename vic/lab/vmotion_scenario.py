@@ -30,7 +30,14 @@ from vic.lab.session_checks import ROOT, SessionCheck, agent_toml, env, vic, vic
 from vic.lab.vm_device import VmDevice
 from vic.lab.vmotion_hosts import Inventory, VCenter, ingress_path, start_hosts
 from vspc.endpoint import Endpoint
-from vspc.guestinfo_watch import FileStoreWatcher, configure_session, go_ahead, wait_for_started
+from vspc.guestinfo_watch import (
+    FileStoreWatcher,
+    SessionStartFailed,
+    VMPoweredOff,
+    configure_session,
+    go_ahead,
+    wait_for_started,
+)
 from vspc.placement import Placement
 from vspc.service import VspcService
 
@@ -100,6 +107,8 @@ class VmotionLab:
         self.vm = vm
         self.hosts = hosts
         self.d = workdir / "vmo"
+        # the lab's vCenter knows the sessions scenario's VM too: while it is the
+        # endpoint's placement, relay esx-s may still speak for vm-sess-1
         self.vcenter = vcenter or Inventory({vm: hosts[0], "vm-sess-1": "esx-s"})
         self.device = VmDevice(
             vm, self.d / "device.sock", {h: ingress_path(self.d, h) for h in hosts}, hosts[0]
@@ -167,9 +176,12 @@ async def exec_across(lab: VmotionLab, moves: Sequence[str], lines: int = LINES)
 
     async def send() -> None:
         assert proc.stdin is not None
-        for i in range(lines):
-            await progress.at_least(i - WINDOW)
-            await proc.stdin.send_all(line(i))
+        try:
+            for i in range(lines):
+                await progress.at_least(i - WINDOW)
+                await proc.stdin.send_all(line(i))
+        except trio.BrokenResourceError:  # the exec ended early: its output tells
+            pass
         await proc.stdin.aclose()
 
     async def direct() -> None:
@@ -242,7 +254,11 @@ async def run(service: VspcService, endpoint: Endpoint, workdir: Path) -> list[S
     lab = VmotionLab(service, endpoint, workdir)
     try:
         async with trio.open_nursery() as nursery:
-            await lab.start(nursery)
+            try:
+                await lab.start(nursery)
+            except (trio.TooSlowError, OSError, SessionStartFailed, VMPoweredOff) as e:
+                nursery.cancel_scope.cancel()
+                return [SessionCheck("start: relays, device, agent", f"failed: {e!r}", False, VM)]
             checks = [await check_vmotion(lab, (HOSTS[1],))]
             checks.append(await check_old_host(lab, HOSTS[0]))
             await lab.wind_down()
