@@ -11,11 +11,13 @@
   endpoint asks it (``vspc.placement.Placement``, the same cache and refresh rules
   as with ``[endpoint.vcenter]``; only the query reads the lab's table instead of
   the vSphere API) whether a relay may speak for a VM. A vMotion updates it at the
-  switchover, as vCenter's ``runtime.host`` does.
+  switchover, as vCenter's ``runtime.host`` does. (Any ``VCenter`` will do: the
+  tests run the same move with govmomi's vcsim, and its hosts' names.)
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,7 +61,7 @@ class VCenter(Placement):
 
     def __init__(self, cfg: VCenterCheck, conn: VSphereConn | None = None) -> None:
         super().__init__(cfg, conn)
-        self.refusals: list[tuple[str, str, str]] = []
+        self.refusals: deque[tuple[str, str, str]] = deque(maxlen=100)  # the latest
         self._refused = trio.lowlevel.ParkingLot()
 
     async def vmotion(self, vm: str, host: str) -> None:
