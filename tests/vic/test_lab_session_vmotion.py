@@ -32,6 +32,8 @@ from vic.lab.vmotion_scenario import (
     EXIT,
     LINES,
     VM,
+    ExecRun,
+    Progress,
     VmotionLab,
     exec_across,
     old_host_refused,
@@ -111,6 +113,28 @@ async def test_exec_i_across_a_vmotion_there_and_back(lab: VmotionLab) -> None:
     # ... and the session still answers through esx-a
     r = await vic(lab.workdir, "exec", VM, "--", "sh", "-c", "echo still here; exit 4")
     assert (r.stdout, r.returncode) == (b"still here\n", 4)
+
+
+async def test_moved_again_while_the_tether_reconnects(lab: VmotionLab) -> None:
+    """vMotion ping-pong: each next move resets the tether's new connection the
+    moment the device forwards it (before its handshake is through); the session
+    resumes on the connection after the last move, every byte once."""
+
+    async def bounce(lab: VmotionLab, run: ExecRun, progress: Progress) -> None:
+        await progress.at_least(LINES // 3)
+        hosts = ("esx-b", "esx-a", "esx-b")
+        for k, host in enumerate(hosts):
+            want = lab.device.forwarded[host] + 1
+            run.moves.append(await lab.vmotion(host))
+            if k < len(hosts) - 1:  # the tether's next connection, through ``host``
+                await lab.device.forwarded_to(host, want)
+
+    run = await exec_across(lab, ("esx-b", "esx-a", "esx-b"), director=bounce)
+    assert bytes(run.out) == run.sent, (len(run.out), len(run.sent))
+    assert (bytes(run.err), run.code) == (b"stdin closed\n", EXIT)
+    assert [m.split(":")[1] for m in run.moves] == [" 1 connection(s) reset"] * 3, run.moves
+    assert lab.device.resets == 3 and lab.device.host == "esx-b"
+    assert lab.device.forwarded["esx-a"] >= 2 and lab.device.forwarded["esx-b"] >= 2
 
 
 async def test_the_old_host_is_refused_once_the_vm_moved(lab: VmotionLab) -> None:

@@ -43,10 +43,16 @@ class VmDevice:
         self.refused = 0  # connections made while the host's relay did not answer
         self.resets = 0  # live connections reset by moves
         self._live: dict[trio.CancelScope, str] = {}
+        self._forwarding = trio.lowlevel.ParkingLot()
 
     @property
     def live(self) -> int:
         return len(self._live)
+
+    async def forwarded_to(self, host: str, n: int) -> None:
+        """Return once ``n`` connections in all were forwarded to ``host``."""
+        while self.forwarded[host] < n:
+            await self._forwarding.park()
 
     def move(self, host: str) -> int:
         """Switch the VM to ``host``; reset every live connection; return how many."""
@@ -86,6 +92,7 @@ class VmDevice:
             await trio.aclose_forcefully(guest)
             return
         self.forwarded[host] += 1
+        self._forwarding.unpark_all()
         scope = trio.CancelScope()
         self._live[scope] = host
         try:

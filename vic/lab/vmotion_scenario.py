@@ -17,7 +17,7 @@ appliance (placement), and the session still answers.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,9 +158,26 @@ class VmotionLab:
                 self.endpoint.placement = self._placement
 
 
-async def exec_across(lab: VmotionLab, moves: Sequence[str], lines: int = LINES) -> ExecRun:
+Director = Callable[["VmotionLab", ExecRun, Progress], Awaitable[None]]
+
+
+def evenly(moves: Sequence[str], lines: int) -> Director:
+    """Move the VM to each host of ``moves`` in turn, at equal fractions of the lines."""
+
+    async def direct(lab: VmotionLab, run: ExecRun, progress: Progress) -> None:
+        for k, host in enumerate(moves, 1):
+            await progress.at_least(k * lines // (len(moves) + 1))
+            at = progress.lines
+            run.moves.append(f"{await lab.vmotion(host)} at line {at}")
+
+    return direct
+
+
+async def exec_across(
+    lab: VmotionLab, moves: Sequence[str], lines: int = LINES, director: Director | None = None
+) -> ExecRun:
     """``vic console exec -i VM -- sh -c 'cat; ...'``, moving the VM to each host of
-    ``moves`` in turn at equal fractions of the lines echoed."""
+    ``moves`` in turn at equal fractions of the lines echoed (or as ``director`` does)."""
     run = ExecRun(b"".join(line(i) for i in range(lines)))
     cmd = vic_cmd(lab.workdir, "exec", lab.vm, "-i", "--", "sh", "-c", SCRIPT)
     proc = await trio.lowlevel.open_process(
@@ -184,17 +201,11 @@ async def exec_across(lab: VmotionLab, moves: Sequence[str], lines: int = LINES)
             pass
         await proc.stdin.aclose()
 
-    async def direct() -> None:
-        for k, host in enumerate(moves, 1):
-            await progress.at_least(k * lines // (len(moves) + 1))
-            at = progress.lines
-            run.moves.append(f"{await lab.vmotion(host)} at line {at}")
-
     try:
         with trio.fail_after(STEP_TIMEOUT * (1 + len(moves))):
             async with trio.open_nursery() as n:
                 n.start_soon(send)
-                n.start_soon(direct)
+                n.start_soon(director or evenly(moves, lines), lab, run, progress)
                 n.start_soon(_read_all, proc.stdout, run.out, progress)
                 n.start_soon(_read_all, proc.stderr, run.err, None)
             run.code = await proc.wait()
