@@ -23,6 +23,7 @@ from vic.lab import report
 from vic.lab.appliance_config import lab_config
 
 if TYPE_CHECKING:
+    from vspc.endpoint import Endpoint
     from vspc.service import VspcService
 
 SCENARIOS = ("vspc", "relay", "mesh", "agent", "sessions")  # sessions: ~5 s more
@@ -129,18 +130,18 @@ async def main(workdir: Path, args: argparse.Namespace) -> bool:
             )
             all_ok &= all(c.ok for c in agents if not c.skipped)
         if "sessions" in selected:
-            all_ok &= await _sessions(service, workdir)
+            all_ok &= await _sessions(service, endpoint, workdir)
         _print_metrics(service)
         nursery.cancel_scope.cancel()
     print("LAB RESULT:", "all consoles byte-exact" if all_ok else "FAILED", file=sys.stdout)
     return all_ok
 
 
-async def _sessions(service: VspcService, workdir: Path) -> bool:
+async def _sessions(service: VspcService, endpoint: Endpoint, workdir: Path) -> bool:
     from vic.lab import sessions_scenario
 
-    checks = await sessions_scenario.run(service, workdir)
-    title = "A tethered VM: vic console exec / logs, an exec across a relay restart"
+    checks = await sessions_scenario.run(service, workdir, endpoint)
+    title = "A tethered VM: vic console exec / logs, an exec across a relay restart, a vMotion"
     print(sessions_scenario.render(title, checks))
     return all(c.ok for c in checks)
 
