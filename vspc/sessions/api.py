@@ -32,8 +32,12 @@ import trio
 from common.proto.identity import IdentityError
 from common.proto.session import channels as chs
 from common.proto.session.messages import ExecSpec, ExitStatus, Stream
+from vspc.console.logfile import file_stem
+from vspc.containerlogs.files import log_files
 from vspc.containerlogs.shapes import Shape
 from vspc.containerlogs.shapes import logs as shaped_logs
+from vspc.containerlogs.store import LABEL as LOG_LABEL
+from vspc.core.identity import PortKey, vm_key
 from vspc.core.linelog import STREAMS
 from vspc.core.linelog import Stream as LogStream
 from vspc.sessions.channel import ChannelQueue, MainState, Tap, VmSession
@@ -165,6 +169,21 @@ class SessionsApi:
             return status
         finally:
             s.taps.discard(tap)
+
+    async def has_logs(self, vm: str) -> bool:
+        """Whether ``logs(vm)`` has anything to say: the VM has a session here, or a
+        container log (held, or in files from before a restart)."""
+        try:
+            key = vm_key(vm)
+        except IdentityError:
+            return False
+        if self.service.find(key) is not None or self.service.logs.memory(key) > 0:
+            return True
+        log_dir = self.service.logs.settings.dir
+        if log_dir is None:
+            return False
+        stem = file_stem(PortKey(key, LOG_LABEL))
+        return bool(await trio.to_thread.run_sync(log_files, log_dir, stem))
 
     def logs(
         self,
