@@ -272,6 +272,8 @@ async def _pump_stdin(s: VmSession, ch: int, stdin: Source | None) -> None:
 async def _pump_resize(s: VmSession, ch: int, sizes: Sizes) -> None:
     async for rows, cols in sizes:
         s.ep.resize(ch, rows, cols)
+        if ch == s.main.ch:
+            s.main_size = (rows, cols)  # for the main process of a new session
 
 
 async def _pump_main(s: VmSession, stdin: Source) -> None:

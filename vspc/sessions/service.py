@@ -170,7 +170,7 @@ class SessionService:
         v.ep.replace_session(self._session())
         v.session = VmSession(v.vm, v.ep, self.logs, clock=self.clock, metrics=self.metrics)
         v.session.connections = old.connections
-        v.session.open_main()
+        v.session.open_main(old.main_size)  # a pty as the attached client last had it
         old.notify()  # whoever waits on the old one looks again
 
     async def _existing(self, key: str) -> tuple[bytes, ...]:
