@@ -146,16 +146,21 @@ class SessionsApi:
         stdin: Source | None = None,
         stdout: Sink | None = None,
         stderr: Sink | None = None,
+        size: tuple[int, int] = (0, 0),
         resize: Sizes | None = None,
     ) -> ExitStatus | None:
         """See the module doc. Ending ``stdin`` does not end the main process;
-        ``resize`` goes to the main process's channel (a tether without a pty
-        for it may ignore it)."""
+        ``size`` (the client's terminal) reaches the main process's pty before
+        any of ``stdin``, then each of ``resize`` (a tether without a pty for it
+        may ignore them)."""
         s = self._session(vm)
         if s.main.state is MainState.EXITED:
             return s.main.exit
         if s.main.ch is None or s.main.state is MainState.REFUSED:
             raise ExecRefused(s.main.reason or "no main process to attach to")
+        if size[0] and size[1]:
+            s.ep.resize(s.main.ch, *size)
+            s.main_size = size
         tap = Tap()
         s.taps.add(tap)
         try:

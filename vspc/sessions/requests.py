@@ -65,8 +65,6 @@ async def serve_attach(
         return
     await stream.send_all(proto.encode_line({"ok": True, "vm": req.vm}))
     client = _ExecClient(stream, req.stdin)
-    if req.rows and req.cols:
-        client.sizes_send.send_nowait((req.rows, req.cols))
 
     async def out(data: bytes) -> None:
         await client.output(proto.FrameType.STDOUT, data)
@@ -83,7 +81,12 @@ async def serve_attach(
         nursery.start_soon(read)
         try:
             status = await api.attach(
-                req.vm, stdin=client.stdin, stdout=out, stderr=err, resize=client.sizes
+                req.vm,
+                stdin=client.stdin,
+                stdout=out,
+                stderr=err,
+                size=(req.rows, req.cols),
+                resize=client.sizes,
             )
             if status is None:
                 await stream.send_all(proto.exit_frame(error="dropped: fell too far behind"))
