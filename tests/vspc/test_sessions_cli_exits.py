@@ -14,7 +14,6 @@ from tests.vspc.test_sessions_cli import VM, console, tethered
 from tests.vspc.test_vspc_ops import HOST, wait_console
 from vic.lab.esx_sim import EsxConnection, SimVM
 
-pytestmark = pytest.mark.trio
 
 UNKNOWN = "vm-nobody"
 
@@ -72,3 +71,22 @@ async def test_exec_timeout_exits_124_with_one_line(tmp_path: Path) -> None:
         assert r.returncode == 7, r  # within its timeout: the command's own code
         r = await console(tmp_path, "exec", "--timeout", "-1", VM, "--", "true")
         assert r.returncode == 2 and b"--timeout" in r.stderr, r
+
+
+@pytest.mark.parametrize(
+    ("obj", "code", "said"),
+    [
+        ({"signal": 9, "timed_out": True}, 124, "exec timed out (killed by signal 9)"),
+        ({"code": 3, "timed_out": True}, 124, "exec timed out (exit code 3)"),
+        ({"error": "late", "timed_out": True}, 124, "exec timed out (no exit status)"),
+        ({"signal": 9}, 137, ""),
+        ({"code": 0, "timed_out": False}, 0, ""),
+    ],
+)
+def test_the_exit_frame_to_an_exit_code(
+    capsys: pytest.CaptureFixture[str], obj: dict[str, object], code: int, said: str
+) -> None:
+    from vspc.sessions.client import _exit_code
+
+    assert _exit_code(obj) == code
+    assert capsys.readouterr().err == (f"vic console: {said}\n" if said else "")
