@@ -14,7 +14,6 @@ from tests.vspc.test_sessions_cli import VM, console, tethered
 from tests.vspc.test_vspc_ops import HOST, wait_console
 from vic.lab.esx_sim import EsxConnection, SimVM
 
-
 UNKNOWN = "vm-nobody"
 
 
