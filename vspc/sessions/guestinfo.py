@@ -8,11 +8,15 @@ change them; the value never appears in a log line or an error (``scrubbed``).
 
 from __future__ import annotations
 
+import trio
+
 from common.io.guestinfo.base import BackendError
 from common.io.guestinfo.filestore import POWERED_ON
 from vspc.config import SessionsConfig
 from vspc.guestinfo_vsphere import VSphereWatcher
 from vspc.guestinfo_watch import FileStoreWatcher, GuestinfoWatcher, VMState
+
+CLOSE_WAIT = 5.0
 
 
 class VSphereSecrets(VSphereWatcher):
@@ -32,6 +36,11 @@ class VSphereSecrets(VSphereWatcher):
             conn.reset()
             raise BackendError(f"vSphere read of {vm}: {e}") from e
         return VMState(values=values, power=POWERED_ON, version=1)
+
+    async def aclose(self) -> None:
+        """Log out, for at most ``CLOSE_WAIT`` seconds (a vCenter gone quiet)."""
+        with trio.move_on_after(CLOSE_WAIT):
+            await trio.to_thread.run_sync(self._writer.disconnect, abandon_on_cancel=True)
 
 
 def guestinfo_store(config: SessionsConfig) -> GuestinfoWatcher | None:
