@@ -14,10 +14,10 @@ connections use the new one. A relayed stream is handed to the VM's endpoint
 
 When the tether lost the session (it restarted: the core reports
 ``SESSION_MISMATCH`` on the first connection), the service starts a new one:
-open execs end with ``ExecRefused``, the main process is attached again. As a
-safety net for a tether that never resumes for any other reason (an older
-tether refused our RESUME before sending its own), ``UNRESUMED_LIMIT``
-connections in a row sealed but never resumed also start a new session.
+open execs end with ``ExecRefused``, the main process is attached again. Nothing
+else starts a new session: connections that are sealed and then cut before they
+resume (a link flapping, a VM moving twice in a row) only ever resume it, so no
+exec is lost to a count of them.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ from vspc.sessions.metrics import SessionMetrics
 log = logging.getLogger("vspc.sessions")
 
 LABEL = "session"
-UNRESUMED_LIMIT = 3
 SECRETS_KEY = gik.session_secrets_key()
 
 
@@ -67,7 +66,6 @@ class _Vm:
         self.secrets = secrets  # current first
         self.ep = ep
         self.session: VmSession | None = None
-        self.unresumed = 0  # connections in a row sealed but never resumed
 
 
 class SessionService:
@@ -174,7 +172,6 @@ class SessionService:
         assert old is not None
         log.warning("%s: %s: starting a new session", wire(v.vm), why)
         old.fail_all("the tether lost the session")
-        v.unresumed = 0
         v.ep.replace_session(self._session())
         v.session = VmSession(v.vm, v.ep, self.logs, clock=self.clock, metrics=self.metrics)
         v.session.connections = old.connections
@@ -222,14 +219,11 @@ class SessionService:
             await trio.aclose_forcefully(stream)
             return
         v = self._vms[vm_key(header.vm)]
-        resumed = False
 
         async def watch() -> None:
-            nonlocal resumed
             while v.ep.live:  # an older connection, being replaced
                 await v.ep.wait_changed()
             await v.ep.wait_live()
-            resumed = True
             self.metrics.established()
 
         async with trio.open_nursery() as nursery:
@@ -237,14 +231,3 @@ class SessionService:
             end = await v.ep.run_connection(stream, handshake_timeout=self.config.handshake_timeout)
             nursery.cancel_scope.cancel()
         self.metrics.ended(end)
-        self._after(v, end.established, resumed)
-
-    def _after(self, v: _Vm, established: bool, resumed: bool) -> None:
-        """Safety net: ``UNRESUMED_LIMIT`` connections in a row sealed but never
-        resumed (an older tether that drops our RESUME) start a new session."""
-        if resumed or not established:
-            v.unresumed = 0
-            return
-        v.unresumed += 1
-        if v.unresumed >= UNRESUMED_LIMIT:
-            self._renew(v, f"{v.unresumed} connections sealed but never resumed")
