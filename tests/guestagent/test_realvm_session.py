@@ -10,6 +10,7 @@ process's exit code. One VM serves every check (booting costs most)."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,14 +19,12 @@ import pytest
 import trio
 
 from common.proto.link.header import HeaderDecoder
-from vic.lab import realvm
+from vic.lab import cli, realvm
 from vic.lab.appliance_config import lab_config
 from vic.lab.realvm_checks import CHECKS, render
 from vic.lab.realvm_scenario import VM, RealVm, booted, console_tail
 from vspc.endpoint import Endpoint
 from vspc.service import VspcService
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -44,6 +43,7 @@ async def vm(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[RealVm]:
         raise
 
 
+@pytest.mark.slow
 async def test_a_real_vm_serves_exec_attach_and_logs_through_the_appliance(vm: RealVm) -> None:
     began = time.monotonic()
     checks = [await check(vm) for check in CHECKS]
@@ -56,3 +56,16 @@ async def test_a_real_vm_serves_exec_attach_and_logs_through_the_appliance(vm: R
     print(
         f"realvm: boot to session {vm.boot_seconds:.1f} s, checks {time.monotonic() - began:.1f} s"
     )
+
+
+def test_the_lab_skips_the_real_vm_with_the_reason_and_leaves_it_out_of_all(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(realvm, "unavailable", lambda: "no QEMU on this test's machine")
+    parser = argparse.ArgumentParser()
+    cli.configure(parser)
+    assert cli.run(parser.parse_args(["--scenario", "realvm"])) == 0
+    out = capsys.readouterr().out
+    assert "skipped: no QEMU on this test's machine" in out
+    assert "LAB RESULT: all consoles byte-exact" in out
+    assert parser.parse_args([]).scenario == "all" and "realvm" not in cli.SCENARIOS

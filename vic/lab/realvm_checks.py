@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from vspc.sessions.api import SessionsApi
 
 TRIES = 50  # lines typed, at most, until the guest's terminal shows the new size
 EVERY_BYTE = bytes(range(256)) * 40
+KERNEL_LOG = re.compile(rb"\[ *\d+\.\d{6}\] ")  # dmesg's timestamp
 
 
 @dataclass
@@ -64,21 +66,22 @@ async def vic(
 
 
 async def check_boot_noise(vm: RealVm) -> Check:
-    """The kernel's log went up the line before the tether's sync marker did."""
+    """Kernel log lines (dmesg's ``[    1.234567] ``) went up the line before the sync
+    marker of the stream that carries the session; a line lost while the relay
+    reconnected (the serial line drops bytes then) costs only itself."""
+    what = "boot: kernel log on the UART, then the handshake"
     streams = [bytes(s) for s in vm.tap.streams]
-    noisy = [i for i, s in enumerate(streams) if b"Linux version" in s]
     synced = [i for i, s in enumerate(streams) if MAGIC in s]
-    ok = bool(noisy and synced) and noisy[0] <= synced[-1]
-    if ok and noisy[0] == synced[-1]:
-        ok = streams[noisy[0]].find(b"Linux version") < streams[noisy[0]].find(MAGIC)
-    n = sum(len(s) for s in streams[: synced[-1] + 1]) if synced else 0
-    where = f"kernel log in #{noisy[0] + 1}" if noisy else "no kernel log"
-    where += f", handshake in #{synced[-1] + 1}" if synced else ", no handshake"
+    if not synced:
+        return Check(what, f"no sync marker in {len(streams)} relayed streams", False)
+    last = synced[-1]
+    before = [*streams[:last], streams[last][: streams[last].find(MAGIC)]]
+    lines = sum(len(KERNEL_LOG.findall(s)) for s in before)
     seen = (
-        f"session up {vm.boot_seconds:.1f} s after power-on; {n} bytes up the line in "
-        f"{len(streams)} relayed streams: {where}"
+        f"session up {vm.boot_seconds:.1f} s after power-on; {lines} kernel log lines "
+        f"before it, {sum(map(len, before))} bytes in {last + 1} relayed streams"
     )
-    return Check("boot: kernel log on the UART, then the handshake", seen, ok)
+    return Check(what, seen, lines > 0)
 
 
 async def check_exec(vm: RealVm) -> Check:
