@@ -11,6 +11,8 @@ process's exit code. One VM serves every check (booting costs most)."""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from common.proto.link.header import HeaderDecoder
 from vic.lab import cli, realvm
 from vic.lab.appliance_config import lab_config
 from vic.lab.realvm_checks import CHECKS, render
+from vic.lab.realvm_pty import PtyCommand
 from vic.lab.realvm_scenario import VM, RealVm, booted, console_tail
 from vspc.endpoint import Endpoint
 from vspc.service import VspcService
@@ -69,3 +72,29 @@ def test_the_lab_skips_the_real_vm_with_the_reason_and_leaves_it_out_of_all(
     assert "skipped: no QEMU on this test's machine" in out
     assert "LAB RESULT: all consoles byte-exact" in out
     assert parser.parse_args([]).scenario == "all" and "realvm" not in cli.SCENARIOS
+
+
+# prints its terminal's size, waits for SIGWINCH (blocked first: none is lost), prints it
+# again, exits with the length of the line it reads
+WINCH_CHILD = """
+import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGWINCH])
+print(*reversed(os.get_terminal_size(0)), flush=True)
+signal.sigwait([signal.SIGWINCH])
+print(*reversed(os.get_terminal_size(0)), flush=True)
+sys.exit(len(input()))
+"""
+
+
+async def test_a_pty_command_owns_its_terminal_and_a_resize_signals_it(tmp_path: Path) -> None:
+    argv = [sys.executable, "-c", WINCH_CHILD]
+    term = await PtyCommand.start(argv, 24, 80, cwd=tmp_path, env=dict(os.environ))
+    try:
+        with trio.fail_after(30):
+            await term.expect(rb"24 80\r\n")
+            term.resize(50, 132)  # only the kernel sends SIGWINCH: to its terminal's owner
+            await term.expect(rb"50 132\r\n")
+            await term.type(b"four\r")
+            assert await term.wait() == 4
+    finally:
+        await term.aclose()

@@ -5,7 +5,6 @@ what the command writes read from the master, keystrokes written to it."""
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import re
@@ -58,17 +57,21 @@ class PtyCommand:
             os.close(slave)
         return cls(proc, master)
 
+    async def _read(self) -> bool:
+        """Read what the command wrote next into ``out``; False once its output ended."""
+        try:
+            data = await self.stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""  # EIO: the command and its children closed the terminal
+        self.out += data
+        return bool(data)
+
     async def expect(self, pattern: bytes) -> re.Match[bytes]:
         """The next match of the regex ``pattern`` in the output (EOFError if it ends)."""
         rx = re.compile(pattern)
         while (m := rx.search(self.out, self._seen)) is None:
-            try:
-                data = await self.stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""  # EIO: the command and its children closed the terminal
-            if not data:
+            if not await self._read():
                 raise EOFError(f"output ended before {pattern!r}: {bytes(self.out[-200:])!r}")
-            self.out += data
         self._seen = m.end()
         return m
 
@@ -81,8 +84,8 @@ class PtyCommand:
 
     async def wait(self) -> int:
         """Its exit code, reading whatever else it writes meanwhile."""
-        with contextlib.suppress(EOFError):
-            await self.expect(b"(?!)")  # until the terminal's output ends
+        while await self._read():
+            pass
         return await self.proc.wait()
 
     async def aclose(self) -> None:

@@ -68,9 +68,8 @@ class LineTap:
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
         await sock.bind(str(self.path))
         sock.listen(16)
-        await trio.serve_listeners(
-            self._handle, [trio.SocketListener(sock)], task_status=task_status
-        )
+        async with trio.SocketListener(sock) as listener:
+            await trio.serve_listeners(self._handle, [listener], task_status=task_status)
 
     async def _handle(self, relay: trio.SocketStream) -> None:
         seen = bytearray()
