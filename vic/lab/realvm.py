@@ -99,7 +99,7 @@ exec 3<>/dev/ttyS1
 stty raw -echo <&3
 dmesg >&3 2>/dev/null
 exec 3>&-
-echo "realvm: starting the agent, uptime $(cut -d' ' -f1 /proc/uptime) s" >&2
+echo "realvm: $(date +%T.%3N) starting the agent, uptime $(cut -d' ' -f1 /proc/uptime) s" >&2
 cd {root}
 export PYTHONDONTWRITEBYTECODE=1 HOME=/run PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin
 exec {python} -m vic.cli agent --config {conf}
@@ -144,8 +144,11 @@ def prepare(d: Path, share: Path, vm: str) -> VmFiles:
 
 def qemu_argv(files: VmFiles) -> list[str]:
     k = kernel()
+    # cache=loose: the guest caches the (read-only, unchanging) root's metadata and pages,
+    # which halves the agent's Python start-up under TCG (about 40 s -> 20 s here)
+    rootflags = "trans=virtio,version=9p2000.L,msize=262144,cache=loose"
     append = (
-        "root=hostroot rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=262144 ro "
+        f"root=hostroot rootfstype=9p rootflags={rootflags} ro "
         f"console=ttyS0 quiet panic=-1 init={files.init}"
     )
     return [
