@@ -23,7 +23,7 @@ import trio
 from common.proto.link.header import HeaderDecoder
 from vic.lab import cli, realvm
 from vic.lab.appliance_config import lab_config
-from vic.lab.realvm_checks import CHECKS, render
+from vic.lab.realvm_checks import render, run_checks
 from vic.lab.realvm_pty import PtyCommand
 from vic.lab.realvm_scenario import VM, RealVm, booted, console_tail
 from vspc.endpoint import Endpoint
@@ -49,7 +49,7 @@ async def vm(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[RealVm]:
 @pytest.mark.slow
 async def test_a_real_vm_serves_exec_attach_and_logs_through_the_appliance(vm: RealVm) -> None:
     began = time.monotonic()
-    checks = [await check(vm) for check in CHECKS]
+    checks = await run_checks(vm)
     print(render("A real VM", VM, checks))
     for c in checks:
         assert c.ok, f"{c.what}: {c.seen}"

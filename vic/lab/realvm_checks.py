@@ -43,6 +43,7 @@ class Check:
     what: str
     seen: str
     ok: bool
+    seconds: float = 0.0
 
 
 def vic_cmd(vm: RealVm, verb: str, *args: str) -> list[str]:
@@ -192,11 +193,25 @@ CHECKS: tuple[Callable[[RealVm], Awaitable[Check]], ...] = (
 )
 
 
+async def run_checks(vm: RealVm) -> list[Check]:
+    """Every check, in order; one that times out or loses its CLI fails alone."""
+    out = []
+    for check in CHECKS:
+        began = trio.current_time()
+        try:
+            c = await check(vm)
+        except (trio.TooSlowError, EOFError, OSError) as e:
+            c = Check(check.__name__.removeprefix("check_"), f"failed: {e!r}", False)
+        c.seconds = trio.current_time() - began
+        out.append(c)
+    return out
+
+
 async def run(service: VspcService, workdir: Path) -> list[Check]:
     """Boot the VM once, run every check against it, power it off."""
     try:
         async with booted(service, workdir) as vm:
-            return [await check(vm) for check in CHECKS]
+            return await run_checks(vm)
     except (trio.TooSlowError, RuntimeError, OSError) as e:
         tail = console_tail(workdir, 5).replace("\n", " | ")
         return [Check("boot, session over the UART", f"failed: {e!r}; console: {tail}", False)]
@@ -205,8 +220,8 @@ async def run(service: VspcService, workdir: Path) -> list[Check]:
 def render(title: str, vm: str, checks: list[Check]) -> str:
     lines = [f"== {title}"]
     w = max([len(c.what) for c in checks] + [5])
-    lines.append(f"{'VM':<{len(vm)}}  {'check':<{w}}  result")
+    lines.append(f"{'VM':<{len(vm)}}  {'check':<{w}}  {'time':>6}  result")
     for c in checks:
-        lines.append(f"{vm}  {c.what:<{w}}  {'OK' if c.ok else 'FAILED'}")
+        lines.append(f"{vm}  {c.what:<{w}}  {c.seconds:>5.1f}s  {'OK' if c.ok else 'FAILED'}")
         lines.append(f"{'':<{len(vm)}}    {c.seen}")
     return "\n".join(lines)

@@ -123,11 +123,8 @@ def _store(sessions: SessionService) -> FileStoreWatcher:
 
 async def wait_carried(sessions: SessionService, vm: str) -> None:
     """Until a connection has carried ``vm``'s session (the tether resumed it)."""
-    while (s := sessions.find(vm)) is None or s.connections == 0:
-        if s is None:
-            await sessions.prepare(vm)
-            continue
-        await s.changed.wait()
+    while (s := await sessions.prepare(vm)).connections == 0:  # the current session
+        await s.changed.wait()  # set on each RESUME, and when a new session replaces it
 
 
 @asynccontextmanager
