@@ -53,7 +53,7 @@ async def test_a_real_vm_serves_exec_attach_and_logs_through_the_appliance(vm: R
     print(render("A real VM", VM, checks))
     for c in checks:
         assert c.ok, f"{c.what}: {c.seen}"
-    header, _ = HeaderDecoder().feed(bytes(vm.tap.streams[-1]))  # the stream that carried it
+    header, _ = HeaderDecoder().feed(bytes(vm.tap.streams[-1]))  # the relay names each stream
     assert header is not None
     assert (header.vm, header.kind, header.label) == (VM, "pipe", "session")
     print(
