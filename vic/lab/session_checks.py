@@ -54,10 +54,14 @@ def env() -> dict[str, str]:
     return out
 
 
-async def vic(workdir: Path, verb: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+async def vic(
+    workdir: Path, verb: str, *args: str, stdin: bytes = b""
+) -> subprocess.CompletedProcess[bytes]:
+    """``vic console VERB ARGS`` against the lab appliance in ``workdir``."""
     with trio.fail_after(STEP_TIMEOUT):
         return await trio.run_process(
             vic_cmd(workdir, verb, *args),
+            stdin=stdin,
             capture_stdout=True,
             capture_stderr=True,
             check=False,
