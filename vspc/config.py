@@ -15,6 +15,7 @@ from common.ops import config as ops_config
 from common.ops.config import ConfigError, require
 from common.proto.address import is_loopback_host, is_trusted_address, parse_address
 from vspc.console.config import ConsoleConfig
+from vspc.docker_config import DockerConfig
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_NETWORKS: tuple[Network, ...] = (
@@ -317,6 +318,7 @@ class VspcConfig:
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     vmotion: VMotionConfig = field(default_factory=VMotionConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    docker: DockerConfig = field(default_factory=DockerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     proxy: tuple[ProxyRule, ...] = ()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -330,6 +332,8 @@ class VspcConfig:
             out.append((self.metrics.host, "metrics.host"))
         if self.console.tcp is not None:
             out.append((self.console.tcp.host, "console.tcp.host"))
+        if self.docker.enabled and self.docker.tcp is not None:
+            out.append((self.docker.tcp.host, "docker.tcp.host"))
         for i, ln in enumerate(self.endpoint.link):
             kind, where = parse_address(ln.address)
             if kind == "tcp":
@@ -344,6 +348,7 @@ class VspcConfig:
                 (self.listen.tls, "listen.tls"),
                 (self.endpoint.tls, "endpoint.tls"),
                 (self.console.tcp, "console.tcp"),
+                (self.docker.tcp.tls if self.docker.tcp else None, "docker.tcp.tls"),
             )
             if t is not None
         ]

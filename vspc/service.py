@@ -47,6 +47,7 @@ from vspc.console.service import ConsoleService
 from vspc.core import switchboard as sb
 from vspc.core.identity import PortKey
 from vspc.core.liveness import Due, LivenessPolicy, LivenessTable
+from vspc.docker.server import DockerServer
 from vspc.esx_conn import CLOSE_FLUSH_SECONDS, EsxConnection, peer_gone
 from vspc.esx_events import SessionEvents
 from vspc.esx_listener import EsxListeners, source_of
@@ -72,6 +73,11 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
         self.metrics = metrics or VspcMetrics.create()
         self.consoles = ConsoleService(config.console, self.metrics)
         self.sessions = session_service(config.sessions, self.consoles)  # None: disabled
+        self.docker = (  # the Docker Engine API endpoint (issue 14); None: disabled
+            DockerServer(config.docker, self.sessions, metrics=self.metrics)
+            if config.docker.enabled
+            else None
+        )
         self.board = sb.Switchboard(
             vmotion_timeout=config.vmotion.timeout,
             max_concurrent_vmotions=config.vmotion.max_concurrent,
@@ -134,6 +140,8 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
                     await nursery.start(self.consoles.run)
                     if self.sessions is not None:
                         await nursery.start(self.sessions.run)
+                    if self.docker is not None:
+                        await nursery.start(self.docker.run)
                     nursery.start_soon(self._expiry_loop)
                     nursery.start_soon(self._liveness_loop)
                     nursery.start_soon(gc_loop, self.board)

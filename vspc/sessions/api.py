@@ -214,6 +214,18 @@ class SessionsApi:
             shape=shape,
         )
 
+    def signal(self, vm: str, signo: int) -> bool:
+        """Signal the main process through the session (sent, exactly once, when a
+        connection carries it); False when there is no running main process."""
+        s = self._session(vm)
+        if s.main.ch is None or s.main.state is not MainState.RUNNING:
+            return False
+        return s.ep.signal(s.main.ch, signo)
+
+    def vms(self) -> list[str]:
+        """The VMs with a session here."""
+        return self.service.names()
+
     async def rotate(self, vm: str) -> None:
         """A new session secret for ``vm`` (see ``SessionService.rotate``); the
         session carries on, its next connection uses the new secret."""

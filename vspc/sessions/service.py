@@ -112,6 +112,10 @@ class SessionService:
         v = self._vms.get(vm_key(vm))
         return None if v is None else v.session
 
+    def names(self) -> list[str]:
+        """The VMs with a session (their keys), sorted."""
+        return sorted(self._vms)
+
     def secrets(self, vm: str) -> tuple[bytes, ...]:
         v = self._vms.get(vm_key(vm))
         return () if v is None else v.secrets

@@ -1,0 +1,1 @@
+"""The Docker Engine API endpoint on the appliance (issue 14): ``vspc.docker.server``."""

@@ -1,0 +1,300 @@
+"""HTTP/1.1 for the Docker endpoint: h11 (sans-IO) driven over one trio stream.
+
+``HttpConnection(stream, handler, limits).serve()`` reads requests one after
+another (keep-alive), hands each to ``handler(request, responder)`` and
+closes the stream when the client does, when a request breaks HTTP, or after
+a response that cannot be followed by another. The handler answers through
+the ``Responder``:
+
+* ``send(status, body, content_type)``: a whole response (``send_json``,
+  ``send_error`` in docker's ``{"message": ...}`` shape);
+* ``start(status, content_type)``, ``write(data)``, ``end()``: a streamed
+  response (chunked for HTTP/1.1, h11 picks);
+* ``until_gone(fn)``: run ``fn`` until it returns or the client hangs up
+  (``docker logs -f``, ``docker wait``: nothing else notices a client that
+  left while nothing is written); the connection closes after that response;
+* ``hijack(content_type)``: docker's connection hijack (attach, exec start):
+  ``101 Switching Protocols`` with ``Upgrade: tcp`` when the client asked for
+  an upgrade, else ``200`` and the raw stream after the headers (docker's
+  older clients); gives the stream and the bytes already read past the
+  request. The handler then owns the stream.
+
+Bounds per connection: request line and headers ``max_header_bytes`` (431
+beyond), a body ``max_body_bytes`` (413), ``request_timeout`` seconds to
+send a whole request head (the connection is closed). A body the handler did
+not read (an unsupported verb: ``docker build``'s context) is read and
+dropped, at most ``drain_bytes`` within ``drain_seconds``, so the client sees
+the answer, then the connection closes. A malformed request gets docker's
+error JSON with h11's status hint and the connection closes; it costs one log
+line (wire text escaped) and ``vspc_protocol_errors_total{where="docker"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+import trio
+
+from common.ops.wiretext import wire
+from vspc.core.docker_api import API_VERSION, error_body
+
+log = logging.getLogger("vspc.docker")
+
+RECV = 65536
+SERVER = "vic-channel"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = 65536
+    max_body_bytes: int = 1 << 20
+    request_timeout: float = 30.0
+    drain_bytes: int = 64 << 20
+    drain_seconds: float = 5.0
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Request:
+    def __init__(self, http: HttpConnection, ev: h11.Request) -> None:
+        self._http = http
+        self.method = ev.method.decode("ascii", "replace")
+        self.target = ev.target.decode("latin-1")
+        self.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in ev.headers]
+        self.body_done = False
+
+    def header(self, name: str) -> str:
+        name = name.lower()
+        return next((v for k, v in self.headers if k == name), "")
+
+    async def body(self) -> bytes:
+        """The whole body (``BodyTooLarge`` past ``max_body_bytes``)."""
+        out = bytearray()
+        while True:
+            ev = await self._http.next_event()
+            if isinstance(ev, h11.Data):
+                out += ev.data
+                if len(out) > self._http.limits.max_body_bytes:
+                    raise BodyTooLarge(f"request body over {self._http.limits.max_body_bytes}")
+            elif isinstance(ev, h11.EndOfMessage):
+                self.body_done = True
+                return bytes(out)
+            else:
+                raise h11.RemoteProtocolError("connection closed inside a request body", 400)
+
+
+class Responder:
+    def __init__(self, http: HttpConnection, method: str) -> None:
+        self._http = http
+        self.method = method
+        self.status = 0  # sent, once started
+        self.started = False
+        self.done = False
+        self.hijacked = False
+
+    def _headers(self, content_type: str, extra: Iterable[tuple[str, str]]) -> list[Any]:
+        hs = [("Server", SERVER), ("Api-Version", API_VERSION), ("Ostype", "linux")]
+        if content_type:
+            hs.append(("Content-Type", content_type))
+        hs.extend(extra)
+        if self._http.close_after:
+            hs.append(("Connection", "close"))
+        return hs
+
+    async def send(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: str = "",
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        hs = [*self._headers(content_type, headers), ("Content-Length", str(len(body)))]
+        await self._http.send(h11.Response(status_code=status, headers=hs))
+        self.started, self.status = True, status
+        if body and self.method != "HEAD":
+            await self._http.send(h11.Data(data=body))
+        await self.end()
+
+    async def send_json(self, status: int, obj: object) -> None:
+        await self.send(status, json.dumps(obj).encode() + b"\n", "application/json")
+
+    async def send_error(self, status: int, message: str) -> None:
+        await self.send(status, error_body(message) + b"\n", "application/json")
+
+    async def start(
+        self, status: int, content_type: str, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        hs = self._headers(content_type, headers)
+        await self._http.send(h11.Response(status_code=status, headers=hs))
+        self.started, self.status = True, status
+
+    async def write(self, data: bytes) -> None:
+        if data:
+            await self._http.send(h11.Data(data=data))
+
+    async def end(self) -> None:
+        if not self.done:
+            self.done = True
+            await self._http.send(h11.EndOfMessage())
+
+    async def until_gone(self, fn: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``fn``; cancel it if the client hangs up. False: it did."""
+        return await self._http.until_gone(fn)
+
+    async def hijack(self, content_type: str) -> tuple[trio.abc.Stream, bytes]:
+        """See the module doc."""
+        http = self._http
+        hs = [("Content-Type", content_type), ("Api-Version", API_VERSION)]
+        if http.conn.their_state is h11._state.MIGHT_SWITCH_PROTOCOL:
+            hs += [("Connection", "Upgrade"), ("Upgrade", "tcp")]
+            await http.send(h11.InformationalResponse(status_code=101, headers=hs))
+        else:
+            head = b"HTTP/1.1 200 OK\r\n" + b"".join(
+                b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in hs
+            )
+            await http.stream.send_all(head + b"\r\n")
+        self.started = self.done = self.hijacked = True
+        self.status = 101
+        leftover, _closed = http.conn.trailing_data
+        return http.stream, bytes(leftover)
+
+
+Handler = Callable[[Request, Responder], Awaitable[None]]
+
+
+class HttpConnection:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        handler: Handler,
+        limits: Limits,
+        *,
+        peer: str = "",
+        on_error: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.stream = stream
+        self.handler = handler
+        self.limits = limits
+        self.peer = peer
+        self.on_error = on_error
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self.close_after = False  # the current response ends the connection
+        self._gone = False
+
+    async def next_event(self) -> Any:
+        while True:
+            ev = self.conn.next_event()
+            if ev is not h11.NEED_DATA:
+                return ev
+            if self._gone:
+                self.conn.receive_data(b"")
+                continue
+            data = await self.stream.receive_some(RECV)
+            self.conn.receive_data(bytes(data))
+
+    async def send(self, ev: Any) -> None:
+        data = self.conn.send(ev)
+        if data:
+            await self.stream.send_all(data)
+
+    async def serve(self) -> None:
+        try:
+            await self._serve()
+        except h11.RemoteProtocolError as e:
+            await self._bad_request(e.error_status_hint, str(e))
+        except BodyTooLarge as e:
+            await self._bad_request(413, str(e))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            pass  # the client left (or the response could not be finished): nothing to say
+        finally:
+            await trio.aclose_forcefully(self.stream)
+
+    async def _serve(self) -> None:
+        while True:
+            with trio.move_on_after(self.limits.request_timeout) as cs:
+                ev = await self.next_event()
+            if cs.cancelled_caught:
+                self._log_bad("no whole request within the request timeout")
+                return
+            if not isinstance(ev, h11.Request):
+                return  # ConnectionClosed
+            self.close_after = _wants_close(ev)
+            req, resp = Request(self, ev), Responder(self, req_method(ev))
+            await self.handler(req, resp)
+            if resp.hijacked:
+                return
+            if not resp.started:
+                await resp.send_error(500, "the endpoint gave no answer")
+            await resp.end()
+            if self._gone or self.close_after:
+                return
+            if not self._body_read():
+                await self._drain()
+                return
+            if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
+                return
+            self.conn.start_next_cycle()
+
+    def _body_read(self) -> bool:
+        """The request's body, if any, is read (what h11 holds of it is dropped)."""
+        while self.conn.their_state is h11.SEND_BODY:
+            if self.conn.next_event() is h11.NEED_DATA:
+                return False
+        return True
+
+    async def until_gone(self, fn: Callable[[], Awaitable[None]]) -> bool:
+        async def watch(cancel: trio.CancelScope) -> None:
+            try:
+                data = await self.stream.receive_some(RECV)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if data:  # not a hang-up: wait for the response to end
+                await trio.sleep_forever()
+            self._gone = True
+            cancel.cancel()
+
+        self.close_after = True  # whatever the client sends meanwhile is not read as HTTP
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, nursery.cancel_scope)
+            await fn()
+            nursery.cancel_scope.cancel()
+        return not self._gone
+
+    async def _drain(self) -> None:
+        """Read and drop the rest of a body the handler did not want (bounded)."""
+        left = self.limits.drain_bytes
+        with trio.move_on_after(self.limits.drain_seconds):
+            while left > 0:
+                data = await self.stream.receive_some(RECV)
+                if not data:
+                    return
+                left -= len(data)
+
+    async def _bad_request(self, status: int, why: str) -> None:
+        self._log_bad(why)
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            self.close_after = True
+            resp = Responder(self, "GET")
+            try:
+                await resp.send_error(status, f"bad request: {why}")
+            except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+                pass
+
+    def _log_bad(self, why: str) -> None:
+        log.warning("docker endpoint: %s: %s", wire(self.peer), wire(why, 200))
+        self.on_error()
+
+
+def req_method(ev: h11.Request) -> str:
+    return ev.method.decode("ascii", "replace")
+
+
+def _wants_close(ev: h11.Request) -> bool:
+    return any(k == b"connection" and b"close" in v.lower() for k, v in ev.headers)

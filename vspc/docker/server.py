@@ -1,0 +1,190 @@
+"""The Docker endpoint's listeners: a Unix socket and optional TCP with mutual TLS.
+
+``DockerServer(config, sessions, metrics).run`` (a trio task, ``nursery.start``)
+opens the listeners from ``[docker]`` (``vspc.docker_config``): the Unix
+socket with its mode, then its owner and group; TCP plain on loopback or TLS
+with client certificates required. A listener that cannot be opened is a
+``ConfigError`` naming the key. Each connection is one ``HttpConnection``
+(``vspc.docker.http``) serving ``DockerApi`` (``vspc.docker.verbs``); past
+``max-clients`` connections a new one is closed at accept. ``unix_path`` and
+``tcp_addresses`` say where it listens once started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+from prometheus_client import Counter, Gauge
+
+from common.io import tlsctx
+from common.io.listen import listening
+from common.io.unixlisten import open_unix_listener
+from common.ops.config import ConfigError
+from vspc.docker.containers import Containers
+from vspc.docker.http import HttpConnection, Limits
+from vspc.docker.verbs import DockerApi
+from vspc.docker_config import DockerConfig
+from vspc.guestinfo_watch import GuestinfoWatcher
+from vspc.metrics import VspcMetrics
+from vspc.sessions.api import SessionsApi
+from vspc.sessions.service import SessionService
+
+log = logging.getLogger("vspc.docker")
+
+
+class DockerMetrics:
+    def __init__(self, metrics: VspcMetrics | None) -> None:
+        self.m = metrics
+        reg = metrics.registry if metrics is not None else None
+        self.requests = Counter(
+            "vspc_docker_requests_total",
+            "Docker API requests answered, by verb and status class",
+            ["verb", "status"],
+            registry=reg,
+        )
+        self.clients = Gauge("vspc_docker_clients", "Docker API connections open", registry=reg)
+
+    def request(self, verb: str, status: int) -> None:
+        self.requests.labels(verb, f"{status // 100}xx" if status else "none").inc()
+
+    def protocol_error(self) -> None:
+        if self.m is not None:
+            self.m.protocol_errors_total.labels("docker").inc()
+
+
+def _tls_context(config: DockerConfig) -> ssl.SSLContext | None:
+    tcp = config.tcp
+    if tcp is None or tcp.tls is None:
+        return None
+    tls = tcp.tls
+    try:
+        ctx = tlsctx.server_context(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError("docker.tcp.tls.cert", f"cannot load the certificates: {e}") from None
+    assert tls.client_ca is not None  # DockerTcpConfig.validate
+    try:
+        tlsctx.require_client_certs(ctx, tls.client_ca)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError("docker.tcp.tls.client-ca", f"cannot load: {e}") from None
+    return ctx
+
+
+class DockerServer:
+    def __init__(
+        self,
+        config: DockerConfig,
+        sessions: SessionService | None,
+        *,
+        guestinfo: GuestinfoWatcher | None = None,
+        metrics: VspcMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        gi = guestinfo if guestinfo is not None else (sessions.guestinfo if sessions else None)
+        self.containers = Containers(SessionsApi(sessions) if sessions else None, gi)
+        self.metrics = DockerMetrics(metrics)
+        self.api = DockerApi(self.containers, clock=clock, on_request=self.metrics.request)
+        self.limits = Limits(
+            max_header_bytes=config.max_header_bytes, request_timeout=config.request_timeout
+        )
+        self.unix_path: Path | None = None
+        self.tcp_addresses: list[tuple[str, int]] = []
+        self._clients = 0
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        ctx = _tls_context(cfg)
+        listeners: list[tuple[trio.abc.Listener[Any], str]] = []
+        if cfg.socket is not None:
+            listeners.append((await self._open_unix(cfg), "unix"))
+        if cfg.tcp is not None:
+            where = f"{cfg.tcp.host}:{cfg.tcp.port}"
+            with listening("docker.tcp.port", host_key="docker.tcp.host", where=where):
+                tcp = await trio.open_tcp_listeners(cfg.tcp.port, host=cfg.tcp.host)
+            self.tcp_addresses = [lst.socket.getsockname()[:2] for lst in tcp]
+            listeners += [(lst, "tcp") for lst in tcp]
+        try:
+            async with trio.open_nursery() as nursery:
+                for lst, kind in listeners:
+                    nursery.start_soon(self._accept, lst, ctx if kind == "tcp" else None)
+                log.info(
+                    "docker endpoint: %s",
+                    " ".join(
+                        [f"unix:{self.unix_path}"] * (self.unix_path is not None)
+                        + [f"tcp:{h}:{p}{' (TLS)' if ctx else ''}" for h, p in self.tcp_addresses]
+                    ),
+                )
+                task_status.started(self)
+        finally:
+            for lst, _ in listeners:
+                await trio.aclose_forcefully(lst)
+
+    async def _open_unix(self, cfg: DockerConfig) -> trio.abc.Listener[Any]:
+        assert cfg.socket is not None
+        with listening("docker.socket", where=str(cfg.socket)):
+            cfg.socket.parent.mkdir(parents=True, exist_ok=True)
+            lst = await open_unix_listener(cfg.socket, mode=cfg.socket_mode)
+            uid, gid = cfg.owner_ids()
+            if (uid, gid) != (-1, -1):
+                try:
+                    os.chown(cfg.socket, uid, gid)
+                except OSError:
+                    await lst.aclose()
+                    raise
+        self.unix_path = cfg.socket
+        return lst
+
+    async def _accept(self, lst: trio.abc.Listener[Any], ctx: ssl.SSLContext | None) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    stream = await lst.accept()
+                except OSError as e:  # EMFILE and friends: wait, do not spin
+                    log.warning("docker endpoint: accept failed: %s", e)
+                    await trio.sleep(0.1)
+                    continue
+                if self._clients >= self.config.max_clients:
+                    self.metrics.protocol_error()
+                    await trio.aclose_forcefully(stream)
+                    continue
+                nursery.start_soon(self._serve, stream, ctx)
+
+    async def _serve(self, stream: trio.abc.Stream, ctx: ssl.SSLContext | None) -> None:
+        self._clients += 1
+        self.metrics.clients.inc()
+        try:
+            peer = _peer(stream)
+            if ctx is not None:
+                stream = trio.SSLStream(stream, ctx, server_side=True)
+            conn = HttpConnection(
+                stream,
+                self.api.handle,
+                self.limits,
+                peer=peer,
+                on_error=self.metrics.protocol_error,
+            )
+            try:
+                await conn.serve()
+            except (ssl.SSLError, trio.BrokenResourceError):
+                self.metrics.protocol_error()  # a failed TLS handshake: its own connection
+        finally:
+            self._clients -= 1
+            self.metrics.clients.dec()
+
+
+def _peer(stream: trio.abc.Stream) -> str:
+    sock = getattr(stream, "socket", None)
+    try:
+        name = sock.getpeername() if sock is not None else ""
+    except OSError:
+        return "?"
+    if isinstance(name, tuple):
+        return f"{name[0]}:{name[1]}"
+    return "unix" if not name else str(name)
