@@ -19,6 +19,7 @@ import trio
 from common.io.guestinfo.filestore import FileStore
 from common.proto import guestinfo as gi
 from common.proto.link.header import OriginHeader
+from guestagent.reaper import Reaper
 from tests.vspc.conftest import make_config
 from tests.vspc.sessions_tether import Tether
 from vspc.config import SessionsConfig
@@ -56,6 +57,7 @@ class Rig:
         assert service.docker is not None and service.docker.unix_path is not None
         self.sock = service.docker.unix_path
         self.gi_dir = tmp / "guestinfo"
+        self.reaper = Reaper()  # one a process, shared by the tethers
 
     def env(self) -> dict[str, str]:
         return os.environ | {
@@ -100,7 +102,7 @@ class Rig:
         cfg = gi.SessionConfig(id=sid, path=main[0], args=tuple(main), tty=tty)
         store.update(gi.encode_sessions([cfg]))
         await self.service.sessions.prepare(name)
-        tether = Tether(lambda: _secrets(store), list(main))
+        tether = Tether(lambda: _secrets(store), list(main), reaper=self.reaper)
         await self.nursery.start(tether.run)
         a, b = trio.socket.socketpair()
         header = OriginHeader(host="esx1", vm=name, kind="pipe", label="session")
@@ -152,5 +154,7 @@ async def docker_rig(tmp: Path, **docker: object) -> AsyncIterator[Rig]:
     )
     async with trio.open_nursery() as nursery:
         service: VspcService = await nursery.start(VspcService(config).run)
-        yield Rig(tmp, service, nursery)
+        rig = Rig(tmp, service, nursery)
+        await nursery.start(rig.reaper.run)
+        yield rig
         nursery.cancel_scope.cancel()

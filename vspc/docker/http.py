@@ -35,6 +35,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -116,7 +117,7 @@ class Responder:
         headers: Iterable[tuple[str, str]] = (),
     ) -> None:
         hs = [*self._headers(content_type, headers), ("Content-Length", str(len(body)))]
-        await self._http.send(h11.Response(status_code=status, headers=hs))
+        await self._http.send(h11.Response(status_code=status, headers=hs, reason=_reason(status)))
         self.started, self.status = True, status
         if body and self.method != "HEAD":
             await self._http.send(h11.Data(data=body))
@@ -132,7 +133,7 @@ class Responder:
         self, status: int, content_type: str, headers: Iterable[tuple[str, str]] = ()
     ) -> None:
         hs = self._headers(content_type, headers)
-        await self._http.send(h11.Response(status_code=status, headers=hs))
+        await self._http.send(h11.Response(status_code=status, headers=hs, reason=_reason(status)))
         self.started, self.status = True, status
 
     async def write(self, data: bytes) -> None:
@@ -290,6 +291,13 @@ class HttpConnection:
     def _log_bad(self, why: str) -> None:
         log.warning("docker endpoint: %s: %s", wire(self.peer), wire(why, 200))
         self.on_error()
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 def req_method(ev: h11.Request) -> str:

@@ -1,0 +1,93 @@
+"""The stock ``docker`` client following and ending containers on the appliance's
+endpoint: ``logs -f`` while the container writes, ``wait``, ``kill [-s]``, ``stop``,
+``ps -a --filter``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.vspc.docker_rig import STEP, docker_rig, needs_docker
+
+pytestmark = [pytest.mark.trio, needs_docker]
+
+
+async def _read_until(stream: trio.abc.ReceiveStream, buf: bytearray, want: bytes) -> None:
+    while want not in buf:
+        data = await stream.receive_some(65536)
+        assert data, f"ended before {want!r}: {bytes(buf)!r}"
+        buf += data
+
+
+async def test_logs_follow_while_writing_then_wait(tmp_path: Path) -> None:
+    flag = tmp_path / "go"
+    main = [
+        "sh",
+        "-c",
+        f'echo first; while [ ! -e "{flag}" ]; do sleep 0.02; done; echo second; exit 3',
+    ]
+    async with docker_rig(tmp_path) as rig:
+        await rig.vm("job", main)
+        await rig.logged("job", b"first\n")
+        proc = await rig.open_docker("logs", "-f", "job")
+        waiter = await rig.open_docker("wait", "job")
+        seen = bytearray()
+        with trio.fail_after(STEP):
+            assert proc.stdout is not None and waiter.stdout is not None
+            await _read_until(proc.stdout, seen, b"first\n")
+            flag.touch()  # the container writes more while followed, then exits 3
+            await _read_until(proc.stdout, seen, b"second\n")
+            assert await proc.wait() == 0  # the log ended with the container
+            code = bytearray()
+            await _read_until(waiter.stdout, code, b"\n")
+            assert (await waiter.wait(), bytes(code)) == (0, b"3\n")
+        assert bytes(seen) == b"first\nsecond\n"
+        ps = await rig.docker("ps", "--format", "{{.Names}}")
+        assert ps.out == b"", ps  # not running any more
+        ps_a = await rig.docker("ps", "-a", "--format", "{{.Names}} {{.Status}}")
+        assert ps_a.out == b"job Exited (3) Less than a second ago\n" or ps_a.out.startswith(
+            b"job Exited (3)"
+        ), ps_a
+        dead = await rig.docker("kill", "job")
+        assert dead.code == 1 and b"is not running" in dead.err, dead
+
+
+async def test_kill_with_signals_and_filters(tmp_path: Path) -> None:
+    async with docker_rig(tmp_path) as rig:
+        await rig.vm("a", ["sleep", "100000"])
+        await rig.vm("b", ["sleep", "100000"])
+        r = await rig.docker("kill", "-s", "TERM", "a")
+        assert (r.code, r.out) == (0, b"a\n"), r
+        w = await rig.docker("wait", "a")
+        assert w.out == b"143\n", w
+        k = await rig.docker("kill", "b")
+        assert k.code == 0, k
+        assert (await rig.docker("wait", "b")).out == b"137\n"
+        exited = await rig.docker("ps", "-a", "--filter", "exited=137", "--format", "{{.Names}}")
+        assert exited.out == b"b\n", exited
+        by_name = await rig.docker(
+            "ps", "-a", "--filter", "name=^/a$", "--filter", "status=exited", "-q"
+        )
+        assert len(by_name.out.split()) == 1, by_name
+        bad = await rig.docker("ps", "--filter", "status=sleepy")
+        assert bad.code == 1 and b"status=sleepy" in bad.err, bad
+        sig = await rig.docker("kill", "-s", "NOPE", "a")
+        assert sig.code == 1, sig
+
+
+async def test_stop_grace_then_kill(tmp_path: Path) -> None:
+    async with docker_rig(tmp_path) as rig:
+        await rig.vm("polite", ["sleep", "100000"])
+        await rig.vm("stubborn", ["sh", "-c", "trap '' TERM; exec sleep 100000"])
+        r = await rig.docker("stop", "polite")
+        assert (r.code, r.out) == (0, b"polite\n"), r
+        assert (await rig.docker("wait", "polite")).out == b"143\n"
+        again = await rig.docker("stop", "polite")
+        assert again.code == 0, again  # 304: already stopped
+        s = await rig.docker("stop", "-t", "1", "stubborn")  # SIGTERM ignored: SIGKILL after 1 s
+        assert s.code == 0, s
+        assert (
+            await rig.docker("inspect", "-f", "{{.State.ExitCode}}", "stubborn")
+        ).out == b"137\n"
