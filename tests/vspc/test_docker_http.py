@@ -1,0 +1,143 @@
+"""Hostile HTTP on the Docker endpoint: each bad client costs its own connection only.
+
+Malformed requests and oversized heads get docker's error JSON and a close; a
+client that hangs up during ``logs -f`` leaves nothing behind; keep-alive
+serves several requests on one connection; a big body to an unsupported verb
+still gets its one-line answer; ``[docker]`` refuses plaintext TCP off loopback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from common.ops import config as cfgmod
+from tests.vspc.docker_rig import STEP, Rig, docker_rig
+from vspc.config import VspcConfig
+
+pytestmark = pytest.mark.trio
+
+
+async def _connect(rig: Rig) -> trio.SocketStream:
+    return await trio.open_unix_socket(str(rig.sock))
+
+
+async def _read_all(s: trio.SocketStream) -> bytes:
+    out = bytearray()
+    while data := await s.receive_some(65536):
+        out += data
+    return bytes(out)
+
+
+async def _response(s: trio.SocketStream) -> tuple[int, bytes]:
+    """One response with a Content-Length body: (status, body)."""
+    buf = bytearray()
+    while b"\r\n\r\n" not in buf:
+        data = await s.receive_some(65536)
+        assert data, bytes(buf)
+        buf += data
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    body = bytearray(rest)
+    while len(body) < length:
+        body += await s.receive_some(65536)
+    return int(head.split(b" ")[1]), bytes(body)
+
+
+async def _ping_ok(rig: Rig) -> None:
+    s = await _connect(rig)
+    await s.send_all(b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n")
+    assert await _response(s) == (200, b"OK")
+    await s.aclose()
+
+
+async def test_malformed_and_huge_requests_cost_their_connection(tmp_path: Path) -> None:
+    async with docker_rig(tmp_path, max_header_bytes=4096) as rig:
+        with trio.fail_after(STEP):
+            bad = await _connect(rig)
+            await bad.send_all(b"THIS IS NOT HTTP\r\n\r\n")
+            raw = await _read_all(bad)  # answered, then closed
+            assert raw.startswith(b"HTTP/1.1 400 "), raw
+            assert json.loads(raw.split(b"\r\n\r\n", 1)[1])["message"].startswith("bad request")
+            huge = await _connect(rig)
+            await huge.send_all(b"GET /_ping HTTP/1.1\r\nHost: d\r\nX-Big: " + b"a" * 8000)
+            raw = await _read_all(huge)
+            assert raw.startswith(b"HTTP/1.1 431 "), raw
+            bad_version = await _connect(rig)
+            await bad_version.send_all(b"GET /v9.99/info HTTP/1.1\r\nHost: d\r\n\r\n")
+            status, body = await _response(bad_version)
+            assert status == 400 and b"too new" in body
+            await _ping_ok(rig)
+
+
+async def test_keep_alive_and_unsupported_with_a_body(tmp_path: Path) -> None:
+    async with docker_rig(tmp_path) as rig:
+        with trio.fail_after(STEP):
+            s = await _connect(rig)
+            for _ in range(3):
+                await s.send_all(b"GET /v1.45/version HTTP/1.1\r\nHost: d\r\n\r\n")
+                status, body = await _response(s)
+                assert status == 200 and json.loads(body)["ApiVersion"] == "1.45"
+            big = b"x" * (3 << 20)  # a build context: not read into memory, not waited on
+            await s.send_all(
+                b"POST /v1.45/build HTTP/1.1\r\nHost: d\r\nContent-Length: %d\r\n\r\n" % len(big)
+            )
+            async with trio.open_nursery() as n:
+                n.start_soon(s.send_all, big)
+                status, body = await _response(s)
+            assert status == 501 and b"does not create containers" in body
+            assert await _read_all(s) == b""  # then closed
+
+
+async def test_client_gone_mid_follow_costs_nothing(tmp_path: Path) -> None:
+    async with docker_rig(tmp_path) as rig:
+        await rig.vm("quiet", ["sleep", "100000"])
+        docker = rig.service.docker
+        assert docker is not None
+        with trio.fail_after(STEP):
+            s = await _connect(rig)
+            await s.send_all(
+                b"GET /v1.45/containers/quiet/logs?follow=1&stdout=1 HTTP/1.1\r\nHost: d\r\n\r\n"
+            )
+            head = await s.receive_some(65536)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            assert docker._clients == 1
+            await s.aclose()  # gone while nothing is written
+            while docker._clients:
+                await trio.testing.wait_all_tasks_blocked()
+            await _ping_ok(rig)
+
+
+async def test_slow_request_head_is_closed(tmp_path: Path) -> None:
+    async with docker_rig(tmp_path, request_timeout=0.2) as rig:
+        with trio.fail_after(STEP):
+            s = await _connect(rig)
+            await s.send_all(b"GET /_ping HTTP/1.1\r\n")  # and never the rest
+            assert await _read_all(s) == b""
+
+
+async def test_plaintext_tcp_off_loopback_is_refused(tmp_path: Path) -> None:
+    base = f'[console]\nsocket = "{tmp_path}/c.sock"\nlog-dir = "{tmp_path}"\n'
+    with pytest.raises(cfgmod.ConfigError) as e:
+        cfgmod.loads(VspcConfig, base + '[docker.tcp]\nhost = "0.0.0.0"\n')
+    assert e.value.key == "docker.tcp.tls"
+    (tmp_path / "c.pem").write_text("x")
+    tls = f'[docker.tcp.tls]\ncert = "{tmp_path}/c.pem"\nkey = "{tmp_path}/c.pem"\n'
+    with pytest.raises(cfgmod.ConfigError) as e2:
+        cfgmod.loads(VspcConfig, base + '[docker.tcp]\nhost = "0.0.0.0"\n' + tls)
+    assert e2.value.key == "docker.tcp.tls.client-ca"
+    ok = cfgmod.loads(
+        VspcConfig,
+        base + '[docker]\nenabled = true\nsocket = "' + f'{tmp_path}/d.sock"\n[docker.tcp]\n',
+    )
+    assert ok.docker.tcp is not None and ok.docker.tcp.host == "127.0.0.1"
+    with pytest.raises(cfgmod.ConfigError) as e3:
+        cfgmod.loads(VspcConfig, base + '[docker]\nsocket-owner = "no-such-user-here"\n')
+    assert e3.value.key == "docker.socket-owner"
