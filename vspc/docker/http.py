@@ -24,7 +24,7 @@ beyond), a body ``max_body_bytes`` (413), ``request_timeout`` seconds to
 send a whole request head (the connection is closed). A body the handler did
 not read (an unsupported verb: ``docker build``'s context) is read and
 dropped, at most ``drain_bytes`` within ``drain_seconds``, so the client sees
-the answer, then the connection closes. A malformed request gets docker's
+the answer (past those bounds the connection closes). A malformed request gets docker's
 error JSON with h11's status hint and the connection closes; it costs one log
 line (wire text escaped) and ``vspc_protocol_errors_total{where="docker"}``.
 """
@@ -236,8 +236,7 @@ class HttpConnection:
             await resp.end()
             if self._gone or self.close_after:
                 return
-            if not self._body_read():
-                await self._drain()
+            if not self._body_read() and not await self._drain():
                 return
             if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
                 return
@@ -268,15 +267,19 @@ class HttpConnection:
             nursery.cancel_scope.cancel()
         return not self._gone
 
-    async def _drain(self) -> None:
-        """Read and drop the rest of a body the handler did not want (bounded)."""
+    async def _drain(self) -> bool:
+        """Read and drop the rest of a body the handler did not want (bounded);
+        True when it all came."""
         left = self.limits.drain_bytes
         with trio.move_on_after(self.limits.drain_seconds):
-            while left > 0:
-                data = await self.stream.receive_some(RECV)
-                if not data:
-                    return
-                left -= len(data)
+            while self.conn.their_state is h11.SEND_BODY and left > 0:
+                if self.conn.next_event() is h11.NEED_DATA:
+                    data = await self.stream.receive_some(RECV)
+                    if not data:
+                        return False
+                    left -= len(data)
+                    self.conn.receive_data(bytes(data))
+        return self.conn.their_state is not h11.SEND_BODY
 
     async def _bad_request(self, status: int, why: str) -> None:
         self._log_bad(why)
