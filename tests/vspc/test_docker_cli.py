@@ -68,3 +68,18 @@ async def test_unknown_container_and_unsupported_verb(tmp_path: Path) -> None:
         assert pull.code == 1 and b"does not create containers" in pull.err, pull
         rm = await rig.docker("rm", "x")
         assert rm.code == 1 and b"does not create containers" in rm.err, rm
+
+
+async def test_exec_output_exit_code_and_stdin(tmp_path: Path) -> None:
+    async with docker_rig(tmp_path) as rig:
+        await rig.vm("web-1", ["sleep", "100000"])
+        r = await rig.docker("exec", "web-1", "sh", "-c", "echo out; echo err >&2; exit 3")
+        assert (r.code, r.out, r.err) == (3, b"out\n", b"err\n"), r
+        cat = await rig.docker("exec", "-i", "web-1", "wc", "-c", stdin=b"x" * 100_000)
+        assert (cat.code, cat.out.strip()) == (0, b"100000"), cat
+        env = await rig.docker(
+            "exec", "-e", "A=b", "-w", "/tmp", "web-1", "sh", "-c", 'echo "$A $PWD"'
+        )
+        assert env.out == b"b /tmp\n", env
+        missing = await rig.docker("exec", "web-1", "/no/such/program")
+        assert missing.code == 127, missing

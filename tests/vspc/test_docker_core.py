@@ -128,31 +128,31 @@ def test_frame_header_layout() -> None:
         Deframer().feed(b"\x01\x00\x01\x00\x00\x00\x00\x01x")
 
 
-def _facts(main: MainFacts | None = None, **values: str) -> ContainerFacts:
+def _facts(values: dict[str, str] | None = None, main: MainFacts | None = None) -> ContainerFacts:
     cfg = gi.SessionConfig(id="c1", path="/bin/sh", args=("sh", "-c", "x"), tty=True)
-    base = gi.encode_sessions([cfg], "f" * 64) | dict(values)
+    base = gi.encode_sessions([cfg], "f" * 64) | (values or {})
     return ContainerFacts("vm1", base, True, main)
 
 
 def test_states_from_guestinfo_and_session() -> None:
     assert container_state(_facts()).status == "created"
     started = gi.encode_started("c1", True, starttime=100)
-    assert container_state(_facts(**started)).status == "running"
+    assert container_state(_facts(started)).status == "running"
     ended = started | gi.encode_exit("c1", 3, 200)
-    s = container_state(_facts(**ended))
+    s = container_state(_facts(ended))
     assert (s.status, s.exit_code, s.started_at, s.finished_at) == ("exited", 3, 100.0, 200.0)
-    failed = container_state(_facts(**gi.encode_started("c1", False, "no such file")))
+    failed = container_state(_facts(gi.encode_started("c1", False, "no such file")))
     assert (failed.status, failed.error) == ("exited", "no such file")
-    killed = container_state(_facts(MainFacts("exited", None, 9), **started))
+    killed = container_state(_facts(started, MainFacts("exited", None, 9)))
     assert (killed.status, killed.exit_code) == ("exited", 137)
     assert status_text(killed, 0.0) == "Exited (137)"
-    assert status_text(container_state(_facts(**started)), 400.0) == "Up 5 minutes"
+    assert status_text(container_state(_facts(started)), 400.0) == "Up 5 minutes"
     assert human_duration(0.5) == "Less than a second" and human_duration(3600) == "About an hour"
 
 
 def test_inspect_and_ps_shapes() -> None:
     nets = gi.encode_networks({"public": [gi.decode_ip(gi.encode_ip("10.1.2.3"))]})  # type: ignore[list-item]
-    f = _facts(**gi.encode_started("c1", True, starttime=100), **nets)
+    f = _facts(gi.encode_started("c1", True, starttime=100) | nets)
     c = inspect(f)
     assert c["Id"] == "f" * 64 and c["Name"] == "/vm1"
     assert c["Config"]["Cmd"] == ["sh", "-c", "x"] and c["Config"]["Tty"] is True

@@ -2,7 +2,8 @@
 
 ``DockerApi(containers, sessions).handle`` is the HTTP handler: it routes the
 request (``vspc.core.docker_api``) and answers ``/_ping``, ``/version``,
-``/info``, ``ps``, ``inspect``, ``logs``, ``wait``, ``kill`` and ``stop``.
+``/info``, ``ps``, ``inspect``, ``logs``, ``wait``, ``kill``, ``stop`` and
+``exec`` (``vspc.docker.execs``).
 Everything else is docker's error shape: ``501`` with one line saying this
 endpoint does not create containers, ``404`` for inspecting another kind of
 object. ``DockerError`` from any step is the answer; an unexpected error is a
@@ -36,6 +37,7 @@ from vspc.core.docker_api import (
 from vspc.core.docker_params import LogsQuery, parse_filters, parse_signal
 from vspc.core.linelog import Stream as LogStream
 from vspc.docker.containers import Containers
+from vspc.docker.execs import Execs
 from vspc.docker.http import BodyTooLarge, Request, Responder
 from vspc.sessions.api import SessionsApi, Shape
 
@@ -65,6 +67,7 @@ class DockerApi:
         self.name = name
         self.clock = clock
         self.on_request = on_request
+        self.execs = Execs(containers)
         self._answers: dict[Verb, Answer] = {
             Verb.PING: self.ping,
             Verb.VERSION: self.version,
@@ -76,6 +79,10 @@ class DockerApi:
             Verb.KILL: self.kill,
             Verb.STOP: self.stop,
             Verb.NO_SUCH_OBJECT: self.no_such_object,
+            Verb.EXEC_CREATE: self.execs.create,
+            Verb.EXEC_START: self.execs.start,
+            Verb.EXEC_RESIZE: self.execs.resize,
+            Verb.EXEC_INSPECT: self.execs.inspect,
         }
 
     async def handle(self, req: Request, resp: Responder) -> None:
