@@ -91,6 +91,7 @@ class Rig:
         main: Sequence[str],
         *,
         tty: bool = False,
+        openstdin: bool = False,
         address: str = "",
         publish_start: bool = True,
     ) -> Vm:
@@ -99,7 +100,7 @@ class Rig:
         assert self.service.sessions is not None
         sid = f"c-{name}"
         store = FileStore(self.gi_dir / f"{name}.json")
-        cfg = gi.SessionConfig(id=sid, path=main[0], args=tuple(main), tty=tty)
+        cfg = gi.SessionConfig(id=sid, path=main[0], args=tuple(main), tty=tty, openstdin=openstdin)
         store.update(gi.encode_sessions([cfg]))
         await self.service.sessions.prepare(name)
         tether = Tether(lambda: _secrets(store), list(main), reaper=self.reaper)

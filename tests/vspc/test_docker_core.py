@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from common.proto import guestinfo as gi
 from vspc.core.docker_api import DockerError, Verb, route
+from vspc.core.docker_exec import DetachScanner, parse_detach_keys
 from vspc.core.docker_frames import Deframer, FrameError, StdStream, frame
 from vspc.core.docker_params import (
     Candidate,
@@ -166,3 +167,30 @@ def test_inspect_and_ps_shapes() -> None:
         "sh -c x",
     )
     json.dumps(c)
+
+
+def test_detach_keys() -> None:
+    assert parse_detach_keys("") == b"\x10\x11"
+    assert parse_detach_keys("ctrl-a,b,ctrl-@") == b"\x01b\x00"
+    with pytest.raises(DockerError):
+        parse_detach_keys("ctrl-ab")
+    d = DetachScanner(b"\x10\x11")
+    assert d.feed(b"ab\x10") == b"ab" and not d.detached  # held: may begin the keys
+    assert d.feed(b"c") == b"\x10c"  # it did not: forwarded
+    assert d.feed(b"\x10") == b"" and d.feed(b"\x11tail") == b"" and d.detached
+
+
+@given(st.binary(max_size=100), st.lists(st.integers(min_value=1, max_value=7), min_size=1))
+def test_detach_scanner_any_chunking(data: bytes, cuts: list[int]) -> None:
+    keys = b"\x10\x11"
+    whole = DetachScanner(keys)
+    want = whole.feed(data)
+    d, got, i, k = DetachScanner(keys), bytearray(), 0, 0
+    while i < len(data):
+        got += d.feed(data[i : i + cuts[k % len(cuts)]])
+        i, k = i + cuts[k % len(cuts)], k + 1
+    cut = data.find(keys)
+    if cut >= 0:
+        assert d.detached and bytes(got) == want == data[:cut]
+    else:
+        assert bytes(got) == want and data.startswith(want) and len(data) - len(want) <= 1

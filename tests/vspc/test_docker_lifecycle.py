@@ -91,3 +91,36 @@ async def test_stop_grace_then_kill(tmp_path: Path) -> None:
         assert (
             await rig.docker("inspect", "-f", "{{.State.ExitCode}}", "stubborn")
         ).out == b"137\n"
+
+
+async def test_attach_input_output_and_the_exit_code(tmp_path: Path) -> None:
+    main = ["sh", "-c", 'echo ready; read x; echo "got $x"; echo bye >&2; exit 21']
+    async with docker_rig(tmp_path) as rig:
+        await rig.vm("talk", main, openstdin=True)
+        await rig.logged("talk", b"ready\n")
+        r = await rig.docker("attach", "talk", stdin=b"hello\n")
+        assert (r.code, r.out, r.err) == (21, b"got hello\n", b"bye\n"), r
+        again = await rig.docker("attach", "talk")
+        assert again.code == 1 and b"stopped container" in again.err, again
+
+
+async def test_attach_no_stdin_and_server_side_detach_keys(tmp_path: Path) -> None:
+    async with docker_rig(tmp_path) as rig:
+        await rig.vm("cat", ["cat"], openstdin=True)
+        s = await trio.open_unix_socket(str(rig.sock))
+        await s.send_all(
+            b"POST /v1.45/containers/cat/attach?stream=1&stdin=1&stdout=1&detachKeys=ctrl-x,y"
+            b" HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+        )
+        seen = bytearray()
+        with trio.fail_after(STEP):
+            await _read_until(s, seen, b"\r\n\r\n")
+            assert seen.startswith(b"HTTP/1.1 101 "), seen
+            await s.send_all(b"abc\n")
+            await _read_until(s, seen, b"\x01\x00\x00\x00\x00\x00\x00\x04abc\n")
+            await s.send_all(b"xy\n\x18y")  # a line, then ctrl-x y: detached
+            while await s.receive_some(65536):
+                pass  # the endpoint closed the attachment
+        await rig.logged("cat", b"abc\nxy\n")  # what came before the keys reached the container
+        st = await rig.docker("inspect", "-f", "{{.State.Status}}", "cat")
+        assert st.out == b"running\n", st  # detaching left it running

@@ -139,3 +139,55 @@ class ExecTable:
         if inst is None:
             raise DockerError(404, f"No such exec instance: {exec_id[:80]}")
         return inst
+
+
+DEFAULT_DETACH_KEYS = b"\x10\x11"  # ctrl-p ctrl-q
+_CTRL = {"@": 0, "[": 27, "\\": 28, "]": 29, "^": 30, "_": 31}
+
+
+def parse_detach_keys(text: str) -> bytes:
+    """Docker's ``--detach-keys``: comma-separated ``ctrl-<a-z@[\\]^_>`` or single
+    characters; empty is the default (ctrl-p ctrl-q)."""
+    if text == "":
+        return DEFAULT_DETACH_KEYS
+    out = bytearray()
+    for key in text.split(","):
+        k = key.strip().lower()
+        if len(key) == 1:
+            out.append(ord(key) & 0x7F)
+        elif k.startswith("ctrl-") and len(k) == 6 and "a" <= k[5] <= "z":
+            out.append(ord(k[5]) - ord("a") + 1)
+        elif k.startswith("ctrl-") and len(k) == 6 and k[5] in _CTRL:
+            out.append(_CTRL[k[5]])
+        else:
+            raise DockerError(400, f"Invalid detach keys ({text[:40]}) provided")
+    return bytes(out)
+
+
+class DetachScanner:
+    """Input in, input to forward out; ``detached`` once the key sequence went by.
+
+    Bytes that may begin the sequence are held back until it completes (they are
+    then dropped, with everything after) or breaks (they are forwarded)."""
+
+    def __init__(self, keys: bytes = DEFAULT_DETACH_KEYS) -> None:
+        self.keys = keys
+        self.detached = False
+        self._held = 0  # how many bytes of ``keys`` matched so far
+
+    def feed(self, data: bytes) -> bytes:
+        if self.detached or not self.keys:
+            return b"" if self.detached else data
+        out = bytearray()
+        for b in data:
+            if b == self.keys[self._held]:
+                self._held += 1
+                if self._held == len(self.keys):
+                    self.detached = True
+                    return bytes(out)
+                continue
+            out += self.keys[: self._held]
+            self._held = 1 if b == self.keys[0] else 0
+            if self._held == 0:
+                out.append(b)
+        return bytes(out)

@@ -155,7 +155,9 @@ class Responder:
         hs = [("Content-Type", content_type), ("Api-Version", API_VERSION)]
         if http.conn.their_state is h11._state.MIGHT_SWITCH_PROTOCOL:
             hs += [("Connection", "Upgrade"), ("Upgrade", "tcp")]
-            await http.send(h11.InformationalResponse(status_code=101, headers=hs))
+            await http.send(
+                h11.InformationalResponse(status_code=101, headers=hs, reason=_reason(101))
+            )
         else:
             head = b"HTTP/1.1 200 OK\r\n" + b"".join(
                 b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in hs

@@ -2,8 +2,8 @@
 
 ``DockerApi(containers, sessions).handle`` is the HTTP handler: it routes the
 request (``vspc.core.docker_api``) and answers ``/_ping``, ``/version``,
-``/info``, ``ps``, ``inspect``, ``logs``, ``wait``, ``kill``, ``stop`` and
-``exec`` (``vspc.docker.execs``).
+``/info``, ``ps``, ``inspect``, ``logs``, ``wait``, ``kill``, ``stop``,
+``exec`` (``vspc.docker.execs``) and ``attach`` (``vspc.docker.attach``).
 Everything else is docker's error shape: ``501`` with one line saying this
 endpoint does not create containers, ``404`` for inspecting another kind of
 object. ``DockerError`` from any step is the answer; an unexpected error is a
@@ -36,6 +36,7 @@ from vspc.core.docker_api import (
 )
 from vspc.core.docker_params import LogsQuery, parse_filters, parse_signal
 from vspc.core.linelog import Stream as LogStream
+from vspc.docker.attach import Attachments
 from vspc.docker.containers import Containers
 from vspc.docker.execs import Execs
 from vspc.docker.http import BodyTooLarge, Request, Responder
@@ -68,6 +69,7 @@ class DockerApi:
         self.clock = clock
         self.on_request = on_request
         self.execs = Execs(containers)
+        self.attachments = Attachments(containers)
         self._answers: dict[Verb, Answer] = {
             Verb.PING: self.ping,
             Verb.VERSION: self.version,
@@ -83,6 +85,8 @@ class DockerApi:
             Verb.EXEC_START: self.execs.start,
             Verb.EXEC_RESIZE: self.execs.resize,
             Verb.EXEC_INSPECT: self.execs.inspect,
+            Verb.ATTACH: self.attachments.attach,
+            Verb.RESIZE: self.attachments.resize,
         }
 
     async def handle(self, req: Request, resp: Responder) -> None:
