@@ -83,3 +83,16 @@ async def test_exec_output_exit_code_and_stdin(tmp_path: Path) -> None:
         assert env.out == b"b /tmp\n", env
         missing = await rig.docker("exec", "web-1", "/no/such/program")
         assert missing.code == 127, missing
+
+
+async def test_top_info_and_request_metrics(tmp_path: Path) -> None:
+    async with docker_rig(tmp_path) as rig:
+        await rig.vm("web-1", ["sleep", "100000"])
+        top = await rig.docker("top", "web-1", "-o", "pid,args")
+        assert top.code == 0 and top.out.split(b"\n")[0].split() == [b"PID", b"COMMAND"], top
+        assert b"sleep 100000" in top.out, top
+        info = await rig.docker("info", "--format", "{{.Containers}} {{.ContainersRunning}}")
+        assert (info.code, info.out) == (0, b"1 1\n"), info
+        reg = rig.service.metrics.registry
+        ok = reg.get_sample_value("vspc_docker_requests_total", {"verb": "top", "status": "2xx"})
+        assert ok == 1.0

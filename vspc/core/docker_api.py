@@ -33,7 +33,7 @@ MAX_TARGET = 8192  # bytes of request target we look at
 
 NOT_CREATING = (
     "this endpoint does not create containers: it serves ps, inspect, logs, wait, "
-    "kill, stop, exec and attach on the containerVMs the appliance knows"
+    "kill, stop, top, exec and attach on the containerVMs the appliance knows"
 )
 
 

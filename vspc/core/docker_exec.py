@@ -34,6 +34,14 @@ def _strings(data: dict[str, Any], key: str) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _console_size(d: dict[str, Any]) -> tuple[int, int]:
+    size = d.get("ConsoleSize") or [0, 0]
+    ok = isinstance(size, list) and len(size) == 2
+    if not ok or not all(isinstance(n, int) and 0 <= n < 65536 for n in size):
+        raise DockerError(400, "ConsoleSize must be [rows, cols]")
+    return size[0], size[1]
+
+
 @dataclass(frozen=True)
 class ExecConfig:
     cmd: tuple[str, ...]
@@ -44,6 +52,7 @@ class ExecConfig:
     stderr: bool = True
     cwd: str = ""
     user: str = ""
+    size: tuple[int, int] = (0, 0)  # rows, cols
 
     @classmethod
     def from_body(cls, body: bytes) -> ExecConfig:
@@ -66,6 +75,7 @@ class ExecConfig:
             stderr=d.get("AttachStderr") is not False,
             cwd=str(d.get("WorkingDir") or ""),
             user=str(d.get("User") or ""),
+            size=_console_size(d),
         )
 
 
@@ -78,11 +88,7 @@ class StartConfig:
     @classmethod
     def from_body(cls, body: bytes) -> StartConfig:
         d = _json(body)
-        size = d.get("ConsoleSize") or [0, 0]
-        ok = isinstance(size, list) and len(size) == 2
-        if not ok or not all(isinstance(n, int) and 0 <= n < 65536 for n in size):
-            raise DockerError(400, "ConsoleSize must be [rows, cols]")
-        return cls(d.get("Detach") is True, d.get("Tty") is True, (size[0], size[1]))
+        return cls(d.get("Detach") is True, d.get("Tty") is True, _console_size(d))
 
 
 @dataclass

@@ -339,3 +339,14 @@ def info_body(name: str, version: str, states: list[State]) -> dict[str, Any]:
         "SecurityOptions": [],
         "Warnings": [],
     }
+
+
+def ps_table(text: str) -> dict[str, Any]:
+    """``ps`` output as ``docker top`` wants it: the header's words as ``Titles``,
+    each row split into as many fields (the last keeps its spaces: the command)."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return {"Titles": [], "Processes": []}
+    titles = lines[0].split()
+    rows = [ln.split(None, len(titles) - 1) for ln in lines[1:]]
+    return {"Titles": titles, "Processes": rows}

@@ -81,7 +81,8 @@ class Execs:
         send, sizes = trio.open_memory_channel[tuple[int, int]](16)
         self._resize[inst.id] = send
         try:
-            inst.exit_code = await self._run(api, inst, stream, leftover, tty, start.size, sizes)
+            size = start.size if start.size != (0, 0) else inst.config.size
+            inst.exit_code = await self._run(api, inst, stream, leftover, tty, size, sizes)
         finally:
             inst.running = False
             self._resize.pop(inst.id, None)

@@ -2,7 +2,7 @@
 
 ``DockerApi(containers, sessions).handle`` is the HTTP handler: it routes the
 request (``vspc.core.docker_api``) and answers ``/_ping``, ``/version``,
-``/info``, ``ps``, ``inspect``, ``logs``, ``wait``, ``kill``, ``stop``,
+``/info``, ``ps``, ``inspect``, ``logs``, ``wait``, ``kill``, ``stop``, ``top``,
 ``exec`` (``vspc.docker.execs``) and ``attach`` (``vspc.docker.attach``).
 Everything else is docker's error shape: ``501`` with one line saying this
 endpoint does not create containers, ``404`` for inspecting another kind of
@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
+from functools import partial
 
 import trio
 
@@ -40,12 +41,13 @@ from vspc.docker.attach import Attachments
 from vspc.docker.containers import Containers
 from vspc.docker.execs import Execs
 from vspc.docker.http import BodyTooLarge, Request, Responder
-from vspc.sessions.api import SessionsApi, Shape
+from vspc.sessions.api import ExecRefused, SessionsApi, Shape
 
 log = logging.getLogger("vspc.docker")
 
 VERSION = "0.1.0-vic"
 KILL_WAIT = 30.0
+TOP_BYTES = 1 << 20
 MAX_STOP_WAIT = 3600
 MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
 RAW = "application/vnd.docker.raw-stream"
@@ -81,6 +83,7 @@ class DockerApi:
             Verb.KILL: self.kill,
             Verb.STOP: self.stop,
             Verb.NO_SUCH_OBJECT: self.no_such_object,
+            Verb.TOP: self.top,
             Verb.EXEC_CREATE: self.execs.create,
             Verb.EXEC_START: self.execs.start,
             Verb.EXEC_RESIZE: self.execs.resize,
@@ -221,6 +224,28 @@ class DockerApi:
             await resp.send(204)
             return
         raise DockerError(500, f"{f.name} did not stop within {KILL_WAIT:g} s of SIGKILL")
+
+    async def top(self, r: Route, req: Request, resp: Responder) -> None:
+        """``ps`` (with the client's ``ps_args``, default ``-ef``) run in the container."""
+        f = await self.containers.find(r.ref)
+        if self.api is None or not shapes.container_state(f).running:
+            raise DockerError(409, f"Container {f.id} is not running")
+        out, err = bytearray(), bytearray()
+
+        async def keep(buf: bytearray, data: bytes) -> None:
+            buf += data[: max(0, TOP_BYTES - len(buf))]
+
+        argv = ["ps", *(r.arg("ps_args") or "-ef").split()]
+        try:
+            status = await self.api.exec(
+                f.name, argv, stdout=partial(keep, out), stderr=partial(keep, err), timeout=10
+            )
+        except (ExecRefused, trio.TooSlowError) as e:
+            raise DockerError(500, f"ps in {f.name}: {str(e) or 'timed out'}") from None
+        if status.code != 0:
+            why = err.decode(errors="replace").strip() or f"exit status {status.code}"
+            raise DockerError(500, f"ps in {f.name} failed: {why}")
+        await resp.send_json(200, shapes.ps_table(out.decode(errors="replace")))
 
     # -- the rest --------------------------------------------------------------------
     async def no_such_object(self, r: Route, req: Request, resp: Responder) -> None:
