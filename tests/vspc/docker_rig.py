@@ -134,6 +134,25 @@ class Rig:
         raise AssertionError(f"the log of {name} ended without {want!r}: {bytes(seen)!r}")
 
 
+class Fifo:
+    """A fifo read without blocking; our own writer keeps it from reading EOF."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.path = path
+        self.reader = trio.lowlevel.FdStream(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        self._keep = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        self.seen = bytearray()
+
+    async def until(self, want: bytes) -> None:
+        while want not in self.seen:
+            self.seen += await self.reader.receive_some(4096)
+
+    async def aclose(self) -> None:
+        os.close(self._keep)
+        await self.reader.aclose()
+
+
 def _secrets(store: FileStore) -> tuple[bytes, ...]:
     return gi.keys.decode_session_secrets(store.read().values.get(gi.keys.session_secrets_key()))
 

@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from common.ops import config as cfgmod
-from tests.vspc.docker_rig import STEP, Rig, docker_rig
+from tests.vspc.docker_rig import STEP, Fifo, Rig, docker_rig
 from vspc.config import VspcConfig
 
 pytestmark = pytest.mark.trio
@@ -109,10 +109,10 @@ async def test_client_gone_mid_follow_costs_nothing(tmp_path: Path) -> None:
             )
             head = await s.receive_some(65536)
             assert head.startswith(b"HTTP/1.1 200 "), head
-            assert docker._clients == 1
+            assert docker.clients == 1
             await s.aclose()  # gone while nothing is written
-            while docker._clients:
-                await trio.testing.wait_all_tasks_blocked()
+            while docker.clients:
+                await docker.clients_changed.wait()
             await _ping_ok(rig)
 
 
@@ -142,3 +142,25 @@ async def test_plaintext_tcp_off_loopback_is_refused(tmp_path: Path) -> None:
     with pytest.raises(cfgmod.ConfigError) as e3:
         cfgmod.loads(VspcConfig, base + '[docker]\nsocket-owner = "no-such-user-here"\n')
     assert e3.value.key == "docker.socket-owner"
+
+
+async def test_hijacked_client_killed_ends_its_exec(tmp_path: Path) -> None:
+    """docker exec (no -i: the client half-closes at once) of a quiet process; the
+    client is killed: its connection goes and the exec with it."""
+    async with docker_rig(tmp_path) as rig:
+        await rig.vm("web", ["sleep", "100000"])
+        docker = rig.service.docker
+        assert docker is not None
+        fifo = Fifo(tmp_path / "started")
+        reg = rig.service.metrics.registry
+        with trio.fail_after(STEP):
+            quiet = f"echo started > {fifo.path}; exec sleep 100000"
+            proc = await rig.open_docker("exec", "web", "sh", "-c", quiet)
+            await fifo.until(b"started\n")  # the exec runs in the VM, writing nothing
+            assert docker.clients >= 1  # the hijacked one, maybe one kept alive
+            proc.kill()
+            await proc.wait()
+            while docker.clients:
+                await docker.clients_changed.wait()
+        assert reg.get_sample_value("vspc_session_execs_finished_total", {"outcome": "cancelled"})
+        await fifo.aclose()

@@ -4,7 +4,6 @@ Output comes back through a fifo, read as it is written (no polling)."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.vspc.docker_rig import DOCKER, STEP, Rig, docker_rig, needs_docker
+from tests.vspc.docker_rig import DOCKER, STEP, Fifo, Rig, docker_rig, needs_docker
 
 TMUX = shutil.which("tmux")
 pytestmark = [
@@ -20,25 +19,6 @@ pytestmark = [
     needs_docker,
     pytest.mark.skipif(TMUX is None, reason="no tmux"),
 ]
-
-
-class Fifo:
-    """A fifo read without blocking; our own writer keeps it from reading EOF."""
-
-    def __init__(self, path: Path) -> None:
-        os.mkfifo(path)
-        self.path = path
-        self.reader = trio.lowlevel.FdStream(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-        self._keep = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        self.seen = bytearray()
-
-    async def until(self, want: bytes) -> None:
-        while want not in self.seen:
-            self.seen += await self.reader.receive_some(4096)
-
-    async def aclose(self) -> None:
-        os.close(self._keep)
-        await self.reader.aclose()
 
 
 async def _tmux(rig: Rig, sock: Path, *args: str, check: bool = True) -> None:

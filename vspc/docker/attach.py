@@ -8,13 +8,15 @@ detach keys (``detachKeys``, default ctrl-p ctrl-q) end the attachment and
 leave the container running; the client's half-close ends only its input.
 When the main process exits the connection closes (the client learns the
 exit code from its ``wait``). ``POST /containers/{id}/resize`` reaches the
-main process through every attachment of that container.
+main process through every attachment of that container. A client that hangs
+up (``hangup``) ends its attachment even when nothing is written.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 
 import trio
 
@@ -24,6 +26,7 @@ from vspc.core.docker_api import DockerError, Route, query_bool, query_int
 from vspc.core.docker_exec import DetachScanner, parse_detach_keys
 from vspc.core.docker_frames import StdStream, frame
 from vspc.docker.containers import Containers
+from vspc.docker.hangup import until_hangup
 from vspc.docker.http import Request, Responder
 from vspc.sessions.api import ExecRefused, NoSession, SessionsApi
 
@@ -66,7 +69,9 @@ class Attachments:
         send, sizes = trio.open_memory_channel[tuple[int, int]](16)
         self._resize.setdefault(f.name, set()).add(send)
         try:
-            await self._run(api, f.name, r, stream, leftover, tty, keys, sizes)
+            await until_hangup(
+                stream, partial(self._run, api, f.name, r, stream, leftover, tty, keys, sizes)
+            )
         finally:
             self._resize[f.name].discard(send)
             if not self._resize[f.name]:

@@ -5,7 +5,8 @@ Start hijacks the connection (``Responder.hijack``): the client's bytes are the
 process's stdin (with ``AttachStdin``; the client's half-close is its EOF), its
 output goes back raw with a tty or in docker's multiplexed frames without one.
 The exit code is recorded before the connection closes, so the client's
-inspect after the stream ends sees it.
+inspect after the stream ends sees it. A client that hangs up (``hangup``)
+ends the exec: its channel closes and the tether ends the process.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vspc.core.docker_api import DockerError, Route, query_int
 from vspc.core.docker_exec import ExecConfig, ExecInstance, ExecTable, StartConfig
 from vspc.core.docker_frames import StdStream, frame
 from vspc.docker.containers import Containers
+from vspc.docker.hangup import until_hangup
 from vspc.docker.http import Request, Responder
 from vspc.sessions.api import ExecRefused, NoSession, SessionsApi
 
@@ -82,7 +84,16 @@ class Execs:
         self._resize[inst.id] = send
         try:
             size = start.size if start.size != (0, 0) else inst.config.size
-            inst.exit_code = await self._run(api, inst, stream, leftover, tty, size, sizes)
+            codes: list[int] = []
+
+            async def run() -> None:
+                codes.append(await self._run(api, inst, stream, leftover, tty, size, sizes))
+
+            if await until_hangup(stream, run):
+                inst.exit_code = codes[0]
+            else:  # the exec's channel is closed: the tether ends the process
+                log.info("docker exec in %s: the client hung up", wire(inst.vm))
+                inst.exit_code = shapes.UNKNOWN_EXIT
         finally:
             inst.running = False
             self._resize.pop(inst.id, None)

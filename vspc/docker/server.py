@@ -96,7 +96,8 @@ class DockerServer:
         )
         self.unix_path: Path | None = None
         self.tcp_addresses: list[tuple[str, int]] = []
-        self._clients = 0
+        self.clients = 0  # connections open now
+        self.clients_changed = trio.Event()  # set (and replaced) as that changes
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -150,15 +151,14 @@ class DockerServer:
                     log.warning("docker endpoint: accept failed: %s", e)
                     await trio.sleep(0.1)
                     continue
-                if self._clients >= self.config.max_clients:
+                if self.clients >= self.config.max_clients:
                     self.metrics.protocol_error()
                     await trio.aclose_forcefully(stream)
                     continue
                 nursery.start_soon(self._serve, stream, ctx)
 
     async def _serve(self, stream: trio.abc.Stream, ctx: ssl.SSLContext | None) -> None:
-        self._clients += 1
-        self.metrics.clients.inc()
+        self._count(+1)
         try:
             peer = _peer(stream)
             if ctx is not None:
@@ -175,8 +175,13 @@ class DockerServer:
             except (ssl.SSLError, trio.BrokenResourceError):
                 self.metrics.protocol_error()  # a failed TLS handshake: its own connection
         finally:
-            self._clients -= 1
-            self.metrics.clients.dec()
+            self._count(-1)
+
+    def _count(self, n: int) -> None:
+        self.clients += n
+        self.metrics.clients.inc(n)
+        self.clients_changed.set()
+        self.clients_changed = trio.Event()
 
 
 def _peer(stream: trio.abc.Stream) -> str:
