@@ -206,6 +206,8 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
         self._allowed = config.listen.source_networks()
         if config.vmotion.buffer_bytes != old.vmotion.buffer_bytes:
             log.warning("reload: vmotion.buffer-bytes changes only at restart")
+        if config.docker != old.docker:
+            log.warning("reload: [docker] changes only at restart")
         self._deadline_changed.set()
         await self.consoles.reconfigure(config.console)
         log.info("configuration reloaded")

@@ -14,7 +14,9 @@ import pytest
 import trio
 import trio.testing
 
+from common.io.guestinfo.filestore import FileStore
 from common.ops import config as cfgmod
+from common.proto import guestinfo as gi
 from tests.vspc.docker_rig import STEP, Fifo, Rig, docker_rig
 from vspc.config import VspcConfig
 
@@ -164,3 +166,37 @@ async def test_hijacked_client_killed_ends_its_exec(tmp_path: Path) -> None:
                 await docker.clients_changed.wait()
         assert reg.get_sample_value("vspc_session_execs_finished_total", {"outcome": "cancelled"})
         await fifo.aclose()
+
+
+async def test_max_clients_closes_the_extra_one(tmp_path: Path) -> None:
+    async with docker_rig(tmp_path, max_clients=2) as rig:
+        docker = rig.service.docker
+        assert docker is not None
+        with trio.fail_after(STEP):
+            held = [await _connect(rig), await _connect(rig)]
+            while docker.clients < 2:
+                await docker.clients_changed.wait()
+            extra = await _connect(rig)
+            assert await _read_all(extra) == b""  # closed at accept
+            await held[0].aclose()
+            while docker.clients > 1:
+                await docker.clients_changed.wait()
+            await _ping_ok(rig)  # room again
+            await held[1].aclose()
+
+
+async def test_a_vm_known_only_by_its_guestinfo(tmp_path: Path) -> None:
+    """No session: ps, inspect and wait from the published guestinfo alone."""
+    async with docker_rig(tmp_path) as rig:
+        store = FileStore(rig.gi_dir / "old-vm.json")
+        cfg = gi.SessionConfig(id="s1", path="/bin/true")
+        store.update(gi.encode_sessions([cfg]) | gi.encode_started("s1", True, starttime=10))
+        store.update(gi.encode_exit("s1", 3, 20))
+        ps = await rig.docker("ps", "-a", "--format", "{{.Names}} {{.Status}}")
+        assert ps.out.startswith(b"old-vm Exited (3) "), ps
+        w = await rig.docker("wait", "old-vm")
+        assert w.out == b"3\n", w
+        failed = FileStore(rig.gi_dir / "bad-vm.json")
+        failed.update(gi.encode_sessions([cfg]) | gi.encode_started("s1", False, "no such file"))
+        st = await rig.docker("inspect", "-f", "{{.State.Status}} {{.State.Error}}", "bad-vm")
+        assert st.out == b"exited no such file\n", st
