@@ -159,6 +159,8 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
         """
         self._draining = True
         await self.stop_listening()
+        if self.docker is not None:
+            await self.docker.stop_listening()
         gone = partial(lifecycle.wait_until, lambda: not self._conns, lambda: self._conns_changed)
         if not await lifecycle.graceful(deadline, gone, lambda: None):
             for conn in list(self._conns):

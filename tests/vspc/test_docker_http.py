@@ -200,3 +200,22 @@ async def test_a_vm_known_only_by_its_guestinfo(tmp_path: Path) -> None:
         failed.update(gi.encode_sessions([cfg]) | gi.encode_started("s1", False, "no such file"))
         st = await rig.docker("inspect", "-f", "{{.State.Status}} {{.State.Error}}", "bad-vm")
         assert st.out == b"exited no such file\n", st
+
+
+async def test_socket_mode_and_group(tmp_path: Path) -> None:
+    async with docker_rig(tmp_path, socket_mode=0o620, socket_group="1") as rig:
+        st = rig.sock.stat()
+        assert (st.st_mode & 0o777, st.st_gid) == (0o620, 1)
+        await _ping_ok(rig)
+
+
+async def test_stop_listening_keeps_open_connections(tmp_path: Path) -> None:
+    async with docker_rig(tmp_path) as rig:
+        docker = rig.service.docker
+        assert docker is not None
+        with trio.fail_after(STEP):
+            s = await _connect(rig)
+            await docker.stop_listening()  # as the vSPC's drain does
+            assert not rig.sock.exists()
+            await s.send_all(b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n")
+            assert await _response(s) == (200, b"OK")

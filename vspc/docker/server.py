@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from prometheus_client import Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from common.io import tlsctx
 from common.io.listen import listening
@@ -42,7 +42,7 @@ log = logging.getLogger("vspc.docker")
 class DockerMetrics:
     def __init__(self, metrics: VspcMetrics | None) -> None:
         self.m = metrics
-        reg = metrics.registry if metrics is not None else None
+        reg = metrics.registry if metrics is not None else CollectorRegistry()
         self.requests = Counter(
             "vspc_docker_requests_total",
             "Docker API requests answered, by verb and status class",
@@ -96,36 +96,57 @@ class DockerServer:
         )
         self.unix_path: Path | None = None
         self.tcp_addresses: list[tuple[str, int]] = []
+        self._conns: trio.Nursery | None = None
+        self._accepting = trio.CancelScope()
+        self._closed = trio.Event()  # the listeners are closed
         self.clients = 0  # connections open now
         self.clients_changed = trio.Event()  # set (and replaced) as that changes
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen (a listener that cannot be opened: ``ConfigError``), then serve until
+        cancelled; ``stop_listening`` stops accepting, connections carry on."""
+        ctx = _tls_context(self.config)
+        listeners: list[tuple[trio.abc.Listener[Any], ssl.SSLContext | None]] = []
+        async with trio.open_nursery() as conns:
+            self._conns = conns
+            try:
+                await self._open(listeners, ctx)
+                with self._accepting:
+                    async with trio.open_nursery() as nursery:
+                        for lst, lctx in listeners:
+                            nursery.start_soon(self._accept, lst, lctx)
+                        self._log_listening(ctx)
+                        task_status.started(self)
+            finally:
+                for lst, _ in listeners:
+                    await trio.aclose_forcefully(lst)
+                self._closed.set()
+            await trio.sleep_forever()  # the connections carry on until the service ends
+
+    async def _open(
+        self,
+        listeners: list[tuple[trio.abc.Listener[Any], ssl.SSLContext | None]],
+        ctx: ssl.SSLContext | None,
+    ) -> None:
         cfg = self.config
-        ctx = _tls_context(cfg)
-        listeners: list[tuple[trio.abc.Listener[Any], str]] = []
         if cfg.socket is not None:
-            listeners.append((await self._open_unix(cfg), "unix"))
+            listeners.append((await self._open_unix(cfg), None))
         if cfg.tcp is not None:
             where = f"{cfg.tcp.host}:{cfg.tcp.port}"
             with listening("docker.tcp.port", host_key="docker.tcp.host", where=where):
                 tcp = await trio.open_tcp_listeners(cfg.tcp.port, host=cfg.tcp.host)
             self.tcp_addresses = [lst.socket.getsockname()[:2] for lst in tcp]
-            listeners += [(lst, "tcp") for lst in tcp]
-        try:
-            async with trio.open_nursery() as nursery:
-                for lst, kind in listeners:
-                    nursery.start_soon(self._accept, lst, ctx if kind == "tcp" else None)
-                log.info(
-                    "docker endpoint: %s",
-                    " ".join(
-                        [f"unix:{self.unix_path}"] * (self.unix_path is not None)
-                        + [f"tcp:{h}:{p}{' (TLS)' if ctx else ''}" for h, p in self.tcp_addresses]
-                    ),
-                )
-                task_status.started(self)
-        finally:
-            for lst, _ in listeners:
-                await trio.aclose_forcefully(lst)
+            listeners += [(lst, ctx) for lst in tcp]
+
+    def _log_listening(self, ctx: ssl.SSLContext | None) -> None:
+        where = [f"unix:{self.unix_path}"] if self.unix_path is not None else []
+        where += [f"tcp:{h}:{p}{' (TLS)' if ctx else ''}" for h, p in self.tcp_addresses]
+        log.info("docker endpoint: %s", " ".join(where))
+
+    async def stop_listening(self) -> None:
+        """Stop accepting (the socket path goes); open connections carry on."""
+        self._accepting.cancel()
+        await self._closed.wait()
 
     async def _open_unix(self, cfg: DockerConfig) -> trio.abc.Listener[Any]:
         assert cfg.socket is not None
@@ -143,19 +164,19 @@ class DockerServer:
         return lst
 
     async def _accept(self, lst: trio.abc.Listener[Any], ctx: ssl.SSLContext | None) -> None:
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    stream = await lst.accept()
-                except OSError as e:  # EMFILE and friends: wait, do not spin
-                    log.warning("docker endpoint: accept failed: %s", e)
-                    await trio.sleep(0.1)
-                    continue
-                if self.clients >= self.config.max_clients:
-                    self.metrics.protocol_error()
-                    await trio.aclose_forcefully(stream)
-                    continue
-                nursery.start_soon(self._serve, stream, ctx)
+        assert self._conns is not None
+        while True:
+            try:
+                stream = await lst.accept()
+            except OSError as e:  # EMFILE and friends: wait, do not spin
+                log.warning("docker endpoint: accept failed: %s", e)
+                await trio.sleep(0.1)
+                continue
+            if self.clients >= self.config.max_clients:
+                self.metrics.protocol_error()
+                await trio.aclose_forcefully(stream)
+                continue
+            self._conns.start_soon(self._serve, stream, ctx)
 
     async def _serve(self, stream: trio.abc.Stream, ctx: ssl.SSLContext | None) -> None:
         self._count(+1)
