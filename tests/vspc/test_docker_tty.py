@@ -58,3 +58,27 @@ async def test_logs_of_a_tty_container_are_raw(tmp_path: Path) -> None:
         assert (r.code, r.out, r.err) == (0, b"one\ntwo\n", b""), r
         tail = await rig.docker("logs", "--tail", "1", "term")
         assert tail.out == b"two\n", tail
+
+
+async def test_attach_in_a_terminal_then_detach_keys(tmp_path: Path) -> None:
+    async with docker_rig(tmp_path) as rig:
+        vm = await rig.vm("term", ["cat"], tty=True, openstdin=True)
+        fifo = Fifo(tmp_path / "out")
+        sock = tmp_path / "tmux.sock"
+        f = shlex.quote(str(fifo.path))
+        cmd = f"{DOCKER} attach term; echo EXIT=$? > {f}; sleep 600"
+        try:
+            with trio.fail_after(STEP):
+                await _tmux(rig, sock, "new-session", "-d", "-x", "90", "-y", "25", cmd)
+                while (25, 90) not in vm.tether.resized:  # the client sizes the main pty
+                    vm.tether.resize_seen = trio.Event()
+                    await vm.tether.resize_seen.wait()
+                await _tmux(rig, sock, "send-keys", "hello", "C-j")  # a line: LF
+                await rig.logged("term", b"hello")  # typed into the container
+                await _tmux(rig, sock, "send-keys", "C-p", "C-q")
+                await fifo.until(b"EXIT=1\n")  # docker's own: "read escape sequence", 1
+        finally:
+            await _tmux(rig, sock, "kill-server", check=False)
+            await fifo.aclose()
+        st = await rig.docker("inspect", "-f", "{{.State.Status}}", "term")
+        assert st.out == b"running\n", st  # detached, not stopped
