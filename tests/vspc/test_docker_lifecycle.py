@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from common.io.guestinfo.filestore import FileStore
+from common.proto import guestinfo as gi
 from tests.vspc.docker_rig import STEP, docker_rig, needs_docker
+from vspc.guestinfo_watch import FileStoreWatcher
 
 pytestmark = [pytest.mark.trio, needs_docker]
 
@@ -124,3 +127,26 @@ async def test_attach_no_stdin_and_server_side_detach_keys(tmp_path: Path) -> No
         await rig.logged("cat", b"abc\nxy\n")  # what came before the keys reached the container
         st = await rig.docker("inspect", "-f", "{{.State.Status}}", "cat")
         assert st.out == b"running\n", st  # detaching left it running
+
+
+async def test_kill_through_guestinfo_without_a_session(tmp_path: Path) -> None:
+    """No session: the signal goes as a guestinfo request the guest acknowledges."""
+    async with docker_rig(tmp_path) as rig:
+        store = FileStore(rig.gi_dir / "gvm.json")
+        cfg = gi.SessionConfig(id="s1", path="/bin/sleep", args=("sleep", "9"))
+        store.update(gi.encode_sessions([cfg]) | gi.encode_started("s1", True, starttime=10))
+        asked: list[str] = []
+
+        async def guest() -> None:  # what the agent does with a signal request
+            async with FileStoreWatcher(rig.gi_dir).watch("gvm") as w:
+                while (req := (await w.next()).values.get(gi.signal_key("s1"))) is None:
+                    pass
+            seq, signame = gi.decode_signal_request(req) or (0, "")
+            asked.append(signame)
+            store.update({gi.signal_ack_key("s1"): str(seq)} | gi.encode_exit("s1", 143, 20))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(guest)
+            r = await rig.docker("kill", "-s", "TERM", "gvm")
+        assert (r.code, asked) == (0, ["15"]), r
+        assert (await rig.docker("wait", "gvm")).out == b"143\n"

@@ -153,7 +153,7 @@ class Responder:
         """See the module doc."""
         http = self._http
         hs = [("Content-Type", content_type), ("Api-Version", API_VERSION)]
-        if http.conn.their_state is h11._state.MIGHT_SWITCH_PROTOCOL:
+        if http.conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:  # type: ignore[attr-defined]
             hs += [("Connection", "Upgrade"), ("Upgrade", "tcp")]
             await http.send(
                 h11.InformationalResponse(status_code=101, headers=hs, reason=_reason(101))
