@@ -126,6 +126,22 @@ async def test_slow_request_head_is_closed(tmp_path: Path) -> None:
             assert await _read_all(s) == b""
 
 
+async def test_vspc_check_exits_2_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vic.cli import main
+
+    path = tmp_path / "vspc.toml"
+    path.write_text(
+        f'[console]\nsocket = "{tmp_path}/c.sock"\nlog-dir = "{tmp_path}"\n'
+        '[docker]\nenabled = true\nsocket = "' + f'{tmp_path}/d.sock"\n'
+        '[docker.tcp]\nhost = "0.0.0.0"\n'
+    )
+    assert main(["vspc", "--config", str(path), "--check"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "docker.tcp.tls:" in line and "plaintext" in line, line
+
+
 async def test_plaintext_tcp_off_loopback_is_refused(tmp_path: Path) -> None:
     base = f'[console]\nsocket = "{tmp_path}/c.sock"\nlog-dir = "{tmp_path}"\n'
     with pytest.raises(cfgmod.ConfigError) as e:
