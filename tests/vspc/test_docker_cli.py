@@ -81,6 +81,8 @@ async def test_exec_output_exit_code_and_stdin(tmp_path: Path) -> None:
             "exec", "-e", "A=b", "-w", "/tmp", "web-1", "sh", "-c", 'echo "$A $PWD"'
         )
         assert env.out == b"b /tmp\n", env
+        user = await rig.docker("exec", "-u", "nobody", "web-1", "id", "-un")
+        assert user.out == b"nobody\n", user
         missing = await rig.docker("exec", "web-1", "/no/such/program")
         assert missing.code == 127, missing
 
