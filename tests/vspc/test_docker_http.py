@@ -124,6 +124,10 @@ async def test_slow_request_head_is_closed(tmp_path: Path) -> None:
             s = await _connect(rig)
             await s.send_all(b"GET /_ping HTTP/1.1\r\n")  # and never the rest
             assert await _read_all(s) == b""
+        errors = rig.service.metrics.registry.get_sample_value(
+            "vspc_protocol_errors_total", {"where": "docker"}
+        )
+        assert errors == 1.0
 
 
 async def test_vspc_check_exits_2_naming_the_key(
@@ -235,3 +239,15 @@ async def test_stop_listening_keeps_open_connections(tmp_path: Path) -> None:
             assert not rig.sock.exists()
             await s.send_all(b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n")
             assert await _response(s) == (200, b"OK")
+
+
+async def test_idle_keep_alive_closes_quietly(tmp_path: Path) -> None:
+    async with docker_rig(tmp_path, request_timeout=0.2) as rig:
+        errors = {"where": "docker"}
+        reg = rig.service.metrics.registry
+        with trio.fail_after(STEP):
+            s = await _connect(rig)
+            await s.send_all(b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n")
+            assert await _response(s) == (200, b"OK")
+            assert await _read_all(s) == b""  # idle past the timeout: closed
+        assert not reg.get_sample_value("vspc_protocol_errors_total", errors)

@@ -20,13 +20,15 @@ the ``Responder``:
   request. The handler then owns the stream.
 
 Bounds per connection: request line and headers ``max_header_bytes`` (431
-beyond), a body ``max_body_bytes`` (413), ``request_timeout`` seconds to
-send a whole request head (the connection is closed). A body the handler did
-not read (an unsupported verb: ``docker build``'s context) is read and
-dropped, at most ``drain_bytes`` within ``drain_seconds``, so the client sees
-the answer (past those bounds the connection closes). A malformed request gets docker's
-error JSON with h11's status hint and the connection closes; it costs one log
-line (wire text escaped) and ``vspc_protocol_errors_total{where="docker"}``.
+beyond), a body ``max_body_bytes`` (413), ``request_timeout`` seconds to send a
+whole request head (then the connection closes; an idle keep-alive one
+quietly). A body the handler did not read (an unsupported verb: ``docker
+build``'s context) is read and dropped, at most ``drain_bytes`` within
+``drain_seconds``, so the client sees the answer (past those bounds the
+connection closes). A malformed request gets docker's error JSON with h11's
+status hint and the connection closes; it costs one log line (wire text
+escaped) and ``vspc_protocol_errors_total{where="docker"}``. A response that
+fails after it started is cut (the connection closes), never ended as whole.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class Responder:
         self.started = False
         self.done = False
         self.hijacked = False
+        self.broken = False  # the handler failed after starting: close, do not end
 
     def _headers(self, content_type: str, extra: Iterable[tuple[str, str]]) -> list[Any]:
         hs = [("Server", SERVER), ("Api-Version", API_VERSION), ("Ostype", "linux")]
@@ -224,15 +227,16 @@ class HttpConnection:
             with trio.move_on_after(self.limits.request_timeout) as cs:
                 ev = await self.next_event()
             if cs.cancelled_caught:
-                self._log_bad("no whole request within the request timeout")
-                return
+                if self.conn.their_state is not h11.IDLE or self.conn.trailing_data[0]:
+                    self._log_bad("no whole request within the request timeout")
+                return  # else an idle keep-alive connection: closed quietly
             if not isinstance(ev, h11.Request):
                 return  # ConnectionClosed
             self.close_after = _wants_close(ev)
             req, resp = Request(self, ev), Responder(self, req_method(ev))
             await self.handler(req, resp)
-            if resp.hijacked:
-                return
+            if resp.hijacked or resp.broken:
+                return  # a response that failed midway is cut, never ended as if whole
             if not resp.started:
                 await resp.send_error(500, "the endpoint gave no answer")
             await resp.end()

@@ -102,12 +102,15 @@ class DockerApi:
         except DockerError as e:
             if not resp.started:
                 await resp.send_error(e.status, e.message)
+            else:
+                resp.broken = True
         except (BodyTooLarge, trio.BrokenResourceError, trio.ClosedResourceError):
             raise
         except Exception:
             log.exception("docker endpoint: %s %s failed", wire(req.method), wire(req.target))
             if not resp.started:
                 await resp.send_error(500, "internal error (see the appliance's log)")
+            resp.broken = True
         finally:
             self.on_request(verb, resp.status)
 
