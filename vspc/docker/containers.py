@@ -1,7 +1,8 @@
 """What the Docker endpoint knows of each containerVM, gathered from the appliance.
 
 The containers are the VMs with a session here (``SessionsApi.vms``) and the
-VMs of the file guestinfo store (``<vm>.json`` in ``[sessions] guestinfo-dir``);
+VMs of the file guestinfo store (``<vm>.json`` in ``[sessions] guestinfo-dir``;
+with ``guestinfo = "vsphere"`` only the VMs with a session are listed);
 each one's ``ContainerFacts`` (``vspc.core.docker_shapes``) come from its
 guestinfo (session config, start and exit, networks, power) and the session
 service's view of its main process. ``find(ref)`` resolves a reference as
@@ -18,6 +19,7 @@ import re
 
 import trio
 
+from common.io.guestinfo.base import BackendError
 from common.proto.guestinfo.errors import GuestinfoError
 from vspc.core.docker_api import DockerError
 from vspc.core.docker_shapes import ContainerFacts, MainFacts, State, container_state
@@ -74,8 +76,8 @@ class Containers:
                 return dict(st.values), st.power != POWERED_OFF
             state = await self.guestinfo.state(vm)
             return dict(state.values), state.power != POWERED_OFF
-        except (GuestinfoError, OSError, ValueError):
-            return {}, True
+        except (GuestinfoError, BackendError, OSError, ValueError):
+            return {}, True  # unknown: the session's view alone
 
     def _main(self, vm: str) -> MainFacts | None:
         if self.api is None:
@@ -147,7 +149,7 @@ class Containers:
                 while True:
                     await w.next()
                     pulse.poke()
-        except (GuestinfoError, OSError, ValueError):
+        except (GuestinfoError, BackendError, OSError, ValueError):
             return
 
     async def signal(self, f: ContainerFacts, signo: int) -> None:
@@ -165,7 +167,7 @@ class Containers:
             await send_signal(self.guestinfo, f.name, sid, str(signo), GUESTINFO_SIGNAL_TIMEOUT)
         except trio.TooSlowError:
             raise DockerError(500, f"{f.name}: the guest did not take the signal") from None
-        except (GuestinfoError, OSError) as e:
+        except (GuestinfoError, BackendError, OSError) as e:
             raise DockerError(500, f"{f.name}: cannot signal through guestinfo: {e}") from None
 
 
