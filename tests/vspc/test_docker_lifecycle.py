@@ -107,7 +107,7 @@ async def test_attach_input_output_and_the_exit_code(tmp_path: Path) -> None:
         assert again.code == 1 and b"stopped container" in again.err, again
 
 
-async def test_attach_no_stdin_and_server_side_detach_keys(tmp_path: Path) -> None:
+async def test_attach_server_side_detach_keys(tmp_path: Path) -> None:
     async with docker_rig(tmp_path) as rig:
         await rig.vm("cat", ["cat"], openstdin=True)
         s = await trio.open_unix_socket(str(rig.sock))
