@@ -181,7 +181,8 @@ class DockerApi:
 
     async def wait(self, r: Route, req: Request, resp: Responder) -> None:
         f = await self.containers.find(r.ref)
-        condition = r.arg("condition", "not-running")
+        # docker's own daemon takes an empty condition (older clients send one) as the default
+        condition = r.arg("condition", "") or "not-running"
         if condition not in ("not-running", "next-exit", "removed"):
             raise DockerError(400, f"invalid condition: {condition[:40]!r}")
         await resp.start(200, "application/json")
