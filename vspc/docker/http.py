@@ -66,7 +66,19 @@ class Limits:
 
 
 class BodyTooLarge(Exception):
-    pass
+    """A request body the endpoint will not read: over ``max_body_bytes`` (413), or
+    (the subclasses) not sent within ``request_timeout`` (408), or cut by the client
+    (400). Handlers pass it on; the connection answers ``status`` and closes."""
+
+    status = 413
+
+
+class BodyTimeout(BodyTooLarge):
+    status = 408
+
+
+class BodyCut(BodyTooLarge):
+    status = 400
 
 
 class Request:
@@ -82,19 +94,26 @@ class Request:
         return next((v for k, v in self.headers if k == name), "")
 
     async def body(self) -> bytes:
-        """The whole body (``BodyTooLarge`` past ``max_body_bytes``)."""
+        """The whole body (``BodyTooLarge`` past ``max_body_bytes``, ``BodyTimeout``
+        unless it all comes within ``request_timeout``, ``BodyCut``)."""
         out = bytearray()
-        while True:
-            ev = await self._http.next_event()
-            if isinstance(ev, h11.Data):
-                out += ev.data
-                if len(out) > self._http.limits.max_body_bytes:
-                    raise BodyTooLarge(f"request body over {self._http.limits.max_body_bytes}")
-            elif isinstance(ev, h11.EndOfMessage):
-                self.body_done = True
-                return bytes(out)
-            else:
-                raise h11.RemoteProtocolError("connection closed inside a request body", 400)
+        limits = self._http.limits
+        with trio.move_on_after(limits.request_timeout):
+            while True:
+                try:
+                    ev = await self._http.next_event()
+                except h11.RemoteProtocolError as e:  # a bad chunk, an early close
+                    raise BodyCut(_reason_of(e)[0]) from None
+                if isinstance(ev, h11.Data):
+                    out += ev.data
+                    if len(out) > limits.max_body_bytes:
+                        raise BodyTooLarge(f"request body over {limits.max_body_bytes}")
+                elif isinstance(ev, h11.EndOfMessage):
+                    self.body_done = True
+                    return bytes(out)
+                else:
+                    raise BodyCut("connection closed inside a request body")
+        raise BodyTimeout("no whole request body within the request timeout")
 
 
 class Responder:
@@ -234,7 +253,7 @@ class HttpConnection:
             why, quoted = _reason_of(e)
             await self._bad_request(e.error_status_hint, why, quoted)
         except BodyTooLarge as e:
-            await self._bad_request(413, str(e))
+            await self._bad_request(e.status, str(e))
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             pass  # the client left (or the response could not be finished): nothing to say
         finally:
