@@ -185,7 +185,8 @@ async def test_slow_clients_are_cut_at_the_request_timeout(
 ) -> None:
     """Slowloris: 20 clients trickle a request head a byte at a time, 10 more send
     nothing; the request timeout bounds the whole head, not the gap between bytes,
-    so each is closed within it while docker keeps working."""
+    so each is closed within it while docker keeps working (the silent ones quietly,
+    as idle keep-alive connections are)."""
     timeout = 2.0
     async with hostile(tmp_path, caplog, request_timeout=timeout) as h:
         fds, errors = open_fds(), h.errors()
@@ -211,9 +212,9 @@ async def test_slow_clients_are_cut_at_the_request_timeout(
                 n.start_soon(trickle, b"")
             await h.check_intact()
         assert len(closed_after) == 30 and max(closed_after) < timeout + 5, closed_after
-        assert h.errors() == errors + 30
+        assert h.errors() == errors + 20
         lines = [ln for ln in h.logged() if "within the request timeout" in ln]
-        assert len(lines) == 30 and all(printable(ln) for ln in lines)
+        assert len(lines) == 20 and all(printable(ln) for ln in lines)
         assert open_fds() <= fds + FD_SLACK
 
 
