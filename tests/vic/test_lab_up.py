@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,7 @@ async def test_up_console_down(tmp_path: Path) -> None:
         for vm in set(vms) - set(tethered):  # a tethered VM has a session, no raw console
             assert f" {vm} " in listing, listing
         await _exec_and_logs(env, "vm-agent-1")
+        await _docker_ps_and_logs(env | {"DOCKER_CONFIG": str(tmp_path / "docker")}, "vm-agent-1")
         # a VM across the relay mesh
         await attach_and_type(
             env, "vm-mesh-1", b"over the mesh\r", b"vm-mesh-1 read: over the mesh"
@@ -125,6 +127,32 @@ async def _exec_and_logs(env: dict[str, str], vm: str) -> None:
     await attach_and_type(env, vm, b"hi tether\n", want, replay=False)
     rc, out = await vic("console", "logs", vm, "--tail", "1", env=env)
     assert (rc, out) == (0, f"{vm} read: hi tether\n"), out
+
+
+async def _docker_ps_and_logs(env: dict[str, str], vm: str) -> None:
+    """The real docker client at the lab's Docker endpoint, through D/env alone (run
+    after ``_exec_and_logs``, whose attach logged a second line)."""
+    assert env["DOCKER_HOST"].startswith("unix://") and env["DOCKER_HOST"].endswith("docker.sock")
+    docker = shutil.which("docker")
+    if docker is None:  # Debian's docker.io (the client only); without it, nothing to run
+        return
+    with trio.fail_after(60):
+        ps = await trio.run_process(
+            [docker, "ps", "--format", "{{.Names}} {{.State}}"], env=env, capture_stdout=True
+        )
+        logs = await trio.run_process(
+            [docker, "logs", "--tail", "5", vm], env=env, capture_stdout=True
+        )
+    assert f"{vm} running" in ps.stdout.decode().splitlines(), ps.stdout
+    assert logs.stdout.decode() == f"hello from {vm}\n{vm} read: hi tether\n", logs.stdout
+    with trio.fail_after(60):
+        ex = await trio.run_process(
+            [docker, "exec", vm, "sh", "-c", "uname -s; exit 3"],
+            env=env,
+            capture_stdout=True,
+            check=False,
+        )
+    assert (ex.returncode, ex.stdout) == (3, b"Linux\n"), ex
 
 
 async def test_down_with_nothing_up(tmp_path: Path) -> None:

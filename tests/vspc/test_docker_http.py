@@ -189,13 +189,19 @@ async def test_hijacked_client_killed_ends_its_exec(tmp_path: Path) -> None:
 
 
 async def test_max_clients_closes_the_extra_one(tmp_path: Path) -> None:
+    """Full of connections busy in a request (``docker wait``: an idle one would be
+    closed to make room, see tests/hostile/test_docker_http.py), a new one is closed."""
     async with docker_rig(tmp_path, max_clients=2) as rig:
         docker = rig.service.docker
         assert docker is not None
+        await rig.vm("web-1", ["sleep", "100000"])
         with trio.fail_after(STEP):
             held = [await _connect(rig), await _connect(rig)]
-            while docker.clients < 2:
-                await docker.clients_changed.wait()
+            for s in held:
+                await s.send_all(b"POST /containers/web-1/wait HTTP/1.1\r\nHost: d\r\n\r\n")
+                head = b""
+                while b"\r\n\r\n" not in head:  # the wait's head: it is in its request
+                    head += await s.receive_some(65536)
             extra = await _connect(rig)
             assert await _read_all(extra) == b""  # closed at accept
             await held[0].aclose()

@@ -10,10 +10,11 @@ from common.ops.config import loads
 from vspc.config import VspcConfig
 
 
-def lab_toml(workdir: Path, guestinfo: Path | None = None) -> str:
+def lab_toml(workdir: Path, guestinfo: Path | None = None, *, docker: bool = False) -> str:
     """The lab appliance's vspc.toml: ports picked by the kernel, everything in ``workdir``;
     the tethered VMs' secrets go to the file guestinfo store ``guestinfo`` (default
-    ``workdir/sess/guestinfo``)."""
+    ``workdir/sess/guestinfo``). ``docker``: also the Docker endpoint, on
+    ``workdir/docker.sock`` (``docker_socket``)."""
     gi_dir = guestinfo or workdir / "sess" / "guestinfo"
 
     def q(p: Path | str) -> str:
@@ -47,7 +48,20 @@ guestinfo-dir = {q(gi_dir)}
 enabled = true
 host = "127.0.0.1"
 port = 0
+""" + (_DOCKER.format(socket=q(docker_socket(workdir))) if docker else "")
+
+
+_DOCKER = """
+# the Docker Engine API endpoint (issue 14): DOCKER_HOST=unix://<socket>
+[docker]
+enabled = true
+socket = {socket}
+socket-mode = 0o600
 """
+
+
+def docker_socket(workdir: Path) -> Path:
+    return workdir / "docker.sock"
 
 
 def lab_config(workdir: Path) -> VspcConfig:

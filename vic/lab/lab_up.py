@@ -6,8 +6,9 @@ agent VMs), each detached from the shell in a session of its own with its log in
 ``D``, records their pids in ``D/pids``, waits for each to say ``READY=1`` on the
 notify socket ``D/notify.sock`` (sd_notify's datagram form; the appliance's carries
 its ports) and writes ``D/env``: shell lines that point ``vic console`` at the
-lab's appliance. ``down`` stops every recorded process (SIGTERM, SIGKILL after a
-deadline) and removes what ``up`` created. The default ``D`` is
+lab's appliance and ``docker`` at its Docker endpoint (``D/docker.sock``). ``down``
+stops every recorded process (SIGTERM, SIGKILL after a deadline) and removes what
+``up`` created. The default ``D`` is
 ``$XDG_RUNTIME_DIR/vic-lab``, or ``.lab`` in the repository without it.
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import trio
 
 from vic.lab import lab_state
-from vic.lab.appliance_config import lab_toml
+from vic.lab.appliance_config import docker_socket, lab_toml
 from vic.lab.lab_hosts import VM_PATHS
 
 START_TIMEOUT = 120.0  # per process, on a loaded 2-core machine
@@ -128,7 +129,7 @@ async def _start(d: Path) -> str:
         await sock.bind(str(notify_path))
         (d / "consoles").mkdir(exist_ok=True)
         (d / "ag" / "guestinfo").mkdir(parents=True, exist_ok=True)  # the agents' store
-        (d / "vspc.toml").write_text(lab_toml(d, d / "ag" / "guestinfo"))
+        (d / "vspc.toml").write_text(lab_toml(d, d / "ag" / "guestinfo", docker=True))
         env = _child_env()
         pid = _spawn(
             d,
@@ -199,6 +200,9 @@ def render_env(d: Path, appliance_metrics: str, hosts: dict[str, str]) -> str:
         + f'export VIC_LAB_VMS="{vms}"\n'
         + "# tethered (sealed sessions): vic console exec VM -- CMD..., vic console logs VM\n"
         + f'export VIC_LAB_TETHERED="{hosts.get("TETHERED", "")}"\n'
+        + "# the Docker endpoint: docker ps, docker logs --tail 5 VM, docker exec -it VM sh,\n"
+        + "# docker attach VM, docker wait VM\n"
+        + f"export DOCKER_HOST={q('unix://' + str(docker_socket(d)))}\n"
         f"# metrics: {', '.join(names)}\n"
         f"export VIC_LAB_METRICS={q(' '.join(urls))}\n"
     )

@@ -22,7 +22,9 @@ the ``Responder``:
 Bounds per connection: request line and headers ``max_header_bytes`` (431
 beyond), a body ``max_body_bytes`` (413), ``request_timeout`` seconds to send a
 whole request head (then the connection closes; an idle keep-alive one
-quietly). A body the handler did not read (an unsupported verb: ``docker
+quietly); past the server's ``max-clients``, a connection waiting for a
+request head can be ``evict``-ed (closed) to make room, the longest waiting
+first. A body the handler did not read (an unsupported verb: ``docker
 build``'s context) is read and dropped, at most ``drain_bytes`` within
 ``drain_seconds``, so the client sees the answer (past those bounds the
 connection closes). A malformed request gets docker's error JSON with h11's
@@ -33,6 +35,7 @@ fails after it started is cut (the connection closes), never ended as whole.
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -50,6 +53,7 @@ log = logging.getLogger("vspc.docker")
 
 RECV = 65536
 SERVER = "vic-channel"
+SHOWN_BYTES = 160  # of a bad request, in its log line
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,19 @@ class Limits:
 
 
 class BodyTooLarge(Exception):
-    pass
+    """A request body the endpoint will not read: over ``max_body_bytes`` (413), or
+    (the subclasses) not sent within ``request_timeout`` (408), or cut by the client
+    (400). Handlers pass it on; the connection answers ``status`` and closes."""
+
+    status = 413
+
+
+class BodyTimeout(BodyTooLarge):
+    status = 408
+
+
+class BodyCut(BodyTooLarge):
+    status = 400
 
 
 class Request:
@@ -78,19 +94,26 @@ class Request:
         return next((v for k, v in self.headers if k == name), "")
 
     async def body(self) -> bytes:
-        """The whole body (``BodyTooLarge`` past ``max_body_bytes``)."""
+        """The whole body (``BodyTooLarge`` past ``max_body_bytes``, ``BodyTimeout``
+        unless it all comes within ``request_timeout``, ``BodyCut``)."""
         out = bytearray()
-        while True:
-            ev = await self._http.next_event()
-            if isinstance(ev, h11.Data):
-                out += ev.data
-                if len(out) > self._http.limits.max_body_bytes:
-                    raise BodyTooLarge(f"request body over {self._http.limits.max_body_bytes}")
-            elif isinstance(ev, h11.EndOfMessage):
-                self.body_done = True
-                return bytes(out)
-            else:
-                raise h11.RemoteProtocolError("connection closed inside a request body", 400)
+        limits = self._http.limits
+        with trio.move_on_after(limits.request_timeout):
+            while True:
+                try:
+                    ev = await self._http.next_event()
+                except h11.RemoteProtocolError as e:  # a bad chunk, an early close
+                    raise BodyCut(_reason_of(e)[0]) from None
+                if isinstance(ev, h11.Data):
+                    out += ev.data
+                    if len(out) > limits.max_body_bytes:
+                        raise BodyTooLarge(f"request body over {limits.max_body_bytes}")
+                elif isinstance(ev, h11.EndOfMessage):
+                    self.body_done = True
+                    return bytes(out)
+                else:
+                    raise BodyCut("connection closed inside a request body")
+        raise BodyTimeout("no whole request body within the request timeout")
 
 
 class Responder:
@@ -193,6 +216,17 @@ class HttpConnection:
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self.close_after = False  # the current response ends the connection
         self._gone = False
+        self._recent = b""  # the start of the last bytes received (for a log line)
+        self.waiting_since: float | None = None  # trio time it began to wait for a request
+        self.evicted = False
+        self._head_scope: trio.CancelScope | None = None
+
+    def evict(self) -> None:
+        """Close the connection if it is waiting for a request head (to make room for
+        a new client: it holds nothing else)."""
+        if self._head_scope is not None:
+            self.evicted = True
+            self._head_scope.cancel()
 
     async def next_event(self) -> Any:
         while True:
@@ -203,6 +237,8 @@ class HttpConnection:
                 self.conn.receive_data(b"")
                 continue
             data = await self.stream.receive_some(RECV)
+            if data:
+                self._recent = bytes(data[:SHOWN_BYTES])
             self.conn.receive_data(bytes(data))
 
     async def send(self, ev: Any) -> None:
@@ -214,9 +250,10 @@ class HttpConnection:
         try:
             await self._serve()
         except h11.RemoteProtocolError as e:
-            await self._bad_request(e.error_status_hint, str(e))
+            why, quoted = _reason_of(e)
+            await self._bad_request(e.error_status_hint, why, quoted)
         except BodyTooLarge as e:
-            await self._bad_request(413, str(e))
+            await self._bad_request(e.status, str(e))
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             pass  # the client left (or the response could not be finished): nothing to say
         finally:
@@ -225,7 +262,14 @@ class HttpConnection:
     async def _serve(self) -> None:
         while True:
             with trio.move_on_after(self.limits.request_timeout) as cs:
-                ev = await self.next_event()
+                self._head_scope, self.waiting_since = cs, trio.current_time()
+                try:
+                    ev = await self.next_event()
+                finally:
+                    self._head_scope = self.waiting_since = None
+            if self.evicted:
+                log.info("docker endpoint: %s: closed to make room", wire(self.peer))
+                return
             if cs.cancelled_caught:
                 if self.conn.their_state is not h11.IDLE or self.conn.trailing_data[0]:
                     self._log_bad("no whole request within the request timeout")
@@ -287,8 +331,8 @@ class HttpConnection:
                     self.conn.receive_data(bytes(data))
         return self.conn.their_state is not h11.SEND_BODY
 
-    async def _bad_request(self, status: int, why: str) -> None:
-        self._log_bad(why)
+    async def _bad_request(self, status: int, why: str, sent: bytes | None = None) -> None:
+        self._log_bad(why, sent)
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             self.close_after = True
             resp = Responder(self, "GET")
@@ -297,8 +341,16 @@ class HttpConnection:
             except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
                 pass
 
-    def _log_bad(self, why: str) -> None:
-        log.warning("docker endpoint: %s: %s", wire(self.peer), wire(why, 200))
+    def _log_bad(self, why: str, sent: bytes | None = None) -> None:
+        """One line: the peer, why, and what it sent (the line h11 quoted, else the
+        start of the last bytes received), escaped."""
+        shown = self._recent if sent is None else sent
+        log.warning(
+            "docker endpoint: %s: %s; it sent: %s",
+            wire(self.peer),
+            wire(why, 200),
+            wire(shown, SHOWN_BYTES),
+        )
         self.on_error()
 
 
@@ -307,6 +359,21 @@ def _reason(status: int) -> bytes:
         return HTTPStatus(status).phrase.encode()
     except ValueError:
         return b""
+
+
+def _reason_of(e: h11.RemoteProtocolError) -> tuple[str, bytes | None]:
+    """h11's message without the bytes it quotes (``bytearray(b'...')``, a Python
+    literal), and those bytes: the log line shows them escaped once."""
+    msg = str(e)
+    reason, sep, quoted = msg.partition(": bytearray(")
+    if sep and quoted.endswith(")"):
+        try:
+            value = ast.literal_eval(quoted[:-1])
+        except (ValueError, SyntaxError):
+            return msg, None
+        if isinstance(value, bytes):
+            return reason, value
+    return msg, None
 
 
 def req_method(ev: h11.Request) -> str:

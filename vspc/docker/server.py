@@ -6,7 +6,8 @@ socket with its mode, then its owner and group; TCP plain on loopback or TLS
 with client certificates required. A listener that cannot be opened is a
 ``ConfigError`` naming the key. Each connection is one ``HttpConnection``
 (``vspc.docker.http``) serving ``DockerApi`` (``vspc.docker.verbs``); past
-``max-clients`` connections a new one is closed at accept. ``unix_path`` and
+``max-clients`` connections the one waiting longest for a request is closed
+to make room, else the new one is closed at accept. ``unix_path`` and
 ``tcp_addresses`` say where it listens once started.
 """
 
@@ -101,6 +102,7 @@ class DockerServer:
         self._closed = trio.Event()  # the listeners are closed
         self.clients = 0  # connections open now
         self.clients_changed = trio.Event()  # set (and replaced) as that changes
+        self._http: set[HttpConnection] = set()  # the connections, to make room among
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Listen (a listener that cannot be opened: ``ConfigError``), then serve until
@@ -172,11 +174,20 @@ class DockerServer:
                 log.warning("docker endpoint: accept failed: %s", e)
                 await trio.sleep(0.1)
                 continue
-            if self.clients >= self.config.max_clients:
+            if self.clients >= self.config.max_clients and not self._make_room():
                 self.metrics.protocol_error()
                 await trio.aclose_forcefully(stream)
                 continue
             self._conns.start_soon(self._serve, stream, ctx)
+
+    def _make_room(self) -> bool:
+        """Evict the connection waiting longest for a request, if one is: a client
+        that holds connections open without asking costs only those."""
+        waiting = [c for c in self._http if c.waiting_since is not None and not c.evicted]
+        if not waiting:
+            return False
+        min(waiting, key=lambda c: c.waiting_since or 0.0).evict()
+        return True
 
     async def _serve(self, stream: trio.abc.Stream, ctx: ssl.SSLContext | None) -> None:
         self._count(+1)
@@ -191,10 +202,13 @@ class DockerServer:
                 peer=peer,
                 on_error=self.metrics.protocol_error,
             )
+            self._http.add(conn)
             try:
                 await conn.serve()
             except (ssl.SSLError, trio.BrokenResourceError):
                 self.metrics.protocol_error()  # a failed TLS handshake: its own connection
+            finally:
+                self._http.discard(conn)
         finally:
             self._count(-1)
 
