@@ -36,7 +36,7 @@ from vic.lab.lab_tether import secret_written
 from vspc.core.linelog import LineLogError, Stream, parse_record
 from vspc.guestinfo_watch import FileStoreWatcher, configure_session
 
-Path_ = Literal["direct", "mesh", "forward"]
+PathKind = Literal["direct", "mesh", "forward"]
 MAIN_ID = "main-1"
 MAIN_CODE = 7
 MAIN_LINE = re.compile(rb"^main (\d+)$")
@@ -57,7 +57,7 @@ def main_script(stop: Path) -> str:
 class AgentPath:
     """The daemons (added, not started) and the cut proxies of one path."""
 
-    def __init__(self, tmp: Path, daemons: Daemons, *, path: Path_) -> None:
+    def __init__(self, tmp: Path, daemons: Daemons, *, path: PathKind) -> None:
         self.tmp = tmp
         self.daemons = daemons
         self.path = path
@@ -166,8 +166,10 @@ class AgentPath:
         await self.agent.launch()
         await wait_until(lambda: self.main_numbers(), None, interval=0.05)
 
-    async def restart_relay(self, d: Daemon, sig: int) -> None:
-        d.kill(sig)
+    async def restart_relay(self, d: Daemon, sig: int | None) -> None:
+        """Signal ``d`` (None: it was killed already), wait for its end, start it again."""
+        if sig is not None:
+            d.kill(sig)
         await d.wait_exit()
         if d is self.a:
             self.pipe.unlink(missing_ok=True)  # a killed relay leaves its socket behind
