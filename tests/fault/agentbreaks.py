@@ -15,7 +15,7 @@ from pathlib import Path
 
 import trio
 
-from tests.fault.agentpath import AgentPath, PathKind, quiet
+from tests.fault.agentpath import AgentPath, PathKind, check_main, quiet
 from tests.fault.sessionmesh import ExecRun, Gate
 from tests.support.daemons import Daemon, Daemons
 from tests.support.waiting import wait_until
@@ -111,8 +111,10 @@ async def run_schedule(
                     midway.append(echoed(runs) < total)
                     await FAULTS[name](p)
                     gate.open()
-            bad = await p.finish_main()
+            bad = check_main(*await p.finish_main())
         n.cancel_scope.cancel()
         bad += [f"exec {i}: {x}" for i, r in enumerate(runs) for x in r.check(errs[i], i + 3)]
         assert not bad, "\n".join(bad) + ds.logs()
+        if path == "forward":  # the streams went through a forwarded link
+            assert p.b is not None and "forwarding link from" in p.b.log_text()
         return midway, p.app.log_text().count("relayed stream")

@@ -18,6 +18,7 @@ record by record. Execs go through the appliance's console socket
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -200,17 +201,21 @@ class AgentPath:
     def main_ended(self) -> bool:
         return any(t.startswith(b"main end ") for _, t in self.log_records())
 
-    async def finish_main(self) -> list[str]:
-        """Stop the main process; what is wrong with its logged output, if anything:
-        every line once, in order, then its last line and its exit status (7)."""
+    async def finish_main(self) -> tuple[list[tuple[Stream, bytes]], Any]:
+        """Stop the main process; once its last line is logged and its exit status
+        published, the container log's records and that status (``gi.ExitInfo``)."""
         self.stop_file.touch()
         await wait_until(self.main_ended, None, interval=0.05)
         watcher = FileStoreWatcher(self.gi)
-        with trio.fail_after(20):
-            async with watcher.watch(VM) as w:
-                while (st := await w.next()).session(MAIN_ID).exit is None:
-                    pass
-        return check_main(self.log_records(), st.session(MAIN_ID).exit)
+        async with watcher.watch(VM) as w:
+            while (st := await w.next()).session(MAIN_ID).exit is None:
+                pass
+        return self.log_records(), st.session(MAIN_ID).exit
+
+    def events(self) -> list[dict[str, Any]]:
+        """The VM's container log events (connections, gaps), oldest first."""
+        text = (self.logs_dir / f"{VM}_container.events.jsonl").read_text()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _age(p: Path) -> int:
@@ -220,6 +225,8 @@ def _age(p: Path) -> int:
 
 
 def check_main(records: list[tuple[Stream, bytes]], exit_info: Any) -> list[str]:
+    """What is wrong with the main process's logged output, if anything: every line
+    once, in order, then its last line; and its exit status (7)."""
     texts = [t for s, t in records if s is Stream.STDOUT and t]
     bad: list[str] = []
     nums = [int(m.group(1)) for t in texts if (m := MAIN_LINE.match(t))]
