@@ -19,7 +19,10 @@ that logs paced lines; `vic console exec -i` runs a ``cat`` in it. The appliance
   appliance marks in the VM's event log as a ``gap`` with reason ``restart``.
 
 The appliance sits behind each path: direct, the mesh (esx-b ends the streams),
-and forward (esx-b forwards the link to the appliance, whose link state dies too).
+and forward (esx-b forwards the link to the appliance, whose link state dies too);
+and on the direct path it is also stopped in order (SIGTERM). There the hole is
+not marked (no ``gap``, not even ``vm_disconnected``): a known defect, reported
+as an xfail at that very check, so anything else still fails.
 """
 
 from __future__ import annotations
@@ -102,8 +105,18 @@ def last(p: AgentPath) -> int:
     return nums[-1] if nums else 0
 
 
-@pytest.mark.parametrize("path", ["direct", "mesh", "forward"])
-async def test_appliance_killed_and_started_again(tmp_path: Path, path: PathKind) -> None:
+@pytest.mark.parametrize(
+    ("path", "sig"),
+    [
+        ("direct", signal.SIGKILL),
+        ("mesh", signal.SIGKILL),
+        ("forward", signal.SIGKILL),
+        ("direct", signal.SIGTERM),
+    ],
+)
+async def test_appliance_killed_and_started_again(
+    tmp_path: Path, path: PathKind, sig: signal.Signals
+) -> None:
     async with Daemons(tmp_path) as ds, trio.open_nursery() as n:
         p = AgentPath(tmp_path, ds, path=path)
         with trio.fail_after(60):
@@ -113,7 +126,7 @@ async def test_appliance_killed_and_started_again(tmp_path: Path, path: PathKind
             exec_pid = int(pidfile.read_text())
             await wait_until(lambda: len(p.main_numbers()) >= 10, None, interval=0.05)
 
-            p.app.kill(signal.SIGKILL)
+            p.app.kill(sig)
             await p.app.wait_exit()
             logged = p.main_numbers()  # what the appliance had logged when it died
             with trio.fail_after(10):  # the client's answer, at once
@@ -134,21 +147,32 @@ async def test_appliance_killed_and_started_again(tmp_path: Path, path: PathKind
             assert p.agent.log().count("the appliance lost the session") == 1, p.agent.log()
             records, exit_info = await p.finish_main()
         n.cancel_scope.cancel()
-    check_across_restart(p, logged, records, exit_info)
+    check_across_restart(p, logged, records, exit_info, orderly=sig == signal.SIGTERM)
 
 
 def check_across_restart(
-    p: AgentPath, logged: list[int], records: list[tuple[Stream, bytes]], exit_info: Any
+    p: AgentPath,
+    logged: list[int],
+    records: list[tuple[Stream, bytes]],
+    exit_info: Any,
+    *,
+    orderly: bool,
 ) -> None:
-    """What was logged stays, nothing is logged twice, the later lines are there; the
-    lines written while the appliance was down are one hole, marked as a restart gap."""
+    """What was logged stays, nothing is logged twice, the later lines are there, then
+    the last line and the exit status; lines written while the appliance was down
+    are at most one hole, right where it stopped, and a hole is marked as a gap."""
     nums = p.main_numbers()
     assert nums[: len(logged)] == logged  # the files kept what was logged
     assert len(set(nums)) == len(nums), "a line logged twice"
-    hole = sorted(set(range(1, nums[-1] + 1)) - set(nums))
-    assert hole == list(range(logged[-1] + 1, logged[-1] + 1 + len(hole))), hole
-    gaps = [e for e in p.events() if e["event"] == "gap"]
-    assert [g.get("reason") for g in gaps] == ["restart"], gaps
     ends = [t for s, t in records if s is Stream.STDOUT and t.startswith(b"main end ")]
     assert ends == [b"main end %d" % nums[-1]]
     assert exit_info is not None and exit_info.status == MAIN_CODE
+    hole = sorted(set(range(1, nums[-1] + 1)) - set(nums))
+    assert hole == list(range(logged[-1] + 1, logged[-1] + 1 + len(hole))), hole
+    gaps = [e for e in p.events() if e["event"] == "gap"]
+    if hole and not gaps and orderly:
+        pytest.xfail(
+            f"known: after an orderly appliance stop (SIGTERM) the {len(hole)} lines the "
+            "main process wrote meanwhile are missing from the container log, no gap marked"
+        )
+    assert not hole or [g.get("reason") for g in gaps] == ["restart"], (hole, gaps)
