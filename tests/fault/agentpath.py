@@ -147,24 +147,24 @@ class AgentPath:
 
     # ------------------------------------------------------------ starting
     async def start(self, nursery: trio.Nursery) -> None:
-        """The appliance, the relays, the VM's secret and main process in its guestinfo,
-        then the agent; returns once the main process's first line is logged."""
+        """The appliance, the relays and the agent; the VM's secret, then its main
+        process, in its guestinfo; returns once the main process's first line is logged."""
         if self.path != "direct":
             await nursery.start(self.link.serve)
             await nursery.start(self.fwd.serve)
             self.b = self.daemons.add("relay", "esx-b", self._esx_b())
         self.a = self.daemons.add("relay", "esx-a", self._esx_a())
-        await self.app.start()
-        if self.b is not None:
-            await self.b.start()
-        await self.a.start()
+        async with trio.open_nursery() as up:  # each waits for what it needs by itself
+            up.start_soon(self.agent.launch)  # it waits for its secret in guestinfo
+            for d in (self.app, self.b, self.a):
+                if d is not None:
+                    up.start_soon(d.start)
         watcher = FileStoreWatcher(self.gi)
         await secret_written(watcher, VM, self.pipe)  # a stream naming the VM: its secret
         main = gi.SessionConfig(
             id=MAIN_ID, path="/bin/sh", args=("sh", "-c", main_script(self.stop_file))
         )
-        await configure_session(watcher, VM, main)
-        await self.agent.launch()
+        await configure_session(watcher, VM, main)  # the agent starts it as listed
         await wait_until(lambda: self.main_numbers(), None, interval=0.05)
 
     async def restart_relay(self, d: Daemon, sig: int | None) -> None:
