@@ -17,6 +17,9 @@ writes the process's output to it and reads its input from ``on_input`` as befor
   and CLOSE; a later OPEN_ATTACH is refused, as is any while ``enabled`` is False (the
   agent kept the raw console link for the main process).
 
+When the appliance lost the session (it restarted), the output its attach channels had
+not acknowledged is held again for the new session's first attach (``detach_all``).
+
 SIGNAL on an attach channel goes to the main process (``on_signal``, set by the agent);
 RESIZE goes to the runner's ``on_resize`` (the pty's size, so SIGWINCH) when the main
 process has a tty. The size an OPEN_ATTACH carries is applied the same way before any
@@ -157,8 +160,27 @@ class MainAttach(ConsoleLink):
         self._channels.pop(ch, None)
 
     def detach_all(self) -> None:
-        """The session was replaced: its channels are gone."""
+        """The session is being replaced (the appliance lost it: it restarted): its
+        channels are gone. What they had not delivered (unacknowledged in the old
+        session; the least of any channel's) is held for the next attach, so output
+        written while the appliance was away still reaches its logs, and what it
+        acknowledged (logged) is not sent again."""
+        undelivered = [self._undelivered(ch, stream) for ch, stream in self._channels.items()]
         self._channels.clear()
+        for stderr, chunk in min(undelivered, key=_size, default=[]):
+            self._hold(stderr, chunk)
+
+    def _undelivered(self, ch: int, stream: Stream) -> list[tuple[bool, bytes]]:
+        """``ch``'s unacknowledged output in the current session, as held chunks."""
+        out: list[tuple[bool, bytes]] = []
+        for stderr, s in [(False, stream), (True, Stream.STDERR)][: 1 + (stream is Stream.STDOUT)]:
+            try:
+                o = self.ep.session.outstream(ch, s)
+            except ChannelStateError:
+                o = None
+            if o is not None and o.held:
+                out.append((stderr, o.unacked()))
+        return out
 
     def owns(self, ch: int) -> bool:
         return ch in self._channels
@@ -173,6 +195,10 @@ class MainAttach(ConsoleLink):
             except ChannelStateError as e:  # the appliance closed it meanwhile
                 log.debug("attach %d: %s", ch, e)
         self._channels.clear()
+
+
+def _size(chunks: list[tuple[bool, bytes]]) -> int:
+    return sum(len(c) for _, c in chunks)
 
 
 def _stream(channel_stream: Stream, stderr: bool) -> Stream:

@@ -168,7 +168,7 @@ class Daemon:
     def __init__(
         self, program: str, name: str, config: Mapping[str, Any] | str, workdir: Path
     ) -> None:
-        if program not in ("relay", "vspc"):
+        if program not in ("relay", "vspc", "agent"):  # an agent never says READY=1: launch()
             raise ValueError(f"no such daemon: {program}")
         self.program = program
         self.name = name

@@ -137,6 +137,10 @@ class OutStream:
     def write_eof(self) -> None:
         self.eof = True
 
+    def unacked(self) -> bytes:
+        """The bytes held for replay: written, not acknowledged (nor resumed past)."""
+        return bytes(self._buf)
+
     def _check_mark(self, offset: int, eof: bool, what: str) -> None:
         if offset > self.end or (eof and not (self.eof and offset == self.end)):
             raise MessageError(

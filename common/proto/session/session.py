@@ -440,21 +440,21 @@ class Session:
             c.end_output()
 
     # ------------------------------------------------------------ both ends
-    def _outstream(self, ch: int, stream: Stream) -> OutStream | None:
-        c = self._local(ch)
-        return None if c is None else c.outstream(stream)
+    def outstream(self, ch: int, stream: Stream) -> OutStream | None:
+        """Our end of ``ch``'s ``stream`` (its replay buffer); None once forgotten."""
+        return None if (c := self._local(ch)) is None else c.outstream(stream)
 
     def send(self, ch: int, stream: Stream, data: bytes) -> int:
         """Queue bytes; how many were taken (fewer under BLOCK: wait for ``Writable``)."""
-        s = self._outstream(ch, stream)
+        s = self.outstream(ch, stream)
         return 0 if s is None else s.write(data)
 
     def room(self, ch: int, stream: Stream) -> int:
-        s = self._outstream(ch, stream)
+        s = self.outstream(ch, stream)
         return 0 if s is None else s.room()
 
     def eof(self, ch: int, stream: Stream) -> None:
-        s = self._outstream(ch, stream)
+        s = self.outstream(ch, stream)
         if s is not None:
             s.write_eof()
 
