@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,9 @@ class MainFacts:
     connected: bool = False
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 @dataclass(frozen=True)
 class ContainerFacts:
     name: str  # the VM's name
@@ -60,8 +64,12 @@ class ContainerFacts:
 
     @property
     def id(self) -> str:
+        """The VM's own container id when it is docker's shape (64 hex digits); else
+        one made from it (or the name): ``docker ps`` shows 12 digits, which must differ."""
         own = gi.decode_str(self.values.get(gi.common_id_key()))
-        return own or hashlib.sha256(self.name.encode()).hexdigest()
+        if own and _HEX64.fullmatch(own):
+            return own
+        return hashlib.sha256((own or self.name).encode()).hexdigest()
 
     @property
     def session_id(self) -> str | None:
