@@ -3,6 +3,7 @@ line is 8-bit clean), driven through trio's FdStream, reopened when it goes away
 
 from __future__ import annotations
 
+import functools
 import os
 import termios
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import trio
 
 from relay.config import SerialListener
-from relay.ingress.serialdev import open_device
+from relay.ingress.serialdev import RAW_IFLAG_OFF, RAW_LFLAG_OFF, RAW_OFLAG_OFF, open_device
 from tests.relay.relayfix import (
     Appliance,
     pattern,
@@ -94,3 +95,77 @@ async def test_device_comes_back(tmp_path: Path) -> None:
                 await rec.closed.wait()
             assert bytes(rec.data) == data
         n.cancel_scope.cancel()
+
+
+def test_raw_mode_leaves_every_byte_alone() -> None:
+    """A tty starts cooked (ICRNL, IXON, OPOST|ONLCR, ISIG, ICANON, ECHO): every flag
+    that could change, eat or echo a byte is off once the relay opened it, 8 bits."""
+    master, slave = os.openpty()
+    try:
+        fd = open_device(SerialListener(name="s", vm="v", device=Path(os.ttyname(slave))))
+        try:
+            iflag, oflag, cflag, lflag, _i, _o, cc = termios.tcgetattr(fd)
+            assert iflag & RAW_IFLAG_OFF == 0
+            assert oflag & RAW_OFLAG_OFF == 0
+            assert lflag & RAW_LFLAG_OFF == 0
+            assert cflag & termios.CSIZE == termios.CS8 and not cflag & termios.PARENB
+            assert (cc[termios.VMIN], cc[termios.VTIME]) == (1, 0)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+async def test_the_appliance_ending_its_side_reopens_the_line() -> None:
+    """A tty has no half-close: when the appliance ends the relayed stream (a sealed
+    session's handshake timed out), the line's stream ends too and the relay dispatches
+    a new one. Waiting for the tty's EOF instead left the VM unreachable for good."""
+    streams: list[trio.SocketStream] = []
+    arrived = trio.Condition()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        streams.append(stream)
+        async with arrived:
+            arrived.notify_all()
+        await trio.sleep_forever()
+
+    async def nth(n: int) -> trio.SocketStream:
+        async with arrived:
+            while len(streams) < n:
+                await arrived.wait()
+        return streams[n - 1]
+
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    os.close(slave)
+    vm_end = trio.lowlevel.FdStream(master)
+    async with trio.open_nursery() as n:
+        listeners = await n.start(functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        cfg = relay_config(
+            tcp_egress(port), serial=(SerialListener(name="tty", vm="vm9", device=Path(name)),)
+        )
+        d = await start_relay(n, cfg)
+        with trio.fail_after(10):
+            first = await nth(1)
+            await first.send_eof()  # the appliance is done with this stream
+            assert await _drain(first) > 0  # the relay ends it (the header was all)
+            second = await nth(2)
+        data = pattern(4096, seed=3)
+        await vm_end.send_all(data)  # the line is relayed again
+        got = bytearray()
+        with trio.fail_after(10):
+            while not got.endswith(data):  # after the new stream's origin header
+                got += await second.receive_some(65536)
+        assert d.metrics.active() == 1
+        await vm_end.aclose()
+        n.cancel_scope.cancel()
+
+
+async def _drain(stream: trio.SocketStream) -> int:
+    """Read to EOF; the byte count."""
+    total = 0
+    while chunk := await stream.receive_some(65536):
+        total += len(chunk)
+    return total
