@@ -1,0 +1,73 @@
+"""The tether's session transports: which channel a sealed session runs over.
+
+``[session] transports`` lists several, preferred first (``["hybrid", "serial"]``: vsock
+once the VMM offers it, the serial line until then). ``Transports.connect`` tries them in
+that order and returns the first that connects; the tether asks again on every
+(re)connect, so a session that ran over the serial line resumes over vsock once the line
+breaks and vsock is there (the session layer makes that exactly once).
+
+A serial line is not a connection: it is there from boot, nothing on it says where one
+sealed channel ends, and reopening the tty flushes what arrived meanwhile (pyserial's
+open does; an appliance's handshake lands in that gap). So the tether keeps a line open
+across sealed connections (``is_line``) and starts the next channel on it, until the
+line itself breaks or a preferred transport connects (``preferred``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from guestagent.channels import Channel, Connector, SerialChannel
+
+
+@dataclass(frozen=True)
+class SessionTransport:
+    """One way to the appliance: its kind (``hybrid``, ``serial``...) and connector."""
+
+    kind: str
+    connect: Connector
+
+
+class NoTransport(OSError):
+    """No transport connected; the message names each one's failure."""
+
+
+class Transports:
+    """An ordered list of transports, preferred first."""
+
+    def __init__(self, transports: Sequence[SessionTransport]) -> None:
+        if not transports:
+            raise ValueError("no session transport")
+        self.transports = tuple(transports)
+
+    @classmethod
+    def one(cls, connector: Connector, kind: str = "") -> Transports:
+        return cls([SessionTransport(kind, connector)])
+
+    async def connect(self) -> tuple[int, Channel]:
+        """The first transport that connects, in order of preference: (its index, the
+        channel). Raises ``NoTransport`` when none does."""
+        index, channel, errors = await self._first(len(self.transports))
+        if channel is None:
+            raise NoTransport("; ".join(errors))
+        return index, channel
+
+    async def preferred(self, than: int) -> tuple[int, Channel] | None:
+        """A transport preferred over transport ``than`` that connects now, if any."""
+        index, channel, _errors = await self._first(than)
+        return None if channel is None else (index, channel)
+
+    async def _first(self, stop: int) -> tuple[int, Channel | None, list[str]]:
+        errors: list[str] = []
+        for i, t in enumerate(self.transports[:stop]):
+            try:
+                return i, await t.connect(), errors
+            except OSError as e:
+                errors.append(f"{t.kind}: {e}" if t.kind and len(self.transports) > 1 else str(e))
+        return -1, None, errors
+
+
+def is_line(channel: Channel) -> bool:
+    """A serial line: kept open across sealed connections."""
+    return isinstance(channel, SerialChannel)
