@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import trio
+
 from guestagent.channels import Channel, Connector, SerialChannel
 
 
@@ -34,12 +36,17 @@ class NoTransport(OSError):
 
 
 class Transports:
-    """An ordered list of transports, preferred first."""
+    """An ordered list of transports, preferred first. A connect that takes longer than
+    ``connect_timeout`` counts as failed (a TCP peer that drops SYNs must not keep the
+    tether off a line that works)."""
 
-    def __init__(self, transports: Sequence[SessionTransport]) -> None:
+    def __init__(
+        self, transports: Sequence[SessionTransport], *, connect_timeout: float = 5.0
+    ) -> None:
         if not transports:
             raise ValueError("no session transport")
         self.transports = tuple(transports)
+        self.connect_timeout = connect_timeout
 
     @classmethod
     def one(cls, connector: Connector, kind: str = "") -> Transports:
@@ -62,7 +69,10 @@ class Transports:
         errors: list[str] = []
         for i, t in enumerate(self.transports[:stop]):
             try:
-                return i, await t.connect(), errors
+                with trio.fail_after(self.connect_timeout):
+                    return i, await t.connect(), errors
+            except trio.TooSlowError:
+                errors.append(f"{t.kind or 'connect'}: no connection in {self.connect_timeout}s")
             except OSError as e:
                 errors.append(f"{t.kind}: {e}" if t.kind and len(self.transports) > 1 else str(e))
         return -1, None, errors

@@ -50,6 +50,7 @@ from guestagent.tether_exec import ExecChannel
 log = logging.getLogger(__name__)
 
 SECRET_RETRY = 1.0  # seconds between guestinfo reads after a backend error
+LINE_HELLO = b"\r\n"  # before each sealed connection on a serial line (see _hello)
 
 
 class SecretsWatch:
@@ -196,6 +197,8 @@ class Tether:
         connect again) or a transport preferred over it connects (that one)."""
         line = is_line(channel)
         while True:
+            if line and not await _hello(channel):
+                return None
             end = await self.endpoint.run_connection(
                 channel.stream, handshake_timeout=self.cfg.handshake_timeout, close_stream=not line
             )
@@ -266,6 +269,18 @@ class Tether:
         self.execs.clear()
         self.main.detach_all()
         self.endpoint.replace_session(self._new_session())
+
+
+async def _hello(channel: Channel) -> bool:
+    """Say something on a line before a sealed connection starts on it: a relay whose
+    appliance ended the last stream starts the next when the VM speaks (the tether, the
+    responder, would otherwise wait in silence for a handshake). Junk to the appliance."""
+    try:
+        await channel.stream.send_all(LINE_HELLO)
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+        log.info("tether: %s: %s", channel.name, wire(str(e)))
+        return False
+    return True
 
 
 def _to_exec(

@@ -12,16 +12,17 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from common.io.guestinfo.filestore import FileStore
 from common.io.sealedsession_conn import ConnectionEnd
 from common.ops import config as config_mod
 from common.proto.session.messages import ExecSpec, ExitStatus, Stream
 from guestagent.backends.file import FileGuestBackend
-from guestagent.channels import hybrid_vsock_connector, serial_connector
+from guestagent.channels import Channel, hybrid_vsock_connector, serial_connector
 from guestagent.config import AgentConfig, ConsoleConfig, SessionSection, TransportTable
 from guestagent.reaper import Reaper
-from guestagent.session_transport import SessionTransport, Transports
+from guestagent.session_transport import NoTransport, SessionTransport, Transports
 from guestagent.tether import Tether
 from tests.guestagent.serial_line import RelayedAppliance, relay_hvsock, relay_serial, socat_pair
 from tests.guestagent.tether_helpers import write_secrets
@@ -64,7 +65,7 @@ async def test_the_session_moves_from_serial_to_vsock(
                 SessionTransport("serial", serial_connector(str(guest))),
             ]
         )
-        cfg = SessionSection(enabled=True, backoff_max=0.2)
+        cfg = SessionSection(enabled=True, backoff_max=0.2, handshake_timeout=2.0)
         backend = FileGuestBackend(FileStore(store))
         await nursery.start(Tether(cfg, transports, backend=backend, reaper=reaper).run)
         with trio.fail_after(T):
@@ -83,6 +84,73 @@ async def test_the_session_moves_from_serial_to_vsock(
     assert app.headers[-1].kind == "hvsock"  # the session ended over vsock
     over_serial = [e for e, h in zip(app.ends, app.headers, strict=False) if h.kind == "serial"]
     assert any(isinstance(e, ConnectionEnd) and e.established for e in over_serial)
+
+
+async def test_a_line_that_still_works_is_left_for_vsock(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The appliance ends the relayed line's stream (its side restarted) once vsock is
+    there: the tether's next connect prefers vsock to the line, which still works."""
+    store = str(tmp_path / "guestinfo.json")
+    write_secrets(store, SECRET)
+    app = RelayedAppliance(str(tmp_path / "app.sock"), SECRET, handshake_timeout=1.0)
+    await nursery.start(app.serve)
+    uds = tmp_path / "vm1.vsock"
+    async with socat_pair(tmp_path) as (_socat, guest, host):
+        await relay_serial(nursery, host, app)
+        reaper = Reaper()
+        await nursery.start(reaper.run)
+        transports = Transports(
+            [
+                SessionTransport("hybrid", hybrid_vsock_connector(str(uds), PORT)),
+                SessionTransport("serial", serial_connector(str(guest))),
+            ]
+        )
+        cfg = SessionSection(enabled=True, backoff_max=0.2, handshake_timeout=2.0)
+        backend = FileGuestBackend(FileStore(store))
+        await nursery.start(Tether(cfg, transports, backend=backend, reaper=reaper).run)
+        with trio.fail_after(T):
+            await app.endpoint.wait_live()
+            r = await app.exec(ExecSpec(("cat",)), numbered(0, 100))
+            assert r.text(Stream.STDOUT) == numbered(0, 100)
+            assert app.headers[-1].kind == "serial"
+            await relay_hvsock(nursery, uds, PORT, app)
+            await app.cut()  # the line's relayed stream; the line itself stays up
+            while app.headers[-1].kind != "hvsock":
+                await app.wait_ends(len(app.ends) + 1)
+            await app.endpoint.wait_live()
+            r = await app.exec(ExecSpec(("cat",)), numbered(100, 100))
+    assert r.text(Stream.STDOUT) == numbered(100, 100)
+    assert app.headers[-1].kind == "hvsock"
+
+
+async def test_transports_are_tried_in_order(autojump_clock: trio.testing.MockClock) -> None:
+    """The first that connects wins; one that hangs counts as failed after the timeout;
+    ``preferred`` looks only above the one in use; none: every failure named."""
+    tried: list[str] = []
+
+    def transport(kind: str, how: str) -> SessionTransport:
+        async def connect() -> Channel:
+            tried.append(kind)
+            if how == "hang":
+                await trio.sleep_forever()
+            if how == "fail":
+                raise ConnectionRefusedError(f"{kind} refused")
+            return Channel(trio.testing.memory_stream_pair()[0], kind)
+
+        return SessionTransport(kind, connect)
+
+    ts = Transports(
+        [transport("tcp", "hang"), transport("hybrid", "fail"), transport("serial", "ok")],
+        connect_timeout=3,
+    )
+    index, ch = await ts.connect()
+    assert (index, ch.name, tried) == (2, "serial", ["tcp", "hybrid", "serial"])
+    tried.clear()
+    assert await ts.preferred(1) is None and tried == ["tcp"]
+    none = Transports([transport("tcp", "hang"), transport("hybrid", "fail")], connect_timeout=3)
+    with pytest.raises(NoTransport, match=r"tcp: no connection in 3s; hybrid: .*refused"):
+        await none.connect()
 
 
 def test_transports_in_order_and_the_single_transport_still_valid() -> None:

@@ -9,6 +9,7 @@ import termios
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from relay.config import SerialListener
 from relay.ingress.serialdev import RAW_IFLAG_OFF, RAW_LFLAG_OFF, RAW_OFLAG_OFF, open_device
@@ -117,10 +118,11 @@ def test_raw_mode_leaves_every_byte_alone() -> None:
         os.close(slave)
 
 
-async def test_the_appliance_ending_its_side_reopens_the_line() -> None:
+async def test_the_appliance_ending_its_side_ends_the_stream() -> None:
     """A tty has no half-close: when the appliance ends the relayed stream (a sealed
-    session's handshake timed out), the line's stream ends too and the relay dispatches
-    a new one. Waiting for the tty's EOF instead left the VM unreachable for good."""
+    session's handshake timed out), the line's stream ends too. The line stays open and
+    the next stream starts when the VM speaks, with what it said: no stream after stream
+    for a line nobody speaks on. (Waiting for the tty's EOF left the VM unreachable.)"""
     streams: list[trio.SocketStream] = []
     arrived = trio.Condition()
 
@@ -147,18 +149,19 @@ async def test_the_appliance_ending_its_side_reopens_the_line() -> None:
             tcp_egress(port), serial=(SerialListener(name="tty", vm="vm9", device=Path(name)),)
         )
         d = await start_relay(n, cfg)
-        with trio.fail_after(10):
-            first = await nth(1)
-            await first.send_eof()  # the appliance is done with this stream
-            assert await _drain(first) > 0  # the relay ends it (the header was all)
-            second = await nth(2)
-        data = pattern(4096, seed=3)
-        await vm_end.send_all(data)  # the line is relayed again
-        got = bytearray()
-        with trio.fail_after(10):
-            while not got.endswith(data):  # after the new stream's origin header
-                got += await second.receive_some(65536)
-        assert d.metrics.active() == 1
+        for i in range(3):
+            with trio.fail_after(10):
+                data = pattern(4096, seed=i)
+                await vm_end.send_all(data)  # the VM speaks: a stream carries it
+                stream = await nth(i + 1)
+                got = bytearray()
+                while not got.endswith(data):  # after the stream's origin header
+                    got += await stream.receive_some(65536)
+                await stream.send_eof()  # the appliance is done with this stream
+                assert await _drain(stream) == 0  # and the relay ends it
+                await d.wait_active_at_most(0)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(streams) == i + 1  # the VM is silent: no new stream
         await vm_end.aclose()
         n.cancel_scope.cancel()
 
