@@ -58,6 +58,7 @@ class ConsoleLink:
         self.backoff_max = backoff_max
         self.on_input: InputHandler | None = None
         self.on_resize: ResizeHandler | None = None  # the runner's, for a tty: (rows, cols)
+        self.initial_size: tuple[int, int] | None = None  # a tty's (rows, cols) from the start
         self.channel: Channel | None = None
         self.connects = 0
         self.drops = 0

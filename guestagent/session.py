@@ -54,6 +54,10 @@ class SessionOptions:
     signal_group: bool = False  # signal the process group instead of the process
 
 
+def _set_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
 def _set_ctty() -> None:  # pragma: no cover - runs in the child between fork and exec
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
@@ -135,6 +139,8 @@ class SessionRunner:
         if cfg.tty:
             master, slave = pty.openpty()
             try:
+                if self.console is not None and self.console.initial_size is not None:
+                    _set_size(master, *self.console.initial_size)  # before the process looks
                 child = self.reaper.spawn(
                     list(cfg.args),
                     stdin=slave,
@@ -185,7 +191,7 @@ class SessionRunner:
         if self._pty is None or self.status is not None:
             return
         try:
-            fcntl.ioctl(self._pty, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            _set_size(self._pty, rows, cols)
         except OSError as e:
             log.warning("session %s: resize: %s", self.cfg.id, e)
 

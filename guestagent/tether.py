@@ -222,8 +222,8 @@ class Tether:
         match event:
             case chs.ExecRequested(ch, spec):
                 self._start_exec(ch, spec)
-            case chs.AttachRequested(ch, tty):
-                self.main.attach(ch, tty)
+            case chs.AttachRequested(ch, tty, rows, cols):
+                self.main.attach(ch, tty, rows, cols)
             case chs.Gap(ch, stream, start, end):
                 log.warning("tether: channel %d lost %s bytes %d..%d", ch, stream.name, start, end)
             case chs.ProtocolError(code, _) if code is ErrorCode.SESSION_MISMATCH:

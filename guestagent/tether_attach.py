@@ -19,7 +19,9 @@ writes the process's output to it and reads its input from ``on_input`` as befor
 
 SIGNAL on an attach channel goes to the main process (``on_signal``, set by the agent);
 RESIZE goes to the runner's ``on_resize`` (the pty's size, so SIGWINCH) when the main
-process has a tty.
+process has a tty. The size an OPEN_ATTACH carries is applied the same way before any
+output is relayed to it; one that comes before the process starts (or a RESIZE then) is
+kept as ``initial_size``, which the runner gives the pty before the process runs.
 """
 
 from __future__ import annotations
@@ -111,8 +113,8 @@ class MainAttach(ConsoleLink):
         except ChannelStateError:
             self._channels.pop(ch, None)
 
-    def attach(self, ch: int, tty: bool) -> None:
-        """OPEN_ATTACH: accept (DROP policy) and start with the held output."""
+    def attach(self, ch: int, tty: bool, rows: int = 0, cols: int = 0) -> None:
+        """OPEN_ATTACH: accept (DROP policy), size the pty, start with the held output."""
         if self.ended or not self.enabled:
             why = "the main process has ended" if self.ended else "no main process attaches here"
             self.ep.reject(ch, why)
@@ -121,6 +123,8 @@ class MainAttach(ConsoleLink):
             return
         stream = Stream.TTY if tty else Stream.STDOUT
         self._channels[ch] = stream
+        if rows and cols:
+            self._size(rows, cols)
         while self._held:
             stderr, chunk = self._held.popleft()
             self._send(ch, _stream(stream, stderr), chunk)
@@ -140,7 +144,12 @@ class MainAttach(ConsoleLink):
 
     def resize(self, ch: int, rows: int, cols: int) -> None:
         """RESIZE on an attach channel: to the main process's pty (if it has one)."""
-        if ch in self._channels and self.on_resize is not None:
+        if ch in self._channels:
+            self._size(rows, cols)
+
+    def _size(self, rows: int, cols: int) -> None:
+        self.initial_size = (rows, cols)  # for a pty made from now on
+        if self.on_resize is not None:
             self.on_resize(rows, cols)
 
     def detach(self, ch: int) -> None:

@@ -238,6 +238,35 @@ class ProxyRule:
 
 
 @dataclass(frozen=True)
+class SessionsVSphere:
+    """``[sessions.vsphere]``: the vCenter (or ESX) whose VMs' guestinfo takes the
+    session secrets (``guestinfo = "vsphere"``): ``config.extraConfig`` written by
+    ReconfigVM, as ``common.io.vsphere`` does. The account needs
+    VirtualMachine.Config.AdvancedConfig on the container VMs."""
+
+    url: str  # https://vc.example.com/sdk (http://... for govmomi's simulator)
+    user: str = ""  # else the URL's
+    password_file: Path | None = None  # else the URL's password
+    verify_tls: bool = True
+
+    def validate(self) -> None:
+        try:
+            VSphereTarget.from_url(self.url)
+        except ValueError as e:
+            raise ConfigError("url", str(e)) from None
+        require(
+            self.password_file is None or self.password_file.is_file(),
+            "password-file",
+            f"no such file: {self.password_file}",
+        )
+
+    def target(self) -> VSphereTarget:
+        t = VSphereTarget.from_url(self.url, verify_tls=self.verify_tls)
+        password = self.password_file.read_text().strip() if self.password_file else t.password
+        return replace(t, user=self.user or t.user, password=password)
+
+
+@dataclass(frozen=True)
 class SessionsConfig:
     """``[sessions]``: sessions with tethered VMs (issue 13; ``vspc.sessions``).
 
@@ -245,17 +274,21 @@ class SessionsConfig:
     (off: they are refused). ``logs-dir``: the container logs (None: kept in
     memory only while followed). ``log-max-bytes``/``log-keep``: rotation per VM.
     ``replay-limit``: bytes each channel-stream holds for replay across a break.
-    ``guestinfo-dir``: the file guestinfo store the per-VM secrets are written to
-    (one ``<vm>.json`` per VM). ``handshake-timeout``: seconds for a connection
-    to be sealed. ``secret-bytes``: the length of each VM's secret. ``max-vms``:
-    sessions held at most (a stream for one more VM is refused)."""
+    ``guestinfo``: where the per-VM secrets are written: ``"file"``, the file
+    guestinfo store in ``guestinfo-dir`` (one ``<vm>.json`` per VM), or
+    ``"vsphere"``, each VM's guestinfo through ``[sessions.vsphere]``.
+    ``handshake-timeout``: seconds for a connection to be sealed. ``secret-bytes``:
+    the length of each VM's secret. ``max-vms``: sessions held at most (a stream
+    for one more VM is refused)."""
 
     enabled: bool = True
     logs_dir: Path | None = None
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 4
     replay_limit: int = 1 << 20
+    guestinfo: Literal["file", "vsphere"] = "file"
     guestinfo_dir: Path | None = None
+    vsphere: SessionsVSphere | None = None
     handshake_timeout: float = 10.0
     secret_bytes: int = 32
     max_vms: int = 4096
@@ -264,7 +297,11 @@ class SessionsConfig:
         if self.logs_dir is not None:
             ops_config.require_writable_dir(self.logs_dir, "logs-dir")
         if self.guestinfo_dir is not None:
+            require(self.guestinfo == "file", "guestinfo-dir", 'only with guestinfo = "file"')
             ops_config.require_writable_dir(self.guestinfo_dir, "guestinfo-dir")
+        if (self.guestinfo == "vsphere") != (self.vsphere is not None):
+            need = self.vsphere is None
+            raise ConfigError("vsphere", "required" if need else 'only with guestinfo = "vsphere"')
         require(self.log_max_bytes >= 4096, "log-max-bytes", "must be at least 4096")
         require(0 <= self.log_keep <= 100, "log-keep", "must be 0..100")
         require(4096 <= self.replay_limit <= 1 << 30, "replay-limit", "must be 4096..1073741824")

@@ -113,9 +113,13 @@ class VSphereWatcher(GuestinfoWatcher):
     """``url`` like ``http://user:pass@127.0.0.1:8989/sdk`` (vcsim) or https for vCenter."""
 
     def __init__(
-        self, url: str, *, max_wait: int = 1, backoff: tuple[float, float] = (0.1, 5.0)
+        self,
+        url: str | VSphereTarget,
+        *,
+        max_wait: int = 1,
+        backoff: tuple[float, float] = (0.1, 5.0),
     ) -> None:
-        self.target = VSphereTarget.from_url(url)
+        self.target = url if isinstance(url, VSphereTarget) else VSphereTarget.from_url(url)
         self.max_wait = max_wait
         self.backoff = backoff
         self._writer = VSphereConn(self.target)

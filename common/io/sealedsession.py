@@ -346,8 +346,8 @@ class SessionEndpoint:
         self._kick()
         return ch
 
-    def open_attach(self, tty: bool = False) -> int:
-        ch = self._session.open_attach(tty)
+    def open_attach(self, tty: bool = False, rows: int = 0, cols: int = 0) -> int:
+        ch = self._session.open_attach(tty, rows, cols)
         self._kick()
         return ch
 

@@ -1,162 +1,100 @@
-"""The tether in a real Linux VM: QEMU boots Debian's kernel with ``vic agent`` as PID 1;
-the sealed session runs over the VM's 16550 UART into a real ``vic relay`` (``[[pipe]]``
-ingress, from TOML) and on to an appliance-side ``SessionEndpoint`` here, through the
-kernel's boot noise on the line. One VM serves every check (booting costs most)."""
+"""The tether in a real Linux VM, end to end: QEMU boots Debian's kernel with ``vic agent``
+as PID 1 (``vic.lab.realvm``); the sealed session runs over the VM's 16550 UART, through
+the kernel's boot noise on the line, into a real ``vic relay`` (``[[pipe]]`` ingress,
+labelled ``session``) and on to the real appliance (``VspcService`` with ``[sessions]``
+on, the VM's guestinfo the file store on its writable share). Every check is lab
+scenario ``realvm``'s (``vic.lab.realvm_checks``), through the real CLI: ``vic console
+exec`` (stdout/stderr apart, exit code, every byte value, a signal, a tty seeing a
+resize), ``vic console logs --tail``, ``vic console attach`` resized, with the main
+process's exit code. One VM serves every check (booting costs most)."""
 
 from __future__ import annotations
 
-import signal
+import argparse
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import trio
 
-from common.io.sealedsession_conn import EndKind
-from common.proto import guestinfo as gi
-from common.proto.link.header import OriginHeader
-from common.proto.session.messages import ExecSpec, ExitStatus, Stream
-from tests.guestagent import realvm
-from tests.guestagent.tether_helpers import Appliance, ExecResult, write_secrets
-from tests.support.daemons import Daemons
-from vspc.guestinfo_watch import FileStoreWatcher, configure_session, go_ahead, wait_for_exit
-
-pytestmark = pytest.mark.slow
-
-BOOT = 240  # safety nets only: TCG boots in tens of seconds on a busy 2-core machine
-T = 60
-SECRET = bytes(range(32))
-MAIN = "echo hello from pid $$; read x; echo got $x; exit 7"
-
-
-class RelayedAppliance(Appliance):
-    """The appliance behind the relay: each relayed stream starts with the origin header;
-    the rest is a serial line, so the handshake is retried on it (the tether may still
-    be booting) until the stream itself ends."""
-
-    def __init__(self, path: str, secret: bytes) -> None:
-        super().__init__(path, secret)
-        self.headers: list[OriginHeader] = []
-        self.lines: list[realvm.PrefixedStream] = []
-
-    async def _run(self, stream: trio.SocketStream) -> None:
-        got = await realvm.read_origin(stream)
-        if got is None:
-            await stream.aclose()
-            return
-        header, line = got
-        self.headers.append(header)
-        self.lines.append(line)
-        while True:
-            end = await self.endpoint.run_connection(line, handshake_timeout=3, close_stream=False)
-            self.ends.append(end)
-            if end.kind in (EndKind.EOF, EndKind.STREAM_ERROR):
-                await stream.aclose()
-                return
-
-
-@dataclass
-class Vm:
-    appliance: RelayedAppliance
-    watcher: FileStoreWatcher
-    files: realvm.VmFiles
-    boot_seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
+from common.proto.link.header import HeaderDecoder
+from vic.lab import cli, realvm
+from vic.lab.appliance_config import lab_config
+from vic.lab.realvm_checks import render, run_checks
+from vic.lab.realvm_pty import PtyCommand
+from vic.lab.realvm_scenario import VM, RealVm, booted, console_tail
+from vspc.endpoint import Endpoint
+from vspc.service import VspcService
 
 
 @pytest.fixture
-async def vm(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Vm]:
+async def vm(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[RealVm]:
     why = realvm.unavailable()
     if why:
         pytest.skip(why)
-    files = realvm.prepare(tmp_path)
-    watcher = FileStoreWatcher(files.share)
-    write_secrets(str(files.share / "vm1.json"), SECRET)
-    main = gi.SessionConfig(
-        id="c1", path="/bin/sh", args=("sh", "-c", MAIN), openstdin=True, runblock=True
-    )
-    await configure_session(watcher, "vm1", main)
-    appliance = RelayedAppliance(str(tmp_path / "appliance.sock"), SECRET)
-    await nursery.start(appliance.serve)
-    async with Daemons(tmp_path) as ds:
-        await ds.add("relay", "esx", realvm.relay_toml(files, Path(appliance.path))).start()
-        started = time.monotonic()
-        qemu = await realvm.start_qemu(files, tmp_path / "qemu.log")
-        try:
-            with trio.fail_after(BOOT):
-                await appliance.endpoint.wait_live()
-            v = Vm(appliance, watcher, files, time.monotonic() - started)
+    workdir = tmp_path
+    service: VspcService = await nursery.start(VspcService(lab_config(workdir)).run)
+    await nursery.start(Endpoint(service).run)
+    try:
+        async with booted(service, workdir) as v:
             yield v
-        except BaseException:
-            print(files.console.read_text(errors="replace")[-4000:])
-            raise
-        finally:
-            qemu.kill()
-            await qemu.wait()
+    except BaseException:
+        print(console_tail(workdir, 60))
+        raise
 
 
-async def check_exec(app: Appliance) -> None:
-    data = bytes(range(256)) * 40  # every byte value, through a real UART
-    r = await app.exec(ExecSpec(("sh", "-c", "cat; echo oops >&2; exit 3")), data)
-    assert r.text(Stream.STDOUT) == data
-    assert r.text(Stream.STDERR) == b"oops\n"
-    assert r.status == ExitStatus(code=3)
-    r = await app.exec(ExecSpec(("sh", "-c", "echo $$; cat /proc/1/comm; uname -r")))
-    pid, comm, release = r.text(Stream.STDOUT).decode().split()
-    assert int(pid) > 1 and comm.startswith("python")  # the agent is PID 1 of this kernel
-    assert release == Path(realvm.kernel().vmlinuz).name.removeprefix("vmlinuz-")
-
-
-async def check_signal(app: Appliance) -> None:
-    ch, r = app.open_exec(ExecSpec(("sh", "-c", "echo up; exec sleep 600")))
-    await r.wait_for(Stream.STDOUT, b"up\n")
-    assert app.endpoint.signal(ch, signal.SIGTERM)
-    await r.done.wait()
-    assert r.status == ExitStatus(signal=signal.SIGTERM)
-
-
-async def check_tty_resize(app: Appliance) -> None:
-    spec = ExecSpec(("sh", "-c", "stty size; read x; stty size"), tty=True, rows=24, cols=80)
-    ch, r = app.open_exec(spec)
-    await r.wait_for(Stream.TTY, b"24 80")
-    assert app.endpoint.resize(ch, 50, 132)
-    assert await app.endpoint.send_all(ch, Stream.STDIN, b"\n")
-    await r.wait_for(Stream.TTY, b"50 132")
-    await r.done.wait()
-    assert r.status == ExitStatus(code=0)
-
-
-async def check_main_attach(v: Vm) -> None:
-    """The container's main process (runblock) attached before its go-ahead: all of its
-    output, input typed into it, its exit code on the attach and in guestinfo."""
-    ep = v.appliance.endpoint
-    ch = ep.open_attach(tty=False)
-    r = v.appliance.results[ch] = ExecResult()
-    await r.opened.wait()
-    await go_ahead(v.watcher, "vm1", "c1")
-    await r.wait_for(Stream.STDOUT, b"hello from pid")
-    assert await ep.send_all(ch, Stream.STDIN, b"there\n")
-    await r.wait_for(Stream.STDOUT, b"got there\n")
-    await r.done.wait()
-    assert r.status == ExitStatus(code=7)
-    info = await wait_for_exit(v.watcher, "vm1", "c1", T)
-    assert info.status == 7
-
-
-async def test_a_real_vm_serves_the_session_over_its_uart(vm: Vm) -> None:
-    app = vm.appliance
+@pytest.mark.slow
+async def test_a_real_vm_serves_exec_attach_and_logs_through_the_appliance(vm: RealVm) -> None:
     began = time.monotonic()
-    with trio.fail_after(T * 4):
-        await check_exec(app)
-        await check_signal(app)
-        await check_tty_resize(app)
-        await check_main_attach(vm)
-    (header,) = app.headers  # one relayed stream carried it all, noise and handshake
-    assert (header.vm, header.kind, header.label) == ("vm1", "pipe", "serial1")
-    assert b"Linux version" in app.lines[0].seen  # the kernel's log came first, on the line
-    assert app.endpoint.stats.established >= 1
+    checks = await run_checks(vm)
+    print(render("A real VM", VM, checks))
+    for c in checks:
+        assert c.ok, f"{c.what}: {c.seen}"
+    header, _ = HeaderDecoder().feed(bytes(vm.tap.streams[-1]))  # the relay names each stream
+    assert header is not None
+    assert (header.vm, header.kind, header.label) == (VM, "pipe", "session")
     print(
         f"realvm: boot to session {vm.boot_seconds:.1f} s, checks {time.monotonic() - began:.1f} s"
     )
+
+
+def test_the_lab_skips_the_real_vm_with_the_reason_and_leaves_it_out_of_all(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(realvm, "unavailable", lambda: "no QEMU on this test's machine")
+    parser = argparse.ArgumentParser()
+    cli.configure(parser)
+    assert cli.run(parser.parse_args(["--scenario", "realvm"])) == 0
+    out = capsys.readouterr().out
+    assert "skipped: no QEMU on this test's machine" in out
+    assert "LAB RESULT: all consoles byte-exact" in out
+    assert parser.parse_args([]).scenario == "all" and "realvm" not in cli.SCENARIOS
+
+
+# prints its terminal's size, waits for SIGWINCH (blocked first: none is lost), prints it
+# again, exits with the length of the line it reads
+WINCH_CHILD = """
+import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGWINCH])
+print(*reversed(os.get_terminal_size(0)), flush=True)
+signal.sigwait([signal.SIGWINCH])
+print(*reversed(os.get_terminal_size(0)), flush=True)
+sys.exit(len(input()))
+"""
+
+
+async def test_a_pty_command_owns_its_terminal_and_a_resize_signals_it(tmp_path: Path) -> None:
+    argv = [sys.executable, "-c", WINCH_CHILD]
+    term = await PtyCommand.start(argv, 24, 80, cwd=tmp_path, env=dict(os.environ))
+    try:
+        with trio.fail_after(30):
+            await term.expect(rb"24 80\r\n")
+            term.resize(50, 132)  # only the kernel sends SIGWINCH: to its terminal's owner
+            await term.expect(rb"50 132\r\n")
+            await term.type(b"four\r")
+            assert await term.wait() == 4
+    finally:
+        await term.aclose()

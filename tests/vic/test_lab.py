@@ -97,5 +97,9 @@ def _check_sessions_table(out: str) -> None:
     assert "stdout b'out\\n', stderr b'err\\n', exit 3" in out
     assert "b'two\\nthree\\n', exit 0" in out
     assert re.search(r"(\d+)/\1 bytes, exit 0, every line once, in order", out), out
-    assert len(rows) == 7 and all(len(r) <= 100 for r in rows), rows
-    assert sum(r.rstrip().endswith("  OK") for r in rows) == 3, rows
+    # vMotion esx-a -> esx-b mid exec -i: every line once both ways; esx-a refused after
+    assert sum(r.startswith("vm-vmo-1  ") for r in rows) == 2, out
+    assert re.search(r"(\d+)/\1 bytes, exit 7, moved at line \d+, every line once", out), out
+    assert "refused (not on 'esx-a'); exec: b'still here\\n', exit 0" in out, out
+    assert len(rows) == 11 and all(len(r) <= 100 for r in rows), rows
+    assert sum(r.rstrip().endswith("  OK") for r in rows) == 5, rows

@@ -32,9 +32,14 @@ class Tether:
         secrets: Callable[[], Sequence[bytes]],
         main: Sequence[str] | None = None,
         reaper: Reaper | None = None,
+        *,
+        main_tty: bool = False,
     ) -> None:
         self.ep = SessionEndpoint(Role.TETHER, Session(Role.TETHER), secrets, name="tether")
         self.main = main
+        self.main_tty = main_tty  # the main process runs on a pty
+        self.attached: list[chs.AttachRequested] = []
+        self.tty_on_stdout: set[int] = set()  # a pty's output on a channel without tty
         self.own_reaper = reaper is None  # one reaper a process: share it between tethers
         self.reaper = reaper or Reaper()
         self.procs: dict[int, ExecProcess] = {}
@@ -71,10 +76,15 @@ class Tether:
             )
             self._nursery.start_soon(self._run, ev.ch, req)
         elif isinstance(ev, chs.AttachRequested):
+            self.attached.append(ev)
             if self.main is None:
                 self.ep.reject(ev.ch, "no main process")
             else:
-                self._nursery.start_soon(self._run, ev.ch, execspec.ExecSpec(argv=self.main))
+                tty, rows, cols = self.main_tty, ev.rows, ev.cols
+                if tty and not ev.tty:
+                    self.tty_on_stdout.add(ev.ch)  # as the agent's MainAttach does
+                main = execspec.ExecSpec(argv=self.main, tty=tty, rows=rows, cols=cols)
+                self._nursery.start_soon(self._run, ev.ch, main)
         elif isinstance(ev, chs.Data) and ev.ch in self.stdin:
             self.stdin[ev.ch].send_nowait(ev.data)
         elif isinstance(ev, chs.Eof) and ev.ch in self.stdin:
@@ -113,7 +123,8 @@ class Tether:
     def _resize(self, ch: int) -> None:
         rows, cols = self.sizes[ch]
         self.resized.append((rows, cols))
-        self.procs[ch].resize(rows, cols)
+        if execspec.Stream.TTY in self.procs[ch].streams:
+            self.procs[ch].resize(rows, cols)  # a pty's (the agent ignores it without one)
         self.resize_seen.set()
 
     async def _stdin(self, proc: ExecProcess, receive: trio.MemoryReceiveChannel[bytes]) -> None:
@@ -132,4 +143,5 @@ class Tether:
                 return
             if not data:
                 return
-            await self.ep.send_all(ch, _OUT[stream], data)
+            out = Stream.STDOUT if ch in self.tty_on_stdout else _OUT[stream]
+            await self.ep.send_all(ch, out, data)

@@ -118,6 +118,6 @@ async def test_agent_restart_gets_a_new_session(tmp_path: Path) -> None:
             assert old is not None
             await nursery.start(tether(reaper).run)  # and back, knowing nothing
             while (s := service.find(VM)) is old or s is None or not s.connected:
-                await (s or old).changed.wait()  # renewed (3 unresumed), then resumed
+                await (s or old).changed.wait()  # renewed on its SESSION_MISMATCH, then resumed
             assert (await api.exec(VM, ["sh", "-c", "exit 9"])).code == 9
         nursery.cancel_scope.cancel()

@@ -44,7 +44,9 @@ def _vic() -> list[str]:
 
 
 @asynccontextmanager
-async def tethered(tmp: Path) -> AsyncIterator[tuple[VspcDaemon, Tether]]:
+async def tethered(
+    tmp: Path, main: list[str] = MAIN, *, main_tty: bool = False
+) -> AsyncIterator[tuple[VspcDaemon, Tether]]:
     """The daemon, and a tether whose session came in through its endpoint."""
     (tmp / "gi").mkdir()
     async with daemon(tmp, _config(tmp)) as d, trio.open_nursery() as nursery:
@@ -55,7 +57,7 @@ async def tethered(tmp: Path) -> AsyncIterator[tuple[VspcDaemon, Tether]]:
             raw = gi.store(VM).read().values.get(gik.session_secrets_key())
             return gik.decode_session_secrets(raw)
 
-        tether = Tether(secrets, MAIN)
+        tether = Tether(secrets, main, main_tty=main_tty)
         await nursery.start(tether.run)
         stream = await trio.open_unix_socket(str(tmp / "endpoint.sock"))
         header = OriginHeader(host="esx1", vm=VM, kind="pipe", label="session")

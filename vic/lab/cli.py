@@ -23,9 +23,11 @@ from vic.lab import report
 from vic.lab.appliance_config import lab_config
 
 if TYPE_CHECKING:
+    from vspc.endpoint import Endpoint
     from vspc.service import VspcService
 
 SCENARIOS = ("vspc", "relay", "mesh", "agent", "sessions")  # sessions: ~5 s more
+OPTIONAL = ("realvm",)  # not in "all": boots a VM under QEMU (about a minute)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +47,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the workdir afterwards")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--lines", type=int, default=150, help="console lines per VM")
-    parser.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
+    parser.add_argument(
+        "--scenario",
+        choices=(*SCENARIOS, *OPTIONAL, "all"),
+        default="all",
+        help="all: every scenario but realvm (a real VM under QEMU; skipped where it cannot boot)",
+    )
     parser.add_argument(
         "--no-netns",
         action="store_true",
@@ -111,37 +118,51 @@ async def main(workdir: Path, args: argparse.Namespace) -> bool:
             print(report.render("Relay mesh: a link cut, then the appliance moves hosts", checks))
             all_ok &= all(c.ok for c in checks)
         if "agent" in selected:
-            from vic.lab import agent_scenario
-
-            agents = await agent_scenario.run(
-                service,
-                endpoint,
-                workdir,
-                seed=args.seed,
-                lines=args.lines,
-                netns=not args.no_netns,
-            )
-            print(
-                agent_scenario.render(
-                    "VMs running the guest agent (guestinfo: file store; console: relay esx-c)",
-                    agents,
-                )
-            )
-            all_ok &= all(c.ok for c in agents if not c.skipped)
+            all_ok &= await _agent(service, endpoint, workdir, args)
         if "sessions" in selected:
-            all_ok &= await _sessions(service, workdir)
+            all_ok &= await _sessions(service, endpoint, workdir)
+        if "realvm" in selected:
+            all_ok &= await _realvm(service, workdir)
         _print_metrics(service)
         nursery.cancel_scope.cancel()
     print("LAB RESULT:", "all consoles byte-exact" if all_ok else "FAILED", file=sys.stdout)
     return all_ok
 
 
-async def _sessions(service: VspcService, workdir: Path) -> bool:
+async def _agent(
+    service: VspcService, endpoint: Endpoint, workdir: Path, args: argparse.Namespace
+) -> bool:
+    from vic.lab import agent_scenario
+
+    agents = await agent_scenario.run(
+        service, endpoint, workdir, seed=args.seed, lines=args.lines, netns=not args.no_netns
+    )
+    title = "VMs running the guest agent (guestinfo: file store; console: relay esx-c)"
+    print(agent_scenario.render(title, agents))
+    return all(c.ok for c in agents if not c.skipped)
+
+
+async def _sessions(service: VspcService, endpoint: Endpoint, workdir: Path) -> bool:
     from vic.lab import sessions_scenario
 
-    checks = await sessions_scenario.run(service, workdir)
-    title = "A tethered VM: vic console exec / logs, an exec across a relay restart"
+    checks = await sessions_scenario.run(service, workdir, endpoint)
+    title = "A tethered VM: vic console exec / logs, an exec across a relay restart, a vMotion"
     print(sessions_scenario.render(title, checks))
+    return all(c.ok for c in checks)
+
+
+async def _realvm(service: VspcService, workdir: Path) -> bool:
+    from vic.lab import realvm
+
+    why = realvm.unavailable()
+    if why:
+        print(f"== A real VM (QEMU): skipped: {why}")
+        return True
+    from vic.lab import realvm_checks, realvm_scenario
+
+    checks = await realvm_checks.run(service, workdir)
+    title = "A real VM: QEMU, vic agent as PID 1, its UART -> relay esx-qemu -> appliance"
+    print(realvm_checks.render(title, realvm_scenario.VM, checks))
     return all(c.ok for c in checks)
 
 

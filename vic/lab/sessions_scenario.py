@@ -10,7 +10,10 @@ holds the sealed session. The scenario runs what a person types:
 * ``vic console logs VM --tail 2``: the main process's last two lines;
 * ``vic console exec -i`` of a shell that echoes its input, with the relay process
   killed (SIGKILL) and started again mid-exec while the guest writes 2,000 lines:
-  every line once, in order.
+  every line once, in order;
+* with the appliance's endpoint at hand, :mod:`vic.lab.vmotion_scenario`: a second
+  tethered VM vMotioned from esx-a to esx-b (over the peer mesh) mid ``exec -i``,
+  every byte once both ways, and the old host no longer speaking for it.
 """
 
 from __future__ import annotations
@@ -18,18 +21,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from common.proto import guestinfo as gi
+from vic.lab import vmotion_scenario
 from vic.lab.agent_processes import STEP_TIMEOUT, start_agent, stop
 from vic.lab.polling import wait_until
+from vic.lab.session_checks import ROOT, SessionCheck, agent_toml, env, read_until, vic, vic_cmd
+from vspc.endpoint import Endpoint
 from vspc.guestinfo_watch import FileStoreWatcher, configure_session, go_ahead, wait_for_started
 from vspc.service import VspcService
 
-ROOT = Path(__file__).resolve().parents[2]
 VM = "vm-sess-1"
 MAIN = "echo one; echo two; echo three; exec sleep 100000"
 SEQ = 2000
@@ -39,56 +43,10 @@ ECHO = (
 )
 
 
-@dataclass
-class SessionCheck:
-    what: str
-    seen: str
-    ok: bool
-
-
-def agent_toml(d: Path, pipe: Path) -> Path:
-    conf = d / f"{VM}.toml"
-    conf.write_text(
-        "[guestinfo]\n"
-        'backend = "file"\n'
-        f'path = "{d / "guestinfo" / VM}.json"\n'
-        "[console]\n"
-        f'transport = "unix"\npath = "{pipe}"\nbackoff-max = 0.2\n'
-        "[session]\n"
-        "enabled = true\nbackoff-max = 0.2\n"
-        "[agent]\n"
-        "subreaper = true\n"
-    )
-    return conf
-
-
 def main_session() -> gi.SessionConfig:
     return gi.SessionConfig(
         id=f"lab-{VM}", path="/bin/sh", args=("sh", "-c", MAIN), env=(), runblock=True
     )
-
-
-def vic_cmd(workdir: Path, verb: str, *args: str) -> list[str]:
-    sock = str(workdir / "console.sock")
-    return [sys.executable, "-m", "vic.cli", "console", verb, "--socket", sock, *args]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-async def vic(workdir: Path, verb: str, *args: str) -> subprocess.CompletedProcess[bytes]:
-    with trio.fail_after(STEP_TIMEOUT):
-        return await trio.run_process(
-            vic_cmd(workdir, verb, *args),
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            cwd=ROOT,
-            env=_env(),
-        )
 
 
 class Relay:
@@ -121,7 +79,7 @@ class Relay:
                     stdout=log,
                     stderr=log,
                     cwd=ROOT,
-                    env=_env() | {"NOTIFY_SOCKET": str(notify)},
+                    env=env() | {"NOTIFY_SOCKET": str(notify)},
                 )
             finally:
                 os.close(log)
@@ -134,7 +92,11 @@ class Relay:
         await stop(self.proc)  # SIGKILL: no goodbye on any stream
 
 
-async def run(service: VspcService, workdir: Path) -> list[SessionCheck]:
+async def run(
+    service: VspcService, workdir: Path, endpoint: Endpoint | None = None
+) -> list[SessionCheck]:
+    """The checks on ``VM``; with the appliance's ``endpoint``, then the vMotion's
+    (:mod:`vic.lab.vmotion_scenario`)."""
     if service.sessions is None:
         return [SessionCheck("sessions", "the appliance has [sessions] off", False)]
     d = workdir / "sess"
@@ -147,7 +109,7 @@ async def run(service: VspcService, workdir: Path) -> list[SessionCheck]:
         await service.sessions.prepare(VM)  # the secret in guestinfo, before power-on
         await configure_session(watcher, VM, main_session())
         await relay.start()
-        proc = await start_agent(agent_toml(d, pipe))
+        proc = await start_agent(agent_toml(d, VM, pipe))
         await go_ahead(watcher, VM, main_session().id)
         await wait_for_started(watcher, VM, main_session().id, STEP_TIMEOUT)
         checks = [await check_exec(workdir), await check_logs(workdir)]
@@ -155,6 +117,8 @@ async def run(service: VspcService, workdir: Path) -> list[SessionCheck]:
     finally:
         await stop(proc)
         await relay.kill()
+    if endpoint is not None:
+        checks += await vmotion_scenario.run(service, endpoint, workdir)
     return checks
 
 
@@ -182,33 +146,25 @@ async def check_logs(workdir: Path) -> SessionCheck:
     return SessionCheck("logs --tail 2 (main: echo one two three)", seen, r.stdout == want)
 
 
-async def _read_until(stream: trio.abc.ReceiveStream, buf: bytearray, want: bytes) -> None:
-    while want not in buf:
-        data = await stream.receive_some(65536)
-        if not data:
-            raise EOFError(f"exec output ended at {len(buf)} bytes")
-        buf += data
-
-
 async def check_resume(workdir: Path, d: Path, relay: Relay) -> SessionCheck:
     flag = d / "relay-restarted"
     cmd = vic_cmd(workdir, "exec", VM, "-i", "--", "sh", "-c", ECHO, "sh", str(flag))
     want = b"got a\n" + b"".join(b"%d\n" % i for i in range(1, SEQ + 1)) + b"got b\n"
     out = bytearray()
     proc = await trio.lowlevel.open_process(
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, env=_env()
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, env=env()
     )
     assert proc.stdin is not None and proc.stdout is not None
     try:
         with trio.fail_after(STEP_TIMEOUT):
             await proc.stdin.send_all(b"a\n")
-            await _read_until(proc.stdout, out, b"got a\n")
+            await read_until(proc.stdout, out, b"got a\n")
             await relay.kill()  # mid-exec: the guest now writes with no relay under the session
             flag.touch()
             await relay.start()
             await proc.stdin.send_all(b"b\n")
             await proc.stdin.aclose()
-            await _read_until(proc.stdout, out, b"got b\n")
+            await read_until(proc.stdout, out, b"got b\n")
             while data := await proc.stdout.receive_some(65536):
                 out += data
             code = await proc.wait()
@@ -227,6 +183,7 @@ async def check_resume(workdir: Path, d: Path, relay: Relay) -> SessionCheck:
 def render(title: str, checks: list[SessionCheck]) -> str:
     lines = [f"== {title}"]
     for c in checks:
-        lines.append(f"{VM}  {c.what}")
-        lines.append(f"{'':<{len(VM)}}    {c.seen[:70]:<70}  {'OK' if c.ok else 'FAILED'}")
+        vm = c.vm or VM
+        lines.append(f"{vm}  {c.what}")
+        lines.append(f"{'':<{len(vm)}}    {c.seen[:70]:<70}  {'OK' if c.ok else 'FAILED'}")
     return "\n".join(lines)

@@ -32,8 +32,12 @@ import trio
 from common.proto.identity import IdentityError
 from common.proto.session import channels as chs
 from common.proto.session.messages import ExecSpec, ExitStatus, Stream
+from vspc.console.logfile import file_stem
+from vspc.containerlogs.files import log_files
 from vspc.containerlogs.shapes import Shape
 from vspc.containerlogs.shapes import logs as shaped_logs
+from vspc.containerlogs.store import LABEL as LOG_LABEL
+from vspc.core.identity import PortKey, vm_key
 from vspc.core.linelog import STREAMS
 from vspc.core.linelog import Stream as LogStream
 from vspc.sessions.channel import ChannelQueue, MainState, Tap, VmSession
@@ -142,16 +146,21 @@ class SessionsApi:
         stdin: Source | None = None,
         stdout: Sink | None = None,
         stderr: Sink | None = None,
+        size: tuple[int, int] = (0, 0),
         resize: Sizes | None = None,
     ) -> ExitStatus | None:
         """See the module doc. Ending ``stdin`` does not end the main process;
-        ``resize`` goes to the main process's channel (a tether without a pty
-        for it may ignore it)."""
+        ``size`` (the client's terminal) reaches the main process's pty before
+        any of ``stdin``, then each of ``resize`` (a tether without a pty for it
+        may ignore them)."""
         s = self._session(vm)
         if s.main.state is MainState.EXITED:
             return s.main.exit
         if s.main.ch is None or s.main.state is MainState.REFUSED:
             raise ExecRefused(s.main.reason or "no main process to attach to")
+        if size[0] and size[1]:
+            s.ep.resize(s.main.ch, *size)
+            s.main_size = size
         tap = Tap()
         s.taps.add(tap)
         try:
@@ -165,6 +174,21 @@ class SessionsApi:
             return status
         finally:
             s.taps.discard(tap)
+
+    async def has_logs(self, vm: str) -> bool:
+        """Whether ``logs(vm)`` has anything to say: the VM has a session here, or a
+        container log (held, or in files from before a restart)."""
+        try:
+            key = vm_key(vm)
+        except IdentityError:
+            return False
+        if self.service.find(key) is not None or self.service.logs.memory(key) > 0:
+            return True
+        log_dir = self.service.logs.settings.dir
+        if log_dir is None:
+            return False
+        stem = file_stem(PortKey(key, LOG_LABEL))
+        return bool(await trio.to_thread.run_sync(log_files, log_dir, stem))
 
     def logs(
         self,
@@ -253,6 +277,8 @@ async def _pump_stdin(s: VmSession, ch: int, stdin: Source | None) -> None:
 async def _pump_resize(s: VmSession, ch: int, sizes: Sizes) -> None:
     async for rows, cols in sizes:
         s.ep.resize(ch, rows, cols)
+        if ch == s.main.ch:
+            s.main_size = (rows, cols)  # for the main process of a new session
 
 
 async def _pump_main(s: VmSession, stdin: Source) -> None:

@@ -44,7 +44,7 @@ class Endpoint(Protocol):
     """What a ``VmSession`` needs of ``common.io.sealedsession.SessionEndpoint``."""
 
     def open_exec(self, spec: ExecSpec) -> int: ...
-    def open_attach(self, tty: bool = False) -> int: ...
+    def open_attach(self, tty: bool = False, rows: int = 0, cols: int = 0) -> int: ...
     def send(self, ch: int, stream: Stream, data: bytes) -> int: ...
     def eof(self, ch: int, stream: Stream) -> None: ...
     def resize(self, ch: int, rows: int, cols: int) -> bool: ...
@@ -155,6 +155,7 @@ class VmSession:
         self.queues: dict[int, ChannelQueue] = {}
         self.taps: set[Tap] = set()
         self.main = MainProcess()
+        self.main_size = (0, 0)  # the last size an attached client gave the main process
         self.connections = 0
         self.changed = trio.Event()
 
@@ -171,9 +172,11 @@ class VmSession:
         self.changed.set()
         self.changed = trio.Event()
 
-    def open_main(self) -> None:
-        """Attach to the main process: its output goes to the logs and the taps."""
-        self.main = MainProcess(ch=self.ep.open_attach(tty=False))
+    def open_main(self, size: tuple[int, int] = (0, 0)) -> None:
+        """Attach to the main process: its output goes to the logs and the taps; its
+        pty (if it has one) gets ``size`` before any output is relayed."""
+        self.main_size = size
+        self.main = MainProcess(ch=self.ep.open_attach(False, *size))
 
     def dispatch(self, ev: chs.Event) -> None:
         if isinstance(ev, chs.Resumed):

@@ -20,6 +20,9 @@ def session_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p_exec.add_argument("target", metavar="VM")
     p_exec.add_argument("-i", "--interactive", action="store_true", help="send stdin")
     p_exec.add_argument("-t", "--tty", action="store_true", help="a pty; raw local terminal")
+    p_exec.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="end CMD after this long (exit 124)"
+    )
     p_exec.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
     p_logs = sub.add_parser("logs", parents=[common], help="a tethered VM's container log")
     p_logs.add_argument("target", metavar="VM")
@@ -35,14 +38,27 @@ _FLAGS = {"-i": "i", "--interactive": "i", "-t": "t", "--tty": "t", "-it": "it",
 
 
 def _exec_flags(args: argparse.Namespace) -> list[str]:
-    """``VM [-i] [-t] -- CMD...``: flags after VM (argparse leaves them in the
-    remainder) up to ``--``, then the command."""
+    """``VM [-i] [-t] [--timeout S] -- CMD...``: flags after VM (argparse leaves them
+    in the remainder) up to ``--``, then the command."""
     rest: list[str] = list(args.argv)
-    while rest and rest[0] in _FLAGS:
-        flags = _FLAGS[rest.pop(0)]
-        args.interactive |= "i" in flags
-        args.tty |= "t" in flags
+    while rest and (rest[0] in _FLAGS or rest[0].startswith("--timeout")):
+        flag = rest.pop(0)
+        if flag in _FLAGS:
+            args.interactive |= "i" in _FLAGS[flag]
+            args.tty |= "t" in _FLAGS[flag]
+            continue
+        value = flag.partition("=")[2] if "=" in flag else (rest.pop(0) if rest else "")
+        args.timeout = _seconds(value)
+    if args.timeout is not None and not 0 < args.timeout <= 4_000_000:
+        raise ConfigError("--timeout", "must be 0 < SECONDS <= 4000000")
     return rest[1:] if rest[:1] == ["--"] else rest
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError("--timeout", f"expected seconds, got {text!r}") from None
 
 
 def run_session(ep: Endpoint, args: argparse.Namespace) -> int:
@@ -54,7 +70,7 @@ def run_session(ep: Endpoint, args: argparse.Namespace) -> int:
         argv = _exec_flags(args)
         if not argv:
             raise ConfigError("CMD", "exec needs a command after --")
-        req = client.exec_request(args.target, argv, args.interactive, args.tty)
+        req = client.exec_request(args.target, argv, args.interactive, args.tty, args.timeout)
         return client.run_exec(ep, req)
     if args.tail is not None and args.tail < 0:
         raise ConfigError("--tail", "must be >= 0")

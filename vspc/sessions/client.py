@@ -1,7 +1,9 @@
 """The client side of EXEC and LOGS (``vic console exec`` / ``vic console logs``).
 
 ``run_exec`` returns the remote exit code (a signal is ``128 + signo``, as a shell
-shows it; a refused exec is 126 with the reason on stderr); with ``tty`` and a
+shows it; a refused exec is 126 with the reason on stderr; an exec its
+``--timeout`` ended is ``TIMED_OUT``, 124 as coreutils' ``timeout`` says, with
+one line on stderr); with ``tty`` and a
 terminal on stdin, the terminal is raw while it runs and each SIGWINCH sends
 the new size. ``run_logs`` writes stdout lines to stdout, stderr lines to
 stderr (docker's frames on the wire), and returns 0, or 1 when the server
@@ -26,6 +28,7 @@ from common.proto.console import protocol as proto
 from vspc.console.client import ConsoleClientError, Endpoint, connect, read_status
 
 REFUSED = 126
+TIMED_OUT = 124  # as coreutils' timeout(1): the command was ended for its timeout
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -103,12 +106,16 @@ def _demux(buf: bytearray) -> int | None:
 
 
 # ---------------------------------------------------------------- exec
-def exec_request(vm: str, argv: list[str], interactive: bool, tty: bool) -> proto.ExecRequest:
+def exec_request(
+    vm: str, argv: list[str], interactive: bool, tty: bool, timeout: float | None = None
+) -> proto.ExecRequest:
+    """The request, with the local terminal's size (``-t`` on a terminal) for the
+    remote pty to start with."""
     rows = cols = 0
     if tty and os.isatty(0):
         cols, rows = os.get_terminal_size(0)
     return proto.ExecRequest(
-        vm=vm, argv=tuple(argv), tty=tty, stdin=interactive, rows=rows, cols=cols
+        vm=vm, argv=tuple(argv), tty=tty, stdin=interactive, rows=rows, cols=cols, timeout=timeout
     )
 
 
@@ -189,6 +196,11 @@ def _read(stop: threading.Event) -> bytes:
 
 
 def _exit_code(obj: dict[str, Any]) -> int:
+    if obj.get("timed_out") is True:
+        how = f"killed by signal {obj['signal']}" if isinstance(obj.get("signal"), int) else ""
+        how = how or (f"exit code {obj['code']}" if isinstance(obj.get("code"), int) else "")
+        sys.stderr.write(f"vic console: exec timed out ({how or 'no exit status'})\n")
+        return TIMED_OUT
     if isinstance(obj.get("code"), int):
         return int(obj["code"])
     if isinstance(obj.get("signal"), int):

@@ -65,8 +65,6 @@ async def serve_attach(
         return
     await stream.send_all(proto.encode_line({"ok": True, "vm": req.vm}))
     client = _ExecClient(stream, req.stdin)
-    if req.rows and req.cols:
-        client.sizes_send.send_nowait((req.rows, req.cols))
 
     async def out(data: bytes) -> None:
         await client.output(proto.FrameType.STDOUT, data)
@@ -83,7 +81,12 @@ async def serve_attach(
         nursery.start_soon(read)
         try:
             status = await api.attach(
-                req.vm, stdin=client.stdin, stdout=out, stderr=err, resize=client.sizes
+                req.vm,
+                stdin=client.stdin,
+                stdout=out,
+                stderr=err,
+                size=(req.rows, req.cols),
+                resize=client.sizes,
             )
             if status is None:
                 await stream.send_all(proto.exit_frame(error="dropped: fell too far behind"))
@@ -95,6 +98,9 @@ async def serve_attach(
 
 
 async def serve_logs(api: SessionsApi, stream: trio.abc.Stream, req: proto.LogsRequest) -> None:
+    if not await api.has_logs(req.vm):
+        await _error(stream, f"{req.vm}: no such VM here (no session, no container log)")
+        return
     await stream.send_all(proto.encode_line({"ok": True, "vm": req.vm}))
     chunks = api.logs(
         req.vm,
@@ -196,12 +202,21 @@ async def serve_exec(
                 timeout=req.timeout,
             )
             await stream.send_all(_exit(status))
-        except (ExecRefused, NoSession, trio.TooSlowError) as e:
-            why = str(e) or "timed out"
-            log.info("exec on %s refused: %s", wire(req.vm), wire(why))
-            await stream.send_all(proto.exit_frame(error=why))
+        except (ExecRefused, NoSession) as e:
+            log.info("exec on %s refused: %s", wire(req.vm), wire(str(e)))
+            await stream.send_all(proto.exit_frame(error=str(e)))
+        except trio.TooSlowError:  # the tether did not end it in time: ours, then
+            log.info("exec on %s: no exit status within its timeout", wire(req.vm))
+            obj = {"error": "no exit status within the timeout", "timed_out": True}
+            await stream.send_all(proto.encode_frame(proto.FrameType.EXIT, proto.encode_line(obj)))
         nursery.cancel_scope.cancel()
 
 
 def _exit(status: ExitStatus) -> bytes:
-    return proto.exit_frame(code=status.code, signal=status.signal)
+    """The EXIT frame: ``{"code": n}`` or ``{"signal": n}``, with ``"timed_out": true``
+    when the tether ended the process for its timeout."""
+    if not status.timed_out:
+        return proto.exit_frame(code=status.code, signal=status.signal)
+    obj: dict[str, object] = {"timed_out": True}
+    obj.update({"code": status.code} if status.signal is None else {"signal": status.signal})
+    return proto.encode_frame(proto.FrameType.EXIT, proto.encode_line(obj))

@@ -3,7 +3,8 @@
 Per VM (``prepare(vm)``, or the first relayed stream labelled ``session`` that
 names it) the service makes a secret (``secret-bytes`` from the injectable
 ``random_bytes``), writes it to the VM's guestinfo (the read-only key
-``guestinfo.vice./tether/secrets``, ``common.proto.guestinfo.keys``) and keeps a
+``guestinfo.vice./tether/secrets``, ``common.proto.guestinfo.keys``; the file store
+or vSphere's extraConfig, ``vspc.sessions.guestinfo``) and keeps a
 ``SessionEndpoint`` (the appliance end, the sealed transport's initiator) and a
 ``VmSession`` (``vspc.sessions.channel``) consuming its events. A secret already
 in guestinfo (an appliance restart) is kept. ``rotate(vm)`` writes a new secret
@@ -13,10 +14,10 @@ connections use the new one. A relayed stream is handed to the VM's endpoint
 
 When the tether lost the session (it restarted: the core reports
 ``SESSION_MISMATCH`` on the first connection), the service starts a new one:
-open execs end with ``ExecRefused``, the main process is attached again. As a
-safety net for a tether that never resumes for any other reason (an older
-tether refused our RESUME before sending its own), ``UNRESUMED_LIMIT``
-connections in a row sealed but never resumed also start a new session.
+open execs end with ``ExecRefused``, the main process is attached again. Nothing
+else starts a new session: connections that are sealed and then cut before they
+resume (a link flapping, a VM moving twice in a row) only ever resume it, so no
+exec is lost to a count of them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 import trio
 
+from common.io.guestinfo.base import BackendError
 from common.io.sealedsession import SessionEndpoint
 from common.ops.wiretext import wire
 from common.proto.guestinfo import keys as gik
@@ -45,12 +47,12 @@ from vspc.core.identity import vm_key
 from vspc.guestinfo_watch import GuestinfoWatcher
 from vspc.metrics import VspcMetrics
 from vspc.sessions.channel import VmSession
+from vspc.sessions.guestinfo import scrubbed
 from vspc.sessions.metrics import SessionMetrics
 
 log = logging.getLogger("vspc.sessions")
 
 LABEL = "session"
-UNRESUMED_LIMIT = 3
 SECRETS_KEY = gik.session_secrets_key()
 
 
@@ -64,7 +66,6 @@ class _Vm:
         self.secrets = secrets  # current first
         self.ep = ep
         self.session: VmSession | None = None
-        self.unresumed = 0  # connections in a row sealed but never resumed
 
 
 class SessionService:
@@ -94,10 +95,15 @@ class SessionService:
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self.logs.run)
-            task_status.started(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self.logs.run)
+                task_status.started(self)
+        finally:
+            if self.guestinfo is not None:
+                with trio.CancelScope(shield=True):
+                    await self.guestinfo.aclose()  # a vSphere session, say
 
     def connected_count(self) -> int:
         return sum(1 for v in self._vms.values() if v.ep.live)
@@ -166,11 +172,10 @@ class SessionService:
         assert old is not None
         log.warning("%s: %s: starting a new session", wire(v.vm), why)
         old.fail_all("the tether lost the session")
-        v.unresumed = 0
         v.ep.replace_session(self._session())
         v.session = VmSession(v.vm, v.ep, self.logs, clock=self.clock, metrics=self.metrics)
         v.session.connections = old.connections
-        v.session.open_main()
+        v.session.open_main(old.main_size)  # a pty as the attached client last had it
         old.notify()  # whoever waits on the old one looks again
 
     async def _existing(self, key: str) -> tuple[bytes, ...]:
@@ -179,15 +184,21 @@ class SessionService:
         try:
             state = await self.guestinfo.state(key)
             return gik.decode_session_secrets(state.values.get(SECRETS_KEY))
-        except (GuestinfoError, OSError) as e:
+        except (GuestinfoError, OSError, BackendError) as e:
             log.warning("%s: session secrets in guestinfo unusable: %s", wire(key), wire(str(e)))
             return ()
 
     async def _write(self, key: str, secrets: tuple[bytes, ...]) -> None:
         if self.guestinfo is None:
-            log.warning("%s: no guestinfo store ([sessions] guestinfo-dir): secret kept here", key)
+            log.warning(
+                "%s: no guestinfo store ([sessions] guestinfo-dir): secret kept here", wire(key)
+            )
             return
-        await self.guestinfo.write(key, {SECRETS_KEY: gik.encode_session_secrets(secrets)})
+        value = gik.encode_session_secrets(secrets)
+        try:
+            await self.guestinfo.write(key, {SECRETS_KEY: value})
+        except (GuestinfoError, OSError, BackendError) as e:  # never the value in a log line
+            raise GuestinfoError(f"{key}: secrets not written: {scrubbed(str(e), value)}") from None
 
     async def rotate(self, vm: str) -> None:
         """A new secret: written with the previous one; new connections use it."""
@@ -208,14 +219,11 @@ class SessionService:
             await trio.aclose_forcefully(stream)
             return
         v = self._vms[vm_key(header.vm)]
-        resumed = False
 
         async def watch() -> None:
-            nonlocal resumed
             while v.ep.live:  # an older connection, being replaced
                 await v.ep.wait_changed()
             await v.ep.wait_live()
-            resumed = True
             self.metrics.established()
 
         async with trio.open_nursery() as nursery:
@@ -223,14 +231,3 @@ class SessionService:
             end = await v.ep.run_connection(stream, handshake_timeout=self.config.handshake_timeout)
             nursery.cancel_scope.cancel()
         self.metrics.ended(end)
-        self._after(v, end.established, resumed)
-
-    def _after(self, v: _Vm, established: bool, resumed: bool) -> None:
-        """Safety net: ``UNRESUMED_LIMIT`` connections in a row sealed but never
-        resumed (an older tether that drops our RESUME) start a new session."""
-        if resumed or not established:
-            v.unresumed = 0
-            return
-        v.unresumed += 1
-        if v.unresumed >= UNRESUMED_LIMIT:
-            self._renew(v, f"{v.unresumed} connections sealed but never resumed")

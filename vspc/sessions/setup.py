@@ -6,8 +6,8 @@ from functools import partial
 
 from vspc.config import SessionsConfig
 from vspc.console.service import ConsoleService
-from vspc.guestinfo_watch import FileStoreWatcher
 from vspc.sessions.api import SessionsApi
+from vspc.sessions.guestinfo import guestinfo_store
 from vspc.sessions.requests import serve_request
 from vspc.sessions.service import SessionService
 
@@ -16,7 +16,6 @@ def session_service(config: SessionsConfig, consoles: ConsoleService) -> Session
     """The service (None when disabled), its EXEC and LOGS served on the console endpoint."""
     if not config.enabled:
         return None
-    guestinfo = None if config.guestinfo_dir is None else FileStoreWatcher(config.guestinfo_dir)
-    service = SessionService(config, guestinfo, metrics=consoles.metrics)
+    service = SessionService(config, guestinfo_store(config), metrics=consoles.metrics)
     consoles.session_requests = partial(serve_request, SessionsApi(service))
     return service

@@ -122,6 +122,8 @@ class ExecRequested:
 class AttachRequested:
     ch: int
     tty: bool
+    rows: int = 0  # the pty's size before anything is relayed (0: none was given)
+    cols: int = 0
 
 
 @dataclass(frozen=True, slots=True)

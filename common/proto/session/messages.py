@@ -16,7 +16,7 @@ Control messages (reliable, in order, numbered per direction by ``seq``)::
 
     0x10 OPEN_EXEC    seq:u64 ch:u32 tty:u8 rows:u16 cols:u16 timeout_ms:u32
                       argv:list[str] env:list[(str, str)] cwd:str user:str
-    0x11 OPEN_ATTACH  seq:u64 ch:u32 tty:u8
+    0x11 OPEN_ATTACH  seq:u64 ch:u32 tty:u8 [rows:u16 cols:u16: only to CAP_ATTACH_SIZE]
     0x12 OPENED       seq:u64 ch:u32
     0x13 OPEN_FAILED  seq:u64 ch:u32 reason:str
     0x14 RESIZE       seq:u64 ch:u32 rows:u16 cols:u16
@@ -51,7 +51,8 @@ from dataclasses import dataclass
 VERSION = 1
 MIN_VERSION = 1
 CAP_EXIT_TIMED_OUT = 0x1  # EXIT kind may carry +2 "timed out": sent only to a peer offering it
-CAPS = CAP_EXIT_TIMED_OUT  # capability bits this implementation offers
+CAP_ATTACH_SIZE = 0x2  # OPEN_ATTACH may carry the pty's size: sent only to a peer offering it
+CAPS = CAP_EXIT_TIMED_OUT | CAP_ATTACH_SIZE  # capability bits this implementation offers
 MAX_RECORD = 64 * 1024
 SESSION_ID_LEN = 16
 OPTIONAL = 0x01
@@ -161,6 +162,8 @@ class OpenAttach:
     seq: int
     ch: int
     tty: bool
+    rows: int = 0  # the pty's size to start with (0: keep it), for a CAP_ATTACH_SIZE peer
+    cols: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +305,8 @@ def _body(msg: Message, caps: int) -> tuple[MsgType, bytes]:  # noqa: C901 - one
         case OpenExec():
             return MsgType.OPEN_EXEC, _SEQ_CH.pack(msg.seq, msg.ch) + _encode_exec(msg.spec)
         case OpenAttach():
-            return MsgType.OPEN_ATTACH, _SEQ_CH.pack(msg.seq, msg.ch) + bytes([int(msg.tty)])
+            size = _RESIZE.pack(msg.rows, msg.cols) if caps & CAP_ATTACH_SIZE else b""
+            return MsgType.OPEN_ATTACH, _SEQ_CH.pack(msg.seq, msg.ch) + bytes([msg.tty]) + size
         case Opened():
             return MsgType.OPENED, _SEQ_CH.pack(msg.seq, msg.ch)
         case OpenFailed():
@@ -327,8 +331,7 @@ def _body(msg: Message, caps: int) -> tuple[MsgType, bytes]:  # noqa: C901 - one
 
 
 def encode(msg: Message, *, optional: bool = False, caps: int = CAPS) -> bytes:
-    """One record holding ``msg`` for a peer offering ``caps``; ValueError if a field is
-    out of range or it is too big."""
+    """One record of ``msg`` for a peer offering ``caps``; ValueError: a field out of range."""
     try:
         kind, body = _body(msg, caps)
     except struct.error as e:
@@ -416,7 +419,9 @@ def _d_exec(r: _Reader) -> OpenExec:
 
 def _d_attach(r: _Reader) -> OpenAttach:
     seq, ch = r.ints(_SEQ_CH)
-    return OpenAttach(seq, ch, _flag(_byte(r)))
+    tty = _flag(_byte(r))
+    rows, cols = r.ints(_RESIZE) if r.pos < len(r.buf) else (0, 0)  # an older peer's: no size
+    return OpenAttach(seq, ch, tty, rows, cols)
 
 
 def _byte(r: _Reader) -> int:

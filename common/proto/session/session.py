@@ -40,14 +40,13 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from itertools import islice
 
 from common.proto.session import channels as chs
 from common.proto.session.channels import Channel, ChannelState, ChannelStateError, Input, Role
 from common.proto.session.messages import (
-    CAPS,
-    MAX_DATA,
+    CAP_ATTACH_SIZE,
     MIN_VERSION,
     SESSION_ID_LEN,
     VERSION,
@@ -77,6 +76,7 @@ from common.proto.session.messages import (
 )
 from common.proto.session.peercheck import NO_SESSION, identify
 from common.proto.session.replay import InStream, OutStream, Policy
+from common.proto.session.sessionconfig import SessionConfig as SessionConfig
 
 
 class SessionState(enum.Enum):
@@ -85,21 +85,6 @@ class SessionState(enum.Enum):
     LIVE = "live"
     BROKEN = "broken"
     UNKNOWN = "unknown-session"  # the peer's RESUME named a session this end never had
-
-
-@dataclass(frozen=True, slots=True)
-class SessionConfig:
-    replay_limit: int = 1 << 20  # bytes held per channel-stream for replay
-    policy: Policy = Policy.BLOCK
-    max_channels: int = 1024  # RESUME must fit one record: 2 marks of 14 bytes each
-    max_data: int = MAX_DATA  # bytes per DATA record
-    max_control: int = 4096  # RESIZE/SIGNAL refused while this many await their ACK
-    ack_on_consume: bool = False  # ACK what ``consumed`` reported, not what arrived
-    caps: int = CAPS  # capability bits offered in RESUME (fewer: act as an older peer)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.max_channels <= 2000 or not 0 < self.max_data <= MAX_DATA:
-            raise ValueError("max_channels must be 1..2000 and max_data 1..MAX_DATA")
 
 
 class Session:
@@ -127,6 +112,7 @@ class Session:
         self._acks_due: dict[tuple[int, Stream], None] = {}
         self._final_acks: list[Ack] = []  # for channels already forgotten
         self._outbox: list[bytes] = []
+        self._sizes: dict[int, tuple[int, int]] = {}  # OPEN_ATTACH sizes before peer caps
 
     # ------------------------------------------------------------ connections
     def connection_up(self, now: float) -> None:
@@ -257,6 +243,7 @@ class Session:
         self.peer_caps = msg.caps & self.config.caps
         self.state = SessionState.LIVE
         events.append(chs.Resumed(self.peer_version, self.peer_caps))
+        self._sizes_as_resize()
 
     def _ack_control(self, count: int) -> None:
         if count > self._ctl_base + len(self._ctl):
@@ -325,7 +312,7 @@ class Session:
         if isinstance(msg, OpenExec):
             events.append(chs.ExecRequested(msg.ch, msg.spec))
         else:
-            events.append(chs.AttachRequested(msg.ch, msg.tty))
+            events.append(chs.AttachRequested(msg.ch, msg.tty, msg.rows, msg.cols))
 
     def _settle(self, c: Channel, events: list[chs.Event]) -> None:
         if c.settle(events):
@@ -385,8 +372,20 @@ class Session:
     def open_exec(self, spec: ExecSpec) -> int:
         return self._open(spec.tty, lambda seq, ch: OpenExec(seq, ch, spec))
 
-    def open_attach(self, tty: bool = False) -> int:
-        return self._open(tty, lambda seq, ch: OpenAttach(seq, ch, tty))
+    def open_attach(self, tty: bool = False, rows: int = 0, cols: int = 0) -> int:
+        """OPEN_ATTACH with the pty's size to start with (see ``_sizes_as_resize``)."""
+        ch = self._open(tty, lambda seq, ch: OpenAttach(seq, ch, tty, rows, cols))
+        if rows and cols:
+            self._sizes[ch] = (rows, cols)
+            self._sizes_as_resize()
+        return ch
+
+    def _sizes_as_resize(self) -> None:
+        """Once the peer's caps are known: one without CAP_ATTACH_SIZE gets RESIZE."""
+        if self.state is SessionState.LIVE:
+            sizes, self._sizes = self._sizes, {}
+            for ch, (rows, cols) in sizes.items() if not self.peer_caps & CAP_ATTACH_SIZE else ():
+                self.resize(ch, rows, cols)
 
     def _order(self, ch: int, make: Callable[[int], Resize | Signal]) -> bool:
         if (c := self._local(ch, Role.APPLIANCE)) is None:

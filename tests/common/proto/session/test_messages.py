@@ -66,7 +66,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
         marks=st.lists(marks, max_size=10).map(tuple),
     ),
     st.builds(OpenExec, seq=u64, ch=u32, spec=specs),
-    st.builds(OpenAttach, seq=u64, ch=u32, tty=st.booleans()),
+    st.builds(OpenAttach, seq=u64, ch=u32, tty=st.booleans(), rows=u16, cols=u16),
     st.builds(Opened, seq=u64, ch=u32),
     st.builds(OpenFailed, seq=u64, ch=u32, reason=text),
     st.builds(Resize, seq=u64, ch=u32, rows=u16, cols=u16),
@@ -92,6 +92,8 @@ def test_a_cut_or_padded_message_is_refused_with_a_code(msg: Message) -> None:
     record = encode(msg)
     if not isinstance(msg, DataMsg):  # a DATA's payload is the rest of the record
         for n in range(len(record)):
+            if isinstance(msg, OpenAttach) and n == len(record) - 4:
+                continue  # an older peer's OPEN_ATTACH, without the size (test_attach_size)
             with pytest.raises(MessageError):
                 decode(record[:n])
         with pytest.raises(MessageError) as e:
