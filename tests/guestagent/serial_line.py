@@ -13,11 +13,10 @@ import pytest
 import trio
 
 from common.io.sealedsession import SessionEndpoint
-from common.proto.link.header import OriginHeader
+from common.proto.link.header import HeaderDecoder, OriginHeader
 from common.proto.session import channels as chs
 from relay.config import EgressConfig, HvsockListener, SerialListener
 from relay.daemon import RelayDaemon
-from tests.guestagent import realvm
 from tests.guestagent.tether_helpers import Appliance
 from tests.relay.relayfix import relay_config, start_relay
 from vic.lab.agent_processes import null_modem, stop
@@ -37,6 +36,41 @@ async def socat_pair(d: Path) -> AsyncIterator[tuple[trio.Process, Path, Path]]:
         await stop(proc, signal.SIGTERM)
 
 
+class Prefixed(trio.abc.Stream):
+    """``stream`` with ``first`` (read past the origin header) in front."""
+
+    def __init__(self, stream: trio.abc.Stream, first: bytes) -> None:
+        self.stream = stream
+        self.first = first
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if not self.first:
+            return await self.stream.receive_some(max_bytes)
+        n = len(self.first) if max_bytes is None else max_bytes
+        out, self.first = self.first[:n], self.first[n:]
+        return out
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def read_origin(stream: trio.abc.Stream) -> tuple[OriginHeader, Prefixed] | None:
+    """The relay's origin header and the stream that carries what follows it (None: the
+    stream ended first)."""
+    dec = HeaderDecoder()
+    while data := await stream.receive_some(65536):
+        header, rest = dec.feed(bytes(data))
+        if header is not None:
+            return header, Prefixed(stream, rest)
+    return None
+
+
 class RelayedAppliance(Appliance):
     """The appliance behind the relay, as ``vic vspc``'s session service is: each relayed
     stream starts with the origin header and carries one sealed connection; when that
@@ -51,7 +85,7 @@ class RelayedAppliance(Appliance):
         self.exits: dict[int, int] = {}
 
     async def _run(self, stream: trio.SocketStream) -> None:
-        got = await realvm.read_origin(stream)
+        got = await read_origin(stream)
         if got is None:
             await stream.aclose()
             return
