@@ -27,6 +27,7 @@ from guestagent.tether import Tether
 from tests.guestagent.serial_line import RelayedAppliance, relay_hvsock, relay_serial, socat_pair
 from tests.guestagent.tether_helpers import write_secrets
 from tests.support.vic_cli import assert_one_line, run_vic
+from vic.lab.agent_processes import start_agent, stop
 
 T = 60  # safety net only
 SECRET = b"t" * 32
@@ -36,6 +37,20 @@ LINES = 96 * 1024  # 768 KiB through cat, numbered lines: a loss or a repeat sho
 
 def numbered(first: int, n: int) -> bytes:
     return b"".join(b"%07d\n" % i for i in range(first, first + n))
+
+
+def unplug(socat: trio.Process, *links: Path) -> None:
+    """The serial line breaks: its device names go first (a pty number freed by socat
+    may soon name someone else's terminal), then socat dies."""
+    for link in links:
+        link.unlink()
+    socat.kill()
+
+
+async def live_over(app: RelayedAppliance, kind: str) -> None:
+    """Until a connection over the newest relayed stream, of ``kind``, carries the session."""
+    while not (app.endpoint.live and app.headers[-1].kind == kind):
+        await app.endpoint.wait_changed()
 
 
 async def feed(app: RelayedAppliance, ch: int, halfway: trio.Event) -> None:
@@ -77,7 +92,7 @@ async def test_the_session_moves_from_serial_to_vsock(
             await halfway.wait()
             await r.wait_for(Stream.STDOUT, b"0010000\n")  # output flows over the line
             await relay_hvsock(nursery, uds, PORT, app)  # the VMM offers vsock now
-            socat.kill()  # and the serial line breaks mid-stream
+            unplug(socat, guest, host)  # and the serial line breaks mid-stream
             await r.done.wait()
     assert r.text(Stream.STDOUT) == numbered(0, LINES)  # no loss, no repeat, both ways
     assert r.status == ExitStatus(code=0) and app.exits == {ch: 1}
@@ -116,12 +131,46 @@ async def test_a_line_that_still_works_is_left_for_vsock(
             assert app.headers[-1].kind == "serial"
             await relay_hvsock(nursery, uds, PORT, app)
             await app.cut()  # the line's relayed stream; the line itself stays up
-            while app.headers[-1].kind != "hvsock":
-                await app.wait_ends(len(app.ends) + 1)
-            await app.endpoint.wait_live()
+            await live_over(app, "hvsock")
             r = await app.exec(ExecSpec(("cat",)), numbered(100, 100))
     assert r.text(Stream.STDOUT) == numbered(100, 100)
     assert app.headers[-1].kind == "hvsock"
+
+
+async def test_vic_agent_moves_its_session_from_serial_to_vsock(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The same move with ``vic agent`` as a process, configured by TOML alone."""
+    store = tmp_path / "guestinfo.json"
+    write_secrets(str(store), SECRET)
+    app = RelayedAppliance(str(tmp_path / "app.sock"), SECRET, handshake_timeout=1.0)
+    await nursery.start(app.serve)
+    uds = tmp_path / "vm1.vsock"
+    async with socat_pair(tmp_path) as (socat, guest, host):
+        conf = tmp_path / "agent.toml"
+        conf.write_text(
+            f'[guestinfo]\nbackend = "file"\npath = "{store}"\n'
+            "[network]\npublish = false\n[agent]\nsubreaper = false\n"
+            "[session]\nenabled = true\nbackoff-max = 0.2\nhandshake-timeout = 2.0\n"
+            'transports = ["hybrid", "serial"]\n'
+            f'[session.hybrid]\npath = "{uds}"\nport = {PORT}\n'
+            f'[session.serial]\npath = "{guest}"\n'
+        )
+        await relay_serial(nursery, host, app)
+        agent = await start_agent(conf)
+        try:
+            with trio.fail_after(T):
+                await app.endpoint.wait_live()
+                r = await app.exec(ExecSpec(("sh", "-c", "cat; exit 6")), numbered(0, 50))
+                assert (r.text(Stream.STDOUT), r.status) == (numbered(0, 50), ExitStatus(6))
+                assert app.headers[-1].kind == "serial"
+                await relay_hvsock(nursery, uds, PORT, app)
+                unplug(socat, guest, host)
+                await live_over(app, "hvsock")
+                r = await app.exec(ExecSpec(("sh", "-c", "cat; exit 7")), numbered(50, 50))
+        finally:
+            await stop(agent)
+    assert (r.text(Stream.STDOUT), r.status) == (numbered(50, 50), ExitStatus(7))
 
 
 async def test_transports_are_tried_in_order(autojump_clock: trio.testing.MockClock) -> None:
