@@ -4,7 +4,9 @@
 once the VMM offers it, the serial line until then). ``Transports.connect`` tries them in
 that order and returns the first that connects; the tether asks again on every
 (re)connect, so a session that ran over the serial line resumes over vsock once the line
-breaks and vsock is there (the session layer makes that exactly once).
+breaks and vsock is there (the session layer makes that exactly once). A transport
+that connected but never carried the session (a listener with no appliance behind
+it) goes to the back for the next attempt, so a working one behind it is tried.
 
 A serial line is not a connection: it is there from boot, nothing on it says where one
 sealed channel ends, and reopening the tty flushes what arrived meanwhile (pyserial's
@@ -15,7 +17,7 @@ line itself breaks or a preferred transport connects (``preferred``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -52,22 +54,25 @@ class Transports:
     def one(cls, connector: Connector, kind: str = "") -> Transports:
         return cls([SessionTransport(kind, connector)])
 
-    async def connect(self) -> tuple[int, Channel]:
-        """The first transport that connects, in order of preference: (its index, the
-        channel). Raises ``NoTransport`` when none does."""
-        index, channel, errors = await self._first(len(self.transports))
+    async def connect(self, start: int = 0) -> tuple[int, Channel]:
+        """The first transport that connects, in order of preference from ``start`` on
+        (then those before it): (its index, the channel). Raises ``NoTransport`` when
+        none does."""
+        order = [*range(start, len(self.transports)), *range(start)]
+        index, channel, errors = await self._first(order)
         if channel is None:
             raise NoTransport("; ".join(errors))
         return index, channel
 
     async def preferred(self, than: int) -> tuple[int, Channel] | None:
         """A transport preferred over transport ``than`` that connects now, if any."""
-        index, channel, _errors = await self._first(than)
+        index, channel, _errors = await self._first(range(than))
         return None if channel is None else (index, channel)
 
-    async def _first(self, stop: int) -> tuple[int, Channel | None, list[str]]:
+    async def _first(self, order: Iterable[int]) -> tuple[int, Channel | None, list[str]]:
         errors: list[str] = []
-        for i, t in enumerate(self.transports[:stop]):
+        for i in order:
+            t = self.transports[i]
             try:
                 with trio.fail_after(self.connect_timeout):
                     return i, await t.connect(), errors

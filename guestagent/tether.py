@@ -148,6 +148,7 @@ class Tether:
             self.endpoint, hold_bytes=cfg.replay_bytes, replay_bytes=cfg.replay_bytes
         )
         self._nursery: trio.Nursery | None = None
+        self._carried = False  # the channel in use carried the session at some point
 
     def _new_session(self) -> Session:
         return Session(chs.Role.TETHER, config=SessionConfig(replay_limit=self.cfg.replay_bytes))
@@ -165,11 +166,12 @@ class Tether:
         backoff = Backoff(self.cfg.backoff_min, self.cfg.backoff_max)
         last_error = ""
         switch: tuple[int, Channel] | None = None
+        start = 0  # the next connect's first transport: past one that never carried it
         while True:
             await self.secrets.wait_available()
             if switch is None:
                 try:
-                    switch = await self.transports.connect()
+                    switch = await self.transports.connect(start)
                 except OSError as e:
                     if str(e) != last_error:  # one line per distinct failure, not per retry
                         last_error = str(e)
@@ -178,6 +180,7 @@ class Tether:
                     continue
                 last_error = ""
             index, channel = switch
+            self._carried = False
             try:
                 switch = await self._carry(index, channel, backoff)
             finally:
@@ -187,6 +190,7 @@ class Tether:
                     except (OSError, trio.ClosedResourceError, trio.BrokenResourceError):
                         pass
             if switch is None:
+                start = 0 if self._carried else (index + 1) % len(self.transports.transports)
                 await trio.sleep(backoff.next())
 
     async def _carry(
@@ -204,6 +208,7 @@ class Tether:
             )
             if end.established:
                 backoff.reset()
+                self._carried = True
             if not line or end.kind in (EndKind.EOF, EndKind.STREAM_ERROR):
                 return None
             better = await self.transports.preferred(index)

@@ -7,6 +7,7 @@ transports exit 2 naming the key."""
 
 from __future__ import annotations
 
+import socket
 import textwrap
 from pathlib import Path
 
@@ -19,13 +20,13 @@ from common.io.sealedsession_conn import ConnectionEnd
 from common.ops import config as config_mod
 from common.proto.session.messages import ExecSpec, ExitStatus, Stream
 from guestagent.backends.file import FileGuestBackend
-from guestagent.channels import Channel, hybrid_vsock_connector, serial_connector
+from guestagent.channels import Channel, hybrid_vsock_connector, serial_connector, unix_connector
 from guestagent.config import AgentConfig, ConsoleConfig, SessionSection, TransportTable
 from guestagent.reaper import Reaper
 from guestagent.session_transport import NoTransport, SessionTransport, Transports
 from guestagent.tether import Tether
 from tests.guestagent.serial_line import RelayedAppliance, relay_hvsock, relay_serial, socat_pair
-from tests.guestagent.tether_helpers import write_secrets
+from tests.guestagent.tether_helpers import Appliance, write_secrets
 from tests.support.vic_cli import assert_one_line, run_vic
 from vic.lab.agent_processes import start_agent, stop
 
@@ -173,6 +174,35 @@ async def test_vic_agent_moves_its_session_from_serial_to_vsock(
     assert (r.text(Stream.STDOUT), r.status) == (numbered(50, 50), ExitStatus(7))
 
 
+async def test_a_transport_that_never_carries_the_session_goes_to_the_back(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The preferred transport connects but nothing behind it answers (a listener with no
+    appliance): after its handshake times out the tether tries the next one first."""
+    store = str(tmp_path / "guestinfo.json")
+    write_secrets(store, SECRET)
+    app = Appliance(str(tmp_path / "good.sock"), SECRET)
+    await nursery.start(app.serve)
+    silent = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await silent.bind(str(tmp_path / "silent.sock"))
+    silent.listen(8)  # accepts (in the kernel's backlog), never answers
+    reaper = Reaper()
+    await nursery.start(reaper.run)
+    transports = Transports(
+        [
+            SessionTransport("unix", unix_connector(str(tmp_path / "silent.sock"))),
+            SessionTransport("unix", unix_connector(app.path)),
+        ]
+    )
+    cfg = SessionSection(enabled=True, backoff_max=0.2, handshake_timeout=1.0)
+    backend = FileGuestBackend(FileStore(store))
+    await nursery.start(Tether(cfg, transports, backend=backend, reaper=reaper).run)
+    with trio.fail_after(T):
+        r = await app.exec(ExecSpec(("echo", "via the second")))
+    assert r.text(Stream.STDOUT) == b"via the second\n"
+    silent.close()
+
+
 async def test_transports_are_tried_in_order(autojump_clock: trio.testing.MockClock) -> None:
     """The first that connects wins; one that hangs counts as failed after the timeout;
     ``preferred`` looks only above the one in use; none: every failure named."""
@@ -197,6 +227,8 @@ async def test_transports_are_tried_in_order(autojump_clock: trio.testing.MockCl
     assert (index, ch.name, tried) == (2, "serial", ["tcp", "hybrid", "serial"])
     tried.clear()
     assert await ts.preferred(1) is None and tried == ["tcp"]
+    tried.clear()
+    assert (await ts.connect(start=2))[0] == 2 and tried == ["serial"]
     none = Transports([transport("tcp", "hang"), transport("hybrid", "fail")], connect_timeout=3)
     with pytest.raises(NoTransport, match=r"tcp: no connection in 3s; hybrid: .*refused"):
         await none.connect()
