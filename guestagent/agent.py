@@ -37,6 +37,7 @@ from guestagent.netwatch import NetWatcher
 from guestagent.publisher import Publisher
 from guestagent.reaper import Child, ExitStatus, Reaper, set_child_subreaper
 from guestagent.session import SessionOptions, SessionRunner
+from guestagent.session_transport import SessionTransport, Transports
 from guestagent.tether import Tether
 
 log = logging.getLogger(__name__)
@@ -114,18 +115,22 @@ class Agent:
         self.ready = trio.Event()
 
     def _tether_takes_console(self) -> bool:
-        return self.tether is not None and self.cfg.session.transport == "console"
+        return self.tether is not None and "console" in self.cfg.session.kinds()
 
     def _make_tether(self, cfg: AgentConfig) -> Tether | None:
         """The sealed session service if ``[session] enabled`` (issue 13)."""
         if not cfg.session.enabled:
             return None
-        connector = make_connector(cfg.session.channel(cfg.console))
-        if connector is None:  # pragma: no cover - the config's validate() excludes it
+        transports = [
+            SessionTransport(ch.transport, connector)
+            for ch in cfg.session.channels(cfg.console)
+            if (connector := make_connector(ch)) is not None
+        ]
+        if not transports:  # pragma: no cover - the config's validate() excludes it
             return None
         return Tether(
             cfg.session,
-            connector,
+            Transports(transports),
             backend=self.backend,
             reaper=self.reaper,
             container_pid=self.main_pid,

@@ -26,6 +26,8 @@ from typing import Any
 
 import trio
 
+from guestagent.serial_transport import make_raw
+
 
 class Channel:
     def __init__(self, stream: trio.abc.Stream, name: str) -> None:
@@ -155,12 +157,12 @@ def serial_connector(path: str, baud: int = 115200) -> Connector:
             port = await trio.to_thread.run_sync(open_port)
         except serial.SerialException as e:
             raise OSError(f"serial {path}: {e}") from e
-        # pyserial leaves VMIN=0/VTIME=0 for timeout=0, where an idle read looks
-        # like EOF: block for at least one byte instead (the fd is non-blocking)
-        attrs = termios.tcgetattr(port.fileno())
-        attrs[6][termios.VMIN] = 1
-        attrs[6][termios.VTIME] = 0
-        termios.tcsetattr(port.fileno(), termios.TCSANOW, attrs)
+        # raw 8-bit, no flow control, reads that wait for a byte (serial_transport)
+        try:
+            make_raw(port.fileno())
+        except termios.error as e:
+            port.close()
+            raise OSError(f"serial {path}: {e}") from e
         drain_fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
         fd = os.dup(port.fileno())
         return SerialChannel(SerialStream(fd), drain_fd, port, f"serial:{path}")

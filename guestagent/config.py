@@ -20,6 +20,13 @@ Example::
     enabled = false
     transport = "console"       # console (take over [console]'s channel) | serial | vsock
                                 # | hybrid | unix | tcp, with path/port/cid/host/baud as there
+    # or several, preferred first, tried in that order on every (re)connect:
+    # transports = ["hybrid", "serial"]
+    # [session.hybrid]          # one table per transport listed (not for "console")
+    # path = "/run/lab/vm1.vsock"
+    # port = 1024
+    # [session.serial]
+    # path = "/dev/ttyS1"
 
     [network]
     publish = true
@@ -36,7 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common.ops.config import require
+from common.ops.config import ConfigError, require
 
 
 @dataclass(frozen=True)
@@ -86,22 +93,55 @@ class ConsoleConfig:
         require(self.baud > 0, "baud", "must be > 0")
 
 
-@dataclass(frozen=True)
-class SessionSection:
-    """The tether's sealed session. ``transport = "console"`` takes over the console's
-    channel (the raw console link is then off: a tethered VM's output goes through
-    sessions); any other transport is its own channel, configured like ``[console]``.
-    ``idle-timeout`` finds an appliance that restarted behind a line that never ends
-    (serial); set it only when the appliance sends keepalives too, or an idle session
-    would be dropped and re-established every ``idle-timeout`` seconds."""
+SessionTransportKind = Literal["console", "serial", "vsock", "hybrid", "unix", "tcp"]
 
-    enabled: bool = False
-    transport: Literal["console", "serial", "vsock", "hybrid", "unix", "tcp"] = "console"
+
+@dataclass(frozen=True)
+class TransportTable:
+    """Where one of ``[session] transports`` connects (``[session.<kind>]``)."""
+
     path: str = ""
     port: int = 0
     cid: int = 2
     host: str = "127.0.0.1"
     baud: int = 115200
+
+    def channel(self, kind: str) -> ConsoleConfig:
+        return ConsoleConfig(
+            transport=kind,  # type: ignore[arg-type]  # checked by the Literal of transports
+            path=self.path,
+            port=self.port,
+            cid=self.cid,
+            host=self.host,
+            baud=self.baud,
+        )
+
+
+@dataclass(frozen=True)
+class SessionSection:
+    """The tether's sealed session. ``transport = "console"`` takes over the console's
+    channel (the raw console link is then off: a tethered VM's output goes through
+    sessions); any other transport is its own channel, configured like ``[console]``.
+    ``transports`` lists several instead, preferred first, each configured in its own
+    ``[session.<kind>]`` table: the tether tries them in order on every (re)connect
+    and the session resumes over whichever connects (serial to vsock, say).
+    ``idle-timeout`` finds an appliance that restarted behind a line that never ends
+    (serial); set it only when the appliance sends keepalives too, or an idle session
+    would be dropped and re-established every ``idle-timeout`` seconds."""
+
+    enabled: bool = False
+    transport: SessionTransportKind = "console"
+    path: str = ""
+    port: int = 0
+    cid: int = 2
+    host: str = "127.0.0.1"
+    baud: int = 115200
+    transports: tuple[SessionTransportKind, ...] = ()
+    serial: TransportTable | None = None
+    vsock: TransportTable | None = None
+    hybrid: TransportTable | None = None
+    unix: TransportTable | None = None
+    tcp: TransportTable | None = None
     handshake_timeout: float = 10.0
     backoff_min: float = 0.05
     backoff_max: float = 2.0
@@ -113,15 +153,18 @@ class SessionSection:
     idle_timeout: float = 0.0  # end a connection silent this long; 0: never (see below)
 
     def validate(self) -> None:
-        if self.transport != "console":
-            ConsoleConfig(
-                transport=self.transport,
-                path=self.path,
-                port=self.port,
-                cid=self.cid,
-                host=self.host,
-                baud=self.baud,
+        if self.transports:
+            self._validate_transports()
+        elif self.transport != "console":
+            TransportTable(self.path, self.port, self.cid, self.host, self.baud).channel(
+                self.transport
             ).validate()
+        for kind in _TABLES:
+            require(
+                getattr(self, kind) is None or kind in self.transports,
+                kind,
+                f'a [session.{kind}] table, but "{kind}" is not in transports',
+            )
         require(self.handshake_timeout > 0, "handshake-timeout", "must be > 0")
         require(0 < self.backoff_min <= self.backoff_max, "backoff-min", "need 0 < min <= max")
         require(0 < self.max_execs <= 1000, "max-execs", "must be 1..1000")
@@ -135,18 +178,49 @@ class SessionSection:
             "must be 0 (never) or more than twice keepalive",
         )
 
+    def _validate_transports(self) -> None:
+        single = (self.transport, self.path, self.port) != ("console", "", 0)
+        require(not single, "transports", "give transport (with path/port) or transports, not both")
+        for i, kind in enumerate(self.transports):
+            require(
+                kind not in self.transports[:i], f"transports[{i}]", f"{kind!r} is listed twice"
+            )
+            if kind == "console":
+                continue
+            table: TransportTable | None = getattr(self, kind)
+            require(table is not None, f"transports[{i}]", f"{kind!r} needs a [session.{kind}]")
+            assert table is not None
+            try:
+                table.channel(kind).validate()
+            except ConfigError as e:
+                raise ConfigError(f"{kind}.{e.key}", e.message) from None
+
+    def kinds(self) -> tuple[SessionTransportKind, ...]:
+        """The transports, preferred first."""
+        return self.transports or (self.transport,)
+
+    def channels(self, console: ConsoleConfig) -> list[ConsoleConfig]:
+        """The channels the session may connect over, preferred first."""
+        if not self.transports:
+            return [self.channel(console)]
+        out = []
+        for kind in self.transports:
+            table: TransportTable | None = getattr(self, kind, None)
+            out.append(console if table is None else table.channel(kind))
+        return out
+
     def channel(self, console: ConsoleConfig) -> ConsoleConfig:
-        """The channel the session connects over."""
+        """The channel the session connects over (the first, with ``transports``)."""
+        if self.transports:
+            return self.channels(console)[0]
         if self.transport == "console":
             return console
-        return ConsoleConfig(
-            transport=self.transport,
-            path=self.path,
-            port=self.port,
-            cid=self.cid,
-            host=self.host,
-            baud=self.baud,
+        return TransportTable(self.path, self.port, self.cid, self.host, self.baud).channel(
+            self.transport
         )
+
+
+_TABLES = ("serial", "vsock", "hybrid", "unix", "tcp")
 
 
 @dataclass(frozen=True)
@@ -176,9 +250,9 @@ class AgentConfig:
     session: SessionSection = field(default_factory=SessionSection)
 
     def validate(self) -> None:
-        if self.session.enabled and self.session.transport == "console":
+        if self.session.enabled and "console" in self.session.kinds():
             require(
                 self.console.transport != "none",
-                "session.transport",
+                "session.transports" if self.session.transports else "session.transport",
                 '"console" needs a [console] transport',
             )

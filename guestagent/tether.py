@@ -6,9 +6,11 @@
   first) and keeps reading them as they change: the next connection speaks with the
   new list, so the appliance rotates a secret without restarting anything. A bad value
   is logged (one line) and the secrets held before stay in force;
-* connects the channel (one of ``guestagent.channels``' connectors) and runs the
-  endpoint over it, again and again: after a connection ends it waits a back-off
-  (``Backoff``: doubling, reset by a connection that carried the session);
+* connects a channel (the first of its ``Transports`` that connects, preferred first:
+  ``guestagent.session_transport``) and runs the endpoint over it, again and again:
+  after a connection ends it waits a back-off (``Backoff``: doubling, reset by a
+  connection that carried the session). A serial line stays open across sealed
+  connections, until it breaks or a preferred transport connects;
 * takes the session's events: ``ExecRequested`` starts an ``ExecChannel`` (at most
   ``max_execs`` at once; more are refused with a reason), STDIN data, RESIZE and SIGNAL
   go to it, the appliance's CLOSE kills it. If the appliance lost the session
@@ -30,6 +32,7 @@ import trio
 
 from common.io.guestinfo.base import BackendError, GuestBackend
 from common.io.sealedsession import Liveness, SessionEndpoint
+from common.io.sealedsession_conn import EndKind
 from common.ops.wiretext import wire
 from common.proto import guestinfo as gi
 from common.proto.guestinfo.keys import decode_session_secrets, session_secrets_key
@@ -37,15 +40,17 @@ from common.proto.link.resume_state import Backoff
 from common.proto.session import channels as chs
 from common.proto.session.messages import ErrorCode, ExecSpec, Stream
 from common.proto.session.session import Session, SessionConfig
-from guestagent.channels import Connector
+from guestagent.channels import Channel, Connector
 from guestagent.config import SessionSection
 from guestagent.reaper import Reaper
+from guestagent.session_transport import Transports, is_line
 from guestagent.tether_attach import MainAttach
 from guestagent.tether_exec import ExecChannel
 
 log = logging.getLogger(__name__)
 
 SECRET_RETRY = 1.0  # seconds between guestinfo reads after a backend error
+LINE_HELLO = b"\r\n"  # before each sealed connection on a serial line (see _hello)
 
 
 class SecretsWatch:
@@ -111,7 +116,7 @@ class Tether:
     def __init__(
         self,
         cfg: SessionSection,
-        connector: Connector,
+        connector: Connector | Transports,
         *,
         backend: GuestBackend,
         reaper: Reaper,
@@ -119,7 +124,10 @@ class Tether:
         name: str = "tether",
     ) -> None:
         self.cfg = cfg
-        self.connector = connector
+        # the channels the session may run over, preferred first (one: a bare connector)
+        self.transports = (
+            connector if isinstance(connector, Transports) else Transports.one(connector)
+        )
         self.reaper = reaper
         self.container_pid = container_pid
         self.secrets = SecretsWatch(backend)
@@ -140,6 +148,7 @@ class Tether:
             self.endpoint, hold_bytes=cfg.replay_bytes, replay_bytes=cfg.replay_bytes
         )
         self._nursery: trio.Nursery | None = None
+        self._carried = False  # the channel in use carried the session at some point
 
     def _new_session(self) -> Session:
         return Session(chs.Role.TETHER, config=SessionConfig(replay_limit=self.cfg.replay_bytes))
@@ -156,30 +165,58 @@ class Tether:
     async def _connections(self) -> None:
         backoff = Backoff(self.cfg.backoff_min, self.cfg.backoff_max)
         last_error = ""
+        switch: tuple[int, Channel] | None = None
+        start = 0  # the next connect's first transport: past one that never carried it
         while True:
             await self.secrets.wait_available()
+            if switch is None:
+                try:
+                    switch = await self.transports.connect(start)
+                except OSError as e:
+                    if str(e) != last_error:  # one line per distinct failure, not per retry
+                        last_error = str(e)
+                        log.info("tether: cannot connect: %s; retrying", wire(last_error))
+                    await trio.sleep(backoff.next())
+                    continue
+                last_error = ""
+            index, channel = switch
+            self._carried = False
             try:
-                channel = await self.connector()
-            except OSError as e:
-                if str(e) != last_error:  # one line per distinct failure, not per retry
-                    last_error = str(e)
-                    log.info("tether: cannot connect: %s; retrying", wire(last_error))
-                await trio.sleep(backoff.next())
-                continue
-            last_error = ""
-            try:
-                end = await self.endpoint.run_connection(
-                    channel.stream, handshake_timeout=self.cfg.handshake_timeout
-                )
+                switch = await self._carry(index, channel, backoff)
             finally:
                 with trio.CancelScope(shield=True):
                     try:
                         await channel.aclose()
                     except (OSError, trio.ClosedResourceError, trio.BrokenResourceError):
                         pass
+            if switch is None:
+                start = 0 if self._carried else (index + 1) % len(self.transports.transports)
+                await trio.sleep(backoff.next())
+
+    async def _carry(
+        self, index: int, channel: Channel, backoff: Backoff
+    ) -> tuple[int, Channel] | None:
+        """Sealed connections over ``channel`` (transport ``index``): one over a
+        connection; on a serial line one after another, until the line breaks (None:
+        connect again) or a transport preferred over it connects (that one)."""
+        line = is_line(channel)
+        while True:
+            if line and not await _hello(channel):
+                return None
+            end = await self.endpoint.run_connection(
+                channel.stream, handshake_timeout=self.cfg.handshake_timeout, close_stream=not line
+            )
             if end.established:
                 backoff.reset()
+                self._carried = True
+            if not line or end.kind in (EndKind.EOF, EndKind.STREAM_ERROR):
+                return None
+            better = await self.transports.preferred(index)
+            if better is not None:
+                log.info("tether: leaving %s for %s", channel.name, better[1].name)
+                return better
             await trio.sleep(backoff.next())
+            await self.secrets.wait_available()
 
     # ------------------------------------------------------------ events
     async def _events(self) -> None:
@@ -237,6 +274,18 @@ class Tether:
         self.execs.clear()
         self.main.detach_all()
         self.endpoint.replace_session(self._new_session())
+
+
+async def _hello(channel: Channel) -> bool:
+    """Say something on a line before a sealed connection starts on it: a relay whose
+    appliance ended the last stream starts the next when the VM speaks (the tether, the
+    responder, would otherwise wait in silence for a handshake). Junk to the appliance."""
+    try:
+        await channel.stream.send_all(LINE_HELLO)
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+        log.info("tether: %s: %s", channel.name, wire(str(e)))
+        return False
+    return True
 
 
 def _to_exec(

@@ -3,14 +3,16 @@ line is 8-bit clean), driven through trio's FdStream, reopened when it goes away
 
 from __future__ import annotations
 
+import functools
 import os
 import termios
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from relay.config import SerialListener
-from relay.ingress.serialdev import open_device
+from relay.ingress.serialdev import RAW_IFLAG_OFF, RAW_LFLAG_OFF, RAW_OFLAG_OFF, open_device
 from tests.relay.relayfix import (
     Appliance,
     pattern,
@@ -94,3 +96,79 @@ async def test_device_comes_back(tmp_path: Path) -> None:
                 await rec.closed.wait()
             assert bytes(rec.data) == data
         n.cancel_scope.cancel()
+
+
+def test_raw_mode_leaves_every_byte_alone() -> None:
+    """A tty starts cooked (ICRNL, IXON, OPOST|ONLCR, ISIG, ICANON, ECHO): every flag
+    that could change, eat or echo a byte is off once the relay opened it, 8 bits."""
+    master, slave = os.openpty()
+    try:
+        fd = open_device(SerialListener(name="s", vm="v", device=Path(os.ttyname(slave))))
+        try:
+            iflag, oflag, cflag, lflag, _i, _o, cc = termios.tcgetattr(fd)
+            assert iflag & RAW_IFLAG_OFF == 0
+            assert oflag & RAW_OFLAG_OFF == 0
+            assert lflag & RAW_LFLAG_OFF == 0
+            assert cflag & termios.CSIZE == termios.CS8 and not cflag & termios.PARENB
+            assert (cc[termios.VMIN], cc[termios.VTIME]) == (1, 0)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+async def test_the_appliance_ending_its_side_ends_the_stream() -> None:
+    """A tty has no half-close: when the appliance ends the relayed stream (a sealed
+    session's handshake timed out), the line's stream ends too. The line stays open and
+    the next stream starts when the VM speaks, with what it said: no stream after stream
+    for a line nobody speaks on. (Waiting for the tty's EOF left the VM unreachable.)"""
+    streams: list[trio.SocketStream] = []
+    arrived = trio.Condition()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        streams.append(stream)
+        async with arrived:
+            arrived.notify_all()
+        await trio.sleep_forever()
+
+    async def nth(n: int) -> trio.SocketStream:
+        async with arrived:
+            while len(streams) < n:
+                await arrived.wait()
+        return streams[n - 1]
+
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    os.close(slave)
+    vm_end = trio.lowlevel.FdStream(master)
+    async with trio.open_nursery() as n:
+        listeners = await n.start(functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        cfg = relay_config(
+            tcp_egress(port), serial=(SerialListener(name="tty", vm="vm9", device=Path(name)),)
+        )
+        d = await start_relay(n, cfg)
+        for i in range(3):
+            with trio.fail_after(10):
+                data = pattern(4096, seed=i)
+                await vm_end.send_all(data)  # the VM speaks: a stream carries it
+                stream = await nth(i + 1)
+                got = bytearray()
+                while not got.endswith(data):  # after the stream's origin header
+                    got += await stream.receive_some(65536)
+                await stream.send_eof()  # the appliance is done with this stream
+                assert await _drain(stream) == 0  # and the relay ends it
+                await d.wait_active_at_most(0)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(streams) == i + 1  # the VM is silent: no new stream
+        await vm_end.aclose()
+        n.cancel_scope.cancel()
+
+
+async def _drain(stream: trio.SocketStream) -> int:
+    """Read to EOF; the byte count."""
+    total = 0
+    while chunk := await stream.receive_some(65536):
+        total += len(chunk)
+    return total

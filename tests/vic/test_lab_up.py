@@ -86,13 +86,16 @@ async def test_up_console_down(tmp_path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VIC_")} | lab
 
         tethered = lab["VIC_LAB_TETHERED"].split()
-        assert tethered == ["vm-agent-1"] and set(tethered) <= set(vms), lab
+        assert "vm-agent-1" in tethered and set(tethered) <= set(vms), lab
+        assert ("vm-agent-2" in tethered) == ("vm-agent-2" in vms), lab  # serial, with socat
         rc, listing = await vic("console", "list", env=env)
         assert rc == 0, listing
         for vm in set(vms) - set(tethered):  # a tethered VM has a session, no raw console
             assert f" {vm} " in listing, listing
         await _exec_and_logs(env, "vm-agent-1")
         await _docker_ps_and_logs(env | {"DOCKER_CONFIG": str(tmp_path / "docker")}, "vm-agent-1")
+        if "vm-agent-2" in tethered:  # its session runs over the serial line
+            await _exec_over_serial(env, "vm-agent-2")
         # a VM across the relay mesh
         await attach_and_type(
             env, "vm-mesh-1", b"over the mesh\r", b"vm-mesh-1 read: over the mesh"
@@ -153,6 +156,25 @@ async def _docker_ps_and_logs(env: dict[str, str], vm: str) -> None:
             check=False,
         )
     assert (ex.returncode, ex.stdout) == (3, b"Linux\n"), ex
+
+
+async def _exec_over_serial(env: dict[str, str], vm: str) -> None:
+    """The tethered VM on the serial line: exec with stdin, exit code; its tty's logs."""
+    data = bytes(range(256)) * 64
+    with trio.fail_after(60):
+        r = await trio.run_process(
+            [sys.executable, "-m", "vic.cli", "console", "exec", "-i", vm, "--", "cat"],
+            cwd=ROOT,
+            env=env,
+            stdin=data,
+            capture_stdout=True,
+            check=False,
+        )
+    assert (r.returncode, r.stdout == data) == (0, True), r
+    rc, out = await vic("console", "exec", vm, "--", "sh", "-c", "echo o; exit 5", env=env)
+    assert (rc, out) == (5, "o\n"), out
+    rc, out = await vic("console", "logs", vm, env=env)
+    assert (rc, out) == (0, f"hello from {vm}\r\n"), out  # a tty's line ending
 
 
 async def test_down_with_nothing_up(tmp_path: Path) -> None:

@@ -6,10 +6,11 @@ vspc``, a process of its own that ``vic lab up`` started first):
 
 * **esx-a**, a simulated ESX host: VM ``vm-esx-1`` speaks Telnet and VMware's
   extension 232 straight to the appliance's vSPC port;
-* **esx-c**, a relay: ``vm-agent-1`` (hybrid vsock, tethered: its agent has
-  ``[session]`` on, so its console is a sealed session that ``vic console exec`` and
-  ``vic console logs`` reach) and, with socat, ``vm-agent-2``
-  (a tty session on a serial line) run ``vic agent`` as processes of their own,
+* **esx-c**, a relay: ``vm-agent-1`` (hybrid vsock) and, with socat, ``vm-agent-2``
+  (a tty session on a serial line: socat's pty pair, the relay's serial ingress on
+  the host end) run ``vic agent`` as processes of their own, both tethered (their
+  agents have ``[session]`` on, so each console is a sealed session that ``vic
+  console exec`` and ``vic console logs`` reach),
   each running a real process that the appliance side here launches through
   guestinfo (the file store in ``D/ag/guestinfo``);
 * **esx-m1 -> esx-m2**, the relay mesh: ``vm-mesh-1`` on esx-m1 reaches the appliance
@@ -37,7 +38,7 @@ import trio
 
 from common.ops.daemon import stop_signal
 from common.proto import guestinfo as gi
-from relay.config import HvsockListener, MetricsConfig, RelayConfig
+from relay.config import HvsockListener, MetricsConfig, RelayConfig, SerialListener
 from relay.daemon import RelayDaemon
 from vic.lab import lab_state, lab_tether
 from vic.lab.agent_plans import VMPlan
@@ -58,13 +59,20 @@ ECHO_SH = (
     'echo "$VM: stdin closed"'
 )
 READY_TIMEOUT = 90.0
-TETHERED = ("vm-agent-1",)  # agents with [session] on: exec and logs, no raw console
+TETHERED = ("vm-agent-1", "vm-agent-2")  # [session] on: exec and logs, no raw console
 VM_PATHS = {  # each VM of the lab and how its console reaches the appliance
     "vm-esx-1": "simulated ESX host esx-a -> vSPC (Telnet + extension 232)",
     "vm-mesh-1": "relay esx-m1 =TLS peer link=> relay esx-m2 -> appliance",
     "vm-agent-1": "vic agent (sh), tethered, hybrid vsock -> relay esx-c -> appliance",
-    "vm-agent-2": "vic agent (sh on a tty), serial line -> relay esx-c -> appliance",
+    "vm-agent-2": "vic agent (sh on a tty), tethered, serial line -> relay esx-c -> appliance",
 }
+
+
+def _tethered(listener: object) -> object:
+    """A tethered VM's relay listener: its streams are the VM's sealed session."""
+    if isinstance(listener, HvsockListener | SerialListener) and listener.vm in TETHERED:
+        return dataclasses.replace(listener, label="session")
+    return listener
 
 
 def with_metrics(cfg: RelayConfig) -> RelayConfig:
@@ -155,12 +163,7 @@ class Hosts:
             lab_state.record(self.d, "socat", self.serial.socat.pid)
         todo = agent_plans(self.serial.pair is not None)
         listeners = relay_listeners(d, todo, self.serial.pair)
-        listeners["hvsock"] = tuple(
-            dataclasses.replace(h, label="session")
-            if isinstance(h, HvsockListener) and h.vm in TETHERED
-            else h
-            for h in listeners["hvsock"]
-        )
+        listeners = {k: tuple(_tethered(x) for x in group) for k, group in listeners.items()}
         await self.relay(nursery, relay_config("esx-c", self.d / "endpoint.sock", listeners))
         watcher = FileStoreWatcher(d / "guestinfo")
         async with trio.open_nursery() as starting:
@@ -175,8 +178,9 @@ class Hosts:
         if tethered:
             with conf.open("a") as f:
                 f.write("[session]\nenabled = true\nbackoff-max = 0.5\n")
-            ingress = Path(f"{d / plan.vm}.vsock_{HVSOCK_PORT}")
-            await lab_tether.secret_written(watcher, plan.vm, ingress)
+            if plan.channel == "hybrid":  # (a serial line is relayed from the start)
+                ingress = Path(f"{d / plan.vm}.vsock_{HVSOCK_PORT}")
+                await lab_tether.secret_written(watcher, plan.vm, ingress)
         await configure_session(watcher, plan.vm, plan.session)
         proc = await start_agent(conf)
         self.agents.append(proc)
