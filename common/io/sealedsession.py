@@ -17,8 +17,8 @@ ways, and on the first of refusal, the session's ``ProtocolError``, end of strea
 stream error or handshake timeout logs ONE line (wire text through ``wire()``), counts
 it in ``stats``, calls ``session.connection_down()``, closes the stream and returns a
 ``ConnectionEnd``. The session survives and resumes on the next ``run_connection``.
-A ``run_connection`` called while another runs replaces it (the older one is cancelled
-and ends as ``REPLACED``): the newest path to the peer wins, e.g. after a vMotion.
+A newer ``run_connection`` that proves the secret replaces the running one (cancelled,
+``REPLACED``), e.g. after a vMotion; one that cannot prove it costs it nothing.
 
 Events for the application (every ``channels.Event`` but ``Writable``, which the
 endpoint turns into ``wait_writable`` wakeups; ``ProtocolError`` is delivered too, after
@@ -56,7 +56,14 @@ from dataclasses import dataclass, field
 
 import trio
 
-from common.io.sealedsession_conn import ConnectionEnd, EndKind, Liveness, run_one
+from common.io.sealedsession_conn import (
+    ConnectionEnd,
+    EndKind,
+    Liveness,
+    Sealed,
+    authenticate,
+    run_one,
+)
 from common.ops.wiretext import wire
 from common.proto.session import channels as chs
 from common.proto.session.channels import ChannelState, Role
@@ -167,26 +174,40 @@ class SessionEndpoint:
         line, where a new sealed channel starts on the same line (it skips what is left
         of the old one as junk before its sync marker).
         """
-        while self._active is not None:  # the newest connection wins
+        self.stats.connections += 1
+        try:
+            end = await self._authenticated(stream, handshake_timeout)
+        except BaseException:  # cancelled from outside while authenticating
+            if close_stream:
+                await trio.aclose_forcefully(stream)
+            raise
+        if isinstance(end, ConnectionEnd):
+            if close_stream:
+                await trio.aclose_forcefully(stream)
+            self._record_end(end)
+            return end
+        channel, sealed = end
+        while self._active is not None:  # the newest connection that proved the secret wins
             self._active.cancel()
             await self._active_done.wait()
         scope, done = trio.CancelScope(), trio.Event()
         self._active, self._active_done = scope, done
-        self.stats.connections += 1
-        end = ConnectionEnd(EndKind.REPLACED, "replaced by a newer connection", False)
+        ended = ConnectionEnd(EndKind.REPLACED, "replaced by a newer connection", True)
         try:
             with scope:
-                end = await self._run(stream, handshake_timeout)
+                ended = await run_one(self, stream, channel, sealed, liveness=self._liveness)
         finally:
             self._active = None
             done.set()
             self._notify()
             if close_stream:
                 await trio.aclose_forcefully(stream)
-        self._record_end(end)
-        return end
+        self._record_end(ended)
+        return ended
 
-    async def _run(self, stream: trio.abc.Stream, handshake_timeout: float) -> ConnectionEnd:
+    async def _authenticated(
+        self, stream: trio.abc.Stream, handshake_timeout: float
+    ) -> tuple[SecureChannel, Sealed] | ConnectionEnd:
         secrets = tuple(self._secrets_source())
         if not 0 < len(secrets) <= MAX_SECRETS:
             reason = f"{len(secrets)} session secrets; 1 to {MAX_SECRETS} needed"
@@ -201,9 +222,8 @@ class SessionEndpoint:
         )
         if secure_role is SecureRole.INITIATOR:
             channel.start()
-        return await run_one(
-            self, stream, channel, handshake_timeout=handshake_timeout, liveness=self._liveness
-        )
+        sealed = await authenticate(stream, channel, handshake_timeout=handshake_timeout)
+        return sealed if isinstance(sealed, ConnectionEnd) else (channel, sealed)
 
     def _record_end(self, end: ConnectionEnd) -> None:
         kind = end.kind.value

@@ -6,6 +6,10 @@ stream) flushes the transport's handshake bytes and, once the connection is seal
 drains the session in batches of ``BATCH_RECORDS`` records, one ``send_all`` per batch,
 so no more than one batch is ever held in memory.
 
+A connection first proves the secret on its own (``authenticate``: the handshake,
+touching no session), and only then may it take the session (``run_one``): a stream
+that cannot authenticate never cuts the connection that carries the session now.
+
 The connection ends at the first of: the transport's ``Refused`` (its ALERT is written,
 best effort), the session's ``ProtocolError``, the end of the stream, a stream error,
 the handshake timeout, cancellation. ``ConnectionEnd`` says which, for the one log line
@@ -26,7 +30,16 @@ from common.proto.session import channels as chs
 from common.proto.session.secure import Established, Record, Refused, SecureChannel, State
 from common.proto.session.session import Session
 
-__all__ = ["BATCH_RECORDS", "RECEIVE_SIZE", "ConnectionEnd", "EndKind", "Liveness", "run_one"]
+__all__ = [
+    "BATCH_RECORDS",
+    "RECEIVE_SIZE",
+    "ConnectionEnd",
+    "EndKind",
+    "Liveness",
+    "Sealed",
+    "authenticate",
+    "run_one",
+]
 
 BATCH_RECORDS = 16  # records sealed per send_all: at most ~1 MiB in flight per connection
 RECEIVE_SIZE = 64 * 1024 + 64  # one whole record frame per read at most
@@ -83,6 +96,47 @@ class Liveness:
 
     keepalive: float = 10.0
     idle_timeout: float = 35.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A connection whose handshake completed: ``pending`` came in the same read."""
+
+    established: Established
+    pending: tuple[Established | Record | Refused, ...]
+
+
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+async def authenticate(
+    stream: trio.abc.Stream, channel: SecureChannel, *, handshake_timeout: float
+) -> Sealed | ConnectionEnd:
+    """Run the handshake alone (no session is touched): ``Sealed`` once both ends
+    proved the secret, else how the connection ended."""
+    with trio.move_on_after(handshake_timeout):
+        while True:
+            try:
+                out = channel.data_to_send()
+                if out:
+                    await stream.send_all(out)
+                data = await stream.receive_some(RECEIVE_SIZE)
+            except _STREAM_ERRORS as e:
+                return ConnectionEnd(EndKind.STREAM_ERROR, f"{type(e).__name__}: {e}", False)
+            events = channel.receive_data(data) if data else channel.receive_eof()
+            for i, event in enumerate(events):
+                if isinstance(event, Refused):
+                    with trio.move_on_after(ALERT_TIMEOUT):  # its ALERT, best effort
+                        try:
+                            await stream.send_all(channel.data_to_send())
+                        except _STREAM_ERRORS:
+                            pass
+                    return ConnectionEnd(EndKind.REFUSED, event.reason, False, int(event.code))
+                if isinstance(event, Established):
+                    return Sealed(event, tuple(events[i + 1 :]))
+            if not data:
+                return ConnectionEnd(EndKind.EOF, "the peer closed the stream", False)
+    return ConnectionEnd(EndKind.TIMEOUT, f"no handshake within {handshake_timeout:g}s", False)
 
 
 class _Stop(Exception):
@@ -144,21 +198,27 @@ class _Connection:
                 return
 
     # ------------------------------------------------------------ reader
-    async def reader(self, scope: trio.CancelScope) -> ConnectionEnd:
+    async def reader(self, sealed: Sealed) -> ConnectionEnd:
+        try:
+            for first in (sealed.established, *sealed.pending):
+                await self._on_secure(first)
+        except _Stop as stop:
+            return stop.end
+        self.wake()
         while True:
             idle = self.idle_timeout if self.established else math.inf
             data: bytes | bytearray = b""
             with trio.move_on_after(idle) as quiet:
                 try:
                     data = await self.stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                except _STREAM_ERRORS as e:
                     return self._end(EndKind.STREAM_ERROR, f"{type(e).__name__}: {e}")
             if quiet.cancelled_caught:
                 return self._end(EndKind.TIMEOUT, f"nothing received for {idle:g}s")
             events = self.sc.receive_data(data) if data else self.sc.receive_eof()
             try:
                 for event in events:
-                    await self._on_secure(event, scope)
+                    await self._on_secure(event)
             except _Stop as stop:
                 return stop.end
             if not data:
@@ -169,15 +229,12 @@ class _Connection:
     def _end(self, kind: EndKind, reason: str, code: int | None = None) -> ConnectionEnd:
         return ConnectionEnd(kind, reason, self.established, code)
 
-    async def _on_secure(
-        self, event: Established | Record | Refused, scope: trio.CancelScope
-    ) -> None:
+    async def _on_secure(self, event: Established | Record | Refused) -> None:
         if isinstance(event, Refused):
             await self._send_alert()
             raise _Stop(self._end(EndKind.REFUSED, event.reason, int(event.code)))
         if isinstance(event, Established):
             self.established = True
-            scope.deadline = math.inf  # the handshake timeout no longer applies
             self.session.connection_up(trio.current_time())
             self.ep._connected(event)
             self.wake()
@@ -203,11 +260,12 @@ async def run_one(
     endpoint: SessionEndpoint,
     stream: trio.abc.Stream,
     channel: SecureChannel,
+    sealed: Sealed,
     *,
-    handshake_timeout: float,
     liveness: Liveness | None = None,
 ) -> ConnectionEnd:
-    """Carry the endpoint's session over ``stream`` until the connection ends.
+    """Carry the endpoint's session over ``stream``, sealed by ``authenticate``, until
+    the connection ends.
 
     Cancellation from outside propagates (after ``connection_down``); the caller closes
     the stream.
@@ -215,29 +273,25 @@ async def run_one(
     conn = _Connection(endpoint, stream, channel, liveness)
     endpoint._set_writer(conn.wake)
     end: ConnectionEnd | None = None
-    handshake = trio.CancelScope(deadline=trio.current_time() + handshake_timeout)
     try:
-        with handshake:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_writer_guard, conn, nursery.cancel_scope)
-                end = await conn.reader(handshake)
-                nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_writer_guard, conn, nursery.cancel_scope)
+            end = await conn.reader(sealed)
+            nursery.cancel_scope.cancel()
     finally:
         endpoint._set_writer(None)
         if conn.established:
             conn.session.connection_down()
     if end is not None:
         return end
-    if conn.writer_error is not None:
-        return conn._end(EndKind.STREAM_ERROR, conn.writer_error)
-    return conn._end(EndKind.TIMEOUT, f"no handshake within {handshake_timeout:g}s")
+    return conn._end(EndKind.STREAM_ERROR, conn.writer_error or "the writer stopped")
 
 
 async def _writer_guard(conn: _Connection, cancel: trio.CancelScope) -> None:
     """The writer; a stream error while writing ends the connection like one on reading."""
     try:
         await conn.writer()
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+    except _STREAM_ERRORS as e:
         conn.writer_error = f"{type(e).__name__}: {e}"
         if not conn.stopping:  # else the reader is ending already, with the real reason
             cancel.cancel()

@@ -58,6 +58,6 @@ async def test_session_metrics_after_execs(tmp_path: Path) -> None:
             while _value(s, "vspc_session_refusals_total", code="auth") < 1:
                 s = await _scrape(d)  # a real round trip each time: the daemon records it
         assert _value(s, "vspc_session_connections_total", event="refused") == 1
-        # the refused connection replaced the good one, which ended as replaced
-        assert _value(s, "vspc_session_connections_total", event="replaced") == 1
-        assert _value(s, "vspc_sessions_connected") == 0
+        # the refused connection never took the session from the good one
+        assert _value(s, "vspc_session_connections_total", event="replaced") == 0
+        assert _value(s, "vspc_sessions_connected") == 1

@@ -3,6 +3,7 @@ cut a connection after N bytes (mid-frame included), flip a byte, or prefix junk
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -329,22 +330,30 @@ async def test_no_secret_sends_nothing() -> None:
     assert await theirs.receive_some() == b""  # closed, nothing written
 
 
-async def test_a_newer_connection_replaces_the_running_one() -> None:
-    ep = tether()
-    first, _keep = trio.testing.memory_stream_pair()
-    second, _keep2 = trio.testing.memory_stream_pair()
+async def test_a_newer_connection_replaces_the_running_one_once_it_authenticates() -> None:
+    """The appliance's live connection stays while a newer stream sends junk, a wrong
+    secret or nothing; a newer one that proves the secret takes over (REPLACED)."""
+    ep, peer, wrong = appliance(), tether(), tether([b"w" * 32])
     ends: list[ConnectionEnd] = []
     with trio.fail_after(T):
         async with trio.open_nursery() as n:
 
-            async def run(s: trio.abc.Stream) -> None:
-                ends.append(await ep.run_connection(s, handshake_timeout=T))
+            async def run(other: SessionEndpoint) -> None:
+                mine, theirs = trio.testing.memory_stream_pair()
+                n.start_soon(functools.partial(other.run_connection, theirs, handshake_timeout=T))
+                ends.append(await ep.run_connection(mine, handshake_timeout=T))
 
-            n.start_soon(run, first)
-            await trio.testing.wait_all_tasks_blocked()
-            n.start_soon(run, second)
-            await trio.testing.wait_all_tasks_blocked()
-            assert [e.kind for e in ends] == [EndKind.REPLACED]
+            n.start_soon(run, peer)
+            while not ep.live:
+                await ep.wait_changed()
+            await run(wrong)  # refused on its own; the live connection never noticed
+            silent, _keep = trio.testing.memory_stream_pair()
+            ends.append(await ep.run_connection(silent, handshake_timeout=0.5))
+            assert [e.kind for e in ends] == [EndKind.REFUSED, EndKind.TIMEOUT] and ep.live
+            n.start_soon(run, peer)  # the same tether on a new path: replaces the live one
+            while len(ends) < 3:
+                await ep.wait_changed()
+            assert ends[2].kind is EndKind.REPLACED and ends[2].established
             n.cancel_scope.cancel()
 
 
