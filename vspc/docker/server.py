@@ -110,7 +110,7 @@ class DockerServer:
         ctx = _tls_context(self.config)
         listeners: list[tuple[trio.abc.Listener[Any], ssl.SSLContext | None]] = []
         async with trio.open_nursery() as conns:
-            self._conns = conns
+            self._conns = self.api.execs.nursery = conns  # detached execs run there too
             try:
                 await self._open(listeners, ctx)
                 with self._accepting:
