@@ -7,7 +7,10 @@ output goes back raw with a tty or in docker's multiplexed frames without one.
 The exit code is recorded before the connection closes, so the client's
 inspect after the stream ends sees it. A detached start (``docker exec -d``)
 answers 200 at once and runs the process in ``nursery`` (the server's) with
-nothing attached; its exit code then shows in the exec's inspect. A client
+nothing attached; its exit code then shows in the exec's inspect. A tty exec
+created without a size (docker 20.10's API 1.41 has no ``ConsoleSize``; its
+client resizes right after the start) waits up to ``FIRST_SIZE_WAIT`` for that
+first resize and starts its pty at that size, so the process sees it at once. A client
 that hangs up (``hangup``) ends the exec: its channel closes and the tether ends the process.
 """
 
@@ -34,6 +37,7 @@ log = logging.getLogger("vspc.docker")
 MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
 RAW = "application/vnd.docker.raw-stream"
 NOT_FOUND_EXIT = 127
+FIRST_SIZE_WAIT = 1.0  # seconds a tty exec without a size waits for the client's first
 
 
 class Execs:
@@ -88,6 +92,9 @@ class Execs:
         self._resize[inst.id] = send
         try:
             size = start.size if start.size != (0, 0) else inst.config.size
+            if tty and size == (0, 0):  # docker 20.10: no ConsoleSize, a resize just after
+                with trio.move_on_after(FIRST_SIZE_WAIT):
+                    size = await sizes.receive()
             codes: list[int] = []
 
             async def run() -> None:
