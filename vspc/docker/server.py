@@ -29,6 +29,7 @@ from common.io.listen import listening
 from common.io.unixlisten import open_unix_listener
 from common.ops.config import ConfigError
 from vspc.docker.containers import Containers
+from vspc.docker.hangup import tcp_keepalive
 from vspc.docker.http import HttpConnection, Limits
 from vspc.docker.verbs import DockerApi
 from vspc.docker_config import DockerConfig
@@ -193,6 +194,7 @@ class DockerServer:
         self._count(+1)
         try:
             peer = _peer(stream)
+            tcp_keepalive(stream, self.config.keepalive)  # a vanished TCP client times out
             if ctx is not None:
                 stream = trio.SSLStream(stream, ctx, server_side=True)
             conn = HttpConnection(
