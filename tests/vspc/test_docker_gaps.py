@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from common.proto.session import channels as chs
 from tests.vspc.docker_rig import STEP, Fifo, Rig, docker_rig, needs_docker
 
 pytestmark = [pytest.mark.trio, needs_docker]
@@ -96,3 +97,41 @@ async def test_exec_detached_then_its_exit_code(tmp_path: Path) -> None:
                 await trio.sleep(0.02)  # docker's own client polls exec inspect too
         assert seen["ExitCode"] == 5, seen
         await fifo.aclose()
+
+
+async def test_tty_exec_without_a_size_starts_at_the_first_resize(tmp_path: Path) -> None:
+    """docker 20.10 (API 1.41) creates an exec with no ConsoleSize and resizes it just
+    after the start: the process starts on a pty of that size, not 0x0."""
+    async with docker_rig(tmp_path) as rig:
+        vm = await rig.vm("web", ["sleep", "100000"])
+        sizes: list[tuple[int, int]] = []
+        on = vm.tether._on
+
+        def spy(ev: chs.Event) -> None:
+            if isinstance(ev, chs.ExecRequested):
+                sizes.append((ev.spec.rows, ev.spec.cols))
+            on(ev)
+
+        vm.tether._on = spy  # type: ignore[method-assign]
+        body = {"Cmd": ["stty", "size"], "Tty": True, "AttachStdout": True}
+        status, made = await _api(rig, "POST", "/v1.41/containers/web/exec", body)
+        assert status == 201 and isinstance(made, dict), made
+        xid = made["Id"]
+        s = await trio.open_unix_socket(str(rig.sock))
+        start = json.dumps({"Tty": True}).encode()
+        await s.send_all(
+            f"POST /v1.41/exec/{xid}/start HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\n"
+            f"Upgrade: tcp\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(start)}\r\n\r\n".encode()
+            + start
+        )
+        seen = bytearray()
+        with trio.fail_after(STEP):
+            while b"\r\n\r\n" not in seen:
+                seen += await s.receive_some(65536)
+            resized = await _api(rig, "POST", f"/v1.41/exec/{xid}/resize?h=33&w=77")
+            assert resized[0] == 200, resized
+            while data := await s.receive_some(65536):
+                seen += data
+        assert sizes == [(33, 77)], sizes
+        assert seen.endswith(b"33 77\r\n"), seen
