@@ -5,6 +5,8 @@ enabled = true
 socket = "/run/vic/docker.sock"     # DOCKER_HOST=unix:///run/vic/docker.sock
 socket-mode = 0o660
 socket-group = "docker"
+keepalive = 10.0                    # TCP: a vanished client is dropped ~20 s later
+# SIGHUP applies changes (vspc.docker.reload) but `enabled`; live connections carry on
 
 [docker.tcp]                        # optional; off loopback only with TLS
 host = "10.0.0.5"
