@@ -4,6 +4,8 @@ what docker's own daemon gives (:mod:`vic.lab.docker_scenario`)."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import time
 from pathlib import Path
@@ -112,10 +114,11 @@ async def check_exec_stdin(dk: Docker, d: Path) -> SessionCheck:
 
 
 async def check_exec_env(dk: Docker, d: Path) -> SessionCheck:
+    user = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
     script = 'echo "$A $PWD $(id -un)"'
-    r = await dk.run("exec", "-e", "A=b", "-w", "/tmp", "-u", "nobody", V1, "sh", "-c", script)
-    ok = (r.returncode, r.stdout) == (0, b"b /tmp nobody\n")
-    return SessionCheck("exec -e A=b -w /tmp -u nobody", seen_of(r), ok, V1)
+    r = await dk.run("exec", "-e", "A=b", "-w", "/tmp", "-u", user, V1, "sh", "-c", script)
+    ok = (r.returncode, r.stdout) == (0, f"b /tmp {user}\n".encode())
+    return SessionCheck(f"exec -e A=b -w /tmp -u {user}", seen_of(r), ok, V1)
 
 
 async def check_attach_exit(dk: Docker, d: Path) -> SessionCheck:

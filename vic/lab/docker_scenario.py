@@ -33,7 +33,13 @@ from vic.lab.session_checks import SessionCheck, agent_toml
 from vic.lab.sessions_scenario import Relay
 from vspc.docker.server import DockerServer
 from vspc.docker_config import DockerConfig
-from vspc.guestinfo_watch import FileStoreWatcher, configure_session, go_ahead, wait_for_started
+from vspc.guestinfo_watch import (
+    FileStoreWatcher,
+    SessionStartFailed,
+    configure_session,
+    go_ahead,
+    wait_for_started,
+)
 from vspc.service import VspcService
 
 
@@ -87,16 +93,21 @@ async def _with_vms(dk: Docker, service: VspcService, workdir: Path, d: Path) ->
     relay = DockerRelay(workdir, d, list(configs))
     agents: list[trio.Process] = []
     try:
-        for vm, cfg in configs.items():
-            await service.sessions.prepare(vm)
-            await configure_session(watcher, vm, cfg)
-        await relay.start()
-        for vm in configs:
-            agents.append(await start_agent(agent_toml(d, vm, d / f"{vm}.sock", gi_dir)))
-        for vm, cfg in configs.items():
-            await go_ahead(watcher, vm, cfg.id)
-        for vm, cfg in configs.items():
-            await wait_for_started(watcher, vm, cfg.id, STEP_TIMEOUT)
+        try:
+            for vm, cfg in configs.items():
+                await service.sessions.prepare(vm)
+                await configure_session(watcher, vm, cfg)
+            await relay.start()
+            for vm in configs:
+                agents.append(await start_agent(agent_toml(d, vm, d / f"{vm}.sock", gi_dir)))
+            for vm, cfg in configs.items():
+                await go_ahead(watcher, vm, cfg.id)
+            for vm, cfg in configs.items():
+                await wait_for_started(watcher, vm, cfg.id, STEP_TIMEOUT)
+            await dk.logged(V1, b"three\n")
+        except (trio.TooSlowError, OSError, SessionStartFailed) as e:  # the lab fails, says why
+            why = f"failed: {type(e).__name__} {e}"
+            return [SessionCheck("start the tethered VMs behind relay esx-d", why, False, V1)]
         return await _checks(dk, d)
     finally:
         for proc in agents:
@@ -108,7 +119,6 @@ Check = Callable[[Docker, Path], Awaitable[SessionCheck]]
 
 
 async def _checks(dk: Docker, d: Path) -> list[SessionCheck]:
-    await dk.logged(V1, b"three\n")
     steps: list[Check] = [
         dc.check_ps,
         dc.check_inspect,
@@ -130,7 +140,7 @@ async def _checks(dk: Docker, d: Path) -> list[SessionCheck]:
     for step in steps:
         try:
             out.append(await step(dk, d))
-        except (trio.TooSlowError, EOFError, OSError, ValueError, KeyError) as e:
+        except (trio.TooSlowError, EOFError, OSError, ValueError, KeyError, AssertionError) as e:
             name = getattr(step, "__name__", "check").removeprefix("check_")
             out.append(SessionCheck(name, f"failed: {type(e).__name__} {e}", False, V1))
     return out
