@@ -5,6 +5,7 @@ across the reload, its input and output intact."""
 from __future__ import annotations
 
 import logging
+import os
 import stat
 import subprocess
 from dataclasses import replace
@@ -54,9 +55,11 @@ async def test_mode_and_max_clients_apply_with_a_live_exec(tmp_path: Path) -> No
         proc, seen = await _cat(rig), bytearray()
         with trio.fail_after(STEP):
             await _line(proc, b"before\n", seen)
-            cfg = await _reload(rig, socket_mode=0o600, max_clients=7, keepalive=5.0)
+            group = str(os.getgid() if os.geteuid() else 65534)  # root may give it away
+            cfg = await _reload(rig, socket_mode=0o600, socket_group=group, max_clients=7)
             assert (cfg.socket_mode, cfg.max_clients, docker.config.max_clients) == (0o600, 7, 7)
-            assert stat.S_IMODE(rig.sock.stat().st_mode) == 0o600
+            st = rig.sock.stat()
+            assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o600, int(group))
             await _line(proc, b"after\n", seen)  # the hijacked exec carried on
             ps = await rig.docker("ps", "--format", "{{.Names}}")
             assert ps.out == b"web\n", ps

@@ -20,6 +20,7 @@ returns the config in force.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import replace
@@ -74,7 +75,8 @@ async def _unix(server: DockerServer, old: DockerConfig, new: DockerConfig) -> D
             os.chown(new.socket, *new.owner_ids())
         except OSError as e:
             log.error("reload: docker.socket %s: %s; keeping its mode and owner", new.socket, e)
-            os.chmod(new.socket, old.socket_mode)
+            with contextlib.suppress(OSError):
+                os.chmod(new.socket, old.socket_mode)
             return _keep_unix(new, old)
         return new
     if new.socket is not None:
