@@ -141,6 +141,7 @@ class DockerServer:
                 self._accepts = None
                 for served in self.listeners:
                     await trio.aclose_forcefully(served.listener)
+                self.listeners.clear()
                 for lst, _ in listeners:  # any opened before a failure
                     await trio.aclose_forcefully(lst)
                 self._closed.set()
