@@ -5,6 +5,8 @@ enabled = true
 socket = "/run/vic/docker.sock"     # DOCKER_HOST=unix:///run/vic/docker.sock
 socket-mode = 0o660
 socket-group = "docker"
+keepalive = 10.0                    # TCP: a vanished client is dropped ~20 s later
+# SIGHUP applies changes (vspc.docker.reload) but `enabled`; live connections carry on
 
 [docker.tcp]                        # optional; off loopback only with TLS
 host = "10.0.0.5"
@@ -67,7 +69,9 @@ class DockerConfig:
     user and group (names or numbers; empty: the daemon's). ``tcp``: optional
     TCP (``DockerTcpConfig``). ``max-clients``: connections at once (more are
     closed at accept); ``max-header-bytes``: a request's line and headers;
-    ``request-timeout``: seconds to send a request's head."""
+    ``request-timeout``: seconds to send a request's head; ``keepalive``: seconds
+    of silence on a TCP connection before probing it (a client that vanished is
+    dropped about ``keepalive * 2`` seconds later, hijacked or not)."""
 
     enabled: bool = False
     socket: Path | None = DEFAULT_DOCKER_SOCKET
@@ -78,6 +82,7 @@ class DockerConfig:
     max_clients: int = 256
     max_header_bytes: int = 65536
     request_timeout: float = 30.0
+    keepalive: float = 10.0
 
     def validate(self) -> None:
         require(0 <= self.socket_mode <= 0o777, "socket-mode", "must be a file mode like 0o660")
@@ -86,6 +91,7 @@ class DockerConfig:
             1024 <= self.max_header_bytes <= 1 << 20, "max-header-bytes", "must be 1024..1048576"
         )
         require(self.request_timeout > 0, "request-timeout", "must be positive")
+        require(1 <= self.keepalive <= 7200, "keepalive", "must be 1..7200 seconds")
         if self.socket_owner:
             require(_uid(self.socket_owner) is not None, "socket-owner", "no such user")
         if self.socket_group:

@@ -208,7 +208,10 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
         self._allowed = config.listen.source_networks()
         if config.vmotion.buffer_bytes != old.vmotion.buffer_bytes:
             log.warning("reload: vmotion.buffer-bytes changes only at restart")
-        if config.docker != old.docker:
+        if config.docker != old.docker and self.docker is not None and not self._draining:
+            config = replace(config, docker=await self.docker.reconfigure(config.docker))
+            self.config = config  # what is in force (a listener that failed: the old)
+        elif config.docker != old.docker:
             log.warning("reload: [docker] changes only at restart")
         self._deadline_changed.set()
         await self.consoles.reconfigure(config.console)

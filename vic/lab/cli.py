@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from vspc.endpoint import Endpoint
     from vspc.service import VspcService
 
-SCENARIOS = ("vspc", "relay", "mesh", "agent", "sessions")  # sessions: ~5 s more
+SCENARIOS = ("vspc", "relay", "mesh", "agent", "sessions", "docker")  # sessions: ~5 s more
 OPTIONAL = ("realvm",)  # not in "all": boots a VM under QEMU (about a minute)
 
 
@@ -121,6 +121,8 @@ async def main(workdir: Path, args: argparse.Namespace) -> bool:
             all_ok &= await _agent(service, endpoint, workdir, args)
         if "sessions" in selected:
             all_ok &= await _sessions(service, endpoint, workdir)
+        if "docker" in selected:
+            all_ok &= await _docker(service, workdir)
         if "realvm" in selected:
             all_ok &= await _realvm(service, workdir)
         _print_metrics(service)
@@ -147,6 +149,19 @@ async def _sessions(service: VspcService, endpoint: Endpoint, workdir: Path) -> 
 
     checks = await sessions_scenario.run(service, workdir, endpoint)
     title = "A tethered VM: vic console exec / logs, an exec across a relay restart, a vMotion"
+    print(sessions_scenario.render(title, checks))
+    return all(c.ok for c in checks)
+
+
+async def _docker(service: VspcService, workdir: Path) -> bool:
+    from vic.lab import docker_scenario, sessions_scenario
+
+    title = "The docker client against the appliance's Docker endpoint (tethered VMs)"
+    why = docker_scenario.unavailable()
+    if why:
+        print(f"== {title}: skipped: {why}")
+        return True
+    checks = await docker_scenario.run(service, workdir)
     print(sessions_scenario.render(title, checks))
     return all(c.ok for c in checks)
 

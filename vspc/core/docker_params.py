@@ -6,7 +6,7 @@
   ``DockerError(400)``. ``Filters.match`` applies them (values of one key OR,
   keys AND) to what the endpoint knows of a container.
 * ``LogsQuery.from_route``: ``docker logs`` parameters (``tail``, ``since``,
-  ``follow``, ``timestamps``, ``stdout``, ``stderr``).
+  ``follow``, ``timestamps``, ``stdout``, ``stderr``, ``until``).
 * ``parse_signal``: ``SIGKILL``, ``KILL``, ``kill`` or ``9``.
 """
 
@@ -177,6 +177,7 @@ class LogsQuery:
     timestamps: bool
     stdout: bool
     stderr: bool
+    until: float | None = None  # only lines logged at or before it (and follow ends then)
 
     @classmethod
     def from_route(cls, r: Route) -> LogsQuery:
@@ -187,9 +188,10 @@ class LogsQuery:
             timestamps=query_bool(r, "timestamps"),
             stdout=query_bool(r, "stdout"),
             stderr=query_bool(r, "stderr"),
+            until=parse_since(r.arg("until")),
         )
         if not (q.stdout or q.stderr):
             raise DockerError(400, "Bad parameters: you must choose at least one stream")
-        if parse_since(r.arg("until")) is not None:
-            raise DockerError(400, "logs --until is not supported by this endpoint")
+        if q.until is not None and q.since is not None and q.until < q.since:
+            raise DockerError(400, "until is before since: no line can match")
         return q

@@ -5,8 +5,13 @@ Start hijacks the connection (``Responder.hijack``): the client's bytes are the
 process's stdin (with ``AttachStdin``; the client's half-close is its EOF), its
 output goes back raw with a tty or in docker's multiplexed frames without one.
 The exit code is recorded before the connection closes, so the client's
-inspect after the stream ends sees it. A client that hangs up (``hangup``)
-ends the exec: its channel closes and the tether ends the process.
+inspect after the stream ends sees it. A detached start (``docker exec -d``)
+answers 200 at once and runs the process in ``nursery`` (the server's) with
+nothing attached; its exit code then shows in the exec's inspect. A tty exec
+created without a size (docker 20.10's API 1.41 has no ``ConsoleSize``; its
+client resizes right after the start) waits up to ``FIRST_SIZE_WAIT`` for that
+first resize and starts its pty at that size, so the process sees it at once. A client
+that hangs up (``hangup``) ends the exec: its channel closes and the tether ends the process.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ log = logging.getLogger("vspc.docker")
 MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
 RAW = "application/vnd.docker.raw-stream"
 NOT_FOUND_EXIT = 127
+FIRST_SIZE_WAIT = 1.0  # seconds a tty exec without a size waits for the client's first
 
 
 class Execs:
@@ -39,6 +45,7 @@ class Execs:
         self.containers = containers
         self.table = ExecTable()
         self._resize: dict[str, trio.MemorySendChannel[tuple[int, int]]] = {}
+        self.nursery: trio.Nursery | None = None  # where detached execs run (the server's)
 
     def _api(self) -> SessionsApi:
         if self.containers.api is None:
@@ -74,9 +81,10 @@ class Execs:
         inst = self.table.get(r.ref)
         if inst.started:
             raise DockerError(409, f"exec {inst.id[:12]} has already been started")
-        if start.detach:
-            raise DockerError(501, "detached exec is not served by this endpoint")
         api = self._api()
+        if start.detach:
+            await self._detached(api, inst, start, resp)
+            return
         inst.started = inst.running = True
         tty = inst.config.tty or start.tty
         stream, leftover = await resp.hijack(RAW if tty else MULTIPLEXED)
@@ -84,6 +92,9 @@ class Execs:
         self._resize[inst.id] = send
         try:
             size = start.size if start.size != (0, 0) else inst.config.size
+            if tty and size == (0, 0):  # docker 20.10: no ConsoleSize, a resize just after
+                with trio.move_on_after(FIRST_SIZE_WAIT):
+                    size = await sizes.receive()
             codes: list[int] = []
 
             async def run() -> None:
@@ -98,6 +109,36 @@ class Execs:
             inst.running = False
             self._resize.pop(inst.id, None)
             await trio.aclose_forcefully(stream)
+
+    async def _detached(
+        self, api: SessionsApi, inst: ExecInstance, start: StartConfig, resp: Responder
+    ) -> None:
+        """``docker exec -d``: started in the background, no stream attached; its
+        exit code is then in the exec's inspect."""
+        if self.nursery is None:
+            raise DockerError(503, "the endpoint is not serving detached execs now")
+        inst.started = inst.running = True
+        size = start.size if start.size != (0, 0) else inst.config.size
+        self.nursery.start_soon(self._background, api, inst, inst.config.tty or start.tty, size)
+        await resp.send(200)
+
+    async def _background(
+        self, api: SessionsApi, inst: ExecInstance, tty: bool, size: tuple[int, int]
+    ) -> None:
+        c = inst.config
+        try:
+            status = await api.exec(
+                inst.vm, list(c.cmd), tty=tty, env=c.env, cwd=c.cwd, user=c.user, size=size
+            )
+            inst.exit_code = 128 + status.signal if status.signal else (status.code or 0)
+        except (ExecRefused, NoSession) as e:
+            log.info("docker exec -d in %s: %s", wire(inst.vm), wire(str(e), 200))
+            inst.exit_code = NOT_FOUND_EXIT
+        except Exception:  # never the server's other connections
+            log.exception("docker exec -d in %s failed", wire(inst.vm))
+            inst.exit_code = shapes.UNKNOWN_EXIT
+        finally:
+            inst.running = False
 
     async def _run(
         self,

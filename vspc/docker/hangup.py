@@ -7,8 +7,16 @@ writes nothing. Linux reports ``EPOLLHUP`` on a Unix socket once both
 directions are shut (the peer closed it), never for a half-close: a private
 epoll set holding only the socket, with no events asked (HUP and ERR always
 come), is readable exactly then. ``until_hangup(stream, fn)`` runs ``fn`` and
-cancels it when that happens. A stream without a socket (or a TCP peer, whose
-close is a FIN like a half-close) is noticed at the next write only.
+cancels it when that happens.
+
+On TCP (and TLS over it) a peer's close is a FIN like a half-close, but a
+connection that is reset or times out is shut both ways: ``EPOLLHUP`` then too.
+``tcp_keepalive(stream, idle)`` (set by the server on each accepted TCP
+connection) makes a peer that vanished (its host gone, the wire cut, a NAT that
+forgot it) time out while the process writes nothing: a probe after ``idle``
+seconds of silence, then every ``idle / 3`` (at least 1 s), dead after 3 unanswered;
+``TCP_USER_TIMEOUT`` bounds data left unacknowledged the same way. A stream
+without a socket is noticed at the next write only.
 """
 
 from __future__ import annotations
@@ -26,10 +34,33 @@ def _socket_of(stream: trio.abc.Stream) -> Any:
     return getattr(inner, "socket", None)
 
 
-async def wait_hangup(stream: trio.abc.Stream) -> None:
-    """Return once the peer of a Unix socket stream closed it (see the module doc)."""
+HANGUP_FAMILIES = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
+KEEPALIVE_PROBES = 3
+
+
+def tcp_keepalive(stream: trio.abc.Stream, idle: float) -> None:
+    """Keepalive probes on a TCP stream's socket (see the module doc); others untouched."""
     sock = _socket_of(stream)
-    if sock is None or sock.family != socket.AF_UNIX:
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    idle_s = max(1, int(idle))
+    interval = max(1, idle_s // 3)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+        user_timeout_ms = (idle_s + interval * KEEPALIVE_PROBES) * 1000
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms)
+    except OSError:
+        pass  # the connection is already gone: the first read or write says so
+
+
+async def wait_hangup(stream: trio.abc.Stream) -> None:
+    """Return once the peer closed (Unix) or the connection died (TCP); see the
+    module doc."""
+    sock = _socket_of(stream)
+    if sock is None or sock.family not in HANGUP_FAMILIES:
         await trio.sleep_forever()
     with select.epoll() as ep:
         ep.register(sock.fileno(), 0)

@@ -18,6 +18,7 @@ import os
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from common.io import tlsctx
 from common.io.listen import listening
-from common.io.unixlisten import open_unix_listener
+from common.io.unixlisten import UnixListener, open_unix_listener
 from common.ops.config import ConfigError
 from vspc.docker.containers import Containers
+from vspc.docker.hangup import tcp_keepalive
 from vspc.docker.http import HttpConnection, Limits
 from vspc.docker.verbs import DockerApi
-from vspc.docker_config import DockerConfig
+from vspc.docker_config import DockerConfig, DockerTcpConfig
 from vspc.guestinfo_watch import GuestinfoWatcher
 from vspc.metrics import VspcMetrics
 from vspc.sessions.api import SessionsApi
@@ -77,6 +79,19 @@ def _tls_context(config: DockerConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+@dataclass
+class Served:
+    """A listener being accepted on: with its TLS context and its accept loop's scope."""
+
+    listener: trio.abc.Listener[Any]
+    ctx: ssl.SSLContext | None
+    scope: trio.CancelScope
+
+    @property
+    def unix(self) -> bool:
+        return isinstance(self.listener, UnixListener)
+
+
 class DockerServer:
     def __init__(
         self,
@@ -99,6 +114,8 @@ class DockerServer:
         self.tcp_addresses: list[tuple[str, int]] = []
         self._conns: trio.Nursery | None = None
         self._accepting = trio.CancelScope()
+        self._accepts: trio.Nursery | None = None  # the accept loops' (None: not accepting)
+        self.listeners: list[Served] = []  # accepting now
         self._closed = trio.Event()  # the listeners are closed
         self.clients = 0  # connections open now
         self.clients_changed = trio.Event()  # set (and replaced) as that changes
@@ -110,17 +127,22 @@ class DockerServer:
         ctx = _tls_context(self.config)
         listeners: list[tuple[trio.abc.Listener[Any], ssl.SSLContext | None]] = []
         async with trio.open_nursery() as conns:
-            self._conns = conns
+            self._conns = self.api.execs.nursery = conns  # detached execs run there too
             try:
                 await self._open(listeners, ctx)
                 with self._accepting:
                     async with trio.open_nursery() as nursery:
+                        self._accepts = nursery
                         for lst, lctx in listeners:
-                            nursery.start_soon(self._accept, lst, lctx)
+                            self.start_accepting(lst, lctx)
                         self._log_listening(ctx)
                         task_status.started(self)
             finally:
-                for lst, _ in listeners:
+                self._accepts = None
+                for served in self.listeners:
+                    await trio.aclose_forcefully(served.listener)
+                self.listeners.clear()
+                for lst, _ in listeners:  # any opened before a failure
                     await trio.aclose_forcefully(lst)
                 self._closed.set()
             await trio.sleep_forever()  # the connections carry on until the service ends
@@ -132,13 +154,44 @@ class DockerServer:
     ) -> None:
         cfg = self.config
         if cfg.socket is not None:
-            listeners.append((await self._open_unix(cfg), None))
+            listeners.append((await self.open_unix(cfg), None))
         if cfg.tcp is not None:
-            where = f"{cfg.tcp.host}:{cfg.tcp.port}"
-            with listening("docker.tcp.port", host_key="docker.tcp.host", where=where):
-                tcp = await trio.open_tcp_listeners(cfg.tcp.port, host=cfg.tcp.host)
-            self.tcp_addresses = [lst.socket.getsockname()[:2] for lst in tcp]
-            listeners += [(lst, ctx) for lst in tcp]
+            listeners += [(lst, ctx) for lst in await self.open_tcp(cfg.tcp)]
+
+    async def open_tcp(self, tcp: DockerTcpConfig) -> list[trio.SocketListener]:
+        where = f"{tcp.host}:{tcp.port}"
+        with listening("docker.tcp.port", host_key="docker.tcp.host", where=where):
+            found = await trio.open_tcp_listeners(tcp.port, host=tcp.host)
+        self.tcp_addresses = [lst.socket.getsockname()[:2] for lst in found]
+        return found
+
+    def start_accepting(self, lst: trio.abc.Listener[Any], ctx: ssl.SSLContext | None) -> None:
+        """Accept on ``lst`` (TLS with ``ctx``) until ``stop_accepting``."""
+        assert self._accepts is not None
+        served = Served(lst, ctx, trio.CancelScope())
+        self.listeners.append(served)
+
+        async def loop() -> None:
+            with served.scope:
+                await self._accept(lst, ctx)
+
+        self._accepts.start_soon(loop)
+
+    @property
+    def accepting(self) -> bool:
+        """Listening now (not before ``run`` started, nor after ``stop_listening``)."""
+        return self._accepts is not None
+
+    def stop_accepting(self, served: Served) -> None:
+        """No more accepting on ``served`` (its listener stays open: the caller's)."""
+        served.scope.cancel()
+        self.listeners.remove(served)
+
+    async def reconfigure(self, new: DockerConfig) -> DockerConfig:
+        """SIGHUP: apply ``new`` (``vspc.docker.reload``); what is in force after."""
+        from vspc.docker.reload import reconfigure
+
+        return await reconfigure(self, new)
 
     def _log_listening(self, ctx: ssl.SSLContext | None) -> None:
         where = [f"unix:{self.unix_path}"] if self.unix_path is not None else []
@@ -150,7 +203,7 @@ class DockerServer:
         self._accepting.cancel()
         await self._closed.wait()
 
-    async def _open_unix(self, cfg: DockerConfig) -> trio.abc.Listener[Any]:
+    async def open_unix(self, cfg: DockerConfig) -> trio.abc.Listener[Any]:
         assert cfg.socket is not None
         with listening("docker.socket", where=str(cfg.socket)):
             cfg.socket.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +246,7 @@ class DockerServer:
         self._count(+1)
         try:
             peer = _peer(stream)
+            tcp_keepalive(stream, self.config.keepalive)  # a vanished TCP client times out
             if ctx is not None:
                 stream = trio.SSLStream(stream, ctx, server_side=True)
             conn = HttpConnection(

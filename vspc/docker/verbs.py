@@ -41,6 +41,7 @@ from vspc.docker.attach import Attachments
 from vspc.docker.containers import Containers
 from vspc.docker.execs import Execs
 from vspc.docker.http import BodyTooLarge, Request, Responder
+from vspc.docker.logs import follow_seconds, logs_until
 from vspc.sessions.api import ExecRefused, SessionsApi, Shape
 
 log = logging.getLogger("vspc.docker")
@@ -158,22 +159,33 @@ class DockerApi:
         streams = frozenset(
             s for s, on in ((LogStream.STDOUT, q.stdout), (LogStream.STDERR, q.stderr)) if on
         )
-        chunks = self.api.logs(
-            f.name,
-            tail=q.tail,
-            since=q.since,
-            follow=q.follow,
-            timestamps=q.timestamps,
-            streams=streams,
-            shape=Shape.TEXT if tty else Shape.DOCKER,
-        )
+        shape = Shape.TEXT if tty else Shape.DOCKER
+        if q.until is not None:
+            chunks = logs_until(self.api.service.logs, f.name, q, shape, self.clock())
+        else:
+            chunks = self.api.logs(
+                f.name,
+                tail=q.tail,
+                since=q.since,
+                follow=q.follow,
+                timestamps=q.timestamps,
+                streams=streams,
+                shape=shape,
+            )
         await resp.start(200, RAW if tty else MULTIPLEXED)
+        deadline = trio.current_time() + follow_seconds(q, self.clock)
 
         async def pump() -> None:
             async with aclosing(chunks) as gen:
                 try:
-                    async for chunk in gen:
+                    while True:
+                        with trio.move_on_at(deadline) as cs:  # --until with -f: until then
+                            chunk = await anext(gen)
+                        if cs.cancelled_caught:
+                            return
                         await resp.write(chunk)
+                except StopAsyncIteration:
+                    pass
                 except FollowLagged:
                     log.info("docker logs -f of %s fell behind: ended", wire(f.name))
 
