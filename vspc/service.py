@@ -209,7 +209,9 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
         if config.vmotion.buffer_bytes != old.vmotion.buffer_bytes:
             log.warning("reload: vmotion.buffer-bytes changes only at restart")
         if config.docker != old.docker and self.docker is not None and not self._draining:
-            config = replace(config, docker=await self.docker.reconfigure(config.docker))
+            from vspc.docker.reload import reconfigure  # only where [docker] is on
+
+            config = replace(config, docker=await reconfigure(self.docker, config.docker))
             self.config = config  # what is in force (a listener that failed: the old)
         elif config.docker != old.docker:
             log.warning("reload: [docker] changes only at restart")

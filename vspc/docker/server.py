@@ -187,12 +187,6 @@ class DockerServer:
         served.scope.cancel()
         self.listeners.remove(served)
 
-    async def reconfigure(self, new: DockerConfig) -> DockerConfig:
-        """SIGHUP: apply ``new`` (``vspc.docker.reload``); what is in force after."""
-        from vspc.docker.reload import reconfigure
-
-        return await reconfigure(self, new)
-
     def _log_listening(self, ctx: ssl.SSLContext | None) -> None:
         where = [f"unix:{self.unix_path}"] if self.unix_path is not None else []
         where += [f"tcp:{h}:{p}{' (TLS)' if ctx else ''}" for h, p in self.tcp_addresses]
