@@ -64,6 +64,7 @@ def rows(d: Path) -> list[Row]:
         _agent,
         _session_core,
         _session_exec,
+        _docker_endpoint,
     ):
         out += part(d)
     return out
@@ -331,6 +332,39 @@ def _session_exec(d: Path) -> list[Row]:
             f"{i['kib_per_session']:.1f} KiB",
             "-",
             w,
+        ),
+    ]
+
+
+def _docker_endpoint(d: Path) -> list[Row]:
+    s = load(d, "docker_endpoint")
+    if not s:
+        return []
+    lt, ex, cc = s["logs_tail"], s["exec_cat"], s["concurrent_exec"]
+    de, ce, raw = ex["docker_exec"], ex["console_exec"], ex["raw"]
+    gib = s["history_bytes"] / (1 << 30)
+    return [
+        (
+            f"docker logs --tail 100 with {gib:.1f} GiB of history",
+            f"{lt['median_s']['docker_logs_tail'] * 1e3:.0f} ms (docker ps: "
+            f"{lt['median_s']['docker_ps'] * 1e3:.0f} ms; the HTTP request alone: "
+            f"{lt['median_s']['http_logs_tail'] * 1e3:.0f} ms)",
+            "-",
+            load_of(lt),
+        ),
+        (
+            f"docker exec cat {s['mib']} MiB / vic console exec / raw console",
+            f"{de['MBps']:.0f} / {ce['MBps']:.0f} / {raw['MBps']:.0f} MB/s; CPU s/GiB "
+            f"{de['cpu_s_per_gib_total']:.1f} / {ce['cpu_s_per_gib_total']:.1f} / "
+            f"{raw['cpu_s_per_gib_total']:.1f}",
+            "-",
+            load_of(ex),
+        ),
+        (
+            f"{cc['n']} concurrent docker exec",
+            f"all done in {cc['total_s']:.1f} s, {cc['failed']} failed",
+            "-",
+            load_of(cc),
         ),
     ]
 

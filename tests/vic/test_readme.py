@@ -75,9 +75,22 @@ def test_authenticated_endpoint_sample_loads(tmp_path: Path) -> None:
     assert len(auth) == 1, "README lost its authenticated endpoint sample"
     sessions = [b for b in blocks if b.startswith("[sessions]")]
     assert len(sessions) == 1, "README lost its [sessions] sample"
-    assert loads(VspcConfig, sessions[0]).sessions.replay_limit == 1048576
     for name in ("appliance-vch.crt", "appliance-vch.key", "ca.crt", "vc.password"):
         (tmp_path / name).write_text("x")
+    local = sessions[0].replace("/etc/vic/", f"{tmp_path}/")
+    got = loads(VspcConfig, local).sessions
+    assert got.replay_limit == 1048576 and got.guestinfo == "file"
+    on_vsphere = re.sub(  # the commented [sessions.vsphere] table, switched on
+        r"(?m)^# (?=\[|[a-z-]+ = )", "", local.replace('"file"', '"vsphere"', 1)
+    ).replace("guestinfo-dir", "# guestinfo-dir")
+    assert loads(VspcConfig, on_vsphere).sessions.guestinfo == "vsphere"
+    docker = [b for b in blocks if b.startswith("[docker]")]
+    assert len(docker) == 1, "README lost its [docker] sample"
+    for name in ("docker.pem", "docker.key", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    sample = docker[0].replace("/etc/vic/", f"{tmp_path}/").replace('"docker"', '"root"')
+    d = loads(VspcConfig, sample.replace("/run/vic/", f"{tmp_path}/")).docker
+    assert d.enabled and d.tcp is not None and d.tcp.tls is not None
     sample = auth[0].replace("/etc/vic/", f"{tmp_path}/")
     v = loads(VspcConfig, sample)
     assert v.endpoint.relay_certificates() and v.endpoint.vcenter is not None
