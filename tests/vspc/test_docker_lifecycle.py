@@ -4,6 +4,7 @@ endpoint: ``logs -f`` while the container writes, ``wait``, ``kill [-s]``, ``sto
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import trio
 
 from common.io.guestinfo.filestore import FileStore
 from common.proto import guestinfo as gi
-from tests.vspc.docker_rig import STEP, docker_rig, needs_docker
+from tests.vspc.docker_rig import DOCKER, STEP, docker_rig, needs_docker
 from vspc.guestinfo_watch import FileStoreWatcher
 
 pytestmark = [pytest.mark.trio, needs_docker]
@@ -150,3 +151,36 @@ async def test_kill_through_guestinfo_without_a_session(tmp_path: Path) -> None:
             r = await rig.docker("kill", "-s", "TERM", "gvm")
         assert (r.code, asked) == (0, ["15"]), r
         assert (await rig.docker("wait", "gvm")).out == b"143\n"
+
+
+async def test_attach_no_stdin_keeps_input_away(tmp_path: Path) -> None:
+    """``docker attach --no-stdin``: output and the exit code come back, and what that
+    client has on its stdin never reaches the container; another attach's input does."""
+    main = ["sh", "-c", 'echo ready; read x; echo "got [$x]"; exit 4']
+    async with docker_rig(tmp_path) as rig:
+        await rig.vm("quiet", main, openstdin=True)
+        await rig.logged("quiet", b"ready\n")
+        server = rig.service.docker
+        assert server is not None and DOCKER is not None
+        quiet = await trio.lowlevel.open_process(
+            [DOCKER, "attach", "--no-stdin", "quiet"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=rig.env(),
+        )
+        assert quiet.stdin is not None and quiet.stdout is not None
+        with trio.fail_after(STEP):
+            await quiet.stdin.send_all(b"typed\n")  # must go nowhere
+            while server.clients < 1:  # the --no-stdin attachment is in place
+                await server.clients_changed.wait()
+            other = await rig.docker("attach", "quiet", stdin=b"second\n")
+            out = bytearray()
+            while chunk := await quiet.stdout.receive_some(65536):
+                out += chunk
+            code = await quiet.wait()
+        assert (other.code, other.out) == (4, b"got [second]\n"), other
+        assert bytes(out) == b"got [second]\n"
+        # the endpoint answers this client's wait with 4 too; docker 20.10 (Debian's)
+        # nevertheless exits 0 after --no-stdin, newer clients exit with the code
+        version = (await rig.docker("--version")).out
+        assert code == 4 or version.startswith(b"Docker version 20."), (code, version)
