@@ -10,6 +10,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -108,27 +110,61 @@ def test_vspc_check_without_any_file(tmp_path: Path) -> None:
     assert (r.returncode, r.stdout) == (0, "built-in defaults: ok\n"), r.stderr
 
 
+NOBODY = 65534
+UNPRIVILEGED = [
+    "setpriv",
+    f"--reuid={NOBODY}",
+    f"--regid={NOBODY}",
+    "--clear-groups",
+    "--no-new-privs",
+    "--inh-caps=-all",
+    "--bounding-set=-all",
+]
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A tmp dir another user may enter (pytest's own are root's, mode 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="vic-deploy-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.netns
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root, unshare")
-async def test_vspc_starts_without_any_config(tmp_path: Path) -> None:
-    """In its own network namespace (the built-in ports are fixed): READY=1 on the
-    loopback defaults, the console socket where systemd's RuntimeDirectory says."""
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")),
+    reason="needs root, unshare and setpriv",
+)
+async def test_vspc_starts_without_any_config(open_tmp: Path) -> None:
+    """As the systemd unit runs it: another user, no capabilities, no new privileges,
+    writing only in its runtime, logs and state directories; in its own network
+    namespace (the built-in ports are fixed). READY=1 on the loopback defaults, the
+    console socket where RuntimeDirectory= says, serving ``vic console list``."""
+    tmp = open_tmp
+    for sub in ("run", "log", "lib"):  # what systemd creates and hands over
+        (tmp / sub).mkdir()
+        os.chown(tmp / sub, NOBODY, NOBODY)
     notify = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    await notify.bind(str(tmp_path / "notify"))
-    env = {**vic_env(tmp_path), "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    await notify.bind(str(tmp / "notify"))
+    (tmp / "notify").chmod(0o777)
+    env = {**vic_env(tmp), "NOTIFY_SOCKET": str(tmp / "notify")}
     exe = [str(VIC)] if VIC.exists() else [sys.executable, "-m", "vic.cli"]
     shell = 'ip link set lo up && exec "$@"'
-    argv = ["unshare", "--net", "--", "sh", "-c", shell, "sh", *exe, "vspc"]
-    with (tmp_path / "out.log").open("wb") as out:
+    argv = ["unshare", "--net", "--", "sh", "-c", shell, "sh", *UNPRIVILEGED, *exe, "vspc"]
+    with (tmp / "out.log").open("wb") as out:
         proc = await trio.lowlevel.open_process(argv, env=env, stdout=out, stderr=out, cwd=REPO)
     try:
         with trio.fail_after(30):
             msg = (await notify.recv(4096)).decode()
-        assert "READY=1" in msg, (tmp_path / "out.log").read_text()
+        assert "READY=1" in msg, (tmp / "out.log").read_text()
         assert "STATUS=esx=127.0.0.1:13370 metrics=9470" in msg
-        sock = tmp_path / "run/console.sock"
-        assert sock.is_socket()
-        r = vic(tmp_path, "console", "list", "--socket", str(sock), "--json")
+        sock = tmp / "run/console.sock"
+        assert sock.is_socket() and sock.stat().st_uid == NOBODY
+        assert (tmp / "log/consoles").is_dir()
+        r = vic(tmp, "console", "list", "--socket", str(sock), "--json")
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == "[]"
     finally:
@@ -136,4 +172,4 @@ async def test_vspc_starts_without_any_config(tmp_path: Path) -> None:
         with trio.fail_after(30):
             await proc.wait()
         notify.close()
-    assert proc.returncode == 0, (tmp_path / "out.log").read_text()
+    assert proc.returncode == 0, (tmp / "out.log").read_text()
