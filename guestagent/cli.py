@@ -16,7 +16,7 @@ log = logging.getLogger("guestagent")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", required=True, help="agent TOML file")
+    parser.add_argument("--config", "-c", help="agent TOML file (default /etc/vic/agent.toml)")
     parser.add_argument("--log-level", default=None, help="override [agent] log-level")
 
 
@@ -39,7 +39,7 @@ async def _main(cfg: AgentConfig) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_mod.load(AgentConfig, args.config)
+    cfg = config_mod.load(AgentConfig, config_mod.config_path(args.config, "agent"))
     setup_logging(args.log_level or cfg.agent.log_level)
     return trio.run(_main, cfg)
 

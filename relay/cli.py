@@ -13,7 +13,7 @@ import trio
 
 from common.io.preflight import cert_warnings, probe_hosts
 from common.ops import logs, runtime_tuning
-from common.ops.config import ConfigError
+from common.ops.config import ConfigError, config_path
 from common.ops.daemon import config_error_exit, watch_signals
 from common.ops.excgroups import first_of
 from relay.config import load_config
@@ -23,7 +23,7 @@ log = logging.getLogger("relay")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="relay TOML config file (required to run the daemon)")
+    parser.add_argument("--config", help="relay TOML config file (default /etc/vic/relay.toml)")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
     parser.add_argument("--log-level", default=None, help="override the config's log-level")
     try:
@@ -40,9 +40,8 @@ def run(args: argparse.Namespace) -> int:
         from relay.admin import run_route_cli
 
         return run_route_cli(args)
-    if not args.config:
-        raise ConfigError("config", "--config FILE is required")
-    cfg = load_config(args.config)  # ConfigError -> exit 2, one line (vic.cli)
+    path = config_path(args.config, "relay")  # default /etc/vic/relay.toml
+    cfg = load_config(path)  # ConfigError -> exit 2, one line (vic.cli)
     warnings = cert_warnings(cfg.own_certificates())
     if args.check:
         probe_hosts(cfg.bind_hosts())
@@ -50,13 +49,13 @@ def run(args: argparse.Namespace) -> int:
             cfg.peer.tls.check_loads("peer.tls")
         for w in warnings:
             print(f"vic relay: warning: {w}", file=sys.stderr)
-        print(f"{args.config}: ok ({len(cfg.listeners())} listeners, {len(cfg.egress)} egresses)")
+        print(f"{path}: ok ({len(cfg.listeners())} listeners, {len(cfg.egress)} egresses)")
         return 0
     logs.setup(args.log_level or cfg.log_level)
     for w in warnings:
         log.warning("%s", w)
     runtime_tuning.tune_allocator()
-    daemon = RelayDaemon(cfg, config_path=args.config)
+    daemon = RelayDaemon(cfg, config_path=path)
     try:
         trio.run(_main, daemon)
     except BaseExceptionGroup as eg:

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "relay": ("relay.cli", "run the host-side relay daemon"),
     "certs": ("relay.certs_cli", "manage the cluster CA and peer certificates"),
     "agent": ("guestagent.cli", "run the in-guest tether agent"),
+    "config": ("vic.config_cli", "print example configs and default config paths"),
     "lab": ("vic.lab.cli", "run the local lab: simulated hosts, VMs and appliance"),
 }
 

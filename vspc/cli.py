@@ -23,6 +23,7 @@ from common.ops import excgroups, lifecycle, logs, runtime_tuning
 from common.ops.daemon import watch_signals
 from common.ops.lifecycle import Lifecycle
 from vspc.config import VspcConfig
+from vspc.defaults import load_vspc_config
 
 log = logging.getLogger("vspc")
 
@@ -30,7 +31,9 @@ DRAIN_SECONDS = 10.0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", type=Path, required=True, help="vspc.toml")
+    parser.add_argument(
+        "--config", "-c", type=Path, help="vspc.toml (default /etc/vic/vspc.toml, else built-in)"
+    )
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
     parser.add_argument(
         "--drain-seconds",
@@ -41,14 +44,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = cfgmod.load(VspcConfig, args.config)
+    path, config = load_vspc_config(args.config)
     warnings = cert_warnings(config.own_certificates())
     _check_tls(config)
     if args.check:
         probe_hosts(config.bind_hosts())
         for w in warnings:
             print(f"vic vspc: warning: {w}", file=sys.stderr)
-        print(f"{args.config}: ok")
+        print(f"{path or 'built-in defaults'}: ok")
         return 0
     logs.setup(config.log_level)
     for w in warnings:
@@ -89,7 +92,7 @@ def _status(service: object) -> str:
     return f"STATUS=esx={lc.host}:{service.esx_port} metrics={service.metrics_port or '-'}"
 
 
-async def serve(path: Path, config: VspcConfig, drain_seconds: float) -> None:
+async def serve(path: Path | None, config: VspcConfig, drain_seconds: float) -> None:
     from vspc.endpoint import Endpoint
     from vspc.service import VspcService
 
@@ -104,7 +107,7 @@ async def serve(path: Path, config: VspcConfig, drain_seconds: float) -> None:
         async def reload() -> None:
             with life.reloading(lambda: (_status(service),)):
                 try:
-                    new = cfgmod.load(VspcConfig, path)
+                    new = load_vspc_config(path)[1]
                 except cfgmod.ConfigError as e:
                     log.error("reload refused, keeping the running config: %s", e)
                     return

@@ -208,3 +208,63 @@ class MetricsConfig:
 
     def validate(self) -> None:
         require(0 <= self.port <= 65535, "port", "must be 0..65535")
+
+
+# --- where a daemon finds its file and keeps its state ---------------------------------
+
+#: Overrides ``/etc/vic`` as the directory of the default config files (tests, non-root).
+CONFIG_DIR_ENV = "VIC_CONFIG_DIR"
+DEFAULT_CONFIG_DIR = Path("/etc/vic")
+
+
+def default_config_path(daemon: str) -> Path:
+    """``/etc/vic/<daemon>.toml`` (``$VIC_CONFIG_DIR/<daemon>.toml`` when set): the
+    file ``vic <daemon>`` reads when no ``--config`` is given."""
+    return Path(os.environ.get(CONFIG_DIR_ENV) or DEFAULT_CONFIG_DIR) / f"{daemon}.toml"
+
+
+def config_path(given: str | Path | None, daemon: str) -> Path:
+    """The ``--config`` given, else the daemon's default path."""
+    return Path(given) if given else default_config_path(daemon)
+
+
+def _systemd_dir(var: str) -> Path | None:
+    """The first of systemd's ``$RUNTIME_DIRECTORY``-style lists (colon separated)."""
+    value = os.environ.get(var, "").split(":", 1)[0]
+    return Path(value) if value else None
+
+
+def runtime_dir() -> Path:
+    """Where sockets go without a config: systemd's ``$RUNTIME_DIRECTORY``, else
+    ``/run/vic`` for root, ``$XDG_RUNTIME_DIR/vic`` or ``/tmp/vic-<uid>`` otherwise."""
+    found = _systemd_dir("RUNTIME_DIRECTORY")
+    if found is not None:
+        return found
+    if os.geteuid() == 0:
+        return Path("/run/vic")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(xdg) / "vic" if xdg else Path(f"/tmp/vic-{os.geteuid()}")
+
+
+def logs_dir() -> Path:
+    """Where logs go without a config: systemd's ``$LOGS_DIRECTORY``, else
+    ``/var/log/vic`` for root, ``$XDG_STATE_HOME/vic/log`` (``~/.local/state``) otherwise."""
+    found = _systemd_dir("LOGS_DIRECTORY")
+    if found is not None:
+        return found
+    if os.geteuid() == 0:
+        return Path("/var/log/vic")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "vic" / "log"
+
+
+def state_dir() -> Path:
+    """Where state goes without a config: systemd's ``$STATE_DIRECTORY``, else
+    ``/var/lib/vic`` for root, ``$XDG_STATE_HOME/vic`` (``~/.local/state``) otherwise."""
+    found = _systemd_dir("STATE_DIRECTORY")
+    if found is not None:
+        return found
+    if os.geteuid() == 0:
+        return Path("/var/lib/vic")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "vic"
