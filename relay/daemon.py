@@ -104,6 +104,14 @@ class RelayDaemon:
         """Listener name -> what it bound (address tuple or socket path)."""
         return self._listeners.bound
 
+    def readiness(self) -> str | None:
+        """For ``/readyz``: None once every configured listener is bound and streams are
+        taken (not starting, draining or stopped); otherwise why not."""
+        if not self.life.accepting:
+            return self.life.phase.value
+        missing = set(self.config.listeners()) - set(self._listeners.running)
+        return f"{len(missing)} listener(s) not bound" if missing else None
+
     def active_streams(self) -> int:
         return self.limits.active if self.limits is not None else 0
 
@@ -337,7 +345,11 @@ class RelayDaemon:
         async def serve(*, task_status: Any) -> None:
             with scope:
                 await serve_metrics(
-                    self.metrics.registry, mc.host, mc.port, task_status=task_status
+                    self.metrics.registry,
+                    mc.host,
+                    mc.port,
+                    ready=self.readiness,
+                    task_status=task_status,
                 )
 
         with listening("metrics.port", host_key="metrics.host", where=f"{mc.host}:{mc.port}"):

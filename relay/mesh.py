@@ -56,6 +56,7 @@ from common.proto.link.header import (
 from relay.admin import AdminServer, route_commands
 from relay.core.hybrid import HybridError
 from relay.egress import hybrid_connect
+from relay.metrics_links import PeerLinkCollector
 from relay.pump import pump
 from relay.vsphere_route import follow_appliance
 
@@ -119,6 +120,7 @@ class Mesh:
         self.route_changes = Counter(
             "relay_route_changes", "route changes by cause", ["route", "cause"], registry=r
         )
+        r.register(PeerLinkCollector(self.routers))
 
     # --- lifecycle ----------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Prometheus metrics of the relay, one ``RelayMetrics`` per daemon on its own registry.
 
-Bytes per route and direction are live: a custom collector adds, at scrape time,
+Bytes per listener and direction are live: a custom collector adds, at scrape time,
 the bytes of closed streams to the current ``PumpCounters`` of every live stream,
 so a long-lived console shows its traffic while it runs, at no per-byte cost.
 
@@ -11,11 +11,19 @@ What happened to streams and links:
   (an end reset its connection or aborted the stream) or ``failed`` (the relay
   could not carry it: egress, timeouts, a peer session that failed); delivered
   bytes are those the far end took: acknowledged by the peer relay over a peer
-  link, written to the socket otherwise. ``relay_streams_failed_total{route,reason}``
+  link, written to the socket otherwise. ``relay_streams_failed_total{listener,reason}``
   says why a stream failed.
 * ``relay_link_cuts_total``, ``relay_resumes_total`` (live: resumes of streams
   still running count at once), ``relay_tls_refused_total{reason}``,
   ``relay_headers_refused_total{reason}``: the peer mesh (``LinkEvents``).
+* ``relay_replay_buffer_bytes``: bytes the live streams hold for replay (sent, not yet
+  acknowledged by the far end): what a link cut would resend.
+
+The ``listener`` label is the name of the listener a stream came in on (``[[vspc]]``,
+``[[serial]]``... ``name`` in the config, or ``peer`` for streams from peer relays): a
+bounded set from the config, never a VM name or text from the wire. The peer links'
+own metrics (RTT, reconnects) are in ``relay.metrics_links``; the process, platform
+and ``vic_channel_build_info`` collectors in ``common.ops.metrics_http``.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from common.link.events import LinkEvents
+from common.ops.metrics_http import standard_collectors
 
 TO_APPLIANCE = "to_appliance"  # ingress (VM side) -> egress
 TO_VM = "to_vm"
@@ -45,6 +54,9 @@ class Resumable(Protocol):
     """What common.link.resumable.ResumableStream offers: paths attached (1 = never resumed)."""
 
     attachments: int
+
+    @property
+    def replay_buffered(self) -> int: ...
 
 
 COMPLETED, RESET, FAILED = "completed", "reset", "failed"
@@ -70,22 +82,23 @@ class RelayMetrics(LinkEvents):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry if registry is not None else CollectorRegistry()
         self.registry = r
+        standard_collectors(r)
         self.opened = Counter(
             "relay_streams_opened",
             "streams admitted and connected to their egress",
-            ["route"],
+            ["listener"],
             registry=r,
         )
         self.failed = Counter(
             "relay_streams_failed",
             "streams that ended in an error",
-            ["route", "reason"],
+            ["listener", "reason"],
             registry=r,
         )
         self.refused = Counter(
             "relay_streams_refused",
             "connections refused before relaying",
-            ["route", "reason"],
+            ["listener", "reason"],
             registry=r,
         )
         self.closed_by_mode = Counter(
@@ -175,6 +188,9 @@ class RelayMetrics(LinkEvents):
                 n += c.a_to_b if direction == TO_APPLIANCE else c.b_to_a
         return n
 
+    def replay_bytes(self) -> int:
+        return sum(s.replay_buffered for x in self._live.values() for s in x.resumables)
+
     def resumes_total(self) -> int:
         return self._closed_resumes + sum(_resumes(x.resumables) for x in self._live.values())
 
@@ -203,13 +219,15 @@ class _LiveCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         by_dir, active, modes = self.m.snapshot()
         b = CounterMetricFamily(
-            "relay_bytes", "bytes relayed, live streams included", labels=["route", "direction"]
+            "relay_bytes", "bytes relayed, live streams included", labels=["listener", "direction"]
         )
         for route in sorted(self.m._routes | {r for r, _ in by_dir}):
             for d in (TO_APPLIANCE, TO_VM):
                 b.add_metric([route, d], by_dir.get((route, d), 0))
         yield b
-        a = GaugeMetricFamily("relay_streams_active", "streams being relayed now", labels=["route"])
+        a = GaugeMetricFamily(
+            "relay_streams_active", "streams being relayed now", labels=["listener"]
+        )
         for route, n in sorted(active.items()):
             a.add_metric([route], n)
         yield a
@@ -223,4 +241,9 @@ class _LiveCollector(Collector):
             "relay_resumes",
             "streams resumed on a new path after a link cut or route change",
             value=self.m.resumes_total(),
+        )
+        yield GaugeMetricFamily(
+            "relay_replay_buffer_bytes",
+            "bytes live streams hold for replay (sent, not yet acknowledged)",
+            value=self.m.replay_bytes(),
         )
