@@ -18,6 +18,7 @@ import trio
 
 from common.io.guestinfo.base import BackendError, GuestBackend
 from common.io.guestinfo.filestore import FileStore
+from common.ops.metrics_http import serve_metrics
 from common.ops.wiretext import wire
 from common.proto import guestinfo as gi
 from common.proto.session.messages import ExitStatus as SessionExit
@@ -33,6 +34,7 @@ from guestagent.channels import (
 )
 from guestagent.config import AgentConfig, ConsoleConfig, GuestinfoConfig
 from guestagent.console import ConsoleLink
+from guestagent.metrics import agent_registry
 from guestagent.netwatch import NetWatcher
 from guestagent.publisher import Publisher
 from guestagent.reaper import Child, ExitStatus, Reaper, set_child_subreaper
@@ -113,6 +115,7 @@ class Agent:
         self._console_owner: str | None = None
         self._pending_ids: set[str] = set()
         self.ready = trio.Event()
+        self.metrics_port: int | None = None
 
     def _tether_takes_console(self) -> bool:
         return self.tether is not None and "console" in self.cfg.session.kinds()
@@ -160,6 +163,8 @@ class Agent:
             set_child_subreaper()
         async with trio.open_nursery() as n:
             await n.start(self.reaper.run)
+            if self.cfg.metrics.enabled:
+                self.metrics_port = await n.start(self._serve_metrics)
             if self.console is not None:
                 await n.start(self.console.run)
             if self.tether is not None:
@@ -172,6 +177,24 @@ class Agent:
             if self.cfg.agent.exit_when_done:
                 await self.all_done.wait()
                 n.cancel_scope.cancel()
+
+    async def _serve_metrics(self, *, task_status: Any) -> None:
+        """``[metrics]``: a port that cannot be bound costs the metrics, not the agent
+        (it may be PID 1): one error line, and the agent runs without them."""
+        mc = self.cfg.metrics
+        stats = self.tether.endpoint.stats if self.tether is not None else None
+        registry = agent_registry(self.console, self.publisher, stats)
+        try:
+            await serve_metrics(
+                registry,
+                mc.host,
+                mc.port,
+                ready=lambda: None if self.ready.is_set() else "starting",
+                task_status=task_status,
+            )
+        except OSError as e:
+            log.error("metrics: cannot listen on %s:%s: %s; running without", mc.host, mc.port, e)
+            task_status.started(None)
 
     async def _supervise(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
         delay = 0.1
