@@ -105,12 +105,16 @@ class RelayDaemon:
         return self._listeners.bound
 
     def readiness(self) -> str | None:
-        """For ``/readyz``: None once every configured listener is bound and streams are
-        taken (not starting, draining or stopped); otherwise why not."""
+        """For ``/readyz``: None once every configured listener is bound, streams are
+        taken (not starting, draining or stopped) and no running listener's last egress
+        connect failed (none tried yet: not required); otherwise why not."""
         if not self.life.accepting:
             return self.life.phase.value
         missing = set(self.config.listeners()) - set(self._listeners.running)
-        return f"{len(missing)} listener(s) not bound" if missing else None
+        if missing:
+            return f"{len(missing)} listener(s) not bound"
+        down = [n for n in self._listeners.running if self.metrics.egress_ok.get(n) is False]
+        return f"egress unreachable from {len(down)} listener(s)" if down else None
 
     def active_streams(self) -> int:
         return self.limits.active if self.limits is not None else 0

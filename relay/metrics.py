@@ -16,6 +16,9 @@ What happened to streams and links:
 * ``relay_link_cuts_total``, ``relay_resumes_total`` (live: resumes of streams
   still running count at once), ``relay_tls_refused_total{reason}``,
   ``relay_headers_refused_total{reason}``: the peer mesh (``LinkEvents``).
+* ``relay_egress_reachable{listener}``: 1 if the last egress connect of a stream from
+  that listener worked, 0 if it failed (no series before the first stream); the relay's
+  /readyz says not ready while a running listener's last egress connect failed.
 * ``relay_replay_buffer_bytes``: bytes the live streams hold for replay (sent, not yet
   acknowledged by the far end): what a link cut would resend.
 
@@ -131,6 +134,7 @@ class RelayMetrics(LinkEvents):
             registry=r,
         )
         self._closed_resumes = 0
+        self.egress_ok: dict[str, bool] = {}  # listener -> did its last egress connect work
         self._closed_bytes: dict[tuple[str, str], int] = {}
         self._live: dict[int, _Live] = {}
         self._routes: set[str] = set()
@@ -140,6 +144,10 @@ class RelayMetrics(LinkEvents):
         """Make a route's series exist (at 0) from the start."""
         self._routes.add(route)
         self.opened.labels(route)
+
+    def egress_result(self, listener: str, ok: bool) -> None:
+        """The outcome of a stream's egress connect (``relay_egress_reachable``, /readyz)."""
+        self.egress_ok[listener] = ok
 
     def stream_started(
         self, key: int, route: str, counters: LiveCounters, resumables: tuple[Resumable, ...] = ()
@@ -242,6 +250,14 @@ class _LiveCollector(Collector):
             "streams resumed on a new path after a link cut or route change",
             value=self.m.resumes_total(),
         )
+        e = GaugeMetricFamily(
+            "relay_egress_reachable",
+            "1 if the listener's last egress connect worked, 0 if it failed",
+            labels=["listener"],
+        )
+        for name, ok in sorted(self.m.egress_ok.items()):
+            e.add_metric([name], 1 if ok else 0)
+        yield e
         yield GaugeMetricFamily(
             "relay_replay_buffer_bytes",
             "bytes live streams hold for replay (sent, not yet acknowledged)",

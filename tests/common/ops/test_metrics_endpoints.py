@@ -1,11 +1,13 @@
 """Every daemon's metrics server as an operator scrapes it: real ``vic relay`` and
 ``vic vspc`` processes answer /healthz, /readyz and /metrics with the process and
 platform collectors, ``vic_channel_build_info`` and no ``_created`` series; /readyz
-turns 503 while a relay drains (in-process, a stream held open) and /healthz does not."""
+turns 503 while a relay drains (in-process, a stream held open) or its last egress connect
+failed, and /healthz does not."""
 
 from __future__ import annotations
 
 import platform
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +94,33 @@ def test_readyz_names_the_reason_and_defaults_to_ready() -> None:
     out = respond(r, b"/readyz?verbose", lambda: "starting")
     assert out.startswith(b"HTTP/1.1 503 ")
     assert out.endswith(b"\r\n\r\nnot ready: starting\n")
+
+
+async def test_relay_not_ready_while_its_egress_is_unreachable() -> None:
+    app = Appliance()
+    quick = TimeoutsConfig(connect=0.5, drain=5.0, retry_min=0.01, retry_max=0.05)
+    async with trio.open_nursery() as n:
+        cfg = relay_config(
+            tcp_egress(free_port()),  # nothing listens there
+            tcp=(TcpListener(name="t", vm="vm", port=0),),
+            metrics=MetricsConfig(enabled=True, port=0),
+            timeouts=quick,
+        )
+        d = await start_relay(n, cfg)
+        assert d.metrics_port is not None
+        assert await http_get(d.metrics_port, "/readyz") == (200, "ready\n")  # not tried yet
+        lost = await trio.open_tcp_stream("127.0.0.1", d.bound["t"][1])
+        with trio.fail_after(10):
+            assert await lost.receive_some(1) == b""  # the relay gave up on its egress
+        status, text = await http_get(d.metrics_port, "/readyz")
+        assert (status, text) == (503, "not ready: egress unreachable from 1 listener(s)\n")
+        metrics = (await http_get(d.metrics_port, "/metrics"))[1]
+        assert 'relay_egress_reachable{listener="t"} 0.0' in metrics.splitlines()
+        # The appliance comes up: the next stream gets through and the relay is ready.
+        assert await d.reload(replace(cfg, egress={"default": tcp_egress(await app.serve_tcp(n))}))
+        s = await trio.open_tcp_stream("127.0.0.1", d.bound["t"][1])
+        assert await roundtrip(s, b"y") == b"y"
+        assert await http_get(d.metrics_port, "/readyz") == (200, "ready\n")
+        metrics = (await http_get(d.metrics_port, "/metrics"))[1]
+        assert 'relay_egress_reachable{listener="t"} 1.0' in metrics.splitlines()
+        n.cancel_scope.cancel()
