@@ -12,13 +12,13 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import trio
 
 from common.io.guestinfo.base import BackendError, GuestBackend
 from common.io.guestinfo.filestore import FileStore
-from common.ops.metrics_http import serve_metrics
 from common.ops.wiretext import wire
 from common.proto import guestinfo as gi
 from common.proto.session.messages import ExitStatus as SessionExit
@@ -34,7 +34,6 @@ from guestagent.channels import (
 )
 from guestagent.config import AgentConfig, ConsoleConfig, GuestinfoConfig
 from guestagent.console import ConsoleLink
-from guestagent.metrics import agent_registry
 from guestagent.netwatch import NetWatcher
 from guestagent.publisher import Publisher
 from guestagent.reaper import Child, ExitStatus, Reaper, set_child_subreaper
@@ -179,22 +178,32 @@ class Agent:
                 n.cancel_scope.cancel()
 
     async def _serve_metrics(self, *, task_status: Any) -> None:
-        """``[metrics]``: a port that cannot be bound costs the metrics, not the agent
-        (it may be PID 1): one error line, and the agent runs without them."""
+        """``[metrics]``: a port that cannot be bound (or a server that breaks) costs the
+        metrics, not the agent (it may be PID 1): one error line, the agent runs on."""
+        from common.ops.metrics_http import serve_metrics  # prometheus_client: only if on
+        from guestagent.metrics import agent_registry
+
         mc = self.cfg.metrics
         stats = self.tether.endpoint.stats if self.tether is not None else None
         registry = agent_registry(self.console, self.publisher, stats)
+        bound: list[int] = []
+
+        def started(port: int) -> None:
+            bound.append(port)
+            task_status.started(port)
+
         try:
             await serve_metrics(
                 registry,
                 mc.host,
                 mc.port,
                 ready=lambda: None if self.ready.is_set() else "starting",
-                task_status=task_status,
+                task_status=SimpleNamespace(started=started),
             )
         except OSError as e:
-            log.error("metrics: cannot listen on %s:%s: %s; running without", mc.host, mc.port, e)
-            task_status.started(None)
+            log.error("metrics on %s:%s: %s; running without", mc.host, mc.port, e)
+            if not bound:
+                task_status.started(None)
 
     async def _supervise(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
         delay = 0.1
