@@ -112,6 +112,7 @@ class Mesh:
                 + len(self._forwarders)
             )
         )
+        r.register(PeerLinkCollector(self.routers))  # RTT, reconnects
         self.refused = Counter(
             "relay_peer_streams_refused",
             "streams from peers refused (bad or foreign origin header)",
@@ -120,7 +121,6 @@ class Mesh:
         self.route_changes = Counter(
             "relay_route_changes", "route changes by cause", ["route", "cause"], registry=r
         )
-        r.register(PeerLinkCollector(self.routers))
 
     # --- lifecycle ----------------------------------------------------------------
 
