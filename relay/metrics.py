@@ -67,12 +67,12 @@ OUTCOMES = (COMPLETED, RESET, FAILED)
 
 
 class _Live:
-    __slots__ = ("counters", "resumables", "route")
+    __slots__ = ("counters", "listener", "resumables")
 
     def __init__(
-        self, route: str, counters: LiveCounters, resumables: tuple[Resumable, ...]
+        self, listener: str, counters: LiveCounters, resumables: tuple[Resumable, ...]
     ) -> None:
-        self.route = route
+        self.listener = listener
         self.counters = counters
         self.resumables = resumables
 
@@ -137,23 +137,27 @@ class RelayMetrics(LinkEvents):
         self.egress_ok: dict[str, bool] = {}  # listener -> did its last egress connect work
         self._closed_bytes: dict[tuple[str, str], int] = {}
         self._live: dict[int, _Live] = {}
-        self._routes: set[str] = set()
+        self._listeners: set[str] = set()
         r.register(_LiveCollector(self))
 
-    def add_route(self, route: str) -> None:
-        """Make a route's series exist (at 0) from the start."""
-        self._routes.add(route)
-        self.opened.labels(route)
+    def add_route(self, listener: str) -> None:
+        """Make a listener's series exist (at 0) from the start."""
+        self._listeners.add(listener)
+        self.opened.labels(listener)
 
     def egress_result(self, listener: str, ok: bool) -> None:
         """The outcome of a stream's egress connect (``relay_egress_reachable``, /readyz)."""
         self.egress_ok[listener] = ok
 
     def stream_started(
-        self, key: int, route: str, counters: LiveCounters, resumables: tuple[Resumable, ...] = ()
+        self,
+        key: int,
+        listener: str,
+        counters: LiveCounters,
+        resumables: tuple[Resumable, ...] = (),
     ) -> None:
-        self._live[key] = _Live(route, counters, resumables)
-        self.opened.labels(route).inc()
+        self._live[key] = _Live(listener, counters, resumables)
+        self.opened.labels(listener).inc()
 
     def stream_settled(self, outcome: str, to_appliance: int, to_vm: int) -> None:
         """A stream's final outcome and the bytes its far ends took."""
@@ -172,8 +176,8 @@ class RelayMetrics(LinkEvents):
     def header_refused(self, reason: str) -> None:
         self.header_refusals.labels(reason).inc()
 
-    def add_bytes(self, route: str, direction: str, n: int) -> None:
-        k = (route, direction)
+    def add_bytes(self, listener: str, direction: str, n: int) -> None:
+        k = (listener, direction)
         self._closed_bytes[k] = self._closed_bytes.get(k, 0) + n
 
     def stream_ended(self, key: int) -> None:
@@ -182,16 +186,16 @@ class RelayMetrics(LinkEvents):
             return
         c = live.counters
         self._closed_resumes += _resumes(live.resumables)
-        self.add_bytes(live.route, TO_APPLIANCE, c.a_to_b)
-        self.add_bytes(live.route, TO_VM, c.b_to_a)
+        self.add_bytes(live.listener, TO_APPLIANCE, c.a_to_b)
+        self.add_bytes(live.listener, TO_VM, c.b_to_a)
         self.closed_by_mode.labels("splice" if c.spliced else "copy").inc()
 
     # --- read side (tests and the collector) ---------------------------------
 
-    def bytes_total(self, route: str, direction: str) -> int:
-        n = self._closed_bytes.get((route, direction), 0)
+    def bytes_total(self, listener: str, direction: str) -> int:
+        n = self._closed_bytes.get((listener, direction), 0)
         for live in self._live.values():
-            if live.route == route:
+            if live.listener == listener:
                 c = live.counters
                 n += c.a_to_b if direction == TO_APPLIANCE else c.b_to_a
         return n
@@ -202,20 +206,20 @@ class RelayMetrics(LinkEvents):
     def resumes_total(self) -> int:
         return self._closed_resumes + sum(_resumes(x.resumables) for x in self._live.values())
 
-    def active(self, route: str | None = None) -> int:
-        if route is None:
+    def active(self, listener: str | None = None) -> int:
+        if listener is None:
             return len(self._live)
-        return sum(1 for live in self._live.values() if live.route == route)
+        return sum(1 for live in self._live.values() if live.listener == listener)
 
     def snapshot(self) -> tuple[dict[tuple[str, str], int], dict[str, int], dict[str, int]]:
         by_dir = dict(self._closed_bytes)
-        active: dict[str, int] = dict.fromkeys(self._routes, 0)
+        active: dict[str, int] = dict.fromkeys(self._listeners, 0)
         modes = {"splice": 0, "copy": 0}
         for live in self._live.values():
             c = live.counters
             for d, n in ((TO_APPLIANCE, c.a_to_b), (TO_VM, c.b_to_a)):
-                by_dir[(live.route, d)] = by_dir.get((live.route, d), 0) + n
-            active[live.route] = active.get(live.route, 0) + 1
+                by_dir[(live.listener, d)] = by_dir.get((live.listener, d), 0) + n
+            active[live.listener] = active.get(live.listener, 0) + 1
             modes["splice" if c.spliced else "copy"] += 1
         return by_dir, active, modes
 
@@ -229,15 +233,15 @@ class _LiveCollector(Collector):
         b = CounterMetricFamily(
             "relay_bytes", "bytes relayed, live streams included", labels=["listener", "direction"]
         )
-        for route in sorted(self.m._routes | {r for r, _ in by_dir}):
+        for listener in sorted(self.m._listeners | {r for r, _ in by_dir}):
             for d in (TO_APPLIANCE, TO_VM):
-                b.add_metric([route, d], by_dir.get((route, d), 0))
+                b.add_metric([listener, d], by_dir.get((listener, d), 0))
         yield b
         a = GaugeMetricFamily(
             "relay_streams_active", "streams being relayed now", labels=["listener"]
         )
-        for route, n in sorted(active.items()):
-            a.add_metric([route], n)
+        for listener, n in sorted(active.items()):
+            a.add_metric([listener], n)
         yield a
         p = GaugeMetricFamily(
             "relay_streams_active_by_mode", "live streams by pump mode", labels=["mode"]
