@@ -1,8 +1,8 @@
 """Every daemon's metrics server as an operator scrapes it: real ``vic relay`` and
 ``vic vspc`` processes answer /healthz, /readyz and /metrics with the process and
 platform collectors, ``vic_channel_build_info`` and no ``_created`` series; /readyz
-turns 503 while a relay drains (in-process, a stream held open) or its last egress connect
-failed, and /healthz does not."""
+turns 503 while a relay or a vSPC drains (in-process, a connection held open) or the
+relay's last egress connect failed, and /healthz does not."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ from relay.ingress_config import TcpListener
 from tests.hostile.appliance import vspc_config
 from tests.relay.relayfix import Appliance, relay_config, roundtrip, start_relay, tcp_egress
 from tests.support.daemons import free_port, run_daemon
+from tests.support.waiting import wait_until
+from tests.vspc.conftest import make_config
+from vspc.service import VspcService
 
 
 async def http_get(port: int, path: str) -> tuple[int, str]:
@@ -123,4 +126,21 @@ async def test_relay_not_ready_while_its_egress_is_unreachable() -> None:
         assert await http_get(d.metrics_port, "/readyz") == (200, "ready\n")
         metrics = (await http_get(d.metrics_port, "/metrics"))[1]
         assert 'relay_egress_reachable{listener="t"} 1.0' in metrics.splitlines()
+        n.cancel_scope.cancel()
+
+
+async def test_vspc_not_ready_while_draining_but_healthy(tmp_path: Path) -> None:
+    async with trio.open_nursery() as n:
+        service: VspcService = await n.start(VspcService(make_config(tmp_path)).run)
+        port = service.metrics_port
+        assert port is not None and service.esx_port is not None
+        assert await http_get(port, "/readyz") == (200, "ready\n")
+        held = await trio.open_tcp_stream("127.0.0.1", service.esx_port)  # an ESX connection
+        await wait_until(lambda: service._conns, 10)
+        n.start_soon(service.drain, trio.current_time() + 30)  # waits for the held one
+        await wait_until(lambda: service._draining, 10)
+        assert await http_get(port, "/readyz") == (503, "not ready: draining\n")
+        assert await http_get(port, "/healthz") == (200, "ok\n")
+        await held.aclose()
+        await wait_until(lambda: not service._conns, 10)
         n.cancel_scope.cancel()
