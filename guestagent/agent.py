@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import trio
@@ -113,6 +114,7 @@ class Agent:
         self._console_owner: str | None = None
         self._pending_ids: set[str] = set()
         self.ready = trio.Event()
+        self.metrics_port: int | None = None
 
     def _tether_takes_console(self) -> bool:
         return self.tether is not None and "console" in self.cfg.session.kinds()
@@ -160,6 +162,8 @@ class Agent:
             set_child_subreaper()
         async with trio.open_nursery() as n:
             await n.start(self.reaper.run)
+            if self.cfg.metrics.enabled:
+                self.metrics_port = await n.start(self._serve_metrics)
             if self.console is not None:
                 await n.start(self.console.run)
             if self.tether is not None:
@@ -172,6 +176,34 @@ class Agent:
             if self.cfg.agent.exit_when_done:
                 await self.all_done.wait()
                 n.cancel_scope.cancel()
+
+    async def _serve_metrics(self, *, task_status: Any) -> None:
+        """``[metrics]``: a port that cannot be bound (or a server that breaks) costs the
+        metrics, not the agent (it may be PID 1): one error line, the agent runs on."""
+        from common.ops.metrics_http import serve_metrics  # prometheus_client: only if on
+        from guestagent.metrics import agent_registry
+
+        mc = self.cfg.metrics
+        stats = self.tether.endpoint.stats if self.tether is not None else None
+        registry = agent_registry(self.console, self.publisher, stats)
+        bound: list[int] = []
+
+        def started(port: int) -> None:
+            bound.append(port)
+            task_status.started(port)
+
+        try:
+            await serve_metrics(
+                registry,
+                mc.host,
+                mc.port,
+                ready=lambda: None if self.ready.is_set() else "starting",
+                task_status=SimpleNamespace(started=started),
+            )
+        except OSError as e:
+            log.error("metrics on %s:%s: %s; running without", mc.host, mc.port, e)
+            if not bound:
+                task_status.started(None)
 
     async def _supervise(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
         delay = 0.1

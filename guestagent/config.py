@@ -36,6 +36,11 @@ Example::
     [agent]
     subreaper = true
     exit-when-done = false
+
+    [metrics]                   # the agent's own Prometheus metrics (guestagent.metrics)
+    enabled = false             # off by default: nobody scrapes a guest
+    host = "127.0.0.1"
+    port = 9472
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from common.ops import config as ops_config
 from common.ops.config import ConfigError, require
 
 
@@ -242,12 +248,22 @@ class AgentSection:
 
 
 @dataclass(frozen=True)
+class MetricsConfig(ops_config.MetricsConfig):
+    """``[metrics]`` (guestagent.metrics): off unless asked for, on loopback when on;
+    port 9472, next to the relay's 9471 and the vSPC's 9470."""
+
+    enabled: bool = False
+    port: int = 9472
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     guestinfo: GuestinfoConfig = field(default_factory=GuestinfoConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     agent: AgentSection = field(default_factory=AgentSection)
     session: SessionSection = field(default_factory=SessionSection)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self) -> None:
         if self.session.enabled and "console" in self.session.kinds():

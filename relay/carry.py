@@ -132,6 +132,7 @@ class Carrier:
         failed = ""  # why the relay could not carry the stream ("" = it did)
         try:
             conn = await self._connect(header, egress, route, peer, t)
+            self.metrics.egress_result(route, conn is not None)
             if conn is None:
                 failed = "egress"
                 return

@@ -125,9 +125,10 @@ class TimeoutsConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig(ops_config.MetricsConfig):
-    """``[metrics]``: the shared table with this daemon's default port."""
+    """``[metrics]``: the shared table with this daemon's default port: 9471, next to the
+    vSPC's 9470 (it was 9108, graphite_exporter's, which an appliance may well run)."""
 
-    port: int = 9108
+    port: int = 9471
 
 
 @dataclass(frozen=True)
@@ -289,7 +290,7 @@ retry-max = 10.0
 [metrics]
 enabled = true
 host = "127.0.0.1"
-port = 9108
+port = 9471
 
 [[vspc]]                      # ESX network serial port with vSPC URI telnet://relay:13370
 name = "vspc"

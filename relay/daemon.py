@@ -104,6 +104,18 @@ class RelayDaemon:
         """Listener name -> what it bound (address tuple or socket path)."""
         return self._listeners.bound
 
+    def readiness(self) -> str | None:
+        """For ``/readyz``: None once every configured listener is bound, streams are
+        taken (not starting, draining or stopped) and no running listener's last egress
+        connect failed (none tried yet: not required); otherwise why not."""
+        if not self.life.accepting:
+            return self.life.phase.value
+        missing = set(self.config.listeners()) - set(self._listeners.running)
+        if missing:
+            return f"{len(missing)} listener(s) not bound"
+        down = [n for n in self._listeners.running if self.metrics.egress_ok.get(n) is False]
+        return f"egress unreachable from {len(down)} listener(s)" if down else None
+
     def active_streams(self) -> int:
         return self.limits.active if self.limits is not None else 0
 
@@ -337,7 +349,11 @@ class RelayDaemon:
         async def serve(*, task_status: Any) -> None:
             with scope:
                 await serve_metrics(
-                    self.metrics.registry, mc.host, mc.port, task_status=task_status
+                    self.metrics.registry,
+                    mc.host,
+                    mc.port,
+                    ready=self.readiness,
+                    task_status=task_status,
                 )
 
         with listening("metrics.port", host_key="metrics.host", where=f"{mc.host}:{mc.port}"):

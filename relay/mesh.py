@@ -56,6 +56,7 @@ from common.proto.link.header import (
 from relay.admin import AdminServer, route_commands
 from relay.core.hybrid import HybridError
 from relay.egress import hybrid_connect
+from relay.metrics_links import PeerLinkCollector
 from relay.pump import pump
 from relay.vsphere_route import follow_appliance
 
@@ -111,6 +112,7 @@ class Mesh:
                 + len(self._forwarders)
             )
         )
+        r.register(PeerLinkCollector(self.routers))  # RTT, reconnects
         self.refused = Counter(
             "relay_peer_streams_refused",
             "streams from peers refused (bad or foreign origin header)",

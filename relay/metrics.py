@@ -1,6 +1,6 @@
 """Prometheus metrics of the relay, one ``RelayMetrics`` per daemon on its own registry.
 
-Bytes per route and direction are live: a custom collector adds, at scrape time,
+Bytes per listener and direction are live: a custom collector adds, at scrape time,
 the bytes of closed streams to the current ``PumpCounters`` of every live stream,
 so a long-lived console shows its traffic while it runs, at no per-byte cost.
 
@@ -11,11 +11,22 @@ What happened to streams and links:
   (an end reset its connection or aborted the stream) or ``failed`` (the relay
   could not carry it: egress, timeouts, a peer session that failed); delivered
   bytes are those the far end took: acknowledged by the peer relay over a peer
-  link, written to the socket otherwise. ``relay_streams_failed_total{route,reason}``
+  link, written to the socket otherwise. ``relay_streams_failed_total{listener,reason}``
   says why a stream failed.
 * ``relay_link_cuts_total``, ``relay_resumes_total`` (live: resumes of streams
   still running count at once), ``relay_tls_refused_total{reason}``,
   ``relay_headers_refused_total{reason}``: the peer mesh (``LinkEvents``).
+* ``relay_egress_reachable{listener}``: 1 if the last egress connect of a stream from
+  that listener worked, 0 if it failed (no series before the first stream); the relay's
+  /readyz says not ready while a running listener's last egress connect failed.
+* ``relay_replay_buffer_bytes``: bytes the live streams hold for replay (sent, not yet
+  acknowledged by the far end): what a link cut would resend.
+
+The ``listener`` label is the name of the listener a stream came in on (``[[vspc]]``,
+``[[serial]]``... ``name`` in the config, or ``peer`` for streams from peer relays): a
+bounded set from the config, never a VM name or text from the wire. The peer links'
+own metrics (RTT, reconnects) are in ``relay.metrics_links``; the process, platform
+and ``vic_channel_build_info`` collectors in ``common.ops.metrics_http``.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from common.link.events import LinkEvents
+from common.ops.metrics_http import standard_collectors
 
 TO_APPLIANCE = "to_appliance"  # ingress (VM side) -> egress
 TO_VM = "to_vm"
@@ -46,18 +58,21 @@ class Resumable(Protocol):
 
     attachments: int
 
+    @property
+    def replay_buffered(self) -> int: ...
+
 
 COMPLETED, RESET, FAILED = "completed", "reset", "failed"
 OUTCOMES = (COMPLETED, RESET, FAILED)
 
 
 class _Live:
-    __slots__ = ("counters", "resumables", "route")
+    __slots__ = ("counters", "listener", "resumables")
 
     def __init__(
-        self, route: str, counters: LiveCounters, resumables: tuple[Resumable, ...]
+        self, listener: str, counters: LiveCounters, resumables: tuple[Resumable, ...]
     ) -> None:
-        self.route = route
+        self.listener = listener
         self.counters = counters
         self.resumables = resumables
 
@@ -70,22 +85,23 @@ class RelayMetrics(LinkEvents):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry if registry is not None else CollectorRegistry()
         self.registry = r
+        standard_collectors(r)
         self.opened = Counter(
             "relay_streams_opened",
             "streams admitted and connected to their egress",
-            ["route"],
+            ["listener"],
             registry=r,
         )
         self.failed = Counter(
             "relay_streams_failed",
             "streams that ended in an error",
-            ["route", "reason"],
+            ["listener", "reason"],
             registry=r,
         )
         self.refused = Counter(
             "relay_streams_refused",
             "connections refused before relaying",
-            ["route", "reason"],
+            ["listener", "reason"],
             registry=r,
         )
         self.closed_by_mode = Counter(
@@ -118,21 +134,30 @@ class RelayMetrics(LinkEvents):
             registry=r,
         )
         self._closed_resumes = 0
+        self.egress_ok: dict[str, bool] = {}  # listener -> did its last egress connect work
         self._closed_bytes: dict[tuple[str, str], int] = {}
         self._live: dict[int, _Live] = {}
-        self._routes: set[str] = set()
+        self._listeners: set[str] = set()
         r.register(_LiveCollector(self))
 
-    def add_route(self, route: str) -> None:
-        """Make a route's series exist (at 0) from the start."""
-        self._routes.add(route)
-        self.opened.labels(route)
+    def add_route(self, listener: str) -> None:
+        """Make a listener's series exist (at 0) from the start."""
+        self._listeners.add(listener)
+        self.opened.labels(listener)
+
+    def egress_result(self, listener: str, ok: bool) -> None:
+        """The outcome of a stream's egress connect (``relay_egress_reachable``, /readyz)."""
+        self.egress_ok[listener] = ok
 
     def stream_started(
-        self, key: int, route: str, counters: LiveCounters, resumables: tuple[Resumable, ...] = ()
+        self,
+        key: int,
+        listener: str,
+        counters: LiveCounters,
+        resumables: tuple[Resumable, ...] = (),
     ) -> None:
-        self._live[key] = _Live(route, counters, resumables)
-        self.opened.labels(route).inc()
+        self._live[key] = _Live(listener, counters, resumables)
+        self.opened.labels(listener).inc()
 
     def stream_settled(self, outcome: str, to_appliance: int, to_vm: int) -> None:
         """A stream's final outcome and the bytes its far ends took."""
@@ -151,8 +176,8 @@ class RelayMetrics(LinkEvents):
     def header_refused(self, reason: str) -> None:
         self.header_refusals.labels(reason).inc()
 
-    def add_bytes(self, route: str, direction: str, n: int) -> None:
-        k = (route, direction)
+    def add_bytes(self, listener: str, direction: str, n: int) -> None:
+        k = (listener, direction)
         self._closed_bytes[k] = self._closed_bytes.get(k, 0) + n
 
     def stream_ended(self, key: int) -> None:
@@ -161,37 +186,40 @@ class RelayMetrics(LinkEvents):
             return
         c = live.counters
         self._closed_resumes += _resumes(live.resumables)
-        self.add_bytes(live.route, TO_APPLIANCE, c.a_to_b)
-        self.add_bytes(live.route, TO_VM, c.b_to_a)
+        self.add_bytes(live.listener, TO_APPLIANCE, c.a_to_b)
+        self.add_bytes(live.listener, TO_VM, c.b_to_a)
         self.closed_by_mode.labels("splice" if c.spliced else "copy").inc()
 
     # --- read side (tests and the collector) ---------------------------------
 
-    def bytes_total(self, route: str, direction: str) -> int:
-        n = self._closed_bytes.get((route, direction), 0)
+    def bytes_total(self, listener: str, direction: str) -> int:
+        n = self._closed_bytes.get((listener, direction), 0)
         for live in self._live.values():
-            if live.route == route:
+            if live.listener == listener:
                 c = live.counters
                 n += c.a_to_b if direction == TO_APPLIANCE else c.b_to_a
         return n
 
+    def replay_bytes(self) -> int:
+        return sum(s.replay_buffered for x in self._live.values() for s in x.resumables)
+
     def resumes_total(self) -> int:
         return self._closed_resumes + sum(_resumes(x.resumables) for x in self._live.values())
 
-    def active(self, route: str | None = None) -> int:
-        if route is None:
+    def active(self, listener: str | None = None) -> int:
+        if listener is None:
             return len(self._live)
-        return sum(1 for live in self._live.values() if live.route == route)
+        return sum(1 for live in self._live.values() if live.listener == listener)
 
     def snapshot(self) -> tuple[dict[tuple[str, str], int], dict[str, int], dict[str, int]]:
         by_dir = dict(self._closed_bytes)
-        active: dict[str, int] = dict.fromkeys(self._routes, 0)
+        active: dict[str, int] = dict.fromkeys(self._listeners, 0)
         modes = {"splice": 0, "copy": 0}
         for live in self._live.values():
             c = live.counters
             for d, n in ((TO_APPLIANCE, c.a_to_b), (TO_VM, c.b_to_a)):
-                by_dir[(live.route, d)] = by_dir.get((live.route, d), 0) + n
-            active[live.route] = active.get(live.route, 0) + 1
+                by_dir[(live.listener, d)] = by_dir.get((live.listener, d), 0) + n
+            active[live.listener] = active.get(live.listener, 0) + 1
             modes["splice" if c.spliced else "copy"] += 1
         return by_dir, active, modes
 
@@ -203,15 +231,17 @@ class _LiveCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         by_dir, active, modes = self.m.snapshot()
         b = CounterMetricFamily(
-            "relay_bytes", "bytes relayed, live streams included", labels=["route", "direction"]
+            "relay_bytes", "bytes relayed, live streams included", labels=["listener", "direction"]
         )
-        for route in sorted(self.m._routes | {r for r, _ in by_dir}):
+        for listener in sorted(self.m._listeners | {r for r, _ in by_dir}):
             for d in (TO_APPLIANCE, TO_VM):
-                b.add_metric([route, d], by_dir.get((route, d), 0))
+                b.add_metric([listener, d], by_dir.get((listener, d), 0))
         yield b
-        a = GaugeMetricFamily("relay_streams_active", "streams being relayed now", labels=["route"])
-        for route, n in sorted(active.items()):
-            a.add_metric([route], n)
+        a = GaugeMetricFamily(
+            "relay_streams_active", "streams being relayed now", labels=["listener"]
+        )
+        for listener, n in sorted(active.items()):
+            a.add_metric([listener], n)
         yield a
         p = GaugeMetricFamily(
             "relay_streams_active_by_mode", "live streams by pump mode", labels=["mode"]
@@ -223,4 +253,17 @@ class _LiveCollector(Collector):
             "relay_resumes",
             "streams resumed on a new path after a link cut or route change",
             value=self.m.resumes_total(),
+        )
+        e = GaugeMetricFamily(
+            "relay_egress_reachable",
+            "1 if the listener's last egress connect worked, 0 if it failed",
+            labels=["listener"],
+        )
+        for name, ok in sorted(self.m.egress_ok.items()):
+            e.add_metric([name], 1 if ok else 0)
+        yield e
+        yield GaugeMetricFamily(
+            "relay_replay_buffer_bytes",
+            "bytes live streams hold for replay (sent, not yet acknowledged)",
+            value=self.m.replay_bytes(),
         )

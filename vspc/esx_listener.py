@@ -35,6 +35,14 @@ class EsxListeners(ServiceShape):
     def _log_metrics(self, mc: MetricsConfig) -> None:
         log.info("metrics on http://%s:%s/metrics", mc.host, self.metrics_port)
 
+    def readiness(self) -> str | None:
+        """For ``/readyz``: None while the ESX listener is bound and the vSPC not draining."""
+        if self._draining:
+            return "draining"
+        if self._listener is None or self._listener.done.is_set():
+            return "ESX listener not bound"
+        return None
+
     async def _start_listening(self, lc: ListenConfig, *, quiet: bool = False) -> Server:
         """Open the ESX listeners (raises ConfigError naming the key if impossible)."""
         assert self._handlers is not None
@@ -82,7 +90,11 @@ class EsxListeners(ServiceShape):
             try:
                 with server.scope:
                     await serve_metrics(
-                        self.metrics.registry, mc.host, mc.port, task_status=task_status
+                        self.metrics.registry,
+                        mc.host,
+                        mc.port,
+                        ready=self.readiness,
+                        task_status=task_status,
                     )
             finally:
                 server.done.set()

@@ -11,6 +11,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from common.ops.metrics_http import standard_collectors
+
 BEGIN_LATENCY_BUCKETS = (
     0.0001,
     0.00025,
@@ -60,6 +62,7 @@ class VspcMetrics:
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> VspcMetrics:
         r = registry if registry is not None else CollectorRegistry()
+        standard_collectors(r)
         counter, gauge = partial(Counter, registry=r), partial(Gauge, registry=r)
         return cls(
             registry=r,

@@ -57,6 +57,7 @@ class ServiceShape:
     _handlers: trio.Nursery | None
     _listener: Server | None
     _metrics_server: Server | None
+    _draining: bool
     _carried: int
     _bytes_to_vm: Counter
     _bytes_from_vm: Counter

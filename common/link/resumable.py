@@ -78,6 +78,11 @@ class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
             else:
                 await self._wait()
 
+    @property
+    def replay_buffered(self) -> int:
+        """Bytes held for replay: sent, not yet acknowledged by the far end (a metric)."""
+        return self.session.buffered
+
     def _pool_allowance(self, pool: ReplayPool) -> int:
         fair = max(0, pool.share() - self._charged)
         return max(0, pool.reserve - self.session.buffered) + min(pool.available(), fair)

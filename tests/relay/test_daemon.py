@@ -59,11 +59,11 @@ async def test_tcp_roundtrip_header_and_live_metrics() -> None:
         assert d.metrics_port
         text = await _http_get(d.metrics_port, "/metrics")
         assert (
-            f'relay_bytes_total{{direction="to_appliance",route="vm1-com1"}} {float(len(data))}'
+            f'relay_bytes_total{{direction="to_appliance",listener="vm1-com1"}} {float(len(data))}'
             in text
         )
-        assert 'relay_streams_active{route="vm1-com1"} 1.0' in text
-        assert 'relay_streams_opened_total{route="vm1-com1"} 1.0' in text
+        assert 'relay_streams_active{listener="vm1-com1"} 1.0' in text
+        assert 'relay_streams_opened_total{listener="vm1-com1"} 1.0' in text
         # splice or copy is the pump's call (per burst); the stream is counted once.
         modes = [
             line for line in text.splitlines() if line.startswith("relay_streams_active_by_mode{")

@@ -122,7 +122,7 @@ async def test_tls_refusal_is_counted_with_its_reason_and_address_and_the_stream
             while await vm.receive_some(100):  # the relay closes the VM side
                 pass
             await wait_value(a, "relay_streams_ended_total", 1, outcome="failed")
-        assert value(a, "relay_streams_failed_total", route="vm1", reason="resume_timeout") == 1
+        assert value(a, "relay_streams_failed_total", listener="vm1", reason="resume_timeout") == 1
         assert (
             value(a, "relay_bytes_delivered_total", outcome="failed", direction="to_appliance") == 0
         )

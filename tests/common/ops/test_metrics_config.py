@@ -10,7 +10,7 @@ from relay.config import MetricsConfig as RelayMetrics
 from vspc.config import MetricsConfig as VspcMetrics
 
 
-@pytest.mark.parametrize(("cls", "port"), [(RelayMetrics, 9108), (VspcMetrics, 9470)])
+@pytest.mark.parametrize(("cls", "port"), [(RelayMetrics, 9471), (VspcMetrics, 9470)])
 def test_metrics_table_keys_defaults_and_error(cls: type[RelayMetrics], port: int) -> None:
     assert build(cls, {}) == cls(enabled=True, host="127.0.0.1", port=port)
     assert build(cls, {"enabled": False, "host": "::1", "port": 0}).host == "::1"
