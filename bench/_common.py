@@ -1,4 +1,5 @@
-"""What every bench shares: where results go, a free port, CPU time and the fd limit.
+"""What every bench shares: where results go, a free port, CPU time, the fd limit and how a
+target is judged.
 
 Benches run as scripts with ``bench/`` on ``sys.path``, so this imports as ``_common``.
 """
@@ -50,3 +51,10 @@ def raise_nofile(n: int = 20_000) -> None:
     want = min(n, hard)
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def verdict(ok: bool, smoke: bool) -> str:
+    """How a target came out: a smoke run's tiny samples judge nothing."""
+    if smoke:
+        return "smoke run: no verdict"
+    return "met" if ok else "NOT met"

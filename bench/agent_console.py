@@ -38,6 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import _plots  # noqa: E402
 from _common import results_dir  # noqa: E402
 
 from common.io.guestinfo.filestore import FileStore  # noqa: E402
@@ -196,25 +197,19 @@ def summarise(res: dict[str, list[float]]) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    plt = _plots.pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     names = ["agent", "socat", "direct"]
     paths = [p for p in ("hybrid", "pty") if p in result["paths"]]
-    width = 0.25
-    for i, n in enumerate(names):
-        vals = [result["paths"][p]["median_MBps"].get(n, 0.0) for p in paths]
-        ax.bar([j + (i - 1) * width for j in range(len(paths))], vals, width, label=n)
-    ax.set_xticks(range(len(paths)), paths)
+    _plots.grouped(
+        ax, paths, {n: [result["paths"][p]["median_MBps"].get(n) for p in paths] for n in names}
+    )
     ax.set_ylabel("MB/s (median)")
-    ax.set_title("console throughput, process -> appliance")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    ratios = ", ".join(
+        f"{p} {_plots.times(result['paths'][p].get('agent_over_socat'))}" for p in paths
+    )
+    ax.set_title(f"console throughput, process -> appliance\nagent/socat: {ratios}", fontsize=10)
+    _plots.finish(fig, path)
 
 
 def main() -> int:

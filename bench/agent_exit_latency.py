@@ -34,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import _plots  # noqa: E402
 import trio  # noqa: E402
 from _common import results_dir  # noqa: E402
 
@@ -213,24 +214,26 @@ async def run(n: int, reps: int) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plots.pyplot()
     s = result["summary"]
     names = ["direct", "minimal", "agent"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    x = range(len(names))
-    ax.bar([i - 0.2 for i in x], [s[n]["p50_us"] / 1000 for n in names], 0.4, label="p50")
-    ax.bar([i + 0.2 for i in x], [s[n]["p99_us"] / 1000 for n in names], 0.4, label="p99")
-    ax.set_xticks(list(x), names)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _plots.grouped(
+        ax,
+        names,
+        {q: [s[n][f"{q}_us"] / 1000 for n in names] for q in ("p50", "p99")},
+        fmt="{:.1f}",
+        colours={"p50": _plots.OURS, "p99": _plots.OURS_ALT},
+    )
     ax.set_ylabel("process exit -> appliance sees status (ms)")
-    ax.set_title("guestinfo exit latency (file-backed store)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    r = s.get("ratios", {})
+    ax.set_title(
+        "guestinfo exit latency (file-backed store; no socat path here)\n"
+        f"agent/minimal: p50 {_plots.times(r.get('agent_p50_over_minimal_p50'))}, "
+        f"p99 {_plots.times(r.get('agent_p99_over_minimal_p99'))}",
+        fontsize=10,
+    )
+    _plots.finish(fig, path)
 
 
 def main() -> int:

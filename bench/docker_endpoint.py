@@ -38,6 +38,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _plots
 from _common import proc_cpu, results_dir
 from _docker_chain import cat_through, docker_binary, docker_chain, docker_env
 from _session_chain import VM, Chain, exec_ready
@@ -193,31 +194,43 @@ async def run(args: argparse.Namespace, docker: str) -> dict[str, Any]:
 
 
 def plot(r: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b, e) = plt.subplots(1, 3, figsize=(15, 4))
-    med = r["logs_tail"]["median_s"]
-    a.bar(list(med), [1e3 * v for v in med.values()])
+    plt = _plots.pyplot()
+    fig, (a, b, e) = plt.subplots(1, 3, figsize=(15, 4.8))
+    lt = r["logs_tail"]
+    med = lt["median_s"]
+    _plots.bars(
+        a,
+        list(med),
+        [1e3 * v for v in med.values()],
+        fmt="{:.1f}",
+        colours=[_plots.OURS] * len(med),
+    )
     a.set_ylabel("ms (median)")
-    a.set_title(f"logs --tail {TAIL}, {r['history_bytes'] / (1 << 30):.2f} GiB history")
-    a.tick_params(axis="x", labelrotation=20)
+    a.set_title(
+        f"logs --tail {TAIL}, {r['history_bytes'] / (1 << 30):.2f} GiB history\n"
+        f"docker logs/docker ps {_plots.times(lt.get('docker_logs_tail_vs_docker_ps'))}",
+        fontsize=10,
+    )
     t = r["exec_cat"]
     names = ["docker_exec", "console_exec", "raw"]
-    b.bar(names, [t[n]["MBps"] for n in names])
+    _plots.bars(b, names, [t[n]["MBps"] for n in names])
     b.set_ylabel("MB/s (median)")
-    b.set_title(f"cat of {r['mib']} MiB in the guest")
+    d = t.get("docker_exec_vs_console_exec", {})
+    b.set_title(
+        f"cat of {r['mib']} MiB in the guest (no socat or direct path)\n"
+        f"docker exec/console exec {_plots.times(d.get('throughput'))}",
+        fontsize=10,
+    )
     m = r["concurrent_exec"]
-    e.bar(
-        ["p50", "p99", "all"], [m["latency"]["p50_ms"], m["latency"]["p99_ms"], 1e3 * m["total_s"]]
+    _plots.bars(
+        e,
+        ["p50", "p99", "all done"],
+        [m["latency"]["p50_ms"], m["latency"]["p99_ms"], 1e3 * m["total_s"]],
+        colours=[_plots.OURS] * 3,
     )
     e.set_ylabel("ms")
-    e.set_title(f"{m['n']} concurrent docker exec ({m['failed']} failed)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    e.set_title(f"{m['n']} concurrent docker exec\n({m['failed']} failed)", fontsize=10)
+    _plots.finish(fig, path)
 
 
 def report(r: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import _plots  # noqa: E402
 from _common import raise_nofile, results_dir  # noqa: E402
 from _mesh_harness import (  # noqa: E402
     BLOCK,
@@ -222,50 +223,45 @@ def write_and_report(results: dict[str, Any], smoke: bool, only: set[str]) -> in
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    plt = _plots.pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     med = results["bulk_median_mb_s"]
     names = list(med)
-    axes[0].bar(
-        names,
-        [med[n] for n in names],
-        color=[
-            "#888" if n == "direct" else "#3a7" if n.startswith("ours") else "#c64" for n in names
-        ],
-    )
+    _plots.bars(axes[0], names, [med[n] for n in names])
     axes[0].set_ylabel("MB/s (median)")
-    axes[0].set_title(f"two hops, {results['size_bytes'] >> 20} MiB bulk")
-    axes[0].tick_params(axis="x", rotation=30)
+    r = results["ratios"]
+    axes[0].set_title(
+        f"two hops, {results['size_bytes'] >> 20} MiB bulk\nours/socat: TLS "
+        f"{_plots.times(r.get('tls_ours_over_socat_tls'))}, plain "
+        f"{_plots.times(r.get('plain_ours_over_socat_plain'))}",
+        fontsize=10,
+    )
     s = results["streams"]
-    axes[1].bar(
-        ["aggregate", "direct"],
+    _plots.bars(
+        axes[1],
+        ["ours (aggregate)", "direct"],
         [s["aggregate_mb_s"], s["direct_aggregate_mb_s"]],
-        color=["#3a7", "#888"],
     )
     axes[1].set_title(
-        f"{s['streams']} streams / one TLS link\n"
-        f"fairness slowest/fastest = {s['fairness_slowest_over_fastest']:.2f}"
+        f"{s['streams']} streams on one TLS link\n"
+        f"fairness slowest/fastest = {s['fairness_slowest_over_fastest']:.2f}",
+        fontsize=10,
     )
     axes[1].set_ylabel("MB/s")
     k = results["kill"]
-    axes[2].bar(
-        ["undisturbed", "killed every s"],
+    _plots.bars(
+        axes[2],
+        ["ours undisturbed", "ours, link killed every s"],
         [k["undisturbed"]["mb_s"], k["killed"]["mb_s"]],
-        color=["#3a7", "#c64"],
+        colours=[_plots.OURS, _plots.OURS_ALT],
     )
     axes[2].set_title(
-        f"link killed {k['killed']['link_kills']}x (every s): "
-        f"intact={k['killed'].get('intact')}\n"
-        f"ratio = {k['throughput_ratio']:.2f}"
+        f"link killed {k['killed']['link_kills']}x: intact={k['killed'].get('intact')}\n"
+        f"killed/undisturbed = {_plots.times(k['throughput_ratio'])}",
+        fontsize=10,
     )
     axes[2].set_ylabel("MB/s")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _plots.finish(fig, path)
 
 
 def main() -> int:

@@ -36,7 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import free_port, raise_nofile, results_dir
+import _plots
+from _common import free_port, raise_nofile, results_dir, verdict
 from _procmem import children, mem_kib, settle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,12 +272,8 @@ def run_direct(n: int) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    plt = _plots.pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
     n = result["streams"]
     for i, run in enumerate(result["relay_runs"]):
         base = run["rss_kib"][0][1]
@@ -285,50 +282,44 @@ def plot(result: dict[str, Any], path: Path) -> None:
             [p[0] for p in pts],
             [(p[1] - base) / 1024 for p in pts],
             marker="o",
-            color="C0",
+            color=_plots.OURS,
             label="vic relay (measured)" if i == 0 else None,
         )
-    socat_pb = result["socat"]["per_stream_rss_bytes_median"]
-    socat_pss = result["socat"]["per_stream_pss_bytes_median"]
+    s = result["socat"]
+    socat_pb, socat_pss = s["per_stream_rss_bytes_median"], s["per_stream_pss_bytes_median"]
     xs = [max(1, n // 100), n]
     if socat_pb:
-        ax1.plot(
-            xs,
-            [socat_pb * x / 2**20 for x in xs],
-            "--",
-            color="C1",
-            label="socat RSS (per-process, extrapolated)",
-        )
-        ax1.plot(
-            xs,
-            [socat_pss * x / 2**20 for x in xs],
-            ":",
-            color="C1",
-            label="socat PSS (extrapolated)",
-        )
+        for per, style, what in ((socat_pb, "--", "RSS"), (socat_pss, ":", "PSS")):
+            ax1.plot(
+                xs,
+                [per * x / 2**20 for x in xs],
+                style,
+                color=_plots.SOCAT,
+                label=f"socat {what} (one process each, extrapolated)",
+            )
     ax1.plot(xs, [10 * KIB * x / 2**20 for x in xs], ":", color="red", label="10 KiB/stream target")
     ax1.set_xscale("log")
     ax1.set_yscale("log")
-    ax1.set_xlabel("idle streams")
-    ax1.set_ylabel("added memory (MiB)")
+    ax1.set_xlabel("idle streams (log scale)")
+    ax1.set_ylabel("added memory (MiB, log scale)")
     ax1.legend(fontsize=8)
-    ax1.set_title("memory of the relaying process(es)")
-    labels = ["vic relay", "socat (RSS)", "socat (PSS)", "direct"]
-    vals = [
-        result["relay"]["per_stream_bytes_median"] / KIB,
-        socat_pb / KIB,
-        result["socat"]["per_stream_pss_bytes_median"] / KIB,
-        0.0,
-    ]
-    ax2.bar(labels, vals, color=["C0", "C1", "C1", "C2"])
+    ax1.set_title("memory of the relaying process(es); direct adds none")
+    relay = result["relay"]["per_stream_bytes_median"] / KIB
+    _plots.bars(
+        ax2,
+        ["vic relay", "socat (PSS)", "direct"],
+        [relay, socat_pss / KIB, 0.0],
+        fmt="{:.1f}",
+    )
     ax2.axhline(10, color="red", linestyle=":", label="target 10 KiB")
     ax2.set_ylabel("KiB per idle stream (user space)")
-    ax2.set_yscale("symlog")
-    ax2.legend()
-    for i, v in enumerate(vals):
-        ax2.text(i, v, f"{v:.1f}", ha="center", va="bottom")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    ax2.legend(fontsize=8, loc="upper left")
+    ax2.set_title(
+        f"per idle stream: socat PSS/relay {_plots.times(s.get('ratio_pss_socat_over_relay'))}\n"
+        f"(socat RSS {socat_pb / KIB:.0f} KiB per process: off this chart)",
+        fontsize=10,
+    )
+    _plots.finish(fig, path)
 
 
 def main() -> int:
@@ -450,7 +441,7 @@ def print_summary(result: dict[str, Any], n: int, reps: int) -> None:
     relay_pb = result["relay"]["per_stream_bytes_median"]
     print(
         f"relay: {relay_pb:.0f} B/stream (median slope over {reps} runs, {n} streams); "
-        f"target <= {10 * KIB}: {'met' if result['relay']['meets_target'] else 'NOT met'}"
+        f"target <= {10 * KIB}: {verdict(result['relay']['meets_target'], result['smoke'])}"
     )
     if result["socat_runs"]:
         s = result["socat"]

@@ -29,7 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import results_dir
+import _plots
+from _common import results_dir, verdict
 from _relay_benchlib import (
     Relay,
     connect,
@@ -117,30 +118,23 @@ def ping_pong(socks: dict[str, socket.socket], n: int, warmup: int) -> dict[str,
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plots.pyplot()
     kinds = list(summary)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4.5), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
+    fig, axes = plt.subplots(2, len(kinds), figsize=(5.5 * len(kinds), 7), squeeze=False)
+    for col, kind in enumerate(kinds):
         s = summary[kind]
-        xs = range(len(CONTENDERS))  # bars: p50 and p99 per contender
-        ax.bar([x - 0.2 for x in xs], [s[c]["p50_us"] for c in CONTENDERS], 0.4, label="p50")
-        ax.bar([x + 0.2 for x in xs], [s[c]["p99_us"] for c in CONTENDERS], 0.4, label="p99")
-        ax.set_xticks(list(xs), CONTENDERS)
-        ax.set_yscale("log")
-        ax.set_ylabel("round trip (us, median over reps, log scale)")
-        ax.set_title(
-            f"{kind}: added p50 pump {s['pump']['added_p50_us']:.1f} us,"
-            f" socat {s['socat']['added_p50_us']:.1f} us"
-        )
-        ax.legend()
-    fig.suptitle("64-byte ping-pong through one relay hop")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        r = s["ratios"]
+        for row, (q, ratio) in enumerate((("p50", "added_p50"), ("p99", "added_p99"))):
+            ax = axes[row][col]
+            _plots.bars(ax, CONTENDERS, [s[c][f"{q}_us"] for c in CONTENDERS])
+            ax.set_ylabel(f"round trip {q} (us, median of reps)")
+            ax.set_title(
+                f"{kind} {q}: added by pump {s['pump'][f'{ratio}_us']:.0f} us, "
+                f"socat {s['socat'][f'{ratio}_us']:.0f} us\n"
+                f"pump/socat added {q}: {_plots.times(r.get(f'pump_vs_socat_{ratio}'))}",
+                fontsize=10,
+            )
+    _plots.finish(fig, path, "64-byte ping-pong through one relay hop (added = minus direct)")
 
 
 def parse_args() -> argparse.Namespace:
@@ -288,7 +282,7 @@ def print_summary(summary: dict[str, Any], args: argparse.Namespace) -> None:
         for name, v in s["ratios"].items():
             print(f"  {name:28} {v:5.2f}")
         for name, ok in s["targets"].items():
-            print(f"  target {name:25} {'met' if ok else 'NOT met'}")
+            print(f"  target {name:25} {verdict(ok, args.smoke)}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import results_dir
+import _plots
+from _common import results_dir, verdict
 from _relay_benchlib import (
     Relay,
     connect,
@@ -134,27 +135,32 @@ def one_transfer(kind: str, contender: str, size: int, tmpdir: Path) -> dict[str
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plots.pyplot()
     kinds = list(summary)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    width = 0.16
-    for i, c in enumerate(CONTENDERS):
-        xs = [k + i * width for k in range(len(kinds))]
-        ax1.bar(xs, [summary[k][c]["gib_per_s"] for k in kinds], width, label=c)
-        if c != "direct":
-            ax2.bar(xs, [summary[k][c]["cpu_s_per_gib"] for k in kinds], width, label=c)
-    for ax, title in ((ax1, "throughput (GiB/s, median)"), (ax2, "relay CPU s per GiB (median)")):
-        ax.set_xticks([k + (len(CONTENDERS) - 1) / 2 * width for k in range(len(kinds))], kinds)
-        ax.set_title(title)
-        ax.legend()
-    fig.suptitle("one-hop relay bulk throughput: pump vs socat -b 262144 vs direct")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    _plots.grouped(
+        ax1,
+        kinds,
+        {c: [summary[k][c]["gib_per_s"] for k in kinds] for c in CONTENDERS},
+        fmt="{:.2f}",
+    )
+    relayed = [c for c in CONTENDERS if c != "direct"]
+    _plots.grouped(
+        ax2,
+        kinds,
+        {c: [summary[k][c]["cpu_s_per_gib"] for k in kinds] for c in relayed},
+        fmt="{:.2f}",
+    )
+
+    def ratios(key: str) -> str:
+        return ", ".join(f"{k} {_plots.times(summary[k]['ratios'].get(key))}" for k in kinds)
+
+    ax1.set_title(f"GiB/s (median); pump/socat: {ratios('pump_vs_socat_throughput')}", fontsize=10)
+    ax2.set_title(
+        f"relay CPU s per GiB (median); pump/socat: {ratios('pump_vs_socat_cpu_per_gib')}",
+        fontsize=10,
+    )
+    _plots.finish(fig, path, "one-hop relay bulk throughput: pump vs socat -b 262144 vs direct")
 
 
 def main() -> int:
@@ -253,7 +259,7 @@ def print_summary(summary: dict[str, Any], args: argparse.Namespace) -> None:
         for name, v in s["ratios"].items():
             print(f"  {name:32} {v:5.2f}")
         for name, ok in s["targets"].items():
-            print(f"  target {name:25} {'met' if ok else 'NOT met'}")
+            print(f"  target {name:25} {verdict(ok, args.smoke)}")
 
 
 if __name__ == "__main__":

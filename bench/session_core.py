@@ -28,6 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import _plots  # noqa: E402
 from _common import results_dir  # noqa: E402
 from _steal import cpu_ticks, steal_since  # noqa: E402
 
@@ -185,19 +186,17 @@ def main() -> int:
 
 
 def plot(med: dict[str, dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plots.pyplot()
     names = list(med)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(names, [med[n]["cpu_s_per_gib"] for n in names], color=["#999", "#4a7", "#47a"])
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    _plots.bars(ax, names, [med[n]["cpu_s_per_gib"] for n in names], fmt="{:.2f}")
     ax.set_ylabel("CPU s per GiB (lower is better)")
-    ax.set_title("Session cores in one process (median)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    ratio = ""
+    if "session" in med and "sealed" in med and med["sealed"]["cpu_s_per_gib"]:
+        r = med["session"]["cpu_s_per_gib"] / med["sealed"]["cpu_s_per_gib"]
+        ratio = f"\nsession/sealed {r:.2f}x"
+    ax.set_title(f"session cores in one process (median; no socat here){ratio}", fontsize=10)
+    _plots.finish(fig, path)
 
 
 def report(r: dict[str, Any]) -> None:

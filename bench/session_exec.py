@@ -32,6 +32,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _plots
 from _common import results_dir
 from _session_chain import VM, Chain, chain, exec_ready, vic
 from _session_echo import percentiles, raw_echo, session_echo
@@ -111,29 +112,40 @@ def summarise(runs: dict[str, list[Any]], size: int) -> dict[str, Any]:
 
 
 def plot(r: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plots.pyplot()
     t = r["throughput"]
     names = ["session", "raw", "socat"]
-    fig, (a, b, e) = plt.subplots(1, 3, figsize=(14, 4))
-    a.bar(names, [t[n]["MBps"] for n in names])
+    fig, (a, b, e) = plt.subplots(1, 3, figsize=(15, 4.6))
+    vr, vs = t.get("session_vs_raw", {}), t.get("session_vs_socat", {})
+    _plots.bars(a, names, [t[n]["MBps"] for n in names])
     a.set_ylabel("MB/s (median)")
-    a.set_title(f"cat of {r['mib']} MiB, guest -> reader")
-    b.bar(names, [t[n]["cpu_s_per_gib_total"] for n in names])
+    a.set_title(
+        f"cat of {r['mib']} MiB, guest -> reader\nsession/raw "
+        f"{_plots.times(vr.get('throughput'))}, session/socat {_plots.times(vs.get('throughput'))}",
+        fontsize=10,
+    )
+    _plots.bars(b, names, [t[n]["cpu_s_per_gib_total"] for n in names], fmt="{:.1f}")
     b.set_ylabel("CPU s per GiB (tether + relay + appliance)")
+    b.set_title(
+        f"CPU per GiB\nsession/raw {_plots.times(vr.get('cpu_per_gib'))}, "
+        f"session/socat {_plots.times(vs.get('cpu_per_gib'))}",
+        fontsize=10,
+    )
     k = r["echo"]
-    x = range(2)
-    e.bar([i - 0.2 for i in x], [k[n]["p50_ms"] for n in names[:2]], 0.4, label="p50")
-    e.bar([i + 0.2 for i in x], [k[n]["p99_ms"] for n in names[:2]], 0.4, label="p99")
-    e.set_xticks(list(x), names[:2])
+    _plots.grouped(
+        e,
+        names[:2],
+        {q: [k[n][f"{q}_ms"] for n in names[:2]] for q in ("p50", "p99")},
+        fmt="{:.2f}",
+        colours={"p50": _plots.OURS, "p99": _plots.OURS_ALT},
+    )
     e.set_ylabel("keystroke echo, ms")
-    e.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    e.set_title(
+        f"keystroke echo\nsession/raw: p50 {_plots.times(k.get('session_vs_raw_p50'))}, "
+        f"p99 {_plots.times(k.get('session_vs_raw_p99'))}",
+        fontsize=10,
+    )
+    _plots.finish(fig, path, "sessions end to end (raw: the raw console path; no direct path)")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _plots
 import _vspc_benchlib as bl
 import trio
 from _common import free_port
@@ -298,31 +299,34 @@ def summarize(runs: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
-    plt = bl.pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    plt = _plots.pyplot()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
     modes = list(data["runs"])
-    a1.bar(
-        modes, [data["runs"][m]["rss_kib_per_vm"] for m in modes], color=["C0", "C2"][: len(modes)]
-    )
+    _plots.bars(a1, modes, [data["runs"][m]["rss_kib_per_vm"] for m in modes], fmt="{:.2f}")
     a1.axhline(12.0, color="r", ls="--", label="target 12 KiB")
+    a1.set_ylim(0, max(a1.get_ylim()[1], 14.0))
     a1.set_ylabel("RSS growth per connected VM (KiB)")
-    a1.set_title(f"{data['vms']} VMs connected")
-    a1.legend()
+    s = data.get("summary") or {}
+    rss = f"\nvspc/direct {_plots.times(s.get('rss_vs_direct'))}" if "rss_vs_direct" in s else ""
+    a1.set_title(f"{data['vms']} VMs connected{rss}", fontsize=10)
+    a1.legend(fontsize=8, loc="upper left")
     for m in modes:
         xs = sorted(data["runs"][m]["begin_goahead_ms"]["all"])
         if xs:
             ys = [(k + 1) / len(xs) for k in range(len(xs))]
-            a2.plot(xs, ys, label=m)
+            a2.plot(xs, ys, label=m, color=_plots.colour(m))
     a2.axvline(2.0, color="r", ls="--", label="p99 target 2 ms")
     a2.axhline(0.99, color="grey", ls=":")
     a2.set_xscale("log")
-    a2.set_xlabel("BEGIN -> GOAHEAD as the source ESX sees it (ms)")
+    _plots.log_ticks(a2)
+    a2.set_xlabel("BEGIN -> GOAHEAD as the source ESX sees it (ms, log scale)")
     a2.set_ylabel("CDF")
-    a2.set_title(f"{data['vmotions']} vMotions while all are connected")
-    a2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    p99 = (
+        f"\np99 vspc/direct {_plots.times(s.get('p99_vs_direct'))}" if "p99_vs_direct" in s else ""
+    )
+    a2.set_title(f"{data['vmotions']} vMotions while all are connected{p99}", fontsize=10)
+    a2.legend(fontsize=8)
+    _plots.finish(fig, path, "vSPC at scale (no socat path: the direct server is a bare trio one)")
 
 
 def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _plots
 import _vspc_benchlib as bl
 import trio
 
@@ -339,11 +340,12 @@ def summarize(results: dict[str, Any], mib: float) -> dict[str, Any]:
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
-    plt = bl.pyplot()
+    plt = _plots.pyplot()
     kinds = list(data["summary"])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.2
-    for i, p in enumerate(PATHS):
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    series: dict[str, list[float | None]] = {}
+    errors: dict[str, tuple[list[float], list[float]]] = {}
+    for p in PATHS:
         meds, lo, hi = [], [], []
         for kind in kinds:
             xs = data["results"][kind][p]["mib_s"]
@@ -351,26 +353,17 @@ def plot(data: dict[str, Any], path: Path) -> None:
             meds.append(m)
             lo.append(m - min(xs) if xs else 0.0)
             hi.append(max(xs) - m if xs else 0.0)
-        pos = [k + (i - 1.5) * width for k in range(len(kinds))]
-        ax.bar(pos, meds, width, yerr=[lo, hi], capsize=3, label=p)
-    for k, kind in enumerate(kinds):
-        r = data["summary"][kind]["vspc_vs_socat"]
-        if r is not None:
-            ax.annotate(
-                f"vspc/socat {r:.2f}x",
-                (k, 0),
-                xytext=(0, 4),
-                textcoords="offset points",
-                ha="center",
-                fontsize=8,
-            )
-    ax.set_xticks(range(len(kinds)), kinds)
+        series[p], errors[p] = list(meds), (lo, hi)
+    _plots.grouped(ax, kinds, series, errors=errors)
+    ratios = ", ".join(
+        f"{k} {_plots.times(data['summary'][k].get('vspc_vs_socat'))}" for k in kinds
+    )
     ax.set_ylabel("console MiB/s (median, min-max)")
-    ax.set_title(f"VM -> console throughput, {data['mib']} MiB x {data['reps']} reps")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    ax.set_title(
+        f"VM -> console throughput, {data['mib']} MiB x {data['reps']} reps\nvspc/socat: {ratios}",
+        fontsize=10,
+    )
+    _plots.finish(fig, path)
 
 
 def main() -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,8 @@ def test_bench_smoke(script: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, (
         f"{script.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     )
+    # a smoke run's tiny samples judge no target
+    assert not re.search(r"\b(NOT )?met$", proc.stdout, re.M), proc.stdout
     results = list(tmp_path.glob("*.json"))
     assert results, f"{script.name} wrote no JSON result into $VIC_BENCH_RESULTS"
     for r in results:
@@ -53,3 +57,22 @@ def test_summary_table_reads_every_committed_result() -> None:
         "agent console",
     ):
         assert word in measures
+
+
+def test_replot_redraws_every_committed_result(tmp_path: Path) -> None:
+    """bench/_replot.py draws each committed JSON's PNG again, without running a bench."""
+    for js in (ROOT / "bench" / "results").glob("*.json"):
+        shutil.copy(js, tmp_path)
+    env = dict(os.environ, MPLBACKEND="Agg", VIC_BENCH_RESULTS=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "_replot.py")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    drawn = {p.stem for p in tmp_path.glob("*.png")}
+    assert drawn == {p.stem for p in tmp_path.glob("*.json")}, proc.stdout
+    assert all(p.stat().st_size > 10_000 for p in tmp_path.glob("*.png"))

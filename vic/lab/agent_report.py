@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.proto import guestinfo as gi
+from vic.lab import report
 from vic.lab.report import ConsoleCheck
 
 
@@ -52,28 +53,22 @@ def fmt_addresses(nets: dict[str, list[gi.IPAddress]]) -> str:
 
 
 def render(title: str, checks: list[AgentCheck]) -> str:
-    rows = [
-        ("VM", "channel", "address (guestinfo)", "state (started)", "exit", "console", "result")
-    ]
+    """The table: one row per VM (its exit status, console bytes received of those sent, and
+    how many had arrived when the appliance saw the exit status), then notes: what guestinfo
+    said (address, ``started``) and what happened."""
+    rows = [("VM", "channel", "exit", "console", "at status", "result")]
     for c in checks:
-        cons = f"{len(c.console)}/{len(c.expected)}"
-        if c.at_status is not None:
-            cons += f" ({c.at_status} when status seen)"
-        rows.append(
-            (
-                c.vm,
-                c.channel,
-                c.address,
-                c.state,
-                c.status,
-                cons if not c.skipped else "-",
-                c.verdict(),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = [f"== {title}"]
-    for i, r in enumerate(rows):
-        lines.append("  ".join(f"{v:<{w}}" for v, w in zip(r, widths, strict=False)) + "  " + r[-1])
-        if i:
-            lines.extend(f"    - {e}" for e in checks[i - 1].events)
+        cons = "-" if c.skipped else f"{len(c.console)}/{len(c.expected)}"
+        at = "-" if c.at_status is None else str(c.at_status)
+        rows.append((c.vm, c.channel, c.status, cons, at, c.verdict()))
+    laid = report.columns(rows, wrapped={1, 5}, right={4})
+    lines = report.paragraph(f"== {title}", indent=3) + laid[0]
+    indent = max(len(r[0]) for r in rows) + 2
+    for c, row_lines in zip(checks, laid[1:], strict=True):
+        lines.extend(row_lines)
+        if not c.skipped:
+            guestinfo = f"guestinfo: address {c.address}; started: {c.state}"
+            lines.extend(report.note(guestinfo, indent))
+        for e in c.events:
+            lines.extend(report.note(e, indent))
     return "\n".join(lines)

@@ -28,9 +28,32 @@ if TYPE_CHECKING:
 
 SCENARIOS = ("vspc", "relay", "mesh", "agent", "sessions", "docker")  # sessions: ~5 s more
 OPTIONAL = ("realvm",)  # not in "all": boots a VM under QEMU (about a minute)
+SCENARIO_HELP = {
+    "vspc": "simulated ESX hosts speak Telnet and extension 232 to the vSPC, with vMotions",
+    "relay": "VMs on every ingress kind through relays to the appliance's endpoint",
+    "mesh": "three relays over TLS peer links; a link cut, then the appliance moves hosts",
+    "agent": "real vic agent processes: guestinfo and their consoles (one VM in a netns)",
+    "sessions": "a tethered VM: vic console exec/logs across a relay restart and a vMotion",
+    "docker": "the docker client against the Docker endpoint (skipped without one)",
+    "realvm": "QEMU boots a VM with vic agent as PID 1 (skipped where it cannot boot)",
+}
+EPILOG = "scenarios:\n" + "".join(f"  {k:<9} {v}\n" for k, v in SCENARIO_HELP.items())
+EPILOG += """
+ports:
+  Every TCP listener (vSPC, endpoint, metrics, relays, simulated hosts) binds 127.0.0.1
+  with port 0: the kernel picks a free ephemeral port, so labs and tests run side by side;
+  the first lines printed name the appliance's. Unix sockets go in the workdir. The agent
+  scenario puts one VM in two network namespaces of its own joined by a veth pair
+  (10.213.91.0/24, dnsmasq); --no-netns skips that VM, and so does running without root,
+  ip, dnsmasq or busybox.
+
+output:
+  Every line fits 100 columns: long cells wrap. Exit status 0 when every check passed."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "action",
         nargs="?",
@@ -51,7 +74,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--scenario",
         choices=(*SCENARIOS, *OPTIONAL, "all"),
         default="all",
-        help="all: every scenario but realvm (a real VM under QEMU; skipped where it cannot boot)",
+        metavar="NAME",
+        help="one scenario (below), or all (the default): every one but realvm",
     )
     parser.add_argument(
         "--no-netns",
@@ -92,11 +116,7 @@ async def main(workdir: Path, args: argparse.Namespace) -> bool:
     async with trio.open_nursery() as nursery:
         service: VspcService = await nursery.start(VspcService(lab_config(workdir)).run)
         endpoint: Endpoint = await nursery.start(Endpoint(service).run)
-        print(
-            f"appliance: vSPC on 127.0.0.1:{service.esx_port}, endpoint on "
-            f"127.0.0.1:{endpoint.tcp_port} and {workdir / 'endpoint.sock'}, "
-            f"metrics on 127.0.0.1:{service.metrics_port}/metrics"
-        )
+        _print_appliance(service, endpoint, workdir)
         if "vspc" in selected:
             checks = await vspc_scenario.run(service, seed=args.seed, lines=args.lines)
             print(report.render("ESX hosts -> vSPC (Telnet + VMware extension 232)", checks))
@@ -159,7 +179,7 @@ async def _docker(service: VspcService, workdir: Path) -> bool:
     title = "The docker client against the appliance's Docker endpoint (tethered VMs)"
     why = docker_scenario.unavailable()
     if why:
-        print(f"== {title}: skipped: {why}")
+        _print_skipped(title, why)
         return True
     checks = await docker_scenario.run(service, workdir)
     print(sessions_scenario.render(title, checks))
@@ -171,7 +191,7 @@ async def _realvm(service: VspcService, workdir: Path) -> bool:
 
     why = realvm.unavailable()
     if why:
-        print(f"== A real VM (QEMU): skipped: {why}")
+        _print_skipped("A real VM (QEMU)", why)
         return True
     from vic.lab import realvm_checks, realvm_scenario
 
@@ -179,6 +199,12 @@ async def _realvm(service: VspcService, workdir: Path) -> bool:
     title = "A real VM: QEMU, vic agent as PID 1, its UART -> relay esx-qemu -> appliance"
     print(realvm_checks.render(title, realvm_scenario.VM, checks))
     return all(c.ok for c in checks)
+
+
+def _print_skipped(title: str, why: str) -> None:
+    lines = report.paragraph(f"== {title}", indent=3)
+    lines += report.paragraph(f"   skipped: {why}", indent=12)
+    print("\n".join(lines))
 
 
 def _print_metrics(service: object) -> None:
@@ -193,5 +219,20 @@ def _print_metrics(service: object) -> None:
     ]:
         v = reg.get_sample_value(name, labels)
         if v is not None:
-            parts.append(f"{name}{labels or ''}={v:g}")
-    print("metrics: " + ", ".join(parts))
+            tags = ",".join(f'{k}="{val}"' for k, val in labels.items())
+            value = f"{v:.0f}" if v.is_integer() else f"{v:g}"
+            parts.append(f"{name}{{{tags}}} {value}" if tags else f"{name} {value}")
+    print("metrics: " + "\n         ".join(parts))
+
+
+def _print_appliance(service: VspcService, endpoint: Endpoint, workdir: Path) -> None:
+    head = "appliance: "
+    for i, line in enumerate(
+        (
+            f"vSPC (ESX network serial ports) on 127.0.0.1:{service.esx_port}",
+            f"endpoint (relays) on 127.0.0.1:{endpoint.tcp_port} and {workdir / 'endpoint.sock'}",
+            f"metrics on http://127.0.0.1:{service.metrics_port}/metrics",
+        )
+    ):
+        text = (head if i == 0 else " " * len(head)) + line
+        print("\n".join(report.paragraph(text, indent=len(head))))

@@ -23,6 +23,7 @@ from pathlib import Path
 import trio
 
 from common.proto.session.sync import MAGIC
+from vic.lab import report
 from vic.lab.agent_processes import STEP_TIMEOUT
 from vic.lab.realvm import ROOT
 from vic.lab.realvm_pty import PtyCommand
@@ -203,10 +204,13 @@ async def run(service: VspcService, workdir: Path) -> list[Check]:
 
 
 def render(title: str, vm: str, checks: list[Check]) -> str:
-    lines = [f"== {title}"]
-    w = max([len(c.what) for c in checks] + [5])
-    lines.append(f"{'VM':<{len(vm)}}  {'check':<{w}}  {'time':>6}  result")
-    for c in checks:
-        lines.append(f"{vm}  {c.what:<{w}}  {c.seconds:>5.1f}s  {'OK' if c.ok else 'FAILED'}")
-        lines.append(f"{'':<{len(vm)}}    {c.seen}")
+    rows = [("VM", "check", "time", "result")]
+    rows += [(vm, c.what, f"{c.seconds:.1f}s", "OK" if c.ok else "FAILED") for c in checks]
+    laid = report.columns(rows, wrapped={1}, right={2})
+    lines = report.paragraph(f"== {title}", indent=3) + laid[0]
+    for c, row_lines in zip(checks, laid[1:], strict=True):
+        lines.extend(row_lines)
+        lines.extend(
+            " " * (len(vm) + 4) + s for s in report.wrap(c.seen, report.WIDTH - len(vm) - 4)
+        )
     return "\n".join(lines)

@@ -1,9 +1,15 @@
-"""What the lab checks and prints: per console, bytes sent vs bytes received."""
+"""What the lab checks and prints: per console, bytes sent vs bytes received; the tables it
+prints, laid out to fit ``WIDTH`` columns (cells wrapped at spaces, notes indented)."""
 
 from __future__ import annotations
 
 import hashlib
+import textwrap
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+
+WIDTH = 100  # no line the lab prints is wider
+MAX_LINES = 6  # a cell or note longer than this many lines is cut, ending in "..."
 
 
 @dataclass
@@ -44,16 +50,86 @@ def digest(data: bytes | bytearray) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
+def wrap(text: str, width: int, *, max_lines: int = MAX_LINES) -> list[str]:
+    """``text`` in lines of at most ``width`` columns (at spaces where it can), at most
+    ``max_lines`` of them (the last then ends in "...")."""
+    lines = textwrap.wrap(
+        text, max(width, 6), break_on_hyphens=False, max_lines=max_lines, placeholder=" ..."
+    )
+    return lines or [""]
+
+
+def note(text: str, indent: int, *, width: int = WIDTH) -> list[str]:
+    """One note under a table row: ``- text`` at ``indent``, continued two columns further."""
+    return [
+        (" " * indent + "- " if i == 0 else " " * (indent + 2)) + line
+        for i, line in enumerate(wrap(text, width - indent - 2))
+    ]
+
+
+def paragraph(text: str, *, indent: int = 0, width: int = WIDTH) -> list[str]:
+    """``text`` wrapped to ``width``, its continuation lines indented by ``indent``."""
+    first, *rest = wrap(text, width - indent)
+    return [first, *(" " * indent + r for r in rest)]
+
+
+def fit_widths(natural: Sequence[int], minimum: Sequence[int], width: int, gap: int) -> list[int]:
+    """Column widths that fit ``width``: the widest column above its minimum loses a column
+    at a time until the row fits (or every column is at its minimum)."""
+    widths = list(natural)
+    while sum(widths) + gap * (len(widths) - 1) > width:
+        over = [i for i, w in enumerate(widths) if w > minimum[i]]
+        if not over:
+            break
+        widths[max(over, key=lambda i: widths[i])] -= 1
+    return widths
+
+
+def columns(
+    rows: Sequence[Sequence[str]],
+    *,
+    wrapped: Collection[int],
+    right: Collection[int] = (),
+    width: int = WIDTH,
+    gap: int = 2,
+) -> list[list[str]]:
+    """Lay ``rows`` (the header first) out in columns that fit ``width``: the columns in
+    ``wrapped`` are narrowed, widest first (to no less than their header), and their cells
+    wrapped; the others keep their width unless nothing else fits. Returns each row's lines;
+    a row's first line holds the first line of every cell."""
+    n = len(rows[0])
+    natural = [max(len(r[i]) for r in rows) for i in range(n)]
+    minimum = [max(len(rows[0][i]), 6) if i in wrapped else natural[i] for i in range(n)]
+    widths = fit_widths(natural, minimum, width, gap)
+    if sum(widths) + gap * (n - 1) > width:  # too many columns kept whole: wrap them all
+        wrapped = range(n)
+        widths = fit_widths(natural, [6] * n, width, gap)
+    out = []
+    for row in rows:
+        cells = [wrap(c, widths[i]) if i in wrapped else [c] for i, c in enumerate(row)]
+        height = max(len(c) for c in cells)
+        lines = []
+        for k in range(height):
+            parts = []
+            for i, cell in enumerate(cells):
+                v = cell[k] if k < len(cell) else ""
+                parts.append(f"{v:>{widths[i]}}" if i in right else f"{v:<{widths[i]}}")
+            lines.append((" " * gap).join(parts).rstrip())
+        out.append(lines)
+    return out
+
+
 def render(title: str, checks: list[ConsoleCheck]) -> str:
-    lines = [f"== {title}"]
-    w = max([len(c.name) for c in checks] + [4])
-    p = max([len(c.path) for c in checks] + [4])
-    lines.append(f"{'VM':<{w}}  {'path':<{p}}  {'sent':>9}  {'received':>9}  {'to VM':>6}  result")
+    rows = [("VM", "path", "sent", "received", "to VM", "result")]
     for c in checks:
-        lines.append(
-            f"{c.name:<{w}}  {c.path:<{p}}  {len(c.sent):>9}  {len(c.received):>9}  "
-            f"{len(c.typed_seen):>3}/{len(c.typed):<3} {c.verdict()}"
-        )
-        for e in c.events:
-            lines.append(f"{'':<{w}}    - {e}")
+        to_vm = f"{len(c.typed_seen)}/{len(c.typed)}"
+        verdict = "SKIPPED" if c.skipped else c.verdict()  # why: a note under the row
+        rows.append((c.name, c.path, str(len(c.sent)), str(len(c.received)), to_vm, verdict))
+    laid = columns(rows, wrapped={1, 5}, right={2, 3, 4})
+    lines = paragraph(f"== {title}", indent=3) + laid[0]
+    w = max(len(r[0]) for r in rows)
+    for c, row_lines in zip(checks, laid[1:], strict=True):
+        lines.extend(row_lines)
+        for e in ([f"skipped: {c.skipped}"] if c.skipped else []) + c.events:
+            lines.extend(note(e, w + 2))
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from pathlib import Path
 import trio
 
 from common.proto import guestinfo as gi
-from vic.lab import vmotion_scenario
+from vic.lab import report, vmotion_scenario
 from vic.lab.agent_processes import STEP_TIMEOUT, start_agent, stop
 from vic.lab.polling import wait_until
 from vic.lab.session_checks import ROOT, SessionCheck, agent_toml, env, read_until, vic, vic_cmd
@@ -181,9 +181,15 @@ async def check_resume(workdir: Path, d: Path, relay: Relay) -> SessionCheck:
 
 
 def render(title: str, checks: list[SessionCheck]) -> str:
-    lines = [f"== {title}"]
+    """Per check: the VM and what was run, then what was seen (wrapped in a column of at most
+    70) and the verdict on that line's right."""
+    lines = report.paragraph(f"== {title}", indent=3)
     for c in checks:
         vm = c.vm or VM
-        lines.append(f"{vm}  {c.what}")
-        lines.append(f"{'':<{len(vm)}}    {c.seen[:70]:<70}  {'OK' if c.ok else 'FAILED'}")
+        lines += report.paragraph(f"{vm}  {c.what}", indent=len(vm) + 2)
+        pad = " " * (len(vm) + 4)
+        w = min(70, report.WIDTH - len(pad) - 8)
+        first, *rest = report.wrap(c.seen, w)
+        lines.append(f"{pad}{first:<{w}}  {'OK' if c.ok else 'FAILED'}")
+        lines.extend(pad + r for r in rest)
     return "\n".join(lines)
