@@ -361,7 +361,7 @@ class Endpoint:
             self.service.metrics.bytes_total.labels(direction="appliance_to_vm").inc(len(data))
 
         was_connected = console.connected
-        link = console.connect(to_vm)  # this stream gets the input while it is the newest
+        link = console.connect(to_vm, header.host)  # gets the input while it is the newest
         if not was_connected:
             self.service.metrics.connected_vms.inc()
         try:
