@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import trio
 from common.io.unixlisten import open_unix_listener
 from common.ops.config import ConfigError
 from relay import route_cli
-from tests.support.vic_cli import REPO, VIC
+from tests.support import vic_cli
 
 ROUTES: dict[str, Any] = {
     "appliance": {
@@ -30,10 +29,7 @@ ROUTES: dict[str, Any] = {
 
 
 def vic(*args: str) -> subprocess.CompletedProcess[str]:
-    exe = [str(VIC)] if VIC.exists() else [sys.executable, "-m", "vic.cli"]
-    return subprocess.run(
-        [*exe, "relay", *args], capture_output=True, text=True, timeout=30, cwd=REPO
-    )
+    return vic_cli.vic("relay", *args)
 
 
 async def _fake_admin(path: Path, seen: list[str], *, task_status: Any) -> None:

@@ -11,15 +11,10 @@ from pathlib import Path
 import pytest
 
 from common.ops.version import version
-from tests.support.vic_cli import REPO, VIC
+from tests.support.vic_cli import REPO, vic
 from vic import cli
 
 DAEMONS = ("vspc", "relay", "agent")
-
-
-def vic(*args: str) -> subprocess.CompletedProcess[str]:
-    exe = [str(VIC)] if VIC.exists() else [sys.executable, "-m", "vic.cli"]
-    return subprocess.run([*exe, *args], capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
 def test_version_is_the_package_version() -> None:
