@@ -227,6 +227,7 @@ class Endpoint:
             wire(header.vm),
             header.kind,
             wire(header.label),
+            extra={"stream": header.stream_id, "host": header.host, "vm": header.vm},
         )
         if header.kind == "vspc":
             if header.continues:

@@ -5,7 +5,9 @@
     2026-12-07T18:04:26.123Z INFO relay: stream=ab12 route=vm1 ... closed
 
 ``json``: one object a line, ``ts`` (ISO-8601 UTC, milliseconds, ``Z``), ``level``,
-``logger``, ``msg``, then any ``extra=`` fields and ``exc`` for a traceback.
+``logger``, ``msg``, then any ``extra=`` fields and ``exc`` for a traceback. The
+text formats add an extra field as `` key=value`` unless the message shows ``key=``
+already (``log.info("stream=%s ...", sid, extra={"stream": sid})`` reads the same).
 
 Under systemd (``$JOURNAL_STREAM`` names our stderr) the text format drops its
 timestamp, which the journal adds, and starts each line with the syslog priority
@@ -46,9 +48,9 @@ def extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
 
 
-def _suffix(record: logging.LogRecord) -> str:
-    fields = extras(record)
-    return "".join(f" {k}={v}" for k, v in fields.items())
+def _suffix(record: logging.LogRecord, msg: str) -> str:
+    """`` key=value`` for each extra field the message does not already show."""
+    return "".join(f" {k}={v}" for k, v in extras(record).items() if f"{k}=" not in msg)
 
 
 class TextFormatter(logging.Formatter):
@@ -56,7 +58,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         head = f"{iso_utc(record.created)} {record.levelname} {record.name}: "
-        return head + record.getMessage() + _suffix(record) + self._exc(record)
+        msg = record.getMessage()
+        return head + msg + _suffix(record, msg) + self._exc(record)
 
     def _exc(self, record: logging.LogRecord) -> str:
         if record.exc_info and not record.exc_text:
@@ -69,7 +72,8 @@ class JournalFormatter(TextFormatter):
 
     def format(self, record: logging.LogRecord) -> str:
         prio = _PRIORITY.get(record.levelno, 2 if record.levelno > logging.ERROR else 7)
-        text = f"{record.levelname} {record.name}: {record.getMessage()}{_suffix(record)}"
+        msg = record.getMessage()
+        text = f"{record.levelname} {record.name}: {msg}{_suffix(record, msg)}"
         # each line of a traceback is a journal entry of its own: give them the priority too
         lines = (text + self._exc(record)).split("\n")
         return "\n".join(f"<{prio}>{line}" for line in lines)

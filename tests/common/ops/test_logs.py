@@ -36,6 +36,15 @@ def test_text_line() -> None:
     assert line == "2026-12-07T16:04:26.123Z WARNING relay.carry: stream=ab failed route=vm1"
 
 
+def test_text_does_not_repeat_a_field_the_message_shows() -> None:
+    line = logs.TextFormatter().format(_record(stream="ab", vm="v1"))
+    assert line.endswith(": stream=ab failed vm=v1")
+    assert (
+        logs.JournalFormatter().format(_record(stream="ab"))
+        == "<4>WARNING relay.carry: stream=ab failed"
+    )
+
+
 def test_json_line_has_the_fields_and_extras() -> None:
     obj = json.loads(logs.JsonFormatter().format(_record(route="vm1", n=3)))
     assert obj == {
