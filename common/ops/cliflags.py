@@ -12,16 +12,18 @@ start logging with ``start_logging``, so the three spell and behave the same.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from common.ops import logs
 
 CONFIG_DIR = Path("/etc/vic")
+CONFIG_DIR_ENV = "VIC_CONFIG_DIR"  # overrides CONFIG_DIR (tests, non-root)
 
 
 def default_config(daemon: str) -> Path:
-    """``/etc/vic/<daemon>.toml``."""
-    return CONFIG_DIR / f"{daemon}.toml"
+    """``/etc/vic/<daemon>.toml`` (``$VIC_CONFIG_DIR/<daemon>.toml`` when set)."""
+    return Path(os.environ.get(CONFIG_DIR_ENV) or CONFIG_DIR) / f"{daemon}.toml"
 
 
 def add_daemon_flags(

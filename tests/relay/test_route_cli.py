@@ -71,13 +71,13 @@ async def test_route_show_reads_the_socket_from_the_config(tmp_path: Path) -> No
 
 
 def test_admin_socket_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(route_cli, "default_config", lambda daemon: tmp_path / "none.toml")
+    monkeypatch.setenv("VIC_CONFIG_DIR", str(tmp_path / "none"))
     assert route_cli.admin_socket("", None) == route_cli.FALLBACK_SOCKET
     assert route_cli.admin_socket("/x.sock", tmp_path / "missing.toml") == "/x.sock"
     cfg = tmp_path / "relay.toml"
     cfg.write_text("[peer]\n")
     assert route_cli.admin_socket("", cfg) == route_cli.FALLBACK_SOCKET
-    monkeypatch.setattr(route_cli, "default_config", lambda daemon: cfg)
+    monkeypatch.setenv("VIC_CONFIG_DIR", str(tmp_path))  # its relay.toml
     cfg.write_text('[peer]\nadmin-socket = "/run/r.sock"\n')
     assert route_cli.admin_socket("", None) == "/run/r.sock"
     cfg.write_text("[peer\n")
