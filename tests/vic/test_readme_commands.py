@@ -55,11 +55,3 @@ def test_readme_command_parses(words: str) -> None:
         from relay import route_cli
 
         assert route_cli.route_parser().parse_args(["route", *argv[2:]]).route_command
-
-
-def test_the_old_certs_spelling_is_gone() -> None:
-    """``vic certs issue host <name>`` never parsed: ``--dir`` and ``--host`` are needed."""
-    assert "certs issue host" not in _folded(README)
-    with pytest.raises(SystemExit):
-        argv = ["certs", "issue", "host", "esx-01"]
-        cli.build_parser(argv)[0].parse_args(argv)
