@@ -1,26 +1,26 @@
-"""``vic agent --config agent.toml``: run the in-guest tether agent."""
+"""``vic agent -c agent.toml [--check]``: run the in-guest tether agent."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-
-import trio
+import sys
 
 from common.ops import config as config_mod
-from common.ops.daemon import stop_signal
-from common.ops.logs import setup as setup_logging
+from common.ops.cliflags import add_daemon_flags, start_logging
 from guestagent.config import AgentConfig
 
 log = logging.getLogger("guestagent")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", help="agent TOML file (default /etc/vic/agent.toml)")
-    parser.add_argument("--log-level", default=None, help="override [agent] log-level")
+    add_daemon_flags(parser, "agent", config_help="agent TOML file (default /etc/vic/agent.toml)")
 
 
 async def _main(cfg: AgentConfig) -> int:
+    import trio
+
+    from common.ops.daemon import stop_signal
     from guestagent.agent import Agent
 
     agent = Agent(cfg)
@@ -39,8 +39,14 @@ async def _main(cfg: AgentConfig) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_mod.load(AgentConfig, config_mod.config_path(args.config, "agent"))
-    setup_logging(args.log_level or cfg.agent.log_level)
+    path = config_mod.config_path(args.config, "agent")  # default /etc/vic/agent.toml
+    cfg = config_mod.load(AgentConfig, path)
+    if args.check:
+        print(f"{path}: ok")
+        return 0
+    start_logging(args, cfg.agent.log_level)
+    import trio
+
     return trio.run(_main, cfg)
 
 
@@ -56,4 +62,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

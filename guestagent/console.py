@@ -123,14 +123,18 @@ class ConsoleLink:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         delay = self.backoff_min
+        failing = False  # a connect failure is a WARNING once, then DEBUG until it connects
         while True:
             try:
                 ch = await self.connector()
             except _CHANNEL_ERRORS as e:
-                log.debug("console connect failed: %s; retry in %.2fs", e, delay)
+                level = logging.DEBUG if failing else logging.WARNING
+                log.log(level, "console connect failed: %s; retry in %.2fs", e, delay)
+                failing = True
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.backoff_max)
                 continue
+            failing = False
             self.connects += 1
             self.channel = ch
             self._connected.set()

@@ -175,7 +175,7 @@ class Tether:
                 except OSError as e:
                     if str(e) != last_error:  # one line per distinct failure, not per retry
                         last_error = str(e)
-                        log.info("tether: cannot connect: %s; retrying", wire(last_error))
+                        log.warning("tether: cannot connect: %s; retrying", wire(last_error))
                     await trio.sleep(backoff.next())
                     continue
                 last_error = ""

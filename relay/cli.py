@@ -1,6 +1,7 @@
-"""``vic relay --config relay.toml [--check]``: the host-side relay daemon.
+"""``vic relay -c relay.toml [--check] [--log-level L] [--log-format F]``: the relay daemon.
 
-``vic relay route show|set`` talks to a running relay's admin socket (relay.admin).
+``vic relay [-c relay.toml] route show|set`` talks to a running relay's admin
+socket (relay.route_cli, relay.admin).
 """
 
 from __future__ import annotations
@@ -8,38 +9,36 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
-import trio
-
-from common.io.preflight import cert_warnings, probe_hosts
-from common.ops import logs, runtime_tuning
+from common.ops.cliflags import add_daemon_flags, start_logging
 from common.ops.config import ConfigError, config_path
-from common.ops.daemon import config_error_exit, watch_signals
-from common.ops.excgroups import first_of
-from relay.config import load_config
-from relay.daemon import RelayDaemon
+from relay import route_cli
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from relay.config import RelayConfig
+    from relay.daemon import RelayDaemon
 
 log = logging.getLogger("relay")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="relay TOML config file (default /etc/vic/relay.toml)")
-    parser.add_argument("--check", action="store_true", help="validate the config and exit")
-    parser.add_argument("--log-level", default=None, help="override the config's log-level")
-    try:
-        from relay.admin import add_route_cli
-    except ImportError:  # pragma: no cover - the admin tools are optional here
-        return
+    add_daemon_flags(
+        parser, "relay", config_help="relay TOML config file (default /etc/vic/relay.toml)"
+    )
     sub = parser.add_subparsers(dest="relay_command", metavar="COMMAND")
     sub.required = False
-    add_route_cli(sub)
+    route_cli.add_placeholder(sub)
 
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "relay_command", None) == "route":
-        from relay.admin import run_route_cli
+        return route_cli.run(args)
+    from common.io.preflight import cert_warnings, probe_hosts
+    from relay.config import load_config
 
-        return run_route_cli(args)
     path = config_path(args.config, "relay")  # default /etc/vic/relay.toml
     cfg = load_config(path)  # ConfigError -> exit 2, one line (vic.cli)
     warnings = cert_warnings(cfg.own_certificates())
@@ -51,9 +50,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"vic relay: warning: {w}", file=sys.stderr)
         print(f"{path}: ok ({len(cfg.listeners())} listeners, {len(cfg.egress)} egresses)")
         return 0
-    logs.setup(args.log_level or cfg.log_level)
+    start_logging(args, cfg.log_level)
     for w in warnings:
         log.warning("%s", w)
+    return _serve(cfg, path)
+
+
+def _serve(cfg: RelayConfig, path: Path) -> int:
+    import trio
+
+    from common.ops import runtime_tuning
+    from common.ops.excgroups import first_of
+    from relay.daemon import RelayDaemon
+
     runtime_tuning.tune_allocator()
     daemon = RelayDaemon(cfg, config_path=path)
     try:
@@ -69,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(daemon: RelayDaemon) -> None:
+    import trio
+
+    from common.ops.daemon import watch_signals
+
     async with trio.open_nursery() as nursery:
         await nursery.start(watch_signals, daemon.reload, daemon.terminate)
         await nursery.start(daemon.run)
@@ -84,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(parser.parse_args(argv))
     except ConfigError as e:
+        from common.ops.daemon import config_error_exit
+
         return config_error_exit(e, "vic relay")
     except KeyboardInterrupt:
         return 130

@@ -1,8 +1,12 @@
 """The one console script, ``vic``: a subcommand per deployable.
 
 Each subcommand lives with the package that owns it and exposes
-``configure(parser)`` and ``run(args) -> int``. A module that fails to import
+``configure(parser)`` and ``run(args) -> int``. Only the chosen subcommand's
+module is imported (``vic --help`` lists them from ``SUBCOMMANDS``), so a
+subcommand starts without paying for the others. A module that fails to import
 leaves its subcommand listed but unavailable, with the reason.
+
+To add a subcommand, add a line to ``SUBCOMMANDS``: name -> (module, help).
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
 from common.ops.config import ConfigError
-from common.ops.daemon import config_error_exit
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "vspc": ("vspc.cli", "run the appliance's virtual Serial Port Concentrator and endpoint"),
@@ -26,6 +31,19 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the version is looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit", **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from common.ops.version import version
+
+        print(f"vic {version()}")
+        parser.exit()
+
+
 def _load(modname: str) -> ModuleType | str:
     try:
         return importlib.import_module(modname)
@@ -33,14 +51,31 @@ def _load(modname: str) -> ModuleType | str:
         return f"unavailable: {e}"
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType | str]]:
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv``: its first word that is not an option (``vic``
+    itself takes no option with a value)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(
+    argv: Sequence[str] | None = None,
+) -> tuple[argparse.ArgumentParser, dict[str, ModuleType | str]]:
+    """The parser; only the subcommand chosen in ``argv`` (all of them when ``argv``
+    is None) is imported and configured, the others are listed from the table."""
     parser = argparse.ArgumentParser(prog="vic", description="vic-channel control channel tools")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    wanted = set(SUBCOMMANDS) if argv is None else {chosen_command(argv)}
     modules: dict[str, ModuleType | str] = {}
     for name, (modname, help_text) in SUBCOMMANDS.items():
-        mod = _load(modname)
-        modules[name] = mod
+        if name not in wanted:
+            sub.add_parser(name, help=help_text, add_help=False)
+            continue
+        mod = modules[name] = _load(modname)
         if isinstance(mod, str):
             sub.add_parser(name, help=f"{help_text} ({mod})")
             continue
@@ -50,7 +85,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType | str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, modules = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser, modules = build_parser(argv)
     args = parser.parse_args(argv)
     mod = modules[args.command]
     if isinstance(mod, str):
@@ -59,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(mod.run(args) or 0)
     except ConfigError as e:
+        from common.ops.daemon import config_error_exit
+
         return config_error_exit(e, f"vic {args.command}")
     except KeyboardInterrupt:
         return 130

@@ -132,7 +132,9 @@ class ActionRunner(ServiceShape):
         )
         link = self._links.get(key)
         if live and link is None:
-            self._links[key] = console.connect(_InputSink(self, key))
+            carrier = self.board.carrier(key)
+            origin = str(getattr(carrier, "peer", ""))  # the ESX host's address
+            self._links[key] = console.connect(_InputSink(self, key), origin)
         elif not live and link is not None:
             del self._links[key]
             self._displays.pop(key, None)  # the console keeps it; a reconnect tells it again

@@ -1,4 +1,5 @@
-"""`vic vspc --config vspc.toml`: the appliance's vSPC, endpoint and consoles.
+"""`vic vspc -c vspc.toml [--check] [--log-level L] [--log-format F]`: the appliance daemon
+(vSPC, endpoint and consoles).
 
 Signals: SIGHUP reloads the config (a bad new config is logged and the running
 one kept); SIGTERM / SIGINT stop listening, give live connections up to
@@ -14,16 +15,13 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import trio
-
-from common.io.preflight import cert_warnings, probe_hosts
 from common.ops import config as cfgmod
-from common.ops import excgroups, lifecycle, logs, runtime_tuning
-from common.ops.daemon import watch_signals
-from common.ops.lifecycle import Lifecycle
-from vspc.config import VspcConfig
-from vspc.defaults import load_vspc_config
+from common.ops.cliflags import add_daemon_flags, start_logging
+
+if TYPE_CHECKING:
+    from vspc.config import VspcConfig
 
 log = logging.getLogger("vspc")
 
@@ -31,10 +29,9 @@ DRAIN_SECONDS = 10.0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", "-c", type=Path, help="vspc.toml (default /etc/vic/vspc.toml, else built-in)"
+    add_daemon_flags(
+        parser, "vspc", config_help="vspc.toml (default /etc/vic/vspc.toml, else built-in)"
     )
-    parser.add_argument("--check", action="store_true", help="validate the config and exit")
     parser.add_argument(
         "--drain-seconds",
         type=float,
@@ -44,6 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from common.io.preflight import cert_warnings, probe_hosts
+    from vspc.defaults import load_vspc_config
+
     path, config = load_vspc_config(args.config)
     warnings = cert_warnings(config.own_certificates())
     _check_tls(config)
@@ -53,9 +53,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"vic vspc: warning: {w}", file=sys.stderr)
         print(f"{path or 'built-in defaults'}: ok")
         return 0
-    logs.setup(config.log_level)
+    start_logging(args, config.log_level)
     for w in warnings:
         log.warning("%s", w)
+    return _serve(args, config)
+
+
+def _serve(args: argparse.Namespace, config: VspcConfig) -> int:
+    import trio
+
+    from common.ops import excgroups, runtime_tuning
+
     runtime_tuning.tune_allocator()
     try:
         trio.run(serve, args.config, config, args.drain_seconds)
@@ -93,6 +101,12 @@ def _status(service: object) -> str:
 
 
 async def serve(path: Path | None, config: VspcConfig, drain_seconds: float) -> None:
+    import trio
+
+    from common.ops import lifecycle, runtime_tuning
+    from common.ops.daemon import watch_signals
+    from common.ops.lifecycle import Lifecycle
+    from vspc.defaults import load_vspc_config
     from vspc.endpoint import Endpoint
     from vspc.service import VspcService
 

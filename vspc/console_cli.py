@@ -22,20 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import sys
-import threading
 import tomllib
 from pathlib import Path
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from common.ops.config import ConfigError, build
 from common.proto.console import protocol as proto
-from vspc.console.client import ConsoleClientError, Endpoint, attach, list_consoles
 from vspc.console.config import DEFAULT_SOCKET, ConsoleConfig
-from vspc.sessions.cli import run_session, session_attach, session_parsers
+from vspc.sessions.cli import session_parsers
+
+if TYPE_CHECKING:
+    from vspc.console.client import Endpoint
 
 ENV_SOCKET = "VIC_CONSOLE_SOCKET"
 
@@ -102,6 +100,8 @@ def _from_config(path: Path) -> ConsoleConfig:
 
 
 def endpoint_from_args(args: argparse.Namespace) -> Endpoint:
+    from vspc.console.client import Endpoint
+
     cfg = _from_config(args.config) if getattr(args, "config", None) else None
     if cfg is not None and not args.socket and not args.tcp:
         if cfg.socket is not None:
@@ -138,6 +138,12 @@ def parse_escape(text: str) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Only now the client, trio and TLS: ``--help`` and parsing stay light."""
+    import trio
+
+    from vspc.console_attach import run_attach
+    from vspc.sessions.cli import run_session, session_attach
+
     ep = endpoint_from_args(args)
     if args.action == "list":
         return trio.run(_list, ep, bool(args.json))
@@ -161,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _list(ep: Endpoint, as_json: bool) -> int:
+    from vspc.console.client import ConsoleClientError, list_consoles
+
     try:
         consoles = await list_consoles(ep)
     except ConsoleClientError as e:
@@ -175,183 +183,48 @@ async def _list(ep: Endpoint, as_json: bool) -> int:
 
 def format_table(consoles: list[dict[str, Any]]) -> str:
     """One row a console; one known only from its log files (its VM went away, or
-    before a restart) is ``gone``, with the bytes its log files hold."""
-    rows = [("UUID", "LABEL", "DISPLAY", "CONNECTED", "BYTES", "CLIENTS")]
+    before a restart) is ``gone``, with the bytes its log files hold. ORIGIN is
+    where the VM connection comes from (ESX host or relay host), LAST-SEEN ``now``
+    while connected, ATTACHED the clients as ``MODE:PEER`` (``-`` for none, or when
+    an older service does not say)."""
+    rows = [HEADER]
     for c in consoles:
+        connected = bool(c.get("connected"))
         rows.append(
             (
                 str(c.get("uuid", "")),
                 str(c.get("label", "")),
                 str(c.get("display", "")),
-                "yes" if c.get("connected") else "gone" if "logged" in c else "no",
+                "yes" if connected else "gone" if "logged" in c else "no",
+                str(c.get("origin") or "-"),
+                "now" if connected else str(c.get("last_seen") or "-"),
                 str(c.get("logged", c.get("bytes", 0))),
                 str(c.get("clients", 0)),
+                _attached(c.get("attached")),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
 
 
-# --- attach ------------------------------------------------------------------------
+HEADER = (
+    "UUID",
+    "LABEL",
+    "DISPLAY",
+    "CONNECTED",
+    "ORIGIN",
+    "LAST-SEEN",
+    "BYTES",
+    "CLIENTS",
+    "ATTACHED",
+)
 
 
-def run_attach(ep: Endpoint, req: proto.AttachRequest, *, follow: bool, escape: int | None) -> int:
-    in_fd, out_fd = sys.stdin.fileno(), sys.stdout.fileno()
-    tty = os.isatty(in_fd)
-    saved: Any = None
-    if tty and follow:
-        import termios
-        import tty as ttymod
-
-        saved = termios.tcgetattr(in_fd)
-        ttymod.setraw(in_fd)
-    try:
-        return trio.run(
-            attach_session, ep, req, in_fd, out_fd, follow, escape if tty else None, tty
-        )
-    finally:
-        if saved is not None:
-            import termios
-
-            termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    mv = memoryview(data)
-    while mv:
-        n = os.write(fd, mv)
-        mv = mv[n:]
-
-
-def _read_input(fd: int, stop: threading.Event) -> bytes | None:
-    """Blocking read of stdin that notices ``stop`` (polls so a detach leaves no reader behind)."""
-    while not stop.is_set():
-        r, _, _ = select.select([fd], [], [], 0.2)
-        if r:
-            return os.read(fd, 64 * 1024)
-    return None
-
-
-async def attach_session(
-    ep: Endpoint,
-    req: proto.AttachRequest,
-    in_fd: int,
-    out_fd: int,
-    follow: bool,
-    escape: int | None,
-    tty: bool,
-) -> int:
-    """Copy the console to ``out_fd`` and ``in_fd`` to the console; the exit status."""
-    try:
-        stream, status, first = await attach(ep, req)
-    except ConsoleClientError as e:
-        print(f"vic console: {e}", file=sys.stderr)
-        return 1
-    nl = "\r\n" if tty else "\n"
-    if tty:
-        _announce(status, escape, nl)
-    session = _Session(stream, req, in_fd, out_fd, follow, escape, nl)
-    session.replay_left = int(status.get("replay", 0))
-    return await session.run(first)
-
-
-def _announce(status: dict[str, Any], escape: int | None, nl: str) -> None:
-    key = f"^{chr(escape ^ 0x40)}" if escape is not None else "nothing"
-    sys.stderr.write(
-        f"[vic console: attached to {status.get('display')} "
-        f"({status.get('uuid')}:{status.get('label')}),"
-        f" {status.get('mode')}; {key} detaches]{nl}"
+def _attached(clients: object) -> str:
+    if not isinstance(clients, list) or not clients:
+        return "-"
+    return ",".join(
+        f"{c.get('mode', '?')}:{str(c.get('peer', '?')).replace(' ', '/')}"
+        for c in clients
+        if isinstance(c, dict)
     )
-    sys.stderr.flush()
-
-
-class _Session:
-    """One attached session: the console to ``out_fd`` and (when following) ``in_fd`` to it."""
-
-    def __init__(
-        self,
-        stream: trio.abc.Stream,
-        req: proto.AttachRequest,
-        in_fd: int,
-        out_fd: int,
-        follow: bool,
-        escape: int | None,
-        nl: str,
-    ) -> None:
-        self.stream = stream
-        self.req = req
-        self.in_fd = in_fd
-        self.out_fd = out_fd
-        self.follow = follow
-        self.escape = escape
-        self.nl = nl
-        self.replay_left = 0  # without follow: replay bytes still to show
-        self.result = 0
-        self.stop = threading.Event()
-
-    async def run(self, first: bytes) -> int:
-        nl = self.nl
-        try:
-            async with self.stream:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self.output, first, nursery.cancel_scope)
-                    if self.follow:
-                        nursery.start_soon(self.input, nursery.cancel_scope)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-            sys.stderr.write(f"{nl}[vic console: connection lost: {e}]{nl}")
-            self.result = 1
-        finally:
-            self.stop.set()
-            sys.stderr.flush()
-        return self.result
-
-    async def output(self, first: bytes, cancel: trio.CancelScope) -> None:
-        data: bytes | bytearray = first
-        while True:
-            if data:
-                if not self.follow:
-                    data = data[: self.replay_left]
-                    self.replay_left -= len(data)
-                await trio.to_thread.run_sync(_write_all, self.out_fd, bytes(data))
-            if not self.follow and self.replay_left <= 0:
-                break
-            data = await self._receive()
-            if not data:
-                if self.follow:
-                    nl = self.nl
-                    sys.stderr.write(
-                        f"{nl}[vic console: session closed by the console service]{nl}"
-                    )
-                    self.result = 1
-                break
-        cancel.cancel()
-
-    async def _receive(self) -> bytes | bytearray:
-        try:
-            return await self.stream.receive_some(64 * 1024)
-        except trio.BrokenResourceError:
-            return b""
-
-    async def input(self, cancel: trio.CancelScope) -> None:
-        while True:
-            data = await trio.to_thread.run_sync(
-                _read_input, self.in_fd, self.stop, abandon_on_cancel=True
-            )
-            if not data:  # stopped, or stdin EOF: stop sending, keep showing output
-                return
-            if await self._send(data):
-                cancel.cancel()
-                return
-
-    async def _send(self, data: bytes) -> bool:
-        """Send typed ``data`` (unless read-only); True when it held the escape key,
-        in which case only what came before it is sent."""
-        i = data.find(bytes([self.escape])) if self.escape is not None else -1
-        if i >= 0:
-            if i and self.req.mode != "ro":
-                await self.stream.send_all(data[:i])
-            sys.stderr.write(f"{self.nl}[vic console: detached]{self.nl}")
-            return True
-        if self.req.mode != "ro":
-            await self.stream.send_all(data)
-        return False

@@ -202,7 +202,7 @@ class Endpoint:
         who = (
             ""
             if header is None
-            else (f" {wire(header.stream_id or '-')} from {wire(header.host)} vm={wire(header.vm)}")
+            else f"={wire(header.stream_id or '-')} host={wire(header.host)} vm={wire(header.vm)}"
         )
         log.warning("relayed stream%s rejected: %s", who, wire(reason))
         self.count_rejected(kind)
@@ -221,17 +221,18 @@ class Endpoint:
         an appliance killed before writing them gets them again."""
         self.service.metrics.relayed_streams_total.labels(kind=header.kind, result="accepted").inc()
         log.info(
-            "relayed stream %s from %s: vm=%s kind=%s label=%s",
+            "relayed stream=%s host=%s vm=%s kind=%s label=%s",
             wire(header.stream_id or "-"),
             wire(header.host),
             wire(header.vm),
             header.kind,
             wire(header.label),
+            extra={"stream": header.stream_id, "host": header.host, "vm": header.vm},
         )
         if header.kind == "vspc":
             if header.continues:
                 log.warning(
-                    "relayed Telnet stream %s from %s continues at offset %d: a new "
+                    "relayed stream=%s host=%s (Telnet) continues at offset %d: a new "
                     "Telnet session, not fitted on byte-exactly",
                     wire(header.stream_id),
                     wire(header.host),
@@ -315,7 +316,7 @@ class Endpoint:
         m = self.service.metrics
         m.relayed_continued_total.labels(known="yes" if plan.known else "no").inc()
         log.info(
-            "relayed stream %s from %s continues at offset %d (VM has %d): %s",
+            "relayed stream=%s host=%s continues at offset %d (VM has %d): %s",
             wire(header.stream_id),
             wire(header.host),
             header.offset,
@@ -330,7 +331,7 @@ class Endpoint:
         ):
             if gap is not None:
                 log.warning(
-                    "relayed stream %s from %s: %s bytes %d..%d lost on the way (%d)",
+                    "relayed stream=%s host=%s: %s bytes %d..%d lost on the way (%d)",
                     wire(header.stream_id),
                     wire(header.host),
                     direction,
@@ -356,12 +357,12 @@ class Endpoint:
                 try:
                     await stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-                    log.info("relayed stream %s: input not sent: %s", wire(header.stream_id), e)
+                    log.info("relayed stream=%s: input not sent: %s", wire(header.stream_id), e)
                     return
             self.service.metrics.bytes_total.labels(direction="appliance_to_vm").inc(len(data))
 
         was_connected = console.connected
-        link = console.connect(to_vm)  # this stream gets the input while it is the newest
+        link = console.connect(to_vm, header.host)  # gets the input while it is the newest
         if not was_connected:
             self.service.metrics.connected_vms.inc()
         try:
@@ -377,7 +378,7 @@ class Endpoint:
                 if log_before_ack:
                     await console.wait_logged()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            log.info("relayed stream %s lost: %s", wire(header.stream_id or str(key)), e)
+            log.info("relayed stream=%s lost: %s", wire(header.stream_id or str(key)), e)
         finally:
             console.disconnect(link)  # an older live stream of this port gets the input back
             if not console.connected:

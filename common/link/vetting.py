@@ -57,7 +57,7 @@ def vet_accepted(acc: Accepted, events: LinkEvents = NO_EVENTS) -> OriginHeader 
         return None
     if not header_matches_identity(header, acc.peer_identity):
         log.warning(
-            "stream %s from %s refused: its header speaks for host '%s'",
+            "stream=%s peer=%s refused: its header speaks for host '%s'",
             wire(header.stream_id or "-"),
             wire(peer),
             wire(header.host),
@@ -75,7 +75,7 @@ def with_continuation(header: OriginHeader, stream: ResumableStream) -> OriginHe
         return header
     start, recv_start = stream.continues
     log.info(
-        "stream %s from %s continues at offset %d (its VM end has %d)",
+        "stream=%s host=%s continues at offset %d (its VM end has %d)",
         wire(header.stream_id or "-"),
         wire(header.host),
         header.offset + start,

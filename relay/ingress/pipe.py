@@ -68,8 +68,8 @@ async def _connect(cfg: PipeListener, sink: IngressSink, task_status: Any) -> No
         try:
             stream = await trio.open_unix_socket(str(cfg.path))
         except OSError as e:
-            if not down_logged:
-                log.info(
+            if not down_logged:  # a connect failure: WARNING, once until it connects
+                log.warning(
                     "route=%s vm=%s waiting for the VM end at %s (%s)",
                     cfg.name,
                     cfg.vm,

@@ -59,12 +59,15 @@ async def _client(cfg: TcpListener, sink: IngressSink, *, task_status: Any) -> N
     backoff = sink.backoff()
     task_status.started((cfg.host, cfg.port))
     where = describe((cfg.host, cfg.port))
+    failing = False
     while True:
         try:
             stream = await trio.open_tcp_stream(cfg.host, cfg.port)
         except OSError as e:
             delay = backoff.next_delay()
-            log.debug(
+            # a connect failure: WARNING the first time, DEBUG while it keeps failing
+            log.log(
+                logging.DEBUG if failing else logging.WARNING,
                 "route=%s vm=%s connect to %s failed (%s); retry in %.1fs",
                 cfg.name,
                 cfg.vm,
@@ -72,8 +75,10 @@ async def _client(cfg: TcpListener, sink: IngressSink, *, task_status: Any) -> N
                 e,
                 delay,
             )
+            failing = True
             await trio.sleep(delay)
             continue
+        failing = False
         backoff.reset()
         log.info("route=%s vm=%s connected to %s", cfg.name, cfg.vm, where)
         done = await sink.dispatch(

@@ -91,7 +91,9 @@ async def test_two_relay_processes_reload_route_set_and_drain(tmp_path: Path) ->
         data = pattern(3_000_000, 8)
         third = len(data) // 3
         assert await roundtrip(vm, data[:third]) == data[:third]
-        show = await trio.to_thread.run_sync(vic_route, "show", "--admin-socket", str(admin))
+        show = await trio.to_thread.run_sync(
+            vic_route, "show", "--json", "--admin-socket", str(admin)
+        )
         assert show.returncode == 0, show.stderr
         routes = json.loads(show.stdout)["routes"]
         assert routes["appliance"]["address"] == f"tcp:127.0.0.1:{l1}"
@@ -115,7 +117,9 @@ async def test_two_relay_processes_reload_route_set_and_drain(tmp_path: Path) ->
             "vic://host/esx-b",
         )
         assert moved.returncode == 0, moved.stdout + moved.stderr
-        show = await trio.to_thread.run_sync(vic_route, "show", "--admin-socket", str(admin))
+        show = await trio.to_thread.run_sync(
+            vic_route, "show", "--json", "--admin-socket", str(admin)
+        )
         assert json.loads(show.stdout)["routes"]["appliance"]["route_changes"] == 2
 
         a.kill(signal.SIGTERM)

@@ -11,16 +11,15 @@ REPO = Path(__file__).resolve().parents[2]
 VIC = REPO / ".venv" / "bin" / "vic"
 
 
+def vic(*args: str) -> subprocess.CompletedProcess[str]:
+    """``vic ARGS`` to its end (60 s at the most), output captured as text."""
+    exe = [str(VIC)] if VIC.exists() else [sys.executable, "-m", "vic.cli"]
+    return subprocess.run([*exe, *args], capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
 def run_vic(program: str, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``vic PROGRAM --config CONFIG ARGS`` to its end (60 s at the most)."""
-    exe = [str(VIC)] if VIC.exists() else [sys.executable, "-m", "vic.cli"]
-    return subprocess.run(
-        [*exe, program, "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    return vic(program, "--config", str(config), *args)
 
 
 def assert_one_line(r: subprocess.CompletedProcess[str], key: str) -> str:

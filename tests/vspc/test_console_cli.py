@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,16 +36,30 @@ async def run(*args: str) -> subprocess.CompletedProcess[bytes]:
 async def test_list_table_and_json(short_dir: Path, nursery: trio.Nursery) -> None:
     svc = await start(nursery, make_config(short_dir))
     con = svc.open(KEY, "web-1")
-    con.connect(discard)
+    link = con.connect(discard, "esx-07")
     await con.from_vm(b"hello")
+    watcher = con.attach("ro", 0, "unix uid=0 pid=42")
     sock = str(short_dir / "c.sock")
     p = await run("list", "--socket", sock, "--json")
     assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)[0]["display"] == "web-1"
+    (obj,) = json.loads(p.stdout)
+    assert obj["display"] == "web-1" and obj["origin"] == "esx-07"
+    assert obj["attached"] == [{"peer": "unix uid=0 pid=42", "mode": "ro"}]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", obj["last_seen"])
     p = await run("list", "--socket", sock)
     lines = p.stdout.decode().splitlines()
-    assert lines[0].split() == ["UUID", "LABEL", "DISPLAY", "CONNECTED", "BYTES", "CLIENTS"]
-    assert lines[1].split() == [KEY.uuid, "serial0", "web-1", "yes", "5", "0"]
+    assert lines[0].split() == [
+        *("UUID", "LABEL", "DISPLAY", "CONNECTED", "ORIGIN", "LAST-SEEN", "BYTES", "CLIENTS"),
+        "ATTACHED",
+    ]
+    row = [KEY.uuid, "serial0", "web-1", "yes", "esx-07", "now", "5", "1", "ro:unix/uid=0/pid=42"]
+    assert lines[1].split() == row
+    con.detach(watcher)
+    con.disconnect(link)
+    (obj,) = json.loads((await run("list", "--socket", sock, "--json")).stdout)
+    assert obj["connected"] is False and obj["origin"] == "esx-07" and obj["attached"] == []
+    row = (await run("list", "--socket", sock)).stdout.decode().splitlines()[1].split()
+    assert row[3:6] == ["no", "esx-07", obj["last_seen"]] and row[-1] == "-"
 
 
 async def test_attach_no_follow_prints_the_replay_exactly(
@@ -193,5 +208,6 @@ def test_table_shows_consoles_known_only_from_their_logs() -> None:
             },
         ]
     ).splitlines()
-    assert rows[1].split() == ["a" * 32, "com1", "old", "gone", "1234", "0"]
-    assert rows[2].split() == ["b" * 32, "com1", "new", "no", "7", "1"]
+    # an older service's reply: no origin, last-seen or attached
+    assert rows[1].split() == ["a" * 32, "com1", "old", "gone", "-", "-", "1234", "0", "-"]
+    assert rows[2].split() == ["b" * 32, "com1", "new", "no", "-", "-", "7", "1", "-"]

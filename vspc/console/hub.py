@@ -20,7 +20,6 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -32,6 +31,7 @@ from vspc.console.clientqueue import Client, notice
 from vspc.console.config import ConsoleConfig
 from vspc.console.eventlog import format_event
 from vspc.console.history import meta_bytes
+from vspc.console.info import Attached, ConsoleInfo
 from vspc.console.logbatch import PortLog
 from vspc.console.logfile import file_stem
 from vspc.console.logwriter import LogWriter
@@ -69,35 +69,11 @@ class Hub:
 class Link:
     """One live VM connection of a console: where keystrokes go while it is the newest."""
 
-    __slots__ = ("sink",)
+    __slots__ = ("origin", "sink")
 
-    def __init__(self, sink: InputSink) -> None:
+    def __init__(self, sink: InputSink, origin: str) -> None:
         self.sink = sink
-
-
-@dataclass(frozen=True)
-class ConsoleInfo:
-    key: PortKey
-    display: str
-    connected: bool
-    bytes: int  # from the VM, since the service started
-    clients: int
-    bytes_to_vm: int = 0
-    logged: int | None = None  # bytes in its log files (consoles known only from disk)
-
-    def to_json(self) -> dict[str, object]:
-        out: dict[str, object] = {
-            "uuid": self.key.uuid,
-            "label": self.key.label,
-            "display": self.display,
-            "connected": self.connected,
-            "bytes": self.bytes,
-            "bytes_to_vm": self.bytes_to_vm,
-            "clients": self.clients,
-        }
-        if self.logged is not None:
-            out["logged"] = self.logged
-        return out
+        self.origin = origin  # the ESX host (vSPC) or the relay host (relayed stream)
 
 
 class Console:
@@ -114,6 +90,8 @@ class Console:
         "bytes_to_vm",
         "history_read",
         "key",
+        "last_seen",
+        "origin",
     )
 
     def __init__(self, hub: Hub, key: PortKey, display: str) -> None:
@@ -126,6 +104,8 @@ class Console:
         self._links: list[Link] = []  # live VM connections, newest last
         self._lock: trio.Lock | None = None  # created when a writer has to wait
         self.history_read = False  # the replay ring has what the log files held before
+        self.last_seen: float | None = None  # wall clock, when its last VM connection ended
+        self.origin = ""  # where its newest VM connection came from
         self._display = ""
         self.display = display
         hub.idle(self)
@@ -219,9 +199,10 @@ class Console:
         writer = self._hub.writer
         return writer.room(self._log) if writer.enabled else math.inf
 
-    def connect(self, sink: InputSink) -> Link:
+    def connect(self, sink: InputSink, origin: str = "") -> Link:
         """A VM connection of this port is live; it gets the input until a newer one comes."""
-        link = Link(sink)
+        link = Link(sink, origin)
+        self.origin = origin or self.origin
         self._links.append(link)
         if len(self._links) == 1:
             self._hub.busy(self)
@@ -236,6 +217,7 @@ class Console:
         except ValueError:
             return
         if not self._links:
+            self.last_seen = time.time()
             self.event("vm_disconnected")
             self._tell_clients("VM disconnected")
             self._check_idle()
@@ -366,6 +348,9 @@ class Console:
             bytes=self._ring.total,
             clients=len(self._clients),
             bytes_to_vm=self.bytes_to_vm,
+            origin=self._links[-1].origin if self._links else self.origin,
+            last_seen=time.time() if self._links else self.last_seen,
+            attached=tuple(Attached(c.peer, c.mode) for c in self._clients),
         )
 
     def apply_config(self, config: ConsoleConfig) -> None:

@@ -28,7 +28,8 @@ from vspc.console.connection import (
 )
 from vspc.console.endpoint import EndpointError, open_tcp, open_unix, server_ssl_context
 from vspc.console.history import DiskConsole, scan
-from vspc.console.hub import Console, ConsoleBusy, ConsoleInfo, Hub
+from vspc.console.hub import Console, ConsoleBusy, Hub
+from vspc.console.info import ConsoleInfo
 from vspc.console.logbatch import LogSettings
 from vspc.console.logwriter import LogWriter
 from vspc.console.lookup import LookupFailed as LookupFailed

@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from common.ops.config import ConfigError
 from common.proto.console import protocol as proto
-from vspc.console.client import ConsoleClientError, Endpoint
+
+if TYPE_CHECKING:
+    from vspc.console.client import Endpoint
 
 
 def session_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -62,6 +62,8 @@ def _seconds(text: str) -> float:
 
 
 def run_session(ep: Endpoint, args: argparse.Namespace) -> int:
+    import trio
+
     from vspc.sessions import client
 
     if args.action == "rotate":
@@ -85,6 +87,9 @@ def run_session(ep: Endpoint, args: argparse.Namespace) -> int:
 
 
 async def _rotate(ep: Endpoint, vm: str) -> int:
+    import trio
+
+    from vspc.console.client import ConsoleClientError
     from vspc.sessions import client
 
     try:
