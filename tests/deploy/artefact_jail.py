@@ -3,7 +3,7 @@
 ``artefacts_dir`` builds ``vic-relay`` and ``vic-agent`` once a session with
 ``scripts/build-artefacts`` (or reuses ``dist/`` when it is newer than every source
 file it bundles). ``make_jail`` lays out a root that holds only the artefacts, the C
-runtime they link against (glibc, libgcc_s) and busybox (for the agent's sessions):
+runtime they link against (glibc, zlib) and busybox (for the agent's sessions):
 no Python, no venv, no worktree.
 """
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NAMES = ("vic-relay", "vic-agent")
 BUNDLED = ("common", "relay", "guestagent")
 BUILD_INPUTS = ("scripts/build-artefacts", "constraints-build.txt", "pyproject.toml")
-# What a minimal image's C runtime holds (glibc, libgcc_s, zlib); PyInstaller
+# What a minimal image's C runtime holds (glibc and zlib); PyInstaller
 # bundles everything else.
 C_RUNTIME = (
     "ld-linux-x86-64.so.2",
@@ -35,7 +35,6 @@ C_RUNTIME = (
     "librt.so.1",
     "libutil.so.1",
     "libresolv.so.2",
-    "libgcc_s.so.1",
     "libz.so.1",  # the one-file bootloader's own (it inflates the bundle)
 )
 LOADER = Path("/lib64/ld-linux-x86-64.so.2")
@@ -79,6 +78,13 @@ def build(out: Path) -> Path:
         pytest.skip(f"PyInstaller cannot be installed here: {tail}")
     assert r.returncode == 0, f"scripts/build-artefacts failed:\n{tail}"
     return out
+
+
+def bundled_packages(artefact: Path) -> set[str]:
+    """Top-level names of the Python modules inside a one-file artefact."""
+    readers = pytest.importorskip("PyInstaller.archive.readers")
+    pyz = readers.CArchiveReader(str(artefact)).open_embedded_archive("PYZ.pyz")
+    return {name.split(".")[0] for name in pyz.toc}
 
 
 def preconditions() -> str | None:
@@ -129,7 +135,7 @@ def make_jail(root: Path, artefacts: Path) -> Jail:
     _place(LOADER.resolve(), root / LOADER.relative_to("/"))
     busybox = Path(shutil.which("busybox") or "/bin/busybox")
     _place(busybox.resolve(), root / "bin" / "busybox")
-    for applet in ("sh", "true"):
+    for applet in ("sh", "true", "cat"):
         (root / "bin" / applet).symlink_to("busybox")
     for d in ("tmp", "run", "etc", "dev"):
         (root / d).mkdir(exist_ok=True)
@@ -152,9 +158,37 @@ def help_seconds(jail: Jail, name: str, runs: int = 5) -> float:
     return statistics.median(times)
 
 
-def _children(pid: int) -> list[int]:
-    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    return [int(c) for c in text.split()]
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+    return out
+
+
+def zombies_of(ppid: int) -> list[int]:
+    found = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            rest = Path(f"/proc/{p}/stat").read_text().rsplit(") ", 1)[1].split()
+        except OSError:
+            continue
+        if rest[0] == "Z" and int(rest[1]) == ppid:
+            found.append(int(p))
+    return found
+
+
+def nspid(pid: int) -> int:
+    """The pid as seen inside its innermost PID namespace."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return int(next(ln for ln in status if ln.startswith("NSpid:")).split()[-1])
+
+
+def pidns_refused() -> str:
+    """Why ``unshare --pid`` cannot run here, or ""."""
+    if shutil.which("unshare") is None:
+        return "unshare(1) is not installed"
+    p = subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True, check=False)
+    return "" if p.returncode == 0 else p.stderr.decode().strip() or f"exit {p.returncode}"
 
 
 def _rss_kib(pid: int) -> int:
@@ -167,7 +201,7 @@ def _rss_kib(pid: int) -> int:
 def rss_mib(bootloader_pid: int) -> tuple[float, float]:
     """(bootloader, program) resident set sizes in MiB: the one-file bootloader stays
     as the parent of the process that runs Python."""
-    kids = _children(bootloader_pid)
+    kids = children(bootloader_pid)
     program = sum(_rss_kib(k) for k in kids)
     return _rss_kib(bootloader_pid) / 1024, program / 1024
 

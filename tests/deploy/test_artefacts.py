@@ -1,6 +1,6 @@
 """The single-file artefacts (``scripts/build-artefacts``) run where no Python is.
 
-Each runs in a chroot that holds only the artefacts, glibc, libgcc_s and busybox
+Each runs in a chroot that holds only the artefacts, glibc, zlib and busybox
 (``artefact_jail``): ``--version``/``--help``, ``--check`` on a config, and a real
 run. The relay relays bytes from a Unix-socket ingress (an ESX named pipe) to an
 appliance-side TCP listener and stops on SIGTERM; the agent reads a file guestinfo
@@ -10,6 +10,8 @@ backend, runs the session the appliance wrote, and stops cleanly. Size, start ti
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,14 +27,20 @@ from tests.deploy.artefact_jail import (
     ENV,
     Jail,
     build,
+    bundled_packages,
+    children,
     fresh_dist,
     help_seconds,
     make_jail,
+    nspid,
+    pidns_refused,
     preconditions,
     report,
     rss_mib,
+    zombies_of,
 )
 from tests.relay.relayfix import Appliance, pattern, roundtrip
+from tests.support.waiting import wait_until
 from vspc.guestinfo_watch import FileStoreWatcher, configure_session, wait_for_exit
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -104,6 +112,23 @@ def test_version_help_and_figures(jail: Jail, name: str) -> None:
     assert f"usage: {ROLES[name]}" in h.stdout and "--config" in h.stdout
     size = jail.path(name).stat().st_size
     report(f"{name}: {size / 2**20:.1f} MiB, --help median of 5 {help_seconds(jail, name):.2f} s")
+
+
+@pytest.mark.parametrize(
+    "name,own,never",
+    [
+        ("vic-relay", {"relay", "common", "pyVmomi", "pyVim"}, {"guestagent"}),
+        ("vic-agent", {"guestagent", "common", "pyroute2"}, {"relay", "pyVmomi"}),
+    ],
+)
+def test_each_artefact_bundles_its_program_only(
+    artefacts: Path, name: str, own: set[str], never: set[str]
+) -> None:
+    """Lean: no lab, appliance, tests or benches, nor test tools that trio only tries."""
+    found = bundled_packages(artefacts / name)
+    assert own <= found
+    dev = {"vic", "vspc", "tests", "bench", "pytest", "_pytest", "hypothesis", "numpy", "PIL"}
+    assert not found & (never | dev)
 
 
 def test_relay_check(jail: Jail) -> None:
@@ -235,3 +260,49 @@ async def test_agent_exits_when_done(jail: Jail) -> None:
     assert r.returncode == 0, r.stderr
     info = (await watcher.state("vm9")).session("c1").exit
     assert info is not None and info.status == 0
+
+
+async def test_agent_as_pid1_of_a_pid_namespace_leaves_no_zombies(jail: Jail) -> None:
+    """As in a containerVM, the one-file bootloader is PID 1 and the agent its child.
+    The agent makes itself a child subreaper, so a session's orphans come to it (the
+    bootloader waits only for its own child) and are reaped; SIGTERM to PID 1 is
+    forwarded to the agent and both exit 0."""
+    why = pidns_refused()
+    if why:
+        pytest.skip(f"no PID namespace here: {why}")
+    fifos = [jail.path("/run/f1"), jail.path("/run/f2")]
+    for f in fifos:
+        os.mkfifo(f)
+    watcher = FileStoreWatcher(jail.path("/run"))
+    script = "cat /run/f1 >/dev/null & cat /run/f2 >/dev/null & exit 0"
+    await configure_session(
+        watcher, "vm9", gi.SessionConfig(id="c2", path="/bin/sh", args=("sh", "-c", script))
+    )
+    jail.path("/etc/agent.toml").write_text(_agent_toml(exit_when_done=False))
+    log = jail.path("/agent.log").open("wb")
+    argv = [shutil.which("unshare") or "unshare", "--pid", "--fork", "--kill-child"]
+    argv += jail.argv("vic-agent", "--config", "/etc/agent.toml")
+    proc = await trio.lowlevel.open_process(argv, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        info = await _or_exit(
+            proc, jail.path("/agent.log"), lambda: wait_for_exit(watcher, "vm9", "c2", 120)
+        )
+        assert info.status == 0
+        (pid1,) = children(proc.pid)  # the bootloader, PID 1 inside
+        assert nspid(pid1) == 1
+        (agent,) = children(pid1)
+        await wait_until(lambda: len(children(agent)) == 2, 10, "the orphans reach the agent")
+        for f in fifos:
+            os.close(os.open(f, os.O_WRONLY))  # the orphans exit...
+        await wait_until(
+            lambda: not (children(agent) or zombies_of(agent) or zombies_of(pid1)),
+            10,
+            "the orphans exit and are reaped",
+        )
+        os.kill(pid1, signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await proc.wait() == 0, jail.path("/agent.log").read_text()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        log.close()
