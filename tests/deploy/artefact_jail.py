@@ -1,14 +1,15 @@
 """The single-file artefacts for the tests, and a chroot to run them in.
 
-``artefacts_dir`` builds ``vic-relay`` and ``vic-agent`` once a session with
-``scripts/build-artefacts`` (or reuses ``dist/`` when it is newer than every source
-file it bundles). ``make_jail`` lays out a root that holds only the artefacts, the C
+``artefacts_dir`` builds ``vic-relay`` and ``vic-agent`` into ``dist/`` with
+``scripts/build-artefacts``, or reuses them when they are newer than every source
+file they bundle. ``make_jail`` lays out a root that holds only the artefacts, the C
 runtime they link against (glibc, zlib) and busybox (for the agent's sessions):
 no Python, no venv, no worktree.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import stat
@@ -61,6 +62,16 @@ def _pyinstaller_importable() -> bool:
     venv_python = ROOT / ".venv" / "bin" / "python"
     probe = [str(venv_python), "-c", "import PyInstaller"]
     return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+def artefacts_dir() -> Path:
+    """``dist/`` with fresh artefacts, built if need be. Under a lock: pytest-xdist
+    workers each ask, and only one of them builds (and installs PyInstaller)."""
+    lock = ROOT / ".cache" / "build-artefacts.lock"
+    lock.parent.mkdir(exist_ok=True)
+    with lock.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        return fresh_dist() or build(ROOT / "dist")
 
 
 def build(out: Path) -> Path:

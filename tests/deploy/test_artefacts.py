@@ -26,10 +26,9 @@ from common.proto import guestinfo as gi
 from tests.deploy.artefact_jail import (
     ENV,
     Jail,
-    build,
+    artefacts_dir,
     bundled_packages,
     children,
-    fresh_dist,
     help_seconds,
     make_jail,
     nspid,
@@ -50,11 +49,11 @@ ROLES = {"vic-relay": "vic relay", "vic-agent": "vic agent"}
 
 
 @pytest.fixture(scope="session")
-def artefacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def artefacts() -> Path:
     why = preconditions()
     if why is not None:
         pytest.skip(why)
-    return fresh_dist() or build(tmp_path_factory.mktemp("artefacts"))
+    return artefacts_dir()
 
 
 @pytest.fixture
