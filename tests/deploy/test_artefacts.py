@@ -10,6 +10,7 @@ backend, runs the session the appliance wrote, and stops cleanly. Size, start ti
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from typing import TypeVar
 
 import pytest
 import trio
+import trustme
 
 from common.proto import guestinfo as gi
 from tests.deploy.artefact_jail import (
@@ -140,6 +142,23 @@ def test_relay_check(jail: Jail) -> None:
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and "egress.a.host" in lines[0], bad.stderr
+
+
+def test_relay_check_reads_certificates(jail: Jail) -> None:
+    """cryptography's compiled module works in the jail: ``--check`` parses the egress
+    certificate and warns that it expires soon."""
+    ca = trustme.CA()
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+    leaf = ca.issue_cert("esx-art", not_after=soon)
+    ca.cert_pem.write_to_path(str(jail.path("/etc/ca.pem")))
+    leaf.cert_chain_pems[0].write_to_path(str(jail.path("/etc/relay.pem")))
+    leaf.private_key_pem.write_to_path(str(jail.path("/etc/relay.key")))
+    tls = 'tls = { ca = "/etc/ca.pem", cert = "/etc/relay.pem", key = "/etc/relay.key" }\n'
+    toml = _relay_toml(7000, _free_port()).replace("port = 7000\n", "port = 7000\n" + tls)
+    jail.path("/etc/relay.toml").write_text(toml)
+    r = jail.run("vic-relay", "--config", "/etc/relay.toml", "--check")
+    assert r.returncode == 0, r.stderr
+    assert "egress.appliance.tls.cert" in r.stderr and "expires on" in r.stderr, r.stderr
 
 
 def test_agent_check(jail: Jail) -> None:
