@@ -24,7 +24,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ("vic-relay", "vic-agent")
 BUNDLED = ("common", "relay", "guestagent")
-BUILD_INPUTS = ("scripts/build-artefacts", "constraints-build.txt", "pyproject.toml")
+BUILD_INPUTS = (
+    "scripts/build-artefacts",
+    "constraints-build.txt",
+    "constraints.txt",
+    "pyproject.toml",
+)
 # What a minimal image's C runtime holds (glibc and zlib); PyInstaller
 # bundles everything else.
 C_RUNTIME = (
