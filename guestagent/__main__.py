@@ -9,14 +9,7 @@ distribution's version.
 from __future__ import annotations
 
 import sys
-from importlib import metadata
-
-
-def version() -> str:
-    try:
-        return metadata.version("vic-channel")
-    except metadata.PackageNotFoundError:  # a source tree without an install
-        return "unknown"
+from common.ops.version import version
 
 
 def main(argv: list[str] | None = None) -> int:
