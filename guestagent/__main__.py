@@ -9,6 +9,7 @@ distribution's version.
 from __future__ import annotations
 
 import sys
+
 from common.ops.version import version
 
 

@@ -8,6 +8,7 @@ those of ``vic relay``. ``--version`` alone prints the distribution's version.
 from __future__ import annotations
 
 import sys
+
 from common.ops.version import version
 
 
