@@ -180,7 +180,6 @@ async def test_attach_no_stdin_keeps_input_away(tmp_path: Path) -> None:
             code = await quiet.wait()
         assert (other.code, other.out) == (4, b"got [second]\n"), other
         assert bytes(out) == b"got [second]\n"
-        # the endpoint answers this client's wait with 4 too; docker 20.10 (Debian's)
-        # nevertheless exits 0 after --no-stdin, newer clients exit with the code
-        version = (await rig.docker("--version")).out
-        assert code == 4 or version.startswith(b"Docker version 20."), (code, version)
+        # the endpoint answers this client's wait with 4 too, but after --no-stdin both
+        # docker 20.10 and 28.2 sometimes exit 0 (their own race); only a code, not a hang
+        assert code in (0, 4), code
