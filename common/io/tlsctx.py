@@ -10,6 +10,11 @@ address), session tickets, and whether ``SSLKEYLOGFILE`` is honoured (as
 so). Both start from ``ssl.SSLContext`` with Python's defaults (compression and
 SSLv2/3 off; ``OP_NO_COMPRESSION`` kept explicit).
 
+Revocation: wherever a context verifies peers against a CA file (``ca.crt``), the
+CA's CRL next to it (``ca.crl``, see ``common.io.revocation``) is loaded too when
+present, with OpenSSL's leaf CRL check on, so a revoked certificate fails the
+handshake (X509_V_ERR_CERT_REVOKED) in every program that trusts that CA.
+
 Files that cannot be loaded raise ``OSError``/``ssl.SSLError``, for the caller
 to name its config key.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import os
 import ssl
 import sys
+from pathlib import Path
 
 PathLike = str | os.PathLike[str]
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
@@ -49,8 +55,23 @@ def server_context(
 def require_client_certs(ctx: ssl.SSLContext, client_ca: PathLike) -> None:
     """Make server ``ctx`` require client certificates signed by ``client_ca`` (apart
     from ``server_context`` for a caller that names each file's config key)."""
-    ctx.load_verify_locations(cafile=os.fspath(client_ca))
+    trust_ca(ctx, client_ca)
     ctx.verify_mode = ssl.CERT_REQUIRED
+
+
+def crl_path(ca: PathLike) -> Path:
+    """The CRL that goes with the CA file ``ca``: ``ca.crl`` for ``ca.crt``."""
+    p = Path(os.fspath(ca))
+    return p.with_name(p.stem + ".crl")
+
+
+def trust_ca(ctx: ssl.SSLContext, ca: PathLike) -> None:
+    """Verify peers against ``ca``, and its CRL (leaf check) when there is one."""
+    ctx.load_verify_locations(cafile=os.fspath(ca))
+    crl = crl_path(ca)
+    if crl.is_file():
+        ctx.load_verify_locations(cafile=os.fspath(crl))
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
 
 
 def client_context(
@@ -68,7 +89,7 @@ def client_context(
     ctx = _new(ssl.PROTOCOL_TLS_CLIENT, min_version, max_version, keylog)
     ctx.check_hostname = check_hostname
     if ca is not None:
-        ctx.load_verify_locations(cafile=os.fspath(ca))
+        trust_ca(ctx, ca)
     else:
         ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if cert is not None:
