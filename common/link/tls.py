@@ -17,8 +17,8 @@ from typing import Any
 import trio
 from cryptography import x509
 
-from common.io import tlsctx
-from common.io.certs import cert_identities
+from common.io import revocation, tlsctx
+from common.io.certs import CertError, cert_identities
 from common.io.certwatch import Stamp, stamp
 from common.io.tlsctx import TLS13
 from common.io.tlsstream import TlsStream
@@ -103,6 +103,18 @@ def files_stamp(files: TlsFiles | None) -> Stamp:
     """What changes when any of ``files`` is rewritten (renamed over, edited,
     created or removed): a reload rebuilds the contexts when this differs."""
     return () if files is None else stamp(files.paths())
+
+
+def is_revoked(link: Any, files: TlsFiles) -> bool:
+    """Whether the peer certificate of ``link`` (its ``transport``) is in the CRL of
+    ``files.ca`` (False when it cannot tell: no TLS, no CRL, a CRL that does not load)."""
+    serial = peer_serial(getattr(link, "transport", None))
+    if serial is None:
+        return False
+    try:
+        return serial in revocation.revoked_serials(files.ca)
+    except CertError:
+        return False
 
 
 def peer_serial(ssl_object: Any) -> int | None:

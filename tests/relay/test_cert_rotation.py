@@ -68,3 +68,19 @@ async def test_renewed_cert_is_picked_up_and_revoked_peer_cut(tmp_path: Path) ->
             assert sample(b, "relay_reloads_total", result="ok") > reloads
             assert all(not r.server.links for r in b.mesh._listens.values() if r.server)
         n.cancel_scope.cancel()
+
+
+async def test_revoked_server_link_is_cut_by_the_connecting_relay(tmp_path: Path) -> None:
+    pki, app = Pki(tmp_path), Appliance()
+    async with trio.open_nursery() as n:
+        b = await appliance_side(n, pki, app)
+        a = await start_relay(n, esx_a(pki, peer_address(b)))
+        vm = await stream_through(a, "vm1")
+        with trio.fail_after(30):
+            assert await roundtrip(vm, b"before") == b"before"
+            link = a.mesh.routers["appliance"].link
+            assert link is not None and link.alive
+            revocation.revoke(pki.root, certs.load_cert(pki.root / "host-esx-b.crt").serial_number)
+            await wait_until(lambda: sample(a, "relay_tls_refused_total", reason="revoked") >= 2)
+            assert not link.alive  # cut on the reload; the reconnect is refused by a itself
+        n.cancel_scope.cancel()
