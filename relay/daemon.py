@@ -28,6 +28,7 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry
 
+from common.io import tlsrefresh
 from common.io.certwatch import CertExpiry, watch_files
 from common.io.listen import listening
 from common.io.pipepool import PipePool
@@ -313,6 +314,7 @@ class RelayDaemon:
     async def _apply(self, new: RelayConfig) -> list[ConfigError]:
         """Converge the mesh and the running listeners on ``new``; returns start
         failures, each naming the key of what could not be opened."""
+        tlsrefresh.refresh()  # listeners' and egress contexts follow their files
         errors = await self.mesh.apply(new.peer)
         wanted = new.listeners()
         plan = self._listeners.plan(wanted)

@@ -24,23 +24,11 @@ from cryptography import x509
 from prometheus_client import CollectorRegistry, Gauge
 
 from common.io.inotify import IN_CLOSE_WRITE, IN_CREATE, IN_DELETE, IN_MOVED_TO, Inotify
+from common.io.tlsrefresh import stamp
 
 log = logging.getLogger("certwatch")
 
-Stamp = tuple[tuple[int, int, int], ...]
 _MASK = IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE
-
-
-def stamp(paths: Iterable[Path]) -> Stamp:
-    """(inode, mtime_ns, size) of each path, zeros for a missing one."""
-    out = []
-    for p in paths:
-        try:
-            st = Path(p).stat()
-            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
-        except OSError:
-            out.append((0, 0, 0))
-    return tuple(out)
 
 
 async def watch_files(

@@ -15,6 +15,9 @@ CA's CRL next to it (``ca.crl``, see ``common.io.revocation``) is loaded too whe
 present, with OpenSSL's leaf CRL check on, so a revoked certificate fails the
 handshake (X509_V_ERR_CERT_REVOKED) in every program that trusts that CA.
 
+Contexts follow their files: ``common.io.tlsrefresh.refresh()`` re-reads the
+certificate, key, CA and CRL of every context built here whose files changed.
+
 Files that cannot be loaded raise ``OSError``/``ssl.SSLError``, for the caller
 to name its config key.
 """
@@ -24,7 +27,9 @@ from __future__ import annotations
 import os
 import ssl
 import sys
-from pathlib import Path
+
+from common.io import tlsrefresh
+from common.io.tlsrefresh import crl_path as crl_path
 
 PathLike = str | os.PathLike[str]
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
@@ -45,6 +50,7 @@ def server_context(
     it signed. ``tickets``: how many session tickets to send (None: OpenSSL's default)."""
     ctx = _new(ssl.PROTOCOL_TLS_SERVER, min_version, max_version, keylog)
     ctx.load_cert_chain(os.fspath(cert), os.fspath(key))
+    tlsrefresh.track_chain(ctx, cert, key)
     if client_ca is not None:
         require_client_certs(ctx, client_ca)
     if tickets is not None:
@@ -59,19 +65,11 @@ def require_client_certs(ctx: ssl.SSLContext, client_ca: PathLike) -> None:
     ctx.verify_mode = ssl.CERT_REQUIRED
 
 
-def crl_path(ca: PathLike) -> Path:
-    """The CRL that goes with the CA file ``ca``: ``ca.crl`` for ``ca.crt``."""
-    p = Path(os.fspath(ca))
-    return p.with_name(p.stem + ".crl")
-
-
 def trust_ca(ctx: ssl.SSLContext, ca: PathLike) -> None:
-    """Verify peers against ``ca``, and its CRL (leaf check) when there is one."""
-    ctx.load_verify_locations(cafile=os.fspath(ca))
-    crl = crl_path(ca)
-    if crl.is_file():
-        ctx.load_verify_locations(cafile=os.fspath(crl))
-        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    """Verify peers against ``ca``, and its CRL (leaf check) when there is one; the
+    files are tracked for ``tlsrefresh.refresh``."""
+    tlsrefresh.load_ca(ctx, ca)
+    tlsrefresh.track_ca(ctx, ca)
 
 
 def client_context(
@@ -94,6 +92,7 @@ def client_context(
         ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if cert is not None:
         ctx.load_cert_chain(os.fspath(cert), os.fspath(key) if key is not None else None)
+        tlsrefresh.track_chain(ctx, cert, key)
     return ctx
 
 

@@ -19,8 +19,8 @@ from cryptography import x509
 
 from common.io import revocation, tlsctx
 from common.io.certs import CertError, cert_identities
-from common.io.certwatch import Stamp, stamp
 from common.io.tlsctx import TLS13
+from common.io.tlsrefresh import Stamp, stamp
 from common.io.tlsstream import TlsStream
 
 
