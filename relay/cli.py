@@ -16,6 +16,7 @@ from common.ops import logs, runtime_tuning
 from common.ops.config import ConfigError
 from common.ops.daemon import config_error_exit, watch_signals
 from common.ops.excgroups import first_of
+from relay.certreload import cert_keys
 from relay.config import load_config
 from relay.daemon import RelayDaemon
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.config:
         raise ConfigError("config", "--config FILE is required")
     cfg = load_config(args.config)  # ConfigError -> exit 2, one line (vic.cli)
-    warnings = cert_warnings(cfg.own_certificates())
+    warnings = cert_warnings(cert_keys(cfg))  # own certificates and CAs
     if args.check:
         probe_hosts(cfg.bind_hosts())
         if cfg.peer is not None and cfg.peer.tls is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from common.io.certwatch import watch_files
 from common.io.tlsrefresh import crl_path
 from vspc.config import VspcConfig
 
@@ -63,6 +62,8 @@ def watched_paths(cfg: VspcConfig) -> list[Path]:
 
 async def watch(service: _Reloadable, *, task_status: Any) -> None:
     """Reload ``service`` with its running config when its certificate files change."""
+    from common.io.certwatch import watch_files  # not for `--check`
+
     await watch_files(
         lambda: watched_paths(service.config),
         lambda: service.reload(service.config),

@@ -22,6 +22,7 @@ from common.ops import config as cfgmod
 from common.ops import excgroups, lifecycle, logs, runtime_tuning
 from common.ops.daemon import watch_signals
 from common.ops.lifecycle import Lifecycle
+from vspc.certreload import cert_keys
 from vspc.config import VspcConfig
 
 log = logging.getLogger("vspc")
@@ -42,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = cfgmod.load(VspcConfig, args.config)
-    warnings = cert_warnings(config.own_certificates())
+    warnings = cert_warnings(cert_keys(config))  # own certificates and CAs
     _check_tls(config)
     if args.check:
         probe_hosts(config.bind_hosts())
