@@ -13,7 +13,8 @@ stays trusted until restart: withdraw trust by revoking, not by swapping CAs.
 
 Files are first loaded into a throw-away context; a pair that does not match (a
 renewal half done) or a file that does not parse leaves the live context as it
-was and is tried again at the next refresh.
+was and is tried again at the next refresh. Subscribers (peer-link servers) are
+told after each refresh, to close the live links of peers the CRL now revokes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger("tls")
 
@@ -108,8 +110,22 @@ def _reload(ctx: ssl.SSLContext, f: _Files) -> None:
         load_ca(ctx, ca)
 
 
+class Refreshed(Protocol):
+    def refreshed(self) -> None:
+        """Called after each ``refresh()`` (e.g. to cut links of revoked peers)."""
+
+
+_subscribers: weakref.WeakSet[Refreshed] = weakref.WeakSet()
+
+
+def subscribe(obj: Refreshed) -> None:
+    """Have ``obj.refreshed()`` called after every ``refresh()`` (held weakly)."""
+    _subscribers.add(obj)
+
+
 def refresh() -> int:
-    """Re-read the files of every tracked context whose files changed; how many."""
+    """Re-read the files of every tracked context whose files changed, then tell the
+    subscribers; how many contexts changed."""
     done = 0
     for ctx, f in list(_live.items()):
         now = stamp(f.paths())
@@ -124,4 +140,6 @@ def refresh() -> int:
         done += 1
     if done:
         log.info("re-read the certificates of %d TLS context%s", done, "" if done == 1 else "s")
+    for sub in list(_subscribers):
+        sub.refreshed()
     return done

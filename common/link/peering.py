@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from common.io import revocation
+from common.io import revocation, tlsrefresh
 from common.io.certs import CertError
 from common.link import tls as tlsmod
 from common.link.events import NO_EVENTS, LinkEvents
@@ -82,7 +82,9 @@ class LinkServer:
         self.events = events
         self.links: set[PeerLink] = set()
         self._serials: dict[PeerLink, int] = {}  # of each link's peer certificate
+        self._ca = tls_files.ca if tls_files is not None else None
         self.refused = 0
+        tlsrefresh.subscribe(self)  # a reload anywhere in the daemon checks the CRL
 
     def reconfigure(
         self, *, tls_files: tlsmod.TlsFiles | None, allowed_peers: Collection[str]
@@ -91,8 +93,13 @@ class LinkServer:
         peers whose certificate the CA's CRL now revokes are closed."""
         self._ctx = tlsmod.server_context(tls_files) if tls_files is not None else None
         self.allowed_peers = frozenset(allowed_peers)
-        if tls_files is not None:
-            self.cut_revoked(tls_files.ca)
+        self._ca = tls_files.ca if tls_files is not None else None
+        self.refreshed()
+
+    def refreshed(self) -> None:
+        """Certificates were re-read (a reload): close links of revoked peers."""
+        if self._ca is not None:
+            self.cut_revoked(self._ca)
 
     def cut_revoked(self, ca: Path) -> int:
         """Close the live links whose peer certificate is revoked; how many."""
@@ -111,6 +118,7 @@ class LinkServer:
                     serial,
                 )
                 self.events.tls_refused("revoked")
+                del self._serials[link]  # counted once
                 link.close("peer certificate revoked")
                 cut += 1
         return cut
