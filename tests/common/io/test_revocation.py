@@ -80,9 +80,12 @@ def test_cli_issue_operator_renew_revoke(
     assert main(["certs", "revoke", "--serial", "zz"]) == 1
 
 
+@pytest.mark.parametrize("key_type", ["ed25519", "p256"])
 @pytest.mark.parametrize("revoked_side", ["client", "server"])
-async def test_revoked_peer_is_refused_in_the_handshake(tmp_path: Path, revoked_side: str) -> None:
-    pki = Pki(tmp_path)
+async def test_revoked_peer_is_refused_in_the_handshake(
+    tmp_path: Path, revoked_side: str, key_type: certs.KeyType
+) -> None:
+    pki = Pki(tmp_path, key_type)
     s, c = pki.issue("host", "b"), pki.issue("host", "a")
     victim = c if revoked_side == "client" else s
     revocation.revoke(pki.root, certs.load_cert(victim.cert).serial_number)
