@@ -57,7 +57,10 @@ async def watch_files(
             if now == last:
                 continue
             log.info("certificate files changed: reloading them")
-            await on_change()
+            try:
+                await on_change()
+            except (OSError, ValueError) as e:  # the reload reports its own errors
+                log.error("reload after a certificate change failed: %s", e)
             current = paths()
             last = stamp(current)
             _watch_dirs(ino, current, watched)
