@@ -1,6 +1,7 @@
 """The appliance's link endpoint and a revoked relay: its live link is closed when the
 vSPC sees the CRL change (the file watcher's reload, no SIGHUP) and its reconnects
-fail the handshake; another relay carries on."""
+fail the handshake (``vspc_tls_refused_total{listener="link",reason="revoked"}``);
+another relay carries on."""
 
 from __future__ import annotations
 
@@ -59,6 +60,10 @@ async def test_revoked_relay_link_is_cut_at_the_appliance(tmp_path: Path) -> Non
             # esx-a's reconnects are refused in the handshake; esx-b carries on
             refused = server.refused
             await wait_until(lambda: server.refused > refused, what="esx-a's reconnect refused")
+            revoked = svc.metrics.registry.get_sample_value(
+                "vspc_tls_refused_total", {"listener": "link", "reason": "revoked"}
+            )
+            assert revoked is not None and revoked >= 2  # the cut and a refused reconnect
             more = pattern(200_000, 5)
             await vb.send_all(more)
             await wait_console_bytes(svc, "vm-2", 8 + len(more))

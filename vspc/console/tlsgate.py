@@ -9,41 +9,27 @@ consoles. A certificate without ``vic://`` identities (an operator CA of the
 site's own) is accepted as before.
 
 Each refusal is one WARNING line with the client's address and a reason, and
-``vspc_tls_refused_total{listener="console",reason}``.
+``vspc_tls_refused_total{listener="console",reason}`` (``vspc.tlsrefusals``).
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-import weakref
 from typing import Any
 
 import trio
 from cryptography import x509
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import Counter
 
 from common.io.certs import cert_identities
 from common.link.tls import refusal_reason
 from common.ops.wiretext import wire
+from vspc.tlsrefusals import tls_refused as tls_refused
 
 log = logging.getLogger("vspc.console")
 
 OPERATOR_PREFIX = "vic://operator/"
-_counters: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
-
-
-def tls_refused(registry: CollectorRegistry) -> Counter:
-    """``vspc_tls_refused_total{listener,reason}`` on ``registry`` (one per registry)."""
-    c = _counters.get(registry)
-    if c is None:
-        c = _counters[registry] = Counter(
-            "vspc_tls_refused",
-            "TLS clients refused (handshake, certificate or identity), by listener and reason",
-            ["listener", "reason"],
-            registry=registry,
-        )
-    return c
 
 
 def operator_refusal(tls: Any) -> str | None:
