@@ -37,11 +37,12 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "relay_command", None) == "route":
         return route_cli.run(args)
     from common.io.preflight import cert_warnings, probe_hosts
+    from relay.certreload import cert_keys
     from relay.config import load_config
 
     path = config_path(args.config, "relay")  # default /etc/vic/relay.toml
     cfg = load_config(path)  # ConfigError -> exit 2, one line (vic.cli)
-    warnings = cert_warnings(cfg.own_certificates())
+    warnings = cert_warnings(cert_keys(cfg))  # own certificates and CAs
     if args.check:
         probe_hosts(cfg.bind_hosts())
         if cfg.peer is not None and cfg.peer.tls is not None:

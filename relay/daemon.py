@@ -28,6 +28,8 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry
 
+from common.io import tlsrefresh
+from common.io.certwatch import CertExpiry, watch_files
 from common.io.listen import listening
 from common.io.pipepool import PipePool
 from common.link.resumable import ResumableStream
@@ -37,6 +39,7 @@ from common.ops.lifecycle import Changed, Lifecycle
 from common.ops.metrics_http import serve_metrics
 from common.proto.identity import name_from
 from common.proto.link.header import OriginHeader
+from relay import certreload
 from relay.carry import Carrier
 from relay.config import EgressConfig, MetricsConfig, RelayConfig, load_config
 from relay.ingress import Backoff, Origin
@@ -87,6 +90,7 @@ class RelayDaemon:
         self._metrics_scope: trio.CancelScope | None = None
         self._metrics_cfg: MetricsConfig | None = None
         self.mesh = Mesh(self.deliver, self.metrics.registry, events=self.metrics)
+        self.cert_expiry = CertExpiry("relay", self.metrics.registry)
         self._carrier = Carrier(self.metrics, self.pipes, self.mesh, self.life)
 
     # --- public ---------------------------------------------------------------
@@ -131,6 +135,7 @@ class RelayDaemon:
                 self._svc = svc
                 await self._start_metrics(cfg.metrics)
                 svc.start_soon(lifecycle.watchdog)
+                await svc.start(self._watch_certs)
                 await svc.start(self.mesh.run)
                 async with trio.open_nursery() as streams:
                     self._streams = self._carrier.streams = streams
@@ -321,6 +326,7 @@ class RelayDaemon:
     async def _apply(self, new: RelayConfig) -> list[ConfigError]:
         """Converge the mesh and the running listeners on ``new``; returns start
         failures, each naming the key of what could not be opened."""
+        tlsrefresh.refresh()  # listeners' and egress contexts follow their files
         errors = await self.mesh.apply(new.peer)
         wanted = new.listeners()
         plan = self._listeners.plan(wanted)
@@ -331,7 +337,16 @@ class RelayDaemon:
             self.limits.reconfigure(new.limits)
         self._egress_by_route = {name: new.egress_for(lst) for name, lst in wanted.items()}
         errors += await self._listeners.start(plan, new.listener_key, self.metrics.add_route)
+        self.cert_expiry.update(certreload.cert_keys(new))
         return errors
+
+    async def _watch_certs(self, *, task_status: Any) -> None:
+        """Reload (with the running config) when a certificate, key, CA or CRL changes."""
+        await watch_files(
+            lambda: certreload.watched_paths(self.config),
+            lambda: self.reload(self.config),
+            task_status=task_status,
+        )
 
     async def _start_metrics(self, mc: MetricsConfig) -> None:
         """(Re)start the metrics HTTP server when its config changed."""

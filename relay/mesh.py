@@ -100,6 +100,7 @@ class Mesh:
         self._admin: tuple[Any, trio.CancelScope] | None = None  # (path, its scope)
         self._nursery: trio.Nursery | None = None
         self._link_config = LinkConfig()
+        self._tls_stamp: tuple[tuple[int, int, int], ...] = ()
         self._forwarders: set[trio.abc.Stream] = set()
         r = registry if registry is not None else CollectorRegistry()
         self.links = Gauge("relay_peer_links", "open peer links", ["side"], registry=r)
@@ -146,13 +147,17 @@ class Mesh:
         old, self.config = self.config, new
         self._link_config = new.link.link_config()
         files = new.tls.files() if new.tls is not None else None
-        self._apply_routes(old, new, files)
-        errors = await self._apply_listens(new, files if old.tls != new.tls else _SAME_TLS)
+        stamp, self._tls_stamp = self._tls_stamp, tlsmod.files_stamp(files)
+        tls_changed = old.tls != new.tls or stamp != self._tls_stamp  # paths or contents
+        self._apply_routes(old, new, files, tls_changed)
+        errors = await self._apply_listens(new, files if tls_changed else _SAME_TLS)
         errors += await self._apply_admin(new)
         self._apply_follows(new)
         return errors
 
-    def _apply_routes(self, old: PeerConfig, new: PeerConfig, files: Any) -> None:
+    def _apply_routes(
+        self, old: PeerConfig, new: PeerConfig, files: Any, tls_changed: bool
+    ) -> None:
         """Routers are never restarted: a changed route re-points its router."""
         assert self._nursery is not None
         wanted = new.routes_runtime()
@@ -160,7 +165,7 @@ class Mesh:
         plan = diff(running, wanted, same=lambda *_: True)
         for name in plan.keep:
             r = self.routers[name]
-            if old.tls != new.tls:
+            if tls_changed:
                 r.set_tls(files)
             if old.routes.get(name) != new.routes[name] and wanted[name] != r.route:
                 self.route_changes.labels(name, "reload").inc()

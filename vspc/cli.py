@@ -42,10 +42,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from common.io.preflight import cert_warnings, probe_hosts
+    from vspc.certreload import cert_keys
     from vspc.defaults import load_vspc_config
 
     path, config = load_vspc_config(args.config)
-    warnings = cert_warnings(config.own_certificates())
+    warnings = cert_warnings(cert_keys(config))  # own certificates and CAs
     _check_tls(config)
     if args.check:
         probe_hosts(config.bind_hosts())

@@ -41,6 +41,7 @@ from vspc.placement import Placement
 from vspc.prefixed import PrefixedStream
 from vspc.service import VspcService
 from vspc.sessions.service import LABEL as SESSION_LABEL
+from vspc.tlsrefusals import LinkRefusals
 
 log = logging.getLogger("vspc.endpoint")
 
@@ -95,6 +96,7 @@ class Endpoint:
         async with trio.open_nursery() as handlers:
             self._handlers = handlers
             self.links = LinkEndpoint(self, handlers, self.config.link_tuning.link_config())
+            self.links.refusals = LinkRefusals(self.service.metrics.registry)
             await self.links.apply(self.config)
             await self._start_listeners()
             task_status.started(self)

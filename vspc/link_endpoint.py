@@ -26,7 +26,7 @@ import trio
 
 from common.io.listen import listening
 from common.link.config import bound_address, open_peer_listener
-from common.link.events import LinkEvents
+from common.link.events import NO_EVENTS, LinkEvents
 from common.link.peering import LinkServer
 from common.link.peerlink import LinkConfig, PeerLink
 from common.link.sessions import Accepted, SessionTable
@@ -88,6 +88,7 @@ class LinkEndpoint:
         self._runs: dict[tuple[str, int], _Run] = {}
         self.forwarded_links: set[PeerLink] = set()
         self.refused = 0
+        self.refusals: LinkEvents = NO_EVENTS  # vspc.endpoint sets LinkRefusals
         nursery.start_soon(self._accept_loop)
 
     @property
@@ -149,6 +150,7 @@ class LinkEndpoint:
                     tls_files=files,
                     allowed_peers=ln.allowed_peers,
                     name=f"link {ln.address}",
+                    events=self.refusals,
                 )
                 handler = run.server.handle
             log.info(

@@ -36,9 +36,12 @@ from typing import Any
 
 import trio
 
+from common.io import tlsrefresh
+from common.io.certwatch import CertExpiry
 from common.ops import lifecycle
 from common.ops.config import ConfigError
 from common.ops.wiretext import wire
+from vspc import certreload
 from vspc.action_runner import ActionRunner
 from vspc.backlog import Backlog, ConsoleBacklogs
 from vspc.config import ListenConfig, VspcConfig
@@ -112,6 +115,8 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
         self._carried = 0
         self._bytes_to_vm = self.metrics.bytes_total.labels(direction="appliance_to_vm")
         self._bytes_from_vm = self.metrics.bytes_total.labels(direction="vm_to_appliance")
+        self.cert_expiry = CertExpiry("vspc", self.metrics.registry)
+        self.cert_expiry.update(certreload.cert_keys(config))
 
     @property
     def _backlogs(self) -> dict[PortKey, Backlog]:
@@ -143,6 +148,7 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
                     if self.docker is not None:
                         await nursery.start(self.docker.run)
                     nursery.start_soon(self._expiry_loop)
+                    await nursery.start(certreload.watch, self)
                     nursery.start_soon(self._liveness_loop)
                     nursery.start_soon(gc_loop, self.board)
                     self._log_listening(self.config.listen)
@@ -217,6 +223,8 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
             log.warning("reload: [docker] changes only at restart")
         self._deadline_changed.set()
         await self.consoles.reconfigure(config.console)
+        tlsrefresh.refresh()  # every TLS context re-reads changed certificate files
+        self.cert_expiry.update(certreload.cert_keys(config))
         log.info("configuration reloaded")
 
     # -- connections ---------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The cluster CA and the certificates relays and appliances present on peer links.
 
 Identities are URI subject-alternative names: ``vic://host/<name>`` for a relay
-on an ESX host and ``vic://appliance/<name>`` for an appliance endpoint. The peer
+on an ESX host, ``vic://appliance/<name>`` for an appliance endpoint and
+``vic://operator/<name>`` for a person's client certificate (the console's TCP
+endpoint). The peer
 link checks that URI against the configured peers (see ``common.link.tls``).
 
 Files: ``ca.crt`` / ``ca.key`` in the CA directory; ``<kind>-<name>.crt`` /
@@ -27,9 +29,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 KeyType = Literal["ed25519", "p256"]
-Kind = Literal["host", "appliance"]
+Kind = Literal["host", "appliance", "operator"]
 KEY_TYPES: tuple[KeyType, ...] = ("ed25519", "p256")
-KINDS: tuple[Kind, ...] = ("host", "appliance")
+KINDS: tuple[Kind, ...] = ("host", "appliance", "operator")
 URI_SCHEME = "vic"
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -47,7 +49,7 @@ class CertError(Exception):
 def identity_uri(kind: str, name: str) -> str:
     """``vic://host/esx-01`` style identity for ``kind`` and ``name``."""
     if kind not in KINDS:
-        raise CertError(f"unknown identity kind {kind!r} (expected host or appliance)")
+        raise CertError(f"unknown identity kind {kind!r} (expected host, appliance or operator)")
     check_name(name)
     return f"{URI_SCHEME}://{kind}/{name}"
 

@@ -10,6 +10,14 @@ address), session tickets, and whether ``SSLKEYLOGFILE`` is honoured (as
 so). Both start from ``ssl.SSLContext`` with Python's defaults (compression and
 SSLv2/3 off; ``OP_NO_COMPRESSION`` kept explicit).
 
+Revocation: wherever a context verifies peers against a CA file (``ca.crt``), the
+CA's CRL next to it (``ca.crl``, see ``common.io.revocation``) is loaded too when
+present, with OpenSSL's leaf CRL check on, so a revoked certificate fails the
+handshake (X509_V_ERR_CERT_REVOKED) in every program that trusts that CA.
+
+Contexts follow their files: ``common.io.tlsrefresh.refresh()`` re-reads the
+certificate, key, CA and CRL of every context built here whose files changed.
+
 Files that cannot be loaded raise ``OSError``/``ssl.SSLError``, for the caller
 to name its config key.
 """
@@ -19,6 +27,9 @@ from __future__ import annotations
 import os
 import ssl
 import sys
+
+from common.io import tlsrefresh
+from common.io.tlsrefresh import crl_path as crl_path
 
 PathLike = str | os.PathLike[str]
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
@@ -39,6 +50,7 @@ def server_context(
     it signed. ``tickets``: how many session tickets to send (None: OpenSSL's default)."""
     ctx = _new(ssl.PROTOCOL_TLS_SERVER, min_version, max_version, keylog)
     ctx.load_cert_chain(os.fspath(cert), os.fspath(key))
+    tlsrefresh.track_chain(ctx, cert, key)
     if client_ca is not None:
         require_client_certs(ctx, client_ca)
     if tickets is not None:
@@ -49,8 +61,15 @@ def server_context(
 def require_client_certs(ctx: ssl.SSLContext, client_ca: PathLike) -> None:
     """Make server ``ctx`` require client certificates signed by ``client_ca`` (apart
     from ``server_context`` for a caller that names each file's config key)."""
-    ctx.load_verify_locations(cafile=os.fspath(client_ca))
+    trust_ca(ctx, client_ca)
     ctx.verify_mode = ssl.CERT_REQUIRED
+
+
+def trust_ca(ctx: ssl.SSLContext, ca: PathLike) -> None:
+    """Verify peers against ``ca``, and its CRL (leaf check) when there is one; the
+    files are tracked for ``tlsrefresh.refresh``."""
+    tlsrefresh.load_ca(ctx, ca)
+    tlsrefresh.track_ca(ctx, ca)
 
 
 def client_context(
@@ -68,11 +87,12 @@ def client_context(
     ctx = _new(ssl.PROTOCOL_TLS_CLIENT, min_version, max_version, keylog)
     ctx.check_hostname = check_hostname
     if ca is not None:
-        ctx.load_verify_locations(cafile=os.fspath(ca))
+        trust_ca(ctx, ca)
     else:
         ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if cert is not None:
         ctx.load_cert_chain(os.fspath(cert), os.fspath(key) if key is not None else None)
+        tlsrefresh.track_chain(ctx, cert, key)
     return ctx
 
 

@@ -12,10 +12,13 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import trio
 
+from common.io import revocation, tlsrefresh
+from common.io.certs import CertError
 from common.link import tls as tlsmod
 from common.link.events import NO_EVENTS, LinkEvents
 from common.link.peerlink import LinkConfig, PeerLink
@@ -78,14 +81,47 @@ class LinkServer:
         self.name = name
         self.events = events
         self.links: set[PeerLink] = set()
+        self._serials: dict[PeerLink, int] = {}  # of each link's peer certificate
+        self._ca = tls_files.ca if tls_files is not None else None
         self.refused = 0
+        tlsrefresh.subscribe(self)  # a reload anywhere in the daemon checks the CRL
 
     def reconfigure(
         self, *, tls_files: tlsmod.TlsFiles | None, allowed_peers: Collection[str]
     ) -> None:
-        """Reload: new certificates and peers apply to new links."""
+        """Reload: new certificates and peers apply to new links; live links of
+        peers whose certificate the CA's CRL now revokes are closed."""
         self._ctx = tlsmod.server_context(tls_files) if tls_files is not None else None
         self.allowed_peers = frozenset(allowed_peers)
+        self._ca = tls_files.ca if tls_files is not None else None
+        self.refreshed()
+
+    def refreshed(self) -> None:
+        """Certificates were re-read (a reload): close links of revoked peers."""
+        if self._ca is not None:
+            self.cut_revoked(self._ca)
+
+    def cut_revoked(self, ca: Path) -> int:
+        """Close the live links whose peer certificate is revoked; how many."""
+        try:
+            revoked = revocation.revoked_serials(ca)
+        except CertError as e:
+            log.error("%s: cannot check live links against the CRL: %s", self.name, e)
+            return 0
+        cut = 0
+        for link, serial in list(self._serials.items()):
+            if serial in revoked:
+                log.warning(
+                    "%s: closing the link of %s: its certificate (serial %x) is revoked",
+                    self.name,
+                    wire(link.peer_identity or "-"),
+                    serial,
+                )
+                self.events.tls_refused("revoked")
+                del self._serials[link]  # counted once
+                link.close("peer certificate revoked")
+                cut += 1
+        return cut
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one incoming connection (for ``trio.serve_listeners``)."""
@@ -112,10 +148,14 @@ class LinkServer:
             peer_identity=ident,
         )
         self.links.add(link)
+        serial = tlsmod.peer_serial(stream) if ident else None
+        if serial is not None:
+            self._serials[link] = serial
         try:
             await link.run()
         finally:
             self.links.discard(link)
+            self._serials.pop(link, None)
         if link.cut:
             self.events.link_cut()
 

@@ -149,8 +149,18 @@ class Router:
         return self._link
 
     def set_tls(self, tls_files: tlsmod.TlsFiles | None) -> None:
-        """New certificates (reload): used for the next link."""
+        """New certificates (reload): used for the next link; a live link to a peer
+        whose certificate the CA's CRL now revokes is closed."""
         self._ctx = tlsmod.client_context(tls_files) if tls_files is not None else None
+        link = self._link
+        if tls_files is not None and link is not None and tlsmod.is_revoked(link, tls_files):
+            log.warning(
+                "route %s: closing the link to %s: its certificate is revoked",
+                self.name,
+                link.peer_identity,
+            )
+            self.events.tls_refused("revoked")
+            link.close("peer certificate revoked")
 
     async def get_link(self) -> PeerLink:
         async with self._lock:

@@ -17,9 +17,10 @@ from typing import Any
 import trio
 from cryptography import x509
 
-from common.io import tlsctx
-from common.io.certs import cert_identities
+from common.io import revocation, tlsctx
+from common.io.certs import CertError, cert_identities
 from common.io.tlsctx import TLS13
+from common.io.tlsrefresh import Stamp, stamp
 from common.io.tlsstream import TlsStream
 
 
@@ -36,12 +37,16 @@ class PeerIdentityError(Exception):
 # OpenSSL X509_V_ERR_* codes -> refusal reason (anything else: bad_certificate)
 _VERIFY_REASONS = {
     2: "unknown_ca",  # unable to get issuer certificate
+    3: "crl_missing",  # unable to get certificate CRL
+    8: "crl_invalid",  # CRL signature failure
+    12: "crl_expired",
     9: "not_yet_valid",
     10: "expired",
     18: "unknown_ca",  # self-signed leaf
     19: "unknown_ca",  # self-signed certificate in chain
     20: "unknown_ca",  # unable to get local issuer certificate
     21: "unknown_ca",  # unable to verify the first certificate
+    23: "revoked",  # listed in the CA's CRL (common.io.revocation)
 }
 # Handshake errors that end a peer link before it starts (TLS and identity).
 HANDSHAKE_ERRORS = (trio.BrokenResourceError, PeerIdentityError, trio.TooSlowError, OSError)
@@ -88,6 +93,37 @@ class TlsFiles:
     cert: Path
     key: Path
     ca: Path
+
+    def paths(self) -> tuple[Path, ...]:
+        """Every file the contexts read: certificate, key, CA and the CA's CRL."""
+        return (self.cert, self.key, self.ca, tlsctx.crl_path(self.ca))
+
+
+def files_stamp(files: TlsFiles | None) -> Stamp:
+    """What changes when any of ``files`` is rewritten (renamed over, edited,
+    created or removed): a reload rebuilds the contexts when this differs."""
+    return () if files is None else stamp(files.paths())
+
+
+def is_revoked(link: Any, files: TlsFiles) -> bool:
+    """Whether the peer certificate of ``link`` (its ``transport``) is in the CRL of
+    ``files.ca`` (False when it cannot tell: no TLS, no CRL, a CRL that does not load)."""
+    serial = peer_serial(getattr(link, "transport", None))
+    if serial is None:
+        return False
+    try:
+        return serial in revocation.revoked_serials(files.ca)
+    except CertError:
+        return False
+
+
+def peer_serial(ssl_object: Any) -> int | None:
+    """The serial number of the peer's certificate on ``ssl_object`` (None: none)."""
+    try:
+        der = ssl_object.getpeercert(binary_form=True)
+    except (ValueError, AttributeError):
+        return None
+    return x509.load_der_x509_certificate(der).serial_number if der else None
 
 
 def server_context(files: TlsFiles) -> ssl.SSLContext:

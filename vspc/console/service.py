@@ -34,6 +34,7 @@ from vspc.console.logbatch import LogSettings
 from vspc.console.logwriter import LogWriter
 from vspc.console.lookup import LookupFailed as LookupFailed
 from vspc.console.lookup import pick
+from vspc.console.tlsgate import accept_operator, tls_refused
 from vspc.core.identity import PortKey
 from vspc.metrics import VspcMetrics
 
@@ -76,6 +77,7 @@ class ConsoleService:
         self.tcp_addresses: list[tuple[str, int]] = []
         # EXEC, LOGS, SESSION-ATTACH, ROTATE (vspc.sessions.requests), set when sessions are served
         self.session_requests: SessionRequests | None = None
+        self._tls_refused = tls_refused(metrics.registry)
 
     # --- the API for the vSPC and the endpoint ----------------------------------
 
@@ -267,9 +269,10 @@ class ConsoleService:
         try:
             with trio.move_on_after(self.config.request_timeout) as cs:
                 if ctx is not None:
-                    tls = trio.SSLStream(raw, ctx, server_side=True)
+                    tls = await accept_operator(raw, ctx, peer, self._tls_refused)
+                    if tls is None:
+                        return
                     stream = tls
-                    await tls.do_handshake()
                     peer = tls_peer(tls, peer)
                 line, rest = await read_request_line(stream)
             if cs.cancelled_caught:
