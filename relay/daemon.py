@@ -87,6 +87,7 @@ class RelayDaemon:
         self._metrics_scope: trio.CancelScope | None = None
         self._metrics_cfg: MetricsConfig | None = None
         self.mesh = Mesh(self.deliver, self.metrics.registry, events=self.metrics)
+        self.mesh.routes.config_path = Path(config_path) if config_path is not None else None
         self._carrier = Carrier(self.metrics, self.pipes, self.mesh, self.life)
 
     # --- public ---------------------------------------------------------------

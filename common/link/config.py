@@ -4,6 +4,7 @@ Meant to sit under ``[peer]`` in the relay's config::
 
     [peer]
     admin-socket = "/run/vic/relay.sock"
+    route-state = "/var/lib/vic/relay-routes.json"   # optional: `route set` overrides
     tls = { cert = "/etc/vic/esx-01.crt", key = "/etc/vic/esx-01.key", ca = "/etc/vic/ca.crt" }
 
     [peer.routes.appliance]              # where resumable streams go
@@ -255,6 +256,7 @@ class FollowConfig:
 class PeerConfig:
     tls: PeerTls | None = None
     admin_socket: Path | None = None
+    route_state: Path | None = None  # route overrides (relay.route_state); default: by the socket
     routes: dict[str, PeerRoute] = field(default_factory=dict)
     listen: list[PeerListen] = field(default_factory=list)
     link: LinkTuning = field(default_factory=LinkTuning)
