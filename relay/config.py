@@ -145,6 +145,7 @@ class RelayConfig:
     vsock: tuple[VsockListener, ...] = ()
     hvsock: tuple[HvsockListener, ...] = ()
     peer: PeerConfig | None = None
+    handoff_socket: Path | None = None  # restart by handoff (relay.handoff)
 
     def validate(self) -> None:
         require(len(self.egress) > 0, "egress", "at least one egress is required")

@@ -12,6 +12,9 @@ Task layout (outer to inner)::
   the running config.
 * ``terminate()`` (SIGTERM): stop accepting, give live streams ``timeouts.drain``
   seconds to finish, then cut what is left (``common.ops.lifecycle``).
+* ``hand_off()`` (``handoff-socket``, relay.handoff): a successor process took the
+  listening sockets; sessions from peers are left at once (they continue in the
+  successor), local streams drain as with SIGTERM.
 
 A stream's egress, pump and outcome are ``relay.carry``; the listeners, kept or
 restarted through ``common.ops.reconcile``, are ``relay.listeners``.
@@ -31,12 +34,13 @@ from prometheus_client import CollectorRegistry
 from common.io.listen import listening
 from common.io.pipepool import PipePool
 from common.link.resumable import ResumableStream
-from common.ops import lifecycle
+from common.ops import inherit, lifecycle
 from common.ops.config import ConfigError
 from common.ops.lifecycle import Changed, Lifecycle
 from common.ops.metrics_http import serve_metrics
 from common.proto.identity import name_from
 from common.proto.link.header import OriginHeader
+from relay import handoff
 from relay.carry import Carrier
 from relay.config import EgressConfig, MetricsConfig, RelayConfig, load_config
 from relay.ingress import Backoff, Origin
@@ -118,6 +122,7 @@ class RelayDaemon:
         try:
             async with trio.open_nursery() as svc:
                 self._svc = svc
+                taker = await handoff.take_over(cfg.handoff_socket) if cfg.handoff_socket else None
                 await self._start_metrics(cfg.metrics)
                 svc.start_soon(lifecycle.watchdog)
                 await svc.start(self.mesh.run)
@@ -138,6 +143,8 @@ class RelayDaemon:
                         )
                         task_status.started(self)
                         self.life.ready()
+                        if cfg.handoff_socket is not None:
+                            await self._serve_handoff(svc, cfg.handoff_socket, taker)
                 self._streams_done.set()
                 log.info("relay drained")
                 svc.cancel_scope.cancel()
@@ -180,19 +187,40 @@ class RelayDaemon:
         )
         return not errors
 
-    async def terminate(self) -> None:
-        """Stop accepting; drain live streams until ``timeouts.drain`` runs out."""
+    async def _serve_handoff(
+        self, svc: trio.Nursery, path: Path, taker: handoff.Successor | None
+    ) -> None:
+        for key in inherit.unclaimed():
+            log.info("handoff: %s not in this config, closed", key)
+        if taker is not None:
+            ok = await taker.confirm()
+            log.info("took over from relay pid %d%s", taker.pid, "" if ok else " (unconfirmed)")
+        await svc.start(handoff.HandoffServer(path, self.hand_off).serve)
+
+    async def hand_off(self) -> None:
+        """A successor holds our listening sockets and is READY: let go."""
+        await self.terminate(handoff=True)
+
+    async def terminate(self, *, handoff: bool = False) -> None:
+        """Stop accepting; drain live streams until ``timeouts.drain`` runs out.
+        With ``handoff`` sessions from peers are left at once."""
         if not self.life.begin_drain():
             return
         drain = self.config.timeouts.drain
         log.info(
-            "stopping: no new streams; draining %d live streams (deadline %.1fs)",
+            "%s: no new streams; draining %d live streams (deadline %.1fs)",
+            "handed off" if handoff else "stopping",
             self.active_streams(),
             drain,
         )
         if self._listeners.nursery is not None:
             self._listeners.nursery.cancel_scope.cancel()
         self.mesh.goaway()
+        if handoff:  # the successor answers on the sockets we shared from now on
+            self.mesh.stop_admin()
+            if self._metrics_scope is not None:
+                self._metrics_scope.cancel()
+            self.mesh.leave_sessions("relay handed off: carry the stream on")
         if self._streams is not None and self._svc is not None:
             deadline = trio.current_time() + drain
             self._svc.start_soon(lifecycle.graceful, deadline, self._streams_done.wait, self._cut)

@@ -211,6 +211,11 @@ class Mesh:
             if run.server is not None:
                 run.server.goaway_all("relay stopping")
 
+    def stop_admin(self) -> None:
+        if self._admin is not None:
+            self._admin[1].cancel()
+            self._admin = None
+
     def leave_sessions(self, reason: str) -> None:
         """The drain's end: sessions that end here are left to their senders."""
         for table in self._tables.values():

@@ -58,6 +58,7 @@ from common.io.vsphere import VSphereTarget
 from common.link.peerlink import LinkConfig
 from common.link.route import Route, RouteError
 from common.link.tls import TlsFiles, client_context
+from common.ops import inherit
 from common.ops.config import ConfigError, require
 from common.proto.address import is_trusted_address, parse_address, parse_forward
 from common.proto.link.mux import MuxConfig
@@ -292,6 +293,11 @@ async def open_peer_listener(address: str, backlog: int = 128) -> PeerListener:
     kind, where = parse_address(address)
     if kind == "unix":
         return await open_unix_listener(where, mode=None, backlog=backlog)
+    handed = inherit.inherit(f"peer {address}")
+    if handed is not None:  # from the previous process (relay.handoff)
+        sock = trio.socket.from_stdlib_socket(handed)
+        inherit.register(f"peer {address}", sock)
+        return trio.SocketListener(sock)
     if kind == "tcp":
         fam = socket.AF_INET6 if ":" in where[0] else socket.AF_INET
         sock = trio.socket.socket(fam, socket.SOCK_STREAM)
@@ -304,6 +310,7 @@ async def open_peer_listener(address: str, backlog: int = 128) -> PeerListener:
     except BaseException:
         sock.close()
         raise
+    inherit.register(f"peer {address}", sock)
     return trio.SocketListener(sock)
 
 

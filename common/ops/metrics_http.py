@@ -9,6 +9,8 @@ import trio
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from common.ops import inherit
+
 log = logging.getLogger("vic.ops.metrics_http")  # the name operators know
 
 
@@ -20,7 +22,8 @@ async def serve_metrics(
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``registry``; task_status.started() gets the bound port."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    key = f"metrics {host}:{port}"
+    listeners = await inherit.open_tcp_listeners(key, port, host)
     bound = listeners[0].socket.getsockname()[1]
     task_status.started(bound)
 

@@ -1,0 +1,139 @@
+"""Restart a relay by handoff, mid-stream: no byte lost or repeated, no connection
+refused, and the gap the appliance sees measured.
+
+Real processes (tests.fault.topology): VM -> esx-a -> esx-b (sessions end here)
+-> appliance. A second `vic relay` for esx-b, same config, starts while the first
+one runs: it takes the listening sockets over the handoff socket (relay.handoff),
+the first one leaves its sessions and exits, and esx-a's stream resumes against
+the new process (UNKNOWN_SESSION, then CONTINUE from the last acknowledged byte).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.fault.topology import APP, B, Mesh, counter, explain
+from tests.support.daemons import Daemons, free_port
+
+pytestmark = pytest.mark.slow
+
+BATCH = 500  # lines: 5.5 KB
+
+
+class Vm:
+    """The VM's output: counter lines in batches with a short pause (a console, not a
+    bulk copy), until told to stop."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.lines = 0
+        self.stop = trio.Event()
+        self.stopped = trio.Event()
+
+    @property
+    def sent(self) -> int:
+        return self.lines * 11
+
+    async def run(self) -> None:
+        while not self.stop.is_set():
+            await self.stream.send_all(counter(self.lines, BATCH))
+            self.lines += BATCH
+            await trio.sleep(0.002)  # pacing the load, not synchronising
+        self.stopped.set()
+
+
+class Timeline:
+    """When the appliance's console log grew (sampled): the longest stall in a window."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self.samples: list[tuple[float, int]] = []
+
+    async def run(self) -> None:
+        while True:
+            self.samples.append((trio.current_time(), len(self.mesh.console_log())))
+            await trio.sleep(0.002)  # a measurement's sampling period
+
+    def longest_stall(self, start: float, end: float) -> float:
+        grew = [t for (t, n), (_, m) in itertools.pairwise(self.samples) if m > n]
+        inside = [t for t in grew if start <= t <= end]
+        before = [t for t in grew if t < start][-1:]
+        after = [t for t in grew if t > end][:1]
+        points = before + inside + after
+        return max((b - a for a, b in itertools.pairwise(points)), default=end - start)
+
+
+class Prober:
+    """Connects to esx-b's peer port over and over during the handoff; counts refusals."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.attempts = 0
+        self.refused = 0
+
+    async def run(self) -> None:
+        while True:
+            s = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                await s.connect((B, self.port))
+            except OSError as e:
+                self.refused += e.errno == errno.ECONNREFUSED
+            finally:
+                s.close()
+            self.attempts += 1
+            await trio.sleep(0.005)  # probing rate
+
+
+async def test_handoff_restart_keeps_the_stream_exact_and_refuses_nothing(
+    tmp_path: Path,
+) -> None:
+    async with Daemons(tmp_path) as ds:
+        mesh = Mesh(tmp_path, ds, role="egress")
+        assert isinstance(mesh.b.config, dict) and isinstance(mesh.a.config, dict)
+        mesh.b.config["handoff-socket"] = str(tmp_path / "esx-b.handoff")
+        mesh.b.config["timeouts"] = {"drain": 30.0}  # what a plain restart would wait
+        metrics = free_port(APP)
+        mesh.a.config["metrics"] = {"host": APP, "port": metrics}
+        mesh.a.metrics_address = (APP, metrics)
+        b2 = ds.add("relay", "esx-b2", mesh.b.config)
+        peer_port = int(mesh.b.config["peer"]["listen"][0]["address"].rsplit(":", 1)[1])
+        await mesh.start()
+        vm = Vm(await mesh.connect_vm())
+        timeline, prober = Timeline(mesh), Prober(peer_port)
+        with trio.fail_after(120):
+            async with trio.open_nursery() as n:
+                n.start_soon(vm.run)
+                n.start_soon(timeline.run)
+                await mesh.wait_console_log(500_000)
+                n.start_soon(prober.run)
+                t0 = trio.current_time()
+                await b2.start()  # takes over; READY=1
+                t_ready = trio.current_time()
+                assert await mesh.b.wait_exit(timeout=20) == 0  # no local stream to drain
+                t_old_gone = trio.current_time()
+                before = vm.sent  # these went through the old process or across the change
+                await mesh.wait_console_log(before + 500_000)  # now through the new one
+                vm.stop.set()
+                await vm.stopped.wait()
+                data = counter(0, vm.lines)
+                got = await mesh.wait_console_log(len(data), timeout=60)
+                n.cancel_scope.cancel()
+        assert got == data, explain(got, data)
+        assert "continuing as" in mesh.a.log()  # resumed against the new process
+        assert prober.attempts > 10 and prober.refused == 0, vars(prober)
+        assert await mesh.a.metric("relay_route_connect_failures_total") == 0
+        assert "taking over from relay pid" in b2.log()
+        assert "handed off: no new streams" in mesh.b.log()
+        stall = timeline.longest_stall(t0, t_old_gone)
+        print(
+            f"\nhandoff: successor READY after {(t_ready - t0) * 1000:.0f} ms, old process gone "
+            f"after {(t_old_gone - t0) * 1000:.0f} ms; longest stall at the appliance "
+            f"{stall * 1000:.0f} ms; {prober.attempts} connects during it, 0 refused"
+        )
+        await vm.stream.aclose()
