@@ -75,7 +75,8 @@ class RouteState:
         """Start-up: the routes to run, the file's with the saved overrides that still
         apply on top."""
         self.file_routes = dict(file_routes)
-        for name, ov in self._load().items():
+        saved = self._load()
+        for name, ov in saved.items():
             if file_routes.get(name) != ov.file_route:
                 log.warning(
                     "route %s: saved override to %s dropped: the file's route changed since",
@@ -91,7 +92,8 @@ class RouteState:
                 ov.route.address,
                 ov.file_route.address,
             )
-        self._save()
+        if len(self.overrides) != len(saved):
+            self._save()
         return {**file_routes, **{n: ov.route for n, ov in self.overrides.items()}}
 
     def reload(self, file_routes: dict[str, Route]) -> None:
@@ -104,8 +106,9 @@ class RouteState:
                 file_routes[name].address if name in file_routes else "(route removed)",
                 ov.route.address,
             )
-        self.overrides.clear()
-        self._save()
+        if self.overrides:
+            self.overrides.clear()
+            self._save()
 
     # --- the operator -----------------------------------------------------------------
 
@@ -160,7 +163,7 @@ class RouteState:
         try:
             doc = json.loads(self.state_path.read_text())
             return {name: Override.from_json(name, obj) for name, obj in doc["overrides"].items()}
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return {}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             log.warning("route state %s unreadable, ignored: %s", self.state_path, e)
@@ -168,6 +171,12 @@ class RouteState:
 
     def _save(self) -> None:
         if self.state_path is None:
+            return
+        if not self.overrides:
+            try:
+                self.state_path.unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("route state %s not removed: %s", self.state_path, e)
             return
         doc = {
             "version": STATE_VERSION,
