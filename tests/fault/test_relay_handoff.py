@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.fault.topology import APP, B, Mesh, counter, explain
+from relay.admin import admin_request
+from tests.fault.topology import APP, A, B, Mesh, counter, explain
 from tests.support.daemons import Daemons, free_port
 
 pytestmark = pytest.mark.slow
@@ -70,20 +71,21 @@ class Timeline:
 
 
 class Prober:
-    """Connects to esx-b's peer port over and over during the handoff; counts refusals."""
+    """Connects to a TCP port (or a Unix socket) over and over; counts refusals."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, host: str, port: int = 0) -> None:
+        self.where: str | tuple[str, int] = (host, port) if port else host
         self.attempts = 0
         self.refused = 0
 
     async def run(self) -> None:
+        family = socket.AF_UNIX if isinstance(self.where, str) else socket.AF_INET
         while True:
-            s = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s = trio.socket.socket(family, socket.SOCK_STREAM)
             try:
-                await s.connect((B, self.port))
+                await s.connect(self.where)
             except OSError as e:
-                self.refused += e.errno == errno.ECONNREFUSED
+                self.refused += e.errno in (errno.ECONNREFUSED, errno.ENOENT)
             finally:
                 s.close()
             self.attempts += 1
@@ -105,7 +107,7 @@ async def test_handoff_restart_keeps_the_stream_exact_and_refuses_nothing(
         peer_port = int(mesh.b.config["peer"]["listen"][0]["address"].rsplit(":", 1)[1])
         await mesh.start()
         vm = Vm(await mesh.connect_vm())
-        timeline, prober = Timeline(mesh), Prober(peer_port)
+        timeline, prober = Timeline(mesh), Prober(B, peer_port)
         with trio.fail_after(120):
             async with trio.open_nursery() as n:
                 n.start_soon(vm.run)
@@ -137,3 +139,51 @@ async def test_handoff_restart_keeps_the_stream_exact_and_refuses_nothing(
             f"{stall * 1000:.0f} ms; {prober.attempts} connects during it, 0 refused"
         )
         await vm.stream.aclose()
+
+
+async def test_handoff_of_the_ingress_relay_keeps_every_port_open(tmp_path: Path) -> None:
+    """esx-a holds the VM's own connection, which cannot move: it goes on in the old
+    process (its drain) while the new one answers on the VM port, the admin socket
+    and the metrics port, none of which refuses a connection meanwhile."""
+    async with Daemons(tmp_path) as ds:
+        mesh = Mesh(tmp_path, ds, role="egress")
+        cfg = mesh.a.config
+        assert isinstance(cfg, dict)
+        admin, metrics = tmp_path / "esx-a.sock", free_port(A)
+        cfg["handoff-socket"] = str(tmp_path / "esx-a.handoff")
+        cfg["peer"]["admin-socket"] = str(admin)
+        cfg["metrics"] = {"host": A, "port": metrics}
+        cfg["timeouts"]["drain"] = 30.0
+        # a second VM port to knock on: its streams go nowhere (a closed port), so
+        # the probing leaves the appliance alone
+        probe_port = free_port(A)
+        cfg["egress"]["void"] = {"kind": "tcp", "host": A, "port": free_port(A)}
+        vm2 = {"name": "vm2", "vm": "vm-2", "host": A, "port": probe_port, "egress": "void"}
+        cfg["tcp"].append(vm2)
+        a2 = ds.add("relay", "esx-a2", cfg)
+        await mesh.start()
+        vm = Vm(await mesh.connect_vm())
+        probers = [Prober(A, probe_port), Prober(A, metrics), Prober(str(admin))]
+        with trio.fail_after(120):
+            async with trio.open_nursery() as n:
+                n.start_soon(vm.run)
+                await mesh.wait_console_log(300_000)
+                for p in probers:
+                    n.start_soon(p.run)
+                await a2.start()
+                # the old process still carries the VM's stream: it keeps flowing
+                await mesh.wait_console_log(vm.sent + 300_000)
+                assert mesh.a.running
+                reply = await admin_request(admin, {"cmd": "route.show"})
+                assert reply["ok"] and reply["routes"]["appliance"]["source"] == "file"
+                vm.stop.set()
+                await vm.stopped.wait()
+                data = counter(0, vm.lines)
+                got = await mesh.wait_console_log(len(data), timeout=60)
+                await vm.stream.aclose()  # its stream ends: the old process exits
+                assert await mesh.a.wait_exit(timeout=30) == 0
+                n.cancel_scope.cancel()
+        assert got == data, explain(got, data)
+        for p in probers:
+            assert p.attempts > 10 and p.refused == 0, vars(p)
+        assert "handed off: no new streams; draining 1 live streams" in mesh.a.log()
