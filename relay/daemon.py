@@ -204,7 +204,7 @@ class RelayDaemon:
     async def terminate(self, *, handoff: bool = False) -> None:
         """Stop accepting; drain live streams until ``timeouts.drain`` runs out.
         With ``handoff`` sessions from peers are left at once."""
-        if not self.life.begin_drain():
+        if not self.life.begin_drain(announce=not handoff):
             return
         drain = self.config.timeouts.drain
         log.info(

@@ -18,6 +18,10 @@ that needs a restart) takes over instead of binding:
    drain there (``timeouts.drain``) and are cut after it; then it exits. It
    answers ``released``.
 
+Under systemd the successor says ``MAINPID=<its pid>`` before step 3 and the old
+process does not say ``STOPPING=1``: with ``NotifyAccess=all`` the unit follows
+the new process and the old one's exit is no stop.
+
 If the new process dies before ``ready`` the old one carries on as if nothing
 happened.
 """
@@ -36,7 +40,7 @@ from typing import Any
 import trio
 
 from common.io.unixlisten import open_unix_listener
-from common.ops import inherit
+from common.ops import inherit, sdnotify
 
 log = logging.getLogger("relay.handoff")
 
@@ -63,7 +67,9 @@ class Successor:
         self.keys = keys
 
     async def confirm(self) -> bool:
-        """We are READY: the old process lets go of its streams."""
+        """We are READY: the old process lets go of its streams. Under systemd
+        (``NotifyAccess=all``) this process becomes the service's main PID first."""
+        sdnotify.notify(f"MAINPID={os.getpid()}")
         try:
             await self.stream.send_all(b"ready\n")
             with trio.fail_after(30):

@@ -171,6 +171,7 @@ async def test_handoff_of_the_ingress_relay_keeps_every_port_open(tmp_path: Path
                 for p in probers:
                     n.start_soon(p.run)
                 await a2.start()
+                await a2.expect_state(f"MAINPID={a2.pid}")  # systemd follows the successor
                 # the old process still carries the VM's stream: it keeps flowing
                 await mesh.wait_console_log(vm.sent + 300_000)
                 assert mesh.a.running
@@ -186,4 +187,4 @@ async def test_handoff_of_the_ingress_relay_keeps_every_port_open(tmp_path: Path
         assert got == data, explain(got, data)
         for p in probers:
             assert p.attempts > 10 and p.refused == 0, vars(p)
-        assert "handed off: no new streams; draining 1 live streams" in mesh.a.log()
+        assert "handed off: no new streams; draining" in mesh.a.log()
