@@ -217,10 +217,9 @@ class RelayDaemon:
             self._listeners.nursery.cancel_scope.cancel()
         self.mesh.goaway()
         if handoff:  # the successor answers on the sockets we shared from now on
-            self.mesh.stop_admin()
             if self._metrics_scope is not None:
                 self._metrics_scope.cancel()
-            self.mesh.leave_sessions("relay handed off: carry the stream on")
+            self.mesh.hand_off("relay handed off: carry the stream on")
         if self._streams is not None and self._svc is not None:
             deadline = trio.current_time() + drain
             self._svc.start_soon(lifecycle.graceful, deadline, self._streams_done.wait, self._cut)

@@ -211,10 +211,17 @@ class Mesh:
             if run.server is not None:
                 run.server.goaway_all("relay stopping")
 
-    def stop_admin(self) -> None:
+    def hand_off(self, reason: str) -> None:
+        """A successor process serves our sockets now (relay.handoff): the admin
+        socket stops here, sessions are left to their senders and forwarded links
+        are closed (their streams resume end to end through the successor)."""
         if self._admin is not None:
             self._admin[1].cancel()
             self._admin = None
+        self.leave_sessions(reason)
+        assert self._nursery is not None
+        for stream in list(self._forwarders):
+            self._nursery.start_soon(trio.aclose_forcefully, stream)
 
     def leave_sessions(self, reason: str) -> None:
         """The drain's end: sessions that end here are left to their senders."""
