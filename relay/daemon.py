@@ -135,6 +135,7 @@ class RelayDaemon:
                         errors = await self._apply(cfg)
                         if errors:  # one line naming the key, exit 2 (relay.cli)
                             raise errors[0]
+                        hserver = await self._open_handoff(cfg.handoff_socket)
                         log.info(
                             "relay %s ready: %d listeners, metrics port %s",
                             self.host,
@@ -143,8 +144,8 @@ class RelayDaemon:
                         )
                         task_status.started(self)
                         self.life.ready()
-                        if cfg.handoff_socket is not None:
-                            await self._serve_handoff(svc, cfg.handoff_socket, taker)
+                        if hserver is not None:
+                            await self._serve_handoff(svc, hserver, taker)
                 self._streams_done.set()
                 log.info("relay drained")
                 svc.cancel_scope.cancel()
@@ -187,15 +188,23 @@ class RelayDaemon:
         )
         return not errors
 
+    async def _open_handoff(self, path: Path | None) -> handoff.HandoffServer | None:
+        if path is None:
+            return None
+        server = handoff.HandoffServer(path, self.hand_off)
+        with listening("handoff-socket", where=str(path)):
+            await server.open()
+        return server
+
     async def _serve_handoff(
-        self, svc: trio.Nursery, path: Path, taker: handoff.Successor | None
+        self, svc: trio.Nursery, server: handoff.HandoffServer, taker: handoff.Successor | None
     ) -> None:
         for key in inherit.unclaimed():
             log.info("handoff: %s not in this config, closed", key)
         if taker is not None:
             ok = await taker.confirm()
             log.info("took over from relay pid %d%s", taker.pid, "" if ok else " (unconfirmed)")
-        await svc.start(handoff.HandoffServer(path, self.hand_off).serve)
+        await svc.start(server.serve)
 
     async def hand_off(self) -> None:
         """A successor holds our listening sockets and is READY: let go."""

@@ -39,7 +39,7 @@ from typing import Any
 
 import trio
 
-from common.io.unixlisten import open_unix_listener
+from common.io.unixlisten import UnixListener, open_unix_listener
 from common.ops import inherit, sdnotify
 
 log = logging.getLogger("relay.handoff")
@@ -124,14 +124,22 @@ class HandoffServer:
         self.let_go = let_go
         self.scope = trio.CancelScope()
         self._busy = False
+        self._listener: UnixListener | None = None
+
+    async def open(self) -> None:
+        """Listen (on the predecessor's socket when it handed us one)."""
+        self._listener = await open_unix_listener(self.path, mode=0o600, backlog=4)
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        with self.scope:
-            listener = await open_unix_listener(self.path, mode=0o600, backlog=4)
-            try:
+        if self._listener is None:
+            await self.open()
+        assert self._listener is not None
+        listener = self._listener
+        try:
+            with self.scope:
                 await trio.serve_listeners(self._handle, [listener], task_status=task_status)
-            finally:
-                listener.close()
+        finally:
+            listener.close()
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         try:
