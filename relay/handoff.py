@@ -86,6 +86,10 @@ async def take_over(path: Path) -> Successor | None:
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         await sock.connect(os.fspath(path))
+    except OSError:  # nobody there (or no such directory: opening it will say so)
+        sock.close()
+        return None  # a plain start
+    try:
         await sock.send(b"take\n")
         with trio.fail_after(10):
             data, anc, _flags, _addr = await sock.recvmsg(65536, socket.CMSG_SPACE(MAX_FDS * 4))
@@ -94,9 +98,6 @@ async def take_over(path: Path) -> Successor | None:
                 if not more:
                     raise OSError("handoff: the running relay closed the connection")
                 data += more
-    except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
-        return None  # nobody there: a plain start
     except BaseException:
         sock.close()
         raise
