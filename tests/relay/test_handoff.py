@@ -64,3 +64,12 @@ async def test_successor_that_dies_before_ready_leaves_the_relay_serving(
             await second.stream.aclose()
             assert await relay.stop() == 0
             n.cancel_scope.cancel()
+
+
+def test_handoff_with_a_device_or_outgoing_listener_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "relay.toml"
+    base = relay_toml(7000, free_port(), tmp_path / "h.sock")
+    client = '[[tcp]]\nname = "esx"\nvm = "vm2"\nhost = "127.0.0.1"\nport = 7001\nmode = "client"\n'
+    cfg.write_text(base + client)
+    line = assert_one_line(run_vic("relay", cfg, "--check"), "handoff-socket")
+    assert "tcp[1]" in line
