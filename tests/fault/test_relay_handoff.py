@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import itertools
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ class Vm:
         while not self.stop.is_set():
             await self.stream.send_all(counter(self.lines, BATCH))
             self.lines += BATCH
-            await trio.sleep(0.002)  # pacing the load, not synchronising
+            await trio.sleep(0.005)  # pacing the load (~1 MB/s), not synchronising
         self.stopped.set()
 
 
@@ -92,6 +93,46 @@ class Prober:
             await trio.sleep(0.005)  # probing rate
 
 
+async def through_a_change(
+    mesh: Mesh, prober: Prober, change: Callable[[], Awaitable[None]]
+) -> tuple[bytes, bytes, float]:
+    """Stream counter lines from the VM while ``change()`` runs (probing meanwhile),
+    then 500 kB more; (what arrived, what was sent, the appliance's longest stall)."""
+    vm = Vm(await mesh.connect_vm())
+    timeline = Timeline(mesh)
+    with trio.fail_after(120):
+        async with trio.open_nursery() as n:
+            n.start_soon(vm.run)
+            n.start_soon(timeline.run)
+            await mesh.wait_console_log(500_000)
+            n.start_soon(prober.run)
+            t0 = trio.current_time()
+            await change()
+            t1 = trio.current_time()
+            await mesh.wait_console_log(vm.sent + 500_000)  # flowing after the change
+            vm.stop.set()
+            await vm.stopped.wait()
+            data = counter(0, vm.lines)
+            got = await mesh.wait_console_log(len(data), timeout=60)
+            n.cancel_scope.cancel()
+    await vm.stream.aclose()
+    return got, data, timeline.longest_stall(t0, t1)
+
+
+def metrics_on_a(mesh: Mesh) -> None:
+    """esx-a's metrics on; the appliance's console log in one file (no rotation)."""
+    assert isinstance(mesh.a.config, dict) and isinstance(mesh.app.config, dict)
+    mesh.app.config["console"]["log-max-bytes"] = 1 << 30
+    port = free_port(APP)
+    mesh.a.config["metrics"] = {"host": APP, "port": port}
+    mesh.a.metrics_address = (APP, port)
+
+
+def peer_port(mesh: Mesh) -> int:
+    assert isinstance(mesh.b.config, dict)
+    return int(mesh.b.config["peer"]["listen"][0]["address"].rsplit(":", 1)[1])
+
+
 @pytest.mark.parametrize("role", ["egress", "forward"])
 async def test_handoff_restart_keeps_the_stream_exact_and_refuses_nothing(
     tmp_path: Path, role: str
@@ -100,35 +141,23 @@ async def test_handoff_restart_keeps_the_stream_exact_and_refuses_nothing(
     whole link (the sessions end at the appliance and resume there)."""
     async with Daemons(tmp_path) as ds:
         mesh = Mesh(tmp_path, ds, role=role)
-        assert isinstance(mesh.b.config, dict) and isinstance(mesh.a.config, dict)
+        assert isinstance(mesh.b.config, dict)
         mesh.b.config["handoff-socket"] = str(tmp_path / "esx-b.handoff")
         mesh.b.config["timeouts"] = {"drain": 30.0}  # what a plain restart would wait
-        metrics = free_port(APP)
-        mesh.a.config["metrics"] = {"host": APP, "port": metrics}
-        mesh.a.metrics_address = (APP, metrics)
+        metrics_on_a(mesh)
         b2 = ds.add("relay", "esx-b2", mesh.b.config)
-        peer_port = int(mesh.b.config["peer"]["listen"][0]["address"].rsplit(":", 1)[1])
         await mesh.start()
-        vm = Vm(await mesh.connect_vm())
-        timeline, prober = Timeline(mesh), Prober(B, peer_port)
-        with trio.fail_after(120):
-            async with trio.open_nursery() as n:
-                n.start_soon(vm.run)
-                n.start_soon(timeline.run)
-                await mesh.wait_console_log(500_000)
-                n.start_soon(prober.run)
-                t0 = trio.current_time()
-                await b2.start()  # takes over; READY=1
-                t_ready = trio.current_time()
-                assert await mesh.b.wait_exit(timeout=20) == 0  # no local stream to drain
-                t_old_gone = trio.current_time()
-                before = vm.sent  # these went through the old process or across the change
-                await mesh.wait_console_log(before + 500_000)  # now through the new one
-                vm.stop.set()
-                await vm.stopped.wait()
-                data = counter(0, vm.lines)
-                got = await mesh.wait_console_log(len(data), timeout=60)
-                n.cancel_scope.cancel()
+        prober = Prober(B, peer_port(mesh))
+        times: list[float] = []
+
+        async def hand_off() -> None:
+            t0 = trio.current_time()
+            await b2.start()  # takes over; READY=1
+            times.append(trio.current_time() - t0)
+            assert await mesh.b.wait_exit(timeout=20) == 0  # no local stream to drain
+            times.append(trio.current_time() - t0)
+
+        got, data, stall = await through_a_change(mesh, prober, hand_off)
         assert got == data, explain(got, data)
         if role == "egress":  # the new process never had the session: continued
             assert "continuing as" in mesh.a.log()
@@ -136,13 +165,36 @@ async def test_handoff_restart_keeps_the_stream_exact_and_refuses_nothing(
         assert await mesh.a.metric("relay_route_connect_failures_total") == 0
         assert "taking over from relay pid" in b2.log()
         assert "handed off: no new streams" in mesh.b.log()
-        stall = timeline.longest_stall(t0, t_old_gone)
         print(
-            f"\nhandoff ({role}): successor READY after {(t_ready - t0) * 1000:.0f} ms, "
-            f"old process gone after {(t_old_gone - t0) * 1000:.0f} ms; appliance stall "
+            f"\nhandoff ({role}): successor READY after {times[0] * 1000:.0f} ms, "
+            f"old process gone after {times[1] * 1000:.0f} ms; appliance stall "
             f"{stall * 1000:.0f} ms; {prober.attempts} connects during it, 0 refused"
         )
-        await vm.stream.aclose()
+
+
+async def test_plain_restart_for_comparison(tmp_path: Path) -> None:
+    """What the handoff saves: SIGTERM (a 2 s drain here, 30 s by default), then a
+    new start. No byte is lost either (resume), but the appliance waits for the
+    drain and the start, and connections are refused meanwhile."""
+    async with Daemons(tmp_path) as ds:
+        mesh = Mesh(tmp_path, ds, role="egress")
+        metrics_on_a(mesh)
+        await mesh.start()
+        prober = Prober(B, peer_port(mesh))
+
+        async def restart() -> None:
+            await mesh.b.stop()
+            await mesh.b.start()
+
+        got, data, stall = await through_a_change(mesh, prober, restart)
+        assert got == data, explain(got, data)
+        failures = await mesh.a.metric("relay_route_connect_failures_total")
+        assert prober.refused > 0 and failures > 0  # the port was closed meanwhile
+        print(
+            f"\nplain restart: appliance stall {stall * 1000:.0f} ms; "
+            f"{prober.refused} of {prober.attempts} connects refused; "
+            f"{failures:.0f} route connect failures at esx-a"
+        )
 
 
 async def test_handoff_of_the_ingress_relay_keeps_every_port_open(tmp_path: Path) -> None:
@@ -152,7 +204,8 @@ async def test_handoff_of_the_ingress_relay_keeps_every_port_open(tmp_path: Path
     async with Daemons(tmp_path) as ds:
         mesh = Mesh(tmp_path, ds, role="egress")
         cfg = mesh.a.config
-        assert isinstance(cfg, dict)
+        assert isinstance(cfg, dict) and isinstance(mesh.app.config, dict)
+        mesh.app.config["console"]["log-max-bytes"] = 1 << 30
         admin, metrics = tmp_path / "esx-a.sock", free_port(A)
         cfg["handoff-socket"] = str(tmp_path / "esx-a.handoff")
         cfg["peer"]["admin-socket"] = str(admin)
