@@ -2,11 +2,12 @@
 
 A Unix socket (mode 0600: whoever can use it can re-route streams). Commands are
 plain functions registered by name; the relay daemon registers at least the
-route commands from ``route_commands()``::
+route commands of ``relay.route_admin``::
 
     {"cmd": "route.show"}
     {"cmd": "route.set", "route": "appliance", "address": "tcp:10.0.0.2:7443",
-     "identity": "vic://host/esx-02", "tls": true}
+     "identity": "vic://host/esx-02", "tls": true, "persist": false}
+    {"cmd": "route.reset", "route": "appliance"}
 
 Replies are ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. A bad
 request costs its own connection a one-line error and nothing else.
@@ -29,7 +30,7 @@ from typing import Any
 import trio
 
 from common.io.unixlisten import open_unix_listener
-from common.link.route import Route, RouteError, Router
+from common.link.route import RouteError
 from common.ops.wiretext import wire
 
 log = logging.getLogger("relay.admin")
@@ -107,66 +108,6 @@ class AdminServer:
         await stream.send_all(json.dumps(obj).encode() + b"\n")
 
 
-# ------------------------------------------------------------------ route commands
-def route_from_request(req: Mapping[str, Any], current: Route | None = None) -> Route:
-    address = req.get("address")
-    if not isinstance(address, str):
-        raise AdminError('route.set needs "address" (tcp:HOST:PORT, unix:PATH, vsock:CID:PORT)')
-    tls = req.get("tls", current.tls if current is not None else True)
-    identity = req.get("identity", current.identity if current is not None and tls else "")
-    if not isinstance(tls, bool) or not isinstance(identity, str):
-        raise AdminError('"tls" must be true/false and "identity" a string')
-    name = current.name if current is not None else str(req.get("route", ""))
-    return Route(address=address, identity=identity, tls=tls, name=name)
-
-
-def route_commands(
-    routers: Callable[[], Mapping[str, Router]],
-    on_change: Callable[[str, Route], None] | None = None,
-) -> dict[str, Handler]:
-    """``route.show`` / ``route.set`` over the daemon's routers (looked up per request)."""
-
-    def show(req: dict[str, Any]) -> dict[str, Any]:
-        out = {}
-        for name, r in routers().items():
-            link = r.link
-            out[name] = {
-                **r.route.describe(),
-                "streams": len(r.streams),
-                "link": None
-                if link is None
-                else {
-                    "peer": link.peer_identity,
-                    "alive": link.alive,
-                    "rtt_ms": None if link.rtt is None else round(link.rtt * 1000, 3),
-                    "streams": link.stream_count,
-                },
-                "links_opened": r.links_opened,
-                "route_changes": r.route_changes,
-            }
-        return {"routes": out}
-
-    def set_(req: dict[str, Any]) -> dict[str, Any]:
-        table = routers()
-        name = req.get("route")
-        if name is None and len(table) == 1:
-            name = next(iter(table))
-        if name not in table:
-            raise AdminError(
-                f"unknown route {name!r} (known: {', '.join(sorted(table)) or 'none'})"
-            )
-        assert isinstance(name, str)
-        router = table[name]
-        route = route_from_request(req, router.route)
-        moved = len(router.streams)
-        router.set_route(route)
-        if on_change is not None:
-            on_change(name, route)
-        return {"route": name, **route.describe(), "streams_moved": moved}
-
-    return {"route.show": show, "route.set": set_}
-
-
 # ------------------------------------------------------------------ client
 async def admin_request(
     path: str | Path, req: Mapping[str, Any], timeout: float = 10.0
@@ -208,7 +149,7 @@ def add_route_cli(sub: Any, default_socket: str = "/run/vic/relay.sock") -> None
     rs.required = True
     show = rs.add_parser("show", help="routes, their links and streams")
     show.add_argument("--admin-socket", default=default_socket, help="relay admin socket")
-    s = rs.add_parser("set", help="move a route (live streams follow and resume)")
+    s = rs.add_parser("set", help="override a route (live streams follow and resume)")
     s.add_argument("--admin-socket", default=default_socket, help="relay admin socket")
     s.add_argument("route", nargs="?", help="route name (optional if there is only one)")
     s.add_argument("--address", required=True, help="tcp:HOST:PORT | unix:PATH | vsock:CID:PORT")
@@ -220,17 +161,25 @@ def add_route_cli(sub: Any, default_socket: str = "/run/vic/relay.sock") -> None
         action="store_true",
         help="no TLS (only for a trusted transport such as vsock on one host)",
     )
+    s.add_argument("--persist", action="store_true", help="write it into the config file too")
+    r = rs.add_parser("reset", help="drop a route's override: the config file's route again")
+    r.add_argument("--admin-socket", default=default_socket, help="relay admin socket")
+    r.add_argument("route", nargs="?", help="route name (optional if there is only one)")
 
 
 def run_route_cli(args: argparse.Namespace) -> int:
     if args.route_command == "show":
         req: dict[str, Any] = {"cmd": "route.show"}
+    elif args.route_command == "reset":
+        req = {"cmd": "route.reset"}
     else:
         req = {"cmd": "route.set", "address": args.address, "tls": not args.plaintext}
-        if args.route:
-            req["route"] = args.route
         if args.identity:
             req["identity"] = args.identity
+        if args.persist:
+            req["persist"] = True
+    if args.route_command != "show" and args.route:
+        req["route"] = args.route
     try:
         reply = admin_request_sync(args.admin_socket, req)
     except OSError as e:

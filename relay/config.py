@@ -146,6 +146,7 @@ class RelayConfig:
     vsock: tuple[VsockListener, ...] = ()
     hvsock: tuple[HvsockListener, ...] = ()
     peer: PeerConfig | None = None
+    handoff_socket: Path | None = None  # restart by handoff (relay.handoff)
 
     def validate(self) -> None:
         require(len(self.egress) > 0, "egress", "at least one egress is required")
@@ -176,6 +177,7 @@ class RelayConfig:
                     key,
                     "streams accepted from peers go on to the appliance, not to another peer",
                 )
+        self._check_handoff()
         seen: dict[str, str] = {}
         for kind in LISTENER_KINDS:
             for i, lst in enumerate(getattr(self, kind)):
@@ -195,6 +197,21 @@ class RelayConfig:
                         f"{key}.egress",
                         "several egresses and none named 'default': name one",
                     )
+
+    def _check_handoff(self) -> None:
+        """Only what listens can be handed to the next process (relay.handoff): a
+        device or an outgoing connection would be opened twice meanwhile."""
+        if self.handoff_socket is None:
+            return
+        held = [f"serial[{i}]" for i in range(len(self.serial))]
+        held += [f"tcp[{i}]" for i, t in enumerate(self.tcp) if t.mode == "client"]
+        held += [f"pipe[{i}]" for i, p in enumerate(self.pipe) if p.mode != "listen"]
+        require(
+            not held,
+            "handoff-socket",
+            f"{held[0] if held else ''} opens a device or connects out: it cannot be handed "
+            "to the next process (remove handoff-socket, or use listening ingress only)",
+        )
 
     def bind_hosts(self) -> list[tuple[str, str]]:
         """(host, key) of every TCP listener, for ``--check``."""

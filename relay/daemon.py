@@ -12,6 +12,9 @@ Task layout (outer to inner)::
   the running config.
 * ``terminate()`` (SIGTERM): stop accepting, give live streams ``timeouts.drain``
   seconds to finish, then cut what is left (``common.ops.lifecycle``).
+* ``hand_off()`` (``handoff-socket``, relay.handoff): a successor process took the
+  listening sockets; sessions from peers are left at once (they continue in the
+  successor), local streams drain as with SIGTERM.
 
 A stream's egress, pump and outcome are ``relay.carry``; the listeners, kept or
 restarted through ``common.ops.reconcile``, are ``relay.listeners``.
@@ -39,7 +42,7 @@ from common.ops.lifecycle import Changed, Lifecycle
 from common.ops.metrics_http import serve_metrics
 from common.proto.identity import name_from
 from common.proto.link.header import OriginHeader
-from relay import certreload
+from relay import certreload, handoff
 from relay.carry import Carrier
 from relay.config import EgressConfig, MetricsConfig, RelayConfig, load_config
 from relay.ingress import Backoff, Origin
@@ -91,6 +94,7 @@ class RelayDaemon:
         self._metrics_cfg: MetricsConfig | None = None
         self.mesh = Mesh(self.deliver, self.metrics.registry, events=self.metrics)
         self.cert_expiry = CertExpiry("relay", self.metrics.registry)
+        self.mesh.routes.config_path = Path(config_path) if config_path is not None else None
         self._carrier = Carrier(self.metrics, self.pipes, self.mesh, self.life)
 
     # --- public ---------------------------------------------------------------
@@ -133,6 +137,7 @@ class RelayDaemon:
         try:
             async with trio.open_nursery() as svc:
                 self._svc = svc
+                taker = await handoff.take_over(cfg.handoff_socket) if cfg.handoff_socket else None
                 await self._start_metrics(cfg.metrics)
                 svc.start_soon(lifecycle.watchdog)
                 await svc.start(self._watch_certs)
@@ -146,6 +151,7 @@ class RelayDaemon:
                         errors = await self._apply(cfg)
                         if errors:  # one line naming the key, exit 2 (relay.cli)
                             raise errors[0]
+                        hserver = await handoff.open_server(cfg.handoff_socket, self.hand_off)
                         log.info(
                             "relay %s ready: %d listeners, metrics port %s",
                             self.host,
@@ -154,6 +160,8 @@ class RelayDaemon:
                         )
                         task_status.started(self)
                         self.life.ready()
+                        if hserver is not None:
+                            await handoff.serve(svc, hserver, taker)
                 self._streams_done.set()
                 log.info("relay drained")
                 svc.cancel_scope.cancel()
@@ -196,19 +204,29 @@ class RelayDaemon:
         )
         return not errors
 
-    async def terminate(self) -> None:
-        """Stop accepting; drain live streams until ``timeouts.drain`` runs out."""
-        if not self.life.begin_drain():
+    async def hand_off(self) -> None:
+        """A successor holds our listening sockets and is READY: let go."""
+        await self.terminate(handoff=True)
+
+    async def terminate(self, *, handoff: bool = False) -> None:
+        """Stop accepting; drain live streams until ``timeouts.drain`` runs out.
+        With ``handoff`` sessions from peers are left at once."""
+        if not self.life.begin_drain(announce=not handoff):
             return
         drain = self.config.timeouts.drain
         log.info(
-            "stopping: no new streams; draining %d live streams (deadline %.1fs)",
+            "%s: no new streams; draining %d live streams (deadline %.1fs)",
+            "handed off" if handoff else "stopping",
             self.active_streams(),
             drain,
         )
         if self._listeners.nursery is not None:
             self._listeners.nursery.cancel_scope.cancel()
         self.mesh.goaway()
+        if handoff:  # the successor answers on the sockets we shared from now on
+            if self._metrics_scope is not None:
+                self._metrics_scope.cancel()
+            self.mesh.hand_off("relay handed off: carry the stream on")
         if self._streams is not None and self._svc is not None:
             deadline = trio.current_time() + drain
             self._svc.start_soon(lifecycle.graceful, deadline, self._streams_done.wait, self._cut)

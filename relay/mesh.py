@@ -1,10 +1,10 @@
 """The relay daemon's part in the peer mesh: everything under ``[peer]``.
 
-* **routes** (``[peer.routes.NAME]``): one ``Router`` each, one link per route;
-  an egress with ``kind = "peer"`` opens resumable streams over it. A reload or
-  ``vic relay route set`` (admin socket) re-points a router: its live streams
-  move to the new path and resume there. ``[peer.follow.NAME]`` re-points it
-  whenever vCenter says the appliance VM runs on another host.
+* **routes** (``[peer.routes.NAME]``, relay.mesh_routes): one ``Router`` each, one
+  link per route; an egress with ``kind = "peer"`` opens resumable streams over it.
+  A reload, ``vic relay route set|reset`` (admin socket: an override, see
+  relay.route_state) or ``[peer.follow.NAME]`` (vCenter) re-points a router: its
+  live streams move to the new path and resume there.
 * **listeners** (``[[peer.listen]]``): accept peer links, TLS with the peer's
   identity checked (or plaintext on a trusted transport). Either the sessions end
   here, every stream's origin header is checked against the peer's identity and
@@ -53,12 +53,11 @@ from common.proto.link.forwarded import encode_preamble
 from common.proto.link.header import (
     OriginHeader,
 )
-from relay.admin import AdminServer, route_commands
 from relay.core.hybrid import HybridError
 from relay.egress import hybrid_connect
+from relay.mesh_routes import MeshRoutes
 from relay.metrics_links import PeerLinkCollector
 from relay.pump import pump
-from relay.vsphere_route import follow_appliance
 
 log = logging.getLogger("relay.mesh")
 
@@ -93,7 +92,6 @@ class Mesh:
         self._deliver = deliver
         self.events = events
         self.config = PeerConfig()
-        self.routers: dict[str, Router] = {}
         self._tables: dict[str, SessionTable] = {}
         self._listens: dict[tuple[str, int], _ListenRun] = {}
         self._follows: dict[str, tuple[Any, trio.CancelScope]] = {}
@@ -103,6 +101,8 @@ class Mesh:
         self._tls_stamp: tuple[tuple[int, int, int], ...] = ()
         self._forwarders: set[trio.abc.Stream] = set()
         r = registry if registry is not None else CollectorRegistry()
+        self.routes = MeshRoutes(r, events)
+        self.routers: dict[str, Router] = self.routes.routers
         self.links = Gauge("relay_peer_links", "open peer links", ["side"], registry=r)
         self.links.labels("out").set_function(
             lambda: sum(1 for x in self.routers.values() if x.link is not None and x.link.alive)
@@ -119,9 +119,7 @@ class Mesh:
             "streams from peers refused (bad or foreign origin header)",
             registry=r,
         )
-        self.route_changes = Counter(
-            "relay_route_changes", "route changes by cause", ["route", "cause"], registry=r
-        )
+        self.route_changes = self.routes.route_changes
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -149,39 +147,11 @@ class Mesh:
         files = new.tls.files() if new.tls is not None else None
         stamp, self._tls_stamp = self._tls_stamp, tlsmod.files_stamp(files)
         tls_changed = old.tls != new.tls or stamp != self._tls_stamp  # paths or contents
-        self._apply_routes(old, new, files, tls_changed)
+        self.routes.apply(self._nursery, old, new, files, self._link_config, tls_changed)
         errors = await self._apply_listens(new, files if tls_changed else _SAME_TLS)
         errors += await self._apply_admin(new)
         self._apply_follows(new)
         return errors
-
-    def _apply_routes(
-        self, old: PeerConfig, new: PeerConfig, files: Any, tls_changed: bool
-    ) -> None:
-        """Routers are never restarted: a changed route re-points its router."""
-        assert self._nursery is not None
-        wanted = new.routes_runtime()
-        running = {name: r.route for name, r in self.routers.items()}
-        plan = diff(running, wanted, same=lambda *_: True)
-        for name in plan.keep:
-            r = self.routers[name]
-            if tls_changed:
-                r.set_tls(files)
-            if old.routes.get(name) != new.routes[name] and wanted[name] != r.route:
-                self.route_changes.labels(name, "reload").inc()
-                r.set_route(wanted[name])
-        for name, route in plan.start:
-            self.routers[name] = Router(
-                route,
-                self._nursery,
-                tls_files=files,
-                config=self._link_config,
-                name=name,
-                events=self.events,
-            )
-        for name in plan.stop:
-            log.info("route %s removed; its streams keep their link until they end", name)
-            self.routers.pop(name)
 
     async def _apply_listens(self, new: PeerConfig, files: Any) -> list[ConfigError]:
         """Peer listeners: kept (with new certificates when ``files`` is not
@@ -222,7 +192,7 @@ class Mesh:
             assert self._nursery is not None
             scope = trio.CancelScope()
             with listening("peer.admin-socket", where=str(path)):
-                await self._nursery.start(self._serve_admin, path, scope)
+                await self._nursery.start(self.routes.serve_admin, path, scope)
             self._admin = (path, scope)
 
         return await start_all(plan.start, start)
@@ -237,7 +207,7 @@ class Mesh:
             if name in self.routers:
                 scope = trio.CancelScope()
                 self._follows[name] = (fcfg, scope)
-                self._nursery.start_soon(self._follow, name, fcfg, scope)
+                self._nursery.start_soon(self.routes.follow, name, fcfg, scope)
 
     def goaway(self) -> None:
         """SIGTERM: accepted links get GOAWAY (no new streams); forwarders stop accepting."""
@@ -245,6 +215,18 @@ class Mesh:
             run.scope.cancel()
             if run.server is not None:
                 run.server.goaway_all("relay stopping")
+
+    def hand_off(self, reason: str) -> None:
+        """A successor process serves our sockets now (relay.handoff): the admin
+        socket stops here, sessions are left to their senders and forwarded links
+        are closed (their streams resume end to end through the successor)."""
+        if self._admin is not None:
+            self._admin[1].cancel()
+            self._admin = None
+        self.leave_sessions(reason)
+        assert self._nursery is not None
+        for stream in list(self._forwarders):
+            self._nursery.start_soon(trio.aclose_forcefully, stream)
 
     def leave_sessions(self, reason: str) -> None:
         """The drain's end: sessions that end here are left to their senders."""
@@ -361,33 +343,6 @@ class Mesh:
             await trio.aclose_forcefully(stream)
             await trio.aclose_forcefully(conn)
         log.info("forwarded link from %s closed", wire(ident or "plaintext peer"))
-
-    # --- admin and vSphere ----------------------------------------------------------
-
-    async def _serve_admin(self, path: Any, scope: trio.CancelScope, *, task_status: Any) -> None:
-        with scope:
-            server = AdminServer(
-                path,
-                route_commands(
-                    lambda: self.routers,
-                    on_change=lambda name, _r: self.route_changes.labels(name, "admin").inc(),
-                ),
-            )
-            await server.serve(task_status=task_status)
-
-    async def _follow(self, name: str, fcfg: Any, scope: trio.CancelScope) -> None:
-        with scope:
-            router = self.routers[name]
-            try:
-                await follow_appliance(
-                    router,
-                    fcfg.vcenter_target(),
-                    fcfg.vm,
-                    fcfg.routes(name),
-                    on_change=lambda _h, _r: self.route_changes.labels(name, "vsphere").inc(),
-                )
-            except Exception as e:  # the daemon carries on with the route it has
-                log.error("following appliance %s for route %s stopped: %s", fcfg.vm, name, e)
 
 
 async def open_forward(address: str) -> tuple[trio.abc.Stream, bytes]:

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import trio
 
+from common.ops import inherit
+
 # sun_path holds 108 bytes including the terminating NUL
 MAX_PATH_BYTES = 107
 
@@ -44,13 +46,17 @@ class UnixListener(trio.abc.Listener[trio.SocketStream]):
         self.path = path
         self._ident = ident
         self._listener = trio.SocketListener(sock)
+        inherit.register(f"unix {path}", sock)
 
     async def accept(self) -> trio.SocketStream:
         return await self._listener.accept()
 
     def close(self) -> None:
         """Close the socket and remove the path unless someone else's socket is there now."""
+        inherit.unregister(f"unix {self.path}", self.socket)
         self.socket.close()
+        if inherit.handed_on():  # the next process serves this path now
+            return
         try:
             st = os.lstat(self.path)
             if (st.st_dev, st.st_ino) == self._ident:
@@ -69,6 +75,10 @@ async def open_unix_listener(
     """Listen on ``path`` (mode ``mode``; None: as the umask gives), after clearing a
     stale socket there; an OSError says why not (see the module docstring)."""
     where = Path(path)
+    handed = inherit.inherit(f"unix {where}")
+    if handed is not None:  # the previous process listened here: take its socket over
+        st = os.lstat(where)
+        return UnixListener(trio.socket.from_stdlib_socket(handed), where, (st.st_dev, st.st_ino))
     if len(os.fsencode(where)) > MAX_PATH_BYTES:
         raise OSError(errno.ENAMETOOLONG, f"socket path too long (over {MAX_PATH_BYTES} bytes)")
     clear_stale(where)

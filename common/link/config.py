@@ -4,6 +4,7 @@ Meant to sit under ``[peer]`` in the relay's config::
 
     [peer]
     admin-socket = "/run/vic/relay.sock"
+    route-state = "/var/lib/vic/relay-routes.json"   # optional: `route set` overrides
     tls = { cert = "/etc/vic/esx-01.crt", key = "/etc/vic/esx-01.key", ca = "/etc/vic/ca.crt" }
 
     [peer.routes.appliance]              # where resumable streams go
@@ -57,6 +58,7 @@ from common.io.vsphere import VSphereTarget
 from common.link.peerlink import LinkConfig
 from common.link.route import Route, RouteError
 from common.link.tls import TlsFiles, client_context
+from common.ops import inherit
 from common.ops.config import ConfigError, require
 from common.proto.address import is_trusted_address, parse_address, parse_forward
 from common.proto.link.mux import MuxConfig
@@ -255,6 +257,7 @@ class FollowConfig:
 class PeerConfig:
     tls: PeerTls | None = None
     admin_socket: Path | None = None
+    route_state: Path | None = None  # route overrides (relay.route_state); default: by the socket
     routes: dict[str, PeerRoute] = field(default_factory=dict)
     listen: list[PeerListen] = field(default_factory=list)
     link: LinkTuning = field(default_factory=LinkTuning)
@@ -290,6 +293,11 @@ async def open_peer_listener(address: str, backlog: int = 128) -> PeerListener:
     kind, where = parse_address(address)
     if kind == "unix":
         return await open_unix_listener(where, mode=None, backlog=backlog)
+    handed = inherit.inherit(f"peer {address}")
+    if handed is not None:  # from the previous process (relay.handoff)
+        sock = trio.socket.from_stdlib_socket(handed)
+        inherit.register(f"peer {address}", sock)
+        return trio.SocketListener(sock)
     if kind == "tcp":
         fam = socket.AF_INET6 if ":" in where[0] else socket.AF_INET
         sock = trio.socket.socket(fam, socket.SOCK_STREAM)
@@ -302,6 +310,7 @@ async def open_peer_listener(address: str, backlog: int = 128) -> PeerListener:
     except BaseException:
         sock.close()
         raise
+    inherit.register(f"peer {address}", sock)
     return trio.SocketListener(sock)
 
 

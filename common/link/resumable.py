@@ -212,7 +212,8 @@ class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
                     link = await self._connector.get_link()
             except Exception as e:  # any connect failure: DNS, refused, TLS, identity, timeout
                 delay = backoff.next()
-                log.info("stream %s: no path (%s), retrying in %.2fs", self.short_id, e, delay)
+                # (the route logs the outage once: common.link.route_health)
+                log.debug("stream %s: no path (%s), retrying in %.2fs", self.short_id, e, delay)
                 await trio.sleep(delay)
                 continue
             att = self._send_open(link)

@@ -30,6 +30,7 @@ from common.link.events import NO_EVENTS, LinkEvents
 from common.link.peerlink import LinkConfig, LinkDeadError, PeerLink
 from common.link.replay import ReplayPool
 from common.link.resumable import ResumableStream
+from common.link.route_health import RouteHealth
 from common.proto.address import (
     AddressError,
     is_loopback_host,
@@ -87,9 +88,11 @@ async def connect_route(
     ctx: ssl.SSLContext | None,
     handshake_timeout: float = 10.0,
     events: LinkEvents = NO_EVENTS,
+    quiet: bool = False,
 ) -> tuple[trio.abc.Stream, str]:
     """Open the transport for ``route`` and, for TLS, authenticate the peer (a
-    refusal is reported to ``events`` and logged with the peer's address)."""
+    refusal is reported to ``events`` and logged with the peer's address, at
+    DEBUG when ``quiet``: the route is known to be down)."""
     stream = await open_transport(route.address)
     if not route.tls:
         return stream, ""
@@ -103,7 +106,8 @@ async def connect_route(
     except tlsmod.HANDSHAKE_ERRORS as e:
         reason = tlsmod.refusal_reason(e)
         events.tls_refused(reason)
-        log.warning(
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
             "route %s: refused peer link to %s (%s): %s",
             route.name or route.address,
             where,
@@ -125,8 +129,10 @@ class Router:
         config: LinkConfig | None = None,
         name: str = "ingress",
         events: LinkEvents = NO_EVENTS,
+        health: RouteHealth | None = None,
     ) -> None:
         self.config = config or LinkConfig()
+        self.health = health if health is not None else RouteHealth(name)
         self._route = route
         self._nursery = nursery
         self._ctx = tlsmod.client_context(tls_files) if tls_files is not None else None
@@ -174,7 +180,7 @@ class Router:
                 ):
                     return link
                 route = self._route
-                transport, ident = await connect_route(route, self._ctx, events=self.events)
+                transport, ident = await self._connect(route)
                 link = PeerLink(
                     transport,
                     client=True,
@@ -190,6 +196,16 @@ class Router:
                 self._link, self._link_route = link, route
                 log.info("link up: %s (%s)", link.name, ident or "plaintext")
                 return link
+
+    async def _connect(self, route: Route) -> tuple[trio.abc.Stream, str]:
+        health = self.health
+        try:
+            got = await connect_route(route, self._ctx, events=self.events, quiet=not health.up)
+        except Exception as e:
+            health.failed(route.address, e, trio.current_time())
+            raise
+        health.succeeded(route.address, trio.current_time())
+        return got
 
     async def _run_link(self, link: PeerLink, where: str, *, task_status: Any) -> None:
         await link.run(task_status=task_status)

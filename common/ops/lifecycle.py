@@ -80,13 +80,15 @@ class Lifecycle:
         finally:
             self.ready(*status())
 
-    def begin_drain(self) -> bool:
-        """Stop accepting and say ``STOPPING=1``; False when already stopping."""
+    def begin_drain(self, *, announce: bool = True) -> bool:
+        """Stop accepting and say ``STOPPING=1`` (not with ``announce=False``: a
+        successor process carries the service on); False when already stopping."""
         if self.stopping or self.phase is Phase.STOPPED:
             return False
         self.stopping = True
         self._move(Phase.DRAINING)
-        sdnotify.stopping()
+        if announce:
+            sdnotify.stopping()
         return True
 
     def finish(self) -> None:

@@ -24,6 +24,7 @@ import trio
 from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from common.ops import inherit
 from common.ops.version import version
 
 log = logging.getLogger("vic.ops.metrics_http")  # the name operators know
@@ -82,7 +83,8 @@ async def serve_metrics(
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``registry`` (and the health checks); task_status.started() gets the bound port."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    key = f"metrics {host}:{port}"
+    listeners = await inherit.open_tcp_listeners(key, port, host)
     bound = listeners[0].socket.getsockname()[1]
     task_status.started(bound)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import trio
 
+from common.ops import inherit
 from relay.config import TcpListener
 from relay.ingress import IngressSink, Origin, accept_loop, describe, wait_done
 
@@ -37,7 +38,8 @@ async def serve_tcp_listener(
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Shared by the raw TCP server and the vSPC pass-through (vm "" = unknown)."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    key = f"tcp {host}:{port}"
+    listeners = await inherit.open_tcp_listeners(key, port, host)
     try:
         bound = listeners[0].socket.getsockname()
         task_status.started(bound)
@@ -51,6 +53,7 @@ async def serve_tcp_listener(
             for lst in listeners:
                 n.start_soon(accept_loop, lst.socket, route, on_accept)
     finally:
+        inherit.forget(key, listeners)
         for lst in listeners:
             lst.socket.close()
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from common.ops import inherit
 from relay.config import VsockListener
 from relay.ingress import BACKLOG, IngressSink, Origin, accept_loop
 
@@ -27,13 +28,19 @@ def identify(cids: dict[int, str], allow_unknown: bool, cid: int) -> str | None:
 
 
 async def bind_vsock(cid: int, port: int, backlog: int = BACKLOG) -> trio.socket.SocketType:
-    sock = trio.socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-    try:
-        await sock.bind((cid, port))
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
+    key = f"vsock {cid}:{port}"
+    handed = inherit.inherit(key)  # from the previous process (relay.handoff)
+    if handed is not None:
+        sock = trio.socket.from_stdlib_socket(handed)
+    else:
+        sock = trio.socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        try:
+            await sock.bind((cid, port))
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+    inherit.register(key, sock)
     return sock
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import trio
 
 from common.link.route import Route, Router
-from relay.admin import AdminServer, admin_request, admin_request_sync, route_commands
+from relay.admin import AdminServer, admin_request, admin_request_sync
+from relay.route_admin import route_commands
 from tests.common.link.link_harness import MiB, acceptor, pattern, roundtrip, small_config
 from tests.relay.faultproxy import FaultProxy
 
