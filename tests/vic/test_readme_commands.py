@@ -24,6 +24,9 @@ COMMANDS: dict[str, list[str]] = {
     "vic relay -c relay.toml": ["relay", "-c", "relay.toml"],
     "vic agent -c agent.toml": ["agent", "-c", "agent.toml"],
     "vic certs init --dir /etc/vic/ca": ["certs", "init", "--dir", "/etc/vic/ca"],
+    "vic certs issue host esx-01": ["certs", "issue", "host", "esx-01"],
+    "vic certs renew /etc/vic/host-esx-01.crt": ["certs", "renew", "/etc/vic/host-esx-01.crt"],
+    "vic certs revoke /etc/vic/host-esx-03.crt": ["certs", "revoke", "/etc/vic/host-esx-03.crt"],
     "vic config example vspc|relay|relay-appliance-host|agent": ["config", "example", "relay"],
     "attach <vm>[:<label>] [--mode rw|ro|exclusive] [--replay N]": [
         *("console", "attach", "vm:com1", "--mode", "exclusive", "--replay", "100"),
