@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from guestagent.serial_transport import make_raw
+from common.io.rawtty import make_raw
 
 
 class Channel:
@@ -157,9 +157,9 @@ def serial_connector(path: str, baud: int = 115200) -> Connector:
             port = await trio.to_thread.run_sync(open_port)
         except serial.SerialException as e:
             raise OSError(f"serial {path}: {e}") from e
-        # raw 8-bit, no flow control, reads that wait for a byte (serial_transport)
+        # raw 8-bit, no flow control, reads that wait for a byte (common.io.rawtty)
         try:
-            make_raw(port.fileno())
+            make_raw(port.fileno(), local=True)
         except termios.error as e:
             port.close()
             raise OSError(f"serial {path}: {e}") from e

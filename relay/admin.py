@@ -180,16 +180,22 @@ def run_route_cli(args: argparse.Namespace) -> int:
             req["persist"] = True
     if args.route_command != "show" and args.route:
         req["route"] = args.route
-    try:
-        reply = admin_request_sync(args.admin_socket, req)
-    except OSError as e:
-        print(
-            f"vic relay route: cannot reach {args.admin_socket}: {e.strerror or e}", file=sys.stderr
-        )
+    reply = request_or_say(args.admin_socket, req)
+    if reply is None:
         return 1
-    if not reply.get("ok"):
-        print(f"vic relay route: {reply.get('error')}", file=sys.stderr)
-        return 1
-    reply.pop("ok", None)
     print(json.dumps(reply, indent=2))
     return 0
+
+
+def request_or_say(path: str, req: dict[str, Any]) -> dict[str, Any] | None:
+    """The admin socket's reply (without ``ok``), or None after one line on stderr."""
+    try:
+        reply = admin_request_sync(path, req)
+    except OSError as e:
+        print(f"vic relay route: cannot reach {path}: {e.strerror or e}", file=sys.stderr)
+        return None
+    if not reply.get("ok"):
+        print(f"vic relay route: {reply.get('error')}", file=sys.stderr)
+        return None
+    reply.pop("ok", None)
+    return reply

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -80,19 +79,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from relay.admin import admin_request_sync
+    from relay.admin import request_or_say
 
-    try:
-        reply = admin_request_sync(args.admin_socket, {"cmd": "route.show"})
-    except OSError as e:
-        print(
-            f"vic relay route: cannot reach {args.admin_socket}: {e.strerror or e}", file=sys.stderr
-        )
+    reply = request_or_say(args.admin_socket, {"cmd": "route.show"})
+    if reply is None:
         return 1
-    if not reply.get("ok"):
-        print(f"vic relay route: {reply.get('error')}", file=sys.stderr)
-        return 1
-    reply.pop("ok", None)
     print(json.dumps(reply, indent=2) if args.json else format_routes(reply.get("routes", {})))
     return 0
 

@@ -27,48 +27,11 @@ from typing import Any
 import serial
 import trio
 
+from common.io.rawtty import make_raw
 from relay.config import SerialListener
 from relay.ingress import IngressSink, Origin, wait_done
 
 log = logging.getLogger("relay.ingress.serial")
-
-# termios flags that would alter bytes on the way through (c_iflag, c_oflag, c_lflag):
-# break and parity marking, 8th-bit stripping, CR/LF mapping, XON/XOFF, output
-# post-processing, echo, canonical lines and the ^C/^Z/^\ signal characters
-RAW_IFLAG_OFF = (
-    termios.IGNBRK
-    | termios.BRKINT
-    | termios.PARMRK
-    | termios.ISTRIP
-    | termios.INLCR
-    | termios.IGNCR
-    | termios.ICRNL
-    | termios.IXON
-    | termios.IXOFF
-    | termios.IXANY
-    | termios.IMAXBEL
-    | termios.INPCK
-)
-RAW_OFLAG_OFF = termios.OPOST
-RAW_LFLAG_OFF = termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN
-
-
-def make_raw(fd: int, *, xonxoff: bool = False) -> None:
-    """Raw 8-bit mode, no parity (cfmakeraw's), reads that wait for one byte.
-
-    ``xonxoff`` keeps software flow control (an operator's explicit choice: it then
-    takes 0x11 and 0x13 out of the data). pyserial's VMIN=0/VTIME=0 (it times reads
-    with select) would make an empty non-blocking read return b"" and look like EOF;
-    VMIN=1 makes it EAGAIN, so readiness-driven reads behave."""
-    iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(fd)
-    keep = (termios.IXON | termios.IXOFF) if xonxoff else 0
-    iflag &= ~(RAW_IFLAG_OFF & ~keep)
-    oflag &= ~RAW_OFLAG_OFF
-    lflag &= ~RAW_LFLAG_OFF
-    cflag = (cflag & ~(termios.CSIZE | termios.PARENB)) | termios.CS8 | termios.CREAD
-    cc[termios.VMIN] = 1
-    cc[termios.VTIME] = 0
-    termios.tcsetattr(fd, termios.TCSANOW, [iflag, oflag, cflag, lflag, ispeed, ospeed, cc])
 
 
 def open_device(cfg: SerialListener) -> int:

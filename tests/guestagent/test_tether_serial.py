@@ -13,13 +13,13 @@ from pathlib import Path
 import trio
 
 from common.io.guestinfo.filestore import FileStore
+from common.io.rawtty import IFLAG_OFF, LFLAG_OFF, OFLAG_OFF
 from common.io.sealedsession_conn import EndKind
 from common.proto.session.messages import ExecSpec, ExitStatus, Stream
 from guestagent.backends.file import FileGuestBackend
 from guestagent.channels import serial_connector
 from guestagent.config import SessionSection
 from guestagent.reaper import Reaper
-from guestagent.serial_transport import IFLAG_OFF, LFLAG_OFF, OFLAG_OFF
 from guestagent.tether import Tether
 from relay.config import EgressConfig, SerialListener
 from tests.guestagent.serial_line import RelayedAppliance, relay_serial, socat_pair

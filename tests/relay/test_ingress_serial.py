@@ -11,8 +11,11 @@ from pathlib import Path
 import trio
 import trio.testing
 
+from common.io.rawtty import IFLAG_OFF as RAW_IFLAG_OFF
+from common.io.rawtty import LFLAG_OFF as RAW_LFLAG_OFF
+from common.io.rawtty import OFLAG_OFF as RAW_OFLAG_OFF
 from relay.config import SerialListener
-from relay.ingress.serialdev import RAW_IFLAG_OFF, RAW_LFLAG_OFF, RAW_OFLAG_OFF, open_device
+from relay.ingress.serialdev import open_device
 from tests.relay.relayfix import (
     Appliance,
     pattern,
