@@ -2,7 +2,8 @@
 
 ``issue`` takes the identity as ``KIND NAME`` (``vic certs issue operator alice``) or
 as ``--host/--appliance/--operator NAME``; the CA directory is ``--dir`` (default
-``$VIC_CA_DIR``, else ``/etc/vic/ca``).
+``$VIC_CA_DIR``, else ``/etc/vic/ca``). ``show`` reads that CA's CRL and says
+``revoked`` (status and ``revoked`` field) for a certificate it lists.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     what.add_argument("cert", nargs="?", type=Path, help="the certificate to revoke")
     what.add_argument("--serial", help="revoke by serial (hex, as `show` prints it)")
 
-    p = sub.add_parser("show", help="describe certificates")
+    p = sub.add_parser("show", help="describe certificates (revoked: per the CA's CRL)")
+    _ca_dir(p)
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -73,6 +75,7 @@ _SHOWN = (
     "not_before",
     "not_after",
     "status",
+    "revoked",
     "serial",
     "sha256",
 )
@@ -159,11 +162,26 @@ def _revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _revoked_by_ca(ca_dir: Path) -> tuple[str, frozenset[int]]:
+    """The CA's subject and the serials its CRL (``ca.crl`` beside ``ca.crt``) revokes;
+    ("", empty) without a CA there."""
+    ca_cert = ca_dir / certs.CA_CERT
+    if not ca_cert.is_file():
+        return "", frozenset()
+    subject = certs.load_cert(ca_cert).subject.rfc4514_string()
+    return subject, revocation.revoked_serials(ca_cert)
+
+
 def _show(args: argparse.Namespace) -> int:
+    ca_subject, revoked = _revoked_by_ca(args.dir)
     infos = []
     for path in args.paths:
-        info = certs.describe(certs.load_cert(path))
+        cert = certs.load_cert(path)
+        info = certs.describe(cert)
         info["path"] = str(path)
+        info["revoked"] = cert.serial_number in revoked and info["issuer"] == ca_subject
+        if info["revoked"]:
+            info["status"] = "revoked"
         infos.append(info)
     if args.json:
         print(json.dumps(infos, indent=2))

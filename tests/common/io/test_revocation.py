@@ -3,6 +3,7 @@ OpenSSL refusing a revoked peer in a real TLS 1.3 handshake (reason ``revoked``)
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -78,6 +79,33 @@ def test_cli_issue_operator_renew_revoke(
         certs.load_cert(crt).serial_number,
     }
     assert main(["certs", "revoke", "--serial", "zz"]) == 1
+
+
+def test_show_reads_the_crl_beside_the_ca(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIC_CA_DIR", str(tmp_path))
+    assert main(["certs", "init"]) == 0
+    assert main(["certs", "issue", "operator", "alice"]) == 0
+    assert main(["certs", "issue", "operator", "bob"]) == 0
+    alice, bob = str(tmp_path / "operator-alice.crt"), str(tmp_path / "operator-bob.crt")
+    capsys.readouterr()
+    assert main(["certs", "show", alice]) == 0
+    assert "revoked     False" in capsys.readouterr().out
+    assert main(["certs", "revoke", alice]) == 0
+    capsys.readouterr()
+    assert main(["certs", "show", alice, bob]) == 1
+    out = capsys.readouterr().out
+    assert "status      revoked" in out and "revoked     True" in out
+    assert main(["certs", "show", "--json", alice, bob]) == 1
+    shown = json.loads(capsys.readouterr().out)
+    assert [(i["status"], i["revoked"]) for i in shown] == [("revoked", True), ("valid", False)]
+    other = tmp_path / "other"  # another CA's CRL does not revoke alice
+    assert main(["certs", "init", "--dir", str(other)]) == 0
+    assert main(["certs", "revoke", "--dir", str(other), "--serial", "1"]) == 0
+    capsys.readouterr()
+    assert main(["certs", "show", "--dir", str(other), "--json", alice]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["revoked"] is False
 
 
 @pytest.mark.parametrize("key_type", ["ed25519", "p256"])
