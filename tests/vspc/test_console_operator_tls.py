@@ -4,10 +4,12 @@ renewed server certificate used by new handshakes while an attach carries on."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from common.io import certs, revocation, tlsctx, tlsrefresh
 from common.link.tls import peer_serial
@@ -110,12 +112,38 @@ async def test_renewed_server_cert_and_revoked_operator(
         assert await ca.server_serial(svc) == certs.load_cert(new.cert_path).serial_number != old
         await con.from_vm(two)  # the live attach is untouched
         assert await read_exactly(stream, buf, len(two)) == two
-        # revoke alice: her next connection fails the handshake; bob's works
+        # revoke alice: her attach is cut, her next handshake fails; bob's works
         assert alice.cert is not None
         revocation.revoke(ca.root, certs.load_cert(alice.cert).serial_number)
         tlsrefresh.refresh()
         with pytest.raises(ConsoleClientError):
             await list_consoles(alice)
-        assert refused(svc, "revoked") == 1
+        assert refused(svc, "revoked") == 2  # her live attach cut, then her handshake
         assert len(await list_consoles(ca.endpoint(svc, "operator/bob"))) == 1
         await stream.aclose()
+
+
+async def test_revoked_operators_live_attach_is_cut(
+    short_dir: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = Ca(short_dir / "ca")
+    svc = await serve(nursery, short_dir, ca)
+    con = svc._consoles[KEY]
+    alice, bob = ca.endpoint(svc, "operator/alice"), ca.endpoint(svc, "operator/bob")
+    with trio.fail_after(20):
+        a_stream, _s, _a_rest = await attach(alice, AttachRequest("tls-vm", replay=0))
+        b_stream, _s, b_rest = await attach(bob, AttachRequest("tls-vm", replay=0))
+        await trio.testing.wait_all_tasks_blocked()
+        assert alice.cert is not None
+        revocation.revoke(ca.root, certs.load_cert(alice.cert).serial_number)
+        tlsrefresh.refresh()  # what SIGHUP / the CRL file watcher run
+        with contextlib.suppress(trio.BrokenResourceError):  # alice's attach ends
+            while await a_stream.receive_some(4096):
+                pass
+        assert refused(svc, "revoked") == 1
+        assert "is revoked" in caplog.text
+        one = pattern(0, 2000)
+        await con.from_vm(one)  # bob's attach carries on
+        buf = bytearray(b_rest)
+        assert await read_exactly(b_stream, buf, len(one)) == one
+        await b_stream.aclose()

@@ -7,6 +7,7 @@ import logging
 import math
 import ssl
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from typing import Any
 
 import trio
@@ -37,6 +38,7 @@ from vspc.console.lookup import pick
 from vspc.console.tlsgate import accept_operator, tls_refused
 from vspc.core.identity import PortKey
 from vspc.metrics import VspcMetrics
+from vspc.revokedcut import RevokedCut
 
 log = logging.getLogger("vspc.console")
 
@@ -78,6 +80,7 @@ class ConsoleService:
         # EXEC, LOGS, SESSION-ATTACH, ROTATE (vspc.sessions.requests), set when sessions are served
         self.session_requests: SessionRequests | None = None
         self._tls_refused = tls_refused(metrics.registry)
+        self.revoked_cut = RevokedCut(metrics.registry, "console", None)  # live TLS attaches
 
     # --- the API for the vSPC and the endpoint ----------------------------------
 
@@ -227,6 +230,7 @@ class ConsoleService:
                 ctx: ssl.SSLContext | None = None
                 if config.tcp is not None:
                     ctx = server_ssl_context(config.tcp)
+                    self.revoked_cut.ca = config.tcp.client_ca
                     tcp_listeners = await open_tcp(config.tcp)
                 if config.socket is not None:
                     unix = await open_unix(config.socket, config.socket_mode)
@@ -264,6 +268,16 @@ class ConsoleService:
             self._nursery.start_soon(self._handle, stream, ctx)
 
     async def _handle(self, raw: trio.SocketStream, ctx: ssl.SSLContext | None) -> None:
+        with trio.CancelScope() as live, ExitStack() as tracked:  # cut if revoked
+            await self._handle_in(raw, ctx, live, tracked)
+
+    async def _handle_in(
+        self,
+        raw: trio.SocketStream,
+        ctx: ssl.SSLContext | None,
+        live: trio.CancelScope,
+        tracked: ExitStack,
+    ) -> None:
         stream: trio.abc.Stream = raw
         peer = peer_name(raw)
         try:
@@ -274,6 +288,7 @@ class ConsoleService:
                         return
                     stream = tls
                     peer = tls_peer(tls, peer)
+                    tracked.enter_context(self.revoked_cut.track(tls, peer, live))
                 line, rest = await read_request_line(stream)
             if cs.cancelled_caught:
                 log.info(
