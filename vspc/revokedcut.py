@@ -2,7 +2,8 @@
 
 OpenSSL checks the CRL only in the handshake, so a reload (SIGHUP or a CRL file
 change, ``common.io.tlsrefresh``) would leave a revoked operator's live console
-attach or Docker connection running. A ``RevokedCut`` remembers each live TLS
+attach or Docker connection running. A ``RevokedCut`` (listener ``console``
+(``vspc.console.service``) or ``docker`` (``vspc.docker.server``)) remembers each live TLS
 client of one listener with its cancel scope; after every refresh it cancels
 those whose peer serial the CA's CRL now lists: one WARNING line each and
 ``vspc_tls_refused_total{listener,reason="revoked"}``.
@@ -31,7 +32,7 @@ log = logging.getLogger("vspc.tls")
 @dataclass
 class _Live:
     peer: str
-    serial: int
+    tls: Any  # its serial is read at cut time: the handshake may still be on
     scope: trio.CancelScope
 
 
@@ -46,8 +47,8 @@ def _serial(tls: Any) -> int | None:
 class RevokedCut:
     """The live TLS clients of ``listener`` (client certificates from ``ca``)."""
 
-    def __init__(self, registry: CollectorRegistry, listener: str, ca: Path | None) -> None:
-        self._counter = tls_refused(registry)
+    def __init__(self, registry: CollectorRegistry | None, listener: str, ca: Path | None) -> None:
+        self._counter = tls_refused(registry) if registry is not None else None
         self.listener = listener
         self.ca = ca
         self._live: dict[int, _Live] = {}
@@ -56,12 +57,8 @@ class RevokedCut:
     @contextmanager
     def track(self, tls: Any, peer: str, scope: trio.CancelScope) -> Iterator[None]:
         """While inside: ``scope`` is cancelled if ``tls``'s peer gets revoked."""
-        serial = _serial(tls)
-        if serial is None or self.ca is None:
-            yield
-            return
         key = id(scope)
-        self._live[key] = _Live(peer, serial, scope)
+        self._live[key] = _Live(peer, tls, scope)
         try:
             yield
         finally:
@@ -81,14 +78,16 @@ class RevokedCut:
             return 0
         cut = 0
         for key, live in list(self._live.items()):
-            if live.serial in revoked:
+            serial = _serial(live.tls)
+            if serial is not None and serial in revoked:
                 log.warning(
                     "%s client %s: closed: its certificate (serial %x) is revoked",
                     self.listener,
                     live.peer,
-                    live.serial,
+                    serial,
                 )
-                self._counter.labels(self.listener, "revoked").inc()
+                if self._counter is not None:
+                    self._counter.labels(self.listener, "revoked").inc()
                 live.scope.cancel()
                 del self._live[key]
                 cut += 1

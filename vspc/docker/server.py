@@ -36,6 +36,7 @@ from vspc.docker.verbs import DockerApi
 from vspc.docker_config import DockerConfig, DockerTcpConfig
 from vspc.guestinfo_watch import GuestinfoWatcher
 from vspc.metrics import VspcMetrics
+from vspc.revokedcut import RevokedCut
 from vspc.sessions.api import SessionsApi
 from vspc.sessions.service import SessionService
 
@@ -120,6 +121,9 @@ class DockerServer:
         self.clients = 0  # connections open now
         self.clients_changed = trio.Event()  # set (and replaced) as that changes
         self._http: set[HttpConnection] = set()  # the connections, to make room among
+        ca = config.tcp.tls.client_ca if config.tcp and config.tcp.tls else None
+        registry = metrics.registry if metrics is not None else None
+        self.revoked_cut = RevokedCut(registry, "docker", ca)  # live TLS clients
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Listen (a listener that cannot be opened: ``ConfigError``), then serve until
@@ -252,7 +256,8 @@ class DockerServer:
             )
             self._http.add(conn)
             try:
-                await conn.serve()
+                with trio.CancelScope() as live, self.revoked_cut.track(stream, peer, live):
+                    await conn.serve()
             except (ssl.SSLError, trio.BrokenResourceError):
                 self.metrics.protocol_error()  # a failed TLS handshake: its own connection
             finally:
