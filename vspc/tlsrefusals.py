@@ -1,7 +1,8 @@
 """``vspc_tls_refused_total{listener,reason}``: TLS clients the appliance refused.
 
 The vSPC's counterpart of ``relay_tls_refused_total``: the console's TCP endpoint
-counts here (``listener="console"``, see ``vspc.console.tlsgate``) and so does the
+counts here (``listener="console"``, see ``vspc.console.tlsgate``), the Docker TCP
+endpoint (``listener="docker"``, ``vspc.docker.server``), and so does the
 link endpoint's peer-link server (``listener="link"``) through ``LinkRefusals``.
 Reasons are the fixed words of ``common.link.tls.refusal_reason`` plus
 ``not_operator``. One counter per registry (daemons in tests share none).

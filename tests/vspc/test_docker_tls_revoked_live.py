@@ -1,5 +1,6 @@
 """A revoked operator's live Docker TCP+TLS connection is closed on reload (the CRL
-changed); another operator's connection carries on (real TLS, our own CA)."""
+changed), another operator's carries on; her next handshake is refused and counted
+(``vspc_tls_refused_total{listener="docker"}``; real TLS, our own CA)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from common.io import certs, revocation, tlsctx, tlsrefresh
 from common.io.tlsconfig import ServerTls
@@ -42,8 +44,10 @@ async def test_revoked_operators_live_docker_connection_is_cut(
     host, port = srv.tcp_addresses[0]
 
     async def connect(name: str) -> trio.SSLStream[trio.SocketStream]:
-        op = certs.issue(ca_dir, "operator", name)
-        ctx = tlsctx.client_context(ca=ca, cert=op.cert_path, key=op.key_path)
+        crt = ca_dir / f"operator-{name}.crt"
+        if not crt.exists():
+            certs.issue(ca_dir, "operator", name)
+        ctx = tlsctx.client_context(ca=ca, cert=crt, key=crt.with_suffix(".key"))
         tls = trio.SSLStream(
             await trio.open_tcp_stream(host, port), ctx, server_hostname="vch.local"
         )
@@ -66,3 +70,10 @@ async def test_revoked_operators_live_docker_connection_is_cut(
         )
         assert got == 1
         await bob.aclose()
+        with pytest.raises((trio.BrokenResourceError, AssertionError)):  # alice again
+            await connect("alice")  # refused: in the handshake or at the first read
+        await trio.testing.wait_all_tasks_blocked()
+        got = metrics.registry.get_sample_value(
+            "vspc_tls_refused_total", {"listener": "docker", "reason": "revoked"}
+        )
+        assert got == 2

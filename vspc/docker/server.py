@@ -28,7 +28,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from common.io import tlsctx
 from common.io.listen import listening
 from common.io.unixlisten import UnixListener, open_unix_listener
+from common.link.tls import refusal_reason
 from common.ops.config import ConfigError
+from common.ops.wiretext import wire
 from vspc.docker.containers import Containers
 from vspc.docker.hangup import tcp_keepalive
 from vspc.docker.http import HttpConnection, Limits
@@ -39,6 +41,7 @@ from vspc.metrics import VspcMetrics
 from vspc.revokedcut import RevokedCut
 from vspc.sessions.api import SessionsApi
 from vspc.sessions.service import SessionService
+from vspc.tlsrefusals import tls_refused
 
 log = logging.getLogger("vspc.docker")
 
@@ -247,6 +250,8 @@ class DockerServer:
             tcp_keepalive(stream, self.config.keepalive)  # a vanished TCP client times out
             if ctx is not None:
                 stream = trio.SSLStream(stream, ctx, server_side=True)
+                if not await self._handshake(stream, peer):
+                    return
             conn = HttpConnection(
                 stream,
                 self.api.handle,
@@ -264,6 +269,26 @@ class DockerServer:
                 self._http.discard(conn)
         finally:
             self._count(-1)
+
+    async def _handshake(self, tls: trio.SSLStream[Any], peer: str) -> bool:
+        """The TLS handshake within ``request-timeout``; a refusal is one WARNING
+        line and ``vspc_tls_refused_total{listener="docker",reason}``."""
+        try:
+            with trio.fail_after(self.config.request_timeout):
+                await tls.do_handshake()
+            return True
+        except (trio.BrokenResourceError, trio.TooSlowError) as e:
+            self._refused(peer, e)
+        await trio.aclose_forcefully(tls)
+        return False
+
+    def _refused(self, peer: str, e: BaseException) -> None:
+        reason = refusal_reason(e)
+        log.warning(
+            "docker client %s: TLS refused (%s): %s", peer, reason, wire(str(e.__cause__ or e))
+        )
+        if self.metrics.m is not None:
+            tls_refused(self.metrics.m.registry).labels("docker", reason).inc()
 
     def _count(self, n: int) -> None:
         self.clients += n
