@@ -41,7 +41,7 @@ from vspc.placement import Placement
 from vspc.prefixed import PrefixedStream
 from vspc.service import VspcService
 from vspc.sessions.service import LABEL as SESSION_LABEL
-from vspc.tlsrefusals import LinkRefusals
+from vspc.tlsrefusals import LinkRefusals, count_handshake_refusal
 
 log = logging.getLogger("vspc.endpoint")
 
@@ -177,6 +177,7 @@ class Endpoint:
             identity = certificate_identity(stream)
         except _READ_ERRORS as e:
             self.rejected("?", str(e) or type(e).__name__)
+            count_handshake_refusal(self.service.metrics.registry, "endpoint", stream, e)
             await trio.aclose_forcefully(stream)
             return
         reason = speaks_for_own_host(header, identity) or await self.vet(header)

@@ -39,7 +39,7 @@ class _Live:
 def _serial(tls: Any) -> int | None:
     try:
         der = tls.getpeercert(binary_form=True)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, trio.NeedHandshakeError):  # no handshake yet
         return None
     return x509.load_der_x509_certificate(der).serial_number if der else None
 

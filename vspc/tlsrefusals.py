@@ -2,7 +2,8 @@
 
 The vSPC's counterpart of ``relay_tls_refused_total``: the console's TCP endpoint
 counts here (``listener="console"``, see ``vspc.console.tlsgate``), the Docker TCP
-endpoint (``listener="docker"``, ``vspc.docker.server``), and so does the
+endpoint (``listener="docker"``, ``vspc.docker.server``), the relays' endpoint
+(``listener="endpoint"``, ``count_handshake_refusal``), and so does the
 link endpoint's peer-link server (``listener="link"``) through ``LinkRefusals``.
 Reasons are the fixed words of ``common.link.tls.refusal_reason`` plus
 ``not_operator``. One counter per registry (daemons in tests share none).
@@ -11,10 +12,13 @@ Reasons are the fixed words of ``common.link.tls.refusal_reason`` plus
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
+import trio
 from prometheus_client import CollectorRegistry, Counter
 
 from common.link.events import LinkEvents
+from common.link.tls import refusal_reason
 
 _counters: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
 
@@ -30,6 +34,27 @@ def tls_refused(registry: CollectorRegistry) -> Counter:
             registry=registry,
         )
     return c
+
+
+def handshake_refusal(stream: Any, e: BaseException) -> str | None:
+    """The refusal reason when ``e`` ended ``stream``'s TLS handshake (None: not a
+    TLS stream, or its handshake was done and ``e`` came later)."""
+    if not isinstance(stream, trio.SSLStream):
+        return None
+    try:
+        stream.getpeercert()  # an error until the handshake is done
+    except (ValueError, trio.NeedHandshakeError):
+        return refusal_reason(e)
+    return None
+
+
+def count_handshake_refusal(
+    registry: CollectorRegistry, listener: str, stream: Any, e: BaseException
+) -> None:
+    """Count ``e`` on ``listener`` if it ended ``stream``'s TLS handshake."""
+    reason = handshake_refusal(stream, e)
+    if reason is not None:
+        tls_refused(registry).labels(listener, reason).inc()
 
 
 class LinkRefusals(LinkEvents):

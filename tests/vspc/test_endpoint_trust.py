@@ -124,6 +124,8 @@ async def test_tls_endpoint_refuses_traversal_and_other_hosts(
             await wait_until(
                 lambda: metric(svc, "vspc_relayed_streams_total", kind="?", result="rejected") >= 2
             )
+            tls_refused = {"listener": "endpoint", "reason": "no_certificate"}
+            assert metric(svc, "vspc_tls_refused_total", **tls_refused) == 1
             await honest.send_all(data[1000:])
             await wait_until(lambda: svc.consoles.find("vm-good").bytes_from_vm == len(data))
             await svc.consoles.writer.flush()
