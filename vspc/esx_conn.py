@@ -32,6 +32,7 @@ from common.ops.wiretext import wire
 from vspc.core.esx_session import EsxSession
 from vspc.core.liveness import Liveness
 from vspc.metrics import VspcMetrics
+from vspc.tlsrefusals import count_handshake_refusal
 
 log = logging.getLogger("vspc.esx")
 
@@ -287,6 +288,7 @@ class EsxConnection:
                     nursery.cancel_scope.cancel()  # EOF, or closing with nothing to flush
         except* (trio.BrokenResourceError, trio.ClosedResourceError) as eg:
             log.info("%r: connection lost: %s", self, first_leaf(eg))
+            count_handshake_refusal(service.metrics.registry, "esx", self.stream, first_leaf(eg))
         except* OSError as eg:
             log.info("%r: connection error: %s", self, first_leaf(eg))
         except* Exception as eg:  # a bug must cost this connection only

@@ -3,7 +3,8 @@
 The vSPC's counterpart of ``relay_tls_refused_total``: the console's TCP endpoint
 counts here (``listener="console"``, see ``vspc.console.tlsgate``), the Docker TCP
 endpoint (``listener="docker"``, ``vspc.docker.server``), the relays' endpoint
-(``listener="endpoint"``, ``count_handshake_refusal``), and so does the
+(``listener="endpoint"``, ``count_handshake_refusal``), the ESX listener
+(``listener="esx"``, ``vspc.esx_conn``), and so does the
 link endpoint's peer-link server (``listener="link"``) through ``LinkRefusals``.
 Reasons are the fixed words of ``common.link.tls.refusal_reason`` plus
 ``not_operator``. One counter per registry (daemons in tests share none).
@@ -17,6 +18,7 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry, Counter
 
+from common.io.streamlayers import find_layer
 from common.link.events import LinkEvents
 from common.link.tls import refusal_reason
 
@@ -39,10 +41,11 @@ def tls_refused(registry: CollectorRegistry) -> Counter:
 def handshake_refusal(stream: Any, e: BaseException) -> str | None:
     """The refusal reason when ``e`` ended ``stream``'s TLS handshake (None: not a
     TLS stream, or its handshake was done and ``e`` came later)."""
-    if not isinstance(stream, trio.SSLStream):
+    tls = find_layer(stream, trio.SSLStream)  # under buffering / prefix layers
+    if tls is None:
         return None
     try:
-        stream.getpeercert()  # an error until the handshake is done
+        tls.getpeercert()  # an error until the handshake is done
     except (ValueError, trio.NeedHandshakeError):
         return refusal_reason(e)
     return None
