@@ -14,6 +14,7 @@ import trio.testing
 from common.io import certs, revocation, tlsctx, tlsrefresh
 from common.link.tls import peer_serial
 from common.proto.console.protocol import AttachRequest
+from vic.cli import main
 from vspc.console import ConsoleTcpConfig
 from vspc.console.client import ConsoleClientError, Endpoint, attach, list_consoles
 from vspc.console.service import ConsoleService
@@ -135,7 +136,7 @@ async def test_revoked_operators_live_attach_is_cut(
         b_stream, _s, b_rest = await attach(bob, AttachRequest("tls-vm", replay=0))
         await trio.testing.wait_all_tasks_blocked()
         assert alice.cert is not None
-        revocation.revoke(ca.root, certs.load_cert(alice.cert).serial_number)
+        assert main(["certs", "revoke", "--dir", str(ca.root), str(alice.cert)]) == 0
         tlsrefresh.refresh()  # what SIGHUP / the CRL file watcher run
         with contextlib.suppress(trio.BrokenResourceError):  # alice's attach ends
             while await a_stream.receive_some(4096):
