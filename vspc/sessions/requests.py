@@ -58,19 +58,9 @@ async def serve_attach(
 ) -> None:
     """The main process's output as frames, the client's STDIN and RESIZE to it; EXIT
     when it ends. The client closing the connection detaches (the process runs on)."""
-    try:
-        api.status(req.vm)
-    except NoSession as e:
-        await _error(stream, str(e))
+    client = await _accept(api, stream, req.vm, req.stdin)
+    if client is None:
         return
-    await stream.send_all(proto.encode_line({"ok": True, "vm": req.vm}))
-    client = _ExecClient(stream, req.stdin)
-
-    async def out(data: bytes) -> None:
-        await client.output(proto.FrameType.STDOUT, data)
-
-    async def err(data: bytes) -> None:
-        await client.output(proto.FrameType.STDERR, data)
 
     async with trio.open_nursery() as nursery:
 
@@ -83,8 +73,8 @@ async def serve_attach(
             status = await api.attach(
                 req.vm,
                 stdin=client.stdin,
-                stdout=out,
-                stderr=err,
+                stdout=client.out,
+                stderr=client.err,
                 size=(req.rows, req.cols),
                 resize=client.sizes,
             )
@@ -118,6 +108,19 @@ async def serve_logs(api: SessionsApi, stream: trio.abc.Stream, req: proto.LogsR
         await stream.send_all(proto.logs_error_frame(str(e)))
 
 
+async def _accept(
+    api: SessionsApi, stream: trio.abc.Stream, vm: str, stdin: bool
+) -> _ExecClient | None:
+    """The VM holds a session: say ok and take the client's frames; else say why."""
+    try:
+        api.status(vm)
+    except NoSession as e:
+        await _error(stream, str(e))
+        return None
+    await stream.send_all(proto.encode_line({"ok": True, "vm": vm}))
+    return _ExecClient(stream, stdin)
+
+
 class _ExecClient:
     """The client's frames turned into the API's stdin and resize iterators."""
 
@@ -128,6 +131,12 @@ class _ExecClient:
         self.reader = proto.FrameReader()
         if not stdin:
             self.stdin_send.close()
+
+    async def out(self, data: bytes) -> None:
+        await self.output(proto.FrameType.STDOUT, data)
+
+    async def err(self, data: bytes) -> None:
+        await self.output(proto.FrameType.STDERR, data)
 
     async def read(self, first: bytes) -> None:
         data = first
@@ -170,19 +179,9 @@ class _ExecClient:
 async def serve_exec(
     api: SessionsApi, stream: trio.abc.Stream, req: proto.ExecRequest, rest: bytes
 ) -> None:
-    try:
-        api.status(req.vm)
-    except NoSession as e:
-        await _error(stream, str(e))
+    client = await _accept(api, stream, req.vm, req.stdin)
+    if client is None:
         return
-    await stream.send_all(proto.encode_line({"ok": True, "vm": req.vm}))
-    client = _ExecClient(stream, req.stdin)
-
-    async def out(data: bytes) -> None:
-        await client.output(proto.FrameType.STDOUT, data)
-
-    async def err(data: bytes) -> None:
-        await client.output(proto.FrameType.STDERR, data)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.read, rest)
@@ -191,8 +190,8 @@ async def serve_exec(
                 req.vm,
                 req.argv,
                 stdin=client.stdin,
-                stdout=out,
-                stderr=err,
+                stdout=client.out,
+                stderr=client.err,
                 tty=req.tty,
                 env=req.env,
                 cwd=req.cwd,
