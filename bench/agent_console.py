@@ -1,6 +1,7 @@
 """Console throughput, container process -> appliance, through the guest agent.
 
-Two paths, each with three contenders run back to back in every repetition:
+Two paths, each with three contenders interleaved (bench/_rounds.py): every round runs
+each once.
 
 * ``hybrid``: hybrid vsock guest->host, i.e. the host-side Unix socket
   ``<uds>_<port>`` the appliance (this bench) listens on.
@@ -40,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 import _plots  # noqa: E402
 from _common import results_dir  # noqa: E402
+from _rounds import interleaved  # noqa: E402
+from _steal import Watch, describe, stamp  # noqa: E402
 
 from common.io.guestinfo.filestore import FileStore  # noqa: E402
 from common.proto import guestinfo as gi  # noqa: E402
@@ -103,8 +106,11 @@ def start_agent(tmp: Path, console: str) -> subprocess.Popen[bytes]:
     )
 
 
+def contenders() -> list[str]:
+    return ["agent", "socat", "direct"] if shutil.which("socat") else ["agent", "direct"]
+
+
 def bench_hybrid(size: int, reps: int) -> dict[str, list[float]]:
-    res: dict[str, list[float]] = {"agent": [], "socat": [], "direct": []}
     with tempfile.TemporaryDirectory(prefix="vic-console-") as d:
         tmp = Path(d)
         uds = tmp / "vm.vsock"
@@ -117,28 +123,33 @@ def bench_hybrid(size: int, reps: int) -> dict[str, list[float]]:
         agent = start_agent(tmp, f'transport = "hybrid"\npath = "{uds}"\nport = {PORT}')
         try:
             conn, _ = lst.accept()  # the agent's console link, kept across sessions
-            for r in range(reps):
-                sid = f"h{r}"
-                store.run(sid, size)
-                res["agent"].append(read_exact(conn.recv_into, size))
-                store.wait_status(sid)
-                if shutil.which("socat"):
+
+            def one(r: int, name: str) -> float:
+                if name == "agent":
+                    store.run(f"h{r}", size)
+                    mbps = read_exact(conn.recv_into, size)
+                    store.wait_status(f"h{r}")
+                    return mbps
+                if name == "socat":
                     p = subprocess.Popen(
                         ["socat", "-u", "-b", "65536", f"EXEC:head -c {size} /dev/zero",
                          f"UNIX-CONNECT:{path}"]
                     )  # fmt: skip
                     c, _ = lst.accept()
-                    with c:
-                        res["socat"].append(read_exact(c.recv_into, size))
-                    p.wait(30)
-                cli = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                cli.connect(path)
-                c, _ = lst.accept()
-                p = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=cli.fileno())
-                cli.close()
+                else:
+                    cli = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    cli.connect(path)
+                    c, _ = lst.accept()
+                    p = subprocess.Popen(
+                        ["head", "-c", str(size), "/dev/zero"], stdout=cli.fileno()
+                    )
+                    cli.close()
                 with c:
-                    res["direct"].append(read_exact(c.recv_into, size))
+                    mbps = read_exact(c.recv_into, size)
                 p.wait(30)
+                return mbps
+
+            res = interleaved(reps, contenders(), one)
             conn.close()
         finally:
             agent.terminate()
@@ -148,7 +159,6 @@ def bench_hybrid(size: int, reps: int) -> dict[str, list[float]]:
 
 
 def bench_pty(size: int, reps: int) -> dict[str, list[float]]:
-    res: dict[str, list[float]] = {"agent": [], "socat": [], "direct": []}
     master, slave = pty.openpty()
     tty.setraw(slave)
     slave_path = os.ttyname(slave)
@@ -161,23 +171,28 @@ def bench_pty(size: int, reps: int) -> dict[str, list[float]]:
         store = Store(tmp / "vm.json")
         store.store.update({"guestinfo.x": "1"})
         agent = start_agent(tmp, f'transport = "serial"\npath = "{slave_path}"')
-        try:
-            for r in range(reps):
-                sid = f"p{r}"
-                store.run(sid, size)
-                res["agent"].append(read_exact(read_into, size))
-                store.wait_status(sid)
-                if shutil.which("socat"):
-                    p = subprocess.Popen(
-                        ["socat", "-u", "-b", "65536", f"EXEC:head -c {size} /dev/zero",
-                         f"OPEN:{slave_path},rawer"]
-                    )  # fmt: skip
-                    res["socat"].append(read_exact(read_into, size))
-                    p.wait(30)
+
+        def one(r: int, name: str) -> float:
+            if name == "agent":
+                store.run(f"p{r}", size)
+                mbps = read_exact(read_into, size)
+                store.wait_status(f"p{r}")
+                return mbps
+            if name == "socat":
+                p = subprocess.Popen(
+                    ["socat", "-u", "-b", "65536", f"EXEC:head -c {size} /dev/zero",
+                     f"OPEN:{slave_path},rawer"]
+                )  # fmt: skip
+                mbps = read_exact(read_into, size)
+            else:
                 with open(slave_path, "wb", buffering=0) as out:
                     p = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=out)
-                    res["direct"].append(read_exact(read_into, size))
-                    p.wait(30)
+                    mbps = read_exact(read_into, size)
+            p.wait(30)
+            return mbps
+
+        try:
+            res = interleaved(reps, contenders(), one)
         finally:
             agent.terminate()
             agent.wait(10)
@@ -218,6 +233,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=None)
     args = ap.parse_args()
     reps = args.reps or (1 if args.smoke else 5)
+    watch = Watch()
     hybrid_size = (4 if args.smoke else 256) * 1024 * 1024
     pty_size = (2 if args.smoke else 64) * 1024 * 1024
     result: dict[str, Any] = {
@@ -235,6 +251,7 @@ def main() -> int:
             "socat": shutil.which("socat"),
         },
     }  # fmt: skip
+    stamp(result, watch)
     name = "agent_console" + ("-smoke" if args.smoke else "")
     out = results_dir() / f"{name}.json"
     out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -246,6 +263,7 @@ def main() -> int:
             f"{k} {s[k]:.2f}" for k in ("agent_over_socat", "agent_over_direct") if k in s
         )
         print(f"{p:7s} {line}   {ratios}")
+    print(describe(result))
     print(f"wrote {out}")
     return 0
 

@@ -4,7 +4,7 @@ Each sample: the container process is ``cat <fifo>``; the bench (playing the
 appliance) opens the FIFO, takes t0, closes it, so the process exits at once;
 t1 is when its FileStoreWatcher sees ``guestinfo.vice..sessions|<id>.status``.
 
-Contenders, same run, same machine:
+Contenders, same run, same machine, interleaved (bench/_rounds.py):
 * ``direct``: the bench itself spawns ``cat <fifo>`` and waits for it (waitpid):
   the floor, what the kernel alone costs.
 * ``minimal``: a tiny separate publisher process that spawns the command,
@@ -37,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 import _plots  # noqa: E402
 import trio  # noqa: E402
 from _common import results_dir  # noqa: E402
+from _rounds import ainterleaved  # noqa: E402
+from _steal import Watch, describe, stamp  # noqa: E402
 
 from common.io.guestinfo.filestore import FileStore  # noqa: E402
 from common.proto import guestinfo as gi  # noqa: E402
@@ -186,15 +188,13 @@ async def bench_agent(tmp: Path, n: int) -> list[float]:
 
 
 async def run(n: int, reps: int) -> dict[str, Any]:
-    per: dict[str, list[list[float]]] = {"direct": [], "minimal": [], "agent": []}
-    for _ in range(reps):
-        for name, fn in (
-            ("direct", bench_direct),
-            ("minimal", bench_minimal),
-            ("agent", bench_agent),
-        ):
-            with tempfile.TemporaryDirectory(prefix="vic-exitlat-") as d:
-                per[name].append(await fn(Path(d), n))
+    fns = {"direct": bench_direct, "minimal": bench_minimal, "agent": bench_agent}
+
+    async def one(_: int, name: str) -> list[float]:
+        with tempfile.TemporaryDirectory(prefix="vic-exitlat-") as d:
+            return await fns[name](Path(d), n)
+
+    per = await ainterleaved(reps, list(fns), one)
     summary: dict[str, Any] = {}
     for name, runs in per.items():
         allv = [x for r in runs for x in r]
@@ -244,6 +244,7 @@ def main() -> int:
     args = ap.parse_args()
     n = args.n or (8 if args.smoke else 100)
     reps = args.reps or (1 if args.smoke else 3)
+    watch = Watch()
     result = trio.run(run, n, reps)
     result["params"] = {"n": n, "reps": reps, "smoke": args.smoke}
     result["environment"] = {
@@ -252,6 +253,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "loadavg": os.getloadavg(),
     }
+    stamp(result, watch)
     name = "agent_exit_latency" + ("-smoke" if args.smoke else "")
     out = results_dir() / f"{name}.json"
     out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -265,6 +267,7 @@ def main() -> int:
         f"p99 {r['agent_p99_over_minimal_p99']:.2f}x; "
         f"agent added over direct p50 {r['agent_added_p50_us_over_direct'] / 1000:.2f} ms"
     )
+    print(describe(result))
     print(f"wrote {out}")
     return 0
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -41,10 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _plots
 from _common import proc_cpu, results_dir
 from _docker_chain import cat_through, docker_binary, docker_chain, docker_env
+from _rounds import ainterleaved
 from _session_chain import VM, Chain, exec_ready
 from _session_echo import percentiles
 from _session_throughput import raw_console, session_cat
-from _steal import cpu_ticks, steal_since
+from _steal import Watch, describe, stamp
 from session_exec import make_data
 
 NAME = "docker_endpoint"
@@ -52,11 +52,9 @@ TAIL = 100
 
 
 async def with_environment(work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
-    """``work``'s result with the load average before it and the steal during it."""
-    load, ticks = os.getloadavg(), cpu_ticks()
-    out = await work
-    out["environment"] = {"loadavg": list(load), "cpu_steal": steal_since(ticks)}
-    return out
+    """``work``'s result with the load around it and the steal during it."""
+    watch = Watch()
+    return stamp(await work, watch)
 
 
 async def timed_run(cmd: list[str], env: dict[str, str]) -> tuple[float, bytes]:
@@ -90,14 +88,15 @@ async def logs_tail(c: Chain, docker: str, rounds: int) -> dict[str, Any]:
         "http_logs_tail": lambda: http_get(sock, logs),
         "http_ping": lambda: http_get(sock, "/_ping"),
     }
-    runs: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):  # interleaved
-        for name, run in contenders.items():
-            wall, out = await run()
-            lines = out.count(b"\n")
-            if name == "docker_logs_tail" and lines != TAIL:
-                raise RuntimeError(f"docker logs --tail {TAIL}: {lines} lines")
-            runs[name].append(wall)
+
+    async def one(_: int, name: str) -> float:
+        wall, out = await contenders[name]()
+        lines = out.count(b"\n")
+        if name == "docker_logs_tail" and lines != TAIL:
+            raise RuntimeError(f"docker logs --tail {TAIL}: {lines} lines")
+        return wall
+
+    runs = await ainterleaved(rounds, list(contenders), one)
     med = {name: statistics.median(xs) for name, xs in runs.items()}
     return {
         "median_s": med,
@@ -109,15 +108,18 @@ async def logs_tail(c: Chain, docker: str, rounds: int) -> dict[str, Any]:
 
 async def exec_cat(c: Chain, docker: str, data: Path, size: int, rounds: int) -> dict[str, Any]:
     env = docker_env(c.tmp)
-    runs: dict[str, list[Any]] = {"docker_exec": [], "console_exec": [], "raw": []}
-    floor: list[float] = []
-    for _ in range(rounds):  # interleaved: each round runs every contender once
-        runs["docker_exec"].append(
-            await cat_through(c, [docker, "exec", VM, "cat", str(data)], size, env)
-        )
-        runs["console_exec"].append(await session_cat(c, data, size))
-        runs["raw"].append(await raw_console(c, data, size))
-        floor.append((await timed_run([docker, "exec", VM, "true"], env))[0])
+
+    async def one(_: int, name: str) -> Any:
+        if name == "docker_exec":
+            return await cat_through(c, [docker, "exec", VM, "cat", str(data)], size, env)
+        if name == "console_exec":
+            return await session_cat(c, data, size)
+        if name == "raw":
+            return await raw_console(c, data, size)
+        return (await timed_run([docker, "exec", VM, "true"], env))[0]
+
+    runs = await ainterleaved(rounds, ["docker_exec", "console_exec", "raw", "floor"], one)
+    floor: list[float] = runs.pop("floor")
     gib = size / (1 << 30)
     out: dict[str, Any] = {"docker_exec_true_s": statistics.median(floor)}
     for name, rs in runs.items():
@@ -235,8 +237,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
 
 def report(r: dict[str, Any]) -> None:
     def env(section: dict[str, Any]) -> str:
-        e = section["environment"]
-        return f"(load {e['loadavg'][0]:.1f}, steal {100 * e['cpu_steal']:.0f}%)"
+        return f"({describe(section)})"
 
     t = r["logs_tail"]
     med = ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in t["median_s"].items())
@@ -275,10 +276,12 @@ def main() -> int:
         print("docker_endpoint: no docker client binary: nothing measured")
         (out / f"{NAME}.json").write_text(json.dumps({"bench": NAME, "skipped": "no docker"}))
         return 0
-    r = trio.run(run, args, docker)
+    watch = Watch()
+    r = stamp(trio.run(run, args, docker), watch)
     (out / f"{NAME}.json").write_text(json.dumps(r, indent=2))
     plot(r, out / f"{NAME}.png")
     report(r)
+    print(describe(r))
     return 0
 
 

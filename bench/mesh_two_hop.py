@@ -50,7 +50,8 @@ from _mesh_harness import (  # noqa: E402
     start_ours,
     start_socat,
 )
-from _steal import cpu_ticks, steal_since  # noqa: E402
+from _rounds import interleaved  # noqa: E402
+from _steal import Watch, stamp  # noqa: E402
 
 # =====================================================================  main
 ALL = {"bulk", "streams", "kill"}
@@ -71,7 +72,7 @@ def bench(args: argparse.Namespace) -> int:
     socat = shutil.which("socat") is not None and not args.no_socat
     sink = Sink()
     hsink = Sink(hashing=True)
-    steal0 = cpu_ticks()
+    watch = Watch()
     results: dict[str, Any] = {
         "bench": "mesh_two_hop",
         "smoke": smoke,
@@ -80,7 +81,6 @@ def bench(args: argparse.Namespace) -> int:
         "host": platform.node(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
-        "loadavg_start": os.getloadavg(),
         "runs": {},
     }
     only = set(args.only or ["bulk", "streams", "kill"])
@@ -98,8 +98,7 @@ def bench(args: argparse.Namespace) -> int:
         sink.close()
         hsink.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    results["loadavg_end"] = os.getloadavg()  # the machine is shared: read ratios with this
-    results["cpu_steal"] = steal_since(steal0)  # ...and with the hypervisor's share of the CPUs
+    stamp(results, watch)  # the machine is shared: read ratios with its load and steal
     return write_and_report(results, smoke, only)
 
 
@@ -120,12 +119,14 @@ class Bulk:
             ]
 
     def run(self, results: dict[str, Any], reps: int) -> None:
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in self.configs}
-        for rep in range(reps):
-            for name, start in self.configs:
-                r = self.one(start() if start else [])
-                runs[name].append(r)
-                print(f"bulk rep {rep} {name:12} {r['mb_s']:8.1f} MB/s", flush=True)
+        starts = dict(self.configs)
+
+        def one(rep: int, name: str) -> dict[str, Any]:
+            r = self.one(starts[name]() if starts[name] else [])
+            print(f"bulk rep {rep} {name:12} {r['mb_s']:8.1f} MB/s", flush=True)
+            return r
+
+        runs = interleaved(reps, list(starts), one)
         med = {k: statistics.median(x["mb_s"] for x in v) for k, v in runs.items() if v}
         cpu = {
             k: statistics.median(x["cpu_s_per_gib"] or 0 for x in v)

@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _plots
 from _common import free_port, raise_nofile, results_dir, verdict
 from _procmem import children, mem_kib, settle
+from _rounds import interleaved
+from _steal import Watch, describe, stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 KIB = 1024
@@ -345,12 +347,14 @@ def main() -> int:
         n, k, reps = 100, 20, 1
     steps = [n] if args.smoke else sorted({max(1, n * i // 4) for i in range(1, 5)})
     tries = 3 if args.smoke else 20
+    watch = Watch()
     runs = measure(n, k, reps, steps, tries)
-    result = summarize(args.smoke, n, k, reps, *runs)
+    result = stamp(summarize(args.smoke, n, k, reps, *runs), watch)
     out = results_dir()
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     plot(result, out / f"{name}.png")
     print_summary(result, n, reps)
+    print(describe(result))
     print(f"wrote {out / (name + '.json')} and .png")
     return 0
 
@@ -359,26 +363,30 @@ Runs = list[dict[str, Any]]
 
 
 def measure(n: int, k: int, reps: int, steps: list[int], tries: int) -> tuple[Runs, Runs, Runs]:
-    """Every repetition: the relay, socat (if installed), direct."""
-    relay_runs: Runs = []
-    socat_runs: Runs = []
-    direct_runs: Runs = []
-    for r in range(reps):
-        relay_runs.append(run_relay(n, steps, tries))
-        print(
-            f"rep {r + 1}: relay {relay_runs[-1]['per_stream_bytes_slope']:.0f} B/stream (slope), "
-            f"{relay_runs[-1]['per_stream_bytes_total']:.0f} B/stream (total)",
-            flush=True,
-        )
-        if shutil.which("socat"):
-            socat_runs.append(run_socat(k))
+    """Every repetition, interleaved: the relay, socat (if installed), direct."""
+
+    def one(r: int, name: str) -> dict[str, Any]:
+        if name == "direct":
+            return run_direct(n)
+        if name == "relay":
+            x = run_relay(n, steps, tries)
             print(
-                f"rep {r + 1}: socat {socat_runs[-1]['per_stream_rss_bytes'] / KIB:.0f} KiB RSS, "
-                f"{socat_runs[-1]['per_stream_pss_bytes'] / KIB:.0f} KiB PSS per stream",
+                f"rep {r + 1}: relay {x['per_stream_bytes_slope']:.0f} B/stream (slope), "
+                f"{x['per_stream_bytes_total']:.0f} B/stream (total)",
                 flush=True,
             )
-        direct_runs.append(run_direct(n))
-    return relay_runs, socat_runs, direct_runs
+            return x
+        x = run_socat(k)
+        print(
+            f"rep {r + 1}: socat {x['per_stream_rss_bytes'] / KIB:.0f} KiB RSS, "
+            f"{x['per_stream_pss_bytes'] / KIB:.0f} KiB PSS per stream",
+            flush=True,
+        )
+        return x
+
+    names = ["relay", "socat", "direct"] if shutil.which("socat") else ["relay", "direct"]
+    runs = interleaved(reps, names, one)
+    return runs["relay"], runs.get("socat", []), runs["direct"]
 
 
 def summarize(

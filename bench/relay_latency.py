@@ -43,6 +43,7 @@ from _relay_benchlib import (
     start_socat,
     write_json,
 )
+from _steal import Watch, describe, stamp
 
 MSG = 64
 BLOCK = 50
@@ -157,6 +158,7 @@ def main() -> int:
     if args.smoke:
         args.count, args.warmup, args.reps = 300, 50, 2
     kinds = args.kinds.split(",")
+    watch = Watch()
     runs: dict[str, dict[str, list[dict[str, float]]]] = {
         k: {c: [] for c in CONTENDERS} for k in kinds
     }
@@ -175,7 +177,8 @@ def main() -> int:
         "summary": summary,
         "runs": runs,
     }
-    path = write_json("relay_latency", data)
+    path = write_json("relay_latency", stamp(data, watch))
+    print(describe(data))
     plot(summary, results_dir() / "relay_latency.png")
     print(f"wrote {path} and relay_latency.png")
     return 0

@@ -46,7 +46,8 @@ from _relay_benchlib import (
     start_splice_floor,
     write_json,
 )
-from _steal import cpu_ticks, steal_since
+from _rounds import interleaved
+from _steal import Watch, describe, stamp
 
 GIB = 1 << 30
 CHUNK = 1 << 20
@@ -173,7 +174,7 @@ def main() -> int:
     if args.smoke:
         args.size, args.reps = 8 << 20, 2
     kinds = args.kinds.split(",")
-    steal0 = cpu_ticks()
+    watch = Watch()
     runs = measure(kinds, args)
     summary = {kind: summarize(runs[kind]) for kind in kinds}
     print_summary(summary, args)
@@ -182,11 +183,12 @@ def main() -> int:
         "size_bytes": args.size,
         "reps": args.reps,
         "smoke": args.smoke,
-        "environment": {**environment(), "cpu_steal": steal_since(steal0)},
+        "environment": environment(),
         "summary": summary,
         "runs": runs,
     }
-    path = write_json("relay_throughput", data)
+    path = write_json("relay_throughput", stamp(data, watch))
+    print(describe(data))
     plot(summary, results_dir() / "relay_throughput.png")
     print(f"wrote {path} and relay_throughput.png")
     return 0
@@ -195,27 +197,23 @@ def main() -> int:
 def measure(
     kinds: list[str], args: argparse.Namespace
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Every repetition, every kind, every contender (in a rotating order)."""
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        k: {c: [] for c in CONTENDERS} for k in kinds
-    }
+    """Every repetition, every kind, every contender (interleaved, in a rotating order)."""
     with tempfile.TemporaryDirectory(prefix="vic-bench-") as tmp:
-        for rep in range(args.reps):
-            for kind in kinds:
-                order = CONTENDERS[rep % len(CONTENDERS) :] + CONTENDERS[: rep % len(CONTENDERS)]
-                for c in order:
-                    r = one_transfer(kind, c, args.size, Path(tmp))
-                    runs[kind][c].append(r)
-                    print(
-                        f"rep {rep} {kind:4} {c:12} {r['gib_per_s']:6.2f} GiB/s"
-                        + (
-                            f"  cpu {r['cpu_s_per_gib']:.3f} s/GiB"
-                            if r["cpu_seconds"] is not None
-                            else ""
-                        ),
-                        flush=True,
-                    )
-    return runs
+
+        def one(rep: int, name: str) -> dict[str, Any]:
+            kind, c = name.split(" ")
+            r = one_transfer(kind, c, args.size, Path(tmp))
+            cpu = r["cpu_seconds"] is not None
+            print(
+                f"rep {rep} {kind:4} {c:12} {r['gib_per_s']:6.2f} GiB/s"
+                + (f"  cpu {r['cpu_s_per_gib']:.3f} s/GiB" if cpu else ""),
+                flush=True,
+            )
+            return r
+
+        names = [f"{k} {c}" for k in kinds for c in CONTENDERS]
+        flat = interleaved(args.reps, names, one, rotate=True)
+    return {k: {c: flat[f"{k} {c}"] for c in CONTENDERS} for k in kinds}
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

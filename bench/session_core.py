@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 import _plots  # noqa: E402
 from _common import results_dir  # noqa: E402
-from _steal import cpu_ticks, steal_since  # noqa: E402
+from _rounds import interleaved  # noqa: E402
+from _steal import Watch, describe, stamp  # noqa: E402
 
 from common.proto.session.channels import ExecRequested, Role  # noqa: E402
 from common.proto.session.messages import ExecSpec, Stream  # noqa: E402
@@ -158,12 +159,9 @@ def main() -> int:
     if args.smoke:
         args.mib, args.reps, args.sessions = 4, 1, 20
     total = args.mib << 20
-    ticks, load = cpu_ticks(), list(os.getloadavg())
-    runs: dict[str, list[dict[str, float]]] = {"floor": [], "sealed": [], "session": []}
-    for _ in range(args.reps):  # interleaved, so drift hits every path alike
-        runs["floor"].append(floor(total))
-        runs["sealed"].append(sealed(total))
-        runs["session"].append(session(total))
+    watch = Watch()
+    paths = {"floor": floor, "sealed": sealed, "session": session}
+    runs = interleaved(args.reps, list(paths), lambda _, name: paths[name](total))
     med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in runs.items()}
     result = {
         "bench": "session_core",
@@ -174,9 +172,8 @@ def main() -> int:
         "median": med,
         "handshake": handshakes(20 if args.smoke else 500),
         "idle": idle_memory(args.sessions),
-        "cpu_steal": steal_since(ticks),
-        "loadavg_start": load,
     }
+    stamp(result, watch)
     out = results_dir()
     name = "session_core" + ("-smoke" if args.smoke else "")
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -205,7 +202,7 @@ def report(r: dict[str, Any]) -> None:
     h, i = r["handshake"], r["idle"]
     print(f"handshake (both ends): p50 {h['p50_ms']:.2f} ms  p99 {h['p99_ms']:.2f} ms CPU")
     print(f"idle: {i['bytes_per_session'] / 1024:.1f} KiB per session at {i['sessions']}")
-    print(f"cpu steal {r['cpu_steal']:.4f}")
+    print(describe(r))
 
 
 if __name__ == "__main__":

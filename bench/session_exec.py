@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -34,11 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _plots
 from _common import results_dir
+from _rounds import ainterleaved
 from _session_chain import VM, Chain, chain, exec_ready, vic
 from _session_echo import percentiles, raw_echo, session_echo
 from _session_idle import idle_sessions
 from _session_throughput import raw_console, session_cat, socat_relay
-from _steal import cpu_ticks, steal_since
+from _steal import Watch, describe, stamp
 
 NAME = "session_exec"
 LINE = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-the-guest-writes!\n"
@@ -63,21 +63,24 @@ async def exec_floor(c: Chain) -> float:
 
 
 async def throughput(c: Chain, data: Path, size: int, reps: int) -> dict[str, list[Any]]:
-    runs: dict[str, list[Any]] = {"session": [], "raw": [], "socat": [], "exec_floor": []}
-    for _ in range(reps):  # interleaved: each rep runs every contender once
-        runs["session"].append(await session_cat(c, data, size))
-        runs["exec_floor"].append(await exec_floor(c))
-        runs["raw"].append(await raw_console(c, data, size))
-        runs["socat"].append(await socat_relay(c.tmp, data, size))
-    return runs
+    async def one(_: int, name: str) -> Any:
+        if name == "session":
+            return await session_cat(c, data, size)
+        if name == "exec_floor":
+            return await exec_floor(c)
+        if name == "raw":
+            return await raw_console(c, data, size)
+        return await socat_relay(c.tmp, data, size)
+
+    return await ainterleaved(reps, ["session", "exec_floor", "raw", "socat"], one)
 
 
 async def echo(c: Chain, keys: int, reps: int) -> dict[str, list[float]]:
-    runs: dict[str, list[float]] = {"session": [], "raw": []}
-    for _ in range(reps):  # interleaved
-        runs["session"] += await session_echo(c, keys)
-        runs["raw"] += await raw_echo(c, keys)
-    return runs
+    async def one(_: int, name: str) -> list[float]:
+        return await (session_echo(c, keys) if name == "session" else raw_echo(c, keys))
+
+    runs = await ainterleaved(reps, ["session", "raw"], one)
+    return {name: [x for rep in rs for x in rep] for name, rs in runs.items()}
 
 
 def echo_summary(runs: dict[str, list[float]]) -> dict[str, Any]:
@@ -149,8 +152,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    load = os.getloadavg()
-    ticks = cpu_ticks()
+    watch = Watch()
     with tempfile.TemporaryDirectory(prefix="sessbench-") as d:
         tmp = Path(d)
         size = make_data(tmp / "data", args.mib)
@@ -161,17 +163,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         idle = await idle_sessions(tmp / "idle", args.sessions, args.probes)
     hs = idle.pop("handshake_s")
     idle["handshake"] = percentiles(hs)
-    return {
-        "bench": NAME,
-        "mib": args.mib,
-        "reps": args.reps,
-        "smoke": args.smoke,
-        "environment": {"loadavg": list(load), "cpu_steal": steal_since(ticks)},
-        "throughput": summarise(runs, size),
-        "echo": echo_summary(keys),
-        "idle": idle,
-        "runs": {"throughput": runs, "echo_s": keys, "handshake_s": hs},
-    }
+    return stamp(
+        {
+            "bench": NAME,
+            "mib": args.mib,
+            "reps": args.reps,
+            "smoke": args.smoke,
+            "throughput": summarise(runs, size),
+            "echo": echo_summary(keys),
+            "idle": idle,
+            "runs": {"throughput": runs, "echo_s": keys, "handshake_s": hs},
+        },
+        watch,
+    )
 
 
 def report(r: dict[str, Any]) -> None:
@@ -184,8 +188,7 @@ def report(r: dict[str, Any]) -> None:
         print(f"echo {n:8} p50 {k[n]['p50_ms']:.2f} ms  p99 {k[n]['p99_ms']:.2f} ms")
     print(f"handshake p50 {i['handshake']['p50_ms']:.2f} ms  p99 {i['handshake']['p99_ms']:.2f} ms")
     print(f"idle sessions {i['sessions']}: {i['kib_per_session']:.1f} KiB each (vSPC RSS)")
-    env = r["environment"]
-    print(f"load {env['loadavg'][0]:.1f}, steal {100 * env['cpu_steal']:.0f}%")
+    print(describe(r))
 
 
 def main() -> int:

@@ -46,6 +46,8 @@ from typing import Any
 import _plots
 import _vspc_benchlib as bl
 import trio
+from _rounds import ainterleaved
+from _steal import Watch, describe, stamp
 
 from vic.lab import telnet_wire as tw
 from vic.lab.esx_sim import EsxConnection, SimVM
@@ -253,20 +255,21 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         notes.append(f"vspc path skipped: {reason}")
     try:
         seeds = itertools.count(101)  # one VM per vSPC run
-        for rep in range(args.reps):
-            for kind, payload in payloads.items():
-                for path in PATHS:
-                    if path not in args.paths:
-                        continue
-                    if path.startswith("vspc") and v is None:
-                        continue
-                    run = await run_path(path, v, payload, seeds, workdir)
-                    if path == "vspc" and run.log_bytes != len(payload):
-                        notes.append(
-                            f"rep {rep} {kind}: console log holds "
-                            f"{run.log_bytes} of {len(payload)} bytes"
-                        )
-                    record(results[kind][path], size, run, f"rep {rep} {kind:6s} {path:8s}")
+
+        async def one(rep: int, name: str) -> None:
+            kind, path = name.split(" ")
+            payload = payloads[kind]
+            run = await run_path(path, v, payload, seeds, workdir)
+            if path == "vspc" and run.log_bytes != len(payload):
+                notes.append(
+                    f"rep {rep} {kind}: console log holds {run.log_bytes} of {len(payload)} bytes"
+                )
+            record(results[kind][path], size, run, f"rep {rep} {kind:6s} {path:8s}")
+
+        paths = [
+            p for p in PATHS if p in args.paths and (v is not None or not p.startswith("vspc"))
+        ]
+        await ainterleaved(args.reps, [f"{k} {p}" for k in payloads for p in paths], one)
     finally:
         if vspc_cm is not None:
             vspc_cm.__exit__(None, None, None)
@@ -380,7 +383,8 @@ def main() -> int:
         ap.error("--kinds: a comma list of text, binary")
     if args.smoke:
         args.mib, args.reps = 1.0, 2
-    data = trio.run(bench, args)
+    watch = Watch()
+    data = stamp(trio.run(bench, args), watch)
     out = bl.write_json(NAME, data)
     plot(data, bl.png_path(NAME))
     for kind, s in data["summary"].items():
@@ -403,6 +407,7 @@ def main() -> int:
         )
     for note in data["notes"]:
         print("note:", note)
+    print(describe(data))
     print(f"wrote {out}")
     return 0
 
