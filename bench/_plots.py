@@ -1,6 +1,6 @@
 """What every bench's plot shares: one colour per contender (ours, socat, direct), bars on a
-linear axis with their values written on them, tick labels wrapped so they never overlap,
-ratios in the panel titles, a tight layout.
+linear axis (``finish`` refuses bars on a log one) with their values written on them,
+tick labels wrapped so they never overlap, ratios in the panel titles, a tight layout.
 
 Benches run as scripts with ``bench/`` on ``sys.path``, so this imports as ``_plots``.
 """
@@ -17,6 +17,7 @@ OURS_ALT = "#8cc084"  # a variant of ours (pump-copy, vspc_log, ours_plain, ...)
 SOCAT = "#c8553d"
 DIRECT = "#8a8a8a"
 OTHER = "#4a6fa5"  # neither ours nor a baseline (a floor, a bare server)
+PEER = "#7b4f9d"  # another implementation of the same thing (VMware's vSPC)
 
 
 def pyplot() -> Any:
@@ -35,6 +36,8 @@ def colour(name: str) -> str:
         return DIRECT
     if "socat" in n:
         return SOCAT
+    if "vmware" in n or "peer" in n:
+        return PEER
     if "floor" in n or "minimal" in n or n in ("raw", "bare"):
         return OTHER
     if any(k in n for k in ("copy", "_log", "plain", "console_exec")):
@@ -121,9 +124,21 @@ def times(r: float | None) -> str:
     return "-" if r is None else f"{r:.2f}x"
 
 
+def no_log_bars(fig: Any) -> None:
+    """Raise if any panel draws bars on a log axis (a bar's length would lie)."""
+    from matplotlib.container import BarContainer
+
+    for ax in fig.axes:
+        has_bars = any(isinstance(c, BarContainer) for c in ax.containers)
+        if has_bars and "log" in (ax.get_xscale(), ax.get_yscale()):
+            raise ValueError(f"bars on a log axis in {ax.get_title()!r}")
+
+
 def finish(fig: Any, path: Path, title: str = "") -> None:
-    """Title, a tight layout (nothing overlaps), the PNG written, the figure closed."""
+    """Title, a tight layout (nothing overlaps), the PNG written, the figure closed; never
+    bars on a log axis."""
     plt = pyplot()
+    no_log_bars(fig)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

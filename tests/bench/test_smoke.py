@@ -1,4 +1,5 @@
-"""Every bench script runs once in its tiny --smoke mode, so none of them rots."""
+"""Every bench runs once in its tiny --smoke mode, through bench/run-all, so none of them
+(nor run-all) rots."""
 
 from __future__ import annotations
 
@@ -10,17 +11,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _run_all
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = sorted(p for p in (ROOT / "bench").glob("*.py") if not p.name.startswith("_"))
+# one step per bench script (vspc_scale's 9,000-VM step runs the same code as its own)
+STEPS = list({s.script: s for s in reversed(_run_all.PLAN)}.values())[::-1]
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
-def test_bench_smoke(script: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("step", STEPS, ids=[s.name for s in STEPS])
+def test_bench_smoke(step: _run_all.Step, tmp_path: Path) -> None:
     env = dict(os.environ, MPLBACKEND="Agg", VIC_BENCH_RESULTS=str(tmp_path))
+    run_all = [sys.executable, str(ROOT / "bench" / "_run_all.py"), "--smoke", "--check"]
     proc = subprocess.run(
-        [sys.executable, str(script), "--smoke"],
+        [*run_all, "--only", step.name],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -28,14 +32,20 @@ def test_bench_smoke(script: Path, tmp_path: Path) -> None:
         timeout=240,
     )
     assert proc.returncode == 0, (
-        f"{script.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        f"{step.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     )
     # a smoke run's tiny samples judge no target
     assert not re.search(r"\b(NOT )?met$", proc.stdout, re.M), proc.stdout
+    assert "issue 16's goals" in proc.stdout and "| no |" not in proc.stdout
     results = list(tmp_path.glob("*.json"))
-    assert results, f"{script.name} wrote no JSON result into $VIC_BENCH_RESULTS"
+    assert results, f"{step.name} wrote no JSON result into $VIC_BENCH_RESULTS"
     for r in results:
-        json.loads(r.read_text())
+        data = json.loads(r.read_text())
+        if "skipped" in data:
+            continue
+        env_ = data["environment"]  # the load and steal beside every figure
+        assert {"cpu_steal", "loadavg_start", "loadavg_end"} <= set(env_), r.name
+        assert r.with_suffix(".png").is_file(), f"{r.name} has no plot"
 
 
 def test_summary_table_reads_every_committed_result() -> None:
