@@ -53,7 +53,9 @@ def load_of(d: dict[str, Any] | None) -> str:
     ):
         v = get(d, *path)
         if isinstance(v, list) and v:
-            return f"{v[0]:.1f}{steal or ''}"
+            end = get(d, "environment", "loadavg_end")
+            to = f" -> {end[0]:.1f}" if isinstance(end, list) and end else ""
+            return f"{v[0]:.1f}{to}{steal or ''}"
     return "?"
 
 
@@ -391,7 +393,7 @@ START, END = "<!-- bench-table -->", "<!-- /bench-table -->"
 
 def table(d: Path) -> str:
     """The markdown table, a line a row, ending in a newline."""
-    lines = ["| measure | result | target | load, CPU steal |", "|---|---|---|---|"]
+    lines = ["| measure | result | target | load (start -> end), CPU steal |", "|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows(d)]
     return "\n".join(lines) + "\n"
 

@@ -44,7 +44,7 @@ def test_write_round_trips_the_readme(tmp_path: Path) -> None:
 
 def test_table_has_four_columns_a_row() -> None:
     lines = _summary.table(RESULTS).splitlines()
-    assert lines[0] == "| measure | result | target | load, CPU steal |"
+    assert lines[0] == "| measure | result | target | load (start -> end), CPU steal |"
     assert len(lines) > 20 and all(line.count(" | ") == 3 for line in lines[2:])
 
 
