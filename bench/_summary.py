@@ -162,9 +162,11 @@ def _relay_throughput(d: Path) -> list[Row]:
         if r:
             floor = ""
             if "floor_vs_socat_throughput" in r:
+                fl = r["floor_vs_socat_throughput"], r["floor_vs_socat_cpu_per_gib"]
                 floor = (
-                    f" (splice floor, no Python: {x(r['floor_vs_socat_throughput'])}, "
-                    f"CPU {x(r['floor_vs_socat_cpu_per_gib'])})"
+                    f" (splice floor, no Python: {x(fl[0])}, CPU {x(fl[1])}; pump/floor "
+                    f"{x(r['pump_vs_socat_throughput'] / fl[0])} at "
+                    f"{x(r['pump_vs_socat_cpu_per_gib'] / fl[1])} its CPU)"
                 )
             out.append(
                 (
