@@ -47,6 +47,7 @@ IOV_MAX = 512
 Buffer = bytes | bytearray | memoryview
 ReceiveSome = Callable[[int], Awaitable[bytes | bytearray]]
 SendAll = Callable[[Buffer], Awaitable[None]]
+SendParts = Callable[[Sequence[Buffer]], Awaitable[None]]
 
 #: Stream sends that completed without waiting between two voluntary yields.
 YIELD_EVERY = 8
@@ -66,6 +67,26 @@ def unthrottle_tcp(tsock: trio.socket.SocketType) -> None:
         return
     with contextlib.suppress(OSError):
         tsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+
+
+#: Send buffer asked for a Unix socket that bulk is written into (see ``grow_unix_sndbuf``).
+BULK_UNIX_SNDBUF = 1 << 20
+
+
+def grow_unix_sndbuf(tsock: trio.socket.SocketType, size: int = BULK_UNIX_SNDBUF) -> None:
+    """Raise a Unix stream socket's send buffer to ``size`` (the kernel doubles it,
+    capped by net.core.wmem_max); other families are left alone.
+
+    A Unix stream socket queues at most its sender's SO_SNDBUF (wmem_default,
+    ~208 KiB) at the receiver, so a bulk writer blocks, and goes back through the
+    event loop, every ~200 KiB. Memory is charged only while bytes are queued.
+    TCP is left alone: a fixed SO_SNDBUF would switch off its autotuning.
+    """
+    if tsock.family != socket.AF_UNIX:
+        return
+    with contextlib.suppress(OSError):
+        if tsock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < 2 * size:
+            tsock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 def stdlib_socket(tsock: trio.socket.SocketType) -> socket.socket | None:
@@ -180,6 +201,29 @@ class FastSocket:
             except OSError as e:
                 raise _stream_error(e) from e
             waited = True
+        await self._sent(waited)
+
+    async def send_all_parts(self, parts: Sequence[Buffer]) -> None:
+        """``send_all`` of the concatenation of ``parts``, vectored (no join, no copy)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        views = [memoryview(p) for p in parts]
+        waited = False
+        while True:
+            try:
+                self.try_send(views)
+            except OSError as e:
+                raise _stream_error(e) from e
+            if not views:
+                break
+            try:
+                await trio.lowlevel.wait_writable(self.tsock)
+            except OSError as e:
+                raise _stream_error(e) from e
+            waited = True
+        await self._sent(waited)
+
+    async def _sent(self, waited: bool) -> None:
+        """After a stream send: yield every YIELD_EVERY sends that did not wait."""
         if waited:
             self._n = 0
             return
@@ -244,3 +288,16 @@ def sender(stream: trio.abc.Stream) -> SendAll:
     """``stream.send_all``, or the same without trio's per-call machinery."""
     fast = _stream_socket(stream)
     return stream.send_all if fast is None else fast.send_all
+
+
+def parts_sender(stream: trio.abc.Stream) -> SendParts:
+    """Send a list of buffers as one stream of bytes: vectored (``sendmsg``, no
+    join) on a plain socket stream; joined into one ``send_all`` on any other."""
+    fast = _stream_socket(stream)
+    if fast is not None:
+        return fast.send_all_parts
+
+    async def send_joined(parts: Sequence[Buffer]) -> None:
+        await stream.send_all(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    return send_joined

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import trio
 
+from common.io import fastsock
 from common.io.pipepool import Pipe, PipePool
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -32,14 +33,10 @@ SMALL_READ = 16 << 10
 # pipe pages. A read that fills PROBE_SIZE switches the direction to splicing
 # until a burst comes in under it again.
 PROBE_SIZE = 64 << 10
-# A Unix stream socket queues at most its send buffer (wmem_default, ~208 KiB)
-# at the receiver: a bulk direction writing into one would block (and go back
-# through the event loop) every ~200 KiB. Once a direction turns bulk, its
-# destination's SO_SNDBUF is raised to this (the kernel doubles it, capped by
-# net.core.wmem_max). Memory is only charged while bytes are queued, and idle
-# or interactive streams never turn bulk. TCP destinations are left alone: a
-# fixed SO_SNDBUF would switch off their autotuning (up to tcp_wmem max).
-BULK_UNIX_SNDBUF = 1 << 20
+# Once a direction turns bulk, its destination's SO_SNDBUF is raised
+# (fastsock.grow_unix_sndbuf: Unix sockets only; idle or interactive streams
+# never turn bulk).
+BULK_UNIX_SNDBUF = fastsock.BULK_UNIX_SNDBUF
 
 _SPLICE_FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
 if hasattr(socket, "AF_VSOCK"):
@@ -113,16 +110,8 @@ def write_fd(stream: trio.abc.Stream | trio.abc.SendStream) -> int | None:
 
 def _grow_unix_sndbuf(stream: trio.abc.Stream | trio.abc.SendStream) -> None:
     sock_stream = fd_layer(stream, receive=False)
-    if not isinstance(sock_stream, trio.SocketStream):
-        return
-    sock = sock_stream.socket
-    if sock.family != socket.AF_UNIX:
-        return
-    try:
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < 2 * BULK_UNIX_SNDBUF:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BULK_UNIX_SNDBUF)
-    except OSError:
-        pass
+    if isinstance(sock_stream, trio.SocketStream):
+        fastsock.grow_unix_sndbuf(sock_stream.socket, BULK_UNIX_SNDBUF)
 
 
 def _drain_pipe(pipe: Pipe, n: int) -> bytes:

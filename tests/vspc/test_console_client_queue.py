@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from vspc.console.chunks import coalesce
-from vspc.console.clientqueue import SEND_CHUNK, Client
+from vspc.console.clientqueue import MAX_PARTS, SEND_CHUNK, Client
 
 
 async def drain(c: Client) -> list[bytes]:
@@ -74,3 +77,30 @@ def test_coalesce_keeps_big_chunks_and_joins_runs_of_small_ones() -> None:
     assert out == [b"ab", big1, big2, b"cde", big1, b"f"]
     assert out[1] is big1 and out[2] is big2  # not copied
     assert list(coalesce([])) == [] and list(coalesce([b"x"])) == [b"x"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 3 * SEND_CHUNK // 2), max_size=12),
+    views=st.lists(st.booleans(), max_size=12),
+)
+async def test_parts_are_the_queued_bytes_in_order_within_the_send_limit(
+    sizes: list[int], views: list[bool]
+) -> None:
+    c = Client("ro", "peer", b"status\n")
+    want = bytearray(b"status\n")
+    for i, n in enumerate(sizes):
+        data = bytes([i % 256]) * (n + 1)
+        piece: bytes | memoryview = (
+            memoryview(data)[1:] if i < len(views) and views[i] else data[1:]
+        )
+        assert c.push(piece, limit=1 << 30)
+        want += bytes(piece)
+    c.close()
+    got = bytearray()
+    while parts := await c.next_parts():
+        assert 0 < sum(map(len, parts)) <= SEND_CHUNK and len(parts) <= MAX_PARTS
+        assert all(isinstance(p, bytes) or type(p.obj) is bytes for p in parts)  # no copies
+        for p in parts:
+            got += p
+    assert bytes(got) == bytes(want) and c.queued == 0 and c.sent == len(want)

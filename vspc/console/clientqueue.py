@@ -14,7 +14,9 @@ import trio
 from common.proto.console.protocol import Mode
 
 #: Most bytes handed to one client send (queued chunks are joined up to this).
-SEND_CHUNK = 256 * 1024
+SEND_CHUNK = 1024 * 1024
+#: Most queued buffers handed to one (vectored) send.
+MAX_PARTS = 512
 _client_ids = count(1)
 
 
@@ -97,35 +99,43 @@ class Client:
         self._wake.set()
 
     async def next_chunk(self) -> bytes | memoryview:
-        """The next bytes to send (at most SEND_CHUNK); b"" once closed and drained.
+        """``next_parts`` joined into one buffer (b"" once closed and drained)."""
+        parts = await self.next_parts()
+        if not parts:
+            return b""
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
-        Small queued chunks are joined into one send; a large one is sent in
-        SEND_CHUNK slices (views, no copy).
+    async def next_parts(self) -> list[bytes | memoryview]:
+        """The next bytes to send, at most SEND_CHUNK of them, as the queued
+        buffers themselves (for a vectored send: no join, no copy); [] once
+        closed and drained.
+
+        Small queued chunks go out together; a large one is sent in SEND_CHUNK
+        slices (views, no copy).
         """
         chunks = self.chunks
         while not chunks:
             if self.closed:
-                return b""
+                return []
             self._wake = trio.Event()
             await self._wake.wait()
         out = chunks.popleft()
         n = len(out)
+        parts = [out]
         if n > SEND_CHUNK:
             mv = out if isinstance(out, memoryview) else memoryview(out)
             chunks.appendleft(mv[SEND_CHUNK:])
-            out = mv[:SEND_CHUNK]
+            parts[0] = mv[:SEND_CHUNK]
             n = SEND_CHUNK
-        elif chunks and n + len(chunks[0]) <= SEND_CHUNK:
-            parts = [out]
-            while chunks and n + len(chunks[0]) <= SEND_CHUNK:
+        else:
+            while chunks and n + len(chunks[0]) <= SEND_CHUNK and len(parts) < MAX_PARTS:
                 c = chunks.popleft()
                 parts.append(c)
                 n += len(c)
-            out = b"".join(parts)
         self.queued -= n
         self.credit = max(0, self.credit - n)
         self.sent += n
-        return out
+        return parts
 
 
 def _frozen(data: bytes | bytearray | memoryview) -> bytes | memoryview:

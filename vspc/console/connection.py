@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from common.io import fastsock
 from common.proto.console import protocol as proto
 
 RECV_SIZE = 64 * 1024
@@ -62,3 +63,10 @@ def tls_peer(tls: trio.SSLStream[Any], fallback: str) -> str:
             if k == "commonName":
                 return f"{fallback} cn={v}"
     return fallback
+
+
+def grow_sndbuf(stream: trio.SocketStream, queue_bytes: int) -> None:
+    """Fewer, larger sends to a local (Unix) client: its socket may hold up to
+    as much again as its queue (at most 2 x fastsock.BULK_UNIX_SNDBUF), so a
+    stalled client still costs at most about twice ``client-queue-bytes``."""
+    fastsock.grow_unix_sndbuf(stream.socket, min(fastsock.BULK_UNIX_SNDBUF, queue_bytes // 2))

@@ -22,6 +22,7 @@ from vspc.console.clientqueue import Client
 from vspc.console.config import ConsoleConfig
 from vspc.console.connection import (
     RECV_SIZE,
+    grow_sndbuf,
     peer_name,
     read_request_line,
     send_error,
@@ -360,12 +361,11 @@ class ConsoleService:
                     client.scope = scope
                     if client.closed:  # dropped before we got here
                         scope.deadline = trio.current_time() + self.config.drop_notice_timeout
-                    send_all = fastsock.sender(stream)
-                    while True:
-                        chunk = await client.next_chunk()
-                        if not chunk:
-                            break
-                        await send_all(chunk)
+                    if isinstance(stream, trio.SocketStream):
+                        grow_sndbuf(stream, self.config.client_queue_bytes)
+                    send_parts = fastsock.parts_sender(stream)
+                    while parts := await client.next_parts():
+                        await send_parts(parts)
                 if client.dropped:
                     reason = "slow"
                 nursery.cancel_scope.cancel()
