@@ -211,8 +211,11 @@ class HandoffServer:
         with trio.move_on_after(READY_TIMEOUT):
             if await _line(stream) == b"ready":
                 inherit.hand_on()
-                await self.let_go(functools.partial(_send_batch, stream))
-                await stream.send_all(b"released\n")
+                # (shielded: the last stream moved ends this process's run, which
+                # must not cut the handoff short of ``released``)
+                with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT):
+                    await self.let_go(functools.partial(_send_batch, stream))
+                    await stream.send_all(b"released\n")
                 self.scope.cancel()  # (this handler too)
                 return
         log.warning("handoff: the successor did not become ready; carrying on")

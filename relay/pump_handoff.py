@@ -39,6 +39,7 @@ log = logging.getLogger("relay.handoff")
 
 MOVE_DEADLINE = 2.0  # seconds for every movable pump to reach a safe point
 POLL = 0.002  # how often the mover looks for pumps at a safe point
+SEND_TIMEOUT = 10.0  # one batch to the successor
 
 MOVED = "moved"
 NO_SAFE_POINT = "no_safe_point"
@@ -103,43 +104,51 @@ class StreamMover:
         self.live.pop(key, None)
 
     async def move(self, send: SendBatch, max_fds: int, deadline: float) -> int:
-        """Stop, pass and let go of every movable stream; the number moved."""
-        staying = [e for e in self.live.values() if e.freeze is None]
-        movable = [e for e in self.live.values() if e.freeze is not None]
-        for e in staying:
-            self._count(e, e.why)
-        for e in movable:
-            assert e.freeze is not None
-            e.freeze.ask()
-        await _wait_stopped([e.freeze for e in movable if e.freeze is not None], deadline)
-        ready = []
-        for e in movable:
-            assert e.freeze is not None
-            if e.freeze.frozen:
-                ready.append(e)
-            else:  # ended meanwhile, or still busy: it runs on here
-                e.freeze.decide(False)
-                if not e.freeze.stopped.is_set():
-                    self._count(e, NO_SAFE_POINT)
-        moved = 0
-        for batch in batches(ready, per_batch(max_fds)):
-            moved += await self._send(send, batch)
+        """Stop, pass and let go of every movable stream; the number moved. Each
+        batch goes as soon as its pumps stopped (the first ones do not wait for
+        the slowest); a pump with no safe point by ``deadline`` runs on here."""
+        t0, total, size = trio.current_time(), len(self.live), per_batch(max_fds)
+        pending: list[Enlisted] = []
+        for e in list(self.live.values()):
+            if e.freeze is None:
+                self._count(e, e.why)
+            else:
+                e.freeze.ask()
+                pending.append(e)
+        moved, broken = 0, False
+        with trio.move_on_at(deadline):
+            while pending and not broken:
+                _poke(pending)
+                await trio.sleep(POLL)
+                ready = [e for e in pending if _frozen(e)]
+                pending = [e for e in pending if not _stopped(e)]
+                for batch in batches(ready, size):
+                    n = await self._send(send, batch)
+                    moved, broken = moved + n, broken or n < 0
+        for e in pending if not broken else list(self.live.values()):
+            if e.freeze is not None and not e.freeze.decided.is_set():
+                self._decide(e, False, NO_SAFE_POINT if not broken else SEND_FAILED)
+        log.info(
+            "handoff: %d of %d live streams moved in %.0f ms",
+            moved, total, (trio.current_time() - t0) * 1000,
+        )  # fmt: skip
         return moved
 
     async def _send(self, send: SendBatch, batch: Sequence[Enlisted]) -> int:
+        """Pass a batch: the number passed, -1 when the connection failed (whether
+        the successor got it or not, nothing more is sent)."""
         # still held (a drain cut may have ended a pump since): checked with no
         # checkpoint before the send, so no fd is closed under it
-        batch = [e for e in batch if e.freeze is not None and e.freeze.frozen]
+        batch = [e for e in batch if _frozen(e)]
         if not batch:
             return 0
         fds = [fd for e in batch for fd in e.fds()]
         try:
-            await send(encode_batch([e.state() for e in batch]), fds)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            with trio.CancelScope(shield=True), trio.fail_after(SEND_TIMEOUT):
+                await send(encode_batch([e.state() for e in batch]), fds)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
             log.warning("handoff: could not pass %d streams: %s", len(batch), exc)
-            for e in batch:
-                self._decide(e, False, SEND_FAILED)
-            return 0
+            return -1
         for e in batch:
             self._decide(e, True, MOVED)
         return len(batch)
@@ -164,20 +173,25 @@ class StreamMover:
             )  # fmt: skip
 
 
-async def _wait_stopped(freezes: Sequence[Freeze], deadline: float) -> None:
-    """Poke the pumps until each stopped (or ended), or the deadline passed."""
-    pending = list(freezes)
-    with trio.move_on_at(deadline):
-        while pending:
-            parked = set()
-            for f in pending:
-                f.poke()
-                if f.session is not None and f.session.parked_on is not None:
-                    parked.add(f.session)
-            if parked:
-                current_parker().wake(parked)
-            await trio.sleep(POLL)
-            pending = [f for f in pending if not f.stopped.is_set()]
+def _frozen(e: Enlisted) -> bool:
+    return e.freeze is not None and e.freeze.frozen and not e.freeze.decided.is_set()
+
+
+def _stopped(e: Enlisted) -> bool:
+    return e.freeze is None or e.freeze.stopped.is_set()
+
+
+def _poke(pending: Sequence[Enlisted]) -> None:
+    """Stop the pumps at a safe point now; wake the parked ones (all in one call)."""
+    parked = set()
+    for e in pending:
+        f = e.freeze
+        if f is not None:
+            f.poke()
+            if f.session is not None and f.session.parked_on is not None:
+                parked.add(f.session)
+    if parked:
+        current_parker().wake(parked)
 
 
 def adopt_sockets(vm_fd: int, app_fd: int) -> tuple[trio.SocketStream, trio.SocketStream]:
