@@ -7,9 +7,10 @@ passes the stopped ones' sockets, VM side and appliance side, with their state
 (relay.core.handoff_wire) in batches of SCM_RIGHTS messages, then lets their
 pumps return with the sockets open; the carrier closes its copies. A stream that
 cannot move stays and drains as before (``timeouts.drain``, then cut): a TLS
-egress (Python's ssl cannot export a session), a peer-link egress (its sessions
-resume from the far side), a half-closed stream, a copy-path pump, or one that
-did not reach a safe point by the deadline. Each stream's path is one log line
+egress (Python's ssl cannot export a session), a pipe, pty or serial ingress, a
+half-closed stream, a copy-path pump, or one that did not reach a safe point by
+the deadline; a peer-link session (either side) is left and resumes from the far
+side (relay.mesh), as before. Each stream's path is one log line
 and ``relay_handoff_streams_total{path}``.
 
 The successor: ``adopt_sockets`` turns a received batch's fds into streams.
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 import trio
 from prometheus_client import CollectorRegistry, Counter
 
+from common.link.resumable import ResumableStream
 from common.proto.link.header import OriginHeader
 from relay.config import EgressConfig, RelayConfig
 from relay.core.handoff_wire import Batch, StreamState, batches, encode_batch, per_batch
@@ -77,8 +79,8 @@ class Enlisted:
 
 def why_not(vm_side: trio.abc.Stream, app_side: trio.abc.Stream, egress: str) -> str:
     """Why a stream cannot move ("" = it can)."""
-    if egress == "peer":
-        return "peer_link"  # its session resumes from the far side
+    if egress == "peer" or isinstance(vm_side, ResumableStream):
+        return "peer_session"  # it resumes from the far side (relay.mesh.hand_off)
     if type(app_side) is not trio.SocketStream:
         return "tls" if isinstance(app_side, trio.SSLStream) else "egress_stream"
     if type(vm_side) is not trio.SocketStream:
@@ -168,8 +170,9 @@ class StreamMover:
             )  # fmt: skip
         else:
             log.info(
-                "stream=%s route=%s vm=%s: stays here (%s) and drains",
+                "stream=%s route=%s vm=%s: stays here (%s)%s",
                 e.header.stream_id, e.route, e.header.vm, path,
+                ", resumed from the far side" if path == "peer_session" else " and drains",
             )  # fmt: skip
 
 
