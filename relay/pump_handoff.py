@@ -117,19 +117,23 @@ class StreamMover:
             else:
                 e.freeze.ask()
                 pending.append(e)
-        moved, broken = 0, False
-        with trio.move_on_at(deadline):
-            while pending and not broken:
-                _poke(pending)
-                await trio.sleep(POLL)
-                ready = [e for e in pending if _frozen(e)]
-                pending = [e for e in pending if not _stopped(e)]
-                for batch in batches(ready, size):
-                    n = await self._send(send, batch)
-                    moved, broken = moved + n, broken or n < 0
-        for e in pending if not broken else list(self.live.values()):
-            if e.freeze is not None and not e.freeze.decided.is_set():
-                self._decide(e, False, NO_SAFE_POINT if not broken else SEND_FAILED)
+        asked, moved, broken = list(pending), 0, False
+        try:
+            with trio.move_on_at(deadline):
+                while pending and not broken:
+                    _poke(pending)
+                    await trio.sleep(POLL)
+                    ready = [e for e in pending if _frozen(e)]
+                    pending = [e for e in pending if not _stopped(e)]
+                    for batch in batches(ready, size):
+                        n = await self._send(send, batch)
+                        if n < 0:  # nothing more goes: the rest runs on here
+                            broken = True
+                            break
+                        moved += n
+        finally:  # (cancelled too: no pump stays held)
+            for e in asked:
+                self._call_off(e, SEND_FAILED if broken else NO_SAFE_POINT)
         log.info(
             "handoff: %d of %d live streams moved in %.0f ms",
             moved, total, (trio.current_time() - t0) * 1000,
@@ -154,6 +158,15 @@ class StreamMover:
         for e in batch:
             self._decide(e, True, MOVED)
         return len(batch)
+
+    def _call_off(self, e: Enlisted, path: str) -> None:
+        """Not moved: its pump runs on here (counted unless it had ended anyway)."""
+        f = e.freeze
+        if f is None or f.decided.is_set():
+            return
+        if f.frozen or not f.stopped.is_set():
+            self._count(e, path)
+        f.decide(False)
 
     def _decide(self, e: Enlisted, moved: bool, path: str) -> None:
         assert e.freeze is not None

@@ -16,7 +16,14 @@ from relay.core.handoff_wire import Batch, Receiver
 from relay.park import current_parker
 from relay.pump import PumpCounters, pump
 from relay.pump_freeze import Freeze
-from relay.pump_handoff import MOVED, NO_SAFE_POINT, Enlisted, StreamMover, adopt_sockets
+from relay.pump_handoff import (
+    MOVED,
+    NO_SAFE_POINT,
+    SEND_FAILED,
+    Enlisted,
+    StreamMover,
+    adopt_sockets,
+)
 from tests.support.waiting import wait_until
 
 
@@ -186,3 +193,31 @@ async def test_parked_pumps_are_woken_stopped_and_moved() -> None:
                 assert await vm.receive_some(100) == b"back\n"
                 await vm.aclose()
                 await app.aclose()
+
+
+async def test_a_failed_send_leaves_the_stopped_pumps_running_here() -> None:
+    """The successor's connection fails: the pumps stopped for it run on, exactly."""
+    mover = StreamMover(CollectorRegistry())
+    (vm, vm_side), (app_side, app) = pair(), pair()
+    up, down = End(b"up", vm), End(b"dn", app)
+    f, c = Freeze(), PumpCounters()
+    mover.enlist(Enlisted(f, "", OriginHeader("e", "v", "tcp", "", "s"), "r", "p", "tcp",
+                          vm_side, app_side, c))  # fmt: skip
+
+    async def broken(line: bytes, fds: Sequence[int]) -> None:
+        raise BrokenPipeError("the successor died")
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            n.start_soon(run_pump, vm_side, app_side, c, f)
+            for e in (up, down):
+                n.start_soon(e.write)
+                n.start_soon(e.read)
+            await up.wait_more(5000)
+            assert await mover.move(broken, 250, trio.current_time() + 5) == 0
+            assert mover.paths.labels(SEND_FAILED)._value.get() == 1
+            await up.wait_more(5000)
+            await down.wait_more(5000)
+            up.stop.set()
+            down.stop.set()
+    assert down.got == up.sent and up.got == down.sent and c.end_reason == "eof"
