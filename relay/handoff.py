@@ -21,8 +21,9 @@ that needs a restart) takes over instead of binding:
    plus SCM_RIGHTS (relay.core.handoff_wire, relay.pump_handoff); the successor
    pumps them on, so bytes not yet read wait in the kernel and none is lost or
    repeated. The other local streams (a TLS egress: Python's ssl cannot export
-   its state; a pipe, pty or serial ingress; a VM stream over a peer-link egress;
-   a pump that found no safe point within ``MOVE_DEADLINE``) drain there
+   its state; a pipe, pty or serial ingress; a VM stream over a peer-link egress,
+   whose resumable stream's state is not passed; a half-closed stream; a pump
+   that found no safe point within ``MOVE_DEADLINE``) drain there
    (``timeouts.drain``) and are cut after it, as on SIGTERM; each stream's path is
    a log line and ``relay_handoff_streams_total{path}``. It answers ``released``
    and exits once its last stream is gone.

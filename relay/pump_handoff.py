@@ -8,9 +8,10 @@ passes the stopped ones' sockets, VM side and appliance side, with their state
 pumps return with the sockets open; the carrier closes its copies. A stream that
 cannot move stays and drains as before (``timeouts.drain``, then cut): a TLS
 egress (Python's ssl cannot export a session), a pipe, pty or serial ingress, a
-half-closed stream, a copy-path pump, or one that did not reach a safe point by
-the deadline; a peer-link session (either side) is left and resumes from the far
-side (relay.mesh), as before. Each stream's path is one log line
+half-closed stream, a copy-path pump, one that did not reach a safe point by
+the deadline, and a VM stream whose egress is a peer route (its resumable
+stream's offsets and replay bytes are not exported); a session from a peer relay
+is left and resumes from the far side (relay.mesh), as before. Each stream's path is one log line
 and ``relay_handoff_streams_total{path}``.
 
 The successor: ``adopt_sockets`` turns a received batch's fds into streams.
@@ -79,8 +80,10 @@ class Enlisted:
 
 def why_not(vm_side: trio.abc.Stream, app_side: trio.abc.Stream, egress: str) -> str:
     """Why a stream cannot move ("" = it can)."""
-    if egress == "peer" or isinstance(vm_side, ResumableStream):
+    if isinstance(vm_side, ResumableStream):
         return "peer_session"  # it resumes from the far side (relay.mesh.hand_off)
+    if egress == "peer":
+        return "peer_egress"  # its resumable stream's state is not passed (yet): drains
     if type(app_side) is not trio.SocketStream:
         return "tls" if isinstance(app_side, trio.SSLStream) else "egress_stream"
     if type(vm_side) is not trio.SocketStream:
