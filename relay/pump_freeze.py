@@ -31,15 +31,17 @@ if TYPE_CHECKING:
 
 
 class Freeze:
-    __slots__ = ("asked", "decided", "frozen", "moved", "session", "stopped")
+    # (no Event until one is waited on: every pumped stream has a Freeze)
+    __slots__ = ("_verdict", "asked", "decided", "frozen", "moved", "session", "stopped")
 
     def __init__(self) -> None:
         self.asked = False
         self.session: Session | None = None  # set by the pump when it starts
-        self.stopped = trio.Event()  # the pump stopped at a safe point, or ended
+        self.stopped = False  # the pump stopped at a safe point, or ended
         self.frozen = False  # stopped at a safe point, both streams open
-        self.decided = trio.Event()
+        self.decided = False
         self.moved = False
+        self._verdict: trio.Event | None = None
 
     def ask(self) -> None:
         self.asked = True
@@ -48,7 +50,7 @@ class Freeze:
     def poke(self) -> None:
         """Stop the pump if it is at a safe point now."""
         s = self.session
-        if s is None or self.stopped.is_set() or not self.asked:
+        if s is None or self.stopped or not self.asked:
             return
         if s.parked_on is not None:
             return  # the mover wakes the parked ones, all in one call
@@ -62,7 +64,7 @@ class Freeze:
         s = self.session
         return (
             self.asked
-            and not self.decided.is_set()
+            and not self.decided
             and s is not None
             and s.parking
             and s.failure is None
@@ -76,10 +78,11 @@ class Freeze:
         scope = s.idle_scope if s is not None else None
         if scope is not None:  # no idle timeout while held
             scope.deadline = math.inf
-        self.frozen = True
-        self.stopped.set()
+        self.frozen = self.stopped = True
         try:
-            await self.decided.wait()
+            if not self.decided:
+                self._verdict = trio.Event()
+                await self._verdict.wait()
         finally:
             self.frozen = False
             if s is not None and scope is not None:
@@ -88,11 +91,13 @@ class Freeze:
 
     def decide(self, moved: bool) -> None:
         self.moved = moved
-        self.decided.set()
+        self.decided = True
+        if self._verdict is not None:
+            self._verdict.set()
 
     def ended(self) -> None:
         """The pump returned (or raised); nothing more to stop."""
-        self.stopped.set()
+        self.stopped = True
 
 
 def stoppable(s: Session) -> bool:

@@ -165,9 +165,9 @@ class StreamMover:
     def _call_off(self, e: Enlisted, path: str) -> None:
         """Not moved: its pump runs on here (counted unless it had ended anyway)."""
         f = e.freeze
-        if f is None or f.decided.is_set():
+        if f is None or f.decided:
             return
-        if f.frozen or not f.stopped.is_set():
+        if f.frozen or not f.stopped:
             self._count(e, path)
         f.decide(False)
 
@@ -193,11 +193,11 @@ class StreamMover:
 
 
 def _frozen(e: Enlisted) -> bool:
-    return e.freeze is not None and e.freeze.frozen and not e.freeze.decided.is_set()
+    return e.freeze is not None and e.freeze.frozen and not e.freeze.decided
 
 
 def _stopped(e: Enlisted) -> bool:
-    return e.freeze is None or e.freeze.stopped.is_set()
+    return e.freeze is None or e.freeze.stopped
 
 
 def _poke(pending: Sequence[Enlisted]) -> None:
