@@ -19,13 +19,17 @@ STREAMS = 200
 CHUNK_LINES = 40  # 14-byte lines: 560 bytes per write
 
 
-def moving_relay_toml(app_port: int, vm_port: int, handoff_path: Path, drain: float) -> str:
+def moving_relay_toml(app: int | Path, vm_port: int, handoff_path: Path, drain: float) -> str:
+    """One TCP listener for the VMs; the appliance on a TCP port or a Unix socket."""
+    egress = (
+        f'kind = "unix"\npath = "{app}"'
+        if isinstance(app, Path)
+        else f'kind = "tcp"\nhost = "127.0.0.1"\nport = {app}'
+    )
     return f"""log-level = "info"
 handoff-socket = "{handoff_path}"
 [egress.default]
-kind = "tcp"
-host = "127.0.0.1"
-port = {app_port}
+{egress}
 [metrics]
 enabled = false
 [timeouts]

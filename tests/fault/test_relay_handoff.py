@@ -261,15 +261,22 @@ async def test_handoff_of_the_ingress_relay_keeps_every_port_open(tmp_path: Path
         assert "stays here (peer_egress) and drains" in mesh.a.log()  # not passed (yet)
 
 
-async def test_handoff_moves_live_streams_exactly_and_at_once(tmp_path: Path) -> None:
-    """200 VM connections with traffic both ways (the appliance echoes): the old relay
-    passes every one to the successor and exits at once, not after its 30 s drain;
-    every byte arrives exactly once, in order, both ways; no connect is refused."""
+@pytest.mark.parametrize("egress", ["tcp", "unix"])
+async def test_handoff_moves_live_streams_exactly_and_at_once(tmp_path: Path, egress: str) -> None:
+    """200 VM connections with traffic both ways (the appliance echoes, on a TCP port
+    or a Unix socket): the old relay passes every one to the successor and exits at
+    once, not after its 30 s drain; every byte arrives exactly once, in order, both
+    ways; no connect is refused."""
     app = Appliance(echo=True)
     vm_port, path = free_port(), tmp_path / "h.sock"
     with trio.fail_after(120):
         async with trio.open_nursery() as n, Daemons(tmp_path) as ds:
-            toml = moving_relay_toml(await app.serve_tcp(n), vm_port, path, drain=30.0)
+            where: int | Path = (
+                await app.serve_tcp(n)
+                if egress == "tcp"
+                else await app.serve_unix(n, tmp_path / "app.sock")
+            )
+            toml = moving_relay_toml(where, vm_port, path, drain=30.0)
             old, new = ds.add("relay", "esx-a", toml), ds.add("relay", "esx-a2", toml)
             await old.start()
             progress = Changed()
@@ -305,8 +312,9 @@ async def test_handoff_moves_live_streams_exactly_and_at_once(tmp_path: Path) ->
     load = f"{os.getloadavg()[0]:.1f}"
     print("\n" + next(x for x in old.log_lines() if "live streams moved" in x))
     print(
-        f"\nhandoff of {STREAMS} live streams: old process gone {(t1 - t0) * 1000:.0f} ms "
-        f"after the successor started; longest echo gap per stream: median "
+        f"\nhandoff of {STREAMS} live streams ({egress} egress): old process gone "
+        f"{(t1 - t0) * 1000:.0f} ms after the successor started; longest echo gap per "
+        f"stream: median "
         f"{gaps[len(gaps) // 2] * 1000:.0f} ms, max {gaps[-1] * 1000:.0f} ms; "
         f"{prober.attempts} connects during it, 0 refused (loadavg {load})"
     )
