@@ -27,6 +27,8 @@ from relay.egress import EgressConnection, open_egress
 from relay.mesh import Mesh
 from relay.metrics import COMPLETED, FAILED, RESET, TO_VM, RelayMetrics
 from relay.pump import IdleTimeout, PumpCounters, PumpTimeout, pump
+from relay.pump_freeze import Freeze
+from relay.pump_handoff import Enlisted, StreamMover, why_not
 
 log = logging.getLogger("relay")
 
@@ -116,6 +118,7 @@ class Carrier:
         self.mesh = mesh
         self.life = life
         self.streams: trio.Nursery | None = None
+        self.mover = StreamMover(metrics.registry)
 
     async def carry(
         self,
@@ -125,14 +128,17 @@ class Carrier:
         route: str,
         peer: str,
         t: TimeoutsConfig,
+        moved_in: EgressConnection | None = None,
     ) -> None:
+        """``moved_in``: the appliance side of a stream the predecessor passed."""
         sid, vm = header.stream_id, header.vm
         counters: PumpCounters | None = None
-        conn: EgressConnection | None = None
+        conn: EgressConnection | None = moved_in
         failed = ""  # why the relay could not carry the stream ("" = it did)
         try:
-            conn = await self._connect(header, egress, route, peer, t)
-            self.metrics.egress_result(route, conn is not None)
+            if conn is None:
+                conn = await self._connect(header, egress, route, peer, t)
+                self.metrics.egress_result(route, conn is not None)
             if conn is None:
                 failed = "egress"
                 return
@@ -146,7 +152,12 @@ class Carrier:
         finally:
             if counters is not None:
                 self.metrics.stream_ended(id(counters))
-            self._settle(Settling(stream, conn, counters, route, failed))
+            if counters is not None and counters.end_reason == "moved":
+                await trio.aclose_forcefully(stream)  # (the successor has them now)
+                if conn is not None:
+                    await trio.aclose_forcefully(conn.stream)
+            else:
+                self._settle(Settling(stream, conn, counters, route, failed))
             if failed in ("egress", "error"):  # counted first, then the VM side sees it
                 await trio.aclose_forcefully(stream)
                 if conn is not None:
@@ -215,14 +226,7 @@ class Carrier:
             if conn.pending:
                 await stream.send_all(conn.pending)
                 self.metrics.add_bytes(route, TO_VM, len(conn.pending))
-            await pump(
-                stream,
-                conn.stream,
-                counters=counters,
-                idle_timeout=t.idle or None,
-                stall_timeout=t.stall or None,
-                pipes=self.pipes,
-            )
+            await self._run_pump(stream, conn.stream, header, egress, route, peer, t, counters)
         except PumpTimeout as e:
             log.info("stream=%s route=%s vm=%s closed: %s", sid, route, vm, e)
             return "idle" if isinstance(e, IdleTimeout) else "stall"
@@ -239,6 +243,36 @@ class Carrier:
             counters.b_to_a,
         )
         return ""
+
+    async def _run_pump(
+        self,
+        stream: trio.abc.Stream,
+        app_side: trio.abc.Stream,
+        header: OriginHeader,
+        egress: EgressConfig,
+        route: str,
+        peer: str,
+        t: TimeoutsConfig,
+        counters: PumpCounters,
+    ) -> None:
+        """The pump, enlisted meanwhile for a handoff (relay.pump_handoff)."""
+        why = why_not(stream, app_side, egress.kind)
+        freeze = None if why else Freeze()
+        key = self.mover.enlist(
+            Enlisted(freeze, why, header, route, peer, egress.kind, stream, app_side, counters)
+        )
+        try:
+            await pump(
+                stream,
+                app_side,
+                counters=counters,
+                idle_timeout=t.idle or None,
+                stall_timeout=t.stall or None,
+                pipes=self.pipes,
+                freeze=freeze,
+            )
+        finally:
+            self.mover.discharge(key)
 
     def _settle(self, st: Settling) -> None:
         """Count the stream's outcome and delivered bytes once its peer-link sessions

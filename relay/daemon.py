@@ -12,9 +12,9 @@ Task layout (outer to inner)::
   the running config.
 * ``terminate()`` (SIGTERM): stop accepting, give live streams ``timeouts.drain``
   seconds to finish, then cut what is left (``common.ops.lifecycle``).
-* ``hand_off()`` (``handoff-socket``, relay.handoff): a successor process took the
-  listening sockets; sessions from peers are left at once (they continue in the
-  successor), local streams drain as with SIGTERM.
+* ``hand_off()`` (``handoff-socket``, relay.handoff): a successor took the listening
+  sockets; sessions from peers are left (they continue there), live streams on plain
+  sockets move to it (relay.pump_handoff), the others drain as with SIGTERM.
 
 A stream's egress, pump and outcome are ``relay.carry``; the listeners, kept or
 restarted through ``common.ops.reconcile``, are ``relay.listeners``.
@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from relay.limits import Limits, Ticket
 from relay.listeners import Listeners
 from relay.mesh import Mesh
 from relay.metrics import RelayMetrics
+from relay.pump_handoff import MOVE_DEADLINE, SendBatch, adopt
 
 log = logging.getLogger("relay")
 
@@ -161,7 +163,7 @@ class RelayDaemon:
                         task_status.started(self)
                         self.life.ready()
                         if hserver is not None:
-                            await handoff.serve(svc, hserver, taker)
+                            await handoff.serve(svc, hserver, taker, partial(adopt, self))
                 self._streams_done.set()
                 log.info("relay drained")
                 svc.cancel_scope.cancel()
@@ -204,9 +206,11 @@ class RelayDaemon:
         )
         return not errors
 
-    async def hand_off(self) -> None:
-        """A successor holds our listening sockets and is READY: let go."""
+    async def hand_off(self, send: SendBatch) -> None:
+        """A successor holds our listening sockets and is READY: let go; ``send``
+        passes it the live streams that can move."""
         await self.terminate(handoff=True)
+        await self._carrier.mover.move(send, handoff.MAX_FDS, trio.current_time() + MOVE_DEADLINE)
 
     async def terminate(self, *, handoff: bool = False) -> None:
         """Stop accepting; drain live streams until ``timeouts.drain`` runs out.

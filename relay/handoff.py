@@ -13,10 +13,20 @@ that needs a restart) takes over instead of binding:
 3. the old relay stops accepting and leaves every session that ends at it
    (RESET INTERNAL: retryable): each peer relay's resumable stream resumes against
    the new process at once, which answers UNKNOWN_SESSION, and the sender
-   CONTINUES the stream from its last acknowledged byte (no loss, no repeat).
-   Streams whose other end is local to the old process (a VM's own connection)
-   drain there (``timeouts.drain``) and are cut after it; then it exits. It
-   answers ``released``.
+   CONTINUES the stream from its last acknowledged byte (no loss, no repeat);
+4. it moves the live streams whose both ends are plain sockets (the VM's own
+   TCP/Unix/vsock connection and a TCP/Unix/vsock egress): each pump stops at a
+   safe point (nothing held in user space or a splice pipe; relay.pump_freeze),
+   and their socket pairs pass with each stream's state in batches of JSON lines
+   plus SCM_RIGHTS (relay.core.handoff_wire, relay.pump_handoff); the successor
+   pumps them on, so bytes not yet read wait in the kernel and none is lost or
+   repeated. The other local streams (a TLS egress: Python's ssl cannot export
+   its state; a pipe, pty or serial ingress; a VM stream over a peer-link egress,
+   whose resumable stream's state is not passed; a half-closed stream; a pump
+   that found no safe point within ``MOVE_DEADLINE``) drain there
+   (``timeouts.drain``) and are cut after it, as on SIGTERM; each stream's path is
+   a log line and ``relay_handoff_streams_total{path}``. It answers ``released``
+   and exits once its last stream is gone.
 
 Under systemd the successor says ``MAINPID=<its pid>`` before step 3 and the old
 process does not say ``STOPPING=1``: with ``NotifyAccess=all`` the unit follows
@@ -29,11 +39,12 @@ happened.
 from __future__ import annotations
 
 import array
+import functools
 import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +53,16 @@ import trio
 from common.io.listen import listening
 from common.io.unixlisten import UnixListener, open_unix_listener
 from common.ops import inherit, sdnotify
+from relay.core.handoff_wire import Batch, Receiver, Released, WireError
 
 log = logging.getLogger("relay.handoff")
 
 MAX_FDS = 250  # SCM_MAX_FD is 253
 READY_TIMEOUT = 300.0  # the successor's start-up, certificates and all
+RELEASE_TIMEOUT = 30.0  # from ``ready`` to ``released``: the live streams pass meanwhile
+
+Adopt = Callable[[Batch], None]
+SendBatch = Callable[[bytes, Sequence[int]], Awaitable[None]]
 
 
 async def _line(stream: trio.SocketStream, limit: int = 4096) -> bytes:
@@ -59,6 +75,14 @@ async def _line(stream: trio.SocketStream, limit: int = 4096) -> bytes:
     return bytes(buf).split(b"\n", 1)[0].strip()
 
 
+def _fds(anc: list[tuple[int, int, bytes]]) -> list[int]:
+    fds = array.array("i")
+    for level, kind, cdata in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
+    return list(fds)
+
+
 class Successor:
     """The new process's side: the connection to the relay it takes over from."""
 
@@ -67,19 +91,39 @@ class Successor:
         self.pid = pid
         self.keys = keys
 
-    async def confirm(self) -> bool:
-        """We are READY: the old process lets go of its streams. Under systemd
+    async def confirm(self, adopt: Adopt) -> bool:
+        """We are READY: the old process lets go of its streams, passing the live
+        ones that can move (``adopt`` carries each batch on). Under systemd
         (``NotifyAccess=all``) this process becomes the service's main PID first."""
         sdnotify.notify(f"MAINPID={os.getpid()}")
+        rx = Receiver()
         try:
             await self.stream.send_all(b"ready\n")
-            with trio.fail_after(30):
-                return await _line(self.stream) == b"released"
-        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as e:
+            with trio.fail_after(RELEASE_TIMEOUT):
+                return await self._receive(rx, adopt)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError, WireError) as e:
             log.warning("handoff: pid %d did not confirm: %s", self.pid, e)
+            for fd in rx.held_fds:
+                os.close(fd)
             return False
         finally:
             await trio.aclose_forcefully(self.stream)
+
+    async def _receive(self, rx: Receiver, adopt: Adopt) -> bool:
+        sock = self.stream.socket
+        while True:
+            data, anc, flags, _addr = await sock.recvmsg(65536, socket.CMSG_SPACE(MAX_FDS * 4))
+            fds = _fds(anc)
+            if flags & socket.MSG_CTRUNC:
+                for fd in fds:
+                    os.close(fd)
+                raise OSError("handoff: passed sockets truncated")
+            if not data:
+                return False
+            for event in rx.feed(data, fds):
+                if isinstance(event, Released):
+                    return True
+                adopt(event)
 
 
 async def take_over(path: Path) -> Successor | None:
@@ -102,10 +146,7 @@ async def take_over(path: Path) -> Successor | None:
     except BaseException:
         sock.close()
         raise
-    fds = array.array("i")
-    for level, kind, cdata in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
+    fds = _fds(anc)
     head = json.loads(data.split(b"\n", 1)[0])
     keys = [str(k) for k in head["keys"]]
     if len(keys) != len(fds):
@@ -121,7 +162,7 @@ async def take_over(path: Path) -> Successor | None:
 class HandoffServer:
     """The running process's side: hands its sockets to a successor, then lets go."""
 
-    def __init__(self, path: Path, let_go: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, path: Path, let_go: Callable[[SendBatch], Awaitable[None]]) -> None:
         self.path = path
         self.let_go = let_go
         self.scope = trio.CancelScope()
@@ -171,15 +212,26 @@ class HandoffServer:
         with trio.move_on_after(READY_TIMEOUT):
             if await _line(stream) == b"ready":
                 inherit.hand_on()
-                await self.let_go()
-                await stream.send_all(b"released\n")
+                # (shielded: the last stream moved ends this process's run, which
+                # must not cut the handoff short of ``released``)
+                with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT):
+                    await self.let_go(functools.partial(_send_batch, stream))
+                    await stream.send_all(b"released\n")
                 self.scope.cancel()  # (this handler too)
                 return
         log.warning("handoff: the successor did not become ready; carrying on")
 
 
+async def _send_batch(stream: trio.SocketStream, line: bytes, fds: Sequence[int]) -> None:
+    """One batch of live streams: the line, its fds riding with its first bytes."""
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+    n = await stream.socket.sendmsg([line], rights)
+    if n < len(line):
+        await stream.send_all(line[n:])
+
+
 async def open_server(
-    path: Path | None, on_handoff: Callable[[], Awaitable[None]]
+    path: Path | None, on_handoff: Callable[[SendBatch], Awaitable[None]]
 ) -> HandoffServer | None:
     """The handoff socket (``handoff-socket``), bound; None when not configured."""
     if path is None:
@@ -190,12 +242,14 @@ async def open_server(
     return server
 
 
-async def serve(svc: trio.Nursery, server: HandoffServer, taker: Successor | None) -> None:
+async def serve(
+    svc: trio.Nursery, server: HandoffServer, taker: Successor | None, adopt: Adopt
+) -> None:
     """Once READY: close what the predecessor passed that this config does not use,
     confirm the takeover to it, then serve the handoff socket for our successor."""
     for key in inherit.unclaimed():
         log.info("handoff: %s not in this config, closed", key)
     if taker is not None:
-        ok = await taker.confirm()
+        ok = await taker.confirm(adopt)
         log.info("took over from relay pid %d%s", taker.pid, "" if ok else " (unconfirmed)")
     await svc.start(server.serve)

@@ -62,6 +62,13 @@ class Limits:
             self.per_vm[vm] = self.per_vm.get(vm, 0) + 1
         return Ticket(vm)
 
+    def carry_over(self, vm: str) -> Ticket:
+        """A live stream the predecessor passed on (relay.handoff): counted, not refused."""
+        self.active += 1
+        if vm:
+            self.per_vm[vm] = self.per_vm.get(vm, 0) + 1
+        return Ticket(vm)
+
     def release(self, ticket: Ticket) -> None:
         self.active -= 1
         if ticket.vm:

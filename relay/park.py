@@ -40,6 +40,7 @@ import math
 import os
 import select
 import threading
+from collections.abc import Collection
 from typing import Protocol
 
 import outcome
@@ -215,17 +216,21 @@ class Parker:
         if self._sweeps % CHECK_PARKED_EVERY == 0:
             # A stream closed by someone else while parked leaves no event
             # behind (the kernel drops a closed fd from the set): wake its pump.
-            for entry in list(self._parked.values()):
-                if not entry.woken and not entry.session.parked_fds_valid():
-                    if not self.inline:
-                        self._wake(entry)
-                        continue
-                    with self._mu:
-                        if entry.state != _PARKED:
-                            continue
-                        entry.state = _WAKING
-                        self._forget(entry, entry.fds)
-                    self._wake_in_trio(entry)
+            entries = list(self._parked.values())
+            self.wake({e.session for e in entries if not e.session.parked_fds_valid()})
+
+    def wake(self, sessions: Collection[Parkable]) -> None:
+        """In the trio thread: wake these parked pumps now (relay.pump_freeze)."""
+        for entry in [e for e in list(self._parked.values()) if e.session in sessions]:
+            if not self.inline:
+                self._wake(entry)
+                continue
+            with self._mu:
+                if entry.state != _PARKED:
+                    continue
+                entry.state = _WAKING
+                self._forget(entry, entry.fds)
+            self._wake_in_trio(entry)
 
     # --- reactor mode ---------------------------------------------------------------
 

@@ -40,6 +40,7 @@ import trio
 
 from common.io.pipepool import PipePool, default_pool
 from relay.park import Handoff, Parker, current_parker
+from relay.pump_freeze import Freeze
 from relay.pump_session import BROKEN, PARK_STREAK, Session
 from relay.pump_state import A_TO_B, B_TO_A, IdleTimeout, PumpCounters, PumpTimeout, StallTimeout
 
@@ -102,6 +103,7 @@ def _session(
     pipes: PipePool | None,
     splice: bool,
     park: bool,
+    freeze: Freeze | None,
 ) -> Session:
     session = Session(
         a,
@@ -119,7 +121,32 @@ def _session(
         session.idle_scope = trio.CancelScope(deadline=trio.current_time() + idle_timeout)
     session.parker = current_parker() if splice and park else None
     session.quick_park = session.parker is not None and session.parker.inline
+    if freeze is not None:  # (relay.pump_freeze)
+        freeze.session = session
     return session
+
+
+def _failure(session: Session, idle_timeout: float | None) -> BaseException | None:
+    if (
+        session.idle_scope is not None
+        and session.idle_scope.cancelled_caught
+        and session.failure is None
+    ):
+        session.failure = IdleTimeout(f"idle for {idle_timeout}s")
+    return session.failure
+
+
+async def _finish(
+    a: trio.abc.Stream, b: trio.abc.Stream, graceful: bool, moved: bool, freeze: Freeze | None
+) -> None:
+    """Close both streams (not when they moved to another process)."""
+    if freeze is not None:
+        freeze.ended()
+    if not moved:
+        try:
+            await _close(a, graceful)
+        finally:
+            await _close(b, graceful)
 
 
 def _ended(counters: PumpCounters, failure: BaseException | None) -> None:
@@ -143,29 +170,35 @@ async def pump(
     pipes: PipePool | None = None,
     splice: bool = True,
     park: bool = True,
+    freeze: Freeze | None = None,
 ) -> None:
     """Move bytes both ways between *a* and *b* until both directions end.
 
-    ``splice=False`` forces the copy path (for comparison and tests).
-    ``park``: a pump on the fd fast path that stays idle for a sweep interval
-    (relay.park.PARK_AFTER) parks: its one task waits for a source fd, with no
-    second task and no nursery (the memory of an idle stream).
-    Raises IdleTimeout / StallTimeout (PumpTimeout) on a timeout; returns
-    normally on EOF both ways or on a reset peer. Closes both streams.
+    ``splice=False`` forces the copy path (for comparison and tests). ``park``: a
+    pump on the fd fast path idle for a sweep interval (relay.park.PARK_AFTER)
+    parks: one task waiting for a source fd, no second task, no nursery.
+    Raises IdleTimeout / StallTimeout (PumpTimeout) on a timeout; returns on EOF
+    both ways or on a reset peer. Closes both streams, unless ``freeze`` stopped
+    it and its sockets moved to another process (``end_reason`` "moved").
     """
     c = counters if counters is not None else PumpCounters()
-    session = _session(a, b, c, idle_timeout, stall_timeout, pipes, splice, park)
-    graceful = False
+    session = _session(a, b, c, idle_timeout, stall_timeout, pipes, splice, park, freeze)
+    graceful = moved = False
     try:
         with session.idle_scope or _NO_SCOPE:
             while True:
                 await session.run_directions()
+                if freeze is not None and freeze.can_stop():
+                    if moved := await freeze.hold():
+                        break
+                    continue
                 parker = session.parker
                 if not session.parking or session.failure is not None or not session.live:
                     break
+                if parker is None:  # stopped for a freeze that was called off
+                    continue
                 # Parked: no task but this one, no nursery, until a source fd
                 # is readable (data, EOF or an error); then the directions again.
-                assert parker is not None
                 fds = session.read_fds()
                 session.parked_on = fds
                 session.small_streak = 0
@@ -179,19 +212,13 @@ async def pump(
                     handoff = await _park_with_idle_timeout(session, parker, fds)
                 if not await session.unpark(handoff):
                     break
-        if (
-            session.idle_scope is not None
-            and session.idle_scope.cancelled_caught
-            and session.failure is None
-        ):
-            session.failure = IdleTimeout(f"idle for {idle_timeout}s")
-        failure = session.failure
+        failure = _failure(session, idle_timeout)
         graceful = failure is None
     finally:
-        try:
-            await _close(a, graceful)
-        finally:
-            await _close(b, graceful)
+        await _finish(a, b, graceful, moved, freeze)
+    if moved:
+        c.end_reason = "moved"
+        return
     _ended(c, failure)
 
 

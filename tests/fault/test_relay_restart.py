@@ -17,6 +17,7 @@ import trio
 
 from tests.fault.topology import Mesh, counter, explain
 from tests.support.daemons import Daemon, Daemons
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -201,20 +202,50 @@ async def test_ingress_relay_restart_ends_the_vm_connection_and_repeats_nothing(
         assert len(head) >= len(data) // 8
 
 
+def held_towards(port: int) -> int:
+    """Bytes waiting in the receive queues of TCP connections to ``port`` (their
+    /proc/net/tcp rows: the remote port, then tx_queue:rx_queue): what the far end
+    sent and the connecting process has not read."""
+    held = 0
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = row.split()
+        if int(f[2].rsplit(":", 1)[1], 16) == port:
+            held += int(f[4].split(":")[1], 16)
+    return held
+
+
 async def test_appliance_to_vm_bytes_nobody_kept_are_a_counted_gap(tmp_path: Path) -> None:
     """Where the path cannot carry bytes on (the appliance keeps nothing to send
     again: ``resend-bytes = 0``), what esx-b took with it is one hole at the VM,
-    named in a warning with its range and counted; nothing repeats."""
+    named in a warning with its range and counted; nothing repeats.
+
+    esx-b is frozen before the operator's second quarter, and killed only once
+    the appliance has sent some of it into esx-b's socket: with esx-a's 4 MiB
+    stream window the first quarter may well have passed esx-b entirely by then
+    (no hole, no warning: the race that made this test wait 30 s and fail)."""
     data = counter(0, 100_000)
     half = len(data) // 2
     async with Daemons(tmp_path) as ds:
         mesh = Mesh(tmp_path, ds, role="egress", resend_bytes=0)
+        assert isinstance(mesh.b.config, dict)
+        endpoint = int(mesh.b.config["egress"]["appliance"]["port"])
         await mesh.start()
         vm = await mesh.connect_vm()
         console = await mesh.attach_console()
         got = bytearray()
+        quarter_sent, frozen, first_half_sent = trio.Event(), trio.Event(), trio.Event()
         with trio.fail_after(50):
-            mark = await restart_b_holding_input(mesh, vm, console, data, got, signal.SIGKILL)
+            async with trio.open_nursery() as n:
+                n.start_soon(
+                    send_in_two, console, data[:half], quarter_sent, frozen, first_half_sent
+                )
+                await quarter_sent.wait()
+                await receive_exactly(vm, len(data) // 8, got)  # then the VM stops reading
+                mark = len(mesh.app.log_text())
+                mesh.b.freeze()
+                frozen.set()
+                await wait_until(lambda: held_towards(endpoint) > 0, 20, "bytes held by esx-b")
+                await restart_frozen(mesh.b, signal.SIGKILL)
             end = await mesh.app.wait_log("lost on the way", after=mark)
             await mesh.wait_connected()
             await console.send_all(data[half:])

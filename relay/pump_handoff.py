@@ -1,0 +1,266 @@
+"""Live streams handed to the successor on a relay handoff (relay.handoff).
+
+The old relay: every pumped stream is enlisted while it runs. Once the
+successor is READY, ``StreamMover.move`` asks each movable pump to stop at a
+safe point (relay.pump_freeze: nothing held in user space or in a splice pipe),
+passes the stopped ones' sockets, VM side and appliance side, with their state
+(relay.core.handoff_wire) in batches of SCM_RIGHTS messages, then lets their
+pumps return with the sockets open; the carrier closes its copies. A stream that
+cannot move stays and drains as before (``timeouts.drain``, then cut): a TLS
+egress (Python's ssl cannot export a session), a pipe, pty or serial ingress, a
+half-closed stream, a copy-path pump, one that did not reach a safe point by
+the deadline, and a VM stream whose egress is a peer route (its resumable
+stream's offsets and replay bytes are not exported); a session from a peer relay
+is left and resumes from the far side (relay.mesh), as before. Each stream's path is one log line
+and ``relay_handoff_streams_total{path}``.
+
+The successor: ``adopt_sockets`` turns a received batch's fds into streams.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+from prometheus_client import CollectorRegistry, Counter
+
+from common.link.resumable import ResumableStream
+from common.proto.link.header import OriginHeader
+from relay.config import EgressConfig, RelayConfig
+from relay.core.handoff_wire import Batch, StreamState, batches, encode_batch, per_batch
+from relay.egress import EgressConnection
+from relay.limits import Limits, Ticket
+from relay.park import current_parker
+from relay.pump_freeze import Freeze
+from relay.pump_state import PumpCounters
+
+log = logging.getLogger("relay.handoff")
+
+MOVE_DEADLINE = 2.0  # seconds for every movable pump to reach a safe point
+POLL = 0.002  # how often the mover looks for pumps at a safe point
+SEND_TIMEOUT = 10.0  # one batch to the successor
+
+MOVED = "moved"
+NO_SAFE_POINT = "no_safe_point"
+SEND_FAILED = "send_failed"
+
+SendBatch = Callable[[bytes, Sequence[int]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Enlisted:
+    """A pumped stream, while its pump runs."""
+
+    freeze: Freeze | None  # None: it cannot move (``why``)
+    why: str
+    header: OriginHeader
+    route: str
+    peer: str
+    egress: str
+    vm_side: trio.abc.Stream
+    app_side: trio.abc.Stream
+    counters: PumpCounters
+
+    def state(self) -> StreamState:
+        h, c = self.header, self.counters
+        return StreamState(
+            h.stream_id, self.route, h.kind, h.vm, h.label, self.peer, self.egress,
+            c.a_to_b, c.b_to_a,
+        )  # fmt: skip
+
+    def fds(self) -> tuple[int, int]:
+        assert isinstance(self.vm_side, trio.SocketStream)
+        assert isinstance(self.app_side, trio.SocketStream)
+        return self.vm_side.socket.fileno(), self.app_side.socket.fileno()
+
+
+def why_not(vm_side: trio.abc.Stream, app_side: trio.abc.Stream, egress: str) -> str:
+    """Why a stream cannot move ("" = it can)."""
+    if isinstance(vm_side, ResumableStream):
+        return "peer_session"  # it resumes from the far side (relay.mesh.hand_off)
+    if egress == "peer":
+        return "peer_egress"  # its resumable stream's state is not passed (yet): drains
+    if type(app_side) is not trio.SocketStream:
+        return "tls" if isinstance(app_side, trio.SSLStream) else "egress_stream"
+    if type(vm_side) is not trio.SocketStream:
+        return "ingress_stream"  # a pipe, a pty, a serial device, TLS
+    return ""
+
+
+class StreamMover:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.live: dict[int, Enlisted] = {}
+        self.paths = Counter(
+            "relay_handoff_streams",
+            "Live streams at a handoff, by what became of them (moved, or why they stayed)",
+            ["path"],
+            registry=registry,
+        )
+
+    def enlist(self, e: Enlisted) -> int:
+        self.live[id(e)] = e
+        return id(e)
+
+    def discharge(self, key: int) -> None:
+        self.live.pop(key, None)
+
+    async def move(self, send: SendBatch, max_fds: int, deadline: float) -> int:
+        """Stop, pass and let go of every movable stream; the number moved. Each
+        batch goes as soon as its pumps stopped (the first ones do not wait for
+        the slowest); a pump with no safe point by ``deadline`` runs on here."""
+        t0, total, size = trio.current_time(), len(self.live), per_batch(max_fds)
+        pending: list[Enlisted] = []
+        for e in list(self.live.values()):
+            if e.freeze is None:
+                self._count(e, e.why)
+            else:
+                e.freeze.ask()
+                pending.append(e)
+        asked, moved, broken = list(pending), 0, False
+        try:
+            with trio.move_on_at(deadline):
+                while pending and not broken:
+                    _poke(pending)
+                    await trio.sleep(POLL)
+                    ready = [e for e in pending if _frozen(e)]
+                    pending = [e for e in pending if not _stopped(e)]
+                    for batch in batches(ready, size):
+                        n = await self._send(send, batch)
+                        if n < 0:  # nothing more goes: the rest runs on here
+                            broken = True
+                            break
+                        moved += n
+        finally:  # (cancelled too: no pump stays held)
+            for e in asked:
+                self._call_off(e, SEND_FAILED if broken else NO_SAFE_POINT)
+        log.info(
+            "handoff: %d of %d live streams moved in %.0f ms",
+            moved, total, (trio.current_time() - t0) * 1000,
+        )  # fmt: skip
+        return moved
+
+    async def _send(self, send: SendBatch, batch: Sequence[Enlisted]) -> int:
+        """Pass a batch: the number passed, -1 when the connection failed (whether
+        the successor got it or not, nothing more is sent)."""
+        # still held (a drain cut may have ended a pump since): checked with no
+        # checkpoint before the send, so no fd is closed under it
+        batch = [e for e in batch if _frozen(e)]
+        if not batch:
+            return 0
+        fds = [fd for e in batch for fd in e.fds()]
+        try:
+            with trio.CancelScope(shield=True), trio.fail_after(SEND_TIMEOUT):
+                await send(encode_batch([e.state() for e in batch]), fds)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            log.warning("handoff: could not pass %d streams: %s", len(batch), exc)
+            return -1
+        for e in batch:
+            self._decide(e, True, MOVED)
+        return len(batch)
+
+    def _call_off(self, e: Enlisted, path: str) -> None:
+        """Not moved: its pump runs on here (counted unless it had ended anyway)."""
+        f = e.freeze
+        if f is None or f.decided:
+            return
+        if f.frozen or not f.stopped:
+            self._count(e, path)
+        f.decide(False)
+
+    def _decide(self, e: Enlisted, moved: bool, path: str) -> None:
+        assert e.freeze is not None
+        e.freeze.decide(moved)
+        self._count(e, path)
+
+    def _count(self, e: Enlisted, path: str) -> None:
+        self.paths.labels(path).inc()
+        if path == MOVED:
+            log.info(
+                "stream=%s route=%s vm=%s: moved to the successor (%d bytes to appliance, "
+                "%d to vm so far)",
+                e.header.stream_id, e.route, e.header.vm, e.counters.a_to_b, e.counters.b_to_a,
+            )  # fmt: skip
+        else:
+            log.info(
+                "stream=%s route=%s vm=%s: stays here (%s)%s",
+                e.header.stream_id, e.route, e.header.vm, path,
+                ", resumed from the far side" if path == "peer_session" else " and drains",
+            )  # fmt: skip
+
+
+def _frozen(e: Enlisted) -> bool:
+    return e.freeze is not None and e.freeze.frozen and not e.freeze.decided
+
+
+def _stopped(e: Enlisted) -> bool:
+    return e.freeze is None or e.freeze.stopped
+
+
+def _poke(pending: Sequence[Enlisted]) -> None:
+    """Stop the pumps at a safe point now; wake the parked ones (all in one call)."""
+    parked = set()
+    for e in pending:
+        f = e.freeze
+        if f is not None:
+            f.poke()
+            if f.session is not None and f.session.parked_on is not None:
+                parked.add(f.session)
+    if parked:
+        current_parker().wake(parked)
+
+
+def adopt_sockets(vm_fd: int, app_fd: int) -> tuple[trio.SocketStream, trio.SocketStream]:
+    """The successor's streams on the fds it was passed."""
+    vm = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=vm_fd)))
+    app = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=app_fd)))
+    return vm, app
+
+
+class Taker(Protocol):
+    """What ``adopt`` needs of the successor (relay.daemon.RelayDaemon)."""
+
+    limits: Limits | None
+    config: RelayConfig
+    host: str
+    _streams: trio.Nursery | None
+    _egress_by_route: dict[str, EgressConfig]
+    _carrier: Any  # relay.carry.Carrier (which imports this module)
+
+    def _release(self, ticket: Ticket, done: trio.Event | None) -> None: ...
+
+
+def adopt(d: Taker, batch: Batch) -> None:
+    """The successor: carry on the streams of a batch the predecessor passed (each
+    counted against the limits, never refused: it is live already)."""
+    assert d.limits is not None and d._streams is not None
+    for state, (vm_fd, app_fd) in zip(batch.states, batch.fds, strict=True):
+        vm_side, app_side = adopt_sockets(vm_fd, app_fd)
+        ticket = d.limits.carry_over(state.vm)
+        d._streams.start_soon(_carry_moved, d, state, vm_side, app_side, ticket)
+    log.info("handoff: %d live streams taken over", len(batch.states))
+
+
+async def _carry_moved(
+    d: Taker,
+    state: StreamState,
+    vm_side: trio.SocketStream,
+    app_side: trio.SocketStream,
+    ticket: Ticket,
+) -> None:
+    log.info(
+        "stream=%s route=%s vm=%s: taken over (%d bytes to appliance, %d to vm before)",
+        state.sid, state.route, state.vm, state.a_to_b, state.b_to_a,
+    )  # fmt: skip
+    egress = d._egress_by_route.get(state.route) or d.config.default_egress()
+    header = OriginHeader(d.host, state.vm, state.kind, state.label, state.sid)
+    try:
+        await d._carrier.carry(
+            vm_side, header, egress, state.route, state.peer, d.config.timeouts,
+            moved_in=EgressConnection(app_side),
+        )  # fmt: skip
+    finally:
+        d._release(ticket, None)
