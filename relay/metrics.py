@@ -24,8 +24,9 @@ What happened to streams and links:
 
 The ``listener`` label is the name of the listener a stream came in on (``[[vspc]]``,
 ``[[serial]]``... ``name`` in the config, or ``peer`` for streams from peer relays): a
-bounded set from the config, never a VM name or text from the wire. The peer links'
-own metrics (RTT, reconnects) are in ``relay.metrics_links``; the process, platform
+bounded set from the config, never a VM name or text from the wire. The keepalive
+round trips of the routes' links: the histogram ``relay_peer_link_rtt_seconds{route}``
+(``link_rtt``); their reconnects are in ``relay.metrics_links``; the process, platform
 and ``vic_channel_build_info`` collectors in ``common.ops.metrics_http``.
 """
 
@@ -40,6 +41,7 @@ from prometheus_client.registry import Collector
 
 from common.link.events import LinkEvents
 from common.ops.metrics_http import standard_collectors
+from relay.metrics_links import rtt_histogram
 
 TO_APPLIANCE = "to_appliance"  # ingress (VM side) -> egress
 TO_VM = "to_vm"
@@ -124,6 +126,7 @@ class RelayMetrics(LinkEvents):
         self.cuts = Counter(
             "relay_link_cuts", "peer links that died while working, without GOAWAY", registry=r
         )
+        self.link_rtt_seconds = rtt_histogram(r)
         self.tls_refusals = Counter(
             "relay_tls_refused", "peer links refused in TLS set-up", ["reason"], registry=r
         )
@@ -175,6 +178,10 @@ class RelayMetrics(LinkEvents):
 
     def header_refused(self, reason: str) -> None:
         self.header_refusals.labels(reason).inc()
+
+    def link_rtt(self, where: str, seconds: float, *, outgoing: bool) -> None:
+        if outgoing:  # ``where``: a [peer.routes] name (bounded)
+            self.link_rtt_seconds.labels(where).observe(seconds)
 
     def add_bytes(self, listener: str, direction: str, n: int) -> None:
         k = (listener, direction)

@@ -41,7 +41,7 @@ from vspc.placement import Placement
 from vspc.prefixed import PrefixedStream
 from vspc.service import VspcService
 from vspc.sessions.service import LABEL as SESSION_LABEL
-from vspc.tlsrefusals import LinkRefusals, count_handshake_refusal
+from vspc.tlsrefusals import count_handshake_refusal
 
 log = logging.getLogger("vspc.endpoint")
 
@@ -96,7 +96,7 @@ class Endpoint:
         async with trio.open_nursery() as handlers:
             self._handlers = handlers
             self.links = LinkEndpoint(self, handlers, self.config.link_tuning.link_config())
-            self.links.refusals = LinkRefusals(self.service.metrics.registry)
+            self.links.export_metrics(self.service.metrics.registry)
             await self.links.apply(self.config)
             await self._start_listeners()
             task_status.started(self)

@@ -20,15 +20,18 @@ from __future__ import annotations
 import logging
 import ssl
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import trio
+from prometheus_client import CollectorRegistry
 
 from common.io.listen import listening
 from common.link.config import bound_address, open_peer_listener
 from common.link.events import NO_EVENTS, LinkEvents
 from common.link.peering import LinkServer
 from common.link.peerlink import LinkConfig, PeerLink
+from common.link.resumable import ResumableStream
 from common.link.sessions import Accepted, SessionTable
 from common.link.vetting import vet_accepted
 from common.ops.config import ConfigError
@@ -37,6 +40,7 @@ from common.ops.wiretext import wire
 from common.proto.link.forwarded import PreambleDecoder, PreambleError
 from common.proto.link.header import OriginHeader
 from vspc.config import EndpointConfig, LinkListen
+from vspc.metrics import LinkCollector, LinkMetrics
 from vspc.prefixed import PrefixedStream
 
 log = logging.getLogger("vspc.links")
@@ -88,7 +92,9 @@ class LinkEndpoint:
         self._runs: dict[tuple[str, int], _Run] = {}
         self.forwarded_links: set[PeerLink] = set()
         self.refused = 0
-        self.refusals: LinkEvents = NO_EVENTS  # vspc.endpoint sets LinkRefusals
+        self.refusals: LinkEvents = NO_EVENTS  # export_metrics: vspc.metrics.LinkMetrics
+        self._serving: set[ResumableStream] = set()
+        self._closed_resumes = 0
         nursery.start_soon(self._accept_loop)
 
     @property
@@ -97,6 +103,25 @@ class LinkEndpoint:
         return self.refused + sum(
             r.server.refused for r in self._runs.values() if r.server is not None
         )
+
+    def export_metrics(self, registry: CollectorRegistry) -> None:
+        """Count this endpoint's link events and export its links' state on ``registry``."""
+        self.refusals = LinkMetrics(registry)
+        registry.register(LinkCollector(self))
+
+    @property
+    def live_links(self) -> int:
+        servers = [r.server for r in self._runs.values() if r.server is not None]
+        return len(self.forwarded_links) + sum(len(s.links) for s in servers)
+
+    @property
+    def resumes(self) -> int:
+        """Streams served here that went on over another link (all time)."""
+        return self._closed_resumes + sum(_resumes(s) for s in self._serving)
+
+    @property
+    def replay_buffered(self) -> int:
+        return sum(s.replay_buffered for s in self._serving)
 
     @property
     def bound(self) -> list[Any]:
@@ -184,13 +209,17 @@ class LinkEndpoint:
             on_open=self.table.on_open,
             name=f"link<-{ident} (forwarded)",
             peer_identity=ident,
+            on_rtt=partial(self.refusals.link_rtt, "forwarded", outgoing=False),
         )
         self.forwarded_links.add(link)
+        self.refusals.link_up("forwarded", ident)
         log.info("forwarded link from %s", wire(ident))
         try:
             await link.run()
         finally:
             self.forwarded_links.discard(link)
+        if link.cut:
+            self.refusals.link_cut()
 
     async def _accept_loop(self) -> None:
         async for acc in self.table:
@@ -204,6 +233,7 @@ class LinkEndpoint:
         self._nursery.start_soon(self._serve, acc, header)
 
     async def _serve(self, acc: Accepted, header: OriginHeader) -> None:
+        self._serving.add(acc.stream)
         try:
             reason = await self.endpoint.vet(header)
             if reason is not None:
@@ -213,7 +243,13 @@ class LinkEndpoint:
                 return
             await self.endpoint.serve_stream(acc.stream, header, log_before_ack=True)
         finally:
+            self._serving.discard(acc.stream)
+            self._closed_resumes += _resumes(acc.stream)
             await trio.aclose_forcefully(acc.stream)
+
+
+def _resumes(s: ResumableStream) -> int:
+    return max(0, s.attachments - 1)  # the first attachment is the open
 
 
 class _HeaderRefusals(LinkEvents):

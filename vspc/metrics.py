@@ -1,17 +1,24 @@
 """Prometheus metrics of the appliance side (vSPC, endpoint, consoles).
 
-One ``VspcMetrics`` per daemon, on its own registry, so tests can run several.
+One ``VspcMetrics`` per daemon, on its own registry, so tests can run several. The
+peer links relays open to the appliance: ``LinkMetrics`` (their events) and
+``LinkCollector`` (their state at scrape time), set up by ``vspc.endpoint``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from common.link.events import RTT_BUCKETS
 from common.ops.metrics_http import standard_collectors
+from vspc.tlsrefusals import LinkRefusals
 
 BEGIN_LATENCY_BUCKETS = (
     0.0001,
@@ -142,3 +149,81 @@ def _session_metrics(r: CollectorRegistry) -> dict[str, Any]:
             "vspc_container_log_lost_lines", "container log lines lost (not written)"
         ),
     }
+
+
+class LinkMetrics(LinkRefusals):
+    """The appliance side of the peer links, the counterpart of the relay's
+    ``relay_peer_link_*``: ``vspc_peer_link_rtt_seconds`` (histogram of keepalive
+    round trips), ``vspc_peer_links_accepted_total``, ``vspc_peer_link_reconnects_total``
+    (links from a peer that had one before: a cut, a relay restart), and
+    ``vspc_peer_link_cuts_total``; the TLS refusals of ``LinkRefusals``. No label but
+    the events' own: peers are many, their identities are not label values."""
+
+    KNOWN_PEERS = 4096  # identities remembered for "reconnect" (oldest forgotten)
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry)
+        self.rtt = Histogram(
+            "vspc_peer_link_rtt_seconds",
+            "round trips of the keepalive pings on the relays' peer links",
+            buckets=RTT_BUCKETS,
+            registry=registry,
+        )
+        counter = partial(Counter, registry=registry)
+        self.accepted = counter("vspc_peer_links_accepted", "peer links taken from relays")
+        self.reconnects = counter(
+            "vspc_peer_link_reconnects", "peer links from a relay that had one before"
+        )
+        self.cuts = counter(
+            "vspc_peer_link_cuts", "peer links that died while working, without GOAWAY"
+        )
+        self._peers: dict[str, None] = {}  # an ordered set, bounded
+
+    def link_up(self, where: str, peer: str) -> None:
+        self.accepted.inc()
+        key = peer or "plaintext"
+        if key in self._peers:
+            self.reconnects.inc()
+            del self._peers[key]
+        elif len(self._peers) >= self.KNOWN_PEERS:
+            del self._peers[next(iter(self._peers))]
+        self._peers[key] = None
+
+    def link_rtt(self, where: str, seconds: float, *, outgoing: bool) -> None:
+        self.rtt.observe(seconds)
+
+    def link_cut(self) -> None:
+        self.cuts.inc()
+
+
+class _Links(Protocol):
+    @property
+    def live_links(self) -> int: ...
+
+    @property
+    def resumes(self) -> int: ...
+
+    @property
+    def replay_buffered(self) -> int: ...
+
+
+class LinkCollector(Collector):
+    """Read from the link endpoint at scrape time: ``vspc_peer_links`` (live),
+    ``vspc_resumes_total`` (streams that went on over a new link after a cut, as
+    ``relay_resumes_total``), ``vspc_replay_buffer_bytes`` (sent, not yet acknowledged)."""
+
+    def __init__(self, links: _Links) -> None:
+        self.links = links
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("vspc_peer_links", "live peer links", value=self.links.live_links)
+        yield CounterMetricFamily(
+            "vspc_resumes",
+            "relayed streams resumed on a new peer link after a cut",
+            value=self.links.resumes,
+        )
+        yield GaugeMetricFamily(
+            "vspc_replay_buffer_bytes",
+            "relayed stream bytes sent and not yet acknowledged by the relay",
+            value=self.links.replay_buffered,
+        )

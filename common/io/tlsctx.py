@@ -16,7 +16,10 @@ present, with OpenSSL's leaf CRL check on, so a revoked certificate fails the
 handshake (X509_V_ERR_CERT_REVOKED) in every program that trusts that CA.
 
 Contexts follow their files: ``common.io.tlsrefresh.refresh()`` re-reads the
-certificate, key, CA and CRL of every context built here whose files changed.
+certificate, key, CA and CRL of every context built here whose files changed, and
+each connection a context makes afterwards takes the trust rebuilt from them
+(``FollowingContext``): a CA removed from its file is no longer trusted by new
+handshakes, on servers and clients alike.
 
 Files that cannot be loaded raise ``OSError``/``ssl.SSLError``, for the caller
 to name its config key.
@@ -25,6 +28,7 @@ to name its config key.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import sys
 
@@ -96,10 +100,43 @@ def client_context(
     return ctx
 
 
+class FollowingContext(ssl.SSLContext):
+    """An ``SSLContext`` whose new connections are made by its successor once its CA or
+    CRL files changed (``tlsrefresh.successor``), whoever wraps them (trio, tlsstream)."""
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        ctx = tlsrefresh.successor(self)
+        if ctx is None:
+            return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        return ctx.wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+    def wrap_socket(
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        ctx = tlsrefresh.successor(self)
+        args = (server_side, do_handshake_on_connect, suppress_ragged_eofs, server_hostname)
+        if ctx is None:
+            return super().wrap_socket(sock, *args, session)
+        return ctx.wrap_socket(sock, *args, session)
+
+
 def _new(
     protocol: ssl._SSLMethod, min_version: ssl.TLSVersion, max_version: ssl.TLSVersion, keylog: bool
 ) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(protocol)  # CERT_REQUIRED and check_hostname for a client
+    ctx = FollowingContext(protocol)  # CERT_REQUIRED and check_hostname for a client
     ctx.minimum_version = min_version
     ctx.maximum_version = max_version
     ctx.options |= ssl.OP_NO_COMPRESSION

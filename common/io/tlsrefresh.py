@@ -7,9 +7,15 @@ context whose files changed, loads them into that same context object: listeners
 that hold it (``trio.SSLListener``, accept loops) use the new certificate for the
 next handshake without being restarted, and connections already made keep
 theirs (OpenSSL copies the certificate into each connection). A CRL that appeared
-or grew is added to the context's trust store with the leaf CRL check turned on
-(OpenSSL picks the newest CRL for an issuer). A replaced CA is added, the old one
-stays trusted until restart: withdraw trust by revoking, not by swapping CAs.
+or grew turns the leaf CRL check on (OpenSSL picks the newest CRL for an issuer).
+
+Trust is rebuilt, never added to: OpenSSL cannot empty a context's trust store, so
+once a context's CA or CRL files change, a fresh copy of it is built (its settings
+copied, all its files loaded anew) and every connection the live context makes
+from then on is made by that copy (``successor``; ``tlsctx.FollowingContext``).
+A CA replaced in its file stops being trusted for new handshakes at that reload,
+connections made before keep theirs, and the copy's own session cache and ticket
+keys mean a session from before the change cannot be resumed past the new trust.
 
 Files are first loaded into a throw-away context; a pair that does not match (a
 renewal half done) or a file that does not parse leaves the live context as it
@@ -57,14 +63,17 @@ class _Files:
     chain: tuple[str, str | None] | None = None
     cas: list[str] = field(default_factory=list)
     seen: Stamp = ()
+    ca_seen: Stamp = ()
+    trust: ssl.SSLContext | None = None  # rebuilt at the last CA/CRL change
+
+    def ca_paths(self) -> list[str]:
+        return [p for ca in self.cas for p in (ca, os.fspath(crl_path(ca)))]
 
     def paths(self) -> list[str]:
         out = list(self.chain[0:1]) if self.chain else []
         if self.chain and self.chain[1]:
             out.append(self.chain[1])
-        for ca in self.cas:
-            out += [ca, os.fspath(crl_path(ca))]
-        return out
+        return out + self.ca_paths()
 
 
 _live: weakref.WeakKeyDictionary[ssl.SSLContext, _Files] = weakref.WeakKeyDictionary()
@@ -86,7 +95,7 @@ def track_chain(ctx: ssl.SSLContext, cert: PathLike, key: PathLike | None) -> No
 def track_ca(ctx: ssl.SSLContext, ca: PathLike) -> None:
     f = _files(ctx)
     f.cas.append(os.fspath(ca))
-    f.seen = stamp(f.paths())
+    f.seen, f.ca_seen = stamp(f.paths()), stamp(f.ca_paths())
 
 
 def load_ca(ctx: ssl.SSLContext, ca: PathLike) -> None:
@@ -98,16 +107,39 @@ def load_ca(ctx: ssl.SSLContext, ca: PathLike) -> None:
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
 
 
-def _reload(ctx: ssl.SSLContext, f: _Files) -> None:
-    trial = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # everything loads, or nothing changes
+def _copy(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """A context with ``ctx``'s settings (those ``common.io.tlsctx`` sets) and no files."""
+    fresh = ssl.SSLContext(ctx.protocol)
+    fresh.minimum_version, fresh.maximum_version = ctx.minimum_version, ctx.maximum_version
+    fresh.options = ctx.options
+    if ctx.protocol == ssl.PROTOCOL_TLS_CLIENT:
+        fresh.check_hostname = ctx.check_hostname
+    else:
+        fresh.num_tickets = ctx.num_tickets
+    fresh.verify_mode = ctx.verify_mode
+    fresh.verify_flags = ctx.verify_flags & ~ssl.VERIFY_CRL_CHECK_LEAF  # per the files
+    if ctx.keylog_filename:
+        fresh.keylog_filename = ctx.keylog_filename
+    return fresh
+
+
+def _reload(ctx: ssl.SSLContext, f: _Files, ca_changed: bool) -> None:
+    fresh = _copy(ctx)  # everything loads, or nothing changes
     if f.chain is not None:
-        trial.load_cert_chain(*f.chain)
+        fresh.load_cert_chain(*f.chain)
     for ca in f.cas:
-        load_ca(trial, ca)
+        load_ca(fresh, ca)
     if f.chain is not None:
         ctx.load_cert_chain(*f.chain)
-    for ca in f.cas:
-        load_ca(ctx, ca)
+    if ca_changed or f.trust is not None:
+        f.trust = fresh
+
+
+def successor(ctx: ssl.SSLContext) -> ssl.SSLContext | None:
+    """The context that makes ``ctx``'s new connections: its copy rebuilt at the last
+    change of its CA or CRL files; None before any (``ctx`` itself serves)."""
+    f = _live.get(ctx)
+    return None if f is None else f.trust
 
 
 class Refreshed(Protocol):
@@ -131,12 +163,13 @@ def refresh() -> int:
         now = stamp(f.paths())
         if now == f.seen:
             continue
+        ca_changed = stamp(f.ca_paths()) != f.ca_seen
         try:
-            _reload(ctx, f)
+            _reload(ctx, f, ca_changed)
         except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
             log.error("cannot re-read %s: %s", ", ".join(f.paths()), " ".join(str(e).split()))
             continue
-        f.seen = now
+        f.seen, f.ca_seen = now, stamp(f.ca_paths())
         done += 1
     if done:
         log.info("re-read the certificates of %d TLS context%s", done, "" if done == 1 else "s")

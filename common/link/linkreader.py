@@ -66,6 +66,7 @@ class LinkReceiver:
     _ready: trio.Event
     _ack_wake: trio.Event
     _pong: trio.Event
+    on_rtt: Callable[[float], None] | None
 
     def _kick(self) -> None:
         raise NotImplementedError
@@ -175,6 +176,8 @@ class LinkReceiver:
 
     def _carry_out(self, action: Action) -> None:
         if isinstance(action, PongReceived):
+            if self.on_rtt is not None:
+                self.on_rtt(action.rtt)
             self._pong.set()
             self._pong = trio.Event()
         elif isinstance(action, LinkFailed):

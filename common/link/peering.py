@@ -12,6 +12,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +147,10 @@ class LinkServer:
             on_open=self.table.on_open,
             name=f"{self.name}<-{ident or 'plaintext'}",
             peer_identity=ident,
+            on_rtt=partial(self.events.link_rtt, self.name, outgoing=False),
         )
         self.links.add(link)
+        self.events.link_up(self.name, ident)
         serial = tlsmod.peer_serial(stream) if ident else None
         if serial is not None:
             self._serials[link] = serial

@@ -50,8 +50,10 @@ class PeerLink(LinkReceiver):
         on_open: OpenCallback | None = None,
         name: str = "",
         peer_identity: str = "",
+        on_rtt: Callable[[float], None] | None = None,
     ) -> None:
         self.config = config or LinkConfig()
+        self.on_rtt = on_rtt  # each keepalive's round trip, for a metric
         self.cut = False  # it died while working, without GOAWAY (see _lost)
         self.error: BaseException | None = None  # what killed it, if anything did
         self.transport = transport

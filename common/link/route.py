@@ -21,6 +21,7 @@ import os
 import socket
 import ssl
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -187,6 +188,7 @@ class Router:
                     config=self.config,
                     name=f"{self.name}->{route.name or route.address}",
                     peer_identity=ident,
+                    on_rtt=partial(self.events.link_rtt, self.name, outgoing=True),
                 )
                 await self._nursery.start(self._run_link, link, tlsmod.remote_address(transport))
                 self.links_opened += 1

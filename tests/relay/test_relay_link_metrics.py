@@ -1,7 +1,7 @@
 """The peer link's own metrics on real relays (TLS peer link through a FaultProxy):
 replay-buffer bytes rise while the path is stalled and fall back once acknowledged,
-a cut link counts as a reconnect of its route, and the keepalive RTT is exported
-per route. Read over the relay's Prometheus endpoint, as an operator would."""
+a cut link counts as a reconnect of its route, and the keepalive RTTs are a
+histogram per route. Read over the relay's Prometheus endpoint, as an operator would."""
 
 from __future__ import annotations
 
@@ -56,10 +56,15 @@ async def test_replay_bytes_reconnects_and_rtt(tmp_path: Path) -> None:
             assert scraped[("relay_peer_link_reconnects_total", ROUTE)] >= 1
             assert scraped[("relay_replay_buffer_bytes", ())] >= 0
 
-            async def rtt_exported() -> bool:
-                return ("relay_peer_link_rtt_seconds", ROUTE) in await scrape(a)
+            async def rtt_observed() -> bool:
+                samples = await scrape(a)
+                return samples.get(("relay_peer_link_rtt_seconds_count", ROUTE), 0) >= 2
 
-            await wait_until_async(rtt_exported, 30)  # the keepalive pings every second
-            rtt = (await scrape(a))[("relay_peer_link_rtt_seconds", ROUTE)]
-            assert 0 < rtt < 5.0
+            await wait_until_async(rtt_observed, 30)  # the keepalive pings every second
+            samples = await scrape(a)
+            count = samples[("relay_peer_link_rtt_seconds_count", ROUTE)]
+            assert 0 < samples[("relay_peer_link_rtt_seconds_sum", ROUTE)] / count < 5.0
+            inf = (("le", "+Inf"), *ROUTE)
+            assert samples[("relay_peer_link_rtt_seconds_bucket", inf)] == count
+            assert ("relay_peer_link_rtt_seconds", ROUTE) not in samples  # no gauge any more
         n.cancel_scope.cancel()

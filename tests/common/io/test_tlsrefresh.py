@@ -61,7 +61,8 @@ async def test_a_new_crl_turns_on_the_leaf_check(tmp_path: Path) -> None:
     assert not client_ctx.verify_flags & ssl.VERIFY_CRL_CHECK_LEAF
     revocation.revoke(tmp_path, certs.load_cert(srv.cert_path).serial_number)
     assert tlsrefresh.refresh() >= 1
-    assert client_ctx.verify_flags & ssl.VERIFY_CRL_CHECK_LEAF
+    rebuilt = tlsrefresh.successor(client_ctx)  # makes the client's new connections
+    assert rebuilt is not None and rebuilt.verify_flags & ssl.VERIFY_CRL_CHECK_LEAF
     a, b = trio.testing.memory_stream_pair()
     server = trio.SSLStream(a, ctx, server_side=True)
     client = trio.SSLStream(b, client_ctx, server_hostname="vch.local")
