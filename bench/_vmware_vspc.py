@@ -21,9 +21,10 @@ in the results, none fixed: it is measured as published):
   simulated ESX sends (``EsxBehaviour.service_uri``);
 - it answers PEER with PEER-OK(seq + secret) where ESX expects PEER-OK(seq);
 - it writes GOAHEAD(seq + secret) without doubling 0xFF: a sequence or (1 in 65) a random
-  secret with 0xFF in it breaks the Telnet stream. The probes therefore use sequences
-  without 0xFF, and a probe whose GOAHEAD broke counts as a failed vMotion and is
-  replaced by a new connection.
+  secret with 0xFF in it breaks the Telnet stream (the connection fails, or the GOAHEAD
+  never ends: ESX's 5 s give-up). The probes therefore use sequences without 0xFF, and
+  a probe whose GOAHEAD broke counts as a failed vMotion (``begin_goahead_ms.failed``;
+  ``p99`` is over the answered ones) and is replaced by a new connection.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class VmwareProbes(Probes):
     def __init__(self, port: int, nursery: Any, vmotion_gap: float) -> None:
         super().__init__("vspc", port, nursery, vmotion_gap)
         self.peer_ok_with_secret = 0  # PEER-OKs that carried the secret too
-        self.replaced = 0  # probe connections broken by an unescaped 0xFF
+        self.replaced = 0  # probe connections whose GOAHEAD broke the stream
         # the simulator logs each PEER-OK(seq + secret) as a violation: counted instead
         self._quiet = _DropPeerOkWarnings()
         logging.getLogger("vic.lab.esx_sim").addFilter(self._quiet)
@@ -153,9 +154,10 @@ class VmwareProbes(Probes):
         except SimError as e:
             key = type(e).__name__
             self.failures[key] = self.failures.get(key, 0) + 1
-            if src.closed.is_set():
-                await src.aclose()
-                self.conns[i] = await self._replacement(i)
+            # closed, or left inside a subnegotiation that the 0xFF never ended
+            # (then ESX's 5 s give-up): either way the stream is lost
+            await src.aclose()
+            self.conns[i] = await self._replacement(i)
             return
         if record:
             self.lat.append(src.stats.begin_receipt_latencies[-1])
