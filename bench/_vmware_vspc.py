@@ -61,9 +61,15 @@ def unavailable() -> str | None:
     """None if VMware's vSPC can run here, else why not (and how to fetch it)."""
     if not python().exists():
         return f"VMware's vSPC is not installed (run {FETCH_HINT}: {PACKAGE} into {VENV})"
-    check = subprocess.run(
-        [str(python()), "-I", str(SERVE), "--check"], capture_output=True, text=True, timeout=60
-    )
+    try:
+        check = subprocess.run(
+            [str(python()), "-I", str(SERVE), "--check"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"VMware's vSPC in {VENV} does not start ({e!r}); rerun {FETCH_HINT}"
     if check.returncode != 0:
         err = check.stderr.strip().splitlines()[-1:] or ["?"]
         return f"VMware's vSPC in {VENV} does not start ({err[0]}); rerun {FETCH_HINT}"
