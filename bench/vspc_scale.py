@@ -22,6 +22,9 @@ the same with ``direct``: a minimal trio server (bench-internal) that holds
 the same connections and answers a BEGIN frame with a GOAHEAD-shaped frame,
 i.e. the floor for any trio implementation. (socat forks a process per
 connection, so it has no meaningful per-connection figure at this scale.)
+With ``--modes ...,vmware`` it also runs VMware's public asyncio vSPC (PyPI
+vmware-vspc, installed by bench/fetch-peers; see bench/_vmware_vspc.py) with the
+same ESX hosts and probes; not installed, that mode is skipped with a note.
 The simulated ESX hosts stand for other machines: their worker processes run at
 ``--worker-nice`` (10) so that they yield the CPU to the server under test, the
 vSPC and the direct server alike (0 shares the CPU equally).
@@ -49,6 +52,7 @@ from _rounds import ainterleaved, median_run
 from _scale_hosts import Workers, sink_server, worker
 from _scale_probes import Probes
 from _steal import Watch, cpu_ticks, stamp, steal_since
+from _vmware_vspc import VmwareProbes, VmwareVspc, unavailable
 
 NAME = "vspc_scale"
 
@@ -80,7 +84,7 @@ def histogram_quantiles(metrics: str, name: str, qs: tuple[float, ...]) -> dict[
 
 
 class _Server:
-    """The server under test: the real ``vic vspc``, or the minimal trio server."""
+    """The server under test: ``vic vspc``, the minimal trio server, or VMware's vSPC."""
 
     def __init__(self, mode: str, workdir: Path, args: argparse.Namespace) -> None:
         self.mode = mode
@@ -90,6 +94,9 @@ class _Server:
             self.cm: Any = bl.run_vspc(workdir, profile=args.profile_vspc)
             self.v = self.cm.__enter__()
             self.pid, self.port = self.v.pid, self.v.port
+        elif mode == "vmware":  # bench/_vmware_vspc.py
+            self.peer = VmwareVspc(workdir)
+            self.pid, self.port = self.peer.pid, self.peer.port
         else:
             self.port = free_port()
             self.proc = subprocess.Popen(
@@ -106,12 +113,14 @@ class _Server:
                 result["vspc_stderr_tail"] = bl.tail(self.workdir / "vspc.stderr")
             self.cm.__exit__(None, None, None)
             result["vspc_stderr_tail"] = bl.tail(self.workdir / "vspc.stderr", 1500)
+        elif self.mode == "vmware":
+            self.peer.stop(result)
         else:
             bl.stop(self.proc)
 
 
 async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    """mode: "vspc" (the real vic vspc) or "direct" (the minimal trio server)."""
+    """mode: "vspc" (the real vic vspc), "direct" (the minimal trio server) or "vmware"."""
     workdir = Path(tempfile.mkdtemp(prefix=f"vspc-scale-{mode}-"))
     result: dict[str, Any] = {"mode": mode}
     probes_n = min(args.probes, args.vms)
@@ -120,7 +129,11 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         server = _Server(mode, workdir, args)  # harness set-up, before timing
         try:
             async with trio.open_nursery() as nursery:
-                probes = Probes(mode, server.port, nursery, args.vmotion_gap)
+                probes = (
+                    VmwareProbes(server.port, nursery, args.vmotion_gap)
+                    if mode == "vmware"
+                    else Probes(mode, server.port, nursery, args.vmotion_gap)
+                )
                 await probes.open(probes_n)
                 await probes.vmotions(min(2, args.vmotions), record=False)  # warm-up
                 rss0 = bl.rss_kib(server.pid)
@@ -132,6 +145,8 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                 )
                 await settle(server, args, result, rss0, connected)
                 await measure_vmotions(probes, server, args, result)
+                if isinstance(probes, VmwareProbes):
+                    result["vmware_peer"] = probes.peer_notes()
                 if server.v is not None:
                     await read_metrics(server.v, result)
                 result["worker_final"] = await workers.stop()
@@ -222,11 +237,14 @@ async def read_metrics(v: bl.Vspc, result: dict[str, Any]) -> None:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    modes = [m for m in ("vspc", "direct") if m in args.modes]
+    modes = [m for m in ("vspc", "direct", "vmware") if m in args.modes]
     notes: list[str] = []
     if "vspc" in modes and (reason := bl.vspc_available()) is not None:
         modes.remove("vspc")
         notes.append(f"vspc skipped: {reason}")
+    if "vmware" in modes and (reason := unavailable()) is not None:
+        modes.remove("vmware")
+        notes.append(f"vmware not measured: {reason}")
 
     async def one(rnd: int, mode: str) -> dict[str, Any]:
         print(f"--- round {rnd} {mode}: {args.vms} VMs in {args.workers} workers", flush=True)
@@ -305,6 +323,11 @@ def summarize(runs: dict[str, Any]) -> dict[str, Any]:
             d["begin_goahead_ms"]["p99"], 1e-9
         )
         summary["direct_kernel_p99_ms"] = d["begin_goahead_ms"]["kernel_p99"]
+    if "vmware" in runs:  # VMware's vSPC, the same ESX-like probes
+        w = runs["vmware"]["begin_goahead_ms"]
+        summary["p50_vs_vmware"] = r["begin_goahead_ms"]["p50"] / max(w["p50"], 1e-9)
+        summary["p99_vs_vmware"] = r["begin_goahead_ms"]["p99"] / max(w["p99"], 1e-9)
+        summary["vmware_rss_kib_per_vm"] = runs["vmware"]["rss_kib_per_vm"]
     return summary
 
 
@@ -362,7 +385,11 @@ def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     ap.add_argument("--vmotion-gap", type=float, default=0.05, help="mean seconds between vMotions")
     ap.add_argument("--concurrency", type=int, default=32, help="handshakes in flight per worker")
     ap.add_argument("--connect-timeout", type=float, default=1800.0)
-    ap.add_argument("--modes", default="vspc,direct")
+    ap.add_argument(
+        "--modes",
+        default="vspc,direct",
+        help="vspc, direct, vmware (VMware's vSPC: bench/fetch-peers installs it)",
+    )
     ap.add_argument("--rounds", type=int, default=1, help="runs of each mode, interleaved")
     ap.add_argument("--smoke", action="store_true", help="50 VMs, 5 vMotions (< 20 s)")
     ap.add_argument("--profile-vspc", type=Path, default=None, help="cProfile output for the vSPC")
