@@ -258,11 +258,14 @@ def _poke(pending: Sequence[Enlisted]) -> None:
         current_parker().wake(parked)
 
 
-def adopt_sockets(*fds: int) -> tuple[trio.SocketStream, ...]:
-    """The successor's streams on the fds it was passed (vm side, appliance side)."""
-    return tuple(
-        trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fd))) for fd in fds
-    )
+def adopt_socket(fd: int) -> trio.SocketStream:
+    """The successor's stream on a fd it was passed."""
+    return trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+
+
+def adopt_sockets(vm_fd: int, app_fd: int) -> tuple[trio.SocketStream, trio.SocketStream]:
+    """The successor's streams on the fds it was passed."""
+    return adopt_socket(vm_fd), adopt_socket(app_fd)
 
 
 class Taker(Protocol):
@@ -286,9 +289,9 @@ def adopt(d: Taker, batch: Batch) -> None:
     for state, fds, res in zip(batch.states, batch.fds, resumed, strict=True):
         app_side: trio.abc.Stream | None
         if res is None:
-            vm_side, app_side = adopt_sockets(*fds)
+            vm_side, app_side = adopt_sockets(*fds[:2])
         else:
-            vm_side, app_side = adopt_sockets(fds[0])[0], _resume(d, state, res)
+            vm_side, app_side = adopt_socket(fds[0]), _resume(d, state, res)
             if app_side is None:
                 vm_side.socket.close()
                 continue

@@ -31,6 +31,7 @@ import os
 
 import trio
 
+from common.io.fastsock import unthrottle_tcp
 from common.link.resumable import ResumableStream
 from common.link.resume_export import StreamImage, export_stream, let_go
 from relay.pump_freeze import Freeze
@@ -122,22 +123,25 @@ class VmView(trio.abc.HalfCloseableStream):
     def __init__(self, f: PeerFreeze) -> None:
         self.f = f
         self.vm = f.vm
+        unthrottle_tcp(f.vm.socket)  # (what the pump does for a socket it writes bulk into)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Read only when not asked to stop: a read that waits re-checks after the wait
+        (what trio's own ``recv`` does, with the check between wait and read)."""
         f, sock = self.f, self.vm.socket
         while True:
             if f.asked:
                 await f.gate()
-            await trio.lowlevel.wait_readable(sock)
-            if f.asked:
-                continue  # (asked meanwhile: nothing is read)
+                continue
             try:
                 data = os.read(sock.fileno(), max_bytes or READ_SIZE)
             except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
                 continue
             except OSError as e:
                 raise trio.BrokenResourceError(str(e)) from e
             f.up_holding = bool(data)
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
