@@ -56,6 +56,7 @@ import trio
 from common.io.listen import listening
 from common.io.unixlisten import UnixListener, open_unix_listener
 from common.ops import inherit, sdnotify
+from relay import handoff_holds as holds
 from relay.core.handoff_wire import Batch, Receiver, Released, WireError
 
 log = logging.getLogger("relay.handoff")
@@ -110,6 +111,7 @@ class Successor:
                 os.close(fd)
             return False
         finally:
+            holds.settled()
             await trio.aclose_forcefully(self.stream)
 
     async def _receive(self, rx: Receiver, adopt: Adopt) -> bool:
@@ -159,6 +161,7 @@ async def take_over(path: Path) -> Successor | None:
         raise OSError(f"handoff: {len(keys)} names for {len(fds)} sockets")
     inherit.adopt({k: socket.socket(fileno=fd) for k, fd in zip(keys, fds, strict=True)})
     log.info("taking over from relay pid %s: %d listening sockets", head["pid"], len(keys))
+    holds.taking_over()  # (connect-mode pipes wait: relay.handoff_holds)
     return Successor(sock, int(head["pid"]), keys)
 
 

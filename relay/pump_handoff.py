@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter
 from common.link.resumable import ResumableStream
 from common.link.resume_export import NotImageable, StreamImage, restore_stream
 from common.proto.link.header import OriginHeader
+from relay import handoff_holds as holds
 from relay.config import EgressConfig, RelayConfig
 from relay.core.handoff_wire import (
     Batch,
@@ -296,7 +297,8 @@ def adopt(d: Taker, batch: Batch) -> None:
                 vm_side.socket.close()
                 continue
         ticket = d.limits.carry_over(state.vm)
-        d._streams.start_soon(_carry_moved, d, state, vm_side, app_side, ticket)
+        held = holds.hold(state.peer) if state.kind == "pipe" else None
+        d._streams.start_soon(_carry_moved, d, state, vm_side, app_side, ticket, held)
     log.info("handoff: %d live streams taken over", len(batch.states))
 
 
@@ -323,6 +325,7 @@ async def _carry_moved(
     vm_side: trio.SocketStream,
     app_side: trio.abc.Stream,
     ticket: Ticket,
+    held: Callable[[], None] | None = None,
 ) -> None:
     log.info(
         "stream=%s route=%s vm=%s: taken over (%d bytes to appliance, %d to vm before)",
@@ -337,3 +340,5 @@ async def _carry_moved(
         )  # fmt: skip
     finally:
         d._release(ticket, None)
+        if held is not None:  # (a connect-mode pipe may connect again: relay.handoff_holds)
+            held()

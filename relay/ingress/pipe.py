@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from common.io.unixlisten import open_unix_listener
+from relay import handoff_holds as holds
 from relay.config import PipeListener
 from relay.ingress import BACKLOG, IngressSink, Origin, accept_loop, wait_done
 
@@ -65,6 +66,7 @@ async def _connect(cfg: PipeListener, sink: IngressSink, task_status: Any) -> No
     origin = _origin(cfg)
     down_logged = False
     while True:
+        await holds.wait_clear(str(cfg.path))  # (after a handoff: relay.handoff_holds)
         try:
             stream = await trio.open_unix_socket(str(cfg.path))
         except OSError as e:
