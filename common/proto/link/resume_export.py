@@ -76,7 +76,9 @@ def image(s: ResumeSession, handing: int, held: Iterable[Chunk]) -> SessionImage
 def restore(img: SessionImage, replay_limit: int, overflow: Overflow = "block") -> ResumeSession:
     """A detached session that carries ``img`` on (it resumes like one whose path
     was lost). The replay is kept whole even beyond ``replay_limit`` (the sender
-    waits until acknowledgements bring it under)."""
+    waits until acknowledgements bring it under). The far end may report any
+    offset up to what was written (not only ``max_sent``): the image is taken while
+    the old process still holds the path, and it may send more before it lets go."""
     img.check()
     s = ResumeSession(
         replay_limit, overflow=overflow, send_start=img.acked, recv_start=img.recv_offset
@@ -84,7 +86,9 @@ def restore(img: SessionImage, replay_limit: int, overflow: Overflow = "block") 
     if img.replay:
         s._unsent.append(img.replay)
         s._end += len(img.replay)
-    s._max_sent = img.max_sent
+    # every byte written counts as sent: the old process may still transmit what
+    # it held until it lets the stream go, so the far end may report any of it
+    s._max_sent = img.written
     s.handed = img.handed
     s._ack_sent = img.handed
     s._floor = img.floor

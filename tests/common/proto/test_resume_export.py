@@ -119,6 +119,29 @@ def test_a_restored_session_resumes_exactly(steps: list[tuple[str, int]]) -> Non
     assert bytes(out) == bytes(far_sent)  # every appliance byte once, in order
 
 
+@given(ops, st.integers(min_value=1, max_value=4096))
+def test_the_old_path_may_send_more_after_the_image(steps: list[tuple[str, int]], n: int) -> None:
+    """Between the image and letting go the old process still transmits what was
+    written (nothing new is written: its VM side is stopped): the far end's resume
+    point may be beyond what had been sent when the image was taken."""
+    near, far = Near(), ResumeSession(LIMIT)
+    far.resume(0)
+    far_out, far_sent = bytearray(), bytearray()
+    for op, k in steps:
+        _step(near, far, far_out, far_sent, op, k)
+    img = image(near.s, near.handing, near.held)
+    late = _send(near.s, far, n)  # the old link's writer, after the image
+    far_out += late
+    far.hand_on(len(late))
+    moved = restore(img, LIMIT)
+    far.detach()
+    far.resume(moved.resume_point()[0])
+    moved.resume(far.resume_point()[0])
+    moved.hand_on(len(img.pending))
+    far_out += _drain(moved, far)
+    assert bytes(far_out) == bytes(near.sent)
+
+
 @given(ops)
 def test_an_image_survives_its_numbers(steps: list[tuple[str, int]]) -> None:
     """What the wire carries rebuilds the same image; a changed number is refused."""
