@@ -123,6 +123,8 @@ class StreamMover:
             registry=registry,
         )
 
+        self.session_bytes = 0  # peer-route streams' replay and pending bytes passed
+
     def enlist(self, e: Enlisted) -> int:
         self.live[id(e)] = e
         return id(e)
@@ -160,8 +162,8 @@ class StreamMover:
             for e in asked:
                 self._call_off(e, SEND_FAILED if broken else NO_SAFE_POINT)
         log.info(
-            "handoff: %d of %d live streams moved in %.0f ms",
-            moved, total, (trio.current_time() - t0) * 1000,
+            "handoff: %d of %d live streams moved in %.0f ms (%d session bytes with them)",
+            moved, total, (trio.current_time() - t0) * 1000, self.session_bytes,
         )  # fmt: skip
         return moved
 
@@ -190,6 +192,7 @@ class StreamMover:
             for e, _r in part:
                 self._decide(e, True, MOVED)
             done += len(part)
+            self.session_bytes += sum(len(r.blob) for _e, r in part if r is not None)
         return done
 
     def _call_off(self, e: Enlisted, path: str) -> None:

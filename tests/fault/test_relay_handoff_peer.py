@@ -9,6 +9,7 @@ takes over while 50 VMs send numbered lines and read the echo.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -66,15 +67,29 @@ def _esx_b(pki: Pki, peer_port: int, app_port: int) -> Table:
     }
 
 
-async def _open(port: int, progress: Changed) -> list[EchoedVm]:
-    return [EchoedVm(i, await trio.open_tcp_stream(A, port), progress) for i in range(STREAMS)]
+class BulkVm(EchoedVm):
+    """A VM that writes flat out (56 kB at a time): replay buffers and windows fill."""
+
+    async def send(self) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            while not self.stop.is_set():
+                chunk = b"".join(b"%04d %08d\n" % (self.index, self.lines + i) for i in range(4000))
+                self.lines += 4000
+                self.sent += chunk
+                await self.stream.send_all(chunk)
+            await self.stream.send_eof()
+
+
+async def _open(port: int, progress: Changed, vm: type[EchoedVm], n: int) -> list[EchoedVm]:
+    return [vm(i, await trio.open_tcp_stream(A, port), progress) for i in range(n)]
 
 
 def _figures(old: Daemon, vms: list[EchoedVm], t0: float, ready: float, t1: float) -> str:
+    kind = f"{len(vms)} {'bulk' if isinstance(vms[0], BulkVm) else 'paced'}"
     gaps = sorted(v.longest_gap(t0, t1) for v in vms)
     moved = next(x for x in old.log_lines() if "live streams moved" in x)
     return (
-        f"\n{moved.split('handoff: ', 1)[-1]}\nhandoff of {STREAMS} peer-route streams: old "
+        f"\n{moved.split('handoff: ', 1)[-1]}\nhandoff of {kind} peer-route streams: old "
         f"process gone {(t1 - ready) * 1000:.0f} ms after the successor was READY "
         f"({(ready - t0) * 1000:.0f} ms after it was started); longest "
         f"echo gap per stream: median {gaps[len(gaps) // 2] * 1000:.0f} ms, max "
@@ -82,10 +97,14 @@ def _figures(old: Daemon, vms: list[EchoedVm], t0: float, ready: float, t1: floa
     )
 
 
-async def test_handoff_moves_peer_route_streams_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("vm_kind", "streams"), [(EchoedVm, STREAMS), (BulkVm, 10)])
+async def test_handoff_moves_peer_route_streams_exactly(
+    tmp_path: Path, vm_kind: type[EchoedVm], streams: int
+) -> None:
     """Every byte once, in order, both ways; none cut; the far relay keeps each
     session (no continuation, no second appliance connection); the old process
-    exits at once instead of draining for 30 s."""
+    exits at once instead of draining for 30 s. Paced consoles, and VMs writing
+    flat out (the replay and the bytes in flight are then large)."""
     app = Appliance(echo=True)
     pki = Pki(tmp_path / "pki")
     vm_port, peer_port = free_port(A), free_port(B)
@@ -97,7 +116,7 @@ async def test_handoff_moves_peer_route_streams_exactly(tmp_path: Path) -> None:
             await b.start()
             await old.start()
             progress = Changed()
-            vms = await _open(vm_port, progress)
+            vms = await _open(vm_port, progress, vm_kind, streams)
             async with trio.open_nursery() as traffic:
                 for vm in vms:
                     vm.start(traffic)
@@ -119,8 +138,8 @@ async def test_handoff_moves_peer_route_streams_exactly(tmp_path: Path) -> None:
         await vm.stream.aclose()
     received = sorted(bytes(r.data) for r in app.streams)
     assert received == sorted(bytes(v.sent) for v in vms)  # each once, one connection each
-    assert old.log().count("moved to the successor") == STREAMS
-    assert new.log().count("taken over (") == STREAMS
+    assert old.log().count("moved to the successor") == streams
+    assert new.log().count("taken over (") == streams
     assert "stays here" not in old.log() and "cut at the drain deadline" not in old.log()
     assert "continuing as" not in new.log()  # esx-b never lost a session
     assert "refused" not in b.log()
