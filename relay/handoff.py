@@ -25,7 +25,7 @@ that needs a restart) takes over instead of binding:
    and the successor resumes it on its own peer link. The successor pumps them
    on, so bytes not yet read wait in the kernel and none is lost or repeated.
    The other local streams (a TLS egress: Python's ssl cannot export its state;
-   a pipe, pty or serial ingress; a half-closed stream; a pump that found no
+   a FIFO-pair pipe, pty or serial ingress; a half-closed stream; a pump that found no
    safe point within ``MOVE_DEADLINE``) drain there
    (``timeouts.drain``) and are cut after it, as on SIGTERM; each stream's path is
    a log line and ``relay_handoff_streams_total{path}``. It answers ``released``

@@ -7,7 +7,7 @@ passes the stopped ones' sockets, VM side and appliance side, with their state
 (relay.core.handoff_wire) in batches of SCM_RIGHTS messages, then lets their
 pumps return with the sockets open; the carrier closes its copies. A stream that
 cannot move stays and drains as before (``timeouts.drain``, then cut): a TLS
-egress (Python's ssl cannot export a session), a pipe, pty or serial ingress, a
+egress (Python's ssl cannot export a session), a FIFO-pair pipe, pty or serial ingress, a
 half-closed stream, a copy-path pump, one that did not reach a safe point by
 the deadline; a session from a peer relay is left and resumes from the far side
 (relay.mesh), as before. A VM stream whose egress is a resumable stream on a
@@ -109,7 +109,7 @@ def why_not(vm_side: trio.abc.Stream, app_side: trio.abc.Stream, egress: str) ->
     if type(app_side) is not trio.SocketStream:
         return "tls" if isinstance(app_side, trio.SSLStream) else "egress_stream"
     if type(vm_side) is not trio.SocketStream:
-        return "ingress_stream"  # a pipe, a pty, a serial device, TLS
+        return "ingress_stream"  # a FIFO pair, a pty, a serial device, TLS
     return ""
 
 

@@ -10,6 +10,11 @@ client, so the relay is the other one:
 * ``fifo``: a FIFO pair as QEMU's pipe chardev uses: the relay reads
   ``<path>.out`` and writes ``<path>.in``; a stream starts when the VM side first
   writes and ends when it closes its end.
+
+A handoff (relay.handoff) passes a listen- or connect-mode stream (a Unix
+socket) to the successor; a successor's connect loop waits for the stream it
+was passed from that VM end to end before it connects (relay.handoff_holds).
+FIFO pairs cannot be handed over (the config refuses ``handoff-socket`` then).
 """
 
 from __future__ import annotations
