@@ -201,17 +201,13 @@ class RelayConfig:
     def _check_handoff(self) -> None:
         """Only what listens can be handed to the next process (relay.handoff): a
         device or an outgoing connection would be opened twice meanwhile; but a
-        connect-mode pipe whose stream can move (no TLS egress) is: its successor
-        waits for the stream it was passed (relay.handoff_holds)."""
+        connect-mode pipe is: its successor waits for the stream it was passed
+        and for the old process to exit (relay.handoff_holds)."""
         if self.handoff_socket is None:
             return
         held = [f"serial[{i}]" for i in range(len(self.serial))]
         held += [f"tcp[{i}]" for i, t in enumerate(self.tcp) if t.mode == "client"]
-        held += [
-            f"pipe[{i}]"
-            for i, p in enumerate(self.pipe)
-            if p.mode == "fifo" or (p.mode == "connect" and self._tls_egress(p.egress))
-        ]
+        held += [f"pipe[{i}]" for i, p in enumerate(self.pipe) if p.mode == "fifo"]
         require(
             not held,
             "handoff-socket",
@@ -266,10 +262,6 @@ class RelayConfig:
         if lst.egress:
             return self.egress[lst.egress]
         return self.default_egress()
-
-    def _tls_egress(self, name: str) -> bool:
-        e = self.egress.get(name) if name else (self.default_egress() if self.egress else None)
-        return e is not None and e.tls is not None
 
     def default_egress(self) -> EgressConfig:
         if "default" in self.egress:

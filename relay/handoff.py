@@ -161,7 +161,7 @@ async def take_over(path: Path) -> Successor | None:
         raise OSError(f"handoff: {len(keys)} names for {len(fds)} sockets")
     inherit.adopt({k: socket.socket(fileno=fd) for k, fd in zip(keys, fds, strict=True)})
     log.info("taking over from relay pid %s: %d listening sockets", head["pid"], len(keys))
-    holds.taking_over()  # (connect-mode pipes wait: relay.handoff_holds)
+    holds.taking_over(int(head["pid"]))  # (connect-mode pipes wait: relay.handoff_holds)
     return Successor(sock, int(head["pid"]), keys)
 
 
