@@ -29,6 +29,7 @@ from relay.metrics import COMPLETED, FAILED, RESET, TO_VM, RelayMetrics
 from relay.pump import IdleTimeout, PumpCounters, PumpTimeout, pump
 from relay.pump_freeze import Freeze
 from relay.pump_handoff import Enlisted, StreamMover, why_not
+from relay.pump_peer import PeerFreeze, movable, views
 
 log = logging.getLogger("relay")
 
@@ -257,22 +258,28 @@ class Carrier:
     ) -> None:
         """The pump, enlisted meanwhile for a handoff (relay.pump_handoff)."""
         why = why_not(stream, app_side, egress.kind)
-        freeze = None if why else Freeze()
+        freeze = None if why else movable(stream, app_side)
         key = self.mover.enlist(
             Enlisted(freeze, why, header, route, peer, egress.kind, stream, app_side, counters)
         )
+        a, b, scope = views(freeze, stream, app_side)
         try:
-            await pump(
-                stream,
-                app_side,
-                counters=counters,
-                idle_timeout=t.idle or None,
-                stall_timeout=t.stall or None,
-                pipes=self.pipes,
-                freeze=freeze,
-            )
+            with scope:  # (a peer-egress pump that moved is cancelled at its waits)
+                await pump(
+                    a,
+                    b,
+                    counters=counters,
+                    idle_timeout=t.idle or None,
+                    stall_timeout=t.stall or None,
+                    pipes=self.pipes,
+                    freeze=freeze if isinstance(freeze, Freeze) else None,
+                )
         finally:
             self.mover.discharge(key)
+            if isinstance(freeze, PeerFreeze):
+                freeze.ended = True
+                if freeze.moved:
+                    counters.end_reason = "moved"
 
     def _settle(self, st: Settling) -> None:
         """Count the stream's outcome and delivered bytes once its peer-link sessions

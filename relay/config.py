@@ -200,12 +200,14 @@ class RelayConfig:
 
     def _check_handoff(self) -> None:
         """Only what listens can be handed to the next process (relay.handoff): a
-        device or an outgoing connection would be opened twice meanwhile."""
+        device or an outgoing connection would be opened twice meanwhile; but a
+        connect-mode pipe is: its successor waits for the stream it was passed
+        and for the old process to exit (relay.handoff_holds)."""
         if self.handoff_socket is None:
             return
         held = [f"serial[{i}]" for i in range(len(self.serial))]
         held += [f"tcp[{i}]" for i, t in enumerate(self.tcp) if t.mode == "client"]
-        held += [f"pipe[{i}]" for i, p in enumerate(self.pipe) if p.mode != "listen"]
+        held += [f"pipe[{i}]" for i, p in enumerate(self.pipe) if p.mode == "fifo"]
         require(
             not held,
             "handoff-socket",

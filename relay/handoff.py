@@ -14,16 +14,19 @@ that needs a restart) takes over instead of binding:
    (RESET INTERNAL: retryable): each peer relay's resumable stream resumes against
    the new process at once, which answers UNKNOWN_SESSION, and the sender
    CONTINUES the stream from its last acknowledged byte (no loss, no repeat);
-4. it moves the live streams whose both ends are plain sockets (the VM's own
-   TCP/Unix/vsock connection and a TCP/Unix/vsock egress): each pump stops at a
-   safe point (nothing held in user space or a splice pipe; relay.pump_freeze),
-   and their socket pairs pass with each stream's state in batches of JSON lines
-   plus SCM_RIGHTS (relay.core.handoff_wire, relay.pump_handoff); the successor
-   pumps them on, so bytes not yet read wait in the kernel and none is lost or
-   repeated. The other local streams (a TLS egress: Python's ssl cannot export
-   its state; a pipe, pty or serial ingress; a VM stream over a peer-link egress,
-   whose resumable stream's state is not passed; a half-closed stream; a pump
-   that found no safe point within ``MOVE_DEADLINE``) drain there
+4. it moves the live streams whose VM side is a plain socket (the VM's own
+   TCP/Unix/vsock connection) and whose egress is a TCP/Unix/vsock socket or a
+   resumable stream on a peer route: each pump stops at a safe point (nothing
+   held in user space or a splice pipe; relay.pump_freeze, relay.pump_peer),
+   and their sockets pass with each stream's state in batches of JSON lines
+   plus SCM_RIGHTS (relay.core.handoff_wire, relay.pump_handoff); a peer-route
+   stream passes its session too (offsets, replay bytes, bytes not yet written
+   to the VM: common.link.resume_export) and is let go here without a frame,
+   and the successor resumes it on its own peer link. The successor pumps them
+   on, so bytes not yet read wait in the kernel and none is lost or repeated.
+   The other local streams (a TLS egress: Python's ssl cannot export its state;
+   a FIFO-pair pipe, pty or serial ingress; a half-closed stream; a pump that found no
+   safe point within ``MOVE_DEADLINE``) drain there
    (``timeouts.drain``) and are cut after it, as on SIGTERM; each stream's path is
    a log line and ``relay_handoff_streams_total{path}``. It answers ``released``
    and exits once its last stream is gone.
@@ -53,6 +56,7 @@ import trio
 from common.io.listen import listening
 from common.io.unixlisten import UnixListener, open_unix_listener
 from common.ops import inherit, sdnotify
+from relay import handoff_holds as holds
 from relay.core.handoff_wire import Batch, Receiver, Released, WireError
 
 log = logging.getLogger("relay.handoff")
@@ -107,6 +111,7 @@ class Successor:
                 os.close(fd)
             return False
         finally:
+            holds.settled()
             await trio.aclose_forcefully(self.stream)
 
     async def _receive(self, rx: Receiver, adopt: Adopt) -> bool:
@@ -156,6 +161,7 @@ async def take_over(path: Path) -> Successor | None:
         raise OSError(f"handoff: {len(keys)} names for {len(fds)} sockets")
     inherit.adopt({k: socket.socket(fileno=fd) for k, fd in zip(keys, fds, strict=True)})
     log.info("taking over from relay pid %s: %d listening sockets", head["pid"], len(keys))
+    holds.taking_over(int(head["pid"]))  # (connect-mode pipes wait: relay.handoff_holds)
     return Successor(sock, int(head["pid"]), keys)
 
 

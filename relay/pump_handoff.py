@@ -7,12 +7,13 @@ passes the stopped ones' sockets, VM side and appliance side, with their state
 (relay.core.handoff_wire) in batches of SCM_RIGHTS messages, then lets their
 pumps return with the sockets open; the carrier closes its copies. A stream that
 cannot move stays and drains as before (``timeouts.drain``, then cut): a TLS
-egress (Python's ssl cannot export a session), a pipe, pty or serial ingress, a
+egress (Python's ssl cannot export a session), a FIFO-pair pipe, pty or serial ingress, a
 half-closed stream, a copy-path pump, one that did not reach a safe point by
-the deadline, and a VM stream whose egress is a peer route (its resumable
-stream's offsets and replay bytes are not exported); a session from a peer relay
-is left and resumes from the far side (relay.mesh), as before. Each stream's path is one log line
-and ``relay_handoff_streams_total{path}``.
+the deadline; a session from a peer relay is left and resumes from the far side
+(relay.mesh), as before. A VM stream whose egress is a resumable stream on a
+peer route moves with its session's state (relay.pump_peer,
+common.link.resume_export): the successor resumes it on its own peer link.
+Each stream's path is one log line and ``relay_handoff_streams_total{path}``.
 
 The successor: ``adopt_sockets`` turns a received batch's fds into streams.
 """
@@ -29,13 +30,23 @@ import trio
 from prometheus_client import CollectorRegistry, Counter
 
 from common.link.resumable import ResumableStream
+from common.link.resume_export import NotImageable, StreamImage, restore_stream
 from common.proto.link.header import OriginHeader
+from relay import handoff_holds as holds
 from relay.config import EgressConfig, RelayConfig
-from relay.core.handoff_wire import Batch, StreamState, batches, encode_batch, per_batch
+from relay.core.handoff_wire import (
+    Batch,
+    Resumed,
+    StreamState,
+    batches,
+    encode_batch,
+    per_batch,
+)
 from relay.egress import EgressConnection
 from relay.limits import Limits, Ticket
 from relay.park import current_parker
 from relay.pump_freeze import Freeze
+from relay.pump_peer import PeerFreeze
 from relay.pump_state import PumpCounters
 
 log = logging.getLogger("relay.handoff")
@@ -43,6 +54,7 @@ log = logging.getLogger("relay.handoff")
 MOVE_DEADLINE = 2.0  # seconds for every movable pump to reach a safe point
 POLL = 0.002  # how often the mover looks for pumps at a safe point
 SEND_TIMEOUT = 10.0  # one batch to the successor
+BATCH_BYTES = 64 << 20  # session bytes (replay, pending) after one batch line
 
 MOVED = "moved"
 NO_SAFE_POINT = "no_safe_point"
@@ -55,7 +67,7 @@ SendBatch = Callable[[bytes, Sequence[int]], Awaitable[None]]
 class Enlisted:
     """A pumped stream, while its pump runs."""
 
-    freeze: Freeze | None  # None: it cannot move (``why``)
+    freeze: Freeze | PeerFreeze | None  # None: it cannot move (``why``)
     why: str
     header: OriginHeader
     route: str
@@ -72,8 +84,17 @@ class Enlisted:
             c.a_to_b, c.b_to_a,
         )  # fmt: skip
 
-    def fds(self) -> tuple[int, int]:
+    def resumed(self) -> Resumed | None:
+        """A peer-egress stream's session state, taken now (raises NotImageable)."""
+        if not isinstance(self.freeze, PeerFreeze):
+            return None
+        img = self.freeze.snapshot()
+        return Resumed(img.session_id, img.header, img.session)
+
+    def fds(self) -> tuple[int, ...]:
         assert isinstance(self.vm_side, trio.SocketStream)
+        if isinstance(self.freeze, PeerFreeze):
+            return (self.vm_side.socket.fileno(),)
         assert isinstance(self.app_side, trio.SocketStream)
         return self.vm_side.socket.fileno(), self.app_side.socket.fileno()
 
@@ -82,12 +103,13 @@ def why_not(vm_side: trio.abc.Stream, app_side: trio.abc.Stream, egress: str) ->
     """Why a stream cannot move ("" = it can)."""
     if isinstance(vm_side, ResumableStream):
         return "peer_session"  # it resumes from the far side (relay.mesh.hand_off)
-    if egress == "peer":
-        return "peer_egress"  # its resumable stream's state is not passed (yet): drains
+    if egress == "peer":  # it moves with its session's state (relay.pump_peer)
+        ok = type(vm_side) is trio.SocketStream and isinstance(app_side, ResumableStream)
+        return "" if ok else "peer_egress"
     if type(app_side) is not trio.SocketStream:
         return "tls" if isinstance(app_side, trio.SSLStream) else "egress_stream"
     if type(vm_side) is not trio.SocketStream:
-        return "ingress_stream"  # a pipe, a pty, a serial device, TLS
+        return "ingress_stream"  # a FIFO pair, a pty, a serial device, TLS
     return ""
 
 
@@ -100,6 +122,8 @@ class StreamMover:
             ["path"],
             registry=registry,
         )
+
+        self.session_bytes = 0  # peer-route streams' replay and pending bytes passed
 
     def enlist(self, e: Enlisted) -> int:
         self.live[id(e)] = e
@@ -138,8 +162,8 @@ class StreamMover:
             for e in asked:
                 self._call_off(e, SEND_FAILED if broken else NO_SAFE_POINT)
         log.info(
-            "handoff: %d of %d live streams moved in %.0f ms",
-            moved, total, (trio.current_time() - t0) * 1000,
+            "handoff: %d of %d live streams moved in %.0f ms (%d session bytes with them)",
+            moved, total, (trio.current_time() - t0) * 1000, self.session_bytes,
         )  # fmt: skip
         return moved
 
@@ -149,18 +173,27 @@ class StreamMover:
         # still held (a drain cut may have ended a pump since): checked with no
         # checkpoint before the send, so no fd is closed under it
         batch = [e for e in batch if _frozen(e)]
-        if not batch:
-            return 0
-        fds = [fd for e in batch for fd in e.fds()]
-        try:
-            with trio.CancelScope(shield=True), trio.fail_after(SEND_TIMEOUT):
-                await send(encode_batch([e.state() for e in batch]), fds)
-        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-            log.warning("handoff: could not pass %d streams: %s", len(batch), exc)
-            return -1
-        for e in batch:
-            self._decide(e, True, MOVED)
-        return len(batch)
+        taken: list[tuple[Enlisted, Resumed | None]] = []
+        for e in batch:  # (no checkpoint: the states are those of the fds passed)
+            try:
+                taken.append((e, e.resumed()))
+            except NotImageable as exc:  # (a half-closed session, ...)
+                self._decide(e, False, str(exc))
+        done = 0
+        for part in _by_bytes(taken):
+            fds = [fd for e, _r in part for fd in e.fds()]
+            line = encode_batch([e.state() for e, _r in part], [r for _e, r in part])
+            try:
+                with trio.CancelScope(shield=True), trio.fail_after(SEND_TIMEOUT):
+                    await send(line, fds)
+            except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+                log.warning("handoff: could not pass %d streams: %s", len(part), exc)
+                return -1
+            for e, _r in part:
+                self._decide(e, True, MOVED)
+            done += len(part)
+            self.session_bytes += sum(len(r.blob) for _e, r in part if r is not None)
+        return done
 
     def _call_off(self, e: Enlisted, path: str) -> None:
         """Not moved: its pump runs on here (counted unless it had ended anyway)."""
@@ -192,6 +225,22 @@ class StreamMover:
             )  # fmt: skip
 
 
+def _by_bytes(
+    taken: Sequence[tuple[Enlisted, Resumed | None]],
+) -> list[list[tuple[Enlisted, Resumed | None]]]:
+    """Streams in lines of at most BATCH_BYTES session bytes (at least one each)."""
+    parts: list[list[tuple[Enlisted, Resumed | None]]] = []
+    size = BATCH_BYTES
+    for item in taken:
+        n = len(item[1].blob) if item[1] is not None else 0
+        if not parts or size + n > BATCH_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append(item)
+        size += n
+    return parts
+
+
 def _frozen(e: Enlisted) -> bool:
     return e.freeze is not None and e.freeze.frozen and not e.freeze.decided
 
@@ -213,11 +262,14 @@ def _poke(pending: Sequence[Enlisted]) -> None:
         current_parker().wake(parked)
 
 
+def adopt_socket(fd: int) -> trio.SocketStream:
+    """The successor's stream on a fd it was passed."""
+    return trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+
+
 def adopt_sockets(vm_fd: int, app_fd: int) -> tuple[trio.SocketStream, trio.SocketStream]:
     """The successor's streams on the fds it was passed."""
-    vm = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=vm_fd)))
-    app = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=app_fd)))
-    return vm, app
+    return adopt_socket(vm_fd), adopt_socket(app_fd)
 
 
 class Taker(Protocol):
@@ -237,19 +289,46 @@ def adopt(d: Taker, batch: Batch) -> None:
     """The successor: carry on the streams of a batch the predecessor passed (each
     counted against the limits, never refused: it is live already)."""
     assert d.limits is not None and d._streams is not None
-    for state, (vm_fd, app_fd) in zip(batch.states, batch.fds, strict=True):
-        vm_side, app_side = adopt_sockets(vm_fd, app_fd)
+    resumed = batch.resumed or (None,) * len(batch.states)
+    for state, fds, res in zip(batch.states, batch.fds, resumed, strict=True):
+        app_side: trio.abc.Stream | None
+        if res is None:
+            vm_side, app_side = adopt_sockets(*fds[:2])
+        else:
+            vm_side, app_side = adopt_socket(fds[0]), _resume(d, state, res)
+            if app_side is None:
+                vm_side.socket.close()
+                continue
         ticket = d.limits.carry_over(state.vm)
-        d._streams.start_soon(_carry_moved, d, state, vm_side, app_side, ticket)
+        held = holds.hold(state.peer) if state.kind == "pipe" else None
+        d._streams.start_soon(_carry_moved, d, state, vm_side, app_side, ticket, held)
     log.info("handoff: %d live streams taken over", len(batch.states))
+
+
+def _resume(d: Taker, state: StreamState, res: Resumed) -> ResumableStream | None:
+    """The successor's resumable stream for a passed session, on its own route."""
+    egress = d._egress_by_route.get(state.route) or d.config.default_egress()
+    router = d._carrier.mesh.routers.get(egress.route) if egress.kind == "peer" else None
+    if router is None:
+        log.warning(
+            "stream=%s route=%s vm=%s: passed with a peer session but this config has no "
+            "peer route for it: closed",
+            state.sid, state.route, state.vm,
+        )  # fmt: skip
+        return None
+    assert d._streams is not None
+    st = restore_stream(StreamImage(res.session_id, res.header, res.image), router)
+    d._streams.start_soon(st.run)
+    return st
 
 
 async def _carry_moved(
     d: Taker,
     state: StreamState,
     vm_side: trio.SocketStream,
-    app_side: trio.SocketStream,
+    app_side: trio.abc.Stream,
     ticket: Ticket,
+    held: Callable[[], None] | None = None,
 ) -> None:
     log.info(
         "stream=%s route=%s vm=%s: taken over (%d bytes to appliance, %d to vm before)",
@@ -264,3 +343,5 @@ async def _carry_moved(
         )  # fmt: skip
     finally:
         d._release(ticket, None)
+        if held is not None:  # (a connect-mode pipe may connect again: relay.handoff_holds)
+            held()

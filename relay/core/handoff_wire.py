@@ -5,10 +5,15 @@ safe point (relay.pump_freeze) and passes its two connected sockets, the VM side
 and the appliance side, with what the successor needs to carry the stream on.
 On the handoff connection, between ``ready`` and ``released``::
 
-    {"streams": [STATE, ...], "fds": 2 * len(streams)}\\n   (+ SCM_RIGHTS: vm0, app0, vm1, ...)
+    {"streams": [STATE, ...], "fds": N}\\n   (+ SCM_RIGHTS: vm0, app0, vm1, ...)
+    REPLAY0 PENDING0 REPLAY1 ...            (raw bytes, lengths declared in the line)
 
 one line per batch of at most ``per_batch(max_fds)`` streams, the fds riding with
-the line's bytes; then ``released``. A STATE is ``StreamState.to_json()``.
+the line's bytes; then ``released``. A STATE is ``StreamState.to_json()``. A
+stream whose egress is a resumable stream on a peer link passes one fd (its VM
+side) and its session instead (``Resumed``: the session id, the origin header,
+the offsets; its replay bytes and the bytes received but not yet written to the
+VM follow the line, in stream order, their lengths in ``STATE["resume"]``).
 
 ``Receiver`` is the successor's side: bytes and fds in (in arrival order),
 ``Batch`` and ``Released`` events out. Bad input is a ``WireError`` carrying a
@@ -23,8 +28,12 @@ from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from typing import Any, TypeVar
 
-FDS_PER_STREAM = 2  # the VM side, then the appliance side
+from common.proto.link.resume_export import SessionImage
+
+FDS_PER_STREAM = 2  # the VM side, then the appliance side (a resumed stream: the VM side)
 MAX_LINE = 1 << 20  # a batch of 125 states is ~40 KB
+MAX_BYTES = 1 << 30  # replay and pending bytes following one line (the sender keeps it
+# far lower: ``byte_batches``)
 RELEASED = b"released"
 
 T = TypeVar("T")
@@ -36,6 +45,7 @@ class WireCode(Enum):
     BAD_STATE = "bad_state"
     FD_COUNT = "fd_count"
     UNEXPECTED = "unexpected"
+    TOO_BIG = "too_big"
 
 
 class WireError(Exception):
@@ -78,6 +88,63 @@ class StreamState:
         return cls(**values)
 
 
+_IMAGE_INTS = ("acked", "max_sent", "recv_offset", "handed", "floor")
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A resumable peer-link stream passed with its session (no appliance-side fd)."""
+
+    session_id: bytes
+    header: bytes  # the origin header its OPEN carries
+    image: SessionImage
+
+    def to_json(self) -> dict[str, Any]:
+        img = self.image
+        head: dict[str, Any] = {k: getattr(img, k) for k in _IMAGE_INTS}
+        head |= {"session": self.session_id.hex(), "header": self.header.hex()}
+        return head | {"replay": len(img.replay), "pending": len(img.pending)}
+
+    @property
+    def blob(self) -> bytes:
+        return self.image.replay + self.image.pending
+
+
+@dataclass(frozen=True, slots=True)
+class _ResumeHead:
+    """A ``Resumed`` as its line declares it, before its bytes arrived."""
+
+    session_id: bytes
+    header: bytes
+    ints: tuple[int, ...]
+    replay: int
+    pending: int
+
+    @classmethod
+    def from_json(cls, obj: object) -> _ResumeHead:
+        if not isinstance(obj, dict):
+            raise WireError(WireCode.BAD_STATE, "resume: not an object")
+        ints = tuple(obj.get(k) for k in (*_IMAGE_INTS, "replay", "pending"))
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
+            raise WireError(WireCode.BAD_STATE, "resume: offsets")
+        try:
+            sid, header = bytes.fromhex(obj["session"]), bytes.fromhex(obj["header"])
+        except (KeyError, TypeError, ValueError):
+            raise WireError(WireCode.BAD_STATE, "resume: session or header") from None
+        n = len(_IMAGE_INTS)
+        return cls(sid, header, ints[:n], ints[n], ints[n + 1])  # type: ignore[arg-type]
+
+    def complete(self, blob: bytes) -> Resumed:
+        replay, pending = blob[: self.replay], blob[self.replay :]
+        acked, max_sent, recv_offset, handed, floor = self.ints
+        img = SessionImage(acked, max_sent, replay, recv_offset, handed, floor, pending)
+        try:
+            img.check()
+        except ValueError:
+            raise WireError(WireCode.BAD_STATE, "resume: offsets do not add up") from None
+        return Resumed(self.session_id, self.header, img)
+
+
 def per_batch(max_fds: int) -> int:
     """Streams in one message when a message carries at most ``max_fds`` fds."""
     return max(1, max_fds // FDS_PER_STREAM)
@@ -88,18 +155,32 @@ def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[i : i + size]
 
 
-def encode_batch(states: Sequence[StreamState]) -> bytes:
-    """The line that carries ``states``; send it with their fds (vm, app, vm, app...)."""
-    body = {"streams": [s.to_json() for s in states], "fds": FDS_PER_STREAM * len(states)}
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+def encode_batch(
+    states: Sequence[StreamState], resumed: Sequence[Resumed | None] | None = None
+) -> bytes:
+    """The line that carries ``states`` and the bytes after it; send it with their
+    fds (vm, app, vm, app... ; a resumed stream: its vm side only)."""
+    res = list(resumed) if resumed is not None else [None] * len(states)
+    items = []
+    for st, r in zip(states, res, strict=True):
+        obj = st.to_json()
+        if r is not None:
+            obj["resume"] = r.to_json()
+        items.append(obj)
+    nfds = sum(1 if r is not None else FDS_PER_STREAM for r in res)
+    body = {"streams": items, "fds": nfds}
+    line = json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    return line + b"".join(r.blob for r in res if r is not None)
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Streams passed over; ``fds[i]`` is (vm side, appliance side) of ``states[i]``."""
+    """Streams passed over; ``fds[i]`` is (vm side, appliance side) of ``states[i]``,
+    or (vm side,) with its session in ``resumed[i]``."""
 
     states: tuple[StreamState, ...]
-    fds: tuple[tuple[int, int], ...]
+    fds: tuple[tuple[int, ...], ...]
+    resumed: tuple[Resumed | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +194,14 @@ Event = Batch | Released
 class Receiver:
     """The successor's side, from ``ready`` on: ``feed(data, fds)`` -> events."""
 
-    def __init__(self, max_line: int = MAX_LINE) -> None:
+    def __init__(self, max_line: int = MAX_LINE, max_bytes: int = MAX_BYTES) -> None:
         self.max_line = max_line
+        self.max_bytes = max_bytes
         self._buf = bytearray()
         self._fds: list[int] = []
+        # a line read, waiting for the bytes it declared
+        self._head: tuple[tuple[StreamState, ...], tuple[_ResumeHead | None, ...]] | None = None
+        self._want = 0
         self.done = False
 
     @property
@@ -129,6 +214,11 @@ class Receiver:
         self._buf += data
         out: list[Event] = []
         while not self.done:
+            if self._head is not None:
+                if len(self._buf) < self._want:
+                    break
+                out.append(self._complete())
+                continue
             nl = self._buf.find(b"\n")
             if nl < 0:
                 if len(self._buf) > self.max_line:
@@ -136,10 +226,12 @@ class Receiver:
                 break
             line = bytes(self._buf[:nl]).strip()
             del self._buf[: nl + 1]
-            out.append(self._line(line))
+            ev = self._line(line)
+            if ev is not None:
+                out.append(ev)
         return out
 
-    def _line(self, line: bytes) -> Event:
+    def _line(self, line: bytes) -> Event | None:
         if line == RELEASED:
             self.done = True
             return Released()
@@ -149,10 +241,34 @@ class Receiver:
             raise WireError(WireCode.NOT_JSON, str(e)) from None
         if not isinstance(obj, dict) or not isinstance(obj.get("streams"), list):
             raise WireError(WireCode.UNEXPECTED, "no streams list")
-        states = tuple(StreamState.from_json(s) for s in obj["streams"])
-        n = FDS_PER_STREAM * len(states)
+        items = obj["streams"]
+        states = tuple(StreamState.from_json(s) for s in items)
+        heads = tuple(_ResumeHead.from_json(s["resume"]) if "resume" in s else None for s in items)
+        want = sum(h.replay + h.pending for h in heads if h is not None)
+        if want > self.max_bytes:
+            raise WireError(WireCode.TOO_BIG, f"{want} bytes of sessions in one batch")
+        n = sum(1 if h is not None else FDS_PER_STREAM for h in heads)
         if obj.get("fds") != n or len(self._fds) < n:
             raise WireError(WireCode.FD_COUNT, f"{len(self._fds)} fds for {len(states)} streams")
-        taken, self._fds = self._fds[:n], self._fds[n:]
-        pairs = tuple((taken[i], taken[i + 1]) for i in range(0, n, FDS_PER_STREAM))
-        return Batch(states, pairs)
+        self._head, self._want = (states, heads), want
+        return self._complete() if len(self._buf) >= want else None
+
+    def _complete(self) -> Batch:
+        assert self._head is not None
+        states, heads = self._head
+        blob, self._head = bytes(self._buf[: self._want]), None
+        del self._buf[: self._want]
+        fds: list[tuple[int, ...]] = []
+        resumed: list[Resumed | None] = []
+        pos = 0
+        for h in heads:
+            k = 1 if h is not None else FDS_PER_STREAM
+            fds.append(tuple(self._fds[:k]))
+            del self._fds[:k]
+            if h is None:
+                resumed.append(None)
+                continue
+            size = h.replay + h.pending
+            resumed.append(h.complete(blob[pos : pos + size]))
+            pos += size
+        return Batch(states, tuple(fds), tuple(resumed))

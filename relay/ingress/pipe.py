@@ -10,6 +10,11 @@ client, so the relay is the other one:
 * ``fifo``: a FIFO pair as QEMU's pipe chardev uses: the relay reads
   ``<path>.out`` and writes ``<path>.in``; a stream starts when the VM side first
   writes and ends when it closes its end.
+
+A handoff (relay.handoff) passes a listen- or connect-mode stream (a Unix
+socket) to the successor; a successor's connect loop waits for the stream it
+was passed from that VM end to end before it connects (relay.handoff_holds).
+FIFO pairs cannot be handed over (the config refuses ``handoff-socket`` then).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 import trio
 
 from common.io.unixlisten import open_unix_listener
+from relay import handoff_holds as holds
 from relay.config import PipeListener
 from relay.ingress import BACKLOG, IngressSink, Origin, accept_loop, wait_done
 
@@ -65,6 +71,7 @@ async def _connect(cfg: PipeListener, sink: IngressSink, task_status: Any) -> No
     origin = _origin(cfg)
     down_logged = False
     while True:
+        await holds.wait_clear(str(cfg.path))  # (after a handoff: relay.handoff_holds)
         try:
             stream = await trio.open_unix_socket(str(cfg.path))
         except OSError as e:

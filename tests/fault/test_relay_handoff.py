@@ -211,9 +211,10 @@ async def test_plain_restart_for_comparison(tmp_path: Path) -> None:
 
 
 async def test_handoff_of_the_ingress_relay_keeps_every_port_open(tmp_path: Path) -> None:
-    """esx-a holds the VM's own connection, which cannot move: it goes on in the old
-    process (its drain) while the new one answers on the VM port, the admin socket
-    and the metrics port, none of which refuses a connection meanwhile."""
+    """esx-a holds the VM's own connection, whose egress is a peer route: it moves to
+    the new process with its session (relay.pump_peer), which resumes it on its own
+    link, while the new one answers on the VM port, the admin socket and the
+    metrics port, none of which refuses a connection meanwhile."""
     async with Daemons(tmp_path) as ds:
         mesh = Mesh(tmp_path, ds, role="egress")
         cfg = mesh.a.config
@@ -242,23 +243,23 @@ async def test_handoff_of_the_ingress_relay_keeps_every_port_open(tmp_path: Path
                     n.start_soon(p.run)
                 await a2.start()
                 await a2.expect_state(f"MAINPID={a2.pid}")  # systemd follows the successor
-                # the old process still carries the VM's stream: it keeps flowing
+                # the VM's stream moved: the old process is gone, the stream flows on
+                assert await mesh.a.wait_exit(timeout=20) == 0
                 await mesh.wait_console_log(vm.sent + 300_000)
-                assert mesh.a.running
                 reply = await admin_request(admin, {"cmd": "route.show"})
                 assert reply["ok"] and reply["routes"]["appliance"]["source"] == "file"
                 vm.stop.set()
                 await vm.stopped.wait()
                 data = counter(0, vm.lines)
                 got = await mesh.wait_console_log(len(data), timeout=60)
-                await vm.stream.aclose()  # its stream ends: the old process exits
-                assert await mesh.a.wait_exit(timeout=30) == 0
+                await vm.stream.aclose()
                 n.cancel_scope.cancel()
         assert got == data, explain(got, data)
         for p in probers:
             assert p.attempts > 10 and p.refused == 0, vars(p)
         assert "handed off: no new streams; draining" in mesh.a.log()
-        assert "stays here (peer_egress) and drains" in mesh.a.log()  # not passed (yet)
+        assert "moved to the successor" in mesh.a.log()
+        assert "continuing as" not in a2.log()  # esx-b kept the session
 
 
 @pytest.mark.parametrize("egress", ["tcp", "unix"])

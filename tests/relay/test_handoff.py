@@ -73,3 +73,21 @@ def test_handoff_with_a_device_or_outgoing_listener_is_refused(tmp_path: Path) -
     cfg.write_text(base + client)
     line = assert_one_line(run_vic("relay", cfg, "--check"), "handoff-socket")
     assert "tcp[1]" in line
+
+
+def test_handoff_takes_a_connect_mode_pipe_and_refuses_a_fifo(tmp_path: Path) -> None:
+    """A connect-mode pipe's successor waits for the stream it is passed before it
+    connects, and for the old process to exit (relay.handoff_holds): so also with
+    a TLS egress, whose stream stays there; a FIFO pair would be read by both."""
+    cfg = tmp_path / "relay.toml"
+    base = relay_toml(7000, free_port(), tmp_path / "h.sock")
+    pipe = f'[[pipe]]\nname = "p"\nvm = "vm2"\npath = "{tmp_path / "p"}"\nmode = "%s"\n'
+    cfg.write_text(base + pipe % "connect")
+    assert run_vic("relay", cfg, "--check").returncode == 0
+    cfg.write_text(base + pipe % "fifo")
+    line = assert_one_line(run_vic("relay", cfg, "--check"), "handoff-socket")
+    assert "pipe[0]" in line
+    tls = '[egress.secure]\nkind = "tcp"\nhost = "127.0.0.1"\nport = 1\n'
+    tls += '[egress.secure.tls]\nca = "/ca.pem"\n'
+    cfg.write_text(base + pipe % "connect" + 'egress = "secure"\n' + tls)
+    assert run_vic("relay", cfg, "--check").returncode == 0
