@@ -74,9 +74,9 @@ class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
                 pos += k
                 if pool is not None:
                     self._recharge()
-                self._notify()
+                self._kick_send()  # (nobody waits for a write: no wakeups)
             else:
-                await self._wait()
+                await self._tx_wake.wait()
 
     @property
     def replay_buffered(self) -> int:
@@ -90,11 +90,11 @@ class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
     async def _wait_pool(self, pool: ReplayPool) -> None:
         """Until the pool has room (we are woken in turn) or our own acks free some."""
         pool.enqueue(self)
-        await self._wait()
+        await self._tx_wake.wait()
 
     async def wait_send_all_might_not_block(self) -> None:
         while self.session.room() == 0 and not self.machine.ended:
-            await self._wait()
+            await self._tx_wake.wait()
 
     async def send_eof(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -128,7 +128,7 @@ class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
                 raise self._failure
             if m.app_closed:
                 raise trio.ClosedResourceError("stream was closed")
-            await self._wait()
+            await self._rx_wake.wait()
 
     def _take(self, limit: int) -> bytes | bytearray:
         parts: list[bytes | bytearray | memoryview] = []
