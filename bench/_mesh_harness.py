@@ -185,8 +185,10 @@ def make_certs(d: Path) -> None:
         certs.issue(d, "host", name, dns_names=("localhost",))
 
 
-def start_ours(sink_port: int, certs: Path | None, kill_every: float = 0.0) -> list[Proc]:
-    me = [sys.executable, str(SCRIPT)]
+def start_ours(
+    sink_port: int, certs: Path | None, kill_every: float = 0.0, script: Path = SCRIPT
+) -> list[Proc]:
+    me = [sys.executable, str(script)]
     tls = ["--certs", str(certs)] if certs else []
     egress = Proc([*me, "--role", "egress", "--sink", f"127.0.0.1:{sink_port}", *tls])
     try:

@@ -25,7 +25,7 @@ from relay.pump import pump
 
 
 def link_config() -> LinkConfig:
-    frame = int(os.environ.get("VIC_MESH_FRAME_KB", "256")) * 1024
+    frame = int(os.environ.get("VIC_MESH_FRAME_KB", "1024")) * 1024
     return LinkConfig(
         mux=MuxConfig(max_payload=frame),
         reconnect_min=0.01,

@@ -19,6 +19,11 @@ Scenarios, each in the same run as its comparison:
 Relays run as separate processes (``--role ingress|egress``); client and sink run
 here. Writes JSON + PNG to bench/results (or $VIC_BENCH_RESULTS). ``--smoke``:
 tiny sizes, one repetition, < 20 s.
+
+Quick A/B of the link code: ``--only bulk --contenders ours_tls,socat_tls,base_tls
+--ab-tree DIR`` runs the relays of another checkout (DIR, e.g. ``git archive`` of
+the commit before a change) as ``base_*``, interleaved with ours and socat in
+every repetition; the ratios then include ours / base.
 """
 
 from __future__ import annotations
@@ -85,7 +90,7 @@ def bench(args: argparse.Namespace) -> int:
     }
     only = set(args.only or ["bulk", "streams", "kill"])
     try:
-        bulk = Bulk(sink, certs, size, base, socat)
+        bulk = Bulk(sink, certs, size, base, socat, args.ab_tree, args.contenders)
         bulk.run(results, reps if "bulk" in only else 0)
         if "streams" in only:
             warm, measure = (0.5, 1.5) if smoke else (args.warm, args.measure)
@@ -105,7 +110,16 @@ def bench(args: argparse.Namespace) -> int:
 class Bulk:
     """Scenario 1: one bulk stream through each contender, ``reps`` times in turn."""
 
-    def __init__(self, sink: Sink, certs: Path, size: int, base: bytes, socat: bool) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        certs: Path,
+        size: int,
+        base: bytes,
+        socat: bool,
+        ab_tree: str | None = None,
+        contenders: str | None = None,
+    ) -> None:
         self.sink, self.size, self.base, self.socat = sink, size, base, socat
         self.configs: list[tuple[str, Any]] = [  # (name, start function)
             ("direct", None),
@@ -117,13 +131,28 @@ class Bulk:
                 ("socat_tls", lambda: start_socat(sink.port, certs)),
                 ("socat_plain", lambda: start_socat(sink.port, None)),
             ]
+        if ab_tree:  # the same relays from another checkout: a same-run A/B of the link code
+            script = Path(ab_tree).resolve() / "bench" / "mesh_two_hop.py"
+            self.configs += [
+                ("base_tls", lambda: start_ours(sink.port, certs, script=script)),
+                ("base_plain", lambda: start_ours(sink.port, None, script=script)),
+            ]
+        if contenders:
+            keep = set(contenders.split(","))
+            self.configs = [c for c in self.configs if c[0] in keep]
 
     def run(self, results: dict[str, Any], reps: int) -> None:
         starts = dict(self.configs)
 
         def one(rep: int, name: str) -> dict[str, Any]:
             r = self.one(starts[name]() if starts[name] else [])
-            print(f"bulk rep {rep} {name:12} {r['mb_s']:8.1f} MB/s", flush=True)
+            cpu = r["cpu_s_per_gib"] if procs_cpu(name) else None
+            print(
+                f"bulk rep {rep} {name:12} {r['mb_s']:8.1f} MB/s"
+                + (f" {cpu:5.2f} CPU-s/GiB" if cpu else "")
+                + f" load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
             return r
 
         runs = interleaved(reps, list(starts), one)
@@ -136,11 +165,18 @@ class Bulk:
         results["runs"]["bulk"] = runs
         results["bulk_median_mb_s"] = med
         results["bulk_cpu_s_per_gib"] = cpu  # socat forks per connection: not measured
-        if self.socat and reps:
+        pairs = {
+            "tls_ours_over_socat_tls": ("ours_tls", "socat_tls"),
+            "tls_ours_over_socat_plain": ("ours_tls", "socat_plain"),
+            "plain_ours_over_socat_plain": ("ours_plain", "socat_plain"),
+            "tls_ours_over_base": ("ours_tls", "base_tls"),
+            "plain_ours_over_base": ("ours_plain", "base_plain"),
+            "tls_base_over_socat_tls": ("base_tls", "socat_tls"),
+            "plain_base_over_socat_plain": ("base_plain", "socat_plain"),
+        }
+        if reps:
             results["ratios"] = {
-                "tls_ours_over_socat_tls": med["ours_tls"] / med["socat_tls"],
-                "tls_ours_over_socat_plain": med["ours_tls"] / med["socat_plain"],
-                "plain_ours_over_socat_plain": med["ours_plain"] / med["socat_plain"],
+                k: med[a] / med[b] for k, (a, b) in pairs.items() if a in med and b in med
             }
 
     def one(self, procs: list[Proc]) -> dict[str, Any]:
@@ -151,6 +187,11 @@ class Bulk:
         finally:
             for p in procs:
                 p.kill()
+
+
+def procs_cpu(name: str) -> bool:
+    """Whether the relay CPU of contender ``name`` is measured (socat forks per connection)."""
+    return name != "direct" and not name.startswith("socat")
 
 
 def streams(certs: Path, n_streams: int, warm: float, measure: float) -> dict[str, Any]:
@@ -276,6 +317,15 @@ def main() -> int:
     p.add_argument("--kill-mb", type=int, default=2048)
     p.add_argument("--kill-every", type=float, default=1.0)
     p.add_argument("--no-socat", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--contenders",
+        help="bulk: only these, comma-separated (direct, ours_tls, ours_plain, socat_tls, "
+        "socat_plain, base_tls, base_plain)",
+    )
+    p.add_argument(
+        "--ab-tree",
+        help="bulk: also run the relays of this checkout as base_tls and base_plain (A/B)",
+    )
     p.add_argument(
         "--only",
         choices=["bulk", "streams", "kill"],

@@ -69,7 +69,22 @@ class TlsStream(trio.abc.Stream):
     async def _flush(self) -> None:
         if not self._out.pending:
             return
-        async with self._send_lock:
+        lock, raw = self._send_lock, self._fastsock()
+        if raw is not None and not lock.locked():
+            # nobody else is sending: no scheduler round unless the socket is full
+            lock.acquire_nowait()
+            try:
+                views = [memoryview(self._out.read())]
+                raw.try_send(views)
+                if views:
+                    await raw.send_parts(views)
+            except BaseException as e:
+                self._broken = e
+                raise
+            finally:
+                lock.release()
+            return
+        async with lock:
             data = self._out.read()
             if data:
                 raw = self._fastsock()
@@ -219,6 +234,13 @@ class TlsStream(trio.abc.Stream):
 
     async def receive_into(self, buf: memoryview) -> int:
         """Like ``receive_some`` but decrypts straight into ``buf``; 0 at the end."""
+        n = await self.recv_into(buf)
+        await trio.lowlevel.checkpoint()
+        return n
+
+    async def recv_into(self, buf: memoryview) -> int:
+        """``receive_into`` that yields only when it has to wait for the socket (a
+        loop that calls it must checkpoint now and then, like ``FastSocket.recv_into``)."""
         limit = len(buf)
         while True:
             if self._broken is not None:
@@ -244,7 +266,6 @@ class TlsStream(trio.abc.Stream):
             if self._out.pending:
                 await self._flush()
             if got or closed:
-                await trio.lowlevel.checkpoint()
                 return got
             if self._eof:
                 raise trio.BrokenResourceError("peer closed without TLS close_notify")

@@ -75,7 +75,7 @@ class LinkReceiver:
         """The reader task (its loop for this transport, awaited by the caller)."""
         t = self.transport
         if isinstance(t, TlsStream):
-            return self._read_into(t.receive_into)
+            return self._read_into(t.recv_into)  # (the loop yields: Yielder)
         if self._raw is not None:
             return self._read_into(self._raw.recv_into)
         if isinstance(t, trio.SocketStream):

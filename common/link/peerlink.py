@@ -296,7 +296,10 @@ class PeerLink(LinkReceiver):
             conn.fill_turns(hw, quantum)
             chunks = conn.data_to_send()
             if not chunks:
-                await trio.lowlevel.checkpoint()
+                # the turns produced nothing (no credit): they left the round robin and
+                # the next kick brings them back; yield only if turns were added meanwhile
+                if conn.has_turns:
+                    await trio.lowlevel.checkpoint()
                 continue
             sent = self._inflight = sum(len(c) for c in chunks)
             await self._send_parts(chunks)

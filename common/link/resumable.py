@@ -36,7 +36,7 @@ import trio
 
 from common.link.replay import ReplayPool
 from common.link.stream_path import Attachment, Connector, StreamFailedError, StreamPath
-from common.proto.link.frames import ErrorCode
+from common.proto.link.frames import MAX_PAYLOAD_LIMIT, ErrorCode
 from common.proto.link.resume import ResumeError
 from common.proto.link.resume_state import AppInput, Backoff, StreamStateError
 
@@ -45,7 +45,14 @@ __all__ = ["Connector", "ReplayPool", "ResumableStream", "StreamFailedError"]
 log = logging.getLogger("relay.resumable")
 
 
+TAKE_WHOLE = 64 * 1024  # a received payload this large is handed out alone, as it is
+
+
 class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
+    #: what ``receive_some`` should be asked for: it hands out the payloads it holds
+    #: (up to a frame, ``MAX_PAYLOAD_LIMIT``) without copying them when they fit
+    receive_size = MAX_PAYLOAD_LIMIT
+
     # ------------------------------------------------------------ application side
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self.machine.send_closed:
@@ -74,9 +81,9 @@ class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
                 pos += k
                 if pool is not None:
                     self._recharge()
-                self._notify()
+                self._kick_send()  # (nobody waits for a write: no wakeups)
             else:
-                await self._wait()
+                await self._tx_wake.wait()
 
     @property
     def replay_buffered(self) -> int:
@@ -90,11 +97,11 @@ class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
     async def _wait_pool(self, pool: ReplayPool) -> None:
         """Until the pool has room (we are woken in turn) or our own acks free some."""
         pool.enqueue(self)
-        await self._wait()
+        await self._tx_wake.wait()
 
     async def wait_send_all_might_not_block(self) -> None:
         while self.session.room() == 0 and not self.machine.ended:
-            await self._wait()
+            await self._tx_wake.wait()
 
     async def send_eof(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -128,9 +135,18 @@ class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
                 raise self._failure
             if m.app_closed:
                 raise trio.ClosedResourceError("stream was closed")
-            await self._wait()
+            await self._rx_wake.wait()
 
     def _take(self, limit: int) -> bytes | bytearray:
+        head, att = self._recv[0]
+        k = len(head)
+        if TAKE_WHOLE <= k <= limit and not isinstance(head, memoryview):
+            # a large payload goes out as it came (no join, no copy)
+            self._recv.popleft()
+            if att is not None and att.current:
+                att.link.consumed(att.sid, k)
+            self._handing += k
+            return head
         parts: list[bytes | bytearray | memoryview] = []
         got = 0
         while self._recv and got < limit:

@@ -123,7 +123,11 @@ class StreamPath:
             self._pool.members += 1
         self._charged = 0  # bytes of our replay buffer drawn from the pool
         self._att: Attachment | None = None
+        # the engine's wakeup, and the receiving and sending application's (each woken
+        # only by what it waits for; _notify wakes all three)
         self._wake = trio.Event()
+        self._rx_wake = trio.Event()
+        self._tx_wake = trio.Event()
         self._recv: deque[tuple[bytes | bytearray | memoryview, Attachment | None]] = deque()
         self._failure: StreamFailedError | None = None
         self._fail_link: PeerLink | None = None  # where we told the peer
@@ -152,8 +156,21 @@ class StreamPath:
         return self.session.written if self.machine.clean else self.session.acked
 
     def _notify(self) -> None:
+        """Wake every waiter (the engine and both sides of the application)."""
         self._wake.set()
         self._wake = trio.Event()
+        self._notify_rx()
+        self._notify_tx()
+
+    def _notify_rx(self) -> None:
+        """Received bytes are there to take (the data path: the engine is not concerned)."""
+        self._rx_wake.set()
+        self._rx_wake = trio.Event()
+
+    def _notify_tx(self) -> None:
+        """Room in the replay buffer (an ACK), and a writer turn if something is queued."""
+        self._tx_wake.set()
+        self._tx_wake = trio.Event()
         self._kick_send()
 
     def _kick_send(self) -> None:
@@ -197,7 +214,7 @@ class StreamPath:
             self._wake = trio.Event()
         return sent > 0 and s.has_pending() and link.send_credit(att.sid) > 0
 
-    async def _wait(self) -> None:
+    async def _wait(self) -> None:  # the engine
         await self._wake.wait()
 
     def _recharge(self) -> None:
@@ -231,6 +248,8 @@ class StreamPath:
                 self.session.hand_on(len(new))
             else:
                 self._recv.append((new, att))
+                self._notify_rx()
+                return
         self._notify()
 
     def _flush_ack(self, att: Attachment) -> None:
@@ -253,8 +272,12 @@ class StreamPath:
                 self._recharge()
                 self.machine.handle(PathInput.ANSWERED)
                 self.attachments += 1
-            elif self.session.on_ack(offset, fin) and self._pool is not None:
-                self._recharge()
+            else:
+                if self.session.on_ack(offset, fin) and self._pool is not None:
+                    self._recharge()
+                if not fin:  # room for the sender; nothing the engine waits for
+                    self._notify_tx()
+                    return
         except ResumeError as e:
             self._fail(e.code, str(e))
             return
