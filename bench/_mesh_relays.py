@@ -8,6 +8,7 @@ over its link to the egress (and, with ``--kill-every``, kills that link now and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -15,24 +16,21 @@ from typing import Any
 import trio
 from _common import raise_nofile
 
+from common.link.config import LinkTuning
 from common.link.peering import LinkServer, open_session_table
 from common.link.peerlink import LinkConfig
 from common.link.route import Route, Router
 from common.link.tls import TlsFiles
 from common.ops import runtime_tuning
-from common.proto.link.mux import MuxConfig
 from relay.pump import pump
 
 
 def link_config() -> LinkConfig:
-    frame = int(os.environ.get("VIC_MESH_FRAME_KB", "1024")) * 1024
-    return LinkConfig(
-        mux=MuxConfig(max_payload=frame),
-        reconnect_min=0.01,
-        reconnect_max=0.2,
-        read_size=max(frame, 256 * 1024),
-        send_quantum=frame,
-    )
+    """The link a relay with ``[peer.link] frame-kib = N`` runs (N from
+    $VIC_MESH_FRAME_KB, 1024 by default), reconnecting at once after a kill."""
+    frame_kib = int(os.environ.get("VIC_MESH_FRAME_KB", "1024"))
+    shipped = LinkTuning(frame_kib=frame_kib).link_config()
+    return dataclasses.replace(shipped, reconnect_min=0.01, reconnect_max=0.2)
 
 
 def tls_files(certs: Path | None, name: str) -> TlsFiles | None:

@@ -38,6 +38,7 @@ tls = false
 [link]
 stream-window-kib = 8192
 replay-limit-mib = 4
+frame-kib = 1024
 [follow.appliance]
 vcenter = "vc"
 protocol = "http"
@@ -51,6 +52,7 @@ identities = {{ "esx-02" = "vic://host/esx-02" }}
     assert r.address == "tcp:10.0.0.12:7443" and r.identity == "vic://host/esx-02" and r.tls
     lc = cfg.link.link_config()
     assert lc.mux.stream_window == 8 << 20 and lc.replay_limit == 4 << 20
+    assert lc.mux.max_payload == lc.read_size == 1 << 20 and lc.send_quantum == 512 << 10
     assert cfg.follow["appliance"].vcenter_target().password == "secret"
     assert cfg.follow["appliance"].routes("appliance")["esx-02"].identity == "vic://host/esx-02"
     assert cfg.tls is not None and cfg.tls.files().ca.name == "ca.crt"
@@ -65,6 +67,10 @@ identities = {{ "esx-02" = "vic://host/esx-02" }}
         (
             '[[listen]]\naddress = "tcp:127.0.0.1:1"\ntls = false\n[link]\nping-interval = 20.0\n',
             "link.ping-interval",
+        ),
+        (
+            '[[listen]]\naddress = "tcp:127.0.0.1:1"\ntls = false\n[link]\nframe-kib = 2048\n',
+            "link.frame-kib",
         ),
         # plaintext peer links only on a trusted transport (issue 11 item 10)
         (
