@@ -41,7 +41,7 @@ from common.io.certwatch import CertExpiry
 from common.ops import lifecycle
 from common.ops.config import ConfigError
 from common.ops.wiretext import wire
-from vspc import certreload
+from vspc import certreload, loopwatch
 from vspc.action_runner import ActionRunner
 from vspc.backlog import Backlog, ConsoleBacklogs
 from vspc.config import ListenConfig, VspcConfig
@@ -132,6 +132,13 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Open every listener (a failure raises ConfigError naming the key, before
         anything is logged), then serve until cancelled or drained."""
+        watch = loopwatch.install(self.metrics.registry)  # None unless VIC_VSPC_LOOPWATCH
+        try:
+            await self._run(task_status)
+        finally:
+            loopwatch.uninstall(watch, self.metrics.registry)
+
+    async def _run(self, task_status: Any) -> None:
         with gc_policy():
             async with trio.open_nursery() as nursery:
                 self._tasks = self.backlogs.nursery = nursery
