@@ -51,9 +51,9 @@ from vspc.core import switchboard as sb
 from vspc.core.identity import PortKey
 from vspc.core.liveness import Due, LivenessPolicy, LivenessTable
 from vspc.docker.server import DockerServer
-from vspc.esx_conn import CLOSE_FLUSH_SECONDS, EsxConnection, peer_gone
+from vspc.esx_conn import CLOSE_FLUSH_SECONDS, EsxConnection
 from vspc.esx_events import SessionEvents
-from vspc.esx_listener import EsxListeners, source_of
+from vspc.esx_listener import EsxListeners, peer_gone, source_of
 from vspc.gcpolicy import gc_loop, gc_policy
 from vspc.metrics import VspcMetrics
 from vspc.service_shape import Server, as_esx

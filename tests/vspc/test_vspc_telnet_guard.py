@@ -375,7 +375,7 @@ async def test_do_proxy_uri_with_newline_is_one_escaped_log_line(
 
 async def test_peer_gone_seen_without_reading_past_queued_data() -> None:
     """What reaps a paused reader: the FIN is seen although data is still unread."""
-    from vspc.esx_conn import peer_gone
+    from vspc.esx_listener import peer_gone
 
     listeners = await trio.open_tcp_listeners(0, host=HOST)
     port = listeners[0].socket.getsockname()[1]
