@@ -159,6 +159,14 @@ def vspc_available() -> str | None:
     return None
 
 
+def _vspc_command(profile: Path | None, root: Path | None) -> list[str]:
+    if profile is not None:
+        return [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "vic.cli"]
+    if root is not None:
+        return [sys.executable, "-m", "vic.cli"]
+    return vic_command()
+
+
 @contextmanager
 def run_vspc(
     workdir: Path,
@@ -168,8 +176,12 @@ def run_vspc(
     extra: str = "",
     log_dir: Path | None = None,
     profile: Path | None = None,
+    root: Path | None = None,
+    loopwatch: bool = False,
 ) -> Iterator[Vspc]:
-    """``vic vspc`` on free ports; ``console_extra`` goes into ``[console]``."""
+    """``vic vspc`` on free ports; ``console_extra`` goes into ``[console]``; ``root``: run
+    the vSPC of another checkout (same-run A/B); ``loopwatch``: its event loop's figures
+    in its metrics (vspc.loopwatch)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port, mport = free_port(), free_port()
     sock = workdir / "console.sock"
@@ -196,21 +208,16 @@ port = {mport}
 """
     )
     errlog = open(workdir / "vspc.stderr", "wb")
+    env = dict(os.environ, VIC_VSPC_LOOPWATCH="1" if loopwatch else "0")
+    if root is not None:  # `python -m` puts the working directory first on sys.path
+        env["PYTHONPATH"] = str(root)
     proc = subprocess.Popen(
-        [
-            *(
-                vic_command()
-                if profile is None
-                else [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "vic.cli"]
-            ),
-            "vspc",
-            "--config",
-            str(cfg),
-        ],
+        [*_vspc_command(profile, root), "vspc", "--config", str(cfg)],
         stdin=subprocess.DEVNULL,
         stdout=errlog,
         stderr=errlog,
-        cwd=ROOT,
+        cwd=root if root is not None else ROOT,
+        env=env,
     )
     try:
         wait_for(lambda: tcp_listening(port) and sock.exists(), "vspc to listen", proc=proc)

@@ -78,7 +78,7 @@ def histogram_quantiles(metrics: str, name: str, qs: tuple[float, ...]) -> dict[
     for q in qs:
         for bound, c in buckets:
             if c >= q * total:
-                out[f"p{int(q * 100)}_le_seconds"] = bound
+                out[f"p{q * 100:g}_le_seconds"] = bound
                 break
     return out
 
@@ -91,7 +91,9 @@ class _Server:
         self.workdir = workdir
         self.v: bl.Vspc | None = None
         if mode == "vspc":
-            self.cm: Any = bl.run_vspc(workdir, profile=args.profile_vspc)
+            self.cm: Any = bl.run_vspc(
+                workdir, profile=args.profile_vspc, root=args.vspc_root, loopwatch=args.loopwatch
+            )
             self.v = self.cm.__enter__()
             self.pid, self.port = self.v.pid, self.v.port
         elif mode == "vmware":  # bench/_vmware_vspc.py
@@ -205,6 +207,8 @@ async def measure_vmotions(
 ) -> None:
     """The timed vMotions, with the server's CPU and the hypervisor's steal meanwhile."""
     pid = server.pid
+    if server.v is not None:  # the loop's longest step/batch gauges restart here
+        await trio.to_thread.run_sync(server.v.metrics_text)
     c0, w0 = bl.cpu_seconds(pid), time.monotonic()
     steal0 = cpu_ticks()
     await probes.vmotions(args.vmotions, record=True)
@@ -229,11 +233,37 @@ async def read_metrics(v: bl.Vspc, result: dict[str, Any]) -> None:
     result["vspc_histogram"] = histogram_quantiles(
         text, "vspc_vmotion_begin_to_goahead_seconds", (0.5, 0.99)
     )
+    result["event_loop"] = loop_figures(text)
     result["vmotions_by_outcome"] = {
         line.split('outcome="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
         if line.startswith("vspc_vmotions_total{") and 'outcome="' in line
     }
+
+
+def loop_figures(text: str) -> dict[str, Any]:
+    """vspc.loopwatch's figures (when on): the longest step and batch while the vMotions
+    ran, step and batch quantiles, and the task kinds with the longest steps."""
+    out: dict[str, Any] = {}
+    tasks: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        for gauge in ("longest_step", "longest_batch"):
+            if line.startswith(f"vspc_event_loop_{gauge}_seconds "):
+                out[f"{gauge}_ms"] = float(line.rsplit(" ", 1)[1]) * 1e3
+        for kind in ("longest_step", "seconds"):
+            prefix = f"vspc_event_loop_task_{kind}" + ("_seconds{" if kind != "seconds" else "{")
+            if line.startswith(prefix):
+                name = line.split('task="', 1)[1].split('"', 1)[0]
+                tasks.setdefault(name, {})[kind] = float(line.rsplit(" ", 1)[1])
+    if not out:
+        return out
+    for what in ("step", "batch"):
+        out[what] = histogram_quantiles(text, f"vspc_event_loop_{what}_seconds", (0.5, 0.99, 0.999))
+    top = sorted(tasks.items(), key=lambda kv: -kv[1].get("longest_step", 0.0))[:8]
+    out["tasks_longest_step_ms"] = {k: v.get("longest_step", 0.0) * 1e3 for k, v in top}
+    busy = sorted(tasks.items(), key=lambda kv: -kv[1].get("seconds", 0.0))[:8]
+    out["tasks_seconds"] = {k: v.get("seconds", 0.0) for k, v in busy}
+    return out
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -294,6 +324,14 @@ def print_run(mode: str, r: dict[str, Any]) -> None:
         f"CPU stolen by the hypervisor meanwhile {r['cpu_steal_during_vmotions']:.0%}",
         flush=True,
     )
+    loop = r.get("event_loop") or {}
+    if loop:
+        print(
+            f"{mode} event loop while the vMotions ran: longest step "
+            f"{loop['longest_step_ms']:.2f} ms, longest batch {loop['longest_batch_ms']:.2f} ms; "
+            f"longest steps by task {loop['tasks_longest_step_ms']}",
+            flush=True,
+        )
 
 
 def summarize(runs: dict[str, Any]) -> dict[str, Any]:
@@ -392,6 +430,15 @@ def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     )
     ap.add_argument("--rounds", type=int, default=1, help="runs of each mode, interleaved")
     ap.add_argument("--smoke", action="store_true", help="50 VMs, 5 vMotions (< 20 s)")
+    ap.add_argument(
+        "--vspc-root", type=Path, default=None, help="run the vSPC of this checkout (A/B)"
+    )
+    ap.add_argument(
+        "--loopwatch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the vSPC measures its event loop's steps (vspc.loopwatch)",
+    )
     ap.add_argument("--profile-vspc", type=Path, default=None, help="cProfile output for the vSPC")
     ap.add_argument(
         "--name",

@@ -3,7 +3,8 @@
 One reader task feeds the sans-IO ``EsxSession`` and hands its events to the
 service; it never waits on a console, a client or the disk (the service queues
 console bytes per port), only on TCP and on its own bounded budgets. A writer
-task, started only while something is queued, drains two outgoing queues,
+task, started only while something is queued (in the nursery that runs the
+reader: no nursery per connection, as thousands are open), drains two outgoing queues,
 control frames (GOAHEAD, NOTNOW, PEER-OK, negotiation) first, so a vMotion answer
 never waits behind console data bound for the VM: console data is kept un-escaped
 and escaped per chunk, so a control frame can go between any two chunks without
@@ -17,9 +18,9 @@ write that makes no progress for OUTPUT_STALL_SECONDS closes the connection.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
-import select
 from collections.abc import Callable
 from typing import Protocol
 
@@ -82,11 +83,16 @@ class EsxConnection:
         "_closing",
         "_control",
         "_data",
+        "_done",
+        "_failed",
         "_inflight",
         "_nursery",
         "_resume",
         "_room",
+        "_scope",
+        "_sock",
         "_writing",
+        "_wscope",
         "close_reason",
         "id",
         "key",
@@ -121,7 +127,12 @@ class EsxConnection:
         self._inflight = 0  # bytes of the write under way
         self._writing = False  # a writer task is running
         self._closing = False
-        self._nursery: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None  # where writer tasks start
+        self._scope: trio.CancelScope | None = None  # the reader's (not on a socket)
+        self._sock: trio.socket.SocketType | None = None  # the socket under the stream
+        self._wscope: trio.CancelScope | None = None  # the writer's, while it runs
+        self._done: trio.Event | None = None  # set as the writer ends (when awaited)
+        self._failed: BaseException | None = None  # what ended the writer
         self._room: trio.Event | None = None  # someone waits in wait_out_room
         self._resume: trio.Event | None = None  # the reader waits for resume_reading
         self.close_reason: str | None = None
@@ -142,7 +153,6 @@ class EsxConnection:
     def closing(self) -> bool:
         return self._closing
 
-    # -- outgoing ------------------------------------------------------------
     def send_control(self, data: bytes) -> None:
         if data and not self._closing:
             self._control += data
@@ -159,13 +169,15 @@ class EsxConnection:
             return
         self._writing = True  # what is queued meanwhile waits for us (see _kick)
         try:
-            await self.stream.send_all(data)
+            with trio.CancelScope() as self._wscope:  # (close_soon's flush deadline)
+                await self.stream.send_all(data)
         finally:
             self._writing = False
+            self._wscope = None
         if self._control or self._data:
             self._kick()
-        elif self._closing and self._nursery is not None:
-            self._nursery.cancel_scope.cancel()  # flushed: now close
+        elif self._closing:
+            self._cancel()  # flushed: now close
 
     def send_console(self, data: bytes) -> None:
         if data and not self._closing:
@@ -215,13 +227,23 @@ class EsxConnection:
             self._closing = True
             self.close_reason = reason
             self._wake_room()
-            if self._nursery is not None:
-                scope = self._nursery.cancel_scope
-                if self._writing:  # it cancels the scope once flushed
-                    scope.deadline = min(scope.deadline, trio.current_time() + CLOSE_FLUSH_SECONDS)
-                else:
-                    scope.cancel()
+            if self._writing:  # the writer stops the reader once flushed
+                if self._wscope is not None:
+                    flushed_by = trio.current_time() + CLOSE_FLUSH_SECONDS
+                    self._wscope.deadline = min(self._wscope.deadline, flushed_by)
+            else:
+                self._cancel()
         self.resume_reading()
+
+    def _cancel(self) -> None:
+        """Stop the reader and writer. A reader on a socket has no cancel scope (0.7 KiB):
+        it is woken from the socket (closed next), by resume_reading, or sees closing."""
+        if self._wscope is not None:
+            self._wscope.cancel()
+        if self._scope is not None:
+            self._scope.cancel()
+        elif self._sock is not None and self._sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(self._sock)
 
     def _stalled(self) -> None:
         log.warning(
@@ -237,8 +259,7 @@ class EsxConnection:
         self._data.clear()
         self._wake_room()
         self.resume_reading()
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        self._cancel()
 
     def _kick(self) -> None:
         if not self._writing and self._nursery is not None:
@@ -246,103 +267,134 @@ class EsxConnection:
             self._nursery.start_soon(self._write)
 
     async def _write(self) -> None:
-        """Write until nothing is queued (control frames first), then end."""
+        """Write until nothing is queued, then end. It runs beside the reader, not
+        under it: what ends it is kept for the reader (``run``) to report."""
         try:
-            while self._control or self._data:
-                control = bool(self._control)
-                if control:
-                    chunk = bytes(self._control)
-                    self._control.clear()
-                else:
-                    raw = bytes(self._data[:WRITE_CHUNK])
-                    del self._data[: len(raw)]
-                    chunk = self.session.send_console(raw)
-                    if len(self._data) <= OUT_HIGH_WATER:
-                        self._wake_room()
-                self._inflight = len(chunk)
-                with trio.move_on_after(OUTPUT_STALL_SECONDS) as stall:
-                    await self.stream.send_all(chunk)
-                self._inflight = 0
-                if stall.cancelled_caught:
-                    self._stalled()
-                    return
-                if control:
-                    self.resume_reading()  # a reader paused on output_full re-checks
+            with trio.CancelScope() as self._wscope:
+                if self._closing:  # (started by run: closed before it ran)
+                    self._wscope.deadline = trio.current_time() + CLOSE_FLUSH_SECONDS
+                await self._write_queued()
+        except Exception as e:  # the reader reports it (run)
+            self._failed = self._failed or e
+            self._closing = True
+            self._cancel()
         finally:
+            self._wscope = None
             self._writing = False
             self._inflight = 0
-        if self._closing and self._nursery is not None:
-            self._nursery.cancel_scope.cancel()  # flushed: now close
+            if self._done is not None:
+                self._done.set()
+        if self._closing:
+            self._cancel()  # flushed: now close
+
+    async def _write_queued(self) -> None:
+        """Write until nothing is queued (control frames first)."""
+        while self._control or self._data:
+            control = bool(self._control)
+            if control:
+                chunk = bytes(self._control)
+                self._control.clear()
+            else:
+                raw = bytes(self._data[:WRITE_CHUNK])
+                del self._data[: len(raw)]
+                chunk = self.session.send_console(raw)
+                if len(self._data) <= OUT_HIGH_WATER:
+                    self._wake_room()
+            self._inflight = len(chunk)
+            with trio.move_on_after(OUTPUT_STALL_SECONDS) as stall:
+                await self.stream.send_all(chunk)
+            self._inflight = 0
+            if stall.cancelled_caught:
+                self._stalled()
+                return
+            if control:
+                self.resume_reading()  # a reader paused on output_full re-checks
 
     async def run(self, service: ConnectionOwner) -> None:
-        """Serve the connection until EOF, error, or the switchboard closes it."""
+        """Serve the connection until EOF, error, or the switchboard closes it (the read
+        loop is here, not in a coroutine of its own: fewer frames per idle task)."""
+        failure: BaseException | None = None
+        layer = find_layer(self.stream, trio.SocketStream)
+        self._sock = layer.socket if layer is not None else None
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                if self._closing:  # closed before it started
-                    nursery.cancel_scope.cancel()
+            with (
+                contextlib.nullcontext() if self._sock is not None else trio.CancelScope() as scope
+            ):
+                self._scope = scope
+                self._nursery = trio.lowlevel.current_task().parent_nursery
                 self.send_control(self.session.initial_bytes())
-                self._kick()  # anything queued before the nursery existed
-                await self._read_loop(service)
-                if not self._closing or not self._writing:
-                    nursery.cancel_scope.cancel()  # EOF, or closing with nothing to flush
-        except* (trio.BrokenResourceError, trio.ClosedResourceError) as eg:
-            log.info("%r: connection lost: %s", self, first_leaf(eg))
-            count_handshake_refusal(service.metrics.registry, "esx", self.stream, first_leaf(eg))
-        except* OSError as eg:
-            log.info("%r: connection error: %s", self, first_leaf(eg))
-        except* Exception as eg:  # a bug must cost this connection only
-            log.error("%r: internal error, closing the connection", self, exc_info=first_leaf(eg))
-            service.metrics.protocol_errors_total.labels(where="internal").inc()
+                self._kick()  # anything queued before the reader ran
+                size = READ_SIZE
+                receive_some = fastsock.receiver(self.stream)  # one yield per read
+                while not self._closing:
+                    data = await receive_some(size)
+                    if not data:
+                        log.debug("%r: EOF", self)
+                        break
+                    size = READ_SIZE_BULK if len(data) >= READ_SIZE else READ_SIZE
+                    await self._received(data if type(data) is bytes else bytes(data), service)
+                if self._closing and self._writing:  # flush (the deadline bounds it)
+                    done = self._done = trio.Event()
+                    await done.wait()
+            self._scope = None
+            if self._failed is not None:
+                raise self._failed
+        except* Exception as eg:  # a bug too must cost this connection only
+            failure = first_leaf(eg)
         finally:
-            self._closing = True
-            self._nursery = None
-            self._wake_room()
             with trio.CancelScope(shield=True):
-                try:
-                    await service.connection_closed(self)
-                except Exception:  # a bug must not take the service down
-                    log.exception("%r: error while closing", self)
-                await trio.aclose_forcefully(self.stream)
+                await self._finish(service, failure)
 
-    async def _read_loop(self, service: ConnectionOwner) -> None:
-        size = READ_SIZE
-        receive_some = fastsock.receiver(self.stream)  # one yield per read, as trio's
-        while not self._closing:
-            data = await receive_some(size)
-            if not data:
-                log.debug("%r: EOF", self)
+    async def _received(self, data: bytes, service: ConnectionOwner) -> None:
+        """One read's bytes: through the session core, its events to the service."""
+        now = self.received_at = trio.current_time()
+        live = self.liveness
+        if live is not None and live.heard(now):
+            await service.probe_answered(self)  # any bytes prove it alive
+        self.session.receive_data(data)
+        events = self.session.next_events()
+        out = self.session.data_to_send()
+        if out:
+            self.send_control(out)
+        for ev in events:
+            await service.on_session_event(self, ev)
+            if self._closing:
                 return
-            size = READ_SIZE_BULK if len(data) >= READ_SIZE else READ_SIZE
-            now = self.received_at = trio.current_time()
-            live = self.liveness
-            if live is not None and live.heard(now):
-                await service.probe_answered(self)  # any bytes prove it alive
-            self.session.receive_data(data if type(data) is bytes else bytes(data))
-            events = self.session.next_events()
-            out = self.session.data_to_send()
-            if out:
-                self.send_control(out)
-            for ev in events:
-                await service.on_session_event(self, ev)
-                if self._closing:
-                    return
-            # Budgets: bytes held for a later owner (switchboard), bytes queued for
-            # the console (service). Past them, stop reading this connection.
-            while not self._closing and (self.output_full or not service.may_read(self)):
+        # Budgets: bytes held for a later owner (switchboard), bytes queued for
+        # the console (service). Past them, stop reading this connection.
+        while not self._closing and (self.output_full or not service.may_read(self)):
+            if not self._closing:  # (may_read may have refused it)
                 resume = self._resume = trio.Event()
                 await resume.wait()
 
+    def _report(self, e: BaseException, service: ConnectionOwner) -> None:
+        lost = isinstance(e, trio.BrokenResourceError | trio.ClosedResourceError)
+        if lost and self.close_reason is not None and self._failed is None:
+            log.debug("%r: reader woken to close: %s", self, e)  # (_cancel)
+        elif lost:
+            log.info("%r: connection lost: %s", self, e)
+            count_handshake_refusal(service.metrics.registry, "esx", self.stream, e)
+        elif isinstance(e, OSError):
+            log.info("%r: connection error: %s", self, e)
+        else:
+            log.error("%r: internal error, closing the connection", self, exc_info=e)
+            service.metrics.protocol_errors_total.labels(where="internal").inc()
 
-def peer_gone(stream: trio.abc.Stream) -> bool:
-    """Whether the peer of a TCP stream (TLS or not) has closed or reset it, seen
-    without reading (a paused reader's data may still be queued before the FIN)."""
-    s = find_layer(stream, trio.SocketStream)
-    if s is None:
-        return False  # not a socket: the stream's own timeouts must do
-    fd = s.socket.fileno()
-    if fd < 0:
-        return True  # closed here
-    poller = select.poll()
-    poller.register(fd, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
-    return bool(poller.poll(0))
+    async def _finish(self, service: ConnectionOwner, failure: BaseException | None) -> None:
+        """Closed: stop the writer, report, tell the service, close the stream."""
+        self._closing = True
+        self._nursery = None
+        self._wake_room()
+        if self._writing:  # EOF or an error: what is queued is dropped
+            self._control.clear()  # (a writer not started yet finds nothing)
+            self._data.clear()
+            self._cancel()
+            done = self._done = trio.Event()
+            await done.wait()
+        if failure is not None:  # (once no writer uses the stream: TLS state is final)
+            self._report(failure, service)
+        try:
+            await service.connection_closed(self)
+        except Exception:  # a bug must not take the service down
+            log.exception("%r: error while closing", self)
+        await trio.aclose_forcefully(self.stream)

@@ -5,6 +5,7 @@ connect (``listen.allowed-sources``)."""
 from __future__ import annotations
 
 import logging
+import select
 import ssl
 from collections.abc import Coroutine
 from dataclasses import replace
@@ -164,3 +165,17 @@ def peer_name(stream: trio.abc.Stream) -> str:
     if isinstance(name, tuple):
         return f"{name[0]}:{name[1]}"
     return str(name) or "unix"
+
+
+def peer_gone(stream: trio.abc.Stream) -> bool:
+    """Whether the peer of a TCP stream (TLS or not) has closed or reset it, seen
+    without reading (a paused reader's data may still be queued before the FIN)."""
+    s = find_layer(stream, trio.SocketStream)
+    if s is None:
+        return False  # not a socket: the stream's own timeouts must do
+    fd = s.socket.fileno()
+    if fd < 0:
+        return True  # closed here
+    poller = select.poll()
+    poller.register(fd, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(0))

@@ -41,7 +41,7 @@ from common.io.certwatch import CertExpiry
 from common.ops import lifecycle
 from common.ops.config import ConfigError
 from common.ops.wiretext import wire
-from vspc import certreload
+from vspc import certreload, loopwatch
 from vspc.action_runner import ActionRunner
 from vspc.backlog import Backlog, ConsoleBacklogs
 from vspc.config import ListenConfig, VspcConfig
@@ -51,9 +51,9 @@ from vspc.core import switchboard as sb
 from vspc.core.identity import PortKey
 from vspc.core.liveness import Due, LivenessPolicy, LivenessTable
 from vspc.docker.server import DockerServer
-from vspc.esx_conn import CLOSE_FLUSH_SECONDS, EsxConnection, peer_gone
+from vspc.esx_conn import CLOSE_FLUSH_SECONDS, EsxConnection
 from vspc.esx_events import SessionEvents
-from vspc.esx_listener import EsxListeners, source_of
+from vspc.esx_listener import EsxListeners, peer_gone, source_of
 from vspc.gcpolicy import gc_loop, gc_policy
 from vspc.metrics import VspcMetrics
 from vspc.service_shape import Server, as_esx
@@ -132,6 +132,13 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Open every listener (a failure raises ConfigError naming the key, before
         anything is logged), then serve until cancelled or drained."""
+        watch = loopwatch.install(self.metrics.registry)  # None unless VIC_VSPC_LOOPWATCH
+        try:
+            await self._run(task_status)
+        finally:
+            loopwatch.uninstall(watch, self.metrics.registry)
+
+    async def _run(self, task_status: Any) -> None:
         with gc_policy():
             async with trio.open_nursery() as nursery:
                 self._tasks = self.backlogs.nursery = nursery

@@ -143,7 +143,7 @@ def test_known_without_identity_commands_asks_nothing() -> None:
     s = EsxSession()
     s.receive_data(ext.encode(ext.KnownSuboptions((40, 44, 46, 48), proxy=False)))
     assert decode_out(s.data_to_send()) == [ext.KnownSuboptions(PROXY_KNOWN)]
-    assert s.esx_known == (40, 44, 46, 48)
+    assert s.esx_known is not None and tuple(s.esx_known) == (40, 44, 46, 48)
 
 
 def test_proxy_rule_refuses() -> None:

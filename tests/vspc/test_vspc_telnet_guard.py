@@ -20,6 +20,7 @@ import trio.testing
 
 from tests.support.waiting import wait_until
 from vic.lab import telnet_wire as tw
+from vic.lab.esx_errors import ConnectionClosed
 from vic.lab.esx_sim import EsxConnection, SimVM, VMotionNotNow, known_without, migrate, random_seq
 from vspc.core.identity import DEFAULT_LABEL, PortKey
 from vspc.esx_conn import CONTROL_HIGH_WATER, READ_SIZE_BULK
@@ -97,7 +98,7 @@ async def test_takeover_from_another_source_refused_victim_keeps_its_keys(
     victim_conn = server_conn(service, victim)
 
     thief = await open_vm(service, nursery, vm, source="127.0.0.2")
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
         await thief.send_console(b"EVIL")  # (it may be refused already)
     await thief.wait_closed(timeout=30)
     assert victim.timing_marks >= 1  # the carrier was probed, and answered
@@ -374,7 +375,7 @@ async def test_do_proxy_uri_with_newline_is_one_escaped_log_line(
 
 async def test_peer_gone_seen_without_reading_past_queued_data() -> None:
     """What reaps a paused reader: the FIN is seen although data is still unread."""
-    from vspc.esx_conn import peer_gone
+    from vspc.esx_listener import peer_gone
 
     listeners = await trio.open_tcp_listeners(0, host=HOST)
     port = listeners[0].socket.getsockname()[1]

@@ -196,7 +196,7 @@ class EsxSession:
         self.bios_uuid: str | None = None
         self.location_uuid: str | None = None
         #: ESX's KNOWN-SUBOPTIONS-1 list, once received.
-        self.esx_known: tuple[int, ...] | None = None
+        self.esx_known: bytes | None = None
         #: Reason of the first protocol violation; the session is dead once set.
         self.violation: str | None = None
 
@@ -325,7 +325,7 @@ class EsxSession:
         if cmd.proxy:  # KNOWN-SUBOPTIONS-2 is the proxy's to send
             self._send(ext.UnknownSuboptionRcvd(ext.KNOWN_SUBOPTIONS_2))
             return
-        self.esx_known = cmd.codes
+        self.esx_known = bytes(cmd.codes)  # (a tuple of ints: 4x the memory per session)
         self._send(ext.KnownSuboptions(PROXY_KNOWN))
         codes = set(cmd.codes)
         if codes & {ext.VM_VC_UUID, ext.GET_VM_VC_UUID}:
