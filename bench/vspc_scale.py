@@ -16,7 +16,7 @@ own wake-up and event loop, which a real ESX host (another machine) would not
 share with the vSPC. The CPU share the hypervisor stole from this VM while the
 vMotions ran is recorded beside them (``cpu_steal_during_vmotions``).
 
-Reported: vSPC RSS growth per connected VM (target <= 12 KiB) and
+Reported: vSPC RSS growth per connected VM (target <= 7 KiB) and
 BEGIN->GOAHEAD p50/p99 (target p99 <= 2 ms). For comparison the same run does
 the same with ``direct``: a minimal trio server (bench-internal) that holds
 the same connections and answers a BEGIN frame with a GOAHEAD-shaped frame,
@@ -294,7 +294,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "settle": args.settle,
         "vmotion_gap": args.vmotion_gap,
         "smoke": args.smoke,
-        "target": {"rss_kib_per_vm_max": 12.0, "begin_goahead_p99_ms_max": 2.0},
+        "target": {"rss_kib_per_vm_max": 7.0, "begin_goahead_p99_ms_max": 2.0},
         "runs": runs,  # per mode, its round with the median p99
         "rounds": {m: [_quantiles(r) for r in rs] for m, rs in rounds.items()},
         "summary": summarize(runs),
@@ -343,7 +343,7 @@ def summarize(runs: dict[str, Any]) -> dict[str, Any]:
         "rss_kib_per_vm": r["rss_kib_per_vm"],
         "begin_goahead_p50_ms": r["begin_goahead_ms"]["p50"],
         "begin_goahead_p99_ms": r["begin_goahead_ms"]["p99"],
-        "meets_rss_target": r["rss_kib_per_vm"] <= 12.0,
+        "meets_rss_target": r["rss_kib_per_vm"] <= 7.0,
         "begin_goahead_p99_incl_failed_ms": r["begin_goahead_ms"]["p99_incl_failed"],
         "vmotion_failures": r["begin_goahead_ms"]["failed"],
         "meets_p99_target": r["begin_goahead_ms"]["p99_incl_failed"] <= 2.0,
@@ -374,8 +374,8 @@ def plot(data: dict[str, Any], path: Path) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
     modes = list(data["runs"])
     _plots.bars(a1, modes, [data["runs"][m]["rss_kib_per_vm"] for m in modes], fmt="{:.2f}")
-    a1.axhline(12.0, color="r", ls="--", label="target 12 KiB")
-    a1.set_ylim(0, max(a1.get_ylim()[1], 14.0))
+    a1.axhline(7.0, color="r", ls="--", label="target 7 KiB")
+    a1.set_ylim(0, max(a1.get_ylim()[1], 8.0))
     a1.set_ylabel("RSS growth per connected VM (KiB)")
     s = data.get("summary") or {}
     rss = f"\nvspc/direct {_plots.times(s.get('rss_vs_direct'))}" if "rss_vs_direct" in s else ""
