@@ -102,7 +102,6 @@ def _vspc_scale(d: Path) -> list[Row]:
     out: list[Row] = []
     for name, label in (
         ("vspc_scale", "with console traffic"),
-        ("vspc_scale_idle_consoles", "idle consoles"),
         ("vspc_scale_idle_9000", "idle consoles"),
     ):
         s = load(d, name)
@@ -145,7 +144,23 @@ def _vspc_scale(d: Path) -> list[Row]:
                     load_of(s),
                 )
             )
+        vmware = s.get("runs", {}).get("vmware")
+        if vmware:
+            out.append(_vmware_row(s, vmware, label))
     return out
+
+
+def _vmware_row(s: dict[str, Any], vmware: dict[str, Any], label: str) -> Row:
+    """VMware's vSPC under the same probes, in the same run."""
+    w, sm = vmware["begin_goahead_ms"], s["summary"]
+    return (
+        f"VMware's vSPC, {s.get('vms', 16000):,} VMs, {label}: BEGIN->GOAHEAD p50 / p99, RSS",
+        f"{w['p50']:.2f} / {w['p99']:.2f} ms ({w.get('failed', 0)} failed), "
+        f"{vmware['rss_kib_per_vm']:.2f} KiB/VM; ours / VMware's: "
+        f"p50 {sm.get('p50_vs_vmware', 0):.2f}x, p99 {sm.get('p99_vs_vmware', 0):.2f}x",
+        "ours below VMware's",
+        load_of(s),
+    )
 
 
 def size(t: dict[str, Any] | None) -> str:

@@ -443,7 +443,7 @@ def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     ap.add_argument(
         "--name",
         default=NAME,
-        help="results file name (bench/results/NAME.json/png), e.g. vspc_scale_idle_consoles",
+        help="results file name (bench/results/NAME.json/png), e.g. vspc_scale_idle_9000",
     )
     # internal roles
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
