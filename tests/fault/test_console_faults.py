@@ -192,7 +192,15 @@ async def test_killed_vspc_marks_a_restart_gap_and_carries_on(tmp_path: Path) ->
 
     async with daemon(tmp_path, toml) as d, trio.open_nursery() as n:
         await d.ready()
-        gaps = [e for e in events(events_file) if e["event"] == "gap"]
+
+        def gaps_marked() -> list[dict[str, object]]:
+            if not events_file.exists():
+                return []
+            return [e for e in events(events_file) if e["event"] == "gap"]
+
+        # (the event log is written off the event loop: READY may come first)
+        await wait_until(lambda: bool(gaps_marked()), 20, "the restart gap marked")
+        gaps = gaps_marked()
         assert len(gaps) == 1
         assert gaps[0]["reason"] == "restart"
         assert gaps[0]["offset"] == len(before)
