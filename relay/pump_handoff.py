@@ -5,14 +5,16 @@ successor is READY, ``StreamMover.move`` asks each movable pump to stop at a
 safe point (relay.pump_freeze: nothing held in user space or in a splice pipe),
 passes the stopped ones' sockets, VM side and appliance side, with their state
 (relay.core.handoff_wire) in batches of SCM_RIGHTS messages, then lets their
-pumps return with the sockets open; the carrier closes its copies. A stream that
-cannot move stays and drains as before (``timeouts.drain``, then cut): a TLS
-egress (Python's ssl cannot export a session), a FIFO-pair pipe, pty or serial ingress, a
-half-closed stream, a copy-path pump, one that did not reach a safe point by
-the deadline; a session from a peer relay is left and resumes from the far side
-(relay.mesh), as before. A VM stream whose egress is a resumable stream on a
-peer route moves with its session's state (relay.pump_peer,
-common.link.resume_export): the successor resumes it on its own peer link.
+pumps return with the sockets open; the carrier closes its copies. A VM stream
+whose egress is a resumable stream on a peer route moves with its session's
+state (relay.pump_peer, common.link.resume_export): the successor resumes it
+on its own peer link. A VM stream whose egress is TLS passes its VM socket and
+byte counts once its TLS connection ended (relay.pump_tls): the successor
+continues it at the appliance. A stream that cannot move stays and drains as
+before (``timeouts.drain``, then cut): a FIFO-pair pipe, pty or serial
+ingress, a half-closed stream, a plain pump on the copy path, one that did not
+reach a safe point by the deadline; a session from a peer relay is left and
+resumes from the far side (relay.mesh), as before.
 Each stream's path is one log line and ``relay_handoff_streams_total{path}``.
 
 The successor: ``adopt_sockets`` turns a received batch's fds into streams.
