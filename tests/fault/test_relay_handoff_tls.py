@@ -180,11 +180,14 @@ async def test_handoff_continues_tls_egress_streams_exactly(tmp_path: Path) -> N
     assert new.log().count("taken over (") == VMS
     assert app.log().count("continues at offset") == VMS
     assert "lost on the way" not in app.log()
+    again = [int(m) for m in re.findall(r"sending (\d+) again", app.log())]
     print(
         f"\nhandoff of {VMS} TLS-egress streams: all continued, VM->appliance exact; "
         f"handoff {(t1 - t0) * 1000:.0f} ms (successor start to old exit); longest gap "
         f"appliance->VM median {gaps[len(gaps) // 2] * 1000:.0f} ms, max {gaps[-1] * 1000:.0f} "
-        f"ms; {lost} typed bytes discarded while no stream was connected"
+        f"ms; the appliance sent {sum(again)} bytes again ({sum(1 for a in again if a)} "
+        f"streams; most {max(again, default=0)}); {lost} typed bytes discarded while no "
+        "stream was connected"
     )
 
 
