@@ -29,7 +29,8 @@ from relay.metrics import COMPLETED, FAILED, RESET, TO_VM, RelayMetrics
 from relay.pump import IdleTimeout, PumpCounters, PumpTimeout, pump
 from relay.pump_freeze import Freeze
 from relay.pump_handoff import Enlisted, StreamMover, why_not
-from relay.pump_peer import PeerFreeze, movable, views
+from relay.pump_peer import PeerFreeze
+from relay.pump_tls import movable, views
 
 log = logging.getLogger("relay")
 

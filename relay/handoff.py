@@ -15,21 +15,29 @@ that needs a restart) takes over instead of binding:
    the new process at once, which answers UNKNOWN_SESSION, and the sender
    CONTINUES the stream from its last acknowledged byte (no loss, no repeat);
 4. it moves the live streams whose VM side is a plain socket (the VM's own
-   TCP/Unix/vsock connection) and whose egress is a TCP/Unix/vsock socket or a
-   resumable stream on a peer route: each pump stops at a safe point (nothing
-   held in user space or a splice pipe; relay.pump_freeze, relay.pump_peer),
-   and their sockets pass with each stream's state in batches of JSON lines
-   plus SCM_RIGHTS (relay.core.handoff_wire, relay.pump_handoff); a peer-route
-   stream passes its session too (offsets, replay bytes, bytes not yet written
-   to the VM: common.link.resume_export) and is let go here without a frame,
-   and the successor resumes it on its own peer link. The successor pumps them
-   on, so bytes not yet read wait in the kernel and none is lost or repeated.
-   The other local streams (a TLS egress: Python's ssl cannot export its state;
-   a FIFO-pair pipe, pty or serial ingress; a half-closed stream; a pump that found no
-   safe point within ``MOVE_DEADLINE``) drain there
-   (``timeouts.drain``) and are cut after it, as on SIGTERM; each stream's path is
-   a log line and ``relay_handoff_streams_total{path}``. It answers ``released``
-   and exits once its last stream is gone.
+   TCP/Unix/vsock connection) and whose egress is a TCP/Unix/vsock socket, TLS,
+   or a resumable stream on a peer route: each pump stops at a safe point
+   (nothing held in user space or a splice pipe; relay.pump_freeze,
+   relay.pump_peer, relay.pump_tls), and their sockets pass with each stream's
+   state in batches of JSON lines plus SCM_RIGHTS (relay.core.handoff_wire,
+   relay.pump_handoff); a peer-route stream passes its session too (offsets,
+   replay bytes, bytes not yet written to the VM: common.link.resume_export)
+   and is let go here without a frame, and the successor resumes it on its own
+   peer link. A TLS egress cannot pass (Python's ssl cannot export its state):
+   this process ends that TLS connection once the appliance has every byte it
+   wrote (relay.pump_tls) and passes the VM's socket with the byte counts each
+   way; the successor opens a new TLS connection whose origin header (version
+   2) continues the stream at those offsets, and the appliance skips nothing
+   twice and sends the VM again what it never got (within its
+   ``resend-bytes``; keystrokes typed while no connection of the VM is open are
+   discarded with a notice to the typist, as at any reconnect). The successor
+   pumps them on, so bytes not yet read wait in the kernel and none is lost or
+   repeated. The other local streams (a FIFO-pair pipe, pty or serial ingress;
+   a half-closed stream; a pump that found no safe point within
+   ``MOVE_DEADLINE``) drain there (``timeouts.drain``) and are cut after it,
+   as on SIGTERM; each stream's path is a log line and
+   ``relay_handoff_streams_total{path}``. It answers ``released`` and exits
+   once its last stream is gone.
 
 Under systemd the successor says ``MAINPID=<its pid>`` before step 3 and the old
 process does not say ``STOPPING=1``: with ``NotifyAccess=all`` the unit follows

@@ -14,7 +14,8 @@ runs on, as if nothing happened).
 
 Only a pump with both directions live on the fast path can stop: a copy
 direction (TLS, in-memory streams) may hold bytes in a buffer or in the TLS
-object's state, which cannot be exported.
+object's state, which cannot be exported. (A copy-path pump whose egress is a
+peer route or TLS stops by other means: relay.pump_peer, relay.pump_tls.)
 """
 
 from __future__ import annotations

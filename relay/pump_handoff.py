@@ -5,14 +5,16 @@ successor is READY, ``StreamMover.move`` asks each movable pump to stop at a
 safe point (relay.pump_freeze: nothing held in user space or in a splice pipe),
 passes the stopped ones' sockets, VM side and appliance side, with their state
 (relay.core.handoff_wire) in batches of SCM_RIGHTS messages, then lets their
-pumps return with the sockets open; the carrier closes its copies. A stream that
-cannot move stays and drains as before (``timeouts.drain``, then cut): a TLS
-egress (Python's ssl cannot export a session), a FIFO-pair pipe, pty or serial ingress, a
-half-closed stream, a copy-path pump, one that did not reach a safe point by
-the deadline; a session from a peer relay is left and resumes from the far side
-(relay.mesh), as before. A VM stream whose egress is a resumable stream on a
-peer route moves with its session's state (relay.pump_peer,
-common.link.resume_export): the successor resumes it on its own peer link.
+pumps return with the sockets open; the carrier closes its copies. A VM stream
+whose egress is a resumable stream on a peer route moves with its session's
+state (relay.pump_peer, common.link.resume_export): the successor resumes it
+on its own peer link. A VM stream whose egress is TLS passes its VM socket and
+byte counts once its TLS connection ended (relay.pump_tls): the successor
+continues it at the appliance. A stream that cannot move stays and drains as
+before (``timeouts.drain``, then cut): a FIFO-pair pipe, pty or serial
+ingress, a half-closed stream, a plain pump on the copy path, one that did not
+reach a safe point by the deadline; a session from a peer relay is left and
+resumes from the far side (relay.mesh), as before.
 Each stream's path is one log line and ``relay_handoff_streams_total{path}``.
 
 The successor: ``adopt_sockets`` turns a received batch's fds into streams.
@@ -31,11 +33,13 @@ from prometheus_client import CollectorRegistry, Counter
 
 from common.link.resumable import ResumableStream
 from common.link.resume_export import NotImageable, StreamImage, restore_stream
-from common.proto.link.header import OriginHeader
+from common.proto.link.header import OriginHeader, continued
 from relay import handoff_holds as holds
 from relay.config import EgressConfig, RelayConfig
 from relay.core.handoff_wire import (
+    CONTINUED,
     Batch,
+    Passed,
     Resumed,
     StreamState,
     batches,
@@ -48,6 +52,7 @@ from relay.park import current_parker
 from relay.pump_freeze import Freeze
 from relay.pump_peer import PeerFreeze
 from relay.pump_state import PumpCounters
+from relay.pump_tls import TlsFreeze
 
 log = logging.getLogger("relay.handoff")
 
@@ -78,14 +83,20 @@ class Enlisted:
     counters: PumpCounters
 
     def state(self) -> StreamState:
+        """(Byte counts from the stream's start: a stream that continues an earlier
+        connection counts from its header's offsets.)"""
         h, c = self.header, self.counters
         return StreamState(
             h.stream_id, self.route, h.kind, h.vm, h.label, self.peer, self.egress,
-            c.a_to_b, c.b_to_a,
+            h.offset + c.a_to_b, h.received + c.b_to_a,
         )  # fmt: skip
 
-    def resumed(self) -> Resumed | None:
-        """A peer-egress stream's session state, taken now (raises NotImageable)."""
+    def resumed(self) -> Passed:
+        """A peer-egress stream's session state, taken now (raises NotImageable); a
+        TLS-egress stream's counts, fixed now (it continues at the appliance)."""
+        if isinstance(self.freeze, TlsFreeze):
+            self.freeze.snapshot_counts()
+            return CONTINUED
         if not isinstance(self.freeze, PeerFreeze):
             return None
         img = self.freeze.snapshot()
@@ -93,7 +104,7 @@ class Enlisted:
 
     def fds(self) -> tuple[int, ...]:
         assert isinstance(self.vm_side, trio.SocketStream)
-        if isinstance(self.freeze, PeerFreeze):
+        if isinstance(self.freeze, PeerFreeze):  # (TLS too: the VM side only)
             return (self.vm_side.socket.fileno(),)
         assert isinstance(self.app_side, trio.SocketStream)
         return self.vm_side.socket.fileno(), self.app_side.socket.fileno()
@@ -106,10 +117,11 @@ def why_not(vm_side: trio.abc.Stream, app_side: trio.abc.Stream, egress: str) ->
     if egress == "peer":  # it moves with its session's state (relay.pump_peer)
         ok = type(vm_side) is trio.SocketStream and isinstance(app_side, ResumableStream)
         return "" if ok else "peer_egress"
-    if type(app_side) is not trio.SocketStream:
-        return "tls" if isinstance(app_side, trio.SSLStream) else "egress_stream"
     if type(vm_side) is not trio.SocketStream:
         return "ingress_stream"  # a FIFO pair, a pty, a serial device, TLS
+    if type(app_side) is not trio.SocketStream:
+        # a TLS egress continues at the appliance (relay.pump_tls)
+        return "" if isinstance(app_side, trio.SSLStream) else "egress_stream"
     return ""
 
 
@@ -173,12 +185,13 @@ class StreamMover:
         # still held (a drain cut may have ended a pump since): checked with no
         # checkpoint before the send, so no fd is closed under it
         batch = [e for e in batch if _frozen(e)]
-        taken: list[tuple[Enlisted, Resumed | None]] = []
+        taken: list[tuple[Enlisted, Passed]] = []
         for e in batch:  # (no checkpoint: the states are those of the fds passed)
             try:
                 taken.append((e, e.resumed()))
             except NotImageable as exc:  # (a half-closed session, ...)
                 self._decide(e, False, str(exc))
+        await _close_tls(taken)
         done = 0
         for part in _by_bytes(taken):
             fds = [fd for e, _r in part for fd in e.fds()]
@@ -192,7 +205,7 @@ class StreamMover:
             for e, _r in part:
                 self._decide(e, True, MOVED)
             done += len(part)
-            self.session_bytes += sum(len(r.blob) for _e, r in part if r is not None)
+            self.session_bytes += sum(len(r.blob) for _e, r in part if isinstance(r, Resumed))
         return done
 
     def _call_off(self, e: Enlisted, path: str) -> None:
@@ -225,14 +238,33 @@ class StreamMover:
             )  # fmt: skip
 
 
+async def _close_tls(taken: Sequence[tuple[Enlisted, Passed]]) -> None:
+    """End the TLS egress connections of the streams about to pass, all at once
+    (relay.pump_tls): the appliance has every byte they wrote before the successor
+    continues them. (Shielded: a TLS stream got this far moves or is lost.)"""
+    tls = [e.freeze for e, _r in taken if isinstance(e.freeze, TlsFreeze)]
+    late: list[int] = []
+
+    async def close(f: TlsFreeze) -> None:
+        if not await f.close_egress():
+            late.append(1)
+
+    with trio.CancelScope(shield=True):
+        async with trio.open_nursery() as n:
+            for f in tls:
+                n.start_soon(close, f)
+    if late:
+        log.warning("handoff: %d TLS egress connections not closed by the appliance", len(late))
+
+
 def _by_bytes(
-    taken: Sequence[tuple[Enlisted, Resumed | None]],
-) -> list[list[tuple[Enlisted, Resumed | None]]]:
+    taken: Sequence[tuple[Enlisted, Passed]],
+) -> list[list[tuple[Enlisted, Passed]]]:
     """Streams in lines of at most BATCH_BYTES session bytes (at least one each)."""
-    parts: list[list[tuple[Enlisted, Resumed | None]]] = []
+    parts: list[list[tuple[Enlisted, Passed]]] = []
     size = BATCH_BYTES
     for item in taken:
-        n = len(item[1].blob) if item[1] is not None else 0
+        n = len(item[1].blob) if isinstance(item[1], Resumed) else 0
         if not parts or size + n > BATCH_BYTES:
             parts.append([])
             size = 0
@@ -294,6 +326,8 @@ def adopt(d: Taker, batch: Batch) -> None:
         app_side: trio.abc.Stream | None
         if res is None:
             vm_side, app_side = adopt_sockets(*fds[:2])
+        elif not isinstance(res, Resumed):  # TLS: continued at the appliance
+            vm_side, app_side = adopt_socket(fds[0]), None
         else:
             vm_side, app_side = adopt_socket(fds[0]), _resume(d, state, res)
             if app_side is None:
@@ -326,7 +360,7 @@ async def _carry_moved(
     d: Taker,
     state: StreamState,
     vm_side: trio.SocketStream,
-    app_side: trio.abc.Stream,
+    app_side: trio.abc.Stream | None,
     ticket: Ticket,
     held: Callable[[], None] | None = None,
 ) -> None:
@@ -336,10 +370,12 @@ async def _carry_moved(
     )  # fmt: skip
     egress = d._egress_by_route.get(state.route) or d.config.default_egress()
     header = OriginHeader(d.host, state.vm, state.kind, state.label, state.sid)
+    if app_side is None:  # a new egress connection continues it (relay.pump_tls)
+        header = continued(header, state.a_to_b, state.b_to_a)
     try:
         await d._carrier.carry(
             vm_side, header, egress, state.route, state.peer, d.config.timeouts,
-            moved_in=EgressConnection(app_side),
+            moved_in=EgressConnection(app_side) if app_side is not None else None,
         )  # fmt: skip
     finally:
         d._release(ticket, None)

@@ -58,7 +58,7 @@ class PeerFreeze:
         "vm",
     )
 
-    def __init__(self, vm: trio.SocketStream, inner: ResumableStream) -> None:
+    def __init__(self, vm: trio.SocketStream, inner: trio.abc.Stream) -> None:
         self.vm = vm
         self.inner = inner
         self.session = None  # (no relay.park session: the copy path never parks)
@@ -91,6 +91,7 @@ class PeerFreeze:
 
     def snapshot(self) -> StreamImage:
         """The session's state now (frozen; raises NotImageable)."""
+        assert isinstance(self.inner, ResumableStream)
         img = export_stream(self.inner)
         self.snapped = True
         return img
@@ -98,7 +99,8 @@ class PeerFreeze:
     def decide(self, moved: bool) -> None:
         self.decided, self.moved, self.snapped = True, moved, self.snapped and moved
         if moved:
-            let_go(self.inner, "moved to the successor")
+            if isinstance(self.inner, ResumableStream):
+                let_go(self.inner, "moved to the successor")
             self.scope.cancel()
         else:
             self.asked = False
@@ -185,7 +187,8 @@ class EgressView(trio.abc.HalfCloseableStream):
         await self.inner.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        if not self.f.moved:
+        # (a TLS egress has no half-close: the pump closes it with the VM's side)
+        if not self.f.moved and isinstance(self.inner, trio.abc.HalfCloseableStream):
             await self.inner.send_eof()
 
     async def aclose(self) -> None:

@@ -111,6 +111,17 @@ class Resumed:
 
 
 @dataclass(frozen=True, slots=True)
+class Continued:
+    """A stream whose TLS egress ended in the old relay: one fd (its VM side); the
+    successor continues it at the appliance from its state's byte counts
+    (relay.pump_tls). On the wire: ``STATE["continue"] = true``."""
+
+
+CONTINUED = Continued()
+Passed = Resumed | Continued | None
+
+
+@dataclass(frozen=True, slots=True)
 class _ResumeHead:
     """A ``Resumed`` as its line declares it, before its bytes arrived."""
 
@@ -145,6 +156,20 @@ class _ResumeHead:
         return Resumed(self.session_id, self.header, img)
 
 
+_Head = _ResumeHead | Continued | None
+
+
+def _head(item: Any) -> _Head:
+    """What follows a passed stream's state: its session, a continuation, or nothing."""
+    if not isinstance(item, dict):
+        return None  # (StreamState.from_json refused it already)
+    if "resume" in item:
+        return _ResumeHead.from_json(item["resume"])
+    if item.get("continue") is True:
+        return CONTINUED
+    return None
+
+
 def per_batch(max_fds: int) -> int:
     """Streams in one message when a message carries at most ``max_fds`` fds."""
     return max(1, max_fds // FDS_PER_STREAM)
@@ -155,32 +180,32 @@ def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[i : i + size]
 
 
-def encode_batch(
-    states: Sequence[StreamState], resumed: Sequence[Resumed | None] | None = None
-) -> bytes:
+def encode_batch(states: Sequence[StreamState], resumed: Sequence[Passed] | None = None) -> bytes:
     """The line that carries ``states`` and the bytes after it; send it with their
     fds (vm, app, vm, app... ; a resumed stream: its vm side only)."""
     res = list(resumed) if resumed is not None else [None] * len(states)
     items = []
     for st, r in zip(states, res, strict=True):
         obj = st.to_json()
-        if r is not None:
+        if isinstance(r, Resumed):
             obj["resume"] = r.to_json()
+        elif r is not None:
+            obj["continue"] = True
         items.append(obj)
     nfds = sum(1 if r is not None else FDS_PER_STREAM for r in res)
     body = {"streams": items, "fds": nfds}
     line = json.dumps(body, separators=(",", ":")).encode() + b"\n"
-    return line + b"".join(r.blob for r in res if r is not None)
+    return line + b"".join(r.blob for r in res if isinstance(r, Resumed))
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Streams passed over; ``fds[i]`` is (vm side, appliance side) of ``states[i]``,
-    or (vm side,) with its session in ``resumed[i]``."""
+    or (vm side,) with its session in ``resumed[i]`` (or ``CONTINUED`` there)."""
 
     states: tuple[StreamState, ...]
     fds: tuple[tuple[int, ...], ...]
-    resumed: tuple[Resumed | None, ...] = ()
+    resumed: tuple[Passed, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +225,7 @@ class Receiver:
         self._buf = bytearray()
         self._fds: list[int] = []
         # a line read, waiting for the bytes it declared
-        self._head: tuple[tuple[StreamState, ...], tuple[_ResumeHead | None, ...]] | None = None
+        self._head: tuple[tuple[StreamState, ...], tuple[_Head, ...]] | None = None
         self._want = 0
         self.done = False
 
@@ -243,8 +268,8 @@ class Receiver:
             raise WireError(WireCode.UNEXPECTED, "no streams list")
         items = obj["streams"]
         states = tuple(StreamState.from_json(s) for s in items)
-        heads = tuple(_ResumeHead.from_json(s["resume"]) if "resume" in s else None for s in items)
-        want = sum(h.replay + h.pending for h in heads if h is not None)
+        heads = tuple(_head(s) for s in items)
+        want = sum(h.replay + h.pending for h in heads if isinstance(h, _ResumeHead))
         if want > self.max_bytes:
             raise WireError(WireCode.TOO_BIG, f"{want} bytes of sessions in one batch")
         n = sum(1 if h is not None else FDS_PER_STREAM for h in heads)
@@ -259,14 +284,14 @@ class Receiver:
         blob, self._head = bytes(self._buf[: self._want]), None
         del self._buf[: self._want]
         fds: list[tuple[int, ...]] = []
-        resumed: list[Resumed | None] = []
+        resumed: list[Passed] = []
         pos = 0
         for h in heads:
             k = 1 if h is not None else FDS_PER_STREAM
             fds.append(tuple(self._fds[:k]))
             del self._fds[:k]
-            if h is None:
-                resumed.append(None)
+            if not isinstance(h, _ResumeHead):
+                resumed.append(h)
                 continue
             size = h.replay + h.pending
             resumed.append(h.complete(blob[pos : pos + size]))

@@ -57,6 +57,7 @@ class EchoedVm:
         self.stop = trio.Event()
         self.lines = 0
         self.cut = False  # the stream ended before the VM's own EOF came back
+        self.done = False  # its receiving ended
 
     async def send(self) -> None:
         with contextlib.suppress(trio.BrokenResourceError):  # cut (a stream that stays)
@@ -77,6 +78,7 @@ class EchoedVm:
                 self.arrivals.append(trio.current_time())
                 self.progress.notify()
         self.cut = len(self.got) < len(self.sent) or not self.stop.is_set()
+        self.done = True
         self.progress.notify()
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -130,3 +132,24 @@ async def serve_tls(app: Appliance, n: trio.Nursery, tmp_path: Path) -> int:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     n.start_soon(trio.serve_listeners, app.handle, [trio.SSLListener(x, ctx) for x in listeners])
     return int(listeners[0].socket.getsockname()[1])
+
+
+def continued_exactly(app: Appliance, vm: EchoedVm) -> str:
+    """A stream that moved by continuation (relay.pump_tls) to this echoing appliance,
+    which keeps nothing between connections: its first connection's bytes and the
+    second's are the VM's, in order, the second's header offsets say where each
+    side stood, and the VM got the first's echo up to ``received``, then the
+    second's (this appliance sends nothing again). "" when so, else what is wrong."""
+    tag = b"%04d " % vm.index
+    recs = [r for r in app.streams if bytes(r.data[:5]) == tag]
+    if len(recs) != 2 or not recs[1].header.continues:
+        return f"{len(recs)} connections"
+    first, second = recs
+    off, got = second.header.offset, second.header.received
+    if (first.header.stream_id, off) != (second.header.stream_id, len(first.data)):
+        return f"offset {off} after {len(first.data)} bytes"
+    if bytes(first.data + second.data) != bytes(vm.sent):
+        return "the appliance's bytes are not the VM's"
+    if bytes(vm.got) != bytes(vm.sent[:got] + vm.sent[off:]):
+        return f"the VM's echo is not the first {got} bytes and the second connection's"
+    return ""

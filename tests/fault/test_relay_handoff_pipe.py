@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from common.ops.lifecycle import Changed
-from tests.fault.livestreams import DRAIN, EchoedVm, serve_tls
+from tests.fault.livestreams import EchoedVm, continued_exactly, serve_tls
 from tests.relay.relayfix import Appliance
 from tests.support.daemons import Daemons
 
@@ -35,7 +35,7 @@ port = {app_port}
 {secure if tls else ""}[metrics]
 enabled = false
 [timeouts]
-drain = {DRAIN if tls else 30.0}
+drain = 30.0
 retry-min = 0.05
 retry-max = 0.2
 [[pipe]]
@@ -92,10 +92,13 @@ async def test_a_connect_mode_pipe_stream_moves_and_is_not_doubled(tmp_path: Pat
     assert [bytes(r.data) for r in app.streams][:1] == [bytes(vm.sent)]  # one, exact
 
 
-async def test_a_pipe_stream_that_stays_keeps_the_successor_waiting(tmp_path: Path) -> None:
-    """With a TLS egress the stream cannot move: it flows on in the old process until
-    its drain deadline, and the successor connects to the VM end only once the old
-    process is gone."""
+async def test_a_pipe_stream_with_a_tls_egress_continues_and_is_not_doubled(
+    tmp_path: Path,
+) -> None:
+    """With a TLS egress the stream moves by continuation (relay.pump_tls): the old
+    process is gone at once, the successor carries the VM end it was passed in a new
+    TLS connection that continues the stream, and does not connect to the VM end
+    meanwhile."""
     app = Appliance(echo=True)
     vm_end = tmp_path / "vm.sock"
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -114,22 +117,16 @@ async def test_a_pipe_stream_that_stays_keeps_the_successor_waiting(tmp_path: Pa
                 vm.start(traffic)
                 await progress.wait_until(lambda: len(vm.got) > 5000)
                 await new.start()
-                await new.wait_log("took over from relay pid")
+                assert await old.wait_exit(timeout=20) == 0  # moved: nothing to drain
                 mark = len(vm.got)
-                await progress.wait_until(lambda: len(vm.got) > mark + 2000)  # in the old one
-                assert old.running and not pending_connection(listener)
-                assert await old.wait_exit(timeout=DRAIN + 10) == 0  # cut at its drain deadline
-                again, _ = await listener.accept()  # now the successor connects
-                await progress.wait_until(lambda: vm.cut)
-            stream = trio.SocketStream(again)
-            await stream.send_all(b"after the drain\n")
-            got = b""
-            while len(got) < 16:
-                got += await stream.receive_some(100)
-            assert got == b"after the drain\n"
-            await stream.aclose()
+                await progress.wait_until(lambda: len(vm.got) > mark + 2000)  # flows on
+                assert not pending_connection(listener)
+                vm.stop.set()
+                await progress.wait_until(lambda: not continued_exactly(app, vm))
+                traffic.cancel_scope.cancel()  # (a TLS egress takes no half-close)
+            assert not pending_connection(listener)  # it carries the stream it was passed
             await vm.stream.aclose()
             n.cancel_scope.cancel()
     listener.close()
-    assert vm.sent.startswith(vm.got)  # exact until the cut
-    assert "stays here (tls)" in old.log()
+    assert not (why := continued_exactly(app, vm)), why
+    assert "moved to the successor" in old.log() and "taken over (" in new.log()

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.core.handoff_wire import (
+    CONTINUED,
     FDS_PER_STREAM,
     Batch,
     Receiver,
@@ -110,3 +111,30 @@ def test_anything_but_a_batch_or_released_is_unexpected() -> None:
     with pytest.raises(WireError) as e:
         Receiver().feed(b'{"keys": []}\n')
     assert e.value.code is WireCode.UNEXPECTED
+
+
+@given(st.lists(st.tuples(states, st.booleans()), min_size=1, max_size=20), st.lists(count))
+def test_continued_streams_pass_one_fd_each(
+    items: list[tuple[StreamState, bool]], cuts: list[int]
+) -> None:
+    """A TLS-egress stream (``CONTINUED``) passes its VM side only; the others both."""
+    sts = [s for s, _c in items]
+    marks = [CONTINUED if c else None for _s, c in items]
+    nfds = sum(1 if c else FDS_PER_STREAM for _s, c in items)
+    fds = list(range(100, 100 + nfds))
+    events = feed_in_pieces(Receiver(), [(encode_batch(sts, marks), fds)], cuts)
+    assert len(events) == 1 and isinstance(events[0], Batch)
+    batch = events[0]
+    assert batch.states == tuple(sts) and batch.resumed == tuple(marks)
+    assert [len(f) for f in batch.fds] == [1 if c else 2 for _s, c in items]
+    assert [fd for f in batch.fds for fd in f] == fds
+
+
+def test_a_continue_that_is_not_true_passes_two_fds() -> None:
+    """Only ``"continue": true`` marks a continuation; anything else is a plain stream
+    (two fds), and a count that says otherwise is refused."""
+    st0 = StreamState("s", "r", "tcp", "vm", "l", "p", "tcp", 1, 2)
+    obj = {"streams": [st0.to_json() | {"continue": 1}], "fds": 1}
+    with pytest.raises(WireError) as e:
+        Receiver().feed(json.dumps(obj).encode() + b"\n", [7])
+    assert e.value.code == WireCode.FD_COUNT
