@@ -104,4 +104,4 @@ def test_a_batch_waits_for_its_bytes() -> None:
     (batch,) = rx.feed(b"dxy")
     assert isinstance(batch, Batch) and batch.fds == ((7,),)
     r = batch.resumed[0]
-    assert r is not None and r.image.replay == b"abcd" and r.image.pending == b"xy"
+    assert isinstance(r, Resumed) and r.image.replay == b"abcd" and r.image.pending == b"xy"

@@ -18,7 +18,7 @@ from common.link.resumable import ResumableStream
 from common.link.resume_export import StreamImage, restore_stream
 from common.link.route import Route, Router
 from common.proto.link.header import OriginHeader, encode_header
-from relay.core.handoff_wire import Batch, Receiver
+from relay.core.handoff_wire import Batch, Receiver, Resumed
 from relay.pump import PumpCounters, pump
 from relay.pump_handoff import MOVED, SEND_FAILED, Enlisted, StreamMover, adopt_socket
 from relay.pump_peer import EgressView, PeerFreeze, VmView
@@ -79,7 +79,7 @@ def adopt(n: trio.Nursery, router: Router, passed: list[tuple[bytes, list[int]]]
         for batch in rx.feed(line, fds):
             assert isinstance(batch, Batch)
             for (fd,), r in zip(batch.fds, batch.resumed, strict=True):
-                assert r is not None
+                assert isinstance(r, Resumed)
                 st = restore_stream(StreamImage(r.session_id, r.header, r.image), router)
                 n.start_soon(st.run)
                 n.start_soon(pump, adopt_socket(fd), st)
