@@ -196,10 +196,7 @@ class FastSocket:
             if n >= len(mv):
                 break
             mv = mv[n:]
-            try:
-                await trio.lowlevel.wait_writable(self.tsock)
-            except OSError as e:
-                raise _stream_error(e) from e
+            await self._wait_writable()
             waited = True
         await self._sent(waited)
 
@@ -215,12 +212,15 @@ class FastSocket:
                 raise _stream_error(e) from e
             if not views:
                 break
-            try:
-                await trio.lowlevel.wait_writable(self.tsock)
-            except OSError as e:
-                raise _stream_error(e) from e
+            await self._wait_writable()
             waited = True
         await self._sent(waited)
+
+    async def _wait_writable(self) -> None:
+        try:
+            await trio.lowlevel.wait_writable(self.tsock)
+        except OSError as e:
+            raise _stream_error(e) from e
 
     async def _sent(self, waited: bool) -> None:
         """After a stream send: yield every YIELD_EVERY sends that did not wait."""

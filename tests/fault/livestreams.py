@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
@@ -91,6 +92,16 @@ class EchoedVm:
         after = [t for t in self.arrivals if t > end][:1]
         points = before + inside + after
         return max((b - a for a, b in itertools.pairwise(points)), default=end - start)
+
+
+async def flow_on_then_stop(vms: Sequence[EchoedVm], progress: Changed) -> None:
+    """Every VM's echo moves on (2,000 bytes past where it is now), then each stops."""
+    marks = [len(v.got) for v in vms]
+    await progress.wait_until(
+        lambda: all(len(v.got) > m + 2000 for v, m in zip(vms, marks, strict=True))
+    )
+    for vm in vms:
+        vm.stop.set()
 
 
 async def open_vms(port: int, count: int, progress: Changed, first: int = 0) -> list[EchoedVm]:

@@ -28,6 +28,7 @@ from tests.fault.livestreams import (
     DRAIN,
     STREAMS,
     continued_exactly,
+    flow_on_then_stop,
     moving_relay_toml,
     open_vms,
     serve_tls,
@@ -293,12 +294,7 @@ async def test_handoff_moves_live_streams_exactly_and_at_once(tmp_path: Path, eg
                 await new.start()
                 assert await old.wait_exit(timeout=20) == 0  # nothing left to drain
                 t1 = trio.current_time()
-                marks = [len(v.got) for v in vms]
-                await progress.wait_until(
-                    lambda: all(len(v.got) > m + 2000 for v, m in zip(vms, marks, strict=True))
-                )
-                for vm in vms:
-                    vm.stop.set()
+                await flow_on_then_stop(vms, progress)
             n.cancel_scope.cancel()
     for vm in vms:
         assert vm.got == vm.sent, f"stream {vm.index}: {len(vm.got)} of {len(vm.sent)}"
@@ -343,12 +339,7 @@ async def test_successor_dying_before_ready_leaves_live_streams_flowing(tmp_path
                 inherit.unclaimed()  # close our copies ...
                 await taker.stream.aclose()  # ... and die before READY
                 await relay.wait_log("carrying on")
-                marks = [len(v.got) for v in vms]
-                await progress.wait_until(
-                    lambda: all(len(v.got) > m + 2000 for v, m in zip(vms, marks, strict=True))
-                )
-                for vm in vms:
-                    vm.stop.set()
+                await flow_on_then_stop(vms, progress)
             assert relay.running
             n.cancel_scope.cancel()
     for vm in vms:

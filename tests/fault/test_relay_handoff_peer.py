@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from common.ops.lifecycle import Changed
-from tests.fault.livestreams import EchoedVm
+from tests.fault.livestreams import EchoedVm, flow_on_then_stop
 from tests.fault.topology import LINK, A, B
 from tests.relay.pki_helpers import Pki
 from tests.relay.relayfix import Appliance
@@ -126,12 +126,7 @@ async def test_handoff_moves_peer_route_streams_exactly(
                 ready = trio.current_time()
                 assert await old.wait_exit(timeout=20) == 0  # nothing left to drain
                 t1 = trio.current_time()
-                marks = [len(v.got) for v in vms]
-                await progress.wait_until(
-                    lambda: all(len(v.got) > m + 2000 for v, m in zip(vms, marks, strict=True))
-                )
-                for vm in vms:
-                    vm.stop.set()
+                await flow_on_then_stop(vms, progress)
             n.cancel_scope.cancel()
     for vm in vms:
         assert vm.got == vm.sent and not vm.cut, f"stream {vm.index}: {len(vm.got)}"

@@ -23,7 +23,7 @@ import trio
 from common.proto.console import protocol as proto
 from tests.fault.topology import APP, A, counter, explain
 from tests.relay.pki_helpers import Pki
-from tests.support.daemons import Daemon, Daemons, Table, free_port
+from tests.support.daemons import Daemon, Daemons, Table, free_port, free_ports
 from tests.support.waiting import wait_until
 from vspc.console.client import Endpoint as ConsoleEndpoint
 from vspc.console.client import attach
@@ -153,7 +153,7 @@ def log_of(tmp: Path, vm: int) -> bytes:
 
 async def test_handoff_continues_tls_egress_streams_exactly(tmp_path: Path) -> None:
     pki = Pki(tmp_path / "pki")
-    ports = [free_port(A) for _ in range(VMS)]
+    ports = free_ports(VMS, A)
     relay_cfg, app_cfg = _configs(tmp_path, pki, ports)
     async with Daemons(tmp_path) as ds:
         app: Daemon = ds.add("vspc", "appliance", app_cfg)

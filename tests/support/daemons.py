@@ -21,6 +21,7 @@ port number never collides across hosts and each daemon's traffic is its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -52,9 +53,17 @@ class DaemonExited(RuntimeError):
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` now (the daemon binds it again, with SO_REUSEADDR)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` different TCP ports free on ``host`` now: all bound at once while they are
+    chosen (one at a time, the kernel may hand the same port out twice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 # --- TOML out (tomllib only reads) ----------------------------------------------------
