@@ -82,6 +82,17 @@ WatchdogSec=2s
 StandardOutput=append:/run/vic-test/{daemon}.log
 StandardError=inherit
 """
+# A checkout under /tmp (a CI clone, say) would be hidden by the unit's PrivateTmp=yes.
+PRIVATE_TMP_OFF = "PrivateTmp=no\n"
+
+
+def dropin(vic: Path, daemon: str) -> str:
+    """The test drop-in for ``daemon``, run from ``vic`` (this checkout's venv)."""
+    text = DROPIN.format(vic=vic, daemon=daemon)
+    paths = (vic.resolve(), Path(os.path.realpath(sys.executable)))
+    if any(p.is_relative_to(t) for p in paths for t in (Path("/tmp"), Path("/var/tmp"))):
+        text += PRIVATE_TMP_OFF
+    return text
 
 
 class BootError(RuntimeError):
@@ -148,7 +159,7 @@ def boot(tmp: Path, configs: dict[str, str], timeout: float = 30.0) -> Systemd:
         drop = units / f"{name}.d"
         drop.mkdir()
         shutil.copy(UNITS / "notify-reload-compat.conf", drop / "compat.conf")
-        (drop / "test.conf").write_text(DROPIN.format(vic=vic, daemon=daemon))
+        (drop / "test.conf").write_text(dropin(vic, daemon))
         (cfg / f"{daemon}.toml").write_text(text)
     script = tmp / "boot.sh"
     script.write_text(BOOT)
