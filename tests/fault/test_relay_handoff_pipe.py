@@ -46,6 +46,14 @@ mode = "connect"
 """
 
 
+async def vm_end_listener(path: Path) -> trio.socket.SocketType:
+    """The VM end of a connect-mode pipe: a Unix listener the relay dials."""
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(str(path))
+    listener.listen(8)
+    return listener
+
+
 def pending_connection(listener: trio.socket.SocketType) -> bool:
     readable, _w, _x = select.select([listener.fileno()], [], [], 0)
     return bool(readable)
@@ -54,9 +62,7 @@ def pending_connection(listener: trio.socket.SocketType) -> bool:
 async def test_a_connect_mode_pipe_stream_moves_and_is_not_doubled(tmp_path: Path) -> None:
     app = Appliance(echo=True)
     vm_end = tmp_path / "vm.sock"
-    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await listener.bind(str(vm_end))
-    listener.listen(8)
+    listener = await vm_end_listener(vm_end)
     with trio.fail_after(60):
         async with trio.open_nursery() as n, Daemons(tmp_path) as ds:
             toml = _toml(await app.serve_tcp(n), vm_end, tmp_path / "h.sock")
@@ -101,9 +107,7 @@ async def test_a_pipe_stream_with_a_tls_egress_continues_and_is_not_doubled(
     meanwhile."""
     app = Appliance(echo=True)
     vm_end = tmp_path / "vm.sock"
-    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await listener.bind(str(vm_end))
-    listener.listen(8)
+    listener = await vm_end_listener(vm_end)
     with trio.fail_after(60):
         async with trio.open_nursery() as n, Daemons(tmp_path) as ds:
             port = await serve_tls(app, n, tmp_path)

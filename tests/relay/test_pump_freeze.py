@@ -65,6 +65,16 @@ def pair() -> tuple[trio.SocketStream, trio.SocketStream]:
     return trio.SocketStream(a), trio.SocketStream(b)
 
 
+def enlist_one(
+    mover: StreamMover, vm_side: trio.SocketStream, app_side: trio.SocketStream
+) -> tuple[Freeze, PumpCounters]:
+    """One stream enlisted with ``mover``: its freeze and counters."""
+    f, c = Freeze(), PumpCounters()
+    header = OriginHeader("e", "v", "tcp", "", "s")
+    mover.enlist(Enlisted(f, "", header, "r", "p", "tcp", vm_side, app_side, c))
+    return f, c
+
+
 async def run_pump(
     a: trio.SocketStream,
     b: trio.SocketStream,
@@ -132,9 +142,7 @@ async def test_a_copy_path_pump_finds_no_safe_point_and_runs_on() -> None:
     mover = StreamMover(CollectorRegistry())
     (vm, vm_side), (app_side, app) = pair(), pair()
     up, down = End(b"up", vm), End(b"dn", app)
-    f, c = Freeze(), PumpCounters()
-    mover.enlist(Enlisted(f, "", OriginHeader("e", "v", "tcp", "", "s"), "r", "p", "tcp",
-                          vm_side, app_side, c))  # fmt: skip
+    f, c = enlist_one(mover, vm_side, app_side)
 
     async def never(line: bytes, fds: Sequence[int]) -> None:
         raise AssertionError("nothing to pass")
@@ -200,9 +208,7 @@ async def test_a_failed_send_leaves_the_stopped_pumps_running_here() -> None:
     mover = StreamMover(CollectorRegistry())
     (vm, vm_side), (app_side, app) = pair(), pair()
     up, down = End(b"up", vm), End(b"dn", app)
-    f, c = Freeze(), PumpCounters()
-    mover.enlist(Enlisted(f, "", OriginHeader("e", "v", "tcp", "", "s"), "r", "p", "tcp",
-                          vm_side, app_side, c))  # fmt: skip
+    f, c = enlist_one(mover, vm_side, app_side)
 
     async def broken(line: bytes, fds: Sequence[int]) -> None:
         raise BrokenPipeError("the successor died")
