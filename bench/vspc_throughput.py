@@ -8,7 +8,9 @@ Telnet-encoded as ESX does (0xFF doubled), and a reader receives it:
 * ``socat``:  the same wire bytes -> ``socat -b 262144`` -> a TCP reader;
 * ``direct``: the same wire bytes -> a TCP reader;
 * ``vspc_log``: sim -> ``vic vspc`` -> its byte-exact console log file only (no
-  client attached; timed until the file holds every byte).
+  client attached; timed until the file holds every byte);
+* ``vspc_ref``: as ``vspc``, through the vSPC of another checkout (``--ref ROOT``):
+  a same-run A/B of two versions, interleaved with the rest.
 
 The attached client's queue is configured large (the reader shares a process
 with the sender, so it must not be dropped as a slow client: that policy is
@@ -23,7 +25,8 @@ on text), verifies every byte arrived intact and in order, and writes JSON + PNG
 to bench/results/ (or $VIC_BENCH_RESULTS).
 
     .venv/bin/python bench/vspc_throughput.py [--mib 32] [--reps 5] [--smoke]
-        [--paths direct,socat,vspc,vspc_log] [--kinds text,binary]
+        [--paths direct,socat,vspc,vspc_log] [--kinds text,binary] [--ref ROOT]
+        [--profile-vspc FILE]
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from vic.lab.polling import wait_until
 
 NAME = "vspc_throughput"
 CHUNK = 256 * 1024
-PATHS = ("direct", "socat", "vspc", "vspc_log")
+PATHS = ("direct", "socat", "vspc", "vspc_log", "vspc_ref")
 
 _LINES = [
     "[{t:12.6f}] systemd[1]: Started {svc}.service - {svc} daemon.",
@@ -249,31 +252,36 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="vspc-bench-"))
     queue = max(64 << 20, 2 * max(len(tw.escape(p)) for p in payloads.values()))
     console_extra = f"client-queue-bytes = {queue}\nlog-max-bytes = {1 << 40}"
-    vspc_cm = bl.run_vspc(workdir, console_extra=console_extra) if reason is None else None
-    v = vspc_cm.__enter__() if vspc_cm is not None else None
-    if v is None:
-        notes.append(f"vspc path skipped: {reason}")
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        vspcs: dict[str, bl.Vspc] = {}
+        if reason is None:
+            vspcs["vspc"] = stack.enter_context(
+                bl.run_vspc(workdir / "a", console_extra=console_extra, profile=args.profile_vspc)
+            )
+            if args.ref is not None and "vspc_ref" in args.paths:
+                vspcs["vspc_ref"] = stack.enter_context(
+                    bl.run_vspc(workdir / "b", console_extra=console_extra, root=args.ref)
+                )
+        else:
+            notes.append(f"vspc paths skipped: {reason}")
         seeds = itertools.count(101)  # one VM per vSPC run
 
         async def one(rep: int, name: str) -> None:
             kind, path = name.split(" ")
             payload = payloads[kind]
-            run = await run_path(path, v, payload, seeds, workdir)
-            if path == "vspc" and run.log_bytes != len(payload):
+            run = await run_path(path, vspcs, payload, seeds, workdir)
+            if path.startswith("vspc") and run.log_bytes >= 0 and run.log_bytes != len(payload):
                 notes.append(
                     f"rep {rep} {kind}: console log holds {run.log_bytes} of {len(payload)} bytes"
                 )
             record(results[kind][path], size, run, f"rep {rep} {kind:6s} {path:8s}")
 
-        paths = [
-            p for p in PATHS if p in args.paths and (v is not None or not p.startswith("vspc"))
-        ]
+        def ready(p: str) -> bool:  # (vspc_log uses the vspc path's vSPC)
+            return not p.startswith("vspc") or (p if p == "vspc_ref" else "vspc") in vspcs
+
+        paths = [p for p in PATHS if p in args.paths and ready(p)]
         await ainterleaved(args.reps, [f"{k} {p}" for k in payloads for p in paths], one)
-    finally:
-        if vspc_cm is not None:
-            vspc_cm.__exit__(None, None, None)
-        shutil.rmtree(workdir, ignore_errors=True)
     return {
         "bench": NAME,
         "mib": args.mib,
@@ -290,18 +298,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def run_path(
-    path: str, v: bl.Vspc | None, payload: bytes, seeds: Iterator[int], workdir: Path
+    path: str, vspcs: dict[str, bl.Vspc], payload: bytes, seeds: Iterator[int], workdir: Path
 ) -> Run:
     """One run of ``payload`` over one path."""
     if path == "vspc_log":
-        assert v is not None
-        return await run_vspc_log(v, payload, next(seeds))
-    if path == "vspc":
-        assert v is not None
+        return await run_vspc_log(vspcs["vspc"], payload, next(seeds))
+    if path in ("vspc", "vspc_ref"):
+        v = vspcs[path]
         try:
             return await run_vspc(v, payload, next(seeds))
         except Exception:
-            print(bl.tail(workdir / "vspc.stderr"), file=sys.stderr)
+            print(bl.tail(v.workdir / "vspc.stderr"), file=sys.stderr)
             raise
     return await run_tcp(payload, via_socat=(path == "socat"))
 
@@ -329,7 +336,7 @@ def summarize(results: dict[str, Any], mib: float) -> dict[str, Any]:
     cpu = {p: bl.median(results[p]["middle_cpu_s"]) for p in PATHS}
     per_cpu = {
         p: (mib / cpu[p] if cpu[p] == cpu[p] and cpu[p] > 0 else None)
-        for p in ("socat", "vspc", "vspc_log")
+        for p in ("socat", "vspc", "vspc_log", "vspc_ref")
     }
     return {
         "median_mib_s": med,
@@ -338,6 +345,7 @@ def summarize(results: dict[str, Any], mib: float) -> dict[str, Any]:
         "vspc_vs_socat": _ratio(med["vspc"], med["socat"]),
         "vspc_vs_direct": _ratio(med["vspc"], med["direct"]),
         "vspc_log_vs_socat": _ratio(med["vspc_log"], med["socat"]),
+        "vspc_vs_vspc_ref": _ratio(med["vspc"], med["vspc_ref"]),
         "socat_vs_direct": _ratio(med["socat"], med["direct"]),
     }
 
@@ -375,9 +383,18 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--kinds", default="text,binary", help="comma list of text,binary")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (< 20 s)")
-    ap.add_argument("--paths", default=",".join(PATHS), help="comma list of " + ",".join(PATHS))
+    ap.add_argument("--paths", default=",".join(PATHS[:4]), help="comma list of " + ",".join(PATHS))
+    ap.add_argument(
+        "--ref",
+        type=Path,
+        default=None,
+        help="checkout whose vSPC runs the vspc_ref path (added to --paths): a same-run A/B",
+    )
+    ap.add_argument("--profile-vspc", type=Path, default=None, help="cProfile output of the vSPC")
     args = ap.parse_args()
     args.paths = tuple(p for p in args.paths.split(",") if p)
+    if args.ref is not None and "vspc_ref" not in args.paths:
+        args.paths += ("vspc_ref",)
     args.kinds = tuple(k for k in args.kinds.split(",") if k)
     if not args.kinds or set(args.kinds) - {"text", "binary"}:
         ap.error("--kinds: a comma list of text, binary")
@@ -400,6 +417,11 @@ def main() -> int:
             f"   vspc_log/socat {fmt(s['vspc_log_vs_socat'])}"
             f"   socat/direct {fmt(s['socat_vs_direct'])}"
         )
+        if args.ref is not None:
+            print(
+                f"        vspc_ref {med['vspc_ref']:8.1f} MiB/s"
+                f"   vspc/vspc_ref {fmt(s['vspc_vs_vspc_ref'])}"
+            )
         pc = s["mib_per_middle_cpu_s"]
         print(
             "        MiB per CPU-second of the relay process: "

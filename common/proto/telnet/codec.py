@@ -14,7 +14,8 @@ Parser
 * Fast paths, with no Python loop over the bytes: a chunk without 0xFF (console
   text) comes back as one ``Data`` holding the very same bytes object (no copy);
   a chunk whose every 0xFF is half of a doubled pair (binary data, no commands)
-  is un-doubled with one ``split`` and one ``join``. Otherwise plain data is
+  is un-doubled in one step (``common.proto.telnet.undouble``: a C pass when
+  built, else one ``split`` and one ``join``). Otherwise plain data is
   located with ``bytes.find(b"\\xff")`` and emitted as slices. Consecutive data
   pieces within one ``feed`` (including un-doubled 0xFF) are merged into one
   ``Data``.
@@ -44,6 +45,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
+
+from common.proto.telnet.undouble import undouble
 
 # --- Telnet commands (RFC 854) ---------------------------------------------
 IAC: Final = 255
@@ -197,14 +200,12 @@ class TelnetParser:
             data = bytes(data)
         if self._state == _DATA:
             # Fast paths, all in C: no IAC at all (console text: the chunk itself,
-            # no copy), or every IAC is one half of a doubled 0xFF (split + join).
+            # no copy), or every IAC is one half of a doubled 0xFF (``undouble``).
             if _IAC_B not in data:
                 return [Data(data)] if data else []
-            # Split at every 0xFF: every IAC is doubled iff each odd-numbered piece
-            # is empty and there is an even number of them.
-            parts = data.split(_IAC_B)
-            if len(parts) & 1 and not any(parts[1::2]):
-                return [Data(_IAC_B.join(parts[::2]))]
+            plain = undouble(data)
+            if plain is not None:
+                return [Data(plain)]
         return self._parse(data)
 
     def _parse(self, data: bytes) -> list[Event]:
