@@ -42,9 +42,11 @@ T = TypeVar("T")
 
 MAX_PENDING_EVENTS = 1024
 # Batching: the writer waits up to FLUSH_INTERVAL for more data before a write,
-# unless URGENT_BYTES are queued or a VM is waiting for room.
+# unless URGENT_BYTES are queued (over all ports; or half a port's queue), or a VM
+# is waiting for room. Each batch is a round trip to the log thread (a wake-up and
+# GIL hand-offs both ways): in bulk, fewer larger batches cost less CPU.
 FLUSH_INTERVAL = 0.05
-URGENT_BYTES = 1024 * 1024
+URGENT_BYTES = 2 * 1024 * 1024
 #: While writes fail: how often they are retried, and for how long at exit.
 RETRY_INTERVAL = 0.2
 EXIT_RETRY = 3.0
