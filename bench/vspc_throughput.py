@@ -369,7 +369,8 @@ def plot(data: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.8))
     series: dict[str, list[float | None]] = {}
     errors: dict[str, tuple[list[float], list[float]]] = {}
-    for p in PATHS:
+    ran = [p for p in PATHS if any(data["results"][k].get(p, {}).get("mib_s") for k in kinds)]
+    for p in ran:
         meds, lo, hi = [], [], []
         for kind in kinds:
             xs = data["results"][kind][p]["mib_s"]
@@ -378,10 +379,14 @@ def plot(data: dict[str, Any], path: Path) -> None:
             lo.append(m - min(xs) if xs else 0.0)
             hi.append(max(xs) - m if xs else 0.0)
         series[p], errors[p] = list(meds), (lo, hi)
-    _plots.grouped(ax, kinds, series, errors=errors)
+    _plots.grouped(ax, kinds, series, errors=errors, colours={"vspc_ref": _plots.OTHER})
     ratios = ", ".join(
         f"{k} {_plots.times(data['summary'][k].get('vspc_vs_socat'))}" for k in kinds
     )
+    if "vspc_ref" in series:
+        ratios += "; vspc/vspc_ref: " + ", ".join(
+            f"{k} {_plots.times(data['summary'][k].get('vspc_vs_vspc_ref'))}" for k in kinds
+        )
     ax.set_ylabel("console MiB/s (median, min-max)")
     ax.set_title(
         f"VM -> console throughput, {data['mib']} MiB x {data['reps']} reps\nvspc/socat: {ratios}",
