@@ -21,6 +21,7 @@ from common.io.splice import (
 )
 from common.io.streamlayers import find_layer
 from relay.park import NO_DST, Handoff, Parker, Route
+from relay.pump_bulk import BulkBursts
 from relay.pump_copy import copy_loop
 from relay.pump_state import (
     Abort,
@@ -311,6 +312,7 @@ class Session:
                         on_moved=d.moved,
                         stall_timeout=self.stall_timeout,
                         mark=self,
+                        burst=BulkBursts(),
                     )
                 except SpliceUnsupported as exc:
                     log.debug("%s: splice unsupported, copying", d.name)
