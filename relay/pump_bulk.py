@@ -9,6 +9,13 @@ syscalls release the GIL, and the trio thread stays free: the loop is what
 bench/_splice_floor.py does, plus one ``poll`` per wait (the sockets stay
 non-blocking: trio owns them).
 
+Only a direction that has moved ``THREAD_AFTER`` bytes in bulk under trio
+uses a thread (``BulkBursts``): short transfers and interactive traffic never
+do, and keep the trio burst's contract (counters current and the pipe back in
+the pool as soon as the source is drained). A thread's burst keeps its pipe,
+and its bytes may be unreported, until it returns: up to ``IDLE_RETURN``
+after its source ran dry.
+
 The trio side (``threaded_burst``) keeps control:
 
 * Cancellation: the task waits in ``wait_task_rescheduled``; its abort writes an
@@ -28,7 +35,8 @@ The trio side (``threaded_burst``) keeps control:
   within ``CHECK_EVERY`` (trio.ClosedResourceError).
 * At most ``MAX_THREADS`` bursts run in threads at once (the rest run under
   trio), and none under a trio.testing.MockClock (a thread's wake-ups are
-  invisible to its autojump).
+  invisible to its autojump). Threads come from trio's cache
+  (``start_thread_soon``); the pipe pool is used from the trio thread only.
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ from common.io.splice import (
 )
 
 IDLE_RETURN = 0.05  # source empty this long (pipe empty): back to trio's read wait
-THREAD_AFTER = 8 << 20  # bytes a direction moves in bulk under trio before it uses a thread
+THREAD_AFTER = 4 << 20  # bytes a direction moves in bulk under trio before it uses a thread
 CHECK_EVERY = 0.05  # a wait re-checks that the streams still own their fds
 # Reports wake the trio thread, which then contends for the GIL with the
 # burst: a few per second (one per sweep interval of relay.park).
@@ -63,7 +71,7 @@ MAX_THREADS = 8
 # VIC_PUMP_BULK_THREAD=0: every burst under trio (for A/B benches)
 ENABLED = os.environ.get("VIC_PUMP_BULK_THREAD", "1") != "0"
 
-_POLLIN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLRDHUP
+_POLLIN = select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLRDHUP
 _POLLOUT = select.POLLOUT | select.POLLERR | select.POLLHUP
 _running = 0  # bursts in threads now (changed in the trio thread only)
 
