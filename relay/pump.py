@@ -125,6 +125,7 @@ def _session(
     session.quick_park = session.parker is not None and session.parker.inline
     if freeze is not None:  # (relay.pump_freeze)
         freeze.session = session
+        session.bulk_hold = lambda: freeze.asked and not freeze.decided
     return session
 
 

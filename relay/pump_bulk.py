@@ -26,7 +26,10 @@ The trio side (``threaded_burst``) keeps control:
 * A burst returns with its pipe empty once the source stayed empty for
   ``IDLE_RETURN`` (or at EOF): the direction then waits to read under trio,
   where relay.park may park it and relay.pump_freeze may stop it (both act only
-  on directions in their read wait, with nothing in flight).
+  on directions in their read wait, with nothing in flight). While a freeze
+  is asked (``hold``) a burst returns as soon as its source is empty, and the
+  direction's next bursts run under trio, so a busy bulk stream still reaches
+  that safe point.
 * Bytes moved are reported to the trio thread (``run_sync_soon``) at most every
   ``REPORT_AFTER`` seconds, and the rest when the burst returns: the counters,
   the idle timeout and the parker's sweep see traffic as for a trio burst.
@@ -76,6 +79,9 @@ _POLLOUT = select.POLLOUT | select.POLLERR | select.POLLHUP
 _running = 0  # bursts in threads now (changed in the trio thread only)
 
 Report = Callable[[int], None]
+# True while the pump wants its directions back in their trio read wait (a
+# freeze was asked): no new thread, and a thread returns once its source is empty.
+Hold = Callable[[], bool]
 
 
 class _Stopped(Exception):
@@ -94,7 +100,9 @@ class _Burst:
         stop_fd: int,
         report: Report,
         stall_timeout: float | None,
+        hold: Hold | None = None,
     ) -> None:
+        self.hold = hold
         self.src, self.dst = src, dst
         self.src_fd, self.dst_fd = fds
         self.pipe = pipe
@@ -117,8 +125,9 @@ class _Burst:
         if read_fd(self.src) != self.src_fd or write_fd(self.dst) != self.dst_fd:
             raise trio.ClosedResourceError("stream closed during the pump")
 
-    def _wait(self, poller: select.poll, fd: int, timeout: float) -> bool:
-        """Wait until ``fd`` is ready (True) or ``timeout`` passed (False)."""
+    def _wait(self, poller: select.poll, fd: int, timeout: float, hold: Hold | None = None) -> bool:
+        """Wait until ``fd`` is ready (True) or ``timeout`` passed, or ``hold()``
+        turned true (False)."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -131,6 +140,8 @@ class _Burst:
             self._owned()
             if events:
                 return True
+            if hold is not None and hold():
+                return False
 
     def _flush_report(self, now: float) -> None:
         if self.unreported:
@@ -170,7 +181,9 @@ class _Burst:
         """Wait for the source; False once it stayed empty for IDLE_RETURN."""
         if self.unreported and now - self.reported_at >= REPORT_AFTER:
             self._flush_report(now)
-        return self._wait(self.poll_in, self.src_fd, IDLE_RETURN)
+        if self.hold is not None and self.hold():
+            return False
+        return self._wait(self.poll_in, self.src_fd, IDLE_RETURN, self.hold)
 
     def run(self) -> bool:
         """Splice until EOF (True) or the source stays empty for IDLE_RETURN (False).
@@ -217,11 +230,12 @@ def usable() -> bool:
 class BulkBursts:
     """The bursts of one direction (a common.io.splice.Burst): under trio until
     the direction moved ``THREAD_AFTER`` bytes in bulk, then in a thread when
-    one may be used (``usable``)."""
+    one may be used (``usable``) and ``hold`` does not say otherwise."""
 
-    __slots__ = ("trio_moved",)
+    __slots__ = ("hold", "trio_moved")
 
-    def __init__(self) -> None:
+    def __init__(self, hold: Hold | None = None) -> None:
+        self.hold = hold
         self.trio_moved = 0
 
     async def __call__(
@@ -234,8 +248,10 @@ class BulkBursts:
         on_moved: Callable[[int], None],
         stall_timeout: float | None,
     ) -> tuple[bool, int]:
-        if self.trio_moved >= THREAD_AFTER and usable():
-            return await threaded_burst(src, dst, (src_fd, dst_fd), pool, on_moved, stall_timeout)
+        hold = self.hold
+        if self.trio_moved >= THREAD_AFTER and usable() and not (hold is not None and hold()):
+            fds = (src_fd, dst_fd)
+            return await threaded_burst(src, dst, fds, pool, on_moved, stall_timeout, hold)
         eof, moved = await splice_burst(src, dst, src_fd, dst_fd, pool, on_moved, stall_timeout)
         self.trio_moved += moved
         return eof, moved
@@ -248,6 +264,7 @@ async def threaded_burst(
     pool: PipePool,
     on_moved: Callable[[int], None],
     stall_timeout: float | None,
+    hold: Hold | None = None,
 ) -> tuple[bool, int]:
     """common.io.splice's burst, run in a worker thread: (EOF seen, bytes moved)."""
     global _running
@@ -256,7 +273,7 @@ async def threaded_burst(
     stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
     pipe = pool.acquire()
     report: Report = lambda n: token.run_sync_soon(on_moved, n)  # noqa: E731
-    burst = _Burst(src, dst, fds, pipe, stop_fd, report, stall_timeout)
+    burst = _Burst(src, dst, fds, pipe, stop_fd, report, stall_timeout, hold)
 
     def deliver(result: outcome.Outcome[bool]) -> None:
         # (the task gets the thread's outcome as its value, to unwrap below)

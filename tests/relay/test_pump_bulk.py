@@ -172,3 +172,35 @@ async def test_freeze_after_bulk_holds_nothing_in_a_pipe(spy: Spy) -> None:
             await y.send_eof()
     assert bytes(got) == first + second
     assert counters.end_reason == "eof"
+
+
+async def test_freeze_recalls_a_thread_waiting_for_its_source(
+    spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pump_bulk, "IDLE_RETURN", 60.0)  # would wait that long unasked
+    x, a = await unix_pair()
+    b, y = await unix_pair()
+    pool = PipePool()
+    freeze = Freeze()
+    data = payload(3_000_000, 7)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: pump(a, b, pipes=pool, freeze=freeze))
+            got = bytearray()
+            async with trio.open_nursery() as io:
+                io.start_soon(x.send_all, data)
+                while len(got) < len(data):
+                    got += await y.receive_some(1 << 16)
+            assert pump_bulk._running == 1  # the thread waits for its source
+            freeze.ask()
+
+            def stopped() -> bool:
+                freeze.poke()
+                return freeze.frozen
+
+            await wait_until(stopped, timeout=10, what="the thread returns to its read wait")
+            assert pump_bulk._running == 0 and pool.in_use == 0
+            freeze.decide(False)
+            await x.send_eof()
+            await y.send_eof()
+    assert bytes(got) == data
