@@ -56,6 +56,7 @@ import trio.testing
 
 from common.io.pipepool import Pipe, PipePool
 from common.io.splice import (
+    PROBE_SIZE,
     SPLICE_FLAGS,
     SpliceUnsupported,
     WriteStalled,
@@ -261,10 +262,16 @@ class BulkBursts:
         stall_timeout: float | None,
     ) -> tuple[bool, int]:
         hold = self.hold
-        if self.trio_moved >= THREAD_AFTER and usable() and not (hold is not None and hold()):
-            fds = (src_fd, dst_fd)
-            return await threaded_burst(src, dst, fds, pool, on_moved, stall_timeout, hold)
-        eof, moved = await splice_burst(src, dst, src_fd, dst_fd, pool, on_moved, stall_timeout)
+        limit = 1 << 62
+        if usable() and not (hold is not None and hold()):
+            if self.trio_moved >= THREAD_AFTER:
+                fds = (src_fd, dst_fd)
+                return await threaded_burst(src, dst, fds, pool, on_moved, stall_timeout, hold)
+            # (a trio burst lasts as long as its source has bytes: hand over at THREAD_AFTER)
+            limit = max(THREAD_AFTER - self.trio_moved, PROBE_SIZE)
+        eof, moved = await splice_burst(
+            src, dst, src_fd, dst_fd, pool, on_moved, stall_timeout, limit
+        )
         self.trio_moved += moved
         return eof, moved
 

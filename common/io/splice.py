@@ -306,8 +306,10 @@ async def _splice_burst(
     pool: PipePool,
     on_moved: Callable[[int], None],
     stall_timeout: float | None,
+    limit: int = 1 << 62,
 ) -> tuple[bool, int]:
-    """Splice until the source would block (-> (False, moved)) or ends (-> (True, moved)).
+    """Splice until the source would block (-> (False, moved)) or ends (-> (True, moved)),
+    or (no more reads once ``limit`` bytes moved) the pipe is empty after ``limit``.
 
     The pipe is taken from the pool for the burst and returned empty. Bytes
     moved are reported through ``on_moved`` before every yield (nobody else runs
@@ -321,7 +323,7 @@ async def _splice_burst(
     try:
         while True:
             progressed = False
-            if not eof and not drained and in_pipe < cap:
+            if not eof and not drained and in_pipe < cap and moved < limit:
                 n = _splice_in(src_fd, pipe, in_pipe, moved)
                 if n > 0:
                     in_pipe += n
