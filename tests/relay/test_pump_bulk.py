@@ -3,6 +3,7 @@ counters, cancellation, stall, a stream closed under a running thread, a freeze.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -204,3 +205,25 @@ async def test_freeze_recalls_a_thread_waiting_for_its_source(
             await x.send_eof()
             await y.send_eof()
     assert bytes(got) == data
+
+
+async def test_thread_reports_reach_counters_in_the_trio_thread(
+    spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pump_bulk, "REPORT_AFTER", 0.0)  # report after every write
+    trio_thread = threading.get_ident()
+    calls: list[tuple[int, int]] = []
+    counters = PumpCounters(on_bytes=lambda _d, n: calls.append((threading.get_ident(), n)))
+    x, a = await tcp_pair()
+    b, y = await tcp_pair()
+    n = 6_000_000
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: pump(a, b, counters=counters, idle_timeout=30.0))
+            dx, dy, got_y, got_x = await exchange(x, y, n)
+    assert (got_y, got_x) == (dx, dy)
+    assert spy.bursts >= 2
+    assert counters.a_to_b == n and counters.b_to_a == n
+    assert sum(k for _t, k in calls) == 2 * n
+    assert {t for t, _k in calls} == {trio_thread}
+    assert len(calls) > 2 * spy.bursts  # reported while the threads ran, not only at the end
