@@ -8,7 +8,9 @@
   those), bulk bytes go fd -> pipe -> fd with os.splice, and small interactive
   bursts by a direct read/write of the fds (see common.io.splice). Anything else
   (TLS, in-memory streams) goes through a copy loop with large buffers taken
-  from a shared pool only while data flows.
+  from a shared pool only while data flows. A direction that keeps moving bulk
+  (relay.pump_bulk.THREAD_AFTER) runs its splice bursts in a worker thread:
+  blocking-style splice loops with the GIL released, trio kept for control.
 * Idle parking (relay.park): a pump on the fd fast path with no byte moved for
   a sweep interval (0.25-0.5 s) stops its directions at their read wait and
   parks its source fds in one shared epoll set; only the caller's task remains
@@ -123,6 +125,7 @@ def _session(
     session.quick_park = session.parker is not None and session.parker.inline
     if freeze is not None:  # (relay.pump_freeze)
         freeze.session = session
+        session.bulk_hold = lambda: freeze.asked and not freeze.decided
     return session
 
 

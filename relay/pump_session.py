@@ -21,6 +21,7 @@ from common.io.splice import (
 )
 from common.io.streamlayers import find_layer
 from relay.park import NO_DST, Handoff, Parker, Route
+from relay.pump_bulk import BulkBursts, Hold
 from relay.pump_copy import copy_loop
 from relay.pump_state import (
     Abort,
@@ -81,6 +82,7 @@ def _route(d: Direction, inline_ok: bool) -> Route | None:
 
 class Session:
     __slots__ = (
+        "bulk_hold",
         "busy",
         "counters",
         "dirs",
@@ -132,6 +134,7 @@ class Session:
         self.quick_park = False  # park after PARK_STREAK small messages (inline parker)
         self.small_streak = 0  # small messages in a row (common.io.splice)
         self.inline_moved_at = 0.0  # time.monotonic() of the last inline forward
+        self.bulk_hold: Hold | None = None  # (relay.pump_bulk; set by relay.pump for a freeze)
 
     def _moved(self, direction: str, n: int) -> None:
         """Counts delivered bytes (called once per burst or message, not per chunk)."""
@@ -311,6 +314,7 @@ class Session:
                         on_moved=d.moved,
                         stall_timeout=self.stall_timeout,
                         mark=self,
+                        burst=BulkBursts(self.bulk_hold),
                     )
                 except SpliceUnsupported as exc:
                     log.debug("%s: splice unsupported, copying", d.name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
@@ -41,6 +41,12 @@ BULK_UNIX_SNDBUF = fastsock.BULK_UNIX_SNDBUF
 _SPLICE_FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
 if hasattr(socket, "AF_VSOCK"):
     _SPLICE_FAMILIES.add(socket.AF_VSOCK)
+
+# A bulk burst: (src, dst, src_fd, dst_fd, pool, on_moved, stall_timeout) -> (EOF, moved)
+Burst = Callable[
+    [trio.abc.Stream, trio.abc.Stream, int, int, PipePool, Callable[[int], None], float | None],
+    Awaitable[tuple[bool, int]],
+]
 
 # errno values on the read side that mean "the other end went away"
 _READ_EOF_ERRNOS = {errno.EIO}  # pty master after the slave closed
@@ -197,6 +203,7 @@ async def splice_direction(
     on_moved: Callable[[int], None],
     stall_timeout: float | None,
     mark: ReadWaitMark | None = None,
+    burst: Burst | None = None,
 ) -> bool:
     """Move bytes from *src_fd* (of *src*) to *dst_fd* (of *dst*) until EOF on the source.
 
@@ -207,9 +214,11 @@ async def splice_direction(
     After every yield that is not an fd wait (a wait on an fd that another task
     closes raises ClosedResourceError by itself) the streams are checked to
     still own these fds, so a stream closed meanwhile is never spliced by a
-    stale fd number.
+    stale fd number. ``burst`` moves bulk once the direction turned bulk
+    (default ``splice_burst``, under trio; relay.pump_bulk runs one in a thread).
     """
     wait_mark: ReadWaitMark = _NoMark() if mark is None else mark
+    bulk_burst = splice_burst if burst is None else burst
     bulk = False
     grown = False  # the destination's send buffer was raised for bulk
     while True:
@@ -217,9 +226,7 @@ async def splice_direction(
             if not grown:
                 _grow_unix_sndbuf(dst)
                 grown = True
-            eof, moved = await _splice_burst(
-                src, dst, src_fd, dst_fd, pool, on_moved, stall_timeout
-            )
+            eof, moved = await bulk_burst(src, dst, src_fd, dst_fd, pool, on_moved, stall_timeout)
             if eof:
                 return True
             bulk = moved >= PROBE_SIZE
@@ -299,8 +306,10 @@ async def _splice_burst(
     pool: PipePool,
     on_moved: Callable[[int], None],
     stall_timeout: float | None,
+    limit: int = 1 << 62,
 ) -> tuple[bool, int]:
-    """Splice until the source would block (-> (False, moved)) or ends (-> (True, moved)).
+    """Splice until the source would block (-> (False, moved)) or ends (-> (True, moved)),
+    or (no more reads once ``limit`` bytes moved) the pipe is empty after ``limit``.
 
     The pipe is taken from the pool for the burst and returned empty. Bytes
     moved are reported through ``on_moved`` before every yield (nobody else runs
@@ -314,7 +323,7 @@ async def _splice_burst(
     try:
         while True:
             progressed = False
-            if not eof and not drained and in_pipe < cap:
+            if not eof and not drained and in_pipe < cap and moved < limit:
                 n = _splice_in(src_fd, pipe, in_pipe, moved)
                 if n > 0:
                     in_pipe += n
@@ -348,3 +357,6 @@ async def _splice_burst(
         raise
     finally:
         _end_burst(pool, pipe, in_pipe, unreported, on_moved)
+
+
+splice_burst = _splice_burst

@@ -1,0 +1,320 @@
+"""Bulk splice bursts in a worker thread (the pump's fast path once a direction turns bulk).
+
+A direction moving bulk on the fd fast path (common.io.splice) spends its time
+in splice(2) calls; under trio every time the source runs dry or the
+destination fills, the burst goes back through the event loop (an epoll
+registration, a scheduler round, a task switch) and a new burst starts. In a
+worker thread the same loop waits in ``poll(2)`` on just its own fds, the
+syscalls release the GIL, and the trio thread stays free: the loop is what
+bench/_splice_floor.py does, plus one ``poll`` per wait (the sockets stay
+non-blocking: trio owns them).
+
+Only a direction that has moved ``THREAD_AFTER`` bytes in bulk under trio
+uses a thread (``BulkBursts``): short transfers and interactive traffic never
+do, and keep the trio burst's contract (counters current and the pipe back in
+the pool as soon as the source is drained). A thread's burst keeps its pipe,
+and its bytes may be unreported, until it returns: up to ``IDLE_RETURN``
+after its source ran dry.
+
+The trio side (``threaded_burst``) keeps control:
+
+* Cancellation: the task waits in ``wait_task_rescheduled``; its abort writes an
+  eventfd the thread polls too, and the task resumes once the thread returned
+  (so the fds are never closed under a running thread by the pump itself).
+  Bytes left in the pipe are thrown away with the pipe, as a cancelled burst
+  under trio does.
+* A burst returns with its pipe empty once the source stayed empty for
+  ``IDLE_RETURN`` (or at EOF): the direction then waits to read under trio,
+  where relay.park may park it and relay.pump_freeze may stop it (both act only
+  on directions in their read wait, with nothing in flight). While a freeze
+  is asked (``hold``) a burst returns as soon as its source is empty, and the
+  direction's next bursts run under trio, so a busy bulk stream still reaches
+  that safe point.
+* Bytes moved are reported to the trio thread (``run_sync_soon``) at most every
+  ``REPORT_AFTER`` seconds, and the rest when the burst returns: the counters,
+  the idle timeout and the parker's sweep see traffic as for a trio burst.
+* Stall timeout: a write that cannot proceed for ``stall_timeout`` raises
+  WriteStalled. A stream closed by another task under a running burst is seen
+  within ``CHECK_EVERY`` (trio.ClosedResourceError).
+* At most ``MAX_THREADS`` bursts run in threads at once (the rest run under
+  trio), and none under a trio.testing.MockClock (a thread's wake-ups are
+  invisible to its autojump). Threads come from trio's cache
+  (``start_thread_soon``); the pipe pool is used from the trio thread only.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import time
+from collections.abc import Callable
+
+import outcome
+import trio
+import trio.testing
+
+from common.io.pipepool import Pipe, PipePool
+from common.io.splice import (
+    PROBE_SIZE,
+    SPLICE_FLAGS,
+    SpliceUnsupported,
+    WriteStalled,
+    fd_layer,
+    splice_burst,
+)
+
+IDLE_RETURN = 0.05  # source empty this long (pipe empty): back to trio's read wait
+THREAD_AFTER = 4 << 20  # bytes a direction moves in bulk under trio before it uses a thread
+CHECK_EVERY = 0.05  # a wait re-checks that the streams still own their fds
+# Reports wake the trio thread, which then contends for the GIL with the
+# burst: a few per second (one per sweep interval of relay.park).
+REPORT_AFTER = 0.25
+MAX_THREADS = 8
+# VIC_PUMP_BULK_THREAD=0: every burst under trio (for A/B benches)
+ENABLED = os.environ.get("VIC_PUMP_BULK_THREAD", "1") != "0"
+
+_POLLIN = select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLRDHUP
+_POLLOUT = select.POLLOUT | select.POLLERR | select.POLLHUP
+_running = 0  # bursts in threads now (changed in the trio thread only)
+
+Report = Callable[[int], None]
+# True while the pump wants its directions back in their trio read wait (a
+# freeze was asked): no new thread, and a thread returns once its source is empty.
+Hold = Callable[[], bool]
+
+
+class _Stopped(Exception):
+    """The burst was asked to stop (its task was cancelled)."""
+
+
+def _fileno_getter(stream: trio.abc.Stream, *, receive: bool) -> Callable[[], int]:
+    """A callable returning the fd ``stream`` reads (``receive``) or writes through
+    now: -1 once it was closed."""
+    layer = fd_layer(stream, receive=receive)
+    if isinstance(layer, trio.SocketStream):
+        return layer.socket.fileno
+    if layer is not None:
+        return layer.fileno
+    return lambda: -1
+
+
+class _Burst:
+    """The thread's side of one burst: the loop and its waits."""
+
+    def __init__(
+        self,
+        src: trio.abc.Stream,
+        dst: trio.abc.Stream,
+        fds: tuple[int, int],
+        pipe: Pipe,
+        stop_fd: int,
+        report: Report,
+        stall_timeout: float | None,
+        hold: Hold | None = None,
+    ) -> None:
+        self.hold = hold
+        # (the fds the streams own now, cheaply: read_fd() walks the layers, ~9 us)
+        self.src_fileno = _fileno_getter(src, receive=True)
+        self.dst_fileno = _fileno_getter(dst, receive=False)
+        self.src_fd, self.dst_fd = fds
+        self.pipe = pipe
+        self.stop_fd = stop_fd
+        self.report = report
+        self.stall_timeout = stall_timeout
+        self.in_pipe = 0
+        self.moved = 0
+        self.unreported = 0
+        self.reported_at = time.monotonic()
+        self.poll_in = select.poll()
+        self.poll_in.register(self.src_fd, _POLLIN)
+        self.poll_in.register(stop_fd, select.POLLIN)
+        self.poll_out = select.poll()
+        self.poll_out.register(self.dst_fd, _POLLOUT)
+        self.poll_out.register(stop_fd, select.POLLIN)
+
+    def _owned(self) -> None:
+        """The streams still own these fds (else one was closed by another task)."""
+        if self.src_fileno() != self.src_fd or self.dst_fileno() != self.dst_fd:
+            raise trio.ClosedResourceError("stream closed during the pump")
+
+    def _wait(self, poller: select.poll, fd: int, timeout: float, hold: Hold | None = None) -> bool:
+        """Wait until ``fd`` is ready (True) or ``timeout`` passed, or ``hold()``
+        turned true (False)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            events = poller.poll(min(left, CHECK_EVERY) * 1000.0)
+            for ready, _ in events:
+                if ready == self.stop_fd:
+                    raise _Stopped()
+            self._owned()
+            if events:
+                return True
+            if hold is not None and hold():
+                return False
+
+    def _flush_report(self, now: float) -> None:
+        if self.unreported:
+            self.report(self.unreported)
+            self.unreported = 0
+        self.reported_at = now
+
+    def _read_failed(self, exc: OSError) -> int:
+        """A read error: 0 when it means EOF, else raise."""
+        if exc.errno == errno.EIO:  # pty master after the slave closed
+            return 0
+        if exc.errno == errno.EINVAL and not self.moved:
+            raise SpliceUnsupported(b"") from exc
+        raise trio.BrokenResourceError(f"read failed: {exc}") from exc
+
+    def _partial(self, got: int, left: int) -> None:
+        """Writing the pipe out stopped with ``left`` of ``got`` bytes in it."""
+        self.in_pipe = left
+        self.moved += got - left
+        self.unreported += got - left
+
+    def _wait_out(self, got: int, left: int, exc: OSError | None) -> None:
+        """The destination would block (``exc`` None) or failed: wait or raise."""
+        try:
+            if exc is not None:
+                raise trio.BrokenResourceError(f"write failed: {exc}") from exc
+            if not self._wait(self.poll_out, self.dst_fd, self._stall()):
+                raise WriteStalled()
+        except BaseException:
+            self._partial(got, left)
+            raise
+
+    def _stall(self) -> float:
+        return self.stall_timeout if self.stall_timeout is not None else float("inf")
+
+    def _source_empty(self, now: float) -> bool:
+        """Wait for the source; False once it stayed empty for IDLE_RETURN."""
+        if self.unreported and now - self.reported_at >= REPORT_AFTER:
+            self._flush_report(now)
+        if self.hold is not None and self.hold():
+            return False
+        return self._wait(self.poll_in, self.src_fd, IDLE_RETURN, self.hold)
+
+    def run(self) -> bool:
+        """Splice until EOF (True) or the source stays empty for IDLE_RETURN (False).
+
+        The loop of bench/_splice_floor.py: read what the source has into the
+        pipe, write all of it out, again (hot: locals only, no calls but the
+        syscalls and the clock)."""
+        splice, flags, clock = os.splice, SPLICE_FLAGS, time.monotonic
+        src, dst, r, w, size = self.src_fd, self.dst_fd, self.pipe.r, self.pipe.w, self.pipe.size
+        while True:
+            try:
+                got = splice(src, w, size, None, None, flags)
+            except BlockingIOError:
+                if not self._source_empty(clock()):
+                    return False
+                continue
+            except OSError as exc:
+                got = self._read_failed(exc)
+            if not got:
+                return True
+            self.in_pipe = left = got
+            while left:
+                try:
+                    left -= splice(r, dst, left, None, None, flags)
+                except BlockingIOError:
+                    self._wait_out(got, left, None)
+                except OSError as exc:
+                    self._wait_out(got, left, exc)
+            self.in_pipe = 0
+            self.moved += got
+            self.unreported += got
+            now = clock()
+            if now - self.reported_at >= REPORT_AFTER:
+                self._flush_report(now)
+
+
+def usable() -> bool:
+    """A burst may run in a thread now."""
+    if not ENABLED or _running >= MAX_THREADS:
+        return False
+    return not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+
+
+class BulkBursts:
+    """The bursts of one direction (a common.io.splice.Burst): under trio until
+    the direction moved ``THREAD_AFTER`` bytes in bulk, then in a thread when
+    one may be used (``usable``) and ``hold`` does not say otherwise."""
+
+    __slots__ = ("hold", "trio_moved")
+
+    def __init__(self, hold: Hold | None = None) -> None:
+        self.hold = hold
+        self.trio_moved = 0
+
+    async def __call__(
+        self,
+        src: trio.abc.Stream,
+        dst: trio.abc.Stream,
+        src_fd: int,
+        dst_fd: int,
+        pool: PipePool,
+        on_moved: Callable[[int], None],
+        stall_timeout: float | None,
+    ) -> tuple[bool, int]:
+        hold = self.hold
+        limit = 1 << 62
+        if usable() and not (hold is not None and hold()):
+            if self.trio_moved >= THREAD_AFTER:
+                fds = (src_fd, dst_fd)
+                return await threaded_burst(src, dst, fds, pool, on_moved, stall_timeout, hold)
+            # (a trio burst lasts as long as its source has bytes: hand over at THREAD_AFTER)
+            limit = max(THREAD_AFTER - self.trio_moved, PROBE_SIZE)
+        eof, moved = await splice_burst(
+            src, dst, src_fd, dst_fd, pool, on_moved, stall_timeout, limit
+        )
+        self.trio_moved += moved
+        return eof, moved
+
+
+async def threaded_burst(
+    src: trio.abc.Stream,
+    dst: trio.abc.Stream,
+    fds: tuple[int, int],
+    pool: PipePool,
+    on_moved: Callable[[int], None],
+    stall_timeout: float | None,
+    hold: Hold | None = None,
+) -> tuple[bool, int]:
+    """common.io.splice's burst, run in a worker thread: (EOF seen, bytes moved)."""
+    global _running
+    token = trio.lowlevel.current_trio_token()
+    task = trio.lowlevel.current_task()
+    stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    pipe = pool.acquire()
+    report: Report = lambda n: token.run_sync_soon(on_moved, n)  # noqa: E731
+    burst = _Burst(src, dst, fds, pipe, stop_fd, report, stall_timeout, hold)
+
+    def deliver(result: outcome.Outcome[bool]) -> None:
+        # (the task gets the thread's outcome as its value, to unwrap below)
+        token.run_sync_soon(trio.lowlevel.reschedule, task, outcome.Value(result))
+
+    def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        os.eventfd_write(stop_fd, 1)  # the thread stops; the task resumes when it did
+        return trio.lowlevel.Abort.FAILED
+
+    _running += 1
+    try:
+        trio.lowlevel.start_thread_soon(burst.run, deliver)
+        result: outcome.Outcome[bool] = await trio.lowlevel.wait_task_rescheduled(abort)
+    finally:
+        _running -= 1
+        os.close(stop_fd)
+        if burst.unreported:
+            on_moved(burst.unreported)
+        if burst.in_pipe:
+            pool.discard(pipe)
+        else:
+            pool.release(pipe, empty=True)
+    if isinstance(result, outcome.Error) and isinstance(result.error, _Stopped):
+        await trio.lowlevel.checkpoint()  # raises the Cancelled that stopped it
+    return result.unwrap(), burst.moved
