@@ -117,7 +117,12 @@ class _Burst:
         # (the fds the streams own now, cheaply: read_fd() walks the layers, ~9 us)
         self.src_fileno = _fileno_getter(src, receive=True)
         self.dst_fileno = _fileno_getter(dst, receive=False)
-        self.src_fd, self.dst_fd = fds
+        # The thread splices through its own duplicates: a stream closed by
+        # another task frees its fd number for reuse at once, and the thread
+        # must never touch whatever socket gets that number next (it stops
+        # within CHECK_EVERY, when ``_owned`` sees the close).
+        self.want = fds
+        self.src_fd, self.dst_fd = os.dup(fds[0]), os.dup(fds[1])
         self.pipe = pipe
         self.stop_fd = stop_fd
         self.report = report
@@ -133,9 +138,14 @@ class _Burst:
         self.poll_out.register(self.dst_fd, _POLLOUT)
         self.poll_out.register(stop_fd, select.POLLIN)
 
+    def close(self) -> None:
+        """Close the thread's duplicates (once the thread returned)."""
+        os.close(self.src_fd)
+        os.close(self.dst_fd)
+
     def _owned(self) -> None:
         """The streams still own these fds (else one was closed by another task)."""
-        if self.src_fileno() != self.src_fd or self.dst_fileno() != self.dst_fd:
+        if (self.src_fileno(), self.dst_fileno()) != self.want:
             raise trio.ClosedResourceError("stream closed during the pump")
 
     def _wait(self, poller: select.poll, fd: int, timeout: float, hold: Hold | None = None) -> bool:
@@ -309,6 +319,7 @@ async def threaded_burst(
     finally:
         _running -= 1
         os.close(stop_fd)
+        burst.close()
         if burst.unreported:
             on_moved(burst.unreported)
         if burst.in_pipe:

@@ -3,6 +3,7 @@ counters, cancellation, stall, a stream closed under a running thread, a freeze.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -138,6 +139,39 @@ async def test_source_closed_under_a_waiting_thread(
     assert counters.end_reason.startswith("reset")
     assert counters.a_to_b == len(data)
     assert await y.receive_some(10) == b""
+
+
+async def test_thread_never_touches_a_reused_fd_number(
+    spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream closed under a waiting thread frees its fd number; the next socket
+    that gets it belongs to someone else, and its bytes must stay theirs."""
+    monkeypatch.setattr(pump_bulk, "IDLE_RETURN", 60.0)  # the thread waits for the source
+    x, a = await tcp_pair()
+    b, y = await tcp_pair()
+    data = payload(2_000_000, 5)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: pump(a, b, counters=PumpCounters()))
+            await x.send_all(data)
+            got = bytearray()
+            while len(got) < len(data):
+                got += await y.receive_some(1 << 16)
+            assert pump_bulk._running == 1
+            old = a.socket.fileno()
+            await a.aclose()
+            mine, theirs = socket.socketpair()  # the lowest free number: ``old``
+            stranger = mine if mine.fileno() == old else theirs
+            assert stranger.fileno() == old
+            peer = theirs if stranger is mine else mine
+            peer.sendall(b"stranger's bytes")
+        rest = bytearray()
+        while chunk := await y.receive_some(1 << 16):
+            rest += chunk
+    assert bytes(got) == data and rest == b""
+    assert stranger.recv(100) == b"stranger's bytes"  # still there, unread
+    stranger.close()
+    peer.close()
 
 
 async def test_freeze_after_bulk_holds_nothing_in_a_pipe(spy: Spy) -> None:
