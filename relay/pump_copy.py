@@ -108,9 +108,12 @@ async def _copy_pooled(
 async def _copy_stream(
     src: trio.abc.Stream, dst: trio.abc.Stream, name: str, send: Send, moved: Moved
 ) -> None:
+    # a source that hands out what it holds (a resumable stream) says how much to ask
+    # for, so that a large payload is not cut (and copied) to our buffer size
+    size = int(getattr(src, "receive_size", COPY_BUFFER_SIZE))
     while True:
         try:
-            data = await src.receive_some(COPY_BUFFER_SIZE)
+            data = await src.receive_some(size)
         except trio.BrokenResourceError as exc:
             if _eof_errno(exc):  # pty master: the slave side closed
                 return

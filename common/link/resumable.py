@@ -36,7 +36,7 @@ import trio
 
 from common.link.replay import ReplayPool
 from common.link.stream_path import Attachment, Connector, StreamFailedError, StreamPath
-from common.proto.link.frames import ErrorCode
+from common.proto.link.frames import MAX_PAYLOAD_LIMIT, ErrorCode
 from common.proto.link.resume import ResumeError
 from common.proto.link.resume_state import AppInput, Backoff, StreamStateError
 
@@ -45,7 +45,14 @@ __all__ = ["Connector", "ReplayPool", "ResumableStream", "StreamFailedError"]
 log = logging.getLogger("relay.resumable")
 
 
+TAKE_WHOLE = 64 * 1024  # a received payload this large is handed out alone, as it is
+
+
 class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
+    #: what ``receive_some`` should be asked for: it hands out the payloads it holds
+    #: (up to a frame, ``MAX_PAYLOAD_LIMIT``) without copying them when they fit
+    receive_size = MAX_PAYLOAD_LIMIT
+
     # ------------------------------------------------------------ application side
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self.machine.send_closed:
@@ -131,6 +138,15 @@ class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
             await self._rx_wake.wait()
 
     def _take(self, limit: int) -> bytes | bytearray:
+        head, att = self._recv[0]
+        k = len(head)
+        if TAKE_WHOLE <= k <= limit and not isinstance(head, memoryview):
+            # a large payload goes out as it came (no join, no copy)
+            self._recv.popleft()
+            if att is not None and att.current:
+                att.link.consumed(att.sid, k)
+            self._handing += k
+            return head
         parts: list[bytes | bytearray | memoryview] = []
         got = 0
         while self._recv and got < limit:
