@@ -111,14 +111,22 @@ async def _copy_stream(
     # a source that hands out what it holds (a resumable stream) says how much to ask
     # for, so that a large payload is not cut (and copied) to our buffer size
     size = int(getattr(src, "receive_size", COPY_BUFFER_SIZE))
-    while True:
-        try:
-            data = await src.receive_some(size)
-        except trio.BrokenResourceError as exc:
-            if _eof_errno(exc):  # pty master: the slave side closed
+    # (a plaintext peer link may splice payloads into the socket while we wait)
+    direct = getattr(src, "deliver_to", None) if isinstance(dst, trio.SocketStream) else None
+    if direct is not None:
+        direct(dst.socket.fileno(), lambda k: moved(name, k))  # type: ignore[attr-defined]
+    try:
+        while True:
+            try:
+                data = await src.receive_some(size)
+            except trio.BrokenResourceError as exc:
+                if _eof_errno(exc):  # pty master: the slave side closed
+                    return
+                raise
+            if not data:
                 return
-            raise
-        if not data:
-            return
-        await send(dst, data)
-        moved(name, len(data))
+            await send(dst, data)
+            moved(name, len(data))
+    finally:
+        if direct is not None:
+            direct(None)

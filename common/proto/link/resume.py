@@ -318,6 +318,14 @@ class ResumeSession:
         self.recv_offset += n - skip
         return new
 
+    def on_direct(self, offset: int, n: int) -> None:
+        """``n`` new bytes at ``offset`` went straight downstream: received and handed
+        on at once (only when nothing else is held, and before any EOF)."""
+        if offset != self.recv_offset or self.handed != offset or self._eof_received:
+            raise ResumeProtocolError(f"bytes at {offset} cannot go straight on")
+        self.recv_offset += n
+        self.handed += n
+
     def on_eof(self, offset: int) -> bool:
         """The peer's EOF at ``offset``; returns True the first time."""
         if offset != self.recv_offset:
