@@ -112,9 +112,10 @@ async def _copy_stream(
     # for, so that a large payload is not cut (and copied) to our buffer size
     size = int(getattr(src, "receive_size", COPY_BUFFER_SIZE))
     # (a plaintext peer link may splice payloads into the socket while we wait)
-    direct = getattr(src, "deliver_to", None) if isinstance(dst, trio.SocketStream) else None
+    sock = getattr(dst, "socket", None)  # (a trio.SocketStream, relay.pump_peer's VmView)
+    direct = getattr(src, "deliver_to", None) if isinstance(sock, trio.socket.SocketType) else None
     if direct is not None:
-        direct(dst.socket.fileno(), lambda k: moved(name, k))  # type: ignore[attr-defined]
+        direct(sock.fileno(), lambda k: moved(name, k))  # type: ignore[union-attr]
     try:
         while True:
             try:
