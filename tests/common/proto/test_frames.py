@@ -227,14 +227,14 @@ def test_payloads_passed_elsewhere(
     assert dec.buffered == 0 and dec.pass_target() is None
 
 
-def joined(parts: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+def joined(parts: list[tuple[int, bytes | bytearray]]) -> list[tuple[int, bytes]]:
     """DATA pieces with their contiguous neighbours merged."""
     out: list[tuple[int, bytes]] = []
     for off, b in parts:
         if out and out[-1][0] + len(out[-1][1]) == off and b:
-            out[-1] = (out[-1][0], out[-1][1] + b)
+            out[-1] = (out[-1][0], out[-1][1] + bytes(b))
         else:
-            out.append((off, b))
+            out.append((off, bytes(b)))
     return out
 
 
