@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import select
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import trio
 
@@ -36,7 +36,6 @@ RecvInto = Callable[[memoryview], Awaitable[int]]
 DIRECT = True  # plaintext links splice payloads straight out where their stream lets them
 
 
-@runtime_checkable
 class DirectStream(Protocol):
     """A stream (``handler.stream``) that takes payloads straight from the link's socket
     (common.link.resumable.ResumableStream; see common.link.direct)."""
@@ -66,6 +65,13 @@ def input_probe(transport: trio.abc.Stream) -> Callable[[], bool]:
         tls = transport
         return lambda: tls.input_pending() or bool(poll(0))
     return lambda: bool(poll(0))
+
+
+def _direct_stream(handler: object) -> DirectStream | None:
+    """The handler's stream if it takes payloads straight (duck-typed: an isinstance
+    check against a runtime Protocol costs more than the rest of a payload's work)."""
+    stream = getattr(handler, "stream", None)
+    return stream if hasattr(stream, "take_passed") else None
 
 
 class LinkReceiver:
@@ -151,8 +157,8 @@ class LinkReceiver:
         if target is None:
             return 0
         h, offset, left, must = target
-        stream = getattr(h, "stream", None)
-        if not must and not (isinstance(stream, DirectStream) and stream.direct_ready(h, offset)):
+        stream = _direct_stream(h)
+        if not must and not (stream is not None and stream.direct_ready(h, offset)):
             return 0
         while True:
             try:
@@ -163,8 +169,8 @@ class LinkReceiver:
         if not n:
             raise LinkDeadError("peer closed the link")
         h = conn.passed(n, trio.current_time())
-        stream = getattr(h, "stream", None)
-        if isinstance(stream, DirectStream):
+        stream = _direct_stream(h)
+        if stream is not None:
             stream.take_passed(h, offset, pipe, n)
         else:
             direct.drain(pipe, n)  # (its stream went away meanwhile: dropped)
