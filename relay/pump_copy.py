@@ -108,14 +108,26 @@ async def _copy_pooled(
 async def _copy_stream(
     src: trio.abc.Stream, dst: trio.abc.Stream, name: str, send: Send, moved: Moved
 ) -> None:
-    while True:
-        try:
-            data = await src.receive_some(COPY_BUFFER_SIZE)
-        except trio.BrokenResourceError as exc:
-            if _eof_errno(exc):  # pty master: the slave side closed
+    # a source that hands out what it holds (a resumable stream) says how much to ask
+    # for, so that a large payload is not cut (and copied) to our buffer size
+    size = int(getattr(src, "receive_size", COPY_BUFFER_SIZE))
+    # (a plaintext peer link may splice payloads into the socket while we wait)
+    sock = getattr(dst, "socket", None)  # (a trio.SocketStream, relay.pump_peer's VmView)
+    direct = getattr(src, "deliver_to", None) if isinstance(sock, trio.socket.SocketType) else None
+    if direct is not None:
+        direct(sock.fileno(), lambda k: moved(name, k))  # type: ignore[union-attr]
+    try:
+        while True:
+            try:
+                data = await src.receive_some(size)
+            except trio.BrokenResourceError as exc:
+                if _eof_errno(exc):  # pty master: the slave side closed
+                    return
+                raise
+            if not data:
                 return
-            raise
-        if not data:
-            return
-        await send(dst, data)
-        moved(name, len(data))
+            await send(dst, data)
+            moved(name, len(data))
+    finally:
+        if direct is not None:
+            direct(None)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 
 import trio
 
@@ -47,6 +48,7 @@ class PeerFreeze:
         "_gate",
         "asked",
         "decided",
+        "direct",
         "down_holding",
         "ended",
         "inner",
@@ -67,10 +69,22 @@ class PeerFreeze:
         self.up_holding = False  # read from the VM, not yet all in the session
         self.down_holding = False  # taken from the session, not yet all written to the VM
         self._gate: trio.Event | None = None
+        # the VM socket the link may splice payloads into (EgressView.deliver_to):
+        # only while not asked to stop, so the session's state is the socket's
+        self.direct: tuple[int, Callable[[int], None] | None] | None = None
+
+    def _direct(self) -> None:
+        if not isinstance(self.inner, ResumableStream):
+            return
+        if self.direct is not None and not self.asked and not self.moved:
+            self.inner.deliver_to(*self.direct)
+        else:
+            self.inner.deliver_to(None)
 
     # --- the mover's side --------------------------------------------------------------
     def ask(self) -> None:
         self.asked, self.decided, self.moved = True, False, False
+        self._direct()
 
     def poke(self) -> None:
         """(Nothing to poke: the views stop at their gates by themselves.)"""
@@ -104,6 +118,7 @@ class PeerFreeze:
             self.scope.cancel()
         else:
             self.asked = False
+        self._direct()
         if self._gate is not None:
             self._gate.set()
             self._gate = None
@@ -126,6 +141,11 @@ class VmView(trio.abc.HalfCloseableStream):
         self.f = f
         self.vm = f.vm
         unthrottle_tcp(f.vm.socket)  # (what the pump does for a socket it writes bulk into)
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        """(For a link that splices payloads straight in: EgressView.deliver_to.)"""
+        return self.vm.socket
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Read only when not asked to stop: a read that waits re-checks after the wait
@@ -168,6 +188,11 @@ class EgressView(trio.abc.HalfCloseableStream):
     def __init__(self, f: PeerFreeze) -> None:
         self.f = f
         self.inner = f.inner
+
+    def deliver_to(self, fd: int | None, moved: Callable[[int], None] | None = None) -> None:
+        """ResumableStream.deliver_to, only while the pump is not asked to stop."""
+        self.f.direct = None if fd is None else (fd, moved)
+        self.f._direct()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         f = self.f

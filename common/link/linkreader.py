@@ -13,15 +13,18 @@ from __future__ import annotations
 import logging
 import select
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import trio
 
 from common.io.fastsock import FastSocket, Yielder
+from common.io.pipepool import Pipe
 from common.io.tlsstream import TlsStream
+from common.link import direct
 from common.link.linkapi import LinkConfig, LinkDeadError
 from common.ops.wiretext import wire
 from common.proto.link.connection import Action, LinkConnection, LinkFailed
-from common.proto.link.frames import LinkProtocolError
+from common.proto.link.frames import HEADER_SIZE, LinkProtocolError
 from common.proto.link.mux import PongReceived
 
 log = logging.getLogger("relay.link")
@@ -29,6 +32,16 @@ log = logging.getLogger("relay.link")
 SMALL_READ = 32 * 1024
 
 RecvInto = Callable[[memoryview], Awaitable[int]]
+
+DIRECT = True  # plaintext links splice payloads straight out where their stream lets them
+
+
+class DirectStream(Protocol):
+    """A stream (``handler.stream``) that takes payloads straight from the link's socket
+    (common.link.resumable.ResumableStream; see common.link.direct)."""
+
+    def direct_ready(self, att: object, offset: int) -> bool: ...
+    def take_passed(self, att: object, offset: int, pipe: Pipe, n: int) -> None: ...
 
 
 def socket_of(transport: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -54,6 +67,13 @@ def input_probe(transport: trio.abc.Stream) -> Callable[[], bool]:
     return lambda: bool(poll(0))
 
 
+def _direct_stream(handler: object) -> DirectStream | None:
+    """The handler's stream if it takes payloads straight (duck-typed: an isinstance
+    check against a runtime Protocol costs more than the rest of a payload's work)."""
+    stream = getattr(handler, "stream", None)
+    return stream if hasattr(stream, "take_passed") else None
+
+
 class LinkReceiver:
     """The reader, actions and ACK batching of ``PeerLink`` (which sets these)."""
 
@@ -77,41 +97,86 @@ class LinkReceiver:
         if isinstance(t, TlsStream):
             return self._read_into(t.recv_into)  # (the loop yields: Yielder)
         if self._raw is not None:
-            return self._read_into(self._raw.recv_into)
+            return self._read_into(self._raw.recv_into, socket_of(t))
         if isinstance(t, trio.SocketStream):
-            return self._read_into(t.socket.recv_into)
+            return self._read_into(t.socket.recv_into, t.socket)
         return self._read_some()
 
-    async def _read_into(self, recv_into: RecvInto) -> None:
+    async def _read_into(
+        self, recv_into: RecvInto, sock: trio.socket.SocketType | None = None
+    ) -> None:
         # One receive buffer for the life of the link (the decoder copies out what it
         # keeps); the bulk of a large DATA payload is received straight into the
-        # payload's own buffer instead (no copy at all).
+        # payload's own buffer instead (no copy at all), or (a plaintext link's
+        # ``sock``) spliced straight to where its stream's bytes go (common.link.direct).
         rmv = memoryview(bytearray(self.config.read_size))
         # after a payload received in place, read little: the next frame's header and
-        # the start of its payload (copied), so that most of it goes in place too
+        # the start of its payload (copied), so that most of it goes in place too (if
+        # payloads may pass: only the next header, so that all of the next may pass)
         small = rmv[: min(len(rmv), SMALL_READ)]
+        pipe = direct.new_pipe() if sock is not None and DIRECT else None
+        if pipe is not None:
+            small = rmv[: HEADER_SIZE + 8]
         conn = self.conn
         yielder = Yielder()
         more_input = input_probe(self.transport)
         touched_bytes = 0
         in_place = False
+        try:
+            while True:
+                if pipe is not None and sock is not None and (n := await self._pass(sock, pipe)):
+                    touched_bytes = self._received(n, (), touched_bytes, more_input)
+                    in_place = True
+                    await yielder.maybe(n)
+                    continue
+                target = conn.receive_buffer()
+                if target is not None:
+                    n = await recv_into(target)
+                    if not n:
+                        raise LinkDeadError("peer closed the link")
+                    actions = conn.received_in_place(n, trio.current_time())
+                    in_place = True
+                else:
+                    buf = small if in_place else rmv
+                    n = await recv_into(buf)
+                    if not n:
+                        raise LinkDeadError("peer closed the link")
+                    actions = conn.receive_data(buf[:n], trio.current_time())
+                    in_place = False
+                touched_bytes = self._received(n, actions, touched_bytes, more_input)
+                await yielder.maybe(n)
+        finally:
+            if pipe is not None:
+                pipe.close()
+
+    async def _pass(self, sock: trio.socket.SocketType, pipe: Pipe) -> int:
+        """Move (part of) a large DATA payload straight to its stream's destination
+        if its stream may take it so; returns the bytes taken (0: receive as usual)."""
+        conn = self.conn
+        target = conn.pass_target()
+        if target is None:
+            return 0
+        h, offset, left, must = target
+        stream = _direct_stream(h)
+        if not must and not (stream is not None and stream.direct_ready(h, offset)):
+            return 0
         while True:
-            target = conn.receive_buffer()
-            if target is not None:
-                n = await recv_into(target)
-                if not n:
-                    raise LinkDeadError("peer closed the link")
-                actions = conn.received_in_place(n, trio.current_time())
-                in_place = True
-            else:
-                buf = small if in_place else rmv
-                n = await recv_into(buf)
-                if not n:
-                    raise LinkDeadError("peer closed the link")
-                actions = conn.receive_data(buf[:n], trio.current_time())
-                in_place = False
-            touched_bytes = self._received(n, actions, touched_bytes, more_input)
-            await yielder.maybe(n)
+            try:
+                n = direct.splice_in(sock.fileno(), pipe, left)
+                break
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+        if not n:
+            raise LinkDeadError("peer closed the link")
+        h = conn.passed(n, trio.current_time())
+        stream = _direct_stream(h)
+        if stream is not None:
+            stream.take_passed(h, offset, pipe, n)
+        else:
+            direct.drain(pipe, n)  # (its stream went away meanwhile: dropped)
+        if conn.pending_output:
+            self._kick()
+        return n
 
     async def _read_some(self) -> None:
         t = self.transport

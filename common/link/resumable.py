@@ -31,12 +31,15 @@ an explicit GAP reset at both ends (``StreamFailedError`` with ``code == ErrorCo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
+from common.io.pipepool import Pipe
+from common.link.direct import drain, splice_out
 from common.link.replay import ReplayPool
 from common.link.stream_path import Attachment, Connector, StreamFailedError, StreamPath
-from common.proto.link.frames import ErrorCode
+from common.proto.link.frames import MAX_PAYLOAD_LIMIT, ErrorCode
 from common.proto.link.resume import ResumeError
 from common.proto.link.resume_state import AppInput, Backoff, StreamStateError
 
@@ -45,7 +48,16 @@ __all__ = ["Connector", "ReplayPool", "ResumableStream", "StreamFailedError"]
 log = logging.getLogger("relay.resumable")
 
 
+TAKE_WHOLE = 64 * 1024  # a received payload this large is handed out alone, as it is
+
+
 class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
+    _direct: tuple[int, Callable[[int], None] | None] | None = None  # deliver_to
+    _rx_parked = False  # the application waits in receive_some, holding nothing
+    #: what ``receive_some`` should be asked for: it hands out the payloads it holds
+    #: (up to a frame, ``MAX_PAYLOAD_LIMIT``) without copying them when they fit
+    receive_size = MAX_PAYLOAD_LIMIT
+
     # ------------------------------------------------------------ application side
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self.machine.send_closed:
@@ -128,9 +140,22 @@ class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
                 raise self._failure
             if m.app_closed:
                 raise trio.ClosedResourceError("stream was closed")
-            await self._rx_wake.wait()
+            self._rx_parked = True  # (nothing held: payloads may go straight out)
+            try:
+                await self._rx_wake.wait()
+            finally:
+                self._rx_parked = False
 
     def _take(self, limit: int) -> bytes | bytearray:
+        head, att = self._recv[0]
+        k = len(head)
+        if TAKE_WHOLE <= k <= limit and not isinstance(head, memoryview):
+            # a large payload goes out as it came (no join, no copy)
+            self._recv.popleft()
+            if att is not None and att.current:
+                att.link.consumed(att.sid, k)
+            self._handing += k
+            return head
         parts: list[bytes | bytearray | memoryview] = []
         got = 0
         while self._recv and got < limit:
@@ -152,6 +177,46 @@ class ResumableStream(StreamPath, trio.abc.HalfCloseableStream):
             p = parts[0]
             return p if not isinstance(p, memoryview) else bytes(p)
         return b"".join(parts)
+
+    # ------------------------------------------------------------ straight out
+    def deliver_to(self, fd: int | None, moved: Callable[[int], None] | None = None) -> None:
+        """Let the link's reader move received payloads straight into ``fd`` (the
+        socket the application writes what it receives to) while the application
+        waits in ``receive_some`` holding nothing; ``moved(n)`` counts them.
+        None: stop (before the application writes to ``fd`` otherwise)."""
+        self._direct = None if fd is None else (fd, moved)
+
+    def direct_ready(self, att: Attachment, offset: int) -> bool:
+        """(The reader:) may the payload at ``offset`` go straight out?"""
+        return (
+            self._direct is not None
+            and self._rx_parked
+            and att.current
+            and not self._recv
+            and offset == self.session.recv_offset == self.session.handed
+            and not self.session.eof_received
+            and self._failure is None
+        )
+
+    def take_passed(self, att: Attachment, offset: int, pipe: Pipe, n: int) -> None:
+        """(The reader:) ``n`` payload bytes at ``offset`` are in ``pipe``: move them
+        straight out if we still may, else (the rest) as received bytes. Empties it."""
+        done = 0
+        direct = self._direct
+        if direct is not None and self.direct_ready(att, offset):
+            done = splice_out(pipe, direct[0], n)
+            if done < 0:  # the destination failed: the application will see it
+                self._direct, done = None, 0
+        if done:
+            self.session.on_direct(offset, done)
+            att.link.consumed(att.sid, done)
+            if direct is not None and direct[1] is not None:
+                direct[1](done)
+            ack = self.session.ack_due()
+            if ack is not None and not self.machine.waiting_answer:
+                att.link.send_ack(att.sid, ack[0], ack[1])
+        if done < n:
+            att.on_data(offset + done, drain(pipe, n - done))
 
     async def aclose(self) -> None:
         """Close for the application; what was written is still delivered (lingering)."""

@@ -141,3 +141,25 @@ async def test_a_failed_send_leaves_peer_egress_streams_running_here() -> None:
     for e in ends:
         assert e.got == e.sent, f"{e.name!r}: {len(e.got)} of {len(e.sent)}"
     assert isinstance(acc.streams[0], ResumableStream) and len(acc.streams) == N
+
+
+async def test_payloads_go_straight_to_the_vm_only_while_not_asked_to_stop() -> None:
+    """The link may splice into the VM socket (ResumableStream.deliver_to) only while
+    the mover has not asked the pump to stop: the session's state is then the socket's."""
+    vm, vm_side = pair()
+    st = ResumableStream(b"s" * 16, b"h", opener=True)
+    f = PeerFreeze(vm_side, st)
+    view, sock = EgressView(f), VmView(f).socket
+    view.deliver_to(sock.fileno())
+    assert st._direct == (sock.fileno(), None)
+    f.ask()
+    assert st._direct is None
+    f.decide(moved=False)  # called off: straight in again
+    assert st._direct == (sock.fileno(), None)
+    f.ask()
+    f.decide(moved=True)
+    assert st._direct is None
+    view.deliver_to(None)
+    assert st._direct is None and f.direct is None
+    vm.socket.close()
+    vm_side.socket.close()

@@ -147,6 +147,27 @@ class LinkConnection:
             return [LinkFailed(e.code, str(e))]
         return self._route(events)
 
+    def pass_target(self) -> tuple[StreamHandler | None, int, int, bool] | None:
+        """(handler, offset, bytes left, must) of a large DATA payload whose bytes the
+        caller may move itself, then report with ``passed`` (``must``: it is being
+        passed, its rest must be too); None: receive as usual."""
+        target = self.mux.pass_target()
+        if target is None:
+            return None
+        sid, off, left = target
+        return self.handlers.get(sid), off, left, self.mux.passing
+
+    def passed(self, n: int, now: float) -> StreamHandler | None:
+        """``n`` bytes of the ``pass_target`` payload were moved: counted as received;
+        returns the stream's handler, which takes them (None: nobody's, dropped)."""
+        sid, _off = self.mux.passed(n, now)
+        h = self.handlers.get(sid)
+        if h is None:
+            self.mux.consumed(sid, n)
+        else:
+            self.touched[sid] = h
+        return h
+
     def _route(self, events: list[Event]) -> Sequence[Action]:
         handlers = self.handlers
         actions = _NO_ACTIONS

@@ -31,6 +31,11 @@ class FrameDecoder:
     (handed out as a ``bytearray``), so each payload byte is copied once; the
     caller may reuse the buffer it fed. After a ``LinkProtocolError`` the decoder
     is dead and raises again on every feed.
+
+    Passing: the caller may instead move a large payload's bytes itself (from its
+    socket straight to where they go, e.g. with splice) and report them with
+    ``pass_bytes(n)``; a payload passed from its first byte is passed to its last,
+    and no ``Data`` frame is made for it (the caller delivers the bytes).
     """
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
@@ -40,12 +45,15 @@ class FrameDecoder:
         self._buf = bytearray()  # a partial frame (header straddling reads, or small)
         # a large DATA payload being filled: [stream_id, offset, payload, filled]
         self._pending: tuple[int, int, bytearray] | None = None
+        self._plen = 0  # its length (the bytearray is made when bytes are first copied)
         self._filled = 0
+        self._passed = False  # its bytes go through pass_bytes (none copied)
         self._error: LinkProtocolError | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) + (self._filled if self._pending is not None else 0)
+        held = self._pending is not None and not self._passed
+        return len(self._buf) + (self._filled if held else 0)
 
     def receive_buffer(self) -> memoryview | None:
         """The unfilled rest of a large DATA payload being assembled, if any.
@@ -54,9 +62,45 @@ class FrameDecoder:
         buffer) and then report the count with ``filled(n)``; None when the next
         bytes start a new frame (use ``feed``).
         """
+        if self._pending is None or self._error is not None or self._passed:
+            return None
+        return memoryview(self._payload())[self._filled :]
+
+    def _payload(self) -> bytearray:
+        assert self._pending is not None
+        sid, off, pay = self._pending
+        if len(pay) != self._plen:
+            pay = bytearray(self._plen)
+            self._pending = (sid, off, pay)
+        return pay
+
+    @property
+    def passing(self) -> bool:
+        """A payload is being passed: its remaining bytes must be passed too."""
+        return self._passed
+
+    def pass_target(self) -> tuple[int, int, int] | None:
+        """(stream id, offset, bytes left) of a large DATA payload whose bytes may be
+        passed (none copied yet: it is being passed, or nothing of it arrived)."""
         if self._pending is None or self._error is not None:
             return None
-        return memoryview(self._pending[2])[self._filled :]
+        if self._filled and not self._passed:
+            return None
+        sid, off, _pay = self._pending
+        return sid, off + self._filled, self._plen - self._filled
+
+    def pass_bytes(self, n: int) -> tuple[int, int]:
+        """``n`` bytes of the payload went elsewhere; returns their (stream id, offset)."""
+        target = self.pass_target()
+        if target is None or not 0 < n <= target[2]:
+            raise ValueError("pass_bytes() without a payload to pass")
+        sid, off, _left = target
+        self._passed = True
+        self._filled += n
+        if self._filled == self._plen:
+            self._pending = None
+            self._passed = False
+        return sid, off
 
     def filled(self, n: int) -> list[Frame]:
         """``n`` bytes were written into ``receive_buffer()``; the frames completed by them."""
@@ -68,10 +112,10 @@ class FrameDecoder:
                 raise ValueError("filled() without a receive buffer")
             return []
         sid, off, pay = pending
-        if not 0 <= n <= len(pay) - self._filled:
+        if self._passed or not 0 <= n <= self._plen - self._filled:
             raise ValueError("filled() beyond the receive buffer")
         self._filled += n
-        if self._filled < len(pay):
+        if self._filled < self._plen:
             return []
         self._pending = None
         return [Data(sid, off, pay)]
@@ -96,6 +140,7 @@ class FrameDecoder:
             self._error = e
             self._buf = bytearray()
             self._pending = None
+            self._passed = False
             raise
 
     def _feed(self, mv: memoryview) -> list[Frame]:
@@ -133,12 +178,15 @@ class FrameDecoder:
 
     def _fill_pending(self, mv: memoryview, frames: list[Frame]) -> int:
         """Go on filling the large DATA payload being assembled; returns bytes used."""
+        if self._passed:
+            raise ValueError("feed() while a payload is being passed")
+        pay = self._payload()
         assert self._pending is not None
-        sid, off, pay = self._pending
-        k = min(len(pay) - self._filled, len(mv))
+        sid, off, _pay = self._pending
+        k = min(self._plen - self._filled, len(mv))
         pay[self._filled : self._filled + k] = mv[:k]
         self._filled += k
-        if self._filled == len(pay):
+        if self._filled == self._plen:
             frames.append(Data(sid, off, pay))
             self._pending = None
         return k
@@ -167,8 +215,10 @@ class FrameDecoder:
         off = _U64.unpack_from(mv, i + HEADER_SIZE)[0]
         if off > MAX_OFFSET:
             raise LinkProtocolError("DATA offset out of range")
-        pay = bytearray(length - 8)
         k = len(mv) - (i + HEADER_SIZE + 8)
-        pay[:k] = mv[i + HEADER_SIZE + 8 :]
-        self._pending = (sid, off, pay)
-        self._filled = k
+        self._plen = length - 8
+        self._pending = (sid, off, bytearray())
+        self._filled = 0
+        if k:  # (none arrived yet: the payload may be passed, see pass_target)
+            self._payload()[:k] = mv[i + HEADER_SIZE + 8 :]
+            self._filled = k

@@ -341,6 +341,43 @@ class Mux:
             self._handle(fr, now, events)
         return events
 
+    def pass_target(self) -> tuple[int, int, int] | None:
+        """(stream id, offset, bytes left) of a large DATA payload whose bytes the caller
+        may move itself (``passed``): within the stream's credit, else None (always
+        the one being passed: the rest of it must be passed)."""
+        target = self._decoder.pass_target()
+        if target is None or self._decoder.passing:
+            return target
+        if not self._hello_received:
+            return None
+        st = self._streams.get(target[0])
+        if st is None or target[2] > st.granted:
+            return None  # (received normally: a closed stream's, or a credit violation)
+        return target
+
+    @property
+    def passing(self) -> bool:
+        return self._decoder.passing
+
+    def passed(self, n: int, now: float) -> tuple[int, int]:
+        """``n`` bytes of the ``pass_target`` payload went elsewhere: count them as
+        received (flow control) and return their (stream id, offset)."""
+        sid, off = self._decoder.pass_bytes(n)
+        self._last_recv = now
+        st = self._streams.get(sid)
+        if st is not None:  # (checked by pass_target; a stream dropped since: ignored)
+            self._count(st, n)
+        return sid, off
+
+    def _count(self, st: _Stream, n: int) -> None:
+        st.granted -= n
+        st.buffered += n
+        if st.granted * 4 <= st.target and st.target < self.config.stream_window:
+            # The sender spent three quarters of the window before our
+            # refill (sent at half) could reach it: the window, not the
+            # application, limits this stream (auto-tuning, see consumed()).
+            st.exhausted = True
+
     def _handle(self, fr: F.Frame, now: float, events: list[Event]) -> None:
         if not self._hello_received:
             self._on_hello(fr, events)
@@ -355,13 +392,7 @@ class Mux:
                     f"stream {fr.stream_id}: {n} bytes sent with only {st.granted} of credit",
                     ErrorCode.FLOW_CONTROL,
                 )
-            st.granted -= n
-            st.buffered += n
-            if st.granted * 4 <= st.target and st.target < self.config.stream_window:
-                # The sender spent three quarters of the window before our
-                # refill (sent at half) could reach it: the window, not the
-                # application, limits this stream (auto-tuning, see consumed()).
-                st.exhausted = True
+            self._count(st, n)
             events.append(DataReceived(fr.stream_id, fr.offset, fr.payload))
             return
         _CONTROL[type(fr)](self, fr, now, events)

@@ -93,7 +93,8 @@ class ResumeSession:
         self._max_sent = send_start  # highest offset ever transmitted
         self._attached = False
         self._eof_written = False
-        self._eof_sent = False
+        self._eof_sent = False  # on the current attachment
+        self._eof_ever_sent = False  # on any: the peer may hold it (and acknowledge it)
         self._eof_acked = False
         self.discarded = 0  # bytes dropped by overflow="discard"
         self._gap: int | None = None  # first offset discarded before it was sent
@@ -226,19 +227,21 @@ class ResumeSession:
             and not self._unsent
             and self._cursor == self._end
         ):
-            self._eof_sent = True
+            self._eof_sent = self._eof_ever_sent = True
             return self._end
         return None
 
     def on_ack(self, offset: int, fin: bool = False) -> int:
         """The peer received everything below ``offset``; returns bytes freed."""
-        if offset > self._max_sent or (fin and (not self._eof_sent or offset != self._end)):
+        # (an EOF sent on an earlier attachment may be acknowledged before it is sent
+        # again: the peer held bytes when the path changed and handed them on since)
+        if offset > self._max_sent or (fin and (not self._eof_ever_sent or offset != self._end)):
             raise ResumeProtocolError(
                 f"peer acknowledged offset {offset}{' + EOF' if fin else ''} "
                 f"beyond what was sent ({self._max_sent})"
             )
         if fin:
-            self._eof_acked = True
+            self._eof_acked = self._eof_sent = True
         if offset <= self._acked:
             return 0
         self._acked = offset
@@ -291,7 +294,7 @@ class ResumeSession:
         self._gap = None
         self._eof_sent = peer_fin
         if peer_fin:
-            self._eof_acked = True
+            self._eof_acked = self._eof_ever_sent = True
         self._attached = True
 
     def start(self) -> None:
@@ -306,14 +309,22 @@ class ResumeSession:
             raise ResumeProtocolError(
                 f"data at offset {offset} but only {self.recv_offset} received: bytes skipped"
             )
-        if self._eof_received and n:
-            raise ResumeProtocolError("data after EOF")
         skip = self.recv_offset - offset
         if skip >= n:
-            return b""
+            return b""  # a duplicate (replayed from what we handed on): drop it
+        if self._eof_received:
+            raise ResumeProtocolError("data after EOF")
         new = memoryview(payload)[skip:] if skip else payload
         self.recv_offset += n - skip
         return new
+
+    def on_direct(self, offset: int, n: int) -> None:
+        """``n`` new bytes at ``offset`` went straight downstream: received and handed
+        on at once (only when nothing else is held, and before any EOF)."""
+        if offset != self.recv_offset or self.handed != offset or self._eof_received:
+            raise ResumeProtocolError(f"bytes at {offset} cannot go straight on")
+        self.recv_offset += n
+        self.handed += n
 
     def on_eof(self, offset: int) -> bool:
         """The peer's EOF at ``offset``; returns True the first time."""

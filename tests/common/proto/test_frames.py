@@ -182,6 +182,80 @@ def test_payloads_received_in_place(frames: list[F.Frame], sizes: list[int]) -> 
     assert dec.buffered == 0 and dec.receive_buffer() is None
 
 
+@given(
+    st.lists(st.one_of(frame_st, big_data), max_size=8),
+    st.lists(st.integers(1, 10**6), max_size=40),
+    st.lists(st.booleans(), min_size=1, max_size=8),
+)
+@settings(max_examples=200)
+def test_payloads_passed_elsewhere(
+    frames: list[F.Frame], sizes: list[int], choices: list[bool]
+) -> None:
+    """A reader that passes a large payload's bytes itself when it likes (reading only a
+    header after each, as the link does) gets the other frames as usual and, per
+    stream, the same DATA bytes at the same offsets, each byte once."""
+    wire = memoryview(b"".join(F.encode(f) for f in frames))
+    dec = FrameDecoder()
+    got: list[F.Frame] = []
+    pos, i = 0, 0
+    while pos < len(wire):
+        want = sizes[i % len(sizes)] if sizes else 1 << 20
+        i += 1
+        target = dec.pass_target()
+        if target is not None and (dec.passing or choices[i % len(choices)]):
+            k = min(want, target[2])
+            sid, off = dec.pass_bytes(k)
+            assert (sid, off) == target[:2]
+            got.append(F.Data(sid, off, bytes(wire[pos : pos + k])))
+        elif (buf := dec.receive_buffer()) is not None:
+            k = min(want, len(buf), len(wire) - pos)
+            buf[:k] = wire[pos : pos + k]
+            got += dec.filled(k)
+        else:
+            k = min(want, F.HEADER_SIZE + 8, len(wire) - pos)
+            got += dec.feed(wire[pos : pos + k])
+        pos += k
+    assert [f for f in got if not isinstance(f, F.Data)] == [
+        f for f in frames if not isinstance(f, F.Data)
+    ]
+    for sid in {f.stream_id for f in frames if isinstance(f, F.Data)}:
+        want_bytes = [
+            (f.offset, f.payload) for f in frames if isinstance(f, F.Data) and f.stream_id == sid
+        ]
+        parts = [(f.offset, f.payload) for f in got if isinstance(f, F.Data) and f.stream_id == sid]
+        assert joined(parts) == joined(want_bytes)
+    assert dec.buffered == 0 and dec.pass_target() is None
+
+
+def joined(parts: list[tuple[int, bytes | bytearray]]) -> list[tuple[int, bytes]]:
+    """DATA pieces with their contiguous neighbours merged."""
+    out: list[tuple[int, bytes]] = []
+    for off, b in parts:
+        if out and out[-1][0] + len(out[-1][1]) == off and b:
+            out[-1] = (out[-1][0], out[-1][1] + bytes(b))
+        else:
+            out.append((off, bytes(b)))
+    return out
+
+
+def test_pass_refusals() -> None:
+    dec = FrameDecoder()
+    payload = bytes(F.PENDING_MIN * 2)
+    wire = F.encode(F.Data(3, 7, payload))
+    assert dec.feed(wire[: F.HEADER_SIZE + 8]) == []
+    assert dec.pass_target() == (3, 7, len(payload)) and not dec.passing
+    with pytest.raises(ValueError):
+        dec.pass_bytes(len(payload) + 1)
+    assert dec.pass_bytes(10) == (3, 7) and dec.passing
+    assert dec.receive_buffer() is None  # the rest must be passed too
+    with pytest.raises(ValueError):
+        dec.feed(b"x")
+    assert dec.pass_bytes(len(payload) - 10) == (3, 17)
+    assert not dec.passing and dec.pass_target() is None
+    dec.feed(wire[:100])  # some bytes copied: no longer passable
+    assert dec.pass_target() is None and dec.receive_buffer() is not None
+
+
 def test_filled_beyond_the_buffer_is_refused() -> None:
     dec = FrameDecoder()
     payload = bytes(F.PENDING_MIN * 2)

@@ -320,3 +320,33 @@ def test_random_traffic_bytes_exact_and_bounded(ops: list[tuple[int, int, int]])
         if isinstance(ev, DataReceived):
             recv[ev.stream_id] += len(ev.payload)
     assert recv == sent
+
+
+def test_passed_payload_bytes_count_as_received() -> None:
+    """A large payload whose bytes the reader moves itself (``passed``) uses credit
+    like any DATA, and its consumption grants more; none is offered beyond credit."""
+    cfg = MuxConfig(max_payload=256 * 1024, initial_window=128 * 1024)
+    c, s = open_one(cfg)
+    n = c.send_credit(1)
+    assert c.send_data(1, 0, bytes(n)) == n
+    wire = b"".join(bytes(x) for x in c.data_to_send())
+    assert s.receive_data(wire[: F.HEADER_SIZE + 8], 1.0) == []
+    assert s.pass_target() == (1, 0, n) and not s.passing
+    assert s.passed(1000, 1.0) == (1, 0) and s.passing
+    assert s.pass_target() == (1, 1000, n - 1000)
+    assert s.passed(n - 1000, 1.0) == (1, 1000) and not s.passing
+    assert s.pass_target() is None
+    assert s.data_to_send() == []  # nothing consumed yet: no credit back
+    s.consumed(1, n)
+    assert CreditAvailable(1) in xfer(s, c)  # (a WINDOW)
+
+
+def test_payload_beyond_credit_is_not_passed() -> None:
+    cfg = MuxConfig(max_payload=256 * 1024, initial_window=128 * 1024)
+    c, s = open_one(cfg)
+    n = c.send_credit(1)
+    big = F.encode(F.Data(1, 0, bytes(n + 1)))  # (a peer that ignores our credit)
+    s.receive_data(big[: F.HEADER_SIZE + 8], 1.0)
+    assert s.pass_target() is None  # received as usual: refused there
+    with pytest.raises(LinkProtocolError):
+        s.receive_data(big[F.HEADER_SIZE + 8 :], 1.0)
