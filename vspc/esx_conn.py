@@ -331,11 +331,11 @@ class EsxConnection(ParkedReads):
                     await self._wait_budget(service)
                     if self._closing or (may_park and (parked := self._park())):
                         break
-                    may_park = True
                     data = await receive_some(size)
                     if not data:
                         log.debug("%r: EOF", self)
                         break
+                    may_park = len(data) < READ_SIZE  # a VM writing in bulk keeps its task
                     size = READ_SIZE_BULK if len(data) >= READ_SIZE else READ_SIZE
                     await self._received(data if type(data) is bytes else bytes(data), service)
                 if self._closing and self._writing and not parked:  # flush (deadline-bound)

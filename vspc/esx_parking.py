@@ -130,7 +130,9 @@ class Parking:
             await self._process(conn, data)
 
     async def _process(self, conn: ParkedReads, data: bytes) -> None:
-        if not await conn.process_parked(data, self._owner):
+        """One read; a connection that must wait, or reads in bulk, gets its task back."""
+        stays = await conn.process_parked(data, self._owner)
+        if not stays or len(data) >= READ_SIZE:
             fd = conn.parked_fd
             if fd is not None:
                 self.unpark(conn, fd)

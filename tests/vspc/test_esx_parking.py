@@ -106,3 +106,27 @@ async def test_parking_off_keeps_a_task_per_connection(
         m = await migrate(src, "127.0.0.1", esx_port(vspc), nursery=nursery, rng=rng)
         await m.dest.send_console(b"y")
         assert await read_exactly(viewer, 1) == b"y"
+
+
+async def test_bulk_writer_gets_its_task_back_then_parks(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    vspc = await start_vspc(tmp_path, nursery)
+    parking = vspc._parking
+    assert parking is not None
+    vm = SimVM.random(random.Random(14))
+    payload = bytes(range(256)) * 800  # 200 KiB, 0xFF included: full reads
+    with trio.fail_after(30):
+        src = await EsxConnection.open(nursery, "127.0.0.1", esx_port(vspc), vm=vm)
+        await src.send_console(b"<")
+        viewer = await attach_console(vspc, vm.canonical_uuid)
+        assert await read_exactly(viewer, 1) == b"<"
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(parking) == 1
+        async with trio.open_nursery() as n:
+            n.start_soon(src.send_console, payload)
+            assert await read_exactly(viewer, len(payload)) == payload
+        await src.send_console(b">")  # a short read: parked again after it
+        assert await read_exactly(viewer, 1) == b">"
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(parking) == 1 and reader_tasks() == 0
