@@ -86,6 +86,7 @@ async def test_a_scrapes_own_step_is_not_the_next_longest() -> None:
     try:
         async with trio.open_nursery() as n:
             n.start_soon(scrape)
+        async with trio.open_nursery() as n:  # (after it: the scrape restarts the gauges)
             n.start_soon(_slow_step, clock, 0.001)
     finally:
         trio.lowlevel.remove_instrument(watch)
