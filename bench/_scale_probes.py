@@ -43,7 +43,7 @@ class Probes:
     async def open(self, n: int) -> None:
         for i in range(n):
             vm = SimVM.random(self.rng, name=f"probe-{i}")
-            if self.mode == "vspc":
+            if self.mode.startswith("vspc"):
                 self.conns.append(
                     await EsxConnection.open(
                         self.nursery, "127.0.0.1", self.port, vm=vm, kernel_timestamps=True
@@ -66,7 +66,7 @@ class Probes:
             await trio.sleep(self.rng.random() * 2 * self.vmotion_gap)
             i = k % len(self.conns)
             seq = random_seq(self.rng, with_ff=(k % 7 == 0))
-            if self.mode == "vspc":
+            if self.mode.startswith("vspc"):
                 await self._migrate(i, seq, record)
             else:
                 await self._begin_raw(i, seq, record)

@@ -50,37 +50,18 @@ import trio
 from _common import free_port
 from _rounds import ainterleaved, median_run
 from _scale_hosts import Workers, sink_server, worker
+from _scale_metrics import histogram_quantiles, loop_figures
 from _scale_probes import Probes
 from _steal import Watch, cpu_ticks, stamp, steal_since
 from _vmware_vspc import VmwareProbes, VmwareVspc, unavailable
 
 NAME = "vspc_scale"
+VSPC_MODES = ("vspc", "vspc_base")
 
 
 def _split(total: int, parts: int) -> list[int]:
     base, extra = divmod(total, parts)
     return [base + (1 if k < extra else 0) for k in range(parts)]
-
-
-def histogram_quantiles(metrics: str, name: str, qs: tuple[float, ...]) -> dict[str, Any]:
-    buckets: list[tuple[float, float]] = []
-    for line in metrics.splitlines():
-        if line.startswith(name + "_bucket{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append(
-                (float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1]))
-            )
-    buckets.sort()
-    if not buckets or buckets[-1][1] == 0:
-        return {"count": 0}
-    total = buckets[-1][1]
-    out: dict[str, Any] = {"count": total}
-    for q in qs:
-        for bound, c in buckets:
-            if c >= q * total:
-                out[f"p{q * 100:g}_le_seconds"] = bound
-                break
-    return out
 
 
 class _Server:
@@ -90,9 +71,10 @@ class _Server:
         self.mode = mode
         self.workdir = workdir
         self.v: bl.Vspc | None = None
-        if mode == "vspc":
+        if mode in VSPC_MODES:  # vspc_base: the vSPC of --base-root, for a same-run A/B
+            root = args.base_root if mode == "vspc_base" else args.vspc_root
             self.cm: Any = bl.run_vspc(
-                workdir, profile=args.profile_vspc, root=args.vspc_root, loopwatch=args.loopwatch
+                workdir, profile=args.profile_vspc, root=root, loopwatch=args.loopwatch
             )
             self.v = self.cm.__enter__()
             self.pid, self.port = self.v.pid, self.v.port
@@ -110,7 +92,7 @@ class _Server:
             self.pid = self.proc.pid
 
     def stop(self, result: dict[str, Any]) -> None:
-        if self.mode == "vspc":
+        if self.mode in VSPC_MODES:
             if self.v is not None and self.v.proc.poll() is not None:
                 result["vspc_stderr_tail"] = bl.tail(self.workdir / "vspc.stderr")
             self.cm.__exit__(None, None, None)
@@ -241,34 +223,12 @@ async def read_metrics(v: bl.Vspc, result: dict[str, Any]) -> None:
     }
 
 
-def loop_figures(text: str) -> dict[str, Any]:
-    """vspc.loopwatch's figures (when on): the longest step and batch while the vMotions
-    ran, step and batch quantiles, and the task kinds with the longest steps."""
-    out: dict[str, Any] = {}
-    tasks: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        for gauge in ("longest_step", "longest_batch"):
-            if line.startswith(f"vspc_event_loop_{gauge}_seconds "):
-                out[f"{gauge}_ms"] = float(line.rsplit(" ", 1)[1]) * 1e3
-        for kind in ("longest_step", "seconds"):
-            prefix = f"vspc_event_loop_task_{kind}" + ("_seconds{" if kind != "seconds" else "{")
-            if line.startswith(prefix):
-                name = line.split('task="', 1)[1].split('"', 1)[0]
-                tasks.setdefault(name, {})[kind] = float(line.rsplit(" ", 1)[1])
-    if not out:
-        return out
-    for what in ("step", "batch"):
-        out[what] = histogram_quantiles(text, f"vspc_event_loop_{what}_seconds", (0.5, 0.99, 0.999))
-    top = sorted(tasks.items(), key=lambda kv: -kv[1].get("longest_step", 0.0))[:8]
-    out["tasks_longest_step_ms"] = {k: v.get("longest_step", 0.0) * 1e3 for k, v in top}
-    busy = sorted(tasks.items(), key=lambda kv: -kv[1].get("seconds", 0.0))[:8]
-    out["tasks_seconds"] = {k: v.get("seconds", 0.0) for k, v in busy}
-    return out
-
-
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    modes = [m for m in ("vspc", "direct", "vmware") if m in args.modes]
     notes: list[str] = []
+    modes = [m for m in ("vspc", "vspc_base", "direct", "vmware") if m in args.modes]
+    if "vspc_base" in modes and args.base_root is None:
+        modes.remove("vspc_base")
+        notes.append("vspc_base skipped: no --base-root")
     if "vspc" in modes and (reason := bl.vspc_available()) is not None:
         modes.remove("vspc")
         notes.append(f"vspc skipped: {reason}")
@@ -361,6 +321,11 @@ def summarize(runs: dict[str, Any]) -> dict[str, Any]:
             d["begin_goahead_ms"]["p99"], 1e-9
         )
         summary["direct_kernel_p99_ms"] = d["begin_goahead_ms"]["kernel_p99"]
+    if "vspc_base" in runs:  # the same vSPC at another checkout (A/B)
+        b = runs["vspc_base"]
+        summary["base_rss_kib_per_vm"] = b["rss_kib_per_vm"]
+        summary["base_kernel_p99_ms"] = b["begin_goahead_ms"]["kernel_p99"]
+        summary["base_p50_ms"] = b["begin_goahead_ms"]["p50"]
     if "vmware" in runs:  # VMware's vSPC, the same ESX-like probes
         w = runs["vmware"]["begin_goahead_ms"]
         summary["p50_vs_vmware"] = r["begin_goahead_ms"]["p50"] / max(w["p50"], 1e-9)
@@ -432,6 +397,12 @@ def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     ap.add_argument("--smoke", action="store_true", help="50 VMs, 5 vMotions (< 20 s)")
     ap.add_argument(
         "--vspc-root", type=Path, default=None, help="run the vSPC of this checkout (A/B)"
+    )
+    ap.add_argument(
+        "--base-root",
+        type=Path,
+        default=None,
+        help="mode vspc_base runs the vSPC of this checkout (same-run A/B against vspc)",
     )
     ap.add_argument(
         "--loopwatch",

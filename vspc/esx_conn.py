@@ -22,7 +22,6 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable
-from typing import Protocol
 
 import trio
 
@@ -32,8 +31,8 @@ from common.ops.excgroups import first_leaf
 from common.ops.wiretext import wire
 from vspc.core.esx_session import EsxSession
 from vspc.core.liveness import Liveness
-from vspc.metrics import VspcMetrics
-from vspc.tlsrefusals import count_handshake_refusal
+from vspc.esx_owner import ConnectionOwner, report
+from vspc.esx_parking import ParkedReads
 
 log = logging.getLogger("vspc.esx")
 
@@ -55,24 +54,7 @@ CONTROL_HIGH_WATER = 64 * 1024
 OUTPUT_STALL_SECONDS = 30.0
 
 
-class ConnectionOwner(Protocol):
-    """What a connection reports to: vspc.service.VspcService (the switchboard's
-    adapter), which decides what each session event means."""
-
-    metrics: VspcMetrics
-
-    async def on_session_event(self, conn: EsxConnection, ev: object) -> None: ...
-
-    async def probe_answered(self, conn: EsxConnection) -> None: ...
-
-    def may_read(self, conn: EsxConnection) -> bool:
-        """Whether the reader may read more (else wait for resume_reading)."""
-        ...
-
-    async def connection_closed(self, conn: EsxConnection) -> None: ...
-
-
-class EsxConnection:
+class EsxConnection(ParkedReads):
     """One live ESX connection (a hashable token for the switchboard).
 
     Small on purpose (thousands are open at once): the writer task exists only
@@ -139,6 +121,7 @@ class EsxConnection:
         #: Why the vSPC's own checks closed it (vspc_telnet_refused_total's reason).
         self.refusal: str | None = None
         self.liveness: Liveness | None = None  # set by the service
+        super().__init__()  # (parking)
 
     def __repr__(self) -> str:
         return f"<esx#{self.id} {wire(self.peer)}>"
@@ -166,6 +149,11 @@ class EsxConnection:
             return
         if self._writing or self._control or self._data or self._nursery is None:
             self.send_control(data)
+            return
+        if self.parked_fd is not None:  # from the parking watcher: it must not wait
+            sent = self._try_send(data)
+            if sent < len(data):
+                self.send_control(data[sent:])
             return
         self._writing = True  # what is queued meanwhile waits for us (see _kick)
         try:
@@ -240,10 +228,20 @@ class EsxConnection:
         it is woken from the socket (closed next), by resume_reading, or sees closing."""
         if self._wscope is not None:
             self._wscope.cancel()
-        if self._scope is not None:
+        if self.parked_fd is not None and self.parking is not None:
+            self.parking.unpark(self, self.parked_fd)  # a task of its own again, to close
+        elif self._scope is not None:
             self._scope.cancel()
         elif self._sock is not None and self._sock.fileno() >= 0:
             trio.lowlevel.notify_closing(self._sock)
+
+    def _fail(self, e: BaseException) -> None:
+        self._failed = self._failed or e
+        self._closing = True
+
+    @property
+    def writer_failed(self) -> bool:
+        return self._failed is not None
 
     def _stalled(self) -> None:
         log.warning(
@@ -312,10 +310,13 @@ class EsxConnection:
 
     async def run(self, service: ConnectionOwner) -> None:
         """Serve the connection until EOF, error, or the switchboard closes it (the read
-        loop is here, not in a coroutine of its own: fewer frames per idle task)."""
+        loop is here, not in a coroutine of its own: fewer frames per idle task), or
+        until it parks (the task ends; the parking watcher reads it, see esx_parking)."""
         failure: BaseException | None = None
+        parked = False
         layer = find_layer(self.stream, trio.SocketStream)
         self._sock = layer.socket if layer is not None else None
+        may_park = self._nursery is None  # new; else unparked: read once here first
         try:
             with (
                 contextlib.nullcontext() if self._sock is not None else trio.CancelScope() as scope
@@ -327,23 +328,28 @@ class EsxConnection:
                 size = READ_SIZE
                 receive_some = fastsock.receiver(self.stream)  # one yield per read
                 while not self._closing:
+                    await self._wait_budget(service)
+                    if self._closing or (may_park and (parked := self._park())):
+                        break
                     data = await receive_some(size)
                     if not data:
                         log.debug("%r: EOF", self)
                         break
+                    may_park = len(data) < READ_SIZE  # a VM writing in bulk keeps its task
                     size = READ_SIZE_BULK if len(data) >= READ_SIZE else READ_SIZE
                     await self._received(data if type(data) is bytes else bytes(data), service)
-                if self._closing and self._writing:  # flush (the deadline bounds it)
+                if self._closing and self._writing and not parked:  # flush (deadline-bound)
                     done = self._done = trio.Event()
                     await done.wait()
             self._scope = None
-            if self._failed is not None:
+            if self._failed is not None and not parked:
                 raise self._failed
         except* Exception as eg:  # a bug too must cost this connection only
             failure = first_leaf(eg)
         finally:
-            with trio.CancelScope(shield=True):
-                await self._finish(service, failure)
+            if not parked:
+                with trio.CancelScope(shield=True):
+                    await self._finish(service, failure)
 
     async def _received(self, data: bytes, service: ConnectionOwner) -> None:
         """One read's bytes: through the session core, its events to the service."""
@@ -360,25 +366,17 @@ class EsxConnection:
             await service.on_session_event(self, ev)
             if self._closing:
                 return
-        # Budgets: bytes held for a later owner (switchboard), bytes queued for
-        # the console (service). Past them, stop reading this connection.
-        while not self._closing and (self.output_full or not service.may_read(self)):
+
+    def _over_budget(self, service: ConnectionOwner) -> bool:
+        """Past its budgets: bytes held for a later owner (switchboard), bytes queued
+        for the console (service), replies unread (output_full)."""
+        return self.output_full or not service.may_read(self)
+
+    async def _wait_budget(self, service: ConnectionOwner) -> None:
+        while not self._closing and self._over_budget(service):
             if not self._closing:  # (may_read may have refused it)
                 resume = self._resume = trio.Event()
                 await resume.wait()
-
-    def _report(self, e: BaseException, service: ConnectionOwner) -> None:
-        lost = isinstance(e, trio.BrokenResourceError | trio.ClosedResourceError)
-        if lost and self.close_reason is not None and self._failed is None:
-            log.debug("%r: reader woken to close: %s", self, e)  # (_cancel)
-        elif lost:
-            log.info("%r: connection lost: %s", self, e)
-            count_handshake_refusal(service.metrics.registry, "esx", self.stream, e)
-        elif isinstance(e, OSError):
-            log.info("%r: connection error: %s", self, e)
-        else:
-            log.error("%r: internal error, closing the connection", self, exc_info=e)
-            service.metrics.protocol_errors_total.labels(where="internal").inc()
 
     async def _finish(self, service: ConnectionOwner, failure: BaseException | None) -> None:
         """Closed: stop the writer, report, tell the service, close the stream."""
@@ -392,7 +390,7 @@ class EsxConnection:
             done = self._done = trio.Event()
             await done.wait()
         if failure is not None:  # (once no writer uses the stream: TLS state is final)
-            self._report(failure, service)
+            report(self, failure, service)
         try:
             await service.connection_closed(self)
         except Exception:  # a bug must not take the service down

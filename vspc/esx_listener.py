@@ -4,10 +4,12 @@ connect (``listen.allowed-sources``)."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import select
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -22,6 +24,10 @@ from vspc.config import ListenConfig, MetricsConfig, address_allowed
 from vspc.service_shape import Server, ServiceShape
 
 log = logging.getLogger("vspc")
+
+#: accept() errors that mean "out of file descriptors or memory": wait, then go on.
+_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY = 0.1
 
 
 class EsxListeners(ServiceShape):
@@ -68,14 +74,34 @@ class EsxListeners(ServiceShape):
     async def _serve(self, listeners: list[trio.abc.Listener[Any]], server: Server) -> None:
         try:
             with server.scope:
-                await trio.serve_listeners(
-                    self._accepted, listeners, handler_nursery=self._handlers
-                )
+                async with trio.open_nursery() as accepting:
+                    for lst in listeners:
+                        accepting.start_soon(self._accept_loop, lst)
         finally:
             with trio.CancelScope(shield=True):
                 for lst in listeners:
                     await trio.aclose_forcefully(lst)
             server.done.set()
+
+    async def _accept_loop(self, listener: trio.abc.Listener[Any]) -> None:
+        """trio.serve_listeners without its wrapper task: the stream is the handler's to
+        close (an ESX connection's task may end while it stays open: esx_parking)."""
+        assert self._handlers is not None
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as e:
+                if e.errno not in _CAPACITY_ERRNOS:
+                    raise
+                log.error("accept: %s; retrying in %.1f s", os.strerror(e.errno), ACCEPT_RETRY)
+                await trio.sleep(ACCEPT_RETRY)
+                continue
+            try:
+                handler = self._accepted(stream)
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+            self._handlers.start_soon(_given(handler), name="esx")  # (no wrapper frame)
 
     @staticmethod
     async def _stop(server: Server | None) -> None:
@@ -116,7 +142,7 @@ class EsxListeners(ServiceShape):
             )
             self.metrics.telnet_refused_total.labels(reason="source").inc()
             return close_refused(stream)
-        return self.handle_esx_stream(stream, peer)
+        return self.handle_esx_stream(stream, peer, park=True)
 
     async def stop_listening(self) -> None:
         await self._stop(self._listener)
@@ -136,6 +162,10 @@ class EsxListeners(ServiceShape):
             server = await self._start_listening(new)
             await self.stop_listening()
             self._listener = server
+
+
+def _given(coro: Coroutine[Any, Any, None]) -> Callable[[], Coroutine[Any, Any, None]]:
+    return lambda: coro
 
 
 async def close_refused(stream: trio.abc.Stream) -> None:

@@ -51,10 +51,10 @@ class _Durations:
         self.total = 0.0
         self.longest = 0.0
 
-    def add(self, d: float) -> None:
+    def add(self, d: float, longest: bool = True) -> None:
         self.counts[bisect_left(BUCKETS, d)] += 1
         self.total += d
-        if d > self.longest:
+        if longest and d > self.longest:
             self.longest = d
 
     def take_longest(self) -> float:
@@ -81,6 +81,9 @@ class LoopWatch(trio.abc.Instrument, Collector):
         self.batches = _Durations()
         #: task name -> [steps, seconds, longest step]
         self.by_task: dict[str, list[float]] = {}
+        #: The task whose step is reading these figures (a scrape): that step ends after
+        #: the longest-step gauges were taken, so it does not count as the next longest.
+        self._collector: trio.lowlevel.Task | None = None
 
     # -- trio.abc.Instrument ---------------------------------------------------
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
@@ -88,13 +91,16 @@ class LoopWatch(trio.abc.Instrument, Collector):
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         d = self._clock() - self._step_at
-        self.steps.add(d)
+        scrape = task is self._collector
+        if scrape:
+            self._collector = None
+        self.steps.add(d, not scrape)
         rec = self.by_task.get(task.name)
         if rec is None:
             rec = self.by_task[task.name] = [0, 0.0, 0.0]
         rec[0] += 1
         rec[1] += d
-        if d > rec[2]:
+        if d > rec[2] and not scrape:
             rec[2] = d
 
     def after_io_wait(self, timeout: float) -> None:
@@ -106,6 +112,10 @@ class LoopWatch(trio.abc.Instrument, Collector):
 
     # -- prometheus Collector -----------------------------------------------------
     def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
+        try:
+            self._collector = trio.lowlevel.current_task()
+        except RuntimeError:  # (not from the loop: a thread)
+            self._collector = None
         yield self.steps.histogram(
             "vspc_event_loop_step_seconds", "duration of one task step of the event loop"
         )

@@ -41,7 +41,7 @@ from common.io.certwatch import CertExpiry
 from common.ops import lifecycle
 from common.ops.config import ConfigError
 from common.ops.wiretext import wire
-from vspc import certreload, loopwatch
+from vspc import certreload, esx_parking, loopwatch
 from vspc.action_runner import ActionRunner
 from vspc.backlog import Backlog, ConsoleBacklogs
 from vspc.config import ListenConfig, VspcConfig
@@ -104,6 +104,7 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
         self.relayed_vm_check: Callable[[str, str], Coroutine[Any, Any, str | None]] | None = None
         self._tasks: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
+        self._parking: esx_parking.Parking | None = None  # (VIC_VSPC_PARK=0: None)
         self._listener: Server | None = None
         self._metrics_server: Server | None = None
         self._draining = False
@@ -144,6 +145,9 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
                 self._tasks = self.backlogs.nursery = nursery
                 async with trio.open_nursery() as handlers:
                     self._handlers = handlers
+                    if esx_parking.enabled():
+                        self._parking = esx_parking.Parking(self, self._unparked)
+                        handlers.start_soon(self._parking.run)
                     self._listener = await self._start_listening(self.config.listen, quiet=True)
                     if self.config.metrics.enabled:
                         self._metrics_server = await self._start_metrics(
@@ -235,13 +239,19 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
         log.info("configuration reloaded")
 
     # -- connections ---------------------------------------------------------------
-    def handle_esx_stream(self, stream: trio.abc.Stream, peer: str) -> Coroutine[Any, Any, None]:
+    def handle_esx_stream(
+        self, stream: trio.abc.Stream, peer: str, *, park: bool = False
+    ) -> Coroutine[Any, Any, None]:
         """Serve one ESX Telnet stream (direct, or relayed through the endpoint).
 
         ``await service.handle_esx_stream(stream, peer)``: the connection is
         registered by the call, and served by the coroutine it returns (await it at once).
+        ``park``: the coroutine may end while the connection stays open (the listener's
+        own streams: the parking watcher reads them while idle, vspc.esx_parking).
         """
         conn = EsxConnection(stream, peer, self.config.proxy_accepts)
+        if park:
+            conn.parking = self._parking
         self._conns.add(conn)
         self._changed()
         self.metrics.esx_connections.inc()
@@ -250,6 +260,10 @@ class VspcService(EsxListeners, SessionEvents, ActionRunner):
         self._liveness_scheduled(conn.liveness.check_at)
         log.info("%r: connected", conn)
         return conn.run(self)
+
+    def _unparked(self, conn: esx_parking.ParkedReads) -> None:
+        assert self._handlers is not None and isinstance(conn, EsxConnection)
+        self._handlers.start_soon(conn.run, self, name="esx")
 
     def _changed(self) -> None:
         self._conns_changed.set()

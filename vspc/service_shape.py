@@ -62,7 +62,9 @@ class ServiceShape:
     _bytes_to_vm: Counter
     _bytes_from_vm: Counter
 
-    def handle_esx_stream(self, stream: trio.abc.Stream, peer: str) -> Coroutine[Any, Any, None]:
+    def handle_esx_stream(
+        self, stream: trio.abc.Stream, peer: str, *, park: bool = False
+    ) -> Coroutine[Any, Any, None]:
         raise NotImplementedError
 
     async def to_vm(self, key: PortKey, data: bytes) -> None:

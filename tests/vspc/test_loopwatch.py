@@ -69,3 +69,27 @@ async def test_exported_and_longest_restarts_at_each_scrape(
     finally:
         loopwatch.uninstall(watch, registry)
     assert "vspc_event_loop" not in generate_latest(registry).decode()
+
+
+async def test_a_scrapes_own_step_is_not_the_next_longest() -> None:
+    clock = _Clock()
+    watch = loopwatch.LoopWatch(clock)
+    registry = CollectorRegistry()
+    registry.register(watch)
+
+    async def scrape() -> None:
+        generate_latest(registry)  # the gauges are taken here, mid-step
+        clock.now += 0.05  # the rest of this step (a large registry's text)
+        await trio.lowlevel.checkpoint()
+
+    trio.lowlevel.add_instrument(watch)
+    try:
+        async with trio.open_nursery() as n:
+            n.start_soon(scrape)
+        async with trio.open_nursery() as n:  # (after it: the scrape restarts the gauges)
+            n.start_soon(_slow_step, clock, 0.001)
+    finally:
+        trio.lowlevel.remove_instrument(watch)
+    assert watch.steps.longest == pytest.approx(0.001)
+    assert watch.by_task[f"{__name__}._slow_step"][2] == pytest.approx(0.001)
+    assert watch.steps.total >= 0.05  # still in the histogram
