@@ -41,6 +41,19 @@ def esx_port(service: VspcService) -> int:
     return service.esx_port
 
 
+async def console_with_viewer(
+    vspc: VspcService, nursery: trio.Nursery, vm: SimVM, first: bytes
+) -> tuple[EsxConnection, trio.abc.Stream]:
+    """``vm`` connected over ESX, ``first`` sent and seen by an attached viewer,
+    and everything settled (the connection parked if it may)."""
+    src = await EsxConnection.open(nursery, "127.0.0.1", esx_port(vspc), vm=vm)
+    await src.send_console(first)
+    viewer = await attach_console(vspc, vm.canonical_uuid)
+    assert await read_exactly(viewer, len(first)) == first
+    await trio.testing.wait_all_tasks_blocked()
+    return src, viewer
+
+
 async def test_idle_connection_has_no_task_and_moves_without_loss(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
@@ -50,11 +63,7 @@ async def test_idle_connection_has_no_task_and_moves_without_loss(
     rng = random.Random(11)
     vm = SimVM.random(rng)
     with trio.fail_after(30):
-        src = await EsxConnection.open(nursery, "127.0.0.1", esx_port(vspc), vm=vm)
-        await src.send_console(b"one-")
-        viewer = await attach_console(vspc, vm.canonical_uuid)
-        assert await read_exactly(viewer, 4) == b"one-"
-        await trio.testing.wait_all_tasks_blocked()
+        src, viewer = await console_with_viewer(vspc, nursery, vm, b"one-")
         assert len(parking) == 1 and reader_tasks() == 0
         # BEGIN read and answered by the watcher; the connection stays parked
         secret = await src.vmotion_begin(random_seq(rng, with_ff=True))
@@ -97,11 +106,7 @@ async def test_parking_off_keeps_a_task_per_connection(
     rng = random.Random(13)
     vm = SimVM.random(rng)
     with trio.fail_after(30):
-        src = await EsxConnection.open(nursery, "127.0.0.1", esx_port(vspc), vm=vm)
-        await src.send_console(b"x")
-        viewer = await attach_console(vspc, vm.canonical_uuid)
-        assert await read_exactly(viewer, 1) == b"x"
-        await trio.testing.wait_all_tasks_blocked()
+        src, viewer = await console_with_viewer(vspc, nursery, vm, b"x")
         assert reader_tasks() == 1
         m = await migrate(src, "127.0.0.1", esx_port(vspc), nursery=nursery, rng=rng)
         await m.dest.send_console(b"y")
@@ -117,11 +122,7 @@ async def test_bulk_writer_gets_its_task_back_then_parks(
     vm = SimVM.random(random.Random(14))
     payload = bytes(range(256)) * 800  # 200 KiB, 0xFF included: full reads
     with trio.fail_after(30):
-        src = await EsxConnection.open(nursery, "127.0.0.1", esx_port(vspc), vm=vm)
-        await src.send_console(b"<")
-        viewer = await attach_console(vspc, vm.canonical_uuid)
-        assert await read_exactly(viewer, 1) == b"<"
-        await trio.testing.wait_all_tasks_blocked()
+        src, viewer = await console_with_viewer(vspc, nursery, vm, b"<")
         assert len(parking) == 1
         async with trio.open_nursery() as n:
             n.start_soon(src.send_console, payload)

@@ -228,10 +228,9 @@ def test_peer_inconsistency_detected() -> None:
         s.write(b"more")
 
 
-def test_replay_after_eof_of_bytes_not_yet_handed_on_is_trimmed() -> None:
-    """The EOF arrived while the application still held bytes; the path is cut, and
-    the sender replays from what was handed on: the replayed bytes (and EOF) are
-    duplicates to drop, not "data after EOF"."""
+def eof_received_then_cut() -> tuple[ResumeSession, ResumeSession]:
+    """Sender ``a`` and receiver ``b``: ten bytes and the EOF received, four of them
+    handed on downstream (six still held), then the path cut at both ends."""
     a, b = ResumeSession(100), ResumeSession(100)
     a.start()
     b.start()
@@ -240,9 +239,17 @@ def test_replay_after_eof_of_bytes_not_yet_handed_on_is_trimmed() -> None:
     off, chunk = a.next_chunk(100)  # type: ignore[misc]
     assert b.on_data(off, chunk) == b"0123456789"
     assert b.on_eof(a.take_eof()) is True  # type: ignore[arg-type]
-    b.hand_on(4)  # the application wrote 4 bytes downstream; 6 are still in memory
+    b.hand_on(4)
     a.detach()
     b.detach()
+    return a, b
+
+
+def test_replay_after_eof_of_bytes_not_yet_handed_on_is_trimmed() -> None:
+    """The EOF arrived while the application still held bytes; the path is cut, and
+    the sender replays from what was handed on: the replayed bytes (and EOF) are
+    duplicates to drop, not "data after EOF"."""
+    a, b = eof_received_then_cut()
     b_off, b_fin = b.resume_point()
     assert (b_off, b_fin) == (4, False)
     a.resume(b_off, b_fin)
@@ -260,17 +267,7 @@ def test_eof_acknowledged_after_resume_before_it_is_sent_again() -> None:
     """The EOF arrived on the old path while bytes were still held; after the resume
     the receiver hands them on and acknowledges the EOF before the sender sent it
     again on the new path: a valid acknowledgement (the EOF was sent before)."""
-    a, b = ResumeSession(100), ResumeSession(100)
-    a.start()
-    b.start()
-    a.write(b"0123456789")
-    a.write_eof()
-    off, chunk = a.next_chunk(100)  # type: ignore[misc]
-    b.on_data(off, chunk)
-    b.on_eof(a.take_eof())  # type: ignore[arg-type]
-    b.hand_on(4)
-    a.detach()
-    b.detach()
+    a, b = eof_received_then_cut()
     a.resume(*b.resume_point())
     b.hand_on(6)  # (the application writes the rest out meanwhile)
     assert b.ack_due() == (10, True)
