@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 from tests.fault.agentpath import AgentPath, PathKind, check_main, quiet
-from tests.fault.sessionmesh import ExecRun, Gate
+from tests.fault.sessionmesh import HOLD_MARGIN, ExecRun, Gate
 from tests.support.daemons import Daemon, Daemons
 from tests.support.waiting import wait_until
 
@@ -106,6 +106,7 @@ async def run_schedule(
                 for r in runs:
                     execs.start_soon(r.run, p.console_socket)
                 for name, at in sorted(faults, key=lambda f: f[1]):
+                    gate.hold(at + HOLD_MARGIN)
                     await wait_until(lambda: echoed(runs) >= at * total, None)  # noqa: B023
                     gate.shut()
                     midway.append(echoed(runs) < total)

@@ -143,22 +143,42 @@ class SessionMesh:
         return tether
 
 
+# how far past a fault's point the feeders may run before they wait for it to be dealt
+HOLD_MARGIN = 0.1
+
+
 class Gate:
     """Held shut while a fault is being dealt: stdin already in the window stays in
-    flight, no more is sent, so no break lands after the traffic is over."""
+    flight, no more is sent, so no break lands after the traffic is over.
+
+    ``hold(at)`` before waiting for a fault's point also stops each feeder once it
+    has sent ``at`` of its stdin: however fast the path, the traffic cannot all be
+    over before the fault (``open`` lifts it)."""
 
     def __init__(self) -> None:
         self._open = trio.Event()
         self._open.set()
+        self._hold_at: float | None = None
+        self._released = trio.Event()
 
     def shut(self) -> None:
         self._open = trio.Event()
 
+    def hold(self, at: float) -> None:
+        self._hold_at = at
+        self._released = trio.Event()
+
     def open(self) -> None:
+        self._hold_at = None
+        self._released.set()
         self._open.set()
 
-    async def wait(self) -> None:
+    async def wait(self, progress: float = 0.0) -> None:
+        """Until the gate is open and ``progress`` (of a feeder's stdin) is not held."""
         await self._open.wait()
+        while self._hold_at is not None and progress >= self._hold_at:
+            await self._released.wait()
+            await self._open.wait()
 
 
 @dataclass
@@ -189,7 +209,7 @@ class ExecRun:
         """Stdin, never more than ``WINDOW`` bytes ahead of its echo: the exec stays
         busy (and bytes stay in flight) from the first break to the last."""
         for i in range(0, len(self.stdin), CHUNK):
-            await self.gate.wait()
+            await self.gate.wait(i / len(self.stdin))
             while i - len(self.out) >= WINDOW:
                 self._echoed = trio.Event()
                 await self._echoed.wait()

@@ -205,7 +205,11 @@ async def test_killed_vspc_marks_a_restart_gap_and_carries_on(tmp_path: Path) ->
         assert gaps[0]["reason"] == "restart"
         assert gaps[0]["offset"] == len(before)
         assert gaps[0]["length"] is None  # what ESX sent meanwhile cannot be known
-        assert metric_sum(await scrape(d), "vspc_console_log_gaps_total") == 1
+
+        async def gap_counted() -> bool:  # (counted once the log thread's marking returned)
+            return metric_sum(await scrape(d), "vspc_console_log_gaps_total") == 1
+
+        await wait_until_async(gap_counted, 20, "the restart gap counted")
         esx = await EsxConnection.open(n, HOST, d.esx_port, vm=vm)
         await esx.send_console(after)
         await wait_until(

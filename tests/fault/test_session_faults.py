@@ -27,7 +27,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fault.sessionmesh import ExecRun, Gate, SessionMesh
+from tests.fault.sessionmesh import HOLD_MARGIN, ExecRun, Gate, SessionMesh
 from tests.fault.topology import counter
 from tests.support.daemons import Daemon, Daemons
 from tests.support.waiting import wait_until
@@ -132,6 +132,7 @@ async def run_scenario(
                 for r in runs:
                     execs.start_soon(r.run, sm.console_socket)
                 for name, at in sorted(faults, key=lambda f: f[1]):
+                    gate.hold(at + HOLD_MARGIN)
                     await wait_until(lambda: echoed(runs) >= at * total, None)  # noqa: B023
                     gate.shut()
                     midway.append(echoed(runs) < total)
