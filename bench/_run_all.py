@@ -54,7 +54,7 @@ PLAN: tuple[Step, ...] = (  # minutes: as measured here with the load at 6 to 9
     Step("vspc_scale", "vspc_scale", ("--vmotions", "300"), 4.7),
     # 9,000 idle VMs: the vSPC, the bare server, and VMware's vSPC where the bench runs it
     Step(_goals.IDLE_9000, "vspc_scale", IDLE_9000_ARGS, 1.8),
-    Step("relay_throughput", "relay_throughput", ("--size", str(256 << 20), "--reps", "5"), 0.8),
+    Step("relay_throughput", "relay_throughput", ("--size", str(256 << 20), "--reps", "9"), 1.3),
     Step("relay_latency", "relay_latency", ("--count", "5000", "--reps", "5"), 0.5),
     Step("relay_idle", "relay_idle", ("--streams", "9000", "--reps", "3"), 1.3),
     Step(

@@ -92,6 +92,22 @@ def test_a_figure_past_its_bound_misses(
     assert not _goals.table(tmp_path)[1]
 
 
+def test_relay_goals_prefer_the_paired_median(tmp_path: Path) -> None:
+    """relay_throughput's goal figures: the median of the per-round pump/floor ratios
+    where the result has them (the ratio of medians only for older results)."""
+    results = met_everywhere()
+    for kind in ("tcp", "unix"):
+        s = results["relay_throughput"]["summary"][kind]
+        s["pump"]["cpu_s_per_gib"] = 1.3  # the ratio of medians misses...
+        s["paired"] = {"pump_vs_floor_throughput": 0.98, "pump_vs_floor_cpu_per_gib": 1.04}
+    assert set(verdicts(write(tmp_path, results)).values()) == {True}  # ...the pairs meet
+    results["relay_throughput"]["summary"]["unix"]["paired"]["pump_vs_floor_throughput"] = 0.9
+    v = verdicts(write(tmp_path, results))
+    assert [m for m, met in v.items() if met is False] == [
+        "one hop Unix: pump / splice floor, throughput (paired median)"
+    ]
+
+
 def test_missing_results_are_not_measured(tmp_path: Path) -> None:
     results = met_everywhere()
     del results[_goals.IDLE_9000]["runs"]["vmware"]  # a run without VMware's vSPC
