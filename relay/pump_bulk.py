@@ -4,10 +4,10 @@ A direction moving bulk on the fd fast path (common.io.splice) spends its time
 in splice(2) calls; under trio every time the source runs dry or the
 destination fills, the burst goes back through the event loop (an epoll
 registration, a scheduler round, a task switch) and a new burst starts. In a
-worker thread the same loop waits in ``poll(2)`` on just its own fds, the
-syscalls release the GIL, and the trio thread stays free: the loop is what
-bench/_splice_floor.py does, plus one ``poll`` per wait (the sockets stay
-non-blocking: trio owns them).
+worker thread the syscalls release the GIL and the trio thread stays free: the
+loop is what bench/_splice_floor.py does. Its reads block in the kernel, as the
+floor's do, while the pump's other direction waits to read (a socket source:
+relay.pump_blocking); otherwise it waits in ``poll(2)`` on just its own fds.
 
 Only a direction that has moved ``THREAD_AFTER`` bytes in bulk under trio
 uses a thread (``BulkBursts``): short transfers and interactive traffic never
@@ -63,6 +63,7 @@ from common.io.splice import (
     fd_layer,
     splice_burst,
 )
+from relay.pump_blocking import BlockingSource
 
 IDLE_RETURN = 0.05  # source empty this long (pipe empty): back to trio's read wait
 THREAD_AFTER = 4 << 20  # bytes a direction moves in bulk under trio before it uses a thread
@@ -112,8 +113,11 @@ class _Burst:
         report: Report,
         stall_timeout: float | None,
         hold: Hold | None = None,
+        source: BlockingSource | None = None,
     ) -> None:
         self.hold = hold
+        self.source = source  # reads in blocking mode when it allows (relay.pump_blocking)
+        self.stopping = False  # set with stop_fd (seen while bytes flow too)
         # (the fds the streams own now, cheaply: read_fd() walks the layers, ~9 us)
         self.src_fileno = _fileno_getter(src, receive=True)
         self.dst_fileno = _fileno_getter(dst, receive=False)
@@ -132,6 +136,7 @@ class _Burst:
         self.unreported = 0
         self.reported_at = time.monotonic()
         self.poll_in = select.poll()
+        self.ready = [(self.src_fd, select.POLLIN)]  # its answer when the source has bytes
         self.poll_in.register(self.src_fd, _POLLIN)
         self.poll_in.register(stop_fd, select.POLLIN)
         self.poll_out = select.poll()
@@ -200,27 +205,58 @@ class _Burst:
     def _stall(self) -> float:
         return self.stall_timeout if self.stall_timeout is not None else float("inf")
 
-    def _source_empty(self, now: float) -> bool:
-        """Wait for the source; False once it stayed empty for IDLE_RETURN."""
+    def _source_empty(self, now: float, waited: float) -> bool:
+        """Wait for the source; False once it stayed empty for IDLE_RETURN (of
+        which ``waited`` already went by)."""
         if self.unreported and now - self.reported_at >= REPORT_AFTER:
             self._flush_report(now)
         if self.hold is not None and self.hold():
             return False
-        return self._wait(self.poll_in, self.src_fd, IDLE_RETURN, self.hold)
+        return self._wait(self.poll_in, self.src_fd, IDLE_RETURN - waited, self.hold)
+
+    def _dry(self, check: float) -> bool:
+        """The source had nothing: True once it has, False once it stayed empty for
+        IDLE_RETURN (or a freeze asks for the direction back)."""
+        source, hold = self.source, self.hold
+        events: list[tuple[int, int]] | None = None
+        if source is not None and source.blocked:
+            events = []  # a blocking read waited ``check`` in the kernel
+        elif hold is None or not hold():
+            events = self.poll_in.poll(check * 1000.0)
+            if events == self.ready:  # the way back to the read: one poll, one comparison
+                return True
+        return self._source_empty(time.monotonic(), check if events == [] else 0.0)
+
+    def _check(self) -> None:
+        """Every CHECK_EVERY while bytes flow: the streams still own their fds and
+        the task was not cancelled."""
+        self._owned()
+        if self.stopping:
+            raise _Stopped()
 
     def run(self) -> bool:
         """Splice until EOF (True) or the source stays empty for IDLE_RETURN (False).
 
         The loop of bench/_splice_floor.py: read what the source has into the
         pipe, write all of it out, again (hot: locals only, no calls but the
-        syscalls and the clock)."""
+        syscalls and the clock). Like the floor's, its reads block in the kernel
+        while the pump's other direction waits to read (``source``,
+        relay.pump_blocking); otherwise it polls its source, and the way from
+        that poll back to the read is the shortest one (``_dry``)."""
         splice, flags, clock = os.splice, SPLICE_FLAGS, time.monotonic
         src, dst, r, w, size = self.src_fd, self.dst_fd, self.pipe.r, self.pipe.w, self.pipe.size
+        source = self.source
+        # with a source that may block, reads leave blocking to the socket's flag
+        rflags = flags if source is None else os.SPLICE_F_MOVE
+        check = min(IDLE_RETURN, CHECK_EVERY)
+        checked = clock()
         while True:
+            if source is not None and source.writer_waits and not source.blocked:
+                source.try_block()
             try:
-                got = splice(src, w, size, None, None, flags)
+                got = splice(src, w, size, None, None, rflags)
             except BlockingIOError:
-                if not self._source_empty(clock()):
+                if not self._dry(check):
                     return False
                 continue
             except OSError as exc:
@@ -239,6 +275,9 @@ class _Burst:
             self.moved += got
             self.unreported += got
             now = clock()
+            if now - checked >= CHECK_EVERY:
+                self._check()
+                checked = now
             if now - self.reported_at >= REPORT_AFTER:
                 self._flush_report(now)
 
@@ -255,10 +294,12 @@ class BulkBursts:
     the direction moved ``THREAD_AFTER`` bytes in bulk, then in a thread when
     one may be used (``usable``) and ``hold`` does not say otherwise."""
 
-    __slots__ = ("hold", "trio_moved")
+    __slots__ = ("hold", "source", "trio_moved")
 
-    def __init__(self, hold: Hold | None = None) -> None:
+    def __init__(self, hold: Hold | None = None, source: BlockingSource | None = None) -> None:
         self.hold = hold
+        self.source = source  # (relay.pump_blocking: the source's socket, shared with
+        # the pump's other direction, which says when it waits)
         self.trio_moved = 0
 
     async def __call__(
@@ -276,7 +317,12 @@ class BulkBursts:
         if usable() and not (hold is not None and hold()):
             if self.trio_moved >= THREAD_AFTER:
                 fds = (src_fd, dst_fd)
-                return await threaded_burst(src, dst, fds, pool, on_moved, stall_timeout, hold)
+                source = self.source
+                if not isinstance(fd_layer(src, receive=True), trio.SocketStream):
+                    source = None
+                return await threaded_burst(
+                    src, dst, fds, pool, on_moved, stall_timeout, hold, source
+                )
             # (a trio burst lasts as long as its source has bytes: hand over at THREAD_AFTER)
             limit = max(THREAD_AFTER - self.trio_moved, PROBE_SIZE)
         eof, moved = await splice_burst(
@@ -294,30 +340,39 @@ async def threaded_burst(
     on_moved: Callable[[int], None],
     stall_timeout: float | None,
     hold: Hold | None = None,
+    source: BlockingSource | None = None,
 ) -> tuple[bool, int]:
-    """common.io.splice's burst, run in a worker thread: (EOF seen, bytes moved)."""
+    """common.io.splice's burst, run in a worker thread: (EOF seen, bytes moved).
+    ``source``: its reads may block (relay.pump_blocking; a socket source only)."""
     global _running
     token = trio.lowlevel.current_trio_token()
     task = trio.lowlevel.current_task()
     stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
     pipe = pool.acquire()
     report: Report = lambda n: token.run_sync_soon(on_moved, n)  # noqa: E731
-    burst = _Burst(src, dst, fds, pipe, stop_fd, report, stall_timeout, hold)
+    burst = _Burst(src, dst, fds, pipe, stop_fd, report, stall_timeout, hold, source)
 
     def deliver(result: outcome.Outcome[bool]) -> None:
         # (the task gets the thread's outcome as its value, to unwrap below)
         token.run_sync_soon(trio.lowlevel.reschedule, task, outcome.Value(result))
 
     def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        burst.stopping = True
         os.eventfd_write(stop_fd, 1)  # the thread stops; the task resumes when it did
         return trio.lowlevel.Abort.FAILED
 
     _running += 1
     try:
+        if source is not None:  # (a non-blocking pipe makes every splice into it non-blocking)
+            os.set_blocking(pipe.w, True)
+            source.attach(burst.src_fd, CHECK_EVERY)
         trio.lowlevel.start_thread_soon(burst.run, deliver)
         result: outcome.Outcome[bool] = await trio.lowlevel.wait_task_rescheduled(abort)
     finally:
         _running -= 1
+        if source is not None:
+            source.detach()
+            os.set_blocking(pipe.w, False)
         os.close(stop_fd)
         burst.close()
         if burst.unreported:

@@ -21,6 +21,7 @@ from common.io.splice import (
 )
 from common.io.streamlayers import find_layer
 from relay.park import NO_DST, Handoff, Parker, Route
+from relay.pump_blocking import BlockingSource
 from relay.pump_bulk import BulkBursts, Hold
 from relay.pump_copy import copy_loop
 from relay.pump_state import (
@@ -100,6 +101,7 @@ class Session:
         "reading",
         "scope",
         "small_streak",
+        "sources",
         "splice",
         "stall_timeout",
     )
@@ -135,6 +137,8 @@ class Session:
         self.small_streak = 0  # small messages in a row (common.io.splice)
         self.inline_moved_at = 0.0  # time.monotonic() of the last inline forward
         self.bulk_hold: Hold | None = None  # (relay.pump_bulk; set by relay.pump for a freeze)
+        # each direction's source, read blocking by its bulk thread while the other waits
+        self.sources = (BlockingSource(), BlockingSource())
 
     def _moved(self, direction: str, n: int) -> None:
         """Counts delivered bytes (called once per burst or message, not per chunk)."""
@@ -314,7 +318,8 @@ class Session:
                         on_moved=d.moved,
                         stall_timeout=self.stall_timeout,
                         mark=self,
-                        burst=BulkBursts(self.bulk_hold),
+                        burst=BulkBursts(self.bulk_hold, self.sources[d.index]),
+                        writer=self.sources[1 - d.index],  # its destination: the other's source
                     )
                 except SpliceUnsupported as exc:
                     log.debug("%s: splice unsupported, copying", d.name)

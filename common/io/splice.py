@@ -77,6 +77,16 @@ class ReadWaitMark(Protocol):
         """A small message was forwarded; the direction is about to wait."""
 
 
+class WriterMark(Protocol):
+    """Told when a direction waits to read (it writes nothing to its destination
+    until it ``woke``): relay.pump_blocking lets the other direction's bulk thread
+    read that socket in blocking mode meanwhile."""
+
+    def waiting(self) -> None: ...
+
+    def woke(self) -> None: ...
+
+
 def _socket_fd(stream: trio.SocketStream) -> int | None:
     sock = stream.socket
     if sock.type != socket.SOCK_STREAM or sock.family not in _SPLICE_FAMILIES:
@@ -171,6 +181,21 @@ class _NoMark:
         pass
 
 
+class _NoWriter:
+    """The WriterMark of a direction nobody listens to."""
+
+    __slots__ = ()
+
+    def waiting(self) -> None:
+        pass
+
+    def woke(self) -> None:
+        pass
+
+
+_NO_WRITER = _NoWriter()
+
+
 def _forward_now(src_fd: int, dst_fd: int) -> tuple[bytes, int] | None:
     """Read what the source has (up to PROBE_SIZE) and write what the destination
     takes now: (data, bytes written); (b"", 0) at EOF; None if the source is empty."""
@@ -204,23 +229,22 @@ async def splice_direction(
     stall_timeout: float | None,
     mark: ReadWaitMark | None = None,
     burst: Burst | None = None,
+    writer: WriterMark | None = None,
 ) -> bool:
     """Move bytes from *src_fd* (of *src*) to *dst_fd* (of *dst*) until EOF on the source.
 
-    Returns True on a clean EOF once every byte read has been written; False
-    when *mark* asked to park (the source was empty, nothing in flight). Raises
+    Returns True on a clean EOF once every byte read has been written; False when
+    *mark* asked to park (the source was empty, nothing in flight). Raises
     SpliceUnsupported (before the first byte, or with the bytes already read),
-    WriteStalled, or trio.BrokenResourceError for a reset or closed peer.
-    After every yield that is not an fd wait (a wait on an fd that another task
-    closes raises ClosedResourceError by itself) the streams are checked to
-    still own these fds, so a stream closed meanwhile is never spliced by a
-    stale fd number. ``burst`` moves bulk once the direction turned bulk
-    (default ``splice_burst``, under trio; relay.pump_bulk runs one in a thread).
-    """
+    WriteStalled, or trio.BrokenResourceError for a reset or closed peer. After
+    every yield that is not an fd wait (a wait on an fd that another task closes
+    raises ClosedResourceError by itself) the streams are checked to still own these
+    fds, so a stream closed meanwhile is never spliced by a stale fd number. ``burst``
+    moves bulk (default ``splice_burst``); ``writer`` hears of each read wait."""
     wait_mark: ReadWaitMark = _NoMark() if mark is None else mark
     bulk_burst = splice_burst if burst is None else burst
-    bulk = False
-    grown = False  # the destination's send buffer was raised for bulk
+    wmark = _NO_WRITER if writer is None else writer
+    bulk = grown = False  # (grown: the destination's send buffer was raised for bulk)
     while True:
         if bulk:
             if not grown:
@@ -246,10 +270,12 @@ async def splice_direction(
                     continue
                 wait_mark.interactive()
         wait_mark.reading += 1
+        wmark.waiting()
         try:
             await trio.lowlevel.wait_readable(src_fd)
         finally:
             wait_mark.reading -= 1
+            wmark.woke()
         if wait_mark.parking:  # asked to park while the wait was ending: nothing read yet
             return False
 

@@ -3,6 +3,7 @@ counters, cancellation, stall, a stream closed under a running thread, a freeze.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -235,6 +236,8 @@ async def test_freeze_recalls_a_thread_waiting_for_its_source(
 
             await wait_until(stopped, timeout=10, what="the thread returns to its read wait")
             assert pump_bulk._running == 0 and pool.in_use == 0
+            # its source is as trio left it (relay.pump_blocking), ready to move
+            assert not os.get_blocking(a.socket.fileno())
             freeze.decide(False)
             await x.send_eof()
             await y.send_eof()
