@@ -10,6 +10,14 @@ counters, no admission, a thread per direction); it shows what the kernel's
 zero-copy path costs by itself, so that the pump's figures can be read against
 it: whatever a relay in Python adds comes on top of this.
 
+Its reads block in the kernel; the pump's bulk thread reads that way too
+while the pump's other direction waits (relay.pump_blocking): made to poll
+non-blocking sockets instead, this floor ran at 0.72x its own throughput on
+Unix sockets (1.02x on TCP; 9 paired rounds of 1 GiB). It leaves the target's
+SO_SNDBUF at the default where the pump raises a Unix destination's to 1 MiB:
+with that raise this floor measured 1.00x throughput at 1.06x CPU per GiB
+(9 paired rounds, load 4.6), no advantage either way.
+
 The forward direction (client -> target) runs on the main thread and the main
 thread lives until the target side closes too, so that the harness, which reads
 CPU time per live thread, counts all of the forward work. Prints ``READY
