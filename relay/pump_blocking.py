@@ -49,7 +49,8 @@ class BlockingSource:
     __slots__ = ("_fd", "_lock", "blocked", "writer_waits")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock: threading.Lock | None = None  # (made by attach: a pump that never
+        # runs a thread pays for none)
         self._fd = -1  # the thread's duplicate of the source, while one is attached
         self.writer_waits = False  # the other direction is in its read wait
         self.blocked = False  # O_NONBLOCK is off now
@@ -61,10 +62,11 @@ class BlockingSource:
 
     def woke(self) -> None:
         """The other direction may write from now on: the socket is non-blocking."""
-        if self._fd < 0:  # no thread attached (the only other party): no lock needed
+        lock = self._lock
+        if self._fd < 0 or lock is None:  # no thread attached (the only other party)
             self.writer_waits = False
             return
-        with self._lock:
+        with lock:
             self.writer_waits = False
             if self.blocked:
                 os.set_blocking(self._fd, False)
@@ -75,11 +77,16 @@ class BlockingSource:
         """A thread reads ``fd`` (its duplicate of the source) from now on; its
         blocking reads end after ``timeout`` (trio thread, before it starts)."""
         _set_rcvtimeo(fd, timeout)
+        if self._lock is None:
+            self._lock = threading.Lock()
         self._fd = fd
 
     def try_block(self) -> bool:
         """(thread) Turn blocking reads on if the other direction waits: blocked?"""
-        with self._lock:
+        lock = self._lock
+        if lock is None:  # never attached
+            return False
+        with lock:
             if self.writer_waits and not self.blocked and self._fd >= 0:
                 os.set_blocking(self._fd, True)
                 self.blocked = True
@@ -88,7 +95,7 @@ class BlockingSource:
     def detach(self) -> None:
         """The thread returned: the socket is as trio left it (trio thread)."""
         fd, self._fd = self._fd, -1
-        if fd < 0:
+        if fd < 0 or self._lock is None:
             return
         with self._lock:
             if self.blocked:

@@ -101,7 +101,6 @@ class Session:
         "reading",
         "scope",
         "small_streak",
-        "sources",
         "splice",
         "stall_timeout",
     )
@@ -137,8 +136,6 @@ class Session:
         self.small_streak = 0  # small messages in a row (common.io.splice)
         self.inline_moved_at = 0.0  # time.monotonic() of the last inline forward
         self.bulk_hold: Hold | None = None  # (relay.pump_bulk; set by relay.pump for a freeze)
-        # each direction's source, read blocking by its bulk thread while the other waits
-        self.sources = (BlockingSource(), BlockingSource())
 
     def _moved(self, direction: str, n: int) -> None:
         """Counts delivered bytes (called once per burst or message, not per chunk)."""
@@ -273,10 +270,13 @@ class Session:
             async with trio.open_nursery() as nursery:
                 self.scope = nursery.cancel_scope
                 ab, ba = self.dirs
+                # each direction's source, read blocking by its bulk thread while the
+                # other waits (relay.pump_blocking; none kept while the pump is parked)
+                sources = (BlockingSource(), BlockingSource())
                 if not ba.done:
-                    nursery.start_soon(self.direction, ba)
+                    nursery.start_soon(self.direction, ba, sources)
                 if not ab.done:
-                    await self.direction(ab)
+                    await self.direction(ab, sources)
         finally:
             self.scope = None
             if parker is not None:
@@ -304,7 +304,7 @@ class Session:
         self._set_mode(d, mode)
         return fds
 
-    async def direction(self, d: Direction) -> None:
+    async def direction(self, d: Direction, sources: tuple[BlockingSource, BlockingSource]) -> None:
         try:
             fds = self._fds(d)
             if fds is not None:
@@ -318,8 +318,8 @@ class Session:
                         on_moved=d.moved,
                         stall_timeout=self.stall_timeout,
                         mark=self,
-                        burst=BulkBursts(self.bulk_hold, self.sources[d.index]),
-                        writer=self.sources[1 - d.index],  # its destination: the other's source
+                        burst=BulkBursts(self.bulk_hold, sources[d.index]),
+                        writer=sources[1 - d.index],  # its destination: the other's source
                     )
                 except SpliceUnsupported as exc:
                     log.debug("%s: splice unsupported, copying", d.name)
