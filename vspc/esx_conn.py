@@ -325,7 +325,7 @@ class EsxConnection(ParkedReads):
                 self._nursery = trio.lowlevel.current_task().parent_nursery
                 self.send_control(self.session.initial_bytes())
                 self._kick()  # anything queued before the reader ran
-                size = READ_SIZE
+                size = READ_SIZE if may_park else READ_SIZE_BULK  # (unparked: in bulk)
                 receive_some = fastsock.receiver(self.stream)  # one yield per read
                 while not self._closing:
                     await self._wait_budget(service)
@@ -335,7 +335,8 @@ class EsxConnection(ParkedReads):
                     if not data:
                         log.debug("%r: EOF", self)
                         break
-                    may_park = len(data) < READ_SIZE  # a VM writing in bulk keeps its task
+                    # In bulk a VM keeps its task: two short reads in a row park it, not one.
+                    may_park = len(data) < READ_SIZE and size == READ_SIZE
                     size = READ_SIZE_BULK if len(data) >= READ_SIZE else READ_SIZE
                     await self._received(data if type(data) is bytes else bytes(data), service)
                 if self._closing and self._writing and not parked:  # flush (deadline-bound)

@@ -64,7 +64,17 @@ def disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[Disk]:
             raise OSError(d.err, os.strerror(d.err))
         return None
 
+    writev_all = RotatingFile._writev_all
+
+    def faulty_v(f: RotatingFile, views: list[memoryview]) -> None:
+        if d.free is None:
+            return writev_all(f, views)
+        for mv in views:
+            faulty(f, mv)
+        return None
+
     monkeypatch.setattr(RotatingFile, "_write_all", faulty)
+    monkeypatch.setattr(RotatingFile, "_writev_all", faulty_v)
     yield d
 
 

@@ -14,6 +14,7 @@ import trio.testing
 
 from tests.support.waiting import wait_until
 from vic.lab.esx_sim import EsxConnection, SimVM, migrate, random_seq
+from vspc import esx_conn, esx_parking
 from vspc.esx_conn import EsxConnection as VspcConn
 from vspc.esx_parking import ENV
 from vspc.service import VspcService
@@ -127,7 +128,35 @@ async def test_bulk_writer_gets_its_task_back_then_parks(
         async with trio.open_nursery() as n:
             n.start_soon(src.send_console, payload)
             assert await read_exactly(viewer, len(payload)) == payload
-        await src.send_console(b">")  # a short read: parked again after it
+        for tail in (b">", b"."):  # two short reads in a row: parked again after them
+            await src.send_console(tail)
+            assert await read_exactly(viewer, 1) == tail
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(parking) == 1 and reader_tasks() == 0
+
+
+async def test_one_short_read_amid_bulk_keeps_the_task_two_park_it(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tiny read sizes, so that which reads are "bulk" does not hang on TCP's segments.
+    monkeypatch.setattr(esx_parking, "READ_SIZE", 4)
+    monkeypatch.setattr(esx_conn, "READ_SIZE", 4)
+    monkeypatch.setattr(esx_conn, "READ_SIZE_BULK", 1024)
+    vspc = await start_vspc(tmp_path, nursery)
+    parking = vspc._parking
+    assert parking is not None
+    vm = SimVM.random(random.Random(15))
+    with trio.fail_after(30):
+        src, viewer = await console_with_viewer(vspc, nursery, vm, b"<<<<")
+        await src.send_console(b"A" * 100)  # bulk: read with a task, not parked
+        assert await read_exactly(viewer, 100) == b"A" * 100
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(parking) == 0 and reader_tasks() == 1
+        await src.send_console(b">")  # one short read: the task stays
         assert await read_exactly(viewer, 1) == b">"
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(parking) == 0 and reader_tasks() == 1
+        await src.send_console(b".")  # the second in a row: parked
+        assert await read_exactly(viewer, 1) == b"."
         await trio.testing.wait_all_tasks_blocked()
         assert len(parking) == 1 and reader_tasks() == 0

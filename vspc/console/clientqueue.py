@@ -2,6 +2,12 @@
 
 Chunks are queued without a copy; a client whose queue would overflow is
 dropped by its console (see ``vspc.console.hub``).
+
+A client on a plain socket (``direct``) is written straight from ``push`` while
+nothing is queued or being sent: one non-blocking send in the VM reader's task,
+no hop through the client's sender task (a wake-up and a scheduler round per
+read while a VM writes in bulk). What the socket does not take is queued and
+the sender writes it, so the bytes keep their order and the queue its bound.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from itertools import count
 
 import trio
 
+from common.io.fastsock import FastSocket
 from common.proto.console.protocol import Mode
 
 #: Most bytes handed to one client send (queued chunks are joined up to this).
@@ -38,6 +45,7 @@ class Client:
         "chunks",
         "closed",
         "credit",
+        "direct",
         "dropped",
         "id",
         "mode",
@@ -46,6 +54,7 @@ class Client:
         "peer",
         "queued",
         "scope",
+        "sending",
         "sent",
     )
 
@@ -65,6 +74,9 @@ class Client:
         self.notified_epoch = -1
         self.sent = 0
         self.scope: trio.CancelScope | None = None
+        #: The client's plain socket, once its sender runs: ``push`` may write it.
+        self.direct: FastSocket | None = None
+        self.sending = False  # the sender holds parts (from next_parts) not yet sent
         self._wake = trio.Event()
 
     @property
@@ -78,17 +90,38 @@ class Client:
         n = len(data)
         if self.queued + n > limit + self.credit:
             return False
+        if n and self.direct is not None and not self.chunks and not self.sending:
+            done = self._send_now(data)
+            if done == n:
+                return True
+            data = memoryview(data)[done:]
+            n -= done
         if n:
             self.chunks.append(_frozen(data))
             self.queued += n
             self._wake.set()
         return True
 
+    def _send_now(self, data: bytes | bytearray | memoryview) -> int:
+        """Bytes of ``data`` the socket took at once (0 on an error: the sender,
+        writing what is queued instead, meets it and ends the client)."""
+        assert self.direct is not None
+        try:
+            n = self.direct.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            self.direct = None
+            return 0
+        self.sent += n
+        return n
+
     def close(self, final: bytes = b"", deadline: float | None = None) -> None:
         """No more data after ``final``; pending data is discarded if ``final`` is given."""
         if self.closed:
             return
         self.closed = True
+        self.direct = None
         if final:
             self.chunks.clear()
             self.chunks.append(_frozen(final))
@@ -114,11 +147,13 @@ class Client:
         slices (views, no copy).
         """
         chunks = self.chunks
+        self.sending = False  # (the caller sent the last parts)
         while not chunks:
             if self.closed:
                 return []
             self._wake = trio.Event()
             await self._wake.wait()
+        self.sending = True
         out = chunks.popleft()
         n = len(out)
         parts = [out]

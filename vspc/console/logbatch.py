@@ -95,8 +95,11 @@ def write_job(files: OpenFiles, base: str, s: LogSettings, job: LogJob) -> None:
             try:
                 f = files.get(f"{stem}.log")
                 start = f.written
-                for data in coalesce(job.data):
-                    f.write(data, s.max_bytes, s.keep, whole_lines=s.whole_lines)
+                if s.whole_lines:
+                    for data in coalesce(job.data):
+                        f.write(data, s.max_bytes, s.keep, whole_lines=True)
+                else:
+                    f.write_parts(job.data, s.max_bytes, s.keep)
             finally:
                 job.written = f.written - start if f is not None else 0
                 job.file_size = f.size if f is not None else size_of(f"{stem}.log")

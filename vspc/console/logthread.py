@@ -8,10 +8,18 @@ to start a job, one ``run_sync_soon`` to report back.
 
 Like ``trio.to_thread.run_sync`` (not abandonable): a cancelled caller still
 waits for its job to finish; the result or exception is returned or raised.
+
+The thread runs at a lower priority (``NICE``, Linux: per thread) than the event
+loop's: on a busy machine the loop (console reads, vMotion answers) goes first
+and the disk writes fill its gaps; the bounded log queues keep them from
+falling behind for long (a full queue makes the VM side wait, and the loop
+then idles and leaves the CPU to the writes).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -23,6 +31,8 @@ import trio
 T = TypeVar("T")
 
 _Job = Callable[[], None]
+#: How much nicer than the rest of the process the thread runs (0: as nice).
+NICE = 5
 
 
 class LogThread:
@@ -67,5 +77,9 @@ class LogThread:
 
 
 def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    if NICE:
+        with contextlib.suppress(OSError, AttributeError):  # (not Linux: as nice)
+            me = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, me, os.getpriority(os.PRIO_PROCESS, me) + NICE)
     while (job := jobs.get()) is not None:
         job()

@@ -364,6 +364,8 @@ class ConsoleService:
                     if isinstance(stream, trio.SocketStream):
                         grow_sndbuf(stream, self.config.client_queue_bytes)
                     send_parts = fastsock.parts_sender(stream)
+                    if type(stream) is trio.SocketStream:  # (TLS: through the sender)
+                        client.direct = fastsock.fast_socket(stream.socket)
                     while parts := await client.next_parts():
                         await send_parts(parts)
                 if client.dropped:
