@@ -60,9 +60,10 @@ class ActionRunner(ServiceShape):
         conn = as_esx(a.conn)
         if isinstance(a, sb.SendGoahead):
             data = conn.session.goahead(a.seq, a.secret)
-            if received is not None:  # (trio's send returns after a schedule point)
-                self.metrics.begin_to_goahead_seconds.observe(trio.current_time() - received)
-            await self._answer(conn, data, answer_on)
+            sent_at = trio.current_time()  # (a send may return after a schedule point)
+            await self._answer(conn, data, answer_on)  # the answer first, then the books
+            if received is not None:
+                self.metrics.begin_to_goahead_seconds.observe(sent_at - received)
         elif isinstance(a, sb.SendNotNow):
             await self._answer(conn, conn.session.notnow(a.seq), answer_on)
             self.metrics.vmotions_total.labels(outcome="notnow").inc()

@@ -151,9 +151,8 @@ class EsxConnection(ParkedReads):
             self.send_control(data)
             return
         if self.parked_fd is not None:  # from the parking watcher: it must not wait
-            sent = self._try_send(data)
-            if sent < len(data):
-                self.send_control(data[sent:])
+            if not self.answer_at_once(data):
+                self.send_control(data)
             return
         self._writing = True  # what is queued meanwhile waits for us (see _kick)
         try:

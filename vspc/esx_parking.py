@@ -145,6 +145,10 @@ class ParkedReads:
     stream: trio.abc.Stream
     _sock: trio.socket.SocketType | None
     _closing: bool
+    _writing: bool
+    _control: bytearray
+    _data: bytearray
+    _nursery: trio.Nursery | None
 
     def __init__(self) -> None:
         self.parking: Parking | None = None  # set by the service: where it may park
@@ -195,6 +199,21 @@ class ParkedReads:
         except Exception as e:  # (reported by its task, as a reader's would be)
             self._fail(e)
         return not self._closing and not self._over_budget(service)
+
+    def answer_at_once(self, data: bytes) -> bool:
+        """A vMotion answer written without waiting (what the socket does not take is
+        queued, written first): only on a plain socket stream with nothing queued or
+        being written, so that it cannot overtake other bytes. False: nothing done."""
+        if self._closing or self._writing or self._control or self._data:
+            return False
+        if self._nursery is None:  # (where a writer would start for the rest)
+            return False
+        if self._sock is None or type(self.stream) is not trio.SocketStream:
+            return False
+        sent = self._try_send(data)
+        if sent < len(data):
+            self.send_control(data[sent:])
+        return True
 
     def _try_send(self, data: bytes) -> int:
         sock = fastsock.stdlib_socket(self._sock) if self._sock is not None else None

@@ -166,7 +166,16 @@ class SwitchboardMachine(RuleBasedStateMachine):
         self.next_secret += 1
         secret = b"\xff" + self.next_secret.to_bytes(4, "big")
         carriers = [self.sb.carrier(k) for k in KEYS]
-        self._run(self.sb.begin(self._pick(data, *carriers), seq, secret, self.now))
+        self._begin(self._pick(data, *carriers), seq, secret)
+
+    def _begin(self, conn: object, seq: bytes, secret: bytes) -> None:
+        """BEGIN; begin_is_goahead foretold exactly whether it answers GOAHEAD (the
+        adapter writes that answer before calling begin)."""
+        foretold = self.sb.begin_is_goahead(conn, seq, secret)
+        acts = self.sb.begin(conn, seq, secret, self.now)
+        goaheads = [a for a in acts if isinstance(a, SendGoahead)]
+        assert goaheads == ([SendGoahead(conn, seq, secret)] if foretold else [])
+        self._run(acts)
 
     @precondition(lambda self: self.open)
     @rule(data=st.data(), how=st.sampled_from(["right", "right", "long", "short", "junk"]))
@@ -203,7 +212,7 @@ class SwitchboardMachine(RuleBasedStateMachine):
         conn = data.draw(st.sampled_from(sorted(carriers)))  # type: ignore[type-var]
         self.next_secret += 1
         secret = self.next_secret.to_bytes(3, "big") + b"\xff"
-        self._run(self.sb.begin(conn, seq, secret, self.now))
+        self._begin(conn, seq, secret)
 
     @precondition(lambda self: self.sb.pending_vmotions())
     @rule(data=st.data(), fresh=st.booleans())

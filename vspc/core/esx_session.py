@@ -69,8 +69,20 @@ from typing import Final, Literal
 
 from common.proto.telnet import codec
 from common.proto.telnet import vmware as ext
-from common.proto.telnet.codec import BINARY, DO, SGA, TIMING_MARK, VMWARE_EXT, WILL, WONT
+from common.proto.telnet.codec import (
+    BINARY,
+    DO,
+    IAC,
+    SB,
+    SE,
+    SGA,
+    TIMING_MARK,
+    VMWARE_EXT,
+    WILL,
+    WONT,
+)
 from common.proto.telnet.options import OptionNegotiator
+from common.proto.telnet.undouble import undouble
 from common.proto.telnet.vmware import (
     VmName,
     VMotionAbort,
@@ -150,6 +162,9 @@ SessionEvent = (
 
 
 _PROBE: Final = codec.negotiate(DO, TIMING_MARK)
+#: A read that is exactly one option-232 command (VMOTION-BEGIN, ...) starts and ends so.
+_EXT_HEAD: Final = bytes((IAC, SB, VMWARE_EXT))
+_EXT_TAIL: Final = bytes((IAC, SE))
 
 
 def _accept_all(direction: str, uri: str) -> bool:
@@ -162,6 +177,7 @@ class EsxSession:
     __slots__ = (
         "_events",
         "_initial_sent",
+        "_max_sb",
         "_out",
         "_parser",
         "_proxy_rule",
@@ -184,6 +200,7 @@ class EsxSession:
     ) -> None:
         self._proxy_rule: ProxyRule = proxy_rule or _accept_all
         self._parser = codec.TelnetParser(max_subnegotiation)
+        self._max_sb = max_subnegotiation
         self.negotiator = OptionNegotiator(LOCAL_OPTIONS, REMOTE_OPTIONS)
         self._events: list[SessionEvent] = []
         self._out: list[bytes] = []
@@ -234,6 +251,8 @@ class EsxSession:
         """Feed bytes from ESX (``b""``, i.e. EOF, is a no-op)."""
         if self.violation is not None or not data:
             return
+        if data[-2:] == _EXT_TAIL and data[:3] == _EXT_HEAD and self._one_command(data):
+            return
         events = self._events
         for ev in self._parser.feed(data):
             if isinstance(ev, codec.Data):
@@ -252,6 +271,19 @@ class EsxSession:
             # codec.Command (NOP, AYT, ...): ignored
             if self.violation is not None:
                 return
+
+    def _one_command(self, data: bytes) -> bool:
+        """A read that is exactly one option-232 command (a vMotion command, most
+        often), the parser between commands: decoded at once, as the parser would
+        (every 0xFF inside doubled); False, nothing done, for anything else."""
+        inner = data[3:-2]
+        if len(inner) > self._max_sb or not self._parser.idle:
+            return False
+        payload = undouble(inner)  # None: an IAC not doubled (more than one command)
+        if payload is None:
+            return False
+        self._handle_ext(payload)
+        return True
 
     def next_events(self) -> list[SessionEvent]:
         """Events since the last call, in stream order."""

@@ -305,6 +305,21 @@ class Switchboard(VMotionTable):
 
     # ---- vMotion commands
 
+    def begin_is_goahead(self, conn: Conn, seq: bytes, secret: bytes) -> bool:
+        """Whether ``begin(conn, seq, secret, now)`` called next answers GOAHEAD (the
+        port's carrier, no vMotion pending, within the caps): the adapter may write
+        that answer first and keep the books (``begin``) right after, with no await."""
+        rec = self._conns.get(conn)
+        if rec is None or rec.key is None or not secret:
+            return False
+        port = self._ports[rec.key]
+        return (
+            port.carrier is rec
+            and port.vm.state is State.IDLE
+            and not self._vmotion_busy(rec.source)
+            and (seq + secret) not in self._cookies
+        )
+
     def begin(self, conn: Conn, seq: bytes, secret: bytes, now: float) -> list[Action]:
         """VMOTION-BEGIN(seq) from ``conn``; ``secret`` is fresh random bytes for GOAHEAD."""
         if not secret:

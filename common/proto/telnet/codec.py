@@ -194,6 +194,11 @@ class TelnetParser:
     def in_subnegotiation(self) -> bool:
         return self._state in _IN_SUBNEGOTIATION
 
+    @property
+    def idle(self) -> bool:
+        """No command begun and unfinished: the next byte is read afresh."""
+        return self._state == _DATA
+
     def feed(self, data: bytes) -> list[Event]:
         """Parse one chunk; return the events it completes, in stream order."""
         if type(data) is not bytes:
