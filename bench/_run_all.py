@@ -60,7 +60,7 @@ PLAN: tuple[Step, ...] = (  # minutes: as measured here with the load at 6 to 9
     Step(
         "mesh_two_hop",
         "mesh_two_hop",
-        ("--size-mb", "256", "--reps", "3", "--measure", "5", "--kill-mb", "1024"),
+        ("--size-mb", "256", "--reps", "5", "--measure", "5", "--kill-mb", "1024"),
         2.2,
     ),
     Step("agent_console", "agent_console", ("--reps", "5"), 0.4),

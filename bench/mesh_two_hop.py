@@ -155,7 +155,7 @@ class Bulk:
             )
             return r
 
-        runs = interleaved(reps, list(starts), one)
+        runs = interleaved(reps, list(starts), one, rotate=True)  # none always first
         med = {k: statistics.median(x["mb_s"] for x in v) for k, v in runs.items() if v}
         cpu = {
             k: statistics.median(x["cpu_s_per_gib"] or 0 for x in v)
@@ -178,6 +178,7 @@ class Bulk:
             results["ratios"] = {
                 k: med[a] / med[b] for k, (a, b) in pairs.items() if a in med and b in med
             }
+            results["paired_ratios"] = paired(runs, pairs)
 
     def one(self, procs: list[Proc]) -> dict[str, Any]:
         try:
@@ -187,6 +188,20 @@ class Bulk:
         finally:
             for p in procs:
                 p.kill()
+
+
+def paired(
+    runs: dict[str, list[dict[str, Any]]], pairs: dict[str, tuple[str, str]]
+) -> dict[str, float]:
+    """The median of each round's ratio (a and b ran in the same round, interleaved), which
+    cancels the drift between rounds that a ratio of two medians keeps."""
+    out = {}
+    for k, (a, b) in pairs.items():
+        if runs.get(a) and runs.get(b):
+            out[k] = statistics.median(
+                x["mb_s"] / y["mb_s"] for x, y in zip(runs[a], runs[b], strict=True)
+            )
+    return out
 
 
 def procs_cpu(name: str) -> bool:

@@ -108,6 +108,21 @@ def test_relay_goals_prefer_the_paired_median(tmp_path: Path) -> None:
     ]
 
 
+def test_mesh_goals_prefer_the_paired_median(tmp_path: Path) -> None:
+    """mesh_two_hop's goal figures: the median of the per-round ours/socat ratios where
+    the result has them (the ratio of medians only for older results)."""
+    results = met_everywhere()
+    m = results["mesh_two_hop"]
+    m["ratios"] = {"tls_ours_over_socat_tls": 0.7, "plain_ours_over_socat_plain": 0.9}
+    m["paired_ratios"] = {"tls_ours_over_socat_tls": 0.85, "plain_ours_over_socat_plain": 1.01}
+    assert set(verdicts(write(tmp_path, results)).values()) == {True}
+    m["paired_ratios"]["plain_ours_over_socat_plain"] = 0.95
+    v = verdicts(write(tmp_path, results))
+    assert [k for k, met in v.items() if met is False] == [
+        "peer link, two hops, plaintext: ours / socat plain (paired median)"
+    ]
+
+
 def test_missing_results_are_not_measured(tmp_path: Path) -> None:
     results = met_everywhere()
     del results[_goals.IDLE_9000]["runs"]["vmware"]  # a run without VMware's vSPC
