@@ -45,6 +45,21 @@ async def test_answer_at_once_writes_without_a_checkpoint(nursery: trio.Nursery)
     esx.close()
 
 
+async def test_answer_at_once_hands_the_cpu_over_once_sent(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    yields: list[int] = []
+    monkeypatch.setattr("vspc.esx_parking.os.sched_yield", lambda: yields.append(1))
+    conn, esx = _conn_on_socketpair()
+    conn._nursery = nursery
+    assert conn.answer_at_once(b"GOAHD")
+    assert yields == [1] and esx.recv(100) == b"GOAHD"
+    conn.send_console(b"console")
+    assert not conn.answer_at_once(b"late")  # nothing sent: nobody woken
+    assert yields == [1]
+    esx.close()
+
+
 async def test_answer_at_once_not_on_a_wrapped_stream(nursery: trio.Nursery) -> None:
     ours, _esx = trio.testing.memory_stream_pair()
     conn = VspcConn(ours, "test", lambda direction, uri: True)
