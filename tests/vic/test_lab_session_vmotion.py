@@ -41,6 +41,7 @@ from vic.lab.vmotion_scenario import (
 )
 from vspc.config import VCenterCheck
 from vspc.endpoint import Endpoint
+from vspc.placement import verdict
 from vspc.service import VspcService
 from vspc.sessions.api import SessionsApi
 
@@ -227,6 +228,12 @@ async def test_exec_i_across_a_vmotion_that_vcenter_records(
         # the reset tether reconnects through the new host (at once if bytes were still
         # in flight at the move, else when it next reconnects: not always before the exit)
         await wait_until(lambda: lab.device.forwarded[OTHER_HOST] >= 1, 30, "via the new host")
+        # The relay forwarding that stream is not the endpoint having checked it: until the
+        # endpoint has asked vCenter again, its snapshot (trusted for ``refresh``) still
+        # places the VM on the old host, and a stream from there would be let through.
+        await wait_until(
+            lambda: verdict(vc.snapshot, VCSIM_VM, OTHER_HOST) is None, 30, "the new placement"
+        )
         reason = await old_host_refused(lab, START_HOST)
         assert f"vCenter places VM '{VCSIM_VM}' on {OTHER_HOST}, not on '{START_HOST}'" in reason
         assert vc.queries >= 2  # asked again once the VM showed up on the other host
