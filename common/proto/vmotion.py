@@ -202,6 +202,11 @@ class PortVMotion:
         note = "" if self.state is _S.IDLE else "a vMotion is already pending on this port"
         return self._fire(_I.BEGIN, conn, seq, note, proposed)
 
+    def begin_goes_ahead(self, *, is_carrier: bool, busy: bool) -> bool:
+        """Whether ``begin`` with these inputs answers GOAHEAD (a question: nothing
+        changes), so that an adapter may write the answer before ``begin`` runs."""
+        return is_carrier and self.state is _S.IDLE and not busy
+
     def peer(self, conn: Conn, cookie: bytes, *, eligible: bool) -> Step:
         """PEER(cookie) from ``conn``. ``eligible``: conn may become this port's destination."""
         p = self.pending

@@ -313,12 +313,13 @@ class Switchboard(VMotionTable):
         if rec is None or rec.key is None or not secret:
             return False
         port = self._ports[rec.key]
-        return (
-            port.carrier is rec
-            and port.vm.state is State.IDLE
-            and not self._vmotion_busy(rec.source)
-            and (seq + secret) not in self._cookies
+        return port.vm.begin_goes_ahead(
+            is_carrier=port.carrier is rec, busy=self._begin_busy(rec, seq, secret)
         )
+
+    def _begin_busy(self, rec: ConnRec, seq: bytes, secret: bytes) -> bool:
+        """A BEGIN's ``busy`` for the vMotion table: the limit reached, or its cookie taken."""
+        return self._vmotion_busy(rec.source) or (seq + secret) in self._cookies
 
     def begin(self, conn: Conn, seq: bytes, secret: bytes, now: float) -> list[Action]:
         """VMOTION-BEGIN(seq) from ``conn``; ``secret`` is fresh random bytes for GOAHEAD."""
@@ -336,7 +337,7 @@ class Switchboard(VMotionTable):
                 ),
             ]
         port = self._ports[rec.key]
-        busy = self._vmotion_busy(rec.source) or (seq + secret) in self._cookies
+        busy = self._begin_busy(rec, seq, secret)
         step = port.vm.begin(
             conn,
             seq,
